@@ -1,0 +1,126 @@
+import { createHash, createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
+import { LogEntry, SignedLogEntry, type SignedSnapshot, Snapshot } from '../gen/edgeplane/v1/log.js';
+import { SignatureError } from './errors.js';
+
+/** The previous-hash of revision 1: 32 zero bytes. */
+export const GENESIS_HASH: Uint8Array = new Uint8Array(32);
+
+/** Public keys an agent trusts, by key id (see {@link keyIdOf}). */
+export type TrustedKeys = ReadonlyMap<string, KeyObject>;
+
+/**
+ * Returns the raw 32-byte Ed25519 public key of `key` (a public or private KeyObject).
+ * @throws TypeError if the key is not Ed25519.
+ */
+export function rawPublicKey(key: KeyObject): Uint8Array {
+  const pub = key.type === 'private' ? createPublicKey(key) : key;
+  if (pub.asymmetricKeyType !== 'ed25519') throw new TypeError(`expected an ed25519 key, got ${pub.asymmetricKeyType}`);
+  const jwk = pub.export({ format: 'jwk' });
+  return new Uint8Array(Buffer.from(jwk.x ?? '', 'base64url'));
+}
+
+/**
+ * Returns a public KeyObject for a raw 32-byte Ed25519 key.
+ * @throws TypeError if raw is not 32 bytes.
+ */
+export function publicKeyFromRaw(raw: Uint8Array): KeyObject {
+  if (raw.length !== 32) throw new TypeError(`an ed25519 public key is 32 bytes, got ${raw.length}`);
+  return createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(raw).toString('base64url') }, format: 'jwk' });
+}
+
+/** Returns a private KeyObject from PKCS#8 PEM text (as written by the controller). */
+export function privateKeyFromPem(pem: string): KeyObject {
+  return createPrivateKey(pem);
+}
+
+/** Returns the key id of a public key: hex of the first 8 bytes of SHA-256 of the raw key. */
+export function keyIdOf(key: KeyObject | Uint8Array): string {
+  const raw = key instanceof Uint8Array ? key : rawPublicKey(key);
+  return createHash('sha256').update(raw).digest().subarray(0, 8).toString('hex');
+}
+
+/** Returns SHA-256 of the bytes. */
+export function sha256(bytes: Uint8Array): Uint8Array {
+  return new Uint8Array(createHash('sha256').update(bytes).digest());
+}
+
+/**
+ * Encodes and signs an entry. The signature and the chain hash cover the encoded bytes
+ * exactly as stored, so nobody ever re-encodes an entry to check it.
+ */
+export function signLogEntry(entry: LogEntry, privateKey: KeyObject): SignedLogEntry {
+  const bytes = LogEntry.encode(entry).finish();
+  return {
+    entry: Buffer.from(bytes),
+    signature: sign(null, bytes, privateKey),
+    keyId: keyIdOf(privateKey),
+  };
+}
+
+/** Returns the chain hash of a signed entry: SHA-256 of its entry bytes. */
+export function logEntryHash(signed: SignedLogEntry): Uint8Array {
+  return sha256(signed.entry);
+}
+
+function verifyEnvelope(what: string, keyId: string, bytes: Uint8Array, signature: Uint8Array, trusted: TrustedKeys): void {
+  const key = trusted.get(keyId);
+  if (!key) throw new SignatureError(`verify ${what}: key ${JSON.stringify(keyId)} is not trusted`);
+  let ok = false;
+  try {
+    ok = verify(null, bytes, key, signature);
+  } catch (cause) {
+    throw new SignatureError(`verify ${what}: malformed signature`, { cause });
+  }
+  if (!ok) throw new SignatureError(`verify ${what}: signature does not match key ${keyId}`);
+}
+
+/**
+ * Verifies a signed entry against the trusted keys and decodes it.
+ * @throws SignatureError if the key is unknown, the signature is wrong, or the bytes do not decode.
+ */
+export function openLogEntry(signed: SignedLogEntry, trusted: TrustedKeys): LogEntry {
+  verifyEnvelope('log entry', signed.keyId, signed.entry, signed.signature, trusted);
+  try {
+    return LogEntry.decode(signed.entry);
+  } catch (cause) {
+    throw new SignatureError('decode log entry: signed bytes are not a LogEntry', { cause });
+  }
+}
+
+/** Encodes the envelope as it travels on NATS. */
+export function encodeSignedLogEntry(signed: SignedLogEntry): Uint8Array {
+  return SignedLogEntry.encode(signed).finish();
+}
+
+/**
+ * Decodes an envelope received from NATS (without verifying it: see {@link openLogEntry}).
+ * @throws SignatureError if the bytes are not an envelope.
+ */
+export function decodeSignedLogEntry(bytes: Uint8Array): SignedLogEntry {
+  try {
+    const signed = SignedLogEntry.decode(bytes);
+    if (signed.entry.length === 0 || signed.signature.length === 0) throw new Error('empty entry or signature');
+    return signed;
+  } catch (cause) {
+    throw new SignatureError('decode signed log entry', { cause });
+  }
+}
+
+/** Encodes and signs a snapshot. */
+export function signSnapshot(snapshot: Snapshot, privateKey: KeyObject): SignedSnapshot {
+  const bytes = Snapshot.encode(snapshot).finish();
+  return { snapshot: Buffer.from(bytes), signature: sign(null, bytes, privateKey), keyId: keyIdOf(privateKey) };
+}
+
+/**
+ * Verifies a signed snapshot and decodes it.
+ * @throws SignatureError as {@link openLogEntry}.
+ */
+export function openSnapshot(signed: SignedSnapshot, trusted: TrustedKeys): Snapshot {
+  verifyEnvelope('snapshot', signed.keyId, signed.snapshot, signed.signature, trusted);
+  try {
+    return Snapshot.decode(signed.snapshot);
+  } catch (cause) {
+    throw new SignatureError('decode snapshot: signed bytes are not a Snapshot', { cause });
+  }
+}

@@ -1,0 +1,29 @@
+/**
+ * NATS names edgeplane uses: the one module every service takes them from (STYLE.md).
+ * Changing any of them is a breaking change of the deployment, like a proto field number.
+ */
+
+/** The JetStream stream that stores the intent log. Sequence = fleet revision. */
+export const INTENT_STREAM = 'EDGEPLANE_INTENT';
+
+/**
+ * The subject log entries are published on. The stream captures it, and agents also receive
+ * it live through a plain subscription (a message captured by a stream is delivered to core
+ * subscribers too).
+ */
+export const INTENT_SUBJECT = 'edgeplane.intent.log';
+
+/** The JetStream key-value bucket holding the compacted snapshot of the intent. */
+export const SNAPSHOT_BUCKET = 'EDGEPLANE_SNAPSHOT';
+
+/** The key under SNAPSHOT_BUCKET of the newest snapshot. */
+export const SNAPSHOT_KEY = 'latest';
+
+/** The JetStream key-value bucket holding the node registry (survives controller restarts). */
+export const NODE_REGISTRY_BUCKET = 'EDGEPLANE_NODES';
+
+/**
+ * The NATS message header carrying the W3C traceparent of a publish
+ * (https://www.w3.org/TR/trace-context/); the same context is also inside the signed entry.
+ */
+export const TRACEPARENT_HEADER = 'traceparent';

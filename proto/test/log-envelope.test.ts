@@ -1,0 +1,88 @@
+import test from 'ava';
+import { generateKeyPairSync } from 'node:crypto';
+import {
+  Action,
+  GENESIS_HASH,
+  LogEntry,
+  Policy,
+  Protocol,
+  SignatureError,
+  SignedLogEntry,
+  decodeSignedLogEntry,
+  encodeSignedLogEntry,
+  keyIdOf,
+  logEntryHash,
+  openLogEntry,
+  publicKeyFromRaw,
+  rawPublicKey,
+  signLogEntry,
+} from '@edgeplane/proto';
+
+const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+const trusted = new Map([[keyIdOf(publicKey), publicKey]]);
+
+function entry(revision: bigint, previousHash: Uint8Array): LogEntry {
+  return LogEntry.fromPartial({
+    revision,
+    previousHash: Buffer.from(previousHash),
+    createTime: new Date('2026-11-25T12:00:00Z'),
+    controllerId: 'ctl-1',
+    traceContext: { traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01', tracestate: '' },
+    change: {
+      upserts: [
+        Policy.fromPartial({
+          metadata: { name: 'deny-v6', resourceVersion: revision },
+          spec: { rules: [{ priority: 1, sourceCidrs: ['2001:db8::/48'], protocol: Protocol.PROTOCOL_ICMPV6, action: Action.ACTION_DENY }] },
+        }),
+      ],
+      deletes: ['old-policy'],
+    },
+  });
+}
+
+test('log envelope - sign, encode, decode and open returns the same entry', (t) => {
+  const e = entry(9_007_199_254_740_993n, GENESIS_HASH);
+  const signed = signLogEntry(e, privateKey);
+  t.is(signed.keyId, keyIdOf(publicKey));
+  t.is(signed.keyId.length, 16);
+  const wire = encodeSignedLogEntry(signed);
+  const back = decodeSignedLogEntry(wire);
+  t.deepEqual(openLogEntry(back, trusted), e);
+  t.is(openLogEntry(back, trusted).revision, 9_007_199_254_740_993n);
+});
+
+test('log envelope - a hash chain links entries by the signed bytes', (t) => {
+  const first = signLogEntry(entry(1n, GENESIS_HASH), privateKey);
+  const second = signLogEntry(entry(2n, logEntryHash(first)), privateKey);
+  const opened = openLogEntry(decodeSignedLogEntry(encodeSignedLogEntry(second)), trusted);
+  t.deepEqual(new Uint8Array(opened.previousHash), logEntryHash(first));
+  t.notDeepEqual(logEntryHash(first), logEntryHash(second));
+  t.is(logEntryHash(first).length, 32);
+});
+
+test('log envelope - a flipped byte, a foreign key or an unknown key id is rejected', (t) => {
+  const signed = signLogEntry(entry(3n, GENESIS_HASH), privateKey);
+
+  const tampered = SignedLogEntry.fromPartial({ ...signed, entry: Buffer.from(signed.entry) });
+  tampered.entry[tampered.entry.length - 1]! ^= 0x01;
+  t.throws(() => openLogEntry(tampered, trusted), { instanceOf: SignatureError, message: /signature does not match/ });
+
+  const other = generateKeyPairSync('ed25519');
+  const forged = { ...signLogEntry(entry(3n, GENESIS_HASH), other.privateKey), keyId: signed.keyId };
+  t.throws(() => openLogEntry(forged, trusted), { instanceOf: SignatureError });
+
+  const unknown = signLogEntry(entry(3n, GENESIS_HASH), other.privateKey);
+  t.throws(() => openLogEntry(unknown, trusted), { instanceOf: SignatureError, message: /not trusted/ });
+});
+
+test('log envelope - garbage on the wire is a SignatureError, not a crash', (t) => {
+  t.throws(() => decodeSignedLogEntry(new Uint8Array([0xff, 0xff, 0xff])), { instanceOf: SignatureError });
+  t.throws(() => decodeSignedLogEntry(new Uint8Array(0)), { instanceOf: SignatureError });
+});
+
+test('log envelope - raw public keys round-trip and keep their id', (t) => {
+  const raw = rawPublicKey(privateKey);
+  t.is(raw.length, 32);
+  t.is(keyIdOf(publicKeyFromRaw(raw)), keyIdOf(publicKey));
+  t.throws(() => publicKeyFromRaw(new Uint8Array(31)), { instanceOf: TypeError });
+});
