@@ -1,1 +1,22 @@
-export {};
+// libbpf-ts: a typed binding to the system libbpf.so.1 (libbpf 1.1.2).
+export { array, bytes, encode, struct, u16, u16be, u32, u32be, u64, u8 } from './codec.js';
+export type { Codec, CodecValue } from './codec.js';
+export { errnoError, LibbpfError, NotFoundError, NotSupportedError, VerifierError } from './errors.js';
+export type { LibbpfErrorOptions } from './errors.js';
+export { ifindex } from './interface.js';
+export type { BatchResult, ByteMap, UpdateFlag } from './map-access.js';
+export { BpfMap } from './map.js';
+export type { MapCreateOptions, MapDescription } from './map.js';
+export { setPrintListener as setLibbpfPrintListener } from './native.js';
+export type { PrintLevel as LibbpfPrintLevel, PrintListener as LibbpfPrintListener } from './native.js';
+export { loadObjectSpec } from './object-spec.js';
+export type { MapPinning, MapShape, MapSpec, ObjectSpec, ProgramSpec } from './object-spec.js';
+export { BpfObject, loadObject } from './object.js';
+export type { LoadOptions } from './object.js';
+export { Program } from './program.js';
+export type { ProgramDescription, TestRunOptions, TestRunResult } from './program.js';
+export { attachTc, destroyTcHook, detachTc, queryTc } from './tc.js';
+export type { TcAttachment, TcAttachOptions, TcDirection, TcFilterId } from './tc.js';
+export { TypedMap } from './typed-map.js';
+export { attachXdp, detachXdp, queryXdp } from './xdp.js';
+export type { XdpAttachment, XdpAttachOptions, XdpDetachOptions, XdpMode, XdpState } from './xdp.js';

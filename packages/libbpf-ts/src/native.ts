@@ -285,6 +285,11 @@ function enumNames(fn: (t: number) => string | null): ReadonlyMap<number, string
   return names;
 }
 
+/** Name of an enum value, or `unknown(<n>)` if this libbpf has no name for it. */
+export function enumName(names: ReadonlyMap<number, string>, value: number): string {
+  return names.get(value) ?? `unknown(${value})`;
+}
+
 /** enum bpf_prog_type values by libbpf's name for them ('xdp', 'sched_cls'...). */
 export const progTypeNames = enumNames(progTypeStr);
 /** enum bpf_map_type values by libbpf's name for them ('hash', 'percpu_array'...). */

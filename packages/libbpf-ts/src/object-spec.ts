@@ -49,15 +49,10 @@ export interface ObjectSpec {
   readonly maps: ReadonlyMap<string, MapSpec>;
 }
 
-/** Name of an enum value, or `unknown(<n>)` if this libbpf has no name for it. */
-export function enumName(names: ReadonlyMap<number, string>, value: number): string {
-  return names.get(value) ?? `unknown(${value})`;
-}
-
 /** Reads a map's declared shape from an opened (or loaded) bpf_object's map handle. */
 export function mapShape(map: native.Handle): MapShape {
   return {
-    type: enumName(native.mapTypeNames, native.mapType(map)),
+    type: native.enumName(native.mapTypeNames, native.mapType(map)),
     keySize: native.mapKeySize(map),
     valueSize: native.mapValueSize(map),
     maxEntries: native.mapMaxEntries(map),
@@ -79,8 +74,8 @@ function programSpec(prog: native.Handle): ProgramSpec {
   return {
     name: native.programName(prog),
     section: native.programSection(prog),
-    type: enumName(native.progTypeNames, native.programType(prog)),
-    expectedAttachType: enumName(native.attachTypeNames, native.programExpectedAttachType(prog)),
+    type: native.enumName(native.progTypeNames, native.programType(prog)),
+    expectedAttachType: native.enumName(native.attachTypeNames, native.programExpectedAttachType(prog)),
   };
 }
 

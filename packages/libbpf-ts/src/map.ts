@@ -1,0 +1,359 @@
+// BpfMap: a live BPF map behind a file descriptor, with raw byte access. Keys and values are
+// checked against the map's sizes before they reach the kernel, which reads exactly that many
+// bytes from the pointers it is given.
+import { check } from './check.js';
+import { errnoError, LibbpfError, NotFoundError, NotSupportedError } from './errors.js';
+import type { Codec } from './codec.js';
+import type { BatchResult, ByteMap, UpdateFlag } from './map-access.js';
+import * as native from './native.js';
+import { unpinPath } from './pin.js';
+import { TypedMap } from './typed-map.js';
+
+const ENOENT = 2;
+const EBADF = 9;
+const EINVAL = 22;
+
+const updateFlags: Record<UpdateFlag, bigint> = { any: 0n, noexist: 1n, exist: 2n };
+
+let invalidate: (map: BpfMap) => void;
+
+/** Marks a map borrowed from a BpfObject unusable; the object calls it when it closes. */
+export function invalidateBorrowedMap(map: BpfMap): void {
+  invalidate(map);
+}
+
+const perCpuTypes = new Set(['percpu_hash', 'percpu_array', 'lru_percpu_hash', 'percpu_cgroup_storage']);
+
+/** Options of BpfMap.create(). */
+export interface MapCreateOptions {
+  /** libbpf's map type name ('hash', 'array', 'lpm_trie', 'array_of_maps'...) or enum value. */
+  type: string | number;
+  /** Object name shown by bpftool (the kernel keeps 15 characters). */
+  name?: string;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  /** BPF_F_* flags (BPF_F_NO_PREALLOC = 1 is required for 'lpm_trie'). */
+  flags?: number;
+  /** For 'array_of_maps'/'hash_of_maps': a map whose shape every inner map must have. */
+  innerMap?: BpfMap;
+}
+
+/** What a BpfMap needs to know about itself. */
+export interface MapDescription {
+  readonly name: string;
+  readonly type: string;
+  readonly keySize: number;
+  readonly valueSize: number;
+  readonly maxEntries: number;
+  readonly flags: number;
+}
+
+/**
+ * A live BPF map. Obtain one from BpfObject.map(), BpfMap.create(), BpfMap.openPinned() or
+ * BpfMap.fromId(). A map from a BpfObject borrows the object's fd: its close() does nothing and
+ * it stays usable until the object closes. Any other BpfMap owns its fd; close() releases it
+ * (the kernel frees the map once no fd, pin or program refers to it). Closing never unpins.
+ */
+export class BpfMap implements ByteMap {
+  readonly name: string;
+  /** libbpf's map type name ('hash', 'percpu_array'...). */
+  readonly type: string;
+  readonly keySize: number;
+  readonly valueSize: number;
+  readonly maxEntries: number;
+  /** BPF_F_* flags. */
+  readonly flags: number;
+  #fd: number;
+  #owned: boolean;
+  #closed = false;
+  #id: number | undefined;
+
+  /** Wraps `fd`; `owned` says whether close() closes it. Prefer the static factories. */
+  constructor(fd: number, description: MapDescription, owned: boolean) {
+    this.#fd = fd;
+    this.#owned = owned;
+    this.name = description.name;
+    this.type = description.type;
+    this.keySize = description.keySize;
+    this.valueSize = description.valueSize;
+    this.maxEntries = description.maxEntries;
+    this.flags = description.flags;
+  }
+
+  /**
+   * Creates a map with bpf_map_create().
+   * @returns a BpfMap owning its fd.
+   * @throws LibbpfError (EINVAL for an impossible shape, EPERM without CAP_BPF), NotSupportedError.
+   */
+  static create(options: MapCreateOptions): BpfMap {
+    const type = typeof options.type === 'number' ? options.type : mapTypeValue(options.type);
+    const typeName = native.enumName(native.mapTypeNames, type);
+    const name = options.name ?? '';
+    const operation = `map create name=${name} type=${typeName}`;
+    const fd = check(operation, () =>
+      native.createMap(type, name === '' ? null : name, options.keySize, options.valueSize, options.maxEntries, options.flags ?? 0, options.innerMap?.fd ?? 0),
+    );
+    return new BpfMap(fd, { name, type: typeName, keySize: options.keySize, valueSize: options.valueSize, maxEntries: options.maxEntries, flags: options.flags ?? 0 }, true);
+  }
+
+  /**
+   * Opens the map pinned at `path` (bpf_obj_get).
+   * @returns a BpfMap owning a new fd; the pin stays.
+   * @throws NotFoundError if nothing is pinned there; LibbpfError if it is not a map.
+   */
+  static openPinned(path: string): BpfMap {
+    const fd = check(`map open pinned path=${path}`, () => native.objGet(path));
+    return BpfMap.#fromFd(fd, `map open pinned path=${path}`);
+  }
+
+  /**
+   * Opens the map with kernel id `id` (bpf_map_get_fd_by_id).
+   * @returns a BpfMap owning a new fd.
+   * @throws NotFoundError if no map has that id.
+   */
+  static fromId(id: number): BpfMap {
+    const fd = check(`map open id=${id}`, () => native.mapFdById(id));
+    return BpfMap.#fromFd(fd, `map open id=${id}`);
+  }
+
+  static #fromFd(fd: number, operation: string): BpfMap {
+    const info = native.mapInfo(fd);
+    if (typeof info === 'number') {
+      native.close(fd);
+      throw errnoError(operation, info);
+    }
+    const map = new BpfMap(
+      fd,
+      { name: info.name, type: native.enumName(native.mapTypeNames, info.type), keySize: info.key_size, valueSize: info.value_size, maxEntries: info.max_entries, flags: info.map_flags },
+      true,
+    );
+    map.#id = info.id;
+    return map;
+  }
+
+  /** The file descriptor. @throws LibbpfError EBADF once closed. */
+  get fd(): number {
+    if (this.#closed) throw new LibbpfError(`map fd name=${this.name}`, EBADF, { details: ['the map was closed'] });
+    return this.#fd;
+  }
+
+  /** The kernel's id for this map (stable across processes, unlike the fd). */
+  get id(): number {
+    if (this.#id === undefined) {
+      const info = native.mapInfo(this.fd);
+      if (typeof info === 'number') throw errnoError(`map info name=${this.name}`, info);
+      this.#id = info.id;
+    }
+    return this.#id;
+  }
+
+  /** True for per-CPU map types, whose values are read with getPerCpu(). */
+  get perCpu(): boolean {
+    return perCpuTypes.has(this.type);
+  }
+
+  /**
+   * Looks up `key`.
+   * @returns a copy of the value, or undefined if the key is absent. For map-in-map types the value
+   * is the inner map's id (u32).
+   * @throws RangeError for a key of the wrong size; LibbpfError for a per-CPU map (use getPerCpu).
+   */
+  get(key: Uint8Array): Uint8Array | undefined {
+    this.#notPerCpu('get');
+    return this.#lookup(key, this.valueSize);
+  }
+
+  /**
+   * Writes `value` at `key`. `flags`: 'any' (default), 'noexist' (fail with EEXIST if present),
+   * 'exist' (fail with NotFoundError if absent).
+   * @throws RangeError for wrong sizes; LibbpfError (E2BIG when full, EEXIST...).
+   */
+  set(key: Uint8Array, value: Uint8Array, flags: UpdateFlag = 'any'): void {
+    this.#notPerCpu('set');
+    this.#checkSize('key', key, this.keySize);
+    this.#checkSize('value', value, this.valueSize);
+    check(`map update name=${this.name}`, () => native.mapUpdate(this.fd, key, value, updateFlags[flags]));
+  }
+
+  /**
+   * Deletes `key`.
+   * @returns true if it was present, false if not.
+   * @throws LibbpfError (EINVAL for array maps, whose elements cannot be deleted).
+   */
+  delete(key: Uint8Array): boolean {
+    this.#checkSize('key', key, this.keySize);
+    const ret = native.mapDelete(this.fd, key);
+    if (ret === -ENOENT) return false;
+    if (ret < 0) throw errnoError(`map delete name=${this.name}`, ret);
+    return true;
+  }
+
+  /**
+   * Writes keys[i] -> values[i] for every i with one bpf_map_update_batch call. Map types without
+   * batch support (lpm_trie, map-in-map, ...) and kernels without it get one update per element;
+   * the result says so and why.
+   * @throws RangeError for mismatched lengths or sizes; LibbpfError if an update fails.
+   */
+  setBatch(keys: readonly Uint8Array[], values: readonly Uint8Array[], flags: UpdateFlag = 'any'): BatchResult {
+    this.#notPerCpu('setBatch');
+    if (keys.length !== values.length) throw new RangeError(`map ${this.name} setBatch: ${keys.length} keys but ${values.length} values`);
+    if (keys.length === 0) return { count: 0, batched: true };
+    const allKeys = new Uint8Array(keys.length * this.keySize);
+    const allValues = new Uint8Array(values.length * this.valueSize);
+    keys.forEach((key, i) => {
+      this.#checkSize('key', key, this.keySize);
+      allKeys.set(key, i * this.keySize);
+    });
+    values.forEach((value, i) => {
+      this.#checkSize('value', value, this.valueSize);
+      allValues.set(value, i * this.valueSize);
+    });
+    native.clearMessages();
+    const { ret, done } = native.updateBatch(this.fd, allKeys, allValues, keys.length, updateFlags[flags]);
+    if (ret >= 0) return { count: done, batched: true };
+    const error = errnoError(`map update batch name=${this.name}`, ret, { details: native.takeMessages() });
+    // ENOTSUPP: the map type has no batch operations; EINVAL is what older kernels say for it.
+    if (!(error instanceof NotSupportedError) && error.errno !== EINVAL) throw error;
+    for (let i = done; i < keys.length; i++) this.set(keys[i] as Uint8Array, values[i] as Uint8Array, flags);
+    return { count: keys.length, batched: false, fallbackReason: `bpf_map_update_batch on ${this.type} map: ${error.code}; wrote ${keys.length - done} elements one by one` };
+  }
+
+  /**
+   * Iterates the keys with bpf_map_get_next_key. Keys added or deleted meanwhile may or may not be
+   * seen; a hash map restarts from its first key if the current one is deleted.
+   * @returns fresh copies of each key.
+   */
+  *keys(): Generator<Uint8Array> {
+    let previous: Uint8Array | null = null;
+    for (;;) {
+      const next = new Uint8Array(this.keySize);
+      const ret = native.mapNextKey(this.fd, previous, next);
+      if (ret === -ENOENT) return;
+      if (ret < 0) throw errnoError(`map next key name=${this.name}`, ret);
+      yield next;
+      previous = next;
+    }
+  }
+
+  /**
+   * Iterates [key, value] pairs; keys deleted during the walk are skipped. Per-CPU maps yield
+   * nothing here: iterate keys() and call getPerCpu().
+   */
+  *entries(): Generator<[Uint8Array, Uint8Array]> {
+    this.#notPerCpu('entries');
+    for (const key of this.keys()) {
+      const value = this.#lookup(key, this.valueSize);
+      if (value !== undefined) yield [key, value];
+    }
+  }
+
+  /**
+   * Looks up `key` in a per-CPU map.
+   * @returns one value per possible CPU (libbpf_num_possible_cpus()), or undefined if absent.
+   */
+  getPerCpu(key: Uint8Array): Uint8Array[] | undefined {
+    const { cpus, stride } = this.#perCpuLayout('getPerCpu');
+    const all = this.#lookup(key, cpus * stride);
+    if (all === undefined) return undefined;
+    return Array.from({ length: cpus }, (_, cpu) => all.slice(cpu * stride, cpu * stride + this.valueSize));
+  }
+
+  /**
+   * Writes a per-CPU value: `values` has one value per possible CPU, or a single value that every
+   * CPU gets.
+   */
+  setPerCpu(key: Uint8Array, values: readonly Uint8Array[], flags: UpdateFlag = 'any'): void {
+    const { cpus, stride } = this.#perCpuLayout('setPerCpu');
+    if (values.length !== cpus && values.length !== 1) throw new RangeError(`map ${this.name} setPerCpu: ${values.length} values for ${cpus} possible CPUs`);
+    this.#checkSize('key', key, this.keySize);
+    // The kernel copies round_up(value_size, 8) bytes per CPU (kernel/bpf/syscall.c).
+    const all = new Uint8Array(cpus * stride);
+    for (let cpu = 0; cpu < cpus; cpu++) {
+      const value = values.length === 1 ? values[0] : values[cpu];
+      this.#checkSize('value', value as Uint8Array, this.valueSize);
+      all.set(value as Uint8Array, cpu * stride);
+    }
+    check(`map update name=${this.name}`, () => native.mapUpdate(this.fd, key, all, updateFlags[flags]));
+  }
+
+  /**
+   * In a map-in-map ('array_of_maps', 'hash_of_maps'), points `key` at `inner`: the value written
+   * is inner's fd, the kernel stores a reference to the map itself. One write switches atomically.
+   * @throws LibbpfError EINVAL if inner's shape differs from the declared inner map.
+   */
+  setInnerMap(key: Uint8Array, inner: BpfMap, flags: UpdateFlag = 'any'): void {
+    this.#checkSize('key', key, this.keySize);
+    const value = new Uint8Array(4);
+    new DataView(value.buffer).setUint32(0, inner.fd, true);
+    check(`map set inner name=${this.name} inner=${inner.name}`, () => native.mapUpdate(this.fd, key, value, updateFlags[flags]));
+  }
+
+  /**
+   * Typed view of this map through codecs; the view borrows this map.
+   * @throws RangeError if a codec's size differs from the map's key or value size.
+   */
+  typed<K, V>(keyCodec: Codec<K>, valueCodec: Codec<V>): TypedMap<K, V> {
+    return new TypedMap(this, keyCodec, valueCodec);
+  }
+
+  /**
+   * Pins the map at `path` on a bpffs (bpf_obj_pin); the pin keeps the map alive after every fd
+   * is closed. @throws LibbpfError (EEXIST if the path exists, EPERM off bpffs).
+   */
+  pin(path: string): void {
+    check(`map pin name=${this.name} path=${path}`, () => native.objPin(this.fd, path));
+  }
+
+  /** Removes the pin at `path` (unlink). @throws NotFoundError if there is none. */
+  unpin(path: string): void {
+    unpinPath(`map unpin name=${this.name} path=${path}`, path);
+  }
+
+  /** Releases the fd if this map owns it; idempotent. Never unpins or detaches. */
+  close(): void {
+    if (!this.#owned || this.#closed) return;
+    this.#closed = true;
+    native.close(this.#fd);
+  }
+
+  /** For `await using`: close(). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+
+  static {
+    invalidate = (map) => {
+      map.#closed = true;
+    };
+  }
+
+  #lookup(key: Uint8Array, size: number): Uint8Array | undefined {
+    this.#checkSize('key', key, this.keySize);
+    const value = new Uint8Array(size);
+    const ret = native.mapLookup(this.fd, key, value);
+    if (ret === -ENOENT) return undefined;
+    if (ret < 0) throw errnoError(`map lookup name=${this.name}`, ret);
+    return value;
+  }
+
+  #perCpuLayout(what: string): { cpus: number; stride: number } {
+    if (!this.perCpu) throw new LibbpfError(`map ${what} name=${this.name}`, EINVAL, { details: [`${this.type} is not a per-CPU map type`] });
+    const cpus = native.numPossibleCpus();
+    if (cpus < 0) throw errnoError('libbpf_num_possible_cpus', cpus);
+    return { cpus, stride: Math.ceil(this.valueSize / 8) * 8 };
+  }
+
+  #notPerCpu(what: string): void {
+    if (this.perCpu) throw new LibbpfError(`map ${what} name=${this.name}`, EINVAL, { details: [`${this.type} holds one value per CPU: use getPerCpu/setPerCpu`] });
+  }
+
+  #checkSize(what: 'key' | 'value', bytes: Uint8Array, size: number): void {
+    if (bytes.length !== size) throw new RangeError(`map ${this.name}: ${what} is ${bytes.length} bytes, the map's ${what} size is ${size}`);
+  }
+}
+
+function mapTypeValue(name: string): number {
+  for (const [value, typeName] of native.mapTypeNames) if (typeName === name) return value;
+  throw new NotFoundError(`map type name=${name}`, ENOENT, { details: [`known map types: ${[...native.mapTypeNames.values()].join(', ')}`] });
+}
