@@ -130,8 +130,31 @@ export {
   Status,
 } from './google/rpc/status.js';
 export {
+  type Cidr,
+  type CidrProblem,
+  formatAddress,
+  formatCidr,
+  formatIPv6,
+  isCidrProblem,
+  parseCanonicalCidr,
+  parseIPv4,
+  parseIPv6,
+} from './../src/cidr.js';
+export {
   SignatureError,
 } from './../src/errors.js';
+export {
+  LabelSelectorSyntaxError,
+  formatLabelSelector,
+  matchesLabelSelector,
+  parseLabelSelector,
+  validateLabelSelector,
+} from './../src/label-selector.js';
+export {
+  checkDnsLabel,
+  checkLabelKey,
+  checkLabelValue,
+} from './../src/labels.js';
 export {
   GENESIS_HASH,
   type TrustedKeys,
@@ -148,6 +171,11 @@ export {
   signLogEntry,
   signSnapshot,
 } from './../src/log-envelope.js';
+export {
+  DEFAULT_POLICY_LIMITS,
+  type PolicyLimits,
+  validatePolicy,
+} from './../src/policy-validation.js';
 export {
   type FieldViolation,
   STATUS_DETAILS_KEY,

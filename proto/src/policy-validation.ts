@@ -1,0 +1,187 @@
+import { Action, InterfaceRole, Protocol, type Policy, type Rule } from '../gen/edgeplane/v1/policy.js';
+import { isCidrProblem, parseCanonicalCidr } from './cidr.js';
+import { validateLabelSelector } from './label-selector.js';
+import { checkDnsLabel, checkLabelKey, checkLabelValue } from './labels.js';
+import type { FieldViolation } from './status-details.js';
+
+/** Limits policy validation enforces. The defaults are what the datapath holds on one node. */
+export interface PolicyLimits {
+  /** Rules in one policy (default 65,536). */
+  maxRules: number;
+  /** CIDRs in one rule's source or destination list (default 256). */
+  maxCidrsPerRule: number;
+  /** Port ranges in one rule (default 64). */
+  maxPortRangesPerRule: number;
+  /** Characters of description (default 1,024). */
+  maxDescription: number;
+  /** Annotations, keys and values together, in bytes (default 256 KiB). */
+  maxAnnotationBytes: number;
+  /** Packets per second and burst of a rate limit (default 1e9). */
+  maxRate: bigint;
+}
+
+/** The default {@link PolicyLimits}. */
+export const DEFAULT_POLICY_LIMITS: Readonly<PolicyLimits> = Object.freeze({
+  maxRules: 65_536,
+  maxCidrsPerRule: 256,
+  maxPortRangesPerRule: 64,
+  maxDescription: 1024,
+  maxAnnotationBytes: 256 * 1024,
+  maxRate: 1_000_000_000n,
+});
+
+const MAX_BAKE_SECONDS = 7n * 24n * 3600n;
+
+/**
+ * Validates a whole policy as a write would store it and returns every problem found (empty
+ * when valid). Field paths use proto field names under `path` (e.g.
+ * `policy.spec.rules[2].source_cidrs[0]`), as google.rpc.BadRequest expects. Pure: the
+ * controller runs it before writing and every agent runs it again before applying.
+ */
+export function validatePolicy(policy: Policy | undefined, path = 'policy', limits: Readonly<PolicyLimits> = DEFAULT_POLICY_LIMITS): FieldViolation[] {
+  const out: FieldViolation[] = [];
+  const add = (field: string, description: string, reason: string): void => void out.push({ field, description, reason });
+  if (!policy) {
+    add(path, 'required', 'REQUIRED');
+    return out;
+  }
+  const meta = policy.metadata;
+  if (!meta || meta.name === '') add(`${path}.metadata.name`, 'required', 'REQUIRED');
+  else {
+    const p = checkDnsLabel(meta.name);
+    if (p) add(`${path}.metadata.name`, `${JSON.stringify(meta.name)} ${p}`, 'INVALID_NAME');
+  }
+  for (const [k, v] of Object.entries(meta?.labels ?? {})) {
+    const kp = checkLabelKey(k);
+    if (kp) add(`${path}.metadata.labels`, `key ${JSON.stringify(k)}: ${kp}`, 'INVALID_LABEL_KEY');
+    const vp = checkLabelValue(v);
+    if (vp) add(`${path}.metadata.labels[${JSON.stringify(k)}]`, `value ${JSON.stringify(v)}: ${vp}`, 'INVALID_LABEL_VALUE');
+  }
+  let annotationBytes = 0;
+  for (const [k, v] of Object.entries(meta?.annotations ?? {})) {
+    const kp = checkLabelKey(k);
+    if (kp) add(`${path}.metadata.annotations`, `key ${JSON.stringify(k)}: ${kp}`, 'INVALID_ANNOTATION_KEY');
+    annotationBytes += Buffer.byteLength(k) + Buffer.byteLength(v);
+  }
+  if (annotationBytes > limits.maxAnnotationBytes) add(`${path}.metadata.annotations`, `${annotationBytes} bytes; at most ${limits.maxAnnotationBytes}`, 'TOO_LARGE');
+
+  const spec = policy.spec;
+  if (!spec) {
+    add(`${path}.spec`, 'required', 'REQUIRED');
+    return out;
+  }
+  const sp = `${path}.spec`;
+  out.push(...validateLabelSelector(spec.nodeSelector, `${sp}.node_selector`));
+  if (!Object.values(InterfaceRole).includes(spec.interfaceRole) || spec.interfaceRole === InterfaceRole.UNRECOGNIZED) {
+    add(`${sp}.interface_role`, `unknown interface role ${spec.interfaceRole}`, 'INVALID_ENUM');
+  }
+  if (![Action.ACTION_UNSPECIFIED, Action.ACTION_ALLOW, Action.ACTION_DENY].includes(spec.defaultAction)) {
+    add(`${sp}.default_action`, 'must be ALLOW or DENY (or unset)', 'INVALID_DEFAULT_ACTION');
+  }
+  if (spec.description.length > limits.maxDescription) add(`${sp}.description`, `at most ${limits.maxDescription} characters`, 'TOO_LONG');
+
+  if (spec.rules.length === 0) add(`${sp}.rules`, 'a policy needs at least one rule', 'REQUIRED');
+  if (spec.rules.length > limits.maxRules) {
+    add(`${sp}.rules`, `${spec.rules.length} rules; at most ${limits.maxRules}`, 'TOO_MANY_RULES');
+  } else {
+    const priorities = new Map<number, number>();
+    spec.rules.forEach((rule, i) => {
+      const rp = `${sp}.rules[${i}]`;
+      const first = priorities.get(rule.priority);
+      if (first !== undefined) add(`${rp}.priority`, `priority ${rule.priority} is also used by rules[${first}]`, 'DUPLICATE_PRIORITY');
+      else priorities.set(rule.priority, i);
+      validateRule(rule, rp, limits, add);
+    });
+  }
+  validateRollout(policy, sp, add);
+  return out;
+}
+
+function validateRule(rule: Rule, rp: string, limits: Readonly<PolicyLimits>, add: (f: string, d: string, r: string) => void): void {
+  if (rule.name !== '') {
+    const p = checkDnsLabel(rule.name);
+    if (p) add(`${rp}.name`, `${JSON.stringify(rule.name)} ${p}`, 'INVALID_NAME');
+  }
+  const families = (list: string[], field: string): Set<4 | 6> => {
+    const fams = new Set<4 | 6>();
+    if (list.length > limits.maxCidrsPerRule) add(`${rp}.${field}`, `${list.length} CIDRs; at most ${limits.maxCidrsPerRule}`, 'TOO_MANY_CIDRS');
+    const seen = new Map<string, number>();
+    list.forEach((text, j) => {
+      const parsed = parseCanonicalCidr(text);
+      if (isCidrProblem(parsed)) return add(`${rp}.${field}[${j}]`, parsed.description, parsed.reason);
+      fams.add(parsed.family);
+      const dup = seen.get(text);
+      if (dup !== undefined) add(`${rp}.${field}[${j}]`, `${text} repeats ${field}[${dup}]`, 'DUPLICATE_CIDR');
+      seen.set(text, j);
+    });
+    return fams;
+  };
+  const src = families(rule.sourceCidrs, 'source_cidrs');
+  const dst = families(rule.destinationCidrs, 'destination_cidrs');
+  // The families a packet matching this rule could have.
+  let possible = new Set<4 | 6>([4, 6]);
+  if (rule.sourceCidrs.length && src.size) possible = new Set([...possible].filter((f) => src.has(f)));
+  if (rule.destinationCidrs.length && dst.size) possible = new Set([...possible].filter((f) => dst.has(f)));
+  if (possible.size === 0) add(`${rp}.destination_cidrs`, 'source and destination CIDRs share no address family, so the rule can never match', 'RULE_CANNOT_MATCH');
+
+  const knownProtocol = Object.values(Protocol).includes(rule.protocol) && rule.protocol !== Protocol.UNRECOGNIZED;
+  if (!knownProtocol) add(`${rp}.protocol`, `unknown protocol ${rule.protocol}`, 'INVALID_ENUM');
+  if (rule.protocol === Protocol.PROTOCOL_ICMP && possible.size > 0 && !possible.has(4)) add(`${rp}.protocol`, 'ICMP is an IPv4 protocol but the rule matches only IPv6 (use ICMPV6)', 'RULE_CANNOT_MATCH');
+  if (rule.protocol === Protocol.PROTOCOL_ICMPV6 && possible.size > 0 && !possible.has(6)) add(`${rp}.protocol`, 'ICMPV6 is an IPv6 protocol but the rule matches only IPv4 (use ICMP)', 'RULE_CANNOT_MATCH');
+
+  const portsAllowed = rule.protocol === Protocol.PROTOCOL_TCP || rule.protocol === Protocol.PROTOCOL_UDP;
+  if (rule.destinationPorts.length > 0 && !portsAllowed) {
+    add(`${rp}.destination_ports`, 'destination ports need protocol TCP or UDP', 'PROTOCOL_PORT_MISMATCH');
+  }
+  if (rule.destinationPorts.length > limits.maxPortRangesPerRule) add(`${rp}.destination_ports`, `${rule.destinationPorts.length} ranges; at most ${limits.maxPortRangesPerRule}`, 'TOO_MANY_PORT_RANGES');
+  rule.destinationPorts.forEach((range, j) => {
+    const pp = `${rp}.destination_ports[${j}]`;
+    const last = range.last === 0 ? range.first : range.last;
+    if (range.first < 1 || range.first > 65535) add(`${pp}.first`, `port ${range.first} is not in 1..65535`, 'PORT_OUT_OF_RANGE');
+    else if (last > 65535) add(`${pp}.last`, `port ${range.last} is not in 1..65535`, 'PORT_OUT_OF_RANGE');
+    else if (last < range.first) add(`${pp}.last`, `range ${range.first}-${range.last} is reversed; write ${range.last}-${range.first}`, 'REVERSED_PORT_RANGE');
+  });
+
+  if (rule.action === Action.ACTION_UNSPECIFIED) add(`${rp}.action`, 'required: ALLOW, DENY or RATE_LIMIT', 'REQUIRED');
+  else if (![Action.ACTION_ALLOW, Action.ACTION_DENY, Action.ACTION_RATE_LIMIT].includes(rule.action)) add(`${rp}.action`, `unknown action ${rule.action}`, 'INVALID_ENUM');
+  if (rule.action === Action.ACTION_RATE_LIMIT) {
+    const rl = rule.rateLimit;
+    if (!rl) add(`${rp}.rate_limit`, 'required with action RATE_LIMIT', 'REQUIRED');
+    else {
+      if (rl.packetsPerSecond < 1n || rl.packetsPerSecond > limits.maxRate) add(`${rp}.rate_limit.packets_per_second`, `must be 1..${limits.maxRate}`, 'OUT_OF_RANGE');
+      if (rl.burst < 1n || rl.burst > limits.maxRate) add(`${rp}.rate_limit.burst`, `must be 1..${limits.maxRate}`, 'OUT_OF_RANGE');
+    }
+  } else if (rule.rateLimit) {
+    add(`${rp}.rate_limit`, 'only allowed with action RATE_LIMIT', 'NOT_ALLOWED');
+  }
+}
+
+function validateRollout(policy: Policy, sp: string, add: (f: string, d: string, r: string) => void): void {
+  const strategy = policy.spec?.rolloutStrategy?.strategy;
+  if (strategy?.$case !== 'staged') return;
+  const staged = strategy.staged;
+  const p = `${sp}.rollout_strategy.staged`;
+  if (staged.waves.length === 0) add(`${p}.waves`, 'a staged rollout needs at least one wave', 'REQUIRED');
+  let lastPercent = 0;
+  staged.waves.forEach((wave, i) => {
+    const wp = `${p}.waves[${i}]`;
+    if (!wave.target) add(`${wp}`, 'needs percent or selector', 'REQUIRED');
+    else if (wave.target.$case === 'percent') {
+      const pct = wave.target.percent;
+      if (!(pct > 0 && pct <= 100)) add(`${wp}.percent`, 'must be in (0, 100]', 'OUT_OF_RANGE');
+      else if (pct < lastPercent) add(`${wp}.percent`, `waves are cumulative: ${pct} is less than the previous wave's ${lastPercent}`, 'NOT_MONOTONIC');
+      else lastPercent = pct;
+    } else {
+      for (const v of validateLabelSelector(wave.target.selector, `${wp}.selector`)) add(v.field, v.description, v.reason ?? 'INVALID');
+    }
+    const bake = wave.bakeTime;
+    if (bake && (bake.seconds < 0n || bake.nanos < 0 || bake.seconds > MAX_BAKE_SECONDS)) add(`${wp}.bake_time`, 'must be between 0 and 7 days', 'OUT_OF_RANGE');
+  });
+  const g = staged.gates;
+  if (g) {
+    if (g.maxDropRatioIncreasePoints < 0 || g.maxDropRatioIncreasePoints > 100) add(`${p}.gates.max_drop_ratio_increase_points`, 'must be 0..100', 'OUT_OF_RANGE');
+    if (g.maxUnreportedPercent < 0 || g.maxUnreportedPercent > 100) add(`${p}.gates.max_unreported_percent`, 'must be 0..100', 'OUT_OF_RANGE');
+  }
+  const t = staged.reportTimeout;
+  if (t && (t.seconds < 0n || t.nanos < 0)) add(`${p}.report_timeout`, 'must not be negative', 'OUT_OF_RANGE');
+}
