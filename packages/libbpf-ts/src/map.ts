@@ -213,10 +213,11 @@ export class BpfMap implements ByteMap {
     const { ret, done } = native.updateBatch(this.fd, allKeys, allValues, keys.length, updateFlags[flags]);
     if (ret >= 0) return { count: done, batched: true };
     const error = errnoError(`map update batch name=${this.name}`, ret, { details: native.takeMessages() });
-    // ENOTSUPP: the map type has no batch operations; EINVAL is what older kernels say for it.
+    // ENOTSUPP: the map type has no batch operations (EINVAL on kernels without batch at all).
+    // Both are refused before any element is written, so the fallback starts from the first.
     if (!(error instanceof NotSupportedError) && error.errno !== EINVAL) throw error;
-    for (let i = done; i < keys.length; i++) this.set(keys[i] as Uint8Array, values[i] as Uint8Array, flags);
-    return { count: keys.length, batched: false, fallbackReason: `bpf_map_update_batch on ${this.type} map: ${error.code}; wrote ${keys.length - done} elements one by one` };
+    keys.forEach((key, i) => this.set(key, values[i] as Uint8Array, flags));
+    return { count: keys.length, batched: false, fallbackReason: `bpf_map_update_batch on a ${this.type} map: ${error.code}; wrote the elements one by one` };
   }
 
   /**

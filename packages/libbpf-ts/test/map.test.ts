@@ -1,0 +1,149 @@
+import test from 'ava';
+import { BpfMap, encode, LibbpfError, loadObject, loadObjectSpec, NotFoundError, u16, u32, u64, type BpfObject } from '../src/index.js';
+import { buildFixtures, type Fixtures } from './helpers/fixtures.js';
+
+let fixtures: Fixtures;
+let obj: BpfObject;
+test.before(async () => {
+  fixtures = await buildFixtures();
+  obj = await loadObject(await loadObjectSpec(fixtures.path('xdp-drop')));
+});
+test.after.always(async () => {
+  obj?.close();
+  await fixtures?.remove();
+});
+
+const key = (n: number): Uint8Array => encode(u32, n);
+const value = (n: bigint): Uint8Array => encode(u64, n);
+
+test.serial('BpfMap - get, set, delete on a hash map', (t) => {
+  const map = obj.map('scratch');
+  t.like(map, { name: 'scratch', type: 'hash', keySize: 4, valueSize: 8, maxEntries: 64, flags: 0 });
+  t.true(map.id > 0);
+  t.is(map.get(key(1)), undefined);
+  map.set(key(1), value(10n));
+  t.deepEqual(map.get(key(1)), value(10n));
+  map.set(key(1), value(11n), 'exist');
+  t.deepEqual(map.get(key(1)), value(11n));
+  const exists = t.throws(() => map.set(key(1), value(0n), 'noexist'), { instanceOf: LibbpfError });
+  t.is(exists?.code, 'EEXIST');
+  t.is(exists?.operation, 'map update name=scratch');
+  t.regex(exists?.message ?? '', /^map update name=scratch: EEXIST \(File exists\)/);
+  t.throws(() => map.set(key(2), value(0n), 'exist'), { instanceOf: NotFoundError });
+  t.true(map.delete(key(1)));
+  t.false(map.delete(key(1)));
+  t.throws(() => map.set(new Uint8Array(3), value(0n)), { instanceOf: RangeError, message: /key is 3 bytes, the map's key size is 4/ });
+});
+
+test.serial('BpfMap - setBatch writes in one call, keys() and entries() iterate', (t) => {
+  const map = obj.map('scratch');
+  const keys = [1, 2, 3, 4, 5].map(key);
+  const result = map.setBatch(keys, [10n, 20n, 30n, 40n, 50n].map(value));
+  t.deepEqual(result, { count: 5, batched: true });
+  t.deepEqual([...map.keys()].map((k) => u32.decode(k)).sort(), [1, 2, 3, 4, 5]);
+  const entries = [...map.entries()].map(([k, v]) => [u32.decode(k), u64.decode(v)] as const).sort((a, b) => a[0] - b[0]);
+  t.deepEqual(entries, [[1, 10n], [2, 20n], [3, 30n], [4, 40n], [5, 50n]]);
+  for (const k of keys) map.delete(k);
+  t.deepEqual([...map.keys()], []);
+});
+
+test.serial('BpfMap - a full hash map reports E2BIG', (t) => {
+  const map = obj.map('scratch');
+  map.setBatch(Array.from({ length: 64 }, (_, i) => key(i)), Array.from({ length: 64 }, () => value(1n)));
+  const full = t.throws(() => map.set(key(1000), value(1n)), { instanceOf: LibbpfError });
+  t.is(full?.code, 'E2BIG');
+  for (const k of [...map.keys()]) map.delete(k);
+});
+
+test('BpfMap - array maps cannot delete (EINVAL) and iterate every index', (t) => {
+  const map = obj.map('drop_port');
+  map.set(key(0), encode(u16, 4789));
+  t.deepEqual(map.get(key(0)), encode(u16, 4789));
+  t.is(t.throws(() => map.delete(key(0)), { instanceOf: LibbpfError })?.code, 'EINVAL');
+  t.is([...map.keys()].length, 1);
+});
+
+test('BpfMap - per-CPU values, one per possible CPU, rounded up to 8 bytes', (t) => {
+  const map = obj.map('counters');
+  t.true(map.perCpu);
+  const before = map.getPerCpu(key(1));
+  t.truthy(before);
+  const cpus = before?.length ?? 0;
+  t.true(cpus >= 1);
+  map.setPerCpu(key(1), Array.from({ length: cpus }, (_, cpu) => value(BigInt(cpu + 1))));
+  t.deepEqual(map.getPerCpu(key(1)), Array.from({ length: cpus }, (_, cpu) => value(BigInt(cpu + 1))));
+  map.setPerCpu(key(1), [value(7n)]);
+  t.deepEqual(map.getPerCpu(key(1)), Array.from({ length: cpus }, () => value(7n)));
+  t.throws(() => map.get(key(1)), { instanceOf: LibbpfError, message: /use getPerCpu/ });
+  t.throws(() => obj.map('scratch').getPerCpu(key(1)), { instanceOf: LibbpfError, message: /not a per-CPU map/ });
+});
+
+test('BpfMap - a per-CPU hash with a 4-byte value uses an 8-byte stride', (t) => {
+  using cleanup = { [Symbol.dispose]: () => map.close() };
+  const map = BpfMap.create({ type: 'percpu_hash', name: 'pc4', keySize: 4, valueSize: 4, maxEntries: 4 });
+  map.setPerCpu(key(9), [encode(u32, 0xdeadbeef)]);
+  const values = map.getPerCpu(key(9)) ?? [];
+  t.true(values.length >= 1);
+  for (const v of values) t.deepEqual(v, encode(u32, 0xdeadbeef));
+  t.truthy(cleanup);
+});
+
+test('BpfMap.typed - typed get/set/delete/entries/setBatch', (t) => {
+  using cleanup = { [Symbol.dispose]: () => raw.close() };
+  const raw = BpfMap.create({ type: 'hash', name: 'typed', keySize: 4, valueSize: 8, maxEntries: 8 });
+  const map = raw.typed(u32, u64);
+  map.set(1, 100n);
+  t.is(map.get(1), 100n);
+  t.deepEqual(map.setBatch([[2, 200n], [3, 300n]]), { count: 2, batched: true });
+  t.deepEqual([...map.entries()].sort((a, b) => a[0] - b[0]), [[1, 100n], [2, 200n], [3, 300n]]);
+  t.deepEqual([...map.keys()].sort(), [1, 2, 3]);
+  t.true(map.delete(2));
+  t.is(map.get(2), undefined);
+  t.throws(() => raw.typed(u16, u64), { instanceOf: RangeError, message: /key codec is 2 bytes/ });
+  t.truthy(cleanup);
+});
+
+test('BpfMap.setBatch - falls back to single updates with the reason when the type has no batch', (t) => {
+  using cleanup = { [Symbol.dispose]: () => map.close() };
+  // devmap has no batch operations (kernel returns ENOTSUPP); its values are ifindexes (lo = 1).
+  const map = BpfMap.create({ type: 'devmap', name: 'nobatch', keySize: 4, valueSize: 4, maxEntries: 4 });
+  const result = map.setBatch([key(0), key(1)], [encode(u32, 1), encode(u32, 1)]);
+  t.false(result.batched);
+  t.is(result.count, 2);
+  t.regex(result.fallbackReason ?? '', /devmap map: ENOTSUPP/);
+  t.deepEqual(map.get(key(1)), encode(u32, 1));
+  t.truthy(cleanup);
+});
+
+test('BpfMap.create - lpm_trie and errors carry code and operation', (t) => {
+  const lpm = BpfMap.create({ type: 'lpm_trie', name: 'cidrs', keySize: 8, valueSize: 4, maxEntries: 16, flags: 1 /* BPF_F_NO_PREALLOC */ });
+  lpm.set(new Uint8Array([24, 0, 0, 0, 10, 1, 2, 0]), encode(u32, 1));
+  t.deepEqual(lpm.get(new Uint8Array([32, 0, 0, 0, 10, 1, 2, 77])), encode(u32, 1)); // longest-prefix match
+  lpm.close();
+  lpm.close();
+  const bad = t.throws(() => BpfMap.create({ type: 'lpm_trie', name: 'bad', keySize: 8, valueSize: 4, maxEntries: 16 }), { instanceOf: LibbpfError });
+  t.is(bad?.code, 'EINVAL');
+  t.is(bad?.operation, 'map create name=bad type=lpm_trie');
+  t.throws(() => BpfMap.create({ type: 'no_such_type', keySize: 4, valueSize: 4, maxEntries: 1 }), { instanceOf: NotFoundError, message: /known map types: .*hash/ });
+});
+
+test('BpfMap.fromId - opens the same map; close twice is safe; closed maps say EBADF', (t) => {
+  const source = obj.map('scratch');
+  const again = BpfMap.fromId(source.id);
+  t.like(again, { name: 'scratch', type: 'hash', keySize: 4, valueSize: 8, maxEntries: 64 });
+  t.is(again.id, source.id);
+  t.not(again.fd, source.fd);
+  again.close();
+  again.close();
+  t.throws(() => again.get(key(1)), { instanceOf: LibbpfError, message: /EBADF/ });
+  t.throws(() => BpfMap.fromId(0x7ffffff0), { instanceOf: NotFoundError, message: /^map open id=2147483632: ENOENT/ });
+});
+
+test('BpfMap - asyncDispose closes an owned map', async (t) => {
+  let fd = -1;
+  {
+    await using map = BpfMap.create({ type: 'array', keySize: 4, valueSize: 4, maxEntries: 1 });
+    fd = map.fd;
+  }
+  t.true(fd >= 0);
+});
