@@ -18,7 +18,11 @@ export interface LoadOptions {
    * Default: libbpf's /sys/fs/bpf.
    */
   pinRoot?: string;
-  /** Use these existing maps instead of creating the named ones (bpf_map__reuse_fd). */
+  /**
+   * Use these existing maps instead of creating the named ones (bpf_map__reuse_fd; the object
+   * takes its own fd, the caller keeps owning the given map). A replaced map declared
+   * LIBBPF_PIN_BY_NAME is still pinned under pinRoot.
+   */
   mapReplacements?: Record<string, BpfMap>;
   /** Override max_entries of the named maps before they are created. */
   mapMaxEntries?: Record<string, number>;
@@ -148,10 +152,10 @@ export async function loadObject(spec: ObjectSpec, options: LoadOptions = {}): P
       programs.set(name, new Program(fd, { name, type: native.enumName(native.progTypeNames, native.programType(prog)) }, false));
     }
     const maps = new Map<string, BpfMap>();
-    for (const map of mapHandles(handle)) {
+    // Names as declared: bpf_map__reuse_fd renames a map after the one it reuses.
+    for (const [name, map] of mapsByName) {
       const fd = native.mapFd(map);
       if (fd < 0) continue; // autocreate disabled
-      const name = native.mapName(map);
       maps.set(name, new BpfMap(fd, { name, ...mapShape(map) }, false));
     }
     return new BpfObject(spec, handle, programs, maps);
