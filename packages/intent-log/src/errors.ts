@@ -1,0 +1,30 @@
+/**
+ * The log does not continue the chain this reader holds: an entry's previous hash or revision
+ * does not fit, or the stream holds fewer entries than the reader has seen (a rewound or
+ * forked log, e.g. after storage loss). The reader must resync from a snapshot.
+ */
+export class ChainError extends Error {
+  override name = 'ChainError';
+}
+
+/** Entries are missing between what the reader holds and what it received. */
+export class GapError extends Error {
+  override name = 'GapError';
+  constructor(
+    message: string,
+    readonly have: bigint,
+    readonly got: bigint,
+  ) {
+    super(message);
+  }
+}
+
+/** Another writer appended first: the expected last sequence did not hold. */
+export class ConflictError extends Error {
+  override name = 'ConflictError';
+}
+
+/** The intent log (NATS/JetStream) could not be read or written. */
+export class LogUnavailableError extends Error {
+  override name = 'LogUnavailableError';
+}

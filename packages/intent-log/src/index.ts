@@ -1,0 +1,4 @@
+export { ChainError, ConflictError, GapError, LogUnavailableError } from './errors.js';
+export { IntentChain, type AppendResult, type PolicyChange } from './intent-chain.js';
+export { IntentLog, type IntentLogOptions, type LogBounds, type StoredEntry } from './intent-log.js';
+export { NatsServer, freePort, type NatsServerOptions } from './nats-server.js';

@@ -1,0 +1,125 @@
+import {
+  GENESIS_HASH,
+  logEntryHash,
+  openLogEntry,
+  openSnapshot,
+  type LogEntry,
+  type Policy,
+  type SignedLogEntry,
+  type SignedSnapshot,
+  type Snapshot,
+  type TrustedKeys,
+} from '@edgeplane/proto';
+import { ChainError, GapError } from './errors.js';
+
+/** What one entry did to one policy. */
+export interface PolicyChange {
+  type: 'added' | 'modified' | 'deleted';
+  /** The policy after the change; for deletes, as it was before. */
+  policy: Policy;
+  revision: bigint;
+}
+
+/** The result of appending one entry. */
+export interface AppendResult {
+  /** False when the entry was already held (a duplicate delivery): nothing changed. */
+  applied: boolean;
+  entry: LogEntry;
+  changes: PolicyChange[];
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/**
+ * The intent as of one revision, built by verifying and applying signed log entries in order.
+ * Pure and synchronous: it owns no connection. Both the controller (to validate writes against)
+ * and every agent (to compile) hold one.
+ */
+export class IntentChain {
+  #trusted: TrustedKeys;
+  #revision = 0n;
+  #lastHash: Uint8Array = GENESIS_HASH;
+  #policies = new Map<string, Policy>();
+
+  /** @param trusted the keys whose signatures this chain accepts. */
+  constructor(trusted: TrustedKeys) {
+    this.#trusted = trusted;
+  }
+
+  /** The revision of the newest entry applied (0 for an empty log). */
+  get revision(): bigint {
+    return this.#revision;
+  }
+
+  /** The chain hash of the newest entry applied (the genesis hash for an empty log). */
+  get lastHash(): Uint8Array {
+    return this.#lastHash;
+  }
+
+  /** The policies by name. Callers must not modify them. */
+  get policies(): ReadonlyMap<string, Policy> {
+    return this.#policies;
+  }
+
+  /**
+   * Verifies one signed entry and applies it if it is the next one.
+   * An entry at or below the current revision is a duplicate and changes nothing (if it is the
+   * current one, its hash must match ours).
+   * @throws SignatureError if it is not signed by a trusted key.
+   * @throws GapError if entries between the current revision and it are missing.
+   * @throws ChainError if it does not continue the chain (a forked or rewound log).
+   */
+  append(signed: SignedLogEntry): AppendResult {
+    const entry = openLogEntry(signed, this.#trusted);
+    const hash = logEntryHash(signed);
+    if (entry.revision <= this.#revision) {
+      if (entry.revision === this.#revision && !equalBytes(hash, this.#lastHash)) {
+        throw new ChainError(`append revision=${entry.revision}: a different entry than the one held at this revision (forked log)`);
+      }
+      return { applied: false, entry, changes: [] };
+    }
+    if (entry.revision !== this.#revision + 1n) {
+      throw new GapError(`append revision=${entry.revision}: holding ${this.#revision}, entries in between are missing`, this.#revision, entry.revision);
+    }
+    if (!equalBytes(entry.previousHash, this.#lastHash)) {
+      throw new ChainError(`append revision=${entry.revision}: previous hash does not match entry ${this.#revision} (forked or rewound log)`);
+    }
+    const changes: PolicyChange[] = [];
+    for (const name of entry.change?.deletes ?? []) {
+      const old = this.#policies.get(name);
+      if (old) {
+        this.#policies.delete(name);
+        changes.push({ type: 'deleted', policy: old, revision: entry.revision });
+      }
+    }
+    for (const policy of entry.change?.upserts ?? []) {
+      const name = policy.metadata?.name ?? '';
+      const existed = this.#policies.has(name);
+      this.#policies.set(name, policy);
+      changes.push({ type: existed ? 'modified' : 'added', policy, revision: entry.revision });
+    }
+    this.#revision = entry.revision;
+    this.#lastHash = hash;
+    return { applied: true, entry, changes };
+  }
+
+  /**
+   * Replaces the whole state with a verified snapshot.
+   * @throws SignatureError if the snapshot is not signed by a trusted key.
+   */
+  restore(signed: SignedSnapshot): Snapshot {
+    const snapshot = openSnapshot(signed, this.#trusted);
+    this.#policies = new Map(snapshot.policies.map((p) => [p.metadata?.name ?? '', p]));
+    this.#revision = snapshot.revision;
+    this.#lastHash = new Uint8Array(snapshot.lastHash);
+    return snapshot;
+  }
+
+  /** Returns the compacted state, ready to sign (see signSnapshot in @edgeplane/proto). */
+  snapshot(now: Date = new Date()): Snapshot {
+    const policies = [...this.#policies.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));
+    return { revision: this.#revision, lastHash: Buffer.from(this.#lastHash), policies, createTime: now };
+  }
+}

@@ -1,0 +1,248 @@
+import {
+  DeliverPolicy,
+  DiscardPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
+  RetentionPolicy,
+  StorageType,
+  jetstream,
+  jetstreamManager,
+  type JetStreamClient,
+  type JetStreamManager,
+} from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import { headers as natsHeaders, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import {
+  INTENT_STREAM,
+  INTENT_SUBJECT,
+  SNAPSHOT_BUCKET,
+  SNAPSHOT_KEY,
+  SignedSnapshot,
+  decodeSignedLogEntry,
+  encodeSignedLogEntry,
+  type SignedLogEntry,
+} from '@edgeplane/proto';
+import { ConflictError, LogUnavailableError } from './errors.js';
+
+/** Options of {@link IntentLog.open}. */
+export interface IntentLogOptions {
+  /** Create the stream and snapshot bucket if missing (the controller); readers pass false. */
+  create: boolean;
+  /** Stream replicas when creating (1 on one server, 3 in a cluster). Default 1. */
+  replicas?: number;
+  /** Override the stream name (tests). Default INTENT_STREAM. */
+  stream?: string;
+  /** Override the subject (tests). Default INTENT_SUBJECT. */
+  subject?: string;
+  /** Override the snapshot bucket (tests). Default SNAPSHOT_BUCKET. */
+  snapshotBucket?: string;
+  /** Request timeout for JetStream API calls, ms. Default 5000. */
+  timeoutMs?: number;
+}
+
+/** An entry read back from the stream, with the sequence it is stored at. */
+export interface StoredEntry {
+  revision: bigint;
+  signed: SignedLogEntry;
+}
+
+/** The stream's bounds: entries first..last are readable (none when last < first). */
+export interface LogBounds {
+  first: bigint;
+  last: bigint;
+}
+
+/**
+ * The intent log on NATS JetStream: one stream (file storage) whose sequence is the fleet
+ * revision, plus a key-value bucket holding the newest signed snapshot. Does not own the
+ * NATS connection: closing the connection is the caller's job.
+ */
+export class IntentLog {
+  readonly stream: string;
+  readonly subject: string;
+  #nc: NatsConnection;
+  #js: JetStreamClient;
+  #jsm: JetStreamManager;
+  #kv: KV;
+
+  private constructor(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, kv: KV, stream: string, subject: string) {
+    this.#nc = nc;
+    this.#js = js;
+    this.#jsm = jsm;
+    this.#kv = kv;
+    this.stream = stream;
+    this.subject = subject;
+  }
+
+  /**
+   * Opens (and with `create`, creates or verifies) the stream and snapshot bucket.
+   * @throws LogUnavailableError if JetStream is not reachable, or the stream is missing and
+   *   `create` is false, or an existing stream's configuration conflicts with the log's needs.
+   */
+  static async open(nc: NatsConnection, options: IntentLogOptions): Promise<IntentLog> {
+    const stream = options.stream ?? INTENT_STREAM;
+    const subject = options.subject ?? INTENT_SUBJECT;
+    const bucket = options.snapshotBucket ?? SNAPSHOT_BUCKET;
+    const timeout = options.timeoutMs ?? 5000;
+    try {
+      const jsm = await jetstreamManager(nc, { timeout });
+      const js = jetstream(nc, { timeout });
+      let info;
+      try {
+        info = await jsm.streams.info(stream);
+      } catch (err) {
+        if (!(err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) || !options.create) throw err;
+        info = await jsm.streams.add({
+          name: stream,
+          subjects: [subject],
+          storage: StorageType.File,
+          retention: RetentionPolicy.Limits,
+          // The log is never trimmed by limits: only compaction (purge below a snapshot) removes entries.
+          discard: DiscardPolicy.New,
+          num_replicas: options.replicas ?? 1,
+          duplicate_window: 2 * 60 * 1_000_000_000,
+          allow_direct: true,
+          deny_delete: true,
+        });
+      }
+      if (!info.config.subjects?.includes(subject)) {
+        throw new LogUnavailableError(`open intent log stream=${stream}: it does not capture subject ${subject}`);
+      }
+      const kvm = new Kvm(nc);
+      const kv = options.create ? await kvm.create(bucket, { history: 1, replicas: options.replicas ?? 1 }) : await kvm.open(bucket);
+      return new IntentLog(nc, js, jsm, kv, stream, subject);
+    } catch (cause) {
+      if (cause instanceof LogUnavailableError) throw cause;
+      throw new LogUnavailableError(`open intent log stream=${stream}: ${(cause as Error).message}`, { cause });
+    }
+  }
+
+  /**
+   * Returns the readable bounds of the log.
+   * @throws LogUnavailableError if the stream cannot be read.
+   */
+  async bounds(): Promise<LogBounds> {
+    try {
+      const info = await this.#jsm.streams.info(this.stream);
+      return { first: BigInt(info.state.first_seq), last: BigInt(info.state.last_seq) };
+    } catch (cause) {
+      throw new LogUnavailableError(`read intent log bounds stream=${this.stream}`, { cause });
+    }
+  }
+
+  /**
+   * Appends one signed entry, which must be for revision `expectedLast + 1`: the stream stores
+   * it only if its last sequence is still `expectedLast`, so two writers can never fork the log.
+   * Storing and delivering to live subscribers are one step. `msgId` makes a retried publish
+   * idempotent within the stream's duplicate window.
+   * @returns the revision (stream sequence) it was stored at.
+   * @throws ConflictError if another writer appended first.
+   * @throws LogUnavailableError if NATS did not confirm the write (it may or may not be stored).
+   */
+  async append(signed: SignedLogEntry, expectedLast: bigint, options: { msgId?: string; traceparent?: string } = {}): Promise<bigint> {
+    const h = natsHeaders();
+    if (options.traceparent) h.set('traceparent', options.traceparent);
+    try {
+      const ack = await this.#js.publish(this.subject, encodeSignedLogEntry(signed), {
+        expect: { lastSequence: Number(expectedLast) },
+        headers: h,
+        ...(options.msgId ? { msgID: options.msgId } : {}),
+      });
+      if (ack.duplicate) {
+        throw new ConflictError(`append intent entry: duplicate of the entry stored at ${ack.seq}`);
+      }
+      return BigInt(ack.seq);
+    } catch (cause) {
+      if (cause instanceof ConflictError) throw cause;
+      if (cause instanceof JetStreamApiError && (cause.code === JetStreamApiCodes.StreamWrongLastSequence || cause.code === 10164)) {
+        throw new ConflictError(`append intent entry: the log moved past revision ${expectedLast}`, { cause });
+      }
+      throw new LogUnavailableError(`append intent entry after revision ${expectedLast}: ${(cause as Error).message}`, { cause });
+    }
+  }
+
+  /**
+   * Reads entries `from`..`to` (inclusive) in order through an ordered consumer. Entries
+   * purged by compaction are skipped: check {@link bounds} first.
+   * @throws LogUnavailableError if the stream cannot be read.
+   */
+  async *read(from: bigint, to: bigint): AsyncGenerator<StoredEntry> {
+    if (to < from) return;
+    let consumer;
+    try {
+      consumer = await this.#js.consumers.get(this.stream, {
+        // No subject filter: the stream holds only the log subject, and nats-server 2.9
+        // rejects filter_subjects on ordered consumers.
+        deliver_policy: DeliverPolicy.StartSequence,
+        opt_start_seq: Number(from),
+      });
+    } catch (cause) {
+      throw new LogUnavailableError(`read intent log from ${from}: ${(cause as Error).message}`, { cause });
+    }
+    const messages = await consumer.consume({ max_messages: 512 });
+    try {
+      for await (const m of messages) {
+        const revision = BigInt(m.seq);
+        yield { revision, signed: decodeSignedLogEntry(m.data) };
+        if (revision >= to) break;
+      }
+    } finally {
+      await messages.close();
+      await consumer.delete().catch(() => false);
+    }
+  }
+
+  /**
+   * Subscribes to entries as they are stored (core NATS delivery of the stream's subject).
+   * Messages that do not decode are passed to `onError`. The returned subscription is the
+   * caller's to unsubscribe.
+   */
+  subscribe(onEntry: (signed: SignedLogEntry) => void, onError: (err: Error) => void): Subscription {
+    return this.#nc.subscribe(this.subject, {
+      callback: (err, msg) => {
+        if (err) return onError(err);
+        try {
+          onEntry(decodeSignedLogEntry(msg.data));
+        } catch (e) {
+          onError(e as Error);
+        }
+      },
+    });
+  }
+
+  /**
+   * Returns the newest snapshot, or undefined if none was written.
+   * @throws LogUnavailableError if the bucket cannot be read.
+   */
+  async readSnapshot(): Promise<SignedSnapshot | undefined> {
+    try {
+      const e = await this.#kv.get(SNAPSHOT_KEY);
+      if (!e || e.operation !== 'PUT' || e.value.length === 0) return undefined;
+      return SignedSnapshot.decode(e.value);
+    } catch (cause) {
+      throw new LogUnavailableError('read intent snapshot', { cause });
+    }
+  }
+
+  /** Stores a snapshot as the newest. @throws LogUnavailableError */
+  async writeSnapshot(snapshot: SignedSnapshot): Promise<void> {
+    try {
+      await this.#kv.put(SNAPSHOT_KEY, SignedSnapshot.encode(snapshot).finish());
+    } catch (cause) {
+      throw new LogUnavailableError('write intent snapshot', { cause });
+    }
+  }
+
+  /**
+   * Removes entries below `keepFrom` (they must be covered by a stored snapshot). Revisions
+   * continue: the stream's sequence is not reset.
+   * @throws LogUnavailableError
+   */
+  async compact(keepFrom: bigint): Promise<void> {
+    try {
+      await this.#jsm.streams.purge(this.stream, { seq: Number(keepFrom) });
+    } catch (cause) {
+      throw new LogUnavailableError(`compact intent log below ${keepFrom}`, { cause });
+    }
+  }
+}

@@ -1,0 +1,152 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { createServer, connect as tcpConnect } from 'node:net';
+import { join } from 'node:path';
+import { LogUnavailableError } from './errors.js';
+
+/** Options of {@link NatsServer.start}. */
+export interface NatsServerOptions {
+  /** JetStream storage directory (created if missing). */
+  dataDir: string;
+  /** Client port; 0 picks a free one. Default 0. */
+  port?: number;
+  /** Address to listen on. Default 127.0.0.1. */
+  host?: string;
+  /** nats-server binary. Default `nats-server` on PATH. */
+  binary?: string;
+  /** How long to wait for the server to accept connections, ms. Default 10000. */
+  startTimeoutMs?: number;
+}
+
+/** Returns a TCP port that was free a moment ago on host. */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+async function waitForPort(host: string, port: number, deadline: number, child: ChildProcess): Promise<void> {
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`nats-server exited with code ${child.exitCode}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = tcpConnect({ host, port }, () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`nats-server did not listen on ${host}:${port} in time`);
+}
+
+/**
+ * A nats-server child process with JetStream (file storage in dataDir). Used by the
+ * controller when no NATS address is configured, and by tests. Owns the process: close()
+ * stops it (SIGTERM, then SIGKILL after a grace period); kill() is the crash a fault test wants.
+ */
+export class NatsServer {
+  readonly host: string;
+  readonly port: number;
+  readonly dataDir: string;
+  #options: NatsServerOptions;
+  #child: ChildProcess | undefined;
+  #log: string[] = [];
+
+  private constructor(options: NatsServerOptions, host: string, port: number) {
+    this.#options = options;
+    this.host = host;
+    this.port = port;
+    this.dataDir = options.dataDir;
+  }
+
+  /** The client URL, nats://host:port. */
+  get url(): string {
+    return `nats://${this.host}:${this.port}`;
+  }
+
+  /** The newest lines the server printed (for test failure messages). */
+  get log(): string {
+    return this.#log.join('');
+  }
+
+  /**
+   * Starts nats-server and waits until it accepts connections.
+   * @throws LogUnavailableError if it cannot be started (binary missing, port taken...).
+   */
+  static async start(options: NatsServerOptions): Promise<NatsServer> {
+    const host = options.host ?? '127.0.0.1';
+    const port = options.port || (await freePort(host));
+    const server = new NatsServer(options, host, port);
+    await server.#spawn();
+    return server;
+  }
+
+  async #spawn(): Promise<void> {
+    mkdirSync(this.dataDir, { recursive: true });
+    const args = ['-a', this.host, '-p', String(this.port), '-js', '-sd', join(this.dataDir, 'jetstream'), '--server_name', `edgeplane-${this.port}`];
+    const child = spawn(this.#options.binary ?? 'nats-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const keep = (chunk: Buffer): void => {
+      this.#log.push(chunk.toString());
+      if (this.#log.length > 200) this.#log.splice(0, this.#log.length - 200);
+    };
+    child.stdout?.on('data', keep);
+    child.stderr?.on('data', keep);
+    const spawned = new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', reject);
+    });
+    this.#child = child;
+    try {
+      await spawned;
+      await waitForPort(this.host, this.port, Date.now() + (this.#options.startTimeoutMs ?? 10_000), child);
+    } catch (cause) {
+      child.kill('SIGKILL');
+      this.#child = undefined;
+      throw new LogUnavailableError(`start nats-server port=${this.port}: ${(cause as Error).message}\n${this.log}`, { cause });
+    }
+  }
+
+  /** The server's process id, or undefined when it is not running. */
+  get pid(): number | undefined {
+    return this.#child?.exitCode === null ? this.#child.pid : undefined;
+  }
+
+  /** Kills the process with a signal (default SIGKILL) and waits for it to exit. */
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const child = this.#child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill(signal);
+    await exited;
+  }
+
+  /** Starts the server again on the same port and data directory (after kill or close). */
+  async restart(): Promise<void> {
+    await this.kill();
+    await this.#spawn();
+  }
+
+  /** Stops the server: SIGTERM, then SIGKILL after 5 s. Idempotent. */
+  async close(): Promise<void> {
+    const child = this.#child;
+    if (!child) return;
+    this.#child = undefined;
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

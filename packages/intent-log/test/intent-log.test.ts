@@ -1,0 +1,177 @@
+import test from 'ava';
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { Action, LogEntry, Policy, keyIdOf, signLogEntry, signSnapshot, type SignedLogEntry } from '@edgeplane/proto';
+import { ChainError, ConflictError, GapError, IntentChain, IntentLog, NatsServer } from '../src/index.js';
+
+const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+const trusted = new Map([[keyIdOf(publicKey), publicKey]]);
+const dir = mkdtempSync(join(tmpdir(), 'intent-log-test-'));
+let server: NatsServer;
+let nc: NatsConnection;
+
+test.before(async () => {
+  server = await NatsServer.start({ dataDir: dir });
+  nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+});
+test.after.always(async () => {
+  await nc?.close();
+  await server?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function policy(name: string, revision: bigint): Policy {
+  return Policy.fromPartial({ metadata: { name, resourceVersion: revision }, spec: { rules: [{ priority: 1, action: Action.ACTION_DENY }] } });
+}
+
+function next(chain: IntentChain, change: { upserts?: Policy[]; deletes?: string[] }): SignedLogEntry {
+  const revision = chain.revision + 1n;
+  return signLogEntry(LogEntry.fromPartial({ revision, previousHash: Buffer.from(chain.lastHash), change: { upserts: change.upserts ?? [], deletes: change.deletes ?? [] } }), privateKey);
+}
+
+let streamNo = 0;
+async function freshLog(): Promise<IntentLog> {
+  streamNo++;
+  return IntentLog.open(nc, { create: true, stream: `T${streamNo}`, subject: `t${streamNo}.log`, snapshotBucket: `TS${streamNo}` });
+}
+
+test('intent log - revisions are stream sequences and a stale writer gets a conflict', async (t) => {
+  const log = await freshLog();
+  const chain = new IntentChain(trusted);
+  const e1 = next(chain, { upserts: [policy('a', 1n)] });
+  t.is(await log.append(e1, 0n), 1n);
+  chain.append(e1);
+  const e2 = next(chain, { upserts: [policy('b', 2n)] });
+  t.is(await log.append(e2, 1n), 2n);
+  // A second writer still at revision 1 cannot append: the log would fork.
+  await t.throwsAsync(log.append(e2, 1n), { instanceOf: ConflictError });
+  t.deepEqual(await log.bounds(), { first: 1n, last: 2n });
+});
+
+test('intent log - read returns entries in order and a chain rebuilt from them verifies', async (t) => {
+  const log = await freshLog();
+  const writer = new IntentChain(trusted);
+  for (let i = 1; i <= 20; i++) {
+    const e = next(writer, i % 5 === 0 ? { deletes: [`p${i - 1}`] } : { upserts: [policy(`p${i}`, BigInt(i))] });
+    await log.append(e, writer.revision);
+    writer.append(e);
+  }
+  const reader = new IntentChain(trusted);
+  const seen: bigint[] = [];
+  for await (const { revision, signed } of log.read(1n, 20n)) {
+    seen.push(revision);
+    reader.append(signed);
+  }
+  t.deepEqual(seen, Array.from({ length: 20 }, (_, i) => BigInt(i + 1)));
+  t.is(reader.revision, 20n);
+  t.deepEqual([...reader.policies.keys()].sort(), [...writer.policies.keys()].sort());
+  t.deepEqual(reader.lastHash, writer.lastHash);
+});
+
+test('intent log - live subscribers receive what the stream stores', async (t) => {
+  const log = await freshLog();
+  const got: bigint[] = [];
+  const live = new IntentChain(trusted);
+  const sub = log.subscribe((signed) => got.push(live.append(signed).entry.revision), (err) => t.fail(err.message));
+  t.teardown(() => sub.unsubscribe());
+  const chain = new IntentChain(trusted);
+  for (let i = 0; i < 5; i++) {
+    const e = next(chain, { upserts: [policy('x', BigInt(i + 1))] });
+    await log.append(e, chain.revision);
+    chain.append(e);
+  }
+  await nc.flush();
+  for (let i = 0; i < 50 && got.length < 5; i++) await new Promise((r) => setTimeout(r, 20));
+  t.deepEqual(got, [1n, 2n, 3n, 4n, 5n]);
+});
+
+test('intent chain - gaps, forks and duplicates are told apart', (t) => {
+  const chain = new IntentChain(trusted);
+  const e1 = next(chain, { upserts: [policy('a', 1n)] });
+  chain.append(e1);
+  t.false(chain.append(e1).applied, 'a duplicate changes nothing');
+  const fork = new IntentChain(trusted);
+  const other = next(fork, { upserts: [policy('z', 1n)] });
+  t.throws(() => chain.append(other), { instanceOf: ChainError }, 'a different entry at the same revision is a fork');
+  const e2 = next(chain, { upserts: [policy('b', 2n)] });
+  chain.append(e2);
+  const e3 = next(chain, { upserts: [policy('c', 3n)] });
+  const skipping = new IntentChain(trusted);
+  skipping.append(e1);
+  t.throws(() => skipping.append(e3), { instanceOf: GapError });
+  // An entry whose previous hash is not ours (a rewound log rewritten differently).
+  const rewound = signLogEntry(LogEntry.fromPartial({ revision: 3n, previousHash: Buffer.alloc(32, 7) }), privateKey);
+  t.throws(() => chain.append(rewound), { instanceOf: ChainError });
+});
+
+test('intent log - snapshot plus the entries after it rebuilds the same state; compaction keeps revisions', async (t) => {
+  const log = await freshLog();
+  const writer = new IntentChain(trusted);
+  const write = async (change: { upserts?: Policy[]; deletes?: string[] }): Promise<void> => {
+    const e = next(writer, change);
+    await log.append(e, writer.revision);
+    writer.append(e);
+  };
+  for (let i = 1; i <= 10; i++) await write({ upserts: [policy(`p${i % 4}`, BigInt(i))] });
+  await log.writeSnapshot(signSnapshot(writer.snapshot(), privateKey));
+  await log.compact(11n);
+  for (let i = 11; i <= 13; i++) await write({ upserts: [policy(`q${i}`, BigInt(i))] });
+  t.deepEqual(await log.bounds(), { first: 11n, last: 13n });
+
+  const reader = new IntentChain(trusted);
+  const snap = await log.readSnapshot();
+  t.truthy(snap);
+  reader.restore(snap!);
+  t.is(reader.revision, 10n);
+  for await (const { signed } of log.read(11n, 13n)) reader.append(signed);
+  t.is(reader.revision, 13n);
+  t.deepEqual([...reader.policies.keys()].sort(), [...writer.policies.keys()].sort());
+});
+
+test('intent log - entries survive kill -9 of nats-server', async (t) => {
+  // Its own server: killing the shared one would fail the tests running beside this one.
+  const d = mkdtempSync(join(tmpdir(), 'nats-kill-'));
+  const server = await NatsServer.start({ dataDir: d });
+  const nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+  t.teardown(async () => {
+    await nc.close();
+    await server.close();
+    rmSync(d, { recursive: true, force: true });
+  });
+  const log = await IntentLog.open(nc, { create: true });
+  const chain = new IntentChain(trusted);
+  for (let i = 1; i <= 5; i++) {
+    const e = next(chain, { upserts: [policy(`k${i}`, BigInt(i))] });
+    await log.append(e, chain.revision);
+    chain.append(e);
+  }
+  await server.kill('SIGKILL');
+  await server.restart();
+  // The client reconnects by itself; reads succeed once JetStream has recovered the stream.
+  let bounds;
+  for (let i = 0; i < 100; i++) {
+    try {
+      bounds = await log.bounds();
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  t.deepEqual(bounds, { first: 1n, last: 5n });
+  const reader = new IntentChain(trusted);
+  for await (const { signed } of log.read(1n, 5n)) reader.append(signed);
+  t.deepEqual(reader.lastHash, chain.lastHash);
+});
+
+test('nats server - close twice is safe', async (t) => {
+  const d = mkdtempSync(join(tmpdir(), 'nats-close-'));
+  const s = await NatsServer.start({ dataDir: d });
+  t.truthy(s.pid);
+  await s.close();
+  await s.close();
+  t.is(s.pid, undefined);
+  rmSync(d, { recursive: true, force: true });
+});
