@@ -98,7 +98,7 @@ export function array<T>(element: Codec<T>, length: number): Codec<T[]> {
  * alignment and the whole padded to the largest one, as clang lays out a non-packed struct.
  * Padding bytes are written as zero (hash map keys compare padding too).
  */
-export function struct<F extends Record<string, Codec<any>>>(fields: F): Codec<{ [K in keyof F]: CodecValue<F[K]> }> {
+export function struct<F extends Record<string, Codec<unknown>>>(fields: F): Codec<{ [K in keyof F]: CodecValue<F[K]> }> {
   const layout: { name: string; codec: Codec<unknown>; offset: number }[] = [];
   let offset = 0;
   let align = 1;
