@@ -1,0 +1,341 @@
+// Compiles a rule set into the exact bytes of the datapath's tables (bpf/include/ep_tables.h).
+// Pure: no kernel, no I/O. bpf/README.md explains the scheme; in short, each of the three
+// fields (source prefix, destination prefix, protocol+port) maps a packet to a class (a set of
+// rules that constrain that field and match it) plus a wildcard vector (rules that do not
+// constrain it); the first set bit of the AND over the three fields is the matching rule.
+import { createHash } from 'node:crypto';
+import type { Cidr } from './cidr.js';
+import { CapacityError } from './errors.js';
+import { DEFAULT_RULE_ID, MAX_RULES, validateRuleSet, type NormalizedRule, type RuleSetSpec } from './rule-set.js';
+
+/** u64 words in a rule vector (65,536 bits). */
+export const VECTOR_WORDS = MAX_RULES / 64;
+/** u64 words in a vector's summary (bit w set iff word w is nonzero). */
+export const SUMMARY_WORDS = VECTOR_WORDS / 64;
+/** Per generation: the default action plus one slot per rule, in the rules and counters arrays. */
+export const RULE_SLOTS = MAX_RULES + 1;
+/** Wildcard vectors per generation: src v4/v6, dst v4/v6, one per protocol slot. */
+export const WILD_COUNT = 9;
+/** Most (class, word) entries one rule set may need (about 64 bytes of kernel memory each). */
+export const MAX_CLASS_WORDS = 1 << 20;
+
+/** Byte sizes of the table entries, as in ep_tables.h. */
+export const sizes = {
+  lpmKey: 24,
+  classRef: 8 + 8 * SUMMARY_WORDS,
+  wordKey: 8,
+  word: 8,
+  bitvec: 8 * (SUMMARY_WORDS + VECTOR_WORDS),
+  rule: 32,
+  counter: 16,
+} as const;
+
+/** LPM tag byte: field in the high nibble, family or protocol slot in the low one. */
+export const tags = { src: 0x00, dst: 0x10, l4: 0x20 } as const;
+/** Protocol slots of the L4 field (wildcard vector index = 4 + slot). */
+export const protocolSlots = { tcp: 0, udp: 1, icmp: 2, icmpv6: 3, other: 4 } as const;
+/** Wildcard vector indexes. */
+export const wildIndex = { src4: 0, src6: 1, dst4: 2, dst6: 3, l4: 4 } as const;
+/** ep_action values. */
+export const actionCodes = { allow: 0, deny: 1, rate_limit: 2 } as const;
+
+const NANO = 1_000_000_000n;
+
+/** Entries of one map as packed arrays: entry i is keys[i*keySize..] -> values[i*valueSize..]. */
+export interface MapEntriesSpec {
+  readonly keySize: number;
+  readonly valueSize: number;
+  readonly count: number;
+  readonly keys: Uint8Array;
+  readonly values: Uint8Array;
+}
+
+/** Everything one generation of the datapath holds for a rule set. Inert; owns no kernel state. */
+export interface TablesSpec {
+  readonly ruleCount: number;
+  /** Rule id per rule index. */
+  readonly ruleIds: readonly number[];
+  /** Distinct classes, the empty class 0 included. */
+  readonly classCount: number;
+  /** Inner LPM trie (ep_lpm): tagged prefix -> struct ep_class_ref. */
+  readonly lpm: MapEntriesSpec;
+  /** Inner hash (ep_cwords): { class, word } -> u64, nonzero words of non-empty classes only. */
+  readonly classWords: MapEntriesSpec;
+  /** WILD_COUNT struct ep_bitvec, written at ep_wild[gen * WILD_COUNT + i]. */
+  readonly wild: Uint8Array;
+  /** ruleCount + 1 struct ep_rule (slot 0 = default action), written at ep_rules[gen * RULE_SLOTS + i]. */
+  readonly rules: Uint8Array;
+  /** sha-256 of all of the above: equal fingerprints mean identical tables. */
+  readonly fingerprint: Uint8Array;
+}
+
+/**
+ * Compiles `spec` into tables.
+ * @returns the tables; a new object the caller owns.
+ * @throws RuleSetError for an invalid rule; CapacityError for more than MAX_RULES rules or more
+ * than MAX_CLASS_WORDS class words (deeply nested prefixes or port ranges each shared by
+ * thousands of rules).
+ */
+export function compileTables(spec: RuleSetSpec): TablesSpec {
+  const ruleSet = validateRuleSet(spec);
+  const rules = ruleSet.rules;
+  const wild = new Uint32Array((WILD_COUNT * sizes.bitvec) / 4);
+  const prefixes = new Map<string, PrefixNode>();
+  const addPrefix = (tag: number, width: number, value: bigint, length: number, rule: number): void => {
+    const key = `${tag}/${length}/${value}`;
+    let node = prefixes.get(key);
+    if (node === undefined) {
+      node = { tag, width, value, length, rules: [], cls: [] };
+      prefixes.set(key, node);
+    }
+    if (rule >= 0 && node.rules[node.rules.length - 1] !== rule) node.rules.push(rule);
+  };
+  // Tag-only entries: every lookup finds at least the empty class, so the program never misses.
+  for (const tag of [tags.src | 4, tags.src | 6, tags.dst | 4, tags.dst | 6]) addPrefix(tag, tag & 4 ? 32 : 128, 0n, 0, -1);
+  for (const slot of Object.values(protocolSlots)) addPrefix(tags.l4 | slot, 24, 0n, 0, -1);
+
+  for (const rule of rules) {
+    addAddressField(rule.src, tags.src, wildIndex.src4, rule.index, wild, addPrefix);
+    addAddressField(rule.dst, tags.dst, wildIndex.dst4, rule.index, wild, addPrefix);
+    addL4Field(rule, wild, addPrefix);
+  }
+
+  // Each prefix's class = the rules of every stored prefix containing it (its ancestors and
+  // itself): the longest match then stands for all of them. A sweep over the prefixes in
+  // (value, length) order keeps the chain of ancestors on a stack.
+  const byTag = new Map<number, PrefixNode[]>();
+  for (const node of prefixes.values()) {
+    const list = byTag.get(node.tag) ?? [];
+    list.push(node);
+    byTag.set(node.tag, list);
+  }
+  for (const list of byTag.values()) {
+    list.sort((a, b) => (a.value < b.value ? -1 : a.value > b.value ? 1 : a.length - b.length));
+    const stack: PrefixNode[] = [];
+    for (const node of list) {
+      while (stack.length > 0 && !contains(stack[stack.length - 1] as PrefixNode, node)) stack.pop();
+      const parent = stack[stack.length - 1];
+      node.cls = parent === undefined ? node.rules : mergeSorted(parent.cls, node.rules);
+      stack.push(node);
+    }
+  }
+
+  // Identical classes share an id; 0 is the empty class.
+  const classIds = new Map<string, number>([['', 0]]);
+  const classes: number[][] = [[]];
+  let classWordCount = 0;
+  const lpmKeys = new Uint8Array(prefixes.size * sizes.lpmKey);
+  const lpmValues = new Uint8Array(prefixes.size * sizes.classRef);
+  const lpmKeyView = new DataView(lpmKeys.buffer);
+  const lpmValueView = new DataView(lpmValues.buffer);
+  let entry = 0;
+  for (const node of prefixes.values()) {
+    const classKey = node.cls.join(',');
+    let id = classIds.get(classKey);
+    if (id === undefined) {
+      id = classes.length;
+      classIds.set(classKey, id);
+      classes.push(node.cls);
+      classWordCount += countWords(node.cls);
+      if (classWordCount > MAX_CLASS_WORDS) {
+        throw new CapacityError('class-words', MAX_CLASS_WORDS, classWordCount, 'too many rules share nested prefixes or overlapping port ranges; merge rules or flatten prefixes');
+      }
+    }
+    const keyOffset = entry * sizes.lpmKey;
+    lpmKeyView.setUint32(keyOffset, 8 + node.length, true);
+    lpmKeys[keyOffset + 4] = node.tag;
+    const bytes = node.width / 8;
+    for (let i = 0; i < bytes; i++) lpmKeys[keyOffset + 5 + i] = Number((node.value >> BigInt(8 * (bytes - 1 - i))) & 0xffn);
+    const valueOffset = entry * sizes.classRef;
+    lpmValueView.setUint32(valueOffset, id, true);
+    for (const rule of node.cls) setBit(lpmValueView, valueOffset + 8, rule >> 6);
+    entry++;
+  }
+
+  const wordKeys = new Uint8Array(classWordCount * sizes.wordKey);
+  const wordValues = new Uint8Array(classWordCount * sizes.word);
+  const wordKeyView = new DataView(wordKeys.buffer);
+  const wordValueView = new DataView(wordValues.buffer);
+  let word = 0;
+  classes.forEach((cls, id) => {
+    let current = -1;
+    for (const rule of cls) {
+      const w = rule >> 6;
+      if (w !== current) {
+        current = w;
+        wordKeyView.setUint32(word * sizes.wordKey, id, true);
+        wordKeyView.setUint32(word * sizes.wordKey + 4, w, true);
+        word++;
+      }
+      setBit(wordValueView, (word - 1) * sizes.word, rule & 63);
+    }
+  });
+
+  const ruleBytes = new Uint8Array((rules.length + 1) * sizes.rule);
+  const ruleView = new DataView(ruleBytes.buffer);
+  ruleView.setUint32(0, actionCodes[ruleSet.defaultAction], true);
+  ruleView.setUint32(4, DEFAULT_RULE_ID, true);
+  for (const rule of rules) {
+    const offset = (rule.index + 1) * sizes.rule;
+    ruleView.setUint32(offset, actionCodes[rule.action], true);
+    ruleView.setUint32(offset + 4, rule.id, true);
+    if (rule.rateLimit !== null) {
+      const pps = BigInt(rule.rateLimit.pps);
+      const burst = BigInt(rule.rateLimit.burst) * NANO;
+      ruleView.setBigUint64(offset + 8, pps, true);
+      ruleView.setBigUint64(offset + 16, burst, true);
+      ruleView.setBigUint64(offset + 24, (burst + pps - 1n) / pps, true);
+    }
+  }
+
+  const wildBytes = new Uint8Array(wild.buffer);
+  const lpm: MapEntriesSpec = { keySize: sizes.lpmKey, valueSize: sizes.classRef, count: prefixes.size, keys: lpmKeys, values: lpmValues };
+  const classWords: MapEntriesSpec = { keySize: sizes.wordKey, valueSize: sizes.word, count: classWordCount, keys: wordKeys, values: wordValues };
+  const hash = createHash('sha256');
+  for (const part of [lpmKeys, lpmValues, wordKeys, wordValues, wildBytes, ruleBytes]) {
+    hash.update(new Uint32Array([part.length]));
+    hash.update(part);
+  }
+  return {
+    ruleCount: rules.length,
+    ruleIds: rules.map((rule) => rule.id),
+    classCount: classes.length,
+    lpm,
+    classWords,
+    wild: wildBytes,
+    rules: ruleBytes,
+    fingerprint: new Uint8Array(hash.digest()),
+  };
+}
+
+/**
+ * The elementary prefixes covering the inclusive range from..to of a `bits`-wide space.
+ * @returns [value, length] pairs, at most 2 * bits - 2 of them.
+ */
+export function rangeToPrefixes(from: number, to: number, bits: number): [number, number][] {
+  const out: [number, number][] = [];
+  let start = from;
+  while (start <= to) {
+    let size = 0;
+    // Largest aligned block starting at `start` that stays within the range.
+    while (size < bits && start % 2 ** (size + 1) === 0 && start + 2 ** (size + 1) - 1 <= to) size++;
+    out.push([start, bits - size]);
+    start += 2 ** size;
+  }
+  return out;
+}
+
+interface PrefixNode {
+  readonly tag: number;
+  readonly width: number;
+  readonly value: bigint;
+  readonly length: number;
+  readonly rules: number[];
+  cls: number[];
+}
+
+type AddPrefix = (tag: number, width: number, value: bigint, length: number, rule: number) => void;
+
+function addAddressField(cidrs: readonly Cidr[] | null, tag: number, wild4: number, rule: number, wild: Uint32Array, addPrefix: AddPrefix): void {
+  if (cidrs === null) {
+    setVectorBit(wild, wild4, rule);
+    setVectorBit(wild, wild4 + 1, rule);
+    return;
+  }
+  for (const cidr of cidrs) {
+    if (cidr.length === 0) {
+      // 0.0.0.0/0 or ::/0: the whole family, which is what that family's wildcard vector is for.
+      setVectorBit(wild, cidr.family === 4 ? wild4 : wild4 + 1, rule);
+      continue;
+    }
+    addPrefix(tag | cidr.family, cidr.bytes.length * 8, bytesToBigint(cidr.bytes), cidr.length, rule);
+  }
+}
+
+function addL4Field(rule: NormalizedRule, wild: Uint32Array, addPrefix: AddPrefix): void {
+  if (rule.protocol === null) {
+    for (const slot of Object.values(protocolSlots)) setVectorBit(wild, wildIndex.l4 + slot, rule.index);
+    return;
+  }
+  const slot = slotOf(rule.protocol);
+  if (rule.ports === null) {
+    setVectorBit(wild, wildIndex.l4 + slot, rule.index);
+    return;
+  }
+  // L4 keys are 24 bits: a zero byte (a port follows; 1 would mean "no port") and the port.
+  for (const range of rule.ports) {
+    for (const [value, length] of rangeToPrefixes(range.from, range.to, 16)) addPrefix(tags.l4 | slot, 24, BigInt(value), 8 + length, rule.index);
+  }
+}
+
+/** The L4 protocol slot of an IP protocol number. */
+export function slotOf(protocol: number): number {
+  switch (protocol) {
+    case 6:
+      return protocolSlots.tcp;
+    case 17:
+      return protocolSlots.udp;
+    case 1:
+      return protocolSlots.icmp;
+    case 58:
+      return protocolSlots.icmpv6;
+    default:
+      return protocolSlots.other;
+  }
+}
+
+function contains(outer: PrefixNode, inner: PrefixNode): boolean {
+  if (inner.length < outer.length) return false;
+  const shift = BigInt(outer.width - outer.length);
+  return inner.value >> shift === outer.value >> shift;
+}
+
+function mergeSorted(a: readonly number[], b: readonly number[]): number[] {
+  if (b.length === 0) return a as number[];
+  const sortedB = [...b].sort((x, y) => x - y);
+  const out: number[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < sortedB.length) {
+    const x = i < a.length ? (a[i] as number) : Infinity;
+    const y = j < sortedB.length ? (sortedB[j] as number) : Infinity;
+    const next = Math.min(x, y);
+    if (x === next) i++;
+    if (y === next) j++;
+    out.push(next);
+  }
+  return out;
+}
+
+function countWords(sortedRules: readonly number[]): number {
+  let count = 0;
+  let current = -1;
+  for (const rule of sortedRules) {
+    if (rule >> 6 !== current) {
+      current = rule >> 6;
+      count++;
+    }
+  }
+  return count;
+}
+
+/** Sets bit `bit` of the u64 array at byte `offset` (little-endian u64s). */
+function setBit(view: DataView, offset: number, bit: number): void {
+  const at = offset + (bit >> 5) * 4;
+  view.setUint32(at, (view.getUint32(at, true) | (1 << (bit & 31))) >>> 0, true);
+}
+
+function setVectorBit(wild: Uint32Array, vector: number, rule: number): void {
+  const base = (vector * sizes.bitvec) / 4;
+  const w = rule >> 6;
+  const summary = base + (w >> 5);
+  wild[summary] = ((wild[summary] as number) | (1 << (w & 31))) >>> 0;
+  const at = base + 2 * SUMMARY_WORDS + (rule >> 5);
+  wild[at] = ((wild[at] as number) | (1 << (rule & 31))) >>> 0;
+}
+
+function bytesToBigint(bytes: Uint8Array): bigint {
+  let value = 0n;
+  for (const byte of bytes) value = (value << 8n) | BigInt(byte);
+  return value;
+}

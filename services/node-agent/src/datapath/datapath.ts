@@ -1,0 +1,60 @@
+// The narrow interfaces the agent's logic takes, so it can run against the eBPF datapath or an
+// in-memory one (the simulated fleet).
+import type { RuleSetSpec } from './rule-set.js';
+
+/** Packets and bytes. */
+export interface Counter {
+  readonly packets: number;
+  readonly bytes: number;
+}
+
+/** What the datapath counted, summed over CPUs and over every generation a rule lived in. */
+export interface DatapathCounters {
+  /** By rule id, for every rule of the live rule set (zero if never hit). */
+  readonly rules: ReadonlyMap<number, Counter>;
+  /** Packets no rule matched. */
+  readonly defaultAction: Counter;
+  /** Frames passed without classification (not IPv4/IPv6). */
+  readonly nonIp: Counter;
+  /** Frames dropped for truncated or malformed headers. */
+  readonly malformed: Counter;
+  /** Frames passed because no rule set was installed yet. */
+  readonly unconfigured: Counter;
+  /** Packets a rate_limit rule matched and dropped (also counted under that rule). */
+  readonly rateLimited: Counter;
+}
+
+/** Reads counters. */
+export interface CounterReader {
+  /** @throws DatapathError if the kernel refuses a read. */
+  readCounters(): DatapathCounters;
+}
+
+/** How an apply took effect. */
+export interface ApplyResult {
+  /** The generation (0 or 1) now live. */
+  readonly generation: number;
+  /**
+   * 'installed': new tables were built in the idle generation and switched in; 'switched': the
+   * idle generation already held exactly these tables (a rollback), so only the switch ran;
+   * 'unchanged': they are already live.
+   */
+  readonly mode: 'installed' | 'switched' | 'unchanged';
+  readonly ruleCount: number;
+  /** Distinct field classes, LPM entries and class words of the compiled tables. */
+  readonly classCount: number;
+  readonly lpmEntries: number;
+  readonly classWords: number;
+}
+
+/** Enforces rule sets. */
+export interface Datapath extends CounterReader {
+  /**
+   * Makes `ruleSet` the enforced one, atomically: each packet is classified wholly by the old or
+   * wholly by the new rule set. On failure the previous rule set stays in force.
+   * @throws RuleSetError, CapacityError (nothing touched); DatapathError.
+   */
+  apply(ruleSet: RuleSetSpec): Promise<ApplyResult>;
+  /** Releases resources; idempotent. Whether enforcement continues is the implementation's to say. */
+  close(): void;
+}

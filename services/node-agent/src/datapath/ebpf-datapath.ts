@@ -1,0 +1,468 @@
+// The eBPF datapath: loads bpf/build/edgeplane.bpf.o (or re-adopts it from a bpffs), installs
+// compiled tables into the idle generation and switches to it with one map write, attaches the
+// programs, and reads counters. bpf/README.md describes the maps and the switch protocol.
+import { existsSync, unlinkSync } from 'node:fs';
+import { endianness } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  attachTc,
+  attachXdp,
+  BpfMap,
+  detachTc,
+  detachXdp,
+  ifindex as interfaceIndex,
+  loadObject,
+  loadObjectSpec,
+  NotFoundError,
+  Program,
+  queryXdp,
+  type TcFilterId,
+} from 'libbpf-ts';
+import { compileTables, RULE_SLOTS, sizes, WILD_COUNT, type TablesSpec } from './compile-tables.js';
+import type { ApplyResult, Counter, DatapathCounters, Datapath } from './datapath.js';
+import { DatapathError } from './errors.js';
+import { DEFAULT_RULE_ID, type RuleSetSpec } from './rule-set.js';
+
+/** Where the build puts the object: <repo>/bpf/build/edgeplane.bpf.o. */
+export const DEFAULT_OBJECT_PATH = fileURLToPath(new URL('../../../../bpf/build/edgeplane.bpf.o', import.meta.url));
+
+/** The programs and the maps the agent pins and re-adopts (ep_scratch stays private to the programs). */
+const programNames = ['edge_xdp', 'edge_tc'] as const;
+const mapNames = ['ep_lpm', 'ep_cwords', 'ep_wild', 'ep_rules', 'ep_counters', 'ep_active', 'ep_buckets', 'ep_stats', 'ep_meta', 'ep_carry', 'ep_barrier'] as const;
+type MapName = (typeof mapNames)[number];
+type Programs = Readonly<Record<(typeof programNames)[number], Program>>;
+type Maps = Readonly<Record<MapName, BpfMap>>;
+
+/** Fixed TC filter handle and priority, so a restarted agent replaces its own filters. */
+const TC_HANDLE = 0xe9;
+const TC_PRIORITY = 1;
+const META_SIZE = 40;
+const stats = { nonIp: 0, malformed: 1, unconfigured: 2, rateLimited: 3 } as const;
+
+/** How an interface is used: XDP on an uplink, TC ingress + egress on a workload interface. */
+export type InterfaceRole = 'uplink' | 'workload';
+
+/** Options of EbpfDatapath.open(). */
+export interface EbpfDatapathOptions {
+  /** A directory on a bpffs the caller mounted (under /run: `ip netns exec` hides /sys/fs/bpf). */
+  pinRoot: string;
+  /** Default DEFAULT_OBJECT_PATH. */
+  objectPath?: string;
+  /** Token buckets kept (LRU); only used when the programs are loaded, not re-adopted. Default 262,144. */
+  rateLimitEntries?: number;
+}
+
+/** Options of EbpfDatapath.attach(). */
+export interface AttachOptions {
+  /** XDP mode for an uplink; default 'auto' (native, else generic). */
+  xdpMode?: 'native' | 'generic' | 'auto';
+}
+
+/**
+ * The eBPF datapath on this node. Programs and maps are pinned under the pin root, so they
+ * outlive the agent: close() releases this process's fds and never detaches, unpins or stops
+ * enforcement; detach() removes the programs from an interface.
+ */
+export class EbpfDatapath implements Datapath {
+  /** True if open() found pinned programs and adopted them instead of loading new ones. */
+  readonly adopted: boolean;
+  readonly #pinRoot: string;
+  readonly #programs: Programs;
+  readonly #maps: Maps;
+  readonly #barrierInner: BpfMap;
+  readonly #ruleIds: [number[] | undefined, number[] | undefined] = [undefined, undefined];
+  #barrierPending = true;
+  #closed = false;
+
+  private constructor(pinRoot: string, programs: Programs, maps: Maps, adopted: boolean) {
+    this.#pinRoot = pinRoot;
+    this.#programs = programs;
+    this.#maps = maps;
+    this.adopted = adopted;
+    this.#barrierInner = BpfMap.create({ type: 'array', name: 'ep_barrier_in', keySize: 4, valueSize: 4, maxEntries: 1 });
+  }
+
+  /**
+   * Re-adopts the programs and maps pinned under `pinRoot`, or loads the object and pins them
+   * there. A re-adopted datapath keeps its program ids, tables and counters.
+   * @returns an EbpfDatapath the caller owns (close() it).
+   * @throws DatapathError with the libbpf-ts error as cause (VerifierError carries the log).
+   */
+  static async open(options: EbpfDatapathOptions): Promise<EbpfDatapath> {
+    if (endianness() !== 'LE') throw new DatapathError(`open datapath: tables are compiled little-endian, this host is ${endianness()}`);
+    const pinRoot = options.pinRoot;
+    const pin = (name: string): string => join(pinRoot, name);
+    const adopt = existsSync(pin('edge_xdp'));
+    if (!adopt) {
+      const objectPath = options.objectPath ?? DEFAULT_OBJECT_PATH;
+      // A crash part-way through an earlier first load can leave some maps pinned without the
+      // programs (they are pinned last): drop them and start clean.
+      for (const name of [...mapNames, ...programNames]) if (existsSync(pin(name))) unlinkSync(pin(name));
+      try {
+        const spec = await loadObjectSpec(objectPath);
+        const object = await loadObject(spec, { mapMaxEntries: { ep_buckets: options.rateLimitEntries ?? 262_144 } });
+        try {
+          for (const name of mapNames) object.map(name).pin(pin(name));
+          for (const name of programNames) object.program(name).pin(pin(name));
+        } finally {
+          object.close();
+        }
+      } catch (cause) {
+        for (const name of [...mapNames, ...programNames]) if (existsSync(pin(name))) unlinkSync(pin(name));
+        throw new DatapathError(`load datapath object=${objectPath} pinRoot=${pinRoot}`, { cause });
+      }
+    }
+    const opened: { close(): void }[] = [];
+    try {
+      const open = <T extends { close(): void }>(value: T): T => {
+        opened.push(value);
+        return value;
+      };
+      const programs = { edge_xdp: open(Program.openPinned(pin('edge_xdp'))), edge_tc: open(Program.openPinned(pin('edge_tc'))) };
+      const maps = Object.fromEntries(mapNames.map((name) => [name, open(BpfMap.openPinned(pin(name)))])) as Record<MapName, BpfMap>;
+      return new EbpfDatapath(pinRoot, programs, maps, adopt);
+    } catch (cause) {
+      for (const value of opened) value.close();
+      throw new DatapathError(`${adopt ? 'adopt' : 'open'} pinned datapath pinRoot=${pinRoot}`, { cause });
+    }
+  }
+
+  /** The XDP program (uplinks). Owned by this datapath; valid until close(). */
+  get xdpProgram(): Program {
+    return this.#programs.edge_xdp;
+  }
+
+  /** The TC program (workload ingress and egress). Owned by this datapath; valid until close(). */
+  get tcProgram(): Program {
+    return this.#programs.edge_tc;
+  }
+
+  /** The live generation, 0 or 1. */
+  get generation(): number {
+    return this.#readActive();
+  }
+
+  /** The pin root this datapath lives under. */
+  get pinRoot(): string {
+    return this.#pinRoot;
+  }
+
+  /**
+   * Compiles `ruleSet`, writes it into the idle generation and switches to it with one write to
+   * ep_active. Before touching the idle generation it waits (one RCU grace period, via a
+   * map-in-map write) until no packet still runs with it; see bpf/README.md, "Switching".
+   * @throws RuleSetError, CapacityError before anything is touched; DatapathError (the live
+   * generation keeps running).
+   */
+  async apply(ruleSet: RuleSetSpec): Promise<ApplyResult> {
+    const tables = compileTables(ruleSet);
+    const summary = { ruleCount: tables.ruleCount, classCount: tables.classCount, lpmEntries: tables.lpm.count, classWords: tables.classWords.count };
+    const active = this.#readActive();
+    const target = active ^ 1;
+    const activeMeta = this.#readMeta(active);
+    if (activeMeta.valid && equalBytes(activeMeta.fingerprint, tables.fingerprint)) return { generation: active, mode: 'unchanged', ...summary };
+    const targetMeta = this.#readMeta(target);
+    if (targetMeta.valid && equalBytes(targetMeta.fingerprint, tables.fingerprint)) {
+      this.#switchTo(target);
+      return { generation: target, mode: 'switched', ...summary };
+    }
+    try {
+      this.#barrier();
+      this.#writeMeta(target, 0, false, new Uint8Array(32));
+      if (targetMeta.valid) this.#foldCounters(target, targetMeta.ruleCount);
+      this.#install(target, tables);
+      this.#writeMeta(target, tables.ruleCount, true, tables.fingerprint);
+      this.#ruleIds[target] = [...tables.ruleIds];
+      this.#pruneCarry(new Set([...tables.ruleIds, ...this.#generationRuleIds(active), DEFAULT_RULE_ID]));
+    } catch (cause) {
+      throw new DatapathError(`apply rules=${tables.ruleCount} generation=${target}`, { cause });
+    }
+    this.#switchTo(target);
+    return { generation: target, mode: 'installed', ...summary };
+  }
+
+  /**
+   * Attaches the XDP program (uplink) or the TC program at clsact ingress and egress (workload)
+   * to interface `iface` (a name or an index, in this thread's network namespace), replacing
+   * whatever program holds that hook (for TC: our fixed handle and priority).
+   * @throws DatapathError with the libbpf-ts error as cause.
+   */
+  attach(iface: string | number, role: InterfaceRole, options: AttachOptions = {}): void {
+    const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
+    try {
+      if (role === 'uplink') {
+        const program = this.#programs.edge_xdp;
+        const current = queryXdp(index);
+        if (current?.progId === program.id) return;
+        if (current === undefined) {
+          attachXdp(program, index, { mode: options.xdpMode ?? 'auto' });
+        } else {
+          const old = Program.fromId(current.progId);
+          try {
+            attachXdp(program, index, { mode: options.xdpMode ?? 'auto', replace: old });
+          } finally {
+            old.close();
+          }
+        }
+        return;
+      }
+      for (const filter of tcFilters) attachTc(this.#programs.edge_tc, index, { ...filter, replace: true });
+    } catch (cause) {
+      throw new DatapathError(`attach ${role} iface=${iface}`, { cause });
+    }
+  }
+
+  /**
+   * Removes our programs from `iface`.
+   * @returns false if nothing of ours was attached there.
+   * @throws DatapathError.
+   */
+  detach(iface: string | number, role: InterfaceRole): boolean {
+    const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
+    try {
+      if (role === 'uplink') {
+        if (queryXdp(index)?.progId !== this.#programs.edge_xdp.id) return false;
+        return detachXdp(index);
+      }
+      let removed = false;
+      for (const filter of tcFilters) {
+        try {
+          detachTc(index, filter);
+          removed = true;
+        } catch (error) {
+          if (!(error instanceof NotFoundError)) throw error;
+        }
+      }
+      return removed;
+    } catch (cause) {
+      throw new DatapathError(`detach ${role} iface=${iface}`, { cause });
+    }
+  }
+
+  /**
+   * Counters of the live rule set by rule id, including what earlier generations counted for the
+   * same ids. @throws DatapathError.
+   */
+  readCounters(): DatapathCounters {
+    try {
+      const totals = new Map<number, { packets: number; bytes: number }>();
+      for (const generation of [0, 1]) {
+        const meta = this.#readMeta(generation);
+        if (!meta.valid) continue;
+        const ids = this.#generationRuleIds(generation);
+        for (let index = 0; index <= ids.length; index++) {
+          const counter = this.#readCounter(this.#maps.ep_counters, generation * RULE_SLOTS + index);
+          const id = index === 0 ? DEFAULT_RULE_ID : (ids[index - 1] as number);
+          addTo(totals, id, counter);
+        }
+      }
+      for (const [key, value] of this.#maps.ep_carry.entries()) addTo(totals, u32(key, 0), decodeCounter(value));
+      const live = this.#readMeta(this.#readActive()).valid ? this.#generationRuleIds(this.#readActive()) : [];
+      const rules = new Map<number, Counter>(live.map((id) => [id, totals.get(id) ?? { packets: 0, bytes: 0 }]));
+      const stat = (index: number): Counter => this.#readCounter(this.#maps.ep_stats, index);
+      return {
+        rules,
+        defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 },
+        nonIp: stat(stats.nonIp),
+        malformed: stat(stats.malformed),
+        unconfigured: stat(stats.unconfigured),
+        rateLimited: stat(stats.rateLimited),
+      };
+    } catch (cause) {
+      throw new DatapathError('read counters', { cause });
+    }
+  }
+
+  /** Releases this process's fds; idempotent. Attached programs keep enforcing; pins stay. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const program of Object.values(this.#programs)) program.close();
+    for (const map of Object.values(this.#maps)) map.close();
+    this.#barrierInner.close();
+  }
+
+  /** For `await using`: close(). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+
+  /**
+   * Removes every pin under the pin root (programs stay loaded while attached or open).
+   * @throws DatapathError.
+   */
+  unpin(): void {
+    try {
+      for (const name of [...programNames, ...mapNames]) {
+        const path = join(this.#pinRoot, name);
+        if (existsSync(path)) unlinkSync(path);
+      }
+    } catch (cause) {
+      throw new DatapathError(`unpin pinRoot=${this.#pinRoot}`, { cause });
+    }
+  }
+
+  // The one write that switches rule sets. The next install must first wait for packets that
+  // read the previous value to finish.
+  #switchTo(generation: number): void {
+    try {
+      this.#maps.ep_active.set(u32Bytes(0), u32Bytes(generation));
+    } catch (cause) {
+      throw new DatapathError(`switch generation=${generation}`, { cause });
+    }
+    this.#barrierPending = true;
+  }
+
+  // Writing a map-in-map element returns only after synchronize_rcu() (maybe_wait_bpf_programs
+  // in kernel/bpf/syscall.c). XDP and TC programs run inside RCU read-side sections, so once it
+  // returns, every packet that read ep_active before our last switch has finished.
+  #barrier(): void {
+    if (!this.#barrierPending) return;
+    this.#maps.ep_barrier.setInnerMap(u32Bytes(0), this.#barrierInner);
+    this.#barrierPending = false;
+  }
+
+  #install(generation: number, tables: TablesSpec): void {
+    const counters = this.#maps.ep_counters;
+    const zero = new Uint8Array(sizes.counter);
+    for (let index = 0; index <= tables.ruleCount; index++) counters.setPerCpu(u32Bytes(generation * RULE_SLOTS + index), [zero]);
+    writeArray(this.#maps.ep_rules, generation * RULE_SLOTS, tables.rules, sizes.rule);
+    writeArray(this.#maps.ep_wild, generation * WILD_COUNT, tables.wild, sizes.bitvec);
+    const lpm = BpfMap.create({ type: 'lpm_trie', name: 'ep_lpm_in', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: Math.max(1, tables.lpm.count), flags: 1 /* BPF_F_NO_PREALLOC */ });
+    const words = BpfMap.create({ type: 'hash', name: 'ep_cwords_in', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: Math.max(1, tables.classWords.count) });
+    try {
+      writeEntries(lpm, tables.lpm);
+      writeEntries(words, tables.classWords);
+      this.#maps.ep_lpm.setInnerMap(u32Bytes(generation), lpm);
+      this.#maps.ep_cwords.setInnerMap(u32Bytes(generation), words);
+    } finally {
+      // The outer maps now hold the references.
+      lpm.close();
+      words.close();
+    }
+  }
+
+  // Moves what `generation` counted into ep_carry (keyed by rule id) before it is overwritten.
+  #foldCounters(generation: number, ruleCount: number): void {
+    const ids = this.#generationRuleIds(generation, ruleCount);
+    const carry = this.#maps.ep_carry;
+    for (let index = 0; index <= ids.length; index++) {
+      const counter = this.#readCounter(this.#maps.ep_counters, generation * RULE_SLOTS + index);
+      if (counter.packets === 0 && counter.bytes === 0) continue;
+      const key = u32Bytes(index === 0 ? DEFAULT_RULE_ID : (ids[index - 1] as number));
+      const previous = carry.get(key);
+      const sum = previous === undefined ? counter : decodeCounter(previous);
+      carry.set(key, encodeCounter(previous === undefined ? sum : { packets: sum.packets + counter.packets, bytes: sum.bytes + counter.bytes }));
+    }
+  }
+
+  #pruneCarry(keep: ReadonlySet<number>): void {
+    const carry = this.#maps.ep_carry;
+    for (const key of [...carry.keys()]) if (!keep.has(u32(key, 0))) carry.delete(key);
+  }
+
+  #generationRuleIds(generation: number, ruleCount?: number): number[] {
+    const cached = this.#ruleIds[generation];
+    if (cached !== undefined) return cached;
+    const count = ruleCount ?? this.#readMeta(generation).ruleCount;
+    const ids: number[] = [];
+    for (let index = 1; index <= count; index++) {
+      const value = this.#maps.ep_rules.get(u32Bytes(generation * RULE_SLOTS + index));
+      ids.push(value === undefined ? DEFAULT_RULE_ID : u32(value, 4));
+    }
+    this.#ruleIds[generation] = ids;
+    return ids;
+  }
+
+  #readActive(): number {
+    const value = this.#maps.ep_active.get(u32Bytes(0));
+    return value === undefined ? 0 : u32(value, 0) & 1;
+  }
+
+  #readMeta(generation: number): { ruleCount: number; valid: boolean; fingerprint: Uint8Array } {
+    const value = this.#maps.ep_meta.get(u32Bytes(generation)) ?? new Uint8Array(META_SIZE);
+    return { ruleCount: u32(value, 0), valid: u32(value, 4) === 1, fingerprint: value.slice(8, 40) };
+  }
+
+  #writeMeta(generation: number, ruleCount: number, valid: boolean, fingerprint: Uint8Array): void {
+    const value = new Uint8Array(META_SIZE);
+    const view = new DataView(value.buffer);
+    view.setUint32(0, ruleCount, true);
+    view.setUint32(4, valid ? 1 : 0, true);
+    value.set(fingerprint, 8);
+    this.#maps.ep_meta.set(u32Bytes(generation), value);
+    if (!valid) this.#ruleIds[generation] = undefined;
+  }
+
+  #readCounter(map: BpfMap, index: number): Counter {
+    const perCpu = map.getPerCpu(u32Bytes(index)) ?? [];
+    let packets = 0;
+    let bytes = 0;
+    for (const value of perCpu) {
+      const counter = decodeCounter(value);
+      packets += counter.packets;
+      bytes += counter.bytes;
+    }
+    return { packets, bytes };
+  }
+}
+
+const tcFilters: readonly TcFilterId[] = [
+  { direction: 'ingress', handle: TC_HANDLE, priority: TC_PRIORITY },
+  { direction: 'egress', handle: TC_HANDLE, priority: TC_PRIORITY },
+];
+
+function writeArray(map: BpfMap, first: number, bytes: Uint8Array, size: number): void {
+  const keys: Uint8Array[] = [];
+  const values: Uint8Array[] = [];
+  for (let i = 0; i * size < bytes.length; i++) {
+    keys.push(u32Bytes(first + i));
+    values.push(bytes.subarray(i * size, (i + 1) * size));
+  }
+  map.setBatch(keys, values);
+}
+
+function writeEntries(map: BpfMap, entries: { keySize: number; valueSize: number; count: number; keys: Uint8Array; values: Uint8Array }): void {
+  const keys: Uint8Array[] = [];
+  const values: Uint8Array[] = [];
+  for (let i = 0; i < entries.count; i++) {
+    keys.push(entries.keys.subarray(i * entries.keySize, (i + 1) * entries.keySize));
+    values.push(entries.values.subarray(i * entries.valueSize, (i + 1) * entries.valueSize));
+  }
+  map.setBatch(keys, values);
+}
+
+function addTo(totals: Map<number, { packets: number; bytes: number }>, id: number, counter: Counter): void {
+  const total = totals.get(id) ?? { packets: 0, bytes: 0 };
+  total.packets += counter.packets;
+  total.bytes += counter.bytes;
+  totals.set(id, total);
+}
+
+function decodeCounter(value: Uint8Array): Counter {
+  const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
+  return { packets: Number(view.getBigUint64(0, true)), bytes: Number(view.getBigUint64(8, true)) };
+}
+
+function encodeCounter(counter: Counter): Uint8Array {
+  const value = new Uint8Array(sizes.counter);
+  const view = new DataView(value.buffer);
+  view.setBigUint64(0, BigInt(counter.packets), true);
+  view.setBigUint64(8, BigInt(counter.bytes), true);
+  return value;
+}
+
+function u32Bytes(value: number): Uint8Array {
+  const bytes = new Uint8Array(4);
+  new DataView(bytes.buffer).setUint32(0, value, true);
+  return bytes;
+}
+
+function u32(bytes: Uint8Array, offset: number): number {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(offset, true);
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((byte, i) => byte === b[i]);
+}

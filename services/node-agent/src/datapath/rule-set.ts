@@ -1,0 +1,152 @@
+// The datapath's input (an ordered rule set) and what classifying one frame yields. Both the
+// table compiler and the reference classifier start from validateRuleSet(), so they agree on
+// what a rule means; they share nothing after that.
+import { parseCidr, type Cidr } from './cidr.js';
+import { CapacityError, RuleSetError } from './errors.js';
+
+/** Most rules one rule set may hold: one bit each in a 65,536-bit rule vector. */
+export const MAX_RULES = 65_536;
+/** Largest accepted rate-limit pps and burst (keeps the nano-token arithmetic within u64). */
+export const MAX_RATE = 1_000_000_000;
+/** Rule ids are u32; this one is reserved for the default action's counter. */
+export const DEFAULT_RULE_ID = 0xffff_ffff;
+
+/** Protocols a rule can name. `icmp` and `icmpv6` match IP protocol 1 and 58 in either family. */
+export type RuleProtocol = 'any' | 'tcp' | 'udp' | 'icmp' | 'icmpv6';
+/** What a matching rule does. `rate_limit` passes a source within its token bucket, drops the rest. */
+export type RuleAction = 'allow' | 'deny' | 'rate_limit';
+/** What happens to a packet no rule matches. */
+export type DefaultAction = 'allow' | 'deny';
+
+/** An inclusive destination port range, 0..65535. */
+export interface PortRange {
+  from: number;
+  to: number;
+}
+
+/** One rule. Every field constrains the packet; an empty list means "any". */
+export interface RuleSpec {
+  /** Stable across rule-set versions: counters and rate-limit state are keyed by it. u32, not 0xffffffff. */
+  id: number;
+  /** Source prefixes; empty = any address of either family. Only the listed families match. */
+  srcCidrs: string[];
+  /** Destination prefixes; empty = any address of either family. */
+  dstCidrs: string[];
+  protocol: RuleProtocol;
+  /** Destination port ranges; only with tcp/udp; empty = any (including no port). */
+  dstPorts: PortRange[];
+  action: RuleAction;
+  /** Required with `rate_limit`: a token bucket per source address, `burst` deep, refilled at `pps`. */
+  rateLimit?: { pps: number; burst: number };
+}
+
+/** An ordered rule set: index 0 has the highest priority, the first match wins. */
+export interface RuleSetSpec {
+  rules: RuleSpec[];
+  defaultAction: DefaultAction;
+}
+
+/** A rule after validation: prefixes parsed, "any" spelled as null. */
+export interface NormalizedRule {
+  readonly index: number;
+  readonly id: number;
+  readonly src: readonly Cidr[] | null;
+  readonly dst: readonly Cidr[] | null;
+  /** null = any protocol, else the IP protocol number (6, 17, 1, 58). */
+  readonly protocol: number | null;
+  readonly ports: readonly PortRange[] | null;
+  readonly action: RuleAction;
+  readonly rateLimit: { readonly pps: number; readonly burst: number } | null;
+}
+
+/** A validated rule set. */
+export interface NormalizedRuleSet {
+  readonly rules: readonly NormalizedRule[];
+  readonly defaultAction: DefaultAction;
+}
+
+/** The L3/L4 fields the classifier looks at, as parsed from a frame. */
+export interface PacketHeaders {
+  readonly family: 4 | 6;
+  readonly src: Uint8Array;
+  readonly dst: Uint8Array;
+  /** IP protocol (IPv4) or upper-layer header after the extension headers (IPv6). */
+  readonly protocol: number;
+  /** Destination port; null when there is none (not TCP/UDP, or a non-first fragment). */
+  readonly dstPort: number | null;
+}
+
+/** What the classifier decided for one frame. */
+export type Classification =
+  | { readonly kind: 'non-ip'; readonly verdict: 'pass' }
+  | { readonly kind: 'malformed'; readonly verdict: 'drop' }
+  | { readonly kind: 'default'; readonly action: DefaultAction; readonly verdict: 'pass' | 'drop' }
+  | {
+      readonly kind: 'rule';
+      readonly ruleIndex: number;
+      readonly ruleId: number;
+      readonly action: RuleAction;
+      readonly verdict: 'pass' | 'drop';
+    };
+
+export const protocolNumbers: Readonly<Record<Exclude<RuleProtocol, 'any'>, number>> = { tcp: 6, udp: 17, icmp: 1, icmpv6: 58 };
+
+/**
+ * Checks a rule set and parses its prefixes.
+ * @returns the normalized rule set (a new object; the input is not modified).
+ * @throws RuleSetError naming the first bad field; CapacityError for more than MAX_RULES rules.
+ */
+export function validateRuleSet(spec: RuleSetSpec): NormalizedRuleSet {
+  if (spec.defaultAction !== 'allow' && spec.defaultAction !== 'deny') {
+    throw new RuleSetError('defaultAction', `must be allow or deny, got ${String(spec.defaultAction)}`);
+  }
+  if (spec.rules.length > MAX_RULES) {
+    throw new CapacityError('rules', MAX_RULES, spec.rules.length, 'split the policy or merge rules with the same action');
+  }
+  const ids = new Set<number>();
+  const rules = spec.rules.map((rule, index): NormalizedRule => {
+    const at = `rules[${index}]`;
+    if (!Number.isInteger(rule.id) || rule.id < 0 || rule.id >= DEFAULT_RULE_ID) {
+      throw new RuleSetError(`${at}.id`, `must be an integer in 0..${DEFAULT_RULE_ID - 1}, got ${rule.id}`);
+    }
+    if (ids.has(rule.id)) throw new RuleSetError(`${at}.id`, `duplicate rule id ${rule.id}`);
+    ids.add(rule.id);
+    const cidrs = (list: readonly string[], field: string): Cidr[] | null => {
+      if (list.length === 0) return null;
+      return list.map((text, i) => {
+        const cidr = parseCidr(text);
+        if (cidr === undefined) throw new RuleSetError(`${at}.${field}[${i}]`, `not a CIDR: ${JSON.stringify(text)}`);
+        return cidr;
+      });
+    };
+    const protocol = rule.protocol === 'any' ? null : protocolNumbers[rule.protocol];
+    if (protocol === undefined) throw new RuleSetError(`${at}.protocol`, `unknown protocol ${String(rule.protocol)}`);
+    let ports: PortRange[] | null = null;
+    if (rule.dstPorts.length > 0) {
+      if (rule.protocol !== 'tcp' && rule.protocol !== 'udp') {
+        throw new RuleSetError(`${at}.dstPorts`, `port ranges need protocol tcp or udp, got ${rule.protocol}`);
+      }
+      ports = rule.dstPorts.map((range, i) => {
+        const ok = (n: number): boolean => Number.isInteger(n) && n >= 0 && n <= 65535;
+        if (!ok(range.from) || !ok(range.to) || range.from > range.to) {
+          throw new RuleSetError(`${at}.dstPorts[${i}]`, `need 0 <= from <= to <= 65535, got ${range.from}..${range.to}`);
+        }
+        return { from: range.from, to: range.to };
+      });
+    }
+    if (rule.action !== 'allow' && rule.action !== 'deny' && rule.action !== 'rate_limit') {
+      throw new RuleSetError(`${at}.action`, `unknown action ${String(rule.action)}`);
+    }
+    let rateLimit: NormalizedRule['rateLimit'] = null;
+    if (rule.action === 'rate_limit') {
+      const rate = rule.rateLimit;
+      const ok = (n: number): boolean => Number.isInteger(n) && n >= 1 && n <= MAX_RATE;
+      if (rate === undefined || !ok(rate.pps) || !ok(rate.burst)) {
+        throw new RuleSetError(`${at}.rateLimit`, `rate_limit needs integer pps and burst in 1..${MAX_RATE}`);
+      }
+      rateLimit = { pps: rate.pps, burst: rate.burst };
+    }
+    return { index, id: rule.id, src: cidrs(rule.srcCidrs, 'srcCidrs'), dst: cidrs(rule.dstCidrs, 'dstCidrs'), protocol, ports, action: rule.action, rateLimit };
+  });
+  return { rules, defaultAction: spec.defaultAction };
+}
