@@ -177,6 +177,10 @@ export {
   validatePolicy,
 } from './../src/policy-validation.js';
 export {
+  PROTO_FILES,
+  PROTO_INCLUDE_DIR,
+} from './../src/proto-files.js';
+export {
   type FieldViolation,
   STATUS_DETAILS_KEY,
   type StatusDetails,

@@ -1,0 +1,131 @@
+import { randomUUID } from 'node:crypto';
+import {
+  checkDnsLabel,
+  type AgentSettings,
+  type ConnectRequest,
+  type ConnectResponse,
+  type TrustedKey,
+} from '@edgeplane/proto';
+import type { CounterStore } from './counter-store.js';
+import { ValidationError } from './errors.js';
+import type { NodeRegistry } from './node-registry.js';
+
+/** The controller's half of one agent stream, independent of gRPC. */
+export interface AgentStream {
+  /** Messages from the agent; ends when the agent closes its side. */
+  messages: AsyncIterable<ConnectRequest>;
+  send(message: ConnectResponse): void;
+  /** Ends the stream; with an error, the agent sees it as the status. */
+  end(err?: Error): void;
+}
+
+/** Options of {@link AgentSessions}. */
+export interface AgentSessionsOptions {
+  controllerId: string;
+  keys: TrustedKey[];
+  settings: AgentSettings;
+  /** The newest revision, sent in the welcome. */
+  currentRevision: () => bigint;
+  /** How long an agent has to say hello. Default 10 s. */
+  helloTimeoutMs?: number;
+  /** Silence after which a stream is considered half-open and closed. Default 3 heartbeat intervals. */
+  idleTimeoutMs?: number;
+}
+
+/** Thrown to end a stream that stayed silent: the connection is presumed half-open. */
+export class IdleStreamError extends Error {
+  override name = 'IdleStreamError';
+}
+
+function durationMs(d: { seconds: bigint; nanos: number } | undefined, fallback: number): number {
+  return d ? Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6) : fallback;
+}
+
+/**
+ * AgentService's behaviour: the hello/welcome handshake, ACK/NACK and counter reports into the
+ * registry and counter store, heartbeat echo, and the idle timeout that notices half-open
+ * connections.
+ */
+export class AgentSessions {
+  #registry: NodeRegistry;
+  #counters: CounterStore;
+  #options: AgentSessionsOptions;
+  #open = new Set<AgentStream>();
+
+  constructor(registry: NodeRegistry, counters: CounterStore, options: AgentSessionsOptions) {
+    this.#registry = registry;
+    this.#counters = counters;
+    this.#options = options;
+  }
+
+  /** Number of open streams. */
+  get size(): number {
+    return this.#open.size;
+  }
+
+  /**
+   * Serves one stream until it ends. Resolves when it has ended (never rejects): protocol errors
+   * end the stream with a status instead.
+   */
+  async serve(stream: AgentStream): Promise<void> {
+    const sessionId = randomUUID();
+    let node: string | undefined;
+    const idleMs = this.#options.idleTimeoutMs ?? 3 * durationMs(this.#options.settings.heartbeatInterval, 5000);
+    let timer: NodeJS.Timeout | undefined;
+    const arm = (ms: number, why: string): void => {
+      clearTimeout(timer);
+      timer = setTimeout(() => stream.end(new IdleStreamError(why)), ms);
+    };
+    this.#open.add(stream);
+    arm(this.#options.helloTimeoutMs ?? 10_000, 'no hello in time');
+    try {
+      for await (const req of stream.messages) {
+        const m = req.message;
+        if (!m) continue;
+        if (!node) {
+          if (m.$case !== 'hello') throw new ValidationError('the first message must be a hello', [{ field: 'hello', description: 'required first', reason: 'REQUIRED' }]);
+          const problem = checkDnsLabel(m.hello.nodeName);
+          if (problem) throw new ValidationError('invalid node name', [{ field: 'hello.node_name', description: problem, reason: 'INVALID_NAME' }]);
+          node = m.hello.nodeName;
+          this.#registry.hello(m.hello, sessionId);
+          stream.send({
+            message: {
+              $case: 'welcome',
+              welcome: { controllerId: this.#options.controllerId, keys: this.#options.keys, settings: this.#options.settings, currentRevision: this.#options.currentRevision() },
+            },
+          });
+          arm(idleMs, `node ${node} silent for ${idleMs} ms`);
+          continue;
+        }
+        arm(idleMs, `node ${node} silent for ${idleMs} ms`);
+        switch (m.$case) {
+          case 'report':
+            this.#registry.report(node, m.report);
+            break;
+          case 'counters':
+            this.#counters.add(node, m.counters);
+            this.#registry.seen(node);
+            break;
+          case 'heartbeat':
+            this.#registry.seen(node);
+            stream.send({ message: { $case: 'heartbeat', heartbeat: { sequence: m.heartbeat.sequence, time: new Date() } } });
+            break;
+          case 'hello':
+            throw new ValidationError('hello sent twice', [{ field: 'hello', description: 'only the first message may be a hello', reason: 'NOT_ALLOWED' }]);
+        }
+      }
+      stream.end();
+    } catch (err) {
+      stream.end(err as Error);
+    } finally {
+      clearTimeout(timer);
+      this.#open.delete(stream);
+      if (node) this.#registry.disconnect(node, sessionId);
+    }
+  }
+
+  /** Ends every open stream (on shutdown); agents reconnect elsewhere or later. */
+  closeAll(err?: Error): void {
+    for (const s of this.#open) s.end(err);
+  }
+}

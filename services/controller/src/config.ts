@@ -1,0 +1,159 @@
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ConfigError } from './errors.js';
+
+/** Everything the controller is configured with. */
+export interface ControllerConfig {
+  listen: string;
+  insecure: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsClientCa?: string;
+  /** NATS servers; empty = start an embedded nats-server. */
+  natsServers: string[];
+  /** Port of the embedded nats-server (0 = any free port). */
+  embeddedNatsPort: number;
+  embeddedNatsHost: string;
+  dataDir: string;
+  signingKey: string;
+  controllerId: string;
+  streamReplicas: number;
+  ruleGrowthGuard: number;
+  maxRulesPerPolicy: number;
+  snapshotEvery: number;
+  retainEntries: number;
+  prometheusPort?: number;
+  prometheusHost: string;
+  otlpEndpoint?: string;
+  counterIntervalMs: number;
+  heartbeatIntervalMs: number;
+  shutdownGraceMs: number;
+}
+
+/** The --help text. */
+export const HELP = `edgeplane-controller: the edgeplane control plane (gRPC API, intent log, node registry)
+
+Usage: edgeplane-controller [flags]
+
+Every flag can also be set by the environment variable shown.
+
+  --listen HOST:PORT        gRPC address (EDGEPLANE_LISTEN, default 0.0.0.0:7443; port 0 = any)
+  --tls-cert FILE           server certificate, PEM (EDGEPLANE_TLS_CERT)
+  --tls-key FILE            server private key, PEM (EDGEPLANE_TLS_KEY)
+  --tls-client-ca FILE      require client certificates signed by this CA: mutual TLS (EDGEPLANE_TLS_CLIENT_CA)
+  --insecure                serve plaintext gRPC; without it TLS material is required (EDGEPLANE_INSECURE=1)
+  --nats URL[,URL...]       NATS servers (EDGEPLANE_NATS_URL); unset = start an embedded nats-server
+                            with JetStream in DATA_DIR/nats and stop it on exit
+  --embedded-nats HOST:PORT address of the embedded nats-server (EDGEPLANE_EMBEDDED_NATS, default 127.0.0.1:4222)
+  --data-dir DIR            state directory (EDGEPLANE_DATA_DIR, default /var/lib/edgeplane/controller)
+  --signing-key FILE        Ed25519 key that signs the intent log, created on first start with mode 0600
+                            (EDGEPLANE_SIGNING_KEY, default DATA_DIR/signing-key.pem); replicas share it
+  --controller-id ID        this replica's id in log entries (EDGEPLANE_CONTROLLER_ID, default HOST-PID)
+  --stream-replicas N       JetStream replicas of the log when creating it (EDGEPLANE_STREAM_REPLICAS, default 1; 3 in a cluster)
+  --rule-growth-guard N     a write growing a policy past N rules needs allow_large_growth (default 10000)
+  --max-rules-per-policy N  (default 65536)
+  --snapshot-every N        snapshot the intent every N revisions (default 1000; 0 = never)
+  --retain-entries N        keep N entries below the newest snapshot (default 10000)
+  --prometheus-port PORT    serve metrics at http://HOST:PORT/metrics (EDGEPLANE_PROMETHEUS_PORT; unset = off)
+  --prometheus-host HOST    (EDGEPLANE_PROMETHEUS_HOST, default 0.0.0.0)
+  --otlp-endpoint URL       export traces by OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT; unset = no export)
+  --counter-interval SEC    how often agents report counters (default 5)
+  --heartbeat-interval SEC  application heartbeat of agent streams (default 5)
+  --shutdown-grace SEC      on SIGTERM, time given to running calls (default 10)
+  -h, --help                this text
+
+On start the controller prints one JSON line to stdout: {"event":"ready","grpc":...,"nats":...}.
+Exit codes: 0 after a graceful stop, 1 on a start-up failure, 2 on bad flags.`;
+
+function int(name: string, text: string | undefined, fallback: number, min = 0): number {
+  if (text === undefined || text === '') return fallback;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min) throw new ConfigError(`--${name}: ${JSON.stringify(text)} is not a whole number >= ${min}`);
+  return n;
+}
+
+function hostPort(name: string, text: string): { host: string; port: number } {
+  const i = text.lastIndexOf(':');
+  if (i <= 0) throw new ConfigError(`--${name}: ${JSON.stringify(text)} is not HOST:PORT`);
+  return { host: text.slice(0, i), port: int(name, text.slice(i + 1), 0) };
+}
+
+/**
+ * Parses flags over environment variables over defaults.
+ * @throws ConfigError naming the flag.
+ */
+export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ControllerConfig | 'help' {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      options: {
+        listen: { type: 'string' },
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
+        'tls-client-ca': { type: 'string' },
+        insecure: { type: 'boolean' },
+        nats: { type: 'string' },
+        'embedded-nats': { type: 'string' },
+        'data-dir': { type: 'string' },
+        'signing-key': { type: 'string' },
+        'controller-id': { type: 'string' },
+        'stream-replicas': { type: 'string' },
+        'rule-growth-guard': { type: 'string' },
+        'max-rules-per-policy': { type: 'string' },
+        'snapshot-every': { type: 'string' },
+        'retain-entries': { type: 'string' },
+        'prometheus-port': { type: 'string' },
+        'prometheus-host': { type: 'string' },
+        'otlp-endpoint': { type: 'string' },
+        'counter-interval': { type: 'string' },
+        'heartbeat-interval': { type: 'string' },
+        'shutdown-grace': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (cause) {
+    throw new ConfigError((cause as Error).message, { cause });
+  }
+  if (values.help) return 'help';
+  const dataDir = values['data-dir'] ?? env.EDGEPLANE_DATA_DIR ?? '/var/lib/edgeplane/controller';
+  const embedded = hostPort('embedded-nats', values['embedded-nats'] ?? env.EDGEPLANE_EMBEDDED_NATS ?? '127.0.0.1:4222');
+  const insecure = values.insecure ?? ['1', 'true'].includes(env.EDGEPLANE_INSECURE ?? '');
+  const tlsCert = values['tls-cert'] ?? env.EDGEPLANE_TLS_CERT;
+  const tlsKey = values['tls-key'] ?? env.EDGEPLANE_TLS_KEY;
+  const tlsClientCa = values['tls-client-ca'] ?? env.EDGEPLANE_TLS_CLIENT_CA;
+  if (!insecure && (!tlsCert || !tlsKey)) {
+    throw new ConfigError('TLS is the default: give --tls-cert and --tls-key, or ask for plaintext with --insecure');
+  }
+  const listen = values.listen ?? env.EDGEPLANE_LISTEN ?? '0.0.0.0:7443';
+  hostPort('listen', listen);
+  const prometheus = values['prometheus-port'] ?? env.EDGEPLANE_PROMETHEUS_PORT;
+  const nats = values.nats ?? env.EDGEPLANE_NATS_URL ?? '';
+  const otlp = values['otlp-endpoint'] ?? env.OTEL_EXPORTER_OTLP_ENDPOINT;
+  return {
+    listen,
+    insecure,
+    ...(tlsCert ? { tlsCert } : {}),
+    ...(tlsKey ? { tlsKey } : {}),
+    ...(tlsClientCa ? { tlsClientCa } : {}),
+    natsServers: nats ? nats.split(',').map((s) => s.trim()).filter(Boolean) : [],
+    embeddedNatsHost: embedded.host,
+    embeddedNatsPort: embedded.port,
+    dataDir,
+    signingKey: values['signing-key'] ?? env.EDGEPLANE_SIGNING_KEY ?? join(dataDir, 'signing-key.pem'),
+    controllerId: values['controller-id'] ?? env.EDGEPLANE_CONTROLLER_ID ?? `${hostname()}-${process.pid}`,
+    streamReplicas: int('stream-replicas', values['stream-replicas'] ?? env.EDGEPLANE_STREAM_REPLICAS, 1, 1),
+    ruleGrowthGuard: int('rule-growth-guard', values['rule-growth-guard'], 10_000, 1),
+    maxRulesPerPolicy: int('max-rules-per-policy', values['max-rules-per-policy'], 65_536, 1),
+    snapshotEvery: int('snapshot-every', values['snapshot-every'], 1000),
+    retainEntries: int('retain-entries', values['retain-entries'], 10_000),
+    ...(prometheus !== undefined && prometheus !== '' ? { prometheusPort: int('prometheus-port', prometheus, 0) } : {}),
+    prometheusHost: values['prometheus-host'] ?? env.EDGEPLANE_PROMETHEUS_HOST ?? '0.0.0.0',
+    ...(otlp ? { otlpEndpoint: otlp } : {}),
+    counterIntervalMs: int('counter-interval', values['counter-interval'], 5, 1) * 1000,
+    heartbeatIntervalMs: int('heartbeat-interval', values['heartbeat-interval'], 5, 1) * 1000,
+    shutdownGraceMs: int('shutdown-grace', values['shutdown-grace'], 10) * 1000,
+  };
+}

@@ -1,0 +1,79 @@
+import type { CounterReport, InterfaceCounters, RuleCounters } from '@edgeplane/proto';
+
+const key = (policy: string, priority: number): string => `${policy}\u0000${priority}`;
+
+function addRule(into: Map<string, RuleCounters>, c: RuleCounters): void {
+  const policy = c.rule?.policy ?? '';
+  const priority = c.rule?.priority ?? 0;
+  const k = key(policy, priority);
+  const have = into.get(k);
+  if (!have) {
+    into.set(k, { rule: { policy, priority }, ruleName: c.ruleName, packets: c.packets, bytes: c.bytes, rateLimitedPackets: c.rateLimitedPackets });
+    return;
+  }
+  have.packets += c.packets;
+  have.bytes += c.bytes;
+  have.rateLimitedPackets += c.rateLimitedPackets;
+  if (c.ruleName) have.ruleName = c.ruleName;
+}
+
+function sortRules(list: Iterable<RuleCounters>): RuleCounters[] {
+  return [...list].sort((a, b) => (a.rule!.policy === b.rule!.policy ? a.rule!.priority - b.rule!.priority : a.rule!.policy < b.rule!.policy ? -1 : 1));
+}
+
+/**
+ * Counters agents report, summed from their deltas: per node and rule, and per node and
+ * interface. Status cost grows with nodes, not nodes x policies x revisions: one entry per
+ * (node, rule) that ever counted something.
+ */
+export class CounterStore {
+  #rules = new Map<string, Map<string, RuleCounters>>();
+  #interfaces = new Map<string, Map<string, InterfaceCounters>>();
+
+  /** Adds one report's deltas for a node. */
+  add(node: string, report: CounterReport): void {
+    let rules = this.#rules.get(node);
+    if (!rules) this.#rules.set(node, (rules = new Map()));
+    for (const c of report.rules) addRule(rules, c);
+    let ifaces = this.#interfaces.get(node);
+    if (!ifaces) this.#interfaces.set(node, (ifaces = new Map()));
+    for (const c of report.interfaces) {
+      const have = ifaces.get(c.interface);
+      if (!have) {
+        ifaces.set(c.interface, { ...c });
+        continue;
+      }
+      have.passedPackets += c.passedPackets;
+      have.droppedPackets += c.droppedPackets;
+      have.passedBytes += c.passedBytes;
+      have.droppedBytes += c.droppedBytes;
+      have.defaultActionPackets += c.defaultActionPackets;
+      have.nonIpPackets += c.nonIpPackets;
+      have.malformedPackets += c.malformedPackets;
+    }
+  }
+
+  /** One node's rule counters (optionally one policy's), sorted. */
+  nodeRules(node: string, policy?: string): RuleCounters[] {
+    const rules = this.#rules.get(node);
+    if (!rules) return [];
+    return sortRules([...rules.values()].filter((c) => !policy || c.rule?.policy === policy));
+  }
+
+  /** One node's interface counters, sorted by interface. */
+  nodeInterfaces(node: string): InterfaceCounters[] {
+    return [...(this.#interfaces.get(node)?.values() ?? [])].sort((a, b) => (a.interface < b.interface ? -1 : 1));
+  }
+
+  /** Rule counters summed over `nodes` (default: every node), optionally for one policy. */
+  fleetRules(policy?: string, nodes?: Iterable<string>): RuleCounters[] {
+    const sum = new Map<string, RuleCounters>();
+    for (const node of nodes ?? this.#rules.keys()) for (const c of this.nodeRules(node, policy)) addRule(sum, c);
+    return sortRules(sum.values());
+  }
+
+  /** Nodes that reported anything. */
+  nodes(): string[] {
+    return [...new Set([...this.#rules.keys(), ...this.#interfaces.keys()])];
+  }
+}

@@ -1,0 +1,115 @@
+import {
+  LabelSelectorSyntaxError,
+  NodeEventType,
+  RevisionOutcome,
+  matchesLabelSelector,
+  parseLabelSelector,
+  type GetNodeRequest,
+  type GetNodeResponse,
+  type GetPolicyCountersRequest,
+  type GetPolicyCountersResponse,
+  type GetRevisionStatusRequest,
+  type GetRevisionStatusResponse,
+  type LabelSelector,
+  type ListNodesRequest,
+  type ListNodesResponse,
+  type Node,
+  type NodeRevisionState,
+  type WatchNodesRequest,
+  type WatchNodesResponse,
+} from '@edgeplane/proto';
+import type { CounterStore } from './counter-store.js';
+import { NotFoundError, ValidationError } from './errors.js';
+import type { NodeRegistry } from './node-registry.js';
+import { paginate } from './page-token.js';
+
+function selectorOf(text: string, field: string): LabelSelector | undefined {
+  if (!text) return undefined;
+  try {
+    return parseLabelSelector(text);
+  } catch (err) {
+    if (err instanceof LabelSelectorSyntaxError) throw new ValidationError('invalid label selector', [{ field, description: err.message, reason: 'INVALID_LABEL_SELECTOR' }]);
+    throw err;
+  }
+}
+
+/** FleetService's behaviour, independent of gRPC. */
+export class FleetApi {
+  #registry: NodeRegistry;
+  #counters: CounterStore;
+  #revision: () => bigint;
+
+  constructor(registry: NodeRegistry, counters: CounterStore, currentRevision: () => bigint) {
+    this.#registry = registry;
+    this.#counters = counters;
+    this.#revision = currentRevision;
+  }
+
+  #select(text: string, field: string): Node[] {
+    const selector = selectorOf(text, field);
+    return this.#registry.list().filter((n) => matchesLabelSelector(selector, n.labels));
+  }
+
+  /** @throws ValidationError */
+  listNodes(req: ListNodesRequest): ListNodesResponse {
+    const page = paginate(this.#select(req.labelSelector, 'label_selector'), (n) => n.name, req.pageSize, req.pageToken);
+    return { nodes: page.items, nextPageToken: page.nextPageToken };
+  }
+
+  /** @throws NotFoundError */
+  getNode(req: GetNodeRequest): GetNodeResponse {
+    const node = this.#registry.get(req.name);
+    if (!node) throw new NotFoundError(`node ${req.name} not found`);
+    return { node, counters: this.#counters.nodeRules(node.name), interfaceCounters: this.#counters.nodeInterfaces(node.name) };
+  }
+
+  /** Streams node changes until `signal` aborts. @throws ValidationError */
+  async watchNodes(req: WatchNodesRequest, send: (e: WatchNodesResponse) => void, signal: AbortSignal): Promise<void> {
+    const selector = selectorOf(req.labelSelector, 'label_selector');
+    const off = this.#registry.watch((e) => {
+      if (e.node && matchesLabelSelector(selector, e.node.labels)) send(e);
+    });
+    try {
+      if (req.sendInitial) {
+        for (const n of this.#registry.list().sort((a, b) => (a.name < b.name ? -1 : 1))) {
+          if (matchesLabelSelector(selector, n.labels)) send({ type: NodeEventType.NODE_EVENT_TYPE_ADDED, node: n });
+        }
+      }
+      await new Promise<void>((resolve) => (signal.aborted ? resolve() : signal.addEventListener('abort', () => resolve(), { once: true })));
+    } finally {
+      off();
+    }
+  }
+
+  /** @throws ValidationError */
+  getPolicyCounters(req: GetPolicyCountersRequest): GetPolicyCountersResponse {
+    const nodes = this.#select(req.nodeLabelSelector, 'node_label_selector').map((n) => n.name);
+    const policy = req.policy || undefined;
+    return {
+      fleet: this.#counters.fleetRules(policy, req.nodeLabelSelector ? nodes : undefined),
+      nodes: req.perNode ? nodes.sort().map((node) => ({ node, counters: this.#counters.nodeRules(node, policy) })).filter((n) => n.counters.length > 0) : [],
+    };
+  }
+
+  /** @throws ValidationError */
+  getRevisionStatus(req: GetRevisionStatusRequest): GetRevisionStatusResponse {
+    const revision = req.revision || this.#revision();
+    const states: NodeRevisionState[] = this.#select(req.nodeLabelSelector, 'node_label_selector')
+      .sort((a, b) => (a.name < b.name ? -1 : 1))
+      .map((n) => {
+        const s = n.status;
+        const applied = (s?.appliedRevision ?? 0n) >= revision;
+        const failed = !applied && (s?.lastErrorRevision ?? 0n) >= revision;
+        return {
+          node: n.name,
+          appliedRevision: s?.appliedRevision ?? 0n,
+          outcome: applied ? RevisionOutcome.REVISION_OUTCOME_ACK : failed ? RevisionOutcome.REVISION_OUTCOME_NACK : RevisionOutcome.REVISION_OUTCOME_UNSPECIFIED,
+          error: failed ? (s?.lastError ?? '') : '',
+          connected: s?.connected ?? false,
+        };
+      });
+    const applied = states.filter((s) => s.outcome === RevisionOutcome.REVISION_OUTCOME_ACK).length;
+    const failed = states.filter((s) => s.outcome === RevisionOutcome.REVISION_OUTCOME_NACK).length;
+    return { revision, nodesTotal: states.length, nodesApplied: applied, nodesFailed: failed, nodesPending: states.length - applied - failed, nodes: states };
+  }
+}

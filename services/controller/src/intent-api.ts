@@ -1,0 +1,257 @@
+import {
+  ApplyPolicyResponse,
+  DEFAULT_POLICY_LIMITS,
+  LabelSelectorSyntaxError,
+  Policy,
+  PolicyEventType,
+  PolicySpec,
+  checkDnsLabel,
+  matchesLabelSelector,
+  parseLabelSelector,
+  validatePolicy,
+  type ApplyPolicyRequest,
+  type DeletePolicyRequest,
+  type DeletePolicyResponse,
+  type GetPolicyRequest,
+  type GetPolicyResponse,
+  type LabelSelector,
+  type ListPoliciesRequest,
+  type ListPoliciesResponse,
+  type PolicyLimits,
+  type TraceContext,
+  type WatchPoliciesRequest,
+  type WatchPoliciesResponse,
+} from '@edgeplane/proto';
+import type { IntentChain, PolicyChange } from '@edgeplane/intent-log';
+import { NotFoundError, PreconditionError, ValidationError, VersionConflictError } from './errors.js';
+import type { IntentStore } from './intent-store.js';
+import { paginate } from './page-token.js';
+
+/** Options of {@link IntentApi}. */
+export interface IntentApiOptions {
+  limits?: PolicyLimits;
+  /**
+   * A write that grows a policy past this many rules (and adds rules) needs
+   * allow_large_growth. Default 10,000.
+   */
+  ruleGrowthGuard?: number;
+  now?: () => Date;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+function sameMap(a: Record<string, string>, b: Record<string, string>): boolean {
+  const ka = Object.keys(a).sort();
+  const kb = Object.keys(b).sort();
+  return ka.length === kb.length && ka.every((k, i) => k === kb[i] && a[k] === b[k]);
+}
+
+function parseSelector(text: string, field: string): LabelSelector | undefined {
+  if (!text) return undefined;
+  try {
+    return parseLabelSelector(text);
+  } catch (err) {
+    if (err instanceof LabelSelectorSyntaxError) throw new ValidationError('invalid label selector', [{ field, description: err.message, reason: 'INVALID_LABEL_SELECTOR' }]);
+    throw err;
+  }
+}
+
+function checkName(name: string, field: string): void {
+  const problem = checkDnsLabel(name);
+  if (problem) throw new ValidationError(`invalid ${field}`, [{ field, description: `${JSON.stringify(name)} ${problem}`, reason: name ? 'INVALID_NAME' : 'REQUIRED' }]);
+}
+
+/**
+ * IntentService's behaviour, independent of gRPC: validation, optimistic concurrency, the
+ * rule-growth guard, pagination and watches, over an {@link IntentStore}.
+ */
+export class IntentApi {
+  #store: IntentStore;
+  #limits: PolicyLimits;
+  #guard: number;
+  #now: () => Date;
+
+  constructor(store: IntentStore, options: IntentApiOptions = {}) {
+    this.#store = store;
+    this.#limits = options.limits ?? DEFAULT_POLICY_LIMITS;
+    this.#guard = options.ruleGrowthGuard ?? 10_000;
+    this.#now = options.now ?? (() => new Date());
+  }
+
+  /**
+   * Creates or updates a policy. Writes nothing when validate_only, or when the request equals
+   * the stored policy.
+   * @throws ValidationError, VersionConflictError, PreconditionError, UnavailableError
+   */
+  async apply(req: ApplyPolicyRequest, trace?: TraceContext): Promise<ApplyPolicyResponse> {
+    const violations = validatePolicy(req.policy, 'policy', this.#limits);
+    if (violations.length > 0) throw new ValidationError(`invalid policy: ${violations.length} problem(s), first: ${violations[0]!.field}: ${violations[0]!.description}`, violations);
+    const incoming = req.policy!;
+    const name = incoming.metadata!.name;
+    let outcome: { policy: Policy; created: boolean; unchanged: boolean } | undefined;
+    const build = (chain: IntentChain): Policy | undefined => {
+      const existing = chain.policies.get(name);
+      const current = existing?.metadata?.resourceVersion ?? 0n;
+      if (req.expectedResourceVersion !== undefined && req.expectedResourceVersion !== current) {
+        throw new VersionConflictError(
+          existing
+            ? `policy ${name} is at resource_version ${current}, not ${req.expectedResourceVersion}`
+            : `policy ${name} does not exist (expected resource_version ${req.expectedResourceVersion})`,
+        );
+      }
+      const before = existing?.spec?.rules.length ?? 0;
+      const after = incoming.spec!.rules.length;
+      if (after > this.#guard && after > before && !req.allowLargeGrowth) {
+        throw new PreconditionError(
+          `policy ${name} would grow from ${before} to ${after} rules, past the guard of ${this.#guard}; set allow_large_growth to apply it`,
+          'RULE_GROWTH_GUARD',
+        );
+      }
+      if (
+        existing &&
+        sameBytes(PolicySpec.encode(existing.spec!).finish(), PolicySpec.encode(incoming.spec!).finish()) &&
+        sameMap(existing.metadata!.labels, incoming.metadata!.labels) &&
+        sameMap(existing.metadata!.annotations, incoming.metadata!.annotations)
+      ) {
+        outcome = { policy: existing, created: false, unchanged: true };
+        return undefined;
+      }
+      const now = this.#now();
+      const policy = Policy.fromPartial({
+        metadata: {
+          name,
+          labels: incoming.metadata!.labels,
+          annotations: incoming.metadata!.annotations,
+          resourceVersion: chain.revision + 1n,
+          createRevision: existing?.metadata?.createRevision ?? chain.revision + 1n,
+          createTime: existing?.metadata?.createTime ?? now,
+          updateTime: now,
+        },
+        spec: incoming.spec!,
+      });
+      outcome = { policy, created: !existing, unchanged: false };
+      return policy;
+    };
+    if (req.validateOnly) {
+      await this.#store.catchUp();
+      const policy = build(this.#store.chain);
+      return ApplyPolicyResponse.fromPartial({ policy: policy ?? outcome!.policy, revision: 0n, created: outcome!.created, unchanged: outcome!.unchanged });
+    }
+    const written = await this.#store.write((chain) => {
+      const policy = build(chain);
+      return policy ? { upserts: [policy], deletes: [] } : undefined;
+    }, trace);
+    const stored = written ? (written.entry.change!.upserts[0] ?? outcome!.policy) : outcome!.policy;
+    return ApplyPolicyResponse.fromPartial({ policy: stored, revision: written?.revision ?? 0n, created: outcome!.created, unchanged: outcome!.unchanged });
+  }
+
+  /**
+   * Deletes a policy.
+   * @throws ValidationError, NotFoundError (unless allow_missing), VersionConflictError, UnavailableError
+   */
+  async delete(req: DeletePolicyRequest, trace?: TraceContext): Promise<DeletePolicyResponse> {
+    checkName(req.name, 'name');
+    const build = (chain: IntentChain): boolean => {
+      const existing = chain.policies.get(req.name);
+      if (!existing) {
+        if (req.allowMissing && (req.expectedResourceVersion === undefined || req.expectedResourceVersion === 0n)) return false;
+        throw new NotFoundError(`policy ${req.name} not found`);
+      }
+      const current = existing.metadata?.resourceVersion ?? 0n;
+      if (req.expectedResourceVersion !== undefined && req.expectedResourceVersion !== current) {
+        throw new VersionConflictError(`policy ${req.name} is at resource_version ${current}, not ${req.expectedResourceVersion}`);
+      }
+      return true;
+    };
+    if (req.validateOnly) {
+      await this.#store.catchUp();
+      build(this.#store.chain);
+      return { revision: 0n };
+    }
+    const written = await this.#store.write((chain) => (build(chain) ? { upserts: [], deletes: [req.name] } : undefined), trace);
+    return { revision: written?.revision ?? 0n };
+  }
+
+  /** Returns one policy. @throws ValidationError, NotFoundError */
+  get(req: GetPolicyRequest): GetPolicyResponse {
+    checkName(req.name, 'name');
+    const chain = this.#store.chain;
+    const policy = chain.policies.get(req.name);
+    if (!policy) throw new NotFoundError(`policy ${req.name} not found`);
+    return { policy, revision: chain.revision };
+  }
+
+  /** Lists policies in name order, one page at a time. @throws ValidationError */
+  list(req: ListPoliciesRequest): ListPoliciesResponse {
+    const selector = parseSelector(req.labelSelector, 'label_selector');
+    const chain = this.#store.chain;
+    const matching = [...chain.policies.values()].filter((p) => matchesLabelSelector(selector, p.metadata?.labels ?? {}));
+    const page = paginate(matching, (p) => p.metadata?.name ?? '', req.pageSize, req.pageToken);
+    return { policies: page.items, nextPageToken: page.nextPageToken, revision: chain.revision };
+  }
+
+  /**
+   * Streams changes after start_revision (0: the current policies as ADDED, then changes),
+   * calling `send` in revision order, until `signal` aborts.
+   * @throws ValidationError (bad selector, a revision in the future), CompactedError
+   */
+  async watch(req: WatchPoliciesRequest, send: (event: WatchPoliciesResponse) => void, signal: AbortSignal): Promise<void> {
+    const selector = parseSelector(req.labelSelector, 'label_selector');
+    const chain = this.#store.chain;
+    if (req.startRevision > chain.revision) {
+      throw new ValidationError('start revision is in the future', [
+        { field: 'start_revision', description: `revision ${req.startRevision} does not exist yet (newest is ${chain.revision})`, reason: 'OUT_OF_RANGE' },
+      ]);
+    }
+    const toEvent = (c: PolicyChange): WatchPoliciesResponse => ({
+      type: c.type === 'added' ? PolicyEventType.POLICY_EVENT_TYPE_ADDED : c.type === 'modified' ? PolicyEventType.POLICY_EVENT_TYPE_MODIFIED : PolicyEventType.POLICY_EVENT_TYPE_DELETED,
+      policy: c.policy,
+      revision: c.revision,
+    });
+    const wanted = (p: Policy): boolean => matchesLabelSelector(selector, p.metadata?.labels ?? {});
+    // Live changes are buffered while history is replayed, then drained in order.
+    const buffered: [bigint, PolicyChange[]][] = [];
+    let sentUpTo = -1n;
+    let replaying = true;
+    const deliver = (revision: bigint, changes: PolicyChange[]): void => {
+      if (revision <= sentUpTo) return;
+      for (const c of changes) if (wanted(c.policy)) send(toEvent(c));
+      sentUpTo = revision;
+    };
+    const off = this.#store.onChange((revision, changes) => (replaying ? buffered.push([revision, changes]) : deliver(revision, changes)));
+    try {
+      const at = chain.revision;
+      if (req.startRevision === 0n) {
+        for (const p of [...chain.policies.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1))) {
+          if (wanted(p)) send({ type: PolicyEventType.POLICY_EVENT_TYPE_ADDED, policy: p, revision: at });
+        }
+        sentUpTo = at;
+      } else {
+        const known = new Map<string, Policy>();
+        for await (const entry of this.#store.history(req.startRevision + 1n, at)) {
+          if (signal.aborted) return;
+          const changes: PolicyChange[] = [];
+          for (const name of entry.change?.deletes ?? []) {
+            changes.push({ type: 'deleted', policy: known.get(name) ?? Policy.fromPartial({ metadata: { name } }), revision: entry.revision });
+            known.delete(name);
+          }
+          for (const p of entry.change?.upserts ?? []) {
+            const name = p.metadata?.name ?? '';
+            changes.push({ type: p.metadata?.createRevision === entry.revision ? 'added' : 'modified', policy: p, revision: entry.revision });
+            known.set(name, p);
+          }
+          deliver(entry.revision, changes);
+        }
+        sentUpTo = at;
+      }
+      send({ type: PolicyEventType.POLICY_EVENT_TYPE_BOOKMARK, policy: undefined, revision: at });
+      for (const [revision, changes] of buffered) deliver(revision, changes);
+      replaying = false;
+      await new Promise<void>((resolve) => (signal.aborted ? resolve() : signal.addEventListener('abort', () => resolve(), { once: true })));
+    } finally {
+      off();
+    }
+  }
+}

@@ -1,0 +1,195 @@
+#!/usr/bin/env node
+// The controller process: the only place concrete adapters (NATS, JetStream, gRPC, the
+// OpenTelemetry SDK, an embedded nats-server) are constructed and wired together.
+import { realpathSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { Kvm } from '@nats-io/kv';
+import { NODE_REGISTRY_BUCKET, INTENT_STREAM, INTENT_SUBJECT, publicKeyFromRaw } from '@edgeplane/proto';
+import { IntentLog, NatsServer } from '@edgeplane/intent-log';
+import { startTelemetry, type SpanProcessor, type Telemetry } from '@edgeplane/telemetry';
+import { AgentSessions } from './agent-sessions.js';
+import { parseConfig, HELP, type ControllerConfig } from './config.js';
+import { CounterStore } from './counter-store.js';
+import { ConfigError } from './errors.js';
+import { FleetApi } from './fleet-api.js';
+import { startGrpcServer, type GrpcServer } from './grpc/server.js';
+import { agentServiceHandlers, fleetServiceHandlers, intentServiceHandlers } from './grpc/services.js';
+import { IntentApi } from './intent-api.js';
+import { IntentStore } from './intent-store.js';
+import { KvNodeStore } from './kv-node-store.js';
+import { registerFleetMetrics } from './metrics.js';
+import { NodeRegistry } from './node-registry.js';
+import { loadOrCreateSigningKey } from './signing-key.js';
+
+/** A running controller. */
+export interface RunningController {
+  /** The gRPC address, host:port. */
+  address: string;
+  /** The NATS URL the controller uses (the embedded server's when it started one). */
+  natsUrl: string;
+  /** The raw Ed25519 public key agents must trust. */
+  publicKey: Uint8Array;
+  keyId: string;
+  prometheusUrl: string | undefined;
+  /** Graceful stop: health NOT_SERVING, running calls get the grace period, then everything closes. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Extra wiring for tests: span processors to receive the controller's spans. */
+export interface StartExtras {
+  spanProcessors?: SpanProcessor[];
+  log?: (line: Record<string, unknown>) => void;
+}
+
+function logger(extra?: StartExtras['log']): (level: string, msg: string, fields?: Record<string, unknown>) => void {
+  return (level, msg, fields = {}) => {
+    const line = { time: new Date().toISOString(), level, msg, ...fields };
+    if (extra) extra(line);
+    else process.stderr.write(JSON.stringify(line) + '\n');
+  };
+}
+
+/**
+ * Starts a controller from its configuration. Whatever was started before a failing step is
+ * closed again before the error is rethrown.
+ * @throws ConfigError for bad configuration; other errors when NATS or the listener fail.
+ */
+export async function startController(config: ControllerConfig, extras: StartExtras = {}): Promise<RunningController> {
+  const log = logger(extras.log);
+  const onError = (message: string, err: unknown): void => log('error', message, { error: (err as Error)?.message ?? String(err) });
+  const cleanups: (() => Promise<unknown>)[] = [];
+  const cleanup = async (): Promise<void> => {
+    for (const c of cleanups.reverse()) await c().catch((err: unknown) => onError('shutdown step', err));
+    cleanups.length = 0;
+  };
+  try {
+    const telemetry: Telemetry = await startTelemetry({
+      serviceName: 'edgeplane-controller',
+      serviceInstanceId: config.controllerId,
+      ...(config.otlpEndpoint ? { otlpEndpoint: config.otlpEndpoint } : {}),
+      ...(config.prometheusPort !== undefined ? { prometheusPort: config.prometheusPort, prometheusHost: config.prometheusHost } : {}),
+      ...(extras.spanProcessors ? { spanProcessors: extras.spanProcessors } : {}),
+    });
+    cleanups.push(() => telemetry.shutdown());
+
+    let natsServers = config.natsServers;
+    if (natsServers.length === 0) {
+      const embedded = await NatsServer.start({ dataDir: join(config.dataDir, 'nats'), host: config.embeddedNatsHost, port: config.embeddedNatsPort });
+      cleanups.push(() => embedded.close());
+      natsServers = [embedded.url];
+      log('info', 'started embedded nats-server', { url: embedded.url });
+    }
+    const nc: NatsConnection = await connect({ servers: natsServers, name: `edgeplane-controller ${config.controllerId}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, timeout: 5000 });
+    cleanups.push(() => nc.drain().catch(() => nc.close()));
+    void (async () => {
+      for await (const s of nc.status()) if (s.type === 'disconnect' || s.type === 'reconnect') log('info', `nats ${s.type}`, { server: (s as { server?: string }).server });
+    })();
+
+    const key = loadOrCreateSigningKey(config.signingKey);
+    const intentLog = await IntentLog.open(nc, { create: true, replicas: config.streamReplicas });
+    const store = new IntentStore(intentLog, {
+      controllerId: config.controllerId,
+      signingKey: key.privateKey,
+      trusted: new Map([[key.keyId, publicKeyFromRaw(key.publicKey)]]),
+      snapshotEvery: config.snapshotEvery,
+      retainEntries: config.retainEntries,
+      onError,
+    });
+    await store.start();
+    cleanups.push(() => store.close());
+    // A reconnect may have missed live entries: catch up from the stream.
+    void (async () => {
+      for await (const s of nc.status()) if (s.type === 'reconnect') await store.catchUp().catch((err: unknown) => onError('catch up after reconnect', err));
+    })();
+
+    const kv = await new Kvm(nc).create(NODE_REGISTRY_BUCKET, { history: 1, replicas: config.streamReplicas });
+    const registry = new NodeRegistry(new KvNodeStore(kv), { onError });
+    await registry.load();
+    cleanups.push(() => registry.flush());
+    const counters = new CounterStore();
+    registerFleetMetrics(telemetry.meter('@edgeplane/controller'), { counters, registry, revision: () => store.chain.revision });
+
+    const sessions = new AgentSessions(registry, counters, {
+      controllerId: config.controllerId,
+      keys: [{ keyId: key.keyId, publicKey: Buffer.from(key.publicKey) }],
+      settings: {
+        counterInterval: { seconds: BigInt(Math.floor(config.counterIntervalMs / 1000)), nanos: 0 },
+        heartbeatInterval: { seconds: BigInt(Math.floor(config.heartbeatIntervalMs / 1000)), nanos: 0 },
+        logStream: INTENT_STREAM,
+        logSubject: INTENT_SUBJECT,
+      },
+      currentRevision: () => store.chain.revision,
+    });
+    const intentApi = new IntentApi(store, {
+      ruleGrowthGuard: config.ruleGrowthGuard,
+      limits: { maxRules: config.maxRulesPerPolicy, maxCidrsPerRule: 256, maxPortRangesPerRule: 64, maxDescription: 1024, maxAnnotationBytes: 256 * 1024, maxRate: 1_000_000_000n },
+    });
+    const fleetApi = new FleetApi(registry, counters, () => store.chain.revision);
+    const grpcServer: GrpcServer = await startGrpcServer({
+      listen: config.listen,
+      tls: config.insecure ? { insecure: true } : { certFile: config.tlsCert!, keyFile: config.tlsKey!, ...(config.tlsClientCa ? { clientCaFile: config.tlsClientCa } : {}) },
+      intent: intentServiceHandlers(intentApi, onError),
+      fleet: fleetServiceHandlers(fleetApi, onError),
+      agent: agentServiceHandlers(sessions, onError),
+    });
+    cleanups.push(async () => {
+      const stopping = grpcServer.shutdown(config.shutdownGraceMs);
+      sessions.closeAll();
+      await stopping;
+    });
+    log('info', 'controller ready', { grpc: grpcServer.address, revision: String(store.chain.revision), keyId: key.keyId });
+
+    let closing: Promise<void> | undefined;
+    return {
+      address: grpcServer.address,
+      natsUrl: natsServers.join(','),
+      publicKey: key.publicKey,
+      keyId: key.keyId,
+      prometheusUrl: telemetry.prometheusUrl,
+      close: () => (closing ??= cleanup()),
+    };
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}
+
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = parseConfig(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`edgeplane-controller: ${(err as Error).message}\nRun with --help for usage.\n`);
+    process.exitCode = 2;
+    return;
+  }
+  if (config === 'help') {
+    process.stdout.write(HELP + '\n');
+    return;
+  }
+  let controller: RunningController;
+  try {
+    controller = await startController(config);
+  } catch (err) {
+    process.stderr.write(`edgeplane-controller: ${err instanceof ConfigError ? '' : 'start failed: '}${(err as Error).message}\n`);
+    process.exitCode = 1;
+    return;
+  }
+  process.stdout.write(
+    JSON.stringify({ event: 'ready', grpc: controller.address, nats: controller.natsUrl, keyId: controller.keyId, publicKey: Buffer.from(controller.publicKey).toString('base64'), prometheus: controller.prometheusUrl }) + '\n',
+  );
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: `${signal}: stopping` }) + '\n');
+    void controller.close().then(() => process.stdout.write(JSON.stringify({ event: 'stopped' }) + '\n'));
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+const invoked = process.argv[1] ? realpathSync(process.argv[1]) : '';
+if (invoked === fileURLToPath(import.meta.url)) void main();

@@ -1,0 +1,157 @@
+import {
+  Node,
+  NodeEventType,
+  RevisionOutcome,
+  type AgentHello,
+  type RevisionReport,
+  type WatchNodesResponse,
+} from '@edgeplane/proto';
+
+/** Where the registry keeps nodes across controller restarts (a NATS KV bucket in production). */
+export interface NodeStoreBackend {
+  load(): Promise<Node[]>;
+  save(node: Node): Promise<void>;
+}
+
+/** Listener for node changes. */
+export type NodeListener = (event: WatchNodesResponse) => void;
+
+/**
+ * The fleet's nodes as their agents describe them, with observed status. Persists every
+ * identity or outcome change through the backend (last-seen times are written at most every
+ * `persistSeenEveryMs`), so it survives a controller restart; on load every node is marked
+ * disconnected until its agent says hello again.
+ */
+export class NodeRegistry {
+  #nodes = new Map<string, Node>();
+  #sessions = new Map<string, string>();
+  #listeners = new Set<NodeListener>();
+  #backend: NodeStoreBackend;
+  #now: () => Date;
+  #onError: (message: string, err: unknown) => void;
+  #persistSeenEveryMs: number;
+  #lastPersisted = new Map<string, number>();
+  #pending = new Set<Promise<void>>();
+
+  constructor(backend: NodeStoreBackend, options: { now?: () => Date; onError?: (message: string, err: unknown) => void; persistSeenEveryMs?: number } = {}) {
+    this.#backend = backend;
+    this.#now = options.now ?? (() => new Date());
+    this.#onError = options.onError ?? (() => undefined);
+    this.#persistSeenEveryMs = options.persistSeenEveryMs ?? 30_000;
+  }
+
+  /** Loads persisted nodes (all marked disconnected). */
+  async load(): Promise<void> {
+    for (const node of await this.#backend.load()) {
+      if (node.status) node.status.connected = false;
+      this.#nodes.set(node.name, node);
+    }
+  }
+
+  /** Returns a node, or undefined. Callers must not modify it. */
+  get(name: string): Node | undefined {
+    return this.#nodes.get(name);
+  }
+
+  /** All nodes. Callers must not modify them. */
+  list(): Node[] {
+    return [...this.#nodes.values()];
+  }
+
+  /** Registers a listener; returns the function that removes it. */
+  watch(listener: NodeListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #changed(node: Node, type: NodeEventType, persist = true): void {
+    if (persist) {
+      this.#lastPersisted.set(node.name, Date.now());
+      const p = this.#backend.save(Node.fromPartial(node)).catch((err: unknown) => this.#onError(`persist node ${node.name}`, err));
+      this.#pending.add(p);
+      void p.finally(() => this.#pending.delete(p));
+    }
+    for (const l of this.#listeners) {
+      try {
+        l({ type, node });
+      } catch (err) {
+        this.#onError('node listener', err);
+      }
+    }
+  }
+
+  /** Records a hello: identity, labels, capabilities, and a new session that now owns the node. */
+  hello(hello: AgentHello, sessionId: string): Node {
+    const now = this.#now();
+    const existing = this.#nodes.get(hello.nodeName);
+    const node = Node.fromPartial({
+      name: hello.nodeName,
+      labels: hello.labels,
+      info: hello.info,
+      interfaces: hello.interfaces,
+      status: {
+        ...existing?.status,
+        connected: true,
+        connectTime: now,
+        lastSeenTime: now,
+        receivedRevision: hello.receivedRevision,
+        appliedRevision: hello.appliedRevision,
+      },
+    });
+    this.#nodes.set(node.name, node);
+    this.#sessions.set(node.name, sessionId);
+    this.#changed(node, existing ? NodeEventType.NODE_EVENT_TYPE_MODIFIED : NodeEventType.NODE_EVENT_TYPE_ADDED);
+    return node;
+  }
+
+  /** Whether `sessionId` is the node's current session (a newer connection replaces an older one). */
+  isCurrent(name: string, sessionId: string): boolean {
+    return this.#sessions.get(name) === sessionId;
+  }
+
+  /** Records an ACK or NACK. */
+  report(name: string, report: RevisionReport): void {
+    const node = this.#nodes.get(name);
+    if (!node?.status) return;
+    const s = node.status;
+    const now = this.#now();
+    s.lastSeenTime = now;
+    if (report.revision > s.receivedRevision) s.receivedRevision = report.revision;
+    s.appliedRevision = report.appliedRevision;
+    if (report.revision >= s.lastOutcomeRevision) {
+      s.lastOutcomeRevision = report.revision;
+      s.lastOutcome = report.outcome;
+    }
+    if (report.outcome === RevisionOutcome.REVISION_OUTCOME_NACK) {
+      s.lastError = report.reason;
+      s.lastErrorRevision = report.revision;
+      s.lastErrorTime = now;
+    }
+    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED);
+  }
+
+  /** Records that the node was heard from. */
+  seen(name: string): void {
+    const node = this.#nodes.get(name);
+    if (!node?.status) return;
+    node.status.lastSeenTime = this.#now();
+    const last = this.#lastPersisted.get(name) ?? 0;
+    if (Date.now() - last >= this.#persistSeenEveryMs) this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED);
+  }
+
+  /** Marks the node disconnected, if `sessionId` still owns it. */
+  disconnect(name: string, sessionId: string): void {
+    if (!this.isCurrent(name, sessionId)) return;
+    this.#sessions.delete(name);
+    const node = this.#nodes.get(name);
+    if (!node?.status) return;
+    node.status.connected = false;
+    node.status.lastSeenTime = this.#now();
+    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED);
+  }
+
+  /** Waits for pending writes to the backend. */
+  async flush(): Promise<void> {
+    await Promise.all([...this.#pending]);
+  }
+}

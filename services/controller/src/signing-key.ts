@@ -1,0 +1,37 @@
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { keyIdOf, privateKeyFromPem, rawPublicKey } from '@edgeplane/proto';
+import { ConfigError } from './errors.js';
+
+/** The controller's Ed25519 signing key. */
+export interface SigningKey {
+  privateKey: KeyObject;
+  publicKey: Uint8Array;
+  keyId: string;
+}
+
+/**
+ * Loads the signing key from `path` (PKCS#8 PEM), generating it on first start. The file is
+ * written with mode 0600 and refused if others can read it.
+ * @throws ConfigError if the file is unreadable, not an Ed25519 key, or too open.
+ */
+export function loadOrCreateSigningKey(path: string): SigningKey {
+  if (!existsSync(path)) {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    const { privateKey } = generateKeyPairSync('ed25519');
+    writeFileSync(path, privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600, flag: 'wx' });
+    chmodSync(path, 0o600);
+  }
+  const mode = statSync(path).mode & 0o777;
+  if (mode & 0o077) throw new ConfigError(`signing key ${path} is readable by others (mode ${mode.toString(8)}); chmod 600 it`);
+  let privateKey: KeyObject;
+  try {
+    privateKey = privateKeyFromPem(readFileSync(path, 'utf8'));
+  } catch (cause) {
+    throw new ConfigError(`signing key ${path} is not a PEM private key`, { cause });
+  }
+  if (privateKey.asymmetricKeyType !== 'ed25519') throw new ConfigError(`signing key ${path} is ${privateKey.asymmetricKeyType}, not ed25519`);
+  const publicKey = rawPublicKey(privateKey);
+  return { privateKey, publicKey, keyId: keyIdOf(publicKey) };
+}

@@ -1,0 +1,33 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Action, Policy, Protocol, type PolicySpec } from '@edgeplane/proto';
+import { parseConfig, startController, type ControllerConfig, type RunningController, type StartExtras } from '../src/index.js';
+
+/** Starts an in-process controller with an embedded nats-server on free ports and a temp data dir. */
+export async function startTestController(extra: string[] = [], extras: StartExtras = {}): Promise<{ controller: RunningController; dataDir: string; stop(): Promise<void> }> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'ctl-test-'));
+  const config = parseConfig(['--insecure', '--listen', '127.0.0.1:0', '--embedded-nats', '127.0.0.1:0', '--data-dir', dataDir, '--shutdown-grace', '1', ...extra], {}) as ControllerConfig;
+  const controller = await startController(config, { log: () => undefined, ...extras });
+  return {
+    controller,
+    dataDir,
+    async stop() {
+      await controller.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A valid policy with `rules` deny rules on distinct ports. */
+export function samplePolicy(name: string, labels: Record<string, string> = {}, rules = 1, spec: Partial<PolicySpec> = {}): Policy {
+  return Policy.fromPartial({
+    metadata: { name, labels },
+    spec: {
+      nodeSelector: { matchLabels: { site: 'ams1' } },
+      defaultAction: Action.ACTION_ALLOW,
+      rules: Array.from({ length: rules }, (_, i) => ({ priority: i + 1, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 1000 + (i % 60000) }], action: Action.ACTION_DENY })),
+      ...spec,
+    },
+  });
+}

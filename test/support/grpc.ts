@@ -1,0 +1,29 @@
+import * as grpc from '@grpc/grpc-js';
+import { FleetServiceClient, IntentServiceClient, STATUS_DETAILS_KEY, decodeStatusDetails, type StatusDetails } from '@edgeplane/proto';
+
+type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
+
+/** Calls a generated unary method and returns a promise (with a 10 s deadline). */
+export function call<Req, Res>(client: grpc.Client, method: (req: Req, md: grpc.Metadata, opts: grpc.CallOptions, cb: Callback<Res>) => unknown, req: Req): Promise<Res> {
+  return new Promise((resolve, reject) => method.call(client, req, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (err: grpc.ServiceError | null, res: Res) => (err ? reject(err) : resolve(res))));
+}
+
+/** Decodes the google.rpc.Status details of a gRPC error. */
+export function detailsOf(err: unknown): StatusDetails | undefined {
+  const raw = (err as grpc.ServiceError)?.metadata?.get(STATUS_DETAILS_KEY)[0];
+  return Buffer.isBuffer(raw) ? decodeStatusDetails(raw) : undefined;
+}
+
+/** Clients for a controller address (plaintext). Close them with `close()`. */
+export function clients(address: string): { intent: IntentServiceClient; fleet: FleetServiceClient; close(): void } {
+  const intent = new IntentServiceClient(address, grpc.credentials.createInsecure());
+  const fleet = new FleetServiceClient(address, grpc.credentials.createInsecure());
+  return {
+    intent,
+    fleet,
+    close() {
+      intent.close();
+      fleet.close();
+    },
+  };
+}
