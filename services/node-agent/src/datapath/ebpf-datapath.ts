@@ -101,7 +101,9 @@ export class EbpfDatapath implements Datapath {
       for (const name of [...mapNames, ...programNames]) if (existsSync(pin(name))) unlinkSync(pin(name));
       try {
         const spec = await loadObjectSpec(objectPath);
-        const object = await loadObject(spec, { mapMaxEntries: { ep_buckets: options.rateLimitEntries ?? 262_144 } });
+        // Load before checking the object's shape, so a verifier rejection surfaces as such.
+        const mapMaxEntries = spec.maps.has('ep_buckets') ? { ep_buckets: options.rateLimitEntries ?? 262_144 } : {};
+        const object = await loadObject(spec, { mapMaxEntries });
         try {
           for (const name of mapNames) object.map(name).pin(pin(name));
           for (const name of programNames) object.program(name).pin(pin(name));
