@@ -18,6 +18,8 @@ export const RULE_SLOTS = MAX_RULES + 1;
 export const WILD_COUNT = 9;
 /** Most (class, word) entries one rule set may need (about 64 bytes of kernel memory each). */
 export const MAX_CLASS_WORDS = 1 << 20;
+/** Most class memberships (rule x prefix pairs, before identical classes merge) the compiler builds. */
+export const MAX_CLASS_MEMBERS = 1 << 24;
 
 /** Byte sizes of the table entries, as in ep_tables.h. */
 export const sizes = {
@@ -72,9 +74,9 @@ export interface TablesSpec {
 /**
  * Compiles `spec` into tables.
  * @returns the tables; a new object the caller owns.
- * @throws RuleSetError for an invalid rule; CapacityError for more than MAX_RULES rules or more
- * than MAX_CLASS_WORDS class words (deeply nested prefixes or port ranges each shared by
- * thousands of rules).
+ * @throws RuleSetError for an invalid rule; CapacityError for more than MAX_RULES rules, more
+ * than MAX_CLASS_WORDS class words or MAX_CLASS_MEMBERS class memberships (deeply nested
+ * prefixes or port ranges each shared by thousands of rules).
  */
 export function compileTables(spec: RuleSetSpec): TablesSpec {
   const ruleSet = validateRuleSet(spec);
@@ -109,6 +111,7 @@ export function compileTables(spec: RuleSetSpec): TablesSpec {
     list.push(node);
     byTag.set(node.tag, list);
   }
+  let members = 0;
   for (const list of byTag.values()) {
     list.sort((a, b) => (a.value < b.value ? -1 : a.value > b.value ? 1 : a.length - b.length));
     const stack: PrefixNode[] = [];
@@ -116,6 +119,10 @@ export function compileTables(spec: RuleSetSpec): TablesSpec {
       while (stack.length > 0 && !contains(stack[stack.length - 1] as PrefixNode, node)) stack.pop();
       const parent = stack[stack.length - 1];
       node.cls = parent === undefined ? node.rules : mergeSorted(parent.cls, node.rules);
+      members += node.cls.length;
+      if (members > MAX_CLASS_MEMBERS) {
+        throw new CapacityError('class-members', MAX_CLASS_MEMBERS, members, 'too many rules share nested prefixes or overlapping port ranges; merge rules or flatten prefixes');
+      }
       stack.push(node);
     }
   }
