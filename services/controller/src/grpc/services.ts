@@ -115,13 +115,46 @@ export function fleetServiceHandlers(api: FleetApi, log: ErrorLogger): FleetServ
   };
 }
 
+/**
+ * The messages of a client stream as an async iterable. Unlike iterating the stream itself,
+ * leaving the loop early does not destroy the call, so the status can still be sent.
+ */
+function messagesOf<T>(call: grpc.ServerDuplexStream<T, unknown>): AsyncIterable<T> {
+  const queue: T[] = [];
+  let done = false;
+  let wake: (() => void) | undefined;
+  const notify = (): void => {
+    wake?.();
+    wake = undefined;
+  };
+  call.on('data', (m: T) => {
+    queue.push(m);
+    notify();
+  });
+  for (const ev of ['end', 'error', 'close', 'cancelled']) {
+    call.on(ev, () => {
+      done = true;
+      notify();
+    });
+  }
+  return {
+    async *[Symbol.asyncIterator]() {
+      for (;;) {
+        if (queue.length > 0) yield queue.shift()!;
+        else if (done) return;
+        else await new Promise<void>((r) => (wake = r));
+      }
+    },
+  };
+}
+
 /** Returns the AgentService handler: each Connect stream is served by the sessions. */
 export function agentServiceHandlers(sessions: AgentSessions, log: ErrorLogger): AgentServiceServer {
   return {
     connect(call: grpc.ServerDuplexStream<ConnectRequest, ConnectResponse>) {
       let ended = false;
       void sessions.serve({
-        messages: call,
+        messages: messagesOf(call),
         send: (m) => {
           if (!ended) call.write(m);
         },

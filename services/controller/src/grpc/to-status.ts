@@ -1,6 +1,7 @@
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { STATUS_DETAILS_KEY, encodeStatusDetails } from '@edgeplane/proto';
 import { ConflictError, LogUnavailableError } from '@edgeplane/intent-log';
+import { IdleStreamError } from '../agent-sessions.js';
 import { CompactedError, NotFoundError, PreconditionError, UnavailableError, ValidationError, VersionConflictError } from '../errors.js';
 
 /** Where unexpected errors are reported before they become INTERNAL. */
@@ -31,6 +32,7 @@ export function toStatus(err: unknown, log: ErrorLogger): Partial<ServiceError> 
       errorInfo: { reason: err.reason, domain: 'edgeplane.io', metadata: {} },
     });
   }
+  if (err instanceof IdleStreamError) return { code: status.UNAVAILABLE, details: err.message };
   if (err instanceof CompactedError) return { code: status.OUT_OF_RANGE, details: err.message };
   if (err instanceof UnavailableError || err instanceof LogUnavailableError || err instanceof ConflictError) {
     return { code: status.UNAVAILABLE, details: err.message };

@@ -1,0 +1,203 @@
+import test from 'ava';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { service as healthService } from 'grpc-health-check';
+import {
+  AgentServiceClient,
+  ApplyPolicyRequest,
+  RevisionOutcome,
+  type ConnectRequest,
+  type ConnectResponse,
+} from '@edgeplane/proto';
+import { call, clients } from '../../../test/support/grpc.js';
+import { samplePolicy, startTestController } from './helpers.js';
+
+let env: Awaited<ReturnType<typeof startTestController>>;
+let c: ReturnType<typeof clients>;
+test.before(async () => {
+  env = await startTestController(['--heartbeat-interval', '1']);
+  c = clients(env.controller.address);
+});
+test.after.always(async () => {
+  c?.close();
+  await env?.stop();
+});
+
+/** An agent's side of the Connect stream, with a queue of what the controller sent. */
+function agentStream(name: string, labels: Record<string, string>) {
+  const client = new AgentServiceClient(env.controller.address, grpc.credentials.createInsecure());
+  const stream = client.connect();
+  const received: ConnectResponse[] = [];
+  const waiters: (() => void)[] = [];
+  let ended: grpc.ServiceError | null | undefined;
+  stream.on('data', (m: ConnectResponse) => {
+    received.push(m);
+    waiters.splice(0).forEach((w) => w());
+  });
+  stream.on('error', (e: grpc.ServiceError) => {
+    ended = e;
+    waiters.splice(0).forEach((w) => w());
+  });
+  stream.on('end', () => {
+    ended ??= null;
+    waiters.splice(0).forEach((w) => w());
+  });
+  const send = (m: ConnectRequest): void => void stream.write(m);
+  send({ message: { $case: 'hello', hello: { nodeName: name, labels, info: { agentVersion: 't', kernelRelease: '6.18', hostname: name, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's' } } });
+  return {
+    send,
+    received,
+    get ended() {
+      return ended;
+    },
+    async next(pred: (m: ConnectResponse) => boolean, ms = 5000): Promise<ConnectResponse> {
+      const deadline = Date.now() + ms;
+      for (;;) {
+        const hit = received.find(pred);
+        if (hit) return hit;
+        if (ended !== undefined || Date.now() > deadline) throw new Error(`no matching message (ended: ${ended?.message ?? ended})`);
+        await new Promise<void>((r) => {
+          waiters.push(r);
+          setTimeout(r, 100);
+        });
+      }
+    },
+    close() {
+      stream.end();
+      client.close();
+    },
+  };
+}
+
+async function until(pred: () => Promise<boolean>, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await pred())) {
+    if (Date.now() > deadline) throw new Error('condition not reached');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+test.serial('AgentService - hello gets a welcome with the signing key; ACK, NACK and counters reach FleetService', async (t) => {
+  const applied = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy('fleet-p', {}, 2) }));
+  const agent = agentStream('node-a', { site: 'ams1' });
+  t.teardown(() => agent.close());
+  const welcome = await agent.next((m) => m.message?.$case === 'welcome');
+  if (welcome.message?.$case !== 'welcome') return t.fail();
+  t.is(welcome.message.welcome.keys[0]?.keyId, env.controller.keyId);
+  t.deepEqual(new Uint8Array(welcome.message.welcome.keys[0]!.publicKey), env.controller.publicKey);
+  t.is(welcome.message.welcome.currentRevision, applied.revision);
+
+  agent.send({ message: { $case: 'report', report: { revision: applied.revision, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, reason: '', appliedRevision: applied.revision, time: new Date(), traceContext: undefined, applyDuration: undefined } } });
+  await until(async () => (await call(c.fleet, c.fleet.getNode, { name: 'node-a' })).node?.status?.appliedRevision === applied.revision);
+  const status = await call(c.fleet, c.fleet.getRevisionStatus, { revision: applied.revision, nodeLabelSelector: 'site=ams1' });
+  t.like(status, { nodesTotal: 1, nodesApplied: 1, nodesFailed: 0, nodesPending: 0 });
+
+  const next = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy('fleet-p', {}, 3) }));
+  agent.send({ message: { $case: 'report', report: { revision: next.revision, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: 'map full', appliedRevision: applied.revision, time: new Date(), traceContext: undefined, applyDuration: undefined } } });
+  await until(async () => (await call(c.fleet, c.fleet.getRevisionStatus, { revision: next.revision, nodeLabelSelector: '' })).nodesFailed === 1);
+  const node = (await call(c.fleet, c.fleet.getNode, { name: 'node-a' })).node!;
+  t.is(node.status?.lastError, 'map full');
+  t.is(node.status?.appliedRevision, applied.revision, 'a NACK keeps the previous revision');
+
+  for (let i = 0; i < 3; i++) {
+    agent.send({ message: { $case: 'counters', counters: { startTime: undefined, endTime: undefined, appliedRevision: applied.revision, interfaces: [{ interface: 'eth0', passedPackets: 10n, droppedPackets: 5n, passedBytes: 1000n, droppedBytes: 500n, defaultActionPackets: 1n, nonIpPackets: 0n, malformedPackets: 0n }], rules: [{ rule: { policy: 'fleet-p', priority: 1 }, ruleName: '', packets: 5n, bytes: 500n, rateLimitedPackets: 0n }] } } });
+  }
+  await until(async () => (await call(c.fleet, c.fleet.getPolicyCounters, { policy: 'fleet-p', nodeLabelSelector: '', perNode: true })).fleet[0]?.packets === 15n);
+  const counters = await call(c.fleet, c.fleet.getPolicyCounters, { policy: 'fleet-p', nodeLabelSelector: '', perNode: true });
+  t.is(counters.nodes[0]?.node, 'node-a');
+  t.is(counters.nodes[0]?.counters[0]?.bytes, 1500n);
+  const withIfaces = await call(c.fleet, c.fleet.getNode, { name: 'node-a' });
+  t.is(withIfaces.interfaceCounters[0]?.droppedPackets, 15n);
+
+  agent.send({ message: { $case: 'heartbeat', heartbeat: { sequence: 7n, time: new Date() } } });
+  const echo = await agent.next((m) => m.message?.$case === 'heartbeat');
+  t.is(echo.message?.$case === 'heartbeat' ? echo.message.heartbeat.sequence : -1n, 7n);
+
+  agent.close();
+  await until(async () => (await call(c.fleet, c.fleet.getNode, { name: 'node-a' })).node?.status?.connected === false);
+  t.pass();
+});
+
+test.serial('AgentService - a stream that goes silent is closed as half-open and the node marked disconnected', async (t) => {
+  const agent = agentStream('node-silent', { site: 'lon1' });
+  t.teardown(() => agent.close());
+  await agent.next((m) => m.message?.$case === 'welcome');
+  t.true((await call(c.fleet, c.fleet.getNode, { name: 'node-silent' })).node?.status?.connected);
+  // Heartbeat interval 1 s: three silent seconds end the stream.
+  await until(async () => agent.ended !== undefined, 8000);
+  t.is(agent.ended?.code, grpc.status.UNAVAILABLE);
+  t.false((await call(c.fleet, c.fleet.getNode, { name: 'node-silent' })).node?.status?.connected);
+});
+
+test.serial('AgentService - the first message must be a valid hello', async (t) => {
+  const client = new AgentServiceClient(env.controller.address, grpc.credentials.createInsecure());
+  t.teardown(() => client.close());
+  const stream = client.connect();
+  const err = await new Promise<grpc.ServiceError>((resolve) => {
+    stream.on('error', resolve);
+    stream.on('data', () => undefined);
+    stream.write({ message: { $case: 'heartbeat', heartbeat: { sequence: 1n, time: new Date() } } });
+  });
+  t.is(err.code, grpc.status.INVALID_ARGUMENT);
+});
+
+test.serial('FleetService - nodes list by label and watch streams changes', async (t) => {
+  const a = agentStream('watch-x', { site: 'par1', tier: 'edge' });
+  const b = agentStream('watch-y', { site: 'par1', tier: 'core' });
+  t.teardown(() => {
+    a.close();
+    b.close();
+  });
+  await a.next((m) => m.message?.$case === 'welcome');
+  await b.next((m) => m.message?.$case === 'welcome');
+  const edge = await call(c.fleet, c.fleet.listNodes, { pageSize: 0, pageToken: '', labelSelector: 'site=par1,tier=edge' });
+  t.deepEqual(edge.nodes.map((n) => n.name), ['watch-x']);
+  const watch = c.fleet.watchNodes({ labelSelector: 'site=par1', sendInitial: true });
+  const seen: string[] = [];
+  await new Promise<void>((resolve) => {
+    watch.on('data', (e: { node?: { name: string; status?: { connected: boolean } } }) => {
+      seen.push(`${e.node?.name}:${e.node?.status?.connected}`);
+      if (seen.includes('watch-y:false')) resolve();
+      if (seen.length === 2) b.close();
+    });
+    watch.on('error', () => undefined);
+  });
+  watch.cancel();
+  t.deepEqual(seen.slice(0, 2), ['watch-x:true', 'watch-y:true']);
+});
+
+test('health - every service reports SERVING', async (t) => {
+  const Health = grpc.makeClientConstructor(healthService, 'grpc.health.v1.Health');
+  const h = new Health(env.controller.address, grpc.credentials.createInsecure()) as grpc.Client & { check: (req: object, cb: (e: Error | null, r: { status: string }) => void) => void };
+  t.teardown(() => h.close());
+  for (const service of ['', 'edgeplane.v1.IntentService', 'edgeplane.v1.AgentService']) {
+    const res = await new Promise<{ status: string }>((resolve, reject) => h.check({ service }, (e, r) => (e ? reject(e) : resolve(r))));
+    t.is(res.status, 'SERVING', service);
+  }
+});
+
+test('reflection - lists the services and serves their descriptors', async (t) => {
+  const require = createRequire(import.meta.url);
+  const root = join(dirname(require.resolve('@grpc/reflection')), '..', 'proto');
+  const def = protoLoader.loadSync('grpc/reflection/v1/reflection.proto', { includeDirs: [root], keepCase: true });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as { grpc: { reflection: { v1: { ServerReflection: typeof grpc.Client } } } };
+  const client = new pkg.grpc.reflection.v1.ServerReflection(env.controller.address, grpc.credentials.createInsecure()) as grpc.Client & { ServerReflectionInfo: () => grpc.ClientDuplexStream<object, Record<string, unknown>> };
+  t.teardown(() => client.close());
+  const ask = (req: object): Promise<Record<string, unknown>> =>
+    new Promise((resolve, reject) => {
+      const s = client.ServerReflectionInfo();
+      s.on('data', (d: Record<string, unknown>) => {
+        resolve(d);
+        s.end();
+      });
+      s.on('error', reject);
+      s.write(req);
+    });
+  const list = (await ask({ list_services: '' })) as { list_services_response: { service: { name: string }[] } };
+  const names = list.list_services_response.service.map((s) => s.name);
+  for (const n of ['edgeplane.v1.IntentService', 'edgeplane.v1.FleetService', 'edgeplane.v1.AgentService', 'grpc.health.v1.Health']) t.true(names.includes(n), n);
+  const file = (await ask({ file_containing_symbol: 'edgeplane.v1.IntentService' })) as { file_descriptor_response?: { file_descriptor_proto: Buffer[] } };
+  t.true((file.file_descriptor_response?.file_descriptor_proto.length ?? 0) > 0);
+});
