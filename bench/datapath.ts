@@ -4,7 +4,7 @@
 //   node --import=tsx bench/datapath.ts [--quick]
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmdirSync } from 'node:fs';
-import { buildFrame, EbpfDatapath, type RuleSetSpec, type RuleSpec } from '../services/node-agent/src/index.js';
+import { buildFrame, EbpfDatapath, type RuleSetSpec, type RuleSpec } from '@edgeplane/node-agent';
 
 const quick = process.argv.includes('--quick');
 const repeat = quick ? 100_000 : 1_000_000;

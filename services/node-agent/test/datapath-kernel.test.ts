@@ -1,8 +1,9 @@
 // The eBPF datapath on the real kernel without interfaces: rate limiting, capacity, the
 // verifier error path, re-adoption of pinned state, close semantics.
+import { mkdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { VerifierError } from 'libbpf-ts';
-import { fileURLToPath } from 'node:url';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { DatapathError } from '../src/datapath/errors.js';
 import { buildFrame } from '../src/datapath/packet.js';
@@ -13,13 +14,9 @@ import { mountBpffs, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
 const bpffs = mountBpffs();
 test.after.always(() => bpffs.unmount());
 let next = 0;
-const pinRoot = (): string => {
-  const dir = `${bpffs.path}/dp${next++}`;
-  return dir;
-};
-import { mkdirSync } from 'node:fs';
+// One pin root per test, so the tests' datapaths do not adopt each other.
 const freshRoot = (): string => {
-  const dir = pinRoot();
+  const dir = `${bpffs.path}/dp${next++}`;
   mkdirSync(dir);
   return dir;
 };

@@ -102,7 +102,7 @@ export class EbpfDatapath implements Datapath {
       try {
         const spec = await loadObjectSpec(objectPath);
         // Load before checking the object's shape, so a verifier rejection surfaces as such.
-        const mapMaxEntries = spec.maps.has('ep_buckets') ? { ep_buckets: options.rateLimitEntries ?? 262_144 } : {};
+        const mapMaxEntries: Record<string, number> = spec.maps.has('ep_buckets') ? { ep_buckets: options.rateLimitEntries ?? 262_144 } : {};
         const object = await loadObject(spec, { mapMaxEntries });
         try {
           for (const name of mapNames) object.map(name).pin(pin(name));
