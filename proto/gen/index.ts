@@ -188,6 +188,7 @@ export {
   encodeStatusDetails,
 } from './../src/status-details.js';
 export {
+  INTENT_LIVE_SUBJECT,
   INTENT_STREAM,
   INTENT_SUBJECT,
   NODE_REGISTRY_BUCKET,

@@ -7,11 +7,18 @@
 export const INTENT_STREAM = 'EDGEPLANE_INTENT';
 
 /**
- * The subject log entries are published on. The stream captures it, and agents also receive
- * it live through a plain subscription (a message captured by a stream is delivered to core
- * subscribers too).
+ * The subject writers publish log entries on; the stream captures it. Readers must NOT
+ * subscribe to it: core subscribers of a captured subject also receive publishes that
+ * JetStream rejected (a stale expected-last-sequence), i.e. signed entries that were never
+ * stored. Readers follow {@link INTENT_LIVE_SUBJECT} instead.
  */
 export const INTENT_SUBJECT = 'edgeplane.intent.log';
+
+/**
+ * The subject agents follow live: the stream republishes (JetStream RePublish) every entry it
+ * stored, and only those, with the Nats-Sequence header equal to the revision.
+ */
+export const INTENT_LIVE_SUBJECT = 'edgeplane.intent.live';
 
 /** The JetStream key-value bucket holding the compacted snapshot of the intent. */
 export const SNAPSHOT_BUCKET = 'EDGEPLANE_SNAPSHOT';

@@ -22,6 +22,12 @@ export class GapError extends Error {
 /** Another writer appended first: the expected last sequence did not hold. */
 export class ConflictError extends Error {
   override name = 'ConflictError';
+  /** The stream's last sequence when it refused the write, if the server said. */
+  readonly actualLast: bigint | undefined;
+  constructor(message: string, options?: ErrorOptions & { actualLast?: bigint }) {
+    super(message, options);
+    this.actualLast = options?.actualLast;
+  }
 }
 
 /** The intent log (NATS/JetStream) could not be read or written. */

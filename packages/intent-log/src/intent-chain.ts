@@ -69,10 +69,14 @@ export class IntentChain {
    * current one, its hash must match ours).
    * @throws SignatureError if it is not signed by a trusted key.
    * @throws GapError if entries between the current revision and it are missing.
-   * @throws ChainError if it does not continue the chain (a forked or rewound log).
+   * @throws ChainError if it does not continue the chain (a forked or rewound log), or if
+   *   `storedAt` (the stream sequence it was read at) differs from the revision it claims.
    */
-  append(signed: SignedLogEntry): AppendResult {
+  append(signed: SignedLogEntry, storedAt?: bigint): AppendResult {
     const entry = openLogEntry(signed, this.#trusted);
+    if (storedAt !== undefined && entry.revision !== storedAt) {
+      throw new ChainError(`append revision=${entry.revision}: the entry is stored at sequence ${storedAt}`);
+    }
     const hash = logEntryHash(signed);
     if (entry.revision <= this.#revision) {
       if (entry.revision === this.#revision && !equalBytes(hash, this.#lastHash)) {

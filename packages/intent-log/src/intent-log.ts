@@ -13,6 +13,7 @@ import {
 import { Kvm, type KV } from '@nats-io/kv';
 import { headers as natsHeaders, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import {
+  INTENT_LIVE_SUBJECT,
   INTENT_STREAM,
   INTENT_SUBJECT,
   SNAPSHOT_BUCKET,
@@ -34,6 +35,8 @@ export interface IntentLogOptions {
   stream?: string;
   /** Override the subject (tests). Default INTENT_SUBJECT. */
   subject?: string;
+  /** Override the live (republished) subject (tests). Default INTENT_LIVE_SUBJECT. */
+  liveSubject?: string;
   /** Override the snapshot bucket (tests). Default SNAPSHOT_BUCKET. */
   snapshotBucket?: string;
   /** Request timeout for JetStream API calls, ms. Default 5000. */
@@ -60,18 +63,20 @@ export interface LogBounds {
 export class IntentLog {
   readonly stream: string;
   readonly subject: string;
+  readonly liveSubject: string;
   #nc: NatsConnection;
   #js: JetStreamClient;
   #jsm: JetStreamManager;
   #kv: KV;
 
-  private constructor(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, kv: KV, stream: string, subject: string) {
+  private constructor(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, kv: KV, stream: string, subject: string, liveSubject: string) {
     this.#nc = nc;
     this.#js = js;
     this.#jsm = jsm;
     this.#kv = kv;
     this.stream = stream;
     this.subject = subject;
+    this.liveSubject = liveSubject;
   }
 
   /**
@@ -82,6 +87,7 @@ export class IntentLog {
   static async open(nc: NatsConnection, options: IntentLogOptions): Promise<IntentLog> {
     const stream = options.stream ?? INTENT_STREAM;
     const subject = options.subject ?? INTENT_SUBJECT;
+    const live = options.liveSubject ?? INTENT_LIVE_SUBJECT;
     const bucket = options.snapshotBucket ?? SNAPSHOT_BUCKET;
     const timeout = options.timeoutMs ?? 5000;
     try {
@@ -103,14 +109,20 @@ export class IntentLog {
           duplicate_window: 2 * 60 * 1_000_000_000,
           allow_direct: true,
           deny_delete: true,
+          // Live readers get only what the stream stored (see INTENT_LIVE_SUBJECT).
+          republish: { src: subject, dest: live },
         });
       }
       if (!info.config.subjects?.includes(subject)) {
         throw new LogUnavailableError(`open intent log stream=${stream}: it does not capture subject ${subject}`);
       }
+      if (info.config.republish?.dest !== live) {
+        if (!options.create) throw new LogUnavailableError(`open intent log stream=${stream}: it does not republish to ${live}`);
+        info = await jsm.streams.update(stream, { ...info.config, republish: { src: subject, dest: live } });
+      }
       const kvm = new Kvm(nc);
       const kv = options.create ? await kvm.create(bucket, { history: 1, replicas: options.replicas ?? 1 }) : await kvm.open(bucket);
-      return new IntentLog(nc, js, jsm, kv, stream, subject);
+      return new IntentLog(nc, js, jsm, kv, stream, subject, live);
     } catch (cause) {
       if (cause instanceof LogUnavailableError) throw cause;
       throw new LogUnavailableError(`open intent log stream=${stream}: ${(cause as Error).message}`, { cause });
@@ -155,7 +167,9 @@ export class IntentLog {
     } catch (cause) {
       if (cause instanceof ConflictError) throw cause;
       if (cause instanceof JetStreamApiError && (cause.code === JetStreamApiCodes.StreamWrongLastSequence || cause.code === 10164)) {
-        throw new ConflictError(`append intent entry: the log moved past revision ${expectedLast}`, { cause });
+        // The server says where the stream is: "wrong last sequence: N".
+        const m = /wrong last sequence: (\d+)/.exec(cause.message);
+        throw new ConflictError(`append intent entry: the log moved past revision ${expectedLast}`, { cause, ...(m ? { actualLast: BigInt(m[1]!) } : {}) });
       }
       throw new LogUnavailableError(`append intent entry after revision ${expectedLast}: ${(cause as Error).message}`, { cause });
     }
@@ -193,16 +207,19 @@ export class IntentLog {
   }
 
   /**
-   * Subscribes to entries as they are stored (core NATS delivery of the stream's subject).
+   * Subscribes to entries as the stream stores them: the stream's republished copies, which
+   * carry their sequence (never the raw subject, which also carries rejected publishes).
    * Messages that do not decode are passed to `onError`. The returned subscription is the
    * caller's to unsubscribe.
    */
-  subscribe(onEntry: (signed: SignedLogEntry) => void, onError: (err: Error) => void): Subscription {
-    return this.#nc.subscribe(this.subject, {
+  subscribe(onEntry: (signed: SignedLogEntry, revision: bigint) => void, onError: (err: Error) => void): Subscription {
+    return this.#nc.subscribe(this.liveSubject, {
       callback: (err, msg) => {
         if (err) return onError(err);
         try {
-          onEntry(decodeSignedLogEntry(msg.data));
+          const seq = msg.headers?.get('Nats-Sequence');
+          if (!seq) throw new LogUnavailableError(`live intent message on ${msg.subject} has no Nats-Sequence header`);
+          onEntry(decodeSignedLogEntry(msg.data), BigInt(seq));
         } catch (e) {
           onError(e as Error);
         }

@@ -35,7 +35,7 @@ function next(chain: IntentChain, change: { upserts?: Policy[]; deletes?: string
 let streamNo = 0;
 async function freshLog(): Promise<IntentLog> {
   streamNo++;
-  return IntentLog.open(nc, { create: true, stream: `T${streamNo}`, subject: `t${streamNo}.log`, snapshotBucket: `TS${streamNo}` });
+  return IntentLog.open(nc, { create: true, stream: `T${streamNo}`, subject: `t${streamNo}.log`, liveSubject: `t${streamNo}.live`, snapshotBucket: `TS${streamNo}` });
 }
 
 test('intent log - revisions are stream sequences and a stale writer gets a conflict', async (t) => {
@@ -75,7 +75,14 @@ test('intent log - live subscribers receive what the stream stores', async (t) =
   const log = await freshLog();
   const got: bigint[] = [];
   const live = new IntentChain(trusted);
-  const sub = log.subscribe((signed) => got.push(live.append(signed).entry.revision), (err) => t.fail(err.message));
+  const sequences: bigint[] = [];
+  const sub = log.subscribe(
+    (signed, seq) => {
+      sequences.push(seq);
+      got.push(live.append(signed).entry.revision);
+    },
+    (err) => t.fail(err.message),
+  );
   t.teardown(() => sub.unsubscribe());
   const chain = new IntentChain(trusted);
   for (let i = 0; i < 5; i++) {
@@ -86,6 +93,23 @@ test('intent log - live subscribers receive what the stream stores', async (t) =
   await nc.flush();
   for (let i = 0; i < 50 && got.length < 5; i++) await new Promise((r) => setTimeout(r, 20));
   t.deepEqual(got, [1n, 2n, 3n, 4n, 5n]);
+  t.deepEqual(sequences, got, 'each live entry carries the sequence it is stored at');
+});
+
+test('intent log - a publish the stream rejects never reaches live subscribers', async (t) => {
+  const log = await freshLog();
+  const received: bigint[] = [];
+  const sub = log.subscribe((_signed, seq) => received.push(seq), (err) => t.fail(err.message));
+  t.teardown(() => sub.unsubscribe());
+  const chain = new IntentChain(trusted);
+  const e1 = next(chain, { upserts: [policy('a', 1n)] });
+  await log.append(e1, 0n);
+  // A second writer that has not seen revision 1 signs its own revision 1: rejected.
+  const rival = next(new IntentChain(trusted), { upserts: [policy('rival', 1n)] });
+  await t.throwsAsync(log.append(rival, 0n), { instanceOf: ConflictError });
+  await nc.flush();
+  await new Promise((r) => setTimeout(r, 200));
+  t.deepEqual(received, [1n]);
 });
 
 test('intent chain - gaps, forks and duplicates are told apart', (t) => {

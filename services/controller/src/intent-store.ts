@@ -81,7 +81,7 @@ export class IntentStore {
     }
     await this.catchUp();
     const sub = this.#log.subscribe(
-      (signed) => this.#onLive(signed),
+      (signed, revision) => this.#onLive(signed, revision),
       (err) => this.#options.onError?.('intent log subscription', err),
     );
     this.#unsubscribe = () => sub.unsubscribe();
@@ -93,8 +93,8 @@ export class IntentStore {
     return () => this.#listeners.delete(listener);
   }
 
-  #apply(signed: SignedLogEntry): void {
-    const result = this.#chain.append(signed);
+  #apply(signed: SignedLogEntry, storedAt?: bigint): void {
+    const result = this.#chain.append(signed, storedAt);
     if (!result.applied) return;
     for (const l of this.#listeners) {
       try {
@@ -105,9 +105,9 @@ export class IntentStore {
     }
   }
 
-  #onLive(signed: SignedLogEntry): void {
+  #onLive(signed: SignedLogEntry, revision: bigint): void {
     try {
-      this.#apply(signed);
+      this.#apply(signed, revision);
     } catch (err) {
       if (err instanceof GapError) void this.catchUp().catch((e: unknown) => this.#options.onError?.('catch up', e));
       else this.#options.onError?.('apply live entry', err);
@@ -123,18 +123,24 @@ export class IntentStore {
     return this.#catchingUp;
   }
 
+  /** Reads entries until the chain holds at least `target` (e.g. what a conflict reported). */
+  async #catchUpTo(target: bigint): Promise<void> {
+    if (this.#chain.revision >= target) return;
+    for await (const { signed, revision } of this.#log.read(this.#chain.revision + 1n, target)) this.#apply(signed, revision);
+  }
+
   async #readAhead(): Promise<void> {
     const { first, last } = await this.#log.bounds();
-    if (last < this.#chain.revision) {
-      throw new ChainError(`the log ends at revision ${last} but this controller has seen ${this.#chain.revision}: the log was rewound`);
-    }
-    if (last === this.#chain.revision) return;
+    // Stream info can lag a just-acknowledged publish by a moment: a last sequence below what
+    // this controller holds is not a rewind by itself. (A rewound log shows up as conflicts
+    // that never resolve, or as a chain error when its entries are read.)
+    if (last <= this.#chain.revision) return;
     if (first > this.#chain.revision + 1n) {
       const snapshot = await this.#log.readSnapshot();
       if (!snapshot) throw new ChainError(`entries before ${first} were compacted but there is no snapshot`);
       this.#chain.restore(snapshot);
     }
-    for await (const { signed } of this.#log.read(this.#chain.revision + 1n, last)) this.#apply(signed);
+    for await (const { signed, revision } of this.#log.read(this.#chain.revision + 1n, last)) this.#apply(signed, revision);
   }
 
   /**
@@ -181,12 +187,13 @@ export class IntentStore {
         });
         if (stored !== revision) throw new ChainError(`the log stored revision ${revision} at sequence ${stored}`);
         // The live subscription may have delivered it already; append is idempotent.
-        this.#apply(signed);
+        this.#apply(signed, stored);
         this.#maybeSnapshot();
         return { revision, entry };
       } catch (err) {
-        if (err instanceof ConflictError) continue;
-        throw err;
+        if (!(err instanceof ConflictError)) throw err;
+        if (err.actualLast !== undefined && err.actualLast > this.#chain.revision) await this.#catchUpTo(err.actualLast);
+        else await new Promise((r) => setTimeout(r, 5 + Math.random() * 20 * (attempt + 1)));
       }
     }
     throw new UnavailableError(`write gave up after ${retries} conflicts with other writers`);

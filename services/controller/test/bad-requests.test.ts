@@ -3,9 +3,9 @@ import * as grpc from '@grpc/grpc-js';
 import {
   Action,
   ApplyPolicyRequest,
-  InterfaceRole,
+  type InterfaceRole,
   LabelSelectorRequirement_Operator as Op,
-  Policy,
+  type Policy,
   Protocol,
   type Rule,
 } from '@edgeplane/proto';

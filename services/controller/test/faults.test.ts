@@ -1,0 +1,244 @@
+import test from 'ava';
+import * as grpc from '@grpc/grpc-js';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect as tcpConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect } from '@nats-io/transport-node';
+import { ApplyPolicyRequest, IntentServiceClient, publicKeyFromRaw, type ApplyPolicyResponse } from '@edgeplane/proto';
+import { IntentChain, IntentLog, NatsServer } from '@edgeplane/intent-log';
+import { Supervised } from '../../../test/support/supervisor.js';
+import { call, clients } from '../../../test/support/grpc.js';
+import { samplePolicy } from './helpers.js';
+
+const MAIN = fileURLToPath(new URL('../dist/main.js', import.meta.url));
+
+function controllerProcess(name: string, args: string[]): Promise<Supervised> {
+  return Supervised.start(name, { command: process.execPath, args: [MAIN, '--insecure', '--listen', '127.0.0.1:0', '--shutdown-grace', '1', ...args], readyEvent: 'ready' });
+}
+
+async function withTemp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), 'ctl-fault-'));
+  try {
+    return await fn(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Reads the whole log and checks it: gapless, hash-chained, signed; returns the chain and each policy's upsert revisions. */
+async function audit(natsUrl: string, publicKeyB64: string): Promise<{ chain: IntentChain; upserts: Map<string, bigint[]> }> {
+  const nc = await connect({ servers: natsUrl });
+  try {
+    const log = await IntentLog.open(nc, { create: false });
+    const key = publicKeyFromRaw(Buffer.from(publicKeyB64, 'base64'));
+    const { keyIdOf } = await import('@edgeplane/proto');
+    const chain = new IntentChain(new Map([[keyIdOf(key), key]]));
+    const upserts = new Map<string, bigint[]>();
+    const { last } = await log.bounds();
+    for await (const { revision, signed } of log.read(1n, last)) {
+      const r = chain.append(signed); // throws on a gap, a fork or a bad signature
+      if (r.entry.revision !== revision) throw new Error(`entry ${r.entry.revision} stored at ${revision}`);
+      for (const p of r.entry.change?.upserts ?? []) upserts.set(p.metadata!.name, [...(upserts.get(p.metadata!.name) ?? []), revision]);
+    }
+    if (chain.revision !== last) throw new Error(`chain ends at ${chain.revision}, stream at ${last}`);
+    return { chain, upserts };
+  } finally {
+    await nc.close();
+  }
+}
+
+async function applyMany(
+  address: string,
+  names: string[],
+  concurrency: number,
+  results = new Map<string, ApplyPolicyResponse | grpc.ServiceError>(),
+): Promise<Map<string, ApplyPolicyResponse | grpc.ServiceError>> {
+  const client = new IntentServiceClient(address, grpc.credentials.createInsecure());
+  const queue = [...names];
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      for (let name = queue.shift(); name; name = queue.shift()) {
+        results.set(
+          name,
+          await call(client, client.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy(name) })).catch((e: unknown) => e as grpc.ServiceError),
+        );
+      }
+    }),
+  );
+  client.close();
+  return results;
+}
+
+const okResults = (m: Map<string, ApplyPolicyResponse | grpc.ServiceError>): [string, ApplyPolicyResponse][] =>
+  [...m].filter((e): e is [string, ApplyPolicyResponse] => 'revision' in e[1]);
+
+test('two controllers writing to one stream - revisions stay gapless and unique, each names its change', (t) =>
+  withTemp(async (dir) => {
+    const nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
+    const key = join(dir, 'key.pem');
+    const a = await controllerProcess('ctl-a', ['--nats', nats.url, '--data-dir', join(dir, 'a'), '--signing-key', key, '--controller-id', 'a']);
+    const b = await controllerProcess('ctl-b', ['--nats', nats.url, '--data-dir', join(dir, 'b'), '--signing-key', key, '--controller-id', 'b']);
+    t.teardown(async () => {
+      await a.stop();
+      await b.stop();
+      await nats.close();
+    });
+    const names = (p: string): string[] => Array.from({ length: 60 }, (_, i) => `${p}-${i}`);
+    const [ra, rb] = await Promise.all([applyMany(a.ready.grpc as string, names('from-a'), 4), applyMany(b.ready.grpc as string, names('from-b'), 4)]);
+    const ok = [...okResults(ra), ...okResults(rb)];
+    t.is(ok.length, 120, `every apply succeeds (conflicts are retried inside the controller)\n${a.output}\n${b.output}`);
+    const revisions = ok.map(([, r]) => r.revision);
+    t.is(new Set(revisions).size, 120, 'no two responses name the same revision');
+    const { chain, upserts } = await audit(nats.url, a.ready.publicKey as string);
+    t.is(chain.revision, 120n, 'the log holds exactly the 120 changes, gapless');
+    for (const [name, r] of ok) t.deepEqual(upserts.get(name), [r.revision], `${name} is stored once, at the revision its response named`);
+    // Each controller also sees the other's writes.
+    const ca = clients(a.ready.grpc as string);
+    t.teardown(() => ca.close());
+    const got = await call(ca.intent, ca.intent.getPolicy, { name: 'from-b-59' });
+    t.is(got.policy?.metadata?.resourceVersion, rb.get('from-b-59') && 'revision' in rb.get('from-b-59')! ? (rb.get('from-b-59') as ApplyPolicyResponse).revision : -1n);
+  }));
+
+test('controller kill -9 mid-burst - every acknowledged apply survives once, and the chain verifies', (t) =>
+  withTemp(async (dir) => {
+    const nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
+    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--data-dir', join(dir, 'c')]);
+    t.teardown(async () => {
+      await ctl.stop();
+      await nats.close();
+    });
+    const names = Array.from({ length: 100 }, (_, i) => `burst-${i}`);
+    const seen = new Map<string, ApplyPolicyResponse | grpc.ServiceError>();
+    const burst = applyMany(ctl.ready.grpc as string, names, 4, seen);
+    while (okResults(seen).length < 20) await new Promise((r) => setTimeout(r, 5));
+    await ctl.kill('SIGKILL');
+    const results = await burst;
+    const ok = okResults(results);
+    t.true(ok.length > 0 && ok.length < 100, `the kill landed mid-burst (${ok.length} acknowledged)`);
+    await ctl.start();
+    const { upserts } = await audit(nats.url, ctl.ready.publicKey as string);
+    for (const [name, r] of ok) t.deepEqual(upserts.get(name), [r.revision], `${name}`);
+    for (const [name, list] of upserts) t.is(list.length, 1, `${name} stored once`);
+    // The restarted controller rebuilt the same state and serves it.
+    const c = clients(ctl.ready.grpc as string);
+    t.teardown(() => c.close());
+    const listed = await call(c.intent, c.intent.listPolicies, { pageSize: 1000, pageToken: '', labelSelector: '' });
+    t.is(listed.policies.length, upserts.size);
+  }));
+
+test('nats-server kill -9 and restart - acknowledged applies survive, the controller carries on', (t) =>
+  withTemp(async (dir) => {
+    const nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
+    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--data-dir', join(dir, 'c')]);
+    t.teardown(async () => {
+      await ctl.stop();
+      await nats.close();
+    });
+    const first = await applyMany(ctl.ready.grpc as string, Array.from({ length: 30 }, (_, i) => `pre-${i}`), 3);
+    const during = applyMany(ctl.ready.grpc as string, Array.from({ length: 40 }, (_, i) => `mid-${i}`), 2);
+    await new Promise((r) => setTimeout(r, 100));
+    await nats.kill('SIGKILL');
+    await new Promise((r) => setTimeout(r, 500));
+    await nats.restart();
+    const mid = await during;
+    const after = await applyMany(ctl.ready.grpc as string, Array.from({ length: 10 }, (_, i) => `post-${i}`), 2);
+    t.is(okResults(first).length, 30);
+    t.is(okResults(after).length, 10, `the controller writes again after NATS is back\n${ctl.output}`);
+    const { upserts } = await audit(nats.url, ctl.ready.publicKey as string);
+    for (const [name, r] of [...okResults(first), ...okResults(mid), ...okResults(after)]) t.deepEqual(upserts.get(name), [r.revision], name);
+    for (const [name, list] of upserts) t.is(list.length, 1, `${name} stored once`);
+  }));
+
+test('node registry - survives a controller restart', (t) =>
+  withTemp(async (dir) => {
+    const ctl = await controllerProcess('ctl', ['--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'c')]);
+    t.teardown(() => ctl.stop());
+    const { AgentServiceClient } = await import('@edgeplane/proto');
+    const agent = new AgentServiceClient(ctl.ready.grpc as string, grpc.credentials.createInsecure());
+    const stream = agent.connect();
+    stream.on('error', () => undefined);
+    const welcomed = new Promise((r) => stream.once('data', r));
+    stream.write({ message: { $case: 'hello', hello: { nodeName: 'persist-me', labels: { site: 'x' }, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: '1' } } });
+    await welcomed;
+    stream.end();
+    agent.close();
+    await new Promise((r) => setTimeout(r, 300));
+    await ctl.stop();
+    await ctl.start();
+    const c = clients(ctl.ready.grpc as string);
+    t.teardown(() => c.close());
+    const node = await call(c.fleet, c.fleet.getNode, { name: 'persist-me' });
+    t.deepEqual(node.node?.labels, { site: 'x' });
+    t.false(node.node?.status?.connected);
+  }));
+
+test('embedded nats-server - started without --nats, stopped with the controller on SIGTERM', (t) =>
+  withTemp(async (dir) => {
+    const ctl = await controllerProcess('ctl', ['--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'c')]);
+    const url = new URL(ctl.ready.nats as string);
+    const listening = (): Promise<boolean> =>
+      new Promise((r) => {
+        const s = tcpConnect({ host: url.hostname, port: Number(url.port) }, () => {
+          s.destroy();
+          r(true);
+        });
+        s.on('error', () => r(false));
+      });
+    t.true(await listening());
+    const exit = await ctl.kill('SIGTERM');
+    t.is(exit.code, 0, ctl.output);
+    t.false(await listening(), 'the embedded nats-server is gone');
+    t.regex(ctl.output, /"event":"stopped"/);
+  }));
+
+test('command line - --help documents flags and exit codes; bad flags exit 2; TLS is required unless --insecure', (t) => {
+  const help = execFileSync(process.execPath, [MAIN, '--help'], { encoding: 'utf8' });
+  t.regex(help, /--tls-client-ca/);
+  t.regex(help, /Exit codes/);
+  const run = (args: string[]): { status: number | null; stderr: string } => {
+    try {
+      execFileSync(process.execPath, [MAIN, ...args], { encoding: 'utf8', stdio: 'pipe' });
+      return { status: 0, stderr: '' };
+    } catch (e) {
+      const err = e as { status: number | null; stderr: string };
+      return { status: err.status, stderr: err.stderr };
+    }
+  };
+  const bad = run(['--no-such-flag']);
+  t.is(bad.status, 2);
+  t.regex(bad.stderr, /no-such-flag/);
+  const noTls = run(['--listen', '127.0.0.1:0']);
+  t.is(noTls.status, 2);
+  t.regex(noTls.stderr, /--insecure/);
+});
+
+test('TLS - mutual TLS refuses clients without a certificate and serves those with one', (t) =>
+  withTemp(async (dir) => {
+    const ssl = (args: string[]): void => void execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+    ssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=edgeplane-test-ca']);
+    writeFileSync(join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+    for (const who of ['server', 'client']) {
+      ssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${who}.key`, '-out', `${who}.csr`, '-subj', `/CN=${who}`]);
+      ssl(['x509', '-req', '-in', `${who}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${who}.pem`, '-days', '1', '-extfile', 'ext.cnf']);
+    }
+    const ctl = await Supervised.start('ctl-tls', {
+      command: process.execPath,
+      args: [MAIN, '--listen', '127.0.0.1:0', '--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'c'), '--tls-cert', join(dir, 'server.pem'), '--tls-key', join(dir, 'server.key'), '--tls-client-ca', join(dir, 'ca.pem')],
+      readyEvent: 'ready',
+    });
+    t.teardown(() => ctl.stop());
+    const { readFileSync } = await import('node:fs');
+    const ca = readFileSync(join(dir, 'ca.pem'));
+    const withCert = new IntentServiceClient(ctl.ready.grpc as string, grpc.credentials.createSsl(ca, readFileSync(join(dir, 'client.key')), readFileSync(join(dir, 'client.pem'))));
+    const noCert = new IntentServiceClient(ctl.ready.grpc as string, grpc.credentials.createSsl(ca));
+    const plain = new IntentServiceClient(ctl.ready.grpc as string, grpc.credentials.createInsecure());
+    t.teardown(() => [withCert, noCert, plain].forEach((c) => c.close()));
+    const ok = await call(withCert, withCert.listPolicies, { pageSize: 1, pageToken: '', labelSelector: '' });
+    t.is(ok.revision, 0n);
+    const refused = await t.throwsAsync<grpc.ServiceError>(call(noCert, noCert.listPolicies, { pageSize: 1, pageToken: '', labelSelector: '' }));
+    t.is(refused?.code, grpc.status.UNAVAILABLE);
+    await t.throwsAsync(call(plain, plain.listPolicies, { pageSize: 1, pageToken: '', labelSelector: '' }));
+  }));
