@@ -1,0 +1,39 @@
+import test from 'ava';
+import { connect } from '@nats-io/transport-node';
+import { ApplyPolicyRequest, keyIdOf, publicKeyFromRaw, openLogEntry } from '@edgeplane/proto';
+import { IntentLog } from '@edgeplane/intent-log';
+import { InMemorySpanExporter, SimpleSpanProcessor } from '@edgeplane/telemetry';
+import { call, clients } from '../../../test/support/grpc.js';
+import { samplePolicy, startTestController } from './helpers.js';
+
+test('tracing - ApplyPolicy is a server span, the publish its child, and the entry carries its trace', async (t) => {
+  const exporter = new InMemorySpanExporter();
+  const env = await startTestController(['--prometheus-port', '0', '--prometheus-host', '127.0.0.1'], { spanProcessors: [new SimpleSpanProcessor(exporter)] });
+  const c = clients(env.controller.address);
+  t.teardown(async () => {
+    c.close();
+    await env.stop();
+  });
+  const res = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy('traced') }));
+  const spans = exporter.getFinishedSpans();
+  const rpc = spans.find((s) => s.name === 'edgeplane.v1.IntentService/ApplyPolicy');
+  const publish = spans.find((s) => s.name === 'edgeplane.intent.publish');
+  t.truthy(rpc);
+  t.truthy(publish);
+  t.is(publish!.spanContext().traceId, rpc!.spanContext().traceId);
+  t.is(publish!.parentSpanContext?.spanId, rpc!.spanContext().spanId);
+  t.is(rpc!.attributes['edgeplane.revision'], Number(res.revision));
+
+  const nc = await connect({ servers: env.controller.natsUrl });
+  t.teardown(() => nc.close());
+  const log = await IntentLog.open(nc, { create: false });
+  const key = publicKeyFromRaw(env.controller.publicKey);
+  let traceparent = '';
+  for await (const { signed } of log.read(res.revision, res.revision)) traceparent = openLogEntry(signed, new Map([[keyIdOf(key), key]])).traceContext?.traceparent ?? '';
+  t.is(traceparent, `00-${rpc!.spanContext().traceId}-${rpc!.spanContext().spanId}-01`, 'agents continue the trace of the API call');
+
+  // Metrics: the Prometheus endpoint serves the intent revision.
+  const body = await (await fetch(env.controller.prometheusUrl!)).text();
+  t.regex(body, new RegExp(`edgeplane_intent_revision(\\{[^}]*\\})? ${res.revision}`));
+  t.regex(body, /edgeplane_nodes\{state="connected"[^}]*\} 0/);
+});
