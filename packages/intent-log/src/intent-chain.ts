@@ -121,6 +121,16 @@ export class IntentChain {
     return snapshot;
   }
 
+  /**
+   * Replaces the whole state with an unsigned snapshot the caller already trusts — an agent's
+   * own state file, written by itself after verifying every entry in it.
+   */
+  load(snapshot: Snapshot): void {
+    this.#policies = new Map(snapshot.policies.map((p) => [p.metadata?.name ?? '', p]));
+    this.#revision = snapshot.revision;
+    this.#lastHash = new Uint8Array(snapshot.lastHash);
+  }
+
   /** Returns the compacted state, ready to sign (see signSnapshot in @edgeplane/proto). */
   snapshot(now: Date = new Date()): Snapshot {
     const policies = [...this.#policies.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));

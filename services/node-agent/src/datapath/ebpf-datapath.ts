@@ -16,6 +16,7 @@ import {
   loadObjectSpec,
   NotFoundError,
   Program,
+  queryTc,
   queryXdp,
   type TcFilterId,
 } from 'libbpf-ts';
@@ -212,6 +213,20 @@ export class EbpfDatapath implements Datapath {
       for (const filter of tcFilters) attachTc(this.#programs.edge_tc, index, { ...filter, replace: true });
     } catch (cause) {
       throw new DatapathError(`attach ${role} iface=${iface}`, { cause });
+    }
+  }
+
+  /**
+   * Whether our program for `role` is attached to `iface` (for TC: at ingress and egress).
+   * @throws DatapathError if the interface does not exist.
+   */
+  isAttached(iface: string | number, role: InterfaceRole): boolean {
+    const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
+    try {
+      if (role === 'uplink') return queryXdp(index)?.progId === this.#programs.edge_xdp.id;
+      return tcFilters.every((filter) => queryTc(index, filter) === this.#programs.edge_tc.id);
+    } catch (cause) {
+      throw new DatapathError(`query ${role} iface=${iface}`, { cause });
     }
   }
 

@@ -1,0 +1,171 @@
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { parseArgs } from 'node:util';
+import { checkDnsLabel, checkLabelKey, checkLabelValue, publicKeyFromRaw } from '@edgeplane/proto';
+import type { KeyObject } from 'node:crypto';
+import { createPublicKey } from 'node:crypto';
+import type { InterfaceRole } from '../datapath/ebpf-datapath.js';
+
+/** Bad flags or environment; the agent does not start. */
+export class AgentConfigError extends Error {
+  override name = 'AgentConfigError';
+}
+
+/** Everything the agent is configured with. */
+export interface AgentConfig {
+  nodeName: string;
+  labels: Record<string, string>;
+  controller: string;
+  natsServers: string[];
+  interfaces: { name: string; role: InterfaceRole }[];
+  pinRoot: string;
+  stateDir: string;
+  trustedKeys: KeyObject[];
+  insecure: boolean;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  datapath: 'ebpf' | 'memory';
+  xdpMode: 'native' | 'generic' | 'auto';
+  heartbeatIntervalMs: number;
+  counterIntervalMs: number;
+  interfaceCheckMs: number;
+  otlpEndpoint?: string;
+  prometheusPort?: number;
+}
+
+/** The --help text. */
+export const AGENT_HELP = `edgeplane-agent: enforces edgeplane intent on this node with eBPF (XDP on uplinks, TC on workloads)
+
+Usage: edgeplane-agent [flags]
+
+  --node-name NAME          this node's id, an RFC 1123 label (EDGEPLANE_NODE_NAME, default the hostname)
+  --labels K=V,K=V          node labels that policies select on (EDGEPLANE_NODE_LABELS)
+  --controller HOST:PORT    the controller's gRPC address (EDGEPLANE_CONTROLLER, default 127.0.0.1:7443)
+  --nats URL[,URL...]       NATS servers holding the intent log (EDGEPLANE_NATS_URL, default nats://127.0.0.1:4222)
+  --interface NAME=ROLE     enforce on an interface; ROLE is uplink (XDP) or workload (TC ingress+egress);
+                            repeatable (EDGEPLANE_INTERFACES=eth0=uplink,veth1=workload)
+  --pin-root DIR            bpffs directory for pinned programs and maps, mounted if it is not one
+                            (EDGEPLANE_PIN_ROOT, default /run/edgeplane/bpf)
+  --state-dir DIR           where the last applied revision is kept (EDGEPLANE_STATE_DIR, default /var/lib/edgeplane/agent)
+  --trusted-key KEY         a controller public key: base64 of the raw 32-byte Ed25519 key, or @FILE with a
+                            PEM public key; repeatable (EDGEPLANE_TRUSTED_KEYS, comma-separated); required
+  --insecure                plaintext gRPC to the controller (EDGEPLANE_INSECURE=1)
+  --tls-ca FILE             CA that signed the controller's certificate (EDGEPLANE_TLS_CA)
+  --tls-cert FILE, --tls-key FILE   client certificate for mutual TLS (EDGEPLANE_TLS_CERT, EDGEPLANE_TLS_KEY)
+  --datapath ebpf|memory    (EDGEPLANE_DATAPATH, default ebpf; memory enforces nothing on packets: for simulations)
+  --xdp-mode native|generic|auto   (default auto: native, else generic)
+  --heartbeat-interval SEC  until the controller sends its settings (default 5)
+  --counter-interval SEC    until the controller sends its settings (default 5)
+  --interface-check SEC     how often attachments are checked and restored (default 2)
+  --otlp-endpoint URL       export traces by OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT)
+  --prometheus-port PORT    serve metrics (EDGEPLANE_PROMETHEUS_PORT)
+  -h, --help                this text
+
+The agent enforces the last applied revision from its state file before it reaches NATS or
+the controller, and keeps enforcing when both are gone: programs stay attached and pinned when
+it exits. It prints {"event":"ready",...} on stdout once the datapath is up.
+Exit codes: 0 after a graceful stop, 1 on a start-up failure, 2 on bad flags.`;
+
+function num(name: string, text: string | undefined, fallback: number): number {
+  if (text === undefined || text === '') return fallback;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) throw new AgentConfigError(`--${name}: ${JSON.stringify(text)} is not a whole number`);
+  return n;
+}
+
+function parseKey(text: string): KeyObject {
+  try {
+    if (text.startsWith('@')) return createPublicKey(readFileSync(text.slice(1)));
+    return publicKeyFromRaw(Buffer.from(text, 'base64'));
+  } catch (cause) {
+    throw new AgentConfigError(`--trusted-key ${JSON.stringify(text.slice(0, 60))}: ${(cause as Error).message}`, { cause });
+  }
+}
+
+/** Parses flags over environment over defaults. @throws AgentConfigError naming the flag. */
+export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): AgentConfig | 'help' {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      options: {
+        'node-name': { type: 'string' },
+        labels: { type: 'string' },
+        controller: { type: 'string' },
+        nats: { type: 'string' },
+        interface: { type: 'string', multiple: true },
+        'pin-root': { type: 'string' },
+        'state-dir': { type: 'string' },
+        'trusted-key': { type: 'string', multiple: true },
+        insecure: { type: 'boolean' },
+        'tls-ca': { type: 'string' },
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
+        datapath: { type: 'string' },
+        'xdp-mode': { type: 'string' },
+        'heartbeat-interval': { type: 'string' },
+        'counter-interval': { type: 'string' },
+        'interface-check': { type: 'string' },
+        'otlp-endpoint': { type: 'string' },
+        'prometheus-port': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (cause) {
+    throw new AgentConfigError((cause as Error).message, { cause });
+  }
+  if (values.help) return 'help';
+  const nodeName = values['node-name'] ?? env.EDGEPLANE_NODE_NAME ?? hostname();
+  const nameProblem = checkDnsLabel(nodeName);
+  if (nameProblem) throw new AgentConfigError(`--node-name ${JSON.stringify(nodeName)} ${nameProblem}`);
+  const labels: Record<string, string> = {};
+  for (const pair of (values.labels ?? env.EDGEPLANE_NODE_LABELS ?? '').split(',').filter(Boolean)) {
+    const i = pair.indexOf('=');
+    const k = i < 0 ? pair : pair.slice(0, i);
+    const v = i < 0 ? '' : pair.slice(i + 1);
+    const problem = checkLabelKey(k) ?? checkLabelValue(v);
+    if (problem) throw new AgentConfigError(`--labels ${JSON.stringify(pair)}: ${problem}`);
+    labels[k] = v;
+  }
+  const interfaces = (values.interface ?? (env.EDGEPLANE_INTERFACES ?? '').split(',').filter(Boolean)).map((spec) => {
+    const [name, role] = spec.split('=');
+    if (!name || (role !== 'uplink' && role !== 'workload')) throw new AgentConfigError(`--interface ${JSON.stringify(spec)}: expected NAME=uplink or NAME=workload`);
+    return { name, role: role as InterfaceRole };
+  });
+  const keys = values['trusted-key'] ?? (env.EDGEPLANE_TRUSTED_KEYS ?? '').split(',').filter(Boolean);
+  if (keys.length === 0) throw new AgentConfigError('--trusted-key is required: the agent applies only entries signed by a key it trusts');
+  const datapath = values.datapath ?? env.EDGEPLANE_DATAPATH ?? 'ebpf';
+  if (datapath !== 'ebpf' && datapath !== 'memory') throw new AgentConfigError(`--datapath ${JSON.stringify(datapath)}: expected ebpf or memory`);
+  const xdpMode = values['xdp-mode'] ?? 'auto';
+  if (!['native', 'generic', 'auto'].includes(xdpMode)) throw new AgentConfigError(`--xdp-mode ${JSON.stringify(xdpMode)}: expected native, generic or auto`);
+  const insecure = values.insecure ?? ['1', 'true'].includes(env.EDGEPLANE_INSECURE ?? '');
+  const tlsCa = values['tls-ca'] ?? env.EDGEPLANE_TLS_CA;
+  const tlsCert = values['tls-cert'] ?? env.EDGEPLANE_TLS_CERT;
+  const tlsKey = values['tls-key'] ?? env.EDGEPLANE_TLS_KEY;
+  if (!insecure && !tlsCa) throw new AgentConfigError('TLS is the default: give --tls-ca (and --tls-cert/--tls-key for mutual TLS), or --insecure');
+  const otlp = values['otlp-endpoint'] ?? env.OTEL_EXPORTER_OTLP_ENDPOINT;
+  const prom = values['prometheus-port'] ?? env.EDGEPLANE_PROMETHEUS_PORT;
+  return {
+    nodeName,
+    labels,
+    controller: values.controller ?? env.EDGEPLANE_CONTROLLER ?? '127.0.0.1:7443',
+    natsServers: (values.nats ?? env.EDGEPLANE_NATS_URL ?? 'nats://127.0.0.1:4222').split(',').map((s) => s.trim()).filter(Boolean),
+    interfaces,
+    pinRoot: values['pin-root'] ?? env.EDGEPLANE_PIN_ROOT ?? '/run/edgeplane/bpf',
+    stateDir: values['state-dir'] ?? env.EDGEPLANE_STATE_DIR ?? '/var/lib/edgeplane/agent',
+    trustedKeys: keys.map(parseKey),
+    insecure,
+    ...(tlsCa ? { tlsCa } : {}),
+    ...(tlsCert ? { tlsCert } : {}),
+    ...(tlsKey ? { tlsKey } : {}),
+    datapath,
+    xdpMode: xdpMode as AgentConfig['xdpMode'],
+    heartbeatIntervalMs: num('heartbeat-interval', values['heartbeat-interval'], 5) * 1000,
+    counterIntervalMs: num('counter-interval', values['counter-interval'], 5) * 1000,
+    interfaceCheckMs: num('interface-check', values['interface-check'], 2) * 1000,
+    ...(otlp ? { otlpEndpoint: otlp } : {}),
+    ...(prom ? { prometheusPort: num('prometheus-port', prom, 0) } : {}),
+  };
+}

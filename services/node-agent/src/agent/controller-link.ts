@@ -1,0 +1,188 @@
+import * as grpc from '@grpc/grpc-js';
+import {
+  AgentServiceClient,
+  type AgentHello,
+  type ConnectRequest,
+  type ConnectResponse,
+  type ControllerWelcome,
+  type CounterReport,
+  type RevisionReport,
+} from '@edgeplane/proto';
+
+/** Options of {@link ControllerLink}. */
+export interface ControllerLinkOptions {
+  address: string;
+  credentials: grpc.ChannelCredentials;
+  /** The hello to send on every (re)connect: it carries the current revisions. */
+  hello: () => AgentHello;
+  /** Counter deltas since the last call (undefined = nothing to send). */
+  counters: () => CounterReport | undefined;
+  onWelcome?: (welcome: ControllerWelcome) => void;
+  onStateChange?: (connected: boolean, reason: string) => void;
+  /** Defaults until the controller's settings arrive. */
+  heartbeatIntervalMs?: number;
+  counterIntervalMs?: number;
+  /** How long to wait for the connection and the welcome. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** Reconnect backoff bounds, ms. Default 250 .. 15000, with full jitter. */
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+function ms(d: { seconds: bigint; nanos: number } | undefined): number | undefined {
+  return d ? Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6) : undefined;
+}
+
+/**
+ * The agent's side of AgentService.Connect: connects (with a deadline), says hello, sends
+ * reports, counter deltas and heartbeats, notices a half-open connection when heartbeats stop
+ * coming back, and reconnects with exponential backoff and full jitter, forever. Reports made
+ * while disconnected are kept (the newest per revision) and sent after the next hello.
+ * Owns its client; close() ends the stream and stops reconnecting.
+ */
+export class ControllerLink {
+  #options: ControllerLinkOptions;
+  #client: AgentServiceClient;
+  #stream: grpc.ClientDuplexStream<ConnectRequest, ConnectResponse> | undefined;
+  #queue = new Map<bigint, RevisionReport>();
+  #connected = false;
+  #closed = false;
+  #timers: NodeJS.Timeout[] = [];
+  #attempt = 0;
+  #heartbeatMs: number;
+  #counterMs: number;
+  #lastHeard = 0;
+  #sequence = 0n;
+
+  constructor(options: ControllerLinkOptions) {
+    this.#options = options;
+    this.#heartbeatMs = options.heartbeatIntervalMs ?? 5000;
+    this.#counterMs = options.counterIntervalMs ?? 5000;
+    this.#client = new AgentServiceClient(options.address, options.credentials, {
+      'grpc.keepalive_time_ms': 20_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      'grpc.initial_reconnect_backoff_ms': 250,
+      'grpc.max_reconnect_backoff_ms': 5000,
+    });
+  }
+
+  /** Whether the stream is open and welcomed. */
+  get connected(): boolean {
+    return this.#connected;
+  }
+
+  /** Starts connecting (returns at once). */
+  start(): void {
+    this.#connect();
+  }
+
+  /** Queues an ACK/NACK; sent now if connected, else after the next hello. */
+  report(report: RevisionReport): void {
+    this.#queue.set(report.revision, report);
+    if (this.#connected) this.#drainQueue();
+  }
+
+  #send(m: ConnectRequest): boolean {
+    if (!this.#stream) return false;
+    this.#stream.write(m);
+    return true;
+  }
+
+  #drainQueue(): void {
+    for (const [rev, r] of [...this.#queue].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
+      if (!this.#send({ message: { $case: 'report', report: r } })) return;
+      this.#queue.delete(rev);
+    }
+  }
+
+  #clearTimers(): void {
+    for (const t of this.#timers) clearTimeout(t);
+    this.#timers = [];
+  }
+
+  #down(reason: string): void {
+    const was = this.#connected;
+    this.#connected = false;
+    this.#clearTimers();
+    const s = this.#stream;
+    this.#stream = undefined;
+    s?.cancel();
+    if (was) this.#options.onStateChange?.(false, reason);
+    if (this.#closed) return;
+    const max = this.#options.maxBackoffMs ?? 15_000;
+    const min = this.#options.minBackoffMs ?? 250;
+    const delay = Math.random() * Math.min(max, min * 2 ** this.#attempt++);
+    this.#timers.push(setTimeout(() => this.#connect(), delay));
+  }
+
+  #connect(): void {
+    if (this.#closed) return;
+    const deadline = Date.now() + (this.#options.connectTimeoutMs ?? 10_000);
+    this.#client.waitForReady(deadline, (err) => {
+      if (this.#closed) return;
+      if (err) return this.#down(`connect: ${err.message}`);
+      const stream = this.#client.connect();
+      this.#stream = stream;
+      let welcomed = false;
+      const welcomeTimer = setTimeout(() => !welcomed && this.#down('no welcome in time'), Math.max(0, deadline - Date.now()));
+      this.#timers.push(welcomeTimer);
+      stream.on('data', (m: ConnectResponse) => {
+        if (this.#stream !== stream) return;
+        this.#lastHeard = Date.now();
+        const msg = m.message;
+        if (msg?.$case === 'welcome') {
+          welcomed = true;
+          clearTimeout(welcomeTimer);
+          this.#heartbeatMs = ms(msg.welcome.settings?.heartbeatInterval) ?? this.#heartbeatMs;
+          this.#counterMs = ms(msg.welcome.settings?.counterInterval) ?? this.#counterMs;
+          this.#attempt = 0;
+          this.#connected = true;
+          this.#options.onWelcome?.(msg.welcome);
+          this.#options.onStateChange?.(true, 'welcome');
+          this.#drainQueue();
+          this.#schedule();
+        } else if (msg?.$case === 'settings') {
+          this.#heartbeatMs = ms(msg.settings.heartbeatInterval) ?? this.#heartbeatMs;
+          this.#counterMs = ms(msg.settings.counterInterval) ?? this.#counterMs;
+        }
+      });
+      stream.on('error', (e: grpc.ServiceError) => this.#stream === stream && this.#down(`stream: ${e.message}`));
+      stream.on('end', () => this.#stream === stream && this.#down('stream ended by the controller'));
+      this.#lastHeard = Date.now();
+      stream.write({ message: { $case: 'hello', hello: this.#options.hello() } });
+    });
+  }
+
+  #schedule(): void {
+    const beat = (): void => {
+      if (!this.#connected) return;
+      // Heartbeats are echoed: three intervals without hearing anything means half-open.
+      if (Date.now() - this.#lastHeard > 3 * this.#heartbeatMs) return this.#down('heartbeats stopped coming back');
+      this.#send({ message: { $case: 'heartbeat', heartbeat: { sequence: ++this.#sequence, time: new Date() } } });
+      this.#timers.push(setTimeout(beat, this.#heartbeatMs));
+    };
+    const count = (): void => {
+      if (!this.#connected) return;
+      const c = this.#options.counters();
+      if (c) this.#send({ message: { $case: 'counters', counters: c } });
+      this.#timers.push(setTimeout(count, this.#counterMs));
+    };
+    this.#timers.push(setTimeout(beat, this.#heartbeatMs));
+    this.#timers.push(setTimeout(count, this.#counterMs));
+  }
+
+  /** Ends the stream and stops reconnecting. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#clearTimers();
+    this.#stream?.end();
+    this.#stream = undefined;
+    this.#connected = false;
+    this.#client.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

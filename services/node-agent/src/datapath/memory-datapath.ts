@@ -1,0 +1,56 @@
+import type { ApplyResult, Counter, Datapath, DatapathCounters } from './datapath.js';
+import { ReferenceClassifier } from './reference-classifier.js';
+import { DEFAULT_RULE_ID, validateRuleSet, type Classification, type RuleSetSpec } from './rule-set.js';
+
+const ZERO: Counter = { packets: 0, bytes: 0 };
+
+/**
+ * A datapath in memory, with the eBPF datapath's semantics (the reference classifier), for
+ * simulated fleets: many agents in one process, no kernel. Frames reach it only through
+ * {@link MemoryDatapath.classify}. Holds no resources; close() only marks it closed.
+ */
+export class MemoryDatapath implements Datapath {
+  #classifier: ReferenceClassifier | undefined;
+  #live: string | undefined;
+  #ruleIds: number[] = [];
+  #generation = 0;
+  #closed = false;
+
+  /** Validates and switches to `ruleSet`. @throws RuleSetError, CapacityError (nothing changed). */
+  async apply(ruleSet: RuleSetSpec): Promise<ApplyResult> {
+    if (this.#closed) throw new Error('apply: the memory datapath is closed');
+    const normalized = validateRuleSet(ruleSet);
+    const key = JSON.stringify(ruleSet);
+    const result = (mode: ApplyResult['mode']): ApplyResult => ({ generation: this.#generation, mode, ruleCount: normalized.rules.length, classCount: 0, lpmEntries: 0, classWords: 0 });
+    if (key === this.#live) return result('unchanged');
+    if (this.#classifier) this.#classifier.replace(ruleSet);
+    else this.#classifier = new ReferenceClassifier(ruleSet);
+    this.#live = key;
+    this.#ruleIds = normalized.rules.map((r) => r.id);
+    this.#generation ^= 1;
+    return result('installed');
+  }
+
+  /** Classifies a frame as the live rule set says (passes everything before the first apply). */
+  classify(frame: Uint8Array): Classification | { kind: 'unconfigured'; verdict: 'pass' } {
+    return this.#classifier ? this.#classifier.classify(frame) : { kind: 'unconfigured', verdict: 'pass' };
+  }
+
+  readCounters(): DatapathCounters {
+    const counters = this.#classifier?.counters();
+    const stats = this.#classifier?.stats();
+    const rules = new Map<number, Counter>(this.#ruleIds.map((id) => [id, { ...(counters?.get(id) ?? ZERO) }]));
+    return {
+      rules,
+      defaultAction: { ...(counters?.get(DEFAULT_RULE_ID) ?? ZERO) },
+      nonIp: { ...(stats?.nonIp ?? ZERO) },
+      malformed: { ...(stats?.malformed ?? ZERO) },
+      unconfigured: ZERO,
+      rateLimited: { ...(stats?.rateLimited ?? ZERO) },
+    };
+  }
+
+  close(): void {
+    this.#closed = true;
+  }
+}
