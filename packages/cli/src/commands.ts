@@ -1,0 +1,13 @@
+import type { Command } from './command.js';
+import { applyCommand } from './commands/apply.js';
+import { completionCommand } from './commands/completion.js';
+import { deleteCommand } from './commands/delete.js';
+import { describeCommand } from './commands/describe.js';
+import { diffCommand } from './commands/diff.js';
+import { getCommand } from './commands/get.js';
+
+/**
+ * The command table, in the order help lists it. A new subcommand (e.g. `rollout status`) is
+ * a Command in commands/ and one entry here; help, flag checks and completion follow.
+ */
+export const COMMANDS: readonly Command[] = [applyCommand, diffCommand, getCommand, describeCommand, deleteCommand, completionCommand(() => COMMANDS)];

@@ -1,0 +1,60 @@
+import type { Command, CommandContext, Flags } from '../command.js';
+import { CliError, UsageError } from '../errors.js';
+import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
+import { describeNode, describePolicy } from '../render.js';
+import { reportError } from '../report.js';
+import { KIND_WORDS, parseTargets } from '../resource-kind.js';
+import { SELECTOR_OPTION, selectorFlag } from './get.js';
+
+/** `edgeplane describe`. */
+export const describeCommand: Command = {
+  name: 'describe',
+  summary: 'Show a policy or node in detail: revisions, ACK/NACK, last error, counters',
+  usage: ['describe policy|node NAME...', 'describe policies|nodes [-l SELECTOR]'],
+  details: `A policy shows its rules with fleet-wide counters and the nodes it selects, each with its
+applied revision and NACK reason. A node shows its agent, interfaces, applied revision, last
+outcome and error, the policies selecting it, and its rule and interface counters.`,
+  arguments: KIND_WORDS,
+  options: { selector: SELECTOR_OPTION },
+  async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
+    const { kind, names } = parseTargets(positionals);
+    const selector = selectorFlag(flags);
+    if (names.length > 0 && selector) throw new UsageError('give names or -l, not both');
+    const api = ctx.api();
+    let code: ExitCodeValue = ExitCode.OK;
+    const blocks: string[] = [];
+    const fail = (err: unknown): void => {
+      if (!(err instanceof CliError)) throw err;
+      reportError(ctx.io, err);
+      code = ExitCode.ERROR;
+    };
+    if (kind === 'policy') {
+      const nodes = await api.listNodes('');
+      const targets = names.length ? names : (await api.listPolicies(selector)).map((p) => p.metadata?.name ?? '');
+      for (const name of targets) {
+        try {
+          const got = await api.getPolicy(name);
+          if (!got?.policy) throw new CliError(`policy ${JSON.stringify(name)} not found`);
+          const counters = await api.getPolicyCounters({ policy: name, nodeLabelSelector: '', perNode: true });
+          blocks.push(describePolicy({ policy: got.policy, fleetCounters: counters.fleet, nodeCounters: counters.nodes, nodes }, ctx.now()));
+        } catch (err) {
+          fail(err);
+        }
+      }
+    } else {
+      const policies = await api.listPolicies('');
+      const targets = names.length ? names : (await api.listNodes(selector)).map((n) => n.name);
+      for (const name of targets) {
+        try {
+          const got = await api.getNode(name);
+          if (!got?.node) throw new CliError(`node ${JSON.stringify(name)} not found`);
+          blocks.push(describeNode({ node: got, policies }, ctx.now()));
+        } catch (err) {
+          fail(err);
+        }
+      }
+    }
+    ctx.io.stdout.write(blocks.join('\n'));
+    return code;
+  },
+};

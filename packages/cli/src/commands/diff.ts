@@ -1,0 +1,47 @@
+import { ApplyPolicyRequest } from '@edgeplane/proto';
+import type { Command, CommandContext, Flags } from '../command.js';
+import { diffPolicy, renderPolicyDiff } from '../diff.js';
+import { CliError, UsageError } from '../errors.js';
+import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
+import { FILE_OPTIONS, explainRpcError, loadPolicies } from '../policy-input.js';
+import { reportError } from '../report.js';
+import { validateFlag } from './apply.js';
+
+/** `edgeplane diff -f FILE`. */
+export const diffCommand: Command = {
+  name: 'diff',
+  summary: 'Show what apply would change, and on which nodes',
+  usage: ['diff -f FILE|FOLDER|- [-R] [--exit-code]'],
+  details: `For each policy: a diff of the server's copy against the manifest, then how many nodes the
+policy selects now and after (+ nodes it starts selecting, - nodes it stops selecting, ~ nodes
+that stay selected and get the change). The server validates each manifest (nothing is written).`,
+  options: {
+    ...FILE_OPTIONS,
+    validate: { type: 'string', value: 'BOOL', description: 'validate on the client first (default true)', choices: ['true', 'false'] },
+    'exit-code': { type: 'boolean', description: 'exit 5 when there are differences (like git diff --exit-code)' },
+  },
+  async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
+    if (positionals.length > 0) throw new UsageError(`diff takes no arguments (got ${positionals.join(' ')}); use -f`);
+    const manifests = await loadPolicies(ctx.io, flags, { validate: validateFlag(flags) });
+    const api = ctx.api();
+    const nodes = await api.listNodes('');
+    let changed = false;
+    let failed = false;
+    for (const m of manifests) {
+      const name = m.policy.metadata?.name ?? '';
+      try {
+        await api.applyPolicy(ApplyPolicyRequest.fromPartial({ policy: m.policy, validateOnly: true }));
+        const current = (await api.getPolicy(name))?.policy;
+        const d = diffPolicy(name, current, m.policy, nodes);
+        if (d.change !== 'unchanged') changed = true;
+        ctx.io.stdout.write(renderPolicyDiff(d));
+      } catch (err) {
+        if (!(err instanceof CliError)) throw err;
+        failed = true;
+        reportError(ctx.io, explainRpcError(m, err));
+      }
+    }
+    if (failed) return ExitCode.ERROR;
+    return changed && flags.boolean('exit-code') ? ExitCode.DIFFERENT : ExitCode.OK;
+  },
+};

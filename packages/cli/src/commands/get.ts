@@ -1,0 +1,95 @@
+import { LabelSelectorSyntaxError, parseLabelSelector, type Node, type Policy } from '@edgeplane/proto';
+import type { Command, CommandContext, Flags } from '../command.js';
+import { CliError, UsageError } from '../errors.js';
+import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
+import { renderNodeTable, renderPolicyTable } from '../render.js';
+import { reportError } from '../report.js';
+import { listOf, nodeToManifest, policyToManifest, toJson, toYaml, type Plain } from '../resource-format.js';
+import { KIND_WORDS, parseTargets } from '../resource-kind.js';
+
+const OUTPUTS = ['table', 'wide', 'json', 'yaml', 'name'] as const;
+
+/** The -l flag, checked on the client so a typo is a usage error. @throws UsageError */
+export function selectorFlag(flags: Flags): string {
+  const text = flags.string('selector') ?? '';
+  try {
+    parseLabelSelector(text);
+  } catch (err) {
+    if (err instanceof LabelSelectorSyntaxError) throw new UsageError(`-l: ${err.message}`, { cause: err });
+    throw err;
+  }
+  return text;
+}
+
+/** The -l option shared by get and describe. */
+export const SELECTOR_OPTION = { type: 'string', short: 'l', value: 'SELECTOR', description: 'label selector, e.g. "role=edge,site in (ams1,fra2),!canary"' } as const;
+
+/** `edgeplane get`. */
+export const getCommand: Command = {
+  name: 'get',
+  summary: 'List policies or nodes',
+  usage: ['get policies|nodes [NAME...] [-l SELECTOR] [-o wide|json|yaml|name]'],
+  details: `Examples:
+  edgeplane get policies
+  edgeplane get nodes -l role=edge -o wide
+  edgeplane get policy deny-telnet -o yaml`,
+  arguments: KIND_WORDS,
+  options: {
+    output: { type: 'string', short: 'o', value: 'FORMAT', description: 'table (default), wide, json, yaml or name', choices: OUTPUTS.filter((o) => o !== 'table') },
+    selector: SELECTOR_OPTION,
+  },
+  async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
+    const { kind, names } = parseTargets(positionals);
+    const output = flags.choice('output', OUTPUTS, 'table');
+    const selector = selectorFlag(flags);
+    if (names.length > 0 && selector) throw new UsageError('give names or -l, not both');
+    const api = ctx.api();
+    let code: ExitCodeValue = ExitCode.OK;
+    const fetch = async <T>(get: (n: string) => Promise<T | undefined>): Promise<T[]> => {
+      const out: T[] = [];
+      for (const n of names) {
+        try {
+          const got = await get(n);
+          if (got === undefined) throw new CliError(`${kind} ${JSON.stringify(n)} not found`);
+          out.push(got);
+        } catch (err) {
+          if (!(err instanceof CliError)) throw err;
+          reportError(ctx.io, err);
+          code = ExitCode.ERROR;
+        }
+      }
+      return out;
+    };
+    let items: Plain[];
+    let table: (wide: boolean) => string;
+    let ids: string[];
+    if (kind === 'policy') {
+      const policies: Policy[] = names.length ? await fetch(async (n) => (await api.getPolicy(n))?.policy) : await api.listPolicies(selector);
+      items = policies.map((p) => policyToManifest(p));
+      table = (wide) => renderPolicyTable(policies, ctx.now(), wide);
+      ids = policies.map((p) => `policy/${p.metadata?.name}`);
+    } else {
+      const nodes: Node[] = names.length ? await fetch(async (n) => (await api.getNode(n))?.node) : await api.listNodes(selector);
+      items = nodes.map(nodeToManifest);
+      table = (wide) => renderNodeTable(nodes, ctx.now(), wide);
+      ids = nodes.map((n) => `node/${n.name}`);
+    }
+    const single = names.length === 1 && items.length === 1;
+    switch (output) {
+      case 'json':
+        ctx.io.stdout.write(toJson(single ? items[0]! : listOf(items)));
+        break;
+      case 'yaml':
+        ctx.io.stdout.write(toYaml(single ? items[0]! : listOf(items)));
+        break;
+      case 'name':
+        for (const id of ids) ctx.io.stdout.write(id + '\n');
+        break;
+      default:
+        if (items.length === 0) {
+          if (names.length === 0) ctx.io.stderr.write('No resources found.\n');
+        } else ctx.io.stdout.write(table(output === 'wide'));
+    }
+    return code;
+  },
+};

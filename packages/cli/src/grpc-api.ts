@@ -1,0 +1,179 @@
+// The thin gRPC adapter: generated clients behind the narrow interfaces the commands use.
+// Every call gets a deadline; failures become RpcError with the decoded field violations.
+import { readFileSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import {
+  FleetServiceClient,
+  IntentServiceClient,
+  STATUS_DETAILS_KEY,
+  decodeStatusDetails,
+  type ApplyPolicyRequest,
+  type ApplyPolicyResponse,
+  type DeletePolicyRequest,
+  type DeletePolicyResponse,
+  type GetNodeResponse,
+  type GetPolicyCountersRequest,
+  type GetPolicyCountersResponse,
+  type GetPolicyResponse,
+  type GetRevisionStatusResponse,
+  type Node,
+  type Policy,
+} from '@edgeplane/proto';
+import { InputError, RpcError } from './errors.js';
+
+/** The policy calls the commands make. */
+export interface PolicyApi {
+  applyPolicy(req: ApplyPolicyRequest): Promise<ApplyPolicyResponse>;
+  deletePolicy(req: DeletePolicyRequest): Promise<DeletePolicyResponse>;
+  /** Returns the policy, or undefined when the server says NOT_FOUND. */
+  getPolicy(name: string): Promise<GetPolicyResponse | undefined>;
+  /** Every policy matching the selector, all pages. */
+  listPolicies(labelSelector: string): Promise<Policy[]>;
+}
+
+/** The fleet calls the commands make. */
+export interface FleetApi {
+  /** Every node matching the selector, all pages. */
+  listNodes(labelSelector: string): Promise<Node[]>;
+  /** Returns the node, or undefined when the server says NOT_FOUND. */
+  getNode(name: string): Promise<GetNodeResponse | undefined>;
+  getPolicyCounters(req: GetPolicyCountersRequest): Promise<GetPolicyCountersResponse>;
+  getRevisionStatus(revision: bigint, nodeLabelSelector: string): Promise<GetRevisionStatusResponse>;
+}
+
+/** Both APIs. */
+export interface EdgeplaneApi extends PolicyApi, FleetApi {}
+
+/** How to reach the controller. */
+export interface ConnectionOptions {
+  /** host:port. */
+  server: string;
+  /** Plaintext gRPC (the controller's --insecure). */
+  insecure: boolean;
+  /** CA bundle (PEM) to verify the server; unset = the system roots. */
+  tlsCa?: string;
+  /** Client certificate and key (PEM) for mutual TLS. */
+  tlsCert?: string;
+  tlsKey?: string;
+  /** Deadline of every call, in milliseconds. */
+  requestTimeoutMs: number;
+}
+
+type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
+type Unary<Req, Res> = (req: Req, md: grpc.Metadata, opts: grpc.CallOptions, cb: Callback<Res>) => grpc.ClientUnaryCall;
+
+/** Converts a gRPC error to an RpcError with its BadRequest field violations. */
+export function toRpcError(operation: string, err: grpc.ServiceError): RpcError {
+  const raw = err.metadata?.get(STATUS_DETAILS_KEY)[0];
+  const details = Buffer.isBuffer(raw) ? decodeStatusDetails(raw) : undefined;
+  const code = grpc.status[err.code] ?? String(err.code);
+  return new RpcError(`${operation}: ${code}: ${err.details || err.message}`, err.code, details?.fieldViolations ?? [], { cause: err });
+}
+
+function readPem(flag: string, file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (cause) {
+    throw new InputError(`read ${flag} ${file}: ${(cause as Error).message}`, { cause });
+  }
+}
+
+/**
+ * The gRPC implementation of {@link EdgeplaneApi}. Owns two channels; `close()` closes them
+ * and is idempotent.
+ */
+export class GrpcEdgeplaneApi implements EdgeplaneApi {
+  #intent: IntentServiceClient;
+  #fleet: FleetServiceClient;
+  #timeoutMs: number;
+  #closed = false;
+
+  /** @throws InputError when a TLS file cannot be read. */
+  constructor(options: ConnectionOptions) {
+    const creds = options.insecure
+      ? grpc.credentials.createInsecure()
+      : grpc.credentials.createSsl(
+          options.tlsCa ? readPem('--tls-ca', options.tlsCa) : null,
+          options.tlsKey ? readPem('--tls-key', options.tlsKey) : null,
+          options.tlsCert ? readPem('--tls-cert', options.tlsCert) : null,
+        );
+    this.#intent = new IntentServiceClient(options.server, creds);
+    // Same target and credentials: grpc-js shares one subchannel between the two clients.
+    this.#fleet = new FleetServiceClient(options.server, creds);
+    this.#timeoutMs = options.requestTimeoutMs;
+  }
+
+  #call<Req, Res>(operation: string, client: grpc.Client, method: Unary<Req, Res>, req: Req): Promise<Res> {
+    return new Promise((resolve, reject) => {
+      method.call(client, req, new grpc.Metadata(), { deadline: Date.now() + this.#timeoutMs }, (err, res) => (err ? reject(toRpcError(operation, err)) : resolve(res)));
+    });
+  }
+
+  applyPolicy(req: ApplyPolicyRequest): Promise<ApplyPolicyResponse> {
+    return this.#call(`apply policy ${req.policy?.metadata?.name ?? ''}`, this.#intent, this.#intent.applyPolicy, req);
+  }
+
+  deletePolicy(req: DeletePolicyRequest): Promise<DeletePolicyResponse> {
+    return this.#call(`delete policy ${req.name}`, this.#intent, this.#intent.deletePolicy, req);
+  }
+
+  async getPolicy(name: string): Promise<GetPolicyResponse | undefined> {
+    try {
+      return await this.#call(`get policy ${name}`, this.#intent, this.#intent.getPolicy, { name });
+    } catch (err) {
+      if (err instanceof RpcError && err.code === grpc.status.NOT_FOUND) return undefined;
+      throw err;
+    }
+  }
+
+  async listPolicies(labelSelector: string): Promise<Policy[]> {
+    const out: Policy[] = [];
+    let pageToken = '';
+    do {
+      const page = await this.#call('list policies', this.#intent, this.#intent.listPolicies, { pageSize: 1000, pageToken, labelSelector });
+      out.push(...page.policies);
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+    return out;
+  }
+
+  async listNodes(labelSelector: string): Promise<Node[]> {
+    const out: Node[] = [];
+    let pageToken = '';
+    do {
+      const page = await this.#call('list nodes', this.#fleet, this.#fleet.listNodes, { pageSize: 1000, pageToken, labelSelector });
+      out.push(...page.nodes);
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+    return out;
+  }
+
+  async getNode(name: string): Promise<GetNodeResponse | undefined> {
+    try {
+      return await this.#call(`get node ${name}`, this.#fleet, this.#fleet.getNode, { name });
+    } catch (err) {
+      if (err instanceof RpcError && err.code === grpc.status.NOT_FOUND) return undefined;
+      throw err;
+    }
+  }
+
+  getPolicyCounters(req: GetPolicyCountersRequest): Promise<GetPolicyCountersResponse> {
+    return this.#call('get policy counters', this.#fleet, this.#fleet.getPolicyCounters, req);
+  }
+
+  getRevisionStatus(revision: bigint, nodeLabelSelector: string): Promise<GetRevisionStatusResponse> {
+    return this.#call(`get revision status ${revision}`, this.#fleet, this.#fleet.getRevisionStatus, { revision, nodeLabelSelector });
+  }
+
+  /** Closes both channels. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#intent.close();
+    this.#fleet.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

@@ -1,0 +1,46 @@
+import { readFile, readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { InputError } from './errors.js';
+import type { ManifestSource } from './manifest.js';
+
+const MANIFEST_FILE = /\.(ya?ml|json)$/i;
+
+/**
+ * Reads what `-f` names: files, folders (their `.yaml`, `.yml` and `.json` files in name
+ * order; sub-folders only when `recursive`), and `-` for standard input (read once).
+ * @throws InputError naming the path that cannot be read.
+ */
+export async function readManifestSources(paths: readonly string[], readStdin: () => Promise<string>, recursive = false): Promise<ManifestSource[]> {
+  const out: ManifestSource[] = [];
+  let stdinRead = false;
+  const visit = async (path: string, top: boolean): Promise<void> => {
+    let info;
+    try {
+      info = await stat(path);
+    } catch (cause) {
+      throw new InputError(`read ${path}: ${(cause as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file or folder' : (cause as Error).message}`, { cause });
+    }
+    if (info.isDirectory()) {
+      if (!top && !recursive) return;
+      const entries = (await readdir(path, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name));
+      for (const e of entries) {
+        if (e.isDirectory()) await visit(join(path, e.name), false);
+        else if (MANIFEST_FILE.test(e.name)) await visit(join(path, e.name), false);
+      }
+      return;
+    }
+    try {
+      out.push({ file: path, text: await readFile(path, 'utf8') });
+    } catch (cause) {
+      throw new InputError(`read ${path}: ${(cause as Error).message}`, { cause });
+    }
+  };
+  for (const path of paths) {
+    if (path === '-') {
+      if (stdinRead) throw new InputError('-f - (standard input) given twice');
+      stdinRead = true;
+      out.push({ file: '<stdin>', text: await readStdin() });
+    } else await visit(path, true);
+  }
+  return out;
+}
