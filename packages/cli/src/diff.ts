@@ -30,12 +30,13 @@ export function diffLines(before: string, after: string): DiffLine[] {
       out.push({ op: ' ', text: a[i]! });
       i++;
       j++;
-    } else if (j < b.length && (i === a.length || lcs[i]![j + 1]! >= lcs[i + 1]![j]!)) {
-      out.push({ op: '+', text: b[j]! });
-      j++;
-    } else {
+    } else if (i < a.length && (j === b.length || lcs[i + 1]![j]! >= lcs[i]![j + 1]!)) {
+      // Removals before additions, as diff -u prints them.
       out.push({ op: '-', text: a[i]! });
       i++;
+    } else {
+      out.push({ op: '+', text: b[j]! });
+      j++;
     }
   }
   return out;

@@ -1,0 +1,333 @@
+// The edgeplane command against a real controller (in-process, embedded nats-server, gRPC on
+// a free port), run as a real process so the bin, exit codes, stdout and stderr are real.
+// Fake agents speak the AgentService Connect stream to make nodes exist and ACK/NACK.
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { parse as parseYaml } from 'yaml';
+import { AgentServiceClient, IntentServiceClient, RevisionOutcome, type ConnectRequest, type ConnectResponse } from '@edgeplane/proto';
+import { parseConfig, startController, type ControllerConfig, type RunningController } from '@edgeplane/controller';
+import { ExitCode, GrpcEdgeplaneApi } from '@edgeplane/cli';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const BIN = join(here, '..', 'dist', 'main.js');
+const EXAMPLES = join(here, '..', '..', '..', 'examples');
+
+let controller: RunningController;
+let dataDir: string;
+let work: string;
+let intent: IntentServiceClient;
+
+test.before(async () => {
+  dataDir = mkdtempSync(join(tmpdir(), 'cli-test-'));
+  work = mkdtempSync(join(tmpdir(), 'cli-files-'));
+  const config = parseConfig(['--insecure', '--listen', '127.0.0.1:0', '--embedded-nats', '127.0.0.1:0', '--data-dir', dataDir, '--shutdown-grace', '1'], {}) as ControllerConfig;
+  controller = await startController(config, { log: () => undefined });
+  intent = new IntentServiceClient(controller.address, grpc.credentials.createInsecure());
+});
+
+test.after.always(async () => {
+  intent?.close();
+  await controller?.close();
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `edgeplane ARGS` as a process against the test controller. */
+function edgeplane(args: string[], stdin = '', onStdout?: (soFar: string) => void): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, EDGEPLANE_SERVER: controller.address, EDGEPLANE_INSECURE: '1' }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      onStdout?.(stdout);
+    });
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(stdin);
+  });
+}
+
+function file(name: string, text: string): string {
+  const path = join(work, name);
+  writeFileSync(path, text);
+  return path;
+}
+
+function policyYaml(name: string, selector: Record<string, string>, opts: { labels?: Record<string, string>; port?: number } = {}): string {
+  return `apiVersion: edgeplane.io/v1
+kind: Policy
+metadata:
+  name: ${name}
+  labels: ${JSON.stringify(opts.labels ?? {})}
+spec:
+  nodeSelector:
+    matchLabels: ${JSON.stringify(selector)}
+  rules:
+    - priority: 1
+      name: block
+      protocol: tcp
+      destinationPorts: [${opts.port ?? 23}]
+      action: deny
+`;
+}
+
+/** A fake agent: hello, then whatever the test sends. Waits for the welcome. */
+async function fakeAgent(name: string, labels: Record<string, string>) {
+  const client = new AgentServiceClient(controller.address, grpc.credentials.createInsecure());
+  const stream = client.connect();
+  const welcome = new Promise<void>((resolve, reject) => {
+    stream.on('data', (m: ConnectResponse) => m.message?.$case === 'welcome' && resolve());
+    stream.on('error', reject);
+  });
+  const send = (m: ConnectRequest): void => void stream.write(m);
+  send({ message: { $case: 'hello', hello: { nodeName: name, labels, info: { agentVersion: 'test', kernelRelease: '6.1.0', hostname: name, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [{ name: 'eth0', ifindex: 2, role: 1, attachMode: 'xdp-native', attached: true, programId: 42 }], receivedRevision: 0n, appliedRevision: 0n, sessionId: `s-${name}` } } });
+  await welcome;
+  let seq = 0n;
+  const beat = setInterval(() => send({ message: { $case: 'heartbeat', heartbeat: { sequence: ++seq, time: new Date() } } }), 1000);
+  return {
+    report(revision: bigint, outcome: RevisionOutcome, reason = '', applied = outcome === RevisionOutcome.REVISION_OUTCOME_ACK ? revision : 0n): void {
+      send({ message: { $case: 'report', report: { revision, outcome, reason, appliedRevision: applied, time: new Date(), traceContext: undefined, applyDuration: undefined } } });
+    },
+    counters(policy: string, priority: number, packets: bigint): void {
+      send({ message: { $case: 'counters', counters: { startTime: undefined, endTime: undefined, appliedRevision: 0n, interfaces: [{ interface: 'eth0', passedPackets: 10n, droppedPackets: packets, passedBytes: 1000n, droppedBytes: packets * 60n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n }], rules: [{ rule: { policy, priority }, ruleName: 'block', packets, bytes: packets * 60n, rateLimitedPackets: 0n }] } } });
+    },
+    close(): void {
+      clearInterval(beat);
+      stream.end();
+      client.close();
+    },
+  };
+}
+
+/** Waits until the policy exists on the server and returns its resource version. */
+async function revisionOf(name: string): Promise<bigint> {
+  for (let i = 0; i < 200; i++) {
+    const rv = await new Promise<bigint | undefined>((resolve) => intent.getPolicy({ name }, (err, res) => resolve(err ? undefined : res.policy?.metadata?.resourceVersion)));
+    if (rv) return rv;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`policy ${name} never appeared`);
+}
+
+async function eventually(t: { fail(m: string): void }, run: () => Promise<Result>, ok: (r: Result) => boolean): Promise<Result> {
+  let r = await run();
+  for (let i = 0; i < 40 && !ok(r); i++) {
+    await new Promise((res) => setTimeout(res, 100));
+    r = await run();
+  }
+  if (!ok(r)) t.fail(`condition not reached: ${r.stdout}${r.stderr}`);
+  return r;
+}
+
+test('apply - a folder of examples, then again unchanged', async (t) => {
+  const first = await edgeplane(['apply', '-f', EXAMPLES]);
+  t.is(first.code, 0, first.stderr);
+  for (const name of ['deny-telnet', 'ratelimit-dns', 'allow-web-v6', 'block-smb', 'ssh-mgmt-only']) t.regex(first.stdout, new RegExp(`policy/${name} created \\(revision \\d+\\)`));
+  const again = await edgeplane(['apply', '-f', EXAMPLES]);
+  t.is(again.code, 0);
+  t.is(again.stdout.match(/unchanged/g)?.length, 5);
+});
+
+test('apply - a multi-document file and standard input; get -o yaml reads back unchanged', async (t) => {
+  const multi = file('multi.yaml', `${policyYaml('multi-a', { app: 'm' })}---\n${policyYaml('multi-b', { app: 'm' }, { port: 24 })}`);
+  const r = await edgeplane(['apply', '-f', multi]);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, /policy\/multi-a created[\s\S]*policy\/multi-b created/);
+  const piped = await edgeplane(['apply', '-f', '-'], policyYaml('from-stdin', { app: 's' }));
+  t.is(piped.code, 0, piped.stderr);
+  t.regex(piped.stdout, /policy\/from-stdin created/);
+  const yaml = await edgeplane(['get', 'policy', 'multi-a', 'multi-b', '-o', 'yaml']);
+  const back = await edgeplane(['apply', '-f', '-'], yaml.stdout);
+  t.is(back.code, 0, back.stderr);
+  t.is(back.stdout, 'policy/multi-a unchanged\npolicy/multi-b unchanged\n');
+});
+
+test('get - table, -o json, -o yaml, -o name, -l and a missing name', async (t) => {
+  await edgeplane(['apply', '-f', file('get.yaml', `${policyYaml('get-a', { x: '1' }, { labels: { team: 'get' } })}---\n${policyYaml('get-b', { x: '2' }, { labels: { team: 'other' } })}`)]);
+  const table = await edgeplane(['get', 'policies', '-l', 'team in (get,other)']);
+  t.is(table.code, 0);
+  const lines = table.stdout.trim().split('\n');
+  t.regex(lines[0]!, /^NAME\s+NODE-SELECTOR\s+INTERFACES\s+RULES\s+DEFAULT\s+REVISION\s+AGE$/);
+  t.regex(lines[1]!, /^get-a\s+x=1\s+all\s+1\s+<none>\s+\d+\s+\d+s$/);
+  t.is(lines.length, 3);
+  const json = JSON.parse((await edgeplane(['get', 'pol', '-l', 'team=get', '-o', 'json'])).stdout) as { kind: string; items: { metadata: { name: string }; spec: { rules: unknown[] } }[] };
+  t.is(json.kind, 'List');
+  t.deepEqual(json.items.map((i) => i.metadata.name), ['get-a']);
+  t.deepEqual(json.items[0]?.spec.rules, [{ priority: 1, name: 'block', protocol: 'tcp', destinationPorts: [23], action: 'deny' }]);
+  const one = parseYaml((await edgeplane(['get', 'policy/get-b', '-o', 'yaml'])).stdout) as { kind: string; metadata: { labels: object } };
+  t.is(one.kind, 'Policy');
+  t.deepEqual(one.metadata.labels, { team: 'other' });
+  t.is((await edgeplane(['get', 'policies', '-l', 'team=get', '-o', 'name'])).stdout, 'policy/get-a\n');
+  const missing = await edgeplane(['get', 'policy', 'nope']);
+  t.is(missing.code, ExitCode.ERROR);
+  t.regex(missing.stderr, /policy "nope" not found/);
+  const badSelector = await edgeplane(['get', 'policies', '-l', 'a in (']);
+  t.is(badSelector.code, ExitCode.USAGE);
+});
+
+test('get nodes and describe node - applied revision, NACK, last error and counters', async (t) => {
+  const agent = await fakeAgent('desc-node', { role: 'desc', site: 'ams1' });
+  t.teardown(() => agent.close());
+  await edgeplane(['apply', '-f', file('desc.yaml', policyYaml('desc-pol', { role: 'desc' }))]);
+  const rv = await revisionOf('desc-pol');
+  agent.report(rv, RevisionOutcome.REVISION_OUTCOME_NACK, 'verifier rejected program', rv - 1n);
+  agent.counters('desc-pol', 1, 7n);
+  const nodes = await eventually(t, () => edgeplane(['get', 'nodes', '-l', 'role=desc']), (r) => /NACK@/.test(r.stdout));
+  t.regex(nodes.stdout, new RegExp(`desc-node\\s+Connected\\s+${rv - 1n}\\s+NACK@${rv}`));
+  const d = await eventually(t, () => edgeplane(['describe', 'node', 'desc-node']), (r) => /desc-pol\s+1\s+block\s+7/.test(r.stdout));
+  t.is(d.code, 0);
+  t.regex(d.stdout, /Last outcome:\s+NACK \(revision \d+\)/);
+  t.regex(d.stdout, /Last error:\s+verifier rejected program/);
+  t.regex(d.stdout, /eth0\s+2\s+uplink\s+xdp-native/);
+  t.regex(d.stdout, /Policies:\n\s+NAME[^\n]*\n(\s+\S+\s+\d+\s+\d+\n)*\s+desc-pol\s+\d+\s+1\n/);
+  const p = await edgeplane(['describe', 'policy', 'desc-pol']);
+  t.is(p.code, 0, p.stderr);
+  t.regex(p.stdout, /1\s+block\s+deny\s+tcp\s+\*\s+\*\s+23\s+7\s+420\s+0/);
+  t.regex(p.stdout, /desc-node\s+Connected\s+\d+\s+NACK\s+7\s+verifier rejected program/);
+  t.is((await edgeplane(['describe', 'node', 'ghost'])).code, ExitCode.ERROR);
+});
+
+test('delete - by name and by file; a missing policy is an error unless --ignore-not-found', async (t) => {
+  const path = file('del.yaml', `${policyYaml('del-a', { d: '1' })}---\n${policyYaml('del-b', { d: '1' })}`);
+  await edgeplane(['apply', '-f', path]);
+  const byName = await edgeplane(['delete', 'policy', 'del-a']);
+  t.is(byName.code, 0, byName.stderr);
+  t.regex(byName.stdout, /^policy\/del-a deleted \(revision \d+\)\n$/);
+  const byFile = await edgeplane(['delete', '-f', path]);
+  t.is(byFile.code, ExitCode.ERROR);
+  t.regex(byFile.stderr, /policy "del-a" not found/);
+  t.regex(byFile.stdout, /policy\/del-b deleted/);
+  t.is((await edgeplane(['delete', '-f', path, '--ignore-not-found'])).code, 0);
+  t.is((await edgeplane(['get', 'policy', 'del-b'])).code, ExitCode.ERROR);
+});
+
+test('diff - shows the change and which nodes the policy selects now and after', async (t) => {
+  const a = await fakeAgent('diff-1', { tier: 'diff' });
+  const b = await fakeAgent('diff-2', { tier: 'diff', zone: 'b' });
+  t.teardown(() => {
+    a.close();
+    b.close();
+  });
+  const path = file('diff.yaml', policyYaml('diff-pol', { tier: 'diff' }));
+  const create = await edgeplane(['diff', '-f', path]);
+  t.is(create.code, 0, create.stderr);
+  t.regex(create.stdout, /policy\/diff-pol \(would be created\)[\s\S]*nodes: 0 selected now, 2 after\n {2}\+ diff-1, diff-2/);
+  await edgeplane(['apply', '-f', path]);
+  t.regex((await edgeplane(['diff', '-f', path])).stdout, /would be unchanged/);
+  writeFileSync(path, policyYaml('diff-pol', { zone: 'b' }));
+  const narrow = await edgeplane(['diff', '-f', path, '--exit-code']);
+  t.is(narrow.code, ExitCode.DIFFERENT);
+  t.regex(narrow.stdout, /-\s+tier: diff\n\+\s+zone: b/);
+  t.regex(narrow.stdout, /nodes: 2 selected now, 1 after\n {2}- diff-1\n {2}~ diff-2/);
+});
+
+test('apply - bad YAML and bad fields are reported at file:line:col, nothing is sent', async (t) => {
+  const syntax = file('syntax.yaml', 'apiVersion: edgeplane.io/v1\nkind: Policy\nmetadata:\n  name: x\n  labels: {a: b\nspec: {}\n');
+  const r = await edgeplane(['apply', '-f', syntax]);
+  t.is(r.code, ExitCode.ERROR);
+  t.regex(r.stderr, new RegExp(`^${syntax.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}:\\d+:\\d+: `));
+  const bad = file('client.yaml', policyYaml('client-bad', { a: 'b' }).replace('destinationPorts: [23]', 'destinationPorts: [23, "90-80"]'));
+  const v = await edgeplane(['apply', '-f', bad]);
+  t.is(v.code, ExitCode.ERROR);
+  t.is(v.stderr, `${bad}:13:30: policy.spec.rules[0].destination_ports[1].last: range 90-80 is reversed; write 80-90\n`);
+  t.is((await edgeplane(['get', 'policy', 'client-bad'])).code, ExitCode.ERROR, 'nothing was written');
+});
+
+test('apply - a server-side rejection prints the field path at its line', async (t) => {
+  const path = file('server.yaml', policyYaml('server-bad', { a: 'b' }).replace('      name: block\n', '      name: block\n      sourceCIDRs: [10.0.0.1/8]\n'));
+  const r = await edgeplane(['apply', '-f', path, '--validate=false']);
+  t.is(r.code, ExitCode.ERROR);
+  t.regex(r.stderr, /INVALID_ARGUMENT/);
+  t.true(r.stderr.includes(`${path}:12:21: policy.spec.rules[0].source_cidrs[0]: "10.0.0.1/8" has host bits set`), r.stderr);
+});
+
+test('apply --wait - succeeds when the selected nodes ACK', async (t) => {
+  const agents = await Promise.all(['wait-ok-1', 'wait-ok-2'].map((n) => fakeAgent(n, { role: 'wait-ok' })));
+  await fakeAgent('wait-ok-bystander', { role: 'other' }).then((a) => t.teardown(() => a.close()));
+  t.teardown(() => agents.forEach((a) => a.close()));
+  // Each agent ACKs only after the command has shown the previous state, so every step is seen.
+  let rv = 0n;
+  const run = edgeplane(['apply', '-f', file('wait-ok.yaml', policyYaml('wait-ok', { role: 'wait-ok' })), '--wait', '--timeout', '20s'], '', (out) => {
+    const m = /(\d)\/2 nodes at revision (\d+)/.exec(out.split('\n').slice(-2).join('\n'));
+    if (!m) return;
+    rv = BigInt(m[2]!);
+    agents[Number(m[1])]?.report(rv, RevisionOutcome.REVISION_OUTCOME_ACK);
+  });
+  const r = await run;
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, new RegExp(`0/2 nodes at revision ${rv} \\(waiting for wait-ok-1, wait-ok-2\\)\\n1/2 nodes at revision ${rv} \\(waiting for wait-ok-2\\)`));
+  t.regex(r.stdout, new RegExp(`2/2 nodes at revision ${rv}\\nrevision ${rv} applied on all 2 selected nodes`));
+});
+
+test('apply --wait - exits with the NACK code, naming the node and its reason', async (t) => {
+  const agent = await fakeAgent('wait-nack-1', { role: 'wait-nack' });
+  t.teardown(() => agent.close());
+  const run = edgeplane(['apply', '-f', file('wait-nack.yaml', policyYaml('wait-nack', { role: 'wait-nack' })), '--wait', '--timeout', '20s']);
+  const rv = await revisionOf('wait-nack');
+  agent.report(rv, RevisionOutcome.REVISION_OUTCOME_NACK, 'map full: 65536 rules');
+  const r = await run;
+  t.is(r.code, ExitCode.NACK);
+  t.regex(r.stderr, new RegExp(`node wait-nack-1 NACKed revision ${rv}: map full: 65536 rules`));
+});
+
+test('apply --wait - exits with the timeout code when nobody reports', async (t) => {
+  const agent = await fakeAgent('wait-silent-1', { role: 'wait-silent' });
+  t.teardown(() => agent.close());
+  const r = await edgeplane(['apply', '-f', file('wait-silent.yaml', policyYaml('wait-silent', { role: 'wait-silent' })), '--wait', '--timeout', '1s']);
+  t.is(r.code, ExitCode.TIMEOUT);
+  t.regex(r.stderr, /timed out after 1s: 0\/1 nodes at revision \d+; no report from wait-silent-1/);
+});
+
+test('--help - lists commands, flags and exit codes; usage errors exit 2', async (t) => {
+  const help = await edgeplane(['--help']);
+  t.is(help.code, 0);
+  for (const word of ['apply', 'diff', 'get', 'describe', 'delete', 'completion', '--server', 'EDGEPLANE_SERVER', '--tls-ca', '--request-timeout', 'Exit codes:', '3  apply --wait: a node NACKed', '4  apply --wait']) t.true(help.stdout.includes(word), word);
+  t.regex((await edgeplane(['apply', '--help'])).stdout, /--wait[\s\S]*--timeout[\s\S]*Exit codes:/);
+  t.is((await edgeplane([])).code, ExitCode.USAGE);
+  const unknown = await edgeplane(['get', 'policies', '--wait']);
+  t.is(unknown.code, ExitCode.USAGE);
+  t.regex(unknown.stderr, /get does not take --wait/);
+  t.is((await edgeplane(['frobnicate'])).code, ExitCode.USAGE);
+});
+
+test('completion - prints bash and zsh scripts', async (t) => {
+  const bash = await edgeplane(['completion', 'bash']);
+  t.is(bash.code, 0);
+  t.regex(bash.stdout, /complete -F _edgeplane edgeplane/);
+  t.regex(bash.stdout, /apply\) words="[^"]*--wait/);
+  const zsh = await edgeplane(['completion', 'zsh']);
+  t.regex(zsh.stdout, /^#compdef edgeplane/);
+  t.is((await edgeplane(['completion', 'fish'])).code, ExitCode.USAGE);
+});
+
+test('connection - an unreachable server fails within --request-timeout', async (t) => {
+  const started = Date.now();
+  const r = await new Promise<Result>((resolve) => {
+    const child = spawn(process.execPath, [BIN, 'get', 'nodes', '--server', '127.0.0.1:1', '--insecure', '--request-timeout', '1s'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('close', (code) => resolve({ code, stdout: '', stderr }));
+  });
+  t.is(r.code, ExitCode.ERROR);
+  t.regex(r.stderr, /^error: list nodes: (UNAVAILABLE|DEADLINE_EXCEEDED)/);
+  t.true(Date.now() - started < 8000);
+});
+
+test('GrpcEdgeplaneApi - closing twice is safe', (t) => {
+  const api = new GrpcEdgeplaneApi({ server: controller.address, insecure: true, requestTimeoutMs: 1000 });
+  api.close();
+  t.notThrows(() => api.close());
+});
