@@ -1,5 +1,5 @@
 import type { Subscription } from '@nats-io/transport-node';
-import type { LogEntry, SignedLogEntry, Snapshot, TrustedKeys } from '@edgeplane/proto';
+import { openLogEntry, type LogEntry, type SignedLogEntry, type Snapshot, type TrustedKeys } from '@edgeplane/proto';
 import { ChainError, GapError, IntentChain, type IntentLog } from '@edgeplane/intent-log';
 
 /** What the follower tells its owner. */
@@ -30,7 +30,15 @@ export class IntentFollower {
   #again = false;
   #announced: bigint;
 
-  constructor(log: IntentLog, trusted: TrustedKeys, events: FollowerEvents, start?: Snapshot) {
+  #staleAfterMs: number;
+
+  /**
+   * @param start the state to continue from (the agent's state file), if any.
+   * @param staleAfterMs a live entry created longer ago than this arrived late (the node was
+   *   cut off and TCP is delivering the backlog): catch up from the stream in one read instead.
+   */
+  constructor(log: IntentLog, trusted: TrustedKeys, events: FollowerEvents, start?: Snapshot, staleAfterMs = 1000) {
+    this.#staleAfterMs = staleAfterMs;
     this.#log = log;
     this.#trusted = trusted;
     this.#events = events;
@@ -68,6 +76,13 @@ export class IntentFollower {
       return;
     }
     try {
+      const entry = openLogEntry(signed, this.#trusted);
+      if (entry.revision <= this.#chain.revision) return;
+      const age = entry.createTime ? Date.now() - entry.createTime.getTime() : 0;
+      if (age > this.#staleAfterMs) {
+        void this.catchUp().catch((e: unknown) => this.#events.error('catch up after a late entry', e));
+        return;
+      }
       const r = this.#chain.append(signed, seq);
       if (r.applied) this.#pending.push(r.entry);
       this.#flush();

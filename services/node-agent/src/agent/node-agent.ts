@@ -32,6 +32,11 @@ export interface NodeAgentOptions {
   /** Where ACK/NACK reports go (the controller link). */
   report: (report: RevisionReport) => void;
   log: AgentLogger;
+  /**
+   * How long to wait after new entries before applying, so a burst (a catch-up, or what TCP
+   * delivers at once after an outage) is applied once, as its final state. Default 25 ms.
+   */
+  coalesceMs?: number;
 }
 
 /** How the agent stands: what it has received and what it enforces. */
@@ -103,7 +108,9 @@ export class NodeAgent {
 
   #kick(): void {
     if (this.#running) return;
+    const delay = this.#o.coalesceMs ?? 25;
     this.#running = (async () => {
+      await new Promise((r) => setTimeout(r, delay));
       while (this.#wanted && this.#wanted.chain.revision > this.#applied) {
         const { chain, context } = this.#wanted;
         this.#wanted = undefined;

@@ -1,0 +1,227 @@
+import test from 'ava';
+import { generateKeyPairSync } from 'node:crypto';
+import { readdirSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
+import {
+  Action,
+  ApplyPolicyRequest,
+  INTENT_LIVE_SUBJECT,
+  LogEntry,
+  Policy,
+  Protocol,
+  encodeSignedLogEntry,
+  signLogEntry,
+  type Rule,
+} from '@edgeplane/proto';
+import { NatsServer } from '@edgeplane/intent-log';
+import { CONTROLLER_MAIN, FleetNetwork, type ControlPlane, type FleetNode } from '../../../test/support/fleet.js';
+import { call, clients } from '../../../test/support/grpc.js';
+import { Supervised } from '../../../test/support/supervisor.js';
+import { sh } from '../../../test/support/topology.js';
+
+let net: FleetNetwork;
+let nats: NatsServer;
+let controller: Supervised;
+let cp: ControlPlane;
+let c: ReturnType<typeof clients>;
+let nc: NatsConnection;
+const dir = mkdtempSync(join(tmpdir(), 'agent-test-'));
+
+test.before(async () => {
+  net = new FleetNetwork();
+  nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '0.0.0.0' });
+  controller = await Supervised.start('controller', {
+    command: process.execPath,
+    args: [CONTROLLER_MAIN, '--insecure', '--listen', '0.0.0.0:0', '--nats', `nats://127.0.0.1:${nats.port}`, '--data-dir', join(dir, 'ctl'), '--heartbeat-interval', '1', '--counter-interval', '1', '--rule-growth-guard', '100000'],
+    readyEvent: 'ready',
+  });
+  const grpcPort = Number(String(controller.ready.grpc).split(':').pop());
+  cp = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey) };
+  c = clients(`127.0.0.1:${grpcPort}`);
+  nc = await connect({ servers: `nats://127.0.0.1:${nats.port}` });
+});
+
+test.after.always(async () => {
+  c?.close();
+  await nc?.close();
+  await net?.remove();
+  await controller?.stop();
+  await nats?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function until(what: string, pred: () => Promise<boolean> | boolean, ms = 15_000, node?: FleetNode): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await pred())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${node?.agent?.output ?? ''}\n${controller.output}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function nodeStatus(name: string) {
+  return (await call(c.fleet, c.fleet.getNode, { name }).catch(() => undefined))?.node?.status;
+}
+
+async function apply(policy: Policy): Promise<bigint> {
+  return (await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy, allowLargeGrowth: true }))).revision;
+}
+
+function icmpDeny(name: string, selector: Record<string, string>, source: string): Policy {
+  return Policy.fromPartial({
+    metadata: { name },
+    spec: { nodeSelector: { matchLabels: selector }, defaultAction: Action.ACTION_ALLOW, rules: [{ priority: 10, name: 'no-ping', sourceCidrs: [`${source}/32`], protocol: Protocol.PROTOCOL_ICMP, action: Action.ACTION_DENY }] },
+  });
+}
+
+const appliedLines = (node: FleetNode): number => (node.agent?.output.match(/"msg":"applied"/g) ?? []).length;
+
+let node: FleetNode;
+
+test.serial('agent - a policy that selects the node is enforced on real packets and the controller shows the ACK', async (t) => {
+  node = net.addNode(1, 'edge-1');
+  await node.startAgent(cp, { role: 'edge', site: 'ams1' });
+  await until('the agent to connect', async () => (await nodeStatus('edge-1'))?.connected === true, 15_000, node);
+  t.is(await node.ping(0), 3, 'no policy yet: pings pass');
+  const revision = await apply(icmpDeny('no-ping-edge', { role: 'edge' }, node.sources[0]));
+  await until('the ACK', async () => (await nodeStatus('edge-1'))?.appliedRevision === revision, 15_000, node);
+  t.is(await node.ping(0), 0, 'the denied source gets no replies');
+  t.is(await node.ping(1), 3, 'the other source still does');
+  await until('counters at the controller', async () => {
+    const r = await call(c.fleet, c.fleet.getPolicyCounters, { policy: 'no-ping-edge', nodeLabelSelector: '', perNode: true });
+    return (r.fleet[0]?.packets ?? 0n) >= 3n;
+  });
+  const status = await call(c.fleet, c.fleet.getRevisionStatus, { revision, nodeLabelSelector: 'role=edge' });
+  t.like(status, { nodesTotal: 1, nodesApplied: 1, nodesFailed: 0 });
+});
+
+test.serial('agent - a policy whose selector does not match changes nothing on the node', async (t) => {
+  const revision = await apply(icmpDeny('core-only', { role: 'core' }, node.sources[1]));
+  await until('the node to reach the revision', async () => (await nodeStatus('edge-1'))?.appliedRevision === revision, 15_000, node);
+  t.is(await node.ping(1), 3, 'a policy for role=core does not touch role=edge');
+  t.is(await node.ping(0), 0);
+});
+
+test.serial('agent - cut off while 50 entries land, it converges on the exact revision and applies once', async (t) => {
+  await until('steady', async () => (await nodeStatus('edge-1'))?.connected === true);
+  node.mgmt('down');
+  let last = 0n;
+  for (let i = 0; i < 50; i++) {
+    last = await apply(Policy.fromPartial({ metadata: { name: 'churn' }, spec: { nodeSelector: { matchLabels: { role: 'edge' } }, rules: [{ priority: 100, protocol: Protocol.PROTOCOL_UDP, destinationPorts: [{ first: 2000 + i }], action: Action.ACTION_DENY }] } }));
+  }
+  await new Promise((r) => setTimeout(r, 500));
+  const before = appliedLines(node);
+  t.not((await nodeStatus('edge-1'))?.appliedRevision, last);
+  node.mgmt('up');
+  await until('convergence', async () => (await nodeStatus('edge-1'))?.appliedRevision === last, 30_000, node);
+  await new Promise((r) => setTimeout(r, 500));
+  t.is(appliedLines(node) - before, 1, `one apply for 50 entries\n${node.agent?.output}`);
+  t.regex(node.agent!.output, new RegExp(`"msg":"applied","revision":"${last}"`));
+});
+
+test.serial('agent - kill -9 under traffic: denied stays denied, allowed keeps flowing, program id unchanged', async (t) => {
+  const idBefore = node.xdpProgramId();
+  t.true(idBefore > 0);
+  const count = 40;
+  const denied = net.topo.ping(net.inet, node.uplinkIp, { count, source: node.sources[0], intervalS: 0.05, waitS: 1 });
+  const allowed = net.topo.ping(net.inet, node.uplinkIp, { count, source: node.sources[1], intervalS: 0.05, waitS: 1 });
+  await new Promise((r) => setTimeout(r, 400));
+  await node.agent!.kill('SIGKILL');
+  await new Promise((r) => setTimeout(r, 800));
+  t.is(node.xdpProgramId(), idBefore, 'still attached while the agent is dead');
+  await node.agent!.start();
+  t.is(await denied, 0, 'no denied packet passed');
+  t.is(await allowed, count, 'every allowed packet passed');
+  t.is(node.xdpProgramId(), idBefore, 'the restarted agent re-adopted the same program');
+  t.true(node.agent!.ready.adopted as boolean);
+  t.is(node.agent!.ready.xdpProgramId, idBefore);
+});
+
+function dumpMaps(pinDir: string): string {
+  return readdirSync(pinDir)
+    .sort()
+    .map((f) => {
+      try {
+        return `${f}\n${sh('bpftool', ['map', 'dump', 'pinned', join(pinDir, f)])}`;
+      } catch {
+        return `${f} (not a map)`;
+      }
+    })
+    .join('\n');
+}
+
+test.serial('agent - an entry that cannot be applied is NACKed with the reason; the maps stay byte for byte', async (t) => {
+  await until('connected', async () => (await nodeStatus('edge-1'))?.connected === true, 15_000, node);
+  const big = (name: string, base: number): Policy =>
+    Policy.fromPartial({
+      metadata: { name },
+      spec: { nodeSelector: { matchLabels: { role: 'edge' } }, rules: Array.from({ length: 33_000 }, (_, i): Partial<Rule> => ({ priority: base + i, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 1 + (i % 65000) }], action: Action.ACTION_DENY })) },
+    });
+  t.teardown(async () => {
+    await call(c.intent, c.intent.deletePolicy, { name: 'big-b', validateOnly: false, allowMissing: true });
+    const fixed = (await call(c.intent, c.intent.deletePolicy, { name: 'big-a', validateOnly: false, allowMissing: true })).revision;
+    await until('recovery', async () => (await nodeStatus('edge-1'))?.appliedRevision === fixed, 30_000, node);
+  });
+  // 33,000 rules fit: applied.
+  const fits = await apply(big('big-a', 100_000));
+  await until('the first large policy', async () => (await nodeStatus('edge-1'))?.appliedRevision === fits, 60_000, node);
+  const dumps = () => dumpMaps(join(node.pinRoot, 'uplink')) + dumpMaps(join(node.pinRoot, 'workload'));
+  const mapsBefore = dumps();
+  // Another 33,000 on top do not.
+  const revision = await apply(big('big-b', 200_000));
+  await until('the NACK', async () => (await nodeStatus('edge-1'))?.lastErrorRevision === revision, 30_000, node);
+  const status = (await nodeStatus('edge-1'))!;
+  t.regex(status.lastError, /660\d\d uplink rules select this node; the datapath holds 65536/);
+  t.is(status.appliedRevision, fits, 'the previous revision is still the applied one');
+  t.is(dumps(), mapsBefore, 'no map changed');
+  t.is(await node.ping(0), 0, 'the previous policy is still enforced');
+  const rs = await call(c.fleet, c.fleet.getRevisionStatus, { revision, nodeLabelSelector: '' });
+  t.is(rs.nodesFailed, 1);
+});
+
+test.serial('agent - a tampered or unsigned entry injected on NATS is rejected, reported, and changes nothing', async (t) => {
+  const status = (await nodeStatus('edge-1'))!;
+  const rogue = generateKeyPairSync('ed25519');
+  const forged = signLogEntry(
+    LogEntry.fromPartial({ revision: status.appliedRevision + 1n, previousHash: Buffer.alloc(32), change: { upserts: [], deletes: ['no-ping-edge'] } }),
+    rogue.privateKey,
+  );
+  const h = headers();
+  h.set('Nats-Sequence', String(status.appliedRevision + 1n));
+  nc.publish(INTENT_LIVE_SUBJECT, encodeSignedLogEntry(forged), { headers: h });
+  nc.publish(INTENT_LIVE_SUBJECT, new Uint8Array([1, 2, 3]), { headers: h });
+  await nc.flush();
+  await until('the rejection report', async () => /rejected log message/.test((await nodeStatus('edge-1'))?.lastError ?? ''), 15_000, node);
+  t.regex((await nodeStatus('edge-1'))!.lastError, /not trusted|decod/);
+  t.is((await nodeStatus('edge-1'))!.appliedRevision, status.appliedRevision);
+  t.is(await node.ping(0), 0, 'the forged delete did not lift the deny');
+  // The real log still flows afterwards.
+  const revision = await apply(icmpDeny('after-forgery', { role: 'nobody' }, node.sources[1]));
+  await until('the next real revision', async () => (await nodeStatus('edge-1'))?.appliedRevision === revision, 15_000, node);
+  t.pass();
+});
+
+test.serial('agent - an uplink that is deleted and recreated gets its program back', async (t) => {
+  node.recreateUplink();
+  t.is(node.xdpProgramId(), 0);
+  await until('re-attach', () => node.xdpProgramId() > 0, 10_000, node);
+  t.is(await node.ping(0), 0);
+  t.is(await node.ping(1), 3);
+});
+
+test.serial('agent - boots with NATS and controller unreachable and enforces the state file', async (t) => {
+  await node.agent!.kill('SIGKILL');
+  node.wipeDatapath();
+  t.is(node.xdpProgramId(), 0);
+  t.is(await node.ping(0), 3, 'a rebooted node with no agent enforces nothing');
+  node.mgmt('down');
+  await node.startAgent(cp, { role: 'edge', site: 'ams1' });
+  t.false(node.agent!.ready.adopted as boolean, 'fresh programs: nothing was pinned');
+  await until('attach', () => node.xdpProgramId() > 0, 10_000, node);
+  t.is(await node.ping(0), 0, 'the last applied revision is enforced without NATS or controller');
+  t.is(await node.ping(1), 3);
+  node.mgmt('up');
+  await until('reconnect', async () => (await nodeStatus('edge-1'))?.connected === true, 20_000, node);
+});

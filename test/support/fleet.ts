@@ -1,0 +1,182 @@
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Supervised } from './supervisor.js';
+import { Topology, sh } from './topology.js';
+
+export const AGENT_MAIN = fileURLToPath(new URL('../../services/node-agent/dist/main.js', import.meta.url));
+export const CONTROLLER_MAIN = fileURLToPath(new URL('../../services/controller/dist/main.js', import.meta.url));
+
+/**
+ * A test fleet's network: an "internet" namespace (traffic sources), and per node a namespace
+ * with three links:
+ *   mgmt  - to the root namespace, where NATS and the controller listen (never filtered),
+ *   up0   - uplink to the internet namespace (XDP),
+ *   wl0   - workload link to a namespace of its own (TC).
+ * Addresses: internet side of node i's uplink 172.31.i.1/24 (plus .3 as a second source),
+ * node side 172.31.i.2; workload 172.30.i.1 (node) / 172.30.i.2 (workload); management a /30
+ * per node from a 10.x.y.0/24 chosen per topology, so concurrent test files never collide.
+ */
+export class FleetNetwork {
+  readonly topo = new Topology();
+  readonly inet: string;
+  readonly nodes: FleetNode[] = [];
+  readonly pinBase: string;
+  readonly stateBase: string;
+  #mgmtPrefix: string;
+
+  constructor() {
+    this.inet = this.topo.namespace('inet');
+    const b = Buffer.from(this.topo.id, 'hex');
+    this.#mgmtPrefix = `10.${100 + (b[0]! % 100)}.${b[1]!}`;
+    this.pinBase = `/run/edgeplane-test/${this.topo.id}`;
+    this.stateBase = mkdtempSync(join(tmpdir(), `ep-fleet-${this.topo.id}-`));
+  }
+
+  /** Adds node `i` (1..60) with its namespaces and links. */
+  addNode(i: number, name: string): FleetNode {
+    const ns = this.topo.namespace(`n${i}`);
+    const wl = this.topo.namespace(`w${i}`);
+    const mgmtRoot = this.topo.name(`m${i}r`);
+    const hostIp = `${this.#mgmtPrefix}.${4 * i + 1}`;
+    const nodeIp = `${this.#mgmtPrefix}.${4 * i + 2}`;
+    this.topo.veth({ name: mgmtRoot, address: `${hostIp}/30` }, { ns, name: 'mgmt', address: `${nodeIp}/30` });
+    const inetIf = this.topo.name(`u${i}`);
+    this.topo.veth({ ns: this.inet, name: inetIf, address: `172.31.${i}.1/24` }, { ns, name: 'up0', address: `172.31.${i}.2/24` });
+    this.topo.exec(this.inet, 'ip', ['addr', 'add', `172.31.${i}.3/24`, 'dev', inetIf]);
+    this.topo.veth({ ns, name: 'wl0', address: `172.30.${i}.1/24` }, { ns: wl, name: 'eth0', address: `172.30.${i}.2/24` });
+    const node = new FleetNode(this, { index: i, name, ns, workloadNs: wl, mgmtRoot, hostIp, nodeIp, pinRoot: join(this.pinBase, name), stateDir: join(this.stateBase, name) });
+    this.nodes.push(node);
+    return node;
+  }
+
+  /** Stops agents, removes namespaces and links, unmounts pin roots. Never throws. */
+  async remove(): Promise<void> {
+    for (const n of this.nodes) await n.agent?.stop(3000).catch(() => undefined);
+    this.topo.remove();
+    for (const n of this.nodes) n.unmountPins();
+    rmSync(this.pinBase, { recursive: true, force: true });
+    rmSync(this.stateBase, { recursive: true, force: true });
+  }
+}
+
+/** Where an agent finds the control plane. */
+export interface ControlPlane {
+  natsPort: number;
+  grpcPort: number;
+  publicKeyB64: string;
+}
+
+/** One node of a {@link FleetNetwork}. */
+export class FleetNode {
+  readonly index: number;
+  readonly name: string;
+  readonly ns: string;
+  readonly workloadNs: string;
+  readonly mgmtRoot: string;
+  readonly hostIp: string;
+  readonly nodeIp: string;
+  readonly pinRoot: string;
+  readonly stateDir: string;
+  agent: Supervised | undefined;
+  #net: FleetNetwork;
+
+  constructor(net: FleetNetwork, o: { index: number; name: string; ns: string; workloadNs: string; mgmtRoot: string; hostIp: string; nodeIp: string; pinRoot: string; stateDir: string }) {
+    this.#net = net;
+    this.index = o.index;
+    this.name = o.name;
+    this.ns = o.ns;
+    this.workloadNs = o.workloadNs;
+    this.mgmtRoot = o.mgmtRoot;
+    this.hostIp = o.hostIp;
+    this.nodeIp = o.nodeIp;
+    this.pinRoot = o.pinRoot;
+    this.stateDir = o.stateDir;
+    mkdirSync(this.stateDir, { recursive: true });
+  }
+
+  /** The node's uplink address, as seen from the internet namespace. */
+  get uplinkIp(): string {
+    return `172.31.${this.index}.2`;
+  }
+
+  /** The two source addresses the internet namespace has on this node's link. */
+  get sources(): [string, string] {
+    return [`172.31.${this.index}.1`, `172.31.${this.index}.3`];
+  }
+
+  /** Starts (or restarts) the agent in the node's network namespace. */
+  async startAgent(cp: ControlPlane, labels: Record<string, string>, extra: string[] = []): Promise<Supervised> {
+    const args = [
+      AGENT_MAIN,
+      '--node-name', this.name,
+      '--labels', Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(','),
+      '--controller', `${this.hostIp}:${cp.grpcPort}`,
+      '--nats', `nats://${this.hostIp}:${cp.natsPort}`,
+      '--interface', 'up0=uplink',
+      '--interface', 'wl0=workload',
+      '--pin-root', this.pinRoot,
+      '--state-dir', this.stateDir,
+      '--trusted-key', cp.publicKeyB64,
+      '--insecure',
+      '--heartbeat-interval', '1',
+      '--counter-interval', '1',
+      '--interface-check', '1',
+      ...extra,
+    ];
+    // nsenter --net keeps the host's mount namespace, so the agent's bpffs (and its pins)
+    // outlive the agent; `ip netns exec` would mount a private one that dies with it.
+    this.agent = await Supervised.start(`agent-${this.name}`, { command: 'nsenter', args: [`--net=/run/netns/${this.ns}`, '--', process.execPath, ...args], readyEvent: 'ready' });
+    return this.agent;
+  }
+
+  /** Cuts (or restores) the node's management link: NATS and controller unreachable. */
+  mgmt(state: 'up' | 'down'): void {
+    this.#net.topo.link(this.ns, 'mgmt', state);
+  }
+
+  /** Deletes the uplink veth pair and creates it again (new ifindex, nothing attached). */
+  recreateUplink(): void {
+    const inetIf = this.#net.topo.name(`u${this.index}`);
+    sh('ip', ['-n', this.#net.inet, 'link', 'del', inetIf]);
+    this.#net.topo.veth({ ns: this.#net.inet, name: inetIf, address: `172.31.${this.index}.1/24` }, { ns: this.ns, name: 'up0', address: `172.31.${this.index}.2/24` });
+    this.#net.topo.exec(this.#net.inet, 'ip', ['addr', 'add', `172.31.${this.index}.3/24`, 'dev', inetIf]);
+  }
+
+  /** The XDP program id on the uplink (0 if none). */
+  xdpProgramId(): number {
+    const out = sh('ip', ['-n', this.ns, '-j', '-d', 'link', 'show', 'up0']);
+    const j = JSON.parse(out) as { xdp?: { prog?: { id: number } } }[];
+    return j[0]?.xdp?.prog?.id ?? 0;
+  }
+
+  /** Replies out of `count` pings from the internet side, from source 0 or 1. */
+  ping(source: 0 | 1, count = 3): Promise<number> {
+    return this.#net.topo.ping(this.#net.inet, this.uplinkIp, { count, source: this.sources[source], intervalS: 0.1, waitS: 1 });
+  }
+
+  /** What a reboot does to the datapath: programs detached, pins gone. */
+  wipeDatapath(): void {
+    try {
+      sh('ip', ['-n', this.ns, 'link', 'set', 'dev', 'up0', 'xdp', 'off']);
+    } catch {
+      // nothing attached
+    }
+    try {
+      sh('ip', ['netns', 'exec', this.ns, 'tc', 'qdisc', 'del', 'dev', 'wl0', 'clsact']);
+    } catch {
+      // nothing attached
+    }
+    this.unmountPins();
+    rmSync(this.pinRoot, { recursive: true, force: true });
+  }
+
+  unmountPins(): void {
+    try {
+      sh('umount', [this.pinRoot]);
+    } catch {
+      // not mounted
+    }
+  }
+}
