@@ -83,13 +83,14 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
     closers.push(() => clearInterval(watcher));
 
     const trusted = new Map(config.trustedKeys.map((k) => [keyIdOf(k), k]));
-    let link: ControllerLink | undefined;
+    // The agent reports through the link, and the link's hello reads the agent: tie the knot.
+    const linkRef: { link?: ControllerLink } = {};
     const agent = new NodeAgent({
       nodeName: config.nodeName,
       labels: config.labels,
       datapaths,
       stateFile: new StateFile(join(config.stateDir, 'applied.json')),
-      report: (r) => link?.report(r),
+      report: (r) => linkRef.link?.report(r),
       log,
     });
     const booted = await agent.boot();
@@ -113,7 +114,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
           programId: dp ? (role === 'uplink' ? dp.xdpProgram.id : dp.tcProgram.id) : 0,
         };
       });
-    link = new ControllerLink({
+    const link = new ControllerLink({
       address: config.controller,
       credentials: credentials(config),
       heartbeatIntervalMs: config.heartbeatIntervalMs,
@@ -130,8 +131,9 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       counters: () => agent.counterDeltas(),
       onStateChange: (up, reason) => log('info', up ? 'controller connected' : 'controller disconnected', { reason }),
     });
+    linkRef.link = link;
     link.start();
-    closers.push(() => link?.close());
+    closers.push(() => link.close());
 
     process.stdout.write(
       JSON.stringify({
@@ -174,7 +176,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
           advanced: (_revision, entries) => agent.intentAdvanced(follower!.chain, entries),
           rejected: (reason, claimed) => {
             log('warn', 'rejected log message', { reason, claimedRevision: claimed === undefined ? undefined : String(claimed) });
-            link?.report({ revision: claimed ?? 0n, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: `rejected log message: ${reason}`, appliedRevision: agent.status.applied, time: new Date(), traceContext: undefined, applyDuration: undefined });
+            link.report({ revision: claimed ?? 0n, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: `rejected log message: ${reason}`, appliedRevision: agent.status.applied, time: new Date(), traceContext: undefined, applyDuration: undefined });
           },
           resynced: (from, to, reason) => log('warn', 'resynced the intent log', { from: String(from), to: String(to), reason }),
           error: (message, err) => log('error', message, { error: (err as Error)?.message }),
