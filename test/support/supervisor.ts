@@ -21,6 +21,7 @@ export class Supervised {
   #child: ChildProcess | undefined;
   #output: string[] = [];
   #ready: Record<string, unknown> | undefined;
+  #listeners = new Set<(line: string) => void>();
   readonly name: string;
 
   constructor(name: string, options: SuperviseOptions) {
@@ -49,6 +50,15 @@ export class Supervised {
     return this.#output.slice(-300).map((l) => `[${this.name}] ${l}`).join('\n');
   }
 
+  /**
+   * Calls `listener` with every output line (stdout and stderr) from now on, across restarts:
+   * `output` keeps only the newest lines, a listener sees them all. Returns the unsubscribe.
+   */
+  onLine(listener: (line: string) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
   /** Starts (again) with the same options. */
   async start(): Promise<void> {
     const o = this.#options;
@@ -68,6 +78,7 @@ export class Supervised {
           this.#output.push(`${tag} ${line}`);
           if (this.#output.length > 2000) this.#output.splice(0, 1000);
           for (const l of lines) l(line);
+          for (const l of this.#listeners) l(line);
         }
       });
     };
