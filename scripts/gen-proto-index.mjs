@@ -6,7 +6,9 @@ import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 
 const root = new URL('../proto/', import.meta.url).pathname;
-const skip = new Set(['DeepPartial', 'Exact', 'MessageFns', 'protobufPackage', 'protobufFileName', 'Builtin', 'KeysOfUnion']);
+const skip = new Set(['Exact', 'MessageFns', 'protobufPackage', 'protobufFileName', 'Builtin', 'KeysOfUnion']);
+// Helper types every generated file declares alike: exported once, from the first file.
+const once = new Set(['DeepPartial']);
 
 function walk(dir) {
   return readdirSync(dir).sort().flatMap((name) => {
@@ -35,6 +37,7 @@ for (const file of [...walk(join(root, 'gen')), ...walk(join(root, 'src'))]) {
   const out = [];
   for (const name of names) {
     const other = seen.get(name);
+    if (other && once.has(name)) continue;
     if (other) throw new Error(`${name} is exported by both ${other} and ${file}`);
     seen.set(name, file);
     out.push(values.has(name) ? name : `type ${name}`);

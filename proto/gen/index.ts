@@ -11,6 +11,7 @@ export {
   ConnectResponse,
   ControllerWelcome,
   CounterReport,
+  type DeepPartial,
   Heartbeat,
   RevisionReport,
   TrustedKey,

@@ -116,7 +116,7 @@ test('IntentService - Apply then Get round-trips a policy with IPv6 rules and 64
   t.is(applied.revision, 18_446_744_073_709_551_000n);
   t.true(applied.created);
 
-  const got = await unary(client.getPolicy.bind(client), { name: 'edge-web' });
+  const got = await unary<{ name: string }, GetPolicyResponse>(client.getPolicy.bind(client), { name: 'edge-web' });
   t.is(got.revision, 18_446_744_073_709_551_000n);
   t.is(got.policy?.metadata?.resourceVersion, 18_446_744_073_709_551_000n);
   t.deepEqual(got.policy?.spec, policy.spec);

@@ -14,6 +14,8 @@ import {
   parseLabelSelector,
   validateLabelSelector,
   validatePolicy,
+  type DeepPartial,
+  type LabelSelector,
   type Rule,
 } from '@edgeplane/proto';
 
@@ -36,7 +38,7 @@ test('cidr - canonical IPv4 and IPv6 CIDRs parse to network bytes', (t) => {
 });
 
 test('cidr - malformed and non-canonical spellings are refused with the canonical form', (t) => {
-  const cases: [string, string, RegExp?][] = [
+  const cases: [string, 'MALFORMED_CIDR' | 'NON_CANONICAL_CIDR', RegExp?][] = [
     ['10.0.0.1/8', 'NON_CANONICAL_CIDR', /host bits set; write 10\.0\.0\.0\/8/],
     ['2001:DB8::/32', 'NON_CANONICAL_CIDR', /write 2001:db8::\/32/],
     ['2001:db8:0:0:0:0:0:0/32', 'NON_CANONICAL_CIDR', /write 2001:db8::\/32/],
@@ -82,7 +84,7 @@ test('label selector - bad text names the term', (t) => {
 });
 
 test('label selector - selectors that can never match are found', (t) => {
-  const cannot = [
+  const cannot: LabelSelector[] = [
     { matchLabels: { a: 'x' }, matchExpressions: [{ key: 'a', operator: Op.OPERATOR_DOES_NOT_EXIST, values: [] }] },
     { matchLabels: { a: 'x' }, matchExpressions: [{ key: 'a', operator: Op.OPERATOR_NOT_IN, values: ['x'] }] },
     { matchLabels: {}, matchExpressions: [{ key: 'a', operator: Op.OPERATOR_IN, values: ['x'] }, { key: 'a', operator: Op.OPERATOR_IN, values: ['y'] }] },
@@ -90,12 +92,12 @@ test('label selector - selectors that can never match are found', (t) => {
     { matchLabels: { a: 'x' }, matchExpressions: [{ key: 'a', operator: Op.OPERATOR_IN, values: ['y', 'z'] }] },
   ];
   for (const s of cannot) t.is(validateLabelSelector(s, 'sel')[0]?.reason, 'SELECTOR_CANNOT_MATCH', formatLabelSelector(s));
-  const can = { matchLabels: { a: 'x' }, matchExpressions: [{ key: 'a', operator: Op.OPERATOR_IN, values: ['x', 'y'] }, { key: 'b', operator: Op.OPERATOR_NOT_IN, values: ['x'] }] };
+  const can: LabelSelector = { matchLabels: { a: 'x' }, matchExpressions: [{ key: 'a', operator: Op.OPERATOR_IN, values: ['x', 'y'] }, { key: 'b', operator: Op.OPERATOR_NOT_IN, values: ['x'] }] };
   t.deepEqual(validateLabelSelector(can, 'sel'), []);
 });
 
-function policy(rules: Partial<Rule>[], extra: Partial<Policy['spec']> = {}): Policy {
-  return Policy.fromPartial({ metadata: { name: 'p1' }, spec: { rules, defaultAction: Action.ACTION_DENY, ...extra } });
+function policy(rules: DeepPartial<Rule>[], extra: DeepPartial<NonNullable<Policy['spec']>> = {}): Policy {
+  return Policy.fromPartial({ metadata: { name: 'p1' }, spec: { rules, defaultAction: Action.ACTION_DENY, ...extra } } as Policy);
 }
 
 test('policy validation - a complete valid policy has no violations', (t) => {

@@ -170,7 +170,7 @@ test.serial('FleetService - nodes list by label and watch streams changes', asyn
 
 test('health - every service reports SERVING', async (t) => {
   const Health = grpc.makeClientConstructor(healthService, 'grpc.health.v1.Health');
-  const h = new Health(env.controller.address, grpc.credentials.createInsecure()) as grpc.Client & { check: (req: object, cb: (e: Error | null, r: { status: string }) => void) => void };
+  const h = new Health(env.controller.address, grpc.credentials.createInsecure()) as unknown as grpc.Client & { check: (req: object, cb: (e: Error | null, r: { status: string }) => void) => void };
   t.teardown(() => h.close());
   for (const service of ['', 'edgeplane.v1.IntentService', 'edgeplane.v1.AgentService']) {
     const res = await new Promise<{ status: string }>((resolve, reject) => h.check({ service }, (e, r) => (e ? reject(e) : resolve(r))));

@@ -5,8 +5,11 @@ import {
   ApplyPolicyRequest,
   type InterfaceRole,
   LabelSelectorRequirement_Operator as Op,
-  type Policy,
+  Policy,
   Protocol,
+  type DeepPartial,
+  type ObjectMeta,
+  type PolicySpec,
   type Rule,
 } from '@edgeplane/proto';
 import { call, clients, detailsOf } from '../../../test/support/grpc.js';
@@ -23,16 +26,11 @@ test.after.always(async () => {
   await env?.stop();
 });
 
-const ok: Partial<Rule> = { priority: 1, action: Action.ACTION_DENY };
-function withRules(...rules: Partial<Rule>[]): ApplyPolicyRequest {
-  return ApplyPolicyRequest.fromPartial({ policy: { metadata: { name: 'bad' }, spec: { rules } } });
-}
-function withSpec(spec: Parameters<typeof Policy.fromPartial>[0]['spec']): ApplyPolicyRequest {
-  return ApplyPolicyRequest.fromPartial({ policy: { metadata: { name: 'bad' }, spec: { rules: [ok], ...spec } } });
-}
-function withMeta(metadata: Parameters<typeof Policy.fromPartial>[0]['metadata']): ApplyPolicyRequest {
-  return ApplyPolicyRequest.fromPartial({ policy: { metadata, spec: { rules: [ok] } } });
-}
+const ok: DeepPartial<Rule> = { priority: 1, action: Action.ACTION_DENY };
+const request = (policy: DeepPartial<Policy>): ApplyPolicyRequest => ApplyPolicyRequest.fromPartial({ policy: Policy.fromPartial(policy as Policy) });
+const withRules = (...rules: DeepPartial<Rule>[]): ApplyPolicyRequest => request({ metadata: { name: 'bad' }, spec: { rules } });
+const withSpec = (spec: DeepPartial<PolicySpec>): ApplyPolicyRequest => request({ metadata: { name: 'bad' }, spec: { rules: [ok], ...spec } });
+const withMeta = (metadata: DeepPartial<ObjectMeta>): ApplyPolicyRequest => request({ metadata, spec: { rules: [ok] } });
 
 type Case = [title: string, run: () => Promise<unknown>, code: grpc.status, field?: string];
 const apply = (req: ApplyPolicyRequest) => () => call(c.intent, c.intent.applyPolicy, req);

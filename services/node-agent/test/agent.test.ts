@@ -157,7 +157,7 @@ test.serial('agent - an entry that cannot be applied is NACKed with the reason; 
   const big = (name: string, base: number): Policy =>
     Policy.fromPartial({
       metadata: { name },
-      spec: { nodeSelector: { matchLabels: { role: 'edge' } }, rules: Array.from({ length: 33_000 }, (_, i): Partial<Rule> => ({ priority: base + i, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 1 + (i % 65000) }], action: Action.ACTION_DENY })) },
+      spec: { nodeSelector: { matchLabels: { role: 'edge' } }, rules: Array.from({ length: 33_000 }, (_, i): Partial<Rule> => ({ priority: base + i, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 1 + (i % 65000), last: 0 }], action: Action.ACTION_DENY })) },
     });
   t.teardown(async () => {
     await call(c.intent, c.intent.deletePolicy, { name: 'big-b', validateOnly: false, allowMissing: true });
