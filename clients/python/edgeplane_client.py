@@ -1,0 +1,185 @@
+#!/usr/bin/python3
+"""A small edgeplane client in Python: apply a policy and list policies over gRPC.
+
+It shows that the wire contract in proto/ is all another language needs. Python stubs are not
+committed: they are generated at start-up into a temporary directory from
+proto/edgeplane/v1/*.proto and proto/google/rpc/*.proto with grpc_tools (Debian:
+python3-grpcio, python3-grpc-tools), then imported from there.
+
+Usage:
+  edgeplane_client.py --server HOST:PORT apply [-f POLICY.json | --name NAME]
+  edgeplane_client.py --server HOST:PORT list [-l SELECTOR]
+
+Output is JSON on stdout (the proto3 JSON mapping). When the controller rejects a request
+with INVALID_ARGUMENT, the google.rpc.Status in the `grpc-status-details-bin` trailer is
+decoded and its google.rpc.BadRequest field violations are printed as JSON on stdout.
+
+Exit codes: 0 success, 1 the controller refused the request or could not be reached,
+2 usage error.
+"""
+
+import argparse
+import glob
+import importlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+import grpc
+from google.protobuf import json_format
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_PROTO_ROOT = os.path.normpath(os.path.join(HERE, "..", "..", "proto"))
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+# proto3 `optional` (protoc >= 3.15) spelled as the synthetic oneof protoc itself makes of it:
+# Debian's python3-grpc-tools bundles libprotoc 3.5.1, which predates the keyword. The wire
+# format and field presence are the same.
+OPTIONAL_FIELD = re.compile(r"^(\s*)optional\s+(\S+)\s+(\w+)\s*=\s*(\d+)\s*;", re.MULTILINE)
+
+
+def generate_stubs(proto_root, work_dir):
+    """Runs protoc (from grpc_tools) over the edgeplane and google.rpc protos; returns the output folder."""
+    from grpc_tools import protoc
+
+    well_known = os.path.join(os.path.dirname(protoc.__file__), "_proto")
+    src = os.path.join(work_dir, "src")
+    out = os.path.join(work_dir, "out")
+    os.makedirs(out)
+    rel = []
+    for folder in (os.path.join("edgeplane", "v1"), os.path.join("google", "rpc")):
+        for path in sorted(glob.glob(os.path.join(proto_root, folder, "*.proto"))):
+            name = os.path.relpath(path, proto_root)
+            os.makedirs(os.path.join(src, folder), exist_ok=True)
+            with open(path, encoding="utf-8") as f:
+                text = OPTIONAL_FIELD.sub(r"\1oneof _\3 { \2 \3 = \4; }", f.read())
+            with open(os.path.join(src, name), "w", encoding="utf-8") as f:
+                f.write(text)
+            rel.append(name)
+    if not rel:
+        raise SystemExit(f"edgeplane_client: no .proto files under {proto_root}")
+    args = ["grpc_tools.protoc", f"-I{src}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}", *rel]
+    if protoc.main(args) != 0:
+        raise SystemExit(f"edgeplane_client: protoc failed on {proto_root}")
+    return out
+
+
+class Stubs:
+    """The generated modules, imported from a temporary directory that close() removes."""
+
+    def __init__(self, proto_root):
+        self.dir = tempfile.mkdtemp(prefix="edgeplane-py-")
+        try:
+            out = generate_stubs(proto_root, self.dir)
+            # `google` is a namespace package (google.protobuf comes from the system), so the
+            # generated google/rpc joins it once the directory is on sys.path.
+            sys.path.insert(0, out)
+            importlib.invalidate_caches()
+            self.policy = importlib.import_module("edgeplane.v1.policy_pb2")
+            self.intent = importlib.import_module("edgeplane.v1.intent_service_pb2")
+            self.intent_grpc = importlib.import_module("edgeplane.v1.intent_service_pb2_grpc")
+            self.status = importlib.import_module("google.rpc.status_pb2")
+            self.error_details = importlib.import_module("google.rpc.error_details_pb2")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def example_policy(name):
+    """A policy for role=edge nodes with an IPv6 and an IPv4 rule, in the proto3 JSON mapping."""
+    return {
+        "metadata": {"name": name, "labels": {"client": "python"}},
+        "spec": {
+            "description": "Applied by the Python client.",
+            "nodeSelector": {"matchLabels": {"role": "edge"}},
+            "defaultAction": "ACTION_ALLOW",
+            "rules": [
+                {
+                    "priority": 10,
+                    "name": "no-telnet-v6",
+                    "sourceCidrs": ["2001:db8::/32"],
+                    "protocol": "PROTOCOL_TCP",
+                    "destinationPorts": [{"first": 23, "last": 23}],
+                    "action": "ACTION_DENY",
+                },
+                {
+                    "priority": 20,
+                    "name": "no-telnet-v4",
+                    "sourceCidrs": ["198.51.100.0/24"],
+                    "protocol": "PROTOCOL_TCP",
+                    "destinationPorts": [{"first": 23, "last": 23}],
+                    "action": "ACTION_DENY",
+                },
+            ],
+        },
+    }
+
+
+def to_json(message):
+    return json_format.MessageToDict(message)
+
+
+def describe_error(stubs, err):
+    """A JSON-able description of a failed call, with field violations when there are any."""
+    out = {"error": err.code().name, "message": err.details()}
+    for key, value in err.trailing_metadata() or ():
+        if key != STATUS_DETAILS_KEY:
+            continue
+        status = stubs.status.Status.FromString(value)
+        violations = []
+        for detail in status.details:
+            bad = stubs.error_details.BadRequest()
+            if detail.Is(bad.DESCRIPTOR) and detail.Unpack(bad):
+                violations += [{"field": v.field, "description": v.description} for v in bad.field_violations]
+        out["fieldViolations"] = violations
+    return out
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(prog="edgeplane_client.py", description="Apply and list edgeplane policies over gRPC (plaintext).")
+    parser.add_argument("--server", default=os.environ.get("EDGEPLANE_SERVER", "127.0.0.1:7443"), help="controller address HOST:PORT")
+    parser.add_argument("--proto-root", default=DEFAULT_PROTO_ROOT, help="folder holding edgeplane/v1 and google/rpc protos")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each call, seconds")
+    sub = parser.add_subparsers(dest="command", required=True)
+    apply = sub.add_parser("apply", help="apply a policy")
+    source = apply.add_mutually_exclusive_group()
+    source.add_argument("-f", "--file", help="policy as JSON (proto3 JSON mapping); default: the built-in example")
+    source.add_argument("--name", default="python-example", help="name of the built-in example policy")
+    listing = sub.add_parser("list", help="list policies")
+    listing.add_argument("-l", "--selector", default="", help="label selector")
+    args = parser.parse_args(argv)
+
+    if args.command == "apply" and args.file:
+        with open(args.file, encoding="utf-8") as f:
+            policy_json = json.load(f)
+    elif args.command == "apply":
+        policy_json = example_policy(args.name)
+
+    stubs = Stubs(args.proto_root)
+    try:
+        with grpc.insecure_channel(args.server) as channel:
+            intent = stubs.intent_grpc.IntentServiceStub(channel)
+            try:
+                if args.command == "apply":
+                    policy = json_format.ParseDict(policy_json, stubs.policy.Policy())
+                    res = intent.ApplyPolicy(stubs.intent.ApplyPolicyRequest(policy=policy), timeout=args.timeout)
+                else:
+                    res = intent.ListPolicies(stubs.intent.ListPoliciesRequest(page_size=1000, label_selector=args.selector), timeout=args.timeout)
+            except grpc.RpcError as err:
+                print(json.dumps(describe_error(stubs, err), indent=2))
+                return 1
+            print(json.dumps(to_json(res), indent=2))
+            return 0
+    finally:
+        stubs.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
