@@ -1,0 +1,144 @@
+// The compose deployment, validated as far as a machine without a container engine allows:
+// docker-compose checks the file against the compose schema, and the NATS cluster and
+// controller flags the file gives its services are run here on the local nats-server and
+// controller, on free ports, to show they form a JetStream cluster holding a 3-replica log.
+import test from 'ava';
+import { execFile, execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { parse as parseYaml } from 'yaml';
+import { connect } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { ApplyPolicyRequest, INTENT_STREAM, Policy, Protocol, Action } from '@edgeplane/proto';
+import { freePort } from '@edgeplane/intent-log';
+import { CONTROLLER_MAIN } from './support/fleet.js';
+import { call, clients } from './support/grpc.js';
+import { Supervised } from './support/supervisor.js';
+import { until } from './support/control-plane.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const CHECK = join(ROOT, 'scripts', 'check-compose');
+const COMPOSE_FILE = join(ROOT, 'deploy', 'compose', 'docker-compose.yml');
+const run = promisify(execFile);
+
+function installed(cmd: string, args: string[]): boolean {
+  try {
+    execFileSync(cmd, args, { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const hasCompose = installed('docker-compose', ['version']);
+const hasNats = installed('nats-server', ['--version']);
+if (!hasCompose) console.warn('compose tests skipped: docker-compose is not installed (Debian: apt install docker-compose); scripts/check-compose cannot run');
+if (!hasNats) console.warn('compose cluster test skipped: nats-server is not installed');
+
+/** Runs scripts/check-compose; resolves with exit code and output. */
+async function check(file?: string): Promise<{ code: number; out: string }> {
+  try {
+    const { stdout, stderr } = await run(CHECK, file ? [file] : [], { timeout: 60_000 });
+    return { code: 0, out: stdout + stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === 'number' ? e.code : -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` };
+  }
+}
+
+(hasCompose ? test : test.skip)('compose - scripts/check-compose accepts deploy/compose/docker-compose.yml', async (t) => {
+  const r = await check();
+  t.is(r.code, 0, r.out);
+  t.regex(r.out, /is valid/);
+});
+
+(hasCompose ? test : test.skip)('compose - scripts/check-compose rejects a file docker-compose cannot use', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'compose-bad-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const bad = join(dir, 'docker-compose.yml');
+  writeFileSync(bad, readFileSync(COMPOSE_FILE, 'utf8').replace('privileged: true', 'privileged: true\n    privilegd: true'));
+  const r = await check(bad);
+  t.is(r.code, 1, r.out);
+  t.regex(r.out, /privilegd/);
+});
+
+interface ComposeFile {
+  services: Record<string, { command?: string[]; environment?: Record<string, string> }>;
+}
+
+(hasNats ? test.serial : test.serial.skip)('compose - the NATS cluster flags form a JetStream cluster that keeps a 3-replica log writable after losing a server', async (t) => {
+  const compose = parseYaml(readFileSync(COMPOSE_FILE, 'utf8'), { merge: true }) as ComposeFile;
+  const names = ['nats-1', 'nats-2', 'nats-3'];
+  const dir = mkdtempSync(join(tmpdir(), 'compose-cluster-'));
+  const servers: Supervised[] = [];
+  const live: { controller?: Supervised; api?: ReturnType<typeof clients> } = {};
+  t.teardown(async () => {
+    live.api?.close();
+    await live.controller?.stop(3000);
+    for (const s of servers) await s.stop(3000);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  // The file's flags, with its fixed container ports and host names mapped to free local ports.
+  const ports = new Map<string, { client: number; cluster: number; http: number }>();
+  for (const n of names) ports.set(n, { client: await freePort(), cluster: await freePort(), http: await freePort() });
+  for (const n of names) {
+    const p = ports.get(n)!;
+    const args = (compose.services[n]?.command ?? []).map((a) =>
+      a
+        .replace(/^--port=4222$/, `--port=${p.client}`)
+        .replace(/^--http_port=8222$/, `--http_port=${p.http}`)
+        .replace(/^--store_dir=\/data$/, `--store_dir=${join(dir, n)}`)
+        .replace(/^--cluster=nats:\/\/0\.0\.0\.0:6222$/, `--cluster=nats://127.0.0.1:${p.cluster}`)
+        .replace(/nats:\/\/(nats-\d):6222/g, (_, peer: string) => `nats://127.0.0.1:${ports.get(peer)!.cluster}`),
+    );
+    t.true(args.includes('--jetstream') && args.some((a) => a.startsWith('--routes=')), `${n} runs JetStream in a cluster: ${args.join(' ')}`);
+    t.false(args.some((a) => /6222|4222|8222|\/data/.test(a)), `every fixed port and path was mapped: ${args.join(' ')}`);
+    servers.push(await Supervised.start(n, { command: 'nats-server', args: ['-a', '127.0.0.1', ...args] }));
+  }
+  const urls = names.map((n) => `nats://127.0.0.1:${ports.get(n)!.client}`);
+
+  // The controller with the file's flags, the addresses, key and data directory made local.
+  const ctlArgs = (compose.services['controller-1']?.command ?? [])
+    .filter((a) => !a.endsWith('.js'))
+    .map((a) =>
+      a
+        .replace(/^--listen=.*/, '--listen=127.0.0.1:0')
+        .replace(/^--nats=.*/, `--nats=${urls.join(',')}`)
+        .replace(/^--signing-key=.*/, `--signing-key=${join(dir, 'signing-key.pem')}`)
+        .replace(/^--data-dir=.*/, `--data-dir=${join(dir, 'ctl')}`),
+    );
+  t.true(ctlArgs.includes('--stream-replicas=3'));
+  const controller = (live.controller = await Supervised.start('controller', { command: process.execPath, args: [CONTROLLER_MAIN, '--insecure', '--shutdown-grace=1', ...ctlArgs], readyEvent: 'ready', readyTimeoutMs: 60_000 }));
+  const c = (live.api = clients(String(controller.ready.grpc)));
+  const apply = (name: string) =>
+    call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
+      policy: Policy.fromPartial({ metadata: { name }, spec: { nodeSelector: { matchLabels: { role: 'edge' } }, rules: [{ priority: 1, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 23, last: 23 }], action: Action.ACTION_DENY }] } }),
+    }));
+  const first = await apply('compose-one');
+  t.is(first.revision, 1n);
+
+  const nc = await connect({ servers: urls });
+  t.teardown(() => nc.close());
+  const jsm = await jetstreamManager(nc);
+  const info = await jsm.streams.info(INTENT_STREAM);
+  t.is(info.config.num_replicas, 3, 'the log is created with 3 replicas');
+  await until('two current followers', async () => {
+    const i = await jsm.streams.info(INTENT_STREAM);
+    return (i.cluster?.replicas ?? []).filter((r) => r.current).length === 2;
+  }, 20_000, () => servers.map((s) => s.output).join('\n'));
+
+  // One server dies: the other two are a quorum, and the log takes writes again.
+  const leader = (await jsm.streams.info(INTENT_STREAM)).cluster?.leader;
+  const victim = servers.find((s) => s.name !== leader) ?? servers[0]!;
+  await victim.kill('SIGKILL');
+  let second: bigint | undefined;
+  await until('a write with one server down', async () => {
+    second = (await apply('compose-two').catch(() => undefined))?.revision;
+    return second !== undefined;
+  }, 30_000, () => `${controller.output}\n${servers.map((s) => s.output).join('\n')}`);
+  t.is(second, 2n);
+});
