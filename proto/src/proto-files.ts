@@ -13,6 +13,7 @@ export const PROTO_FILES: readonly string[] = [
   'edgeplane/v1/policy.proto',
   'edgeplane/v1/node.proto',
   'edgeplane/v1/counters.proto',
+  'edgeplane/v1/rollout.proto',
   'edgeplane/v1/log.proto',
   'edgeplane/v1/intent_service.proto',
   'edgeplane/v1/fleet_service.proto',

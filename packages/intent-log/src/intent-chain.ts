@@ -5,6 +5,7 @@ import {
   openSnapshot,
   type LogEntry,
   type Policy,
+  type Rollout,
   type SignedLogEntry,
   type SignedSnapshot,
   type Snapshot,
@@ -42,6 +43,7 @@ export class IntentChain {
   #revision = 0n;
   #lastHash: Uint8Array = GENESIS_HASH;
   #policies = new Map<string, Policy>();
+  #rollouts = new Map<string, Rollout>();
 
   /** @param trusted the keys whose signatures this chain accepts. */
   constructor(trusted: TrustedKeys) {
@@ -61,6 +63,11 @@ export class IntentChain {
   /** The policies by name. Callers must not modify them. */
   get policies(): ReadonlyMap<string, Policy> {
     return this.#policies;
+  }
+
+  /** Rollout records by policy name (active and finished). Callers must not modify them. */
+  get rollouts(): ReadonlyMap<string, Rollout> {
+    return this.#rollouts;
   }
 
   /**
@@ -97,6 +104,7 @@ export class IntentChain {
         this.#policies.delete(name);
         changes.push({ type: 'deleted', policy: old, revision: entry.revision });
       }
+      this.#rollouts.delete(name);
     }
     for (const policy of entry.change?.upserts ?? []) {
       const name = policy.metadata?.name ?? '';
@@ -104,6 +112,7 @@ export class IntentChain {
       this.#policies.set(name, policy);
       changes.push({ type: existed ? 'modified' : 'added', policy, revision: entry.revision });
     }
+    for (const rollout of entry.change?.rollouts ?? []) this.#rollouts.set(rollout.name, rollout);
     this.#revision = entry.revision;
     this.#lastHash = hash;
     return { applied: true, entry, changes };
@@ -116,6 +125,7 @@ export class IntentChain {
   restore(signed: SignedSnapshot): Snapshot {
     const snapshot = openSnapshot(signed, this.#trusted);
     this.#policies = new Map(snapshot.policies.map((p) => [p.metadata?.name ?? '', p]));
+    this.#rollouts = new Map(snapshot.rollouts.map((r) => [r.name, r]));
     this.#revision = snapshot.revision;
     this.#lastHash = new Uint8Array(snapshot.lastHash);
     return snapshot;
@@ -127,6 +137,7 @@ export class IntentChain {
    */
   load(snapshot: Snapshot): void {
     this.#policies = new Map(snapshot.policies.map((p) => [p.metadata?.name ?? '', p]));
+    this.#rollouts = new Map(snapshot.rollouts.map((r) => [r.name, r]));
     this.#revision = snapshot.revision;
     this.#lastHash = new Uint8Array(snapshot.lastHash);
   }
@@ -134,6 +145,7 @@ export class IntentChain {
   /** Returns the compacted state, ready to sign (see signSnapshot in @edgeplane/proto). */
   snapshot(now: Date = new Date()): Snapshot {
     const policies = [...this.#policies.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));
-    return { revision: this.#revision, lastHash: Buffer.from(this.#lastHash), policies, createTime: now };
+    const rollouts = [...this.#rollouts.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+    return { revision: this.#revision, lastHash: Buffer.from(this.#lastHash), policies, createTime: now, rollouts };
   }
 }

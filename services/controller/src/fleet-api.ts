@@ -17,11 +17,26 @@ import {
   type NodeRevisionState,
   type WatchNodesRequest,
   type WatchNodesResponse,
+  RolloutState,
+  type GetRolloutRequest,
+  type GetRolloutResponse,
+  type ListRolloutsRequest,
+  type ListRolloutsResponse,
+  type RolloutStatus,
+  type WatchRolloutRequest,
+  type WatchRolloutResponse,
 } from '@edgeplane/proto';
 import type { CounterStore } from './counter-store.js';
 import { NotFoundError, ValidationError } from './errors.js';
 import type { NodeRegistry } from './node-registry.js';
 import { paginate } from './page-token.js';
+
+/** What FleetService needs of the rollouts. */
+export interface RolloutReader {
+  status(name: string): RolloutStatus | undefined;
+  names(): string[];
+  watch(listener: (name: string) => void): () => void;
+}
 
 function selectorOf(text: string, field: string): LabelSelector | undefined {
   if (!text) return undefined;
@@ -39,7 +54,10 @@ export class FleetApi {
   #counters: CounterStore;
   #revision: () => bigint;
 
-  constructor(registry: NodeRegistry, counters: CounterStore, currentRevision: () => bigint) {
+  #rollouts: RolloutReader | undefined;
+
+  constructor(registry: NodeRegistry, counters: CounterStore, currentRevision: () => bigint, rollouts?: RolloutReader) {
+    this.#rollouts = rollouts;
     this.#registry = registry;
     this.#counters = counters;
     this.#revision = currentRevision;
@@ -111,5 +129,55 @@ export class FleetApi {
     const applied = states.filter((s) => s.outcome === RevisionOutcome.REVISION_OUTCOME_ACK).length;
     const failed = states.filter((s) => s.outcome === RevisionOutcome.REVISION_OUTCOME_NACK).length;
     return { revision, nodesTotal: states.length, nodesApplied: applied, nodesFailed: failed, nodesPending: states.length - applied - failed, nodes: states };
+  }
+
+  /** @throws NotFoundError */
+  getRollout(req: GetRolloutRequest): GetRolloutResponse {
+    const status = this.#rollouts?.status(req.name);
+    if (!status) throw new NotFoundError(`policy ${req.name} has no rollout`);
+    return { status };
+  }
+
+  /** Rollouts, newest change first. @throws ValidationError */
+  listRollouts(req: ListRolloutsRequest): ListRolloutsResponse {
+    const all = (this.#rollouts?.names() ?? [])
+      .map((n) => this.#rollouts!.status(n)!)
+      .filter((s) => !req.activeOnly || s.rollout?.state === RolloutState.ROLLOUT_STATE_PROGRESSING || s.rollout?.state === RolloutState.ROLLOUT_STATE_PAUSED);
+    // Newest first: the page key sorts descending by change revision.
+    const key = (s: RolloutStatus): string => (0xffffffffffffn - (s.rollout?.changeRevision ?? 0n)).toString(16).padStart(13, '0') + (s.rollout?.name ?? '');
+    const page = paginate(all, key, req.pageSize, req.pageToken);
+    return { rollouts: page.items, nextPageToken: page.nextPageToken };
+  }
+
+  /** Streams a rollout's status on every change until it ends or `signal` aborts. @throws NotFoundError */
+  async watchRollout(req: WatchRolloutRequest, send: (r: WatchRolloutResponse) => void, signal: AbortSignal): Promise<void> {
+    const first = this.getRollout({ name: req.name }).status!;
+    send({ status: first });
+    const finished = (s: RolloutStatus | undefined): boolean => !!s && s.rollout?.state !== RolloutState.ROLLOUT_STATE_PROGRESSING && s.rollout?.state !== RolloutState.ROLLOUT_STATE_PAUSED;
+    if (finished(first)) return;
+    let last = JSON.stringify(first, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+    await new Promise<void>((resolve) => {
+      let off = (): void => undefined;
+      const stop = (): void => {
+        off();
+        clearInterval(poll);
+        resolve();
+      };
+      const check = (): void => {
+        const s = this.#rollouts?.status(req.name);
+        if (!s) return stop();
+        const text = JSON.stringify(s, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+        if (text !== last) {
+          last = text;
+          send({ status: s });
+        }
+        if (finished(s)) stop();
+      };
+      off = this.#rollouts?.watch((name) => name === req.name && check()) ?? off;
+      // Gate readings move with counters, which notify nobody: look every second as well.
+      const poll = setInterval(check, 1000);
+      if (signal.aborted) stop();
+      signal.addEventListener('abort', stop, { once: true });
+    });
   }
 }

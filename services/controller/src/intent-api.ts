@@ -4,6 +4,8 @@ import {
   LabelSelectorSyntaxError,
   Policy,
   PolicyEventType,
+  Rollout,
+  RolloutState,
   PolicySpec,
   checkDnsLabel,
   matchesLabelSelector,
@@ -26,6 +28,7 @@ import type { IntentChain, PolicyChange } from '@edgeplane/intent-log';
 import { NotFoundError, PreconditionError, ValidationError, VersionConflictError } from './errors.js';
 import type { IntentStore } from './intent-store.js';
 import { paginate } from './page-token.js';
+import { isActive, revertChange, waveMembers, type PlanNode } from './rollout-plan.js';
 
 /** Options of {@link IntentApi}. */
 export interface IntentApiOptions {
@@ -36,7 +39,12 @@ export interface IntentApiOptions {
    */
   ruleGrowthGuard?: number;
   now?: () => Date;
+  /** The registered nodes, for the first wave of a staged rollout. */
+  nodes?: () => readonly PlanNode[];
 }
+
+/** What an operator can do to a rollout. */
+export type RolloutAction = 'pause' | 'resume' | 'promote' | 'abort';
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
@@ -72,8 +80,10 @@ export class IntentApi {
   #limits: PolicyLimits;
   #guard: number;
   #now: () => Date;
+  #nodes: () => readonly PlanNode[];
 
   constructor(store: IntentStore, options: IntentApiOptions = {}) {
+    this.#nodes = options.nodes ?? (() => []);
     this.#store = store;
     this.#limits = options.limits ?? DEFAULT_POLICY_LIMITS;
     this.#guard = options.ruleGrowthGuard ?? 10_000;
@@ -91,8 +101,13 @@ export class IntentApi {
     const incoming = req.policy!;
     const name = incoming.metadata!.name;
     let outcome: { policy: Policy; created: boolean; unchanged: boolean } | undefined;
+    let rollout: Rollout | undefined;
     const build = (chain: IntentChain): Policy | undefined => {
       const existing = chain.policies.get(name);
+      const running = chain.rollouts.get(name);
+      if (isActive(running)) {
+        throw new PreconditionError(`policy ${name} has a rollout in progress (wave ${running.currentWave + 1} of ${running.strategy?.waves.length ?? 0}); wait for it, or abort it`, 'ROLLOUT_IN_PROGRESS');
+      }
       const current = existing?.metadata?.resourceVersion ?? 0n;
       if (req.expectedResourceVersion !== undefined && req.expectedResourceVersion !== current) {
         throw new VersionConflictError(
@@ -132,6 +147,27 @@ export class IntentApi {
         spec: incoming.spec!,
       });
       outcome = { policy, created: !existing, unchanged: false };
+      const staged = incoming.spec!.rolloutStrategy?.strategy;
+      rollout = undefined;
+      if (staged?.$case === 'staged') {
+        const revision = chain.revision + 1n;
+        const selected = this.#nodes().filter((n) => matchesLabelSelector(incoming.spec!.nodeSelector, n.labels));
+        rollout = Rollout.fromPartial({
+          name,
+          changeRevision: revision,
+          ...(existing ? { previous: existing } : {}),
+          strategy: staged.staged,
+          state: RolloutState.ROLLOUT_STATE_PROGRESSING,
+          currentWave: 0,
+          waveNodes: waveMembers(staged.staged, revision, selected, 0),
+          waveStartTime: now,
+          traceContext: trace,
+          resourceVersion: revision,
+          promotedWave: -1,
+          createTime: now,
+          updateTime: now,
+        });
+      }
       return policy;
     };
     if (req.validateOnly) {
@@ -141,7 +177,7 @@ export class IntentApi {
     }
     const written = await this.#store.write((chain) => {
       const policy = build(chain);
-      return policy ? { upserts: [policy], deletes: [] } : undefined;
+      return policy ? { upserts: [policy], deletes: [], rollouts: rollout ? [rollout] : [] } : undefined;
     }, trace);
     const stored = written ? (written.entry.change!.upserts[0] ?? outcome!.policy) : outcome!.policy;
     return ApplyPolicyResponse.fromPartial({ policy: stored, revision: written?.revision ?? 0n, created: outcome!.created, unchanged: outcome!.unchanged });
@@ -170,8 +206,47 @@ export class IntentApi {
       build(this.#store.chain);
       return { revision: 0n };
     }
-    const written = await this.#store.write((chain) => (build(chain) ? { upserts: [], deletes: [req.name] } : undefined), trace);
+    const written = await this.#store.write((chain) => (build(chain) ? { upserts: [], deletes: [req.name], rollouts: [] } : undefined), trace);
     return { revision: written?.revision ?? 0n };
+  }
+
+  /**
+   * Pauses, resumes, promotes (skips the current wave's bake) or aborts (reverts) a rollout.
+   * @throws ValidationError, NotFoundError, PreconditionError (not in a state that allows it)
+   */
+  async rolloutAction(name: string, action: RolloutAction, reason: string, trace?: TraceContext): Promise<{ rollout: Rollout; revision: bigint }> {
+    checkName(name, 'name');
+    let result: Rollout | undefined;
+    const written = await this.#store.write((chain) => {
+      const r = chain.rollouts.get(name);
+      if (!r) throw new NotFoundError(`policy ${name} has no rollout`);
+      const now = this.#now();
+      const state = r.state;
+      const not = (what: string): never => {
+        throw new PreconditionError(`rollout of ${name} is ${RolloutState[state].replace('ROLLOUT_STATE_', '').toLowerCase()}: cannot ${what}`, 'ROLLOUT_STATE');
+      };
+      if (action === 'abort') {
+        if (!isActive(r)) not('abort');
+        const change = revertChange(r, RolloutState.ROLLOUT_STATE_ABORTED, reason || 'aborted by an operator', now);
+        result = change.rollouts[0];
+        return change;
+      }
+      let next: Rollout;
+      if (action === 'pause') {
+        if (state !== RolloutState.ROLLOUT_STATE_PROGRESSING) not('pause');
+        next = { ...r, state: RolloutState.ROLLOUT_STATE_PAUSED, reason: reason || 'paused by an operator' };
+      } else if (action === 'resume') {
+        if (state !== RolloutState.ROLLOUT_STATE_PAUSED) not('resume');
+        next = { ...r, state: RolloutState.ROLLOUT_STATE_PROGRESSING, reason: '' };
+      } else {
+        if (!isActive(r)) not('promote');
+        next = { ...r, promotedWave: r.currentWave };
+      }
+      next = Rollout.fromPartial({ ...next, resourceVersion: chain.revision + 1n, updateTime: now });
+      result = next;
+      return { upserts: [], deletes: [], rollouts: [next] };
+    }, trace);
+    return { rollout: result!, revision: written?.revision ?? 0n };
   }
 
   /** Returns one policy. @throws ValidationError, NotFoundError */

@@ -173,6 +173,7 @@ export class IntentStore {
         controllerId: this.#options.controllerId,
       });
       for (const p of entry.change!.upserts) p.metadata!.resourceVersion = revision;
+      for (const r of entry.change!.rollouts) r.resourceVersion = revision;
       const signed = signLogEntry(entry, this.#options.signingKey);
       try {
         const stored = await tracer.startActiveSpan('edgeplane.intent.publish', { kind: SpanKind.PRODUCER, attributes: { 'edgeplane.revision': Number(revision), 'messaging.system': 'nats' } }, async (span) => {

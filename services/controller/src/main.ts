@@ -20,6 +20,7 @@ import { IntentApi } from './intent-api.js';
 import { IntentStore } from './intent-store.js';
 import { KvNodeStore } from './kv-node-store.js';
 import { registerFleetMetrics } from './metrics.js';
+import { RolloutManager } from './rollout-manager.js';
 import { NodeRegistry } from './node-registry.js';
 import { loadOrCreateSigningKey } from './signing-key.js';
 
@@ -122,11 +123,15 @@ export async function startController(config: ControllerConfig, extras: StartExt
       },
       currentRevision: () => store.chain.revision,
     });
+    const rollouts = new RolloutManager(store, registry, counters, { onError, log: (msg, fields) => log('info', msg, fields) });
+    rollouts.start();
+    cleanups.push(async () => rollouts.close());
     const intentApi = new IntentApi(store, {
+      nodes: () => registry.list().map((n) => ({ name: n.name, labels: n.labels })),
       ruleGrowthGuard: config.ruleGrowthGuard,
       limits: { maxRules: config.maxRulesPerPolicy, maxCidrsPerRule: 256, maxPortRangesPerRule: 64, maxDescription: 1024, maxAnnotationBytes: 256 * 1024, maxRate: 1_000_000_000n },
     });
-    const fleetApi = new FleetApi(registry, counters, () => store.chain.revision);
+    const fleetApi = new FleetApi(registry, counters, () => store.chain.revision, rollouts);
     const grpcServer: GrpcServer = await startGrpcServer({
       listen: config.listen,
       tls: config.insecure ? { insecure: true } : { certFile: config.tlsCert!, keyFile: config.tlsKey!, ...(config.tlsClientCa ? { clientCaFile: config.tlsClientCa } : {}) },

@@ -27,7 +27,7 @@ export type {
 
 // The agent's logic, for the process in main.ts and for simulated fleets (many agents, memory datapath).
 export { MemoryDatapath } from './datapath/memory-datapath.js';
-export { CompileError, compileIntent, ruleId, type CompiledIntent, type CompiledRole, type RuleOrigin } from './agent/compile.js';
+export { CompileError, compileIntent, effectivePolicies, ruleId, type CompiledIntent, type CompiledRole, type RuleOrigin } from './agent/compile.js';
 export { ControllerLink, type ControllerLinkOptions } from './agent/controller-link.js';
 export { IntentFollower, type FollowerEvents } from './agent/intent-follower.js';
 export { NodeAgent, type AgentLogger, type AgentStatus, type NodeAgentOptions } from './agent/node-agent.js';

@@ -22,6 +22,7 @@ import {
 } from "@grpc/grpc-js";
 import { InterfaceCounters, RuleCounters } from "./counters.js";
 import { Node, RevisionOutcome, revisionOutcomeFromJSON, revisionOutcomeToJSON } from "./node.js";
+import { RolloutStatus } from "./rollout.js";
 
 export const protobufPackage = "edgeplane.v1";
 
@@ -71,6 +72,34 @@ export function nodeEventTypeToJSON(object: NodeEventType): string {
     default:
       return "UNRECOGNIZED";
   }
+}
+
+export interface GetRolloutRequest {
+  name: string;
+}
+
+export interface GetRolloutResponse {
+  status: RolloutStatus | undefined;
+}
+
+export interface ListRolloutsRequest {
+  pageSize: number;
+  pageToken: string;
+  /** Only rollouts still PROGRESSING or PAUSED. */
+  activeOnly: boolean;
+}
+
+export interface ListRolloutsResponse {
+  rollouts: RolloutStatus[];
+  nextPageToken: string;
+}
+
+export interface WatchRolloutRequest {
+  name: string;
+}
+
+export interface WatchRolloutResponse {
+  status: RolloutStatus | undefined;
 }
 
 export interface ListNodesRequest {
@@ -155,6 +184,482 @@ export interface GetRevisionStatusResponse {
   nodesPending: number;
   nodes: NodeRevisionState[];
 }
+
+function createBaseGetRolloutRequest(): GetRolloutRequest {
+  return { name: "" };
+}
+
+export const GetRolloutRequest: MessageFns<GetRolloutRequest> = {
+  encode(message: GetRolloutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetRolloutRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetRolloutRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetRolloutRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetRolloutRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetRolloutRequest>, I>>(base?: I): GetRolloutRequest {
+    return GetRolloutRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetRolloutRequest>, I>>(object: I): GetRolloutRequest {
+    const message = createBaseGetRolloutRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetRolloutResponse(): GetRolloutResponse {
+  return { status: undefined };
+}
+
+export const GetRolloutResponse: MessageFns<GetRolloutResponse> = {
+  encode(message: GetRolloutResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.status !== undefined) {
+      RolloutStatus.encode(message.status, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetRolloutResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetRolloutResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.status = RolloutStatus.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetRolloutResponse {
+    return { status: isSet(object.status) ? RolloutStatus.fromJSON(object.status) : undefined };
+  },
+
+  toJSON(message: GetRolloutResponse): unknown {
+    const obj: any = {};
+    if (message.status !== undefined) {
+      obj.status = RolloutStatus.toJSON(message.status);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetRolloutResponse>, I>>(base?: I): GetRolloutResponse {
+    return GetRolloutResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetRolloutResponse>, I>>(object: I): GetRolloutResponse {
+    const message = createBaseGetRolloutResponse();
+    message.status = (object.status !== undefined && object.status !== null)
+      ? RolloutStatus.fromPartial(object.status)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListRolloutsRequest(): ListRolloutsRequest {
+  return { pageSize: 0, pageToken: "", activeOnly: false };
+}
+
+export const ListRolloutsRequest: MessageFns<ListRolloutsRequest> = {
+  encode(message: ListRolloutsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
+    if (message.activeOnly !== false) {
+      writer.uint32(24).bool(message.activeOnly);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRolloutsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRolloutsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.activeOnly = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRolloutsRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+      activeOnly: isSet(object.activeOnly)
+        ? globalThis.Boolean(object.activeOnly)
+        : isSet(object.active_only)
+        ? globalThis.Boolean(object.active_only)
+        : false,
+    };
+  },
+
+  toJSON(message: ListRolloutsRequest): unknown {
+    const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    if (message.activeOnly !== false) {
+      obj.activeOnly = message.activeOnly;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRolloutsRequest>, I>>(base?: I): ListRolloutsRequest {
+    return ListRolloutsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRolloutsRequest>, I>>(object: I): ListRolloutsRequest {
+    const message = createBaseListRolloutsRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    message.activeOnly = object.activeOnly ?? false;
+    return message;
+  },
+};
+
+function createBaseListRolloutsResponse(): ListRolloutsResponse {
+  return { rollouts: [], nextPageToken: "" };
+}
+
+export const ListRolloutsResponse: MessageFns<ListRolloutsResponse> = {
+  encode(message: ListRolloutsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.rollouts) {
+      RolloutStatus.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRolloutsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRolloutsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rollouts.push(RolloutStatus.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRolloutsResponse {
+    return {
+      rollouts: globalThis.Array.isArray(object?.rollouts)
+        ? object.rollouts.map((e: any) => RolloutStatus.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListRolloutsResponse): unknown {
+    const obj: any = {};
+    if (message.rollouts?.length) {
+      obj.rollouts = message.rollouts.map((e) => RolloutStatus.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRolloutsResponse>, I>>(base?: I): ListRolloutsResponse {
+    return ListRolloutsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRolloutsResponse>, I>>(object: I): ListRolloutsResponse {
+    const message = createBaseListRolloutsResponse();
+    message.rollouts = object.rollouts?.map((e) => RolloutStatus.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseWatchRolloutRequest(): WatchRolloutRequest {
+  return { name: "" };
+}
+
+export const WatchRolloutRequest: MessageFns<WatchRolloutRequest> = {
+  encode(message: WatchRolloutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchRolloutRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchRolloutRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchRolloutRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: WatchRolloutRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchRolloutRequest>, I>>(base?: I): WatchRolloutRequest {
+    return WatchRolloutRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchRolloutRequest>, I>>(object: I): WatchRolloutRequest {
+    const message = createBaseWatchRolloutRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseWatchRolloutResponse(): WatchRolloutResponse {
+  return { status: undefined };
+}
+
+export const WatchRolloutResponse: MessageFns<WatchRolloutResponse> = {
+  encode(message: WatchRolloutResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.status !== undefined) {
+      RolloutStatus.encode(message.status, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchRolloutResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchRolloutResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.status = RolloutStatus.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchRolloutResponse {
+    return { status: isSet(object.status) ? RolloutStatus.fromJSON(object.status) : undefined };
+  },
+
+  toJSON(message: WatchRolloutResponse): unknown {
+    const obj: any = {};
+    if (message.status !== undefined) {
+      obj.status = RolloutStatus.toJSON(message.status);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchRolloutResponse>, I>>(base?: I): WatchRolloutResponse {
+    return WatchRolloutResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchRolloutResponse>, I>>(object: I): WatchRolloutResponse {
+    const message = createBaseWatchRolloutResponse();
+    message.status = (object.status !== undefined && object.status !== null)
+      ? RolloutStatus.fromPartial(object.status)
+      : undefined;
+    return message;
+  },
+};
 
 function createBaseListNodesRequest(): ListNodesRequest {
   return { pageSize: 0, pageToken: "", labelSelector: "" };
@@ -1452,6 +1957,38 @@ export const FleetServiceService = {
       Buffer.from(GetRevisionStatusResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetRevisionStatusResponse => GetRevisionStatusResponse.decode(value),
   },
+  /** Returns a rollout (by policy name) with its live progress and gate readings. */
+  getRollout: {
+    path: "/edgeplane.v1.FleetService/GetRollout" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetRolloutRequest): Buffer => Buffer.from(GetRolloutRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetRolloutRequest => GetRolloutRequest.decode(value),
+    responseSerialize: (value: GetRolloutResponse): Buffer => Buffer.from(GetRolloutResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetRolloutResponse => GetRolloutResponse.decode(value),
+  },
+  /** Lists rollouts, newest change first. */
+  listRollouts: {
+    path: "/edgeplane.v1.FleetService/ListRollouts" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRolloutsRequest): Buffer => Buffer.from(ListRolloutsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRolloutsRequest => ListRolloutsRequest.decode(value),
+    responseSerialize: (value: ListRolloutsResponse): Buffer =>
+      Buffer.from(ListRolloutsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRolloutsResponse => ListRolloutsResponse.decode(value),
+  },
+  /** Streams a rollout's status whenever it changes (log entries, node reports), until it ends. */
+  watchRollout: {
+    path: "/edgeplane.v1.FleetService/WatchRollout" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchRolloutRequest): Buffer => Buffer.from(WatchRolloutRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchRolloutRequest => WatchRolloutRequest.decode(value),
+    responseSerialize: (value: WatchRolloutResponse): Buffer =>
+      Buffer.from(WatchRolloutResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WatchRolloutResponse => WatchRolloutResponse.decode(value),
+  },
 } as const;
 
 export interface FleetServiceServer extends UntypedServiceImplementation {
@@ -1465,6 +2002,12 @@ export interface FleetServiceServer extends UntypedServiceImplementation {
   getPolicyCounters: handleUnaryCall<GetPolicyCountersRequest, GetPolicyCountersResponse>;
   /** Returns how far one revision has reached: nodes at it or later, NACKs, pending nodes. */
   getRevisionStatus: handleUnaryCall<GetRevisionStatusRequest, GetRevisionStatusResponse>;
+  /** Returns a rollout (by policy name) with its live progress and gate readings. */
+  getRollout: handleUnaryCall<GetRolloutRequest, GetRolloutResponse>;
+  /** Lists rollouts, newest change first. */
+  listRollouts: handleUnaryCall<ListRolloutsRequest, ListRolloutsResponse>;
+  /** Streams a rollout's status whenever it changes (log entries, node reports), until it ends. */
+  watchRollout: handleServerStreamingCall<WatchRolloutRequest, WatchRolloutResponse>;
 }
 
 export interface FleetServiceClient extends Client {
@@ -1539,6 +2082,48 @@ export interface FleetServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetRevisionStatusResponse) => void,
   ): ClientUnaryCall;
+  /** Returns a rollout (by policy name) with its live progress and gate readings. */
+  getRollout(
+    request: GetRolloutRequest,
+    callback: (error: ServiceError | null, response: GetRolloutResponse) => void,
+  ): ClientUnaryCall;
+  getRollout(
+    request: GetRolloutRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetRolloutResponse) => void,
+  ): ClientUnaryCall;
+  getRollout(
+    request: GetRolloutRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetRolloutResponse) => void,
+  ): ClientUnaryCall;
+  /** Lists rollouts, newest change first. */
+  listRollouts(
+    request: ListRolloutsRequest,
+    callback: (error: ServiceError | null, response: ListRolloutsResponse) => void,
+  ): ClientUnaryCall;
+  listRollouts(
+    request: ListRolloutsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRolloutsResponse) => void,
+  ): ClientUnaryCall;
+  listRollouts(
+    request: ListRolloutsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRolloutsResponse) => void,
+  ): ClientUnaryCall;
+  /** Streams a rollout's status whenever it changes (log entries, node reports), until it ends. */
+  watchRollout(
+    request: WatchRolloutRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchRolloutResponse>;
+  watchRollout(
+    request: WatchRolloutRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchRolloutResponse>;
 }
 
 export const FleetServiceClient = makeGenericClientConstructor(

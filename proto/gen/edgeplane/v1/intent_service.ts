@@ -21,6 +21,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Policy } from "./policy.js";
+import { Rollout } from "./rollout.js";
 
 export const protobufPackage = "edgeplane.v1";
 
@@ -77,6 +78,45 @@ export function policyEventTypeToJSON(object: PolicyEventType): string {
     default:
       return "UNRECOGNIZED";
   }
+}
+
+export interface PauseRolloutRequest {
+  /** The policy's name. */
+  name: string;
+  reason: string;
+}
+
+export interface PauseRolloutResponse {
+  rollout: Rollout | undefined;
+  revision: bigint;
+}
+
+export interface ResumeRolloutRequest {
+  name: string;
+}
+
+export interface ResumeRolloutResponse {
+  rollout: Rollout | undefined;
+  revision: bigint;
+}
+
+export interface PromoteRolloutRequest {
+  name: string;
+}
+
+export interface PromoteRolloutResponse {
+  rollout: Rollout | undefined;
+  revision: bigint;
+}
+
+export interface AbortRolloutRequest {
+  name: string;
+  reason: string;
+}
+
+export interface AbortRolloutResponse {
+  rollout: Rollout | undefined;
+  revision: bigint;
 }
 
 export interface ApplyPolicyRequest {
@@ -166,6 +206,670 @@ export interface WatchPoliciesResponse {
   policy: Policy | undefined;
   revision: bigint;
 }
+
+function createBasePauseRolloutRequest(): PauseRolloutRequest {
+  return { name: "", reason: "" };
+}
+
+export const PauseRolloutRequest: MessageFns<PauseRolloutRequest> = {
+  encode(message: PauseRolloutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PauseRolloutRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePauseRolloutRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PauseRolloutRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: PauseRolloutRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PauseRolloutRequest>, I>>(base?: I): PauseRolloutRequest {
+    return PauseRolloutRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PauseRolloutRequest>, I>>(object: I): PauseRolloutRequest {
+    const message = createBasePauseRolloutRequest();
+    message.name = object.name ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBasePauseRolloutResponse(): PauseRolloutResponse {
+  return { rollout: undefined, revision: 0n };
+}
+
+export const PauseRolloutResponse: MessageFns<PauseRolloutResponse> = {
+  encode(message: PauseRolloutResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rollout !== undefined) {
+      Rollout.encode(message.rollout, writer.uint32(10).fork()).join();
+    }
+    if (message.revision !== 0n) {
+      if (BigInt.asUintN(64, message.revision) !== message.revision) {
+        throw new globalThis.Error("value provided for field message.revision of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PauseRolloutResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePauseRolloutResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rollout = Rollout.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.revision = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PauseRolloutResponse {
+    return {
+      rollout: isSet(object.rollout) ? Rollout.fromJSON(object.rollout) : undefined,
+      revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+    };
+  },
+
+  toJSON(message: PauseRolloutResponse): unknown {
+    const obj: any = {};
+    if (message.rollout !== undefined) {
+      obj.rollout = Rollout.toJSON(message.rollout);
+    }
+    if (message.revision !== 0n) {
+      obj.revision = message.revision.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PauseRolloutResponse>, I>>(base?: I): PauseRolloutResponse {
+    return PauseRolloutResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PauseRolloutResponse>, I>>(object: I): PauseRolloutResponse {
+    const message = createBasePauseRolloutResponse();
+    message.rollout = (object.rollout !== undefined && object.rollout !== null)
+      ? Rollout.fromPartial(object.rollout)
+      : undefined;
+    message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    return message;
+  },
+};
+
+function createBaseResumeRolloutRequest(): ResumeRolloutRequest {
+  return { name: "" };
+}
+
+export const ResumeRolloutRequest: MessageFns<ResumeRolloutRequest> = {
+  encode(message: ResumeRolloutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResumeRolloutRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResumeRolloutRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResumeRolloutRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: ResumeRolloutRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResumeRolloutRequest>, I>>(base?: I): ResumeRolloutRequest {
+    return ResumeRolloutRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResumeRolloutRequest>, I>>(object: I): ResumeRolloutRequest {
+    const message = createBaseResumeRolloutRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseResumeRolloutResponse(): ResumeRolloutResponse {
+  return { rollout: undefined, revision: 0n };
+}
+
+export const ResumeRolloutResponse: MessageFns<ResumeRolloutResponse> = {
+  encode(message: ResumeRolloutResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rollout !== undefined) {
+      Rollout.encode(message.rollout, writer.uint32(10).fork()).join();
+    }
+    if (message.revision !== 0n) {
+      if (BigInt.asUintN(64, message.revision) !== message.revision) {
+        throw new globalThis.Error("value provided for field message.revision of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResumeRolloutResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResumeRolloutResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rollout = Rollout.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.revision = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResumeRolloutResponse {
+    return {
+      rollout: isSet(object.rollout) ? Rollout.fromJSON(object.rollout) : undefined,
+      revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+    };
+  },
+
+  toJSON(message: ResumeRolloutResponse): unknown {
+    const obj: any = {};
+    if (message.rollout !== undefined) {
+      obj.rollout = Rollout.toJSON(message.rollout);
+    }
+    if (message.revision !== 0n) {
+      obj.revision = message.revision.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResumeRolloutResponse>, I>>(base?: I): ResumeRolloutResponse {
+    return ResumeRolloutResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResumeRolloutResponse>, I>>(object: I): ResumeRolloutResponse {
+    const message = createBaseResumeRolloutResponse();
+    message.rollout = (object.rollout !== undefined && object.rollout !== null)
+      ? Rollout.fromPartial(object.rollout)
+      : undefined;
+    message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    return message;
+  },
+};
+
+function createBasePromoteRolloutRequest(): PromoteRolloutRequest {
+  return { name: "" };
+}
+
+export const PromoteRolloutRequest: MessageFns<PromoteRolloutRequest> = {
+  encode(message: PromoteRolloutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PromoteRolloutRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePromoteRolloutRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PromoteRolloutRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: PromoteRolloutRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PromoteRolloutRequest>, I>>(base?: I): PromoteRolloutRequest {
+    return PromoteRolloutRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PromoteRolloutRequest>, I>>(object: I): PromoteRolloutRequest {
+    const message = createBasePromoteRolloutRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBasePromoteRolloutResponse(): PromoteRolloutResponse {
+  return { rollout: undefined, revision: 0n };
+}
+
+export const PromoteRolloutResponse: MessageFns<PromoteRolloutResponse> = {
+  encode(message: PromoteRolloutResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rollout !== undefined) {
+      Rollout.encode(message.rollout, writer.uint32(10).fork()).join();
+    }
+    if (message.revision !== 0n) {
+      if (BigInt.asUintN(64, message.revision) !== message.revision) {
+        throw new globalThis.Error("value provided for field message.revision of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PromoteRolloutResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePromoteRolloutResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rollout = Rollout.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.revision = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PromoteRolloutResponse {
+    return {
+      rollout: isSet(object.rollout) ? Rollout.fromJSON(object.rollout) : undefined,
+      revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+    };
+  },
+
+  toJSON(message: PromoteRolloutResponse): unknown {
+    const obj: any = {};
+    if (message.rollout !== undefined) {
+      obj.rollout = Rollout.toJSON(message.rollout);
+    }
+    if (message.revision !== 0n) {
+      obj.revision = message.revision.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PromoteRolloutResponse>, I>>(base?: I): PromoteRolloutResponse {
+    return PromoteRolloutResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PromoteRolloutResponse>, I>>(object: I): PromoteRolloutResponse {
+    const message = createBasePromoteRolloutResponse();
+    message.rollout = (object.rollout !== undefined && object.rollout !== null)
+      ? Rollout.fromPartial(object.rollout)
+      : undefined;
+    message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    return message;
+  },
+};
+
+function createBaseAbortRolloutRequest(): AbortRolloutRequest {
+  return { name: "", reason: "" };
+}
+
+export const AbortRolloutRequest: MessageFns<AbortRolloutRequest> = {
+  encode(message: AbortRolloutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AbortRolloutRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAbortRolloutRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AbortRolloutRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: AbortRolloutRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AbortRolloutRequest>, I>>(base?: I): AbortRolloutRequest {
+    return AbortRolloutRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AbortRolloutRequest>, I>>(object: I): AbortRolloutRequest {
+    const message = createBaseAbortRolloutRequest();
+    message.name = object.name ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseAbortRolloutResponse(): AbortRolloutResponse {
+  return { rollout: undefined, revision: 0n };
+}
+
+export const AbortRolloutResponse: MessageFns<AbortRolloutResponse> = {
+  encode(message: AbortRolloutResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rollout !== undefined) {
+      Rollout.encode(message.rollout, writer.uint32(10).fork()).join();
+    }
+    if (message.revision !== 0n) {
+      if (BigInt.asUintN(64, message.revision) !== message.revision) {
+        throw new globalThis.Error("value provided for field message.revision of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AbortRolloutResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAbortRolloutResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rollout = Rollout.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.revision = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AbortRolloutResponse {
+    return {
+      rollout: isSet(object.rollout) ? Rollout.fromJSON(object.rollout) : undefined,
+      revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+    };
+  },
+
+  toJSON(message: AbortRolloutResponse): unknown {
+    const obj: any = {};
+    if (message.rollout !== undefined) {
+      obj.rollout = Rollout.toJSON(message.rollout);
+    }
+    if (message.revision !== 0n) {
+      obj.revision = message.revision.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AbortRolloutResponse>, I>>(base?: I): AbortRolloutResponse {
+    return AbortRolloutResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AbortRolloutResponse>, I>>(object: I): AbortRolloutResponse {
+    const message = createBaseAbortRolloutResponse();
+    message.rollout = (object.rollout !== undefined && object.rollout !== null)
+      ? Rollout.fromPartial(object.rollout)
+      : undefined;
+    message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    return message;
+  },
+};
 
 function createBaseApplyPolicyRequest(): ApplyPolicyRequest {
   return { policy: undefined, validateOnly: false, expectedResourceVersion: undefined, allowLargeGrowth: false };
@@ -1273,6 +1977,51 @@ export const IntentServiceService = {
       Buffer.from(WatchPoliciesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchPoliciesResponse => WatchPoliciesResponse.decode(value),
   },
+  /** Pauses a progressing rollout: the current wave keeps the change, no new wave starts. */
+  pauseRollout: {
+    path: "/edgeplane.v1.IntentService/PauseRollout" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PauseRolloutRequest): Buffer => Buffer.from(PauseRolloutRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PauseRolloutRequest => PauseRolloutRequest.decode(value),
+    responseSerialize: (value: PauseRolloutResponse): Buffer =>
+      Buffer.from(PauseRolloutResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PauseRolloutResponse => PauseRolloutResponse.decode(value),
+  },
+  /** Resumes a paused rollout. */
+  resumeRollout: {
+    path: "/edgeplane.v1.IntentService/ResumeRollout" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResumeRolloutRequest): Buffer => Buffer.from(ResumeRolloutRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResumeRolloutRequest => ResumeRolloutRequest.decode(value),
+    responseSerialize: (value: ResumeRolloutResponse): Buffer =>
+      Buffer.from(ResumeRolloutResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResumeRolloutResponse => ResumeRolloutResponse.decode(value),
+  },
+  /** Skips the current wave's bake time: the next wave starts once the current one has applied. */
+  promoteRollout: {
+    path: "/edgeplane.v1.IntentService/PromoteRollout" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PromoteRolloutRequest): Buffer =>
+      Buffer.from(PromoteRolloutRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PromoteRolloutRequest => PromoteRolloutRequest.decode(value),
+    responseSerialize: (value: PromoteRolloutResponse): Buffer =>
+      Buffer.from(PromoteRolloutResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PromoteRolloutResponse => PromoteRolloutResponse.decode(value),
+  },
+  /** Stops a rollout and reverts the nodes that took the change. */
+  abortRollout: {
+    path: "/edgeplane.v1.IntentService/AbortRollout" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AbortRolloutRequest): Buffer => Buffer.from(AbortRolloutRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AbortRolloutRequest => AbortRolloutRequest.decode(value),
+    responseSerialize: (value: AbortRolloutResponse): Buffer =>
+      Buffer.from(AbortRolloutResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AbortRolloutResponse => AbortRolloutResponse.decode(value),
+  },
 } as const;
 
 export interface IntentServiceServer extends UntypedServiceImplementation {
@@ -1286,6 +2035,14 @@ export interface IntentServiceServer extends UntypedServiceImplementation {
   listPolicies: handleUnaryCall<ListPoliciesRequest, ListPoliciesResponse>;
   /** Streams policy changes after a revision. */
   watchPolicies: handleServerStreamingCall<WatchPoliciesRequest, WatchPoliciesResponse>;
+  /** Pauses a progressing rollout: the current wave keeps the change, no new wave starts. */
+  pauseRollout: handleUnaryCall<PauseRolloutRequest, PauseRolloutResponse>;
+  /** Resumes a paused rollout. */
+  resumeRollout: handleUnaryCall<ResumeRolloutRequest, ResumeRolloutResponse>;
+  /** Skips the current wave's bake time: the next wave starts once the current one has applied. */
+  promoteRollout: handleUnaryCall<PromoteRolloutRequest, PromoteRolloutResponse>;
+  /** Stops a rollout and reverts the nodes that took the change. */
+  abortRollout: handleUnaryCall<AbortRolloutRequest, AbortRolloutResponse>;
 }
 
 export interface IntentServiceClient extends Client {
@@ -1363,6 +2120,70 @@ export interface IntentServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchPoliciesResponse>;
+  /** Pauses a progressing rollout: the current wave keeps the change, no new wave starts. */
+  pauseRollout(
+    request: PauseRolloutRequest,
+    callback: (error: ServiceError | null, response: PauseRolloutResponse) => void,
+  ): ClientUnaryCall;
+  pauseRollout(
+    request: PauseRolloutRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PauseRolloutResponse) => void,
+  ): ClientUnaryCall;
+  pauseRollout(
+    request: PauseRolloutRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PauseRolloutResponse) => void,
+  ): ClientUnaryCall;
+  /** Resumes a paused rollout. */
+  resumeRollout(
+    request: ResumeRolloutRequest,
+    callback: (error: ServiceError | null, response: ResumeRolloutResponse) => void,
+  ): ClientUnaryCall;
+  resumeRollout(
+    request: ResumeRolloutRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResumeRolloutResponse) => void,
+  ): ClientUnaryCall;
+  resumeRollout(
+    request: ResumeRolloutRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResumeRolloutResponse) => void,
+  ): ClientUnaryCall;
+  /** Skips the current wave's bake time: the next wave starts once the current one has applied. */
+  promoteRollout(
+    request: PromoteRolloutRequest,
+    callback: (error: ServiceError | null, response: PromoteRolloutResponse) => void,
+  ): ClientUnaryCall;
+  promoteRollout(
+    request: PromoteRolloutRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PromoteRolloutResponse) => void,
+  ): ClientUnaryCall;
+  promoteRollout(
+    request: PromoteRolloutRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PromoteRolloutResponse) => void,
+  ): ClientUnaryCall;
+  /** Stops a rollout and reverts the nodes that took the change. */
+  abortRollout(
+    request: AbortRolloutRequest,
+    callback: (error: ServiceError | null, response: AbortRolloutResponse) => void,
+  ): ClientUnaryCall;
+  abortRollout(
+    request: AbortRolloutRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AbortRolloutResponse) => void,
+  ): ClientUnaryCall;
+  abortRollout(
+    request: AbortRolloutRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AbortRolloutResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const IntentServiceClient = makeGenericClientConstructor(

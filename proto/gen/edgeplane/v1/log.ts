@@ -9,6 +9,7 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Policy } from "./policy.js";
 import { TraceContext } from "./resources.js";
+import { Rollout } from "./rollout.js";
 
 export const protobufPackage = "edgeplane.v1";
 
@@ -41,8 +42,10 @@ export interface LogEntry {
  */
 export interface Change {
   upserts: Policy[];
-  /** Names of deleted policies. */
+  /** Names of deleted policies (a policy's rollout record goes with it). */
   deletes: string[];
+  /** Rollout records created or updated by this entry. */
+  rollouts: Rollout[];
 }
 
 /** SignedLogEntry is the envelope that travels on NATS and is stored in the stream. */
@@ -62,6 +65,7 @@ export interface Snapshot {
   lastHash: Buffer;
   policies: Policy[];
   createTime: Date | undefined;
+  rollouts: Rollout[];
 }
 
 /** SignedSnapshot is the envelope a snapshot is stored in. */
@@ -253,7 +257,7 @@ export const LogEntry: MessageFns<LogEntry> = {
 };
 
 function createBaseChange(): Change {
-  return { upserts: [], deletes: [] };
+  return { upserts: [], deletes: [], rollouts: [] };
 }
 
 export const Change: MessageFns<Change> = {
@@ -263,6 +267,9 @@ export const Change: MessageFns<Change> = {
     }
     for (const v of message.deletes) {
       writer.uint32(18).string(v!);
+    }
+    for (const v of message.rollouts) {
+      Rollout.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -296,6 +303,14 @@ export const Change: MessageFns<Change> = {
             message.deletes.push(reader.string());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.rollouts.push(Rollout.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -312,6 +327,7 @@ export const Change: MessageFns<Change> = {
     return {
       upserts: globalThis.Array.isArray(object?.upserts) ? object.upserts.map((e: any) => Policy.fromJSON(e)) : [],
       deletes: globalThis.Array.isArray(object?.deletes) ? object.deletes.map((e: any) => globalThis.String(e)) : [],
+      rollouts: globalThis.Array.isArray(object?.rollouts) ? object.rollouts.map((e: any) => Rollout.fromJSON(e)) : [],
     };
   },
 
@@ -323,6 +339,9 @@ export const Change: MessageFns<Change> = {
     if (message.deletes?.length) {
       obj.deletes = message.deletes;
     }
+    if (message.rollouts?.length) {
+      obj.rollouts = message.rollouts.map((e) => Rollout.toJSON(e));
+    }
     return obj;
   },
 
@@ -333,6 +352,7 @@ export const Change: MessageFns<Change> = {
     const message = createBaseChange();
     message.upserts = object.upserts?.map((e) => Policy.fromPartial(e)) || [];
     message.deletes = object.deletes?.map((e) => e) || [];
+    message.rollouts = object.rollouts?.map((e) => Rollout.fromPartial(e)) || [];
     return message;
   },
 };
@@ -443,7 +463,7 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
 };
 
 function createBaseSnapshot(): Snapshot {
-  return { revision: 0n, lastHash: Buffer.alloc(0), policies: [], createTime: undefined };
+  return { revision: 0n, lastHash: Buffer.alloc(0), policies: [], createTime: undefined, rollouts: [] };
 }
 
 export const Snapshot: MessageFns<Snapshot> = {
@@ -462,6 +482,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     }
     if (message.createTime !== undefined) {
       Timestamp.encode(toTimestamp(message.createTime), writer.uint32(34).fork()).join();
+    }
+    for (const v of message.rollouts) {
+      Rollout.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -511,6 +534,14 @@ export const Snapshot: MessageFns<Snapshot> = {
             message.createTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.rollouts.push(Rollout.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -537,6 +568,7 @@ export const Snapshot: MessageFns<Snapshot> = {
         : isSet(object.create_time)
         ? fromJsonTimestamp(object.create_time)
         : undefined,
+      rollouts: globalThis.Array.isArray(object?.rollouts) ? object.rollouts.map((e: any) => Rollout.fromJSON(e)) : [],
     };
   },
 
@@ -554,6 +586,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.createTime !== undefined) {
       obj.createTime = message.createTime.toISOString();
     }
+    if (message.rollouts?.length) {
+      obj.rollouts = message.rollouts.map((e) => Rollout.toJSON(e));
+    }
     return obj;
   },
 
@@ -566,6 +601,7 @@ export const Snapshot: MessageFns<Snapshot> = {
     message.lastHash = object.lastHash ?? Buffer.alloc(0);
     message.policies = object.policies?.map((e) => Policy.fromPartial(e)) || [];
     message.createTime = object.createTime ?? undefined;
+    message.rollouts = object.rollouts?.map((e) => Rollout.fromPartial(e)) || [];
     return message;
   },
 };

@@ -101,6 +101,10 @@ export function intentServiceHandlers(api: IntentApi, log: ErrorLogger): IntentS
     getPolicy: unary('IntentService', 'GetPolicy', log, (req) => api.get(req)),
     listPolicies: unary('IntentService', 'ListPolicies', log, (req) => api.list(req)),
     watchPolicies: serverStream('IntentService', 'WatchPolicies', log, (req, send, signal) => api.watch(req, send, signal)),
+    pauseRollout: unary('IntentService', 'PauseRollout', log, (req) => api.rolloutAction(req.name, 'pause', req.reason, entryTrace())),
+    resumeRollout: unary('IntentService', 'ResumeRollout', log, (req) => api.rolloutAction(req.name, 'resume', '', entryTrace())),
+    promoteRollout: unary('IntentService', 'PromoteRollout', log, (req) => api.rolloutAction(req.name, 'promote', '', entryTrace())),
+    abortRollout: unary('IntentService', 'AbortRollout', log, (req) => api.rolloutAction(req.name, 'abort', req.reason, entryTrace())),
   };
 }
 
@@ -112,6 +116,9 @@ export function fleetServiceHandlers(api: FleetApi, log: ErrorLogger): FleetServ
     watchNodes: serverStream('FleetService', 'WatchNodes', log, (req, send, signal) => api.watchNodes(req, send, signal)),
     getPolicyCounters: unary('FleetService', 'GetPolicyCounters', log, (req) => api.getPolicyCounters(req)),
     getRevisionStatus: unary('FleetService', 'GetRevisionStatus', log, (req) => api.getRevisionStatus(req)),
+    getRollout: unary('FleetService', 'GetRollout', log, (req) => api.getRollout(req)),
+    listRollouts: unary('FleetService', 'ListRollouts', log, (req) => api.listRollouts(req)),
+    watchRollout: serverStream('FleetService', 'WatchRollout', log, (req, send, signal) => api.watchRollout(req, send, signal)),
   };
 }
 

@@ -2,10 +2,12 @@ import {
   Action,
   InterfaceRole as ProtoRole,
   Protocol,
+  RolloutState,
   matchesLabelSelector,
   validatePolicy,
   type FieldViolation,
   type Policy,
+  type Rollout,
   type Rule,
 } from '@edgeplane/proto';
 import type { RuleKey } from '@edgeplane/proto';
@@ -107,14 +109,36 @@ function compileRole(policies: Policy[], role: InterfaceRole): CompiledRole {
 }
 
 /**
+ * The version of each policy this node runs: a policy under an active staged rollout is its
+ * target version on the nodes of the rollout's current waves, and its previous version (or
+ * nothing, when the rollout creates it) everywhere else. Pure.
+ */
+export function effectivePolicies(policies: Iterable<Policy>, rollouts: ReadonlyMap<string, Rollout> | Iterable<Rollout>, nodeName: string): Policy[] {
+  const byName = rollouts instanceof Map ? (rollouts as ReadonlyMap<string, Rollout>) : new Map([...(rollouts as Iterable<Rollout>)].map((r) => [r.name, r]));
+  const out: Policy[] = [];
+  const seen = new Set<string>();
+  for (const p of policies) {
+    const name = p.metadata?.name ?? '';
+    seen.add(name);
+    const r = byName.get(name);
+    const active = r && (r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED);
+    if (!active || r.waveNodes.includes(nodeName)) out.push(p);
+    else if (r.previous) out.push(r.previous);
+  }
+  return out;
+}
+
+/**
  * Compiles the whole intent for one node: validates every policy again (as the controller
  * did), keeps those whose selector matches the node's labels, and merges their rules per
- * interface role. Pure.
+ * interface role. Give `rollouts` and `nodeName` to honour staged rollouts (see
+ * {@link effectivePolicies}). Pure.
  * @throws CompileError naming the invalid policy and its violations, or a capacity problem.
  */
-export function compileIntent(policies: Iterable<Policy>, labels: Readonly<Record<string, string>>): CompiledIntent {
+export function compileIntent(policies: Iterable<Policy>, labels: Readonly<Record<string, string>>, rollouts?: Iterable<Rollout>, nodeName?: string): CompiledIntent {
   const selected: Policy[] = [];
-  for (const p of policies) {
+  const versions = rollouts && nodeName !== undefined ? effectivePolicies(policies, rollouts, nodeName) : policies;
+  for (const p of versions) {
     const violations = validatePolicy(p);
     if (violations.length > 0) {
       throw new CompileError(`policy ${p.metadata?.name ?? '?'} is invalid: ${violations[0]!.field}: ${violations[0]!.description}`, violations);

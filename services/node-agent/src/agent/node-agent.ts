@@ -86,7 +86,7 @@ export class NodeAgent {
   async boot(): Promise<Snapshot | undefined> {
     const state = this.#o.stateFile.read();
     if (!state) return undefined;
-    const compiled = compileIntent(state.snapshot.policies, this.#o.labels);
+    const compiled = compileIntent(state.snapshot.policies, this.#o.labels, state.snapshot.rollouts, this.#o.nodeName);
     await this.#applyCompiled(compiled);
     this.#applied = state.snapshot.revision;
     this.#received = state.snapshot.revision;
@@ -145,7 +145,7 @@ export class NodeAgent {
     const started = process.hrtime.bigint();
     let report: RevisionReport;
     try {
-      const compiled = await run('edgeplane.agent.compile', () => compileIntent(snapshot.policies, this.#o.labels));
+      const compiled = await run('edgeplane.agent.compile', () => compileIntent(snapshot.policies, this.#o.labels, snapshot.rollouts, this.#o.nodeName));
       await run('edgeplane.agent.apply', () => this.#applyCompiled(compiled));
       this.#applied = revision;
       this.#applies++;

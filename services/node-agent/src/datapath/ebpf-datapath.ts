@@ -268,11 +268,9 @@ export class EbpfDatapath implements Datapath {
         const meta = this.#readMeta(generation);
         if (!meta.valid) continue;
         const ids = this.#generationRuleIds(generation);
-        for (let index = 0; index <= ids.length; index++) {
-          const counter = this.#readCounter(this.#maps.ep_counters, generation * RULE_SLOTS + index);
-          const id = index === 0 ? DEFAULT_RULE_ID : (ids[index - 1] as number);
-          addTo(totals, id, counter);
-        }
+        this.#readCounterRange(generation, ids.length + 1).forEach((counter, index) => {
+          addTo(totals, index === 0 ? DEFAULT_RULE_ID : (ids[index - 1] as number), counter);
+        });
       }
       for (const [key, value] of this.#maps.ep_carry.entries()) addTo(totals, u32(key, 0), decodeCounter(value));
       const live = this.#readMeta(this.#readActive()).valid ? this.#generationRuleIds(this.#readActive()) : [];
@@ -342,8 +340,10 @@ export class EbpfDatapath implements Datapath {
 
   #install(generation: number, tables: TablesSpec): void {
     const counters = this.#maps.ep_counters;
-    const zero = new Uint8Array(sizes.counter);
-    for (let index = 0; index <= tables.ruleCount; index++) counters.setPerCpu(u32Bytes(generation * RULE_SLOTS + index), [zero]);
+    // One bpf_map_update_batch zeroes every slot the new rule set uses (one syscall, not one per slot).
+    const zero = [new Uint8Array(sizes.counter)];
+    const slots = Array.from({ length: tables.ruleCount + 1 }, (_, index) => u32Bytes(generation * RULE_SLOTS + index));
+    counters.setPerCpuBatch(slots, slots.map(() => zero));
     writeArray(this.#maps.ep_rules, generation * RULE_SLOTS, tables.rules, sizes.rule);
     writeArray(this.#maps.ep_wild, generation * WILD_COUNT, tables.wild, sizes.bitvec);
     const lpm = BpfMap.create({ type: 'lpm_trie', name: 'ep_lpm_in', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: Math.max(1, tables.lpm.count), flags: 1 /* BPF_F_NO_PREALLOC */ });
@@ -364,14 +364,33 @@ export class EbpfDatapath implements Datapath {
   #foldCounters(generation: number, ruleCount: number): void {
     const ids = this.#generationRuleIds(generation, ruleCount);
     const carry = this.#maps.ep_carry;
-    for (let index = 0; index <= ids.length; index++) {
-      const counter = this.#readCounter(this.#maps.ep_counters, generation * RULE_SLOTS + index);
-      if (counter.packets === 0 && counter.bytes === 0) continue;
+    const keys: Uint8Array[] = [];
+    const values: Uint8Array[] = [];
+    this.#readCounterRange(generation, ids.length + 1).forEach((counter, index) => {
+      if (counter.packets === 0 && counter.bytes === 0) return;
       const key = u32Bytes(index === 0 ? DEFAULT_RULE_ID : (ids[index - 1] as number));
       const previous = carry.get(key);
-      const sum = previous === undefined ? counter : decodeCounter(previous);
-      carry.set(key, encodeCounter(previous === undefined ? sum : { packets: sum.packets + counter.packets, bytes: sum.bytes + counter.bytes }));
-    }
+      const sum = previous === undefined ? { packets: 0, bytes: 0 } : decodeCounter(previous);
+      keys.push(key);
+      values.push(encodeCounter({ packets: sum.packets + counter.packets, bytes: sum.bytes + counter.bytes }));
+    });
+    carry.setBatch(keys, values);
+  }
+
+  // Counters of slots 0..count-1 of `generation`, summed over CPUs, with one batch lookup.
+  #readCounterRange(generation: number, count: number): Counter[] {
+    const first = generation * RULE_SLOTS;
+    const { values } = this.#maps.ep_counters.getPerCpuBatch(count, first === 0 ? undefined : u32Bytes(first - 1));
+    return values.map((perCpu) => {
+      let packets = 0;
+      let bytes = 0;
+      for (const value of perCpu) {
+        const counter = decodeCounter(value);
+        packets += counter.packets;
+        bytes += counter.bytes;
+      }
+      return { packets, bytes };
+    });
   }
 
   #pruneCarry(keep: ReadonlySet<number>): void {

@@ -1,0 +1,189 @@
+import test from 'ava';
+import * as grpc from '@grpc/grpc-js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  Action,
+  ApplyPolicyRequest,
+  Policy,
+  Protocol,
+  RolloutState,
+  type DeepPartial,
+  type RolloutStatus,
+  type RolloutStrategy_Staged,
+  type Rule,
+} from '@edgeplane/proto';
+import { NatsServer, freePort } from '@edgeplane/intent-log';
+import { CONTROLLER_MAIN, FleetNetwork, type ControlPlane, type FleetNode } from './support/fleet.js';
+import { call, clients } from './support/grpc.js';
+import { OtlpReceiver } from './support/otlp-receiver.js';
+import { Supervised } from './support/supervisor.js';
+
+// Spans leave the processes quickly, as JSON, for the receiver below.
+process.env.OTEL_EXPORTER_OTLP_PROTOCOL = 'http/json';
+process.env.OTEL_BSP_SCHEDULE_DELAY = '200';
+
+let net: FleetNetwork;
+let nats: NatsServer;
+let controller: Supervised;
+let cp: ControlPlane;
+let c: ReturnType<typeof clients>;
+let otlp: OtlpReceiver;
+const nodes: FleetNode[] = [];
+const dir = mkdtempSync(join(tmpdir(), 'rollout-test-'));
+
+test.before(async () => {
+  net = new FleetNetwork();
+  otlp = await OtlpReceiver.start();
+  nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '0.0.0.0' });
+  const grpcPort = await freePort('0.0.0.0');
+  controller = await Supervised.start('controller', {
+    command: process.execPath,
+    args: [CONTROLLER_MAIN, '--insecure', '--listen', `0.0.0.0:${grpcPort}`, '--nats', `nats://127.0.0.1:${nats.port}`, '--data-dir', join(dir, 'ctl'), '--heartbeat-interval', '1', '--counter-interval', '1', '--rule-growth-guard', '100000', '--otlp-endpoint', otlp.endpoint('127.0.0.1')],
+    readyEvent: 'ready',
+  });
+  cp = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey) };
+  c = clients(`127.0.0.1:${grpcPort}`);
+  for (let i = 1; i <= 5; i++) {
+    const node = net.addNode(i, `node-${i}`);
+    nodes.push(node);
+    await node.startAgent(cp, { role: 'edge', node: `node-${i}`, ...(i === 1 ? { canary: 'true' } : {}) }, ['--otlp-endpoint', otlp.endpoint(node.hostIp)]);
+  }
+  await until('5 nodes connected', async () => (await call(c.fleet, c.fleet.listNodes, { pageSize: 0, pageToken: '', labelSelector: '' })).nodes.filter((n) => n.status?.connected).length === 5);
+});
+
+test.after.always(async () => {
+  c?.close();
+  await net?.remove();
+  await controller?.stop();
+  await nats?.close();
+  await otlp?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function until(what: string, pred: () => Promise<boolean> | boolean, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await pred())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${controller.output}`);
+    await new Promise((r) => setTimeout(r, 150));
+  }
+}
+
+const rollout = async (name: string): Promise<RolloutStatus | undefined> => (await call(c.fleet, c.fleet.getRollout, { name }).catch(() => undefined))?.status;
+const sec = (s: number) => ({ seconds: BigInt(s), nanos: 0 });
+
+function staged(name: string, rules: DeepPartial<Rule>[], strategy: DeepPartial<RolloutStrategy_Staged>, selector: Record<string, string> = { role: 'edge' }): Policy {
+  return Policy.fromPartial({ metadata: { name }, spec: { nodeSelector: { matchLabels: selector }, defaultAction: Action.ACTION_ALLOW, rules, rolloutStrategy: { strategy: { $case: 'staged', staged: strategy } } } } as Policy);
+}
+
+const appliedPolicies = (node: FleetNode): string[][] =>
+  [...(node.agent?.output ?? '').matchAll(/"msg":"applied","revision":"\d+","policies":(\[[^\]]*\])/g)].map((m) => JSON.parse(m[1]!) as string[]);
+
+test.serial('rollout - a change that NACKs on the canary never reaches the other nodes and is reverted', async (t) => {
+  // Fill the canary nearly to capacity, so the change overflows it and only it.
+  const filler = (name: string, base: number): Policy =>
+    Policy.fromPartial({ metadata: { name }, spec: { nodeSelector: { matchLabels: { canary: 'true' } }, rules: Array.from({ length: 32_700 }, (_, i) => ({ priority: base + i, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 1 + (i % 65_000), last: 0 }], action: Action.ACTION_DENY })) } });
+  await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: filler('filler-a', 1_000_000), allowLargeGrowth: true }));
+  const filled = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: filler('filler-b', 2_000_000), allowLargeGrowth: true }));
+  await until('the canary to hold the filler', async () => (await call(c.fleet, c.fleet.getNode, { name: 'node-1' })).node?.status?.appliedRevision === filled.revision, 120_000);
+
+  const change = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
+    policy: staged('web', Array.from({ length: 200 }, (_, i) => ({ priority: 10 + i, protocol: Protocol.PROTOCOL_UDP, destinationPorts: [{ first: 5000 + i, last: 0 }], action: Action.ACTION_DENY })), {
+      waves: [{ name: 'canary', target: { $case: 'selector', selector: { matchLabels: { canary: 'true' } } }, bakeTime: sec(1) }, { name: 'all', target: { $case: 'percent', percent: 100 } }],
+    }),
+  }));
+  await until('the rollout to fail', async () => (await rollout('web'))?.rollout?.state === RolloutState.ROLLOUT_STATE_FAILED, 60_000);
+  const status = (await rollout('web'))!;
+  t.regex(status.rollout!.reason, /node node-1 NACKed revision \d+: 65\d+ uplink rules select this node/);
+  t.is(status.rollout!.currentWave, 0, 'it stopped in the canary wave');
+  const gone = await t.throwsAsync<grpc.ServiceError>(call(c.intent, c.intent.getPolicy, { name: 'web' }));
+  t.is(gone?.code, grpc.status.NOT_FOUND, 'the new policy was reverted: removed');
+  const revert = status.rollout!.resourceVersion;
+  await until('every node at the revert', async () => (await call(c.fleet, c.fleet.getRevisionStatus, { revision: revert, nodeLabelSelector: '' })).nodesApplied === 5, 30_000);
+  for (const n of nodes.slice(1)) t.false(appliedPolicies(n).some((p) => p.includes('web')), `${n.name} never applied the change`);
+  t.true(change.revision > 0n);
+  // Free the canary for the next tests.
+  await call(c.intent, c.intent.deletePolicy, { name: 'filler-a', validateOnly: false, allowMissing: false });
+  await call(c.intent, c.intent.deletePolicy, { name: 'filler-b', validateOnly: false, allowMissing: false });
+});
+
+test.serial('rollout - a healthy staged rollout completes wave by wave, each wave waiting its bake time', async (t) => {
+  const seen: { wave: number; nodes: number; at: number }[] = [];
+  const res = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
+    policy: staged('healthy', [{ priority: 5, protocol: Protocol.PROTOCOL_UDP, destinationPorts: [{ first: 7000, last: 0 }], action: Action.ACTION_DENY }], {
+      waves: [{ target: { $case: 'percent', percent: 20 }, bakeTime: sec(2) }, { target: { $case: 'percent', percent: 60 }, bakeTime: sec(2) }, { target: { $case: 'percent', percent: 100 } }],
+    }),
+  }));
+  await until('success', async () => {
+    const s = await rollout('healthy');
+    const r = s?.rollout;
+    if (r && (seen.length === 0 || seen[seen.length - 1]!.wave !== r.currentWave)) seen.push({ wave: r.currentWave, nodes: r.waveNodes.length, at: r.waveStartTime?.getTime() ?? 0 });
+    return r?.state === RolloutState.ROLLOUT_STATE_SUCCEEDED;
+  }, 60_000);
+  t.deepEqual(seen.map((s) => [s.wave, s.nodes]), [[0, 1], [1, 3], [2, 5]], 'waves of 20%, 60%, 100% of 5 nodes');
+  t.true(seen[1]!.at - seen[0]!.at >= 2000, 'wave 2 started after wave 1 baked 2 s');
+  t.true(seen[2]!.at - seen[1]!.at >= 2000, 'wave 3 started after wave 2 baked 2 s');
+  const done = (await rollout('healthy'))!;
+  await until('every node at the final revision', async () => (await call(c.fleet, c.fleet.getRevisionStatus, { revision: done.rollout!.resourceVersion, nodeLabelSelector: '' })).nodesApplied === 5);
+  t.deepEqual(done.waves.map((w) => w.nodesDone), [1, 2, 2]);
+  t.true(res.revision > 0n);
+});
+
+test.serial('rollout - the health gate trips on real traffic and the canary is rolled back', async (t) => {
+  const canary = nodes[1]!;
+  t.is(await canary.ping(1), 3, 'the test traffic passes before the change');
+  await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
+    policy: staged('bad-rule', [{ priority: 1, sourceCidrs: [`${canary.sources[1]}/32`], protocol: Protocol.PROTOCOL_ICMP, action: Action.ACTION_DENY }], {
+      waves: [{ name: 'canary', target: { $case: 'selector', selector: { matchLabels: { node: canary.name } } }, bakeTime: sec(20) }, { target: { $case: 'percent', percent: 100 } }],
+      gates: { maxDropRatioIncreasePoints: 20 },
+    }),
+  }));
+  // Traffic that was allowed now hits the bad rule on the canary.
+  const traffic = canary.ping(1, 60);
+  await until('the gate to trip', async () => (await rollout('bad-rule'))?.rollout?.state === RolloutState.ROLLOUT_STATE_FAILED, 30_000);
+  await traffic;
+  const status = (await rollout('bad-rule'))!;
+  t.regex(status.rollout!.reason, /node node-2 drops \d+\.\d% of packets, up from \d+\.\d% before the change/);
+  await until('the canary at the revert', async () => (await call(c.fleet, c.fleet.getNode, { name: canary.name })).node!.status!.appliedRevision >= status.rollout!.resourceVersion);
+  t.is(await canary.ping(1), 3, 'rolled back: the traffic passes again');
+  for (const n of [nodes[0]!, ...nodes.slice(2)]) t.false(appliedPolicies(n).some((p) => p.includes('bad-rule')), `${n.name} never took it`);
+});
+
+test.serial('rollout - a controller killed mid-rollout resumes at the same wave', async (t) => {
+  await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
+    policy: staged('resume-me', [{ priority: 3, protocol: Protocol.PROTOCOL_UDP, destinationPorts: [{ first: 7100, last: 0 }], action: Action.ACTION_DENY }], {
+      waves: [{ target: { $case: 'selector', selector: { matchLabels: { node: 'node-3' } } }, bakeTime: sec(6) }, { target: { $case: 'percent', percent: 100 } }],
+    }),
+  }));
+  await until('wave 1 applied', async () => (await rollout('resume-me'))?.waves[0]?.nodesDone === 1);
+  await controller.kill('SIGKILL');
+  await controller.start();
+  const after = (await rollout('resume-me'))!;
+  t.is(after.rollout!.state, RolloutState.ROLLOUT_STATE_PROGRESSING);
+  t.is(after.rollout!.currentWave, 0, 'still in the first wave after the restart');
+  await until('success after the restart', async () => (await rollout('resume-me'))?.rollout?.state === RolloutState.ROLLOUT_STATE_SUCCEEDED, 60_000);
+  t.is((await rollout('resume-me'))!.rollout!.currentWave, 1);
+});
+
+test.serial('tracing - one trace per change: the API call is the root, the publish, each wave and every node are in it', async (t) => {
+  await until('spans to arrive', () => otlp.spans.some((s) => s.service === 'edgeplane-agent' && s.name === 'edgeplane.agent.ack'), 20_000);
+  await new Promise((r) => setTimeout(r, 1500));
+  const root = otlp.spans.find((s) => s.name === 'edgeplane.v1.IntentService/ApplyPolicy' && s.attributes['edgeplane.policy'] === 'healthy');
+  t.truthy(root, 'the ApplyPolicy span of the healthy rollout');
+  const inTrace = otlp.spans.filter((s) => s.traceId === root!.traceId);
+  t.is(root!.parentSpanId, '', 'the API call is the root');
+  t.true(inTrace.some((s) => s.name === 'edgeplane.intent.publish' && s.parentSpanId === root!.spanId));
+  const waves = inTrace.filter((s) => s.name === 'edgeplane.rollout.wave');
+  t.deepEqual([...new Set(waves.map((w) => w.attributes['edgeplane.wave']))].sort(), [0, 1, 2], 'a span per wave');
+  for (const n of nodes) {
+    const mine = inTrace.filter((s) => s.service === 'edgeplane-agent' && s.attributes['edgeplane.node'] === n.name);
+    for (const name of ['edgeplane.agent.receive', 'edgeplane.agent.compile', 'edgeplane.agent.apply', 'edgeplane.agent.ack']) {
+      t.true(mine.some((s) => s.name === name && s.parentSpanId === root!.spanId), `${n.name}: ${name} is a child of the API call`);
+    }
+  }
+  // The canary's NACK in the failed rollout is marked as an error in that change's trace.
+  const webRoot = otlp.spans.find((s) => s.name === 'edgeplane.v1.IntentService/ApplyPolicy' && s.attributes['edgeplane.policy'] === 'web');
+  const nack = otlp.spans.find((s) => s.traceId === webRoot?.traceId && s.name === 'edgeplane.agent.ack' && s.attributes['edgeplane.node'] === 'node-1' && s.attributes['edgeplane.outcome'] === 'nack');
+  t.is(nack?.statusCode, 2, 'the NACK is an error span');
+});
