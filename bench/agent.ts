@@ -1,0 +1,448 @@
+// Agent benchmark (issue 5): the node agent's footprint (RSS and CPU, idle and under one policy
+// change per second) and the time from a log entry reaching the node to the datapath enforcing
+// it, for 1, 10,000 and 65,536 rules. Runs NATS, the controller and one real agent (eBPF
+// datapath, in a network namespace) from their dist/ builds with the test harness; prints a
+// table and one JSON line; asserts nothing. Cleans up on failure, Ctrl-C and its time bound.
+//   npx tsc --build && node --import=tsx bench/agent.ts [--quick]
+//
+// Where the numbers come from:
+// - footprint: /proc/PID/status VmRSS and /proc/PID/stat utime+stime of the agent's node process;
+// - latency: the agent's own spans (receive, compile, apply, ack), exported by OTLP/JSON to a sink
+//   in this process, against the moment this process got the same live entry from NATS. The
+//   RevisionReport's apply_duration is not used directly: the controller drops it (it is not in
+//   NodeStatus or any API), so it is reconstructed from the spans it brackets (compile start to
+//   ack start); it starts at reconcile, after decode, verify and the 25 ms coalescing wait.
+// - "ACK seen" is an upper bound from outside: ApplyPolicy response to GetNode showing the revision.
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, release, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { Action, ApplyPolicyRequest, INTENT_LIVE_SUBJECT, Policy, Protocol, type Rule } from '@edgeplane/proto';
+import { NatsServer } from '@edgeplane/intent-log';
+import { compileIntent, compileTables } from '@edgeplane/node-agent';
+import { AGENT_MAIN, CONTROLLER_MAIN, FleetNetwork, type ControlPlane, type FleetNode } from '../test/support/fleet.js';
+import { call, clients } from '../test/support/grpc.js';
+import { Supervised } from '../test/support/supervisor.js';
+import { OtlpSink, type SinkSpan } from './otlp-sink.js';
+
+const quick = process.argv.includes('--quick');
+const WINDOW_S = quick ? 10 : 30;
+const RUNS = quick ? 1 : 3;
+const LOADED_S = quick ? 6 : 20;
+const SIZES = [1, 10_000, 65_536];
+/** Hard bound: past it the run is aborted and cleaned up. */
+const BOUND_MS = quick ? 90_000 : 300_000;
+const LABELS = { role: 'edge', site: 'bench' };
+const POLICY = 'bench-rules';
+const MAX_PAYLOAD = 8 * 1024 * 1024;
+/** Production intervals for the footprint (the harness defaults to 1 s for tests). */
+const PRODUCTION_INTERVALS = ['--heartbeat-interval', '5', '--counter-interval', '5', '--interface-check', '2'];
+
+// Both the services and this process read span times against the same wall clock.
+const now = (): number => performance.timeOrigin + performance.now();
+
+const abort = new AbortController();
+let interrupted = false;
+const onSignal = (signal: NodeJS.Signals): void => {
+  if (abort.signal.aborted) {
+    process.stderr.write(`${signal}: already cleaning up\n`);
+    return;
+  }
+  interrupted = true;
+  abort.abort(new Error(`interrupted by ${signal}`));
+};
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const signal = abort.signal;
+    if (signal.aborted) return reject(signal.reason as Error);
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal.reason as Error);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+async function until(what: string, pred: () => Promise<boolean> | boolean, ms: number, pollMs = 20): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await pred())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(pollMs);
+  }
+}
+
+const median = (xs: number[]): number => {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const round = (x: number, digits = 1): number => (Number.isFinite(x) ? Number(x.toFixed(digits)) : NaN);
+
+// ---- /proc sampling --------------------------------------------------------------------------
+
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+interface ProcSample {
+  at: number;
+  rssKb: number;
+  ticks: number;
+}
+
+function sampleProc(pid: number): ProcSample {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after "(comm)": state is field 3, utime 14, stime 15 (proc(5)).
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { at: now(), rssKb: Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN), ticks: Number(f[11]) + Number(f[12]) };
+}
+
+/**
+ * The pid of the agent's node process. The harness starts `nsenter --net=... -- node main.js`;
+ * nsenter without --fork execs, so the Supervised pid should already be node: verified here.
+ */
+function agentPid(supervised: Supervised): { pid: number; how: string } {
+  const pid = supervised.pid;
+  if (pid === undefined) throw new Error('the agent is not running');
+  const cmdline = (p: number): string[] => readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+  if (cmdline(pid).includes(AGENT_MAIN)) return { pid, how: 'nsenter exec()s: the supervised pid is the node process' };
+  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  const child = children.find((c) => cmdline(c).includes(AGENT_MAIN));
+  if (child === undefined) throw new Error(`no node process running ${AGENT_MAIN} at or under pid ${pid}`);
+  return { pid: child, how: `nsenter forked: node is child ${child} of ${pid}` };
+}
+
+interface Footprint {
+  seconds: number;
+  rssMedianMiB: number;
+  rssMaxMiB: number;
+  cpuMeanPct: number;
+  cpuMaxPct: number;
+}
+
+/** Samples once a second for `seconds`; `tick` runs at the start of each second. */
+async function footprint(pid: number, seconds: number, tick?: (i: number) => Promise<void>): Promise<Footprint> {
+  const samples: ProcSample[] = [sampleProc(pid)];
+  const start = samples[0]!.at;
+  for (let i = 0; i < seconds; i++) {
+    await tick?.(i);
+    await sleep(Math.max(0, start + (i + 1) * 1000 - now()));
+    samples.push(sampleProc(pid));
+  }
+  const first = samples[0]!;
+  const last = samples[samples.length - 1]!;
+  const pct = (a: ProcSample, b: ProcSample): number => ((b.ticks - a.ticks) / CLK_TCK / ((b.at - a.at) / 1000)) * 100;
+  const perSecond = samples.slice(1).map((s, i) => pct(samples[i]!, s));
+  const rss = samples.map((s) => s.rssKb / 1024);
+  return { seconds, rssMedianMiB: round(median(rss)), rssMaxMiB: round(Math.max(...rss)), cpuMeanPct: round(pct(first, last), 2), cpuMaxPct: round(Math.max(...perSecond)) };
+}
+
+// ---- policies --------------------------------------------------------------------------------
+
+/**
+ * `n` deny rules selecting the bench node: rule 1 denies ICMP from the probe source (so a ping
+ * shows enforcement); the rest alternate between a distinct TCP destination port and a distinct
+ * /32 source (198.18.0.0/15, the benchmarking range). `change` replaces the last rule (for n = 1,
+ * adds a source to the only rule), so the tables differ by one rule.
+ */
+function rulesPolicy(n: number, probeSource: string, change?: number): Policy {
+  const rules: Partial<Rule>[] = [{ priority: 1, name: 'probe', sourceCidrs: [`${probeSource}/32`], protocol: Protocol.PROTOCOL_ICMP, action: Action.ACTION_DENY }];
+  for (let i = 1; i < n; i++) {
+    const k = i >> 1;
+    rules.push(
+      i % 2 === 0
+        ? { priority: i + 1, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 1 + k, last: 0 }], action: Action.ACTION_DENY }
+        : { priority: i + 1, sourceCidrs: [`198.18.${k >> 8}.${k & 255}/32`], protocol: Protocol.PROTOCOL_TCP, action: Action.ACTION_DENY },
+    );
+  }
+  if (change !== undefined) {
+    if (n === 1) rules[0] = { ...rules[0], sourceCidrs: [`${probeSource}/32`, `198.19.255.${change & 255}/32`] };
+    else rules[n - 1] = { priority: n, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 50_000 + change, last: 0 }], action: Action.ACTION_DENY };
+  }
+  return Policy.fromPartial({ metadata: { name: POLICY }, spec: { nodeSelector: { matchLabels: { role: 'edge' } }, defaultAction: Action.ACTION_ALLOW, rules } });
+}
+
+// ---- one timed apply -------------------------------------------------------------------------
+
+interface Timing {
+  revision: string;
+  entryKiB: number;
+  /** ApplyPolicy round trip (validate, sign, publish to JetStream). */
+  apiMs: number;
+  /** Live entry seen on NATS by this process -> the agent's apply span ends (both datapaths switched). */
+  enforceMs: number;
+  /** The agent's apply_duration as it computes it: reconcile start (compile) -> report (ack). */
+  agentApplyDurationMs: number;
+  /** ApplyPolicy response -> GetNode shows the revision applied (polled every 20 ms). */
+  ackSeenMs: number;
+  /** Breakdown inside the agent. */
+  decodeVerifyMs: number;
+  coalesceMs: number;
+  compileMs: number;
+  datapathMs: number;
+  stateFileMs: number;
+  /** Controller spans of the write (ApplyPolicy server span, publish), if exported. */
+  controller: Record<string, number>;
+}
+
+const AGENT_SPANS = ['edgeplane.agent.receive', 'edgeplane.agent.compile', 'edgeplane.agent.apply', 'edgeplane.agent.ack'] as const;
+
+interface Ctx {
+  c: ReturnType<typeof clients>;
+  node: FleetNode;
+  sink: OtlpSink;
+  live: Map<bigint, { at: number; bytes: number }>;
+}
+
+async function nodeStatus(ctx: Ctx) {
+  return (await call(ctx.c.fleet, ctx.c.fleet.getNode, { name: ctx.node.name }).catch(() => undefined))?.node?.status;
+}
+
+/** Waits until the node reports `revision` applied; throws on its NACK. Returns when it was seen. */
+async function waitApplied(ctx: Ctx, revision: bigint, ms: number): Promise<number> {
+  let seen = NaN;
+  await until(
+    `revision ${revision} applied`,
+    async () => {
+      const s = await nodeStatus(ctx);
+      if (s && s.lastErrorRevision === revision && revision > 0n) throw new Error(`revision ${revision} NACKed: ${s.lastError}`);
+      if ((s?.appliedRevision ?? 0n) >= revision) seen = now();
+      return Number.isFinite(seen);
+    },
+    ms,
+  );
+  return seen;
+}
+
+async function applyPolicy(ctx: Ctx, policy: Policy): Promise<bigint> {
+  return (await call(ctx.c.intent, ctx.c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy, allowLargeGrowth: true }))).revision;
+}
+
+async function timedApply(ctx: Ctx, policy: Policy): Promise<Timing> {
+  const t0 = now();
+  const revision = await applyPolicy(ctx, policy);
+  const t1 = now();
+  const acked = await waitApplied(ctx, revision, 120_000);
+  const r = Number(revision);
+  const spanOf = (name: string): SinkSpan | undefined => ctx.sink.spans.find((s) => s.name === name && s.attributes['edgeplane.revision'] === r && s.service.includes('agent'));
+  await until(`the agent's spans of revision ${revision}`, () => AGENT_SPANS.every((n) => spanOf(n)) && ctx.live.has(revision), 10_000, 50).catch(() => undefined);
+  const [receive, compile, apply, ack] = AGENT_SPANS.map(spanOf);
+  const live = ctx.live.get(revision);
+  const controller: Record<string, number> = {};
+  const publish = ctx.sink.spans.find((s) => s.name === 'edgeplane.intent.publish' && s.attributes['edgeplane.revision'] === r);
+  if (publish) {
+    for (const s of ctx.sink.spans) if (s.traceId === publish.traceId && !s.service.includes('agent')) controller[s.name] = round(s.endMs - s.startMs);
+  }
+  const d = (a: number | undefined, b: number | undefined): number => round((b ?? NaN) - (a ?? NaN));
+  return {
+    revision: String(revision),
+    entryKiB: round((live?.bytes ?? NaN) / 1024),
+    apiMs: d(t0, t1),
+    enforceMs: d(live?.at, apply?.endMs),
+    agentApplyDurationMs: d(compile?.startMs, ack?.startMs),
+    ackSeenMs: d(t1, acked),
+    decodeVerifyMs: d(live?.at, receive?.startMs),
+    coalesceMs: d(receive?.startMs, compile?.startMs),
+    compileMs: d(compile?.startMs, compile?.endMs),
+    datapathMs: d(apply?.startMs, apply?.endMs),
+    stateFileMs: d(apply?.endMs, ack?.startMs),
+    controller,
+  };
+}
+
+// ---- main ------------------------------------------------------------------------------------
+
+interface LatencyRow {
+  rules: number;
+  change: 'first' | 'one-rule';
+  runs: Timing[];
+  median: Omit<Timing, 'revision' | 'controller'>;
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'ep-bench-agent-'));
+  const cleanups: [string, () => unknown][] = [];
+  const bound = setTimeout(() => abort.abort(new Error(`time bound of ${BOUND_MS / 1000} s reached`)), BOUND_MS);
+  const started = Date.now();
+  const outputs: (() => string)[] = [];
+  const log = (msg: string): void => void process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(5)} s] ${msg}\n`);
+  try {
+    // Span export: JSON (the sink parses no protobuf), flushed often.
+    process.env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = 'http/json';
+    process.env.OTEL_BSP_SCHEDULE_DELAY = '200';
+    const sink = await OtlpSink.start('0.0.0.0');
+    cleanups.push(['otlp sink', () => sink.close()]);
+    const net = new FleetNetwork();
+    cleanups.push(['namespaces, agent, pins', () => net.remove()]);
+    // nats-server's default max_payload (1 MiB) refuses the 65,536-rule entry (~1.5 MiB): the
+    // controller answers UNAVAILABLE "max_payload size exceeded". Run it with 8 MiB instead.
+    writeFileSync(join(dir, 'nats.conf'), `max_payload: ${MAX_PAYLOAD}\n`);
+    writeFileSync(join(dir, 'nats-server'), `#!/bin/sh\nexec nats-server -c ${join(dir, 'nats.conf')} "$@"\n`);
+    chmodSync(join(dir, 'nats-server'), 0o755);
+    const nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '0.0.0.0', binary: join(dir, 'nats-server') });
+    cleanups.push(['nats-server', () => nats.close()]);
+    const controller = await Supervised.start('controller', {
+      command: process.execPath,
+      args: [CONTROLLER_MAIN, '--insecure', '--listen', '0.0.0.0:0', '--nats', `nats://127.0.0.1:${nats.port}`, '--data-dir', join(dir, 'ctl'), '--rule-growth-guard', '1000000', '--max-rules-per-policy', '65536', '--otlp-endpoint', `http://127.0.0.1:${sink.port}`],
+      readyEvent: 'ready',
+    });
+    cleanups.push(['controller', () => controller.stop(5000)]);
+    const grpcPort = Number(String(controller.ready.grpc).split(':').pop());
+    const cp: ControlPlane = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey) };
+    const c = clients(`127.0.0.1:${grpcPort}`);
+    cleanups.push(['grpc clients', () => c.close()]);
+    const nc: NatsConnection = await connect({ servers: `nats://127.0.0.1:${nats.port}` });
+    cleanups.push(['nats client', () => nc.close()]);
+    const live = new Map<bigint, { at: number; bytes: number }>();
+    nc.subscribe(INTENT_LIVE_SUBJECT, {
+      callback: (err, msg) => {
+        const seq = msg?.headers?.get('Nats-Sequence');
+        if (!err && seq) live.set(BigInt(seq), { at: now(), bytes: msg.data.length });
+      },
+    });
+
+    const node = net.addNode(1, 'bench-1');
+    const ctx: Ctx = { c, node, sink, live };
+
+    // -- footprint, without span export and with production intervals --------------------------
+    let agent = await node.startAgent(cp, LABELS, PRODUCTION_INTERVALS);
+    outputs.push(() => node.agent?.output ?? '', () => controller.output);
+    await until('the agent to connect', async () => (await nodeStatus(ctx))?.connected === true, 20_000, 100);
+    const { pid, how } = agentPid(agent);
+    log(`agent pid ${pid} (${how}); settling`);
+    await sleep(quick ? 1000 : 3000);
+    log(`idle for ${WINDOW_S} s`);
+    const idle = await footprint(pid, WINDOW_S);
+    log(`one change per second for ${WINDOW_S} s`);
+    let churnLast = 0n;
+    const churn = await footprint(pid, WINDOW_S, async (i) => {
+      churnLast = await applyPolicy(ctx, Policy.fromPartial({ metadata: { name: 'bench-churn' }, spec: { nodeSelector: { matchLabels: { role: 'edge' } }, rules: [{ priority: 10, protocol: Protocol.PROTOCOL_UDP, destinationPorts: [{ first: 2000 + i }], action: Action.ACTION_DENY }] } }));
+    });
+    await waitApplied(ctx, churnLast, 10_000);
+    const churnApplies = (agent.output.match(/"msg":"applied"/g) ?? []).length;
+    const delChurn = (await call(c.intent, c.intent.deletePolicy, { name: 'bench-churn', validateOnly: false, allowMissing: true })).revision;
+    await waitApplied(ctx, delChurn, 10_000);
+
+    // -- latency, with the agent's spans exported to the sink ------------------------------------
+    await agent.stop(5000);
+    agent = await node.startAgent(cp, LABELS, ['--otlp-endpoint', `http://${node.hostIp}:${sink.port}`]);
+    await until('the agent to reconnect', async () => (await nodeStatus(ctx))?.connected === true, 20_000, 100);
+    const latency: LatencyRow[] = [];
+    const probes: { rules: number; deniedReplies: number; allowedReplies: number }[] = [];
+    const reference: { rules: number; compileIntentMs: number; compileTablesMs: number }[] = [];
+    for (const n of SIZES) {
+      const first: Timing[] = [];
+      const change: Timing[] = [];
+      for (let run = 0; run < RUNS; run++) {
+        const del = (await call(c.intent, c.intent.deletePolicy, { name: POLICY, validateOnly: false, allowMissing: true })).revision;
+        await waitApplied(ctx, del, 120_000);
+        await sleep(300);
+        first.push(await timedApply(ctx, rulesPolicy(n, node.sources[0])));
+        log(`${n} rules, first apply, run ${run + 1}: entry->enforce ${first.at(-1)!.enforceMs} ms`);
+        if (run === 0) {
+          // ACKed: the probe source's pings must now be dropped, the other source's not.
+          probes.push({ rules: n, deniedReplies: await node.ping(0), allowedReplies: await node.ping(1) });
+        }
+        await sleep(300);
+        change.push(await timedApply(ctx, rulesPolicy(n, node.sources[0], run + 1)));
+        log(`${n} rules, one-rule change, run ${run + 1}: entry->enforce ${change.at(-1)!.enforceMs} ms`);
+      }
+      for (const [kind, runs] of [['first', first], ['one-rule', change]] as const) {
+        const m = (k: keyof Omit<Timing, 'revision' | 'controller'>): number => round(median(runs.map((t) => t[k])));
+        latency.push({
+          rules: n,
+          change: kind,
+          runs,
+          median: { entryKiB: m('entryKiB'), apiMs: m('apiMs'), enforceMs: m('enforceMs'), agentApplyDurationMs: m('agentApplyDurationMs'), ackSeenMs: m('ackSeenMs'), decodeVerifyMs: m('decodeVerifyMs'), coalesceMs: m('coalesceMs'), compileMs: m('compileMs'), datapathMs: m('datapathMs'), stateFileMs: m('stateFileMs') },
+        });
+      }
+      // The same compile steps in this process, to split the agent's datapath span into table
+      // compilation and kernel map writes.
+      const policy = rulesPolicy(n, node.sources[0]);
+      const a = now();
+      const compiled = compileIntent([policy], LABELS);
+      const b = now();
+      compileTables(compiled.uplink.ruleSet);
+      const ci = b - a;
+      const ct = now() - b;
+      reference.push({ rules: n, compileIntentMs: round(ci), compileTablesMs: round(ct) });
+    }
+    // The agent idle again, now holding 65,536 rules (counter reads walk every rule).
+    log(`idle with 65,536 rules for ${LOADED_S} s`);
+    const loaded = await footprint(agentPid(agent).pid, LOADED_S);
+    const peak = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${agentPid(agent).pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
+
+    // -- report ---------------------------------------------------------------------------------
+    const machine = { nproc: availableParallelism(), kernel: release(), node: process.version };
+    const out: string[] = [];
+    out.push(`agent footprint (pid check: ${how})`);
+    out.push(`${'phase'.padEnd(30)}${'RSS median'.padStart(12)}${'RSS max'.padStart(10)}${'CPU mean'.padStart(10)}${'CPU max 1s'.padStart(12)}`);
+    for (const [name, f] of [[`idle (${WINDOW_S} s)`, idle], [`1 change/s (${WINDOW_S} s)`, churn], [`idle, 65,536 rules (${LOADED_S} s)`, loaded]] as const) {
+      out.push(`${name.padEnd(30)}${`${f.rssMedianMiB} MiB`.padStart(12)}${`${f.rssMaxMiB} MiB`.padStart(10)}${`${f.cpuMeanPct} %`.padStart(10)}${`${f.cpuMaxPct} %`.padStart(12)}`);
+    }
+    out.push(`peak RSS (VmHWM) after the 65,536-rule runs: ${round(peak)} MiB; CPU % is of one core`);
+    out.push('');
+    out.push(`entry received -> datapath enforcing, ms (median of ${RUNS}${RUNS > 1 ? '' : ' run'})`);
+    const cols = ['rules', 'change', 'entry KiB', 'api', 'entry->enforce', 'apply_duration', 'api->ack seen', 'decode+verify', 'coalesce', 'compile', 'datapath', 'state file'];
+    const widths = [7, 10, 10, 8, 15, 15, 14, 14, 9, 9, 9, 11];
+    const row = (cells: (string | number)[]): string => cells.map((v, i) => String(v).padStart(widths[i]!)).join('');
+    out.push(row(cols));
+    for (const l of latency) {
+      const m = l.median;
+      out.push(row([l.rules, l.change, m.entryKiB, m.apiMs, m.enforceMs, m.agentApplyDurationMs, m.ackSeenMs, m.decodeVerifyMs, m.coalesceMs, m.compileMs, m.datapathMs, m.stateFileMs]));
+    }
+    out.push('');
+    out.push(`probe (ping x3 after the ACK of the first apply): ${probes.map((p) => `${p.rules} rules: denied source ${p.deniedReplies}/3 replies, other source ${p.allowedReplies}/3`).join('; ')}`);
+    out.push(`same compile steps in this process: ${reference.map((r) => `${r.rules} rules: compileIntent ${r.compileIntentMs} ms, compileTables ${r.compileTablesMs} ms (the agent runs it once per datapath: uplink and workload)`).join('; ')}`);
+    const ctl = latency.filter((l) => l.rules === 65_536).map((l) => `${l.change}: ${Object.entries(l.runs[0]?.controller ?? {}).map(([k, v]) => `${k} ${v} ms`).join(', ')}`);
+    out.push(`controller spans, 65,536 rules (run 1): ${ctl.join('; ')}`);
+    console.log(out.join('\n'));
+    console.log(
+      JSON.stringify({
+        bench: 'agent',
+        date: new Date().toISOString(),
+        quick,
+        machine,
+        footprint: { pidCheck: how, idle, oneChangePerSecond: { ...churn, applies: churnApplies }, idleWith65536Rules: loaded, peakRssMiB: round(peak) },
+        latency: latency.map((l) => ({ rules: l.rules, change: l.change, runs: l.runs.length, median: l.median, all: l.runs })),
+        probes,
+        reference,
+        otlpRejected: sink.rejected,
+      }),
+    );
+  } catch (err) {
+    for (const o of outputs) process.stderr.write(`${o().split('\n').slice(-15).join('\n')}\n`);
+    throw err;
+  } finally {
+    clearTimeout(bound);
+    for (const [what, fn] of cleanups.reverse()) {
+      try {
+        const t = Date.now();
+        await fn();
+        log(`cleanup: ${what} (${Date.now() - t} ms)`);
+      } catch (err) {
+        process.stderr.write(`cleanup ${what}: ${(err as Error).message}\n`);
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+try {
+  await main();
+} catch (err) {
+  process.stderr.write(`bench/agent: ${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = interrupted ? 130 : 1;
+} finally {
+  // Everything owned is closed; do not let a stray handle keep a finished bench alive.
+  setTimeout(() => process.exit(), 5000).unref();
+}
