@@ -19,6 +19,17 @@ import { CONTROLLER_MAIN, FleetNetwork, type ControlPlane, type FleetNode } from
 import { call, clients } from './support/grpc.js';
 import { OtlpReceiver } from './support/otlp-receiver.js';
 import { Supervised } from './support/supervisor.js';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+const CLI = fileURLToPath(new URL('../packages/cli/dist/main.js', import.meta.url));
+function edgeplane(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, '--server', `127.0.0.1:${cp.grpcPort}`, '--insecure', ...args], { timeout: 60_000 }, (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
 
 // Spans leave the processes quickly, as JSON, for the receiver below.
 process.env.OTEL_EXPORTER_OTLP_PROTOCOL = 'http/json';
@@ -141,8 +152,12 @@ test.serial('rollout - the health gate trips on real traffic and the canary is r
   }));
   // Traffic that was allowed now hits the bad rule on the canary.
   const traffic = canary.ping(1, 60);
+  const watching = edgeplane(['rollout', 'status', 'bad-rule', '--watch', '--timeout', '50s']);
   await until('the gate to trip', async () => (await rollout('bad-rule'))?.rollout?.state === RolloutState.ROLLOUT_STATE_FAILED, 30_000);
   await traffic;
+  const watched = await watching;
+  t.is(watched.code, 6, `rollout status --watch exits 6 on a failed rollout\n${watched.stdout}${watched.stderr}`);
+  t.regex(watched.stderr, /rollout of bad-rule failed: wave 1: node node-2 drops/);
   const status = (await rollout('bad-rule'))!;
   t.regex(status.rollout!.reason, /node node-2 drops \d+\.\d% of packets, up from \d+\.\d% before the change/);
   await until('the canary at the revert', async () => (await call(c.fleet, c.fleet.getNode, { name: canary.name })).node!.status!.appliedRevision >= status.rollout!.resourceVersion);
@@ -164,6 +179,37 @@ test.serial('rollout - a controller killed mid-rollout resumes at the same wave'
   t.is(after.rollout!.currentWave, 0, 'still in the first wave after the restart');
   await until('success after the restart', async () => (await rollout('resume-me'))?.rollout?.state === RolloutState.ROLLOUT_STATE_SUCCEEDED, 60_000);
   t.is((await rollout('resume-me'))!.rollout!.currentWave, 1);
+});
+
+test.serial('rollout - operators pause, resume, promote and abort from the CLI', async (t) => {
+  const long = (name: string) =>
+    staged(name, [{ priority: 4, protocol: Protocol.PROTOCOL_UDP, destinationPorts: [{ first: 7200, last: 0 }], action: Action.ACTION_DENY }], {
+      waves: [{ target: { $case: 'selector', selector: { matchLabels: { node: 'node-4' } } }, bakeTime: sec(600) }, { target: { $case: 'percent', percent: 100 } }],
+    });
+  await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: long('ops') }));
+  const paused = await edgeplane(['rollout', 'pause', 'ops', '--reason', 'looking']);
+  t.is(paused.code, 0, paused.stderr);
+  t.is((await rollout('ops'))!.rollout!.state, RolloutState.ROLLOUT_STATE_PAUSED);
+  const again = await edgeplane(['rollout', 'pause', 'ops']);
+  t.is(again.code, 1, 'pausing a paused rollout is refused');
+  t.regex(again.stderr, /paused: cannot pause/);
+  t.is((await edgeplane(['rollout', 'resume', 'ops'])).code, 0);
+  const shown = await edgeplane(['rollout', 'status', 'ops']);
+  t.regex(shown.stdout, /Rollout of policy ops .*: progressing/);
+  t.regex(shown.stdout, /selector node=node-4/);
+  await until('wave 1 applied', async () => (await rollout('ops'))?.waves[0]?.nodesDone === 1);
+  t.is((await edgeplane(['rollout', 'promote', 'ops'])).code, 0);
+  await until('promoted past a 10-minute bake', async () => (await rollout('ops'))?.rollout?.state === RolloutState.ROLLOUT_STATE_SUCCEEDED);
+
+  await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: long('ops-abort') }));
+  const busy = await t.throwsAsync<grpc.ServiceError>(call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: long('ops-abort') })));
+  t.is(busy?.code, grpc.status.FAILED_PRECONDITION, 'a second change waits for the rollout in progress');
+  const aborted = await edgeplane(['rollout', 'abort', 'ops-abort', '--reason', 'not today']);
+  t.is(aborted.code, 0, aborted.stderr);
+  const final = (await rollout('ops-abort'))!;
+  t.is(final.rollout!.state, RolloutState.ROLLOUT_STATE_ABORTED);
+  t.is(final.rollout!.reason, 'not today');
+  await t.throwsAsync(call(c.intent, c.intent.getPolicy, { name: 'ops-abort' }), undefined, 'the new policy was reverted');
 });
 
 test.serial('tracing - one trace per change: the API call is the root, the publish, each wave and every node are in it', async (t) => {

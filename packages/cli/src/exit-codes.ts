@@ -15,6 +15,8 @@ export const ExitCode = {
   TIMEOUT: 4,
   /** `diff --exit-code`: the manifests differ from what the server holds. */
   DIFFERENT: 5,
+  /** `rollout status --watch`: the rollout failed or was aborted. */
+  ROLLOUT_FAILED: 6,
 } as const;
 
 /** One of the {@link ExitCode} values. */
@@ -27,4 +29,5 @@ export const EXIT_CODE_HELP = `Exit codes:
   2  usage error (unknown command or flag, missing argument); nothing was sent
   3  apply --wait: a node NACKed the new revision (node and reason are printed)
   4  apply --wait: not every node reached the new revision within --timeout
-  5  diff --exit-code: there are differences`;
+  5  diff --exit-code: there are differences
+  6  rollout status --watch: the rollout failed or was aborted (the reason is printed)`;

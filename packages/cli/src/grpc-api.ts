@@ -18,6 +18,8 @@ import {
   type GetRevisionStatusResponse,
   type Node,
   type Policy,
+  type Rollout,
+  type RolloutStatus,
 } from '@edgeplane/proto';
 import { InputError, RpcError } from './errors.js';
 
@@ -42,7 +44,14 @@ export interface FleetApi {
 }
 
 /** Both APIs. */
-export interface EdgeplaneApi extends PolicyApi, FleetApi {}
+/** The rollout calls the commands make. */
+export interface RolloutApi {
+  /** Returns undefined when the policy has no rollout. */
+  getRollout(name: string): Promise<RolloutStatus | undefined>;
+  rolloutAction(name: string, action: 'pause' | 'resume' | 'promote' | 'abort', reason: string): Promise<{ rollout: Rollout | undefined; revision: bigint }>;
+}
+
+export interface EdgeplaneApi extends PolicyApi, FleetApi, RolloutApi {}
 
 /** How to reach the controller. */
 export interface ConnectionOptions {
@@ -163,6 +172,29 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
 
   getRevisionStatus(revision: bigint, nodeLabelSelector: string): Promise<GetRevisionStatusResponse> {
     return this.#call(`get revision status ${revision}`, this.#fleet, this.#fleet.getRevisionStatus, { revision, nodeLabelSelector });
+  }
+
+  async getRollout(name: string): Promise<RolloutStatus | undefined> {
+    try {
+      return (await this.#call(`get rollout ${name}`, this.#fleet, this.#fleet.getRollout, { name })).status;
+    } catch (err) {
+      if (err instanceof RpcError && err.code === grpc.status.NOT_FOUND) return undefined;
+      throw err;
+    }
+  }
+
+  rolloutAction(name: string, action: 'pause' | 'resume' | 'promote' | 'abort', reason: string): Promise<{ rollout: Rollout | undefined; revision: bigint }> {
+    const op = `${action} rollout ${name}`;
+    switch (action) {
+      case 'pause':
+        return this.#call(op, this.#intent, this.#intent.pauseRollout, { name, reason });
+      case 'resume':
+        return this.#call(op, this.#intent, this.#intent.resumeRollout, { name });
+      case 'promote':
+        return this.#call(op, this.#intent, this.#intent.promoteRollout, { name });
+      case 'abort':
+        return this.#call(op, this.#intent, this.#intent.abortRollout, { name, reason });
+    }
   }
 
   /** Closes both channels. Idempotent. */

@@ -9,7 +9,7 @@ export { formatAge, formatDuration, parseDurationMs } from './duration.js';
 export { CliError, InputError, ManifestError, NackError, RpcError, UsageError, WaitTimeoutError, formatPosition, formatProblem, type ManifestProblem, type SourcePosition } from './errors.js';
 export { EXIT_CODE_HELP, ExitCode, type ExitCodeValue } from './exit-codes.js';
 export { DEFAULT_SERVER, GLOBAL_OPTIONS, connectionOptions } from './global-options.js';
-export { GrpcEdgeplaneApi, toRpcError, type ConnectionOptions, type EdgeplaneApi, type FleetApi, type PolicyApi } from './grpc-api.js';
+export { GrpcEdgeplaneApi, toRpcError, type ConnectionOptions, type EdgeplaneApi, type FleetApi, type PolicyApi, type RolloutApi } from './grpc-api.js';
 export { readManifestSources } from './input.js';
 export { API_VERSION, parseManifests, type ManifestSource, type ParsedManifests, type PolicyManifest } from './manifest.js';
 export { describeNode, describePolicy, renderNodeTable, renderPolicyTable, renderTable, type NodeDescription, type PolicyDescription } from './render.js';

@@ -1,0 +1,103 @@
+import { RolloutState, type RolloutStatus } from '@edgeplane/proto';
+import type { Command, CommandContext, Flags } from '../command.js';
+import { CliError, UsageError } from '../errors.js';
+import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
+
+const ACTIONS = ['status', 'pause', 'resume', 'promote', 'abort'] as const;
+type Action = (typeof ACTIONS)[number];
+
+const stateName = (s: RolloutState | undefined): string => (s === undefined ? 'unknown' : RolloutState[s]?.replace('ROLLOUT_STATE_', '').toLowerCase() ?? String(s));
+
+function secondsLeft(until: Date | undefined, now: Date): string {
+  if (!until) return '';
+  const left = Math.ceil((until.getTime() - now.getTime()) / 1000);
+  return left > 0 ? `, baking ${left}s more` : '';
+}
+
+/** Renders a rollout's status as text (pure). */
+export function renderRollout(status: RolloutStatus, now: Date): string {
+  const r = status.rollout!;
+  const waves = r.strategy?.waves ?? [];
+  const lines = [
+    `Rollout of policy ${r.name} (change at revision ${r.changeRevision}): ${stateName(r.state)}${r.reason ? ` - ${r.reason}` : ''}`,
+    `Wave ${Math.min(r.currentWave + 1, waves.length)} of ${waves.length}; ${r.waveNodes.length} node(s) run the change${r.previous ? '' : ' (a new policy)'}`,
+    'WAVE  TARGET                 NODES  DONE  FAILED  PENDING  STATE',
+  ];
+  for (const w of status.waves) {
+    const spec = waves[w.index];
+    const target = spec?.target?.$case === 'percent' ? `${spec.target.percent}%` : spec?.target?.$case === 'selector' ? `selector ${Object.entries(spec.target.selector.matchLabels).map(([k, v]) => `${k}=${v}`).join(',')}` : '?';
+    const state = w.index < r.currentWave || r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED ? 'done' : w.index === r.currentWave ? `${stateName(r.state)}${r.state === RolloutState.ROLLOUT_STATE_PROGRESSING ? secondsLeft(w.bakeUntilTime, now) : ''}` : 'waiting';
+    lines.push(`${String(w.index + 1).padEnd(4)}  ${`${w.name ? `${w.name}: ` : ''}${target}`.padEnd(21)}  ${String(w.nodes.length).padEnd(5)}  ${String(w.nodesDone).padEnd(4)}  ${String(w.nodesFailed).padEnd(6)}  ${String(w.nodesPending).padEnd(7)}  ${state}`);
+  }
+  if (status.gateReadings.length > 0) {
+    lines.push('Health gate (share of dropped packets, before -> since the wave started):');
+    for (const g of status.gateReadings) lines.push(`  ${g.node}: ${g.baselineDropPercent.toFixed(1)}% -> ${g.currentDropPercent.toFixed(1)}% over ${g.packets} packets`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+const finished = (s: RolloutStatus | undefined): boolean => !!s && s.rollout?.state !== RolloutState.ROLLOUT_STATE_PROGRESSING && s.rollout?.state !== RolloutState.ROLLOUT_STATE_PAUSED;
+
+/** `edgeplane rollout`. */
+export const rolloutCommand: Command = {
+  name: 'rollout',
+  summary: 'Show and steer staged rollouts: status, pause, resume, promote, abort',
+  usage: ['rollout status POLICY [--watch] [--timeout 10m]', 'rollout pause|resume|promote|abort POLICY [--reason TEXT]'],
+  details: `A policy change with a staged rollout strategy reaches the nodes it selects wave by wave.
+status shows the waves, the nodes done/failed/pending and the health-gate readings; --watch
+follows it until it ends (exit 6 if it failed or was aborted). promote skips the current wave's
+bake time; abort reverts the nodes that took the change.
+
+Examples:
+  edgeplane rollout status web --watch
+  edgeplane rollout pause web --reason "investigating"
+  edgeplane rollout abort web`,
+  arguments: ACTIONS,
+  options: {
+    watch: { type: 'boolean', short: 'w', description: 'follow the rollout until it ends' },
+    timeout: { type: 'string', value: 'DURATION', description: 'with --watch: give up after this long (default 10m)' },
+    reason: { type: 'string', value: 'TEXT', description: 'pause/abort: recorded in the log entry' },
+  },
+  async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
+    const [action, name, ...rest] = positionals;
+    if (!action || !(ACTIONS as readonly string[]).includes(action)) throw new UsageError(`rollout: expected one of ${ACTIONS.join(', ')}`);
+    if (!name || rest.length > 0) throw new UsageError(`rollout ${action}: name exactly one policy`);
+    const api = ctx.api();
+    if ((action as Action) !== 'status') {
+      const res = await api.rolloutAction(name, action as Exclude<Action, 'status'>, flags.string('reason') ?? '');
+      ctx.io.stdout.write(`rollout/${name} ${action === 'abort' ? 'aborted' : `${action}d`} (revision ${res.revision}): ${stateName(res.rollout?.state)}\n`);
+      return ExitCode.OK;
+    }
+    const first = await api.getRollout(name);
+    if (!first) throw new CliError(`policy ${JSON.stringify(name)} has no rollout`);
+    if (!flags.boolean('watch')) {
+      ctx.io.stdout.write(renderRollout(first, ctx.now()));
+      return ExitCode.OK;
+    }
+    const timeoutText = flags.string('timeout') ?? '10m';
+    const m = /^(\d+)(ms|s|m|h)$/.exec(timeoutText);
+    if (!m) throw new UsageError(`--timeout ${JSON.stringify(timeoutText)}: expected e.g. 90s, 10m`);
+    const deadline = Date.now() + Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+    let status: RolloutStatus | undefined = first;
+    let shown = '';
+    for (;;) {
+      const text = renderRollout(status!, ctx.now());
+      // A terminal redraws in place; plain output prints when more than the countdown changed.
+      const strip = (s: string): string => s.replace(/, baking \d+s more/g, '');
+      if (ctx.io.isTTY) ctx.io.stdout.write(`\x1b[H\x1b[2J${text}`);
+      else if (strip(text) !== strip(shown)) ctx.io.stdout.write(text);
+      shown = text;
+      if (finished(status)) break;
+      if (Date.now() > deadline) {
+        ctx.io.stderr.write(`rollout of ${name} did not finish within ${timeoutText}\n`);
+        return ExitCode.TIMEOUT;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+      status = (await api.getRollout(name)) ?? status;
+    }
+    const state = status!.rollout!.state;
+    if (state === RolloutState.ROLLOUT_STATE_SUCCEEDED) return ExitCode.OK;
+    ctx.io.stderr.write(`rollout of ${name} ${stateName(state)}: ${status!.rollout!.reason}\n`);
+    return ExitCode.ROLLOUT_FAILED;
+  },
+};
