@@ -12,6 +12,7 @@ import { TypedMap } from './typed-map.js';
 const ENOENT = 2;
 const EBADF = 9;
 const EINVAL = 22;
+const ENOSPC = 28;
 
 const updateFlags: Record<UpdateFlag, bigint> = { any: 0n, noexist: 1n, exist: 2n };
 
@@ -191,7 +192,7 @@ export class BpfMap implements ByteMap {
 
   /**
    * Writes keys[i] -> values[i] for every i with one bpf_map_update_batch call. Map types without
-   * batch support (lpm_trie, map-in-map, ...) and kernels without it get one update per element;
+   * batch support (map-in-map, devmap, ...) and kernels without it get one update per element;
    * the result says so and why.
    * @throws RangeError for mismatched lengths or sizes; LibbpfError if an update fails.
    */
@@ -199,25 +200,72 @@ export class BpfMap implements ByteMap {
     this.#notPerCpu('setBatch');
     if (keys.length !== values.length) throw new RangeError(`map ${this.name} setBatch: ${keys.length} keys but ${values.length} values`);
     if (keys.length === 0) return { count: 0, batched: true };
-    const allKeys = new Uint8Array(keys.length * this.keySize);
     const allValues = new Uint8Array(values.length * this.valueSize);
-    keys.forEach((key, i) => {
-      this.#checkSize('key', key, this.keySize);
-      allKeys.set(key, i * this.keySize);
-    });
     values.forEach((value, i) => {
       this.#checkSize('value', value, this.valueSize);
       allValues.set(value, i * this.valueSize);
     });
-    native.clearMessages();
-    const { ret, done } = native.updateBatch(this.fd, allKeys, allValues, keys.length, updateFlags[flags]);
-    if (ret >= 0) return { count: done, batched: true };
-    const error = errnoError(`map update batch name=${this.name}`, ret, { details: native.takeMessages() });
-    // ENOTSUPP: the map type has no batch operations (EINVAL on kernels without batch at all).
-    // Both are refused before any element is written, so the fallback starts from the first.
-    if (!(error instanceof NotSupportedError) && error.errno !== EINVAL) throw error;
-    keys.forEach((key, i) => this.set(key, values[i] as Uint8Array, flags));
-    return { count: keys.length, batched: false, fallbackReason: `bpf_map_update_batch on a ${this.type} map: ${error.code}; wrote the elements one by one` };
+    return this.#updateBatch(this.#packKeys(keys), allValues, keys.length, flags, (i) => this.set(keys[i] as Uint8Array, values[i] as Uint8Array, flags));
+  }
+
+  /**
+   * The per-CPU form of setBatch(): values[i] holds one value per possible CPU, or a single value
+   * that every CPU gets, for keys[i]. One bpf_map_update_batch call (per-CPU arrays and hashes
+   * support it); without batch support, one update per element, and the result says why.
+   * @throws RangeError for mismatched lengths or sizes; LibbpfError for a map that is not
+   * per-CPU or if an update fails.
+   */
+  setPerCpuBatch(keys: readonly Uint8Array[], values: readonly (readonly Uint8Array[])[], flags: UpdateFlag = 'any'): BatchResult {
+    const { cpus, stride } = this.#perCpuLayout('setPerCpuBatch');
+    if (keys.length !== values.length) throw new RangeError(`map ${this.name} setPerCpuBatch: ${keys.length} keys but ${values.length} values`);
+    if (keys.length === 0) return { count: 0, batched: true };
+    // Each element's value is cpus * round_up(value_size, 8) bytes (bpf_map_value_size() in kernel/bpf/syscall.c).
+    const elementBytes = cpus * stride;
+    const allValues = new Uint8Array(values.length * elementBytes);
+    values.forEach((perCpu, i) => {
+      if (perCpu.length !== cpus && perCpu.length !== 1) throw new RangeError(`map ${this.name} setPerCpuBatch: ${perCpu.length} values for ${cpus} possible CPUs at element ${i}`);
+      for (let cpu = 0; cpu < cpus; cpu++) {
+        const value = (perCpu.length === 1 ? perCpu[0] : perCpu[cpu]) as Uint8Array;
+        this.#checkSize('value', value, this.valueSize);
+        allValues.set(value, i * elementBytes + cpu * stride);
+      }
+    });
+    return this.#updateBatch(this.#packKeys(keys), allValues, keys.length, flags, (i) => this.setPerCpu(keys[i] as Uint8Array, values[i] as Uint8Array[], flags));
+  }
+
+  /**
+   * Reads up to `count` elements with bpf_map_lookup_batch, in the map's iteration order, starting
+   * after key `after` (array maps: the index before the first one wanted) or from the first
+   * element. Stops early at the end of the map, and for hashes (read a bucket at a time) where
+   * the next bucket would not fit in `count`.
+   * @returns the keys and values read, as views into buffers the caller owns.
+   * @throws LibbpfError for a per-CPU map (use getPerCpuBatch); NotSupportedError for map types
+   * without batch lookup (lpm_trie, map-in-map, ...).
+   */
+  getBatch(count: number, after?: Uint8Array): { keys: Uint8Array[]; values: Uint8Array[] } {
+    this.#notPerCpu('getBatch');
+    const { keys, values, read } = this.#lookupBatch('getBatch', count, after, this.valueSize);
+    return {
+      keys: Array.from({ length: read }, (_, i) => keys.subarray(i * this.keySize, (i + 1) * this.keySize)),
+      values: Array.from({ length: read }, (_, i) => values.subarray(i * this.valueSize, (i + 1) * this.valueSize)),
+    };
+  }
+
+  /**
+   * The per-CPU form of getBatch(): each element's value is one Uint8Array per possible CPU.
+   * @returns the keys and values read, as views into buffers the caller owns.
+   * @throws LibbpfError for a map that is not per-CPU; NotSupportedError without batch lookup.
+   */
+  getPerCpuBatch(count: number, after?: Uint8Array): { keys: Uint8Array[]; values: Uint8Array[][] } {
+    const { cpus, stride } = this.#perCpuLayout('getPerCpuBatch');
+    const elementBytes = cpus * stride;
+    const { keys, values, read } = this.#lookupBatch('getPerCpuBatch', count, after, elementBytes);
+    return {
+      keys: Array.from({ length: read }, (_, i) => keys.subarray(i * this.keySize, (i + 1) * this.keySize)),
+      values: Array.from({ length: read }, (_, i) =>
+        Array.from({ length: cpus }, (_, cpu) => values.subarray(i * elementBytes + cpu * stride, i * elementBytes + cpu * stride + this.valueSize)),
+      ),
+    };
   }
 
   /**
@@ -327,6 +375,57 @@ export class BpfMap implements ByteMap {
     invalidate = (map) => {
       map.#closed = true;
     };
+  }
+
+  #packKeys(keys: readonly Uint8Array[]): Uint8Array {
+    const all = new Uint8Array(keys.length * this.keySize);
+    keys.forEach((key, i) => {
+      this.#checkSize('key', key, this.keySize);
+      all.set(key, i * this.keySize);
+    });
+    return all;
+  }
+
+  #updateBatch(keys: Uint8Array, values: Uint8Array, count: number, flags: UpdateFlag, one: (i: number) => void): BatchResult {
+    native.clearMessages();
+    const { ret, done } = native.updateBatch(this.fd, keys, values, count, updateFlags[flags]);
+    if (ret >= 0) return { count: done, batched: true };
+    const error = errnoError(`map update batch name=${this.name}`, ret, { details: native.takeMessages() });
+    // ENOTSUPP: the map type has no batch operations (EINVAL on kernels without batch at all).
+    // Both are refused before any element is written, so the fallback starts from the first.
+    if (!(error instanceof NotSupportedError) && error.errno !== EINVAL) throw error;
+    for (let i = 0; i < count; i++) one(i);
+    return { count, batched: false, fallbackReason: `bpf_map_update_batch on a ${this.type} map: ${error.code}; wrote the elements one by one` };
+  }
+
+  #lookupBatch(what: string, count: number, after: Uint8Array | undefined, elementBytes: number): { keys: Uint8Array; values: Uint8Array; read: number } {
+    if (!Number.isInteger(count) || count < 0) throw new RangeError(`map ${this.name} ${what}: count must be a non-negative integer, got ${count}`);
+    if (after !== undefined) this.#checkSize('key', after, this.keySize);
+    const keys = new Uint8Array(count * this.keySize);
+    const values = new Uint8Array(count * elementBytes);
+    // The batch cursor is the previous key for array-like maps and a u32 bucket for hashes
+    // (kernel/bpf/syscall.c generic_map_lookup_batch, kernel/bpf/hashtab.c).
+    const cursorSize = Math.max(this.keySize, 8);
+    let cursor: Uint8Array | null = null;
+    if (after !== undefined) {
+      cursor = new Uint8Array(cursorSize);
+      cursor.set(after);
+    }
+    let read = 0;
+    while (read < count) {
+      const out = new Uint8Array(cursorSize);
+      native.clearMessages();
+      const { ret, done } = native.lookupBatch(this.fd, cursor, out, keys.subarray(read * this.keySize), values.subarray(read * elementBytes), count - read);
+      read += done;
+      if (ret === -ENOENT) break;
+      // A hash is read a whole bucket at a time: ENOSPC once the next bucket does not fit in
+      // what is left of `count`. Return what was read; an empty read means count is too small.
+      if (ret === -ENOSPC && read > 0) break;
+      if (ret < 0) throw errnoError(`map lookup batch name=${this.name}`, ret, { details: native.takeMessages() });
+      if (done === 0) break;
+      cursor = out;
+    }
+    return { keys, values, read };
   }
 
   #lookup(key: Uint8Array, size: number): Uint8Array | undefined {

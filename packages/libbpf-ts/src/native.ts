@@ -415,6 +415,27 @@ export function updateBatch(fd: number, keys: Uint8Array, values: Uint8Array, co
   return { ret, done: inout[0] ?? 0 };
 }
 
+const mapLookupBatch = libbpf.func(
+  'int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, _Inout_ uint32_t *count, const bpf_map_batch_opts *opts)',
+);
+
+/**
+ * bpf_map_lookup_batch(): 0 or a negative errno (-ENOENT once the walk reached the end), and how
+ * many elements the kernel copied out. `inBatch` null starts from the first element.
+ */
+export function lookupBatch(
+  fd: number,
+  inBatch: Uint8Array | null,
+  outBatch: Uint8Array,
+  keys: Uint8Array,
+  values: Uint8Array,
+  count: number,
+): { ret: number; done: number } {
+  const inout = [count];
+  const ret = mapLookupBatch(fd, inBatch, outBatch, keys, values, inout, { sz: MapBatchOpts.size, elem_flags: 0n, flags: 0n }) as number;
+  return { ret, done: inout[0] ?? 0 };
+}
+
 export const objPin: (fd: number, path: string) => number = libbpf.func('int bpf_obj_pin(int fd, const char *pathname)');
 export const objGet: (path: string) => number = libbpf.func('int bpf_obj_get(const char *pathname)');
 export const progFdById: (id: number) => number = libbpf.func('int bpf_prog_get_fd_by_id(uint32_t id)');

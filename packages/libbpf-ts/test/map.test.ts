@@ -88,6 +88,62 @@ test('BpfMap - a per-CPU hash with a 4-byte value uses an 8-byte stride', (t) =>
   t.truthy(cleanup);
 });
 
+test('BpfMap.setPerCpuBatch - writes per-CPU values of many elements in one call', (t) => {
+  using cleanup = { [Symbol.dispose]: () => map.close() };
+  const map = BpfMap.create({ type: 'percpu_array', name: 'pcbatch', keySize: 4, valueSize: 4, maxEntries: 1000 });
+  const cpus = map.getPerCpu(key(0))?.length ?? 0;
+  t.true(cpus >= 1);
+  const keys = Array.from({ length: 1000 }, (_, i) => key(i));
+  const values = keys.map((_, i) => (i % 2 === 0 ? [encode(u32, i)] : Array.from({ length: cpus }, (_, cpu) => encode(u32, i * 10 + cpu))));
+  t.deepEqual(map.setPerCpuBatch(keys, values), { count: 1000, batched: true });
+  t.deepEqual(map.getPerCpu(key(998)), Array.from({ length: cpus }, () => encode(u32, 998)));
+  t.deepEqual(map.getPerCpu(key(999)), Array.from({ length: cpus }, (_, cpu) => encode(u32, 9990 + cpu)));
+  t.throws(() => map.setPerCpuBatch([key(0)], [[]]), { instanceOf: RangeError, message: /0 values for \d+ possible CPUs at element 0/ });
+  t.throws(() => map.setPerCpuBatch([key(0)], []), { instanceOf: RangeError, message: /1 keys but 0 values/ });
+  t.throws(() => obj.map('scratch').setPerCpuBatch([key(0)], [[value(0n)]]), { instanceOf: LibbpfError, message: /not a per-CPU map/ });
+  t.deepEqual(map.setPerCpuBatch([], []), { count: 0, batched: true });
+  t.truthy(cleanup);
+});
+
+test('BpfMap.getPerCpuBatch - reads a range of a per-CPU array in one call, stops at the end', (t) => {
+  using cleanup = { [Symbol.dispose]: () => map.close() };
+  const map = BpfMap.create({ type: 'percpu_array', name: 'pcread', keySize: 4, valueSize: 16, maxEntries: 300 });
+  const keys = Array.from({ length: 300 }, (_, i) => key(i));
+  const counter = (n: number): Uint8Array => new Uint8Array([...encode(u64, BigInt(n)), ...new Uint8Array(8)]);
+  map.setPerCpuBatch(keys, keys.map((_, i) => [counter(i)]));
+  const all = map.getPerCpuBatch(300);
+  t.is(all.keys.length, 300);
+  t.deepEqual(all.keys.map((k) => u32.decode(k)), Array.from({ length: 300 }, (_, i) => i));
+  const cpus = all.values[0]?.length ?? 0;
+  t.true(cpus >= 1);
+  t.deepEqual(all.values[17], Array.from({ length: cpus }, () => counter(17)));
+  // After index 99: elements 100..149.
+  const middle = map.getPerCpuBatch(50, key(99));
+  t.deepEqual(middle.keys.map((k) => u32.decode(k)), Array.from({ length: 50 }, (_, i) => 100 + i));
+  t.is(u64.decode(middle.values[0]?.[0]?.subarray(0, 8) ?? new Uint8Array(8)), 100n);
+  // Past the end: what there is.
+  t.is(map.getPerCpuBatch(100, key(249)).keys.length, 50);
+  t.is(map.getPerCpuBatch(0).keys.length, 0);
+  t.throws(() => map.getBatch(1), { instanceOf: LibbpfError, message: /use getPerCpu/ });
+  t.truthy(cleanup);
+});
+
+test('BpfMap.getBatch - walks a hash map across calls', (t) => {
+  using cleanup = { [Symbol.dispose]: () => map.close() };
+  const map = BpfMap.create({ type: 'hash', name: 'hbatch', keySize: 4, valueSize: 8, maxEntries: 2048 });
+  const keys = Array.from({ length: 1500 }, (_, i) => key(i * 7));
+  map.setBatch(keys, keys.map((_, i) => value(BigInt(i * 7 + 1))));
+  const read = map.getBatch(5000);
+  t.is(read.keys.length, 1500);
+  const pairs = read.keys.map((k, i) => [u32.decode(k), u64.decode(read.values[i] as Uint8Array)] as const).sort((a, b) => a[0] - b[0]);
+  t.deepEqual(pairs, keys.map((_, i) => [i * 7, BigInt(i * 7 + 1)] as const));
+  // Whole buckets only: a short read stops before a bucket that would not fit.
+  const some = map.getBatch(10).keys.length;
+  t.true(some >= 1 && some <= 10, `read ${some}`);
+  t.throws(() => map.getBatch(-1), { instanceOf: RangeError });
+  t.truthy(cleanup);
+});
+
 test('BpfMap.typed - typed get/set/delete/entries/setBatch', (t) => {
   using cleanup = { [Symbol.dispose]: () => raw.close() };
   const raw = BpfMap.create({ type: 'hash', name: 'typed', keySize: 4, valueSize: 8, maxEntries: 8 });

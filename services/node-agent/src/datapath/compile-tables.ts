@@ -82,19 +82,22 @@ export function compileTables(spec: RuleSetSpec): TablesSpec {
   const ruleSet = validateRuleSet(spec);
   const rules = ruleSet.rules;
   const wild = new Uint32Array((WILD_COUNT * sizes.bitvec) / 4);
-  const prefixes = new Map<string, PrefixNode>();
-  const addPrefix = (tag: number, width: number, value: bigint, length: number, rule: number): void => {
-    const key = `${tag}/${length}/${value}`;
+  const prefixes = new Map<number | string, PrefixNode>();
+  const addPrefix = (tag: number, width: number, value: number | Uint8Array, length: number, rule: number): void => {
+    // Prefixes of up to 32 bits (IPv4, L4) key by one number (tag, length, value in 46 bits):
+    // no bigint or string per rule. IPv6 keys by text.
+    const big = typeof value === 'number' ? undefined : bytesToBigint(value);
+    const key = big === undefined ? tag * 2 ** 38 + length * 2 ** 32 + (value as number) : `${tag}/${length}/${big}`;
     let node = prefixes.get(key);
     if (node === undefined) {
-      node = { tag, width, value, length, rules: [], cls: [] };
+      node = { tag, width, value: big ?? BigInt(value as number), length, raw: value, rules: [], cls: [] };
       prefixes.set(key, node);
     }
     if (rule >= 0 && node.rules[node.rules.length - 1] !== rule) node.rules.push(rule);
   };
   // Tag-only entries: every lookup finds at least the empty class, so the program never misses.
-  for (const tag of [tags.src | 4, tags.src | 6, tags.dst | 4, tags.dst | 6]) addPrefix(tag, tag & 4 ? 32 : 128, 0n, 0, -1);
-  for (const slot of Object.values(protocolSlots)) addPrefix(tags.l4 | slot, 24, 0n, 0, -1);
+  for (const tag of [tags.src | 4, tags.src | 6, tags.dst | 4, tags.dst | 6]) addPrefix(tag, tag & 4 ? 32 : 128, tag & 4 ? 0 : new Uint8Array(16), 0, -1);
+  for (const slot of Object.values(protocolSlots)) addPrefix(tags.l4 | slot, 24, 0, 0, -1);
 
   for (const rule of rules) {
     addAddressField(rule.src, tags.src, wildIndex.src4, rule.index, wild, addPrefix);
@@ -151,8 +154,12 @@ export function compileTables(spec: RuleSetSpec): TablesSpec {
     const keyOffset = entry * sizes.lpmKey;
     lpmKeyView.setUint32(keyOffset, 8 + node.length, true);
     lpmKeys[keyOffset + 4] = node.tag;
-    const bytes = node.width / 8;
-    for (let i = 0; i < bytes; i++) lpmKeys[keyOffset + 5 + i] = Number((node.value >> BigInt(8 * (bytes - 1 - i))) & 0xffn);
+    if (typeof node.raw === 'number') {
+      const bytes = node.width / 8;
+      for (let i = 0; i < bytes; i++) lpmKeys[keyOffset + 5 + i] = (node.raw >>> (8 * (bytes - 1 - i))) & 0xff;
+    } else {
+      lpmKeys.set(node.raw, keyOffset + 5);
+    }
     const valueOffset = entry * sizes.classRef;
     lpmValueView.setUint32(valueOffset, id, true);
     for (const rule of node.cls) setBit(lpmValueView, valueOffset + 8, rule >> 6);
@@ -232,16 +239,31 @@ export function rangeToPrefixes(from: number, to: number, bits: number): [number
   return out;
 }
 
+// Rule sets repeat the same few port ranges thousands of times.
+const portPrefixCache = new Map<number, readonly [number, number][]>();
+function portPrefixes(from: number, to: number): readonly [number, number][] {
+  const key = from * 65536 + to;
+  let prefixes = portPrefixCache.get(key);
+  if (prefixes === undefined) {
+    prefixes = rangeToPrefixes(from, to, 16);
+    if (portPrefixCache.size > 4096) portPrefixCache.clear();
+    portPrefixCache.set(key, prefixes);
+  }
+  return prefixes;
+}
+
 interface PrefixNode {
   readonly tag: number;
   readonly width: number;
   readonly value: bigint;
   readonly length: number;
+  /** The value again, as a number (up to 32 bits) or its bytes (IPv6), for writing keys without bigint arithmetic. */
+  readonly raw: number | Uint8Array;
   readonly rules: number[];
   cls: number[];
 }
 
-type AddPrefix = (tag: number, width: number, value: bigint, length: number, rule: number) => void;
+type AddPrefix = (tag: number, width: number, value: number | Uint8Array, length: number, rule: number) => void;
 
 function addAddressField(cidrs: readonly Cidr[] | null, tag: number, wild4: number, rule: number, wild: Uint32Array, addPrefix: AddPrefix): void {
   if (cidrs === null) {
@@ -255,7 +277,7 @@ function addAddressField(cidrs: readonly Cidr[] | null, tag: number, wild4: numb
       setVectorBit(wild, cidr.family === 4 ? wild4 : wild4 + 1, rule);
       continue;
     }
-    addPrefix(tag | cidr.family, cidr.bytes.length * 8, bytesToBigint(cidr.bytes), cidr.length, rule);
+    addPrefix(tag | cidr.family, cidr.bytes.length * 8, cidr.family === 4 ? u32Of(cidr.bytes) : cidr.bytes, cidr.length, rule);
   }
 }
 
@@ -271,7 +293,7 @@ function addL4Field(rule: NormalizedRule, wild: Uint32Array, addPrefix: AddPrefi
   }
   // L4 keys are 24 bits: a zero byte (a port follows; 1 would mean "no port") and the port.
   for (const range of rule.ports) {
-    for (const [value, length] of rangeToPrefixes(range.from, range.to, 16)) addPrefix(tags.l4 | slot, 24, BigInt(value), 8 + length, rule.index);
+    for (const [value, length] of portPrefixes(range.from, range.to)) addPrefix(tags.l4 | slot, 24, value, 8 + length, rule.index);
   }
 }
 
@@ -339,6 +361,10 @@ function setVectorBit(wild: Uint32Array, vector: number, rule: number): void {
   wild[summary] = ((wild[summary] as number) | (1 << (w & 31))) >>> 0;
   const at = base + 2 * SUMMARY_WORDS + (rule >> 5);
   wild[at] = ((wild[at] as number) | (1 << (rule & 31))) >>> 0;
+}
+
+function u32Of(bytes: Uint8Array): number {
+  return (((bytes[0] as number) << 24) | ((bytes[1] as number) << 16) | ((bytes[2] as number) << 8) | (bytes[3] as number)) >>> 0;
 }
 
 function bytesToBigint(bytes: Uint8Array): bigint {
