@@ -92,6 +92,7 @@ interface ComposeFile {
         .replace(/^--port=4222$/, `--port=${p.client}`)
         .replace(/^--http_port=8222$/, `--http_port=${p.http}`)
         .replace(/^--store_dir=\/data$/, `--store_dir=${join(dir, n)}`)
+        .replace(/^--config=\/etc\/nats\/edgeplane\.conf$/, `--config=${fileURLToPath(new URL('../deploy/compose/nats.conf', import.meta.url))}`)
         .replace(/^--cluster=nats:\/\/0\.0\.0\.0:6222$/, `--cluster=nats://127.0.0.1:${p.cluster}`)
         .replace(/nats:\/\/(nats-\d):6222/g, (_, peer: string) => `nats://127.0.0.1:${ports.get(peer)!.cluster}`),
     );

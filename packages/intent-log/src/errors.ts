@@ -34,3 +34,15 @@ export class ConflictError extends Error {
 export class LogUnavailableError extends Error {
   override name = 'LogUnavailableError';
 }
+
+/** An entry or snapshot is larger than the NATS server accepts (its max_payload). */
+export class EntryTooLargeError extends Error {
+  override name = 'EntryTooLargeError';
+  constructor(
+    message: string,
+    readonly size: number,
+    readonly limit: number,
+  ) {
+    super(message);
+  }
+}

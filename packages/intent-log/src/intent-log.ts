@@ -23,7 +23,7 @@ import {
   encodeSignedLogEntry,
   type SignedLogEntry,
 } from '@edgeplane/proto';
-import { ConflictError, LogUnavailableError } from './errors.js';
+import { ConflictError, EntryTooLargeError, LogUnavailableError } from './errors.js';
 
 /** Options of {@link IntentLog.open}. */
 export interface IntentLogOptions {
@@ -150,12 +150,15 @@ export class IntentLog {
    * @returns the revision (stream sequence) it was stored at.
    * @throws ConflictError if another writer appended first.
    * @throws LogUnavailableError if NATS did not confirm the write (it may or may not be stored).
+   * @throws EntryTooLargeError if the entry is larger than the server accepts (nothing sent).
    */
   async append(signed: SignedLogEntry, expectedLast: bigint, options: { msgId?: string; traceparent?: string } = {}): Promise<bigint> {
+    const bytes = encodeSignedLogEntry(signed);
+    this.#checkSize('log entry', bytes.length);
     const h = natsHeaders();
     if (options.traceparent) h.set('traceparent', options.traceparent);
     try {
-      const ack = await this.#js.publish(this.subject, encodeSignedLogEntry(signed), {
+      const ack = await this.#js.publish(this.subject, bytes, {
         expect: { lastSequence: Number(expectedLast) },
         headers: h,
         ...(options.msgId ? { msgID: options.msgId } : {}),
@@ -173,6 +176,16 @@ export class IntentLog {
       }
       throw new LogUnavailableError(`append intent entry after revision ${expectedLast}: ${(cause as Error).message}`, { cause });
     }
+  }
+
+  /** The largest message the connected server accepts, bytes (headers need a little of it). */
+  get maxPayload(): number {
+    return this.#nc.info?.max_payload ?? 1024 * 1024;
+  }
+
+  #checkSize(what: string, size: number): void {
+    const limit = this.maxPayload - 4096;
+    if (size > limit) throw new EntryTooLargeError(`${what} of ${size} bytes exceeds what the NATS server accepts (max_payload ${this.maxPayload}; raise it in the server configuration)`, size, limit);
   }
 
   /**
@@ -243,8 +256,10 @@ export class IntentLog {
 
   /** Stores a snapshot as the newest. @throws LogUnavailableError */
   async writeSnapshot(snapshot: SignedSnapshot): Promise<void> {
+    const bytes = SignedSnapshot.encode(snapshot).finish();
+    this.#checkSize('snapshot', bytes.length);
     try {
-      await this.#kv.put(SNAPSHOT_KEY, SignedSnapshot.encode(snapshot).finish());
+      await this.#kv.put(SNAPSHOT_KEY, bytes);
     } catch (cause) {
       throw new LogUnavailableError('write intent snapshot', { cause });
     }

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, connect as tcpConnect } from 'node:net';
 import { join } from 'node:path';
 import { LogUnavailableError } from './errors.js';
@@ -16,7 +16,15 @@ export interface NatsServerOptions {
   binary?: string;
   /** How long to wait for the server to accept connections, ms. Default 10000. */
   startTimeoutMs?: number;
+  /**
+   * Largest message, bytes. Default 8 MiB: one log entry carries a whole policy, and a
+   * 65,536-rule policy is over NATS's own 1 MiB default.
+   */
+  maxPayload?: number;
 }
+
+/** The largest message the embedded server accepts unless told otherwise. */
+export const DEFAULT_MAX_PAYLOAD = 8 * 1024 * 1024;
 
 /** Returns a TCP port that was free a moment ago on host. */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
@@ -90,7 +98,10 @@ export class NatsServer {
 
   async #spawn(): Promise<void> {
     mkdirSync(this.dataDir, { recursive: true });
-    const args = ['-a', this.host, '-p', String(this.port), '-js', '-sd', join(this.dataDir, 'jetstream'), '--server_name', `edgeplane-${this.port}`];
+    // max_payload has no command-line flag: it goes in a config file.
+    const config = join(this.dataDir, 'nats-server.conf');
+    writeFileSync(config, `max_payload: ${this.#options.maxPayload ?? DEFAULT_MAX_PAYLOAD}\n`);
+    const args = ['-c', config, '-a', this.host, '-p', String(this.port), '-js', '-sd', join(this.dataDir, 'jetstream'), '--server_name', `edgeplane-${this.port}`];
     const child = spawn(this.#options.binary ?? 'nats-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const keep = (chunk: Buffer): void => {
       this.#log.push(chunk.toString());

@@ -242,3 +242,22 @@ test('TLS - mutual TLS refuses clients without a certificate and serves those wi
     t.is(refused?.code, grpc.status.UNAVAILABLE);
     await t.throwsAsync(call(plain, plain.listPolicies, { pageSize: 1, pageToken: '', labelSelector: '' }));
   }));
+
+test('an entry larger than NATS accepts is refused as INVALID_ARGUMENT and writes nothing', (t) =>
+  withTemp(async (dir) => {
+    const nats = await NatsServer.start({ dataDir: join(dir, 'nats'), maxPayload: 64 * 1024 });
+    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--data-dir', join(dir, 'c'), '--rule-growth-guard', '100000']);
+    t.teardown(async () => {
+      await ctl.stop();
+      await nats.close();
+    });
+    const c = clients(ctl.ready.grpc as string);
+    t.teardown(() => c.close());
+    const small = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy('small', {}, 10) }));
+    const err = await t.throwsAsync<grpc.ServiceError>(call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy('huge', {}, 8000) })));
+    t.is(err?.code, grpc.status.INVALID_ARGUMENT, 'not UNAVAILABLE: retrying cannot help');
+    t.regex(err?.details ?? '', /exceeds what the NATS server accepts \(max_payload 65536/);
+    const listed = await call(c.intent, c.intent.listPolicies, { pageSize: 100, pageToken: '', labelSelector: '' });
+    t.is(listed.revision, small.revision);
+    t.deepEqual(listed.policies.map((p) => p.metadata?.name), ['small']);
+  }));

@@ -1,6 +1,6 @@
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { STATUS_DETAILS_KEY, encodeStatusDetails } from '@edgeplane/proto';
-import { ConflictError, LogUnavailableError } from '@edgeplane/intent-log';
+import { ConflictError, EntryTooLargeError, LogUnavailableError } from '@edgeplane/intent-log';
 import { IdleStreamError } from '../agent-sessions.js';
 import { CompactedError, NotFoundError, PreconditionError, UnavailableError, ValidationError, VersionConflictError } from '../errors.js';
 
@@ -21,6 +21,13 @@ function withDetails(code: status, message: string, details: Parameters<typeof e
 export function toStatus(err: unknown, log: ErrorLogger): Partial<ServiceError> {
   if (err instanceof ValidationError) {
     return withDetails(status.INVALID_ARGUMENT, err.message, { code: status.INVALID_ARGUMENT, message: err.message, fieldViolations: err.violations });
+  }
+  if (err instanceof EntryTooLargeError) {
+    return withDetails(status.INVALID_ARGUMENT, err.message, {
+      code: status.INVALID_ARGUMENT,
+      message: err.message,
+      fieldViolations: [{ field: 'policy', description: err.message, reason: 'ENTRY_TOO_LARGE' }],
+    });
   }
   if (err instanceof NotFoundError) return { code: status.NOT_FOUND, details: err.message };
   if (err instanceof VersionConflictError) return { code: status.ABORTED, details: err.message };

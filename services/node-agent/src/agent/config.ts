@@ -117,7 +117,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     throw new AgentConfigError((cause as Error).message, { cause });
   }
   if (values.help) return 'help';
-  const nodeName = values['node-name'] ?? env.EDGEPLANE_NODE_NAME ?? hostname();
+  const nodeName = values['node-name'] || env.EDGEPLANE_NODE_NAME || hostname();
   const nameProblem = checkDnsLabel(nodeName);
   if (nameProblem) throw new AgentConfigError(`--node-name ${JSON.stringify(nodeName)} ${nameProblem}`);
   const labels: Record<string, string> = {};

@@ -67,7 +67,7 @@ export class NodeAgent {
   #live: Record<InterfaceRole, RuleSetSpec> | undefined;
   #origins: Record<InterfaceRole, Map<number, RuleOrigin>> = { uplink: new Map(), workload: new Map() };
   #running: Promise<void> | undefined;
-  #wanted: { chain: IntentChain; context: Context | undefined } | undefined;
+  #wanted: { chain: IntentChain; context: Context | undefined; receivedAt: bigint } | undefined;
   #lastCounters: Partial<Record<InterfaceRole, DatapathCounters>> = {};
   #lastCountersAt = new Date();
 
@@ -102,7 +102,8 @@ export class NodeAgent {
       tracer.startSpan('edgeplane.agent.receive', { attributes: { 'edgeplane.revision': Number(e.revision), 'edgeplane.node': this.#o.nodeName } }, context).end();
     }
     this.#received = chain.revision;
-    this.#wanted = { chain, context: context ?? this.#wanted?.context };
+    // apply_duration runs from receipt of the newest entry to enforcement.
+    this.#wanted = { chain, context: context ?? this.#wanted?.context, receivedAt: process.hrtime.bigint() };
     this.#kick();
   }
 
@@ -112,9 +113,9 @@ export class NodeAgent {
     this.#running = (async () => {
       await new Promise((r) => setTimeout(r, delay));
       while (this.#wanted && this.#wanted.chain.revision > this.#applied) {
-        const { chain, context } = this.#wanted;
+        const { chain, context, receivedAt } = this.#wanted;
         this.#wanted = undefined;
-        await this.#reconcile(chain, context);
+        await this.#reconcile(chain, context, receivedAt);
       }
     })().finally(() => {
       this.#running = undefined;
@@ -127,7 +128,7 @@ export class NodeAgent {
     while (this.#running) await this.#running;
   }
 
-  async #reconcile(chain: IntentChain, parent: Context | undefined): Promise<void> {
+  async #reconcile(chain: IntentChain, parent: Context | undefined, receivedAt: bigint): Promise<void> {
     const revision = chain.revision;
     const snapshot = chain.snapshot();
     const attrs = { 'edgeplane.revision': Number(revision), 'edgeplane.node': this.#o.nodeName };
@@ -142,11 +143,12 @@ export class NodeAgent {
           span.end();
         }
       });
-    const started = process.hrtime.bigint();
+    let enforcedAt = process.hrtime.bigint();
     let report: RevisionReport;
     try {
       const compiled = await run('edgeplane.agent.compile', () => compileIntent(snapshot.policies, this.#o.labels, snapshot.rollouts, this.#o.nodeName));
       await run('edgeplane.agent.apply', () => this.#applyCompiled(compiled));
+      enforcedAt = process.hrtime.bigint();
       this.#applied = revision;
       this.#applies++;
       this.#lastError = '';
@@ -158,7 +160,7 @@ export class NodeAgent {
       this.#o.log('warn', 'rejected', { revision: String(revision), reason: this.#lastError, enforcing: String(this.#applied) });
       report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: this.#lastError, appliedRevision: this.#applied, time: new Date(), traceContext: undefined, applyDuration: undefined };
     }
-    const nanos = process.hrtime.bigint() - started;
+    const nanos = enforcedAt - receivedAt;
     report.applyDuration = { seconds: nanos / 1_000_000_000n, nanos: Number(nanos % 1_000_000_000n) };
     await run('edgeplane.agent.ack', (span) => {
       span.setAttribute('edgeplane.outcome', report.outcome === RevisionOutcome.REVISION_OUTCOME_ACK ? 'ack' : 'nack');
