@@ -1,0 +1,338 @@
+// A simulated-fleet worker for bench/fleet.ts (issue 8): hosts many real agents in one process.
+// Each agent is the wiring of services/node-agent/src/main.ts with a MemoryDatapath for both
+// roles: its own NodeAgent, StateFile (or a no-op stand-in), NATS connection, IntentLog,
+// IntentFollower and ControllerLink (its own gRPC channel and TCP connection). It also hosts
+// the plain NATS subscribers of the raw fan-out baseline. Driven over the IPC channel of
+// child_process.fork(); started by bench/fleet.ts, never on its own.
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import * as grpc from '@grpc/grpc-js';
+import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { RevisionOutcome, keyIdOf, publicKeyFromRaw, type RevisionReport } from '@edgeplane/proto';
+import { IntentLog } from '@edgeplane/intent-log';
+import { ControllerLink, IntentFollower, MemoryDatapath, NodeAgent, StateFile, buildFrame, type AppliedState } from '@edgeplane/node-agent';
+
+/** Wall-clock ms with sub-ms resolution, comparable across processes on one machine. */
+const now = (): number => performance.timeOrigin + performance.now();
+
+/** Messages from the bench. */
+export type SimCommand =
+  | { type: 'start'; controller: string; nats: string; publicKey: string; prefix: string; first: number; count: number; stateDir: string | undefined; concurrency: number }
+  | { type: 'fanout-setup'; subject: string; mode: 'conns' | 'agents'; nats: string }
+  | { type: 'fanout-arm'; id: string }
+  | { type: 'acks'; revision: string }
+  | { type: 'wait-applied'; revision: string; id: string }
+  | { type: 'traffic'; on: boolean }
+  | { type: 'status' }
+  | { type: 'stop' };
+
+/** Messages to the bench. */
+export type SimEvent =
+  | { type: 'progress'; started: number; connected: number }
+  | { type: 'started'; ms: number; lastConnectedAt: number; grpcConnected: number; followers: number }
+  | { type: 'fanout-ready'; count: number }
+  | { type: 'fanout-armed'; id: string }
+  | { type: 'fanout-done'; id: string; first: number; last: number; received: number }
+  | { type: 'acks'; revision: string; nodes: string[]; sentAt: number[] }
+  | { type: 'applied'; id: string; at: number; applied: number }
+  | { type: 'status'; connected: number; applied: Record<string, number>; counterReports: number; errors: string[] }
+  | { type: 'error'; message: string }
+  | { type: 'stopped' };
+
+const send = (e: SimEvent): void => {
+  process.send?.(e);
+};
+
+/**
+ * grpc-js shares one subchannel (one TCP connection) among channels with the same target,
+ * options and equal credentials, and ControllerLink takes no channel options. Insecure
+ * credentials that are equal only to themselves give every agent its own connection, as
+ * separate agent processes would have.
+ */
+function distinctInsecureCredentials(): grpc.ChannelCredentials {
+  const c = grpc.credentials.createInsecure();
+  c._equals = (other) => other === c;
+  return c;
+}
+
+/** A state file that keeps nothing (used when --state-file none is asked for). */
+class NullStateFile extends StateFile {
+  override read(): AppliedState | undefined {
+    return undefined;
+  }
+  override write(): void {
+    // nothing: measures the fleet without the per-apply fsync
+  }
+}
+
+interface SimAgent {
+  name: string;
+  agent: NodeAgent;
+  memory: MemoryDatapath;
+  link: ControllerLink;
+  nc?: NatsConnection;
+  follower?: IntentFollower;
+  applied: bigint;
+  closed: boolean;
+}
+
+const agents: SimAgent[] = [];
+const errors: string[] = [];
+const noteError = (msg: string): void => {
+  if (errors.length < 50) errors.push(msg);
+};
+/** revision -> node names and report send times (ACKs only). */
+const ackTimes = new Map<bigint, { nodes: string[]; at: number[] }>();
+let counterReports = 0;
+const waits: { revision: bigint; id: string; done: boolean }[] = [];
+let lastAppliedAt = 0;
+
+function checkWaits(): void {
+  for (const w of waits) {
+    if (w.done) continue;
+    const n = agents.filter((a) => a.applied >= w.revision).length;
+    if (n === agents.length) {
+      w.done = true;
+      send({ type: 'applied', id: w.id, at: lastAppliedAt, applied: n });
+    }
+  }
+}
+
+function onReport(a: SimAgent, r: RevisionReport): void {
+  if (r.outcome === RevisionOutcome.REVISION_OUTCOME_ACK) {
+    const t = now();
+    let list = ackTimes.get(r.revision);
+    if (!list) ackTimes.set(r.revision, (list = { nodes: [], at: [] }));
+    list.nodes.push(a.name);
+    list.at.push(t);
+    if (r.appliedRevision > a.applied) {
+      a.applied = r.appliedRevision;
+      lastAppliedAt = t;
+      if (waits.some((w) => !w.done && a.applied >= w.revision)) checkWaits();
+    }
+  } else noteError(`${a.name} NACK ${r.revision}: ${r.reason}`);
+}
+
+const quiet = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void => {
+  if (level === 'error') noteError(`${msg} ${JSON.stringify(fields ?? {})}`);
+};
+
+async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: number, trusted: Map<string, ReturnType<typeof publicKeyFromRaw>>): Promise<SimAgent> {
+  const name = `${cmd.prefix}-${String(index).padStart(5, '0')}`;
+  const labels = { role: 'edge', site: `site-${index % 10}` };
+  const memory = new MemoryDatapath();
+  const holder: { a?: SimAgent } = {};
+  let stateFile: StateFile;
+  if (cmd.stateDir) {
+    const dir = join(cmd.stateDir, name);
+    mkdirSync(dir, { recursive: true });
+    stateFile = new StateFile(join(dir, 'applied.json'));
+  } else stateFile = new NullStateFile('/nonexistent');
+  const agent = new NodeAgent({
+    nodeName: name,
+    labels,
+    datapaths: { uplink: memory, workload: memory },
+    stateFile,
+    report: (r) => {
+      if (holder.a) onReport(holder.a, r);
+      holder.a?.link.report(r);
+    },
+    log: quiet,
+  });
+  const booted = await agent.boot();
+  const link = new ControllerLink({
+    address: cmd.controller,
+    credentials: distinctInsecureCredentials(),
+    heartbeatIntervalMs: 5000,
+    counterIntervalMs: 5000,
+    hello: () => ({
+      nodeName: name,
+      labels,
+      info: { agentVersion: 'sim', kernelRelease: 'sim', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
+      interfaces: [],
+      receivedRevision: agent.status.received,
+      appliedRevision: agent.status.applied,
+      sessionId: `${name}-${process.pid}`,
+    }),
+    counters: () => {
+      const c = agent.counterDeltas();
+      if (c) counterReports++;
+      return c;
+    },
+  });
+  const a: SimAgent = { name, agent, memory, link, applied: agent.status.applied, closed: false };
+  holder.a = a;
+  link.start();
+  const nc = await connect({ servers: [cmd.nats], name: `edgeplane-sim ${name}`, waitOnFirstConnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 500, reconnectJitter: 250, timeout: 20_000 });
+  a.nc = nc;
+  let intentLog: IntentLog | undefined;
+  for (let attempt = 0; !intentLog; attempt++) {
+    try {
+      intentLog = await IntentLog.open(nc, { create: false, timeoutMs: 20_000 });
+    } catch (err) {
+      if (attempt > 20) throw err;
+      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** attempt)));
+    }
+  }
+  const follower = new IntentFollower(
+    intentLog,
+    trusted,
+    {
+      advanced: (_revision, entries) => agent.intentAdvanced(follower.chain, entries),
+      rejected: (reason) => noteError(`${name} rejected: ${reason}`),
+      resynced: () => undefined,
+      error: (message, err) => noteError(`${name} ${message}: ${(err as Error)?.message}`),
+    },
+    booted,
+  );
+  a.follower = follower;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await follower.start();
+      break;
+    } catch (err) {
+      if (attempt > 20) throw err;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'reconnect') await follower.catchUp().catch((err: unknown) => noteError(`${name} catch up after reconnect: ${(err as Error).message}`));
+    }
+  })();
+  return a;
+}
+
+async function start(cmd: Extract<SimCommand, { type: 'start' }>): Promise<void> {
+  const t0 = now();
+  const raw = Buffer.from(cmd.publicKey, 'base64');
+  const trusted = new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]);
+  let next = 0;
+  let started = 0;
+  const progress = setInterval(() => send({ type: 'progress', started, connected: agents.filter((a) => a.link.connected).length }), 2000);
+  const lane = async (): Promise<void> => {
+    while (next < cmd.count) {
+      const i = cmd.first + next++;
+      agents.push(await startAgent(cmd, i, trusted));
+      started++;
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: cmd.concurrency }, lane));
+    // Every agent started its follower (caught up); wait for every gRPC stream's welcome.
+    let lastConnectedAt = now();
+    while (agents.some((a) => !a.link.connected)) {
+      await new Promise((r) => setTimeout(r, 50));
+      lastConnectedAt = now();
+    }
+    send({ type: 'started', ms: now() - t0, lastConnectedAt, grpcConnected: agents.filter((a) => a.link.connected).length, followers: agents.filter((a) => a.follower).length });
+  } finally {
+    clearInterval(progress);
+  }
+}
+
+// ---- raw fan-out baseline ---------------------------------------------------------------------
+
+const fanout = { conns: [] as NatsConnection[], subs: [] as Subscription[], id: '', first: 0, last: 0, received: 0 };
+
+async function fanoutSetup(cmd: Extract<SimCommand, { type: 'fanout-setup' }>): Promise<void> {
+  const onMsg = (data: Uint8Array): void => {
+    const t = now();
+    if (Buffer.from(data).toString() !== fanout.id) return;
+    if (fanout.received === 0) fanout.first = t;
+    fanout.last = t;
+    if (++fanout.received === agents.length) send({ type: 'fanout-done', id: fanout.id, first: fanout.first, last: fanout.last, received: fanout.received });
+  };
+  if (cmd.mode === 'agents') {
+    // A second, plain subscription on each agent's own connection.
+    for (const a of agents) fanout.subs.push(a.nc!.subscribe(cmd.subject, { callback: (_e, m) => onMsg(m.data) }));
+  } else {
+    let next = 0;
+    const lane = async (): Promise<void> => {
+      while (next < agents.length) {
+        next++;
+        const nc = await connect({ servers: [cmd.nats], name: 'edgeplane-sim fanout', maxReconnectAttempts: -1, reconnectTimeWait: 500, reconnectJitter: 250, timeout: 20_000 });
+        fanout.conns.push(nc);
+        fanout.subs.push(nc.subscribe(cmd.subject, { callback: (_e, m) => onMsg(m.data) }));
+        await nc.flush();
+      }
+    };
+    await Promise.all(Array.from({ length: 50 }, lane));
+  }
+  await Promise.all(agents.map((a) => a.nc!.flush()));
+  send({ type: 'fanout-ready', count: fanout.subs.length });
+}
+
+// ---- traffic for counters ---------------------------------------------------------------------
+
+let traffic: NodeJS.Timeout | undefined;
+const frames = [buildFrame({ src: '198.18.0.7', dst: '10.0.0.1', protocol: 'tcp', srcPort: 40_000, dstPort: 443 }), buildFrame({ src: '10.9.0.1', dst: '10.0.0.1', protocol: 'udp', srcPort: 5353, dstPort: 53 })];
+
+function setTraffic(on: boolean): void {
+  clearInterval(traffic);
+  traffic = undefined;
+  if (!on) return;
+  // A few frames per agent per second, so every counter report has something in it.
+  traffic = setInterval(() => {
+    for (const a of agents) for (const f of frames) a.memory.classify(f);
+  }, 1000);
+}
+
+async function stop(): Promise<void> {
+  setTraffic(false);
+  for (const s of fanout.subs) s.unsubscribe();
+  await Promise.all(fanout.conns.map((nc) => nc.close().catch(() => undefined)));
+  await Promise.all(
+    agents.map(async (a) => {
+      a.closed = true;
+      a.follower?.close();
+      a.link.close();
+      await a.nc?.close().catch(() => undefined);
+    }),
+  );
+  send({ type: 'stopped' });
+}
+
+process.on('message', (raw: unknown) => {
+  const cmd = raw as SimCommand;
+  const fail = (err: unknown): void => send({ type: 'error', message: `${cmd.type}: ${(err as Error)?.stack ?? String(err)}` });
+  switch (cmd.type) {
+    case 'start':
+      void start(cmd).catch(fail);
+      break;
+    case 'fanout-setup':
+      void fanoutSetup(cmd).catch(fail);
+      break;
+    case 'fanout-arm':
+      fanout.id = cmd.id;
+      fanout.received = 0;
+      send({ type: 'fanout-armed', id: cmd.id });
+      break;
+    case 'acks': {
+      const r = ackTimes.get(BigInt(cmd.revision)) ?? { nodes: [], at: [] };
+      send({ type: 'acks', revision: cmd.revision, nodes: r.nodes, sentAt: r.at });
+      break;
+    }
+    case 'wait-applied':
+      waits.push({ revision: BigInt(cmd.revision), id: cmd.id, done: false });
+      checkWaits();
+      break;
+    case 'traffic':
+      setTraffic(cmd.on);
+      break;
+    case 'status': {
+      const applied: Record<string, number> = {};
+      for (const a of agents) applied[String(a.applied)] = (applied[String(a.applied)] ?? 0) + 1;
+      send({ type: 'status', connected: agents.filter((a) => a.link.connected).length, applied, counterReports, errors: errors.slice(0, 10) });
+      break;
+    }
+    case 'stop':
+      void stop()
+        .catch(fail)
+        .finally(() => setTimeout(() => process.exit(0), 100));
+      break;
+  }
+});
+// The bench died: do not linger.
+process.on('disconnect', () => process.exit(0));

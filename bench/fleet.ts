@@ -1,0 +1,590 @@
+// Fleet benchmark (issue 8, "Fleet convergence" and "Footprint"): a simulated fleet of real
+// agents (bench/fleet-sim.ts: the agent's own classes with the memory datapath, each agent with
+// its own NATS connection and gRPC stream) in 2 worker processes, against one nats-server and
+// the real controller (dist/ build). Prints a table and one JSON line; asserts nothing.
+//   npx tsc --build && node --import=tsx bench/fleet.ts [--quick] [--nodes 1000,10000]
+//     [--state-file disk|none] [--fanout auto|conns|agents] [--profile DIR]
+//
+// Per fleet size, with a fresh nats-server and controller:
+// - start: all agents connected (gRPC welcome) and following the log (caught up);
+// - convergence, K changes one after another, alternated with the raw fan-out baseline:
+//   ApplyPolicy response -> each node's ACK arriving at the controller, seen on a
+//   FleetService.WatchNodes stream opened by this process (timestamped on arrival), and, as a
+//   cross-check, the agent's own send time of the ACK (wall clock, same machine);
+//   raw fan-out: one NATS publish -> last of N plain subscribers received it;
+// - controller CPU per change: utime+stime of the controller over a convergence run / 1;
+// - nats-server kill -9 + restart -> every agent applied the first revision written after it;
+// - telemetry: idle, then every agent's datapath sees traffic and reports counters every second
+//   (the controller runs with --counter-interval 1; with no traffic agents send no counter
+//   reports, so the other phases do not carry them) -> controller CPU share;
+// - footprint: controller RSS, worker RSS per agent, agents' idle CPU.
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { availableParallelism, release, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import type * as grpc from '@grpc/grpc-js';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { Action, ApplyPolicyRequest, Policy, Protocol, type WatchNodesResponse } from '@edgeplane/proto';
+import { NatsServer } from '@edgeplane/intent-log';
+import { CONTROLLER_MAIN } from '../test/support/fleet.js';
+import { call, clients } from '../test/support/grpc.js';
+import { Supervised } from '../test/support/supervisor.js';
+import type { SimCommand, SimEvent } from './fleet-sim.js';
+
+// ---- options ---------------------------------------------------------------------------------
+
+const argv = process.argv.slice(2);
+const opt = (name: string): string | undefined => {
+  const i = argv.indexOf(name);
+  return i >= 0 ? argv[i + 1] : undefined;
+};
+const quick = argv.includes('--quick');
+const SIZES = (opt('--nodes') ?? '1000,10000').split(',').map((s) => Number(s.replace(/_/g, '')));
+const K = quick ? 5 : 20;
+const WORKERS = 2;
+const STATE_FILE = (opt('--state-file') ?? 'disk') as 'disk' | 'none';
+const FANOUT = (opt('--fanout') ?? 'auto') as 'auto' | 'conns' | 'agents';
+const PROFILE_DIR = opt('--profile');
+const IDLE_S = quick ? 5 : 10;
+const TELEMETRY_S = quick ? 10 : 20;
+/** Hard bound for the whole run: past it everything is torn down. */
+const BOUND_MS = (quick ? 20 : 50) * 60_000;
+/** This machine cannot raise RLIMIT_NOFILE past its hard limit; nats-server needs 2 fds per agent with separate fan-out connections. */
+const NOFILE = Number(execFileSync('bash', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).trim());
+const SIM = fileURLToPath(new URL('./fleet-sim.ts', import.meta.url));
+const POLICY = 'fleet-bench';
+
+const now = (): number => performance.timeOrigin + performance.now();
+const log = (msg: string): void => void process.stderr.write(`[fleet ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+
+const abort = new AbortController();
+const onSignal = (signal: NodeJS.Signals): void => {
+  if (abort.signal.aborted) return void process.stderr.write(`${signal}: already cleaning up\n`);
+  abort.abort(new Error(`interrupted by ${signal}`));
+};
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const signal = abort.signal;
+    if (signal.aborted) return reject(signal.reason as Error);
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal.reason as Error);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+async function until(what: string, pred: () => boolean | Promise<boolean>, ms: number, pollMs = 10): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await pred())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(pollMs);
+  }
+}
+
+const sorted = (xs: number[]): number[] => xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+const pct = (xs: number[], p: number): number => {
+  const s = sorted(xs);
+  if (s.length === 0) return NaN;
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+};
+const median = (xs: number[]): number => {
+  const s = sorted(xs);
+  if (s.length === 0) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const round = (x: number, digits = 1): number => (Number.isFinite(x) ? Number(x.toFixed(digits)) : NaN);
+
+// ---- /proc -----------------------------------------------------------------------------------
+
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+interface ProcSample {
+  at: number;
+  rssKb: number;
+  /** utime + stime, in ticks. */
+  ticks: number;
+}
+
+function sampleProc(pid: number): ProcSample {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { at: now(), rssKb: Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN), ticks: Number(f[11]) + Number(f[12]) };
+}
+const cpuMs = (a: ProcSample, b: ProcSample): number => ((b.ticks - a.ticks) / CLK_TCK) * 1000;
+const cpuShare = (a: ProcSample, b: ProcSample): number => (cpuMs(a, b) / (b.at - a.at)) * 100;
+
+/** Established TCP connections to a local port (one line each in `ss -Htn`). */
+function established(port: number): number {
+  const out = execFileSync('ss', ['-Htn', 'state', 'established', `( dport = :${port} )`], { encoding: 'utf8' });
+  return out.split('\n').filter((l) => l.trim()).length;
+}
+
+// ---- workers ---------------------------------------------------------------------------------
+
+class Worker {
+  readonly child: ChildProcess;
+  readonly count: number;
+  #listeners = new Set<(e: SimEvent) => void>();
+  errors: string[] = [];
+
+  constructor(index: number, count: number) {
+    this.count = count;
+    const execArgv = ['--import=tsx', '--max-old-space-size=16384'];
+    if (PROFILE_DIR) execArgv.push('--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=worker-${index}-${Date.now()}.cpuprofile`);
+    this.child = fork(SIM, [], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    this.child.on('message', (m: SimEvent) => {
+      if (m.type === 'error') {
+        this.errors.push(m.message);
+        log(`worker ${index}: ${m.message}`);
+      }
+      for (const l of this.#listeners) l(m);
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  send(cmd: SimCommand): void {
+    this.child.send(cmd);
+  }
+
+  /** Resolves with the first event that `match` accepts. */
+  next<T extends SimEvent>(match: (e: SimEvent) => e is T, ms: number, what: string): Promise<T> {
+    return new Promise((resolve, reject) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#listeners.delete(l);
+        this.child.off('exit', onExit);
+        abort.signal.removeEventListener('abort', onAbort);
+      };
+      const l = (e: SimEvent): void => {
+        if (match(e)) {
+          done();
+          resolve(e);
+        }
+      };
+      const onExit = (): void => {
+        done();
+        reject(new Error(`worker exited while waiting for ${what}`));
+      };
+      const onAbort = (): void => {
+        done();
+        reject(abort.signal.reason as Error);
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`timed out after ${ms} ms waiting for ${what}`));
+      }, ms);
+      this.#listeners.add(l);
+      this.child.once('exit', onExit);
+      abort.signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  on(l: (e: SimEvent) => void): () => void {
+    this.#listeners.add(l);
+    return () => this.#listeners.delete(l);
+  }
+
+  async request<T extends SimEvent['type']>(cmd: SimCommand, type: T, ms = 30_000, extra?: (e: Extract<SimEvent, { type: T }>) => boolean): Promise<Extract<SimEvent, { type: T }>> {
+    const p = this.next((e): e is Extract<SimEvent, { type: T }> => e.type === type && (!extra || extra(e as Extract<SimEvent, { type: T }>)), ms, `${type} from worker`);
+    this.send(cmd);
+    return p;
+  }
+
+  async stop(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const exited = new Promise((r) => this.child.once('exit', r));
+    try {
+      this.child.send({ type: 'stop' } satisfies SimCommand);
+    } catch {
+      // IPC already closed
+    }
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 20_000);
+    await exited;
+    clearTimeout(timer);
+  }
+}
+
+// ---- policy ----------------------------------------------------------------------------------
+
+/** A small policy selecting every simulated node; change `i` moves one rule's port, so every node recompiles and switches. */
+function policy(i: number): Policy {
+  return Policy.fromPartial({
+    metadata: { name: POLICY },
+    spec: {
+      nodeSelector: { matchLabels: { role: 'edge' } },
+      defaultAction: Action.ACTION_ALLOW,
+      rules: [
+        { priority: 1, name: 'bench-src', sourceCidrs: ['198.18.0.0/24'], protocol: Protocol.PROTOCOL_TCP, action: Action.ACTION_DENY },
+        { priority: 2, name: 'moving-port', protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 1000 + i, last: 0 }], action: Action.ACTION_DENY },
+        { priority: 3, name: 'dns', protocol: Protocol.PROTOCOL_UDP, destinationPorts: [{ first: 53, last: 0 }], action: Action.ACTION_ALLOW },
+      ],
+    },
+  });
+}
+
+// ---- ACK watcher -----------------------------------------------------------------------------
+
+/** First arrival time, per applied revision, of each node's report at this WatchNodes client. */
+class AckWatcher {
+  #call: grpc.ClientReadableStream<WatchNodesResponse>;
+  readonly arrivals = new Map<bigint, Map<string, number>>();
+  events = 0;
+  ended = false;
+
+  constructor(c: ReturnType<typeof clients>) {
+    this.#call = c.fleet.watchNodes({ labelSelector: '', sendInitial: false });
+    this.#call.on('data', (e: WatchNodesResponse) => {
+      const t = now();
+      this.events++;
+      const s = e.node?.status;
+      if (!s || !e.node || s.appliedRevision === 0n) return;
+      let m = this.arrivals.get(s.appliedRevision);
+      if (!m) this.arrivals.set(s.appliedRevision, (m = new Map()));
+      if (!m.has(e.node.name)) m.set(e.node.name, t);
+    });
+    this.#call.on('error', () => (this.ended = true));
+    this.#call.on('end', () => (this.ended = true));
+  }
+
+  count(revision: bigint): number {
+    return this.arrivals.get(revision)?.size ?? 0;
+  }
+
+  close(): void {
+    this.#call.cancel();
+  }
+}
+
+// ---- one fleet size --------------------------------------------------------------------------
+
+interface Dist {
+  p50: number;
+  p99: number;
+  max: number;
+}
+const dist = (xs: number[]): Dist => ({ p50: round(pct(xs, 50)), p99: round(pct(xs, 99)), max: round(Math.max(...xs)) });
+
+interface ConvergenceRun {
+  revision: string;
+  apiMs: number;
+  /** ApplyPolicy response -> ACK seen by the WatchNodes client. */
+  ack: Dist;
+  /** ApplyPolicy response -> the agent wrote the ACK to its stream. */
+  sent: Dist;
+  /** Per node: seen by the watcher - sent by the agent. */
+  watchLag: Dist;
+  controllerCpuMs: number;
+  workerCpuMs: number;
+  windowMs: number;
+}
+
+interface SizeResult {
+  nodes: number;
+  workers: number;
+  stateFile: string;
+  fanoutMode: 'conns' | 'agents';
+  startMs: number;
+  tcp: { grpc: number; nats: number; natsWithFanout: number };
+  runs: ConvergenceRun[];
+  fanoutMs: number[];
+  convergence: { ackP50: number; ackP99: number; ackMax: number; sentP99: number; sentMax: number; watchLagP99: number; apiMs: number };
+  fanout: { medianMs: number; ratioP99: number; ratioMax: number };
+  controllerCpuPerChangeMs: number;
+  controllerCpuPerChangeNetMs: number;
+  workerCpuPerChangeMs: number;
+  restart: { natsDownMs: number; upToApplyMs: number; upToAllAppliedMs: number; applyToAllAckedMs: number };
+  idle: { controllerCpuPct: number; agentCpuPctEach: number; workersCpuPct: number };
+  telemetry: { seconds: number; counterReportsPerS: number; controllerCpuPct: number; workersCpuPct: number };
+  footprint: { controllerRssMiB: number; workerRssMiB: number[]; agentRssKiB: number; controllerRssAfterStartMiB: number };
+  errors: string[];
+}
+
+async function runSize(n: number, root: string): Promise<SizeResult> {
+  const dir = join(root, `n${n}`);
+  mkdirSync(dir, { recursive: true });
+  const local: [string, () => unknown][] = [];
+  const push = (what: string, fn: () => unknown): void => void local.push([what, fn]);
+  try {
+    const nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '127.0.0.1' });
+    push('nats-server', () => nats.close());
+    const controllerArgs = [CONTROLLER_MAIN, '--insecure', '--listen', '127.0.0.1:0', '--nats', nats.url, '--data-dir', join(dir, 'controller'), '--heartbeat-interval', '5', '--counter-interval', '1'];
+    const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=controller-n${n}-${Date.now()}.cpuprofile`] : [];
+    const controller = await Supervised.start('controller', { command: process.execPath, args: [...prof, ...controllerArgs], readyEvent: 'ready', readyTimeoutMs: 30_000 });
+    push('controller', () => controller.stop(30_000));
+    const cpid = controller.pid!;
+    const address = String(controller.ready.grpc);
+    const grpcPort = Number(address.split(':').pop());
+    const publicKey = String(controller.ready.publicKey);
+    const c = clients(address);
+    push('grpc clients', () => c.close());
+    const nc: NatsConnection = await connect({ servers: [nats.url], name: 'fleet-bench', maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    push('bench nats', () => nc.close());
+    const watcher = new AckWatcher(c);
+    push('watcher', () => watcher.close());
+    // A first revision, so agents start with something to catch up to.
+    await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policy(0), allowLargeGrowth: true }));
+
+    // -- start the fleet --
+    const stateDir = STATE_FILE === 'disk' ? join(dir, 'state') : undefined;
+    const per = Math.ceil(n / WORKERS);
+    const workers: Worker[] = [];
+    for (let w = 0; w < WORKERS; w++) workers.push(new Worker(w, Math.min(per, n - w * per)));
+    push('workers', () => Promise.all(workers.map((w) => w.stop())));
+    const offProgress = workers.map((w, i) => w.on((e) => e.type === 'progress' && log(`worker ${i}: ${e.started} started, ${e.connected} connected`)));
+    const t0 = now();
+    const startedAll = await Promise.all(
+      workers.map((w, i) =>
+        w.request({ type: 'start', controller: address, nats: nats.url, publicKey, prefix: `sim${i}`, first: i * per, count: w.count, stateDir, concurrency: 50 }, 'started', 20 * 60_000),
+      ),
+    );
+    offProgress.forEach((off) => off());
+    const startMs = Math.max(...startedAll.map((s) => s.lastConnectedAt)) - t0;
+    await sleep(2000);
+    const tcp = { grpc: established(grpcPort), nats: established(nats.port), natsWithFanout: 0 };
+    const workerRssAfterStart = workers.map((w) => sampleProc(w.pid).rssKb / 1024);
+    const controllerRssAfterStart = sampleProc(cpid).rssKb / 1024;
+    log(`n=${n}: started in ${round(startMs / 1000)} s; tcp to controller ${tcp.grpc}, to nats ${tcp.nats}; worker RSS ${workerRssAfterStart.map((x) => round(x)).join(', ')} MiB`);
+
+    // -- idle --
+    const idle0 = sampleProc(cpid);
+    const idleW0 = workers.map((w) => sampleProc(w.pid));
+    await sleep(IDLE_S * 1000);
+    const idle1 = sampleProc(cpid);
+    const idleW1 = workers.map((w) => sampleProc(w.pid));
+    const idleControllerPct = cpuShare(idle0, idle1);
+    const idleWorkersPct = idleW0.reduce((s, a, i) => s + cpuShare(a, idleW1[i]!), 0);
+    const idleControllerMsPerS = idleControllerPct * 10;
+
+    // -- fan-out subscribers --
+    const fanoutMode: 'conns' | 'agents' = FANOUT === 'auto' ? (2 * n + 500 < NOFILE ? 'conns' : 'agents') : FANOUT;
+    const subject = `bench.fanout.${n}`;
+    await Promise.all(workers.map((w) => w.request({ type: 'fanout-setup', subject, mode: fanoutMode, nats: nats.url }, 'fanout-ready', 10 * 60_000)));
+    tcp.natsWithFanout = established(nats.port);
+    log(`n=${n}: fan-out subscribers ready (${fanoutMode}); tcp to nats ${tcp.natsWithFanout}`);
+    await sleep(2000);
+
+    const fanoutOnce = async (id: string): Promise<number> => {
+      await Promise.all(workers.map((w) => w.request({ type: 'fanout-arm', id }, 'fanout-armed', 10_000, (e) => e.id === id)));
+      const done = workers.map((w) => w.next((e): e is Extract<SimEvent, { type: 'fanout-done' }> => e.type === 'fanout-done' && e.id === id, 60_000, `fan-out ${id}`));
+      const start = now();
+      nc.publish(subject, id);
+      const results = await Promise.all(done);
+      return Math.max(...results.map((r) => r.last)) - start;
+    };
+
+    const convergeOnce = async (i: number): Promise<ConvergenceRun> => {
+      const c0 = sampleProc(cpid);
+      const w0 = workers.map((w) => sampleProc(w.pid));
+      const a0 = now();
+      const { revision } = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policy(i), allowLargeGrowth: true }));
+      const a1 = now();
+      await until(`${n} ACKs of revision ${revision} at the watcher`, () => watcher.count(revision) >= n, 300_000);
+      const c1 = sampleProc(cpid);
+      const w1 = workers.map((w) => sampleProc(w.pid));
+      const arrivals = watcher.arrivals.get(revision)!;
+      const sentAll = await Promise.all(workers.map((w) => w.request({ type: 'acks', revision: String(revision) }, 'acks', 30_000, (e) => e.revision === String(revision))));
+      const sent = new Map<string, number>();
+      for (const s of sentAll) s.nodes.forEach((node, k) => sent.set(node, s.sentAt[k]!));
+      const lag = [...arrivals].map(([node, t]) => t - (sent.get(node) ?? NaN));
+      return {
+        revision: String(revision),
+        apiMs: round(a1 - a0),
+        ack: dist([...arrivals.values()].map((t) => t - a1)),
+        sent: dist([...sent.values()].map((t) => t - a1)),
+        watchLag: dist(lag),
+        controllerCpuMs: round(cpuMs(c0, c1)),
+        workerCpuMs: round(w0.reduce((s, a, k) => s + cpuMs(a, w1[k]!), 0)),
+        windowMs: round(c1.at - c0.at),
+      };
+    };
+
+    // -- convergence, alternated with the raw fan-out (order swapped every other round) --
+    const runs: ConvergenceRun[] = [];
+    const fanoutMs: number[] = [];
+    await fanoutOnce('warmup');
+    for (let i = 1; i <= K; i++) {
+      if (i % 2) {
+        fanoutMs.push(await fanoutOnce(`f${i}`));
+        await sleep(300);
+        runs.push(await convergeOnce(i));
+      } else {
+        runs.push(await convergeOnce(i));
+        await sleep(300);
+        fanoutMs.push(await fanoutOnce(`f${i}`));
+      }
+      const r = runs[runs.length - 1]!;
+      log(`n=${n} change ${i}/${K} rev ${r.revision}: ack p50/p99/max ${r.ack.p50}/${r.ack.p99}/${r.ack.max} ms (sent max ${r.sent.max}); fan-out ${round(fanoutMs[fanoutMs.length - 1]!)} ms; controller CPU ${r.controllerCpuMs} ms`);
+      await sleep(500);
+    }
+
+    // -- nats-server kill -9 and restart --
+    const k0 = now();
+    await nats.kill('SIGKILL');
+    await nats.restart();
+    const up = now();
+    let revision = 0n;
+    await until(
+      'an ApplyPolicy accepted after the nats-server restart',
+      async () => {
+        try {
+          revision = (await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policy(K + 1), allowLargeGrowth: true }))).revision;
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      120_000,
+      100,
+    );
+    const applied = now();
+    const allApplied = await Promise.all(
+      workers.map((w) => w.request({ type: 'wait-applied', revision: String(revision), id: `restart-${revision}` }, 'applied', 600_000, (e) => e.id === `restart-${revision}`)),
+    );
+    await until(`${n} ACKs of revision ${revision} at the watcher`, () => watcher.count(revision) >= n, 120_000);
+    const lastAck = Math.max(...watcher.arrivals.get(revision)!.values());
+    const restart = {
+      natsDownMs: round(up - k0),
+      upToApplyMs: round(applied - up),
+      upToAllAppliedMs: round(Math.max(...allApplied.map((a) => a.at)) - up),
+      applyToAllAckedMs: round(lastAck - applied),
+    };
+    log(`n=${n}: nats restart: up -> all applied ${restart.upToAllAppliedMs} ms (apply accepted ${restart.upToApplyMs} ms after up)`);
+    await sleep(3000);
+
+    // -- telemetry ingest --
+    const before = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
+    workers.forEach((w) => w.send({ type: 'traffic', on: true }));
+    await sleep(3000);
+    const t0c = sampleProc(cpid);
+    const t0w = workers.map((w) => sampleProc(w.pid));
+    const mid = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
+    await sleep(TELEMETRY_S * 1000);
+    const t1c = sampleProc(cpid);
+    const t1w = workers.map((w) => sampleProc(w.pid));
+    const after = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
+    workers.forEach((w) => w.send({ type: 'traffic', on: false }));
+    const reports = after.reduce((s, x) => s + x.counterReports, 0) - mid.reduce((s, x) => s + x.counterReports, 0);
+    const telemetry = {
+      seconds: TELEMETRY_S,
+      counterReportsPerS: round(reports / ((t1c.at - t0c.at) / 1000)),
+      controllerCpuPct: round(cpuShare(t0c, t1c)),
+      workersCpuPct: round(t0w.reduce((s, a, i) => s + cpuShare(a, t1w[i]!), 0)),
+    };
+    void before;
+    log(`n=${n}: telemetry ${telemetry.counterReportsPerS} reports/s, controller CPU ${telemetry.controllerCpuPct} %`);
+
+    const errors = [...after.flatMap((s) => s.errors), ...workers.flatMap((w) => w.errors)];
+    const controllerRssMiB = sampleProc(cpid).rssKb / 1024;
+    const workerRss = workers.map((w) => sampleProc(w.pid).rssKb / 1024);
+
+    const p99s = runs.map((r) => r.ack.p99);
+    const maxes = runs.map((r) => r.ack.max);
+    const fanMed = median(fanoutMs);
+    const ctlPer = median(runs.map((r) => r.controllerCpuMs));
+    const ctlNet = median(runs.map((r) => r.controllerCpuMs - (idleControllerMsPerS * r.windowMs) / 1000));
+    return {
+      nodes: n,
+      workers: WORKERS,
+      stateFile: STATE_FILE,
+      fanoutMode,
+      startMs: round(startMs),
+      tcp,
+      runs,
+      fanoutMs: fanoutMs.map((x) => round(x)),
+      convergence: {
+        ackP50: round(median(runs.map((r) => r.ack.p50))),
+        ackP99: round(median(p99s)),
+        ackMax: round(median(maxes)),
+        sentP99: round(median(runs.map((r) => r.sent.p99))),
+        sentMax: round(median(runs.map((r) => r.sent.max))),
+        watchLagP99: round(median(runs.map((r) => r.watchLag.p99))),
+        apiMs: round(median(runs.map((r) => r.apiMs))),
+      },
+      fanout: { medianMs: round(fanMed), ratioP99: round(median(p99s) / fanMed, 2), ratioMax: round(median(maxes) / fanMed, 2) },
+      controllerCpuPerChangeMs: round(ctlPer),
+      controllerCpuPerChangeNetMs: round(ctlNet),
+      workerCpuPerChangeMs: round(median(runs.map((r) => r.workerCpuMs))),
+      restart,
+      idle: { controllerCpuPct: round(idleControllerPct, 2), agentCpuPctEach: round(idleWorkersPct / n, 4), workersCpuPct: round(idleWorkersPct, 1) },
+      telemetry,
+      footprint: {
+        controllerRssMiB: round(controllerRssMiB),
+        controllerRssAfterStartMiB: round(controllerRssAfterStart),
+        workerRssMiB: workerRss.map((x) => round(x)),
+        agentRssKiB: round((workerRssAfterStart.reduce((s, x) => s + x, 0) * 1024) / n, 0),
+      },
+      errors: errors.slice(0, 10),
+    };
+  } finally {
+    for (const [what, fn] of local.reverse()) {
+      const t = Date.now();
+      try {
+        await fn();
+      } catch (err) {
+        process.stderr.write(`cleanup ${what}: ${(err as Error).message}\n`);
+      }
+      log(`cleanup n=${n}: ${what} (${Date.now() - t} ms)`);
+    }
+  }
+}
+
+// ---- main ------------------------------------------------------------------------------------
+
+function table(results: SizeResult[]): string {
+  const rows: [string, (r: SizeResult) => string][] = [
+    ['agents started + connected', (r) => `${round(r.startMs / 1000)} s`],
+    ['TCP: agent->controller / ->nats (+fan-out)', (r) => `${r.tcp.grpc} / ${r.tcp.nats} (${r.tcp.natsWithFanout})`],
+    ['ApplyPolicy round trip, median', (r) => `${r.convergence.apiMs} ms`],
+    ['response -> ACK at controller p50 / p99 / max (medians of K)', (r) => `${r.convergence.ackP50} / ${r.convergence.ackP99} / ${r.convergence.ackMax} ms`],
+    ['response -> ACK sent by agent p99 / max', (r) => `${r.convergence.sentP99} / ${r.convergence.sentMax} ms`],
+    ['watcher lag behind agent send, p99', (r) => `${r.convergence.watchLagP99} ms`],
+    ['raw NATS fan-out publish -> last receipt, median', (r) => `${r.fanout.medianMs} ms (${r.fanoutMode})`],
+    ['ratio ACK p99 / fan-out, ACK max / fan-out', (r) => `${r.fanout.ratioP99} / ${r.fanout.ratioMax}`],
+    ['controller CPU per change (gross / net of idle)', (r) => `${r.controllerCpuPerChangeMs} / ${r.controllerCpuPerChangeNetMs} ms`],
+    ['workers CPU per change', (r) => `${r.workerCpuPerChangeMs} ms`],
+    ['nats kill -9: restart -> all agents applied new rev', (r) => `${r.restart.upToAllAppliedMs} ms (first apply accepted ${r.restart.upToApplyMs} ms after up)`],
+    ['idle CPU: controller / per agent', (r) => `${r.idle.controllerCpuPct} % / ${r.idle.agentCpuPctEach} %`],
+    ['telemetry: counter reports/s, controller CPU', (r) => `${r.telemetry.counterReportsPerS} /s, ${r.telemetry.controllerCpuPct} %`],
+    ['controller RSS (after start / end)', (r) => `${r.footprint.controllerRssAfterStartMiB} / ${r.footprint.controllerRssMiB} MiB`],
+    ['simulated agent RSS each (worker RSS / agents)', (r) => `${r.footprint.agentRssKiB} KiB`],
+  ];
+  const head = `| figure | ${results.map((r) => `${r.nodes.toLocaleString('en-US')} agents`).join(' | ')} |\n| --- |${results.map(() => ' --- |').join('')}`;
+  return [head, ...rows.map(([name, f]) => `| ${name} | ${results.map(f).join(' | ')} |`)].join('\n');
+}
+
+const bound = setTimeout(() => abort.abort(new Error(`time bound of ${BOUND_MS / 60_000} min reached`)), BOUND_MS);
+const root = mkdtempSync(join(tmpdir(), 'edgeplane-fleet-'));
+if (PROFILE_DIR) mkdirSync(PROFILE_DIR, { recursive: true });
+const results: SizeResult[] = [];
+try {
+  log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; state file ${STATE_FILE}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
+  for (const n of SIZES) results.push(await runSize(n, root));
+  process.stdout.write(table(results) + '\n');
+  process.stdout.write(
+    JSON.stringify(
+      { bench: 'fleet', quick, k: K, cpus: availableParallelism(), memGiB: round(totalmem() / 2 ** 30), kernel: release(), node: process.version, commit: execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim(), results },
+      (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v),
+    ) + '\n',
+  );
+} catch (err) {
+  process.stderr.write(`fleet bench failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+} finally {
+  clearTimeout(bound);
+  rmSync(root, { recursive: true, force: true });
+}
