@@ -11,6 +11,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { OtlpReceiver, type ReceivedSpan } from '../test/support/otlp-receiver.js';
 
 const root = new URL('..', import.meta.url).pathname;
 const { values } = parseArgs({
@@ -40,7 +41,8 @@ function sh(cmd: string, args: string[], quiet = false): string {
   try {
     return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (err) {
-    if (quiet) return '';
+    // quiet: a failure is not fatal; its output is still shown.
+    if (quiet) return `${(err as { stdout?: string }).stdout ?? ''}${(err as { stderr?: string }).stderr ?? ''}`;
     throw new Error(`${cmd} ${args.join(' ')}: ${(err as { stderr?: string }).stderr?.trim() ?? String(err)}`);
   }
 }
@@ -116,9 +118,22 @@ const cli = (args: string[], quiet = false): string => sh(process.execPath, [joi
 async function main(): Promise<void> {
   say('edgeplane demo: cleaning up anything a previous run left behind');
   teardown();
+  // Each run starts from an empty intent log, so it shows a fresh rollout and its trace.
+  rmSync(DATA, { recursive: true, force: true });
   mkdirSync(DATA, { recursive: true });
   const logs = join(DATA, 'logs');
   mkdirSync(logs, { recursive: true });
+  // Traces: to the collector the user named, else to a receiver in this process, so the demo
+  // can print one rollout's trace across the controller and every agent.
+  let receiver: OtlpReceiver | undefined;
+  let otlpHost = (_i: number): string => values['otlp-endpoint']!;
+  if (!values['otlp-endpoint']) {
+    receiver = await OtlpReceiver.start('0.0.0.0');
+    closers.push(() => receiver!.close());
+    otlpHost = (i: number) => (i === 0 ? receiver!.endpoint('127.0.0.1') : receiver!.endpoint(`10.99.0.${4 * i + 1}`));
+    process.env.OTEL_EXPORTER_OTLP_PROTOCOL = 'http/json';
+    process.env.OTEL_BSP_SCHEDULE_DELAY = '300';
+  }
   say(`building the topology: ${N} nodes, an internet namespace (epd-inet), a workload namespace (epd-wl)`);
   topology();
 
@@ -126,7 +141,7 @@ async function main(): Promise<void> {
   const ctl = await start(
     'controller',
     process.execPath,
-    [join(root, 'services/controller/dist/main.js'), '--insecure', '--listen', `0.0.0.0:${GRPC}`, '--embedded-nats', `0.0.0.0:${NATS}`, '--data-dir', join(DATA, 'controller'), '--heartbeat-interval', '2', '--counter-interval', '2', ...(values['otlp-endpoint'] ? ['--otlp-endpoint', values['otlp-endpoint']] : [])],
+    [join(root, 'services/controller/dist/main.js'), '--insecure', '--listen', `0.0.0.0:${GRPC}`, '--embedded-nats', `0.0.0.0:${NATS}`, '--data-dir', join(DATA, 'controller'), '--heartbeat-interval', '2', '--counter-interval', '2', '--otlp-endpoint', otlpHost(0)],
     join(logs, 'controller.log'),
   );
   say(`  controller ready: gRPC ${String(ctl.grpc)}, NATS ${String(ctl.nats)}, signing key ${String(ctl.keyId)}`);
@@ -141,7 +156,7 @@ async function main(): Promise<void> {
         '--node-name', `node-${i}`, '--labels', Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(','),
         '--controller', `10.99.0.${4 * i + 1}:${GRPC}`, '--nats', `nats://10.99.0.${4 * i + 1}:${NATS}`,
         '--interface', 'up0=uplink', '--interface', 'wl0=workload', '--pin-root', pin, '--state-dir', join(DATA, `node-${i}`),
-        '--trusted-key', String(ctl.publicKey), '--insecure', ...(values['otlp-endpoint'] ? ['--otlp-endpoint', values['otlp-endpoint']] : [])],
+        '--trusted-key', String(ctl.publicKey), '--insecure', '--otlp-endpoint', otlpHost(i)],
       join(logs, `node-${i}.log`),
     );
     say(`  agent node-${i} ready (${Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(',')}), XDP program ${String(ready.xdpProgramId)}`);
@@ -163,12 +178,25 @@ async function main(): Promise<void> {
   say('\nedgeplane get nodes:');
   say(cli(['get', 'nodes']).trimEnd().replace(/^/gm, '  '));
 
+  say('\nssh-mgmt-only is a staged rollout (a 10% canary wave that bakes 1 minute): edgeplane rollout status ssh-mgmt-only');
+  say(cli(['rollout', 'status', 'ssh-mgmt-only'], true).trimEnd().replace(/^/gm, '  '));
+  say('promoting it past the bake: edgeplane rollout promote ssh-mgmt-only');
+  say(cli(['rollout', 'promote', 'ssh-mgmt-only'], true).trimEnd().replace(/^/gm, '  '));
+  say(cli(['rollout', 'status', 'ssh-mgmt-only', '--watch', '--timeout', '60s'], true).trimEnd().split('\n').slice(-6).join('\n').replace(/^/gm, '  '));
+  if (receiver) {
+    await new Promise((r) => setTimeout(r, 2000));
+    say(`\nthe rollout's trace, collected over OTLP from the controller and every agent:\n${traceTree(receiver.spans, 'ssh-mgmt-only')}`);
+  } else {
+    say(`\nthe rollout's trace is in your collector (${values['otlp-endpoint']}): look for the span edgeplane.v1.IntentService/ApplyPolicy with edgeplane.policy=ssh-mgmt-only`);
+  }
+
   say(`
 The fleet is running. Try, in another shell:
   export EDGEPLANE_SERVER=127.0.0.1:${GRPC} EDGEPLANE_INSECURE=1
   node packages/cli/dist/main.js get policies
   node packages/cli/dist/main.js describe node node-1
   node packages/cli/dist/main.js describe policy deny-telnet
+  node packages/cli/dist/main.js rollout status ssh-mgmt-only
   node packages/cli/dist/main.js diff -f examples/
   node packages/cli/dist/main.js apply -f examples/ --wait
   ip netns exec epd-inet ping 172.31.1.2          # traffic to node-1's uplink
@@ -191,6 +219,25 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
+/** One change's trace as text: the API call, its publish and wave spans, then each node's spans. */
+function traceTree(spans: ReceivedSpan[], policy: string): string {
+  const root = spans.find((s) => s.name === 'edgeplane.v1.IntentService/ApplyPolicy' && s.attributes['edgeplane.policy'] === policy);
+  if (!root) return '  (no spans yet)';
+  const inTrace = spans.filter((s) => s.traceId === root.traceId);
+  const lines = [`  trace ${root.traceId}`, `  ${root.service}: ${root.name} (revision ${String(root.attributes['edgeplane.revision'] ?? '?')})`];
+  for (const s of inTrace.filter((x) => x.service === 'edgeplane-controller' && x !== root)) {
+    lines.push(`    ${s.service}: ${s.name}${s.attributes['edgeplane.wave'] !== undefined ? ` wave ${Number(s.attributes['edgeplane.wave']) + 1} (${String(s.attributes['edgeplane.wave.nodes'])} nodes, ${String(s.attributes['edgeplane.outcome'] ?? 'open')})` : ''}`);
+  }
+  const byNode = new Map<string, ReceivedSpan[]>();
+  for (const s of inTrace.filter((x) => x.service === 'edgeplane-agent')) byNode.set(String(s.attributes['edgeplane.node']), [...(byNode.get(String(s.attributes['edgeplane.node'])) ?? []), s]);
+  for (const [node, list] of [...byNode].sort()) {
+    const revisions = [...new Set(list.map((s) => String(s.attributes['edgeplane.revision'])))].sort();
+    const acks = list.filter((s) => s.name === 'edgeplane.agent.ack').map((s) => `${String(s.attributes['edgeplane.outcome'])}@${String(s.attributes['edgeplane.revision'])}`);
+    lines.push(`    ${node}: ${list.length} spans (receive, compile, apply, ack) for revisions ${revisions.join(', ')}; ${acks.join(', ')}`);
+  }
+  return lines.join('\n');
+}
+
 async function stopAll(): Promise<void> {
   say('\nstopping: agents, controller (and its nats-server), namespaces, pins');
   for (const { child } of children.reverse()) {
@@ -201,8 +248,11 @@ async function stopAll(): Promise<void> {
     if (child.exitCode === null) child.kill('SIGKILL');
   }
   teardown();
+  for (const c of closers) await c();
   say('done');
 }
+
+const closers: (() => Promise<void>)[] = [];
 
 main()
   .catch((err: unknown) => {

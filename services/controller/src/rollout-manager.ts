@@ -192,6 +192,7 @@ export class RolloutManager {
     if (this.#spans.has(key)) return;
     for (const [k, s] of this.#spans) {
       if (k.startsWith(`${r.name}@`)) {
+        s.setAttribute('edgeplane.outcome', 'advanced');
         s.end();
         this.#spans.delete(k);
       }

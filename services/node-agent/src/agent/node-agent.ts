@@ -1,4 +1,4 @@
-import { SpanStatusCode, context, trace, type Context, type Span } from '@opentelemetry/api';
+import { SpanStatusCode, context, trace, type Context, type Link, type Span } from '@opentelemetry/api';
 import {
   RevisionOutcome,
   type CounterReport,
@@ -67,7 +67,7 @@ export class NodeAgent {
   #live: Record<InterfaceRole, RuleSetSpec> | undefined;
   #origins: Record<InterfaceRole, Map<number, RuleOrigin>> = { uplink: new Map(), workload: new Map() };
   #running: Promise<void> | undefined;
-  #wanted: { chain: IntentChain; context: Context | undefined; receivedAt: bigint } | undefined;
+  #wanted: { chain: IntentChain; context: Context | undefined; receivedAt: bigint; links: Link[] } | undefined;
   #lastCounters: Partial<Record<InterfaceRole, DatapathCounters>> = {};
   #lastCountersAt = new Date();
 
@@ -97,13 +97,17 @@ export class NodeAgent {
   /** Called when the followed chain advanced; `entries` are the new ones, oldest first. */
   intentAdvanced(chain: IntentChain, entries: LogEntry[]): void {
     let context: Context | undefined;
+    const links: Link[] = [...(this.#wanted?.links ?? [])];
     for (const e of entries) {
       context = extractTraceContext(e.traceContext?.traceparent ? { traceparent: e.traceContext.traceparent, tracestate: e.traceContext.tracestate } : undefined);
       tracer.startSpan('edgeplane.agent.receive', { attributes: { 'edgeplane.revision': Number(e.revision), 'edgeplane.node': this.#o.nodeName } }, context).end();
+      const sc = trace.getSpanContext(context);
+      if (sc) links.push({ context: sc, attributes: { 'edgeplane.revision': Number(e.revision) } });
     }
     this.#received = chain.revision;
-    // apply_duration runs from receipt of the newest entry to enforcement.
-    this.#wanted = { chain, context: context ?? this.#wanted?.context, receivedAt: process.hrtime.bigint() };
+    // apply_duration runs from receipt of the newest entry to enforcement. A coalesced apply
+    // is a child of the newest entry's trace and links to every entry it covers.
+    this.#wanted = { chain, context: context ?? this.#wanted?.context, receivedAt: process.hrtime.bigint(), links };
     this.#kick();
   }
 
@@ -113,9 +117,9 @@ export class NodeAgent {
     this.#running = (async () => {
       await new Promise((r) => setTimeout(r, delay));
       while (this.#wanted && this.#wanted.chain.revision > this.#applied) {
-        const { chain, context, receivedAt } = this.#wanted;
+        const { chain, context, receivedAt, links } = this.#wanted;
         this.#wanted = undefined;
-        await this.#reconcile(chain, context, receivedAt);
+        await this.#reconcile(chain, context, receivedAt, links);
       }
     })().finally(() => {
       this.#running = undefined;
@@ -128,12 +132,12 @@ export class NodeAgent {
     while (this.#running) await this.#running;
   }
 
-  async #reconcile(chain: IntentChain, parent: Context | undefined, receivedAt: bigint): Promise<void> {
+  async #reconcile(chain: IntentChain, parent: Context | undefined, receivedAt: bigint, links: Link[]): Promise<void> {
     const revision = chain.revision;
     const snapshot = chain.snapshot();
     const attrs = { 'edgeplane.revision': Number(revision), 'edgeplane.node': this.#o.nodeName };
     const run = async <T>(name: string, fn: (span: Span) => Promise<T> | T): Promise<T> =>
-      tracer.startActiveSpan(name, { attributes: attrs }, parent ?? context.active(), async (span) => {
+      tracer.startActiveSpan(name, { attributes: attrs, links }, parent ?? context.active(), async (span) => {
         try {
           return await fn(span);
         } catch (err) {
