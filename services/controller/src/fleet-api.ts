@@ -1,16 +1,13 @@
 import {
-  LabelSelectorSyntaxError,
   NodeEventType,
   RevisionOutcome,
   matchesLabelSelector,
-  parseLabelSelector,
   type GetNodeRequest,
   type GetNodeResponse,
   type GetPolicyCountersRequest,
   type GetPolicyCountersResponse,
   type GetRevisionStatusRequest,
   type GetRevisionStatusResponse,
-  type LabelSelector,
   type ListNodesRequest,
   type ListNodesResponse,
   type Node,
@@ -27,9 +24,10 @@ import {
   type WatchRolloutResponse,
 } from '@edgeplane/proto';
 import type { CounterStore } from './counter-store.js';
-import { NotFoundError, ValidationError } from './errors.js';
+import { NotFoundError } from './errors.js';
 import type { NodeRegistry } from './node-registry.js';
 import { paginate } from './page-token.js';
+import { selectorParam } from './selector-param.js';
 
 /** What FleetService needs of the rollouts. */
 export interface RolloutReader {
@@ -38,15 +36,6 @@ export interface RolloutReader {
   watch(listener: (name: string) => void): () => void;
 }
 
-function selectorOf(text: string, field: string): LabelSelector | undefined {
-  if (!text) return undefined;
-  try {
-    return parseLabelSelector(text);
-  } catch (err) {
-    if (err instanceof LabelSelectorSyntaxError) throw new ValidationError('invalid label selector', [{ field, description: err.message, reason: 'INVALID_LABEL_SELECTOR' }]);
-    throw err;
-  }
-}
 
 /** FleetService's behaviour, independent of gRPC. */
 export class FleetApi {
@@ -64,7 +53,7 @@ export class FleetApi {
   }
 
   #select(text: string, field: string): Node[] {
-    const selector = selectorOf(text, field);
+    const selector = selectorParam(text, field);
     return this.#registry.list().filter((n) => matchesLabelSelector(selector, n.labels));
   }
 
@@ -83,7 +72,7 @@ export class FleetApi {
 
   /** Streams node changes until `signal` aborts. @throws ValidationError */
   async watchNodes(req: WatchNodesRequest, send: (e: WatchNodesResponse) => void, signal: AbortSignal): Promise<void> {
-    const selector = selectorOf(req.labelSelector, 'label_selector');
+    const selector = selectorParam(req.labelSelector, 'label_selector');
     const off = this.#registry.watch((e) => {
       if (e.node && matchesLabelSelector(selector, e.node.labels)) send(e);
     });

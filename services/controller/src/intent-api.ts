@@ -1,7 +1,6 @@
 import {
   ApplyPolicyResponse,
   DEFAULT_POLICY_LIMITS,
-  LabelSelectorSyntaxError,
   Policy,
   PolicyEventType,
   Rollout,
@@ -9,14 +8,12 @@ import {
   PolicySpec,
   checkDnsLabel,
   matchesLabelSelector,
-  parseLabelSelector,
   validatePolicy,
   type ApplyPolicyRequest,
   type DeletePolicyRequest,
   type DeletePolicyResponse,
   type GetPolicyRequest,
   type GetPolicyResponse,
-  type LabelSelector,
   type ListPoliciesRequest,
   type ListPoliciesResponse,
   type PolicyLimits,
@@ -28,6 +25,7 @@ import type { IntentChain, PolicyChange } from '@edgeplane/intent-log';
 import { NotFoundError, PreconditionError, ValidationError, VersionConflictError } from './errors.js';
 import type { IntentStore } from './intent-store.js';
 import { paginate } from './page-token.js';
+import { selectorParam } from './selector-param.js';
 import { isActive, revertChange, waveMembers, type PlanNode } from './rollout-plan.js';
 
 /** Options of {@link IntentApi}. */
@@ -56,15 +54,6 @@ function sameMap(a: Record<string, string>, b: Record<string, string>): boolean 
   return ka.length === kb.length && ka.every((k, i) => k === kb[i] && a[k] === b[k]);
 }
 
-function parseSelector(text: string, field: string): LabelSelector | undefined {
-  if (!text) return undefined;
-  try {
-    return parseLabelSelector(text);
-  } catch (err) {
-    if (err instanceof LabelSelectorSyntaxError) throw new ValidationError('invalid label selector', [{ field, description: err.message, reason: 'INVALID_LABEL_SELECTOR' }]);
-    throw err;
-  }
-}
 
 function checkName(name: string, field: string): void {
   const problem = checkDnsLabel(name);
@@ -260,7 +249,7 @@ export class IntentApi {
 
   /** Lists policies in name order, one page at a time. @throws ValidationError */
   list(req: ListPoliciesRequest): ListPoliciesResponse {
-    const selector = parseSelector(req.labelSelector, 'label_selector');
+    const selector = selectorParam(req.labelSelector, 'label_selector');
     const chain = this.#store.chain;
     const matching = [...chain.policies.values()].filter((p) => matchesLabelSelector(selector, p.metadata?.labels ?? {}));
     const page = paginate(matching, (p) => p.metadata?.name ?? '', req.pageSize, req.pageToken);
@@ -273,7 +262,7 @@ export class IntentApi {
    * @throws ValidationError (bad selector, a revision in the future), CompactedError
    */
   async watch(req: WatchPoliciesRequest, send: (event: WatchPoliciesResponse) => void, signal: AbortSignal): Promise<void> {
-    const selector = parseSelector(req.labelSelector, 'label_selector');
+    const selector = selectorParam(req.labelSelector, 'label_selector');
     const chain = this.#store.chain;
     if (req.startRevision > chain.revision) {
       throw new ValidationError('start revision is in the future', [
