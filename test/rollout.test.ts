@@ -182,8 +182,8 @@ test.serial('rollout - a controller killed mid-rollout resumes at the same wave'
 });
 
 test.serial('rollout - operators pause, resume, promote and abort from the CLI', async (t) => {
-  const long = (name: string) =>
-    staged(name, [{ priority: 4, protocol: Protocol.PROTOCOL_UDP, destinationPorts: [{ first: 7200, last: 0 }], action: Action.ACTION_DENY }], {
+  const long = (name: string, port = 7200) =>
+    staged(name, [{ priority: 4, protocol: Protocol.PROTOCOL_UDP, destinationPorts: [{ first: port, last: 0 }], action: Action.ACTION_DENY }], {
       waves: [{ target: { $case: 'selector', selector: { matchLabels: { node: 'node-4' } } }, bakeTime: sec(600) }, { target: { $case: 'percent', percent: 100 } }],
     });
   await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: long('ops') }));
@@ -202,7 +202,9 @@ test.serial('rollout - operators pause, resume, promote and abort from the CLI',
   await until('promoted past a 10-minute bake', async () => (await rollout('ops'))?.rollout?.state === RolloutState.ROLLOUT_STATE_SUCCEEDED);
 
   await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: long('ops-abort') }));
-  const busy = await t.throwsAsync<grpc.ServiceError>(call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: long('ops-abort') })));
+  const same = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: long('ops-abort') }));
+  t.true(same.unchanged, 'the same apply again is a no-op, rollout or not');
+  const busy = await t.throwsAsync<grpc.ServiceError>(call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: long('ops-abort', 7201) })));
   t.is(busy?.code, grpc.status.FAILED_PRECONDITION, 'a second change waits for the rollout in progress');
   const aborted = await edgeplane(['rollout', 'abort', 'ops-abort', '--reason', 'not today']);
   t.is(aborted.code, 0, aborted.stderr);

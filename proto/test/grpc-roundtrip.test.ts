@@ -55,6 +55,10 @@ function startServer(): Promise<{ server: grpc.Server; address: string }> {
     listPolicies(_call, callback) {
       callback({ code: grpc.status.UNIMPLEMENTED });
     },
+    pauseRollout: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
+    resumeRollout: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
+    promoteRollout: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
+    abortRollout: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
     watchPolicies(call) {
       call.destroy({ name: 'Error', message: 'unimplemented', code: grpc.status.UNIMPLEMENTED } as grpc.ServiceError);
     },

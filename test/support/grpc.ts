@@ -3,9 +3,9 @@ import { FleetServiceClient, IntentServiceClient, STATUS_DETAILS_KEY, decodeStat
 
 type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
 
-/** Calls a generated unary method and returns a promise (with a 10 s deadline). */
-export function call<Req, Res>(client: grpc.Client, method: (req: Req, md: grpc.Metadata, opts: grpc.CallOptions, cb: Callback<Res>) => unknown, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => method.call(client, req, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (err: grpc.ServiceError | null, res: Res) => (err ? reject(err) : resolve(res))));
+/** Calls a generated unary method and returns a promise (with a deadline, default 30 s). */
+export function call<Req, Res>(client: grpc.Client, method: (req: Req, md: grpc.Metadata, opts: grpc.CallOptions, cb: Callback<Res>) => unknown, req: Req, deadlineMs = 30_000): Promise<Res> {
+  return new Promise((resolve, reject) => method.call(client, req, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err: grpc.ServiceError | null, res: Res) => (err ? reject(err) : resolve(res))));
 }
 
 /** Decodes the google.rpc.Status details of a gRPC error. */

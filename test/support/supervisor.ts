@@ -90,7 +90,7 @@ export class Supervised {
     });
     if (!o.readyEvent) return;
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${this.name}: no "${o.readyEvent}" within ${o.readyTimeoutMs ?? 30_000} ms\n${this.output}`)), o.readyTimeoutMs ?? 30_000);
+      const timer = setTimeout(() => reject(new Error(`${this.name}: no "${o.readyEvent}" within ${o.readyTimeoutMs ?? 60_000} ms\n${this.output}`)), o.readyTimeoutMs ?? 60_000);
       child.once('exit', (code, signal) => {
         clearTimeout(timer);
         reject(new Error(`${this.name} exited (code ${code}, signal ${signal}) before "${o.readyEvent}"\n${this.output}`));

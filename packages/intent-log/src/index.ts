@@ -1,4 +1,4 @@
 export { ChainError, ConflictError, EntryTooLargeError, GapError, LogUnavailableError } from './errors.js';
-export { IntentChain, type AppendResult, type PolicyChange } from './intent-chain.js';
+export { IntentChain, type AppendResult, type OpenedEntry, type PolicyChange } from './intent-chain.js';
 export { IntentLog, type IntentLogOptions, type LogBounds, type StoredEntry } from './intent-log.js';
 export { DEFAULT_MAX_PAYLOAD, NatsServer, freePort, type NatsServerOptions } from './nats-server.js';

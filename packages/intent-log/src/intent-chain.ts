@@ -21,6 +21,12 @@ export interface PolicyChange {
   revision: bigint;
 }
 
+/** A signed entry whose signature was verified and whose bytes were decoded, once. */
+export interface OpenedEntry {
+  entry: LogEntry;
+  hash: Uint8Array;
+}
+
 /** The result of appending one entry. */
 export interface AppendResult {
   /** False when the entry was already held (a duplicate delivery): nothing changed. */
@@ -80,11 +86,24 @@ export class IntentChain {
    *   `storedAt` (the stream sequence it was read at) differs from the revision it claims.
    */
   append(signed: SignedLogEntry, storedAt?: bigint): AppendResult {
-    const entry = openLogEntry(signed, this.#trusted);
+    return this.appendOpened(this.open(signed), storedAt);
+  }
+
+  /**
+   * Verifies a signed entry against this chain's trusted keys and decodes it, without applying
+   * it (so a caller can look at it first and append it without verifying twice).
+   * @throws SignatureError
+   */
+  open(signed: SignedLogEntry): OpenedEntry {
+    return { entry: openLogEntry(signed, this.#trusted), hash: logEntryHash(signed) };
+  }
+
+  /** {@link append} for an entry {@link open} returned. Same checks and errors. */
+  appendOpened(opened: OpenedEntry, storedAt?: bigint): AppendResult {
+    const { entry, hash } = opened;
     if (storedAt !== undefined && entry.revision !== storedAt) {
       throw new ChainError(`append revision=${entry.revision}: the entry is stored at sequence ${storedAt}`);
     }
-    const hash = logEntryHash(signed);
     if (entry.revision <= this.#revision) {
       if (entry.revision === this.#revision && !equalBytes(hash, this.#lastHash)) {
         throw new ChainError(`append revision=${entry.revision}: a different entry than the one held at this revision (forked log)`);

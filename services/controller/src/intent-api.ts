@@ -93,10 +93,7 @@ export class IntentApi {
     let rollout: Rollout | undefined;
     const build = (chain: IntentChain): Policy | undefined => {
       const existing = chain.policies.get(name);
-      const running = chain.rollouts.get(name);
-      if (isActive(running)) {
-        throw new PreconditionError(`policy ${name} has a rollout in progress (wave ${running.currentWave + 1} of ${running.strategy?.waves.length ?? 0}); wait for it, or abort it`, 'ROLLOUT_IN_PROGRESS');
-      }
+
       const current = existing?.metadata?.resourceVersion ?? 0n;
       if (req.expectedResourceVersion !== undefined && req.expectedResourceVersion !== current) {
         throw new VersionConflictError(
@@ -121,6 +118,11 @@ export class IntentApi {
       ) {
         outcome = { policy: existing, created: false, unchanged: true };
         return undefined;
+      }
+      // Only a real change waits for a rollout in progress; the same apply again is a no-op.
+      const running = chain.rollouts.get(name);
+      if (isActive(running)) {
+        throw new PreconditionError(`policy ${name} has a rollout in progress (wave ${running.currentWave + 1} of ${running.strategy?.waves.length ?? 0}); wait for it, or abort it`, 'ROLLOUT_IN_PROGRESS');
       }
       const now = this.#now();
       const policy = Policy.fromPartial({

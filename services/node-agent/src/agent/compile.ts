@@ -33,6 +33,15 @@ export interface CompiledIntent {
   selected: string[];
 }
 
+// Policies are immutable once in the chain, and the same object is carried from revision to
+// revision until it changes: validate each one once.
+const validated = new WeakMap<Policy, FieldViolation[]>();
+function violationsOf(p: Policy): FieldViolation[] {
+  let v = validated.get(p);
+  if (!v) validated.set(p, (v = validatePolicy(p)));
+  return v;
+}
+
 /** The intent could not be compiled for this node; nothing may be applied. */
 export class CompileError extends Error {
   override name = 'CompileError';
@@ -139,7 +148,7 @@ export function compileIntent(policies: Iterable<Policy>, labels: Readonly<Recor
   const selected: Policy[] = [];
   const versions = rollouts && nodeName !== undefined ? effectivePolicies(policies, rollouts, nodeName) : policies;
   for (const p of versions) {
-    const violations = validatePolicy(p);
+    const violations = violationsOf(p);
     if (violations.length > 0) {
       throw new CompileError(`policy ${p.metadata?.name ?? '?'} is invalid: ${violations[0]!.field}: ${violations[0]!.description}`, violations);
     }

@@ -1,5 +1,5 @@
 import type { Subscription } from '@nats-io/transport-node';
-import { openLogEntry, type LogEntry, type SignedLogEntry, type Snapshot, type TrustedKeys } from '@edgeplane/proto';
+import type { LogEntry, SignedLogEntry, Snapshot, TrustedKeys } from '@edgeplane/proto';
 import { ChainError, GapError, IntentChain, type IntentLog } from '@edgeplane/intent-log';
 
 /** What the follower tells its owner. */
@@ -76,14 +76,15 @@ export class IntentFollower {
       return;
     }
     try {
-      const entry = openLogEntry(signed, this.#trusted);
+      const opened = this.#chain.open(signed);
+      const entry = opened.entry;
       if (entry.revision <= this.#chain.revision) return;
       const age = entry.createTime ? Date.now() - entry.createTime.getTime() : 0;
       if (age > this.#staleAfterMs) {
         void this.catchUp().catch((e: unknown) => this.#events.error('catch up after a late entry', e));
         return;
       }
-      const r = this.#chain.append(signed, seq);
+      const r = this.#chain.appendOpened(opened, seq);
       if (r.applied) this.#pending.push(r.entry);
       this.#flush();
     } catch (err) {
