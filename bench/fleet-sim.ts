@@ -5,6 +5,7 @@
 // the plain NATS subscribers of the raw fan-out baseline. Driven over the IPC channel of
 // child_process.fork(); started by bench/fleet.ts, never on its own.
 import { mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
@@ -36,7 +37,7 @@ export type SimEvent =
   | { type: 'fanout-done'; id: string; first: number; last: number; received: number }
   | { type: 'acks'; revision: string; nodes: string[]; sentAt: number[] }
   | { type: 'applied'; id: string; at: number; applied: number }
-  | { type: 'status'; connected: number; applied: Record<string, number>; counterReports: number; errors: string[] }
+  | { type: 'status'; connected: number; applied: Record<string, number>; counterReports: number; catchUps: number; errors: string[] }
   | { type: 'error'; message: string }
   | { type: 'stopped' };
 
@@ -53,7 +54,36 @@ const send = (e: SimEvent): void => {
 function distinctInsecureCredentials(): grpc.ChannelCredentials {
   const c = grpc.credentials.createInsecure();
   c._equals = (other) => other === c;
+  poolKeys.set(c, ++poolKeyCount);
   return c;
+}
+
+/**
+ * The global subchannel pool keeps one array per target and scans it linearly comparing channel
+ * options: with 5,000 channels to one target every (re)connect costs 5,000 comparisons (measured:
+ * a quarter of a worker's CPU at 10,000 agents, all in reconnect storms). A real agent has one
+ * channel. So the lookup gets a per-credentials key (the target URI with a distinct authority,
+ * used only as the pool's key: the connector still dials the same address with the same
+ * :authority, which comes from the path).
+ */
+const poolKeys = new WeakMap<grpc.ChannelCredentials, number>();
+let poolKeyCount = 0;
+{
+  interface Uri {
+    scheme?: string;
+    authority?: string;
+    path: string;
+  }
+  interface Pool {
+    getOrCreateSubchannel(target: Uri, address: unknown, options: unknown, credentials: grpc.ChannelCredentials): unknown;
+  }
+  const require = createRequire(import.meta.url);
+  const pool = (require('@grpc/grpc-js/build/src/subchannel-pool.js') as { getSubchannelPool(global: boolean): Pool }).getSubchannelPool(true);
+  const lookup = pool.getOrCreateSubchannel.bind(pool);
+  pool.getOrCreateSubchannel = (target, address, options, credentials) => {
+    const key = poolKeys.get(credentials);
+    return lookup(key === undefined ? target : { ...target, authority: `sim-${key}` }, address, options, credentials);
+  };
 }
 
 /** A state file that keeps nothing (used when --state-file none is asked for). */
@@ -85,6 +115,8 @@ const noteError = (msg: string): void => {
 /** revision -> node names and report send times (ACKs only). */
 const ackTimes = new Map<bigint, { nodes: string[]; at: number[] }>();
 let counterReports = 0;
+/** Reads of the stream's bounds: one per catch-up (live entries that arrived late or after a gap, reconnects). */
+let catchUps = 0;
 const waits: { revision: bigint; id: string; done: boolean }[] = [];
 let lastAppliedAt = 0;
 
@@ -175,8 +207,14 @@ async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: nu
       await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** attempt)));
     }
   }
+  const log = intentLog;
+  const bounds = log.bounds.bind(log);
+  log.bounds = () => {
+    catchUps++;
+    return bounds();
+  };
   const follower = new IntentFollower(
-    intentLog,
+    log,
     trusted,
     {
       advanced: (_revision, entries) => agent.intentAdvanced(follower.chain, entries),
@@ -324,7 +362,7 @@ process.on('message', (raw: unknown) => {
     case 'status': {
       const applied: Record<string, number> = {};
       for (const a of agents) applied[String(a.applied)] = (applied[String(a.applied)] ?? 0) + 1;
-      send({ type: 'status', connected: agents.filter((a) => a.link.connected).length, applied, counterReports, errors: errors.slice(0, 10) });
+      send({ type: 'status', connected: agents.filter((a) => a.link.connected).length, applied, counterReports, catchUps, errors: errors.slice(0, 10) });
       break;
     }
     case 'stop':

@@ -287,6 +287,8 @@ interface ConvergenceRun {
   revision: string;
   /** Nodes whose ACK arrived within the bound. */
   acked: number;
+  /** Stream reads by the agents (catch-ups): a live entry older than 1 s on arrival, a gap, a reconnect. */
+  catchUps: number;
   apiMs: number;
   /** ApplyPolicy response -> ACK seen by the WatchNodes client. */
   ack: Dist;
@@ -394,6 +396,8 @@ async function runSize(n: number, root: string): Promise<SizeResult> {
     };
 
     const convergeOnce = async (i: number): Promise<ConvergenceRun> => {
+      const catchUps = async (): Promise<number> => (await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status', 60_000)))).reduce((s, x) => s + x.catchUps, 0);
+      const u0 = await catchUps();
       const c0 = sampleProc(cpid);
       const w0 = workers.map((w) => sampleProc(w.pid));
       const a0 = now();
@@ -405,6 +409,7 @@ async function runSize(n: number, root: string): Promise<SizeResult> {
       const w1 = workers.map((w) => sampleProc(w.pid));
       const arrivals = watcher.arrivals.get(revision) ?? new Map<string, number>();
       const sentAll = await Promise.all(workers.map((w) => w.request({ type: 'acks', revision: String(revision) }, 'acks', 30_000, (e) => e.revision === String(revision))));
+      const catchUpsDuring = (await catchUps()) - u0;
       const sent = new Map<string, number>();
       for (const s of sentAll) s.nodes.forEach((node, k) => sent.set(node, s.sentAt[k]!));
       const lag = [...arrivals].map(([node, t]) => t - (sent.get(node) ?? NaN));
@@ -416,6 +421,7 @@ async function runSize(n: number, root: string): Promise<SizeResult> {
         ack: dist(missing([...arrivals.values()].map((t) => t - a1))),
         sent: dist(missing([...sent.values()].map((t) => t - a1))),
         watchLag: dist(lag),
+        catchUps: catchUpsDuring,
         controllerCpuMs: round(cpuMs(c0, c1)),
         workerCpuMs: round(w0.reduce((s, a, k) => s + cpuMs(a, w1[k]!), 0)),
         windowMs: round(c1.at - c0.at),
@@ -437,7 +443,7 @@ async function runSize(n: number, root: string): Promise<SizeResult> {
         fanoutMs.push(await fanoutOnce(`f${i}`));
       }
       const r = runs[runs.length - 1]!;
-      log(`n=${n} change ${i}/${K} rev ${r.revision}: ack p50/p99/max ${r.ack.p50}/${r.ack.p99}/${r.ack.max} ms (sent max ${r.sent.max}); fan-out ${round(fanoutMs[fanoutMs.length - 1]!)} ms; controller CPU ${r.controllerCpuMs} ms`);
+      log(`n=${n} change ${i}/${K} rev ${r.revision}: ack p50/p99/max ${r.ack.p50}/${r.ack.p99}/${r.ack.max} ms (sent max ${r.sent.max}); fan-out ${round(fanoutMs[fanoutMs.length - 1]!)} ms; controller CPU ${r.controllerCpuMs} ms; catch-ups ${r.catchUps}`);
       await sleep(500);
     }
 
@@ -563,6 +569,7 @@ function table(results: SizeResult[]): string {
     ['ApplyPolicy round trip, median', (r) => `${r.convergence.apiMs} ms`],
     ['response -> ACK at controller p50 / p99 / max (medians of K)', (r) => `${r.convergence.ackP50} / ${r.convergence.ackP99} / ${r.convergence.ackMax} ms`],
     ['changes fully ACKed within the bound', (r) => `${r.runs.filter((x) => x.acked >= r.nodes).length} of ${r.runs.length} (fewest ACKs ${Math.min(...r.runs.map((x) => x.acked))})`],
+    ['agent catch-ups from the stream per change, median', (r) => `${median(r.runs.map((x) => x.catchUps))}`],
     ['response -> ACK sent by agent p99 / max', (r) => `${r.convergence.sentP99} / ${r.convergence.sentMax} ms`],
     ['watcher lag behind agent send, p99', (r) => `${r.convergence.watchLagP99} ms`],
     ['raw NATS fan-out publish -> last receipt, median', (r) => `${r.fanout.medianMs} ms (${r.fanoutMode})`],
