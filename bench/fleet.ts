@@ -3,7 +3,9 @@
 // its own NATS connection and gRPC stream) in 2 worker processes, against one nats-server and
 // the real controller (dist/ build). Prints a table and one JSON line; asserts nothing.
 //   npx tsc --build && node --import=tsx bench/fleet.ts [--quick] [--nodes 1000,10000]
-//     [--state-file none|disk] [--fanout auto|conns|agents] [--profile DIR]
+//     [--state-file none|disk] [--fanout auto|conns|agents] [--converge-bound SECONDS] [--profile DIR]
+//   --profile DIR writes node --cpu-prof files of the controller and workers; summarize them with
+//   bench/cpuprofile-top.ts. The state file defaults to a no-op stand-in (see STATE_FILE).
 //
 // Per fleet size, with a fresh nats-server and controller:
 // - start: all agents connected (gRPC welcome) and following the log (caught up);
@@ -12,7 +14,8 @@
 //   FleetService.WatchNodes stream opened by this process (timestamped on arrival), and, as a
 //   cross-check, the agent's own send time of the ACK (wall clock, same machine);
 //   raw fan-out: one NATS publish -> last of N plain subscribers received it;
-// - controller CPU per change: utime+stime of the controller over a convergence run / 1;
+// - controller CPU per change: utime+stime of the controller over one convergence run (gross, and
+//   net of its idle rate);
 // - nats-server kill -9 + restart -> every agent applied the first revision written after it;
 // - telemetry: idle, then every agent's datapath sees traffic and reports counters every second
 //   (the controller runs with --counter-interval 1; with no traffic agents send no counter
