@@ -17,10 +17,12 @@ export interface NodeStoreBackend {
 export type NodeListener = (event: WatchNodesResponse) => void;
 
 /**
- * The fleet's nodes as their agents describe them, with observed status. Persists every
- * identity or outcome change through the backend (last-seen times are written at most every
- * `persistSeenEveryMs`), so it survives a controller restart; on load every node is marked
- * disconnected until its agent says hello again.
+ * The fleet's nodes as their agents describe them, with observed status. Persists identity
+ * (hello), NACKs and disconnects through the backend, so the registry and every node's last
+ * error survive a controller restart; ACKs and last-seen times are written at most every
+ * `persistSeenEveryMs` per node, since an agent resends its applied revision in every hello
+ * (a durable write per ACK made status cost a JetStream publish per node per change). On load
+ * every node is marked disconnected until its agent says hello again.
  */
 export class NodeRegistry {
   #nodes = new Map<string, Node>();
@@ -122,12 +124,17 @@ export class NodeRegistry {
       s.lastOutcomeRevision = report.revision;
       s.lastOutcome = report.outcome;
     }
-    if (report.outcome === RevisionOutcome.REVISION_OUTCOME_NACK) {
+    const nack = report.outcome === RevisionOutcome.REVISION_OUTCOME_NACK;
+    if (nack) {
       s.lastError = report.reason;
       s.lastErrorRevision = report.revision;
       s.lastErrorTime = now;
     }
-    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED);
+    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED, nack || this.#persistDue(name));
+  }
+
+  #persistDue(name: string): boolean {
+    return Date.now() - (this.#lastPersisted.get(name) ?? 0) >= this.#persistSeenEveryMs;
   }
 
   /** Records that the node was heard from. */
@@ -135,8 +142,8 @@ export class NodeRegistry {
     const node = this.#nodes.get(name);
     if (!node?.status) return;
     node.status.lastSeenTime = this.#now();
-    const last = this.#lastPersisted.get(name) ?? 0;
-    if (Date.now() - last >= this.#persistSeenEveryMs) this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED);
+    // Heartbeats are not news for watchers; they are persisted now and then.
+    if (this.#persistDue(name)) this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED);
   }
 
   /** Marks the node disconnected, if `sessionId` still owns it. */
