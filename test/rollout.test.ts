@@ -214,6 +214,27 @@ test.serial('rollout - operators pause, resume, promote and abort from the CLI',
   await t.throwsAsync(call(c.intent, c.intent.getPolicy, { name: 'ops-abort' }), undefined, 'the new policy was reverted');
 });
 
+test.serial('rollout - a wave whose node does not report in time fails and is reverted', async (t) => {
+  const silent = nodes[4]!;
+  silent.mgmt('down');
+  t.teardown(() => silent.mgmt('up'));
+  await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
+    policy: staged('quiet-node', [{ priority: 6, protocol: Protocol.PROTOCOL_UDP, destinationPorts: [{ first: 7300, last: 0 }], action: Action.ACTION_DENY }], {
+      waves: [{ target: { $case: 'selector', selector: { matchLabels: { node: silent.name } } }, bakeTime: sec(1) }, { target: { $case: 'percent', percent: 100 } }],
+      reportTimeout: sec(3),
+    }),
+  }));
+  await until('the report timeout', async () => (await rollout('quiet-node'))?.rollout?.state === RolloutState.ROLLOUT_STATE_FAILED, 30_000);
+  const status = (await rollout('quiet-node'))!;
+  t.regex(status.rollout!.reason, /wave 1: 1 of 1 nodes did not report within 3000 ms \(node-5\)/);
+  t.is(status.rollout!.currentWave, 0);
+  await t.throwsAsync(call(c.intent, c.intent.getPolicy, { name: 'quiet-node' }), undefined, 'the new policy was reverted');
+  // Back online, the node catches up to the revert and never enforces the change.
+  silent.mgmt('up');
+  await until('the silent node at the revert', async () => (await call(c.fleet, c.fleet.getNode, { name: silent.name })).node!.status!.appliedRevision >= status.rollout!.resourceVersion, 30_000);
+  t.false(appliedPolicies(silent).some((p) => p.includes('quiet-node')), 'it never applied the change');
+});
+
 test.serial('tracing - one trace per change: the API call is the root, the publish, each wave and every node are in it', async (t) => {
   await until('spans to arrive', () => otlp.spans.some((s) => s.service === 'edgeplane-agent' && s.name === 'edgeplane.agent.ack'), 20_000);
   await new Promise((r) => setTimeout(r, 1500));
