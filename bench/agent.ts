@@ -13,7 +13,6 @@
 //   NodeStatus or any API), so it is reconstructed from the spans it brackets (compile start to
 //   ack start); it starts at reconcile, after decode, verify and the 25 ms coalescing wait.
 // - "ACK seen" is an upper bound from outside: ApplyPolicy response to GetNode showing the revision.
-import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +25,7 @@ import { AGENT_MAIN, CONTROLLER_MAIN, FleetNetwork, type ControlPlane, type Flee
 import { call, clients } from '../test/support/grpc.js';
 import { Supervised } from '../test/support/supervisor.js';
 import { OtlpSink, type SinkSpan } from './otlp-sink.js';
+import { CLK_TCK, sampleProc, type ProcSample } from './proc-sample.js';
 
 const quick = process.argv.includes('--quick');
 const WINDOW_S = quick ? 10 : 30;
@@ -90,21 +90,6 @@ const round = (x: number, digits = 1): number => (Number.isFinite(x) ? Number(x.
 
 // ---- /proc sampling --------------------------------------------------------------------------
 
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-
-interface ProcSample {
-  at: number;
-  rssKb: number;
-  ticks: number;
-}
-
-function sampleProc(pid: number): ProcSample {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // Fields after "(comm)": state is field 3, utime 14, stime 15 (proc(5)).
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { at: now(), rssKb: Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN), ticks: Number(f[11]) + Number(f[12]) };
-}
 
 /**
  * The pid of the agent's node process. The harness starts `nsenter --net=... -- node main.js`;

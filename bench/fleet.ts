@@ -22,7 +22,7 @@
 //   reports, so the other phases do not carry them) -> controller CPU share;
 // - footprint: controller RSS, worker RSS per agent, agents' idle CPU.
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -35,6 +35,7 @@ import { CONTROLLER_MAIN } from '../test/support/fleet.js';
 import { call, clients } from '../test/support/grpc.js';
 import { Supervised } from '../test/support/supervisor.js';
 import type { SimCommand, SimEvent } from './fleet-sim.js';
+import { CLK_TCK, sampleProc, type ProcSample } from './proc-sample.js';
 
 // ---- options ---------------------------------------------------------------------------------
 
@@ -113,21 +114,6 @@ const round = (x: number, digits = 1): number => (Number.isFinite(x) ? Number(x.
 
 // ---- /proc -----------------------------------------------------------------------------------
 
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-
-interface ProcSample {
-  at: number;
-  rssKb: number;
-  /** utime + stime, in ticks. */
-  ticks: number;
-}
-
-function sampleProc(pid: number): ProcSample {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { at: now(), rssKb: Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN), ticks: Number(f[11]) + Number(f[12]) };
-}
 const cpuMs = (a: ProcSample, b: ProcSample): number => ((b.ticks - a.ticks) / CLK_TCK) * 1000;
 const cpuShare = (a: ProcSample, b: ProcSample): number => (cpuMs(a, b) / (b.at - a.at)) * 100;
 
