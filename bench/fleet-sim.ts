@@ -186,6 +186,8 @@ async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: nu
       receivedRevision: agent.status.received,
       appliedRevision: agent.status.applied,
       sessionId: `${name}-${process.pid}`,
+      conditions: [],
+      appliedUnknown: false,
     }),
     counters: () => {
       const c = agent.counterDeltas();

@@ -7,6 +7,7 @@ export {
   type AgentServiceServer,
   AgentServiceService,
   AgentSettings,
+  ConditionReport,
   ConnectRequest,
   ConnectResponse,
   ControllerWelcome,
@@ -83,6 +84,7 @@ export {
 export {
   DatapathCapabilities,
   Node,
+  NodeCondition,
   NodeInfo,
   NodeInterface,
   NodeStatus,

@@ -94,13 +94,13 @@ async function fakeAgent(name: string, labels: Record<string, string>) {
     stream.on('error', reject);
   });
   const send = (m: ConnectRequest): void => void stream.write(m);
-  send({ message: { $case: 'hello', hello: { nodeName: name, labels, info: { agentVersion: 'test', kernelRelease: '6.1.0', hostname: name, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [{ name: 'eth0', ifindex: 2, role: 1, attachMode: 'xdp-native', attached: true, programId: 42 }], receivedRevision: 0n, appliedRevision: 0n, sessionId: `s-${name}` } } });
+  send({ message: { $case: 'hello', hello: { nodeName: name, labels, info: { agentVersion: 'test', kernelRelease: '6.1.0', hostname: name, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [{ name: 'eth0', ifindex: 2, role: 1, attachMode: 'xdp-native', attached: true, programId: 42 }], receivedRevision: 0n, appliedRevision: 0n, sessionId: `s-${name}`, conditions: [], appliedUnknown: false } } });
   await welcome;
   let seq = 0n;
   const beat = setInterval(() => send({ message: { $case: 'heartbeat', heartbeat: { sequence: ++seq, time: new Date() } } }), 1000);
   return {
     report(revision: bigint, outcome: RevisionOutcome, reason = '', applied = outcome === RevisionOutcome.REVISION_OUTCOME_ACK ? revision : 0n): void {
-      send({ message: { $case: 'report', report: { revision, outcome, reason, appliedRevision: applied, time: new Date(), traceContext: undefined, applyDuration: undefined } } });
+      send({ message: { $case: 'report', report: { revision, outcome, reason, appliedRevision: applied, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false } } });
     },
     counters(policy: string, priority: number, packets: bigint): void {
       send({ message: { $case: 'counters', counters: { startTime: undefined, endTime: undefined, appliedRevision: 0n, interfaces: [{ interface: 'eth0', passedPackets: 10n, droppedPackets: packets, passedBytes: 1000n, droppedBytes: packets * 60n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n }], rules: [{ rule: { policy, priority }, ruleName: 'block', packets, bytes: packets * 60n, rateLimitedPackets: 0n }] } } });

@@ -45,7 +45,7 @@ function agentStream(name: string, labels: Record<string, string>) {
     waiters.splice(0).forEach((w) => w());
   });
   const send = (m: ConnectRequest): void => void stream.write(m);
-  send({ message: { $case: 'hello', hello: { nodeName: name, labels, info: { agentVersion: 't', kernelRelease: '6.18', hostname: name, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's' } } });
+  send({ message: { $case: 'hello', hello: { nodeName: name, labels, info: { agentVersion: 't', kernelRelease: '6.18', hostname: name, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's', conditions: [], appliedUnknown: false } } });
   return {
     send,
     received,
@@ -89,13 +89,13 @@ test.serial('AgentService - hello gets a welcome with the signing key; ACK, NACK
   t.deepEqual(new Uint8Array(welcome.message.welcome.keys[0]!.publicKey), env.controller.publicKey);
   t.is(welcome.message.welcome.currentRevision, applied.revision);
 
-  agent.send({ message: { $case: 'report', report: { revision: applied.revision, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, reason: '', appliedRevision: applied.revision, time: new Date(), traceContext: undefined, applyDuration: undefined } } });
+  agent.send({ message: { $case: 'report', report: { revision: applied.revision, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, reason: '', appliedRevision: applied.revision, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false } } });
   await until(async () => (await call(c.fleet, c.fleet.getNode, { name: 'node-a' })).node?.status?.appliedRevision === applied.revision);
   const status = await call(c.fleet, c.fleet.getRevisionStatus, { revision: applied.revision, nodeLabelSelector: 'site=ams1' });
   t.like(status, { nodesTotal: 1, nodesApplied: 1, nodesFailed: 0, nodesPending: 0 });
 
   const next = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy('fleet-p', {}, 3) }));
-  agent.send({ message: { $case: 'report', report: { revision: next.revision, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: 'map full', appliedRevision: applied.revision, time: new Date(), traceContext: undefined, applyDuration: undefined } } });
+  agent.send({ message: { $case: 'report', report: { revision: next.revision, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: 'map full', appliedRevision: applied.revision, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false } } });
   await until(async () => (await call(c.fleet, c.fleet.getRevisionStatus, { revision: next.revision, nodeLabelSelector: '' })).nodesFailed === 1);
   const node = (await call(c.fleet, c.fleet.getNode, { name: 'node-a' })).node!;
   t.is(node.status?.lastError, 'map full');

@@ -161,7 +161,7 @@ test('node registry - survives a controller restart', (t) =>
     const stream = agent.connect();
     stream.on('error', () => undefined);
     const welcomed = new Promise((r) => stream.once('data', r));
-    stream.write({ message: { $case: 'hello', hello: { nodeName: 'persist-me', labels: { site: 'x' }, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: '1' } } });
+    stream.write({ message: { $case: 'hello', hello: { nodeName: 'persist-me', labels: { site: 'x' }, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: '1', conditions: [], appliedUnknown: false } } });
     await welcomed;
     stream.end();
     agent.close();

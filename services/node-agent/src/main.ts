@@ -127,6 +127,8 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
         receivedRevision: agent.status.received,
         appliedRevision: agent.status.applied,
         sessionId,
+        conditions: [],
+        appliedUnknown: false,
       }),
       counters: () => agent.counterDeltas(),
       onStateChange: (up, reason) => log('info', up ? 'controller connected' : 'controller disconnected', { reason }),
@@ -176,7 +178,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
           advanced: (_revision, entries) => agent.intentAdvanced(follower!.chain, entries),
           rejected: (reason, claimed) => {
             log('warn', 'rejected log message', { reason, claimedRevision: claimed === undefined ? undefined : String(claimed) });
-            link.report({ revision: claimed ?? 0n, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: `rejected log message: ${reason}`, appliedRevision: agent.status.applied, time: new Date(), traceContext: undefined, applyDuration: undefined });
+            link.report({ revision: claimed ?? 0n, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: `rejected log message: ${reason}`, appliedRevision: agent.status.applied, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false });
           },
           resynced: (from, to, reason) => log('warn', 'resynced the intent log', { from: String(from), to: String(to), reason }),
           error: (message, err) => log('error', message, { error: (err as Error)?.message }),

@@ -20,7 +20,14 @@ import {
 import { Duration } from "../../google/protobuf/duration.js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { InterfaceCounters, RuleCounters } from "./counters.js";
-import { NodeInfo, NodeInterface, RevisionOutcome, revisionOutcomeFromJSON, revisionOutcomeToJSON } from "./node.js";
+import {
+  NodeCondition,
+  NodeInfo,
+  NodeInterface,
+  RevisionOutcome,
+  revisionOutcomeFromJSON,
+  revisionOutcomeToJSON,
+} from "./node.js";
 import { TraceContext } from "./resources.js";
 
 export const protobufPackage = "edgeplane.v1";
@@ -33,6 +40,7 @@ export interface ConnectRequest {
     | { $case: "report"; report: RevisionReport }
     | { $case: "counters"; counters: CounterReport }
     | { $case: "heartbeat"; heartbeat: Heartbeat }
+    | { $case: "conditions"; conditions: ConditionReport }
     | undefined;
 }
 
@@ -53,11 +61,21 @@ export interface AgentHello {
   appliedRevision: bigint;
   /** A random id per agent process, so a restarted agent is told apart from a reconnect. */
   sessionId: string;
+  /** The conditions that hold now (see NodeCondition). */
+  conditions: NodeCondition[];
+  /** True when the datapath state is unknown (see NodeStatus.applied_unknown). */
+  appliedUnknown: boolean;
 }
 
 export interface AgentHello_LabelsEntry {
   key: string;
   value: string;
+}
+
+/** ConditionReport is the whole set of conditions that hold now; sent when it changes. */
+export interface ConditionReport {
+  conditions: NodeCondition[];
+  appliedUnknown: boolean;
 }
 
 /** RevisionReport is the outcome of one revision on the node. */
@@ -76,7 +94,14 @@ export interface RevisionReport {
     | TraceContext
     | undefined;
   /** How long receive -> enforce took. */
-  applyDuration: Duration | undefined;
+  applyDuration:
+    | Duration
+    | undefined;
+  /**
+   * True when, after this outcome, the agent cannot tell what its datapath enforces (a NACK
+   * whose rollback failed); applied_revision is then the last revision known to be enforced.
+   */
+  appliedUnknown: boolean;
 }
 
 /** CounterReport carries counter deltas since the agent's previous report. */
@@ -142,6 +167,9 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
       case "heartbeat":
         Heartbeat.encode(message.message.heartbeat, writer.uint32(34).fork()).join();
         break;
+      case "conditions":
+        ConditionReport.encode(message.message.conditions, writer.uint32(42).fork()).join();
+        break;
     }
     return writer;
   },
@@ -191,6 +219,14 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
             message.message = { $case: "heartbeat", heartbeat: Heartbeat.decode(reader, reader.uint32()) };
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.message = { $case: "conditions", conditions: ConditionReport.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -213,6 +249,8 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
         ? { $case: "counters", counters: CounterReport.fromJSON(object.counters) }
         : isSet(object.heartbeat)
         ? { $case: "heartbeat", heartbeat: Heartbeat.fromJSON(object.heartbeat) }
+        : isSet(object.conditions)
+        ? { $case: "conditions", conditions: ConditionReport.fromJSON(object.conditions) }
         : undefined,
     };
   },
@@ -227,6 +265,8 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
       obj.counters = CounterReport.toJSON(message.message.counters);
     } else if (message.message?.$case === "heartbeat") {
       obj.heartbeat = Heartbeat.toJSON(message.message.heartbeat);
+    } else if (message.message?.$case === "conditions") {
+      obj.conditions = ConditionReport.toJSON(message.message.conditions);
     }
     return obj;
   },
@@ -258,6 +298,12 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
       case "heartbeat": {
         if (object.message?.heartbeat !== undefined && object.message?.heartbeat !== null) {
           message.message = { $case: "heartbeat", heartbeat: Heartbeat.fromPartial(object.message.heartbeat) };
+        }
+        break;
+      }
+      case "conditions": {
+        if (object.message?.conditions !== undefined && object.message?.conditions !== null) {
+          message.message = { $case: "conditions", conditions: ConditionReport.fromPartial(object.message.conditions) };
         }
         break;
       }
@@ -397,6 +443,8 @@ function createBaseAgentHello(): AgentHello {
     receivedRevision: 0n,
     appliedRevision: 0n,
     sessionId: "",
+    conditions: [],
+    appliedUnknown: false,
   };
 }
 
@@ -428,6 +476,12 @@ export const AgentHello: MessageFns<AgentHello> = {
     }
     if (message.sessionId !== "") {
       writer.uint32(58).string(message.sessionId);
+    }
+    for (const v of message.conditions) {
+      NodeCondition.encode(v!, writer.uint32(66).fork()).join();
+    }
+    if (message.appliedUnknown !== false) {
+      writer.uint32(72).bool(message.appliedUnknown);
     }
     return writer;
   },
@@ -504,6 +558,22 @@ export const AgentHello: MessageFns<AgentHello> = {
             message.sessionId = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.conditions.push(NodeCondition.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.appliedUnknown = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -556,6 +626,14 @@ export const AgentHello: MessageFns<AgentHello> = {
         : isSet(object.session_id)
         ? globalThis.String(object.session_id)
         : "",
+      conditions: globalThis.Array.isArray(object?.conditions)
+        ? object.conditions.map((e: any) => NodeCondition.fromJSON(e))
+        : [],
+      appliedUnknown: isSet(object.appliedUnknown)
+        ? globalThis.Boolean(object.appliedUnknown)
+        : isSet(object.applied_unknown)
+        ? globalThis.Boolean(object.applied_unknown)
+        : false,
     };
   },
 
@@ -588,6 +666,12 @@ export const AgentHello: MessageFns<AgentHello> = {
     if (message.sessionId !== "") {
       obj.sessionId = message.sessionId;
     }
+    if (message.conditions?.length) {
+      obj.conditions = message.conditions.map((e) => NodeCondition.toJSON(e));
+    }
+    if (message.appliedUnknown !== false) {
+      obj.appliedUnknown = message.appliedUnknown;
+    }
     return obj;
   },
 
@@ -615,6 +699,8 @@ export const AgentHello: MessageFns<AgentHello> = {
       ? BigInt(object.appliedRevision)
       : 0n;
     message.sessionId = object.sessionId ?? "";
+    message.conditions = object.conditions?.map((e) => NodeCondition.fromPartial(e)) || [];
+    message.appliedUnknown = object.appliedUnknown ?? false;
     return message;
   },
 };
@@ -704,6 +790,97 @@ export const AgentHello_LabelsEntry: MessageFns<AgentHello_LabelsEntry> = {
   },
 };
 
+function createBaseConditionReport(): ConditionReport {
+  return { conditions: [], appliedUnknown: false };
+}
+
+export const ConditionReport: MessageFns<ConditionReport> = {
+  encode(message: ConditionReport, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.conditions) {
+      NodeCondition.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.appliedUnknown !== false) {
+      writer.uint32(16).bool(message.appliedUnknown);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConditionReport {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConditionReport();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.conditions.push(NodeCondition.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.appliedUnknown = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConditionReport {
+    return {
+      conditions: globalThis.Array.isArray(object?.conditions)
+        ? object.conditions.map((e: any) => NodeCondition.fromJSON(e))
+        : [],
+      appliedUnknown: isSet(object.appliedUnknown)
+        ? globalThis.Boolean(object.appliedUnknown)
+        : isSet(object.applied_unknown)
+        ? globalThis.Boolean(object.applied_unknown)
+        : false,
+    };
+  },
+
+  toJSON(message: ConditionReport): unknown {
+    const obj: any = {};
+    if (message.conditions?.length) {
+      obj.conditions = message.conditions.map((e) => NodeCondition.toJSON(e));
+    }
+    if (message.appliedUnknown !== false) {
+      obj.appliedUnknown = message.appliedUnknown;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConditionReport>, I>>(base?: I): ConditionReport {
+    return ConditionReport.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConditionReport>, I>>(object: I): ConditionReport {
+    const message = createBaseConditionReport();
+    message.conditions = object.conditions?.map((e) => NodeCondition.fromPartial(e)) || [];
+    message.appliedUnknown = object.appliedUnknown ?? false;
+    return message;
+  },
+};
+
 function createBaseRevisionReport(): RevisionReport {
   return {
     revision: 0n,
@@ -713,6 +890,7 @@ function createBaseRevisionReport(): RevisionReport {
     time: undefined,
     traceContext: undefined,
     applyDuration: undefined,
+    appliedUnknown: false,
   };
 }
 
@@ -744,6 +922,9 @@ export const RevisionReport: MessageFns<RevisionReport> = {
     }
     if (message.applyDuration !== undefined) {
       Duration.encode(message.applyDuration, writer.uint32(58).fork()).join();
+    }
+    if (message.appliedUnknown !== false) {
+      writer.uint32(64).bool(message.appliedUnknown);
     }
     return writer;
   },
@@ -817,6 +998,14 @@ export const RevisionReport: MessageFns<RevisionReport> = {
             message.applyDuration = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.appliedUnknown = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -850,6 +1039,11 @@ export const RevisionReport: MessageFns<RevisionReport> = {
         : isSet(object.apply_duration)
         ? Duration.fromJSON(object.apply_duration)
         : undefined,
+      appliedUnknown: isSet(object.appliedUnknown)
+        ? globalThis.Boolean(object.appliedUnknown)
+        : isSet(object.applied_unknown)
+        ? globalThis.Boolean(object.applied_unknown)
+        : false,
     };
   },
 
@@ -876,6 +1070,9 @@ export const RevisionReport: MessageFns<RevisionReport> = {
     if (message.applyDuration !== undefined) {
       obj.applyDuration = Duration.toJSON(message.applyDuration);
     }
+    if (message.appliedUnknown !== false) {
+      obj.appliedUnknown = message.appliedUnknown;
+    }
     return obj;
   },
 
@@ -897,6 +1094,7 @@ export const RevisionReport: MessageFns<RevisionReport> = {
     message.applyDuration = (object.applyDuration !== undefined && object.applyDuration !== null)
       ? Duration.fromPartial(object.applyDuration)
       : undefined;
+    message.appliedUnknown = object.appliedUnknown ?? false;
     return message;
   },
 };

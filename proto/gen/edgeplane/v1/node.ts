@@ -126,7 +126,38 @@ export interface NodeStatus {
   /** The reason of the newest NACK (empty if none). */
   lastError: string;
   lastErrorRevision: bigint;
-  lastErrorTime: Date | undefined;
+  lastErrorTime:
+    | Date
+    | undefined;
+  /** Standing problems the agent reports (rollback-refused, intent-stale, ...); empty when healthy. */
+  conditions: NodeCondition[];
+  /**
+   * True when the agent cannot tell which revision its datapath enforces (a rollback after a
+   * partial apply failed): applied_revision is then the last revision known to be enforced
+   * everywhere, not a statement about the datapath.
+   */
+  appliedUnknown: boolean;
+}
+
+/**
+ * NodeCondition is a standing problem on a node, reported by its agent until it clears (as in
+ * Kubernetes node conditions). Types are stable kebab-case words clients may match on:
+ *   rollback-refused       the log offered a shorter or different history than the node verified
+ *   intent-stale           the newest verified controller heartbeat is older than the bound
+ *   apply-rollback-failed  a partial apply could not be undone: the datapath state is unknown
+ *   state-file-failed      the datapath enforces a revision the state file could not record
+ *   log-message-rejected   messages on the log failed verification and were skipped
+ */
+export interface NodeCondition {
+  type: string;
+  /** A human-readable explanation (bounded by the agent to 512 characters). */
+  message: string;
+  /** When the condition started to hold. */
+  since:
+    | Date
+    | undefined;
+  /** The revision the condition is about, if any. */
+  revision: bigint;
 }
 
 function createBaseNode(): Node {
@@ -838,6 +869,8 @@ function createBaseNodeStatus(): NodeStatus {
     lastError: "",
     lastErrorRevision: 0n,
     lastErrorTime: undefined,
+    conditions: [],
+    appliedUnknown: false,
   };
 }
 
@@ -884,6 +917,12 @@ export const NodeStatus: MessageFns<NodeStatus> = {
     }
     if (message.lastErrorTime !== undefined) {
       Timestamp.encode(toTimestamp(message.lastErrorTime), writer.uint32(82).fork()).join();
+    }
+    for (const v of message.conditions) {
+      NodeCondition.encode(v!, writer.uint32(90).fork()).join();
+    }
+    if (message.appliedUnknown !== false) {
+      writer.uint32(96).bool(message.appliedUnknown);
     }
     return writer;
   },
@@ -981,6 +1020,22 @@ export const NodeStatus: MessageFns<NodeStatus> = {
             message.lastErrorTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.conditions.push(NodeCondition.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.appliedUnknown = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1041,6 +1096,14 @@ export const NodeStatus: MessageFns<NodeStatus> = {
         : isSet(object.last_error_time)
         ? fromJsonTimestamp(object.last_error_time)
         : undefined,
+      conditions: globalThis.Array.isArray(object?.conditions)
+        ? object.conditions.map((e: any) => NodeCondition.fromJSON(e))
+        : [],
+      appliedUnknown: isSet(object.appliedUnknown)
+        ? globalThis.Boolean(object.appliedUnknown)
+        : isSet(object.applied_unknown)
+        ? globalThis.Boolean(object.applied_unknown)
+        : false,
     };
   },
 
@@ -1076,6 +1139,12 @@ export const NodeStatus: MessageFns<NodeStatus> = {
     if (message.lastErrorTime !== undefined) {
       obj.lastErrorTime = message.lastErrorTime.toISOString();
     }
+    if (message.conditions?.length) {
+      obj.conditions = message.conditions.map((e) => NodeCondition.toJSON(e));
+    }
+    if (message.appliedUnknown !== false) {
+      obj.appliedUnknown = message.appliedUnknown;
+    }
     return obj;
   },
 
@@ -1102,6 +1171,128 @@ export const NodeStatus: MessageFns<NodeStatus> = {
       ? BigInt(object.lastErrorRevision)
       : 0n;
     message.lastErrorTime = object.lastErrorTime ?? undefined;
+    message.conditions = object.conditions?.map((e) => NodeCondition.fromPartial(e)) || [];
+    message.appliedUnknown = object.appliedUnknown ?? false;
+    return message;
+  },
+};
+
+function createBaseNodeCondition(): NodeCondition {
+  return { type: "", message: "", since: undefined, revision: 0n };
+}
+
+export const NodeCondition: MessageFns<NodeCondition> = {
+  encode(message: NodeCondition, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== "") {
+      writer.uint32(10).string(message.type);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    if (message.since !== undefined) {
+      Timestamp.encode(toTimestamp(message.since), writer.uint32(26).fork()).join();
+    }
+    if (message.revision !== 0n) {
+      if (BigInt.asUintN(64, message.revision) !== message.revision) {
+        throw new globalThis.Error("value provided for field message.revision of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NodeCondition {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNodeCondition();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.since = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.revision = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NodeCondition {
+    return {
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+      revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+    };
+  },
+
+  toJSON(message: NodeCondition): unknown {
+    const obj: any = {};
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.since !== undefined) {
+      obj.since = message.since.toISOString();
+    }
+    if (message.revision !== 0n) {
+      obj.revision = message.revision.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<NodeCondition>, I>>(base?: I): NodeCondition {
+    return NodeCondition.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<NodeCondition>, I>>(object: I): NodeCondition {
+    const message = createBaseNodeCondition();
+    message.type = object.type ?? "";
+    message.message = object.message ?? "";
+    message.since = object.since ?? undefined;
+    message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
     return message;
   },
 };

@@ -158,11 +158,11 @@ export class NodeAgent {
       this.#lastError = '';
       this.#o.stateFile.write({ snapshot, labels: this.#o.labels });
       this.#o.log('info', 'applied', { revision: String(revision), policies: compiled.selected, uplinkRules: compiled.uplink.ruleSet.rules.length, workloadRules: compiled.workload.ruleSet.rules.length });
-      report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, reason: '', appliedRevision: revision, time: new Date(), traceContext: undefined, applyDuration: undefined };
+      report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, reason: '', appliedRevision: revision, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false };
     } catch (err) {
       this.#lastError = (err as Error).message;
       this.#o.log('warn', 'rejected', { revision: String(revision), reason: this.#lastError, enforcing: String(this.#applied) });
-      report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: this.#lastError, appliedRevision: this.#applied, time: new Date(), traceContext: undefined, applyDuration: undefined };
+      report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: this.#lastError, appliedRevision: this.#applied, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false };
     }
     const nanos = enforcedAt - receivedAt;
     report.applyDuration = { seconds: nanos / 1_000_000_000n, nanos: Number(nanos % 1_000_000_000n) };
