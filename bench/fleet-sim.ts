@@ -1,7 +1,7 @@
 // A simulated-fleet worker for bench/fleet.ts (issue 8): hosts many real agents in one process.
 // Each agent is the wiring of services/node-agent/src/main.ts with a MemoryDatapath for both
 // roles: its own NodeAgent, StateFile (or a no-op stand-in), NATS connection, IntentLog,
-// IntentFollower and ControllerLink (its own gRPC channel and TCP connection). It also hosts
+// ChainFollower and ControllerLink (its own gRPC channel and TCP connection). It also hosts
 // the plain NATS subscribers of the raw fan-out baseline. Driven over the IPC channel of
 // child_process.fork(); started by bench/fleet.ts, never on its own.
 import { mkdirSync } from 'node:fs';
@@ -11,8 +11,8 @@ import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { RevisionOutcome, keyIdOf, publicKeyFromRaw, type RevisionReport } from '@edgeplane/proto';
-import { IntentLog } from '@edgeplane/intent-log';
-import { ControllerLink, IntentFollower, MemoryDatapath, NodeAgent, StateFile, buildFrame, type AppliedState } from '@edgeplane/node-agent';
+import { ChainFollower, IntentLog } from '@edgeplane/intent-log';
+import { ControllerLink, MemoryDatapath, NodeAgent, StateFile, buildFrame, type AppliedState } from '@edgeplane/node-agent';
 
 /** Wall-clock ms with sub-ms resolution, comparable across processes on one machine. */
 const now = (): number => performance.timeOrigin + performance.now();
@@ -102,7 +102,7 @@ interface SimAgent {
   memory: MemoryDatapath;
   link: ControllerLink;
   nc?: NatsConnection;
-  follower?: IntentFollower;
+  follower?: ChainFollower;
   applied: bigint;
   closed: boolean;
 }
@@ -115,8 +115,6 @@ const noteError = (msg: string): void => {
 /** revision -> node names and report send times (ACKs only). */
 const ackTimes = new Map<bigint, { nodes: string[]; at: number[] }>();
 let counterReports = 0;
-/** Reads of the stream's bounds: one per catch-up (live entries that arrived late or after a gap, reconnects). */
-let catchUps = 0;
 const waits: { revision: bigint; id: string; done: boolean }[] = [];
 let lastAppliedAt = 0;
 
@@ -209,23 +207,15 @@ async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: nu
       await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** attempt)));
     }
   }
-  const log = intentLog;
-  const bounds = log.bounds.bind(log);
-  log.bounds = () => {
-    catchUps++;
-    return bounds();
-  };
-  const follower = new IntentFollower(
-    log,
+  const follower = new ChainFollower(intentLog, {
     trusted,
-    {
+    ...(booted ? { start: booted } : {}),
+    events: {
       advanced: (_revision, entries) => agent.intentAdvanced(follower.chain, entries),
       rejected: (reason) => noteError(`${name} rejected: ${reason}`),
-      resynced: () => undefined,
       error: (message, err) => noteError(`${name} ${message}: ${(err as Error)?.message}`),
     },
-    booted,
-  );
+  });
   a.follower = follower;
   for (let attempt = 0; ; attempt++) {
     try {
@@ -364,7 +354,7 @@ process.on('message', (raw: unknown) => {
     case 'status': {
       const applied: Record<string, number> = {};
       for (const a of agents) applied[String(a.applied)] = (applied[String(a.applied)] ?? 0) + 1;
-      send({ type: 'status', connected: agents.filter((a) => a.link.connected).length, applied, counterReports, catchUps, errors: errors.slice(0, 10) });
+      send({ type: 'status', connected: agents.filter((a) => a.link.connected).length, applied, counterReports, catchUps: agents.reduce((n, a) => n + (a.follower?.stats.catchUps ?? 0), 0), errors: errors.slice(0, 10) });
       break;
     }
     case 'stop':

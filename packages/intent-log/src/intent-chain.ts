@@ -77,13 +77,19 @@ export class IntentChain {
   }
 
   /**
-   * Verifies one signed entry and applies it if it is the next one.
+   * Verifies one signed entry and applies it if it continues the chain: its previous hash is
+   * the hash of the newest entry held and its revision is above it. The revision is normally
+   * the next one; it is higher when the stream sequences in between hold messages that are not
+   * valid entries (junk published on the log subject, which the writer skipped: it links each
+   * entry to the previous valid one and signs that link).
    * An entry at or below the current revision is a duplicate and changes nothing (if it is the
    * current one, its hash must match ours).
    * @throws SignatureError if it is not signed by a trusted key.
-   * @throws GapError if entries between the current revision and it are missing.
-   * @throws ChainError if it does not continue the chain (a forked or rewound log), or if
-   *   `storedAt` (the stream sequence it was read at) differs from the revision it claims.
+   * @throws GapError if it does not link to the newest entry held and entries between may be
+   *   missing (its revision is beyond the next one).
+   * @throws ChainError if it does not continue the chain (a forked or rewound log: the next
+   *   revision links elsewhere), or if `storedAt` (the stream sequence it was read at) differs
+   *   from the revision it claims.
    */
   append(signed: SignedLogEntry, storedAt?: bigint): AppendResult {
     return this.appendOpened(this.open(signed), storedAt);
@@ -110,10 +116,10 @@ export class IntentChain {
       }
       return { applied: false, entry, changes: [] };
     }
-    if (entry.revision !== this.#revision + 1n) {
-      throw new GapError(`append revision=${entry.revision}: holding ${this.#revision}, entries in between are missing`, this.#revision, entry.revision);
-    }
     if (!equalBytes(entry.previousHash, this.#lastHash)) {
+      if (entry.revision !== this.#revision + 1n) {
+        throw new GapError(`append revision=${entry.revision}: holding ${this.#revision}, entries in between are missing`, this.#revision, entry.revision);
+      }
       throw new ChainError(`append revision=${entry.revision}: previous hash does not match entry ${this.#revision} (forked or rewound log)`);
     }
     const changes: PolicyChange[] = [];
@@ -135,6 +141,15 @@ export class IntentChain {
     this.#revision = entry.revision;
     this.#lastHash = hash;
     return { applied: true, entry, changes };
+  }
+
+  /**
+   * Verifies a signed snapshot against this chain's trusted keys and decodes it, without
+   * applying it (see {@link load}).
+   * @throws SignatureError if it is not signed by a trusted key.
+   */
+  openSnapshot(signed: SignedSnapshot): Snapshot {
+    return openSnapshot(signed, this.#trusted);
   }
 
   /**

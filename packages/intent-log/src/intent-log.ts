@@ -49,6 +49,13 @@ export interface StoredEntry {
   signed: SignedLogEntry;
 }
 
+/**
+ * One message read back from the stream: the decoded envelope, or why it does not decode (a
+ * message that is not a log entry at all, published by someone with publish rights on the log
+ * subject). Not verified either way: see IntentChain.open.
+ */
+export type StoredMessage = { revision: bigint; signed: SignedLogEntry; error?: undefined } | { revision: bigint; signed?: undefined; error: Error };
+
 /** The stream's bounds: entries first..last are readable (none when last < first). */
 export interface LogBounds {
   first: bigint;
@@ -191,9 +198,24 @@ export class IntentLog {
   /**
    * Reads entries `from`..`to` (inclusive) in order through an ordered consumer. Entries
    * purged by compaction are skipped: check {@link bounds} first.
-   * @throws LogUnavailableError if the stream cannot be read.
+   * @throws LogUnavailableError if the stream cannot be read; SignatureError (from
+   *   @edgeplane/proto) if a stored message is not a log entry: followers use {@link messages},
+   *   which yields such messages instead of failing.
    */
   async *read(from: bigint, to: bigint): AsyncGenerator<StoredEntry> {
+    for await (const m of this.messages(from, to)) {
+      if (m.error) throw m.error;
+      yield m;
+    }
+  }
+
+  /**
+   * Reads messages `from`..`to` (inclusive) in order, like {@link read}, but yields a message
+   * that does not decode as `{ revision, error }` and goes on: one junk message must not stop
+   * anyone from reading past it.
+   * @throws LogUnavailableError if the stream cannot be read.
+   */
+  async *messages(from: bigint, to: bigint): AsyncGenerator<StoredMessage> {
     if (to < from) return;
     let consumer;
     try {
@@ -210,7 +232,13 @@ export class IntentLog {
     try {
       for await (const m of messages) {
         const revision = BigInt(m.seq);
-        yield { revision, signed: decodeSignedLogEntry(m.data) };
+        let decoded: StoredMessage;
+        try {
+          decoded = { revision, signed: decodeSignedLogEntry(m.data) };
+        } catch (error) {
+          decoded = { revision, error: error as Error };
+        }
+        yield decoded;
         if (revision >= to) break;
       }
     } finally {
@@ -231,7 +259,8 @@ export class IntentLog {
         if (err) return onError(err);
         try {
           const seq = msg.headers?.get('Nats-Sequence');
-          if (!seq) throw new LogUnavailableError(`live intent message on ${msg.subject} has no Nats-Sequence header`);
+          // Bounded before parsing: a header is believed only once the entry verifies.
+          if (!seq || !/^[0-9]{1,20}$/.test(seq)) throw new LogUnavailableError(`live intent message on ${msg.subject} has no valid Nats-Sequence header`);
           onEntry(decodeSignedLogEntry(msg.data), BigInt(seq));
         } catch (e) {
           onError(e as Error);

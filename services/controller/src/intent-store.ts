@@ -10,7 +10,7 @@ import {
   type TraceContext,
   type TrustedKeys,
 } from '@edgeplane/proto';
-import { ChainError, ConflictError, GapError, IntentChain, type IntentLog, type PolicyChange } from '@edgeplane/intent-log';
+import { ChainError, ChainFollower, ConflictError, type ChainFollowerStats, type IntentChain, type IntentLog, type PolicyChange } from '@edgeplane/intent-log';
 import { CompactedError, UnavailableError } from './errors.js';
 
 const tracer = trace.getTracer('@edgeplane/controller');
@@ -29,6 +29,8 @@ export interface IntentStoreOptions {
   maxConflictRetries?: number;
   /** Receives errors of background work (live follow, snapshots). */
   onError?: (message: string, err: unknown) => void;
+  /** Receives what the follower skipped or rebuilt (messages that did not verify, a rewound log). */
+  onWarning?: (message: string, fields: Record<string, string>) => void;
 }
 
 /** What a successful write returns. */
@@ -49,42 +51,47 @@ export type ChangeListener = (revision: bigint, changes: PolicyChange[]) => void
 export class IntentStore {
   #log: IntentLog;
   #options: IntentStoreOptions;
-  #chain: IntentChain;
+  #follower: ChainFollower;
   #tail: Promise<unknown> = Promise.resolve();
   #listeners = new Set<ChangeListener>();
-  #unsubscribe: (() => void) | undefined;
-  #catchingUp: Promise<void> | undefined;
   #lastSnapshot = 0n;
   #closed = false;
 
   constructor(log: IntentLog, options: IntentStoreOptions) {
     this.#log = log;
     this.#options = options;
-    this.#chain = new IntentChain(options.trusted);
+    // The writer rebuilds from what is stored: the stream is what it must write after.
+    this.#follower = new ChainFollower(log, {
+      trusted: options.trusted,
+      onDivergence: 'rebuild',
+      events: {
+        advanced: (_revision, entries, changes) => this.#notify(entries, changes),
+        rejected: (reason, claimed) => options.onWarning?.('skipped a log message that does not verify', { reason, ...(claimed === undefined ? {} : { sequence: String(claimed) }) }),
+        resynced: (from, to, reason) => options.onWarning?.('rebuilt the intent from the stored log', { from: String(from), to: String(to), reason }),
+        error: (message, err) => options.onError?.(message, err),
+      },
+    });
   }
 
-  /** The chain: current revision, hash and policies. Read-only for callers. */
+  /** The chain: current revision, hash and policies. Read-only for callers; read it again after awaits (a rebuild replaces it). */
   get chain(): IntentChain {
-    return this.#chain;
+    return this.#follower.chain;
+  }
+
+  /** What the follower did (catch-ups, rebuilds, skipped messages). */
+  get followerStats(): ChainFollowerStats {
+    return this.#follower.stats;
   }
 
   /**
-   * Rebuilds the state from the newest snapshot and the entries after it, then follows the
-   * log live.
-   * @throws UnavailableError if the log cannot be read; ChainError if it does not verify.
+   * Rebuilds the state from the newest snapshot (when the stream was compacted) and the
+   * entries after it, then follows the log live.
+   * @throws LogUnavailableError if the log cannot be read; ChainError if it was compacted
+   *   beyond its snapshot.
    */
   async start(): Promise<void> {
-    const snapshot = await this.#log.readSnapshot();
-    if (snapshot) {
-      this.#chain.restore(snapshot);
-      this.#lastSnapshot = this.#chain.revision;
-    }
-    await this.catchUp();
-    const sub = this.#log.subscribe(
-      (signed, revision) => this.#onLive(signed, revision),
-      (err) => this.#options.onError?.('intent log subscription', err),
-    );
-    this.#unsubscribe = () => sub.unsubscribe();
+    await this.#follower.start();
+    this.#lastSnapshot = this.chain.revision;
   }
 
   /** Registers a listener for applied changes; returns the function that removes it. */
@@ -93,54 +100,28 @@ export class IntentStore {
     return () => this.#listeners.delete(listener);
   }
 
-  #apply(signed: SignedLogEntry, storedAt?: bigint): void {
-    const result = this.#chain.append(signed, storedAt);
-    if (!result.applied) return;
-    for (const l of this.#listeners) {
-      try {
-        l(result.entry.revision, result.changes);
-      } catch (err) {
-        this.#options.onError?.('change listener', err);
+  /** Calls the listeners once per applied entry, in revision order. */
+  #notify(entries: LogEntry[], changes: PolicyChange[]): void {
+    let i = 0;
+    for (const entry of entries) {
+      const mine: PolicyChange[] = [];
+      while (i < changes.length && changes[i]!.revision === entry.revision) mine.push(changes[i++]!);
+      for (const l of this.#listeners) {
+        try {
+          l(entry.revision, mine);
+        } catch (err) {
+          this.#options.onError?.('change listener', err);
+        }
       }
-    }
-  }
-
-  #onLive(signed: SignedLogEntry, revision: bigint): void {
-    try {
-      this.#apply(signed, revision);
-    } catch (err) {
-      if (err instanceof GapError) void this.catchUp().catch((e: unknown) => this.#options.onError?.('catch up', e));
-      else this.#options.onError?.('apply live entry', err);
     }
   }
 
   /**
    * Reads every entry the log holds beyond the current revision. Concurrent calls share one read.
-   * @throws UnavailableError if the log cannot be read; ChainError if the log was rewound.
+   * @throws LogUnavailableError if the log cannot be read.
    */
   catchUp(): Promise<void> {
-    this.#catchingUp ??= this.#readAhead().finally(() => (this.#catchingUp = undefined));
-    return this.#catchingUp;
-  }
-
-  /** Reads entries until the chain holds at least `target` (e.g. what a conflict reported). */
-  async #catchUpTo(target: bigint): Promise<void> {
-    if (this.#chain.revision >= target) return;
-    for await (const { signed, revision } of this.#log.read(this.#chain.revision + 1n, target)) this.#apply(signed, revision);
-  }
-
-  async #readAhead(): Promise<void> {
-    const { first, last } = await this.#log.bounds();
-    // Stream info can lag a just-acknowledged publish by a moment: a last sequence below what
-    // this controller holds is not a rewind by itself. (A rewound log shows up as conflicts
-    // that never resolve, or as a chain error when its entries are read.)
-    if (last <= this.#chain.revision) return;
-    if (first > this.#chain.revision + 1n) {
-      const snapshot = await this.#log.readSnapshot();
-      if (!snapshot) throw new ChainError(`entries before ${first} were compacted but there is no snapshot`);
-      this.#chain.restore(snapshot);
-    }
-    for await (const { signed, revision } of this.#log.read(this.#chain.revision + 1n, last)) this.#apply(signed, revision);
+    return this.#follower.catchUp();
   }
 
   /**
@@ -161,12 +142,16 @@ export class IntentStore {
     const retries = this.#options.maxConflictRetries ?? 20;
     for (let attempt = 0; attempt <= retries; attempt++) {
       await this.catchUp();
-      const change = build(this.#chain);
+      const chain = this.chain;
+      const change = build(chain);
       if (!change) return undefined;
-      const revision = this.#chain.revision + 1n;
+      // The next stream sequence: above the newest valid entry and above any message that did
+      // not verify (it occupies a sequence); the entry links to the newest valid one.
+      const expectedLast = this.#follower.position;
+      const revision = expectedLast + 1n;
       const entry = LogEntry.fromPartial({
         revision,
-        previousHash: Buffer.from(this.#chain.lastHash),
+        previousHash: Buffer.from(chain.lastHash),
         createTime: now(),
         change,
         traceContext: trace,
@@ -178,7 +163,7 @@ export class IntentStore {
       try {
         const stored = await tracer.startActiveSpan('edgeplane.intent.publish', { kind: SpanKind.PRODUCER, attributes: { 'edgeplane.revision': Number(revision), 'messaging.system': 'nats' } }, async (span) => {
           try {
-            return await this.#log.append(signed, revision - 1n, trace?.traceparent ? { traceparent: trace.traceparent } : {});
+            return await this.#log.append(signed, expectedLast, trace?.traceparent ? { traceparent: trace.traceparent } : {});
           } catch (err) {
             span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
             throw err;
@@ -187,14 +172,16 @@ export class IntentStore {
           }
         });
         if (stored !== revision) throw new ChainError(`the log stored revision ${revision} at sequence ${stored}`);
-        // The live subscription may have delivered it already; append is idempotent.
-        this.#apply(signed, stored);
+        // The live subscription may have delivered it already (then this is a duplicate); if a
+        // catch-up is running it is applied when that ends, before the next write builds.
+        this.#follower.offer(signed, stored);
         this.#maybeSnapshot();
         return { revision, entry };
       } catch (err) {
         if (!(err instanceof ConflictError)) throw err;
-        if (err.actualLast !== undefined && err.actualLast > this.#chain.revision) await this.#catchUpTo(err.actualLast);
-        else await new Promise((r) => setTimeout(r, 5 + Math.random() * 20 * (attempt + 1)));
+        // Another writer (or a message that is not an entry) took the sequence: the catch-up at
+        // the top of the loop reads it. Back off a little when the server did not say where it is.
+        if (err.actualLast === undefined || err.actualLast <= this.#follower.position) await new Promise((r) => setTimeout(r, 5 + Math.random() * 20 * (attempt + 1)));
       }
     }
     throw new UnavailableError(`write gave up after ${retries} conflicts with other writers`);
@@ -202,14 +189,14 @@ export class IntentStore {
 
   #maybeSnapshot(): void {
     const every = BigInt(this.#options.snapshotEvery ?? 1000);
-    if (every === 0n || this.#chain.revision - this.#lastSnapshot < every) return;
-    this.#lastSnapshot = this.#chain.revision;
+    if (every === 0n || this.chain.revision - this.#lastSnapshot < every) return;
+    this.#lastSnapshot = this.chain.revision;
     void this.snapshotNow().catch((err: unknown) => this.#options.onError?.('write snapshot', err));
   }
 
   /** Writes a snapshot of the current state and compacts the log below it, keeping retainEntries. */
   async snapshotNow(): Promise<bigint> {
-    const snapshot = this.#chain.snapshot();
+    const snapshot = this.chain.snapshot();
     await this.#log.writeSnapshot(signSnapshot(snapshot, this.#options.signingKey));
     const keepFrom = snapshot.revision - BigInt(this.#options.retainEntries ?? 10_000) + 1n;
     if (keepFrom > 1n) await this.#log.compact(keepFrom);
@@ -223,14 +210,23 @@ export class IntentStore {
   async *history(from: bigint, to: bigint): AsyncGenerator<LogEntry> {
     const { first } = await this.#log.bounds();
     if (from < first) throw new CompactedError(`revisions before ${first} were compacted; watch from revision 0 to get the current state`);
-    for await (const { signed } of this.#log.read(from, to)) yield openLogEntry(signed, this.#options.trusted);
+    for await (const m of this.#log.messages(from, to)) {
+      if (m.error) continue;
+      let entry: LogEntry;
+      try {
+        entry = openLogEntry(m.signed, this.#options.trusted);
+      } catch {
+        continue; // not an entry of this log: the follower counted and reported it
+      }
+      if (entry.revision === m.revision) yield entry;
+    }
   }
 
   /** Stops following the log; waits for the write in progress. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#unsubscribe?.();
+    this.#follower.close();
     await this.#tail;
   }
 }

@@ -99,6 +99,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       snapshotEvery: config.snapshotEvery,
       retainEntries: config.retainEntries,
       onError,
+      onWarning: (msg, fields) => log('warn', msg, fields),
     });
     await store.start();
     cleanups.push(() => store.close());

@@ -29,7 +29,6 @@ export type {
 export { MemoryDatapath } from './datapath/memory-datapath.js';
 export { CompileError, compileIntent, effectivePolicies, ruleId, type CompiledIntent, type CompiledRole, type RuleOrigin } from './agent/compile.js';
 export { ControllerLink, type ControllerLinkOptions } from './agent/controller-link.js';
-export { IntentFollower, type FollowerEvents } from './agent/intent-follower.js';
 export { NodeAgent, type AgentLogger, type AgentStatus, type NodeAgentOptions } from './agent/node-agent.js';
 export { StateFile, StateFileError, type AppliedState } from './agent/state-file.js';
 export { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';

@@ -9,12 +9,11 @@ import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { InterfaceRole as ProtoRole, RevisionOutcome, keyIdOf, type NodeInterface } from '@edgeplane/proto';
-import { IntentLog } from '@edgeplane/intent-log';
+import { ChainFollower, IntentLog } from '@edgeplane/intent-log';
 import { startTelemetry } from '@edgeplane/telemetry';
 import { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
 import { ensureBpffs } from './agent/bpffs.js';
 import { ControllerLink } from './agent/controller-link.js';
-import { IntentFollower } from './agent/intent-follower.js';
 import { NodeAgent, type AgentLogger } from './agent/node-agent.js';
 import { StateFile } from './agent/state-file.js';
 import type { Datapath } from './datapath/datapath.js';
@@ -150,7 +149,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
 
     // NATS last, in the background: it may be down for a long time; the datapath does not care.
     let nc: NatsConnection | undefined;
-    let follower: IntentFollower | undefined;
+    let follower: ChainFollower | undefined;
     let stopped = false;
     closers.push(async () => {
       stopped = true;
@@ -171,10 +170,10 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
         }
       }
       if (!intentLog || stopped) return;
-      follower = new IntentFollower(
-        intentLog,
+      follower = new ChainFollower(intentLog, {
         trusted,
-        {
+        ...(booted ? { start: booted } : {}),
+        events: {
           advanced: (_revision, entries) => agent.intentAdvanced(follower!.chain, entries),
           rejected: (reason, claimed) => {
             log('warn', 'rejected log message', { reason, claimedRevision: claimed === undefined ? undefined : String(claimed) });
@@ -183,8 +182,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
           resynced: (from, to, reason) => log('warn', 'resynced the intent log', { from: String(from), to: String(to), reason }),
           error: (message, err) => log('error', message, { error: (err as Error)?.message }),
         },
-        booted,
-      );
+      });
       for (;;) {
         try {
           await follower.start();

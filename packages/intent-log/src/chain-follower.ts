@@ -1,0 +1,428 @@
+import type { LogEntry, SignedLogEntry, SignedSnapshot, Snapshot, TrustedKeys } from '@edgeplane/proto';
+import type { Subscription } from '@nats-io/transport-node';
+import { ChainError, GapError } from './errors.js';
+import { IntentChain, type OpenedEntry, type PolicyChange } from './intent-chain.js';
+import type { IntentLog } from './intent-log.js';
+
+/**
+ * What a {@link ChainFollower} tells its owner. Every handler is optional; handlers must not
+ * throw (what they throw is reported to `error`).
+ */
+export interface ChainFollowerEvents {
+  /**
+   * The chain moved to `revision`. `entries` are the entries applied since the previous call,
+   * oldest first, and `changes` what they did to policies (in the same order). After a
+   * catch-up this is called once for the whole read, so an owner far behind applies once.
+   */
+  advanced?(revision: bigint, entries: LogEntry[], changes: PolicyChange[]): void;
+  /**
+   * A message was skipped: it does not decode, its signature does not verify with a trusted
+   * key, or its sequence does not match the revision it claims. `claimed` is the sequence it
+   * was delivered or stored at (not believed: only verified entries are acted upon).
+   */
+  rejected?(reason: string, claimed: bigint | undefined): void;
+  /** (Policy `rebuild`.) The log was rewound or forked: the chain was rebuilt from the stream. */
+  resynced?(fromRevision: bigint, toRevision: bigint, reason: string): void;
+  /**
+   * (Policy `refuse`.) The log offers a shorter or different history than the one held: the
+   * chain stays as it was (the owner keeps enforcing it) and nothing more is applied until the
+   * log continues the held chain again.
+   */
+  diverged?(heldRevision: bigint, reason: string): void;
+  /** Background work failed (a catch-up could not read the stream); it is retried on the next trigger. */
+  error?(message: string, err: unknown): void;
+}
+
+/** What the follower did, since it was made. Plain numbers, for tests, benchmarks and metrics. */
+export interface ChainFollowerStats {
+  /** Reads of the stream (after a gap, at start, on request): each is one bounds request and a read. */
+  catchUps: number;
+  /** Chains rebuilt from scratch after a fork or rewind (policy `rebuild`). */
+  resyncs: number;
+  /** Times a shorter or different history was refused (policy `refuse`). */
+  refusals: number;
+  /** Messages skipped: undecodable, unverifiable, or at a sequence other than their revision. */
+  rejected: number;
+  /** Live entries applied directly, without reading the stream. */
+  liveApplied: number;
+  /** Entries delivered again that were already held (changed nothing). */
+  duplicates: number;
+}
+
+/** Options of {@link ChainFollower}. */
+export interface ChainFollowerOptions {
+  /** The keys whose signatures are accepted. */
+  trusted: TrustedKeys;
+  /** The state to continue from (e.g. an agent's state file: already verified by its owner). */
+  start?: Snapshot;
+  /**
+   * What to do when the log does not continue the held chain (a fork, or a log rewound after
+   * storage loss): `rebuild` the chain from what the stream stores (the writer: what is stored
+   * is the truth it must write after), or `refuse` it and keep the held chain (agents: a
+   * shorter or different history may be an attack). Default `rebuild`.
+   */
+  onDivergence?: 'rebuild' | 'refuse';
+  /**
+   * When the stream reports fewer entries than the follower has seen, wait this long and ask
+   * again before calling it a rewind: stream info can lag a just-acknowledged publish. Default 250 ms.
+   */
+  lagRetryMs?: number;
+  /** Live entries kept while a catch-up or resync runs (more are read from the stream instead). Default 4096. */
+  maxBuffered?: number;
+  events?: ChainFollowerEvents;
+}
+
+interface Delivered {
+  signed: SignedLogEntry;
+  seq: bigint;
+}
+
+/** The message of an error, for {@link ChainFollowerEvents.rejected}. */
+function reasonOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * Follows the signed intent chain on an {@link IntentLog}: the one implementation both the
+ * controller (its IntentStore) and every agent use.
+ *
+ * - Live: subscribes to the entries the stream stores. A live entry that continues the held
+ *   chain is applied at once, whatever its create time (lateness is judged by sequence, never
+ *   by clock: a backlog delivered after an outage is applied entry by entry, and the owner
+ *   coalesces). Only an entry that does not link to the held chain and is beyond the next
+ *   revision (a gap) triggers a catch-up; an entry already held is a duplicate and ignored.
+ * - Catch-up and resync run under ONE single-flight lock: concurrent requests share one run,
+ *   nothing is appended to a chain that is being replaced, and live entries arriving meanwhile
+ *   are kept and applied (or found to be duplicates) once the run is over.
+ * - Compaction: when the entries after the held revision were purged, the signed snapshot is
+ *   restored and the entries after it are read.
+ * - Forks and rewinds go to the {@link ChainFollowerOptions.onDivergence} policy.
+ * - Messages that do not verify are skipped and counted, never fatal; a stream sequence is
+ *   believed only for an entry that verifies.
+ *
+ * Owns its subscription: close() ends it (idempotent). Does not own the log or its connection.
+ */
+export class ChainFollower {
+  #log: IntentLog;
+  #options: ChainFollowerOptions;
+  #events: ChainFollowerEvents;
+  #chain: IntentChain;
+  /** The highest stream sequence examined: the chain's revision, or a skipped message above it. */
+  #position: bigint;
+  #sub: Subscription | undefined;
+  #closed = false;
+  #stats: ChainFollowerStats = { catchUps: 0, resyncs: 0, refusals: 0, rejected: 0, liveApplied: 0, duplicates: 0 };
+  /** The single-flight run of catch-ups and resyncs, while one is in progress. */
+  #work: Promise<void> | undefined;
+  #wantCatchUp = false;
+  #wantResync: string | undefined;
+  #buffered: Delivered[] = [];
+  #overflowed = false;
+  /** Entries and changes applied but not yet announced. */
+  #pending: LogEntry[] = [];
+  #pendingChanges: PolicyChange[] = [];
+  #announced: bigint;
+  /** Set while a refused history is on offer (policy refuse): the reason. */
+  #divergence: string | undefined;
+
+  /** @param log the log to follow; not owned. */
+  constructor(log: IntentLog, options: ChainFollowerOptions) {
+    this.#log = log;
+    this.#options = options;
+    this.#events = options.events ?? {};
+    this.#chain = new IntentChain(options.trusted);
+    if (options.start) this.#chain.load(options.start);
+    this.#position = this.#chain.revision;
+    this.#announced = this.#chain.revision;
+  }
+
+  /**
+   * The verified intent as far as it has been followed. A rebuild replaces the object: read
+   * this property again rather than keeping it. Callers must not append to it.
+   */
+  get chain(): IntentChain {
+    return this.#chain;
+  }
+
+  /** The highest stream sequence examined (the chain's revision, or a skipped message above it): a writer appends after it. */
+  get position(): bigint {
+    return this.#position;
+  }
+
+  /** Counters since construction (a copy). */
+  get stats(): ChainFollowerStats {
+    return { ...this.#stats };
+  }
+
+  /** The reason a history was refused, while the log does not continue the held chain (policy refuse); else undefined. */
+  get divergence(): string | undefined {
+    return this.#divergence;
+  }
+
+  /**
+   * Subscribes live, then catches up (so nothing stored between the two is missed).
+   * @throws LogUnavailableError if the stream cannot be read now (the subscription stays:
+   *   call catchUp() again, or start() again, which does not subscribe twice).
+   */
+  async start(): Promise<void> {
+    if (this.#closed) return;
+    this.#sub ??= this.#log.subscribe(
+      (signed, seq) => this.#onLive({ signed, seq }),
+      (err) => this.#reject(`live message: ${err.message}`, undefined),
+    );
+    await this.catchUp();
+  }
+
+  /**
+   * Reads what the stream holds beyond the held position (after a reconnect, a write conflict,
+   * or a gap). Shares the run in progress, if any, and makes it read once more.
+   * @throws LogUnavailableError if the stream cannot be read.
+   */
+  catchUp(): Promise<void> {
+    this.#wantCatchUp = true;
+    return this.#run();
+  }
+
+  /**
+   * Treats an entry the owner holds (e.g. the one its own append just stored at `seq`) as if
+   * it had arrived live. Applied now unless a catch-up is running.
+   */
+  offer(signed: SignedLogEntry, seq: bigint): void {
+    this.#onLive({ signed, seq });
+  }
+
+  #run(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#work ??= (async () => {
+      try {
+        while (!this.#closed && (this.#wantResync !== undefined || this.#wantCatchUp)) {
+          const reason = this.#wantResync;
+          this.#wantResync = undefined;
+          this.#wantCatchUp = false;
+          if (reason !== undefined) await this.#resync(reason);
+          else await this.#readAhead();
+          this.#drainBuffered();
+        }
+      } catch (err) {
+        // The entries kept meanwhile are in the stream: the next catch-up reads them.
+        this.#buffered = [];
+        this.#overflowed = false;
+        this.#wantCatchUp = false;
+        this.#wantResync = undefined;
+        throw err;
+      } finally {
+        this.#work = undefined;
+        this.#flush();
+      }
+    })();
+    return this.#work;
+  }
+
+  #drainBuffered(): void {
+    const kept = this.#buffered;
+    this.#buffered = [];
+    if (this.#overflowed) {
+      this.#overflowed = false;
+      this.#wantCatchUp = true;
+    }
+    for (const d of kept) this.#handle(d);
+  }
+
+  #onLive(d: Delivered): void {
+    if (this.#closed) return;
+    if (this.#work) {
+      // Never append to a chain a catch-up or resync is working on: keep it for afterwards.
+      if (this.#buffered.length < (this.#options.maxBuffered ?? 4096)) this.#buffered.push(d);
+      else this.#overflowed = true;
+      return;
+    }
+    this.#handle(d);
+    this.#flush();
+    if (this.#wantCatchUp || this.#wantResync !== undefined) {
+      void this.#run().catch((err: unknown) => this.#emit('error', () => this.#events.error?.('catch up', err)));
+    }
+  }
+
+  /** Applies one delivered entry or decides what it needs (sets the want flags). Never throws. */
+  #handle(d: Delivered): void {
+    let opened: OpenedEntry;
+    try {
+      opened = this.#chain.open(d.signed);
+    } catch (err) {
+      this.#reject(reasonOf(err), d.seq);
+      return;
+    }
+    if (opened.entry.revision !== d.seq) {
+      this.#reject(`entry for revision ${opened.entry.revision} delivered as sequence ${d.seq}`, d.seq);
+      return;
+    }
+    try {
+      const r = this.#chain.appendOpened(opened);
+      if (!r.applied) {
+        this.#stats.duplicates++;
+        return;
+      }
+      this.#stats.liveApplied++;
+      this.#applied(r.entry, r.changes, d.seq);
+    } catch (err) {
+      if (err instanceof GapError) this.#wantCatchUp = true;
+      else if (err instanceof ChainError) this.#diverge(err.message);
+      else this.#reject(reasonOf(err), d.seq);
+    }
+  }
+
+  #applied(entry: LogEntry, changes: PolicyChange[], seq: bigint): void {
+    if (seq > this.#position) this.#position = seq;
+    this.#divergence = undefined;
+    this.#pending.push(entry);
+    this.#pendingChanges.push(...changes);
+  }
+
+  #reject(reason: string, claimed: bigint | undefined): void {
+    this.#stats.rejected++;
+    this.#emit('rejected', () => this.#events.rejected?.(reason, claimed));
+  }
+
+  /** A fork or rewind was seen: rebuild (scheduled on the lock) or refuse, by policy. */
+  #diverge(reason: string): void {
+    if ((this.#options.onDivergence ?? 'rebuild') === 'rebuild') {
+      this.#wantResync ??= reason;
+      return;
+    }
+    this.#stats.refusals++;
+    const first = this.#divergence === undefined;
+    this.#divergence = reason;
+    if (first) this.#emit('diverged', () => this.#events.diverged?.(this.#chain.revision, reason));
+  }
+
+  #emit(what: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      if (what !== 'error') this.#emit('error', () => this.#events.error?.(`${what} handler`, err));
+    }
+  }
+
+  #flush(): void {
+    if (this.#chain.revision === this.#announced && this.#pending.length === 0) return;
+    const entries = this.#pending;
+    const changes = this.#pendingChanges;
+    this.#pending = [];
+    this.#pendingChanges = [];
+    this.#announced = this.#chain.revision;
+    this.#emit('advanced', () => this.#events.advanced?.(this.#chain.revision, entries, changes));
+  }
+
+  /** One catch-up: the stream's bounds, the snapshot if the entries needed were compacted, then the entries. */
+  async #readAhead(): Promise<void> {
+    this.#stats.catchUps++;
+    let { first, last } = await this.#log.bounds();
+    if (last < this.#position) {
+      // Stream info can lag a just-stored entry for a moment; only a shortfall that persists
+      // means the log was rewound.
+      await new Promise((r) => setTimeout(r, this.#options.lagRetryMs ?? 250));
+      ({ first, last } = await this.#log.bounds());
+      if (last < this.#position) {
+        this.#diverge(`the log ends at ${last} but this follower has verified up to ${this.#position}`);
+        return;
+      }
+    }
+    if (last === this.#position) return;
+    // A follower that holds nothing starts from the snapshot even when the entries below it
+    // are still kept: one read instead of up to retain-entries.
+    let signed: SignedSnapshot | undefined;
+    if (first > this.#position + 1n || this.#position === 0n) {
+      signed = await this.#log.readSnapshot();
+      if (!signed && first > this.#position + 1n) throw new ChainError(`entries before ${first} were compacted and there is no snapshot`);
+    }
+    if (signed) {
+      const snapshot = this.#chain.openSnapshot(signed);
+      if (snapshot.revision < this.#chain.revision || (snapshot.revision === this.#chain.revision && !equalHash(snapshot.lastHash, this.#chain.lastHash))) {
+        this.#diverge(`the snapshot at ${snapshot.revision} does not continue the chain held at ${this.#chain.revision}`);
+        return;
+      }
+      if (snapshot.revision + 1n < first) throw new ChainError(`entries ${snapshot.revision + 1n}..${first - 1n} were compacted beyond the newest snapshot`);
+      this.#chain.load(snapshot);
+      this.#position = this.#chain.revision;
+      this.#pending = [];
+      this.#pendingChanges = [];
+    }
+    const read = await this.#readInto(this.#chain, this.#position + 1n, last, (entry, changes) => this.#applied(entry, changes, entry.revision));
+    if (read.position > this.#position) this.#position = read.position;
+    if (read.broken) this.#diverge(read.broken.message);
+  }
+
+  /**
+   * Reads `from..to` into `chain`, skipping (and counting) what does not verify. Returns the
+   * highest sequence examined before the end or before `broken`: an entry that does not
+   * continue the chain (read in order from the held position, a gap means entries are missing
+   * from the stream, which is no better than a fork).
+   */
+  async #readInto(chain: IntentChain, from: bigint, to: bigint, applied: (entry: LogEntry, changes: PolicyChange[]) => void): Promise<{ position: bigint; broken?: Error }> {
+    let position = from - 1n;
+    for await (const m of this.#log.messages(from, to)) {
+      if (this.#closed) break;
+      let opened: OpenedEntry;
+      try {
+        if (m.error) throw m.error;
+        opened = chain.open(m.signed);
+        if (opened.entry.revision !== m.revision) throw new Error(`entry for revision ${opened.entry.revision} is stored at sequence ${m.revision}`);
+      } catch (err) {
+        this.#reject(`stored message at ${m.revision}: ${reasonOf(err)}`, m.revision);
+        position = m.revision;
+        continue;
+      }
+      try {
+        const r = chain.appendOpened(opened);
+        if (r.applied) applied(r.entry, r.changes);
+        else this.#stats.duplicates++;
+      } catch (err) {
+        if (err instanceof ChainError || err instanceof GapError) return { position, broken: err };
+        throw err;
+      }
+      position = m.revision;
+    }
+    return { position };
+  }
+
+  /** Rebuilds the chain from scratch (snapshot, then every entry after it) and replaces it. */
+  async #resync(reason: string): Promise<void> {
+    this.#stats.resyncs++;
+    const from = this.#chain.revision;
+    const chain = new IntentChain(this.#options.trusted);
+    const snapshot = await this.#log.readSnapshot();
+    if (snapshot) chain.restore(snapshot);
+    const { first, last } = await this.#log.bounds();
+    if (chain.revision + 1n < first) throw new ChainError(`resync: entries ${chain.revision + 1n}..${first - 1n} were compacted beyond the newest snapshot`);
+    const entries: LogEntry[] = [];
+    const changes: PolicyChange[] = [];
+    const read = await this.#readInto(chain, chain.revision + 1n, last, (entry, c) => {
+      entries.push(entry);
+      changes.push(...c);
+    });
+    if (read.broken) {
+      // What is stored does not chain either: keep what verified up to there.
+      const broken = read.broken;
+      this.#emit('error', () => this.#events.error?.('resync: the stored log does not chain', broken));
+    }
+    this.#chain = chain;
+    this.#position = read.position > chain.revision ? read.position : chain.revision;
+    this.#pending = entries;
+    this.#pendingChanges = changes;
+    this.#announced = -1n;
+    this.#divergence = undefined;
+    this.#emit('resynced', () => this.#events.resynced?.(from, chain.revision, reason));
+  }
+
+  /** Stops following: unsubscribes; a run in progress stops at the next entry. Idempotent. */
+  close(): void {
+    this.#closed = true;
+    this.#sub?.unsubscribe();
+    this.#sub = undefined;
+    this.#buffered = [];
+  }
+}
+
+function equalHash(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
