@@ -67,6 +67,11 @@ export interface ChainFollowerOptions {
    * again before calling it a rewind: stream info can lag a just-acknowledged publish. Default 250 ms.
    */
   lagRetryMs?: number;
+  /**
+   * (Policy refuse.) While a refused history is on offer, a live entry that does not link
+   * triggers a read of the stream at most this often. Default 30000 ms.
+   */
+  divergedRetryMs?: number;
   /** Live entries kept while a catch-up or resync runs (more are read from the stream instead). Default 4096. */
   maxBuffered?: number;
   events?: ChainFollowerEvents;
@@ -124,6 +129,7 @@ export class ChainFollower {
   #announced: bigint;
   /** Set while a refused history is on offer (policy refuse): the reason. */
   #divergence: string | undefined;
+  #divergedReadAt = 0;
 
   /** @param log the log to follow; not owned. */
   constructor(log: IntentLog, options: ChainFollowerOptions) {
@@ -265,8 +271,14 @@ export class ChainFollower {
       this.#stats.liveApplied++;
       this.#applied(r.entry, r.changes, d.seq);
     } catch (err) {
-      if (err instanceof GapError) this.#wantCatchUp = true;
-      else if (err instanceof ChainError) this.#diverge(err.message);
+      if (err instanceof GapError) {
+        // While a refused history is on offer every entry of it is a gap: read the stream
+        // again at most every divergedRetryMs, not per message.
+        if (this.#divergence === undefined || Date.now() - this.#divergedReadAt >= (this.#options.divergedRetryMs ?? 30_000)) {
+          this.#divergedReadAt = Date.now();
+          this.#wantCatchUp = true;
+        }
+      } else if (err instanceof ChainError) this.#diverge(err.message);
       else this.#reject(reasonOf(err), d.seq);
     }
   }
@@ -292,6 +304,7 @@ export class ChainFollower {
     this.#stats.refusals++;
     const first = this.#divergence === undefined;
     this.#divergence = reason;
+    this.#divergedReadAt = Date.now();
     if (first) this.#emit('diverged', () => this.#events.diverged?.(this.#chain.revision, reason));
   }
 
@@ -349,19 +362,24 @@ export class ChainFollower {
     }
     const read = await this.#readInto(this.#chain, this.#position + 1n, last, (entry, changes) => this.#applied(entry, changes, entry.revision));
     if (read.position > this.#position) this.#position = read.position;
-    if (read.broken) this.#diverge(read.broken.message);
+    if (read.purged) this.#wantCatchUp = true;
+    else if (read.broken) this.#diverge(read.broken.message);
   }
 
   /**
    * Reads `from..to` into `chain`, skipping (and counting) what does not verify. Returns the
-   * highest sequence examined before the end or before `broken`: an entry that does not
+   * highest sequence examined before the end, or before `broken`: an entry that does not
    * continue the chain (read in order from the held position, a gap means entries are missing
-   * from the stream, which is no better than a fork).
+   * from the stream, which is no better than a fork), or before `purged`: sequences were
+   * compacted under the read (read again: the snapshot covers them).
    */
-  async #readInto(chain: IntentChain, from: bigint, to: bigint, applied: (entry: LogEntry, changes: PolicyChange[]) => void): Promise<{ position: bigint; broken?: Error }> {
+  async #readInto(chain: IntentChain, from: bigint, to: bigint, applied: (entry: LogEntry, changes: PolicyChange[]) => void): Promise<{ position: bigint; broken?: Error; purged?: boolean }> {
     let position = from - 1n;
     for await (const m of this.#log.messages(from, to)) {
       if (this.#closed) break;
+      // The stream denies deletes, so sequences are contiguous except below a compaction: a
+      // skipped sequence means entries were purged while this read ran.
+      if (m.revision > position + 1n) return { position, purged: true };
       let opened: OpenedEntry;
       try {
         if (m.error) throw m.error;
@@ -400,6 +418,12 @@ export class ChainFollower {
       entries.push(entry);
       changes.push(...c);
     });
+    if (read.purged) {
+      // Compacted while reading: the newer snapshot covers what was purged; start over.
+      this.#stats.resyncs--;
+      this.#wantResync = reason;
+      return;
+    }
     if (read.broken) {
       // What is stored does not chain either: keep what verified up to there.
       const broken = read.broken;

@@ -6,7 +6,6 @@ import {
   signLogEntry,
   signSnapshot,
   type Change,
-  type SignedLogEntry,
   type TraceContext,
   type TrustedKeys,
 } from '@edgeplane/proto';
