@@ -76,6 +76,7 @@ export {
 } from './edgeplane/v1/intent_service.js';
 export {
   Change,
+  HistoryReset,
   LogEntry,
   SignedLogEntry,
   SignedSnapshot,
@@ -214,6 +215,7 @@ export {
   encodeStatusDetails,
 } from './../src/status-details.js';
 export {
+  FLEET_ID_KEY,
   INTENT_LIVE_SUBJECT,
   INTENT_STREAM,
   INTENT_SUBJECT,

@@ -54,6 +54,8 @@ export function signLogEntry(entry: LogEntry, privateKey: KeyObject): SignedLogE
     entry: Buffer.from(bytes),
     signature: sign(null, bytes, privateKey),
     keyId: keyIdOf(privateKey),
+    resetSignature: Buffer.alloc(0),
+    resetKeyId: '',
   };
 }
 

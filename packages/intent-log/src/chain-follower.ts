@@ -1,6 +1,7 @@
-import type { LogEntry, SignedLogEntry, SignedSnapshot, Snapshot, TrustedKeys } from '@edgeplane/proto';
+import { metrics } from '@opentelemetry/api';
+import { SignatureError, type LogEntry, type SignedLogEntry, type SignedSnapshot, type Snapshot, type TrustedKeys } from '@edgeplane/proto';
 import type { Subscription } from '@nats-io/transport-node';
-import { ChainError, GapError } from './errors.js';
+import { ChainError, FleetMismatchError, GapError } from './errors.js';
 import { IntentChain, type OpenedEntry, type PolicyChange } from './intent-chain.js';
 import type { IntentLog } from './intent-log.js';
 
@@ -53,6 +54,8 @@ export interface ChainFollowerStats {
 export interface ChainFollowerOptions {
   /** The keys whose signatures are accepted. */
   trusted: TrustedKeys;
+  /** The fleet this follower belongs to: entries and snapshots of any other fleet are skipped. Unset: any. */
+  fleetId?: string;
   /** The state to continue from (e.g. an agent's state file: already verified by its owner). */
   start?: Snapshot;
   /**
@@ -86,6 +89,24 @@ interface Delivered {
 function reasonOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/** Why a message was skipped, as the `reason` attribute of the rejected-messages counter (a closed set). */
+export type RejectKind = 'undecodable' | 'signature' | 'fleet' | 'sequence';
+
+function kindOf(err: unknown): RejectKind {
+  if (err instanceof FleetMismatchError) return 'fleet';
+  if (err instanceof SignatureError) return /^decode/.test(err.message) ? 'undecodable' : 'signature';
+  return 'undecodable';
+}
+
+/**
+ * Messages followers skipped, by reason (undecodable, signature, fleet, sequence): a rate above
+ * zero means someone publishes on the log subjects who should not. Through @opentelemetry/api:
+ * a no-op until the owner's process starts an SDK.
+ */
+const rejectedCounter = metrics.getMeter('@edgeplane/intent-log').createCounter('edgeplane.log.rejected_messages', {
+  description: 'Log messages skipped because they did not verify (junk, bad signature, another fleet, wrong sequence)',
+});
 
 /**
  * Follows the signed intent chain on an {@link IntentLog}: the one implementation both the
@@ -136,7 +157,7 @@ export class ChainFollower {
     this.#log = log;
     this.#options = options;
     this.#events = options.events ?? {};
-    this.#chain = new IntentChain(options.trusted);
+    this.#chain = new IntentChain(options.trusted, options.fleetId);
     if (options.start) this.#chain.load(options.start);
     this.#position = this.#chain.revision;
     this.#announced = this.#chain.revision;
@@ -174,7 +195,7 @@ export class ChainFollower {
     if (this.#closed) return;
     this.#sub ??= this.#log.subscribe(
       (signed, seq) => this.#onLive({ signed, seq }),
-      (err) => this.#reject(`live message: ${err.message}`, undefined),
+      (err) => this.#reject(`live message: ${err.message}`, undefined, 'undecodable'),
     );
     await this.catchUp();
   }
@@ -255,11 +276,11 @@ export class ChainFollower {
     try {
       opened = this.#chain.open(d.signed);
     } catch (err) {
-      this.#reject(reasonOf(err), d.seq);
+      this.#reject(reasonOf(err), d.seq, kindOf(err));
       return;
     }
     if (opened.entry.revision !== d.seq) {
-      this.#reject(`entry for revision ${opened.entry.revision} delivered as sequence ${d.seq}`, d.seq);
+      this.#reject(`entry for revision ${opened.entry.revision} delivered as sequence ${d.seq}`, d.seq, 'sequence');
       return;
     }
     try {
@@ -279,7 +300,7 @@ export class ChainFollower {
           this.#wantCatchUp = true;
         }
       } else if (err instanceof ChainError) this.#diverge(err.message);
-      else this.#reject(reasonOf(err), d.seq);
+      else this.#reject(reasonOf(err), d.seq, kindOf(err));
     }
   }
 
@@ -290,8 +311,9 @@ export class ChainFollower {
     this.#pendingChanges.push(...changes);
   }
 
-  #reject(reason: string, claimed: bigint | undefined): void {
+  #reject(reason: string, claimed: bigint | undefined, kind: RejectKind): void {
     this.#stats.rejected++;
+    rejectedCounter.add(1, { reason: kind });
     this.#emit('rejected', () => this.#events.rejected?.(reason, claimed));
   }
 
@@ -384,9 +406,9 @@ export class ChainFollower {
       try {
         if (m.error) throw m.error;
         opened = chain.open(m.signed);
-        if (opened.entry.revision !== m.revision) throw new Error(`entry for revision ${opened.entry.revision} is stored at sequence ${m.revision}`);
+        if (opened.entry.revision !== m.revision) throw new SequenceMismatch(`entry for revision ${opened.entry.revision} is stored at sequence ${m.revision}`);
       } catch (err) {
-        this.#reject(`stored message at ${m.revision}: ${reasonOf(err)}`, m.revision);
+        this.#reject(`stored message at ${m.revision}: ${reasonOf(err)}`, m.revision, err instanceof SequenceMismatch ? 'sequence' : kindOf(err));
         position = m.revision;
         continue;
       }
@@ -407,7 +429,7 @@ export class ChainFollower {
   async #resync(reason: string): Promise<void> {
     this.#stats.resyncs++;
     const from = this.#chain.revision;
-    const chain = new IntentChain(this.#options.trusted);
+    const chain = new IntentChain(this.#options.trusted, this.#options.fleetId);
     const snapshot = await this.#log.readSnapshot();
     if (snapshot) chain.restore(snapshot);
     const { first, last } = await this.#log.bounds();
@@ -446,6 +468,9 @@ export class ChainFollower {
     this.#buffered = [];
   }
 }
+
+/** Internal: an entry read at a sequence other than its revision. */
+class SequenceMismatch extends Error {}
 
 function equalHash(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);

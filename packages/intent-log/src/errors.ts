@@ -46,3 +46,8 @@ export class EntryTooLargeError extends Error {
     super(message);
   }
 }
+
+/** An entry or snapshot belongs to another fleet than the reader's (copied from another bus). */
+export class FleetMismatchError extends Error {
+  override name = 'FleetMismatchError';
+}

@@ -11,7 +11,7 @@ import {
   type Snapshot,
   type TrustedKeys,
 } from '@edgeplane/proto';
-import { ChainError, GapError } from './errors.js';
+import { ChainError, FleetMismatchError, GapError } from './errors.js';
 
 /** What one entry did to one policy. */
 export interface PolicyChange {
@@ -46,14 +46,30 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
  */
 export class IntentChain {
   #trusted: TrustedKeys;
+  #fleetId: string | undefined;
   #revision = 0n;
   #lastHash: Uint8Array = GENESIS_HASH;
   #policies = new Map<string, Policy>();
   #rollouts = new Map<string, Rollout>();
 
-  /** @param trusted the keys whose signatures this chain accepts. */
-  constructor(trusted: TrustedKeys) {
+  /**
+   * @param trusted the keys whose signatures this chain accepts.
+   * @param fleetId when given, entries and snapshots of any other fleet are refused.
+   */
+  constructor(trusted: TrustedKeys, fleetId?: string) {
     this.#trusted = trusted;
+    this.#fleetId = fleetId || undefined;
+  }
+
+  /** The fleet this chain accepts entries of (undefined: any). */
+  get fleetId(): string | undefined {
+    return this.#fleetId;
+  }
+
+  #checkFleet(what: string, fleetId: string): void {
+    if (this.#fleetId !== undefined && fleetId !== this.#fleetId) {
+      throw new FleetMismatchError(`verify ${what}: it belongs to fleet ${JSON.stringify(fleetId.slice(0, 64))}, not ${JSON.stringify(this.#fleetId)}`);
+    }
   }
 
   /** The revision of the newest entry applied (0 for an empty log). */
@@ -98,10 +114,12 @@ export class IntentChain {
   /**
    * Verifies a signed entry against this chain's trusted keys and decodes it, without applying
    * it (so a caller can look at it first and append it without verifying twice).
-   * @throws SignatureError
+   * @throws SignatureError; FleetMismatchError if it belongs to another fleet.
    */
   open(signed: SignedLogEntry): OpenedEntry {
-    return { entry: openLogEntry(signed, this.#trusted), hash: logEntryHash(signed) };
+    const entry = openLogEntry(signed, this.#trusted);
+    this.#checkFleet(`log entry ${entry.revision}`, entry.fleetId);
+    return { entry, hash: logEntryHash(signed) };
   }
 
   /** {@link append} for an entry {@link open} returned. Same checks and errors. */
@@ -146,10 +164,12 @@ export class IntentChain {
   /**
    * Verifies a signed snapshot against this chain's trusted keys and decodes it, without
    * applying it (see {@link load}).
-   * @throws SignatureError if it is not signed by a trusted key.
+   * @throws SignatureError if it is not signed by a trusted key; FleetMismatchError.
    */
   openSnapshot(signed: SignedSnapshot): Snapshot {
-    return openSnapshot(signed, this.#trusted);
+    const snapshot = openSnapshot(signed, this.#trusted);
+    this.#checkFleet(`snapshot ${snapshot.revision}`, snapshot.fleetId);
+    return snapshot;
   }
 
   /**
@@ -157,7 +177,7 @@ export class IntentChain {
    * @throws SignatureError if the snapshot is not signed by a trusted key.
    */
   restore(signed: SignedSnapshot): Snapshot {
-    const snapshot = openSnapshot(signed, this.#trusted);
+    const snapshot = this.openSnapshot(signed);
     this.#policies = new Map(snapshot.policies.map((p) => [p.metadata?.name ?? '', p]));
     this.#rollouts = new Map(snapshot.rollouts.map((r) => [r.name, r]));
     this.#revision = snapshot.revision;
@@ -180,6 +200,6 @@ export class IntentChain {
   snapshot(now: Date = new Date()): Snapshot {
     const policies = [...this.#policies.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));
     const rollouts = [...this.#rollouts.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
-    return { revision: this.#revision, lastHash: Buffer.from(this.#lastHash), policies, createTime: now, rollouts };
+    return { revision: this.#revision, lastHash: Buffer.from(this.#lastHash), policies, createTime: now, rollouts, fleetId: this.#fleetId ?? '' };
   }
 }

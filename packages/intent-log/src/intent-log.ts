@@ -18,6 +18,7 @@ import {
   INTENT_SUBJECT,
   SNAPSHOT_BUCKET,
   SNAPSHOT_KEY,
+  FLEET_ID_KEY,
   SignedSnapshot,
   decodeSignedLogEntry,
   encodeSignedLogEntry,
@@ -280,6 +281,29 @@ export class IntentLog {
       return SignedSnapshot.decode(e.value);
     } catch (cause) {
       throw new LogUnavailableError('read intent snapshot', { cause });
+    }
+  }
+
+  /**
+   * Returns the fleet id stored beside the snapshot; when none is stored, stores `proposed`
+   * (an atomic create: of two controllers starting at once, one id wins and both return it).
+   * @throws LogUnavailableError
+   */
+  async fleetId(proposed: string): Promise<string> {
+    try {
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const e = await this.#kv.get(FLEET_ID_KEY);
+        if (e && e.operation === 'PUT' && e.value.length > 0) return new TextDecoder().decode(e.value);
+        try {
+          await this.#kv.create(FLEET_ID_KEY, new TextEncoder().encode(proposed));
+          return proposed;
+        } catch {
+          // Another controller created it first: read it.
+        }
+      }
+      throw new Error('the fleet id neither reads nor creates');
+    } catch (cause) {
+      throw new LogUnavailableError(`read or create the fleet id: ${(cause as Error).message}`, { cause });
     }
   }
 

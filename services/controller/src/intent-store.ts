@@ -17,6 +17,8 @@ const tracer = trace.getTracer('@edgeplane/controller');
 /** Options of {@link IntentStore}. */
 export interface IntentStoreOptions {
   controllerId: string;
+  /** The fleet written into every entry and snapshot; the store follows only entries of it. Unset: none (tests). */
+  fleetId?: string;
   signingKey: KeyObject;
   /** Keys accepted when reading the log (this controller's own, and its peers'). */
   trusted: TrustedKeys;
@@ -62,6 +64,7 @@ export class IntentStore {
     // The writer rebuilds from what is stored: the stream is what it must write after.
     this.#follower = new ChainFollower(log, {
       trusted: options.trusted,
+      ...(options.fleetId ? { fleetId: options.fleetId } : {}),
       onDivergence: 'rebuild',
       events: {
         advanced: (_revision, entries, changes) => this.#notify(entries, changes),
@@ -155,6 +158,7 @@ export class IntentStore {
         change,
         traceContext: trace,
         controllerId: this.#options.controllerId,
+        fleetId: this.#options.fleetId ?? '',
       });
       for (const p of entry.change!.upserts) p.metadata!.resourceVersion = revision;
       for (const r of entry.change!.rollouts) r.resourceVersion = revision;

@@ -2,6 +2,7 @@
 // The controller process: the only place concrete adapters (NATS, JetStream, gRPC, the
 // OpenTelemetry SDK, an embedded nats-server) are constructed and wired together.
 import { realpathSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -33,6 +34,8 @@ export interface RunningController {
   /** The raw Ed25519 public key agents must trust. */
   publicKey: Uint8Array;
   keyId: string;
+  /** The fleet id agents must be given (--fleet-id). */
+  fleetId: string;
   prometheusUrl: string | undefined;
   /** Graceful stop: health NOT_SERVING, running calls get the grace period, then everything closes. Idempotent. */
   close(): Promise<void>;
@@ -92,8 +95,11 @@ export async function startController(config: ControllerConfig, extras: StartExt
 
     const key = loadOrCreateSigningKey(config.signingKey);
     const intentLog = await IntentLog.open(nc, { create: true, replicas: config.streamReplicas });
+    const fleetId = await intentLog.fleetId(config.fleetId ?? randomUUID());
+    if (config.fleetId && fleetId !== config.fleetId) throw new ConfigError(`--fleet-id ${config.fleetId}: the log belongs to fleet ${fleetId}`);
     const store = new IntentStore(intentLog, {
       controllerId: config.controllerId,
+      fleetId,
       signingKey: key.privateKey,
       trusted: new Map([[key.keyId, publicKeyFromRaw(key.publicKey)]]),
       snapshotEvery: config.snapshotEvery,
@@ -147,7 +153,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       sessions.closeAll();
       await stopping;
     });
-    log('info', 'controller ready', { grpc: grpcServer.address, revision: String(store.chain.revision), keyId: key.keyId });
+    log('info', 'controller ready', { grpc: grpcServer.address, revision: String(store.chain.revision), keyId: key.keyId, fleetId });
 
     let closing: Promise<void> | undefined;
     return {
@@ -155,6 +161,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       natsUrl: natsServers.join(','),
       publicKey: key.publicKey,
       keyId: key.keyId,
+      fleetId,
       prometheusUrl: telemetry.prometheusUrl,
       close: () => (closing ??= cleanup()),
     };
@@ -186,7 +193,7 @@ async function main(): Promise<void> {
     return;
   }
   process.stdout.write(
-    JSON.stringify({ event: 'ready', grpc: controller.address, nats: controller.natsUrl, keyId: controller.keyId, publicKey: Buffer.from(controller.publicKey).toString('base64'), prometheus: controller.prometheusUrl }) + '\n',
+    JSON.stringify({ event: 'ready', grpc: controller.address, nats: controller.natsUrl, keyId: controller.keyId, fleetId: controller.fleetId, publicKey: Buffer.from(controller.publicKey).toString('base64'), prometheus: controller.prometheusUrl }) + '\n',
   );
   let stopping = false;
   const stop = (signal: string): void => {

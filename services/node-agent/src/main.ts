@@ -8,11 +8,12 @@ import { fileURLToPath } from 'node:url';
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { InterfaceRole as ProtoRole, RevisionOutcome, keyIdOf, type NodeInterface } from '@edgeplane/proto';
+import { InterfaceRole as ProtoRole, keyIdOf, type NodeInterface } from '@edgeplane/proto';
 import { ChainFollower, IntentLog } from '@edgeplane/intent-log';
 import { startTelemetry } from '@edgeplane/telemetry';
 import { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
 import { ensureBpffs } from './agent/bpffs.js';
+import { Conditions } from './agent/conditions.js';
 import { ControllerLink } from './agent/controller-link.js';
 import { NodeAgent, type AgentLogger } from './agent/node-agent.js';
 import { StateFile } from './agent/state-file.js';
@@ -84,6 +85,8 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
     const trusted = new Map(config.trustedKeys.map((k) => [keyIdOf(k), k]));
     // The agent reports through the link, and the link's hello reads the agent: tie the knot.
     const linkRef: { link?: ControllerLink } = {};
+    // Standing problems (NodeCondition): sent when they change, and in every hello.
+    const conditions = new Conditions((list) => linkRef.link?.reportConditions(list));
     const agent = new NodeAgent({
       nodeName: config.nodeName,
       labels: config.labels,
@@ -126,7 +129,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
         receivedRevision: agent.status.received,
         appliedRevision: agent.status.applied,
         sessionId,
-        conditions: [],
+        conditions: conditions.list(),
         appliedUnknown: false,
       }),
       counters: () => agent.counterDeltas(),
@@ -151,8 +154,10 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
     let nc: NatsConnection | undefined;
     let follower: ChainFollower | undefined;
     let stopped = false;
+    let rejectedQuiet: NodeJS.Timeout | undefined;
     closers.push(async () => {
       stopped = true;
+      clearTimeout(rejectedQuiet);
       follower?.close();
       await nc?.drain().catch(() => nc?.close());
     });
@@ -172,12 +177,18 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       if (!intentLog || stopped) return;
       follower = new ChainFollower(intentLog, {
         trusted,
+        ...(config.fleetId ? { fleetId: config.fleetId } : {}),
         ...(booted ? { start: booted } : {}),
         events: {
           advanced: (_revision, entries) => agent.intentAdvanced(follower!.chain, entries),
+          // Skipped and counted (edgeplane.log.rejected_messages), logged, and raised as a
+          // condition: never a NACK, which would claim a revision that was never in the log.
           rejected: (reason, claimed) => {
             log('warn', 'rejected log message', { reason, claimedRevision: claimed === undefined ? undefined : String(claimed) });
-            link.report({ revision: claimed ?? 0n, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: `rejected log message: ${reason}`, appliedRevision: agent.status.applied, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false });
+            conditions.set('log-message-rejected', `${follower?.stats.rejected ?? 1} log messages failed verification and were skipped; the newest: ${reason}`);
+            // The condition clears after ten quiet minutes.
+            clearTimeout(rejectedQuiet);
+            rejectedQuiet = setTimeout(() => conditions.clear('log-message-rejected'), 600_000).unref();
           },
           resynced: (from, to, reason) => log('warn', 'resynced the intent log', { from: String(from), to: String(to), reason }),
           error: (message, err) => log('error', message, { error: (err as Error)?.message }),

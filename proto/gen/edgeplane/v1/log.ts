@@ -34,6 +34,25 @@ export interface LogEntry {
     | undefined;
   /** The controller replica that wrote the entry. */
   controllerId: string;
+  /**
+   * The fleet the entry belongs to: followers skip entries of another fleet (a log, or a
+   * message, copied from one fleet's bus to another's).
+   */
+  fleetId: string;
+  /** An operator-signed reset of the history agents remember (see HistoryReset). */
+  historyReset: HistoryReset | undefined;
+}
+
+/**
+ * HistoryReset lets agents that refused a shorter or different history (rollback-refused)
+ * accept the log as it is now. Agents accept it only when the SignedLogEntry carries
+ * reset_signature by a trusted reset key, its fleet_id is theirs and its epoch is above the
+ * highest epoch they accepted, so an old reset cannot be replayed.
+ */
+export interface HistoryReset {
+  fleetId: string;
+  epoch: bigint;
+  reason: string;
 }
 
 /**
@@ -56,6 +75,12 @@ export interface SignedLogEntry {
   signature: Buffer;
   /** Identifies the signing key: hex of the first 8 bytes of SHA-256 of the raw public key. */
   keyId: string;
+  /**
+   * For an entry carrying a HistoryReset: Ed25519 signature of entry by an operator reset key
+   * (a key agents are configured with, distinct from the controller's log keys).
+   */
+  resetSignature: Buffer;
+  resetKeyId: string;
 }
 
 /** Snapshot is the whole intent at one revision: the compacted form of the log up to it. */
@@ -66,6 +91,8 @@ export interface Snapshot {
   policies: Policy[];
   createTime: Date | undefined;
   rollouts: Rollout[];
+  /** The fleet the snapshot belongs to (see LogEntry.fleet_id). */
+  fleetId: string;
 }
 
 /** SignedSnapshot is the envelope a snapshot is stored in. */
@@ -85,6 +112,8 @@ function createBaseLogEntry(): LogEntry {
     change: undefined,
     traceContext: undefined,
     controllerId: "",
+    fleetId: "",
+    historyReset: undefined,
   };
 }
 
@@ -110,6 +139,12 @@ export const LogEntry: MessageFns<LogEntry> = {
     }
     if (message.controllerId !== "") {
       writer.uint32(50).string(message.controllerId);
+    }
+    if (message.fleetId !== "") {
+      writer.uint32(58).string(message.fleetId);
+    }
+    if (message.historyReset !== undefined) {
+      HistoryReset.encode(message.historyReset, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -175,6 +210,22 @@ export const LogEntry: MessageFns<LogEntry> = {
             message.controllerId = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.fleetId = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.historyReset = HistoryReset.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -211,6 +262,16 @@ export const LogEntry: MessageFns<LogEntry> = {
         : isSet(object.controller_id)
         ? globalThis.String(object.controller_id)
         : "",
+      fleetId: isSet(object.fleetId)
+        ? globalThis.String(object.fleetId)
+        : isSet(object.fleet_id)
+        ? globalThis.String(object.fleet_id)
+        : "",
+      historyReset: isSet(object.historyReset)
+        ? HistoryReset.fromJSON(object.historyReset)
+        : isSet(object.history_reset)
+        ? HistoryReset.fromJSON(object.history_reset)
+        : undefined,
     };
   },
 
@@ -234,6 +295,12 @@ export const LogEntry: MessageFns<LogEntry> = {
     if (message.controllerId !== "") {
       obj.controllerId = message.controllerId;
     }
+    if (message.fleetId !== "") {
+      obj.fleetId = message.fleetId;
+    }
+    if (message.historyReset !== undefined) {
+      obj.historyReset = HistoryReset.toJSON(message.historyReset);
+    }
     return obj;
   },
 
@@ -252,6 +319,118 @@ export const LogEntry: MessageFns<LogEntry> = {
       ? TraceContext.fromPartial(object.traceContext)
       : undefined;
     message.controllerId = object.controllerId ?? "";
+    message.fleetId = object.fleetId ?? "";
+    message.historyReset = (object.historyReset !== undefined && object.historyReset !== null)
+      ? HistoryReset.fromPartial(object.historyReset)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseHistoryReset(): HistoryReset {
+  return { fleetId: "", epoch: 0n, reason: "" };
+}
+
+export const HistoryReset: MessageFns<HistoryReset> = {
+  encode(message: HistoryReset, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.fleetId !== "") {
+      writer.uint32(10).string(message.fleetId);
+    }
+    if (message.epoch !== 0n) {
+      if (BigInt.asUintN(64, message.epoch) !== message.epoch) {
+        throw new globalThis.Error("value provided for field message.epoch of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.epoch);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HistoryReset {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHistoryReset();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.fleetId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.epoch = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HistoryReset {
+    return {
+      fleetId: isSet(object.fleetId)
+        ? globalThis.String(object.fleetId)
+        : isSet(object.fleet_id)
+        ? globalThis.String(object.fleet_id)
+        : "",
+      epoch: isSet(object.epoch) ? BigInt(object.epoch) : 0n,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: HistoryReset): unknown {
+    const obj: any = {};
+    if (message.fleetId !== "") {
+      obj.fleetId = message.fleetId;
+    }
+    if (message.epoch !== 0n) {
+      obj.epoch = message.epoch.toString();
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HistoryReset>, I>>(base?: I): HistoryReset {
+    return HistoryReset.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HistoryReset>, I>>(object: I): HistoryReset {
+    const message = createBaseHistoryReset();
+    message.fleetId = object.fleetId ?? "";
+    message.epoch = (object.epoch !== undefined && object.epoch !== null) ? BigInt(object.epoch) : 0n;
+    message.reason = object.reason ?? "";
     return message;
   },
 };
@@ -358,7 +537,13 @@ export const Change: MessageFns<Change> = {
 };
 
 function createBaseSignedLogEntry(): SignedLogEntry {
-  return { entry: Buffer.alloc(0), signature: Buffer.alloc(0), keyId: "" };
+  return {
+    entry: Buffer.alloc(0),
+    signature: Buffer.alloc(0),
+    keyId: "",
+    resetSignature: Buffer.alloc(0),
+    resetKeyId: "",
+  };
 }
 
 export const SignedLogEntry: MessageFns<SignedLogEntry> = {
@@ -371,6 +556,12 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
     }
     if (message.keyId !== "") {
       writer.uint32(26).string(message.keyId);
+    }
+    if (message.resetSignature.length !== 0) {
+      writer.uint32(34).bytes(message.resetSignature);
+    }
+    if (message.resetKeyId !== "") {
+      writer.uint32(42).string(message.resetKeyId);
     }
     return writer;
   },
@@ -412,6 +603,22 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
             message.keyId = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.resetSignature = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.resetKeyId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -433,6 +640,16 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
         : isSet(object.key_id)
         ? globalThis.String(object.key_id)
         : "",
+      resetSignature: isSet(object.resetSignature)
+        ? Buffer.from(bytesFromBase64(object.resetSignature))
+        : isSet(object.reset_signature)
+        ? Buffer.from(bytesFromBase64(object.reset_signature))
+        : Buffer.alloc(0),
+      resetKeyId: isSet(object.resetKeyId)
+        ? globalThis.String(object.resetKeyId)
+        : isSet(object.reset_key_id)
+        ? globalThis.String(object.reset_key_id)
+        : "",
     };
   },
 
@@ -447,6 +664,12 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
     if (message.keyId !== "") {
       obj.keyId = message.keyId;
     }
+    if (message.resetSignature.length !== 0) {
+      obj.resetSignature = base64FromBytes(message.resetSignature);
+    }
+    if (message.resetKeyId !== "") {
+      obj.resetKeyId = message.resetKeyId;
+    }
     return obj;
   },
 
@@ -458,12 +681,14 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
     message.entry = object.entry ?? Buffer.alloc(0);
     message.signature = object.signature ?? Buffer.alloc(0);
     message.keyId = object.keyId ?? "";
+    message.resetSignature = object.resetSignature ?? Buffer.alloc(0);
+    message.resetKeyId = object.resetKeyId ?? "";
     return message;
   },
 };
 
 function createBaseSnapshot(): Snapshot {
-  return { revision: 0n, lastHash: Buffer.alloc(0), policies: [], createTime: undefined, rollouts: [] };
+  return { revision: 0n, lastHash: Buffer.alloc(0), policies: [], createTime: undefined, rollouts: [], fleetId: "" };
 }
 
 export const Snapshot: MessageFns<Snapshot> = {
@@ -485,6 +710,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     }
     for (const v of message.rollouts) {
       Rollout.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.fleetId !== "") {
+      writer.uint32(50).string(message.fleetId);
     }
     return writer;
   },
@@ -542,6 +770,14 @@ export const Snapshot: MessageFns<Snapshot> = {
             message.rollouts.push(Rollout.decode(reader, reader.uint32()));
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.fleetId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -569,6 +805,11 @@ export const Snapshot: MessageFns<Snapshot> = {
         ? fromJsonTimestamp(object.create_time)
         : undefined,
       rollouts: globalThis.Array.isArray(object?.rollouts) ? object.rollouts.map((e: any) => Rollout.fromJSON(e)) : [],
+      fleetId: isSet(object.fleetId)
+        ? globalThis.String(object.fleetId)
+        : isSet(object.fleet_id)
+        ? globalThis.String(object.fleet_id)
+        : "",
     };
   },
 
@@ -589,6 +830,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.rollouts?.length) {
       obj.rollouts = message.rollouts.map((e) => Rollout.toJSON(e));
     }
+    if (message.fleetId !== "") {
+      obj.fleetId = message.fleetId;
+    }
     return obj;
   },
 
@@ -602,6 +846,7 @@ export const Snapshot: MessageFns<Snapshot> = {
     message.policies = object.policies?.map((e) => Policy.fromPartial(e)) || [];
     message.createTime = object.createTime ?? undefined;
     message.rollouts = object.rollouts?.map((e) => Rollout.fromPartial(e)) || [];
+    message.fleetId = object.fleetId ?? "";
     return message;
   },
 };

@@ -21,6 +21,8 @@ export interface AgentConfig {
   pinRoot: string;
   stateDir: string;
   trustedKeys: KeyObject[];
+  /** The fleet whose log entries this agent accepts (unset: any fleet's, signed by a trusted key). */
+  fleetId?: string;
   insecure: boolean;
   tlsCa?: string;
   tlsCert?: string;
@@ -50,6 +52,8 @@ Usage: edgeplane-agent [flags]
   --state-dir DIR           where the last applied revision is kept (EDGEPLANE_STATE_DIR, default /var/lib/edgeplane/agent)
   --trusted-key KEY         a controller public key: base64 of the raw 32-byte Ed25519 key, or @FILE with a
                             PEM public key; repeatable (EDGEPLANE_TRUSTED_KEYS, comma-separated); required
+  --fleet-id ID             accept only log entries of this fleet (EDGEPLANE_FLEET_ID; the controller prints
+                            it as fleetId when ready); unset accepts any fleet signed by a trusted key
   --insecure                plaintext gRPC to the controller (EDGEPLANE_INSECURE=1)
   --tls-ca FILE             CA that signed the controller's certificate (EDGEPLANE_TLS_CA)
   --tls-cert FILE, --tls-key FILE   client certificate for mutual TLS (EDGEPLANE_TLS_CERT, EDGEPLANE_TLS_KEY)
@@ -99,6 +103,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         'pin-root': { type: 'string' },
         'state-dir': { type: 'string' },
         'trusted-key': { type: 'string', multiple: true },
+        'fleet-id': { type: 'string' },
         insecure: { type: 'boolean' },
         'tls-ca': { type: 'string' },
         'tls-cert': { type: 'string' },
@@ -147,7 +152,10 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   if (!insecure && !tlsCa) throw new AgentConfigError('TLS is the default: give --tls-ca (and --tls-cert/--tls-key for mutual TLS), or --insecure');
   const otlp = values['otlp-endpoint'] ?? env.OTEL_EXPORTER_OTLP_ENDPOINT;
   const prom = values['prometheus-port'] ?? env.EDGEPLANE_PROMETHEUS_PORT;
+  const fleetId = values['fleet-id'] ?? env.EDGEPLANE_FLEET_ID;
+  if (fleetId !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(fleetId)) throw new AgentConfigError(`--fleet-id ${JSON.stringify(fleetId.slice(0, 80))}: 1-63 letters, digits, '.', '_' or '-'`);
   return {
+    ...(fleetId ? { fleetId } : {}),
     nodeName,
     labels,
     controller: values.controller ?? env.EDGEPLANE_CONTROLLER ?? '127.0.0.1:7443',

@@ -6,6 +6,7 @@ import {
   type ConnectResponse,
   type ControllerWelcome,
   type CounterReport,
+  type NodeCondition,
   type RevisionReport,
 } from '@edgeplane/proto';
 
@@ -74,6 +75,14 @@ export class ControllerLink {
   /** Starts connecting (returns at once). */
   start(): void {
     this.#connect();
+  }
+
+  /**
+   * Sends the conditions that hold now (a ConditionReport) if connected; after a reconnect the
+   * hello carries them (the hello callback reads them), so nothing is queued.
+   */
+  reportConditions(conditions: NodeCondition[], appliedUnknown = false): void {
+    if (this.#connected) this.#send({ message: { $case: 'conditions', conditions: { conditions, appliedUnknown } } });
   }
 
   /** Queues an ACK/NACK; sent now if connected, else after the next hello. */

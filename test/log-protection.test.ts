@@ -1,0 +1,112 @@
+// The log protects itself against the bus (issue 12): what fails verification is skipped and
+// counted, never fatal, for the real controller process and for an agent (the agent's classes
+// with a memory datapath) following the same log.
+import test from 'ava';
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
+import {
+  Action,
+  INTENT_LIVE_SUBJECT,
+  INTENT_SUBJECT,
+  LogEntry,
+  Policy,
+  Protocol,
+  RevisionOutcome,
+  encodeSignedLogEntry,
+  keyIdOf,
+  privateKeyFromPem,
+  publicKeyFromRaw,
+  signLogEntry,
+  type RevisionReport,
+} from '@edgeplane/proto';
+import { ChainFollower, IntentLog } from '@edgeplane/intent-log';
+import { MemoryDatapath, NodeAgent, StateFile } from '@edgeplane/node-agent';
+import { TestControlPlane, until } from './support/control-plane.js';
+
+let cp: TestControlPlane;
+let nc: NatsConnection;
+const dir = mkdtempSync(join(tmpdir(), 'log-protection-'));
+
+test.before(async () => {
+  cp = await TestControlPlane.start();
+  nc = await connect({ servers: `nats://127.0.0.1:${cp.natsPort}` });
+});
+test.after.always(async () => {
+  await nc?.close();
+  await cp?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function policy(name: string): Policy {
+  return Policy.fromPartial({ metadata: { name }, spec: { nodeSelector: { matchLabels: { site: 'ams1' } }, defaultAction: Action.ACTION_ALLOW, rules: [{ priority: 1, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 22 }], action: Action.ACTION_DENY }] } });
+}
+
+async function startAgent(name: string): Promise<{ agent: NodeAgent; follower: ChainFollower; reports: RevisionReport[]; rejected: string[] }> {
+  const raw = Buffer.from(cp.publicKeyB64, 'base64');
+  const trusted = new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]);
+  const memory = new MemoryDatapath();
+  const reports: RevisionReport[] = [];
+  const rejected: string[] = [];
+  const agent = new NodeAgent({ nodeName: name, labels: { site: 'ams1' }, datapaths: { uplink: memory, workload: memory }, stateFile: new StateFile(join(dir, `${name}.json`)), report: (r) => reports.push(r), log: () => undefined });
+  const log = await IntentLog.open(nc, { create: false });
+  const follower: ChainFollower = new ChainFollower(log, {
+    trusted,
+    fleetId: String(cp.controller.ready.fleetId),
+    events: { advanced: (_r, entries) => agent.intentAdvanced(follower.chain, entries), rejected: (reason) => rejected.push(reason) },
+  });
+  await follower.start();
+  return { agent, follower, reports, rejected };
+}
+
+const published = async (subject: string, bytes: Uint8Array, sequence?: string): Promise<void> => {
+  const h = headers();
+  if (sequence !== undefined) h.set('Nats-Sequence', sequence);
+  nc.publish(subject, bytes, { headers: h });
+  await nc.flush();
+};
+
+test.serial('log protection - junk and forged messages on both subjects: the controller keeps writing, the agent keeps following without a NACK', async (t) => {
+  const a = await startAgent('edge-a');
+  t.teardown(() => a.follower.close());
+  const r1 = await cp.apply(policy('first'));
+  await until('the agent applies the first change', () => a.agent.status.applied === r1);
+
+  const rogue = generateKeyPairSync('ed25519');
+  const forged = signLogEntry(LogEntry.fromPartial({ revision: 999_999n, previousHash: Buffer.alloc(32), change: { deletes: ['first'] } }), rogue.privateKey);
+  // Stored by the stream: junk bytes and a forged envelope, each occupying a sequence.
+  await published(INTENT_SUBJECT, new Uint8Array([0xde, 0xad, 0xbe, 0xef]));
+  await published(INTENT_SUBJECT, encodeSignedLogEntry(forged));
+  // Live only: junk, a forged entry with a huge sequence, a header that is not a number.
+  await published(INTENT_LIVE_SUBJECT, new Uint8Array([1, 2, 3]), String(r1 + 1n));
+  await published(INTENT_LIVE_SUBJECT, encodeSignedLogEntry(forged), '999999');
+  await published(INTENT_LIVE_SUBJECT, encodeSignedLogEntry(forged), '9'.repeat(40));
+  // A valid signature of this controller's key, but for another fleet.
+  const key = privateKeyFromPem(readFileSync(join(cp.dir, 'ctl', 'signing-key.pem'), 'utf8'));
+  const foreign = signLogEntry(LogEntry.fromPartial({ revision: r1 + 1n, previousHash: Buffer.alloc(32), fleetId: 'another-fleet', change: { deletes: ['first'] } }), key);
+  await published(INTENT_LIVE_SUBJECT, encodeSignedLogEntry(foreign), String(r1 + 1n));
+
+  const r2 = await cp.apply(policy('second'));
+  t.is(r2, r1 + 3n, 'the controller wrote after the two stored messages');
+  await until('the agent applies the second change', () => a.agent.status.applied === r2);
+  await a.agent.settled();
+  t.deepEqual(a.reports.filter((r) => r.outcome !== RevisionOutcome.REVISION_OUTCOME_ACK), [], 'no NACK');
+  t.true(a.follower.stats.rejected >= 6, a.rejected.join('\n'));
+  t.true(a.rejected.some((r) => /another-fleet/.test(r)), a.rejected.join('\n'));
+  t.is(a.follower.stats.resyncs, 0);
+  t.deepEqual([...a.follower.chain.policies.keys()].sort(), ['first', 'second']);
+
+  // An agent that starts now reads the stored junk from the stream and gets the same state.
+  const b = await startAgent('edge-b');
+  t.teardown(() => b.follower.close());
+  t.deepEqual(b.follower.chain.lastHash, a.follower.chain.lastHash);
+  t.is(b.follower.stats.rejected, 2);
+  // And a restarted controller rebuilds across the junk and keeps writing.
+  await cp.controller.stop();
+  await cp.controller.start();
+  const r3 = await cp.apply(policy('third'));
+  t.is(r3, r2 + 1n);
+  await until('the agent applies the third change', () => a.agent.status.applied === r3);
+});
