@@ -1,5 +1,5 @@
 import { createHash, createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
-import { LogEntry, SignedLogEntry, type SignedSnapshot, Snapshot } from '../gen/edgeplane/v1/log.js';
+import { HistoryReset, LogEntry, SignedLogEntry, type SignedHistoryReset, type SignedSnapshot, Snapshot } from '../gen/edgeplane/v1/log.js';
 import { SignatureError } from './errors.js';
 
 /** The previous-hash of revision 1: 32 zero bytes. */
@@ -54,8 +54,6 @@ export function signLogEntry(entry: LogEntry, privateKey: KeyObject): SignedLogE
     entry: Buffer.from(bytes),
     signature: sign(null, bytes, privateKey),
     keyId: keyIdOf(privateKey),
-    resetSignature: Buffer.alloc(0),
-    resetKeyId: '',
   };
 }
 
@@ -124,5 +122,24 @@ export function openSnapshot(signed: SignedSnapshot, trusted: TrustedKeys): Snap
     return Snapshot.decode(signed.snapshot);
   } catch (cause) {
     throw new SignatureError('decode snapshot: signed bytes are not a Snapshot', { cause });
+  }
+}
+
+/** Encodes and signs a history reset with an operator's reset key (the CLI does this). */
+export function signHistoryReset(reset: HistoryReset, privateKey: KeyObject): SignedHistoryReset {
+  const bytes = HistoryReset.encode(reset).finish();
+  return { reset: Buffer.from(bytes), signature: sign(null, bytes, privateKey), keyId: keyIdOf(privateKey) };
+}
+
+/**
+ * Verifies a signed history reset against the trusted reset keys and decodes it.
+ * @throws SignatureError as {@link openLogEntry}.
+ */
+export function openHistoryReset(signed: SignedHistoryReset, trusted: TrustedKeys): HistoryReset {
+  verifyEnvelope('history reset', signed.keyId, signed.reset, signed.signature, trusted);
+  try {
+    return HistoryReset.decode(signed.reset);
+  } catch (cause) {
+    throw new SignatureError('decode history reset: signed bytes are not a HistoryReset', { cause });
   }
 }

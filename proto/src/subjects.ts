@@ -32,6 +32,12 @@ export const SNAPSHOT_KEY = 'latest';
  */
 export const FLEET_ID_KEY = 'fleet-id';
 
+/**
+ * The key under SNAPSHOT_BUCKET of the newest operator-signed history reset (a
+ * SignedHistoryReset), for agents that were away when its log entry went by.
+ */
+export const HISTORY_RESET_KEY = 'history-reset';
+
 /** The JetStream key-value bucket holding the node registry (survives controller restarts). */
 export const NODE_REGISTRY_BUCKET = 'EDGEPLANE_NODES';
 

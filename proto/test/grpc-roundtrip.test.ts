@@ -59,6 +59,7 @@ function startServer(): Promise<{ server: grpc.Server; address: string }> {
     resumeRollout: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
     promoteRollout: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
     abortRollout: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
+    resetHistory: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
     watchPolicies(call) {
       call.destroy({ name: 'Error', message: 'unimplemented', code: grpc.status.UNIMPLEMENTED } as grpc.ServiceError);
     },

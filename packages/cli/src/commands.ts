@@ -5,10 +5,11 @@ import { deleteCommand } from './commands/delete.js';
 import { describeCommand } from './commands/describe.js';
 import { diffCommand } from './commands/diff.js';
 import { getCommand } from './commands/get.js';
+import { resetHistoryCommand } from './commands/reset-history.js';
 import { rolloutCommand } from './commands/rollout.js';
 
 /**
  * The command table, in the order help lists it. A new subcommand (e.g. `rollout status`) is
  * a Command in commands/ and one entry here; help, flag checks and completion follow.
  */
-export const COMMANDS: readonly Command[] = [applyCommand, diffCommand, getCommand, describeCommand, deleteCommand, rolloutCommand, completionCommand(() => COMMANDS)];
+export const COMMANDS: readonly Command[] = [applyCommand, diffCommand, getCommand, describeCommand, deleteCommand, rolloutCommand, resetHistoryCommand, completionCommand(() => COMMANDS)];

@@ -10,6 +10,8 @@ import {
   type ApplyPolicyRequest,
   type ApplyPolicyResponse,
   type DeletePolicyRequest,
+  type ResetHistoryResponse,
+  type SignedHistoryReset,
   type DeletePolicyResponse,
   type GetNodeResponse,
   type GetPolicyCountersRequest,
@@ -51,7 +53,13 @@ export interface RolloutApi {
   rolloutAction(name: string, action: 'pause' | 'resume' | 'promote' | 'abort', reason: string): Promise<{ rollout: Rollout | undefined; revision: bigint }>;
 }
 
-export interface EdgeplaneApi extends PolicyApi, FleetApi, RolloutApi {}
+/** Admin calls. */
+export interface AdminApi {
+  /** IntentService.ResetHistory (admin only): writes an operator-signed history reset. */
+  resetHistory(reset: SignedHistoryReset): Promise<ResetHistoryResponse>;
+}
+
+export interface EdgeplaneApi extends PolicyApi, FleetApi, RolloutApi, AdminApi {}
 
 /** How to reach the controller. */
 export interface ConnectionOptions {
@@ -181,6 +189,10 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
       if (err instanceof RpcError && err.code === grpc.status.NOT_FOUND) return undefined;
       throw err;
     }
+  }
+
+  resetHistory(reset: SignedHistoryReset): Promise<ResetHistoryResponse> {
+    return this.#call('reset history', this.#intent, this.#intent.resetHistory, { reset });
   }
 
   rolloutAction(name: string, action: 'pause' | 'resume' | 'promote' | 'abort', reason: string): Promise<{ rollout: Rollout | undefined; revision: bigint }> {

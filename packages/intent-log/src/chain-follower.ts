@@ -1,5 +1,5 @@
 import { metrics } from '@opentelemetry/api';
-import { SignatureError, type LogEntry, type SignedLogEntry, type SignedSnapshot, type Snapshot, type TrustedKeys } from '@edgeplane/proto';
+import { SignatureError, openHistoryReset, type LogEntry, type SignedLogEntry, type SignedSnapshot, type Snapshot, type TrustedKeys } from '@edgeplane/proto';
 import type { Subscription } from '@nats-io/transport-node';
 import { ChainError, FleetMismatchError, GapError } from './errors.js';
 import { IntentChain, type OpenedEntry, type PolicyChange } from './intent-chain.js';
@@ -30,6 +30,11 @@ export interface ChainFollowerEvents {
    * log continues the held chain again.
    */
   diverged?(heldRevision: bigint, reason: string): void;
+  /**
+   * An operator-signed history reset with a new epoch was accepted: the chain was rebuilt from
+   * the log as it is now (`resynced` follows) and any refusal lifted. The owner persists `epoch`.
+   */
+  reset?(epoch: bigint, reason: string): void;
   /** Background work failed (a catch-up could not read the stream); it is retried on the next trigger. */
   error?(message: string, err: unknown): void;
 }
@@ -75,6 +80,16 @@ export interface ChainFollowerOptions {
    * triggers a read of the stream at most this often. Default 30000 ms.
    */
   divergedRetryMs?: number;
+  /**
+   * (Policy refuse.) The newest (revision, entry hash) verified before (persisted by the owner
+   * across restarts): a history that ends below it, or holds another entry at its revision, is
+   * refused even while the chain (e.g. from an older state file) is still below it.
+   */
+  floor?: { revision: bigint; hash: Uint8Array };
+  /** Operator reset keys: a HistoryReset signed by one of them lifts a refusal (see README). Unset: none accepted. */
+  resetKeys?: TrustedKeys;
+  /** The highest reset epoch accepted before (persisted by the owner); only a higher one is accepted. Default 0. */
+  resetEpoch?: bigint;
   /** Live entries kept while a catch-up or resync runs (more are read from the stream instead). Default 4096. */
   maxBuffered?: number;
   events?: ChainFollowerEvents;
@@ -151,6 +166,10 @@ export class ChainFollower {
   /** Set while a refused history is on offer (policy refuse): the reason. */
   #divergence: string | undefined;
   #divergedReadAt = 0;
+  #floor: { revision: bigint; hash: Uint8Array } | undefined;
+  #resetEpoch: bigint;
+  /** A verified reset waiting for the resync that adopts it. */
+  #pendingReset: { epoch: bigint; reason: string } | undefined;
 
   /** @param log the log to follow; not owned. */
   constructor(log: IntentLog, options: ChainFollowerOptions) {
@@ -161,6 +180,43 @@ export class ChainFollower {
     if (options.start) this.#chain.load(options.start);
     this.#position = this.#chain.revision;
     this.#announced = this.#chain.revision;
+    this.#floor = options.floor && options.floor.revision > this.#chain.revision ? options.floor : undefined;
+    this.#resetEpoch = options.resetEpoch ?? 0n;
+  }
+
+  /** The highest history-reset epoch accepted. */
+  get resetEpoch(): bigint {
+    return this.#resetEpoch;
+  }
+
+  /**
+   * Returns the reset an entry carries if it is valid and new (signed by a reset key, of this
+   * fleet, epoch above the accepted one); else undefined.
+   */
+  #validReset(entry: LogEntry): { epoch: bigint; reason: string } | undefined {
+    if (!entry.historyReset || !this.#options.resetKeys) return undefined;
+    try {
+      const reset = openHistoryReset(entry.historyReset, this.#options.resetKeys);
+      if (this.#options.fleetId && reset.fleetId !== this.#options.fleetId) return undefined;
+      if (reset.epoch <= this.#resetEpoch || (this.#pendingReset && reset.epoch <= this.#pendingReset.epoch)) return undefined;
+      return { epoch: reset.epoch, reason: reset.reason };
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Whether applying `opened` would contradict the floor (the history verified before). */
+  #belowFloor(opened: OpenedEntry, chain: IntentChain): string | undefined {
+    const floor = this.#floor;
+    if (!floor || chain !== this.#chain || chain.revision >= floor.revision) return undefined;
+    const { entry, hash } = opened;
+    if (entry.revision === floor.revision && !equalHash(hash, floor.hash)) return `the log holds another entry at revision ${floor.revision} than the one this node verified`;
+    if (entry.revision > floor.revision) return `the log goes from ${chain.revision} to ${entry.revision} without the entry at ${floor.revision} this node verified`;
+    return undefined;
+  }
+
+  #passFloor(): void {
+    if (this.#floor && this.#chain.revision >= this.#floor.revision) this.#floor = undefined;
   }
 
   /**
@@ -283,15 +339,28 @@ export class ChainFollower {
       this.#reject(`entry for revision ${opened.entry.revision} delivered as sequence ${d.seq}`, d.seq, 'sequence');
       return;
     }
+    const reset = this.#validReset(opened.entry);
+    const floor = this.#belowFloor(opened, this.#chain);
+    if (floor) {
+      if (reset) this.#requestReset(reset);
+      else this.#diverge(floor);
+      return;
+    }
     try {
       const r = this.#chain.appendOpened(opened);
       if (!r.applied) {
+        if (reset) this.#requestReset(reset);
         this.#stats.duplicates++;
         return;
       }
       this.#stats.liveApplied++;
       this.#applied(r.entry, r.changes, d.seq);
+      if (reset) this.#acceptReset(reset);
     } catch (err) {
+      if (reset) {
+        this.#requestReset(reset);
+        return;
+      }
       if (err instanceof GapError) {
         // While a refused history is on offer every entry of it is a gap: read the stream
         // again at most every divergedRetryMs, not per message.
@@ -304,7 +373,22 @@ export class ChainFollower {
     }
   }
 
+  /** A valid reset that does not continue the held chain: rebuild from the log under the lock. */
+  #requestReset(reset: { epoch: bigint; reason: string }): void {
+    this.#pendingReset = reset;
+    this.#wantResync = `history reset epoch ${reset.epoch}: ${reset.reason}`;
+  }
+
+  /** A valid reset that continues the held chain: nothing to rebuild. */
+  #acceptReset(reset: { epoch: bigint; reason: string }): void {
+    this.#resetEpoch = reset.epoch;
+    this.#floor = undefined;
+    this.#divergence = undefined;
+    this.#emit('reset', () => this.#events.reset?.(reset.epoch, reset.reason));
+  }
+
   #applied(entry: LogEntry, changes: PolicyChange[], seq: bigint): void {
+    this.#passFloor();
     if (seq > this.#position) this.#position = seq;
     this.#divergence = undefined;
     this.#pending.push(entry);
@@ -327,6 +411,8 @@ export class ChainFollower {
     const first = this.#divergence === undefined;
     this.#divergence = reason;
     this.#divergedReadAt = Date.now();
+    // One more pass looks for a stored operator reset (for a node away when it went by).
+    if (first && this.#options.resetKeys) this.#wantCatchUp = true;
     if (first) this.#emit('diverged', () => this.#events.diverged?.(this.#chain.revision, reason));
   }
 
@@ -351,14 +437,23 @@ export class ChainFollower {
   /** One catch-up: the stream's bounds, the snapshot if the entries needed were compacted, then the entries. */
   async #readAhead(): Promise<void> {
     this.#stats.catchUps++;
+    if (this.#divergence !== undefined && this.#options.resetKeys) {
+      const stored = await this.#log.readHistoryReset();
+      const reset = stored ? this.#validReset({ historyReset: stored } as LogEntry) : undefined;
+      if (reset) {
+        this.#requestReset(reset);
+        return;
+      }
+    }
     let { first, last } = await this.#log.bounds();
-    if (last < this.#position) {
+    const held = this.#floor && this.#floor.revision > this.#position ? this.#floor.revision : this.#position;
+    if (last < held) {
       // Stream info can lag a just-stored entry for a moment; only a shortfall that persists
       // means the log was rewound.
       await new Promise((r) => setTimeout(r, this.#options.lagRetryMs ?? 250));
       ({ first, last } = await this.#log.bounds());
-      if (last < this.#position) {
-        this.#diverge(`the log ends at ${last} but this follower has verified up to ${this.#position}`);
+      if (last < held) {
+        this.#diverge(`the log ends at ${last} but this node has verified up to ${held}`);
         return;
       }
     }
@@ -372,12 +467,14 @@ export class ChainFollower {
     }
     if (signed) {
       const snapshot = this.#chain.openSnapshot(signed);
-      if (snapshot.revision < this.#chain.revision || (snapshot.revision === this.#chain.revision && !equalHash(snapshot.lastHash, this.#chain.lastHash))) {
-        this.#diverge(`the snapshot at ${snapshot.revision} does not continue the chain held at ${this.#chain.revision}`);
+      const floor = this.#floor ?? { revision: this.#chain.revision, hash: this.#chain.lastHash };
+      if (snapshot.revision < floor.revision || (snapshot.revision === floor.revision && !equalHash(snapshot.lastHash, floor.hash))) {
+        this.#diverge(`the snapshot at ${snapshot.revision} does not continue the chain verified up to ${floor.revision}`);
         return;
       }
       if (snapshot.revision + 1n < first) throw new ChainError(`entries ${snapshot.revision + 1n}..${first - 1n} were compacted beyond the newest snapshot`);
       this.#chain.load(snapshot);
+      this.#passFloor();
       this.#position = this.#chain.revision;
       this.#pending = [];
       this.#pendingChanges = [];
@@ -385,7 +482,7 @@ export class ChainFollower {
     const read = await this.#readInto(this.#chain, this.#position + 1n, last, (entry, changes) => this.#applied(entry, changes, entry.revision));
     if (read.position > this.#position) this.#position = read.position;
     if (read.purged) this.#wantCatchUp = true;
-    else if (read.broken) this.#diverge(read.broken.message);
+    else if (read.broken && this.#pendingReset === undefined) this.#diverge(read.broken.message);
   }
 
   /**
@@ -412,12 +509,23 @@ export class ChainFollower {
         position = m.revision;
         continue;
       }
+      const reset = chain === this.#chain ? this.#validReset(opened.entry) : undefined;
+      const floor = this.#belowFloor(opened, chain);
+      if (floor) {
+        if (reset) this.#requestReset(reset);
+        return { position, broken: new ChainError(floor) };
+      }
       try {
         const r = chain.appendOpened(opened);
         if (r.applied) applied(r.entry, r.changes);
         else this.#stats.duplicates++;
+        if (reset && r.applied) this.#acceptReset(reset);
+        else if (reset) this.#requestReset(reset);
       } catch (err) {
-        if (err instanceof ChainError || err instanceof GapError) return { position, broken: err };
+        if (err instanceof ChainError || err instanceof GapError) {
+          if (reset) this.#requestReset(reset);
+          return { position, broken: err };
+        }
         throw err;
       }
       position = m.revision;
@@ -457,6 +565,13 @@ export class ChainFollower {
     this.#pendingChanges = changes;
     this.#announced = -1n;
     this.#divergence = undefined;
+    this.#floor = undefined;
+    const reset = this.#pendingReset;
+    this.#pendingReset = undefined;
+    if (reset) {
+      this.#resetEpoch = reset.epoch;
+      this.#emit('reset', () => this.#events.reset?.(reset.epoch, reset.reason));
+    }
     this.#emit('resynced', () => this.#events.resynced?.(from, chain.revision, reason));
   }
 

@@ -19,6 +19,8 @@ import {
   SNAPSHOT_BUCKET,
   SNAPSHOT_KEY,
   FLEET_ID_KEY,
+  HISTORY_RESET_KEY,
+  SignedHistoryReset,
   SignedSnapshot,
   decodeSignedLogEntry,
   encodeSignedLogEntry,
@@ -304,6 +306,30 @@ export class IntentLog {
       throw new Error('the fleet id neither reads nor creates');
     } catch (cause) {
       throw new LogUnavailableError(`read or create the fleet id: ${(cause as Error).message}`, { cause });
+    }
+  }
+
+  /**
+   * Returns the newest operator-signed history reset, or undefined (not verified: see
+   * openHistoryReset in @edgeplane/proto).
+   * @throws LogUnavailableError
+   */
+  async readHistoryReset(): Promise<SignedHistoryReset | undefined> {
+    try {
+      const e = await this.#kv.get(HISTORY_RESET_KEY);
+      if (!e || e.operation !== 'PUT' || e.value.length === 0) return undefined;
+      return SignedHistoryReset.decode(e.value);
+    } catch (cause) {
+      throw new LogUnavailableError('read history reset', { cause });
+    }
+  }
+
+  /** Stores the newest history reset (after its log entry was written). @throws LogUnavailableError */
+  async writeHistoryReset(reset: SignedHistoryReset): Promise<void> {
+    try {
+      await this.#kv.put(HISTORY_RESET_KEY, SignedHistoryReset.encode(reset).finish());
+    } catch (cause) {
+      throw new LogUnavailableError('write history reset', { cause });
     }
   }
 

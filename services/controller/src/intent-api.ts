@@ -17,6 +17,8 @@ import {
   type ListPoliciesRequest,
   type ListPoliciesResponse,
   type PolicyLimits,
+  type ResetHistoryRequest,
+  type ResetHistoryResponse,
   type TraceContext,
   type WatchPoliciesRequest,
   type WatchPoliciesResponse,
@@ -199,6 +201,15 @@ export class IntentApi {
     }
     const written = await this.#store.write((chain) => (build(chain) ? { upserts: [], deletes: [req.name], rollouts: [] } : undefined), trace);
     return { revision: written?.revision ?? 0n };
+  }
+
+  /**
+   * Writes an operator-signed history reset (admin only: the gRPC layer authorizes the caller).
+   * @throws ValidationError, PreconditionError (EPOCH), UnavailableError
+   */
+  async resetHistory(req: ResetHistoryRequest, trace?: TraceContext): Promise<ResetHistoryResponse> {
+    if (!req.reset) throw new ValidationError('reset is required', [{ field: 'reset', description: 'required' }]);
+    return { revision: await this.#store.resetHistory(req.reset, trace) };
   }
 
   /**

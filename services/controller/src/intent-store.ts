@@ -1,7 +1,10 @@
 import type { KeyObject } from 'node:crypto';
 import { SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import {
+  HistoryReset,
   LogEntry,
+  openHistoryReset,
+  type SignedHistoryReset,
   openLogEntry,
   signLogEntry,
   signSnapshot,
@@ -10,7 +13,7 @@ import {
   type TrustedKeys,
 } from '@edgeplane/proto';
 import { ChainError, ChainFollower, ConflictError, type ChainFollowerStats, type IntentChain, type IntentLog, type PolicyChange } from '@edgeplane/intent-log';
-import { CompactedError, UnavailableError } from './errors.js';
+import { CompactedError, PreconditionError, UnavailableError, ValidationError } from './errors.js';
 
 const tracer = trace.getTracer('@edgeplane/controller');
 
@@ -22,6 +25,8 @@ export interface IntentStoreOptions {
   signingKey: KeyObject;
   /** Keys accepted when reading the log (this controller's own, and its peers'). */
   trusted: TrustedKeys;
+  /** Operator reset keys: when given, a history reset must verify with one (agents check it anyway). */
+  resetKeys?: TrustedKeys;
   /** Write a snapshot every this many revisions (0 = never). Default 1000. */
   snapshotEvery?: number;
   /** After a snapshot, keep at least this many entries below it for catching-up readers. Default 10000. */
@@ -134,12 +139,44 @@ export class IntentStore {
    * @throws whatever `build` throws; UnavailableError if the log cannot be written.
    */
   write(build: (chain: IntentChain) => Change | undefined, trace?: TraceContext, now: () => Date = () => new Date()): Promise<WriteResult | undefined> {
-    const run = this.#tail.then(() => this.#write(build, trace, now));
+    return this.#serialized(build, trace, now, undefined);
+  }
+
+  #serialized(build: (chain: IntentChain) => Change | undefined, trace: TraceContext | undefined, now: () => Date, reset: SignedHistoryReset | undefined): Promise<WriteResult | undefined> {
+    const run = this.#tail.then(() => this.#write(build, trace, now, reset));
     this.#tail = run.catch(() => undefined);
     return run;
   }
 
-  async #write(build: (chain: IntentChain) => Change | undefined, trace: TraceContext | undefined, now: () => Date): Promise<WriteResult | undefined> {
+  /**
+   * Writes an operator-signed history reset into the log (an entry with no change that carries
+   * it), then stores it beside the snapshot for agents that miss the entry. The controller
+   * cannot sign a reset: it checks what it can (it decodes, names this fleet, and its epoch is
+   * above the newest stored reset's) and, when given reset keys, the signature.
+   * @returns the revision of the entry.
+   * @throws ValidationError if the reset does not decode, names another fleet or does not
+   *   verify; PreconditionError (EPOCH) if its epoch is not above the newest; UnavailableError.
+   */
+  async resetHistory(signed: SignedHistoryReset, trace?: TraceContext): Promise<bigint> {
+    let reset: HistoryReset;
+    try {
+      reset = this.#options.resetKeys ? openHistoryReset(signed, this.#options.resetKeys) : HistoryReset.decode(signed.reset);
+    } catch (err) {
+      throw new ValidationError(`history reset: ${(err as Error).message}`, [{ field: 'reset', description: (err as Error).message }]);
+    }
+    if (signed.signature.length === 0 || !signed.keyId) throw new ValidationError('history reset: it is not signed', [{ field: 'reset.signature', description: 'required: sign it with an operator reset key' }]);
+    if ((this.#options.fleetId ?? '') !== reset.fleetId) throw new ValidationError(`history reset: it names fleet ${JSON.stringify(reset.fleetId.slice(0, 64))}, this is ${JSON.stringify(this.#options.fleetId ?? '')}`, [{ field: 'reset.fleet_id', description: 'must be this fleet' }]);
+    const newest = await this.#log.readHistoryReset();
+    if (newest) {
+      const epoch = HistoryReset.decode(newest.reset).epoch;
+      if (reset.epoch <= epoch) throw new PreconditionError(`history reset: epoch ${reset.epoch} is not above the newest reset's ${epoch}`, 'EPOCH');
+    }
+    const written = await this.#serialized(() => ({ upserts: [], deletes: [], rollouts: [] }), trace, () => new Date(), signed);
+    await this.#log.writeHistoryReset(signed);
+    return written!.revision;
+  }
+
+  async #write(build: (chain: IntentChain) => Change | undefined, trace: TraceContext | undefined, now: () => Date, reset: SignedHistoryReset | undefined): Promise<WriteResult | undefined> {
     if (this.#closed) throw new UnavailableError('the controller is shutting down');
     const retries = this.#options.maxConflictRetries ?? 20;
     for (let attempt = 0; attempt <= retries; attempt++) {
@@ -159,6 +196,7 @@ export class IntentStore {
         traceContext: trace,
         controllerId: this.#options.controllerId,
         fleetId: this.#options.fleetId ?? '',
+        historyReset: reset,
       });
       for (const p of entry.change!.upserts) p.metadata!.resourceVersion = revision;
       for (const r of entry.change!.rollouts) r.resourceVersion = revision;

@@ -17,6 +17,7 @@ import { Conditions } from './agent/conditions.js';
 import { ControllerLink } from './agent/controller-link.js';
 import { NodeAgent, type AgentLogger } from './agent/node-agent.js';
 import { StateFile } from './agent/state-file.js';
+import { VerifiedHead } from './agent/verified-head.js';
 import type { Datapath } from './datapath/datapath.js';
 import { EbpfDatapath, type InterfaceRole } from './datapath/ebpf-datapath.js';
 import { MemoryDatapath } from './datapath/memory-datapath.js';
@@ -83,6 +84,9 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
     closers.push(() => clearInterval(watcher));
 
     const trusted = new Map(config.trustedKeys.map((k) => [keyIdOf(k), k]));
+    const resetKeys = new Map(config.resetKeys.map((k) => [keyIdOf(k), k]));
+    const head = new VerifiedHead(join(config.stateDir, 'verified-head.json'));
+    const floor = head.read();
     // The agent reports through the link, and the link's hello reads the agent: tie the knot.
     const linkRef: { link?: ControllerLink } = {};
     // Standing problems (NodeCondition): sent when they change, and in every hello.
@@ -179,8 +183,29 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
         trusted,
         ...(config.fleetId ? { fleetId: config.fleetId } : {}),
         ...(booted ? { start: booted } : {}),
+        // A shorter or different history than this node verified may be an attack (a rolled
+        // back bus): keep enforcing, raise rollback-refused, until an operator-signed reset.
+        onDivergence: 'refuse',
+        ...(floor ? { floor: { revision: floor.revision, hash: floor.hash }, resetEpoch: floor.resetEpoch } : {}),
+        resetKeys,
         events: {
-          advanced: (_revision, entries) => agent.intentAdvanced(follower!.chain, entries),
+          advanced: (_revision, entries) => {
+            const f = follower!;
+            try {
+              head.write({ revision: f.chain.revision, hash: f.chain.lastHash, resetEpoch: f.resetEpoch });
+            } catch (err) {
+              log('error', 'write verified head', { error: (err as Error).message });
+            }
+            agent.intentAdvanced(f.chain, entries);
+          },
+          diverged: (held, reason) => {
+            log('error', 'refused a shorter or different log history; enforcing the last good revision', { held: String(held), reason });
+            conditions.set('rollback-refused', reason, held);
+          },
+          reset: (epoch, reason) => {
+            log('warn', 'accepted an operator history reset', { epoch: String(epoch), reason });
+            conditions.clear('rollback-refused');
+          },
           // Skipped and counted (edgeplane.log.rejected_messages), logged, and raised as a
           // condition: never a NACK, which would claim a revision that was never in the log.
           rejected: (reason, claimed) => {

@@ -20,6 +20,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { SignedHistoryReset } from "./log.js";
 import { Policy } from "./policy.js";
 import { Rollout } from "./rollout.js";
 
@@ -78,6 +79,16 @@ export function policyEventTypeToJSON(object: PolicyEventType): string {
     default:
       return "UNRECOGNIZED";
   }
+}
+
+export interface ResetHistoryRequest {
+  /** The reset as the operator signed it (edgeplane reset-history signs it with --reset-key). */
+  reset: SignedHistoryReset | undefined;
+}
+
+export interface ResetHistoryResponse {
+  /** The revision of the entry that carries the reset. */
+  revision: bigint;
 }
 
 export interface PauseRolloutRequest {
@@ -206,6 +217,145 @@ export interface WatchPoliciesResponse {
   policy: Policy | undefined;
   revision: bigint;
 }
+
+function createBaseResetHistoryRequest(): ResetHistoryRequest {
+  return { reset: undefined };
+}
+
+export const ResetHistoryRequest: MessageFns<ResetHistoryRequest> = {
+  encode(message: ResetHistoryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.reset !== undefined) {
+      SignedHistoryReset.encode(message.reset, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResetHistoryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResetHistoryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.reset = SignedHistoryReset.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResetHistoryRequest {
+    return { reset: isSet(object.reset) ? SignedHistoryReset.fromJSON(object.reset) : undefined };
+  },
+
+  toJSON(message: ResetHistoryRequest): unknown {
+    const obj: any = {};
+    if (message.reset !== undefined) {
+      obj.reset = SignedHistoryReset.toJSON(message.reset);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResetHistoryRequest>, I>>(base?: I): ResetHistoryRequest {
+    return ResetHistoryRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResetHistoryRequest>, I>>(object: I): ResetHistoryRequest {
+    const message = createBaseResetHistoryRequest();
+    message.reset = (object.reset !== undefined && object.reset !== null)
+      ? SignedHistoryReset.fromPartial(object.reset)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseResetHistoryResponse(): ResetHistoryResponse {
+  return { revision: 0n };
+}
+
+export const ResetHistoryResponse: MessageFns<ResetHistoryResponse> = {
+  encode(message: ResetHistoryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.revision !== 0n) {
+      if (BigInt.asUintN(64, message.revision) !== message.revision) {
+        throw new globalThis.Error("value provided for field message.revision of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResetHistoryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResetHistoryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.revision = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResetHistoryResponse {
+    return { revision: isSet(object.revision) ? BigInt(object.revision) : 0n };
+  },
+
+  toJSON(message: ResetHistoryResponse): unknown {
+    const obj: any = {};
+    if (message.revision !== 0n) {
+      obj.revision = message.revision.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResetHistoryResponse>, I>>(base?: I): ResetHistoryResponse {
+    return ResetHistoryResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResetHistoryResponse>, I>>(object: I): ResetHistoryResponse {
+    const message = createBaseResetHistoryResponse();
+    message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    return message;
+  },
+};
 
 function createBasePauseRolloutRequest(): PauseRolloutRequest {
   return { name: "", reason: "" };
@@ -2022,6 +2172,22 @@ export const IntentServiceService = {
       Buffer.from(AbortRolloutResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): AbortRolloutResponse => AbortRolloutResponse.decode(value),
   },
+  /**
+   * Admin only. Writes an operator-signed HistoryReset into the log, so agents that refused a
+   * shorter or different history (condition rollback-refused) accept the log as it is now.
+   * The reset is signed by the operator's reset key, which agents trust and the controller
+   * does not hold; the controller only checks it and copies it into an entry.
+   */
+  resetHistory: {
+    path: "/edgeplane.v1.IntentService/ResetHistory" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResetHistoryRequest): Buffer => Buffer.from(ResetHistoryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResetHistoryRequest => ResetHistoryRequest.decode(value),
+    responseSerialize: (value: ResetHistoryResponse): Buffer =>
+      Buffer.from(ResetHistoryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResetHistoryResponse => ResetHistoryResponse.decode(value),
+  },
 } as const;
 
 export interface IntentServiceServer extends UntypedServiceImplementation {
@@ -2043,6 +2209,13 @@ export interface IntentServiceServer extends UntypedServiceImplementation {
   promoteRollout: handleUnaryCall<PromoteRolloutRequest, PromoteRolloutResponse>;
   /** Stops a rollout and reverts the nodes that took the change. */
   abortRollout: handleUnaryCall<AbortRolloutRequest, AbortRolloutResponse>;
+  /**
+   * Admin only. Writes an operator-signed HistoryReset into the log, so agents that refused a
+   * shorter or different history (condition rollback-refused) accept the log as it is now.
+   * The reset is signed by the operator's reset key, which agents trust and the controller
+   * does not hold; the controller only checks it and copies it into an entry.
+   */
+  resetHistory: handleUnaryCall<ResetHistoryRequest, ResetHistoryResponse>;
 }
 
 export interface IntentServiceClient extends Client {
@@ -2183,6 +2356,27 @@ export interface IntentServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: AbortRolloutResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Admin only. Writes an operator-signed HistoryReset into the log, so agents that refused a
+   * shorter or different history (condition rollback-refused) accept the log as it is now.
+   * The reset is signed by the operator's reset key, which agents trust and the controller
+   * does not hold; the controller only checks it and copies it into an entry.
+   */
+  resetHistory(
+    request: ResetHistoryRequest,
+    callback: (error: ServiceError | null, response: ResetHistoryResponse) => void,
+  ): ClientUnaryCall;
+  resetHistory(
+    request: ResetHistoryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResetHistoryResponse) => void,
+  ): ClientUnaryCall;
+  resetHistory(
+    request: ResetHistoryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResetHistoryResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -40,19 +40,33 @@ export interface LogEntry {
    */
   fleetId: string;
   /** An operator-signed reset of the history agents remember (see HistoryReset). */
-  historyReset: HistoryReset | undefined;
+  historyReset: SignedHistoryReset | undefined;
 }
 
 /**
  * HistoryReset lets agents that refused a shorter or different history (rollback-refused)
- * accept the log as it is now. Agents accept it only when the SignedLogEntry carries
- * reset_signature by a trusted reset key, its fleet_id is theirs and its epoch is above the
- * highest epoch they accepted, so an old reset cannot be replayed.
+ * accept the log as it is now. Agents accept it only when it is signed by a trusted reset
+ * key (an operator's, never the controller's: a controller cannot forge one), its fleet_id is
+ * theirs and its epoch is above the highest epoch they accepted, so an old reset cannot be
+ * replayed.
  */
 export interface HistoryReset {
   fleetId: string;
   epoch: bigint;
   reason: string;
+}
+
+/**
+ * SignedHistoryReset is a HistoryReset as the operator signed it; the controller copies it
+ * into a log entry unchanged.
+ */
+export interface SignedHistoryReset {
+  /** A serialized HistoryReset, signed as these exact bytes. */
+  reset: Buffer;
+  /** Ed25519 signature of reset by the operator's reset key. */
+  signature: Buffer;
+  /** The reset key's id (as SignedLogEntry.key_id). */
+  keyId: string;
 }
 
 /**
@@ -75,12 +89,6 @@ export interface SignedLogEntry {
   signature: Buffer;
   /** Identifies the signing key: hex of the first 8 bytes of SHA-256 of the raw public key. */
   keyId: string;
-  /**
-   * For an entry carrying a HistoryReset: Ed25519 signature of entry by an operator reset key
-   * (a key agents are configured with, distinct from the controller's log keys).
-   */
-  resetSignature: Buffer;
-  resetKeyId: string;
 }
 
 /** Snapshot is the whole intent at one revision: the compacted form of the log up to it. */
@@ -144,7 +152,7 @@ export const LogEntry: MessageFns<LogEntry> = {
       writer.uint32(58).string(message.fleetId);
     }
     if (message.historyReset !== undefined) {
-      HistoryReset.encode(message.historyReset, writer.uint32(66).fork()).join();
+      SignedHistoryReset.encode(message.historyReset, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -223,7 +231,7 @@ export const LogEntry: MessageFns<LogEntry> = {
               break;
             }
 
-            message.historyReset = HistoryReset.decode(reader, reader.uint32());
+            message.historyReset = SignedHistoryReset.decode(reader, reader.uint32());
             continue;
           }
         }
@@ -268,9 +276,9 @@ export const LogEntry: MessageFns<LogEntry> = {
         ? globalThis.String(object.fleet_id)
         : "",
       historyReset: isSet(object.historyReset)
-        ? HistoryReset.fromJSON(object.historyReset)
+        ? SignedHistoryReset.fromJSON(object.historyReset)
         : isSet(object.history_reset)
-        ? HistoryReset.fromJSON(object.history_reset)
+        ? SignedHistoryReset.fromJSON(object.history_reset)
         : undefined,
     };
   },
@@ -299,7 +307,7 @@ export const LogEntry: MessageFns<LogEntry> = {
       obj.fleetId = message.fleetId;
     }
     if (message.historyReset !== undefined) {
-      obj.historyReset = HistoryReset.toJSON(message.historyReset);
+      obj.historyReset = SignedHistoryReset.toJSON(message.historyReset);
     }
     return obj;
   },
@@ -321,7 +329,7 @@ export const LogEntry: MessageFns<LogEntry> = {
     message.controllerId = object.controllerId ?? "";
     message.fleetId = object.fleetId ?? "";
     message.historyReset = (object.historyReset !== undefined && object.historyReset !== null)
-      ? HistoryReset.fromPartial(object.historyReset)
+      ? SignedHistoryReset.fromPartial(object.historyReset)
       : undefined;
     return message;
   },
@@ -435,6 +443,111 @@ export const HistoryReset: MessageFns<HistoryReset> = {
   },
 };
 
+function createBaseSignedHistoryReset(): SignedHistoryReset {
+  return { reset: Buffer.alloc(0), signature: Buffer.alloc(0), keyId: "" };
+}
+
+export const SignedHistoryReset: MessageFns<SignedHistoryReset> = {
+  encode(message: SignedHistoryReset, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.reset.length !== 0) {
+      writer.uint32(10).bytes(message.reset);
+    }
+    if (message.signature.length !== 0) {
+      writer.uint32(18).bytes(message.signature);
+    }
+    if (message.keyId !== "") {
+      writer.uint32(26).string(message.keyId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SignedHistoryReset {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSignedHistoryReset();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.reset = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.signature = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SignedHistoryReset {
+    return {
+      reset: isSet(object.reset) ? Buffer.from(bytesFromBase64(object.reset)) : Buffer.alloc(0),
+      signature: isSet(object.signature) ? Buffer.from(bytesFromBase64(object.signature)) : Buffer.alloc(0),
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+    };
+  },
+
+  toJSON(message: SignedHistoryReset): unknown {
+    const obj: any = {};
+    if (message.reset.length !== 0) {
+      obj.reset = base64FromBytes(message.reset);
+    }
+    if (message.signature.length !== 0) {
+      obj.signature = base64FromBytes(message.signature);
+    }
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SignedHistoryReset>, I>>(base?: I): SignedHistoryReset {
+    return SignedHistoryReset.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SignedHistoryReset>, I>>(object: I): SignedHistoryReset {
+    const message = createBaseSignedHistoryReset();
+    message.reset = object.reset ?? Buffer.alloc(0);
+    message.signature = object.signature ?? Buffer.alloc(0);
+    message.keyId = object.keyId ?? "";
+    return message;
+  },
+};
+
 function createBaseChange(): Change {
   return { upserts: [], deletes: [], rollouts: [] };
 }
@@ -537,13 +650,7 @@ export const Change: MessageFns<Change> = {
 };
 
 function createBaseSignedLogEntry(): SignedLogEntry {
-  return {
-    entry: Buffer.alloc(0),
-    signature: Buffer.alloc(0),
-    keyId: "",
-    resetSignature: Buffer.alloc(0),
-    resetKeyId: "",
-  };
+  return { entry: Buffer.alloc(0), signature: Buffer.alloc(0), keyId: "" };
 }
 
 export const SignedLogEntry: MessageFns<SignedLogEntry> = {
@@ -556,12 +663,6 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
     }
     if (message.keyId !== "") {
       writer.uint32(26).string(message.keyId);
-    }
-    if (message.resetSignature.length !== 0) {
-      writer.uint32(34).bytes(message.resetSignature);
-    }
-    if (message.resetKeyId !== "") {
-      writer.uint32(42).string(message.resetKeyId);
     }
     return writer;
   },
@@ -603,22 +704,6 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
             message.keyId = reader.string();
             continue;
           }
-          case 4: {
-            if (tag !== 34) {
-              break;
-            }
-
-            message.resetSignature = Buffer.from(reader.bytes());
-            continue;
-          }
-          case 5: {
-            if (tag !== 42) {
-              break;
-            }
-
-            message.resetKeyId = reader.string();
-            continue;
-          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -640,16 +725,6 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
         : isSet(object.key_id)
         ? globalThis.String(object.key_id)
         : "",
-      resetSignature: isSet(object.resetSignature)
-        ? Buffer.from(bytesFromBase64(object.resetSignature))
-        : isSet(object.reset_signature)
-        ? Buffer.from(bytesFromBase64(object.reset_signature))
-        : Buffer.alloc(0),
-      resetKeyId: isSet(object.resetKeyId)
-        ? globalThis.String(object.resetKeyId)
-        : isSet(object.reset_key_id)
-        ? globalThis.String(object.reset_key_id)
-        : "",
     };
   },
 
@@ -664,12 +739,6 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
     if (message.keyId !== "") {
       obj.keyId = message.keyId;
     }
-    if (message.resetSignature.length !== 0) {
-      obj.resetSignature = base64FromBytes(message.resetSignature);
-    }
-    if (message.resetKeyId !== "") {
-      obj.resetKeyId = message.resetKeyId;
-    }
     return obj;
   },
 
@@ -681,8 +750,6 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
     message.entry = object.entry ?? Buffer.alloc(0);
     message.signature = object.signature ?? Buffer.alloc(0);
     message.keyId = object.keyId ?? "";
-    message.resetSignature = object.resetSignature ?? Buffer.alloc(0);
-    message.resetKeyId = object.resetKeyId ?? "";
     return message;
   },
 };

@@ -105,6 +105,8 @@ export function intentServiceHandlers(api: IntentApi, log: ErrorLogger): IntentS
     resumeRollout: unary('IntentService', 'ResumeRollout', log, (req) => api.rolloutAction(req.name, 'resume', '', entryTrace())),
     promoteRollout: unary('IntentService', 'PromoteRollout', log, (req) => api.rolloutAction(req.name, 'promote', '', entryTrace())),
     abortRollout: unary('IntentService', 'AbortRollout', log, (req) => api.rolloutAction(req.name, 'abort', req.reason, entryTrace())),
+    // Admin only (see intent_service.proto): the per-role authorization of every method goes here.
+    resetHistory: unary('IntentService', 'ResetHistory', log, (req) => api.resetHistory(req, entryTrace())),
   };
 }
 

@@ -21,6 +21,8 @@ export interface AgentConfig {
   pinRoot: string;
   stateDir: string;
   trustedKeys: KeyObject[];
+  /** Operator reset keys: a history reset signed by one lifts a rollback refusal. */
+  resetKeys: KeyObject[];
   /** The fleet whose log entries this agent accepts (unset: any fleet's, signed by a trusted key). */
   fleetId?: string;
   insecure: boolean;
@@ -52,6 +54,9 @@ Usage: edgeplane-agent [flags]
   --state-dir DIR           where the last applied revision is kept (EDGEPLANE_STATE_DIR, default /var/lib/edgeplane/agent)
   --trusted-key KEY         a controller public key: base64 of the raw 32-byte Ed25519 key, or @FILE with a
                             PEM public key; repeatable (EDGEPLANE_TRUSTED_KEYS, comma-separated); required
+  --reset-key KEY           an operator reset key (as --trusted-key): a history reset it signed lets the
+                            agent accept a shorter or different log it refused (rollback-refused);
+                            repeatable (EDGEPLANE_RESET_KEYS); unset: only a new state directory does
   --fleet-id ID             accept only log entries of this fleet (EDGEPLANE_FLEET_ID; the controller prints
                             it as fleetId when ready); unset accepts any fleet signed by a trusted key
   --insecure                plaintext gRPC to the controller (EDGEPLANE_INSECURE=1)
@@ -104,6 +109,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         'state-dir': { type: 'string' },
         'trusted-key': { type: 'string', multiple: true },
         'fleet-id': { type: 'string' },
+        'reset-key': { type: 'string', multiple: true },
         insecure: { type: 'boolean' },
         'tls-ca': { type: 'string' },
         'tls-cert': { type: 'string' },
@@ -164,6 +170,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     pinRoot: values['pin-root'] ?? env.EDGEPLANE_PIN_ROOT ?? '/run/edgeplane/bpf',
     stateDir: values['state-dir'] ?? env.EDGEPLANE_STATE_DIR ?? '/var/lib/edgeplane/agent',
     trustedKeys: keys.map(parseKey),
+    resetKeys: (values['reset-key'] ?? (env.EDGEPLANE_RESET_KEYS ?? '').split(',').filter(Boolean)).map(parseKey),
     insecure,
     ...(tlsCa ? { tlsCa } : {}),
     ...(tlsCert ? { tlsCert } : {}),
