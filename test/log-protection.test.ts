@@ -19,12 +19,17 @@ import {
   keyIdOf,
   privateKeyFromPem,
   publicKeyFromRaw,
+  signHistoryReset,
   signLogEntry,
+  type SignedLogEntry,
   type RevisionReport,
 } from '@edgeplane/proto';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { ChainFollower, IntentLog } from '@edgeplane/intent-log';
 import { MemoryDatapath, NodeAgent, StateFile } from '@edgeplane/node-agent';
+import { Conditions } from '../services/node-agent/src/agent/conditions.js';
 import { TestControlPlane, until } from './support/control-plane.js';
+import { call } from './support/grpc.js';
 
 let cp: TestControlPlane;
 let nc: NatsConnection;
@@ -109,4 +114,73 @@ test.serial('log protection - junk and forged messages on both subjects: the con
   const r3 = await cp.apply(policy('third'));
   t.is(r3, r2 + 1n);
   await until('the agent applies the third change', () => a.agent.status.applied === r3);
+});
+
+test.serial('log protection - a log rewritten with an older valid history is refused (rollback-refused) until an operator reset', async (t) => {
+  const operator = generateKeyPairSync('ed25519');
+  const raw = Buffer.from(cp.publicKeyB64, 'base64');
+  const trusted = new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]);
+  const fleetId = String(cp.controller.ready.fleetId);
+  const conditions = new Conditions();
+  const events: string[] = [];
+  const log = await IntentLog.open(nc, { create: false });
+  const follower: ChainFollower = new ChainFollower(log, {
+    trusted,
+    fleetId,
+    onDivergence: 'refuse',
+    resetKeys: new Map([[keyIdOf(operator.publicKey), operator.publicKey]]),
+    rewindCheckMs: 0,
+    events: {
+      diverged: (held, reason) => {
+        events.push(`diverged ${held}`);
+        conditions.set('rollback-refused', reason, held);
+      },
+      reset: (epoch) => {
+        events.push(`reset ${epoch}`);
+        conditions.clear('rollback-refused');
+      },
+      resynced: (from, to) => events.push(`resynced ${from}->${to}`),
+    },
+  });
+  t.teardown(() => follower.close());
+  await follower.start();
+  for (const n of ['r1', 'r2', 'r3']) await cp.apply(policy(n));
+  const { last: held } = await log.bounds();
+  await until('the follower at the head', () => follower.chain.revision === held);
+  const heldHash = follower.chain.lastHash;
+
+  // The bus is rolled back: the stream comes back holding an older, validly signed prefix.
+  const prefix: SignedLogEntry[] = [];
+  for await (const m of log.messages(1n, held - 2n)) if (m.signed) prefix.push(m.signed);
+  await cp.controller.stop();
+  await (await jetstreamManager(nc)).streams.delete(log.stream);
+  const rewound = await IntentLog.open(nc, { create: true });
+  for (const [i, e] of prefix.entries()) await rewound.append(e, BigInt(i));
+  await cp.controller.start();
+  const written = await cp.apply(policy('after-rollback'));
+  t.true(written < held, `the controller writes on the shorter log (${written} < ${held})`);
+
+  await until('the refusal', () => conditions.has('rollback-refused'));
+  t.is(follower.chain.revision, held, 'the follower keeps the chain it verified');
+  t.deepEqual(follower.chain.lastHash, heldHash);
+  t.false(follower.chain.policies.has('after-rollback'));
+  t.is(conditions.list()[0]?.revision, held);
+  t.is(follower.stats.resyncs, 0);
+
+  // A reset signed by a key agents do not trust changes nothing (the controller accepts it: it holds no reset keys).
+  const stranger = generateKeyPairSync('ed25519');
+  await call(cp.api.intent, cp.api.intent.resetHistory, { reset: signHistoryReset({ fleetId, epoch: 1n, reason: 'not an operator' }, stranger.privateKey) });
+  // The operator's reset: accepted, the follower rebuilds from the log as it is now.
+  const epoch2 = signHistoryReset({ fleetId, epoch: 2n, reason: 'nats restored from backup' }, operator.privateKey);
+  const { revision } = await call(cp.api.intent, cp.api.intent.resetHistory, { reset: epoch2 });
+  await until('the reset', () => !conditions.has('rollback-refused') && follower.chain.revision === revision);
+  t.true(follower.chain.policies.has('after-rollback'));
+  t.is(follower.resetEpoch, 2n);
+  t.true(events.includes('reset 2'), events.join('\n'));
+  // The same reset again is refused by the controller (epoch not above the newest).
+  const again = await t.throwsAsync(call(cp.api.intent, cp.api.intent.resetHistory, { reset: epoch2 }));
+  t.regex(again?.message ?? '', /epoch/);
+  // And the log flows on.
+  const next = await cp.apply(policy('after-reset'));
+  await until('the next entry', () => follower.chain.revision === next);
 });

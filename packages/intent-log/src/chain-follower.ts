@@ -90,6 +90,11 @@ export interface ChainFollowerOptions {
   resetKeys?: TrustedKeys;
   /** The highest reset epoch accepted before (persisted by the owner); only a higher one is accepted. Default 0. */
   resetEpoch?: bigint;
+  /**
+   * A live entry below the held revision (the stream stored it anew: a rewound log, or a
+   * replay) makes the follower read the stream's bounds, at most this often. Default 5000 ms.
+   */
+  rewindCheckMs?: number;
   /** Live entries kept while a catch-up or resync runs (more are read from the stream instead). Default 4096. */
   maxBuffered?: number;
   events?: ChainFollowerEvents;
@@ -166,6 +171,7 @@ export class ChainFollower {
   /** Set while a refused history is on offer (policy refuse): the reason. */
   #divergence: string | undefined;
   #divergedReadAt = 0;
+  #rewindCheckAt = 0;
   #floor: { revision: bigint; hash: Uint8Array } | undefined;
   #resetEpoch: bigint;
   /** A verified reset waiting for the resync that adopts it. */
@@ -351,6 +357,13 @@ export class ChainFollower {
       if (!r.applied) {
         if (reset) this.#requestReset(reset);
         this.#stats.duplicates++;
+        // The stream republishes only what it newly stored: a stored entry below the held
+        // revision means its sequences went backwards (a rewound log) or someone replays old
+        // entries. Check the stream's bounds, at most every rewindCheckMs.
+        if (r.entry.revision < this.#chain.revision && Date.now() - this.#rewindCheckAt >= (this.#options.rewindCheckMs ?? 5000)) {
+          this.#rewindCheckAt = Date.now();
+          this.#wantCatchUp = true;
+        }
         return;
       }
       this.#stats.liveApplied++;

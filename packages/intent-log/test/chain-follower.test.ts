@@ -184,7 +184,7 @@ const cases: Case[] = [
     },
   },
   {
-    title: 'a duplicate - an entry delivered again changes nothing and reads nothing',
+    title: 'a duplicate - an entry delivered again changes nothing; an older one makes one bounds check',
     async run(t, f) {
       const { follower, advanced } = f.follower();
       await f.writer.write(3);
@@ -193,7 +193,10 @@ const cases: Case[] = [
       await f.publishLive(encodeSignedLogEntry(f.writer.signed[0]!), '1');
       await settle();
       t.is(follower.stats.duplicates, 2);
-      t.is(follower.stats.catchUps, 1);
+      await until('the rewind check', () => follower.stats.catchUps === 2);
+      await f.publishLive(encodeSignedLogEntry(f.writer.signed[0]!), '1');
+      await settle();
+      t.is(follower.stats.catchUps, 2, 'one bounds check for an old entry stored anew, then none for rewindCheckMs');
       t.deepEqual(advanced, [3n]);
       sameState(t, follower, f.writer.chain);
     },
