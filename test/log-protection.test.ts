@@ -26,8 +26,7 @@ import {
 } from '@edgeplane/proto';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { ChainFollower, IntentLog } from '@edgeplane/intent-log';
-import { MemoryDatapath, NodeAgent, StateFile } from '@edgeplane/node-agent';
-import { Conditions } from '../services/node-agent/src/agent/conditions.js';
+import { Conditions, MemoryDatapath, NodeAgent, StateFile } from '@edgeplane/node-agent';
 import { TestControlPlane, until } from './support/control-plane.js';
 import { call } from './support/grpc.js';
 

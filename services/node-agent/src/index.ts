@@ -28,7 +28,9 @@ export type {
 // The agent's logic, for the process in main.ts and for simulated fleets (many agents, memory datapath).
 export { MemoryDatapath } from './datapath/memory-datapath.js';
 export { CompileError, compileIntent, effectivePolicies, ruleId, type CompiledIntent, type CompiledRole, type RuleOrigin } from './agent/compile.js';
+export { Conditions, type ConditionType } from './agent/conditions.js';
 export { ControllerLink, type ControllerLinkOptions } from './agent/controller-link.js';
+export { VerifiedHead, type Head } from './agent/verified-head.js';
 export { NodeAgent, type AgentLogger, type AgentStatus, type NodeAgentOptions } from './agent/node-agent.js';
 export { StateFile, StateFileError, type AppliedState } from './agent/state-file.js';
 export { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
