@@ -19,7 +19,9 @@ import {
   keyIdOf,
   privateKeyFromPem,
   publicKeyFromRaw,
+  SignedLogHead,
   signHistoryReset,
+  signLogHead,
   signLogEntry,
   type SignedLogEntry,
   type RevisionReport,
@@ -35,7 +37,7 @@ let nc: NatsConnection;
 const dir = mkdtempSync(join(tmpdir(), 'log-protection-'));
 
 test.before(async () => {
-  cp = await TestControlPlane.start();
+  cp = await TestControlPlane.start(['--log-heartbeat', '1']);
   nc = await connect({ servers: `nats://127.0.0.1:${cp.natsPort}` });
 });
 test.after.always(async () => {
@@ -182,4 +184,43 @@ test.serial('log protection - a log rewritten with an older valid history is ref
   // And the log flows on.
   const next = await cp.apply(policy('after-reset'));
   await until('the next entry', () => follower.chain.revision === next);
+});
+
+test.serial('log protection - heartbeats stop (controller gone, or withheld): intent-stale; they come back: it clears', async (t) => {
+  const raw = Buffer.from(cp.publicKeyB64, 'base64');
+  const trusted = new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]);
+  const conditions = new Conditions();
+  const log = await IntentLog.open(nc, { create: false });
+  let heads = 0;
+  const subscribeHeads = log.subscribeHeads.bind(log);
+  log.subscribeHeads = (onHead, onError) => subscribeHeads((h) => (heads++, onHead(h)), onError);
+  const follower = new ChainFollower(log, {
+    trusted,
+    fleetId: String(cp.controller.ready.fleetId),
+    staleAfterMs: 3000,
+    events: {
+      stale: (ms) => conditions.set('intent-stale', `no heartbeat for ${ms} ms`),
+      fresh: () => conditions.clear('intent-stale'),
+    },
+  });
+  t.teardown(() => follower.close());
+  await follower.start();
+  await until('two heartbeats', () => heads >= 2);
+  t.false(conditions.has('intent-stale'));
+  // A forged heartbeat (another key) and a replay do not keep the node fresh.
+  const rogue = generateKeyPairSync('ed25519');
+  const forged = signLogHead({ fleetId: String(cp.controller.ready.fleetId), revision: 10_000n, hash: Buffer.alloc(32), time: new Date(Date.now() + 60_000), controllerId: 'x' }, rogue.privateKey);
+  const before = follower.stats.rejected;
+  await cp.controller.stop();
+  const deadline = Date.now() + 20_000;
+  while (!conditions.has('intent-stale') && Date.now() < deadline) {
+    nc.publish(log.headSubject, SignedLogHead.encode(forged).finish());
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  t.true(conditions.has('intent-stale'), 'stale while only forged heartbeats arrive');
+  t.true(follower.stats.rejected > before);
+  t.is(follower.stats.catchUps, 1, 'a forged head revision triggers no read');
+  await cp.controller.start();
+  await until('fresh again', () => !conditions.has('intent-stale'), 20_000);
+  t.pass();
 });

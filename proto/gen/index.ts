@@ -80,8 +80,10 @@ export {
   Change,
   HistoryReset,
   LogEntry,
+  LogHead,
   SignedHistoryReset,
   SignedLogEntry,
+  SignedLogHead,
   SignedSnapshot,
   Snapshot,
 } from './edgeplane/v1/log.js';
@@ -194,6 +196,7 @@ export {
   logEntryHash,
   openHistoryReset,
   openLogEntry,
+  openLogHead,
   openSnapshot,
   privateKeyFromPem,
   publicKeyFromRaw,
@@ -201,6 +204,7 @@ export {
   sha256,
   signHistoryReset,
   signLogEntry,
+  signLogHead,
   signSnapshot,
 } from './../src/log-envelope.js';
 export {
@@ -222,6 +226,7 @@ export {
 export {
   FLEET_ID_KEY,
   HISTORY_RESET_KEY,
+  INTENT_HEAD_SUBJECT,
   INTENT_LIVE_SUBJECT,
   INTENT_STREAM,
   INTENT_SUBJECT,

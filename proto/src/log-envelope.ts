@@ -1,5 +1,5 @@
 import { createHash, createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
-import { HistoryReset, LogEntry, SignedLogEntry, type SignedHistoryReset, type SignedSnapshot, Snapshot } from '../gen/edgeplane/v1/log.js';
+import { HistoryReset, LogEntry, LogHead, SignedLogEntry, type SignedLogHead, type SignedHistoryReset, type SignedSnapshot, Snapshot } from '../gen/edgeplane/v1/log.js';
 import { SignatureError } from './errors.js';
 
 /** The previous-hash of revision 1: 32 zero bytes. */
@@ -141,5 +141,24 @@ export function openHistoryReset(signed: SignedHistoryReset, trusted: TrustedKey
     return HistoryReset.decode(signed.reset);
   } catch (cause) {
     throw new SignatureError('decode history reset: signed bytes are not a HistoryReset', { cause });
+  }
+}
+
+/** Encodes and signs a log head (the controller's heartbeat). */
+export function signLogHead(head: LogHead, privateKey: KeyObject): SignedLogHead {
+  const bytes = LogHead.encode(head).finish();
+  return { head: Buffer.from(bytes), signature: sign(null, bytes, privateKey), keyId: keyIdOf(privateKey) };
+}
+
+/**
+ * Verifies a signed log head against the trusted log keys and decodes it.
+ * @throws SignatureError as {@link openLogEntry}.
+ */
+export function openLogHead(signed: SignedLogHead, trusted: TrustedKeys): LogHead {
+  verifyEnvelope('log head', signed.keyId, signed.head, signed.signature, trusted);
+  try {
+    return LogHead.decode(signed.head);
+  } catch (cause) {
+    throw new SignatureError('decode log head: signed bytes are not a LogHead', { cause });
   }
 }

@@ -20,6 +20,12 @@ export const INTENT_SUBJECT = 'edgeplane.intent.log';
  */
 export const INTENT_LIVE_SUBJECT = 'edgeplane.intent.live';
 
+/**
+ * The subject of the controller's signed heartbeat (SignedLogHead), plain NATS (not stored):
+ * agents verify it and raise intent-stale when the newest is too old.
+ */
+export const INTENT_HEAD_SUBJECT = 'edgeplane.intent.head';
+
 /** The JetStream key-value bucket holding the compacted snapshot of the intent. */
 export const SNAPSHOT_BUCKET = 'EDGEPLANE_SNAPSHOT';
 

@@ -1,5 +1,5 @@
 import { metrics } from '@opentelemetry/api';
-import { SignatureError, openHistoryReset, type LogEntry, type SignedLogEntry, type SignedSnapshot, type Snapshot, type TrustedKeys } from '@edgeplane/proto';
+import { SignatureError, openHistoryReset, openLogHead, type LogEntry, type SignedLogHead, type SignedLogEntry, type SignedSnapshot, type Snapshot, type TrustedKeys } from '@edgeplane/proto';
 import type { Subscription } from '@nats-io/transport-node';
 import { ChainError, FleetMismatchError, GapError } from './errors.js';
 import { IntentChain, type OpenedEntry, type PolicyChange } from './intent-chain.js';
@@ -35,6 +35,10 @@ export interface ChainFollowerEvents {
    * the log as it is now (`resynced` follows) and any refusal lifted. The owner persists `epoch`.
    */
   reset?(epoch: bigint, reason: string): void;
+  /** No verified heartbeat for longer than staleAfterMs: the log may be frozen. `sinceMs`: age of the newest. */
+  stale?(sinceMs: number): void;
+  /** A verified heartbeat arrived after `stale`. */
+  fresh?(): void;
   /** Background work failed (a catch-up could not read the stream); it is retried on the next trigger. */
   error?(message: string, err: unknown): void;
 }
@@ -95,6 +99,12 @@ export interface ChainFollowerOptions {
    * replay) makes the follower read the stream's bounds, at most this often. Default 5000 ms.
    */
   rewindCheckMs?: number;
+  /**
+   * Follow the controller's signed heartbeat and report `stale` when the newest verified one
+   * is older than this (by this node's clock, from when it arrived), `fresh` when one arrives
+   * again. Unset: heartbeats are not followed (the controller's own follower).
+   */
+  staleAfterMs?: number;
   /** Live entries kept while a catch-up or resync runs (more are read from the stream instead). Default 4096. */
   maxBuffered?: number;
   events?: ChainFollowerEvents;
@@ -156,6 +166,13 @@ export class ChainFollower {
   /** The highest stream sequence examined: the chain's revision, or a skipped message above it. */
   #position: bigint;
   #sub: Subscription | undefined;
+  #headSub: Subscription | undefined;
+  #staleTimer: NodeJS.Timeout | undefined;
+  /** When (this node's clock) the newest verified heartbeat arrived, and the time it carries. */
+  #headAt = Date.now();
+  #headTime = 0;
+  #headRevision = 0n;
+  #stale = false;
   #closed = false;
   #stats: ChainFollowerStats = { catchUps: 0, resyncs: 0, refusals: 0, rejected: 0, liveApplied: 0, duplicates: 0 };
   /** The single-flight run of catch-ups and resyncs, while one is in progress. */
@@ -259,6 +276,16 @@ export class ChainFollower {
       (signed, seq) => this.#onLive({ signed, seq }),
       (err) => this.#reject(`live message: ${err.message}`, undefined, 'undecodable'),
     );
+    const staleAfter = this.#options.staleAfterMs;
+    if (staleAfter !== undefined && !this.#headSub) {
+      this.#headAt = Date.now();
+      this.#headSub = this.#log.subscribeHeads(
+        (head) => this.#onHead(head),
+        (err) => this.#reject(`heartbeat: ${err.message}`, undefined, 'undecodable'),
+      );
+      this.#staleTimer = setInterval(() => this.#checkStale(), Math.max(100, Math.min(staleAfter / 4, 5000)));
+      this.#staleTimer.unref?.();
+    }
     await this.catchUp();
   }
 
@@ -305,6 +332,41 @@ export class ChainFollower {
       }
     })();
     return this.#work;
+  }
+
+  #onHead(signed: SignedLogHead): void {
+    if (this.#closed) return;
+    let head;
+    try {
+      head = openLogHead(signed, this.#options.trusted);
+      if (this.#options.fleetId && head.fleetId !== this.#options.fleetId) throw new FleetMismatchError(`heartbeat of fleet ${JSON.stringify(head.fleetId.slice(0, 64))}`);
+    } catch (err) {
+      this.#reject(`heartbeat: ${reasonOf(err)}`, undefined, kindOf(err));
+      return;
+    }
+    const time = head.time?.getTime() ?? 0;
+    // A replayed (older) heartbeat proves nothing about now.
+    if (time <= this.#headTime) return;
+    this.#headTime = time;
+    this.#headAt = Date.now();
+    // The head says the log reached a revision: if this follower is still below the previous
+    // head's revision one heartbeat later, it missed entries (e.g. the last live one): read.
+    if (this.#headRevision > this.#position && !this.#work) {
+      this.#wantCatchUp = true;
+      void this.#run().catch((err: unknown) => this.#emit('error', () => this.#events.error?.('catch up after a heartbeat', err)));
+    }
+    this.#headRevision = head.revision;
+    if (this.#stale) {
+      this.#stale = false;
+      this.#emit('fresh', () => this.#events.fresh?.());
+    }
+  }
+
+  #checkStale(): void {
+    const age = Date.now() - this.#headAt;
+    if (this.#stale || this.#closed || age <= (this.#options.staleAfterMs ?? Infinity)) return;
+    this.#stale = true;
+    this.#emit('stale', () => this.#events.stale?.(age));
   }
 
   #drainBuffered(): void {
@@ -593,6 +655,9 @@ export class ChainFollower {
     this.#closed = true;
     this.#sub?.unsubscribe();
     this.#sub = undefined;
+    this.#headSub?.unsubscribe();
+    this.#headSub = undefined;
+    clearInterval(this.#staleTimer);
     this.#buffered = [];
   }
 }

@@ -19,6 +19,8 @@ import {
   SNAPSHOT_BUCKET,
   SNAPSHOT_KEY,
   FLEET_ID_KEY,
+  INTENT_HEAD_SUBJECT,
+  SignedLogHead,
   HISTORY_RESET_KEY,
   SignedHistoryReset,
   SignedSnapshot,
@@ -40,6 +42,8 @@ export interface IntentLogOptions {
   subject?: string;
   /** Override the live (republished) subject (tests). Default INTENT_LIVE_SUBJECT. */
   liveSubject?: string;
+  /** Override the heartbeat subject (tests). Default INTENT_HEAD_SUBJECT. */
+  headSubject?: string;
   /** Override the snapshot bucket (tests). Default SNAPSHOT_BUCKET. */
   snapshotBucket?: string;
   /** Request timeout for JetStream API calls, ms. Default 5000. */
@@ -74,12 +78,14 @@ export class IntentLog {
   readonly stream: string;
   readonly subject: string;
   readonly liveSubject: string;
+  readonly headSubject: string;
   #nc: NatsConnection;
   #js: JetStreamClient;
   #jsm: JetStreamManager;
   #kv: KV;
 
-  private constructor(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, kv: KV, stream: string, subject: string, liveSubject: string) {
+  private constructor(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, kv: KV, stream: string, subject: string, liveSubject: string, headSubject: string) {
+    this.headSubject = headSubject;
     this.#nc = nc;
     this.#js = js;
     this.#jsm = jsm;
@@ -132,7 +138,7 @@ export class IntentLog {
       }
       const kvm = new Kvm(nc);
       const kv = options.create ? await kvm.create(bucket, { history: 1, replicas: options.replicas ?? 1 }) : await kvm.open(bucket);
-      return new IntentLog(nc, js, jsm, kv, stream, subject, live);
+      return new IntentLog(nc, js, jsm, kv, stream, subject, live, options.headSubject ?? INTENT_HEAD_SUBJECT);
     } catch (cause) {
       if (cause instanceof LogUnavailableError) throw cause;
       throw new LogUnavailableError(`open intent log stream=${stream}: ${(cause as Error).message}`, { cause });
@@ -267,6 +273,32 @@ export class IntentLog {
           onEntry(decodeSignedLogEntry(msg.data), BigInt(seq));
         } catch (e) {
           onError(e as Error);
+        }
+      },
+    });
+  }
+
+  /** Publishes a signed heartbeat (plain NATS: not stored). Never throws: a lost heartbeat is what the next one is for. */
+  publishHead(head: SignedLogHead): void {
+    try {
+      this.#nc.publish(this.headSubject, SignedLogHead.encode(head).finish());
+    } catch {
+      // the connection is closed or reconnecting
+    }
+  }
+
+  /**
+   * Subscribes to heartbeats; messages that do not decode go to `onError`. The subscription
+   * is the caller's to unsubscribe.
+   */
+  subscribeHeads(onHead: (head: SignedLogHead) => void, onError: (err: Error) => void): Subscription {
+    return this.#nc.subscribe(this.headSubject, {
+      callback: (err, msg) => {
+        if (err) return onError(err);
+        try {
+          onHead(SignedLogHead.decode(msg.data));
+        } catch (e) {
+          onError(new LogUnavailableError(`heartbeat on ${msg.subject} does not decode`, { cause: e }));
         }
       },
     });

@@ -24,6 +24,7 @@ export interface ControllerConfig {
   ruleGrowthGuard: number;
   maxRulesPerPolicy: number;
   snapshotEvery: number;
+  logHeartbeatMs: number;
   retainEntries: number;
   prometheusPort?: number;
   prometheusHost: string;
@@ -58,6 +59,8 @@ Every flag can also be set by the environment variable shown.
   --stream-replicas N       JetStream replicas of the log when creating it (EDGEPLANE_STREAM_REPLICAS, default 1; 3 in a cluster)
   --rule-growth-guard N     a write growing a policy past N rules needs allow_large_growth (default 10000)
   --max-rules-per-policy N  (default 65536)
+  --log-heartbeat SEC       publish the signed head of the log every SEC seconds, so agents notice a
+                            frozen log (EDGEPLANE_LOG_HEARTBEAT, default 5; 0 = off)
   --snapshot-every N        snapshot the intent every N revisions (default 1000; 0 = never)
   --retain-entries N        keep N entries below the newest snapshot (default 10000)
   --prometheus-port PORT    serve metrics at http://HOST:PORT/metrics (EDGEPLANE_PROMETHEUS_PORT; unset = off)
@@ -110,6 +113,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'rule-growth-guard': { type: 'string' },
         'max-rules-per-policy': { type: 'string' },
         'snapshot-every': { type: 'string' },
+        'log-heartbeat': { type: 'string' },
         'retain-entries': { type: 'string' },
         'prometheus-port': { type: 'string' },
         'prometheus-host': { type: 'string' },
@@ -157,6 +161,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     ruleGrowthGuard: int('rule-growth-guard', values['rule-growth-guard'], 10_000, 1),
     maxRulesPerPolicy: int('max-rules-per-policy', values['max-rules-per-policy'], 65_536, 1),
     snapshotEvery: int('snapshot-every', values['snapshot-every'], 1000),
+    logHeartbeatMs: int('log-heartbeat', values['log-heartbeat'] ?? env.EDGEPLANE_LOG_HEARTBEAT, 5) * 1000,
     retainEntries: int('retain-entries', values['retain-entries'], 10_000),
     ...(prometheus !== undefined && prometheus !== '' ? { prometheusPort: int('prometheus-port', prometheus, 0) } : {}),
     prometheusHost: values['prometheus-host'] ?? env.EDGEPLANE_PROMETHEUS_HOST ?? '0.0.0.0',

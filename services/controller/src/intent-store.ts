@@ -4,6 +4,7 @@ import {
   HistoryReset,
   LogEntry,
   openHistoryReset,
+  signLogHead,
   type SignedHistoryReset,
   openLogEntry,
   signLogEntry,
@@ -27,6 +28,8 @@ export interface IntentStoreOptions {
   trusted: TrustedKeys;
   /** Operator reset keys: when given, a history reset must verify with one (agents check it anyway). */
   resetKeys?: TrustedKeys;
+  /** Publish the signed log head (agents' freeze detection) every this many ms (0 = never). Default 5000. */
+  headIntervalMs?: number;
   /** Write a snapshot every this many revisions (0 = never). Default 1000. */
   snapshotEvery?: number;
   /** After a snapshot, keep at least this many entries below it for catching-up readers. Default 10000. */
@@ -62,6 +65,7 @@ export class IntentStore {
   #listeners = new Set<ChangeListener>();
   #lastSnapshot = 0n;
   #closed = false;
+  #headTimer: NodeJS.Timeout | undefined;
 
   constructor(log: IntentLog, options: IntentStoreOptions) {
     this.#log = log;
@@ -99,6 +103,24 @@ export class IntentStore {
   async start(): Promise<void> {
     await this.#follower.start();
     this.#lastSnapshot = this.chain.revision;
+    const every = this.#options.headIntervalMs ?? 5000;
+    if (every > 0 && !this.#closed) {
+      this.publishHead();
+      this.#headTimer = setInterval(() => this.publishHead(), every);
+    }
+  }
+
+  /**
+   * Publishes the signed head of the log as this controller holds it (fleet, revision, hash,
+   * time): agents raise intent-stale when they have not seen one for a while. Never throws.
+   */
+  publishHead(): void {
+    const chain = this.chain;
+    try {
+      this.#log.publishHead(signLogHead({ fleetId: this.#options.fleetId ?? '', revision: chain.revision, hash: Buffer.from(chain.lastHash), time: new Date(), controllerId: this.#options.controllerId }, this.#options.signingKey));
+    } catch (err) {
+      this.#options.onError?.('publish log head', err);
+    }
   }
 
   /** Registers a listener for applied changes; returns the function that removes it. */
@@ -267,6 +289,7 @@ export class IntentStore {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearInterval(this.#headTimer);
     this.#follower.close();
     await this.#tail;
   }

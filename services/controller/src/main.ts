@@ -103,6 +103,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       signingKey: key.privateKey,
       trusted: new Map([[key.keyId, publicKeyFromRaw(key.publicKey)]]),
       snapshotEvery: config.snapshotEvery,
+      headIntervalMs: config.logHeartbeatMs,
       retainEntries: config.retainEntries,
       onError,
       onWarning: (msg, fields) => log('warn', msg, fields),

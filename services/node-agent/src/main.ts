@@ -188,7 +188,13 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
         onDivergence: 'refuse',
         ...(floor ? { floor: { revision: floor.revision, hash: floor.hash }, resetEpoch: floor.resetEpoch } : {}),
         resetKeys,
+        staleAfterMs: config.staleAfterMs,
         events: {
+          stale: (ms) => {
+            log('warn', 'no verified controller heartbeat: the log may be frozen', { sinceMs: ms });
+            conditions.set('intent-stale', `no verified controller heartbeat for ${Math.round(ms / 1000)} s (bound ${config.staleAfterMs / 1000} s)`, follower?.chain.revision ?? 0n);
+          },
+          fresh: () => conditions.clear('intent-stale'),
           advanced: (_revision, entries) => {
             const f = follower!;
             try {

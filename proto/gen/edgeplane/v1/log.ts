@@ -112,6 +112,27 @@ export interface SignedSnapshot {
   keyId: string;
 }
 
+/**
+ * LogHead is the controller's signed heartbeat: the head of the log as it sees it, published
+ * every few seconds (subject edgeplane.intent.head), so agents notice a frozen log (a bus that
+ * stops delivering, or withholds entries) as condition intent-stale.
+ */
+export interface LogHead {
+  fleetId: string;
+  revision: bigint;
+  /** The chain hash of the entry at revision. */
+  hash: Buffer;
+  time: Date | undefined;
+  controllerId: string;
+}
+
+/** SignedLogHead is the envelope of a LogHead, signed by a log key (as SignedLogEntry). */
+export interface SignedLogHead {
+  head: Buffer;
+  signature: Buffer;
+  keyId: string;
+}
+
 function createBaseLogEntry(): LogEntry {
   return {
     revision: 0n,
@@ -1017,6 +1038,255 @@ export const SignedSnapshot: MessageFns<SignedSnapshot> = {
   fromPartial<I extends Exact<DeepPartial<SignedSnapshot>, I>>(object: I): SignedSnapshot {
     const message = createBaseSignedSnapshot();
     message.snapshot = object.snapshot ?? Buffer.alloc(0);
+    message.signature = object.signature ?? Buffer.alloc(0);
+    message.keyId = object.keyId ?? "";
+    return message;
+  },
+};
+
+function createBaseLogHead(): LogHead {
+  return { fleetId: "", revision: 0n, hash: Buffer.alloc(0), time: undefined, controllerId: "" };
+}
+
+export const LogHead: MessageFns<LogHead> = {
+  encode(message: LogHead, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.fleetId !== "") {
+      writer.uint32(10).string(message.fleetId);
+    }
+    if (message.revision !== 0n) {
+      if (BigInt.asUintN(64, message.revision) !== message.revision) {
+        throw new globalThis.Error("value provided for field message.revision of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.revision);
+    }
+    if (message.hash.length !== 0) {
+      writer.uint32(26).bytes(message.hash);
+    }
+    if (message.time !== undefined) {
+      Timestamp.encode(toTimestamp(message.time), writer.uint32(34).fork()).join();
+    }
+    if (message.controllerId !== "") {
+      writer.uint32(42).string(message.controllerId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LogHead {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLogHead();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.fleetId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.revision = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.hash = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.time = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.controllerId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LogHead {
+    return {
+      fleetId: isSet(object.fleetId)
+        ? globalThis.String(object.fleetId)
+        : isSet(object.fleet_id)
+        ? globalThis.String(object.fleet_id)
+        : "",
+      revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+      hash: isSet(object.hash) ? Buffer.from(bytesFromBase64(object.hash)) : Buffer.alloc(0),
+      time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
+      controllerId: isSet(object.controllerId)
+        ? globalThis.String(object.controllerId)
+        : isSet(object.controller_id)
+        ? globalThis.String(object.controller_id)
+        : "",
+    };
+  },
+
+  toJSON(message: LogHead): unknown {
+    const obj: any = {};
+    if (message.fleetId !== "") {
+      obj.fleetId = message.fleetId;
+    }
+    if (message.revision !== 0n) {
+      obj.revision = message.revision.toString();
+    }
+    if (message.hash.length !== 0) {
+      obj.hash = base64FromBytes(message.hash);
+    }
+    if (message.time !== undefined) {
+      obj.time = message.time.toISOString();
+    }
+    if (message.controllerId !== "") {
+      obj.controllerId = message.controllerId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LogHead>, I>>(base?: I): LogHead {
+    return LogHead.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LogHead>, I>>(object: I): LogHead {
+    const message = createBaseLogHead();
+    message.fleetId = object.fleetId ?? "";
+    message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    message.hash = object.hash ?? Buffer.alloc(0);
+    message.time = object.time ?? undefined;
+    message.controllerId = object.controllerId ?? "";
+    return message;
+  },
+};
+
+function createBaseSignedLogHead(): SignedLogHead {
+  return { head: Buffer.alloc(0), signature: Buffer.alloc(0), keyId: "" };
+}
+
+export const SignedLogHead: MessageFns<SignedLogHead> = {
+  encode(message: SignedLogHead, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.head.length !== 0) {
+      writer.uint32(10).bytes(message.head);
+    }
+    if (message.signature.length !== 0) {
+      writer.uint32(18).bytes(message.signature);
+    }
+    if (message.keyId !== "") {
+      writer.uint32(26).string(message.keyId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SignedLogHead {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSignedLogHead();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.head = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.signature = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.keyId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SignedLogHead {
+    return {
+      head: isSet(object.head) ? Buffer.from(bytesFromBase64(object.head)) : Buffer.alloc(0),
+      signature: isSet(object.signature) ? Buffer.from(bytesFromBase64(object.signature)) : Buffer.alloc(0),
+      keyId: isSet(object.keyId)
+        ? globalThis.String(object.keyId)
+        : isSet(object.key_id)
+        ? globalThis.String(object.key_id)
+        : "",
+    };
+  },
+
+  toJSON(message: SignedLogHead): unknown {
+    const obj: any = {};
+    if (message.head.length !== 0) {
+      obj.head = base64FromBytes(message.head);
+    }
+    if (message.signature.length !== 0) {
+      obj.signature = base64FromBytes(message.signature);
+    }
+    if (message.keyId !== "") {
+      obj.keyId = message.keyId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SignedLogHead>, I>>(base?: I): SignedLogHead {
+    return SignedLogHead.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SignedLogHead>, I>>(object: I): SignedLogHead {
+    const message = createBaseSignedLogHead();
+    message.head = object.head ?? Buffer.alloc(0);
     message.signature = object.signature ?? Buffer.alloc(0);
     message.keyId = object.keyId ?? "";
     return message;

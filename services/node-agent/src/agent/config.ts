@@ -21,6 +21,8 @@ export interface AgentConfig {
   pinRoot: string;
   stateDir: string;
   trustedKeys: KeyObject[];
+  /** Raise intent-stale when the newest verified controller heartbeat is older than this. */
+  staleAfterMs: number;
   /** Operator reset keys: a history reset signed by one lifts a rollback refusal. */
   resetKeys: KeyObject[];
   /** The fleet whose log entries this agent accepts (unset: any fleet's, signed by a trusted key). */
@@ -57,6 +59,8 @@ Usage: edgeplane-agent [flags]
   --reset-key KEY           an operator reset key (as --trusted-key): a history reset it signed lets the
                             agent accept a shorter or different log it refused (rollback-refused);
                             repeatable (EDGEPLANE_RESET_KEYS); unset: only a new state directory does
+  --stale-after SEC         raise intent-stale when no verified controller heartbeat arrived for SEC seconds
+                            (EDGEPLANE_STALE_AFTER, default 30)
   --fleet-id ID             accept only log entries of this fleet (EDGEPLANE_FLEET_ID; the controller prints
                             it as fleetId when ready); unset accepts any fleet signed by a trusted key
   --insecure                plaintext gRPC to the controller (EDGEPLANE_INSECURE=1)
@@ -110,6 +114,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         'trusted-key': { type: 'string', multiple: true },
         'fleet-id': { type: 'string' },
         'reset-key': { type: 'string', multiple: true },
+        'stale-after': { type: 'string' },
         insecure: { type: 'boolean' },
         'tls-ca': { type: 'string' },
         'tls-cert': { type: 'string' },
@@ -170,6 +175,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     pinRoot: values['pin-root'] ?? env.EDGEPLANE_PIN_ROOT ?? '/run/edgeplane/bpf',
     stateDir: values['state-dir'] ?? env.EDGEPLANE_STATE_DIR ?? '/var/lib/edgeplane/agent',
     trustedKeys: keys.map(parseKey),
+    staleAfterMs: num('stale-after', values['stale-after'] ?? env.EDGEPLANE_STALE_AFTER, 30) * 1000,
     resetKeys: (values['reset-key'] ?? (env.EDGEPLANE_RESET_KEYS ?? '').split(',').filter(Boolean)).map(parseKey),
     insecure,
     ...(tlsCa ? { tlsCa } : {}),
