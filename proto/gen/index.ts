@@ -79,6 +79,7 @@ export {
 export {
   Change,
   HistoryReset,
+  KeyRotation,
   LogEntry,
   LogHead,
   SignedHistoryReset,

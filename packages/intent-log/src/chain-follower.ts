@@ -338,7 +338,7 @@ export class ChainFollower {
     if (this.#closed) return;
     let head;
     try {
-      head = openLogHead(signed, this.#options.trusted);
+      head = openLogHead(signed, this.#chain.trusted);
       if (this.#options.fleetId && head.fleetId !== this.#options.fleetId) throw new FleetMismatchError(`heartbeat of fleet ${JSON.stringify(head.fleetId.slice(0, 64))}`);
     } catch (err) {
       this.#reject(`heartbeat: ${reasonOf(err)}`, undefined, kindOf(err));

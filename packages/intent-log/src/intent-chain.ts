@@ -1,14 +1,17 @@
+import type { KeyObject } from 'node:crypto';
 import {
   GENESIS_HASH,
   logEntryHash,
   openLogEntry,
+  keyIdOf,
   openSnapshot,
+  publicKeyFromRaw,
   type LogEntry,
   type Policy,
   type Rollout,
   type SignedLogEntry,
   type SignedSnapshot,
-  type Snapshot,
+  Snapshot,
   type TrustedKeys,
 } from '@edgeplane/proto';
 import { ChainError, FleetMismatchError, GapError } from './errors.js';
@@ -25,6 +28,7 @@ export interface PolicyChange {
 export interface OpenedEntry {
   entry: LogEntry;
   hash: Uint8Array;
+  signed: SignedLogEntry;
 }
 
 /** The result of appending one entry. */
@@ -45,7 +49,9 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
  * and every agent (to compile) hold one.
  */
 export class IntentChain {
-  #trusted: TrustedKeys;
+  #trusted: Map<string, KeyObject>;
+  /** The entries that rotated keys, in order: carried into snapshots. */
+  #rotations: SignedLogEntry[] = [];
   #fleetId: string | undefined;
   #revision = 0n;
   #lastHash: Uint8Array = GENESIS_HASH;
@@ -57,13 +63,45 @@ export class IntentChain {
    * @param fleetId when given, entries and snapshots of any other fleet are refused.
    */
   constructor(trusted: TrustedKeys, fleetId?: string) {
-    this.#trusted = trusted;
+    this.#trusted = new Map(trusted);
     this.#fleetId = fleetId || undefined;
   }
 
   /** The fleet this chain accepts entries of (undefined: any). */
   get fleetId(): string | undefined {
     return this.#fleetId;
+  }
+
+  /** The keys this chain accepts now: the configured ones and those rotated in along it. */
+  get trusted(): TrustedKeys {
+    return this.#trusted;
+  }
+
+  /** Adds the key a verified rotation entry introduces. A malformed key is ignored (the entry still applies). */
+  #learn(signed: SignedLogEntry, entry: LogEntry, into: Map<string, KeyObject>, rotations: SignedLogEntry[]): void {
+    try {
+      const key = publicKeyFromRaw(entry.keyRotation!.publicKey);
+      into.set(keyIdOf(key), key);
+      rotations.push(signed);
+    } catch {
+      // not a 32-byte key: nothing to trust
+    }
+  }
+
+  /**
+   * Verifies the rotation entries a snapshot carries, in order, each with the keys trusted
+   * before it, and returns the grown set and the list.
+   * @throws SignatureError if one does not verify.
+   */
+  #rotationsOf(snapshot: Snapshot): { trusted: Map<string, KeyObject>; rotations: SignedLogEntry[] } {
+    const trusted = new Map(this.#trusted);
+    const rotations: SignedLogEntry[] = [];
+    for (const signed of snapshot.keyRotations) {
+      const entry = openLogEntry(signed, trusted);
+      if (entry.revision > snapshot.revision) throw new ChainError(`snapshot ${snapshot.revision} carries a key rotation from revision ${entry.revision}`);
+      if (entry.keyRotation) this.#learn(signed, entry, trusted, rotations);
+    }
+    return { trusted, rotations };
   }
 
   #checkFleet(what: string, fleetId: string): void {
@@ -119,7 +157,7 @@ export class IntentChain {
   open(signed: SignedLogEntry): OpenedEntry {
     const entry = openLogEntry(signed, this.#trusted);
     this.#checkFleet(`log entry ${entry.revision}`, entry.fleetId);
-    return { entry, hash: logEntryHash(signed) };
+    return { entry, hash: logEntryHash(signed), signed };
   }
 
   /** {@link append} for an entry {@link open} returned. Same checks and errors. */
@@ -156,6 +194,7 @@ export class IntentChain {
       changes.push({ type: existed ? 'modified' : 'added', policy, revision: entry.revision });
     }
     for (const rollout of entry.change?.rollouts ?? []) this.#rollouts.set(rollout.name, rollout);
+    if (entry.keyRotation) this.#learn(opened.signed, entry, this.#trusted, this.#rotations);
     this.#revision = entry.revision;
     this.#lastHash = hash;
     return { applied: true, entry, changes };
@@ -167,7 +206,15 @@ export class IntentChain {
    * @throws SignatureError if it is not signed by a trusted key; FleetMismatchError.
    */
   openSnapshot(signed: SignedSnapshot): Snapshot {
-    const snapshot = openSnapshot(signed, this.#trusted);
+    // The rotations it carries are self-authenticating (each signed by a key trusted before
+    // it), so the bytes are decoded first to find them, then the signature is checked.
+    let unverified: Snapshot;
+    try {
+      unverified = Snapshot.decode(signed.snapshot);
+    } catch {
+      unverified = Snapshot.fromPartial({});
+    }
+    const snapshot = openSnapshot(signed, this.#rotationsOf(unverified).trusted);
     this.#checkFleet(`snapshot ${snapshot.revision}`, snapshot.fleetId);
     return snapshot;
   }
@@ -178,18 +225,21 @@ export class IntentChain {
    */
   restore(signed: SignedSnapshot): Snapshot {
     const snapshot = this.openSnapshot(signed);
-    this.#policies = new Map(snapshot.policies.map((p) => [p.metadata?.name ?? '', p]));
-    this.#rollouts = new Map(snapshot.rollouts.map((r) => [r.name, r]));
-    this.#revision = snapshot.revision;
-    this.#lastHash = new Uint8Array(snapshot.lastHash);
+    this.load(snapshot);
     return snapshot;
   }
 
   /**
    * Replaces the whole state with an unsigned snapshot the caller already trusts — an agent's
-   * own state file, written by itself after verifying every entry in it.
+   * own state file, written by itself after verifying every entry in it — or one
+   * {@link openSnapshot} verified. The key rotations it carries are verified again.
+   * @throws SignatureError if a rotation it carries does not verify.
    */
   load(snapshot: Snapshot): void {
+    // Keys rotated in along the chain: learned again, each rotation verified as it was.
+    const { trusted, rotations } = this.#rotationsOf(snapshot);
+    this.#trusted = trusted;
+    this.#rotations = rotations;
     this.#policies = new Map(snapshot.policies.map((p) => [p.metadata?.name ?? '', p]));
     this.#rollouts = new Map(snapshot.rollouts.map((r) => [r.name, r]));
     this.#revision = snapshot.revision;
@@ -200,6 +250,6 @@ export class IntentChain {
   snapshot(now: Date = new Date()): Snapshot {
     const policies = [...this.#policies.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));
     const rollouts = [...this.#rollouts.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
-    return { revision: this.#revision, lastHash: Buffer.from(this.#lastHash), policies, createTime: now, rollouts, fleetId: this.#fleetId ?? '' };
+    return { revision: this.#revision, lastHash: Buffer.from(this.#lastHash), policies, createTime: now, rollouts, fleetId: this.#fleetId ?? '', keyRotations: [...this.#rotations] };
   }
 }

@@ -5,6 +5,7 @@ import {
   LogEntry,
   openHistoryReset,
   signLogHead,
+  rawPublicKey,
   type SignedHistoryReset,
   openLogEntry,
   signLogEntry,
@@ -66,10 +67,12 @@ export class IntentStore {
   #lastSnapshot = 0n;
   #closed = false;
   #headTimer: NodeJS.Timeout | undefined;
+  #signingKey: KeyObject;
 
   constructor(log: IntentLog, options: IntentStoreOptions) {
     this.#log = log;
     this.#options = options;
+    this.#signingKey = options.signingKey;
     // The writer rebuilds from what is stored: the stream is what it must write after.
     this.#follower = new ChainFollower(log, {
       trusted: options.trusted,
@@ -117,7 +120,7 @@ export class IntentStore {
   publishHead(): void {
     const chain = this.chain;
     try {
-      this.#log.publishHead(signLogHead({ fleetId: this.#options.fleetId ?? '', revision: chain.revision, hash: Buffer.from(chain.lastHash), time: new Date(), controllerId: this.#options.controllerId }, this.#options.signingKey));
+      this.#log.publishHead(signLogHead({ fleetId: this.#options.fleetId ?? '', revision: chain.revision, hash: Buffer.from(chain.lastHash), time: new Date(), controllerId: this.#options.controllerId }, this.#signingKey));
     } catch (err) {
       this.#options.onError?.('publish log head', err);
     }
@@ -161,11 +164,11 @@ export class IntentStore {
    * @throws whatever `build` throws; UnavailableError if the log cannot be written.
    */
   write(build: (chain: IntentChain) => Change | undefined, trace?: TraceContext, now: () => Date = () => new Date()): Promise<WriteResult | undefined> {
-    return this.#serialized(build, trace, now, undefined);
+    return this.#serialized(build, trace, now, {});
   }
 
-  #serialized(build: (chain: IntentChain) => Change | undefined, trace: TraceContext | undefined, now: () => Date, reset: SignedHistoryReset | undefined): Promise<WriteResult | undefined> {
-    const run = this.#tail.then(() => this.#write(build, trace, now, reset));
+  #serialized(build: (chain: IntentChain) => Change | undefined, trace: TraceContext | undefined, now: () => Date, extra: Partial<Pick<LogEntry, 'historyReset' | 'keyRotation'>>, nextKey?: KeyObject): Promise<WriteResult | undefined> {
+    const run = this.#tail.then(() => this.#write(build, trace, now, extra, nextKey));
     this.#tail = run.catch(() => undefined);
     return run;
   }
@@ -193,12 +196,25 @@ export class IntentStore {
       const epoch = HistoryReset.decode(newest.reset).epoch;
       if (reset.epoch <= epoch) throw new PreconditionError(`history reset: epoch ${reset.epoch} is not above the newest reset's ${epoch}`, 'EPOCH');
     }
-    const written = await this.#serialized(() => ({ upserts: [], deletes: [], rollouts: [] }), trace, () => new Date(), signed);
+    const written = await this.#serialized(() => ({ upserts: [], deletes: [], rollouts: [] }), trace, () => new Date(), { historyReset: signed });
     await this.#log.writeHistoryReset(signed);
     return written!.revision;
   }
 
-  async #write(build: (chain: IntentChain) => Change | undefined, trace: TraceContext | undefined, now: () => Date, reset: SignedHistoryReset | undefined): Promise<WriteResult | undefined> {
+  /**
+   * Rotates the log signing key: writes an entry introducing `next`, signed by the current key
+   * (followers trust `next` from then on, along the chain and across snapshots), then signs
+   * everything after it with `next`. The caller persists `next` first.
+   * @returns the revision of the rotation entry.
+   * @throws UnavailableError if the log cannot be written.
+   */
+  async rotateKey(next: KeyObject, trace?: TraceContext): Promise<bigint> {
+    // The key switches inside the write, once the entry is stored: the next write signs with it.
+    const written = await this.#serialized(() => ({ upserts: [], deletes: [], rollouts: [] }), trace, () => new Date(), { keyRotation: { publicKey: Buffer.from(rawPublicKey(next)) } }, next);
+    return written!.revision;
+  }
+
+  async #write(build: (chain: IntentChain) => Change | undefined, trace: TraceContext | undefined, now: () => Date, extra: Partial<Pick<LogEntry, 'historyReset' | 'keyRotation'>>, nextKey?: KeyObject): Promise<WriteResult | undefined> {
     if (this.#closed) throw new UnavailableError('the controller is shutting down');
     const retries = this.#options.maxConflictRetries ?? 20;
     for (let attempt = 0; attempt <= retries; attempt++) {
@@ -218,11 +234,11 @@ export class IntentStore {
         traceContext: trace,
         controllerId: this.#options.controllerId,
         fleetId: this.#options.fleetId ?? '',
-        historyReset: reset,
+        ...extra,
       });
       for (const p of entry.change!.upserts) p.metadata!.resourceVersion = revision;
       for (const r of entry.change!.rollouts) r.resourceVersion = revision;
-      const signed = signLogEntry(entry, this.#options.signingKey);
+      const signed = signLogEntry(entry, this.#signingKey);
       try {
         const stored = await tracer.startActiveSpan('edgeplane.intent.publish', { kind: SpanKind.PRODUCER, attributes: { 'edgeplane.revision': Number(revision), 'messaging.system': 'nats' } }, async (span) => {
           try {
@@ -238,6 +254,7 @@ export class IntentStore {
         // The live subscription may have delivered it already (then this is a duplicate); if a
         // catch-up is running it is applied when that ends, before the next write builds.
         this.#follower.offer(signed, stored);
+        if (nextKey) this.#signingKey = nextKey;
         this.#maybeSnapshot();
         return { revision, entry };
       } catch (err) {
@@ -260,7 +277,7 @@ export class IntentStore {
   /** Writes a snapshot of the current state and compacts the log below it, keeping retainEntries. */
   async snapshotNow(): Promise<bigint> {
     const snapshot = this.chain.snapshot();
-    await this.#log.writeSnapshot(signSnapshot(snapshot, this.#options.signingKey));
+    await this.#log.writeSnapshot(signSnapshot(snapshot, this.#signingKey));
     const keepFrom = snapshot.revision - BigInt(this.#options.retainEntries ?? 10_000) + 1n;
     if (keepFrom > 1n) await this.#log.compact(keepFrom);
     return snapshot.revision;
@@ -277,7 +294,7 @@ export class IntentStore {
       if (m.error) continue;
       let entry: LogEntry;
       try {
-        entry = openLogEntry(m.signed, this.#options.trusted);
+        entry = openLogEntry(m.signed, this.chain.trusted);
       } catch {
         continue; // not an entry of this log: the follower counted and reported it
       }

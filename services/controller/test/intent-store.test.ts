@@ -163,3 +163,32 @@ test('intent store - close twice is safe; a write after close is refused', async
   await s.close();
   await t.throwsAsync(s.write(() => upsert('x')), { message: /shutting down/ });
 });
+
+test('intent store - key rotation while a follower runs: no rejection, no resync; a fresh follower trusting only the first key verifies a later snapshot', async (t) => {
+  const { log } = await freshLog();
+  const { store: s } = await store(t, log, 'c1', { snapshotEvery: 0, retainEntries: 1 });
+  const follower = new ChainFollower(log, { trusted });
+  t.teardown(() => follower.close());
+  await follower.start();
+  await s.write(() => upsert('before'));
+  const next = generateKeyPairSync('ed25519');
+  const rotated = await s.rotateKey(next.privateKey);
+  const after = await s.write(() => upsert('after'));
+  t.is(after?.revision, rotated + 1n);
+  await until('the follower past the rotation', () => follower.chain.revision === after!.revision);
+  t.is(follower.stats.rejected, 0);
+  t.is(follower.stats.resyncs, 0);
+  t.is(follower.stats.catchUps, 1);
+  t.true(follower.chain.trusted.has(keyIdOf(next.publicKey)));
+  const stored = [];
+  for await (const m of log.messages(after!.revision, after!.revision)) stored.push(m.signed?.keyId);
+  t.deepEqual(stored, [keyIdOf(next.publicKey)], 'entries after the rotation are signed by the new key');
+  // Snapshot (signed by the new key) and compaction: a follower configured with the first key only.
+  await s.snapshotNow();
+  await s.write(() => upsert('later'));
+  const fresh = new ChainFollower(log, { trusted });
+  t.teardown(() => fresh.close());
+  await fresh.start();
+  t.deepEqual(fresh.chain.lastHash, s.chain.lastHash);
+  t.is(fresh.stats.rejected, 0);
+});

@@ -40,7 +40,20 @@ export interface LogEntry {
    */
   fleetId: string;
   /** An operator-signed reset of the history agents remember (see HistoryReset). */
-  historyReset: SignedHistoryReset | undefined;
+  historyReset:
+    | SignedHistoryReset
+    | undefined;
+  /**
+   * Introduces a new log signing key. The entry is signed by a key already trusted; followers
+   * trust the new key from the next entry on (the trusted set grows along the chain).
+   */
+  keyRotation: KeyRotation | undefined;
+}
+
+/** KeyRotation adds a log signing key. */
+export interface KeyRotation {
+  /** The raw 32-byte Ed25519 public key. */
+  publicKey: Buffer;
 }
 
 /**
@@ -101,6 +114,11 @@ export interface Snapshot {
   rollouts: Rollout[];
   /** The fleet the snapshot belongs to (see LogEntry.fleet_id). */
   fleetId: string;
+  /**
+   * Every entry up to revision that rotated a key, in order (each signed by a key trusted
+   * before it): a follower that trusts only the first key verifies them, then the snapshot.
+   */
+  keyRotations: SignedLogEntry[];
 }
 
 /** SignedSnapshot is the envelope a snapshot is stored in. */
@@ -143,6 +161,7 @@ function createBaseLogEntry(): LogEntry {
     controllerId: "",
     fleetId: "",
     historyReset: undefined,
+    keyRotation: undefined,
   };
 }
 
@@ -174,6 +193,9 @@ export const LogEntry: MessageFns<LogEntry> = {
     }
     if (message.historyReset !== undefined) {
       SignedHistoryReset.encode(message.historyReset, writer.uint32(66).fork()).join();
+    }
+    if (message.keyRotation !== undefined) {
+      KeyRotation.encode(message.keyRotation, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -255,6 +277,14 @@ export const LogEntry: MessageFns<LogEntry> = {
             message.historyReset = SignedHistoryReset.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.keyRotation = KeyRotation.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -301,6 +331,11 @@ export const LogEntry: MessageFns<LogEntry> = {
         : isSet(object.history_reset)
         ? SignedHistoryReset.fromJSON(object.history_reset)
         : undefined,
+      keyRotation: isSet(object.keyRotation)
+        ? KeyRotation.fromJSON(object.keyRotation)
+        : isSet(object.key_rotation)
+        ? KeyRotation.fromJSON(object.key_rotation)
+        : undefined,
     };
   },
 
@@ -330,6 +365,9 @@ export const LogEntry: MessageFns<LogEntry> = {
     if (message.historyReset !== undefined) {
       obj.historyReset = SignedHistoryReset.toJSON(message.historyReset);
     }
+    if (message.keyRotation !== undefined) {
+      obj.keyRotation = KeyRotation.toJSON(message.keyRotation);
+    }
     return obj;
   },
 
@@ -352,6 +390,82 @@ export const LogEntry: MessageFns<LogEntry> = {
     message.historyReset = (object.historyReset !== undefined && object.historyReset !== null)
       ? SignedHistoryReset.fromPartial(object.historyReset)
       : undefined;
+    message.keyRotation = (object.keyRotation !== undefined && object.keyRotation !== null)
+      ? KeyRotation.fromPartial(object.keyRotation)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseKeyRotation(): KeyRotation {
+  return { publicKey: Buffer.alloc(0) };
+}
+
+export const KeyRotation: MessageFns<KeyRotation> = {
+  encode(message: KeyRotation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.publicKey.length !== 0) {
+      writer.uint32(10).bytes(message.publicKey);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): KeyRotation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseKeyRotation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.publicKey = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): KeyRotation {
+    return {
+      publicKey: isSet(object.publicKey)
+        ? Buffer.from(bytesFromBase64(object.publicKey))
+        : isSet(object.public_key)
+        ? Buffer.from(bytesFromBase64(object.public_key))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: KeyRotation): unknown {
+    const obj: any = {};
+    if (message.publicKey.length !== 0) {
+      obj.publicKey = base64FromBytes(message.publicKey);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<KeyRotation>, I>>(base?: I): KeyRotation {
+    return KeyRotation.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<KeyRotation>, I>>(object: I): KeyRotation {
+    const message = createBaseKeyRotation();
+    message.publicKey = object.publicKey ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -776,7 +890,15 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
 };
 
 function createBaseSnapshot(): Snapshot {
-  return { revision: 0n, lastHash: Buffer.alloc(0), policies: [], createTime: undefined, rollouts: [], fleetId: "" };
+  return {
+    revision: 0n,
+    lastHash: Buffer.alloc(0),
+    policies: [],
+    createTime: undefined,
+    rollouts: [],
+    fleetId: "",
+    keyRotations: [],
+  };
 }
 
 export const Snapshot: MessageFns<Snapshot> = {
@@ -801,6 +923,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     }
     if (message.fleetId !== "") {
       writer.uint32(50).string(message.fleetId);
+    }
+    for (const v of message.keyRotations) {
+      SignedLogEntry.encode(v!, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -866,6 +991,14 @@ export const Snapshot: MessageFns<Snapshot> = {
             message.fleetId = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.keyRotations.push(SignedLogEntry.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -898,6 +1031,11 @@ export const Snapshot: MessageFns<Snapshot> = {
         : isSet(object.fleet_id)
         ? globalThis.String(object.fleet_id)
         : "",
+      keyRotations: globalThis.Array.isArray(object?.keyRotations)
+        ? object.keyRotations.map((e: any) => SignedLogEntry.fromJSON(e))
+        : globalThis.Array.isArray(object?.key_rotations)
+        ? object.key_rotations.map((e: any) => SignedLogEntry.fromJSON(e))
+        : [],
     };
   },
 
@@ -921,6 +1059,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.fleetId !== "") {
       obj.fleetId = message.fleetId;
     }
+    if (message.keyRotations?.length) {
+      obj.keyRotations = message.keyRotations.map((e) => SignedLogEntry.toJSON(e));
+    }
     return obj;
   },
 
@@ -935,6 +1076,7 @@ export const Snapshot: MessageFns<Snapshot> = {
     message.createTime = object.createTime ?? undefined;
     message.rollouts = object.rollouts?.map((e) => Rollout.fromPartial(e)) || [];
     message.fleetId = object.fleetId ?? "";
+    message.keyRotations = object.keyRotations?.map((e) => SignedLogEntry.fromPartial(e)) || [];
     return message;
   },
 };
