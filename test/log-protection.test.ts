@@ -31,6 +31,8 @@ import { ChainFollower, IntentLog } from '@edgeplane/intent-log';
 import { Conditions, MemoryDatapath, NodeAgent, StateFile } from '@edgeplane/node-agent';
 import { TestControlPlane, until } from './support/control-plane.js';
 import { call } from './support/grpc.js';
+import { CONTROLLER_MAIN } from './support/fleet.js';
+import { Supervised } from './support/supervisor.js';
 
 let cp: TestControlPlane;
 let nc: NatsConnection;
@@ -223,4 +225,36 @@ test.serial('log protection - heartbeats stop (controller gone, or withheld): in
   await cp.controller.start();
   await until('fresh again', () => !conditions.has('intent-stale'), 20_000);
   t.pass();
+});
+
+test.serial('log protection - key rotation while agents follow: no NACK, no resync; the rotated controller restarts; a new agent with the first key follows', async (t) => {
+  const a = await startAgent('edge-rot');
+  t.teardown(() => a.follower.close());
+  // (What the earlier tests left in the stream is skipped at start; count from here.)
+  const rejectedBefore = a.follower.stats.rejected;
+  const r1 = await cp.apply(policy('pre-rotation'));
+  await until('applied before rotation', () => a.agent.status.applied === r1);
+  await cp.controller.stop();
+  const rotating = await Supervised.start('controller-rotating', {
+    command: process.execPath,
+    args: [CONTROLLER_MAIN, '--insecure', '--listen', `0.0.0.0:${cp.grpcPort}`, '--nats', `nats://127.0.0.1:${cp.natsPort}`, '--data-dir', join(cp.dir, 'ctl'), '--log-heartbeat', '1', '--shutdown-grace', '1', '--rotate-signing-key'],
+    readyEvent: 'ready',
+  });
+  t.teardown(() => rotating.stop());
+  t.not(rotating.ready.keyId, cp.controller.ready.keyId, 'a new signing key');
+  const r2 = await cp.apply(policy('post-rotation'));
+  await until('applied after rotation', () => a.agent.status.applied === r2);
+  await rotating.stop();
+  await cp.controller.start();
+  const r3 = await cp.apply(policy('after-restart'));
+  await until('applied after the restart', () => a.agent.status.applied === r3);
+  await a.agent.settled();
+  t.deepEqual(a.reports.filter((r) => r.outcome !== RevisionOutcome.REVISION_OUTCOME_ACK), [], 'no NACK');
+  t.is(a.follower.stats.rejected, rejectedBefore, a.rejected.join('\n'));
+  t.is(a.follower.stats.resyncs, 0);
+  t.is(a.follower.stats.catchUps, 1, 'the rotation needed no read of the stream');
+  t.is(a.follower.chain.trusted.size, 2);
+  const b = await startAgent('edge-rot-new');
+  t.teardown(() => b.follower.close());
+  t.deepEqual(b.follower.chain.lastHash, a.follower.chain.lastHash);
 });

@@ -25,6 +25,8 @@ export interface ControllerConfig {
   maxRulesPerPolicy: number;
   snapshotEvery: number;
   logHeartbeatMs: number;
+  /** Rotate the log signing key once at start (admin operation; see HELP). */
+  rotateSigningKey: boolean;
   retainEntries: number;
   prometheusPort?: number;
   prometheusHost: string;
@@ -52,6 +54,9 @@ Every flag can also be set by the environment variable shown.
   --data-dir DIR            state directory (EDGEPLANE_DATA_DIR, default /var/lib/edgeplane/controller)
   --signing-key FILE        Ed25519 key that signs the intent log, created on first start with mode 0600
                             (EDGEPLANE_SIGNING_KEY, default DATA_DIR/signing-key.pem); replicas share it
+  --rotate-signing-key      at start, introduce a new signing key by a log entry signed with the current one,
+                            then sign with the new one; the old key is kept as FILE.retired-ID.pem so the
+                            log stays verifiable (agents follow the rotation along the chain)
   --controller-id ID        this replica's id in log entries (EDGEPLANE_CONTROLLER_ID, default HOST-PID)
   --fleet-id ID             the fleet's id, written into every log entry; agents skip entries of another
                             fleet (EDGEPLANE_FLEET_ID; default: the id stored beside the log, generated
@@ -114,6 +119,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'max-rules-per-policy': { type: 'string' },
         'snapshot-every': { type: 'string' },
         'log-heartbeat': { type: 'string' },
+        'rotate-signing-key': { type: 'boolean' },
         'retain-entries': { type: 'string' },
         'prometheus-port': { type: 'string' },
         'prometheus-host': { type: 'string' },
@@ -161,6 +167,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     ruleGrowthGuard: int('rule-growth-guard', values['rule-growth-guard'], 10_000, 1),
     maxRulesPerPolicy: int('max-rules-per-policy', values['max-rules-per-policy'], 65_536, 1),
     snapshotEvery: int('snapshot-every', values['snapshot-every'], 1000),
+    rotateSigningKey: values['rotate-signing-key'] ?? false,
     logHeartbeatMs: int('log-heartbeat', values['log-heartbeat'] ?? env.EDGEPLANE_LOG_HEARTBEAT, 5) * 1000,
     retainEntries: int('retain-entries', values['retain-entries'], 10_000),
     ...(prometheus !== undefined && prometheus !== '' ? { prometheusPort: int('prometheus-port', prometheus, 0) } : {}),

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
-import { NODE_REGISTRY_BUCKET, INTENT_STREAM, INTENT_SUBJECT, publicKeyFromRaw } from '@edgeplane/proto';
+import { NODE_REGISTRY_BUCKET, INTENT_STREAM, INTENT_SUBJECT, keyIdOf, publicKeyFromRaw } from '@edgeplane/proto';
 import { IntentLog, NatsServer } from '@edgeplane/intent-log';
 import { startTelemetry, type SpanProcessor, type Telemetry } from '@edgeplane/telemetry';
 import { AgentSessions } from './agent-sessions.js';
@@ -23,7 +23,7 @@ import { KvNodeStore } from './kv-node-store.js';
 import { registerFleetMetrics } from './metrics.js';
 import { RolloutManager } from './rollout-manager.js';
 import { NodeRegistry } from './node-registry.js';
-import { loadOrCreateSigningKey } from './signing-key.js';
+import { commitSigningKeyFile, loadOrCreateSigningKey, prepareNextSigningKey, retiredSigningKeys } from './signing-key.js';
 
 /** A running controller. */
 export interface RunningController {
@@ -93,7 +93,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       for await (const s of nc.status()) if (s.type === 'disconnect' || s.type === 'reconnect') log('info', `nats ${s.type}`, { server: (s as { server?: string }).server });
     })();
 
-    const key = loadOrCreateSigningKey(config.signingKey);
+    let key = loadOrCreateSigningKey(config.signingKey);
     const intentLog = await IntentLog.open(nc, { create: true, replicas: config.streamReplicas });
     const fleetId = await intentLog.fleetId(config.fleetId ?? randomUUID());
     if (config.fleetId && fleetId !== config.fleetId) throw new ConfigError(`--fleet-id ${config.fleetId}: the log belongs to fleet ${fleetId}`);
@@ -101,7 +101,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       controllerId: config.controllerId,
       fleetId,
       signingKey: key.privateKey,
-      trusted: new Map([[key.keyId, publicKeyFromRaw(key.publicKey)]]),
+      trusted: new Map([[key.keyId, publicKeyFromRaw(key.publicKey)], ...retiredSigningKeys(config.signingKey).map((k) => [keyIdOf(k), k] as const)]),
       snapshotEvery: config.snapshotEvery,
       headIntervalMs: config.logHeartbeatMs,
       retainEntries: config.retainEntries,
@@ -110,6 +110,15 @@ export async function startController(config: ControllerConfig, extras: StartExt
     });
     await store.start();
     cleanups.push(() => store.close());
+    if (config.rotateSigningKey) {
+      // The next key is on disk before the entry that introduces it: a crash in between leaves
+      // a .next file and the old key, which still signs (the rotation is simply done again).
+      const next = prepareNextSigningKey(config.signingKey);
+      const revision = await store.rotateKey(next.privateKey);
+      commitSigningKeyFile(config.signingKey, key);
+      log('info', 'rotated the log signing key', { from: key.keyId, to: next.keyId, revision: String(revision) });
+      key = next;
+    }
     // A reconnect may have missed live entries: catch up from the stream.
     void (async () => {
       for await (const s of nc.status()) if (s.type === 'reconnect') await store.catchUp().catch((err: unknown) => onError('catch up after reconnect', err));
