@@ -90,14 +90,21 @@ export class IntentChain {
 
   /**
    * Verifies the rotation entries a snapshot carries, in order, each with the keys trusted
-   * before it, and returns the grown set and the list.
-   * @throws SignatureError if one does not verify.
+   * before it, and returns the grown set and the list (one that does not verify is skipped).
+   * @throws ChainError if one is from after the snapshot.
    */
   #rotationsOf(snapshot: Snapshot): { trusted: Map<string, KeyObject>; rotations: SignedLogEntry[] } {
     const trusted = new Map(this.#trusted);
     const rotations: SignedLogEntry[] = [];
     for (const signed of snapshot.keyRotations) {
-      const entry = openLogEntry(signed, trusted);
+      let entry: LogEntry;
+      try {
+        entry = openLogEntry(signed, trusted);
+      } catch {
+        // Signed by a key this chain never trusted (a follower configured with a later key
+        // only): it adds nothing; the snapshot must then verify with what is trusted.
+        continue;
+      }
       if (entry.revision > snapshot.revision) throw new ChainError(`snapshot ${snapshot.revision} carries a key rotation from revision ${entry.revision}`);
       if (entry.keyRotation) this.#learn(signed, entry, trusted, rotations);
     }
@@ -233,7 +240,6 @@ export class IntentChain {
    * Replaces the whole state with an unsigned snapshot the caller already trusts — an agent's
    * own state file, written by itself after verifying every entry in it — or one
    * {@link openSnapshot} verified. The key rotations it carries are verified again.
-   * @throws SignatureError if a rotation it carries does not verify.
    */
   load(snapshot: Snapshot): void {
     // Keys rotated in along the chain: learned again, each rotation verified as it was.
