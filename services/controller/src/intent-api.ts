@@ -149,7 +149,8 @@ export class IntentApi {
       }
       let total = 0;
       for (const p of chain.policies.values()) total += encodedSize(p);
-      const grown = total - (existing ? encodedSize(existing) : 0) + PolicySpec.encode(incoming.spec!).finish().length + 256;
+      // The stored policy adds versions and times to what came in: 64 bytes cover them.
+      const grown = total - (existing ? encodedSize(existing) : 0) + Policy.encode(incoming).finish().length + 64;
       if (grown > this.#maxIntentBytes) {
         throw new PreconditionError(`policy ${name} would bring the intent to about ${grown} bytes, past its bound of ${this.#maxIntentBytes}; delete or shrink policies first`, 'INTENT_TOO_LARGE');
       }
