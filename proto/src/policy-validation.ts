@@ -53,11 +53,6 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
     add(path, 'required', 'REQUIRED');
     return out;
   }
-  const bytes = Policy.encode(policy).finish().length;
-  if (bytes > MAX_POLICY_BYTES) {
-    add(path, `${bytes} bytes encoded; at most ${MAX_POLICY_BYTES}`, 'POLICY_TOO_LARGE');
-    return out;
-  }
   const meta = policy.metadata;
   if (!meta || meta.name === '') add(`${path}.metadata.name`, 'required', 'REQUIRED');
   else {
@@ -105,6 +100,11 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
     });
   }
   validateRollout(policy, sp, add);
+  // Encoding costs as much as decoding did: only a policy valid so far pays for it.
+  if (out.length === 0) {
+    const bytes = Policy.encode(policy).finish().length;
+    if (bytes > MAX_POLICY_BYTES) add(path, `${bytes} bytes encoded; at most ${MAX_POLICY_BYTES}`, 'POLICY_TOO_LARGE');
+  }
   return result();
 }
 
