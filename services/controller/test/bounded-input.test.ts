@@ -13,7 +13,7 @@ import {
   MAX_LISTED_VIOLATIONS,
   MAX_REQUEST_BYTES,
   MORE_VIOLATIONS_REASON,
-  Policy,
+  type Policy,
   STATUS_DETAILS_KEY,
   type ConnectRequest,
   type DeepPartial,
