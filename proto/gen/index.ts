@@ -183,6 +183,7 @@ export {
   checkLabelKey,
   checkLabelValue,
   validateLabels,
+  validateNodeNames,
 } from './../src/labels.js';
 export {
   MAX_COLLECTED_VIOLATIONS,

@@ -3,7 +3,7 @@
  * which edgeplane labels and selectors follow so that operators' habits carry over. Every check
  * looks at the length first, so its cost is bounded whatever the input's size.
  */
-import { MAX_LABEL_NAME_LENGTH, MAX_LABEL_PREFIX_LENGTH, MAX_LABELS, quote } from './limits.js';
+import { MAX_LABEL_NAME_LENGTH, MAX_LABEL_PREFIX_LENGTH, MAX_LABELS, MAX_NODES_PER_REQUEST, quote } from './limits.js';
 import type { FieldViolation } from './status-details.js';
 
 const NAME = /^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
@@ -59,5 +59,20 @@ export function validateLabels(labels: Readonly<Record<string, string>>, path: s
     const vp = checkLabelValue(v);
     if (vp) out.push({ field: `${path}[${quote(k)}]`, description: `value ${quote(v)}: ${vp}`, reason: 'INVALID_LABEL_VALUE' });
   }
+  return out;
+}
+
+/**
+ * Returns the field violations of a list of node names a request carries, under `path`: more
+ * than MAX_NODES_PER_REQUEST names (then the names are not checked one by one), and each name
+ * that is not an RFC 1123 label. For every request field that names nodes.
+ */
+export function validateNodeNames(names: readonly string[], path: string): FieldViolation[] {
+  if (names.length > MAX_NODES_PER_REQUEST) return [{ field: path, description: `${names.length} node names; at most ${MAX_NODES_PER_REQUEST}`, reason: 'TOO_MANY_NODES' }];
+  const out: FieldViolation[] = [];
+  names.forEach((name, i) => {
+    const p = checkDnsLabel(name);
+    if (p) out.push({ field: `${path}[${i}]`, description: `${quote(name)} ${p}`, reason: 'INVALID_NAME' });
+  });
   return out;
 }

@@ -17,7 +17,9 @@ import {
   parseCanonicalCidr,
   parseLabelSelector,
   quote,
+  validateNodeNames,
   validatePolicy,
+  MAX_NODES_PER_REQUEST,
   type ParseStats,
 } from '@edgeplane/proto';
 
@@ -138,4 +140,12 @@ test('validatePolicy - many problems are collected up to the bound, then counted
   t.is(out.length, MAX_COLLECTED_VIOLATIONS + 1);
   t.is(out.at(-1)!.reason, MORE_VIOLATIONS_REASON);
   t.is(countViolations(out), 5000);
+});
+
+test('validateNodeNames - more than MAX_NODES_PER_REQUEST names is one violation; bad names are quoted short', (t) => {
+  t.deepEqual(validateNodeNames(Array.from({ length: MAX_NODES_PER_REQUEST + 1 }, (_, i) => `n${i}`), 'nodes').map((v) => v.reason), ['TOO_MANY_NODES']);
+  const bad = validateNodeNames(['ok', 'N'.repeat(8000)], 'nodes');
+  t.deepEqual(bad.map((v) => v.field), ['nodes[1]']);
+  t.true(bad[0]!.description.length < 200);
+  t.deepEqual(validateNodeNames(['a', 'b-1'], 'nodes'), []);
 });
