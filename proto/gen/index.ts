@@ -256,3 +256,6 @@ export {
   SNAPSHOT_KEY,
   TRACEPARENT_HEADER,
 } from './../src/subjects.js';
+export {
+  checkApplyPolicyWire,
+} from './../src/wire-bounds.js';

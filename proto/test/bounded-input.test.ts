@@ -12,6 +12,8 @@ import {
   MORE_VIOLATIONS_REASON,
   Policy,
   Action,
+  ApplyPolicyRequest,
+  checkApplyPolicyWire,
   countViolations,
   isCidrProblem,
   parseCanonicalCidr,
@@ -148,4 +150,24 @@ test('validateNodeNames - more than MAX_NODES_PER_REQUEST names is one violation
   t.deepEqual(bad.map((v) => v.field), ['nodes[1]']);
   t.true(bad[0]!.description.length < 200);
   t.deepEqual(validateNodeNames(['a', 'b-1'], 'nodes'), []);
+});
+
+test('checkApplyPolicyWire - finds on the wire the count bounds validatePolicy finds, and nothing in valid or malformed bytes', (t) => {
+  const req = (spec: Record<string, unknown>, metadata: Record<string, unknown> = {}): Uint8Array => ApplyPolicyRequest.encode(ApplyPolicyRequest.fromPartial({ policy: policy(spec, metadata) })).finish();
+  const exprs = (n: number, values = 0) => ({ matchLabels: {}, matchExpressions: Array.from({ length: n }, (_, i) => ({ key: `k${i}`, operator: values ? Op.OPERATOR_IN : Op.OPERATOR_EXISTS, values: Array.from({ length: values }, (_, j) => `v${j}`) })) });
+  const cases: [Uint8Array, string[]][] = [
+    [req({}), []],
+    [req({ nodeSelector: exprs(64) }), []],
+    [req({ nodeSelector: exprs(65) }), ['TOO_MANY_TERMS']],
+    [req({ nodeSelector: exprs(1, 300_000) }), ['TOO_MANY_VALUES']],
+    [req({}, { labels: Object.fromEntries(Array.from({ length: MAX_LABELS + 1 }, (_, i) => [`k${i}`, 'v'])) }), ['TOO_MANY_LABELS']],
+    [req({ rolloutStrategy: { strategy: { $case: 'staged', staged: { waves: [{ target: { $case: 'selector', selector: exprs(100) } }] } } } }), ['TOO_MANY_TERMS']],
+  ];
+  for (const [bytes, reasons] of cases) {
+    t.deepEqual(checkApplyPolicyWire(bytes).map((v) => v.reason), reasons);
+    const decoded = ApplyPolicyRequest.decode(bytes);
+    const full = validatePolicy(decoded.policy).map((v) => v.reason);
+    for (const r of reasons) t.true(full.includes(r), `validatePolicy also finds ${r}`);
+  }
+  t.deepEqual(checkApplyPolicyWire(new Uint8Array([0x0a, 0xff, 0xff, 0x03])), []);
 });

@@ -6,7 +6,6 @@ import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-
 import {
   AgentServiceService,
   FleetServiceService,
-  IntentServiceService,
   MAX_REQUEST_BYTES,
   PROTO_FILES,
   PROTO_INCLUDE_DIR,
@@ -15,6 +14,7 @@ import {
   type IntentServiceServer,
 } from '@edgeplane/proto';
 import { ConfigError } from '../errors.js';
+import { intentServiceWithWirePrecheck } from './wire-precheck.js';
 
 /** Transport security of the gRPC listener. */
 export type TlsOptions =
@@ -70,7 +70,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   const creds = credentials(options.tls);
   const max = options.maxRequestBytes ?? MAX_REQUEST_BYTES;
   const server = new grpc.Server({ 'grpc.max_receive_message_length': max, 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000, 'grpc.keepalive_permit_without_calls': 1 });
-  server.addService(IntentServiceService, options.intent);
+  server.addService(intentServiceWithWirePrecheck(), options.intent);
   server.addService(FleetServiceService, options.fleet);
   server.addService(AgentServiceService, options.agent);
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICE_NAMES].map((s) => [s, 'NOT_SERVING' as const])));
