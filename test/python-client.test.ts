@@ -107,6 +107,11 @@ const bad: [title: string, args: () => string[], field: string][] = [
   ['100,000 terms', () => ['list', '--selector-file', selectorFile('terms', Array.from({ length: 100_000 }, (_, i) => `k${i}=v`).join(','))], 'label_selector'],
   ['an 8,000-character bad value', () => ['apply', '-f', policyFile('long', { metadata: { name: `${name}-long`, labels: { team: 'x'.repeat(8000) } }, spec: { rules: [{ priority: 1, action: 'ACTION_DENY' }] } })], 'policy.metadata.labels["team"]'],
   [
+    'long non-ASCII names and labels (9 bytes a character in grpc-message)',
+    () => ['apply', '-f', policyFile('euro', { metadata: { name: '€'.repeat(4000), labels: Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`€${i}${'€'.repeat(4000)}`, '😀'.repeat(4000)])) }, spec: { rules: [{ priority: 1, action: 'ACTION_DENY' }] } })],
+    'policy.metadata.name',
+  ],
+  [
     '5,000 bad CIDRs',
     () => ['apply', '-f', policyFile('cidrs', { metadata: { name: `${name}-cidrs` }, spec: { rules: Array.from({ length: 5000 }, (_, i) => ({ priority: i + 1, sourceCidrs: [`${'9'.repeat(200)}/${i}`], action: 'ACTION_DENY' })) } })],
     'policy.spec.rules[0].source_cidrs[0]',

@@ -177,3 +177,11 @@ test.serial('AgentService - counter reports with too many entries or overlong na
     t.deepEqual(got.counters, [], 'nothing of the report was kept');
   }
 });
+
+test.serial('ApplyPolicy - non-ASCII values (percent-encoded 9 bytes a character in grpc-message) still fit 8 KiB', async (t) => {
+  const labels = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`€${i}${'€'.repeat(4000)}`, '😀'.repeat(4000)]));
+  const err = await failure(call(c.intent, c.intent.applyPolicy, policy('euro', { metadata: { name: '€'.repeat(4000), labels }, spec: { description: '€'.repeat(8000) } })));
+  t.is(err.code, grpc.status.INVALID_ARGUMENT);
+  t.true(detailsOf(err)!.fieldViolations.length > 1);
+  t.true(trailerBytes(err) < 7 * 1024, `${trailerBytes(err)} bytes`);
+});

@@ -9,6 +9,11 @@ export type ErrorLogger = (message: string, err: unknown) => void;
 
 /** Characters of grpc-message (and of the Status message inside the details). */
 export const MAX_STATUS_MESSAGE_LENGTH = 512;
+/**
+ * Bytes of grpc-message as sent: gRPC percent-encodes every byte outside printable ASCII, so
+ * a character such as "€" takes 9. The message is cut to fit this as well.
+ */
+export const MAX_STATUS_MESSAGE_WIRE_BYTES = 1024;
 /** Characters of one violation's field path and of its description. */
 const MAX_FIELD_LENGTH = 256;
 const MAX_DESCRIPTION_LENGTH = 512;
@@ -25,6 +30,21 @@ function cut(text: string, max: number): string {
   const c = text.charCodeAt(end - 1);
   if (c >= 0xd800 && c <= 0xdbff) end--;
   return text.slice(0, end) + '…';
+}
+
+/** Cuts a grpc-message so its percent-encoded form (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md) fits `maxWire` bytes. */
+function cutForWire(text: string, maxWire: number): string {
+  let wire = 0;
+  let i = 0;
+  for (const ch of text) {
+    const cp = ch.codePointAt(0)!;
+    const bytes = cp >= 0x20 && cp <= 0x7e && cp !== 0x25 ? 1 : 3 * Buffer.byteLength(ch);
+    // Leave room for the 9 bytes of "…".
+    if (wire + bytes > maxWire - 9) return text.slice(0, i) + '…';
+    wire += bytes;
+    i += ch.length;
+  }
+  return text;
 }
 
 /**
@@ -52,7 +72,7 @@ function boundViolations(code: number, message: string, violations: readonly Fie
 }
 
 function withDetails(code: status, message: string, details: Parameters<typeof encodeStatusDetails>[0]): Partial<ServiceError> {
-  const bounded = cut(message, MAX_STATUS_MESSAGE_LENGTH);
+  const bounded = cutForWire(cut(message, MAX_STATUS_MESSAGE_LENGTH), MAX_STATUS_MESSAGE_WIRE_BYTES);
   const { fieldViolations, bytes } = boundViolations(details.code, bounded, details.fieldViolations);
   const metadata = new Metadata();
   metadata.set(STATUS_DETAILS_KEY, Buffer.from(details.errorInfo ? encodeStatusDetails({ ...details, message: bounded, fieldViolations }) : bytes));
@@ -78,8 +98,8 @@ export function toStatus(err: unknown, log: ErrorLogger): Partial<ServiceError> 
       fieldViolations: [{ field: 'policy', description: err.message, reason: 'ENTRY_TOO_LARGE' }],
     });
   }
-  if (err instanceof NotFoundError) return { code: status.NOT_FOUND, details: cut(err.message, MAX_STATUS_MESSAGE_LENGTH) };
-  if (err instanceof VersionConflictError) return { code: status.ABORTED, details: cut(err.message, MAX_STATUS_MESSAGE_LENGTH) };
+  if (err instanceof NotFoundError) return { code: status.NOT_FOUND, details: cutForWire(cut(err.message, MAX_STATUS_MESSAGE_LENGTH), MAX_STATUS_MESSAGE_WIRE_BYTES) };
+  if (err instanceof VersionConflictError) return { code: status.ABORTED, details: cutForWire(cut(err.message, MAX_STATUS_MESSAGE_LENGTH), MAX_STATUS_MESSAGE_WIRE_BYTES) };
   if (err instanceof PreconditionError) {
     return withDetails(status.FAILED_PRECONDITION, err.message, {
       code: status.FAILED_PRECONDITION,
@@ -88,10 +108,10 @@ export function toStatus(err: unknown, log: ErrorLogger): Partial<ServiceError> 
       errorInfo: { reason: err.reason, domain: 'edgeplane.io', metadata: {} },
     });
   }
-  if (err instanceof IdleStreamError) return { code: status.UNAVAILABLE, details: cut(err.message, MAX_STATUS_MESSAGE_LENGTH) };
-  if (err instanceof CompactedError) return { code: status.OUT_OF_RANGE, details: cut(err.message, MAX_STATUS_MESSAGE_LENGTH) };
+  if (err instanceof IdleStreamError) return { code: status.UNAVAILABLE, details: cutForWire(cut(err.message, MAX_STATUS_MESSAGE_LENGTH), MAX_STATUS_MESSAGE_WIRE_BYTES) };
+  if (err instanceof CompactedError) return { code: status.OUT_OF_RANGE, details: cutForWire(cut(err.message, MAX_STATUS_MESSAGE_LENGTH), MAX_STATUS_MESSAGE_WIRE_BYTES) };
   if (err instanceof UnavailableError || err instanceof LogUnavailableError || err instanceof ConflictError) {
-    return { code: status.UNAVAILABLE, details: cut(err.message, MAX_STATUS_MESSAGE_LENGTH) };
+    return { code: status.UNAVAILABLE, details: cutForWire(cut(err.message, MAX_STATUS_MESSAGE_LENGTH), MAX_STATUS_MESSAGE_WIRE_BYTES) };
   }
   log('internal error', err);
   return { code: status.INTERNAL, details: 'internal error' };
