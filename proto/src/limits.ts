@@ -65,6 +65,13 @@ export const MAX_NODE_CONDITIONS = 64;
  */
 export const MAX_COUNTER_RULES = 8192;
 
+/**
+ * Distinct rules the controller keeps counters for per node: every rule of both interface
+ * roles. Reports naming more new rules than that are dropped past the bound, so an agent
+ * cannot grow the controller's memory by inventing rule keys.
+ */
+export const MAX_COUNTED_RULES_PER_NODE = 2 * MAX_RULES_PER_POLICY;
+
 /** Interface entries in one counter report. */
 export const MAX_COUNTER_INTERFACES = MAX_NODE_INTERFACES;
 

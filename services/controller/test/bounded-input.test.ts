@@ -9,6 +9,7 @@ import {
   AgentServiceClient,
   ApplyPolicyRequest,
   LabelSelectorRequirement_Operator as Op,
+  MAX_COUNTED_RULES_PER_NODE,
   MAX_COUNTER_RULES,
   MAX_LISTED_VIOLATIONS,
   MAX_REQUEST_BYTES,
@@ -19,6 +20,7 @@ import {
   type DeepPartial,
 } from '@edgeplane/proto';
 import { call, clients, detailsOf } from '../../../test/support/grpc.js';
+import { CounterStore } from '../src/counter-store.js';
 import { startTestController } from './helpers.js';
 
 let env: Awaited<ReturnType<typeof startTestController>>;
@@ -184,4 +186,16 @@ test.serial('ApplyPolicy - non-ASCII values (percent-encoded 9 bytes a character
   t.is(err.code, grpc.status.INVALID_ARGUMENT);
   t.true(detailsOf(err)!.fieldViolations.length > 1);
   t.true(trailerBytes(err) < 7 * 1024, `${trailerBytes(err)} bytes`);
+});
+
+test('CounterStore - a node inventing rule keys report after report is held to MAX_COUNTED_RULES_PER_NODE', (t) => {
+  const store = new CounterStore();
+  const rules = (from: number) => Array.from({ length: 8192 }, (_, i) => ({ rule: { policy: 'p', priority: from + i }, ruleName: '', packets: 1n, bytes: 1n, rateLimitedPackets: 0n }));
+  const reports = Math.ceil(MAX_COUNTED_RULES_PER_NODE / 8192) + 2;
+  for (let r = 0; r < reports; r++) store.add('n', { startTime: undefined, endTime: undefined, rules: rules(r * 8192), interfaces: [], appliedRevision: 0n });
+  t.is(store.nodeRules('n').length, MAX_COUNTED_RULES_PER_NODE);
+  t.is(store.dropped, reports * 8192 - MAX_COUNTED_RULES_PER_NODE);
+  // Known keys still count.
+  store.add('n', { startTime: undefined, endTime: undefined, rules: rules(0).slice(0, 1), interfaces: [], appliedRevision: 0n });
+  t.is(store.nodeRules('n')[0]!.packets, 2n);
 });
