@@ -158,6 +158,7 @@ export {
 export {
   type Cidr,
   type CidrProblem,
+  MAX_ADDRESS_LENGTH,
   formatAddress,
   formatCidr,
   formatIPv6,
@@ -171,6 +172,7 @@ export {
 } from './../src/errors.js';
 export {
   LabelSelectorSyntaxError,
+  type ParseStats,
   formatLabelSelector,
   matchesLabelSelector,
   parseLabelSelector,
@@ -180,7 +182,37 @@ export {
   checkDnsLabel,
   checkLabelKey,
   checkLabelValue,
+  validateLabels,
+  validateNodeNames,
 } from './../src/labels.js';
+export {
+  MAX_COLLECTED_VIOLATIONS,
+  MAX_COUNTED_RULES_PER_NODE,
+  MAX_COUNTER_INTERFACES,
+  MAX_COUNTER_NAME_LENGTH,
+  MAX_COUNTER_RULES,
+  MAX_INTENT_BYTES,
+  MAX_LABELS,
+  MAX_LABEL_NAME_LENGTH,
+  MAX_LABEL_PREFIX_LENGTH,
+  MAX_LISTED_VIOLATIONS,
+  MAX_MANIFEST_BYTES,
+  MAX_NODES_PER_REQUEST,
+  MAX_NODE_CONDITIONS,
+  MAX_NODE_INTERFACES,
+  MAX_POLICIES,
+  MAX_POLICY_BYTES,
+  MAX_QUOTED_LENGTH,
+  MAX_REPORT_TEXT_LENGTH,
+  MAX_REQUEST_BYTES,
+  MAX_ROLLOUT_WAVES,
+  MAX_RULES_PER_POLICY,
+  MAX_SELECTOR_LENGTH,
+  MAX_SELECTOR_TERMS,
+  MAX_SELECTOR_VALUES,
+  MAX_SELECTOR_VALUES_PER_TERM,
+  quote,
+} from './../src/limits.js';
 export {
   GENESIS_HASH,
   type TrustedKeys,
@@ -208,10 +240,13 @@ export {
 } from './../src/proto-files.js';
 export {
   type FieldViolation,
+  MORE_VIOLATIONS_REASON,
   STATUS_DETAILS_KEY,
   type StatusDetails,
+  countViolations,
   decodeStatusDetails,
   encodeStatusDetails,
+  moreViolations,
 } from './../src/status-details.js';
 export {
   INTENT_LIVE_SUBJECT,
@@ -222,3 +257,6 @@ export {
   SNAPSHOT_KEY,
   TRACEPARENT_HEADER,
 } from './../src/subjects.js';
+export {
+  checkApplyPolicyWire,
+} from './../src/wire-bounds.js';

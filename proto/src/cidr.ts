@@ -1,4 +1,12 @@
 import { isIPv4, isIPv6 } from 'node:net';
+import { quote } from './limits.js';
+
+/**
+ * Characters of the longest address text the parsers look at: a full IPv6 address with an
+ * embedded dotted quad is 45. Longer text is refused before any parsing, so every parser here
+ * costs O(1) whatever the input's length.
+ */
+export const MAX_ADDRESS_LENGTH = 45;
 
 /** A parsed CIDR: family, network address bytes (4 or 16) and prefix length. */
 export interface Cidr {
@@ -16,7 +24,7 @@ export interface CidrProblem {
 
 /** Returns the 16 bytes of an IPv6 address in any valid text form, or undefined. */
 export function parseIPv6(text: string): Uint8Array | undefined {
-  if (!isIPv6(text)) return undefined;
+  if (text.length > MAX_ADDRESS_LENGTH || !isIPv6(text)) return undefined;
   let head = text;
   const out = new Uint8Array(16);
   // An embedded dotted quad fills the last 32 bits.
@@ -48,7 +56,7 @@ export function parseIPv6(text: string): Uint8Array | undefined {
 
 /** Returns the 4 bytes of a dotted-quad IPv4 address, or undefined. */
 export function parseIPv4(text: string): Uint8Array | undefined {
-  if (!isIPv4(text)) return undefined;
+  if (text.length > MAX_ADDRESS_LENGTH || !isIPv4(text)) return undefined;
   return new Uint8Array(text.split('.').map((o) => Number(o)));
 }
 
@@ -78,30 +86,33 @@ export function formatCidr(cidr: Cidr): string {
 /**
  * Parses a CIDR and insists on its canonical spelling: a prefix length, host bits zero, no
  * leading zeros, and for IPv6 the RFC 5952 form. Returns the CIDR, or the problem (with the
- * canonical spelling in the description when the input names a valid network).
+ * canonical spelling in the description when the input names a valid network). Text longer
+ * than an address and a prefix length can be is refused unread; descriptions quote at most
+ * a short prefix of the input.
  */
 export function parseCanonicalCidr(text: string): Cidr | CidrProblem {
+  if (text.length > MAX_ADDRESS_LENGTH + 4) return { reason: 'MALFORMED_CIDR', description: `${quote(text)} is not an IPv4 or IPv6 CIDR` };
   const slash = text.indexOf('/');
   const addr = slash < 0 ? text : text.slice(0, slash);
   const lenText = slash < 0 ? undefined : text.slice(slash + 1);
   const v4 = parseIPv4(addr);
   const v6 = v4 ? undefined : parseIPv6(addr);
-  if (!v4 && !v6) return { reason: 'MALFORMED_CIDR', description: `${JSON.stringify(text)} is not an IPv4 or IPv6 CIDR` };
+  if (!v4 && !v6) return { reason: 'MALFORMED_CIDR', description: `${quote(text)} is not an IPv4 or IPv6 CIDR` };
   const family = v4 ? 4 : 6;
   const bytes = (v4 ?? v6)!;
   const max = family === 4 ? 32 : 128;
   if (lenText === undefined) {
-    return { reason: 'MALFORMED_CIDR', description: `${JSON.stringify(text)} has no prefix length (did you mean ${formatAddress(family, bytes)}/${max}?)` };
+    return { reason: 'MALFORMED_CIDR', description: `${quote(text)} has no prefix length (did you mean ${formatAddress(family, bytes)}/${max}?)` };
   }
   if (!/^(0|[1-9][0-9]{0,2})$/.test(lenText) || Number(lenText) > max) {
-    return { reason: 'MALFORMED_CIDR', description: `${JSON.stringify(text)}: prefix length must be 0 to ${max}` };
+    return { reason: 'MALFORMED_CIDR', description: `${quote(text)}: prefix length must be 0 to ${max}` };
   }
   const prefixLength = Number(lenText);
   const cidr: Cidr = { family, address: maskHostBits(bytes, prefixLength), prefixLength };
   const canonical = formatCidr(cidr);
   if (canonical !== text) {
     const why = cidr.address.some((b, i) => b !== bytes[i]) ? 'has host bits set' : 'is not in canonical form';
-    return { reason: 'NON_CANONICAL_CIDR', description: `${JSON.stringify(text)} ${why}; write ${canonical}` };
+    return { reason: 'NON_CANONICAL_CIDR', description: `${quote(text)} ${why}; write ${canonical}` };
   }
   return cidr;
 }

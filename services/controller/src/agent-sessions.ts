@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import {
-  checkDnsLabel,
   type AgentSettings,
+  type FieldViolation,
   type ConnectRequest,
   type ConnectResponse,
   type TrustedKey,
 } from '@edgeplane/proto';
+import { validateCounterReport, validateHello, validateRevisionReport } from './agent-input.js';
 import type { CounterStore } from './counter-store.js';
 import { ValidationError } from './errors.js';
 import type { NodeRegistry } from './node-registry.js';
@@ -35,6 +36,11 @@ export interface AgentSessionsOptions {
 /** Thrown to end a stream that stayed silent: the connection is presumed half-open. */
 export class IdleStreamError extends Error {
   override name = 'IdleStreamError';
+}
+
+/** Throws ValidationError (the stream ends INVALID_ARGUMENT, nothing of the message kept) if there are problems. */
+function reject(what: string, problems: FieldViolation[]): void {
+  if (problems.length > 0) throw new ValidationError(`${what}: ${problems[0]!.field}: ${problems[0]!.description}`, problems);
 }
 
 function durationMs(d: { seconds: bigint; nanos: number } | undefined, fallback: number): number {
@@ -84,8 +90,7 @@ export class AgentSessions {
         if (!m) continue;
         if (!node) {
           if (m.$case !== 'hello') throw new ValidationError('the first message must be a hello', [{ field: 'hello', description: 'required first', reason: 'REQUIRED' }]);
-          const problem = checkDnsLabel(m.hello.nodeName);
-          if (problem) throw new ValidationError('invalid node name', [{ field: 'hello.node_name', description: problem, reason: 'INVALID_NAME' }]);
+          reject('invalid hello', validateHello(m.hello));
           node = m.hello.nodeName;
           this.#registry.hello(m.hello, sessionId);
           stream.send({
@@ -100,9 +105,11 @@ export class AgentSessions {
         arm(idleMs, `node ${node} silent for ${idleMs} ms`);
         switch (m.$case) {
           case 'report':
+            reject('invalid revision report', validateRevisionReport(m.report));
             this.#registry.report(node, m.report);
             break;
           case 'counters':
+            reject('invalid counter report', validateCounterReport(m.counters));
             this.#counters.add(node, m.counters);
             this.#registry.seen(node);
             break;

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { MAX_INTENT_BYTES, MAX_POLICIES, MAX_RULES_PER_POLICY } from '@edgeplane/proto';
 import { ConfigError } from './errors.js';
 
 /** Everything the controller is configured with. */
@@ -21,6 +22,8 @@ export interface ControllerConfig {
   streamReplicas: number;
   ruleGrowthGuard: number;
   maxRulesPerPolicy: number;
+  maxPolicies: number;
+  maxIntentBytes: number;
   snapshotEvery: number;
   retainEntries: number;
   prometheusPort?: number;
@@ -53,6 +56,8 @@ Every flag can also be set by the environment variable shown.
   --stream-replicas N       JetStream replicas of the log when creating it (EDGEPLANE_STREAM_REPLICAS, default 1; 3 in a cluster)
   --rule-growth-guard N     a write growing a policy past N rules needs allow_large_growth (default 10000)
   --max-rules-per-policy N  (default 65536)
+  --max-policies N          policies the intent may hold (default 10000)
+  --max-intent-bytes N      encoded bytes of all policies together (default 67108864)
   --snapshot-every N        snapshot the intent every N revisions (default 1000; 0 = never)
   --retain-entries N        keep N entries below the newest snapshot (default 10000)
   --prometheus-port PORT    serve metrics at http://HOST:PORT/metrics (EDGEPLANE_PROMETHEUS_PORT; unset = off)
@@ -103,6 +108,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'stream-replicas': { type: 'string' },
         'rule-growth-guard': { type: 'string' },
         'max-rules-per-policy': { type: 'string' },
+        'max-policies': { type: 'string' },
+        'max-intent-bytes': { type: 'string' },
         'snapshot-every': { type: 'string' },
         'retain-entries': { type: 'string' },
         'prometheus-port': { type: 'string' },
@@ -146,7 +153,9 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     controllerId: values['controller-id'] ?? env.EDGEPLANE_CONTROLLER_ID ?? `${hostname()}-${process.pid}`,
     streamReplicas: int('stream-replicas', values['stream-replicas'] ?? env.EDGEPLANE_STREAM_REPLICAS, 1, 1),
     ruleGrowthGuard: int('rule-growth-guard', values['rule-growth-guard'], 10_000, 1),
-    maxRulesPerPolicy: int('max-rules-per-policy', values['max-rules-per-policy'], 65_536, 1),
+    maxRulesPerPolicy: int('max-rules-per-policy', values['max-rules-per-policy'], MAX_RULES_PER_POLICY, 1),
+    maxPolicies: int('max-policies', values['max-policies'], MAX_POLICIES, 1),
+    maxIntentBytes: int('max-intent-bytes', values['max-intent-bytes'], MAX_INTENT_BYTES, 1),
     snapshotEvery: int('snapshot-every', values['snapshot-every'], 1000),
     retainEntries: int('retain-entries', values['retain-entries'], 10_000),
     ...(prometheus !== undefined && prometheus !== '' ? { prometheusPort: int('prometheus-port', prometheus, 0) } : {}),

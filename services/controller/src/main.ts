@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
-import { NODE_REGISTRY_BUCKET, INTENT_STREAM, INTENT_SUBJECT, publicKeyFromRaw } from '@edgeplane/proto';
+import { DEFAULT_POLICY_LIMITS, NODE_REGISTRY_BUCKET, INTENT_STREAM, INTENT_SUBJECT, publicKeyFromRaw } from '@edgeplane/proto';
 import { IntentLog, NatsServer } from '@edgeplane/intent-log';
 import { startTelemetry, type SpanProcessor, type Telemetry } from '@edgeplane/telemetry';
 import { AgentSessions } from './agent-sessions.js';
@@ -131,7 +131,9 @@ export async function startController(config: ControllerConfig, extras: StartExt
     const intentApi = new IntentApi(store, {
       nodes: () => registry.list().map((n) => ({ name: n.name, labels: n.labels })),
       ruleGrowthGuard: config.ruleGrowthGuard,
-      limits: { maxRules: config.maxRulesPerPolicy, maxCidrsPerRule: 256, maxPortRangesPerRule: 64, maxDescription: 1024, maxAnnotationBytes: 256 * 1024, maxRate: 1_000_000_000n },
+      limits: { ...DEFAULT_POLICY_LIMITS, maxRules: config.maxRulesPerPolicy },
+      maxPolicies: config.maxPolicies,
+      maxIntentBytes: config.maxIntentBytes,
     });
     const fleetApi = new FleetApi(registry, counters, () => store.chain.revision, rollouts);
     const grpcServer: GrpcServer = await startGrpcServer({

@@ -6,7 +6,7 @@ import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-
 import {
   AgentServiceService,
   FleetServiceService,
-  IntentServiceService,
+  MAX_REQUEST_BYTES,
   PROTO_FILES,
   PROTO_INCLUDE_DIR,
   type AgentServiceServer,
@@ -14,6 +14,7 @@ import {
   type IntentServiceServer,
 } from '@edgeplane/proto';
 import { ConfigError } from '../errors.js';
+import { intentServiceWithWirePrecheck } from './wire-precheck.js';
 
 /** Transport security of the gRPC listener. */
 export type TlsOptions =
@@ -34,7 +35,7 @@ export interface GrpcServerOptions {
   intent: IntentServiceServer;
   fleet: FleetServiceServer;
   agent: AgentServiceServer;
-  /** Largest request accepted, bytes (default 16 MiB); larger ones fail RESOURCE_EXHAUSTED. */
+  /** Largest request accepted, bytes (default MAX_REQUEST_BYTES: the largest valid ApplyPolicy); larger ones fail RESOURCE_EXHAUSTED. */
   maxRequestBytes?: number;
 }
 
@@ -67,9 +68,9 @@ function credentials(tls: TlsOptions): grpc.ServerCredentials {
  */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcServer> {
   const creds = credentials(options.tls);
-  const max = options.maxRequestBytes ?? 16 * 1024 * 1024;
+  const max = options.maxRequestBytes ?? MAX_REQUEST_BYTES;
   const server = new grpc.Server({ 'grpc.max_receive_message_length': max, 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000, 'grpc.keepalive_permit_without_calls': 1 });
-  server.addService(IntentServiceService, options.intent);
+  server.addService(intentServiceWithWirePrecheck(), options.intent);
   server.addService(FleetServiceService, options.fleet);
   server.addService(AgentServiceService, options.agent);
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICE_NAMES].map((s) => [s, 'NOT_SERVING' as const])));

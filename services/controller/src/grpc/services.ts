@@ -12,7 +12,9 @@ import { extractNatsHeaders, injectTraceContext } from '@edgeplane/telemetry';
 import type { AgentSessions } from '../agent-sessions.js';
 import type { FleetApi } from '../fleet-api.js';
 import type { IntentApi } from '../intent-api.js';
+import { ValidationError } from '../errors.js';
 import { toStatus, type ErrorLogger } from './to-status.js';
+import { wireViolations } from './wire-precheck.js';
 
 const tracer = trace.getTracer('@edgeplane/controller');
 
@@ -87,6 +89,8 @@ function entryTrace(): TraceContext {
 export function intentServiceHandlers(api: IntentApi, log: ErrorLogger): IntentServiceServer {
   return {
     applyPolicy: unary('IntentService', 'ApplyPolicy', log, async (req, span) => {
+      const refused = wireViolations(req);
+      if (refused) throw new ValidationError(`invalid policy: ${refused[0]!.field}: ${refused[0]!.description}`, refused);
       span.setAttribute('edgeplane.policy', req.policy?.metadata?.name ?? '');
       const res = await api.apply(req, entryTrace());
       span.setAttribute('edgeplane.revision', Number(res.revision));

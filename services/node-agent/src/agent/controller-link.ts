@@ -7,6 +7,7 @@ import {
   type ControllerWelcome,
   type CounterReport,
   type RevisionReport,
+  MAX_COUNTER_RULES,
 } from '@edgeplane/proto';
 
 /** Options of {@link ControllerLink}. */
@@ -164,7 +165,13 @@ export class ControllerLink {
     const count = (): void => {
       if (!this.#connected) return;
       const c = this.#options.counters();
-      if (c) this.#send({ message: { $case: 'counters', counters: c } });
+      // The controller takes at most MAX_COUNTER_RULES rules per report; it sums deltas, so
+      // one reading sent as several reports counts the same.
+      if (c) {
+        for (let i = 0; i === 0 || i < c.rules.length; i += MAX_COUNTER_RULES) {
+          this.#send({ message: { $case: 'counters', counters: { ...c, rules: c.rules.slice(i, i + MAX_COUNTER_RULES), interfaces: i === 0 ? c.interfaces : [] } } });
+        }
+      }
       this.#timers.push(setTimeout(count, this.#counterMs));
     };
     this.#timers.push(setTimeout(beat, this.#heartbeatMs));
