@@ -23,6 +23,7 @@ import {
 import { compileTables, RULE_SLOTS, sizes, WILD_COUNT, type TablesSpec } from './compile-tables.js';
 import type { ApplyResult, Counter, DatapathCounters, Datapath } from './datapath.js';
 import { DatapathError } from './errors.js';
+import type { InterfaceRole } from './interface-role.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from './rule-set.js';
 
 /** Where the build puts the object: <repo>/bpf/build/edgeplane.bpf.o. */
@@ -40,9 +41,6 @@ const TC_HANDLE = 0xe9;
 const TC_PRIORITY = 1;
 const META_SIZE = 40;
 const stats = { nonIp: 0, malformed: 1, unconfigured: 2, rateLimited: 3 } as const;
-
-/** How an interface is used: XDP on an uplink, TC ingress + egress on a workload interface. */
-export type InterfaceRole = 'uplink' | 'workload';
 
 /** Options of EbpfDatapath.open(). */
 export interface EbpfDatapathOptions {
