@@ -158,11 +158,15 @@ export {
 export {
   type Cidr,
   type CidrProblem,
+  cidrContains,
   formatAddress,
   formatCidr,
   formatIPv6,
   isCidrProblem,
+  maskHostBits,
+  parseAddress,
   parseCanonicalCidr,
+  parseCidr,
   parseIPv4,
   parseIPv6,
 } from './../src/cidr.js';

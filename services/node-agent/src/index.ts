@@ -1,6 +1,4 @@
 // Public surface of the node agent's datapath.
-export { cidrContains, formatAddress, parseAddress, parseCidr } from './datapath/cidr.js';
-export type { Cidr } from './datapath/cidr.js';
 export { compileTables, MAX_CLASS_WORDS, rangeToPrefixes } from './datapath/compile-tables.js';
 export type { MapEntriesSpec, TablesSpec } from './datapath/compile-tables.js';
 export type { ApplyResult, Counter, CounterReader, Datapath, DatapathCounters } from './datapath/datapath.js';
