@@ -4,9 +4,15 @@
 // applies and agent restarts. bpf/README.md, "Counters", describes the maps.
 import { TypedMap, u32, type BpfMap, type CodecValue } from 'libbpf-ts';
 import { RULE_SLOTS } from './compile-tables.js';
-import type { Counter } from './datapath.js';
+import type { Counter, DatapathCounters } from './datapath.js';
 import { DEFAULT_RULE_ID } from './rule-set.js';
 import { epCounter } from './table-codecs.js';
+
+/** Slots of ep_stats: enum ep_stat in bpf/include/ep_tables.h. */
+export const STAT_SLOTS = { nonIp: 0, malformed: 1, unconfigured: 2, rateLimited: 3 } as const;
+
+/** What ep_stats counts: frames that never reached a rule, and rate-limit drops. */
+export type StatCounters = Pick<DatapathCounters, keyof typeof STAT_SLOTS>;
 
 /** Packets and bytes by rule id. */
 export type CounterTotals = Map<number, { packets: number; bytes: number }>;
@@ -52,9 +58,10 @@ export class CounterTables {
     return values.map(sumPerCpu);
   }
 
-  /** @returns ep_stats slot `index` (an enum ep_stat), summed over CPUs. */
-  readStat(index: number): Counter {
-    return sumPerCpu(this.#stats.getPerCpu(u32Bytes(index)) ?? []);
+  /** @returns every ep_stats slot, each summed over CPUs. */
+  readStats(): StatCounters {
+    const stat = (name: keyof typeof STAT_SLOTS): Counter => sumPerCpu(this.#stats.getPerCpu(u32Bytes(STAT_SLOTS[name])) ?? []);
+    return { nonIp: stat('nonIp'), malformed: stat('malformed'), unconfigured: stat('unconfigured'), rateLimited: stat('rateLimited') };
   }
 
   /**

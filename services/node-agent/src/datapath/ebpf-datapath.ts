@@ -45,7 +45,6 @@ type Maps = Readonly<Record<MapName, BpfMap>>;
 /** Fixed TC filter handle and priority, so a restarted agent replaces its own filters. */
 const TC_HANDLE = 0xe9;
 const TC_PRIORITY = 1;
-const stats = { nonIp: 0, malformed: 1, unconfigured: 2, rateLimited: 3 } as const;
 
 /** Options of EbpfDatapath.open(). */
 export interface EbpfDatapathOptions {
@@ -277,15 +276,7 @@ export class EbpfDatapath implements Datapath {
       this.#counters.addCarry(totals);
       const live = this.#readMeta(this.#readActive()).valid ? this.#generationRuleIds(this.#readActive()) : [];
       const rules = new Map<number, Counter>(live.map((id) => [id, totals.get(id) ?? { packets: 0, bytes: 0 }]));
-      const stat = (index: number): Counter => this.#counters.readStat(index);
-      return {
-        rules,
-        defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 },
-        nonIp: stat(stats.nonIp),
-        malformed: stat(stats.malformed),
-        unconfigured: stat(stats.unconfigured),
-        rateLimited: stat(stats.rateLimited),
-      };
+      return { rules, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats() };
     } catch (cause) {
       throw new DatapathError('read counters', { cause });
     }
