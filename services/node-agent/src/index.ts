@@ -1,11 +1,11 @@
 // Public surface of the node agent's datapath.
-export { cidrContains, formatAddress, parseAddress, parseCidr } from './datapath/cidr.js';
-export type { Cidr } from './datapath/cidr.js';
 export { compileTables, MAX_CLASS_WORDS, rangeToPrefixes } from './datapath/compile-tables.js';
 export type { MapEntriesSpec, TablesSpec } from './datapath/compile-tables.js';
 export type { ApplyResult, Counter, CounterReader, Datapath, DatapathCounters } from './datapath/datapath.js';
 export { DEFAULT_OBJECT_PATH, EbpfDatapath } from './datapath/ebpf-datapath.js';
-export type { AttachOptions, EbpfDatapathOptions, InterfaceRole } from './datapath/ebpf-datapath.js';
+export type { AttachOptions, EbpfDatapathOptions } from './datapath/ebpf-datapath.js';
+export { INTERFACE_ROLES, isInterfaceRole } from './datapath/interface-role.js';
+export type { InterfaceRole } from './datapath/interface-role.js';
 export { CapacityError, DatapathError, RuleSetError } from './datapath/errors.js';
 export { buildFrame, buildNonIpFrame } from './datapath/packet.js';
 export type { ExtensionHeader, FrameSpec } from './datapath/packet.js';

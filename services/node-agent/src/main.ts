@@ -18,7 +18,8 @@ import { IntentFollower } from './agent/intent-follower.js';
 import { NodeAgent, type AgentLogger } from './agent/node-agent.js';
 import { StateFile } from './agent/state-file.js';
 import type { Datapath } from './datapath/datapath.js';
-import { EbpfDatapath, type InterfaceRole } from './datapath/ebpf-datapath.js';
+import { EbpfDatapath } from './datapath/ebpf-datapath.js';
+import type { InterfaceRole } from './datapath/interface-role.js';
 import { MemoryDatapath } from './datapath/memory-datapath.js';
 
 const VERSION = '0.1.0';

@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { checkDnsLabel, checkLabelKey, checkLabelValue, publicKeyFromRaw } from '@edgeplane/proto';
 import type { KeyObject } from 'node:crypto';
 import { createPublicKey } from 'node:crypto';
-import type { InterfaceRole } from '../datapath/ebpf-datapath.js';
+import { isInterfaceRole, type InterfaceRole } from '../datapath/interface-role.js';
 
 /** Bad flags or environment; the agent does not start. */
 export class AgentConfigError extends Error {
@@ -131,8 +131,8 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   }
   const interfaces = (values.interface ?? (env.EDGEPLANE_INTERFACES ?? '').split(',').filter(Boolean)).map((spec) => {
     const [name, role] = spec.split('=');
-    if (!name || (role !== 'uplink' && role !== 'workload')) throw new AgentConfigError(`--interface ${JSON.stringify(spec)}: expected NAME=uplink or NAME=workload`);
-    return { name, role: role as InterfaceRole };
+    if (!name || !isInterfaceRole(role)) throw new AgentConfigError(`--interface ${JSON.stringify(spec)}: expected NAME=uplink or NAME=workload`);
+    return { name, role };
   });
   const keys = values['trusted-key'] ?? (env.EDGEPLANE_TRUSTED_KEYS ?? '').split(',').filter(Boolean);
   if (keys.length === 0) throw new AgentConfigError('--trusted-key is required: the agent applies only entries signed by a key it trusts');

@@ -11,7 +11,7 @@ import {
 import type { IntentChain } from '@edgeplane/intent-log';
 import { extractTraceContext, injectTraceContext } from '@edgeplane/telemetry';
 import type { Counter, Datapath, DatapathCounters } from '../datapath/datapath.js';
-import type { InterfaceRole } from '../datapath/ebpf-datapath.js';
+import type { InterfaceRole } from '../datapath/interface-role.js';
 import type { RuleSetSpec } from '../datapath/rule-set.js';
 import { compileIntent, type CompiledIntent, type RuleOrigin } from './compile.js';
 import type { StateFile } from './state-file.js';
