@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import {
   checkDnsLabel,
   type AgentSettings,
+  type NodeCondition,
   type ConnectRequest,
   type ConnectResponse,
   type TrustedKey,
@@ -37,13 +38,28 @@ export class IdleStreamError extends Error {
   override name = 'IdleStreamError';
 }
 
+/** Bounds on what an agent may say about its conditions (NodeCondition). */
+const MAX_CONDITIONS = 32;
+const MAX_CONDITION_TYPE = 63;
+const MAX_CONDITION_MESSAGE = 512;
+
+/** @throws ValidationError naming the field when `conditions` exceed the bounds. */
+function checkConditions(field: string, conditions: readonly NodeCondition[]): void {
+  if (conditions.length > MAX_CONDITIONS) throw new ValidationError(`too many conditions`, [{ field, description: `at most ${MAX_CONDITIONS}, got ${conditions.length}`, reason: 'TOO_MANY' }]);
+  conditions.forEach((c, i) => {
+    if (!/^[a-z][a-z0-9-]*$/.test(c.type) || c.type.length > MAX_CONDITION_TYPE)
+      throw new ValidationError('invalid condition type', [{ field: `${field}[${i}].type`, description: `a kebab-case word of at most ${MAX_CONDITION_TYPE} characters`, reason: 'INVALID_TYPE' }]);
+    if (c.message.length > MAX_CONDITION_MESSAGE) throw new ValidationError('condition message too long', [{ field: `${field}[${i}].message`, description: `at most ${MAX_CONDITION_MESSAGE} characters`, reason: 'TOO_LONG' }]);
+  });
+}
+
 function durationMs(d: { seconds: bigint; nanos: number } | undefined, fallback: number): number {
   return d ? Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6) : fallback;
 }
 
 /**
- * AgentService's behaviour: the hello/welcome handshake, ACK/NACK and counter reports into the
- * registry and counter store, heartbeat echo, and the idle timeout that notices half-open
+ * AgentService's behaviour: the hello/welcome handshake, ACK/NACK, condition and counter reports
+ * into the registry and counter store, heartbeat echo, and the idle timeout that notices half-open
  * connections.
  */
 export class AgentSessions {
@@ -86,6 +102,7 @@ export class AgentSessions {
           if (m.$case !== 'hello') throw new ValidationError('the first message must be a hello', [{ field: 'hello', description: 'required first', reason: 'REQUIRED' }]);
           const problem = checkDnsLabel(m.hello.nodeName);
           if (problem) throw new ValidationError('invalid node name', [{ field: 'hello.node_name', description: problem, reason: 'INVALID_NAME' }]);
+          checkConditions('hello.conditions', m.hello.conditions);
           node = m.hello.nodeName;
           this.#registry.hello(m.hello, sessionId);
           stream.send({
@@ -105,6 +122,10 @@ export class AgentSessions {
           case 'counters':
             this.#counters.add(node, m.counters);
             this.#registry.seen(node);
+            break;
+          case 'conditions':
+            checkConditions('conditions.conditions', m.conditions.conditions);
+            this.#registry.conditions(node, m.conditions);
             break;
           case 'heartbeat':
             this.#registry.seen(node);

@@ -8,7 +8,6 @@ import {
   RevisionOutcome,
   type NodeInfo,
   type CounterReport,
-  type LogEntry,
   type NodeInterface,
   type RevisionReport,
   type Snapshot,
@@ -18,20 +17,12 @@ import { IntentLog, type IntentChain } from '@edgeplane/intent-log';
 import type { Datapath } from '../datapath/datapath.js';
 import type { InterfaceRole } from '../datapath/ebpf-datapath.js';
 import { ControllerLink } from './controller-link.js';
-import { IntentFollower } from './intent-follower.js';
+import { IntentFollower, type FollowerEvents } from './intent-follower.js';
 import { NodeAgent, type AgentLogger, type AgentStatus } from './node-agent.js';
 import type { StateStore } from './state-file.js';
 
-/** What the runtime hears from the follower it runs. */
-export interface IntentFollowerEvents {
-  /** The chain moved to `revision`; `entries` are the new entries (oldest first). */
-  advanced(revision: bigint, entries: LogEntry[]): void;
-  /** A message on the log was refused (bad signature, undecodable, a sequence that does not fit). */
-  rejected(reason: string, claimedRevision: bigint | undefined): void;
-  /** The chain was rebuilt from the stream. */
-  resynced(fromRevision: bigint, toRevision: bigint, reason: string): void;
-  error(message: string, err: unknown): void;
-}
+/** What the runtime hears from the follower it runs (the follower's events). */
+export type IntentFollowerEvents = FollowerEvents;
 
 /** The part of a chain follower the runtime uses: IntentFollower today, ChainFollower tomorrow. */
 export interface IntentSource {
