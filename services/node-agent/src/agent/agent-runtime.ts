@@ -251,7 +251,18 @@ export class AgentRuntime {
   async #sync(booted: Snapshot | undefined): Promise<void> {
     const o = this.#o;
     const timeout = o.natsTimeoutMs ?? 5000;
-    const nc = await connect({ servers: o.natsServers, name: `edgeplane-agent ${o.nodeName}`, waitOnFirstConnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 500, reconnectJitter: 250, timeout });
+    // The first connect is retried here rather than with waitOnFirstConnect, so close() stops
+    // it; once connected, the client reconnects forever on its own.
+    let nc: NatsConnection | undefined;
+    for (let attempt = 0; !nc; attempt++) {
+      if (this.#closed) return;
+      try {
+        nc = await connect({ servers: o.natsServers, name: `edgeplane-agent ${o.nodeName}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, reconnectJitter: 250, timeout });
+      } catch (err) {
+        if (attempt === 0) o.log('warn', 'nats not reachable yet; retrying', { error: (err as Error).message });
+        await sleep(Math.min(5000, 250 * 2 ** Math.min(attempt, 8)));
+      }
+    }
     if (this.#closed) return void (await nc.close());
     this.#nc = nc;
     o.log('info', 'nats connected', { server: nc.getServer() });
