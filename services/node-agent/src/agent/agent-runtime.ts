@@ -96,6 +96,20 @@ export interface AgentRuntimeOptions {
   hooks?: AgentRuntimeHooks;
 }
 
+/** The configured interfaces with their attachment state, as the hello describes them. */
+function describeInterfaces(o: AgentRuntimeOptions): NodeInterface[] {
+  const attacher = o.attacher;
+  return (o.interfaces ?? []).map(({ name, role }) => {
+    let attached = false;
+    try {
+      attached = attacher?.isAttached(name, role) ?? false;
+    } catch {
+      attached = false;
+    }
+    return { name, ifindex: 0, role: role === 'uplink' ? ProtoRole.INTERFACE_ROLE_UPLINK : ProtoRole.INTERFACE_ROLE_WORKLOAD, attachMode: attacher?.attachMode(role) ?? '', attached, programId: attacher?.programId(role) ?? 0 };
+  });
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
@@ -158,7 +172,6 @@ export class AgentRuntime {
       agent.close();
       throw err;
     }
-    let runtime: AgentRuntime | undefined;
     const link = new ControllerLink({
       address: options.controller.address,
       credentials: options.controller.credentials,
@@ -170,7 +183,7 @@ export class AgentRuntime {
           nodeName: options.nodeName,
           labels: options.labels,
           info: options.info,
-          interfaces: runtime?.interfaces() ?? [],
+          interfaces: describeInterfaces(options),
           receivedRevision: agent.status.received,
           appliedRevision: agent.status.applied,
           sessionId: options.sessionId,
@@ -186,9 +199,9 @@ export class AgentRuntime {
       onStateChange: (up, reason) => options.log('info', up ? 'controller connected' : 'controller disconnected', { reason }),
     });
     ref.link = link;
-    runtime = new AgentRuntime(options, agent, link);
+    const runtime = new AgentRuntime(options, agent, link);
     runtime.#checkInterfaces();
-    if (options.attacher && options.interfaces?.length) runtime.#watcher = setInterval(() => runtime!.#checkInterfaces(), options.interfaceCheckMs ?? 2000);
+    if (options.attacher && options.interfaces?.length) runtime.#watcher = setInterval(() => runtime.#checkInterfaces(), options.interfaceCheckMs ?? 2000);
     link.start();
     runtime.#started = true;
     runtime.#synced = runtime.#sync(booted);
@@ -221,16 +234,7 @@ export class AgentRuntime {
 
   /** The interfaces as the hello describes them. */
   interfaces(): NodeInterface[] {
-    const attacher = this.#o.attacher;
-    return (this.#o.interfaces ?? []).map(({ name, role }) => {
-      let attached = false;
-      try {
-        attached = attacher?.isAttached(name, role) ?? false;
-      } catch {
-        attached = false;
-      }
-      return { name, ifindex: 0, role: role === 'uplink' ? ProtoRole.INTERFACE_ROLE_UPLINK : ProtoRole.INTERFACE_ROLE_WORKLOAD, attachMode: attacher?.attachMode(role) ?? '', attached, programId: attacher?.programId(role) ?? 0 };
-    });
+    return describeInterfaces(this.#o);
   }
 
   #checkInterfaces(): void {
