@@ -284,7 +284,7 @@ export class NodeAgent {
       if (this.#conditions.has(CONDITION_STATE_FILE_FAILED)) this.#o.log('info', 'state file written', { revision: String(pending.snapshot.revision) });
       this.#clear(CONDITION_STATE_FILE_FAILED);
     } catch (err) {
-      this.#stateFileFailures.add(1);
+      this.#stateFileFailures.add(1, { 'edgeplane.node': this.#o.nodeName });
       const message = (err as Error).message;
       this.#o.log('error', 'state file write failed; the datapath enforces the revision, retrying the write', { revision: String(pending.snapshot.revision), error: message });
       this.#raise(CONDITION_STATE_FILE_FAILED, `revision ${pending.snapshot.revision} is enforced but not recorded: ${message}`, pending.snapshot.revision);
