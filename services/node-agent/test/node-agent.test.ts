@@ -302,3 +302,16 @@ test('NodeAgent - closing twice is safe', (t) => {
   h.agent.close();
   t.pass();
 });
+
+test('NodeAgent - conditions raised from outside reach the listener and clear', async (t) => {
+  const h = harness();
+  t.teardown(() => h.agent.close());
+  h.agent.raiseCondition('intent-stale', 'x'.repeat(600), 4n);
+  const raised = h.conditions.list.at(-1)!;
+  t.is(raised.conditions[0]?.type, 'intent-stale');
+  t.is(raised.conditions[0]?.message.length, 512, 'bounded');
+  h.agent.raiseCondition('intent-stale', 'x'.repeat(600), 4n);
+  t.is(h.conditions.list.length, 1, 'no change, no report');
+  h.agent.clearCondition('intent-stale');
+  t.deepEqual(h.conditions.list.at(-1), { conditions: [], appliedUnknown: false });
+});

@@ -163,6 +163,19 @@ export class NodeAgent {
     return { conditions: [...this.#conditions.values()].map((c) => ({ ...c })), appliedUnknown: this.#unknownRoles.size > 0 };
   }
 
+  /**
+   * Raises (or updates) a condition the agent's owner observes (e.g. the follower's
+   * rollback-refused or intent-stale); the controller hears the new set. Message bounded to 512.
+   */
+  raiseCondition(type: string, message: string, revision = 0n): void {
+    this.#raise(type, message, revision);
+  }
+
+  /** Clears a condition raised with {@link NodeAgent.raiseCondition}; no-op if it does not hold. */
+  clearCondition(type: string): void {
+    this.#clear(type);
+  }
+
   #raise(type: string, message: string, revision: bigint): void {
     const have = this.#conditions.get(type);
     const text = message.slice(0, MAX_CONDITION_MESSAGE);
