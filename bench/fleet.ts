@@ -1,5 +1,5 @@
 // Fleet benchmark (issue 8, "Fleet convergence" and "Footprint"): a simulated fleet of real
-// agents (bench/fleet-sim.ts: the agent's own classes with the memory datapath, each agent with
+// agents (bench/fleet-sim.ts: the agent's own runtime, AgentRuntime, with the memory datapath, each agent with
 // its own NATS connection and gRPC stream) in 2 worker processes, against one nats-server and
 // the real controller (dist/ build). Prints a table and one JSON line; asserts nothing.
 //   npx tsc --build && node --import=tsx bench/fleet.ts [--quick] [--nodes 1000,10000]

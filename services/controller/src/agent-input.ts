@@ -30,6 +30,8 @@ function conditions(out: FieldViolation[], list: readonly NodeCondition[], path:
   }
   list.forEach((c, i) => {
     tooLong(out, `${path}[${i}].type`, c.type, MAX_COUNTER_NAME_LENGTH);
+    // Types are stable kebab-case words (see NodeCondition); checked after the length, so linear.
+    if (c.type.length <= MAX_COUNTER_NAME_LENGTH && !/^[a-z][a-z0-9-]*$/.test(c.type)) out.push({ field: `${path}[${i}].type`, description: `${quote(c.type)}: a kebab-case word`, reason: 'INVALID_TYPE' });
     tooLong(out, `${path}[${i}].message`, c.message, MAX_REPORT_TEXT_LENGTH);
   });
 }

@@ -6,7 +6,7 @@ import {
   type ConnectResponse,
   type TrustedKey,
 } from '@edgeplane/proto';
-import { validateCounterReport, validateHello, validateRevisionReport } from './agent-input.js';
+import { validateConditionReport, validateCounterReport, validateHello, validateRevisionReport } from './agent-input.js';
 import type { CounterStore } from './counter-store.js';
 import { ValidationError } from './errors.js';
 import type { NodeRegistry } from './node-registry.js';
@@ -48,8 +48,8 @@ function durationMs(d: { seconds: bigint; nanos: number } | undefined, fallback:
 }
 
 /**
- * AgentService's behaviour: the hello/welcome handshake, ACK/NACK and counter reports into the
- * registry and counter store, heartbeat echo, and the idle timeout that notices half-open
+ * AgentService's behaviour: the hello/welcome handshake, ACK/NACK, condition and counter reports
+ * into the registry and counter store, heartbeat echo, and the idle timeout that notices half-open
  * connections.
  */
 export class AgentSessions {
@@ -112,6 +112,10 @@ export class AgentSessions {
             reject('invalid counter report', validateCounterReport(m.counters));
             this.#counters.add(node, m.counters);
             this.#registry.seen(node);
+            break;
+          case 'conditions':
+            reject('invalid condition report', validateConditionReport(m.conditions));
+            this.#registry.conditions(node, m.conditions);
             break;
           case 'heartbeat':
             this.#registry.seen(node);

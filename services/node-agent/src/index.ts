@@ -6,7 +6,7 @@ export { DEFAULT_OBJECT_PATH, EbpfDatapath } from './datapath/ebpf-datapath.js';
 export type { AttachOptions, EbpfDatapathOptions } from './datapath/ebpf-datapath.js';
 export { INTERFACE_ROLES, isInterfaceRole } from './datapath/interface-role.js';
 export type { InterfaceRole } from './datapath/interface-role.js';
-export { CapacityError, DatapathError, RuleSetError } from './datapath/errors.js';
+export { CapacityError, DatapathError, RollbackError, RuleSetError } from './datapath/errors.js';
 export { buildFrame, buildNonIpFrame } from './datapath/packet.js';
 export type { ExtensionHeader, FrameSpec } from './datapath/packet.js';
 export { firstMatch, parseFrame, ReferenceClassifier, ruleMatches } from './datapath/reference-classifier.js';
@@ -28,8 +28,18 @@ export type {
 // The agent's logic, for the process in main.ts and for simulated fleets (many agents, memory datapath).
 export { MemoryDatapath } from './datapath/memory-datapath.js';
 export { CompileError, compileIntent, effectivePolicies, ruleId, type CompiledIntent, type CompiledRole, type RuleOrigin } from './agent/compile.js';
+export {
+  AgentRuntime,
+  defaultIntentSource,
+  type AgentRuntimeHooks,
+  type AgentRuntimeOptions,
+  type InterfaceAttacher,
+  type IntentFollowerEvents,
+  type IntentSource,
+  type IntentSourceFactory,
+} from './agent/agent-runtime.js';
 export { ControllerLink, type ControllerLinkOptions } from './agent/controller-link.js';
 export { IntentFollower, type FollowerEvents } from './agent/intent-follower.js';
-export { NodeAgent, type AgentLogger, type AgentStatus, type NodeAgentOptions } from './agent/node-agent.js';
-export { StateFile, StateFileError, type AppliedState } from './agent/state-file.js';
+export { CONDITION_APPLY_ROLLBACK_FAILED, CONDITION_STATE_FILE_FAILED, NodeAgent, type AgentLogger, type AgentStatus, type NodeAgentOptions } from './agent/node-agent.js';
+export { StateFile, StateFileError, type AppliedState, type StateStore } from './agent/state-file.js';
 export { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';

@@ -2,6 +2,7 @@ import type * as grpc from '@grpc/grpc-js';
 import {
   AgentServiceClient,
   type AgentHello,
+  type ConditionReport,
   type ConnectRequest,
   type ConnectResponse,
   type ControllerWelcome,
@@ -46,6 +47,8 @@ export class ControllerLink {
   #client: AgentServiceClient;
   #stream: grpc.ClientDuplexStream<ConnectRequest, ConnectResponse> | undefined;
   #queue = new Map<bigint, RevisionReport>();
+  /** Conditions that changed after the last hello was built, to send once welcomed. */
+  #conditions: ConditionReport | undefined;
   #connected = false;
   #closed = false;
   #timers: NodeJS.Timeout[] = [];
@@ -81,6 +84,20 @@ export class ControllerLink {
   report(report: RevisionReport): void {
     this.#queue.set(report.revision, report);
     if (this.#connected) this.#drainQueue();
+  }
+
+  /**
+   * Sends the agent's conditions (the whole set) now if connected; otherwise the next hello
+   * carries them, and a change after that hello is sent once the controller welcomes it.
+   */
+  conditions(report: ConditionReport): void {
+    this.#conditions = report;
+    if (this.#connected) this.#drainConditions();
+  }
+
+  #drainConditions(): void {
+    const c = this.#conditions;
+    if (c && this.#send({ message: { $case: 'conditions', conditions: c } })) this.#conditions = undefined;
   }
 
   #send(m: ConnectRequest): boolean {
@@ -140,6 +157,7 @@ export class ControllerLink {
           this.#connected = true;
           this.#options.onWelcome?.(msg.welcome);
           this.#options.onStateChange?.(true, 'welcome');
+          this.#drainConditions();
           this.#drainQueue();
           this.#schedule();
         } else if (msg?.$case === 'settings') {
@@ -150,6 +168,8 @@ export class ControllerLink {
       stream.on('error', (e: grpc.ServiceError) => this.#stream === stream && this.#down(`stream: ${e.message}`));
       stream.on('end', () => this.#stream === stream && this.#down('stream ended by the controller'));
       this.#lastHeard = Date.now();
+      // The hello carries the conditions as they are now.
+      this.#conditions = undefined;
       stream.write({ message: { $case: 'hello', hello: this.#options.hello() } });
     });
   }
