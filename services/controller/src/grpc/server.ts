@@ -67,14 +67,16 @@ class StaticCertificateProvider implements grpc.experimental.CertificateProvider
     this.#identity = { certificate: Buffer.from(certPem), privateKey: Buffer.from(keyPem) };
   }
 
+  // grpc-js registers its watcher after adding the listener: an update delivered synchronously
+  // would be lost and every connection dropped, so updates are delivered on the next tick.
   addCaCertificateListener(listener: grpc.experimental.CaCertificateUpdateListener): void {
-    listener({ caCertificate: this.#ca });
+    process.nextTick(() => listener({ caCertificate: this.#ca }));
   }
 
   removeCaCertificateListener(): void {}
 
   addIdentityCertificateListener(listener: grpc.experimental.IdentityCertificateUpdateListener): void {
-    listener(this.#identity);
+    process.nextTick(() => listener(this.#identity));
   }
 
   removeIdentityCertificateListener(): void {}

@@ -279,7 +279,8 @@ export class NodeIdentity implements grpc.experimental.CertificateProvider {
   /** @internal grpc-js CertificateProvider */
   addCaCertificateListener(l: grpc.experimental.CaCertificateUpdateListener): void {
     this.#caListeners.add(l);
-    l({ caCertificate: Buffer.from(this.#creds.caPem) });
+    // grpc-js registers its watcher after adding the listener: deliver on the next tick.
+    process.nextTick(() => l({ caCertificate: Buffer.from(this.#creds.caPem) }));
   }
 
   /** @internal */
@@ -290,7 +291,7 @@ export class NodeIdentity implements grpc.experimental.CertificateProvider {
   /** @internal */
   addIdentityCertificateListener(l: grpc.experimental.IdentityCertificateUpdateListener): void {
     this.#idListeners.add(l);
-    l(this.#identityUpdate());
+    process.nextTick(() => l(this.#identityUpdate()));
   }
 
   /** @internal */
