@@ -157,3 +157,10 @@ test.serial('renewal - the agent renews its certificate while its stream runs; t
   t.true(connected);
   t.false(events.some((e) => e.node?.status?.connected === false), JSON.stringify(events.map((e) => e.type)));
 });
+
+test('NodeIdentity - closing twice is safe', (t) => {
+  const cert = readFileSync(join(dir, 'controller', 'admin', 'admin.pem'), 'utf8');
+  const identity = new NodeIdentity({ nodeName: 'x', certPem: cert, keyPem: '', caPem: cert, notAfter: new Date(), natsSeed: '', natsJwt: '', labels: {} }, { address, stateDir: join(dir, 'unused') });
+  identity.close();
+  t.notThrows(() => identity.close());
+});
