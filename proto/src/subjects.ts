@@ -34,3 +34,10 @@ export const NODE_REGISTRY_BUCKET = 'EDGEPLANE_NODES';
  * (https://www.w3.org/TR/trace-context/); the same context is also inside the signed entry.
  */
 export const TRACEPARENT_HEADER = 'traceparent';
+
+/**
+ * The controller-only JetStream key-value bucket of trust state: join tokens (`token.<sha256>`,
+ * consumed by compare-and-set) and node revocations (`revoked.<node>`, watched by every replica).
+ * Agents' NATS credentials must not reach it.
+ */
+export const TRUST_BUCKET = 'EDGEPLANE_TRUST';

@@ -13,6 +13,7 @@ import { AgentRuntime, type InterfaceAttacher } from './agent/agent-runtime.js';
 import { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
 import { ensureBpffs } from './agent/bpffs.js';
 import type { AgentLogger } from './agent/node-agent.js';
+import { enrollNode, loadNodeCredentials, NodeIdentity } from './agent/node-identity.js';
 import { StateFile } from './agent/state-file.js';
 import type { Datapath } from './datapath/datapath.js';
 import { EbpfDatapath } from './datapath/ebpf-datapath.js';
@@ -23,9 +24,33 @@ const VERSION = '0.1.0';
 
 const log: AgentLogger = (level, msg, fields = {}) => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields }) + '\n');
 
-function credentials(config: AgentConfig): grpc.ChannelCredentials {
+/** Credentials given on the command line (--insecure, or --tls-ca with an optional client pair); undefined when the node uses its enrolled identity. */
+function staticCredentials(config: AgentConfig): grpc.ChannelCredentials | undefined {
   if (config.insecure) return grpc.credentials.createInsecure();
-  return grpc.credentials.createSsl(readFileSync(config.tlsCa!), config.tlsKey ? readFileSync(config.tlsKey) : null, config.tlsCert ? readFileSync(config.tlsCert) : null);
+  if (!config.tlsCa) return undefined;
+  return grpc.credentials.createSsl(readFileSync(config.tlsCa), config.tlsKey ? readFileSync(config.tlsKey) : null, config.tlsCert ? readFileSync(config.tlsCert) : null);
+}
+
+/**
+ * The node's enrolled identity: loaded from STATE_DIR/identity, or enrolled now with the join
+ * token; renewal starts. The caller closes it.
+ */
+async function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {
+  let creds = loadNodeCredentials(config.stateDir);
+  if (creds && creds.nodeName !== config.nodeName) throw new AgentConfigError(`STATE_DIR/identity belongs to node ${creds.nodeName}, not ${config.nodeName}`);
+  if (!creds) {
+    if (!config.joinToken || !config.caFingerprint) throw new AgentConfigError('this node is not enrolled: give --join-token and --ca-fingerprint');
+    creds = await enrollNode({ address: config.controller, token: config.joinToken, caFingerprint: config.caFingerprint, nodeName: config.nodeName, stateDir: config.stateDir });
+    log('info', 'enrolled', { node: creds.nodeName, notAfter: creds.notAfter.toISOString() });
+  }
+  const identity = new NodeIdentity(creds, {
+    address: config.controller,
+    stateDir: config.stateDir,
+    onRenewed: (notAfter) => log('info', 'node certificate renewed', { notAfter: notAfter.toISOString() }),
+    onError: (message, err) => log('error', message, { error: (err as Error).message }),
+  });
+  identity.start();
+  return identity;
 }
 
 /** The interface attacher over the eBPF datapaths of each role. */
@@ -74,9 +99,21 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       datapaths = { uplink: memory, workload: memory };
     }
 
+    // The node's identity. Enrollment needs the network only on a first start, when there is no
+    // applied state to enforce yet; afterwards the credentials are read from the state dir.
+    // The join token's labels join the configured ones.
+    let channelCredentials = staticCredentials(config);
+    let labels = config.labels;
+    if (!channelCredentials) {
+      const identity = await nodeIdentity(config);
+      closers.push(() => identity.close());
+      channelCredentials = identity.channelCredentials();
+      labels = { ...identity.credentials.labels, ...config.labels };
+    }
+
     const runtime = await AgentRuntime.start({
       nodeName: config.nodeName,
-      labels: config.labels,
+      labels,
       datapaths,
       stateFile: new StateFile(join(config.stateDir, 'applied.json')),
       interfaces: config.interfaces,
@@ -84,7 +121,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       interfaceCheckMs: config.interfaceCheckMs,
       natsServers: config.natsServers,
       trustedKeys: new Map(config.trustedKeys.map((k) => [keyIdOf(k), k])),
-      controller: { address: config.controller, credentials: credentials(config) },
+      controller: { address: config.controller, credentials: channelCredentials },
       info: { agentVersion: VERSION, kernelRelease: release(), hostname: hostname(), datapath: config.datapath, capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65_536, ipv6: true } },
       sessionId: randomUUID(),
       heartbeatIntervalMs: config.heartbeatIntervalMs,

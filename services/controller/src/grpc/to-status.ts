@@ -2,7 +2,16 @@ import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { MAX_LISTED_VIOLATIONS, MORE_VIOLATIONS_REASON, STATUS_DETAILS_KEY, countViolations, encodeStatusDetails, moreViolations, type FieldViolation } from '@edgeplane/proto';
 import { ConflictError, EntryTooLargeError, LogUnavailableError } from '@edgeplane/intent-log';
 import { IdleStreamError } from '../agent-sessions.js';
-import { CompactedError, NotFoundError, PreconditionError, UnavailableError, ValidationError, VersionConflictError } from '../errors.js';
+import {
+  CompactedError,
+  NotFoundError,
+  PermissionDeniedError,
+  PreconditionError,
+  UnauthenticatedError,
+  UnavailableError,
+  ValidationError,
+  VersionConflictError,
+} from '../errors.js';
 
 /** Where unexpected errors are reported before they become INTERNAL. */
 export type ErrorLogger = (message: string, err: unknown) => void;
@@ -82,7 +91,7 @@ function withDetails(code: status, message: string, details: Parameters<typeof e
 /**
  * The one place domain errors become gRPC statuses (STYLE.md): INVALID_ARGUMENT with
  * google.rpc.BadRequest field violations, NOT_FOUND, ABORTED, FAILED_PRECONDITION with an
- * ErrorInfo reason, UNAVAILABLE; anything else is INTERNAL and logged. Every status fits a
+ * ErrorInfo reason, UNAUTHENTICATED and PERMISSION_DENIED with an ErrorInfo reason, UNAVAILABLE; anything else is INTERNAL and logged. Every status fits a
  * default client's metadata limit: grpc-message is cut to MAX_STATUS_MESSAGE_LENGTH
  * characters, the details to MAX_LISTED_VIOLATIONS violations ("and K more") and
  * MAX_STATUS_DETAILS_BYTES bytes.
@@ -107,6 +116,10 @@ export function toStatus(err: unknown, log: ErrorLogger): Partial<ServiceError> 
       fieldViolations: [],
       errorInfo: { reason: err.reason, domain: 'edgeplane.io', metadata: {} },
     });
+  }
+  if (err instanceof UnauthenticatedError || err instanceof PermissionDeniedError) {
+    const code = err instanceof UnauthenticatedError ? status.UNAUTHENTICATED : status.PERMISSION_DENIED;
+    return withDetails(code, err.message, { code, message: err.message, fieldViolations: [], errorInfo: { reason: err.reason, domain: 'edgeplane.io', metadata: {} } });
   }
   if (err instanceof IdleStreamError) return { code: status.UNAVAILABLE, details: cutForWire(cut(err.message, MAX_STATUS_MESSAGE_LENGTH), MAX_STATUS_MESSAGE_WIRE_BYTES) };
   if (err instanceof CompactedError) return { code: status.OUT_OF_RANGE, details: cutForWire(cut(err.message, MAX_STATUS_MESSAGE_LENGTH), MAX_STATUS_MESSAGE_WIRE_BYTES) };
