@@ -55,8 +55,11 @@ export const MAX_NODES_PER_REQUEST = 1000;
 /** Interfaces a node may describe in its hello. */
 export const MAX_NODE_INTERFACES = 256;
 
-/** Conditions a node may report at once. */
-export const MAX_NODE_CONDITIONS = 64;
+/** Conditions a node may report at once (a handful of types exist; see NodeCondition). */
+export const MAX_NODE_CONDITIONS = 32;
+
+/** Characters of a condition's message (the agent cuts its own messages to this). */
+export const MAX_CONDITION_MESSAGE_LENGTH = 512;
 
 /**
  * Rule entries in one counter report. An entry is at most about 170 bytes, so a full report

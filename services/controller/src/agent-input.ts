@@ -5,6 +5,7 @@ import {
   MAX_COUNTER_INTERFACES,
   MAX_COUNTER_NAME_LENGTH,
   MAX_COUNTER_RULES,
+  MAX_CONDITION_MESSAGE_LENGTH,
   MAX_NODE_CONDITIONS,
   MAX_NODE_INTERFACES,
   MAX_REPORT_TEXT_LENGTH,
@@ -32,7 +33,7 @@ function conditions(out: FieldViolation[], list: readonly NodeCondition[], path:
     tooLong(out, `${path}[${i}].type`, c.type, MAX_COUNTER_NAME_LENGTH);
     // Types are stable kebab-case words (see NodeCondition); checked after the length, so linear.
     if (c.type.length <= MAX_COUNTER_NAME_LENGTH && !/^[a-z][a-z0-9-]*$/.test(c.type)) out.push({ field: `${path}[${i}].type`, description: `${quote(c.type)}: a kebab-case word`, reason: 'INVALID_TYPE' });
-    tooLong(out, `${path}[${i}].message`, c.message, MAX_REPORT_TEXT_LENGTH);
+    tooLong(out, `${path}[${i}].message`, c.message, MAX_CONDITION_MESSAGE_LENGTH);
   });
 }
 

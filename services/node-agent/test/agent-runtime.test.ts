@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Action, InterfaceRole, Policy, Protocol, publicKeyFromRaw, keyIdOf } from '@edgeplane/proto';
 import { AgentRuntime } from '../src/agent/agent-runtime.js';
+import { enrollNode, NodeIdentity } from '../src/agent/node-identity.js';
 import { StateFile } from '../src/agent/state-file.js';
 import { DatapathError } from '../src/datapath/errors.js';
 import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
@@ -17,12 +18,15 @@ import { TestControlPlane, until } from '../../../test/support/control-plane.js'
 let cp: TestControlPlane;
 const dir = mkdtempSync(join(tmpdir(), 'agent-runtime-test-'));
 const logs: string[] = [];
+/** Enrolled identities (their renewal timers), closed after the runtimes. */
+const identities: NodeIdentity[] = [];
 
 test.before(async () => {
   cp = await TestControlPlane.start();
 });
 
 test.after.always(async () => {
+  for (const id of identities) id.close();
   await cp?.close();
   rmSync(dir, { recursive: true, force: true });
 });
@@ -36,16 +40,26 @@ function denyPort(name: string, port: number): Policy {
 
 const verdict = (dp: MemoryDatapath, port: number): string => dp.classify(buildFrame({ src: '198.18.0.7', dst: '10.0.0.1', protocol: 'tcp', srcPort: 40_000, dstPort: port })).verdict;
 
+/** Enrolls `name` with a join token (as the agent process does) and returns its identity; the test closes it. */
+async function enroll(name: string): Promise<NodeIdentity> {
+  const args = await cp.agentTrustArgs();
+  const creds = await enrollNode({ address: cp.address, token: args[1]!, caFingerprint: args[3]!, nodeName: name, stateDir: join(dir, name) });
+  const identity = new NodeIdentity(creds, { address: cp.address, stateDir: join(dir, name), onRenewed: () => undefined, onError: (m) => void logs.push(`${name} identity ${m}`) });
+  identity.start();
+  return identity;
+}
+
 async function start(name: string, uplink: MemoryDatapath, workload: MemoryDatapath): Promise<AgentRuntime> {
   const raw = Buffer.from(cp.publicKeyB64, 'base64');
-  return AgentRuntime.start({
+  const identity = await enroll(name);
+  const runtime = await AgentRuntime.start({
     nodeName: name,
     labels: { role: 'rt' },
     datapaths: { uplink, workload },
     stateFile: new StateFile(join(dir, name, 'applied.json')),
     natsServers: [`nats://127.0.0.1:${cp.nats.port}`],
     trustedKeys: new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]),
-    controller: { address: cp.address, credentials: grpc.credentials.createInsecure() },
+    controller: { address: cp.address, credentials: identity.channelCredentials() },
     info: { agentVersion: 'test', kernelRelease: 'test', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
     sessionId: `${name}-session`,
     heartbeatIntervalMs: 1000,
@@ -54,6 +68,8 @@ async function start(name: string, uplink: MemoryDatapath, workload: MemoryDatap
     retryMaxMs: 200,
     log: (level, msg, fields) => void logs.push(`${name} ${level} ${msg} ${JSON.stringify(fields ?? {})}`),
   });
+  identities.push(identity);
+  return runtime;
 }
 
 const context = (): string => `${logs.slice(-40).join('\n')}\n${cp.controller.output}`;

@@ -1,5 +1,6 @@
 import { SpanStatusCode, context, metrics, trace, type Context, type Counter as MetricCounter, type Link, type Span } from '@opentelemetry/api';
 import {
+  MAX_CONDITION_MESSAGE_LENGTH,
   RevisionOutcome,
   type ConditionReport,
   type CounterReport,
@@ -24,7 +25,6 @@ const ROLES: InterfaceRole[] = ['uplink', 'workload'];
 /** What a datapath enforces before its first apply: every packet passes. */
 const UNCONFIGURED: RuleSetSpec = { rules: [], defaultAction: 'allow' };
 /** Condition messages are bounded (NodeCondition.message). */
-const MAX_CONDITION_MESSAGE = 512;
 
 /** Condition: a partial apply could not be undone, the datapath state is unknown (retried until known). */
 export const CONDITION_APPLY_ROLLBACK_FAILED = 'apply-rollback-failed';
@@ -165,7 +165,7 @@ export class NodeAgent {
 
   /**
    * Raises (or updates) a condition the agent's owner observes (e.g. the follower's
-   * rollback-refused or intent-stale); the controller hears the new set. Message bounded to 512.
+   * rollback-refused or intent-stale); the controller hears the new set. Message bounded to MAX_CONDITION_MESSAGE_LENGTH.
    */
   raiseCondition(type: string, message: string, revision = 0n): void {
     this.#raise(type, message, revision);
@@ -178,7 +178,7 @@ export class NodeAgent {
 
   #raise(type: string, message: string, revision: bigint): void {
     const have = this.#conditions.get(type);
-    const text = message.slice(0, MAX_CONDITION_MESSAGE);
+    const text = message.slice(0, MAX_CONDITION_MESSAGE_LENGTH);
     if (have && have.message === text && have.revision === revision) return;
     this.#conditions.set(type, { type, message: text, since: have?.since ?? new Date(), revision });
     this.#conditionsChanged();
