@@ -214,6 +214,8 @@ export {
   encodeStatusDetails,
 } from './../src/status-details.js';
 export {
+  EDGEPLANE_SUBJECTS,
+  INTENT_HEAD_SUBJECT,
   INTENT_LIVE_SUBJECT,
   INTENT_STREAM,
   INTENT_SUBJECT,
@@ -221,4 +223,6 @@ export {
   SNAPSHOT_BUCKET,
   SNAPSHOT_KEY,
   TRACEPARENT_HEADER,
+  kvStreamName,
+  natsInboxPrefix,
 } from './../src/subjects.js';

@@ -46,3 +46,8 @@ export class ConfigError extends Error {
 export class CompactedError extends Error {
   override name = 'CompactedError';
 }
+
+/** A NATS credential could not be issued or revoked (bad key, past expiry, servers unreachable). */
+export class NatsAuthorityError extends Error {
+  override name = 'NatsAuthorityError';
+}
