@@ -3,7 +3,7 @@
 // a compromised node could want on the bus.
 import test from 'ava';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
@@ -27,7 +27,7 @@ import {
   signSnapshot,
   type SignedLogEntry,
 } from '@edgeplane/proto';
-import { IntentChain, IntentLog, NatsServer, natsClientOptions } from '@edgeplane/intent-log';
+import { IntentChain, IntentLog, NatsServer, formatCreds, natsClientOptions } from '@edgeplane/intent-log';
 import { NatsAuthority, NatsAuthorityError, natsAccountPusher } from '../src/index.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('ed25519');
@@ -251,4 +251,14 @@ test('nats authority - keys are files of mode 0600 and bad input is refused', as
   await t.throwsAsync(authority.issueNode('x', 'not-a-key', hour()), { instanceOf: NatsAuthorityError });
   await t.throwsAsync(authority.issueNode('x', authority.accountPublicKey, hour()), { instanceOf: NatsAuthorityError });
   await t.throwsAsync(authority.issueNode('x', createUser().getPublicKey(), new Date(Date.now() - 1000)), { instanceOf: NatsAuthorityError });
+});
+
+test.serial('nats authority - a creds file as enrollment writes it connects a reader', async (t) => {
+  const n = await node('edge-12');
+  const file = join(dir, 'edge-12.creds');
+  writeFileSync(file, formatCreds(n.jwt, n.seed), { mode: 0o600 });
+  const nc = await open(natsClientOptions({ credsFile: file }));
+  t.is((await (await IntentLog.open(nc, { create: false })).bounds()).last, writer.revision);
+  t.throws(() => natsClientOptions({ credsFile: join(dir, 'missing.creds') }), { name: 'NatsCredentialsError' });
+  t.throws(() => natsClientOptions({ jwt: n.jwt }), { name: 'NatsCredentialsError' });
 });

@@ -20,6 +20,7 @@ import { StateFile } from './agent/state-file.js';
 import type { Datapath } from './datapath/datapath.js';
 import { EbpfDatapath, type InterfaceRole } from './datapath/ebpf-datapath.js';
 import { MemoryDatapath } from './datapath/memory-datapath.js';
+import { agentNatsOptions } from './agent/nats-connect-options.js';
 
 const VERSION = '0.1.0';
 
@@ -83,6 +84,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
     closers.push(() => clearInterval(watcher));
 
     const trusted = new Map(config.trustedKeys.map((k) => [keyIdOf(k), k]));
+    const nats = agentNatsOptions(config); // read the credential files now: a bad one stops the start
     // The agent reports through the link, and the link's hello reads the agent: tie the knot.
     const linkRef: { link?: ControllerLink } = {};
     const agent = new NodeAgent({
@@ -158,7 +160,8 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       await nc?.drain().catch(() => nc?.close());
     });
     void (async () => {
-      nc = await connect({ servers: config.natsServers, name: `edgeplane-agent ${config.nodeName}`, waitOnFirstConnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 500, reconnectJitter: 250, timeout: 5000 });
+      if (nats.anonymous) log('warn', 'no NATS credentials (--nats-creds): connecting anonymously, which an edgeplane NATS server refuses');
+      nc = await connect(nats.options);
       if (stopped) return nc.close();
       log('info', 'nats connected', { server: nc.getServer() });
       let intentLog: IntentLog | undefined;
