@@ -18,7 +18,7 @@ import { NatsAuthority } from '@edgeplane/controller';
 import { CONTROLLER_MAIN } from './support/fleet.js';
 import { call, clients } from './support/grpc.js';
 import { Supervised } from './support/supervisor.js';
-import { until } from './support/control-plane.js';
+import { adminTlsOf, until } from './support/control-plane.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CHECK = join(ROOT, 'scripts', 'check-compose');
@@ -129,13 +129,16 @@ interface ComposeFile {
         .replace(/^--listen=.*/, '--listen=127.0.0.1:0')
         .replace(/^--nats=.*/, `--nats=${urls.join(',')}`)
         .replace(/^--signing-key=.*/, `--signing-key=${join(dir, 'signing-key.pem')}`)
+        .replace(/^--ca-cert=.*/, `--ca-cert=${join(dir, 'ca.pem')}`)
+        .replace(/^--ca-key=.*/, `--ca-key=${join(dir, 'ca-key.pem')}`)
         .replace(/^--data-dir=.*/, `--data-dir=${join(dir, 'ctl')}`)
         .replace(/^--nats-auth-dir=.*/, `--nats-auth-dir=${join(secrets, 'nats-auth')}`),
     );
   t.true(ctlArgs.includes('--stream-replicas=3'));
   t.true(ctlArgs.some((a) => a.startsWith('--nats-auth-dir=')), 'the controllers use the NATS authority');
-  const controller = (live.controller = await Supervised.start('controller', { command: process.execPath, args: [CONTROLLER_MAIN, '--insecure', '--shutdown-grace=1', ...ctlArgs], readyEvent: 'ready', readyTimeoutMs: 60_000 }));
-  const c = (live.api = clients(String(controller.ready.grpc)));
+  const controller = (live.controller = await Supervised.start('controller', { command: process.execPath, args: [CONTROLLER_MAIN, '--shutdown-grace=1', ...ctlArgs], readyEvent: 'ready', readyTimeoutMs: 60_000 }));
+  // The file serves mutual TLS: the test calls with the admin identity the controller wrote.
+  const c = (live.api = clients(String(controller.ready.grpc), adminTlsOf(join(dir, 'ctl'))));
   const apply = (name: string) =>
     call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
       policy: Policy.fromPartial({ metadata: { name }, spec: { nodeSelector: { matchLabels: { role: 'edge' } }, rules: [{ priority: 1, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 23, last: 23 }], action: Action.ACTION_DENY }] } }),

@@ -136,6 +136,23 @@ export {
   rolloutStateToJSON,
 } from './edgeplane/v1/rollout.js';
 export {
+  CreateJoinTokenRequest,
+  CreateJoinTokenRequest_LabelsEntry,
+  CreateJoinTokenResponse,
+  EnrollRequest,
+  EnrollResponse,
+  EnrollResponse_LabelsEntry,
+  IssueCertificateRequest,
+  IssueCertificateResponse,
+  RenewCertificateRequest,
+  RenewCertificateResponse,
+  RevokeNodeRequest,
+  RevokeNodeResponse,
+  TrustServiceClient,
+  type TrustServiceServer,
+  TrustServiceService,
+} from './edgeplane/v1/trust_service.js';
+export {
   Any,
 } from './google/protobuf/any.js';
 export {
@@ -223,6 +240,7 @@ export {
   SNAPSHOT_BUCKET,
   SNAPSHOT_KEY,
   TRACEPARENT_HEADER,
+  TRUST_BUCKET,
   kvStreamName,
   natsInboxPrefix,
 } from './../src/subjects.js';

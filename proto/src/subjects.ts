@@ -60,3 +60,9 @@ export function natsInboxPrefix(userPublicKey: string): string {
   return `_INBOX_${userPublicKey}`;
 }
 
+/**
+ * The controller-only JetStream key-value bucket of trust state: join tokens (`token.<sha256>`,
+ * consumed by compare-and-set) and node revocations (`revoked.<node>`, watched by every replica).
+ * Agents' NATS credentials must not reach it.
+ */
+export const TRUST_BUCKET = 'EDGEPLANE_TRUST';

@@ -17,6 +17,11 @@ export interface AgentStream {
   send(message: ConnectResponse): void;
   /** Ends the stream; with an error, the agent sees it as the status. */
   end(err?: Error): void;
+  /**
+   * Checks that the caller may speak for the node its hello names; throws (PermissionDeniedError)
+   * to refuse. Unset: any name (in-process use).
+   */
+  checkNode?(nodeName: string): void;
 }
 
 /** Options of {@link AgentSessions}. */
@@ -51,6 +56,7 @@ export class AgentSessions {
   #counters: CounterStore;
   #options: AgentSessionsOptions;
   #open = new Set<AgentStream>();
+  #byNode = new Map<string, Set<AgentStream>>();
 
   constructor(registry: NodeRegistry, counters: CounterStore, options: AgentSessionsOptions) {
     this.#registry = registry;
@@ -86,7 +92,11 @@ export class AgentSessions {
           if (m.$case !== 'hello') throw new ValidationError('the first message must be a hello', [{ field: 'hello', description: 'required first', reason: 'REQUIRED' }]);
           const problem = checkDnsLabel(m.hello.nodeName);
           if (problem) throw new ValidationError('invalid node name', [{ field: 'hello.node_name', description: problem, reason: 'INVALID_NAME' }]);
+          stream.checkNode?.(m.hello.nodeName);
           node = m.hello.nodeName;
+          let set = this.#byNode.get(node);
+          if (!set) this.#byNode.set(node, (set = new Set()));
+          set.add(stream);
           this.#registry.hello(m.hello, sessionId);
           stream.send({
             message: {
@@ -120,8 +130,20 @@ export class AgentSessions {
     } finally {
       clearTimeout(timer);
       this.#open.delete(stream);
-      if (node) this.#registry.disconnect(node, sessionId);
+      if (node) {
+        const set = this.#byNode.get(node);
+        set?.delete(stream);
+        if (set?.size === 0) this.#byNode.delete(node);
+        this.#registry.disconnect(node, sessionId);
+      }
     }
+  }
+
+  /** Ends the open streams of one node (revocation); returns how many. */
+  closeNode(node: string, err: Error): number {
+    const set = [...(this.#byNode.get(node) ?? [])];
+    for (const s of set) s.end(err);
+    return set.length;
   }
 
   /** Ends every open stream (on shutdown); agents reconnect elsewhere or later. */

@@ -9,7 +9,14 @@ export interface ControllerConfig {
   insecure: boolean;
   tlsCert?: string;
   tlsKey?: string;
-  tlsClientCa?: string;
+  /** The CA (given, or created in DATA_DIR/pki on first start). */
+  caCert: string;
+  caKey: string;
+  /** The fleet name in identities (spiffe://edgeplane/<fleet>/...). */
+  fleet: string;
+  /** Extra DNS names / IP addresses in the serving certificate the CA issues. */
+  tlsSans: string[];
+  nodeCertLifetimeMs: number;
   /** NATS servers; empty = start an embedded nats-server. */
   natsServers: string[];
   /** Port of the embedded nats-server (0 = any free port). */
@@ -52,10 +59,18 @@ Usage: edgeplane-controller [flags]
 Every flag can also be set by the environment variable shown.
 
   --listen HOST:PORT        gRPC address (EDGEPLANE_LISTEN, default 0.0.0.0:7443; port 0 = any)
-  --tls-cert FILE           server certificate, PEM (EDGEPLANE_TLS_CERT)
-  --tls-key FILE            server private key, PEM (EDGEPLANE_TLS_KEY)
-  --tls-client-ca FILE      require client certificates signed by this CA: mutual TLS (EDGEPLANE_TLS_CLIENT_CA)
-  --insecure                serve plaintext gRPC; without it TLS material is required (EDGEPLANE_INSECURE=1)
+  Trust (mutual TLS is the default; every method checks the caller's role, see README "Trust"):
+  --ca-cert FILE, --ca-key FILE
+                            the fleet CA (EDGEPLANE_CA_CERT, EDGEPLANE_CA_KEY); default DATA_DIR/pki/ca.pem and
+                            ca-key.pem, created on first start (key mode 0600) together with an admin client
+                            certificate in DATA_DIR/admin/ (ca.pem, admin.pem, admin-key.pem)
+  --fleet NAME              fleet name in identities (EDGEPLANE_FLEET, default "default")
+  --tls-cert FILE           serving certificate, PEM (EDGEPLANE_TLS_CERT); default one the CA issues on each start
+  --tls-key FILE            its private key, PEM (EDGEPLANE_TLS_KEY)
+  --tls-san NAME[,NAME...]  extra DNS names or IP addresses of the issued serving certificate (EDGEPLANE_TLS_SAN)
+  --node-cert-lifetime SEC  lifetime of node certificates (default 86400; agents renew at 70 %)
+  --insecure                plaintext gRPC, only on a loopback --listen address; every caller is then an admin
+                            (development and tests only) (EDGEPLANE_INSECURE=1)
   --nats URL[,URL...]       NATS servers (EDGEPLANE_NATS_URL); unset = start an embedded nats-server
                             with JetStream in DATA_DIR/nats and stop it on exit
   --embedded-nats HOST:PORT address of the embedded nats-server (EDGEPLANE_EMBEDDED_NATS, default 127.0.0.1:4222)
@@ -103,6 +118,12 @@ function hostPort(name: string, text: string): { host: string; port: number } {
   return { host: text.slice(0, i), port: int(name, text.slice(i + 1), 0) };
 }
 
+/** True for a loopback host: 127.0.0.0/8, ::1 or localhost. */
+export function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
 /**
  * Parses flags over environment variables over defaults.
  * @throws ConfigError naming the flag.
@@ -117,7 +138,11 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         listen: { type: 'string' },
         'tls-cert': { type: 'string' },
         'tls-key': { type: 'string' },
-        'tls-client-ca': { type: 'string' },
+        'ca-cert': { type: 'string' },
+        'ca-key': { type: 'string' },
+        fleet: { type: 'string' },
+        'tls-san': { type: 'string' },
+        'node-cert-lifetime': { type: 'string' },
         insecure: { type: 'boolean' },
         nats: { type: 'string' },
         'embedded-nats': { type: 'string' },
@@ -153,17 +178,22 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
   const insecure = values.insecure ?? ['1', 'true'].includes(env.EDGEPLANE_INSECURE ?? '');
   const tlsCert = values['tls-cert'] ?? env.EDGEPLANE_TLS_CERT;
   const tlsKey = values['tls-key'] ?? env.EDGEPLANE_TLS_KEY;
-  const tlsClientCa = values['tls-client-ca'] ?? env.EDGEPLANE_TLS_CLIENT_CA;
-  if (!insecure && (!tlsCert || !tlsKey) && !values['print-nats-server-config']) {
-    throw new ConfigError('TLS is the default: give --tls-cert and --tls-key, or ask for plaintext with --insecure');
-  }
+  if (Boolean(tlsCert) !== Boolean(tlsKey)) throw new ConfigError('--tls-cert and --tls-key go together');
+  const caCert = values['ca-cert'] ?? env.EDGEPLANE_CA_CERT;
+  const caKey = values['ca-key'] ?? env.EDGEPLANE_CA_KEY;
+  if (Boolean(caCert) !== Boolean(caKey)) throw new ConfigError('--ca-cert and --ca-key go together');
   const natsTlsCert = values['nats-tls-cert'] ?? env.EDGEPLANE_NATS_TLS_CERT;
   const natsTlsKey = values['nats-tls-key'] ?? env.EDGEPLANE_NATS_TLS_KEY;
   const natsTlsCa = values['nats-tls-ca'] ?? env.EDGEPLANE_NATS_TLS_CA;
   if (!!natsTlsCert !== !!natsTlsKey) throw new ConfigError('--nats-tls-cert and --nats-tls-key go together');
   const printNats = values['print-nats-server-config'];
   const listen = values.listen ?? env.EDGEPLANE_LISTEN ?? '0.0.0.0:7443';
-  hostPort('listen', listen);
+  const { host } = hostPort('listen', listen);
+  if (insecure && !isLoopback(host)) {
+    throw new ConfigError(`--insecure serves plaintext without authentication and is refused on ${host}: use a loopback --listen address (127.0.0.1, ::1, localhost) or drop --insecure (mutual TLS is the default)`);
+  }
+  const fleet = values.fleet ?? env.EDGEPLANE_FLEET ?? 'default';
+  if (!/^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/.test(fleet)) throw new ConfigError(`--fleet: ${JSON.stringify(fleet)} is not a lower-case name`);
   const prometheus = values['prometheus-port'] ?? env.EDGEPLANE_PROMETHEUS_PORT;
   const nats = values.nats ?? env.EDGEPLANE_NATS_URL ?? '';
   const otlp = values['otlp-endpoint'] ?? env.OTEL_EXPORTER_OTLP_ENDPOINT;
@@ -172,7 +202,11 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     insecure,
     ...(tlsCert ? { tlsCert } : {}),
     ...(tlsKey ? { tlsKey } : {}),
-    ...(tlsClientCa ? { tlsClientCa } : {}),
+    caCert: caCert ?? join(dataDir, 'pki', 'ca.pem'),
+    caKey: caKey ?? join(dataDir, 'pki', 'ca-key.pem'),
+    fleet,
+    tlsSans: (values['tls-san'] ?? env.EDGEPLANE_TLS_SAN ?? '').split(',').map((x) => x.trim()).filter(Boolean),
+    nodeCertLifetimeMs: int('node-cert-lifetime', values['node-cert-lifetime'], 86_400, 60) * 1000,
     natsServers: nats ? nats.split(',').map((s) => s.trim()).filter(Boolean) : [],
     embeddedNatsHost: embedded.host,
     embeddedNatsPort: embedded.port,

@@ -1,31 +1,37 @@
 #!/usr/bin/env node
 // The controller process: the only place concrete adapters (NATS, JetStream, gRPC, the
 // OpenTelemetry SDK, an embedded nats-server) are constructed and wired together.
-import { realpathSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
-import { NODE_REGISTRY_BUCKET, INTENT_STREAM, INTENT_SUBJECT, publicKeyFromRaw } from '@edgeplane/proto';
+import { NODE_REGISTRY_BUCKET, INTENT_STREAM, INTENT_SUBJECT, TRUST_BUCKET, publicKeyFromRaw } from '@edgeplane/proto';
 import { IntentLog, NatsServer, natsClientOptions } from '@edgeplane/intent-log';
 import { startTelemetry, type SpanProcessor, type Telemetry } from '@edgeplane/telemetry';
 import { AgentSessions } from './agent-sessions.js';
 import { parseConfig, HELP, type ControllerConfig } from './config.js';
 import { CounterStore } from './counter-store.js';
-import { ConfigError } from './errors.js';
+import { ConfigError, UnauthenticatedError } from './errors.js';
 import { FleetApi } from './fleet-api.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
-import { agentServiceHandlers, fleetServiceHandlers, intentServiceHandlers } from './grpc/services.js';
+import { Authorizer } from './grpc/authorize.js';
+import { agentServiceHandlers, fleetServiceHandlers, intentServiceHandlers, trustServiceHandlers } from './grpc/services.js';
 import { IntentApi } from './intent-api.js';
 import { IntentStore } from './intent-store.js';
 import { KvNodeStore } from './kv-node-store.js';
 import { natsAccountPusher } from './nats-account-pusher.js';
 import { NatsAuthority } from './nats-authority.js';
-import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
 import { registerFleetMetrics } from './metrics.js';
 import { RolloutManager } from './rollout-manager.js';
 import { NodeRegistry } from './node-registry.js';
+import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
+import { generateKeyPair, loadOrCreateCertificateAuthority, writeFileAtomic, type CertificateAuthority } from './pki/certificate-authority.js';
+import { isLoopback } from './config.js';
 import { loadOrCreateSigningKey } from './signing-key.js';
+import { TrustApi } from './trust-api.js';
+import { TrustStore } from './trust-store.js';
 
 /** A running controller. */
 export interface RunningController {
@@ -42,6 +48,10 @@ export interface RunningController {
    * Node connections then need the user JWT it returns and the node's own nkey seed.
    */
   natsCredentials: NatsCredentialIssuer | undefined;
+  /** `sha256:<hex>` of the fleet CA certificate (agents' --ca-fingerprint). */
+  caFingerprint: string;
+  /** The fleet CA certificate, PEM. */
+  caCertPem: string;
   /** Graceful stop: health NOT_SERVING, running calls get the grace period, then everything closes. Idempotent. */
   close(): Promise<void>;
 }
@@ -50,6 +60,48 @@ export interface RunningController {
 export interface StartExtras {
   spanProcessors?: SpanProcessor[];
   log?: (line: Record<string, unknown>) => void;
+  /** Issues nodes' NATS credentials at enrollment and withdraws them at revocation. */
+  natsCredentials?: NatsCredentialIssuer;
+}
+
+/**
+ * On first start (no DATA_DIR/admin yet) writes an admin client certificate, its key (0600)
+ * and the CA into DATA_DIR/admin, like kubeadm's admin.conf: the CLI's first credentials.
+ */
+async function writeAdminBundle(ca: CertificateAuthority, dataDir: string): Promise<string | undefined> {
+  const dir = join(dataDir, 'admin');
+  if (existsSync(join(dir, 'admin.pem'))) return undefined;
+  const keys = generateKeyPair();
+  const cert = await ca.issue({ identity: { fleet: ca.fleet, role: 'admin', name: 'admin' }, publicKey: keys.publicKeyDer, lifetimeMs: 365 * 86_400_000 });
+  writeFileAtomic(join(dir, 'ca.pem'), ca.certPem, 0o644);
+  writeFileAtomic(join(dir, 'admin-key.pem'), keys.privateKeyPem, 0o600);
+  writeFileAtomic(join(dir, 'admin.pem'), cert.certPem, 0o644);
+  return dir;
+}
+
+/** The serving certificate chain: the one given, or one the CA issues now for this host. */
+async function servingCertificate(config: ControllerConfig, ca: CertificateAuthority): Promise<{ certChainPem: string; keyPem: string }> {
+  if (config.tlsCert && config.tlsKey) {
+    try {
+      return { certChainPem: readFileSync(config.tlsCert, 'utf8'), keyPem: readFileSync(config.tlsKey, 'utf8') };
+    } catch (cause) {
+      throw new ConfigError(`load TLS material: ${(cause as Error).message}`, { cause });
+    }
+  }
+  const host = config.listen.slice(0, config.listen.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  const names = new Set(['localhost', '127.0.0.1', '::1', hostname(), ...config.tlsSans]);
+  if (host !== '0.0.0.0' && host !== '::') names.add(host);
+  const isIp = (n: string): boolean => /^[0-9.]+$/.test(n) || n.includes(':');
+  const keys = generateKeyPair();
+  const issued = await ca.issue({
+    identity: { fleet: ca.fleet, role: 'controller', name: config.controllerId.toLowerCase().replace(/[^a-z0-9._-]/g, '-').slice(0, 63).replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '') || 'controller' },
+    publicKey: keys.publicKeyDer,
+    lifetimeMs: 365 * 86_400_000,
+    dnsNames: [...names].filter((n) => !isIp(n)),
+    ipAddresses: [...names].filter(isIp),
+  });
+  // The chain carries the CA so an enrolling agent can pin it by fingerprint.
+  return { certChainPem: issued.certPem + ca.certPem, keyPem: keys.privateKeyPem };
 }
 
 function logger(extra?: StartExtras['log']): (level: string, msg: string, fields?: Record<string, unknown>) => void {
@@ -122,6 +174,15 @@ export async function startController(config: ControllerConfig, extras: StartExt
       await authority.publishAccount().catch((err: unknown) => onError('push nats account jwt at start', err));
     }
 
+    const { ca, created } = await loadOrCreateCertificateAuthority({ certFile: config.caCert, keyFile: config.caKey }, config.fleet);
+    if (created) log('info', 'created the fleet CA', { cert: config.caCert, fingerprint: ca.fingerprint });
+    const adminDir = await writeAdminBundle(ca, config.dataDir);
+    if (adminDir) log('info', 'wrote the admin client certificate (keep it safe)', { dir: adminDir });
+    if (config.insecure) {
+      log('warn', 'INSECURE: plaintext gRPC without authentication on loopback; every caller is an admin and may speak for any node (development and tests only)', { listen: config.listen });
+      if (!isLoopback(config.listen.slice(0, config.listen.lastIndexOf(':')))) throw new ConfigError('--insecure is refused on a non-loopback address');
+    }
+
     const key = loadOrCreateSigningKey(config.signingKey);
     const intentLog = await IntentLog.open(nc, { create: true, replicas: config.streamReplicas });
     const store = new IntentStore(intentLog, {
@@ -143,6 +204,10 @@ export async function startController(config: ControllerConfig, extras: StartExt
     const registry = new NodeRegistry(new KvNodeStore(kv), { onError });
     await registry.load();
     cleanups.push(() => registry.flush());
+    const trustKv = await new Kvm(nc).create(TRUST_BUCKET, { history: 1, replicas: config.streamReplicas });
+    const trustStore = new TrustStore(trustKv);
+    await trustStore.start(onError);
+    cleanups.push(async () => trustStore.close());
     const counters = new CounterStore();
     registerFleetMetrics(telemetry.meter('@edgeplane/controller'), { counters, registry, revision: () => store.chain.revision });
 
@@ -166,12 +231,26 @@ export async function startController(config: ControllerConfig, extras: StartExt
       limits: { maxRules: config.maxRulesPerPolicy, maxCidrsPerRule: 256, maxPortRangesPerRule: 64, maxDescription: 1024, maxAnnotationBytes: 256 * 1024, maxRate: 1_000_000_000n },
     });
     const fleetApi = new FleetApi(registry, counters, () => store.chain.revision, rollouts);
+    const denied = telemetry.meter('@edgeplane/controller').createCounter('edgeplane_authz_denied', { description: 'Calls refused by authentication or authorization, by method, caller role and reason' });
+    const auth = new Authorizer({
+      insecure: config.insecure,
+      fleet: config.fleet,
+      isRevoked: (id) => id.role === 'node' && trustStore.isRevoked(id.name),
+      onDenied: (method, id, reason) => {
+        denied.add(1, { method, role: id?.role ?? 'none', reason });
+        log('warn', 'call refused', { method, caller: id ? `${id.role}/${id.name}` : 'anonymous', reason });
+      },
+    });
+    // A revocation (from any replica, through the KV watch) closes the node's open streams at once.
+    trustStore.onRevoked((r) => sessions.closeNode(r.node, new UnauthenticatedError(`node ${r.node} was revoked`, 'REVOKED')));
+    const trustApi = new TrustApi({ ca, store: trustStore, nodeCertLifetimeMs: config.nodeCertLifetimeMs, ...((extras.natsCredentials ?? authority) ? { natsCredentials: (extras.natsCredentials ?? authority)! } : {}) });
     const grpcServer: GrpcServer = await startGrpcServer({
       listen: config.listen,
-      tls: config.insecure ? { insecure: true } : { certFile: config.tlsCert!, keyFile: config.tlsKey!, ...(config.tlsClientCa ? { clientCaFile: config.tlsClientCa } : {}) },
-      intent: intentServiceHandlers(intentApi, onError),
-      fleet: fleetServiceHandlers(fleetApi, onError),
-      agent: agentServiceHandlers(sessions, onError),
+      tls: config.insecure ? { insecure: true } : { ...(await servingCertificate(config, ca)), clientCaPem: ca.certPem },
+      intent: intentServiceHandlers(intentApi, onError, auth),
+      fleet: fleetServiceHandlers(fleetApi, onError, auth),
+      agent: agentServiceHandlers(sessions, onError, auth),
+      trust: trustServiceHandlers(trustApi, onError, auth),
     });
     cleanups.push(async () => {
       const stopping = grpcServer.shutdown(config.shutdownGraceMs);
@@ -188,6 +267,8 @@ export async function startController(config: ControllerConfig, extras: StartExt
       keyId: key.keyId,
       prometheusUrl: telemetry.prometheusUrl,
       natsCredentials: authority,
+      caFingerprint: ca.fingerprint,
+      caCertPem: ca.certPem,
       close: () => (closing ??= cleanup()),
     };
   } catch (err) {
@@ -227,7 +308,7 @@ async function main(): Promise<void> {
     return;
   }
   process.stdout.write(
-    JSON.stringify({ event: 'ready', grpc: controller.address, nats: controller.natsUrl, keyId: controller.keyId, publicKey: Buffer.from(controller.publicKey).toString('base64'), prometheus: controller.prometheusUrl }) + '\n',
+    JSON.stringify({ event: 'ready', grpc: controller.address, nats: controller.natsUrl, keyId: controller.keyId, publicKey: Buffer.from(controller.publicKey).toString('base64'), prometheus: controller.prometheusUrl, caFingerprint: controller.caFingerprint }) + '\n',
   );
   let stopping = false;
   const stop = (signal: string): void => {

@@ -33,3 +33,5 @@ export { IntentFollower, type FollowerEvents } from './agent/intent-follower.js'
 export { NodeAgent, type AgentLogger, type AgentStatus, type NodeAgentOptions } from './agent/node-agent.js';
 export { StateFile, StateFileError, type AppliedState } from './agent/state-file.js';
 export { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
+export { EnrollmentError, NodeIdentity, enrollNode, fetchPinnedCa, loadNodeCredentials, saveNodeCredentials, checkControllerIdentity } from './agent/node-identity.js';
+export type { EnrollOptions, NodeCredentials, NodeIdentityOptions } from './agent/node-identity.js';

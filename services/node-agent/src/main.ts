@@ -14,6 +14,7 @@ import { startTelemetry } from '@edgeplane/telemetry';
 import { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
 import { ensureBpffs } from './agent/bpffs.js';
 import { ControllerLink } from './agent/controller-link.js';
+import { enrollNode, loadNodeCredentials, NodeIdentity } from './agent/node-identity.js';
 import { IntentFollower } from './agent/intent-follower.js';
 import { NodeAgent, type AgentLogger } from './agent/node-agent.js';
 import { StateFile } from './agent/state-file.js';
@@ -26,9 +27,32 @@ const VERSION = '0.1.0';
 
 const log: AgentLogger = (level, msg, fields = {}) => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields }) + '\n');
 
-function credentials(config: AgentConfig): grpc.ChannelCredentials {
+function staticCredentials(config: AgentConfig): grpc.ChannelCredentials | undefined {
   if (config.insecure) return grpc.credentials.createInsecure();
-  return grpc.credentials.createSsl(readFileSync(config.tlsCa!), config.tlsKey ? readFileSync(config.tlsKey) : null, config.tlsCert ? readFileSync(config.tlsCert) : null);
+  if (!config.tlsCa) return undefined;
+  return grpc.credentials.createSsl(readFileSync(config.tlsCa), config.tlsKey ? readFileSync(config.tlsKey) : null, config.tlsCert ? readFileSync(config.tlsCert) : null);
+}
+
+/**
+ * The node's enrolled identity: loaded from STATE_DIR/identity, or enrolled now with the join
+ * token; renewal starts. The caller closes it.
+ */
+async function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {
+  let creds = loadNodeCredentials(config.stateDir);
+  if (creds && creds.nodeName !== config.nodeName) throw new AgentConfigError(`STATE_DIR/identity belongs to node ${creds.nodeName}, not ${config.nodeName}`);
+  if (!creds) {
+    if (!config.joinToken || !config.caFingerprint) throw new AgentConfigError('this node is not enrolled: give --join-token and --ca-fingerprint');
+    creds = await enrollNode({ address: config.controller, token: config.joinToken, caFingerprint: config.caFingerprint, nodeName: config.nodeName, stateDir: config.stateDir });
+    log('info', 'enrolled', { node: creds.nodeName, notAfter: creds.notAfter.toISOString() });
+  }
+  const identity = new NodeIdentity(creds, {
+    address: config.controller,
+    stateDir: config.stateDir,
+    onRenewed: (notAfter) => log('info', 'node certificate renewed', { notAfter: notAfter.toISOString() }),
+    onError: (message, err) => log('error', message, { error: (err as Error).message }),
+  });
+  identity.start();
+  return identity;
 }
 
 async function run(config: AgentConfig): Promise<() => Promise<void>> {
@@ -83,13 +107,25 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
     const watcher = setInterval(checkInterfaces, config.interfaceCheckMs);
     closers.push(() => clearInterval(watcher));
 
+    // The node's identity (enrollment needs the network only on a first start, when there is no
+    // applied state to enforce yet); the join token's labels join the configured ones.
+    let channelCredentials = staticCredentials(config);
+    let labels = config.labels;
+    let enrolled: (() => { natsJwt: string; natsSeed: string }) | undefined;
+    if (!channelCredentials) {
+      const identity = await nodeIdentity(config);
+      enrolled = () => identity.credentials;
+      closers.push(() => identity.close());
+      channelCredentials = identity.channelCredentials();
+      labels = { ...identity.credentials.labels, ...config.labels };
+    }
     const trusted = new Map(config.trustedKeys.map((k) => [keyIdOf(k), k]));
-    const nats = agentNatsOptions(config); // read the credential files now: a bad one stops the start
+    const nats = agentNatsOptions(config, enrolled); // read the credential files now: a bad one stops the start
     // The agent reports through the link, and the link's hello reads the agent: tie the knot.
     const linkRef: { link?: ControllerLink } = {};
     const agent = new NodeAgent({
       nodeName: config.nodeName,
-      labels: config.labels,
+      labels,
       datapaths,
       stateFile: new StateFile(join(config.stateDir, 'applied.json')),
       report: (r) => linkRef.link?.report(r),
@@ -118,12 +154,12 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       });
     const link = new ControllerLink({
       address: config.controller,
-      credentials: credentials(config),
+      credentials: channelCredentials,
       heartbeatIntervalMs: config.heartbeatIntervalMs,
       counterIntervalMs: config.counterIntervalMs,
       hello: () => ({
         nodeName: config.nodeName,
-        labels: config.labels,
+        labels,
         info: { agentVersion: VERSION, kernelRelease: release(), hostname: hostname(), datapath: config.datapath, capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65_536, ipv6: true } },
         interfaces: interfaces(),
         receivedRevision: agent.status.received,

@@ -2,7 +2,16 @@ import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { STATUS_DETAILS_KEY, encodeStatusDetails } from '@edgeplane/proto';
 import { ConflictError, EntryTooLargeError, LogUnavailableError } from '@edgeplane/intent-log';
 import { IdleStreamError } from '../agent-sessions.js';
-import { CompactedError, NotFoundError, PreconditionError, UnavailableError, ValidationError, VersionConflictError } from '../errors.js';
+import {
+  CompactedError,
+  NotFoundError,
+  PermissionDeniedError,
+  PreconditionError,
+  UnauthenticatedError,
+  UnavailableError,
+  ValidationError,
+  VersionConflictError,
+} from '../errors.js';
 
 /** Where unexpected errors are reported before they become INTERNAL. */
 export type ErrorLogger = (message: string, err: unknown) => void;
@@ -16,7 +25,7 @@ function withDetails(code: status, message: string, details: Parameters<typeof e
 /**
  * The one place domain errors become gRPC statuses (STYLE.md): INVALID_ARGUMENT with
  * google.rpc.BadRequest field violations, NOT_FOUND, ABORTED, FAILED_PRECONDITION with an
- * ErrorInfo reason, UNAVAILABLE; anything else is INTERNAL and logged.
+ * ErrorInfo reason, UNAUTHENTICATED and PERMISSION_DENIED with an ErrorInfo reason, UNAVAILABLE; anything else is INTERNAL and logged.
  */
 export function toStatus(err: unknown, log: ErrorLogger): Partial<ServiceError> {
   if (err instanceof ValidationError) {
@@ -38,6 +47,10 @@ export function toStatus(err: unknown, log: ErrorLogger): Partial<ServiceError> 
       fieldViolations: [],
       errorInfo: { reason: err.reason, domain: 'edgeplane.io', metadata: {} },
     });
+  }
+  if (err instanceof UnauthenticatedError || err instanceof PermissionDeniedError) {
+    const code = err instanceof UnauthenticatedError ? status.UNAUTHENTICATED : status.PERMISSION_DENIED;
+    return withDetails(code, err.message, { code, message: err.message, fieldViolations: [], errorInfo: { reason: err.reason, domain: 'edgeplane.io', metadata: {} } });
   }
   if (err instanceof IdleStreamError) return { code: status.UNAVAILABLE, details: err.message };
   if (err instanceof CompactedError) return { code: status.OUT_OF_RANGE, details: err.message };

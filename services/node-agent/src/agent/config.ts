@@ -31,6 +31,9 @@ export interface AgentConfig {
   tlsCa?: string;
   tlsCert?: string;
   tlsKey?: string;
+  /** Single-use join token and the CA fingerprint it is used with (first start: enrollment). */
+  joinToken?: string;
+  caFingerprint?: string;
   datapath: 'ebpf' | 'memory';
   xdpMode: 'native' | 'generic' | 'auto';
   heartbeatIntervalMs: number;
@@ -59,6 +62,10 @@ Usage: edgeplane-agent [flags]
   --state-dir DIR           where the last applied revision is kept (EDGEPLANE_STATE_DIR, default /var/lib/edgeplane/agent)
   --trusted-key KEY         a controller public key: base64 of the raw 32-byte Ed25519 key, or @FILE with a
                             PEM public key; repeatable (EDGEPLANE_TRUSTED_KEYS, comma-separated); required
+  --join-token TOKEN        single-use token from \`edgeplane token create\` (EDGEPLANE_JOIN_TOKEN): on first start
+                            the agent generates its key, enrolls, and keeps its certificate in STATE_DIR/identity
+                            (renewed at 70 % of its life); later starts use the stored identity
+  --ca-fingerprint sha256:HEX   the fleet CA the controller must present when enrolling (EDGEPLANE_CA_FINGERPRINT)
   --insecure                plaintext gRPC to the controller (EDGEPLANE_INSECURE=1)
   --tls-ca FILE             CA that signed the controller's certificate (EDGEPLANE_TLS_CA)
   --tls-cert FILE, --tls-key FILE   client certificate for mutual TLS (EDGEPLANE_TLS_CERT, EDGEPLANE_TLS_KEY)
@@ -116,6 +123,8 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         'tls-ca': { type: 'string' },
         'tls-cert': { type: 'string' },
         'tls-key': { type: 'string' },
+        'join-token': { type: 'string' },
+        'ca-fingerprint': { type: 'string' },
         datapath: { type: 'string' },
         'xdp-mode': { type: 'string' },
         'heartbeat-interval': { type: 'string' },
@@ -157,7 +166,13 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   const tlsCa = values['tls-ca'] ?? env.EDGEPLANE_TLS_CA;
   const tlsCert = values['tls-cert'] ?? env.EDGEPLANE_TLS_CERT;
   const tlsKey = values['tls-key'] ?? env.EDGEPLANE_TLS_KEY;
-  if (!insecure && !tlsCa) throw new AgentConfigError('TLS is the default: give --tls-ca (and --tls-cert/--tls-key for mutual TLS), or --insecure');
+  const joinToken = values['join-token'] ?? env.EDGEPLANE_JOIN_TOKEN;
+  const caFingerprint = values['ca-fingerprint'] ?? env.EDGEPLANE_CA_FINGERPRINT;
+  if (joinToken && !caFingerprint) throw new AgentConfigError('--join-token needs --ca-fingerprint sha256:... (printed by `edgeplane token create`)');
+  // Without TLS files the agent uses its enrolled identity (STATE_DIR/identity) or enrolls with a join token.
+  if (!insecure && !tlsCa && !tlsCert && !joinToken && !caFingerprint) {
+    throw new AgentConfigError('TLS is the default: give --join-token and --ca-fingerprint (first start), --ca-fingerprint alone once enrolled, or --tls-ca/--tls-cert/--tls-key, or --insecure');
+  }
   const natsCreds = values['nats-creds'] ?? env.EDGEPLANE_NATS_CREDS;
   const natsJwt = values['nats-jwt'] ?? env.EDGEPLANE_NATS_JWT;
   const natsSeed = values['nats-seed'] ?? env.EDGEPLANE_NATS_SEED;
@@ -182,6 +197,8 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     ...(tlsCa ? { tlsCa } : {}),
     ...(tlsCert ? { tlsCert } : {}),
     ...(tlsKey ? { tlsKey } : {}),
+    ...(joinToken ? { joinToken } : {}),
+    ...(caFingerprint ? { caFingerprint } : {}),
     datapath,
     xdpMode: xdpMode as AgentConfig['xdpMode'],
     heartbeatIntervalMs: num('heartbeat-interval', values['heartbeat-interval'], 5) * 1000,
