@@ -21,6 +21,7 @@ import {
   NODE_REGISTRY_BUCKET,
   Policy,
   SNAPSHOT_BUCKET,
+  TRUST_BUCKET,
   Snapshot,
   keyIdOf,
   signLogEntry,
@@ -79,6 +80,8 @@ test.before(async () => {
   await append('one');
   await append('two');
   await log.writeSnapshot(signSnapshot(Snapshot.fromPartial({ revision: writer.revision, policies: [...writer.policies.values()] }), privateKey));
+  const trust = await new Kvm(ctl).create(TRUST_BUCKET, { history: 1 });
+  await trust.put('token.abc', 'a join token');
   const registry = await new Kvm(ctl).create(NODE_REGISTRY_BUCKET, { history: 1 });
   await registry.put('edge-9', 'secret registry record');
 });
@@ -126,6 +129,7 @@ async function attacks(nc: NatsConnection): Promise<string[]> {
     ['create a consumer on the node registry', () => jsm.consumers.add(`KV_${NODE_REGISTRY_BUCKET}`, { name: 'evil' })],
     ['read the node registry', async () => (await new Kvm(js).open(NODE_REGISTRY_BUCKET)).get('edge-9')],
     ['read the node registry by stream get', () => jsm.streams.getMessage(`KV_${NODE_REGISTRY_BUCKET}`, { last_by_subj: `$KV.${NODE_REGISTRY_BUCKET}.edge-9` })],
+    ['read the trust bucket (join tokens, revocations)', async () => (await new Kvm(js).open(TRUST_BUCKET)).keys().then(async (it) => { for await (const k of it) return k; return undefined; })],
     ['put in the snapshot bucket', async () => (await new Kvm(js).open(SNAPSHOT_BUCKET)).put('latest', 'junk')],
     ['delete in the snapshot bucket', async () => (await new Kvm(js).open(SNAPSHOT_BUCKET)).delete('latest')],
     ['purge the snapshot bucket stream', () => jsm.streams.purge(`KV_${SNAPSHOT_BUCKET}`)],
