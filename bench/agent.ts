@@ -278,7 +278,7 @@ async function main(): Promise<void> {
     cleanups.push(['nats-server', () => nats.close()]);
     const controller = await Supervised.start('controller', {
       command: process.execPath,
-      args: [CONTROLLER_MAIN, '--listen', '0.0.0.0:0', '--nats', `nats://127.0.0.1:${nats.port}`, '--data-dir', join(dir, 'ctl'), '--rule-growth-guard', '1000000', '--max-rules-per-policy', '65536', '--otlp-endpoint', `http://127.0.0.1:${sink.port}`],
+      args: [CONTROLLER_MAIN, '--listen', '0.0.0.0:0', '--nats', `nats://127.0.0.1:${nats.port}`, '--nats-anonymous', '--data-dir', join(dir, 'ctl'), '--rule-growth-guard', '1000000', '--max-rules-per-policy', '65536', '--otlp-endpoint', `http://127.0.0.1:${sink.port}`],
       readyEvent: 'ready',
     });
     cleanups.push(['controller', () => controller.stop(5000)]);

@@ -319,7 +319,7 @@ async function runSize(n: number, root: string): Promise<SizeResult> {
   try {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '127.0.0.1' });
     push('nats-server', () => nats.close());
-    const controllerArgs = [CONTROLLER_MAIN, '--insecure', '--listen', '127.0.0.1:0', '--nats', nats.url, '--data-dir', join(dir, 'controller'), '--heartbeat-interval', '5', '--counter-interval', '1'];
+    const controllerArgs = [CONTROLLER_MAIN, '--insecure', '--listen', '127.0.0.1:0', '--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'controller'), '--heartbeat-interval', '5', '--counter-interval', '1'];
     const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=controller-n${n}-${Date.now()}.cpuprofile`] : [];
     const controller = await Supervised.start('controller', { command: process.execPath, args: [...prof, ...controllerArgs], readyEvent: 'ready', readyTimeoutMs: 30_000 });
     push('controller', () => controller.stop(30_000));

@@ -271,6 +271,8 @@ export {
   moreViolations,
 } from './../src/status-details.js';
 export {
+  EDGEPLANE_SUBJECTS,
+  INTENT_HEAD_SUBJECT,
   INTENT_LIVE_SUBJECT,
   INTENT_STREAM,
   INTENT_SUBJECT,
@@ -279,6 +281,8 @@ export {
   SNAPSHOT_KEY,
   TRACEPARENT_HEADER,
   TRUST_BUCKET,
+  kvStreamName,
+  natsInboxPrefix,
 } from './../src/subjects.js';
 export {
   checkApplyPolicyWire,

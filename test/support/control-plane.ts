@@ -83,7 +83,7 @@ export class TestControlPlane implements ControlPlane {
       controller = await Supervised.start('controller', {
         command: process.execPath,
         args: [
-          CONTROLLER_MAIN, '--listen', `0.0.0.0:${grpcPort}`, '--nats', `nats://127.0.0.1:${nats.port}`,
+          CONTROLLER_MAIN, '--listen', `0.0.0.0:${grpcPort}`, '--nats', `nats://127.0.0.1:${nats.port}`, '--nats-anonymous',
           '--data-dir', join(dir, 'ctl'), '--heartbeat-interval', '1', '--counter-interval', '1', '--shutdown-grace', '1',
           '--rule-growth-guard', '100000', ...extra,
         ],

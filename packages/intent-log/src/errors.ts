@@ -46,3 +46,8 @@ export class EntryTooLargeError extends Error {
     super(message);
   }
 }
+
+/** NATS client credentials (creds file, JWT, seed, TLS files) are missing, unreadable or malformed. */
+export class NatsCredentialsError extends Error {
+  override name = 'NatsCredentialsError';
+}

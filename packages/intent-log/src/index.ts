@@ -1,4 +1,5 @@
-export { ChainError, ConflictError, EntryTooLargeError, GapError, LogUnavailableError } from './errors.js';
+export { ChainError, ConflictError, EntryTooLargeError, GapError, LogUnavailableError, NatsCredentialsError } from './errors.js';
 export { IntentChain, type AppendResult, type OpenedEntry, type PolicyChange } from './intent-chain.js';
 export { IntentLog, type IntentLogOptions, type LogBounds, type StoredEntry } from './intent-log.js';
-export { DEFAULT_MAX_PAYLOAD, NatsServer, freePort, type NatsServerOptions } from './nats-server.js';
+export { DEFAULT_MAX_PAYLOAD, NatsServer, freePort, type NatsServerOptions, type NatsServerTls } from './nats-server.js';
+export { formatCreds, natsClientOptions, natsCredentialsPublicKey, parseCreds, type NatsClientCredentials } from './nats-client-options.js';

@@ -23,6 +23,19 @@ export interface ControllerConfig {
   /** Port of the embedded nats-server (0 = any free port). */
   embeddedNatsPort: number;
   embeddedNatsHost: string;
+  /** Keys of the NATS authority (operator, accounts, users) and the issued-credentials record. */
+  natsAuthDir: string;
+  /**
+   * Connect to --nats servers without credentials. Only for a server that runs without
+   * authorization (development, old test harnesses): agents could then write the log bus.
+   */
+  natsAnonymous: boolean;
+  /** TLS of the embedded nats-server (certificate and key), and the CA clients verify NATS servers with. */
+  natsTlsCert?: string;
+  natsTlsKey?: string;
+  natsTlsCa?: string;
+  /** Print the nats-server authorization configuration (resolver in this directory) and exit. */
+  printNatsServerConfig?: string;
   dataDir: string;
   signingKey: string;
   controllerId: string;
@@ -64,6 +77,17 @@ Every flag can also be set by the environment variable shown.
   --nats URL[,URL...]       NATS servers (EDGEPLANE_NATS_URL); unset = start an embedded nats-server
                             with JetStream in DATA_DIR/nats and stop it on exit
   --embedded-nats HOST:PORT address of the embedded nats-server (EDGEPLANE_EMBEDDED_NATS, default 127.0.0.1:4222)
+  --nats-auth-dir DIR       NATS operator, account and user keys (mode 0600) and the issued node credentials
+                            (EDGEPLANE_NATS_AUTH_DIR, default DATA_DIR/nats-auth); replicas share it. The embedded
+                            nats-server runs with it (JWT mode); external servers need --print-nats-server-config
+  --print-nats-server-config RESOLVER_DIR
+                            print the nats-server authorization block (operator, system account, full resolver
+                            storing account JWTs in RESOLVER_DIR, preloaded accounts) for NATS-AUTH-DIR and exit
+  --nats-anonymous          connect to --nats without credentials (a server without authorization; development
+                            only: any client could then write the log) (EDGEPLANE_NATS_ANONYMOUS=1)
+  --nats-tls-cert FILE      certificate of the embedded nats-server, PEM (EDGEPLANE_NATS_TLS_CERT)
+  --nats-tls-key FILE       its key (EDGEPLANE_NATS_TLS_KEY)
+  --nats-tls-ca FILE        CA the NATS servers' certificates chain to (EDGEPLANE_NATS_TLS_CA)
   --data-dir DIR            state directory (EDGEPLANE_DATA_DIR, default /var/lib/edgeplane/controller)
   --signing-key FILE        Ed25519 key that signs the intent log, created on first start with mode 0600
                             (EDGEPLANE_SIGNING_KEY, default DATA_DIR/signing-key.pem); replicas share it
@@ -128,6 +152,12 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         nats: { type: 'string' },
         'embedded-nats': { type: 'string' },
         'data-dir': { type: 'string' },
+        'nats-auth-dir': { type: 'string' },
+        'print-nats-server-config': { type: 'string' },
+        'nats-anonymous': { type: 'boolean' },
+        'nats-tls-cert': { type: 'string' },
+        'nats-tls-key': { type: 'string' },
+        'nats-tls-ca': { type: 'string' },
         'signing-key': { type: 'string' },
         'controller-id': { type: 'string' },
         'stream-replicas': { type: 'string' },
@@ -159,6 +189,11 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
   const caCert = values['ca-cert'] ?? env.EDGEPLANE_CA_CERT;
   const caKey = values['ca-key'] ?? env.EDGEPLANE_CA_KEY;
   if (Boolean(caCert) !== Boolean(caKey)) throw new ConfigError('--ca-cert and --ca-key go together');
+  const natsTlsCert = values['nats-tls-cert'] ?? env.EDGEPLANE_NATS_TLS_CERT;
+  const natsTlsKey = values['nats-tls-key'] ?? env.EDGEPLANE_NATS_TLS_KEY;
+  const natsTlsCa = values['nats-tls-ca'] ?? env.EDGEPLANE_NATS_TLS_CA;
+  if (!!natsTlsCert !== !!natsTlsKey) throw new ConfigError('--nats-tls-cert and --nats-tls-key go together');
+  const printNats = values['print-nats-server-config'];
   const listen = values.listen ?? env.EDGEPLANE_LISTEN ?? '0.0.0.0:7443';
   const { host } = hostPort('listen', listen);
   if (insecure && !isLoopback(host)) {
@@ -182,6 +217,11 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     natsServers: nats ? nats.split(',').map((s) => s.trim()).filter(Boolean) : [],
     embeddedNatsHost: embedded.host,
     embeddedNatsPort: embedded.port,
+    natsAuthDir: values['nats-auth-dir'] ?? env.EDGEPLANE_NATS_AUTH_DIR ?? join(dataDir, 'nats-auth'),
+    natsAnonymous: values['nats-anonymous'] ?? ['1', 'true'].includes(env.EDGEPLANE_NATS_ANONYMOUS ?? ''),
+    ...(natsTlsCert ? { natsTlsCert, natsTlsKey: natsTlsKey! } : {}),
+    ...(natsTlsCa ? { natsTlsCa } : {}),
+    ...(printNats ? { printNatsServerConfig: printNats } : {}),
     dataDir,
     signingKey: values['signing-key'] ?? env.EDGEPLANE_SIGNING_KEY ?? join(dataDir, 'signing-key.pem'),
     controllerId: values['controller-id'] ?? env.EDGEPLANE_CONTROLLER_ID ?? `${hostname()}-${process.pid}`,

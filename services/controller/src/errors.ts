@@ -47,6 +47,11 @@ export class CompactedError extends Error {
   override name = 'CompactedError';
 }
 
+/** A NATS credential could not be issued or revoked (bad key, past expiry, servers unreachable). */
+export class NatsAuthorityError extends Error {
+  override name = 'NatsAuthorityError';
+}
+
 /** A certificate cannot be issued for the key or identity given. Maps to INVALID_ARGUMENT. */
 export class CertificateIssueError extends Error {
   override name = 'CertificateIssueError';

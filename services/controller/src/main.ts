@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { DEFAULT_POLICY_LIMITS, NODE_REGISTRY_BUCKET, INTENT_STREAM, INTENT_SUBJECT, TRUST_BUCKET, publicKeyFromRaw } from '@edgeplane/proto';
-import { IntentLog, NatsServer } from '@edgeplane/intent-log';
+import { IntentLog, NatsServer, natsClientOptions } from '@edgeplane/intent-log';
 import { startTelemetry, type SpanProcessor, type Telemetry } from '@edgeplane/telemetry';
 import { AgentSessions } from './agent-sessions.js';
 import { parseConfig, HELP, type ControllerConfig } from './config.js';
@@ -21,6 +21,8 @@ import { agentServiceHandlers, fleetServiceHandlers, intentServiceHandlers, trus
 import { IntentApi } from './intent-api.js';
 import { IntentStore } from './intent-store.js';
 import { KvNodeStore } from './kv-node-store.js';
+import { natsAccountPusher } from './nats-account-pusher.js';
+import { NatsAuthority } from './nats-authority.js';
 import { registerFleetMetrics } from './metrics.js';
 import { RolloutManager } from './rollout-manager.js';
 import { NodeRegistry } from './node-registry.js';
@@ -41,6 +43,11 @@ export interface RunningController {
   publicKey: Uint8Array;
   keyId: string;
   prometheusUrl: string | undefined;
+  /**
+   * Issues and revokes node NATS credentials (enrollment uses it); undefined with --nats-anonymous.
+   * Node connections then need the user JWT it returns and the node's own nkey seed.
+   */
+  natsCredentials: NatsCredentialIssuer | undefined;
   /** `sha256:<hex>` of the fleet CA certificate (agents' --ca-fingerprint). */
   caFingerprint: string;
   /** The fleet CA certificate, PEM. */
@@ -129,19 +136,43 @@ export async function startController(config: ControllerConfig, extras: StartExt
     cleanups.push(() => telemetry.shutdown());
 
     let natsServers = config.natsServers;
-    if (natsServers.length === 0) {
-      const embedded = await NatsServer.start({ dataDir: join(config.dataDir, 'nats'), host: config.embeddedNatsHost, port: config.embeddedNatsPort });
+    const embeddedNats = natsServers.length === 0;
+    // The embedded server always runs with authorization; --nats-anonymous is for external ones.
+    const anonymous = config.natsAnonymous && !embeddedNats;
+    const authority = anonymous ? undefined : NatsAuthority.open(config.natsAuthDir);
+    const natsTls = config.natsTlsCa ? { caFile: config.natsTlsCa } : undefined;
+    if (embeddedNats) {
+      const natsDir = join(config.dataDir, 'nats');
+      const embedded = await NatsServer.start({
+        dataDir: natsDir,
+        host: config.embeddedNatsHost,
+        port: config.embeddedNatsPort,
+        configFragment: await authority!.serverConfig(join(natsDir, 'jwt')),
+        ...(config.natsTlsCert ? { tls: { certFile: config.natsTlsCert, keyFile: config.natsTlsKey! } } : {}),
+      });
       cleanups.push(() => embedded.close());
       natsServers = [embedded.url];
       log('info', 'started embedded nats-server', { url: embedded.url });
     }
-    const nc: NatsConnection = await connect({ servers: natsServers, name: `edgeplane-controller ${config.controllerId}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, timeout: 5000, noAsyncTraces: true });
+    if (anonymous) log('warn', 'connecting to NATS without credentials (--nats-anonymous): any client of that server can write the log bus');
+    const natsAuth = authority ? natsClientOptions({ ...(await authority.controllerCredentials(`controller ${config.controllerId}`)), ...(natsTls ? { tls: natsTls } : {}) }) : natsClientOptions(natsTls ? { tls: natsTls } : {});
+    const nc: NatsConnection = await connect({ servers: natsServers, name: `edgeplane-controller ${config.controllerId}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, timeout: 5000, noAsyncTraces: true, ...natsAuth });
     // noAsyncTraces: nats.js otherwise builds two Error objects per request for stack context
     // (about a tenth of the controller's CPU at 10,000 agents, bench/fleet.ts); only messages are logged.
     cleanups.push(() => nc.drain().catch(() => nc.close()));
     void (async () => {
       for await (const s of nc.status()) if (s.type === 'disconnect' || s.type === 'reconnect') log('info', `nats ${s.type}`, { server: (s as { server?: string }).server });
     })();
+
+    if (authority) {
+      // A system-account connection pushes account JWT updates (node revocations).
+      const sys = await connect({ servers: natsServers, name: `edgeplane-controller-system ${config.controllerId}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, timeout: 5000, noAsyncTraces: true, ...natsClientOptions({ ...(await authority.systemCredentials()), ...(natsTls ? { tls: natsTls } : {}) }) });
+      cleanups.push(() => sys.drain().catch(() => sys.close()));
+      authority.usePusher(natsAccountPusher(sys));
+      // Revocations recorded while no server was told (a failed push, servers restored from
+      // an old configuration) take effect now.
+      await authority.publishAccount().catch((err: unknown) => onError('push nats account jwt at start', err));
+    }
 
     const { ca, created } = await loadOrCreateCertificateAuthority({ certFile: config.caCert, keyFile: config.caKey }, config.fleet);
     if (created) log('info', 'created the fleet CA', { cert: config.caCert, fingerprint: ca.fingerprint });
@@ -214,7 +245,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
     });
     // A revocation (from any replica, through the KV watch) closes the node's open streams at once.
     trustStore.onRevoked((r) => sessions.closeNode(r.node, new UnauthenticatedError(`node ${r.node} was revoked`, 'REVOKED')));
-    const trustApi = new TrustApi({ ca, store: trustStore, nodeCertLifetimeMs: config.nodeCertLifetimeMs, ...(extras.natsCredentials ? { natsCredentials: extras.natsCredentials } : {}) });
+    const trustApi = new TrustApi({ ca, store: trustStore, nodeCertLifetimeMs: config.nodeCertLifetimeMs, ...((extras.natsCredentials ?? authority) ? { natsCredentials: (extras.natsCredentials ?? authority)! } : {}) });
     const grpcServer: GrpcServer = await startGrpcServer({
       listen: config.listen,
       tls: config.insecure ? { insecure: true } : { ...(await servingCertificate(config, ca)), clientCaPem: ca.certPem },
@@ -237,6 +268,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       publicKey: key.publicKey,
       keyId: key.keyId,
       prometheusUrl: telemetry.prometheusUrl,
+      natsCredentials: authority,
       caFingerprint: ca.fingerprint,
       caCertPem: ca.certPem,
       close: () => (closing ??= cleanup()),
@@ -258,6 +290,15 @@ async function main(): Promise<void> {
   }
   if (config === 'help') {
     process.stdout.write(HELP + '\n');
+    return;
+  }
+  if (config.printNatsServerConfig) {
+    try {
+      process.stdout.write((await NatsAuthority.open(config.natsAuthDir).serverConfig(config.printNatsServerConfig)) + '\n');
+    } catch (err) {
+      process.stderr.write(`edgeplane-controller: ${(err as Error).message}\n`);
+      process.exitCode = 1;
+    }
     return;
   }
   let controller: RunningController;

@@ -95,7 +95,7 @@ export class TrustApi {
     if (problem) throw new ValidationError('invalid node name', [{ field: 'node_name', description: problem, reason: 'INVALID_NAME' }]);
     const key = publicKeyOf(req.publicKey, 'public_key');
     checkProof(key, enrollProofMessage(req.nodeName, req.token), req.proof, 'proof');
-    if (this.#o.natsCredentials && !/^U[A-Z2-7]{55}$/.test(req.natsPublicKey)) {
+    if (this.#o.natsCredentials && req.natsPublicKey !== "" && !/^U[A-Z2-7]{55}$/.test(req.natsPublicKey)) {
       throw new ValidationError('invalid NATS public key', [{ field: 'nats_public_key', description: 'must be a NATS user nkey (U...)', reason: 'BAD_KEY' }]);
     }
     if (this.#o.store.isRevoked(req.nodeName)) throw new UnauthenticatedError(`node ${req.nodeName} was revoked`, 'REVOKED');

@@ -79,8 +79,8 @@ test('two controllers writing to one stream - revisions stay gapless and unique,
   withTemp(async (dir) => {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
     const key = join(dir, 'key.pem');
-    const a = await controllerProcess('ctl-a', ['--nats', nats.url, '--data-dir', join(dir, 'a'), '--signing-key', key, '--controller-id', 'a']);
-    const b = await controllerProcess('ctl-b', ['--nats', nats.url, '--data-dir', join(dir, 'b'), '--signing-key', key, '--controller-id', 'b']);
+    const a = await controllerProcess('ctl-a', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'a'), '--signing-key', key, '--controller-id', 'a']);
+    const b = await controllerProcess('ctl-b', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'b'), '--signing-key', key, '--controller-id', 'b']);
     t.teardown(async () => {
       await a.stop();
       await b.stop();
@@ -105,7 +105,7 @@ test('two controllers writing to one stream - revisions stay gapless and unique,
 test('controller kill -9 mid-burst - every acknowledged apply survives once, and the chain verifies', (t) =>
   withTemp(async (dir) => {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
-    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--data-dir', join(dir, 'c')]);
+    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'c')]);
     t.teardown(async () => {
       await ctl.stop();
       await nats.close();
@@ -132,7 +132,7 @@ test('controller kill -9 mid-burst - every acknowledged apply survives once, and
 test('nats-server kill -9 and restart - acknowledged applies survive, the controller carries on', (t) =>
   withTemp(async (dir) => {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
-    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--data-dir', join(dir, 'c')]);
+    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'c')]);
     t.teardown(async () => {
       await ctl.stop();
       await nats.close();
@@ -252,7 +252,7 @@ test('TLS - by default the controller serves mutual TLS from its own CA; a certi
 test('an entry larger than NATS accepts is refused as INVALID_ARGUMENT and writes nothing', (t) =>
   withTemp(async (dir) => {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats'), maxPayload: 64 * 1024 });
-    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--data-dir', join(dir, 'c'), '--rule-growth-guard', '100000']);
+    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'c'), '--rule-growth-guard', '100000']);
     t.teardown(async () => {
       await ctl.stop();
       await nats.close();

@@ -8,7 +8,7 @@ import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { NatsServer } from '@edgeplane/intent-log';
 import { call, detailsOf } from '../../../test/support/grpc.js';
-import { parseConfig, startController, type ControllerConfig, type RunningController } from '../src/index.js';
+import { NatsAuthority, parseConfig, startController, type ControllerConfig, type RunningController } from '../src/index.js';
 import { agentStream, clientsFor, createToken, enroll, type Clients } from './trust-helpers.js';
 import { readFileSync } from 'node:fs';
 
@@ -19,7 +19,7 @@ const open: Clients[] = [];
 
 async function replica(id: string): Promise<RunningController> {
   const config = parseConfig(
-    ['--listen', '127.0.0.1:0', '--nats', nats.url, '--data-dir', join(dir, id), '--controller-id', id, '--signing-key', join(dir, 'signing-key.pem'), '--ca-cert', join(dir, 'ca.pem'), '--ca-key', join(dir, 'ca-key.pem'), '--shutdown-grace', '1', '--heartbeat-interval', '1'],
+    ['--listen', '127.0.0.1:0', '--nats', nats.url, '--data-dir', join(dir, id), '--controller-id', id, '--nats-auth-dir', join(dir, 'nats-auth'), '--signing-key', join(dir, 'signing-key.pem'), '--ca-cert', join(dir, 'ca.pem'), '--ca-key', join(dir, 'ca-key.pem'), '--shutdown-grace', '1', '--heartbeat-interval', '1'],
     {},
   ) as ControllerConfig;
   const c = await startController(config, { log: () => undefined });
@@ -28,7 +28,8 @@ async function replica(id: string): Promise<RunningController> {
 }
 
 test.before(async () => {
-  nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
+  // Both replicas share the NATS authority, as they share the CA and the signing key.
+  nats = await NatsServer.start({ dataDir: join(dir, 'nats'), configFragment: await NatsAuthority.open(join(dir, 'nats-auth')).serverConfig(join(dir, 'nats', 'jwt')) });
 });
 test.after.always(async () => {
   for (const c of open) c.close();

@@ -13,6 +13,7 @@ import { AgentRuntime, type InterfaceAttacher } from './agent/agent-runtime.js';
 import { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
 import { ensureBpffs } from './agent/bpffs.js';
 import type { AgentLogger } from './agent/node-agent.js';
+import { agentNatsOptions } from './agent/nats-connect-options.js';
 import { enrollNode, loadNodeCredentials, NodeIdentity } from './agent/node-identity.js';
 import { StateFile } from './agent/state-file.js';
 import type { Datapath } from './datapath/datapath.js';
@@ -104,12 +105,16 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
     // The join token's labels join the configured ones.
     let channelCredentials = staticCredentials(config);
     let labels = config.labels;
+    let enrolled: (() => { natsJwt: string; natsSeed: string }) | undefined;
     if (!channelCredentials) {
       const identity = await nodeIdentity(config);
+      enrolled = () => identity.credentials;
       closers.push(() => identity.close());
       channelCredentials = identity.channelCredentials();
       labels = { ...identity.credentials.labels, ...config.labels };
     }
+    const nats = agentNatsOptions(config, enrolled); // reads the credential files now: a bad one stops the start
+    if (nats.anonymous) log('warn', 'no NATS credentials (--nats-creds, or enrollment): connecting anonymously, which an edgeplane NATS server refuses');
 
     const runtime = await AgentRuntime.start({
       nodeName: config.nodeName,
@@ -120,6 +125,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       ...(ebpf ? { attacher: ebpfAttacher(ebpf, config.xdpMode) } : {}),
       interfaceCheckMs: config.interfaceCheckMs,
       natsServers: config.natsServers,
+      natsOptions: nats.options,
       trustedKeys: new Map(config.trustedKeys.map((k) => [keyIdOf(k), k])),
       controller: { address: config.controller, credentials: channelCredentials },
       info: { agentVersion: VERSION, kernelRelease: release(), hostname: hostname(), datapath: config.datapath, capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65_536, ipv6: true } },

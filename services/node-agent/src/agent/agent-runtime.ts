@@ -2,7 +2,7 @@
 // agent's logic. The agent process (main.ts) and the simulated fleet (bench/fleet-sim.ts) both
 // run this, so the fleet benchmark measures the agent itself.
 import type * as grpc from '@grpc/grpc-js';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
 import {
   InterfaceRole as ProtoRole,
   RevisionOutcome,
@@ -77,6 +77,11 @@ export interface AgentRuntimeOptions {
   /** Default 2000. */
   interfaceCheckMs?: number;
   natsServers: string[];
+  /**
+   * More NATS connection options: the node's credentials (authenticator, its own inbox prefix)
+   * and TLS, as agentNatsOptions() builds them. Servers, reconnect and timeouts are the runtime's.
+   */
+  natsOptions?: NodeConnectionOptions;
   /** The NATS connect and request timeout, ms. Default 5000. */
   natsTimeoutMs?: number;
   trustedKeys: TrustedKeys;
@@ -261,7 +266,7 @@ export class AgentRuntime {
     for (let attempt = 0; !nc; attempt++) {
       if (this.#closed) return;
       try {
-        nc = await connect({ servers: o.natsServers, name: `edgeplane-agent ${o.nodeName}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, reconnectJitter: 250, timeout });
+        nc = await connect({ ...o.natsOptions, waitOnFirstConnect: false, servers: o.natsServers, name: `edgeplane-agent ${o.nodeName}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, reconnectJitter: 250, timeout });
       } catch (err) {
         if (attempt === 0) o.log('warn', 'nats not reachable yet; retrying', { error: (err as Error).message });
         await sleep(Math.min(5000, 250 * 2 ** Math.min(attempt, 8)));

@@ -17,6 +17,12 @@ export interface AgentConfig {
   labels: Record<string, string>;
   controller: string;
   natsServers: string[];
+  /** This node's NATS credentials (issued at enrollment); none = anonymous, which an edgeplane NATS refuses. */
+  natsCreds?: string;
+  natsJwt?: string;
+  natsSeed?: string;
+  /** CA the NATS servers' certificates chain to (tls:// URLs). */
+  natsTlsCa?: string;
   interfaces: { name: string; role: InterfaceRole }[];
   pinRoot: string;
   stateDir: string;
@@ -46,6 +52,9 @@ Usage: edgeplane-agent [flags]
   --labels K=V,K=V          node labels that policies select on (EDGEPLANE_NODE_LABELS)
   --controller HOST:PORT    the controller's gRPC address (EDGEPLANE_CONTROLLER, default 127.0.0.1:7443)
   --nats URL[,URL...]       NATS servers holding the intent log (EDGEPLANE_NATS_URL, default nats://127.0.0.1:4222)
+  --nats-creds FILE         this node's NATS credentials: user JWT + nkey seed (EDGEPLANE_NATS_CREDS)
+  --nats-jwt FILE, --nats-seed FILE   the same as two files: the JWT and the seed (EDGEPLANE_NATS_JWT, EDGEPLANE_NATS_SEED)
+  --nats-tls-ca FILE        CA that signed the NATS servers' certificates (EDGEPLANE_NATS_TLS_CA)
   --interface NAME=ROLE     enforce on an interface; ROLE is uplink (XDP) or workload (TC ingress+egress);
                             repeatable (EDGEPLANE_INTERFACES=eth0=uplink,veth1=workload)
   --pin-root DIR            bpffs directory for pinned programs and maps, mounted if it is not one
@@ -102,6 +111,10 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         labels: { type: 'string' },
         controller: { type: 'string' },
         nats: { type: 'string' },
+        'nats-creds': { type: 'string' },
+        'nats-jwt': { type: 'string' },
+        'nats-seed': { type: 'string' },
+        'nats-tls-ca': { type: 'string' },
         interface: { type: 'string', multiple: true },
         'pin-root': { type: 'string' },
         'state-dir': { type: 'string' },
@@ -160,6 +173,12 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   if (!insecure && !tlsCa && !tlsCert && !joinToken && !caFingerprint) {
     throw new AgentConfigError('TLS is the default: give --join-token and --ca-fingerprint (first start), --ca-fingerprint alone once enrolled, or --tls-ca/--tls-cert/--tls-key, or --insecure');
   }
+  const natsCreds = values['nats-creds'] ?? env.EDGEPLANE_NATS_CREDS;
+  const natsJwt = values['nats-jwt'] ?? env.EDGEPLANE_NATS_JWT;
+  const natsSeed = values['nats-seed'] ?? env.EDGEPLANE_NATS_SEED;
+  const natsTlsCa = values['nats-tls-ca'] ?? env.EDGEPLANE_NATS_TLS_CA;
+  if (!!natsJwt !== !!natsSeed) throw new AgentConfigError('--nats-jwt and --nats-seed go together');
+  if (natsCreds && natsJwt) throw new AgentConfigError('give --nats-creds or --nats-jwt/--nats-seed, not both');
   const otlp = values['otlp-endpoint'] ?? env.OTEL_EXPORTER_OTLP_ENDPOINT;
   const prom = values['prometheus-port'] ?? env.EDGEPLANE_PROMETHEUS_PORT;
   return {
@@ -167,6 +186,9 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     labels,
     controller: values.controller ?? env.EDGEPLANE_CONTROLLER ?? '127.0.0.1:7443',
     natsServers: (values.nats ?? env.EDGEPLANE_NATS_URL ?? 'nats://127.0.0.1:4222').split(',').map((s) => s.trim()).filter(Boolean),
+    ...(natsCreds ? { natsCreds } : {}),
+    ...(natsJwt ? { natsJwt, natsSeed: natsSeed! } : {}),
+    ...(natsTlsCa ? { natsTlsCa } : {}),
     interfaces,
     pinRoot: values['pin-root'] ?? env.EDGEPLANE_PIN_ROOT ?? '/run/edgeplane/bpf',
     stateDir: values['state-dir'] ?? env.EDGEPLANE_STATE_DIR ?? '/var/lib/edgeplane/agent',
