@@ -23,6 +23,7 @@ import { NatsServer } from '@edgeplane/intent-log';
 import { compileIntent, compileTables } from '@edgeplane/node-agent';
 import { AGENT_MAIN, CONTROLLER_MAIN, FleetNetwork, type ControlPlane, type FleetNode } from '../test/support/fleet.js';
 import { call, clients } from '../test/support/grpc.js';
+import { adminTlsOf, joinTokenArgs } from '../test/support/control-plane.js';
 import { Supervised } from '../test/support/supervisor.js';
 import { OtlpSink, type SinkSpan } from './otlp-sink.js';
 import { CLK_TCK, sampleProc, type ProcSample } from './proc-sample.js';
@@ -277,13 +278,15 @@ async function main(): Promise<void> {
     cleanups.push(['nats-server', () => nats.close()]);
     const controller = await Supervised.start('controller', {
       command: process.execPath,
-      args: [CONTROLLER_MAIN, '--insecure', '--listen', '0.0.0.0:0', '--nats', `nats://127.0.0.1:${nats.port}`, '--data-dir', join(dir, 'ctl'), '--rule-growth-guard', '1000000', '--max-rules-per-policy', '65536', '--otlp-endpoint', `http://127.0.0.1:${sink.port}`],
+      args: [CONTROLLER_MAIN, '--listen', '0.0.0.0:0', '--nats', `nats://127.0.0.1:${nats.port}`, '--nats-anonymous', '--data-dir', join(dir, 'ctl'), '--rule-growth-guard', '1000000', '--max-rules-per-policy', '65536', '--otlp-endpoint', `http://127.0.0.1:${sink.port}`],
       readyEvent: 'ready',
     });
     cleanups.push(['controller', () => controller.stop(5000)]);
     const grpcPort = Number(String(controller.ready.grpc).split(':').pop());
-    const cp: ControlPlane = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey) };
-    const c = clients(`127.0.0.1:${grpcPort}`);
+    // Mutual TLS (the agent's namespace reaches the controller off loopback): admin identity, join tokens.
+    const admin = adminTlsOf(join(dir, 'ctl'));
+    const cp: ControlPlane = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey), agentTrustArgs: () => joinTokenArgs(`127.0.0.1:${grpcPort}`, admin) };
+    const c = clients(`127.0.0.1:${grpcPort}`, admin);
     cleanups.push(['grpc clients', () => c.close()]);
     const nc: NatsConnection = await connect({ servers: `nats://127.0.0.1:${nats.port}` });
     cleanups.push(['nats client', () => nc.close()]);

@@ -1,7 +1,8 @@
 // A simulated-fleet worker for bench/fleet.ts (issue 8): hosts many real agents in one process.
-// Each agent is the wiring of services/node-agent/src/main.ts with a MemoryDatapath for both
-// roles: its own NodeAgent, StateFile (or a no-op stand-in), NATS connection, IntentLog,
-// ChainFollower and ControllerLink (its own gRPC channel and TCP connection). It also hosts
+// Each agent is the agent's own runtime (AgentRuntime, what services/node-agent/src/main.ts runs)
+// with a MemoryDatapath for both roles: its own NodeAgent, StateFile (or a no-op stand-in), NATS
+// connection, IntentLog, follower and ControllerLink (its own gRPC channel and TCP connection);
+// the measurements ride on the runtime's hooks. It also hosts
 // the plain NATS subscribers of the raw fan-out baseline. Driven over the IPC channel of
 // child_process.fork(); started by bench/fleet.ts, never on its own.
 import { mkdirSync } from 'node:fs';
@@ -11,8 +12,7 @@ import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { RevisionOutcome, keyIdOf, publicKeyFromRaw, type RevisionReport } from '@edgeplane/proto';
-import { ChainFollower, IntentLog } from '@edgeplane/intent-log';
-import { ControllerLink, MemoryDatapath, NodeAgent, StateFile, buildFrame, type AppliedState } from '@edgeplane/node-agent';
+import { AgentRuntime, MemoryDatapath, StateFile, buildFrame, type StateStore } from '@edgeplane/node-agent';
 
 /** Wall-clock ms with sub-ms resolution, comparable across processes on one machine. */
 const now = (): number => performance.timeOrigin + performance.now();
@@ -86,25 +86,14 @@ let poolKeyCount = 0;
   };
 }
 
-/** A state file that keeps nothing (used when --state-file none is asked for). */
-class NullStateFile extends StateFile {
-  override read(): AppliedState | undefined {
-    return undefined;
-  }
-  override write(): void {
-    // nothing: measures the fleet without the per-apply fsync
-  }
-}
+/** A state file that keeps nothing (used when --state-file none is asked for): measures the fleet without the per-apply fsync. */
+const nullStateFile: StateStore = { read: () => undefined, write: () => undefined };
 
 interface SimAgent {
   name: string;
-  agent: NodeAgent;
+  runtime: AgentRuntime;
   memory: MemoryDatapath;
-  link: ControllerLink;
-  nc?: NatsConnection;
-  follower?: ChainFollower;
   applied: bigint;
-  closed: boolean;
 }
 
 const agents: SimAgent[] = [];
@@ -153,84 +142,34 @@ async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: nu
   const labels = { role: 'edge', site: `site-${index % 10}` };
   const memory = new MemoryDatapath();
   const holder: { a?: SimAgent } = {};
-  let stateFile: StateFile;
+  let stateFile: StateStore = nullStateFile;
   if (cmd.stateDir) {
     const dir = join(cmd.stateDir, name);
     mkdirSync(dir, { recursive: true });
     stateFile = new StateFile(join(dir, 'applied.json'));
-  } else stateFile = new NullStateFile('/nonexistent');
-  const agent = new NodeAgent({
+  }
+  const runtime = await AgentRuntime.start({
     nodeName: name,
     labels,
     datapaths: { uplink: memory, workload: memory },
     stateFile,
-    report: (r) => {
-      if (holder.a) onReport(holder.a, r);
-      holder.a?.link.report(r);
-    },
-    log: quiet,
-  });
-  const booted = await agent.boot();
-  const link = new ControllerLink({
-    address: cmd.controller,
-    credentials: distinctInsecureCredentials(),
+    natsServers: [cmd.nats],
+    natsTimeoutMs: 20_000,
+    trustedKeys: trusted,
+    controller: { address: cmd.controller, credentials: distinctInsecureCredentials() },
+    info: { agentVersion: 'sim', kernelRelease: 'sim', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
+    sessionId: `${name}-${process.pid}`,
     heartbeatIntervalMs: 5000,
     counterIntervalMs: 5000,
-    hello: () => ({
-      nodeName: name,
-      labels,
-      info: { agentVersion: 'sim', kernelRelease: 'sim', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
-      interfaces: [],
-      receivedRevision: agent.status.received,
-      appliedRevision: agent.status.applied,
-      sessionId: `${name}-${process.pid}`,
-      conditions: [],
-      appliedUnknown: false,
-    }),
-    counters: () => {
-      const c = agent.counterDeltas();
-      if (c) counterReports++;
-      return c;
+    log: quiet,
+    hooks: {
+      report: (r) => holder.a && onReport(holder.a, r),
+      counters: () => void counterReports++,
     },
   });
-  const a: SimAgent = { name, agent, memory, link, applied: agent.status.applied, closed: false };
+  const a: SimAgent = { name, runtime, memory, applied: runtime.status.applied };
   holder.a = a;
-  link.start();
-  const nc = await connect({ servers: [cmd.nats], name: `edgeplane-sim ${name}`, waitOnFirstConnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 500, reconnectJitter: 250, timeout: 20_000 });
-  a.nc = nc;
-  let intentLog: IntentLog | undefined;
-  for (let attempt = 0; !intentLog; attempt++) {
-    try {
-      intentLog = await IntentLog.open(nc, { create: false, timeoutMs: 20_000 });
-    } catch (err) {
-      if (attempt > 20) throw err;
-      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** attempt)));
-    }
-  }
-  const follower = new ChainFollower(intentLog, {
-    trusted,
-    ...(booted ? { start: booted } : {}),
-    events: {
-      advanced: (_revision, entries) => agent.intentAdvanced(follower.chain, entries),
-      rejected: (reason) => noteError(`${name} rejected: ${reason}`),
-      error: (message, err) => noteError(`${name} ${message}: ${(err as Error)?.message}`),
-    },
-  });
-  a.follower = follower;
-  for (let attempt = 0; ; attempt++) {
-    try {
-      await follower.start();
-      break;
-    } catch (err) {
-      if (attempt > 20) throw err;
-      await new Promise((r) => setTimeout(r, 1000));
-    }
-  }
-  void (async () => {
-    for await (const s of nc.status()) {
-      if (s.type === 'reconnect') await follower.catchUp().catch((err: unknown) => noteError(`${name} catch up after reconnect: ${(err as Error).message}`));
-    }
-  })();
+  await runtime.synced();
   return a;
 }
 
@@ -240,7 +179,7 @@ async function start(cmd: Extract<SimCommand, { type: 'start' }>): Promise<void>
   const trusted = new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]);
   let next = 0;
   let started = 0;
-  const progress = setInterval(() => send({ type: 'progress', started, connected: agents.filter((a) => a.link.connected).length }), 2000);
+  const progress = setInterval(() => send({ type: 'progress', started, connected: agents.filter((a) => a.runtime.connected).length }), 2000);
   const lane = async (): Promise<void> => {
     while (next < cmd.count) {
       const i = cmd.first + next++;
@@ -252,11 +191,11 @@ async function start(cmd: Extract<SimCommand, { type: 'start' }>): Promise<void>
     await Promise.all(Array.from({ length: cmd.concurrency }, lane));
     // Every agent started its follower (caught up); wait for every gRPC stream's welcome.
     let lastConnectedAt = now();
-    while (agents.some((a) => !a.link.connected)) {
+    while (agents.some((a) => !a.runtime.connected)) {
       await new Promise((r) => setTimeout(r, 50));
       lastConnectedAt = now();
     }
-    send({ type: 'started', ms: now() - t0, lastConnectedAt, grpcConnected: agents.filter((a) => a.link.connected).length, followers: agents.filter((a) => a.follower).length });
+    send({ type: 'started', ms: now() - t0, lastConnectedAt, grpcConnected: agents.filter((a) => a.runtime.connected).length, followers: agents.length });
   } finally {
     clearInterval(progress);
   }
@@ -276,7 +215,7 @@ async function fanoutSetup(cmd: Extract<SimCommand, { type: 'fanout-setup' }>): 
   };
   if (cmd.mode === 'agents') {
     // A second, plain subscription on each agent's own connection.
-    for (const a of agents) fanout.subs.push(a.nc!.subscribe(cmd.subject, { callback: (_e, m) => onMsg(m.data) }));
+    for (const a of agents) fanout.subs.push(a.runtime.nats!.subscribe(cmd.subject, { callback: (_e, m) => onMsg(m.data) }));
   } else {
     let next = 0;
     const lane = async (): Promise<void> => {
@@ -290,7 +229,7 @@ async function fanoutSetup(cmd: Extract<SimCommand, { type: 'fanout-setup' }>): 
     };
     await Promise.all(Array.from({ length: 50 }, lane));
   }
-  await Promise.all(agents.map((a) => a.nc!.flush()));
+  await Promise.all(agents.map((a) => a.runtime.nats!.flush()));
   send({ type: 'fanout-ready', count: fanout.subs.length });
 }
 
@@ -313,14 +252,7 @@ async function stop(): Promise<void> {
   setTraffic(false);
   for (const s of fanout.subs) s.unsubscribe();
   await Promise.all(fanout.conns.map((nc) => nc.close().catch(() => undefined)));
-  await Promise.all(
-    agents.map(async (a) => {
-      a.closed = true;
-      a.follower?.close();
-      a.link.close();
-      await a.nc?.close().catch(() => undefined);
-    }),
-  );
+  await Promise.all(agents.map((a) => a.runtime.close()));
   send({ type: 'stopped' });
 }
 
@@ -354,7 +286,7 @@ process.on('message', (raw: unknown) => {
     case 'status': {
       const applied: Record<string, number> = {};
       for (const a of agents) applied[String(a.applied)] = (applied[String(a.applied)] ?? 0) + 1;
-      send({ type: 'status', connected: agents.filter((a) => a.link.connected).length, applied, counterReports, catchUps: agents.reduce((n, a) => n + (a.follower?.stats.catchUps ?? 0), 0), errors: errors.slice(0, 10) });
+      send({ type: 'status', connected: agents.filter((a) => a.runtime.connected).length, applied, counterReports, catchUps: agents.reduce((n, a) => n + a.runtime.followerStats.catchUps, 0), errors: errors.slice(0, 10) });
       break;
     }
     case 'stop':

@@ -1,5 +1,5 @@
 // Fleet benchmark (issue 8, "Fleet convergence" and "Footprint"): a simulated fleet of real
-// agents (bench/fleet-sim.ts: the agent's own classes with the memory datapath, each agent with
+// agents (bench/fleet-sim.ts: the agent's own runtime, AgentRuntime, with the memory datapath, each agent with
 // its own NATS connection and gRPC stream) in 2 worker processes, against one nats-server and
 // the real controller (dist/ build). Prints a table and one JSON line; asserts nothing.
 //   npx tsc --build && node --import=tsx bench/fleet.ts [--quick] [--nodes 1000,10000]
@@ -319,7 +319,7 @@ async function runSize(n: number, root: string): Promise<SizeResult> {
   try {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '127.0.0.1' });
     push('nats-server', () => nats.close());
-    const controllerArgs = [CONTROLLER_MAIN, '--insecure', '--listen', '127.0.0.1:0', '--nats', nats.url, '--data-dir', join(dir, 'controller'), '--heartbeat-interval', '5', '--counter-interval', '1'];
+    const controllerArgs = [CONTROLLER_MAIN, '--insecure', '--listen', '127.0.0.1:0', '--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'controller'), '--heartbeat-interval', '5', '--counter-interval', '1'];
     const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=controller-n${n}-${Date.now()}.cpuprofile`] : [];
     const controller = await Supervised.start('controller', { command: process.execPath, args: [...prof, ...controllerArgs], readyEvent: 'ready', readyTimeoutMs: 30_000 });
     push('controller', () => controller.stop(30_000));

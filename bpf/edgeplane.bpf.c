@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-/* The edgeplane datapath: one classifier (include/classifier.h) at two hooks. */
+/* The edgeplane datapath: one classifier (include/classifier.h, which pulls in the maps, structs
+ * and parsing headers) at two hooks. */
 #include "classifier.h"
 
 #define EP_TC_ACT_OK   0

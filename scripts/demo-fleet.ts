@@ -113,7 +113,10 @@ function start(name: string, cmd: string, args: string[], logFile: string): Prom
   });
 }
 
-const cli = (args: string[], quiet = false): string => sh(process.execPath, [join(root, 'packages/cli/dist/main.js'), '--server', `127.0.0.1:${GRPC}`, '--insecure', ...args], quiet);
+// The CLI speaks mutual TLS with the admin certificate the controller wrote on its first start.
+const adminDir = (): string => join(DATA, 'controller', 'admin');
+const cli = (args: string[], quiet = false): string =>
+  sh(process.execPath, [join(root, 'packages/cli/dist/main.js'), '--server', `127.0.0.1:${GRPC}`, '--tls-ca', join(adminDir(), 'ca.pem'), '--tls-cert', join(adminDir(), 'admin.pem'), '--tls-key', join(adminDir(), 'admin-key.pem'), ...args], quiet);
 
 async function main(): Promise<void> {
   say('edgeplane demo: cleaning up anything a previous run left behind');
@@ -141,22 +144,27 @@ async function main(): Promise<void> {
   const ctl = await start(
     'controller',
     process.execPath,
-    [join(root, 'services/controller/dist/main.js'), '--insecure', '--listen', `0.0.0.0:${GRPC}`, '--embedded-nats', `0.0.0.0:${NATS}`, '--data-dir', join(DATA, 'controller'), '--heartbeat-interval', '2', '--counter-interval', '2', '--otlp-endpoint', otlpHost(0)],
+    [join(root, 'services/controller/dist/main.js'), '--listen', `0.0.0.0:${GRPC}`, '--embedded-nats', `0.0.0.0:${NATS}`, '--data-dir', join(DATA, 'controller'), '--heartbeat-interval', '2', '--counter-interval', '2', '--otlp-endpoint', otlpHost(0)],
     join(logs, 'controller.log'),
   );
-  say(`  controller ready: gRPC ${String(ctl.grpc)}, NATS ${String(ctl.nats)}, signing key ${String(ctl.keyId)}`);
+  say(`  controller ready: gRPC ${String(ctl.grpc)} (mutual TLS, CA ${String(ctl.caFingerprint)}), NATS ${String(ctl.nats)}, signing key ${String(ctl.keyId)}`);
 
   for (let i = 1; i <= N; i++) {
     const labels = labelsOf(i);
     const pin = join(PINS, `node-${i}`);
+    // Each node enrolls with its own single-use join token; its labels travel in the token.
+    const created = cli(['token', 'create', '--ttl', '10m', '--labels', Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(',')]);
+    const token = /^token:\s+(\S+)/m.exec(created)?.[1];
+    const fingerprint = /^ca-fingerprint:\s+(\S+)/m.exec(created)?.[1];
+    if (!token || !fingerprint) throw new Error(`edgeplane token create printed no token: ${created}`);
     const ready = await start(
       `agent node-${i}`,
       'nsenter',
       [`--net=/run/netns/epd-n${i}`, '--', process.execPath, join(root, 'services/node-agent/dist/main.js'),
-        '--node-name', `node-${i}`, '--labels', Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(','),
+        '--node-name', `node-${i}`, '--join-token', token, '--ca-fingerprint', fingerprint,
         '--controller', `10.99.0.${4 * i + 1}:${GRPC}`, '--nats', `nats://10.99.0.${4 * i + 1}:${NATS}`,
         '--interface', 'up0=uplink', '--interface', 'wl0=workload', '--pin-root', pin, '--state-dir', join(DATA, `node-${i}`),
-        '--trusted-key', String(ctl.publicKey), '--insecure', '--otlp-endpoint', otlpHost(i)],
+        '--trusted-key', String(ctl.publicKey), '--otlp-endpoint', otlpHost(i)],
       join(logs, `node-${i}.log`),
     );
     say(`  agent node-${i} ready (${Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(',')}), XDP program ${String(ready.xdpProgramId)}`);

@@ -82,7 +82,7 @@ test.serial('e2e - rule counters reach the controller and edgeplane describe pol
   t.true((fleet?.packets ?? 0n) >= 6n, `fleet-wide packets ${fleet?.packets}`);
   t.is(r.nodes.find((n) => n.node === 'e2e-3')?.counters.reduce((s, c) => s + c.packets, 0n) ?? 0n, 0n, 'the unselected node counted nothing');
 
-  const { stdout } = await run(process.execPath, [CLI_MAIN, 'describe', 'policy', 'e2e-no-ping', '--server', cp.address, '--insecure'], { timeout: 20_000 });
+  const { stdout } = await run(process.execPath, [CLI_MAIN, 'describe', 'policy', 'e2e-no-ping', '--server', cp.address, ...cp.cliTlsArgs], { timeout: 20_000 });
   const lines = stdout.split('\n');
   const header = lines.findIndex((l) => /\bPRIORITY\b.*\bPACKETS\b/.test(l));
   t.true(header >= 0, stdout);

@@ -73,7 +73,7 @@ type Outcome = ApplyPolicyResponse | grpc.ServiceError;
 const acknowledged = (m: Map<string, Outcome>): [string, ApplyPolicyResponse][] => [...m].filter((e): e is [string, ApplyPolicyResponse] => 'revision' in e[1]);
 
 test.serial('faults - controller kill -9 during 100 applies: acknowledged applies survive once; agents converge after the restart', async (t) => {
-  const client = new IntentServiceClient(cp.address, grpc.credentials.createInsecure());
+  const client = new IntentServiceClient(cp.address, grpc.credentials.createSsl(cp.adminTls.ca, cp.adminTls.key, cp.adminTls.cert));
   t.teardown(() => client.close());
   const names = Array.from({ length: 100 }, (_, i) => `burst-${i}`);
   const results = new Map<string, Outcome>();

@@ -99,3 +99,46 @@ it('python client - a bad request prints the field violations from grpc-status-d
   t.regex(out.fieldViolations[0]!.description, /canonical/);
   await t.throwsAsync(call(api.intent, api.intent.getPolicy, { name: `${name}-bad` }), undefined, 'nothing was stored');
 });
+
+// Issue 12: oversized and invalid input must reach a default grpcio client (C-core, 8 KiB
+// metadata limit) as INVALID_ARGUMENT with decodable field violations, not RESOURCE_EXHAUSTED.
+const bad: [title: string, args: () => string[], field: string][] = [
+  ['a 1 MiB selector', () => ['list', '--selector-file', selectorFile('big', 'a'.repeat(1024 * 1024))], 'label_selector'],
+  ['100,000 terms', () => ['list', '--selector-file', selectorFile('terms', Array.from({ length: 100_000 }, (_, i) => `k${i}=v`).join(','))], 'label_selector'],
+  ['an 8,000-character bad value', () => ['apply', '-f', policyFile('long', { metadata: { name: `${name}-long`, labels: { team: 'x'.repeat(8000) } }, spec: { rules: [{ priority: 1, action: 'ACTION_DENY' }] } })], 'policy.metadata.labels["team"]'],
+  [
+    'long non-ASCII names and labels (9 bytes a character in grpc-message)',
+    () => ['apply', '-f', policyFile('euro', { metadata: { name: '€'.repeat(4000), labels: Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`€${i}${'€'.repeat(4000)}`, '😀'.repeat(4000)])) }, spec: { rules: [{ priority: 1, action: 'ACTION_DENY' }] } })],
+    'policy.metadata.name',
+  ],
+  [
+    '5,000 bad CIDRs',
+    () => ['apply', '-f', policyFile('cidrs', { metadata: { name: `${name}-cidrs` }, spec: { rules: Array.from({ length: 5000 }, (_, i) => ({ priority: i + 1, sourceCidrs: [`${'9'.repeat(200)}/${i}`], action: 'ACTION_DENY' })) } })],
+    'policy.spec.rules[0].source_cidrs[0]',
+  ],
+];
+
+function selectorFile(tag: string, text: string): string {
+  const file = join(dir, `selector-${tag}.txt`);
+  writeFileSync(file, text);
+  return file;
+}
+
+function policyFile(tag: string, policy: unknown): string {
+  const file = join(dir, `policy-${tag}.json`);
+  writeFileSync(file, JSON.stringify(policy));
+  return file;
+}
+
+for (const [title, args, field] of bad) {
+  it(`python client - ${title}: INVALID_ARGUMENT with field violations a default grpcio client decodes`, async (t) => {
+    const r = await client(args());
+    t.is(r.code, 1, `${r.stdout}\n${r.stderr}`);
+    const out = JSON.parse(r.stdout) as { error: string; message: string; fieldViolations: { field: string; description: string; reason: string }[] };
+    t.is(out.error, 'INVALID_ARGUMENT', r.stdout.slice(0, 500));
+    t.is(out.fieldViolations[0]?.field, field);
+    t.true(out.fieldViolations.length <= 25, `${out.fieldViolations.length} violations`);
+    t.true(out.message.length <= 512);
+    for (const v of out.fieldViolations) t.true(v.description.length <= 512, v.description.slice(0, 100));
+  });
+}

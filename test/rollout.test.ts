@@ -17,6 +17,7 @@ import {
 import { NatsServer, freePort } from '@edgeplane/intent-log';
 import { CONTROLLER_MAIN, FleetNetwork, type ControlPlane, type FleetNode } from './support/fleet.js';
 import { call, clients } from './support/grpc.js';
+import { adminTlsOf, cliTlsArgsOf, joinTokenArgs } from './support/control-plane.js';
 import { OtlpReceiver } from './support/otlp-receiver.js';
 import { Supervised } from './support/supervisor.js';
 import { execFile } from 'node:child_process';
@@ -25,7 +26,7 @@ import { fileURLToPath } from 'node:url';
 const CLI = fileURLToPath(new URL('../packages/cli/dist/main.js', import.meta.url));
 function edgeplane(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, '--server', `127.0.0.1:${cp.grpcPort}`, '--insecure', ...args], { timeout: 60_000 }, (err, stdout, stderr) =>
+    execFile(process.execPath, [CLI, '--server', `127.0.0.1:${cp.grpcPort}`, ...cliTlsArgsOf(join(dir, 'ctl')), ...args], { timeout: 60_000 }, (err, stdout, stderr) =>
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
     );
   });
@@ -51,11 +52,12 @@ test.before(async () => {
   const grpcPort = await freePort('0.0.0.0');
   controller = await Supervised.start('controller', {
     command: process.execPath,
-    args: [CONTROLLER_MAIN, '--insecure', '--listen', `0.0.0.0:${grpcPort}`, '--nats', `nats://127.0.0.1:${nats.port}`, '--data-dir', join(dir, 'ctl'), '--heartbeat-interval', '1', '--counter-interval', '1', '--rule-growth-guard', '100000', '--otlp-endpoint', otlp.endpoint('127.0.0.1')],
+    args: [CONTROLLER_MAIN, '--listen', `0.0.0.0:${grpcPort}`, '--nats', `nats://127.0.0.1:${nats.port}`, '--data-dir', join(dir, 'ctl'), '--heartbeat-interval', '1', '--counter-interval', '1', '--rule-growth-guard', '100000', '--otlp-endpoint', otlp.endpoint('127.0.0.1')],
     readyEvent: 'ready',
   });
-  cp = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey) };
-  c = clients(`127.0.0.1:${grpcPort}`);
+  const admin = adminTlsOf(join(dir, 'ctl'));
+  cp = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey), agentTrustArgs: () => joinTokenArgs(`127.0.0.1:${grpcPort}`, admin) };
+  c = clients(`127.0.0.1:${grpcPort}`, admin);
   for (let i = 1; i <= 5; i++) {
     const node = net.addNode(i, `node-${i}`);
     nodes.push(node);

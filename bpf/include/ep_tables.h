@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Layout of every table shared between the edgeplane datapath programs and the agent
- * (services/node-agent/src/datapath/compile-tables.ts writes these bytes; keep both in step).
+ * (services/node-agent/src/datapath/compile-tables.ts and table-codecs.ts write these bytes;
+ * services/node-agent/test/datapath-layout.test.ts checks them against the object's BTF).
  * bpf/README.md explains the classification scheme.
  */
 #ifndef EP_TABLES_H

@@ -8,7 +8,7 @@ python3-grpcio, python3-grpc-tools), then imported from there.
 
 Usage:
   edgeplane_client.py --server HOST:PORT apply [-f POLICY.json | --name NAME]
-  edgeplane_client.py --server HOST:PORT list [-l SELECTOR]
+  edgeplane_client.py --server HOST:PORT list [-l SELECTOR | --selector-file FILE]
 
 Output is JSON on stdout (the proto3 JSON mapping). When the controller rejects a request
 with INVALID_ARGUMENT, the google.rpc.Status in the `grpc-status-details-bin` trailer is
@@ -137,7 +137,7 @@ def describe_error(stubs, err):
         for detail in status.details:
             bad = stubs.error_details.BadRequest()
             if detail.Is(bad.DESCRIPTOR) and detail.Unpack(bad):
-                violations += [{"field": v.field, "description": v.description} for v in bad.field_violations]
+                violations += [{"field": v.field, "description": v.description, "reason": v.reason} for v in bad.field_violations]
         out["fieldViolations"] = violations
     return out
 
@@ -153,7 +153,9 @@ def main(argv):
     source.add_argument("-f", "--file", help="policy as JSON (proto3 JSON mapping); default: the built-in example")
     source.add_argument("--name", default="python-example", help="name of the built-in example policy")
     listing = sub.add_parser("list", help="list policies")
-    listing.add_argument("-l", "--selector", default="", help="label selector")
+    selector = listing.add_mutually_exclusive_group()
+    selector.add_argument("-l", "--selector", default="", help="label selector")
+    selector.add_argument("--selector-file", help="read the label selector from a file (for selectors longer than a command line)")
     args = parser.parse_args(argv)
 
     if args.command == "apply" and args.file:
@@ -161,6 +163,9 @@ def main(argv):
             policy_json = json.load(f)
     elif args.command == "apply":
         policy_json = example_policy(args.name)
+    if args.command == "list" and args.selector_file:
+        with open(args.selector_file, encoding="utf-8") as f:
+            args.selector = f.read()
 
     stubs = Stubs(args.proto_root)
     try:

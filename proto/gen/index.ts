@@ -143,6 +143,23 @@ export {
   rolloutStateToJSON,
 } from './edgeplane/v1/rollout.js';
 export {
+  CreateJoinTokenRequest,
+  CreateJoinTokenRequest_LabelsEntry,
+  CreateJoinTokenResponse,
+  EnrollRequest,
+  EnrollResponse,
+  EnrollResponse_LabelsEntry,
+  IssueCertificateRequest,
+  IssueCertificateResponse,
+  RenewCertificateRequest,
+  RenewCertificateResponse,
+  RevokeNodeRequest,
+  RevokeNodeResponse,
+  TrustServiceClient,
+  type TrustServiceServer,
+  TrustServiceService,
+} from './edgeplane/v1/trust_service.js';
+export {
   Any,
 } from './google/protobuf/any.js';
 export {
@@ -165,11 +182,16 @@ export {
 export {
   type Cidr,
   type CidrProblem,
+  MAX_ADDRESS_LENGTH,
+  cidrContains,
   formatAddress,
   formatCidr,
   formatIPv6,
   isCidrProblem,
+  maskHostBits,
+  parseAddress,
   parseCanonicalCidr,
+  parseCidr,
   parseIPv4,
   parseIPv6,
 } from './../src/cidr.js';
@@ -178,6 +200,7 @@ export {
 } from './../src/errors.js';
 export {
   LabelSelectorSyntaxError,
+  type ParseStats,
   formatLabelSelector,
   matchesLabelSelector,
   parseLabelSelector,
@@ -187,7 +210,38 @@ export {
   checkDnsLabel,
   checkLabelKey,
   checkLabelValue,
+  validateLabels,
+  validateNodeNames,
 } from './../src/labels.js';
+export {
+  MAX_COLLECTED_VIOLATIONS,
+  MAX_CONDITION_MESSAGE_LENGTH,
+  MAX_COUNTED_RULES_PER_NODE,
+  MAX_COUNTER_INTERFACES,
+  MAX_COUNTER_NAME_LENGTH,
+  MAX_COUNTER_RULES,
+  MAX_INTENT_BYTES,
+  MAX_LABELS,
+  MAX_LABEL_NAME_LENGTH,
+  MAX_LABEL_PREFIX_LENGTH,
+  MAX_LISTED_VIOLATIONS,
+  MAX_MANIFEST_BYTES,
+  MAX_NODES_PER_REQUEST,
+  MAX_NODE_CONDITIONS,
+  MAX_NODE_INTERFACES,
+  MAX_POLICIES,
+  MAX_POLICY_BYTES,
+  MAX_QUOTED_LENGTH,
+  MAX_REPORT_TEXT_LENGTH,
+  MAX_REQUEST_BYTES,
+  MAX_ROLLOUT_WAVES,
+  MAX_RULES_PER_POLICY,
+  MAX_SELECTOR_LENGTH,
+  MAX_SELECTOR_TERMS,
+  MAX_SELECTOR_VALUES,
+  MAX_SELECTOR_VALUES_PER_TERM,
+  quote,
+} from './../src/limits.js';
 export {
   GENESIS_HASH,
   type TrustedKeys,
@@ -219,12 +273,16 @@ export {
 } from './../src/proto-files.js';
 export {
   type FieldViolation,
+  MORE_VIOLATIONS_REASON,
   STATUS_DETAILS_KEY,
   type StatusDetails,
+  countViolations,
   decodeStatusDetails,
   encodeStatusDetails,
+  moreViolations,
 } from './../src/status-details.js';
 export {
+  EDGEPLANE_SUBJECTS,
   FLEET_ID_KEY,
   HISTORY_RESET_KEY,
   INTENT_HEAD_SUBJECT,
@@ -235,4 +293,10 @@ export {
   SNAPSHOT_BUCKET,
   SNAPSHOT_KEY,
   TRACEPARENT_HEADER,
+  TRUST_BUCKET,
+  kvStreamName,
+  natsInboxPrefix,
 } from './../src/subjects.js';
+export {
+  checkApplyPolicyWire,
+} from './../src/wire-bounds.js';

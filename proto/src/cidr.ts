@@ -1,11 +1,25 @@
-import { isIPv4, isIPv6 } from 'node:net';
+// IPv4/IPv6 addresses and CIDR prefixes: the one parser of the project. The controller's policy
+// validation (API side) and the node agent's rule-set compiler and reference classifier
+// (packet side) both read addresses through parseAddress, so they cannot disagree on what an
+// address is. Parsing is a single left-to-right scan with no regular expressions or splits,
+// and refuses text longer than the longest address before reading it: linear and bounded.
+//
+// Two views of one model remain, on purpose:
+// - parseCidr (packet side): any valid address text; a bare address is a host prefix and host
+//   bits are cleared. A prefix is a set of addresses, and the compiler and the classifier care
+//   only about that set (the agent also compiles rule sets that never passed the API).
+// - parseCanonicalCidr (API side): the same parse, then insists on one spelling per network
+//   (prefix length present, host bits zero, RFC 5952 for IPv6), so stored intent diffs and
+//   compares as text, and says what to write instead.
 
-/** A parsed CIDR: family, network address bytes (4 or 16) and prefix length. */
+import { quote } from './limits.js';
+
+/** A parsed prefix: the network address (4 or 16 bytes, host bits zero) and its length. */
 export interface Cidr {
-  family: 4 | 6;
+  readonly family: 4 | 6;
   /** The network address, host bits zero. 4 bytes for IPv4, 16 for IPv6. */
-  address: Uint8Array;
-  prefixLength: number;
+  readonly address: Uint8Array;
+  readonly prefixLength: number;
 }
 
 /** Why a CIDR string was refused, with the canonical spelling when one exists. */
@@ -14,60 +28,204 @@ export interface CidrProblem {
   description: string;
 }
 
-/** Returns the 16 bytes of an IPv6 address in any valid text form, or undefined. */
+/** Longest IPv4 text: 255.255.255.255. */
+const MAX_IPV4_TEXT = 15;
+/** Longest IPv6 text without a zone: ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255. */
+const MAX_IPV6_TEXT = 45;
+
+/**
+ * Characters of the longest address text the parsers look at (a full IPv6 address with an
+ * embedded dotted quad). Longer text is refused before any parsing.
+ */
+export const MAX_ADDRESS_LENGTH = MAX_IPV6_TEXT;
+/** Longest CIDR text: an IPv6 address, '/', 3 digits. */
+const MAX_CIDR_TEXT = MAX_IPV6_TEXT + 4;
+
+const DOT = 46;
+const COLON = 58;
+
+/**
+ * Parses a dotted-quad IPv4 address: four decimal parts of 1 to 3 digits, each at most 255,
+ * without leading zeros (so `010.0.0.1` is refused rather than read as octal or decimal).
+ * @returns 4 bytes, or undefined if `text` is not one.
+ */
+export function parseIPv4(text: string): Uint8Array | undefined {
+  if (text.length > MAX_IPV4_TEXT) return undefined;
+  const out = new Uint8Array(4);
+  let part = 0;
+  let value = 0;
+  let digits = 0;
+  for (let i = 0; i <= text.length; i++) {
+    const code = i < text.length ? text.charCodeAt(i) : DOT; // the end closes the last part like a '.'
+    if (code === DOT) {
+      if (digits === 0 || part > 3 || value > 255) return undefined;
+      out[part++] = value;
+      value = 0;
+      digits = 0;
+      continue;
+    }
+    if (code < 48 || code > 57) return undefined;
+    if (digits > 0 && value === 0) return undefined; // leading zero
+    if (++digits > 3) return undefined;
+    value = value * 10 + (code - 48);
+  }
+  return part === 4 ? out : undefined;
+}
+
+function hexValue(code: number): number {
+  if (code >= 48 && code <= 57) return code - 48;
+  if (code >= 97 && code <= 102) return code - 87;
+  if (code >= 65 && code <= 70) return code - 55;
+  return -1;
+}
+
+/**
+ * Parses an IPv6 address in any RFC 4291 (section 2.2) text form: eight groups of 1 to 4 hex
+ * digits, at most one `::` standing for one or more zero groups, optionally ending in a dotted
+ * quad for the last 32 bits. Zone ids (`%eth0`) are refused: a rule names no link.
+ * @returns 16 bytes, or undefined if `text` is not one.
+ */
 export function parseIPv6(text: string): Uint8Array | undefined {
-  if (!isIPv6(text)) return undefined;
-  let head = text;
+  const length = text.length;
+  if (length < 2 || length > MAX_IPV6_TEXT) return undefined;
+  const groups = new Uint16Array(8);
+  let count = 0;
+  let gap = -1; // groups before the '::', or -1 without one
+  let i = 0;
+  if (text.charCodeAt(0) === COLON) {
+    if (text.charCodeAt(1) !== COLON) return undefined;
+    gap = 0;
+    i = 2;
+  }
+  while (i < length) {
+    if (count === 8) return undefined;
+    const start = i;
+    let value = 0;
+    for (let digit = hexValue(text.charCodeAt(i)); digit >= 0 && i - start < 5; digit = hexValue(text.charCodeAt(i))) {
+      value = value * 16 + digit;
+      i++;
+    }
+    if (i < length && text.charCodeAt(i) === DOT) {
+      // A trailing dotted quad: the last two groups.
+      const v4 = count <= 6 ? parseIPv4(text.slice(start)) : undefined;
+      if (v4 === undefined) return undefined;
+      groups[count++] = ((v4[0] as number) << 8) | (v4[1] as number);
+      groups[count++] = ((v4[2] as number) << 8) | (v4[3] as number);
+      i = length;
+      break;
+    }
+    const digits = i - start;
+    if (digits === 0 || digits > 4) return undefined;
+    groups[count++] = value;
+    if (i === length) break;
+    if (text.charCodeAt(i) !== COLON) return undefined;
+    i++;
+    if (text.charCodeAt(i) === COLON) {
+      if (gap >= 0) return undefined;
+      gap = count;
+      i++;
+    } else if (i === length) {
+      return undefined; // a trailing single ':'
+    }
+  }
+  if (gap < 0 ? count !== 8 : count > 7) return undefined;
   const out = new Uint8Array(16);
-  // An embedded dotted quad fills the last 32 bits.
-  const lastColon = head.lastIndexOf(':');
-  const tail = head.slice(lastColon + 1);
-  let tailWords: number[] = [];
-  if (tail.includes('.')) {
-    const v4 = parseIPv4(tail);
-    if (!v4) return undefined;
-    tailWords = [(v4[0]! << 8) | v4[1]!, (v4[2]! << 8) | v4[3]!];
-    head = head.slice(0, lastColon + 1) + '0';
+  const shift = gap < 0 ? 0 : 8 - count; // zero groups the '::' stands for
+  for (let g = 0; g < count; g++) {
+    const at = gap >= 0 && g >= gap ? g + shift : g;
+    out[2 * at] = (groups[g] as number) >> 8;
+    out[2 * at + 1] = (groups[g] as number) & 0xff;
   }
-  const [left, right] = head.includes('::') ? head.split('::') : [head, undefined];
-  const words = (s: string | undefined): number[] => (s ? s.split(':').map((w) => parseInt(w, 16)) : []);
-  let l = words(left);
-  let r = right === undefined ? [] : words(right);
-  if (tailWords.length) {
-    if (right === undefined) l = [...l.slice(0, -1), ...tailWords];
-    else r = [...r.slice(0, -1), ...tailWords];
-  }
-  const all = right === undefined ? l : [...l, ...new Array<number>(8 - l.length - r.length).fill(0), ...r];
-  if (all.length !== 8) return undefined;
-  all.forEach((w, i) => {
-    out[i * 2] = w >> 8;
-    out[i * 2 + 1] = w & 0xff;
-  });
   return out;
 }
 
-/** Returns the 4 bytes of a dotted-quad IPv4 address, or undefined. */
-export function parseIPv4(text: string): Uint8Array | undefined {
-  if (!isIPv4(text)) return undefined;
-  return new Uint8Array(text.split('.').map((o) => Number(o)));
+/**
+ * Parses an IPv4 or IPv6 address (parseIPv4 or parseIPv6 by whether `text` has a ':').
+ * @returns 4 or 16 bytes, or undefined if `text` is not an address.
+ */
+export function parseAddress(text: string): Uint8Array | undefined {
+  return text.includes(':') ? parseIPv6(text) : parseIPv4(text);
 }
 
-/** Formats IPv6 bytes in the RFC 5952 canonical text form (as WHATWG URL serializes it). */
+/**
+ * Parses `address/length`, the packet-side view: a bare address is a full-length prefix and
+ * host bits beyond the prefix are cleared. The prefix length is 1 to 3 decimal digits, at most
+ * 32 (IPv4) or 128 (IPv6).
+ * @returns the prefix, or undefined if `text` is not one.
+ */
+export function parseCidr(text: string): Cidr | undefined {
+  if (text.length > MAX_CIDR_TEXT) return undefined;
+  const slash = text.indexOf('/');
+  const address = parseAddress(slash < 0 ? text : text.slice(0, slash));
+  if (address === undefined) return undefined;
+  const max = address.length * 8;
+  let prefixLength = max;
+  if (slash >= 0) {
+    const digits = text.length - slash - 1;
+    if (digits < 1 || digits > 3) return undefined;
+    prefixLength = 0;
+    for (let i = slash + 1; i < text.length; i++) {
+      const code = text.charCodeAt(i);
+      if (code < 48 || code > 57) return undefined;
+      prefixLength = prefixLength * 10 + (code - 48);
+    }
+    if (prefixLength > max) return undefined;
+  }
+  return { family: address.length === 4 ? 4 : 6, address: maskHostBits(address, prefixLength), prefixLength };
+}
+
+/** @returns true if `address` (4 or 16 bytes) has the family of `cidr` and lies inside it. */
+export function cidrContains(cidr: Cidr, address: Uint8Array): boolean {
+  if (address.length !== cidr.address.length) return false;
+  const full = cidr.prefixLength >> 3;
+  for (let i = 0; i < full; i++) if (address[i] !== cidr.address[i]) return false;
+  const rest = cidr.prefixLength & 7;
+  if (rest === 0) return true;
+  const mask = (0xff << (8 - rest)) & 0xff;
+  return ((address[full] as number) & mask) === cidr.address[full];
+}
+
+/** @returns a copy of `bytes` with every bit past `prefixLength` cleared. */
+export function maskHostBits(bytes: Uint8Array, prefixLength: number): Uint8Array {
+  const out = new Uint8Array(bytes);
+  const full = prefixLength >> 3;
+  if (full < out.length) {
+    out[full] = (out[full] as number) & (0xff00 >> (prefixLength & 7));
+    out.fill(0, full + 1);
+  }
+  return out;
+}
+
+/**
+ * Formats IPv6 bytes in the RFC 5952 canonical text form (section 4: lower case, no leading
+ * zeros, the longest run of two or more zero groups, the first if tied, as `::`), exactly as
+ * the WHATWG URL standard serializes an IPv6 host (so no dotted quad for ::ffff:0:0/96).
+ */
 export function formatIPv6(bytes: Uint8Array): string {
-  const words: string[] = [];
-  for (let i = 0; i < 16; i += 2) words.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
-  return new URL(`http://[${words.join(':')}]/`).hostname.slice(1, -1);
+  const groups: number[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i] as number) << 8) | (bytes[i + 1] as number));
+  let bestStart = -1;
+  let bestLength = 1; // a single zero group is never compressed
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let end = i;
+    while (end < 8 && groups[end] === 0) end++;
+    if (end - i > bestLength) {
+      bestStart = i;
+      bestLength = end - i;
+    }
+    i = end;
+  }
+  const hex = (from: number, to: number): string => groups.slice(from, to).map((group) => group.toString(16)).join(':');
+  return bestStart < 0 ? hex(0, 8) : `${hex(0, bestStart)}::${hex(bestStart + bestLength, 8)}`;
 }
 
-/** Formats an address of either family. */
+/** Formats an address of either family (IPv6 in RFC 5952 form). */
 export function formatAddress(family: 4 | 6, bytes: Uint8Array): string {
   return family === 4 ? [...bytes].join('.') : formatIPv6(bytes);
-}
-
-function maskHostBits(bytes: Uint8Array, prefixLength: number): Uint8Array {
-  const out = new Uint8Array(bytes);
-  for (let bit = prefixLength; bit < out.length * 8; bit++) out[bit >> 3]! &= ~(0x80 >> (bit & 7));
-  return out;
 }
 
 /** Returns the canonical text of a CIDR. */
@@ -76,32 +234,33 @@ export function formatCidr(cidr: Cidr): string {
 }
 
 /**
- * Parses a CIDR and insists on its canonical spelling: a prefix length, host bits zero, no
- * leading zeros, and for IPv6 the RFC 5952 form. Returns the CIDR, or the problem (with the
- * canonical spelling in the description when the input names a valid network).
+ * Parses a CIDR and insists on its canonical spelling, the API-side view: a prefix length,
+ * host bits zero, no leading zeros, and for IPv6 the RFC 5952 form. The grammar is parseCidr's.
+ * @returns the CIDR, or the problem (with the canonical spelling in the description when the
+ * input names a valid network).
  */
 export function parseCanonicalCidr(text: string): Cidr | CidrProblem {
+  if (text.length > MAX_CIDR_TEXT) return { reason: 'MALFORMED_CIDR', description: `${quote(text)} is not an IPv4 or IPv6 CIDR` };
+  const cidr = parseCidr(text);
   const slash = text.indexOf('/');
-  const addr = slash < 0 ? text : text.slice(0, slash);
-  const lenText = slash < 0 ? undefined : text.slice(slash + 1);
-  const v4 = parseIPv4(addr);
-  const v6 = v4 ? undefined : parseIPv6(addr);
-  if (!v4 && !v6) return { reason: 'MALFORMED_CIDR', description: `${JSON.stringify(text)} is not an IPv4 or IPv6 CIDR` };
-  const family = v4 ? 4 : 6;
-  const bytes = (v4 ?? v6)!;
-  const max = family === 4 ? 32 : 128;
-  if (lenText === undefined) {
-    return { reason: 'MALFORMED_CIDR', description: `${JSON.stringify(text)} has no prefix length (did you mean ${formatAddress(family, bytes)}/${max}?)` };
+  // The error paths parse the address again to say what is wrong; the accepting path parses once.
+  const written = (): Uint8Array | undefined => parseAddress(slash < 0 ? text : text.slice(0, slash));
+  if (cidr === undefined) {
+    const bytes = written();
+    if (bytes === undefined) return { reason: 'MALFORMED_CIDR', description: `${quote(text)} is not an IPv4 or IPv6 CIDR` };
+    return { reason: 'MALFORMED_CIDR', description: `${quote(text)}: prefix length must be 0 to ${bytes.length * 8}` };
   }
-  if (!/^(0|[1-9][0-9]{0,2})$/.test(lenText) || Number(lenText) > max) {
-    return { reason: 'MALFORMED_CIDR', description: `${JSON.stringify(text)}: prefix length must be 0 to ${max}` };
+  if (slash < 0) {
+    return { reason: 'MALFORMED_CIDR', description: `${quote(text)} has no prefix length (did you mean ${formatCidr(cidr)}?)` };
   }
-  const prefixLength = Number(lenText);
-  const cidr: Cidr = { family, address: maskHostBits(bytes, prefixLength), prefixLength };
+  if (text.length - slash > 2 && text.charCodeAt(slash + 1) === 48) {
+    return { reason: 'MALFORMED_CIDR', description: `${quote(text)}: prefix length must be 0 to ${cidr.address.length * 8}` };
+  }
   const canonical = formatCidr(cidr);
   if (canonical !== text) {
+    const bytes = written() as Uint8Array;
     const why = cidr.address.some((b, i) => b !== bytes[i]) ? 'has host bits set' : 'is not in canonical form';
-    return { reason: 'NON_CANONICAL_CIDR', description: `${JSON.stringify(text)} ${why}; write ${canonical}` };
+    return { reason: 'NON_CANONICAL_CIDR', description: `${quote(text)} ${why}; write ${canonical}` };
   }
   return cidr;
 }

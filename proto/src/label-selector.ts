@@ -1,5 +1,6 @@
 import { LabelSelectorRequirement_Operator as Op, type LabelSelector, type LabelSelectorRequirement } from '../gen/edgeplane/v1/resources.js';
 import { checkLabelKey, checkLabelValue } from './labels.js';
+import { MAX_QUOTED_LENGTH, MAX_SELECTOR_LENGTH, MAX_SELECTOR_TERMS, MAX_SELECTOR_VALUES, MAX_SELECTOR_VALUES_PER_TERM, quote } from './limits.js';
 import type { FieldViolation } from './status-details.js';
 
 /** Thrown by {@link parseLabelSelector} for text that is not a selector. */
@@ -37,68 +38,157 @@ export function matchesLabelSelector(selector: LabelSelector | undefined, labels
   return true;
 }
 
-/**
- * Parses the Kubernetes label-selector text form: comma-separated terms `k=v`, `k==v`, `k!=v`,
- * `k in (a,b)`, `k notin (a,b)`, `k` and `!k`. Empty text is the empty selector.
- * @throws LabelSelectorSyntaxError naming the offending term.
- */
-export function parseLabelSelector(text: string): LabelSelector {
-  const selector: LabelSelector = { matchLabels: {}, matchExpressions: [] };
-  const terms: string[] = [];
-  let depth = 0;
-  let current = '';
-  for (const ch of text) {
-    if (ch === '(') depth++;
-    if (ch === ')') depth--;
-    if (depth < 0) throw new LabelSelectorSyntaxError(`label selector ${JSON.stringify(text)}: unbalanced ")"`);
-    if (ch === ',' && depth === 0) {
-      terms.push(current);
-      current = '';
-    } else current += ch;
-  }
-  if (depth !== 0) throw new LabelSelectorSyntaxError(`label selector ${JSON.stringify(text)}: unbalanced "("`);
-  terms.push(current);
-  if (terms.length === 1 && terms[0]!.trim() === '') return selector;
-  for (const raw of terms) {
-    const term = raw.trim();
-    const fail = (why: string): never => {
-      throw new LabelSelectorSyntaxError(`label selector term ${JSON.stringify(term)}: ${why}`);
-    };
-    let m: RegExpMatchArray | null;
-    let req: LabelSelectorRequirement;
-    if ((m = term.match(/^(\S+?)\s*(==|=|!=)\s*(\S*)$/))) {
-      const [, key, op, value] = m as unknown as [string, string, string, string];
-      req = op === '!=' ? { key, operator: Op.OPERATOR_NOT_IN, values: [value] } : { key, operator: Op.OPERATOR_IN, values: [value] };
-      if (op !== '!=' && !selector.matchExpressions.some((e) => e.key === key) && !(key in selector.matchLabels)) {
-        selector.matchLabels[key] = value;
-        checkTerm(key, [value], fail);
-        continue;
-      }
-    } else if ((m = term.match(/^(\S+)\s+(in|notin)\s*\(([^)]*)\)$/))) {
-      const [, key, op, list] = m as unknown as [string, string, string, string];
-      const values = list.split(',').map((v) => v.trim());
-      if (values.some((v) => v === '')) fail('empty value in set');
-      req = { key, operator: op === 'in' ? Op.OPERATOR_IN : Op.OPERATOR_NOT_IN, values };
-    } else if ((m = term.match(/^!\s*(\S+)$/))) {
-      req = { key: m[1]!, operator: Op.OPERATOR_DOES_NOT_EXIST, values: [] };
-    } else if ((m = term.match(/^([^\s=!()]+)$/))) {
-      req = { key: m[1]!, operator: Op.OPERATOR_EXISTS, values: [] };
-    } else {
-      return fail('expected k=v, k!=v, k in (..), k notin (..), k or !k');
-    }
-    checkTerm(req.key, req.values, fail);
-    selector.matchExpressions.push(req);
-  }
-  return selector;
+/** Counts the work a parser does, for tests that check it grows linearly with the input. */
+export interface ParseStats {
+  /** Characters visited (each visit of each character counts once). */
+  steps: number;
 }
 
-function checkTerm(key: string, values: string[], fail: (why: string) => never): void {
-  const keyProblem = checkLabelKey(key);
-  if (keyProblem) fail(`key ${keyProblem}`);
-  for (const v of values) {
-    const p = checkLabelValue(v);
-    if (p) fail(`value ${JSON.stringify(v)} ${p}`);
+const isSpace = (c: number): boolean => c === 32 || c === 9 || c === 10 || c === 13;
+// Characters that end a key or a value: whitespace , ( ) = !
+const isDelimiter = (c: number): boolean => isSpace(c) || c === 44 || c === 40 || c === 41 || c === 61 || c === 33;
+
+/**
+ * Parses the Kubernetes label-selector text form: comma-separated terms `k=v`, `k==v`, `k!=v`,
+ * `k in (a,b)`, `k notin (a,b)`, `k` and `!k`. Empty text is the empty selector. One pass over
+ * the text, each character visited once (`stats.steps` counts the visits); the text, the
+ * number of terms and of values are bounded (MAX_SELECTOR_LENGTH, MAX_SELECTOR_TERMS,
+ * MAX_SELECTOR_VALUES_PER_TERM, MAX_SELECTOR_VALUES) and checked before the work they would cost.
+ * @throws LabelSelectorSyntaxError naming the problem, its character position and (a short
+ * prefix of) the offending term.
+ */
+export function parseLabelSelector(text: string, stats?: ParseStats): LabelSelector {
+  if (text.length > MAX_SELECTOR_LENGTH) {
+    throw new LabelSelectorSyntaxError(`label selector of ${text.length} characters; at most ${MAX_SELECTOR_LENGTH}`);
   }
+  const selector: LabelSelector = { matchLabels: {}, matchExpressions: [] };
+  const exprKeys = new Set<string>();
+  const n = text.length;
+  let i = 0;
+  let steps = 0;
+  let terms = 0;
+  let totalValues = 0;
+  let termStart = 0;
+  const fail = (why: string): never => {
+    if (stats) stats.steps += steps;
+    let end = text.indexOf(',', termStart);
+    if (end < 0 || end - termStart > MAX_QUOTED_LENGTH) end = Math.min(n, termStart + MAX_QUOTED_LENGTH + 1);
+    throw new LabelSelectorSyntaxError(`label selector: ${why} at character ${i + 1}${n > 0 ? ` (term ${quote(text.slice(termStart, end).trim())})` : ''}`);
+  };
+  const skipSpace = (): void => {
+    while (i < n && isSpace(text.charCodeAt(i))) {
+      i++;
+      steps++;
+    }
+  };
+  /** Reads a run of non-delimiter characters (a key, a value or a keyword). */
+  const word = (): string => {
+    const from = i;
+    while (i < n && !isDelimiter(text.charCodeAt(i))) {
+      i++;
+      steps++;
+    }
+    return text.slice(from, i);
+  };
+  const atTermEnd = (): boolean => i >= n || text.charCodeAt(i) === 44;
+  const check = (key: string, values: readonly string[]): void => {
+    const kp = checkLabelKey(key);
+    if (kp) fail(`key ${quote(key)} ${kp}`);
+    for (const v of values) {
+      const vp = checkLabelValue(v);
+      if (vp) fail(`value ${quote(v)} ${vp}`);
+    }
+  };
+
+  skipSpace();
+  if (i >= n) {
+    if (stats) stats.steps += steps;
+    return selector;
+  }
+  for (;;) {
+    skipSpace();
+    termStart = i;
+    if (++terms > MAX_SELECTOR_TERMS) fail(`more than ${MAX_SELECTOR_TERMS} terms`);
+    let req: LabelSelectorRequirement;
+    if (text.charCodeAt(i) === 33 /* ! */) {
+      i++;
+      steps++;
+      skipSpace();
+      const key = word();
+      if (key === '') fail('expected a key after "!"');
+      skipSpace();
+      if (!atTermEnd()) fail('expected "," or the end after "!key"');
+      req = { key, operator: Op.OPERATOR_DOES_NOT_EXIST, values: [] };
+    } else {
+      const key = word();
+      if (key === '') fail('expected a key');
+      skipSpace();
+      const c = i < n ? text.charCodeAt(i) : -1;
+      if (c === -1 || c === 44) {
+        req = { key, operator: Op.OPERATOR_EXISTS, values: [] };
+      } else if (c === 61 /* = */ || c === 33 /* ! */) {
+        const negated = c === 33;
+        i++;
+        steps++;
+        if (i < n && text.charCodeAt(i) === 61) {
+          i++;
+          steps++;
+        } else if (negated) fail('expected "!="');
+        skipSpace();
+        const value = word();
+        skipSpace();
+        if (!atTermEnd()) fail('expected "," or the end after the value');
+        check(key, [value]);
+        totalValues++;
+        if (!negated && !exprKeys.has(key) && !Object.prototype.hasOwnProperty.call(selector.matchLabels, key)) {
+          selector.matchLabels[key] = value;
+          exprKeys.add(key);
+          if (i >= n) break;
+          i++;
+          steps++;
+          continue;
+        }
+        req = { key, operator: negated ? Op.OPERATOR_NOT_IN : Op.OPERATOR_IN, values: [value] };
+      } else {
+        const op = word();
+        if (op !== 'in' && op !== 'notin') fail('expected "=", "==", "!=", "in", "notin", "," or the end after the key');
+        skipSpace();
+        if (text.charCodeAt(i) !== 40 /* ( */) fail(`expected "(" after "${op}"`);
+        i++;
+        steps++;
+        const values: string[] = [];
+        for (;;) {
+          skipSpace();
+          const v = word();
+          if (v === '') fail('empty value in set');
+          if (values.length >= MAX_SELECTOR_VALUES_PER_TERM) fail(`more than ${MAX_SELECTOR_VALUES_PER_TERM} values in one set`);
+          if (++totalValues > MAX_SELECTOR_VALUES) fail(`more than ${MAX_SELECTOR_VALUES} values in the selector`);
+          values.push(v);
+          skipSpace();
+          const d = i < n ? text.charCodeAt(i) : -1;
+          i++;
+          steps++;
+          if (d === 41 /* ) */) break;
+          if (d !== 44) {
+            i--;
+            steps--;
+            fail(d === -1 ? 'unbalanced "("' : 'expected "," or ")" in a set');
+          }
+        }
+        skipSpace();
+        if (!atTermEnd()) fail('expected "," or the end after ")"');
+        req = { key, operator: op === 'in' ? Op.OPERATOR_IN : Op.OPERATOR_NOT_IN, values };
+      }
+    }
+    check(req.key, req.values);
+    exprKeys.add(req.key);
+    selector.matchExpressions.push(req);
+    if (i >= n) break;
+    i++; // the comma
+    steps++;
+  }
+  if (stats) stats.steps += steps;
+  return selector;
 }
 
 /** Formats a selector in the text form {@link parseLabelSelector} reads. */
@@ -115,22 +205,36 @@ export function formatLabelSelector(selector: LabelSelector | undefined): string
 }
 
 /**
- * Returns the field violations of a selector message, under `path`: key and value syntax,
- * operators with the right number of values, and selectors that no label set can satisfy.
+ * Returns the field violations of a selector message, under `path`: more terms or values than
+ * the limits allow (reported once, without looking further), key and value syntax, operators
+ * with the right number of values, and selectors that no label set can satisfy. Linear in the
+ * selector's size.
  */
 export function validateLabelSelector(selector: LabelSelector | undefined, path: string): FieldViolation[] {
   const out: FieldViolation[] = [];
   if (!selector) return out;
+  const labelCount = Object.keys(selector.matchLabels).length;
+  const terms = labelCount + selector.matchExpressions.length;
+  if (terms > MAX_SELECTOR_TERMS) {
+    out.push({ field: path, description: `${terms} terms (match_labels and match_expressions); at most ${MAX_SELECTOR_TERMS}`, reason: 'TOO_MANY_TERMS' });
+    return out;
+  }
+  let values = labelCount;
+  for (const e of selector.matchExpressions) values += e.values.length;
+  if (values > MAX_SELECTOR_VALUES) {
+    out.push({ field: path, description: `${values} values; at most ${MAX_SELECTOR_VALUES}`, reason: 'TOO_MANY_VALUES' });
+    return out;
+  }
   for (const [k, v] of Object.entries(selector.matchLabels)) {
     const kp = checkLabelKey(k);
-    if (kp) out.push({ field: `${path}.match_labels`, description: `key ${JSON.stringify(k)}: ${kp}`, reason: 'INVALID_LABEL_KEY' });
+    if (kp) out.push({ field: `${path}.match_labels`, description: `key ${quote(k)}: ${kp}`, reason: 'INVALID_LABEL_KEY' });
     const vp = checkLabelValue(v);
-    if (vp) out.push({ field: `${path}.match_labels[${JSON.stringify(k)}]`, description: `value ${JSON.stringify(v)}: ${vp}`, reason: 'INVALID_LABEL_VALUE' });
+    if (vp) out.push({ field: `${path}.match_labels[${quote(k)}]`, description: `value ${quote(v)}: ${vp}`, reason: 'INVALID_LABEL_VALUE' });
   }
   selector.matchExpressions.forEach((e, i) => {
     const p = `${path}.match_expressions[${i}]`;
     const kp = checkLabelKey(e.key);
-    if (kp) out.push({ field: `${p}.key`, description: `key ${JSON.stringify(e.key)}: ${kp}`, reason: 'INVALID_LABEL_KEY' });
+    if (kp) out.push({ field: `${p}.key`, description: `key ${quote(e.key)}: ${kp}`, reason: 'INVALID_LABEL_KEY' });
     const needsValues = e.operator === Op.OPERATOR_IN || e.operator === Op.OPERATOR_NOT_IN;
     if (e.operator !== Op.OPERATOR_IN && e.operator !== Op.OPERATOR_NOT_IN && e.operator !== Op.OPERATOR_EXISTS && e.operator !== Op.OPERATOR_DOES_NOT_EXIST) {
       out.push({ field: `${p}.operator`, description: 'must be IN, NOT_IN, EXISTS or DOES_NOT_EXIST', reason: 'INVALID_OPERATOR' });
@@ -139,9 +243,13 @@ export function validateLabelSelector(selector: LabelSelector | undefined, path:
     } else if (!needsValues && e.values.length > 0) {
       out.push({ field: `${p}.values`, description: 'EXISTS and DOES_NOT_EXIST take no values', reason: 'NOT_ALLOWED' });
     }
+    if (e.values.length > MAX_SELECTOR_VALUES_PER_TERM) {
+      out.push({ field: `${p}.values`, description: `${e.values.length} values; at most ${MAX_SELECTOR_VALUES_PER_TERM}`, reason: 'TOO_MANY_VALUES' });
+      return;
+    }
     e.values.forEach((v, j) => {
       const vp = checkLabelValue(v);
-      if (vp) out.push({ field: `${p}.values[${j}]`, description: `value ${JSON.stringify(v)}: ${vp}`, reason: 'INVALID_LABEL_VALUE' });
+      if (vp) out.push({ field: `${p}.values[${j}]`, description: `value ${quote(v)}: ${vp}`, reason: 'INVALID_LABEL_VALUE' });
     });
   });
   if (out.length === 0) {
@@ -178,8 +286,8 @@ function unsatisfiable(selector: LabelSelector): string | undefined {
     else if (e.operator === Op.OPERATOR_DOES_NOT_EXIST) c.mustNotExist = true;
   }
   for (const [k, c] of keys) {
-    if (c.mustExist && c.mustNotExist) return `label ${JSON.stringify(k)} is required and forbidden`;
-    if (c.allowed && [...c.allowed].every((v) => c.excluded.has(v))) return `no value of label ${JSON.stringify(k)} satisfies every term`;
+    if (c.mustExist && c.mustNotExist) return `label ${quote(k)} is required and forbidden`;
+    if (c.allowed && [...c.allowed].every((v) => c.excluded.has(v))) return `no value of label ${quote(k)} satisfies every term`;
   }
   return undefined;
 }

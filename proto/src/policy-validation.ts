@@ -1,8 +1,9 @@
-import { Action, InterfaceRole, Protocol, type Policy, type Rule } from '../gen/edgeplane/v1/policy.js';
+import { Action, InterfaceRole, Policy, Protocol, type Rule } from '../gen/edgeplane/v1/policy.js';
 import { isCidrProblem, parseCanonicalCidr } from './cidr.js';
 import { validateLabelSelector } from './label-selector.js';
-import { checkDnsLabel, checkLabelKey, checkLabelValue } from './labels.js';
-import type { FieldViolation } from './status-details.js';
+import { checkDnsLabel, checkLabelKey, validateLabels } from './labels.js';
+import { MAX_COLLECTED_VIOLATIONS, MAX_LABELS, MAX_POLICY_BYTES, MAX_ROLLOUT_WAVES, quote } from './limits.js';
+import { moreViolations, type FieldViolation } from './status-details.js';
 
 /** Limits policy validation enforces. The defaults are what the datapath holds on one node. */
 export interface PolicyLimits {
@@ -33,14 +34,21 @@ export const DEFAULT_POLICY_LIMITS: Readonly<PolicyLimits> = Object.freeze({
 const MAX_BAKE_SECONDS = 7n * 24n * 3600n;
 
 /**
- * Validates a whole policy as a write would store it and returns every problem found (empty
- * when valid). Field paths use proto field names under `path` (e.g.
- * `policy.spec.rules[2].source_cidrs[0]`), as google.rpc.BadRequest expects. Pure: the
- * controller runs it before writing and every agent runs it again before applying.
+ * Validates a whole policy as a write would store it and returns the problems found (empty
+ * when valid): the first MAX_COLLECTED_VIOLATIONS, then one entry (reason
+ * MORE_VIOLATIONS_REASON) counting the rest. Field paths use proto field names under `path`
+ * (e.g. `policy.spec.rules[2].source_cidrs[0]`), as google.rpc.BadRequest expects; offending
+ * values are quoted at most MAX_QUOTED_LENGTH characters. Linear in the policy's size. Pure:
+ * the controller runs it before writing and every agent runs it again before applying.
  */
 export function validatePolicy(policy: Policy | undefined, path = 'policy', limits: Readonly<PolicyLimits> = DEFAULT_POLICY_LIMITS): FieldViolation[] {
   const out: FieldViolation[] = [];
-  const add = (field: string, description: string, reason: string): void => void out.push({ field, description, reason });
+  let more = 0;
+  const add = (field: string, description: string, reason: string): void => {
+    if (out.length < MAX_COLLECTED_VIOLATIONS) out.push({ field, description, reason });
+    else more++;
+  };
+  const result = (): FieldViolation[] => (more > 0 ? [...out, moreViolations(path, more)] : out);
   if (!policy) {
     add(path, 'required', 'REQUIRED');
     return out;
@@ -49,18 +57,15 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
   if (!meta || meta.name === '') add(`${path}.metadata.name`, 'required', 'REQUIRED');
   else {
     const p = checkDnsLabel(meta.name);
-    if (p) add(`${path}.metadata.name`, `${JSON.stringify(meta.name)} ${p}`, 'INVALID_NAME');
+    if (p) add(`${path}.metadata.name`, `${quote(meta.name)} ${p}`, 'INVALID_NAME');
   }
-  for (const [k, v] of Object.entries(meta?.labels ?? {})) {
-    const kp = checkLabelKey(k);
-    if (kp) add(`${path}.metadata.labels`, `key ${JSON.stringify(k)}: ${kp}`, 'INVALID_LABEL_KEY');
-    const vp = checkLabelValue(v);
-    if (vp) add(`${path}.metadata.labels[${JSON.stringify(k)}]`, `value ${JSON.stringify(v)}: ${vp}`, 'INVALID_LABEL_VALUE');
-  }
+  for (const v of validateLabels(meta?.labels ?? {}, `${path}.metadata.labels`)) add(v.field, v.description, v.reason ?? 'INVALID');
   let annotationBytes = 0;
-  for (const [k, v] of Object.entries(meta?.annotations ?? {})) {
+  const annotations = Object.entries(meta?.annotations ?? {});
+  if (annotations.length > MAX_LABELS * 4) add(`${path}.metadata.annotations`, `${annotations.length} annotations; at most ${MAX_LABELS * 4}`, 'TOO_MANY_ANNOTATIONS');
+  else for (const [k, v] of annotations) {
     const kp = checkLabelKey(k);
-    if (kp) add(`${path}.metadata.annotations`, `key ${JSON.stringify(k)}: ${kp}`, 'INVALID_ANNOTATION_KEY');
+    if (kp) add(`${path}.metadata.annotations`, `key ${quote(k)}: ${kp}`, 'INVALID_ANNOTATION_KEY');
     annotationBytes += Buffer.byteLength(k) + Buffer.byteLength(v);
   }
   if (annotationBytes > limits.maxAnnotationBytes) add(`${path}.metadata.annotations`, `${annotationBytes} bytes; at most ${limits.maxAnnotationBytes}`, 'TOO_LARGE');
@@ -71,7 +76,7 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
     return out;
   }
   const sp = `${path}.spec`;
-  out.push(...validateLabelSelector(spec.nodeSelector, `${sp}.node_selector`));
+  for (const v of validateLabelSelector(spec.nodeSelector, `${sp}.node_selector`)) add(v.field, v.description, v.reason ?? 'INVALID');
   if (!Object.values(InterfaceRole).includes(spec.interfaceRole) || spec.interfaceRole === InterfaceRole.UNRECOGNIZED) {
     add(`${sp}.interface_role`, `unknown interface role ${spec.interfaceRole}`, 'INVALID_ENUM');
   }
@@ -83,6 +88,7 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
   if (spec.rules.length === 0) add(`${sp}.rules`, 'a policy needs at least one rule', 'REQUIRED');
   if (spec.rules.length > limits.maxRules) {
     add(`${sp}.rules`, `${spec.rules.length} rules; at most ${limits.maxRules}`, 'TOO_MANY_RULES');
+    // The rules are not checked one by one: that work would be the caller's to choose.
   } else {
     const priorities = new Map<number, number>();
     spec.rules.forEach((rule, i) => {
@@ -94,13 +100,18 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
     });
   }
   validateRollout(policy, sp, add);
-  return out;
+  // Encoding costs as much as decoding did: only a policy valid so far pays for it.
+  if (out.length === 0) {
+    const bytes = Policy.encode(policy).finish().length;
+    if (bytes > MAX_POLICY_BYTES) add(path, `${bytes} bytes encoded; at most ${MAX_POLICY_BYTES}`, 'POLICY_TOO_LARGE');
+  }
+  return result();
 }
 
 function validateRule(rule: Rule, rp: string, limits: Readonly<PolicyLimits>, add: (f: string, d: string, r: string) => void): void {
   if (rule.name !== '') {
     const p = checkDnsLabel(rule.name);
-    if (p) add(`${rp}.name`, `${JSON.stringify(rule.name)} ${p}`, 'INVALID_NAME');
+    if (p) add(`${rp}.name`, `${quote(rule.name)} ${p}`, 'INVALID_NAME');
   }
   const families = (list: string[], field: string): Set<4 | 6> => {
     const fams = new Set<4 | 6>();
@@ -111,7 +122,7 @@ function validateRule(rule: Rule, rp: string, limits: Readonly<PolicyLimits>, ad
       if (isCidrProblem(parsed)) return add(`${rp}.${field}[${j}]`, parsed.description, parsed.reason);
       fams.add(parsed.family);
       const dup = seen.get(text);
-      if (dup !== undefined) add(`${rp}.${field}[${j}]`, `${text} repeats ${field}[${dup}]`, 'DUPLICATE_CIDR');
+      if (dup !== undefined) add(`${rp}.${field}[${j}]`, `${quote(text)} repeats ${field}[${dup}]`, 'DUPLICATE_CIDR');
       seen.set(text, j);
     });
     return fams;
@@ -162,6 +173,10 @@ function validateRollout(policy: Policy, sp: string, add: (f: string, d: string,
   const staged = strategy.staged;
   const p = `${sp}.rollout_strategy.staged`;
   if (staged.waves.length === 0) add(`${p}.waves`, 'a staged rollout needs at least one wave', 'REQUIRED');
+  if (staged.waves.length > MAX_ROLLOUT_WAVES) {
+    add(`${p}.waves`, `${staged.waves.length} waves; at most ${MAX_ROLLOUT_WAVES}`, 'TOO_MANY_WAVES');
+    return;
+  }
   let lastPercent = 0;
   staged.waves.forEach((wave, i) => {
     const wp = `${p}.waves[${i}]`;

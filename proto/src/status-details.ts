@@ -16,6 +16,26 @@ export interface FieldViolation {
   description: string;
   /** A short UPPER_SNAKE reason code, e.g. `NON_CANONICAL_CIDR`. */
   reason?: string;
+  /**
+   * Set on the last entry of a list that was cut short (reason MORE_VIOLATIONS_REASON): how
+   * many violations it stands for. Not sent on the wire; the description says it.
+   */
+  omitted?: number;
+}
+
+/** The reason of the entry that stands for violations left out of a list ("and K more"). */
+export const MORE_VIOLATIONS_REASON = 'MORE_VIOLATIONS';
+
+/** Returns the entry that stands for `count` violations left out, under `field`. */
+export function moreViolations(field: string, count: number): FieldViolation {
+  return { field, description: `and ${count} more problem${count === 1 ? '' : 's'} not listed`, reason: MORE_VIOLATIONS_REASON, omitted: count };
+}
+
+/** Returns how many violations a list stands for, counting what its MORE_VIOLATIONS entries left out. */
+export function countViolations(violations: readonly FieldViolation[]): number {
+  let n = 0;
+  for (const v of violations) n += v.reason === MORE_VIOLATIONS_REASON && v.omitted !== undefined ? v.omitted : 1;
+  return n;
 }
 
 /** The rich details decoded from a status. */

@@ -22,7 +22,8 @@ export const INTENT_LIVE_SUBJECT = 'edgeplane.intent.live';
 
 /**
  * The subject of the controller's signed heartbeat (SignedLogHead), plain NATS (not stored):
- * agents verify it and raise intent-stale when the newest is too old.
+ * agents verify it and raise intent-stale when the newest is too old. Agents may subscribe to
+ * it; only controllers publish it.
  */
 export const INTENT_HEAD_SUBJECT = 'edgeplane.intent.head';
 
@@ -52,3 +53,29 @@ export const NODE_REGISTRY_BUCKET = 'EDGEPLANE_NODES';
  * (https://www.w3.org/TR/trace-context/); the same context is also inside the signed entry.
  */
 export const TRACEPARENT_HEADER = 'traceparent';
+
+/** Every edgeplane subject: what node credentials may never publish on. */
+export const EDGEPLANE_SUBJECTS = 'edgeplane.>';
+
+/** The JetStream stream behind a key-value bucket (how JetStream names it; its API subjects use it). */
+export function kvStreamName(bucket: string): string {
+  return `KV_${bucket}`;
+}
+
+/**
+ * The inbox prefix of a node's NATS connection: request replies (JetStream API answers,
+ * consumer deliveries) come to `<prefix>.*`. Each node user may subscribe only to its own, so
+ * no node reads another's (or the controller's) replies. `userPublicKey` is the node's NATS
+ * user nkey (U...), which both the controller (when it issues the JWT) and the agent (from its
+ * seed) know.
+ */
+export function natsInboxPrefix(userPublicKey: string): string {
+  return `_INBOX_${userPublicKey}`;
+}
+
+/**
+ * The controller-only JetStream key-value bucket of trust state: join tokens (`token.<sha256>`,
+ * consumed by compare-and-set) and node revocations (`revoked.<node>`, watched by every replica).
+ * Agents' NATS credentials must not reach it.
+ */
+export const TRUST_BUCKET = 'EDGEPLANE_TRUST';

@@ -1,16 +1,42 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
-import { ApplyPolicyRequest, keyIdOf, publicKeyFromRaw, type NodeStatus, type Policy } from '@edgeplane/proto';
+import * as grpc from '@grpc/grpc-js';
+import { ApplyPolicyRequest, TrustServiceClient, keyIdOf, publicKeyFromRaw, type NodeStatus, type Policy } from '@edgeplane/proto';
 import { IntentChain, IntentLog, NatsServer, freePort } from '@edgeplane/intent-log';
 import { CONTROLLER_MAIN, type ControlPlane } from './fleet.js';
-import { call, clients } from './grpc.js';
+import { call, clients, type ClientTls } from './grpc.js';
 import { Supervised } from './supervisor.js';
+
+/** The admin identity a controller wrote into DATA_DIR/admin on its first start. */
+export function adminTlsOf(dataDir: string): ClientTls {
+  const admin = join(dataDir, 'admin');
+  return { ca: readFileSync(join(admin, 'ca.pem')), cert: readFileSync(join(admin, 'admin.pem')), key: readFileSync(join(admin, 'admin-key.pem')) };
+}
+
+/** The CLI flags for the admin identity in DATA_DIR/admin. */
+export function cliTlsArgsOf(dataDir: string): string[] {
+  const admin = join(dataDir, 'admin');
+  return ['--tls-ca', join(admin, 'ca.pem'), '--tls-cert', join(admin, 'admin.pem'), '--tls-key', join(admin, 'admin-key.pem')];
+}
+
+/** Creates a join token as admin; returns the agent flags that enroll with it. */
+export async function joinTokenArgs(address: string, tls: ClientTls): Promise<string[]> {
+  const trust = new TrustServiceClient(address, grpc.credentials.createSsl(tls.ca, tls.key, tls.cert));
+  try {
+    const res = await call(trust, trust.createJoinToken, { ttl: undefined, labels: {} });
+    return ['--join-token', res.token, '--ca-fingerprint', res.caFingerprint];
+  } finally {
+    trust.close();
+  }
+}
 
 /**
  * A real control plane for tests that cross processes: a nats-server with JetStream on
- * 0.0.0.0 (agents in namespaces reach it over their mgmt link) and a controller process.
+ * 0.0.0.0 (agents in namespaces reach it over their mgmt link) and a controller process
+ * serving mutual TLS (its default) there. Tests call it with the admin certificate the
+ * controller wrote on first start; agents enroll with join tokens ({@link agentTrustArgs}).
  * The controller's gRPC port is chosen free once and kept, so `controller.restart()` comes
  * back where the agents look for it; its data directory (and so its signing key) is kept too.
  * close() stops both and removes the directory; it never throws and is idempotent.
@@ -22,6 +48,8 @@ export class TestControlPlane implements ControlPlane {
   readonly publicKeyB64: string;
   readonly dir: string;
   readonly api: ReturnType<typeof clients>;
+  /** The admin identity (DATA_DIR/admin). */
+  readonly adminTls: ClientTls;
   #closed = false;
 
   private constructor(dir: string, nats: NatsServer, controller: Supervised, grpcPort: number) {
@@ -30,7 +58,18 @@ export class TestControlPlane implements ControlPlane {
     this.controller = controller;
     this.grpcPort = grpcPort;
     this.publicKeyB64 = String(controller.ready.publicKey);
-    this.api = clients(this.address);
+    this.adminTls = adminTlsOf(join(dir, 'ctl'));
+    this.api = clients(this.address, this.adminTls);
+  }
+
+  /** The CLI's flags for the admin identity. */
+  get cliTlsArgs(): string[] {
+    return cliTlsArgsOf(join(this.dir, 'ctl'));
+  }
+
+  /** A join token for a node and the CA fingerprint, as agent flags. */
+  agentTrustArgs(): Promise<string[]> {
+    return joinTokenArgs(this.address, this.adminTls);
   }
 
   /** Starts nats-server and the controller; closes what it started if a later step fails. */
@@ -44,7 +83,7 @@ export class TestControlPlane implements ControlPlane {
       controller = await Supervised.start('controller', {
         command: process.execPath,
         args: [
-          CONTROLLER_MAIN, '--insecure', '--listen', `0.0.0.0:${grpcPort}`, '--nats', `nats://127.0.0.1:${nats.port}`,
+          CONTROLLER_MAIN, '--listen', `0.0.0.0:${grpcPort}`, '--nats', `nats://127.0.0.1:${nats.port}`, '--nats-anonymous',
           '--data-dir', join(dir, 'ctl'), '--heartbeat-interval', '1', '--counter-interval', '1', '--shutdown-grace', '1',
           '--rule-growth-guard', '100000', ...extra,
         ],

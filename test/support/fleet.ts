@@ -66,6 +66,11 @@ export interface ControlPlane {
   natsPort: number;
   grpcPort: number;
   publicKeyB64: string;
+  /**
+   * The agent's trust flags for node `name`: a fresh join token and the CA fingerprint (the agent
+   * uses its stored identity once enrolled). Unset: `--insecure` (a control plane on loopback).
+   */
+  agentTrustArgs?(name: string): Promise<string[]>;
 }
 
 /** One node of a {@link FleetNetwork}. */
@@ -119,7 +124,7 @@ export class FleetNode {
       '--pin-root', this.pinRoot,
       '--state-dir', this.stateDir,
       '--trusted-key', cp.publicKeyB64,
-      '--insecure',
+      ...(cp.agentTrustArgs ? await cp.agentTrustArgs(this.name) : ['--insecure']),
       '--heartbeat-interval', '1',
       '--counter-interval', '1',
       '--interface-check', '1',

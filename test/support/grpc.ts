@@ -14,10 +14,18 @@ export function detailsOf(err: unknown): StatusDetails | undefined {
   return Buffer.isBuffer(raw) ? decodeStatusDetails(raw) : undefined;
 }
 
-/** Clients for a controller address (plaintext). Close them with `close()`. */
-export function clients(address: string): { intent: IntentServiceClient; fleet: FleetServiceClient; close(): void } {
-  const intent = new IntentServiceClient(address, grpc.credentials.createInsecure());
-  const fleet = new FleetServiceClient(address, grpc.credentials.createInsecure());
+/** PEM material of a client identity: the CA to verify the controller by, a certificate and its key. */
+export interface ClientTls {
+  ca: Buffer;
+  cert: Buffer;
+  key: Buffer;
+}
+
+/** Clients for a controller address: mutual TLS with `tls`, else plaintext. Close them with `close()`. */
+export function clients(address: string, tls?: ClientTls): { intent: IntentServiceClient; fleet: FleetServiceClient; close(): void } {
+  const creds = tls ? grpc.credentials.createSsl(tls.ca, tls.key, tls.cert) : grpc.credentials.createInsecure();
+  const intent = new IntentServiceClient(address, creds);
+  const fleet = new FleetServiceClient(address, creds);
   return {
     intent,
     fleet,

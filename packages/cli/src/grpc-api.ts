@@ -5,6 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import {
   FleetServiceClient,
   IntentServiceClient,
+  TrustServiceClient,
   STATUS_DETAILS_KEY,
   decodeStatusDetails,
   type ApplyPolicyRequest,
@@ -22,6 +23,9 @@ import {
   type Policy,
   type Rollout,
   type RolloutStatus,
+  type CreateJoinTokenResponse,
+  type IssueCertificateResponse,
+  type RevokeNodeResponse,
 } from '@edgeplane/proto';
 import { InputError, RpcError } from './errors.js';
 
@@ -59,7 +63,19 @@ export interface AdminApi {
   resetHistory(reset: SignedHistoryReset): Promise<ResetHistoryResponse>;
 }
 
-export interface EdgeplaneApi extends PolicyApi, FleetApi, RolloutApi, AdminApi {}
+/** The trust calls the commands make (admin). */
+export interface TrustApi {
+  createJoinToken(ttlMs: number, labels: Record<string, string>): Promise<CreateJoinTokenResponse>;
+  revokeNode(nodeName: string, reason: string): Promise<RevokeNodeResponse>;
+  /** A certificate for a role and name; `publicKey` is DER SPKI (the key stays with the caller). */
+  issueCertificate(role: string, name: string, publicKey: Uint8Array, lifetimeMs: number | undefined): Promise<IssueCertificateResponse>;
+}
+
+export interface EdgeplaneApi extends PolicyApi, FleetApi, RolloutApi, TrustApi, AdminApi {}
+
+function duration(ms: number): { seconds: bigint; nanos: number } {
+  return { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
+}
 
 /** How to reach the controller. */
 export interface ConnectionOptions {
@@ -96,12 +112,13 @@ function readPem(flag: string, file: string): Buffer {
 }
 
 /**
- * The gRPC implementation of {@link EdgeplaneApi}. Owns two channels; `close()` closes them
+ * The gRPC implementation of {@link EdgeplaneApi}. Owns three clients; `close()` closes them
  * and is idempotent.
  */
 export class GrpcEdgeplaneApi implements EdgeplaneApi {
   #intent: IntentServiceClient;
   #fleet: FleetServiceClient;
+  #trust: TrustServiceClient;
   #timeoutMs: number;
   #closed = false;
 
@@ -117,6 +134,7 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
     this.#intent = new IntentServiceClient(options.server, creds);
     // Same target and credentials: grpc-js shares one subchannel between the two clients.
     this.#fleet = new FleetServiceClient(options.server, creds);
+    this.#trust = new TrustServiceClient(options.server, creds);
     this.#timeoutMs = options.requestTimeoutMs;
   }
 
@@ -209,12 +227,25 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
     }
   }
 
-  /** Closes both channels. Idempotent. */
+  createJoinToken(ttlMs: number, labels: Record<string, string>): Promise<CreateJoinTokenResponse> {
+    return this.#call('create join token', this.#trust, this.#trust.createJoinToken, { ttl: duration(ttlMs), labels });
+  }
+
+  revokeNode(nodeName: string, reason: string): Promise<RevokeNodeResponse> {
+    return this.#call(`revoke node ${nodeName}`, this.#trust, this.#trust.revokeNode, { nodeName, reason });
+  }
+
+  issueCertificate(role: string, name: string, publicKey: Uint8Array, lifetimeMs: number | undefined): Promise<IssueCertificateResponse> {
+    return this.#call(`issue certificate ${role}/${name}`, this.#trust, this.#trust.issueCertificate, { role, name, publicKey: Buffer.from(publicKey), lifetime: lifetimeMs ? duration(lifetimeMs) : undefined });
+  }
+
+  /** Closes the channels. Idempotent. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#intent.close();
     this.#fleet.close();
+    this.#trust.close();
   }
 
   [Symbol.dispose](): void {

@@ -11,6 +11,7 @@ export { EXIT_CODE_HELP, ExitCode, type ExitCodeValue } from './exit-codes.js';
 export { DEFAULT_SERVER, GLOBAL_OPTIONS, connectionOptions } from './global-options.js';
 export { GrpcEdgeplaneApi, toRpcError, type ConnectionOptions, type EdgeplaneApi, type FleetApi, type PolicyApi, type RolloutApi } from './grpc-api.js';
 export { readManifestSources } from './input.js';
+export { parsePortRange, type PortParseStats } from './port-range.js';
 export { API_VERSION, parseManifests, type ManifestSource, type ParsedManifests, type PolicyManifest } from './manifest.js';
 export { describeNode, describePolicy, renderNodeTable, renderPolicyTable, renderTable, type NodeDescription, type PolicyDescription } from './render.js';
 export { listOf, nodeToManifest, policyToManifest, toJson, toYaml, type Plain } from './resource-format.js';

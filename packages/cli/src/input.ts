@@ -1,5 +1,6 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { MAX_MANIFEST_BYTES } from '@edgeplane/proto';
 import { InputError } from './errors.js';
 import type { ManifestSource } from './manifest.js';
 
@@ -7,8 +8,9 @@ const MANIFEST_FILE = /\.(ya?ml|json)$/i;
 
 /**
  * Reads what `-f` names: files, folders (their `.yaml`, `.yml` and `.json` files in name
- * order; sub-folders only when `recursive`), and `-` for standard input (read once).
- * @throws InputError naming the path that cannot be read.
+ * order; sub-folders only when `recursive`), and `-` for standard input (read once). A file
+ * larger than MAX_MANIFEST_BYTES is refused before it is read.
+ * @throws InputError naming the path that cannot be read or is too large.
  */
 export async function readManifestSources(paths: readonly string[], readStdin: () => Promise<string>, recursive = false): Promise<ManifestSource[]> {
   const out: ManifestSource[] = [];
@@ -29,6 +31,7 @@ export async function readManifestSources(paths: readonly string[], readStdin: (
       }
       return;
     }
+    if (info.size > MAX_MANIFEST_BYTES) throw new InputError(`read ${path}: ${info.size} bytes; a manifest is at most ${MAX_MANIFEST_BYTES}`);
     try {
       out.push({ file: path, text: await readFile(path, 'utf8') });
     } catch (cause) {
@@ -39,7 +42,9 @@ export async function readManifestSources(paths: readonly string[], readStdin: (
     if (path === '-') {
       if (stdinRead) throw new InputError('-f - (standard input) given twice');
       stdinRead = true;
-      out.push({ file: '<stdin>', text: await readStdin() });
+      const text = await readStdin();
+      if (text.length > MAX_MANIFEST_BYTES) throw new InputError(`read <stdin>: ${text.length} characters; a manifest is at most ${MAX_MANIFEST_BYTES} bytes`);
+      out.push({ file: '<stdin>', text });
     } else await visit(path, true);
   }
   return out;

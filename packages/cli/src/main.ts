@@ -1,10 +1,18 @@
 #!/usr/bin/env node
 // The `edgeplane` bin: wires the process (argv, stdio, environment, the gRPC adapter) into run().
+import { MAX_MANIFEST_BYTES } from '@edgeplane/proto';
 import { run } from './cli.js';
+import { InputError } from './errors.js';
 
+/** Reads standard input, at most MAX_MANIFEST_BYTES. @throws InputError beyond that. */
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  let size = 0;
+  for await (const chunk of process.stdin) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_MANIFEST_BYTES) throw new InputError(`read <stdin>: more than ${MAX_MANIFEST_BYTES} bytes; a manifest is at most that`);
+    chunks.push(chunk as Buffer);
+  }
   return Buffer.concat(chunks).toString('utf8');
 }
 

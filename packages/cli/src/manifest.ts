@@ -18,8 +18,13 @@ import {
   type Duration,
   type Rule,
   type Wave,
+  MAX_COLLECTED_VIOLATIONS,
+  MAX_MANIFEST_BYTES,
+  quote,
+  type ParseStats,
 } from '@edgeplane/proto';
 import { msToDuration, parseDurationMs } from './duration.js';
+import { parsePortRange } from './port-range.js';
 import type { ManifestProblem, SourcePosition } from './errors.js';
 
 /** The apiVersion every edgeplane manifest carries. */
@@ -55,14 +60,30 @@ export const POLICY_PATH = 'policy';
 /**
  * Parses every document of every source. Empty documents are skipped. Returns the problems
  * (syntax errors, unknown fields, wrong types) of all documents instead of stopping at the
- * first; policies with problems are left out.
+ * first, at most MAX_COLLECTED_VIOLATIONS and then one that counts the rest; policies with
+ * problems are left out. A source larger than MAX_MANIFEST_BYTES is refused unparsed.
+ * Values are quoted in messages at most MAX_QUOTED_LENGTH characters. Linear in the input:
+ * `stats.steps` counts the characters handed to the YAML parser, the nodes the reader visits
+ * and the characters its own scanners (selectors, ports) visit.
  */
-export function parseManifests(sources: readonly ManifestSource[]): ParsedManifests {
+export function parseManifests(sources: readonly ManifestSource[], stats?: ParseStats): ParsedManifests {
   const policies: PolicyManifest[] = [];
   const problems: ManifestProblem[] = [];
+  const result = (): ParsedManifests => {
+    if (problems.length <= MAX_COLLECTED_VIOLATIONS) return { policies, problems };
+    const more = problems.length - MAX_COLLECTED_VIOLATIONS;
+    return { policies, problems: [...problems.slice(0, MAX_COLLECTED_VIOLATIONS), { message: `and ${more} more problems not listed` }] };
+  };
   for (const source of sources) {
+    if (source.text.length > MAX_MANIFEST_BYTES) {
+      problems.push({ file: source.file, message: `${source.text.length} characters; a manifest is at most ${MAX_MANIFEST_BYTES} bytes` });
+      continue;
+    }
+    if (stats) stats.steps += source.text.length;
     const lineCounter = new LineCounter();
-    const docs = parseAllDocuments(source.text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+    // uniqueKeys is off: the yaml package checks it by scanning the map for every key
+    // (quadratic in a map's size); the reader finds duplicate keys with a set instead.
+    const docs = parseAllDocuments(source.text, { lineCounter, prettyErrors: false, uniqueKeys: false });
     const at = (offset: number): SourcePosition => ({ file: source.file, ...lineCounter.linePos(offset) });
     for (const doc of docs) {
       if (doc.errors.length > 0) {
@@ -71,7 +92,7 @@ export function parseManifests(sources: readonly ManifestSource[]): ParsedManife
       }
       if (doc.contents === null || (isScalar(doc.contents) && doc.contents.value === null)) continue;
       for (const root of listItems(doc.contents) ?? [doc.contents]) {
-        const reader = new DocumentReader(at);
+        const reader = new DocumentReader(at, stats);
         const policy = reader.policy(root);
         if (reader.problems.length > 0 || !policy) {
           problems.push(...reader.problems);
@@ -83,7 +104,7 @@ export function parseManifests(sources: readonly ManifestSource[]): ParsedManife
       }
     }
   }
-  return { policies, problems };
+  return result();
 }
 
 /** The items of a `kind: List` document (what `get -o yaml` prints for several resources), else undefined. */
@@ -128,9 +149,11 @@ class DocumentReader {
   readonly problems: ManifestProblem[] = [];
   readonly fields = new Map<string, SourcePosition>();
   #at: (offset: number) => SourcePosition;
+  readonly #stats: ParseStats | undefined;
 
-  constructor(at: (offset: number) => SourcePosition) {
+  constructor(at: (offset: number) => SourcePosition, stats?: ParseStats) {
     this.#at = at;
+    this.#stats = stats;
   }
 
   policy(root: Node): Policy | undefined {
@@ -138,8 +161,8 @@ class DocumentReader {
     if (!top) return undefined;
     const apiVersion = this.#string(top.get('apiVersion'), root, 'apiVersion');
     const kind = this.#string(top.get('kind'), root, 'kind');
-    if (apiVersion !== undefined && apiVersion !== API_VERSION) this.#fail(top.get('apiVersion')!.value, `apiVersion: ${JSON.stringify(apiVersion)} is not supported; use ${API_VERSION}`);
-    if (kind !== undefined && kind !== 'Policy') this.#fail(top.get('kind')!.value, `kind: ${JSON.stringify(kind)} is not supported; edgeplane manifests are of kind Policy`);
+    if (apiVersion !== undefined && apiVersion !== API_VERSION) this.#fail(top.get('apiVersion')!.value, `apiVersion: ${quote(apiVersion)} is not supported; use ${API_VERSION}`);
+    if (kind !== undefined && kind !== 'Policy') this.#fail(top.get('kind')!.value, `kind: ${quote(kind)} is not supported; edgeplane manifests are of kind Policy`);
     if (apiVersion === undefined || kind === undefined) return undefined;
     const policy = Policy.fromPartial({});
     this.#record(POLICY_PATH, root);
@@ -265,19 +288,16 @@ class DocumentReader {
     }
     const text = this.#scalarText(node, 'a port');
     if (text === undefined) return undefined;
-    const match = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(text);
-    if (!match) {
-      this.#fail(node, `${JSON.stringify(text)} is not a port or a range like "8000-8100"`, pp);
-      return undefined;
-    }
-    return { first: Number(match[1]), last: match[2] === undefined ? 0 : Number(match[2]) };
+    const range = parsePortRange(text, this.#stats);
+    if (!range) this.#fail(node, `${quote(text)} is not a port or a range like "8000-8100"`, pp);
+    return range;
   }
 
   #selector(node: Node | null, keyNode: Node, path: string): LabelSelector | undefined {
     this.#record(path, node ?? keyNode);
     if (node && isScalar(node) && typeof node.value === 'string') {
       try {
-        return parseLabelSelector(node.value);
+        return parseLabelSelector(node.value, this.#stats);
       } catch (err) {
         if (!(err instanceof LabelSelectorSyntaxError)) throw err;
         this.#fail(node, err.message, path);
@@ -378,6 +398,7 @@ class DocumentReader {
   }
 
   #record(path: string, node: Node): void {
+    if (this.#stats) this.#stats.steps++;
     this.fields.set(path, this.#pos(node));
   }
 
@@ -393,15 +414,20 @@ class DocumentReader {
     }
     const out: Entries = new Map();
     for (const pair of n.items) {
+      if (this.#stats) this.#stats.steps++;
       const key = pair.key as Node | null;
       if (!key || !isScalar(key) || typeof key.value !== 'string') {
         this.#fail(key ?? n, `keys of ${what} must be strings`);
         continue;
       }
       const name: string = key.value;
+      if (out.has(name)) {
+        this.#fail(key, `${quote(name)} is given twice in ${what}`);
+        continue;
+      }
       if (!allowed.includes(name)) {
-        const hint = allowed.find((a) => a.toLowerCase() === name.toLowerCase());
-        this.#fail(key, `unknown field ${JSON.stringify(name)} in ${what}${hint ? ` (did you mean ${JSON.stringify(hint)}?)` : `; known: ${allowed.join(', ')}`}`);
+        const hint = name.length > 64 ? undefined : allowed.find((a) => a.toLowerCase() === name.toLowerCase());
+        this.#fail(key, `unknown field ${quote(name)} in ${what}${hint ? ` (did you mean ${JSON.stringify(hint)}?)` : `; known: ${allowed.join(', ')}`}`);
         continue;
       }
       out.set(name, { key, value: pair.value as Node | null });
@@ -449,8 +475,16 @@ class DocumentReader {
       const key = pair.key as Node | null;
       if (!key || !isScalar(key)) continue;
       const k = typeof key.value === 'string' ? key.value : (key.source ?? String(key.value));
-      this.#record(`${path}[${JSON.stringify(k)}]`, (pair.value as Node | null) ?? key);
-      const v = this.#scalarText(pair.value as Node | null, `the value of ${JSON.stringify(k)}`);
+      if (k === '__proto__') {
+        this.#fail(key, `${quote(k)} is not a valid key`, path);
+        continue;
+      }
+      if (Object.prototype.hasOwnProperty.call(out, k)) {
+        this.#fail(key, `${quote(k)} is given twice`, path);
+        continue;
+      }
+      this.#record(`${path}[${quote(k)}]`, (pair.value as Node | null) ?? key);
+      const v = this.#scalarText(pair.value as Node | null, `the value of ${quote(k)}`);
       if (v !== undefined) out[k] = v;
     }
     return out;
@@ -459,7 +493,7 @@ class DocumentReader {
   #uint(entry: { key: Node; value: Node | null }, path: string, max: number): number | undefined {
     this.#record(path, entry.value ?? entry.key);
     const v = entry.value && isScalar(entry.value) ? entry.value.value : undefined;
-    const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d+$/.test(v.trim()) ? Number(v) : NaN;
+    const n = typeof v === 'number' ? v : typeof v === 'string' && v.length <= 32 && /^\d+$/.test(v.trim()) ? Number(v) : NaN;
     if (!Number.isInteger(n) || n < 0 || n > max) {
       this.#fail(entry.value ?? entry.key, `must be a whole number from 0 to ${max}`, path);
       return undefined;
@@ -490,7 +524,7 @@ class DocumentReader {
   #duration(entry: { key: Node; value: Node | null }, path: string): Duration | undefined {
     this.#record(path, entry.value ?? entry.key);
     const v = entry.value && isScalar(entry.value) ? entry.value.value : undefined;
-    const ms = typeof v === 'number' ? v * 1000 : typeof v === 'string' ? parseDurationMs(v) : undefined;
+    const ms = typeof v === 'number' ? v * 1000 : typeof v === 'string' && v.length <= 64 ? parseDurationMs(v) : undefined;
     if (ms === undefined || ms < 0) {
       this.#fail(entry.value ?? entry.key, 'must be a duration like "30s", "5m" or "1h30m"', path);
       return undefined;
@@ -502,10 +536,10 @@ class DocumentReader {
     this.#record(path, entry.value ?? entry.key);
     const v = entry.value && isScalar(entry.value) ? entry.value.value : undefined;
     // Accept kubectl-style spellings and the proto names: "rate_limit", "rate-limit", "RATE_LIMIT", "ACTION_RATE_LIMIT".
-    const norm = typeof v === 'string' ? v.toLowerCase().replace(/^(protocol|action|interface_role|operator)_/, '').replace(/[-_]/g, '') : undefined;
+    const norm = typeof v === 'string' && v.length <= 64 ? v.toLowerCase().replace(/^(protocol|action|interface_role|operator)_/, '').replace(/[-_]/g, '') : undefined;
     const hit = norm === undefined ? undefined : table[norm];
     if (hit === undefined) {
-      this.#fail(entry.value ?? entry.key, `${JSON.stringify(v ?? null)} is not one of ${expected}`, path);
+      this.#fail(entry.value ?? entry.key, `${typeof v === 'string' ? quote(v) : JSON.stringify(v ?? null)?.slice(0, 64)} is not one of ${expected}`, path);
       return undefined;
     }
     return hit;

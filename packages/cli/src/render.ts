@@ -65,18 +65,29 @@ function nodeStatus(n: Node): string {
   return n.status?.connected ? 'Connected' : 'Disconnected';
 }
 
+/** The applied revision, or `unknown(last N)` when the agent cannot tell what its datapath enforces. */
+function appliedText(n: Node): string {
+  const rev = String(n.status?.appliedRevision ?? 0n);
+  return n.status?.appliedUnknown ? `unknown(last ${rev})` : rev;
+}
+
+/** The node's condition types, or `<none>`. */
+function conditionsText(n: Node): string {
+  return n.status?.conditions.map((c) => c.type).join(',') || '<none>';
+}
+
 function lastOutcome(n: Node): string {
   const st = n.status;
   if (!st || st.lastOutcome === RevisionOutcome.REVISION_OUTCOME_UNSPECIFIED) return '<none>';
   return `${outcomeName(st.lastOutcome)}@${st.lastOutcomeRevision}`;
 }
 
-/** The `get nodes` table; `wide` adds kernel, datapath, interfaces and labels. */
+/** The `get nodes` table (an unknown applied revision reads `unknown(last N)`); `wide` adds kernel, datapath, interfaces and labels. */
 export function renderNodeTable(nodes: readonly Node[], now: Date, wide = false): string {
-  const headers = ['NAME', 'STATUS', 'APPLIED', 'LAST-OUTCOME', 'LAST-SEEN', 'AGENT'];
+  const headers = ['NAME', 'STATUS', 'APPLIED', 'LAST-OUTCOME', 'LAST-SEEN', 'AGENT', 'CONDITIONS'];
   if (wide) headers.push('KERNEL', 'DATAPATH', 'INTERFACES', 'LABELS');
   const rows = nodes.map((n) => {
-    const row = [n.name, nodeStatus(n), String(n.status?.appliedRevision ?? 0n), lastOutcome(n), formatAge(n.status?.lastSeenTime, now), n.info?.agentVersion ?? ''];
+    const row = [n.name, nodeStatus(n), appliedText(n), lastOutcome(n), formatAge(n.status?.lastSeenTime, now), n.info?.agentVersion ?? '', conditionsText(n)];
     if (wide) row.push(n.info?.kernelRelease ?? '', n.info?.datapath ?? '', n.interfaces.map((i) => `${i.name}(${roleName(i.role)})`).join(',') || '<none>', labels(n.labels));
     return row;
   });
@@ -149,17 +160,18 @@ export function describePolicy(d: PolicyDescription, now: Date): string {
     out += indent(
       renderTable(
         ['NODE', 'STATUS', 'APPLIED', 'STATE', 'PACKETS', 'LAST-ERROR'],
-        selected.map((n) => [n.name, nodeStatus(n), String(n.status?.appliedRevision ?? 0n), revisionState(n, rv), String(perNode.get(n.name) ?? 0n), n.status?.lastError ? `${n.status.lastError} (revision ${n.status.lastErrorRevision})` : '']),
+        selected.map((n) => [n.name, nodeStatus(n), appliedText(n), revisionState(n, rv), String(perNode.get(n.name) ?? 0n), n.status?.lastError ? `${n.status.lastError} (revision ${n.status.lastErrorRevision})` : '']),
       ),
     );
   }
   return out;
 }
 
-/** A node's relation to a revision: `applied`, `NACK` (it rejected it or a later one) or `pending`. */
+/** A node's relation to a revision: `applied`, `NACK` (it rejected it or a later one), `unknown` (its datapath state is) or `pending`. */
 function revisionState(n: Node, revision: bigint): string {
   const st = n.status;
   if (!st) return 'pending';
+  if (st.appliedUnknown) return 'unknown';
   if (st.appliedRevision >= revision) return 'applied';
   if (st.lastOutcome === RevisionOutcome.REVISION_OUTCOME_NACK && st.lastOutcomeRevision >= revision) return 'NACK';
   return 'pending';
@@ -190,9 +202,13 @@ export function describeNode(d: NodeDescription, now: Date): string {
   const caps = info?.capabilities;
   if (caps) out += field('Capabilities', [caps.xdpNative && 'xdp-native', caps.xdpGeneric && 'xdp-generic', caps.tc && 'tc', caps.ipv6 && 'ipv6', `max-rules=${caps.maxRules}`].filter(Boolean).join(', '));
   out += field('Received revision', String(st?.receivedRevision ?? 0n));
-  out += field('Applied revision', String(st?.appliedRevision ?? 0n));
+  out += field('Applied revision', st?.appliedUnknown ? `unknown (the datapath state cannot be told; last known revision ${st.appliedRevision})` : String(st?.appliedRevision ?? 0n));
   out += field('Last outcome', st && st.lastOutcome !== RevisionOutcome.REVISION_OUTCOME_UNSPECIFIED ? `${outcomeName(st.lastOutcome)} (revision ${st.lastOutcomeRevision})` : '<none>');
   out += field('Last error', st?.lastError ? `${st.lastError} (revision ${st.lastErrorRevision}${st.lastErrorTime ? `, ${st.lastErrorTime.toISOString()}` : ''})` : '<none>');
+  out += 'Conditions:\n';
+  out += st?.conditions.length
+    ? indent(renderTable(['TYPE', 'REVISION', 'SINCE', 'MESSAGE'], st.conditions.map((c) => [c.type, c.revision ? String(c.revision) : '-', c.since ? `${formatAge(c.since, now)} ago` : '-', c.message])))
+    : '  <none>\n';
   out += 'Interfaces:\n';
   out += n.interfaces.length
     ? indent(renderTable(['NAME', 'IFINDEX', 'ROLE', 'MODE', 'ATTACHED', 'PROGRAM'], n.interfaces.map((i) => [i.name, String(i.ifindex), roleName(i.role), i.attachMode, String(i.attached), String(i.programId)])))

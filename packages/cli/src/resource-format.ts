@@ -180,11 +180,13 @@ export function nodeToManifest(node: Node): { [key: string]: Plain } {
           connectTime: st.connectTime?.toISOString(),
           receivedRevision: Number(st.receivedRevision),
           appliedRevision: Number(st.appliedRevision),
+          appliedUnknown: st.appliedUnknown || undefined,
           lastOutcomeRevision: Number(st.lastOutcomeRevision),
           lastOutcome: outcomeName(st.lastOutcome) || undefined,
           lastError: st.lastError || undefined,
           lastErrorRevision: st.lastErrorRevision ? Number(st.lastErrorRevision) : undefined,
           lastErrorTime: st.lastErrorTime?.toISOString(),
+          conditions: st.conditions.length ? st.conditions.map((c) => compact({ type: c.type, message: c.message, since: c.since?.toISOString(), revision: c.revision ? Number(c.revision) : undefined })) : undefined,
         })
       : {},
   };

@@ -99,6 +99,7 @@ async function fakeAgent(name: string, labels: Record<string, string>) {
   let seq = 0n;
   const beat = setInterval(() => send({ message: { $case: 'heartbeat', heartbeat: { sequence: ++seq, time: new Date() } } }), 1000);
   return {
+    send,
     report(revision: bigint, outcome: RevisionOutcome, reason = '', applied = outcome === RevisionOutcome.REVISION_OUTCOME_ACK ? revision : 0n): void {
       send({ message: { $case: 'report', report: { revision, outcome, reason, appliedRevision: applied, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false } } });
     },
@@ -199,6 +200,26 @@ test('get nodes and describe node - applied revision, NACK, last error and count
   t.regex(p.stdout, /1\s+block\s+deny\s+tcp\s+\*\s+\*\s+23\s+7\s+420\s+0/);
   t.regex(p.stdout, /desc-node\s+Connected\s+\d+\s+NACK\s+7\s+verifier rejected program/);
   t.is((await edgeplane(['describe', 'node', 'ghost'])).code, ExitCode.ERROR);
+});
+
+test('get nodes and describe node - conditions, and an applied revision that is unknown', async (t) => {
+  const agent = await fakeAgent('cond-node', { role: 'cond' });
+  t.teardown(() => agent.close());
+  await edgeplane(['apply', '-f', file('cond.yaml', policyYaml('cond-pol', { role: 'cond' }))]);
+  const rv = await revisionOf('cond-pol');
+  agent.send({ message: { $case: 'report', report: { revision: rv, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: 'apply-rollback-failed: apply failed (x) and roll back uplink: y', appliedRevision: rv - 1n, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: true } } });
+  agent.send({ message: { $case: 'conditions', conditions: { appliedUnknown: true, conditions: [{ type: 'apply-rollback-failed', message: 'rollback failed; the datapath state of uplink is unknown', since: new Date(), revision: rv }, { type: 'state-file-failed', message: 'ENOSPC', since: new Date(), revision: rv - 1n }] } } });
+  const nodes = await eventually(t, () => edgeplane(['get', 'nodes', '-l', 'role=cond']), (r) => /state-file-failed/.test(r.stdout));
+  t.regex(nodes.stdout, /CONDITIONS/);
+  t.regex(nodes.stdout, new RegExp(`cond-node\\s+Connected\\s+unknown\\(last ${rv - 1n}\\)\\s+NACK@${rv}.*apply-rollback-failed,state-file-failed`));
+  const d = await edgeplane(['describe', 'node', 'cond-node']);
+  t.regex(d.stdout, new RegExp(`Applied revision:\\s+unknown \\(.*last known revision ${rv - 1n}\\)`));
+  t.regex(d.stdout, new RegExp(`Conditions:\\n\\s+TYPE\\s+REVISION\\s+SINCE\\s+MESSAGE\\n\\s+apply-rollback-failed\\s+${rv}\\s+\\S+ ago\\s+rollback failed`));
+  const y = parseYaml((await edgeplane(['get', 'node', 'cond-node', '-o', 'yaml'])).stdout) as { status: { appliedUnknown?: boolean; conditions?: { type: string }[] } };
+  t.true(y.status.appliedUnknown);
+  t.deepEqual(y.status.conditions?.map((c) => c.type), ['apply-rollback-failed', 'state-file-failed']);
+  const p = await edgeplane(['describe', 'policy', 'cond-pol']);
+  t.regex(p.stdout, /cond-node\s+Connected\s+unknown\(last \d+\)\s+unknown\s/);
 });
 
 test('delete - by name and by file; a missing policy is an error unless --ignore-not-found', async (t) => {

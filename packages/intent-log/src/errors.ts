@@ -51,3 +51,8 @@ export class EntryTooLargeError extends Error {
 export class FleetMismatchError extends Error {
   override name = 'FleetMismatchError';
 }
+
+/** NATS client credentials (creds file, JWT, seed, TLS files) are missing, unreadable or malformed. */
+export class NatsCredentialsError extends Error {
+  override name = 'NatsCredentialsError';
+}

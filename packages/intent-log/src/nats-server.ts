@@ -21,6 +21,28 @@ export interface NatsServerOptions {
    * 65,536-rule policy is over NATS's own 1 MiB default.
    */
   maxPayload?: number;
+  /**
+   * More server configuration, appended to the generated config file: the authorization (e.g.
+   * {@link https://docs.nats.io/running-a-nats-service/configuration/securing_nats/auth_intro/jwt
+   * operator, system_account and resolver} from the controller's NATS authority). Without it the
+   * server accepts anonymous clients: only tests that check the unauthenticated case want that.
+   */
+  configFragment?: string;
+  /** TLS for client connections (PEM files). With caFile, clients must present a certificate it signed. */
+  tls?: NatsServerTls;
+}
+
+/** TLS files of {@link NatsServerOptions.tls}. */
+export interface NatsServerTls {
+  certFile: string;
+  keyFile: string;
+  /** CA that client certificates must chain to; verification is required when given. */
+  caFile?: string;
+}
+
+/** Quotes a string for the NATS configuration format (a JSON string is a valid NATS string). */
+function confString(s: string): string {
+  return JSON.stringify(s);
 }
 
 /** The largest message the embedded server accepts unless told otherwise. */
@@ -76,7 +98,7 @@ export class NatsServer {
 
   /** The client URL, nats://host:port. */
   get url(): string {
-    return `nats://${this.host}:${this.port}`;
+    return `${this.#options.tls ? 'tls' : 'nats'}://${this.host}:${this.port}`;
   }
 
   /** The newest lines the server printed (for test failure messages). */
@@ -100,7 +122,15 @@ export class NatsServer {
     mkdirSync(this.dataDir, { recursive: true });
     // max_payload has no command-line flag: it goes in a config file.
     const config = join(this.dataDir, 'nats-server.conf');
-    writeFileSync(config, `max_payload: ${this.#options.maxPayload ?? DEFAULT_MAX_PAYLOAD}\n`);
+    const tls = this.#options.tls;
+    const lines = [
+      `max_payload: ${this.#options.maxPayload ?? DEFAULT_MAX_PAYLOAD}`,
+      ...(tls
+        ? [`tls: { cert_file: ${confString(tls.certFile)}, key_file: ${confString(tls.keyFile)}${tls.caFile ? `, ca_file: ${confString(tls.caFile)}, verify: true` : ''} }`]
+        : []),
+      this.#options.configFragment ?? '',
+    ];
+    writeFileSync(config, lines.join('\n') + '\n', { mode: 0o600 });
     const args = ['-c', config, '-a', this.host, '-p', String(this.port), '-js', '-sd', join(this.dataDir, 'jetstream'), '--server_name', `edgeplane-${this.port}`];
     const child = spawn(this.#options.binary ?? 'nats-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const keep = (chunk: Buffer): void => {

@@ -93,12 +93,28 @@ export function array<T>(element: Codec<T>, length: number): Codec<T[]> {
   };
 }
 
+/** Where one field of a struct() codec sits: what a test compares with the object's BTF. */
+export interface StructField {
+  readonly name: string;
+  /** Byte offset from the start of the struct. */
+  readonly offset: number;
+  /** Bytes the field occupies (its codec's size). */
+  readonly size: number;
+}
+
+/** A struct() codec, which also tells where each field sits. */
+export interface StructCodec<T> extends Codec<T> {
+  /** The fields in declaration order, with their offsets and sizes. */
+  readonly fields: readonly StructField[];
+}
+
 /**
  * A C struct of the given fields, in the object's key order, each aligned to its codec's
  * alignment and the whole padded to the largest one, as clang lays out a non-packed struct.
  * Padding bytes are written as zero (hash map keys compare padding too).
+ * @returns a codec whose `fields` list each field's offset and size.
  */
-export function struct<F extends Record<string, Codec<unknown>>>(fields: F): Codec<{ [K in keyof F]: CodecValue<F[K]> }> {
+export function struct<F extends Record<string, Codec<unknown>>>(fields: F): StructCodec<{ [K in keyof F]: CodecValue<F[K]> }> {
   const layout: { name: string; codec: Codec<unknown>; offset: number }[] = [];
   let offset = 0;
   let align = 1;
@@ -112,6 +128,7 @@ export function struct<F extends Record<string, Codec<unknown>>>(fields: F): Cod
   return {
     size,
     align,
+    fields: layout.map(({ name, codec, offset }) => ({ name, offset, size: codec.size })),
     encode(value, into) {
       into.fill(0, 0, size);
       for (const field of layout) field.codec.encode(value[field.name], into.subarray(field.offset, field.offset + field.codec.size));

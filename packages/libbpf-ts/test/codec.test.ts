@@ -34,6 +34,12 @@ test('codec - struct lays fields out as clang does, padding zeroed', (t) => {
   const encoded = encode(key, value);
   t.deepEqual([...encoded.subarray(0, 8)], [17, 0, 0, 53, 10, 0, 0, 1]);
   t.deepEqual(key.decode(encoded), value);
+  t.deepEqual(key.fields, [
+    { name: 'proto', offset: 0, size: 1 },
+    { name: 'port', offset: 2, size: 2 },
+    { name: 'addr', offset: 4, size: 4 },
+    { name: 'bytes', offset: 8, size: 8 },
+  ]);
   // trailing padding of a struct { __u32; __u8; } is 3 bytes
   t.is(struct({ a: u32, b: u8 }).size, 8);
 });

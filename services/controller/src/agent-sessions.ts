@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import {
-  checkDnsLabel,
   type AgentSettings,
+  type FieldViolation,
   type ConnectRequest,
   type ConnectResponse,
   type TrustedKey,
 } from '@edgeplane/proto';
+import { validateConditionReport, validateCounterReport, validateHello, validateRevisionReport } from './agent-input.js';
 import type { CounterStore } from './counter-store.js';
 import { ValidationError } from './errors.js';
 import type { NodeRegistry } from './node-registry.js';
@@ -17,6 +18,11 @@ export interface AgentStream {
   send(message: ConnectResponse): void;
   /** Ends the stream; with an error, the agent sees it as the status. */
   end(err?: Error): void;
+  /**
+   * Checks that the caller may speak for the node its hello names; throws (PermissionDeniedError)
+   * to refuse. Unset: any name (in-process use).
+   */
+  checkNode?(nodeName: string): void;
 }
 
 /** Options of {@link AgentSessions}. */
@@ -37,13 +43,18 @@ export class IdleStreamError extends Error {
   override name = 'IdleStreamError';
 }
 
+/** Throws ValidationError (the stream ends INVALID_ARGUMENT, nothing of the message kept) if there are problems. */
+function reject(what: string, problems: FieldViolation[]): void {
+  if (problems.length > 0) throw new ValidationError(`${what}: ${problems[0]!.field}: ${problems[0]!.description}`, problems);
+}
+
 function durationMs(d: { seconds: bigint; nanos: number } | undefined, fallback: number): number {
   return d ? Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6) : fallback;
 }
 
 /**
- * AgentService's behaviour: the hello/welcome handshake, ACK/NACK and counter reports into the
- * registry and counter store, heartbeat echo, and the idle timeout that notices half-open
+ * AgentService's behaviour: the hello/welcome handshake, ACK/NACK, condition and counter reports
+ * into the registry and counter store, heartbeat echo, and the idle timeout that notices half-open
  * connections.
  */
 export class AgentSessions {
@@ -51,6 +62,7 @@ export class AgentSessions {
   #counters: CounterStore;
   #options: AgentSessionsOptions;
   #open = new Set<AgentStream>();
+  #byNode = new Map<string, Set<AgentStream>>();
 
   constructor(registry: NodeRegistry, counters: CounterStore, options: AgentSessionsOptions) {
     this.#registry = registry;
@@ -84,9 +96,12 @@ export class AgentSessions {
         if (!m) continue;
         if (!node) {
           if (m.$case !== 'hello') throw new ValidationError('the first message must be a hello', [{ field: 'hello', description: 'required first', reason: 'REQUIRED' }]);
-          const problem = checkDnsLabel(m.hello.nodeName);
-          if (problem) throw new ValidationError('invalid node name', [{ field: 'hello.node_name', description: problem, reason: 'INVALID_NAME' }]);
+          reject('invalid hello', validateHello(m.hello));
+          stream.checkNode?.(m.hello.nodeName);
           node = m.hello.nodeName;
+          let set = this.#byNode.get(node);
+          if (!set) this.#byNode.set(node, (set = new Set()));
+          set.add(stream);
           this.#registry.hello(m.hello, sessionId);
           stream.send({
             message: {
@@ -100,11 +115,17 @@ export class AgentSessions {
         arm(idleMs, `node ${node} silent for ${idleMs} ms`);
         switch (m.$case) {
           case 'report':
+            reject('invalid revision report', validateRevisionReport(m.report));
             this.#registry.report(node, m.report);
             break;
           case 'counters':
+            reject('invalid counter report', validateCounterReport(m.counters));
             this.#counters.add(node, m.counters);
             this.#registry.seen(node);
+            break;
+          case 'conditions':
+            reject('invalid condition report', validateConditionReport(m.conditions));
+            this.#registry.conditions(node, m.conditions);
             break;
           case 'heartbeat':
             this.#registry.seen(node);
@@ -120,8 +141,20 @@ export class AgentSessions {
     } finally {
       clearTimeout(timer);
       this.#open.delete(stream);
-      if (node) this.#registry.disconnect(node, sessionId);
+      if (node) {
+        const set = this.#byNode.get(node);
+        set?.delete(stream);
+        if (set?.size === 0) this.#byNode.delete(node);
+        this.#registry.disconnect(node, sessionId);
+      }
     }
+  }
+
+  /** Ends the open streams of one node (revocation); returns how many. */
+  closeNode(node: string, err: Error): number {
+    const set = [...(this.#byNode.get(node) ?? [])];
+    for (const s of set) s.end(err);
+    return set.length;
   }
 
   /** Ends every open stream (on shutdown); agents reconnect elsewhere or later. */

@@ -1,20 +1,23 @@
-import type { CounterReport, InterfaceCounters, RuleCounters } from '@edgeplane/proto';
+import { MAX_COUNTED_RULES_PER_NODE, MAX_COUNTER_INTERFACES, type CounterReport, type InterfaceCounters, type RuleCounters } from '@edgeplane/proto';
 
 const key = (policy: string, priority: number): string => `${policy}\u0000${priority}`;
 
-function addRule(into: Map<string, RuleCounters>, c: RuleCounters): void {
+/** Adds `c` into `into`; returns false (and adds nothing) if that would create a key past `cap`. */
+function addRule(into: Map<string, RuleCounters>, c: RuleCounters, cap = Infinity): boolean {
   const policy = c.rule?.policy ?? '';
   const priority = c.rule?.priority ?? 0;
   const k = key(policy, priority);
   const have = into.get(k);
   if (!have) {
+    if (into.size >= cap) return false;
     into.set(k, { rule: { policy, priority }, ruleName: c.ruleName, packets: c.packets, bytes: c.bytes, rateLimitedPackets: c.rateLimitedPackets });
-    return;
+    return true;
   }
   have.packets += c.packets;
   have.bytes += c.bytes;
   have.rateLimitedPackets += c.rateLimitedPackets;
   if (c.ruleName) have.ruleName = c.ruleName;
+  return true;
 }
 
 function sortRules(list: Iterable<RuleCounters>): RuleCounters[] {
@@ -29,17 +32,31 @@ function sortRules(list: Iterable<RuleCounters>): RuleCounters[] {
 export class CounterStore {
   #rules = new Map<string, Map<string, RuleCounters>>();
   #interfaces = new Map<string, Map<string, InterfaceCounters>>();
+  #dropped = 0;
 
-  /** Adds one report's deltas for a node. */
+  /** Entries dropped because a node already had counters for MAX_COUNTED_RULES_PER_NODE rules (or MAX_COUNTER_INTERFACES interfaces). */
+  get dropped(): number {
+    return this.#dropped;
+  }
+
+  /**
+   * Adds one report's deltas for a node. Per node at most MAX_COUNTED_RULES_PER_NODE rules and
+   * MAX_COUNTER_INTERFACES interfaces are kept: entries for new keys past that are dropped
+   * (and counted in {@link dropped}), so memory stays bounded whatever agents send.
+   */
   add(node: string, report: CounterReport): void {
     let rules = this.#rules.get(node);
     if (!rules) this.#rules.set(node, (rules = new Map()));
-    for (const c of report.rules) addRule(rules, c);
+    for (const c of report.rules) if (!addRule(rules, c, MAX_COUNTED_RULES_PER_NODE)) this.#dropped++;
     let ifaces = this.#interfaces.get(node);
     if (!ifaces) this.#interfaces.set(node, (ifaces = new Map()));
     for (const c of report.interfaces) {
       const have = ifaces.get(c.interface);
       if (!have) {
+        if (ifaces.size >= MAX_COUNTER_INTERFACES) {
+          this.#dropped++;
+          continue;
+        }
         ifaces.set(c.interface, { ...c });
         continue;
       }

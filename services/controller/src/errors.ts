@@ -46,3 +46,35 @@ export class ConfigError extends Error {
 export class CompactedError extends Error {
   override name = 'CompactedError';
 }
+
+/** A NATS credential could not be issued or revoked (bad key, past expiry, servers unreachable). */
+export class NatsAuthorityError extends Error {
+  override name = 'NatsAuthorityError';
+}
+
+/** A certificate cannot be issued for the key or identity given. Maps to INVALID_ARGUMENT. */
+export class CertificateIssueError extends Error {
+  override name = 'CertificateIssueError';
+}
+
+/** The caller presented no usable identity (no client certificate, or a revoked one). Maps to UNAUTHENTICATED. */
+export class UnauthenticatedError extends Error {
+  override name = 'UnauthenticatedError';
+  constructor(
+    message: string,
+    readonly reason: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The caller's identity may not do this. Maps to PERMISSION_DENIED. */
+export class PermissionDeniedError extends Error {
+  override name = 'PermissionDeniedError';
+  constructor(
+    message: string,
+    readonly reason: string,
+  ) {
+    super(message);
+  }
+}

@@ -105,8 +105,9 @@ export class FleetApi {
       .sort((a, b) => (a.name < b.name ? -1 : 1))
       .map((n) => {
         const s = n.status;
-        const applied = (s?.appliedRevision ?? 0n) >= revision;
-        const failed = !applied && (s?.lastErrorRevision ?? 0n) >= revision;
+        // A node whose datapath state is unknown is at no revision, whatever it applied before.
+        const applied = (s?.appliedRevision ?? 0n) >= revision && !s?.appliedUnknown;
+        const failed = !applied && ((s?.lastErrorRevision ?? 0n) >= revision || (s?.appliedUnknown ?? false));
         return {
           node: n.name,
           appliedRevision: s?.appliedRevision ?? 0n,

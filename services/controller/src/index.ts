@@ -1,2 +1,20 @@
 export { parseConfig, HELP, type ControllerConfig } from './config.js';
 export { startController, type RunningController, type StartExtras } from './main.js';
+export { NatsAuthorityError } from './errors.js';
+export { NatsAuthority, nodePermissions, type AccountJwtPusher, type NatsUserCredentials } from './nats-authority.js';
+export { natsAccountPusher } from './nats-account-pusher.js';
+export type { NatsCredentialIssuer } from './nats-credential-issuer.js';
+
+export {
+  CertificateAuthority,
+  certificateFingerprint,
+  generateKeyPair,
+  loadOrCreateCertificateAuthority,
+  defaultCaFiles,
+  type IssuedCertificate,
+  type IssueOptions,
+  type GeneratedKeyPair,
+} from './pki/certificate-authority.js';
+export { identityUri, parseIdentityUri, identityFromPeerCertificate, type Identity, type Role } from './pki/identity.js';
+export { METHOD_ROLES, INSECURE_IDENTITY } from './grpc/authorize.js';
+export { enrollProofMessage, renewProofMessage } from './trust-api.js';

@@ -1,12 +1,16 @@
 import {
   ApplyPolicyResponse,
   DEFAULT_POLICY_LIMITS,
+  MAX_INTENT_BYTES,
+  MAX_POLICIES,
   Policy,
   PolicyEventType,
   Rollout,
   RolloutState,
   PolicySpec,
   checkDnsLabel,
+  countViolations,
+  quote,
   matchesLabelSelector,
   validatePolicy,
   type ApplyPolicyRequest,
@@ -41,6 +45,18 @@ export interface IntentApiOptions {
   now?: () => Date;
   /** The registered nodes, for the first wave of a staged rollout. */
   nodes?: () => readonly PlanNode[];
+  /** Policies the intent may hold; a create beyond it is refused (default MAX_POLICIES). */
+  maxPolicies?: number;
+  /** Encoded bytes of all policies together; a write beyond it is refused (default MAX_INTENT_BYTES). */
+  maxIntentBytes?: number;
+}
+
+/** Encoded sizes of stored policies: they are never mutated once in the chain, so their size is computed once. */
+const encodedSizes = new WeakMap<Policy, number>();
+function encodedSize(p: Policy): number {
+  let n = encodedSizes.get(p);
+  if (n === undefined) encodedSizes.set(p, (n = Policy.encode(p).finish().length));
+  return n;
 }
 
 /** What an operator can do to a rollout. */
@@ -59,7 +75,7 @@ function sameMap(a: Record<string, string>, b: Record<string, string>): boolean 
 
 function checkName(name: string, field: string): void {
   const problem = checkDnsLabel(name);
-  if (problem) throw new ValidationError(`invalid ${field}`, [{ field, description: `${JSON.stringify(name)} ${problem}`, reason: name ? 'INVALID_NAME' : 'REQUIRED' }]);
+  if (problem) throw new ValidationError(`invalid ${field}`, [{ field, description: `${quote(name)} ${problem}`, reason: name ? 'INVALID_NAME' : 'REQUIRED' }]);
 }
 
 /**
@@ -72,8 +88,12 @@ export class IntentApi {
   #guard: number;
   #now: () => Date;
   #nodes: () => readonly PlanNode[];
+  #maxPolicies: number;
+  #maxIntentBytes: number;
 
   constructor(store: IntentStore, options: IntentApiOptions = {}) {
+    this.#maxPolicies = options.maxPolicies ?? MAX_POLICIES;
+    this.#maxIntentBytes = options.maxIntentBytes ?? MAX_INTENT_BYTES;
     this.#nodes = options.nodes ?? (() => []);
     this.#store = store;
     this.#limits = options.limits ?? DEFAULT_POLICY_LIMITS;
@@ -88,7 +108,7 @@ export class IntentApi {
    */
   async apply(req: ApplyPolicyRequest, trace?: TraceContext): Promise<ApplyPolicyResponse> {
     const violations = validatePolicy(req.policy, 'policy', this.#limits);
-    if (violations.length > 0) throw new ValidationError(`invalid policy: ${violations.length} problem(s), first: ${violations[0]!.field}: ${violations[0]!.description}`, violations);
+    if (violations.length > 0) throw new ValidationError(`invalid policy: ${countViolations(violations)} problem(s), first: ${violations[0]!.field}: ${violations[0]!.description}`, violations);
     const incoming = req.policy!;
     const name = incoming.metadata!.name;
     let outcome: { policy: Policy; created: boolean; unchanged: boolean } | undefined;
@@ -125,6 +145,16 @@ export class IntentApi {
       const running = chain.rollouts.get(name);
       if (isActive(running)) {
         throw new PreconditionError(`policy ${name} has a rollout in progress (wave ${running.currentWave + 1} of ${running.strategy?.waves.length ?? 0}); wait for it, or abort it`, 'ROLLOUT_IN_PROGRESS');
+      }
+      if (!existing && chain.policies.size >= this.#maxPolicies) {
+        throw new PreconditionError(`the intent holds ${chain.policies.size} policies, the most it may; delete one to create ${name}`, 'TOO_MANY_POLICIES');
+      }
+      let total = 0;
+      for (const p of chain.policies.values()) total += encodedSize(p);
+      // The stored policy adds versions and times to what came in: 64 bytes cover them.
+      const grown = total - (existing ? encodedSize(existing) : 0) + Policy.encode(incoming).finish().length + 64;
+      if (grown > this.#maxIntentBytes) {
+        throw new PreconditionError(`policy ${name} would bring the intent to about ${grown} bytes, past its bound of ${this.#maxIntentBytes}; delete or shrink policies first`, 'INTENT_TOO_LARGE');
       }
       const now = this.#now();
       const policy = Policy.fromPartial({

@@ -1,29 +1,38 @@
 #!/usr/bin/env node
 // The controller process: the only place concrete adapters (NATS, JetStream, gRPC, the
 // OpenTelemetry SDK, an embedded nats-server) are constructed and wired together.
-import { realpathSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
-import { NODE_REGISTRY_BUCKET, INTENT_STREAM, INTENT_SUBJECT, keyIdOf, publicKeyFromRaw } from '@edgeplane/proto';
-import { IntentLog, NatsServer } from '@edgeplane/intent-log';
+import { DEFAULT_POLICY_LIMITS, NODE_REGISTRY_BUCKET, INTENT_STREAM, INTENT_SUBJECT, TRUST_BUCKET, keyIdOf, publicKeyFromRaw } from '@edgeplane/proto';
+import { IntentLog, NatsServer, natsClientOptions } from '@edgeplane/intent-log';
 import { startTelemetry, type SpanProcessor, type Telemetry } from '@edgeplane/telemetry';
 import { AgentSessions } from './agent-sessions.js';
 import { parseConfig, HELP, type ControllerConfig } from './config.js';
 import { CounterStore } from './counter-store.js';
-import { ConfigError } from './errors.js';
+import { ConfigError, UnauthenticatedError } from './errors.js';
 import { FleetApi } from './fleet-api.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
-import { agentServiceHandlers, fleetServiceHandlers, intentServiceHandlers } from './grpc/services.js';
+import { Authorizer } from './grpc/authorize.js';
+import { agentServiceHandlers, fleetServiceHandlers, intentServiceHandlers, trustServiceHandlers } from './grpc/services.js';
 import { IntentApi } from './intent-api.js';
 import { IntentStore } from './intent-store.js';
 import { KvNodeStore } from './kv-node-store.js';
+import { natsAccountPusher } from './nats-account-pusher.js';
+import { NatsAuthority } from './nats-authority.js';
 import { registerFleetMetrics } from './metrics.js';
 import { RolloutManager } from './rollout-manager.js';
 import { NodeRegistry } from './node-registry.js';
+import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
+import { generateKeyPair, loadOrCreateCertificateAuthority, writeFileAtomic, type CertificateAuthority } from './pki/certificate-authority.js';
+import { isLoopback } from './config.js';
 import { commitSigningKeyFile, loadOrCreateSigningKey, prepareNextSigningKey, retiredSigningKeys } from './signing-key.js';
+import { TrustApi } from './trust-api.js';
+import { TrustStore } from './trust-store.js';
 
 /** A running controller. */
 export interface RunningController {
@@ -37,6 +46,15 @@ export interface RunningController {
   /** The fleet id agents must be given (--fleet-id). */
   fleetId: string;
   prometheusUrl: string | undefined;
+  /**
+   * Issues and revokes node NATS credentials (enrollment uses it); undefined with --nats-anonymous.
+   * Node connections then need the user JWT it returns and the node's own nkey seed.
+   */
+  natsCredentials: NatsCredentialIssuer | undefined;
+  /** `sha256:<hex>` of the fleet CA certificate (agents' --ca-fingerprint). */
+  caFingerprint: string;
+  /** The fleet CA certificate, PEM. */
+  caCertPem: string;
   /** Graceful stop: health NOT_SERVING, running calls get the grace period, then everything closes. Idempotent. */
   close(): Promise<void>;
 }
@@ -45,6 +63,48 @@ export interface RunningController {
 export interface StartExtras {
   spanProcessors?: SpanProcessor[];
   log?: (line: Record<string, unknown>) => void;
+  /** Issues nodes' NATS credentials at enrollment and withdraws them at revocation. */
+  natsCredentials?: NatsCredentialIssuer;
+}
+
+/**
+ * On first start (no DATA_DIR/admin yet) writes an admin client certificate, its key (0600)
+ * and the CA into DATA_DIR/admin, like kubeadm's admin.conf: the CLI's first credentials.
+ */
+async function writeAdminBundle(ca: CertificateAuthority, dataDir: string): Promise<string | undefined> {
+  const dir = join(dataDir, 'admin');
+  if (existsSync(join(dir, 'admin.pem'))) return undefined;
+  const keys = generateKeyPair();
+  const cert = await ca.issue({ identity: { fleet: ca.fleet, role: 'admin', name: 'admin' }, publicKey: keys.publicKeyDer, lifetimeMs: 365 * 86_400_000 });
+  writeFileAtomic(join(dir, 'ca.pem'), ca.certPem, 0o644);
+  writeFileAtomic(join(dir, 'admin-key.pem'), keys.privateKeyPem, 0o600);
+  writeFileAtomic(join(dir, 'admin.pem'), cert.certPem, 0o644);
+  return dir;
+}
+
+/** The serving certificate chain: the one given, or one the CA issues now for this host. */
+async function servingCertificate(config: ControllerConfig, ca: CertificateAuthority): Promise<{ certChainPem: string; keyPem: string }> {
+  if (config.tlsCert && config.tlsKey) {
+    try {
+      return { certChainPem: readFileSync(config.tlsCert, 'utf8'), keyPem: readFileSync(config.tlsKey, 'utf8') };
+    } catch (cause) {
+      throw new ConfigError(`load TLS material: ${(cause as Error).message}`, { cause });
+    }
+  }
+  const host = config.listen.slice(0, config.listen.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  const names = new Set(['localhost', '127.0.0.1', '::1', hostname(), ...config.tlsSans]);
+  if (host !== '0.0.0.0' && host !== '::') names.add(host);
+  const isIp = (n: string): boolean => /^[0-9.]+$/.test(n) || n.includes(':');
+  const keys = generateKeyPair();
+  const issued = await ca.issue({
+    identity: { fleet: ca.fleet, role: 'controller', name: config.controllerId.toLowerCase().replace(/[^a-z0-9._-]/g, '-').slice(0, 63).replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '') || 'controller' },
+    publicKey: keys.publicKeyDer,
+    lifetimeMs: 365 * 86_400_000,
+    dnsNames: [...names].filter((n) => !isIp(n)),
+    ipAddresses: [...names].filter(isIp),
+  });
+  // The chain carries the CA so an enrolling agent can pin it by fingerprint.
+  return { certChainPem: issued.certPem + ca.certPem, keyPem: keys.privateKeyPem };
 }
 
 function logger(extra?: StartExtras['log']): (level: string, msg: string, fields?: Record<string, unknown>) => void {
@@ -79,19 +139,52 @@ export async function startController(config: ControllerConfig, extras: StartExt
     cleanups.push(() => telemetry.shutdown());
 
     let natsServers = config.natsServers;
-    if (natsServers.length === 0) {
-      const embedded = await NatsServer.start({ dataDir: join(config.dataDir, 'nats'), host: config.embeddedNatsHost, port: config.embeddedNatsPort });
+    const embeddedNats = natsServers.length === 0;
+    // The embedded server always runs with authorization; --nats-anonymous is for external ones.
+    const anonymous = config.natsAnonymous && !embeddedNats;
+    const authority = anonymous ? undefined : NatsAuthority.open(config.natsAuthDir);
+    const natsTls = config.natsTlsCa ? { caFile: config.natsTlsCa } : undefined;
+    if (embeddedNats) {
+      const natsDir = join(config.dataDir, 'nats');
+      const embedded = await NatsServer.start({
+        dataDir: natsDir,
+        host: config.embeddedNatsHost,
+        port: config.embeddedNatsPort,
+        configFragment: await authority!.serverConfig(join(natsDir, 'jwt')),
+        ...(config.natsTlsCert ? { tls: { certFile: config.natsTlsCert, keyFile: config.natsTlsKey! } } : {}),
+      });
       cleanups.push(() => embedded.close());
       natsServers = [embedded.url];
       log('info', 'started embedded nats-server', { url: embedded.url });
     }
-    const nc: NatsConnection = await connect({ servers: natsServers, name: `edgeplane-controller ${config.controllerId}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, timeout: 5000, noAsyncTraces: true });
+    if (anonymous) log('warn', 'connecting to NATS without credentials (--nats-anonymous): any client of that server can write the log bus');
+    const natsAuth = authority ? natsClientOptions({ ...(await authority.controllerCredentials(`controller ${config.controllerId}`)), ...(natsTls ? { tls: natsTls } : {}) }) : natsClientOptions(natsTls ? { tls: natsTls } : {});
+    const nc: NatsConnection = await connect({ servers: natsServers, name: `edgeplane-controller ${config.controllerId}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, timeout: 5000, noAsyncTraces: true, ...natsAuth });
     // noAsyncTraces: nats.js otherwise builds two Error objects per request for stack context
     // (about a tenth of the controller's CPU at 10,000 agents, bench/fleet.ts); only messages are logged.
     cleanups.push(() => nc.drain().catch(() => nc.close()));
     void (async () => {
       for await (const s of nc.status()) if (s.type === 'disconnect' || s.type === 'reconnect') log('info', `nats ${s.type}`, { server: (s as { server?: string }).server });
     })();
+
+    if (authority) {
+      // A system-account connection pushes account JWT updates (node revocations).
+      const sys = await connect({ servers: natsServers, name: `edgeplane-controller-system ${config.controllerId}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, timeout: 5000, noAsyncTraces: true, ...natsClientOptions({ ...(await authority.systemCredentials()), ...(natsTls ? { tls: natsTls } : {}) }) });
+      cleanups.push(() => sys.drain().catch(() => sys.close()));
+      authority.usePusher(natsAccountPusher(sys));
+      // Revocations recorded while no server was told (a failed push, servers restored from
+      // an old configuration) take effect now.
+      await authority.publishAccount().catch((err: unknown) => onError('push nats account jwt at start', err));
+    }
+
+    const { ca, created } = await loadOrCreateCertificateAuthority({ certFile: config.caCert, keyFile: config.caKey }, config.fleet);
+    if (created) log('info', 'created the fleet CA', { cert: config.caCert, fingerprint: ca.fingerprint });
+    const adminDir = await writeAdminBundle(ca, config.dataDir);
+    if (adminDir) log('info', 'wrote the admin client certificate (keep it safe)', { dir: adminDir });
+    if (config.insecure) {
+      log('warn', 'INSECURE: plaintext gRPC without authentication on loopback; every caller is an admin and may speak for any node (development and tests only)', { listen: config.listen });
+      if (!isLoopback(config.listen.slice(0, config.listen.lastIndexOf(':')))) throw new ConfigError('--insecure is refused on a non-loopback address');
+    }
 
     let key = loadOrCreateSigningKey(config.signingKey);
     const intentLog = await IntentLog.open(nc, { create: true, replicas: config.streamReplicas });
@@ -128,6 +221,10 @@ export async function startController(config: ControllerConfig, extras: StartExt
     const registry = new NodeRegistry(new KvNodeStore(kv), { onError });
     await registry.load();
     cleanups.push(() => registry.flush());
+    const trustKv = await new Kvm(nc).create(TRUST_BUCKET, { history: 1, replicas: config.streamReplicas });
+    const trustStore = new TrustStore(trustKv);
+    await trustStore.start(onError);
+    cleanups.push(async () => trustStore.close());
     const counters = new CounterStore();
     registerFleetMetrics(telemetry.meter('@edgeplane/controller'), { counters, registry, revision: () => store.chain.revision });
 
@@ -148,15 +245,31 @@ export async function startController(config: ControllerConfig, extras: StartExt
     const intentApi = new IntentApi(store, {
       nodes: () => registry.list().map((n) => ({ name: n.name, labels: n.labels })),
       ruleGrowthGuard: config.ruleGrowthGuard,
-      limits: { maxRules: config.maxRulesPerPolicy, maxCidrsPerRule: 256, maxPortRangesPerRule: 64, maxDescription: 1024, maxAnnotationBytes: 256 * 1024, maxRate: 1_000_000_000n },
+      limits: { ...DEFAULT_POLICY_LIMITS, maxRules: config.maxRulesPerPolicy },
+      maxPolicies: config.maxPolicies,
+      maxIntentBytes: config.maxIntentBytes,
     });
     const fleetApi = new FleetApi(registry, counters, () => store.chain.revision, rollouts);
+    const denied = telemetry.meter('@edgeplane/controller').createCounter('edgeplane_authz_denied', { description: 'Calls refused by authentication or authorization, by method, caller role and reason' });
+    const auth = new Authorizer({
+      insecure: config.insecure,
+      fleet: config.fleet,
+      isRevoked: (id) => id.role === 'node' && trustStore.isRevoked(id.name),
+      onDenied: (method, id, reason) => {
+        denied.add(1, { method, role: id?.role ?? 'none', reason });
+        log('warn', 'call refused', { method, caller: id ? `${id.role}/${id.name}` : 'anonymous', reason });
+      },
+    });
+    // A revocation (from any replica, through the KV watch) closes the node's open streams at once.
+    trustStore.onRevoked((r) => sessions.closeNode(r.node, new UnauthenticatedError(`node ${r.node} was revoked`, 'REVOKED')));
+    const trustApi = new TrustApi({ ca, store: trustStore, nodeCertLifetimeMs: config.nodeCertLifetimeMs, ...((extras.natsCredentials ?? authority) ? { natsCredentials: (extras.natsCredentials ?? authority)! } : {}) });
     const grpcServer: GrpcServer = await startGrpcServer({
       listen: config.listen,
-      tls: config.insecure ? { insecure: true } : { certFile: config.tlsCert!, keyFile: config.tlsKey!, ...(config.tlsClientCa ? { clientCaFile: config.tlsClientCa } : {}) },
-      intent: intentServiceHandlers(intentApi, onError),
-      fleet: fleetServiceHandlers(fleetApi, onError),
-      agent: agentServiceHandlers(sessions, onError),
+      tls: config.insecure ? { insecure: true } : { ...(await servingCertificate(config, ca)), clientCaPem: ca.certPem },
+      intent: intentServiceHandlers(intentApi, onError, auth),
+      fleet: fleetServiceHandlers(fleetApi, onError, auth),
+      agent: agentServiceHandlers(sessions, onError, auth),
+      trust: trustServiceHandlers(trustApi, onError, auth),
     });
     cleanups.push(async () => {
       const stopping = grpcServer.shutdown(config.shutdownGraceMs);
@@ -173,6 +286,9 @@ export async function startController(config: ControllerConfig, extras: StartExt
       keyId: key.keyId,
       fleetId,
       prometheusUrl: telemetry.prometheusUrl,
+      natsCredentials: authority,
+      caFingerprint: ca.fingerprint,
+      caCertPem: ca.certPem,
       close: () => (closing ??= cleanup()),
     };
   } catch (err) {
@@ -194,6 +310,15 @@ async function main(): Promise<void> {
     process.stdout.write(HELP + '\n');
     return;
   }
+  if (config.printNatsServerConfig) {
+    try {
+      process.stdout.write((await NatsAuthority.open(config.natsAuthDir).serverConfig(config.printNatsServerConfig)) + '\n');
+    } catch (err) {
+      process.stderr.write(`edgeplane-controller: ${(err as Error).message}\n`);
+      process.exitCode = 1;
+    }
+    return;
+  }
   let controller: RunningController;
   try {
     controller = await startController(config);
@@ -203,7 +328,7 @@ async function main(): Promise<void> {
     return;
   }
   process.stdout.write(
-    JSON.stringify({ event: 'ready', grpc: controller.address, nats: controller.natsUrl, keyId: controller.keyId, fleetId: controller.fleetId, publicKey: Buffer.from(controller.publicKey).toString('base64'), prometheus: controller.prometheusUrl }) + '\n',
+    JSON.stringify({ event: 'ready', grpc: controller.address, nats: controller.natsUrl, keyId: controller.keyId, fleetId: controller.fleetId, publicKey: Buffer.from(controller.publicKey).toString('base64'), prometheus: controller.prometheusUrl, caFingerprint: controller.caFingerprint }) + '\n',
   );
   let stopping = false;
   const stop = (signal: string): void => {

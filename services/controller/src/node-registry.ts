@@ -3,6 +3,7 @@ import {
   NodeEventType,
   RevisionOutcome,
   type AgentHello,
+  type ConditionReport,
   type RevisionReport,
   type WatchNodesResponse,
 } from '@edgeplane/proto';
@@ -98,6 +99,8 @@ export class NodeRegistry {
         lastSeenTime: now,
         receivedRevision: hello.receivedRevision,
         appliedRevision: hello.appliedRevision,
+        conditions: hello.conditions,
+        appliedUnknown: hello.appliedUnknown,
       },
     });
     this.#nodes.set(node.name, node);
@@ -120,6 +123,7 @@ export class NodeRegistry {
     s.lastSeenTime = now;
     if (report.revision > s.receivedRevision) s.receivedRevision = report.revision;
     s.appliedRevision = report.appliedRevision;
+    s.appliedUnknown = report.appliedUnknown;
     if (report.revision >= s.lastOutcomeRevision) {
       s.lastOutcomeRevision = report.revision;
       s.lastOutcome = report.outcome;
@@ -131,6 +135,16 @@ export class NodeRegistry {
       s.lastErrorTime = now;
     }
     this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED, nack || this.#persistDue(name));
+  }
+
+  /** Records the agent's conditions (the whole set, replacing what it said before); persisted, since they are rare and matter. */
+  conditions(name: string, report: ConditionReport): void {
+    const node = this.#nodes.get(name);
+    if (!node?.status) return;
+    node.status.lastSeenTime = this.#now();
+    node.status.conditions = report.conditions;
+    node.status.appliedUnknown = report.appliedUnknown;
+    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED);
   }
 
   #persistDue(name: string): boolean {

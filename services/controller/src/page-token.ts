@@ -8,6 +8,8 @@ export interface Page<T> {
 
 const DEFAULT_PAGE = 100;
 const MAX_PAGE = 1000;
+/** Longest token this controller issues: a base64url JSON position of a key of at most a few hundred characters. */
+const MAX_PAGE_TOKEN_LENGTH = 1024;
 
 /**
  * Returns one page of `items` (sorted by `key`) after the position in `pageToken`.
@@ -17,6 +19,7 @@ export function paginate<T>(items: readonly T[], key: (item: T) => string, pageS
   if (pageSize < 0) throw new ValidationError('invalid page size', [{ field: `${path}page_size`, description: 'must not be negative', reason: 'OUT_OF_RANGE' }]);
   const size = Math.min(pageSize || DEFAULT_PAGE, MAX_PAGE);
   let after = '';
+  if (pageToken.length > MAX_PAGE_TOKEN_LENGTH) throw new ValidationError('invalid page token', [{ field: `${path}page_token`, description: `${pageToken.length} characters; a token is at most ${MAX_PAGE_TOKEN_LENGTH}`, reason: 'INVALID_PAGE_TOKEN' }]);
   if (pageToken) {
     try {
       const parsed = JSON.parse(Buffer.from(pageToken, 'base64url').toString()) as { after?: unknown };

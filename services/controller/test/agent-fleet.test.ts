@@ -8,6 +8,7 @@ import {
   AgentServiceClient,
   ApplyPolicyRequest,
   RevisionOutcome,
+  type AgentHello,
   type ConnectRequest,
   type ConnectResponse,
 } from '@edgeplane/proto';
@@ -26,7 +27,7 @@ test.after.always(async () => {
 });
 
 /** An agent's side of the Connect stream, with a queue of what the controller sent. */
-function agentStream(name: string, labels: Record<string, string>) {
+function agentStream(name: string, labels: Record<string, string>, hello: Partial<Pick<AgentHello, 'conditions' | 'appliedUnknown' | 'appliedRevision'>> = {}) {
   const client = new AgentServiceClient(env.controller.address, grpc.credentials.createInsecure());
   const stream = client.connect();
   const received: ConnectResponse[] = [];
@@ -45,7 +46,7 @@ function agentStream(name: string, labels: Record<string, string>) {
     waiters.splice(0).forEach((w) => w());
   });
   const send = (m: ConnectRequest): void => void stream.write(m);
-  send({ message: { $case: 'hello', hello: { nodeName: name, labels, info: { agentVersion: 't', kernelRelease: '6.18', hostname: name, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's', conditions: [], appliedUnknown: false } } });
+  send({ message: { $case: 'hello', hello: { nodeName: name, labels, info: { agentVersion: 't', kernelRelease: '6.18', hostname: name, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's', conditions: [], appliedUnknown: false, ...hello } } });
   return {
     send,
     received,
@@ -141,6 +142,43 @@ test.serial('AgentService - the first message must be a valid hello', async (t) 
     stream.write({ message: { $case: 'heartbeat', heartbeat: { sequence: 1n, time: new Date() } } });
   });
   t.is(err.code, grpc.status.INVALID_ARGUMENT);
+});
+
+test.serial('AgentService - conditions and applied_unknown from the hello, a ConditionReport and a report show in NodeStatus', async (t) => {
+  const since = new Date('2026-11-30T10:00:00Z');
+  const agent = agentStream('node-cond', { site: 'cond1' }, { appliedRevision: 1n, conditions: [{ type: 'state-file-failed', message: 'revision 1 is enforced but not recorded: ENOSPC', since, revision: 1n }] });
+  t.teardown(() => agent.close());
+  await agent.next((m) => m.message?.$case === 'welcome');
+  const status = async () => (await call(c.fleet, c.fleet.getNode, { name: 'node-cond' })).node?.status;
+  t.like((await status())?.conditions[0], { type: 'state-file-failed', revision: 1n, since });
+  t.false((await status())?.appliedUnknown);
+
+  // A failed rollback: the NACK says the state is unknown, then the conditions follow.
+  const rv = (await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy('cond-p', {}, 2) }))).revision;
+  agent.send({ message: { $case: 'report', report: { revision: rv, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: 'apply-rollback-failed: apply failed (x) and roll back uplink: y', appliedRevision: 1n, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: true } } });
+  await until(async () => (await status())?.appliedUnknown === true);
+  agent.send({ message: { $case: 'conditions', conditions: { appliedUnknown: true, conditions: [{ type: 'apply-rollback-failed', message: 'rollback failed', since: new Date(), revision: rv }] } } });
+  await until(async () => (await status())?.conditions.some((x) => x.type === 'apply-rollback-failed') === true);
+  const s = (await status())!;
+  t.deepEqual(s.conditions.map((x) => x.type), ['apply-rollback-failed'], 'a ConditionReport replaces the whole set');
+  t.is(s.appliedRevision, 1n);
+  const rs = await call(c.fleet, c.fleet.getRevisionStatus, { revision: 1n, nodeLabelSelector: 'site=cond1' });
+  t.like(rs, { nodesApplied: 0, nodesFailed: 1 }, 'a node whose state is unknown is at no revision');
+
+  // Back at a known revision: the conditions clear.
+  agent.send({ message: { $case: 'conditions', conditions: { appliedUnknown: false, conditions: [] } } });
+  await until(async () => (await status())?.appliedUnknown === false);
+  t.deepEqual((await status())?.conditions, []);
+});
+
+test.serial('AgentService - conditions beyond the bounds end the stream with INVALID_ARGUMENT and change nothing', async (t) => {
+  const agent = agentStream('node-cond-bad', { site: 'cond2' });
+  t.teardown(() => agent.close());
+  await agent.next((m) => m.message?.$case === 'welcome');
+  agent.send({ message: { $case: 'conditions', conditions: { appliedUnknown: false, conditions: Array.from({ length: 33 }, (_, i) => ({ type: 'intent-stale', message: `m${i}`, since: undefined, revision: 0n })) } } });
+  await until(async () => agent.ended !== undefined);
+  t.is(agent.ended?.code, grpc.status.INVALID_ARGUMENT);
+  t.deepEqual((await call(c.fleet, c.fleet.getNode, { name: 'node-cond-bad' })).node?.status?.conditions, []);
 });
 
 test.serial('FleetService - nodes list by label and watch streams changes', async (t) => {

@@ -79,8 +79,8 @@ test('two controllers writing to one stream - revisions stay gapless and unique,
   withTemp(async (dir) => {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
     const key = join(dir, 'key.pem');
-    const a = await controllerProcess('ctl-a', ['--nats', nats.url, '--data-dir', join(dir, 'a'), '--signing-key', key, '--controller-id', 'a']);
-    const b = await controllerProcess('ctl-b', ['--nats', nats.url, '--data-dir', join(dir, 'b'), '--signing-key', key, '--controller-id', 'b']);
+    const a = await controllerProcess('ctl-a', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'a'), '--signing-key', key, '--controller-id', 'a']);
+    const b = await controllerProcess('ctl-b', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'b'), '--signing-key', key, '--controller-id', 'b']);
     t.teardown(async () => {
       await a.stop();
       await b.stop();
@@ -105,7 +105,7 @@ test('two controllers writing to one stream - revisions stay gapless and unique,
 test('controller kill -9 mid-burst - every acknowledged apply survives once, and the chain verifies', (t) =>
   withTemp(async (dir) => {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
-    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--data-dir', join(dir, 'c')]);
+    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'c')]);
     t.teardown(async () => {
       await ctl.stop();
       await nats.close();
@@ -132,7 +132,7 @@ test('controller kill -9 mid-burst - every acknowledged apply survives once, and
 test('nats-server kill -9 and restart - acknowledged applies survive, the controller carries on', (t) =>
   withTemp(async (dir) => {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
-    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--data-dir', join(dir, 'c')]);
+    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'c')]);
     t.teardown(async () => {
       await ctl.stop();
       await nats.close();
@@ -194,9 +194,10 @@ test('embedded nats-server - started without --nats, stopped with the controller
     t.regex(ctl.output, /"event":"stopped"/);
   }));
 
-test('command line - --help documents flags and exit codes; bad flags exit 2; TLS is required unless --insecure', (t) => {
+test('command line - --help documents flags and exit codes; bad flags exit 2; --insecure only on loopback', (t) => {
   const help = execFileSync(process.execPath, [MAIN, '--help'], { encoding: 'utf8' });
-  t.regex(help, /--tls-client-ca/);
+  t.regex(help, /--ca-cert/);
+  t.regex(help, /--insecure/);
   t.regex(help, /Exit codes/);
   const run = (args: string[]): { status: number | null; stderr: string } => {
     try {
@@ -210,43 +211,48 @@ test('command line - --help documents flags and exit codes; bad flags exit 2; TL
   const bad = run(['--no-such-flag']);
   t.is(bad.status, 2);
   t.regex(bad.stderr, /no-such-flag/);
-  const noTls = run(['--listen', '127.0.0.1:0']);
-  t.is(noTls.status, 2);
-  t.regex(noTls.stderr, /--insecure/);
+  const exposed = run(['--insecure', '--listen', '0.0.0.0:0']);
+  t.is(exposed.status, 2);
+  t.regex(exposed.stderr, /--insecure .*refused on 0\.0\.0\.0/);
 });
 
-test('TLS - mutual TLS refuses clients without a certificate and serves those with one', (t) =>
+test('TLS - by default the controller serves mutual TLS from its own CA; a certificate of another CA gets nothing', (t) =>
   withTemp(async (dir) => {
     const ssl = (args: string[]): void => void execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-    ssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=edgeplane-test-ca']);
-    writeFileSync(join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-    for (const who of ['server', 'client']) {
-      ssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${who}.key`, '-out', `${who}.csr`, '-subj', `/CN=${who}`]);
-      ssl(['x509', '-req', '-in', `${who}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${who}.pem`, '-days', '1', '-extfile', 'ext.cnf']);
-    }
+    ssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', 'other.key', '-out', 'other.pem', '-days', '1', '-subj', '/CN=other-ca']);
+    writeFileSync(join(dir, 'ext.cnf'), 'subjectAltName=URI:spiffe://edgeplane/default/admin/mallory\n');
+    ssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', 'mallory.key', '-out', 'mallory.csr', '-subj', '/CN=mallory']);
+    ssl(['x509', '-req', '-in', 'mallory.csr', '-CA', 'other.pem', '-CAkey', 'other.key', '-CAcreateserial', '-out', 'mallory.pem', '-days', '1', '-extfile', 'ext.cnf']);
     const ctl = await Supervised.start('ctl-tls', {
       command: process.execPath,
-      args: [MAIN, '--listen', '127.0.0.1:0', '--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'c'), '--tls-cert', join(dir, 'server.pem'), '--tls-key', join(dir, 'server.key'), '--tls-client-ca', join(dir, 'ca.pem')],
+      args: [MAIN, '--listen', '127.0.0.1:0', '--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'c')],
       readyEvent: 'ready',
     });
     t.teardown(() => ctl.stop());
-    const { readFileSync } = await import('node:fs');
-    const ca = readFileSync(join(dir, 'ca.pem'));
-    const withCert = new IntentServiceClient(ctl.ready.grpc as string, grpc.credentials.createSsl(ca, readFileSync(join(dir, 'client.key')), readFileSync(join(dir, 'client.pem'))));
-    const noCert = new IntentServiceClient(ctl.ready.grpc as string, grpc.credentials.createSsl(ca));
-    const plain = new IntentServiceClient(ctl.ready.grpc as string, grpc.credentials.createInsecure());
-    t.teardown(() => [withCert, noCert, plain].forEach((c) => c.close()));
-    const ok = await call(withCert, withCert.listPolicies, { pageSize: 1, pageToken: '', labelSelector: '' });
+    t.regex(String(ctl.ready.caFingerprint), /^sha256:[0-9a-f]{64}$/);
+    const { readFileSync, statSync } = await import('node:fs');
+    t.is(statSync(join(dir, 'c', 'pki', 'ca-key.pem')).mode & 0o777, 0o600);
+    t.is(statSync(join(dir, 'c', 'admin', 'admin-key.pem')).mode & 0o777, 0o600);
+    const ca = readFileSync(join(dir, 'c', 'admin', 'ca.pem'));
+    const opts = { 'grpc.use_local_subchannel_pool': 1 };
+    const admin = new IntentServiceClient(ctl.ready.grpc as string, grpc.credentials.createSsl(ca, readFileSync(join(dir, 'c', 'admin', 'admin-key.pem')), readFileSync(join(dir, 'c', 'admin', 'admin.pem'))), opts);
+    const forged = new IntentServiceClient(ctl.ready.grpc as string, grpc.credentials.createSsl(ca, readFileSync(join(dir, 'mallory.key')), readFileSync(join(dir, 'mallory.pem'))), opts);
+    const noCert = new IntentServiceClient(ctl.ready.grpc as string, grpc.credentials.createSsl(ca), opts);
+    const plain = new IntentServiceClient(ctl.ready.grpc as string, grpc.credentials.createInsecure(), opts);
+    t.teardown(() => [admin, forged, noCert, plain].forEach((c) => c.close()));
+    const ok = await call(admin, admin.listPolicies, { pageSize: 1, pageToken: '', labelSelector: '' });
     t.is(ok.revision, 0n);
-    const refused = await t.throwsAsync<grpc.ServiceError>(call(noCert, noCert.listPolicies, { pageSize: 1, pageToken: '', labelSelector: '' }));
-    t.is(refused?.code, grpc.status.UNAVAILABLE);
+    for (const c of [forged, noCert]) {
+      const refused = await t.throwsAsync<grpc.ServiceError>(call(c, c.listPolicies, { pageSize: 1, pageToken: '', labelSelector: '' }));
+      t.is(refused?.code, grpc.status.UNAUTHENTICATED);
+    }
     await t.throwsAsync(call(plain, plain.listPolicies, { pageSize: 1, pageToken: '', labelSelector: '' }));
   }));
 
 test('an entry larger than NATS accepts is refused as INVALID_ARGUMENT and writes nothing', (t) =>
   withTemp(async (dir) => {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats'), maxPayload: 64 * 1024 });
-    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--data-dir', join(dir, 'c'), '--rule-growth-guard', '100000']);
+    const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'c'), '--rule-growth-guard', '100000']);
     t.teardown(async () => {
       await ctl.stop();
       await nats.close();

@@ -1,6 +1,8 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createUser } from '@nats-io/nkeys';
+import { natsClientOptions } from '@edgeplane/intent-log';
 import { Action, Policy, Protocol, type PolicySpec } from '@edgeplane/proto';
 import { parseConfig, startController, type ControllerConfig, type RunningController, type StartExtras } from '../src/index.js';
 
@@ -30,4 +32,14 @@ export function samplePolicy(name: string, labels: Record<string, string> = {}, 
       ...spec,
     },
   });
+}
+
+/**
+ * NATS connect options of a node enrolled on `controller` as `nodeName`: a fresh user key and
+ * the JWT the controller's NATS authority issues for it (valid an hour).
+ */
+export async function nodeNatsOptions(controller: RunningController, nodeName: string): Promise<ReturnType<typeof natsClientOptions>> {
+  const kp = createUser();
+  const jwt = await controller.natsCredentials!.issueNode(nodeName, kp.getPublicKey(), new Date(Date.now() + 3600_000));
+  return natsClientOptions({ jwt, seed: new TextDecoder().decode(kp.getSeed()) });
 }

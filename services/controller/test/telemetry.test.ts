@@ -4,7 +4,7 @@ import { ApplyPolicyRequest, keyIdOf, publicKeyFromRaw, openLogEntry } from '@ed
 import { IntentLog } from '@edgeplane/intent-log';
 import { InMemorySpanExporter, SimpleSpanProcessor } from '@edgeplane/telemetry';
 import { call, clients } from '../../../test/support/grpc.js';
-import { samplePolicy, startTestController } from './helpers.js';
+import { nodeNatsOptions, samplePolicy, startTestController } from './helpers.js';
 
 test('tracing - ApplyPolicy is a server span, the publish its child, and the entry carries its trace', async (t) => {
   const exporter = new InMemorySpanExporter();
@@ -24,7 +24,7 @@ test('tracing - ApplyPolicy is a server span, the publish its child, and the ent
   t.is(publish!.parentSpanContext?.spanId, rpc!.spanContext().spanId);
   t.is(rpc!.attributes['edgeplane.revision'], Number(res.revision));
 
-  const nc = await connect({ servers: env.controller.natsUrl });
+  const nc = await connect({ servers: env.controller.natsUrl, ...(await nodeNatsOptions(env.controller, 'telemetry-reader')) });
   t.teardown(() => nc.close());
   const log = await IntentLog.open(nc, { create: false });
   const key = publicKeyFromRaw(env.controller.publicKey);

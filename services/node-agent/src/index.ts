@@ -1,12 +1,12 @@
 // Public surface of the node agent's datapath.
-export { cidrContains, formatAddress, parseAddress, parseCidr } from './datapath/cidr.js';
-export type { Cidr } from './datapath/cidr.js';
 export { compileTables, MAX_CLASS_WORDS, rangeToPrefixes } from './datapath/compile-tables.js';
 export type { MapEntriesSpec, TablesSpec } from './datapath/compile-tables.js';
 export type { ApplyResult, Counter, CounterReader, Datapath, DatapathCounters } from './datapath/datapath.js';
 export { DEFAULT_OBJECT_PATH, EbpfDatapath } from './datapath/ebpf-datapath.js';
-export type { AttachOptions, EbpfDatapathOptions, InterfaceRole } from './datapath/ebpf-datapath.js';
-export { CapacityError, DatapathError, RuleSetError } from './datapath/errors.js';
+export type { AttachOptions, EbpfDatapathOptions } from './datapath/ebpf-datapath.js';
+export { INTERFACE_ROLES, isInterfaceRole } from './datapath/interface-role.js';
+export type { InterfaceRole } from './datapath/interface-role.js';
+export { CapacityError, DatapathError, RollbackError, RuleSetError } from './datapath/errors.js';
 export { buildFrame, buildNonIpFrame } from './datapath/packet.js';
 export type { ExtensionHeader, FrameSpec } from './datapath/packet.js';
 export { firstMatch, parseFrame, ReferenceClassifier, ruleMatches } from './datapath/reference-classifier.js';
@@ -28,9 +28,27 @@ export type {
 // The agent's logic, for the process in main.ts and for simulated fleets (many agents, memory datapath).
 export { MemoryDatapath } from './datapath/memory-datapath.js';
 export { CompileError, compileIntent, effectivePolicies, ruleId, type CompiledIntent, type CompiledRole, type RuleOrigin } from './agent/compile.js';
-export { Conditions, type ConditionType } from './agent/conditions.js';
+export {
+  AgentRuntime,
+  type AgentRuntimeHooks,
+  type AgentRuntimeOptions,
+  type HeadStore,
+  type InterfaceAttacher,
+} from './agent/agent-runtime.js';
 export { ControllerLink, type ControllerLinkOptions } from './agent/controller-link.js';
 export { VerifiedHead, type Head } from './agent/verified-head.js';
-export { NodeAgent, type AgentLogger, type AgentStatus, type NodeAgentOptions } from './agent/node-agent.js';
-export { StateFile, StateFileError, type AppliedState } from './agent/state-file.js';
+export {
+  CONDITION_APPLY_ROLLBACK_FAILED,
+  CONDITION_INTENT_STALE,
+  CONDITION_LOG_MESSAGE_REJECTED,
+  CONDITION_ROLLBACK_REFUSED,
+  CONDITION_STATE_FILE_FAILED,
+  NodeAgent,
+  type AgentLogger,
+  type AgentStatus,
+  type NodeAgentOptions,
+} from './agent/node-agent.js';
+export { StateFile, StateFileError, type AppliedState, type StateStore } from './agent/state-file.js';
 export { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
+export { EnrollmentError, NodeIdentity, enrollNode, fetchPinnedCa, loadNodeCredentials, saveNodeCredentials, checkControllerIdentity } from './agent/node-identity.js';
+export type { EnrollOptions, NodeCredentials, NodeIdentityOptions } from './agent/node-identity.js';

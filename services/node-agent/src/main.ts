@@ -1,34 +1,72 @@
 #!/usr/bin/env node
 // The agent process: the only place concrete adapters (NATS, gRPC, the eBPF datapath, the
 // OpenTelemetry SDK) are constructed and wired together.
-import { readFileSync, realpathSync } from 'node:fs';
+import { mkdirSync, readFileSync, realpathSync } from 'node:fs';
 import { release, hostname } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { InterfaceRole as ProtoRole, keyIdOf, type NodeInterface } from '@edgeplane/proto';
-import { ChainFollower, IntentLog } from '@edgeplane/intent-log';
+import { keyIdOf } from '@edgeplane/proto';
 import { startTelemetry } from '@edgeplane/telemetry';
+import { AgentRuntime, type InterfaceAttacher } from './agent/agent-runtime.js';
 import { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
 import { ensureBpffs } from './agent/bpffs.js';
-import { Conditions } from './agent/conditions.js';
-import { ControllerLink } from './agent/controller-link.js';
-import { NodeAgent, type AgentLogger } from './agent/node-agent.js';
+import type { AgentLogger } from './agent/node-agent.js';
+import { agentNatsOptions } from './agent/nats-connect-options.js';
+import { enrollNode, loadNodeCredentials, NodeIdentity } from './agent/node-identity.js';
 import { StateFile } from './agent/state-file.js';
 import { VerifiedHead } from './agent/verified-head.js';
 import type { Datapath } from './datapath/datapath.js';
-import { EbpfDatapath, type InterfaceRole } from './datapath/ebpf-datapath.js';
+import { EbpfDatapath } from './datapath/ebpf-datapath.js';
+import type { InterfaceRole } from './datapath/interface-role.js';
 import { MemoryDatapath } from './datapath/memory-datapath.js';
 
 const VERSION = '0.1.0';
 
 const log: AgentLogger = (level, msg, fields = {}) => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields }) + '\n');
 
-function credentials(config: AgentConfig): grpc.ChannelCredentials {
+/** Credentials given on the command line (--insecure, or --tls-ca with an optional client pair); undefined when the node uses its enrolled identity. */
+function staticCredentials(config: AgentConfig): grpc.ChannelCredentials | undefined {
   if (config.insecure) return grpc.credentials.createInsecure();
-  return grpc.credentials.createSsl(readFileSync(config.tlsCa!), config.tlsKey ? readFileSync(config.tlsKey) : null, config.tlsCert ? readFileSync(config.tlsCert) : null);
+  if (!config.tlsCa) return undefined;
+  return grpc.credentials.createSsl(readFileSync(config.tlsCa), config.tlsKey ? readFileSync(config.tlsKey) : null, config.tlsCert ? readFileSync(config.tlsCert) : null);
+}
+
+/**
+ * The node's enrolled identity: loaded from STATE_DIR/identity, or enrolled now with the join
+ * token; renewal starts. The caller closes it.
+ */
+async function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {
+  let creds = loadNodeCredentials(config.stateDir);
+  if (creds && creds.nodeName !== config.nodeName) throw new AgentConfigError(`STATE_DIR/identity belongs to node ${creds.nodeName}, not ${config.nodeName}`);
+  if (!creds) {
+    if (!config.joinToken || !config.caFingerprint) throw new AgentConfigError('this node is not enrolled: give --join-token and --ca-fingerprint');
+    creds = await enrollNode({ address: config.controller, token: config.joinToken, caFingerprint: config.caFingerprint, nodeName: config.nodeName, stateDir: config.stateDir });
+    log('info', 'enrolled', { node: creds.nodeName, notAfter: creds.notAfter.toISOString() });
+  }
+  const identity = new NodeIdentity(creds, {
+    address: config.controller,
+    stateDir: config.stateDir,
+    onRenewed: (notAfter) => log('info', 'node certificate renewed', { notAfter: notAfter.toISOString() }),
+    onError: (message, err) => log('error', message, { error: (err as Error).message }),
+  });
+  identity.start();
+  return identity;
+}
+
+/** The interface attacher over the eBPF datapaths of each role. */
+function ebpfAttacher(ebpf: Record<InterfaceRole, EbpfDatapath>, xdpMode: AgentConfig['xdpMode']): InterfaceAttacher {
+  return {
+    ensureAttached(iface, role) {
+      if (ebpf[role].isAttached(iface, role)) return false;
+      ebpf[role].attach(iface, role, { xdpMode });
+      return true;
+    },
+    isAttached: (iface, role) => ebpf[role].isAttached(iface, role),
+    programId: (role) => (role === 'uplink' ? ebpf.uplink.xdpProgram.id : ebpf.workload.tcProgram.id),
+    attachMode: (role) => (role === 'uplink' ? `xdp-${xdpMode}` : 'tc'),
+  };
 }
 
 async function run(config: AgentConfig): Promise<() => Promise<void>> {
@@ -45,202 +83,74 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
   try {
     // The datapath first: enforcement must not wait for the network.
     let datapaths: Record<InterfaceRole, Datapath>;
-    const ebpf: Partial<Record<InterfaceRole, EbpfDatapath>> = {};
+    let ebpf: Record<InterfaceRole, EbpfDatapath> | undefined;
     if (config.datapath === 'ebpf') {
       ensureBpffs(config.pinRoot);
+      const opened: Partial<Record<InterfaceRole, EbpfDatapath>> = {};
       for (const role of ['uplink', 'workload'] as const) {
-        const { mkdirSync } = await import('node:fs');
         mkdirSync(join(config.pinRoot, role), { recursive: true });
         const dp = await EbpfDatapath.open({ pinRoot: join(config.pinRoot, role) });
         closers.push(() => dp.close()); // closes fds only: programs stay attached and pinned
-        ebpf[role] = dp;
+        opened[role] = dp;
         log('info', `${dp.adopted ? 'adopted' : 'loaded'} ${role} datapath`, { xdpProgramId: dp.xdpProgram.id, tcProgramId: dp.tcProgram.id });
       }
-      datapaths = { uplink: ebpf.uplink!, workload: ebpf.workload! };
+      ebpf = { uplink: opened.uplink!, workload: opened.workload! };
+      datapaths = ebpf;
     } else {
       const memory = new MemoryDatapath();
       datapaths = { uplink: memory, workload: memory };
     }
 
-    const attached = new Map<string, boolean>();
-    const checkInterfaces = (): void => {
-      for (const { name, role } of config.interfaces) {
-        const dp = ebpf[role];
-        if (!dp) continue;
-        try {
-          if (!dp.isAttached(name, role)) {
-            dp.attach(name, role, { xdpMode: config.xdpMode });
-            log('info', 'attached', { interface: name, role });
-          }
-          attached.set(name, true);
-        } catch (err) {
-          if (attached.get(name) !== false) log('warn', 'interface not ready', { interface: name, role, error: (err as Error).message, cause: String((err as Error).cause ?? '') });
-          attached.set(name, false);
-        }
-      }
-    };
-    checkInterfaces();
-    const watcher = setInterval(checkInterfaces, config.interfaceCheckMs);
-    closers.push(() => clearInterval(watcher));
+    // The node's identity. Enrollment needs the network only on a first start, when there is no
+    // applied state to enforce yet; afterwards the credentials are read from the state dir.
+    // The join token's labels join the configured ones.
+    let channelCredentials = staticCredentials(config);
+    let labels = config.labels;
+    let enrolled: (() => { natsJwt: string; natsSeed: string }) | undefined;
+    if (!channelCredentials) {
+      const identity = await nodeIdentity(config);
+      enrolled = () => identity.credentials;
+      closers.push(() => identity.close());
+      channelCredentials = identity.channelCredentials();
+      labels = { ...identity.credentials.labels, ...config.labels };
+    }
+    const nats = agentNatsOptions(config, enrolled); // reads the credential files now: a bad one stops the start
+    if (nats.anonymous) log('warn', 'no NATS credentials (--nats-creds, or enrollment): connecting anonymously, which an edgeplane NATS server refuses');
 
-    const trusted = new Map(config.trustedKeys.map((k) => [keyIdOf(k), k]));
-    const resetKeys = new Map(config.resetKeys.map((k) => [keyIdOf(k), k]));
-    const head = new VerifiedHead(join(config.stateDir, 'verified-head.json'));
-    const floor = head.read();
-    // The agent reports through the link, and the link's hello reads the agent: tie the knot.
-    const linkRef: { link?: ControllerLink } = {};
-    // Standing problems (NodeCondition): sent when they change, and in every hello.
-    const conditions = new Conditions((list) => linkRef.link?.reportConditions(list));
-    const agent = new NodeAgent({
+    const runtime = await AgentRuntime.start({
       nodeName: config.nodeName,
-      labels: config.labels,
+      labels,
       datapaths,
       stateFile: new StateFile(join(config.stateDir, 'applied.json')),
-      report: (r) => linkRef.link?.report(r),
-      log,
-    });
-    const booted = await agent.boot();
-
-    const sessionId = randomUUID();
-    const interfaces = (): NodeInterface[] =>
-      config.interfaces.map(({ name, role }) => {
-        const dp = ebpf[role];
-        let ok = false;
-        try {
-          ok = dp?.isAttached(name, role) ?? false;
-        } catch {
-          ok = false;
-        }
-        return {
-          name,
-          ifindex: 0,
-          role: role === 'uplink' ? ProtoRole.INTERFACE_ROLE_UPLINK : ProtoRole.INTERFACE_ROLE_WORKLOAD,
-          attachMode: role === 'uplink' ? `xdp-${config.xdpMode}` : 'tc',
-          attached: ok,
-          programId: dp ? (role === 'uplink' ? dp.xdpProgram.id : dp.tcProgram.id) : 0,
-        };
-      });
-    const link = new ControllerLink({
-      address: config.controller,
-      credentials: credentials(config),
+      interfaces: config.interfaces,
+      ...(ebpf ? { attacher: ebpfAttacher(ebpf, config.xdpMode) } : {}),
+      interfaceCheckMs: config.interfaceCheckMs,
+      natsServers: config.natsServers,
+      natsOptions: nats.options,
+      trustedKeys: new Map(config.trustedKeys.map((k) => [keyIdOf(k), k])),
+      resetKeys: new Map(config.resetKeys.map((k) => [keyIdOf(k), k])),
+      ...(config.fleetId ? { fleetId: config.fleetId } : {}),
+      staleAfterMs: config.staleAfterMs,
+      verifiedHead: new VerifiedHead(join(config.stateDir, 'verified-head.json')),
+      controller: { address: config.controller, credentials: channelCredentials },
+      info: { agentVersion: VERSION, kernelRelease: release(), hostname: hostname(), datapath: config.datapath, capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65_536, ipv6: true } },
+      sessionId: randomUUID(),
       heartbeatIntervalMs: config.heartbeatIntervalMs,
       counterIntervalMs: config.counterIntervalMs,
-      hello: () => ({
-        nodeName: config.nodeName,
-        labels: config.labels,
-        info: { agentVersion: VERSION, kernelRelease: release(), hostname: hostname(), datapath: config.datapath, capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65_536, ipv6: true } },
-        interfaces: interfaces(),
-        receivedRevision: agent.status.received,
-        appliedRevision: agent.status.applied,
-        sessionId,
-        conditions: conditions.list(),
-        appliedUnknown: false,
-      }),
-      counters: () => agent.counterDeltas(),
-      onStateChange: (up, reason) => log('info', up ? 'controller connected' : 'controller disconnected', { reason }),
+      log,
     });
-    linkRef.link = link;
-    link.start();
-    closers.push(() => link.close());
+    closers.push(() => runtime.close());
 
     process.stdout.write(
       JSON.stringify({
         event: 'ready',
         node: config.nodeName,
-        applied: String(agent.status.applied),
-        xdpProgramId: ebpf.uplink?.xdpProgram.id ?? 0,
-        tcProgramId: ebpf.workload?.tcProgram.id ?? 0,
-        adopted: ebpf.uplink?.adopted ?? false,
+        applied: String(runtime.status.applied),
+        xdpProgramId: ebpf?.uplink.xdpProgram.id ?? 0,
+        tcProgramId: ebpf?.workload.tcProgram.id ?? 0,
+        adopted: ebpf?.uplink.adopted ?? false,
       }) + '\n',
     );
-
-    // NATS last, in the background: it may be down for a long time; the datapath does not care.
-    let nc: NatsConnection | undefined;
-    let follower: ChainFollower | undefined;
-    let stopped = false;
-    let rejectedQuiet: NodeJS.Timeout | undefined;
-    closers.push(async () => {
-      stopped = true;
-      clearTimeout(rejectedQuiet);
-      follower?.close();
-      await nc?.drain().catch(() => nc?.close());
-    });
-    void (async () => {
-      nc = await connect({ servers: config.natsServers, name: `edgeplane-agent ${config.nodeName}`, waitOnFirstConnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 500, reconnectJitter: 250, timeout: 5000 });
-      if (stopped) return nc.close();
-      log('info', 'nats connected', { server: nc.getServer() });
-      let intentLog: IntentLog | undefined;
-      for (let attempt = 0; !intentLog && !stopped; attempt++) {
-        try {
-          intentLog = await IntentLog.open(nc, { create: false });
-        } catch (err) {
-          if (attempt === 0) log('warn', 'intent log not available yet', { error: (err as Error).message });
-          await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** attempt)));
-        }
-      }
-      if (!intentLog || stopped) return;
-      follower = new ChainFollower(intentLog, {
-        trusted,
-        ...(config.fleetId ? { fleetId: config.fleetId } : {}),
-        ...(booted ? { start: booted } : {}),
-        // A shorter or different history than this node verified may be an attack (a rolled
-        // back bus): keep enforcing, raise rollback-refused, until an operator-signed reset.
-        onDivergence: 'refuse',
-        ...(floor ? { floor: { revision: floor.revision, hash: floor.hash }, resetEpoch: floor.resetEpoch } : {}),
-        resetKeys,
-        staleAfterMs: config.staleAfterMs,
-        events: {
-          stale: (ms) => {
-            log('warn', 'no verified controller heartbeat: the log may be frozen', { sinceMs: ms });
-            conditions.set('intent-stale', `no verified controller heartbeat for ${Math.round(ms / 1000)} s (bound ${config.staleAfterMs / 1000} s)`, follower?.chain.revision ?? 0n);
-          },
-          fresh: () => conditions.clear('intent-stale'),
-          advanced: (_revision, entries) => {
-            const f = follower!;
-            try {
-              head.write({ revision: f.chain.revision, hash: f.chain.lastHash, resetEpoch: f.resetEpoch });
-            } catch (err) {
-              log('error', 'write verified head', { error: (err as Error).message });
-            }
-            agent.intentAdvanced(f.chain, entries);
-          },
-          diverged: (held, reason) => {
-            log('error', 'refused a shorter or different log history; enforcing the last good revision', { held: String(held), reason });
-            conditions.set('rollback-refused', reason, held);
-          },
-          reset: (epoch, reason) => {
-            log('warn', 'accepted an operator history reset', { epoch: String(epoch), reason });
-            conditions.clear('rollback-refused');
-          },
-          // Skipped and counted (edgeplane.log.rejected_messages), logged, and raised as a
-          // condition: never a NACK, which would claim a revision that was never in the log.
-          rejected: (reason, claimed) => {
-            log('warn', 'rejected log message', { reason, claimedRevision: claimed === undefined ? undefined : String(claimed) });
-            conditions.set('log-message-rejected', `${follower?.stats.rejected ?? 1} log messages failed verification and were skipped; the newest: ${reason}`);
-            // The condition clears after ten quiet minutes.
-            clearTimeout(rejectedQuiet);
-            rejectedQuiet = setTimeout(() => conditions.clear('log-message-rejected'), 600_000).unref();
-          },
-          resynced: (from, to, reason) => log('warn', 'resynced the intent log', { from: String(from), to: String(to), reason }),
-          error: (message, err) => log('error', message, { error: (err as Error)?.message }),
-        },
-      });
-      for (;;) {
-        try {
-          await follower.start();
-          break;
-        } catch (err) {
-          log('warn', 'catch up failed; retrying', { error: (err as Error).message });
-          await new Promise((r) => setTimeout(r, 1000));
-        }
-      }
-      for await (const s of nc.status()) {
-        if (s.type === 'reconnect') {
-          log('info', 'nats reconnected');
-          await follower.catchUp().catch((err: unknown) => log('warn', 'catch up after reconnect', { error: (err as Error).message }));
-        } else if (s.type === 'disconnect') log('warn', 'nats disconnected');
-      }
-    })().catch((err: unknown) => log('error', 'intent sync stopped', { error: (err as Error).message }));
     return shutdown;
   } catch (err) {
     await shutdown();

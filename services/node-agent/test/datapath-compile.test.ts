@@ -1,7 +1,7 @@
 // Pure tests (no kernel): CIDR parsing, validation, the table compiler (through a TypeScript
 // model of the BPF lookup) and the reference classifier's parsing and matching.
 import test from 'ava';
-import { cidrContains, parseAddress, parseCidr } from '../src/datapath/cidr.js';
+import { cidrContains, parseAddress, parseCidr } from '@edgeplane/proto';
 import { compileTables, MAX_CLASS_WORDS, rangeToPrefixes } from '../src/datapath/compile-tables.js';
 import { CapacityError, RuleSetError } from '../src/datapath/errors.js';
 import { buildFrame, buildNonIpFrame } from '../src/datapath/packet.js';
@@ -20,9 +20,9 @@ test('cidr - parses v4, v6, compressed, embedded v4, and clears host bits', (t) 
   t.deepEqual(parseAddress('192.168.1.2'), new Uint8Array([192, 168, 1, 2]));
   t.deepEqual(Array.from(parseAddress('::ffff:1.2.3.4') ?? []).slice(10), [0xff, 0xff, 1, 2, 3, 4]);
   t.deepEqual(Array.from(parseAddress('2001:db8::1') ?? []), [0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 1]);
-  t.deepEqual(parseCidr('10.1.2.3/8')?.bytes, new Uint8Array([10, 0, 0, 0]));
-  t.is(parseCidr('10.1.2.3')?.length, 32);
-  t.is(parseCidr('::/0')?.length, 0);
+  t.deepEqual(parseCidr('10.1.2.3/8')?.address, new Uint8Array([10, 0, 0, 0]));
+  t.is(parseCidr('10.1.2.3')?.prefixLength, 32);
+  t.is(parseCidr('::/0')?.prefixLength, 0);
   for (const bad of ['10.0.0.0/33', '10.0.0', '1.2.3.256', '01.2.3.4', '2001:db8::1::2', '2001:db8:1:2:3:4:5:6:7', 'fe80::/129', 'x']) t.is(parseCidr(bad), undefined, bad);
   const net = parseCidr('10.1.2.0/23');
   t.true(net !== undefined && cidrContains(net, new Uint8Array([10, 1, 3, 255])));

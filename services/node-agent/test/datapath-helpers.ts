@@ -3,7 +3,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmdirSync } from 'node:fs';
 import { compileTables, type TablesSpec } from '../src/datapath/compile-tables.js';
-import { parseCidr } from '../src/datapath/cidr.js';
+import { parseCidr } from '@edgeplane/proto';
 import { buildFrame, buildNonIpFrame, type FrameSpec } from '../src/datapath/packet.js';
 import type { PacketHeaders, RuleSetSpec, RuleSpec } from '../src/datapath/rule-set.js';
 
@@ -51,7 +51,7 @@ const v4Bases = ['10.0.0.0', '10.1.0.0', '10.1.2.0', '192.168.0.0', '172.16.5.0'
 const v6Bases = ['2001:db8::', '2001:db8:1::', '2001:db8:1:2::', 'fd00::'];
 
 function randomV4(rng: () => number): string {
-  const base = (parseCidr(pick(rng, v4Bases)) as { bytes: Uint8Array }).bytes;
+  const base = (parseCidr(pick(rng, v4Bases)) as { address: Uint8Array }).address;
   const bytes = new Uint8Array(base);
   if (rng() < 0.7) bytes[3] = int(rng, 0, 15);
   else bytes[3] = int(rng, 0, 255);
@@ -118,10 +118,10 @@ export function randomFrame(rng: () => number, ruleSet: RuleSetSpec): Uint8Array
     const fromRule = rule === undefined ? [] : side === 'src' ? rule.srcCidrs : side === 'dst' ? rule.dstCidrs : [...rule.srcCidrs, ...rule.dstCidrs];
     const cidrs = fromRule.filter((c) => c.includes(':') === (family === 6));
     if (cidrs.length > 0 && rng() < 0.8) {
-      const cidr = parseCidr(pick(rng, cidrs)) as { bytes: Uint8Array; length: number };
-      const bytes = new Uint8Array(cidr.bytes);
+      const cidr = parseCidr(pick(rng, cidrs)) as { address: Uint8Array; prefixLength: number };
+      const bytes = new Uint8Array(cidr.address);
       // Random host bits inside the prefix.
-      for (let bit = cidr.length; bit < bytes.length * 8; bit++) if (rng() < 0.5) bytes[bit >> 3] = (bytes[bit >> 3] as number) | (0x80 >> (bit & 7));
+      for (let bit = cidr.prefixLength; bit < bytes.length * 8; bit++) if (rng() < 0.5) bytes[bit >> 3] = (bytes[bit >> 3] as number) | (0x80 >> (bit & 7));
       return family === 4 ? Array.from(bytes).join('.') : formatV6(bytes);
     }
     return family === 4 ? randomV4(rng) : randomV6(rng);

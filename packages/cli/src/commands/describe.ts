@@ -12,8 +12,9 @@ export const describeCommand: Command = {
   summary: 'Show a policy or node in detail: revisions, ACK/NACK, last error, counters',
   usage: ['describe policy|node NAME...', 'describe policies|nodes [-l SELECTOR]'],
   details: `A policy shows its rules with fleet-wide counters and the nodes it selects, each with its
-applied revision and NACK reason. A node shows its agent, interfaces, applied revision, last
-outcome and error, the policies selecting it, and its rule and interface counters.`,
+applied revision and NACK reason. A node shows its agent, interfaces, applied revision (or that
+it is unknown, when a failed rollback left the datapath at no known revision), last outcome and
+error, its conditions, the policies selecting it, and its rule and interface counters.`,
   arguments: KIND_WORDS,
   options: { selector: SELECTOR_OPTION },
   async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {

@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
@@ -6,24 +5,33 @@ import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-
 import {
   AgentServiceService,
   FleetServiceService,
-  IntentServiceService,
+  MAX_REQUEST_BYTES,
   PROTO_FILES,
+  TrustServiceService,
+  type TrustServiceServer,
   PROTO_INCLUDE_DIR,
   type AgentServiceServer,
   type FleetServiceServer,
   type IntentServiceServer,
 } from '@edgeplane/proto';
-import { ConfigError } from '../errors.js';
+import { intentServiceWithWirePrecheck } from './wire-precheck.js';
 
-/** Transport security of the gRPC listener. */
+/**
+ * Transport security of the gRPC listener: plaintext (loopback only, checked by the config),
+ * or TLS with a serving certificate chain and the CA that client certificates must chain to.
+ * Client certificates are requested but not required at the handshake, so Enroll can be
+ * called without one; every other method is refused without one (grpc/authorize.ts), and
+ * grpc-js exposes only verified certificates (getAuthContext).
+ */
 export type TlsOptions =
   | { insecure: true }
   | {
       insecure?: false;
-      certFile: string;
-      keyFile: string;
-      /** With a client CA, clients must present a certificate it signed (mutual TLS). */
-      clientCaFile?: string;
+      /** PEM: the serving certificate, then its chain (the CA, so agents can pin its fingerprint). */
+      certChainPem: string;
+      keyPem: string;
+      /** PEM: the CA client certificates must be signed by. */
+      clientCaPem: string;
     };
 
 /** Options of {@link startGrpcServer}. */
@@ -34,11 +42,12 @@ export interface GrpcServerOptions {
   intent: IntentServiceServer;
   fleet: FleetServiceServer;
   agent: AgentServiceServer;
-  /** Largest request accepted, bytes (default 16 MiB); larger ones fail RESOURCE_EXHAUSTED. */
+  trust: TrustServiceServer;
+  /** Largest request accepted, bytes (default MAX_REQUEST_BYTES: the largest valid ApplyPolicy); larger ones fail RESOURCE_EXHAUSTED. */
   maxRequestBytes?: number;
 }
 
-const SERVICE_NAMES = ['edgeplane.v1.IntentService', 'edgeplane.v1.FleetService', 'edgeplane.v1.AgentService'];
+const SERVICE_NAMES = ['edgeplane.v1.IntentService', 'edgeplane.v1.FleetService', 'edgeplane.v1.AgentService', 'edgeplane.v1.TrustService'];
 
 /** A running gRPC server. */
 export interface GrpcServer {
@@ -49,29 +58,52 @@ export interface GrpcServer {
   shutdown(graceMs: number): Promise<void>;
 }
 
+/** A certificate provider that always offers the same material (grpc-js's experimental provider API). */
+class StaticCertificateProvider implements grpc.experimental.CertificateProvider {
+  #ca: Buffer;
+  #identity: { certificate: Buffer; privateKey: Buffer };
+
+  constructor(caPem: string, certPem: string, keyPem: string) {
+    this.#ca = Buffer.from(caPem);
+    this.#identity = { certificate: Buffer.from(certPem), privateKey: Buffer.from(keyPem) };
+  }
+
+  // grpc-js registers its watcher after adding the listener: an update delivered synchronously
+  // would be lost and every connection dropped, so updates are delivered on the next tick.
+  addCaCertificateListener(listener: grpc.experimental.CaCertificateUpdateListener): void {
+    process.nextTick(() => listener({ caCertificate: this.#ca }));
+  }
+
+  removeCaCertificateListener(): void {}
+
+  addIdentityCertificateListener(listener: grpc.experimental.IdentityCertificateUpdateListener): void {
+    process.nextTick(() => listener(this.#identity));
+  }
+
+  removeIdentityCertificateListener(): void {}
+}
+
 function credentials(tls: TlsOptions): grpc.ServerCredentials {
   if (tls.insecure) return grpc.ServerCredentials.createInsecure();
-  try {
-    const ca = tls.clientCaFile ? readFileSync(tls.clientCaFile) : null;
-    return grpc.ServerCredentials.createSsl(ca, [{ cert_chain: readFileSync(tls.certFile), private_key: readFileSync(tls.keyFile) }], Boolean(ca));
-  } catch (cause) {
-    throw new ConfigError(`load TLS material: ${(cause as Error).message}`, { cause });
-  }
+  const provider = new StaticCertificateProvider(tls.clientCaPem, tls.certChainPem, tls.keyPem);
+  // requireClientCertificate false: requested and verified when sent, optional at the handshake (Enroll).
+  return grpc.experimental.createCertificateProviderServerCredentials(provider, provider, false);
 }
 
 /**
  * Starts the gRPC server with the three edgeplane services, the standard health service
  * (grpc.health.v1, SERVING once started) and server reflection (so grpcurl and clients in other
  * languages need no .proto files).
- * @throws ConfigError for unreadable TLS material; Error if the address cannot be bound.
+ * @throws Error if the address cannot be bound.
  */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcServer> {
   const creds = credentials(options.tls);
-  const max = options.maxRequestBytes ?? 16 * 1024 * 1024;
+  const max = options.maxRequestBytes ?? MAX_REQUEST_BYTES;
   const server = new grpc.Server({ 'grpc.max_receive_message_length': max, 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000, 'grpc.keepalive_permit_without_calls': 1 });
-  server.addService(IntentServiceService, options.intent);
+  server.addService(intentServiceWithWirePrecheck(), options.intent);
   server.addService(FleetServiceService, options.fleet);
   server.addService(AgentServiceService, options.agent);
+  server.addService(TrustServiceService, options.trust);
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICE_NAMES].map((s) => [s, 'NOT_SERVING' as const])));
   health.addToServer(server);
   const definitions = protoLoader.loadSync([...PROTO_FILES, healthProtoPath], { includeDirs: [PROTO_INCLUDE_DIR], keepCase: true, longs: String, enums: String, defaults: true });

@@ -7,12 +7,19 @@ import type {
   FleetServiceServer,
   IntentServiceServer,
   TraceContext,
+  TrustServiceServer,
 } from '@edgeplane/proto';
 import { extractNatsHeaders, injectTraceContext } from '@edgeplane/telemetry';
+import { X509Certificate } from 'node:crypto';
 import type { AgentSessions } from '../agent-sessions.js';
+import { UnauthenticatedError } from '../errors.js';
+import type { TrustApi } from '../trust-api.js';
+import type { Authorizer, Caller } from './authorize.js';
 import type { FleetApi } from '../fleet-api.js';
 import type { IntentApi } from '../intent-api.js';
+import { ValidationError } from '../errors.js';
 import { toStatus, type ErrorLogger } from './to-status.js';
+import { wireViolations } from './wire-precheck.js';
 
 const tracer = trace.getTracer('@edgeplane/controller');
 
@@ -45,14 +52,25 @@ function rpcSpan<T>(service: string, method: string, metadata: grpc.Metadata, fn
   );
 }
 
+/** Where handlers are wrapped: every call is authorized (grpc/authorize.ts) before its handler runs. */
+interface Edge {
+  log: ErrorLogger;
+  auth: Authorizer;
+}
+
 function unary<Req, Res>(
   service: string,
   method: string,
-  log: ErrorLogger,
-  fn: (req: Req, span: Span) => Res | Promise<Res>,
+  edge: Edge,
+  fn: (req: Req, span: Span, caller: Caller, call: grpc.ServerUnaryCall<Req, Res>) => Res | Promise<Res>,
 ): grpc.handleUnaryCall<Req, Res> {
+  const log = edge.log;
   return (call, callback) => {
-    rpcSpan(service, method, call.metadata, async (span) => fn(call.request, span)).then(
+    rpcSpan(service, method, call.metadata, async (span) => {
+      const caller = edge.auth.authorize(`/edgeplane.v1.${service}/${method}`, call);
+      if (caller.identity) span.setAttribute('edgeplane.caller', `${caller.identity.role}/${caller.identity.name}`);
+      return fn(call.request, span, caller, call);
+    }).then(
       (res) => callback(null, res),
       (err: unknown) => callback(toStatus(err, log) as grpc.ServiceError),
     );
@@ -62,15 +80,19 @@ function unary<Req, Res>(
 function serverStream<Req, Res>(
   service: string,
   method: string,
-  log: ErrorLogger,
+  edge: Edge,
   fn: (req: Req, send: (r: Res) => void, signal: AbortSignal) => Promise<void>,
 ): grpc.handleServerStreamingCall<Req, Res> {
+  const log = edge.log;
   return (call) => {
     const abort = new AbortController();
     call.on('cancelled', () => abort.abort());
     call.on('close', () => abort.abort());
     call.on('error', () => abort.abort());
-    rpcSpan(service, method, call.metadata, () => fn(call.request, (r) => void call.write(r), abort.signal)).then(
+    rpcSpan(service, method, call.metadata, async () => {
+      edge.auth.authorize(`/edgeplane.v1.${service}/${method}`, call);
+      await fn(call.request, (r) => void call.write(r), abort.signal);
+    }).then(
       () => call.end(),
       // grpc-js sends a stream's status from an 'error' event (destroy() would skip it).
       (err: unknown) => call.emit('error', Object.assign(new Error((err as Error).message), toStatus(err, log))),
@@ -84,43 +106,46 @@ function entryTrace(): TraceContext {
 }
 
 /** Returns the IntentService handlers over the domain API. */
-export function intentServiceHandlers(api: IntentApi, log: ErrorLogger): IntentServiceServer {
+export function intentServiceHandlers(api: IntentApi, log: ErrorLogger, auth: Authorizer): IntentServiceServer {
+  const edge: Edge = { log, auth };
   return {
-    applyPolicy: unary('IntentService', 'ApplyPolicy', log, async (req, span) => {
+    applyPolicy: unary('IntentService', 'ApplyPolicy', edge, async (req, span) => {
+      const refused = wireViolations(req);
+      if (refused) throw new ValidationError(`invalid policy: ${refused[0]!.field}: ${refused[0]!.description}`, refused);
       span.setAttribute('edgeplane.policy', req.policy?.metadata?.name ?? '');
       const res = await api.apply(req, entryTrace());
       span.setAttribute('edgeplane.revision', Number(res.revision));
       return res;
     }),
-    deletePolicy: unary('IntentService', 'DeletePolicy', log, async (req, span) => {
+    deletePolicy: unary('IntentService', 'DeletePolicy', edge, async (req, span) => {
       span.setAttribute('edgeplane.policy', req.name);
       const res = await api.delete(req, entryTrace());
       span.setAttribute('edgeplane.revision', Number(res.revision));
       return res;
     }),
-    getPolicy: unary('IntentService', 'GetPolicy', log, (req) => api.get(req)),
-    listPolicies: unary('IntentService', 'ListPolicies', log, (req) => api.list(req)),
-    watchPolicies: serverStream('IntentService', 'WatchPolicies', log, (req, send, signal) => api.watch(req, send, signal)),
-    pauseRollout: unary('IntentService', 'PauseRollout', log, (req) => api.rolloutAction(req.name, 'pause', req.reason, entryTrace())),
-    resumeRollout: unary('IntentService', 'ResumeRollout', log, (req) => api.rolloutAction(req.name, 'resume', '', entryTrace())),
-    promoteRollout: unary('IntentService', 'PromoteRollout', log, (req) => api.rolloutAction(req.name, 'promote', '', entryTrace())),
-    abortRollout: unary('IntentService', 'AbortRollout', log, (req) => api.rolloutAction(req.name, 'abort', req.reason, entryTrace())),
-    // Admin only (see intent_service.proto): the per-role authorization of every method goes here.
-    resetHistory: unary('IntentService', 'ResetHistory', log, (req) => api.resetHistory(req, entryTrace())),
+    getPolicy: unary('IntentService', 'GetPolicy', edge, (req) => api.get(req)),
+    listPolicies: unary('IntentService', 'ListPolicies', edge, (req) => api.list(req)),
+    watchPolicies: serverStream('IntentService', 'WatchPolicies', edge, (req, send, signal) => api.watch(req, send, signal)),
+    pauseRollout: unary('IntentService', 'PauseRollout', edge, (req) => api.rolloutAction(req.name, 'pause', req.reason, entryTrace())),
+    resumeRollout: unary('IntentService', 'ResumeRollout', edge, (req) => api.rolloutAction(req.name, 'resume', '', entryTrace())),
+    promoteRollout: unary('IntentService', 'PromoteRollout', edge, (req) => api.rolloutAction(req.name, 'promote', '', entryTrace())),
+    abortRollout: unary('IntentService', 'AbortRollout', edge, (req) => api.rolloutAction(req.name, 'abort', req.reason, entryTrace())),
+    resetHistory: unary('IntentService', 'ResetHistory', edge, (req) => api.resetHistory(req, entryTrace())),
   };
 }
 
 /** Returns the FleetService handlers over the domain API. */
-export function fleetServiceHandlers(api: FleetApi, log: ErrorLogger): FleetServiceServer {
+export function fleetServiceHandlers(api: FleetApi, log: ErrorLogger, auth: Authorizer): FleetServiceServer {
+  const edge: Edge = { log, auth };
   return {
-    listNodes: unary('FleetService', 'ListNodes', log, (req) => api.listNodes(req)),
-    getNode: unary('FleetService', 'GetNode', log, (req) => api.getNode(req)),
-    watchNodes: serverStream('FleetService', 'WatchNodes', log, (req, send, signal) => api.watchNodes(req, send, signal)),
-    getPolicyCounters: unary('FleetService', 'GetPolicyCounters', log, (req) => api.getPolicyCounters(req)),
-    getRevisionStatus: unary('FleetService', 'GetRevisionStatus', log, (req) => api.getRevisionStatus(req)),
-    getRollout: unary('FleetService', 'GetRollout', log, (req) => api.getRollout(req)),
-    listRollouts: unary('FleetService', 'ListRollouts', log, (req) => api.listRollouts(req)),
-    watchRollout: serverStream('FleetService', 'WatchRollout', log, (req, send, signal) => api.watchRollout(req, send, signal)),
+    listNodes: unary('FleetService', 'ListNodes', edge, (req) => api.listNodes(req)),
+    getNode: unary('FleetService', 'GetNode', edge, (req) => api.getNode(req)),
+    watchNodes: serverStream('FleetService', 'WatchNodes', edge, (req, send, signal) => api.watchNodes(req, send, signal)),
+    getPolicyCounters: unary('FleetService', 'GetPolicyCounters', edge, (req) => api.getPolicyCounters(req)),
+    getRevisionStatus: unary('FleetService', 'GetRevisionStatus', edge, (req) => api.getRevisionStatus(req)),
+    getRollout: unary('FleetService', 'GetRollout', edge, (req) => api.getRollout(req)),
+    listRollouts: unary('FleetService', 'ListRollouts', edge, (req) => api.listRollouts(req)),
+    watchRollout: serverStream('FleetService', 'WatchRollout', edge, (req, send, signal) => api.watchRollout(req, send, signal)),
   };
 }
 
@@ -157,23 +182,61 @@ function messagesOf<T>(call: grpc.ServerDuplexStream<T, unknown>): AsyncIterable
   };
 }
 
-/** Returns the AgentService handler: each Connect stream is served by the sessions. */
-export function agentServiceHandlers(sessions: AgentSessions, log: ErrorLogger): AgentServiceServer {
+/**
+ * Returns the AgentService handler: each Connect stream is authorized (node role), then served
+ * by the sessions, which bind it to the caller (a node certificate speaks only for its name).
+ */
+export function agentServiceHandlers(sessions: AgentSessions, log: ErrorLogger, auth: Authorizer): AgentServiceServer {
+  const method = '/edgeplane.v1.AgentService/Connect';
   return {
     connect(call: grpc.ServerDuplexStream<ConnectRequest, ConnectResponse>) {
       let ended = false;
+      const end = (err?: Error): void => {
+        if (ended) return;
+        ended = true;
+        if (err) call.emit('error', Object.assign(new Error(err.message), toStatus(err, log)));
+        else call.end();
+      };
+      let caller: Caller;
+      try {
+        caller = auth.authorize(method, call);
+      } catch (err) {
+        end(err as Error);
+        return;
+      }
       void sessions.serve({
         messages: messagesOf(call),
         send: (m) => {
           if (!ended) call.write(m);
         },
-        end: (err) => {
-          if (ended) return;
-          ended = true;
-          if (err) call.emit('error', Object.assign(new Error(err.message), toStatus(err, log)));
-          else call.end();
-        },
+        end,
+        checkNode: (name) => auth.checkNode(method, caller, name),
       });
     },
+  };
+}
+
+/** The public key of the caller's verified client certificate. @throws UnauthenticatedError without one. */
+function peerPublicKey(call: grpc.ServerUnaryCall<unknown, unknown>): X509Certificate['publicKey'] {
+  const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
+  if (!raw) throw new UnauthenticatedError('renewal needs the current client certificate', 'NO_IDENTITY');
+  return new X509Certificate(raw).publicKey;
+}
+
+/** Returns the TrustService handlers over the domain API. */
+export function trustServiceHandlers(api: TrustApi, log: ErrorLogger, auth: Authorizer): TrustServiceServer {
+  const edge: Edge = { log, auth };
+  return {
+    enroll: unary('TrustService', 'Enroll', edge, (req, span) => {
+      span.setAttribute('edgeplane.node', req.nodeName);
+      return api.enroll(req);
+    }),
+    renewCertificate: unary('TrustService', 'RenewCertificate', edge, (req, _span, caller, call) => {
+      if (caller.insecure) throw new UnauthenticatedError('renewal needs a node certificate (not available on an --insecure listener)', 'NO_IDENTITY');
+      return api.renew(caller.identity!, peerPublicKey(call), req);
+    }),
+    createJoinToken: unary('TrustService', 'CreateJoinToken', edge, (req, _span, caller) => api.createJoinToken(caller.identity!, req)),
+    revokeNode: unary('TrustService', 'RevokeNode', edge, (req, _span, caller) => api.revokeNode(caller.identity!, req)),
+    issueCertificate: unary('TrustService', 'IssueCertificate', edge, (req) => api.issueCertificate(req)),
   };
 }

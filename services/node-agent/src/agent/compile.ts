@@ -11,7 +11,7 @@ import {
   type Rule,
 } from '@edgeplane/proto';
 import type { RuleKey } from '@edgeplane/proto';
-import type { InterfaceRole } from '../datapath/ebpf-datapath.js';
+import type { InterfaceRole } from '../datapath/interface-role.js';
 import { DEFAULT_RULE_ID, MAX_RULES, type RuleSetSpec, type RuleSpec } from '../datapath/rule-set.js';
 
 /** Where a compiled rule came from: for counters and describe output. */

@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { checkDnsLabel, checkLabelKey, checkLabelValue, publicKeyFromRaw } from '@edgeplane/proto';
 import type { KeyObject } from 'node:crypto';
 import { createPublicKey } from 'node:crypto';
-import type { InterfaceRole } from '../datapath/ebpf-datapath.js';
+import { isInterfaceRole, type InterfaceRole } from '../datapath/interface-role.js';
 
 /** Bad flags or environment; the agent does not start. */
 export class AgentConfigError extends Error {
@@ -17,6 +17,12 @@ export interface AgentConfig {
   labels: Record<string, string>;
   controller: string;
   natsServers: string[];
+  /** This node's NATS credentials (issued at enrollment); none = anonymous, which an edgeplane NATS refuses. */
+  natsCreds?: string;
+  natsJwt?: string;
+  natsSeed?: string;
+  /** CA the NATS servers' certificates chain to (tls:// URLs). */
+  natsTlsCa?: string;
   interfaces: { name: string; role: InterfaceRole }[];
   pinRoot: string;
   stateDir: string;
@@ -31,6 +37,9 @@ export interface AgentConfig {
   tlsCa?: string;
   tlsCert?: string;
   tlsKey?: string;
+  /** Single-use join token and the CA fingerprint it is used with (first start: enrollment). */
+  joinToken?: string;
+  caFingerprint?: string;
   datapath: 'ebpf' | 'memory';
   xdpMode: 'native' | 'generic' | 'auto';
   heartbeatIntervalMs: number;
@@ -49,6 +58,9 @@ Usage: edgeplane-agent [flags]
   --labels K=V,K=V          node labels that policies select on (EDGEPLANE_NODE_LABELS)
   --controller HOST:PORT    the controller's gRPC address (EDGEPLANE_CONTROLLER, default 127.0.0.1:7443)
   --nats URL[,URL...]       NATS servers holding the intent log (EDGEPLANE_NATS_URL, default nats://127.0.0.1:4222)
+  --nats-creds FILE         this node's NATS credentials: user JWT + nkey seed (EDGEPLANE_NATS_CREDS)
+  --nats-jwt FILE, --nats-seed FILE   the same as two files: the JWT and the seed (EDGEPLANE_NATS_JWT, EDGEPLANE_NATS_SEED)
+  --nats-tls-ca FILE        CA that signed the NATS servers' certificates (EDGEPLANE_NATS_TLS_CA)
   --interface NAME=ROLE     enforce on an interface; ROLE is uplink (XDP) or workload (TC ingress+egress);
                             repeatable (EDGEPLANE_INTERFACES=eth0=uplink,veth1=workload)
   --pin-root DIR            bpffs directory for pinned programs and maps, mounted if it is not one
@@ -63,6 +75,10 @@ Usage: edgeplane-agent [flags]
                             (EDGEPLANE_STALE_AFTER, default 30)
   --fleet-id ID             accept only log entries of this fleet (EDGEPLANE_FLEET_ID; the controller prints
                             it as fleetId when ready); unset accepts any fleet signed by a trusted key
+  --join-token TOKEN        single-use token from \`edgeplane token create\` (EDGEPLANE_JOIN_TOKEN): on first start
+                            the agent generates its key, enrolls, and keeps its certificate in STATE_DIR/identity
+                            (renewed at 70 % of its life); later starts use the stored identity
+  --ca-fingerprint sha256:HEX   the fleet CA the controller must present when enrolling (EDGEPLANE_CA_FINGERPRINT)
   --insecure                plaintext gRPC to the controller (EDGEPLANE_INSECURE=1)
   --tls-ca FILE             CA that signed the controller's certificate (EDGEPLANE_TLS_CA)
   --tls-cert FILE, --tls-key FILE   client certificate for mutual TLS (EDGEPLANE_TLS_CERT, EDGEPLANE_TLS_KEY)
@@ -108,6 +124,10 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         labels: { type: 'string' },
         controller: { type: 'string' },
         nats: { type: 'string' },
+        'nats-creds': { type: 'string' },
+        'nats-jwt': { type: 'string' },
+        'nats-seed': { type: 'string' },
+        'nats-tls-ca': { type: 'string' },
         interface: { type: 'string', multiple: true },
         'pin-root': { type: 'string' },
         'state-dir': { type: 'string' },
@@ -119,6 +139,8 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         'tls-ca': { type: 'string' },
         'tls-cert': { type: 'string' },
         'tls-key': { type: 'string' },
+        'join-token': { type: 'string' },
+        'ca-fingerprint': { type: 'string' },
         datapath: { type: 'string' },
         'xdp-mode': { type: 'string' },
         'heartbeat-interval': { type: 'string' },
@@ -147,8 +169,8 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   }
   const interfaces = (values.interface ?? (env.EDGEPLANE_INTERFACES ?? '').split(',').filter(Boolean)).map((spec) => {
     const [name, role] = spec.split('=');
-    if (!name || (role !== 'uplink' && role !== 'workload')) throw new AgentConfigError(`--interface ${JSON.stringify(spec)}: expected NAME=uplink or NAME=workload`);
-    return { name, role: role as InterfaceRole };
+    if (!name || !isInterfaceRole(role)) throw new AgentConfigError(`--interface ${JSON.stringify(spec)}: expected NAME=uplink or NAME=workload`);
+    return { name, role };
   });
   const keys = values['trusted-key'] ?? (env.EDGEPLANE_TRUSTED_KEYS ?? '').split(',').filter(Boolean);
   if (keys.length === 0) throw new AgentConfigError('--trusted-key is required: the agent applies only entries signed by a key it trusts');
@@ -160,7 +182,19 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   const tlsCa = values['tls-ca'] ?? env.EDGEPLANE_TLS_CA;
   const tlsCert = values['tls-cert'] ?? env.EDGEPLANE_TLS_CERT;
   const tlsKey = values['tls-key'] ?? env.EDGEPLANE_TLS_KEY;
-  if (!insecure && !tlsCa) throw new AgentConfigError('TLS is the default: give --tls-ca (and --tls-cert/--tls-key for mutual TLS), or --insecure');
+  const joinToken = values['join-token'] ?? env.EDGEPLANE_JOIN_TOKEN;
+  const caFingerprint = values['ca-fingerprint'] ?? env.EDGEPLANE_CA_FINGERPRINT;
+  if (joinToken && !caFingerprint) throw new AgentConfigError('--join-token needs --ca-fingerprint sha256:... (printed by `edgeplane token create`)');
+  // Without TLS files the agent uses its enrolled identity (STATE_DIR/identity) or enrolls with a join token.
+  if (!insecure && !tlsCa && !tlsCert && !joinToken && !caFingerprint) {
+    throw new AgentConfigError('TLS is the default: give --join-token and --ca-fingerprint (first start), --ca-fingerprint alone once enrolled, or --tls-ca/--tls-cert/--tls-key, or --insecure');
+  }
+  const natsCreds = values['nats-creds'] ?? env.EDGEPLANE_NATS_CREDS;
+  const natsJwt = values['nats-jwt'] ?? env.EDGEPLANE_NATS_JWT;
+  const natsSeed = values['nats-seed'] ?? env.EDGEPLANE_NATS_SEED;
+  const natsTlsCa = values['nats-tls-ca'] ?? env.EDGEPLANE_NATS_TLS_CA;
+  if (!!natsJwt !== !!natsSeed) throw new AgentConfigError('--nats-jwt and --nats-seed go together');
+  if (natsCreds && natsJwt) throw new AgentConfigError('give --nats-creds or --nats-jwt/--nats-seed, not both');
   const otlp = values['otlp-endpoint'] ?? env.OTEL_EXPORTER_OTLP_ENDPOINT;
   const prom = values['prometheus-port'] ?? env.EDGEPLANE_PROMETHEUS_PORT;
   const fleetId = values['fleet-id'] ?? env.EDGEPLANE_FLEET_ID;
@@ -171,6 +205,9 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     labels,
     controller: values.controller ?? env.EDGEPLANE_CONTROLLER ?? '127.0.0.1:7443',
     natsServers: (values.nats ?? env.EDGEPLANE_NATS_URL ?? 'nats://127.0.0.1:4222').split(',').map((s) => s.trim()).filter(Boolean),
+    ...(natsCreds ? { natsCreds } : {}),
+    ...(natsJwt ? { natsJwt, natsSeed: natsSeed! } : {}),
+    ...(natsTlsCa ? { natsTlsCa } : {}),
     interfaces,
     pinRoot: values['pin-root'] ?? env.EDGEPLANE_PIN_ROOT ?? '/run/edgeplane/bpf',
     stateDir: values['state-dir'] ?? env.EDGEPLANE_STATE_DIR ?? '/var/lib/edgeplane/agent',
@@ -181,6 +218,8 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     ...(tlsCa ? { tlsCa } : {}),
     ...(tlsCert ? { tlsCert } : {}),
     ...(tlsKey ? { tlsKey } : {}),
+    ...(joinToken ? { joinToken } : {}),
+    ...(caFingerprint ? { caFingerprint } : {}),
     datapath,
     xdpMode: xdpMode as AgentConfig['xdpMode'],
     heartbeatIntervalMs: num('heartbeat-interval', values['heartbeat-interval'], 5) * 1000,

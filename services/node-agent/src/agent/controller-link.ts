@@ -2,12 +2,13 @@ import type * as grpc from '@grpc/grpc-js';
 import {
   AgentServiceClient,
   type AgentHello,
+  type ConditionReport,
   type ConnectRequest,
   type ConnectResponse,
   type ControllerWelcome,
   type CounterReport,
-  type NodeCondition,
   type RevisionReport,
+  MAX_COUNTER_RULES,
 } from '@edgeplane/proto';
 
 /** Options of {@link ControllerLink}. */
@@ -46,6 +47,8 @@ export class ControllerLink {
   #client: AgentServiceClient;
   #stream: grpc.ClientDuplexStream<ConnectRequest, ConnectResponse> | undefined;
   #queue = new Map<bigint, RevisionReport>();
+  /** Conditions that changed after the last hello was built, to send once welcomed. */
+  #conditions: ConditionReport | undefined;
   #connected = false;
   #closed = false;
   #timers: NodeJS.Timeout[] = [];
@@ -77,18 +80,24 @@ export class ControllerLink {
     this.#connect();
   }
 
-  /**
-   * Sends the conditions that hold now (a ConditionReport) if connected; after a reconnect the
-   * hello carries them (the hello callback reads them), so nothing is queued.
-   */
-  reportConditions(conditions: NodeCondition[], appliedUnknown = false): void {
-    if (this.#connected) this.#send({ message: { $case: 'conditions', conditions: { conditions, appliedUnknown } } });
-  }
-
   /** Queues an ACK/NACK; sent now if connected, else after the next hello. */
   report(report: RevisionReport): void {
     this.#queue.set(report.revision, report);
     if (this.#connected) this.#drainQueue();
+  }
+
+  /**
+   * Sends the agent's conditions (the whole set) now if connected; otherwise the next hello
+   * carries them, and a change after that hello is sent once the controller welcomes it.
+   */
+  conditions(report: ConditionReport): void {
+    this.#conditions = report;
+    if (this.#connected) this.#drainConditions();
+  }
+
+  #drainConditions(): void {
+    const c = this.#conditions;
+    if (c && this.#send({ message: { $case: 'conditions', conditions: c } })) this.#conditions = undefined;
   }
 
   #send(m: ConnectRequest): boolean {
@@ -148,6 +157,7 @@ export class ControllerLink {
           this.#connected = true;
           this.#options.onWelcome?.(msg.welcome);
           this.#options.onStateChange?.(true, 'welcome');
+          this.#drainConditions();
           this.#drainQueue();
           this.#schedule();
         } else if (msg?.$case === 'settings') {
@@ -158,6 +168,8 @@ export class ControllerLink {
       stream.on('error', (e: grpc.ServiceError) => this.#stream === stream && this.#down(`stream: ${e.message}`));
       stream.on('end', () => this.#stream === stream && this.#down('stream ended by the controller'));
       this.#lastHeard = Date.now();
+      // The hello carries the conditions as they are now.
+      this.#conditions = undefined;
       stream.write({ message: { $case: 'hello', hello: this.#options.hello() } });
     });
   }
@@ -173,7 +185,13 @@ export class ControllerLink {
     const count = (): void => {
       if (!this.#connected) return;
       const c = this.#options.counters();
-      if (c) this.#send({ message: { $case: 'counters', counters: c } });
+      // The controller takes at most MAX_COUNTER_RULES rules per report; it sums deltas, so
+      // one reading sent as several reports counts the same.
+      if (c) {
+        for (let i = 0; i === 0 || i < c.rules.length; i += MAX_COUNTER_RULES) {
+          this.#send({ message: { $case: 'counters', counters: { ...c, rules: c.rules.slice(i, i + MAX_COUNTER_RULES), interfaces: i === 0 ? c.interfaces : [] } } });
+        }
+      }
       this.#timers.push(setTimeout(count, this.#counterMs));
     };
     this.#timers.push(setTimeout(beat, this.#heartbeatMs));

@@ -1,7 +1,10 @@
-import { SpanStatusCode, context, trace, type Context, type Link, type Span } from '@opentelemetry/api';
+import { SpanStatusCode, context, metrics, trace, type Context, type Counter as MetricCounter, type Link, type Span } from '@opentelemetry/api';
 import {
+  MAX_CONDITION_MESSAGE_LENGTH,
   RevisionOutcome,
+  type ConditionReport,
   type CounterReport,
+  type NodeCondition,
   type InterfaceCounters,
   type LogEntry,
   type RevisionReport,
@@ -11,13 +14,26 @@ import {
 import type { IntentChain } from '@edgeplane/intent-log';
 import { extractTraceContext, injectTraceContext } from '@edgeplane/telemetry';
 import type { Counter, Datapath, DatapathCounters } from '../datapath/datapath.js';
-import type { InterfaceRole } from '../datapath/ebpf-datapath.js';
+import type { InterfaceRole } from '../datapath/interface-role.js';
+import { RollbackError } from '../datapath/errors.js';
 import type { RuleSetSpec } from '../datapath/rule-set.js';
 import { compileIntent, type CompiledIntent, type RuleOrigin } from './compile.js';
-import type { StateFile } from './state-file.js';
+import type { AppliedState, StateStore } from './state-file.js';
 
 const tracer = trace.getTracer('@edgeplane/node-agent');
 const ROLES: InterfaceRole[] = ['uplink', 'workload'];
+/** What a datapath enforces before its first apply: every packet passes. */
+const UNCONFIGURED: RuleSetSpec = { rules: [], defaultAction: 'allow' };
+/** Condition: a partial apply could not be undone, the datapath state is unknown (retried until known). */
+export const CONDITION_APPLY_ROLLBACK_FAILED = 'apply-rollback-failed';
+/** Condition: the datapath enforces a revision the state file could not record (the write is retried). */
+export const CONDITION_STATE_FILE_FAILED = 'state-file-failed';
+/** Condition: the log offered a shorter or different history than this node verified (refused until an operator reset). */
+export const CONDITION_ROLLBACK_REFUSED = 'rollback-refused';
+/** Condition: the newest verified controller heartbeat is older than the bound (a frozen log?). */
+export const CONDITION_INTENT_STALE = 'intent-stale';
+/** Condition: messages on the log failed verification and were skipped. */
+export const CONDITION_LOG_MESSAGE_REJECTED = 'log-message-rejected';
 
 /** A structured log line sink. */
 export type AgentLogger = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
@@ -28,10 +44,18 @@ export interface NodeAgentOptions {
   labels: Record<string, string>;
   /** The datapath enforcing each interface role (may be the same object for both). */
   datapaths: Record<InterfaceRole, Datapath>;
-  stateFile: StateFile;
+  stateFile: StateStore;
   /** Where ACK/NACK reports go (the controller link). */
   report: (report: RevisionReport) => void;
+  /** Called with the whole set of conditions whenever it changes (the controller link's ConditionReport). */
+  conditions?: (report: ConditionReport) => void;
   log: AgentLogger;
+  /**
+   * Backoff of the retries (restoring a known revision after a failed rollback; rewriting the
+   * state file): doubling from min to max, ms. Default 1000 .. 60000.
+   */
+  retryMinMs?: number;
+  retryMaxMs?: number;
   /**
    * How long to wait after new entries before applying, so a burst (a catch-up, or what TCP
    * delivers at once after an outage) is applied once, as its final state. Default 25 ms.
@@ -45,6 +69,38 @@ export interface AgentStatus {
   applied: bigint;
   applies: number;
   lastError: string;
+  /** True when some role enforces a rule set of no known revision (`applied` is the last known one). */
+  appliedUnknown: boolean;
+}
+
+/** A retry with doubling backoff; one timer at a time. */
+class Retry {
+  #timer: NodeJS.Timeout | undefined;
+  #attempt = 0;
+  #min: number;
+  #max: number;
+
+  constructor(min: number, max: number) {
+    this.#min = min;
+    this.#max = max;
+  }
+
+  /** Runs `fn` after the next backoff step, unless a run is already scheduled. */
+  schedule(fn: () => void): void {
+    if (this.#timer) return;
+    const delay = Math.min(this.#max, this.#min * 2 ** this.#attempt++);
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      fn();
+    }, delay);
+  }
+
+  /** Cancels a scheduled run and starts the backoff again from its minimum. */
+  reset(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#attempt = 0;
+  }
 }
 
 function sub(a: Counter, b: Counter | undefined): Counter {
@@ -57,6 +113,14 @@ function sub(a: Counter, b: Counter | undefined): Counter {
  * with the reason otherwise (the previous revision stays in force); records what it applied in
  * the state file; reports counter deltas. Applies are coalesced: entries arriving while an
  * apply runs are applied together afterwards, so an agent far behind applies the final state once.
+ *
+ * It never misreports: a partial apply whose rollback fails is a NACK with reason
+ * `apply-rollback-failed: ...` and `appliedUnknown`, raises the condition of that name and the
+ * alarm counter `edgeplane.agent.apply_rollback_failures`, and the roles concerned are set back
+ * to the last known revision with backoff until they are. A state file that cannot be written
+ * after the datapath enforces R does not undo R: R is ACKed, condition `state-file-failed` and
+ * `edgeplane.agent.state_file_failures` are raised and the write is retried on its own.
+ * Owns its retry timers: close() stops them (the datapath is the caller's).
  */
 export class NodeAgent {
   #o: NodeAgentOptions;
@@ -64,7 +128,19 @@ export class NodeAgent {
   #applied = 0n;
   #applies = 0;
   #lastError = '';
+  /** The rule sets of revision #applied, enforced on every role not in #unknownRoles. */
   #live: Record<InterfaceRole, RuleSetSpec> | undefined;
+  /** Roles whose enforced rule set is of no known revision, with the reason. */
+  #unknownRoles = new Map<InterfaceRole, string>();
+  #repairDue = false;
+  #repair: Retry;
+  #stateRetry: Retry;
+  /** The newest applied state the state file does not hold yet. */
+  #unsaved: AppliedState | undefined;
+  #conditions = new Map<string, NodeCondition>();
+  #rollbackFailures: MetricCounter;
+  #stateFileFailures: MetricCounter;
+  #closed = false;
   #origins: Record<InterfaceRole, Map<number, RuleOrigin>> = { uplink: new Map(), workload: new Map() };
   #running: Promise<void> | undefined;
   #wanted: { chain: IntentChain; context: Context | undefined; receivedAt: bigint; links: Link[] } | undefined;
@@ -73,10 +149,55 @@ export class NodeAgent {
 
   constructor(options: NodeAgentOptions) {
     this.#o = options;
+    this.#repair = new Retry(options.retryMinMs ?? 1000, options.retryMaxMs ?? 60_000);
+    this.#stateRetry = new Retry(options.retryMinMs ?? 1000, options.retryMaxMs ?? 60_000);
+    // The meter is taken here, not at module load: the metrics API has no proxy provider, so a
+    // meter taken before the SDK starts would stay a no-op.
+    const meter = metrics.getMeter('@edgeplane/node-agent');
+    this.#rollbackFailures = meter.createCounter('edgeplane.agent.apply_rollback_failures', { description: 'Partial applies whose rollback failed, leaving the datapath at no known revision (alarm)' });
+    this.#stateFileFailures = meter.createCounter('edgeplane.agent.state_file_failures', { description: 'Failed writes of the state file after the datapath enforced a revision' });
   }
 
   get status(): AgentStatus {
-    return { received: this.#received, applied: this.#applied, applies: this.#applies, lastError: this.#lastError };
+    return { received: this.#received, applied: this.#applied, applies: this.#applies, lastError: this.#lastError, appliedUnknown: this.#unknownRoles.size > 0 };
+  }
+
+  /** The conditions that hold now and whether the applied revision is unknown (for the hello and ConditionReport). */
+  get conditions(): ConditionReport {
+    return { conditions: [...this.#conditions.values()].map((c) => ({ ...c })), appliedUnknown: this.#unknownRoles.size > 0 };
+  }
+
+  /**
+   * Raises (or updates) a condition the agent's owner observes (e.g. the follower's
+   * rollback-refused or intent-stale); the controller hears the new set. Message bounded to MAX_CONDITION_MESSAGE_LENGTH.
+   */
+  raiseCondition(type: string, message: string, revision = 0n): void {
+    this.#raise(type, message, revision);
+  }
+
+  /** Clears a condition raised with {@link NodeAgent.raiseCondition}; no-op if it does not hold. */
+  clearCondition(type: string): void {
+    this.#clear(type);
+  }
+
+  #raise(type: string, message: string, revision: bigint): void {
+    const have = this.#conditions.get(type);
+    const text = message.slice(0, MAX_CONDITION_MESSAGE_LENGTH);
+    if (have && have.message === text && have.revision === revision) return;
+    this.#conditions.set(type, { type, message: text, since: have?.since ?? new Date(), revision });
+    this.#conditionsChanged();
+  }
+
+  #clear(type: string): void {
+    if (this.#conditions.delete(type)) this.#conditionsChanged();
+  }
+
+  #conditionsChanged(): void {
+    try {
+      this.#o.conditions?.(this.conditions);
+    } catch (err) {
+      this.#o.log('error', 'condition listener', { error: (err as Error).message });
+    }
   }
 
   /**
@@ -116,15 +237,83 @@ export class NodeAgent {
     const delay = this.#o.coalesceMs ?? 25;
     this.#running = (async () => {
       await new Promise((r) => setTimeout(r, delay));
-      while (this.#wanted && this.#wanted.chain.revision > this.#applied) {
-        const { chain, context, receivedAt, links } = this.#wanted;
-        this.#wanted = undefined;
-        await this.#reconcile(chain, context, receivedAt, links);
+      for (;;) {
+        if (this.#closed) return;
+        if (this.#wanted && this.#wanted.chain.revision > this.#applied) {
+          const { chain, context, receivedAt, links } = this.#wanted;
+          this.#wanted = undefined;
+          await this.#reconcile(chain, context, receivedAt, links);
+        } else if (this.#repairDue) {
+          this.#repairDue = false;
+          await this.#restoreKnown();
+        } else return;
       }
     })().finally(() => {
       this.#running = undefined;
-      if (this.#wanted && this.#wanted.chain.revision > this.#applied) this.#kick();
+      if (this.#closed) return;
+      if ((this.#wanted && this.#wanted.chain.revision > this.#applied) || this.#repairDue) this.#kick();
     });
+  }
+
+  /** Sets every role of unknown state back to the last known revision's rule set (serialized with applies). */
+  async #restoreKnown(): Promise<void> {
+    if (this.#unknownRoles.size === 0) return;
+    const known = this.#live ?? { uplink: UNCONFIGURED, workload: UNCONFIGURED };
+    for (const role of [...this.#unknownRoles.keys()]) {
+      try {
+        await this.#o.datapaths[role].apply(known[role]);
+        this.#unknownRoles.delete(role);
+      } catch (err) {
+        this.#unknownRoles.set(role, (err as Error).message);
+      }
+    }
+    if (this.#unknownRoles.size === 0) this.#o.log('info', 'the datapath is back at a known revision', { revision: String(this.#applied) });
+    else this.#o.log('warn', 'restoring a known revision failed; retrying', { revision: String(this.#applied), roles: Object.fromEntries(this.#unknownRoles) });
+    this.#unknownChanged(this.#applied);
+  }
+
+  /** Raises or clears apply-rollback-failed to match the roles of unknown state; schedules their repair. */
+  #unknownChanged(revision: bigint): void {
+    if (this.#unknownRoles.size === 0) {
+      this.#repair.reset();
+      this.#clear(CONDITION_APPLY_ROLLBACK_FAILED);
+      return;
+    }
+    const roles = [...this.#unknownRoles].map(([role, why]) => `${role} (${why})`).join(', ');
+    const have = this.#conditions.get(CONDITION_APPLY_ROLLBACK_FAILED);
+    this.#raise(CONDITION_APPLY_ROLLBACK_FAILED, `rollback failed; the datapath state of ${roles} is unknown; last known revision ${this.#applied}`, have?.revision ?? revision);
+    if (!this.#closed)
+      this.#repair.schedule(() => {
+        this.#repairDue = true;
+        this.#kick();
+      });
+  }
+
+  /** Records the state durably; on failure raises state-file-failed and retries with backoff. */
+  #save(state: AppliedState | undefined): void {
+    if (state) this.#unsaved = state;
+    const pending = this.#unsaved;
+    if (!pending || this.#closed) return;
+    try {
+      this.#o.stateFile.write(pending);
+      this.#unsaved = undefined;
+      this.#stateRetry.reset();
+      if (this.#conditions.has(CONDITION_STATE_FILE_FAILED)) this.#o.log('info', 'state file written', { revision: String(pending.snapshot.revision) });
+      this.#clear(CONDITION_STATE_FILE_FAILED);
+    } catch (err) {
+      this.#stateFileFailures.add(1, { 'edgeplane.node': this.#o.nodeName });
+      const message = (err as Error).message;
+      this.#o.log('error', 'state file write failed; the datapath enforces the revision, retrying the write', { revision: String(pending.snapshot.revision), error: message });
+      this.#raise(CONDITION_STATE_FILE_FAILED, `revision ${pending.snapshot.revision} is enforced but not recorded: ${message}`, pending.snapshot.revision);
+      this.#stateRetry.schedule(() => this.#save(undefined));
+    }
+  }
+
+  /** Stops the retries. Idempotent; the datapath keeps enforcing (it is the caller's). */
+  close(): void {
+    this.#closed = true;
+    this.#repair.reset();
+    this.#stateRetry.reset();
   }
 
   /** Resolves when no apply is running or waiting. */
@@ -156,13 +345,24 @@ export class NodeAgent {
       this.#applied = revision;
       this.#applies++;
       this.#lastError = '';
-      this.#o.stateFile.write({ snapshot, labels: this.#o.labels });
       this.#o.log('info', 'applied', { revision: String(revision), policies: compiled.selected, uplinkRules: compiled.uplink.ruleSet.rules.length, workloadRules: compiled.workload.ruleSet.rules.length });
+      this.#unknownChanged(revision);
+      // The datapath enforces R whatever happens to the file: R is ACKed either way.
+      this.#save({ snapshot, labels: this.#o.labels });
       report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, reason: '', appliedRevision: revision, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false };
     } catch (err) {
-      this.#lastError = (err as Error).message;
-      this.#o.log('warn', 'rejected', { revision: String(revision), reason: this.#lastError, enforcing: String(this.#applied) });
-      report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: this.#lastError, appliedRevision: this.#applied, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false };
+      const unknown = this.#unknownRoles.size > 0;
+      if (err instanceof RollbackError) {
+        this.#rollbackFailures.add(1, { 'edgeplane.node': this.#o.nodeName });
+        const apply = (err.cause as Error | undefined)?.message ?? 'unknown error';
+        this.#lastError = `${CONDITION_APPLY_ROLLBACK_FAILED}: apply failed (${apply}) and ${err.message}; the datapath state is unknown, last known revision ${this.#applied}`;
+        this.#o.log('error', 'rollback failed: the datapath state is unknown', { revision: String(revision), reason: this.#lastError });
+      } else {
+        this.#lastError = (err as Error).message;
+        this.#o.log('warn', 'rejected', { revision: String(revision), reason: this.#lastError, enforcing: String(this.#applied), appliedUnknown: unknown });
+      }
+      this.#unknownChanged(revision);
+      report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: this.#lastError, appliedRevision: this.#applied, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: unknown };
     }
     const nanos = enforcedAt - receivedAt;
     report.applyDuration = { seconds: nanos / 1_000_000_000n, nanos: Number(nanos % 1_000_000_000n) };
@@ -174,22 +374,40 @@ export class NodeAgent {
     });
   }
 
-  /** Applies both roles, or neither: a role switched before a later one failed is switched back. */
+  /** The roles with a datapath of their own (one datapath serving both roles is applied once, as uplink). */
+  #roles(): InterfaceRole[] {
+    return this.#o.datapaths.uplink === this.#o.datapaths.workload ? ['uplink'] : ROLES;
+  }
+
+  /**
+   * Applies both roles, or neither: a role switched before a later one failed is switched back
+   * to the last known revision's rule set (or to passing everything, before the first apply).
+   * @throws the apply's error when every switched role is back; RollbackError (cause: the
+   * apply's error) when some role could not be switched back: it is then in #unknownRoles.
+   */
   async #applyCompiled(compiled: CompiledIntent): Promise<void> {
-    const done: InterfaceRole[] = [];
-    const seen = new Set<Datapath>();
+    const known = this.#live ?? { uplink: UNCONFIGURED, workload: UNCONFIGURED };
+    const switched: InterfaceRole[] = [];
     try {
-      for (const role of ROLES) {
-        const dp = this.#o.datapaths[role];
-        if (seen.has(dp) && role === 'workload') continue;
-        seen.add(dp);
-        await dp.apply(compiled[role].ruleSet);
-        done.push(role);
+      for (const role of this.#roles()) {
+        await this.#o.datapaths[role].apply(compiled[role].ruleSet);
+        switched.push(role);
       }
     } catch (err) {
-      if (this.#live) for (const role of done) await this.#o.datapaths[role].apply(this.#live[role]).catch(() => undefined);
+      const failed = new Map<InterfaceRole, string>();
+      for (const role of switched) {
+        try {
+          await this.#o.datapaths[role].apply(known[role]);
+          this.#unknownRoles.delete(role);
+        } catch (rollbackErr) {
+          failed.set(role, (rollbackErr as Error).message);
+          this.#unknownRoles.set(role, (rollbackErr as Error).message);
+        }
+      }
+      if (failed.size) throw new RollbackError(`roll back ${[...failed].map(([role, why]) => `${role}: ${why}`).join('; ')}`, failed, { cause: err });
       throw err;
     }
+    this.#unknownRoles.clear();
     this.#live = { uplink: compiled.uplink.ruleSet, workload: compiled.workload.ruleSet };
     this.#origins = { uplink: compiled.uplink.origins, workload: compiled.workload.origins };
   }

@@ -15,12 +15,20 @@ export class StateFileError extends Error {
   override name = 'StateFileError';
 }
 
+/** Where the agent keeps what it last enforced (a {@link StateFile}, or a stand-in in simulations and tests). */
+export interface StateStore {
+  /** Returns the saved state, or undefined if there is none. @throws if it cannot be read back. */
+  read(): AppliedState | undefined;
+  /** Saves the state durably. @throws when it could not be saved (the old state stays). */
+  write(state: AppliedState): void;
+}
+
 /**
  * The agent's local record of the last applied revision, so a node that boots with no network
  * enforces it again. Written atomically (temporary file, fsync, rename): a crash leaves the old
  * file or the new one, never half of one.
  */
-export class StateFile {
+export class StateFile implements StateStore {
   readonly path: string;
 
   constructor(path: string) {

@@ -4,7 +4,7 @@
 // rules that constrain that field and match it) plus a wildcard vector (rules that do not
 // constrain it); the first set bit of the AND over the three fields is the matching rule.
 import { createHash } from 'node:crypto';
-import type { Cidr } from './cidr.js';
+import type { Cidr } from '@edgeplane/proto';
 import { CapacityError } from './errors.js';
 import { DEFAULT_RULE_ID, MAX_RULES, validateRuleSet, type NormalizedRule, type RuleSetSpec } from './rule-set.js';
 
@@ -272,12 +272,13 @@ function addAddressField(cidrs: readonly Cidr[] | null, tag: number, wild4: numb
     return;
   }
   for (const cidr of cidrs) {
-    if (cidr.length === 0) {
+    if (cidr.prefixLength === 0) {
       // 0.0.0.0/0 or ::/0: the whole family, which is what that family's wildcard vector is for.
       setVectorBit(wild, cidr.family === 4 ? wild4 : wild4 + 1, rule);
       continue;
     }
-    addPrefix(tag | cidr.family, cidr.bytes.length * 8, cidr.family === 4 ? u32Of(cidr.bytes) : cidr.bytes, cidr.length, rule);
+    // IPv4 prefixes become numeric keys (u32Of), IPv6 ones stay bytes: the compiler's fast path.
+    addPrefix(tag | cidr.family, cidr.address.length * 8, cidr.family === 4 ? u32Of(cidr.address) : cidr.address, cidr.prefixLength, rule);
   }
 }
 

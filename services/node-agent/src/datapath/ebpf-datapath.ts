@@ -11,6 +11,7 @@ import {
   BpfMap,
   detachTc,
   detachXdp,
+  encode,
   ifindex as interfaceIndex,
   loadObject,
   loadObjectSpec,
@@ -18,12 +19,18 @@ import {
   Program,
   queryTc,
   queryXdp,
+  TypedMap,
+  u32 as u32Codec,
+  type CodecValue,
   type TcFilterId,
 } from 'libbpf-ts';
 import { compileTables, RULE_SLOTS, sizes, WILD_COUNT, type TablesSpec } from './compile-tables.js';
+import { CounterTables, type CounterTotals } from './counters.js';
 import type { ApplyResult, Counter, DatapathCounters, Datapath } from './datapath.js';
 import { DatapathError } from './errors.js';
+import type { InterfaceRole } from './interface-role.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from './rule-set.js';
+import { epMeta, epRule } from './table-codecs.js';
 
 /** Where the build puts the object: <repo>/bpf/build/edgeplane.bpf.o. */
 export const DEFAULT_OBJECT_PATH = fileURLToPath(new URL('../../../../bpf/build/edgeplane.bpf.o', import.meta.url));
@@ -38,11 +45,6 @@ type Maps = Readonly<Record<MapName, BpfMap>>;
 /** Fixed TC filter handle and priority, so a restarted agent replaces its own filters. */
 const TC_HANDLE = 0xe9;
 const TC_PRIORITY = 1;
-const META_SIZE = 40;
-const stats = { nonIp: 0, malformed: 1, unconfigured: 2, rateLimited: 3 } as const;
-
-/** How an interface is used: XDP on an uplink, TC ingress + egress on a workload interface. */
-export type InterfaceRole = 'uplink' | 'workload';
 
 /** Options of EbpfDatapath.open(). */
 export interface EbpfDatapathOptions {
@@ -72,6 +74,8 @@ export class EbpfDatapath implements Datapath {
   readonly #programs: Programs;
   readonly #maps: Maps;
   readonly #barrierInner: BpfMap;
+  readonly #meta: TypedMap<number, CodecValue<typeof epMeta>>;
+  readonly #counters: CounterTables;
   readonly #ruleIds: [number[] | undefined, number[] | undefined] = [undefined, undefined];
   #barrierPending = true;
   #closed = false;
@@ -81,6 +85,8 @@ export class EbpfDatapath implements Datapath {
     this.#programs = programs;
     this.#maps = maps;
     this.adopted = adopted;
+    this.#meta = new TypedMap(maps.ep_meta, u32Codec, epMeta);
+    this.#counters = new CounterTables(maps.ep_counters, maps.ep_stats, maps.ep_carry);
     this.#barrierInner = BpfMap.create({ type: 'array', name: 'ep_barrier_in', keySize: 4, valueSize: 4, maxEntries: 1 });
   }
 
@@ -173,11 +179,11 @@ export class EbpfDatapath implements Datapath {
     try {
       this.#barrier();
       this.#writeMeta(target, 0, false, new Uint8Array(32));
-      if (targetMeta.valid) this.#foldCounters(target, targetMeta.ruleCount);
+      if (targetMeta.valid) this.#counters.fold(target, this.#generationRuleIds(target, targetMeta.ruleCount));
       this.#install(target, tables);
       this.#writeMeta(target, tables.ruleCount, true, tables.fingerprint);
       this.#ruleIds[target] = [...tables.ruleIds];
-      this.#pruneCarry(new Set([...tables.ruleIds, ...this.#generationRuleIds(active), DEFAULT_RULE_ID]));
+      this.#counters.pruneCarry(new Set([...tables.ruleIds, ...this.#generationRuleIds(active), DEFAULT_RULE_ID]));
     } catch (cause) {
       throw new DatapathError(`apply rules=${tables.ruleCount} generation=${target}`, { cause });
     }
@@ -263,27 +269,14 @@ export class EbpfDatapath implements Datapath {
    */
   readCounters(): DatapathCounters {
     try {
-      const totals = new Map<number, { packets: number; bytes: number }>();
+      const totals: CounterTotals = new Map();
       for (const generation of [0, 1]) {
-        const meta = this.#readMeta(generation);
-        if (!meta.valid) continue;
-        const ids = this.#generationRuleIds(generation);
-        this.#readCounterRange(generation, ids.length + 1).forEach((counter, index) => {
-          addTo(totals, index === 0 ? DEFAULT_RULE_ID : (ids[index - 1] as number), counter);
-        });
+        if (this.#readMeta(generation).valid) this.#counters.addGeneration(totals, generation, this.#generationRuleIds(generation));
       }
-      for (const [key, value] of this.#maps.ep_carry.entries()) addTo(totals, u32(key, 0), decodeCounter(value));
+      this.#counters.addCarry(totals);
       const live = this.#readMeta(this.#readActive()).valid ? this.#generationRuleIds(this.#readActive()) : [];
       const rules = new Map<number, Counter>(live.map((id) => [id, totals.get(id) ?? { packets: 0, bytes: 0 }]));
-      const stat = (index: number): Counter => this.#readCounter(this.#maps.ep_stats, index);
-      return {
-        rules,
-        defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 },
-        nonIp: stat(stats.nonIp),
-        malformed: stat(stats.malformed),
-        unconfigured: stat(stats.unconfigured),
-        rateLimited: stat(stats.rateLimited),
-      };
+      return { rules, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats() };
     } catch (cause) {
       throw new DatapathError('read counters', { cause });
     }
@@ -339,11 +332,8 @@ export class EbpfDatapath implements Datapath {
   }
 
   #install(generation: number, tables: TablesSpec): void {
-    const counters = this.#maps.ep_counters;
     // One bpf_map_update_batch zeroes every slot the new rule set uses (one syscall, not one per slot).
-    const zero = [new Uint8Array(sizes.counter)];
-    const slots = Array.from({ length: tables.ruleCount + 1 }, (_, index) => u32Bytes(generation * RULE_SLOTS + index));
-    counters.setPerCpuBatch(slots, slots.map(() => zero));
+    this.#counters.zero(generation, tables.ruleCount);
     writeArray(this.#maps.ep_rules, generation * RULE_SLOTS, tables.rules, sizes.rule);
     writeArray(this.#maps.ep_wild, generation * WILD_COUNT, tables.wild, sizes.bitvec);
     const lpm = BpfMap.create({ type: 'lpm_trie', name: 'ep_lpm_in', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: Math.max(1, tables.lpm.count), flags: 1 /* BPF_F_NO_PREALLOC */ });
@@ -360,44 +350,6 @@ export class EbpfDatapath implements Datapath {
     }
   }
 
-  // Moves what `generation` counted into ep_carry (keyed by rule id) before it is overwritten.
-  #foldCounters(generation: number, ruleCount: number): void {
-    const ids = this.#generationRuleIds(generation, ruleCount);
-    const carry = this.#maps.ep_carry;
-    const keys: Uint8Array[] = [];
-    const values: Uint8Array[] = [];
-    this.#readCounterRange(generation, ids.length + 1).forEach((counter, index) => {
-      if (counter.packets === 0 && counter.bytes === 0) return;
-      const key = u32Bytes(index === 0 ? DEFAULT_RULE_ID : (ids[index - 1] as number));
-      const previous = carry.get(key);
-      const sum = previous === undefined ? { packets: 0, bytes: 0 } : decodeCounter(previous);
-      keys.push(key);
-      values.push(encodeCounter({ packets: sum.packets + counter.packets, bytes: sum.bytes + counter.bytes }));
-    });
-    carry.setBatch(keys, values);
-  }
-
-  // Counters of slots 0..count-1 of `generation`, summed over CPUs, with one batch lookup.
-  #readCounterRange(generation: number, count: number): Counter[] {
-    const first = generation * RULE_SLOTS;
-    const { values } = this.#maps.ep_counters.getPerCpuBatch(count, first === 0 ? undefined : u32Bytes(first - 1));
-    return values.map((perCpu) => {
-      let packets = 0;
-      let bytes = 0;
-      for (const value of perCpu) {
-        const counter = decodeCounter(value);
-        packets += counter.packets;
-        bytes += counter.bytes;
-      }
-      return { packets, bytes };
-    });
-  }
-
-  #pruneCarry(keep: ReadonlySet<number>): void {
-    const carry = this.#maps.ep_carry;
-    for (const key of [...carry.keys()]) if (!keep.has(u32(key, 0))) carry.delete(key);
-  }
-
   #generationRuleIds(generation: number, ruleCount?: number): number[] {
     const cached = this.#ruleIds[generation];
     if (cached !== undefined) return cached;
@@ -405,7 +357,7 @@ export class EbpfDatapath implements Datapath {
     const ids: number[] = [];
     for (let index = 1; index <= count; index++) {
       const value = this.#maps.ep_rules.get(u32Bytes(generation * RULE_SLOTS + index));
-      ids.push(value === undefined ? DEFAULT_RULE_ID : u32(value, 4));
+      ids.push(value === undefined ? DEFAULT_RULE_ID : epRule.decode(value).ruleId);
     }
     this.#ruleIds[generation] = ids;
     return ids;
@@ -413,34 +365,17 @@ export class EbpfDatapath implements Datapath {
 
   #readActive(): number {
     const value = this.#maps.ep_active.get(u32Bytes(0));
-    return value === undefined ? 0 : u32(value, 0) & 1;
+    return value === undefined ? 0 : u32Codec.decode(value) & 1;
   }
 
   #readMeta(generation: number): { ruleCount: number; valid: boolean; fingerprint: Uint8Array } {
-    const value = this.#maps.ep_meta.get(u32Bytes(generation)) ?? new Uint8Array(META_SIZE);
-    return { ruleCount: u32(value, 0), valid: u32(value, 4) === 1, fingerprint: value.slice(8, 40) };
+    const meta = this.#meta.get(generation);
+    return meta === undefined ? { ruleCount: 0, valid: false, fingerprint: new Uint8Array(32) } : { ruleCount: meta.ruleCount, valid: meta.valid === 1, fingerprint: meta.fingerprint };
   }
 
   #writeMeta(generation: number, ruleCount: number, valid: boolean, fingerprint: Uint8Array): void {
-    const value = new Uint8Array(META_SIZE);
-    const view = new DataView(value.buffer);
-    view.setUint32(0, ruleCount, true);
-    view.setUint32(4, valid ? 1 : 0, true);
-    value.set(fingerprint, 8);
-    this.#maps.ep_meta.set(u32Bytes(generation), value);
+    this.#meta.set(generation, { ruleCount, valid: valid ? 1 : 0, fingerprint });
     if (!valid) this.#ruleIds[generation] = undefined;
-  }
-
-  #readCounter(map: BpfMap, index: number): Counter {
-    const perCpu = map.getPerCpu(u32Bytes(index)) ?? [];
-    let packets = 0;
-    let bytes = 0;
-    for (const value of perCpu) {
-      const counter = decodeCounter(value);
-      packets += counter.packets;
-      bytes += counter.bytes;
-    }
-    return { packets, bytes };
   }
 }
 
@@ -469,34 +404,8 @@ function writeEntries(map: BpfMap, entries: { keySize: number; valueSize: number
   map.setBatch(keys, values);
 }
 
-function addTo(totals: Map<number, { packets: number; bytes: number }>, id: number, counter: Counter): void {
-  const total = totals.get(id) ?? { packets: 0, bytes: 0 };
-  total.packets += counter.packets;
-  total.bytes += counter.bytes;
-  totals.set(id, total);
-}
-
-function decodeCounter(value: Uint8Array): Counter {
-  const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
-  return { packets: Number(view.getBigUint64(0, true)), bytes: Number(view.getBigUint64(8, true)) };
-}
-
-function encodeCounter(counter: Counter): Uint8Array {
-  const value = new Uint8Array(sizes.counter);
-  const view = new DataView(value.buffer);
-  view.setBigUint64(0, BigInt(counter.packets), true);
-  view.setBigUint64(8, BigInt(counter.bytes), true);
-  return value;
-}
-
 function u32Bytes(value: number): Uint8Array {
-  const bytes = new Uint8Array(4);
-  new DataView(bytes.buffer).setUint32(0, value, true);
-  return bytes;
-}
-
-function u32(bytes: Uint8Array, offset: number): number {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(offset, true);
+  return encode(u32Codec, value);
 }
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {

@@ -38,3 +38,18 @@ export class DatapathError extends Error {
     this.name = 'DatapathError';
   }
 }
+
+/**
+ * An apply failed part-way and switching a role back to its previous rule set failed too: what
+ * the datapath enforces on that role is not a known revision. `cause` is the apply's error.
+ */
+export class RollbackError extends Error {
+  /** The roles left at an unknown rule set, with the error of their rollback. */
+  readonly roles: ReadonlyMap<string, string>;
+
+  constructor(operation: string, roles: ReadonlyMap<string, string>, options?: { cause?: unknown }) {
+    super(operation, options);
+    this.name = 'RollbackError';
+    this.roles = roles;
+  }
+}

@@ -15,10 +15,27 @@ export class MemoryDatapath implements Datapath {
   #ruleIds: number[] = [];
   #generation = 0;
   #closed = false;
+  #fault: ((ruleSet: RuleSetSpec) => Error | undefined) | undefined;
 
-  /** Validates and switches to `ruleSet`. @throws RuleSetError, CapacityError (nothing changed). */
+  /**
+   * Fault injection for tests: before every apply `fault` is asked, and an error it returns is
+   * thrown with nothing changed (as the eBPF datapath fails: the previous rule set stays).
+   * undefined removes it.
+   */
+  injectApplyFault(fault: ((ruleSet: RuleSetSpec) => Error | undefined) | undefined): void {
+    this.#fault = fault;
+  }
+
+  /** The rule set in force (undefined before the first apply). */
+  get ruleSet(): RuleSetSpec | undefined {
+    return this.#live === undefined ? undefined : (JSON.parse(this.#live) as RuleSetSpec);
+  }
+
+  /** Validates and switches to `ruleSet`. @throws RuleSetError, CapacityError, an injected fault (nothing changed). */
   async apply(ruleSet: RuleSetSpec): Promise<ApplyResult> {
     if (this.#closed) throw new Error('apply: the memory datapath is closed');
+    const fault = this.#fault?.(ruleSet);
+    if (fault) throw fault;
     const normalized = validateRuleSet(ruleSet);
     const key = JSON.stringify(ruleSet);
     const result = (mode: ApplyResult['mode']): ApplyResult => ({ generation: this.#generation, mode, ruleCount: normalized.rules.length, classCount: 0, lpmEntries: 0, classWords: 0 });

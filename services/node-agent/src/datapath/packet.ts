@@ -1,7 +1,7 @@
 // Builds Ethernet frames for tests and benchmarks: VLAN tags, IPv4 (options, fragments), IPv6
 // (extension headers, fragments), TCP/UDP/ICMP. Checksums are filled where cheap (IPv4
 // header); nothing here is meant for a real peer's stack.
-import { parseAddress } from './cidr.js';
+import { parseAddress } from '@edgeplane/proto';
 
 /** An IPv6 extension header to insert, in order, before the upper-layer header. */
 export type ExtensionHeader =

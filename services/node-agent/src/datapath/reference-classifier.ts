@@ -1,7 +1,7 @@
 // The reference classifier: the datapath's semantics written as plainly as possible, straight
 // from the rule set (a linear first-match scan), never from the compiled tables. Differential
 // tests hold the eBPF programs to it. Frame parsing follows bpf/README.md.
-import { cidrContains, type Cidr } from './cidr.js';
+import { cidrContains, type Cidr } from '@edgeplane/proto';
 import {
   DEFAULT_RULE_ID,
   validateRuleSet,

@@ -1,7 +1,7 @@
 // The datapath's input (an ordered rule set) and what classifying one frame yields. Both the
 // table compiler and the reference classifier start from validateRuleSet(), so they agree on
 // what a rule means; they share nothing after that.
-import { parseCidr, type Cidr } from './cidr.js';
+import { parseCidr, type Cidr } from '@edgeplane/proto';
 import { CapacityError, RuleSetError } from './errors.js';
 
 /** Most rules one rule set may hold: one bit each in a 65,536-bit rule vector. */

@@ -1,0 +1,142 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Every map of the edgeplane programs, each with a one-line comment. ep_tables.h gives the key
+ * and value layouts; bpf/README.md, "Generations and the switch", says how the agent uses them.
+ * (katran: balancer_maps.h.)
+ */
+#ifndef EP_MAPS_H
+#define EP_MAPS_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "ep_tables.h"
+#include "ep_structs.h"
+
+/* The variable-size per-rule-set tables (the LPM trie of all three fields and the sparse class
+ * words) are inner maps of 2-slot ARRAY_OF_MAPS outer maps, slot = generation, sized to their
+ * rule set. The fixed-size per-rule-set tables (rules, wildcard vectors, counters) are global
+ * arrays with the generation in the index: same isolation, no map-in-map install (each costs
+ * the agent an RCU grace period). ep_active[0] names the live generation.
+ * Inner definitions give key_size/value_size rather than BTF types: clang 14 emits the types
+ * behind a nested map definition only as forward declarations, which libbpf cannot size.
+ */
+struct ep_lpm_inner {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, sizeof(struct ep_lpm_key));
+	__uint(value_size, sizeof(struct ep_class_ref));
+	__uint(max_entries, 1);
+};
+struct ep_cwords_inner {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(key_size, sizeof(struct ep_word_key));
+	__uint(value_size, sizeof(__u64));
+	__uint(max_entries, 1);
+};
+struct ep_barrier_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(max_entries, 1);
+};
+
+/* Per generation: the LPM trie of all three fields (tag byte + prefix) -> class and its summary. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, EP_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct ep_lpm_inner);
+} ep_lpm SEC(".maps");
+
+/* Per generation: sparse class words, { class, word index } -> 64 rule bits. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, EP_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct ep_cwords_inner);
+} ep_cwords SEC(".maps");
+
+/* Wildcard rule vectors, index generation * EP_WILD_COUNT + enum ep_wild. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EP_GENERATIONS * EP_WILD_COUNT);
+	__type(key, __u32);
+	__type(value, struct ep_bitvec);
+} ep_wild SEC(".maps");
+
+/* Actions and rate limits, index generation * EP_RULE_SLOTS + 0 (default) or rule + 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EP_GENERATIONS * EP_RULE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct ep_rule);
+} ep_rules SEC(".maps");
+
+/* Per-CPU packets and bytes, indexed as ep_rules. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EP_GENERATIONS * EP_RULE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct ep_counter);
+} ep_counters SEC(".maps");
+
+/* [0]: the live generation (0 or 1); read once per packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} ep_active SEC(".maps");
+
+/* Token buckets by { rule id, family, source address }, kept across switches (LRU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ep_bucket_key);
+	__type(value, struct ep_bucket);
+} ep_buckets SEC(".maps");
+
+/* Per-CPU counts of frames no rule saw, indexed by enum ep_stat. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EP_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, struct ep_counter);
+} ep_stats SEC(".maps");
+
+/* Agent-only: per generation, what it holds (struct ep_meta: rule count, valid, fingerprint). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EP_GENERATIONS);
+	__type(key, __u32);
+	__type(value, struct ep_meta);
+} ep_meta SEC(".maps");
+
+/* Agent-only: counts by rule id folded out of overwritten generations, so counters continue. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * EP_RULE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct ep_counter);
+} ep_carry SEC(".maps");
+
+/* Agent-only: the RCU barrier the agent writes before it rewrites an idle generation.
+ * Writing an element of a map-in-map makes the bpf() syscall wait for an RCU
+ * grace period (maybe_wait_bpf_programs in kernel/bpf/syscall.c). The agent writes here to
+ * wait until no program still runs with a generation it is about to overwrite. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct ep_barrier_inner);
+} ep_barrier SEC(".maps");
+
+/* Per-CPU struct ep_match of the packet being classified (the bpf_loop callback's state). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ep_match);
+} ep_scratch SEC(".maps");
+
+#endif

@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Frame parsing: Ethernet, up to EP_MAX_VLAN VLAN tags, IPv4 (options, fragments) or IPv6 (up
+ * to EP_MAX_EXT extension headers), then the destination port of TCP/UDP. Touches no map.
+ * (katran: pckt_parsing.h.)
+ */
+#ifndef EP_PARSING_H
+#define EP_PARSING_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "ep_structs.h"
+
+static __always_inline int ep_parse_l4(void *data, void *data_end, __u32 off, struct ep_pkt *p)
+{
+	if (p->proto != EP_IPPROTO_TCP && p->proto != EP_IPPROTO_UDP) {
+		p->port = EP_PORT_NONE;
+		return EP_PARSE_OK;
+	}
+	if (off > EP_MAX_L3_OFF)
+		return EP_PARSE_MALFORMED;
+	__u8 *l4 = data + off;
+	if ((void *)(l4 + 4) > data_end)
+		return EP_PARSE_MALFORMED;
+	p->port = ((__u32)l4[2] << 8) | l4[3];
+	return EP_PARSE_OK;
+}
+
+static __always_inline int ep_parse_ipv4(void *data, void *data_end, __u32 off, struct ep_pkt *p)
+{
+	struct iphdr *ip = data + off;
+	if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
+		return EP_PARSE_MALFORMED;
+	__u32 hlen = ip->ihl * 4;
+	if (data + off + hlen > data_end)
+		return EP_PARSE_MALFORMED;
+	p->family = 4;
+	p->proto = ip->protocol;
+	__builtin_memcpy(p->src, &ip->saddr, 4);
+	__builtin_memcpy(p->dst, &ip->daddr, 4);
+	if (bpf_ntohs(ip->frag_off) & 0x1fff) {
+		/* Non-first fragment: no L4 header, so only port-less rules can match. */
+		p->port = EP_PORT_NONE;
+		return EP_PARSE_OK;
+	}
+	return ep_parse_l4(data, data_end, off + hlen, p);
+}
+
+static __always_inline bool ep_is_ext(__u32 nh)
+{
+	return nh == EP_IPPROTO_HOPOPTS || nh == EP_IPPROTO_ROUTING || nh == EP_IPPROTO_DSTOPTS ||
+	       nh == EP_IPPROTO_FRAGMENT || nh == EP_IPPROTO_AH;
+}
+
+static __always_inline int ep_parse_ipv6(void *data, void *data_end, __u32 off, struct ep_pkt *p)
+{
+	struct ipv6hdr *ip6 = data + off;
+	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+		return EP_PARSE_MALFORMED;
+	p->family = 6;
+	__builtin_memcpy(p->src, &ip6->saddr, 16);
+	__builtin_memcpy(p->dst, &ip6->daddr, 16);
+	__u32 nh = ip6->nexthdr;
+	off += sizeof(*ip6);
+
+	for (int i = 0; i < EP_MAX_EXT; i++) {
+			if (!ep_is_ext(nh)) {
+			p->proto = nh;
+			return ep_parse_l4(data, data_end, off, p);
+		}
+		if (off > EP_MAX_L3_OFF)
+			return EP_PARSE_MALFORMED;
+		__u8 *h = data + off;
+		if ((void *)(h + 8) > data_end)
+			return EP_PARSE_MALFORMED;
+		if (nh == EP_IPPROTO_FRAGMENT) {
+			__u32 frag = ((__u32)h[2] << 8) | h[3];
+			nh = h[0];
+			off += 8;
+			if (frag >> 3) {
+				p->proto = nh;
+				p->port = EP_PORT_NONE;
+				return EP_PARSE_OK;
+			}
+		} else if (nh == EP_IPPROTO_AH) {
+			nh = h[0];
+			off += ((__u32)h[1] + 2) * 4;
+		} else {
+			nh = h[0];
+			off += ((__u32)h[1] + 1) * 8;
+		}
+	}
+	/* Still inside the extension-header chain after EP_MAX_EXT headers. */
+	if (!ep_is_ext(nh)) {
+		p->proto = nh;
+		return ep_parse_l4(data, data_end, off, p);
+	}
+	return EP_PARSE_MALFORMED;
+}
+
+static __always_inline int ep_parse(void *data, void *data_end, struct ep_pkt *p)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return EP_PARSE_NON_IP;
+	__u16 proto = bpf_ntohs(eth->h_proto);
+	__u32 off = sizeof(*eth);
+
+	for (int i = 0; i < EP_MAX_VLAN; i++) {
+		if (proto != EP_ETH_P_8021Q && proto != EP_ETH_P_8021AD)
+			break;
+		struct ep_vlan *vh = data + off;
+		if ((void *)(vh + 1) > data_end)
+			return EP_PARSE_MALFORMED;
+		proto = bpf_ntohs(vh->proto);
+		off += sizeof(*vh);
+	}
+	if (proto == EP_ETH_P_IP)
+		return ep_parse_ipv4(data, data_end, off, p);
+	if (proto == EP_ETH_P_IPV6)
+		return ep_parse_ipv6(data, data_end, off, p);
+	return EP_PARSE_NON_IP;
+}
+
+#endif

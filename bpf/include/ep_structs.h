@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Packet-side constants and structs of the edgeplane programs: what the parser reads from a
+ * frame and the per-packet match state. Nothing here is shared with the agent; the tables the
+ * agent writes are in ep_tables.h. (katran keeps these apart the same way: balancer_structs.h.)
+ */
+#ifndef EP_STRUCTS_H
+#define EP_STRUCTS_H
+
+#include "vmlinux.h"
+#include "ep_tables.h"
+
+#define EP_ETH_P_IP     0x0800
+#define EP_ETH_P_IPV6   0x86DD
+#define EP_ETH_P_8021Q  0x8100
+#define EP_ETH_P_8021AD 0x88A8
+
+/* IP protocol numbers (vmlinux.h carries only the IPv4 enum, not the IPv6 ones). */
+#define EP_IPPROTO_HOPOPTS  0
+#define EP_IPPROTO_ICMP     1
+#define EP_IPPROTO_TCP      6
+#define EP_IPPROTO_UDP      17
+#define EP_IPPROTO_ROUTING  43
+#define EP_IPPROTO_FRAGMENT 44
+#define EP_IPPROTO_AH       51
+#define EP_IPPROTO_ICMPV6   58
+#define EP_IPPROTO_DSTOPTS  60
+
+#define EP_MAX_VLAN     2    /* tags skipped before the IP header */
+#define EP_MAX_EXT      8    /* IPv6 extension headers walked */
+#define EP_MAX_L3_OFF   1024 /* bytes of L2 + L3 headers we accept before the L4 header */
+
+enum ep_verdict { EP_PASS, EP_DROP };
+enum ep_parse_result { EP_PARSE_OK, EP_PARSE_NON_IP, EP_PARSE_MALFORMED };
+
+struct ep_pkt {
+	__u32 family; /* 4 or 6 */
+	__u32 proto;  /* IP protocol / IPv6 upper-layer header */
+	__u32 port;   /* destination port, or EP_PORT_NONE */
+	__u8 src[16];
+	__u8 dst[16];
+};
+
+struct ep_vlan {
+	__be16 tci;
+	__be16 proto;
+};
+
+/* Per-packet match state. It lives in a per-CPU scratch map rather than on the stack: the
+ * bpf_loop callback cannot take map pointers from the caller's stack, and the three class
+ * summaries would not fit the 512-byte stack anyway. XDP and TC programs do not nest on a CPU.
+ */
+struct ep_match {
+	__u64 cand[EP_SUMMARY_WORDS];       /* candidate words not yet tried */
+	__u64 csum[3][EP_SUMMARY_WORDS];    /* class summary per field: src, dst, l4 */
+	__u32 cls[3];                       /* class per field */
+	__u32 wid[3];                       /* wildcard vector index per field (with generation) */
+	__u32 gen;
+	__u32 block;                        /* lowest summary word that may hold candidates */
+	__s32 rule;                         /* first matching rule, -1 while none */
+	__u32 pad;
+};
+
+#endif

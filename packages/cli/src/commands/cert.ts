@@ -1,0 +1,58 @@
+import { generateKeyPairSync } from 'node:crypto';
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Command, CommandContext, Flags } from '../command.js';
+import { parseDurationMs } from '../duration.js';
+import { InputError, UsageError } from '../errors.js';
+import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
+
+const ROLES = ['viewer', 'operator', 'admin'] as const;
+
+/** `edgeplane cert issue`. */
+export const certCommand: Command = {
+  name: 'cert',
+  summary: 'Issue a client certificate for a person or pipeline with a role (admin)',
+  usage: ['cert issue --role viewer|operator|admin --name NAME --out DIR [--lifetime 90d]'],
+  details: `Generates an ECDSA P-256 key here (it never leaves this machine), has the controller's CA
+sign a certificate for ROLE/NAME, and writes DIR/NAME.pem, DIR/NAME-key.pem (mode 0600) and
+DIR/ca.pem. Roles: viewer (get, list, watch), operator (also apply, delete, rollouts),
+admin (also tokens, revocation, certificates).
+
+Use it with:
+  EDGEPLANE_TLS_CA=DIR/ca.pem EDGEPLANE_TLS_CERT=DIR/NAME.pem EDGEPLANE_TLS_KEY=DIR/NAME-key.pem edgeplane get policies
+
+Examples:
+  edgeplane cert issue --role viewer --name alice --out ./alice`,
+  arguments: ['issue'],
+  options: {
+    role: { type: 'string', value: 'ROLE', description: 'viewer, operator or admin', choices: ROLES },
+    name: { type: 'string', value: 'NAME', description: 'who the certificate is for (an RFC 1123 label)' },
+    out: { type: 'string', value: 'DIR', description: 'where to write the key, certificate and CA' },
+    lifetime: { type: 'string', value: 'DURATION', description: 'validity (default 90 days, at most a year), e.g. 720h' },
+  },
+  async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
+    if (positionals[0] !== 'issue' || positionals.length !== 1) throw new UsageError('usage: edgeplane cert issue --role ROLE --name NAME --out DIR');
+    const role = flags.choice('role', ROLES, 'viewer');
+    if (!flags.string('role')) throw new UsageError('--role is required (viewer, operator or admin)');
+    const name = flags.string('name');
+    const out = flags.string('out');
+    if (!name || !out) throw new UsageError('--name and --out are required');
+    const lifetimeText = flags.string('lifetime');
+    const lifetime = lifetimeText === undefined ? undefined : parseDurationMs(lifetimeText);
+    if (lifetimeText !== undefined && (lifetime === undefined || lifetime <= 0)) throw new UsageError(`--lifetime: ${JSON.stringify(lifetimeText)} is not a duration like 720h`);
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const res = await ctx.api().issueCertificate(role, name, publicKey.export({ type: 'spki', format: 'der' }), lifetime);
+    try {
+      mkdirSync(out, { recursive: true, mode: 0o700 });
+      const keyFile = join(out, `${name}-key.pem`);
+      writeFileSync(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, { mode: 0o600 });
+      chmodSync(keyFile, 0o600);
+      writeFileSync(join(out, `${name}.pem`), res.certificate);
+      writeFileSync(join(out, 'ca.pem'), res.caCertificate);
+    } catch (cause) {
+      throw new InputError(`write ${out}: ${(cause as Error).message}`, { cause });
+    }
+    ctx.io.stdout.write(`${role}/${name}: ${join(out, `${name}.pem`)} (key ${join(out, `${name}-key.pem`)}, CA ${join(out, 'ca.pem')}), valid until ${res.notAfter?.toISOString() ?? ''}\n`);
+    return ExitCode.OK;
+  },
+};

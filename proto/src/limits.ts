@@ -1,0 +1,120 @@
+/**
+ * Bounds on everything a request, a log entry or an agent report may carry: the one place
+ * their values are chosen. Controller and agents enforce them (through policy validation,
+ * the selector parser and the AgentService handlers); the CLI checks the ones a manifest can
+ * break before it sends anything. Each value says why it is what it is.
+ *
+ * Label syntax follows Kubernetes
+ * (https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#syntax-and-character-set);
+ * the counts are edgeplane's own.
+ */
+
+/** Characters of a label-selector text (`role=edge,site in (a,b)`). 64 terms of a 63-character key and value fit in 8 KiB. */
+export const MAX_SELECTOR_LENGTH = 8 * 1024;
+
+/** Terms of one selector: match_labels pairs and match_expressions together. */
+export const MAX_SELECTOR_TERMS = 64;
+
+/** Values of one `in` / `notin` term (or one match expression). */
+export const MAX_SELECTOR_VALUES_PER_TERM = 256;
+
+/** Values of one selector over all its terms. */
+export const MAX_SELECTOR_VALUES = 1024;
+
+/** Labels on one object (policy or node). Kubernetes sets no count; 64 keeps a node's hello small. */
+export const MAX_LABELS = 64;
+
+/** Characters of a label key's optional DNS-subdomain prefix (Kubernetes). */
+export const MAX_LABEL_PREFIX_LENGTH = 253;
+
+/** Characters of a label key's name part, and of a label value (Kubernetes). */
+export const MAX_LABEL_NAME_LENGTH = 63;
+
+/** Rules in one policy: what one node's datapath holds per interface role. */
+export const MAX_RULES_PER_POLICY = 65_536;
+
+/**
+ * Bytes of one encoded Policy. A log entry that starts a rollout carries the policy and the
+ * one it replaces; both must fit the NATS max_payload the controller runs with (8 MiB). A
+ * 65,536-rule policy with a CIDR and a port per rule is about 1.4 MiB.
+ */
+export const MAX_POLICY_BYTES = 3 * 1024 * 1024;
+
+/** Waves of one staged rollout. */
+export const MAX_ROLLOUT_WAVES = 32;
+
+/** Policies in the whole intent. */
+export const MAX_POLICIES = 10_000;
+
+/** Bytes of all policies in the intent together (encoded): what a snapshot and an agent's catch-up carry. */
+export const MAX_INTENT_BYTES = 64 * 1024 * 1024;
+
+/** Node names one request may name (wave members, per-node queries). */
+export const MAX_NODES_PER_REQUEST = 1000;
+
+/** Interfaces a node may describe in its hello. */
+export const MAX_NODE_INTERFACES = 256;
+
+/** Conditions a node may report at once (a handful of types exist; see NodeCondition). */
+export const MAX_NODE_CONDITIONS = 32;
+
+/** Characters of a condition's message (the agent cuts its own messages to this). */
+export const MAX_CONDITION_MESSAGE_LENGTH = 512;
+
+/**
+ * Rule entries in one counter report. An entry is at most about 170 bytes, so a full report
+ * stays under 1.5 MiB; an agent with more rules that counted sends several reports (the
+ * controller sums deltas).
+ */
+export const MAX_COUNTER_RULES = 8192;
+
+/**
+ * Distinct rules the controller keeps counters for per node: every rule of both interface
+ * roles. Reports naming more new rules than that are dropped past the bound, so an agent
+ * cannot grow the controller's memory by inventing rule keys.
+ */
+export const MAX_COUNTED_RULES_PER_NODE = 2 * MAX_RULES_PER_POLICY;
+
+/** Interface entries in one counter report. */
+export const MAX_COUNTER_INTERFACES = MAX_NODE_INTERFACES;
+
+/** Characters of a name in a counter report (policy, rule: DNS labels; interface: IFNAMSIZ-1). */
+export const MAX_COUNTER_NAME_LENGTH = 63;
+
+/** Characters of free text an agent sends (NACK reason, condition message). */
+export const MAX_REPORT_TEXT_LENGTH = 4096;
+
+/**
+ * The gRPC server's largest accepted message: the largest valid request is an ApplyPolicy
+ * with a policy of MAX_POLICY_BYTES; 64 KiB covers the request's other fields. A larger
+ * message fails RESOURCE_EXHAUSTED before it is decoded.
+ */
+export const MAX_REQUEST_BYTES = MAX_POLICY_BYTES + 64 * 1024;
+
+/** Bytes of one manifest file (or standard input) the CLI reads: a policy of MAX_POLICY_BYTES as YAML is at most a few times larger. */
+export const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
+
+/** Characters of an offending value quoted in an error (then "…"). */
+export const MAX_QUOTED_LENGTH = 64;
+
+/**
+ * Field violations listed in one error; the rest are counted ("and K more"). With the quoted
+ * values bounded, every error stays well inside a default gRPC client's 8 KiB metadata limit.
+ */
+export const MAX_LISTED_VIOLATIONS = 24;
+
+/** Violations validation collects before it only counts (the error lists MAX_LISTED_VIOLATIONS). */
+export const MAX_COLLECTED_VIOLATIONS = 256;
+
+/**
+ * Returns `value` JSON-quoted for an error message, cut to MAX_QUOTED_LENGTH characters
+ * followed by "…" and the full length. Linear in the quoted prefix only.
+ */
+export function quote(value: string, max: number = MAX_QUOTED_LENGTH): string {
+  if (value.length <= max) return JSON.stringify(value);
+  // Do not cut a surrogate pair in half.
+  let end = max;
+  const c = value.charCodeAt(end - 1);
+  if (c >= 0xd800 && c <= 0xdbff) end--;
+  return `${JSON.stringify(value.slice(0, end))}… (${value.length} characters)`;
+}

@@ -1,0 +1,96 @@
+// Bounds on what an agent sends over AgentService.Connect: the controller keeps what agents
+// report (registry, counter store), so every name, count and text is checked against
+// @edgeplane/proto's limits before it is stored. Pure.
+import {
+  MAX_COUNTER_INTERFACES,
+  MAX_COUNTER_NAME_LENGTH,
+  MAX_COUNTER_RULES,
+  MAX_CONDITION_MESSAGE_LENGTH,
+  MAX_NODE_CONDITIONS,
+  MAX_NODE_INTERFACES,
+  MAX_REPORT_TEXT_LENGTH,
+  checkDnsLabel,
+  quote,
+  validateLabels,
+  type AgentHello,
+  type ConditionReport,
+  type CounterReport,
+  type FieldViolation,
+  type NodeCondition,
+  type RevisionReport,
+} from '@edgeplane/proto';
+
+function tooLong(out: FieldViolation[], field: string, text: string, max: number): void {
+  if (text.length > max) out.push({ field, description: `${quote(text)}: at most ${max} characters`, reason: 'TOO_LONG' });
+}
+
+function conditions(out: FieldViolation[], list: readonly NodeCondition[], path: string): void {
+  if (list.length > MAX_NODE_CONDITIONS) {
+    out.push({ field: path, description: `${list.length} conditions; at most ${MAX_NODE_CONDITIONS}`, reason: 'TOO_MANY_CONDITIONS' });
+    return;
+  }
+  list.forEach((c, i) => {
+    tooLong(out, `${path}[${i}].type`, c.type, MAX_COUNTER_NAME_LENGTH);
+    // Types are stable kebab-case words (see NodeCondition); checked after the length, so linear.
+    if (c.type.length <= MAX_COUNTER_NAME_LENGTH && !/^[a-z][a-z0-9-]*$/.test(c.type)) out.push({ field: `${path}[${i}].type`, description: `${quote(c.type)}: a kebab-case word`, reason: 'INVALID_TYPE' });
+    tooLong(out, `${path}[${i}].message`, c.message, MAX_CONDITION_MESSAGE_LENGTH);
+  });
+}
+
+/** Returns the problems of a hello (empty when valid): node name, labels as Kubernetes, interface and condition counts, text lengths. */
+export function validateHello(hello: AgentHello): FieldViolation[] {
+  const out: FieldViolation[] = [];
+  const problem = checkDnsLabel(hello.nodeName);
+  if (problem) out.push({ field: 'hello.node_name', description: `${quote(hello.nodeName)} ${problem}`, reason: 'INVALID_NAME' });
+  out.push(...validateLabels(hello.labels, 'hello.labels'));
+  if (hello.interfaces.length > MAX_NODE_INTERFACES) {
+    out.push({ field: 'hello.interfaces', description: `${hello.interfaces.length} interfaces; at most ${MAX_NODE_INTERFACES}`, reason: 'TOO_MANY_INTERFACES' });
+  } else {
+    hello.interfaces.forEach((iface, i) => {
+      tooLong(out, `hello.interfaces[${i}].name`, iface.name, MAX_COUNTER_NAME_LENGTH);
+      tooLong(out, `hello.interfaces[${i}].attach_mode`, iface.attachMode, MAX_COUNTER_NAME_LENGTH);
+    });
+  }
+  conditions(out, hello.conditions, 'hello.conditions');
+  const info = hello.info;
+  if (info) {
+    for (const [field, text] of [['agent_version', info.agentVersion], ['kernel_release', info.kernelRelease], ['hostname', info.hostname], ['datapath', info.datapath]] as const) {
+      tooLong(out, `hello.info.${field}`, text, 256);
+    }
+  }
+  tooLong(out, 'hello.session_id', hello.sessionId, 256);
+  return out;
+}
+
+/** Returns the problems of a counter report (empty when valid): entry counts, and policy, rule and interface names of bounded length. */
+export function validateCounterReport(report: CounterReport): FieldViolation[] {
+  const out: FieldViolation[] = [];
+  if (report.rules.length > MAX_COUNTER_RULES) {
+    out.push({ field: 'counters.rules', description: `${report.rules.length} entries; at most ${MAX_COUNTER_RULES} per report`, reason: 'TOO_MANY_ENTRIES' });
+  } else {
+    report.rules.forEach((c, i) => {
+      tooLong(out, `counters.rules[${i}].rule.policy`, c.rule?.policy ?? '', MAX_COUNTER_NAME_LENGTH);
+      tooLong(out, `counters.rules[${i}].rule_name`, c.ruleName, MAX_COUNTER_NAME_LENGTH);
+    });
+  }
+  if (report.interfaces.length > MAX_COUNTER_INTERFACES) {
+    out.push({ field: 'counters.interfaces', description: `${report.interfaces.length} entries; at most ${MAX_COUNTER_INTERFACES} per report`, reason: 'TOO_MANY_ENTRIES' });
+  } else {
+    report.interfaces.forEach((c, i) => tooLong(out, `counters.interfaces[${i}].interface`, c.interface, MAX_COUNTER_NAME_LENGTH));
+  }
+  return out;
+}
+
+/** Returns the problems of a revision report: a NACK reason of bounded length. */
+export function validateRevisionReport(report: RevisionReport): FieldViolation[] {
+  const out: FieldViolation[] = [];
+  tooLong(out, 'report.reason', report.reason, MAX_REPORT_TEXT_LENGTH);
+  return out;
+}
+
+/** Returns the problems of a condition report: count and text lengths. */
+export function validateConditionReport(report: ConditionReport): FieldViolation[] {
+  const out: FieldViolation[] = [];
+  conditions(out, report.conditions, 'conditions.conditions');
+  return out;
+}

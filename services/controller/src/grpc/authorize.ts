@@ -1,0 +1,122 @@
+import type { PeerCertificate } from 'node:tls';
+import { PermissionDeniedError, UnauthenticatedError } from '../errors.js';
+import { describeIdentity, identityFromPeerCertificate, type Identity, type Role } from '../pki/identity.js';
+
+/** Who may call what: every gRPC method of the edgeplane services, and only these. */
+const READ: readonly Role[] = ['viewer', 'operator', 'admin'];
+const WRITE: readonly Role[] = ['operator', 'admin'];
+const ADMIN: readonly Role[] = ['admin'];
+const NODE: readonly Role[] = ['node'];
+
+/**
+ * The one table of method -> roles (full gRPC path). `anyone` is callable without a client
+ * certificate (Enroll: the join token is the credential). A method not listed is refused.
+ */
+export const METHOD_ROLES: Readonly<Record<string, readonly Role[] | 'anyone'>> = {
+  '/edgeplane.v1.IntentService/ApplyPolicy': WRITE,
+  '/edgeplane.v1.IntentService/DeletePolicy': WRITE,
+  '/edgeplane.v1.IntentService/GetPolicy': READ,
+  '/edgeplane.v1.IntentService/ListPolicies': READ,
+  '/edgeplane.v1.IntentService/WatchPolicies': READ,
+  '/edgeplane.v1.IntentService/PauseRollout': WRITE,
+  '/edgeplane.v1.IntentService/ResumeRollout': WRITE,
+  '/edgeplane.v1.IntentService/PromoteRollout': WRITE,
+  '/edgeplane.v1.IntentService/AbortRollout': WRITE,
+  '/edgeplane.v1.IntentService/ResetHistory': ADMIN,
+  '/edgeplane.v1.FleetService/ListNodes': READ,
+  '/edgeplane.v1.FleetService/GetNode': READ,
+  '/edgeplane.v1.FleetService/WatchNodes': READ,
+  '/edgeplane.v1.FleetService/GetPolicyCounters': READ,
+  '/edgeplane.v1.FleetService/GetRevisionStatus': READ,
+  '/edgeplane.v1.FleetService/GetRollout': READ,
+  '/edgeplane.v1.FleetService/ListRollouts': READ,
+  '/edgeplane.v1.FleetService/WatchRollout': READ,
+  '/edgeplane.v1.AgentService/Connect': NODE,
+  '/edgeplane.v1.TrustService/Enroll': 'anyone',
+  '/edgeplane.v1.TrustService/RenewCertificate': NODE,
+  '/edgeplane.v1.TrustService/CreateJoinToken': ADMIN,
+  '/edgeplane.v1.TrustService/RevokeNode': ADMIN,
+  '/edgeplane.v1.TrustService/IssueCertificate': ADMIN,
+};
+
+/** The identity of a plaintext caller on a loopback listener started with --insecure. */
+export const INSECURE_IDENTITY: Identity = { fleet: 'default', role: 'admin', name: 'insecure-loopback' };
+
+/** Who called, as the authorizer established it. */
+export interface Caller {
+  /** Undefined only for `anyone` methods called without a certificate. */
+  identity: Identity | undefined;
+  /**
+   * True on an --insecure loopback listener: the caller is {@link INSECURE_IDENTITY} and may
+   * also speak AgentService for any node (development and tests only).
+   */
+  insecure: boolean;
+}
+
+/** What a call exposes for authorization (grpc-js server calls have it). */
+export interface AuthenticatedCall {
+  getAuthContext(): { transportSecurityType?: string; sslPeerCertificate?: PeerCertificate } | null;
+}
+
+/** Options of {@link Authorizer}. */
+export interface AuthorizerOptions {
+  insecure: boolean;
+  fleet: string;
+  /** True if the identity was revoked (nodes: by name). */
+  isRevoked(identity: Identity): boolean;
+  /** Called for every refusal (metrics, logs). */
+  onDenied?(method: string, identity: Identity | undefined, reason: string): void;
+}
+
+/**
+ * Establishes the caller of every call from its verified TLS peer certificate and checks it
+ * against {@link METHOD_ROLES}. Used by every handler wrapper in services.ts.
+ */
+export class Authorizer {
+  #options: AuthorizerOptions;
+
+  constructor(options: AuthorizerOptions) {
+    this.#options = options;
+  }
+
+  /** The caller's identity from the call's verified peer certificate, if any (no role check). */
+  identityOf(call: AuthenticatedCall): Identity | undefined {
+    if (this.#options.insecure) return INSECURE_IDENTITY;
+    const id = identityFromPeerCertificate(call.getAuthContext()?.sslPeerCertificate);
+    return id && id.fleet === this.#options.fleet ? id : undefined;
+  }
+
+  /**
+   * Returns the caller of `method`.
+   * @throws UnauthenticatedError without a usable certificate or for a revoked one;
+   *   PermissionDeniedError if the caller's role may not call `method`.
+   */
+  authorize(method: string, call: AuthenticatedCall): Caller {
+    const allowed = METHOD_ROLES[method];
+    if (this.#options.insecure) return { identity: INSECURE_IDENTITY, insecure: true };
+    const identity = this.identityOf(call);
+    if (allowed === 'anyone') return { identity, insecure: false };
+    if (!identity) throw this.#deny(method, undefined, new UnauthenticatedError(`${method} needs a client certificate from this fleet's CA`, 'NO_IDENTITY'));
+    if (this.#options.isRevoked(identity)) throw this.#deny(method, identity, new UnauthenticatedError(`${describeIdentity(identity)} was revoked`, 'REVOKED'));
+    if (!allowed || !allowed.includes(identity.role)) {
+      throw this.#deny(method, identity, new PermissionDeniedError(`${describeIdentity(identity)} may not call ${method}`, 'ROLE_NOT_ALLOWED'));
+    }
+    return { identity, insecure: false };
+  }
+
+  /**
+   * Checks that a caller speaks for `nodeName` (AgentService hellos).
+   * @throws PermissionDeniedError if it is a node certificate for another name.
+   */
+  checkNode(method: string, caller: Caller, nodeName: string): void {
+    if (caller.insecure) return;
+    if (caller.identity?.role !== 'node' || caller.identity.name !== nodeName) {
+      throw this.#deny(method, caller.identity, new PermissionDeniedError(`${caller.identity ? describeIdentity(caller.identity) : 'caller'} may not speak for node ${nodeName}`, 'NODE_MISMATCH'));
+    }
+  }
+
+  #deny<E extends UnauthenticatedError | PermissionDeniedError>(method: string, identity: Identity | undefined, err: E): E {
+    this.#options.onDenied?.(method, identity, err.reason);
+    return err;
+  }
+}

@@ -1,0 +1,161 @@
+import { verify, type KeyObject } from 'node:crypto';
+import {
+  checkDnsLabel,
+  checkLabelKey,
+  checkLabelValue,
+  type CreateJoinTokenRequest,
+  type CreateJoinTokenResponse,
+  type Duration,
+  type EnrollRequest,
+  type EnrollResponse,
+  type IssueCertificateRequest,
+  type IssueCertificateResponse,
+  type RenewCertificateRequest,
+  type RenewCertificateResponse,
+  type RevokeNodeRequest,
+  type RevokeNodeResponse,
+} from '@edgeplane/proto';
+import { CertificateIssueError, UnauthenticatedError, ValidationError } from './errors.js';
+import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
+import { p256PublicKey, type CertificateAuthority } from './pki/certificate-authority.js';
+import { describeIdentity, type Identity, type Role } from './pki/identity.js';
+import type { TrustStore } from './trust-store.js';
+
+/** The message an enrolling node signs with its new key (proof of possession). */
+export function enrollProofMessage(nodeName: string, token: string): Buffer {
+  return Buffer.from(`edgeplane-enroll-v1\n${nodeName}\n${token}`);
+}
+
+/** The message a renewing node signs with its new key. */
+export function renewProofMessage(nodeName: string): Buffer {
+  return Buffer.from(`edgeplane-renew-v1\n${nodeName}`);
+}
+
+/** Options of {@link TrustApi}. */
+export interface TrustApiOptions {
+  ca: CertificateAuthority;
+  store: TrustStore;
+  /** Issues NATS credentials at enrollment and withdraws them at revocation; unset = none. */
+  natsCredentials?: NatsCredentialIssuer;
+  /** Lifetime of node certificates (default 24 h). */
+  nodeCertLifetimeMs?: number;
+}
+
+const MINUTE = 60_000;
+const DAY = 24 * 60 * MINUTE;
+const PEOPLE_ROLES: readonly Role[] = ['viewer', 'operator', 'admin'];
+
+function durationMs(d: Duration | undefined, fallback: number, max: number, field: string): number {
+  if (!d || (d.seconds === 0n && d.nanos === 0)) return fallback;
+  const ms = Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6);
+  if (!(ms > 0) || ms > max) throw new ValidationError(`${field} out of range`, [{ field, description: `must be between 1 ms and ${max / MINUTE} minutes`, reason: 'OUT_OF_RANGE' }]);
+  return ms;
+}
+
+function checkProof(key: KeyObject, message: Buffer, proof: Uint8Array, field: string): void {
+  let ok = false;
+  try {
+    ok = proof.length > 0 && proof.length <= 256 && verify('sha256', message, key, proof);
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw new ValidationError('proof of possession does not verify', [{ field, description: 'must be an ECDSA-SHA256 signature by the key sent', reason: 'BAD_PROOF' }]);
+}
+
+function publicKeyOf(bytes: Uint8Array, field: string): KeyObject {
+  try {
+    return p256PublicKey(bytes);
+  } catch (err) {
+    throw new ValidationError(`${field}: ${(err as Error).message}`, [{ field, description: 'must be an ECDSA P-256 DER SubjectPublicKeyInfo', reason: 'BAD_KEY' }]);
+  }
+}
+
+/**
+ * TrustService's behaviour: enrollment with single-use join tokens, renewal, operator
+ * certificates and node revocation. Authorization (who may call which method) happened
+ * before these are called (grpc/authorize.ts); these check what depends on the request.
+ */
+export class TrustApi {
+  #o: TrustApiOptions;
+  #nodeLifetime: number;
+
+  constructor(options: TrustApiOptions) {
+    this.#o = options;
+    this.#nodeLifetime = options.nodeCertLifetimeMs ?? DAY;
+  }
+
+  /**
+   * Exchanges a join token for a node certificate bound to the node name, plus NATS credentials.
+   * Everything is checked before the token is consumed; a consumed token is spent even if a
+   * later step fails (the operator creates another).
+   * @throws ValidationError, UnauthenticatedError (token), PreconditionError (name taken or revoked).
+   */
+  async enroll(req: EnrollRequest): Promise<EnrollResponse> {
+    const problem = checkDnsLabel(req.nodeName);
+    if (problem) throw new ValidationError('invalid node name', [{ field: 'node_name', description: problem, reason: 'INVALID_NAME' }]);
+    const key = publicKeyOf(req.publicKey, 'public_key');
+    checkProof(key, enrollProofMessage(req.nodeName, req.token), req.proof, 'proof');
+    if (this.#o.natsCredentials && req.natsPublicKey !== "" && !/^U[A-Z2-7]{55}$/.test(req.natsPublicKey)) {
+      throw new ValidationError('invalid NATS public key', [{ field: 'nats_public_key', description: 'must be a NATS user nkey (U...)', reason: 'BAD_KEY' }]);
+    }
+    if (this.#o.store.isRevoked(req.nodeName)) throw new UnauthenticatedError(`node ${req.nodeName} was revoked`, 'REVOKED');
+    const labels = await this.#o.store.consumeToken(req.token, req.nodeName);
+    await this.#o.store.recordEnrollment(req.nodeName);
+    const issued = await this.#o.ca.issue({ identity: { fleet: this.#o.ca.fleet, role: 'node', name: req.nodeName }, publicKey: key, lifetimeMs: this.#nodeLifetime });
+    const natsJwt = this.#o.natsCredentials && req.natsPublicKey ? await this.#o.natsCredentials.issueNode(req.nodeName, req.natsPublicKey, issued.notAfter) : '';
+    return { certificate: issued.certPem, caCertificate: this.#o.ca.certPem, notAfter: issued.notAfter, natsJwt, labels };
+  }
+
+  /**
+   * Renews a node's certificate for the same name, with a new key if one is sent.
+   * @throws ValidationError for a bad key or proof.
+   */
+  async renew(node: Identity, currentKey: KeyObject, req: RenewCertificateRequest): Promise<RenewCertificateResponse> {
+    let key = currentKey;
+    if (req.publicKey.length > 0) {
+      key = publicKeyOf(req.publicKey, 'public_key');
+      checkProof(key, renewProofMessage(node.name), req.proof, 'proof');
+    }
+    const issued = await this.#o.ca.issue({ identity: node, publicKey: key, lifetimeMs: this.#nodeLifetime });
+    return { certificate: issued.certPem, caCertificate: this.#o.ca.certPem, notAfter: issued.notAfter };
+  }
+
+  /** Creates a join token (default 15 minutes, at most 24 hours). @throws ValidationError. */
+  async createJoinToken(caller: Identity, req: CreateJoinTokenRequest): Promise<CreateJoinTokenResponse> {
+    const ttl = durationMs(req.ttl, 15 * MINUTE, DAY, 'ttl');
+    const violations = Object.entries(req.labels).flatMap(([k, v]) => {
+      const p = checkLabelKey(k) ?? checkLabelValue(v);
+      return p ? [{ field: `labels[${k}]`, description: p, reason: 'INVALID_LABEL' }] : [];
+    });
+    if (violations.length > 0) throw new ValidationError('invalid labels', violations);
+    const { token, expiresAt } = await this.#o.store.createToken(ttl, req.labels, describeIdentity(caller));
+    return { token, expiresAt, caFingerprint: this.#o.ca.fingerprint };
+  }
+
+  /** Revokes a node: refused on every replica once their watch sees it, NATS credentials withdrawn. */
+  async revokeNode(caller: Identity, req: RevokeNodeRequest): Promise<RevokeNodeResponse> {
+    const problem = checkDnsLabel(req.nodeName);
+    if (problem) throw new ValidationError('invalid node name', [{ field: 'node_name', description: problem, reason: 'INVALID_NAME' }]);
+    const r = await this.#o.store.revoke(req.nodeName, describeIdentity(caller), req.reason.slice(0, 1024));
+    await this.#o.natsCredentials?.revokeNode(req.nodeName);
+    return { revokedAt: new Date(r.at) };
+  }
+
+  /** Issues a certificate for a person or pipeline (viewer, operator, admin; default 90 days, at most 1 year). */
+  async issueCertificate(req: IssueCertificateRequest): Promise<IssueCertificateResponse> {
+    if (!PEOPLE_ROLES.includes(req.role as Role)) {
+      throw new ValidationError('invalid role', [{ field: 'role', description: `must be one of ${PEOPLE_ROLES.join(', ')} (nodes enroll with join tokens)`, reason: 'INVALID_ROLE' }]);
+    }
+    const problem = checkDnsLabel(req.name);
+    if (problem) throw new ValidationError('invalid name', [{ field: 'name', description: problem, reason: 'INVALID_NAME' }]);
+    const lifetime = durationMs(req.lifetime, 90 * DAY, 365 * DAY, 'lifetime');
+    const key = publicKeyOf(req.publicKey, 'public_key');
+    try {
+      const issued = await this.#o.ca.issue({ identity: { fleet: this.#o.ca.fleet, role: req.role as Role, name: req.name }, publicKey: key, lifetimeMs: lifetime });
+      return { certificate: issued.certPem, caCertificate: this.#o.ca.certPem, notAfter: issued.notAfter };
+    } catch (err) {
+      if (err instanceof CertificateIssueError) throw new ValidationError(err.message, [{ field: 'public_key', description: err.message, reason: 'BAD_KEY' }]);
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,147 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { KvWatchInclude, type KV } from '@nats-io/kv';
+import { PreconditionError, UnauthenticatedError } from './errors.js';
+
+/** A join token as stored: only its hash is the key. */
+interface TokenRecord {
+  expiresAt: number;
+  labels: Record<string, string>;
+  createdBy: string;
+  /** Set (by compare-and-set) when a node enrolled with it. */
+  usedBy?: string;
+}
+
+/** A node's revocation as stored. */
+export interface Revocation {
+  node: string;
+  at: number;
+  by: string;
+  reason: string;
+}
+
+/** The token prefix: recognisable in logs and secret scanners. */
+const TOKEN_PREFIX = 'ept_';
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+function tokenKey(token: string): string {
+  return `token.${createHash('sha256').update(token).digest('hex')}`;
+}
+
+/**
+ * The controller's trust state in a controller-only NATS KV bucket (TRUST_BUCKET): single-use
+ * join tokens (stored hashed, consumed by compare-and-set so two replicas cannot both accept
+ * one), the names enrolled so far (each name enrolls once), and node revocations, which every
+ * replica watches. Owns the watch; close() stops it (idempotent).
+ */
+export class TrustStore {
+  #kv: KV;
+  #revoked = new Map<string, Revocation>();
+  #listeners = new Set<(r: Revocation) => void>();
+  #stop: (() => void) | undefined;
+  #now: () => number;
+
+  constructor(kv: KV, options: { now?: () => number } = {}) {
+    this.#kv = kv;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /**
+   * Starts watching for revocations (from any replica), then loads those already stored: a
+   * revocation written in between is seen by one or the other.
+   */
+  async start(onError: (message: string, err: unknown) => void): Promise<void> {
+    const watch = await this.#kv.watch({ key: 'revoked.>', include: KvWatchInclude.UpdatesOnly });
+    this.#stop = () => watch.stop();
+    void (async () => {
+      try {
+        for await (const e of watch) if (e.operation === 'PUT' && e.value.length > 0) this.#add(JSON.parse(dec.decode(e.value)) as Revocation);
+      } catch (err) {
+        onError('watch revocations', err);
+      }
+    })();
+    const keys: string[] = [];
+    for await (const k of await this.#kv.keys('revoked.>')) keys.push(k);
+    for (const k of keys) {
+      const e = await this.#kv.get(k);
+      if (e && e.operation === 'PUT' && e.value.length > 0) this.#add(JSON.parse(dec.decode(e.value)) as Revocation);
+    }
+  }
+
+  #add(r: Revocation): void {
+    if (this.#revoked.has(r.node)) return;
+    this.#revoked.set(r.node, r);
+    for (const l of this.#listeners) l(r);
+  }
+
+  /** Stops the watch. Idempotent. */
+  close(): void {
+    this.#stop?.();
+    this.#stop = undefined;
+  }
+
+  /** Calls `listener` for every revocation seen after now; returns the function that removes it. */
+  onRevoked(listener: (r: Revocation) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** True if the node was revoked (on any replica, once its watch delivered it). */
+  isRevoked(node: string): boolean {
+    return this.#revoked.has(node);
+  }
+
+  /** Creates a single-use token; returns it (shown once) with its expiry. */
+  async createToken(ttlMs: number, labels: Record<string, string>, createdBy: string): Promise<{ token: string; expiresAt: Date }> {
+    const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
+    const expiresAt = this.#now() + ttlMs;
+    const record: TokenRecord = { expiresAt, labels, createdBy };
+    await this.#kv.create(tokenKey(token), enc.encode(JSON.stringify(record)));
+    return { token, expiresAt: new Date(expiresAt) };
+  }
+
+  /**
+   * Consumes a token for `node`: checks it exists, is unused and unexpired, then marks it used
+   * with a compare-and-set on its revision. Returns the labels it carries.
+   * @throws UnauthenticatedError (reason TOKEN_INVALID, TOKEN_USED or TOKEN_EXPIRED).
+   */
+  async consumeToken(token: string, node: string): Promise<Record<string, string>> {
+    if (!token.startsWith(TOKEN_PREFIX) || token.length > 128) throw new UnauthenticatedError('join token is not valid', 'TOKEN_INVALID');
+    const key = tokenKey(token);
+    const entry = await this.#kv.get(key);
+    if (!entry || entry.operation !== 'PUT' || entry.value.length === 0) throw new UnauthenticatedError('join token is not valid', 'TOKEN_INVALID');
+    const record = JSON.parse(dec.decode(entry.value)) as TokenRecord;
+    if (record.usedBy !== undefined) throw new UnauthenticatedError('join token was already used', 'TOKEN_USED');
+    if (record.expiresAt <= this.#now()) throw new UnauthenticatedError('join token expired', 'TOKEN_EXPIRED');
+    try {
+      await this.#kv.update(key, enc.encode(JSON.stringify({ ...record, usedBy: node })), entry.revision);
+    } catch {
+      // Another replica (or a concurrent call) consumed it between our read and write.
+      throw new UnauthenticatedError('join token was already used', 'TOKEN_USED');
+    }
+    return record.labels;
+  }
+
+  /**
+   * Records that `node` enrolled; a name enrolls once (create fails if the key exists).
+   * @throws PreconditionError (NODE_ALREADY_ENROLLED, NODE_REVOKED).
+   */
+  async recordEnrollment(node: string): Promise<void> {
+    if (this.isRevoked(node)) throw new PreconditionError(`node ${node} was revoked`, 'NODE_REVOKED');
+    try {
+      await this.#kv.create(`node.${node}`, enc.encode(JSON.stringify({ at: this.#now() })));
+    } catch {
+      throw new PreconditionError(`node ${node} is already enrolled; revoke it or choose another name`, 'NODE_ALREADY_ENROLLED');
+    }
+  }
+
+  /** Revokes a node (idempotent: the first revocation stays). */
+  async revoke(node: string, by: string, reason: string): Promise<Revocation> {
+    const existing = this.#revoked.get(node);
+    if (existing) return existing;
+    const r: Revocation = { node, at: this.#now(), by, reason };
+    await this.#kv.put(`revoked.${node}`, enc.encode(JSON.stringify(r)));
+    this.#add(r);
+    return r;
+  }
+}

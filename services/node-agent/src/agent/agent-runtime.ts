@@ -1,0 +1,385 @@
+// The agent's runtime: everything between the concrete adapters main.ts constructs and the
+// agent's logic. The agent process (main.ts) and the simulated fleet (bench/fleet-sim.ts) both
+// run this, so the fleet benchmark measures the agent itself.
+import type * as grpc from '@grpc/grpc-js';
+import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
+import {
+  InterfaceRole as ProtoRole,
+  type NodeInfo,
+  type CounterReport,
+  type NodeInterface,
+  type RevisionReport,
+  type Snapshot,
+  type TrustedKeys,
+} from '@edgeplane/proto';
+import { ChainFollower, IntentLog, type ChainFollowerStats } from '@edgeplane/intent-log';
+import type { Datapath } from '../datapath/datapath.js';
+import type { InterfaceRole } from '../datapath/interface-role.js';
+import { ControllerLink } from './controller-link.js';
+import {
+  CONDITION_INTENT_STALE,
+  CONDITION_LOG_MESSAGE_REJECTED,
+  CONDITION_ROLLBACK_REFUSED,
+  NodeAgent,
+  type AgentLogger,
+  type AgentStatus,
+} from './node-agent.js';
+import type { StateStore } from './state-file.js';
+import type { Head } from './verified-head.js';
+
+/** Where the newest verified log head is kept across restarts (rollback protection). */
+export interface HeadStore {
+  /** @returns the saved head, or undefined if there is none. @throws if it is unreadable. */
+  read(): Head | undefined;
+  /** Saves the head durably. @throws if it cannot. */
+  write(head: Head): void;
+}
+
+/** How long the log-message-rejected condition holds after the newest rejected message. */
+const REJECTED_QUIET_MS = 600_000;
+
+/** Attaches the datapath's programs to interfaces (the eBPF datapath; nothing in a simulation). */
+export interface InterfaceAttacher {
+  /** Attaches `role`'s program to `iface` unless it is attached. @returns true if it attached now. @throws if the interface is not there. */
+  ensureAttached(iface: string, role: InterfaceRole): boolean;
+  /** Whether `role`'s program is attached to `iface`. @throws if the interface is not there. */
+  isAttached(iface: string, role: InterfaceRole): boolean;
+  /** The kernel's id of `role`'s program. */
+  programId(role: InterfaceRole): number;
+  /** How `role` attaches, for the hello (`xdp-native`, `tc`...). */
+  attachMode(role: InterfaceRole): string;
+}
+
+/** Measurement hooks (the fleet benchmark); none changes what the agent does. */
+export interface AgentRuntimeHooks {
+  /** Every ACK/NACK, as it is handed to the controller link. */
+  report?: (report: RevisionReport) => void;
+  /** Every counter report the link sends. */
+  counters?: (report: CounterReport) => void;
+}
+
+/** Options of {@link AgentRuntime}. */
+export interface AgentRuntimeOptions {
+  nodeName: string;
+  labels: Record<string, string>;
+  /** The datapath of each role (may be one object for both). Owned by the caller. */
+  datapaths: Record<InterfaceRole, Datapath>;
+  stateFile: StateStore;
+  /** Interfaces to keep attached, checked every `interfaceCheckMs`; needs `attacher`. */
+  interfaces?: { name: string; role: InterfaceRole }[];
+  attacher?: InterfaceAttacher;
+  /** Default 2000. */
+  interfaceCheckMs?: number;
+  natsServers: string[];
+  /**
+   * More NATS connection options: the node's credentials (authenticator, its own inbox prefix)
+   * and TLS, as agentNatsOptions() builds them. Servers, reconnect and timeouts are the runtime's.
+   */
+  natsOptions?: NodeConnectionOptions;
+  /** The NATS connect and request timeout, ms. Default 5000. */
+  natsTimeoutMs?: number;
+  trustedKeys: TrustedKeys;
+  controller: { address: string; credentials: grpc.ChannelCredentials };
+  /** What the hello says about the agent. */
+  info: NodeInfo;
+  /** Told apart from a reconnect by the controller: one per process (or simulated agent). */
+  sessionId: string;
+  heartbeatIntervalMs?: number;
+  counterIntervalMs?: number;
+  log: AgentLogger;
+  /** Accept only log entries of this fleet (unset: any fleet signed by a trusted key). */
+  fleetId?: string;
+  /** Operator keys whose signed history reset lifts a refused rollback (none: only a new state dir does). */
+  resetKeys?: TrustedKeys;
+  /** Raise intent-stale when no verified controller heartbeat arrived for this long, ms. Default 30000. */
+  staleAfterMs?: number;
+  /**
+   * The newest verified (revision, hash) across restarts: the follower refuses a shorter or
+   * different history than it. Without one, rollback protection holds only for the process's life.
+   */
+  verifiedHead?: HeadStore;
+  /** Backoff of NodeAgent's retries, ms (see NodeAgentOptions). */
+  retryMinMs?: number;
+  retryMaxMs?: number;
+  hooks?: AgentRuntimeHooks;
+}
+
+/** The configured interfaces with their attachment state, as the hello describes them. */
+function describeInterfaces(o: AgentRuntimeOptions): NodeInterface[] {
+  const attacher = o.attacher;
+  return (o.interfaces ?? []).map(({ name, role }) => {
+    let attached = false;
+    try {
+      attached = attacher?.isAttached(name, role) ?? false;
+    } catch {
+      attached = false;
+    }
+    return { name, ifindex: 0, role: role === 'uplink' ? ProtoRole.INTERFACE_ROLE_UPLINK : ProtoRole.INTERFACE_ROLE_WORKLOAD, attachMode: attacher?.attachMode(role) ?? '', attached, programId: attacher?.programId(role) ?? 0 };
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * One node agent, wired: the state file is enforced first (tables filled before any program is
+ * attached, so a node that booted without pins is fail-static from the first packet), then the
+ * interface watcher attaches and keeps programs attached, the controller link says hello (with
+ * the agent's conditions, and a ConditionReport whenever they change), and NATS is reached in
+ * the background: a connection that reconnects forever, the intent log opened with backoff, the
+ * follower started with retries, and a catch-up after every reconnect.
+ * Owns the link, the NATS connection, the follower and the agent's timers; close() ends them
+ * and never touches the datapath (the caller's: programs stay attached).
+ */
+export class AgentRuntime {
+  readonly agent: NodeAgent;
+  #o: AgentRuntimeOptions;
+  #link: ControllerLink;
+  #nc: NatsConnection | undefined;
+  #follower: ChainFollower | undefined;
+  #rejectedQuiet: NodeJS.Timeout | undefined;
+  #watcher: NodeJS.Timeout | undefined;
+  #attached = new Map<string, boolean>();
+  #closed = false;
+  #started = false;
+  #synced: Promise<void> | undefined;
+
+  private constructor(options: AgentRuntimeOptions, agent: NodeAgent, link: ControllerLink) {
+    this.#o = options;
+    this.agent = agent;
+    this.#link = link;
+  }
+
+  /**
+   * Enforces the state file, attaches the interfaces, starts the controller link and, in the
+   * background, the intent sync ({@link AgentRuntime.synced} says when it follows the log).
+   * @returns a runtime the caller owns (close() it).
+   * @throws what enforcing the state file throws (StateFileError, a datapath error); nothing is left running then.
+   */
+  static async start(options: AgentRuntimeOptions): Promise<AgentRuntime> {
+    // The agent reports through the link, and the link's hello reads the agent: tie the knot.
+    const ref: { link?: ControllerLink } = {};
+    const hooks = options.hooks ?? {};
+    const agent = new NodeAgent({
+      nodeName: options.nodeName,
+      labels: options.labels,
+      datapaths: options.datapaths,
+      stateFile: options.stateFile,
+      report: (r) => {
+        hooks.report?.(r);
+        ref.link?.report(r);
+      },
+      conditions: (c) => ref.link?.conditions(c),
+      log: options.log,
+      ...(options.retryMinMs !== undefined ? { retryMinMs: options.retryMinMs } : {}),
+      ...(options.retryMaxMs !== undefined ? { retryMaxMs: options.retryMaxMs } : {}),
+    });
+    let booted: Snapshot | undefined;
+    try {
+      // Tables first, attach second: a program attached before its tables passes everything.
+      booted = await agent.boot();
+    } catch (err) {
+      agent.close();
+      throw err;
+    }
+    const link = new ControllerLink({
+      address: options.controller.address,
+      credentials: options.controller.credentials,
+      ...(options.heartbeatIntervalMs !== undefined ? { heartbeatIntervalMs: options.heartbeatIntervalMs } : {}),
+      ...(options.counterIntervalMs !== undefined ? { counterIntervalMs: options.counterIntervalMs } : {}),
+      hello: () => {
+        const { conditions, appliedUnknown } = agent.conditions;
+        return {
+          nodeName: options.nodeName,
+          labels: options.labels,
+          info: options.info,
+          interfaces: describeInterfaces(options),
+          receivedRevision: agent.status.received,
+          appliedRevision: agent.status.applied,
+          sessionId: options.sessionId,
+          conditions,
+          appliedUnknown,
+        };
+      },
+      counters: () => {
+        const c = agent.counterDeltas();
+        if (c) hooks.counters?.(c);
+        return c;
+      },
+      onStateChange: (up, reason) => options.log('info', up ? 'controller connected' : 'controller disconnected', { reason }),
+    });
+    ref.link = link;
+    const runtime = new AgentRuntime(options, agent, link);
+    runtime.#checkInterfaces();
+    if (options.attacher && options.interfaces?.length) runtime.#watcher = setInterval(() => runtime.#checkInterfaces(), options.interfaceCheckMs ?? 2000);
+    link.start();
+    runtime.#started = true;
+    runtime.#synced = runtime.#sync(booted);
+    runtime.#synced.catch((err: unknown) => options.log('error', 'intent sync stopped', { error: (err as Error).message }));
+    return runtime;
+  }
+
+  /** Whether the controller stream is open and welcomed. */
+  get connected(): boolean {
+    return this.#link.connected;
+  }
+
+  /** The NATS connection, once made (the runtime owns it). */
+  get nats(): NatsConnection | undefined {
+    return this.#nc;
+  }
+
+  /** How the agent stands. */
+  get status(): AgentStatus {
+    return this.agent.status;
+  }
+
+  /**
+   * Resolves once the follower has started (subscribed and caught up), or when the runtime
+   * closed first. Never rejects: failures are retried (and logged).
+   */
+  synced(): Promise<void> {
+    return (this.#synced ?? Promise.resolve()).catch(() => undefined);
+  }
+
+  /** The interfaces as the hello describes them. */
+  interfaces(): NodeInterface[] {
+    return describeInterfaces(this.#o);
+  }
+
+  #checkInterfaces(): void {
+    const attacher = this.#o.attacher;
+    if (!attacher || this.#closed) return;
+    for (const { name, role } of this.#o.interfaces ?? []) {
+      try {
+        if (attacher.ensureAttached(name, role)) this.#o.log('info', 'attached', { interface: name, role });
+        this.#attached.set(name, true);
+      } catch (err) {
+        if (this.#attached.get(name) !== false) this.#o.log('warn', 'interface not ready', { interface: name, role, error: (err as Error).message, cause: String((err as Error).cause ?? '') });
+        this.#attached.set(name, false);
+      }
+    }
+  }
+
+  // NATS last, in the background: it may be down for a long time; the datapath does not care.
+  /** The follower's counters (catch-ups, resyncs, refusals, rejected messages), zero before it starts. */
+  get followerStats(): ChainFollowerStats {
+    return this.#follower?.stats ?? { catchUps: 0, resyncs: 0, refusals: 0, rejected: 0, liveApplied: 0, duplicates: 0 };
+  }
+
+  async #sync(booted: Snapshot | undefined): Promise<void> {
+    const o = this.#o;
+    const timeout = o.natsTimeoutMs ?? 5000;
+    // The first connect is retried here rather than with waitOnFirstConnect, so close() stops
+    // it; once connected, the client reconnects forever on its own.
+    let nc: NatsConnection | undefined;
+    for (let attempt = 0; !nc; attempt++) {
+      if (this.#closed) return;
+      try {
+        nc = await connect({ ...o.natsOptions, waitOnFirstConnect: false, servers: o.natsServers, name: `edgeplane-agent ${o.nodeName}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, reconnectJitter: 250, timeout });
+      } catch (err) {
+        if (attempt === 0) o.log('warn', 'nats not reachable yet; retrying', { error: (err as Error).message });
+        await sleep(Math.min(5000, 250 * 2 ** Math.min(attempt, 8)));
+      }
+    }
+    if (this.#closed) return void (await nc.close());
+    this.#nc = nc;
+    o.log('info', 'nats connected', { server: nc.getServer() });
+    let log: IntentLog | undefined;
+    for (let attempt = 0; !log; attempt++) {
+      if (this.#closed) return;
+      try {
+        log = await IntentLog.open(nc, { create: false, timeoutMs: timeout });
+      } catch (err) {
+        if (attempt === 0) o.log('warn', 'intent log not available yet', { error: (err as Error).message });
+        await sleep(Math.min(5000, 250 * 2 ** Math.min(attempt, 8)));
+      }
+    }
+    const agent = this.agent;
+    const floor = o.verifiedHead?.read();
+    const follower = new ChainFollower(log, {
+      trusted: o.trustedKeys,
+      ...(o.fleetId ? { fleetId: o.fleetId } : {}),
+      ...(booted ? { start: booted } : {}),
+      // A shorter or different history than this node verified may be an attack (a rolled back
+      // bus): keep enforcing, raise rollback-refused, until an operator-signed reset.
+      onDivergence: 'refuse',
+      ...(floor ? { floor: { revision: floor.revision, hash: floor.hash }, resetEpoch: floor.resetEpoch } : {}),
+      ...(o.resetKeys ? { resetKeys: o.resetKeys } : {}),
+      staleAfterMs: o.staleAfterMs ?? 30_000,
+      events: {
+        advanced: (_revision, entries) => {
+          try {
+            o.verifiedHead?.write({ revision: follower.chain.revision, hash: follower.chain.lastHash, resetEpoch: follower.resetEpoch });
+          } catch (err) {
+            o.log('error', 'write verified head', { error: (err as Error).message });
+          }
+          agent.intentAdvanced(follower.chain, entries);
+        },
+        stale: (ms) => {
+          o.log('warn', 'no verified controller heartbeat: the log may be frozen', { sinceMs: ms });
+          agent.raiseCondition(CONDITION_INTENT_STALE, `no verified controller heartbeat for ${Math.round(ms / 1000)} s`, follower.chain.revision);
+        },
+        fresh: () => agent.clearCondition(CONDITION_INTENT_STALE),
+        diverged: (held, reason) => {
+          o.log('error', 'refused a shorter or different log history; enforcing the last good revision', { held: String(held), reason });
+          agent.raiseCondition(CONDITION_ROLLBACK_REFUSED, reason, held);
+        },
+        reset: (epoch, reason) => {
+          o.log('warn', 'accepted an operator history reset', { epoch: String(epoch), reason });
+          agent.clearCondition(CONDITION_ROLLBACK_REFUSED);
+        },
+        // Skipped and counted (edgeplane.log.rejected_messages), logged, raised as a condition:
+        // never a NACK, which would speak of a revision that was never in the log.
+        rejected: (reason, claimed) => {
+          o.log('warn', 'rejected log message', { reason, claimedRevision: claimed === undefined ? undefined : String(claimed) });
+          agent.raiseCondition(CONDITION_LOG_MESSAGE_REJECTED, `${follower.stats.rejected} log messages failed verification and were skipped; the newest: ${reason}`);
+          clearTimeout(this.#rejectedQuiet);
+          this.#rejectedQuiet = setTimeout(() => agent.clearCondition(CONDITION_LOG_MESSAGE_REJECTED), REJECTED_QUIET_MS).unref();
+        },
+        resynced: (from, to, reason) => o.log('warn', 'resynced the intent log', { from: String(from), to: String(to), reason }),
+        error: (message, err) => o.log('error', message, { error: (err as Error)?.message }),
+      },
+    });
+    this.#follower = follower;
+    for (let attempt = 0; !this.#closed; attempt++) {
+      try {
+        await follower.start();
+        break;
+      } catch (err) {
+        o.log('warn', 'catch up failed; retrying', { error: (err as Error).message });
+        await sleep(Math.min(5000, 1000 * 2 ** Math.min(attempt, 3)));
+      }
+    }
+    void this.#watchNats(nc, follower);
+  }
+
+  async #watchNats(nc: NatsConnection, source: ChainFollower): Promise<void> {
+    for await (const s of nc.status()) {
+      if (s.type === 'reconnect') {
+        this.#o.log('info', 'nats reconnected');
+        await source.catchUp().catch((err: unknown) => this.#o.log('warn', 'catch up after reconnect', { error: (err as Error).message }));
+      } else if (s.type === 'disconnect') this.#o.log('warn', 'nats disconnected');
+    }
+  }
+
+  /**
+   * Stops: the interface watcher, the agent's retries, the follower, the link, and drains NATS.
+   * Idempotent. Never detaches: the datapath keeps enforcing.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#watcher);
+    this.agent.close();
+    clearTimeout(this.#rejectedQuiet);
+    this.#follower?.close();
+    this.#link.close();
+    const nc = this.#nc;
+    if (nc && !nc.isClosed()) await nc.drain().catch(() => nc.close());
+    if (this.#started) await this.agent.settled();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

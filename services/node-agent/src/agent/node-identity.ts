@@ -1,0 +1,313 @@
+// The agent's identity: enrollment with a single-use join token, the certificate and keys it
+// keeps in its state directory, grpc-js credentials that follow renewals, and the renewal
+// itself (at 70 % of the certificate's life, over the current mutual TLS identity).
+import { createHash, generateKeyPairSync, sign, X509Certificate } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect as tlsConnect, type DetailedPeerCertificate, type PeerCertificate } from 'node:tls';
+import * as grpc from '@grpc/grpc-js';
+import { createUser, fromSeed } from '@nats-io/nkeys';
+import { TrustServiceClient, type EnrollResponse, type RenewCertificateResponse } from '@edgeplane/proto';
+
+/** Enrollment, pinning or renewal failed: `operation: reason`, with the cause. */
+export class EnrollmentError extends Error {
+  override name = 'EnrollmentError';
+}
+
+/** What a node keeps of its identity (all PEM except the NATS parts). */
+export interface NodeCredentials {
+  nodeName: string;
+  certPem: string;
+  keyPem: string;
+  caPem: string;
+  notAfter: Date;
+  /** The NATS user seed ("SU...") and the JWT the controller issued for it ('' = none). */
+  natsSeed: string;
+  natsJwt: string;
+  /** Labels the join token carried. */
+  labels: Record<string, string>;
+}
+
+const DIR = 'identity';
+const URI_PREFIX = 'spiffe://edgeplane/';
+
+function files(stateDir: string): Record<'cert' | 'key' | 'ca' | 'natsSeed' | 'natsJwt' | 'meta', string> {
+  const d = join(stateDir, DIR);
+  return { cert: join(d, 'node.pem'), key: join(d, 'node-key.pem'), ca: join(d, 'ca.pem'), natsSeed: join(d, 'nats.seed'), natsJwt: join(d, 'nats.jwt'), meta: join(d, 'meta.json') };
+}
+
+function writeAtomic(path: string, content: string, mode: number): void {
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, content, { mode });
+  chmodSync(tmp, mode);
+  renameSync(tmp, path);
+}
+
+/** Stores credentials in STATE_DIR/identity (keys and NATS secrets 0600, directory 0700). */
+export function saveNodeCredentials(stateDir: string, c: NodeCredentials): void {
+  const f = files(stateDir);
+  mkdirSync(join(stateDir, DIR), { recursive: true, mode: 0o700 });
+  writeAtomic(f.key, c.keyPem, 0o600);
+  writeAtomic(f.cert, c.certPem, 0o644);
+  writeAtomic(f.ca, c.caPem, 0o644);
+  writeAtomic(f.natsSeed, c.natsSeed, 0o600);
+  writeAtomic(f.natsJwt, c.natsJwt, 0o600);
+  writeAtomic(f.meta, JSON.stringify({ nodeName: c.nodeName, labels: c.labels }), 0o644);
+}
+
+/** Loads stored credentials; undefined when the node never enrolled. @throws EnrollmentError if they are damaged. */
+export function loadNodeCredentials(stateDir: string): NodeCredentials | undefined {
+  const f = files(stateDir);
+  if (!existsSync(f.cert)) return undefined;
+  try {
+    const certPem = readFileSync(f.cert, 'utf8');
+    const meta = JSON.parse(readFileSync(f.meta, 'utf8')) as { nodeName: string; labels: Record<string, string> };
+    return {
+      nodeName: meta.nodeName,
+      labels: meta.labels,
+      certPem,
+      keyPem: readFileSync(f.key, 'utf8'),
+      caPem: readFileSync(f.ca, 'utf8'),
+      notAfter: new Date(new X509Certificate(certPem).validTo),
+      natsSeed: readFileSync(f.natsSeed, 'utf8'),
+      natsJwt: readFileSync(f.natsJwt, 'utf8'),
+    };
+  } catch (cause) {
+    throw new EnrollmentError(`load node credentials from ${join(stateDir, DIR)}: ${(cause as Error).message}`, { cause });
+  }
+}
+
+/**
+ * Verifies that the peer is a controller of the fleet: its certificate carries a
+ * `spiffe://edgeplane/<fleet>/controller/<id>` URI (host names are not what identifies it).
+ */
+export function checkControllerIdentity(_host: string, cert: PeerCertificate): Error | undefined {
+  const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith(`URI:${URI_PREFIX}`));
+  return uris.length === 1 && uris[0]!.split('/')[4] === 'controller' ? undefined : new Error('the server certificate is not an edgeplane controller identity');
+}
+
+function fingerprintOf(raw: Buffer): string {
+  return `sha256:${createHash('sha256').update(raw).digest('hex')}`;
+}
+
+/**
+ * Connects to the controller once without trusting anything, finds the CA with the pinned
+ * fingerprint in the chain it presents, checks that it signed the server's certificate, and
+ * returns that CA (PEM) to verify every later connection with.
+ * @throws EnrollmentError if no certificate in the chain has the fingerprint or it did not sign the server's.
+ */
+export async function fetchPinnedCa(address: string, fingerprint: string, timeoutMs = 10_000): Promise<string> {
+  const want = fingerprint.toLowerCase();
+  if (!/^sha256:[0-9a-f]{64}$/.test(want)) throw new EnrollmentError(`pin CA: ${JSON.stringify(fingerprint)} is not sha256:<64 hex digits>`);
+  const i = address.lastIndexOf(':');
+  const host = address.slice(0, i).replace(/^\[|\]$/g, '');
+  const port = Number(address.slice(i + 1));
+  const chain = await new Promise<DetailedPeerCertificate>((resolve, reject) => {
+    const sock = tlsConnect({ host, port, rejectUnauthorized: false, ALPNProtocols: ['h2'], ...(/^[\d.:]+$/.test(host) ? {} : { servername: host }) }, () => {
+      const c = sock.getPeerCertificate(true);
+      sock.destroy();
+      resolve(c);
+    });
+    sock.setTimeout(timeoutMs, () => sock.destroy(new Error(`no TLS handshake within ${timeoutMs} ms`)));
+    sock.on('error', (cause) => reject(new EnrollmentError(`pin CA: connect ${address}: ${cause.message}`, { cause })));
+  });
+  const leaf = new X509Certificate(chain.raw);
+  const seen = new Set<string>();
+  for (let c: DetailedPeerCertificate | undefined = chain; c && !seen.has(c.fingerprint256); c = c.issuerCertificate) {
+    seen.add(c.fingerprint256);
+    if (fingerprintOf(c.raw) !== want) continue;
+    const ca = new X509Certificate(c.raw);
+    if (!ca.ca || !leaf.checkIssued(ca) || !leaf.verify(ca.publicKey)) throw new EnrollmentError('pin CA: the pinned CA did not sign the server certificate');
+    return ca.toString();
+  }
+  throw new EnrollmentError(`pin CA: ${address} presented no certificate with fingerprint ${want}`);
+}
+
+function unaryCall<Res>(fn: (cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown): Promise<Res> {
+  return new Promise((resolve, reject) => fn((err, res) => (err ? reject(err) : resolve(res))));
+}
+
+/** Options of {@link enrollNode}. */
+export interface EnrollOptions {
+  address: string;
+  token: string;
+  caFingerprint: string;
+  nodeName: string;
+  stateDir: string;
+  deadlineMs?: number;
+}
+
+/**
+ * Enrolls the node: pins the CA by fingerprint, generates the node's ECDSA P-256 key and NATS
+ * nkey here (they never leave the node), calls TrustService.Enroll with a proof of possession,
+ * and stores the result in STATE_DIR/identity. Returns the stored credentials.
+ * @throws EnrollmentError (with the gRPC error as cause: UNAUTHENTICATED for a bad, used or expired token).
+ */
+export async function enrollNode(o: EnrollOptions): Promise<NodeCredentials> {
+  const caPem = await fetchPinnedCa(o.address, o.caFingerprint);
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  const nats = createUser();
+  const proof = sign('sha256', Buffer.from(`edgeplane-enroll-v1\n${o.nodeName}\n${o.token}`), privateKey);
+  const client = new TrustServiceClient(o.address, grpc.credentials.createSsl(Buffer.from(caPem), null, null, { checkServerIdentity: checkControllerIdentity }));
+  let res: EnrollResponse;
+  try {
+    res = await unaryCall<EnrollResponse>((cb) =>
+      client.enroll(
+        { token: o.token, nodeName: o.nodeName, publicKey: publicKey.export({ type: 'spki', format: 'der' }), proof, natsPublicKey: nats.getPublicKey() },
+        new grpc.Metadata(),
+        { deadline: Date.now() + (o.deadlineMs ?? 30_000) },
+        cb,
+      ),
+    );
+  } catch (cause) {
+    throw new EnrollmentError(`enroll ${o.nodeName}: ${(cause as Error).message}`, { cause });
+  } finally {
+    client.close();
+  }
+  const creds: NodeCredentials = {
+    nodeName: o.nodeName,
+    certPem: res.certificate,
+    keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string,
+    caPem: res.caCertificate,
+    notAfter: res.notAfter ?? new Date(new X509Certificate(res.certificate).validTo),
+    natsSeed: new TextDecoder().decode(nats.getSeed()),
+    natsJwt: res.natsJwt,
+    labels: res.labels,
+  };
+  saveNodeCredentials(o.stateDir, creds);
+  return creds;
+}
+
+/** The NATS public key of a stored seed (for checks and logs). */
+export function natsPublicKeyOf(seed: string): string {
+  return fromSeed(new TextEncoder().encode(seed)).getPublicKey();
+}
+
+/** Options of {@link NodeIdentity}. */
+export interface NodeIdentityOptions {
+  address: string;
+  stateDir: string;
+  /** Share of the certificate's life after which it is renewed. Default 0.7. */
+  renewAt?: number;
+  onRenewed?: (notAfter: Date) => void;
+  onError?: (message: string, err: unknown) => void;
+}
+
+/**
+ * A node's live mutual TLS identity: grpc-js channel credentials whose certificate follows
+ * renewals (connections made after a renewal use the new certificate; open streams are not
+ * touched), and the renewal timer. Owns the timer and its TrustService client; close() stops
+ * both (idempotent) and does not affect connections made with {@link channelCredentials}.
+ */
+export class NodeIdentity implements grpc.experimental.CertificateProvider {
+  #o: NodeIdentityOptions;
+  #creds: NodeCredentials;
+  #caListeners = new Set<grpc.experimental.CaCertificateUpdateListener>();
+  #idListeners = new Set<grpc.experimental.IdentityCertificateUpdateListener>();
+  #channelCredentials: grpc.ChannelCredentials;
+  #client: TrustServiceClient;
+  #timer: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  constructor(credentials: NodeCredentials, options: NodeIdentityOptions) {
+    this.#creds = credentials;
+    this.#o = options;
+    this.#channelCredentials = grpc.experimental.createCertificateProviderChannelCredentials(this, this, { checkServerIdentity: checkControllerIdentity });
+    this.#client = new TrustServiceClient(options.address, this.#channelCredentials);
+  }
+
+  /** The current credentials. Callers must not modify them. */
+  get credentials(): NodeCredentials {
+    return this.#creds;
+  }
+
+  /** Channel credentials for every client the agent makes to the controller. */
+  channelCredentials(): grpc.ChannelCredentials {
+    return this.#channelCredentials;
+  }
+
+  /** Starts the renewal timer (renewal at `renewAt` of the certificate's remaining life, retried every 30 s on failure). */
+  start(): void {
+    this.#schedule();
+  }
+
+  #schedule(retryMs?: number): void {
+    if (this.#closed) return;
+    clearTimeout(this.#timer);
+    const cert = new X509Certificate(this.#creds.certPem);
+    const from = Date.parse(cert.validFrom);
+    const to = Date.parse(cert.validTo);
+    const at = from + (to - from) * (this.#o.renewAt ?? 0.7);
+    const delay = retryMs ?? Math.max(0, at - Date.now());
+    this.#timer = setTimeout(() => void this.renew().catch((err: unknown) => {
+      this.#o.onError?.('renew node certificate', err);
+      this.#schedule(30_000);
+    }), Math.min(delay, 2 ** 31 - 1));
+    this.#timer.unref();
+  }
+
+  /**
+   * Renews now: a new key pair, RenewCertificate over the current identity, store, and hand the
+   * new certificate to grpc-js for new connections. Returns the new expiry.
+   * @throws EnrollmentError with the gRPC error as cause.
+   */
+  async renew(): Promise<Date> {
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const proof = sign('sha256', Buffer.from(`edgeplane-renew-v1\n${this.#creds.nodeName}`), privateKey);
+    let res: RenewCertificateResponse;
+    try {
+      res = await unaryCall<RenewCertificateResponse>((cb) =>
+        this.#client.renewCertificate({ publicKey: publicKey.export({ type: 'spki', format: 'der' }), proof }, new grpc.Metadata(), { deadline: Date.now() + 30_000 }, cb),
+      );
+    } catch (cause) {
+      throw new EnrollmentError(`renew ${this.#creds.nodeName}: ${(cause as Error).message}`, { cause });
+    }
+    const notAfter = res.notAfter ?? new Date(new X509Certificate(res.certificate).validTo);
+    this.#creds = { ...this.#creds, certPem: res.certificate, keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, caPem: res.caCertificate, notAfter };
+    saveNodeCredentials(this.#o.stateDir, this.#creds);
+    for (const l of this.#idListeners) l(this.#identityUpdate());
+    for (const l of this.#caListeners) l({ caCertificate: Buffer.from(this.#creds.caPem) });
+    this.#o.onRenewed?.(notAfter);
+    this.#schedule();
+    return notAfter;
+  }
+
+  #identityUpdate(): grpc.experimental.IdentityCertificateUpdate {
+    return { certificate: Buffer.from(this.#creds.certPem), privateKey: Buffer.from(this.#creds.keyPem) };
+  }
+
+  /** @internal grpc-js CertificateProvider */
+  addCaCertificateListener(l: grpc.experimental.CaCertificateUpdateListener): void {
+    this.#caListeners.add(l);
+    // grpc-js registers its watcher after adding the listener: deliver on the next tick.
+    process.nextTick(() => l({ caCertificate: Buffer.from(this.#creds.caPem) }));
+  }
+
+  /** @internal */
+  removeCaCertificateListener(l: grpc.experimental.CaCertificateUpdateListener): void {
+    this.#caListeners.delete(l);
+  }
+
+  /** @internal */
+  addIdentityCertificateListener(l: grpc.experimental.IdentityCertificateUpdateListener): void {
+    this.#idListeners.add(l);
+    process.nextTick(() => l(this.#identityUpdate()));
+  }
+
+  /** @internal */
+  removeIdentityCertificateListener(l: grpc.experimental.IdentityCertificateUpdateListener): void {
+    this.#idListeners.delete(l);
+  }
+
+  /** Stops renewing. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#client.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

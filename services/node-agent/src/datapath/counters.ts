@@ -1,0 +1,127 @@
+// Reading and folding the eBPF datapath's counters. Each generation has one per-CPU counter slot
+// per rule (slot 0: the default action) in ep_counters; before a generation is overwritten its
+// non-zero counts are folded into ep_carry by rule id, so a rule's counters continue across
+// applies and agent restarts. bpf/README.md, "Counters", describes the maps.
+import { TypedMap, u32, type BpfMap, type CodecValue } from 'libbpf-ts';
+import { RULE_SLOTS } from './compile-tables.js';
+import type { Counter, DatapathCounters } from './datapath.js';
+import { DEFAULT_RULE_ID } from './rule-set.js';
+import { epCounter } from './table-codecs.js';
+
+/** Slots of ep_stats: enum ep_stat in bpf/include/ep_tables.h. */
+export const STAT_SLOTS = { nonIp: 0, malformed: 1, unconfigured: 2, rateLimited: 3 } as const;
+
+/** What ep_stats counts: frames that never reached a rule, and rate-limit drops. */
+export type StatCounters = Pick<DatapathCounters, keyof typeof STAT_SLOTS>;
+
+/** Packets and bytes by rule id. */
+export type CounterTotals = Map<number, { packets: number; bytes: number }>;
+
+/**
+ * The counter maps of one pinned datapath. It borrows the maps (holds no fd of its own) and is
+ * usable as long as they are open.
+ */
+export class CounterTables {
+  readonly #counters: BpfMap;
+  readonly #stats: BpfMap;
+  readonly #carry: TypedMap<number, CodecValue<typeof epCounter>>;
+
+  /**
+   * @param counters ep_counters (per-CPU array, EP_GENERATIONS * EP_RULE_SLOTS slots).
+   * @param stats ep_stats (per-CPU array indexed by enum ep_stat).
+   * @param carry ep_carry (hash: rule id -> struct ep_counter).
+   * @throws RangeError if a map's key or value size differs from struct ep_counter's codec.
+   */
+  constructor(counters: BpfMap, stats: BpfMap, carry: BpfMap) {
+    for (const map of [counters, stats]) {
+      if (map.valueSize !== epCounter.size) throw new RangeError(`map ${map.name}: value size ${map.valueSize}, struct ep_counter is ${epCounter.size} bytes`);
+    }
+    this.#counters = counters;
+    this.#stats = stats;
+    this.#carry = new TypedMap(carry, u32, epCounter);
+  }
+
+  /** Zeroes the slots of `generation` that a rule set of `ruleCount` rules uses (one batch write). */
+  zero(generation: number, ruleCount: number): void {
+    const zero = [new Uint8Array(epCounter.size)];
+    const slots = Array.from({ length: ruleCount + 1 }, (_, index) => u32Bytes(generation * RULE_SLOTS + index));
+    this.#counters.setPerCpuBatch(slots, slots.map(() => zero));
+  }
+
+  /**
+   * Counters of slots 0..count-1 of `generation`, summed over CPUs, read with one batch lookup.
+   * @returns one Counter per slot (slot 0: the default action).
+   */
+  readGeneration(generation: number, count: number): Counter[] {
+    const first = generation * RULE_SLOTS;
+    const { values } = this.#counters.getPerCpuBatch(count, first === 0 ? undefined : u32Bytes(first - 1));
+    return values.map(sumPerCpu);
+  }
+
+  /** @returns every ep_stats slot, each summed over CPUs. */
+  readStats(): StatCounters {
+    const stat = (name: keyof typeof STAT_SLOTS): Counter => sumPerCpu(this.#stats.getPerCpu(u32Bytes(STAT_SLOTS[name])) ?? []);
+    return { nonIp: stat('nonIp'), malformed: stat('malformed'), unconfigured: stat('unconfigured'), rateLimited: stat('rateLimited') };
+  }
+
+  /**
+   * Adds what `generation` counted into ep_carry by rule id (`ruleIds[i]` is slot i + 1; slot 0
+   * is DEFAULT_RULE_ID), before that generation is overwritten. Slots that counted nothing are
+   * skipped; the carry is written with one batch.
+   */
+  fold(generation: number, ruleIds: readonly number[]): void {
+    const entries: [number, CodecValue<typeof epCounter>][] = [];
+    this.readGeneration(generation, ruleIds.length + 1).forEach((counter, index) => {
+      if (counter.packets === 0 && counter.bytes === 0) return;
+      const id = slotRuleId(ruleIds, index);
+      const previous = this.#carry.get(id) ?? { packets: 0n, bytes: 0n };
+      entries.push([id, { packets: previous.packets + BigInt(counter.packets), bytes: previous.bytes + BigInt(counter.bytes) }]);
+    });
+    this.#carry.setBatch(entries);
+  }
+
+  /** Adds every carried count into `totals`. */
+  addCarry(totals: CounterTotals): void {
+    for (const [id, value] of this.#carry.entries()) addTo(totals, id, { packets: Number(value.packets), bytes: Number(value.bytes) });
+  }
+
+  /** Adds what `generation` counts now into `totals`, by rule id. */
+  addGeneration(totals: CounterTotals, generation: number, ruleIds: readonly number[]): void {
+    this.readGeneration(generation, ruleIds.length + 1).forEach((counter, index) => addTo(totals, slotRuleId(ruleIds, index), counter));
+  }
+
+  /** Deletes carried counts of rule ids not in `keep`. */
+  pruneCarry(keep: ReadonlySet<number>): void {
+    for (const id of [...this.#carry.keys()]) if (!keep.has(id)) this.#carry.delete(id);
+  }
+}
+
+/** @returns the sum over CPUs of per-CPU `struct ep_counter` values. */
+export function sumPerCpu(perCpu: readonly Uint8Array[]): Counter {
+  let packets = 0n;
+  let bytes = 0n;
+  for (const value of perCpu) {
+    const counter = epCounter.decode(value);
+    packets += counter.packets;
+    bytes += counter.bytes;
+  }
+  return { packets: Number(packets), bytes: Number(bytes) };
+}
+
+/** Adds `counter` to the total of rule `id`. */
+export function addTo(totals: CounterTotals, id: number, counter: Counter): void {
+  const total = totals.get(id) ?? { packets: 0, bytes: 0 };
+  total.packets += counter.packets;
+  total.bytes += counter.bytes;
+  totals.set(id, total);
+}
+
+function slotRuleId(ruleIds: readonly number[], index: number): number {
+  return index === 0 ? DEFAULT_RULE_ID : (ruleIds[index - 1] as number);
+}
+
+function u32Bytes(value: number): Uint8Array {
+  const bytes = new Uint8Array(4);
+  u32.encode(value, bytes);
+  return bytes;
+}

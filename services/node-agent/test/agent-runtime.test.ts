@@ -1,0 +1,135 @@
+// The agent's runtime (what main.ts and the fleet simulation run) against a real control plane
+// (nats-server + controller process), with in-memory datapaths that take injected faults: the
+// intent arrives over NATS, ACKs and conditions reach the controller's NodeStatus.
+import test from 'ava';
+import * as grpc from '@grpc/grpc-js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Action, InterfaceRole, Policy, Protocol, publicKeyFromRaw, keyIdOf } from '@edgeplane/proto';
+import { AgentRuntime } from '../src/agent/agent-runtime.js';
+import { enrollNode, NodeIdentity } from '../src/agent/node-identity.js';
+import { StateFile } from '../src/agent/state-file.js';
+import { DatapathError } from '../src/datapath/errors.js';
+import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
+import { buildFrame } from '../src/datapath/packet.js';
+import { TestControlPlane, until } from '../../../test/support/control-plane.js';
+
+let cp: TestControlPlane;
+const dir = mkdtempSync(join(tmpdir(), 'agent-runtime-test-'));
+const logs: string[] = [];
+/** Enrolled identities (their renewal timers), closed after the runtimes. */
+const identities: NodeIdentity[] = [];
+
+test.before(async () => {
+  cp = await TestControlPlane.start();
+});
+
+test.after.always(async () => {
+  for (const id of identities) id.close();
+  await cp?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function denyPort(name: string, port: number): Policy {
+  return Policy.fromPartial({
+    metadata: { name },
+    spec: { nodeSelector: { matchLabels: { role: 'rt' } }, interfaceRole: InterfaceRole.INTERFACE_ROLE_ALL, defaultAction: Action.ACTION_ALLOW, rules: [{ priority: 10, name: 'deny', protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: port, last: 0 }], action: Action.ACTION_DENY }] },
+  });
+}
+
+const verdict = (dp: MemoryDatapath, port: number): string => dp.classify(buildFrame({ src: '198.18.0.7', dst: '10.0.0.1', protocol: 'tcp', srcPort: 40_000, dstPort: port })).verdict;
+
+/** Enrolls `name` with a join token (as the agent process does) and returns its identity; the test closes it. */
+async function enroll(name: string): Promise<NodeIdentity> {
+  const args = await cp.agentTrustArgs();
+  const creds = await enrollNode({ address: cp.address, token: args[1]!, caFingerprint: args[3]!, nodeName: name, stateDir: join(dir, name) });
+  const identity = new NodeIdentity(creds, { address: cp.address, stateDir: join(dir, name), onRenewed: () => undefined, onError: (m) => void logs.push(`${name} identity ${m}`) });
+  identity.start();
+  return identity;
+}
+
+async function start(name: string, uplink: MemoryDatapath, workload: MemoryDatapath): Promise<AgentRuntime> {
+  const raw = Buffer.from(cp.publicKeyB64, 'base64');
+  const identity = await enroll(name);
+  const runtime = await AgentRuntime.start({
+    nodeName: name,
+    labels: { role: 'rt' },
+    datapaths: { uplink, workload },
+    stateFile: new StateFile(join(dir, name, 'applied.json')),
+    natsServers: [`nats://127.0.0.1:${cp.nats.port}`],
+    trustedKeys: new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]),
+    controller: { address: cp.address, credentials: identity.channelCredentials() },
+    info: { agentVersion: 'test', kernelRelease: 'test', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
+    sessionId: `${name}-session`,
+    heartbeatIntervalMs: 1000,
+    counterIntervalMs: 1000,
+    retryMinMs: 50,
+    retryMaxMs: 200,
+    log: (level, msg, fields) => void logs.push(`${name} ${level} ${msg} ${JSON.stringify(fields ?? {})}`),
+  });
+  identities.push(identity);
+  return runtime;
+}
+
+const context = (): string => `${logs.slice(-40).join('\n')}\n${cp.controller.output}`;
+
+test.serial('AgentRuntime - follows the log and ACKs; a failed rollback shows in NodeStatus as unknown with its condition until the retry restores a known revision', async (t) => {
+  const uplink = new MemoryDatapath();
+  const workload = new MemoryDatapath();
+  const runtime = await start('rt-1', uplink, workload);
+  t.teardown(() => runtime.close());
+  await runtime.synced();
+  await until('connected', () => runtime.connected, 15_000, context);
+
+  const r1 = await cp.apply(denyPort('rt-p', 23));
+  await until(`revision ${r1} applied`, async () => (await cp.nodeStatus('rt-1'))?.appliedRevision === r1, 15_000, context);
+  t.is(verdict(uplink, 23), 'drop');
+  t.is(verdict(workload, 23), 'drop');
+
+  // The workload refuses the next revision and the uplink refuses to go back.
+  const known = JSON.stringify(uplink.ruleSet);
+  let uplinkBroken = true;
+  workload.injectApplyFault(() => new DatapathError('apply workload: injected'));
+  uplink.injectApplyFault((rs) => (uplinkBroken && JSON.stringify(rs) === known ? new DatapathError('apply uplink: injected rollback failure') : undefined));
+  const r2 = await cp.apply(denyPort('rt-p', 24));
+  await until('applied_unknown in NodeStatus', async () => (await cp.nodeStatus('rt-1'))?.appliedUnknown === true, 15_000, context);
+  await until('the condition in NodeStatus', async () => (await cp.nodeStatus('rt-1'))?.conditions.some((c) => c.type === 'apply-rollback-failed') === true, 15_000, context);
+  const s = (await cp.nodeStatus('rt-1'))!;
+  t.is(s.appliedRevision, r1, 'the last revision known to be enforced');
+  t.is(s.lastErrorRevision, r2);
+  t.regex(s.lastError, /^apply-rollback-failed: /);
+  t.is(s.conditions.find((c) => c.type === 'apply-rollback-failed')?.revision, r2);
+
+  // The retry restores revision 1 once the uplink takes it.
+  uplinkBroken = false;
+  await until('a known revision again', async () => (await cp.nodeStatus('rt-1'))?.appliedUnknown === false, 15_000, context);
+  await until('the condition cleared', async () => (await cp.nodeStatus('rt-1'))?.conditions.length === 0, 15_000, context);
+  t.is(verdict(uplink, 23), 'drop');
+  t.is(verdict(uplink, 24), 'pass');
+
+  // With the workload fixed, the next revision applies everywhere.
+  workload.injectApplyFault(undefined);
+  const r3 = await cp.apply(denyPort('rt-p', 25));
+  await until(`revision ${r3} applied`, async () => (await cp.nodeStatus('rt-1'))?.appliedRevision === r3, 15_000, context);
+  t.is(verdict(workload, 25), 'drop');
+});
+
+test.serial('AgentRuntime - closing twice is safe, and closing before NATS is reachable stops the connect', async (t) => {
+  const runtime = await AgentRuntime.start({
+    nodeName: 'rt-closed',
+    labels: {},
+    datapaths: { uplink: new MemoryDatapath(), workload: new MemoryDatapath() },
+    stateFile: new StateFile(join(dir, 'rt-closed', 'applied.json')),
+    natsServers: ['nats://127.0.0.1:1'],
+    trustedKeys: new Map(),
+    controller: { address: '127.0.0.1:1', credentials: grpc.credentials.createInsecure() },
+    info: { agentVersion: 'test', kernelRelease: 'test', hostname: 'x', datapath: 'memory', capabilities: undefined },
+    sessionId: 's',
+    log: () => undefined,
+  });
+  await runtime.close();
+  await runtime.close();
+  await runtime.synced();
+  t.is(runtime.nats, undefined);
+});

@@ -1,0 +1,72 @@
+// CounterTables on real kernel maps shaped like the object's (no programs, no interfaces):
+// zeroing, per-CPU sums, folding into the carry by rule id, pruning, the stats slots.
+import test from 'ava';
+import { BpfMap, encode, u32 } from 'libbpf-ts';
+import { RULE_SLOTS } from '../src/datapath/compile-tables.js';
+import { CounterTables, STAT_SLOTS, type CounterTotals } from '../src/datapath/counters.js';
+import { DEFAULT_RULE_ID } from '../src/datapath/rule-set.js';
+import { epCounter } from '../src/datapath/table-codecs.js';
+
+function maps(): { counters: BpfMap; stats: BpfMap; carry: BpfMap; close(): void } {
+  const counters = BpfMap.create({ type: 'percpu_array', name: 'ep_counters', keySize: 4, valueSize: 16, maxEntries: 2 * RULE_SLOTS });
+  const stats = BpfMap.create({ type: 'percpu_array', name: 'ep_stats', keySize: 4, valueSize: 16, maxEntries: 4 });
+  const carry = BpfMap.create({ type: 'hash', name: 'ep_carry', keySize: 4, valueSize: 16, maxEntries: 64 });
+  return { counters, stats, carry, close: () => [counters, stats, carry].forEach((map) => map.close()) };
+}
+
+const counter = (packets: number, bytes: number): Uint8Array => encode(epCounter, { packets: BigInt(packets), bytes: BigInt(bytes) });
+
+test('counters - fold sums over CPUs into the carry by rule id, skips empty slots, adds to what was carried', (t) => {
+  const m = maps();
+  t.teardown(() => m.close());
+  const tables = new CounterTables(m.counters, m.stats, m.carry);
+  const slot = (index: number): Uint8Array => encode(u32, RULE_SLOTS + index); // generation 1
+  // One value for every possible CPU: each CPU counted it.
+  m.counters.setPerCpu(slot(0), [counter(1, 100)]);
+  m.counters.setPerCpu(slot(1), [counter(3, 300)]);
+  const cpus = m.counters.getPerCpu(slot(0))?.length ?? 0;
+  t.true(cpus >= 1);
+  t.deepEqual(tables.readGeneration(1, 3), [
+    { packets: cpus, bytes: 100 * cpus },
+    { packets: 3 * cpus, bytes: 300 * cpus },
+    { packets: 0, bytes: 0 },
+  ]);
+  tables.fold(1, [7, 9]);
+  tables.fold(1, [7, 9]);
+  const carried: CounterTotals = new Map();
+  tables.addCarry(carried);
+  // A hash map iterates in no set order: compare as objects (keys in numeric order).
+  t.deepEqual(
+    Object.fromEntries(carried),
+    {
+      [DEFAULT_RULE_ID]: { packets: 2 * cpus, bytes: 200 * cpus },
+      7: { packets: 6 * cpus, bytes: 600 * cpus },
+    },
+    'rule 9 counted nothing and is not carried',
+  );
+  // Live counts add to the carried ones under the same rule id.
+  tables.addGeneration(carried, 1, [7, 9]);
+  t.deepEqual(carried.get(7), { packets: 9 * cpus, bytes: 900 * cpus });
+  t.deepEqual(carried.get(9), { packets: 0, bytes: 0 });
+
+  tables.zero(1, 2);
+  t.deepEqual(tables.readGeneration(1, 3), [0, 1, 2].map(() => ({ packets: 0, bytes: 0 })));
+  tables.pruneCarry(new Set([7]));
+  const pruned: CounterTotals = new Map();
+  tables.addCarry(pruned);
+  t.deepEqual([...pruned.keys()], [7]);
+});
+
+test('counters - stats slots follow enum ep_stat; maps of the wrong value size are refused', (t) => {
+  const m = maps();
+  t.teardown(() => m.close());
+  const tables = new CounterTables(m.counters, m.stats, m.carry);
+  m.stats.setPerCpu(encode(u32, STAT_SLOTS.malformed), [counter(2, 64)]);
+  const cpus = m.stats.getPerCpu(encode(u32, 0))?.length ?? 0;
+  const zero = { packets: 0, bytes: 0 };
+  t.deepEqual(tables.readStats(), { nonIp: zero, malformed: { packets: 2 * cpus, bytes: 64 * cpus }, unconfigured: zero, rateLimited: zero });
+  const narrow = BpfMap.create({ type: 'percpu_array', name: 'narrow', keySize: 4, valueSize: 8, maxEntries: 4 });
+  t.teardown(() => narrow.close());
+  t.throws(() => new CounterTables(m.counters, narrow, m.carry), { instanceOf: RangeError, message: /struct ep_counter is 16 bytes/ });
+  t.throws(() => new CounterTables(m.counters, m.stats, narrow), { instanceOf: RangeError });
+});

@@ -1,0 +1,317 @@
+// NodeAgent's apply path against the in-memory datapath (the same interface as the eBPF one),
+// with faults injected into it and into the state file: partial applies, failed rollbacks,
+// state-file failures, and a restart from the state file. No kernel, no network.
+import test from 'ava';
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { metrics } from '@opentelemetry/api';
+import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
+import { Action, InterfaceRole, LogEntry, Policy, Protocol, RevisionOutcome, keyIdOf, signLogEntry, type ConditionReport, type RevisionReport } from '@edgeplane/proto';
+import { IntentChain } from '@edgeplane/intent-log';
+import { DatapathError } from '../src/datapath/errors.js';
+import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
+import { buildFrame } from '../src/datapath/packet.js';
+import type { RuleSetSpec } from '../src/datapath/rule-set.js';
+import { CONDITION_APPLY_ROLLBACK_FAILED, CONDITION_STATE_FILE_FAILED, NodeAgent, type AgentLogger } from '../src/agent/node-agent.js';
+import { StateFile, type AppliedState, type StateStore } from '../src/agent/state-file.js';
+
+class TestReader extends MetricReader {
+  constructor() {
+    super({ aggregationTemporalitySelector: () => AggregationTemporality.CUMULATIVE });
+  }
+  protected override async onForceFlush(): Promise<void> {}
+  protected override async onShutdown(): Promise<void> {}
+}
+const reader = new TestReader();
+metrics.setGlobalMeterProvider(new MeterProvider({ readers: [reader] }));
+
+async function counterValue(name: string): Promise<number> {
+  const { resourceMetrics } = await reader.collect();
+  let sum = 0;
+  for (const scope of resourceMetrics.scopeMetrics) for (const m of scope.metrics) if (m.descriptor.name === name) for (const p of m.dataPoints) sum += p.value as number;
+  return sum;
+}
+
+const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+const trusted = new Map([[keyIdOf(publicKey), publicKey]]);
+const dir = mkdtempSync(join(tmpdir(), 'node-agent-test-'));
+test.after.always(() => rmSync(dir, { recursive: true, force: true }));
+
+/** A policy denying TCP to `port` on both interface roles of every node. */
+function denyPort(name: string, port: number): Policy {
+  return Policy.fromPartial({
+    metadata: { name },
+    spec: { interfaceRole: InterfaceRole.INTERFACE_ROLE_ALL, defaultAction: Action.ACTION_ALLOW, rules: [{ priority: 10, name: 'deny', protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: port, last: 0 }], action: Action.ACTION_DENY }] },
+  });
+}
+
+/** Appends an entry upserting `policy` to `chain`; returns the entry. */
+function advance(chain: IntentChain, policy: Policy): LogEntry {
+  const revision = chain.revision + 1n;
+  const signed = signLogEntry(LogEntry.fromPartial({ revision, previousHash: Buffer.from(chain.lastHash), change: { upserts: [policy], deletes: [] } }), privateKey);
+  return chain.append(signed, revision).entry;
+}
+
+const frame = (port: number): Uint8Array => buildFrame({ src: '198.18.0.7', dst: '10.0.0.1', protocol: 'tcp', srcPort: 40_000, dstPort: port });
+const verdict = (dp: MemoryDatapath, port: number): string => dp.classify(frame(port)).verdict;
+
+/** Waits for the next call of a callback slot (no clock involved). */
+function nextCall<T>(slot: { waiters: ((v: T) => void)[] }, pred: (v: T) => boolean): Promise<T> {
+  return new Promise((resolve) => {
+    const w = (v: T): void => {
+      if (pred(v)) resolve(v);
+      else slot.waiters.push(w);
+    };
+    slot.waiters.push(w);
+  });
+}
+
+interface Harness {
+  agent: NodeAgent;
+  chain: IntentChain;
+  uplink: MemoryDatapath;
+  workload: MemoryDatapath;
+  reports: RevisionReport[];
+  conditions: { list: ConditionReport[]; waiters: ((c: ConditionReport) => void)[] };
+  logs: string[];
+  /** Advances the chain with `policy` and waits until the agent has handled it. */
+  push(policy: Policy): Promise<RevisionReport>;
+}
+
+function harness(stateFile: StateStore = new StateFile(join(mkdtempSync(join(dir, 's-')), 'applied.json')), retryMinMs = 5): Harness {
+  const uplink = new MemoryDatapath();
+  const workload = new MemoryDatapath();
+  const reports: RevisionReport[] = [];
+  const conditions: Harness['conditions'] = { list: [], waiters: [] };
+  const logs: string[] = [];
+  const log: AgentLogger = (level, msg) => void logs.push(`${level} ${msg}`);
+  const agent = new NodeAgent({
+    nodeName: 'n1',
+    labels: { role: 'edge' },
+    datapaths: { uplink, workload },
+    stateFile,
+    report: (r) => void reports.push(r),
+    conditions: (c) => {
+      conditions.list.push(c);
+      for (const w of conditions.waiters.splice(0)) w(c);
+    },
+    log,
+    coalesceMs: 0,
+    retryMinMs,
+    retryMaxMs: Math.max(20, retryMinMs),
+  });
+  const chain = new IntentChain(trusted);
+  return {
+    agent,
+    chain,
+    uplink,
+    workload,
+    reports,
+    conditions,
+    logs,
+    async push(policy) {
+      const entry = advance(chain, policy);
+      agent.intentAdvanced(chain, [entry]);
+      await agent.settled();
+      const r = reports.at(-1)!;
+      if (r.revision !== entry.revision) throw new Error(`no report for revision ${entry.revision}`);
+      return r;
+    },
+  };
+}
+
+const failOn = (role: string) => (): Error => new DatapathError(`apply ${role}: injected`);
+
+test('NodeAgent - both roles apply and the revision is ACKed once enforced', async (t) => {
+  const h = harness();
+  t.teardown(() => h.agent.close());
+  const r = await h.push(denyPort('p', 23));
+  t.like(r, { revision: 1n, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, appliedRevision: 1n, appliedUnknown: false });
+  t.is(verdict(h.uplink, 23), 'drop');
+  t.is(verdict(h.workload, 23), 'drop');
+  t.is(verdict(h.uplink, 80), 'pass');
+  t.deepEqual(h.agent.conditions, { conditions: [], appliedUnknown: false });
+});
+
+test('NodeAgent - a failure on the second role switches the first back: NACK, the previous revision in force, state known', async (t) => {
+  const h = harness();
+  t.teardown(() => h.agent.close());
+  await h.push(denyPort('p', 23));
+  h.workload.injectApplyFault(failOn('workload'));
+  const r = await h.push(denyPort('p', 24));
+  t.is(r.outcome, RevisionOutcome.REVISION_OUTCOME_NACK);
+  t.is(r.appliedRevision, 1n);
+  t.false(r.appliedUnknown);
+  t.regex(r.reason, /apply workload: injected/);
+  t.notRegex(r.reason, /apply-rollback-failed/);
+  t.is(verdict(h.uplink, 23), 'drop', 'the uplink is back at revision 1');
+  t.is(verdict(h.uplink, 24), 'pass');
+  t.deepEqual(h.agent.conditions, { conditions: [], appliedUnknown: false });
+  t.false(h.agent.status.appliedUnknown);
+});
+
+test('NodeAgent - a failure before any revision switches the first role back to passing everything', async (t) => {
+  const h = harness();
+  t.teardown(() => h.agent.close());
+  h.workload.injectApplyFault(failOn('workload'));
+  const r = await h.push(denyPort('p', 23));
+  t.like(r, { outcome: RevisionOutcome.REVISION_OUTCOME_NACK, appliedRevision: 0n, appliedUnknown: false });
+  t.is(verdict(h.uplink, 23), 'pass', 'no half-applied revision on the uplink');
+});
+
+test('NodeAgent - a failed rollback is a NACK of its own (apply-rollback-failed, appliedUnknown), alarmed, and retried until the datapath is at a known revision', async (t) => {
+  const h = harness();
+  t.teardown(() => h.agent.close());
+  await h.push(denyPort('p', 23));
+  const known: RuleSetSpec = h.uplink.ruleSet!;
+  const alarmsBefore = await counterValue('edgeplane.agent.apply_rollback_failures');
+  h.workload.injectApplyFault(failOn('workload'));
+  // The uplink takes the new rule set, then refuses to go back.
+  let uplinkBroken = true;
+  let rollbacks = 0;
+  let retried: () => void = () => undefined;
+  const retriedTwice = new Promise<void>((r) => (retried = r));
+  h.uplink.injectApplyFault((rs) => {
+    if (!uplinkBroken || JSON.stringify(rs) !== JSON.stringify(known)) return undefined;
+    if (++rollbacks === 3) retried();
+    return new DatapathError('apply uplink: injected rollback failure');
+  });
+  const raised = nextCall(h.conditions, (c) => c.appliedUnknown);
+  const r = await h.push(denyPort('p', 24));
+
+  t.is(r.outcome, RevisionOutcome.REVISION_OUTCOME_NACK);
+  t.regex(r.reason, /^apply-rollback-failed: /);
+  t.regex(r.reason, /apply workload: injected/);
+  t.regex(r.reason, /injected rollback failure/);
+  t.true(r.appliedUnknown, 'the report says the datapath state is unknown');
+  t.is(r.appliedRevision, 1n, 'the last revision known to be enforced everywhere');
+  const c = await raised;
+  t.is(c.conditions[0]?.type, CONDITION_APPLY_ROLLBACK_FAILED);
+  t.is(c.conditions[0]?.revision, 2n);
+  t.true(h.agent.status.appliedUnknown);
+  t.is(h.agent.status.applied, 1n);
+  t.is(verdict(h.uplink, 24), 'drop', 'the uplink really is at the new rule set: the state is not revision 1');
+  t.is((await counterValue('edgeplane.agent.apply_rollback_failures')) - alarmsBefore, 1);
+
+  // The retries keep failing while the fault lasts (the rollback, then two retries), then bring the uplink back.
+  await retriedTwice;
+  t.true(h.agent.status.appliedUnknown);
+  const cleared = nextCall(h.conditions, (x) => !x.appliedUnknown);
+  uplinkBroken = false;
+  const back = await cleared;
+  t.deepEqual(back.conditions, []);
+  t.false(h.agent.status.appliedUnknown);
+  t.is(verdict(h.uplink, 23), 'drop', 'back at revision 1');
+  t.is(verdict(h.uplink, 24), 'pass');
+  t.true(h.logs.includes('info the datapath is back at a known revision'));
+
+  // With the workload fixed, the next revision applies everywhere.
+  h.workload.injectApplyFault(undefined);
+  const next = await h.push(denyPort('p', 25));
+  t.like(next, { outcome: RevisionOutcome.REVISION_OUTCOME_ACK, appliedRevision: 3n, appliedUnknown: false });
+  t.is(verdict(h.workload, 25), 'drop');
+});
+
+test('NodeAgent - a full apply while the state is unknown makes it known again', async (t) => {
+  // Retries far apart: only the next revision can settle it here.
+  const h = harness(undefined, 3_600_000);
+  t.teardown(() => h.agent.close());
+  await h.push(denyPort('p', 23));
+  const known = JSON.stringify(h.uplink.ruleSet);
+  let broken = true;
+  h.workload.injectApplyFault(() => (broken ? new DatapathError('apply workload: injected') : undefined));
+  h.uplink.injectApplyFault((rs) => (broken && JSON.stringify(rs) === known ? new DatapathError('apply uplink: injected rollback failure') : undefined));
+  t.true((await h.push(denyPort('p', 24))).appliedUnknown);
+  t.true(h.agent.status.appliedUnknown);
+  broken = false;
+  const r = await h.push(denyPort('p', 26));
+  t.like(r, { outcome: RevisionOutcome.REVISION_OUTCOME_ACK, appliedRevision: 3n, appliedUnknown: false });
+  t.deepEqual(h.agent.conditions, { conditions: [], appliedUnknown: false });
+  t.is(verdict(h.uplink, 26), 'drop');
+  t.is(verdict(h.uplink, 24), 'pass');
+});
+
+test('NodeAgent - a state file that cannot be written after enforcement: ACK, state-file-failed with a metric, the write retried', async (t) => {
+  const file = new StateFile(join(mkdtempSync(join(dir, 'sf-')), 'applied.json'));
+  let failing = true;
+  const store: StateStore = {
+    read: () => file.read(),
+    write: (s: AppliedState) => {
+      if (failing) throw new Error('write state file: ENOSPC (injected)');
+      file.write(s);
+    },
+  };
+  const h = harness(store);
+  t.teardown(() => h.agent.close());
+  const before = await counterValue('edgeplane.agent.state_file_failures');
+  const raised = nextCall(h.conditions, (c) => c.conditions.some((x) => x.type === CONDITION_STATE_FILE_FAILED));
+  const r = await h.push(denyPort('p', 23));
+  t.like(r, { outcome: RevisionOutcome.REVISION_OUTCOME_ACK, revision: 1n, appliedRevision: 1n, appliedUnknown: false });
+  t.is(verdict(h.uplink, 23), 'drop');
+  const c = await raised;
+  t.false(c.appliedUnknown);
+  t.is(c.conditions[0]?.revision, 1n);
+  t.regex(c.conditions[0]?.message ?? '', /ENOSPC/);
+  t.true((await counterValue('edgeplane.agent.state_file_failures')) - before >= 1);
+  t.is(file.read(), undefined);
+
+  const cleared = nextCall(h.conditions, (x) => x.conditions.length === 0);
+  failing = false;
+  await cleared;
+  t.is(file.read()?.snapshot.revision, 1n, 'the retried write recorded the enforced revision');
+});
+
+test('NodeAgent - a restarted agent enforces the state file before anything else, and continues from it', async (t) => {
+  const path = join(mkdtempSync(join(dir, 'restart-')), 'applied.json');
+  const first = harness(new StateFile(path));
+  await first.push(denyPort('p', 23));
+  await first.push(denyPort('q', 443));
+  first.agent.close();
+
+  const uplink = new MemoryDatapath();
+  const workload = new MemoryDatapath();
+  const reports: RevisionReport[] = [];
+  const agent = new NodeAgent({ nodeName: 'n1', labels: { role: 'edge' }, datapaths: { uplink, workload }, stateFile: new StateFile(path), report: (r) => void reports.push(r), log: () => undefined, coalesceMs: 0 });
+  t.teardown(() => agent.close());
+  const booted = await agent.boot();
+  t.is(booted?.revision, 2n);
+  t.like(agent.status, { applied: 2n, received: 2n, appliedUnknown: false });
+  for (const dp of [uplink, workload]) {
+    t.is(verdict(dp, 23), 'drop');
+    t.is(verdict(dp, 443), 'drop');
+    t.is(verdict(dp, 80), 'pass');
+  }
+  t.deepEqual(reports, [], 'boot reports nothing: the hello carries the revision');
+
+  // It continues from the state file's chain.
+  const chain = new IntentChain(trusted);
+  chain.load(booted!);
+  const entry = advance(chain, denyPort('p', 24));
+  agent.intentAdvanced(chain, [entry]);
+  await agent.settled();
+  t.like(reports.at(-1), { revision: 3n, outcome: RevisionOutcome.REVISION_OUTCOME_ACK });
+  t.is(verdict(uplink, 24), 'drop');
+  t.is(verdict(uplink, 23), 'pass');
+});
+
+test('NodeAgent - closing twice is safe', (t) => {
+  const h = harness();
+  h.agent.close();
+  h.agent.close();
+  t.pass();
+});
+
+test('NodeAgent - conditions raised from outside reach the listener and clear', async (t) => {
+  const h = harness();
+  t.teardown(() => h.agent.close());
+  h.agent.raiseCondition('intent-stale', 'x'.repeat(600), 4n);
+  const raised = h.conditions.list.at(-1)!;
+  t.is(raised.conditions[0]?.type, 'intent-stale');
+  t.is(raised.conditions[0]?.message.length, 512, 'bounded');
+  h.agent.raiseCondition('intent-stale', 'x'.repeat(600), 4n);
+  t.is(h.conditions.list.length, 1, 'no change, no report');
+  h.agent.clearCondition('intent-stale');
+  t.deepEqual(h.conditions.list.at(-1), { conditions: [], appliedUnknown: false });
+});
