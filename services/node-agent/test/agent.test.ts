@@ -17,6 +17,7 @@ import {
   type Rule,
 } from '@edgeplane/proto';
 import { NatsServer } from '@edgeplane/intent-log';
+import { adminTlsOf, joinTokenArgs } from '../../../test/support/control-plane.js';
 import { CONTROLLER_MAIN, FleetNetwork, type ControlPlane, type FleetNode } from '../../../test/support/fleet.js';
 import { call, clients } from '../../../test/support/grpc.js';
 import { Supervised } from '../../../test/support/supervisor.js';
@@ -35,12 +36,15 @@ test.before(async () => {
   nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '0.0.0.0' });
   controller = await Supervised.start('controller', {
     command: process.execPath,
-    args: [CONTROLLER_MAIN, '--insecure', '--listen', '0.0.0.0:0', '--nats', `nats://127.0.0.1:${nats.port}`, '--data-dir', join(dir, 'ctl'), '--heartbeat-interval', '1', '--counter-interval', '1', '--rule-growth-guard', '100000'],
+    args: [CONTROLLER_MAIN, '--listen', '0.0.0.0:0', '--nats', `nats://127.0.0.1:${nats.port}`, '--nats-anonymous', '--data-dir', join(dir, 'ctl'), '--heartbeat-interval', '1', '--counter-interval', '1', '--rule-growth-guard', '100000'],
     readyEvent: 'ready',
   });
   const grpcPort = Number(String(controller.ready.grpc).split(':').pop());
-  cp = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey) };
-  c = clients(`127.0.0.1:${grpcPort}`);
+  // Mutual TLS as deployed: the tests call as the admin the controller wrote on first start,
+  // agents enroll with join tokens.
+  const admin = adminTlsOf(join(dir, 'ctl'));
+  cp = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey), agentTrustArgs: () => joinTokenArgs(`127.0.0.1:${grpcPort}`, admin) };
+  c = clients(`127.0.0.1:${grpcPort}`, admin);
   nc = await connect({ servers: `nats://127.0.0.1:${nats.port}` });
 });
 
