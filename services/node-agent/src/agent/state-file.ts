@@ -1,6 +1,6 @@
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { Snapshot } from '@edgeplane/proto';
+import { writeFileDurably } from './durable-file.js';
 
 /** What the node last enforced: the whole verified intent at that revision. */
 export interface AppliedState {
@@ -25,8 +25,8 @@ export interface StateStore {
 
 /**
  * The agent's local record of the last applied revision, so a node that boots with no network
- * enforces it again. Written atomically (temporary file, fsync, rename): a crash leaves the old
- * file or the new one, never half of one.
+ * enforces it again. Written with writeFileDurably: a crash leaves the old file or the new one,
+ * never half of one.
  */
 export class StateFile implements StateStore {
   readonly path: string;
@@ -55,27 +55,12 @@ export class StateFile implements StateStore {
 
   /** Saves the state durably. */
   write(state: AppliedState): void {
-    mkdirSync(dirname(this.path), { recursive: true, mode: 0o700 });
-    const tmp = `${this.path}.tmp-${process.pid}`;
     const body = JSON.stringify({
       version: 1,
       revision: state.snapshot.revision.toString(),
       labels: state.labels,
       snapshot: Buffer.from(Snapshot.encode(state.snapshot).finish()).toString('base64'),
     });
-    const fd = openSync(tmp, 'w', 0o600);
-    try {
-      writeSync(fd, body);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, this.path);
-    const dir = openSync(dirname(this.path), 'r');
-    try {
-      fsyncSync(dir);
-    } finally {
-      closeSync(dir);
-    }
+    writeFileDurably(this.path, body);
   }
 }

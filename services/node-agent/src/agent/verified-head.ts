@@ -1,5 +1,5 @@
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { writeFileDurably } from './durable-file.js';
 import { StateFileError } from './state-file.js';
 
 /** The newest point of the log this node verified, and the newest history reset it accepted. */
@@ -48,23 +48,7 @@ export class VerifiedHead {
   write(head: Head): void {
     const body = JSON.stringify({ version: 1, revision: head.revision.toString(), hash: Buffer.from(head.hash).toString('hex'), resetEpoch: head.resetEpoch.toString() });
     if (body === this.#last) return;
-    const dir = dirname(this.path);
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const tmp = `${this.path}.tmp-${process.pid}`;
-    const fd = openSync(tmp, 'w', 0o600);
-    try {
-      writeSync(fd, body);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, this.path);
-    const dfd = openSync(dir, 'r');
-    try {
-      fsyncSync(dfd);
-    } finally {
-      closeSync(dfd);
-    }
+    writeFileDurably(this.path, body);
     this.#last = body;
   }
 }

@@ -1,0 +1,28 @@
+import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+/**
+ * Replaces `path` with `body` durably and atomically: a temporary file beside it (mode 0600) is
+ * written and fsynced, renamed over the old one, and the directory (created 0700 if missing) is
+ * fsynced, so a crash or power loss leaves the old file or the new one, never half of one.
+ * @throws Error from the file system (the old file stays).
+ */
+export function writeFileDurably(path: string, body: string): void {
+  const dir = dirname(path);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const tmp = `${path}.tmp-${process.pid}`;
+  const fd = openSync(tmp, 'w', 0o600);
+  try {
+    writeSync(fd, body);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+  const dfd = openSync(dir, 'r');
+  try {
+    fsyncSync(dfd);
+  } finally {
+    closeSync(dfd);
+  }
+}
