@@ -199,14 +199,16 @@ async function main(): Promise<void> {
   }
 
   say(`
-The fleet is running. Try, in another shell:
-  export EDGEPLANE_SERVER=127.0.0.1:${GRPC} EDGEPLANE_INSECURE=1
-  node packages/cli/dist/main.js get policies
-  node packages/cli/dist/main.js describe node node-1
-  node packages/cli/dist/main.js describe policy deny-telnet
-  node packages/cli/dist/main.js rollout status ssh-mgmt-only
-  node packages/cli/dist/main.js diff -f examples/
-  node packages/cli/dist/main.js apply -f examples/ --wait
+The fleet is running. Try, in another shell (as the admin the controller wrote on first start):
+  export EDGEPLANE_SERVER=127.0.0.1:${GRPC} EDGEPLANE_TLS_CA=${join(adminDir(), 'ca.pem')} \\
+    EDGEPLANE_TLS_CERT=${join(adminDir(), 'admin.pem')} EDGEPLANE_TLS_KEY=${join(adminDir(), 'admin-key.pem')}
+  npx edgeplane get policies
+  npx edgeplane describe node node-1
+  npx edgeplane describe policy deny-telnet
+  npx edgeplane rollout status ssh-mgmt-only
+  npx edgeplane diff -f examples/
+  npx edgeplane apply -f examples/ --wait
+  npx edgeplane cert issue --role viewer --name alice --out /tmp/alice   # a read-only colleague
   ip netns exec epd-inet ping 172.31.1.2          # traffic to node-1's uplink
   ip -n epd-n1 -d link show up0                    # the XDP program on node-1's uplink
 Logs: ${logs}   Ctrl-C stops the fleet and removes namespaces and pins.`);
