@@ -14,7 +14,7 @@ import { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from
 import { ensureBpffs } from './agent/bpffs.js';
 import type { AgentLogger } from './agent/node-agent.js';
 import { agentNatsOptions } from './agent/nats-connect-options.js';
-import { enrollNode, loadNodeCredentials, NodeIdentity } from './agent/node-identity.js';
+import { enrollNode, loadNodeCredentials, NodeIdentity, type NodeCredentials } from './agent/node-identity.js';
 import { StateFile } from './agent/state-file.js';
 import { VerifiedHead } from './agent/verified-head.js';
 import type { Datapath } from './datapath/datapath.js';
@@ -53,6 +53,22 @@ async function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {
   });
   identity.start();
   return identity;
+}
+
+/**
+ * The labels and fleet an enrolled node runs with: exactly the labels bound at enrollment (the
+ * controller refuses a hello with others, LABELS_MISMATCH) and the fleet it enrolled in.
+ * @throws AgentConfigError if --labels or --fleet-id are given and disagree with the enrollment.
+ */
+export function enrolledSettings(config: Pick<AgentConfig, 'labels' | 'fleetId'>, creds: Pick<NodeCredentials, 'labels' | 'fleetId'>): { labels: Record<string, string>; fleetId: string | undefined } {
+  const fmt = (l: Record<string, string>): string => Object.entries(l).sort().map(([k, v]) => `${k}=${v}`).join(',') || '(none)';
+  if (Object.keys(config.labels).length > 0 && fmt(config.labels) !== fmt(creds.labels)) {
+    throw new AgentConfigError(`--labels ${fmt(config.labels)}: this node enrolled with labels ${fmt(creds.labels)}; an enrolled node's labels are bound at enrollment and only an admin changes them (edgeplane node label); drop --labels or give exactly those`);
+  }
+  if (config.fleetId && creds.fleetId && config.fleetId !== creds.fleetId) {
+    throw new AgentConfigError(`--fleet-id ${config.fleetId}: this node enrolled in fleet ${creds.fleetId}; drop --fleet-id or enroll again (new state directory)`);
+  }
+  return { labels: { ...creds.labels }, fleetId: creds.fleetId || config.fleetId };
 }
 
 /** The interface attacher over the eBPF datapaths of each role. */
@@ -103,16 +119,18 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
 
     // The node's identity. Enrollment needs the network only on a first start, when there is no
     // applied state to enforce yet; afterwards the credentials are read from the state dir.
-    // The join token's labels join the configured ones.
+    // An enrolled node's labels and fleet are those bound at enrollment (see enrolledSettings).
     let channelCredentials = staticCredentials(config);
     let labels = config.labels;
+    let fleetId = config.fleetId;
+    let identity: NodeIdentity | undefined;
     let enrolled: (() => { natsJwt: string; natsSeed: string }) | undefined;
     if (!channelCredentials) {
-      const identity = await nodeIdentity(config);
-      enrolled = () => identity.credentials;
-      closers.push(() => identity.close());
-      channelCredentials = identity.channelCredentials();
-      labels = { ...identity.credentials.labels, ...config.labels };
+      const id = (identity = await nodeIdentity(config));
+      enrolled = () => id.credentials;
+      closers.push(() => id.close());
+      channelCredentials = id.channelCredentials();
+      ({ labels, fleetId } = enrolledSettings(config, id.credentials));
     }
     const nats = agentNatsOptions(config, enrolled); // reads the credential files now: a bad one stops the start
     if (nats.anonymous) log('warn', 'no NATS credentials (--nats-creds, or enrollment): connecting anonymously, which an edgeplane NATS server refuses');
@@ -129,7 +147,15 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       natsOptions: nats.options,
       trustedKeys: new Map(config.trustedKeys.map((k) => [keyIdOf(k), k])),
       resetKeys: new Map(config.resetKeys.map((k) => [keyIdOf(k), k])),
-      ...(config.fleetId ? { fleetId: config.fleetId } : {}),
+      ...(fleetId ? { fleetId } : {}),
+      ...(identity
+        ? {
+            // An admin changed the node's labels (edgeplane node label): keep them for the next start.
+            onEnrolledLabels: (l: Record<string, string>) => {
+              if (identity.adoptLabels(l)) log('warn', 'an admin changed this node\'s labels; they are stored and policies select on them after the agent restarts', { labels: l });
+            },
+          }
+        : {}),
       staleAfterMs: config.staleAfterMs,
       verifiedHead: new VerifiedHead(join(config.stateDir, 'verified-head.json')),
       controller: { address: config.controller, credentials: channelCredentials },
