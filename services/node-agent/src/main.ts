@@ -10,11 +10,11 @@ import * as grpc from '@grpc/grpc-js';
 import { keyIdOf } from '@edgeplane/proto';
 import { startTelemetry } from '@edgeplane/telemetry';
 import { AgentRuntime, type InterfaceAttacher } from './agent/agent-runtime.js';
-import { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
+import { AGENT_HELP, AgentConfigError, enrolledSettings, parseAgentConfig, type AgentConfig } from './agent/config.js';
 import { ensureBpffs } from './agent/bpffs.js';
 import type { AgentLogger } from './agent/node-agent.js';
 import { agentNatsOptions } from './agent/nats-connect-options.js';
-import { enrollNode, loadNodeCredentials, NodeIdentity, type NodeCredentials } from './agent/node-identity.js';
+import { enrollNode, loadNodeCredentials, NodeIdentity } from './agent/node-identity.js';
 import { StateFile } from './agent/state-file.js';
 import { VerifiedHead } from './agent/verified-head.js';
 import type { Datapath } from './datapath/datapath.js';
@@ -53,22 +53,6 @@ async function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {
   });
   identity.start();
   return identity;
-}
-
-/**
- * The labels and fleet an enrolled node runs with: exactly the labels bound at enrollment (the
- * controller refuses a hello with others, LABELS_MISMATCH) and the fleet it enrolled in.
- * @throws AgentConfigError if --labels or --fleet-id are given and disagree with the enrollment.
- */
-export function enrolledSettings(config: Pick<AgentConfig, 'labels' | 'fleetId'>, creds: Pick<NodeCredentials, 'labels' | 'fleetId'>): { labels: Record<string, string>; fleetId: string | undefined } {
-  const fmt = (l: Record<string, string>): string => Object.entries(l).sort().map(([k, v]) => `${k}=${v}`).join(',') || '(none)';
-  if (Object.keys(config.labels).length > 0 && fmt(config.labels) !== fmt(creds.labels)) {
-    throw new AgentConfigError(`--labels ${fmt(config.labels)}: this node enrolled with labels ${fmt(creds.labels)}; an enrolled node's labels are bound at enrollment and only an admin changes them (edgeplane node label); drop --labels or give exactly those`);
-  }
-  if (config.fleetId && creds.fleetId && config.fleetId !== creds.fleetId) {
-    throw new AgentConfigError(`--fleet-id ${config.fleetId}: this node enrolled in fleet ${creds.fleetId}; drop --fleet-id or enroll again (new state directory)`);
-  }
-  return { labels: { ...creds.labels }, fleetId: creds.fleetId || config.fleetId };
 }
 
 /** The interface attacher over the eBPF datapaths of each role. */
