@@ -270,7 +270,10 @@ export async function startController(config: ControllerConfig, extras: StartExt
       ca,
       store: trustStore,
       // The node says hello again, with its old labels, and learns the new ones from the welcome.
-      onLabelsChanged: (node) => sessions.closeNode(node, new UnavailableError(`node ${node}: labels changed by an admin; reconnect`)),
+      onLabelsChanged: (node, labels) => {
+        registry.relabel(node, labels);
+        sessions.closeNode(node, new UnavailableError(`node ${node}: labels changed by an admin; reconnect`));
+      },
       nodeCertLifetimeMs: config.nodeCertLifetimeMs,
       ...((extras.natsCredentials ?? authority) ? { natsCredentials: (extras.natsCredentials ?? authority)! } : {}),
     });

@@ -40,8 +40,8 @@ export interface TrustApiOptions {
   natsCredentials?: NatsCredentialIssuer;
   /** Lifetime of node certificates (default 24 h). */
   nodeCertLifetimeMs?: number;
-  /** Called after an admin changed a node's labels (the controller closes its open streams). */
-  onLabelsChanged?(node: string): void;
+  /** Called after an admin changed a node's labels (the controller records them and closes the node's open streams). */
+  onLabelsChanged?(node: string, labels: Record<string, string>): void;
 }
 
 const MINUTE = 60_000;
@@ -152,7 +152,7 @@ export class TrustApi {
     const violations = validateLabels(req.labels, 'labels');
     if (violations.length > 0) throw new ValidationError('invalid labels', violations);
     const labels = await this.#o.store.setLabels(req.nodeName, req.labels);
-    this.#o.onLabelsChanged?.(req.nodeName);
+    this.#o.onLabelsChanged?.(req.nodeName, labels);
     return { labels };
   }
 

@@ -108,6 +108,7 @@ test('set node labels - admin only; the node is told its new labels and may say 
   const res = await call(admin.trust, admin.trust.setNodeLabels, { nodeName: 'relabel-1', labels: { site: 'fra1', tier: 'canary' } });
   t.deepEqual(res.labels, { site: 'fra1', tier: 'canary' });
   t.is((await first.end())?.code, grpc.status.UNAVAILABLE, 'the open stream was closed');
+  t.deepEqual(await nodeLabels('relabel-1'), { site: 'fra1', tier: 'canary' }, 'the registry has them before the next hello');
 
   // The node still knows only its old labels: accepted, recorded with the new ones, told them.
   const old = agentStream(n.agent, 'relabel-1', { site: 'ams1' });
