@@ -285,7 +285,7 @@ async function main(): Promise<void> {
     const grpcPort = Number(String(controller.ready.grpc).split(':').pop());
     // Mutual TLS (the agent's namespace reaches the controller off loopback): admin identity, join tokens.
     const admin = adminTlsOf(join(dir, 'ctl'));
-    const cp: ControlPlane = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey), agentTrustArgs: () => joinTokenArgs(`127.0.0.1:${grpcPort}`, admin) };
+    const cp: ControlPlane = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey), agentTrustArgs: (_name, labels) => joinTokenArgs(`127.0.0.1:${grpcPort}`, admin, labels) };
     const c = clients(`127.0.0.1:${grpcPort}`, admin);
     cleanups.push(['grpc clients', () => c.close()]);
     const nc: NatsConnection = await connect({ servers: `nats://127.0.0.1:${nats.port}` });

@@ -56,7 +56,7 @@ test.before(async () => {
     readyEvent: 'ready',
   });
   const admin = adminTlsOf(join(dir, 'ctl'));
-  cp = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey), agentTrustArgs: () => joinTokenArgs(`127.0.0.1:${grpcPort}`, admin) };
+  cp = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey), agentTrustArgs: (_name, labels) => joinTokenArgs(`127.0.0.1:${grpcPort}`, admin, labels) };
   c = clients(`127.0.0.1:${grpcPort}`, admin);
   for (let i = 1; i <= 5; i++) {
     const node = net.addNode(i, `node-${i}`);

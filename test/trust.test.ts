@@ -100,11 +100,33 @@ test.serial('operator path - token, agent enrollment, a viewer for a colleague, 
   const tok = await cli(['token', 'create'], aliceEnv);
   t.regex(tok.stderr, /PERMISSION_DENIED/);
 
+  // The node keeps the fleet it enrolled in (the controller's one fleet id).
+  const meta = JSON.parse(readFileSync(join(stateDir, 'identity', 'meta.json'), 'utf8')) as { fleetId: string; labels: Record<string, string> };
+  t.is(meta.fleetId, String(ctl.ready.fleetId));
+  t.deepEqual(meta.labels, { site: 'ams1' });
+  // Labels change only through the admin path: the agent reconnects, is told them and stores them.
+  t.regex((await cli(['node', 'label', 'edge-1', 'site=ams1', 'tier=canary'], aliceEnv)).stderr, /PERMISSION_DENIED/);
+  const labelled = await cli(['node', 'label', 'edge-1', 'site=ams1', 'tier=canary']);
+  t.is(labelled.code, 0, labelled.stderr);
+  t.regex(labelled.stdout, /node\/edge-1 labels site=ams1,tier=canary/);
+  await until('edge-1 relabelled', async () => /tier=canary/.test((await cli(['describe', 'node', 'edge-1'])).stdout), 30_000, () => agent.output);
+  await until('labels stored by the agent', () => (JSON.parse(readFileSync(join(stateDir, 'identity', 'meta.json'), 'utf8')) as typeof meta).labels.tier === 'canary', 30_000, () => agent.output);
+
   // Revocation: the agent's stream is closed and it cannot come back.
   const revoked = await cli(['node', 'revoke', 'edge-1', '--reason', 'e2e']);
   t.is(revoked.code, 0, revoked.stderr);
   await until('edge-1 disconnected', async () => /Disconnected/.test((await cli(['describe', 'node', 'edge-1'])).stdout), 60_000, () => agent.output);
   t.regex(agent.output, /UNAUTHENTICATED|revoked/);
+
+  // An enrolled node's labels and fleet are the enrolled ones: disagreeing flags refuse to start.
+  for (const [flag, why] of [[['--labels', 'site=elsewhere'], /bound at enrollment/], [['--fleet-id', 'another-fleet'], /enrolled in fleet/]] as const) {
+    const bad = await run(process.execPath, [AGENT_MAIN, '--node-name', 'edge-1', '--controller', address, '--nats', String(ctl.ready.nats), '--datapath', 'memory', '--state-dir', stateDir, '--trusted-key', String(ctl.ready.publicKey), '--ca-fingerprint', fingerprint, ...flag], { timeout: 30_000 }).then(
+      () => ({ code: 0, stderr: '' }),
+      (e: { code: number; stderr: string }) => e,
+    );
+    t.not(bad.code, 0);
+    t.regex(bad.stderr, why);
+  }
 });
 
 test.serial('renewal - the agent renews its certificate while its stream runs; the registry sees no disconnect', async (t) => {
@@ -160,7 +182,7 @@ test.serial('renewal - the agent renews its certificate while its stream runs; t
 
 test('NodeIdentity - closing twice is safe', (t) => {
   const cert = readFileSync(join(dir, 'controller', 'admin', 'admin.pem'), 'utf8');
-  const identity = new NodeIdentity({ nodeName: 'x', certPem: cert, keyPem: '', caPem: cert, notAfter: new Date(), natsSeed: '', natsJwt: '', labels: {} }, { address, stateDir: join(dir, 'unused') });
+  const identity = new NodeIdentity({ nodeName: 'x', certPem: cert, keyPem: '', caPem: cert, notAfter: new Date(), natsSeed: '', natsJwt: '', labels: {}, fleetId: '' }, { address, stateDir: join(dir, 'unused') });
   identity.close();
   t.notThrows(() => identity.close());
 });

@@ -21,11 +21,14 @@ export function cliTlsArgsOf(dataDir: string): string[] {
   return ['--tls-ca', join(admin, 'ca.pem'), '--tls-cert', join(admin, 'admin.pem'), '--tls-key', join(admin, 'admin-key.pem')];
 }
 
-/** Creates a join token as admin; returns the agent flags that enroll with it. */
-export async function joinTokenArgs(address: string, tls: ClientTls): Promise<string[]> {
+/**
+ * Creates a join token as admin carrying `labels` (bound to the node that enrolls with it: its
+ * hello must carry exactly these); returns the agent flags that enroll with it.
+ */
+export async function joinTokenArgs(address: string, tls: ClientTls, labels: Record<string, string> = {}): Promise<string[]> {
   const trust = new TrustServiceClient(address, grpc.credentials.createSsl(tls.ca, tls.key, tls.cert));
   try {
-    const res = await call(trust, trust.createJoinToken, { ttl: undefined, labels: {} });
+    const res = await call(trust, trust.createJoinToken, { ttl: undefined, labels });
     return ['--join-token', res.token, '--ca-fingerprint', res.caFingerprint];
   } finally {
     trust.close();
@@ -67,9 +70,9 @@ export class TestControlPlane implements ControlPlane {
     return cliTlsArgsOf(join(this.dir, 'ctl'));
   }
 
-  /** A join token for a node and the CA fingerprint, as agent flags. */
-  agentTrustArgs(): Promise<string[]> {
-    return joinTokenArgs(this.address, this.adminTls);
+  /** A join token for a node (carrying `labels`) and the CA fingerprint, as agent flags. */
+  agentTrustArgs(_name?: string, labels: Record<string, string> = {}): Promise<string[]> {
+    return joinTokenArgs(this.address, this.adminTls, labels);
   }
 
   /** Starts nats-server and the controller; closes what it started if a later step fails. */

@@ -67,10 +67,11 @@ export interface ControlPlane {
   grpcPort: number;
   publicKeyB64: string;
   /**
-   * The agent's trust flags for node `name`: a fresh join token and the CA fingerprint (the agent
-   * uses its stored identity once enrolled). Unset: `--insecure` (a control plane on loopback).
+   * The agent's trust flags for node `name`: a fresh join token carrying `labels` (bound at
+   * enrollment) and the CA fingerprint (the agent uses its stored identity once enrolled).
+   * Unset: `--insecure` (a control plane on loopback).
    */
-  agentTrustArgs?(name: string): Promise<string[]>;
+  agentTrustArgs?(name: string, labels: Record<string, string>): Promise<string[]>;
 }
 
 /** One node of a {@link FleetNetwork}. */
@@ -124,7 +125,7 @@ export class FleetNode {
       '--pin-root', this.pinRoot,
       '--state-dir', this.stateDir,
       '--trusted-key', cp.publicKeyB64,
-      ...(cp.agentTrustArgs ? await cp.agentTrustArgs(this.name) : ['--insecure']),
+      ...(cp.agentTrustArgs ? await cp.agentTrustArgs(this.name, labels) : ['--insecure']),
       '--heartbeat-interval', '1',
       '--counter-interval', '1',
       '--interface-check', '1',

@@ -26,6 +26,7 @@ import {
   type CreateJoinTokenResponse,
   type IssueCertificateResponse,
   type RevokeNodeResponse,
+  type SetNodeLabelsResponse,
 } from '@edgeplane/proto';
 import { InputError, RpcError } from './errors.js';
 
@@ -67,6 +68,8 @@ export interface AdminApi {
 export interface TrustApi {
   createJoinToken(ttlMs: number, labels: Record<string, string>): Promise<CreateJoinTokenResponse>;
   revokeNode(nodeName: string, reason: string): Promise<RevokeNodeResponse>;
+  /** TrustService.SetNodeLabels: replaces the labels bound to an enrolled node. */
+  setNodeLabels(nodeName: string, labels: Record<string, string>): Promise<SetNodeLabelsResponse>;
   /** A certificate for a role and name; `publicKey` is DER SPKI (the key stays with the caller). */
   issueCertificate(role: string, name: string, publicKey: Uint8Array, lifetimeMs: number | undefined): Promise<IssueCertificateResponse>;
 }
@@ -233,6 +236,10 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
 
   revokeNode(nodeName: string, reason: string): Promise<RevokeNodeResponse> {
     return this.#call(`revoke node ${nodeName}`, this.#trust, this.#trust.revokeNode, { nodeName, reason });
+  }
+
+  setNodeLabels(nodeName: string, labels: Record<string, string>): Promise<SetNodeLabelsResponse> {
+    return this.#call(`set labels of node ${nodeName}`, this.#trust, this.#trust.setNodeLabels, { nodeName, labels });
   }
 
   issueCertificate(role: string, name: string, publicKey: Uint8Array, lifetimeMs: number | undefined): Promise<IssueCertificateResponse> {

@@ -19,10 +19,11 @@ export interface AgentStream {
   /** Ends the stream; with an error, the agent sees it as the status. */
   end(err?: Error): void;
   /**
-   * Checks that the caller may speak for the node its hello names; throws (PermissionDeniedError)
-   * to refuse. Unset: any name (in-process use).
+   * Checks that the caller may speak for the node its hello names, with the labels it reports;
+   * returns the labels to record for the node (the enrolled ones) or throws
+   * (PermissionDeniedError) to refuse. Unset: any name, the hello's labels (in-process use).
    */
-  checkNode?(nodeName: string): void;
+  checkHello?(nodeName: string, labels: Record<string, string>): Promise<Record<string, string>>;
 }
 
 /** Options of {@link AgentSessions}. */
@@ -97,16 +98,16 @@ export class AgentSessions {
         if (!node) {
           if (m.$case !== 'hello') throw new ValidationError('the first message must be a hello', [{ field: 'hello', description: 'required first', reason: 'REQUIRED' }]);
           reject('invalid hello', validateHello(m.hello));
-          stream.checkNode?.(m.hello.nodeName);
+          const labels = stream.checkHello ? await stream.checkHello(m.hello.nodeName, m.hello.labels) : m.hello.labels;
           node = m.hello.nodeName;
           let set = this.#byNode.get(node);
           if (!set) this.#byNode.set(node, (set = new Set()));
           set.add(stream);
-          this.#registry.hello(m.hello, sessionId);
+          this.#registry.hello({ ...m.hello, labels }, sessionId);
           stream.send({
             message: {
               $case: 'welcome',
-              welcome: { controllerId: this.#options.controllerId, keys: this.#options.keys, settings: this.#options.settings, currentRevision: this.#options.currentRevision() },
+              welcome: { controllerId: this.#options.controllerId, keys: this.#options.keys, settings: this.#options.settings, currentRevision: this.#options.currentRevision(), enrolledLabels: labels },
             },
           });
           arm(idleMs, `node ${node} silent for ${idleMs} ms`);

@@ -14,7 +14,7 @@ import { startTelemetry, type SpanProcessor, type Telemetry } from '@edgeplane/t
 import { AgentSessions } from './agent-sessions.js';
 import { parseConfig, HELP, type ControllerConfig } from './config.js';
 import { CounterStore } from './counter-store.js';
-import { ConfigError, UnauthenticatedError } from './errors.js';
+import { ConfigError, UnauthenticatedError, UnavailableError } from './errors.js';
 import { FleetApi } from './fleet-api.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
 import { Authorizer } from './grpc/authorize.js';
@@ -29,7 +29,7 @@ import { RolloutManager } from './rollout-manager.js';
 import { NodeRegistry } from './node-registry.js';
 import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
 import { generateKeyPair, loadOrCreateCertificateAuthority, writeFileAtomic, type CertificateAuthority } from './pki/certificate-authority.js';
-import { isLoopback } from './config.js';
+import { FLEET_ID, isLoopback } from './config.js';
 import { commitSigningKeyFile, loadOrCreateSigningKey, prepareNextSigningKey, retiredSigningKeys } from './signing-key.js';
 import { TrustApi } from './trust-api.js';
 import { TrustStore } from './trust-store.js';
@@ -177,7 +177,13 @@ export async function startController(config: ControllerConfig, extras: StartExt
       await authority.publishAccount().catch((err: unknown) => onError('push nats account jwt at start', err));
     }
 
-    const { ca, created } = await loadOrCreateCertificateAuthority({ certFile: config.caCert, keyFile: config.caKey }, config.fleet);
+    let key = loadOrCreateSigningKey(config.signingKey);
+    const intentLog = await IntentLog.open(nc, { create: true, replicas: config.streamReplicas });
+    const fleetId = await intentLog.fleetId(config.fleetId ?? randomUUID().toLowerCase());
+    if (config.fleetId && fleetId !== config.fleetId) throw new ConfigError(`--fleet-id ${config.fleetId}: the log belongs to fleet ${fleetId}`);
+    if (!FLEET_ID.test(fleetId)) throw new ConfigError(`the log's fleet id ${JSON.stringify(fleetId)} is not a lower-case name and cannot name certificate identities; start a new log with a lower-case --fleet-id`);
+    // One fleet identity: the CA issues identities in the log's fleet (spiffe://edgeplane/<fleet-id>/...).
+    const { ca, created } = await loadOrCreateCertificateAuthority({ certFile: config.caCert, keyFile: config.caKey }, fleetId);
     if (created) log('info', 'created the fleet CA', { cert: config.caCert, fingerprint: ca.fingerprint });
     const adminDir = await writeAdminBundle(ca, config.dataDir);
     if (adminDir) log('info', 'wrote the admin client certificate (keep it safe)', { dir: adminDir });
@@ -186,10 +192,6 @@ export async function startController(config: ControllerConfig, extras: StartExt
       if (!isLoopback(config.listen.slice(0, config.listen.lastIndexOf(':')))) throw new ConfigError('--insecure is refused on a non-loopback address');
     }
 
-    let key = loadOrCreateSigningKey(config.signingKey);
-    const intentLog = await IntentLog.open(nc, { create: true, replicas: config.streamReplicas });
-    const fleetId = await intentLog.fleetId(config.fleetId ?? randomUUID());
-    if (config.fleetId && fleetId !== config.fleetId) throw new ConfigError(`--fleet-id ${config.fleetId}: the log belongs to fleet ${fleetId}`);
     const store = new IntentStore(intentLog, {
       controllerId: config.controllerId,
       fleetId,
@@ -253,7 +255,9 @@ export async function startController(config: ControllerConfig, extras: StartExt
     const denied = telemetry.meter('@edgeplane/controller').createCounter('edgeplane_authz_denied', { description: 'Calls refused by authentication or authorization, by method, caller role and reason' });
     const auth = new Authorizer({
       insecure: config.insecure,
-      fleet: config.fleet,
+      fleet: fleetId,
+      enrolledLabels: (node) => trustStore.enrolledLabels(node),
+      forgetPreviousLabels: (node) => trustStore.forgetPreviousLabels(node),
       isRevoked: (id) => id.role === 'node' && trustStore.isRevoked(id.name),
       onDenied: (method, id, reason) => {
         denied.add(1, { method, role: id?.role ?? 'none', reason });
@@ -262,7 +266,17 @@ export async function startController(config: ControllerConfig, extras: StartExt
     });
     // A revocation (from any replica, through the KV watch) closes the node's open streams at once.
     trustStore.onRevoked((r) => sessions.closeNode(r.node, new UnauthenticatedError(`node ${r.node} was revoked`, 'REVOKED')));
-    const trustApi = new TrustApi({ ca, store: trustStore, nodeCertLifetimeMs: config.nodeCertLifetimeMs, ...((extras.natsCredentials ?? authority) ? { natsCredentials: (extras.natsCredentials ?? authority)! } : {}) });
+    const trustApi = new TrustApi({
+      ca,
+      store: trustStore,
+      // The node says hello again, with its old labels, and learns the new ones from the welcome.
+      onLabelsChanged: (node, labels) => {
+        registry.relabel(node, labels);
+        sessions.closeNode(node, new UnavailableError(`node ${node}: labels changed by an admin; reconnect`));
+      },
+      nodeCertLifetimeMs: config.nodeCertLifetimeMs,
+      ...((extras.natsCredentials ?? authority) ? { natsCredentials: (extras.natsCredentials ?? authority)! } : {}),
+    });
     const grpcServer: GrpcServer = await startGrpcServer({
       listen: config.listen,
       tls: config.insecure ? { insecure: true } : { ...(await servingCertificate(config, ca)), clientCaPem: ca.certPem },

@@ -109,6 +109,19 @@ export class NodeRegistry {
     return node;
   }
 
+  /**
+   * Replaces a known node's labels (an admin's SetNodeLabels), so selection and rollout gates
+   * use them before the node says hello again. Returns false for a node never seen.
+   */
+  relabel(name: string, labels: Record<string, string>): boolean {
+    const existing = this.#nodes.get(name);
+    if (!existing) return false;
+    const node = Node.fromPartial({ ...existing, labels });
+    this.#nodes.set(name, node);
+    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED);
+    return true;
+  }
+
   /** Whether `sessionId` is the node's current session (a newer connection replaces an older one). */
   isCurrent(name: string, sessionId: string): boolean {
     return this.#sessions.get(name) === sessionId;

@@ -1,8 +1,7 @@
 import { verify, type KeyObject } from 'node:crypto';
 import {
   checkDnsLabel,
-  checkLabelKey,
-  checkLabelValue,
+  validateLabels,
   type CreateJoinTokenRequest,
   type CreateJoinTokenResponse,
   type Duration,
@@ -14,6 +13,8 @@ import {
   type RenewCertificateResponse,
   type RevokeNodeRequest,
   type RevokeNodeResponse,
+  type SetNodeLabelsRequest,
+  type SetNodeLabelsResponse,
 } from '@edgeplane/proto';
 import { CertificateIssueError, UnauthenticatedError, ValidationError } from './errors.js';
 import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
@@ -39,6 +40,8 @@ export interface TrustApiOptions {
   natsCredentials?: NatsCredentialIssuer;
   /** Lifetime of node certificates (default 24 h). */
   nodeCertLifetimeMs?: number;
+  /** Called after an admin changed a node's labels (the controller records them and closes the node's open streams). */
+  onLabelsChanged?(node: string, labels: Record<string, string>): void;
 }
 
 const MINUTE = 60_000;
@@ -100,10 +103,10 @@ export class TrustApi {
     }
     if (this.#o.store.isRevoked(req.nodeName)) throw new UnauthenticatedError(`node ${req.nodeName} was revoked`, 'REVOKED');
     const labels = await this.#o.store.consumeToken(req.token, req.nodeName);
-    await this.#o.store.recordEnrollment(req.nodeName);
+    await this.#o.store.recordEnrollment(req.nodeName, labels);
     const issued = await this.#o.ca.issue({ identity: { fleet: this.#o.ca.fleet, role: 'node', name: req.nodeName }, publicKey: key, lifetimeMs: this.#nodeLifetime });
     const natsJwt = this.#o.natsCredentials && req.natsPublicKey ? await this.#o.natsCredentials.issueNode(req.nodeName, req.natsPublicKey, issued.notAfter) : '';
-    return { certificate: issued.certPem, caCertificate: this.#o.ca.certPem, notAfter: issued.notAfter, natsJwt, labels };
+    return { certificate: issued.certPem, caCertificate: this.#o.ca.certPem, notAfter: issued.notAfter, natsJwt, labels, fleetId: this.#o.ca.fleet };
   }
 
   /**
@@ -123,10 +126,7 @@ export class TrustApi {
   /** Creates a join token (default 15 minutes, at most 24 hours). @throws ValidationError. */
   async createJoinToken(caller: Identity, req: CreateJoinTokenRequest): Promise<CreateJoinTokenResponse> {
     const ttl = durationMs(req.ttl, 15 * MINUTE, DAY, 'ttl');
-    const violations = Object.entries(req.labels).flatMap(([k, v]) => {
-      const p = checkLabelKey(k) ?? checkLabelValue(v);
-      return p ? [{ field: `labels[${k}]`, description: p, reason: 'INVALID_LABEL' }] : [];
-    });
+    const violations = validateLabels(req.labels, 'labels');
     if (violations.length > 0) throw new ValidationError('invalid labels', violations);
     const { token, expiresAt } = await this.#o.store.createToken(ttl, req.labels, describeIdentity(caller));
     return { token, expiresAt, caFingerprint: this.#o.ca.fingerprint };
@@ -139,6 +139,21 @@ export class TrustApi {
     const r = await this.#o.store.revoke(req.nodeName, describeIdentity(caller), req.reason.slice(0, 1024));
     await this.#o.natsCredentials?.revokeNode(req.nodeName);
     return { revokedAt: new Date(r.at) };
+  }
+
+  /**
+   * Replaces an enrolled node's labels (the whole set); its open streams are closed so it says
+   * hello again and learns them from the welcome. Returns the labels now bound.
+   * @throws ValidationError (name, labels), NotFoundError (not enrolled), PreconditionError (revoked).
+   */
+  async setNodeLabels(req: SetNodeLabelsRequest): Promise<SetNodeLabelsResponse> {
+    const problem = checkDnsLabel(req.nodeName);
+    if (problem) throw new ValidationError('invalid node name', [{ field: 'node_name', description: problem, reason: 'INVALID_NAME' }]);
+    const violations = validateLabels(req.labels, 'labels');
+    if (violations.length > 0) throw new ValidationError('invalid labels', violations);
+    const labels = await this.#o.store.setLabels(req.nodeName, req.labels);
+    this.#o.onLabelsChanged?.(req.nodeName, labels);
+    return { labels };
   }
 
   /** Issues a certificate for a person or pipeline (viewer, operator, admin; default 90 days, at most 1 year). */

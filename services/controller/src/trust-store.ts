@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { KvWatchInclude, type KV } from '@nats-io/kv';
-import { PreconditionError, UnauthenticatedError } from './errors.js';
+import { NotFoundError, PreconditionError, UnauthenticatedError } from './errors.js';
 
 /** A join token as stored: only its hash is the key. */
 interface TokenRecord {
@@ -17,6 +17,29 @@ export interface Revocation {
   at: number;
   by: string;
   reason: string;
+}
+
+/** A node's enrollment as stored (key `node.<name>`). */
+interface EnrollmentRecord {
+  at: number;
+  /** The labels bound at enrollment or by an admin since; absent on records written before labels were bound (= none). */
+  labels?: Record<string, string>;
+  /** The labels before the last admin change: still accepted in a hello until the node has learnt the new ones. */
+  previousLabels?: Record<string, string>;
+}
+
+/** The labels a hello may carry for a node, from {@link TrustStore.enrolledLabels}. */
+export interface EnrolledLabels {
+  /** The labels bound to the node now. */
+  labels: Record<string, string>;
+  /** Also accepted: the labels before the last admin change. */
+  previous: Record<string, string> | undefined;
+}
+
+/** True if two label sets hold the same keys and values. */
+export function sameLabels(a: Record<string, string>, b: Record<string, string>): boolean {
+  const ka = Object.keys(a);
+  return ka.length === Object.keys(b).length && ka.every((k) => Object.hasOwn(b, k) && b[k] === a[k]);
 }
 
 /** The token prefix: recognisable in logs and secret scanners. */
@@ -123,16 +146,60 @@ export class TrustStore {
   }
 
   /**
-   * Records that `node` enrolled; a name enrolls once (create fails if the key exists).
+   * Records that `node` enrolled with `labels`, which are bound to it from now on; a name
+   * enrolls once (create fails if the key exists).
    * @throws PreconditionError (NODE_ALREADY_ENROLLED, NODE_REVOKED).
    */
-  async recordEnrollment(node: string): Promise<void> {
+  async recordEnrollment(node: string, labels: Record<string, string>): Promise<void> {
     if (this.isRevoked(node)) throw new PreconditionError(`node ${node} was revoked`, 'NODE_REVOKED');
+    const record: EnrollmentRecord = { at: this.#now(), labels };
     try {
-      await this.#kv.create(`node.${node}`, enc.encode(JSON.stringify({ at: this.#now() })));
+      await this.#kv.create(`node.${node}`, enc.encode(JSON.stringify(record)));
     } catch {
       throw new PreconditionError(`node ${node} is already enrolled; revoke it or choose another name`, 'NODE_ALREADY_ENROLLED');
     }
+  }
+
+  /**
+   * The labels bound to `node` (read from the bucket, so a change by another replica counts at
+   * once); undefined if the node never enrolled. A record from before labels were bound has none.
+   */
+  async enrolledLabels(node: string): Promise<EnrolledLabels | undefined> {
+    const entry = await this.#kv.get(`node.${node}`);
+    if (!entry || entry.operation !== 'PUT' || entry.value.length === 0) return undefined;
+    const record = JSON.parse(dec.decode(entry.value)) as EnrollmentRecord;
+    return { labels: record.labels ?? {}, previous: record.previousLabels };
+  }
+
+  /**
+   * Replaces an enrolled node's labels (compare-and-set, retried on a concurrent change); the
+   * labels before stay accepted in hellos until {@link forgetPreviousLabels}. Returns the new labels.
+   * @throws NotFoundError if the node never enrolled; PreconditionError (NODE_REVOKED).
+   */
+  async setLabels(node: string, labels: Record<string, string>): Promise<Record<string, string>> {
+    if (this.isRevoked(node)) throw new PreconditionError(`node ${node} was revoked`, 'NODE_REVOKED');
+    for (let attempt = 0; ; attempt++) {
+      const entry = await this.#kv.get(`node.${node}`);
+      if (!entry || entry.operation !== 'PUT' || entry.value.length === 0) throw new NotFoundError(`node ${node} is not enrolled`);
+      const record = JSON.parse(dec.decode(entry.value)) as EnrollmentRecord;
+      const next: EnrollmentRecord = { ...record, labels, previousLabels: record.labels ?? {} };
+      try {
+        await this.#kv.update(`node.${node}`, enc.encode(JSON.stringify(next)), entry.revision);
+        return labels;
+      } catch (err) {
+        if (attempt >= 4) throw err;
+      }
+    }
+  }
+
+  /** Drops the previous labels of `node` once it said hello with the current ones (best effort). */
+  async forgetPreviousLabels(node: string): Promise<void> {
+    const entry = await this.#kv.get(`node.${node}`);
+    if (!entry || entry.operation !== 'PUT' || entry.value.length === 0) return;
+    const record = JSON.parse(dec.decode(entry.value)) as EnrollmentRecord;
+    if (record.previousLabels === undefined) return;
+    const { previousLabels: _, ...rest } = record;
+    await this.#kv.update(`node.${node}`, enc.encode(JSON.stringify(rest)), entry.revision).catch(() => undefined);
   }
 
   /** Revokes a node (idempotent: the first revocation stays). */

@@ -177,7 +177,7 @@ test('renewal - same name, new key; the old stream stays connected', async (t) =
   const { renewProofMessage } = await import('../src/index.js');
   const res = await call(c.trust, c.trust.renewCertificate, { publicKey: key.publicDer, proof: sign('sha256', renewProofMessage('edge-n'), key.privateKey) });
   const renewed = new X509Certificate(res.certificate);
-  t.regex(renewed.subjectAltName ?? '', /spiffe:\/\/edgeplane\/default\/node\/edge-n/);
+  t.true((renewed.subjectAltName ?? '').includes(`URI:spiffe://edgeplane/${env.controller.fleetId}/node/edge-n`), 'the fleet is the log fleet id');
   t.true(renewed.publicKey.equals((await import('node:crypto')).createPublicKey({ key: key.publicDer, format: 'der', type: 'spki' })));
   // The new certificate works on a new connection.
   const fresh = as({ keyPem: key.keyPem, certPem: res.certificate });

@@ -10,6 +10,7 @@ import {
   TrustServiceClient,
   type ConnectRequest,
   type ConnectResponse,
+  type EnrollResponse,
 } from '@edgeplane/proto';
 import { call } from '../../../test/support/grpc.js';
 import { enrollProofMessage, parseConfig, startController, type ControllerConfig, type RunningController } from '../src/index.js';
@@ -78,15 +79,15 @@ export async function createToken(admin: Clients, ttlSeconds = 900, labels: Reco
   return res.token;
 }
 
-/** Enrolls a node with a token over an unauthenticated TLS client; returns its certificate. */
-export async function enroll(anon: Clients, token: string, nodeName: string): Promise<ClientCert> {
+/** Enrolls a node with a token over an unauthenticated TLS client; returns its certificate (and what Enroll said). */
+export async function enroll(anon: Clients, token: string, nodeName: string): Promise<ClientCert & { response: EnrollResponse }> {
   const key = newKey();
   const res = await call(anon.trust, anon.trust.enroll, { token, nodeName, publicKey: key.publicDer, proof: sign('sha256', enrollProofMessage(nodeName, token), key.privateKey), natsPublicKey: '' });
-  return { keyPem: key.keyPem, certPem: res.certificate };
+  return { keyPem: key.keyPem, certPem: res.certificate, response: res };
 }
 
-/** An agent's side of a Connect stream: sends a hello for `nodeName`, queues what comes back. */
-export function agentStream(client: AgentServiceClient, nodeName: string) {
+/** An agent's side of a Connect stream: sends a hello for `nodeName` with `labels`, queues what comes back. */
+export function agentStream(client: AgentServiceClient, nodeName: string, labels: Record<string, string> = {}) {
   const stream = client.connect();
   const received: ConnectResponse[] = [];
   let ended: grpc.ServiceError | null | undefined;
@@ -105,7 +106,7 @@ export function agentStream(client: AgentServiceClient, nodeName: string) {
     wake();
   });
   const send = (m: ConnectRequest): void => void stream.write(m);
-  send({ message: { $case: 'hello', hello: { nodeName, labels: {}, info: { agentVersion: 't', kernelRelease: '6.18', hostname: nodeName, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's', conditions: [], appliedUnknown: false } } });
+  send({ message: { $case: 'hello', hello: { nodeName, labels, info: { agentVersion: 't', kernelRelease: '6.18', hostname: nodeName, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's', conditions: [], appliedUnknown: false } } });
   return {
     stream,
     send,

@@ -10,7 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import { keyIdOf } from '@edgeplane/proto';
 import { startTelemetry } from '@edgeplane/telemetry';
 import { AgentRuntime, type InterfaceAttacher } from './agent/agent-runtime.js';
-import { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
+import { AGENT_HELP, AgentConfigError, enrolledSettings, parseAgentConfig, type AgentConfig } from './agent/config.js';
 import { ensureBpffs } from './agent/bpffs.js';
 import type { AgentLogger } from './agent/node-agent.js';
 import { agentNatsOptions } from './agent/nats-connect-options.js';
@@ -103,16 +103,18 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
 
     // The node's identity. Enrollment needs the network only on a first start, when there is no
     // applied state to enforce yet; afterwards the credentials are read from the state dir.
-    // The join token's labels join the configured ones.
+    // An enrolled node's labels and fleet are those bound at enrollment (see enrolledSettings).
     let channelCredentials = staticCredentials(config);
     let labels = config.labels;
+    let fleetId = config.fleetId;
+    let identity: NodeIdentity | undefined;
     let enrolled: (() => { natsJwt: string; natsSeed: string }) | undefined;
     if (!channelCredentials) {
-      const identity = await nodeIdentity(config);
-      enrolled = () => identity.credentials;
-      closers.push(() => identity.close());
-      channelCredentials = identity.channelCredentials();
-      labels = { ...identity.credentials.labels, ...config.labels };
+      const id = (identity = await nodeIdentity(config));
+      enrolled = () => id.credentials;
+      closers.push(() => id.close());
+      channelCredentials = id.channelCredentials();
+      ({ labels, fleetId } = enrolledSettings(config, id.credentials));
     }
     const nats = agentNatsOptions(config, enrolled); // reads the credential files now: a bad one stops the start
     if (nats.anonymous) log('warn', 'no NATS credentials (--nats-creds, or enrollment): connecting anonymously, which an edgeplane NATS server refuses');
@@ -129,7 +131,15 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       natsOptions: nats.options,
       trustedKeys: new Map(config.trustedKeys.map((k) => [keyIdOf(k), k])),
       resetKeys: new Map(config.resetKeys.map((k) => [keyIdOf(k), k])),
-      ...(config.fleetId ? { fleetId: config.fleetId } : {}),
+      ...(fleetId ? { fleetId } : {}),
+      ...(identity
+        ? {
+            // An admin changed the node's labels (edgeplane node label): keep them for the next start.
+            onEnrolledLabels: (l: Record<string, string>) => {
+              if (identity.adoptLabels(l)) log('warn', 'an admin changed this node\'s labels; they are stored and policies select on them after the agent restarts', { labels: l });
+            },
+          }
+        : {}),
       staleAfterMs: config.staleAfterMs,
       verifiedHead: new VerifiedHead(join(config.stateDir, 'verified-head.json')),
       controller: { address: config.controller, credentials: channelCredentials },

@@ -41,8 +41,8 @@ function denyPort(name: string, port: number): Policy {
 const verdict = (dp: MemoryDatapath, port: number): string => dp.classify(buildFrame({ src: '198.18.0.7', dst: '10.0.0.1', protocol: 'tcp', srcPort: 40_000, dstPort: port })).verdict;
 
 /** Enrolls `name` with a join token (as the agent process does) and returns its identity; the test closes it. */
-async function enroll(name: string): Promise<NodeIdentity> {
-  const args = await cp.agentTrustArgs();
+async function enroll(name: string, labels: Record<string, string>): Promise<NodeIdentity> {
+  const args = await cp.agentTrustArgs(name, labels);
   const creds = await enrollNode({ address: cp.address, token: args[1]!, caFingerprint: args[3]!, nodeName: name, stateDir: join(dir, name) });
   const identity = new NodeIdentity(creds, { address: cp.address, stateDir: join(dir, name), onRenewed: () => undefined, onError: (m) => void logs.push(`${name} identity ${m}`) });
   identity.start();
@@ -51,10 +51,10 @@ async function enroll(name: string): Promise<NodeIdentity> {
 
 async function start(name: string, uplink: MemoryDatapath, workload: MemoryDatapath): Promise<AgentRuntime> {
   const raw = Buffer.from(cp.publicKeyB64, 'base64');
-  const identity = await enroll(name);
+  const identity = await enroll(name, { role: 'rt' });
   const runtime = await AgentRuntime.start({
     nodeName: name,
-    labels: { role: 'rt' },
+    labels: identity.credentials.labels,
     datapaths: { uplink, workload },
     stateFile: new StateFile(join(dir, name, 'applied.json')),
     natsServers: [`nats://127.0.0.1:${cp.nats.port}`],

@@ -43,7 +43,7 @@ test.before(async () => {
   // Mutual TLS as deployed: the tests call as the admin the controller wrote on first start,
   // agents enroll with join tokens.
   const admin = adminTlsOf(join(dir, 'ctl'));
-  cp = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey), agentTrustArgs: () => joinTokenArgs(`127.0.0.1:${grpcPort}`, admin) };
+  cp = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey), agentTrustArgs: (_name, labels) => joinTokenArgs(`127.0.0.1:${grpcPort}`, admin, labels) };
   c = clients(`127.0.0.1:${grpcPort}`, admin);
   nc = await connect({ servers: `nats://127.0.0.1:${nats.port}` });
 });

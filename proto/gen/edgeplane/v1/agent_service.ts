@@ -135,6 +135,13 @@ export interface ControllerWelcome {
     | undefined;
   /** The newest revision in the log when the agent connected. */
   currentRevision: bigint;
+  /** The labels bound to the node at enrollment (or by an admin since): the agent adopts them. */
+  enrolledLabels: { [key: string]: string };
+}
+
+export interface ControllerWelcome_EnrolledLabelsEntry {
+  key: string;
+  value: string;
 }
 
 /** AgentSettings tune an agent's reporting. */
@@ -1433,7 +1440,7 @@ export const TrustedKey: MessageFns<TrustedKey> = {
 };
 
 function createBaseControllerWelcome(): ControllerWelcome {
-  return { controllerId: "", keys: [], settings: undefined, currentRevision: 0n };
+  return { controllerId: "", keys: [], settings: undefined, currentRevision: 0n, enrolledLabels: {} };
 }
 
 export const ControllerWelcome: MessageFns<ControllerWelcome> = {
@@ -1453,6 +1460,9 @@ export const ControllerWelcome: MessageFns<ControllerWelcome> = {
       }
       writer.uint32(32).uint64(message.currentRevision);
     }
+    globalThis.Object.entries(message.enrolledLabels).forEach(([key, value]: [string, string]) => {
+      ControllerWelcome_EnrolledLabelsEntry.encode({ key: key as any, value }, writer.uint32(42).fork()).join();
+    });
     return writer;
   },
 
@@ -1501,6 +1511,17 @@ export const ControllerWelcome: MessageFns<ControllerWelcome> = {
             message.currentRevision = reader.uint64() as bigint;
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            const entry5 = ControllerWelcome_EnrolledLabelsEntry.decode(reader, reader.uint32());
+            if (entry5.value !== undefined) {
+              message.enrolledLabels[entry5.key] = entry5.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1527,6 +1548,33 @@ export const ControllerWelcome: MessageFns<ControllerWelcome> = {
         : isSet(object.current_revision)
         ? BigInt(object.current_revision)
         : 0n,
+      enrolledLabels: isObject(object.enrolledLabels)
+        ? (globalThis.Object.entries(object.enrolledLabels) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.enrolled_labels)
+        ? (globalThis.Object.entries(object.enrolled_labels) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -1544,6 +1592,15 @@ export const ControllerWelcome: MessageFns<ControllerWelcome> = {
     if (message.currentRevision !== 0n) {
       obj.currentRevision = message.currentRevision.toString();
     }
+    if (message.enrolledLabels) {
+      const entries = globalThis.Object.entries(message.enrolledLabels) as [string, string][];
+      if (entries.length > 0) {
+        obj.enrolledLabels = {};
+        entries.forEach(([k, v]) => {
+          obj.enrolledLabels[k] = v;
+        });
+      }
+    }
     return obj;
   },
 
@@ -1560,6 +1617,104 @@ export const ControllerWelcome: MessageFns<ControllerWelcome> = {
     message.currentRevision = (object.currentRevision !== undefined && object.currentRevision !== null)
       ? BigInt(object.currentRevision)
       : 0n;
+    message.enrolledLabels = (globalThis.Object.entries(object.enrolledLabels ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseControllerWelcome_EnrolledLabelsEntry(): ControllerWelcome_EnrolledLabelsEntry {
+  return { key: "", value: "" };
+}
+
+export const ControllerWelcome_EnrolledLabelsEntry: MessageFns<ControllerWelcome_EnrolledLabelsEntry> = {
+  encode(message: ControllerWelcome_EnrolledLabelsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ControllerWelcome_EnrolledLabelsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseControllerWelcome_EnrolledLabelsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ControllerWelcome_EnrolledLabelsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: ControllerWelcome_EnrolledLabelsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ControllerWelcome_EnrolledLabelsEntry>, I>>(
+    base?: I,
+  ): ControllerWelcome_EnrolledLabelsEntry {
+    return ControllerWelcome_EnrolledLabelsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ControllerWelcome_EnrolledLabelsEntry>, I>>(
+    object: I,
+  ): ControllerWelcome_EnrolledLabelsEntry {
+    const message = createBaseControllerWelcome_EnrolledLabelsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };

@@ -50,8 +50,16 @@ export interface EnrollResponse {
     | undefined;
   /** NATS user JWT for nats_public_key; empty when the controller issues no NATS credentials. */
   natsJwt: string;
-  /** Labels the token carried; the agent reports them in its hello. */
+  /**
+   * Labels the token carried, bound to the node at enrollment: the agent reports exactly these
+   * in its hello (anything else is PERMISSION_DENIED, LABELS_MISMATCH); only SetNodeLabels changes them.
+   */
   labels: { [key: string]: string };
+  /**
+   * The fleet id (the log's, and the <fleet> of every certificate the CA issues); the agent
+   * follows only this fleet's log entries.
+   */
+  fleetId: string;
 }
 
 export interface EnrollResponse_LabelsEntry {
@@ -119,6 +127,27 @@ export interface IssueCertificateResponse {
   certificate: string;
   caCertificate: string;
   notAfter: Date | undefined;
+}
+
+export interface SetNodeLabelsRequest {
+  nodeName: string;
+  /** The node's labels from now on (the whole set, not a patch). */
+  labels: { [key: string]: string };
+}
+
+export interface SetNodeLabelsRequest_LabelsEntry {
+  key: string;
+  value: string;
+}
+
+export interface SetNodeLabelsResponse {
+  /** The labels bound to the node now. */
+  labels: { [key: string]: string };
+}
+
+export interface SetNodeLabelsResponse_LabelsEntry {
+  key: string;
+  value: string;
 }
 
 function createBaseEnrollRequest(): EnrollRequest {
@@ -267,7 +296,7 @@ export const EnrollRequest: MessageFns<EnrollRequest> = {
 };
 
 function createBaseEnrollResponse(): EnrollResponse {
-  return { certificate: "", caCertificate: "", notAfter: undefined, natsJwt: "", labels: {} };
+  return { certificate: "", caCertificate: "", notAfter: undefined, natsJwt: "", labels: {}, fleetId: "" };
 }
 
 export const EnrollResponse: MessageFns<EnrollResponse> = {
@@ -287,6 +316,9 @@ export const EnrollResponse: MessageFns<EnrollResponse> = {
     globalThis.Object.entries(message.labels).forEach(([key, value]: [string, string]) => {
       EnrollResponse_LabelsEntry.encode({ key: key as any, value }, writer.uint32(42).fork()).join();
     });
+    if (message.fleetId !== "") {
+      writer.uint32(50).string(message.fleetId);
+    }
     return writer;
   },
 
@@ -346,6 +378,14 @@ export const EnrollResponse: MessageFns<EnrollResponse> = {
             }
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.fleetId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -390,6 +430,11 @@ export const EnrollResponse: MessageFns<EnrollResponse> = {
           {},
         )
         : {},
+      fleetId: isSet(object.fleetId)
+        ? globalThis.String(object.fleetId)
+        : isSet(object.fleet_id)
+        ? globalThis.String(object.fleet_id)
+        : "",
     };
   },
 
@@ -416,6 +461,9 @@ export const EnrollResponse: MessageFns<EnrollResponse> = {
         });
       }
     }
+    if (message.fleetId !== "") {
+      obj.fleetId = message.fleetId;
+    }
     return obj;
   },
 
@@ -437,6 +485,7 @@ export const EnrollResponse: MessageFns<EnrollResponse> = {
       },
       {},
     );
+    message.fleetId = object.fleetId ?? "";
     return message;
   },
 };
@@ -1431,6 +1480,402 @@ export const IssueCertificateResponse: MessageFns<IssueCertificateResponse> = {
   },
 };
 
+function createBaseSetNodeLabelsRequest(): SetNodeLabelsRequest {
+  return { nodeName: "", labels: {} };
+}
+
+export const SetNodeLabelsRequest: MessageFns<SetNodeLabelsRequest> = {
+  encode(message: SetNodeLabelsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nodeName !== "") {
+      writer.uint32(10).string(message.nodeName);
+    }
+    globalThis.Object.entries(message.labels).forEach(([key, value]: [string, string]) => {
+      SetNodeLabelsRequest_LabelsEntry.encode({ key: key as any, value }, writer.uint32(18).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetNodeLabelsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetNodeLabelsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.nodeName = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            const entry2 = SetNodeLabelsRequest_LabelsEntry.decode(reader, reader.uint32());
+            if (entry2.value !== undefined) {
+              message.labels[entry2.key] = entry2.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetNodeLabelsRequest {
+    return {
+      nodeName: isSet(object.nodeName)
+        ? globalThis.String(object.nodeName)
+        : isSet(object.node_name)
+        ? globalThis.String(object.node_name)
+        : "",
+      labels: isObject(object.labels)
+        ? (globalThis.Object.entries(object.labels) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: SetNodeLabelsRequest): unknown {
+    const obj: any = {};
+    if (message.nodeName !== "") {
+      obj.nodeName = message.nodeName;
+    }
+    if (message.labels) {
+      const entries = globalThis.Object.entries(message.labels) as [string, string][];
+      if (entries.length > 0) {
+        obj.labels = {};
+        entries.forEach(([k, v]) => {
+          obj.labels[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetNodeLabelsRequest>, I>>(base?: I): SetNodeLabelsRequest {
+    return SetNodeLabelsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetNodeLabelsRequest>, I>>(object: I): SetNodeLabelsRequest {
+    const message = createBaseSetNodeLabelsRequest();
+    message.nodeName = object.nodeName ?? "";
+    message.labels = (globalThis.Object.entries(object.labels ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseSetNodeLabelsRequest_LabelsEntry(): SetNodeLabelsRequest_LabelsEntry {
+  return { key: "", value: "" };
+}
+
+export const SetNodeLabelsRequest_LabelsEntry: MessageFns<SetNodeLabelsRequest_LabelsEntry> = {
+  encode(message: SetNodeLabelsRequest_LabelsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetNodeLabelsRequest_LabelsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetNodeLabelsRequest_LabelsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetNodeLabelsRequest_LabelsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: SetNodeLabelsRequest_LabelsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetNodeLabelsRequest_LabelsEntry>, I>>(
+    base?: I,
+  ): SetNodeLabelsRequest_LabelsEntry {
+    return SetNodeLabelsRequest_LabelsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetNodeLabelsRequest_LabelsEntry>, I>>(
+    object: I,
+  ): SetNodeLabelsRequest_LabelsEntry {
+    const message = createBaseSetNodeLabelsRequest_LabelsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseSetNodeLabelsResponse(): SetNodeLabelsResponse {
+  return { labels: {} };
+}
+
+export const SetNodeLabelsResponse: MessageFns<SetNodeLabelsResponse> = {
+  encode(message: SetNodeLabelsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    globalThis.Object.entries(message.labels).forEach(([key, value]: [string, string]) => {
+      SetNodeLabelsResponse_LabelsEntry.encode({ key: key as any, value }, writer.uint32(10).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetNodeLabelsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetNodeLabelsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            const entry1 = SetNodeLabelsResponse_LabelsEntry.decode(reader, reader.uint32());
+            if (entry1.value !== undefined) {
+              message.labels[entry1.key] = entry1.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetNodeLabelsResponse {
+    return {
+      labels: isObject(object.labels)
+        ? (globalThis.Object.entries(object.labels) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: SetNodeLabelsResponse): unknown {
+    const obj: any = {};
+    if (message.labels) {
+      const entries = globalThis.Object.entries(message.labels) as [string, string][];
+      if (entries.length > 0) {
+        obj.labels = {};
+        entries.forEach(([k, v]) => {
+          obj.labels[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetNodeLabelsResponse>, I>>(base?: I): SetNodeLabelsResponse {
+    return SetNodeLabelsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetNodeLabelsResponse>, I>>(object: I): SetNodeLabelsResponse {
+    const message = createBaseSetNodeLabelsResponse();
+    message.labels = (globalThis.Object.entries(object.labels ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseSetNodeLabelsResponse_LabelsEntry(): SetNodeLabelsResponse_LabelsEntry {
+  return { key: "", value: "" };
+}
+
+export const SetNodeLabelsResponse_LabelsEntry: MessageFns<SetNodeLabelsResponse_LabelsEntry> = {
+  encode(message: SetNodeLabelsResponse_LabelsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetNodeLabelsResponse_LabelsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetNodeLabelsResponse_LabelsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetNodeLabelsResponse_LabelsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: SetNodeLabelsResponse_LabelsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetNodeLabelsResponse_LabelsEntry>, I>>(
+    base?: I,
+  ): SetNodeLabelsResponse_LabelsEntry {
+    return SetNodeLabelsResponse_LabelsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetNodeLabelsResponse_LabelsEntry>, I>>(
+    object: I,
+  ): SetNodeLabelsResponse_LabelsEntry {
+    const message = createBaseSetNodeLabelsResponse_LabelsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
 /**
  * TrustService issues and withdraws identities. Every identity is an X.509 certificate from
  * the controller's CA whose one URI SAN is spiffe://edgeplane/<fleet>/<role>/<name>.
@@ -1499,6 +1944,21 @@ export const TrustServiceService = {
       Buffer.from(IssueCertificateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): IssueCertificateResponse => IssueCertificateResponse.decode(value),
   },
+  /**
+   * Admin: replace an enrolled node's labels (the only way a node's labels change after
+   * enrollment). The node's open streams are closed; its next hello may carry the old or the new
+   * labels and it is told the new ones in the welcome.
+   */
+  setNodeLabels: {
+    path: "/edgeplane.v1.TrustService/SetNodeLabels" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetNodeLabelsRequest): Buffer => Buffer.from(SetNodeLabelsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetNodeLabelsRequest => SetNodeLabelsRequest.decode(value),
+    responseSerialize: (value: SetNodeLabelsResponse): Buffer =>
+      Buffer.from(SetNodeLabelsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetNodeLabelsResponse => SetNodeLabelsResponse.decode(value),
+  },
 } as const;
 
 export interface TrustServiceServer extends UntypedServiceImplementation {
@@ -1518,6 +1978,12 @@ export interface TrustServiceServer extends UntypedServiceImplementation {
    * was generated by the caller.
    */
   issueCertificate: handleUnaryCall<IssueCertificateRequest, IssueCertificateResponse>;
+  /**
+   * Admin: replace an enrolled node's labels (the only way a node's labels change after
+   * enrollment). The node's open streams are closed; its next hello may carry the old or the new
+   * labels and it is told the new ones in the welcome.
+   */
+  setNodeLabels: handleUnaryCall<SetNodeLabelsRequest, SetNodeLabelsResponse>;
 }
 
 export interface TrustServiceClient extends Client {
@@ -1606,6 +2072,26 @@ export interface TrustServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: IssueCertificateResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Admin: replace an enrolled node's labels (the only way a node's labels change after
+   * enrollment). The node's open streams are closed; its next hello may carry the old or the new
+   * labels and it is told the new ones in the welcome.
+   */
+  setNodeLabels(
+    request: SetNodeLabelsRequest,
+    callback: (error: ServiceError | null, response: SetNodeLabelsResponse) => void,
+  ): ClientUnaryCall;
+  setNodeLabels(
+    request: SetNodeLabelsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetNodeLabelsResponse) => void,
+  ): ClientUnaryCall;
+  setNodeLabels(
+    request: SetNodeLabelsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetNodeLabelsResponse) => void,
   ): ClientUnaryCall;
 }
 

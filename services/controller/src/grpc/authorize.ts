@@ -1,6 +1,7 @@
 import type { PeerCertificate } from 'node:tls';
 import { PermissionDeniedError, UnauthenticatedError } from '../errors.js';
 import { describeIdentity, identityFromPeerCertificate, type Identity, type Role } from '../pki/identity.js';
+import { sameLabels, type EnrolledLabels } from '../trust-store.js';
 
 /** Who may call what: every gRPC method of the edgeplane services, and only these. */
 const READ: readonly Role[] = ['viewer', 'operator', 'admin'];
@@ -37,6 +38,7 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[] | 'anyone'>> 
   '/edgeplane.v1.TrustService/CreateJoinToken': ADMIN,
   '/edgeplane.v1.TrustService/RevokeNode': ADMIN,
   '/edgeplane.v1.TrustService/IssueCertificate': ADMIN,
+  '/edgeplane.v1.TrustService/SetNodeLabels': ADMIN,
 };
 
 /** The identity of a plaintext caller on a loopback listener started with --insecure. */
@@ -64,6 +66,13 @@ export interface AuthorizerOptions {
   fleet: string;
   /** True if the identity was revoked (nodes: by name). */
   isRevoked(identity: Identity): boolean;
+  /**
+   * The labels bound to a node at enrollment (TrustStore); a node's hello must carry them.
+   * Unset: hello labels are not checked (only with insecure).
+   */
+  enrolledLabels?(node: string): Promise<EnrolledLabels | undefined>;
+  /** Called once a node said hello with its current labels after an admin change. */
+  forgetPreviousLabels?(node: string): Promise<void>;
   /** Called for every refusal (metrics, logs). */
   onDenied?(method: string, identity: Identity | undefined, reason: string): void;
 }
@@ -113,6 +122,34 @@ export class Authorizer {
     if (caller.identity?.role !== 'node' || caller.identity.name !== nodeName) {
       throw this.#deny(method, caller.identity, new PermissionDeniedError(`${caller.identity ? describeIdentity(caller.identity) : 'caller'} may not speak for node ${nodeName}`, 'NODE_MISMATCH'));
     }
+  }
+
+  /**
+   * Checks an AgentService hello: the caller speaks for the node it names
+   * ({@link checkNode}) and reports exactly the labels bound to it at enrollment (or the ones
+   * before an admin's last change, which the welcome then replaces). Returns the labels the
+   * controller records for the node: the enrolled ones, or the hello's on an --insecure listener.
+   * @throws PermissionDeniedError (NODE_MISMATCH, NOT_ENROLLED, LABELS_MISMATCH).
+   */
+  async checkHello(method: string, caller: Caller, nodeName: string, labels: Record<string, string>): Promise<Record<string, string>> {
+    this.checkNode(method, caller, nodeName);
+    const source = this.#options.enrolledLabels;
+    if (caller.insecure || !source) {
+      if (!this.#options.insecure) throw this.#deny(method, caller.identity, new PermissionDeniedError('node labels cannot be checked', 'NOT_ENROLLED'));
+      return labels;
+    }
+    const enrolled = await source(nodeName);
+    if (!enrolled) throw this.#deny(method, caller.identity, new PermissionDeniedError(`node ${nodeName} has no enrollment record`, 'NOT_ENROLLED'));
+    if (sameLabels(labels, enrolled.labels)) {
+      if (enrolled.previous) await this.#options.forgetPreviousLabels?.(nodeName);
+      return enrolled.labels;
+    }
+    if (enrolled.previous && sameLabels(labels, enrolled.previous)) return enrolled.labels;
+    throw this.#deny(
+      method,
+      caller.identity,
+      new PermissionDeniedError(`node ${nodeName} reported labels other than those bound at enrollment (an admin changes them with SetNodeLabels)`, 'LABELS_MISMATCH'),
+    );
   }
 
   #deny<E extends UnauthenticatedError | PermissionDeniedError>(method: string, identity: Identity | undefined, err: E): E {

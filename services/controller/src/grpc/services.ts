@@ -210,7 +210,7 @@ export function agentServiceHandlers(sessions: AgentSessions, log: ErrorLogger, 
           if (!ended) call.write(m);
         },
         end,
-        checkNode: (name) => auth.checkNode(method, caller, name),
+        checkHello: (name, labels) => auth.checkHello(method, caller, name, labels),
       });
     },
   };
@@ -238,5 +238,9 @@ export function trustServiceHandlers(api: TrustApi, log: ErrorLogger, auth: Auth
     createJoinToken: unary('TrustService', 'CreateJoinToken', edge, (req, _span, caller) => api.createJoinToken(caller.identity!, req)),
     revokeNode: unary('TrustService', 'RevokeNode', edge, (req, _span, caller) => api.revokeNode(caller.identity!, req)),
     issueCertificate: unary('TrustService', 'IssueCertificate', edge, (req) => api.issueCertificate(req)),
+    setNodeLabels: unary('TrustService', 'SetNodeLabels', edge, (req, span) => {
+      span.setAttribute('edgeplane.node', req.nodeName);
+      return api.setNodeLabels(req);
+    }),
   };
 }

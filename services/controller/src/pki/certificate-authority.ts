@@ -117,7 +117,8 @@ export class CertificateAuthority {
 
   /**
    * A CA from its certificate and PKCS#8 private key (PEM).
-   * @throws ConfigError if they cannot be parsed, the certificate is no CA, or they do not match.
+   * @throws ConfigError if they cannot be parsed, the certificate is no CA, they do not match, or
+   *   the CA names another fleet than `fleet`.
    */
   static async fromPem(certPem: string, keyPem: string, fleet: string): Promise<CertificateAuthority> {
     let cert: x509.X509Certificate;
@@ -130,6 +131,13 @@ export class CertificateAuthority {
       throw new ConfigError('load CA: certificate or key is not ECDSA P-256 PEM (PKCS#8 key)', { cause });
     }
     if (!cert.getExtension(x509.BasicConstraintsExtension)?.ca) throw new ConfigError('load CA: the certificate is not a CA certificate');
+    // A CA this controller created names its fleet (`CN=edgeplane <fleet> CA`): one made for
+    // another fleet would issue identities the authorizer refuses (and nodes of that fleet would
+    // pass for ours), so it is a configuration error. A CA from elsewhere names none: not checked.
+    const named = /(?:^|,\s*)CN=edgeplane (\S+) CA(?:,|$)/.exec(cert.subject)?.[1];
+    if (named !== undefined && named !== fleet) {
+      throw new ConfigError(`load CA: the CA was made for fleet ${JSON.stringify(named)} but the log's fleet id is ${JSON.stringify(fleet)}; one fleet, one id: start with --fleet-id ${named} on a new log, or give a CA made for this fleet (--ca-cert/--ca-key)`);
+    }
     // The key must match the certificate: sign and verify once.
     const probe = Buffer.from('edgeplane ca key check');
     const sig = await webcrypto.subtle.sign(SIGN, key, probe);

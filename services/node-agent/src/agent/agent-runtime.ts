@@ -6,6 +6,7 @@ import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-
 import {
   InterfaceRole as ProtoRole,
   type NodeInfo,
+  type ControllerWelcome,
   type CounterReport,
   type NodeInterface,
   type RevisionReport,
@@ -89,6 +90,8 @@ export interface AgentRuntimeOptions {
   log: AgentLogger;
   /** Accept only log entries of this fleet (unset: any fleet signed by a trusted key). */
   fleetId?: string;
+  /** Called with the labels the controller says are bound to the node, from every welcome that carries them. */
+  onEnrolledLabels?: (labels: Record<string, string>) => void;
   /** Operator keys whose signed history reset lifts a refused rollback (none: only a new state dir does). */
   resetKeys?: TrustedKeys;
   /** Raise intent-stale when no verified controller heartbeat arrived for this long, ms. Default 30000. */
@@ -206,6 +209,7 @@ export class AgentRuntime {
         return c;
       },
       onStateChange: (up, reason) => options.log('info', up ? 'controller connected' : 'controller disconnected', { reason }),
+      ...(options.onEnrolledLabels ? { onWelcome: (w: ControllerWelcome) => options.onEnrolledLabels!(w.enrolledLabels) } : {}),
     });
     ref.link = link;
     const runtime = new AgentRuntime(options, agent, link);

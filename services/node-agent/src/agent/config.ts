@@ -5,6 +5,7 @@ import { checkDnsLabel, checkLabelKey, checkLabelValue, publicKeyFromRaw } from 
 import type { KeyObject } from 'node:crypto';
 import { createPublicKey } from 'node:crypto';
 import { isInterfaceRole, type InterfaceRole } from '../datapath/interface-role.js';
+import type { NodeCredentials } from './node-identity.js';
 
 /** Bad flags or environment; the agent does not start. */
 export class AgentConfigError extends Error {
@@ -55,7 +56,8 @@ export const AGENT_HELP = `edgeplane-agent: enforces edgeplane intent on this no
 Usage: edgeplane-agent [flags]
 
   --node-name NAME          this node's id, an RFC 1123 label (EDGEPLANE_NODE_NAME, default the hostname)
-  --labels K=V,K=V          node labels that policies select on (EDGEPLANE_NODE_LABELS)
+  --labels K=V,K=V          node labels that policies select on (EDGEPLANE_NODE_LABELS); an enrolled node's
+                            labels are its join token's, bound at enrollment: this must then be unset or equal
   --controller HOST:PORT    the controller's gRPC address (EDGEPLANE_CONTROLLER, default 127.0.0.1:7443)
   --nats URL[,URL...]       NATS servers holding the intent log (EDGEPLANE_NATS_URL, default nats://127.0.0.1:4222)
   --nats-creds FILE         this node's NATS credentials: user JWT + nkey seed (EDGEPLANE_NATS_CREDS)
@@ -74,7 +76,8 @@ Usage: edgeplane-agent [flags]
   --stale-after SEC         raise intent-stale when no verified controller heartbeat arrived for SEC seconds
                             (EDGEPLANE_STALE_AFTER, default 30)
   --fleet-id ID             accept only log entries of this fleet (EDGEPLANE_FLEET_ID; the controller prints
-                            it as fleetId when ready); unset accepts any fleet signed by a trusted key
+                            it as fleetId when ready); an enrolled node follows the fleet it enrolled in and
+                            refuses a different one; unset without enrollment accepts any trusted-key fleet
   --join-token TOKEN        single-use token from \`edgeplane token create\` (EDGEPLANE_JOIN_TOKEN): on first start
                             the agent generates its key, enrolls, and keeps its certificate in STATE_DIR/identity
                             (renewed at 70 % of its life); later starts use the stored identity
@@ -228,4 +231,20 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     ...(otlp ? { otlpEndpoint: otlp } : {}),
     ...(prom ? { prometheusPort: num('prometheus-port', prom, 0) } : {}),
   };
+}
+
+/**
+ * The labels and fleet an enrolled node runs with: exactly the labels bound at enrollment (the
+ * controller refuses a hello with others, LABELS_MISMATCH) and the fleet it enrolled in.
+ * @throws AgentConfigError if --labels or --fleet-id are given and disagree with the enrollment.
+ */
+export function enrolledSettings(config: Pick<AgentConfig, 'labels' | 'fleetId'>, creds: Pick<NodeCredentials, 'labels' | 'fleetId'>): { labels: Record<string, string>; fleetId: string | undefined } {
+  const fmt = (l: Record<string, string>): string => Object.entries(l).sort().map(([k, v]) => `${k}=${v}`).join(',') || '(none)';
+  if (Object.keys(config.labels).length > 0 && fmt(config.labels) !== fmt(creds.labels)) {
+    throw new AgentConfigError(`--labels ${fmt(config.labels)}: this node enrolled with labels ${fmt(creds.labels)}; an enrolled node's labels are bound at enrollment and only an admin changes them (edgeplane node label); drop --labels or give exactly those`);
+  }
+  if (config.fleetId && creds.fleetId && config.fleetId !== creds.fleetId) {
+    throw new AgentConfigError(`--fleet-id ${config.fleetId}: this node enrolled in fleet ${creds.fleetId}; drop --fleet-id or enroll again (new state directory)`);
+  }
+  return { labels: { ...creds.labels }, fleetId: creds.fleetId || config.fleetId };
 }

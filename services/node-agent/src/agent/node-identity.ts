@@ -24,8 +24,13 @@ export interface NodeCredentials {
   /** The NATS user seed ("SU...") and the JWT the controller issued for it ('' = none). */
   natsSeed: string;
   natsJwt: string;
-  /** Labels the join token carried. */
+  /**
+   * The labels bound to the node at enrollment (the join token's), or by an admin since (learnt
+   * from a welcome): the hello carries exactly these.
+   */
   labels: Record<string, string>;
+  /** The fleet the node enrolled in (the controller's log fleet id); '' for credentials stored before it was returned. */
+  fleetId: string;
 }
 
 const DIR = 'identity';
@@ -52,7 +57,7 @@ export function saveNodeCredentials(stateDir: string, c: NodeCredentials): void 
   writeAtomic(f.ca, c.caPem, 0o644);
   writeAtomic(f.natsSeed, c.natsSeed, 0o600);
   writeAtomic(f.natsJwt, c.natsJwt, 0o600);
-  writeAtomic(f.meta, JSON.stringify({ nodeName: c.nodeName, labels: c.labels }), 0o644);
+  writeAtomic(f.meta, JSON.stringify({ nodeName: c.nodeName, labels: c.labels, fleetId: c.fleetId }), 0o644);
 }
 
 /** Loads stored credentials; undefined when the node never enrolled. @throws EnrollmentError if they are damaged. */
@@ -61,10 +66,11 @@ export function loadNodeCredentials(stateDir: string): NodeCredentials | undefin
   if (!existsSync(f.cert)) return undefined;
   try {
     const certPem = readFileSync(f.cert, 'utf8');
-    const meta = JSON.parse(readFileSync(f.meta, 'utf8')) as { nodeName: string; labels: Record<string, string> };
+    const meta = JSON.parse(readFileSync(f.meta, 'utf8')) as { nodeName: string; labels: Record<string, string>; fleetId?: string };
     return {
       nodeName: meta.nodeName,
       labels: meta.labels,
+      fleetId: meta.fleetId ?? '',
       certPem,
       keyPem: readFileSync(f.key, 'utf8'),
       caPem: readFileSync(f.ca, 'utf8'),
@@ -173,6 +179,7 @@ export async function enrollNode(o: EnrollOptions): Promise<NodeCredentials> {
     natsSeed: new TextDecoder().decode(nats.getSeed()),
     natsJwt: res.natsJwt,
     labels: res.labels,
+    fleetId: res.fleetId,
   };
   saveNodeCredentials(o.stateDir, creds);
   return creds;
@@ -214,6 +221,19 @@ export class NodeIdentity implements grpc.experimental.CertificateProvider {
     this.#o = options;
     this.#channelCredentials = grpc.experimental.createCertificateProviderChannelCredentials(this, this, { checkServerIdentity: checkControllerIdentity });
     this.#client = new TrustServiceClient(options.address, this.#channelCredentials);
+  }
+
+  /**
+   * Stores labels an admin bound to the node since (from a welcome) with the credentials, so
+   * the next start says hello with them. Returns true if they differ from the stored ones.
+   */
+  adoptLabels(labels: Record<string, string>): boolean {
+    const a = Object.entries(this.#creds.labels).sort();
+    const b = Object.entries(labels).sort();
+    if (JSON.stringify(a) === JSON.stringify(b)) return false;
+    this.#creds = { ...this.#creds, labels: { ...labels } };
+    saveNodeCredentials(this.#o.stateDir, this.#creds);
+    return true;
   }
 
   /** The current credentials. Callers must not modify them. */
