@@ -748,31 +748,18 @@ export function machine(): { cpus: number; memGiB: number; kernel: string; node:
 export const toJson = (v: unknown): string => JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? String(x) : x));
 
 async function main(): Promise<void> {
-  const bound = setTimeout(() => abort.abort(new Error(`time bound of ${BOUND_MS / 60_000} min reached`)), BOUND_MS);
-  const root = mkdtempSync(join(tmpdir(), 'edgeplane-fleet-'));
   if (PROFILE_DIR) mkdirSync(PROFILE_DIR, { recursive: true });
-  const results: FullResult[] = [];
-  try {
-    log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; state file ${STATE_FILE}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
+  await benchMain('fleet', BOUND_MS, async (root) => {
+    const results: FullResult[] = [];
+    log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; state file ${STATE_FILE}; mtls ${DEFAULT_OPTIONS.mtls}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
     for (const n of SIZES) {
       results.push((await runSize(n, root)) as FullResult);
       // Each size's figures as soon as they exist, so a later size's failure does not lose them.
-      process.stderr.write(`${table(results.slice(-1))}\n${JSON.stringify({ partial: true, result: results[results.length - 1] })}\n`);
+      process.stderr.write(`${table(results.slice(-1))}\n${toJson({ partial: true, result: results[results.length - 1] })}\n`);
     }
     process.stdout.write(table(results) + '\n');
-    process.stdout.write(
-      JSON.stringify(
-        { bench: 'fleet', quick, k: K, mtls: DEFAULT_OPTIONS.mtls, cpus: availableParallelism(), memGiB: round(totalmem() / 2 ** 30), kernel: release(), node: process.version, commit: execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim(), results },
-        (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v),
-      ) + '\n',
-    );
-  } catch (err) {
-    process.stderr.write(`fleet bench failed: ${(err as Error).stack ?? String(err)}\n`);
-    process.exitCode = 1;
-  } finally {
-    clearTimeout(bound);
-    rmSync(root, { recursive: true, force: true });
-  }
+    process.stdout.write(toJson({ bench: 'fleet', quick, k: K, mtls: DEFAULT_OPTIONS.mtls, ...machine(), results }) + '\n');
+  });
 }
 
 // Run as a script (bench/trust.ts imports the machinery instead).
