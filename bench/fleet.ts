@@ -699,6 +699,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
 
 function table(results: FullResult[]): string {
   const rows: [string, (r: FullResult) => string][] = [
+    ['transport; enrollment total, p50 / p99, controller CPU', (r) => (r.enroll ? `mTLS; ${round(r.enroll.totalMs / 1000)} s, ${r.enroll.latency.p50} / ${r.enroll.latency.p99} ms, ${r.enroll.controllerCpuMs} ms` : 'plaintext (--insecure)')],
     ['agents started + connected', (r) => `${round(r.startMs / 1000)} s`],
     ['TCP: agent->controller / ->nats (+fan-out)', (r) => `${r.tcp.grpc} / ${r.tcp.nats} (${r.tcp.natsWithFanout})`],
     ['ApplyPolicy round trip, median', (r) => `${r.convergence.apiMs} ms`],
