@@ -3,7 +3,8 @@
 // with a MemoryDatapath for both roles: its own NodeAgent, StateFile (or a no-op stand-in), NATS
 // connection, IntentLog, follower and ControllerLink (its own gRPC channel and TCP connection);
 // the measurements ride on the runtime's hooks. It also hosts
-// the plain NATS subscribers of the raw fan-out baseline. Driven over the IPC channel of
+// the plain NATS subscribers of the raw fan-out baseline. With --mtls each agent first enrolls
+// (enrollNode, with a join token the bench created as admin) and connects with its NodeIdentity. Driven over the IPC channel of
 // child_process.fork(); started by bench/fleet.ts, never on its own.
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -12,14 +13,16 @@ import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { RevisionOutcome, keyIdOf, publicKeyFromRaw, type RevisionReport } from '@edgeplane/proto';
-import { AgentRuntime, MemoryDatapath, StateFile, buildFrame, type StateStore } from '@edgeplane/node-agent';
+import { AgentRuntime, MemoryDatapath, NodeIdentity, StateFile, buildFrame, enrollNode, type StateStore } from '@edgeplane/node-agent';
 
 /** Wall-clock ms with sub-ms resolution, comparable across processes on one machine. */
 const now = (): number => performance.timeOrigin + performance.now();
 
 /** Messages from the bench. */
 export type SimCommand =
+  | { type: 'enroll'; controller: string; caFingerprint: string; tokens: string[]; prefix: string; first: number; identityDir: string; concurrency: number }
   | { type: 'start'; controller: string; nats: string; publicKey: string; prefix: string; first: number; count: number; stateDir: string | undefined; concurrency: number }
+  | { type: 'wait-connected'; connected: boolean; id: string }
   | { type: 'fanout-setup'; subject: string; mode: 'conns' | 'agents'; nats: string }
   | { type: 'fanout-arm'; id: string }
   | { type: 'acks'; revision: string }
@@ -30,6 +33,8 @@ export type SimCommand =
 
 /** Messages to the bench. */
 export type SimEvent =
+  | { type: 'enrolled'; ms: number; latencyMs: number[]; failed: number }
+  | { type: 'connected'; id: string; at: number; connected: number }
   | { type: 'progress'; started: number; connected: number }
   | { type: 'started'; ms: number; lastConnectedAt: number; grpcConnected: number; followers: number }
   | { type: 'fanout-ready'; count: number }
@@ -55,6 +60,12 @@ function distinctInsecureCredentials(): grpc.ChannelCredentials {
   const c = grpc.credentials.createInsecure();
   c._equals = (other) => other === c;
   poolKeys.set(c, ++poolKeyCount);
+  return c;
+}
+
+/** Gives secure credentials (each NodeIdentity has its own, already unequal to any other) their own pool key. */
+function pooled(c: grpc.ChannelCredentials): grpc.ChannelCredentials {
+  if (!poolKeys.has(c)) poolKeys.set(c, ++poolKeyCount);
   return c;
 }
 
@@ -97,6 +108,8 @@ interface SimAgent {
 }
 
 const agents: SimAgent[] = [];
+/** Enrolled identities by node name (--mtls): the agent uses its NodeIdentity's channel credentials. */
+const identities = new Map<string, NodeIdentity>();
 const errors: string[] = [];
 const noteError = (msg: string): void => {
   if (errors.length < 50) errors.push(msg);
@@ -138,7 +151,7 @@ const quiet = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<st
 };
 
 async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: number, trusted: Map<string, ReturnType<typeof publicKeyFromRaw>>): Promise<SimAgent> {
-  const name = `${cmd.prefix}-${String(index).padStart(5, '0')}`;
+  const name = agentName(cmd.prefix, index);
   const labels = { role: 'edge', site: `site-${index % 10}` };
   const memory = new MemoryDatapath();
   const holder: { a?: SimAgent } = {};
@@ -156,7 +169,7 @@ async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: nu
     natsServers: [cmd.nats],
     natsTimeoutMs: 20_000,
     trustedKeys: trusted,
-    controller: { address: cmd.controller, credentials: distinctInsecureCredentials() },
+    controller: { address: cmd.controller, credentials: identities.get(name) ? pooled(identities.get(name)!.channelCredentials()) : distinctInsecureCredentials() },
     info: { agentVersion: 'sim', kernelRelease: 'sim', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
     sessionId: `${name}-${process.pid}`,
     heartbeatIntervalMs: 5000,
@@ -171,6 +184,47 @@ async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: nu
   holder.a = a;
   await runtime.synced();
   return a;
+}
+
+const agentName = (prefix: string, index: number): string => `${prefix}-${String(index).padStart(5, '0')}`;
+
+/**
+ * Enrolls one simulated agent per token, as the agent's main.ts does on first start (enrollNode:
+ * pin the CA, generate the keys, TrustService.Enroll, store in its state directory), `concurrency`
+ * at a time. Reports each enrollment's latency.
+ */
+async function enroll(cmd: Extract<SimCommand, { type: 'enroll' }>): Promise<void> {
+  const t0 = now();
+  const latencyMs: number[] = [];
+  let failed = 0;
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    while (next < cmd.tokens.length) {
+      const k = next++;
+      const nodeName = agentName(cmd.prefix, cmd.first + k);
+      const stateDir = join(cmd.identityDir, nodeName);
+      const s = now();
+      try {
+        const creds = await enrollNode({ address: cmd.controller, token: cmd.tokens[k]!, caFingerprint: cmd.caFingerprint, nodeName, stateDir });
+        latencyMs.push(now() - s);
+        identities.set(nodeName, new NodeIdentity(creds, { address: cmd.controller, stateDir }));
+      } catch (err) {
+        failed++;
+        noteError(`enroll ${nodeName}: ${(err as Error).message}`);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: cmd.concurrency }, lane));
+  send({ type: 'enrolled', ms: now() - t0, latencyMs, failed });
+}
+
+/** Resolves when every agent's stream is `connected` (welcomed) or every one is down; polled every 10 ms. */
+async function waitConnected(cmd: Extract<SimCommand, { type: 'wait-connected' }>): Promise<void> {
+  for (;;) {
+    const n = agents.filter((a) => a.runtime.connected).length;
+    if (n === (cmd.connected ? agents.length : 0)) return send({ type: 'connected', id: cmd.id, at: now(), connected: n });
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 
 async function start(cmd: Extract<SimCommand, { type: 'start' }>): Promise<void> {
@@ -253,6 +307,7 @@ async function stop(): Promise<void> {
   for (const s of fanout.subs) s.unsubscribe();
   await Promise.all(fanout.conns.map((nc) => nc.close().catch(() => undefined)));
   await Promise.all(agents.map((a) => a.runtime.close()));
+  for (const id of identities.values()) id.close();
   send({ type: 'stopped' });
 }
 
@@ -260,8 +315,14 @@ process.on('message', (raw: unknown) => {
   const cmd = raw as SimCommand;
   const fail = (err: unknown): void => send({ type: 'error', message: `${cmd.type}: ${(err as Error)?.stack ?? String(err)}` });
   switch (cmd.type) {
+    case 'enroll':
+      void enroll(cmd).catch(fail);
+      break;
     case 'start':
       void start(cmd).catch(fail);
+      break;
+    case 'wait-connected':
+      void waitConnected(cmd).catch(fail);
       break;
     case 'fanout-setup':
       void fanoutSetup(cmd).catch(fail);

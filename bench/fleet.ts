@@ -3,7 +3,11 @@
 // its own NATS connection and gRPC stream) in 2 worker processes, against one nats-server and
 // the real controller (dist/ build). Prints a table and one JSON line; asserts nothing.
 //   npx tsc --build && node --import=tsx bench/fleet.ts [--quick] [--nodes 1000,10000]
-//     [--state-file none|disk] [--fanout auto|conns|agents] [--converge-bound SECONDS] [--profile DIR]
+//     [--state-file none|disk] [--fanout auto|conns|agents] [--converge-bound SECONDS] [--profile DIR] [--mtls]
+//   --mtls: the controller serves mutual TLS (its default, no --insecure); the bench calls as the
+//   admin the controller wrote into DATA_DIR/admin, and every simulated agent first enrolls with its
+//   own join token (created by the bench as admin) and connects with its NodeIdentity.
+//   bench/trust.ts runs runSize() with and without it, side by side.
 //   --profile DIR writes node --cpu-prof files of the controller and workers; summarize them with
 //   bench/cpuprofile-top.ts. The state file defaults to a no-op stand-in (see STATE_FILE).
 //
@@ -20,19 +24,23 @@
 // - telemetry: idle, then every agent's datapath sees traffic and reports counters every second
 //   (the controller runs with --counter-interval 1; with no traffic agents send no counter
 //   reports, so the other phases do not carry them) -> controller CPU share;
-// - footprint: controller RSS, worker RSS per agent, agents' idle CPU.
+// - footprint: controller RSS, worker RSS per agent, agents' idle CPU;
+// - (when asked, bench/trust.ts) controller kill -9 + start -> every agent's stream welcomed again.
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { availableParallelism, release, tmpdir, totalmem } from 'node:os';
+import { availableParallelism, loadavg, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import type * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Action, ApplyPolicyRequest, Policy, Protocol, type WatchNodesResponse } from '@edgeplane/proto';
-import { NatsServer } from '@edgeplane/intent-log';
+import { NatsServer, freePort } from '@edgeplane/intent-log';
+import { TrustServiceClient } from '@edgeplane/proto';
+import * as grpcJs from '@grpc/grpc-js';
+import { adminTlsOf } from '../test/support/control-plane.js';
 import { CONTROLLER_MAIN } from '../test/support/fleet.js';
-import { call, clients } from '../test/support/grpc.js';
+import { call, clients, type ClientTls } from '../test/support/grpc.js';
 import { Supervised } from '../test/support/supervisor.js';
 import type { SimCommand, SimEvent } from './fleet-sim.js';
 import { CLK_TCK, sampleProc, type ProcSample } from './proc-sample.js';
@@ -64,8 +72,8 @@ const NOFILE = Number(execFileSync('bash', ['-c', 'ulimit -Hn'], { encoding: 'ut
 const SIM = fileURLToPath(new URL('./fleet-sim.ts', import.meta.url));
 const POLICY = 'fleet-bench';
 
-const now = (): number => performance.timeOrigin + performance.now();
-const log = (msg: string): void => void process.stderr.write(`[fleet ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+export const now = (): number => performance.timeOrigin + performance.now();
+export const log = (msg: string): void => void process.stderr.write(`[fleet ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 
 const abort = new AbortController();
 const onSignal = (signal: NodeJS.Signals): void => {
@@ -75,7 +83,7 @@ const onSignal = (signal: NodeJS.Signals): void => {
 process.on('SIGINT', onSignal);
 process.on('SIGTERM', onSignal);
 
-function sleep(ms: number): Promise<void> {
+export function sleep(ms: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const signal = abort.signal;
     if (signal.aborted) return reject(signal.reason as Error);
@@ -99,23 +107,23 @@ async function until(what: string, pred: () => boolean | Promise<boolean>, ms: n
   }
 }
 
-const pct = (xs: number[], p: number): number => {
+export const pct = (xs: number[], p: number): number => {
   const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
   if (s.length === 0) return NaN;
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
 };
-const median = (xs: number[]): number => {
+export const median = (xs: number[]): number => {
   const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
   if (s.length === 0) return NaN;
   const m = s.length >> 1;
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
-const round = (x: number, digits = 1): number => (Number.isFinite(x) ? Number(x.toFixed(digits)) : x);
+export const round = (x: number, digits = 1): number => (Number.isFinite(x) ? Number(x.toFixed(digits)) : x);
 
 // ---- /proc -----------------------------------------------------------------------------------
 
-const cpuMs = (a: ProcSample, b: ProcSample): number => ((b.ticks - a.ticks) / CLK_TCK) * 1000;
-const cpuShare = (a: ProcSample, b: ProcSample): number => (cpuMs(a, b) / (b.at - a.at)) * 100;
+export const cpuMs = (a: ProcSample, b: ProcSample): number => ((b.ticks - a.ticks) / CLK_TCK) * 1000;
+export const cpuShare = (a: ProcSample, b: ProcSample): number => (cpuMs(a, b) / (b.at - a.at)) * 100;
 
 /** Established TCP connections to a local port (one line each in `ss -Htn`). */
 function established(port: number): number {
@@ -265,14 +273,14 @@ class AckWatcher {
 
 // ---- one fleet size --------------------------------------------------------------------------
 
-interface Dist {
+export interface Dist {
   p50: number;
   p99: number;
   max: number;
 }
-const dist = (xs: number[]): Dist => ({ p50: round(pct(xs, 50)), p99: round(pct(xs, 99)), max: round(pct(xs, 100)) });
+export const dist = (xs: number[]): Dist => ({ p50: round(pct(xs, 50)), p99: round(pct(xs, 99)), max: round(pct(xs, 100)) });
 
-interface ConvergenceRun {
+export interface ConvergenceRun {
   revision: string;
   /** Nodes whose ACK arrived within the bound. */
   acked: number;
@@ -290,13 +298,59 @@ interface ConvergenceRun {
   windowMs: number;
 }
 
-interface SizeResult {
+/** What one fleet size runs (bench/trust.ts picks; fleet.ts runs everything but the controller restart). */
+export interface SizeOptions {
+  /** Mutual TLS with enrollment (see --mtls) instead of a plaintext --insecure controller. */
+  mtls: boolean;
+  /** Convergence changes; 0 skips the convergence, fan-out, nats restart, telemetry and idle phases. */
+  k: number;
+  /** Kill -9 and start the controller at the end, timing the agents' reconnect. */
+  controllerRestart: boolean;
+  /** Enrollments in flight at once per worker (--mtls). */
+  enrollConcurrency: number;
+}
+
+/** Enrollment of the fleet (--mtls): tokens created by the admin beforehand, then every agent enrolls. */
+export interface EnrollResult {
+  tokensMs: number;
+  concurrency: number;
+  totalMs: number;
+  latency: Dist;
+  failed: number;
+  controllerCpuMs: number;
+}
+
+/** Controller kill -9 and start with every agent connected. */
+export interface RestartResult {
+  /** kill -9 -> every agent saw its stream go down. */
+  allDownMs: number;
+  /** Process spawned -> ready line. */
+  startToReadyMs: number;
+  /** Ready -> every agent's stream welcomed again. */
+  readyToAllWelcomedMs: number;
+  /** Spawn -> every agent welcomed. */
+  startToAllWelcomedMs: number;
+  /** The new controller's CPU (utime+stime) from its start to every agent welcomed, and of that after ready. */
+  controllerCpuMs: number;
+  controllerCpuAfterReadyMs: number;
+}
+
+/** What every size measures. */
+export interface BaseResult {
   nodes: number;
+  mtls: boolean;
+  enroll?: EnrollResult;
+  controllerRestart?: RestartResult;
   workers: number;
   stateFile: string;
-  fanoutMode: 'conns' | 'agents';
   startMs: number;
   tcp: { grpc: number; nats: number; natsWithFanout: number };
+  errors: string[];
+}
+
+/** What the phases after the start measure (options.k > 0). */
+export interface PhaseResult {
+  fanoutMode: 'conns' | 'agents';
   runs: ConvergenceRun[];
   fanoutMs: number[];
   convergence: { ackP50: number; ackP99: number; ackMax: number; sentP99: number; sentMax: number; watchLagP99: number; apiMs: number };
@@ -308,18 +362,48 @@ interface SizeResult {
   idle: { controllerCpuPct: number; agentCpuPctEach: number; workersCpuPct: number };
   telemetry: { seconds: number; counterReportsPerS: number; controllerCpuPct: number; workersCpuPct: number };
   footprint: { controllerRssMiB: number; workerRssMiB: number[]; agentRssKiB: number; controllerRssAfterStartMiB: number };
-  errors: string[];
 }
 
-async function runSize(n: number, root: string): Promise<SizeResult> {
-  const dir = join(root, `n${n}`);
+export type SizeResult = BaseResult & Partial<PhaseResult>;
+type FullResult = BaseResult & PhaseResult;
+
+/** Creates `n` join tokens as the admin, `concurrency` at a time. */
+async function createJoinTokens(address: string, tls: ClientTls, n: number, concurrency = 20): Promise<{ tokens: string[]; caFingerprint: string }> {
+  const trust = new TrustServiceClient(address, grpcJs.credentials.createSsl(tls.ca, tls.key, tls.cert));
+  try {
+    const tokens: string[] = [];
+    let caFingerprint = '';
+    let next = 0;
+    const lane = async (): Promise<void> => {
+      while (next < n) {
+        next++;
+        const res = await call(trust, trust.createJoinToken, { ttl: { seconds: 3600n, nanos: 0 }, labels: {} });
+        tokens.push(res.token);
+        caFingerprint = res.caFingerprint;
+      }
+    };
+    await Promise.all(Array.from({ length: concurrency }, lane));
+    return { tokens, caFingerprint };
+  } finally {
+    trust.close();
+  }
+}
+
+const DEFAULT_OPTIONS: SizeOptions = { mtls: argv.includes('--mtls'), k: K, controllerRestart: false, enrollConcurrency: 25 };
+
+/** Runs one fleet size with a fresh nats-server and controller; tears everything down before returning. */
+export async function runSize(n: number, root: string, options: SizeOptions = DEFAULT_OPTIONS): Promise<SizeResult> {
+  const { mtls, k: K } = options;
+  const dir = join(root, `n${n}-${mtls ? 'mtls' : 'plain'}`);
   mkdirSync(dir, { recursive: true });
   const local: [string, () => unknown][] = [];
   const push = (what: string, fn: () => unknown): void => void local.push([what, fn]);
   try {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '127.0.0.1' });
     push('nats-server', () => nats.close());
-    const controllerArgs = [CONTROLLER_MAIN, '--insecure', '--listen', '127.0.0.1:0', '--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'controller'), '--heartbeat-interval', '5', '--counter-interval', '1'];
+    // A fixed port, so a restarted controller comes back where the agents look for it.
+    const port = await freePort('127.0.0.1');
+    const controllerArgs = [CONTROLLER_MAIN, ...(mtls ? [] : ['--insecure']), '--listen', `127.0.0.1:${port}`, '--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'controller'), '--heartbeat-interval', '5', '--counter-interval', '1'];
     const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=controller-n${n}-${Date.now()}.cpuprofile`] : [];
     const controller = await Supervised.start('controller', { command: process.execPath, args: [...prof, ...controllerArgs], readyEvent: 'ready', readyTimeoutMs: 30_000 });
     push('controller', () => controller.stop(30_000));
@@ -327,7 +411,8 @@ async function runSize(n: number, root: string): Promise<SizeResult> {
     const address = String(controller.ready.grpc);
     const grpcPort = Number(address.split(':').pop());
     const publicKey = String(controller.ready.publicKey);
-    const c = clients(address);
+    const tls = mtls ? adminTlsOf(join(dir, 'controller')) : undefined;
+    const c = clients(address, tls);
     push('grpc clients', () => c.close());
     const nc: NatsConnection = await connect({ servers: [nats.url], name: 'fleet-bench', maxReconnectAttempts: -1, reconnectTimeWait: 250 });
     push('bench nats', () => nc.close());
@@ -342,6 +427,29 @@ async function runSize(n: number, root: string): Promise<SizeResult> {
     const workers: Worker[] = [];
     for (let w = 0; w < WORKERS; w++) workers.push(new Worker(w, Math.min(per, n - w * per)));
     push('workers', () => Promise.all(workers.map((w) => w.stop())));
+    let enroll: EnrollResult | undefined;
+    if (tls) {
+      // -- enrollment: the admin creates one join token per agent, then every agent enrolls --
+      const e0 = now();
+      const { tokens, caFingerprint } = await createJoinTokens(address, tls, n);
+      const tokensMs = now() - e0;
+      const c0 = sampleProc(cpid);
+      const enrolled = await Promise.all(
+        workers.map((w, i) =>
+          w.request({ type: 'enroll', controller: address, caFingerprint, tokens: tokens.slice(i * per, i * per + w.count), prefix: `sim${i}`, first: i * per, identityDir: join(dir, 'identity'), concurrency: options.enrollConcurrency }, 'enrolled', 20 * 60_000),
+        ),
+      );
+      const c1 = sampleProc(cpid);
+      enroll = {
+        tokensMs: round(tokensMs),
+        concurrency: options.enrollConcurrency * WORKERS,
+        totalMs: round(c1.at - c0.at),
+        latency: dist(enrolled.flatMap((e) => e.latencyMs)),
+        failed: enrolled.reduce((s, e) => s + e.failed, 0),
+        controllerCpuMs: round(cpuMs(c0, c1)),
+      };
+      log(`n=${n}: ${n} tokens in ${enroll.tokensMs} ms; enrolled in ${enroll.totalMs} ms (p50/p99 ${enroll.latency.p50}/${enroll.latency.p99} ms, ${enroll.failed} failed), controller CPU ${enroll.controllerCpuMs} ms`);
+    }
     const offProgress = workers.map((w, i) => w.on((e) => e.type === 'progress' && log(`worker ${i}: ${e.started} started, ${e.connected} connected`)));
     const t0 = now();
     const startedAll = await Promise.all(
@@ -357,184 +465,222 @@ async function runSize(n: number, root: string): Promise<SizeResult> {
     const controllerRssAfterStart = sampleProc(cpid).rssKb / 1024;
     log(`n=${n}: started in ${round(startMs / 1000)} s; tcp to controller ${tcp.grpc}, to nats ${tcp.nats}; worker RSS ${workerRssAfterStart.map((x) => round(x)).join(', ')} MiB`);
 
-    // -- idle --
-    const idle0 = sampleProc(cpid);
-    const idleW0 = workers.map((w) => sampleProc(w.pid));
-    await sleep(IDLE_S * 1000);
-    const idle1 = sampleProc(cpid);
-    const idleW1 = workers.map((w) => sampleProc(w.pid));
-    const idleControllerPct = cpuShare(idle0, idle1);
-    const idleWorkersPct = idleW0.reduce((s, a, i) => s + cpuShare(a, idleW1[i]!), 0);
-    const idleControllerMsPerS = idleControllerPct * 10;
+    const phases = async (): Promise<PhaseResult> => {
+      // -- idle --
+      const idle0 = sampleProc(cpid);
+      const idleW0 = workers.map((w) => sampleProc(w.pid));
+      await sleep(IDLE_S * 1000);
+      const idle1 = sampleProc(cpid);
+      const idleW1 = workers.map((w) => sampleProc(w.pid));
+      const idleControllerPct = cpuShare(idle0, idle1);
+      const idleWorkersPct = idleW0.reduce((s, a, i) => s + cpuShare(a, idleW1[i]!), 0);
+      const idleControllerMsPerS = idleControllerPct * 10;
 
-    // -- fan-out subscribers --
-    const fanoutMode: 'conns' | 'agents' = FANOUT === 'auto' ? (2 * n + 500 < NOFILE ? 'conns' : 'agents') : FANOUT;
-    const subject = `bench.fanout.${n}`;
-    await Promise.all(workers.map((w) => w.request({ type: 'fanout-setup', subject, mode: fanoutMode, nats: nats.url }, 'fanout-ready', 10 * 60_000)));
-    tcp.natsWithFanout = established(nats.port);
-    log(`n=${n}: fan-out subscribers ready (${fanoutMode}); tcp to nats ${tcp.natsWithFanout}`);
-    await sleep(2000);
+      // -- fan-out subscribers --
+      const fanoutMode: 'conns' | 'agents' = FANOUT === 'auto' ? (2 * n + 500 < NOFILE ? 'conns' : 'agents') : FANOUT;
+      const subject = `bench.fanout.${n}`;
+      await Promise.all(workers.map((w) => w.request({ type: 'fanout-setup', subject, mode: fanoutMode, nats: nats.url }, 'fanout-ready', 10 * 60_000)));
+      tcp.natsWithFanout = established(nats.port);
+      log(`n=${n}: fan-out subscribers ready (${fanoutMode}); tcp to nats ${tcp.natsWithFanout}`);
+      await sleep(2000);
 
-    const fanoutOnce = async (id: string): Promise<number> => {
-      await Promise.all(workers.map((w) => w.request({ type: 'fanout-arm', id }, 'fanout-armed', 10_000, (e) => e.id === id)));
-      const done = workers.map((w) => w.next((e): e is Extract<SimEvent, { type: 'fanout-done' }> => e.type === 'fanout-done' && e.id === id, 60_000, `fan-out ${id}`));
-      const start = now();
-      nc.publish(subject, id);
-      const results = await Promise.all(done);
-      return Math.max(...results.map((r) => r.last)) - start;
-    };
+      const fanoutOnce = async (id: string): Promise<number> => {
+        await Promise.all(workers.map((w) => w.request({ type: 'fanout-arm', id }, 'fanout-armed', 10_000, (e) => e.id === id)));
+        const done = workers.map((w) => w.next((e): e is Extract<SimEvent, { type: 'fanout-done' }> => e.type === 'fanout-done' && e.id === id, 60_000, `fan-out ${id}`));
+        const start = now();
+        nc.publish(subject, id);
+        const results = await Promise.all(done);
+        return Math.max(...results.map((r) => r.last)) - start;
+      };
 
-    const convergeOnce = async (i: number): Promise<ConvergenceRun> => {
-      const catchUps = async (): Promise<number> => (await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status', 60_000)))).reduce((s, x) => s + x.catchUps, 0);
-      const u0 = await catchUps();
-      const c0 = sampleProc(cpid);
-      const w0 = workers.map((w) => sampleProc(w.pid));
-      const a0 = now();
-      const { revision } = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policy(i), allowLargeGrowth: true }));
-      const a1 = now();
-      // Bounded: nodes whose ACK has not arrived by then count as +Infinity in the distribution.
-      await until(`${n} ACKs of revision ${revision} at the watcher`, () => watcher.count(revision) >= n, CONVERGE_BOUND_MS).catch(() => undefined);
-      const c1 = sampleProc(cpid);
-      const w1 = workers.map((w) => sampleProc(w.pid));
-      const arrivals = watcher.arrivals.get(revision) ?? new Map<string, number>();
-      const sentAll = await Promise.all(workers.map((w) => w.request({ type: 'acks', revision: String(revision) }, 'acks', 30_000, (e) => e.revision === String(revision))));
-      const catchUpsDuring = (await catchUps()) - u0;
-      const sent = new Map<string, number>();
-      for (const s of sentAll) s.nodes.forEach((node, k) => sent.set(node, s.sentAt[k]!));
-      const lag = [...arrivals].map(([node, t]) => t - (sent.get(node) ?? NaN));
-      const missing = (xs: number[]): number[] => [...xs, ...Array<number>(Math.max(0, n - xs.length)).fill(Infinity)];
+      const convergeOnce = async (i: number): Promise<ConvergenceRun> => {
+        const catchUps = async (): Promise<number> => (await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status', 60_000)))).reduce((s, x) => s + x.catchUps, 0);
+        const u0 = await catchUps();
+        const c0 = sampleProc(cpid);
+        const w0 = workers.map((w) => sampleProc(w.pid));
+        const a0 = now();
+        const { revision } = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policy(i), allowLargeGrowth: true }));
+        const a1 = now();
+        // Bounded: nodes whose ACK has not arrived by then count as +Infinity in the distribution.
+        await until(`${n} ACKs of revision ${revision} at the watcher`, () => watcher.count(revision) >= n, CONVERGE_BOUND_MS).catch(() => undefined);
+        const c1 = sampleProc(cpid);
+        const w1 = workers.map((w) => sampleProc(w.pid));
+        const arrivals = watcher.arrivals.get(revision) ?? new Map<string, number>();
+        const sentAll = await Promise.all(workers.map((w) => w.request({ type: 'acks', revision: String(revision) }, 'acks', 30_000, (e) => e.revision === String(revision))));
+        const catchUpsDuring = (await catchUps()) - u0;
+        const sent = new Map<string, number>();
+        for (const s of sentAll) s.nodes.forEach((node, k) => sent.set(node, s.sentAt[k]!));
+        const lag = [...arrivals].map(([node, t]) => t - (sent.get(node) ?? NaN));
+        const missing = (xs: number[]): number[] => [...xs, ...Array<number>(Math.max(0, n - xs.length)).fill(Infinity)];
+        return {
+          revision: String(revision),
+          acked: arrivals.size,
+          apiMs: round(a1 - a0),
+          ack: dist(missing([...arrivals.values()].map((t) => t - a1))),
+          sent: dist(missing([...sent.values()].map((t) => t - a1))),
+          watchLag: dist(lag),
+          catchUps: catchUpsDuring,
+          controllerCpuMs: round(cpuMs(c0, c1)),
+          workerCpuMs: round(w0.reduce((s, a, k) => s + cpuMs(a, w1[k]!), 0)),
+          windowMs: round(c1.at - c0.at),
+        };
+      };
+
+      // -- convergence, alternated with the raw fan-out (order swapped every other round) --
+      const runs: ConvergenceRun[] = [];
+      const fanoutMs: number[] = [];
+      await fanoutOnce('warmup');
+      for (let i = 1; i <= K; i++) {
+        if (i % 2) {
+          fanoutMs.push(await fanoutOnce(`f${i}`));
+          await sleep(300);
+          runs.push(await convergeOnce(i));
+        } else {
+          runs.push(await convergeOnce(i));
+          await sleep(300);
+          fanoutMs.push(await fanoutOnce(`f${i}`));
+        }
+        const r = runs[runs.length - 1]!;
+        log(`n=${n} change ${i}/${K} rev ${r.revision}: ack p50/p99/max ${r.ack.p50}/${r.ack.p99}/${r.ack.max} ms (sent max ${r.sent.max}); fan-out ${round(fanoutMs[fanoutMs.length - 1]!)} ms; controller CPU ${r.controllerCpuMs} ms; catch-ups ${r.catchUps}`);
+        await sleep(500);
+      }
+
+      // -- nats-server kill -9 and restart --
+      const k0 = now();
+      await nats.kill('SIGKILL');
+      await nats.restart();
+      const up = now();
+      let revision = 0n;
+      await until(
+        'an ApplyPolicy accepted after the nats-server restart',
+        async () => {
+          try {
+            revision = (await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policy(K + 1), allowLargeGrowth: true }))).revision;
+            return true;
+          } catch {
+            return false;
+          }
+        },
+        120_000,
+        100,
+      );
+      const applied = now();
+      const allApplied = await Promise.all(
+        workers.map((w) =>
+          w.request({ type: 'wait-applied', revision: String(revision), id: `restart-${revision}` }, 'applied', 300_000, (e) => e.id === `restart-${revision}`).catch(() => ({ at: Infinity })),
+        ),
+      );
+      await until(`${n} ACKs of revision ${revision} at the watcher`, () => watcher.count(revision) >= n, 120_000).catch(() => undefined);
+      const lastAck = watcher.count(revision) >= n ? Math.max(...watcher.arrivals.get(revision)!.values()) : Infinity;
+      const restart = {
+        natsDownMs: round(up - k0),
+        upToApplyMs: round(applied - up),
+        upToAllAppliedMs: round(Math.max(...allApplied.map((a) => a.at)) - up),
+        applyToAllAckedMs: round(lastAck - applied),
+      };
+      log(`n=${n}: nats restart: up -> all applied ${restart.upToAllAppliedMs} ms (apply accepted ${restart.upToApplyMs} ms after up)`);
+      await sleep(3000);
+
+      // -- telemetry ingest --
+      const before = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
+      workers.forEach((w) => w.send({ type: 'traffic', on: true }));
+      await sleep(3000);
+      const t0c = sampleProc(cpid);
+      const t0w = workers.map((w) => sampleProc(w.pid));
+      const mid = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
+      await sleep(TELEMETRY_S * 1000);
+      const t1c = sampleProc(cpid);
+      const t1w = workers.map((w) => sampleProc(w.pid));
+      const after = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
+      workers.forEach((w) => w.send({ type: 'traffic', on: false }));
+      const reports = after.reduce((s, x) => s + x.counterReports, 0) - mid.reduce((s, x) => s + x.counterReports, 0);
+      const telemetry = {
+        seconds: TELEMETRY_S,
+        counterReportsPerS: round(reports / ((t1c.at - t0c.at) / 1000)),
+        controllerCpuPct: round(cpuShare(t0c, t1c)),
+        workersCpuPct: round(t0w.reduce((s, a, i) => s + cpuShare(a, t1w[i]!), 0)),
+      };
+      void before;
+      log(`n=${n}: telemetry ${telemetry.counterReportsPerS} reports/s, controller CPU ${telemetry.controllerCpuPct} %`);
+
+      const controllerRssMiB = sampleProc(cpid).rssKb / 1024;
+      const workerRss = workers.map((w) => sampleProc(w.pid).rssKb / 1024);
+
+      const p99s = runs.map((r) => r.ack.p99);
+      const maxes = runs.map((r) => r.ack.max);
+      const fanMed = median(fanoutMs);
+      const ctlPer = median(runs.map((r) => r.controllerCpuMs));
+      const ctlNet = median(runs.map((r) => r.controllerCpuMs - (idleControllerMsPerS * r.windowMs) / 1000));
       return {
-        revision: String(revision),
-        acked: arrivals.size,
-        apiMs: round(a1 - a0),
-        ack: dist(missing([...arrivals.values()].map((t) => t - a1))),
-        sent: dist(missing([...sent.values()].map((t) => t - a1))),
-        watchLag: dist(lag),
-        catchUps: catchUpsDuring,
-        controllerCpuMs: round(cpuMs(c0, c1)),
-        workerCpuMs: round(w0.reduce((s, a, k) => s + cpuMs(a, w1[k]!), 0)),
-        windowMs: round(c1.at - c0.at),
+        fanoutMode,
+        runs,
+        fanoutMs: fanoutMs.map((x) => round(x)),
+        convergence: {
+          ackP50: round(median(runs.map((r) => r.ack.p50))),
+          ackP99: round(median(p99s)),
+          ackMax: round(median(maxes)),
+          sentP99: round(median(runs.map((r) => r.sent.p99))),
+          sentMax: round(median(runs.map((r) => r.sent.max))),
+          watchLagP99: round(median(runs.map((r) => r.watchLag.p99))),
+          apiMs: round(median(runs.map((r) => r.apiMs))),
+        },
+        fanout: { medianMs: round(fanMed), ratioP99: round(median(p99s) / fanMed, 2), ratioMax: round(median(maxes) / fanMed, 2) },
+        controllerCpuPerChangeMs: round(ctlPer),
+        controllerCpuPerChangeNetMs: round(ctlNet),
+        workerCpuPerChangeMs: round(median(runs.map((r) => r.workerCpuMs))),
+        restart,
+        idle: { controllerCpuPct: round(idleControllerPct, 2), agentCpuPctEach: round(idleWorkersPct / n, 4), workersCpuPct: round(idleWorkersPct, 1) },
+        telemetry,
+        footprint: {
+          controllerRssMiB: round(controllerRssMiB),
+          controllerRssAfterStartMiB: round(controllerRssAfterStart),
+          workerRssMiB: workerRss.map((x) => round(x)),
+          agentRssKiB: round((workerRssAfterStart.reduce((s, x) => s + x, 0) * 1024) / n, 0),
+        },
       };
     };
+    const full = K > 0 ? await phases() : undefined;
 
-    // -- convergence, alternated with the raw fan-out (order swapped every other round) --
-    const runs: ConvergenceRun[] = [];
-    const fanoutMs: number[] = [];
-    await fanoutOnce('warmup');
-    for (let i = 1; i <= K; i++) {
-      if (i % 2) {
-        fanoutMs.push(await fanoutOnce(`f${i}`));
-        await sleep(300);
-        runs.push(await convergeOnce(i));
-      } else {
-        runs.push(await convergeOnce(i));
-        await sleep(300);
-        fanoutMs.push(await fanoutOnce(`f${i}`));
-      }
-      const r = runs[runs.length - 1]!;
-      log(`n=${n} change ${i}/${K} rev ${r.revision}: ack p50/p99/max ${r.ack.p50}/${r.ack.p99}/${r.ack.max} ms (sent max ${r.sent.max}); fan-out ${round(fanoutMs[fanoutMs.length - 1]!)} ms; controller CPU ${r.controllerCpuMs} ms; catch-ups ${r.catchUps}`);
-      await sleep(500);
+    // -- controller kill -9 and start: every agent reconnects --
+    let controllerRestart: RestartResult | undefined;
+    if (options.controllerRestart) {
+      const allUp = (id: string, connected: boolean): Promise<number> =>
+        Promise.all(workers.map((w) => w.request({ type: 'wait-connected', connected, id }, 'connected', 20 * 60_000, (e) => e.id === id))).then((r) => Math.max(...r.map((x) => x.at)));
+      await allUp('before-restart', true);
+      const k0 = now();
+      await controller.kill('SIGKILL');
+      const down = await allUp('restart-down', false);
+      const s0 = now();
+      await controller.start();
+      const ready = now();
+      const pid = controller.pid!;
+      const r0 = sampleProc(pid);
+      const welcomed = await allUp('restart-up', true);
+      const r1 = sampleProc(pid);
+      controllerRestart = {
+        allDownMs: round(down - k0),
+        startToReadyMs: round(ready - s0),
+        readyToAllWelcomedMs: round(welcomed - ready),
+        startToAllWelcomedMs: round(welcomed - s0),
+        controllerCpuMs: round((r1.ticks / CLK_TCK) * 1000),
+        controllerCpuAfterReadyMs: round(cpuMs(r0, r1)),
+      };
+      log(`n=${n}: controller restart: ready after ${controllerRestart.startToReadyMs} ms, all ${n} welcomed ${controllerRestart.readyToAllWelcomedMs} ms after ready; controller CPU ${controllerRestart.controllerCpuMs} ms (${controllerRestart.controllerCpuAfterReadyMs} after ready)`);
     }
 
-    // -- nats-server kill -9 and restart --
-    const k0 = now();
-    await nats.kill('SIGKILL');
-    await nats.restart();
-    const up = now();
-    let revision = 0n;
-    await until(
-      'an ApplyPolicy accepted after the nats-server restart',
-      async () => {
-        try {
-          revision = (await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policy(K + 1), allowLargeGrowth: true }))).revision;
-          return true;
-        } catch {
-          return false;
-        }
-      },
-      120_000,
-      100,
-    );
-    const applied = now();
-    const allApplied = await Promise.all(
-      workers.map((w) =>
-        w.request({ type: 'wait-applied', revision: String(revision), id: `restart-${revision}` }, 'applied', 300_000, (e) => e.id === `restart-${revision}`).catch(() => ({ at: Infinity })),
-      ),
-    );
-    await until(`${n} ACKs of revision ${revision} at the watcher`, () => watcher.count(revision) >= n, 120_000).catch(() => undefined);
-    const lastAck = watcher.count(revision) >= n ? Math.max(...watcher.arrivals.get(revision)!.values()) : Infinity;
-    const restart = {
-      natsDownMs: round(up - k0),
-      upToApplyMs: round(applied - up),
-      upToAllAppliedMs: round(Math.max(...allApplied.map((a) => a.at)) - up),
-      applyToAllAckedMs: round(lastAck - applied),
-    };
-    log(`n=${n}: nats restart: up -> all applied ${restart.upToAllAppliedMs} ms (apply accepted ${restart.upToApplyMs} ms after up)`);
-    await sleep(3000);
-
-    // -- telemetry ingest --
-    const before = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
-    workers.forEach((w) => w.send({ type: 'traffic', on: true }));
-    await sleep(3000);
-    const t0c = sampleProc(cpid);
-    const t0w = workers.map((w) => sampleProc(w.pid));
-    const mid = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
-    await sleep(TELEMETRY_S * 1000);
-    const t1c = sampleProc(cpid);
-    const t1w = workers.map((w) => sampleProc(w.pid));
-    const after = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
-    workers.forEach((w) => w.send({ type: 'traffic', on: false }));
-    const reports = after.reduce((s, x) => s + x.counterReports, 0) - mid.reduce((s, x) => s + x.counterReports, 0);
-    const telemetry = {
-      seconds: TELEMETRY_S,
-      counterReportsPerS: round(reports / ((t1c.at - t0c.at) / 1000)),
-      controllerCpuPct: round(cpuShare(t0c, t1c)),
-      workersCpuPct: round(t0w.reduce((s, a, i) => s + cpuShare(a, t1w[i]!), 0)),
-    };
-    void before;
-    log(`n=${n}: telemetry ${telemetry.counterReportsPerS} reports/s, controller CPU ${telemetry.controllerCpuPct} %`);
-
-    const errors = [...after.flatMap((s) => s.errors), ...workers.flatMap((w) => w.errors)];
-    const controllerRssMiB = sampleProc(cpid).rssKb / 1024;
-    const workerRss = workers.map((w) => sampleProc(w.pid).rssKb / 1024);
-
-    const p99s = runs.map((r) => r.ack.p99);
-    const maxes = runs.map((r) => r.ack.max);
-    const fanMed = median(fanoutMs);
-    const ctlPer = median(runs.map((r) => r.controllerCpuMs));
-    const ctlNet = median(runs.map((r) => r.controllerCpuMs - (idleControllerMsPerS * r.windowMs) / 1000));
+    const status = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
+    const errors = [...status.flatMap((x) => x.errors), ...workers.flatMap((w) => w.errors)];
     return {
       nodes: n,
+      mtls,
+      ...(enroll ? { enroll } : {}),
+      ...(controllerRestart ? { controllerRestart } : {}),
       workers: WORKERS,
       stateFile: STATE_FILE,
-      fanoutMode,
       startMs: round(startMs),
       tcp,
-      runs,
-      fanoutMs: fanoutMs.map((x) => round(x)),
-      convergence: {
-        ackP50: round(median(runs.map((r) => r.ack.p50))),
-        ackP99: round(median(p99s)),
-        ackMax: round(median(maxes)),
-        sentP99: round(median(runs.map((r) => r.sent.p99))),
-        sentMax: round(median(runs.map((r) => r.sent.max))),
-        watchLagP99: round(median(runs.map((r) => r.watchLag.p99))),
-        apiMs: round(median(runs.map((r) => r.apiMs))),
-      },
-      fanout: { medianMs: round(fanMed), ratioP99: round(median(p99s) / fanMed, 2), ratioMax: round(median(maxes) / fanMed, 2) },
-      controllerCpuPerChangeMs: round(ctlPer),
-      controllerCpuPerChangeNetMs: round(ctlNet),
-      workerCpuPerChangeMs: round(median(runs.map((r) => r.workerCpuMs))),
-      restart,
-      idle: { controllerCpuPct: round(idleControllerPct, 2), agentCpuPctEach: round(idleWorkersPct / n, 4), workersCpuPct: round(idleWorkersPct, 1) },
-      telemetry,
-      footprint: {
-        controllerRssMiB: round(controllerRssMiB),
-        controllerRssAfterStartMiB: round(controllerRssAfterStart),
-        workerRssMiB: workerRss.map((x) => round(x)),
-        agentRssKiB: round((workerRssAfterStart.reduce((s, x) => s + x, 0) * 1024) / n, 0),
-      },
       errors: errors.slice(0, 10),
+      ...full,
     };
   } finally {
     for (const [what, fn] of local.reverse()) {
@@ -551,8 +697,9 @@ async function runSize(n: number, root: string): Promise<SizeResult> {
 
 // ---- main ------------------------------------------------------------------------------------
 
-function table(results: SizeResult[]): string {
-  const rows: [string, (r: SizeResult) => string][] = [
+function table(results: FullResult[]): string {
+  const rows: [string, (r: FullResult) => string][] = [
+    ['transport; enrollment total, p50 / p99, controller CPU', (r) => (r.enroll ? `mTLS; ${round(r.enroll.totalMs / 1000)} s, ${r.enroll.latency.p50} / ${r.enroll.latency.p99} ms, ${r.enroll.controllerCpuMs} ms` : 'plaintext (--insecure)')],
     ['agents started + connected', (r) => `${round(r.startMs / 1000)} s`],
     ['TCP: agent->controller / ->nats (+fan-out)', (r) => `${r.tcp.grpc} / ${r.tcp.nats} (${r.tcp.natsWithFanout})`],
     ['ApplyPolicy round trip, median', (r) => `${r.convergence.apiMs} ms`],
@@ -575,28 +722,46 @@ function table(results: SizeResult[]): string {
   return [head, ...rows.map(([name, f]) => `| ${name} | ${results.map(f).join(' | ')} |`)].join('\n');
 }
 
-const bound = setTimeout(() => abort.abort(new Error(`time bound of ${BOUND_MS / 60_000} min reached`)), BOUND_MS);
-const root = mkdtempSync(join(tmpdir(), 'edgeplane-fleet-'));
-if (PROFILE_DIR) mkdirSync(PROFILE_DIR, { recursive: true });
-const results: SizeResult[] = [];
-try {
-  log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; state file ${STATE_FILE}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
-  for (const n of SIZES) {
-    results.push(await runSize(n, root));
-    // Each size's figures as soon as they exist, so a later size's failure does not lose them.
-    process.stderr.write(`${table(results.slice(-1))}\n${JSON.stringify({ partial: true, result: results[results.length - 1] })}\n`);
+/**
+ * Runs `body` with a temporary directory under the run's time bound; removes the directory and
+ * sets the exit code to 1 if `body` throws. For the benches built on runSize().
+ */
+export async function benchMain(name: string, boundMs: number, body: (root: string) => Promise<void>): Promise<void> {
+  const bound = setTimeout(() => abort.abort(new Error(`time bound of ${boundMs / 60_000} min reached`)), boundMs);
+  const root = mkdtempSync(join(tmpdir(), `edgeplane-${name}-`));
+  try {
+    await body(root);
+  } catch (err) {
+    process.stderr.write(`${name} bench failed: ${(err as Error).stack ?? String(err)}\n`);
+    process.exitCode = 1;
+  } finally {
+    clearTimeout(bound);
+    rmSync(root, { recursive: true, force: true });
   }
-  process.stdout.write(table(results) + '\n');
-  process.stdout.write(
-    JSON.stringify(
-      { bench: 'fleet', quick, k: K, cpus: availableParallelism(), memGiB: round(totalmem() / 2 ** 30), kernel: release(), node: process.version, commit: execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim(), results },
-      (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v),
-    ) + '\n',
-  );
-} catch (err) {
-  process.stderr.write(`fleet bench failed: ${(err as Error).stack ?? String(err)}\n`);
-  process.exitCode = 1;
-} finally {
-  clearTimeout(bound);
-  rmSync(root, { recursive: true, force: true });
 }
+
+/** The machine and build, for every bench's JSON line. */
+export function machine(): { cpus: number; memGiB: number; kernel: string; node: string; commit: string; loadavg: number[] } {
+  return { cpus: availableParallelism(), memGiB: round(totalmem() / 2 ** 30), kernel: release(), node: process.version, commit: execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim(), loadavg: loadavg().map((x) => round(x, 2)) };
+}
+
+/** JSON with bigints as strings. */
+export const toJson = (v: unknown): string => JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? String(x) : x));
+
+async function main(): Promise<void> {
+  if (PROFILE_DIR) mkdirSync(PROFILE_DIR, { recursive: true });
+  await benchMain('fleet', BOUND_MS, async (root) => {
+    const results: FullResult[] = [];
+    log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; state file ${STATE_FILE}; mtls ${DEFAULT_OPTIONS.mtls}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
+    for (const n of SIZES) {
+      results.push((await runSize(n, root)) as FullResult);
+      // Each size's figures as soon as they exist, so a later size's failure does not lose them.
+      process.stderr.write(`${table(results.slice(-1))}\n${toJson({ partial: true, result: results[results.length - 1] })}\n`);
+    }
+    process.stdout.write(table(results) + '\n');
+    process.stdout.write(toJson({ bench: 'fleet', quick, k: K, mtls: DEFAULT_OPTIONS.mtls, ...machine(), results }) + '\n');
+  });
+}
+
+// Run as a script (bench/trust.ts imports the machinery instead).
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) await main();
