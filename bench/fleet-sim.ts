@@ -13,6 +13,7 @@ import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { RevisionOutcome, keyIdOf, publicKeyFromRaw, type RevisionReport } from '@edgeplane/proto';
+import { simLabels } from './sim-labels.js';
 import { AgentRuntime, MemoryDatapath, NodeIdentity, StateFile, buildFrame, enrollNode, type StateStore } from '@edgeplane/node-agent';
 
 /** Wall-clock ms with sub-ms resolution, comparable across processes on one machine. */
@@ -152,7 +153,7 @@ const quiet = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<st
 
 async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: number, trusted: Map<string, ReturnType<typeof publicKeyFromRaw>>): Promise<SimAgent> {
   const name = agentName(cmd.prefix, index);
-  const labels = { role: 'edge', site: `site-${index % 10}` };
+  const labels = simLabels(index);
   const memory = new MemoryDatapath();
   const holder: { a?: SimAgent } = {};
   let stateFile: StateStore = nullStateFile;

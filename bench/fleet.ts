@@ -43,6 +43,7 @@ import { CONTROLLER_MAIN } from '../test/support/fleet.js';
 import { call, clients, type ClientTls } from '../test/support/grpc.js';
 import { Supervised } from '../test/support/supervisor.js';
 import type { SimCommand, SimEvent } from './fleet-sim.js';
+import { simLabels } from './sim-labels.js';
 import { CLK_TCK, sampleProc, type ProcSample } from './proc-sample.js';
 
 // ---- options ---------------------------------------------------------------------------------
@@ -367,7 +368,7 @@ export interface PhaseResult {
 export type SizeResult = BaseResult & Partial<PhaseResult>;
 type FullResult = BaseResult & PhaseResult;
 
-/** Creates `n` join tokens as the admin, `concurrency` at a time. */
+/** Creates `n` join tokens as the admin, `concurrency` at a time; token i carries simulated agent i's labels. */
 async function createJoinTokens(address: string, tls: ClientTls, n: number, concurrency = 20): Promise<{ tokens: string[]; caFingerprint: string }> {
   const trust = new TrustServiceClient(address, grpcJs.credentials.createSsl(tls.ca, tls.key, tls.cert));
   try {
@@ -376,9 +377,9 @@ async function createJoinTokens(address: string, tls: ClientTls, n: number, conc
     let next = 0;
     const lane = async (): Promise<void> => {
       while (next < n) {
-        next++;
-        const res = await call(trust, trust.createJoinToken, { ttl: { seconds: 3600n, nanos: 0 }, labels: {} });
-        tokens.push(res.token);
+        const i = next++;
+        const res = await call(trust, trust.createJoinToken, { ttl: { seconds: 3600n, nanos: 0 }, labels: simLabels(i) });
+        tokens[i] = res.token;
         caFingerprint = res.caFingerprint;
       }
     };
