@@ -74,17 +74,22 @@ function verifyEnvelope(what: string, keyId: string, bytes: Uint8Array, signatur
   if (!ok) throw new SignatureError(`verify ${what}: signature does not match key ${keyId}`);
 }
 
+/** Verifies `bytes` as {@link verifyEnvelope} does, then decodes them with `codec`. @throws SignatureError */
+function openEnvelope<T>(what: string, type: string, codec: { decode(bytes: Uint8Array): T }, keyId: string, bytes: Uint8Array, signature: Uint8Array, trusted: TrustedKeys): T {
+  verifyEnvelope(what, keyId, bytes, signature, trusted);
+  try {
+    return codec.decode(bytes);
+  } catch (cause) {
+    throw new SignatureError(`decode ${what}: signed bytes are not a ${type}`, { cause });
+  }
+}
+
 /**
  * Verifies a signed entry against the trusted keys and decodes it.
  * @throws SignatureError if the key is unknown, the signature is wrong, or the bytes do not decode.
  */
 export function openLogEntry(signed: SignedLogEntry, trusted: TrustedKeys): LogEntry {
-  verifyEnvelope('log entry', signed.keyId, signed.entry, signed.signature, trusted);
-  try {
-    return LogEntry.decode(signed.entry);
-  } catch (cause) {
-    throw new SignatureError('decode log entry: signed bytes are not a LogEntry', { cause });
-  }
+  return openEnvelope('log entry', 'LogEntry', LogEntry, signed.keyId, signed.entry, signed.signature, trusted);
 }
 
 /** Encodes the envelope as it travels on NATS. */
@@ -117,12 +122,7 @@ export function signSnapshot(snapshot: Snapshot, privateKey: KeyObject): SignedS
  * @throws SignatureError as {@link openLogEntry}.
  */
 export function openSnapshot(signed: SignedSnapshot, trusted: TrustedKeys): Snapshot {
-  verifyEnvelope('snapshot', signed.keyId, signed.snapshot, signed.signature, trusted);
-  try {
-    return Snapshot.decode(signed.snapshot);
-  } catch (cause) {
-    throw new SignatureError('decode snapshot: signed bytes are not a Snapshot', { cause });
-  }
+  return openEnvelope('snapshot', 'Snapshot', Snapshot, signed.keyId, signed.snapshot, signed.signature, trusted);
 }
 
 /** Encodes and signs a history reset with an operator's reset key (the CLI does this). */
@@ -136,12 +136,7 @@ export function signHistoryReset(reset: HistoryReset, privateKey: KeyObject): Si
  * @throws SignatureError as {@link openLogEntry}.
  */
 export function openHistoryReset(signed: SignedHistoryReset, trusted: TrustedKeys): HistoryReset {
-  verifyEnvelope('history reset', signed.keyId, signed.reset, signed.signature, trusted);
-  try {
-    return HistoryReset.decode(signed.reset);
-  } catch (cause) {
-    throw new SignatureError('decode history reset: signed bytes are not a HistoryReset', { cause });
-  }
+  return openEnvelope('history reset', 'HistoryReset', HistoryReset, signed.keyId, signed.reset, signed.signature, trusted);
 }
 
 /** Encodes and signs a log head (the controller's heartbeat). */
@@ -155,10 +150,5 @@ export function signLogHead(head: LogHead, privateKey: KeyObject): SignedLogHead
  * @throws SignatureError as {@link openLogEntry}.
  */
 export function openLogHead(signed: SignedLogHead, trusted: TrustedKeys): LogHead {
-  verifyEnvelope('log head', signed.keyId, signed.head, signed.signature, trusted);
-  try {
-    return LogHead.decode(signed.head);
-  } catch (cause) {
-    throw new SignatureError('decode log head: signed bytes are not a LogHead', { cause });
-  }
+  return openEnvelope('log head', 'LogHead', LogHead, signed.keyId, signed.head, signed.signature, trusted);
 }
