@@ -169,7 +169,7 @@ test.serial('renewal - the agent renews its certificate while its stream runs; t
   // A new connection presents the new certificate: renewing without a key returns one for the key presented.
   const fresh = new TrustServiceClient(address, identity.channelCredentials(), { 'grpc.use_local_subchannel_pool': 1 });
   cleanups.push(() => fresh.close());
-  const again = await call(fresh, fresh.renewCertificate, { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0) });
+  const again = await call(fresh, fresh.renewCertificate, { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0), natsPublicKey: '' });
   t.true(new X509Certificate(again.certificate).publicKey.equals(after.publicKey));
 
   // The old stream still carries heartbeats: the node stays connected, with no disconnect event.

@@ -110,7 +110,8 @@ export class TrustApi {
   }
 
   /**
-   * Renews a node's certificate for the same name, with a new key if one is sent.
+   * Renews a node's certificate for the same name, with a new key if one is sent, and its NATS
+   * user JWT when it sends its NATS key.
    * @throws ValidationError for a bad key or proof.
    */
   async renew(node: Identity, currentKey: KeyObject, req: RenewCertificateRequest): Promise<RenewCertificateResponse> {
@@ -119,8 +120,13 @@ export class TrustApi {
       key = publicKeyOf(req.publicKey, 'public_key');
       checkProof(key, renewProofMessage(node.name), req.proof, 'proof');
     }
+    if (this.#o.natsCredentials && req.natsPublicKey !== '' && !/^U[A-Z2-7]{55}$/.test(req.natsPublicKey)) {
+      throw new ValidationError('invalid NATS public key', [{ field: 'nats_public_key', description: 'must be a NATS user nkey (U...)', reason: 'BAD_KEY' }]);
+    }
     const issued = await this.#o.ca.issue({ identity: node, publicKey: key, lifetimeMs: this.#nodeLifetime });
-    return { certificate: issued.certPem, caCertificate: this.#o.ca.certPem, notAfter: issued.notAfter };
+    // The NATS user JWT expires with the certificate; renewing one renews the other.
+    const natsJwt = this.#o.natsCredentials && req.natsPublicKey ? await this.#o.natsCredentials.issueNode(node.name, req.natsPublicKey, issued.notAfter) : '';
+    return { certificate: issued.certPem, caCertificate: this.#o.ca.certPem, notAfter: issued.notAfter, natsJwt };
   }
 
   /** Creates a join token (default 15 minutes, at most 24 hours). @throws ValidationError. */

@@ -161,7 +161,7 @@ test.serial('revocation - closes the open stream and refuses every later call', 
   t.is(detailsOf(status)?.errorInfo?.reason, 'REVOKED');
   const again = agentStream(victim.agent, 'edge-r');
   t.is((await again.end())?.code, grpc.status.UNAUTHENTICATED);
-  await refused(call(victim.trust, victim.trust.renewCertificate, { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0) }), grpc.status.UNAUTHENTICATED, 'REVOKED');
+  await refused(call(victim.trust, victim.trust.renewCertificate, { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0), natsPublicKey: '' }), grpc.status.UNAUTHENTICATED, 'REVOKED');
   await refused(enroll(anon, await createToken(admin), 'edge-r'), grpc.status.UNAUTHENTICATED, 'REVOKED');
 });
 
@@ -175,13 +175,13 @@ test('renewal - same name, new key; the old stream stays connected', async (t) =
   const key = newKey();
   const { sign, X509Certificate } = await import('node:crypto');
   const { renewProofMessage } = await import('../src/index.js');
-  const res = await call(c.trust, c.trust.renewCertificate, { publicKey: key.publicDer, proof: sign('sha256', renewProofMessage('edge-n'), key.privateKey) });
+  const res = await call(c.trust, c.trust.renewCertificate, { publicKey: key.publicDer, proof: sign('sha256', renewProofMessage('edge-n'), key.privateKey), natsPublicKey: '' });
   const renewed = new X509Certificate(res.certificate);
   t.true((renewed.subjectAltName ?? '').includes(`URI:spiffe://edgeplane/${env.controller.fleetId}/node/edge-n`), 'the fleet is the log fleet id');
   t.true(renewed.publicKey.equals((await import('node:crypto')).createPublicKey({ key: key.publicDer, format: 'der', type: 'spki' })));
   // The new certificate works on a new connection.
   const fresh = as({ keyPem: key.keyPem, certPem: res.certificate });
-  t.truthy(await call(fresh.trust, fresh.trust.renewCertificate, { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0) }));
+  t.truthy(await call(fresh.trust, fresh.trust.renewCertificate, { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0), natsPublicKey: '' }));
   s.send({ message: { $case: 'heartbeat', heartbeat: { sequence: 7n, time: new Date() } } });
   await s.next((m) => m.message?.$case === 'heartbeat' && m.message.heartbeat.sequence === 7n);
   t.is(s.ended, undefined);

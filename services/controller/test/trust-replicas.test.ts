@@ -4,12 +4,15 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { sign } from 'node:crypto';
 import test from 'ava';
+import { decode, type User } from '@nats-io/jwt';
+import { createUser } from '@nats-io/nkeys';
 import * as grpc from '@grpc/grpc-js';
 import { NatsServer } from '@edgeplane/intent-log';
 import { call, detailsOf } from '../../../test/support/grpc.js';
-import { NatsAuthority, parseConfig, startController, type ControllerConfig, type RunningController } from '../src/index.js';
-import { agentStream, clientsFor, createToken, enroll, type Clients } from './trust-helpers.js';
+import { NatsAuthority, enrollProofMessage, parseConfig, startController, type ControllerConfig, type RunningController } from '../src/index.js';
+import { agentStream, clientsFor, createToken, enroll, newKey, type Clients } from './trust-helpers.js';
 import { readFileSync } from 'node:fs';
 
 const dir = mkdtempSync(join(tmpdir(), 'ctl-replicas-'));
@@ -61,6 +64,23 @@ test('replicas - share the CA, accept a token once between them, and enforce eac
   const status = await s.end();
   t.is(status?.code, grpc.status.UNAUTHENTICATED, 'replica b closed the stream');
   t.is(detailsOf(status)?.errorInfo?.reason, 'REVOKED');
-  const again = await t.throwsAsync<grpc.ServiceError>(call(onB.trust, onB.trust.renewCertificate, { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0) }));
+  const again = await t.throwsAsync<grpc.ServiceError>(call(onB.trust, onB.trust.renewCertificate, { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0), natsPublicKey: '' }));
   t.is(again?.code, grpc.status.UNAUTHENTICATED);
+
+  // A node's NATS user JWT expires with its certificate: renewing the certificate renews it.
+  const nkey = createUser();
+  const natsKey = nkey.getPublicKey();
+  const key = newKey();
+  const nodeToken = await createToken(adminA);
+  const enrolled = await call(mk(a).trust, mk(a).trust.enroll, { token: nodeToken, nodeName: 'edge-nats', publicKey: key.publicDer, proof: sign('sha256', enrollProofMessage('edge-nats', nodeToken), key.privateKey), natsPublicKey: natsKey });
+  const first = decode<User>(enrolled.natsJwt);
+  t.is(first.sub, natsKey);
+  t.is(first.exp, Math.floor(enrolled.notAfter!.getTime() / 1000), 'the JWT expires with the certificate');
+  const node = mk(b, { keyPem: key.keyPem, certPem: enrolled.certificate });
+  const renewed = await call(node.trust, node.trust.renewCertificate, { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0), natsPublicKey: natsKey });
+  const second = decode<User>(renewed.natsJwt);
+  t.is(second.sub, natsKey);
+  t.is(second.exp, Math.floor(renewed.notAfter!.getTime() / 1000), 'the renewed JWT expires with the renewed certificate');
+  const bad = await t.throwsAsync<grpc.ServiceError>(call(node.trust, node.trust.renewCertificate, { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0), natsPublicKey: 'not-a-key' }));
+  t.is(bad?.code, grpc.status.INVALID_ARGUMENT);
 });

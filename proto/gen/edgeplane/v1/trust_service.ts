@@ -72,12 +72,21 @@ export interface RenewCertificateRequest {
   publicKey: Buffer;
   /** Signature by the new key over "edgeplane-renew-v1\n" + node_name; required with public_key. */
   proof: Buffer;
+  /**
+   * The node's NATS user key (the nkey it generated at enrollment): a fresh user JWT for it comes
+   * back with the certificate, so the node's NATS credentials live as long as its certificate.
+   */
+  natsPublicKey: string;
 }
 
 export interface RenewCertificateResponse {
   certificate: string;
   caCertificate: string;
-  notAfter: Date | undefined;
+  notAfter:
+    | Date
+    | undefined;
+  /** The renewed NATS user JWT (empty when the controller issues no NATS credentials). */
+  natsJwt: string;
 }
 
 export interface CreateJoinTokenRequest {
@@ -576,7 +585,7 @@ export const EnrollResponse_LabelsEntry: MessageFns<EnrollResponse_LabelsEntry> 
 };
 
 function createBaseRenewCertificateRequest(): RenewCertificateRequest {
-  return { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0) };
+  return { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0), natsPublicKey: "" };
 }
 
 export const RenewCertificateRequest: MessageFns<RenewCertificateRequest> = {
@@ -586,6 +595,9 @@ export const RenewCertificateRequest: MessageFns<RenewCertificateRequest> = {
     }
     if (message.proof.length !== 0) {
       writer.uint32(18).bytes(message.proof);
+    }
+    if (message.natsPublicKey !== "") {
+      writer.uint32(26).string(message.natsPublicKey);
     }
     return writer;
   },
@@ -619,6 +631,14 @@ export const RenewCertificateRequest: MessageFns<RenewCertificateRequest> = {
             message.proof = Buffer.from(reader.bytes());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.natsPublicKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -639,6 +659,11 @@ export const RenewCertificateRequest: MessageFns<RenewCertificateRequest> = {
         ? Buffer.from(bytesFromBase64(object.public_key))
         : Buffer.alloc(0),
       proof: isSet(object.proof) ? Buffer.from(bytesFromBase64(object.proof)) : Buffer.alloc(0),
+      natsPublicKey: isSet(object.natsPublicKey)
+        ? globalThis.String(object.natsPublicKey)
+        : isSet(object.nats_public_key)
+        ? globalThis.String(object.nats_public_key)
+        : "",
     };
   },
 
@@ -650,6 +675,9 @@ export const RenewCertificateRequest: MessageFns<RenewCertificateRequest> = {
     if (message.proof.length !== 0) {
       obj.proof = base64FromBytes(message.proof);
     }
+    if (message.natsPublicKey !== "") {
+      obj.natsPublicKey = message.natsPublicKey;
+    }
     return obj;
   },
 
@@ -660,12 +688,13 @@ export const RenewCertificateRequest: MessageFns<RenewCertificateRequest> = {
     const message = createBaseRenewCertificateRequest();
     message.publicKey = object.publicKey ?? Buffer.alloc(0);
     message.proof = object.proof ?? Buffer.alloc(0);
+    message.natsPublicKey = object.natsPublicKey ?? "";
     return message;
   },
 };
 
 function createBaseRenewCertificateResponse(): RenewCertificateResponse {
-  return { certificate: "", caCertificate: "", notAfter: undefined };
+  return { certificate: "", caCertificate: "", notAfter: undefined, natsJwt: "" };
 }
 
 export const RenewCertificateResponse: MessageFns<RenewCertificateResponse> = {
@@ -678,6 +707,9 @@ export const RenewCertificateResponse: MessageFns<RenewCertificateResponse> = {
     }
     if (message.notAfter !== undefined) {
       Timestamp.encode(toTimestamp(message.notAfter), writer.uint32(26).fork()).join();
+    }
+    if (message.natsJwt !== "") {
+      writer.uint32(34).string(message.natsJwt);
     }
     return writer;
   },
@@ -719,6 +751,14 @@ export const RenewCertificateResponse: MessageFns<RenewCertificateResponse> = {
             message.notAfter = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.natsJwt = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -744,6 +784,11 @@ export const RenewCertificateResponse: MessageFns<RenewCertificateResponse> = {
         : isSet(object.not_after)
         ? fromJsonTimestamp(object.not_after)
         : undefined,
+      natsJwt: isSet(object.natsJwt)
+        ? globalThis.String(object.natsJwt)
+        : isSet(object.nats_jwt)
+        ? globalThis.String(object.nats_jwt)
+        : "",
     };
   },
 
@@ -758,6 +803,9 @@ export const RenewCertificateResponse: MessageFns<RenewCertificateResponse> = {
     if (message.notAfter !== undefined) {
       obj.notAfter = message.notAfter.toISOString();
     }
+    if (message.natsJwt !== "") {
+      obj.natsJwt = message.natsJwt;
+    }
     return obj;
   },
 
@@ -769,6 +817,7 @@ export const RenewCertificateResponse: MessageFns<RenewCertificateResponse> = {
     message.certificate = object.certificate ?? "";
     message.caCertificate = object.caCertificate ?? "";
     message.notAfter = object.notAfter ?? undefined;
+    message.natsJwt = object.natsJwt ?? "";
     return message;
   },
 };

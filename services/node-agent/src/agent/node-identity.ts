@@ -277,13 +277,13 @@ export class NodeIdentity implements grpc.experimental.CertificateProvider {
     let res: RenewCertificateResponse;
     try {
       res = await unaryCall<RenewCertificateResponse>((cb) =>
-        this.#client.renewCertificate({ publicKey: publicKey.export({ type: 'spki', format: 'der' }), proof }, new grpc.Metadata(), { deadline: Date.now() + 30_000 }, cb),
+        this.#client.renewCertificate({ publicKey: publicKey.export({ type: 'spki', format: 'der' }), proof, natsPublicKey: this.#creds.natsSeed ? natsPublicKeyOf(this.#creds.natsSeed) : '' }, new grpc.Metadata(), { deadline: Date.now() + 30_000 }, cb),
       );
     } catch (cause) {
       throw new EnrollmentError(`renew ${this.#creds.nodeName}: ${(cause as Error).message}`, { cause });
     }
     const notAfter = res.notAfter ?? new Date(new X509Certificate(res.certificate).validTo);
-    this.#creds = { ...this.#creds, certPem: res.certificate, keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, caPem: res.caCertificate, notAfter };
+    this.#creds = { ...this.#creds, certPem: res.certificate, keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, caPem: res.caCertificate, notAfter, natsJwt: res.natsJwt || this.#creds.natsJwt };
     saveNodeCredentials(this.#o.stateDir, this.#creds);
     for (const l of this.#idListeners) l(this.#identityUpdate());
     for (const l of this.#caListeners) l({ caCertificate: Buffer.from(this.#creds.caPem) });
