@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import type { PeerCertificate } from 'node:tls';
 import { jwtAuthenticator, nkeys, type NodeConnectionOptions } from '@nats-io/transport-node';
 import { natsInboxPrefix } from '@edgeplane/proto';
 import { NatsCredentialsError } from './errors.js';
@@ -16,7 +17,21 @@ export interface NatsClientCredentials {
   /** The user nkey seed, `SU...` (with jwt). */
   seed?: string;
   /** TLS: the CA that signed the servers' certificates, and a client certificate if they require one. */
-  tls?: { caFile?: string; certFile?: string; keyFile?: string };
+  tls?: NatsClientTls;
+}
+
+/** TLS of {@link NatsClientCredentials}: PEM files, or the CA as PEM text and a server identity check. */
+export interface NatsClientTls {
+  caFile?: string;
+  /** The CA as PEM text (an agent's enrolled CA); used instead of caFile. */
+  caPem?: string;
+  certFile?: string;
+  keyFile?: string;
+  /**
+   * Checks the server's certificate after its chain verified against the CA, instead of
+   * matching the host name (Node's tls checkServerIdentity: an Error refuses the server).
+   */
+  checkServerIdentity?: (host: string, cert: PeerCertificate) => Error | undefined;
 }
 
 const JWT_BLOCK = /-----BEGIN NATS USER JWT-----\s*\n\s*([A-Za-z0-9_\-.=]+)\s*\n/;
@@ -96,9 +111,14 @@ export function natsClientOptions(credentials: NatsClientCredentials): Pick<Node
     out.inboxPrefix = natsInboxPrefix(publicKey);
   }
   const tls = credentials.tls;
-  if (tls && (tls.caFile || tls.certFile || tls.keyFile)) {
+  if (tls && (tls.caFile || tls.caPem || tls.certFile || tls.keyFile)) {
     if (!!tls.certFile !== !!tls.keyFile) throw new NatsCredentialsError('nats tls: a client certificate needs its key and a key its certificate');
-    out.tls = { ...(tls.caFile ? { caFile: tls.caFile } : {}), ...(tls.certFile ? { certFile: tls.certFile, keyFile: tls.keyFile! } : {}) };
+    out.tls = {
+      ...(tls.caPem ? { ca: tls.caPem } : tls.caFile ? { caFile: tls.caFile } : {}),
+      ...(tls.certFile ? { certFile: tls.certFile, keyFile: tls.keyFile! } : {}),
+      // nats.js spreads its tls options into Node's tls.connect().
+      ...(tls.checkServerIdentity ? ({ checkServerIdentity: tls.checkServerIdentity } as object) : {}),
+    };
   }
   return out;
 }

@@ -2,7 +2,7 @@
 // The controller process: the only place concrete adapters (NATS, JetStream, gRPC, the
 // OpenTelemetry SDK, an embedded nats-server) are constructed and wired together.
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
-import { randomUUID } from 'node:crypto';
+import { randomUUID, X509Certificate } from 'node:crypto';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -107,6 +107,58 @@ async function servingCertificate(config: ControllerConfig, ca: CertificateAutho
   return { certChainPem: issued.certPem + ca.certPem, keyPem: keys.privateKeyPem };
 }
 
+/**
+ * The fleet id the embedded NATS server's certificate (and so the CA) is made for, before the
+ * log can be read: --fleet-id, else DATA_DIR/fleet-id, else the fleet the existing CA names,
+ * else a new id. Writes DATA_DIR/fleet-id when it was not there.
+ * @throws ConfigError if DATA_DIR/fleet-id holds no valid fleet id or disagrees with --fleet-id.
+ */
+function embeddedFleetId(config: ControllerConfig): string {
+  const file = join(config.dataDir, 'fleet-id');
+  let stored: string | undefined;
+  if (existsSync(file)) {
+    stored = readFileSync(file, 'utf8').trim();
+    if (!FLEET_ID.test(stored)) throw new ConfigError(`${file}: ${JSON.stringify(stored.slice(0, 80))} is not a fleet id`);
+    if (config.fleetId && config.fleetId !== stored) throw new ConfigError(`--fleet-id ${config.fleetId}: ${file} names fleet ${stored}`);
+  }
+  let fromCa: string | undefined;
+  if (!stored && !config.fleetId && existsSync(config.caCert)) {
+    try {
+      fromCa = /(?:^|,\s*)CN=edgeplane (\S+) CA(?:,|$)/.exec(new X509Certificate(readFileSync(config.caCert)).subject.replace(/\n/g, ', '))?.[1];
+    } catch {
+      fromCa = undefined; // loadOrCreateCertificateAuthority reports the bad file
+    }
+  }
+  const fleet = stored ?? config.fleetId ?? fromCa ?? randomUUID().toLowerCase();
+  if (!stored) writeFileAtomic(file, fleet + '\n', 0o644);
+  return fleet;
+}
+
+/**
+ * Issues the embedded nats-server's serving certificate from the fleet CA (a controller
+ * identity, so agents verify it as they verify the gRPC endpoint; DNS and IP names of this host
+ * for clients that check names) and writes it and its key (0600) to DATA_DIR/nats-tls.
+ * @returns the files for NatsServer's tls option.
+ */
+async function writeNatsServerCertificate(config: ControllerConfig, ca: CertificateAuthority): Promise<{ certFile: string; keyFile: string }> {
+  const names = new Set(['localhost', '127.0.0.1', '::1', hostname(), ...config.tlsSans]);
+  if (config.embeddedNatsHost !== '0.0.0.0' && config.embeddedNatsHost !== '::') names.add(config.embeddedNatsHost);
+  const isIp = (n: string): boolean => /^[0-9.]+$/.test(n) || n.includes(':');
+  const keys = generateKeyPair();
+  const issued = await ca.issue({
+    identity: { fleet: ca.fleet, role: 'controller', name: 'nats' },
+    publicKey: keys.publicKeyDer,
+    lifetimeMs: 365 * 86_400_000,
+    dnsNames: [...names].filter((n) => !isIp(n)),
+    ipAddresses: [...names].filter(isIp),
+  });
+  const dir = join(config.dataDir, 'nats-tls');
+  const files = { certFile: join(dir, 'server.pem'), keyFile: join(dir, 'server-key.pem') };
+  writeFileAtomic(files.keyFile, keys.privateKeyPem, 0o600);
+  writeFileAtomic(files.certFile, issued.certPem + ca.certPem, 0o644);
+  return files;
+}
+
 function logger(extra?: StartExtras['log']): (level: string, msg: string, fields?: Record<string, unknown>) => void {
   return (level, msg, fields = {}) => {
     const line = { time: new Date().toISOString(), level, msg, ...fields };
@@ -140,18 +192,31 @@ export async function startController(config: ControllerConfig, extras: StartExt
 
     let natsServers = config.natsServers;
     const embeddedNats = natsServers.length === 0;
+    // The embedded server serves TLS with a certificate from the fleet CA, so the CA (and the
+    // fleet id it is made for) must exist before it starts: the fleet id is --fleet-id, else
+    // DATA_DIR/fleet-id, else the CA's, else a new one written there. The log must agree (below).
+    let ca: CertificateAuthority | undefined;
+    let natsTls: { caFile: string } | undefined = config.natsTlsCa ? { caFile: config.natsTlsCa } : undefined;
+    const openCa = async (fleet: string): Promise<CertificateAuthority> => {
+      const opened = await loadOrCreateCertificateAuthority({ certFile: config.caCert, keyFile: config.caKey }, fleet);
+      if (opened.created) log('info', 'created the fleet CA', { cert: config.caCert, fingerprint: opened.ca.fingerprint });
+      return opened.ca;
+    };
+    if (embeddedNats) ca = await openCa(embeddedFleetId(config));
     // The embedded server always runs with authorization; --nats-anonymous is for external ones.
     const anonymous = config.natsAnonymous && !embeddedNats;
     const authority = anonymous ? undefined : NatsAuthority.open(config.natsAuthDir);
-    const natsTls = config.natsTlsCa ? { caFile: config.natsTlsCa } : undefined;
     if (embeddedNats) {
       const natsDir = join(config.dataDir, 'nats');
+      const tls = config.natsTlsCert ? { certFile: config.natsTlsCert, keyFile: config.natsTlsKey! } : await writeNatsServerCertificate(config, ca!);
+      // Without --nats-tls-ca the controller's own connections trust the fleet CA.
+      natsTls ??= { caFile: config.caCert };
       const embedded = await NatsServer.start({
         dataDir: natsDir,
         host: config.embeddedNatsHost,
         port: config.embeddedNatsPort,
         configFragment: await authority!.serverConfig(join(natsDir, 'jwt')),
-        ...(config.natsTlsCert ? { tls: { certFile: config.natsTlsCert, keyFile: config.natsTlsKey! } } : {}),
+        tls,
       });
       cleanups.push(() => embedded.close());
       natsServers = [embedded.url];
@@ -179,12 +244,12 @@ export async function startController(config: ControllerConfig, extras: StartExt
 
     let key = loadOrCreateSigningKey(config.signingKey);
     const intentLog = await IntentLog.open(nc, { create: true, replicas: config.streamReplicas });
-    const fleetId = await intentLog.fleetId(config.fleetId ?? randomUUID().toLowerCase());
+    const fleetId = await intentLog.fleetId(ca?.fleet ?? config.fleetId ?? randomUUID().toLowerCase());
     if (config.fleetId && fleetId !== config.fleetId) throw new ConfigError(`--fleet-id ${config.fleetId}: the log belongs to fleet ${fleetId}`);
+    if (ca && fleetId !== ca.fleet) throw new ConfigError(`the log belongs to fleet ${fleetId} but the fleet CA and ${join(config.dataDir, 'fleet-id')} name fleet ${ca.fleet}; start with --fleet-id ${fleetId} and a CA made for it`);
     if (!FLEET_ID.test(fleetId)) throw new ConfigError(`the log's fleet id ${JSON.stringify(fleetId)} is not a lower-case name and cannot name certificate identities; start a new log with a lower-case --fleet-id`);
     // One fleet identity: the CA issues identities in the log's fleet (spiffe://edgeplane/<fleet-id>/...).
-    const { ca, created } = await loadOrCreateCertificateAuthority({ certFile: config.caCert, keyFile: config.caKey }, fleetId);
-    if (created) log('info', 'created the fleet CA', { cert: config.caCert, fingerprint: ca.fingerprint });
+    ca ??= await openCa(fleetId);
     const adminDir = await writeAdminBundle(ca, config.dataDir);
     if (adminDir) log('info', 'wrote the admin client certificate (keep it safe)', { dir: adminDir });
     if (config.insecure) {

@@ -127,9 +127,10 @@ test('set node labels - admin only; the node is told its new labels and may say 
 test('fleet id - a CA made for another fleet than the log is a config error', async (t) => {
   const dataDir = mkdtempSync(join(tmpdir(), 'ctl-fleet-'));
   t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
-  // A new log (its own embedded NATS) gets a new fleet id; the running controller's CA names its own.
+  // A new log (its own embedded NATS) for another fleet; the running controller's CA names its own.
+  // (Without --fleet-id a new data dir takes the fleet its CA names.)
   const config = parseConfig(
-    ['--listen', '127.0.0.1:0', '--embedded-nats', '127.0.0.1:0', '--data-dir', dataDir, '--shutdown-grace', '1', '--ca-cert', join(env.dataDir, 'pki', 'ca.pem'), '--ca-key', join(env.dataDir, 'pki', 'ca-key.pem')],
+    ['--listen', '127.0.0.1:0', '--embedded-nats', '127.0.0.1:0', '--data-dir', dataDir, '--shutdown-grace', '1', '--fleet-id', 'another-fleet', '--ca-cert', join(env.dataDir, 'pki', 'ca.pem'), '--ca-key', join(env.dataDir, 'pki', 'ca-key.pem')],
     {},
   ) as ControllerConfig;
   const err = await t.throwsAsync(startController(config, { log: () => undefined }));

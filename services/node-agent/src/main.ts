@@ -108,7 +108,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
     let labels = config.labels;
     let fleetId = config.fleetId;
     let identity: NodeIdentity | undefined;
-    let enrolled: (() => { natsJwt: string; natsSeed: string }) | undefined;
+    let enrolled: (() => { natsJwt: string; natsSeed: string; caPem: string }) | undefined;
     if (!channelCredentials) {
       const id = (identity = await nodeIdentity(config));
       enrolled = () => id.credentials;

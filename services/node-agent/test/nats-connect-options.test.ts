@@ -7,6 +7,7 @@ import { formatCreds } from '@edgeplane/intent-log';
 import { natsInboxPrefix } from '@edgeplane/proto';
 import { AgentConfigError, parseAgentConfig, type AgentConfig } from '../src/agent/config.js';
 import { agentNatsOptions } from '../src/agent/nats-connect-options.js';
+import { checkControllerIdentity } from '../src/agent/node-identity.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'agent-nats-opts-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
@@ -37,6 +38,16 @@ test('agent nats options - JWT and seed files, and the enrolled identity when no
   t.false(enrolled.anonymous);
   t.is(enrolled.options.inboxPrefix, natsInboxPrefix(user.getPublicKey()));
   t.true(agentNatsOptions(config([]), () => ({ natsJwt: '', natsSeed: '' })).anonymous, 'enrolled without NATS credentials');
+});
+
+test('agent nats options - an enrolled node verifies the server with its enrolled CA unless --nats-tls-ca is given', (t) => {
+  const caPem = '-----BEGIN CERTIFICATE-----\nenrolled\n-----END CERTIFICATE-----\n';
+  const tls = agentNatsOptions(config([]), () => ({ natsJwt: 'eyJhbGciOi.fake.jwt', natsSeed: seed, caPem })).options.tls as Record<string, unknown>;
+  t.is(tls.ca, caPem);
+  t.is(tls.checkServerIdentity, checkControllerIdentity);
+  const given = agentNatsOptions(config(['--nats-tls-ca', join(dir, 'ca.pem')]), () => ({ natsJwt: 'eyJhbGciOi.fake.jwt', natsSeed: seed, caPem })).options.tls as Record<string, unknown>;
+  t.is(given.caFile, join(dir, 'ca.pem'));
+  t.is(given.ca, undefined);
 });
 
 test('agent nats options - missing or malformed credentials stop the start with a config error', (t) => {

@@ -2,19 +2,21 @@ import { readFileSync } from 'node:fs';
 import { jwtAuthenticator, type NodeConnectionOptions } from '@nats-io/transport-node';
 import { natsClientOptions, type NatsClientCredentials } from '@edgeplane/intent-log';
 import { AgentConfigError, type AgentConfig } from './config.js';
+import { checkControllerIdentity } from './node-identity.js';
 
 /**
  * The agent's NATS connection options: its servers, reconnect forever (DESIGN.md: NATS
  * reconnects forever), and its own credentials (user JWT + nkey seed issued at enrollment,
  * which also fix its inbox prefix) and TLS CA. Reads the credential files now. Without
  * --nats-creds/--nats-jwt, `enrolled` (the NATS JWT and seed enrollment stored, read again at
- * every connect so a renewed JWT is used after a reconnect) is used when it has a JWT.
+ * every connect so a renewed JWT is used after a reconnect) is used when it has a JWT, and then
+ * the server must serve TLS with a controller certificate from the enrolled CA (`caPem`).
  * @returns options for `connect()`; `anonymous` is true when no credentials were configured.
  * @throws AgentConfigError if a credential file cannot be read or is malformed.
  */
 export function agentNatsOptions(
   config: Pick<AgentConfig, 'nodeName' | 'natsServers' | 'natsCreds' | 'natsJwt' | 'natsSeed' | 'natsTlsCa'>,
-  enrolled?: () => { natsJwt: string; natsSeed: string },
+  enrolled?: () => { natsJwt: string; natsSeed: string; caPem?: string },
 ): { options: NodeConnectionOptions; anonymous: boolean } {
   const read = (flag: string, file: string): string => {
     try {
@@ -31,7 +33,12 @@ export function agentNatsOptions(
   const fromEnrollment = !config.natsCreds && !config.natsJwt && enrolled && enrolled().natsJwt ? enrolled : undefined;
   let auth;
   try {
-    auth = natsClientOptions(fromEnrollment ? { ...credentials, jwt: fromEnrollment().natsJwt, seed: fromEnrollment().natsSeed } : credentials);
+    // An enrolled node verifies the server with the CA it pinned at enrollment (unless
+    // --nats-tls-ca names another), by chain and controller identity like the gRPC side: it
+    // reaches the server by whatever address, which the certificate need not name.
+    const caPem = fromEnrollment && !config.natsTlsCa ? fromEnrollment().caPem : undefined;
+    const tls = caPem ? { tls: { caPem, checkServerIdentity: checkControllerIdentity } } : {};
+    auth = natsClientOptions(fromEnrollment ? { ...credentials, ...tls, jwt: fromEnrollment().natsJwt, seed: fromEnrollment().natsSeed } : credentials);
   } catch (cause) {
     throw new AgentConfigError((cause as Error).message, { cause });
   }

@@ -1,0 +1,113 @@
+// The embedded nats-server serves TLS with a certificate from the fleet CA: plaintext and
+// untrusting clients are refused, the controller's credentials with the CA work, and an
+// enrolled node verifies the server with the CA it got at enrollment.
+import test from 'ava';
+import { sign } from 'node:crypto';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { connect as tcpConnect } from 'node:net';
+import { join } from 'node:path';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { createUser } from '@nats-io/nkeys';
+import { IntentLog, natsClientOptions } from '@edgeplane/intent-log';
+import { call } from '../../../test/support/grpc.js';
+import { NatsAuthority, enrollProofMessage, parseConfig, startController, type ControllerConfig } from '../src/index.js';
+import { clientsFor, createToken, newKey, startTlsController } from './trust-helpers.js';
+
+type Started = Awaited<ReturnType<typeof startTlsController>>;
+let started: Started;
+const conns: NatsConnection[] = [];
+
+test.before(async () => {
+  started = await startTlsController();
+});
+
+test.after.always(async () => {
+  for (const c of conns) await c.close().catch(() => undefined);
+  await started?.stop();
+});
+
+function hostPort(url: string): { host: string; port: number } {
+  const u = new URL(url);
+  return { host: u.hostname, port: Number(u.port) };
+}
+
+async function open(opts: Parameters<typeof connect>[0]): Promise<NatsConnection> {
+  const nc = await connect({ servers: started.controller.natsUrl, reconnect: false, timeout: 5000, ...opts });
+  conns.push(nc);
+  return nc;
+}
+
+test.serial('embedded nats tls - the server url is tls:// and its key file is private', (t) => {
+  t.regex(started.controller.natsUrl, /^tls:\/\/127\.0\.0\.1:\d+$/);
+  t.is(statSync(join(started.dataDir, 'nats-tls', 'server-key.pem')).mode & 0o777, 0o600);
+  t.is(readFileSync(join(started.dataDir, 'fleet-id'), 'utf8').trim(), started.controller.fleetId);
+});
+
+test.serial('embedded nats tls - a plaintext client is refused', async (t) => {
+  // Speak the NATS protocol without a TLS handshake: the server announces tls_required and
+  // never answers the PING.
+  const { host, port } = hostPort(started.controller.natsUrl);
+  const { info, rest } = await new Promise<{ info: string; rest: string }>((resolve, reject) => {
+    const s = tcpConnect({ host, port });
+    let buf = '';
+    let sent = false;
+    s.on('data', (d) => {
+      buf += d.toString('latin1');
+      if (!sent && buf.includes('\r\n')) {
+        sent = true;
+        s.write('CONNECT {"verbose":false}\r\nPING\r\n');
+      }
+    });
+    s.on('error', () => undefined);
+    s.on('close', () => {
+      const i = buf.indexOf('\r\n');
+      resolve({ info: buf.slice(0, i), rest: buf.slice(i + 2) });
+    });
+    s.setTimeout(15_000, () => reject(new Error('the server kept the plaintext connection open')));
+  });
+  t.regex(info, /"tls_required":true/);
+  t.notRegex(rest, /PONG/);
+});
+
+test.serial('embedded nats tls - a client that does not trust the fleet CA is refused', async (t) => {
+  const authority = NatsAuthority.open(join(started.dataDir, 'nats-auth'));
+  await t.throwsAsync(open(natsClientOptions(await authority.controllerCredentials('test'))));
+});
+
+test.serial('embedded nats tls - the controller credentials with the fleet CA read the log', async (t) => {
+  const authority = NatsAuthority.open(join(started.dataDir, 'nats-auth'));
+  const nc = await open(natsClientOptions({ ...(await authority.controllerCredentials('test')), tls: { caFile: join(started.dataDir, 'pki', 'ca.pem') } }));
+  const log = await IntentLog.open(nc, { create: false });
+  t.is(await log.fleetId('unused'), started.controller.fleetId);
+});
+
+test.serial('embedded nats tls - an enrolled node verifies the server with its enrolled CA', async (t) => {
+  const address = started.controller.address;
+  const admin = clientsFor(address, started.ca, started.admin);
+  const anon = clientsFor(address, started.ca);
+  t.teardown(() => {
+    admin.close();
+    anon.close();
+  });
+  const token = await createToken(admin);
+  const key = newKey();
+  const user = createUser();
+  const res = await call(anon.trust, anon.trust.enroll, { token, nodeName: 'edge-tls', publicKey: key.publicDer, proof: sign('sha256', enrollProofMessage('edge-tls', token), key.privateKey), natsPublicKey: user.getPublicKey() });
+  t.truthy(res.natsJwt);
+  const seed = new TextDecoder().decode(user.getSeed());
+  // A node key alone is not enough: the server's chain must verify against the enrolled CA.
+  await t.throwsAsync(open(natsClientOptions({ jwt: res.natsJwt, seed })));
+  const nc = await open(natsClientOptions({ jwt: res.natsJwt, seed, tls: { caPem: res.caCertificate } }));
+  const log = await IntentLog.open(nc, { create: false });
+  const bounds = await log.bounds();
+  t.true(bounds.last >= 0n);
+});
+
+test.serial('embedded nats tls - a data dir whose fleet-id disagrees with the log is a config error', async (t) => {
+  // Restart on the same data dir with a different fleet-id file: the CA and log name the old one.
+  await started.controller.close();
+  writeFileSync(join(started.dataDir, 'fleet-id'), 'other-fleet\n');
+  const config = parseConfig(['--listen', '127.0.0.1:0', '--embedded-nats', '127.0.0.1:0', '--data-dir', started.dataDir, '--shutdown-grace', '1'], {}) as ControllerConfig;
+  const err = await t.throwsAsync(startController(config, { log: () => undefined }));
+  t.regex(err?.message ?? '', /fleet/);
+});
