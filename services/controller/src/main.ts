@@ -166,7 +166,9 @@ function embeddedFleetId(config: ControllerConfig): string {
 async function writeEmbeddedNatsCertificate(config: ControllerConfig, ca: CertificateAuthority): Promise<{ certFile: string; keyFile: string }> {
   const hosts = new Set(['localhost', '127.0.0.1', '::1', hostname(), ...config.tlsSans]);
   if (config.embeddedNatsHost !== '0.0.0.0' && config.embeddedNatsHost !== '::') hosts.add(config.embeddedNatsHost);
-  return writeNatsServerCertificate(ca, { name: identityName(config.controllerId, 'nats'), hosts: [...hosts], dir: join(config.dataDir, 'nats-tls') });
+  const { certFile, keyFile } = await writeNatsServerCertificate(ca, { name: identityName(config.controllerId, 'nats'), hosts: [...hosts], dir: join(config.dataDir, 'nats-tls') });
+  // No caFile: the server must not require client certificates (clients authenticate by JWT).
+  return { certFile, keyFile };
 }
 
 /**

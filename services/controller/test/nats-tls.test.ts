@@ -8,9 +8,12 @@ import { connect as tcpConnect } from 'node:net';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { createUser } from '@nats-io/nkeys';
-import { IntentLog, natsClientOptions } from '@edgeplane/intent-log';
+import { IntentLog, NatsServer, natsClientOptions } from '@edgeplane/intent-log';
 import { call } from '../../../test/support/grpc.js';
-import { NatsAuthority, enrollProofMessage, parseConfig, startController, type ControllerConfig } from '../src/index.js';
+import { X509Certificate } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { CertificateAuthority, NatsAuthority, checkNatsServerIdentity, enrollProofMessage, generateKeyPair, parseConfig, startController, type ControllerConfig } from '../src/index.js';
 import { clientsFor, createToken, newKey, startTlsController } from './trust-helpers.js';
 
 type Started = Awaited<ReturnType<typeof startTlsController>>;
@@ -101,6 +104,33 @@ test.serial('embedded nats tls - an enrolled node verifies the server with its e
   const log = await IntentLog.open(nc, { create: false });
   const bounds = await log.bounds();
   t.true(bounds.last >= 0n);
+});
+
+test.serial('embedded nats tls - the server presents a NATS server identity, and a fleet certificate of another role does not pass for one', async (t) => {
+  const served = readFileSync(join(started.dataDir, 'nats-tls', 'server.pem'), 'utf8');
+  t.regex(new X509Certificate(served).subjectAltName ?? '', new RegExp(`URI:spiffe://edgeplane/${started.controller.fleetId}/nats/[a-z0-9._-]+(,|$)`));
+  const caFile = join(started.dataDir, 'pki', 'ca.pem');
+  const authority = NatsAuthority.open(join(started.dataDir, 'nats-auth'));
+  const verified = await open(natsClientOptions({ ...(await authority.controllerCredentials('test')), tls: { caFile, checkServerIdentity: checkNatsServerIdentity } }));
+  t.truthy(verified.info?.server_id, 'the embedded server passes the NATS identity check');
+
+  // A server whose certificate chains to the fleet CA but names a controller (as a stolen
+  // controller key would): chain-only verification takes it, the NATS identity check refuses it.
+  const ca = await CertificateAuthority.fromPem(readFileSync(caFile, 'utf8'), readFileSync(join(started.dataDir, 'pki', 'ca-key.pem'), 'utf8'), started.controller.fleetId);
+  const dir = mkdtempSync(join(tmpdir(), 'nats-impostor-'));
+  const keys = generateKeyPair();
+  const cert = await ca.issue({ identity: { fleet: ca.fleet, role: 'controller', name: 'impostor' }, publicKey: keys.publicKeyDer, lifetimeMs: 3_600_000, dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
+  writeFileSync(join(dir, 'cert.pem'), cert.certPem);
+  writeFileSync(join(dir, 'key.pem'), keys.privateKeyPem, { mode: 0o600 });
+  const impostor = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '127.0.0.1', port: 0, tls: { certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'key.pem') } });
+  t.teardown(async () => {
+    await impostor.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const chainOnly = await connect({ servers: impostor.url, reconnect: false, timeout: 5000, ...natsClientOptions({ tls: { caFile } }) });
+  t.teardown(() => chainOnly.close());
+  t.truthy(chainOnly.info?.server_id, 'the impostor chains to the fleet CA');
+  await t.throwsAsync(connect({ servers: impostor.url, reconnect: false, timeout: 5000, ...natsClientOptions({ tls: { caFile, checkServerIdentity: checkNatsServerIdentity } }) }));
 });
 
 test.serial('embedded nats tls - a data dir whose fleet-id disagrees with the log is a config error', async (t) => {
