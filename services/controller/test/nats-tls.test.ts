@@ -4,12 +4,12 @@
 import test from 'ava';
 import { sign } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
-import { connect as tcpConnect } from 'node:net';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { createUser } from '@nats-io/nkeys';
 import { IntentLog, NatsServer, natsClientOptions } from '@edgeplane/intent-log';
 import { call } from '../../../test/support/grpc.js';
+import { plaintextNatsProbe } from '../../../test/support/nats-probe.js';
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -50,24 +50,7 @@ test.serial('embedded nats tls - a plaintext client is refused', async (t) => {
   // Speak the NATS protocol without a TLS handshake: the server announces tls_required and
   // never answers the PING.
   const { host, port } = hostPort(started.controller.natsUrl);
-  const { info, rest } = await new Promise<{ info: string; rest: string }>((resolve, reject) => {
-    const s = tcpConnect({ host, port });
-    let buf = '';
-    let sent = false;
-    s.on('data', (d) => {
-      buf += d.toString('latin1');
-      if (!sent && buf.includes('\r\n')) {
-        sent = true;
-        s.write('CONNECT {"verbose":false}\r\nPING\r\n');
-      }
-    });
-    s.on('error', () => undefined);
-    s.on('close', () => {
-      const i = buf.indexOf('\r\n');
-      resolve({ info: buf.slice(0, i), rest: buf.slice(i + 2) });
-    });
-    s.setTimeout(15_000, () => reject(new Error('the server kept the plaintext connection open')));
-  });
+  const { info, rest } = await plaintextNatsProbe(host, port);
   t.regex(info, /"tls_required":true/);
   t.notRegex(rest, /PONG/);
 });
