@@ -104,7 +104,9 @@ Every flag can also be set by the environment variable shown.
   --nats-anonymous          connect to --nats without credentials (a server without authorization; development
                             only: any client could then write the log) (EDGEPLANE_NATS_ANONYMOUS=1)
   --nats-tls-cert FILE      certificate of the embedded nats-server, PEM (EDGEPLANE_NATS_TLS_CERT); default: one
-                            the fleet CA issues at start into DATA_DIR/nats-tls (the embedded server always serves TLS)
+                            the fleet CA issues at start into DATA_DIR/nats-tls (the embedded server always serves TLS).
+                            Unless --nats-tls-ca names another CA it must be a NATS server identity of the fleet CA
+                            (--issue-nats-cert makes one): controllers and agents accept no other
   --nats-tls-key FILE       its key (EDGEPLANE_NATS_TLS_KEY)
   --nats-tls-ca FILE        CA the NATS servers' certificates chain to (EDGEPLANE_NATS_TLS_CA); default for the
                             embedded server: the fleet CA; an external --nats uses TLS only when this is given.
