@@ -11,7 +11,7 @@ import { IntentLog, NatsServer, natsClientOptions } from '@edgeplane/intent-log'
 import { call } from '../../../test/support/grpc.js';
 import { plaintextNatsProbe } from '../../../test/support/nats-probe.js';
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { CertificateAuthority, NatsAuthority, checkNatsServerIdentity, enrollProofMessage, generateKeyPair, parseConfig, startController, type ControllerConfig } from '../src/index.js';
 import { clientsFor, createToken, newKey, startTlsController } from './trust-helpers.js';
@@ -114,6 +114,12 @@ test.serial('embedded nats tls - the server presents a NATS server identity, and
   t.teardown(() => chainOnly.close());
   t.truthy(chainOnly.info?.server_id, 'the impostor chains to the fleet CA');
   await t.throwsAsync(connect({ servers: impostor.url, reconnect: false, timeout: 5000, ...natsClientOptions({ tls: { caFile, checkServerIdentity: checkNatsServerIdentity } }) }));
+  // A controller given the fleet CA as --nats-tls-ca does the same: it does not start on the
+  // impostor (which would otherwise serve it, anonymous clients and JetStream included).
+  const config = parseConfig(['--listen', '127.0.0.1:0', '--nats', impostor.url, '--nats-anonymous', '--nats-tls-ca', caFile, '--ca-cert', caFile, '--ca-key', join(started.dataDir, 'pki', 'ca-key.pem'), '--data-dir', join(dir, 'ctl'), '--shutdown-grace', '1'], {}) as ControllerConfig;
+  const refused = await t.throwsAsync(startController(config, { log: () => undefined }));
+  t.regex(refused?.message ?? '', /not an edgeplane NATS server identity/);
+  t.false(existsSync(join(dir, 'ctl', 'admin')), 'it got no further than NATS');
 });
 
 test.serial('embedded nats tls - a data dir whose fleet-id disagrees with the log is a config error', async (t) => {
