@@ -50,5 +50,5 @@ export {
 } from './agent/node-agent.js';
 export { StateFile, StateFileError, type AppliedState, type StateStore } from './agent/state-file.js';
 export { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
-export { EnrollmentError, NodeIdentity, enrollNode, fetchPinnedCa, loadNodeCredentials, saveNodeCredentials, checkControllerIdentity } from './agent/node-identity.js';
+export { EnrollmentError, NodeIdentity, enrollNode, fetchPinnedCa, loadNodeCredentials, saveNodeCredentials, checkControllerIdentity, checkNatsServerIdentity } from './agent/node-identity.js';
 export type { EnrollOptions, NodeCredentials, NodeIdentityOptions } from './agent/node-identity.js';

@@ -10,8 +10,12 @@ const ADMIN: readonly Role[] = ['admin'];
 const NODE: readonly Role[] = ['node'];
 
 /**
- * The one table of method -> roles (full gRPC path). `anyone` is callable without a client
- * certificate (Enroll: the join token is the credential). A method not listed is refused.
+ * The one table of method -> roles (full gRPC path), the standard services included. `anyone`
+ * is callable without a client certificate: Enroll (the join token is the credential) and
+ * health (load balancers and orchestrators probe it without identities, like Kubernetes'
+ * /livez; it says only SERVING or NOT_SERVING). Reflection (the API's schema) needs an identity
+ * that may read the API. A method not listed is refused: the machine roles controller and nats
+ * appear nowhere, so their certificates call nothing.
  */
 export const METHOD_ROLES: Readonly<Record<string, readonly Role[] | 'anyone'>> = {
   '/edgeplane.v1.IntentService/ApplyPolicy': WRITE,
@@ -39,6 +43,10 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[] | 'anyone'>> 
   '/edgeplane.v1.TrustService/RevokeNode': ADMIN,
   '/edgeplane.v1.TrustService/IssueCertificate': ADMIN,
   '/edgeplane.v1.TrustService/SetNodeLabels': ADMIN,
+  '/grpc.health.v1.Health/Check': 'anyone',
+  '/grpc.health.v1.Health/Watch': 'anyone',
+  '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo': READ,
+  '/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo': READ,
 };
 
 /** The identity of a plaintext caller on a loopback listener started with --insecure. */
@@ -79,7 +87,8 @@ export interface AuthorizerOptions {
 
 /**
  * Establishes the caller of every call from its verified TLS peer certificate and checks it
- * against {@link METHOD_ROLES}. Used by every handler wrapper in services.ts.
+ * against {@link METHOD_ROLES}. Used by every handler wrapper in services.ts and, for the
+ * standard health and reflection services, by grpc/server.ts.
  */
 export class Authorizer {
   #options: AuthorizerOptions;

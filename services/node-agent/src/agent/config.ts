@@ -62,7 +62,9 @@ Usage: edgeplane-agent [flags]
   --nats URL[,URL...]       NATS servers holding the intent log (EDGEPLANE_NATS_URL, default nats://127.0.0.1:4222)
   --nats-creds FILE         this node's NATS credentials: user JWT + nkey seed (EDGEPLANE_NATS_CREDS)
   --nats-jwt FILE, --nats-seed FILE   the same as two files: the JWT and the seed (EDGEPLANE_NATS_JWT, EDGEPLANE_NATS_SEED)
-  --nats-tls-ca FILE        CA that signed the NATS servers' certificates (EDGEPLANE_NATS_TLS_CA)
+  --nats-tls-ca FILE        CA that signed the NATS servers' certificates, checked with their host names
+                            (EDGEPLANE_NATS_TLS_CA); default for an enrolled node: the enrolled CA, and the
+                            server must present a NATS server identity (spiffe://edgeplane/<fleet>/nats/<name>)
   --interface NAME=ROLE     enforce on an interface; ROLE is uplink (XDP) or workload (TC ingress+egress);
                             repeatable (EDGEPLANE_INTERFACES=eth0=uplink,veth1=workload)
   --pin-root DIR            bpffs directory for pinned programs and maps, mounted if it is not one
