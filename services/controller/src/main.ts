@@ -295,7 +295,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
     if (adminBundle) {
       // The first admin certificate is listed and revocable like every other one.
       const { issued } = adminBundle;
-      await trustStore.recordCertificate({ serial: normalizeSerial(issued.serialNumber)!, role: 'admin', name: issued.identity.name, notAfter: issued.notAfter.getTime(), issuedAt: Date.now(), issuedBy: 'controller' });
+      await trustStore.recordCertificate({ serial: normalizeSerial(issued.serialNumber)!, role: 'admin', name: issued.identity.name, notAfter: Math.floor(issued.notAfter.getTime() / 1000) * 1000, issuedAt: Date.now(), issuedBy: 'controller' });
     }
     const counters = new CounterStore();
     registerFleetMetrics(telemetry.meter('@edgeplane/controller'), { counters, registry, revision: () => store.chain.revision });

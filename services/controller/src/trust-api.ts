@@ -262,7 +262,7 @@ export class TrustApi {
       const issued = await this.#o.ca.issue({ identity: { fleet: this.#o.ca.fleet, role: req.role as Role, name: req.name }, publicKey: key, lifetimeMs: lifetime });
       const serial = normalizeSerial(issued.serialNumber)!;
       // Recorded before it is handed out: a certificate nobody can list is one nobody revokes by name.
-      await this.#o.store.recordCertificate({ serial, role: req.role as Role, name: req.name, notAfter: issued.notAfter.getTime(), issuedAt: (this.#o.now ?? Date.now)(), issuedBy: caller ? describeIdentity(caller) : 'unknown' });
+      await this.#o.store.recordCertificate({ serial, role: req.role as Role, name: req.name, notAfter: Math.floor(issued.notAfter.getTime() / 1000) * 1000, issuedAt: (this.#o.now ?? Date.now)(), issuedBy: caller ? describeIdentity(caller) : 'unknown' });
       return { certificate: issued.certPem, caCertificate: this.#o.ca.certPem, notAfter: issued.notAfter, serialNumber: serial };
     } catch (err) {
       if (err instanceof CertificateIssueError) throw new ValidationError(err.message, [{ field: 'public_key', description: err.message, reason: 'BAD_KEY' }]);
