@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { FleetServiceClient, IntentServiceClient, STATUS_DETAILS_KEY, decodeStatusDetails, type StatusDetails } from '@edgeplane/proto';
+import { FleetServiceClient, IntentServiceClient, TrustServiceClient, STATUS_DETAILS_KEY, decodeStatusDetails, type StatusDetails } from '@edgeplane/proto';
 
 type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
 
@@ -22,16 +22,19 @@ export interface ClientTls {
 }
 
 /** Clients for a controller address: mutual TLS with `tls`, else plaintext. Close them with `close()`. */
-export function clients(address: string, tls?: ClientTls): { intent: IntentServiceClient; fleet: FleetServiceClient; close(): void } {
+export function clients(address: string, tls?: ClientTls): { intent: IntentServiceClient; fleet: FleetServiceClient; trust: TrustServiceClient; close(): void } {
   const creds = tls ? grpc.credentials.createSsl(tls.ca, tls.key, tls.cert) : grpc.credentials.createInsecure();
   const intent = new IntentServiceClient(address, creds);
   const fleet = new FleetServiceClient(address, creds);
+  const trust = new TrustServiceClient(address, creds);
   return {
     intent,
     fleet,
+    trust,
     close() {
       intent.close();
       fleet.close();
+      trust.close();
     },
   };
 }
