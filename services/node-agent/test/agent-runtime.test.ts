@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Action, InterfaceRole, Policy, Protocol, TrustServiceClient, publicKeyFromRaw, keyIdOf } from '@edgeplane/proto';
 import { AgentRuntime } from '../src/agent/agent-runtime.js';
+import { agentNatsOptions } from '../src/agent/nats-connect-options.js';
 import { enrollNode, NodeIdentity } from '../src/agent/node-identity.js';
 import { StateFile } from '../src/agent/state-file.js';
 import { DatapathError } from '../src/datapath/errors.js';
@@ -59,6 +60,8 @@ async function start(name: string, uplink: MemoryDatapath, workload: MemoryDatap
     datapaths: { uplink, workload },
     stateFile: new StateFile(join(dir, name, 'applied.json')),
     natsServers: [`nats://127.0.0.1:${cp.nats.port}`],
+    // The node's own NATS credentials from its enrollment, and TLS verified by its enrolled CA, as the agent main does.
+    natsOptions: agentNatsOptions({ nodeName: name, natsServers: [`nats://127.0.0.1:${cp.nats.port}`] }, () => identity.credentials).options,
     trustedKeys: new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]),
     controller: { address: cp.address, credentials: identity.channelCredentials() },
     info: { agentVersion: 'test', kernelRelease: 'test', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
