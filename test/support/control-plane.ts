@@ -94,11 +94,14 @@ export class TestControlPlane implements ControlPlane {
   readonly adminTls: ClientTls;
   /** The CA file NATS clients verify the server by; undefined with `anonymousNats`. */
   readonly natsCaFile: string | undefined;
+  /** The controller's NATS flags (server, TLS CA and fleet, or --nats-anonymous), for a test that starts another controller process on the same bus. */
+  readonly natsArgs: string[];
   #closed = false;
 
-  private constructor(dir: string, nats: NatsServer, controller: Supervised, grpcPort: number, natsCaFile: string | undefined) {
+  private constructor(dir: string, nats: NatsServer, controller: Supervised, grpcPort: number, natsCaFile: string | undefined, natsArgs: string[]) {
     this.dir = dir;
     this.natsCaFile = natsCaFile;
+    this.natsArgs = natsArgs;
     this.nats = nats;
     this.controller = controller;
     this.grpcPort = grpcPort;
@@ -150,7 +153,7 @@ export class TestControlPlane implements ControlPlane {
         ],
         readyEvent: 'ready',
       });
-      return new TestControlPlane(dir, nats, controller, grpcPort, caFile);
+      return new TestControlPlane(dir, nats, controller, grpcPort, caFile, natsArgs);
     } catch (err) {
       await controller?.stop(2000);
       await nats?.close();

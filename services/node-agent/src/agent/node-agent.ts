@@ -144,7 +144,8 @@ export class NodeAgent {
   #closed = false;
   #origins: Record<InterfaceRole, Map<number, RuleOrigin>> = { uplink: new Map(), workload: new Map() };
   #running: Promise<void> | undefined;
-  #wanted: { chain: IntentChain; context: Context | undefined; receivedAt: bigint; links: Link[] } | undefined;
+  /** The chain to apply next; `force`: apply it even if its revision is not above #applied (another history: a reset or resync). */
+  #wanted: { chain: IntentChain; context: Context | undefined; receivedAt: bigint; links: Link[]; force: boolean } | undefined;
   #lastCounters: Partial<Record<InterfaceRole, DatapathCounters>> = {};
   #lastCountersAt = new Date();
   /** The labels policies select on now: the options' until {@link setLabels} changes them. */
@@ -255,7 +256,11 @@ export class NodeAgent {
     this.#received = chain.revision;
     // apply_duration runs from receipt of the newest entry to enforcement. A coalesced apply
     // is a child of the newest entry's trace and links to every entry it covers.
-    this.#wanted = { chain, context: context ?? this.#wanted?.context, receivedAt: process.hrtime.bigint(), links };
+    // The follower only moves forward on one history; a chain that is not above what the node
+    // enforces is another history (an operator's reset, a resync after a storage loss), which
+    // must be applied even at the same or a lower revision.
+    const force = (this.#wanted?.force ?? false) || chain.revision <= this.#applied;
+    this.#wanted = { chain, context: context ?? this.#wanted?.context, receivedAt: process.hrtime.bigint(), links, force };
     this.#kick();
   }
 
@@ -266,7 +271,7 @@ export class NodeAgent {
       await new Promise((r) => setTimeout(r, delay));
       for (;;) {
         if (this.#closed) return;
-        if (this.#wanted && this.#wanted.chain.revision > this.#applied) {
+        if (this.#wanted && (this.#wanted.force || this.#wanted.chain.revision > this.#applied)) {
           const { chain, context, receivedAt, links } = this.#wanted;
           this.#wanted = undefined;
           // Compiled with the labels of now: a pending relabel is part of this apply.
@@ -283,7 +288,7 @@ export class NodeAgent {
     })().finally(() => {
       this.#running = undefined;
       if (this.#closed) return;
-      if ((this.#wanted && this.#wanted.chain.revision > this.#applied) || this.#relabelDue || this.#repairDue) this.#kick();
+      if ((this.#wanted && (this.#wanted.force || this.#wanted.chain.revision > this.#applied)) || this.#relabelDue || this.#repairDue) this.#kick();
     });
   }
 
