@@ -144,6 +144,7 @@ export {
   rolloutStateToJSON,
 } from './edgeplane/v1/rollout.js';
 export {
+  CertificateInfo,
   CreateJoinTokenRequest,
   CreateJoinTokenRequest_LabelsEntry,
   CreateJoinTokenResponse,
@@ -152,8 +153,12 @@ export {
   EnrollResponse_LabelsEntry,
   IssueCertificateRequest,
   IssueCertificateResponse,
+  ListCertificatesRequest,
+  ListCertificatesResponse,
   RenewCertificateRequest,
   RenewCertificateResponse,
+  RevokeCertificateRequest,
+  RevokeCertificateResponse,
   RevokeNodeRequest,
   RevokeNodeResponse,
   SetNodeLabelsRequest,
@@ -215,6 +220,7 @@ export {
   checkDnsLabel,
   checkLabelKey,
   checkLabelValue,
+  sameLabels,
   validateLabels,
   validateNodeNames,
 } from './../src/labels.js';

@@ -28,13 +28,13 @@ import { registerFleetMetrics } from './metrics.js';
 import { RolloutManager } from './rollout-manager.js';
 import { NodeRegistry } from './node-registry.js';
 import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
-import { generateKeyPair, loadOrCreateCertificateAuthority, writeFileAtomic, type CertificateAuthority } from './pki/certificate-authority.js';
+import { generateKeyPair, loadOrCreateCertificateAuthority, writeFileAtomic, type CertificateAuthority, type IssuedCertificate } from './pki/certificate-authority.js';
 import { checkNatsServerIdentity } from './pki/identity.js';
 import { writeNatsServerCertificate } from './pki/nats-server-certificate.js';
 import { FLEET_ID, isLoopback } from './config.js';
 import { commitSigningKeyFile, loadOrCreateSigningKey, prepareNextSigningKey, retiredSigningKeys } from './signing-key.js';
 import { TrustApi } from './trust-api.js';
-import { TrustStore } from './trust-store.js';
+import { TrustStore, normalizeSerial } from './trust-store.js';
 
 /** A running controller. */
 export interface RunningController {
@@ -73,7 +73,7 @@ export interface StartExtras {
  * On first start (no DATA_DIR/admin yet) writes an admin client certificate, its key (0600)
  * and the CA into DATA_DIR/admin, like kubeadm's admin.conf: the CLI's first credentials.
  */
-async function writeAdminBundle(ca: CertificateAuthority, dataDir: string): Promise<string | undefined> {
+async function writeAdminBundle(ca: CertificateAuthority, dataDir: string): Promise<{ dir: string; issued: IssuedCertificate } | undefined> {
   const dir = join(dataDir, 'admin');
   if (existsSync(join(dir, 'admin.pem'))) return undefined;
   const keys = generateKeyPair();
@@ -81,7 +81,7 @@ async function writeAdminBundle(ca: CertificateAuthority, dataDir: string): Prom
   writeFileAtomic(join(dir, 'ca.pem'), ca.certPem, 0o644);
   writeFileAtomic(join(dir, 'admin-key.pem'), keys.privateKeyPem, 0o600);
   writeFileAtomic(join(dir, 'admin.pem'), cert.certPem, 0o644);
-  return dir;
+  return { dir, issued: cert };
 }
 
 /** The serving certificate chain: the one given, or one the CA issues now for this host. */
@@ -285,8 +285,8 @@ export async function startController(config: ControllerConfig, extras: StartExt
     if (!FLEET_ID.test(fleetId)) throw new ConfigError(`the log's fleet id ${JSON.stringify(fleetId)} is not a lower-case name and cannot name certificate identities; start a new log with a lower-case --fleet-id`);
     // One fleet identity: the CA issues identities in the log's fleet (spiffe://edgeplane/<fleet-id>/...).
     ca ??= await openCa(fleetId);
-    const adminDir = await writeAdminBundle(ca, config.dataDir);
-    if (adminDir) log('info', 'wrote the admin client certificate (keep it safe)', { dir: adminDir });
+    const adminBundle = await writeAdminBundle(ca, config.dataDir);
+    if (adminBundle) log('info', 'wrote the admin client certificate (keep it safe)', { dir: adminBundle.dir });
     if (config.insecure) {
       log('warn', 'INSECURE: plaintext gRPC without authentication on loopback; every caller is an admin and may speak for any node (development and tests only)', { listen: config.listen });
       if (!isLoopback(config.listen.slice(0, config.listen.lastIndexOf(':')))) throw new ConfigError('--insecure is refused on a non-loopback address');
@@ -327,6 +327,11 @@ export async function startController(config: ControllerConfig, extras: StartExt
     const trustStore = new TrustStore(trustKv);
     await trustStore.start(onError);
     cleanups.push(async () => trustStore.close());
+    if (adminBundle) {
+      // The first admin certificate is listed and revocable like every other one.
+      const { issued } = adminBundle;
+      await trustStore.recordCertificate({ serial: normalizeSerial(issued.serialNumber)!, role: 'admin', name: issued.identity.name, notAfter: Math.floor(issued.notAfter.getTime() / 1000) * 1000, issuedAt: Date.now(), issuedBy: 'controller' });
+    }
     const counters = new CounterStore();
     registerFleetMetrics(telemetry.meter('@edgeplane/controller'), { counters, registry, revision: () => store.chain.revision });
 
@@ -358,7 +363,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       fleet: fleetId,
       enrolledLabels: (node) => trustStore.enrolledLabels(node),
       forgetPreviousLabels: (node) => trustStore.forgetPreviousLabels(node),
-      isRevoked: (id) => id.role === 'node' && trustStore.isRevoked(id.name),
+      isRevoked: (id, serial) => (id.role === 'node' && trustStore.isRevoked(id.name)) || (serial !== undefined && trustStore.isCertificateRevoked(serial)),
       onDenied: (method, id, reason) => {
         denied.add(1, { method, role: id?.role ?? 'none', reason });
         log('warn', 'call refused', { method, caller: id ? `${id.role}/${id.name}` : 'anonymous', reason });
@@ -366,14 +371,15 @@ export async function startController(config: ControllerConfig, extras: StartExt
     });
     // A revocation (from any replica, through the KV watch) closes the node's open streams at once.
     trustStore.onRevoked((r) => sessions.closeNode(r.node, new UnauthenticatedError(`node ${r.node} was revoked`, 'REVOKED')));
+    // An admin's label change (on any replica, through the same KV watch as revocations): the
+    // node says hello again, learns the new labels from the welcome and compiles for them.
+    trustStore.onLabelsChanged((node, labels) => {
+      registry.relabel(node, labels);
+      sessions.closeNode(node, new UnavailableError(`node ${node}: labels changed by an admin; reconnect`));
+    });
     const trustApi = new TrustApi({
       ca,
       store: trustStore,
-      // The node says hello again, with its old labels, and learns the new ones from the welcome.
-      onLabelsChanged: (node, labels) => {
-        registry.relabel(node, labels);
-        sessions.closeNode(node, new UnavailableError(`node ${node}: labels changed by an admin; reconnect`));
-      },
       nodeCertLifetimeMs: config.nodeCertLifetimeMs,
       ...((extras.natsCredentials ?? authority) ? { natsCredentials: (extras.natsCredentials ?? authority)! } : {}),
     });

@@ -36,6 +36,7 @@ export {
   type InterfaceAttacher,
 } from './agent/agent-runtime.js';
 export { ControllerLink, type ControllerLinkOptions } from './agent/controller-link.js';
+export { agentNatsOptions } from './agent/nats-connect-options.js';
 export { VerifiedHead, type Head } from './agent/verified-head.js';
 export {
   CONDITION_APPLY_ROLLBACK_FAILED,

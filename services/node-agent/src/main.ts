@@ -134,9 +134,10 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       ...(fleetId ? { fleetId } : {}),
       ...(identity
         ? {
-            // An admin changed the node's labels (edgeplane node label): keep them for the next start.
+            // An admin changed the node's labels (edgeplane node label): the runtime compiles for
+            // them at once; keep them with the credentials for the next start.
             onEnrolledLabels: (l: Record<string, string>) => {
-              if (identity.adoptLabels(l)) log('warn', 'an admin changed this node\'s labels; they are stored and policies select on them after the agent restarts', { labels: l });
+              if (identity.adoptLabels(l)) log('info', 'stored the node labels the controller bound', { labels: l });
             },
           }
         : {}),

@@ -1,7 +1,8 @@
 import type { PeerCertificate } from 'node:tls';
 import { PermissionDeniedError, UnauthenticatedError } from '../errors.js';
 import { describeIdentity, identityFromPeerCertificate, type Identity, type Role } from '../pki/identity.js';
-import { sameLabels, type EnrolledLabels } from '../trust-store.js';
+import { sameLabels } from '@edgeplane/proto';
+import type { EnrolledLabels } from '../trust-store.js';
 
 /** Who may call what: every gRPC method of the edgeplane services, and only these. */
 const READ: readonly Role[] = ['viewer', 'operator', 'admin'];
@@ -43,6 +44,8 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[] | 'anyone'>> 
   '/edgeplane.v1.TrustService/RevokeNode': ADMIN,
   '/edgeplane.v1.TrustService/IssueCertificate': ADMIN,
   '/edgeplane.v1.TrustService/SetNodeLabels': ADMIN,
+  '/edgeplane.v1.TrustService/ListCertificates': ADMIN,
+  '/edgeplane.v1.TrustService/RevokeCertificate': ADMIN,
   '/grpc.health.v1.Health/Check': 'anyone',
   '/grpc.health.v1.Health/Watch': 'anyone',
   '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo': READ,
@@ -61,6 +64,8 @@ export interface Caller {
    * also speak AgentService for any node (development and tests only).
    */
   insecure: boolean;
+  /** The serial number of the caller's certificate (hex, as TLS gives it); undefined without one. */
+  serial?: string;
 }
 
 /** What a call exposes for authorization (grpc-js server calls have it). */
@@ -72,8 +77,11 @@ export interface AuthenticatedCall {
 export interface AuthorizerOptions {
   insecure: boolean;
   fleet: string;
-  /** True if the identity was revoked (nodes: by name). */
-  isRevoked(identity: Identity): boolean;
+  /**
+   * True if the caller was revoked: nodes by name, any certificate by its serial number (hex,
+   * as the TLS peer certificate gives it).
+   */
+  isRevoked(identity: Identity, serial: string | undefined): boolean;
   /**
    * The labels bound to a node at enrollment (TrustStore); a node's hello must carry them.
    * Unset: hello labels are not checked (only with insecure).
@@ -115,11 +123,14 @@ export class Authorizer {
     const identity = this.identityOf(call);
     if (allowed === 'anyone') return { identity, insecure: false };
     if (!identity) throw this.#deny(method, undefined, new UnauthenticatedError(`${method} needs a client certificate from this fleet's CA`, 'NO_IDENTITY'));
-    if (this.#options.isRevoked(identity)) throw this.#deny(method, identity, new UnauthenticatedError(`${describeIdentity(identity)} was revoked`, 'REVOKED'));
+    const serial = call.getAuthContext()?.sslPeerCertificate?.serialNumber;
+    // A revoked certificate no longer proves who the caller is: UNAUTHENTICATED (like an expired
+    // one), before any role check, whatever the method.
+    if (this.#options.isRevoked(identity, serial)) throw this.#deny(method, identity, new UnauthenticatedError(`${describeIdentity(identity)} was revoked`, 'REVOKED'));
     if (!allowed || !allowed.includes(identity.role)) {
       throw this.#deny(method, identity, new PermissionDeniedError(`${describeIdentity(identity)} may not call ${method}`, 'ROLE_NOT_ALLOWED'));
     }
-    return { identity, insecure: false };
+    return { identity, insecure: false, ...(serial ? { serial } : {}) };
   }
 
   /**
