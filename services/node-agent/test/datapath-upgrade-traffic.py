@@ -144,9 +144,12 @@ def client(server_addr, denied_tcp, denied_udp):
     def connection_loop():
         long_lived = socket.create_connection((server_addr, ECHO_PORT), timeout=TIMEOUT)
         while not stop.is_set():
+            stage = "connect"
             try:
                 with socket.create_connection((server_addr, ECHO_PORT), timeout=TIMEOUT) as s:
+                    stage = f"exchange sport={s.getsockname()[1]}"
                     exchange(s)
+                stage = f"long-lived sport={long_lived.getsockname()[1]}"
                 exchange(long_lived)
                 with lock:
                     counts["ok"] += 1
@@ -156,7 +159,7 @@ def client(server_addr, denied_tcp, denied_udp):
                         print(json.dumps({"ok": counts["ok"]}), flush=True)
             except OSError as e:
                 with lock:
-                    counts["failures"].append(f"{time.monotonic():.3f} {e!r}")
+                    counts["failures"].append(f"{time.monotonic():.3f} {stage}: {e!r}")
                 # The long-lived connection may be the one that broke: open another.
                 try:
                     long_lived.close()

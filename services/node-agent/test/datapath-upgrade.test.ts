@@ -26,6 +26,7 @@ import { DEFAULT_OBJECT_PATH } from '../src/datapath/ebpf-datapath.js';
 import type { DatapathInstall, DatapathReset } from '../src/datapath/ebpf-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
 import { LAYOUT_MARKER, LAYOUT_VERSION, readLayoutVersion } from '../src/datapath/pin-layout.js';
+import type { ConntrackOccupancy } from '../src/datapath/conntrack.js';
 import type { ApplyResult } from '../src/datapath/datapath.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { mountBpffs, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
@@ -68,12 +69,19 @@ const workloadRules: RuleSetSpec = {
   defaultAction: 'deny',
 };
 
+// The stateful rule sets applied after the upgrade: the echo flow is tracked, and the workload
+// no longer allows W's traffic by a rule, so the echo replies pass only by their connection
+// entries. A reply classified by rules would meet the default deny and fail a connection.
+const uplinkStateful: RuleSetSpec = { ...uplinkRules, rules: uplinkRules.rules.map((rule) => (rule.id === 1 ? { ...rule, track: true } : rule)), trackEgress: true };
+const workloadStateful: RuleSetSpec = { ...workloadRules, rules: workloadRules.rules.filter((rule) => rule.id !== 12).map((rule) => (rule.id === 13 ? { ...rule, track: true } : rule)) };
+
 interface RoleOutput {
   pinRoot: string;
   adopted: boolean;
   install?: DatapathInstall;
   openMs: number;
   applied: ApplyResult[];
+  conntrack?: ConntrackOccupancy;
   xdpProgramId: number;
   tcProgramId: number;
   pinned: Record<string, number>;
@@ -226,9 +234,6 @@ test.serial('upgrade - a node on the previous version takes the new agent and ob
   const client = spawnIn(nsX, ['python3', '-u', trafficScript, 'client', W, '9090,9092', '9091,9093']);
   const okCount = (): number => Math.max(0, ...client.lines.map((line) => Number(line.ok ?? 0)));
   await until('20 connections before the upgrade', () => okCount() >= 20, () => client.stderr.join(''));
-  client.child.stdin.write('mark before\n');
-  await until('20 more connections', () => okCount() >= 40, () => client.stderr.join(''));
-
   client.child.stdin.write('mark upgrade-start\n');
   const upgrade = await worker('current', nsN, {
     op: 'open',
@@ -240,14 +245,23 @@ test.serial('upgrade - a node on the previous version takes the new agent and ob
   client.child.stdin.write('mark upgrade-end\n');
   const okAtUpgradeEnd = okCount();
   await until('20 connections after the upgrade', () => okCount() >= okAtUpgradeEnd + 20, () => client.stderr.join(''));
-  client.child.stdin.write('mark after\n');
-  // A restarted agent of the new version adopts what the upgrade left, as it is.
-  const restart = await worker('current', nsN, { op: 'open', roles: [{ pinRoot: uplinkRoot, apply: [uplinkRules] }, { pinRoot: workloadRoot, apply: [workloadRules] }] });
+  // A restarted agent of the new version adopts what the upgrade left, as it is, and goes
+  // stateful: the same rules, then the tracked ones.
+  client.child.stdin.write('mark stateful-start\n');
+  const restart = await worker('current', nsN, {
+    op: 'open',
+    roles: [
+      { pinRoot: uplinkRoot, apply: [uplinkRules, uplinkStateful] },
+      { pinRoot: workloadRoot, apply: [workloadRules, workloadStateful] },
+    ],
+  });
+  client.child.stdin.write('mark stateful-end\n');
   const okAtRestart = okCount();
-  await until('20 connections after the restart', () => okCount() >= okAtRestart + 20, () => client.stderr.join(''));
+  await until('20 connections on the stateful rule sets', () => okCount() >= okAtRestart + 20, () => client.stderr.join(''));
   client.child.stdin.write('mark end\n');
   const traffic = await stop(client);
   const received = await stop(server);
+  const last = await worker('current', nsN, { op: 'open', roles: [{ pinRoot: workloadRoot }] });
   t.log('traffic', JSON.stringify(traffic));
   t.log('server', JSON.stringify(received));
 
@@ -304,7 +318,10 @@ test.serial('upgrade - a node on the previous version takes the new agent and ob
     t.is(again?.install, undefined);
     t.deepEqual(again?.pinned, first.pinned);
     t.is(again?.applied[0]?.mode, 'unchanged');
+    t.is(again?.applied[1]?.mode, 'installed');
   }
+  // The echo flows went through the workload's connection table (its replies had no rule left).
+  t.true((last.roles?.[0]?.conntrack?.established ?? 0) > 0, `workload connection entries: ${JSON.stringify(last.roles?.[0]?.conntrack)} ${last.error ?? ''}`);
   t.log(`longest interval between successful connections: ${JSON.stringify(traffic.gapsMs)}; connections: ${JSON.stringify(traffic.okBetween)}`);
 });
 
