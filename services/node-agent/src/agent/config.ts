@@ -73,7 +73,7 @@ Usage: edgeplane-agent [flags]
                             whose agent refuses a newer pinned layout): pins removed, uplink egress trackers
                             detached, XDP and TC programs left enforcing until this agent replaces them
                             after applying its rule set; counters, token buckets and the connection table
-                            are lost (bpf/README.md, "Upgrades and the pinned layout")
+                            are lost; give it for one start only (bpf/README.md, "Upgrades and the pinned layout")
   --state-dir DIR           where the last applied revision is kept (EDGEPLANE_STATE_DIR, default /var/lib/edgeplane/agent)
   --trusted-key KEY         a controller public key: base64 of the raw 32-byte Ed25519 key, or @FILE with a
                             PEM public key; repeatable (EDGEPLANE_TRUSTED_KEYS, comma-separated); required
