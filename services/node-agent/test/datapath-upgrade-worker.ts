@@ -58,7 +58,7 @@ if (command.op === 'reset') {
       for (const ruleSet of role.apply ?? []) applied.push(await datapath.apply(ruleSet));
       for (const { iface, role: interfaceRole } of role.attach ?? []) datapath.attach(iface, interfaceRole, { xdpMode: 'auto' });
       // The previous version has no connection table: report one only where there is.
-      const conntrack = 'readConntrackOccupancy' in datapath ? datapath.readConntrackOccupancy() : undefined;
+      const conntrack = 'readConntrackOccupancy' in datapath ? { ...datapath.readConntrackOccupancy(), counters: datapath.readCounters().conntrack } : undefined;
       out.push({ pinRoot: role.pinRoot, adopted: datapath.adopted, install: datapath.install, openMs, applied, conntrack, xdpProgramId: datapath.xdpProgram.id, tcProgramId: datapath.tcProgram.id, pinned: pinnedIds(role.pinRoot) });
     } finally {
       datapath.close();

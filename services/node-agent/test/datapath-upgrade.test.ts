@@ -264,6 +264,7 @@ test.serial('upgrade - a node on the previous version takes the new agent and ob
   const last = await worker('current', nsN, { op: 'open', roles: [{ pinRoot: workloadRoot }] });
   t.log('traffic', JSON.stringify(traffic));
   t.log('server', JSON.stringify(received));
+  t.log('connection tables after the traffic', JSON.stringify(last.roles?.[0]?.conntrack));
 
   if (upgrade.roles === undefined) return t.fail(`the upgrade failed: ${upgrade.error}`);
   const [uplink, workload] = upgrade.roles as [RoleOutput, RoleOutput];
