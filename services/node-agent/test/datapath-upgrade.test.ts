@@ -69,11 +69,15 @@ const workloadRules: RuleSetSpec = {
   defaultAction: 'deny',
 };
 
-// The stateful rule sets applied after the upgrade: the echo flow is tracked, and the workload
-// no longer allows W's traffic by a rule, so the echo replies pass only by their connection
-// entries. A reply classified by rules would meet the default deny and fail a connection.
+// The stateful rule sets applied after the upgrade, in two steps as an operator would: first the
+// echo flow is tracked while W's replies are still allowed by rule 12 (flows in flight, admitted
+// statelessly, get their entries from their next packet), then rule 12 goes, so the echo
+// replies pass only by their connection entries. A reply classified by rules would meet the
+// default deny and fail a connection. (Dropping rule 12 in the same step as tracking starts
+// drops the replies of exchanges in flight at the switch, which no entry covers yet.)
 const uplinkStateful: RuleSetSpec = { ...uplinkRules, rules: uplinkRules.rules.map((rule) => (rule.id === 1 ? { ...rule, track: true } : rule)), trackEgress: true };
-const workloadStateful: RuleSetSpec = { ...workloadRules, rules: workloadRules.rules.filter((rule) => rule.id !== 12).map((rule) => (rule.id === 13 ? { ...rule, track: true } : rule)) };
+const workloadTracking: RuleSetSpec = { ...workloadRules, rules: workloadRules.rules.map((rule) => (rule.id === 13 ? { ...rule, track: true } : rule)) };
+const workloadStateful: RuleSetSpec = { ...workloadTracking, rules: workloadTracking.rules.filter((rule) => rule.id !== 12) };
 
 interface RoleOutput {
   pinRoot: string;
@@ -252,12 +256,15 @@ test.serial('upgrade - a node on the previous version takes the new agent and ob
     op: 'open',
     roles: [
       { pinRoot: uplinkRoot, apply: [uplinkRules, uplinkStateful] },
-      { pinRoot: workloadRoot, apply: [workloadRules, workloadStateful] },
+      { pinRoot: workloadRoot, apply: [workloadRules, workloadTracking] },
     ],
   });
-  client.child.stdin.write('mark stateful-end\n');
   const okAtRestart = okCount();
-  await until('20 connections on the stateful rule sets', () => okCount() >= okAtRestart + 20, () => client.stderr.join(''));
+  await until('20 connections on the tracking rule sets', () => okCount() >= okAtRestart + 20, () => client.stderr.join(''));
+  const stateful = await worker('current', nsN, { op: 'open', roles: [{ pinRoot: workloadRoot, apply: [workloadStateful] }] });
+  client.child.stdin.write('mark stateful-end\n');
+  const okAtStateful = okCount();
+  await until('20 connections on the stateful rule sets', () => okCount() >= okAtStateful + 20, () => client.stderr.join(''));
   client.child.stdin.write('mark end\n');
   const traffic = await stop(client);
   const received = await stop(server);
@@ -321,6 +328,7 @@ test.serial('upgrade - a node on the previous version takes the new agent and ob
     t.is(again?.applied[0]?.mode, 'unchanged');
     t.is(again?.applied[1]?.mode, 'installed');
   }
+  t.is(stateful.roles?.[0]?.applied[0]?.mode, 'installed', stateful.error);
   // The echo flows went through the workload's connection table (its replies had no rule left).
   t.true((last.roles?.[0]?.conntrack?.established ?? 0) > 0, `workload connection entries: ${JSON.stringify(last.roles?.[0]?.conntrack)} ${last.error ?? ''}`);
   t.log(`longest interval between successful connections: ${JSON.stringify(traffic.gapsMs)}; connections: ${JSON.stringify(traffic.okBetween)}`);
