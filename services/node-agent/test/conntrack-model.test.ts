@@ -12,6 +12,7 @@ import {
   keyId,
   parseCtPacket,
   reverseKey,
+  tcpTransition,
   type CtConfig,
   type CtEntry,
   type CtGenerationSpec,
@@ -22,6 +23,8 @@ import {
 import { RuleSetError } from '../src/datapath/errors.js';
 import { buildFrame, tcpFlags, type FrameSpec } from '../src/datapath/packet.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from '../src/datapath/rule-set.js';
+import { eventFrame, flowKey, randomScenario, type CtFlow, type CtScenarioGeneration } from './conntrack-sequences.js';
+import { prng } from './datapath-helpers.js';
 
 const { fin, syn, rst, ack } = tcpFlags;
 const S = 1_000_000_000n;
@@ -418,4 +421,66 @@ test('hooks - non-IP passes, malformed drops on ingress and passes on egress', (
   t.like(model.step(runt, 'edge_xdp', T0, config()), { verdict: 'drop', reason: 'malformed' });
   t.like(model.step(runt, 'edge_tc_egress', T0, config()), { verdict: 'pass', reason: 'malformed' });
   t.is(DEFAULT_CT_TIMEOUTS.tcpEstablished, 6n * 3600n * S);
+});
+
+test('generator - scenarios reach every row of the TCP table and every outcome of the model', (t) => {
+  const rng = prng(20261201);
+  const rows = new Set<string>();
+  const reasons = new Set<string>();
+  const model = new ConntrackModel({ entries: 4 });
+  for (let n = 0; n < 1500; n++) {
+    const scenario = randomScenario(rng);
+    model.clear();
+    let epoch = 0;
+    let c: CtConfig | undefined;
+    let now = T0;
+    for (const event of scenario.events) {
+      now += 1000n;
+      if (event.kind === 'generation') {
+        const g = scenario.generations[event.index] as CtScenarioGeneration;
+        c = { generation: ctGeneration({ ...g, epoch: ++epoch }), timeouts, control: [] };
+        continue;
+      }
+      if (c === undefined) throw new Error('a scenario starts with a generation');
+      const flow = scenario.flows[event.flow] as CtFlow;
+      if (event.kind === 'expire') {
+        for (const k of [flowKey(flow, 'a'), flowKey(flow, 'b')]) {
+          const found = model.get(k);
+          if (found !== undefined) model.put(found.table, k, { ...found.entry, expiresNs: 1n });
+        }
+        continue;
+      }
+      const frame = eventFrame(scenario, event);
+      const packet = parseCtPacket(frame);
+      const tuple = packet.kind === 'ip' ? packet.tuple : null;
+      const before = tuple === null ? [] : [model.get(tuple), model.get(reverseKey(tuple))];
+      const result = model.step(frame, event.hook, now, c);
+      reasons.add(result.reason);
+      if (result.reason === 'established' && tuple !== null && tuple.proto === 6 && packet.kind === 'ip') {
+        const was = result.direction === 'orig' && keyId(result.key as CtKey) === keyId(tuple) ? before[0] : before[1];
+        if (was !== undefined) rows.add(`${names[was.entry.state]}:${tcpTransition(was.entry.state, was.entry.flags, result.direction ?? 'orig', packet.tcpFlags).row}`);
+      }
+    }
+  }
+  const tcpStates = ['synSent', 'synRecv', 'established', 'finWait', 'closing', 'closed'];
+  const expected = [
+    ...tcpStates.flatMap((s) => [`${s}:rst`, `${s}:other`]),
+    'synSent:syn-retransmit',
+    'synSent:syn-ack',
+    'synRecv:ack',
+    'closed:reuse',
+    'closing:reuse',
+    ...['synSent', 'synRecv', 'established', 'finWait'].map((s) => `${s}:fin`),
+  ];
+  t.deepEqual(
+    expected.filter((row) => !rows.has(row)),
+    [],
+  );
+  t.deepEqual(
+    ['established', 'related', 'created', 'rule', 'default', 'cut', 'egress'].filter((r) => !reasons.has(r)),
+    [],
+  );
+  const stats = model.stats();
+  t.log(`rows ${[...rows].sort().join(' ')}; stats ${JSON.stringify(stats)}`);
+  for (const name of ['expired', 'insertFailed', 'promoted', 'related', 'cut'] as const) t.true(stats[name] > 0, name);
 });
