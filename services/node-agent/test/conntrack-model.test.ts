@@ -15,7 +15,6 @@ import {
   tcpTransition,
   type CtConfig,
   type CtEntry,
-  type CtGenerationSpec,
   type CtHook,
   type CtKey,
   type CtState,
@@ -46,12 +45,25 @@ const ruleSet: RuleSetSpec = {
   defaultAction: 'deny',
 };
 
-function config(spec: Partial<CtGenerationSpec> = {}, control: CtConfig['control'] = []): CtConfig {
-  return {
-    generation: ctGeneration({ ruleSet, trackedRuleIds: [1], trackDefault: false, trackEgress: true, cut: false, epoch: 1, ...spec }),
-    timeouts,
-    control,
+interface GenerationOptions {
+  ruleSet: RuleSetSpec;
+  trackedRuleIds: number[];
+  trackDefault: boolean;
+  trackEgress: boolean;
+  cut: boolean;
+  epoch: number;
+}
+
+function config(options: Partial<GenerationOptions> = {}, control: CtConfig['control'] = []): CtConfig {
+  const o: GenerationOptions = { ruleSet, trackedRuleIds: [1], trackDefault: false, trackEgress: true, cut: false, epoch: 1, ...options };
+  const spec: RuleSetSpec = {
+    rules: o.ruleSet.rules.map((rule) => ({ ...rule, track: o.trackedRuleIds.includes(rule.id) })),
+    defaultAction: o.ruleSet.defaultAction,
+    trackDefault: o.trackDefault,
+    trackEgress: o.trackEgress,
+    cutOnDeny: o.cut,
   };
+  return { generation: ctGeneration(spec, o.epoch), timeouts, control };
 }
 
 const tcp = (src: string, dst: string, sport: number, dport: number, flags: number): Uint8Array =>
@@ -407,10 +419,10 @@ test('tables - ep_ct_new evicts its least recently used entry when full', (t) =>
   );
 });
 
-test('ctGeneration - refuses an epoch of 0 and a tracked id no rule has', (t) => {
-  const spec = { ruleSet, trackedRuleIds: [1], trackDefault: false, trackEgress: false, cut: false, epoch: 1 };
-  t.throws(() => ctGeneration({ ...spec, epoch: 0 }), { instanceOf: RuleSetError, message: /epoch/ });
-  t.throws(() => ctGeneration({ ...spec, trackedRuleIds: [4] }), { instanceOf: RuleSetError, message: /trackedRuleIds\[0\]/ });
+test('ctGeneration - refuses an epoch of 0 or above u32, and a rule set validateRuleSet refuses', (t) => {
+  t.throws(() => ctGeneration(ruleSet, 0), { instanceOf: RuleSetError, message: /epoch/ });
+  t.throws(() => ctGeneration(ruleSet, 2 ** 32), { instanceOf: RuleSetError, message: /epoch/ });
+  t.throws(() => ctGeneration({ ...ruleSet, cutOnDeny: 'yes' as unknown as boolean }, 1), { instanceOf: RuleSetError, message: /cutOnDeny/ });
   t.is(keyId(tcpKey), keyId(key(A, B, 6, 40000, 80)));
   t.not(keyId(tcpKey), keyId(reverseKey(tcpKey)));
 });
@@ -438,7 +450,7 @@ test('generator - scenarios reach every row of the TCP table and every outcome o
       now += 1000n;
       if (event.kind === 'generation') {
         const g = scenario.generations[event.index] as CtScenarioGeneration;
-        c = { generation: ctGeneration({ ...g, epoch: ++epoch }), timeouts, control: [] };
+        c = { generation: ctGeneration(g.ruleSet, ++epoch), timeouts, control: [] };
         continue;
       }
       if (c === undefined) throw new Error('a scenario starts with a generation');

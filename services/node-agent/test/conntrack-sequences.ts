@@ -23,13 +23,9 @@ export interface CtFlow {
   readonly bPort: number;
 }
 
-/** A generation: its rule set (with what tracks) and its generation flags. */
+/** A generation: its rule set, with track flags and generation flags (trackEgress, cutOnDeny). */
 export interface CtScenarioGeneration {
   readonly ruleSet: RuleSetSpec;
-  readonly trackedRuleIds: readonly number[];
-  readonly trackDefault: boolean;
-  readonly trackEgress: boolean;
-  readonly cut: boolean;
 }
 
 /** One step of a scenario. */
@@ -156,12 +152,15 @@ function randomGeneration(rng: () => number, flows: readonly CtFlow[]): CtScenar
     rules.push(rule);
   }
   const stateful = rng() < 0.85;
+  for (const rule of rules) rule.track = stateful && rule.action !== 'deny' && rng() < 0.85;
   return {
-    ruleSet: { rules, defaultAction: rng() < 0.4 ? 'allow' : 'deny' },
-    trackedRuleIds: stateful ? rules.filter((r) => r.action !== 'deny' && rng() < 0.85).map((r) => r.id) : [],
-    trackDefault: stateful && rng() < 0.5,
-    trackEgress: stateful && rng() < 0.8,
-    cut: stateful && rng() < 0.5,
+    ruleSet: {
+      rules,
+      defaultAction: rng() < 0.4 ? 'allow' : 'deny',
+      trackDefault: stateful && rng() < 0.5,
+      trackEgress: stateful && rng() < 0.8,
+      cutOnDeny: stateful && rng() < 0.5,
+    },
   };
 }
 

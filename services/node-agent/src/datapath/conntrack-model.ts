@@ -7,7 +7,7 @@
 // (marked "Assumed:"), and test/conntrack-model.test.ts pins each row of its tables.
 import { firstMatch, parseFrame, parseIpPacket, ReferenceClassifier } from './reference-classifier.js';
 import { RuleSetError } from './errors.js';
-import { DEFAULT_RULE_ID, validateRuleSet, type Classification, type NormalizedRuleSet, type PacketHeaders, type RuleSetSpec } from './rule-set.js';
+import { DEFAULT_RULE_ID, EGRESS_RULE_ID, validateRuleSet, type Classification, type NormalizedRuleSet, type PacketHeaders, type RuleSetSpec } from './rule-set.js';
 
 /** `enum ep_ct_state`: the numbers are the kernel's. */
 export const ctStates = { none: 0, synSent: 1, synRecv: 2, established: 3, finWait: 4, closing: 5, closed: 6, udp: 7, icmp: 8 } as const;
@@ -16,7 +16,7 @@ export type CtState = (typeof ctStates)[keyof typeof ctStates];
 /** `EP_CT_F_*` bits of ep_ct_entry.flags. */
 export const ctFlags = { seenReply: 0x01, finOrig: 0x02, finReply: 0x04, egress: 0x08 } as const;
 /** `EP_CT_RULE_EGRESS`: the rule id of an entry uplink egress tracking created. */
-export const CT_RULE_EGRESS = 0xffff_fffe;
+export const CT_RULE_EGRESS = EGRESS_RULE_ID;
 /** `enum ep_ct_stat`, in the kernel's order (index = enum value). */
 export const ctStatNames = ['established', 'related', 'created', 'promoted', 'insertFailed', 'expired', 'cut', 'control'] as const;
 /** One of ctStatNames. */
@@ -87,41 +87,27 @@ export interface CtControlEndpoint {
   readonly port: number;
 }
 
-/** What one generation adds to its rule set: rule flags (track) and `struct ep_gen_cfg`. */
-export interface CtGenerationSpec {
-  readonly ruleSet: RuleSetSpec;
-  /** Ids of the rules whose action word has EP_RULE_F_TRACK. */
-  readonly trackedRuleIds: readonly number[];
-  /** The default action carries EP_RULE_F_TRACK. */
-  readonly trackDefault: boolean;
-  /** EP_GEN_F_TRACK_EGRESS. */
-  readonly trackEgress: boolean;
-  /** EP_GEN_F_CUT. */
-  readonly cut: boolean;
+/**
+ * A live generation as the programs see it: its rule set (whose rules and default action carry
+ * EP_RULE_F_TRACK as `track` / `trackDefault`, and whose `trackEgress` / `cutOnDeny` are
+ * `struct ep_gen_cfg`'s flags) and its epoch. Build with ctGeneration() once per apply. Inert.
+ */
+export interface CtGeneration {
+  readonly spec: RuleSetSpec;
+  readonly ruleSet: NormalizedRuleSet;
   /** u32, never 0. */
   readonly epoch: number;
 }
 
-/** A validated generation; build with ctGeneration() once per apply. Inert. */
-export interface CtGeneration {
-  readonly spec: CtGenerationSpec;
-  readonly ruleSet: NormalizedRuleSet;
-  readonly tracked: ReadonlySet<number>;
-}
-
 /**
  * Validates a generation.
- * @returns a new CtGeneration. @throws RuleSetError (as validateRuleSet(), or for an epoch that is
- * not a nonzero u32 or a tracked id no rule has).
+ * @returns a new CtGeneration. @throws RuleSetError (as validateRuleSet(), or for an epoch that
+ * is not a nonzero u32).
  */
-export function ctGeneration(spec: CtGenerationSpec): CtGeneration {
-  const ruleSet = validateRuleSet(spec.ruleSet);
-  if (!Number.isInteger(spec.epoch) || spec.epoch < 1 || spec.epoch > 0xffff_ffff) throw new RuleSetError('epoch', `must be an integer in 1..${0xffff_ffff}, got ${spec.epoch}`);
-  const ids = new Set(ruleSet.rules.map((rule) => rule.id));
-  spec.trackedRuleIds.forEach((id, i) => {
-    if (!ids.has(id)) throw new RuleSetError(`trackedRuleIds[${i}]`, `no rule has id ${id}`);
-  });
-  return { spec, ruleSet, tracked: new Set(spec.trackedRuleIds) };
+export function ctGeneration(spec: RuleSetSpec, epoch: number): CtGeneration {
+  const ruleSet = validateRuleSet(spec);
+  if (!Number.isInteger(epoch) || epoch < 1 || epoch > 0xffff_ffff) throw new RuleSetError('epoch', `must be an integer in 1..${0xffff_ffff}, got ${epoch}`);
+  return { spec, ruleSet, epoch };
 }
 
 /** What step() reads besides the packet: the live generation and the agent's settings. */
@@ -435,7 +421,7 @@ export class ConntrackModel {
     const generation = config.generation;
     const start = creationState(packet);
     if (egress) {
-      if (!generation.spec.trackEgress || start === undefined || packet.tuple === null) return { verdict: 'pass', reason: 'egress' };
+      if (!generation.ruleSet.trackEgress || start === undefined || packet.tuple === null) return { verdict: 'pass', reason: 'egress' };
       return this.#create(packet.tuple, start, frame.length, now, config, CT_RULE_EGRESS, ctFlags.egress, undefined);
     }
     const classification = classifier.classifyHeaders(packet.headers, frame.length);
@@ -443,7 +429,7 @@ export class ConntrackModel {
     const reason = classification.kind;
     if (classification.verdict === 'drop') return { verdict: 'drop', reason, classification };
     const ruleId = classification.kind === 'rule' ? classification.ruleId : DEFAULT_RULE_ID;
-    const tracks = classification.kind === 'rule' ? generation.tracked.has(ruleId) : generation.spec.trackDefault;
+    const tracks = classification.kind === 'rule' ? generation.ruleSet.rules[classification.ruleIndex]?.track === true : generation.ruleSet.trackDefault;
     if (!tracks || start === undefined || packet.tuple === null) return { verdict: 'pass', reason, classification };
     return this.#create(packet.tuple, start, frame.length, now, config, ruleId, 0, classification);
   }
@@ -491,9 +477,9 @@ export class ConntrackModel {
 
   #classifierFor(generation: CtGeneration): ReferenceClassifier {
     if (this.#classifier === undefined) {
-      this.#classifier = new ReferenceClassifier(generation.spec.ruleSet, this.#classifierNow === undefined ? {} : { now: this.#classifierNow });
+      this.#classifier = new ReferenceClassifier(generation.spec, this.#classifierNow === undefined ? {} : { now: this.#classifierNow });
     } else if (this.#generation !== generation) {
-      this.#classifier.replace(generation.spec.ruleSet);
+      this.#classifier.replace(generation.spec);
     }
     this.#generation = generation;
     return this.#classifier;
@@ -544,13 +530,13 @@ export class ConntrackModel {
     // Assumed: egress never sets the epoch (it does not re-check, so setting it would let an
     // outbound packet excuse the flow from the next inbound re-check); the epoch is set only by a
     // re-check that keeps the entry.
-    if (!egress && generation.spec.cut && entry.epoch !== generation.spec.epoch) {
+    if (!egress && generation.ruleSet.cutOnDeny && entry.epoch !== generation.epoch) {
       if (this.#recheckDrops(stored.key, entry, generation)) {
         this.#tables[table].delete(keyId(stored.key));
         this.#stats.cut++;
         return { verdict: 'drop', reason: 'cut', key: stored.key, table, direction };
       }
-      entry.epoch = generation.spec.epoch;
+      entry.epoch = generation.epoch;
     }
     let kind: CtTimeoutKind;
     if (stored.key.proto === TCP) {
@@ -609,7 +595,7 @@ export class ConntrackModel {
       packets: [1n, 0n],
       bytes: [BigInt(length), 0n],
       ruleId,
-      epoch: config.generation.spec.epoch,
+      epoch: config.generation.epoch,
       state: start.state,
       flags: start.flags | flags,
     };
