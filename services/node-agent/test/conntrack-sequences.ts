@@ -63,11 +63,19 @@ const tcpTotal = tcpChoices.reduce((n, [, w]) => n + w, 0);
 const v4 = ['10.1.0.1', '10.1.0.2', '10.1.0.3', '192.0.2.7'];
 const v6 = ['2001:db8:1::1', '2001:db8:1::2', '2001:db8:1::3', 'fd00::7'];
 
+/** Options of randomScenario(). */
+export interface RandomScenarioOptions {
+  /** Most events after the first generation switch. Default 40. */
+  readonly maxEvents?: number;
+  /** Leave out ICMP errors sent through the uplink's egress hook. Default false. */
+  readonly noEgressIcmpErrors?: boolean;
+}
+
 /**
  * Draws one scenario from `rng` (a seeded PRNG returning [0, 1)).
  * @returns a new scenario; the same rng state always gives the same scenario.
  */
-export function randomScenario(rng: () => number, options: { maxEvents?: number } = {}): CtScenario {
+export function randomScenario(rng: () => number, options: RandomScenarioOptions = {}): CtScenario {
   const int = (lo: number, hi: number): number => lo + Math.floor(rng() * (hi - lo + 1));
   const pick = <T>(list: readonly T[]): T => list[Math.floor(rng() * list.length)] as T;
   const role: CtRole = rng() < 0.6 ? 'uplink' : 'workload';
@@ -112,7 +120,8 @@ export function randomScenario(rng: () => number, options: { maxEvents?: number 
     } else if (roll < 0.16) {
       const f = flows[flow] as CtFlow;
       const types = f.family === 4 ? [3, 3, 11, 12, 5] : [1, 2, 2, 3, 4, 137];
-      events.push({ kind: 'icmp-error', flow, quoteFrom: rng() < 0.5 ? 'a' : 'b', hook: pick(hooks), type: pick(types), router: rng() < 0.5 });
+      const hook = options.noEgressIcmpErrors === true ? (hooks[0] as CtHook) : pick(hooks);
+      events.push({ kind: 'icmp-error', flow, quoteFrom: rng() < 0.5 ? 'a' : 'b', hook, type: pick(types), router: rng() < 0.5 });
     } else {
       // Mostly the conversation goes a first, then both ways.
       const from = rng() < 0.55 ? 'a' : 'b';

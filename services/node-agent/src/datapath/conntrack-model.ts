@@ -177,6 +177,7 @@ const FIN = 0x01;
 const SYN = 0x02;
 const RST = 0x04;
 const ACK = 0x10;
+const both: readonly CtDirection[] = ['orig', 'reply'];
 const icmpErrors = { 4: new Set([3, 11, 12]), 6: new Set([1, 2, 3, 4]) } as const;
 const echo = { 4: { request: 8, reply: 0, proto: 1 }, 6: { request: 128, reply: 129, proto: 58 } } as const;
 
@@ -407,7 +408,12 @@ export class ConntrackModel {
       return { verdict: 'pass', reason: 'control' };
     }
     if (packet.tuple !== null) {
-      const found = this.#lookup(packet.tuple, now);
+      // An echo request is only ever the original direction and an echo reply the reply one
+      // ("reply 0/129 in the reply direction"; Linux keys ICMP by type, so a request the other
+      // way round is a flow of its own).
+      const isEcho = packet.tuple.proto !== TCP && packet.tuple.proto !== UDP;
+      const directions: readonly CtDirection[] = !isEcho ? both : packet.echoRequest ? ['orig'] : ['reply'];
+      const found = this.#lookup(packet.tuple, now, directions);
       if (found !== undefined) return this.#onEntry(found, packet, frame.length, egress, now, config);
     }
     // Step 4 is not part of the egress program (CONNTRACK.md: "steps 1-3 and 5").
@@ -435,11 +441,12 @@ export class ConntrackModel {
   }
 
   /**
-   * The entry stored under exactly `key` (not its reverse), expired or not; no side effects.
+   * The entry stored under exactly `key` (not its reverse) in `only` (default: ep_ct, then
+   * ep_ct_new), expired or not; no side effects.
    * @returns a copy with its table, or undefined.
    */
-  get(key: CtKey): { table: CtTable; entry: CtEntry } | undefined {
-    for (const table of ['established', 'new'] as const) {
+  get(key: CtKey, only?: CtTable): { table: CtTable; entry: CtEntry } | undefined {
+    for (const table of only === undefined ? (['established', 'new'] as const) : [only]) {
       const stored = this.#tables[table].get(keyId(key));
       if (stored !== undefined) return { table, entry: copy(stored.entry) };
     }
@@ -496,9 +503,10 @@ export class ConntrackModel {
   // Step 3: the tuple in ep_ct, its reverse in ep_ct, then both in ep_ct_new; expired entries met
   // on the way are deleted and counted. Assumed: step 4's lookup of a quoted tuple is the same
   // lookup, expiry included.
-  #lookup(tuple: CtKey, now: bigint): { table: CtTable; stored: Stored; direction: CtDirection } | undefined {
+  #lookup(tuple: CtKey, now: bigint, directions: readonly CtDirection[] = both): { table: CtTable; stored: Stored; direction: CtDirection } | undefined {
     for (const table of ['established', 'new'] as const) {
-      for (const [direction, key] of [['orig', tuple], ['reply', reverseKey(tuple)]] as const) {
+      for (const direction of directions) {
+        const key = direction === 'orig' ? tuple : reverseKey(tuple);
         const id = keyId(key);
         const stored = this.#tables[table].get(id);
         if (stored === undefined) continue;
@@ -527,11 +535,12 @@ export class ConntrackModel {
     let table = found.table;
     const entry = stored.entry;
     const generation = config.generation;
-    // Assumed: egress never sets the epoch (it does not re-check, so setting it would let an
-    // outbound packet excuse the flow from the next inbound re-check); the epoch is set only by a
-    // re-check that keeps the entry.
-    if (!egress && generation.ruleSet.cutOnDeny && entry.epoch !== generation.epoch) {
-      if (this.#recheckDrops(stored.key, entry, generation)) {
+    // "Otherwise set entry.epoch" read as: every packet that is not cut, on the hooks that
+    // re-check (with or without CUT; every apply has a new epoch, so a later CUT generation
+    // re-checks either way). Assumed: egress never sets the epoch (it does not re-check, so
+    // setting it would let an outbound packet excuse the flow from the next inbound re-check).
+    if (!egress) {
+      if (generation.ruleSet.cutOnDeny && entry.epoch !== generation.epoch && this.#recheckDrops(stored.key, entry, generation)) {
         this.#tables[table].delete(keyId(stored.key));
         this.#stats.cut++;
         return { verdict: 'drop', reason: 'cut', key: stored.key, table, direction };
