@@ -67,6 +67,8 @@ const v6 = ['2001:db8:1::1', '2001:db8:1::2', '2001:db8:1::3', 'fd00::7'];
 export interface RandomScenarioOptions {
   /** Most events after the first generation switch. Default 40. */
   readonly maxEvents?: number;
+  /** Most generations (rule sets) a scenario switches between. Default 3. */
+  readonly maxGenerations?: number;
   /** Leave out ICMP errors sent through the uplink's egress hook. Default false. */
   readonly noEgressIcmpErrors?: boolean;
 }
@@ -104,7 +106,22 @@ export function randomScenario(rng: () => number, options: RandomScenarioOptions
     const bPort = a === b && rng() < 0.5 ? aPort : pick([80, 443, 53, 40000]);
     flows.push({ family, proto, a, b, aPort, bPort });
   }
-  const generations = Array.from({ length: int(1, 3) }, () => randomGeneration(rng, flows));
+  const generations = Array.from({ length: int(1, options.maxGenerations ?? 3) }, () => randomGeneration(rng, flows));
+  return { role, flows, generations, events: randomEvents(rng, role, flows, generations.length, options) };
+}
+
+/**
+ * Draws another event sequence for `scenario`'s flows and generations (a fresh table each time,
+ * the rule sets already installed).
+ * @returns a new scenario sharing flows and generations with `scenario`.
+ */
+export function nextSequence(rng: () => number, scenario: CtScenario, options: RandomScenarioOptions = {}): CtScenario {
+  return { ...scenario, events: randomEvents(rng, scenario.role, scenario.flows, scenario.generations.length, options) };
+}
+
+function randomEvents(rng: () => number, role: CtRole, flows: readonly CtFlow[], generationCount: number, options: RandomScenarioOptions): CtEvent[] {
+  const int = (lo: number, hi: number): number => lo + Math.floor(rng() * (hi - lo + 1));
+  const pick = <T>(list: readonly T[]): T => list[Math.floor(rng() * list.length)] as T;
   const events: CtEvent[] = [{ kind: 'generation', index: 0 }];
   const count = int(4, options.maxEvents ?? 40);
   const hooks: readonly CtHook[] = role === 'uplink' ? ['edge_xdp', 'edge_tc_egress'] : ['edge_tc'];
@@ -113,8 +130,8 @@ export function randomScenario(rng: () => number, options: RandomScenarioOptions
   for (let i = 0; i < count; i++) {
     const roll = rng();
     const flow = int(0, flows.length - 1);
-    if (roll < 0.05 && generations.length > 1) {
-      events.push({ kind: 'generation', index: int(0, generations.length - 1) });
+    if (roll < 0.05 && generationCount > 1) {
+      events.push({ kind: 'generation', index: int(0, generationCount - 1) });
     } else if (roll < 0.09) {
       events.push({ kind: 'expire', flow });
     } else if (roll < 0.16) {
@@ -138,7 +155,7 @@ export function randomScenario(rng: () => number, options: RandomScenarioOptions
       events.push({ kind: 'packet', flow, from, hook, tcp, echo: rng() < 0.7 === (from === 'a') ? 'request' : 'reply', payload: pick([0, 0, 10, 100]) });
     }
   }
-  return { role, flows, generations, events };
+  return events;
 }
 
 function randomGeneration(rng: () => number, flows: readonly CtFlow[]): CtScenarioGeneration {
