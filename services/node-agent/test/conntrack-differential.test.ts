@@ -15,6 +15,7 @@ import { parseAddress } from '@edgeplane/proto';
 import {
   ConntrackModel,
   ctGeneration,
+  ctTimeouts,
   keyId,
   parseCtPacket,
   reverseKey,
@@ -65,8 +66,7 @@ const CT_ENTRIES = 3;
 const CT_NEW_ENTRIES = 4096;
 /** Distinct timeouts, so a deadline tells which one was applied. */
 const CONFIG: ConntrackConfig = { tcpSynMs: 60_000, tcpEstablishedMs: 21_600_000, tcpClosingMs: 10_000, udpMs: 61_000, icmpMs: 62_000 };
-const ms = (n: number): bigint => BigInt(n) * 1_000_000n;
-const TIMEOUTS = { tcpSyn: ms(CONFIG.tcpSynMs), tcpEstablished: ms(CONFIG.tcpEstablishedMs), tcpClosing: ms(CONFIG.tcpClosingMs), udp: ms(CONFIG.udpMs), icmp: ms(CONFIG.icmpMs) };
+const TIMEOUTS = ctTimeouts(CONFIG);
 /** Control endpoints some generated flows use (192.0.2.7 and fd00::7 are flow addresses; 443 a port). */
 const CONTROL: ControlEndpoint[] = [
   { family: 4, proto: 'tcp', addr: '192.0.2.7', port: 443 },

@@ -4,7 +4,6 @@ import test from 'ava';
 import { parseAddress } from '@edgeplane/proto';
 import {
   ConntrackModel,
-  CT_RULE_EGRESS,
   ctFlags,
   ctGeneration,
   ctStates,
@@ -21,7 +20,7 @@ import {
 } from '../src/datapath/conntrack-model.js';
 import { RuleSetError } from '../src/datapath/errors.js';
 import { buildFrame, tcpFlags, type FrameSpec } from '../src/datapath/packet.js';
-import { DEFAULT_RULE_ID, type RuleSetSpec } from '../src/datapath/rule-set.js';
+import { DEFAULT_RULE_ID, EGRESS_RULE_ID, type RuleSetSpec } from '../src/datapath/rule-set.js';
 import { eventFrame, flowKey, randomScenario, type CtFlow, type CtScenarioGeneration } from './conntrack-sequences.js';
 import { prng } from './datapath-helpers.js';
 
@@ -258,10 +257,14 @@ test('lookup - ep_ct before ep_ct_new, orig before reply; a tuple that collides 
   const self = key(A, A, 17, 7, 7);
   model.put('established', self, entry(ctStates.udp));
   t.is(model.step(udp(A, A, 7, 7), 'edge_tc', T0, config()).direction, 'orig');
-  // ICMP echo: a request the other way with the same id is the reply direction of the entry.
+  // ICMP echo: the type gives the direction. A request the other way with the same id is not a
+  // reply (classified: default deny here), nor is a reply the original way round.
   model.step(icmp(A, B, 8, 42), 'edge_tc', T0, config());
-  const back = model.step(icmp(B, A, 8, 42), 'edge_tc', T0, config());
+  t.deepEqual(model.step(icmp(B, A, 8, 42), 'edge_tc', T0, config()).reason, 'default');
+  t.deepEqual(model.step(icmp(A, B, 0, 42), 'edge_tc', T0, config()).reason, 'rule');
+  const back = model.step(icmp(B, A, 0, 42), 'edge_tc', T0, config());
   t.deepEqual([back.reason, back.direction, back.table], ['established', 'reply', 'established']);
+  t.like(model.step(icmp(A, B, 8, 42), 'edge_tc', T0, config()), { reason: 'established', direction: 'orig' });
 });
 
 test('expiry - a passed deadline deletes the entry, counts EXPIRED, and the packet is classified afresh', (t) => {
@@ -320,7 +323,7 @@ test('egress - creates EGRESS entries with trackEgress, always passes, never cla
   const model = new ConntrackModel();
   const c = config();
   const out = model.step(tcp(A, '10.0.0.4', 40000, 443, syn), 'edge_tc_egress', T0, c);
-  t.deepEqual([out.verdict, out.reason, out.entry?.ruleId, out.entry?.flags], ['pass', 'created', CT_RULE_EGRESS, ctFlags.egress]);
+  t.deepEqual([out.verdict, out.reason, out.entry?.ruleId, out.entry?.flags], ['pass', 'created', EGRESS_RULE_ID, ctFlags.egress]);
   // The reply comes in on XDP: no rule allows 10.0.0.4, the entry passes it.
   const back = model.step(tcp('10.0.0.4', A, 443, 40000, syn | ack), 'edge_xdp', T0, c);
   t.deepEqual([back.reason, back.entry?.state, back.entry?.flags], ['established', ctStates.synRecv, ctFlags.egress | ctFlags.seenReply]);
@@ -349,12 +352,12 @@ test('cut - a change that denies a tracked flow ends it at its next packet; KEEP
   model.step(tcp(A, B, 40000, 80, syn), 'edge_xdp', T0, before);
   model.step(tcp(B, A, 80, 40000, syn | ack), 'edge_xdp', T0, before);
   const denyAll: RuleSetSpec = { rules: [], defaultAction: 'deny' };
-  // KEEP: the entry runs on, its epoch untouched.
+  // KEEP: the entry runs on; an ingress packet sets the epoch ("otherwise set entry.epoch").
   const keep = config({ ruleSet: denyAll, trackedRuleIds: [], cut: false, epoch: 2 });
-  t.like(model.step(tcp(A, B, 40000, 80, ack), 'edge_xdp', T0, keep), { verdict: 'pass', entry: { epoch: 1 } });
+  t.like(model.step(tcp(A, B, 40000, 80, ack), 'edge_xdp', T0, keep), { verdict: 'pass', entry: { epoch: 2 } });
   // An egress packet under CUT neither re-checks nor sets the epoch.
   const cut = config({ ruleSet: denyAll, trackedRuleIds: [], cut: true, epoch: 3 });
-  t.like(model.step(tcp(A, B, 40000, 80, ack), 'edge_tc_egress', T0, cut), { verdict: 'pass', entry: { epoch: 1 } });
+  t.like(model.step(tcp(A, B, 40000, 80, ack), 'edge_tc_egress', T0, cut), { verdict: 'pass', entry: { epoch: 2 } });
   const dropped = model.step(tcp(B, A, 80, 40000, ack), 'edge_xdp', T0, cut);
   t.deepEqual([dropped.verdict, dropped.reason, dropped.entry], ['drop', 'cut', undefined]);
   t.is(model.get(tcpKey), undefined);

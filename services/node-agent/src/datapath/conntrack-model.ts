@@ -6,6 +6,7 @@
 // TCP state machine. Where the contract is silent the choice is written next to the code
 // (marked "Assumed:"), and test/conntrack-model.test.ts pins each row of its tables.
 import { firstMatch, parseFrame, parseIpPacket, ReferenceClassifier } from './reference-classifier.js';
+import { CONNTRACK_STAT_NAMES, conntrackTimeoutsNs, DEFAULT_CONNTRACK_CONFIG, type ConntrackConfig } from './conntrack.js';
 import { RuleSetError } from './errors.js';
 import { DEFAULT_RULE_ID, EGRESS_RULE_ID, validateRuleSet, type Classification, type NormalizedRuleSet, type PacketHeaders, type RuleSetSpec } from './rule-set.js';
 
@@ -15,17 +16,13 @@ export const ctStates = { none: 0, synSent: 1, synRecv: 2, established: 3, finWa
 export type CtState = (typeof ctStates)[keyof typeof ctStates];
 /** `EP_CT_F_*` bits of ep_ct_entry.flags. */
 export const ctFlags = { seenReply: 0x01, finOrig: 0x02, finReply: 0x04, egress: 0x08 } as const;
-/** `EP_CT_RULE_EGRESS`: the rule id of an entry uplink egress tracking created. */
-export const CT_RULE_EGRESS = EGRESS_RULE_ID;
-/** `enum ep_ct_stat`, in the kernel's order (index = enum value). */
-export const ctStatNames = ['established', 'related', 'created', 'promoted', 'insertFailed', 'expired', 'cut', 'control'] as const;
+/** `enum ep_ct_stat`, in the kernel's order (the agent's CONNTRACK_STAT_NAMES). */
+export const ctStatNames = CONNTRACK_STAT_NAMES;
 /** One of ctStatNames. */
-export type CtStatName = (typeof ctStatNames)[number];
+export type CtStatName = (typeof CONNTRACK_STAT_NAMES)[number];
 /** Default capacities of `ep_ct_new` (LRU) and `ep_ct` (never evicts). */
 export const CT_NEW_ENTRIES = 65_536;
 export const CT_ENTRIES = 262_144;
-
-const SECOND = 1_000_000_000n;
 
 /** `struct ep_ct_cfg` in nanoseconds, by `enum ep_ct_timeout`. */
 export interface CtTimeouts {
@@ -36,14 +33,17 @@ export interface CtTimeouts {
   readonly icmp: bigint;
 }
 
-/** Cilium's defaults, as CONNTRACK.md: SYN 60 s, established 6 h, closing 10 s, UDP 60 s, ICMP 60 s. */
-export const DEFAULT_CT_TIMEOUTS: CtTimeouts = {
-  tcpSyn: 60n * SECOND,
-  tcpEstablished: 6n * 3600n * SECOND,
-  tcpClosing: 10n * SECOND,
-  udp: 60n * SECOND,
-  icmp: 60n * SECOND,
-};
+/**
+ * The timeouts the agent writes to ep_ct_cfg for `config`, as the model uses them.
+ * @returns nanoseconds. @throws ConntrackInputError as conntrackTimeoutsNs().
+ */
+export function ctTimeouts(config: ConntrackConfig): CtTimeouts {
+  const [tcpSyn, tcpEstablished, tcpClosing, udp, icmp] = conntrackTimeoutsNs(config) as [bigint, bigint, bigint, bigint, bigint];
+  return { tcpSyn, tcpEstablished, tcpClosing, udp, icmp };
+}
+
+/** CONNTRACK.md's defaults (Cilium's): SYN 60 s, established 6 h, closing 10 s, UDP 60 s, ICMP 60 s. */
+export const DEFAULT_CT_TIMEOUTS: CtTimeouts = ctTimeouts(DEFAULT_CONNTRACK_CONFIG);
 
 /** `struct ep_ct_key`: the flow in its original direction. Addresses are 16 bytes (IPv4 in the first 4). */
 export interface CtKey {
@@ -64,7 +64,7 @@ export interface CtEntry {
   /** [original, reply] direction. */
   packets: [bigint, bigint];
   bytes: [bigint, bigint];
-  /** The admitting rule's id; DEFAULT_RULE_ID for the default action, CT_RULE_EGRESS for egress tracking. */
+  /** The admitting rule's id; DEFAULT_RULE_ID for the default action, EGRESS_RULE_ID for egress tracking. */
   ruleId: number;
   epoch: number;
   state: CtState;
@@ -379,7 +379,7 @@ export class ConntrackModel {
   readonly #classifierNow: (() => bigint) | undefined;
   // Map order is the LRU order of ep_ct_new: least recently used first.
   readonly #tables: Record<CtTable, Map<string, Stored>> = { new: new Map(), established: new Map() };
-  readonly #stats: Record<CtStatName, number> = Object.fromEntries(ctStatNames.map((name) => [name, 0])) as Record<CtStatName, number>;
+  readonly #stats: Record<CtStatName, number> = Object.fromEntries(CONNTRACK_STAT_NAMES.map((name) => [name, 0])) as Record<CtStatName, number>;
   #classifier: ReferenceClassifier | undefined;
   #generation: CtGeneration | undefined;
 
@@ -428,7 +428,7 @@ export class ConntrackModel {
     const start = creationState(packet);
     if (egress) {
       if (!generation.ruleSet.trackEgress || start === undefined || packet.tuple === null) return { verdict: 'pass', reason: 'egress' };
-      return this.#create(packet.tuple, start, frame.length, now, config, CT_RULE_EGRESS, ctFlags.egress, undefined);
+      return this.#create(packet.tuple, start, frame.length, now, config, EGRESS_RULE_ID, ctFlags.egress, undefined);
     }
     const classification = classifier.classifyHeaders(packet.headers, frame.length);
     if (classification.kind !== 'rule' && classification.kind !== 'default') throw new Error('unreachable: headers classify to a rule or the default');
