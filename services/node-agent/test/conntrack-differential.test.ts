@@ -78,6 +78,19 @@ type KernelEntry = CodecValue<typeof epCtEntry>;
 
 const toKernelKey = (key: CtKey): CodecValue<typeof epCtKey> => ({ family: key.family, proto: key.proto, pad: 0, sport: key.sport, dport: key.dport, src: key.src, dst: key.dst });
 
+/** Every entry of ep_ct or ep_ct_new, decoded with the agent's codecs. */
+function readTable(map: BpfMap): { key: CtKey; entry: KernelEntry }[] {
+  const out: { key: CtKey; entry: KernelEntry }[] = [];
+  for (const chunk of map.getBatches(256)) {
+    for (let i = 0; i < chunk.count; i++) {
+      const k = epCtKey.decode(chunk.keys.subarray(i * map.keySize, (i + 1) * map.keySize));
+      const key: CtKey = { family: k.family === 6 ? 6 : 4, proto: k.proto, sport: k.sport, dport: k.dport, src: new Uint8Array(k.src), dst: new Uint8Array(k.dst) };
+      out.push({ key, entry: epCtEntry.decode(chunk.values.subarray(i * map.valueSize, (i + 1) * map.valueSize)) });
+    }
+  }
+  return out;
+}
+
 function comparable(entry: CtEntry | KernelEntry): Record<string, unknown> {
   return {
     state: entry.state,
@@ -111,17 +124,7 @@ test('conntrack differential - the kernel state machine equals the reference mod
   const reasons = new Map<string, number>();
   let packets = 0;
 
-  const dump = (table: CtTable): Map<string, { key: CtKey; entry: KernelEntry }> => {
-    const out = new Map<string, { key: CtKey; entry: KernelEntry }>();
-    for (const chunk of maps[table].getBatches(256)) {
-      chunk.keys.forEach((raw, i) => {
-        const k = epCtKey.decode(raw);
-        const key: CtKey = { family: k.family === 6 ? 6 : 4, proto: k.proto, sport: k.sport, dport: k.dport, src: new Uint8Array(k.src), dst: new Uint8Array(k.dst) };
-        out.set(keyId(key), { key, entry: epCtEntry.decode(chunk.values[i] as Uint8Array) });
-      });
-    }
-    return out;
-  };
+  const dump = (table: CtTable): Map<string, { key: CtKey; entry: KernelEntry }> => new Map(readTable(maps[table]).map((e) => [keyId(e.key), e]));
   // ep_ct_stats, and the rule counters by rule id (the default action's as DEFAULT_RULE_ID).
   const kernelCounts = (): { stats: Record<CtStatName, number>; rules: Map<number, number> } => {
     const counters = datapath.readCounters();
@@ -273,15 +276,7 @@ async function runCase(ruleSet: RuleSetSpec, steps: readonly (readonly [CtHook, 
     const programs = { edge_xdp: datapath.xdpProgram, edge_tc: datapath.tcProgram, edge_tc_egress: datapath.tcEgressProgram };
     const model = new ConntrackModel();
     const kernelTables = (): string[] =>
-      (['established', 'new'] as const).flatMap((table) =>
-        [...maps[table].getBatches(256)].flatMap((chunk) =>
-          chunk.keys.map((raw, i) => {
-            const k = epCtKey.decode(raw);
-            const key: CtKey = { family: k.family === 6 ? 6 : 4, proto: k.proto, sport: k.sport, dport: k.dport, src: new Uint8Array(k.src), dst: new Uint8Array(k.dst) };
-            return `${table} ${keyId(key)} ${JSON.stringify(comparable(epCtEntry.decode(chunk.values[i] as Uint8Array)))}`;
-          }),
-        ),
-      ).sort();
+      (['established', 'new'] as const).flatMap((table) => readTable(maps[table]).map(({ key, entry }) => `${table} ${keyId(key)} ${JSON.stringify(comparable(entry))}`)).sort();
     const modelTables = (): string[] =>
       (['established', 'new'] as const).flatMap((table) => model.entries(table).map(({ key, entry }) => `${table} ${keyId(key)} ${JSON.stringify(comparable(entry))}`)).sort();
     const kernel: CaseOutcome['kernel'][number][] = [];

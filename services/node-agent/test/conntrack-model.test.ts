@@ -308,12 +308,18 @@ test('icmp errors - an error quoting a tracked flow (either way) passes as relat
 
 test('parse - tuples, flags, echo ids and quotes; untracked fragments and short headers', (t) => {
   const p = parseCtPacket(tcp(A, B, 1, 2, syn | ack));
-  t.like(p, { kind: 'ip', tcpFlags: syn | ack, srcPort: 1 });
+  t.like(p, { kind: 'ip', tcpFlags: syn | ack, ports: { src: 1, dst: 2 } });
   t.deepEqual(p.kind === 'ip' ? p.tuple : null, key(A, B, 6, 1, 2));
   const fragment = parseCtPacket(buildFrame({ src: A, dst: B, protocol: 'udp', fragment: { offset: 3 } }));
   t.like(fragment, { kind: 'ip', tuple: null });
   const short = tcp(A, B, 1, 2, syn).slice(0, 14 + 20 + 13);
-  t.like(parseCtPacket(short), { kind: 'ip', tuple: null, srcPort: 1 });
+  t.like(parseCtPacket(short), { kind: 'ip', tuple: null, ports: { src: 1, dst: 2 } });
+  // A quote of an IPv6 packet with extension headers is not looked into.
+  const quoted = parseCtPacket(
+    buildFrame({ src: B6, dst: A6, protocol: 'icmp', icmpType: 1, icmpQuote: { src: A6, dst: B6, protocol: 'udp', srcPort: 1, dstPort: 2, extensionHeaders: [{ type: 'destination' }] } }),
+  );
+  t.like(quoted, { kind: 'ip', quoted: null });
+  t.like(parseCtPacket(buildFrame({ src: B6, dst: A6, protocol: 'icmp', icmpType: 1, icmpQuote: { src: A6, dst: B6, protocol: 'udp', srcPort: 1, dstPort: 2 } })), { quoted: key(A6, B6, 17, 1, 2) });
   t.like(parseCtPacket(buildFrame({ src: A6, dst: B6, protocol: 'icmp', icmpType: 129, icmpId: 3 })), { echoRequest: false });
   t.deepEqual(parseCtPacket(icmp(A, B, 0, 3)).kind === 'ip' ? (parseCtPacket(icmp(A, B, 0, 3)) as { tuple: CtKey }).tuple : null, key(A, B, 1, 3, 3));
   t.like(parseCtPacket(icmp(A, B, 13, 3)), { tuple: null, quoted: null });
@@ -337,13 +343,16 @@ test('egress - creates EGRESS entries with trackEgress, always passes, never cla
   t.is(model.step(icmp(A, '10.0.0.4', 3, 0, { src: '10.0.0.4', dst: A, protocol: 'tcp', srcPort: 443, dstPort: 40000 }), 'edge_tc_egress', T0, c).reason, 'egress');
 });
 
-test('control - packets from a control endpoint pass first, on every hook, even when denied', (t) => {
+test('control - packets from a control endpoint pass first, even when denied; at uplink egress packets to it, creating no entry', (t) => {
   const model = new ConntrackModel();
   const c = config({}, [{ family: 4, proto: 6, addr: parseAddress('10.0.0.9') as Uint8Array, port: 4222 }]);
-  for (const hook of ['edge_xdp', 'edge_tc', 'edge_tc_egress'] as CtHook[]) t.is(model.step(tcp('10.0.0.9', A, 4222, 5555, ack), hook, T0, c).reason, 'control');
+  for (const hook of ['edge_xdp', 'edge_tc'] as CtHook[]) t.is(model.step(tcp('10.0.0.9', A, 4222, 5555, ack), hook, T0, c).reason, 'control');
+  t.is(model.step(tcp(A, '10.0.0.9', 5555, 4222, syn), 'edge_tc_egress', T0, c).reason, 'control');
+  t.is(model.step(tcp('10.0.0.9', A, 4222, 5555, ack), 'edge_tc_egress', T0, c).reason, 'created');
   t.is(model.step(tcp('10.0.0.9', A, 4223, 5555, ack), 'edge_xdp', T0, c).verdict, 'drop');
+  t.like(model.step(buildFrame({ src: '10.0.0.9', dst: A, protocol: 'udp', srcPort: 4222 }), 'edge_xdp', T0, c), { verdict: 'drop', reason: 'rule' });
   t.is(model.stats().control, 3);
-  t.is(model.entries('new').length, 0);
+  t.is(model.entries('new').length, 1);
 });
 
 test('cut - a change that denies a tracked flow ends it at its next packet; KEEP keeps it', (t) => {

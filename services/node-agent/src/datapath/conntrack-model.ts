@@ -167,8 +167,8 @@ export type CtPacket =
       readonly echoRequest: boolean;
       /** ICMP errors: the tuple of the quoted packet, when it has a tracked protocol. */
       readonly quoted: CtKey | null;
-      /** Source port for the control bypass (0 without one). */
-      readonly srcPort: number;
+      /** TCP/UDP ports for the control bypass (null for other protocols and non-first fragments). */
+      readonly ports: { readonly src: number; readonly dst: number } | null;
     };
 
 const TCP = 6;
@@ -178,16 +178,18 @@ const SYN = 0x02;
 const RST = 0x04;
 const ACK = 0x10;
 const both: readonly CtDirection[] = ['orig', 'reply'];
+/** IPv6 extension headers parseFrame() walks (hop-by-hop, routing, fragment, AH, destination). */
+const ipv6ExtensionHeaders = new Set([0, 43, 44, 51, 60]);
 const icmpErrors = { 4: new Set([3, 11, 12]), 6: new Set([1, 2, 3, 4]) } as const;
 const echo = { 4: { request: 8, reply: 0, proto: 1 }, 6: { request: 128, reply: 129, proto: 58 } } as const;
 
 /**
  * Parses what connection tracking reads from a frame: parseFrame()'s headers (the classifier's
  * own parser), then ports, TCP flags, the ICMP echo identifier and an ICMP error's quoted tuple.
- * Assumed where CONNTRACK.md is silent: a packet whose tracked fields are cut short (a TCP header
- * under 14 bytes, an ICMP header under 8) or a non-first fragment is not tracked (classified
- * every time); an ICMP error's quote is parsed as the outer family, IPv6 extension headers walked
- * as in the outer packet; a quoted TCP/UDP packet needs its 4 port bytes, a quoted echo its 8.
+ * As CONNTRACK.md: a packet whose tracked fields are cut short (a TCP header under 14 bytes, an
+ * ICMP header under 8) or a non-first fragment is not tracked (classified every time); a quote
+ * whose IPv6 header is followed by extension headers gives no tuple. Assumed: the quote is parsed
+ * as the outer family; a quoted TCP/UDP packet needs its 4 port bytes, a quoted echo its 8.
  * @returns the parsed packet; never throws.
  */
 export function parseCtPacket(frame: Uint8Array): CtPacket {
@@ -195,7 +197,7 @@ export function parseCtPacket(frame: Uint8Array): CtPacket {
   if (parsed.kind !== 'ip') return parsed;
   const headers = parsed.headers;
   const off = parsed.l4Offset;
-  const base = { kind: 'ip' as const, headers, tuple: null, tcpFlags: 0, echoRequest: false, quoted: null, srcPort: 0 };
+  const base = { kind: 'ip' as const, headers, tuple: null, tcpFlags: 0, echoRequest: false, quoted: null, ports: null };
   if (off === null) return base;
   const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
   const p = headers.protocol;
@@ -203,8 +205,9 @@ export function parseCtPacket(frame: Uint8Array): CtPacket {
     // parseFrame() has checked the 4 port bytes.
     const sport = view.getUint16(off);
     const dport = view.getUint16(off + 2);
-    if (p === TCP && off + 14 > frame.length) return { ...base, srcPort: sport };
-    return { ...base, srcPort: sport, tuple: keyOf(headers, sport, dport), tcpFlags: p === TCP ? (frame[off + 13] as number) : 0 };
+    const ports = { src: sport, dst: dport };
+    if (p === TCP && off + 14 > frame.length) return { ...base, ports };
+    return { ...base, ports, tuple: keyOf(headers, sport, dport), tcpFlags: p === TCP ? (frame[off + 13] as number) : 0 };
   }
   const icmp = echo[headers.family];
   if (p !== icmp.proto || off + 8 > frame.length) return base;
@@ -218,6 +221,8 @@ export function parseCtPacket(frame: Uint8Array): CtPacket {
 }
 
 function quotedTuple(frame: Uint8Array, view: DataView, off: number, family: 4 | 6): CtKey | null {
+  // CONNTRACK.md: an inner IPv6 header followed by extension headers is not looked into.
+  if (family === 6 && off + 40 <= frame.length && ipv6ExtensionHeaders.has(frame[off + 6] as number)) return null;
   const inner = parseIpPacket(frame, off, family);
   if (inner.kind !== 'ip' || inner.l4Offset === null) return null;
   const at = inner.l4Offset;
@@ -403,7 +408,7 @@ export class ConntrackModel {
       const verdict = egress || packet.kind === 'non-ip' ? 'pass' : 'drop';
       return { verdict, reason: packet.kind, ...(classification === undefined ? {} : { classification }) };
     }
-    if (this.#isControl(packet, config.control)) {
+    if (this.#isControl(packet, egress, config.control)) {
       this.#stats.control++;
       return { verdict: 'pass', reason: 'control' };
     }
@@ -492,12 +497,14 @@ export class ConntrackModel {
     return this.#classifier;
   }
 
-  // Assumed: a packet without a port (ICMP, other protocols) matches a control entry with port 0.
-  #isControl(packet: Extract<CtPacket, { kind: 'ip' }>, control: readonly CtControlEndpoint[]): boolean {
+  // Step 2, TCP/UDP only: the packet's source; at uplink egress its destination (the node
+  // talking to a control endpoint).
+  #isControl(packet: Extract<CtPacket, { kind: 'ip' }>, egress: boolean, control: readonly CtControlEndpoint[]): boolean {
     const h = packet.headers;
-    return control.some(
-      (c) => c.family === h.family && c.proto === h.protocol && c.port === packet.srcPort && c.addr.length === h.src.length && c.addr.every((b, i) => b === h.src[i]),
-    );
+    if (packet.ports === null) return false;
+    const addr = egress ? h.dst : h.src;
+    const port = egress ? packet.ports.dst : packet.ports.src;
+    return control.some((c) => c.family === h.family && c.proto === h.protocol && c.port === port && c.addr.length === addr.length && c.addr.every((b, i) => b === addr[i]));
   }
 
   // Step 3: the tuple in ep_ct, its reverse in ep_ct, then both in ep_ct_new; expired entries met
