@@ -320,6 +320,20 @@ test('conntrack differential - a TCP header cut short before its flags is classi
   t.deepEqual(outcome.kernelStats, outcome.modelStats);
 });
 
+test('conntrack differential - an ICMPv6 error quoting a tracked flow is related unless the quote has extension headers', async (t) => {
+  const quote: FrameSpec = { src: '2001:db8::2', dst: '2001:db8::1', protocol: 'udp', srcPort: 53, dstPort: 5000 };
+  const error = (extra: Partial<FrameSpec>): Uint8Array => buildFrame({ src: '2001:db8::99', dst: '2001:db8::2', protocol: 'icmp', icmpType: 2, icmpQuote: { ...quote, ...extra } });
+  const outcome = await runCase({ ...allowTracked, defaultAction: 'deny', rules: [{ id: 1, srcCidrs: ['2001:db8::2/128'], dstCidrs: [], protocol: 'udp', dstPorts: [], action: 'allow', track: true }] }, [
+    ['edge_tc', udpFrame('2001:db8::2', '2001:db8::1', 53, 5000)],
+    ['edge_tc', error({})],
+    ['edge_tc', error({ extensionHeaders: [{ type: 'destination' }] })],
+    ['edge_tc', error({ extensionHeaders: [{ type: 'fragment', offset: 0 }] })],
+  ]);
+  t.deepEqual(outcome.model.map((step) => step.retval), [TC_ACT_OK, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_SHOT]);
+  t.deepEqual(outcome.kernel, outcome.model);
+  t.deepEqual(outcome.kernelStats, outcome.modelStats);
+});
+
 // Kernel deviation (ct-datapath): edge_tc_egress runs step 4 and counts RELATED. CONNTRACK.md:
 // "Uplink egress (edge_tc_egress): steps 1-3 and 5". The verdict is the same (egress always
 // passes); only ep_ct_stats differs. Flip to test() once the kernel follows the contract.
