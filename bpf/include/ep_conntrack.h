@@ -379,8 +379,9 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		}
 	}
 
-	/* 4. ICMP errors about a tracked flow pass (path MTU discovery needs them). */
-	if (p.ct == EP_CTK_ICMP_ERR && ep_ct_related(data, data_end, &p, now)) {
+	/* 4. ICMP errors about a tracked flow pass (path MTU discovery needs them). Not at uplink
+	 * egress, which passes everything anyway (CONNTRACK.md: steps 1-3 and 5 there). */
+	if (hook != EP_HOOK_EGRESS && p.ct == EP_CTK_ICMP_ERR && ep_ct_related(data, data_end, &p, now)) {
 		ep_ct_stat(EP_CT_STAT_RELATED, len);
 		return EP_PASS;
 	}

@@ -35,11 +35,6 @@ import { epCtEntry, epCtKey } from '../src/datapath/table-codecs.js';
 import { describeEvent, eventFrame, flowKey, nextSequence, randomScenario, type CtScenario } from './conntrack-sequences.js';
 import { mountBpffs, prng, seedFromEnv, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
 
-/**
- * Leave out what the kernel is known to do differently from CONNTRACK.md (each is pinned by a
- * `test.failing` below), so the rest keeps being compared. EDGEPLANE_CT_STRICT=1 puts them back.
- */
-const KNOWN_DEVIATIONS = process.env.EDGEPLANE_CT_STRICT !== '1';
 
 const bpffs = mountBpffs();
 test.after.always(() => bpffs.unmount());
@@ -138,7 +133,7 @@ test('conntrack differential - the kernel state machine equals the reference mod
 
   let first: CtScenario | undefined;
   for (let n = 0; n < SCENARIOS * SEQUENCES; n++) {
-    const options = { ...SHAPE, noEgressIcmpErrors: KNOWN_DEVIATIONS };
+    const options = { ...SHAPE };
     const scenario: CtScenario = n % SEQUENCES === 0 || first === undefined ? randomScenario(rng, options) : nextSequence(rng, first, options);
     first = scenario;
     const history: string[] = [];
@@ -337,7 +332,7 @@ test('conntrack differential - an ICMPv6 error quoting a tracked flow is related
 // Kernel deviation (ct-datapath): edge_tc_egress runs step 4 and counts RELATED. CONNTRACK.md:
 // "Uplink egress (edge_tc_egress): steps 1-3 and 5". The verdict is the same (egress always
 // passes); only ep_ct_stats differs. Flip to test() once the kernel follows the contract.
-test.failing('conntrack differential - known deviation: uplink egress does not count an ICMP error quoting a tracked flow as RELATED', async (t) => {
+test('conntrack differential - uplink egress does not count an ICMP error quoting a tracked flow as RELATED', async (t) => {
   const quote: FrameSpec = { src: '10.1.0.2', dst: '10.1.0.1', protocol: 'udp', srcPort: 53, dstPort: 5000 };
   const outcome = await runCase(allowTracked, [
     ['edge_xdp', udpFrame('10.1.0.2', '10.1.0.1', 53, 5000)],

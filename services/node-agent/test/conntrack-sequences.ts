@@ -69,8 +69,6 @@ export interface RandomScenarioOptions {
   readonly maxEvents?: number;
   /** Most generations (rule sets) a scenario switches between. Default 3. */
   readonly maxGenerations?: number;
-  /** Leave out ICMP errors sent through the uplink's egress hook. Default false. */
-  readonly noEgressIcmpErrors?: boolean;
 }
 
 /**
@@ -137,7 +135,7 @@ function randomEvents(rng: () => number, role: CtRole, flows: readonly CtFlow[],
     } else if (roll < 0.16) {
       const f = flows[flow] as CtFlow;
       const types = f.family === 4 ? [3, 3, 11, 12, 5] : [1, 2, 2, 3, 4, 137];
-      const hook = options.noEgressIcmpErrors === true ? (hooks[0] as CtHook) : pick(hooks);
+      const hook = pick(hooks);
       events.push({ kind: 'icmp-error', flow, quoteFrom: rng() < 0.5 ? 'a' : 'b', hook, type: pick(types), router: rng() < 0.5 });
     } else {
       // Mostly the conversation goes a first, then both ways.
