@@ -3,6 +3,7 @@ import {
   MAX_CONDITION_MESSAGE_LENGTH,
   RevisionOutcome,
   type ConditionReport,
+  type ConntrackStatus,
   type CounterReport,
   type NodeCondition,
   type InterfaceCounters,
@@ -18,6 +19,7 @@ import type { InterfaceRole } from '../datapath/interface-role.js';
 import { RollbackError } from '../datapath/errors.js';
 import type { RuleSetSpec } from '../datapath/rule-set.js';
 import { compileIntent, type CompiledIntent, type RuleOrigin } from './compile.js';
+import { conntrackStatus } from './connection-query.js';
 import type { AppliedState, StateStore } from './state-file.js';
 
 const tracer = trace.getTracer('@edgeplane/node-agent');
@@ -142,6 +144,8 @@ export class NodeAgent {
   #stateFileFailures: MetricCounter;
   #closed = false;
   #origins: Record<InterfaceRole, Map<number, RuleOrigin>> = { uplink: new Map(), workload: new Map() };
+  /** The conntrack status last reported (JSON), so an unchanged one is not sent again. */
+  #lastConntrack = '';
   #running: Promise<void> | undefined;
   #wanted: { chain: IntentChain; context: Context | undefined; receivedAt: bigint; links: Link[] } | undefined;
   #lastCounters: Partial<Record<InterfaceRole, DatapathCounters>> = {};
@@ -412,11 +416,21 @@ export class NodeAgent {
     this.#origins = { uplink: compiled.uplink.origins, workload: compiled.workload.origins };
   }
 
-  /** Counter deltas since the previous call, attributed to policy rules; undefined when nothing moved. */
+  /** The policy rule a rule id of `role`'s live rule set came from (undefined for ids it does not have). */
+  ruleOrigin(role: InterfaceRole, ruleId: number): RuleOrigin | undefined {
+    return this.#origins[role].get(ruleId);
+  }
+
+  /**
+   * Counter deltas since the previous call, attributed to policy rules, with the connection
+   * tables' status (as it is now) when it changed since the last report; undefined when nothing
+   * moved.
+   */
   counterDeltas(): CounterReport | undefined {
     const now = new Date();
     const rules = new Map<string, RuleCounters>();
     const interfaces: InterfaceCounters[] = [];
+    const conntrack: ConntrackStatus[] = [];
     let moved = false;
     const seen = new Set<Datapath>();
     for (const role of ROLES) {
@@ -432,6 +446,7 @@ export class NodeAgent {
       }
       const before = this.#lastCounters[role];
       this.#lastCounters[role] = current;
+      if (current.conntrack) conntrack.push(conntrackStatus(role, current.conntrack));
       const live = this.#live?.[role];
       const actions = new Map(live?.rules.map((r) => [r.id, r.action]) ?? []);
       const iface: InterfaceCounters = { interface: role, passedPackets: 0n, droppedPackets: 0n, passedBytes: 0n, droppedBytes: 0n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n };
@@ -480,7 +495,11 @@ export class NodeAgent {
     }
     const start = this.#lastCountersAt;
     this.#lastCountersAt = now;
-    if (!moved) return undefined;
-    return { startTime: start, endTime: now, rules: [...rules.values()], interfaces, appliedRevision: this.#applied };
+    // Occupancy is a level, not a delta: sent whenever it (or a conntrack count) changed.
+    const ctKey = JSON.stringify(conntrack, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+    const ctChanged = conntrack.length > 0 && ctKey !== this.#lastConntrack;
+    if (!moved && !ctChanged) return undefined;
+    this.#lastConntrack = ctKey;
+    return { startTime: start, endTime: now, rules: [...rules.values()], interfaces: moved ? interfaces : [], appliedRevision: this.#applied, conntrack };
   }
 }

@@ -38,12 +38,20 @@ export interface RuleSpec {
   action: RuleAction;
   /** Required with `rate_limit`: a token bucket per source address, `burst` deep, refilled at `pps`. */
   rateLimit?: { pps: number; burst: number };
+  /** An allowed packet with no connection entry creates one (EP_RULE_F_TRACK, bpf/CONNTRACK.md). Default false. */
+  track?: boolean;
 }
 
 /** An ordered rule set: index 0 has the highest priority, the first match wins. */
 export interface RuleSetSpec {
   rules: RuleSpec[];
   defaultAction: DefaultAction;
+  /** A packet passed by the default action creates a connection entry (the default's EP_RULE_F_TRACK). Default false. */
+  trackDefault?: boolean;
+  /** Uplink egress creates entries for new outbound flows (EP_GEN_F_TRACK_EGRESS). Default false. */
+  trackEgress?: boolean;
+  /** Established flows are re-checked when the rule set changes and cut if now denied (EP_GEN_F_CUT). Default false. */
+  cutOnDeny?: boolean;
 }
 
 /** A rule after validation: prefixes parsed, "any" spelled as null. */
