@@ -170,7 +170,7 @@ test.serial('AgentService - counter reports with too many entries or overlong na
   for (const [i, rules] of reports.entries()) {
     const s = connect();
     s.send(hello(`counting-${i}`));
-    s.send({ message: { $case: 'counters', counters: { startTime: undefined, endTime: undefined, rules, interfaces: [], appliedRevision: 0n } } });
+    s.send({ message: { $case: 'counters', counters: { startTime: undefined, endTime: undefined, rules, interfaces: [], appliedRevision: 0n, conntrack: [] } } });
     const err = await s.ended;
     s.close();
     t.is(err?.code, grpc.status.INVALID_ARGUMENT, err?.details);
