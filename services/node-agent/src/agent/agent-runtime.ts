@@ -14,7 +14,7 @@ import {
   type TrustedKeys,
 } from '@edgeplane/proto';
 import { ChainFollower, IntentLog, type ChainFollowerStats } from '@edgeplane/intent-log';
-import type { ConnectionReader, Datapath } from '../datapath/datapath.js';
+import type { Datapath } from '../datapath/datapath.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { answerConnectionsQuery } from './connection-query.js';
 import { ControllerLink } from './controller-link.js';
@@ -122,11 +122,6 @@ function describeInterfaces(o: AgentRuntimeOptions): NodeInterface[] {
   });
 }
 
-/** The datapath as a connection reader, if it keeps connections. */
-function connectionReader(datapath: Datapath): ConnectionReader | undefined {
-  return 'listConnections' in datapath && typeof datapath.listConnections === 'function' ? (datapath as Datapath & ConnectionReader) : undefined;
-}
-
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
@@ -216,7 +211,7 @@ export class AgentRuntime {
       },
       onStateChange: (up, reason) => options.log('info', up ? 'controller connected' : 'controller disconnected', { reason }),
       onConnectionsQuery: (query) =>
-        answerConnectionsQuery({ readers: { uplink: connectionReader(options.datapaths.uplink), workload: connectionReader(options.datapaths.workload) }, origin: (role, id) => agent.ruleOrigin(role, id) }, query),
+        answerConnectionsQuery({ readers: options.datapaths, origin: (role, id) => agent.ruleOrigin(role, id) }, query),
       ...(options.onEnrolledLabels ? { onWelcome: (w: ControllerWelcome) => options.onEnrolledLabels!(w.enrolledLabels) } : {}),
     });
     ref.link = link;

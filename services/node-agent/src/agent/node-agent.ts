@@ -14,6 +14,7 @@ import {
 } from '@edgeplane/proto';
 import type { IntentChain } from '@edgeplane/intent-log';
 import { extractTraceContext, injectTraceContext } from '@edgeplane/telemetry';
+import type { ConntrackOccupancy } from '../datapath/conntrack.js';
 import type { Counter, Datapath, DatapathCounters } from '../datapath/datapath.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { RollbackError } from '../datapath/errors.js';
@@ -24,6 +25,8 @@ import type { AppliedState, StateStore } from './state-file.js';
 
 const tracer = trace.getTracer('@edgeplane/node-agent');
 const ROLES: InterfaceRole[] = ['uplink', 'workload'];
+/** How often counter reports re-read connection-table occupancy: each read walks both tables (batch lookups). */
+const OCCUPANCY_EVERY_MS = 30_000;
 /** What a datapath enforces before its first apply: every packet passes. */
 const UNCONFIGURED: RuleSetSpec = { rules: [], defaultAction: 'allow' };
 /** Condition: a partial apply could not be undone, the datapath state is unknown (retried until known). */
@@ -146,6 +149,7 @@ export class NodeAgent {
   #origins: Record<InterfaceRole, Map<number, RuleOrigin>> = { uplink: new Map(), workload: new Map() };
   /** The conntrack status last reported (JSON), so an unchanged one is not sent again. */
   #lastConntrack = '';
+  #occupancyRead: Partial<Record<InterfaceRole, { at: number; value: ConntrackOccupancy }>> = {};
   #running: Promise<void> | undefined;
   #wanted: { chain: IntentChain; context: Context | undefined; receivedAt: bigint; links: Link[] } | undefined;
   #lastCounters: Partial<Record<InterfaceRole, DatapathCounters>> = {};
@@ -416,6 +420,23 @@ export class NodeAgent {
     this.#origins = { uplink: compiled.uplink.origins, workload: compiled.workload.origins };
   }
 
+  /**
+   * `role`'s connection-table occupancy, read at most every OCCUPANCY_EVERY_MS (a read walks
+   * both tables); the newest reading in between. Undefined if it was never read successfully.
+   */
+  #occupancy(role: InterfaceRole, dp: Datapath, nowMs: number): ConntrackOccupancy | undefined {
+    const have = this.#occupancyRead[role];
+    if (have && nowMs - have.at < OCCUPANCY_EVERY_MS) return have.value;
+    try {
+      const value = dp.readConntrackOccupancy();
+      this.#occupancyRead[role] = { at: nowMs, value };
+      return value;
+    } catch (err) {
+      this.#o.log('warn', 'read conntrack occupancy', { role, error: (err as Error).message });
+      return have?.value;
+    }
+  }
+
   /** The policy rule a rule id of `role`'s live rule set came from (undefined for ids it does not have). */
   ruleOrigin(role: InterfaceRole, ruleId: number): RuleOrigin | undefined {
     return this.#origins[role].get(ruleId);
@@ -446,7 +467,8 @@ export class NodeAgent {
       }
       const before = this.#lastCounters[role];
       this.#lastCounters[role] = current;
-      if (current.conntrack) conntrack.push(conntrackStatus(role, current.conntrack));
+      const occupancy = this.#occupancy(role, dp, now.getTime());
+      if (occupancy) conntrack.push(conntrackStatus(role, current.conntrack, occupancy, 'conntrackCapacity' in dp ? (dp.conntrackCapacity as ConntrackOccupancy) : undefined));
       const live = this.#live?.[role];
       const actions = new Map(live?.rules.map((r) => [r.id, r.action]) ?? []);
       const iface: InterfaceCounters = { interface: role, passedPackets: 0n, droppedPackets: 0n, passedBytes: 0n, droppedBytes: 0n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n };

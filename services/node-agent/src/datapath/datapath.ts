@@ -1,5 +1,6 @@
 // The narrow interfaces the agent's logic takes, so it can run against the eBPF datapath or an
 // in-memory one (the simulated fleet).
+import type { ConnectionEntry, ConnectionFilter, ConntrackCounters, ConntrackOccupancy, ControlEndpoint } from './conntrack.js';
 import type { RuleSetSpec } from './rule-set.js';
 
 /** Packets and bytes. */
@@ -22,73 +23,8 @@ export interface DatapathCounters {
   readonly unconfigured: Counter;
   /** Packets a rate_limit rule matched and dropped (also counted under that rule). */
   readonly rateLimited: Counter;
-  /** The connection tables (bpf/CONNTRACK.md); absent where the datapath has none. */
-  readonly conntrack?: ConntrackCounters;
-}
-
-/** What a datapath's connection tables hold now and counted since they were created (ep_ct_stats). */
-export interface ConntrackCounters {
-  /** Packets passed by an entry. */
-  readonly established: Counter;
-  /** ICMP errors passed because they are about a tracked flow. */
-  readonly related: Counter;
-  readonly created: Counter;
-  readonly promoted: Counter;
-  readonly insertFailed: Counter;
-  readonly expired: Counter;
-  readonly cut: Counter;
-  /** Packets passed by the control bypass. */
-  readonly control: Counter;
-  /** Live (unexpired) entries in ep_ct and its capacity. */
-  readonly entries: number;
-  readonly capacity: number;
-  /** Live entries in ep_ct_new and its capacity. */
-  readonly newEntries: number;
-  readonly newCapacity: number;
-}
-
-/** enum ep_ct_state of bpf/CONNTRACK.md, by name. */
-export type ConnectionStateName = 'none' | 'syn_sent' | 'syn_recv' | 'established' | 'fin_wait' | 'closing' | 'closed' | 'udp' | 'icmp';
-
-/** One entry of a connection table, decoded: the flow in its original direction. */
-export interface ConnectionEntry {
-  readonly family: 4 | 6;
-  /** IP protocol number. */
-  readonly proto: number;
-  /** 4 or 16 bytes. */
-  readonly src: Uint8Array;
-  readonly sport: number;
-  readonly dst: Uint8Array;
-  readonly dport: number;
-  readonly state: ConnectionStateName;
-  /** EP_CT_F_* bits. */
-  readonly flags: number;
-  /** Time left before it idles out (0 if already expired). */
-  readonly expiresInMs: number;
-  /** [original, reply]. */
-  readonly packets: readonly [number, number];
-  readonly bytes: readonly [number, number];
-  /** The rule that admitted it; EP_CT_RULE_EGRESS for egress tracking, DEFAULT_RULE_ID for the default action. */
-  readonly ruleId: number;
-  readonly table: 'new' | 'established';
-}
-
-/** The entries a {@link ConnectionReader} found. */
-export interface ConnectionListing {
-  /** At most the limit asked for. */
-  readonly connections: ConnectionEntry[];
-  /** Live entries the predicate accepted (also those past the limit). */
-  readonly matched: number;
-}
-
-/** Reads the connection tables. */
-export interface ConnectionReader {
-  /**
-   * Walks the live entries of both tables, counting those `accept` takes and keeping the first
-   * `limit` of them.
-   * @throws DatapathError if the kernel refuses a read.
-   */
-  listConnections(accept: (entry: ConnectionEntry) => boolean, limit: number): ConnectionListing;
+  /** What connection tracking counted (bpf/CONNTRACK.md, enum ep_ct_stat). */
+  readonly conntrack: ConntrackCounters;
 }
 
 /** Reads counters. */
@@ -114,8 +50,29 @@ export interface ApplyResult {
   readonly classWords: number;
 }
 
+/** Reads the connection table. */
+export interface ConnectionReader {
+  /**
+   * Live (unexpired) entries per table.
+   * @throws DatapathError if the kernel refuses a read.
+   */
+  readConntrackOccupancy(): ConntrackOccupancy;
+  /**
+   * Up to `limit` unexpired entries matching `filter`, ep_ct first, then ep_ct_new, in table order.
+   * @returns new objects the caller owns.
+   * @throws ConntrackInputError for a bad filter or limit (1..MAX_LIST_CONNECTIONS); DatapathError.
+   */
+  listConnections(filter: ConnectionFilter, limit: number): ConnectionEntry[];
+}
+
 /** Enforces rule sets. */
-export interface Datapath extends CounterReader {
+export interface Datapath extends CounterReader, ConnectionReader {
+  /**
+   * Replaces the control endpoints: packets from them pass whatever the rule set and however
+   * full the connection table (bpf/CONNTRACK.md step 2).
+   * @throws ConntrackInputError (nothing changed); DatapathError.
+   */
+  setControlEndpoints(endpoints: readonly ControlEndpoint[]): void;
   /**
    * Makes `ruleSet` the enforced one, atomically: each packet is classified wholly by the old or
    * wholly by the new rule set. On failure the previous rule set stays in force.
