@@ -136,7 +136,7 @@ export function describePolicy(d: PolicyDescription, now: Date): string {
   out += field('Node selector', selectorText(p));
   out += field('Interfaces', roleName(s?.interfaceRole ?? 0));
   out += field('Default action', actionName(s?.defaultAction ?? 0) || '<none>');
-  out += field('Connection tracking', trackingText(s?.connectionTracking));
+  out += field('Conntrack', trackingText(s?.connectionTracking));
   const st = s?.rolloutStrategy?.strategy;
   out += field('Rollout', st?.$case === 'staged' ? `staged: ${st.staged.waves.map((w) => `${w.name || 'wave'}(${w.target?.$case === 'percent' ? `${w.target.percent}%` : formatLabelSelector(w.target?.selector)}${w.bakeTime ? `, bake ${formatDuration(w.bakeTime)}` : ''})`).join(' -> ')}` : 'immediate');
   out += 'Rules:\n';
