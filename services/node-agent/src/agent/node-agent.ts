@@ -467,8 +467,11 @@ export class NodeAgent {
       }
       const before = this.#lastCounters[role];
       this.#lastCounters[role] = current;
-      const occupancy = this.#occupancy(role, dp, now.getTime());
-      if (occupancy) conntrack.push(conntrackStatus(role, current.conntrack, occupancy, 'conntrackCapacity' in dp ? (dp.conntrackCapacity as ConntrackOccupancy) : undefined));
+      // Only a datapath with connection tables (it says their capacity) reports them: a memory
+      // datapath's zeros would be a dozen metric series per simulated node for nothing.
+      const capacity = 'conntrackCapacity' in dp ? (dp.conntrackCapacity as ConntrackOccupancy) : undefined;
+      const occupancy = capacity ? this.#occupancy(role, dp, now.getTime()) : undefined;
+      if (occupancy) conntrack.push(conntrackStatus(role, current.conntrack, occupancy, capacity));
       const live = this.#live?.[role];
       const actions = new Map(live?.rules.map((r) => [r.id, r.action]) ?? []);
       const iface: InterfaceCounters = { interface: role, passedPackets: 0n, droppedPackets: 0n, passedBytes: 0n, droppedBytes: 0n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n };
