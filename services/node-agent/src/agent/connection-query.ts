@@ -114,13 +114,29 @@ export function answerConnectionsQuery(sources: ConnectionSources, query: Connec
       const reader = sources.readers[role];
       if (seen.has(reader) || (matcher.role !== undefined && matcher.role !== role)) continue;
       seen.add(reader);
-      if (unfiltered && room === 0) {
+      if (unfiltered) {
+        // Every live entry matches: the count is the occupancy, and only the rows shown are decoded.
         const o = reader.readConntrackOccupancy();
-        matched += o.established + o.new;
+        const rows = room > 0 ? reader.listConnections({}, room) : [];
+        matched += Math.max(o.established + o.new, rows.length);
+        for (const e of rows) answer.connections.push(toConnection(role, e, sources.origin(role, e.ruleId)));
+        room = Math.max(0, room - rows.length);
         continue;
       }
+      // Addresses are parsed only when a CIDR of their family is asked for (the datapath already matched the rest).
+      const none = new Uint8Array(0);
+      const cidrFamily = matcher.address?.family;
       const accept = (e: ConnectionEntry): boolean =>
-        connectionMatches(matcher, { family: e.family, protocol: e.proto, source: parseAddress(e.src) ?? new Uint8Array(0), sourcePort: e.sport, destination: parseAddress(e.dst) ?? new Uint8Array(0), destinationPort: e.dport, state: STATES[e.state] ?? ConnectionState.CONNECTION_STATE_UNSPECIFIED, role });
+        connectionMatches(matcher, {
+          family: e.family,
+          protocol: e.proto,
+          source: cidrFamily === e.family ? (parseAddress(e.src) ?? none) : none,
+          sourcePort: e.sport,
+          destination: cidrFamily === e.family ? (parseAddress(e.dst) ?? none) : none,
+          destinationPort: e.dport,
+          state: STATES[e.state] ?? ConnectionState.CONNECTION_STATE_UNSPECIFIED,
+          role,
+        });
       const found = reader.listConnections(datapathFilter(matcher), MAX_LIST_CONNECTIONS).filter(accept);
       matched += found.length;
       for (const e of found.slice(0, room)) answer.connections.push(toConnection(role, e, sources.origin(role, e.ruleId)));
