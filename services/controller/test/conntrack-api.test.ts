@@ -5,7 +5,11 @@
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import {
+  AgentServiceService,
   ConnectionState,
+  FleetServiceService,
+  IntentServiceService,
+  TrustServiceService,
   InterfaceRole,
   MAX_CONNECTIONS_LIMIT,
   Protocol,
@@ -16,6 +20,7 @@ import {
   type ListConnectionsRequest,
 } from '@edgeplane/proto';
 import { call, detailsOf } from '../../../test/support/grpc.js';
+import { METHOD_ROLES } from '../src/index.js';
 import { agentStream, clientsFor, createToken, enroll, newKey, startTlsController, type ClientCert, type Clients } from './trust-helpers.js';
 
 let env: Awaited<ReturnType<typeof startTlsController>>;
@@ -90,6 +95,13 @@ async function failure(p: Promise<unknown>): Promise<grpc.ServiceError> {
   if (!err) throw new Error('the call succeeded');
   return err;
 }
+
+test('METHOD_ROLES - every RPC of every edgeplane service has a row; ListConnections is a read', (t) => {
+  for (const service of [IntentServiceService, FleetServiceService, AgentServiceService, TrustServiceService]) {
+    for (const method of Object.values(service)) t.truthy(METHOD_ROLES[method.path], `${method.path} is missing from METHOD_ROLES (it would be refused to everyone)`);
+  }
+  t.deepEqual(METHOD_ROLES['/edgeplane.v1.FleetService/ListConnections'], ['viewer', 'operator', 'admin']);
+});
 
 test('ListConnections - a viewer lists and counts a node\'s connections through its stream', async (t) => {
   const queries: ConnectionsQuery[] = [];
