@@ -103,3 +103,44 @@ test.serial('conntrack e2e - the node\'s table occupancy reaches describe node',
   t.regex(stdout, /Connection tracking:\n\s+ROLE\s+ESTABLISHED\s+NEW\s+CREATED/);
   t.regex(stdout, /uplink\s+\d+\/\d+\s+\d+\/\d+\s+[1-9]/);
 });
+
+/** The uplink policy `ct-change` allowing (or denying) ICMP from source 0, statefully, with `onDeny`. */
+function pingPolicy(action: Action, onDeny: ConnectionTracking_EstablishedOnDeny): Policy {
+  return Policy.fromPartial({
+    metadata: { name: 'ct-change' },
+    spec: {
+      interfaceRole: InterfaceRole.INTERFACE_ROLE_UPLINK,
+      defaultAction: Action.ACTION_DENY,
+      connectionTracking: { stateful: true, establishedOnDeny: onDeny },
+      rules: [{ priority: 5, sourceCidrs: [`${node.sources[0]}/32`], protocol: Protocol.PROTOCOL_ICMP, action }],
+    },
+  });
+}
+
+async function applied(policy: Policy): Promise<void> {
+  const revision = await cp.apply(policy);
+  await until(`revision ${revision} applied`, async () => (await cp.nodeStatus(node.name))?.appliedRevision === revision, 20_000, output);
+}
+
+/**
+ * Replies to a 60-ping flow from source 0 (one ICMP echo id: one tracked flow) during which the
+ * policy changes from allow to deny with `onDeny`, once the flow is in the table.
+ */
+async function flowAcrossDeny(onDeny: ConnectionTracking_EstablishedOnDeny): Promise<number> {
+  await cp.delete('ct-stateful');
+  await applied(pingPolicy(Action.ACTION_ALLOW, onDeny));
+  const before = Number((await call(cp.api.fleet, cp.api.fleet.listConnections, { node: node.name, filter: undefined, limit: 0, countOnly: true })).matched);
+  const replies = net.topo.ping(net.inet, node.uplinkIp, { count: 60, source: node.sources[0], intervalS: 0.2, waitS: 1 });
+  await until('the flow is tracked', async () => Number((await call(cp.api.fleet, cp.api.fleet.listConnections, { node: node.name, filter: undefined, limit: 0, countOnly: true })).matched) > before, 10_000, output);
+  await applied(pingPolicy(Action.ACTION_DENY, onDeny));
+  return replies;
+}
+
+test.serial('conntrack e2e - KEEP lets a flow admitted before a denying change run on; CUT ends it at its next packet', async (t) => {
+  const kept = await flowAcrossDeny(ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_KEEP);
+  t.is(kept, 60, 'KEEP: every ping of the admitted flow was answered after the change');
+  t.is(await node.ping(0), 0, 'a new flow from the same source is denied');
+  const cut = await flowAcrossDeny(ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_CUT);
+  t.true(cut > 0 && cut < 60, `CUT: the flow was answered until the change, then dropped (${cut} of 60)`);
+  await until('the cut is counted', async () => ((await call(cp.api.fleet, cp.api.fleet.getNode, { name: node.name })).conntrack.find((c) => c.role === 'uplink')?.cut ?? 0n) > 0n, 20_000, output);
+});
