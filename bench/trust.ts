@@ -8,6 +8,7 @@
 //     telemetry (controller CPU per 100,000 counter reports) and a controller restart, both modes;
 //   --nodes (default 10,000; --quick 1,000): a second fleet of that size per mode, started
 //     (and, with mTLS, enrolled) and then only the controller restart; skipped if equal to --ack-nodes.
+//   --reconnect-only: only the --nodes pair.
 // Phases, in order: the authorization micro-benchmark (in process), plaintext at --ack-nodes,
 // mTLS at --ack-nodes, plaintext at --nodes, mTLS at --nodes.
 import { once } from 'node:events';
@@ -26,6 +27,9 @@ const num = (s: string): number => Number(s.replace(/_/g, ''));
 const ACK_N = num(opt('--ack-nodes') ?? (quick ? '300' : '1000'));
 const RECONNECT_N = num(opt('--nodes') ?? (quick ? '1000' : '10000'));
 const K = quick ? 5 : 20;
+// --reconnect-only: skip the --ack-nodes pair (enrollment, ACK p99, telemetry) and run only the
+// --nodes pair (start, enrollment with mTLS, controller restart), e.g. to measure 10,000 alone.
+const reconnectOnly = argv.includes('--reconnect-only');
 const AUTHZ_CALLS = quick ? 20_000 : 100_000;
 const CONNECT = '/edgeplane.v1.AgentService/Connect';
 
@@ -151,8 +155,8 @@ await benchMain('trust', (quick ? 30 : 60) * 60_000, async (root) => {
     pairs.push([plain, mtls]);
     process.stderr.write(`${table(authz, pairs.slice(-1))}\n`);
   };
-  await pair(ACK_N, K);
-  if (RECONNECT_N !== ACK_N) await pair(RECONNECT_N, 0);
+  if (!reconnectOnly) await pair(ACK_N, K);
+  if (reconnectOnly || RECONNECT_N !== ACK_N) await pair(RECONNECT_N, 0);
   process.stdout.write(table(authz, pairs) + '\n');
   process.stdout.write(toJson({ bench: 'trust', quick, k: K, ...at, loadavgEnd: machine().loadavg, authz, results: pairs.map(([plaintext, mtls]) => ({ nodes: plaintext.nodes, plaintext, mtls })) }) + '\n');
 });

@@ -1,18 +1,20 @@
-// The Python client (clients/python) against a real controller process: the wire contract
-// serves a second language with stubs generated from proto/ at run time.
+// The Python client (clients/python) against a real controller process started with its
+// defaults (mutual TLS, embedded NATS with authorization): the wire contract serves a second
+// language with stubs generated from proto/ at run time, over the controller's TLS.
 import test from 'ava';
 import { execFile, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
-import * as grpc from '@grpc/grpc-js';
-import { AgentServiceClient, ConnectionState, Protocol, type ConnectResponse, type ConnectionsQuery } from '@edgeplane/proto';
+import { ConnectionState, Protocol, type ConnectResponse, type ConnectionsQuery } from '@edgeplane/proto';
 import { Supervised } from './support/supervisor.js';
+import { clientsFor, createToken, enroll } from '../services/controller/test/trust-helpers.js';
 import { CONTROLLER_MAIN } from './support/fleet.js';
 import { call, clients } from './support/grpc.js';
+import { adminTlsOf } from './support/control-plane.js';
 
 const CLIENT = fileURLToPath(new URL('../clients/python/edgeplane_client.py', import.meta.url));
 // Debian's interpreter: the one python3-grpcio and python3-grpc-tools are installed for (a
@@ -42,10 +44,10 @@ test.before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'py-client-'));
   controller = await Supervised.start('controller', {
     command: process.execPath,
-    args: [CONTROLLER_MAIN, '--insecure', '--listen', '127.0.0.1:0', '--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'ctl'), '--shutdown-grace', '1'],
+    args: [CONTROLLER_MAIN, '--listen', '127.0.0.1:0', '--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'ctl'), '--shutdown-grace', '1'],
     readyEvent: 'ready',
   });
-  api = clients(String(controller.ready.grpc));
+  api = clients(String(controller.ready.grpc), adminTlsOf(join(dir, 'ctl')));
 });
 
 test.after.always(async () => {
@@ -57,7 +59,9 @@ test.after.always(async () => {
 /** Runs the client; resolves with its exit code and output (never rejects on a non-zero exit). */
 async function client(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(PYTHON, [CLIENT, '--server', String(controller!.ready.grpc), ...args], { timeout: 60_000 });
+    const admin = join(dir, 'ctl', 'admin');
+    const tls = ['--tls-ca', join(admin, 'ca.pem'), '--tls-cert', join(admin, 'admin.pem'), '--tls-key', join(admin, 'admin-key.pem')];
+    const { stdout, stderr } = await run(PYTHON, [CLIENT, '--server', String(controller!.ready.grpc), ...tls, ...args], { timeout: 60_000 });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code?: number; stdout?: string; stderr?: string };
@@ -100,6 +104,21 @@ it('python client - a bad request prints the field violations from grpc-status-d
   t.deepEqual(out.fieldViolations.map((v) => v.field), ['policy.spec.rules[0].source_cidrs[0]']);
   t.regex(out.fieldViolations[0]!.description, /canonical/);
   await t.throwsAsync(call(api.intent, api.intent.getPolicy, { name: `${name}-bad` }), undefined, 'nothing was stored');
+});
+
+it('python client - without a client certificate it does not fall back to plaintext; plaintext to this controller fails', async (t) => {
+  const bare = await run(PYTHON, [CLIENT, '--server', String(controller!.ready.grpc), 'list'], { timeout: 60_000, env: { ...process.env, EDGEPLANE_TLS_CA: '', EDGEPLANE_TLS_CERT: '', EDGEPLANE_TLS_KEY: '' } }).then(
+    () => ({ code: 0, stderr: '' }),
+    (e: { code: number; stderr: string }) => e,
+  );
+  t.is(bare.code, 2, 'a usage error');
+  t.regex(bare.stderr, /--tls-ca/);
+  const plain = await run(PYTHON, [CLIENT, '--server', String(controller!.ready.grpc), '--insecure', '--timeout', '5', 'list'], { timeout: 60_000 }).then(
+    () => ({ code: 0, stdout: '' }),
+    (e: { code: number; stdout: string }) => e,
+  );
+  t.is(plain.code, 1);
+  t.regex(plain.stdout, /UNAVAILABLE/);
 });
 
 // Issue 12: oversized and invalid input must reach a default grpcio client (C-core, 8 KiB
@@ -146,14 +165,20 @@ for (const [title, args, field] of bad) {
 }
 
 it('python client - conntrack lists and counts a node\'s connections through the controller; a node not connected is FAILED_PRECONDITION', async (t) => {
-  // The node's side of the relay is a Connect stream answering as an agent does (the controller
-  // runs --insecure on loopback, so this stream may speak for any node).
+  // The node's side of the relay is a Connect stream answering as an agent does, with the
+  // certificate of an enrolled node.
   const node = `py-ct-${randomBytes(2).toString('hex')}`;
-  const agent = new AgentServiceClient(String(controller!.ready.grpc), grpc.credentials.createInsecure());
-  const stream = agent.connect();
+  const address = String(controller!.ready.grpc);
+  const adminDir = join(dir, 'ctl', 'admin');
+  const ca = readFileSync(join(adminDir, 'ca.pem'), 'utf8');
+  const admin = clientsFor(address, ca, { keyPem: readFileSync(join(adminDir, 'admin-key.pem'), 'utf8'), certPem: readFileSync(join(adminDir, 'admin.pem'), 'utf8') });
+  const anon = clientsFor(address, ca);
+  const enrolled = await enroll(anon, await createToken(admin), node);
+  const own = clientsFor(address, ca, enrolled);
+  const stream = own.agent.connect();
   t.teardown(() => {
     stream.cancel();
-    agent.close();
+    for (const c of [admin, anon, own]) c.close();
   });
   const asked: ConnectionsQuery[] = [];
   const welcomed = new Promise<void>((resolve) => {

@@ -1,8 +1,5 @@
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import {
   Action,
   ApplyPolicyRequest,
@@ -14,19 +11,18 @@ import {
   type RolloutStrategy_Staged,
   type Rule,
 } from '@edgeplane/proto';
-import { NatsServer, freePort } from '@edgeplane/intent-log';
-import { CONTROLLER_MAIN, FleetNetwork, type ControlPlane, type FleetNode } from './support/fleet.js';
-import { call, clients } from './support/grpc.js';
-import { adminTlsOf, cliTlsArgsOf, joinTokenArgs } from './support/control-plane.js';
+import { FleetNetwork, type FleetNode } from './support/fleet.js';
+import { call } from './support/grpc.js';
+import { TestControlPlane } from './support/control-plane.js';
 import { OtlpReceiver } from './support/otlp-receiver.js';
-import { Supervised } from './support/supervisor.js';
+import type { Supervised } from './support/supervisor.js';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const CLI = fileURLToPath(new URL('../packages/cli/dist/main.js', import.meta.url));
 function edgeplane(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, '--server', `127.0.0.1:${cp.grpcPort}`, ...cliTlsArgsOf(join(dir, 'ctl')), ...args], { timeout: 60_000 }, (err, stdout, stderr) =>
+    execFile(process.execPath, [CLI, '--server', cp.address, ...cp.cliTlsArgs, ...args], { timeout: 60_000 }, (err, stdout, stderr) =>
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
     );
   });
@@ -37,27 +33,20 @@ process.env.OTEL_EXPORTER_OTLP_PROTOCOL = 'http/json';
 process.env.OTEL_BSP_SCHEDULE_DELAY = '200';
 
 let net: FleetNetwork;
-let nats: NatsServer;
 let controller: Supervised;
-let cp: ControlPlane;
-let c: ReturnType<typeof clients>;
+// The README's secure path (TestControlPlane's default): NATS with TLS and the controller's
+// authority, agents enrolled with join tokens and their own NATS credentials, mutual TLS.
+let cp: TestControlPlane;
+let c: TestControlPlane['api'];
 let otlp: OtlpReceiver;
 const nodes: FleetNode[] = [];
-const dir = mkdtempSync(join(tmpdir(), 'rollout-test-'));
 
 test.before(async () => {
   net = new FleetNetwork();
   otlp = await OtlpReceiver.start();
-  nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '0.0.0.0' });
-  const grpcPort = await freePort('0.0.0.0');
-  controller = await Supervised.start('controller', {
-    command: process.execPath,
-    args: [CONTROLLER_MAIN, '--listen', `0.0.0.0:${grpcPort}`, '--nats', `nats://127.0.0.1:${nats.port}`, '--data-dir', join(dir, 'ctl'), '--heartbeat-interval', '1', '--counter-interval', '1', '--rule-growth-guard', '100000', '--otlp-endpoint', otlp.endpoint('127.0.0.1')],
-    readyEvent: 'ready',
-  });
-  const admin = adminTlsOf(join(dir, 'ctl'));
-  cp = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey), agentTrustArgs: (_name, labels) => joinTokenArgs(`127.0.0.1:${grpcPort}`, admin, labels) };
-  c = clients(`127.0.0.1:${grpcPort}`, admin);
+  cp = await TestControlPlane.start({ extra: ['--otlp-endpoint', otlp.endpoint('127.0.0.1')] });
+  controller = cp.controller;
+  c = cp.api;
   for (let i = 1; i <= 5; i++) {
     const node = net.addNode(i, `node-${i}`);
     nodes.push(node);
@@ -67,12 +56,9 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
-  c?.close();
   await net?.remove();
-  await controller?.stop();
-  await nats?.close();
+  await cp?.close();
   await otlp?.close();
-  rmSync(dir, { recursive: true, force: true });
 });
 
 async function until(what: string, pred: () => Promise<boolean> | boolean, ms = 30_000): Promise<void> {

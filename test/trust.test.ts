@@ -111,6 +111,22 @@ test.serial('operator path - token, agent enrollment, a viewer for a colleague, 
   t.regex(labelled.stdout, /node\/edge-1 labels site=ams1,tier=canary/);
   await until('edge-1 relabelled', async () => /tier=canary/.test((await cli(['describe', 'node', 'edge-1'])).stdout), 30_000, () => agent.output);
   await until('labels stored by the agent', () => (JSON.parse(readFileSync(join(stateDir, 'identity', 'meta.json'), 'utf8')) as typeof meta).labels.tier === 'canary', 30_000, () => agent.output);
+  // The running agent compiles for them at once (no restart).
+  await until('the agent compiled for its new labels', () => /compiling for them/.test(agent.output), 30_000, () => agent.output);
+
+  // Alice's certificate is listed; she may not revoke anything; the admin revokes hers by name.
+  const listed = await cli(['cert', 'list']);
+  t.is(listed.code, 0, listed.stderr);
+  t.regex(listed.stdout, /^SERIAL\s+ROLE\s+NAME/m);
+  t.regex(listed.stdout, /\bviewer\s+alice\b.*\bvalid\b/);
+  t.regex((await cli(['cert', 'revoke', 'admin'], aliceEnv)).stderr, /PERMISSION_DENIED/);
+  const certRevoked = await cli(['cert', 'revoke', 'alice', '--reason', 'left']);
+  t.is(certRevoked.code, 0, certRevoked.stderr);
+  t.regex(certRevoked.stdout, /\(viewer\/alice\) revoked at/);
+  const refused = await cli(['get', 'nodes'], aliceEnv);
+  t.not(refused.code, 0);
+  t.regex(refused.stderr, /UNAUTHENTICATED/);
+  t.regex((await cli(['cert', 'list'])).stdout, /\bviewer\s+alice\b.*\brevoked\b/);
 
   // Revocation: the agent's stream is closed and it cannot come back.
   const revoked = await cli(['node', 'revoke', 'edge-1', '--reason', 'e2e']);

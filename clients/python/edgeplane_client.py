@@ -146,10 +146,14 @@ def describe_error(stubs, err):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(prog="edgeplane_client.py", description="Apply and list edgeplane policies, and list a node's connections, over gRPC (plaintext).")
+    parser = argparse.ArgumentParser(prog="edgeplane_client.py", description="Apply and list edgeplane policies, and list a node's connections, over gRPC with mutual TLS (the controller's default).")
     parser.add_argument("--server", default=os.environ.get("EDGEPLANE_SERVER", "127.0.0.1:7443"), help="controller address HOST:PORT")
     parser.add_argument("--proto-root", default=DEFAULT_PROTO_ROOT, help="folder holding edgeplane/v1 and google/rpc protos")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each call, seconds")
+    parser.add_argument("--tls-ca", default=os.environ.get("EDGEPLANE_TLS_CA"), help="CA certificate (PEM) the controller's certificate chains to (EDGEPLANE_TLS_CA)")
+    parser.add_argument("--tls-cert", default=os.environ.get("EDGEPLANE_TLS_CERT"), help="client certificate (PEM), e.g. from edgeplane cert issue (EDGEPLANE_TLS_CERT)")
+    parser.add_argument("--tls-key", default=os.environ.get("EDGEPLANE_TLS_KEY"), help="its private key (PEM) (EDGEPLANE_TLS_KEY)")
+    parser.add_argument("--insecure", action="store_true", help="plaintext, for a controller started with --insecure on loopback")
     sub = parser.add_subparsers(dest="command", required=True)
     apply = sub.add_parser("apply", help="apply a policy")
     source = apply.add_mutually_exclusive_group()
@@ -167,6 +171,8 @@ def main(argv):
     conntrack.add_argument("--port", type=int, default=0, help="the source or destination port")
     conntrack.add_argument("--limit", type=int, default=0, help="most entries to return (default 1000, at most 10000)")
     args = parser.parse_args(argv)
+    if not args.insecure and not (args.tls_ca and args.tls_cert and args.tls_key):
+        parser.error("give --tls-ca, --tls-cert and --tls-key (or EDGEPLANE_TLS_*), or --insecure for a plaintext loopback controller")
 
     if args.command == "apply" and args.file:
         with open(args.file, encoding="utf-8") as f:
@@ -177,9 +183,17 @@ def main(argv):
         with open(args.selector_file, encoding="utf-8") as f:
             args.selector = f.read()
 
+    if args.insecure:
+        channel = grpc.insecure_channel(args.server)
+    else:
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        credentials = grpc.ssl_channel_credentials(root_certificates=read(args.tls_ca), private_key=read(args.tls_key), certificate_chain=read(args.tls_cert))
+        channel = grpc.secure_channel(args.server, credentials)
     stubs = Stubs(args.proto_root)
     try:
-        with grpc.insecure_channel(args.server) as channel:
+        with channel:
             intent = stubs.intent_grpc.IntentServiceStub(channel)
             try:
                 if args.command == "apply":

@@ -160,6 +160,7 @@ export {
   rolloutStateToJSON,
 } from './edgeplane/v1/rollout.js';
 export {
+  CertificateInfo,
   CreateJoinTokenRequest,
   CreateJoinTokenRequest_LabelsEntry,
   CreateJoinTokenResponse,
@@ -168,8 +169,12 @@ export {
   EnrollResponse_LabelsEntry,
   IssueCertificateRequest,
   IssueCertificateResponse,
+  ListCertificatesRequest,
+  ListCertificatesResponse,
   RenewCertificateRequest,
   RenewCertificateResponse,
+  RevokeCertificateRequest,
+  RevokeCertificateResponse,
   RevokeNodeRequest,
   RevokeNodeResponse,
   SetNodeLabelsRequest,
@@ -241,6 +246,7 @@ export {
   checkDnsLabel,
   checkLabelKey,
   checkLabelValue,
+  sameLabels,
   validateLabels,
   validateNodeNames,
 } from './../src/labels.js';

@@ -76,3 +76,9 @@ export function validateNodeNames(names: readonly string[], path: string): Field
   });
   return out;
 }
+
+/** True if two label sets hold the same keys and values (order does not matter). */
+export function sameLabels(a: Readonly<Record<string, string>>, b: Readonly<Record<string, string>>): boolean {
+  const ka = Object.keys(a);
+  return ka.length === Object.keys(b).length && ka.every((k) => Object.hasOwn(b, k) && b[k] === a[k]);
+}

@@ -1,10 +1,12 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect } from '@nats-io/transport-node';
+import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
 import * as grpc from '@grpc/grpc-js';
 import { ApplyPolicyRequest, TrustServiceClient, keyIdOf, publicKeyFromRaw, type NodeStatus, type Policy } from '@edgeplane/proto';
-import { IntentChain, IntentLog, NatsServer, freePort } from '@edgeplane/intent-log';
+import { IntentChain, IntentLog, NatsServer, freePort, natsClientOptions } from '@edgeplane/intent-log';
+import { NatsAuthority, defaultCaFiles, generateKeyPair, loadOrCreateCertificateAuthority } from '@edgeplane/controller';
 import { CONTROLLER_MAIN, type ControlPlane } from './fleet.js';
 import { call, clients, type ClientTls } from './grpc.js';
 import { Supervised } from './supervisor.js';
@@ -35,11 +37,48 @@ export async function joinTokenArgs(address: string, tls: ClientTls, labels: Rec
   }
 }
 
+/** Options of {@link TestControlPlane.start}. */
+export interface TestControlPlaneOptions {
+  /** More controller flags. */
+  extra?: string[];
+  /**
+   * A nats-server without authorization or TLS and the controller started with
+   * --nats-anonymous (the old development path). Only for a test that needs an open bus; every
+   * other test runs the secure default.
+   */
+  anonymousNats?: boolean;
+}
+
 /**
- * A real control plane for tests that cross processes: a nats-server with JetStream on
- * 0.0.0.0 (agents in namespaces reach it over their mgmt link) and a controller process
- * serving mutual TLS (its default) there. Tests call it with the admin certificate the
- * controller wrote on first start; agents enroll with join tokens ({@link agentTrustArgs}).
+ * Prepares what an external nats-server needs to run the README's secure path before the
+ * controller first starts: the fleet CA in the controller's default place (DATA_DIR/pki, for
+ * `fleet`), a serving certificate for the server from it (a controller identity, as agents
+ * check it; 127.0.0.1 for loopback clients), and the server's authorization from the NATS
+ * authority in DATA_DIR/nats-auth (operator, system account, resolver), which the controller
+ * then opens as its own. Returns the NatsServer options and the CA file clients verify by.
+ */
+async function secureNatsSetup(ctlDir: string, natsDir: string, fleet: string): Promise<{ tls: { certFile: string; keyFile: string }; configFragment: string; caFile: string }> {
+  const files = defaultCaFiles(ctlDir);
+  const { ca } = await loadOrCreateCertificateAuthority(files, fleet);
+  const keys = generateKeyPair();
+  const issued = await ca.issue({ identity: { fleet, role: 'controller', name: 'nats' }, publicKey: keys.publicKeyDer, lifetimeMs: 86_400_000, dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
+  const tlsDir = join(ctlDir, 'nats-tls');
+  mkdirSync(tlsDir, { recursive: true, mode: 0o700 });
+  const tls = { certFile: join(tlsDir, 'server.pem'), keyFile: join(tlsDir, 'server-key.pem') };
+  writeFileSync(tls.keyFile, keys.privateKeyPem, { mode: 0o600 });
+  writeFileSync(tls.certFile, issued.certPem + ca.certPem);
+  const configFragment = await NatsAuthority.open(join(ctlDir, 'nats-auth')).serverConfig(join(natsDir, 'jwt'));
+  return { tls, configFragment, caFile: files.certFile };
+}
+
+/**
+ * A real control plane for tests that cross processes, secure like the README's path: a
+ * nats-server with JetStream on 0.0.0.0 (agents in namespaces reach it over their mgmt link)
+ * that serves TLS from the fleet CA and admits only users of the controller's NATS authority
+ * (JWTs: the controller's, and each node's from its enrollment), and a controller process
+ * serving mutual TLS (its default). Tests call it with the admin certificate the controller
+ * wrote on first start; agents enroll with join tokens ({@link agentTrustArgs}) and so get
+ * their own NATS credentials. `anonymousNats` keeps the old open bus for a test that needs it.
  * The controller's gRPC port is chosen free once and kept, so `controller.restart()` comes
  * back where the agents look for it; its data directory (and so its signing key) is kept too.
  * close() stops both and removes the directory; it never throws and is idempotent.
@@ -53,10 +92,16 @@ export class TestControlPlane implements ControlPlane {
   readonly api: ReturnType<typeof clients>;
   /** The admin identity (DATA_DIR/admin). */
   readonly adminTls: ClientTls;
+  /** The CA file NATS clients verify the server by; undefined with `anonymousNats`. */
+  readonly natsCaFile: string | undefined;
+  /** The controller's NATS flags (server, TLS CA and fleet, or --nats-anonymous), for a test that starts another controller process on the same bus. */
+  readonly natsArgs: string[];
   #closed = false;
 
-  private constructor(dir: string, nats: NatsServer, controller: Supervised, grpcPort: number) {
+  private constructor(dir: string, nats: NatsServer, controller: Supervised, grpcPort: number, natsCaFile: string | undefined, natsArgs: string[]) {
     this.dir = dir;
+    this.natsCaFile = natsCaFile;
+    this.natsArgs = natsArgs;
     this.nats = nats;
     this.controller = controller;
     this.grpcPort = grpcPort;
@@ -75,24 +120,40 @@ export class TestControlPlane implements ControlPlane {
     return joinTokenArgs(this.address, this.adminTls, labels);
   }
 
-  /** Starts nats-server and the controller; closes what it started if a later step fails. */
-  static async start(extra: string[] = []): Promise<TestControlPlane> {
+  /**
+   * Starts nats-server and the controller (secure unless `anonymousNats`); closes what it
+   * started if a later step fails. An array is the controller's extra flags (older callers).
+   */
+  static async start(options: TestControlPlaneOptions | string[] = {}): Promise<TestControlPlane> {
+    const o: TestControlPlaneOptions = Array.isArray(options) ? { extra: options } : options;
     const dir = mkdtempSync(join(tmpdir(), 'ep-cp-'));
+    const ctlDir = join(dir, 'ctl');
     let nats: NatsServer | undefined;
     let controller: Supervised | undefined;
     try {
-      nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '0.0.0.0' });
+      let natsArgs: string[];
+      let caFile: string | undefined;
+      if (o.anonymousNats) {
+        nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '0.0.0.0' });
+        natsArgs = ['--nats', `nats://127.0.0.1:${nats.port}`, '--nats-anonymous'];
+      } else {
+        const fleet = `test-${randomBytes(4).toString('hex')}`;
+        const secure = await secureNatsSetup(ctlDir, join(dir, 'nats'), fleet);
+        caFile = secure.caFile;
+        nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '0.0.0.0', tls: secure.tls, configFragment: secure.configFragment });
+        natsArgs = ['--nats', `nats://127.0.0.1:${nats.port}`, '--nats-tls-ca', secure.caFile, '--fleet-id', fleet];
+      }
       const grpcPort = await freePort('0.0.0.0');
       controller = await Supervised.start('controller', {
         command: process.execPath,
         args: [
-          CONTROLLER_MAIN, '--listen', `0.0.0.0:${grpcPort}`, '--nats', `nats://127.0.0.1:${nats.port}`, '--nats-anonymous',
-          '--data-dir', join(dir, 'ctl'), '--heartbeat-interval', '1', '--counter-interval', '1', '--shutdown-grace', '1',
-          '--rule-growth-guard', '100000', ...extra,
+          CONTROLLER_MAIN, '--listen', `0.0.0.0:${grpcPort}`, ...natsArgs,
+          '--data-dir', ctlDir, '--heartbeat-interval', '1', '--counter-interval', '1', '--shutdown-grace', '1',
+          '--rule-growth-guard', '100000', ...(o.extra ?? []),
         ],
         readyEvent: 'ready',
       });
-      return new TestControlPlane(dir, nats, controller, grpcPort);
+      return new TestControlPlane(dir, nats, controller, grpcPort, caFile, natsArgs);
     } catch (err) {
       await controller?.stop(2000);
       await nats?.close();
@@ -103,6 +164,21 @@ export class TestControlPlane implements ControlPlane {
 
   get natsPort(): number {
     return this.nats.port;
+  }
+
+  /**
+   * Options for a NATS connection with the controller's rights (the test acting as a
+   * controller replica, or as whoever holds the bus): its credentials and TLS, or none on an
+   * anonymous bus. Servers are the caller's.
+   */
+  async natsControllerOptions(): Promise<NodeConnectionOptions> {
+    if (!this.natsCaFile) return {};
+    return natsClientOptions({ ...(await NatsAuthority.open(join(this.dir, 'ctl', 'nats-auth')).controllerCredentials('test')), tls: { caFile: this.natsCaFile } });
+  }
+
+  /** A NATS connection with the controller's rights ({@link natsControllerOptions}) on loopback; the caller closes it. */
+  async natsConnect(options: NodeConnectionOptions = {}): Promise<NatsConnection> {
+    return connect({ servers: `127.0.0.1:${this.nats.port}`, ...(await this.natsControllerOptions()), ...options });
   }
 
   /** The controller's gRPC address from the root namespace. */
@@ -131,7 +207,7 @@ export class TestControlPlane implements ControlPlane {
    * @throws on a gap, a fork, a bad signature or an entry stored at the wrong sequence.
    */
   async audit(): Promise<{ last: bigint; upserts: Map<string, bigint[]> }> {
-    const nc = await connect({ servers: `nats://127.0.0.1:${this.nats.port}` });
+    const nc = await this.natsConnect();
     try {
       const log = await IntentLog.open(nc, { create: false });
       const key = publicKeyFromRaw(Buffer.from(this.publicKeyB64, 'base64'));

@@ -1,5 +1,9 @@
 import * as grpc from '@grpc/grpc-js';
-import { FleetServiceClient, IntentServiceClient, STATUS_DETAILS_KEY, decodeStatusDetails, type StatusDetails } from '@edgeplane/proto';
+import * as protoLoader from '@grpc/proto-loader';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { service as healthService } from 'grpc-health-check';
+import { FleetServiceClient, IntentServiceClient, TrustServiceClient, STATUS_DETAILS_KEY, decodeStatusDetails, type StatusDetails } from '@edgeplane/proto';
 
 type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
 
@@ -22,16 +26,57 @@ export interface ClientTls {
 }
 
 /** Clients for a controller address: mutual TLS with `tls`, else plaintext. Close them with `close()`. */
-export function clients(address: string, tls?: ClientTls): { intent: IntentServiceClient; fleet: FleetServiceClient; close(): void } {
+export function clients(address: string, tls?: ClientTls): { intent: IntentServiceClient; fleet: FleetServiceClient; trust: TrustServiceClient; close(): void } {
   const creds = tls ? grpc.credentials.createSsl(tls.ca, tls.key, tls.cert) : grpc.credentials.createInsecure();
   const intent = new IntentServiceClient(address, creds);
   const fleet = new FleetServiceClient(address, creds);
+  const trust = new TrustServiceClient(address, creds);
   return {
     intent,
     fleet,
+    trust,
     close() {
       intent.close();
       fleet.close();
+      trust.close();
+    },
+  };
+}
+
+/** A client of the standard services (grpc.health.v1 and grpc.reflection.v1) over given credentials. */
+export interface StandardServicesClient {
+  /** Health Check of `service` ('' = the server): resolves with the status name, rejects with the gRPC error. */
+  health(service?: string): Promise<string>;
+  /** One reflection request on its own stream: resolves with the first response, rejects with the gRPC error. */
+  reflect(request: object): Promise<Record<string, unknown>>;
+  close(): void;
+}
+
+/** Returns a {@link StandardServicesClient} for `address` (insecure credentials by default). */
+export function standardServices(address: string, creds: grpc.ChannelCredentials = grpc.credentials.createInsecure()): StandardServicesClient {
+  const require = createRequire(import.meta.url);
+  const root = join(dirname(require.resolve('@grpc/reflection')), '..', 'proto');
+  const def = protoLoader.loadSync('grpc/reflection/v1/reflection.proto', { includeDirs: [root], keepCase: true });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as { grpc: { reflection: { v1: { ServerReflection: typeof grpc.Client } } } };
+  const opts = { 'grpc.use_local_subchannel_pool': 1 };
+  const reflection = new pkg.grpc.reflection.v1.ServerReflection(address, creds, opts) as grpc.Client & { ServerReflectionInfo: () => grpc.ClientDuplexStream<object, Record<string, unknown>> };
+  const Health = grpc.makeClientConstructor(healthService, 'grpc.health.v1.Health');
+  const h = new Health(address, creds, opts) as unknown as grpc.Client & { check: (req: object, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: Error | null, r: { status: string }) => void) => void };
+  return {
+    health: (service = '') => new Promise((resolve, reject) => h.check({ service }, new grpc.Metadata(), { deadline: Date.now() + 30_000 }, (e, r) => (e ? reject(e) : resolve(r.status)))),
+    reflect: (request) =>
+      new Promise((resolve, reject) => {
+        const s = reflection.ServerReflectionInfo();
+        s.on('data', (d: Record<string, unknown>) => {
+          resolve(d);
+          s.end();
+        });
+        s.on('error', reject);
+        s.write(request);
+      }),
+    close() {
+      reflection.close();
+      h.close();
     },
   };
 }

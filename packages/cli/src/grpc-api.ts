@@ -27,6 +27,8 @@ import {
   type RolloutStatus,
   type CreateJoinTokenResponse,
   type IssueCertificateResponse,
+  type ListCertificatesResponse,
+  type RevokeCertificateResponse,
   type RevokeNodeResponse,
   type SetNodeLabelsResponse,
 } from '@edgeplane/proto';
@@ -76,6 +78,10 @@ export interface TrustApi {
   setNodeLabels(nodeName: string, labels: Record<string, string>): Promise<SetNodeLabelsResponse>;
   /** A certificate for a role and name; `publicKey` is DER SPKI (the key stays with the caller). */
   issueCertificate(role: string, name: string, publicKey: Uint8Array, lifetimeMs: number | undefined): Promise<IssueCertificateResponse>;
+  /** TrustService.ListCertificates: the person and pipeline certificates issued. */
+  listCertificates(includeExpired: boolean): Promise<ListCertificatesResponse>;
+  /** TrustService.RevokeCertificate: by serial number (hex) or by name, whichever `target` looks like. */
+  revokeCertificate(target: { serialNumber: string } | { name: string }, reason: string): Promise<RevokeCertificateResponse>;
 }
 
 export interface EdgeplaneApi extends PolicyApi, FleetApi, RolloutApi, TrustApi, AdminApi {}
@@ -252,6 +258,16 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
 
   issueCertificate(role: string, name: string, publicKey: Uint8Array, lifetimeMs: number | undefined): Promise<IssueCertificateResponse> {
     return this.#call(`issue certificate ${role}/${name}`, this.#trust, this.#trust.issueCertificate, { role, name, publicKey: Buffer.from(publicKey), lifetime: lifetimeMs ? duration(lifetimeMs) : undefined });
+  }
+
+  listCertificates(includeExpired: boolean): Promise<ListCertificatesResponse> {
+    return this.#call('list certificates', this.#trust, this.#trust.listCertificates, { includeExpired });
+  }
+
+  revokeCertificate(target: { serialNumber: string } | { name: string }, reason: string): Promise<RevokeCertificateResponse> {
+    const serialNumber = 'serialNumber' in target ? target.serialNumber : '';
+    const name = 'name' in target ? target.name : '';
+    return this.#call(`revoke certificate ${serialNumber || name}`, this.#trust, this.#trust.revokeCertificate, { serialNumber, name, reason });
   }
 
   /** Closes the channels. Idempotent. */

@@ -3,7 +3,7 @@ export { array, bytes, encode, struct, u16, u16be, u32, u32be, u64, u8 } from '.
 export type { Codec, CodecValue, StructCodec, StructField } from './codec.js';
 export { errnoError, LibbpfError, NotFoundError, NotSupportedError, VerifierError } from './errors.js';
 export type { LibbpfErrorOptions } from './errors.js';
-export { ifindex } from './interface.js';
+export { ifindex, interfaces } from './interface.js';
 export type { BatchResult, ByteMap, UpdateFlag } from './map-access.js';
 export { BpfMap } from './map.js';
 export type { MapCreateOptions, MapDescription } from './map.js';

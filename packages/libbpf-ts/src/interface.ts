@@ -1,4 +1,5 @@
 // Network interface names to indexes.
+import { readFileSync } from 'node:fs';
 import { errnoError, NotFoundError } from './errors.js';
 import * as native from './native.js';
 
@@ -16,4 +17,23 @@ export function ifindex(name: string): number {
     throw errnoError(operation, errno);
   }
   return index;
+}
+
+/**
+ * Every network interface of this process's network namespace, read from /proc/self/net/dev
+ * (which follows the namespace of the process, unlike /sys/class/net, which follows the mount).
+ * An interface that disappears between the listing and the index lookup is left out.
+ * @returns name and index of each interface, in the kernel's order; owned by the caller.
+ */
+export function interfaces(): { name: string; index: number }[] {
+  const out: { name: string; index: number }[] = [];
+  // Two header lines, then "  name: counters..." per interface.
+  for (const line of readFileSync('/proc/self/net/dev', 'utf8').split('\n').slice(2)) {
+    const colon = line.indexOf(':');
+    if (colon < 0) continue;
+    const name = line.slice(0, colon).trim();
+    const index = native.nameToIndex(name);
+    if (index !== 0) out.push({ name, index });
+  }
+  return out;
 }

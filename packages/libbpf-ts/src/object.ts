@@ -1,12 +1,13 @@
 // BpfObject: an ELF object loaded into the kernel, with its programs and maps.
 import { checkPointer } from './check.js';
-import { errnoError, NotFoundError, VerifierError } from './errors.js';
+import { errnoError, LibbpfError, NotFoundError, VerifierError } from './errors.js';
 import { BpfMap, invalidateBorrowedMap } from './map.js';
 import * as native from './native.js';
-import { mapHandles, mapShape, programHandles, type ObjectSpec } from './object-spec.js';
+import { mapHandles, mapShape, programHandles, type MapShape, type ObjectSpec } from './object-spec.js';
 import { invalidateBorrowedProgram, Program } from './program.js';
 
 const ENOENT = 2;
+const EINVAL = 22;
 const DEFAULT_LOG_SIZE = 1 << 20;
 
 /** Options of loadObject(). */
@@ -20,8 +21,10 @@ export interface LoadOptions {
   pinRoot?: string;
   /**
    * Use these existing maps instead of creating the named ones (bpf_map__reuse_fd; the object
-   * takes its own fd, the caller keeps owning the given map). A replaced map declared
-   * LIBBPF_PIN_BY_NAME is still pinned under pinRoot.
+   * takes its own fd, the caller keeps owning the given map): the programs read and write the
+   * very map given, contents included. Its type, key size, value size and flags must be the
+   * declared ones (max_entries may differ). A replaced map declared LIBBPF_PIN_BY_NAME is still
+   * pinned under pinRoot.
    */
   mapReplacements?: Record<string, BpfMap>;
   /** Override max_entries of the named maps before they are created. */
@@ -105,7 +108,8 @@ export class BpfObject {
  * kernel (bpf_object__load).
  * @returns a BpfObject the caller owns and must close.
  * @throws VerifierError (with the verifier log) when the kernel rejects a program;
- * NotFoundError when an option names a map the object lacks; LibbpfError for anything else
+ * NotFoundError when an option names a map the object lacks; LibbpfError EINVAL when a
+ * mapReplacements map's shape differs from the declared one (nothing is loaded); LibbpfError for anything else
  * (EPERM without CAP_BPF, EINVAL for an incompatible pinned map...), its message carrying
  * libbpf's own warnings.
  */
@@ -124,7 +128,15 @@ export async function loadObject(spec: ObjectSpec, options: LoadOptions = {}): P
       return map;
     };
     for (const [name, replacement] of Object.entries(options.mapReplacements ?? {})) {
-      const ret = native.mapReuseFd(findMap(name, 'mapReplacements'), replacement.fd);
+      const map = findMap(name, 'mapReplacements');
+      // bpf_map__reuse_fd takes the given map's definition as it is: the programs would be
+      // verified against it. Refuse a map whose type, key, value or flags differ from the
+      // declared ones (max_entries may differ: programs do not depend on it).
+      const declared = mapShape(map);
+      if (declared.type !== replacement.type || declared.keySize !== replacement.keySize || declared.valueSize !== replacement.valueSize || declared.flags !== replacement.flags) {
+        throw new LibbpfError(`${operation} reuse map=${name}`, EINVAL, { details: [`declared ${describeShape(declared)}, given ${describeShape(replacement)}`] });
+      }
+      const ret = native.mapReuseFd(map, replacement.fd);
       if (ret < 0) throw errnoError(`${operation} reuse map=${name}`, ret, { details: native.takeMessages() });
     }
     for (const [name, maxEntries] of Object.entries(options.mapMaxEntries ?? {})) {
@@ -165,6 +177,10 @@ export async function loadObject(spec: ObjectSpec, options: LoadOptions = {}): P
   } finally {
     for (const log of logs.values()) log.free();
   }
+}
+
+function describeShape(shape: MapShape): string {
+  return `type=${shape.type} key=${shape.keySize} value=${shape.valueSize} flags=${shape.flags}`;
 }
 
 function readLog(log: native.NativeMemory): string {

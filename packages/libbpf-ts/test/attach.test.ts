@@ -11,6 +11,7 @@ import {
   detachXdp,
   encode,
   ifindex,
+  interfaces,
   LibbpfError,
   loadObject,
   loadObjectSpec,
@@ -203,4 +204,11 @@ test.serial('attachTc - a program of the wrong type is refused with EINVAL', (t)
   const error = t.throws(() => attachTc(xdp.program('xdp_pass'), veth.hostIfindex, { direction: 'ingress' }), { instanceOf: LibbpfError });
   t.is(error?.code, 'EINVAL');
   destroyTcHook(veth.hostIfindex);
+});
+
+test('interfaces - lists the namespace of this process, with the indexes ifindex() gives', (t) => {
+  const listed = interfaces();
+  t.deepEqual(listed.find((i) => i.name === 'lo'), { name: 'lo', index: ifindex('lo') });
+  t.deepEqual(listed.find((i) => i.name === veth.host), { name: veth.host, index: veth.hostIfindex });
+  t.is(listed.find((i) => i.name === veth.peer), undefined, 'the peer lives in another namespace');
 });

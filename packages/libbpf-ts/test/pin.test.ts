@@ -118,3 +118,24 @@ test('loadObject mapReplacements - the object uses the given map', async (t) => 
   pinned.close();
   shared.map.unpin(join(root, 'agent_state'));
 });
+
+test('loadObject mapReplacements - a map of another shape is refused before anything loads', async (t) => {
+  // agent_state is declared hash u32 -> u64: a hash u32 -> u32 would let the program write 8
+  // bytes into 4 if libbpf took it as it is.
+  using narrow = { map: BpfMap.create({ type: 'hash', name: 'narrow', keySize: 4, valueSize: 4, maxEntries: 16 }), [Symbol.dispose]() { this.map.close(); } };
+  const root = join(bpffs.dir, 'refused');
+  await import('node:fs/promises').then((fs) => fs.mkdir(root));
+  const error = await t.throwsAsync(loadObject(pinnedSpec, { pinRoot: root, mapReplacements: { agent_state: narrow.map } }), { instanceOf: LibbpfError });
+  t.is(error?.code, 'EINVAL');
+  t.regex(error?.message ?? '', /reuse map=agent_state.*\ndeclared type=hash key=4 value=8 flags=0, given type=hash key=4 value=4 flags=0/);
+  t.false(existsSync(join(root, 'agent_state')), 'nothing was pinned');
+  // A larger max_entries is fine: the program does not depend on it.
+  using wide = { map: BpfMap.create({ type: 'hash', name: 'wide', keySize: 4, valueSize: 8, maxEntries: 64 }), [Symbol.dispose]() { this.map.close(); } };
+  await using obj = await loadObject(pinnedSpec, { pinRoot: root, mapReplacements: { agent_state: wide.map } });
+  obj.program('xdp_touch_state').testRun({ data: new Uint8Array(64) });
+  t.deepEqual(wide.map.get(encode(u32, 0)), undefined, 'the program found no element 0 to count in');
+  wide.map.set(encode(u32, 0), encode(u64, 5n));
+  obj.program('xdp_touch_state').testRun({ data: new Uint8Array(64) });
+  t.deepEqual(wide.map.get(encode(u32, 0)), encode(u64, 6n), 'the program counts in the given map');
+  wide.map.unpin(join(root, 'agent_state'));
+});

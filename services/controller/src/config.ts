@@ -37,6 +37,10 @@ export interface ControllerConfig {
   natsTlsCa?: string;
   /** Print the nats-server authorization configuration (resolver in this directory) and exit. */
   printNatsServerConfig?: string;
+  /** Issue a NATS server certificate from the fleet CA into this directory and exit (names: `sans`). */
+  issueNatsCert?: string;
+  /** Names of the certificate --issue-nats-cert issues; the first is its identity's name. */
+  sans: string[];
   dataDir: string;
   signingKey: string;
   controllerId: string;
@@ -93,13 +97,23 @@ Every flag can also be set by the environment variable shown.
   --print-nats-server-config RESOLVER_DIR
                             print the nats-server authorization block (operator, system account, full resolver
                             storing account JWTs in RESOLVER_DIR, preloaded accounts) for NATS-AUTH-DIR and exit
+  --issue-nats-cert DIR --san NAME[,HOST...]
+                            issue a NATS server certificate from the fleet CA (--ca-cert/--ca-key, created when
+                            neither exists) into DIR (server.pem with the CA, server-key.pem 0600, ca.pem) and exit:
+                            identity spiffe://edgeplane/<fleet>/nats/NAME (it may call no gRPC method; agents and
+                            controllers accept only it from NATS servers of the fleet CA), for the host names and IP
+                            addresses NAME,HOST... (routes check them); valid a year
   --nats-anonymous          connect to --nats without credentials (a server without authorization; development
                             only: any client could then write the log) (EDGEPLANE_NATS_ANONYMOUS=1)
   --nats-tls-cert FILE      certificate of the embedded nats-server, PEM (EDGEPLANE_NATS_TLS_CERT); default: one
-                            the fleet CA issues at start into DATA_DIR/nats-tls (the embedded server always serves TLS)
+                            the fleet CA issues at start into DATA_DIR/nats-tls (the embedded server always serves TLS).
+                            Unless --nats-tls-ca names another CA it must be a NATS server identity of the fleet CA
+                            (--issue-nats-cert makes one): controllers and agents accept no other
   --nats-tls-key FILE       its key (EDGEPLANE_NATS_TLS_KEY)
   --nats-tls-ca FILE        CA the NATS servers' certificates chain to (EDGEPLANE_NATS_TLS_CA); default for the
-                            embedded server: the fleet CA; an external --nats uses TLS only when this is given
+                            embedded server: the fleet CA; an external --nats uses TLS only when this is given.
+                            With the fleet CA, servers must present a NATS server identity (--issue-nats-cert),
+                            with another CA their host name
   --data-dir DIR            state directory (EDGEPLANE_DATA_DIR, default /var/lib/edgeplane/controller)
   --signing-key FILE        Ed25519 key that signs the intent log, created on first start with mode 0600
                             (EDGEPLANE_SIGNING_KEY, default DATA_DIR/signing-key.pem); replicas share it
@@ -178,6 +192,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'data-dir': { type: 'string' },
         'nats-auth-dir': { type: 'string' },
         'print-nats-server-config': { type: 'string' },
+        'issue-nats-cert': { type: 'string' },
+        san: { type: 'string' },
         'nats-anonymous': { type: 'boolean' },
         'nats-tls-cert': { type: 'string' },
         'nats-tls-key': { type: 'string' },
@@ -222,6 +238,10 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
   const natsTlsCa = values['nats-tls-ca'] ?? env.EDGEPLANE_NATS_TLS_CA;
   if (!!natsTlsCert !== !!natsTlsKey) throw new ConfigError('--nats-tls-cert and --nats-tls-key go together');
   const printNats = values['print-nats-server-config'];
+  const issueNatsCert = values['issue-nats-cert'];
+  const sans = (values.san ?? '').split(',').map((x) => x.trim()).filter(Boolean);
+  if (values.san !== undefined && !issueNatsCert) throw new ConfigError('--san goes with --issue-nats-cert (the gRPC serving certificate takes --tls-san)');
+  if (issueNatsCert && sans.length === 0) throw new ConfigError('--issue-nats-cert needs --san NAME[,HOST...]: the server name, then the host names and addresses clients and routes use');
   const listen = values.listen ?? env.EDGEPLANE_LISTEN ?? '0.0.0.0:7443';
   const { host } = hostPort('listen', listen);
   if (insecure && !isLoopback(host)) {
@@ -252,6 +272,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     ...(natsTlsCert ? { natsTlsCert, natsTlsKey: natsTlsKey! } : {}),
     ...(natsTlsCa ? { natsTlsCa } : {}),
     ...(printNats ? { printNatsServerConfig: printNats } : {}),
+    ...(issueNatsCert ? { issueNatsCert } : {}),
+    sans,
     dataDir,
     signingKey: values['signing-key'] ?? env.EDGEPLANE_SIGNING_KEY ?? join(dataDir, 'signing-key.pem'),
     controllerId: values['controller-id'] ?? env.EDGEPLANE_CONTROLLER_ID ?? `${hostname()}-${process.pid}`,

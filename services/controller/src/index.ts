@@ -15,6 +15,6 @@ export {
   type IssueOptions,
   type GeneratedKeyPair,
 } from './pki/certificate-authority.js';
-export { identityUri, parseIdentityUri, identityFromPeerCertificate, type Identity, type Role } from './pki/identity.js';
+export { identityUri, parseIdentityUri, identityFromPeerCertificate, checkNatsServerIdentity, type Identity, type Role } from './pki/identity.js';
 export { METHOD_ROLES, INSECURE_IDENTITY, Authorizer, type AuthenticatedCall, type AuthorizerOptions, type Caller } from './grpc/authorize.js';
 export { enrollProofMessage, renewProofMessage } from './trust-api.js';

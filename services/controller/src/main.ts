@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { DEFAULT_POLICY_LIMITS, NODE_REGISTRY_BUCKET, INTENT_STREAM, INTENT_SUBJECT, TRUST_BUCKET, keyIdOf, publicKeyFromRaw } from '@edgeplane/proto';
-import { IntentLog, NatsServer, natsClientOptions } from '@edgeplane/intent-log';
+import { IntentLog, NatsServer, natsClientOptions, type NatsClientTls } from '@edgeplane/intent-log';
 import { startTelemetry, type SpanProcessor, type Telemetry } from '@edgeplane/telemetry';
 import { AgentSessions } from './agent-sessions.js';
 import { parseConfig, HELP, type ControllerConfig } from './config.js';
@@ -28,11 +28,13 @@ import { registerFleetMetrics } from './metrics.js';
 import { RolloutManager } from './rollout-manager.js';
 import { NodeRegistry } from './node-registry.js';
 import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
-import { generateKeyPair, loadOrCreateCertificateAuthority, writeFileAtomic, type CertificateAuthority } from './pki/certificate-authority.js';
+import { generateKeyPair, loadOrCreateCertificateAuthority, writeFileAtomic, type CertificateAuthority, type IssuedCertificate } from './pki/certificate-authority.js';
+import { checkNatsServerIdentity } from './pki/identity.js';
+import { writeNatsServerCertificate } from './pki/nats-server-certificate.js';
 import { FLEET_ID, isLoopback } from './config.js';
 import { commitSigningKeyFile, loadOrCreateSigningKey, prepareNextSigningKey, retiredSigningKeys } from './signing-key.js';
 import { TrustApi } from './trust-api.js';
-import { TrustStore } from './trust-store.js';
+import { TrustStore, normalizeSerial } from './trust-store.js';
 
 /** A running controller. */
 export interface RunningController {
@@ -71,7 +73,7 @@ export interface StartExtras {
  * On first start (no DATA_DIR/admin yet) writes an admin client certificate, its key (0600)
  * and the CA into DATA_DIR/admin, like kubeadm's admin.conf: the CLI's first credentials.
  */
-async function writeAdminBundle(ca: CertificateAuthority, dataDir: string): Promise<string | undefined> {
+async function writeAdminBundle(ca: CertificateAuthority, dataDir: string): Promise<{ dir: string; issued: IssuedCertificate } | undefined> {
   const dir = join(dataDir, 'admin');
   if (existsSync(join(dir, 'admin.pem'))) return undefined;
   const keys = generateKeyPair();
@@ -79,7 +81,7 @@ async function writeAdminBundle(ca: CertificateAuthority, dataDir: string): Prom
   writeFileAtomic(join(dir, 'ca.pem'), ca.certPem, 0o644);
   writeFileAtomic(join(dir, 'admin-key.pem'), keys.privateKeyPem, 0o600);
   writeFileAtomic(join(dir, 'admin.pem'), cert.certPem, 0o644);
-  return dir;
+  return { dir, issued: cert };
 }
 
 /** The serving certificate chain: the one given, or one the CA issues now for this host. */
@@ -97,7 +99,7 @@ async function servingCertificate(config: ControllerConfig, ca: CertificateAutho
   const isIp = (n: string): boolean => /^[0-9.]+$/.test(n) || n.includes(':');
   const keys = generateKeyPair();
   const issued = await ca.issue({
-    identity: { fleet: ca.fleet, role: 'controller', name: config.controllerId.toLowerCase().replace(/[^a-z0-9._-]/g, '-').slice(0, 63).replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '') || 'controller' },
+    identity: { fleet: ca.fleet, role: 'controller', name: identityName(config.controllerId, 'controller') },
     publicKey: keys.publicKeyDer,
     lifetimeMs: 365 * 86_400_000,
     dnsNames: [...names].filter((n) => !isIp(n)),
@@ -105,6 +107,35 @@ async function servingCertificate(config: ControllerConfig, ca: CertificateAutho
   });
   // The chain carries the CA so an enrolling agent can pin it by fingerprint.
   return { certChainPem: issued.certPem + ca.certPem, keyPem: keys.privateKeyPem };
+}
+
+/**
+ * The fleet a CA certificate file names (`CN=edgeplane <fleet> CA`, as the controller and the
+ * deploy README make it), or undefined when the file is missing, unreadable or names none
+ * (loadOrCreateCertificateAuthority reports a bad file).
+ */
+function fleetOfCaFile(file: string): string | undefined {
+  if (!existsSync(file)) return undefined;
+  try {
+    const named = /(?:^|,\s*)CN=edgeplane (\S+) CA(?:,|$)/.exec(new X509Certificate(readFileSync(file)).subject.replace(/\n/g, ', '))?.[1];
+    return named !== undefined && FLEET_ID.test(named) ? named : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** True when both files hold the same certificate (the first in each): false if either is unreadable. */
+function sameCertificate(a: string, b: string): boolean {
+  try {
+    return new X509Certificate(readFileSync(a)).fingerprint256 === new X509Certificate(readFileSync(b)).fingerprint256;
+  } catch {
+    return false;
+  }
+}
+
+/** An identity name (identity.ts) from a free-form id such as a controller id or host name. */
+function identityName(id: string, fallback: string): string {
+  return id.toLowerCase().replace(/[^a-z0-9._-]/g, '-').slice(0, 63).replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '') || fallback;
 }
 
 /**
@@ -121,42 +152,40 @@ function embeddedFleetId(config: ControllerConfig): string {
     if (!FLEET_ID.test(stored)) throw new ConfigError(`${file}: ${JSON.stringify(stored.slice(0, 80))} is not a fleet id`);
     if (config.fleetId && config.fleetId !== stored) throw new ConfigError(`--fleet-id ${config.fleetId}: ${file} names fleet ${stored}`);
   }
-  let fromCa: string | undefined;
-  if (!stored && !config.fleetId && existsSync(config.caCert)) {
-    try {
-      fromCa = /(?:^|,\s*)CN=edgeplane (\S+) CA(?:,|$)/.exec(new X509Certificate(readFileSync(config.caCert)).subject.replace(/\n/g, ', '))?.[1];
-    } catch {
-      fromCa = undefined; // loadOrCreateCertificateAuthority reports the bad file
-    }
-  }
+  const fromCa = !stored && !config.fleetId ? fleetOfCaFile(config.caCert) : undefined;
   const fleet = stored ?? config.fleetId ?? fromCa ?? randomUUID().toLowerCase();
   if (!stored) writeFileAtomic(file, fleet + '\n', 0o644);
   return fleet;
 }
 
 /**
- * Issues the embedded nats-server's serving certificate from the fleet CA (a controller
- * identity, so agents verify it as they verify the gRPC endpoint; DNS and IP names of this host
- * for clients that check names) and writes it and its key (0600) to DATA_DIR/nats-tls.
- * @returns the files for NatsServer's tls option.
+ * Issues the embedded nats-server's certificate from the fleet CA (a NATS server identity named
+ * after this controller; the DNS and IP names of this host for clients that check names) into
+ * DATA_DIR/nats-tls. Returns the files for NatsServer's tls option.
  */
-async function writeNatsServerCertificate(config: ControllerConfig, ca: CertificateAuthority): Promise<{ certFile: string; keyFile: string }> {
-  const names = new Set(['localhost', '127.0.0.1', '::1', hostname(), ...config.tlsSans]);
-  if (config.embeddedNatsHost !== '0.0.0.0' && config.embeddedNatsHost !== '::') names.add(config.embeddedNatsHost);
-  const isIp = (n: string): boolean => /^[0-9.]+$/.test(n) || n.includes(':');
-  const keys = generateKeyPair();
-  const issued = await ca.issue({
-    identity: { fleet: ca.fleet, role: 'controller', name: 'nats' },
-    publicKey: keys.publicKeyDer,
-    lifetimeMs: 365 * 86_400_000,
-    dnsNames: [...names].filter((n) => !isIp(n)),
-    ipAddresses: [...names].filter(isIp),
-  });
-  const dir = join(config.dataDir, 'nats-tls');
-  const files = { certFile: join(dir, 'server.pem'), keyFile: join(dir, 'server-key.pem') };
-  writeFileAtomic(files.keyFile, keys.privateKeyPem, 0o600);
-  writeFileAtomic(files.certFile, issued.certPem + ca.certPem, 0o644);
-  return files;
+async function writeEmbeddedNatsCertificate(config: ControllerConfig, ca: CertificateAuthority): Promise<{ certFile: string; keyFile: string }> {
+  const hosts = new Set(['localhost', '127.0.0.1', '::1', hostname(), ...config.tlsSans]);
+  if (config.embeddedNatsHost !== '0.0.0.0' && config.embeddedNatsHost !== '::') hosts.add(config.embeddedNatsHost);
+  const { certFile, keyFile } = await writeNatsServerCertificate(ca, { name: identityName(config.controllerId, 'nats'), hosts: [...hosts], dir: join(config.dataDir, 'nats-tls') });
+  // No caFile: the server must not require client certificates (clients authenticate by JWT).
+  return { certFile, keyFile };
+}
+
+/**
+ * --issue-nats-cert: issues a NATS server certificate from the fleet CA (--ca-cert/--ca-key,
+ * created like on a first start when neither file exists, for --fleet-id, else a new fleet) for
+ * the names of --san (the first is the identity's name) into the directory. For deployments
+ * whose NATS servers the controller does not start (deploy/compose/init-nats-secrets).
+ * @returns what was written, for the operator.
+ * @throws ConfigError for a bad CA, name or fleet; CertificateIssueError for a bad host name.
+ */
+async function issueNatsCertificate(config: ControllerConfig, dir: string): Promise<string> {
+  const [name] = config.sans;
+  if (!name || !FLEET_ID.test(name)) throw new ConfigError(`--san: the first name (${JSON.stringify((name ?? '').slice(0, 80))}) names the NATS server identity: a lower-case DNS-like name such as nats-1`);
+  const fleet = config.fleetId ?? fleetOfCaFile(config.caCert) ?? randomUUID().toLowerCase();
+  const { ca, created } = await loadOrCreateCertificateAuthority({ certFile: config.caCert, keyFile: config.caKey }, fleet);
+  const files = await writeNatsServerCertificate(ca, { name, hosts: config.sans, dir });
+  return `${created ? `created the fleet CA ${config.caCert} (fleet ${ca.fleet}, ${ca.fingerprint})\n` : ''}nats/${name} of fleet ${ca.fleet}: ${files.certFile} (key ${files.keyFile}, CA ${files.caFile}), names ${config.sans.join(', ')}\n`;
 }
 
 function logger(extra?: StartExtras['log']): (level: string, msg: string, fields?: Record<string, unknown>) => void {
@@ -196,7 +225,12 @@ export async function startController(config: ControllerConfig, extras: StartExt
     // fleet id it is made for) must exist before it starts: the fleet id is --fleet-id, else
     // DATA_DIR/fleet-id, else the CA's, else a new one written there. The log must agree (below).
     let ca: CertificateAuthority | undefined;
-    let natsTls: { caFile: string } | undefined = config.natsTlsCa ? { caFile: config.natsTlsCa } : undefined;
+    // Servers with certificates from the fleet CA are verified by their NATS server identity
+    // (spiffe://edgeplane/<fleet>/nats/<name>), not only by chain: node, people and controller
+    // certificates chain to the same CA. Another CA (--nats-tls-ca) is checked by host name.
+    let natsTls: NatsClientTls | undefined = config.natsTlsCa
+      ? { caFile: config.natsTlsCa, ...(sameCertificate(config.natsTlsCa, config.caCert) ? { checkServerIdentity: checkNatsServerIdentity } : {}) }
+      : undefined;
     const openCa = async (fleet: string): Promise<CertificateAuthority> => {
       const opened = await loadOrCreateCertificateAuthority({ certFile: config.caCert, keyFile: config.caKey }, fleet);
       if (opened.created) log('info', 'created the fleet CA', { cert: config.caCert, fingerprint: opened.ca.fingerprint });
@@ -208,9 +242,9 @@ export async function startController(config: ControllerConfig, extras: StartExt
     const authority = anonymous ? undefined : NatsAuthority.open(config.natsAuthDir);
     if (embeddedNats) {
       const natsDir = join(config.dataDir, 'nats');
-      const tls = config.natsTlsCert ? { certFile: config.natsTlsCert, keyFile: config.natsTlsKey! } : await writeNatsServerCertificate(config, ca!);
-      // Without --nats-tls-ca the controller's own connections trust the fleet CA.
-      natsTls ??= { caFile: config.caCert };
+      const tls = config.natsTlsCert ? { certFile: config.natsTlsCert, keyFile: config.natsTlsKey! } : await writeEmbeddedNatsCertificate(config, ca!);
+      // Without --nats-tls-ca the controller's own connections trust the fleet CA, and only a NATS server identity from it.
+      natsTls ??= { caFile: config.caCert, checkServerIdentity: checkNatsServerIdentity };
       const embedded = await NatsServer.start({
         dataDir: natsDir,
         host: config.embeddedNatsHost,
@@ -244,14 +278,15 @@ export async function startController(config: ControllerConfig, extras: StartExt
 
     let key = loadOrCreateSigningKey(config.signingKey);
     const intentLog = await IntentLog.open(nc, { create: true, replicas: config.streamReplicas });
-    const fleetId = await intentLog.fleetId(ca?.fleet ?? config.fleetId ?? randomUUID().toLowerCase());
+    // A new log takes the fleet of the CA when it names one (deploy/compose makes the CA first).
+    const fleetId = await intentLog.fleetId(ca?.fleet ?? config.fleetId ?? fleetOfCaFile(config.caCert) ?? randomUUID().toLowerCase());
     if (config.fleetId && fleetId !== config.fleetId) throw new ConfigError(`--fleet-id ${config.fleetId}: the log belongs to fleet ${fleetId}`);
     if (ca && fleetId !== ca.fleet) throw new ConfigError(`the log belongs to fleet ${fleetId} but the fleet CA and ${join(config.dataDir, 'fleet-id')} name fleet ${ca.fleet}; start with --fleet-id ${fleetId} and a CA made for it`);
     if (!FLEET_ID.test(fleetId)) throw new ConfigError(`the log's fleet id ${JSON.stringify(fleetId)} is not a lower-case name and cannot name certificate identities; start a new log with a lower-case --fleet-id`);
     // One fleet identity: the CA issues identities in the log's fleet (spiffe://edgeplane/<fleet-id>/...).
     ca ??= await openCa(fleetId);
-    const adminDir = await writeAdminBundle(ca, config.dataDir);
-    if (adminDir) log('info', 'wrote the admin client certificate (keep it safe)', { dir: adminDir });
+    const adminBundle = await writeAdminBundle(ca, config.dataDir);
+    if (adminBundle) log('info', 'wrote the admin client certificate (keep it safe)', { dir: adminBundle.dir });
     if (config.insecure) {
       log('warn', 'INSECURE: plaintext gRPC without authentication on loopback; every caller is an admin and may speak for any node (development and tests only)', { listen: config.listen });
       if (!isLoopback(config.listen.slice(0, config.listen.lastIndexOf(':')))) throw new ConfigError('--insecure is refused on a non-loopback address');
@@ -292,6 +327,11 @@ export async function startController(config: ControllerConfig, extras: StartExt
     const trustStore = new TrustStore(trustKv);
     await trustStore.start(onError);
     cleanups.push(async () => trustStore.close());
+    if (adminBundle) {
+      // The first admin certificate is listed and revocable like every other one.
+      const { issued } = adminBundle;
+      await trustStore.recordCertificate({ serial: normalizeSerial(issued.serialNumber)!, role: 'admin', name: issued.identity.name, notAfter: Math.floor(issued.notAfter.getTime() / 1000) * 1000, issuedAt: Date.now(), issuedBy: 'controller' });
+    }
     const counters = new CounterStore();
     registerFleetMetrics(telemetry.meter('@edgeplane/controller'), { counters, registry, revision: () => store.chain.revision });
 
@@ -323,7 +363,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       fleet: fleetId,
       enrolledLabels: (node) => trustStore.enrolledLabels(node),
       forgetPreviousLabels: (node) => trustStore.forgetPreviousLabels(node),
-      isRevoked: (id) => id.role === 'node' && trustStore.isRevoked(id.name),
+      isRevoked: (id, serial) => (id.role === 'node' && trustStore.isRevoked(id.name)) || (serial !== undefined && trustStore.isCertificateRevoked(serial)),
       onDenied: (method, id, reason) => {
         denied.add(1, { method, role: id?.role ?? 'none', reason });
         log('warn', 'call refused', { method, caller: id ? `${id.role}/${id.name}` : 'anonymous', reason });
@@ -331,20 +371,23 @@ export async function startController(config: ControllerConfig, extras: StartExt
     });
     // A revocation (from any replica, through the KV watch) closes the node's open streams at once.
     trustStore.onRevoked((r) => sessions.closeNode(r.node, new UnauthenticatedError(`node ${r.node} was revoked`, 'REVOKED')));
+    // An admin's label change (on any replica, through the same KV watch as revocations): the
+    // node says hello again, learns the new labels from the welcome and compiles for them.
+    trustStore.onLabelsChanged((node, labels) => {
+      registry.relabel(node, labels);
+      sessions.closeNode(node, new UnavailableError(`node ${node}: labels changed by an admin; reconnect`));
+    });
     const trustApi = new TrustApi({
       ca,
       store: trustStore,
-      // The node says hello again, with its old labels, and learns the new ones from the welcome.
-      onLabelsChanged: (node, labels) => {
-        registry.relabel(node, labels);
-        sessions.closeNode(node, new UnavailableError(`node ${node}: labels changed by an admin; reconnect`));
-      },
       nodeCertLifetimeMs: config.nodeCertLifetimeMs,
       ...((extras.natsCredentials ?? authority) ? { natsCredentials: (extras.natsCredentials ?? authority)! } : {}),
     });
     const grpcServer: GrpcServer = await startGrpcServer({
       listen: config.listen,
       tls: config.insecure ? { insecure: true } : { ...(await servingCertificate(config, ca)), clientCaPem: ca.certPem },
+      auth,
+      log: onError,
       intent: intentServiceHandlers(intentApi, onError, auth),
       fleet: fleetServiceHandlers(fleetApi, onError, auth),
       agent: agentServiceHandlers(sessions, onError, auth),
@@ -387,6 +430,15 @@ async function main(): Promise<void> {
   }
   if (config === 'help') {
     process.stdout.write(HELP + '\n');
+    return;
+  }
+  if (config.issueNatsCert) {
+    try {
+      process.stdout.write(await issueNatsCertificate(config, config.issueNatsCert));
+    } catch (err) {
+      process.stderr.write(`edgeplane-controller: ${(err as Error).message}\n`);
+      process.exitCode = 1;
+    }
     return;
   }
   if (config.printNatsServerConfig) {

@@ -7,8 +7,13 @@ import {
   type Duration,
   type EnrollRequest,
   type EnrollResponse,
+  type CertificateInfo,
   type IssueCertificateRequest,
   type IssueCertificateResponse,
+  type ListCertificatesRequest,
+  type ListCertificatesResponse,
+  type RevokeCertificateRequest,
+  type RevokeCertificateResponse,
   type RenewCertificateRequest,
   type RenewCertificateResponse,
   type RevokeNodeRequest,
@@ -16,11 +21,12 @@ import {
   type SetNodeLabelsRequest,
   type SetNodeLabelsResponse,
 } from '@edgeplane/proto';
-import { CertificateIssueError, UnauthenticatedError, ValidationError } from './errors.js';
+import { CertificateIssueError, NotFoundError, PreconditionError, UnauthenticatedError, ValidationError } from './errors.js';
 import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
 import { p256PublicKey, type CertificateAuthority } from './pki/certificate-authority.js';
 import { describeIdentity, type Identity, type Role } from './pki/identity.js';
-import type { TrustStore } from './trust-store.js';
+import { normalizeSerial, type CertificateStatus, type TrustStore } from './trust-store.js';
+import type { Caller } from './grpc/authorize.js';
 
 /** The message an enrolling node signs with its new key (proof of possession). */
 export function enrollProofMessage(nodeName: string, token: string): Buffer {
@@ -40,8 +46,24 @@ export interface TrustApiOptions {
   natsCredentials?: NatsCredentialIssuer;
   /** Lifetime of node certificates (default 24 h). */
   nodeCertLifetimeMs?: number;
-  /** Called after an admin changed a node's labels (the controller records them and closes the node's open streams). */
-  onLabelsChanged?(node: string, labels: Record<string, string>): void;
+  /** The clock (tests). Default Date.now. */
+  now?: () => number;
+}
+
+/** A recorded certificate as the API shows it. */
+function certificateInfo(c: CertificateStatus): CertificateInfo {
+  return {
+    serialNumber: c.serial,
+    role: c.role,
+    name: c.name,
+    notAfter: new Date(c.notAfter),
+    issuedAt: new Date(c.issuedAt),
+    issuedBy: c.issuedBy,
+    revoked: c.revoked !== undefined,
+    revokedAt: c.revoked ? new Date(c.revoked.at) : undefined,
+    revokedBy: c.revoked?.by ?? '',
+    revokeReason: c.revoked?.reason ?? '',
+  };
 }
 
 const MINUTE = 60_000;
@@ -148,8 +170,9 @@ export class TrustApi {
   }
 
   /**
-   * Replaces an enrolled node's labels (the whole set); its open streams are closed so it says
-   * hello again and learns them from the welcome. Returns the labels now bound.
+   * Replaces an enrolled node's labels (the whole set). Every replica sees the change through
+   * the trust store's watch and closes the node's open streams there, so it says hello again
+   * and learns them from the welcome. Returns the labels now bound.
    * @throws ValidationError (name, labels), NotFoundError (not enrolled), PreconditionError (revoked).
    */
   async setNodeLabels(req: SetNodeLabelsRequest): Promise<SetNodeLabelsResponse> {
@@ -158,12 +181,76 @@ export class TrustApi {
     const violations = validateLabels(req.labels, 'labels');
     if (violations.length > 0) throw new ValidationError('invalid labels', violations);
     const labels = await this.#o.store.setLabels(req.nodeName, req.labels);
-    this.#o.onLabelsChanged?.(req.nodeName, labels);
     return { labels };
   }
 
-  /** Issues a certificate for a person or pipeline (viewer, operator, admin; default 90 days, at most 1 year). */
-  async issueCertificate(req: IssueCertificateRequest): Promise<IssueCertificateResponse> {
+  /** The person and pipeline certificates issued (unexpired ones unless asked), oldest first. */
+  async listCertificates(req: ListCertificatesRequest): Promise<ListCertificatesResponse> {
+    const now = (this.#o.now ?? Date.now)();
+    const all = await this.#o.store.certificates();
+    return { certificates: all.filter((c) => req.includeExpired || c.notAfter > now).map(certificateInfo) };
+  }
+
+  /**
+   * Revokes person or pipeline certificates by serial number or by name (every unexpired one
+   * issued to the name). Refused if it would leave no usable admin certificate: the recorded
+   * unexpired, unrevoked admin certificates plus the caller's own, minus those revoked now,
+   * must not be none (so an admin can revoke its own certificate only while another admin
+   * certificate exists, and nobody locks the fleet out of administration). Idempotent.
+   * Returns the certificates revoked (by this call or before).
+   * @throws ValidationError (not exactly one of serial and name; a bad serial or name),
+   *   NotFoundError (no such certificate or name), PreconditionError (LAST_ADMIN).
+   */
+  async revokeCertificate(caller: Caller, req: RevokeCertificateRequest): Promise<RevokeCertificateResponse> {
+    if ((req.serialNumber === '') === (req.name === '')) {
+      throw new ValidationError('give exactly one of serial_number and name', [{ field: 'serial_number', description: 'exactly one of serial_number and name', reason: 'ONE_OF' }]);
+    }
+    const now = (this.#o.now ?? Date.now)();
+    const all = await this.#o.store.certificates();
+    let targets: CertificateStatus[];
+    let serials: string[];
+    if (req.serialNumber !== '') {
+      const serial = normalizeSerial(req.serialNumber);
+      if (serial === undefined) throw new ValidationError('invalid serial number', [{ field: 'serial_number', description: 'must be hex (as edgeplane cert list prints it)', reason: 'INVALID_SERIAL' }]);
+      // A certificate issued before certificates were recorded is not listed: its serial still
+      // revokes it (whatever it is; the caller's own counts as the admin certificate it is).
+      targets = all.filter((c) => c.serial === serial);
+      serials = [serial];
+    } else {
+      const problem = checkDnsLabel(req.name);
+      if (problem) throw new ValidationError('invalid name', [{ field: 'name', description: problem, reason: 'INVALID_NAME' }]);
+      targets = all.filter((c) => c.name === req.name && c.notAfter > now);
+      if (targets.length === 0) throw new NotFoundError(`no unexpired certificate was issued to ${req.name}`);
+      serials = targets.map((c) => c.serial);
+    }
+    const revoking = new Set(serials);
+    const own = caller.serial !== undefined ? normalizeSerial(caller.serial) : undefined;
+    const admins = new Set(all.filter((c) => c.role === 'admin' && c.notAfter > now && !c.revoked).map((c) => c.serial));
+    if (own !== undefined && caller.identity?.role === 'admin') admins.add(own);
+    const left = [...admins].filter((s) => !revoking.has(s));
+    if (admins.size > 0 && left.length === 0) {
+      throw new PreconditionError('this would revoke the last admin certificate; issue another admin certificate first (edgeplane cert issue --role admin)', 'LAST_ADMIN');
+    }
+    const by = caller.identity ? describeIdentity(caller.identity) : 'unknown';
+    const reason = req.reason.slice(0, 1024);
+    for (const s of serials) await this.#o.store.revokeCertificate(s, by, reason);
+    return {
+      revoked: serials.map((s) => {
+        const r = this.#o.store.certificateRevocation(s);
+        const known = targets.find((c) => c.serial === s);
+        if (known) return certificateInfo({ ...known, revoked: r });
+        const self = s === own && caller.identity;
+        return { serialNumber: s, role: self ? caller.identity!.role : '', name: self ? caller.identity!.name : '', notAfter: undefined, issuedAt: undefined, issuedBy: '', revoked: true, revokedAt: r ? new Date(r.at) : undefined, revokedBy: r?.by ?? by, revokeReason: r?.reason ?? reason };
+      }),
+    };
+  }
+
+  /**
+   * Issues a certificate for a person or pipeline (viewer, operator, admin; default 90 days, at
+   * most 1 year) and records it (serial, identity, role, not-after) for listing and revocation.
+   * @throws ValidationError (role, name, lifetime, key).
+   */
+  async issueCertificate(caller: Identity | undefined, req: IssueCertificateRequest): Promise<IssueCertificateResponse> {
     if (!PEOPLE_ROLES.includes(req.role as Role)) {
       throw new ValidationError('invalid role', [{ field: 'role', description: `must be one of ${PEOPLE_ROLES.join(', ')} (nodes enroll with join tokens)`, reason: 'INVALID_ROLE' }]);
     }
@@ -173,7 +260,10 @@ export class TrustApi {
     const key = publicKeyOf(req.publicKey, 'public_key');
     try {
       const issued = await this.#o.ca.issue({ identity: { fleet: this.#o.ca.fleet, role: req.role as Role, name: req.name }, publicKey: key, lifetimeMs: lifetime });
-      return { certificate: issued.certPem, caCertificate: this.#o.ca.certPem, notAfter: issued.notAfter };
+      const serial = normalizeSerial(issued.serialNumber)!;
+      // Recorded before it is handed out: a certificate nobody can list is one nobody revokes by name.
+      await this.#o.store.recordCertificate({ serial, role: req.role as Role, name: req.name, notAfter: Math.floor(issued.notAfter.getTime() / 1000) * 1000, issuedAt: (this.#o.now ?? Date.now)(), issuedBy: caller ? describeIdentity(caller) : 'unknown' });
+      return { certificate: issued.certPem, caCertificate: this.#o.ca.certPem, notAfter: issued.notAfter, serialNumber: serial };
     } catch (err) {
       if (err instanceof CertificateIssueError) throw new ValidationError(err.message, [{ field: 'public_key', description: err.message, reason: 'BAD_KEY' }]);
       throw err;

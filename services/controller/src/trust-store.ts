@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { KvWatchInclude, type KV } from '@nats-io/kv';
 import { NotFoundError, PreconditionError, UnauthenticatedError } from './errors.js';
+import type { Role } from './pki/identity.js';
 
 /** A join token as stored: only its hash is the key. */
 interface TokenRecord {
@@ -28,18 +29,47 @@ interface EnrollmentRecord {
   previousLabels?: Record<string, string>;
 }
 
+/** A person or pipeline certificate as recorded at issue (key `cert.<serial>`). */
+export interface CertificateRecord {
+  /** Upper-case hex without leading zeros ({@link normalizeSerial}). */
+  serial: string;
+  role: Role;
+  name: string;
+  notAfter: number;
+  issuedAt: number;
+  issuedBy: string;
+}
+
+/** A certificate's revocation as stored (key `certrevoked.<serial>`); every replica watches them. */
+export interface CertificateRevocation {
+  serial: string;
+  at: number;
+  by: string;
+  reason: string;
+}
+
+/** A recorded certificate with its revocation, if any. */
+export interface CertificateStatus extends CertificateRecord {
+  revoked: CertificateRevocation | undefined;
+}
+
+/**
+ * A certificate serial number as the trust store keys it: upper-case hex without leading zeros
+ * (Node's X509Certificate and TLS peer certificates both give hex, with case and padding varying).
+ * @returns undefined for anything that is not 1 to 40 bytes of hex.
+ */
+export function normalizeSerial(serial: string): string | undefined {
+  const s = serial.replace(/:/g, '').toUpperCase();
+  if (!/^[0-9A-F]{1,80}$/.test(s)) return undefined;
+  return s.replace(/^0+(?=.)/, '');
+}
+
 /** The labels a hello may carry for a node, from {@link TrustStore.enrolledLabels}. */
 export interface EnrolledLabels {
   /** The labels bound to the node now. */
   labels: Record<string, string>;
   /** Also accepted: the labels before the last admin change. */
   previous: Record<string, string> | undefined;
-}
-
-/** True if two label sets hold the same keys and values. */
-export function sameLabels(a: Record<string, string>, b: Record<string, string>): boolean {
-  const ka = Object.keys(a);
-  return ka.length === Object.keys(b).length && ka.every((k) => Object.hasOwn(b, k) && b[k] === a[k]);
 }
 
 /** The token prefix: recognisable in logs and secret scanners. */
@@ -54,13 +84,17 @@ function tokenKey(token: string): string {
 /**
  * The controller's trust state in a controller-only NATS KV bucket (TRUST_BUCKET): single-use
  * join tokens (stored hashed, consumed by compare-and-set so two replicas cannot both accept
- * one), the names enrolled so far (each name enrolls once), and node revocations, which every
- * replica watches. Owns the watch; close() stops it (idempotent).
+ * one), the names enrolled so far (each name enrolls once) with their labels, the person and
+ * pipeline certificates issued, and revocations of nodes and certificates. Every replica
+ * watches the bucket: revocations and admins' label changes written by any replica reach it
+ * through that one watch. Owns the watch; close() stops it (idempotent).
  */
 export class TrustStore {
   #kv: KV;
   #revoked = new Map<string, Revocation>();
+  #revokedCerts = new Map<string, CertificateRevocation>();
   #listeners = new Set<(r: Revocation) => void>();
+  #labelListeners = new Set<(node: string, labels: Record<string, string>) => void>();
   #stop: (() => void) | undefined;
   #now: () => number;
 
@@ -70,24 +104,49 @@ export class TrustStore {
   }
 
   /**
-   * Starts watching for revocations (from any replica), then loads those already stored: a
-   * revocation written in between is seen by one or the other.
+   * Starts watching the bucket (writes by any replica, this one included), then loads the
+   * revocations already stored: a revocation written in between is seen by one or the other.
    */
   async start(onError: (message: string, err: unknown) => void): Promise<void> {
-    const watch = await this.#kv.watch({ key: 'revoked.>', include: KvWatchInclude.UpdatesOnly });
+    const watch = await this.#kv.watch({ key: '>', include: KvWatchInclude.UpdatesOnly });
     this.#stop = () => watch.stop();
     void (async () => {
       try {
-        for await (const e of watch) if (e.operation === 'PUT' && e.value.length > 0) this.#add(JSON.parse(dec.decode(e.value)) as Revocation);
+        for await (const e of watch) {
+          if (e.operation !== 'PUT' || e.value.length === 0) continue;
+          try {
+            this.#seen(e.key, e.value);
+          } catch (err) {
+            onError(`trust bucket entry ${e.key}`, err);
+          }
+        }
       } catch (err) {
-        onError('watch revocations', err);
+        onError('watch the trust bucket', err);
       }
     })();
-    const keys: string[] = [];
-    for await (const k of await this.#kv.keys('revoked.>')) keys.push(k);
-    for (const k of keys) {
-      const e = await this.#kv.get(k);
-      if (e && e.operation === 'PUT' && e.value.length > 0) this.#add(JSON.parse(dec.decode(e.value)) as Revocation);
+    for (const prefix of ['revoked', 'certrevoked']) {
+      const keys: string[] = [];
+      for await (const k of await this.#kv.keys(`${prefix}.>`)) keys.push(k);
+      for (const k of keys) {
+        const e = await this.#kv.get(k);
+        if (e && e.operation === 'PUT' && e.value.length > 0) this.#seen(k, e.value);
+      }
+    }
+  }
+
+  /** One stored entry, from the watch or the start-up load. */
+  #seen(key: string, value: Uint8Array): void {
+    if (key.startsWith('revoked.')) this.#add(JSON.parse(dec.decode(value)) as Revocation);
+    else if (key.startsWith('certrevoked.')) {
+      const r = JSON.parse(dec.decode(value)) as CertificateRevocation;
+      if (!this.#revokedCerts.has(r.serial)) this.#revokedCerts.set(r.serial, r);
+    } else if (key.startsWith('node.')) {
+      // An admin's change (SetNodeLabels) keeps the labels before it until the node said hello
+      // with the new ones: that is the change to act on. Enrollments and the later cleanup are not.
+      const record = JSON.parse(dec.decode(value)) as EnrollmentRecord;
+      if (record.previousLabels === undefined) return;
+      const node = key.slice('node.'.length);
+      for (const l of this.#labelListeners) l(node, record.labels ?? {});
     }
   }
 
@@ -107,6 +166,58 @@ export class TrustStore {
   onRevoked(listener: (r: Revocation) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Calls `listener` whenever an admin changed a node's labels, on any replica (this one
+   * included, through the watch); returns the function that removes it.
+   */
+  onLabelsChanged(listener: (node: string, labels: Record<string, string>) => void): () => void {
+    this.#labelListeners.add(listener);
+    return () => this.#labelListeners.delete(listener);
+  }
+
+  /** True if the certificate with this serial (any form {@link normalizeSerial} takes) was revoked, on any replica once its watch delivered it. */
+  isCertificateRevoked(serial: string): boolean {
+    const s = normalizeSerial(serial);
+    return s !== undefined && this.#revokedCerts.has(s);
+  }
+
+  /** Records a person or pipeline certificate just issued (so it can be listed and revoked by name). */
+  async recordCertificate(record: CertificateRecord): Promise<void> {
+    await this.#kv.put(`cert.${record.serial}`, enc.encode(JSON.stringify(record)));
+  }
+
+  /** Every recorded certificate with its revocation, oldest first. */
+  async certificates(): Promise<CertificateStatus[]> {
+    const keys: string[] = [];
+    for await (const k of await this.#kv.keys('cert.>')) keys.push(k);
+    const out: CertificateStatus[] = [];
+    for (const k of keys) {
+      const e = await this.#kv.get(k);
+      if (!e || e.operation !== 'PUT' || e.value.length === 0) continue;
+      const r = JSON.parse(dec.decode(e.value)) as CertificateRecord;
+      out.push({ ...r, revoked: this.#revokedCerts.get(r.serial) });
+    }
+    return out.sort((a, b) => a.issuedAt - b.issuedAt || a.serial.localeCompare(b.serial));
+  }
+
+  /** The revocation of a certificate, if it was revoked. */
+  certificateRevocation(serial: string): CertificateRevocation | undefined {
+    const s = normalizeSerial(serial);
+    return s === undefined ? undefined : this.#revokedCerts.get(s);
+  }
+
+  /** Revokes a certificate by serial (idempotent: the first revocation stays); returns the revocation in force. */
+  async revokeCertificate(serial: string, by: string, reason: string): Promise<CertificateRevocation> {
+    const s = normalizeSerial(serial);
+    if (s === undefined) throw new Error(`revoke certificate: serial ${JSON.stringify(serial)} is not hex`);
+    const existing = this.#revokedCerts.get(s);
+    if (existing) return existing;
+    const r: CertificateRevocation = { serial: s, at: this.#now(), by, reason };
+    await this.#kv.put(`certrevoked.${s}`, enc.encode(JSON.stringify(r)));
+    if (!this.#revokedCerts.has(s)) this.#revokedCerts.set(s, r);
+    return this.#revokedCerts.get(s)!;
   }
 
   /** True if the node was revoked (on any replica, once its watch delivered it). */

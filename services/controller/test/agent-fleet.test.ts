@@ -1,9 +1,5 @@
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { service as healthService } from 'grpc-health-check';
 import {
   AgentServiceClient,
   ApplyPolicyRequest,
@@ -12,7 +8,7 @@ import {
   type ConnectRequest,
   type ConnectResponse,
 } from '@edgeplane/proto';
-import { call, clients } from '../../../test/support/grpc.js';
+import { call, clients, standardServices } from '../../../test/support/grpc.js';
 import { samplePolicy, startTestController } from './helpers.js';
 
 let env: Awaited<ReturnType<typeof startTestController>>;
@@ -207,35 +203,17 @@ test.serial('FleetService - nodes list by label and watch streams changes', asyn
 });
 
 test('health - every service reports SERVING', async (t) => {
-  const Health = grpc.makeClientConstructor(healthService, 'grpc.health.v1.Health');
-  const h = new Health(env.controller.address, grpc.credentials.createInsecure()) as unknown as grpc.Client & { check: (req: object, cb: (e: Error | null, r: { status: string }) => void) => void };
-  t.teardown(() => h.close());
-  for (const service of ['', 'edgeplane.v1.IntentService', 'edgeplane.v1.AgentService']) {
-    const res = await new Promise<{ status: string }>((resolve, reject) => h.check({ service }, (e, r) => (e ? reject(e) : resolve(r))));
-    t.is(res.status, 'SERVING', service);
-  }
+  const std = standardServices(env.controller.address);
+  t.teardown(() => std.close());
+  for (const service of ['', 'edgeplane.v1.IntentService', 'edgeplane.v1.AgentService']) t.is(await std.health(service), 'SERVING', service);
 });
 
 test('reflection - lists the services and serves their descriptors', async (t) => {
-  const require = createRequire(import.meta.url);
-  const root = join(dirname(require.resolve('@grpc/reflection')), '..', 'proto');
-  const def = protoLoader.loadSync('grpc/reflection/v1/reflection.proto', { includeDirs: [root], keepCase: true });
-  const pkg = grpc.loadPackageDefinition(def) as unknown as { grpc: { reflection: { v1: { ServerReflection: typeof grpc.Client } } } };
-  const client = new pkg.grpc.reflection.v1.ServerReflection(env.controller.address, grpc.credentials.createInsecure()) as grpc.Client & { ServerReflectionInfo: () => grpc.ClientDuplexStream<object, Record<string, unknown>> };
-  t.teardown(() => client.close());
-  const ask = (req: object): Promise<Record<string, unknown>> =>
-    new Promise((resolve, reject) => {
-      const s = client.ServerReflectionInfo();
-      s.on('data', (d: Record<string, unknown>) => {
-        resolve(d);
-        s.end();
-      });
-      s.on('error', reject);
-      s.write(req);
-    });
-  const list = (await ask({ list_services: '' })) as { list_services_response: { service: { name: string }[] } };
+  const std = standardServices(env.controller.address);
+  t.teardown(() => std.close());
+  const list = (await std.reflect({ list_services: '' })) as { list_services_response: { service: { name: string }[] } };
   const names = list.list_services_response.service.map((s) => s.name);
   for (const n of ['edgeplane.v1.IntentService', 'edgeplane.v1.FleetService', 'edgeplane.v1.AgentService', 'grpc.health.v1.Health']) t.true(names.includes(n), n);
-  const file = (await ask({ file_containing_symbol: 'edgeplane.v1.IntentService' })) as { file_descriptor_response?: { file_descriptor_proto: Buffer[] } };
+  const file = (await std.reflect({ file_containing_symbol: 'edgeplane.v1.IntentService' })) as { file_descriptor_response?: { file_descriptor_proto: Buffer[] } };
   t.true((file.file_descriptor_response?.file_descriptor_proto.length ?? 0) > 0);
 });

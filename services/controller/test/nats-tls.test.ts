@@ -4,13 +4,16 @@
 import test from 'ava';
 import { sign } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
-import { connect as tcpConnect } from 'node:net';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { createUser } from '@nats-io/nkeys';
-import { IntentLog, natsClientOptions } from '@edgeplane/intent-log';
+import { IntentLog, NatsServer, natsClientOptions } from '@edgeplane/intent-log';
 import { call } from '../../../test/support/grpc.js';
-import { NatsAuthority, enrollProofMessage, parseConfig, startController, type ControllerConfig } from '../src/index.js';
+import { plaintextNatsProbe } from '../../../test/support/nats-probe.js';
+import { X509Certificate } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { CertificateAuthority, NatsAuthority, checkNatsServerIdentity, enrollProofMessage, generateKeyPair, parseConfig, startController, type ControllerConfig } from '../src/index.js';
 import { clientsFor, createToken, newKey, startTlsController } from './trust-helpers.js';
 
 type Started = Awaited<ReturnType<typeof startTlsController>>;
@@ -47,24 +50,7 @@ test.serial('embedded nats tls - a plaintext client is refused', async (t) => {
   // Speak the NATS protocol without a TLS handshake: the server announces tls_required and
   // never answers the PING.
   const { host, port } = hostPort(started.controller.natsUrl);
-  const { info, rest } = await new Promise<{ info: string; rest: string }>((resolve, reject) => {
-    const s = tcpConnect({ host, port });
-    let buf = '';
-    let sent = false;
-    s.on('data', (d) => {
-      buf += d.toString('latin1');
-      if (!sent && buf.includes('\r\n')) {
-        sent = true;
-        s.write('CONNECT {"verbose":false}\r\nPING\r\n');
-      }
-    });
-    s.on('error', () => undefined);
-    s.on('close', () => {
-      const i = buf.indexOf('\r\n');
-      resolve({ info: buf.slice(0, i), rest: buf.slice(i + 2) });
-    });
-    s.setTimeout(15_000, () => reject(new Error('the server kept the plaintext connection open')));
-  });
+  const { info, rest } = await plaintextNatsProbe(host, port);
   t.regex(info, /"tls_required":true/);
   t.notRegex(rest, /PONG/);
 });
@@ -101,6 +87,39 @@ test.serial('embedded nats tls - an enrolled node verifies the server with its e
   const log = await IntentLog.open(nc, { create: false });
   const bounds = await log.bounds();
   t.true(bounds.last >= 0n);
+});
+
+test.serial('embedded nats tls - the server presents a NATS server identity, and a fleet certificate of another role does not pass for one', async (t) => {
+  const served = readFileSync(join(started.dataDir, 'nats-tls', 'server.pem'), 'utf8');
+  t.regex(new X509Certificate(served).subjectAltName ?? '', new RegExp(`URI:spiffe://edgeplane/${started.controller.fleetId}/nats/[a-z0-9._-]+(,|$)`));
+  const caFile = join(started.dataDir, 'pki', 'ca.pem');
+  const authority = NatsAuthority.open(join(started.dataDir, 'nats-auth'));
+  const verified = await open(natsClientOptions({ ...(await authority.controllerCredentials('test')), tls: { caFile, checkServerIdentity: checkNatsServerIdentity } }));
+  t.truthy(verified.info?.server_id, 'the embedded server passes the NATS identity check');
+
+  // A server whose certificate chains to the fleet CA but names a controller (as a stolen
+  // controller key would): chain-only verification takes it, the NATS identity check refuses it.
+  const ca = await CertificateAuthority.fromPem(readFileSync(caFile, 'utf8'), readFileSync(join(started.dataDir, 'pki', 'ca-key.pem'), 'utf8'), started.controller.fleetId);
+  const dir = mkdtempSync(join(tmpdir(), 'nats-impostor-'));
+  const keys = generateKeyPair();
+  const cert = await ca.issue({ identity: { fleet: ca.fleet, role: 'controller', name: 'impostor' }, publicKey: keys.publicKeyDer, lifetimeMs: 3_600_000, dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
+  writeFileSync(join(dir, 'cert.pem'), cert.certPem);
+  writeFileSync(join(dir, 'key.pem'), keys.privateKeyPem, { mode: 0o600 });
+  const impostor = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '127.0.0.1', port: 0, tls: { certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'key.pem') } });
+  t.teardown(async () => {
+    await impostor.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const chainOnly = await connect({ servers: impostor.url, reconnect: false, timeout: 5000, ...natsClientOptions({ tls: { caFile } }) });
+  t.teardown(() => chainOnly.close());
+  t.truthy(chainOnly.info?.server_id, 'the impostor chains to the fleet CA');
+  await t.throwsAsync(connect({ servers: impostor.url, reconnect: false, timeout: 5000, ...natsClientOptions({ tls: { caFile, checkServerIdentity: checkNatsServerIdentity } }) }));
+  // A controller given the fleet CA as --nats-tls-ca does the same: it does not start on the
+  // impostor (which would otherwise serve it, anonymous clients and JetStream included).
+  const config = parseConfig(['--listen', '127.0.0.1:0', '--nats', impostor.url, '--nats-anonymous', '--nats-tls-ca', caFile, '--ca-cert', caFile, '--ca-key', join(started.dataDir, 'pki', 'ca-key.pem'), '--data-dir', join(dir, 'ctl'), '--shutdown-grace', '1'], {}) as ControllerConfig;
+  const refused = await t.throwsAsync(startController(config, { log: () => undefined }));
+  t.regex(refused?.message ?? '', /not an edgeplane NATS server identity/);
+  t.false(existsSync(join(dir, 'ctl', 'admin')), 'it got no further than NATS');
 });
 
 test.serial('embedded nats tls - a data dir whose fleet-id disagrees with the log is a config error', async (t) => {

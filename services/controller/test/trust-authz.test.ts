@@ -3,7 +3,10 @@
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { ApplyPolicyRequest, DeletePolicyRequest } from '@edgeplane/proto';
-import { call, detailsOf } from '../../../test/support/grpc.js';
+import { readFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { join } from 'node:path';
+import { call, detailsOf, standardServices } from '../../../test/support/grpc.js';
 import { agentStream, clientsFor, createToken, enroll, newKey, startTlsController, type ClientCert, type Clients } from './trust-helpers.js';
 import { samplePolicy } from './helpers.js';
 
@@ -115,6 +118,8 @@ test('operator - applies and deletes, cannot create tokens, revoke or issue cert
 
 test('certificate issue - node role and bad keys are refused', async (t) => {
   await refused(call(admin.trust, admin.trust.issueCertificate, { role: 'node', name: 'edge-7', publicKey: newKey().publicDer, lifetime: undefined }), grpc.status.INVALID_ARGUMENT);
+  await refused(call(admin.trust, admin.trust.issueCertificate, { role: 'nats', name: 'nats-9', publicKey: newKey().publicDer, lifetime: undefined }), grpc.status.INVALID_ARGUMENT);
+  await refused(call(admin.trust, admin.trust.issueCertificate, { role: 'controller', name: 'c9', publicKey: newKey().publicDer, lifetime: undefined }), grpc.status.INVALID_ARGUMENT);
   await refused(call(admin.trust, admin.trust.issueCertificate, { role: 'viewer', name: 'x', publicKey: Buffer.from('nope'), lifetime: undefined }), grpc.status.INVALID_ARGUMENT);
   t.pass();
 });
@@ -185,4 +190,48 @@ test('renewal - same name, new key; the old stream stays connected', async (t) =
   s.send({ message: { $case: 'heartbeat', heartbeat: { sequence: 7n, time: new Date() } } });
   await s.next((m) => m.message?.$case === 'heartbeat' && m.message.heartbeat.sequence === 7n);
   t.is(s.ended, undefined);
+});
+
+/** The grpc-js credentials of a client certificate (or none). */
+function credsOf(cert?: ClientCert): grpc.ChannelCredentials {
+  return grpc.credentials.createSsl(Buffer.from(env.ca), cert ? Buffer.from(cert.keyPem) : null, cert ? Buffer.from(cert.certPem) : null);
+}
+
+test('nats server certificate - calls no gRPC method, not even as the node it is not', async (t) => {
+  // The embedded nats-server's own certificate and key, as a stolen NATS server key would be used.
+  const dir = join(env.dataDir, 'nats-tls');
+  const natsCert: ClientCert = { keyPem: readFileSync(join(dir, 'server-key.pem'), 'utf8'), certPem: readFileSync(join(dir, 'server.pem'), 'utf8') };
+  t.regex(new X509Certificate(natsCert.certPem).subjectAltName ?? '', new RegExp(`URI:spiffe://edgeplane/${env.controller.fleetId}/nats/`), 'a NATS server identity of the fleet');
+  const n = as(natsCert);
+  await refused(call(n.intent, n.intent.listPolicies, list), grpc.status.PERMISSION_DENIED, 'ROLE_NOT_ALLOWED');
+  await refused(call(n.intent, n.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy('from-nats') })), grpc.status.PERMISSION_DENIED, 'ROLE_NOT_ALLOWED');
+  await refused(call(n.fleet, n.fleet.listNodes, list), grpc.status.PERMISSION_DENIED, 'ROLE_NOT_ALLOWED');
+  await refused(call(n.trust, n.trust.createJoinToken, { ttl: undefined, labels: {} }), grpc.status.PERMISSION_DENIED, 'ROLE_NOT_ALLOWED');
+  await refused(call(n.trust, n.trust.renewCertificate, { publicKey: newKey().publicDer, proof: Buffer.alloc(0), natsPublicKey: '' }), grpc.status.PERMISSION_DENIED, 'ROLE_NOT_ALLOWED');
+  const s = agentStream(n.agent, 'edge-1');
+  t.is((await s.end())?.code, grpc.status.PERMISSION_DENIED);
+  const std = standardServices(env.controller.address, credsOf(natsCert));
+  t.teardown(() => std.close());
+  await refused(std.reflect({ list_services: '' }), grpc.status.PERMISSION_DENIED, 'ROLE_NOT_ALLOWED');
+  const policies = await call(admin.intent, admin.intent.listPolicies, list);
+  t.false(policies.policies.some((p) => p.metadata?.name === 'from-nats'), 'nothing was written');
+});
+
+test('reflection - needs an identity that may read the API', async (t) => {
+  const none = standardServices(env.controller.address, credsOf());
+  const node = standardServices(env.controller.address, credsOf(node1));
+  const viewer = standardServices(env.controller.address, credsOf(await issue('viewer', 'reflector')));
+  t.teardown(() => [none, node, viewer].forEach((c) => c.close()));
+  await refused(none.reflect({ list_services: '' }), grpc.status.UNAUTHENTICATED, 'NO_IDENTITY');
+  await refused(node.reflect({ list_services: '' }), grpc.status.PERMISSION_DENIED, 'ROLE_NOT_ALLOWED');
+  const listed = (await viewer.reflect({ list_services: '' })) as { list_services_response: { service: { name: string }[] } };
+  t.true(listed.list_services_response.service.some((x) => x.name === 'edgeplane.v1.IntentService'));
+});
+
+test('health - open to a client without a certificate (load balancers), over TLS', async (t) => {
+  const none = standardServices(env.controller.address, credsOf());
+  t.teardown(() => none.close());
+  t.is(await none.health(), 'SERVING');
+  t.is(await none.health('edgeplane.v1.IntentService'), 'SERVING');
+  await refused(none.health('no.such.Service'), grpc.status.NOT_FOUND);
 });

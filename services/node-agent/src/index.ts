@@ -65,6 +65,7 @@ export {
 } from './agent/agent-runtime.js';
 export { ControllerLink, type ControllerLinkOptions } from './agent/controller-link.js';
 export { answerConnectionsQuery, conntrackStatus, toConnection, type ConnectionSources } from './agent/connection-query.js';
+export { agentNatsOptions } from './agent/nats-connect-options.js';
 export { VerifiedHead, type Head } from './agent/verified-head.js';
 export {
   CONDITION_APPLY_ROLLBACK_FAILED,
@@ -79,5 +80,5 @@ export {
 } from './agent/node-agent.js';
 export { StateFile, StateFileError, type AppliedState, type StateStore } from './agent/state-file.js';
 export { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
-export { EnrollmentError, NodeIdentity, enrollNode, fetchPinnedCa, loadNodeCredentials, saveNodeCredentials, checkControllerIdentity } from './agent/node-identity.js';
+export { EnrollmentError, NodeIdentity, enrollNode, fetchPinnedCa, loadNodeCredentials, saveNodeCredentials, checkControllerIdentity, checkNatsServerIdentity } from './agent/node-identity.js';
 export type { EnrollOptions, NodeCredentials, NodeIdentityOptions } from './agent/node-identity.js';

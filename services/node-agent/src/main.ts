@@ -22,6 +22,7 @@ import { ConntrackSweeper } from './datapath/conntrack-sweeper.js';
 import { EbpfDatapath } from './datapath/ebpf-datapath.js';
 import type { InterfaceRole } from './datapath/interface-role.js';
 import { MemoryDatapath } from './datapath/memory-datapath.js';
+import { LAYOUT_VERSION } from './datapath/pin-layout.js';
 
 const VERSION = '0.1.0';
 
@@ -89,14 +90,24 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       ensureBpffs(config.pinRoot);
       const opened: Partial<Record<InterfaceRole, EbpfDatapath>> = {};
       for (const role of ['uplink', 'workload'] as const) {
-        mkdirSync(join(config.pinRoot, role), { recursive: true });
-        const dp = await EbpfDatapath.open({ pinRoot: join(config.pinRoot, role) });
+        const pinRoot = join(config.pinRoot, role);
+        mkdirSync(pinRoot, { recursive: true });
+        if (config.resetDatapath) log('warn', `reset ${role} datapath: counters, token buckets and connection table are lost`, { ...EbpfDatapath.reset(pinRoot) });
+        const dp = await EbpfDatapath.open({
+          pinRoot,
+          onInstallStep: (step) => log('info', `${role} datapath install: ${step}`),
+        });
         closers.push(() => dp.close()); // closes fds only: programs stay attached and pinned
         // Expired connection entries of flows that simply stopped leave the table here.
         const sweeper = new ConntrackSweeper(dp, { onError: (error) => log('warn', 'conntrack sweep', { role, error: String(error) }) });
         closers.push(() => sweeper.close());
         opened[role] = dp;
-        log('info', `${dp.adopted ? 'adopted' : 'loaded'} ${role} datapath`, { xdpProgramId: dp.xdpProgram.id, tcProgramId: dp.tcProgram.id });
+        const install = dp.install;
+        log('info', `${dp.adopted ? 'adopted' : install?.fromVersion === undefined ? 'loaded' : `upgraded (layout ${install.fromVersion} to ${LAYOUT_VERSION})`} ${role} datapath`, {
+          xdpProgramId: dp.xdpProgram.id,
+          tcProgramId: dp.tcProgram.id,
+          ...(install === undefined ? {} : { reusedMaps: install.reusedMaps, createdMaps: install.createdMaps, migratedMaps: install.migratedMaps, switched: install.switched }),
+        });
       }
       ebpf = { uplink: opened.uplink!, workload: opened.workload! };
       datapaths = ebpf;
@@ -138,9 +149,10 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       ...(fleetId ? { fleetId } : {}),
       ...(identity
         ? {
-            // An admin changed the node's labels (edgeplane node label): keep them for the next start.
+            // An admin changed the node's labels (edgeplane node label): the runtime compiles for
+            // them at once; keep them with the credentials for the next start.
             onEnrolledLabels: (l: Record<string, string>) => {
-              if (identity.adoptLabels(l)) log('warn', 'an admin changed this node\'s labels; they are stored and policies select on them after the agent restarts', { labels: l });
+              if (identity.adoptLabels(l)) log('info', 'stored the node labels the controller bound', { labels: l });
             },
           }
         : {}),

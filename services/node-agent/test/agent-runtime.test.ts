@@ -6,14 +6,16 @@ import * as grpc from '@grpc/grpc-js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Action, InterfaceRole, Policy, Protocol, publicKeyFromRaw, keyIdOf } from '@edgeplane/proto';
+import { Action, InterfaceRole, Policy, Protocol, TrustServiceClient, publicKeyFromRaw, keyIdOf } from '@edgeplane/proto';
 import { AgentRuntime } from '../src/agent/agent-runtime.js';
+import { agentNatsOptions } from '../src/agent/nats-connect-options.js';
 import { enrollNode, NodeIdentity } from '../src/agent/node-identity.js';
 import { StateFile } from '../src/agent/state-file.js';
 import { DatapathError } from '../src/datapath/errors.js';
 import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
 import { TestControlPlane, until } from '../../../test/support/control-plane.js';
+import { call } from '../../../test/support/grpc.js';
 
 let cp: TestControlPlane;
 const dir = mkdtempSync(join(tmpdir(), 'agent-runtime-test-'));
@@ -49,15 +51,17 @@ async function enroll(name: string, labels: Record<string, string>): Promise<Nod
   return identity;
 }
 
-async function start(name: string, uplink: MemoryDatapath, workload: MemoryDatapath): Promise<AgentRuntime> {
+async function start(name: string, uplink: MemoryDatapath, workload: MemoryDatapath, labels: Record<string, string> = { role: 'rt' }): Promise<AgentRuntime> {
   const raw = Buffer.from(cp.publicKeyB64, 'base64');
-  const identity = await enroll(name, { role: 'rt' });
+  const identity = await enroll(name, labels);
   const runtime = await AgentRuntime.start({
     nodeName: name,
     labels: identity.credentials.labels,
     datapaths: { uplink, workload },
     stateFile: new StateFile(join(dir, name, 'applied.json')),
     natsServers: [`nats://127.0.0.1:${cp.nats.port}`],
+    // The node's own NATS credentials from its enrollment, and TLS verified by its enrolled CA, as the agent main does.
+    natsOptions: agentNatsOptions({ nodeName: name, natsServers: [`nats://127.0.0.1:${cp.nats.port}`] }, () => identity.credentials).options,
     trustedKeys: new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]),
     controller: { address: cp.address, credentials: identity.channelCredentials() },
     info: { agentVersion: 'test', kernelRelease: 'test', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
@@ -113,6 +117,44 @@ test.serial('AgentRuntime - follows the log and ACKs; a failed rollback shows in
   const r3 = await cp.apply(denyPort('rt-p', 25));
   await until(`revision ${r3} applied`, async () => (await cp.nodeStatus('rt-1'))?.appliedRevision === r3, 15_000, context);
   t.is(verdict(workload, 25), 'drop');
+});
+
+test.serial('AgentRuntime - a node an admin relabels compiles for its new labels at once, without a restart; the node cannot relabel itself', async (t) => {
+  const uplink = new MemoryDatapath();
+  const workload = new MemoryDatapath();
+  const runtime = await start('rt-relabel', uplink, workload, { role: 'other' });
+  t.teardown(() => runtime.close());
+  await runtime.synced();
+  await until('connected', () => runtime.connected, 15_000, context);
+  const canary = Policy.fromPartial({
+    metadata: { name: 'rt-canary' },
+    spec: { nodeSelector: { matchLabels: { tier: 'canary' } }, interfaceRole: InterfaceRole.INTERFACE_ROLE_ALL, defaultAction: Action.ACTION_ALLOW, rules: [{ priority: 10, name: 'deny', protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 31, last: 0 }], action: Action.ACTION_DENY }] },
+  });
+  const r = await cp.apply(canary);
+  await until(`revision ${r} applied`, async () => (await cp.nodeStatus('rt-relabel'))?.appliedRevision === r, 15_000, context);
+  t.is(verdict(uplink, 31), 'pass', 'not selected yet');
+
+  // The node's own certificate cannot change its labels: only an admin can.
+  const identity = identities.find((i) => i.credentials.nodeName === 'rt-relabel')!;
+  const self = new TrustServiceClient(cp.address, identity.channelCredentials());
+  t.teardown(() => self.close());
+  const refused = await new Promise<grpc.ServiceError | null>((resolve) => self.setNodeLabels({ nodeName: 'rt-relabel', labels: { role: 'other', tier: 'canary' } }, (err) => resolve(err)));
+  t.is(refused?.code, grpc.status.PERMISSION_DENIED);
+  t.is(verdict(uplink, 31), 'pass');
+
+  const applies = runtime.status.applies;
+  await call(cp.api.trust, cp.api.trust.setNodeLabels, { nodeName: 'rt-relabel', labels: { role: 'other', tier: 'canary' } });
+  await until('the new labels enforced', () => verdict(uplink, 31) === 'drop' && verdict(workload, 31) === 'drop', 15_000, context);
+  t.deepEqual(runtime.agent.labels, { role: 'other', tier: 'canary' });
+  t.is(runtime.status.applied, r, 'the same revision, compiled again for the new labels');
+  t.true(runtime.status.applies > applies);
+  await until('the controller records the new labels', async () => (await call(cp.api.fleet, cp.api.fleet.getNode, { name: 'rt-relabel' }).catch(() => undefined))?.node?.labels?.tier === 'canary', 15_000, context);
+  await until('connected again', () => runtime.connected, 15_000, context);
+
+  // And back: a label removed unselects the policy.
+  await call(cp.api.trust, cp.api.trust.setNodeLabels, { nodeName: 'rt-relabel', labels: { role: 'other' } });
+  await until('the policy no longer selects the node', () => verdict(uplink, 31) === 'pass', 15_000, context);
+  t.deepEqual(runtime.agent.labels, { role: 'other' });
 });
 
 test.serial('AgentRuntime - closing twice is safe, and closing before NATS is reachable stops the connect', async (t) => {

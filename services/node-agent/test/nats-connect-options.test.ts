@@ -7,7 +7,8 @@ import { formatCreds } from '@edgeplane/intent-log';
 import { natsInboxPrefix } from '@edgeplane/proto';
 import { AgentConfigError, parseAgentConfig, type AgentConfig } from '../src/agent/config.js';
 import { agentNatsOptions } from '../src/agent/nats-connect-options.js';
-import { checkControllerIdentity } from '../src/agent/node-identity.js';
+import type { PeerCertificate } from 'node:tls';
+import { checkControllerIdentity, checkNatsServerIdentity } from '../src/agent/node-identity.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'agent-nats-opts-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
@@ -44,7 +45,7 @@ test('agent nats options - an enrolled node verifies the server with its enrolle
   const caPem = '-----BEGIN CERTIFICATE-----\nenrolled\n-----END CERTIFICATE-----\n';
   const tls = agentNatsOptions(config([]), () => ({ natsJwt: 'eyJhbGciOi.fake.jwt', natsSeed: seed, caPem })).options.tls as Record<string, unknown>;
   t.is(tls.ca, caPem);
-  t.is(tls.checkServerIdentity, checkControllerIdentity);
+  t.is(tls.checkServerIdentity, checkNatsServerIdentity);
   const given = agentNatsOptions(config(['--nats-tls-ca', join(dir, 'ca.pem')]), () => ({ natsJwt: 'eyJhbGciOi.fake.jwt', natsSeed: seed, caPem })).options.tls as Record<string, unknown>;
   t.is(given.caFile, join(dir, 'ca.pem'));
   t.is(given.ca, undefined);
@@ -57,4 +58,18 @@ test('agent nats options - missing or malformed credentials stop the start with 
   t.throws(() => config(['--nats-jwt', join(dir, 'nats.jwt')]), { instanceOf: AgentConfigError });
   writeFileSync(join(dir, 'account.seed'), new TextDecoder().decode(createUser().getSeed()).replace(/^SU/, 'SA'));
   t.throws(() => agentNatsOptions(config(['--nats-jwt', join(dir, 'nats.jwt'), '--nats-seed', join(dir, 'account.seed')])), { instanceOf: AgentConfigError });
+});
+
+test('agent nats options - only a NATS server identity passes the NATS server check, only a controller the gRPC one', (t) => {
+  const peer = (san: string): PeerCertificate => ({ subjectaltname: san }) as PeerCertificate;
+  const nats = peer('DNS:nats-1, URI:spiffe://edgeplane/f1/nats/nats-1');
+  const controller = peer('DNS:localhost, URI:spiffe://edgeplane/f1/controller/c1');
+  const node = peer('URI:spiffe://edgeplane/f1/node/edge-1');
+  t.is(checkNatsServerIdentity('nats-1', nats), undefined);
+  t.true(checkNatsServerIdentity('localhost', controller) instanceof Error, 'a controller certificate is no NATS server');
+  t.true(checkNatsServerIdentity('edge-1', node) instanceof Error, 'a node certificate is no NATS server');
+  t.true(checkNatsServerIdentity('nats-1', peer('DNS:nats-1')) instanceof Error, 'a certificate without an identity');
+  t.true(checkNatsServerIdentity('nats-1', peer('URI:spiffe://edgeplane/f1/nats/a, URI:spiffe://edgeplane/f1/nats/b')) instanceof Error, 'two identities');
+  t.true(checkControllerIdentity('nats-1', nats) instanceof Error, 'a NATS server certificate is no controller');
+  t.is(checkControllerIdentity('localhost', controller), undefined);
 });

@@ -315,3 +315,36 @@ test('NodeAgent - conditions raised from outside reach the listener and clear', 
   h.agent.clearCondition('intent-stale');
   t.deepEqual(h.conditions.list.at(-1), { conditions: [], appliedUnknown: false });
 });
+
+test('NodeAgent - setLabels recompiles the revision in force for the new labels and ACKs it again; the same labels change nothing', async (t) => {
+  const h = harness();
+  t.teardown(() => h.agent.close());
+  const canary = Policy.fromPartial({ ...denyPort('canary', 31), spec: { ...denyPort('canary', 31).spec, nodeSelector: { matchLabels: { tier: 'canary' } } } });
+  const r = await h.push(canary);
+  t.is(verdict(h.uplink, 31), 'pass', 'not selected');
+  t.false(h.agent.setLabels({ role: 'edge' }), 'the same labels');
+  await h.agent.settled();
+  t.is(h.reports.length, 1);
+  t.true(h.agent.setLabels({ role: 'edge', tier: 'canary' }));
+  await h.agent.settled();
+  t.is(verdict(h.uplink, 31), 'drop');
+  t.is(verdict(h.workload, 31), 'drop');
+  t.like(h.reports.at(-1), { revision: r.revision, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, appliedRevision: r.revision });
+  t.deepEqual(h.agent.labels, { role: 'edge', tier: 'canary' });
+});
+
+test('NodeAgent - another history at or below the applied revision (a reset, a resync) is applied', async (t) => {
+  const h = harness();
+  t.teardown(() => h.agent.close());
+  await h.push(denyPort('a', 23));
+  await h.push(denyPort('b', 24));
+  // A second history of the same length holding another policy: the follower hands it over after a reset.
+  const other = new IntentChain(trusted);
+  const entries = [advance(other, denyPort('c', 25)), advance(other, denyPort('d', 26))];
+  t.is(other.revision, h.agent.status.applied);
+  h.agent.intentAdvanced(other, entries);
+  await h.agent.settled();
+  t.is(verdict(h.uplink, 26), 'drop');
+  t.is(verdict(h.uplink, 24), 'pass');
+  t.like(h.reports.at(-1), { revision: 2n, outcome: RevisionOutcome.REVISION_OUTCOME_ACK });
+});

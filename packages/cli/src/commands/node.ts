@@ -14,7 +14,8 @@ closed at once) and its NATS credentials are withdrawn. The name cannot enroll a
 
 label: a node's labels are bound at enrollment (its join token's) and a hello with others is
 refused; this replaces them with exactly the K=V pairs given (none = no labels). The node's open
-stream is closed; it reconnects, is told its new labels and keeps them for its next start.
+stream is closed (on whichever controller replica holds it); it reconnects, is told its new
+labels, applies the policies that select them at once and keeps them for its next start.
 
 Examples:
   edgeplane node revoke edge-17 --reason "disk stolen"

@@ -135,7 +135,53 @@ export interface IssueCertificateRequest {
 export interface IssueCertificateResponse {
   certificate: string;
   caCertificate: string;
+  notAfter:
+    | Date
+    | undefined;
+  /** The certificate's serial number (upper-case hex), as ListCertificates and RevokeCertificate name it. */
+  serialNumber: string;
+}
+
+/** A person or pipeline certificate a controller issued. */
+export interface CertificateInfo {
+  /** Upper-case hex, without leading zeros. */
+  serialNumber: string;
+  /** viewer, operator or admin. */
+  role: string;
+  name: string;
   notAfter: Date | undefined;
+  issuedAt:
+    | Date
+    | undefined;
+  /** Who asked for it (role/name), or "controller" for the admin bundle written at first start. */
+  issuedBy: string;
+  revoked: boolean;
+  revokedAt: Date | undefined;
+  revokedBy: string;
+  revokeReason: string;
+}
+
+export interface ListCertificatesRequest {
+  /** Also list certificates past their not_after. */
+  includeExpired: boolean;
+}
+
+export interface ListCertificatesResponse {
+  /** Oldest first. */
+  certificates: CertificateInfo[];
+}
+
+export interface RevokeCertificateRequest {
+  /** Exactly one of serial_number and name. */
+  serialNumber: string;
+  /** Every unexpired certificate issued to this name (any people role). */
+  name: string;
+  reason: string;
+}
+
+export interface RevokeCertificateResponse {
+  /** The certificates revoked by this call or before it. */
+  revoked: CertificateInfo[];
 }
 
 export interface SetNodeLabelsRequest {
@@ -1421,7 +1467,7 @@ export const IssueCertificateRequest: MessageFns<IssueCertificateRequest> = {
 };
 
 function createBaseIssueCertificateResponse(): IssueCertificateResponse {
-  return { certificate: "", caCertificate: "", notAfter: undefined };
+  return { certificate: "", caCertificate: "", notAfter: undefined, serialNumber: "" };
 }
 
 export const IssueCertificateResponse: MessageFns<IssueCertificateResponse> = {
@@ -1434,6 +1480,9 @@ export const IssueCertificateResponse: MessageFns<IssueCertificateResponse> = {
     }
     if (message.notAfter !== undefined) {
       Timestamp.encode(toTimestamp(message.notAfter), writer.uint32(26).fork()).join();
+    }
+    if (message.serialNumber !== "") {
+      writer.uint32(34).string(message.serialNumber);
     }
     return writer;
   },
@@ -1475,6 +1524,14 @@ export const IssueCertificateResponse: MessageFns<IssueCertificateResponse> = {
             message.notAfter = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.serialNumber = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1500,6 +1557,11 @@ export const IssueCertificateResponse: MessageFns<IssueCertificateResponse> = {
         : isSet(object.not_after)
         ? fromJsonTimestamp(object.not_after)
         : undefined,
+      serialNumber: isSet(object.serialNumber)
+        ? globalThis.String(object.serialNumber)
+        : isSet(object.serial_number)
+        ? globalThis.String(object.serial_number)
+        : "",
     };
   },
 
@@ -1514,6 +1576,9 @@ export const IssueCertificateResponse: MessageFns<IssueCertificateResponse> = {
     if (message.notAfter !== undefined) {
       obj.notAfter = message.notAfter.toISOString();
     }
+    if (message.serialNumber !== "") {
+      obj.serialNumber = message.serialNumber;
+    }
     return obj;
   },
 
@@ -1525,6 +1590,579 @@ export const IssueCertificateResponse: MessageFns<IssueCertificateResponse> = {
     message.certificate = object.certificate ?? "";
     message.caCertificate = object.caCertificate ?? "";
     message.notAfter = object.notAfter ?? undefined;
+    message.serialNumber = object.serialNumber ?? "";
+    return message;
+  },
+};
+
+function createBaseCertificateInfo(): CertificateInfo {
+  return {
+    serialNumber: "",
+    role: "",
+    name: "",
+    notAfter: undefined,
+    issuedAt: undefined,
+    issuedBy: "",
+    revoked: false,
+    revokedAt: undefined,
+    revokedBy: "",
+    revokeReason: "",
+  };
+}
+
+export const CertificateInfo: MessageFns<CertificateInfo> = {
+  encode(message: CertificateInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.serialNumber !== "") {
+      writer.uint32(10).string(message.serialNumber);
+    }
+    if (message.role !== "") {
+      writer.uint32(18).string(message.role);
+    }
+    if (message.name !== "") {
+      writer.uint32(26).string(message.name);
+    }
+    if (message.notAfter !== undefined) {
+      Timestamp.encode(toTimestamp(message.notAfter), writer.uint32(34).fork()).join();
+    }
+    if (message.issuedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.issuedAt), writer.uint32(42).fork()).join();
+    }
+    if (message.issuedBy !== "") {
+      writer.uint32(50).string(message.issuedBy);
+    }
+    if (message.revoked !== false) {
+      writer.uint32(56).bool(message.revoked);
+    }
+    if (message.revokedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.revokedAt), writer.uint32(66).fork()).join();
+    }
+    if (message.revokedBy !== "") {
+      writer.uint32(74).string(message.revokedBy);
+    }
+    if (message.revokeReason !== "") {
+      writer.uint32(82).string(message.revokeReason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CertificateInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCertificateInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.serialNumber = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.notAfter = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.issuedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.issuedBy = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.revoked = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.revokedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.revokedBy = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.revokeReason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CertificateInfo {
+    return {
+      serialNumber: isSet(object.serialNumber)
+        ? globalThis.String(object.serialNumber)
+        : isSet(object.serial_number)
+        ? globalThis.String(object.serial_number)
+        : "",
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      notAfter: isSet(object.notAfter)
+        ? fromJsonTimestamp(object.notAfter)
+        : isSet(object.not_after)
+        ? fromJsonTimestamp(object.not_after)
+        : undefined,
+      issuedAt: isSet(object.issuedAt)
+        ? fromJsonTimestamp(object.issuedAt)
+        : isSet(object.issued_at)
+        ? fromJsonTimestamp(object.issued_at)
+        : undefined,
+      issuedBy: isSet(object.issuedBy)
+        ? globalThis.String(object.issuedBy)
+        : isSet(object.issued_by)
+        ? globalThis.String(object.issued_by)
+        : "",
+      revoked: isSet(object.revoked) ? globalThis.Boolean(object.revoked) : false,
+      revokedAt: isSet(object.revokedAt)
+        ? fromJsonTimestamp(object.revokedAt)
+        : isSet(object.revoked_at)
+        ? fromJsonTimestamp(object.revoked_at)
+        : undefined,
+      revokedBy: isSet(object.revokedBy)
+        ? globalThis.String(object.revokedBy)
+        : isSet(object.revoked_by)
+        ? globalThis.String(object.revoked_by)
+        : "",
+      revokeReason: isSet(object.revokeReason)
+        ? globalThis.String(object.revokeReason)
+        : isSet(object.revoke_reason)
+        ? globalThis.String(object.revoke_reason)
+        : "",
+    };
+  },
+
+  toJSON(message: CertificateInfo): unknown {
+    const obj: any = {};
+    if (message.serialNumber !== "") {
+      obj.serialNumber = message.serialNumber;
+    }
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.notAfter !== undefined) {
+      obj.notAfter = message.notAfter.toISOString();
+    }
+    if (message.issuedAt !== undefined) {
+      obj.issuedAt = message.issuedAt.toISOString();
+    }
+    if (message.issuedBy !== "") {
+      obj.issuedBy = message.issuedBy;
+    }
+    if (message.revoked !== false) {
+      obj.revoked = message.revoked;
+    }
+    if (message.revokedAt !== undefined) {
+      obj.revokedAt = message.revokedAt.toISOString();
+    }
+    if (message.revokedBy !== "") {
+      obj.revokedBy = message.revokedBy;
+    }
+    if (message.revokeReason !== "") {
+      obj.revokeReason = message.revokeReason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CertificateInfo>, I>>(base?: I): CertificateInfo {
+    return CertificateInfo.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CertificateInfo>, I>>(object: I): CertificateInfo {
+    const message = createBaseCertificateInfo();
+    message.serialNumber = object.serialNumber ?? "";
+    message.role = object.role ?? "";
+    message.name = object.name ?? "";
+    message.notAfter = object.notAfter ?? undefined;
+    message.issuedAt = object.issuedAt ?? undefined;
+    message.issuedBy = object.issuedBy ?? "";
+    message.revoked = object.revoked ?? false;
+    message.revokedAt = object.revokedAt ?? undefined;
+    message.revokedBy = object.revokedBy ?? "";
+    message.revokeReason = object.revokeReason ?? "";
+    return message;
+  },
+};
+
+function createBaseListCertificatesRequest(): ListCertificatesRequest {
+  return { includeExpired: false };
+}
+
+export const ListCertificatesRequest: MessageFns<ListCertificatesRequest> = {
+  encode(message: ListCertificatesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.includeExpired !== false) {
+      writer.uint32(8).bool(message.includeExpired);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListCertificatesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListCertificatesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.includeExpired = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListCertificatesRequest {
+    return {
+      includeExpired: isSet(object.includeExpired)
+        ? globalThis.Boolean(object.includeExpired)
+        : isSet(object.include_expired)
+        ? globalThis.Boolean(object.include_expired)
+        : false,
+    };
+  },
+
+  toJSON(message: ListCertificatesRequest): unknown {
+    const obj: any = {};
+    if (message.includeExpired !== false) {
+      obj.includeExpired = message.includeExpired;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListCertificatesRequest>, I>>(base?: I): ListCertificatesRequest {
+    return ListCertificatesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListCertificatesRequest>, I>>(object: I): ListCertificatesRequest {
+    const message = createBaseListCertificatesRequest();
+    message.includeExpired = object.includeExpired ?? false;
+    return message;
+  },
+};
+
+function createBaseListCertificatesResponse(): ListCertificatesResponse {
+  return { certificates: [] };
+}
+
+export const ListCertificatesResponse: MessageFns<ListCertificatesResponse> = {
+  encode(message: ListCertificatesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.certificates) {
+      CertificateInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListCertificatesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListCertificatesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.certificates.push(CertificateInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListCertificatesResponse {
+    return {
+      certificates: globalThis.Array.isArray(object?.certificates)
+        ? object.certificates.map((e: any) => CertificateInfo.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListCertificatesResponse): unknown {
+    const obj: any = {};
+    if (message.certificates?.length) {
+      obj.certificates = message.certificates.map((e) => CertificateInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListCertificatesResponse>, I>>(base?: I): ListCertificatesResponse {
+    return ListCertificatesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListCertificatesResponse>, I>>(object: I): ListCertificatesResponse {
+    const message = createBaseListCertificatesResponse();
+    message.certificates = object.certificates?.map((e) => CertificateInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRevokeCertificateRequest(): RevokeCertificateRequest {
+  return { serialNumber: "", name: "", reason: "" };
+}
+
+export const RevokeCertificateRequest: MessageFns<RevokeCertificateRequest> = {
+  encode(message: RevokeCertificateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.serialNumber !== "") {
+      writer.uint32(10).string(message.serialNumber);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevokeCertificateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevokeCertificateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.serialNumber = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevokeCertificateRequest {
+    return {
+      serialNumber: isSet(object.serialNumber)
+        ? globalThis.String(object.serialNumber)
+        : isSet(object.serial_number)
+        ? globalThis.String(object.serial_number)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: RevokeCertificateRequest): unknown {
+    const obj: any = {};
+    if (message.serialNumber !== "") {
+      obj.serialNumber = message.serialNumber;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevokeCertificateRequest>, I>>(base?: I): RevokeCertificateRequest {
+    return RevokeCertificateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevokeCertificateRequest>, I>>(object: I): RevokeCertificateRequest {
+    const message = createBaseRevokeCertificateRequest();
+    message.serialNumber = object.serialNumber ?? "";
+    message.name = object.name ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseRevokeCertificateResponse(): RevokeCertificateResponse {
+  return { revoked: [] };
+}
+
+export const RevokeCertificateResponse: MessageFns<RevokeCertificateResponse> = {
+  encode(message: RevokeCertificateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.revoked) {
+      CertificateInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RevokeCertificateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRevokeCertificateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.revoked.push(CertificateInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RevokeCertificateResponse {
+    return {
+      revoked: globalThis.Array.isArray(object?.revoked)
+        ? object.revoked.map((e: any) => CertificateInfo.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: RevokeCertificateResponse): unknown {
+    const obj: any = {};
+    if (message.revoked?.length) {
+      obj.revoked = message.revoked.map((e) => CertificateInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RevokeCertificateResponse>, I>>(base?: I): RevokeCertificateResponse {
+    return RevokeCertificateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RevokeCertificateResponse>, I>>(object: I): RevokeCertificateResponse {
+    const message = createBaseRevokeCertificateResponse();
+    message.revoked = object.revoked?.map((e) => CertificateInfo.fromPartial(e)) || [];
     return message;
   },
 };
@@ -1996,7 +2634,7 @@ export const TrustServiceService = {
   /**
    * Admin: replace an enrolled node's labels (the only way a node's labels change after
    * enrollment). The node's open streams are closed; its next hello may carry the old or the new
-   * labels and it is told the new ones in the welcome.
+   * labels and it is told the new ones in the welcome, and the agent compiles for them at once.
    */
   setNodeLabels: {
     path: "/edgeplane.v1.TrustService/SetNodeLabels" as const,
@@ -2007,6 +2645,34 @@ export const TrustServiceService = {
     responseSerialize: (value: SetNodeLabelsResponse): Buffer =>
       Buffer.from(SetNodeLabelsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SetNodeLabelsResponse => SetNodeLabelsResponse.decode(value),
+  },
+  /** Admin: the person and pipeline certificates the controllers issued (viewer, operator, admin). */
+  listCertificates: {
+    path: "/edgeplane.v1.TrustService/ListCertificates" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListCertificatesRequest): Buffer =>
+      Buffer.from(ListCertificatesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListCertificatesRequest => ListCertificatesRequest.decode(value),
+    responseSerialize: (value: ListCertificatesResponse): Buffer =>
+      Buffer.from(ListCertificatesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListCertificatesResponse => ListCertificatesResponse.decode(value),
+  },
+  /**
+   * Admin: revoke person or pipeline certificates, by serial number or by name (every
+   * certificate issued to that name): every replica refuses them within 60 s. Refused with
+   * FAILED_PRECONDITION (LAST_ADMIN) if no admin certificate would be left.
+   */
+  revokeCertificate: {
+    path: "/edgeplane.v1.TrustService/RevokeCertificate" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RevokeCertificateRequest): Buffer =>
+      Buffer.from(RevokeCertificateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RevokeCertificateRequest => RevokeCertificateRequest.decode(value),
+    responseSerialize: (value: RevokeCertificateResponse): Buffer =>
+      Buffer.from(RevokeCertificateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RevokeCertificateResponse => RevokeCertificateResponse.decode(value),
   },
 } as const;
 
@@ -2030,9 +2696,17 @@ export interface TrustServiceServer extends UntypedServiceImplementation {
   /**
    * Admin: replace an enrolled node's labels (the only way a node's labels change after
    * enrollment). The node's open streams are closed; its next hello may carry the old or the new
-   * labels and it is told the new ones in the welcome.
+   * labels and it is told the new ones in the welcome, and the agent compiles for them at once.
    */
   setNodeLabels: handleUnaryCall<SetNodeLabelsRequest, SetNodeLabelsResponse>;
+  /** Admin: the person and pipeline certificates the controllers issued (viewer, operator, admin). */
+  listCertificates: handleUnaryCall<ListCertificatesRequest, ListCertificatesResponse>;
+  /**
+   * Admin: revoke person or pipeline certificates, by serial number or by name (every
+   * certificate issued to that name): every replica refuses them within 60 s. Refused with
+   * FAILED_PRECONDITION (LAST_ADMIN) if no admin certificate would be left.
+   */
+  revokeCertificate: handleUnaryCall<RevokeCertificateRequest, RevokeCertificateResponse>;
 }
 
 export interface TrustServiceClient extends Client {
@@ -2125,7 +2799,7 @@ export interface TrustServiceClient extends Client {
   /**
    * Admin: replace an enrolled node's labels (the only way a node's labels change after
    * enrollment). The node's open streams are closed; its next hello may carry the old or the new
-   * labels and it is told the new ones in the welcome.
+   * labels and it is told the new ones in the welcome, and the agent compiles for them at once.
    */
   setNodeLabels(
     request: SetNodeLabelsRequest,
@@ -2141,6 +2815,42 @@ export interface TrustServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SetNodeLabelsResponse) => void,
+  ): ClientUnaryCall;
+  /** Admin: the person and pipeline certificates the controllers issued (viewer, operator, admin). */
+  listCertificates(
+    request: ListCertificatesRequest,
+    callback: (error: ServiceError | null, response: ListCertificatesResponse) => void,
+  ): ClientUnaryCall;
+  listCertificates(
+    request: ListCertificatesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListCertificatesResponse) => void,
+  ): ClientUnaryCall;
+  listCertificates(
+    request: ListCertificatesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListCertificatesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Admin: revoke person or pipeline certificates, by serial number or by name (every
+   * certificate issued to that name): every replica refuses them within 60 s. Refused with
+   * FAILED_PRECONDITION (LAST_ADMIN) if no admin certificate would be left.
+   */
+  revokeCertificate(
+    request: RevokeCertificateRequest,
+    callback: (error: ServiceError | null, response: RevokeCertificateResponse) => void,
+  ): ClientUnaryCall;
+  revokeCertificate(
+    request: RevokeCertificateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RevokeCertificateResponse) => void,
+  ): ClientUnaryCall;
+  revokeCertificate(
+    request: RevokeCertificateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RevokeCertificateResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -1,7 +1,8 @@
 import type { PeerCertificate } from 'node:tls';
 import { PermissionDeniedError, UnauthenticatedError } from '../errors.js';
 import { describeIdentity, identityFromPeerCertificate, type Identity, type Role } from '../pki/identity.js';
-import { sameLabels, type EnrolledLabels } from '../trust-store.js';
+import { sameLabels } from '@edgeplane/proto';
+import type { EnrolledLabels } from '../trust-store.js';
 
 /** Who may call what: every gRPC method of the edgeplane services, and only these. */
 const READ: readonly Role[] = ['viewer', 'operator', 'admin'];
@@ -10,8 +11,12 @@ const ADMIN: readonly Role[] = ['admin'];
 const NODE: readonly Role[] = ['node'];
 
 /**
- * The one table of method -> roles (full gRPC path). `anyone` is callable without a client
- * certificate (Enroll: the join token is the credential). A method not listed is refused.
+ * The one table of method -> roles (full gRPC path), the standard services included. `anyone`
+ * is callable without a client certificate: Enroll (the join token is the credential) and
+ * health (load balancers and orchestrators probe it without identities, like Kubernetes'
+ * /livez; it says only SERVING or NOT_SERVING). Reflection (the API's schema) needs an identity
+ * that may read the API. A method not listed is refused: the machine roles controller and nats
+ * appear nowhere, so their certificates call nothing.
  */
 export const METHOD_ROLES: Readonly<Record<string, readonly Role[] | 'anyone'>> = {
   '/edgeplane.v1.IntentService/ApplyPolicy': WRITE,
@@ -41,6 +46,12 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[] | 'anyone'>> 
   '/edgeplane.v1.TrustService/RevokeNode': ADMIN,
   '/edgeplane.v1.TrustService/IssueCertificate': ADMIN,
   '/edgeplane.v1.TrustService/SetNodeLabels': ADMIN,
+  '/edgeplane.v1.TrustService/ListCertificates': ADMIN,
+  '/edgeplane.v1.TrustService/RevokeCertificate': ADMIN,
+  '/grpc.health.v1.Health/Check': 'anyone',
+  '/grpc.health.v1.Health/Watch': 'anyone',
+  '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo': READ,
+  '/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo': READ,
 };
 
 /** The identity of a plaintext caller on a loopback listener started with --insecure. */
@@ -55,6 +66,8 @@ export interface Caller {
    * also speak AgentService for any node (development and tests only).
    */
   insecure: boolean;
+  /** The serial number of the caller's certificate (hex, as TLS gives it); undefined without one. */
+  serial?: string;
 }
 
 /** What a call exposes for authorization (grpc-js server calls have it). */
@@ -66,8 +79,11 @@ export interface AuthenticatedCall {
 export interface AuthorizerOptions {
   insecure: boolean;
   fleet: string;
-  /** True if the identity was revoked (nodes: by name). */
-  isRevoked(identity: Identity): boolean;
+  /**
+   * True if the caller was revoked: nodes by name, any certificate by its serial number (hex,
+   * as the TLS peer certificate gives it).
+   */
+  isRevoked(identity: Identity, serial: string | undefined): boolean;
   /**
    * The labels bound to a node at enrollment (TrustStore); a node's hello must carry them.
    * Unset: hello labels are not checked (only with insecure).
@@ -81,7 +97,8 @@ export interface AuthorizerOptions {
 
 /**
  * Establishes the caller of every call from its verified TLS peer certificate and checks it
- * against {@link METHOD_ROLES}. Used by every handler wrapper in services.ts.
+ * against {@link METHOD_ROLES}. Used by every handler wrapper in services.ts and, for the
+ * standard health and reflection services, by grpc/server.ts.
  */
 export class Authorizer {
   #options: AuthorizerOptions;
@@ -108,11 +125,14 @@ export class Authorizer {
     const identity = this.identityOf(call);
     if (allowed === 'anyone') return { identity, insecure: false };
     if (!identity) throw this.#deny(method, undefined, new UnauthenticatedError(`${method} needs a client certificate from this fleet's CA`, 'NO_IDENTITY'));
-    if (this.#options.isRevoked(identity)) throw this.#deny(method, identity, new UnauthenticatedError(`${describeIdentity(identity)} was revoked`, 'REVOKED'));
+    const serial = call.getAuthContext()?.sslPeerCertificate?.serialNumber;
+    // A revoked certificate no longer proves who the caller is: UNAUTHENTICATED (like an expired
+    // one), before any role check, whatever the method.
+    if (this.#options.isRevoked(identity, serial)) throw this.#deny(method, identity, new UnauthenticatedError(`${describeIdentity(identity)} was revoked`, 'REVOKED'));
     if (!allowed || !allowed.includes(identity.role)) {
       throw this.#deny(method, identity, new PermissionDeniedError(`${describeIdentity(identity)} may not call ${method}`, 'ROLE_NOT_ALLOWED'));
     }
-    return { identity, insecure: false };
+    return { identity, insecure: false, ...(serial ? { serial } : {}) };
   }
 
   /**

@@ -14,6 +14,8 @@ import {
   type FleetServiceServer,
   type IntentServiceServer,
 } from '@edgeplane/proto';
+import type { AuthenticatedCall } from './authorize.js';
+import { toStatus, type ErrorLogger } from './to-status.js';
 import { intentServiceWithWirePrecheck } from './wire-precheck.js';
 
 /**
@@ -34,11 +36,21 @@ export type TlsOptions =
       clientCaPem: string;
     };
 
+/** What the server needs of the authorizer (grpc/authorize.ts) for the standard services. */
+export interface MethodAuthorizer {
+  /** @throws UnauthenticatedError or PermissionDeniedError when the call's caller may not call `method`. */
+  authorize(method: string, call: AuthenticatedCall): unknown;
+}
+
 /** Options of {@link startGrpcServer}. */
 export interface GrpcServerOptions {
   /** host:port; port 0 picks a free one. */
   listen: string;
   tls: TlsOptions;
+  /** Authorizes the standard health and reflection services (the edgeplane handlers authorize their own calls). */
+  auth: MethodAuthorizer;
+  /** Where unexpected errors of those authorizations are reported (toStatus). */
+  log: ErrorLogger;
   intent: IntentServiceServer;
   fleet: FleetServiceServer;
   agent: AgentServiceServer;
@@ -91,9 +103,67 @@ function credentials(tls: TlsOptions): grpc.ServerCredentials {
 }
 
 /**
- * Starts the gRPC server with the three edgeplane services, the standard health service
- * (grpc.health.v1, SERVING once started) and server reflection (so grpcurl and clients in other
- * languages need no .proto files).
+ * A view of `server` whose addService authorizes every call of the services added through it
+ * (by the method's full path, grpc/authorize.ts) before the handler runs: how the standard
+ * services, which add themselves (`addToServer(server)`), get the same checks as ours. A refused
+ * call ends with the status toStatus gives and never reaches the handler.
+ */
+function authorizedServer(server: grpc.Server, auth: MethodAuthorizer, log: ErrorLogger): Pick<grpc.Server, 'addService'> {
+  return {
+    addService(service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation): void {
+      const wrapped: grpc.UntypedServiceImplementation = {};
+      for (const [key, method] of Object.entries(service)) {
+        const handler = implementation[key] ?? implementation[method.originalName ?? ''];
+        if (!handler) continue;
+        const refused = (call: AuthenticatedCall): grpc.ServiceError | undefined => {
+          try {
+            auth.authorize(method.path, call);
+            return undefined;
+          } catch (err) {
+            return Object.assign(new Error((err as Error).message), toStatus(err, log)) as grpc.ServiceError;
+          }
+        };
+        if (!method.requestStream && !method.responseStream) {
+          const h = handler as grpc.handleUnaryCall<unknown, unknown>;
+          wrapped[key] = ((call, callback) => {
+            const err = refused(call);
+            if (err) callback(err);
+            else h(call, callback);
+          }) as grpc.handleUnaryCall<unknown, unknown>;
+        } else if (!method.requestStream) {
+          const h = handler as grpc.handleServerStreamingCall<unknown, unknown>;
+          wrapped[key] = ((call) => {
+            const err = refused(call);
+            // grpc-js sends a stream's status from an 'error' event.
+            if (err) call.emit('error', err);
+            else h(call);
+          }) as grpc.handleServerStreamingCall<unknown, unknown>;
+        } else if (method.responseStream) {
+          const h = handler as grpc.handleBidiStreamingCall<unknown, unknown>;
+          wrapped[key] = ((call) => {
+            const err = refused(call);
+            if (err) call.emit('error', err);
+            else h(call);
+          }) as grpc.handleBidiStreamingCall<unknown, unknown>;
+        } else {
+          const h = handler as grpc.handleClientStreamingCall<unknown, unknown>;
+          wrapped[key] = ((call, callback) => {
+            const err = refused(call);
+            if (err) callback(err);
+            else h(call, callback);
+          }) as grpc.handleClientStreamingCall<unknown, unknown>;
+        }
+      }
+      server.addService(service, wrapped);
+    },
+  };
+}
+
+/**
+ * Starts the gRPC server with the four edgeplane services, the standard health service
+ * (grpc.health.v1, SERVING once started; open to anyone, for load balancers) and server
+ * reflection (so grpcurl and clients in other languages need no .proto files; callers that may
+ * read the API only). Both standard services are authorized by `options.auth` like ours.
  * @throws Error if the address cannot be bound.
  */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcServer> {
@@ -105,9 +175,10 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   server.addService(AgentServiceService, options.agent);
   server.addService(TrustServiceService, options.trust);
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICE_NAMES].map((s) => [s, 'NOT_SERVING' as const])));
-  health.addToServer(server);
+  const authorized = authorizedServer(server, options.auth, options.log);
+  health.addToServer(authorized as grpc.Server);
   const definitions = protoLoader.loadSync([...PROTO_FILES, healthProtoPath], { includeDirs: [PROTO_INCLUDE_DIR], keepCase: true, longs: String, enums: String, defaults: true });
-  new ReflectionService(definitions).addToServer(server);
+  new ReflectionService(definitions).addToServer(authorized);
 
   const port = await new Promise<number>((resolve, reject) => server.bindAsync(options.listen, creds, (err, p) => (err ? reject(err) : resolve(p))));
   for (const s of ['', ...SERVICE_NAMES]) health.setStatus(s, 'SERVING');

@@ -241,7 +241,9 @@ export function trustServiceHandlers(api: TrustApi, log: ErrorLogger, auth: Auth
     }),
     createJoinToken: unary('TrustService', 'CreateJoinToken', edge, (req, _span, caller) => api.createJoinToken(caller.identity!, req)),
     revokeNode: unary('TrustService', 'RevokeNode', edge, (req, _span, caller) => api.revokeNode(caller.identity!, req)),
-    issueCertificate: unary('TrustService', 'IssueCertificate', edge, (req) => api.issueCertificate(req)),
+    issueCertificate: unary('TrustService', 'IssueCertificate', edge, (req, _span, caller) => api.issueCertificate(caller.identity, req)),
+    listCertificates: unary('TrustService', 'ListCertificates', edge, (req) => api.listCertificates(req)),
+    revokeCertificate: unary('TrustService', 'RevokeCertificate', edge, (req, _span, caller) => api.revokeCertificate(caller, req)),
     setNodeLabels: unary('TrustService', 'SetNodeLabels', edge, (req, span) => {
       span.setAttribute('edgeplane.node', req.nodeName);
       return api.setNodeLabels(req);

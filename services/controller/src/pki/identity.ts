@@ -1,17 +1,20 @@
 import type { PeerCertificate } from 'node:tls';
 
-/** What an identity may be: a node agent, a person or pipeline with a role, or a controller replica. */
-export type Role = 'node' | 'viewer' | 'operator' | 'admin' | 'controller';
+/**
+ * What an identity may be: a node agent, a person or pipeline with a role, a controller replica,
+ * or a NATS server (its serving and route certificate: it may call no gRPC method).
+ */
+export type Role = 'node' | 'viewer' | 'operator' | 'admin' | 'controller' | 'nats';
 
-/** Every role, in order of privilege for people (node and controller are machine roles). */
-export const ROLES: readonly Role[] = ['node', 'viewer', 'operator', 'admin', 'controller'];
+/** Every role, in order of privilege for people (node, controller and nats are machine roles). */
+export const ROLES: readonly Role[] = ['node', 'viewer', 'operator', 'admin', 'controller', 'nats'];
 
 /** Who a caller is, as its certificate says. */
 export interface Identity {
   /** The fleet (trust domain path); one controller CA serves one fleet. */
   fleet: string;
   role: Role;
-  /** Node name for role node, the person's or pipeline's name otherwise, the replica id for controller. */
+  /** Node name for role node, the replica id for controller, the server name for nats, the person's or pipeline's name otherwise. */
   name: string;
 }
 
@@ -63,4 +66,16 @@ export function identityFromPeerCertificate(cert: Pick<PeerCertificate, 'subject
 /** `role/name` for logs and error messages. */
 export function describeIdentity(id: Identity): string {
   return `${id.role}/${id.name}`;
+}
+
+/**
+ * A Node TLS `checkServerIdentity` for NATS connections: the server must present a NATS server
+ * identity (`spiffe://edgeplane/<fleet>/nats/<name>`). Used instead of host-name checks when the
+ * servers' certificates come from the fleet CA, which also signs node, people and controller
+ * certificates: the chain alone would let any of those pose as a NATS server. The fleet is
+ * the CA's (one CA serves one fleet).
+ * @returns undefined when the certificate is a NATS server identity, else the Error to refuse with.
+ */
+export function checkNatsServerIdentity(_host: string, cert: Pick<PeerCertificate, 'subjectaltname'>): Error | undefined {
+  return identityFromPeerCertificate(cert)?.role === 'nats' ? undefined : new Error('the NATS server certificate is not an edgeplane NATS server identity (spiffe://edgeplane/<fleet>/nats/<name>)');
 }

@@ -91,7 +91,11 @@ export interface AgentRuntimeOptions {
   log: AgentLogger;
   /** Accept only log entries of this fleet (unset: any fleet signed by a trusted key). */
   fleetId?: string;
-  /** Called with the labels the controller says are bound to the node, from every welcome that carries them. */
+  /**
+   * Called with the labels the controller says are bound to the node, from every welcome (the
+   * agent main stores them with the node's credentials). The runtime has already recompiled for
+   * them by then when they changed.
+   */
   onEnrolledLabels?: (labels: Record<string, string>) => void;
   /** Operator keys whose signed history reset lifts a refused rollback (none: only a new state dir does). */
   resetKeys?: TrustedKeys;
@@ -194,7 +198,8 @@ export class AgentRuntime {
         const { conditions, appliedUnknown } = agent.conditions;
         return {
           nodeName: options.nodeName,
-          labels: options.labels,
+          // The labels of now: the controller may have changed them since the agent started.
+          labels: agent.labels,
           info: options.info,
           interfaces: describeInterfaces(options),
           receivedRevision: agent.status.received,
@@ -212,7 +217,14 @@ export class AgentRuntime {
       onStateChange: (up, reason) => options.log('info', up ? 'controller connected' : 'controller disconnected', { reason }),
       onConnectionsQuery: (query) =>
         answerConnectionsQuery({ readers: options.datapaths, origin: (role, id) => agent.ruleOrigin(role, id) }, query),
-      ...(options.onEnrolledLabels ? { onWelcome: (w: ControllerWelcome) => options.onEnrolledLabels!(w.enrolledLabels) } : {}),
+      // The controller is the authority on the node's labels: every welcome says which are bound
+      // to it (an admin's change closes the node's stream, so the next welcome brings it), and
+      // policies select on them from then on, without a restart.
+      onWelcome: (w: ControllerWelcome) => {
+        const labels = { ...w.enrolledLabels };
+        if (agent.setLabels(labels)) options.log('warn', 'the controller changed this node\'s labels; compiling for them', { labels });
+        options.onEnrolledLabels?.(labels);
+      },
     });
     ref.link = link;
     const runtime = new AgentRuntime(options, agent, link);

@@ -26,6 +26,8 @@ export interface AgentConfig {
   natsTlsCa?: string;
   interfaces: { name: string; role: InterfaceRole }[];
   pinRoot: string;
+  /** Forget the pinned datapath before opening it (EbpfDatapath.reset): the way back from a newer layout. */
+  resetDatapath: boolean;
   stateDir: string;
   trustedKeys: KeyObject[];
   /** Raise intent-stale when the newest verified controller heartbeat is older than this. */
@@ -62,11 +64,18 @@ Usage: edgeplane-agent [flags]
   --nats URL[,URL...]       NATS servers holding the intent log (EDGEPLANE_NATS_URL, default nats://127.0.0.1:4222)
   --nats-creds FILE         this node's NATS credentials: user JWT + nkey seed (EDGEPLANE_NATS_CREDS)
   --nats-jwt FILE, --nats-seed FILE   the same as two files: the JWT and the seed (EDGEPLANE_NATS_JWT, EDGEPLANE_NATS_SEED)
-  --nats-tls-ca FILE        CA that signed the NATS servers' certificates (EDGEPLANE_NATS_TLS_CA)
+  --nats-tls-ca FILE        CA that signed the NATS servers' certificates, checked with their host names
+                            (EDGEPLANE_NATS_TLS_CA); default for an enrolled node: the enrolled CA, and the
+                            server must present a NATS server identity (spiffe://edgeplane/<fleet>/nats/<name>)
   --interface NAME=ROLE     enforce on an interface; ROLE is uplink (XDP) or workload (TC ingress+egress);
                             repeatable (EDGEPLANE_INTERFACES=eth0=uplink,veth1=workload)
   --pin-root DIR            bpffs directory for pinned programs and maps, mounted if it is not one
                             (EDGEPLANE_PIN_ROOT, default /run/edgeplane/bpf)
+  --reset-datapath          forget the datapath pinned under --pin-root before starting (after a downgrade,
+                            whose agent refuses a newer pinned layout): pins removed, uplink egress trackers
+                            detached, XDP and TC programs left enforcing until this agent replaces them
+                            after applying its rule set; counters, token buckets and the connection table
+                            are lost; give it for one start only (bpf/README.md, "Upgrades and the pinned layout")
   --state-dir DIR           where the last applied revision is kept (EDGEPLANE_STATE_DIR, default /var/lib/edgeplane/agent)
   --trusted-key KEY         a controller public key: base64 of the raw 32-byte Ed25519 key, or @FILE with a
                             PEM public key; repeatable (EDGEPLANE_TRUSTED_KEYS, comma-separated); required
@@ -133,6 +142,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         'nats-tls-ca': { type: 'string' },
         interface: { type: 'string', multiple: true },
         'pin-root': { type: 'string' },
+        'reset-datapath': { type: 'boolean' },
         'state-dir': { type: 'string' },
         'trusted-key': { type: 'string', multiple: true },
         'fleet-id': { type: 'string' },
@@ -213,6 +223,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     ...(natsTlsCa ? { natsTlsCa } : {}),
     interfaces,
     pinRoot: values['pin-root'] ?? env.EDGEPLANE_PIN_ROOT ?? '/run/edgeplane/bpf',
+    resetDatapath: values['reset-datapath'] ?? false,
     stateDir: values['state-dir'] ?? env.EDGEPLANE_STATE_DIR ?? '/var/lib/edgeplane/agent',
     trustedKeys: keys.map(parseKey),
     staleAfterMs: num('stale-after', values['stale-after'] ?? env.EDGEPLANE_STALE_AFTER, 30) * 1000,

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { jwtAuthenticator, type NodeConnectionOptions } from '@nats-io/transport-node';
 import { natsClientOptions, type NatsClientCredentials } from '@edgeplane/intent-log';
 import { AgentConfigError, type AgentConfig } from './config.js';
-import { checkControllerIdentity } from './node-identity.js';
+import { checkNatsServerIdentity } from './node-identity.js';
 
 /**
  * The agent's NATS connection options: its servers, reconnect forever (DESIGN.md: NATS
@@ -10,7 +10,7 @@ import { checkControllerIdentity } from './node-identity.js';
  * which also fix its inbox prefix) and TLS CA. Reads the credential files now. Without
  * --nats-creds/--nats-jwt, `enrolled` (the NATS JWT and seed enrollment stored, read again at
  * every connect so a renewed JWT is used after a reconnect) is used when it has a JWT, and then
- * the server must serve TLS with a controller certificate from the enrolled CA (`caPem`).
+ * the server must serve TLS with a NATS server identity from the enrolled CA (`caPem`).
  * @returns options for `connect()`; `anonymous` is true when no credentials were configured.
  * @throws AgentConfigError if a credential file cannot be read or is malformed.
  */
@@ -34,10 +34,11 @@ export function agentNatsOptions(
   let auth;
   try {
     // An enrolled node verifies the server with the CA it pinned at enrollment (unless
-    // --nats-tls-ca names another), by chain and controller identity like the gRPC side: it
-    // reaches the server by whatever address, which the certificate need not name.
+    // --nats-tls-ca names another), by chain and NATS server identity (spiffe://.../nats/<name>),
+    // as the gRPC side checks the controller identity: it reaches the server by whatever
+    // address, which the certificate need not name.
     const caPem = fromEnrollment && !config.natsTlsCa ? fromEnrollment().caPem : undefined;
-    const tls = caPem ? { tls: { caPem, checkServerIdentity: checkControllerIdentity } } : {};
+    const tls = caPem ? { tls: { caPem, checkServerIdentity: checkNatsServerIdentity } } : {};
     auth = natsClientOptions(fromEnrollment ? { ...credentials, ...tls, jwt: fromEnrollment().natsJwt, seed: fromEnrollment().natsSeed } : credentials);
   } catch (cause) {
     throw new AgentConfigError((cause as Error).message, { cause });

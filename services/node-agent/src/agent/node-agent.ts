@@ -2,6 +2,7 @@ import { SpanStatusCode, context, metrics, trace, type Context, type Counter as 
 import {
   MAX_CONDITION_MESSAGE_LENGTH,
   RevisionOutcome,
+  sameLabels,
   type ConditionReport,
   type ConntrackStatus,
   type CounterReport,
@@ -156,12 +157,19 @@ export class NodeAgent {
   #lastConntrack = '';
   #occupancyRead: Partial<Record<InterfaceRole, { at: number; value: ConntrackOccupancy; waitMs: number }>> = {};
   #running: Promise<void> | undefined;
-  #wanted: { chain: IntentChain; context: Context | undefined; receivedAt: bigint; links: Link[] } | undefined;
+  /** The chain to apply next; `force`: apply it even if its revision is not above #applied (another history: a reset or resync). */
+  #wanted: { chain: IntentChain; context: Context | undefined; receivedAt: bigint; links: Link[]; force: boolean } | undefined;
   #lastCounters: Partial<Record<InterfaceRole, DatapathCounters>> = {};
   #lastCountersAt = new Date();
+  /** The labels policies select on now: the options' until {@link setLabels} changes them. */
+  #labels: Record<string, string>;
+  /** The snapshot of revision #applied (from the state file or the last ACKed apply), recompiled when the labels change. */
+  #current: Snapshot | undefined;
+  #relabelDue = false;
 
   constructor(options: NodeAgentOptions) {
     this.#o = options;
+    this.#labels = { ...options.labels };
     this.#repair = new Retry(options.retryMinMs ?? 1000, options.retryMaxMs ?? 60_000);
     this.#stateRetry = new Retry(options.retryMinMs ?? 1000, options.retryMaxMs ?? 60_000);
     // The meter is taken here, not at module load: the metrics API has no proxy provider, so a
@@ -220,12 +228,32 @@ export class NodeAgent {
   async boot(): Promise<Snapshot | undefined> {
     const state = this.#o.stateFile.read();
     if (!state) return undefined;
-    const compiled = compileIntent(state.snapshot.policies, this.#o.labels, state.snapshot.rollouts, this.#o.nodeName);
+    const compiled = compileIntent(state.snapshot.policies, this.#labels, state.snapshot.rollouts, this.#o.nodeName);
     await this.#applyCompiled(compiled);
+    this.#current = state.snapshot;
     this.#applied = state.snapshot.revision;
     this.#received = state.snapshot.revision;
     this.#o.log('info', 'enforcing the state file', { revision: String(state.snapshot.revision), policies: compiled.selected });
     return state.snapshot;
+  }
+
+  /** The labels policies select on now (a copy). */
+  get labels(): Record<string, string> {
+    return { ...this.#labels };
+  }
+
+  /**
+   * Replaces the node's labels (the controller's, from a welcome) and, if they differ, compiles
+   * the revision in force again for them and applies it at once (an ACK or NACK of that revision
+   * follows, like any apply; a NACK keeps what the datapath enforced). Serialized with applies.
+   * @returns true if the labels changed.
+   */
+  setLabels(labels: Record<string, string>): boolean {
+    if (sameLabels(labels, this.#labels)) return false;
+    this.#labels = { ...labels };
+    this.#relabelDue = true;
+    this.#kick();
+    return true;
   }
 
   /** Called when the followed chain advanced; `entries` are the new ones, oldest first. */
@@ -241,7 +269,11 @@ export class NodeAgent {
     this.#received = chain.revision;
     // apply_duration runs from receipt of the newest entry to enforcement. A coalesced apply
     // is a child of the newest entry's trace and links to every entry it covers.
-    this.#wanted = { chain, context: context ?? this.#wanted?.context, receivedAt: process.hrtime.bigint(), links };
+    // The follower only moves forward on one history; a chain that is not above what the node
+    // enforces is another history (an operator's reset, a resync after a storage loss), which
+    // must be applied even at the same or a lower revision.
+    const force = (this.#wanted?.force ?? false) || chain.revision <= this.#applied;
+    this.#wanted = { chain, context: context ?? this.#wanted?.context, receivedAt: process.hrtime.bigint(), links, force };
     this.#kick();
   }
 
@@ -252,10 +284,15 @@ export class NodeAgent {
       await new Promise((r) => setTimeout(r, delay));
       for (;;) {
         if (this.#closed) return;
-        if (this.#wanted && this.#wanted.chain.revision > this.#applied) {
+        if (this.#wanted && (this.#wanted.force || this.#wanted.chain.revision > this.#applied)) {
           const { chain, context, receivedAt, links } = this.#wanted;
           this.#wanted = undefined;
-          await this.#reconcile(chain, context, receivedAt, links);
+          // Compiled with the labels of now: a pending relabel is part of this apply.
+          this.#relabelDue = false;
+          await this.#reconcile(chain.snapshot(), context, receivedAt, links);
+        } else if (this.#relabelDue) {
+          this.#relabelDue = false;
+          if (this.#current) await this.#reconcile(this.#current, undefined, process.hrtime.bigint(), []);
         } else if (this.#repairDue) {
           this.#repairDue = false;
           await this.#restoreKnown();
@@ -264,7 +301,7 @@ export class NodeAgent {
     })().finally(() => {
       this.#running = undefined;
       if (this.#closed) return;
-      if ((this.#wanted && this.#wanted.chain.revision > this.#applied) || this.#repairDue) this.#kick();
+      if ((this.#wanted && (this.#wanted.force || this.#wanted.chain.revision > this.#applied)) || this.#relabelDue || this.#repairDue) this.#kick();
     });
   }
 
@@ -334,9 +371,8 @@ export class NodeAgent {
     while (this.#running) await this.#running;
   }
 
-  async #reconcile(chain: IntentChain, parent: Context | undefined, receivedAt: bigint, links: Link[]): Promise<void> {
-    const revision = chain.revision;
-    const snapshot = chain.snapshot();
+  async #reconcile(snapshot: Snapshot, parent: Context | undefined, receivedAt: bigint, links: Link[]): Promise<void> {
+    const revision = snapshot.revision;
     const attrs = { 'edgeplane.revision': Number(revision), 'edgeplane.node': this.#o.nodeName };
     const run = async <T>(name: string, fn: (span: Span) => Promise<T> | T): Promise<T> =>
       tracer.startActiveSpan(name, { attributes: attrs, links }, parent ?? context.active(), async (span) => {
@@ -352,16 +388,18 @@ export class NodeAgent {
     let enforcedAt = process.hrtime.bigint();
     let report: RevisionReport;
     try {
-      const compiled = await run('edgeplane.agent.compile', () => compileIntent(snapshot.policies, this.#o.labels, snapshot.rollouts, this.#o.nodeName));
+      const labels = this.#labels;
+      const compiled = await run('edgeplane.agent.compile', () => compileIntent(snapshot.policies, labels, snapshot.rollouts, this.#o.nodeName));
       await run('edgeplane.agent.apply', () => this.#applyCompiled(compiled));
       enforcedAt = process.hrtime.bigint();
       this.#applied = revision;
+      this.#current = snapshot;
       this.#applies++;
       this.#lastError = '';
       this.#o.log('info', 'applied', { revision: String(revision), policies: compiled.selected, uplinkRules: compiled.uplink.ruleSet.rules.length, workloadRules: compiled.workload.ruleSet.rules.length });
       this.#unknownChanged(revision);
       // The datapath enforces R whatever happens to the file: R is ACKed either way.
-      this.#save({ snapshot, labels: this.#o.labels });
+      this.#save({ snapshot, labels });
       report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, reason: '', appliedRevision: revision, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false };
     } catch (err) {
       const unknown = this.#unknownRoles.size > 0;

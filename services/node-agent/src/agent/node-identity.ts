@@ -83,13 +83,27 @@ export function loadNodeCredentials(stateDir: string): NodeCredentials | undefin
   }
 }
 
+/** The role of the one edgeplane identity URI in a peer certificate (`spiffe://edgeplane/<fleet>/<role>/<name>`), if exactly one. */
+function peerRole(cert: PeerCertificate): string | undefined {
+  const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith(`URI:${URI_PREFIX}`));
+  return uris.length === 1 ? uris[0]!.split('/')[4] : undefined;
+}
+
 /**
  * Verifies that the peer is a controller of the fleet: its certificate carries a
  * `spiffe://edgeplane/<fleet>/controller/<id>` URI (host names are not what identifies it).
  */
 export function checkControllerIdentity(_host: string, cert: PeerCertificate): Error | undefined {
-  const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith(`URI:${URI_PREFIX}`));
-  return uris.length === 1 && uris[0]!.split('/')[4] === 'controller' ? undefined : new Error('the server certificate is not an edgeplane controller identity');
+  return peerRole(cert) === 'controller' ? undefined : new Error('the server certificate is not an edgeplane controller identity');
+}
+
+/**
+ * Verifies that the peer is a NATS server of the fleet: its certificate carries a
+ * `spiffe://edgeplane/<fleet>/nats/<name>` URI. Node, people and controller certificates chain
+ * to the same CA, so the chain alone would let any of them pose as a NATS server.
+ */
+export function checkNatsServerIdentity(_host: string, cert: PeerCertificate): Error | undefined {
+  return peerRole(cert) === 'nats' ? undefined : new Error('the NATS server certificate is not an edgeplane NATS server identity');
 }
 
 function fingerprintOf(raw: Buffer): string {

@@ -214,7 +214,11 @@ export function compileTables(spec: RuleSetSpec): TablesSpec {
   const classWords: MapEntriesSpec = { keySize: sizes.wordKey, valueSize: sizes.word, count: classWordCount, keys: wordKeys, values: wordValues };
   const flags = (ruleSet.trackEgress ? genFlags.trackEgress : 0) | (ruleSet.cutOnDeny ? genFlags.cut : 0);
   const hash = createHash('sha256');
-  for (const part of [lpmKeys, lpmValues, wordKeys, wordValues, wildBytes, ruleBytes, new Uint8Array(new Uint32Array([flags]).buffer)]) {
+  // Generation flags are hashed only when set: a rule set without them keeps the fingerprint the
+  // layout-1 agent gave it, so a node upgraded in place finds its live tables to be its own
+  // (bpf/README.md, "Upgrades and the pinned layout").
+  const flagBytes = flags === 0 ? [] : [new Uint8Array(new Uint32Array([flags]).buffer)];
+  for (const part of [lpmKeys, lpmValues, wordKeys, wordValues, wildBytes, ruleBytes, ...flagBytes]) {
     hash.update(new Uint32Array([part.length]));
     hash.update(part);
   }

@@ -1,7 +1,7 @@
 // The eBPF datapath: loads bpf/build/edgeplane.bpf.o (or re-adopts it from a bpffs), installs
 // compiled tables into the idle generation and switches to it with one map write, attaches the
 // programs, and reads counters. bpf/README.md describes the maps and the switch protocol.
-import { existsSync, unlinkSync } from 'node:fs';
+import { existsSync, readdirSync, unlinkSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +13,7 @@ import {
   detachXdp,
   encode,
   ifindex as interfaceIndex,
-  loadObject,
+  interfaces,
   loadObjectSpec,
   NotFoundError,
   Program,
@@ -28,9 +28,11 @@ import { compileTables, RULE_SLOTS, sizes, WILD_COUNT, type TablesSpec } from '.
 import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type ConnectionFilter, type ConntrackConfig, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import { ConntrackTables } from './conntrack-tables.js';
 import { CounterTables, type CounterTotals } from './counters.js';
+import { dropPreviousPins, installObject, type InstallReport, type InstallStep } from './datapath-install.js';
 import type { ApplyResult, Counter, DatapathCounters, Datapath } from './datapath.js';
 import { ConntrackInputError, DatapathError } from './errors.js';
 import type { InterfaceRole } from './interface-role.js';
+import { LAYOUT_MARKER, LAYOUT_VERSION, NEXT_SUFFIX, PREVIOUS_SUFFIX, readLayoutVersion, writeLayoutMarker } from './pin-layout.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from './rule-set.js';
 import { epMeta, epRule } from './table-codecs.js';
 
@@ -75,6 +77,8 @@ export interface EbpfDatapathOptions {
   objectPath?: string;
   /** Token buckets kept (LRU); only used when the programs are loaded, not re-adopted. Default 262,144. */
   rateLimitEntries?: number;
+  /** Called after each step of a load or an upgrade (not of an adoption): for logs. */
+  onInstallStep?: (step: InstallStep) => void;
   /** Entries of ep_ct (flows that have seen a reply; preallocated); only used when loaded. Default 262,144. */
   ctEntries?: number;
   /** Entries of ep_ct_new (flows without a reply yet; LRU); only used when loaded. Default 65,536. */
@@ -84,6 +88,35 @@ export interface EbpfDatapathOptions {
    * DEFAULT_CONNTRACK_CONFIG, an adopted datapath keeps what is pinned.
    */
   conntrack?: ConntrackConfig;
+}
+
+/**
+ * What open() did to a pin directory that did not hold a complete datapath of this agent's
+ * layout version: a first load (fromVersion undefined) or an upgrade in place.
+ */
+export interface DatapathInstall extends InstallReport {
+  /** The layout version found: undefined for an empty pin directory, 1 for the object before connection tracking. */
+  readonly fromVersion: number | undefined;
+  /** The hooks of this network namespace that held a superseded program and now hold ours. */
+  readonly switched: readonly SwitchedHook[];
+}
+
+/** One hook switched from a superseded program to this datapath's, in one atomic replace. */
+export interface SwitchedHook {
+  readonly interface: string;
+  readonly ifindex: number;
+  readonly hook: 'xdp' | 'tc-ingress' | 'tc-egress';
+  readonly fromProgramId: number;
+  /** Our program there now; for an uplink's clsact egress, a hook it did not have before, fromProgramId is 0. */
+  readonly toProgramId: number;
+}
+
+/** What reset() removed. */
+export interface DatapathReset {
+  /** Every pin that was under the pin root. */
+  readonly unpinned: readonly string[];
+  /** Filters detached: uplinks' clsact egress filters, which an older agent would not replace. */
+  readonly detached: readonly { interface: string; ifindex: number; hook: 'tc-egress' }[];
 }
 
 /** Options of EbpfDatapath.attach(). */
@@ -98,8 +131,9 @@ export interface AttachOptions {
  * enforcement; detach() removes the programs from an interface.
  */
 export class EbpfDatapath implements Datapath {
-  /** True if open() found pinned programs and adopted them instead of loading new ones. */
+  /** True if open() found a complete datapath of this layout version pinned and adopted it as it was. */
   readonly adopted: boolean;
+  #installed: DatapathInstall | undefined;
   readonly #pinRoot: string;
   readonly #programs: Programs;
   readonly #maps: Maps;
@@ -127,41 +161,52 @@ export class EbpfDatapath implements Datapath {
   }
 
   /**
-   * Re-adopts the programs and maps pinned under `pinRoot`, or loads the object and pins them
-   * there. A re-adopted datapath keeps its program ids, tables and counters.
-   * @returns an EbpfDatapath the caller owns (close() it).
-   * @throws DatapathError with the libbpf-ts error as cause (VerifierError carries the log).
+   * Re-adopts the datapath pinned under `pinRoot` when it is a complete one of this agent's
+   * layout version (LAYOUT_VERSION): same program ids, tables and counters. Otherwise loads the
+   * object there: into an empty directory, or over an older layout as an upgrade in place (maps
+   * whose definition is unchanged are reused, live contents included; new and changed ones are
+   * created and filled first; then every hook of this network namespace that holds a superseded
+   * program is switched to ours with one atomic replace, the layout marker is written and the
+   * superseded programs are unpinned). A pin directory of a newer layout is refused.
+   * bpf/README.md, "Upgrades and the pinned layout".
+   * @returns an EbpfDatapath the caller owns (close() it); `install` says what a load did.
+   * @throws DatapathError with the libbpf-ts error as cause (VerifierError carries the log); for
+   * a newer layout, before anything is touched. A failed upgrade leaves every hook enforcing
+   * with the programs it had or with ours, and the next open() finishes it.
    */
   static async open(options: EbpfDatapathOptions): Promise<EbpfDatapath> {
     if (endianness() !== 'LE') throw new DatapathError(`open datapath: tables are compiled little-endian, this host is ${endianness()}`);
     const pinRoot = options.pinRoot;
     const pin = (name: string): string => join(pinRoot, name);
-    const adopt = existsSync(pin('edge_xdp'));
+    const found = readLayoutVersion(pinRoot);
+    if (found !== undefined && found > LAYOUT_VERSION) {
+      throw new DatapathError(
+        `adopt datapath pinRoot=${pinRoot}: its layout version ${found} is newer than this agent's ${LAYOUT_VERSION}; refused, nothing was changed (to run this agent there, start it with --reset-datapath, which loses counters and the connection table: bpf/README.md, "Upgrades and the pinned layout")`,
+      );
+    }
+    const adopt = found === LAYOUT_VERSION && [...programNames, ...mapNames].every((name) => existsSync(pin(name)));
+    let installed: (InstallReport & { fromVersion: number | undefined }) | undefined;
     if (!adopt) {
       const objectPath = options.objectPath ?? DEFAULT_OBJECT_PATH;
-      // A crash part-way through an earlier first load can leave some maps pinned without the
-      // programs (they are pinned last): drop them and start clean.
-      for (const name of [...mapNames, ...programNames]) if (existsSync(pin(name))) unlinkSync(pin(name));
-      try {
-        const spec = await loadObjectSpec(objectPath);
-        // Load before checking the object's shape, so a verifier rejection surfaces as such.
-        const mapMaxEntries: Record<string, number> = {};
-        if (spec.maps.has('ep_buckets')) mapMaxEntries.ep_buckets = options.rateLimitEntries ?? 262_144;
-        if (spec.maps.has('ep_ct')) mapMaxEntries.ep_ct = options.ctEntries ?? 262_144;
-        if (spec.maps.has('ep_ct_new')) mapMaxEntries.ep_ct_new = options.ctNewEntries ?? 65_536;
-        const object = await loadObject(spec, { mapMaxEntries });
-        try {
-          for (const name of mapNames) object.map(name).pin(pin(name));
-          for (const name of programNames) object.program(name).pin(pin(name));
-        } finally {
-          object.close();
-        }
-      } catch (cause) {
+      // No program pinned: nothing enforces from here. Maps left by a first load that stopped
+      // part-way are dropped, so a first load always starts clean.
+      if (found === undefined) {
         for (const name of [...mapNames, ...programNames]) if (existsSync(pin(name))) unlinkSync(pin(name));
+      }
+      let spec;
+      try {
+        spec = await loadObjectSpec(objectPath);
+      } catch (cause) {
         throw new DatapathError(`load datapath object=${objectPath} pinRoot=${pinRoot}`, { cause });
       }
+      const mapMaxEntries: Record<string, number> = {};
+      if (spec.maps.has('ep_buckets')) mapMaxEntries.ep_buckets = options.rateLimitEntries ?? 262_144;
+      if (spec.maps.has('ep_ct')) mapMaxEntries.ep_ct = options.ctEntries ?? 262_144;
+      if (spec.maps.has('ep_ct_new')) mapMaxEntries.ep_ct_new = options.ctNewEntries ?? 65_536;
+      installed = { fromVersion: found, ...(await installObject(spec, { pinRoot, programNames, mapNames, mapMaxEntries, onStep: options.onInstallStep })) };
     }
     const opened: { close(): void }[] = [];
+    let datapath: EbpfDatapath;
     try {
       const open = <T extends { close(): void }>(value: T): T => {
         opened.push(value);
@@ -169,14 +214,71 @@ export class EbpfDatapath implements Datapath {
       };
       const programs = Object.fromEntries(programNames.map((name) => [name, open(Program.openPinned(pin(name)))])) as Record<ProgramName, Program>;
       const maps = Object.fromEntries(mapNames.map((name) => [name, open(BpfMap.openPinned(pin(name)))])) as Record<MapName, BpfMap>;
-      const datapath = new EbpfDatapath(pinRoot, programs, maps, adopt);
+      datapath = new EbpfDatapath(pinRoot, programs, maps, adopt);
+      // Before any hook is switched to the new programs: they read their timeouts from here.
       const config = options.conntrack ?? (adopt ? undefined : DEFAULT_CONNTRACK_CONFIG);
       if (config !== undefined) datapath.#conntrack.writeConfig(config);
-      return datapath;
     } catch (cause) {
       for (const value of opened) value.close();
       throw new DatapathError(`${adopt ? 'adopt' : 'open'} pinned datapath pinRoot=${pinRoot}`, { cause });
     }
+    try {
+      if (installed !== undefined) {
+        const switched = datapath.#switchHooks(installed.previousPrograms);
+        options.onInstallStep?.('switched');
+        writeLayoutMarker(pinRoot, LAYOUT_VERSION);
+        options.onInstallStep?.('marked');
+        datapath.#installed = { ...installed, switched };
+      }
+      // Superseded programs stay pinned until their hooks are switched; an install that
+      // stopped after its marker leaves them to the next open.
+      dropPreviousPins(pinRoot, [...programNames, ...mapNames, LAYOUT_MARKER]);
+    } catch (cause) {
+      datapath.close();
+      throw new DatapathError(`upgrade datapath pinRoot=${pinRoot} from layout ${installed?.fromVersion ?? 'none'} to ${LAYOUT_VERSION}`, { cause });
+    }
+    return datapath;
+  }
+
+  /**
+   * Forgets the datapath pinned under `pinRoot`, whatever its layout version, so that the next
+   * open() loads the object fresh: every pin there is removed, and the clsact egress filters of
+   * uplinks that hold a pinned program are detached (they only track connections, and an older
+   * agent would never replace them). The XDP programs and workload filters stay attached and
+   * keep enforcing what they enforce, with the tables they hold, until the next agent replaces
+   * them after applying its rule set. Lost: counters, token buckets, the connection table.
+   * @returns what was unpinned and detached.
+   * @throws DatapathError.
+   */
+  static reset(pinRoot: string): DatapathReset {
+    try {
+      const entries = existsSync(pinRoot) ? readdirSync(pinRoot) : [];
+      const egressIds = new Set<number>();
+      for (const name of ['edge_tc_egress', `edge_tc_egress${PREVIOUS_SUFFIX}`, `edge_tc_egress${NEXT_SUFFIX}`]) {
+        if (!entries.includes(name)) continue;
+        const program = Program.openPinned(join(pinRoot, name));
+        egressIds.add(program.id);
+        program.close();
+      }
+      const detached: { interface: string; ifindex: number; hook: 'tc-egress' }[] = [];
+      if (egressIds.size > 0) {
+        for (const { name, index } of interfaces()) {
+          const id = queryTc(index, egressFilter);
+          if (id === undefined || !egressIds.has(id)) continue;
+          detachTc(index, egressFilter);
+          detached.push({ interface: name, ifindex: index, hook: 'tc-egress' });
+        }
+      }
+      for (const name of entries) unlinkSync(join(pinRoot, name));
+      return { unpinned: entries, detached };
+    } catch (cause) {
+      throw new DatapathError(`reset datapath pinRoot=${pinRoot}`, { cause });
+    }
+  }
+
+  /** What open() loaded, if it loaded the object (a first load or an upgrade); undefined if it adopted. */
+  get install(): DatapathInstall | undefined {
+    return this.#installed;
   }
 
   /** The XDP program (uplinks). Owned by this datapath; valid until close(). */
@@ -450,10 +552,11 @@ export class EbpfDatapath implements Datapath {
    */
   unpin(): void {
     try {
-      for (const name of [...programNames, ...mapNames]) {
+      for (const name of [LAYOUT_MARKER, ...programNames, ...mapNames]) {
         const path = join(this.#pinRoot, name);
         if (existsSync(path)) unlinkSync(path);
       }
+      dropPreviousPins(this.#pinRoot, [LAYOUT_MARKER, ...programNames, ...mapNames]);
     } catch (cause) {
       throw new DatapathError(`unpin pinRoot=${this.#pinRoot}`, { cause });
     }
@@ -469,6 +572,31 @@ export class EbpfDatapath implements Datapath {
       throw new DatapathError(`write generation config generation=${generation}`, { cause });
     }
     this.#epoch = epoch;
+  }
+
+  // The upgrade's switch: every hook of this network namespace that holds a superseded program
+  // (`previous`: id -> program name) gets ours, through attach(), whose replaces are atomic (XDP:
+  // XDP_FLAGS_REPLACE with the program found there; TC: cls_bpf replace at our handle), so the
+  // hook never runs without a program and no packet meets half a datapath.
+  #switchHooks(previous: ReadonlyMap<number, string>): SwitchedHook[] {
+    if (previous.size === 0) return [];
+    const switched: SwitchedHook[] = [];
+    for (const { name, index } of interfaces()) {
+      const before = { xdp: queryXdp(index)?.progId ?? 0, 'tc-ingress': queryTc(index, tcFilters[0] as TcFilterId) ?? 0, 'tc-egress': queryTc(index, egressFilter) ?? 0 };
+      const roles = new Set<InterfaceRole>();
+      if (previous.has(before.xdp)) roles.add('uplink');
+      for (const id of [before['tc-ingress'], before['tc-egress']]) {
+        const program = previous.get(id);
+        if (program !== undefined) roles.add(program === 'edge_tc' ? 'workload' : 'uplink');
+      }
+      if (roles.size === 0) continue;
+      for (const role of roles) this.attach(index, role);
+      const after = { xdp: queryXdp(index)?.progId ?? 0, 'tc-ingress': queryTc(index, tcFilters[0] as TcFilterId) ?? 0, 'tc-egress': queryTc(index, egressFilter) ?? 0 };
+      for (const hook of ['xdp', 'tc-ingress', 'tc-egress'] as const) {
+        if (after[hook] !== before[hook] && (before[hook] === 0 || previous.has(before[hook]))) switched.push({ interface: name, ifindex: index, hook, fromProgramId: before[hook], toProgramId: after[hook] });
+      }
+    }
+    return switched;
   }
 
   // The one write that switches rule sets. The next install must first wait for packets that

@@ -1,0 +1,206 @@
+// Installing the datapath object into a pin directory that may already hold an older one, the
+// way Cilium migrates its bpffs: maps whose definition is unchanged are handed to the new
+// object (bpf_map__reuse_fd), so its programs read the very tables that are live; maps that are
+// new or changed are created beside the old ones and filled before anything switches; the new
+// programs are pinned while the previous ones stay pinned under `-prev` until every hook has
+// been switched. The caller (EbpfDatapath.open) then switches the hooks, writes the layout
+// marker and drops the `-prev` pins. bpf/README.md, "Upgrades and the pinned layout", says
+// what a crash at each step leaves and how the next start finishes the job.
+import { existsSync, renameSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { BpfMap, loadObject, Program, type BpfObject, type MapShape, type MapSpec, type ObjectSpec } from 'libbpf-ts';
+import { DatapathError } from './errors.js';
+import { LAYOUT_MARKER, NEXT_SUFFIX, pinReplacing, PREVIOUS_SUFFIX } from './pin-layout.js';
+
+/** A step of an install, reported as it completes (the agent logs them; tests stop at them). */
+export type InstallStep = 'loaded' | 'migrated' | 'maps-pinned' | 'programs-pinned' | 'switched' | 'marked';
+
+/** Options of installObject(). */
+export interface InstallOptions {
+  /** The bpffs directory of this datapath. */
+  pinRoot: string;
+  /** The programs to pin, by name. */
+  programNames: readonly string[];
+  /** The maps to pin (and to reuse when an identical one is pinned), by name. */
+  mapNames: readonly string[];
+  /** max_entries overrides of the named maps (before they are compared and created). */
+  mapMaxEntries: Record<string, number>;
+  /** Called after each step. */
+  onStep?: ((step: InstallStep) => void) | undefined;
+}
+
+/** What an install found and did. */
+export interface InstallReport {
+  /** Maps handed over as they were (same map id, same contents). */
+  readonly reusedMaps: readonly string[];
+  /** Maps that did not exist before, created empty. */
+  readonly createdMaps: readonly string[];
+  /** Maps whose definition changed: created beside the old one and filled from it. */
+  readonly migratedMaps: readonly string[];
+  /**
+   * Ids of the programs this install supersedes, by program name: the ones pinned before it
+   * (under their name or `-prev`). A hook holding one of them is ours to switch.
+   */
+  readonly previousPrograms: ReadonlyMap<number, string>;
+}
+
+/**
+ * Loads `spec` into the kernel for the pin directory `options.pinRoot`, reusing every pinned
+ * map of `options.mapNames` whose definition equals the object's, creating and filling the
+ * others, and pins the maps and programs (the previous programs move to `name-prev`). It
+ * attaches nothing and writes no marker: until the caller has switched the hooks, whatever
+ * they hold keeps enforcing. Every step can be repeated: an install that stopped part-way is
+ * finished by running it again.
+ * @returns what was reused, created and migrated, and the ids of the superseded programs.
+ * @throws DatapathError, with the pinned datapath unchanged when it fails before pinning: a
+ * map changed in a way no migration covers (key or value layout), a verifier rejection, or a
+ * failed pin (then the maps pinned so far are the new ones, which the next install reuses).
+ */
+export async function installObject(spec: ObjectSpec, options: InstallOptions): Promise<InstallReport> {
+  const { pinRoot } = options;
+  const pin = (name: string): string => join(pinRoot, name);
+  const held: { close(): void }[] = [];
+  const reusedMaps: string[] = [];
+  const createdMaps: string[] = [];
+  const migratedMaps: string[] = [];
+  const previousPrograms = new Map<number, string>();
+  let object: BpfObject | undefined;
+  try {
+    for (const name of options.programNames) {
+      for (const path of [pin(name), pin(name + PREVIOUS_SUFFIX)]) {
+        if (!existsSync(path)) continue;
+        const program = Program.openPinned(path);
+        held.push(program);
+        previousPrograms.set(program.id, name);
+      }
+    }
+    // Sort the pinned maps into reused (identical) and migrated (changed); the rest are new.
+    const replacements: Record<string, BpfMap> = {};
+    const migrations: { name: string; old: BpfMap }[] = [];
+    for (const name of options.mapNames) {
+      const declared = spec.maps.get(name);
+      // An object without one of our maps fails when it is pinned, after the load: a verifier
+      // rejection of a wrong object surfaces as such.
+      if (declared === undefined || !existsSync(pin(name))) {
+        createdMaps.push(name);
+        continue;
+      }
+      const old = BpfMap.openPinned(pin(name));
+      held.push(old);
+      const want = { ...declared, maxEntries: options.mapMaxEntries[name] ?? declared.maxEntries };
+      if (sameShape(old, want) && innerMapsFit(old, declared)) {
+        replacements[name] = old;
+        reusedMaps.push(name);
+      } else {
+        migrations.push({ name, old });
+        migratedMaps.push(name);
+      }
+    }
+    object = await loadObject(spec, { mapReplacements: replacements, mapMaxEntries: options.mapMaxEntries });
+    options.onStep?.('loaded');
+
+    for (const { name, old } of migrations) copyMap(old, object.map(name), spec.maps.get(name) as MapSpec);
+    options.onStep?.('migrated');
+
+    // New and migrated maps go in before the programs that use them: a crash from here on
+    // leaves them pinned, and the next install reuses them (contents included).
+    for (const name of [...createdMaps, ...migratedMaps]) pinReplacing(object.map(name), pinRoot, name);
+    options.onStep?.('maps-pinned');
+
+    for (const name of options.programNames) {
+      // Keep the first superseded program pinned as name-prev until the hooks are switched; a
+      // program pinned at name by an install that stopped is superseded too (its id is known).
+      if (existsSync(pin(name))) {
+        if (existsSync(pin(name + PREVIOUS_SUFFIX))) unlinkSync(pin(name));
+        else renameSync(pin(name), pin(name + PREVIOUS_SUFFIX));
+      }
+      pinReplacing(object.program(name), pinRoot, name);
+    }
+    options.onStep?.('programs-pinned');
+    return { reusedMaps, createdMaps, migratedMaps, previousPrograms };
+  } catch (cause) {
+    for (const name of [...options.programNames, ...options.mapNames, LAYOUT_MARKER]) {
+      if (existsSync(pin(name + NEXT_SUFFIX))) unlinkSync(pin(name + NEXT_SUFFIX));
+    }
+    if (cause instanceof DatapathError) throw cause;
+    throw new DatapathError(`install datapath object=${spec.path} pinRoot=${pinRoot}`, { cause });
+  } finally {
+    object?.close();
+    for (const value of held) value.close();
+  }
+}
+
+/**
+ * Unpins what an install kept for a crash: the superseded programs (`-prev`) and staged pins
+ * (`-next`). Call once every hook holds the new programs.
+ * @throws the fs error.
+ */
+export function dropPreviousPins(pinRoot: string, names: readonly string[]): void {
+  for (const name of names) {
+    for (const suffix of [PREVIOUS_SUFFIX, NEXT_SUFFIX]) {
+      const path = join(pinRoot, name + suffix);
+      if (existsSync(path)) unlinkSync(path);
+    }
+  }
+}
+
+/** What libbpf compares before it reuses a pinned map (map_is_reuse_compat), plus the type name. */
+function sameShape(a: MapShape, b: MapShape): boolean {
+  return a.type === b.type && a.keySize === b.keySize && a.valueSize === b.valueSize && a.maxEntries === b.maxEntries && a.flags === b.flags;
+}
+
+// A reused outer map keeps the inner-map definition it was created with, and the new programs
+// are verified against that one. bpf_map_info does not show it, but the inner maps installed in
+// it do: they must have the shape the object declares (max_entries aside, which inner maps of
+// these types may choose per map).
+function innerMapsFit(outer: BpfMap, declared: MapSpec): boolean {
+  if (declared.innerMap === undefined) return true;
+  const inner = declared.innerMap;
+  for (const key of outer.keys()) {
+    const value = outer.get(key);
+    if (value === undefined) continue;
+    const map = BpfMap.fromId(new DataView(value.buffer, value.byteOffset, 4).getUint32(0, true));
+    try {
+      if (!sameShape({ ...map, maxEntries: 0 }, { ...inner, maxEntries: 0 })) return false;
+    } finally {
+      map.close();
+    }
+  }
+  return true;
+}
+
+// Fills `to` (the object's new map) with every element of `from` (the pinned one). Only a
+// change of size or flags is migrated generically; a change of the key or value layout needs a
+// migration written for it, and refuses the upgrade until there is one.
+function copyMap(from: BpfMap, to: BpfMap, declared: MapSpec): void {
+  const operation = `migrate map=${declared.name}`;
+  if (from.type !== to.type || from.keySize !== to.keySize || from.valueSize !== to.valueSize) {
+    const describe = (m: MapShape): string => `${m.type} key=${m.keySize} value=${m.valueSize} entries=${m.maxEntries}`;
+    throw new DatapathError(
+      `${operation}: the pinned ${describe(from)} became ${describe(to)}, and no migration converts its elements; the pinned datapath keeps running unchanged (to start over: --reset-datapath, see bpf/README.md)`,
+    );
+  }
+  try {
+    if (from.perCpu) {
+      for (const key of from.keys()) {
+        const values = from.getPerCpu(key);
+        if (values !== undefined) to.setPerCpu(key, values);
+      }
+    } else if (declared.innerMap !== undefined) {
+      for (const key of from.keys()) {
+        const value = from.get(key);
+        if (value === undefined) continue;
+        const inner = BpfMap.fromId(new DataView(value.buffer, value.byteOffset, 4).getUint32(0, true));
+        try {
+          to.setInnerMap(key, inner);
+        } finally {
+          inner.close();
+        }
+      }
+    } else {
+      for (const [key, value] of from.entries()) to.set(key, value);
+    }
+  } catch (cause) {
+    throw new DatapathError(`${operation} from=${from.maxEntries} to=${to.maxEntries} entries`, { cause });
+  }
+}

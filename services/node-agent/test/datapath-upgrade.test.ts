@@ -1,0 +1,457 @@
+// Upgrade in place (issue 13), on the real kernel: a node whose pinned datapath was loaded by the
+// previous version (the object before connection tracking, layout 1, no marker) takes this
+// version's agent and object without dropping an allowed packet or passing a denied one.
+//
+// The previous version is built from git: the commit that introduced EP_LAYOUT_VERSION in
+// bpf/include/ep_tables.h is the first of layout 2, so its first parent is the last of layout 1
+// (EDGEPLANE_UPGRADE_FROM=<commit> overrides). `git archive` writes that tree into a temporary
+// directory (no worktree entry in the shared repository to clean up if the test dies), its BPF
+// object is built there with this tree's vmlinux.h, and its own TypeScript runs under tsx with
+// its workspace packages mapped to its own sources (tsconfig paths) and this tree's
+// node_modules for third-party code. datapath-upgrade-worker.ts is copied into both trees.
+//
+// Traffic (Cilium's conn-disrupt test): client namespace X - uplink (XDP) - node namespace N -
+// workload (TC) - workload namespace W. A connection loop and a long-lived connection to W's
+// echo port must never fail; attacks on ports that only XDP denies, only TC egress denies, and
+// only TC ingress denies (from W) must never get through, before, during and after the upgrade.
+import test from 'ava';
+import { execFile, execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { BpfMap, encode, NotFoundError, Program, u32 } from 'libbpf-ts';
+import { Topology } from '../../../test/support/topology.js';
+import { DEFAULT_OBJECT_PATH } from '../src/datapath/ebpf-datapath.js';
+import type { DatapathInstall, DatapathReset } from '../src/datapath/ebpf-datapath.js';
+import { buildFrame } from '../src/datapath/packet.js';
+import { LAYOUT_MARKER, LAYOUT_VERSION, readLayoutVersion } from '../src/datapath/pin-layout.js';
+import type { ConntrackOccupancy } from '../src/datapath/conntrack.js';
+import type { ApplyResult } from '../src/datapath/datapath.js';
+import type { RuleSetSpec } from '../src/datapath/rule-set.js';
+import { mountBpffs, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
+
+const repo = fileURLToPath(new URL('../../../', import.meta.url));
+const workerPath = 'services/node-agent/test/datapath-upgrade-worker.ts';
+const trafficScript = fileURLToPath(new URL('./datapath-upgrade-traffic.py', import.meta.url));
+const execFileAsync = promisify(execFile);
+
+/** The maps of layout 1 and those layout 2 adds (bpf/CONNTRACK.md). */
+const layout1Maps = ['ep_active', 'ep_barrier', 'ep_buckets', 'ep_carry', 'ep_counters', 'ep_cwords', 'ep_lpm', 'ep_meta', 'ep_rules', 'ep_stats', 'ep_wild'];
+const layout2NewMaps = ['ep_ct', 'ep_ct_cfg', 'ep_ct_control', 'ep_ct_new', 'ep_ct_stats', 'ep_gen_cfg'];
+
+const X = '10.210.0.1';
+const W = '10.211.0.1';
+const ECHO = 8080;
+const port = (p: number): { from: number; to: number }[] => [{ from: p, to: p }];
+// Only XDP denies 9090/tcp and 9091/udp; only the workload's TC egress denies 9092/tcp and
+// 9093/udp; only its TC ingress denies 9094/udp from W to X.
+const uplinkRules: RuleSetSpec = {
+  rules: [
+    { id: 1, srcCidrs: [], dstCidrs: [`${W}/32`], protocol: 'tcp', dstPorts: port(ECHO), action: 'allow' },
+    { id: 2, srcCidrs: [], dstCidrs: [`${W}/32`], protocol: 'tcp', dstPorts: port(9090), action: 'deny' },
+    { id: 3, srcCidrs: [], dstCidrs: [`${W}/32`], protocol: 'udp', dstPorts: port(9091), action: 'deny' },
+    { id: 4, srcCidrs: [], dstCidrs: [`${W}/32`], protocol: 'tcp', dstPorts: port(9092), action: 'allow' },
+    { id: 5, srcCidrs: [], dstCidrs: [`${W}/32`], protocol: 'udp', dstPorts: port(9093), action: 'allow' },
+  ],
+  defaultAction: 'deny',
+};
+const workloadRules: RuleSetSpec = {
+  rules: [
+    { id: 11, srcCidrs: [`${W}/32`], dstCidrs: [`${X}/32`], protocol: 'udp', dstPorts: port(9094), action: 'deny' },
+    { id: 12, srcCidrs: [`${W}/32`], dstCidrs: [], protocol: 'any', dstPorts: [], action: 'allow' },
+    { id: 13, srcCidrs: [], dstCidrs: [`${W}/32`], protocol: 'tcp', dstPorts: port(ECHO), action: 'allow' },
+    { id: 14, srcCidrs: [], dstCidrs: [`${W}/32`], protocol: 'tcp', dstPorts: port(9090), action: 'allow' },
+    { id: 15, srcCidrs: [], dstCidrs: [`${W}/32`], protocol: 'udp', dstPorts: port(9091), action: 'allow' },
+    { id: 16, srcCidrs: [], dstCidrs: [`${W}/32`], protocol: 'tcp', dstPorts: port(9092), action: 'deny' },
+    { id: 17, srcCidrs: [], dstCidrs: [`${W}/32`], protocol: 'udp', dstPorts: port(9093), action: 'deny' },
+  ],
+  defaultAction: 'deny',
+};
+
+// The stateful rule sets applied after the upgrade, in two steps as an operator would: first the
+// echo flow is tracked while W's replies are still allowed by rule 12 (flows in flight, admitted
+// statelessly, get their entries from their next packet), then rule 12 goes, so the echo
+// replies pass only by their connection entries. A reply classified by rules would meet the
+// default deny and fail a connection. (Dropping rule 12 in the same step as tracking starts
+// drops the replies of exchanges in flight at the switch, which no entry covers yet.)
+const uplinkStateful: RuleSetSpec = { ...uplinkRules, rules: uplinkRules.rules.map((rule) => (rule.id === 1 ? { ...rule, track: true } : rule)), trackEgress: true };
+const workloadTracking: RuleSetSpec = { ...workloadRules, rules: workloadRules.rules.map((rule) => (rule.id === 13 ? { ...rule, track: true } : rule)) };
+const workloadStateful: RuleSetSpec = { ...workloadTracking, rules: workloadTracking.rules.filter((rule) => rule.id !== 12) };
+
+interface RoleOutput {
+  pinRoot: string;
+  adopted: boolean;
+  install?: DatapathInstall;
+  openMs: number;
+  applied: ApplyResult[];
+  conntrack?: ConntrackOccupancy;
+  xdpProgramId: number;
+  tcProgramId: number;
+  pinned: Record<string, number>;
+}
+
+const topology = new Topology();
+const bpffs = mountBpffs();
+const children: ChildProcessWithoutNullStreams[] = [];
+let previous: { dir: string; commit: string } | undefined;
+
+test.before(() => {
+  const git = (...args: string[]): string => execFileSync('git', ['-C', repo, ...args], { encoding: 'utf8' }).trim();
+  const firstOfLayout2 = git('log', '--format=%H', '--reverse', '-S', 'EP_LAYOUT_VERSION', '--', 'bpf/include/ep_tables.h').split('\n')[0];
+  const commit = git('rev-parse', '--verify', process.env.EDGEPLANE_UPGRADE_FROM ?? `${firstOfLayout2}^`);
+  const dir = mkdtempSync('/tmp/edgeplane-previous-');
+  previous = { dir, commit };
+  execFileSync('sh', ['-c', `git -C "$1" archive "$2" | tar -x -C "$3"`, 'sh', repo, commit, dir]);
+  mkdirSync(join(dir, 'bpf/build'), { recursive: true });
+  copyFileSync(join(repo, 'bpf/build/vmlinux.h'), join(dir, 'bpf/build/vmlinux.h'));
+  execFileSync('make', ['-s', '-C', join(dir, 'bpf')], { stdio: 'pipe' });
+  symlinkSync(join(repo, 'node_modules'), join(dir, 'node_modules'));
+  writeFileSync(
+    join(dir, 'tsconfig.previous.json'),
+    JSON.stringify({ extends: './tsconfig.base.json', compilerOptions: { baseUrl: '.', paths: { 'libbpf-ts': ['./packages/libbpf-ts/src/index.ts'], '@edgeplane/proto': ['./proto/gen/index.ts'] } } }),
+  );
+  copyFileSync(join(repo, workerPath), join(dir, workerPath));
+});
+
+test.after.always(() => {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  topology.remove();
+  bpffs.unmount();
+  if (previous !== undefined) rmSync(previous.dir, { recursive: true, force: true });
+});
+
+/** Runs the worker of `tree` in namespace `ns`; resolves with its report, or with how it died. */
+async function worker(tree: 'previous' | 'current', ns: string, command: object): Promise<{ roles?: RoleOutput[]; reset?: DatapathReset; killed?: string; error?: string }> {
+  const root = tree === 'previous' ? (previous as { dir: string }).dir : repo;
+  const env = tree === 'previous' ? { ...process.env, TSX_TSCONFIG_PATH: join(root, 'tsconfig.previous.json') } : process.env;
+  try {
+    const { stdout } = await execFileAsync('ip', ['netns', 'exec', ns, process.execPath, '--import=tsx', join(root, workerPath), JSON.stringify(command)], { cwd: root, env, encoding: 'utf8' });
+    return JSON.parse(stdout.trim().split('\n').at(-1) as string) as { roles?: RoleOutput[]; reset?: DatapathReset };
+  } catch (error) {
+    const e = error as { signal?: string; stderr?: string };
+    if (e.signal === 'SIGKILL') return { killed: e.signal };
+    return { error: e.stderr ?? String(error) };
+  }
+}
+
+/** The programs attached in namespace `ns` (bpftool net), by interface and hook. */
+function hooks(ns: string): Record<string, { xdp?: number; 'tc-ingress'?: number; 'tc-egress'?: number }> {
+  const [net] = JSON.parse(execFileSync('ip', ['netns', 'exec', ns, 'bpftool', '-j', 'net', 'show'], { encoding: 'utf8' })) as { xdp: { devname: string; id: number }[]; tc: { devname: string; kind: string; id: number }[] }[];
+  const out: Record<string, { xdp?: number; 'tc-ingress'?: number; 'tc-egress'?: number }> = {};
+  for (const x of net?.xdp ?? []) out[x.devname] = { ...out[x.devname], xdp: x.id };
+  for (const f of net?.tc ?? []) out[f.devname] = { ...out[f.devname], [f.kind === 'clsact/ingress' ? 'tc-ingress' : 'tc-egress']: f.id };
+  return out;
+}
+
+/** A long-running process with stdin open; `lines` collects its stdout JSON lines. */
+function spawnIn(ns: string, args: string[]): { child: ChildProcessWithoutNullStreams; lines: Record<string, unknown>[]; stderr: string[] } {
+  const child = spawn('ip', ['netns', 'exec', ns, ...args]);
+  children.push(child);
+  const lines: Record<string, unknown>[] = [];
+  const stderr: string[] = [];
+  let buffer = '';
+  child.stdout.on('data', (chunk: Buffer) => {
+    buffer += chunk.toString();
+    let i;
+    while ((i = buffer.indexOf('\n')) >= 0) {
+      lines.push(JSON.parse(buffer.slice(0, i)) as Record<string, unknown>);
+      buffer = buffer.slice(i + 1);
+    }
+  });
+  child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk.toString()));
+  return { child, lines, stderr };
+}
+
+async function until(what: string, predicate: () => boolean, diagnostics: () => string = () => ''): Promise<void> {
+  // A bound on waiting, so a broken datapath fails the test instead of hanging it; no assertion
+  // is made on how long anything took.
+  const deadline = Date.now() + 30_000;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}\n${diagnostics()}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+async function stop(running: { child: ChildProcessWithoutNullStreams; lines: Record<string, unknown>[] }): Promise<Record<string, unknown>> {
+  const done = new Promise((resolve) => running.child.once('exit', resolve));
+  running.child.stdin.end();
+  await done;
+  return running.lines.at(-1) as Record<string, unknown>;
+}
+
+/**
+ * Waits until no program has kernel id `id`. The last reference to a replaced cls_bpf program
+ * is dropped from a workqueue after an RCU grace period, not by the replace itself.
+ * @returns true once it is gone, false if it stayed for the whole wait.
+ */
+async function programGone(id: number): Promise<boolean> {
+  const gone = (): boolean => {
+    try {
+      Program.fromId(id).close();
+      return false;
+    } catch (error) {
+      if (error instanceof NotFoundError) return true;
+      throw error;
+    }
+  };
+  return until(`program ${id} to be freed`, gone).then(
+    () => true,
+    () => false,
+  );
+}
+
+test.serial('upgrade - a node on the previous version takes the new agent and object: 0 leaks, 0 failed connections, the live tables reused', async (t) => {
+  t.timeout(120_000);
+  t.log(`previous version: ${previous?.commit}`);
+  const nsX = topology.namespace('ux');
+  const nsN = topology.namespace('un');
+  const nsW = topology.namespace('uw');
+  const [xc, nu, nw, ws] = [topology.name('xc'), topology.name('nu'), topology.name('nw'), topology.name('ws')];
+  topology.veth({ ns: nsX, name: xc, address: `${X}/24` }, { ns: nsN, name: nu, address: '10.210.0.2/24' });
+  topology.veth({ ns: nsN, name: nw, address: '10.211.0.2/24' }, { ns: nsW, name: ws, address: `${W}/24` });
+  topology.exec(nsN, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+  topology.exec(nsX, 'ip', ['route', 'add', '10.211.0.0/24', 'via', '10.210.0.2']);
+  topology.exec(nsW, 'ip', ['route', 'add', 'default', 'via', '10.211.0.2']);
+  const uplinkRoot = join(bpffs.path, 'uplink');
+  const workloadRoot = join(bpffs.path, 'workload');
+  mkdirSync(uplinkRoot);
+  mkdirSync(workloadRoot);
+
+  // The previous version's datapath: loaded, applied and attached by its own code.
+  const before = await worker('previous', nsN, {
+    op: 'open',
+    roles: [
+      { pinRoot: uplinkRoot, objectPath: join((previous as { dir: string }).dir, 'bpf/build/edgeplane.bpf.o'), apply: [uplinkRules], attach: [{ iface: nu, role: 'uplink' }] },
+      { pinRoot: workloadRoot, objectPath: join((previous as { dir: string }).dir, 'bpf/build/edgeplane.bpf.o'), apply: [workloadRules], attach: [{ iface: nw, role: 'workload' }] },
+    ],
+  });
+  if (before.roles === undefined) return t.fail(`the previous version's worker failed: ${before.error}`);
+  const [oldUplink, oldWorkload] = before.roles as [RoleOutput, RoleOutput];
+  t.deepEqual(Object.keys(oldUplink.pinned).sort(), [...layout1Maps, 'edge_tc', 'edge_xdp'].sort(), 'layout 1: its maps and programs, no marker');
+  t.is(readLayoutVersion(uplinkRoot), 1);
+  t.deepEqual(hooks(nsN), { [nu]: { xdp: oldUplink.xdpProgramId }, [nw]: { 'tc-ingress': oldWorkload.tcProgramId, 'tc-egress': oldWorkload.tcProgramId } });
+
+  // Traffic from before the upgrade to after it.
+  const server = spawnIn(nsW, ['python3', '-u', trafficScript, 'server', X, '9090,9092', '9091,9093']);
+  await until('the server', () => server.lines.length > 0, () => server.stderr.join(''));
+  const client = spawnIn(nsX, ['python3', '-u', trafficScript, 'client', W, '9090,9092', '9091,9093']);
+  const okCount = (): number => Math.max(0, ...client.lines.map((line) => Number(line.ok ?? 0)));
+  await until('20 connections before the upgrade', () => okCount() >= 20, () => client.stderr.join(''));
+  client.child.stdin.write('mark upgrade-start\n');
+  const upgrade = await worker('current', nsN, {
+    op: 'open',
+    roles: [
+      { pinRoot: uplinkRoot, apply: [uplinkRules] },
+      { pinRoot: workloadRoot, apply: [workloadRules] },
+    ],
+  });
+  client.child.stdin.write('mark upgrade-end\n');
+  const okAtUpgradeEnd = okCount();
+  await until('20 connections after the upgrade', () => okCount() >= okAtUpgradeEnd + 20, () => client.stderr.join(''));
+  // A restarted agent of the new version adopts what the upgrade left, as it is, and goes
+  // stateful: the same rules, then the tracked ones.
+  client.child.stdin.write('mark stateful-start\n');
+  const restart = await worker('current', nsN, {
+    op: 'open',
+    roles: [
+      { pinRoot: uplinkRoot, apply: [uplinkRules, uplinkStateful] },
+      { pinRoot: workloadRoot, apply: [workloadRules, workloadTracking] },
+    ],
+  });
+  const okAtRestart = okCount();
+  await until('20 connections on the tracking rule sets', () => okCount() >= okAtRestart + 20, () => client.stderr.join(''));
+  const stateful = await worker('current', nsN, { op: 'open', roles: [{ pinRoot: workloadRoot, apply: [workloadStateful] }] });
+  client.child.stdin.write('mark stateful-end\n');
+  const okAtStateful = okCount();
+  await until('20 connections on the stateful rule sets', () => okCount() >= okAtStateful + 20, () => client.stderr.join(''));
+  client.child.stdin.write('mark end\n');
+  const traffic = await stop(client);
+  const received = await stop(server);
+  const last = await worker('current', nsN, { op: 'open', roles: [{ pinRoot: workloadRoot }] });
+  t.log('traffic', JSON.stringify(traffic));
+  t.log('server', JSON.stringify(received));
+  t.log('connection tables after the traffic', JSON.stringify(last.roles?.[0]?.conntrack));
+
+  if (upgrade.roles === undefined) return t.fail(`the upgrade failed: ${upgrade.error}`);
+  const [uplink, workload] = upgrade.roles as [RoleOutput, RoleOutput];
+  t.log(`open() with the upgrade: uplink ${uplink.openMs.toFixed(0)} ms, workload ${workload.openMs.toFixed(0)} ms`);
+
+  // No packet of a denied flow passed, no allowed connection failed.
+  t.deepEqual(traffic.failures, [], 'failed connections or exchanges');
+  t.deepEqual(traffic.leaks, { 9090: 0, 9092: 0 }, 'attack connections that completed (client side)');
+  t.deepEqual(received.accepted, { 9090: 0, 9092: 0 }, 'attack connections accepted (server side)');
+  t.deepEqual(received.received, { 9091: 0, 9093: 0 }, 'attack datagrams received');
+  t.is(traffic.leakBack, 0, 'datagrams from the workload that its TC ingress denies');
+  for (const [denied, attempts] of Object.entries(traffic.attempts as Record<string, number>)) t.true(attempts > 0, `attacks on ${denied} were made`);
+  t.true((received.sentBack as number) > 0);
+
+  // What the upgrade did: every layout-1 map handed over as it was, the conntrack maps created,
+  // each hook switched from the old program to the new one in place.
+  for (const [role, old] of [
+    [uplink, oldUplink],
+    [workload, oldWorkload],
+  ] as const) {
+    const install = role.install as DatapathInstall;
+    t.is(install.fromVersion, 1);
+    t.deepEqual([...install.reusedMaps].sort(), layout1Maps);
+    t.deepEqual([...install.createdMaps].sort(), layout2NewMaps);
+    t.deepEqual(install.migratedMaps, []);
+    for (const name of layout1Maps) t.is(role.pinned[name], old.pinned[name], `${name}: the same map, not a copy`);
+    t.is(role.applied[0]?.mode, 'unchanged', 'the new agent finds the live tables to be its own rule set');
+    t.false(Object.keys(role.pinned).some((name) => name.endsWith('-prev') || name.endsWith('-next')));
+    t.is(role.pinned[LAYOUT_MARKER] !== undefined, true);
+    t.is(readLayoutVersion(role.pinRoot), LAYOUT_VERSION);
+  }
+  const tcEgress = uplink.pinned.edge_tc_egress as number;
+  t.deepEqual((uplink.install as DatapathInstall).switched.map(({ interface: i, hook, fromProgramId, toProgramId }) => ({ i, hook, fromProgramId, toProgramId })), [
+    { i: nu, hook: 'xdp', fromProgramId: oldUplink.xdpProgramId, toProgramId: uplink.xdpProgramId },
+    { i: nu, hook: 'tc-egress', fromProgramId: 0, toProgramId: tcEgress },
+  ]);
+  t.deepEqual((workload.install as DatapathInstall).switched.map(({ interface: i, hook, fromProgramId, toProgramId }) => ({ i, hook, fromProgramId, toProgramId })), [
+    { i: nw, hook: 'tc-ingress', fromProgramId: oldWorkload.tcProgramId, toProgramId: workload.tcProgramId },
+    { i: nw, hook: 'tc-egress', fromProgramId: oldWorkload.tcProgramId, toProgramId: workload.tcProgramId },
+  ]);
+  t.deepEqual(hooks(nsN), { [nu]: { xdp: uplink.xdpProgramId, 'tc-egress': tcEgress }, [nw]: { 'tc-ingress': workload.tcProgramId, 'tc-egress': workload.tcProgramId } });
+  // Nothing holds the previous programs any more: the kernel freed them.
+  for (const id of [oldUplink.xdpProgramId, oldUplink.tcProgramId, oldWorkload.xdpProgramId, oldWorkload.tcProgramId]) t.true(await programGone(id), `previous program ${id} freed`);
+
+  // The restart adopted: same programs, same maps, nothing to apply.
+  if (restart.roles === undefined) return t.fail(`the restart failed: ${restart.error}`);
+  for (const [again, first] of [
+    [restart.roles[0], uplink],
+    [restart.roles[1], workload],
+  ] as const) {
+    t.true(again?.adopted);
+    t.is(again?.install, undefined);
+    t.deepEqual(again?.pinned, first.pinned);
+    t.is(again?.applied[0]?.mode, 'unchanged');
+    t.is(again?.applied[1]?.mode, 'installed');
+  }
+  t.is(stateful.roles?.[0]?.applied[0]?.mode, 'installed', stateful.error);
+  // The echo flows went through the workload's connection table (its replies had no rule left).
+  t.true((last.roles?.[0]?.conntrack?.established ?? 0) > 0, `workload connection entries: ${JSON.stringify(last.roles?.[0]?.conntrack)} ${last.error ?? ''}`);
+  t.log(`longest interval between successful connections: ${JSON.stringify(traffic.gapsMs)}; connections: ${JSON.stringify(traffic.okBetween)}`);
+});
+
+/** A frame and the verdicts it must get from the uplink rules: XDP drop, TC pass (no TC rule set here). */
+const deniedFrame = buildFrame({ src: X, dst: W, protocol: 'tcp', dstPort: 9090 });
+const allowedFrame = buildFrame({ src: X, dst: W, protocol: 'tcp', dstPort: ECHO });
+
+/** Runs both frames through program `id` (XDP or TC): what it enforces. */
+function verdicts(id: number): { denied: number; allowed: number } {
+  const program = Program.fromId(id);
+  try {
+    return { denied: program.testRun({ data: deniedFrame }).retval, allowed: program.testRun({ data: allowedFrame }).retval };
+  } finally {
+    program.close();
+  }
+}
+
+test.serial('upgrade - a crash after any step leaves every hook enforcing, old or new, and the next start finishes the job', async (t) => {
+  t.timeout(120_000);
+  const ns = topology.namespace('uc');
+  const [up, wl] = [topology.name('cu'), topology.name('cw')];
+  topology.veth({ ns, name: up, address: '10.212.0.1/24' }, { ns, name: wl, address: '10.212.0.2/24' });
+  const pinRoot = join(bpffs.path, 'crash');
+  mkdirSync(pinRoot);
+  // One pin root whose XDP program holds one interface and whose TC program holds the other.
+  const before = await worker('previous', ns, {
+    op: 'open',
+    roles: [{ pinRoot, objectPath: join((previous as { dir: string }).dir, 'bpf/build/edgeplane.bpf.o'), apply: [uplinkRules], attach: [{ iface: up, role: 'uplink' }, { iface: wl, role: 'workload' }] }],
+  });
+  if (before.roles === undefined) return t.fail(`the previous version's worker failed: ${before.error}`);
+  const old = before.roles[0] as RoleOutput;
+  const seen = { xdp: new Set([old.xdpProgramId]), tc: new Set([old.tcProgramId]) };
+  const expectEnforcing = (when: string): void => {
+    const now = hooks(ns);
+    const xdp = now[up]?.xdp as number;
+    const tc = [now[wl]?.['tc-ingress'] as number, now[wl]?.['tc-egress'] as number];
+    t.true(seen.xdp.has(xdp), `${when}: XDP holds a program of ours (${xdp})`);
+    t.deepEqual(verdicts(xdp), { denied: XDP_DROP, allowed: XDP_PASS }, `${when}: XDP enforces`);
+    for (const id of tc) {
+      t.true(seen.tc.has(id), `${when}: TC holds a program of ours (${id})`);
+      t.deepEqual(verdicts(id), { denied: TC_ACT_SHOT, allowed: TC_ACT_OK }, `${when}: TC enforces`);
+    }
+  };
+  expectEnforcing('before');
+
+  let ctId: number | undefined;
+  for (const step of ['loaded', 'maps-pinned', 'programs-pinned', 'switched', 'marked']) {
+    const crashed = await worker('current', ns, { op: 'open', roles: [{ pinRoot }], crashAt: step });
+    t.is(crashed.killed, 'SIGKILL', `the worker died at ${step}`);
+    const pinned = readdirSync(pinRoot);
+    for (const name of ['edge_xdp', 'edge_tc']) {
+      if (pinned.includes(name)) {
+        const program = Program.openPinned(join(pinRoot, name));
+        (name === 'edge_xdp' ? seen.xdp : seen.tc).add(program.id);
+        program.close();
+      }
+    }
+    expectEnforcing(`crash after ${step}`);
+    t.is(readLayoutVersion(pinRoot), step === 'marked' ? LAYOUT_VERSION : 1, `layout after a crash at ${step}`);
+    if (pinned.includes('ep_ct')) {
+      const ct = BpfMap.openPinned(join(pinRoot, 'ep_ct'));
+      if (ctId !== undefined) t.is(ct.id, ctId, 'the connection table pinned by an earlier attempt is reused');
+      ctId = ct.id;
+      ct.close();
+    }
+  }
+
+  const finished = await worker('current', ns, { op: 'open', roles: [{ pinRoot }] });
+  if (finished.roles === undefined) return t.fail(`the last start failed: ${finished.error}`);
+  const done = finished.roles[0] as RoleOutput;
+  // The crash after 'marked' had switched every hook and written the marker: this start adopts.
+  t.true(done.adopted);
+  t.is(readLayoutVersion(pinRoot), LAYOUT_VERSION);
+  t.false(readdirSync(pinRoot).some((name) => name.endsWith('-prev') || name.endsWith('-next')), 'no superseded pins left');
+  t.deepEqual(hooks(ns), { [up]: { xdp: done.xdpProgramId, 'tc-egress': done.pinned.edge_tc_egress }, [wl]: { 'tc-ingress': done.tcProgramId, 'tc-egress': done.tcProgramId } });
+  t.is(done.pinned.ep_ct, ctId);
+  t.is(done.pinned.ep_rules, old.pinned.ep_rules, 'the rule table is the one the previous version filled');
+  for (const id of [...seen.xdp, ...seen.tc]) {
+    if (id === done.xdpProgramId || id === done.tcProgramId) continue;
+    t.true(await programGone(id), `superseded program ${id} freed`);
+  }
+});
+
+test.serial('upgrade - a newer layout is refused untouched; --reset-datapath forgets it and the next start loads fresh', async (t) => {
+  t.timeout(60_000);
+  const ns = topology.namespace('ud');
+  const [up] = [topology.name('du')];
+  topology.veth({ ns, name: up, address: '10.213.0.1/24' }, { ns, name: topology.name('dp'), address: '10.213.0.2/24' });
+  const pinRoot = join(bpffs.path, 'newer');
+  mkdirSync(pinRoot);
+  const first = await worker('current', ns, { op: 'open', roles: [{ pinRoot, apply: [uplinkRules], attach: [{ iface: up, role: 'uplink' }] }] });
+  if (first.roles === undefined) return t.fail(`the first start failed: ${first.error}`);
+  const loaded = first.roles[0] as RoleOutput;
+  t.is(loaded.install?.fromVersion, undefined, 'a first load');
+  // Pretend a newer agent wrote this directory.
+  const marker = BpfMap.openPinned(join(pinRoot, LAYOUT_MARKER));
+  marker.set(encode(u32, 0), encode(u32, LAYOUT_VERSION + 1));
+  marker.close();
+  const hooksBefore = hooks(ns);
+
+  const refused = await worker('current', ns, { op: 'open', roles: [{ pinRoot, apply: [uplinkRules] }] });
+  t.regex(refused.error ?? '', new RegExp(`layout version ${LAYOUT_VERSION + 1} is newer than this agent's ${LAYOUT_VERSION}; refused, nothing was changed`));
+  t.regex(refused.error ?? '', /--reset-datapath/);
+  t.is(readLayoutVersion(pinRoot), LAYOUT_VERSION + 1);
+  t.deepEqual(readdirSync(pinRoot).sort(), Object.keys(loaded.pinned).sort());
+  t.deepEqual(hooks(ns), hooksBefore);
+
+  const reset = await worker('current', ns, { op: 'reset', pinRoot });
+  t.deepEqual([...(reset.reset?.unpinned ?? [])].sort(), Object.keys(loaded.pinned).sort());
+  t.deepEqual(reset.reset?.detached, [{ interface: up, ifindex: reset.reset?.detached[0]?.ifindex, hook: 'tc-egress' }]);
+  t.deepEqual(readdirSync(pinRoot), []);
+  // The XDP program stays attached and enforcing until the next agent replaces it.
+  t.deepEqual(hooks(ns), { [up]: { xdp: loaded.xdpProgramId } });
+  t.deepEqual(verdicts(loaded.xdpProgramId), { denied: XDP_DROP, allowed: XDP_PASS });
+
+  const fresh = await worker('current', ns, { op: 'open', roles: [{ pinRoot, apply: [uplinkRules], attach: [{ iface: up, role: 'uplink' }] }] });
+  if (fresh.roles === undefined) return t.fail(`the start after the reset failed: ${fresh.error}`);
+  const again = fresh.roles[0] as RoleOutput;
+  t.is(again.install?.fromVersion, undefined, 'loaded fresh');
+  t.is(again.applied[0]?.mode, 'installed');
+  t.deepEqual(hooks(ns), { [up]: { xdp: again.xdpProgramId, 'tc-egress': again.pinned.edge_tc_egress } });
+  t.true(await programGone(loaded.xdpProgramId), 'the forgotten program is freed once replaced');
+  t.true(existsSync(DEFAULT_OBJECT_PATH));
+});
