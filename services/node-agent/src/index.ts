@@ -35,9 +35,45 @@ export type { AttachOptions, EbpfDatapathOptions } from './datapath/ebpf-datapat
 export { INTERFACE_ROLES, isInterfaceRole } from './datapath/interface-role.js';
 export type { InterfaceRole } from './datapath/interface-role.js';
 export { CapacityError, ConntrackInputError, DatapathError, RollbackError, RuleSetError } from './datapath/errors.js';
-export { buildFrame, buildNonIpFrame } from './datapath/packet.js';
+export {
+  ConntrackModel,
+  creationState,
+  CT_ENTRIES,
+  CT_NEW_ENTRIES,
+  ctFlags,
+  ctGeneration,
+  ctStates,
+  ctStatNames,
+  ctTimeouts,
+  DEFAULT_CT_TIMEOUTS,
+  keyHeaders,
+  keyId,
+  parseCtPacket,
+  reverseKey,
+  tcpTransition,
+} from './datapath/conntrack-model.js';
+export type {
+  ConntrackModelOptions,
+  CtConfig,
+  CtControlEndpoint,
+  CtDirection,
+  CtEntry,
+  CtGeneration,
+  CtHook,
+  CtKey,
+  CtPacket,
+  CtReason,
+  CtState,
+  CtStatName,
+  CtStepResult,
+  CtTable,
+  CtTimeoutKind,
+  CtTimeouts,
+  TcpTransition,
+} from './datapath/conntrack-model.js';
+export { buildFrame, buildNonIpFrame, tcpFlags } from './datapath/packet.js';
 export type { ExtensionHeader, FrameSpec } from './datapath/packet.js';
-export { firstMatch, parseFrame, ReferenceClassifier, ruleMatches } from './datapath/reference-classifier.js';
+export { firstMatch, parseFrame, parseIpPacket, ReferenceClassifier, ruleMatches } from './datapath/reference-classifier.js';
 export type { CounterValue, ParsedFrame, ReferenceClassifierOptions } from './datapath/reference-classifier.js';
 export { DEFAULT_RULE_ID, EGRESS_RULE_ID, MAX_RULES, validateRuleSet } from './datapath/rule-set.js';
 export type {

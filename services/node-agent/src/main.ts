@@ -12,6 +12,7 @@ import { startTelemetry } from '@edgeplane/telemetry';
 import { AgentRuntime, type InterfaceAttacher } from './agent/agent-runtime.js';
 import { AGENT_HELP, AgentConfigError, enrolledSettings, parseAgentConfig, type AgentConfig } from './agent/config.js';
 import { ensureBpffs } from './agent/bpffs.js';
+import { controlTargets, resolveControlEndpoints } from './agent/control-endpoints.js';
 import type { AgentLogger } from './agent/node-agent.js';
 import { agentNatsOptions } from './agent/nats-connect-options.js';
 import { enrollNode, loadNodeCredentials, NodeIdentity } from './agent/node-identity.js';
@@ -95,6 +96,9 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
         if (config.resetDatapath) log('warn', `reset ${role} datapath: counters, token buckets and connection table are lost`, { ...EbpfDatapath.reset(pinRoot) });
         const dp = await EbpfDatapath.open({
           pinRoot,
+          ctEntries: config.ctEntries,
+          ctNewEntries: config.ctNewEntries,
+          conntrack: config.conntrack,
           onInstallStep: (step) => log('info', `${role} datapath install: ${step}`),
         });
         closers.push(() => dp.close()); // closes fds only: programs stay attached and pinned
@@ -110,6 +114,27 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
         });
       }
       ebpf = { uplink: opened.uplink!, workload: opened.workload! };
+      // The control bypass (bpf/CONNTRACK.md step 2): no policy and no full connection table cuts
+      // this node off its controller and NATS. Resolved in the background (enforcement does not
+      // wait for DNS), retried until it works, refreshed every 10 minutes.
+      const uplink = ebpf.uplink;
+      const targets = controlTargets(config.controller, config.natsServers);
+      let controlTimer: NodeJS.Timeout | undefined;
+      const refreshControl = (): void => {
+        resolveControlEndpoints(targets)
+          .then((endpoints) => {
+            uplink.setControlEndpoints(endpoints);
+            log('info', 'control endpoints set', { endpoints: endpoints.map((e) => `${e.addr}:${e.port}`) });
+            controlTimer = setTimeout(refreshControl, 600_000);
+          })
+          .catch((error: unknown) => {
+            log('warn', 'control endpoints: retrying in 10 s', { error: String(error) });
+            controlTimer = setTimeout(refreshControl, 10_000);
+          })
+          .finally(() => controlTimer?.unref());
+      };
+      refreshControl();
+      closers.push(() => clearTimeout(controlTimer));
       datapaths = ebpf;
     } else {
       const memory = new MemoryDatapath();

@@ -5,6 +5,7 @@ import { checkDnsLabel, checkLabelKey, checkLabelValue, publicKeyFromRaw } from 
 import type { KeyObject } from 'node:crypto';
 import { createPublicKey } from 'node:crypto';
 import { isInterfaceRole, type InterfaceRole } from '../datapath/interface-role.js';
+import { DEFAULT_CONNTRACK_CONFIG, MAX_CONNTRACK_TIMEOUT_MS, type ConntrackConfig } from '../datapath/conntrack.js';
 import type { NodeCredentials } from './node-identity.js';
 
 /** Bad flags or environment; the agent does not start. */
@@ -44,6 +45,11 @@ export interface AgentConfig {
   joinToken?: string;
   caFingerprint?: string;
   datapath: 'ebpf' | 'memory';
+  /** Capacity of the established connection table (ep_ct) and of the new-flow table (ep_ct_new), set at first load. */
+  ctEntries: number;
+  ctNewEntries: number;
+  /** Connection timeouts, written at every start. */
+  conntrack: ConntrackConfig;
   xdpMode: 'native' | 'generic' | 'auto';
   heartbeatIntervalMs: number;
   counterIntervalMs: number;
@@ -96,6 +102,15 @@ Usage: edgeplane-agent [flags]
   --tls-cert FILE, --tls-key FILE   client certificate for mutual TLS (EDGEPLANE_TLS_CERT, EDGEPLANE_TLS_KEY)
   --datapath ebpf|memory    (EDGEPLANE_DATAPATH, default ebpf; memory enforces nothing on packets: for simulations)
   --xdp-mode native|generic|auto   (default auto: native, else generic)
+  Connection tracking (bpf/CONNTRACK.md; used by stateful policies):
+  --ct-entries N            capacity of the established-connection table per role (EDGEPLANE_CT_ENTRIES, default
+                            262144, ~40 MiB preallocated per role; set when the datapath is first loaded: a
+                            change needs --reset-datapath); when it is full new flows are not tracked (counted
+                            as insert failures) and no established flow is evicted
+  --ct-new-entries N        capacity of the LRU table of flows without a reply yet (default 65536)
+  --ct-timeout-tcp-syn D, --ct-timeout-tcp-established D, --ct-timeout-tcp-closing D,
+  --ct-timeout-udp D, --ct-timeout-icmp D
+                            idle timeouts (defaults 60s, 6h, 10s, 60s, 60s; D is N[s|m|h|d], at most 30d)
   --heartbeat-interval SEC  until the controller sends its settings (default 5)
   --counter-interval SEC    until the controller sends its settings (default 5)
   --interface-check SEC     how often attachments are checked and restored (default 2)
@@ -115,6 +130,17 @@ function num(name: string, text: string | undefined, fallback: number): number {
   return n;
 }
 
+const UNIT_MS: Readonly<Record<string, number>> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** "90", "90s", "15m", "6h", "1d" -> milliseconds (1 s .. 30 d). @throws AgentConfigError naming the flag. */
+export function parseTimeout(name: string, text: string | undefined, fallbackMs: number): number {
+  if (text === undefined || text === '') return fallbackMs;
+  const m = /^(\d{1,9})([smhd]?)$/.exec(text);
+  const ms = m ? Number(m[1]) * UNIT_MS[m[2] || 's']! : NaN;
+  if (!(ms >= 1000 && ms <= MAX_CONNTRACK_TIMEOUT_MS)) throw new AgentConfigError(`--${name}: ${JSON.stringify(text.slice(0, 40))} is not a duration from 1s to 30d (N, Ns, Nm, Nh or Nd)`);
+  return ms;
+}
+
 function parseKey(text: string): KeyObject {
   try {
     if (text.startsWith('@')) return createPublicKey(readFileSync(text.slice(1)));
@@ -122,6 +148,12 @@ function parseKey(text: string): KeyObject {
   } catch (cause) {
     throw new AgentConfigError(`--trusted-key ${JSON.stringify(text.slice(0, 60))}: ${(cause as Error).message}`, { cause });
   }
+}
+
+function tableSize(name: string, text: string | undefined, fallback: number): number {
+  const n = num(name, text, fallback);
+  if (n < 16 || n > 16_777_216) throw new AgentConfigError(`--${name}: ${n} is outside 16 .. 16777216`);
+  return n;
 }
 
 /** Parses flags over environment over defaults. @throws AgentConfigError naming the flag. */
@@ -142,6 +174,13 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         'nats-tls-ca': { type: 'string' },
         interface: { type: 'string', multiple: true },
         'pin-root': { type: 'string' },
+        'ct-entries': { type: 'string' },
+        'ct-new-entries': { type: 'string' },
+        'ct-timeout-tcp-syn': { type: 'string' },
+        'ct-timeout-tcp-established': { type: 'string' },
+        'ct-timeout-tcp-closing': { type: 'string' },
+        'ct-timeout-udp': { type: 'string' },
+        'ct-timeout-icmp': { type: 'string' },
         'reset-datapath': { type: 'boolean' },
         'state-dir': { type: 'string' },
         'trusted-key': { type: 'string', multiple: true },
@@ -235,6 +274,15 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     ...(joinToken ? { joinToken } : {}),
     ...(caFingerprint ? { caFingerprint } : {}),
     datapath,
+    ctEntries: tableSize('ct-entries', values['ct-entries'] ?? env.EDGEPLANE_CT_ENTRIES, 262_144),
+    ctNewEntries: tableSize('ct-new-entries', values['ct-new-entries'] ?? env.EDGEPLANE_CT_NEW_ENTRIES, 65_536),
+    conntrack: {
+      tcpSynMs: parseTimeout('ct-timeout-tcp-syn', values['ct-timeout-tcp-syn'], DEFAULT_CONNTRACK_CONFIG.tcpSynMs),
+      tcpEstablishedMs: parseTimeout('ct-timeout-tcp-established', values['ct-timeout-tcp-established'], DEFAULT_CONNTRACK_CONFIG.tcpEstablishedMs),
+      tcpClosingMs: parseTimeout('ct-timeout-tcp-closing', values['ct-timeout-tcp-closing'], DEFAULT_CONNTRACK_CONFIG.tcpClosingMs),
+      udpMs: parseTimeout('ct-timeout-udp', values['ct-timeout-udp'], DEFAULT_CONNTRACK_CONFIG.udpMs),
+      icmpMs: parseTimeout('ct-timeout-icmp', values['ct-timeout-icmp'], DEFAULT_CONNTRACK_CONFIG.icmpMs),
+    },
     xdpMode: xdpMode as AgentConfig['xdpMode'],
     heartbeatIntervalMs: num('heartbeat-interval', values['heartbeat-interval'], 5) * 1000,
     counterIntervalMs: num('counter-interval', values['counter-interval'], 5) * 1000,

@@ -28,7 +28,21 @@ export interface FrameSpec {
   readonly extensionHeaders?: readonly ExtensionHeader[];
   /** Payload bytes after the L4 header. Default 16. */
   readonly payloadLength?: number;
+  /** TCP only: the flags byte (tcpFlags.syn | tcpFlags.ack...). Default SYN. */
+  readonly tcpFlags?: number;
+  /** ICMP/ICMPv6 only: type, code and echo identifier. Default an echo request, code 0, id 0. */
+  readonly icmpType?: number;
+  readonly icmpCode?: number;
+  readonly icmpId?: number;
+  /**
+   * ICMP/ICMPv6 errors: the packet the error quotes. Its IP header and the first 8 bytes after
+   * it follow the ICMP header (RFC 792, RFC 4443 2.4), in place of the payload.
+   */
+  readonly icmpQuote?: FrameSpec;
 }
+
+/** TCP flag bits of the flags byte (RFC 9293 3.1). */
+export const tcpFlags = { fin: 0x01, syn: 0x02, rst: 0x04, psh: 0x08, ack: 0x10, urg: 0x20 } as const;
 
 const upperProtocol = (spec: FrameSpec, family: 4 | 6): number => {
   if (typeof spec.protocol === 'number') return spec.protocol;
@@ -83,15 +97,29 @@ function l4Header(protocol: number, spec: FrameSpec, payload: number): Uint8Arra
     view.setUint16(2, spec.dstPort ?? 80);
     if (protocol === 6) {
       header[12] = 5 << 4;
-      header[13] = 0x02; // SYN
+      header[13] = spec.tcpFlags ?? tcpFlags.syn;
     } else {
       view.setUint16(4, header.length);
     }
     return header;
   }
-  const header = new Uint8Array(8 + payload);
-  header[0] = protocol === 58 ? 128 : 8; // echo request
+  const quote = spec.icmpQuote === undefined ? undefined : quotedPacket(spec.icmpQuote);
+  const header = new Uint8Array(8 + (quote?.length ?? payload));
+  header[0] = spec.icmpType ?? (protocol === 58 ? 128 : 8); // echo request
+  header[1] = spec.icmpCode ?? 0;
+  new DataView(header.buffer).setUint16(4, spec.icmpId ?? 0);
+  if (quote !== undefined) header.set(quote, 8);
   return header;
+}
+
+// The IP header (with any options or extension headers) and the first 8 bytes after it.
+function quotedPacket(spec: FrameSpec): Uint8Array {
+  const frame = buildFrame({ ...spec, vlans: [] });
+  const ip = frame.subarray(14);
+  const family = ip[0] === undefined ? 4 : ip[0] >> 4;
+  let l3 = family === 4 ? ((ip[0] as number) & 0x0f) * 4 : 40;
+  if (family === 6) for (const ext of spec.extensionHeaders ?? []) l3 += ext.type === 'fragment' ? 8 : ext.type === 'ah' ? ((ext.length ?? 0) + 2) * 4 : ((ext.length ?? 0) + 1) * 8;
+  return ip.slice(0, Math.min(ip.length, l3 + 8));
 }
 
 function ipv4Header(spec: FrameSpec, src: Uint8Array, dst: Uint8Array, protocol: number, l4Length: number): Uint8Array {

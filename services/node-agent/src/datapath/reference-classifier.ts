@@ -22,8 +22,15 @@ export const MAX_L3_OFFSET = 1024;
 const NANO = 1_000_000_000n;
 const extensionHeaders = new Set([0, 43, 44, 51, 60]);
 
-/** A frame as the classifier sees it. */
-export type ParsedFrame = { readonly kind: 'non-ip' } | { readonly kind: 'malformed' } | { readonly kind: 'ip'; readonly headers: PacketHeaders };
+/**
+ * A frame as the classifier sees it. `l4Offset` is where the upper-layer header starts (null for
+ * a non-first fragment, which has none): connection tracking reads ports, TCP flags and ICMP
+ * fields there.
+ */
+export type ParsedFrame =
+  | { readonly kind: 'non-ip' }
+  | { readonly kind: 'malformed' }
+  | { readonly kind: 'ip'; readonly headers: PacketHeaders; readonly l4Offset: number | null };
 
 /**
  * Parses an Ethernet frame: up to MAX_VLAN_TAGS 802.1Q/802.1ad tags, IPv4 (options, fragments)
@@ -46,6 +53,16 @@ export function parseFrame(frame: Uint8Array): ParsedFrame {
   return { kind: 'non-ip' };
 }
 
+/**
+ * Parses the IP packet of `family` that starts at byte `off` of `frame`, as parseFrame() does
+ * after the Ethernet header (ICMP errors embed one).
+ * @returns 'malformed' for a truncated or inconsistent header or a version other than `family`.
+ */
+export function parseIpPacket(frame: Uint8Array, off: number, family: 4 | 6): ParsedFrame {
+  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  return family === 4 ? parseIpv4(frame, view, off) : parseIpv6(frame, view, off);
+}
+
 function parseIpv4(frame: Uint8Array, view: DataView, off: number): ParsedFrame {
   if (off + 20 > frame.length) return { kind: 'malformed' };
   const versionIhl = frame[off] as number;
@@ -54,7 +71,7 @@ function parseIpv4(frame: Uint8Array, view: DataView, off: number): ParsedFrame 
   const protocol = frame[off + 9] as number;
   const src = frame.slice(off + 12, off + 16);
   const dst = frame.slice(off + 16, off + 20);
-  if ((view.getUint16(off + 6) & 0x1fff) !== 0) return { kind: 'ip', headers: { family: 4, src, dst, protocol, dstPort: null } };
+  if ((view.getUint16(off + 6) & 0x1fff) !== 0) return { kind: 'ip', headers: { family: 4, src, dst, protocol, dstPort: null }, l4Offset: null };
   return withPort(frame, view, off + ihl * 4, 4, src, dst, protocol);
 }
 
@@ -71,7 +88,7 @@ function parseIpv6(frame: Uint8Array, view: DataView, off: number): ParsedFrame 
       const fragmentOffset = view.getUint16(off + 2) >> 3;
       next = frame[off] as number;
       off += 8;
-      if (fragmentOffset !== 0) return { kind: 'ip', headers: { family: 6, src, dst, protocol: next, dstPort: null } };
+      if (fragmentOffset !== 0) return { kind: 'ip', headers: { family: 6, src, dst, protocol: next, dstPort: null }, l4Offset: null };
     } else {
       const headerLength = next === 51 ? (length + 2) * 4 : (length + 1) * 8;
       next = frame[off] as number;
@@ -83,9 +100,9 @@ function parseIpv6(frame: Uint8Array, view: DataView, off: number): ParsedFrame 
 }
 
 function withPort(frame: Uint8Array, view: DataView, off: number, family: 4 | 6, src: Uint8Array, dst: Uint8Array, protocol: number): ParsedFrame {
-  if (protocol !== 6 && protocol !== 17) return { kind: 'ip', headers: { family, src, dst, protocol, dstPort: null } };
+  if (protocol !== 6 && protocol !== 17) return { kind: 'ip', headers: { family, src, dst, protocol, dstPort: null }, l4Offset: off };
   if (off > MAX_L3_OFFSET || off + 4 > frame.length) return { kind: 'malformed' };
-  return { kind: 'ip', headers: { family, src, dst, protocol, dstPort: view.getUint16(off + 2) } };
+  return { kind: 'ip', headers: { family, src, dst, protocol, dstPort: view.getUint16(off + 2) }, l4Offset: off };
 }
 
 /**
