@@ -3,13 +3,15 @@
 // language with stubs generated from proto/ at run time, over the controller's TLS.
 import test from 'ava';
 import { execFile, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
+import { ConnectionState, Protocol, type ConnectResponse, type ConnectionsQuery } from '@edgeplane/proto';
 import { Supervised } from './support/supervisor.js';
+import { clientsFor, createToken, enroll } from '../services/controller/test/trust-helpers.js';
 import { CONTROLLER_MAIN } from './support/fleet.js';
 import { call, clients } from './support/grpc.js';
 import { adminTlsOf } from './support/control-plane.js';
@@ -161,3 +163,54 @@ for (const [title, args, field] of bad) {
     for (const v of out.fieldViolations) t.true(v.description.length <= 512, v.description.slice(0, 100));
   });
 }
+
+it('python client - conntrack lists and counts a node\'s connections through the controller; a node not connected is FAILED_PRECONDITION', async (t) => {
+  // The node's side of the relay is a Connect stream answering as an agent does, with the
+  // certificate of an enrolled node.
+  const node = `py-ct-${randomBytes(2).toString('hex')}`;
+  const address = String(controller!.ready.grpc);
+  const adminDir = join(dir, 'ctl', 'admin');
+  const ca = readFileSync(join(adminDir, 'ca.pem'), 'utf8');
+  const admin = clientsFor(address, ca, { keyPem: readFileSync(join(adminDir, 'admin-key.pem'), 'utf8'), certPem: readFileSync(join(adminDir, 'admin.pem'), 'utf8') });
+  const anon = clientsFor(address, ca);
+  const enrolled = await enroll(anon, await createToken(admin), node);
+  const own = clientsFor(address, ca, enrolled);
+  const stream = own.agent.connect();
+  t.teardown(() => {
+    stream.cancel();
+    for (const c of [admin, anon, own]) c.close();
+  });
+  const asked: ConnectionsQuery[] = [];
+  const welcomed = new Promise<void>((resolve) => {
+    stream.on('data', (m: ConnectResponse) => {
+      if (m.message?.$case === 'welcome') resolve();
+      if (m.message?.$case !== 'listConnections') return;
+      const q = m.message.listConnections;
+      asked.push(q);
+      const row = { role: 'uplink', family: 6, protocol: Protocol.PROTOCOL_TCP, source: '2001:db8::7', sourcePort: 40000, destination: '2001:db8::1', destinationPort: 22, state: ConnectionState.CONNECTION_STATE_ESTABLISHED, seenReply: true, egress: false, table: 'established', expiresIn: { seconds: 60n, nanos: 0 }, originalPackets: 3n, originalBytes: 240n, replyPackets: 2n, replyBytes: 160n, rule: { policy: 'ssh', priority: 10 }, admittedBy: 'rule' };
+      stream.write({ message: { $case: 'connections', connections: { requestId: q.requestId, connections: q.countOnly ? [] : [row], matched: 1n, error: '' } } });
+    });
+  });
+  stream.on('error', () => undefined);
+  stream.write({ message: { $case: 'hello', hello: { nodeName: node, labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 'py', conditions: [], appliedUnknown: false } } });
+  await welcomed;
+  const listed = await client(['conntrack', node, '--proto', 'tcp', '--address', '2001:db8::/32', '--port', '22']);
+  t.is(listed.code, 0, `${listed.stdout}\n${listed.stderr}`);
+  const out = JSON.parse(listed.stdout) as { connections: { source: string; state: string; rule: { policy: string } }[]; matched: string };
+  t.deepEqual(out.connections.map((c) => [c.source, c.state, c.rule.policy]), [['2001:db8::7', 'CONNECTION_STATE_ESTABLISHED', 'ssh']]);
+  t.is(out.matched, '1');
+  t.like(asked[0]?.filter, { protocol: Protocol.PROTOCOL_TCP, address: '2001:db8::/32', port: 22 });
+  const counted = await client(['conntrack', node, '--count']);
+  t.is(counted.code, 0, counted.stderr);
+  t.is((JSON.parse(counted.stdout) as { matched: string }).matched, '1');
+  t.true(asked[1]?.countOnly);
+  stream.cancel();
+  let gone: { code: number; stdout: string } = { code: 0, stdout: '' };
+  for (let i = 0; i < 50; i++) {
+    gone = await client(['conntrack', node]);
+    if (gone.code === 1 && gone.stdout.includes('FAILED_PRECONDITION')) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.is(gone.code, 1);
+  t.is((JSON.parse(gone.stdout) as { error: string }).error, 'FAILED_PRECONDITION');
+});

@@ -82,6 +82,9 @@ class Stubs:
             self.policy = importlib.import_module("edgeplane.v1.policy_pb2")
             self.intent = importlib.import_module("edgeplane.v1.intent_service_pb2")
             self.intent_grpc = importlib.import_module("edgeplane.v1.intent_service_pb2_grpc")
+            self.fleet = importlib.import_module("edgeplane.v1.fleet_service_pb2")
+            self.fleet_grpc = importlib.import_module("edgeplane.v1.fleet_service_pb2_grpc")
+            self.connections = importlib.import_module("edgeplane.v1.connections_pb2")
             self.status = importlib.import_module("google.rpc.status_pb2")
             self.error_details = importlib.import_module("google.rpc.error_details_pb2")
         except BaseException:
@@ -143,7 +146,7 @@ def describe_error(stubs, err):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(prog="edgeplane_client.py", description="Apply and list edgeplane policies over gRPC with mutual TLS (the controller's default).")
+    parser = argparse.ArgumentParser(prog="edgeplane_client.py", description="Apply and list edgeplane policies, and list a node's connections, over gRPC with mutual TLS (the controller's default).")
     parser.add_argument("--server", default=os.environ.get("EDGEPLANE_SERVER", "127.0.0.1:7443"), help="controller address HOST:PORT")
     parser.add_argument("--proto-root", default=DEFAULT_PROTO_ROOT, help="folder holding edgeplane/v1 and google/rpc protos")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each call, seconds")
@@ -160,6 +163,13 @@ def main(argv):
     selector = listing.add_mutually_exclusive_group()
     selector.add_argument("-l", "--selector", default="", help="label selector")
     selector.add_argument("--selector-file", help="read the label selector from a file (for selectors longer than a command line)")
+    conntrack = sub.add_parser("conntrack", help="list (or count) a node's tracked connections, through the controller")
+    conntrack.add_argument("node", help="the node's name")
+    conntrack.add_argument("--count", action="store_true", help="only count the matching entries")
+    conntrack.add_argument("--proto", choices=["tcp", "udp", "icmp", "icmpv6"], help="only this protocol")
+    conntrack.add_argument("--address", default="", help="an address or CIDR the source or destination is in")
+    conntrack.add_argument("--port", type=int, default=0, help="the source or destination port")
+    conntrack.add_argument("--limit", type=int, default=0, help="most entries to return (default 1000, at most 10000)")
     args = parser.parse_args(argv)
     if not args.insecure and not (args.tls_ca and args.tls_cert and args.tls_key):
         parser.error("give --tls-ca, --tls-cert and --tls-key (or EDGEPLANE_TLS_*), or --insecure for a plaintext loopback controller")
@@ -189,6 +199,13 @@ def main(argv):
                 if args.command == "apply":
                     policy = json_format.ParseDict(policy_json, stubs.policy.Policy())
                     res = intent.ApplyPolicy(stubs.intent.ApplyPolicyRequest(policy=policy), timeout=args.timeout)
+                elif args.command == "conntrack":
+                    fleet = stubs.fleet_grpc.FleetServiceStub(channel)
+                    connection_filter = stubs.connections.ConnectionFilter(address=args.address, port=args.port)
+                    if args.proto:
+                        connection_filter.protocol = stubs.policy.Protocol.Value("PROTOCOL_" + args.proto.upper())
+                    req = stubs.fleet.ListConnectionsRequest(node=args.node, filter=connection_filter, limit=args.limit, count_only=args.count)
+                    res = fleet.ListConnections(req, timeout=args.timeout)
                 else:
                     res = intent.ListPolicies(stubs.intent.ListPoliciesRequest(page_size=1000, label_selector=args.selector), timeout=args.timeout)
             except grpc.RpcError as err:

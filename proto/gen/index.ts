@@ -10,6 +10,8 @@ export {
   ConditionReport,
   ConnectRequest,
   ConnectResponse,
+  ConnectionsAnswer,
+  ConnectionsQuery,
   ControllerWelcome,
   ControllerWelcome_EnrolledLabelsEntry,
   CounterReport,
@@ -19,6 +21,14 @@ export {
   TrustedKey,
 } from './edgeplane/v1/agent_service.js';
 export {
+  Connection,
+  ConnectionFilter,
+  ConnectionState,
+  connectionStateFromJSON,
+  connectionStateToJSON,
+} from './edgeplane/v1/connections.js';
+export {
+  ConntrackStatus,
   InterfaceCounters,
   RuleCounters,
   RuleKey,
@@ -35,6 +45,8 @@ export {
   GetRevisionStatusResponse,
   GetRolloutRequest,
   GetRolloutResponse,
+  ListConnectionsRequest,
+  ListConnectionsResponse,
   ListNodesRequest,
   ListNodesResponse,
   ListRolloutsRequest,
@@ -103,6 +115,8 @@ export {
 } from './edgeplane/v1/node.js';
 export {
   Action,
+  ConnectionTracking,
+  ConnectionTracking_EstablishedOnDeny,
   InterfaceRole,
   Policy,
   PolicySpec,
@@ -117,6 +131,8 @@ export {
   Wave,
   actionFromJSON,
   actionToJSON,
+  connectionTracking_EstablishedOnDenyFromJSON,
+  connectionTracking_EstablishedOnDenyToJSON,
   interfaceRoleFromJSON,
   interfaceRoleToJSON,
   protocolFromJSON,
@@ -206,6 +222,16 @@ export {
   parseIPv6,
 } from './../src/cidr.js';
 export {
+  type ConnectionMatcher,
+  type ConnectionTuple,
+  connectionMatches,
+  connectionTuple,
+  effectiveConnectionLimit,
+  parseConnectionFilter,
+  protocolNumber,
+  validateConnectionQuery,
+} from './../src/connection-filter.js';
+export {
   SignatureError,
 } from './../src/errors.js';
 export {
@@ -225,8 +251,10 @@ export {
   validateNodeNames,
 } from './../src/labels.js';
 export {
+  DEFAULT_CONNECTIONS_LIMIT,
   MAX_COLLECTED_VIOLATIONS,
   MAX_CONDITION_MESSAGE_LENGTH,
+  MAX_CONNECTIONS_LIMIT,
   MAX_COUNTED_RULES_PER_NODE,
   MAX_COUNTER_INTERFACES,
   MAX_COUNTER_NAME_LENGTH,
@@ -245,6 +273,7 @@ export {
   MAX_QUOTED_LENGTH,
   MAX_REPORT_TEXT_LENGTH,
   MAX_REQUEST_BYTES,
+  MAX_REQUEST_ID_LENGTH,
   MAX_ROLLOUT_WAVES,
   MAX_RULES_PER_POLICY,
   MAX_SELECTOR_LENGTH,

@@ -94,6 +94,19 @@ export const MAX_REQUEST_BYTES = MAX_POLICY_BYTES + 64 * 1024;
 /** Bytes of one manifest file (or standard input) the CLI reads: a policy of MAX_POLICY_BYTES as YAML is at most a few times larger. */
 export const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
 
+/**
+ * Connections one ListConnections answer carries. A row is at most about 150 bytes (two IPv6
+ * addresses as text), so 10,000 rows stay near 1.5 MiB: inside MAX_REQUEST_BYTES, which bounds
+ * what the controller accepts on an agent stream, and a default client's 4 MiB receive limit.
+ */
+export const MAX_CONNECTIONS_LIMIT = 10_000;
+
+/** Connections ListConnections returns when the request names no limit. */
+export const DEFAULT_CONNECTIONS_LIMIT = 1000;
+
+/** Characters of a ConnectionsQuery request id. */
+export const MAX_REQUEST_ID_LENGTH = 64;
+
 /** Characters of an offending value quoted in an error (then "…"). */
 export const MAX_QUOTED_LENGTH = 64;
 

@@ -1,4 +1,4 @@
-import { Action, InterfaceRole, Policy, Protocol, type Rule } from '../gen/edgeplane/v1/policy.js';
+import { Action, ConnectionTracking_EstablishedOnDeny, InterfaceRole, Policy, Protocol, type PolicySpec, type Rule } from '../gen/edgeplane/v1/policy.js';
 import { isCidrProblem, parseCanonicalCidr } from './cidr.js';
 import { validateLabelSelector } from './label-selector.js';
 import { checkDnsLabel, checkLabelKey, validateLabels } from './labels.js';
@@ -99,6 +99,7 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
       validateRule(rule, rp, limits, add);
     });
   }
+  validateConnectionTracking(spec, sp, add);
   validateRollout(policy, sp, add);
   // Encoding costs as much as decoding did: only a policy valid so far pays for it.
   if (out.length === 0) {
@@ -164,6 +165,21 @@ function validateRule(rule: Rule, rp: string, limits: Readonly<PolicyLimits>, ad
     }
   } else if (rule.rateLimit) {
     add(`${rp}.rate_limit`, 'only allowed with action RATE_LIMIT', 'NOT_ALLOWED');
+  }
+}
+
+/**
+ * connection_tracking: established_on_deny must be a known value, and KEEP or CUT only with
+ * stateful (a stateless policy has no flows to keep or cut, so asking for either is a mistake
+ * the author should hear about rather than a setting silently ignored).
+ */
+function validateConnectionTracking(spec: PolicySpec, sp: string, add: (f: string, d: string, r: string) => void): void {
+  const ct = spec.connectionTracking;
+  if (!ct) return;
+  const known = [ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_UNSPECIFIED, ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_KEEP, ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_CUT];
+  if (!known.includes(ct.establishedOnDeny)) add(`${sp}.connection_tracking.established_on_deny`, `unknown value ${ct.establishedOnDeny}; KEEP or CUT`, 'INVALID_ENUM');
+  else if (!ct.stateful && ct.establishedOnDeny !== ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_UNSPECIFIED) {
+    add(`${sp}.connection_tracking.established_on_deny`, 'needs stateful: true (a stateless policy tracks no flows to keep or cut)', 'NEEDS_STATEFUL');
   }
 }
 

@@ -52,7 +52,7 @@ export interface TestControlPlaneOptions {
 /**
  * Prepares what an external nats-server needs to run the README's secure path before the
  * controller first starts: the fleet CA in the controller's default place (DATA_DIR/pki, for
- * `fleet`), a serving certificate for the server from it (a controller identity, as agents
+ * `fleet`), a serving certificate for the server from it (a NATS server identity, as agents
  * check it; 127.0.0.1 for loopback clients), and the server's authorization from the NATS
  * authority in DATA_DIR/nats-auth (operator, system account, resolver), which the controller
  * then opens as its own. Returns the NatsServer options and the CA file clients verify by.
@@ -61,7 +61,7 @@ async function secureNatsSetup(ctlDir: string, natsDir: string, fleet: string): 
   const files = defaultCaFiles(ctlDir);
   const { ca } = await loadOrCreateCertificateAuthority(files, fleet);
   const keys = generateKeyPair();
-  const issued = await ca.issue({ identity: { fleet, role: 'controller', name: 'nats' }, publicKey: keys.publicKeyDer, lifetimeMs: 86_400_000, dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
+  const issued = await ca.issue({ identity: { fleet, role: 'nats', name: 'nats' }, publicKey: keys.publicKeyDer, lifetimeMs: 86_400_000, dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
   const tlsDir = join(ctlDir, 'nats-tls');
   mkdirSync(tlsDir, { recursive: true, mode: 0o700 });
   const tls = { certFile: join(tlsDir, 'server.pem'), keyFile: join(tlsDir, 'server-key.pem') };

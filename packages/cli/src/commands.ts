@@ -8,6 +8,7 @@ import { getCommand } from './commands/get.js';
 import { resetHistoryCommand } from './commands/reset-history.js';
 import { rolloutCommand } from './commands/rollout.js';
 import { certCommand } from './commands/cert.js';
+import { conntrackCommand } from './commands/conntrack.js';
 import { nodeCommand } from './commands/node.js';
 import { tokenCommand } from './commands/token.js';
 
@@ -15,4 +16,4 @@ import { tokenCommand } from './commands/token.js';
  * The command table, in the order help lists it. A new subcommand (e.g. `rollout status`) is
  * a Command in commands/ and one entry here; help, flag checks and completion follow.
  */
-export const COMMANDS: readonly Command[] = [applyCommand, diffCommand, getCommand, describeCommand, deleteCommand, rolloutCommand, tokenCommand, nodeCommand, certCommand, resetHistoryCommand, completionCommand(() => COMMANDS)];
+export const COMMANDS: readonly Command[] = [applyCommand, diffCommand, getCommand, describeCommand, deleteCommand, rolloutCommand, conntrackCommand, tokenCommand, nodeCommand, certCommand, resetHistoryCommand, completionCommand(() => COMMANDS)];

@@ -19,6 +19,8 @@ import {
   type GetPolicyCountersResponse,
   type GetPolicyResponse,
   type GetRevisionStatusResponse,
+  type ListConnectionsRequest,
+  type ListConnectionsResponse,
   type Node,
   type Policy,
   type Rollout,
@@ -50,6 +52,8 @@ export interface FleetApi {
   getNode(name: string): Promise<GetNodeResponse | undefined>;
   getPolicyCounters(req: GetPolicyCountersRequest): Promise<GetPolicyCountersResponse>;
   getRevisionStatus(revision: bigint, nodeLabelSelector: string): Promise<GetRevisionStatusResponse>;
+  /** FleetService.ListConnections: one node's connection table, through its agent. */
+  listConnections(req: ListConnectionsRequest): Promise<ListConnectionsResponse>;
 }
 
 /** Both APIs. */
@@ -207,6 +211,10 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
 
   getRevisionStatus(revision: bigint, nodeLabelSelector: string): Promise<GetRevisionStatusResponse> {
     return this.#call(`get revision status ${revision}`, this.#fleet, this.#fleet.getRevisionStatus, { revision, nodeLabelSelector });
+  }
+
+  listConnections(req: ListConnectionsRequest): Promise<ListConnectionsResponse> {
+    return this.#call(`${req.countOnly ? 'count' : 'list'} connections of node ${req.node}`, this.#fleet, this.#fleet.listConnections, req);
   }
 
   async getRollout(name: string): Promise<RolloutStatus | undefined> {

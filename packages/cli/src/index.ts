@@ -4,6 +4,7 @@ export { run, mainHelp, commandHelp, type RunOptions } from './cli.js';
 export { Flags, type Command, type CommandContext, type Io, type OptionSpec } from './command.js';
 export { COMMANDS } from './commands.js';
 export { bashCompletion, zshCompletion } from './commands/completion.js';
+export { conntrackLine, connectionsToJson, filterFromFlags, renderConnectionTable } from './commands/conntrack.js';
 export { diffLines, diffPolicy, previewSelection, renderPolicyDiff, type DiffLine, type PolicyDiff, type SelectionPreview } from './diff.js';
 export { formatAge, formatDuration, parseDurationMs } from './duration.js';
 export { CliError, InputError, ManifestError, NackError, RpcError, UsageError, WaitTimeoutError, formatPosition, formatProblem, type ManifestProblem, type SourcePosition } from './errors.js';

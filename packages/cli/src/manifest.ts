@@ -5,6 +5,7 @@
 import { LineCounter, isAlias, isMap, isScalar, isSeq, parseAllDocuments, type Node } from 'yaml';
 import {
   Action,
+  ConnectionTracking_EstablishedOnDeny,
   InterfaceRole,
   LabelSelectorRequirement_Operator,
   LabelSelectorSyntaxError,
@@ -137,6 +138,7 @@ const PROTOCOLS: Record<string, Protocol> = {
 };
 const ACTIONS: Record<string, Action> = { allow: Action.ACTION_ALLOW, deny: Action.ACTION_DENY, ratelimit: Action.ACTION_RATE_LIMIT };
 const ROLES: Record<string, InterfaceRole> = { uplink: InterfaceRole.INTERFACE_ROLE_UPLINK, workload: InterfaceRole.INTERFACE_ROLE_WORKLOAD, all: InterfaceRole.INTERFACE_ROLE_ALL };
+const ON_DENY: Record<string, ConnectionTracking_EstablishedOnDeny> = { keep: ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_KEEP, cut: ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_CUT };
 const OPERATORS: Record<string, LabelSelectorRequirement_Operator> = {
   in: LabelSelectorRequirement_Operator.OPERATOR_IN,
   notin: LabelSelectorRequirement_Operator.OPERATOR_NOT_IN,
@@ -191,8 +193,8 @@ class DocumentReader {
   #spec(node: Node | null, keyNode: Node): Policy['spec'] {
     const sp = `${POLICY_PATH}.spec`;
     this.#record(sp, keyNode);
-    const spec: NonNullable<Policy['spec']> = { nodeSelector: undefined, interfaceRole: InterfaceRole.INTERFACE_ROLE_UNSPECIFIED, rules: [], defaultAction: Action.ACTION_UNSPECIFIED, rolloutStrategy: undefined, description: '' };
-    const m = this.#map(node ?? keyNode, 'spec', ['nodeSelector', 'interfaceRole', 'rules', 'defaultAction', 'rolloutStrategy', 'description']);
+    const spec: NonNullable<Policy['spec']> = { nodeSelector: undefined, interfaceRole: InterfaceRole.INTERFACE_ROLE_UNSPECIFIED, rules: [], defaultAction: Action.ACTION_UNSPECIFIED, rolloutStrategy: undefined, description: '', connectionTracking: undefined };
+    const m = this.#map(node ?? keyNode, 'spec', ['nodeSelector', 'interfaceRole', 'rules', 'defaultAction', 'rolloutStrategy', 'description', 'connectionTracking']);
     if (!m) return spec;
     const sel = m.get('nodeSelector');
     if (sel) spec.nodeSelector = this.#selector(sel.value, sel.key, `${sp}.node_selector`);
@@ -215,6 +217,20 @@ class DocumentReader {
     }
     const rollout = m.get('rolloutStrategy');
     if (rollout) spec.rolloutStrategy = this.#rollout(rollout.value, rollout.key, `${sp}.rollout_strategy`);
+    const ct = m.get('connectionTracking');
+    if (ct) {
+      const cp = `${sp}.connection_tracking`;
+      this.#record(cp, ct.key);
+      const c = this.#map(ct.value ?? ct.key, 'connectionTracking', ['stateful', 'establishedOnDeny']);
+      if (c) {
+        const stateful = c.get('stateful');
+        const onDeny = c.get('establishedOnDeny');
+        spec.connectionTracking = {
+          stateful: stateful ? (this.#bool(stateful, `${cp}.stateful`) ?? false) : false,
+          establishedOnDeny: onDeny ? (this.#enum(onDeny, `${cp}.established_on_deny`, ON_DENY, 'keep or cut') ?? ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_UNSPECIFIED) : ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_UNSPECIFIED,
+        };
+      }
+    }
     return spec;
   }
 
@@ -536,7 +552,7 @@ class DocumentReader {
     this.#record(path, entry.value ?? entry.key);
     const v = entry.value && isScalar(entry.value) ? entry.value.value : undefined;
     // Accept kubectl-style spellings and the proto names: "rate_limit", "rate-limit", "RATE_LIMIT", "ACTION_RATE_LIMIT".
-    const norm = typeof v === 'string' && v.length <= 64 ? v.toLowerCase().replace(/^(protocol|action|interface_role|operator)_/, '').replace(/[-_]/g, '') : undefined;
+    const norm = typeof v === 'string' && v.length <= 64 ? v.toLowerCase().replace(/^(protocol|action|interface_role|operator|established_on_deny)_/, '').replace(/[-_]/g, '') : undefined;
     const hit = norm === undefined ? undefined : table[norm];
     if (hit === undefined) {
       this.#fail(entry.value ?? entry.key, `${typeof v === 'string' ? quote(v) : JSON.stringify(v ?? null)?.slice(0, 64)} is not one of ${expected}`, path);

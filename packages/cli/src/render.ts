@@ -11,7 +11,7 @@ import {
   type RuleCounters,
 } from '@edgeplane/proto';
 import { formatAge, formatDuration } from './duration.js';
-import { actionName, formatPortRange, outcomeName, protocolName, roleName } from './resource-format.js';
+import { actionName, formatPortRange, onDenyName, outcomeName, protocolName, roleName, trackingText } from './resource-format.js';
 
 /** Formats rows as kubectl does: upper-case headers, columns padded and separated by 3 spaces. */
 export function renderTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {
@@ -44,7 +44,7 @@ function rolloutText(p: Policy): string {
 /** The `get policies` table; `wide` adds labels, rollout and description. */
 export function renderPolicyTable(policies: readonly Policy[], now: Date, wide = false): string {
   const headers = ['NAME', 'NODE-SELECTOR', 'INTERFACES', 'RULES', 'DEFAULT', 'REVISION', 'AGE'];
-  if (wide) headers.push('LABELS', 'ROLLOUT', 'DESCRIPTION');
+  if (wide) headers.push('TRACKING', 'LABELS', 'ROLLOUT', 'DESCRIPTION');
   const rows = policies.map((p) => {
     const row = [
       p.metadata?.name ?? '',
@@ -55,7 +55,7 @@ export function renderPolicyTable(policies: readonly Policy[], now: Date, wide =
       String(p.metadata?.resourceVersion ?? 0n),
       formatAge(p.metadata?.createTime, now),
     ];
-    if (wide) row.push(labels(p.metadata?.labels ?? {}), rolloutText(p), p.spec?.description ?? '');
+    if (wide) row.push(p.spec?.connectionTracking?.stateful ? `stateful/${onDenyName(p.spec.connectionTracking.establishedOnDeny)}` : 'stateless', labels(p.metadata?.labels ?? {}), rolloutText(p), p.spec?.description ?? '');
     return row;
   });
   return renderTable(headers, rows);
@@ -136,6 +136,7 @@ export function describePolicy(d: PolicyDescription, now: Date): string {
   out += field('Node selector', selectorText(p));
   out += field('Interfaces', roleName(s?.interfaceRole ?? 0));
   out += field('Default action', actionName(s?.defaultAction ?? 0) || '<none>');
+  out += field('Conntrack', trackingText(s?.connectionTracking));
   const st = s?.rolloutStrategy?.strategy;
   out += field('Rollout', st?.$case === 'staged' ? `staged: ${st.staged.waves.map((w) => `${w.name || 'wave'}(${w.target?.$case === 'percent' ? `${w.target.percent}%` : formatLabelSelector(w.target?.selector)}${w.bakeTime ? `, bake ${formatDuration(w.bakeTime)}` : ''})`).join(' -> ')}` : 'immediate');
   out += 'Rules:\n';
@@ -221,6 +222,16 @@ export function describeNode(d: NodeDescription, now: Date): string {
   out += counters.length
     ? indent(renderTable(['POLICY', 'PRIORITY', 'RULE', 'PACKETS', 'BYTES', 'RATE-LIMITED'], counters.map((c) => [c.rule?.policy ?? '', String(c.rule?.priority ?? 0), c.ruleName || '-', String(c.packets), String(c.bytes), String(c.rateLimitedPackets)])))
     : '  <none>\n';
+  out += 'Connection tracking:\n';
+  const ct = d.node.conntrack ?? [];
+  out += ct.length
+    ? indent(
+        renderTable(
+          ['ROLE', 'ESTABLISHED', 'NEW', 'CREATED', 'PROMOTED', 'INSERT-FAILED', 'EXPIRED', 'CUT', 'RELATED', 'CONTROL'],
+          ct.map((c) => [c.role, `${c.entries}/${c.capacity}`, `${c.newEntries}/${c.newCapacity}`, String(c.created), String(c.promoted), String(c.insertFailed), String(c.expired), String(c.cut), String(c.relatedPackets), String(c.controlPackets)]),
+        ),
+      )
+    : '  <none reported>\n';
   out += 'Interface counters:\n';
   out += d.node.interfaceCounters.length
     ? indent(renderTable(['INTERFACE', 'PASSED', 'DROPPED', 'DEFAULT-ACTION', 'NON-IP', 'MALFORMED'], d.node.interfaceCounters.map((c) => [c.interface, `${c.passedPackets} pkts/${c.passedBytes} B`, `${c.droppedPackets} pkts/${c.droppedBytes} B`, String(c.defaultActionPackets), String(c.nonIpPackets), String(c.malformedPackets)])))

@@ -3,10 +3,13 @@
 import { stringify } from 'yaml';
 import {
   Action,
+  ConnectionTracking_EstablishedOnDeny,
+  ConnectionState,
   InterfaceRole,
   LabelSelectorRequirement_Operator,
   Protocol,
   RevisionOutcome,
+  type ConnectionTracking,
   type LabelSelector,
   type Node,
   type Policy,
@@ -33,6 +36,22 @@ export function actionName(a: Action): string {
 /** Lower-case name of an interface role; unspecified reads as `all`, as the agent treats it. */
 export function roleName(r: InterfaceRole): string {
   return ({ [InterfaceRole.INTERFACE_ROLE_UPLINK]: 'uplink', [InterfaceRole.INTERFACE_ROLE_WORKLOAD]: 'workload' } as Record<number, string>)[r] ?? 'all';
+}
+
+/** `keep` or `cut` (unspecified reads as `keep`, as the agent treats it). */
+export function onDenyName(o: ConnectionTracking_EstablishedOnDeny): string {
+  return o === ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_CUT ? 'cut' : 'keep';
+}
+
+/** `stateless`, or `stateful` with what a change does to established flows (`stateful (keep)`). */
+export function trackingText(ct: ConnectionTracking | undefined): string {
+  return ct?.stateful ? `stateful (established on deny: ${onDenyName(ct.establishedOnDeny)})` : 'stateless';
+}
+
+/** Upper-case conntrack-style state name (`ESTABLISHED`, `SYN_SENT`, `UDP`); `-` when unspecified. */
+export function connectionStateName(s: ConnectionState): string {
+  const name = ConnectionState[s];
+  return typeof name === 'string' && s !== ConnectionState.CONNECTION_STATE_UNSPECIFIED ? name.replace(/^CONNECTION_STATE_/, '') : '-';
 }
 
 /** `ACK`, `NACK` or `` for a revision outcome. */
@@ -149,6 +168,12 @@ export function policyToManifest(policy: Policy, options: PolicyManifestOptions 
           interfaceRole: s.interfaceRole === InterfaceRole.INTERFACE_ROLE_UNSPECIFIED ? undefined : roleName(s.interfaceRole),
           defaultAction: actionName(s.defaultAction) || undefined,
           rolloutStrategy: rolloutToPlain(s.rolloutStrategy),
+          connectionTracking: s.connectionTracking
+            ? compact({
+                stateful: s.connectionTracking.stateful,
+                establishedOnDeny: s.connectionTracking.establishedOnDeny === ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_UNSPECIFIED ? undefined : onDenyName(s.connectionTracking.establishedOnDeny),
+              })
+            : undefined,
           rules: s.rules.map(ruleToPlain),
         })
       : {},

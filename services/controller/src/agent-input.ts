@@ -2,6 +2,7 @@
 // report (registry, counter store), so every name, count and text is checked against
 // @edgeplane/proto's limits before it is stored. Pure.
 import {
+  MAX_CONNECTIONS_LIMIT,
   MAX_COUNTER_INTERFACES,
   MAX_COUNTER_NAME_LENGTH,
   MAX_COUNTER_RULES,
@@ -14,6 +15,7 @@ import {
   validateLabels,
   type AgentHello,
   type ConditionReport,
+  type ConnectionsAnswer,
   type CounterReport,
   type FieldViolation,
   type NodeCondition,
@@ -78,6 +80,44 @@ export function validateCounterReport(report: CounterReport): FieldViolation[] {
   } else {
     report.interfaces.forEach((c, i) => tooLong(out, `counters.interfaces[${i}].interface`, c.interface, MAX_COUNTER_NAME_LENGTH));
   }
+  // One status per interface role, each once.
+  const roles = new Set<string>();
+  if (report.conntrack.length > 2) out.push({ field: 'counters.conntrack', description: `${report.conntrack.length} entries; at most 2 (one per interface role)`, reason: 'TOO_MANY_ENTRIES' });
+  else {
+    report.conntrack.forEach((c, i) => {
+      if (c.role !== 'uplink' && c.role !== 'workload') out.push({ field: `counters.conntrack[${i}].role`, description: `${quote(c.role)}: uplink or workload`, reason: 'INVALID_ROLE' });
+      else if (roles.has(c.role)) out.push({ field: `counters.conntrack[${i}].role`, description: `${c.role} reported twice`, reason: 'DUPLICATE' });
+      roles.add(c.role);
+    });
+  }
+  return out;
+}
+
+/** Characters of an address as text (an IPv6 address with an embedded IPv4 one). */
+const MAX_ADDRESS_TEXT = 45;
+
+/**
+ * Returns the problems of an agent's answer to a connections query (empty when valid): at most
+ * `limit` (and MAX_CONNECTIONS_LIMIT) rows, bounded texts, a matched count no smaller than the
+ * rows sent.
+ */
+export function validateConnectionsAnswer(answer: ConnectionsAnswer, limit: number): FieldViolation[] {
+  const out: FieldViolation[] = [];
+  tooLong(out, 'connections.error', answer.error, MAX_REPORT_TEXT_LENGTH);
+  const max = Math.min(limit, MAX_CONNECTIONS_LIMIT);
+  if (answer.connections.length > max) {
+    out.push({ field: 'connections.connections', description: `${answer.connections.length} rows; the query asked for at most ${max}`, reason: 'TOO_MANY_ENTRIES' });
+    return out;
+  }
+  if (answer.matched < BigInt(answer.connections.length)) out.push({ field: 'connections.matched', description: `${answer.matched} is fewer than the ${answer.connections.length} rows sent`, reason: 'INCONSISTENT' });
+  answer.connections.forEach((c, i) => {
+    tooLong(out, `connections.connections[${i}].source`, c.source, MAX_ADDRESS_TEXT);
+    tooLong(out, `connections.connections[${i}].destination`, c.destination, MAX_ADDRESS_TEXT);
+    tooLong(out, `connections.connections[${i}].role`, c.role, 16);
+    tooLong(out, `connections.connections[${i}].table`, c.table, 16);
+    tooLong(out, `connections.connections[${i}].admitted_by`, c.admittedBy, 16);
+    tooLong(out, `connections.connections[${i}].rule.policy`, c.rule?.policy ?? '', MAX_COUNTER_NAME_LENGTH);
+  });
   return out;
 }
 

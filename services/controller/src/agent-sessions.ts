@@ -1,14 +1,16 @@
 import { randomUUID } from 'node:crypto';
 import {
   type AgentSettings,
+  type ConnectionsAnswer,
+  type ConnectionsQuery,
   type FieldViolation,
   type ConnectRequest,
   type ConnectResponse,
   type TrustedKey,
 } from '@edgeplane/proto';
-import { validateConditionReport, validateCounterReport, validateHello, validateRevisionReport } from './agent-input.js';
+import { validateConditionReport, validateConnectionsAnswer, validateCounterReport, validateHello, validateRevisionReport } from './agent-input.js';
 import type { CounterStore } from './counter-store.js';
-import { ValidationError } from './errors.js';
+import { DeadlineExceededError, PreconditionError, UnavailableError, ValidationError } from './errors.js';
 import type { NodeRegistry } from './node-registry.js';
 
 /** The controller's half of one agent stream, independent of gRPC. */
@@ -39,6 +41,16 @@ export interface AgentSessionsOptions {
   idleTimeoutMs?: number;
 }
 
+/** Queries one node may have in flight on its stream (a query walks the node's whole table). */
+export const MAX_QUERIES_PER_NODE = 4;
+
+/** A query waiting for its agent's answer. */
+interface PendingQuery {
+  limit: number;
+  resolve(answer: ConnectionsAnswer): void;
+  reject(err: Error): void;
+}
+
 /** Thrown to end a stream that stayed silent: the connection is presumed half-open. */
 export class IdleStreamError extends Error {
   override name = 'IdleStreamError';
@@ -64,6 +76,10 @@ export class AgentSessions {
   #options: AgentSessionsOptions;
   #open = new Set<AgentStream>();
   #byNode = new Map<string, Set<AgentStream>>();
+  /** The newest welcomed stream of each node: the one queries go to. */
+  #current = new Map<string, AgentStream>();
+  /** Queries sent on each stream and not answered yet, by request id. */
+  #pending = new Map<AgentStream, Map<string, PendingQuery>>();
 
   constructor(registry: NodeRegistry, counters: CounterStore, options: AgentSessionsOptions) {
     this.#registry = registry;
@@ -103,6 +119,7 @@ export class AgentSessions {
           let set = this.#byNode.get(node);
           if (!set) this.#byNode.set(node, (set = new Set()));
           set.add(stream);
+          this.#current.set(node, stream);
           this.#registry.hello({ ...m.hello, labels }, sessionId);
           stream.send({
             message: {
@@ -132,6 +149,20 @@ export class AgentSessions {
             this.#registry.seen(node);
             stream.send({ message: { $case: 'heartbeat', heartbeat: { sequence: m.heartbeat.sequence, time: new Date() } } });
             break;
+          case 'connections': {
+            const pending = this.#pending.get(stream);
+            const waiting = pending?.get(m.connections.requestId);
+            // A late answer (the query timed out) is dropped; a stream cannot answer what it was not asked.
+            if (!waiting) break;
+            pending!.delete(m.connections.requestId);
+            const problems = validateConnectionsAnswer(m.connections, waiting.limit);
+            if (problems.length > 0) {
+              waiting.reject(new UnavailableError(`node ${node} sent an invalid answer: ${problems[0]!.field}: ${problems[0]!.description}`));
+              reject('invalid connections answer', problems);
+            }
+            waiting.resolve(m.connections);
+            break;
+          }
           case 'hello':
             throw new ValidationError('hello sent twice', [{ field: 'hello', description: 'only the first message may be a hello', reason: 'NOT_ALLOWED' }]);
         }
@@ -142,6 +173,9 @@ export class AgentSessions {
     } finally {
       clearTimeout(timer);
       this.#open.delete(stream);
+      for (const q of this.#pending.get(stream)?.values() ?? []) q.reject(new UnavailableError(`node ${node} disconnected before it answered; retry`));
+      this.#pending.delete(stream);
+      if (node && this.#current.get(node) === stream) this.#current.delete(node);
       if (node) {
         const set = this.#byNode.get(node);
         set?.delete(stream);
@@ -149,6 +183,44 @@ export class AgentSessions {
         this.#registry.disconnect(node, sessionId);
       }
     }
+  }
+
+  /**
+   * Asks a node's agent, over its newest open stream, for the entries of its connection tables
+   * that match `query` (a new request id is set here).
+   * @returns the agent's answer (its `error` empty).
+   * @throws PreconditionError (NODE_NOT_CONNECTED) when the node has no open stream to this
+   *   controller; UnavailableError when MAX_QUERIES_PER_NODE are in flight, the stream ends
+   *   first, or the agent answers with an error or an invalid answer; DeadlineExceededError
+   *   when no answer comes within `timeoutMs`.
+   */
+  queryConnections(node: string, query: Omit<ConnectionsQuery, 'requestId'>, timeoutMs: number): Promise<ConnectionsAnswer> {
+    const stream = this.#current.get(node);
+    if (!stream) return Promise.reject(new PreconditionError(`node ${node} is not connected to this controller`, 'NODE_NOT_CONNECTED'));
+    let pending = this.#pending.get(stream);
+    if (!pending) this.#pending.set(stream, (pending = new Map()));
+    if (pending.size >= MAX_QUERIES_PER_NODE) return Promise.reject(new UnavailableError(`node ${node} has ${pending.size} connection queries in flight; retry`));
+    const requestId = randomUUID();
+    const map = pending;
+    return new Promise<ConnectionsAnswer>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        map.delete(requestId);
+        reject(new DeadlineExceededError(`node ${node} did not answer the connections query within ${timeoutMs} ms`));
+      }, timeoutMs);
+      map.set(requestId, {
+        limit: query.countOnly ? 0 : query.limit,
+        resolve: (answer) => {
+          clearTimeout(timer);
+          if (answer.error) reject(new UnavailableError(`node ${node}: ${answer.error}`));
+          else resolve(answer);
+        },
+        reject: (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      });
+      stream.send({ message: { $case: 'listConnections', listConnections: { ...query, requestId } } });
+    });
   }
 
   /** Ends the open streams of one node (revocation); returns how many. */

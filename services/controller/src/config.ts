@@ -63,6 +63,8 @@ export interface ControllerConfig {
   prometheusHost: string;
   otlpEndpoint?: string;
   counterIntervalMs: number;
+  /** How long ListConnections waits for the node's agent. */
+  connectionsTimeoutMs: number;
   heartbeatIntervalMs: number;
   shutdownGraceMs: number;
 }
@@ -138,6 +140,7 @@ Every flag can also be set by the environment variable shown.
   --prometheus-host HOST    (EDGEPLANE_PROMETHEUS_HOST, default 0.0.0.0)
   --otlp-endpoint URL       export traces by OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT; unset = no export)
   --counter-interval SEC    how often agents report counters (default 5)
+  --connections-timeout SEC how long ListConnections (edgeplane conntrack) waits for the node's agent (default 10)
   --heartbeat-interval SEC  application heartbeat of agent streams (default 5)
   --shutdown-grace SEC      on SIGTERM, time given to running calls (default 10)
   -h, --help                this text
@@ -211,6 +214,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'prometheus-host': { type: 'string' },
         'otlp-endpoint': { type: 'string' },
         'counter-interval': { type: 'string' },
+        'connections-timeout': { type: 'string' },
         'heartbeat-interval': { type: 'string' },
         'shutdown-grace': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
@@ -286,6 +290,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     prometheusHost: values['prometheus-host'] ?? env.EDGEPLANE_PROMETHEUS_HOST ?? '0.0.0.0',
     ...(otlp ? { otlpEndpoint: otlp } : {}),
     counterIntervalMs: int('counter-interval', values['counter-interval'], 5, 1) * 1000,
+    connectionsTimeoutMs: int('connections-timeout', values['connections-timeout'], 10, 1) * 1000,
     heartbeatIntervalMs: int('heartbeat-interval', values['heartbeat-interval'], 5, 1) * 1000,
     shutdownGraceMs: int('shutdown-grace', values['shutdown-grace'], 10) * 1000,
   };

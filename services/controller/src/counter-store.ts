@@ -1,4 +1,4 @@
-import { MAX_COUNTED_RULES_PER_NODE, MAX_COUNTER_INTERFACES, type CounterReport, type InterfaceCounters, type RuleCounters } from '@edgeplane/proto';
+import { MAX_COUNTED_RULES_PER_NODE, MAX_COUNTER_INTERFACES, type ConntrackStatus, type CounterReport, type InterfaceCounters, type RuleCounters } from '@edgeplane/proto';
 
 const key = (policy: string, priority: number): string => `${policy}\u0000${priority}`;
 
@@ -32,6 +32,8 @@ function sortRules(list: Iterable<RuleCounters>): RuleCounters[] {
 export class CounterStore {
   #rules = new Map<string, Map<string, RuleCounters>>();
   #interfaces = new Map<string, Map<string, InterfaceCounters>>();
+  /** The newest conntrack status per node and role (levels and totals: replaced, not summed). */
+  #conntrack = new Map<string, Map<string, ConntrackStatus>>();
   #dropped = 0;
 
   /** Entries dropped because a node already had counters for MAX_COUNTED_RULES_PER_NODE rules (or MAX_COUNTER_INTERFACES interfaces). */
@@ -45,6 +47,12 @@ export class CounterStore {
    * (and counted in {@link dropped}), so memory stays bounded whatever agents send.
    */
   add(node: string, report: CounterReport): void {
+    if (report.conntrack.length > 0) {
+      let ct = this.#conntrack.get(node);
+      if (!ct) this.#conntrack.set(node, (ct = new Map()));
+      // Validated upstream: at most one entry per role, so at most two per node.
+      for (const c of report.conntrack) ct.set(c.role, { ...c });
+    }
     let rules = this.#rules.get(node);
     if (!rules) this.#rules.set(node, (rules = new Map()));
     for (const c of report.rules) if (!addRule(rules, c, MAX_COUNTED_RULES_PER_NODE)) this.#dropped++;
@@ -89,8 +97,13 @@ export class CounterStore {
     return sortRules(sum.values());
   }
 
+  /** One node's newest conntrack status per interface role, sorted by role. */
+  nodeConntrack(node: string): ConntrackStatus[] {
+    return [...(this.#conntrack.get(node)?.values() ?? [])].sort((a, b) => (a.role < b.role ? -1 : 1));
+  }
+
   /** Nodes that reported anything. */
   nodes(): string[] {
-    return [...new Set([...this.#rules.keys(), ...this.#interfaces.keys()])];
+    return [...new Set([...this.#rules.keys(), ...this.#interfaces.keys(), ...this.#conntrack.keys()])];
   }
 }

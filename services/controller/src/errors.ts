@@ -37,6 +37,11 @@ export class UnavailableError extends Error {
   override name = 'UnavailableError';
 }
 
+/** Someone the controller asked (an agent) did not answer in time. Maps to DEADLINE_EXCEEDED. */
+export class DeadlineExceededError extends Error {
+  override name = 'DeadlineExceededError';
+}
+
 /** Bad configuration (flags, environment, files). The controller does not start. */
 export class ConfigError extends Error {
   override name = 'ConfigError';

@@ -1,5 +1,13 @@
 import {
   NodeEventType,
+  checkDnsLabel,
+  effectiveConnectionLimit,
+  quote,
+  validateConnectionQuery,
+  type ConnectionsAnswer,
+  type ConnectionsQuery,
+  type ListConnectionsRequest,
+  type ListConnectionsResponse,
   RevisionOutcome,
   matchesLabelSelector,
   type GetNodeRequest,
@@ -24,7 +32,7 @@ import {
   type WatchRolloutResponse,
 } from '@edgeplane/proto';
 import type { CounterStore } from './counter-store.js';
-import { NotFoundError } from './errors.js';
+import { NotFoundError, ValidationError } from './errors.js';
 import type { NodeRegistry } from './node-registry.js';
 import { paginate } from './page-token.js';
 import { selectorParam } from './selector-param.js';
@@ -36,6 +44,14 @@ export interface RolloutReader {
   watch(listener: (name: string) => void): () => void;
 }
 
+/** What FleetService needs to ask an agent for its connection table (AgentSessions). */
+export interface ConnectionQuerier {
+  /** @throws PreconditionError, UnavailableError, DeadlineExceededError (see AgentSessions.queryConnections). */
+  queryConnections(node: string, query: Omit<ConnectionsQuery, 'requestId'>, timeoutMs: number): Promise<ConnectionsAnswer>;
+}
+
+/** How long ListConnections waits for the agent by default. */
+export const DEFAULT_CONNECTIONS_TIMEOUT_MS = 10_000;
 
 /** FleetService's behaviour, independent of gRPC. */
 export class FleetApi {
@@ -44,9 +60,19 @@ export class FleetApi {
   #revision: () => bigint;
 
   #rollouts: RolloutReader | undefined;
+  #connections: ConnectionQuerier | undefined;
+  #connectionsTimeoutMs: number;
 
-  constructor(registry: NodeRegistry, counters: CounterStore, currentRevision: () => bigint, rollouts?: RolloutReader) {
+  constructor(
+    registry: NodeRegistry,
+    counters: CounterStore,
+    currentRevision: () => bigint,
+    rollouts?: RolloutReader,
+    connections?: { querier: ConnectionQuerier; timeoutMs?: number },
+  ) {
     this.#rollouts = rollouts;
+    this.#connections = connections?.querier;
+    this.#connectionsTimeoutMs = connections?.timeoutMs ?? DEFAULT_CONNECTIONS_TIMEOUT_MS;
     this.#registry = registry;
     this.#counters = counters;
     this.#revision = currentRevision;
@@ -67,7 +93,26 @@ export class FleetApi {
   getNode(req: GetNodeRequest): GetNodeResponse {
     const node = this.#registry.get(req.name);
     if (!node) throw new NotFoundError(`node ${req.name} not found`);
-    return { node, counters: this.#counters.nodeRules(node.name), interfaceCounters: this.#counters.nodeInterfaces(node.name) };
+    return { node, counters: this.#counters.nodeRules(node.name), interfaceCounters: this.#counters.nodeInterfaces(node.name), conntrack: this.#counters.nodeConntrack(node.name) };
+  }
+
+  /**
+   * Lists or counts the entries of one node's connection tables, asking its agent over its
+   * stream; at most the request's limit (default 1,000, at most 10,000) rows.
+   * @throws ValidationError (bad node name, filter or limit); NotFoundError (unknown node);
+   *   PreconditionError NODE_NOT_CONNECTED; UnavailableError; DeadlineExceededError.
+   */
+  async listConnections(req: ListConnectionsRequest): Promise<ListConnectionsResponse> {
+    const problems = validateConnectionQuery(req.filter, req.limit);
+    const nameProblem = req.node === '' ? 'required' : checkDnsLabel(req.node);
+    if (nameProblem) problems.unshift({ field: 'node', description: req.node === '' ? 'required' : `${quote(req.node)} ${nameProblem}`, reason: req.node === '' ? 'REQUIRED' : 'INVALID_NAME' });
+    if (problems.length > 0) throw new ValidationError(`invalid request: ${problems[0]!.field}: ${problems[0]!.description}`, problems);
+    if (!this.#registry.get(req.node)) throw new NotFoundError(`node ${req.node} not found`);
+    if (!this.#connections) throw new NotFoundError('this controller does not relay connection queries');
+    const limit = effectiveConnectionLimit(req.limit);
+    const answer = await this.#connections.queryConnections(req.node, { filter: req.filter, limit, countOnly: req.countOnly }, this.#connectionsTimeoutMs);
+    const connections = req.countOnly ? [] : answer.connections;
+    return { connections, matched: answer.matched, truncated: !req.countOnly && answer.matched > BigInt(connections.length) };
   }
 
   /** Streams node changes until `signal` aborts. @throws ValidationError */

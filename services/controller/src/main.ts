@@ -356,7 +356,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       maxPolicies: config.maxPolicies,
       maxIntentBytes: config.maxIntentBytes,
     });
-    const fleetApi = new FleetApi(registry, counters, () => store.chain.revision, rollouts);
+    const fleetApi = new FleetApi(registry, counters, () => store.chain.revision, rollouts, { querier: sessions, timeoutMs: config.connectionsTimeoutMs });
     const denied = telemetry.meter('@edgeplane/controller').createCounter('edgeplane_authz_denied', { description: 'Calls refused by authentication or authorization, by method, caller role and reason' });
     const auth = new Authorizer({
       insecure: config.insecure,

@@ -4,8 +4,10 @@ import type { NodeRegistry } from './node-registry.js';
 
 /**
  * Registers the fleet's metrics (observed on collection, so nothing is recorded per report):
- * rule packets and bytes summed over the fleet, per-node interface packets, node counts and
- * the intent revision.
+ * rule packets and bytes summed over the fleet, per-node interface packets, node counts, the
+ * intent revision, and per node and role the connection tables' occupancy and capacity
+ * (`table` new|established) and events (`event` created, promoted, insert_failed, expired, cut,
+ * established, related, control).
  */
 export function registerFleetMetrics(meter: Meter, sources: { counters: CounterStore; registry: NodeRegistry; revision: () => bigint }): void {
   const rulePackets = meter.createObservableCounter('edgeplane_rule_packets', { description: 'Packets matched per policy rule, summed over the fleet' });
@@ -14,6 +16,9 @@ export function registerFleetMetrics(meter: Meter, sources: { counters: CounterS
   const nodes = meter.createObservableGauge('edgeplane_nodes', { description: 'Registered nodes by connection state' });
   const revision = meter.createObservableGauge('edgeplane_intent_revision', { description: 'Newest revision of the intent log' });
   const applied = meter.createObservableGauge('edgeplane_node_applied_revision', { description: 'Revision each node enforces' });
+  const ctEntries = meter.createObservableGauge('edgeplane_conntrack_entries', { description: 'Live entries of each node\'s connection tables, per interface role and table (new, established)' });
+  const ctCapacity = meter.createObservableGauge('edgeplane_conntrack_capacity', { description: 'Capacity of each node\'s connection tables, per interface role and table' });
+  const ctEvents = meter.createObservableCounter('edgeplane_conntrack_events', { description: 'Connection-table events per node and role: entries created, promoted, insert_failed (established table full), expired, cut; packets passed by established, related, control' });
   meter.addBatchObservableCallback(
     (r) => {
       for (const c of sources.counters.fleetRules()) {
@@ -27,6 +32,26 @@ export function registerFleetMetrics(meter: Meter, sources: { counters: CounterS
           r.observe(ifacePackets, Number(i.droppedPackets), { node, interface: i.interface, verdict: 'drop' });
         }
       }
+      for (const node of sources.counters.nodes()) {
+        for (const c of sources.counters.nodeConntrack(node)) {
+          const at = { node, role: c.role };
+          r.observe(ctEntries, Number(c.entries), { ...at, table: 'established' });
+          r.observe(ctEntries, Number(c.newEntries), { ...at, table: 'new' });
+          r.observe(ctCapacity, Number(c.capacity), { ...at, table: 'established' });
+          r.observe(ctCapacity, Number(c.newCapacity), { ...at, table: 'new' });
+          const events: [string, bigint][] = [
+            ['created', c.created],
+            ['promoted', c.promoted],
+            ['insert_failed', c.insertFailed],
+            ['expired', c.expired],
+            ['cut', c.cut],
+            ['established', c.establishedPackets],
+            ['related', c.relatedPackets],
+            ['control', c.controlPackets],
+          ];
+          for (const [event, value] of events) r.observe(ctEvents, Number(value), { ...at, event });
+        }
+      }
       const all = sources.registry.list();
       const connected = all.filter((n) => n.status?.connected).length;
       r.observe(nodes, connected, { state: 'connected' });
@@ -34,6 +59,6 @@ export function registerFleetMetrics(meter: Meter, sources: { counters: CounterS
       for (const n of all) r.observe(applied, Number(n.status?.appliedRevision ?? 0n), { node: n.name });
       r.observe(revision, Number(sources.revision()));
     },
-    [rulePackets, ruleBytes, ifacePackets, nodes, revision, applied],
+    [rulePackets, ruleBytes, ifacePackets, nodes, revision, applied, ctEntries, ctCapacity, ctEvents],
   );
 }

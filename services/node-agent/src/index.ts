@@ -100,6 +100,7 @@ export {
   type InterfaceAttacher,
 } from './agent/agent-runtime.js';
 export { ControllerLink, type ControllerLinkOptions } from './agent/controller-link.js';
+export { answerConnectionsQuery, conntrackStatus, toConnection, type ConnectionSources } from './agent/connection-query.js';
 export { agentNatsOptions } from './agent/nats-connect-options.js';
 export { VerifiedHead, type Head } from './agent/verified-head.js';
 export {

@@ -19,7 +19,8 @@ import {
 } from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration.js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
-import { InterfaceCounters, RuleCounters } from "./counters.js";
+import { Connection, ConnectionFilter } from "./connections.js";
+import { ConntrackStatus, InterfaceCounters, RuleCounters } from "./counters.js";
 import {
   NodeCondition,
   NodeInfo,
@@ -41,6 +42,9 @@ export interface ConnectRequest {
     | { $case: "counters"; counters: CounterReport }
     | { $case: "heartbeat"; heartbeat: Heartbeat }
     | { $case: "conditions"; conditions: ConditionReport }
+    | //
+    /** The answer to a ConnectionsQuery. */
+    { $case: "connections"; connections: ConnectionsAnswer }
     | undefined;
 }
 
@@ -48,7 +52,36 @@ export interface ConnectResponse {
   message: { $case: "welcome"; welcome: ControllerWelcome } | { $case: "heartbeat"; heartbeat: Heartbeat } | {
     $case: "settings";
     settings: AgentSettings;
-  } | undefined;
+  } | //
+  /** Asks the agent for its connection table (FleetService.ListConnections). */
+  { $case: "listConnections"; listConnections: ConnectionsQuery } | undefined;
+}
+
+/**
+ * ConnectionsQuery asks an agent for the entries of its connection tables that match a filter.
+ * The agent answers once, with a ConnectionsAnswer carrying the same request_id.
+ */
+export interface ConnectionsQuery {
+  /** Chosen by the controller, unique among its open queries to this agent (at most 64 characters). */
+  requestId: string;
+  filter:
+    | ConnectionFilter
+    | undefined;
+  /** Most entries to return (1 .. 10,000). */
+  limit: number;
+  /** Count the matching entries; return none. */
+  countOnly: boolean;
+}
+
+/** ConnectionsAnswer is an agent's answer to a ConnectionsQuery. */
+export interface ConnectionsAnswer {
+  requestId: string;
+  /** At most the query's limit, in table order. */
+  connections: Connection[];
+  /** Entries that matched the filter (also those past the limit). */
+  matched: bigint;
+  /** Why the agent could not answer (empty on success); bounded to 4,096 characters. */
+  error: string;
 }
 
 /** AgentHello identifies the node. */
@@ -111,6 +144,8 @@ export interface CounterReport {
   rules: RuleCounters[];
   interfaces: InterfaceCounters[];
   appliedRevision: bigint;
+  /** The connection tables of each role, as they are now (sent when they changed). */
+  conntrack: ConntrackStatus[];
 }
 
 /** Heartbeat keeps a half-open connection from going unnoticed; each side echoes sequence. */
@@ -177,6 +212,9 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
       case "conditions":
         ConditionReport.encode(message.message.conditions, writer.uint32(42).fork()).join();
         break;
+      case "connections":
+        ConnectionsAnswer.encode(message.message.connections, writer.uint32(50).fork()).join();
+        break;
     }
     return writer;
   },
@@ -234,6 +272,14 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
             message.message = { $case: "conditions", conditions: ConditionReport.decode(reader, reader.uint32()) };
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.message = { $case: "connections", connections: ConnectionsAnswer.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -258,6 +304,8 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
         ? { $case: "heartbeat", heartbeat: Heartbeat.fromJSON(object.heartbeat) }
         : isSet(object.conditions)
         ? { $case: "conditions", conditions: ConditionReport.fromJSON(object.conditions) }
+        : isSet(object.connections)
+        ? { $case: "connections", connections: ConnectionsAnswer.fromJSON(object.connections) }
         : undefined,
     };
   },
@@ -274,6 +322,8 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
       obj.heartbeat = Heartbeat.toJSON(message.message.heartbeat);
     } else if (message.message?.$case === "conditions") {
       obj.conditions = ConditionReport.toJSON(message.message.conditions);
+    } else if (message.message?.$case === "connections") {
+      obj.connections = ConnectionsAnswer.toJSON(message.message.connections);
     }
     return obj;
   },
@@ -314,6 +364,15 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
         }
         break;
       }
+      case "connections": {
+        if (object.message?.connections !== undefined && object.message?.connections !== null) {
+          message.message = {
+            $case: "connections",
+            connections: ConnectionsAnswer.fromPartial(object.message.connections),
+          };
+        }
+        break;
+      }
     }
     return message;
   },
@@ -334,6 +393,9 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
         break;
       case "settings":
         AgentSettings.encode(message.message.settings, writer.uint32(26).fork()).join();
+        break;
+      case "listConnections":
+        ConnectionsQuery.encode(message.message.listConnections, writer.uint32(34).fork()).join();
         break;
     }
     return writer;
@@ -376,6 +438,17 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
             message.message = { $case: "settings", settings: AgentSettings.decode(reader, reader.uint32()) };
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.message = {
+              $case: "listConnections",
+              listConnections: ConnectionsQuery.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -396,6 +469,10 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
         ? { $case: "heartbeat", heartbeat: Heartbeat.fromJSON(object.heartbeat) }
         : isSet(object.settings)
         ? { $case: "settings", settings: AgentSettings.fromJSON(object.settings) }
+        : isSet(object.listConnections)
+        ? { $case: "listConnections", listConnections: ConnectionsQuery.fromJSON(object.listConnections) }
+        : isSet(object.list_connections)
+        ? { $case: "listConnections", listConnections: ConnectionsQuery.fromJSON(object.list_connections) }
         : undefined,
     };
   },
@@ -408,6 +485,8 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
       obj.heartbeat = Heartbeat.toJSON(message.message.heartbeat);
     } else if (message.message?.$case === "settings") {
       obj.settings = AgentSettings.toJSON(message.message.settings);
+    } else if (message.message?.$case === "listConnections") {
+      obj.listConnections = ConnectionsQuery.toJSON(message.message.listConnections);
     }
     return obj;
   },
@@ -436,7 +515,269 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
         }
         break;
       }
+      case "listConnections": {
+        if (object.message?.listConnections !== undefined && object.message?.listConnections !== null) {
+          message.message = {
+            $case: "listConnections",
+            listConnections: ConnectionsQuery.fromPartial(object.message.listConnections),
+          };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseConnectionsQuery(): ConnectionsQuery {
+  return { requestId: "", filter: undefined, limit: 0, countOnly: false };
+}
+
+export const ConnectionsQuery: MessageFns<ConnectionsQuery> = {
+  encode(message: ConnectionsQuery, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    if (message.filter !== undefined) {
+      ConnectionFilter.encode(message.filter, writer.uint32(18).fork()).join();
+    }
+    if (message.limit !== 0) {
+      writer.uint32(24).uint32(message.limit);
+    }
+    if (message.countOnly !== false) {
+      writer.uint32(32).bool(message.countOnly);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConnectionsQuery {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConnectionsQuery();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.filter = ConnectionFilter.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.limit = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.countOnly = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConnectionsQuery {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      filter: isSet(object.filter) ? ConnectionFilter.fromJSON(object.filter) : undefined,
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      countOnly: isSet(object.countOnly)
+        ? globalThis.Boolean(object.countOnly)
+        : isSet(object.count_only)
+        ? globalThis.Boolean(object.count_only)
+        : false,
+    };
+  },
+
+  toJSON(message: ConnectionsQuery): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.filter !== undefined) {
+      obj.filter = ConnectionFilter.toJSON(message.filter);
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    if (message.countOnly !== false) {
+      obj.countOnly = message.countOnly;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConnectionsQuery>, I>>(base?: I): ConnectionsQuery {
+    return ConnectionsQuery.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConnectionsQuery>, I>>(object: I): ConnectionsQuery {
+    const message = createBaseConnectionsQuery();
+    message.requestId = object.requestId ?? "";
+    message.filter = (object.filter !== undefined && object.filter !== null)
+      ? ConnectionFilter.fromPartial(object.filter)
+      : undefined;
+    message.limit = object.limit ?? 0;
+    message.countOnly = object.countOnly ?? false;
+    return message;
+  },
+};
+
+function createBaseConnectionsAnswer(): ConnectionsAnswer {
+  return { requestId: "", connections: [], matched: 0n, error: "" };
+}
+
+export const ConnectionsAnswer: MessageFns<ConnectionsAnswer> = {
+  encode(message: ConnectionsAnswer, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    for (const v of message.connections) {
+      Connection.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.matched !== 0n) {
+      if (BigInt.asUintN(64, message.matched) !== message.matched) {
+        throw new globalThis.Error("value provided for field message.matched of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.matched);
+    }
+    if (message.error !== "") {
+      writer.uint32(34).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConnectionsAnswer {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConnectionsAnswer();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.connections.push(Connection.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.matched = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConnectionsAnswer {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      connections: globalThis.Array.isArray(object?.connections)
+        ? object.connections.map((e: any) => Connection.fromJSON(e))
+        : [],
+      matched: isSet(object.matched) ? BigInt(object.matched) : 0n,
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: ConnectionsAnswer): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.connections?.length) {
+      obj.connections = message.connections.map((e) => Connection.toJSON(e));
+    }
+    if (message.matched !== 0n) {
+      obj.matched = message.matched.toString();
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConnectionsAnswer>, I>>(base?: I): ConnectionsAnswer {
+    return ConnectionsAnswer.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConnectionsAnswer>, I>>(object: I): ConnectionsAnswer {
+    const message = createBaseConnectionsAnswer();
+    message.requestId = object.requestId ?? "";
+    message.connections = object.connections?.map((e) => Connection.fromPartial(e)) || [];
+    message.matched = (object.matched !== undefined && object.matched !== null) ? BigInt(object.matched) : 0n;
+    message.error = object.error ?? "";
     return message;
   },
 };
@@ -1107,7 +1448,7 @@ export const RevisionReport: MessageFns<RevisionReport> = {
 };
 
 function createBaseCounterReport(): CounterReport {
-  return { startTime: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n };
+  return { startTime: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [] };
 }
 
 export const CounterReport: MessageFns<CounterReport> = {
@@ -1129,6 +1470,9 @@ export const CounterReport: MessageFns<CounterReport> = {
         throw new globalThis.Error("value provided for field message.appliedRevision of type uint64 too large");
       }
       writer.uint32(40).uint64(message.appliedRevision);
+    }
+    for (const v of message.conntrack) {
+      ConntrackStatus.encode(v!, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -1186,6 +1530,14 @@ export const CounterReport: MessageFns<CounterReport> = {
             message.appliedRevision = reader.uint64() as bigint;
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.conntrack.push(ConntrackStatus.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1219,6 +1571,9 @@ export const CounterReport: MessageFns<CounterReport> = {
         : isSet(object.applied_revision)
         ? BigInt(object.applied_revision)
         : 0n,
+      conntrack: globalThis.Array.isArray(object?.conntrack)
+        ? object.conntrack.map((e: any) => ConntrackStatus.fromJSON(e))
+        : [],
     };
   },
 
@@ -1239,6 +1594,9 @@ export const CounterReport: MessageFns<CounterReport> = {
     if (message.appliedRevision !== 0n) {
       obj.appliedRevision = message.appliedRevision.toString();
     }
+    if (message.conntrack?.length) {
+      obj.conntrack = message.conntrack.map((e) => ConntrackStatus.toJSON(e));
+    }
     return obj;
   },
 
@@ -1254,6 +1612,7 @@ export const CounterReport: MessageFns<CounterReport> = {
     message.appliedRevision = (object.appliedRevision !== undefined && object.appliedRevision !== null)
       ? BigInt(object.appliedRevision)
       : 0n;
+    message.conntrack = object.conntrack?.map((e) => ConntrackStatus.fromPartial(e)) || [];
     return message;
   },
 };

@@ -45,6 +45,38 @@ export interface InterfaceCounters {
   malformedPackets: bigint;
 }
 
+/**
+ * ConntrackStatus is the state of one interface role's connection tables on a node, as read when
+ * the report was made: occupancy now and the datapath's counts since its tables were created
+ * (totals, not deltas: the controller keeps the newest report).
+ */
+export interface ConntrackStatus {
+  /** "uplink" or "workload": each role's datapath has its own tables. */
+  role: string;
+  /** Live (unexpired) entries of flows that have seen a reply, and the table's capacity. */
+  entries: bigint;
+  capacity: bigint;
+  /** Live entries of flows that have not seen a reply yet (an LRU table), and its capacity. */
+  newEntries: bigint;
+  newCapacity: bigint;
+  /** Packets passed by an entry. */
+  establishedPackets: bigint;
+  /** ICMP errors passed because they are about a tracked flow. */
+  relatedPackets: bigint;
+  /** Entries created. */
+  created: bigint;
+  /** Entries moved to the established table on their first reply. */
+  promoted: bigint;
+  /** Moves that failed because the established table was full (the entry stays in the new table). */
+  insertFailed: bigint;
+  /** Entries deleted because they idled out. */
+  expired: bigint;
+  /** Flows ended by a change that denies them (ESTABLISHED_ON_DENY_CUT). */
+  cut: bigint;
+  /** Packets passed by the control bypass (the agent's controller and NATS endpoints). */
+  controlPackets: bigint;
+}
+
 function createBaseRuleKey(): RuleKey {
   return { policy: "", priority: 0 };
 }
@@ -530,6 +562,353 @@ export const InterfaceCounters: MessageFns<InterfaceCounters> = {
       : 0n;
     message.malformedPackets = (object.malformedPackets !== undefined && object.malformedPackets !== null)
       ? BigInt(object.malformedPackets)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseConntrackStatus(): ConntrackStatus {
+  return {
+    role: "",
+    entries: 0n,
+    capacity: 0n,
+    newEntries: 0n,
+    newCapacity: 0n,
+    establishedPackets: 0n,
+    relatedPackets: 0n,
+    created: 0n,
+    promoted: 0n,
+    insertFailed: 0n,
+    expired: 0n,
+    cut: 0n,
+    controlPackets: 0n,
+  };
+}
+
+export const ConntrackStatus: MessageFns<ConntrackStatus> = {
+  encode(message: ConntrackStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.role !== "") {
+      writer.uint32(10).string(message.role);
+    }
+    if (message.entries !== 0n) {
+      if (BigInt.asUintN(64, message.entries) !== message.entries) {
+        throw new globalThis.Error("value provided for field message.entries of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.entries);
+    }
+    if (message.capacity !== 0n) {
+      if (BigInt.asUintN(64, message.capacity) !== message.capacity) {
+        throw new globalThis.Error("value provided for field message.capacity of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.capacity);
+    }
+    if (message.newEntries !== 0n) {
+      if (BigInt.asUintN(64, message.newEntries) !== message.newEntries) {
+        throw new globalThis.Error("value provided for field message.newEntries of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.newEntries);
+    }
+    if (message.newCapacity !== 0n) {
+      if (BigInt.asUintN(64, message.newCapacity) !== message.newCapacity) {
+        throw new globalThis.Error("value provided for field message.newCapacity of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.newCapacity);
+    }
+    if (message.establishedPackets !== 0n) {
+      if (BigInt.asUintN(64, message.establishedPackets) !== message.establishedPackets) {
+        throw new globalThis.Error("value provided for field message.establishedPackets of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.establishedPackets);
+    }
+    if (message.relatedPackets !== 0n) {
+      if (BigInt.asUintN(64, message.relatedPackets) !== message.relatedPackets) {
+        throw new globalThis.Error("value provided for field message.relatedPackets of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.relatedPackets);
+    }
+    if (message.created !== 0n) {
+      if (BigInt.asUintN(64, message.created) !== message.created) {
+        throw new globalThis.Error("value provided for field message.created of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.created);
+    }
+    if (message.promoted !== 0n) {
+      if (BigInt.asUintN(64, message.promoted) !== message.promoted) {
+        throw new globalThis.Error("value provided for field message.promoted of type uint64 too large");
+      }
+      writer.uint32(72).uint64(message.promoted);
+    }
+    if (message.insertFailed !== 0n) {
+      if (BigInt.asUintN(64, message.insertFailed) !== message.insertFailed) {
+        throw new globalThis.Error("value provided for field message.insertFailed of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.insertFailed);
+    }
+    if (message.expired !== 0n) {
+      if (BigInt.asUintN(64, message.expired) !== message.expired) {
+        throw new globalThis.Error("value provided for field message.expired of type uint64 too large");
+      }
+      writer.uint32(88).uint64(message.expired);
+    }
+    if (message.cut !== 0n) {
+      if (BigInt.asUintN(64, message.cut) !== message.cut) {
+        throw new globalThis.Error("value provided for field message.cut of type uint64 too large");
+      }
+      writer.uint32(96).uint64(message.cut);
+    }
+    if (message.controlPackets !== 0n) {
+      if (BigInt.asUintN(64, message.controlPackets) !== message.controlPackets) {
+        throw new globalThis.Error("value provided for field message.controlPackets of type uint64 too large");
+      }
+      writer.uint32(104).uint64(message.controlPackets);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConntrackStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConntrackStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.entries = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.capacity = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.newEntries = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.newCapacity = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.establishedPackets = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.relatedPackets = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.created = reader.uint64() as bigint;
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.promoted = reader.uint64() as bigint;
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.insertFailed = reader.uint64() as bigint;
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.expired = reader.uint64() as bigint;
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.cut = reader.uint64() as bigint;
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.controlPackets = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConntrackStatus {
+    return {
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+      entries: isSet(object.entries) ? BigInt(object.entries) : 0n,
+      capacity: isSet(object.capacity) ? BigInt(object.capacity) : 0n,
+      newEntries: isSet(object.newEntries)
+        ? BigInt(object.newEntries)
+        : isSet(object.new_entries)
+        ? BigInt(object.new_entries)
+        : 0n,
+      newCapacity: isSet(object.newCapacity)
+        ? BigInt(object.newCapacity)
+        : isSet(object.new_capacity)
+        ? BigInt(object.new_capacity)
+        : 0n,
+      establishedPackets: isSet(object.establishedPackets)
+        ? BigInt(object.establishedPackets)
+        : isSet(object.established_packets)
+        ? BigInt(object.established_packets)
+        : 0n,
+      relatedPackets: isSet(object.relatedPackets)
+        ? BigInt(object.relatedPackets)
+        : isSet(object.related_packets)
+        ? BigInt(object.related_packets)
+        : 0n,
+      created: isSet(object.created) ? BigInt(object.created) : 0n,
+      promoted: isSet(object.promoted) ? BigInt(object.promoted) : 0n,
+      insertFailed: isSet(object.insertFailed)
+        ? BigInt(object.insertFailed)
+        : isSet(object.insert_failed)
+        ? BigInt(object.insert_failed)
+        : 0n,
+      expired: isSet(object.expired) ? BigInt(object.expired) : 0n,
+      cut: isSet(object.cut) ? BigInt(object.cut) : 0n,
+      controlPackets: isSet(object.controlPackets)
+        ? BigInt(object.controlPackets)
+        : isSet(object.control_packets)
+        ? BigInt(object.control_packets)
+        : 0n,
+    };
+  },
+
+  toJSON(message: ConntrackStatus): unknown {
+    const obj: any = {};
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    if (message.entries !== 0n) {
+      obj.entries = message.entries.toString();
+    }
+    if (message.capacity !== 0n) {
+      obj.capacity = message.capacity.toString();
+    }
+    if (message.newEntries !== 0n) {
+      obj.newEntries = message.newEntries.toString();
+    }
+    if (message.newCapacity !== 0n) {
+      obj.newCapacity = message.newCapacity.toString();
+    }
+    if (message.establishedPackets !== 0n) {
+      obj.establishedPackets = message.establishedPackets.toString();
+    }
+    if (message.relatedPackets !== 0n) {
+      obj.relatedPackets = message.relatedPackets.toString();
+    }
+    if (message.created !== 0n) {
+      obj.created = message.created.toString();
+    }
+    if (message.promoted !== 0n) {
+      obj.promoted = message.promoted.toString();
+    }
+    if (message.insertFailed !== 0n) {
+      obj.insertFailed = message.insertFailed.toString();
+    }
+    if (message.expired !== 0n) {
+      obj.expired = message.expired.toString();
+    }
+    if (message.cut !== 0n) {
+      obj.cut = message.cut.toString();
+    }
+    if (message.controlPackets !== 0n) {
+      obj.controlPackets = message.controlPackets.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConntrackStatus>, I>>(base?: I): ConntrackStatus {
+    return ConntrackStatus.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConntrackStatus>, I>>(object: I): ConntrackStatus {
+    const message = createBaseConntrackStatus();
+    message.role = object.role ?? "";
+    message.entries = (object.entries !== undefined && object.entries !== null) ? BigInt(object.entries) : 0n;
+    message.capacity = (object.capacity !== undefined && object.capacity !== null) ? BigInt(object.capacity) : 0n;
+    message.newEntries = (object.newEntries !== undefined && object.newEntries !== null)
+      ? BigInt(object.newEntries)
+      : 0n;
+    message.newCapacity = (object.newCapacity !== undefined && object.newCapacity !== null)
+      ? BigInt(object.newCapacity)
+      : 0n;
+    message.establishedPackets = (object.establishedPackets !== undefined && object.establishedPackets !== null)
+      ? BigInt(object.establishedPackets)
+      : 0n;
+    message.relatedPackets = (object.relatedPackets !== undefined && object.relatedPackets !== null)
+      ? BigInt(object.relatedPackets)
+      : 0n;
+    message.created = (object.created !== undefined && object.created !== null) ? BigInt(object.created) : 0n;
+    message.promoted = (object.promoted !== undefined && object.promoted !== null) ? BigInt(object.promoted) : 0n;
+    message.insertFailed = (object.insertFailed !== undefined && object.insertFailed !== null)
+      ? BigInt(object.insertFailed)
+      : 0n;
+    message.expired = (object.expired !== undefined && object.expired !== null) ? BigInt(object.expired) : 0n;
+    message.cut = (object.cut !== undefined && object.cut !== null) ? BigInt(object.cut) : 0n;
+    message.controlPackets = (object.controlPackets !== undefined && object.controlPackets !== null)
+      ? BigInt(object.controlPackets)
       : 0n;
     return message;
   },

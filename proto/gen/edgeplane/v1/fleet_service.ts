@@ -20,7 +20,8 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { InterfaceCounters, RuleCounters } from "./counters.js";
+import { Connection, ConnectionFilter } from "./connections.js";
+import { ConntrackStatus, InterfaceCounters, RuleCounters } from "./counters.js";
 import { Node, RevisionOutcome, revisionOutcomeFromJSON, revisionOutcomeToJSON } from "./node.js";
 import { RolloutStatus } from "./rollout.js";
 
@@ -74,6 +75,26 @@ export function nodeEventTypeToJSON(object: NodeEventType): string {
   }
 }
 
+export interface ListConnectionsRequest {
+  /** The node (required). */
+  node: string;
+  filter:
+    | ConnectionFilter
+    | undefined;
+  /** Most entries to return: 0 means 1,000; at most 10,000. */
+  limit: number;
+  /** Only count the matching entries. */
+  countOnly: boolean;
+}
+
+export interface ListConnectionsResponse {
+  connections: Connection[];
+  /** Entries that matched the filter, including those past the limit. */
+  matched: bigint;
+  /** True when matched is more than the entries returned (and count_only is false). */
+  truncated: boolean;
+}
+
 export interface GetRolloutRequest {
   name: string;
 }
@@ -124,6 +145,8 @@ export interface GetNodeResponse {
   /** Counters this node reported, per rule, since the controller started counting. */
   counters: RuleCounters[];
   interfaceCounters: InterfaceCounters[];
+  /** The node's connection tables per interface role, from its newest report. */
+  conntrack: ConntrackStatus[];
 }
 
 export interface WatchNodesRequest {
@@ -184,6 +207,235 @@ export interface GetRevisionStatusResponse {
   nodesPending: number;
   nodes: NodeRevisionState[];
 }
+
+function createBaseListConnectionsRequest(): ListConnectionsRequest {
+  return { node: "", filter: undefined, limit: 0, countOnly: false };
+}
+
+export const ListConnectionsRequest: MessageFns<ListConnectionsRequest> = {
+  encode(message: ListConnectionsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== "") {
+      writer.uint32(10).string(message.node);
+    }
+    if (message.filter !== undefined) {
+      ConnectionFilter.encode(message.filter, writer.uint32(18).fork()).join();
+    }
+    if (message.limit !== 0) {
+      writer.uint32(24).uint32(message.limit);
+    }
+    if (message.countOnly !== false) {
+      writer.uint32(32).bool(message.countOnly);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListConnectionsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListConnectionsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.filter = ConnectionFilter.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.limit = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.countOnly = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListConnectionsRequest {
+    return {
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      filter: isSet(object.filter) ? ConnectionFilter.fromJSON(object.filter) : undefined,
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      countOnly: isSet(object.countOnly)
+        ? globalThis.Boolean(object.countOnly)
+        : isSet(object.count_only)
+        ? globalThis.Boolean(object.count_only)
+        : false,
+    };
+  },
+
+  toJSON(message: ListConnectionsRequest): unknown {
+    const obj: any = {};
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.filter !== undefined) {
+      obj.filter = ConnectionFilter.toJSON(message.filter);
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    if (message.countOnly !== false) {
+      obj.countOnly = message.countOnly;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListConnectionsRequest>, I>>(base?: I): ListConnectionsRequest {
+    return ListConnectionsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListConnectionsRequest>, I>>(object: I): ListConnectionsRequest {
+    const message = createBaseListConnectionsRequest();
+    message.node = object.node ?? "";
+    message.filter = (object.filter !== undefined && object.filter !== null)
+      ? ConnectionFilter.fromPartial(object.filter)
+      : undefined;
+    message.limit = object.limit ?? 0;
+    message.countOnly = object.countOnly ?? false;
+    return message;
+  },
+};
+
+function createBaseListConnectionsResponse(): ListConnectionsResponse {
+  return { connections: [], matched: 0n, truncated: false };
+}
+
+export const ListConnectionsResponse: MessageFns<ListConnectionsResponse> = {
+  encode(message: ListConnectionsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.connections) {
+      Connection.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.matched !== 0n) {
+      if (BigInt.asUintN(64, message.matched) !== message.matched) {
+        throw new globalThis.Error("value provided for field message.matched of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.matched);
+    }
+    if (message.truncated !== false) {
+      writer.uint32(24).bool(message.truncated);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListConnectionsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListConnectionsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.connections.push(Connection.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.matched = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.truncated = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListConnectionsResponse {
+    return {
+      connections: globalThis.Array.isArray(object?.connections)
+        ? object.connections.map((e: any) => Connection.fromJSON(e))
+        : [],
+      matched: isSet(object.matched) ? BigInt(object.matched) : 0n,
+      truncated: isSet(object.truncated) ? globalThis.Boolean(object.truncated) : false,
+    };
+  },
+
+  toJSON(message: ListConnectionsResponse): unknown {
+    const obj: any = {};
+    if (message.connections?.length) {
+      obj.connections = message.connections.map((e) => Connection.toJSON(e));
+    }
+    if (message.matched !== 0n) {
+      obj.matched = message.matched.toString();
+    }
+    if (message.truncated !== false) {
+      obj.truncated = message.truncated;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListConnectionsResponse>, I>>(base?: I): ListConnectionsResponse {
+    return ListConnectionsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListConnectionsResponse>, I>>(object: I): ListConnectionsResponse {
+    const message = createBaseListConnectionsResponse();
+    message.connections = object.connections?.map((e) => Connection.fromPartial(e)) || [];
+    message.matched = (object.matched !== undefined && object.matched !== null) ? BigInt(object.matched) : 0n;
+    message.truncated = object.truncated ?? false;
+    return message;
+  },
+};
 
 function createBaseGetRolloutRequest(): GetRolloutRequest {
   return { name: "" };
@@ -931,7 +1183,7 @@ export const GetNodeRequest: MessageFns<GetNodeRequest> = {
 };
 
 function createBaseGetNodeResponse(): GetNodeResponse {
-  return { node: undefined, counters: [], interfaceCounters: [] };
+  return { node: undefined, counters: [], interfaceCounters: [], conntrack: [] };
 }
 
 export const GetNodeResponse: MessageFns<GetNodeResponse> = {
@@ -944,6 +1196,9 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
     }
     for (const v of message.interfaceCounters) {
       InterfaceCounters.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.conntrack) {
+      ConntrackStatus.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -985,6 +1240,14 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
             message.interfaceCounters.push(InterfaceCounters.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.conntrack.push(ConntrackStatus.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1008,6 +1271,9 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
         : globalThis.Array.isArray(object?.interface_counters)
         ? object.interface_counters.map((e: any) => InterfaceCounters.fromJSON(e))
         : [],
+      conntrack: globalThis.Array.isArray(object?.conntrack)
+        ? object.conntrack.map((e: any) => ConntrackStatus.fromJSON(e))
+        : [],
     };
   },
 
@@ -1022,6 +1288,9 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
     if (message.interfaceCounters?.length) {
       obj.interfaceCounters = message.interfaceCounters.map((e) => InterfaceCounters.toJSON(e));
     }
+    if (message.conntrack?.length) {
+      obj.conntrack = message.conntrack.map((e) => ConntrackStatus.toJSON(e));
+    }
     return obj;
   },
 
@@ -1033,6 +1302,7 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
     message.node = (object.node !== undefined && object.node !== null) ? Node.fromPartial(object.node) : undefined;
     message.counters = object.counters?.map((e) => RuleCounters.fromPartial(e)) || [];
     message.interfaceCounters = object.interfaceCounters?.map((e) => InterfaceCounters.fromPartial(e)) || [];
+    message.conntrack = object.conntrack?.map((e) => ConntrackStatus.fromPartial(e)) || [];
     return message;
   },
 };
@@ -1989,6 +2259,22 @@ export const FleetServiceService = {
       Buffer.from(WatchRolloutResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchRolloutResponse => WatchRolloutResponse.decode(value),
   },
+  /**
+   * Lists (or counts) the entries of one node's connection tables, asked of its agent over its
+   * open AgentService stream. FAILED_PRECONDITION when the node is not connected to this
+   * controller; DEADLINE_EXCEEDED when its agent does not answer in time.
+   */
+  listConnections: {
+    path: "/edgeplane.v1.FleetService/ListConnections" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListConnectionsRequest): Buffer =>
+      Buffer.from(ListConnectionsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListConnectionsRequest => ListConnectionsRequest.decode(value),
+    responseSerialize: (value: ListConnectionsResponse): Buffer =>
+      Buffer.from(ListConnectionsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListConnectionsResponse => ListConnectionsResponse.decode(value),
+  },
 } as const;
 
 export interface FleetServiceServer extends UntypedServiceImplementation {
@@ -2008,6 +2294,12 @@ export interface FleetServiceServer extends UntypedServiceImplementation {
   listRollouts: handleUnaryCall<ListRolloutsRequest, ListRolloutsResponse>;
   /** Streams a rollout's status whenever it changes (log entries, node reports), until it ends. */
   watchRollout: handleServerStreamingCall<WatchRolloutRequest, WatchRolloutResponse>;
+  /**
+   * Lists (or counts) the entries of one node's connection tables, asked of its agent over its
+   * open AgentService stream. FAILED_PRECONDITION when the node is not connected to this
+   * controller; DEADLINE_EXCEEDED when its agent does not answer in time.
+   */
+  listConnections: handleUnaryCall<ListConnectionsRequest, ListConnectionsResponse>;
 }
 
 export interface FleetServiceClient extends Client {
@@ -2124,6 +2416,26 @@ export interface FleetServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchRolloutResponse>;
+  /**
+   * Lists (or counts) the entries of one node's connection tables, asked of its agent over its
+   * open AgentService stream. FAILED_PRECONDITION when the node is not connected to this
+   * controller; DEADLINE_EXCEEDED when its agent does not answer in time.
+   */
+  listConnections(
+    request: ListConnectionsRequest,
+    callback: (error: ServiceError | null, response: ListConnectionsResponse) => void,
+  ): ClientUnaryCall;
+  listConnections(
+    request: ListConnectionsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListConnectionsResponse) => void,
+  ): ClientUnaryCall;
+  listConnections(
+    request: ListConnectionsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListConnectionsResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const FleetServiceClient = makeGenericClientConstructor(

@@ -200,6 +200,72 @@ export interface PolicySpec {
     | undefined;
   /** Human-readable description. */
   description: string;
+  /**
+   * Connection tracking: unset means stateless (every packet is classified by the rules).
+   * README.md, "Connection tracking", gives the exact semantics.
+   */
+  connectionTracking: ConnectionTracking | undefined;
+}
+
+/**
+ * ConnectionTracking makes a policy stateful: an allowed packet of a new flow creates an entry in
+ * the node's connection table, and later packets of that flow (both directions) and ICMP errors
+ * about it pass by that entry without being classified again. bpf/CONNTRACK.md is the contract.
+ */
+export interface ConnectionTracking {
+  /**
+   * Allow rules (and an allow default action) of this policy create connection entries, and
+   * outbound flows of the node's uplinks are tracked so their replies pass.
+   */
+  stateful: boolean;
+  /** Only with stateful. */
+  establishedOnDeny: ConnectionTracking_EstablishedOnDeny;
+}
+
+/** What a change of policy does to flows admitted before it that the new rules deny. */
+export enum ConnectionTracking_EstablishedOnDeny {
+  /** ESTABLISHED_ON_DENY_UNSPECIFIED - Treated as ESTABLISHED_ON_DENY_KEEP. */
+  ESTABLISHED_ON_DENY_UNSPECIFIED = 0,
+  /**
+   * ESTABLISHED_ON_DENY_KEEP - A flow admitted before the change runs until it ends or idles out (iptables and Cilium do
+   * the same).
+   */
+  ESTABLISHED_ON_DENY_KEEP = 1,
+  /** ESTABLISHED_ON_DENY_CUT - A flow the new rules deny ends at its next packet (its entry is deleted, the packet dropped). */
+  ESTABLISHED_ON_DENY_CUT = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function connectionTracking_EstablishedOnDenyFromJSON(object: any): ConnectionTracking_EstablishedOnDeny {
+  switch (object) {
+    case 0:
+    case "ESTABLISHED_ON_DENY_UNSPECIFIED":
+      return ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_UNSPECIFIED;
+    case 1:
+    case "ESTABLISHED_ON_DENY_KEEP":
+      return ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_KEEP;
+    case 2:
+    case "ESTABLISHED_ON_DENY_CUT":
+      return ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_CUT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ConnectionTracking_EstablishedOnDeny.UNRECOGNIZED;
+  }
+}
+
+export function connectionTracking_EstablishedOnDenyToJSON(object: ConnectionTracking_EstablishedOnDeny): string {
+  switch (object) {
+    case ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_UNSPECIFIED:
+      return "ESTABLISHED_ON_DENY_UNSPECIFIED";
+    case ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_KEEP:
+      return "ESTABLISHED_ON_DENY_KEEP";
+    case ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_CUT:
+      return "ESTABLISHED_ON_DENY_CUT";
+    case ConnectionTracking_EstablishedOnDeny.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
 }
 
 /** Rule is one first-match firewall rule. */
@@ -390,6 +456,7 @@ function createBasePolicySpec(): PolicySpec {
     defaultAction: 0,
     rolloutStrategy: undefined,
     description: "",
+    connectionTracking: undefined,
   };
 }
 
@@ -412,6 +479,9 @@ export const PolicySpec: MessageFns<PolicySpec> = {
     }
     if (message.description !== "") {
       writer.uint32(50).string(message.description);
+    }
+    if (message.connectionTracking !== undefined) {
+      ConnectionTracking.encode(message.connectionTracking, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -477,6 +547,14 @@ export const PolicySpec: MessageFns<PolicySpec> = {
             message.description = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.connectionTracking = ConnectionTracking.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -513,6 +591,11 @@ export const PolicySpec: MessageFns<PolicySpec> = {
         ? RolloutStrategy.fromJSON(object.rollout_strategy)
         : undefined,
       description: isSet(object.description) ? globalThis.String(object.description) : "",
+      connectionTracking: isSet(object.connectionTracking)
+        ? ConnectionTracking.fromJSON(object.connectionTracking)
+        : isSet(object.connection_tracking)
+        ? ConnectionTracking.fromJSON(object.connection_tracking)
+        : undefined,
     };
   },
 
@@ -536,6 +619,9 @@ export const PolicySpec: MessageFns<PolicySpec> = {
     if (message.description !== "") {
       obj.description = message.description;
     }
+    if (message.connectionTracking !== undefined) {
+      obj.connectionTracking = ConnectionTracking.toJSON(message.connectionTracking);
+    }
     return obj;
   },
 
@@ -554,6 +640,98 @@ export const PolicySpec: MessageFns<PolicySpec> = {
       ? RolloutStrategy.fromPartial(object.rolloutStrategy)
       : undefined;
     message.description = object.description ?? "";
+    message.connectionTracking = (object.connectionTracking !== undefined && object.connectionTracking !== null)
+      ? ConnectionTracking.fromPartial(object.connectionTracking)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseConnectionTracking(): ConnectionTracking {
+  return { stateful: false, establishedOnDeny: 0 };
+}
+
+export const ConnectionTracking: MessageFns<ConnectionTracking> = {
+  encode(message: ConnectionTracking, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stateful !== false) {
+      writer.uint32(8).bool(message.stateful);
+    }
+    if (message.establishedOnDeny !== 0) {
+      writer.uint32(16).int32(message.establishedOnDeny);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConnectionTracking {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConnectionTracking();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.stateful = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.establishedOnDeny = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConnectionTracking {
+    return {
+      stateful: isSet(object.stateful) ? globalThis.Boolean(object.stateful) : false,
+      establishedOnDeny: isSet(object.establishedOnDeny)
+        ? connectionTracking_EstablishedOnDenyFromJSON(object.establishedOnDeny)
+        : isSet(object.established_on_deny)
+        ? connectionTracking_EstablishedOnDenyFromJSON(object.established_on_deny)
+        : 0,
+    };
+  },
+
+  toJSON(message: ConnectionTracking): unknown {
+    const obj: any = {};
+    if (message.stateful !== false) {
+      obj.stateful = message.stateful;
+    }
+    if (message.establishedOnDeny !== 0) {
+      obj.establishedOnDeny = connectionTracking_EstablishedOnDenyToJSON(message.establishedOnDeny);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConnectionTracking>, I>>(base?: I): ConnectionTracking {
+    return ConnectionTracking.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConnectionTracking>, I>>(object: I): ConnectionTracking {
+    const message = createBaseConnectionTracking();
+    message.stateful = object.stateful ?? false;
+    message.establishedOnDeny = object.establishedOnDeny ?? 0;
     return message;
   },
 };

@@ -37,6 +37,8 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[] | 'anyone'>> 
   '/edgeplane.v1.FleetService/GetRollout': READ,
   '/edgeplane.v1.FleetService/ListRollouts': READ,
   '/edgeplane.v1.FleetService/WatchRollout': READ,
+  // Reads one node's connection table through its agent: a read, like GetNode.
+  '/edgeplane.v1.FleetService/ListConnections': READ,
   '/edgeplane.v1.AgentService/Connect': NODE,
   '/edgeplane.v1.TrustService/Enroll': 'anyone',
   '/edgeplane.v1.TrustService/RenewCertificate': NODE,

@@ -146,6 +146,10 @@ export function fleetServiceHandlers(api: FleetApi, log: ErrorLogger, auth: Auth
     getRollout: unary('FleetService', 'GetRollout', edge, (req) => api.getRollout(req)),
     listRollouts: unary('FleetService', 'ListRollouts', edge, (req) => api.listRollouts(req)),
     watchRollout: serverStream('FleetService', 'WatchRollout', edge, (req, send, signal) => api.watchRollout(req, send, signal)),
+    listConnections: unary('FleetService', 'ListConnections', edge, (req, span) => {
+      span.setAttribute('edgeplane.node', req.node);
+      return api.listConnections(req);
+    }),
   };
 }
 

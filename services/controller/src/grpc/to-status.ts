@@ -4,6 +4,7 @@ import { ConflictError, EntryTooLargeError, LogUnavailableError } from '@edgepla
 import { IdleStreamError } from '../agent-sessions.js';
 import {
   CompactedError,
+  DeadlineExceededError,
   NotFoundError,
   PermissionDeniedError,
   PreconditionError,
@@ -91,7 +92,7 @@ function withDetails(code: status, message: string, details: Parameters<typeof e
 /**
  * The one place domain errors become gRPC statuses (STYLE.md): INVALID_ARGUMENT with
  * google.rpc.BadRequest field violations, NOT_FOUND, ABORTED, FAILED_PRECONDITION with an
- * ErrorInfo reason, UNAUTHENTICATED and PERMISSION_DENIED with an ErrorInfo reason, UNAVAILABLE; anything else is INTERNAL and logged. Every status fits a
+ * ErrorInfo reason, DEADLINE_EXCEEDED, UNAUTHENTICATED and PERMISSION_DENIED with an ErrorInfo reason, UNAVAILABLE; anything else is INTERNAL and logged. Every status fits a
  * default client's metadata limit: grpc-message is cut to MAX_STATUS_MESSAGE_LENGTH
  * characters, the details to MAX_LISTED_VIOLATIONS violations ("and K more") and
  * MAX_STATUS_DETAILS_BYTES bytes.
@@ -121,6 +122,7 @@ export function toStatus(err: unknown, log: ErrorLogger): Partial<ServiceError> 
     const code = err instanceof UnauthenticatedError ? status.UNAUTHENTICATED : status.PERMISSION_DENIED;
     return withDetails(code, err.message, { code, message: err.message, fieldViolations: [], errorInfo: { reason: err.reason, domain: 'edgeplane.io', metadata: {} } });
   }
+  if (err instanceof DeadlineExceededError) return { code: status.DEADLINE_EXCEEDED, details: cutForWire(cut(err.message, MAX_STATUS_MESSAGE_LENGTH), MAX_STATUS_MESSAGE_WIRE_BYTES) };
   if (err instanceof IdleStreamError) return { code: status.UNAVAILABLE, details: cutForWire(cut(err.message, MAX_STATUS_MESSAGE_LENGTH), MAX_STATUS_MESSAGE_WIRE_BYTES) };
   if (err instanceof CompactedError) return { code: status.OUT_OF_RANGE, details: cutForWire(cut(err.message, MAX_STATUS_MESSAGE_LENGTH), MAX_STATUS_MESSAGE_WIRE_BYTES) };
   if (err instanceof UnavailableError || err instanceof LogUnavailableError || err instanceof ConflictError) {

@@ -16,6 +16,7 @@ import {
 import { ChainFollower, IntentLog, type ChainFollowerStats } from '@edgeplane/intent-log';
 import type { Datapath } from '../datapath/datapath.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
+import { answerConnectionsQuery } from './connection-query.js';
 import { ControllerLink } from './controller-link.js';
 import {
   CONDITION_INTENT_STALE,
@@ -214,6 +215,8 @@ export class AgentRuntime {
         return c;
       },
       onStateChange: (up, reason) => options.log('info', up ? 'controller connected' : 'controller disconnected', { reason }),
+      onConnectionsQuery: (query) =>
+        answerConnectionsQuery({ readers: options.datapaths, origin: (role, id) => agent.ruleOrigin(role, id) }, query),
       // The controller is the authority on the node's labels: every welcome says which are bound
       // to it (an admin's change closes the node's stream, so the next welcome brings it), and
       // policies select on them from then on, without a restart.

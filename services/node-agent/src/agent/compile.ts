@@ -1,5 +1,6 @@
 import {
   Action,
+  ConnectionTracking_EstablishedOnDeny,
   InterfaceRole as ProtoRole,
   Protocol,
   RolloutState,
@@ -76,7 +77,7 @@ export function ruleId(policy: string, priority: number): number {
   return h >= EGRESS_RULE_ID ? 0 : h;
 }
 
-function toRuleSpec(rule: Rule, id: number): RuleSpec {
+function toRuleSpec(rule: Rule, id: number, stateful: boolean): RuleSpec {
   const spec: RuleSpec = {
     id,
     srcCidrs: [...rule.sourceCidrs],
@@ -88,6 +89,8 @@ function toRuleSpec(rule: Rule, id: number): RuleSpec {
   if (rule.action === Action.ACTION_RATE_LIMIT && rule.rateLimit) {
     spec.rateLimit = { pps: Number(rule.rateLimit.packetsPerSecond), burst: Number(rule.rateLimit.burst) };
   }
+  // Only allow rules create entries: a rate-limited flow stays rate-limited packet by packet.
+  if (stateful && spec.action === 'allow') spec.track = true;
   return spec;
 }
 
@@ -97,8 +100,14 @@ function appliesTo(policy: Policy, role: InterfaceRole): boolean {
   return role === 'uplink' ? r === ProtoRole.INTERFACE_ROLE_UPLINK : r === ProtoRole.INTERFACE_ROLE_WORKLOAD;
 }
 
+/** Whether a policy is stateful (bpf/CONNTRACK.md, "Policy semantics (API)"). */
+function isStateful(policy: Policy): boolean {
+  return policy.spec?.connectionTracking?.stateful === true;
+}
+
 function compileRole(policies: Policy[], role: InterfaceRole): CompiledRole {
   const mine = policies.filter((p) => appliesTo(p, role));
+  const stateful = new Set(mine.filter(isStateful).map((p) => p.metadata!.name));
   // First match wins: ascending priority, ties broken by policy name, so every node orders the
   // same rules the same way.
   const rules = mine
@@ -111,11 +120,22 @@ function compileRole(policies: Policy[], role: InterfaceRole): CompiledRole {
     // A 32-bit hash can collide; probe deterministically (same input order on every node).
     while (origins.has(id) || id >= EGRESS_RULE_ID) id = id >= EGRESS_RULE_ID ? 0 : id + 1;
     origins.set(id, { policy, priority: rule.priority, ruleName: rule.name });
-    return toRuleSpec(rule, id);
+    return toRuleSpec(rule, id, stateful.has(policy));
   });
   // The most restrictive default of the policies that have an opinion.
   const deny = mine.some((p) => p.spec!.defaultAction === Action.ACTION_DENY);
-  return { ruleSet: { rules: specs, defaultAction: deny ? 'deny' : 'allow' }, origins };
+  const ruleSet: RuleSetSpec = { rules: specs, defaultAction: deny ? 'deny' : 'allow' };
+  // Connection tracking (bpf/CONNTRACK.md, "Policy semantics (API)"): the flags are set only
+  // when true, so a stateless intent compiles to exactly the rule set it did before tracking.
+  const statefulPolicies = mine.filter(isStateful);
+  if (statefulPolicies.length > 0) {
+    ruleSet.trackEgress = true;
+    // The default tracks when it is allow and a stateful policy asked for allow; a stateful
+    // policy with no opinion (or deny, which lost to nothing here) does not make it track.
+    if (!deny && statefulPolicies.some((p) => p.spec!.defaultAction === Action.ACTION_ALLOW)) ruleSet.trackDefault = true;
+    if (statefulPolicies.some((p) => p.spec!.connectionTracking!.establishedOnDeny === ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_CUT)) ruleSet.cutOnDeny = true;
+  }
+  return { ruleSet, origins };
 }
 
 /**

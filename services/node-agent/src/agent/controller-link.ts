@@ -3,6 +3,8 @@ import {
   AgentServiceClient,
   type AgentHello,
   type ConditionReport,
+  type ConnectionsAnswer,
+  type ConnectionsQuery,
   type ConnectRequest,
   type ConnectResponse,
   type ControllerWelcome,
@@ -20,6 +22,11 @@ export interface ControllerLinkOptions {
   /** Counter deltas since the last call (undefined = nothing to send). */
   counters: () => CounterReport | undefined;
   onWelcome?: (welcome: ControllerWelcome) => void;
+  /**
+   * Answers the controller's connection-table queries; the answer goes back on the stream that
+   * asked. Unset: every query is answered with an error.
+   */
+  onConnectionsQuery?: (query: ConnectionsQuery) => ConnectionsAnswer;
   onStateChange?: (connected: boolean, reason: string) => void;
   /** Defaults until the controller's settings arrive. */
   heartbeatIntervalMs?: number;
@@ -163,6 +170,11 @@ export class ControllerLink {
         } else if (msg?.$case === 'settings') {
           this.#heartbeatMs = ms(msg.settings.heartbeatInterval) ?? this.#heartbeatMs;
           this.#counterMs = ms(msg.settings.counterInterval) ?? this.#counterMs;
+        } else if (msg?.$case === 'listConnections') {
+          const query = msg.listConnections;
+          const answer = this.#options.onConnectionsQuery?.(query) ?? { requestId: query.requestId, connections: [], matched: 0n, error: 'this agent does not answer connection queries' };
+          // Only on the stream that asked: a reconnect makes the controller's query fail, not hang.
+          if (this.#stream === stream) stream.write({ message: { $case: 'connections', connections: { ...answer, requestId: query.requestId } } });
         }
       });
       stream.on('error', (e: grpc.ServiceError) => this.#stream === stream && this.#down(`stream: ${e.message}`));

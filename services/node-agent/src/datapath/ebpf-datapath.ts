@@ -455,6 +455,11 @@ export class EbpfDatapath implements Datapath {
     }
   }
 
+  /** Capacity (max_entries) of ep_ct and ep_ct_new, for occupancy reports. */
+  get conntrackCapacity(): ConntrackOccupancy {
+    return { established: this.#maps.ep_ct.maxEntries, new: this.#maps.ep_ct_new.maxEntries };
+  }
+
   /**
    * Up to `limit` unexpired connection entries matching `filter`, ep_ct first.
    * @returns decoded entries; new objects the caller owns.
