@@ -62,6 +62,8 @@ export class ConntrackAccess {
   readonly #ctNew: BpfMap;
   readonly #stats: BpfMap;
   readonly #sweep: Program;
+  readonly #xdp: Program;
+  readonly #egress: Program;
   #closed = false;
 
   /** Options for EbpfDatapath.open() that size ep_ct to `capacity` entries. */
@@ -76,6 +78,20 @@ export class ConntrackAccess {
     this.#ctNew = BpfMap.openPinned(join(this.#pinRoot, 'ep_ct_new'));
     this.#stats = BpfMap.openPinned(join(this.#pinRoot, 'ep_ct_stats'));
     this.#sweep = Program.openPinned(join(this.#pinRoot, 'ep_ct_sweep'));
+    this.#xdp = Program.openPinned(join(this.#pinRoot, 'edge_xdp'));
+    this.#egress = Program.openPinned(join(this.#pinRoot, 'edge_tc_egress'));
+  }
+
+  /**
+   * Runs and run time so far of edge_xdp and edge_tc_egress (bpftool; counted only while the
+   * kernel.bpf_stats_enabled sysctl is 1).
+   */
+  programStats(): { xdp: { runs: number; ns: number }; egress: { runs: number; ns: number } } {
+    const one = (program: Program): { runs: number; ns: number } => {
+      const info = JSON.parse(execFileSync('bpftool', ['-j', 'prog', 'show', 'id', String(program.id)], { encoding: 'utf8' })) as { run_cnt?: number; run_time_ns?: number };
+      return { runs: info.run_cnt ?? 0, ns: info.run_time_ns ?? 0 };
+    };
+    return { xdp: one(this.#xdp), egress: one(this.#egress) };
   }
 
   /** Attaches edge_xdp (native) and edge_tc_egress to `dev` in namespace `ns`, as the agent's uplink role does. */
@@ -170,6 +186,6 @@ export class ConntrackAccess {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const held of [this.#ct, this.#ctNew, this.#stats, this.#sweep]) held.close();
+    for (const held of [this.#ct, this.#ctNew, this.#stats, this.#sweep, this.#xdp, this.#egress]) held.close();
   }
 }

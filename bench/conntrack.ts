@@ -100,15 +100,19 @@ function tearDown(): void {
 
 // netfilter's table size is global (init namespace): raised for the bench, restored after.
 const sysctls = { max: '/proc/sys/net/netfilter/nf_conntrack_max', hashsize: '/sys/module/nf_conntrack/parameters/hashsize' };
-const saved = { max: readFileSync(sysctls.max, 'utf8').trim(), hashsize: readFileSync(sysctls.hashsize, 'utf8').trim() };
+const bpfStats = '/proc/sys/kernel/bpf_stats_enabled';
+const saved = { max: readFileSync(sysctls.max, 'utf8').trim(), hashsize: readFileSync(sysctls.hashsize, 'utf8').trim(), bpfStats: readFileSync(bpfStats, 'utf8').trim() };
 function sizeNetfilter(): void {
   // Same bucket count as edgeplane's ep_ct hash (the kernel rounds max_entries up to a power of 2).
   writeFileSync(sysctls.hashsize, String(CAPACITY));
   writeFileSync(sysctls.max, String(CAPACITY));
+  // edgeplane's own run time per packet (bpf_prog_info run_time_ns), beside the CPU figures.
+  writeFileSync(bpfStats, '1');
 }
 function restoreNetfilter(): void {
   writeFileSync(sysctls.max, saved.max);
   writeFileSync(sysctls.hashsize, saved.hashsize);
+  writeFileSync(bpfStats, saved.bpfStats);
 }
 
 function buildLoad(): string {
@@ -152,8 +156,10 @@ function udpPassed(): number {
 // --- contenders ---------------------------------------------------------------------------
 
 // The policy every contender enforces: established and related pass; new TCP to TCP_PORT and new
-// UDP to UDP_PORT are admitted (and tracked); everything else is dropped.
-const edgeplaneRules = (extraPort?: number): RuleSetSpec => ({
+// UDP to UDP_PORT are admitted (and tracked); everything else is dropped. edgeplane keeps admitted
+// flows across changes (KEEP, as netfilter) except in (d), which re-checks them (cutOnDeny) after
+// every switch. `extraPort` adds a deny rule that changes the rule set without touching the load.
+const edgeplaneRules = (extraPort?: number, cutOnDeny = false): RuleSetSpec => ({
   rules: [
     { id: 1, srcCidrs: [], dstCidrs: [], protocol: 'tcp', dstPorts: [{ from: TCP_PORT, to: TCP_PORT }], action: 'allow', track: true },
     { id: 2, srcCidrs: [], dstCidrs: [], protocol: 'udp', dstPorts: [{ from: UDP_PORT, to: UDP_PORT }], action: 'allow', track: true },
@@ -161,7 +167,7 @@ const edgeplaneRules = (extraPort?: number): RuleSetSpec => ({
   ],
   defaultAction: 'deny',
   trackEgress: false,
-  cutOnDeny: true,
+  cutOnDeny,
 });
 
 const NFT_RULES = `flush ruleset
@@ -195,30 +201,38 @@ function flushNetfilter(): void {
 /** Packets the "established" rule passed (netfilter) or entries passed (edgeplane), for the record. */
 interface Installed {
   established(): number;
+  /** edgeplane: ns per run of edge_xdp and edge_tc_egress since install (kernel.bpf_stats_enabled). */
+  bpfNs(): { xdp: number; egress: number };
   remove(): void;
 }
+const noBpf = (): { xdp: number; egress: number } => ({ xdp: NaN, egress: NaN });
 
 function install(contender: Contender, ct: ConntrackAccess | undefined): Installed {
   switch (contender) {
     case 'none':
-      return { established: () => NaN, remove: () => undefined };
+      return { established: () => NaN, bpfNs: noBpf, remove: () => undefined };
     case 'edgeplane': {
       if (ct === undefined) throw new Error('edgeplane conntrack is not in this build');
       ct.attach(nsNode, nodeIf);
       const before = ct.establishedPackets();
-      return { established: () => ct.establishedPackets() - before, remove: () => ct.detach(nsNode, nodeIf) };
+      const stats = ct.programStats();
+      const bpfNs = (): { xdp: number; egress: number } => {
+        const now = ct.programStats();
+        return { xdp: (now.xdp.ns - stats.xdp.ns) / (now.xdp.runs - stats.xdp.runs), egress: (now.egress.ns - stats.egress.ns) / (now.egress.runs - stats.egress.runs) };
+      };
+      return { established: () => ct.establishedPackets() - before, bpfNs, remove: () => ct.detach(nsNode, nodeIf) };
     }
     case 'nft': {
       const file = join(work, 'nft.rules');
       writeFileSync(file, NFT_RULES);
       inNode('nft', '-f', file);
       const established = (): number => Number(/established,related counter packets (\d+)/.exec(inNode('nft', 'list', 'chain', 'inet', 'bench', 'input'))?.[1] ?? NaN);
-      return { established, remove: flushNetfilter };
+      return { established, bpfNs: noBpf, remove: flushNetfilter };
     }
     case 'iptables': {
       execFileSync('ip', ['netns', 'exec', nsNode, 'iptables-legacy-restore'], { input: IPTABLES_RULES });
       const established = (): number => Number(inNode('iptables-legacy', '-L', 'INPUT', '1', '-vnx').trim().split(/\s+/)[0] ?? NaN);
-      return { established, remove: flushNetfilter };
+      return { established, bpfNs: noBpf, remove: flushNetfilter };
     }
   }
 }
@@ -260,6 +274,8 @@ interface ChurnSample {
   perSecond: number;
   cpuUsPerConnection: number;
   perCoreSecond: number;
+  xdpNs: number;
+  egressNs: number;
 }
 let nextTuple = 0;
 
@@ -273,6 +289,7 @@ async function churnOnce(contender: Contender, load: string, ct: ConntrackAccess
     const kAfter = threadTicks((c) => c === ksoftirqd);
     const client = JSON.parse(out.trim().split('\n').pop() ?? '{}') as Record<string, number>;
     const srv = await server.stop();
+    const bpf = installed.bpfNs();
     nextTuple = client.next ?? nextTuple + 1_000_000;
     const connections = client.connections ?? 0;
     const cpuUs = (client.userUs ?? 0) + (client.sysUs ?? 0) + (srv.userUs ?? 0) + (srv.sysUs ?? 0) + ((kAfter - kBefore) * 1e6) / HZ;
@@ -283,6 +300,8 @@ async function churnOnce(contender: Contender, load: string, ct: ConntrackAccess
       perSecond: connections / churnSeconds,
       cpuUsPerConnection: cpuUs / connections,
       perCoreSecond: connections / (cpuUs / 1e6),
+      xdpNs: bpf.xdp,
+      egressNs: bpf.egress,
     };
   } finally {
     installed.remove();
@@ -329,6 +348,7 @@ interface FlowSample {
   establishedShare: number;
   nsPerPacket: number;
   perCoreSecond: number;
+  xdpNs: number;
 }
 
 async function floodOnce(contender: Contender, flows: number, mac: string, ct: ConntrackAccess | undefined): Promise<FlowSample> {
@@ -350,6 +370,7 @@ async function floodOnce(contender: Contender, flows: number, mac: string, ct: C
       establishedShare: established / passed,
       nsPerPacket: (soft * 1e9) / passed,
       perCoreSecond: passed / soft,
+      xdpNs: installed.bpfNs().xdp,
     };
   } finally {
     installed.remove();
@@ -384,7 +405,7 @@ interface SwitchResult {
 }
 
 async function switchesUnderTraffic(load: string, ct: ConntrackAccess, datapath: EbpfDatapath): Promise<SwitchResult> {
-  await datapath.apply(edgeplaneRules());
+  await datapath.apply(edgeplaneRules(undefined, true));
   ct.attach(nsNode, nodeIf);
   const server = await startInNode(load, 'server', nodeAddress, String(TCP_PORT), 'echo');
   try {
@@ -402,7 +423,7 @@ async function switchesUnderTraffic(load: string, ct: ConntrackAccess, datapath:
     const cExit = new Promise<void>((resolve) => churn.on('exit', () => resolve()));
     const started = performance.now();
     for (let i = 0; i < switches; i++) {
-      await datapath.apply(edgeplaneRules(20_000 + i));
+      await datapath.apply(edgeplaneRules(20_000 + i, true));
       if (i % 100 === 99) process.stderr.write(`(d) ${i + 1} switches\n`);
     }
     const seconds = (performance.now() - started) / 1000;
@@ -480,14 +501,25 @@ try {
           perCoreSecond: median(of.map((s) => s.perCoreSecond)),
           filterUsPerConnection: filterUs,
           filterPerCoreSecond: filterUs > 0 ? 1e6 / filterUs : NaN,
+          xdpNsPerPacket: median(of.map((s) => s.xdpNs)),
+          egressNsPerPacket: median(of.map((s) => s.egressNs)),
         };
       });
       console.log(`\n(a) new TCP connections (connect, server FIN, close; a fresh tuple each), client + server on CPU ${LOAD_CPU}, ${churnSeconds} s, medians of ${reps}`);
-      console.log(['contender', 'conn/s', 'failed', 'CPU us/conn', 'conn/core-s', 'filter us/conn', 'filter conn/core-s'].map((h) => h.padStart(18)).join(''));
+      console.log(['contender', 'conn/s', 'failed', 'CPU us/conn', 'conn/core-s', 'filter us/conn', 'filter conn/core-s', 'BPF ns xdp/egress'].map((h) => h.padStart(19)).join(''));
       for (const r of rows) {
         console.log(
-          [r.contender, fmt(r.connectionsPerSecond), String(r.failed), r.cpuUsPerConnection.toFixed(1), fmt(r.perCoreSecond), r.contender === 'none' ? '-' : r.filterUsPerConnection.toFixed(1), fmt(r.filterPerCoreSecond)]
-            .map((c) => c.padStart(18))
+          [
+            r.contender,
+            fmt(r.connectionsPerSecond),
+            String(r.failed),
+            r.cpuUsPerConnection.toFixed(1),
+            fmt(r.perCoreSecond),
+            r.contender === 'none' ? '-' : r.filterUsPerConnection.toFixed(1),
+            fmt(r.filterPerCoreSecond),
+            r.contender === 'edgeplane' ? `${fmt(r.xdpNsPerPacket)}/${fmt(r.egressNsPerPacket)}` : '-',
+          ]
+            .map((c) => c.padStart(19))
             .join(''),
         );
       }
@@ -547,13 +579,14 @@ try {
             establishedShare: median(of.map((s) => s.establishedShare)),
             nsPerPacket: median(of.map((s) => s.nsPerPacket)),
             perCoreSecond: median(of.map((s) => s.perCoreSecond)),
+            xdpNsPerPacket: median(of.map((s) => s.xdpNs)),
           };
         }),
       );
       console.log(`\n(b) one established UDP flow among N tracked flows, trafgen on CPU ${FLOOD_CPU} (softirq of that CPU), ${floodSeconds} s, medians of ${reps}`);
-      console.log(['flows', 'contender', 'passed pps', 'by entry', 'softirq ns/pkt', 'pps/core'].map((h) => h.padStart(16)).join(''));
+      console.log(['flows', 'contender', 'passed pps', 'by entry', 'softirq ns/pkt', 'pps/core', 'BPF ns/pkt'].map((h) => h.padStart(16)).join(''));
       for (const r of rows) {
-        console.log([fmt(r.flows), r.contender, fmt(r.passedPps), Number.isNaN(r.establishedShare) ? '-' : `${(r.establishedShare * 100).toFixed(0)} %`, fmt(r.nsPerPacket), fmt(r.perCoreSecond)].map((c) => c.padStart(16)).join(''));
+        console.log([fmt(r.flows), r.contender, fmt(r.passedPps), Number.isNaN(r.establishedShare) ? '-' : `${(r.establishedShare * 100).toFixed(0)} %`, fmt(r.nsPerPacket), fmt(r.perCoreSecond), r.contender === 'edgeplane' ? fmt(r.xdpNsPerPacket) : '-'].map((c) => c.padStart(16)).join(''));
       }
       report.establishedFlows = rows;
       report.fillMs = fillMs;
