@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-/* The edgeplane datapath: one classifier (include/classifier.h, which pulls in the maps, structs
- * and parsing headers) at two hooks. */
-#include "classifier.h"
+/* The edgeplane datapath: one stateful classifier (include/ep_conntrack.h in front of
+ * include/classifier.h, which pull in the maps, structs and parsing headers) at three hooks, and
+ * the connection table's sweeper. bpf/CONNTRACK.md is the contract of the connection table. */
+#include "ep_conntrack.h"
 
 #define EP_TC_ACT_OK   0
 #define EP_TC_ACT_SHOT 2
@@ -13,23 +14,75 @@ int edge_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	return ep_classify(data, data_end, data_end - data) == EP_DROP ? XDP_DROP : XDP_PASS;
+	return ep_datapath(data, data_end, data_end - data, EP_HOOK_POLICY) == EP_DROP ? XDP_DROP : XDP_PASS;
+}
+
+/* Pulls up to EP_TC_PULL_LEN bytes into the linear area. */
+static __always_inline void ep_tc_pull(struct __sk_buff *skb)
+{
+	__u32 len = skb->len;
+	__u32 want = len < EP_TC_PULL_LEN ? len : EP_TC_PULL_LEN;
+	if (skb->data_end - skb->data < want)
+		bpf_skb_pull_data(skb, want);
 }
 
 /* Workload interfaces, clsact ingress and egress (direct action). */
 SEC("tc")
 int edge_tc(struct __sk_buff *skb)
 {
-	__u32 len = skb->len;
-	__u32 want = len < EP_TC_PULL_LEN ? len : EP_TC_PULL_LEN;
-	if (skb->data_end - skb->data < want)
-		bpf_skb_pull_data(skb, want);
+	ep_tc_pull(skb);
 	/* Keep clang from reusing ctx field addresses across the pull: the verifier only accepts
 	 * ctx loads at a constant offset from the unmodified ctx pointer. */
 	asm volatile("" : "+r"(skb));
+	__u32 len = skb->len;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	return ep_classify(data, data_end, len) == EP_DROP ? EP_TC_ACT_SHOT : EP_TC_ACT_OK;
+	return ep_datapath(data, data_end, len, EP_HOOK_POLICY) == EP_DROP ? EP_TC_ACT_SHOT : EP_TC_ACT_OK;
+}
+
+/* Uplink clsact egress: connection tracking only (no egress policy on uplinks); always passes. */
+SEC("tc")
+int edge_tc_egress(struct __sk_buff *skb)
+{
+	ep_tc_pull(skb);
+	asm volatile("" : "+r"(skb));
+	__u32 len = skb->len;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	ep_datapath(data, data_end, len, EP_HOOK_EGRESS);
+	return EP_TC_ACT_OK;
+}
+
+/* ---- The sweeper: deletes expired entries (the datapath deletes only those it meets). ---- */
+
+struct ep_ct_sweep_state {
+	__u64 now;
+	__u32 budget;
+	__u32 deleted;
+};
+
+static long ep_ct_sweep_one(struct bpf_map *map, struct ep_ct_key *key, struct ep_ct_entry *e,
+			    struct ep_ct_sweep_state *s)
+{
+	if (s->deleted >= s->budget)
+		return 1;
+	if (e->expires_ns <= s->now && bpf_map_delete_elem(map, key) == 0) {
+		s->deleted++;
+		ep_ct_stat(EP_CT_STAT_EXPIRED, 0);
+	}
+	return 0;
+}
+
+/* Run by the agent with BPF_PROG_TEST_RUN, ctx = struct ep_ct_sweep_args: deletes up to
+ * args->budget expired entries of ep_ct, then of ep_ct_new. Returns how many it deleted (the
+ * budget: there may be more). */
+SEC("syscall")
+int ep_ct_sweep(struct ep_ct_sweep_args *args)
+{
+	struct ep_ct_sweep_state s = { .now = bpf_ktime_get_ns(), .budget = args->budget };
+	bpf_for_each_map_elem(&ep_ct, ep_ct_sweep_one, &s, 0);
+	bpf_for_each_map_elem(&ep_ct_new, ep_ct_sweep_one, &s, 0);
+	return s.deleted;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The edgeplane classifier, shared by the XDP (uplink) and TC (workload) programs.
+ * The edgeplane classifier, shared by the XDP (uplink) and TC (workload) programs
+ * (ep_conntrack.h calls it for packets with no connection entry, and for the cut re-check).
  * Parse (ep_parsing.h) -> three field lookups (source prefix, destination prefix,
  * protocol+port) -> sparse two-level bit-vector AND -> first matching rule -> action, counters,
  * token bucket. The maps are in ep_maps.h, the table layouts in ep_tables.h, packet-side structs
@@ -146,62 +147,54 @@ static __always_inline bool ep_rate_ok(const struct ep_rule *r, const struct ep_
 	return false;
 }
 
-static __always_inline int ep_classify(void *data, void *data_end, __u64 len)
+/* Classification of one parsed packet against generation `gen`: three LPM lookups, then the
+ * bit-vector AND in a bpf_loop. A subprogram of its own (not inlined) so that the programs can
+ * call it twice per packet (conntrack's cut re-check classifies an entry's tuple) without the
+ * verifier walking the whole classifier at each call site.
+ * Returns the ep_rules index of the first matching rule (or of the default action), or -1 if
+ * the generation holds no tables (unconfigured). Counts nothing. */
+static __noinline int ep_rule_slot(struct ep_pkt *p, __u32 gen)
 {
-	struct ep_pkt p = {};
-	int parsed = ep_parse(data, data_end, &p);
-	if (parsed == EP_PARSE_NON_IP) {
-		ep_count(&ep_stats, EP_STAT_NON_IP, len);
-		return EP_PASS;
-	}
-	if (parsed != EP_PARSE_OK) {
-		ep_count(&ep_stats, EP_STAT_MALFORMED, len);
-		return EP_DROP;
-	}
-
-	/* Read the live generation exactly once: every lookup below uses this value, so one
-	 * packet's verdict comes wholly from one rule set. */
 	__u32 zero = 0;
-	__u32 *active = bpf_map_lookup_elem(&ep_active, &zero);
-	if (!active)
-		goto unconfigured;
-	__u32 gen = *(volatile __u32 *)active & 1;
+	gen &= 1;
 	void *lpm = bpf_map_lookup_elem(&ep_lpm, &gen);
 	struct ep_match *m = bpf_map_lookup_elem(&ep_scratch, &zero);
 	if (!lpm || !m)
-		goto unconfigured;
+		return -1;
 
 	struct ep_class_ref *ref[3];
 	struct ep_lpm_key key = {};
-	key.prefixlen = 8 + (p.family == 4 ? 32 : 128);
-	key.data[0] = EP_TAG_SRC | p.family;
-	__builtin_memcpy(&key.data[1], p.src, 16);
+	__u32 family = p->family;
+	key.prefixlen = 8 + (family == 4 ? 32 : 128);
+	key.data[0] = EP_TAG_SRC | family;
+	__builtin_memcpy(&key.data[1], p->src, 16);
 	ref[0] = bpf_map_lookup_elem(lpm, &key);
-	key.data[0] = EP_TAG_DST | p.family;
-	__builtin_memcpy(&key.data[1], p.dst, 16);
+	key.data[0] = EP_TAG_DST | family;
+	__builtin_memcpy(&key.data[1], p->dst, 16);
 	ref[1] = bpf_map_lookup_elem(lpm, &key);
-	__u32 slot = ep_slot(p.proto);
+	__u32 slot = ep_slot(p->proto);
+	__u32 port = p->port;
 	__builtin_memset(&key, 0, sizeof(key));
 	key.prefixlen = 8 + 24;
 	key.data[0] = EP_TAG_L4 | slot;
-	if (p.port == EP_PORT_NONE) {
+	if (port == EP_PORT_NONE) {
 		key.data[1] = 1;
 	} else {
-		key.data[2] = p.port >> 8;
-		key.data[3] = p.port & 0xff;
+		key.data[2] = port >> 8;
+		key.data[3] = port & 0xff;
 	}
 	ref[2] = bpf_map_lookup_elem(lpm, &key);
 
 	__u32 base = gen * EP_WILD_COUNT;
-	m->wid[0] = base + (p.family == 4 ? EP_WILD_SRC4 : EP_WILD_SRC6);
-	m->wid[1] = base + (p.family == 4 ? EP_WILD_DST4 : EP_WILD_DST6);
+	m->wid[0] = base + (family == 4 ? EP_WILD_SRC4 : EP_WILD_SRC6);
+	m->wid[1] = base + (family == 4 ? EP_WILD_DST4 : EP_WILD_DST6);
 	m->wid[2] = base + EP_WILD_L4 + slot;
 	struct ep_bitvec *w0 = bpf_map_lookup_elem(&ep_wild, &m->wid[0]);
 	struct ep_bitvec *w1 = bpf_map_lookup_elem(&ep_wild, &m->wid[1]);
 	struct ep_bitvec *w2 = bpf_map_lookup_elem(&ep_wild, &m->wid[2]);
 	/* The compiler stores a tag-only entry for every field, so a lookup never misses. */
 	if (!ref[0] || !ref[1] || !ref[2] || !w0 || !w1 || !w2)
-		goto unconfigured;
+		return -1;
 
 	m->gen = gen;
 	m->block = 0;
@@ -222,26 +215,36 @@ static __always_inline int ep_classify(void *data, void *data_end, __u64 len)
 		bpf_loop(EP_WORDS, ep_match_word, NULL, 0);
 
 	__s32 rule = m->rule;
-	__u32 idx = gen * EP_RULE_SLOTS + (rule >= 0 ? (__u32)rule + 1 : 0);
+	return gen * EP_RULE_SLOTS + (rule >= 0 ? (__u32)rule + 1 : 0);
+}
+
+/* The action of rule slot `idx` (from ep_rule_slot) on a packet with no connection entry: count
+ * it under its rule, then allow, deny or rate-limit. *track is set when the rule passes the
+ * packet and carries EP_RULE_F_TRACK, *rule_id to the rule's id. */
+static __always_inline int ep_act(__u32 idx, struct ep_pkt *p, __u64 len, bool *track, __u32 *rule_id)
+{
 	struct ep_rule *r = bpf_map_lookup_elem(&ep_rules, &idx);
-	if (!r)
-		goto unconfigured;
+	if (!r) {
+		ep_count(&ep_stats, EP_STAT_UNCONFIGURED, len);
+		return EP_PASS;
+	}
 	ep_count(&ep_counters, idx, len);
-	switch (r->action) {
+	__u32 action = r->action;
+	*rule_id = r->rule_id;
+	*track = (action & EP_RULE_F_TRACK) != 0;
+	switch (action & EP_ACT_MASK) {
 	case EP_ACT_ALLOW:
 		return EP_PASS;
 	case EP_ACT_RATE_LIMIT:
-		if (ep_rate_ok(r, &p))
+		if (ep_rate_ok(r, p))
 			return EP_PASS;
 		ep_count(&ep_stats, EP_STAT_RATE_LIMITED, len);
+		*track = false;
 		return EP_DROP;
 	default:
+		*track = false;
 		return EP_DROP;
 	}
-
-unconfigured:
-	ep_count(&ep_stats, EP_STAT_UNCONFIGURED, len);
-	return EP_PASS;
 }
 
 #endif

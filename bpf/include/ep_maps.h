@@ -139,4 +139,57 @@ struct {
 	__type(value, struct ep_match);
 } ep_scratch SEC(".maps");
 
+/* ---- Connection tracking (bpf/CONNTRACK.md). Global, not per generation: entries survive
+ * switches and agent restarts. */
+
+/* Flows that have not yet seen a reply, original-direction tuple -> entry (LRU: a SYN flood
+ * churns only this table). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ep_ct_key);
+	__type(value, struct ep_ct_entry);
+} ep_ct_new SEC(".maps");
+
+/* Flows that have seen a reply (preallocated, never evicted: a full table fails new moves,
+ * never an established flow). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ep_ct_key);
+	__type(value, struct ep_ct_entry);
+} ep_ct SEC(".maps");
+
+/* [0]: timeouts (struct ep_ct_cfg), written by the agent at start. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ep_ct_cfg);
+} ep_ct_cfg SEC(".maps");
+
+/* Per generation: conntrack flags and the rule-set epoch (struct ep_gen_cfg). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EP_GENERATIONS);
+	__type(key, __u32);
+	__type(value, struct ep_gen_cfg);
+} ep_gen_cfg SEC(".maps");
+
+/* Per-CPU conntrack counters, indexed by enum ep_ct_stat. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EP_CT_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, struct ep_counter);
+} ep_ct_stats SEC(".maps");
+
+/* Control endpoints the node must always reach: packets from them bypass policy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct ep_ct_control_key);
+	__type(value, __u32);
+} ep_ct_control SEC(".maps");
+
 #endif

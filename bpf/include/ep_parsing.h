@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Frame parsing: Ethernet, up to EP_MAX_VLAN VLAN tags, IPv4 (options, fragments) or IPv6 (up
- * to EP_MAX_EXT extension headers), then the destination port of TCP/UDP. Touches no map.
+ * to EP_MAX_EXT extension headers), then the ports of TCP/UDP (the destination port for
+ * classification; the source port, TCP flags and ICMP type/echo id for conntrack only, in
+ * fields classification never reads). Touches no map.
  * (katran: pckt_parsing.h.)
  */
 #ifndef EP_PARSING_H
@@ -12,18 +14,58 @@
 #include <bpf/bpf_endian.h>
 #include "ep_structs.h"
 
+/* ICMP/ICMPv6 type -> enum ep_ct_kind (conntrack only; classification sees port none). */
+static __always_inline __u8 ep_icmp_kind(__u32 family, __u32 proto, __u8 type)
+{
+	if (family == 4 && proto == EP_IPPROTO_ICMP) {
+		if (type == 8)
+			return EP_CTK_ECHO_REQ;
+		if (type == 0)
+			return EP_CTK_ECHO_REP;
+		if (type == 3 || type == 11 || type == 12)
+			return EP_CTK_ICMP_ERR;
+	} else if (family == 6 && proto == EP_IPPROTO_ICMPV6) {
+		if (type == 128)
+			return EP_CTK_ECHO_REQ;
+		if (type == 129)
+			return EP_CTK_ECHO_REP;
+		if (type >= 1 && type <= 4)
+			return EP_CTK_ICMP_ERR;
+	}
+	return EP_CTK_NONE;
+}
+
+/* The L4 header at `off`: the destination port (what classification sees) and, for conntrack,
+ * the source port, TCP flags or ICMP type and echo id. Only a TCP/UDP header too short for its
+ * ports is malformed; a TCP header too short for its flags or an ICMP header shorter than 8
+ * bytes is classified as before and simply not tracked. */
 static __always_inline int ep_parse_l4(void *data, void *data_end, __u32 off, struct ep_pkt *p)
 {
+	__u8 *l4 = data + off;
 	if (p->proto != EP_IPPROTO_TCP && p->proto != EP_IPPROTO_UDP) {
 		p->port = EP_PORT_NONE;
+		if (off <= EP_MAX_L3_OFF && (void *)(l4 + 8) <= data_end) {
+			p->l4_off = off;
+			p->ct = ep_icmp_kind(p->family, p->proto, l4[0]);
+			p->sport = ((__u16)l4[4] << 8) | l4[5];
+			p->dport = p->sport;
+		}
 		return EP_PARSE_OK;
 	}
 	if (off > EP_MAX_L3_OFF)
 		return EP_PARSE_MALFORMED;
-	__u8 *l4 = data + off;
+	p->l4_off = off;
 	if ((void *)(l4 + 4) > data_end)
 		return EP_PARSE_MALFORMED;
 	p->port = ((__u32)l4[2] << 8) | l4[3];
+	p->sport = ((__u16)l4[0] << 8) | l4[1];
+	p->dport = p->port;
+	if (p->proto == EP_IPPROTO_UDP) {
+		p->ct = EP_CTK_FLOW;
+	} else if ((void *)(l4 + 14) <= data_end) {
+		p->tcp_flags = l4[13];
+		p->ct = EP_CTK_FLOW;
+	}
 	return EP_PARSE_OK;
 }
 
@@ -65,7 +107,7 @@ static __always_inline int ep_parse_ipv6(void *data, void *data_end, __u32 off, 
 	off += sizeof(*ip6);
 
 	for (int i = 0; i < EP_MAX_EXT; i++) {
-			if (!ep_is_ext(nh)) {
+		if (!ep_is_ext(nh)) {
 			p->proto = nh;
 			return ep_parse_l4(data, data_end, off, p);
 		}

@@ -33,12 +33,32 @@
 enum ep_verdict { EP_PASS, EP_DROP };
 enum ep_parse_result { EP_PARSE_OK, EP_PARSE_NON_IP, EP_PARSE_MALFORMED };
 
+/* What conntrack can do with a parsed packet (struct ep_pkt.ct). */
+enum ep_ct_kind {
+	EP_CTK_NONE,      /* not tracked: classified every time */
+	EP_CTK_FLOW,      /* TCP (ports and flags present), UDP (ports present) */
+	EP_CTK_ECHO_REQ,  /* ICMP echo request (8) / ICMPv6 (128): may create an entry */
+	EP_CTK_ECHO_REP,  /* ICMP echo reply (0) / ICMPv6 (129): reply direction only */
+	EP_CTK_ICMP_ERR,  /* ICMPv4 3, 11, 12; ICMPv6 1, 2, 3, 4: related to the embedded tuple */
+};
+
+#define EP_TCP_FIN 0x01
+#define EP_TCP_SYN 0x02
+#define EP_TCP_RST 0x04
+#define EP_TCP_ACK 0x10
+
 struct ep_pkt {
 	__u32 family; /* 4 or 6 */
 	__u32 proto;  /* IP protocol / IPv6 upper-layer header */
 	__u32 port;   /* destination port, or EP_PORT_NONE */
 	__u8 src[16];
 	__u8 dst[16];
+	/* Conntrack only: classification reads none of the fields below. */
+	__u16 sport;     /* TCP/UDP source port, ICMP echo identifier (host order) */
+	__u16 dport;     /* TCP/UDP destination port, ICMP echo identifier (host order) */
+	__u8 tcp_flags;  /* EP_TCP_* */
+	__u8 ct;         /* enum ep_ct_kind */
+	__u16 l4_off;    /* offset of the L4 header in the frame */
 };
 
 struct ep_vlan {

@@ -94,4 +94,86 @@ struct ep_bucket {
 	__u64 last_ns;
 };
 
+/* ---- Connection tracking (bpf/CONNTRACK.md is the contract) ---------------------------------- */
+
+#define EP_LAYOUT_VERSION 2  /* the object before conntrack is version 1 (it has no marker) */
+
+/* Rule flags live in the high bits of ep_rule.action (the layout of ep_rule is unchanged). */
+#define EP_ACT_MASK     0xff
+#define EP_RULE_F_TRACK 0x100 /* an allowed packet creates an entry */
+
+/* ep_ct_entry.rule_id of entries no rule created. */
+#define EP_CT_RULE_EGRESS  0xfffffffe /* uplink egress tracking */
+#define EP_CT_RULE_DEFAULT 0xffffffff /* the default action */
+
+/* Key of both connection tables: the ORIGINAL direction of the flow (the packet that created it). */
+struct ep_ct_key {
+	__u8 family;   /* 4 or 6 */
+	__u8 proto;    /* 6 tcp, 17 udp, 1 icmp, 58 icmpv6 */
+	__u16 pad;
+	__u16 sport;   /* host byte order; ICMP echo: the identifier */
+	__u16 dport;   /* host byte order; ICMP echo: the identifier too (so reversal works) */
+	__u8 src[16];  /* IPv4 in the first 4 bytes, rest zero */
+	__u8 dst[16];
+};                     /* 40 bytes */
+
+struct ep_ct_entry {
+	__u64 expires_ns;  /* bpf_ktime_get_ns() deadline (CLOCK_MONOTONIC) */
+	__u64 created_ns;
+	__u64 packets[2];  /* [0] original direction, [1] reply (atomic adds) */
+	__u64 bytes[2];
+	__u32 rule_id;     /* rule id that admitted it; EP_CT_RULE_EGRESS, EP_CT_RULE_DEFAULT */
+	__u32 epoch;       /* rule-set epoch it was last checked against */
+	__u8 state;        /* enum ep_ct_state */
+	__u8 flags;        /* EP_CT_F_* */
+	__u16 pad0;
+	__u32 pad1;
+};                         /* 64 bytes */
+
+enum ep_ct_state {
+	EP_CT_NONE, EP_CT_SYN_SENT, EP_CT_SYN_RECV, EP_CT_ESTABLISHED, EP_CT_FIN_WAIT,
+	EP_CT_CLOSING, EP_CT_CLOSED, EP_CT_UDP, EP_CT_ICMP,
+};
+#define EP_CT_F_SEEN_REPLY 0x01
+#define EP_CT_F_FIN_ORIG   0x02
+#define EP_CT_F_FIN_REPLY  0x04
+#define EP_CT_F_EGRESS     0x08 /* created by uplink egress tracking */
+
+enum ep_ct_timeout {
+	EP_CT_TO_TCP_SYN, EP_CT_TO_TCP_ESTABLISHED, EP_CT_TO_TCP_CLOSING, EP_CT_TO_UDP, EP_CT_TO_ICMP,
+	EP_CT_TO_COUNT,
+};
+/* ep_ct_cfg[0]; a zero timeout means the default (Cilium's: 60 s, 6 h, 10 s, 60 s, 60 s). */
+struct ep_ct_cfg {
+	__u64 timeout_ns[EP_CT_TO_COUNT];
+};
+
+/* Per generation (ep_gen_cfg[gen]), read after ep_active. */
+#define EP_GEN_F_TRACK_EGRESS 0x1 /* uplink egress creates entries for new outbound flows */
+#define EP_GEN_F_CUT          0x2 /* established flows are re-checked when the epoch changes */
+struct ep_gen_cfg {
+	__u32 flags;
+	__u32 epoch; /* increases with every apply, never 0 */
+};
+
+/* Control endpoints (ep_ct_control): packets FROM {family, proto, addr, port} always pass. */
+struct ep_ct_control_key {
+	__u8 family;
+	__u8 proto;
+	__u16 port;    /* host byte order */
+	__u8 addr[16];
+};
+
+enum ep_ct_stat {
+	EP_CT_STAT_ESTABLISHED /* packets passed by an entry */, EP_CT_STAT_RELATED, EP_CT_STAT_CREATED,
+	EP_CT_STAT_PROMOTED, EP_CT_STAT_INSERT_FAILED, EP_CT_STAT_EXPIRED, EP_CT_STAT_CUT,
+	EP_CT_STAT_CONTROL, EP_CT_STAT_COUNT,
+};
+
+/* ctx of the ep_ct_sweep program (BPF_PROG_TEST_RUN of a BPF_PROG_TYPE_SYSCALL program). */
+struct ep_ct_sweep_args {
+	__u32 budget;  /* most entries deleted by one run */
+	__u32 pad;
+};
+
 #endif

@@ -269,6 +269,46 @@ export class BpfMap implements ByteMap {
   }
 
   /**
+   * Reads the whole map with bpf_map_lookup_batch, `chunk` elements per syscall, yielding each
+   * chunk as it is read (memory stays at one chunk, whatever the map's size). Elements added or
+   * deleted meanwhile may or may not be seen; a hash is read a bucket at a time (a bucket larger
+   * than `chunk` is read with a larger buffer).
+   * @returns a generator of chunks; each chunk's keys and values are views into buffers the
+   * caller owns.
+   * @throws LibbpfError for a per-CPU map; NotSupportedError for map types without batch lookup.
+   */
+  *getBatches(chunk = 4096): Generator<{ keys: Uint8Array[]; values: Uint8Array[] }> {
+    this.#notPerCpu('getBatches');
+    if (!Number.isInteger(chunk) || chunk < 1) throw new RangeError(`map ${this.name} getBatches: chunk must be a positive integer, got ${chunk}`);
+    const cursorSize = Math.max(this.keySize, 8);
+    let cursor: Uint8Array | null = null;
+    let size = chunk;
+    for (;;) {
+      const keys = new Uint8Array(size * this.keySize);
+      const values = new Uint8Array(size * this.valueSize);
+      const out = new Uint8Array(cursorSize);
+      native.clearMessages();
+      const { ret, done } = native.lookupBatch(this.fd, cursor, out, keys, values, size);
+      if (ret < 0 && ret !== -ENOENT) {
+        // ENOSPC with nothing read: the next hash bucket holds more than `size` elements.
+        if (ret === -ENOSPC && done === 0 && size < this.maxEntries) {
+          size *= 2;
+          continue;
+        }
+        throw errnoError(`map lookup batch name=${this.name}`, ret, { details: native.takeMessages() });
+      }
+      if (done > 0) {
+        yield {
+          keys: Array.from({ length: done }, (_, i) => keys.subarray(i * this.keySize, (i + 1) * this.keySize)),
+          values: Array.from({ length: done }, (_, i) => values.subarray(i * this.valueSize, (i + 1) * this.valueSize)),
+        };
+      }
+      if (ret === -ENOENT || done === 0) return;
+      cursor = out;
+    }
+  }
+
+  /**
    * Iterates the keys with bpf_map_get_next_key. Keys added or deleted meanwhile may or may not be
    * seen; a hash map restarts from its first key if the current one is deleted.
    * @returns fresh copies of each key.

@@ -489,7 +489,11 @@ export interface TestRunResult {
   data: Uint8Array;
 }
 
-/** bpf_prog_test_run_opts() with data in/out and an optional context in. */
+/**
+ * bpf_prog_test_run_opts() with data in/out and an optional context in. Empty data and a zero
+ * dataSizeOut pass NULL buffers: BPF_PROG_TYPE_SYSCALL programs refuse any (bpf_prog_test_run_syscall
+ * in net/bpf/test_run.c).
+ */
 export function testRun(fd: number, data: Uint8Array, dataSizeOut: number, repeat: number, ctxIn: Uint8Array | undefined): TestRunResult {
   // Pointers inside a struct must stay valid for the whole call: use native memory for them.
   const dataIn = allocNative(Math.max(data.length, 1));
@@ -500,8 +504,8 @@ export function testRun(fd: number, data: Uint8Array, dataSizeOut: number, repea
     if (ctx !== undefined && ctxIn !== undefined) ctx.bytes.set(ctxIn);
     const opts = {
       sz: TestRunOpts.size,
-      data_in: dataIn.pointer,
-      data_out: dataOut.pointer,
+      data_in: data.length === 0 ? null : dataIn.pointer,
+      data_out: dataSizeOut === 0 ? null : dataOut.pointer,
       data_size_in: data.length,
       data_size_out: dataSizeOut,
       ctx_in: ctx?.pointer ?? null,

@@ -12,7 +12,11 @@ export interface TestRunOptions {
   data: Uint8Array;
   /** Runs in the kernel; the reported duration is the average over them. Default 1. */
   repeat?: number;
-  /** Room for the output packet. Default data.length + 256 (XDP may grow the packet). */
+  /**
+   * Room for the output packet. Default data.length + 256 (XDP may grow the packet). A
+   * BPF_PROG_TYPE_SYSCALL program takes no data: pass an empty `data`, `dataSizeOut: 0` and
+   * `repeat: 0`, and its input in `ctxIn`.
+   */
   dataSizeOut?: number;
   /** Input context (e.g. struct xdp_md, struct __sk_buff); default none. */
   ctxIn?: Uint8Array;

@@ -1,17 +1,45 @@
 // Public surface of the node agent's datapath.
 export { compileTables, MAX_CLASS_WORDS, rangeToPrefixes } from './datapath/compile-tables.js';
 export type { MapEntriesSpec, TablesSpec } from './datapath/compile-tables.js';
-export type { ApplyResult, Counter, CounterReader, Datapath, DatapathCounters } from './datapath/datapath.js';
+export type { ApplyResult, ConnectionReader, Counter, CounterReader, Datapath, DatapathCounters } from './datapath/datapath.js';
 export { DEFAULT_OBJECT_PATH, EbpfDatapath } from './datapath/ebpf-datapath.js';
+export {
+  CONNECTION_FLAGS,
+  CONNECTION_STATES,
+  CONNTRACK_STAT_NAMES,
+  connectionMatcher,
+  decodeConnection,
+  DEFAULT_CONNTRACK_CONFIG,
+  encodeControlEndpoints,
+  MAX_CONNTRACK_TIMEOUT_MS,
+  MAX_CONTROL_ENDPOINTS,
+  MAX_LIST_CONNECTIONS,
+  ZERO_CONNTRACK_COUNTERS,
+} from './datapath/conntrack.js';
+export type {
+  ConnectionEntry,
+  ConnectionFilter,
+  ConnectionFlag,
+  ConnectionState,
+  ConnectionTable,
+  ConntrackConfig,
+  ConntrackCounters,
+  ConntrackOccupancy,
+  ControlEndpoint,
+} from './datapath/conntrack.js';
+export { ConntrackSweeper } from './datapath/conntrack-sweeper.js';
+export type { ConntrackSweeperOptions, ConntrackSweepTarget } from './datapath/conntrack-sweeper.js';
+export { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg, tableCodecs } from './datapath/table-codecs.js';
+export { genFlags, RULE_FLAG_TRACK } from './datapath/compile-tables.js';
 export type { AttachOptions, EbpfDatapathOptions } from './datapath/ebpf-datapath.js';
 export { INTERFACE_ROLES, isInterfaceRole } from './datapath/interface-role.js';
 export type { InterfaceRole } from './datapath/interface-role.js';
-export { CapacityError, DatapathError, RollbackError, RuleSetError } from './datapath/errors.js';
+export { CapacityError, ConntrackInputError, DatapathError, RollbackError, RuleSetError } from './datapath/errors.js';
 export { buildFrame, buildNonIpFrame } from './datapath/packet.js';
 export type { ExtensionHeader, FrameSpec } from './datapath/packet.js';
 export { firstMatch, parseFrame, ReferenceClassifier, ruleMatches } from './datapath/reference-classifier.js';
 export type { CounterValue, ParsedFrame, ReferenceClassifierOptions } from './datapath/reference-classifier.js';
-export { DEFAULT_RULE_ID, MAX_RULES, validateRuleSet } from './datapath/rule-set.js';
+export { DEFAULT_RULE_ID, EGRESS_RULE_ID, MAX_RULES, validateRuleSet } from './datapath/rule-set.js';
 export type {
   Classification,
   DefaultAction,

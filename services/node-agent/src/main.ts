@@ -18,6 +18,7 @@ import { enrollNode, loadNodeCredentials, NodeIdentity } from './agent/node-iden
 import { StateFile } from './agent/state-file.js';
 import { VerifiedHead } from './agent/verified-head.js';
 import type { Datapath } from './datapath/datapath.js';
+import { ConntrackSweeper } from './datapath/conntrack-sweeper.js';
 import { EbpfDatapath } from './datapath/ebpf-datapath.js';
 import type { InterfaceRole } from './datapath/interface-role.js';
 import { MemoryDatapath } from './datapath/memory-datapath.js';
@@ -91,6 +92,9 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
         mkdirSync(join(config.pinRoot, role), { recursive: true });
         const dp = await EbpfDatapath.open({ pinRoot: join(config.pinRoot, role) });
         closers.push(() => dp.close()); // closes fds only: programs stay attached and pinned
+        // Expired connection entries of flows that simply stopped leave the table here.
+        const sweeper = new ConntrackSweeper(dp, { onError: (error) => log('warn', 'conntrack sweep', { role, error: String(error) }) });
+        closers.push(() => sweeper.close());
         opened[role] = dp;
         log('info', `${dp.adopted ? 'adopted' : 'loaded'} ${role} datapath`, { xdpProgramId: dp.xdpProgram.id, tcProgramId: dp.tcProgram.id });
       }

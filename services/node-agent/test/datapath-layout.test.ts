@@ -47,6 +47,8 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     [
       { name: 'edge_xdp', section: 'xdp', type: 'xdp' },
       { name: 'edge_tc', section: 'tc', type: 'sched_cls' },
+      { name: 'edge_tc_egress', section: 'tc', type: 'sched_cls' },
+      { name: 'ep_ct_sweep', section: 'syscall', type: 'syscall' },
     ],
   );
   const maps = Object.fromEntries([...spec.maps.values()].map(({ name, type, keySize, valueSize, maxEntries, flags, innerMap }) => [name, { type, keySize, valueSize, maxEntries, flags, inner: innerMap?.type }]));
@@ -63,6 +65,12 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_carry: { type: 'hash', keySize: 4, valueSize: sizes.counter, maxEntries: 131_074, flags: 0, inner: undefined },
     ep_barrier: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 1, flags: 0, inner: 'array' },
     ep_scratch: { type: 'percpu_array', keySize: 4, valueSize: 552, maxEntries: 1, flags: 0, inner: undefined },
+    ep_ct_new: { type: 'lru_hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 65_536, flags: 0, inner: undefined },
+    ep_ct: { type: 'hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 262_144, flags: 0, inner: undefined },
+    ep_ct_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_ct_cfg.size, maxEntries: 1, flags: 0, inner: undefined },
+    ep_gen_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_gen_cfg.size, maxEntries: 2, flags: 0, inner: undefined },
+    ep_ct_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: 8, flags: 0, inner: undefined },
+    ep_ct_control: { type: 'hash', keySize: tableCodecs.ep_ct_control_key.size, valueSize: 4, maxEntries: 64, flags: 0, inner: undefined },
   });
   t.deepEqual(spec.maps.get('ep_lpm')?.innerMap, { type: 'lpm_trie', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_cwords')?.innerMap, { type: 'hash', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: 1, flags: 0 });
@@ -78,6 +86,15 @@ test('layout - every codec field has the offset and size of the C struct member'
     });
     t.deepEqual(codec.fields, members, `struct ${name}`);
   }
+});
+
+test('layout - conntrack structs have the sizes CONNTRACK.md gives', (t) => {
+  // The contract other parts (the reference model, the API, the benchmark) are written against.
+  t.is(tableCodecs.ep_ct_key.size, 40);
+  t.is(tableCodecs.ep_ct_entry.size, 64);
+  t.is(tableCodecs.ep_ct_control_key.size, 20);
+  t.is(tableCodecs.ep_gen_cfg.size, 8);
+  t.is(tableCodecs.ep_ct_cfg.size, 40);
 });
 
 test('layout - compiled table entry sizes equal the C structs', (t) => {

@@ -12,7 +12,7 @@ import {
 } from '@edgeplane/proto';
 import type { RuleKey } from '@edgeplane/proto';
 import type { InterfaceRole } from '../datapath/interface-role.js';
-import { DEFAULT_RULE_ID, MAX_RULES, type RuleSetSpec, type RuleSpec } from '../datapath/rule-set.js';
+import { EGRESS_RULE_ID, MAX_RULES, type RuleSetSpec, type RuleSpec } from '../datapath/rule-set.js';
 
 /** Where a compiled rule came from: for counters and describe output. */
 export interface RuleOrigin extends RuleKey {
@@ -72,7 +72,8 @@ export function ruleId(policy: string, priority: number): number {
     h ^= byte;
     h = Math.imul(h, 0x01000193) >>> 0;
   }
-  return h === DEFAULT_RULE_ID ? 0 : h;
+  // The top two ids are reserved (the default action's counter, egress connection entries).
+  return h >= EGRESS_RULE_ID ? 0 : h;
 }
 
 function toRuleSpec(rule: Rule, id: number): RuleSpec {
@@ -108,7 +109,7 @@ function compileRole(policies: Policy[], role: InterfaceRole): CompiledRole {
   const specs = rules.map(({ policy, rule }) => {
     let id = ruleId(policy, rule.priority);
     // A 32-bit hash can collide; probe deterministically (same input order on every node).
-    while (origins.has(id) || id === DEFAULT_RULE_ID) id = (id + 1) >>> 0;
+    while (origins.has(id) || id >= EGRESS_RULE_ID) id = id >= EGRESS_RULE_ID ? 0 : id + 1;
     origins.set(id, { policy, priority: rule.priority, ruleName: rule.name });
     return toRuleSpec(rule, id);
   });

@@ -40,6 +40,10 @@ export const protocolSlots = { tcp: 0, udp: 1, icmp: 2, icmpv6: 3, other: 4 } as
 export const wildIndex = { src4: 0, src6: 1, dst4: 2, dst6: 3, l4: 4 } as const;
 /** ep_action values. */
 export const actionCodes = { allow: 0, deny: 1, rate_limit: 2 } as const;
+/** EP_RULE_F_TRACK: high bit of ep_rule.action; an allowed packet creates a connection entry. */
+export const RULE_FLAG_TRACK = 0x100;
+/** struct ep_gen_cfg.flags bits (EP_GEN_F_*). */
+export const genFlags = { trackEgress: 0x1, cut: 0x2 } as const;
 
 const NANO = 1_000_000_000n;
 
@@ -67,6 +71,8 @@ export interface TablesSpec {
   readonly wild: Uint8Array;
   /** ruleCount + 1 struct ep_rule (slot 0 = default action), written at ep_rules[gen * RULE_SLOTS + i]. */
   readonly rules: Uint8Array;
+  /** ep_gen_cfg.flags of the generation (genFlags: egress tracking, cut on deny). */
+  readonly genFlags: number;
   /** sha-256 of all of the above: equal fingerprints mean identical tables. */
   readonly fingerprint: Uint8Array;
 }
@@ -187,11 +193,12 @@ export function compileTables(spec: RuleSetSpec): TablesSpec {
 
   const ruleBytes = new Uint8Array((rules.length + 1) * sizes.rule);
   const ruleView = new DataView(ruleBytes.buffer);
-  ruleView.setUint32(0, actionCodes[ruleSet.defaultAction], true);
+  const trackBit = (track: boolean): number => (track ? RULE_FLAG_TRACK : 0);
+  ruleView.setUint32(0, actionCodes[ruleSet.defaultAction] | trackBit(ruleSet.trackDefault), true);
   ruleView.setUint32(4, DEFAULT_RULE_ID, true);
   for (const rule of rules) {
     const offset = (rule.index + 1) * sizes.rule;
-    ruleView.setUint32(offset, actionCodes[rule.action], true);
+    ruleView.setUint32(offset, actionCodes[rule.action] | trackBit(rule.track), true);
     ruleView.setUint32(offset + 4, rule.id, true);
     if (rule.rateLimit !== null) {
       const pps = BigInt(rule.rateLimit.pps);
@@ -205,8 +212,9 @@ export function compileTables(spec: RuleSetSpec): TablesSpec {
   const wildBytes = new Uint8Array(wild.buffer);
   const lpm: MapEntriesSpec = { keySize: sizes.lpmKey, valueSize: sizes.classRef, count: prefixes.size, keys: lpmKeys, values: lpmValues };
   const classWords: MapEntriesSpec = { keySize: sizes.wordKey, valueSize: sizes.word, count: classWordCount, keys: wordKeys, values: wordValues };
+  const flags = (ruleSet.trackEgress ? genFlags.trackEgress : 0) | (ruleSet.cutOnDeny ? genFlags.cut : 0);
   const hash = createHash('sha256');
-  for (const part of [lpmKeys, lpmValues, wordKeys, wordValues, wildBytes, ruleBytes]) {
+  for (const part of [lpmKeys, lpmValues, wordKeys, wordValues, wildBytes, ruleBytes, new Uint8Array(new Uint32Array([flags]).buffer)]) {
     hash.update(new Uint32Array([part.length]));
     hash.update(part);
   }
@@ -218,6 +226,7 @@ export function compileTables(spec: RuleSetSpec): TablesSpec {
     classWords,
     wild: wildBytes,
     rules: ruleBytes,
+    genFlags: flags,
     fingerprint: new Uint8Array(hash.digest()),
   };
 }

@@ -1,5 +1,6 @@
 // The narrow interfaces the agent's logic takes, so it can run against the eBPF datapath or an
 // in-memory one (the simulated fleet).
+import type { ConnectionEntry, ConnectionFilter, ConntrackCounters, ConntrackOccupancy, ControlEndpoint } from './conntrack.js';
 import type { RuleSetSpec } from './rule-set.js';
 
 /** Packets and bytes. */
@@ -22,6 +23,8 @@ export interface DatapathCounters {
   readonly unconfigured: Counter;
   /** Packets a rate_limit rule matched and dropped (also counted under that rule). */
   readonly rateLimited: Counter;
+  /** What connection tracking counted (bpf/CONNTRACK.md, enum ep_ct_stat). */
+  readonly conntrack: ConntrackCounters;
 }
 
 /** Reads counters. */
@@ -47,8 +50,29 @@ export interface ApplyResult {
   readonly classWords: number;
 }
 
+/** Reads the connection table. */
+export interface ConnectionReader {
+  /**
+   * Live (unexpired) entries per table.
+   * @throws DatapathError if the kernel refuses a read.
+   */
+  readConntrackOccupancy(): ConntrackOccupancy;
+  /**
+   * Up to `limit` unexpired entries matching `filter`, ep_ct first, then ep_ct_new, in table order.
+   * @returns new objects the caller owns.
+   * @throws ConntrackInputError for a bad filter or limit (1..MAX_LIST_CONNECTIONS); DatapathError.
+   */
+  listConnections(filter: ConnectionFilter, limit: number): ConnectionEntry[];
+}
+
 /** Enforces rule sets. */
-export interface Datapath extends CounterReader {
+export interface Datapath extends CounterReader, ConnectionReader {
+  /**
+   * Replaces the control endpoints: packets from them pass whatever the rule set and however
+   * full the connection table (bpf/CONNTRACK.md step 2).
+   * @throws ConntrackInputError (nothing changed); DatapathError.
+   */
+  setControlEndpoints(endpoints: readonly ControlEndpoint[]): void;
   /**
    * Makes `ruleSet` the enforced one, atomically: each packet is classified wholly by the old or
    * wholly by the new rule set. On failure the previous rule set stays in force.

@@ -25,9 +25,11 @@ import {
   type TcFilterId,
 } from 'libbpf-ts';
 import { compileTables, RULE_SLOTS, sizes, WILD_COUNT, type TablesSpec } from './compile-tables.js';
+import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type ConnectionFilter, type ConntrackConfig, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
+import { ConntrackTables } from './conntrack-tables.js';
 import { CounterTables, type CounterTotals } from './counters.js';
 import type { ApplyResult, Counter, DatapathCounters, Datapath } from './datapath.js';
-import { DatapathError } from './errors.js';
+import { ConntrackInputError, DatapathError } from './errors.js';
 import type { InterfaceRole } from './interface-role.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from './rule-set.js';
 import { epMeta, epRule } from './table-codecs.js';
@@ -36,10 +38,29 @@ import { epMeta, epRule } from './table-codecs.js';
 export const DEFAULT_OBJECT_PATH = fileURLToPath(new URL('../../../../bpf/build/edgeplane.bpf.o', import.meta.url));
 
 /** The programs and the maps the agent pins and re-adopts (ep_scratch stays private to the programs). */
-const programNames = ['edge_xdp', 'edge_tc'] as const;
-const mapNames = ['ep_lpm', 'ep_cwords', 'ep_wild', 'ep_rules', 'ep_counters', 'ep_active', 'ep_buckets', 'ep_stats', 'ep_meta', 'ep_carry', 'ep_barrier'] as const;
+const programNames = ['edge_xdp', 'edge_tc', 'edge_tc_egress', 'ep_ct_sweep'] as const;
+const mapNames = [
+  'ep_lpm',
+  'ep_cwords',
+  'ep_wild',
+  'ep_rules',
+  'ep_counters',
+  'ep_active',
+  'ep_buckets',
+  'ep_stats',
+  'ep_meta',
+  'ep_carry',
+  'ep_barrier',
+  'ep_ct',
+  'ep_ct_new',
+  'ep_ct_cfg',
+  'ep_gen_cfg',
+  'ep_ct_stats',
+  'ep_ct_control',
+] as const;
 type MapName = (typeof mapNames)[number];
-type Programs = Readonly<Record<(typeof programNames)[number], Program>>;
+type ProgramName = (typeof programNames)[number];
+type Programs = Readonly<Record<ProgramName, Program>>;
 type Maps = Readonly<Record<MapName, BpfMap>>;
 
 /** Fixed TC filter handle and priority, so a restarted agent replaces its own filters. */
@@ -54,6 +75,15 @@ export interface EbpfDatapathOptions {
   objectPath?: string;
   /** Token buckets kept (LRU); only used when the programs are loaded, not re-adopted. Default 262,144. */
   rateLimitEntries?: number;
+  /** Entries of ep_ct (flows that have seen a reply; preallocated); only used when loaded. Default 262,144. */
+  ctEntries?: number;
+  /** Entries of ep_ct_new (flows without a reply yet; LRU); only used when loaded. Default 65,536. */
+  ctNewEntries?: number;
+  /**
+   * Connection timeouts written to ep_ct_cfg. Omitted: a fresh load writes
+   * DEFAULT_CONNTRACK_CONFIG, an adopted datapath keeps what is pinned.
+   */
+  conntrack?: ConntrackConfig;
 }
 
 /** Options of EbpfDatapath.attach(). */
@@ -76,6 +106,9 @@ export class EbpfDatapath implements Datapath {
   readonly #barrierInner: BpfMap;
   readonly #meta: TypedMap<number, CodecValue<typeof epMeta>>;
   readonly #counters: CounterTables;
+  readonly #conntrack: ConntrackTables;
+  /** The epoch of the latest apply (ep_gen_cfg), never 0 once applied. */
+  #epoch: number;
   readonly #ruleIds: [number[] | undefined, number[] | undefined] = [undefined, undefined];
   #barrierPending = true;
   #closed = false;
@@ -87,6 +120,9 @@ export class EbpfDatapath implements Datapath {
     this.adopted = adopted;
     this.#meta = new TypedMap(maps.ep_meta, u32Codec, epMeta);
     this.#counters = new CounterTables(maps.ep_counters, maps.ep_stats, maps.ep_carry);
+    this.#conntrack = new ConntrackTables(maps, programs.ep_ct_sweep);
+    // The epoch survives restarts: it is the larger of the two pinned generations' epochs.
+    this.#epoch = Math.max(this.#conntrack.readGeneration(0).epoch, this.#conntrack.readGeneration(1).epoch);
     this.#barrierInner = BpfMap.create({ type: 'array', name: 'ep_barrier_in', keySize: 4, valueSize: 4, maxEntries: 1 });
   }
 
@@ -109,7 +145,10 @@ export class EbpfDatapath implements Datapath {
       try {
         const spec = await loadObjectSpec(objectPath);
         // Load before checking the object's shape, so a verifier rejection surfaces as such.
-        const mapMaxEntries: Record<string, number> = spec.maps.has('ep_buckets') ? { ep_buckets: options.rateLimitEntries ?? 262_144 } : {};
+        const mapMaxEntries: Record<string, number> = {};
+        if (spec.maps.has('ep_buckets')) mapMaxEntries.ep_buckets = options.rateLimitEntries ?? 262_144;
+        if (spec.maps.has('ep_ct')) mapMaxEntries.ep_ct = options.ctEntries ?? 262_144;
+        if (spec.maps.has('ep_ct_new')) mapMaxEntries.ep_ct_new = options.ctNewEntries ?? 65_536;
         const object = await loadObject(spec, { mapMaxEntries });
         try {
           for (const name of mapNames) object.map(name).pin(pin(name));
@@ -128,9 +167,12 @@ export class EbpfDatapath implements Datapath {
         opened.push(value);
         return value;
       };
-      const programs = { edge_xdp: open(Program.openPinned(pin('edge_xdp'))), edge_tc: open(Program.openPinned(pin('edge_tc'))) };
+      const programs = Object.fromEntries(programNames.map((name) => [name, open(Program.openPinned(pin(name)))])) as Record<ProgramName, Program>;
       const maps = Object.fromEntries(mapNames.map((name) => [name, open(BpfMap.openPinned(pin(name)))])) as Record<MapName, BpfMap>;
-      return new EbpfDatapath(pinRoot, programs, maps, adopt);
+      const datapath = new EbpfDatapath(pinRoot, programs, maps, adopt);
+      const config = options.conntrack ?? (adopt ? undefined : DEFAULT_CONNTRACK_CONFIG);
+      if (config !== undefined) datapath.#conntrack.writeConfig(config);
+      return datapath;
     } catch (cause) {
       for (const value of opened) value.close();
       throw new DatapathError(`${adopt ? 'adopt' : 'open'} pinned datapath pinRoot=${pinRoot}`, { cause });
@@ -145,6 +187,16 @@ export class EbpfDatapath implements Datapath {
   /** The TC program (workload ingress and egress). Owned by this datapath; valid until close(). */
   get tcProgram(): Program {
     return this.#programs.edge_tc;
+  }
+
+  /** The uplink clsact egress program (connection tracking only). Owned by this datapath; valid until close(). */
+  get tcEgressProgram(): Program {
+    return this.#programs.edge_tc_egress;
+  }
+
+  /** The rule-set epoch of the latest apply (0 before the first), from ep_gen_cfg. */
+  get epoch(): number {
+    return this.#epoch;
   }
 
   /** The live generation, 0 or 1. */
@@ -173,6 +225,7 @@ export class EbpfDatapath implements Datapath {
     if (activeMeta.valid && equalBytes(activeMeta.fingerprint, tables.fingerprint)) return { generation: active, mode: 'unchanged', ...summary };
     const targetMeta = this.#readMeta(target);
     if (targetMeta.valid && equalBytes(targetMeta.fingerprint, tables.fingerprint)) {
+      this.#writeGenCfg(target, tables.genFlags);
       this.#switchTo(target);
       return { generation: target, mode: 'switched', ...summary };
     }
@@ -187,20 +240,24 @@ export class EbpfDatapath implements Datapath {
     } catch (cause) {
       throw new DatapathError(`apply rules=${tables.ruleCount} generation=${target}`, { cause });
     }
+    this.#writeGenCfg(target, tables.genFlags);
     this.#switchTo(target);
     return { generation: target, mode: 'installed', ...summary };
   }
 
   /**
-   * Attaches the XDP program (uplink) or the TC program at clsact ingress and egress (workload)
-   * to interface `iface` (a name or an index, in this thread's network namespace), replacing
-   * whatever program holds that hook (for TC: our fixed handle and priority).
+   * Attaches to interface `iface` (a name or an index, in this thread's network namespace): on an
+   * uplink the XDP program and the connection-tracking program at clsact egress; on a workload
+   * interface the TC program at clsact ingress and egress. Replaces whatever program holds those
+   * hooks (for TC: our fixed handle and priority).
    * @throws DatapathError with the libbpf-ts error as cause.
    */
   attach(iface: string | number, role: InterfaceRole, options: AttachOptions = {}): void {
     const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
     try {
       if (role === 'uplink') {
+        // Egress first: by the time inbound policy runs, the node's outbound flows are tracked.
+        attachTc(this.#programs.edge_tc_egress, index, { ...egressFilter, replace: true });
         const program = this.#programs.edge_xdp;
         const current = queryXdp(index);
         if (current?.progId === program.id) return;
@@ -223,13 +280,14 @@ export class EbpfDatapath implements Datapath {
   }
 
   /**
-   * Whether our program for `role` is attached to `iface` (for TC: at ingress and egress).
+   * Whether our programs for `role` are attached to `iface` (uplink: XDP and TC egress; workload:
+   * TC ingress and egress).
    * @throws DatapathError if the interface does not exist.
    */
   isAttached(iface: string | number, role: InterfaceRole): boolean {
     const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
     try {
-      if (role === 'uplink') return queryXdp(index)?.progId === this.#programs.edge_xdp.id;
+      if (role === 'uplink') return queryXdp(index)?.progId === this.#programs.edge_xdp.id && queryTc(index, egressFilter) === this.#programs.edge_tc_egress.id;
       return tcFilters.every((filter) => queryTc(index, filter) === this.#programs.edge_tc.id);
     } catch (cause) {
       throw new DatapathError(`query ${role} iface=${iface}`, { cause });
@@ -243,20 +301,24 @@ export class EbpfDatapath implements Datapath {
    */
   detach(iface: string | number, role: InterfaceRole): boolean {
     const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
+    const detachFilter = (filter: TcFilterId): boolean => {
+      try {
+        detachTc(index, filter);
+        return true;
+      } catch (error) {
+        if (!(error instanceof NotFoundError)) throw error;
+        return false;
+      }
+    };
     try {
       if (role === 'uplink') {
-        if (queryXdp(index)?.progId !== this.#programs.edge_xdp.id) return false;
-        return detachXdp(index);
+        // Only our own egress filter: another program at our handle is not ours to remove.
+        const egress = queryTc(index, egressFilter) === this.#programs.edge_tc_egress.id && detachFilter(egressFilter);
+        if (queryXdp(index)?.progId !== this.#programs.edge_xdp.id) return egress;
+        return detachXdp(index) || egress;
       }
       let removed = false;
-      for (const filter of tcFilters) {
-        try {
-          detachTc(index, filter);
-          removed = true;
-        } catch (error) {
-          if (!(error instanceof NotFoundError)) throw error;
-        }
-      }
+      for (const filter of tcFilters) removed = detachFilter(filter) || removed;
       return removed;
     } catch (cause) {
       throw new DatapathError(`detach ${role} iface=${iface}`, { cause });
@@ -276,9 +338,81 @@ export class EbpfDatapath implements Datapath {
       this.#counters.addCarry(totals);
       const live = this.#readMeta(this.#readActive()).valid ? this.#generationRuleIds(this.#readActive()) : [];
       const rules = new Map<number, Counter>(live.map((id) => [id, totals.get(id) ?? { packets: 0, bytes: 0 }]));
-      return { rules, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats() };
+      return { rules, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats(), conntrack: this.#conntrack.readStats() };
     } catch (cause) {
       throw new DatapathError('read counters', { cause });
+    }
+  }
+
+  /** Live entries of ep_ct and ep_ct_new (batch reads of both tables). @throws DatapathError. */
+  readConntrackOccupancy(): ConntrackOccupancy {
+    try {
+      return this.#conntrack.occupancy();
+    } catch (cause) {
+      throw new DatapathError('read conntrack occupancy', { cause });
+    }
+  }
+
+  /**
+   * Up to `limit` unexpired connection entries matching `filter`, ep_ct first.
+   * @returns decoded entries; new objects the caller owns.
+   * @throws ConntrackInputError for a bad filter or limit; DatapathError.
+   */
+  listConnections(filter: ConnectionFilter, limit: number): ConnectionEntry[] {
+    const match = connectionMatcher(filter, limit);
+    try {
+      return this.#conntrack.list(match, limit);
+    } catch (cause) {
+      throw new DatapathError('list connections', { cause });
+    }
+  }
+
+  /**
+   * Replaces the control endpoints (ep_ct_control): packets from them always pass.
+   * @throws ConntrackInputError (nothing changed); DatapathError.
+   */
+  setControlEndpoints(endpoints: readonly ControlEndpoint[]): void {
+    try {
+      this.#conntrack.setControlEndpoints(endpoints);
+    } catch (cause) {
+      if (cause instanceof ConntrackInputError) throw cause;
+      throw new DatapathError('set control endpoints', { cause });
+    }
+  }
+
+  /** The connection timeouts in force (ep_ct_cfg; zero slots read as the defaults). @throws DatapathError. */
+  get conntrackConfig(): ConntrackConfig {
+    try {
+      return this.#conntrack.readConfig();
+    } catch (cause) {
+      throw new DatapathError('read conntrack config', { cause });
+    }
+  }
+
+  /**
+   * Writes the connection timeouts (ep_ct_cfg); they apply to each entry at its next packet.
+   * @throws ConntrackInputError (nothing written); DatapathError.
+   */
+  setConntrackConfig(config: ConntrackConfig): void {
+    try {
+      this.#conntrack.writeConfig(config);
+    } catch (cause) {
+      if (cause instanceof ConntrackInputError) throw cause;
+      throw new DatapathError('write conntrack config', { cause });
+    }
+  }
+
+  /**
+   * Deletes up to `budget` expired connection entries (ep_ct, then ep_ct_new) with one run of
+   * the ep_ct_sweep program in the kernel. ConntrackSweeper paces it.
+   * @returns how many were deleted; `budget` means there may be more.
+   * @throws DatapathError.
+   */
+  sweepConntrack(budget: number): number {
+    try {
+      return this.#conntrack.sweep(budget);
+    } catch (cause) {
+      throw new DatapathError(`sweep conntrack budget=${budget}`, { cause });
     }
   }
 
@@ -309,6 +443,18 @@ export class EbpfDatapath implements Datapath {
     } catch (cause) {
       throw new DatapathError(`unpin pinRoot=${this.#pinRoot}`, { cause });
     }
+  }
+
+  // The target generation's conntrack flags and a new epoch (never 0), written before the switch
+  // so that a packet that reads the new generation sees its epoch.
+  #writeGenCfg(generation: number, flags: number): void {
+    const epoch = this.#epoch >= 0xffff_ffff ? 1 : this.#epoch + 1;
+    try {
+      this.#conntrack.writeGeneration(generation, flags, epoch);
+    } catch (cause) {
+      throw new DatapathError(`write generation config generation=${generation}`, { cause });
+    }
+    this.#epoch = epoch;
   }
 
   // The one write that switches rule sets. The next install must first wait for packets that
@@ -379,6 +525,7 @@ export class EbpfDatapath implements Datapath {
   }
 }
 
+const egressFilter: TcFilterId = { direction: 'egress', handle: TC_HANDLE, priority: TC_PRIORITY };
 const tcFilters: readonly TcFilterId[] = [
   { direction: 'ingress', handle: TC_HANDLE, priority: TC_PRIORITY },
   { direction: 'egress', handle: TC_HANDLE, priority: TC_PRIORITY },

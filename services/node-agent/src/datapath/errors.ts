@@ -53,3 +53,15 @@ export class RollbackError extends Error {
     this.roles = roles;
   }
 }
+
+/** Bad input to a connection-table operation (timeouts, control endpoints, a list filter); nothing was changed. */
+export class ConntrackInputError extends Error {
+  /** Path of the offending field, e.g. `endpoints[2].port`. */
+  readonly field: string;
+
+  constructor(field: string, message: string) {
+    super(`${field}: ${message}`);
+    this.name = 'ConntrackInputError';
+    this.field = field;
+  }
+}

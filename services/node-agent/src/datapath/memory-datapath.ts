@@ -1,3 +1,4 @@
+import { connectionMatcher, encodeControlEndpoints, ZERO_CONNTRACK_COUNTERS, type ConnectionEntry, type ConnectionFilter, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import type { ApplyResult, Counter, Datapath, DatapathCounters } from './datapath.js';
 import { ReferenceClassifier } from './reference-classifier.js';
 import { DEFAULT_RULE_ID, validateRuleSet, type Classification, type RuleSetSpec } from './rule-set.js';
@@ -7,7 +8,9 @@ const ZERO: Counter = { packets: 0, bytes: 0 };
 /**
  * A datapath in memory, with the eBPF datapath's semantics (the reference classifier), for
  * simulated fleets: many agents in one process, no kernel. Frames reach it only through
- * {@link MemoryDatapath.classify}. Holds no resources; close() only marks it closed.
+ * {@link MemoryDatapath.classify}. It has no connection table: classify() is stateless, the
+ * conntrack counters stay zero and listConnections() returns nothing (the control endpoints are
+ * validated and kept, for inspection). Holds no resources; close() only marks it closed.
  */
 export class MemoryDatapath implements Datapath {
   #classifier: ReferenceClassifier | undefined;
@@ -16,6 +19,7 @@ export class MemoryDatapath implements Datapath {
   #generation = 0;
   #closed = false;
   #fault: ((ruleSet: RuleSetSpec) => Error | undefined) | undefined;
+  #controlEndpoints: readonly ControlEndpoint[] = [];
 
   /**
    * Fault injection for tests: before every apply `fault` is asked, and an error it returns is
@@ -64,7 +68,30 @@ export class MemoryDatapath implements Datapath {
       malformed: { ...(stats?.malformed ?? ZERO) },
       unconfigured: ZERO,
       rateLimited: { ...(stats?.rateLimited ?? ZERO) },
+      conntrack: ZERO_CONNTRACK_COUNTERS,
     };
+  }
+
+  /** Always empty: the memory datapath tracks no connections. */
+  readConntrackOccupancy(): ConntrackOccupancy {
+    return { established: 0, new: 0 };
+  }
+
+  /** Validates `filter` and `limit` as the eBPF datapath does. @returns []. @throws ConntrackInputError. */
+  listConnections(filter: ConnectionFilter, limit: number): ConnectionEntry[] {
+    connectionMatcher(filter, limit);
+    return [];
+  }
+
+  /** Validates and keeps the endpoints (see controlEndpoints). @throws ConntrackInputError (nothing changed). */
+  setControlEndpoints(endpoints: readonly ControlEndpoint[]): void {
+    encodeControlEndpoints(endpoints);
+    this.#controlEndpoints = endpoints.map((endpoint) => ({ ...endpoint }));
+  }
+
+  /** The endpoints of the last setControlEndpoints() (copies). */
+  get controlEndpoints(): readonly ControlEndpoint[] {
+    return this.#controlEndpoints.map((endpoint) => ({ ...endpoint }));
   }
 
   close(): void {

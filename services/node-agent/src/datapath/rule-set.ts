@@ -10,6 +10,8 @@ export const MAX_RULES = 65_536;
 export const MAX_RATE = 1_000_000_000;
 /** Rule ids are u32; this one is reserved for the default action's counter. */
 export const DEFAULT_RULE_ID = 0xffff_ffff;
+/** Reserved too: the rule id of connection entries uplink egress tracking created (EP_CT_RULE_EGRESS). */
+export const EGRESS_RULE_ID = 0xffff_fffe;
 
 /** Protocols a rule can name. `icmp` and `icmpv6` match IP protocol 1 and 58 in either family. */
 export type RuleProtocol = 'any' | 'tcp' | 'udp' | 'icmp' | 'icmpv6';
@@ -38,12 +40,24 @@ export interface RuleSpec {
   action: RuleAction;
   /** Required with `rate_limit`: a token bucket per source address, `burst` deep, refilled at `pps`. */
   rateLimit?: { pps: number; burst: number };
+  /**
+   * Stateful: a packet this rule passes with no connection entry creates one, so the flow's
+   * replies and later packets pass without classification (bpf/CONNTRACK.md). No effect on a
+   * deny rule. Default false.
+   */
+  track?: boolean;
 }
 
 /** An ordered rule set: index 0 has the highest priority, the first match wins. */
 export interface RuleSetSpec {
   rules: RuleSpec[];
   defaultAction: DefaultAction;
+  /** A packet the default action passes creates a connection entry (as a rule's `track`). Default false. */
+  trackDefault?: boolean;
+  /** Uplink egress creates entries for new outbound flows (EP_GEN_F_TRACK_EGRESS). Default false. */
+  trackEgress?: boolean;
+  /** Established flows are re-checked against this rule set and cut if it denies them (EP_GEN_F_CUT). Default false (keep). */
+  cutOnDeny?: boolean;
 }
 
 /** A rule after validation: prefixes parsed, "any" spelled as null. */
@@ -57,12 +71,16 @@ export interface NormalizedRule {
   readonly ports: readonly PortRange[] | null;
   readonly action: RuleAction;
   readonly rateLimit: { readonly pps: number; readonly burst: number } | null;
+  readonly track: boolean;
 }
 
 /** A validated rule set. */
 export interface NormalizedRuleSet {
   readonly rules: readonly NormalizedRule[];
   readonly defaultAction: DefaultAction;
+  readonly trackDefault: boolean;
+  readonly trackEgress: boolean;
+  readonly cutOnDeny: boolean;
 }
 
 /** The L3/L4 fields the classifier looks at, as parsed from a frame. */
@@ -106,8 +124,8 @@ export function validateRuleSet(spec: RuleSetSpec): NormalizedRuleSet {
   const ids = new Set<number>();
   const rules = spec.rules.map((rule, index): NormalizedRule => {
     const at = `rules[${index}]`;
-    if (!Number.isInteger(rule.id) || rule.id < 0 || rule.id >= DEFAULT_RULE_ID) {
-      throw new RuleSetError(`${at}.id`, `must be an integer in 0..${DEFAULT_RULE_ID - 1}, got ${rule.id}`);
+    if (!Number.isInteger(rule.id) || rule.id < 0 || rule.id >= EGRESS_RULE_ID) {
+      throw new RuleSetError(`${at}.id`, `must be an integer in 0..${EGRESS_RULE_ID - 1}, got ${rule.id}`);
     }
     if (ids.has(rule.id)) throw new RuleSetError(`${at}.id`, `duplicate rule id ${rule.id}`);
     ids.add(rule.id);
@@ -146,7 +164,20 @@ export function validateRuleSet(spec: RuleSetSpec): NormalizedRuleSet {
       }
       rateLimit = { pps: rate.pps, burst: rate.burst };
     }
-    return { index, id: rule.id, src: cidrs(rule.srcCidrs, 'srcCidrs'), dst: cidrs(rule.dstCidrs, 'dstCidrs'), protocol, ports, action: rule.action, rateLimit };
+    const track = flag(rule.track, `${at}.track`);
+    return { index, id: rule.id, src: cidrs(rule.srcCidrs, 'srcCidrs'), dst: cidrs(rule.dstCidrs, 'dstCidrs'), protocol, ports, action: rule.action, rateLimit, track };
   });
-  return { rules, defaultAction: spec.defaultAction };
+  return {
+    rules,
+    defaultAction: spec.defaultAction,
+    trackDefault: flag(spec.trackDefault, 'trackDefault'),
+    trackEgress: flag(spec.trackEgress, 'trackEgress'),
+    cutOnDeny: flag(spec.cutOnDeny, 'cutOnDeny'),
+  };
+}
+
+function flag(value: unknown, field: string): boolean {
+  if (value === undefined) return false;
+  if (typeof value !== 'boolean') throw new RuleSetError(field, `must be a boolean, got ${JSON.stringify(value)}`);
+  return value;
 }

@@ -3,7 +3,7 @@
 // and size against the BTF clang wrote into bpf/build/edgeplane.bpf.o, so the C header and this
 // file cannot drift apart unnoticed. (compile-tables.ts writes whole tables as packed arrays
 // for speed; the same test checks its entry sizes against the object.)
-import { bytes, struct, u32, u64 } from 'libbpf-ts';
+import { array, bytes, struct, u16, u32, u64, u8 } from 'libbpf-ts';
 
 /** `struct ep_meta`: agent-only bookkeeping of one generation (the programs never read it). */
 export const epMeta = struct({
@@ -21,5 +21,47 @@ export const epCounter = struct({ packets: u64, bytes: u64 });
 /** `struct ep_rule`: only rule_id is read back (to recover a generation's rule ids). */
 export const epRule = struct({ action: u32, ruleId: u32, pps: u64, burstNt: u64, fillNs: u64 });
 
+/**
+ * `struct ep_ct_key`: a connection's original-direction tuple, key of ep_ct and ep_ct_new. Ports
+ * in host byte order (an ICMP echo's identifier in both); IPv4 addresses in the first 4 bytes.
+ */
+export const epCtKey = struct({ family: u8, proto: u8, pad: u16, sport: u16, dport: u16, src: bytes(16), dst: bytes(16) });
+
+/** `struct ep_ct_entry`: one connection (bpf/CONNTRACK.md); index 0 of packets/bytes is the original direction. */
+export const epCtEntry = struct({
+  expiresNs: u64,
+  createdNs: u64,
+  packets: array(u64, 2),
+  bytes: array(u64, 2),
+  ruleId: u32,
+  epoch: u32,
+  state: u8,
+  flags: u8,
+  pad0: u16,
+  pad1: u32,
+});
+
+/** `struct ep_ct_cfg`: the timeouts in nanoseconds, indexed by enum ep_ct_timeout (0 = the default). */
+export const epCtCfg = struct({ timeoutNs: array(u64, 5) });
+
+/** `struct ep_gen_cfg`: per generation, EP_GEN_F_* flags and the rule-set epoch. */
+export const epGenCfg = struct({ flags: u32, epoch: u32 });
+
+/** `struct ep_ct_control_key`: a control endpoint whose packets bypass policy (port in host order). */
+export const epCtControlKey = struct({ family: u8, proto: u8, port: u16, addr: bytes(16) });
+
+/** `struct ep_ct_sweep_args`: the ctx of the ep_ct_sweep program. */
+export const epCtSweepArgs = struct({ budget: u32, pad: u32 });
+
 /** Every codec above by its C struct name: what the layout test compares with the object's BTF. */
-export const tableCodecs = { ep_meta: epMeta, ep_counter: epCounter, ep_rule: epRule } as const;
+export const tableCodecs = {
+  ep_meta: epMeta,
+  ep_counter: epCounter,
+  ep_rule: epRule,
+  ep_ct_key: epCtKey,
+  ep_ct_entry: epCtEntry,
+  ep_ct_cfg: epCtCfg,
+  ep_gen_cfg: epGenCfg,
+  ep_ct_control_key: epCtControlKey,
+  ep_ct_sweep_args: epCtSweepArgs,
+} as const;

@@ -1,0 +1,401 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Connection tracking: bpf/CONNTRACK.md is the contract this file follows step by step (control
+ * bypass, lookup, ICMP errors, entry found, no entry) and its TCP state machine. Tables and
+ * constants are in ep_tables.h, the maps in ep_maps.h; classification (classifier.h) runs only
+ * for packets with no entry, and again for the cut re-check.
+ *
+ * Entries are updated in place without locks (as Cilium's): two CPUs updating one flow at once
+ * may lose a state transition or a deadline refresh, never a packet; packet and byte counts are
+ * atomic adds.
+ */
+#ifndef EP_CONNTRACK_H
+#define EP_CONNTRACK_H
+
+#include "classifier.h"
+
+/* Where a packet is met: a policy hook (uplink XDP, workload TC) or uplink egress (track only). */
+enum ep_hook { EP_HOOK_POLICY, EP_HOOK_EGRESS };
+
+#define EP_CT_DIR_ORIG  0
+#define EP_CT_DIR_REPLY 1
+#define EP_EEXIST       17
+
+#define EP_SEC 1000000000ULL
+
+static __always_inline void ep_ct_stat(__u32 which, __u64 len)
+{
+	ep_count(&ep_ct_stats, which, len);
+}
+
+/* Timeout `which` (enum ep_ct_timeout) from ep_ct_cfg, or the default when it is 0. */
+static __always_inline __u64 ep_ct_timeout(__u32 which)
+{
+	__u32 zero = 0;
+	struct ep_ct_cfg *cfg = bpf_map_lookup_elem(&ep_ct_cfg, &zero);
+	if (cfg && which < EP_CT_TO_COUNT) {
+		__u64 v = cfg->timeout_ns[which];
+		if (v)
+			return v;
+	}
+	switch (which) {
+	case EP_CT_TO_TCP_ESTABLISHED: return 6 * 3600 * EP_SEC;
+	case EP_CT_TO_TCP_CLOSING: return 10 * EP_SEC;
+	default: return 60 * EP_SEC; /* TCP SYN, UDP, ICMP echo */
+	}
+}
+
+/* The original-direction key of packet `p`. */
+static __always_inline void ep_ct_key_of(struct ep_ct_key *k, const struct ep_pkt *p)
+{
+	k->family = p->family;
+	k->proto = p->proto;
+	k->pad = 0;
+	k->sport = p->sport;
+	k->dport = p->dport;
+	__builtin_memcpy(k->src, p->src, 16);
+	__builtin_memcpy(k->dst, p->dst, 16);
+}
+
+/* `r` = `k` seen from the other end. */
+static __always_inline void ep_ct_reverse(struct ep_ct_key *r, const struct ep_ct_key *k)
+{
+	r->family = k->family;
+	r->proto = k->proto;
+	r->pad = 0;
+	r->sport = k->dport;
+	r->dport = k->sport;
+	__builtin_memcpy(r->src, k->dst, 16);
+	__builtin_memcpy(r->dst, k->src, 16);
+}
+
+/* The live entry of `k` in `map`, or NULL. An expired entry is deleted and counted EXPIRED, and
+ * the lookup goes on as if it were absent (CONNTRACK.md step 3). */
+static __always_inline struct ep_ct_entry *ep_ct_get(void *map, struct ep_ct_key *k, __u64 now)
+{
+	struct ep_ct_entry *e = bpf_map_lookup_elem(map, k);
+	if (e && e->expires_ns <= now) {
+		if (bpf_map_delete_elem(map, k) == 0)
+			ep_ct_stat(EP_CT_STAT_EXPIRED, 0);
+		return NULL;
+	}
+	return e;
+}
+
+/* The TCP state machine of CONNTRACK.md for a packet of direction `dir` on entry `e`. The rows
+ * are tried in the table's order; the first that fits applies. */
+static __always_inline void ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp, __u64 now)
+{
+	__u8 st = e->state;
+	__u8 f = e->flags;
+	bool syn = tcp & EP_TCP_SYN, ack = tcp & EP_TCP_ACK, fin = tcp & EP_TCP_FIN;
+	__u32 to = EP_CT_TO_TCP_CLOSING;
+	bool refresh = true;
+
+	if (tcp & EP_TCP_RST) {
+		st = EP_CT_CLOSED;
+	} else if (st == EP_CT_SYN_SENT && dir == EP_CT_DIR_ORIG && syn && !ack) {
+		to = EP_CT_TO_TCP_SYN;
+	} else if (st == EP_CT_SYN_SENT && dir == EP_CT_DIR_REPLY && syn && ack) {
+		st = EP_CT_SYN_RECV;
+		to = EP_CT_TO_TCP_SYN;
+	} else if (st == EP_CT_SYN_RECV && dir == EP_CT_DIR_ORIG && ack && !syn) {
+		st = EP_CT_ESTABLISHED;
+		to = EP_CT_TO_TCP_ESTABLISHED;
+	} else if ((st == EP_CT_CLOSED || st == EP_CT_CLOSING) && dir == EP_CT_DIR_ORIG && syn && !ack) {
+		/* Port reuse: a new connection on the tuple of a closed one. */
+		st = EP_CT_SYN_SENT;
+		f &= EP_CT_F_EGRESS;
+		to = EP_CT_TO_TCP_SYN;
+	} else if ((st == EP_CT_ESTABLISHED || st == EP_CT_SYN_SENT || st == EP_CT_SYN_RECV || st == EP_CT_FIN_WAIT) && fin) {
+		f |= dir == EP_CT_DIR_ORIG ? EP_CT_F_FIN_ORIG : EP_CT_F_FIN_REPLY;
+		if ((f & (EP_CT_F_FIN_ORIG | EP_CT_F_FIN_REPLY)) == (EP_CT_F_FIN_ORIG | EP_CT_F_FIN_REPLY)) {
+			st = EP_CT_CLOSING;
+			to = EP_CT_TO_TCP_CLOSING;
+		} else {
+			st = EP_CT_FIN_WAIT;
+			to = EP_CT_TO_TCP_ESTABLISHED;
+		}
+	} else if (st == EP_CT_SYN_SENT || st == EP_CT_SYN_RECV) {
+		to = EP_CT_TO_TCP_SYN;
+	} else if (st == EP_CT_ESTABLISHED || st == EP_CT_FIN_WAIT) {
+		to = EP_CT_TO_TCP_ESTABLISHED;
+	} else {
+		/* CLOSING, CLOSED: never extend a closing deadline. */
+		refresh = false;
+	}
+	if (dir == EP_CT_DIR_REPLY)
+		f |= EP_CT_F_SEEN_REPLY;
+	e->state = st;
+	e->flags = f;
+	if (refresh)
+		e->expires_ns = now + ep_ct_timeout(to);
+}
+
+/* Creates the entry of a packet with no entry, in ep_ct_new, this packet as the original
+ * direction (CONNTRACK.md step 6 and the creation rules of the state machine). A TCP RST and
+ * anything but TCP, UDP and an ICMP echo request create nothing. */
+static __always_inline void ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k, __u32 rule_id,
+					 __u8 flags, __u32 epoch, __u64 now, __u64 len)
+{
+	struct ep_ct_entry e = {};
+	__u32 to;
+	if (p->ct == EP_CTK_ECHO_REQ) {
+		e.state = EP_CT_ICMP;
+		to = EP_CT_TO_ICMP;
+	} else if (p->ct != EP_CTK_FLOW) {
+		return;
+	} else if (p->proto == EP_IPPROTO_UDP) {
+		e.state = EP_CT_UDP;
+		to = EP_CT_TO_UDP;
+	} else {
+		__u8 tcp = p->tcp_flags;
+		if (tcp & EP_TCP_RST)
+			return;
+		if ((tcp & (EP_TCP_SYN | EP_TCP_ACK)) == EP_TCP_SYN) {
+			e.state = EP_CT_SYN_SENT;
+			to = EP_CT_TO_TCP_SYN;
+		} else if (tcp & EP_TCP_FIN) {
+			/* Loose pickup, then the FIN rule applies to this packet too. */
+			e.state = EP_CT_FIN_WAIT;
+			flags |= EP_CT_F_FIN_ORIG;
+			to = EP_CT_TO_TCP_ESTABLISHED;
+		} else {
+			e.state = EP_CT_ESTABLISHED;
+			to = EP_CT_TO_TCP_ESTABLISHED;
+		}
+	}
+	e.created_ns = now;
+	e.expires_ns = now + ep_ct_timeout(to);
+	e.packets[0] = 1;
+	e.bytes[0] = len;
+	e.rule_id = rule_id;
+	e.epoch = epoch;
+	e.flags = flags;
+	if (bpf_map_update_elem(&ep_ct_new, k, &e, BPF_ANY) == 0)
+		ep_ct_stat(EP_CT_STAT_CREATED, len);
+	else
+		ep_ct_stat(EP_CT_STAT_INSERT_FAILED, len);
+}
+
+/* The cut re-check (CONNTRACK.md step 5): classifies the entry's tuple against generation `gen`.
+ * An entry a rule created re-classifies its original tuple and is cut by any drop verdict
+ * (a deny rule or a default deny); an egress entry re-classifies the reply-direction tuple and
+ * is cut only by an explicit deny rule. A rate_limit verdict never cuts. Returns 1 to cut. */
+static __noinline int ep_ct_recheck(struct ep_ct_key *k, __u32 egress_entry, __u32 gen)
+{
+	struct ep_pkt q = {};
+	q.family = k->family;
+	q.proto = k->proto;
+	if (egress_entry) {
+		__builtin_memcpy(q.src, k->dst, 16);
+		__builtin_memcpy(q.dst, k->src, 16);
+		q.port = k->sport;
+	} else {
+		__builtin_memcpy(q.src, k->src, 16);
+		__builtin_memcpy(q.dst, k->dst, 16);
+		q.port = k->dport;
+	}
+	if (q.proto != EP_IPPROTO_TCP && q.proto != EP_IPPROTO_UDP)
+		q.port = EP_PORT_NONE;
+	int slot = ep_rule_slot(&q, gen);
+	if (slot < 0)
+		return 0;
+	__u32 idx = slot;
+	struct ep_rule *r = bpf_map_lookup_elem(&ep_rules, &idx);
+	if (!r || (r->action & EP_ACT_MASK) != EP_ACT_DENY)
+		return 0;
+	if (egress_entry && idx == (gen & 1) * EP_RULE_SLOTS)
+		return 0; /* the default action */
+	return 1;
+}
+
+/* The first reply packet of an entry in ep_ct_new moves it to ep_ct. A full ep_ct fails the
+ * move (INSERT_FAILED) and the entry stays where it is; it tries again at its next reply. */
+static __always_inline void ep_ct_promote(struct ep_ct_key *orig, struct ep_ct_entry *e)
+{
+	long err = bpf_map_update_elem(&ep_ct, orig, e, BPF_NOEXIST);
+	if (err == 0 || err == -EP_EEXIST) {
+		/* EEXIST: another CPU moved it first. */
+		bpf_map_delete_elem(&ep_ct_new, orig);
+		if (err == 0)
+			ep_ct_stat(EP_CT_STAT_PROMOTED, 0);
+		return;
+	}
+	ep_ct_stat(EP_CT_STAT_INSERT_FAILED, 0);
+}
+
+/* Is the ICMP error in `p` about a tracked flow? Reads the embedded IP header and the 8 bytes
+ * after it (ports, or an echo's identifier) and looks the inner tuple and its reverse up in
+ * both tables, changing no state (CONNTRACK.md step 4). An IPv6 inner header followed by
+ * extension headers is not looked into. */
+static __always_inline bool ep_ct_related(void *data, void *data_end, const struct ep_pkt *p, __u64 now)
+{
+	struct ep_ct_key k = {};
+	__u32 off = p->l4_off;
+	if (off > EP_MAX_L3_OFF)
+		return false;
+	off += 8;
+	__u8 *l4;
+	if (p->family == 4) {
+		struct iphdr *ip = data + off;
+		if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
+			return false;
+		k.family = 4;
+		k.proto = ip->protocol;
+		__builtin_memcpy(k.src, &ip->saddr, 4);
+		__builtin_memcpy(k.dst, &ip->daddr, 4);
+		l4 = (__u8 *)ip + ip->ihl * 4;
+	} else {
+		struct ipv6hdr *ip6 = data + off;
+		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+			return false;
+		k.family = 6;
+		k.proto = ip6->nexthdr;
+		__builtin_memcpy(k.src, &ip6->saddr, 16);
+		__builtin_memcpy(k.dst, &ip6->daddr, 16);
+		l4 = (__u8 *)(ip6 + 1);
+	}
+	if ((void *)(l4 + 8) > data_end)
+		return false;
+	if (k.proto == EP_IPPROTO_TCP || k.proto == EP_IPPROTO_UDP) {
+		k.sport = ((__u16)l4[0] << 8) | l4[1];
+		k.dport = ((__u16)l4[2] << 8) | l4[3];
+	} else {
+		__u8 kind = ep_icmp_kind(k.family, k.proto, l4[0]);
+		if (kind != EP_CTK_ECHO_REQ && kind != EP_CTK_ECHO_REP)
+			return false;
+		k.sport = ((__u16)l4[4] << 8) | l4[5];
+		k.dport = k.sport;
+	}
+	struct ep_ct_key r;
+	ep_ct_reverse(&r, &k);
+	return ep_ct_get(&ep_ct, &k, now) || ep_ct_get(&ep_ct, &r, now) || ep_ct_get(&ep_ct_new, &k, now) ||
+	       ep_ct_get(&ep_ct_new, &r, now);
+}
+
+/* One packet, CONNTRACK.md "A packet, in order": parse, control bypass, lookup, ICMP errors,
+ * entry found, no entry. At EP_HOOK_EGRESS (uplink egress) every packet passes and no rule is
+ * consulted. Returns EP_PASS or EP_DROP. */
+static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, int hook)
+{
+	struct ep_pkt p = {};
+	int parsed = ep_parse(data, data_end, &p);
+	if (hook == EP_HOOK_EGRESS && parsed != EP_PARSE_OK)
+		return EP_PASS;
+	if (parsed == EP_PARSE_NON_IP) {
+		ep_count(&ep_stats, EP_STAT_NON_IP, len);
+		return EP_PASS;
+	}
+	if (parsed != EP_PARSE_OK) {
+		ep_count(&ep_stats, EP_STAT_MALFORMED, len);
+		return EP_DROP;
+	}
+
+	/* Read the live generation exactly once: every lookup below uses this value, so one
+	 * packet's verdict comes wholly from one rule set. */
+	__u32 zero = 0;
+	__u32 *active = bpf_map_lookup_elem(&ep_active, &zero);
+	if (!active) {
+		if (hook == EP_HOOK_POLICY)
+			ep_count(&ep_stats, EP_STAT_UNCONFIGURED, len);
+		return EP_PASS;
+	}
+	__u32 gen = *(volatile __u32 *)active & 1;
+	struct ep_gen_cfg *gc = bpf_map_lookup_elem(&ep_gen_cfg, &gen);
+	__u32 gflags = gc ? gc->flags : 0;
+	__u32 epoch = gc ? gc->epoch : 0;
+	__u64 now = bpf_ktime_get_ns();
+
+	/* 2. Control bypass: TCP/UDP from a control endpoint. */
+	if ((p.proto == EP_IPPROTO_TCP || p.proto == EP_IPPROTO_UDP) && p.port != EP_PORT_NONE) {
+		struct ep_ct_control_key c = { .family = p.family, .proto = p.proto, .port = p.sport };
+		__builtin_memcpy(c.addr, p.src, 16);
+		if (bpf_map_lookup_elem(&ep_ct_control, &c)) {
+			ep_ct_stat(EP_CT_STAT_CONTROL, len);
+			return EP_PASS;
+		}
+	}
+
+	/* 3. Lookup: the tuple (original direction), then its reverse (reply), in ep_ct, then in
+	 * ep_ct_new. An echo request is only ever an original, an echo reply only a reply. */
+	bool trackable = p.ct == EP_CTK_FLOW || p.ct == EP_CTK_ECHO_REQ || p.ct == EP_CTK_ECHO_REP;
+	struct ep_ct_key k, r;
+	if (trackable) {
+		ep_ct_key_of(&k, &p);
+		ep_ct_reverse(&r, &k);
+		bool may_orig = p.ct != EP_CTK_ECHO_REP;
+		bool may_reply = p.ct != EP_CTK_ECHO_REQ;
+		bool in_new = false;
+		__u32 dir = EP_CT_DIR_ORIG;
+		struct ep_ct_entry *e = may_orig ? ep_ct_get(&ep_ct, &k, now) : NULL;
+		if (!e && may_reply) {
+			e = ep_ct_get(&ep_ct, &r, now);
+			dir = EP_CT_DIR_REPLY;
+		}
+		if (!e) {
+			in_new = true;
+			dir = EP_CT_DIR_ORIG;
+			e = may_orig ? ep_ct_get(&ep_ct_new, &k, now) : NULL;
+			if (!e && may_reply) {
+				e = ep_ct_get(&ep_ct_new, &r, now);
+				dir = EP_CT_DIR_REPLY;
+			}
+		}
+		if (e) {
+			/* 5. Entry found. */
+			struct ep_ct_key *orig = dir == EP_CT_DIR_ORIG ? &k : &r;
+			if (hook == EP_HOOK_POLICY && e->epoch != epoch) {
+				if ((gflags & EP_GEN_F_CUT) && ep_ct_recheck(orig, e->flags & EP_CT_F_EGRESS, gen)) {
+					if (in_new)
+						bpf_map_delete_elem(&ep_ct_new, orig);
+					else
+						bpf_map_delete_elem(&ep_ct, orig);
+					ep_ct_stat(EP_CT_STAT_CUT, len);
+					return EP_DROP;
+				}
+				e->epoch = epoch;
+			}
+			if (p.proto == EP_IPPROTO_TCP) {
+				ep_ct_tcp(e, dir, p.tcp_flags, now);
+			} else {
+				if (dir == EP_CT_DIR_REPLY)
+					e->flags |= EP_CT_F_SEEN_REPLY;
+				e->expires_ns = now + ep_ct_timeout(p.proto == EP_IPPROTO_UDP ? EP_CT_TO_UDP : EP_CT_TO_ICMP);
+			}
+			__sync_fetch_and_add(&e->packets[dir & 1], 1);
+			__sync_fetch_and_add(&e->bytes[dir & 1], len);
+			ep_ct_stat(EP_CT_STAT_ESTABLISHED, len);
+			if (in_new && dir == EP_CT_DIR_REPLY)
+				ep_ct_promote(orig, e);
+			return EP_PASS;
+		}
+	}
+
+	/* 4. ICMP errors about a tracked flow pass (path MTU discovery needs them). */
+	if (p.ct == EP_CTK_ICMP_ERR && ep_ct_related(data, data_end, &p, now)) {
+		ep_ct_stat(EP_CT_STAT_RELATED, len);
+		return EP_PASS;
+	}
+
+	if (hook == EP_HOOK_EGRESS) {
+		if (trackable && (gflags & EP_GEN_F_TRACK_EGRESS))
+			ep_ct_create(&p, &k, EP_CT_RULE_EGRESS, EP_CT_F_EGRESS, epoch, now, len);
+		return EP_PASS;
+	}
+
+	/* 6. No entry: classify; a pass by a tracking rule creates an entry. */
+	int slot = ep_rule_slot(&p, gen);
+	if (slot < 0) {
+		ep_count(&ep_stats, EP_STAT_UNCONFIGURED, len);
+		return EP_PASS;
+	}
+	bool track = false;
+	__u32 rule_id = 0;
+	int verdict = ep_act(slot, &p, len, &track, &rule_id);
+	if (verdict == EP_PASS && track && trackable)
+		ep_ct_create(&p, &k, rule_id, 0, epoch, now, len);
+	return verdict;
+}
+
+#endif

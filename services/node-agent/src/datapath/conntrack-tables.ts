@@ -1,0 +1,173 @@
+// The connection-table maps of one pinned datapath, seen from the agent: timeouts (ep_ct_cfg),
+// per-generation flags and epochs (ep_gen_cfg), control endpoints (ep_ct_control), counters
+// (ep_ct_stats), reading ep_ct / ep_ct_new, and the sweeper program (ep_ct_sweep).
+// bpf/CONNTRACK.md is the contract.
+import { encode, TypedMap, u32, type BpfMap, type CodecValue, type Program } from 'libbpf-ts';
+import {
+  CONNTRACK_STAT_NAMES,
+  conntrackTimeoutsNs,
+  DEFAULT_CONNTRACK_CONFIG,
+  decodeConnection,
+  encodeControlEndpoints,
+  type ConnectionEntry,
+  type ConnectionTable,
+  type ConntrackConfig,
+  type ConntrackCounters,
+  type ConntrackOccupancy,
+  type ControlEndpoint,
+} from './conntrack.js';
+import { sumPerCpu } from './counters.js';
+import { epCtCfg, epCtEntry, epCtSweepArgs, epGenCfg } from './table-codecs.js';
+
+/** The maps ConntrackTables borrows, by their names in the object. */
+export interface ConntrackMaps {
+  readonly ep_ct: BpfMap;
+  readonly ep_ct_new: BpfMap;
+  readonly ep_ct_cfg: BpfMap;
+  readonly ep_gen_cfg: BpfMap;
+  readonly ep_ct_stats: BpfMap;
+  readonly ep_ct_control: BpfMap;
+}
+
+/** Entries read per batch syscall when walking a table. */
+const CHUNK = 8192;
+/** Offset of expires_ns in struct ep_ct_entry (its first field). */
+const EXPIRES_OFFSET = epCtEntry.fields.find((field) => field.name === 'expiresNs')?.offset ?? 0;
+
+/**
+ * The conntrack maps and the sweeper program of one pinned datapath. It borrows them (holds no
+ * fd of its own) and is usable as long as they are open.
+ */
+export class ConntrackTables {
+  readonly #maps: ConntrackMaps;
+  readonly #sweep: Program;
+  readonly #cfg: TypedMap<number, CodecValue<typeof epCtCfg>>;
+  readonly #genCfg: TypedMap<number, CodecValue<typeof epGenCfg>>;
+
+  /**
+   * @param maps the conntrack maps of the object.
+   * @param sweep the ep_ct_sweep program (BPF_PROG_TYPE_SYSCALL).
+   * @throws RangeError if a map's value size differs from its codec.
+   */
+  constructor(maps: ConntrackMaps, sweep: Program) {
+    for (const [map, size] of [
+      [maps.ep_ct, epCtEntry.size],
+      [maps.ep_ct_new, epCtEntry.size],
+      [maps.ep_ct_cfg, epCtCfg.size],
+      [maps.ep_gen_cfg, epGenCfg.size],
+    ] as const) {
+      if (map.valueSize !== size) throw new RangeError(`map ${map.name}: value size ${map.valueSize}, its struct is ${size} bytes`);
+    }
+    this.#maps = maps;
+    this.#sweep = sweep;
+    this.#cfg = new TypedMap(maps.ep_ct_cfg, u32, epCtCfg);
+    this.#genCfg = new TypedMap(maps.ep_gen_cfg, u32, epGenCfg);
+  }
+
+  /** Writes the timeouts. @throws ConntrackInputError (nothing written); LibbpfError. */
+  writeConfig(config: ConntrackConfig): void {
+    this.#cfg.set(0, { timeoutNs: conntrackTimeoutsNs(config) });
+  }
+
+  /** @returns the timeouts in force (a zero slot means the default, which the programs use). */
+  readConfig(): ConntrackConfig {
+    const ns = this.#cfg.get(0)?.timeoutNs ?? [];
+    const ms = (i: number, fallback: number): number => {
+      const value = ns[i] ?? 0n;
+      return value === 0n ? fallback : Number(value / 1_000_000n);
+    };
+    const d = DEFAULT_CONNTRACK_CONFIG;
+    return { tcpSynMs: ms(0, d.tcpSynMs), tcpEstablishedMs: ms(1, d.tcpEstablishedMs), tcpClosingMs: ms(2, d.tcpClosingMs), udpMs: ms(3, d.udpMs), icmpMs: ms(4, d.icmpMs) };
+  }
+
+  /** @returns ep_gen_cfg[generation]: the generation's EP_GEN_F_* flags and epoch. */
+  readGeneration(generation: number): { flags: number; epoch: number } {
+    return this.#genCfg.get(generation) ?? { flags: 0, epoch: 0 };
+  }
+
+  /** Writes ep_gen_cfg[generation]. */
+  writeGeneration(generation: number, flags: number, epoch: number): void {
+    this.#genCfg.set(generation, { flags, epoch });
+  }
+
+  /**
+   * Replaces the control endpoints. New ones are added before old ones are removed, so an
+   * endpoint in both lists is never absent.
+   * @throws ConntrackInputError (nothing changed); LibbpfError.
+   */
+  setControlEndpoints(endpoints: readonly ControlEndpoint[]): void {
+    const keys = encodeControlEndpoints(endpoints);
+    const wanted = new Set(keys.map((key) => Buffer.from(key).toString('hex')));
+    const present = [...this.#maps.ep_ct_control.keys()];
+    const one = new Uint8Array(4);
+    u32.encode(1, one);
+    for (const key of keys) this.#maps.ep_ct_control.set(key, one);
+    for (const key of present) if (!wanted.has(Buffer.from(key).toString('hex'))) this.#maps.ep_ct_control.delete(key);
+  }
+
+  /** @returns every ep_ct_stats slot, each summed over CPUs. */
+  readStats(): ConntrackCounters {
+    const key = new Uint8Array(4);
+    return Object.fromEntries(
+      CONNTRACK_STAT_NAMES.map((name, index) => {
+        u32.encode(index, key);
+        return [name, sumPerCpu(this.#maps.ep_ct_stats.getPerCpu(key) ?? [])];
+      }),
+    ) as unknown as ConntrackCounters;
+  }
+
+  /**
+   * Counts the unexpired entries of both tables, reading each with batch lookups.
+   * @param nowNs CLOCK_MONOTONIC now; default process.hrtime.bigint() (the clock of bpf_ktime_get_ns).
+   */
+  occupancy(nowNs: bigint = process.hrtime.bigint()): ConntrackOccupancy {
+    return { established: countLive(this.#maps.ep_ct, nowNs), new: countLive(this.#maps.ep_ct_new, nowNs) };
+  }
+
+  /**
+   * Up to `limit` unexpired entries that `match` accepts: ep_ct first, then ep_ct_new.
+   * @returns decoded entries; new objects.
+   */
+  list(match: (entry: ConnectionEntry) => boolean, limit: number, nowNs: bigint = process.hrtime.bigint()): ConnectionEntry[] {
+    const out: ConnectionEntry[] = [];
+    const tables: [BpfMap, ConnectionTable][] = [
+      [this.#maps.ep_ct, 'established'],
+      [this.#maps.ep_ct_new, 'new'],
+    ];
+    for (const [map, table] of tables) {
+      for (const { keys, values } of map.getBatches(CHUNK)) {
+        for (let i = 0; i < keys.length; i++) {
+          const value = values[i] as Uint8Array;
+          if (expiresNs(value) <= nowNs) continue;
+          const entry = decodeConnection(keys[i] as Uint8Array, value, table, nowNs);
+          if (!match(entry)) continue;
+          out.push(entry);
+          if (out.length >= limit) return out;
+        }
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Runs the ep_ct_sweep program once: it deletes up to `budget` expired entries of ep_ct, then
+   * of ep_ct_new, in the kernel.
+   * @returns how many it deleted (equal to `budget`: there may be more).
+   * @throws LibbpfError.
+   */
+  sweep(budget: number): number {
+    if (!Number.isInteger(budget) || budget < 1 || budget > 0xffff_ffff) throw new RangeError(`sweep budget must be an integer in 1..2^32-1, got ${budget}`);
+    const args = encode(epCtSweepArgs, { budget, pad: 0 });
+    return this.#sweep.testRun({ data: new Uint8Array(0), dataSizeOut: 0, repeat: 0, ctxIn: args }).retval >>> 0;
+  }
+}
+
+function expiresNs(value: Uint8Array): bigint {
+  return new DataView(value.buffer, value.byteOffset + EXPIRES_OFFSET, 8).getBigUint64(0, true);
+}
+
+function countLive(map: BpfMap, nowNs: bigint): number {
+  let live = 0;
+  for (const { values } of map.getBatches(CHUNK)) for (const value of values) if (expiresNs(value) > nowNs) live++;
+  return live;
+}
