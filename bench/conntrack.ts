@@ -450,13 +450,24 @@ let mounted = false;
 const report: Record<string, unknown> = { bench: 'conntrack', quick, reps, churnSeconds, floodSeconds, capacity: CAPACITY };
 const goals: { goal: string; figure: string; met: boolean | null }[] = [];
 const failures: string[] = [];
-let interrupted = false;
-const onSignal = (): void => {
-  interrupted = true;
-  for (const child of children) child.kill('SIGKILL');
-};
-process.on('SIGINT', onSignal);
-process.on('SIGTERM', onSignal);
+// Everything the bench changed on the machine, undone once: from the finally below, or from a
+// signal (the bench may be busy in a synchronous step, so the handler cleans up and exits).
+let cleaned = false;
+function cleanUp(): void {
+  if (cleaned) return;
+  cleaned = true;
+  tearDown();
+  restoreNetfilter();
+  if (mounted) spawnSync('umount', [mount]);
+  if (existsSync(mount)) rmdirSync(mount);
+}
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    process.stderr.write(`bench/conntrack.ts: ${signal}, cleaning up\n`);
+    cleanUp();
+    process.exit(130);
+  });
+}
 
 try {
   setUp();
@@ -475,7 +486,7 @@ try {
     // (a)
     if (parts.has('a')) {
       const samples: ChurnSample[] = [];
-      for (let rep = 0; rep < reps && !interrupted; rep++) {
+      for (let rep = 0; rep < reps; rep++) {
         for (const contender of rotate(rep)) {
           try {
             const s = await churnOnce(contender, load, ct);
@@ -540,13 +551,12 @@ try {
     }
 
     // (b)
-    if (parts.has('b') && !interrupted) {
+    if (parts.has('b')) {
       const mac = (JSON.parse(run('ip', '-n', nsNode, '-j', 'link', 'show', nodeIf)) as { address: string }[])[0]?.address ?? 'ff:ff:ff:ff:ff:ff';
       const samples: FlowSample[] = [];
       let filled = 0;
       const fillMs: Record<string, number[]> = { edgeplane: [], netfilter: [] };
       for (const flows of flowSizes) {
-        if (interrupted) break;
         let t = performance.now();
         fillNetfilter(filled, flows);
         fillMs.netfilter?.push(performance.now() - t);
@@ -555,7 +565,7 @@ try {
         fillMs.edgeplane?.push(performance.now() - t);
         filled = flows;
         process.stderr.write(`(b) ${flows} flows: netfilter holds ${netfilterCount()}, edgeplane ep_ct holds ${ct?.count() ?? 'n/a'}\n`);
-        for (let rep = 0; rep < reps && !interrupted; rep++) {
+        for (let rep = 0; rep < reps; rep++) {
           for (const contender of rotate(rep)) {
             try {
               const s = await floodOnce(contender, flows, mac, ct);
@@ -603,7 +613,7 @@ try {
     }
 
     // (c)
-    if (parts.has('c') && !interrupted) {
+    if (parts.has('c')) {
       const flows = Math.max(...flowSizes);
       if (!parts.has('b')) {
         fillNetfilter(0, flows);
@@ -624,7 +634,7 @@ try {
     }
 
     // (d)
-    if (parts.has('d') && !interrupted && ct !== undefined) {
+    if (parts.has('d') && ct !== undefined) {
       const result = await switchesUnderTraffic(load, ct, datapath);
       report.switches = result;
       const broken = (result.persistent.broken ?? NaN) + (result.churn.failed ?? NaN);
@@ -640,10 +650,7 @@ try {
 } catch (error) {
   failures.push(`bench: ${(error as Error).stack ?? String(error)}`);
 } finally {
-  tearDown();
-  restoreNetfilter();
-  if (mounted) spawnSync('umount', [mount]);
-  if (existsSync(mount)) rmdirSync(mount);
+  cleanUp();
 }
 
 console.log('\ngoals');
