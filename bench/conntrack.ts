@@ -39,6 +39,8 @@ const floodSeconds = quick ? 1 : 2;
 const flowSizes = process.env.EP_BENCH_FLOWS?.split(',').map(Number) ?? [1_000, 100_000, 1_000_000];
 const switches = Number(process.env.EP_BENCH_SWITCHES ?? (quick ? 100 : 1_000));
 const gcWindowSeconds = quick ? 20 : 70;
+/** ConntrackSweeper's default interval between passes when nothing is left to delete (conntrack-sweeper.ts). */
+const SWEEP_INTERVAL_S = 10;
 /** ep_ct entries and netfilter's nf_conntrack_max: room for the largest size plus (a)'s churn. */
 const CAPACITY = 2_097_152;
 
@@ -339,6 +341,7 @@ interface ChurnSample {
   /** perf: the filter's own CPU per connection (netfilter hooks, or edgeplane's programs + veth's XDP copy). */
   filterUs: number;
   vethXdpUs: number;
+  programUs: number;
 }
 let nextTuple = 0;
 /** The filter's share of a perf profile: netfilter's hooks, or edgeplane's programs and the copy veth makes for XDP. */
@@ -372,6 +375,7 @@ async function churnOnce(contender: Contender, load: string, ct: ConntrackAccess
       egressNs: bpf.egress,
       filterUs: (filterMs(contender, cpu) * 1000) / connections,
       vethXdpUs: (cpu.vethXdpMs * 1000) / connections,
+      programUs: (cpu.bpfMs * 1000) / connections,
     };
   } finally {
     installed.remove();
@@ -421,6 +425,8 @@ interface FlowSample {
   xdpNs: number;
   /** perf: the filter's own CPU per passed packet. */
   filterNs: number;
+  /** perf: edgeplane's programs alone per passed packet (without veth's XDP conversion). */
+  programNs: number;
 }
 
 async function floodOnce(contender: Contender, flows: number, mac: string, ct: ConntrackAccess | undefined): Promise<FlowSample> {
@@ -445,6 +451,7 @@ async function floodOnce(contender: Contender, flows: number, mac: string, ct: C
       perCoreSecond: passed / soft,
       xdpNs: installed.bpfNs().xdp,
       filterNs: (filterMs(contender, cpu) * 1e6) / passed,
+      programNs: (cpu.bpfMs * 1e6) / passed,
     };
   } finally {
     installed.remove();
@@ -590,12 +597,13 @@ try {
           filterUsPerConnection: filterUs,
           filterPerCoreSecond: filterUs > 0 ? 1e6 / filterUs : NaN,
           vethXdpUsPerConnection: median(of.map((s) => s.vethXdpUs)),
+          programUsPerConnection: median(of.map((s) => s.programUs)),
           xdpNsPerRun: median(of.map((s) => s.xdpNs)),
           egressNsPerRun: median(of.map((s) => s.egressNs)),
         };
       });
       console.log(`\n(a) new TCP connections (connect, server FIN, close; a fresh tuple each), client + server on CPU ${LOAD_CPU}, ${churnSeconds} s, medians of ${reps}`);
-      console.log(['contender', 'conn/s', 'failed', 'CPU us/conn', 'conn/core-s', 'over none us', 'filter us/conn', 'filter conn/core-s', 'veth-xdp us', 'BPF ns xdp/egr'].map((h) => h.padStart(19)).join(''));
+      console.log(['contender', 'conn/s', 'failed', 'CPU us/conn', 'conn/core-s', 'over none us', 'filter us/conn', 'filter conn/core-s', 'prog+veth-xdp us', 'BPF ns xdp/egr'].map((h) => h.padStart(19)).join(''));
       for (const r of rows) {
         console.log(
           [
@@ -607,7 +615,7 @@ try {
             r.contender === 'none' ? '-' : r.cpuUsOverNone.toFixed(1),
             r.contender === 'none' ? '-' : r.filterUsPerConnection.toFixed(2),
             r.contender === 'none' ? '-' : fmt(r.filterPerCoreSecond),
-            r.contender === 'edgeplane' ? r.vethXdpUsPerConnection.toFixed(2) : '-',
+              r.contender === 'edgeplane' ? `${r.programUsPerConnection.toFixed(2)}+${r.vethXdpUsPerConnection.toFixed(2)}` : '-',
             r.contender === 'edgeplane' ? `${fmt(r.xdpNsPerRun)}/${fmt(r.egressNsPerRun)}` : '-',
           ]
             .map((c) => c.padStart(19))
@@ -623,7 +631,7 @@ try {
         const ratio = nf.filterUsPerConnection / ep.filterUsPerConnection;
         goals.push({
           goal: `(a) new connections per filtering core >= 2x ${other}`,
-          figure: `${fmt(ep.filterPerCoreSecond)} vs ${fmt(nf.filterPerCoreSecond)} conn/core-s (${ratio.toFixed(2)}x; filter CPU ${ep.filterUsPerConnection.toFixed(2)} vs ${nf.filterUsPerConnection.toFixed(2)} us/conn); whole path ${(ep.perCoreSecond / nf.perCoreSecond).toFixed(2)}x`,
+          figure: `${fmt(ep.filterPerCoreSecond)} vs ${fmt(nf.filterPerCoreSecond)} conn/core-s (${ratio.toFixed(2)}x; filter CPU ${ep.filterUsPerConnection.toFixed(2)} vs ${nf.filterUsPerConnection.toFixed(2)} us/conn; edgeplane's programs alone ${ep.programUsPerConnection.toFixed(2)} us/conn, ${(nf.filterUsPerConnection / ep.programUsPerConnection).toFixed(2)}x); whole path ${(ep.perCoreSecond / nf.perCoreSecond).toFixed(2)}x`,
           met: Number.isFinite(ratio) ? ratio >= 2 : null,
         });
       }
@@ -670,25 +678,35 @@ try {
             perCoreSecond: median(of.map((s) => s.perCoreSecond)),
             xdpNsPerPacket: median(of.map((s) => s.xdpNs)),
             filterNsPerPacket: median(of.map((s) => s.filterNs)),
+            programNsPerPacket: median(of.map((s) => s.programNs)),
           };
         }),
       );
       console.log(`\n(b) one established UDP flow among N tracked flows, trafgen on CPU ${FLOOD_CPU} (softirq of that CPU), ${floodSeconds} s, medians of ${reps}`);
-      console.log(['flows', 'contender', 'passed pps', 'by entry', 'softirq ns/pkt', 'pps/core', 'filter ns/pkt', 'filter pps/core', 'BPF ns/run'].map((h) => h.padStart(16)).join(''));
+      console.log(['flows', 'contender', 'passed pps', 'by entry', 'softirq ns/pkt', 'pps/core', 'filter ns/pkt', 'filter pps/core', 'program ns/pkt', 'BPF ns/run'].map((h) => h.padStart(16)).join(''));
       for (const r of rows) {
-        console.log([fmt(r.flows), r.contender, fmt(r.passedPps), Number.isNaN(r.establishedShare) ? '-' : `${(r.establishedShare * 100).toFixed(0)} %`, fmt(r.nsPerPacket), fmt(r.perCoreSecond), r.contender === 'none' ? '-' : fmt(r.filterNsPerPacket), r.contender === 'none' ? '-' : fmt(1e9 / r.filterNsPerPacket), r.contender === 'edgeplane' ? fmt(r.xdpNsPerPacket) : '-'].map((c) => c.padStart(16)).join(''));
+        console.log([fmt(r.flows), r.contender, fmt(r.passedPps), Number.isNaN(r.establishedShare) ? '-' : `${(r.establishedShare * 100).toFixed(0)} %`, fmt(r.nsPerPacket), fmt(r.perCoreSecond), r.contender === 'none' ? '-' : fmt(r.filterNsPerPacket), r.contender === 'none' ? '-' : fmt(1e9 / r.filterNsPerPacket), r.contender === 'edgeplane' ? fmt(r.programNsPerPacket) : '-', r.contender === 'edgeplane' ? fmt(r.xdpNsPerPacket) : '-'].map((c) => c.padStart(16)).join(''));
       }
       report.establishedFlows = rows;
       report.fillMs = fillMs;
-      const cost = (flows: number, c: Contender, field: 'filterNsPerPacket' | 'nsPerPacket'): number => rows.find((r) => r.flows === flows && r.contender === c)?.[field] ?? NaN;
+      const cost = (flows: number, c: Contender, field: 'filterNsPerPacket' | 'nsPerPacket' | 'programNsPerPacket' | 'xdpNsPerPacket'): number => rows.find((r) => r.flows === flows && r.contender === c)?.[field] ?? NaN;
       const small = Math.min(...flowSizes);
       const large = Math.max(...flowSizes);
+      const pct = (x: number): string => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)} %`;
       for (const c of contenders.filter((x) => x !== 'none')) {
         const growth = cost(large, c, 'filterNsPerPacket') / cost(small, c, 'filterNsPerPacket') - 1;
         const whole = cost(large, c, 'nsPerPacket') / cost(small, c, 'nsPerPacket') - 1;
-        const pct = (x: number): string => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)} %`;
         const line = `${c}: filter ${fmt(cost(small, c, 'filterNsPerPacket'))} -> ${fmt(cost(large, c, 'filterNsPerPacket'))} ns/pkt (${pct(growth)}); softirq ${fmt(cost(small, c, 'nsPerPacket'))} -> ${fmt(cost(large, c, 'nsPerPacket'))} ns/pkt (${pct(whole)})`;
-        if (c === 'edgeplane') goals.push({ goal: `(b) established cost at ${fmt(large)} flows within 10 % of ${fmt(small)}`, figure: line, met: Number.isFinite(growth) ? growth <= 0.1 : null });
+        if (c === 'edgeplane') {
+          // The goal is the program's own cost: veth's XDP conversion does not depend on the table.
+          const program = cost(large, c, 'programNsPerPacket') / cost(small, c, 'programNsPerPacket') - 1;
+          const run = cost(large, c, 'xdpNsPerPacket') / cost(small, c, 'xdpNsPerPacket') - 1;
+          goals.push({
+            goal: `(b) established cost at ${fmt(large)} flows within 10 % of ${fmt(small)}`,
+            figure: `program ${fmt(cost(small, c, 'programNsPerPacket'))} -> ${fmt(cost(large, c, 'programNsPerPacket'))} ns/pkt (${pct(program)}; bpf_stats ${fmt(cost(small, c, 'xdpNsPerPacket'))} -> ${fmt(cost(large, c, 'xdpNsPerPacket'))} ns/run, ${pct(run)}); ${line}`,
+            met: Number.isFinite(program) ? program <= 0.1 : null,
+          });
+        }
         else console.log(`    ${line}`);
       }
     }
@@ -711,7 +729,10 @@ try {
       report.maintenance = result;
       console.log(`\n(c) table maintenance at ${fmt(entries)} live entries`);
       console.log(`    netfilter gc_worker: ${gc.ms.toFixed(1)} ms CPU in ${gcWindowSeconds} s (${gc.samples} perf samples at 1 kHz; all kworkers ${kworkerMs.toFixed(0)} ms)`);
-      if (sweep !== undefined) console.log(`    edgeplane sweep: ${sweep.ms.toFixed(1)} ms wall, ${sweep.cpuMs.toFixed(1)} ms CPU for ${fmt(sweep.entries)} entries (${sweep.removed} expired removed)`);
+      if (sweep !== undefined) {
+        console.log(`    edgeplane sweep: ${sweep.ms.toFixed(1)} ms wall, ${sweep.cpuMs.toFixed(1)} ms CPU for one pass over ${fmt(sweep.entries)} entries (${sweep.removed} expired removed)`);
+        console.log(`    per ${gcWindowSeconds} s at the agent's pacing (ConntrackSweeper: a pass every ${SWEEP_INTERVAL_S} s): ${((sweep.cpuMs * gcWindowSeconds) / SWEEP_INTERVAL_S).toFixed(0)} ms CPU, against gc_worker's ${gc.ms.toFixed(1)} ms`);
+      }
     }
 
     // (d)
