@@ -307,10 +307,17 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	__u32 epoch = gc ? gc->epoch : 0;
 	__u64 now = bpf_ktime_get_ns();
 
-	/* 2. Control bypass: TCP/UDP from a control endpoint. */
+	/* 2. Control bypass: TCP/UDP from a control endpoint (at uplink egress: to one, so the
+	 * control plane's flows take no room in the connection tables). */
 	if ((p.proto == EP_IPPROTO_TCP || p.proto == EP_IPPROTO_UDP) && p.port != EP_PORT_NONE) {
-		struct ep_ct_control_key c = { .family = p.family, .proto = p.proto, .port = p.sport };
-		__builtin_memcpy(c.addr, p.src, 16);
+		struct ep_ct_control_key c = { .family = p.family, .proto = p.proto };
+		if (hook == EP_HOOK_EGRESS) {
+			c.port = p.dport;
+			__builtin_memcpy(c.addr, p.dst, 16);
+		} else {
+			c.port = p.sport;
+			__builtin_memcpy(c.addr, p.src, 16);
+		}
 		if (bpf_map_lookup_elem(&ep_ct_control, &c)) {
 			ep_ct_stat(EP_CT_STAT_CONTROL, len);
 			return EP_PASS;

@@ -270,14 +270,15 @@ export class BpfMap implements ByteMap {
 
   /**
    * Reads the whole map with bpf_map_lookup_batch, `chunk` elements per syscall, yielding each
-   * chunk as it is read (memory stays at one chunk, whatever the map's size). Elements added or
-   * deleted meanwhile may or may not be seen; a hash is read a bucket at a time (a bucket larger
-   * than `chunk` is read with a larger buffer).
-   * @returns a generator of chunks; each chunk's keys and values are views into buffers the
-   * caller owns.
+   * chunk as it is read (memory stays at one chunk, whatever the map's size). A chunk is packed:
+   * element i is keys[i * keySize ..] -> values[i * valueSize ..], `count` of them, with no
+   * per-element objects, so a million-element walk costs the copies and little else. Elements
+   * added or deleted meanwhile may or may not be seen; a hash is read a bucket at a time (a
+   * bucket larger than `chunk` is read with a larger buffer).
+   * @returns a generator of chunks, each in buffers the caller owns.
    * @throws LibbpfError for a per-CPU map; NotSupportedError for map types without batch lookup.
    */
-  *getBatches(chunk = 4096): Generator<{ keys: Uint8Array[]; values: Uint8Array[] }> {
+  *getBatches(chunk = 4096): Generator<{ count: number; keys: Uint8Array; values: Uint8Array }> {
     this.#notPerCpu('getBatches');
     if (!Number.isInteger(chunk) || chunk < 1) throw new RangeError(`map ${this.name} getBatches: chunk must be a positive integer, got ${chunk}`);
     const cursorSize = Math.max(this.keySize, 8);
@@ -297,12 +298,7 @@ export class BpfMap implements ByteMap {
         }
         throw errnoError(`map lookup batch name=${this.name}`, ret, { details: native.takeMessages() });
       }
-      if (done > 0) {
-        yield {
-          keys: Array.from({ length: done }, (_, i) => keys.subarray(i * this.keySize, (i + 1) * this.keySize)),
-          values: Array.from({ length: done }, (_, i) => values.subarray(i * this.valueSize, (i + 1) * this.valueSize)),
-        };
-      }
+      if (done > 0) yield { count: done, keys: keys.subarray(0, done * this.keySize), values: values.subarray(0, done * this.valueSize) };
       if (ret === -ENOENT || done === 0) return;
       cursor = out;
     }

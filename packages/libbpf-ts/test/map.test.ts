@@ -144,6 +144,24 @@ test('BpfMap.getBatch - walks a hash map across calls', (t) => {
   t.truthy(cleanup);
 });
 
+test('BpfMap.getBatches - reads every element of a hash a chunk per call, and an empty map as nothing', (t) => {
+  using cleanup = { [Symbol.dispose]: () => map.close() };
+  const map = BpfMap.create({ type: 'hash', name: 'hbatches', keySize: 4, valueSize: 8, maxEntries: 4096 });
+  t.deepEqual([...map.getBatches(16)], []);
+  const keys = Array.from({ length: 3000 }, (_, i) => key(i * 3));
+  map.setBatch(keys, keys.map((_, i) => value(BigInt(i))));
+  const chunks = [...map.getBatches(256)];
+  t.true(chunks.length >= 12, `${chunks.length} chunks`);
+  t.true(chunks.every((chunk) => chunk.count <= 256 && chunk.keys.length === chunk.count * 4 && chunk.values.length === chunk.count * 8));
+  const pairs = chunks.flatMap((chunk) => Array.from({ length: chunk.count }, (_, i) => [u32.decode(chunk.keys.subarray(i * 4)), u64.decode(chunk.values.subarray(i * 8))] as const));
+  pairs.sort((a, b) => a[0] - b[0]);
+  t.deepEqual(pairs, keys.map((_, i) => [i * 3, BigInt(i)] as const));
+  // A chunk of 1 still works: a bucket holding more elements is read with a larger buffer.
+  t.is([...map.getBatches(1)].reduce((n, chunk) => n + chunk.count, 0), 3000);
+  t.throws(() => [...map.getBatches(0)], { instanceOf: RangeError });
+  t.truthy(cleanup);
+});
+
 test('BpfMap.typed - typed get/set/delete/entries/setBatch', (t) => {
   using cleanup = { [Symbol.dispose]: () => raw.close() };
   const raw = BpfMap.create({ type: 'hash', name: 'typed', keySize: 4, valueSize: 8, maxEntries: 8 });

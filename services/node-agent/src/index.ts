@@ -27,8 +27,8 @@ export type {
   ConntrackOccupancy,
   ControlEndpoint,
 } from './datapath/conntrack.js';
-export { ConntrackSweeper } from './datapath/conntrack-sweeper.js';
-export type { ConntrackSweeperOptions, ConntrackSweepTarget } from './datapath/conntrack-sweeper.js';
+export { ConntrackSweeper, nextSweepDelay } from './datapath/conntrack-sweeper.js';
+export type { ConntrackSweeperOptions, ConntrackSweepTarget, SweepRun } from './datapath/conntrack-sweeper.js';
 export { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg, tableCodecs } from './datapath/table-codecs.js';
 export { genFlags, RULE_FLAG_TRACK } from './datapath/compile-tables.js';
 export type { AttachOptions, EbpfDatapathOptions } from './datapath/ebpf-datapath.js';

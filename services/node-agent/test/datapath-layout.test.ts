@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import test from 'ava';
 import { loadObjectSpec } from 'libbpf-ts';
 import { sizes } from '../src/datapath/compile-tables.js';
+import { CONNTRACK_STAT_NAMES } from '../src/datapath/conntrack.js';
 import { DEFAULT_OBJECT_PATH } from '../src/datapath/ebpf-datapath.js';
 import { tableCodecs } from '../src/datapath/table-codecs.js';
 
@@ -69,7 +70,7 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_ct: { type: 'hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 262_144, flags: 0, inner: undefined },
     ep_ct_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_ct_cfg.size, maxEntries: 1, flags: 0, inner: undefined },
     ep_gen_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_gen_cfg.size, maxEntries: 2, flags: 0, inner: undefined },
-    ep_ct_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: 8, flags: 0, inner: undefined },
+    ep_ct_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: CONNTRACK_STAT_NAMES.length, flags: 0, inner: undefined },
     ep_ct_control: { type: 'hash', keySize: tableCodecs.ep_ct_control_key.size, valueSize: 4, maxEntries: 64, flags: 0, inner: undefined },
   });
   t.deepEqual(spec.maps.get('ep_lpm')?.innerMap, { type: 'lpm_trie', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: 1, flags: 1 });

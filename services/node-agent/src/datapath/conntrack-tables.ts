@@ -17,7 +17,7 @@ import {
   type ControlEndpoint,
 } from './conntrack.js';
 import { sumPerCpu } from './counters.js';
-import { epCtCfg, epCtEntry, epCtSweepArgs, epGenCfg } from './table-codecs.js';
+import { epCtCfg, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg } from './table-codecs.js';
 
 /** The maps ConntrackTables borrows, by their names in the object. */
 export interface ConntrackMaps {
@@ -135,11 +135,12 @@ export class ConntrackTables {
       [this.#maps.ep_ct_new, 'new'],
     ];
     for (const [map, table] of tables) {
-      for (const { keys, values } of map.getBatches(CHUNK)) {
-        for (let i = 0; i < keys.length; i++) {
-          const value = values[i] as Uint8Array;
-          if (expiresNs(value) <= nowNs) continue;
-          const entry = decodeConnection(keys[i] as Uint8Array, value, table, nowNs);
+      for (const { count, keys, values } of map.getBatches(CHUNK)) {
+        const view = new DataView(values.buffer, values.byteOffset, values.byteLength);
+        for (let i = 0; i < count; i++) {
+          if (view.getBigUint64(i * epCtEntry.size + EXPIRES_OFFSET, true) <= nowNs) continue;
+          const key = keys.subarray(i * epCtKey.size, (i + 1) * epCtKey.size);
+          const entry = decodeConnection(key, values.subarray(i * epCtEntry.size, (i + 1) * epCtEntry.size), table, nowNs);
           if (!match(entry)) continue;
           out.push(entry);
           if (out.length >= limit) return out;
@@ -162,12 +163,11 @@ export class ConntrackTables {
   }
 }
 
-function expiresNs(value: Uint8Array): bigint {
-  return new DataView(value.buffer, value.byteOffset + EXPIRES_OFFSET, 8).getBigUint64(0, true);
-}
-
 function countLive(map: BpfMap, nowNs: bigint): number {
   let live = 0;
-  for (const { values } of map.getBatches(CHUNK)) for (const value of values) if (expiresNs(value) > nowNs) live++;
+  for (const { count, values } of map.getBatches(CHUNK)) {
+    const view = new DataView(values.buffer, values.byteOffset, values.byteLength);
+    for (let i = 0; i < count; i++) if (view.getBigUint64(i * epCtEntry.size + EXPIRES_OFFSET, true) > nowNs) live++;
+  }
   return live;
 }

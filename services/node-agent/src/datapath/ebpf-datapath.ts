@@ -380,6 +380,15 @@ export class EbpfDatapath implements Datapath {
     }
   }
 
+  /** Entries that could not be created or moved so far (ep_ct_stats INSERT_FAILED, summed over CPUs). @throws DatapathError. */
+  conntrackInsertFailures(): number {
+    try {
+      return this.#conntrack.readStats().insertFailed.packets;
+    } catch (cause) {
+      throw new DatapathError('read conntrack insert failures', { cause });
+    }
+  }
+
   /** The connection timeouts in force (ep_ct_cfg; zero slots read as the defaults). @throws DatapathError. */
   get conntrackConfig(): ConntrackConfig {
     try {
