@@ -117,7 +117,7 @@ export class ConntrackAccess {
   /** Entries in ep_ct. */
   count(): number {
     let total = 0;
-    for (const { keys } of this.#ct.getBatches(BATCH)) total += keys.length;
+    for (const { count } of this.#ct.getBatches(BATCH)) total += count;
     return total;
   }
 
@@ -125,8 +125,9 @@ export class ConntrackAccess {
   clear(): void {
     for (const map of [this.#ct, this.#ctNew]) {
       // Read every key first: the batch cursor is a bucket position, deleting under it skips.
-      const keys = [...map.getBatches(BATCH)].flatMap((batch) => batch.keys.map((key) => key.slice()));
-      for (const key of keys) map.delete(key);
+      const chunks = [...map.getBatches(BATCH)].map(({ count, keys }) => ({ count, keys: keys.slice() }));
+      const size = map.keySize;
+      for (const { count, keys } of chunks) for (let i = 0; i < count; i++) map.delete(keys.subarray(i * size, (i + 1) * size));
     }
   }
 

@@ -27,7 +27,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { EbpfDatapath, type RuleSetSpec } from '@edgeplane/node-agent';
+import { EbpfDatapath, nextSweepDelay, type RuleSetSpec } from '@edgeplane/node-agent';
 import { ConntrackAccess, conntrackSupported } from './conntrack-access.js';
 
 const quick = process.argv.includes('--quick');
@@ -39,8 +39,8 @@ const floodSeconds = quick ? 1 : 2;
 const flowSizes = process.env.EP_BENCH_FLOWS?.split(',').map(Number) ?? [1_000, 100_000, 1_000_000];
 const switches = Number(process.env.EP_BENCH_SWITCHES ?? (quick ? 100 : 1_000));
 const gcWindowSeconds = quick ? 20 : 70;
-/** ConntrackSweeper's default interval between passes when nothing is left to delete (conntrack-sweeper.ts). */
-const SWEEP_INTERVAL_S = 10;
+/** ConntrackSweeper's defaults (conntrack-sweeper.ts): a pass at least every 10 s, at most 0.5 % of a core. */
+const SWEEP_PACE = { intervalMs: 10_000, busyIntervalMs: 100, maxCpuShare: 0.005, busyCpuShare: 0.05 };
 /** ep_ct entries and netfilter's nf_conntrack_max: room for the largest size plus (a)'s churn. */
 const CAPACITY = 2_097_152;
 
@@ -731,7 +731,8 @@ try {
       console.log(`    netfilter gc_worker: ${gc.ms.toFixed(1)} ms CPU in ${gcWindowSeconds} s (${gc.samples} perf samples at 1 kHz; all kworkers ${kworkerMs.toFixed(0)} ms)`);
       if (sweep !== undefined) {
         console.log(`    edgeplane sweep: ${sweep.ms.toFixed(1)} ms wall, ${sweep.cpuMs.toFixed(1)} ms CPU for one pass over ${fmt(sweep.entries)} entries (${sweep.removed} expired removed)`);
-        console.log(`    per ${gcWindowSeconds} s at the agent's pacing (ConntrackSweeper: a pass every ${SWEEP_INTERVAL_S} s): ${((sweep.cpuMs * gcWindowSeconds) / SWEEP_INTERVAL_S).toFixed(0)} ms CPU, against gc_worker's ${gc.ms.toFixed(1)} ms`);
+        const delayMs = nextSweepDelay({ ms: sweep.ms, full: false, pressure: false }, SWEEP_PACE);
+        console.log(`    at the agent's pace (ConntrackSweeper: next pass after ${(delayMs / 1000).toFixed(1)} s): ${((sweep.cpuMs * gcWindowSeconds * 1000) / delayMs).toFixed(0)} ms CPU per ${gcWindowSeconds} s, against gc_worker's ${gc.ms.toFixed(1)} ms`);
       }
     }
 
