@@ -131,9 +131,9 @@ function softirqJiffies(cpu: number): number {
   return Number(line.trim().split(/\s+/)[7] ?? 0);
 }
 
-/** utime+stime (ticks) of the kernel threads whose comm matches. */
-function threadTicks(match: (comm: string) => boolean): number {
-  let total = 0;
+/** utime+stime (ticks) by pid of the threads whose comm matches. */
+function threadTicksByPid(match: (comm: string) => boolean): Map<string, number> {
+  const ticks = new Map<string, number>();
   for (const pid of readdirSync('/proc')) {
     if (!/^\d+$/.test(pid)) continue;
     try {
@@ -141,10 +141,20 @@ function threadTicks(match: (comm: string) => boolean): number {
       const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
       if (!match(comm)) continue;
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      total += Number(f[11]) + Number(f[12]);
+      ticks.set(pid, Number(f[11]) + Number(f[12]));
     } catch {
       // exited
     }
+  }
+  return ticks;
+}
+
+/** Ticks the threads alive at both reads spent between them (kworkers come and go). */
+function ticksBetween(before: Map<string, number>, after: Map<string, number>): number {
+  let total = 0;
+  for (const [pid, ticks] of after) {
+    const was = before.get(pid);
+    if (was !== undefined) total += ticks - was;
   }
   return total;
 }
@@ -353,17 +363,17 @@ async function churnOnce(contender: Contender, load: string, ct: ConntrackAccess
   try {
     const server = await startInNode(load, 'server', nodeAddress, String(TCP_PORT), 'close');
     const ksoftirqd = `ksoftirqd/${LOAD_CPU}`;
-    const kBefore = threadTicks((c) => c === ksoftirqd);
+    const kBefore = threadTicksByPid((c) => c === ksoftirqd);
     const { result: out, cpu } = await sampleCpu(LOAD_CPU, () =>
       run('ip', 'netns', 'exec', nsClient, 'taskset', '-c', String(LOAD_CPU), load, 'churn', SOURCE_PREFIX, String(SOURCES), nodeAddress, String(TCP_PORT), String(churnSeconds), '16', String(nextTuple)),
     );
-    const kAfter = threadTicks((c) => c === ksoftirqd);
+    const kAfter = threadTicksByPid((c) => c === ksoftirqd);
     const client = JSON.parse(out.trim().split('\n').pop() ?? '{}') as Record<string, number>;
     const srv = await server.stop();
     const bpf = installed.bpfNs();
     nextTuple = client.next ?? nextTuple + 1_000_000;
     const connections = client.connections ?? 0;
-    const cpuUs = (client.userUs ?? 0) + (client.sysUs ?? 0) + (srv.userUs ?? 0) + (srv.sysUs ?? 0) + ((kAfter - kBefore) * 1e6) / HZ;
+    const cpuUs = (client.userUs ?? 0) + (client.sysUs ?? 0) + (srv.userUs ?? 0) + (srv.sysUs ?? 0) + (ticksBetween(kBefore, kAfter) * 1e6) / HZ;
     return {
       contender,
       connections,
@@ -720,9 +730,9 @@ try {
       }
       const entries = netfilterCount();
       process.stderr.write(`(c) perf cpu-clock for ${gcWindowSeconds} s, netfilter holding ${entries} entries\n`);
-      const kw = threadTicks((c) => c.startsWith('kworker'));
+      const kw = threadTicksByPid((c) => c.startsWith('kworker'));
       const gc = perfSymbolMs('gc_worker', gcWindowSeconds);
-      const kworkerMs = ((threadTicks((c) => c.startsWith('kworker')) - kw) * 1000) / HZ;
+      const kworkerMs = (ticksBetween(kw, threadTicksByPid((c) => c.startsWith('kworker'))) * 1000) / HZ;
       let sweep: { ms: number; cpuMs: number; entries: number; removed: number } | undefined;
       if (ct !== undefined) sweep = ct.sweepTimed();
       const result = { netfilterEntries: entries, windowSeconds: gcWindowSeconds, gcWorkerMs: gc.ms, gcWorkerSamples: gc.samples, allKworkersMs: kworkerMs, edgeplaneSweep: sweep };
