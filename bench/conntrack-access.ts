@@ -1,0 +1,155 @@
+// What bench/conntrack.ts does to edgeplane's connection table (bpf/CONNTRACK.md) beyond the
+// agent's API: attach the uplink programs inside another network namespace (ip/tc, as
+// bench/netfilter.ts does), fill ep_ct directly to a given size, empty it, count it, and time the
+// sweeper. Bench code: the agent never fills or empties the table.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { BpfMap, encode, type Program } from 'libbpf-ts';
+import { CONNECTION_FLAGS, CONNECTION_STATES, epCtEntry, epCtKey, type EbpfDatapath, type EbpfDatapathOptions } from '@edgeplane/node-agent';
+
+const PROTO_UDP = 17;
+/** Entries written or read per batch syscall. */
+const BATCH = 65_536;
+
+/** One flow's original-direction tuple (IPv4). */
+export interface FlowTuple {
+  src: string;
+  sport: number;
+  dst: string;
+  dport: number;
+}
+
+const v4 = (address: string): Uint8Array => {
+  const out = new Uint8Array(16);
+  address.split('.').forEach((octet, i) => (out[i] = Number(octet)));
+  return out;
+};
+
+/** True if `datapath` was built with the connection table (ep_ct pinned beside the programs). */
+export function conntrackSupported(datapath: EbpfDatapath): boolean {
+  return existsSync(join(datapath.pinRoot, 'ep_ct'));
+}
+
+/**
+ * The bench's handle on one datapath's connection table. Borrows the datapath's pins; close()
+ * releases its own fds only.
+ */
+export class ConntrackAccess {
+  readonly #datapath: EbpfDatapath;
+  readonly #pinRoot: string;
+  readonly #ct: BpfMap;
+  readonly #ctNew: BpfMap;
+  #closed = false;
+
+  /** Options for EbpfDatapath.open() that size ep_ct to `capacity` entries. */
+  static openOptions(capacity: number): Partial<EbpfDatapathOptions> {
+    return { ctEntries: capacity };
+  }
+
+  /** Borrows `datapath` (which must outlive this). @throws if it has no connection table (see conntrackSupported). */
+  constructor(datapath: EbpfDatapath) {
+    this.#datapath = datapath;
+    this.#pinRoot = datapath.pinRoot;
+    this.#ct = BpfMap.openPinned(join(this.#pinRoot, 'ep_ct'));
+    this.#ctNew = BpfMap.openPinned(join(this.#pinRoot, 'ep_ct_new'));
+  }
+
+  /**
+   * Runs and run time so far of edge_xdp and edge_tc_egress (bpftool; counted only while the
+   * kernel.bpf_stats_enabled sysctl is 1).
+   */
+  programStats(): { xdp: { runs: number; ns: number }; egress: { runs: number; ns: number } } {
+    const one = (program: Program): { runs: number; ns: number } => {
+      const info = JSON.parse(execFileSync('bpftool', ['-j', 'prog', 'show', 'id', String(program.id)], { encoding: 'utf8' })) as { run_cnt?: number; run_time_ns?: number };
+      return { runs: info.run_cnt ?? 0, ns: info.run_time_ns ?? 0 };
+    };
+    return { xdp: one(this.#datapath.xdpProgram), egress: one(this.#datapath.tcEgressProgram) };
+  }
+
+  /** Attaches edge_xdp (native) and edge_tc_egress to `dev` in namespace `ns`, as the agent's uplink role does. */
+  attach(ns: string, dev: string): void {
+    execFileSync('ip', ['-n', ns, 'link', 'set', 'dev', dev, 'xdpdrv', 'pinned', join(this.#pinRoot, 'edge_xdp')]);
+    spawnSync('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'add', 'dev', dev, 'clsact'], { stdio: 'ignore' });
+    execFileSync('ip', ['netns', 'exec', ns, 'tc', 'filter', 'replace', 'dev', dev, 'egress', 'pref', '1', 'handle', '1', 'bpf', 'da', 'pinned', join(this.#pinRoot, 'edge_tc_egress')]);
+  }
+
+  /** Removes what attach() added. */
+  detach(ns: string, dev: string): void {
+    execFileSync('ip', ['-n', ns, 'link', 'set', 'dev', dev, 'xdpdrv', 'off']);
+    spawnSync('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'del', 'dev', dev, 'clsact'], { stdio: 'ignore' });
+  }
+
+  /** Packets passed by an entry (the datapath's `established` conntrack counter). */
+  establishedPackets(): number {
+    return this.#datapath.readCounters().conntrack.established.packets;
+  }
+
+  /**
+   * Writes flows [from, to) into ep_ct as established UDP flows (reply seen, an hour to live):
+   * index 0 is `flow`, index i > 0 comes from `filler(i)` to `flow.dst:flow.dport`.
+   */
+  fill(from: number, to: number, flow: FlowTuple, filler: (i: number) => { src: string; sport: number }): void {
+    const now = process.hrtime.bigint(); // CLOCK_MONOTONIC, as bpf_ktime_get_ns()
+    const value = encode(epCtEntry, {
+      expiresNs: now + 3_600_000_000_000n,
+      createdNs: now,
+      packets: [1n, 1n],
+      bytes: [60n, 60n],
+      ruleId: 2,
+      epoch: this.#datapath.epoch,
+      state: CONNECTION_STATES.indexOf('udp'),
+      flags: CONNECTION_FLAGS.seen_reply,
+      pad0: 0,
+      pad1: 0,
+    });
+    const dst = v4(flow.dst);
+    for (let start = from; start < to; start += BATCH) {
+      const keys: Uint8Array[] = [];
+      for (let i = start; i < Math.min(to, start + BATCH); i++) {
+        const tuple = i === 0 ? flow : filler(i);
+        keys.push(encode(epCtKey, { family: 4, proto: PROTO_UDP, pad: 0, sport: tuple.sport, dport: flow.dport, src: v4(tuple.src), dst }));
+      }
+      this.#ct.setBatch(keys, keys.map(() => value));
+    }
+  }
+
+  /** Entries in ep_ct. */
+  count(): number {
+    let total = 0;
+    for (const { count } of this.#ct.getBatches(BATCH)) total += count;
+    return total;
+  }
+
+  /** Deletes every entry of ep_ct and ep_ct_new. */
+  clear(): void {
+    for (const map of [this.#ct, this.#ctNew]) {
+      // Read every key first: the batch cursor is a bucket position, deleting under it skips.
+      const chunks = [...map.getBatches(BATCH)].map(({ count, keys }) => ({ count, keys: keys.slice() }));
+      const size = map.keySize;
+      for (const { count, keys } of chunks) for (let i = 0; i < count; i++) map.delete(keys.subarray(i * size, (i + 1) * size));
+    }
+  }
+
+  /**
+   * Runs the sweeper (EbpfDatapath.sweepConntrack: ep_ct_sweep through BPF_PROG_TEST_RUN, what
+   * the agent's ConntrackSweeper calls) once over the whole table, with no budget limit. @returns its wall time, this process's CPU for it, the entries it visited and
+   * how many expired ones it removed.
+   */
+  sweepTimed(): { ms: number; cpuMs: number; entries: number; removed: number } {
+    const entries = this.count();
+    const cpu = process.cpuUsage();
+    const started = performance.now();
+    const removed = this.#datapath.sweepConntrack(0xffff_ffff);
+    const ms = performance.now() - started;
+    const used = process.cpuUsage(cpu);
+    return { ms, cpuMs: (used.user + used.system) / 1000, entries, removed };
+  }
+
+  /** Releases this handle's fds; idempotent. The tables and pins stay. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const held of [this.#ct, this.#ctNew]) held.close();
+  }
+}

@@ -1,0 +1,773 @@
+// Connection tracking (issue 13): edgeplane's stateful datapath beside netfilter conntrack (nftables
+// `ct state established,related accept`, iptables-legacy `-m conntrack --ctstate`), side by side in
+// one run, on the rig of bench/netfilter.ts: a client namespace and a node namespace joined by a
+// veth pair, the filter on the node (edgeplane: edge_xdp native on the node's veth and
+// edge_tc_egress on its egress; netfilter: the node namespace's hooks).
+//
+//   (a) new TCP connections per core: bench/tcp-churn.c (C, built here) opens connections from
+//       the client namespace to a server in the node namespace, each from a tuple never used
+//       before; client and server are pinned to one CPU, so everything the connections cost (both
+//       TCP stacks, veth, softirq, the filter) is that CPU's work: connections per CPU-second.
+//       The filter's own share is the difference to the same load with no filter.
+//   (b) established-flow packets per softirq core with 1,000 / 100,000 / 1,000,000 tracked flows:
+//       the tables are filled directly (edgeplane: ep_ct through the codecs; netfilter:
+//       `conntrack -R`), then trafgen floods one flow that is in the table; the packets pass the
+//       filter and end in the node's UDP stack (no socket there: NoPorts). Figure: softirq ns per
+//       passed packet, as bench/netfilter.ts.
+//   (c) table maintenance at 1,000,000 entries: netfilter's gc_worker (kworker) CPU from perf
+//       cpu-clock samples over a window, against edgeplane's sweep (its own CPU).
+//   (d) 1,000 generation switches under traffic: long-lived TCP connections doing request/response
+//       and a stream of new connections while the agent applies a changed rule set 1,000 times.
+//
+// Contenders alternate within each rep; medians are reported. Prints tables, the goals with
+// met/missed, and one JSON line. Asserts nothing. Needs root, trafgen, conntrack, perf, cc.
+//   node --import=tsx bench/conntrack.ts [--quick] [--parts abcd]
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, rmdirSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { EbpfDatapath, nextSweepDelay, type RuleSetSpec } from '@edgeplane/node-agent';
+import { ConntrackAccess, conntrackSupported } from './conntrack-access.js';
+
+const quick = process.argv.includes('--quick');
+const partsArg = process.argv[process.argv.indexOf('--parts') + 1];
+const parts = new Set((process.argv.includes('--parts') && partsArg !== undefined ? partsArg : 'abcd').split(''));
+const reps = quick ? 1 : 3;
+const churnSeconds = quick ? 1 : 3;
+const floodSeconds = quick ? 1 : 2;
+const flowSizes = process.env.EP_BENCH_FLOWS?.split(',').map(Number) ?? [1_000, 100_000, 1_000_000];
+const switches = Number(process.env.EP_BENCH_SWITCHES ?? (quick ? 100 : 1_000));
+const gcWindowSeconds = quick ? 20 : 70;
+/** ConntrackSweeper's defaults (conntrack-sweeper.ts): a pass at least every 10 s, at most 0.5 % of a core. */
+const SWEEP_PACE = { intervalMs: 10_000, busyIntervalMs: 100, maxCpuShare: 0.005, busyCpuShare: 0.05 };
+/** ep_ct entries and netfilter's nf_conntrack_max: room for the largest size plus (a)'s churn. */
+const CAPACITY = 2_097_152;
+
+const tag = process.pid.toString(36);
+const nsClient = `epct-c-${tag}`;
+const nsNode = `epct-n-${tag}`;
+const clientIf = 'cli0';
+const nodeIf = 'node0';
+const clientAddress = '10.99.0.1';
+const nodeAddress = '10.99.0.2';
+/** (a)'s client sources: SOURCE_PREFIX.1 .. SOURCE_PREFIX.SOURCES, 64,000 ports each. */
+const SOURCE_PREFIX = '10.98.0';
+const SOURCES = 200;
+const TCP_PORT = 8080;
+/** (d)'s echo server (edgeplane's rule admits TCP_PORT..ECHO_PORT; netfilter is not in (d)). */
+const ECHO_PORT = 8081;
+const UDP_PORT = 9;
+const FLOW_SPORT = 4000;
+/** CPU the connection load is pinned to ((a), (d)); trafgen runs on the other one ((b)). */
+const LOAD_CPU = 1;
+const FLOOD_CPU = 0;
+const workDir = mkdtempSync(join(tmpdir(), 'ep-bench-ct-'));
+
+type Contender = 'none' | 'edgeplane' | 'nft' | 'iptables';
+
+const run = (command: string, ...args: string[]): string => execFileSync(command, args, { encoding: 'utf8', maxBuffer: 1 << 28 });
+const inNode = (...args: string[]): string => run('ip', 'netns', 'exec', nsNode, ...args);
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+const ip = (n: number): string => `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+const HZ = Number(run('getconf', 'CLK_TCK').trim()) || 100;
+
+// --- the rig ------------------------------------------------------------------------------
+
+const children = new Set<ChildProcess>();
+function setUp(): void {
+  run('ip', 'netns', 'add', nsClient);
+  run('ip', 'netns', 'add', nsNode);
+  run('ip', 'link', 'add', clientIf, 'netns', nsClient, 'type', 'veth', 'peer', 'name', nodeIf, 'netns', nsNode);
+  for (const [ns, dev, address] of [
+    [nsClient, clientIf, clientAddress],
+    [nsNode, nodeIf, nodeAddress],
+  ] as const) {
+    run('ip', '-n', ns, 'link', 'set', 'lo', 'up');
+    run('ip', '-n', ns, 'addr', 'add', `${address}/24`, 'dev', dev);
+    run('ip', '-n', ns, 'link', 'set', dev, 'up');
+  }
+  const batch = Array.from({ length: SOURCES }, (_, i) => `addr add ${SOURCE_PREFIX}.${i + 1}/32 dev ${clientIf}`).join('\n');
+  execFileSync('ip', ['-n', nsClient, '-batch', '-'], { input: `${batch}\n` });
+  // The node answers (a)'s sources and (b)'s filler flows on the link, no reverse-path filter.
+  inNode('sysctl', '-q', '-w', 'net.ipv4.conf.all.rp_filter=0', `net.ipv4.conf.${nodeIf}.rp_filter=0`, 'net.ipv4.conf.default.rp_filter=0');
+  run('ip', '-n', nsNode, 'route', 'add', '10.0.0.0/8', 'dev', nodeIf);
+  run('ip', '-n', nsClient, 'route', 'add', '10.0.0.0/8', 'dev', clientIf);
+}
+
+function tearDown(): void {
+  for (const child of children) child.kill('SIGKILL');
+  spawnSync('ip', ['netns', 'exec', nsNode, 'conntrack', '-F'], { stdio: 'ignore' });
+  for (const ns of [nsClient, nsNode]) spawnSync('ip', ['netns', 'del', ns]);
+  rmSync(workDir, { recursive: true, force: true });
+}
+
+// netfilter's table size is global (init namespace): raised for the bench, restored after.
+const sysctls = { max: '/proc/sys/net/netfilter/nf_conntrack_max', hashsize: '/sys/module/nf_conntrack/parameters/hashsize' };
+const bpfStats = '/proc/sys/kernel/bpf_stats_enabled';
+const saved = { max: readFileSync(sysctls.max, 'utf8').trim(), hashsize: readFileSync(sysctls.hashsize, 'utf8').trim(), bpfStats: readFileSync(bpfStats, 'utf8').trim() };
+function sizeNetfilter(): void {
+  // Same bucket count as edgeplane's ep_ct hash (the kernel rounds max_entries up to a power of 2).
+  writeFileSync(sysctls.hashsize, String(CAPACITY));
+  writeFileSync(sysctls.max, String(CAPACITY));
+  // edgeplane's own run time per packet (bpf_prog_info run_time_ns), beside the CPU figures.
+  writeFileSync(bpfStats, '1');
+}
+function restoreNetfilter(): void {
+  writeFileSync(sysctls.max, saved.max);
+  writeFileSync(sysctls.hashsize, saved.hashsize);
+  writeFileSync(bpfStats, saved.bpfStats);
+}
+
+function buildLoad(): string {
+  const out = join(workDir, 'tcp-churn');
+  run('cc', '-O2', '-Wall', '-o', out, fileURLToPath(new URL('./tcp-churn.c', import.meta.url)));
+  return out;
+}
+
+/** Softirq jiffies of one CPU from /proc/stat (veth receives in softirq on the sending CPU). */
+function softirqJiffies(cpu: number): number {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith(`cpu${cpu} `)) ?? '';
+  return Number(line.trim().split(/\s+/)[7] ?? 0);
+}
+
+/** utime+stime (ticks) by pid of the threads whose comm matches. */
+function threadTicksByPid(match: (comm: string) => boolean): Map<string, number> {
+  const ticks = new Map<string, number>();
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      if (!match(comm)) continue;
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks.set(pid, Number(f[11]) + Number(f[12]));
+    } catch {
+      // exited
+    }
+  }
+  return ticks;
+}
+
+/** Ticks the threads alive at both reads spent between them (kworkers come and go). */
+function ticksBetween(before: Map<string, number>, after: Map<string, number>): number {
+  let total = 0;
+  for (const [pid, ticks] of after) {
+    const was = before.get(pid);
+    if (was !== undefined) total += ticks - was;
+  }
+  return total;
+}
+
+function udpPassed(): number {
+  const snmp = inNode('cat', '/proc/net/snmp').split('\n').filter((l) => l.startsWith('Udp:'));
+  const names = (snmp[0] ?? '').split(/\s+/);
+  const values = (snmp[1] ?? '').split(/\s+/).map(Number);
+  const field = (name: string): number => values[names.indexOf(name)] ?? 0;
+  return field('InDatagrams') + field('NoPorts') + field('InCsumErrors');
+}
+
+// --- contenders ---------------------------------------------------------------------------
+
+// The policy every contender enforces: established and related pass; new TCP to TCP_PORT and new
+// UDP to UDP_PORT are admitted (and tracked); everything else is dropped. edgeplane keeps admitted
+// flows across changes (KEEP, as netfilter) except in (d), which re-checks them (cutOnDeny) after
+// every switch. `extraPort` adds a deny rule that changes the rule set without touching the load.
+const edgeplaneRules = (extraPort?: number, cutOnDeny = false): RuleSetSpec => ({
+  rules: [
+    { id: 1, srcCidrs: [], dstCidrs: [], protocol: 'tcp', dstPorts: [{ from: TCP_PORT, to: ECHO_PORT }], action: 'allow', track: true },
+    { id: 2, srcCidrs: [], dstCidrs: [], protocol: 'udp', dstPorts: [{ from: UDP_PORT, to: UDP_PORT }], action: 'allow', track: true },
+    ...(extraPort === undefined ? [] : [{ id: 3 + (extraPort % 2), srcCidrs: ['192.0.2.0/24'], dstCidrs: [], protocol: 'tcp' as const, dstPorts: [{ from: extraPort, to: extraPort }], action: 'deny' as const }]),
+  ],
+  defaultAction: 'deny',
+  trackEgress: false,
+  cutOnDeny,
+});
+
+const NFT_RULES = `flush ruleset
+table inet bench {
+  chain input {
+    type filter hook input priority 0; policy drop;
+    ct state established,related counter accept
+    ct state invalid drop
+    tcp dport ${TCP_PORT} ct state new counter accept
+    udp dport ${UDP_PORT} ct state new counter accept
+  }
+}
+`;
+const IPTABLES_RULES = `*filter
+:INPUT DROP [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A INPUT -m conntrack --ctstate INVALID -j DROP
+-A INPUT -p tcp --dport ${TCP_PORT} -m conntrack --ctstate NEW -j ACCEPT
+-A INPUT -p udp --dport ${UDP_PORT} -m conntrack --ctstate NEW -j ACCEPT
+COMMIT
+`;
+
+function flushNetfilter(): void {
+  spawnSync('ip', ['netns', 'exec', nsNode, 'iptables-legacy', '-F', 'INPUT']);
+  spawnSync('ip', ['netns', 'exec', nsNode, 'iptables-legacy', '-P', 'INPUT', 'ACCEPT']);
+  spawnSync('ip', ['netns', 'exec', nsNode, 'nft', 'flush', 'ruleset']);
+}
+
+/** Packets the "established" rule passed (netfilter) or entries passed (edgeplane), for the record. */
+interface Installed {
+  established(): number;
+  /** edgeplane: ns per run of edge_xdp and edge_tc_egress since install (kernel.bpf_stats_enabled). */
+  bpfNs(): { xdp: number; egress: number };
+  remove(): void;
+}
+const noBpf = (): { xdp: number; egress: number } => ({ xdp: NaN, egress: NaN });
+
+function install(contender: Contender, ct: ConntrackAccess | undefined): Installed {
+  switch (contender) {
+    case 'none':
+      return { established: () => NaN, bpfNs: noBpf, remove: () => undefined };
+    case 'edgeplane': {
+      if (ct === undefined) throw new Error('edgeplane conntrack is not in this build');
+      ct.attach(nsNode, nodeIf);
+      const before = ct.establishedPackets();
+      const stats = ct.programStats();
+      const bpfNs = (): { xdp: number; egress: number } => {
+        const now = ct.programStats();
+        return { xdp: (now.xdp.ns - stats.xdp.ns) / (now.xdp.runs - stats.xdp.runs), egress: (now.egress.ns - stats.egress.ns) / (now.egress.runs - stats.egress.runs) };
+      };
+      return { established: () => ct.establishedPackets() - before, bpfNs, remove: () => ct.detach(nsNode, nodeIf) };
+    }
+    case 'nft': {
+      const file = join(workDir, 'nft.rules');
+      writeFileSync(file, NFT_RULES);
+      inNode('nft', '-f', file);
+      const established = (): number => Number(/established,related counter packets (\d+)/.exec(inNode('nft', 'list', 'chain', 'inet', 'bench', 'input'))?.[1] ?? NaN);
+      return { established, bpfNs: noBpf, remove: flushNetfilter };
+    }
+    case 'iptables': {
+      execFileSync('ip', ['netns', 'exec', nsNode, 'iptables-legacy-restore'], { input: IPTABLES_RULES });
+      const established = (): number => Number(inNode('iptables-legacy', '-L', 'INPUT', '1', '-vnx').trim().split(/\s+/)[0] ?? NaN);
+      return { established, bpfNs: noBpf, remove: flushNetfilter };
+    }
+  }
+}
+
+const median = (values: number[]): number => {
+  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+};
+const fmt = (n: number): string => (Number.isNaN(n) ? 'n/a' : Math.round(n).toLocaleString('en-US'));
+
+/** Starts `args` in the node namespace on LOAD_CPU and waits for it to print "ready". */
+async function startInNode(load: string, ...args: string[]): Promise<{ child: ChildProcess; stop(): Promise<Record<string, number>> }> {
+  const child = spawn('ip', ['netns', 'exec', nsNode, 'taskset', '-c', String(LOAD_CPU), load, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.add(child);
+  let out = '';
+  child.stdout?.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  for (let i = 0; i < 100 && !out.includes('ready'); i++) await sleep(20);
+  if (!out.includes('ready')) throw new Error(`${args[0] ?? 'load'} in the node namespace did not start`);
+  return {
+    child,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await exited;
+      children.delete(child);
+      return JSON.parse(out.split('\n').find((l) => l.startsWith('{')) ?? '{}') as Record<string, number>;
+    },
+  };
+}
+
+// --- the filter's own CPU, from perf ------------------------------------------------------------
+
+/** CPU time (ms) perf's cpu-clock samples of one CPU put in each place. */
+interface FilterCpu {
+  /** Every sample of the CPU. */
+  totalMs: number;
+  /** Samples under nf_hook_slow: every netfilter hook (conntrack in/confirm, nft or iptables chains). */
+  netfilterMs: number;
+  /** Samples in edgeplane's JITed programs (edge_xdp, edge_tc_egress, their subprograms) and the helpers they call. */
+  bpfMs: number;
+  /** Samples in veth_xdp_rcv_skb outside the program: veth turning an skb into an xdp_buff (it copies; a NIC driver runs XDP before any skb). */
+  vethXdpMs: number;
+}
+const PERF_HZ = 4000;
+
+/** Samples CPU `cpu` with perf (cpu-clock, call chains) while `work` runs. */
+async function sampleCpu<T>(cpu: number, work: () => Promise<T> | T): Promise<{ result: T; cpu: FilterCpu }> {
+  const data = join(workDir, `perf-${cpu}.data`);
+  // perf starts disabled and is enabled through its control fifo, with an ack: sampling covers
+  // exactly `work`, however long perf itself takes to start on a busy machine.
+  const ctlPath = join(workDir, 'perf-ctl');
+  const ackPath = join(workDir, 'perf-ack');
+  for (const path of [ctlPath, ackPath]) if (!existsSync(path)) run('mkfifo', path);
+  const perf = spawn('perf', ['record', '-q', '-D', '-1', '--control', `fifo:${ctlPath},${ackPath}`, '-e', 'cpu-clock', '-F', String(PERF_HZ), '-C', String(cpu), '-g', '-o', data], { stdio: 'ignore' });
+  children.add(perf);
+  const exited = new Promise<void>((resolve) => perf.on('exit', () => resolve()));
+  const ctl = openSync(ctlPath, 'w');
+  const ack = openSync(ackPath, 'r');
+  const command = (text: string): void => {
+    writeSync(ctl, `${text}\n`);
+    readSync(ack, Buffer.alloc(16));
+  };
+  let result: T;
+  try {
+    command('enable');
+    result = await work();
+    command('disable');
+  } finally {
+    closeSync(ctl);
+    closeSync(ack);
+    perf.kill('SIGINT');
+    await exited;
+    children.delete(perf);
+  }
+  const script = execFileSync('perf', ['script', '-i', data, '-F', 'period,ip,sym'], { encoding: 'utf8', maxBuffer: 1 << 30, stdio: ['ignore', 'pipe', 'ignore'] });
+  if (process.env.EP_BENCH_PERF_DIR !== undefined) writeFileSync(join(process.env.EP_BENCH_PERF_DIR, `perf-${cpu}-${Date.now()}.txt`), script);
+  const out: FilterCpu = { totalMs: 0, netfilterMs: 0, bpfMs: 0, vethXdpMs: 0 };
+  for (const block of script.split(/\n\s*\n/)) {
+    const period = Number(/^\s*(\d+)/.exec(block)?.[1] ?? 0) / 1e6;
+    if (period === 0) continue;
+    out.totalMs += period;
+    if (/ nf_hook_slow$/m.test(block)) out.netfilterMs += period;
+    else if (/ bpf_prog_[0-9a-f]+_(edge_|ep_)\w*$/m.test(block)) out.bpfMs += period;
+    else if (/ veth_xdp_rcv_skb$/m.test(block)) out.vethXdpMs += period;
+  }
+  return { result, cpu: out };
+}
+
+// --- (a) new connections ----------------------------------------------------------------------
+
+interface ChurnSample {
+  contender: Contender;
+  connections: number;
+  failed: number;
+  perSecond: number;
+  cpuUsPerConnection: number;
+  perCoreSecond: number;
+  xdpNs: number;
+  egressNs: number;
+  /** perf: the filter's own CPU per connection (netfilter hooks, or edgeplane's programs + veth's XDP copy). */
+  filterUs: number;
+  vethXdpUs: number;
+  programUs: number;
+}
+let nextTuple = 0;
+/** The filter's share of a perf profile: netfilter's hooks, or edgeplane's programs and the copy veth makes for XDP. */
+const filterMs = (contender: Contender, cpu: FilterCpu): number =>
+  contender === 'edgeplane' ? cpu.bpfMs + cpu.vethXdpMs : contender === 'none' ? cpu.netfilterMs + cpu.bpfMs + cpu.vethXdpMs : cpu.netfilterMs;
+
+async function churnOnce(contender: Contender, load: string, ct: ConntrackAccess | undefined): Promise<ChurnSample> {
+  const installed = install(contender, ct);
+  try {
+    const server = await startInNode(load, 'server', nodeAddress, String(TCP_PORT), 'close');
+    const ksoftirqd = `ksoftirqd/${LOAD_CPU}`;
+    const kBefore = threadTicksByPid((c) => c === ksoftirqd);
+    const { result: out, cpu } = await sampleCpu(LOAD_CPU, () =>
+      run('ip', 'netns', 'exec', nsClient, 'taskset', '-c', String(LOAD_CPU), load, 'churn', SOURCE_PREFIX, String(SOURCES), nodeAddress, String(TCP_PORT), String(churnSeconds), '16', String(nextTuple)),
+    );
+    const kAfter = threadTicksByPid((c) => c === ksoftirqd);
+    const client = JSON.parse(out.trim().split('\n').pop() ?? '{}') as Record<string, number>;
+    const srv = await server.stop();
+    const bpf = installed.bpfNs();
+    nextTuple = client.next ?? nextTuple + 1_000_000;
+    const connections = client.connections ?? 0;
+    const cpuUs = (client.userUs ?? 0) + (client.sysUs ?? 0) + (srv.userUs ?? 0) + (srv.sysUs ?? 0) + (ticksBetween(kBefore, kAfter) * 1e6) / HZ;
+    return {
+      contender,
+      connections,
+      failed: client.failed ?? 0,
+      perSecond: connections / churnSeconds,
+      cpuUsPerConnection: cpuUs / connections,
+      perCoreSecond: connections / (cpuUs / 1e6),
+      xdpNs: bpf.xdp,
+      egressNs: bpf.egress,
+      filterUs: (filterMs(contender, cpu) * 1000) / connections,
+      vethXdpUs: (cpu.vethXdpMs * 1000) / connections,
+      programUs: (cpu.bpfMs * 1000) / connections,
+    };
+  } finally {
+    installed.remove();
+    // Each run starts from an empty table: drop what the connections left (TIME_WAIT, CLOSE).
+    spawnSync('ip', ['netns', 'exec', nsNode, 'conntrack', '-F'], { stdio: 'ignore' });
+    ct?.clear();
+  }
+}
+
+// --- (b) established flows --------------------------------------------------------------------
+
+/** Filler flow i: 10.64.0.0 + i, source port 1024 + i % 60000, to the node's UDP_PORT. */
+const fillerSource = (i: number): string => ip((10 << 24) + (64 << 16) + i);
+const fillerPort = (i: number): number => 1024 + (i % 60_000);
+
+function fillNetfilter(from: number, to: number): void {
+  const lines: string[] = [];
+  const entry = (src: string, sport: number): string => `-I -p udp -s ${src} -d ${nodeAddress} --sport ${sport} --dport ${UDP_PORT} --status ASSURED,SEEN_REPLY --timeout 7200`;
+  if (from === 0) lines.push(entry(clientAddress, FLOW_SPORT));
+  for (let i = Math.max(from, 1); i < to; i++) lines.push(entry(fillerSource(i), fillerPort(i)));
+  const file = join(workDir, 'ct.load');
+  writeFileSync(file, `${lines.join('\n')}\n`);
+  execFileSync('ip', ['netns', 'exec', nsNode, 'conntrack', '-R', file], { stdio: 'ignore' });
+}
+
+function netfilterCount(): number {
+  return Number(/(\d+)/.exec(run('ip', 'netns', 'exec', nsNode, 'conntrack', '-C'))?.[1] ?? NaN);
+}
+
+function flood(mac: string): void {
+  const [s1, s2, s3, s4] = clientAddress.split('.');
+  const [d1, d2, d3, d4] = nodeAddress.split('.');
+  const config = join(workDir, 'flood.cfg');
+  writeFileSync(config, `{ eth(da=${mac}), ipv4(saddr=${s1}.${s2}.${s3}.${s4}, daddr=${d1}.${d2}.${d3}.${d4}, ttl=64), udp(sp=${FLOW_SPORT}, dp=${UDP_PORT}), fill(0x41, 18) }\n`);
+  spawnSync('ip', ['netns', 'exec', nsClient, 'timeout', '-s', 'INT', String(floodSeconds), 'taskset', '-c', String(FLOOD_CPU), 'trafgen', '-o', clientIf, '-i', config, '-P', '1', '--no-sock-mem', '-Q', '-C'], {
+    stdio: 'ignore',
+  });
+}
+
+interface FlowSample {
+  flows: number;
+  contender: Contender;
+  passedPps: number;
+  establishedShare: number;
+  nsPerPacket: number;
+  perCoreSecond: number;
+  xdpNs: number;
+  /** perf: the filter's own CPU per passed packet. */
+  filterNs: number;
+  /** perf: edgeplane's programs alone per passed packet (without veth's XDP conversion). */
+  programNs: number;
+}
+
+async function floodOnce(contender: Contender, flows: number, mac: string, ct: ConntrackAccess | undefined): Promise<FlowSample> {
+  const installed = install(contender, ct);
+  try {
+    const passedBefore = udpPassed();
+    const softBefore = softirqJiffies(FLOOD_CPU);
+    const { cpu } = await sampleCpu(FLOOD_CPU, async () => {
+      flood(mac);
+      await sleep(100);
+    });
+    const elapsed = floodSeconds;
+    const soft = (softirqJiffies(FLOOD_CPU) - softBefore) / HZ;
+    const passed = udpPassed() - passedBefore;
+    const established = installed.established();
+    return {
+      flows,
+      contender,
+      passedPps: passed / elapsed,
+      establishedShare: established / passed,
+      nsPerPacket: (soft * 1e9) / passed,
+      perCoreSecond: passed / soft,
+      xdpNs: installed.bpfNs().xdp,
+      filterNs: (filterMs(contender, cpu) * 1e6) / passed,
+      programNs: (cpu.bpfMs * 1e6) / passed,
+    };
+  } finally {
+    installed.remove();
+  }
+}
+
+// --- (c) table maintenance --------------------------------------------------------------------
+
+/** CPU ms that perf's cpu-clock samples put under `symbol` (anywhere in the call chain) over `seconds`. */
+function perfSymbolMs(symbol: string, seconds: number): { ms: number; samples: number } {
+  const data = join(workDir, 'perf.data');
+  execFileSync('perf', ['record', '-q', '-e', 'cpu-clock', '-F', '1000', '-a', '-g', '-o', data, '--', 'sleep', String(seconds)], { stdio: 'ignore' });
+  const script = execFileSync('perf', ['script', '-i', data, '-F', 'period,ip,sym'], { encoding: 'utf8', maxBuffer: 1 << 30 });
+  let ns = 0;
+  let samples = 0;
+  for (const block of script.split(/\n\s*\n/)) {
+    if (!block.includes(symbol)) continue;
+    const period = /^\s*(\d+)/.exec(block)?.[1];
+    ns += Number(period ?? 0);
+    samples++;
+  }
+  return { ms: ns / 1e6, samples };
+}
+
+// --- (d) generation switches --------------------------------------------------------------------
+
+interface SwitchResult {
+  switches: number;
+  seconds: number;
+  persistent: Record<string, number>;
+  churn: Record<string, number>;
+}
+
+async function switchesUnderTraffic(load: string, ct: ConntrackAccess, datapath: EbpfDatapath): Promise<SwitchResult> {
+  await datapath.apply(edgeplaneRules(undefined, true));
+  ct.attach(nsNode, nodeIf);
+  const server = await startInNode(load, 'server', nodeAddress, String(TCP_PORT), 'close');
+  const echo = await startInNode(load, 'server', nodeAddress, String(ECHO_PORT), 'echo');
+  try {
+    const budget = Math.max(60, switches * 0.5);
+    const persistent = spawn('ip', ['netns', 'exec', nsClient, load, 'persist', clientAddress, nodeAddress, String(ECHO_PORT), '64', String(budget), '2000'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    children.add(persistent);
+    let pOut = '';
+    persistent.stdout.on('data', (chunk: Buffer) => (pOut += chunk.toString()));
+    const pExit = new Promise<void>((resolve) => persistent.on('exit', () => resolve()));
+    for (let i = 0; i < 200 && !pOut.includes('ready'); i++) await sleep(20);
+    const churn = spawn('ip', ['netns', 'exec', nsClient, load, 'churn', SOURCE_PREFIX, String(SOURCES), nodeAddress, String(TCP_PORT), String(budget), '4', String(nextTuple)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    children.add(churn);
+    let cOut = '';
+    churn.stdout.on('data', (chunk: Buffer) => (cOut += chunk.toString()));
+    const cExit = new Promise<void>((resolve) => churn.on('exit', () => resolve()));
+    const started = performance.now();
+    for (let i = 0; i < switches; i++) {
+      await datapath.apply(edgeplaneRules(20_000 + i, true));
+      if (i % 100 === 99) process.stderr.write(`(d) ${i + 1} switches\n`);
+    }
+    const seconds = (performance.now() - started) / 1000;
+    await sleep(500);
+    persistent.kill('SIGTERM');
+    churn.kill('SIGTERM');
+    await Promise.all([pExit, cExit]);
+    children.delete(persistent);
+    children.delete(churn);
+    const last = (text: string): Record<string, number> => JSON.parse(text.split('\n').filter((l) => l.startsWith('{')).pop() ?? '{}') as Record<string, number>;
+    const churned = last(cOut);
+    nextTuple = churned.next ?? nextTuple + 1_000_000;
+    return { switches, seconds, persistent: last(pOut), churn: churned };
+  } finally {
+    await server.stop();
+    await echo.stop();
+    ct.detach(nsNode, nodeIf);
+  }
+}
+
+// --- main ---------------------------------------------------------------------------------------
+
+const mount = mkdtempSync('/run/edgeplane-bench-ct-');
+let mounted = false;
+const report: Record<string, unknown> = { bench: 'conntrack', quick, reps, churnSeconds, floodSeconds, capacity: CAPACITY };
+const goals: { goal: string; figure: string; met: boolean | null }[] = [];
+const failures: string[] = [];
+// Everything the bench changed on the machine, undone once: from the finally below, or from a
+// signal (the bench may be busy in a synchronous step, so the handler cleans up and exits).
+let cleaned = false;
+function cleanUp(): void {
+  if (cleaned) return;
+  cleaned = true;
+  tearDown();
+  restoreNetfilter();
+  if (mounted) spawnSync('umount', [mount]);
+  if (existsSync(mount)) rmdirSync(mount);
+}
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    process.stderr.write(`bench/conntrack.ts: ${signal}, cleaning up\n`);
+    cleanUp();
+    process.exit(130);
+  });
+}
+
+try {
+  setUp();
+  sizeNetfilter();
+  const load = buildLoad();
+  execFileSync('mount', ['-t', 'bpf', 'bpf', mount]);
+  mounted = true;
+  const datapath = await EbpfDatapath.open({ pinRoot: mount, ...ConntrackAccess.openOptions(CAPACITY) });
+  const ct = conntrackSupported(datapath) ? new ConntrackAccess(datapath) : undefined;
+  if (ct === undefined) failures.push('edgeplane: this build has no connection table (ep_ct); edgeplane rows are missing');
+  try {
+    if (ct !== undefined) await datapath.apply(edgeplaneRules());
+    const contenders: Contender[] = ct === undefined ? ['none', 'nft', 'iptables'] : ['none', 'edgeplane', 'nft', 'iptables'];
+    const rotate = (rep: number): Contender[] => contenders.map((_, i, all) => all[(i + rep) % all.length] as Contender);
+
+    // (a)
+    if (parts.has('a')) {
+      const samples: ChurnSample[] = [];
+      for (let rep = 0; rep < reps; rep++) {
+        for (const contender of rotate(rep)) {
+          try {
+            const s = await churnOnce(contender, load, ct);
+            samples.push(s);
+            process.stderr.write(`(a) ${contender} rep ${rep}: ${s.connections} connections (${s.failed} failed), ${s.cpuUsPerConnection.toFixed(1)} us CPU each\n`);
+          } catch (error) {
+            failures.push(`(a) ${contender}: ${(error as Error).message.split('\n')[0]}`);
+            flushNetfilter();
+          }
+        }
+      }
+      const noneUs = median(samples.filter((s) => s.contender === 'none').map((s) => s.cpuUsPerConnection));
+      const rows = contenders.map((contender) => {
+        const of = samples.filter((s) => s.contender === contender);
+        const us = median(of.map((s) => s.cpuUsPerConnection));
+        const filterUs = median(of.map((s) => s.filterUs));
+        return {
+          contender,
+          runs: of.length,
+          connectionsPerSecond: median(of.map((s) => s.perSecond)),
+          failed: of.reduce((a, s) => a + s.failed, 0),
+          cpuUsPerConnection: us,
+          perCoreSecond: median(of.map((s) => s.perCoreSecond)),
+          cpuUsOverNone: us - noneUs,
+          filterUsPerConnection: filterUs,
+          filterPerCoreSecond: filterUs > 0 ? 1e6 / filterUs : NaN,
+          vethXdpUsPerConnection: median(of.map((s) => s.vethXdpUs)),
+          programUsPerConnection: median(of.map((s) => s.programUs)),
+          xdpNsPerRun: median(of.map((s) => s.xdpNs)),
+          egressNsPerRun: median(of.map((s) => s.egressNs)),
+        };
+      });
+      console.log(`\n(a) new TCP connections (connect, server FIN, close; a fresh tuple each), client + server on CPU ${LOAD_CPU}, ${churnSeconds} s, medians of ${reps}`);
+      console.log(['contender', 'conn/s', 'failed', 'CPU us/conn', 'conn/core-s', 'over none us', 'filter us/conn', 'filter conn/core-s', 'prog+veth-xdp us', 'BPF ns xdp/egr'].map((h) => h.padStart(19)).join(''));
+      for (const r of rows) {
+        console.log(
+          [
+            r.contender,
+            fmt(r.connectionsPerSecond),
+            String(r.failed),
+            r.cpuUsPerConnection.toFixed(1),
+            fmt(r.perCoreSecond),
+            r.contender === 'none' ? '-' : r.cpuUsOverNone.toFixed(1),
+            r.contender === 'none' ? '-' : r.filterUsPerConnection.toFixed(2),
+            r.contender === 'none' ? '-' : fmt(r.filterPerCoreSecond),
+              r.contender === 'edgeplane' ? `${r.programUsPerConnection.toFixed(2)}+${r.vethXdpUsPerConnection.toFixed(2)}` : '-',
+            r.contender === 'edgeplane' ? `${fmt(r.xdpNsPerRun)}/${fmt(r.egressNsPerRun)}` : '-',
+          ]
+            .map((c) => c.padStart(19))
+            .join(''),
+        );
+      }
+      report.newConnections = rows;
+      const get = (c: Contender): (typeof rows)[number] | undefined => rows.find((r) => r.contender === c);
+      for (const other of ['nft', 'iptables'] as const) {
+        const ep = get('edgeplane');
+        const nf = get(other);
+        if (ep === undefined || nf === undefined) continue;
+        const ratio = nf.filterUsPerConnection / ep.filterUsPerConnection;
+        goals.push({
+          goal: `(a) new connections per filtering core >= 2x ${other}`,
+          figure: `${fmt(ep.filterPerCoreSecond)} vs ${fmt(nf.filterPerCoreSecond)} conn/core-s (${ratio.toFixed(2)}x; filter CPU ${ep.filterUsPerConnection.toFixed(2)} vs ${nf.filterUsPerConnection.toFixed(2)} us/conn; edgeplane's programs alone ${ep.programUsPerConnection.toFixed(2)} us/conn, ${(nf.filterUsPerConnection / ep.programUsPerConnection).toFixed(2)}x); whole path ${(ep.perCoreSecond / nf.perCoreSecond).toFixed(2)}x`,
+          met: Number.isFinite(ratio) ? ratio >= 2 : null,
+        });
+      }
+    }
+
+    // (b)
+    if (parts.has('b')) {
+      const mac = (JSON.parse(run('ip', '-n', nsNode, '-j', 'link', 'show', nodeIf)) as { address: string }[])[0]?.address ?? 'ff:ff:ff:ff:ff:ff';
+      const samples: FlowSample[] = [];
+      let filled = 0;
+      const fillMs: Record<string, number[]> = { edgeplane: [], netfilter: [] };
+      for (const flows of flowSizes) {
+        let t = performance.now();
+        fillNetfilter(filled, flows);
+        fillMs.netfilter?.push(performance.now() - t);
+        t = performance.now();
+        ct?.fill(filled, flows, { src: clientAddress, sport: FLOW_SPORT, dst: nodeAddress, dport: UDP_PORT }, (i) => ({ src: fillerSource(i), sport: fillerPort(i) }));
+        fillMs.edgeplane?.push(performance.now() - t);
+        filled = flows;
+        process.stderr.write(`(b) ${flows} flows: netfilter holds ${netfilterCount()}, edgeplane ep_ct holds ${ct?.count() ?? 'n/a'}\n`);
+        for (let rep = 0; rep < reps; rep++) {
+          for (const contender of rotate(rep)) {
+            try {
+              const s = await floodOnce(contender, flows, mac, ct);
+              samples.push(s);
+              process.stderr.write(`(b) ${flows} ${contender} rep ${rep}: ${fmt(s.passedPps)} pps passed, ${s.nsPerPacket.toFixed(0)} ns/pkt softirq\n`);
+            } catch (error) {
+              failures.push(`(b) ${flows} ${contender}: ${(error as Error).message.split('\n')[0]}`);
+              flushNetfilter();
+            }
+          }
+        }
+      }
+      const rows = flowSizes.flatMap((flows) =>
+        contenders.map((contender) => {
+          const of = samples.filter((s) => s.flows === flows && s.contender === contender);
+          return {
+            flows,
+            contender,
+            runs: of.length,
+            passedPps: median(of.map((s) => s.passedPps)),
+            establishedShare: median(of.map((s) => s.establishedShare)),
+            nsPerPacket: median(of.map((s) => s.nsPerPacket)),
+            perCoreSecond: median(of.map((s) => s.perCoreSecond)),
+            xdpNsPerPacket: median(of.map((s) => s.xdpNs)),
+            filterNsPerPacket: median(of.map((s) => s.filterNs)),
+            programNsPerPacket: median(of.map((s) => s.programNs)),
+          };
+        }),
+      );
+      console.log(`\n(b) one established UDP flow among N tracked flows, trafgen on CPU ${FLOOD_CPU} (softirq of that CPU), ${floodSeconds} s, medians of ${reps}`);
+      console.log(['flows', 'contender', 'passed pps', 'by entry', 'softirq ns/pkt', 'pps/core', 'filter ns/pkt', 'filter pps/core', 'program ns/pkt', 'BPF ns/run'].map((h) => h.padStart(16)).join(''));
+      for (const r of rows) {
+        console.log([fmt(r.flows), r.contender, fmt(r.passedPps), Number.isNaN(r.establishedShare) ? '-' : `${(r.establishedShare * 100).toFixed(0)} %`, fmt(r.nsPerPacket), fmt(r.perCoreSecond), r.contender === 'none' ? '-' : fmt(r.filterNsPerPacket), r.contender === 'none' ? '-' : fmt(1e9 / r.filterNsPerPacket), r.contender === 'edgeplane' ? fmt(r.programNsPerPacket) : '-', r.contender === 'edgeplane' ? fmt(r.xdpNsPerPacket) : '-'].map((c) => c.padStart(16)).join(''));
+      }
+      report.establishedFlows = rows;
+      report.fillMs = fillMs;
+      const cost = (flows: number, c: Contender, field: 'filterNsPerPacket' | 'nsPerPacket' | 'programNsPerPacket' | 'xdpNsPerPacket'): number => rows.find((r) => r.flows === flows && r.contender === c)?.[field] ?? NaN;
+      const small = Math.min(...flowSizes);
+      const large = Math.max(...flowSizes);
+      const pct = (x: number): string => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)} %`;
+      for (const c of contenders.filter((x) => x !== 'none')) {
+        const growth = cost(large, c, 'filterNsPerPacket') / cost(small, c, 'filterNsPerPacket') - 1;
+        const whole = cost(large, c, 'nsPerPacket') / cost(small, c, 'nsPerPacket') - 1;
+        const line = `${c}: filter ${fmt(cost(small, c, 'filterNsPerPacket'))} -> ${fmt(cost(large, c, 'filterNsPerPacket'))} ns/pkt (${pct(growth)}); softirq ${fmt(cost(small, c, 'nsPerPacket'))} -> ${fmt(cost(large, c, 'nsPerPacket'))} ns/pkt (${pct(whole)})`;
+        if (c === 'edgeplane') {
+          // The goal is the program's own cost: veth's XDP conversion does not depend on the table.
+          const program = cost(large, c, 'programNsPerPacket') / cost(small, c, 'programNsPerPacket') - 1;
+          const run = cost(large, c, 'xdpNsPerPacket') / cost(small, c, 'xdpNsPerPacket') - 1;
+          goals.push({
+            goal: `(b) established cost at ${fmt(large)} flows within 10 % of ${fmt(small)}`,
+            figure: `program ${fmt(cost(small, c, 'programNsPerPacket'))} -> ${fmt(cost(large, c, 'programNsPerPacket'))} ns/pkt (${pct(program)}; bpf_stats ${fmt(cost(small, c, 'xdpNsPerPacket'))} -> ${fmt(cost(large, c, 'xdpNsPerPacket'))} ns/run, ${pct(run)}); ${line}`,
+            met: Number.isFinite(program) ? program <= 0.1 : null,
+          });
+        }
+        else console.log(`    ${line}`);
+      }
+    }
+
+    // (c)
+    if (parts.has('c')) {
+      const flows = Math.max(...flowSizes);
+      if (!parts.has('b')) {
+        fillNetfilter(0, flows);
+        ct?.fill(0, flows, { src: clientAddress, sport: FLOW_SPORT, dst: nodeAddress, dport: UDP_PORT }, (i) => ({ src: fillerSource(i), sport: fillerPort(i) }));
+      }
+      const entries = netfilterCount();
+      process.stderr.write(`(c) perf cpu-clock for ${gcWindowSeconds} s, netfilter holding ${entries} entries\n`);
+      const kw = threadTicksByPid((c) => c.startsWith('kworker'));
+      const gc = perfSymbolMs('gc_worker', gcWindowSeconds);
+      const kworkerMs = (ticksBetween(kw, threadTicksByPid((c) => c.startsWith('kworker'))) * 1000) / HZ;
+      let sweep: { ms: number; cpuMs: number; entries: number; removed: number } | undefined;
+      if (ct !== undefined) sweep = ct.sweepTimed();
+      const result = { netfilterEntries: entries, windowSeconds: gcWindowSeconds, gcWorkerMs: gc.ms, gcWorkerSamples: gc.samples, allKworkersMs: kworkerMs, edgeplaneSweep: sweep };
+      report.maintenance = result;
+      console.log(`\n(c) table maintenance at ${fmt(entries)} live entries`);
+      console.log(`    netfilter gc_worker: ${gc.ms.toFixed(1)} ms CPU in ${gcWindowSeconds} s (${gc.samples} perf samples at 1 kHz; all kworkers ${kworkerMs.toFixed(0)} ms)`);
+      if (sweep !== undefined) {
+        console.log(`    edgeplane sweep: ${sweep.ms.toFixed(1)} ms wall, ${sweep.cpuMs.toFixed(1)} ms CPU for one pass over ${fmt(sweep.entries)} entries (${sweep.removed} expired removed)`);
+        const delayMs = nextSweepDelay({ ms: sweep.ms, full: false, pressure: false }, SWEEP_PACE);
+        console.log(`    at the agent's pace (ConntrackSweeper: next pass after ${(delayMs / 1000).toFixed(1)} s): ${((sweep.cpuMs * gcWindowSeconds * 1000) / delayMs).toFixed(0)} ms CPU per ${gcWindowSeconds} s, against gc_worker's ${gc.ms.toFixed(1)} ms`);
+      }
+    }
+
+    // (d)
+    if (parts.has('d') && ct !== undefined) {
+      const result = await switchesUnderTraffic(load, ct, datapath);
+      report.switches = result;
+      const broken = (result.persistent.broken ?? NaN) + (result.churn.failed ?? NaN);
+      console.log(`\n(d) ${result.switches} generation switches in ${result.seconds.toFixed(1)} s under traffic`);
+      console.log(`    64 long-lived connections: ${fmt(result.persistent.roundTrips ?? NaN)} round trips, broken ${result.persistent.broken} (errors ${result.persistent.errors}, EOF ${result.persistent.eofs}, stalled > 2 s ${result.persistent.stalls}), round trips over 200 ms ${result.persistent.over200ms}, max ${result.persistent.maxMs} ms`);
+      console.log(`    new connections meanwhile: ${fmt(result.churn.connections ?? NaN)}, failed ${result.churn.failed}`);
+      goals.push({ goal: `(d) 0 broken connections across ${result.switches} switches`, figure: `${broken} broken`, met: Number.isFinite(broken) ? broken === 0 : null });
+    }
+  } finally {
+    ct?.close();
+    datapath.close();
+  }
+} catch (error) {
+  failures.push(`bench: ${(error as Error).stack ?? String(error)}`);
+} finally {
+  cleanUp();
+}
+
+console.log('\ngoals');
+for (const g of goals) console.log(`    ${g.met === null ? 'n/a   ' : g.met ? 'met   ' : 'missed'}  ${g.goal}: ${g.figure}`);
+if (failures.length > 0) console.log(`failures:\n    ${failures.join('\n    ')}`);
+console.log(JSON.stringify({ ...report, goals, failures }));
+if (failures.some((f) => f.startsWith('bench:'))) process.exitCode = 1;
