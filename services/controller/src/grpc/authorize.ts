@@ -110,7 +110,11 @@ export class Authorizer {
   /** The caller's identity from the call's verified peer certificate, if any (no role check). */
   identityOf(call: AuthenticatedCall): Identity | undefined {
     if (this.#options.insecure) return INSECURE_IDENTITY;
-    const id = identityFromPeerCertificate(call.getAuthContext()?.sslPeerCertificate);
+    return this.#identityOfCertificate(call.getAuthContext()?.sslPeerCertificate);
+  }
+
+  #identityOfCertificate(cert: Parameters<typeof identityFromPeerCertificate>[0]): Identity | undefined {
+    const id = identityFromPeerCertificate(cert);
     return id && id.fleet === this.#options.fleet ? id : undefined;
   }
 
@@ -122,10 +126,12 @@ export class Authorizer {
   authorize(method: string, call: AuthenticatedCall): Caller {
     const allowed = METHOD_ROLES[method];
     if (this.#options.insecure) return { identity: INSECURE_IDENTITY, insecure: true };
-    const identity = this.identityOf(call);
+    // getAuthContext() builds the whole peer certificate object on every call: read it once.
+    const cert = call.getAuthContext()?.sslPeerCertificate;
+    const identity = this.#identityOfCertificate(cert);
     if (allowed === 'anyone') return { identity, insecure: false };
     if (!identity) throw this.#deny(method, undefined, new UnauthenticatedError(`${method} needs a client certificate from this fleet's CA`, 'NO_IDENTITY'));
-    const serial = call.getAuthContext()?.sslPeerCertificate?.serialNumber;
+    const serial = cert?.serialNumber;
     // A revoked certificate no longer proves who the caller is: UNAUTHENTICATED (like an expired
     // one), before any role check, whatever the method.
     if (this.#options.isRevoked(identity, serial)) throw this.#deny(method, identity, new UnauthenticatedError(`${describeIdentity(identity)} was revoked`, 'REVOKED'));
