@@ -41,5 +41,6 @@ export function samplePolicy(name: string, labels: Record<string, string> = {}, 
 export async function nodeNatsOptions(controller: RunningController, nodeName: string): Promise<ReturnType<typeof natsClientOptions>> {
   const kp = createUser();
   const jwt = await controller.natsCredentials!.issueNode(nodeName, kp.getPublicKey(), new Date(Date.now() + 3600_000));
-  return natsClientOptions({ jwt, seed: new TextDecoder().decode(kp.getSeed()) });
+  // The embedded nats-server serves TLS from the fleet CA (as an enrolled node sees it).
+  return natsClientOptions({ jwt, seed: new TextDecoder().decode(kp.getSeed()), tls: { caPem: controller.caCertPem } });
 }
