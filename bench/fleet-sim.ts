@@ -9,7 +9,7 @@
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { RevisionOutcome, keyIdOf, publicKeyFromRaw, type RevisionReport } from '@edgeplane/proto';
@@ -36,7 +36,7 @@ export type SimCommand =
 export type SimEvent =
   | { type: 'enrolled'; ms: number; latencyMs: number[]; failed: number }
   | { type: 'connected'; id: string; at: number; connected: number }
-  | { type: 'progress'; started: number; connected: number }
+  | { type: 'progress'; started: number; connected: number; loopMaxMs: number; heapMiB: number; downs: Record<string, number> }
   | { type: 'started'; ms: number; lastConnectedAt: number; grpcConnected: number; followers: number }
   | { type: 'fanout-ready'; count: number }
   | { type: 'fanout-armed'; id: string }
@@ -147,9 +147,19 @@ function onReport(a: SimAgent, r: RevisionReport): void {
   } else noteError(`${a.name} NACK ${r.revision}: ${r.reason}`);
 }
 
+/** Why streams went down since the last progress report (reasons with digits folded), for diagnosis. */
+let downs: Record<string, number> = {};
 const quiet = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void => {
   if (level === 'error') noteError(`${msg} ${JSON.stringify(fields ?? {})}`);
+  if (msg === 'controller disconnected') {
+    const why = String(fields?.reason ?? '?').replace(/\d+/g, 'N').slice(0, 80);
+    downs[why] = (downs[why] ?? 0) + 1;
+  }
 };
+
+/** The worker's own event-loop delay: a stall here is the simulator's, not the controller's. */
+const loopDelay = monitorEventLoopDelay({ resolution: 20 });
+loopDelay.enable();
 
 async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: number, trusted: Map<string, ReturnType<typeof publicKeyFromRaw>>): Promise<SimAgent> {
   const name = agentName(cmd.prefix, index);
@@ -234,7 +244,11 @@ async function start(cmd: Extract<SimCommand, { type: 'start' }>): Promise<void>
   const trusted = new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]);
   let next = 0;
   let started = 0;
-  const progress = setInterval(() => send({ type: 'progress', started, connected: agents.filter((a) => a.runtime.connected).length }), 2000);
+  const progress = setInterval(() => {
+    send({ type: 'progress', started, connected: agents.filter((a) => a.runtime.connected).length, loopMaxMs: Math.round(loopDelay.max / 1e6), heapMiB: Math.round(process.memoryUsage().heapUsed / 2 ** 20), downs });
+    loopDelay.reset();
+    downs = {};
+  }, 2000);
   const lane = async (): Promise<void> => {
     while (next < cmd.count) {
       const i = cmd.first + next++;

@@ -451,7 +451,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       };
       log(`n=${n}: ${n} tokens in ${enroll.tokensMs} ms; enrolled in ${enroll.totalMs} ms (p50/p99 ${enroll.latency.p50}/${enroll.latency.p99} ms, ${enroll.failed} failed), controller CPU ${enroll.controllerCpuMs} ms`);
     }
-    const offProgress = workers.map((w, i) => w.on((e) => e.type === 'progress' && log(`worker ${i}: ${e.started} started, ${e.connected} connected`)));
+    const offProgress = workers.map((w, i) => w.on((e) => e.type === 'progress' && log(`worker ${i}: ${e.started} started, ${e.connected} connected; loop max ${e.loopMaxMs} ms, heap ${e.heapMiB} MiB${Object.keys(e.downs).length ? `; down: ${JSON.stringify(e.downs)}` : ''}`)));
     const t0 = now();
     const startedAll = await Promise.all(
       workers.map((w, i) =>

@@ -30,6 +30,8 @@ const K = quick ? 5 : 20;
 // --reconnect-only: skip the --ack-nodes pair (enrollment, ACK p99, telemetry) and run only the
 // --nodes pair (start, enrollment with mTLS, controller restart), e.g. to measure 10,000 alone.
 const reconnectOnly = argv.includes('--reconnect-only');
+// --only mtls|plaintext: run one side of each pair (diagnosis; the table then shows that side only).
+const ONLY = opt('--only') as 'mtls' | 'plaintext' | undefined;
 const AUTHZ_CALLS = quick ? 20_000 : 100_000;
 const CONNECT = '/edgeplane.v1.AgentService/Connect';
 
@@ -150,8 +152,13 @@ await benchMain('trust', (quick ? 30 : 60) * 60_000, async (root) => {
   log(`authorize+checkNode: insecure ${authz.insecureNs} ns, mTLS ${authz.mtlsNs} ns (decision ${authz.mtlsDecisionNs} ns)`);
   const pairs: [SizeResult, SizeResult][] = [];
   const pair = async (n: number, k: number): Promise<void> => {
-    const plain = await runSize(n, root, { mtls: false, k, controllerRestart: true, enrollConcurrency: 25 });
-    const mtls = await runSize(n, root, { mtls: true, k, controllerRestart: true, enrollConcurrency: 25 });
+    const run = (mtls: boolean): Promise<SizeResult> => runSize(n, root, { mtls, k, controllerRestart: true, enrollConcurrency: 25 });
+    const plain = ONLY === 'mtls' ? undefined : await run(false);
+    const mtls = ONLY === 'plaintext' ? undefined : await run(true);
+    if (!plain || !mtls) {
+      process.stderr.write(`${toJson({ nodes: n, only: ONLY, result: plain ?? mtls })}\n`);
+      return;
+    }
     pairs.push([plain, mtls]);
     process.stderr.write(`${table(authz, pairs.slice(-1))}\n`);
   };

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import {
   type AgentSettings,
   type ConnectionsAnswer,
@@ -101,9 +102,21 @@ export class AgentSessions {
     let node: string | undefined;
     const idleMs = this.#options.idleTimeoutMs ?? 3 * durationMs(this.#options.settings.heartbeatInterval, 5000);
     let timer: NodeJS.Timeout | undefined;
-    const arm = (ms: number, why: string): void => {
+    /** Messages seen on this stream: the idle check compares it before and after reading pending input. */
+    let heard = 0;
+    const arm = (ms: number, why: string, graced = false): void => {
       clearTimeout(timer);
-      timer = setTimeout(() => stream.end(new IdleStreamError(why)), ms);
+      heard++;
+      const due = performance.now() + ms;
+      const seen = heard;
+      timer = setTimeout(() => {
+        // A timer that fires late means this process stalled (a long GC, CPU starvation): the
+        // peer's messages may be waiting unread in the socket, and timers run before input is
+        // read. So decide only after this turn's input (setImmediate runs after the poll phase),
+        // and give a peer one fresh span when the lateness was ours.
+        if (!graced && performance.now() - due > Math.min(1000, ms / 3)) return arm(ms, why, true);
+        setImmediate(() => heard === seen && stream.end(new IdleStreamError(why)));
+      }, ms);
     };
     this.#open.add(stream);
     arm(this.#options.helloTimeoutMs ?? 10_000, 'no hello in time');

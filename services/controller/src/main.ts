@@ -26,6 +26,7 @@ import { natsAccountPusher } from './nats-account-pusher.js';
 import { NatsAuthority } from './nats-authority.js';
 import { registerFleetMetrics } from './metrics.js';
 import { RolloutManager } from './rollout-manager.js';
+import { watchStalls } from './stall-watch.js';
 import { NodeRegistry } from './node-registry.js';
 import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
 import { generateKeyPair, loadOrCreateCertificateAuthority, writeFileAtomic, type CertificateAuthority, type IssuedCertificate } from './pki/certificate-authority.js';
@@ -210,6 +211,8 @@ export async function startController(config: ControllerConfig, extras: StartExt
     cleanups.length = 0;
   };
   try {
+    const stopStallWatch = watchStalls((s) => log('warn', 'event loop stalled', { ms: s.ms, heapMiB: s.heapMiB }));
+    cleanups.push(async () => stopStallWatch());
     const telemetry: Telemetry = await startTelemetry({
       serviceName: 'edgeplane-controller',
       serviceInstanceId: config.controllerId,

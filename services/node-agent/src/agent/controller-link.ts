@@ -58,11 +58,18 @@ export class ControllerLink {
   #conditions: ConditionReport | undefined;
   #connected = false;
   #closed = false;
-  #timers: NodeJS.Timeout[] = [];
+  /** Pending timers of the current stream (a fired timer removes itself: a long-lived stream keeps none). */
+  #timers = new Set<NodeJS.Timeout>();
   #attempt = 0;
   #heartbeatMs: number;
   #counterMs: number;
-  #lastHeard = 0;
+  /**
+   * Heartbeats sent since the controller was last heard from. Half-open is judged by this count,
+   * not by wall time: when this process itself stalls (CPU starvation, a long GC) it sends no
+   * heartbeats during the stall, and the first timer after it must not call the controller dead
+   * before the replies waiting in the socket have been read.
+   */
+  #unanswered = 0;
   #sequence = 0n;
 
   constructor(options: ControllerLinkOptions) {
@@ -120,9 +127,18 @@ export class ControllerLink {
     }
   }
 
+  #after(ms: number, fn: () => void): NodeJS.Timeout {
+    const t = setTimeout(() => {
+      this.#timers.delete(t);
+      fn();
+    }, ms);
+    this.#timers.add(t);
+    return t;
+  }
+
   #clearTimers(): void {
     for (const t of this.#timers) clearTimeout(t);
-    this.#timers = [];
+    this.#timers.clear();
   }
 
   #down(reason: string): void {
@@ -137,7 +153,7 @@ export class ControllerLink {
     const max = this.#options.maxBackoffMs ?? 15_000;
     const min = this.#options.minBackoffMs ?? 250;
     const delay = Math.random() * Math.min(max, min * 2 ** this.#attempt++);
-    this.#timers.push(setTimeout(() => this.#connect(), delay));
+    this.#after(delay, () => this.#connect());
   }
 
   #connect(): void {
@@ -149,15 +165,15 @@ export class ControllerLink {
       const stream = this.#client.connect();
       this.#stream = stream;
       let welcomed = false;
-      const welcomeTimer = setTimeout(() => !welcomed && this.#down('no welcome in time'), Math.max(0, deadline - Date.now()));
-      this.#timers.push(welcomeTimer);
+      const welcomeTimer = this.#after(Math.max(0, deadline - Date.now()), () => !welcomed && this.#down('no welcome in time'));
       stream.on('data', (m: ConnectResponse) => {
         if (this.#stream !== stream) return;
-        this.#lastHeard = Date.now();
+        this.#unanswered = 0;
         const msg = m.message;
         if (msg?.$case === 'welcome') {
           welcomed = true;
           clearTimeout(welcomeTimer);
+          this.#timers.delete(welcomeTimer);
           this.#heartbeatMs = ms(msg.welcome.settings?.heartbeatInterval) ?? this.#heartbeatMs;
           this.#counterMs = ms(msg.welcome.settings?.counterInterval) ?? this.#counterMs;
           this.#attempt = 0;
@@ -179,7 +195,7 @@ export class ControllerLink {
       });
       stream.on('error', (e: grpc.ServiceError) => this.#stream === stream && this.#down(`stream: ${e.message}`));
       stream.on('end', () => this.#stream === stream && this.#down('stream ended by the controller'));
-      this.#lastHeard = Date.now();
+      this.#unanswered = 0;
       // The hello carries the conditions as they are now.
       this.#conditions = undefined;
       stream.write({ message: { $case: 'hello', hello: this.#options.hello() } });
@@ -189,10 +205,11 @@ export class ControllerLink {
   #schedule(): void {
     const beat = (): void => {
       if (!this.#connected) return;
-      // Heartbeats are echoed: three intervals without hearing anything means half-open.
-      if (Date.now() - this.#lastHeard > 3 * this.#heartbeatMs) return this.#down('heartbeats stopped coming back');
+      // Heartbeats are echoed: three sent, an interval apart, with nothing heard since means half-open.
+      if (this.#unanswered >= 3) return this.#down('heartbeats stopped coming back');
       this.#send({ message: { $case: 'heartbeat', heartbeat: { sequence: ++this.#sequence, time: new Date() } } });
-      this.#timers.push(setTimeout(beat, this.#heartbeatMs));
+      this.#unanswered++;
+      this.#after(this.#heartbeatMs, beat);
     };
     const count = (): void => {
       if (!this.#connected) return;
@@ -204,10 +221,10 @@ export class ControllerLink {
           this.#send({ message: { $case: 'counters', counters: { ...c, rules: c.rules.slice(i, i + MAX_COUNTER_RULES), interfaces: i === 0 ? c.interfaces : [] } } });
         }
       }
-      this.#timers.push(setTimeout(count, this.#counterMs));
+      this.#after(this.#counterMs, count);
     };
-    this.#timers.push(setTimeout(beat, this.#heartbeatMs));
-    this.#timers.push(setTimeout(count, this.#counterMs));
+    this.#after(this.#heartbeatMs, beat);
+    this.#after(this.#counterMs, count);
   }
 
   /** Ends the stream and stops reconnecting. Idempotent. */
