@@ -232,6 +232,9 @@ export {
   validateConnectionQuery,
 } from './../src/connection-filter.js';
 export {
+  parseDurationMs,
+} from './../src/duration.js';
+export {
   SignatureError,
 } from './../src/errors.js';
 export {

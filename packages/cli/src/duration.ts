@@ -1,19 +1,7 @@
-import type { Duration } from '@edgeplane/proto';
+import { parseDurationMs, type Duration } from '@edgeplane/proto';
 
-const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/**
- * Parses a duration like `60s`, `1m30s`, `500ms`, `2h` or a bare number of seconds into
- * milliseconds. Returns undefined when the text is not a duration.
- */
-export function parseDurationMs(text: string): number | undefined {
-  const t = text.trim();
-  if (/^\d+(\.\d+)?$/.test(t)) return Math.round(Number(t) * 1000);
-  if (!/^(\d+(\.\d+)?(ms|s|m|h))+$/.test(t)) return undefined;
-  let total = 0;
-  for (const m of t.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) total += Number(m[1]) * UNITS[m[2]!]!;
-  return Math.round(total);
-}
+/** The shared duration reader (@edgeplane/proto), re-exported for the CLI's callers. */
+export { parseDurationMs };
 
 /** Converts milliseconds to a google.protobuf.Duration. */
 export function msToDuration(ms: number): Duration {

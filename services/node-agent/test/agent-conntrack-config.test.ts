@@ -14,12 +14,14 @@ test('agent config - connection tracking defaults are CONNTRACK.md\'s', (t) => {
   t.is(c.ctNewEntries, 65_536);
 });
 
-test('agent config - timeouts take N, Ns, Nm, Nh, Nd; table sizes are bounded', (t) => {
+test('agent config - timeouts take the shared duration syntax (N, Ns, Nm, Nh, Nd, 1h30m, 1.5h) from 1s to 30d; table sizes are bounded', (t) => {
   const c = parse('--ct-timeout-tcp-established', '2h', '--ct-timeout-udp', '90', '--ct-timeout-icmp', '1m', '--ct-timeout-tcp-syn', '30s', '--ct-timeout-tcp-closing', '1d', '--ct-entries', '1000', '--ct-new-entries', '16');
   t.deepEqual(c.conntrack, { tcpSynMs: 30_000, tcpEstablishedMs: 7_200_000, tcpClosingMs: 86_400_000, udpMs: 90_000, icmpMs: 60_000 });
   t.is(c.ctEntries, 1000);
   t.is(c.ctNewEntries, 16);
-  for (const bad of ['0', '0s', '31d', '5x', '1.5h', '-3', 'h', '9'.repeat(60)]) {
+  t.is(parse('--ct-timeout-udp', '1.5h').conntrack.udpMs, 5_400_000);
+  t.is(parse('--ct-timeout-udp', '1h30m').conntrack.udpMs, 5_400_000);
+  for (const bad of ['0', '0s', '999ms', '31d', '5x', '-3', 'h', '1h 30m', '9'.repeat(60)]) {
     const e = t.throws(() => parse(`--ct-timeout-udp=${bad}`), { instanceOf: AgentConfigError });
     t.true(e!.message.startsWith('--ct-timeout-udp:'), e!.message);
     t.true(e!.message.length < 200);

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { checkDnsLabel, checkLabelKey, checkLabelValue, publicKeyFromRaw } from '@edgeplane/proto';
+import { checkDnsLabel, checkLabelKey, checkLabelValue, parseDurationMs, publicKeyFromRaw } from '@edgeplane/proto';
 import type { KeyObject } from 'node:crypto';
 import { createPublicKey } from 'node:crypto';
 import { isInterfaceRole, type InterfaceRole } from '../datapath/interface-role.js';
@@ -110,7 +110,7 @@ Usage: edgeplane-agent [flags]
   --ct-new-entries N        capacity of the LRU table of flows without a reply yet (default 65536)
   --ct-timeout-tcp-syn D, --ct-timeout-tcp-established D, --ct-timeout-tcp-closing D,
   --ct-timeout-udp D, --ct-timeout-icmp D
-                            idle timeouts (defaults 60s, 6h, 10s, 60s, 60s; D is N[s|m|h|d], at most 30d)
+                            idle timeouts (defaults 60s, 6h, 10s, 60s, 60s; D like 90s, 10m, 1h30m, 7d, at least 1s, at most 30d)
   --heartbeat-interval SEC  until the controller sends its settings (default 5)
   --counter-interval SEC    until the controller sends its settings (default 5)
   --interface-check SEC     how often attachments are checked and restored (default 2)
@@ -130,14 +130,11 @@ function num(name: string, text: string | undefined, fallback: number): number {
   return n;
 }
 
-const UNIT_MS: Readonly<Record<string, number>> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-/** "90", "90s", "15m", "6h", "1d" -> milliseconds (1 s .. 30 d). @throws AgentConfigError naming the flag. */
+/** "90", "90s", "15m", "1h30m", "6h", "1d" -> milliseconds (1 s .. 30 d), read by the shared parseDurationMs. @throws AgentConfigError naming the flag. */
 export function parseTimeout(name: string, text: string | undefined, fallbackMs: number): number {
   if (text === undefined || text === '') return fallbackMs;
-  const m = /^(\d{1,9})([smhd]?)$/.exec(text);
-  const ms = m ? Number(m[1]) * UNIT_MS[m[2] || 's']! : NaN;
-  if (!(ms >= 1000 && ms <= MAX_CONNTRACK_TIMEOUT_MS)) throw new AgentConfigError(`--${name}: ${JSON.stringify(text.slice(0, 40))} is not a duration from 1s to 30d (N, Ns, Nm, Nh or Nd)`);
+  const ms = parseDurationMs(text) ?? NaN;
+  if (!(ms >= 1000 && ms <= MAX_CONNTRACK_TIMEOUT_MS)) throw new AgentConfigError(`--${name}: ${JSON.stringify(text.slice(0, 40))} is not a duration from 1s to 30d (e.g. 90s, 10m, 1h30m, 6h, 7d; a bare number is seconds)`);
   return ms;
 }
 
