@@ -1,10 +1,8 @@
 import test from 'ava';
 import { generateKeyPairSync } from 'node:crypto';
 import { readdirSync } from 'node:fs';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
+import { headers, type NatsConnection } from '@nats-io/transport-node';
 import {
   Action,
   ApplyPolicyRequest,
@@ -16,51 +14,35 @@ import {
   signLogEntry,
   type Rule,
 } from '@edgeplane/proto';
-import { NatsServer } from '@edgeplane/intent-log';
-import { adminTlsOf, joinTokenArgs } from '../../../test/support/control-plane.js';
-import { CONTROLLER_MAIN, FleetNetwork, type ControlPlane, type FleetNode } from '../../../test/support/fleet.js';
-import { call, clients } from '../../../test/support/grpc.js';
-import { Supervised } from '../../../test/support/supervisor.js';
+import { TestControlPlane } from '../../../test/support/control-plane.js';
+import { FleetNetwork, type FleetNode } from '../../../test/support/fleet.js';
+import { call, type clients } from '../../../test/support/grpc.js';
 import { sh } from '../../../test/support/topology.js';
 
 let net: FleetNetwork;
-let nats: NatsServer;
-let controller: Supervised;
-let cp: ControlPlane;
+let cp: TestControlPlane;
 let c: ReturnType<typeof clients>;
 let nc: NatsConnection;
-const dir = mkdtempSync(join(tmpdir(), 'agent-test-'));
 
 test.before(async () => {
   net = new FleetNetwork();
-  nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '0.0.0.0' });
-  controller = await Supervised.start('controller', {
-    command: process.execPath,
-    args: [CONTROLLER_MAIN, '--listen', '0.0.0.0:0', '--nats', `nats://127.0.0.1:${nats.port}`, '--nats-anonymous', '--data-dir', join(dir, 'ctl'), '--heartbeat-interval', '1', '--counter-interval', '1', '--rule-growth-guard', '100000'],
-    readyEvent: 'ready',
-  });
-  const grpcPort = Number(String(controller.ready.grpc).split(':').pop());
-  // Mutual TLS as deployed: the tests call as the admin the controller wrote on first start,
-  // agents enroll with join tokens.
-  const admin = adminTlsOf(join(dir, 'ctl'));
-  cp = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey), agentTrustArgs: (_name, labels) => joinTokenArgs(`127.0.0.1:${grpcPort}`, admin, labels) };
-  c = clients(`127.0.0.1:${grpcPort}`, admin);
-  nc = await connect({ servers: `nats://127.0.0.1:${nats.port}` });
+  // The secure path as deployed: TLS NATS with per-node credentials, mutual TLS gRPC; the tests
+  // call as the admin and publish forged entries with the controller's NATS rights.
+  cp = await TestControlPlane.start(['--heartbeat-interval', '1', '--counter-interval', '1', '--rule-growth-guard', '100000']);
+  c = cp.api;
+  nc = await cp.natsConnect();
 });
 
 test.after.always(async () => {
-  c?.close();
   await nc?.close();
   await net?.remove();
-  await controller?.stop();
-  await nats?.close();
-  rmSync(dir, { recursive: true, force: true });
+  await cp?.close();
 });
 
 async function until(what: string, pred: () => Promise<boolean> | boolean, ms = 15_000, node?: FleetNode): Promise<void> {
   const deadline = Date.now() + ms;
   while (!(await pred())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${node?.agent?.output ?? ''}\n${controller.output}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${node?.agent?.output ?? ''}\n${cp.controller.output}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
