@@ -231,11 +231,23 @@ async function enroll(cmd: Extract<SimCommand, { type: 'enroll' }>): Promise<voi
 
 /** Resolves when every agent's stream is `connected` (welcomed) or every one is down; polled every 10 ms. */
 async function waitConnected(cmd: Extract<SimCommand, { type: 'wait-connected' }>): Promise<void> {
-  for (;;) {
-    const n = agents.filter((a) => a.runtime.connected).length;
-    if (n === (cmd.connected ? agents.length : 0)) return send({ type: 'connected', id: cmd.id, at: now(), connected: n });
-    await new Promise((r) => setTimeout(r, 10));
+  const progress = setInterval(() => reportProgress(agents.length), 5000);
+  try {
+    for (;;) {
+      const n = agents.filter((a) => a.runtime.connected).length;
+      if (n === (cmd.connected ? agents.length : 0)) return send({ type: 'connected', id: cmd.id, at: now(), connected: n });
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  } finally {
+    clearInterval(progress);
   }
+}
+
+/** Sends a progress event (started, connected, loop delay, heap, why streams went down) and resets the per-report figures. */
+function reportProgress(started: number): void {
+  send({ type: 'progress', started, connected: agents.filter((a) => a.runtime.connected).length, loopMaxMs: Math.round(loopDelay.max / 1e6), heapMiB: Math.round(process.memoryUsage().heapUsed / 2 ** 20), downs });
+  loopDelay.reset();
+  downs = {};
 }
 
 async function start(cmd: Extract<SimCommand, { type: 'start' }>): Promise<void> {
@@ -244,11 +256,7 @@ async function start(cmd: Extract<SimCommand, { type: 'start' }>): Promise<void>
   const trusted = new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]);
   let next = 0;
   let started = 0;
-  const progress = setInterval(() => {
-    send({ type: 'progress', started, connected: agents.filter((a) => a.runtime.connected).length, loopMaxMs: Math.round(loopDelay.max / 1e6), heapMiB: Math.round(process.memoryUsage().heapUsed / 2 ** 20), downs });
-    loopDelay.reset();
-    downs = {};
-  }, 2000);
+  const progress = setInterval(() => reportProgress(started), 2000);
   const lane = async (): Promise<void> => {
     while (next < cmd.count) {
       const i = cmd.first + next++;

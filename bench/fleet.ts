@@ -408,6 +408,21 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=controller-n${n}-${Date.now()}.cpuprofile`] : [];
     const controller = await Supervised.start('controller', { command: process.execPath, args: [...prof, ...controllerArgs], readyEvent: 'ready', readyTimeoutMs: 30_000 });
     push('controller', () => controller.stop(30_000));
+    // The controller's warnings and errors, summed by message every 5 s (a reconnect storm logs thousands).
+    const controllerWarnings = new Map<string, number>();
+    const offWarnings = controller.onLine((line) => {
+      const m = /"level":"(warn|error)","msg":"([^"]{0,120})/.exec(line);
+      if (m) controllerWarnings.set(`${m[1]}: ${m[2]}`, (controllerWarnings.get(`${m[1]}: ${m[2]}`) ?? 0) + 1);
+    });
+    const warningsTimer = setInterval(() => {
+      if (controllerWarnings.size === 0) return;
+      log(`controller: ${[...controllerWarnings].map(([k, v]) => `${v} x ${k}`).join('; ')}`);
+      controllerWarnings.clear();
+    }, 5000);
+    push('controller warnings', () => {
+      clearInterval(warningsTimer);
+      offWarnings();
+    });
     const cpid = controller.pid!;
     const address = String(controller.ready.grpc);
     const grpcPort = Number(address.split(':').pop());
@@ -451,14 +466,15 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       };
       log(`n=${n}: ${n} tokens in ${enroll.tokensMs} ms; enrolled in ${enroll.totalMs} ms (p50/p99 ${enroll.latency.p50}/${enroll.latency.p99} ms, ${enroll.failed} failed), controller CPU ${enroll.controllerCpuMs} ms`);
     }
+    // Progress of the start and of every wait for the fleet to reconnect, with why streams went down.
     const offProgress = workers.map((w, i) => w.on((e) => e.type === 'progress' && log(`worker ${i}: ${e.started} started, ${e.connected} connected; loop max ${e.loopMaxMs} ms, heap ${e.heapMiB} MiB${Object.keys(e.downs).length ? `; down: ${JSON.stringify(e.downs)}` : ''}`)));
+    push('progress log', () => offProgress.forEach((off) => off()));
     const t0 = now();
     const startedAll = await Promise.all(
       workers.map((w, i) =>
         w.request({ type: 'start', controller: address, nats: nats.url, publicKey, prefix: `sim${i}`, first: i * per, count: w.count, stateDir, concurrency: 50 }, 'started', 20 * 60_000),
       ),
     );
-    offProgress.forEach((off) => off());
     const startMs = Math.max(...startedAll.map((s) => s.lastConnectedAt)) - t0;
     await sleep(2000);
     const tcp = { grpc: established(grpcPort), nats: established(nats.port), natsWithFanout: 0 };

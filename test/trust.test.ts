@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { X509Certificate } from 'node:crypto';
+import tls from 'node:tls';
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { FleetServiceClient, TrustServiceClient, type WatchNodesResponse } from '@edgeplane/proto';
@@ -194,6 +195,37 @@ test.serial('renewal - the agent renews its certificate while its stream runs; t
   await new Promise((r) => setTimeout(r, 1500)); // a few heartbeat round-trips on the old stream
   t.true(connected);
   t.false(events.some((e) => e.node?.status?.connected === false), JSON.stringify(events.map((e) => e.type)));
+});
+
+test.serial('NodeIdentity - one TLS secure context per certificate, however many connections it makes', async (t) => {
+  const { token: joinToken, fingerprint } = await token();
+  const stateDir = join(dir, 'agent-ctx');
+  const identity = new NodeIdentity(await enrollNode({ address, token: joinToken, caFingerprint: fingerprint, nodeName: 'edge-ctx', stateDir }), { address, stateDir });
+  cleanups.push(() => identity.close());
+  // Count the contexts grpc-js builds (it calls node:tls's createSecureContext through the module object).
+  const original = tls.createSecureContext;
+  let built = 0;
+  tls.createSecureContext = (...args: Parameters<typeof original>) => {
+    built++;
+    return original(...args);
+  };
+  t.teardown(() => void (tls.createSecureContext = original));
+  /** One new connection (its own subchannel pool), one call as the node; returns the certificate the controller saw. */
+  const connectOnce = async (): Promise<X509Certificate> => {
+    const c = new TrustServiceClient(address, identity.channelCredentials(), { 'grpc.use_local_subchannel_pool': 1 });
+    try {
+      return new X509Certificate((await call(c, c.renewCertificate, { publicKey: Buffer.alloc(0), proof: Buffer.alloc(0), natsPublicKey: '' })).certificate);
+    } finally {
+      c.close();
+    }
+  };
+  for (let i = 0; i < 4; i++) await connectOnce();
+  t.is(built, 1, 'four connections, one context');
+  await identity.renew();
+  const renewed = new X509Certificate(identity.credentials.certPem);
+  built = 0;
+  for (let i = 0; i < 3; i++) t.true((await connectOnce()).publicKey.equals(renewed.publicKey), 'new connections present the renewed key');
+  t.is(built, 1, 'a renewal builds one new context');
 });
 
 test('NodeIdentity - closing twice is safe', (t) => {

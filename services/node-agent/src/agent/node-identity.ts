@@ -204,6 +204,31 @@ export function natsPublicKeyOf(seed: string): string {
   return fromSeed(new TextEncoder().encode(seed)).getPublicKey();
 }
 
+/**
+ * grpc-js's certificate-provider credentials build a new TLS secure context (parse the key, the
+ * certificate and the CA) for every connection attempt: about 8 ms of CPU each. One agent pays
+ * that once per reconnect, but an agent whose streams all drop at once, or a simulator hosting
+ * thousands (bench/fleet-sim.ts: 4,700 attempts = a 38 s stall that expired every connect
+ * deadline), pays it in one burst. This keeps the context built from the newest updates and
+ * builds a new one only when an update object changes (NodeIdentity hands grpc-js the same
+ * objects until it renews). It wraps grpc-js's internal `getLatestSecureContext`; if a grpc-js
+ * release renames it, nothing is wrapped and every attempt builds its own context again, as before.
+ * Returns `creds`.
+ */
+function reuseSecureContext(creds: grpc.ChannelCredentials): grpc.ChannelCredentials {
+  const internal = creds as unknown as { getLatestSecureContext?: () => unknown; latestCaUpdate?: unknown; latestIdentityUpdate?: unknown };
+  const build = internal.getLatestSecureContext?.bind(creds);
+  if (!build) return creds;
+  let built: { ca: unknown; id: unknown; context: unknown } | undefined;
+  internal.getLatestSecureContext = () => {
+    if (!built || built.ca !== internal.latestCaUpdate || built.id !== internal.latestIdentityUpdate || !built.context) {
+      built = { ca: internal.latestCaUpdate, id: internal.latestIdentityUpdate, context: build() };
+    }
+    return built.context;
+  };
+  return creds;
+}
+
 /** Options of {@link NodeIdentity}. */
 export interface NodeIdentityOptions {
   address: string;
@@ -229,12 +254,21 @@ export class NodeIdentity implements grpc.experimental.CertificateProvider {
   #client: TrustServiceClient;
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
+  /** The updates handed to grpc-js: the same objects until a renewal, so the secure context built from them is reused. */
+  #caUpdate!: grpc.experimental.CaCertificateUpdate;
+  #idUpdate!: grpc.experimental.IdentityCertificateUpdate;
 
   constructor(credentials: NodeCredentials, options: NodeIdentityOptions) {
     this.#creds = credentials;
     this.#o = options;
-    this.#channelCredentials = grpc.experimental.createCertificateProviderChannelCredentials(this, this, { checkServerIdentity: checkControllerIdentity });
+    this.#setUpdates();
+    this.#channelCredentials = reuseSecureContext(grpc.experimental.createCertificateProviderChannelCredentials(this, this, { checkServerIdentity: checkControllerIdentity }));
     this.#client = new TrustServiceClient(options.address, this.#channelCredentials);
+  }
+
+  #setUpdates(): void {
+    this.#caUpdate = { caCertificate: Buffer.from(this.#creds.caPem) };
+    this.#idUpdate = { certificate: Buffer.from(this.#creds.certPem), privateKey: Buffer.from(this.#creds.keyPem) };
   }
 
   /**
@@ -299,22 +333,19 @@ export class NodeIdentity implements grpc.experimental.CertificateProvider {
     const notAfter = res.notAfter ?? new Date(new X509Certificate(res.certificate).validTo);
     this.#creds = { ...this.#creds, certPem: res.certificate, keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, caPem: res.caCertificate, notAfter, natsJwt: res.natsJwt || this.#creds.natsJwt };
     saveNodeCredentials(this.#o.stateDir, this.#creds);
-    for (const l of this.#idListeners) l(this.#identityUpdate());
-    for (const l of this.#caListeners) l({ caCertificate: Buffer.from(this.#creds.caPem) });
+    this.#setUpdates();
+    for (const l of this.#idListeners) l(this.#idUpdate);
+    for (const l of this.#caListeners) l(this.#caUpdate);
     this.#o.onRenewed?.(notAfter);
     this.#schedule();
     return notAfter;
-  }
-
-  #identityUpdate(): grpc.experimental.IdentityCertificateUpdate {
-    return { certificate: Buffer.from(this.#creds.certPem), privateKey: Buffer.from(this.#creds.keyPem) };
   }
 
   /** @internal grpc-js CertificateProvider */
   addCaCertificateListener(l: grpc.experimental.CaCertificateUpdateListener): void {
     this.#caListeners.add(l);
     // grpc-js registers its watcher after adding the listener: deliver on the next tick.
-    process.nextTick(() => l({ caCertificate: Buffer.from(this.#creds.caPem) }));
+    process.nextTick(() => l(this.#caUpdate));
   }
 
   /** @internal */
@@ -325,7 +356,7 @@ export class NodeIdentity implements grpc.experimental.CertificateProvider {
   /** @internal */
   addIdentityCertificateListener(l: grpc.experimental.IdentityCertificateUpdateListener): void {
     this.#idListeners.add(l);
-    process.nextTick(() => l(this.#identityUpdate()));
+    process.nextTick(() => l(this.#idUpdate));
   }
 
   /** @internal */
