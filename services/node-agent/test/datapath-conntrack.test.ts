@@ -12,6 +12,7 @@ import { BpfMap, encode } from 'libbpf-ts';
 import { DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry } from '../src/datapath/conntrack.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
+import { ctKeyOfFlow } from '../src/datapath/conntrack-key.js';
 import { epCtKey } from '../src/datapath/table-codecs.js';
 import { mountBpffs } from './datapath-helpers.js';
 
@@ -228,7 +229,9 @@ test.serial('conntrack - a closed TCP flow and an idle UDP flow leave the table 
       out.set(parseAddress(a) as Uint8Array);
       return out;
     };
-    return encode(epCtKey, { family: e.family, proto: e.proto, pad: 0, sport: e.sport, dport: e.dport, src: pad(e.src), dst: pad(e.dst) });
+    // The listing shows the original direction; the table's key is the flow's canonical one.
+    const { key } = ctKeyOfFlow({ family: e.family, proto: e.proto, sport: e.sport, dport: e.dport, src: pad(e.src), dst: pad(e.dst) });
+    return encode(epCtKey, { ...key, pad: 0 });
   };
   t.truthy(table.get(keyOf(tcpEntry!)));
   t.truthy(table.get(keyOf(udpEntry!)));
