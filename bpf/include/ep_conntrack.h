@@ -334,17 +334,18 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	/* 2. Control bypass: TCP/UDP from a control endpoint (at uplink egress: to one, so the
 	 * control plane's flows take no room in the connection tables). */
 	if ((p.proto == EP_IPPROTO_TCP || p.proto == EP_IPPROTO_UDP) && p.port != EP_PORT_NONE) {
-		struct ep_ct_control_key c = { .family = p.family, .proto = p.proto };
-		if (hook == EP_HOOK_EGRESS) {
-			c.port = p.dport;
-			__builtin_memcpy(c.addr, p.dst, 16);
-		} else {
-			c.port = p.sport;
-			__builtin_memcpy(c.addr, p.src, 16);
-		}
-		if (bpf_map_lookup_elem(&ep_ct_control, &c)) {
-			ep_ct_stat(EP_CT_STAT_CONTROL, len);
-			return EP_PASS;
+		/* The port bitmap first (ep_ct_control_ports): most packets are not from a control
+		 * port, and an array lookup costs a fraction of the hash lookup. */
+		__u16 cport = hook == EP_HOOK_EGRESS ? p.dport : p.sport;
+		__u32 word = cport >> 6;
+		__u64 *bits = bpf_map_lookup_elem(&ep_ct_control_ports, &word);
+		if (bits && ((*bits >> (cport & 63)) & 1)) {
+			struct ep_ct_control_key c = { .family = p.family, .proto = p.proto, .port = cport };
+			__builtin_memcpy(c.addr, hook == EP_HOOK_EGRESS ? p.dst : p.src, 16);
+			if (bpf_map_lookup_elem(&ep_ct_control, &c)) {
+				ep_ct_stat(EP_CT_STAT_CONTROL, len);
+				return EP_PASS;
+			}
 		}
 	}
 

@@ -163,7 +163,10 @@ struct ep_gen_cfg {
 	__u32 epoch; /* increases with every apply, never 0 */
 };
 
-/* Control endpoints (ep_ct_control): packets FROM {family, proto, addr, port} always pass. */
+/* Control endpoints (ep_ct_control): packets FROM {family, proto, addr, port} always pass.
+ * ep_ct_control_ports: a bitmap of their ports (EP_CT_CONTROL_PORT_WORDS u64 words), a filter
+ * before the hash lookup. */
+#define EP_CT_CONTROL_PORT_WORDS (65536 / 64)
 struct ep_ct_control_key {
 	__u8 family;
 	__u8 proto;

@@ -41,9 +41,10 @@ const workerPath = 'services/node-agent/test/datapath-upgrade-worker.ts';
 const trafficScript = fileURLToPath(new URL('./datapath-upgrade-traffic.py', import.meta.url));
 const execFileAsync = promisify(execFile);
 
-/** The maps of layout 2 that layout 3 keeps as they are, and the two whose keys it converts (bpf/CONNTRACK.md, "Upgrades"). */
+/** The maps of layout 2 that layout 3 keeps as they are, the two whose keys it converts, and the one it adds (bpf/CONNTRACK.md, "Upgrades"). */
 const keptMaps = ['ep_active', 'ep_barrier', 'ep_buckets', 'ep_carry', 'ep_counters', 'ep_ct_cfg', 'ep_ct_control', 'ep_ct_stats', 'ep_cwords', 'ep_gen_cfg', 'ep_lpm', 'ep_meta', 'ep_rules', 'ep_stats', 'ep_wild'];
 const convertedMaps = ['ep_ct', 'ep_ct_new'];
+const addedMaps = ['ep_ct_control_ports'];
 const PREVIOUS_LAYOUT = 2;
 
 const X = '10.210.0.1';
@@ -339,7 +340,7 @@ upgradeTest('upgrade - a node on layout 2 takes the new agent and object under t
     const install = role.install as DatapathInstall;
     t.is(install.fromVersion, PREVIOUS_LAYOUT);
     t.deepEqual([...install.reusedMaps].sort(), keptMaps);
-    t.deepEqual([...install.createdMaps], []);
+    t.deepEqual([...install.createdMaps], addedMaps);
     t.deepEqual([...install.migratedMaps].sort(), convertedMaps);
     for (const name of keptMaps) t.is(role.pinned[name], old.pinned[name], `${name}: the same map, not a copy`);
     for (const name of convertedMaps) t.not(role.pinned[name], old.pinned[name], `${name}: a converted copy`);

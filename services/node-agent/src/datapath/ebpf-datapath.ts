@@ -60,6 +60,7 @@ const mapNames = [
   'ep_gen_cfg',
   'ep_ct_stats',
   'ep_ct_control',
+  'ep_ct_control_ports',
 ] as const;
 type MapName = (typeof mapNames)[number];
 type ProgramName = (typeof programNames)[number];
@@ -228,6 +229,9 @@ export class EbpfDatapath implements Datapath {
       // Before any hook is switched to the new programs: they read their timeouts from here.
       const config = options.conntrack ?? (adopt ? undefined : DEFAULT_CONNTRACK_CONFIG);
       if (config !== undefined) datapath.#conntrack.writeConfig(config);
+      // The control ports' bitmap is new in layout 3: derive it from the endpoints already
+      // there, before a hook runs the new programs (and heal a crash in setControlEndpoints).
+      datapath.#conntrack.syncControlPorts();
     } catch (cause) {
       for (const value of opened) value.close();
       throw new DatapathError(`${adopt ? 'adopt' : 'open'} pinned datapath pinRoot=${pinRoot}`, { cause });
