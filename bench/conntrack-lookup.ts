@@ -10,7 +10,9 @@
 //               reports the average): the instructions alone, caches warm.
 // With --baseline OBJECT, the same runs go through a second object (e.g. the previous layout's,
 // built from git) in the same process, interleaved run by run, so both sides share the machine's
-// load. Flows go from 10.x clients to 192.0.2.1, which sorts after them: layout 2's key (the
+// load. This agent opens it, so it must declare every map this agent pins: a layout-2 object
+// needs `ep_ct_control_ports` (an ARRAY[1024] of u64, unused by its programs) added to its
+// ep_maps.h before `make` (bench/README.md, "conntrack-lookup"). Flows go from 10.x clients to 192.0.2.1, which sorts after them: layout 2's key (the
 // original direction) and layout 3's flow key are the same bytes, so one fill serves both.
 //
 //   node --import=tsx bench/conntrack-lookup.ts [--baseline OBJECT] [--rounds 5] [--runs 20000] [--repeat 1000] [--sizes 1000,1000000]
