@@ -3,8 +3,9 @@
 // (test/conntrack-differential.test.ts) compares two independent readings of it. Classification
 // is the reference classifier's (one classifier, not two); this file adds only what the
 // contract adds: the two tables keyed by the direction-independent key (conntrack-key.ts), the
-// lookup order, ICMP-error relation, the cut re-check and the TCP state machine. Where the contract is silent the choice is written next to the code
-// (marked "Assumed:"), and test/conntrack-model.test.ts pins each row of its tables.
+// lookup order, ICMP-error relation, the cut re-check and the TCP state machine. Where the
+// contract is silent the choice is written next to the code (marked "Assumed:"), and
+// test/conntrack-model.test.ts pins each row of its tables.
 import { firstMatch, parseFrame, parseIpPacket, ReferenceClassifier } from './reference-classifier.js';
 import { CONNTRACK_STAT_NAMES, conntrackTimeoutsNs, DEFAULT_CONNTRACK_CONFIG, type ConntrackConfig } from './conntrack.js';
 import { ctKeyOfFlow, ctKeyOfTuple, CT_FLAG_ORIG_B, reverseKey, type CtKey } from './conntrack-key.js';
