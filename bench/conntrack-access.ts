@@ -6,7 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { BpfMap, encode, type Program } from 'libbpf-ts';
-import { CONNECTION_FLAGS, CONNECTION_STATES, epCtEntry, epCtKey, type EbpfDatapath, type EbpfDatapathOptions } from '@edgeplane/node-agent';
+import { CONNECTION_FLAGS, CONNECTION_STATES, ctKeyOfFlow, epCtEntry, epCtKey, type EbpfDatapath, type EbpfDatapathOptions } from '@edgeplane/node-agent';
 
 const PROTO_UDP = 17;
 /** Entries written or read per batch syscall. */
@@ -87,11 +87,12 @@ export class ConntrackAccess {
 
   /**
    * Writes flows [from, to) into ep_ct as established UDP flows (reply seen, an hour to live):
-   * index 0 is `flow`, index i > 0 comes from `filler(i)` to `flow.dst:flow.dport`.
+   * index 0 is `flow`, index i > 0 comes from `filler(i)` to `flow.dst:flow.dport`. Each under
+   * its flow's key (layout 3: ctKeyOfFlow), EP_CT_F_ORIG_B set where the originator is side b.
    */
   fill(from: number, to: number, flow: FlowTuple, filler: (i: number) => { src: string; sport: number }): void {
     const now = process.hrtime.bigint(); // CLOCK_MONOTONIC, as bpf_ktime_get_ns()
-    const value = encode(epCtEntry, {
+    const entry = {
       expiresNs: now + 3_600_000_000_000n,
       createdNs: now,
       packets: [1n, 1n],
@@ -102,15 +103,25 @@ export class ConntrackAccess {
       flags: CONNECTION_FLAGS.seen_reply,
       pad0: 0,
       pad1: 0,
-    });
+    };
+    // One encoded value per originator side.
+    const values = new Map<number, Uint8Array>();
+    const valueFor = (origFlag: number): Uint8Array => {
+      let value = values.get(origFlag);
+      if (value === undefined) values.set(origFlag, (value = encode(epCtEntry, { ...entry, flags: entry.flags | origFlag })));
+      return value;
+    };
     const dst = v4(flow.dst);
     for (let start = from; start < to; start += BATCH) {
       const keys: Uint8Array[] = [];
+      const batchValues: Uint8Array[] = [];
       for (let i = start; i < Math.min(to, start + BATCH); i++) {
         const tuple = i === 0 ? flow : filler(i);
-        keys.push(encode(epCtKey, { family: 4, proto: PROTO_UDP, pad: 0, sport: tuple.sport, dport: flow.dport, src: v4(tuple.src), dst }));
+        const { key, origFlag } = ctKeyOfFlow({ family: 4, proto: PROTO_UDP, sport: tuple.sport, dport: flow.dport, src: v4(tuple.src), dst });
+        keys.push(encode(epCtKey, { ...key, pad: 0 }));
+        batchValues.push(valueFor(origFlag));
       }
-      this.#ct.setBatch(keys, keys.map(() => value));
+      this.#ct.setBatch(keys, batchValues);
     }
   }
 

@@ -34,6 +34,7 @@ try {
         src.set([10, (n >> 16) & 255, (n >> 8) & 255, n & 255]);
         const dst = new Uint8Array(16);
         dst.set([192, 0, 2, 1]);
+        // 10.x sorts before 192.0.2.1: the tuple is already its flow's key (side a = src, no EP_CT_F_ORIG_B).
         keys.push(encode(epCtKey, { family: 4, proto: 17, pad: 0, sport: 1024 + (n % 60_000), dport: 53, src, dst }));
         const expires = i < expired ? now - 1n : now + 3_600_000_000_000n;
         values.push(encode(epCtEntry, { expiresNs: expires, createdNs: now, packets: [1n, 1n], bytes: [64n, 64n], ruleId: 1, epoch: 1, state: 7, flags: 1, pad0: 0, pad1: 0 }));

@@ -45,28 +45,49 @@ static __always_inline __u64 ep_ct_timeout(__u32 which)
 	}
 }
 
-/* The original-direction key of packet `p`. */
-static __always_inline void ep_ct_key_of(struct ep_ct_key *k, const struct ep_pkt *p)
+/* 1 if endpoint (a, ap) sorts after (b, bp): the address compared as bytes (big-endian words,
+ * only the first for IPv4, whose other bytes are zero), then the port. */
+static __always_inline bool ep_ct_after(const __u8 *a, __u16 ap, const __u8 *b, __u16 bp, __u8 family)
 {
-	k->family = p->family;
-	k->proto = p->proto;
-	k->pad = 0;
-	k->sport = p->sport;
-	k->dport = p->dport;
-	__builtin_memcpy(k->src, p->src, 16);
-	__builtin_memcpy(k->dst, p->dst, 16);
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+	if (x[0] != y[0])
+		return bpf_ntohl(x[0]) > bpf_ntohl(y[0]);
+	if (family != 4) {
+		if (x[1] != y[1])
+			return bpf_ntohl(x[1]) > bpf_ntohl(y[1]);
+		if (x[2] != y[2])
+			return bpf_ntohl(x[2]) > bpf_ntohl(y[2]);
+		if (x[3] != y[3])
+			return bpf_ntohl(x[3]) > bpf_ntohl(y[3]);
+	}
+	return ap > bp;
 }
 
-/* `r` = `k` seen from the other end. */
-static __always_inline void ep_ct_reverse(struct ep_ct_key *r, const struct ep_ct_key *k)
+/* Writes key `k` with side a = (a, ap) and side b = (b, bp). */
+static __always_inline void ep_ct_key_set(struct ep_ct_key *k, __u8 family, __u8 proto, const __u8 *a, __u16 ap,
+					  const __u8 *b, __u16 bp)
 {
-	r->family = k->family;
-	r->proto = k->proto;
-	r->pad = 0;
-	r->sport = k->dport;
-	r->dport = k->sport;
-	__builtin_memcpy(r->src, k->dst, 16);
-	__builtin_memcpy(r->dst, k->src, 16);
+	k->family = family;
+	k->proto = proto;
+	k->pad = 0;
+	k->sport = ap;
+	k->dport = bp;
+	__builtin_memcpy(k->src, a, 16);
+	__builtin_memcpy(k->dst, b, 16);
+}
+
+/* The key of the tuple (src, sport) -> (dst, dport) (CONNTRACK.md, "Tables"): TCP/UDP in
+ * canonical order; an ICMP echo with the requester as side a (`echo_reply`: the tuple is the
+ * reply, so its destination is the requester). Returns 1 when the tuple's source is side b. */
+static __always_inline __u32 ep_ct_key_make(struct ep_ct_key *k, __u8 family, __u8 proto, const __u8 *src, __u16 sport,
+					    const __u8 *dst, __u16 dport, bool echo, bool echo_reply)
+{
+	__u32 src_b = echo ? echo_reply : ep_ct_after(src, sport, dst, dport, family);
+	if (src_b)
+		ep_ct_key_set(k, family, proto, dst, dport, src, sport);
+	else
+		ep_ct_key_set(k, family, proto, src, sport, dst, dport);
+	return src_b;
 }
 
 /* The live entry of `k` in `map`, or NULL. An expired entry is deleted and counted EXPIRED, and
@@ -103,9 +124,9 @@ static __always_inline void ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp
 		st = EP_CT_ESTABLISHED;
 		to = EP_CT_TO_TCP_ESTABLISHED;
 	} else if ((st == EP_CT_CLOSED || st == EP_CT_CLOSING) && dir == EP_CT_DIR_ORIG && syn && !ack) {
-		/* Port reuse: a new connection on the tuple of a closed one. */
+		/* Port reuse: a new connection on the tuple of a closed one (same originator). */
 		st = EP_CT_SYN_SENT;
-		f &= EP_CT_F_EGRESS;
+		f &= EP_CT_F_EGRESS | EP_CT_F_ORIG_B;
 		to = EP_CT_TO_TCP_SYN;
 	} else if ((st == EP_CT_ESTABLISHED || st == EP_CT_SYN_SENT || st == EP_CT_SYN_RECV || st == EP_CT_FIN_WAIT) && fin) {
 		f |= dir == EP_CT_DIR_ORIG ? EP_CT_F_FIN_ORIG : EP_CT_F_FIN_REPLY;
@@ -132,8 +153,8 @@ static __always_inline void ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp
 		e->expires_ns = now + ep_ct_timeout(to);
 }
 
-/* Creates the entry of a packet with no entry, in ep_ct_new, this packet as the original
- * direction (CONNTRACK.md step 6 and the creation rules of the state machine). A TCP RST and
+/* Creates the entry of a packet with no entry under key `k`, in ep_ct_new, this packet as the
+ * original direction (`flags` carries EP_CT_F_ORIG_B when it comes from side b) (CONNTRACK.md step 6 and the creation rules of the state machine). A TCP RST and
  * anything but TCP, UDP and an ICMP echo request create nothing. */
 static __always_inline void ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k, __u32 rule_id,
 					 __u8 flags, __u32 epoch, __u64 now, __u64 len)
@@ -181,13 +202,18 @@ static __always_inline void ep_ct_create(const struct ep_pkt *p, struct ep_ct_ke
 /* The cut re-check (CONNTRACK.md step 5): classifies the entry's tuple against generation `gen`.
  * An entry a rule created re-classifies its original tuple and is cut by any drop verdict
  * (a deny rule or a default deny); an egress entry re-classifies the reply-direction tuple and
- * is cut only by an explicit deny rule. A rate_limit verdict never cuts. Returns 1 to cut. */
-static __noinline int ep_ct_recheck(struct ep_ct_key *k, __u32 egress_entry, __u32 gen)
+ * is cut only by an explicit deny rule. A rate_limit verdict never cuts. The original tuple is
+ * rebuilt from the key and EP_CT_F_ORIG_B (`flags`). Returns 1 to cut. */
+static __noinline int ep_ct_recheck(struct ep_ct_key *k, __u32 flags, __u32 gen)
 {
 	struct ep_pkt q = {};
+	__u32 egress_entry = flags & EP_CT_F_EGRESS;
+	/* The re-classified tuple's source is side b when the original's is (a rule entry) or
+	 * when the original's destination is (an egress entry, re-checked as its reply). */
+	bool from_b = !(flags & EP_CT_F_ORIG_B) != !egress_entry;
 	q.family = k->family;
 	q.proto = k->proto;
-	if (egress_entry) {
+	if (from_b) {
 		__builtin_memcpy(q.src, k->dst, 16);
 		__builtin_memcpy(q.dst, k->src, 16);
 		q.port = k->sport;
@@ -212,12 +238,12 @@ static __noinline int ep_ct_recheck(struct ep_ct_key *k, __u32 egress_entry, __u
 
 /* The first reply packet of an entry in ep_ct_new moves it to ep_ct. A full ep_ct fails the
  * move (INSERT_FAILED) and the entry stays where it is; it tries again at its next reply. */
-static __always_inline void ep_ct_promote(struct ep_ct_key *orig, struct ep_ct_entry *e)
+static __always_inline void ep_ct_promote(struct ep_ct_key *k, struct ep_ct_entry *e)
 {
-	long err = bpf_map_update_elem(&ep_ct, orig, e, BPF_NOEXIST);
+	long err = bpf_map_update_elem(&ep_ct, k, e, BPF_NOEXIST);
 	if (err == 0 || err == -EP_EEXIST) {
 		/* EEXIST: another CPU moved it first. */
-		bpf_map_delete_elem(&ep_ct_new, orig);
+		bpf_map_delete_elem(&ep_ct_new, k);
 		if (err == 0)
 			ep_ct_stat(EP_CT_STAT_PROMOTED, 0);
 		return;
@@ -226,12 +252,14 @@ static __always_inline void ep_ct_promote(struct ep_ct_key *orig, struct ep_ct_e
 }
 
 /* Is the ICMP error in `p` about a tracked flow? Reads the embedded IP header and the 8 bytes
- * after it (ports, or an echo's identifier) and looks the inner tuple and its reverse up in
- * both tables, changing no state (CONNTRACK.md step 4). An IPv6 inner header followed by
- * extension headers is not looked into. */
+ * after it (ports, or an echo's identifier) and looks the inner tuple's key up once in each
+ * table, changing no state (CONNTRACK.md step 4). An IPv6 inner header followed by extension
+ * headers is not looked into. */
 static __always_inline bool ep_ct_related(void *data, void *data_end, const struct ep_pkt *p, __u64 now)
 {
-	struct ep_ct_key k = {};
+	struct ep_ct_key k;
+	__u8 src[16] = {}, dst[16] = {};
+	__u8 family, proto;
 	__u32 off = p->l4_off;
 	if (off > EP_MAX_L3_OFF)
 		return false;
@@ -241,37 +269,33 @@ static __always_inline bool ep_ct_related(void *data, void *data_end, const stru
 		struct iphdr *ip = data + off;
 		if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
 			return false;
-		k.family = 4;
-		k.proto = ip->protocol;
-		__builtin_memcpy(k.src, &ip->saddr, 4);
-		__builtin_memcpy(k.dst, &ip->daddr, 4);
+		family = 4;
+		proto = ip->protocol;
+		__builtin_memcpy(src, &ip->saddr, 4);
+		__builtin_memcpy(dst, &ip->daddr, 4);
 		l4 = (__u8 *)ip + ip->ihl * 4;
 	} else {
 		struct ipv6hdr *ip6 = data + off;
 		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 			return false;
-		k.family = 6;
-		k.proto = ip6->nexthdr;
-		__builtin_memcpy(k.src, &ip6->saddr, 16);
-		__builtin_memcpy(k.dst, &ip6->daddr, 16);
+		family = 6;
+		proto = ip6->nexthdr;
+		__builtin_memcpy(src, &ip6->saddr, 16);
+		__builtin_memcpy(dst, &ip6->daddr, 16);
 		l4 = (__u8 *)(ip6 + 1);
 	}
 	if ((void *)(l4 + 8) > data_end)
 		return false;
-	if (k.proto == EP_IPPROTO_TCP || k.proto == EP_IPPROTO_UDP) {
-		k.sport = ((__u16)l4[0] << 8) | l4[1];
-		k.dport = ((__u16)l4[2] << 8) | l4[3];
+	if (proto == EP_IPPROTO_TCP || proto == EP_IPPROTO_UDP) {
+		ep_ct_key_make(&k, family, proto, src, ((__u16)l4[0] << 8) | l4[1], dst, ((__u16)l4[2] << 8) | l4[3], false, false);
 	} else {
-		__u8 kind = ep_icmp_kind(k.family, k.proto, l4[0]);
+		__u8 kind = ep_icmp_kind(family, proto, l4[0]);
 		if (kind != EP_CTK_ECHO_REQ && kind != EP_CTK_ECHO_REP)
 			return false;
-		k.sport = ((__u16)l4[4] << 8) | l4[5];
-		k.dport = k.sport;
+		__u16 id = ((__u16)l4[4] << 8) | l4[5];
+		ep_ct_key_make(&k, family, proto, src, id, dst, id, true, kind == EP_CTK_ECHO_REP);
 	}
-	struct ep_ct_key r;
-	ep_ct_reverse(&r, &k);
-	return ep_ct_get(&ep_ct, &k, now) || ep_ct_get(&ep_ct, &r, now) || ep_ct_get(&ep_ct_new, &k, now) ||
-	       ep_ct_get(&ep_ct_new, &r, now);
+	return ep_ct_get(&ep_ct, &k, now) || ep_ct_get(&ep_ct_new, &k, now);
 }
 
 /* One packet, CONNTRACK.md "A packet, in order": parse, control bypass, lookup, ICMP errors,
@@ -310,54 +334,46 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	/* 2. Control bypass: TCP/UDP from a control endpoint (at uplink egress: to one, so the
 	 * control plane's flows take no room in the connection tables). */
 	if ((p.proto == EP_IPPROTO_TCP || p.proto == EP_IPPROTO_UDP) && p.port != EP_PORT_NONE) {
-		struct ep_ct_control_key c = { .family = p.family, .proto = p.proto };
-		if (hook == EP_HOOK_EGRESS) {
-			c.port = p.dport;
-			__builtin_memcpy(c.addr, p.dst, 16);
-		} else {
-			c.port = p.sport;
-			__builtin_memcpy(c.addr, p.src, 16);
-		}
-		if (bpf_map_lookup_elem(&ep_ct_control, &c)) {
-			ep_ct_stat(EP_CT_STAT_CONTROL, len);
-			return EP_PASS;
+		/* The port bitmap first (ep_ct_control_ports): most packets are not from a control
+		 * port, and an array lookup costs a fraction of the hash lookup. */
+		__u16 cport = hook == EP_HOOK_EGRESS ? p.dport : p.sport;
+		__u32 word = cport >> 6;
+		__u64 *bits = bpf_map_lookup_elem(&ep_ct_control_ports, &word);
+		if (bits && ((*bits >> (cport & 63)) & 1)) {
+			struct ep_ct_control_key c = { .family = p.family, .proto = p.proto, .port = cport };
+			__builtin_memcpy(c.addr, hook == EP_HOOK_EGRESS ? p.dst : p.src, 16);
+			if (bpf_map_lookup_elem(&ep_ct_control, &c)) {
+				ep_ct_stat(EP_CT_STAT_CONTROL, len);
+				return EP_PASS;
+			}
 		}
 	}
 
-	/* 3. Lookup: the tuple (original direction), then its reverse (reply), in ep_ct, then in
-	 * ep_ct_new. An echo request is only ever an original, an echo reply only a reply. */
+	/* 3. Lookup: the packet's key (the same for both directions) once in ep_ct, and only when it
+	 * is not there once in ep_ct_new. The direction comes from the entry: the packet is
+	 * original when it comes from the side that opened the flow. An echo request is always
+	 * original, an echo reply always a reply (the key's side a is the requester). */
 	bool trackable = p.ct == EP_CTK_FLOW || p.ct == EP_CTK_ECHO_REQ || p.ct == EP_CTK_ECHO_REP;
-	struct ep_ct_key k, r;
+	struct ep_ct_key k;
+	__u32 src_b = 0;
 	if (trackable) {
-		ep_ct_key_of(&k, &p);
-		ep_ct_reverse(&r, &k);
-		bool may_orig = p.ct != EP_CTK_ECHO_REP;
-		bool may_reply = p.ct != EP_CTK_ECHO_REQ;
+		src_b = ep_ct_key_make(&k, p.family, p.proto, p.src, p.sport, p.dst, p.dport, p.ct != EP_CTK_FLOW,
+				       p.ct == EP_CTK_ECHO_REP);
 		bool in_new = false;
-		__u32 dir = EP_CT_DIR_ORIG;
-		struct ep_ct_entry *e = may_orig ? ep_ct_get(&ep_ct, &k, now) : NULL;
-		if (!e && may_reply) {
-			e = ep_ct_get(&ep_ct, &r, now);
-			dir = EP_CT_DIR_REPLY;
-		}
+		struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
 		if (!e) {
 			in_new = true;
-			dir = EP_CT_DIR_ORIG;
-			e = may_orig ? ep_ct_get(&ep_ct_new, &k, now) : NULL;
-			if (!e && may_reply) {
-				e = ep_ct_get(&ep_ct_new, &r, now);
-				dir = EP_CT_DIR_REPLY;
-			}
+			e = ep_ct_get(&ep_ct_new, &k, now);
 		}
 		if (e) {
 			/* 5. Entry found. */
-			struct ep_ct_key *orig = dir == EP_CT_DIR_ORIG ? &k : &r;
+			__u32 dir = src_b == !!(e->flags & EP_CT_F_ORIG_B) ? EP_CT_DIR_ORIG : EP_CT_DIR_REPLY;
 			if (hook == EP_HOOK_POLICY && e->epoch != epoch) {
-				if ((gflags & EP_GEN_F_CUT) && ep_ct_recheck(orig, e->flags & EP_CT_F_EGRESS, gen)) {
+				if ((gflags & EP_GEN_F_CUT) && ep_ct_recheck(&k, e->flags, gen)) {
 					if (in_new)
-						bpf_map_delete_elem(&ep_ct_new, orig);
+						bpf_map_delete_elem(&ep_ct_new, &k);
 					else
-						bpf_map_delete_elem(&ep_ct, orig);
+						bpf_map_delete_elem(&ep_ct, &k);
 					ep_ct_stat(EP_CT_STAT_CUT, len);
 					return EP_DROP;
 				}
@@ -374,7 +390,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			__sync_fetch_and_add(&e->bytes[dir & 1], len);
 			ep_ct_stat(EP_CT_STAT_ESTABLISHED, len);
 			if (in_new && dir == EP_CT_DIR_REPLY)
-				ep_ct_promote(orig, e);
+				ep_ct_promote(&k, e);
 			return EP_PASS;
 		}
 	}
@@ -388,7 +404,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 
 	if (hook == EP_HOOK_EGRESS) {
 		if (trackable && (gflags & EP_GEN_F_TRACK_EGRESS))
-			ep_ct_create(&p, &k, EP_CT_RULE_EGRESS, EP_CT_F_EGRESS, epoch, now, len);
+			ep_ct_create(&p, &k, EP_CT_RULE_EGRESS, EP_CT_F_EGRESS | (src_b ? EP_CT_F_ORIG_B : 0), epoch, now, len);
 		return EP_PASS;
 	}
 
@@ -402,7 +418,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	__u32 rule_id = 0;
 	int verdict = ep_act(slot, &p, len, &track, &rule_id);
 	if (verdict == EP_PASS && track && trackable)
-		ep_ct_create(&p, &k, rule_id, 0, epoch, now, len);
+		ep_ct_create(&p, &k, rule_id, src_b ? EP_CT_F_ORIG_B : 0, epoch, now, len);
 	return verdict;
 }
 

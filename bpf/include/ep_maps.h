@@ -192,4 +192,13 @@ struct {
 	__type(value, __u32);
 } ep_ct_control SEC(".maps");
 
+/* Bit p of word p / 64 set iff a control endpoint has port p (layout 3): a packet whose port's
+ * bit is clear skips the ep_ct_control hash lookup, which otherwise every TCP/UDP packet pays. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EP_CT_CONTROL_PORT_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} ep_ct_control_ports SEC(".maps");
+
 #endif

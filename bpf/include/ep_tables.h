@@ -96,7 +96,9 @@ struct ep_bucket {
 
 /* ---- Connection tracking (bpf/CONNTRACK.md is the contract) ---------------------------------- */
 
-#define EP_LAYOUT_VERSION 2  /* the object before conntrack is version 1 (it has no marker) */
+/* 1: the object before conntrack (it has no marker); 2: conntrack keyed by the original
+ * direction; 3: the direction-independent key below (bpf/CONNTRACK.md, "Upgrades"). */
+#define EP_LAYOUT_VERSION 3
 
 /* Rule flags live in the high bits of ep_rule.action (the layout of ep_rule is unchanged). */
 #define EP_ACT_MASK     0xff
@@ -106,15 +108,19 @@ struct ep_bucket {
 #define EP_CT_RULE_EGRESS  0xfffffffe /* uplink egress tracking */
 #define EP_CT_RULE_DEFAULT 0xffffffff /* the default action */
 
-/* Key of both connection tables: the ORIGINAL direction of the flow (the packet that created it). */
+/* Key of both connection tables (layout 3): the same for both directions of a flow, so a packet
+ * is looked up once. TCP/UDP: the two endpoints in canonical order, side a (src, sport) the lower
+ * of the two compared as (address bytes, then port), side b (dst, dport) the other; the entry's
+ * EP_CT_F_ORIG_B says which side opened the flow. ICMP echo: side a is the requester (the
+ * identifier is both ports); a request each way is a flow of its own, as in Linux. */
 struct ep_ct_key {
 	__u8 family;   /* 4 or 6 */
 	__u8 proto;    /* 6 tcp, 17 udp, 1 icmp, 58 icmpv6 */
 	__u16 pad;
-	__u16 sport;   /* host byte order; ICMP echo: the identifier */
-	__u16 dport;   /* host byte order; ICMP echo: the identifier too (so reversal works) */
-	__u8 src[16];  /* IPv4 in the first 4 bytes, rest zero */
-	__u8 dst[16];
+	__u16 sport;   /* side a's port, host byte order; ICMP echo: the identifier */
+	__u16 dport;   /* side b's port; ICMP echo: the identifier too */
+	__u8 src[16];  /* side a's address; IPv4 in the first 4 bytes, rest zero */
+	__u8 dst[16];  /* side b's address */
 };                     /* 40 bytes */
 
 struct ep_ct_entry {
@@ -138,6 +144,7 @@ enum ep_ct_state {
 #define EP_CT_F_FIN_ORIG   0x02
 #define EP_CT_F_FIN_REPLY  0x04
 #define EP_CT_F_EGRESS     0x08 /* created by uplink egress tracking */
+#define EP_CT_F_ORIG_B     0x10 /* layout 3: side b of the key opened the flow (original direction b -> a) */
 
 enum ep_ct_timeout {
 	EP_CT_TO_TCP_SYN, EP_CT_TO_TCP_ESTABLISHED, EP_CT_TO_TCP_CLOSING, EP_CT_TO_UDP, EP_CT_TO_ICMP,
@@ -156,7 +163,10 @@ struct ep_gen_cfg {
 	__u32 epoch; /* increases with every apply, never 0 */
 };
 
-/* Control endpoints (ep_ct_control): packets FROM {family, proto, addr, port} always pass. */
+/* Control endpoints (ep_ct_control): packets FROM {family, proto, addr, port} always pass.
+ * ep_ct_control_ports: a bitmap of their ports (EP_CT_CONTROL_PORT_WORDS u64 words), a filter
+ * before the hash lookup. */
+#define EP_CT_CONTROL_PORT_WORDS (65536 / 64)
 struct ep_ct_control_key {
 	__u8 family;
 	__u8 proto;

@@ -28,6 +28,7 @@ export type {
   ControlEndpoint,
 } from './datapath/conntrack.js';
 export { ConntrackSweeper, nextSweepDelay } from './datapath/conntrack-sweeper.js';
+export { CT_FLAG_ORIG_B, ctKeyOfFlow, ctKeyOfTuple, originalTuple } from './datapath/conntrack-key.js';
 export type { ConntrackSweeperOptions, ConntrackSweepTarget, SweepRun } from './datapath/conntrack-sweeper.js';
 export { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg, tableCodecs } from './datapath/table-codecs.js';
 export { genFlags, RULE_FLAG_TRACK } from './datapath/compile-tables.js';

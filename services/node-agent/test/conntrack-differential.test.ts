@@ -31,6 +31,7 @@ import type { ConntrackConfig, ControlEndpoint } from '../src/datapath/conntrack
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { buildFrame, type FrameSpec } from '../src/datapath/packet.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from '../src/datapath/rule-set.js';
+import { ctKeyOfFlow, CT_FLAG_ORIG_B, originalTuple } from '../src/datapath/conntrack-key.js';
 import { epCtEntry, epCtKey } from '../src/datapath/table-codecs.js';
 import { describeEvent, eventFrame, flowKey, nextSequence, randomScenario, type CtScenario } from './conntrack-sequences.js';
 import { mountBpffs, prng, seedFromEnv, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
@@ -71,16 +72,18 @@ const MODEL_CONTROL: CtControlEndpoint[] = CONTROL.map((c) => ({ family: c.famil
 
 type KernelEntry = CodecValue<typeof epCtEntry>;
 
-const toKernelKey = (key: CtKey): CodecValue<typeof epCtKey> => ({ family: key.family, proto: key.proto, pad: 0, sport: key.sport, dport: key.dport, src: key.src, dst: key.dst });
+/** The table key of the flow whose original direction is `key` (layout 3: one key for both directions). */
+const toKernelKey = (key: CtKey): CodecValue<typeof epCtKey> => ({ ...ctKeyOfFlow(key).key, pad: 0 });
 
-/** Every entry of ep_ct or ep_ct_new, decoded with the agent's codecs. */
+/** Every entry of ep_ct or ep_ct_new, decoded with the agent's codecs, keyed by the flow's original direction. */
 function readTable(map: BpfMap): { key: CtKey; entry: KernelEntry }[] {
   const out: { key: CtKey; entry: KernelEntry }[] = [];
   for (const chunk of map.getBatches(256)) {
     for (let i = 0; i < chunk.count; i++) {
       const k = epCtKey.decode(chunk.keys.subarray(i * map.keySize, (i + 1) * map.keySize));
-      const key: CtKey = { family: k.family === 6 ? 6 : 4, proto: k.proto, sport: k.sport, dport: k.dport, src: new Uint8Array(k.src), dst: new Uint8Array(k.dst) };
-      out.push({ key, entry: epCtEntry.decode(chunk.values.subarray(i * map.valueSize, (i + 1) * map.valueSize)) });
+      const stored: CtKey = { family: k.family === 6 ? 6 : 4, proto: k.proto, sport: k.sport, dport: k.dport, src: new Uint8Array(k.src), dst: new Uint8Array(k.dst) };
+      const entry = epCtEntry.decode(chunk.values.subarray(i * map.valueSize, (i + 1) * map.valueSize));
+      out.push({ key: originalTuple(stored, entry.flags), entry });
     }
   }
   return out;
@@ -110,10 +113,25 @@ test('conntrack differential - the kernel state machine equals the reference mod
     maps.established.close();
     maps.new.close();
   });
-  const tables: Record<CtTable, TypedMap<CodecValue<typeof epCtKey>, KernelEntry>> = {
+  const typed: Record<CtTable, TypedMap<CodecValue<typeof epCtKey>, KernelEntry>> = {
     established: new TypedMap(maps.established, epCtKey, epCtEntry),
     new: new TypedMap(maps.new, epCtKey, epCtEntry),
   };
+  // The kernel's entry of the flow whose original direction is exactly `key` (the flow's one
+  // key holds either direction; its EP_CT_F_ORIG_B tells which), as the model's get() answers.
+  const tables: Record<CtTable, { get(key: CtKey): KernelEntry | undefined; set(key: CtKey, entry: KernelEntry): void; delete(key: CtKey): void }> = Object.fromEntries(
+    (['established', 'new'] as const).map((table) => [
+      table,
+      {
+        get: (key: CtKey): KernelEntry | undefined => {
+          const entry = typed[table].get(toKernelKey(key));
+          return entry !== undefined && (entry.flags & CT_FLAG_ORIG_B) === ctKeyOfFlow(key).origFlag ? entry : undefined;
+        },
+        set: (key: CtKey, entry: KernelEntry): void => typed[table].set(toKernelKey(key), entry),
+        delete: (key: CtKey): void => void typed[table].delete(toKernelKey(key)),
+      },
+    ]),
+  ) as Record<CtTable, { get(key: CtKey): KernelEntry | undefined; set(key: CtKey, entry: KernelEntry): void; delete(key: CtKey): void }>;
   const programs = { edge_xdp: datapath.xdpProgram, edge_tc: datapath.tcProgram, edge_tc_egress: datapath.tcEgressProgram };
   const model = new ConntrackModel({ entries: CT_ENTRIES, newEntries: CT_NEW_ENTRIES });
   const reasons = new Map<string, number>();
@@ -140,7 +158,7 @@ test('conntrack differential - the kernel state machine equals the reference mod
     const fail = (message: string): void => {
       t.fail(`seed ${seed} sequence ${n}: ${message}\nflows ${JSON.stringify(scenario.flows)}\nevents so far:\n  ${history.join('\n  ')}`);
     };
-    for (const table of ['established', 'new'] as const) for (const { key } of dump(table).values()) tables[table].delete(toKernelKey(key));
+    for (const table of ['established', 'new'] as const) for (const { key } of dump(table).values()) tables[table].delete(key);
     model.clear();
     const kernelBefore = kernelCounts();
     const modelBefore = { stats: model.stats(), rules: modelRules() };
@@ -150,7 +168,7 @@ test('conntrack differential - the kernel state machine equals the reference mod
     // exact deadline and creation time.
     const compareKey = (key: CtKey, window: { from: bigint; to: bigint }): boolean => {
       for (const table of ['established', 'new'] as const) {
-        const kernel = tables[table].get(toKernelKey(key));
+        const kernel = tables[table].get(key);
         const expected = model.get(key, table)?.entry;
         if ((kernel === undefined) !== (expected === undefined)) {
           fail(`${table} ${keyId(key)}: kernel ${kernel === undefined ? 'has none' : JSON.stringify(comparable(kernel))}, model ${expected === undefined ? 'has none' : JSON.stringify(comparable(expected))}`);
@@ -191,8 +209,8 @@ test('conntrack differential - the kernel state machine equals the reference mod
         const flow = scenario.flows[event.flow] as CtScenario['flows'][number];
         for (const key of [flowKey(flow, 'a'), flowKey(flow, 'b')]) {
           for (const table of ['established', 'new'] as const) {
-            const kernel = tables[table].get(toKernelKey(key));
-            if (kernel !== undefined) tables[table].set(toKernelKey(key), { ...kernel, expiresNs: 1n });
+            const kernel = tables[table].get(key);
+            if (kernel !== undefined) tables[table].set(key, { ...kernel, expiresNs: 1n });
             const expected = model.get(key, table);
             if (expected !== undefined) model.put(table, key, { ...expected.entry, expiresNs: 1n });
           }

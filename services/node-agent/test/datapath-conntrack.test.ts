@@ -8,10 +8,11 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { parseAddress } from '@edgeplane/proto';
-import { BpfMap, encode } from 'libbpf-ts';
+import { BpfMap, encode, u32, u64 } from 'libbpf-ts';
 import { DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry } from '../src/datapath/conntrack.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
+import { ctKeyOfFlow } from '../src/datapath/conntrack-key.js';
 import { epCtKey } from '../src/datapath/table-codecs.js';
 import { mountBpffs } from './datapath-helpers.js';
 
@@ -228,7 +229,9 @@ test.serial('conntrack - a closed TCP flow and an idle UDP flow leave the table 
       out.set(parseAddress(a) as Uint8Array);
       return out;
     };
-    return encode(epCtKey, { family: e.family, proto: e.proto, pad: 0, sport: e.sport, dport: e.dport, src: pad(e.src), dst: pad(e.dst) });
+    // The listing shows the original direction; the table's key is the flow's canonical one.
+    const { key } = ctKeyOfFlow({ family: e.family, proto: e.proto, sport: e.sport, dport: e.dport, src: pad(e.src), dst: pad(e.dst) });
+    return encode(epCtKey, { ...key, pad: 0 });
   };
   t.truthy(table.get(keyOf(tcpEntry!)));
   t.truthy(table.get(keyOf(udpEntry!)));
@@ -329,11 +332,26 @@ test.serial('conntrack - with ep_ct full, established flows and a control endpoi
   t.true((JSON.parse(hold.output().trim().split('\n').pop() as string) as { ok: boolean }).ok, 'the held connection kept echoing');
 
   tiny.setControlEndpoints([{ family: 4, proto: 'tcp', addr: v4.far, port: 6000 }]);
+  // The port bitmap holds exactly the endpoints' ports, and an open derives it from the endpoints.
+  const ports = BpfMap.openPinned(join(pinRoot, 'ep_ct_control_ports'));
+  t.teardown(() => ports.close());
+  const setBits = (): number[] =>
+    [...ports.entries()].flatMap(([k, v]) => {
+      const word = new DataView(k.buffer, k.byteOffset).getUint32(0, true);
+      const bits = new DataView(v.buffer, v.byteOffset).getBigUint64(0, true);
+      return Array.from({ length: 64 }, (_, i) => i).filter((i) => ((bits >> BigInt(i)) & 1n) === 1n).map((i) => word * 64 + i);
+    });
+  t.deepEqual(setBits(), [6000]);
+  ports.set(encode(u32, 6000 >> 6), encode(u64, 0n));
+  t.false(py(nsF, 'tcp-client', v4.node, 9000, 1, 6000).ok, 'a clear bit skips the endpoint (the bitmap is the filter)');
+  (await EbpfDatapath.open({ pinRoot, ctEntries: 16 })).close();
+  t.deepEqual(setBits(), [6000], 'open() rebuilt the bitmap from ep_ct_control');
   t.true(py(nsF, 'tcp-client', v4.node, 9000, 2, 6000).ok, 'from the control endpoint');
   t.false(py(nsF, 'tcp-client', v4.node, 9000, 1, 6001).ok, 'from another port of the same host');
   t.true(tiny.readCounters().conntrack.control.packets >= 3);
   tiny.setControlEndpoints([]);
   t.false(py(nsF, 'tcp-client', v4.node, 9000, 1, 6000).ok, 'after the endpoint was removed');
+  t.deepEqual(setBits(), []);
 });
 
 test('conntrack - bad control endpoints, timeouts and filters are refused and change nothing', (t) => {

@@ -72,6 +72,7 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_gen_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_gen_cfg.size, maxEntries: 2, flags: 0, inner: undefined },
     ep_ct_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: CONNTRACK_STAT_NAMES.length, flags: 0, inner: undefined },
     ep_ct_control: { type: 'hash', keySize: tableCodecs.ep_ct_control_key.size, valueSize: 4, maxEntries: 64, flags: 0, inner: undefined },
+    ep_ct_control_ports: { type: 'array', keySize: 4, valueSize: 8, maxEntries: 1024, flags: 0, inner: undefined },
   });
   t.deepEqual(spec.maps.get('ep_lpm')?.innerMap, { type: 'lpm_trie', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_cwords')?.innerMap, { type: 'hash', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: 1, flags: 0 });

@@ -4,9 +4,10 @@
 // the program getters, close; the upgrade's report and the install step hook exist only here.
 //
 // argv[2] is a JSON command:
-//   { op: 'open', roles: [{ pinRoot, objectPath?, apply?: RuleSetSpec[], attach?: [{ iface, role }] }], crashAt? }
-//     opens each pin root, applies each rule set in turn, attaches; crashAt (an install step)
-//     kills this process with SIGKILL right after that step, as a crash would.
+//   { op: 'open', roles: [{ pinRoot, objectPath?, apply?: RuleSetSpec[], attach?: [{ iface, role }], list? }], crashAt? }
+//     opens each pin root, applies each rule set in turn, attaches; list (a ConnectionFilter)
+//     reports up to 1,000 connections it matches; crashAt (an install step) kills this process
+//     with SIGKILL right after that step, as a crash would.
 //   { op: 'reset', pinRoot }
 // It prints one JSON line: per role what open() did, what apply() returned, and the ids of
 // everything pinned afterwards.
@@ -21,6 +22,7 @@ interface RoleCommand {
   objectPath?: string;
   apply?: RuleSetSpec[];
   attach?: { iface: string; role: 'uplink' | 'workload' }[];
+  list?: Record<string, unknown>;
 }
 type Command = { op: 'open'; roles: RoleCommand[]; crashAt?: string } | { op: 'reset'; pinRoot: string };
 
@@ -59,7 +61,8 @@ if (command.op === 'reset') {
       for (const { iface, role: interfaceRole } of role.attach ?? []) datapath.attach(iface, interfaceRole, { xdpMode: 'auto' });
       // The previous version has no connection table: report one only where there is.
       const conntrack = 'readConntrackOccupancy' in datapath ? { ...datapath.readConntrackOccupancy(), counters: datapath.readCounters().conntrack } : undefined;
-      out.push({ pinRoot: role.pinRoot, adopted: datapath.adopted, install: datapath.install, openMs, applied, conntrack, xdpProgramId: datapath.xdpProgram.id, tcProgramId: datapath.tcProgram.id, pinned: pinnedIds(role.pinRoot) });
+      const connections = role.list === undefined ? undefined : datapath.listConnections(role.list, 1000);
+      out.push({ pinRoot: role.pinRoot, adopted: datapath.adopted, install: datapath.install, openMs, applied, conntrack, connections, xdpProgramId: datapath.xdpProgram.id, tcProgramId: datapath.tcProgram.id, pinned: pinnedIds(role.pinRoot) });
     } finally {
       datapath.close();
     }

@@ -2,11 +2,13 @@
 // from the contract alone (never from the C), so the differential test
 // (test/conntrack-differential.test.ts) compares two independent readings of it. Classification
 // is the reference classifier's (one classifier, not two); this file adds only what the
-// contract adds: the two tables, the lookup order, ICMP-error relation, the cut re-check and the
-// TCP state machine. Where the contract is silent the choice is written next to the code
-// (marked "Assumed:"), and test/conntrack-model.test.ts pins each row of its tables.
+// contract adds: the two tables keyed by the direction-independent key (conntrack-key.ts), the
+// lookup order, ICMP-error relation, the cut re-check and the TCP state machine. Where the
+// contract is silent the choice is written next to the code (marked "Assumed:"), and
+// test/conntrack-model.test.ts pins each row of its tables.
 import { firstMatch, parseFrame, parseIpPacket, ReferenceClassifier } from './reference-classifier.js';
 import { CONNTRACK_STAT_NAMES, conntrackTimeoutsNs, DEFAULT_CONNTRACK_CONFIG, type ConntrackConfig } from './conntrack.js';
+import { ctKeyOfFlow, ctKeyOfTuple, CT_FLAG_ORIG_B, reverseKey, type CtKey } from './conntrack-key.js';
 import { RuleSetError } from './errors.js';
 import { DEFAULT_RULE_ID, EGRESS_RULE_ID, validateRuleSet, type Classification, type NormalizedRuleSet, type PacketHeaders, type RuleSetSpec } from './rule-set.js';
 
@@ -15,7 +17,7 @@ export const ctStates = { none: 0, synSent: 1, synRecv: 2, established: 3, finWa
 /** One of ctStates. */
 export type CtState = (typeof ctStates)[keyof typeof ctStates];
 /** `EP_CT_F_*` bits of ep_ct_entry.flags. */
-export const ctFlags = { seenReply: 0x01, finOrig: 0x02, finReply: 0x04, egress: 0x08 } as const;
+export const ctFlags = { seenReply: 0x01, finOrig: 0x02, finReply: 0x04, egress: 0x08, origB: CT_FLAG_ORIG_B } as const;
 /** `enum ep_ct_stat`, in the kernel's order (the agent's CONNTRACK_STAT_NAMES). */
 export const ctStatNames = CONNTRACK_STAT_NAMES;
 /** One of ctStatNames. */
@@ -45,17 +47,8 @@ export function ctTimeouts(config: ConntrackConfig): CtTimeouts {
 /** CONNTRACK.md's defaults (Cilium's): SYN 60 s, established 6 h, closing 10 s, UDP 60 s, ICMP 60 s. */
 export const DEFAULT_CT_TIMEOUTS: CtTimeouts = ctTimeouts(DEFAULT_CONNTRACK_CONFIG);
 
-/** `struct ep_ct_key`: the flow in its original direction. Addresses are 16 bytes (IPv4 in the first 4). */
-export interface CtKey {
-  readonly family: 4 | 6;
-  /** 6 tcp, 17 udp, 1 icmp, 58 icmpv6. */
-  readonly proto: number;
-  /** Ports; for ICMP echo both are the identifier. */
-  readonly sport: number;
-  readonly dport: number;
-  readonly src: Uint8Array;
-  readonly dst: Uint8Array;
-}
+export { reverseKey };
+export type { CtKey };
 
 /** `struct ep_ct_entry` (its padding left out). */
 export interface CtEntry {
@@ -142,7 +135,7 @@ export type CtReason =
 export interface CtStepResult {
   readonly verdict: 'pass' | 'drop';
   readonly reason: CtReason;
-  /** The entry that decided or was created: its key, table and direction. */
+  /** The entry that decided or was created: its flow in the original direction, table and the packet's direction. */
   readonly key?: CtKey;
   readonly table?: CtTable;
   readonly direction?: CtDirection;
@@ -167,6 +160,8 @@ export type CtPacket =
       readonly echoRequest: boolean;
       /** ICMP errors: the tuple of the quoted packet, when it has a tracked protocol. */
       readonly quoted: CtKey | null;
+      /** The quoted packet is an ICMP echo reply (its destination is the requester). */
+      readonly quotedEchoReply: boolean;
       /** TCP/UDP ports for the control bypass (null for other protocols and non-first fragments). */
       readonly ports: { readonly src: number; readonly dst: number } | null;
     };
@@ -177,7 +172,6 @@ const FIN = 0x01;
 const SYN = 0x02;
 const RST = 0x04;
 const ACK = 0x10;
-const both: readonly CtDirection[] = ['orig', 'reply'];
 /** IPv6 extension headers parseFrame() walks (hop-by-hop, routing, fragment, AH, destination). */
 const ipv6ExtensionHeaders = new Set([0, 43, 44, 51, 60]);
 const icmpErrors = { 4: new Set([3, 11, 12]), 6: new Set([1, 2, 3, 4]) } as const;
@@ -197,7 +191,7 @@ export function parseCtPacket(frame: Uint8Array): CtPacket {
   if (parsed.kind !== 'ip') return parsed;
   const headers = parsed.headers;
   const off = parsed.l4Offset;
-  const base = { kind: 'ip' as const, headers, tuple: null, tcpFlags: 0, echoRequest: false, quoted: null, ports: null };
+  const base = { kind: 'ip' as const, headers, tuple: null, tcpFlags: 0, echoRequest: false, quoted: null, quotedEchoReply: false, ports: null };
   if (off === null) return base;
   const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
   const p = headers.protocol;
@@ -217,23 +211,24 @@ export function parseCtPacket(frame: Uint8Array): CtPacket {
     return { ...base, tuple: keyOf(headers, id, id), echoRequest: type === icmp.request };
   }
   if (!icmpErrors[headers.family].has(type)) return base;
-  return { ...base, quoted: quotedTuple(frame, view, off + 8, headers.family) };
+  const quoted = quotedTuple(frame, view, off + 8, headers.family);
+  return { ...base, quoted: quoted?.key ?? null, quotedEchoReply: quoted?.echoReply ?? false };
 }
 
-function quotedTuple(frame: Uint8Array, view: DataView, off: number, family: 4 | 6): CtKey | null {
+function quotedTuple(frame: Uint8Array, view: DataView, off: number, family: 4 | 6): { key: CtKey; echoReply: boolean } | null {
   // CONNTRACK.md: an inner IPv6 header followed by extension headers is not looked into.
   if (family === 6 && off + 40 <= frame.length && ipv6ExtensionHeaders.has(frame[off + 6] as number)) return null;
   const inner = parseIpPacket(frame, off, family);
   if (inner.kind !== 'ip' || inner.l4Offset === null) return null;
   const at = inner.l4Offset;
   const p = inner.headers.protocol;
-  if (p === TCP || p === UDP) return keyOf(inner.headers, view.getUint16(at), view.getUint16(at + 2));
+  if (p === TCP || p === UDP) return { key: keyOf(inner.headers, view.getUint16(at), view.getUint16(at + 2)), echoReply: false };
   const icmp = echo[family];
   if (p !== icmp.proto || at + 8 > frame.length) return null;
   const type = frame[at] as number;
   if (type !== icmp.request && type !== icmp.reply) return null;
   const id = view.getUint16(at + 4);
-  return keyOf(inner.headers, id, id);
+  return { key: keyOf(inner.headers, id, id), echoReply: type === icmp.reply };
 }
 
 function keyOf(headers: PacketHeaders, sport: number, dport: number): CtKey {
@@ -243,11 +238,6 @@ function keyOf(headers: PacketHeaders, sport: number, dport: number): CtKey {
     return out;
   };
   return { family: headers.family, proto: headers.protocol, sport, dport, src: pad(headers.src), dst: pad(headers.dst) };
-}
-
-/** The key of the same flow seen from the other end. */
-export function reverseKey(key: CtKey): CtKey {
-  return { family: key.family, proto: key.proto, sport: key.dport, dport: key.sport, src: key.dst, dst: key.src };
 }
 
 /** A string naming `key` (equal keys, equal strings): for maps and messages. */
@@ -295,7 +285,7 @@ export function tcpTransition(state: CtState, flags: number, direction: CtDirect
   if (state === ctStates.synSent && !orig && syn && ack) return { state: ctStates.synRecv, flags, timeout: 'syn', row: 'syn-ack' };
   if (state === ctStates.synRecv && orig && ack && !syn) return { state: ctStates.established, flags, timeout: 'established', row: 'ack' };
   if ((state === ctStates.closed || state === ctStates.closing) && orig && syn && !ack) {
-    return { state: ctStates.synSent, flags: flags & ctFlags.egress, timeout: 'syn', row: 'reuse' };
+    return { state: ctStates.synSent, flags: flags & (ctFlags.egress | ctFlags.origB), timeout: 'syn', row: 'reuse' };
   }
   const finable = state === ctStates.established || state === ctStates.synSent || state === ctStates.synRecv || state === ctStates.finWait;
   if (finable && (tcp & FIN) !== 0) {
@@ -370,8 +360,14 @@ export interface ConntrackModelOptions {
 }
 
 interface Stored {
+  /** The flow in its original direction (the table's key with EP_CT_F_ORIG_B applied). */
   readonly key: CtKey;
   entry: CtEntry;
+}
+
+/** The table id of a flow given in its original direction (an echo: the request). */
+function flowId(original: CtKey): string {
+  return keyId(ctKeyOfFlow(original).key);
 }
 
 /**
@@ -413,17 +409,17 @@ export class ConntrackModel {
       return { verdict: 'pass', reason: 'control' };
     }
     if (packet.tuple !== null) {
-      // An echo request is only ever the original direction and an echo reply the reply one
-      // ("reply 0/129 in the reply direction"; Linux keys ICMP by type, so a request the other
-      // way round is a flow of its own).
+      // One key for both directions; the direction is the entry's (is the packet from the side
+      // that opened the flow?). An echo request is only ever the original direction and an echo
+      // reply the reply one ("reply 0/129 in the reply direction"; Linux keys ICMP by type, so a
+      // request the other way round is a flow of its own): the key's side a is the requester.
       const isEcho = packet.tuple.proto !== TCP && packet.tuple.proto !== UDP;
-      const directions: readonly CtDirection[] = !isEcho ? both : packet.echoRequest ? ['orig'] : ['reply'];
-      const found = this.#lookup(packet.tuple, now, directions);
+      const found = this.#lookup(packet.tuple, isEcho && !packet.echoRequest, now);
       if (found !== undefined) return this.#onEntry(found, packet, frame.length, egress, now, config);
     }
     // Step 4 is not part of the egress program (CONNTRACK.md: "steps 1-3 and 5").
     if (!egress && packet.quoted !== null) {
-      const related = this.#lookup(packet.quoted, now);
+      const related = this.#lookup(packet.quoted, packet.quotedEchoReply, now);
       if (related !== undefined) {
         this.#stats.related++;
         return { verdict: 'pass', reason: 'related', key: related.stored.key, table: related.table, direction: related.direction, entry: copy(related.stored.entry) };
@@ -446,14 +442,14 @@ export class ConntrackModel {
   }
 
   /**
-   * The entry stored under exactly `key` (not its reverse) in `only` (default: ep_ct, then
-   * ep_ct_new), expired or not; no side effects.
+   * The entry of the flow whose original direction is exactly `key` (not its reverse) in `only`
+   * (default: ep_ct, then ep_ct_new), expired or not; no side effects.
    * @returns a copy with its table, or undefined.
    */
   get(key: CtKey, only?: CtTable): { table: CtTable; entry: CtEntry } | undefined {
     for (const table of only === undefined ? (['established', 'new'] as const) : [only]) {
-      const stored = this.#tables[table].get(keyId(key));
-      if (stored !== undefined) return { table, entry: copy(stored.entry) };
+      const stored = this.#tables[table].get(flowId(key));
+      if (stored !== undefined && keyId(stored.key) === keyId(key)) return { table, entry: copy(stored.entry) };
     }
     return undefined;
   }
@@ -464,11 +460,14 @@ export class ConntrackModel {
   }
 
   /**
-   * Writes an entry directly, as a test or the agent writing the map would (an expired one, say).
+   * Writes the entry of the flow whose original direction is `key` directly, as a test or the
+   * agent writing the map would (an expired one, say). Its EP_CT_F_ORIG_B comes from `key`
+   * (whatever `entry.flags` says), and it replaces the entry of either direction of the flow.
    * @throws RangeError when `table` is ep_ct and full (the kernel's E2BIG); ep_ct_new evicts.
    */
   put(table: CtTable, key: CtKey, entry: CtEntry): void {
-    if (!this.#insert(table, key, copy(entry))) throw new RangeError(`put ${table} key=${keyId(key)}: table full`);
+    const stored = { ...copy(entry), flags: (entry.flags & ~CT_FLAG_ORIG_B) | ctKeyOfFlow(key).origFlag };
+    if (!this.#insert(table, key, stored)) throw new RangeError(`put ${table} key=${keyId(key)}: table full`);
   }
 
   /** Removes every entry (the stats stay). */
@@ -507,24 +506,23 @@ export class ConntrackModel {
     return control.some((c) => c.family === h.family && c.proto === h.protocol && c.port === port && c.addr.length === addr.length && c.addr.every((b, i) => b === addr[i]));
   }
 
-  // Step 3: the tuple in ep_ct, its reverse in ep_ct, then both in ep_ct_new; expired entries met
-  // on the way are deleted and counted. Assumed: step 4's lookup of a quoted tuple is the same
-  // lookup, expiry included.
-  #lookup(tuple: CtKey, now: bigint, directions: readonly CtDirection[] = both): { table: CtTable; stored: Stored; direction: CtDirection } | undefined {
+  // Step 3: the packet's key once in ep_ct, then (absent there) once in ep_ct_new; an expired
+  // entry met on the way is deleted and counted. Assumed: step 4's lookup of a quoted tuple is
+  // the same lookup, expiry included.
+  #lookup(tuple: CtKey, echoReply: boolean, now: bigint): { table: CtTable; stored: Stored; direction: CtDirection } | undefined {
+    const { key, srcIsB } = ctKeyOfTuple(tuple, echoReply);
+    const id = keyId(key);
     for (const table of ['established', 'new'] as const) {
-      for (const direction of directions) {
-        const key = direction === 'orig' ? tuple : reverseKey(tuple);
-        const id = keyId(key);
-        const stored = this.#tables[table].get(id);
-        if (stored === undefined) continue;
-        this.#tables[table].delete(id);
-        if (stored.entry.expiresNs < now) {
-          this.#stats.expired++;
-          continue;
-        }
-        this.#tables[table].set(id, stored); // most recently used
-        return { table, stored, direction };
+      const stored = this.#tables[table].get(id);
+      if (stored === undefined) continue;
+      this.#tables[table].delete(id);
+      if (stored.entry.expiresNs < now) {
+        this.#stats.expired++;
+        continue;
       }
+      this.#tables[table].set(id, stored); // most recently used
+      const origB = (stored.entry.flags & CT_FLAG_ORIG_B) !== 0;
+      return { table, stored, direction: srcIsB === origB ? 'orig' : 'reply' };
     }
     return undefined;
   }
@@ -548,7 +546,7 @@ export class ConntrackModel {
     // setting it would let an outbound packet excuse the flow from the next inbound re-check).
     if (!egress) {
       if (generation.ruleSet.cutOnDeny && entry.epoch !== generation.epoch && this.#recheckDrops(stored.key, entry, generation)) {
-        this.#tables[table].delete(keyId(stored.key));
+        this.#tables[table].delete(flowId(stored.key));
         this.#stats.cut++;
         return { verdict: 'drop', reason: 'cut', key: stored.key, table, direction };
       }
@@ -573,7 +571,7 @@ export class ConntrackModel {
     // into ep_ct once there is room), counting INSERT_FAILED each time it fails.
     if (table === 'new' && direction === 'reply') {
       if (this.#insert('established', stored.key, entry)) {
-        this.#tables.new.delete(keyId(stored.key));
+        this.#tables.new.delete(flowId(stored.key));
         this.#stats.promoted++;
         table = 'established';
       } else {
@@ -613,7 +611,7 @@ export class ConntrackModel {
       ruleId,
       epoch: config.generation.epoch,
       state: start.state,
-      flags: start.flags | flags,
+      flags: start.flags | flags | ctKeyOfFlow(key).origFlag,
     };
     this.#insert('new', key, entry);
     this.#stats.created++;
@@ -628,10 +626,11 @@ export class ConntrackModel {
     };
   }
 
-  // ep_ct_new evicts its least recently used entry when full; ep_ct refuses (false).
+  // ep_ct_new evicts its least recently used entry when full; ep_ct refuses (false). `key` is
+  // the flow's original direction; the table holds it under the flow's key.
   #insert(table: CtTable, key: CtKey, entry: CtEntry): boolean {
     const map = this.#tables[table];
-    const id = keyId(key);
+    const id = flowId(key);
     if (!map.has(id) && map.size >= (table === 'new' ? this.#newEntries : this.#entries)) {
       if (table === 'established') return false;
       const oldest = map.keys().next().value as string;

@@ -1,8 +1,9 @@
 // The connection-table maps of one pinned datapath, seen from the agent: timeouts (ep_ct_cfg),
-// per-generation flags and epochs (ep_gen_cfg), control endpoints (ep_ct_control), counters
+// per-generation flags and epochs (ep_gen_cfg), control endpoints (ep_ct_control and the bitmap
+// of their ports, ep_ct_control_ports), counters
 // (ep_ct_stats), reading ep_ct / ep_ct_new, and the sweeper program (ep_ct_sweep).
 // bpf/CONNTRACK.md is the contract.
-import { encode, TypedMap, u32, type BpfMap, type CodecValue, type Program } from 'libbpf-ts';
+import { encode, TypedMap, u32, u64, type BpfMap, type CodecValue, type Program } from 'libbpf-ts';
 import {
   CONNTRACK_STAT_NAMES,
   conntrackTimeoutsNs,
@@ -17,7 +18,7 @@ import {
   type ControlEndpoint,
 } from './conntrack.js';
 import { sumPerCpu } from './counters.js';
-import { epCtCfg, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg } from './table-codecs.js';
+import { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg } from './table-codecs.js';
 
 /** The maps ConntrackTables borrows, by their names in the object. */
 export interface ConntrackMaps {
@@ -27,7 +28,11 @@ export interface ConntrackMaps {
   readonly ep_gen_cfg: BpfMap;
   readonly ep_ct_stats: BpfMap;
   readonly ep_ct_control: BpfMap;
+  readonly ep_ct_control_ports: BpfMap;
 }
+
+/** Words of ep_ct_control_ports (EP_CT_CONTROL_PORT_WORDS): one bit per port. */
+const CONTROL_PORT_WORDS = 65536 / 64;
 
 /** Entries read per batch syscall when walking a table. */
 const CHUNK = 8192;
@@ -92,7 +97,9 @@ export class ConntrackTables {
 
   /**
    * Replaces the control endpoints. New ones are added before old ones are removed, so an
-   * endpoint in both lists is never absent.
+   * endpoint in both lists is never absent; the port bitmap holds every port of both lists
+   * while the table changes (a set bit without an endpoint only costs the hash lookup), then
+   * exactly the new ones.
    * @throws ConntrackInputError (nothing changed); LibbpfError.
    */
   setControlEndpoints(endpoints: readonly ControlEndpoint[]): void {
@@ -101,8 +108,38 @@ export class ConntrackTables {
     const present = [...this.#maps.ep_ct_control.keys()];
     const one = new Uint8Array(4);
     u32.encode(1, one);
+    this.#writeControlPorts([...present, ...keys]);
     for (const key of keys) this.#maps.ep_ct_control.set(key, one);
     for (const key of present) if (!wanted.has(Buffer.from(key).toString('hex'))) this.#maps.ep_ct_control.delete(key);
+    this.#writeControlPorts(keys);
+  }
+
+  /**
+   * Rewrites the port bitmap from the endpoints in ep_ct_control (after an upgrade from a layout
+   * without it, or a crash inside setControlEndpoints). Call before the programs run.
+   * @throws LibbpfError.
+   */
+  syncControlPorts(): void {
+    this.#writeControlPorts([...this.#maps.ep_ct_control.keys()]);
+  }
+
+  // Writes ep_ct_control_ports as the ports of `keys` (encoded ep_ct_control_key), changing
+  // only the words that differ.
+  #writeControlPorts(keys: readonly Uint8Array[]): void {
+    const words = new Map<number, bigint>();
+    for (const key of keys) {
+      const port = epCtControlKey.decode(key).port;
+      words.set(port >> 6, (words.get(port >> 6) ?? 0n) | (1n << BigInt(port & 63)));
+    }
+    const map = this.#maps.ep_ct_control_ports;
+    const index = new Uint8Array(4);
+    for (let word = 0; word < CONTROL_PORT_WORDS; word++) {
+      u32.encode(word, index);
+      const want = words.get(word) ?? 0n;
+      const have = map.get(index);
+      if (have !== undefined && u64.decode(have) === want) continue;
+      map.set(index, encode(u64, want));
+    }
   }
 
   /** @returns every ep_ct_stats slot, each summed over CPUs. */

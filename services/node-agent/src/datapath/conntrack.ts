@@ -5,6 +5,7 @@ import { formatAddress, parseAddress } from '@edgeplane/proto';
 import { encode } from 'libbpf-ts';
 import type { Counter } from './datapath.js';
 import { ConntrackInputError } from './errors.js';
+import { originalTuple } from './conntrack-key.js';
 import { epCtControlKey, epCtEntry, epCtKey } from './table-codecs.js';
 
 /** Connection states: enum ep_ct_state, by value. */
@@ -182,8 +183,10 @@ export function encodeControlEndpoints(endpoints: readonly ControlEndpoint[]): U
  * @returns the entry; a new object.
  */
 export function decodeConnection(key: Uint8Array, value: Uint8Array, table: ConnectionTable, nowNs: bigint): ConnectionEntry {
-  const k = epCtKey.decode(key);
+  const stored = epCtKey.decode(key);
   const e = epCtEntry.decode(value);
+  // The table's key is direction-independent: the listing shows the flow as it was opened.
+  const k = originalTuple({ ...stored, family: stored.family === 6 ? 6 : 4 }, e.flags);
   const family = k.family === 6 ? 6 : 4;
   const address = (bytes: Uint8Array): string => formatAddress(family, family === 4 ? bytes.subarray(0, 4) : bytes);
   const ms = (ns: bigint): number => Number(ns / 1_000_000n);

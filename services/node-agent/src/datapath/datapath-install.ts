@@ -27,7 +27,17 @@ export interface InstallOptions {
   mapMaxEntries: Record<string, number>;
   /** Called after each step. */
   onStep?: ((step: InstallStep) => void) | undefined;
+  /**
+   * Maps whose elements change layout while their shape stays (same type and sizes): each is
+   * migrated (created beside the pinned one and filled through its conversion) even when a
+   * reuse would be possible. A conversion must be idempotent, since an install that stopped
+   * after pinning the converted map converts it again.
+   */
+  convertMaps?: Readonly<Record<string, ElementConversion>> | undefined;
 }
+
+/** Converts one element of a pinned map into the object's layout. @returns the new key and value. */
+export type ElementConversion = (key: Uint8Array, value: Uint8Array) => { key: Uint8Array; value: Uint8Array };
 
 /** What an install found and did. */
 export interface InstallReport {
@@ -42,6 +52,11 @@ export interface InstallReport {
    * (under their name or `-prev`). A hook holding one of them is ours to switch.
    */
   readonly previousPrograms: ReadonlyMap<number, string>;
+  /**
+   * Kernel ids of the pinned maps that were migrated, by name: the superseded programs keep
+   * writing them until their hooks are switched (the caller may copy what they added since).
+   */
+  readonly previousMaps: ReadonlyMap<string, number>;
 }
 
 /**
@@ -64,6 +79,7 @@ export async function installObject(spec: ObjectSpec, options: InstallOptions): 
   const createdMaps: string[] = [];
   const migratedMaps: string[] = [];
   const previousPrograms = new Map<number, string>();
+  const previousMaps = new Map<string, number>();
   let object: BpfObject | undefined;
   try {
     for (const name of options.programNames) {
@@ -88,18 +104,19 @@ export async function installObject(spec: ObjectSpec, options: InstallOptions): 
       const old = BpfMap.openPinned(pin(name));
       held.push(old);
       const want = { ...declared, maxEntries: options.mapMaxEntries[name] ?? declared.maxEntries };
-      if (sameShape(old, want) && innerMapsFit(old, declared)) {
+      if (options.convertMaps?.[name] === undefined && sameShape(old, want) && innerMapsFit(old, declared)) {
         replacements[name] = old;
         reusedMaps.push(name);
       } else {
         migrations.push({ name, old });
         migratedMaps.push(name);
+        previousMaps.set(name, old.id);
       }
     }
     object = await loadObject(spec, { mapReplacements: replacements, mapMaxEntries: options.mapMaxEntries });
     options.onStep?.('loaded');
 
-    for (const { name, old } of migrations) copyMap(old, object.map(name), spec.maps.get(name) as MapSpec);
+    for (const { name, old } of migrations) copyMap(old, object.map(name), spec.maps.get(name) as MapSpec, options.convertMaps?.[name]);
     options.onStep?.('migrated');
 
     // New and migrated maps go in before the programs that use them: a crash from here on
@@ -117,7 +134,7 @@ export async function installObject(spec: ObjectSpec, options: InstallOptions): 
       pinReplacing(object.program(name), pinRoot, name);
     }
     options.onStep?.('programs-pinned');
-    return { reusedMaps, createdMaps, migratedMaps, previousPrograms };
+    return { reusedMaps, createdMaps, migratedMaps, previousPrograms, previousMaps };
   } catch (cause) {
     for (const name of [...options.programNames, ...options.mapNames, LAYOUT_MARKER]) {
       if (existsSync(pin(name + NEXT_SUFFIX))) unlinkSync(pin(name + NEXT_SUFFIX));
@@ -144,6 +161,9 @@ export function dropPreviousPins(pinRoot: string, names: readonly string[]): voi
   }
 }
 
+/** Elements read and written per batch syscall by a converting migration. */
+const COPY_CHUNK = 8192;
+
 /** What libbpf compares before it reuses a pinned map (map_is_reuse_compat), plus the type name. */
 function sameShape(a: MapShape, b: MapShape): boolean {
   return a.type === b.type && a.keySize === b.keySize && a.valueSize === b.valueSize && a.maxEntries === b.maxEntries && a.flags === b.flags;
@@ -169,10 +189,11 @@ function innerMapsFit(outer: BpfMap, declared: MapSpec): boolean {
   return true;
 }
 
-// Fills `to` (the object's new map) with every element of `from` (the pinned one). Only a
-// change of size or flags is migrated generically; a change of the key or value layout needs a
-// migration written for it, and refuses the upgrade until there is one.
-function copyMap(from: BpfMap, to: BpfMap, declared: MapSpec): void {
+// Fills `to` (the object's new map) with every element of `from` (the pinned one), through
+// `convert` when given. Only a change of size or flags is migrated generically; a change of the
+// key or value layout needs a conversion written for it (convertMaps), and refuses the upgrade
+// until there is one.
+function copyMap(from: BpfMap, to: BpfMap, declared: MapSpec, convert: ElementConversion | undefined): void {
   const operation = `migrate map=${declared.name}`;
   if (from.type !== to.type || from.keySize !== to.keySize || from.valueSize !== to.valueSize) {
     const describe = (m: MapShape): string => `${m.type} key=${m.keySize} value=${m.valueSize} entries=${m.maxEntries}`;
@@ -181,7 +202,18 @@ function copyMap(from: BpfMap, to: BpfMap, declared: MapSpec): void {
     );
   }
   try {
-    if (from.perCpu) {
+    if (convert !== undefined) {
+      for (const { count, keys, values } of from.getBatches(COPY_CHUNK)) {
+        const outKeys: Uint8Array[] = [];
+        const outValues: Uint8Array[] = [];
+        for (let i = 0; i < count; i++) {
+          const element = convert(keys.subarray(i * from.keySize, (i + 1) * from.keySize), values.subarray(i * from.valueSize, (i + 1) * from.valueSize));
+          outKeys.push(element.key);
+          outValues.push(element.value);
+        }
+        to.setBatch(outKeys, outValues);
+      }
+    } else if (from.perCpu) {
       for (const key of from.keys()) {
         const values = from.getPerCpu(key);
         if (values !== undefined) to.setPerCpu(key, values);

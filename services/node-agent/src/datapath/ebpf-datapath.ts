@@ -27,6 +27,7 @@ import {
 import { compileTables, RULE_SLOTS, sizes, WILD_COUNT, type TablesSpec } from './compile-tables.js';
 import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type ConnectionFilter, type ConntrackConfig, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import { ConntrackTables } from './conntrack-tables.js';
+import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement } from './conntrack-upgrade.js';
 import { CounterTables, type CounterTotals } from './counters.js';
 import { dropPreviousPins, installObject, type InstallReport, type InstallStep } from './datapath-install.js';
 import type { ApplyResult, Counter, DatapathCounters, Datapath } from './datapath.js';
@@ -59,6 +60,7 @@ const mapNames = [
   'ep_gen_cfg',
   'ep_ct_stats',
   'ep_ct_control',
+  'ep_ct_control_ports',
 ] as const;
 type MapName = (typeof mapNames)[number];
 type ProgramName = (typeof programNames)[number];
@@ -99,6 +101,11 @@ export interface DatapathInstall extends InstallReport {
   readonly fromVersion: number | undefined;
   /** The hooks of this network namespace that held a superseded program and now hold ours. */
   readonly switched: readonly SwitchedHook[];
+  /**
+   * Connection entries the superseded programs created while the tables were being migrated,
+   * copied into ours after the switch (an upgrade from layout 2; 0 otherwise).
+   */
+  readonly caughtUpEntries: number;
 }
 
 /** One hook switched from a superseded program to this datapath's, in one atomic replace. */
@@ -185,7 +192,7 @@ export class EbpfDatapath implements Datapath {
       );
     }
     const adopt = found === LAYOUT_VERSION && [...programNames, ...mapNames].every((name) => existsSync(pin(name)));
-    let installed: (InstallReport & { fromVersion: number | undefined }) | undefined;
+    let installed: (InstallReport & { fromVersion: number | undefined; sinceNs: bigint }) | undefined;
     if (!adopt) {
       const objectPath = options.objectPath ?? DEFAULT_OBJECT_PATH;
       // No program pinned: nothing enforces from here. Maps left by a first load that stopped
@@ -203,7 +210,11 @@ export class EbpfDatapath implements Datapath {
       if (spec.maps.has('ep_buckets')) mapMaxEntries.ep_buckets = options.rateLimitEntries ?? 262_144;
       if (spec.maps.has('ep_ct')) mapMaxEntries.ep_ct = options.ctEntries ?? 262_144;
       if (spec.maps.has('ep_ct_new')) mapMaxEntries.ep_ct_new = options.ctNewEntries ?? 65_536;
-      installed = { fromVersion: found, ...(await installObject(spec, { pinRoot, programNames, mapNames, mapMaxEntries, onStep: options.onInstallStep })) };
+      // Layout 2 keyed the connection tables by the original direction, layout 3 by the flow's
+      // direction-independent key: same shapes, other keys, so they are converted, not reused.
+      const convertMaps = found === CT_KEY_LAYOUT_FROM ? { ep_ct: relayoutCtElement, ep_ct_new: relayoutCtElement } : undefined;
+      const sinceNs = process.hrtime.bigint();
+      installed = { fromVersion: found, sinceNs, ...(await installObject(spec, { pinRoot, programNames, mapNames, mapMaxEntries, onStep: options.onInstallStep, convertMaps })) };
     }
     const opened: { close(): void }[] = [];
     let datapath: EbpfDatapath;
@@ -218,6 +229,9 @@ export class EbpfDatapath implements Datapath {
       // Before any hook is switched to the new programs: they read their timeouts from here.
       const config = options.conntrack ?? (adopt ? undefined : DEFAULT_CONNTRACK_CONFIG);
       if (config !== undefined) datapath.#conntrack.writeConfig(config);
+      // The control ports' bitmap is new in layout 3: derive it from the endpoints already
+      // there, before a hook runs the new programs (and heal a crash in setControlEndpoints).
+      datapath.#conntrack.syncControlPorts();
     } catch (cause) {
       for (const value of opened) value.close();
       throw new DatapathError(`${adopt ? 'adopt' : 'open'} pinned datapath pinRoot=${pinRoot}`, { cause });
@@ -226,9 +240,17 @@ export class EbpfDatapath implements Datapath {
       if (installed !== undefined) {
         const switched = datapath.#switchHooks(installed.previousPrograms);
         options.onInstallStep?.('switched');
+        // The superseded programs wrote the old tables until now (they stay alive, pinned as
+        // -prev, until dropPreviousPins below): copy the flows they opened since the copy began.
+        let caughtUpEntries = 0;
+        for (const name of ['ep_ct', 'ep_ct_new'] as const) {
+          const previous = installed.previousMaps.get(name);
+          if (previous !== undefined && found === CT_KEY_LAYOUT_FROM) caughtUpEntries += catchUpConntrack(previous, datapath.#maps[name], installed.sinceNs);
+        }
         writeLayoutMarker(pinRoot, LAYOUT_VERSION);
         options.onInstallStep?.('marked');
-        datapath.#installed = { ...installed, switched };
+        const { sinceNs: _sinceNs, ...report } = installed;
+        datapath.#installed = { ...report, switched, caughtUpEntries };
       }
       // Superseded programs stay pinned until their hooks are switched; an install that
       // stopped after its marker leaves them to the next open.

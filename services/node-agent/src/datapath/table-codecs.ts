@@ -22,8 +22,10 @@ export const epCounter = struct({ packets: u64, bytes: u64 });
 export const epRule = struct({ action: u32, ruleId: u32, pps: u64, burstNt: u64, fillNs: u64 });
 
 /**
- * `struct ep_ct_key`: a connection's original-direction tuple, key of ep_ct and ep_ct_new. Ports
- * in host byte order (an ICMP echo's identifier in both); IPv4 addresses in the first 4 bytes.
+ * `struct ep_ct_key`: key of ep_ct and ep_ct_new, the same for both directions of a flow (layout
+ * 3): (src, sport) is side a, (dst, dport) side b, in the order conntrack-key.ts computes; the
+ * entry's EP_CT_F_ORIG_B names the side that opened the flow (originalTuple()). Ports in host
+ * byte order (an ICMP echo's identifier in both); IPv4 addresses in the first 4 bytes.
  */
 export const epCtKey = struct({ family: u8, proto: u8, pad: u16, sport: u16, dport: u16, src: bytes(16), dst: bytes(16) });
 

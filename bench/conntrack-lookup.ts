@@ -1,0 +1,127 @@
+// The per-packet cost of the connection table in the programs alone (issue 13, "look each packet
+// up once"): edge_xdp run through BPF_PROG_TEST_RUN, one frame per run, the kernel's own
+// duration of each run (bpf_prog_test_run: ktime around the program), for
+//   syn:        the SYN of a new TCP flow that a tracking rule admits (lookups miss, classify, create);
+//   reply@N:    a reply-direction UDP packet of an established flow, ep_ct holding N flows, each
+//               run a different flow picked at random (so at 1,000,000 entries the lookups miss
+//               the CPU caches as traffic would; each run is one syscall, so the program starts
+//               cold, and the figure includes that);
+//   warm@N:     the same packets, each run --repeat times in one BPF_PROG_TEST_RUN (the kernel
+//               reports the average): the instructions alone, caches warm.
+// With --baseline OBJECT, the same runs go through a second object (e.g. the previous layout's,
+// built from git) in the same process, interleaved run by run, so both sides share the machine's
+// load. This agent opens it, so it must declare every map this agent pins: a layout-2 object
+// needs `ep_ct_control_ports` (an ARRAY[1024] of u64, unused by its programs) added to its
+// ep_maps.h before `make` (bench/README.md, "conntrack-lookup"). Flows go from 10.x clients to 192.0.2.1, which sorts after them: layout 2's key (the
+// original direction) and layout 3's flow key are the same bytes, so one fill serves both.
+//
+//   node --import=tsx bench/conntrack-lookup.ts [--baseline OBJECT] [--rounds 5] [--runs 20000] [--repeat 1000] [--sizes 1000,1000000]
+//
+// Prints one JSON line per (case, round) and a summary: the median over rounds of each round's
+// median per-packet ns. Needs root (bpffs mount); touches no interface.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { buildFrame, EbpfDatapath, type RuleSetSpec } from '@edgeplane/node-agent';
+import { ConntrackAccess } from './conntrack-access.js';
+
+const arg = (name: string): string | undefined => {
+  const i = process.argv.indexOf(name);
+  return i < 0 ? undefined : process.argv[i + 1];
+};
+const baseline = arg('--baseline');
+const rounds = Number(arg('--rounds') ?? 5);
+const runs = Number(arg('--runs') ?? 20_000);
+const sizes = (arg('--sizes') ?? '1000,1000000').split(',').map(Number);
+const repeat = Number(arg('--repeat') ?? 1000);
+const SERVER = '192.0.2.1';
+
+const ruleSet: RuleSetSpec = {
+  rules: [
+    { id: 1, srcCidrs: [], dstCidrs: [`${SERVER}/32`], protocol: 'tcp', dstPorts: [{ from: 80, to: 80 }], action: 'allow', track: true },
+    { id: 2, srcCidrs: [], dstCidrs: [`${SERVER}/32`], protocol: 'udp', dstPorts: [{ from: 53, to: 53 }], action: 'allow', track: true },
+  ],
+  defaultAction: 'deny',
+};
+
+/** Client i: 10.a.b.c, port 1024 + i % 60,000 (distinct for i < 2^24 * 60,000). */
+const client = (i: number): { src: string; sport: number } => ({ src: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, sport: 1024 + (i % 60_000) });
+
+const median = (values: number[]): number => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+};
+
+const mount = mkdtempSync('/run/edgeplane-bench-lookup-');
+execFileSync('mount', ['-t', 'bpf', 'bpf', mount]);
+const opened: { datapath: EbpfDatapath; access: ConntrackAccess }[] = [];
+try {
+  const capacity = Math.max(...sizes, 1000) + 1000;
+  const sides: { name: string; objectPath?: string }[] = [{ name: 'current' }, ...(baseline === undefined ? [] : [{ name: 'baseline', objectPath: baseline }])];
+  const open = await Promise.all(
+    sides.map(async (side) => {
+      const pinRoot = join(mount, side.name);
+      mkdirSync(pinRoot);
+      const datapath = await EbpfDatapath.open({ pinRoot, ...(side.objectPath === undefined ? {} : { objectPath: side.objectPath }), ...ConntrackAccess.openOptions(capacity) });
+      const access = new ConntrackAccess(datapath);
+      opened.push({ datapath, access });
+      await datapath.apply(ruleSet);
+      return { name: side.name, datapath, access };
+    }),
+  );
+  const perRound: Record<string, Record<string, number[]>> = {};
+  // `rounds` rounds of `framesFor(round)`, each frame run once on every side in turn.
+  const run = (what: string, framesFor: (round: number) => Uint8Array[], times = 1): void => {
+    for (let round = 0; round < rounds; round++) {
+      const frames = framesFor(round);
+      const durations: Record<string, number[]> = Object.fromEntries(open.map((side) => [side.name, []]));
+      for (const frame of frames) {
+        for (const side of open) (durations[side.name] as number[]).push(side.datapath.xdpProgram.testRun({ data: frame, repeat: times }).durationNs);
+      }
+      const line: Record<string, unknown> = { case: what, round, runs: frames.length };
+      for (const side of open) {
+        const m = median(durations[side.name] as number[]);
+        line[`${side.name}MedianNs`] = m;
+        ((perRound[what] ??= {})[side.name] ??= []).push(m);
+      }
+      console.log(JSON.stringify(line));
+    }
+  };
+
+  // A SYN of a new flow: fresh clients every round (an entry, once created, would be found).
+  let next = 5_000_000;
+  run('syn', () => {
+    for (const side of open) side.access.clear();
+    return Array.from({ length: Math.min(runs, 20_000) }, () => {
+      const c = client(next++);
+      return buildFrame({ src: c.src, dst: SERVER, protocol: 'tcp', srcPort: c.sport, dstPort: 80, tcpFlags: 0x02, payloadLength: 0 });
+    });
+  });
+
+  // A reply of an established flow, at each table size.
+  for (const size of sizes) {
+    for (const side of open) {
+      side.access.clear();
+      side.access.fill(0, size, { src: client(0).src, sport: client(0).sport, dst: SERVER, dport: 53 }, client);
+    }
+    const replies = (count: number): Uint8Array[] =>
+      Array.from({ length: count }, () => {
+        const c = client(Math.floor(Math.random() * size));
+        return buildFrame({ src: SERVER, dst: c.src, protocol: 'udp', srcPort: 53, dstPort: c.sport });
+      });
+    run(`reply@${size}`, () => replies(runs));
+    run(`warm@${size}`, () => replies(Math.max(1, Math.floor(runs / repeat) * 10)), repeat);
+  }
+
+  const out: Record<string, Record<string, number>> = {};
+  for (const [what, bySide] of Object.entries(perRound)) out[what] = Object.fromEntries(Object.entries(bySide).map(([side, values]) => [side, median(values)]));
+  console.log(JSON.stringify({ bench: 'conntrack-lookup', rounds, runs, sizes, baseline: baseline ?? null, medianNs: out }));
+} finally {
+  for (const { datapath, access } of opened) {
+    access.close();
+    datapath.close();
+  }
+  spawnSync('umount', [mount]);
+  if (existsSync(mount)) rmdirSync(mount);
+}

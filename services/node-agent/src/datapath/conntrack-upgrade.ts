@@ -1,0 +1,78 @@
+// Layout 2 -> 3 of the connection tables (bpf/CONNTRACK.md, "Upgrades"): layout 2 keyed an entry
+// by its flow's original direction, layout 3 by the direction-independent key with the
+// originator in EP_CT_F_ORIG_B. The maps keep their shape (40-byte key, 64-byte value), so the
+// install migrates them through relayoutCtElement() instead of reusing them, and after the
+// hooks are switched catchUpConntrack() copies what the superseded programs created meanwhile.
+import { BpfMap, encode, LibbpfError } from 'libbpf-ts';
+import { ctKeyOfFlow, CT_FLAG_ORIG_B, originalTuple } from './conntrack-key.js';
+import { DatapathError } from './errors.js';
+import { epCtEntry, epCtKey } from './table-codecs.js';
+
+const fieldOffset = (name: string): number => {
+  const field = epCtEntry.fields.find((f) => f.name === name);
+  if (field === undefined) throw new Error(`unreachable: struct ep_ct_entry has no ${name}`);
+  return field.offset;
+};
+const FLAGS_OFFSET = fieldOffset('flags');
+const CREATED_OFFSET = fieldOffset('createdNs');
+const EEXIST = 17;
+const E2BIG = 7;
+/** Elements read per batch syscall. */
+const CHUNK = 8192;
+/** The layout whose connection tables relayoutCtElement() converts from. */
+export const CT_KEY_LAYOUT_FROM = 2;
+
+/**
+ * One element of ep_ct or ep_ct_new in layout 3. A layout-2 element (key = the original
+ * direction; its flags never carry EP_CT_F_ORIG_B, a bit layout 2 does not define) becomes the
+ * flow's key with EP_CT_F_ORIG_B set when the originator is side b; a layout-3 element comes out
+ * unchanged, so converting twice is converting once.
+ * @returns a new key and value; never throws for elements of the map's sizes.
+ */
+export function relayoutCtElement(key: Uint8Array, value: Uint8Array): { key: Uint8Array; value: Uint8Array } {
+  const k = epCtKey.decode(key);
+  const flags = value[FLAGS_OFFSET] ?? 0;
+  const original = originalTuple({ ...k, family: k.family === 6 ? 6 : 4 }, flags);
+  const { key: canonical, origFlag } = ctKeyOfFlow(original);
+  const out = new Uint8Array(value);
+  out[FLAGS_OFFSET] = (flags & ~CT_FLAG_ORIG_B) | origFlag;
+  return { key: encode(epCtKey, { ...canonical, pad: k.pad }), value: out };
+}
+
+/**
+ * After an upgrade's switch: copies into `to` (a layout-3 table) the elements of the superseded
+ * table `fromId` (layout 2, still written by the superseded programs until their hooks were
+ * switched) created at or after `sinceNs`, converted, where `to` has no element of that flow.
+ * Older elements were copied by the install; one promoted meanwhile is still in the new
+ * ep_ct_new and moves again at its next reply.
+ * @returns how many elements it added.
+ * @throws DatapathError (what was copied stays: each element is whole).
+ */
+export function catchUpConntrack(fromId: number, to: BpfMap, sinceNs: bigint): number {
+  let from: BpfMap | undefined;
+  let added = 0;
+  try {
+    from = BpfMap.fromId(fromId);
+    for (const { count, keys, values } of from.getBatches(CHUNK)) {
+      const view = new DataView(values.buffer, values.byteOffset, values.byteLength);
+      for (let i = 0; i < count; i++) {
+        if (view.getBigUint64(i * from.valueSize + CREATED_OFFSET, true) < sinceNs) continue;
+        const element = relayoutCtElement(keys.subarray(i * from.keySize, (i + 1) * from.keySize), values.subarray(i * from.valueSize, (i + 1) * from.valueSize));
+        if (to.get(element.key) !== undefined) continue;
+        try {
+          to.set(element.key, element.value, 'noexist');
+          added++;
+        } catch (error) {
+          // Created by the new programs in the meantime (EEXIST), or a full table (E2BIG): the
+          // new programs' entry, or none, as for any flow that meets a full table.
+          if (!(error instanceof LibbpfError) || (error.errno !== EEXIST && error.errno !== E2BIG)) throw error;
+        }
+      }
+    }
+    return added;
+  } catch (cause) {
+    throw new DatapathError(`catch up connection table map=${to.name} from map id=${fromId}`, { cause });
+  } finally {
+    from?.close();
+  }
+}
