@@ -3,7 +3,7 @@
 // its own NATS connection and gRPC stream) in 2 worker processes, against one nats-server and
 // the real controller (dist/ build). Prints a table and one JSON line; asserts nothing.
 //   npx tsc --build && node --import=tsx bench/fleet.ts [--quick] [--nodes 1000,10000]
-//     [--state-file none|disk] [--fanout auto|conns|agents] [--converge-bound SECONDS] [--profile DIR] [--mtls]
+//     [--state-file none|disk] [--fanout auto|conns|agents] [--converge-bound SECONDS] [--profile DIR] [--mtls] [--workers N]
 //   --mtls: the controller serves mutual TLS (its default, no --insecure); the bench calls as the
 //   admin the controller wrote into DATA_DIR/admin, and every simulated agent first enrolls with its
 //   own join token (created by the bench as admin) and connects with its NodeIdentity.
@@ -56,7 +56,11 @@ const opt = (name: string): string | undefined => {
 const quick = argv.includes('--quick');
 const SIZES = (opt('--nodes') ?? '1000,10000').split(',').map((s) => Number(s.replace(/_/g, '')));
 const K = quick ? 5 : 20;
-const WORKERS = 2;
+// --workers N: simulator processes (default 2). Each hosts N/WORKERS real agent runtimes on one
+// event loop, so every burst they all answer at once (the signed log head every 5 s that each agent
+// verifies, a reconnect after the controller went away) stalls that loop in proportion; more
+// workers make the bursts shorter without adding CPU.
+const WORKERS = Number(opt('--workers') ?? 2);
 // The state file's fsync serializes on one disk and one event loop per worker (measured: 93 % of an
 // agent's apply at 1,000 agents), unlike a real fleet where each node fsyncs its own disk: off by default.
 const STATE_FILE = (opt('--state-file') ?? 'none') as 'disk' | 'none';
@@ -410,14 +414,21 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     push('controller', () => controller.stop(30_000));
     // The controller's warnings and errors, summed by message every 5 s (a reconnect storm logs thousands).
     const controllerWarnings = new Map<string, number>();
+    let controllerStallMax = 0;
     const offWarnings = controller.onLine((line) => {
       const m = /"level":"(warn|error)","msg":"([^"]{0,120})/.exec(line);
-      if (m) controllerWarnings.set(`${m[1]}: ${m[2]}`, (controllerWarnings.get(`${m[1]}: ${m[2]}`) ?? 0) + 1);
+      if (!m) return;
+      // A stall line says how long: keep the longest of the interval in the key.
+      const stall = m[2] === 'event loop stalled' ? /"ms":(\d+)/.exec(line)?.[1] : undefined;
+      const key = `${m[1]}: ${m[2]}`;
+      controllerWarnings.set(key, (controllerWarnings.get(key) ?? 0) + 1);
+      if (stall) controllerStallMax = Math.max(controllerStallMax, Number(stall));
     });
     const warningsTimer = setInterval(() => {
       if (controllerWarnings.size === 0) return;
-      log(`controller: ${[...controllerWarnings].map(([k, v]) => `${v} x ${k}`).join('; ')}`);
+      log(`controller: ${[...controllerWarnings].map(([k, v]) => `${v} x ${k}`).join('; ')}${controllerStallMax ? ` (longest stall ${controllerStallMax} ms)` : ''}`);
       controllerWarnings.clear();
+      controllerStallMax = 0;
     }, 5000);
     push('controller warnings', () => {
       clearInterval(warningsTimer);
