@@ -12,6 +12,16 @@ const PROTO_UDP = 17;
 /** Entries written or read per batch syscall. */
 const BATCH = 65_536;
 
+/** Where the uplink's policy program runs: edge_xdp (native XDP) or edge_tc at clsact ingress. */
+export type PolicyHook = 'xdp' | 'tc';
+
+/** The programs bpftool reports on one device: the XDP program's id, the clsact ingress and egress programs' ids. */
+export interface AttachedPrograms {
+  xdp: number[];
+  tcIngress: number[];
+  tcEgress: number[];
+}
+
 /** One flow's original-direction tuple (IPv4). */
 export interface FlowTuple {
   src: string;
@@ -56,28 +66,60 @@ export class ConntrackAccess {
   }
 
   /**
-   * Runs and run time so far of edge_xdp and edge_tc_egress (bpftool; counted only while the
-   * kernel.bpf_stats_enabled sysctl is 1).
+   * Runs and run time so far of the policy program at `hook` (edge_xdp or edge_tc) and of
+   * edge_tc_egress (bpftool; counted only while the kernel.bpf_stats_enabled sysctl is 1).
    */
-  programStats(): { xdp: { runs: number; ns: number }; egress: { runs: number; ns: number } } {
+  programStats(hook: PolicyHook = 'xdp'): { policy: { runs: number; ns: number }; egress: { runs: number; ns: number } } {
     const one = (program: Program): { runs: number; ns: number } => {
       const info = JSON.parse(execFileSync('bpftool', ['-j', 'prog', 'show', 'id', String(program.id)], { encoding: 'utf8' })) as { run_cnt?: number; run_time_ns?: number };
       return { runs: info.run_cnt ?? 0, ns: info.run_time_ns ?? 0 };
     };
-    return { xdp: one(this.#datapath.xdpProgram), egress: one(this.#datapath.tcEgressProgram) };
+    return { policy: one(this.policyProgram(hook)), egress: one(this.#datapath.tcEgressProgram) };
   }
 
-  /** Attaches edge_xdp (native) and edge_tc_egress to `dev` in namespace `ns`, as the agent's uplink role does. */
-  attach(ns: string, dev: string): void {
-    execFileSync('ip', ['-n', ns, 'link', 'set', 'dev', dev, 'xdpdrv', 'pinned', join(this.#pinRoot, 'edge_xdp')]);
+  /** The datapath's policy program for `hook`: edge_xdp or edge_tc (both run ep_datapath at EP_HOOK_POLICY). */
+  policyProgram(hook: PolicyHook): Program {
+    return hook === 'xdp' ? this.#datapath.xdpProgram : this.#datapath.tcProgram;
+  }
+
+  /**
+   * Attaches the uplink's programs to `dev` in namespace `ns`, as the agent's uplink role does:
+   * the policy program at `hook` (edge_xdp native, or edge_tc at clsact ingress, direct action)
+   * and edge_tc_egress at clsact egress. @throws if ip or tc fails (call detach() to undo a part).
+   */
+  attach(ns: string, dev: string, hook: PolicyHook = 'xdp'): void {
+    if (hook === 'xdp') execFileSync('ip', ['-n', ns, 'link', 'set', 'dev', dev, 'xdpdrv', 'pinned', join(this.#pinRoot, 'edge_xdp')]);
     spawnSync('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'add', 'dev', dev, 'clsact'], { stdio: 'ignore' });
+    if (hook === 'tc') execFileSync('ip', ['netns', 'exec', ns, 'tc', 'filter', 'replace', 'dev', dev, 'ingress', 'pref', '1', 'handle', '1', 'bpf', 'da', 'pinned', join(this.#pinRoot, 'edge_tc')]);
     execFileSync('ip', ['netns', 'exec', ns, 'tc', 'filter', 'replace', 'dev', dev, 'egress', 'pref', '1', 'handle', '1', 'bpf', 'da', 'pinned', join(this.#pinRoot, 'edge_tc_egress')]);
   }
 
-  /** Removes what attach() added. */
+  /** Removes what attach() added, whichever hook: the XDP program and the clsact qdisc (with its filters). */
   detach(ns: string, dev: string): void {
     execFileSync('ip', ['-n', ns, 'link', 'set', 'dev', dev, 'xdpdrv', 'off']);
     spawnSync('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'del', 'dev', dev, 'clsact'], { stdio: 'ignore' });
+  }
+
+  /** The program ids bpftool (`bpftool net show dev`) sees attached to `dev` in namespace `ns`. */
+  attached(ns: string, dev: string): AttachedPrograms {
+    type Net = { xdp?: { id: number }[]; tc?: { kind: string; prog_id?: number; id?: number }[] };
+    const [net] = JSON.parse(execFileSync('ip', ['netns', 'exec', ns, 'bpftool', '-j', 'net', 'show', 'dev', dev], { encoding: 'utf8' })) as Net[];
+    const tcOf = (kind: string): number[] => (net?.tc ?? []).filter((t) => t.kind === kind).map((t) => t.prog_id ?? t.id ?? 0);
+    return { xdp: (net?.xdp ?? []).map((x) => x.id), tcIngress: tcOf('clsact/ingress'), tcEgress: tcOf('clsact/egress') };
+  }
+
+  /**
+   * Checks with bpftool that exactly the uplink's programs for `hook` are on `dev`: the policy
+   * program (XDP, or clsact ingress with no XDP program at all) and edge_tc_egress.
+   * @returns what bpftool showed. @throws Error naming what differs.
+   */
+  verifyAttached(ns: string, dev: string, hook: PolicyHook): AttachedPrograms {
+    const seen = this.attached(ns, dev);
+    const policy = this.policyProgram(hook).id;
+    const egress = this.#datapath.tcEgressProgram.id;
+    const want: AttachedPrograms = hook === 'xdp' ? { xdp: [policy], tcIngress: [], tcEgress: [egress] } : { xdp: [], tcIngress: [policy], tcEgress: [egress] };
+    if (JSON.stringify(seen) !== JSON.stringify(want)) throw new Error(`verify ${hook} attach dev=${dev}: bpftool shows ${JSON.stringify(seen)}, expected ${JSON.stringify(want)}`);
+    return seen;
   }
 
   /** Packets passed by an entry (the datapath's `established` conntrack counter). */

@@ -28,7 +28,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EbpfDatapath, nextSweepDelay, type RuleSetSpec } from '@edgeplane/node-agent';
-import { ConntrackAccess, conntrackSupported } from './conntrack-access.js';
+import { ConntrackAccess, conntrackSupported, type PolicyHook } from './conntrack-access.js';
 
 const quick = process.argv.includes('--quick');
 const partsArg = process.argv[process.argv.indexOf('--parts') + 1];
@@ -64,7 +64,16 @@ const LOAD_CPU = 1;
 const FLOOD_CPU = 0;
 const workDir = mkdtempSync(join(tmpdir(), 'ep-bench-ct-'));
 
-type Contender = 'none' | 'edgeplane' | 'nft' | 'iptables';
+/**
+ * `edgeplane` runs its policy program as XDP (edge_xdp, native on the veth); `edgeplane-tc` runs
+ * the same ep_datapath at the same hook (EP_HOOK_POLICY) as edge_tc at clsact ingress: on veth,
+ * XDP copies every skb into an xdp_buff (veth_xdp_rcv_skb), which a NIC's native XDP does not, so
+ * the tc contender shows the datapath's cost without the rig's copy. Same object, same maps.
+ */
+type Contender = 'none' | 'edgeplane' | 'edgeplane-tc' | 'nft' | 'iptables';
+const EDGEPLANE: readonly Contender[] = ['edgeplane', 'edgeplane-tc'];
+const isEdgeplane = (c: Contender): boolean => EDGEPLANE.includes(c);
+const hookOf = (c: Contender): PolicyHook => (c === 'edgeplane-tc' ? 'tc' : 'xdp');
 
 const run = (command: string, ...args: string[]): string => execFileSync(command, args, { encoding: 'utf8', maxBuffer: 1 << 28 });
 const inNode = (...args: string[]): string => run('ip', 'netns', 'exec', nsNode, ...args);
@@ -216,23 +225,33 @@ function flushNetfilter(): void {
 interface Installed {
   established(): number;
   /** edgeplane: ns per run of edge_xdp and edge_tc_egress since install (kernel.bpf_stats_enabled). */
-  bpfNs(): { xdp: number; egress: number };
+  bpfNs(): { policy: number; egress: number };
   remove(): void;
 }
-const noBpf = (): { xdp: number; egress: number } => ({ xdp: NaN, egress: NaN });
+const noBpf = (): { policy: number; egress: number } => ({ policy: NaN, egress: NaN });
 
 function install(contender: Contender, ct: ConntrackAccess | undefined): Installed {
   switch (contender) {
     case 'none':
       return { established: () => NaN, bpfNs: noBpf, remove: () => undefined };
-    case 'edgeplane': {
+    case 'edgeplane':
+    case 'edgeplane-tc': {
       if (ct === undefined) throw new Error('edgeplane conntrack is not in this build');
-      ct.attach(nsNode, nodeIf);
+      const hook = hookOf(contender);
+      try {
+        ct.attach(nsNode, nodeIf, hook);
+        // bpftool: the policy program is where this contender says and nowhere else (edgeplane-tc:
+        // no XDP program at all, so veth makes no xdp_buff copy).
+        ct.verifyAttached(nsNode, nodeIf, hook);
+      } catch (error) {
+        ct.detach(nsNode, nodeIf);
+        throw error;
+      }
       const before = ct.establishedPackets();
-      const stats = ct.programStats();
-      const bpfNs = (): { xdp: number; egress: number } => {
-        const now = ct.programStats();
-        return { xdp: (now.xdp.ns - stats.xdp.ns) / (now.xdp.runs - stats.xdp.runs), egress: (now.egress.ns - stats.egress.ns) / (now.egress.runs - stats.egress.runs) };
+      const stats = ct.programStats(hook);
+      const bpfNs = (): { policy: number; egress: number } => {
+        const now = ct.programStats(hook);
+        return { policy: (now.policy.ns - stats.policy.ns) / (now.policy.runs - stats.policy.runs), egress: (now.egress.ns - stats.egress.ns) / (now.egress.runs - stats.egress.runs) };
       };
       return { established: () => ct.establishedPackets() - before, bpfNs, remove: () => ct.detach(nsNode, nodeIf) };
     }
@@ -337,6 +356,44 @@ async function sampleCpu<T>(cpu: number, work: () => Promise<T> | T): Promise<{ 
   return { result, cpu: out };
 }
 
+// --- the filter check -----------------------------------------------------------------------
+
+/** A UDP port the policy denies (no rule admits it; every contender's default is drop). */
+const DENIED_UDP_PORT = 19;
+const PROBE_PACKETS = 200;
+/** Packets to `dport` from a source port used by nothing else, so each probe is a new flow. */
+function probe(mac: string, sport: number, dport: number): number {
+  const config = join(workDir, 'probe.cfg');
+  writeFileSync(config, `{ eth(da=${mac}), ipv4(saddr=${clientAddress}, daddr=${nodeAddress}, ttl=64), udp(sp=${sport}, dp=${dport}), fill(0x42, 18) }\n`);
+  const before = udpPassed();
+  execFileSync('ip', ['netns', 'exec', nsClient, 'trafgen', '-o', clientIf, '-i', config, '-n', String(PROBE_PACKETS), '-q', '--no-sock-mem'], { stdio: 'ignore' });
+  return udpPassed() - before;
+}
+let probeSport = 30_000;
+/**
+ * Installs `contender`, sends new UDP to the admitted and to the denied port and counts what
+ * reaches the node's UDP stack: a filter passes all of the first and none of the second (`none`
+ * passes both). edgeplane contenders are also checked with bpftool (install() throws otherwise).
+ */
+function filterCheck(contender: Contender, mac: string, ct: ConntrackAccess | undefined): { contender: Contender; admitted: number; denied: number; hooks?: unknown; ok: boolean } {
+  let installed: Installed | undefined;
+  try {
+    installed = install(contender, ct);
+    const hooks = isEdgeplane(contender) ? ct?.attached(nsNode, nodeIf) : undefined;
+    const admitted = probe(mac, probeSport++, UDP_PORT);
+    const denied = probe(mac, probeSport++, DENIED_UDP_PORT);
+    const ok = admitted === PROBE_PACKETS && denied === (contender === 'none' ? PROBE_PACKETS : 0);
+    return { contender, admitted, denied, hooks, ok };
+  } catch (error) {
+    return { contender, admitted: NaN, denied: NaN, hooks: (error as Error).message.split('\n')[0], ok: false };
+  } finally {
+    installed?.remove();
+    if (installed === undefined) flushNetfilter();
+    spawnSync('ip', ['netns', 'exec', nsNode, 'conntrack', '-F'], { stdio: 'ignore' });
+    ct?.clear();
+  }
+}
+
 // --- (a) new connections ----------------------------------------------------------------------
 
 interface ChurnSample {
@@ -346,7 +403,7 @@ interface ChurnSample {
   perSecond: number;
   cpuUsPerConnection: number;
   perCoreSecond: number;
-  xdpNs: number;
+  policyNs: number;
   egressNs: number;
   /** perf: the filter's own CPU per connection (netfilter hooks, or edgeplane's programs + veth's XDP copy). */
   filterUs: number;
@@ -356,7 +413,7 @@ interface ChurnSample {
 let nextTuple = 0;
 /** The filter's share of a perf profile: netfilter's hooks, or edgeplane's programs and the copy veth makes for XDP. */
 const filterMs = (contender: Contender, cpu: FilterCpu): number =>
-  contender === 'edgeplane' ? cpu.bpfMs + cpu.vethXdpMs : contender === 'none' ? cpu.netfilterMs + cpu.bpfMs + cpu.vethXdpMs : cpu.netfilterMs;
+  isEdgeplane(contender) ? cpu.bpfMs + cpu.vethXdpMs : contender === 'none' ? cpu.netfilterMs + cpu.bpfMs + cpu.vethXdpMs : cpu.netfilterMs;
 
 async function churnOnce(contender: Contender, load: string, ct: ConntrackAccess | undefined): Promise<ChurnSample> {
   const installed = install(contender, ct);
@@ -381,7 +438,7 @@ async function churnOnce(contender: Contender, load: string, ct: ConntrackAccess
       perSecond: connections / churnSeconds,
       cpuUsPerConnection: cpuUs / connections,
       perCoreSecond: connections / (cpuUs / 1e6),
-      xdpNs: bpf.xdp,
+      policyNs: bpf.policy,
       egressNs: bpf.egress,
       filterUs: (filterMs(contender, cpu) * 1000) / connections,
       vethXdpUs: (cpu.vethXdpMs * 1000) / connections,
@@ -432,7 +489,7 @@ interface FlowSample {
   establishedShare: number;
   nsPerPacket: number;
   perCoreSecond: number;
-  xdpNs: number;
+  policyNs: number;
   /** perf: the filter's own CPU per passed packet. */
   filterNs: number;
   /** perf: edgeplane's programs alone per passed packet (without veth's XDP conversion). */
@@ -459,7 +516,7 @@ async function floodOnce(contender: Contender, flows: number, mac: string, ct: C
       establishedShare: established / passed,
       nsPerPacket: (soft * 1e9) / passed,
       perCoreSecond: passed / soft,
-      xdpNs: installed.bpfNs().xdp,
+      policyNs: installed.bpfNs().policy,
       filterNs: (filterMs(contender, cpu) * 1e6) / passed,
       programNs: (cpu.bpfMs * 1e6) / passed,
     };
@@ -573,8 +630,18 @@ try {
   if (ct === undefined) failures.push('edgeplane: this build has no connection table (ep_ct); edgeplane rows are missing');
   try {
     if (ct !== undefined) await datapath.apply(edgeplaneRules());
-    const contenders: Contender[] = ct === undefined ? ['none', 'nft', 'iptables'] : ['none', 'edgeplane', 'nft', 'iptables'];
+    const contenders: Contender[] = ct === undefined ? ['none', 'nft', 'iptables'] : ['none', 'edgeplane', 'edgeplane-tc', 'nft', 'iptables'];
     const rotate = (rep: number): Contender[] => contenders.map((_, i, all) => all[(i + rep) % all.length] as Contender);
+
+    // Every contender must filter: a contender that passes what its policy denies is worthless.
+    if (parts.has('a') || parts.has('b')) {
+      const mac = (JSON.parse(run('ip', '-n', nsNode, '-j', 'link', 'show', nodeIf)) as { address: string }[])[0]?.address ?? 'ff:ff:ff:ff:ff:ff';
+      const checks = contenders.map((contender) => filterCheck(contender, mac, ct));
+      report.filterChecks = checks;
+      console.log(`\nfilter check: ${PROBE_PACKETS} new UDP packets to the admitted port ${UDP_PORT} and ${PROBE_PACKETS} to the denied port ${DENIED_UDP_PORT}, reaching the node's UDP stack`);
+      for (const c of checks) console.log(`    ${c.contender.padEnd(13)} admitted ${c.admitted}, denied ${c.denied}${c.hooks === undefined ? '' : `; bpftool: ${JSON.stringify(c.hooks)}`}: ${c.ok ? 'ok' : 'NOT FILTERING'}`);
+      for (const c of checks) if (!c.ok) failures.push(`filter check ${c.contender}: admitted ${c.admitted}, denied ${c.denied} of ${PROBE_PACKETS} (expected ${PROBE_PACKETS} and ${c.contender === 'none' ? PROBE_PACKETS : 0})`);
+    }
 
     // (a)
     if (parts.has('a')) {
@@ -608,12 +675,12 @@ try {
           filterPerCoreSecond: filterUs > 0 ? 1e6 / filterUs : NaN,
           vethXdpUsPerConnection: median(of.map((s) => s.vethXdpUs)),
           programUsPerConnection: median(of.map((s) => s.programUs)),
-          xdpNsPerRun: median(of.map((s) => s.xdpNs)),
+          policyNsPerRun: median(of.map((s) => s.policyNs)),
           egressNsPerRun: median(of.map((s) => s.egressNs)),
         };
       });
       console.log(`\n(a) new TCP connections (connect, server FIN, close; a fresh tuple each), client + server on CPU ${LOAD_CPU}, ${churnSeconds} s, medians of ${reps}`);
-      console.log(['contender', 'conn/s', 'failed', 'CPU us/conn', 'conn/core-s', 'over none us', 'filter us/conn', 'filter conn/core-s', 'prog+veth-xdp us', 'BPF ns xdp/egr'].map((h) => h.padStart(19)).join(''));
+      console.log(['contender', 'conn/s', 'failed', 'CPU us/conn', 'conn/core-s', 'over none us', 'filter us/conn', 'filter conn/core-s', 'prog+veth-xdp us', 'BPF ns pol/egr'].map((h) => h.padStart(19)).join(''));
       for (const r of rows) {
         console.log(
           [
@@ -625,8 +692,8 @@ try {
             r.contender === 'none' ? '-' : r.cpuUsOverNone.toFixed(1),
             r.contender === 'none' ? '-' : r.filterUsPerConnection.toFixed(2),
             r.contender === 'none' ? '-' : fmt(r.filterPerCoreSecond),
-              r.contender === 'edgeplane' ? `${r.programUsPerConnection.toFixed(2)}+${r.vethXdpUsPerConnection.toFixed(2)}` : '-',
-            r.contender === 'edgeplane' ? `${fmt(r.xdpNsPerRun)}/${fmt(r.egressNsPerRun)}` : '-',
+            isEdgeplane(r.contender) ? `${r.programUsPerConnection.toFixed(2)}+${r.vethXdpUsPerConnection.toFixed(2)}` : '-',
+            isEdgeplane(r.contender) ? `${fmt(r.policyNsPerRun)}/${fmt(r.egressNsPerRun)}` : '-',
           ]
             .map((c) => c.padStart(19))
             .join(''),
@@ -634,16 +701,22 @@ try {
       }
       report.newConnections = rows;
       const get = (c: Contender): (typeof rows)[number] | undefined => rows.find((r) => r.contender === c);
-      for (const other of ['nft', 'iptables'] as const) {
-        const ep = get('edgeplane');
-        const nf = get(other);
-        if (ep === undefined || nf === undefined) continue;
-        const ratio = nf.filterUsPerConnection / ep.filterUsPerConnection;
-        goals.push({
-          goal: `(a) new connections per filtering core >= 2x ${other}`,
-          figure: `${fmt(ep.filterPerCoreSecond)} vs ${fmt(nf.filterPerCoreSecond)} conn/core-s (${ratio.toFixed(2)}x; filter CPU ${ep.filterUsPerConnection.toFixed(2)} vs ${nf.filterUsPerConnection.toFixed(2)} us/conn; edgeplane's programs alone ${ep.programUsPerConnection.toFixed(2)} us/conn, ${(nf.filterUsPerConnection / ep.programUsPerConnection).toFixed(2)}x); whole path ${(ep.perCoreSecond / nf.perCoreSecond).toFixed(2)}x`,
-          met: Number.isFinite(ratio) ? ratio >= 2 : null,
-        });
+      // Per edgeplane contender, against each netfilter contender: the goal on the filter's whole
+      // CPU (programs, plus veth's XDP copy for the XDP contender), and the programs alone.
+      for (const c of EDGEPLANE) {
+        const ep = get(c);
+        if (ep === undefined) continue;
+        for (const other of ['nft', 'iptables'] as const) {
+          const nf = get(other);
+          if (nf === undefined) continue;
+          const ratio = nf.filterUsPerConnection / ep.filterUsPerConnection;
+          const programs = nf.filterUsPerConnection / ep.programUsPerConnection;
+          goals.push({
+            goal: `(a) ${c} new connections per filtering core >= 2x ${other}`,
+            figure: `filter ${fmt(ep.filterPerCoreSecond)} vs ${fmt(nf.filterPerCoreSecond)} conn/core-s: ${ratio.toFixed(2)}x (filter CPU ${ep.filterUsPerConnection.toFixed(2)} vs ${nf.filterUsPerConnection.toFixed(2)} us/conn, of which veth XDP copy ${ep.vethXdpUsPerConnection.toFixed(2)}); programs only ${fmt(1e6 / ep.programUsPerConnection)} conn/core-s: ${programs.toFixed(2)}x (${ep.programUsPerConnection.toFixed(2)} us/conn); whole path ${(ep.perCoreSecond / nf.perCoreSecond).toFixed(2)}x`,
+            met: Number.isFinite(ratio) ? ratio >= 2 : null,
+          });
+        }
       }
     }
 
@@ -686,7 +759,7 @@ try {
             establishedShare: median(of.map((s) => s.establishedShare)),
             nsPerPacket: median(of.map((s) => s.nsPerPacket)),
             perCoreSecond: median(of.map((s) => s.perCoreSecond)),
-            xdpNsPerPacket: median(of.map((s) => s.xdpNs)),
+            policyNsPerPacket: median(of.map((s) => s.policyNs)),
             filterNsPerPacket: median(of.map((s) => s.filterNs)),
             programNsPerPacket: median(of.map((s) => s.programNs)),
           };
@@ -695,11 +768,11 @@ try {
       console.log(`\n(b) one established UDP flow among N tracked flows, trafgen on CPU ${FLOOD_CPU} (softirq of that CPU), ${floodSeconds} s, medians of ${reps}`);
       console.log(['flows', 'contender', 'passed pps', 'by entry', 'softirq ns/pkt', 'pps/core', 'filter ns/pkt', 'filter pps/core', 'program ns/pkt', 'BPF ns/run'].map((h) => h.padStart(16)).join(''));
       for (const r of rows) {
-        console.log([fmt(r.flows), r.contender, fmt(r.passedPps), Number.isNaN(r.establishedShare) ? '-' : `${(r.establishedShare * 100).toFixed(0)} %`, fmt(r.nsPerPacket), fmt(r.perCoreSecond), r.contender === 'none' ? '-' : fmt(r.filterNsPerPacket), r.contender === 'none' ? '-' : fmt(1e9 / r.filterNsPerPacket), r.contender === 'edgeplane' ? fmt(r.programNsPerPacket) : '-', r.contender === 'edgeplane' ? fmt(r.xdpNsPerPacket) : '-'].map((c) => c.padStart(16)).join(''));
+        console.log([fmt(r.flows), r.contender, fmt(r.passedPps), Number.isNaN(r.establishedShare) ? '-' : `${(r.establishedShare * 100).toFixed(0)} %`, fmt(r.nsPerPacket), fmt(r.perCoreSecond), r.contender === 'none' ? '-' : fmt(r.filterNsPerPacket), r.contender === 'none' ? '-' : fmt(1e9 / r.filterNsPerPacket), isEdgeplane(r.contender) ? fmt(r.programNsPerPacket) : '-', isEdgeplane(r.contender) ? fmt(r.policyNsPerPacket) : '-'].map((c) => c.padStart(16)).join(''));
       }
       report.establishedFlows = rows;
       report.fillMs = fillMs;
-      const cost = (flows: number, c: Contender, field: 'filterNsPerPacket' | 'nsPerPacket' | 'programNsPerPacket' | 'xdpNsPerPacket'): number => rows.find((r) => r.flows === flows && r.contender === c)?.[field] ?? NaN;
+      const cost = (flows: number, c: Contender, field: 'filterNsPerPacket' | 'nsPerPacket' | 'programNsPerPacket' | 'policyNsPerPacket' | 'perCoreSecond'): number => rows.find((r) => r.flows === flows && r.contender === c)?.[field] ?? NaN;
       const small = Math.min(...flowSizes);
       const large = Math.max(...flowSizes);
       const pct = (x: number): string => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)} %`;
@@ -707,17 +780,28 @@ try {
         const growth = cost(large, c, 'filterNsPerPacket') / cost(small, c, 'filterNsPerPacket') - 1;
         const whole = cost(large, c, 'nsPerPacket') / cost(small, c, 'nsPerPacket') - 1;
         const line = `${c}: filter ${fmt(cost(small, c, 'filterNsPerPacket'))} -> ${fmt(cost(large, c, 'filterNsPerPacket'))} ns/pkt (${pct(growth)}); softirq ${fmt(cost(small, c, 'nsPerPacket'))} -> ${fmt(cost(large, c, 'nsPerPacket'))} ns/pkt (${pct(whole)})`;
-        if (c === 'edgeplane') {
-          // The goal is the program's own cost: veth's XDP conversion does not depend on the table.
-          const program = cost(large, c, 'programNsPerPacket') / cost(small, c, 'programNsPerPacket') - 1;
-          const run = cost(large, c, 'xdpNsPerPacket') / cost(small, c, 'xdpNsPerPacket') - 1;
-          goals.push({
-            goal: `(b) established cost at ${fmt(large)} flows within 10 % of ${fmt(small)}`,
-            figure: `program ${fmt(cost(small, c, 'programNsPerPacket'))} -> ${fmt(cost(large, c, 'programNsPerPacket'))} ns/pkt (${pct(program)}; bpf_stats ${fmt(cost(small, c, 'xdpNsPerPacket'))} -> ${fmt(cost(large, c, 'xdpNsPerPacket'))} ns/run, ${pct(run)}); ${line}`,
-            met: Number.isFinite(program) ? program <= 0.1 : null,
-          });
-        }
-        else console.log(`    ${line}`);
+        console.log(`    ${line}`);
+      }
+      // Per edgeplane contender, two readings of the goal, each beside netfilter's change:
+      // established-flow packets per second per core (the whole path of the softirq CPU that
+      // filters, the issue's wording) and the programs' own ns per packet (perf), which veth's
+      // XDP copy (the XDP contender only) does not blur.
+      const change = (c: Contender, field: 'perCoreSecond' | 'programNsPerPacket' | 'policyNsPerPacket' | 'filterNsPerPacket'): number => cost(large, c, field) / cost(small, c, field) - 1;
+      const netfilterPps = (['nft', 'iptables'] as const).map((o) => `${o} ${fmt(cost(small, o, 'perCoreSecond'))} -> ${fmt(cost(large, o, 'perCoreSecond'))} (${pct(change(o, 'perCoreSecond'))})`).join(', ');
+      const netfilterNs = (['nft', 'iptables'] as const).map((o) => `${o} filter ${fmt(cost(small, o, 'filterNsPerPacket'))} -> ${fmt(cost(large, o, 'filterNsPerPacket'))} ns/pkt (${pct(change(o, 'filterNsPerPacket'))})`).join(', ');
+      for (const c of EDGEPLANE.filter((x) => contenders.includes(x))) {
+        const pps = change(c, 'perCoreSecond');
+        goals.push({
+          goal: `(b) ${c} established-flow pps per core at ${fmt(large)} flows within 10 % of ${fmt(small)}`,
+          figure: `${fmt(cost(small, c, 'perCoreSecond'))} -> ${fmt(cost(large, c, 'perCoreSecond'))} pkt/core-s (${pct(pps)}; softirq CPU, whole path); ${netfilterPps}`,
+          met: Number.isFinite(pps) ? pps >= -0.1 : null,
+        });
+        const program = change(c, 'programNsPerPacket');
+        goals.push({
+          goal: `(b) ${c} programs' ns/pkt at ${fmt(large)} flows within 10 % of ${fmt(small)}`,
+          figure: `programs ${fmt(cost(small, c, 'programNsPerPacket'))} -> ${fmt(cost(large, c, 'programNsPerPacket'))} ns/pkt (${pct(program)}; bpf_stats ${fmt(cost(small, c, 'policyNsPerPacket'))} -> ${fmt(cost(large, c, 'policyNsPerPacket'))} ns/run, ${pct(change(c, 'policyNsPerPacket'))}; filter incl. veth XDP copy ${fmt(cost(small, c, 'filterNsPerPacket'))} -> ${fmt(cost(large, c, 'filterNsPerPacket'))}); ${netfilterNs}`,
+          met: Number.isFinite(program) ? program <= 0.1 : null,
+        });
       }
     }
 
