@@ -4,6 +4,7 @@
 // the real controller (dist/ build). Prints a table and one JSON line; asserts nothing.
 //   npx tsc --build && node --import=tsx bench/fleet.ts [--quick] [--nodes 1000,10000]
 //     [--state-file none|disk] [--fanout auto|conns|agents] [--converge-bound SECONDS] [--profile DIR] [--mtls] [--workers N]
+//     [--heartbeat-interval S] [--log-heartbeat S]
 //   --mtls: the controller serves mutual TLS (its default, no --insecure); the bench calls as the
 //   admin the controller wrote into DATA_DIR/admin, and every simulated agent first enrolls with its
 //   own join token (created by the bench as admin) and connects with its NodeIdentity.
@@ -61,6 +62,12 @@ const K = quick ? 5 : 20;
 // verifies, a reconnect after the controller went away) stalls that loop in proportion; more
 // workers make the bursts shorter without adding CPU.
 const WORKERS = Number(opt('--workers') ?? 2);
+// --heartbeat-interval S / --log-heartbeat S: the controller's agent heartbeat (echoed, every agent
+// every S seconds) and signed log head (verified by every agent) intervals, default 5 and 5 as the
+// controller's. Each costs the controller and the simulator per agent per interval, so at 10,000
+// agents on two shared cores the bench may set them longer; both modes of a pair use the same.
+const HEARTBEAT_S = opt('--heartbeat-interval') ?? '5';
+const LOG_HEARTBEAT_S = opt('--log-heartbeat') ?? '5';
 // The state file's fsync serializes on one disk and one event loop per worker (measured: 93 % of an
 // agent's apply at 1,000 agents), unlike a real fleet where each node fsyncs its own disk: off by default.
 const STATE_FILE = (opt('--state-file') ?? 'none') as 'disk' | 'none';
@@ -408,8 +415,9 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     push('nats-server', () => nats.close());
     // A fixed port, so a restarted controller comes back where the agents look for it.
     const port = await freePort('127.0.0.1');
-    const controllerArgs = [CONTROLLER_MAIN, ...(mtls ? [] : ['--insecure']), '--listen', `127.0.0.1:${port}`, '--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'controller'), '--heartbeat-interval', '5', '--counter-interval', '1'];
-    const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=controller-n${n}-${Date.now()}.cpuprofile`] : [];
+    const controllerArgs = [CONTROLLER_MAIN, ...(mtls ? [] : ['--insecure']), '--listen', `127.0.0.1:${port}`, '--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'controller'), '--heartbeat-interval', HEARTBEAT_S, '--log-heartbeat', LOG_HEARTBEAT_S, '--counter-interval', '1'];
+    // PERF_MAP=1: the controller writes /tmp/perf-PID.map, so `perf record -g -p PID` names its JS frames.
+    const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=controller-n${n}-${Date.now()}.cpuprofile`] : process.env.PERF_MAP ? ['--perf-basic-prof'] : [];
     const controller = await Supervised.start('controller', { command: process.execPath, args: [...prof, ...controllerArgs], readyEvent: 'ready', readyTimeoutMs: 30_000 });
     push('controller', () => controller.stop(30_000));
     // The controller's warnings and errors, summed by message every 5 s (a reconnect storm logs thousands).
@@ -780,7 +788,7 @@ async function main(): Promise<void> {
   if (PROFILE_DIR) mkdirSync(PROFILE_DIR, { recursive: true });
   await benchMain('fleet', BOUND_MS, async (root) => {
     const results: FullResult[] = [];
-    log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; state file ${STATE_FILE}; mtls ${DEFAULT_OPTIONS.mtls}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
+    log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; heartbeat ${HEARTBEAT_S} s, log head ${LOG_HEARTBEAT_S} s; state file ${STATE_FILE}; mtls ${DEFAULT_OPTIONS.mtls}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
     for (const n of SIZES) {
       results.push((await runSize(n, root)) as FullResult);
       // Each size's figures as soon as they exist, so a later size's failure does not lose them.

@@ -122,7 +122,7 @@ function table(authz: AuthzResult, pairs: [SizeResult, SizeResult][]): string {
       row(`**response -> ACK at controller p99** (median of ${p.runs!.length}; goal: at most +10 %)`, n, ms(p.convergence.ackP99), ms(m.convergence.ackP99), `**${pctMore(p.convergence.ackP99, m.convergence.ackP99)}**`);
       row('per-change ACK p99s', n, p.runs!.map((r) => r.ack.p99).join(', '), m.runs!.map((r) => r.ack.p99).join(', '));
       row('controller CPU per change (gross)', n, ms(p.controllerCpuPerChangeMs), ms(m.controllerCpuPerChangeMs), pctMore(p.controllerCpuPerChangeMs!, m.controllerCpuPerChangeMs!));
-      row('controller idle CPU (heartbeats every 5 s)', n, `${p.idle!.controllerCpuPct} %`, `${m.idle!.controllerCpuPct} %`);
+      row(`controller idle CPU (heartbeats every ${opt('--heartbeat-interval') ?? 5} s)`, n, `${p.idle!.controllerCpuPct} %`, `${m.idle!.controllerCpuPct} %`);
       const pr = perReports(p);
       const mr = perReports(m);
       row('telemetry: counter reports/s; controller CPU', n, `${p.telemetry!.counterReportsPerS}/s; ${p.telemetry!.controllerCpuPct} %`, `${m.telemetry!.counterReportsPerS}/s; ${m.telemetry!.controllerCpuPct} %`);
