@@ -32,7 +32,7 @@ export { CT_FLAG_ORIG_B, ctKeyOfFlow, ctKeyOfTuple, originalTuple } from './data
 export type { ConntrackSweeperOptions, ConntrackSweepTarget, SweepRun } from './datapath/conntrack-sweeper.js';
 export { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg, tableCodecs } from './datapath/table-codecs.js';
 export { genFlags, RULE_FLAG_TRACK } from './datapath/compile-tables.js';
-export type { AttachOptions, EbpfDatapathOptions } from './datapath/ebpf-datapath.js';
+export type { AttachOptions, EbpfDatapathOptions, UplinkMode } from './datapath/ebpf-datapath.js';
 export { INTERFACE_ROLES, isInterfaceRole } from './datapath/interface-role.js';
 export type { InterfaceRole } from './datapath/interface-role.js';
 export { CapacityError, ConntrackInputError, DatapathError, RollbackError, RuleSetError } from './datapath/errors.js';

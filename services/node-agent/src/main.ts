@@ -62,13 +62,13 @@ async function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {
 function ebpfAttacher(ebpf: Record<InterfaceRole, EbpfDatapath>, xdpMode: AgentConfig['xdpMode']): InterfaceAttacher {
   return {
     ensureAttached(iface, role) {
-      if (ebpf[role].isAttached(iface, role)) return false;
+      if (ebpf[role].isAttached(iface, role, { xdpMode })) return false;
       ebpf[role].attach(iface, role, { xdpMode });
       return true;
     },
-    isAttached: (iface, role) => ebpf[role].isAttached(iface, role),
-    programId: (role) => (role === 'uplink' ? ebpf.uplink.xdpProgram.id : ebpf.workload.tcProgram.id),
-    attachMode: (role) => (role === 'uplink' ? `xdp-${xdpMode}` : 'tc'),
+    isAttached: (iface, role) => ebpf[role].isAttached(iface, role, { xdpMode }),
+    programId: (role) => (role === 'uplink' && xdpMode !== 'tc' ? ebpf.uplink.xdpProgram.id : ebpf[role].tcProgram.id),
+    attachMode: (role) => (role === 'uplink' && xdpMode !== 'tc' ? `xdp-${xdpMode}` : 'tc'),
   };
 }
 

@@ -46,3 +46,10 @@ test('control endpoints - the controller address and NATS URLs, resolved, de-dup
   t.deepEqual(controlTargets('no-port', []), []);
   await t.throwsAsync(resolveControlEndpoints([{ host: 'does-not-exist.invalid', port: 1 }]));
 });
+
+test('agent config - --xdp-mode takes native, generic, auto or tc (default auto); anything else names all four', (t) => {
+  t.is(parse().xdpMode, 'auto');
+  for (const mode of ['native', 'generic', 'auto', 'tc'] as const) t.is(parse('--xdp-mode', mode).xdpMode, mode);
+  const e = t.throws(() => parse('--xdp-mode', 'offload'), { instanceOf: AgentConfigError });
+  t.is(e!.message, '--xdp-mode "offload": expected native, generic, auto or tc');
+});

@@ -50,7 +50,8 @@ export interface AgentConfig {
   ctNewEntries: number;
   /** Connection timeouts, written at every start. */
   conntrack: ConntrackConfig;
-  xdpMode: 'native' | 'generic' | 'auto';
+  /** Where the uplink policy runs: XDP (native, generic, auto) or 'tc' (clsact ingress, no XDP). */
+  xdpMode: 'native' | 'generic' | 'auto' | 'tc';
   heartbeatIntervalMs: number;
   counterIntervalMs: number;
   interfaceCheckMs: number;
@@ -101,7 +102,9 @@ Usage: edgeplane-agent [flags]
   --tls-ca FILE             CA that signed the controller's certificate (EDGEPLANE_TLS_CA)
   --tls-cert FILE, --tls-key FILE   client certificate for mutual TLS (EDGEPLANE_TLS_CERT, EDGEPLANE_TLS_KEY)
   --datapath ebpf|memory    (EDGEPLANE_DATAPATH, default ebpf; memory enforces nothing on packets: for simulations)
-  --xdp-mode native|generic|auto   (default auto: native, else generic)
+  --xdp-mode native|generic|auto|tc   where the uplink policy runs (default auto: native XDP, else generic XDP);
+                            tc runs the same program at TC (clsact) ingress instead of XDP: use it on veth and
+                            on NICs without native XDP, where generic XDP copies every packet first
   Connection tracking (bpf/CONNTRACK.md; used by stateful policies):
   --ct-entries N            capacity of the established-connection table per role (EDGEPLANE_CT_ENTRIES, default
                             262144, ~40 MiB preallocated per role; set when the datapath is first loaded: a
@@ -226,7 +229,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   const datapath = values.datapath ?? env.EDGEPLANE_DATAPATH ?? 'ebpf';
   if (datapath !== 'ebpf' && datapath !== 'memory') throw new AgentConfigError(`--datapath ${JSON.stringify(datapath)}: expected ebpf or memory`);
   const xdpMode = values['xdp-mode'] ?? 'auto';
-  if (!['native', 'generic', 'auto'].includes(xdpMode)) throw new AgentConfigError(`--xdp-mode ${JSON.stringify(xdpMode)}: expected native, generic or auto`);
+  if (!['native', 'generic', 'auto', 'tc'].includes(xdpMode)) throw new AgentConfigError(`--xdp-mode ${JSON.stringify(xdpMode)}: expected native, generic, auto or tc`);
   const insecure = values.insecure ?? ['1', 'true'].includes(env.EDGEPLANE_INSECURE ?? '');
   const tlsCa = values['tls-ca'] ?? env.EDGEPLANE_TLS_CA;
   const tlsCert = values['tls-cert'] ?? env.EDGEPLANE_TLS_CERT;

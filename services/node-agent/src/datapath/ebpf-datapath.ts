@@ -126,10 +126,17 @@ export interface DatapathReset {
   readonly detached: readonly { interface: string; ifindex: number; hook: 'tc-egress' }[];
 }
 
-/** Options of EbpfDatapath.attach(). */
+/**
+ * Where an uplink's policy program runs: XDP ('native', 'generic', or 'auto': native, else
+ * generic), or 'tc': the object's edge_tc at clsact ingress and no XDP program. Generic XDP (veth,
+ * NICs without native XDP) copies every packet before the program runs; TC ingress does not.
+ */
+export type UplinkMode = 'native' | 'generic' | 'auto' | 'tc';
+
+/** Options of EbpfDatapath.attach(), isAttached() and detach(). */
 export interface AttachOptions {
-  /** XDP mode for an uplink; default 'auto' (native, else generic). */
-  xdpMode?: 'native' | 'generic' | 'auto';
+  /** The uplink mode; default 'auto' (native XDP, else generic). Workload interfaces ignore it. */
+  xdpMode?: UplinkMode;
 }
 
 /**
@@ -371,30 +378,28 @@ export class EbpfDatapath implements Datapath {
 
   /**
    * Attaches to interface `iface` (a name or an index, in this thread's network namespace): on an
-   * uplink the XDP program and the connection-tracking program at clsact egress; on a workload
-   * interface the TC program at clsact ingress and egress. Replaces whatever program holds those
-   * hooks (for TC: our fixed handle and priority).
+   * uplink the connection-tracking program at clsact egress and the policy program, at XDP or
+   * (xdpMode 'tc') this object's edge_tc at clsact ingress; on a workload interface the TC program
+   * at clsact ingress and egress. Replaces whatever program holds those hooks (for TC: our fixed
+   * handle and priority). Switching an uplink's mode puts the new hook in place first and then
+   * removes our program from the old one, so no packet passes unchecked in between (for a moment
+   * both run: a packet XDP passed meets the same policy again at TC ingress).
    * @throws DatapathError with the libbpf-ts error as cause.
    */
   attach(iface: string | number, role: InterfaceRole, options: AttachOptions = {}): void {
     const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
+    const mode = options.xdpMode ?? 'auto';
     try {
       if (role === 'uplink') {
         // Egress first: by the time inbound policy runs, the node's outbound flows are tracked.
         attachTc(this.#programs.edge_tc_egress, index, { ...egressFilter, replace: true });
-        const program = this.#programs.edge_xdp;
-        const current = queryXdp(index);
-        if (current?.progId === program.id) return;
-        if (current === undefined) {
-          attachXdp(program, index, { mode: options.xdpMode ?? 'auto' });
-        } else {
-          const old = Program.fromId(current.progId);
-          try {
-            attachXdp(program, index, { mode: options.xdpMode ?? 'auto', replace: old });
-          } finally {
-            old.close();
-          }
+        if (mode === 'tc') {
+          attachTc(this.#programs.edge_tc, index, { ...ingressFilter, replace: true });
+          if (queryXdp(index)?.progId === this.#programs.edge_xdp.id) detachXdp(index);
+          return;
         }
+        this.#attachXdp(index, mode);
+        if (queryTc(index, ingressFilter) === this.#programs.edge_tc.id) detachTc(index, ingressFilter);
         return;
       }
       for (const filter of tcFilters) attachTc(this.#programs.edge_tc, index, { ...filter, replace: true });
@@ -404,14 +409,20 @@ export class EbpfDatapath implements Datapath {
   }
 
   /**
-   * Whether our programs for `role` are attached to `iface` (uplink: XDP and TC egress; workload:
-   * TC ingress and egress).
+   * Whether our programs for `role` are attached to `iface` as `options` asks (uplink: XDP, or
+   * with xdpMode 'tc' TC ingress and no XDP program of ours, and TC egress; workload: TC ingress
+   * and egress).
    * @throws DatapathError if the interface does not exist.
    */
-  isAttached(iface: string | number, role: InterfaceRole): boolean {
+  isAttached(iface: string | number, role: InterfaceRole, options: AttachOptions = {}): boolean {
     const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
     try {
-      if (role === 'uplink') return queryXdp(index)?.progId === this.#programs.edge_xdp.id && queryTc(index, egressFilter) === this.#programs.edge_tc_egress.id;
+      if (role === 'uplink') {
+        if (queryTc(index, egressFilter) !== this.#programs.edge_tc_egress.id) return false;
+        const xdp = queryXdp(index)?.progId === this.#programs.edge_xdp.id;
+        const ingress = queryTc(index, ingressFilter) === this.#programs.edge_tc.id;
+        return options.xdpMode === 'tc' ? ingress && !xdp : xdp && !ingress;
+      }
       return tcFilters.every((filter) => queryTc(index, filter) === this.#programs.edge_tc.id);
     } catch (cause) {
       throw new DatapathError(`query ${role} iface=${iface}`, { cause });
@@ -419,7 +430,8 @@ export class EbpfDatapath implements Datapath {
   }
 
   /**
-   * Removes our programs from `iface`.
+   * Removes our programs from `iface`, whichever uplink mode put them there (an uplink: our XDP
+   * program, our clsact ingress and egress filters); another program at our hooks stays.
    * @returns false if nothing of ours was attached there.
    * @throws DatapathError.
    */
@@ -436,16 +448,34 @@ export class EbpfDatapath implements Datapath {
     };
     try {
       if (role === 'uplink') {
-        // Only our own egress filter: another program at our handle is not ours to remove.
+        // Only our own filters and program: another program at our handle is not ours to remove.
+        const ingress = queryTc(index, ingressFilter) === this.#programs.edge_tc.id && detachFilter(ingressFilter);
         const egress = queryTc(index, egressFilter) === this.#programs.edge_tc_egress.id && detachFilter(egressFilter);
-        if (queryXdp(index)?.progId !== this.#programs.edge_xdp.id) return egress;
-        return detachXdp(index) || egress;
+        if (queryXdp(index)?.progId !== this.#programs.edge_xdp.id) return ingress || egress;
+        return detachXdp(index) || ingress || egress;
       }
       let removed = false;
       for (const filter of tcFilters) removed = detachFilter(filter) || removed;
       return removed;
     } catch (cause) {
       throw new DatapathError(`detach ${role} iface=${iface}`, { cause });
+    }
+  }
+
+  // Our XDP program on `index`, replacing atomically whatever XDP program is there.
+  #attachXdp(index: number, mode: 'native' | 'generic' | 'auto'): void {
+    const program = this.#programs.edge_xdp;
+    const current = queryXdp(index);
+    if (current?.progId === program.id) return;
+    if (current === undefined) {
+      attachXdp(program, index, { mode });
+      return;
+    }
+    const old = Program.fromId(current.progId);
+    try {
+      attachXdp(program, index, { mode, replace: old });
+    } finally {
+      old.close();
     }
   }
 
@@ -604,16 +634,19 @@ export class EbpfDatapath implements Datapath {
     if (previous.size === 0) return [];
     const switched: SwitchedHook[] = [];
     for (const { name, index } of interfaces()) {
-      const before = { xdp: queryXdp(index)?.progId ?? 0, 'tc-ingress': queryTc(index, tcFilters[0] as TcFilterId) ?? 0, 'tc-egress': queryTc(index, egressFilter) ?? 0 };
+      const before = { xdp: queryXdp(index)?.progId ?? 0, 'tc-ingress': queryTc(index, ingressFilter) ?? 0, 'tc-egress': queryTc(index, egressFilter) ?? 0 };
       const roles = new Set<InterfaceRole>();
       if (previous.has(before.xdp)) roles.add('uplink');
       for (const id of [before['tc-ingress'], before['tc-egress']]) {
         const program = previous.get(id);
         if (program !== undefined) roles.add(program === 'edge_tc' ? 'workload' : 'uplink');
       }
+      // An uplink in tc mode: edge_tc at ingress beside edge_tc_egress, no XDP program of ours.
+      const uplinkTc = previous.get(before['tc-ingress']) === 'edge_tc' && previous.get(before['tc-egress']) === 'edge_tc_egress' && !previous.has(before.xdp);
+      if (uplinkTc) roles.delete('workload');
       if (roles.size === 0) continue;
-      for (const role of roles) this.attach(index, role);
-      const after = { xdp: queryXdp(index)?.progId ?? 0, 'tc-ingress': queryTc(index, tcFilters[0] as TcFilterId) ?? 0, 'tc-egress': queryTc(index, egressFilter) ?? 0 };
+      for (const role of roles) this.attach(index, role, uplinkTc ? { xdpMode: 'tc' } : {});
+      const after = { xdp: queryXdp(index)?.progId ?? 0, 'tc-ingress': queryTc(index, ingressFilter) ?? 0, 'tc-egress': queryTc(index, egressFilter) ?? 0 };
       for (const hook of ['xdp', 'tc-ingress', 'tc-egress'] as const) {
         if (after[hook] !== before[hook] && (before[hook] === 0 || previous.has(before[hook]))) switched.push({ interface: name, ifindex: index, hook, fromProgramId: before[hook], toProgramId: after[hook] });
       }
@@ -689,11 +722,9 @@ export class EbpfDatapath implements Datapath {
   }
 }
 
+const ingressFilter: TcFilterId = { direction: 'ingress', handle: TC_HANDLE, priority: TC_PRIORITY };
 const egressFilter: TcFilterId = { direction: 'egress', handle: TC_HANDLE, priority: TC_PRIORITY };
-const tcFilters: readonly TcFilterId[] = [
-  { direction: 'ingress', handle: TC_HANDLE, priority: TC_PRIORITY },
-  { direction: 'egress', handle: TC_HANDLE, priority: TC_PRIORITY },
-];
+const tcFilters: readonly TcFilterId[] = [ingressFilter, egressFilter];
 
 function writeArray(map: BpfMap, first: number, bytes: Uint8Array, size: number): void {
   const keys: Uint8Array[] = [];

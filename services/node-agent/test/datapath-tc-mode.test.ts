@@ -1,0 +1,161 @@
+// The uplink in tc mode (--xdp-mode tc): the uplink object's edge_tc at clsact ingress instead of
+// edge_xdp, on a real veth pair between a "node" and a "far" namespace. The rule set is stateful
+// with a default deny inbound, so only connection tracking lets the node's own flows get replies.
+// Hooks are read with bpftool; traffic is real sockets (conntrack-traffic.py) and ping.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import test from 'ava';
+import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
+import type { RuleSetSpec } from '../src/datapath/rule-set.js';
+import { mountBpffs } from './datapath-helpers.js';
+
+const id = `${process.pid % 10000}${Math.floor(Math.random() * 100)}`;
+const nsN = `tmN${id}`;
+const nsF = `tmF${id}`;
+const vethN = `tmn${id}`;
+const vethF = `tmf${id}`;
+const v4 = { node: '10.203.0.1', far: '10.203.0.2' };
+const bpffs = mountBpffs();
+const script = join(import.meta.dirname, 'conntrack-traffic.py');
+const helper = join(import.meta.dirname, 'datapath-netns-attach.ts');
+const children = new Set<ChildProcess>();
+
+const run = (command: string, ...args: string[]): string => execFileSync(command, args, { encoding: 'utf8' });
+const inNs = (ns: string, ...args: string[]): string => run('ip', 'netns', 'exec', ns, ...args);
+const lastJson = <T>(text: string): T => JSON.parse(text.trim().split('\n').at(-1) as string) as T;
+const py = (ns: string, ...args: (string | number)[]): { ok: boolean; error?: string } => lastJson(inNs(ns, 'python3', script, ...args.map(String)));
+const netnsAttach = (command: 'attach' | 'detach' | 'query' | 'foreign', mode = 'auto'): string => inNs(nsN, process.execPath, '--import=tsx', helper, command, bpffs.path, vethN, 'uplink', mode);
+const isAttached = (): { tc: boolean; xdp: boolean } => lastJson(netnsAttach('query'));
+
+interface Hooks { xdp: number[]; ingress: number[]; egress: number[] }
+/** The programs on the node's uplink, from bpftool. */
+const hooks = (): Hooks => {
+  const [net] = JSON.parse(inNs(nsN, 'bpftool', '-j', 'net', 'show', 'dev', vethN)) as { xdp?: { id?: number; prog_id?: number }[]; tc?: { kind: string; id?: number; prog_id?: number }[] }[];
+  const idOf = (entry: { id?: number; prog_id?: number }): number => entry.id ?? entry.prog_id ?? 0;
+  return {
+    xdp: (net?.xdp ?? []).map(idOf),
+    ingress: (net?.tc ?? []).filter((entry) => entry.kind === 'clsact/ingress').map(idOf),
+    egress: (net?.tc ?? []).filter((entry) => entry.kind === 'clsact/egress').map(idOf),
+  };
+};
+const start = async (ns: string, args: string[]): Promise<void> => {
+  const child = spawn('ip', ['netns', 'exec', ns, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  await new Promise<void>((resolve, reject) => {
+    let output = '';
+    child.stdout?.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      if (output.includes('ready')) resolve();
+    });
+    child.once('exit', () => reject(new Error(`${args.join(' ')} exited before it was ready`)));
+  });
+};
+/** Runs ping in `ns` to `to` (`count` echoes, 10 ms apart); the replies received, and the echoes sent. */
+const ping = (ns: string, to: string, count: number): Promise<{ sent: number; received: number }> & { running: () => boolean } => {
+  let running = true;
+  const result = new Promise<{ sent: number; received: number }>((resolve) => {
+    const child = spawn('ip', ['netns', 'exec', ns, 'ping', '-n', '-q', '-i', '0.01', '-W', '1', '-c', String(count), to], { stdio: ['ignore', 'pipe', 'ignore'] });
+    children.add(child);
+    let output = '';
+    child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.once('exit', () => {
+      running = false;
+      children.delete(child);
+      const match = /(\d+) packets transmitted, (\d+) received/.exec(output);
+      resolve({ sent: Number(match?.[1] ?? 0), received: Number(match?.[2] ?? -1) });
+    });
+  });
+  return Object.assign(result, { running: () => running });
+};
+
+/** Inbound only to TCP 7000 (tracked), outbound tracked, default deny. */
+const stateful: RuleSetSpec = {
+  rules: [{ id: 1, srcCidrs: [], dstCidrs: [], protocol: 'tcp', dstPorts: [{ from: 7000, to: 7000 }], action: 'allow', track: true }],
+  defaultAction: 'deny',
+  trackEgress: true,
+};
+
+let datapath: EbpfDatapath;
+
+test.before(async () => {
+  run('ip', 'netns', 'add', nsN);
+  run('ip', 'netns', 'add', nsF);
+  run('ip', 'link', 'add', vethN, 'netns', nsN, 'type', 'veth', 'peer', 'name', vethF, 'netns', nsF);
+  const mac = (ns: string, dev: string): string => inNs(ns, 'cat', `/sys/class/net/${dev}/address`).trim();
+  for (const [ns, dev, address] of [[nsN, vethN, v4.node], [nsF, vethF, v4.far]] as const) {
+    inNs(ns, 'ip', 'addr', 'add', `${address}/24`, 'dev', dev);
+    inNs(ns, 'ip', 'link', 'set', 'lo', 'up');
+    inNs(ns, 'ip', 'link', 'set', dev, 'up');
+  }
+  // Static neighbours: ARP replies are not IP and pass, but keep resolution out of the picture.
+  inNs(nsN, 'ip', 'neigh', 'replace', v4.far, 'lladdr', mac(nsF, vethF), 'dev', vethN, 'nud', 'permanent');
+  inNs(nsF, 'ip', 'neigh', 'replace', v4.node, 'lladdr', mac(nsN, vethN), 'dev', vethF, 'nud', 'permanent');
+  datapath = await EbpfDatapath.open({ pinRoot: bpffs.path });
+  await datapath.apply(stateful);
+  netnsAttach('attach', 'tc');
+  await start(nsF, ['python3', script, 'tcp-server', v4.far, '8000']);
+  await start(nsN, ['python3', script, 'tcp-server', v4.node, '7000']);
+  await start(nsN, ['python3', script, 'tcp-server', v4.node, '9000']);
+});
+
+test.after.always(() => {
+  for (const child of children) child.kill('SIGKILL');
+  datapath?.close();
+  for (const ns of [nsN, nsF]) {
+    try {
+      run('ip', 'netns', 'del', ns);
+    } catch {
+      // Already gone (or never made).
+    }
+  }
+  bpffs.unmount();
+});
+
+test.serial('tc mode - the uplink holds edge_tc at clsact ingress and edge_tc_egress at egress, and no XDP program', (t) => {
+  t.deepEqual(hooks(), { xdp: [], ingress: [datapath.tcProgram.id], egress: [datapath.tcEgressProgram.id] });
+  t.deepEqual(isAttached(), { tc: true, xdp: false });
+});
+
+test.serial('tc mode - default deny drops unsolicited inbound, passes replies of the node\'s outbound TCP, and counts rules', (t) => {
+  const before = datapath.readCounters();
+  t.true(py(nsN, 'tcp-client', v4.far, 8000, 3).ok, 'the node\'s outbound connection gets its replies');
+  t.false(py(nsF, 'tcp-client', v4.node, 9000, 1).ok, 'unsolicited inbound to 9000 is dropped');
+  t.true(py(nsF, 'tcp-client', v4.node, 7000, 3).ok, 'inbound to 7000 is allowed');
+  const after = datapath.readCounters();
+  t.true((after.rules.get(1)?.packets ?? 0) > (before.rules.get(1)?.packets ?? 0), 'rule 1 counted the inbound connection');
+  t.true(after.defaultAction.packets > before.defaultAction.packets, 'the default deny counted the dropped SYNs');
+});
+
+test.serial('tc mode - switching the uplink between XDP and tc under traffic loses nothing allowed and passes nothing denied', async (t) => {
+  // Long enough to outlast the switches (checked below), so every switch happens under traffic.
+  const count = 2000;
+  const allowed = ping(nsN, v4.far, count); // outbound, tracked: replies pass
+  const denied = ping(nsF, v4.node, count); // unsolicited inbound ICMP: default deny
+  const tcpOk: boolean[] = [];
+  const tcpDenied: boolean[] = [];
+  for (let round = 0; round < 6; round++) {
+    netnsAttach('attach', round % 2 === 0 ? 'auto' : 'tc');
+    const expected = round % 2 === 0 ? { xdp: 1, ingress: 0 } : { xdp: 0, ingress: 1 };
+    const now = hooks();
+    t.deepEqual({ xdp: now.xdp.length, ingress: now.ingress.length }, expected, `round ${round}`);
+    tcpOk.push(py(nsN, 'tcp-client', v4.far, 8000, 3).ok);
+    tcpDenied.push(py(nsF, 'tcp-client', v4.node, 9000, 0.3).ok);
+  }
+  t.true(allowed.running() && denied.running(), 'both pings were still running after the last switch');
+  const [out, inbound] = await Promise.all([allowed, denied]);
+  t.is(out.sent, count);
+  t.is(out.received, count, 'every echo of the node\'s outbound ping got its reply');
+  t.is(inbound.received, 0, 'no unsolicited inbound echo got through');
+  t.deepEqual(tcpOk, Array(6).fill(true));
+  t.deepEqual(tcpDenied, Array(6).fill(false));
+  t.deepEqual(isAttached(), { tc: true, xdp: false });
+});
+
+test.serial('tc mode - detach removes only our programs: a foreign filter at our ingress handle stays', (t) => {
+  netnsAttach('foreign');
+  t.deepEqual(isAttached(), { tc: false, xdp: false }, 'a foreign program at our handle is not ours');
+  t.true((lastJson<{ removed: boolean }>(netnsAttach('detach'))).removed);
+  t.deepEqual(hooks(), { xdp: [], ingress: [datapath.tcEgressProgram.id], egress: [] }, 'the foreign ingress filter stays; our egress filter is gone');
+  t.false((lastJson<{ removed: boolean }>(netnsAttach('detach'))).removed, 'a second detach finds nothing of ours');
+});
