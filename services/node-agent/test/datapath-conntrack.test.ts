@@ -14,7 +14,7 @@ import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { ctKeyOfFlow } from '../src/datapath/conntrack-key.js';
 import { epCtKey } from '../src/datapath/table-codecs.js';
-import { mountBpffs } from './datapath-helpers.js';
+import { addVethPair, mountBpffs, removeNetnsRig } from './datapath-helpers.js';
 
 const id = `${process.pid % 10000}${Math.floor(Math.random() * 100)}`;
 const nsN = `ctN${id}`;
@@ -93,10 +93,7 @@ const stateful: RuleSetSpec = {
 let datapath: EbpfDatapath;
 
 test.before(async () => {
-  run('ip', 'netns', 'add', nsN);
-  run('ip', 'netns', 'add', nsF);
-  run('ip', 'link', 'add', vethN, 'netns', nsN, 'type', 'veth', 'peer', 'name', vethF, 'netns', nsF);
-  const mac = (ns: string, dev: string): string => inNs(ns, 'cat', `/sys/class/net/${dev}/address`).trim();
+  const mac = addVethPair({ ns: nsN, dev: vethN }, { ns: nsF, dev: vethF });
   for (const [ns, dev, a4, a6] of [
     [nsN, vethN, v4.node, v6.node],
     [nsF, vethF, v4.far, v6.far],
@@ -104,8 +101,6 @@ test.before(async () => {
     inNs(ns, 'sysctl', '-qw', `net.ipv6.conf.${dev}.accept_ra=0`);
     inNs(ns, 'ip', 'addr', 'add', `${a4}/24`, 'dev', dev);
     inNs(ns, 'ip', '-6', 'addr', 'add', `${a6}/64`, 'dev', dev, 'nodad');
-    inNs(ns, 'ip', 'link', 'set', 'lo', 'up');
-    inNs(ns, 'ip', 'link', 'set', dev, 'up');
   }
   // Static neighbours: neighbour discovery is ICMPv6, which the default deny would drop.
   for (const [ns, dev, peerNs, peerDev, p4, p6] of [
@@ -127,18 +122,7 @@ test.before(async () => {
   }
 });
 
-test.after.always(() => {
-  for (const child of children) child.kill('SIGKILL');
-  datapath?.close();
-  for (const ns of [nsN, nsF]) {
-    try {
-      run('ip', 'netns', 'del', ns);
-    } catch {
-      // Already gone (or never made).
-    }
-  }
-  bpffs.unmount();
-});
+test.after.always(() => removeNetnsRig({ children, datapath, namespaces: [nsN, nsF], bpffs }));
 
 const find = (filter: Parameters<EbpfDatapath['listConnections']>[0]): ConnectionEntry[] => datapath.listConnections(filter, 1000);
 

@@ -225,3 +225,37 @@ export function tableLookup(tables: TablesSpec, headers: PacketHeaders): number 
 
 /** compileTables + tableLookup, for tests. */
 export { compileTables };
+
+/**
+ * Tears down a namespace rig of the datapath tests: kills the processes it started, closes the
+ * datapath, deletes the namespaces (and so their veths and programs) and unmounts the bpffs.
+ * Never throws: it runs in test.after.always, also after a failed setup.
+ */
+export function removeNetnsRig(rig: { children: Iterable<{ kill(signal: NodeJS.Signals): unknown }>; datapath?: { close(): void }; namespaces: string[]; bpffs: { unmount(): void } }): void {
+  for (const child of rig.children) child.kill('SIGKILL');
+  rig.datapath?.close();
+  for (const ns of rig.namespaces) {
+    try {
+      execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+    } catch {
+      // Already gone (or never made).
+    }
+  }
+  rig.bpffs.unmount();
+}
+
+/**
+ * Makes two network namespaces joined by a veth pair, with lo and both ends up (addresses are the
+ * caller's). Returns the MAC address of a device in a namespace, for static neighbours.
+ */
+export function addVethPair(a: { ns: string; dev: string }, b: { ns: string; dev: string }): (ns: string, dev: string) => string {
+  const run = (...args: string[]): string => execFileSync('ip', args, { encoding: 'utf8' });
+  run('netns', 'add', a.ns);
+  run('netns', 'add', b.ns);
+  run('link', 'add', a.dev, 'netns', a.ns, 'type', 'veth', 'peer', 'name', b.dev, 'netns', b.ns);
+  for (const end of [a, b]) {
+    run('-n', end.ns, 'link', 'set', 'lo', 'up');
+    run('-n', end.ns, 'link', 'set', end.dev, 'up');
+  }
+  return (ns, dev) => execFileSync('ip', ['netns', 'exec', ns, 'cat', `/sys/class/net/${dev}/address`], { encoding: 'utf8' }).trim();
+}

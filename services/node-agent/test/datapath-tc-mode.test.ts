@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
-import { mountBpffs } from './datapath-helpers.js';
+import { addVethPair, mountBpffs, removeNetnsRig } from './datapath-helpers.js';
 
 const id = `${process.pid % 10000}${Math.floor(Math.random() * 100)}`;
 const nsN = `tmN${id}`;
@@ -79,15 +79,8 @@ const stateful: RuleSetSpec = {
 let datapath: EbpfDatapath;
 
 test.before(async () => {
-  run('ip', 'netns', 'add', nsN);
-  run('ip', 'netns', 'add', nsF);
-  run('ip', 'link', 'add', vethN, 'netns', nsN, 'type', 'veth', 'peer', 'name', vethF, 'netns', nsF);
-  const mac = (ns: string, dev: string): string => inNs(ns, 'cat', `/sys/class/net/${dev}/address`).trim();
-  for (const [ns, dev, address] of [[nsN, vethN, v4.node], [nsF, vethF, v4.far]] as const) {
-    inNs(ns, 'ip', 'addr', 'add', `${address}/24`, 'dev', dev);
-    inNs(ns, 'ip', 'link', 'set', 'lo', 'up');
-    inNs(ns, 'ip', 'link', 'set', dev, 'up');
-  }
+  const mac = addVethPair({ ns: nsN, dev: vethN }, { ns: nsF, dev: vethF });
+  for (const [ns, dev, address] of [[nsN, vethN, v4.node], [nsF, vethF, v4.far]] as const) inNs(ns, 'ip', 'addr', 'add', `${address}/24`, 'dev', dev);
   // Static neighbours: ARP replies are not IP and pass, but keep resolution out of the picture.
   inNs(nsN, 'ip', 'neigh', 'replace', v4.far, 'lladdr', mac(nsF, vethF), 'dev', vethN, 'nud', 'permanent');
   inNs(nsF, 'ip', 'neigh', 'replace', v4.node, 'lladdr', mac(nsN, vethN), 'dev', vethF, 'nud', 'permanent');
@@ -99,18 +92,7 @@ test.before(async () => {
   await start(nsN, ['python3', script, 'tcp-server', v4.node, '9000']);
 });
 
-test.after.always(() => {
-  for (const child of children) child.kill('SIGKILL');
-  datapath?.close();
-  for (const ns of [nsN, nsF]) {
-    try {
-      run('ip', 'netns', 'del', ns);
-    } catch {
-      // Already gone (or never made).
-    }
-  }
-  bpffs.unmount();
-});
+test.after.always(() => removeNetnsRig({ children, datapath, namespaces: [nsN, nsF], bpffs }));
 
 test.serial('tc mode - the uplink holds edge_tc at clsact ingress and edge_tc_egress at egress, and no XDP program', (t) => {
   t.deepEqual(hooks(), { xdp: [], ingress: [datapath.tcProgram.id], egress: [datapath.tcEgressProgram.id] });
