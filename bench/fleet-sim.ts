@@ -14,6 +14,7 @@ import * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { RevisionOutcome, keyIdOf, publicKeyFromRaw, type RevisionReport } from '@edgeplane/proto';
 import { simLabels } from './sim-labels.js';
+import { watchStalls } from '@edgeplane/controller';
 import { AgentRuntime, MemoryDatapath, NodeIdentity, StateFile, buildFrame, enrollNode, type StateStore } from '@edgeplane/node-agent';
 
 /** Wall-clock ms with sub-ms resolution, comparable across processes on one machine. */
@@ -162,14 +163,7 @@ const quiet = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<st
  * most a 100 ms tick came late since the last progress report.
  */
 let loopMaxMs = 0;
-{
-  let last = performance.now();
-  setInterval(() => {
-    const t = performance.now();
-    loopMaxMs = Math.max(loopMaxMs, t - last - 100);
-    last = t;
-  }, 100).unref();
-}
+watchStalls((s) => (loopMaxMs = Math.max(loopMaxMs, s.ms)), 0, 100);
 
 async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: number, trusted: Map<string, ReturnType<typeof publicKeyFromRaw>>): Promise<SimAgent> {
   const name = agentName(cmd.prefix, index);

@@ -17,4 +17,5 @@ export {
 } from './pki/certificate-authority.js';
 export { identityUri, parseIdentityUri, identityFromPeerCertificate, checkNatsServerIdentity, type Identity, type Role } from './pki/identity.js';
 export { METHOD_ROLES, INSECURE_IDENTITY, Authorizer, type AuthenticatedCall, type AuthorizerOptions, type Caller } from './grpc/authorize.js';
+export { watchStalls, type Stall } from './stall-watch.js';
 export { enrollProofMessage, renewProofMessage } from './trust-api.js';

@@ -10,11 +10,10 @@ export interface Stall {
 }
 
 /**
- * Calls `onStall` whenever a 500 ms tick arrives more than `thresholdMs` late. Returns the stop
- * function (idempotent). The timer is unref'd: it never keeps the process alive.
+ * Calls `onStall` whenever a tick (every `tickMs`) arrives more than `thresholdMs` late. Returns
+ * the stop function (idempotent). The timer is unref'd: it never keeps the process alive.
  */
-export function watchStalls(onStall: (s: Stall) => void, thresholdMs = 2000): () => void {
-  const tickMs = 500;
+export function watchStalls(onStall: (s: Stall) => void, thresholdMs = 2000, tickMs = 500): () => void {
   let last = performance.now();
   const timer = setInterval(() => {
     const now = performance.now();

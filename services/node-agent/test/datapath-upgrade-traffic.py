@@ -33,6 +33,19 @@ def stdin_lines(on_line):
         on_line(line.strip())
 
 
+def count_datagrams(port, stop, on_datagram):
+    """Receives UDP datagrams on `port` until `stop` is set, calling on_datagram() for each."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            s.recvfrom(2048)
+        except socket.timeout:
+            continue
+        on_datagram()
+
+
 def server(denied_tcp, denied_udp, client_addr):
     counts = {"accepted": {str(p): 0 for p in denied_tcp}, "received": {str(p): 0 for p in denied_udp}, "echoed": 0, "sentBack": 0}
     lock = threading.Lock()
@@ -73,16 +86,10 @@ def server(denied_tcp, denied_udp, client_addr):
         return handler
 
     def listen_udp(port):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("0.0.0.0", port))
-        s.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                s.recvfrom(2048)
-            except socket.timeout:
-                continue
+        def received():
             with lock:
                 counts["received"][str(port)] += 1
+        count_datagrams(port, stop, received)
 
     def send_back():
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -118,16 +125,10 @@ def client(server_addr, denied_tcp, denied_udp):
                 marks[line[5:]] = time.monotonic()
 
     def receive_back():
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("0.0.0.0", LEAK_BACK))
-        s.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                s.recvfrom(2048)
-            except socket.timeout:
-                continue
+        def received():
             with lock:
                 counts["leakBack"] += 1
+        count_datagrams(LEAK_BACK, stop, received)
 
     def exchange(sock):
         payload = os.urandom(16)
