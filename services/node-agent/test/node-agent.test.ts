@@ -296,6 +296,42 @@ test('NodeAgent - a restarted agent enforces the state file before anything else
   t.is(verdict(uplink, 23), 'pass');
 });
 
+test('NodeAgent - entries that trickle in closer together than the coalescing wait are applied once; a stream that never pauses is applied within the cap', async (t) => {
+  const uplink = new MemoryDatapath();
+  const workload = new MemoryDatapath();
+  const reports: RevisionReport[] = [];
+  const path = join(mkdtempSync(join(dir, 's-')), 'applied.json');
+  const agent = new NodeAgent({ nodeName: 'n1', labels: { role: 'edge' }, datapaths: { uplink, workload }, stateFile: new StateFile(path), report: (r) => void reports.push(r), log: () => undefined, coalesceMs: 40, coalesceMaxMs: 400 });
+  t.teardown(() => agent.close());
+  const chain = new IntentChain(trusted);
+  const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+  // What a verified live burst looks like after an outage: one entry every few ms, for longer
+  // than the wait. (Each gap is shorter than the wait; the whole burst is not.)
+  for (let i = 0; i < 20; i++) {
+    agent.intentAdvanced(chain, [advance(chain, denyPort('p', 1000 + i))]);
+    await sleep(5);
+  }
+  await agent.settled();
+  t.deepEqual(reports.map((r) => r.revision), [20n], 'one apply, of the last entry');
+  t.is(verdict(uplink, 1019), 'drop');
+  // A stream that never pauses for the wait is applied by the cap, not held back forever.
+  let streaming = true;
+  const stream = (async () => {
+    while (streaming) {
+      agent.intentAdvanced(chain, [advance(chain, denyPort('p', 2000))]);
+      await sleep(10);
+    }
+  })();
+  const started = Date.now();
+  while (reports.length === 1 && Date.now() - started < 5_000) await sleep(10);
+  const appliedWhileStreaming = reports.length > 1;
+  streaming = false;
+  await stream;
+  await agent.settled();
+  t.true(appliedWhileStreaming, 'applied while the stream still ran');
+  t.is(reports.at(-1)?.revision, chain.revision);
+});
+
 test('NodeAgent - closing twice is safe', (t) => {
   const h = harness();
   h.agent.close();

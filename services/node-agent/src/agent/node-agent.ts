@@ -68,10 +68,13 @@ export interface NodeAgentOptions {
   retryMinMs?: number;
   retryMaxMs?: number;
   /**
-   * How long to wait after new entries before applying, so a burst (a catch-up, or what TCP
-   * delivers at once after an outage) is applied once, as its final state. Default 25 ms.
+   * How long the log must stay quiet after new entries before they are applied, so a burst (a
+   * catch-up, or what TCP delivers after an outage, entry by entry as each is verified) is
+   * applied once, as its final state. Default 25 ms.
    */
   coalesceMs?: number;
+  /** The longest a steady stream of entries holds an apply back. Default 10 x coalesceMs. */
+  coalesceMaxMs?: number;
 }
 
 /** How the agent stands: what it has received and what it enforces. */
@@ -136,6 +139,8 @@ function sub(a: Counter, b: Counter | undefined): Counter {
 export class NodeAgent {
   #o: NodeAgentOptions;
   #received = 0n;
+  /** Counts intentAdvanced calls: the coalescing wait restarts while it moves. */
+  #advances = 0;
   #applied = 0n;
   #applies = 0;
   #lastError = '';
@@ -267,6 +272,7 @@ export class NodeAgent {
       if (sc) links.push({ context: sc, attributes: { 'edgeplane.revision': Number(e.revision) } });
     }
     this.#received = chain.revision;
+    this.#advances++;
     // apply_duration runs from receipt of the newest entry to enforcement. A coalesced apply
     // is a child of the newest entry's trace and links to every entry it covers.
     // The follower only moves forward on one history; a chain that is not above what the node
@@ -280,8 +286,15 @@ export class NodeAgent {
   #kick(): void {
     if (this.#running) return;
     const delay = this.#o.coalesceMs ?? 25;
+    const cap = this.#o.coalesceMaxMs ?? 10 * delay;
     this.#running = (async () => {
-      await new Promise((r) => setTimeout(r, delay));
+      // Trailing: wait until no entry arrived for `delay`, at most `cap` after the first.
+      const first = Date.now();
+      for (;;) {
+        const seen = this.#advances;
+        await new Promise((r) => setTimeout(r, delay));
+        if (this.#advances === seen || Date.now() - first >= cap) break;
+      }
       for (;;) {
         if (this.#closed) return;
         if (this.#wanted && (this.#wanted.force || this.#wanted.chain.revision > this.#applied)) {
