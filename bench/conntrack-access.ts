@@ -133,7 +133,7 @@ export class ConntrackAccess {
    * its flow's key (layout 3: ctKeyOfFlow), EP_CT_F_ORIG_B set where the originator is side b.
    */
   fill(from: number, to: number, flow: FlowTuple, filler: (i: number) => { src: string; sport: number }): void {
-    const now = process.hrtime.bigint(); // CLOCK_MONOTONIC, as bpf_ktime_get_ns()
+    const now = process.hrtime.bigint(); // CLOCK_MONOTONIC: the entries' clock (bpf_ktime_get_coarse_ns) is at most a tick behind
     const entry = {
       expiresNs: now + 3_600_000_000_000n,
       createdNs: now,

@@ -79,6 +79,8 @@ static long ep_ct_sweep_one(struct bpf_map *map, struct ep_ct_key *key, struct e
 SEC("syscall")
 int ep_ct_sweep(struct ep_ct_sweep_args *args)
 {
+	/* CLOCK_MONOTONIC: syscall programs may not read the coarse clock the datapath stamps
+	 * entries with, which is up to a tick behind; an entry may go a tick before its deadline. */
 	struct ep_ct_sweep_state s = { .now = bpf_ktime_get_ns(), .budget = args->budget };
 	bpf_for_each_map_elem(&ep_ct, ep_ct_sweep_one, &s, 0);
 	bpf_for_each_map_elem(&ep_ct_new, ep_ct_sweep_one, &s, 0);

@@ -329,7 +329,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	struct ep_gen_cfg *gc = bpf_map_lookup_elem(&ep_gen_cfg, &gen);
 	__u32 gflags = gc ? gc->flags : 0;
 	__u32 epoch = gc ? gc->epoch : 0;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns();
 
 	/* 2. Control bypass: TCP/UDP from a control endpoint (at uplink egress: to one, so the
 	 * control plane's flows take no room in the connection tables). */

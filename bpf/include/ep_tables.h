@@ -124,7 +124,7 @@ struct ep_ct_key {
 };                     /* 40 bytes */
 
 struct ep_ct_entry {
-	__u64 expires_ns;  /* bpf_ktime_get_ns() deadline (CLOCK_MONOTONIC) */
+	__u64 expires_ns;  /* deadline, bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC at tick resolution) */
 	__u64 created_ns;
 	__u64 packets[2];  /* [0] original direction, [1] reply (atomic adds) */
 	__u64 bytes[2];

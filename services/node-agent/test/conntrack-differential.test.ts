@@ -56,6 +56,8 @@ const SCENARIOS = Number(process.env.EDGEPLANE_CT_SCENARIOS ?? 100);
 /** Event sequences per scenario, each on empty tables under the scenario's rule sets. */
 const SEQUENCES = 10;
 const SHAPE = { maxEvents: 40, maxGenerations: 2 } as const;
+/** How far the datapath's clock (CLOCK_MONOTONIC_COARSE: the last tick's time) may be behind CLOCK_MONOTONIC: one tick, at most 10 ms (HZ >= 100). */
+const COARSE_LAG_NS = 10_000_000n;
 /** A small ep_ct, so scenarios fill it and the move from ep_ct_new fails (INSERT_FAILED). */
 const CT_ENTRIES = 3;
 /** ep_ct_new large enough that the kernel's approximate LRU never evicts within a scenario. */
@@ -182,7 +184,9 @@ test('conntrack differential - the kernel state machine equals the reference mod
           return false;
         }
         // The model stepped at window.from; the kernel read its clock somewhere in the window.
-        const within = (k: bigint, m: bigint): boolean => k === m || (k - m >= 0n && k - m <= window.to - window.from);
+        // Its clock is CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns), the time of the last
+        // tick: up to one tick behind (HZ >= 100: at most 10 ms).
+        const within = (k: bigint, m: bigint): boolean => k === m || (k - m >= -COARSE_LAG_NS && k - m <= window.to - window.from);
         if (!within(kernel.expiresNs, expected.expiresNs) || !within(kernel.createdNs, expected.createdNs)) {
           fail(
             `${table} ${keyId(key)}: kernel deadline now+${kernel.expiresNs - window.from}ns created now+${kernel.createdNs - window.from}ns, ` +

@@ -155,7 +155,7 @@ export class ConntrackTables {
 
   /**
    * Counts the unexpired entries of both tables, reading each with batch lookups.
-   * @param nowNs CLOCK_MONOTONIC now; default process.hrtime.bigint() (the clock of bpf_ktime_get_ns).
+   * @param nowNs CLOCK_MONOTONIC now; default process.hrtime.bigint() (the clock of the entries: bpf_ktime_get_coarse_ns, CLOCK_MONOTONIC at tick resolution, at most a tick behind).
    */
   occupancy(nowNs: bigint = process.hrtime.bigint()): ConntrackOccupancy {
     return { established: countLive(this.#maps.ep_ct, nowNs), new: countLive(this.#maps.ep_ct_new, nowNs) };

@@ -220,7 +220,10 @@ export class EbpfDatapath implements Datapath {
       // Layout 2 keyed the connection tables by the original direction, layout 3 by the flow's
       // direction-independent key: same shapes, other keys, so they are converted, not reused.
       const convertMaps = found === CT_KEY_LAYOUT_FROM ? { ep_ct: relayoutCtElement, ep_ct_new: relayoutCtElement } : undefined;
-      const sinceNs = process.hrtime.bigint();
+      // Entries carry the datapath's clock (layout 3 on: CLOCK_MONOTONIC_COARSE, up to a tick
+      // behind this one): start the catch-up window a tick early (HZ >= 100: 10 ms); what it
+      // over-includes is already in the new tables and skipped there.
+      const sinceNs = process.hrtime.bigint() - 10_000_000n;
       installed = { fromVersion: found, sinceNs, ...(await installObject(spec, { pinRoot, programNames, mapNames, mapMaxEntries, onStep: options.onInstallStep, convertMaps })) };
     }
     const opened: { close(): void }[] = [];
