@@ -15,7 +15,7 @@
 // ep_maps.h before `make` (bench/README.md, "conntrack-lookup"). Flows go from 10.x clients to 192.0.2.1, which sorts after them: layout 2's key (the
 // original direction) and layout 3's flow key are the same bytes, so one fill serves both.
 //
-//   node --import=tsx bench/conntrack-lookup.ts [--baseline OBJECT] [--rounds 5] [--runs 20000] [--repeat 1000] [--sizes 1000,1000000]
+//   node --import=tsx bench/conntrack-lookup.ts [--program xdp|tc] [--baseline OBJECT] [--rounds 5] [--runs 20000] [--repeat 1000] [--sizes 1000,1000000]
 //
 // Prints one JSON line per (case, round) and a summary: the median over rounds of each round's
 // median per-packet ns. Needs root (bpffs mount); touches no interface.
@@ -34,6 +34,9 @@ const rounds = Number(arg('--rounds') ?? 5);
 const runs = Number(arg('--runs') ?? 20_000);
 const sizes = (arg('--sizes') ?? '1000,1000000').split(',').map(Number);
 const repeat = Number(arg('--repeat') ?? 1000);
+/** Which hook's program runs the frames: `xdp` (edge_xdp) or `tc` (edge_tc, the same datapath on an skb). */
+const hook = arg('--program') ?? 'xdp';
+if (hook !== 'xdp' && hook !== 'tc') throw new Error(`--program ${hook}: xdp or tc`);
 const SERVER = '192.0.2.1';
 
 const ruleSet: RuleSetSpec = {
@@ -77,7 +80,7 @@ try {
       const frames = framesFor(round);
       const durations: Record<string, number[]> = Object.fromEntries(open.map((side) => [side.name, []]));
       for (const frame of frames) {
-        for (const side of open) (durations[side.name] as number[]).push(side.datapath.xdpProgram.testRun({ data: frame, repeat: times }).durationNs);
+        for (const side of open) (durations[side.name] as number[]).push((hook === 'xdp' ? side.datapath.xdpProgram : side.datapath.tcProgram).testRun({ data: frame, repeat: times }).durationNs);
       }
       const line: Record<string, unknown> = { case: what, round, runs: frames.length };
       for (const side of open) {
