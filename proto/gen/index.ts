@@ -343,6 +343,11 @@ export {
   signSnapshot,
 } from './../src/log-envelope.js';
 export {
+  MAGLEV_MIN_SLOTS_PER_BACKEND,
+  MAGLEV_TABLE_SIZES,
+  defaultMaglevTableSize,
+} from './../src/maglev-sizes.js';
+export {
   DEFAULT_POLICY_LIMITS,
   type PolicyLimits,
   validatePolicy,
