@@ -200,7 +200,7 @@ export class IntentApi {
     }
     const written = await this.#store.write((chain) => {
       const policy = build(chain);
-      return policy ? { upserts: [policy], deletes: [], rollouts: rollout ? [rollout] : [] } : undefined;
+      return policy ? { upserts: [policy], deletes: [], rollouts: rollout ? [rollout] : [], serviceUpserts: [], serviceDeletes: [] } : undefined;
     }, trace);
     const stored = written ? (written.entry.change!.upserts[0] ?? outcome!.policy) : outcome!.policy;
     return ApplyPolicyResponse.fromPartial({ policy: stored, revision: written?.revision ?? 0n, created: outcome!.created, unchanged: outcome!.unchanged });
@@ -229,7 +229,7 @@ export class IntentApi {
       build(this.#store.chain);
       return { revision: 0n };
     }
-    const written = await this.#store.write((chain) => (build(chain) ? { upserts: [], deletes: [req.name], rollouts: [] } : undefined), trace);
+    const written = await this.#store.write((chain) => (build(chain) ? { upserts: [], deletes: [req.name], rollouts: [], serviceUpserts: [], serviceDeletes: [] } : undefined), trace);
     return { revision: written?.revision ?? 0n };
   }
 
@@ -276,7 +276,7 @@ export class IntentApi {
       }
       next = Rollout.fromPartial({ ...next, resourceVersion: chain.revision + 1n, updateTime: now });
       result = next;
-      return { upserts: [], deletes: [], rollouts: [next] };
+      return { upserts: [], deletes: [], rollouts: [next], serviceUpserts: [], serviceDeletes: [] };
     }, trace);
     return { rollout: result!, revision: written?.revision ?? 0n };
   }
