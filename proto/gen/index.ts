@@ -403,4 +403,5 @@ export {
 } from './../src/subjects.js';
 export {
   checkApplyPolicyWire,
+  checkApplyServiceWire,
 } from './../src/wire-bounds.js';

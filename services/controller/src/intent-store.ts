@@ -237,6 +237,7 @@ export class IntentStore {
         ...extra,
       });
       for (const p of entry.change!.upserts) p.metadata!.resourceVersion = revision;
+      for (const s of entry.change!.serviceUpserts) s.metadata!.resourceVersion = revision;
       for (const r of entry.change!.rollouts) r.resourceVersion = revision;
       const signed = signLogEntry(entry, this.#signingKey);
       try {
