@@ -66,15 +66,23 @@ export {
   AbortRolloutResponse,
   ApplyPolicyRequest,
   ApplyPolicyResponse,
+  ApplyServiceRequest,
+  ApplyServiceResponse,
   DeletePolicyRequest,
   DeletePolicyResponse,
+  DeleteServiceRequest,
+  DeleteServiceResponse,
   GetPolicyRequest,
   GetPolicyResponse,
+  GetServiceRequest,
+  GetServiceResponse,
   IntentServiceClient,
   type IntentServiceServer,
   IntentServiceService,
   ListPoliciesRequest,
   ListPoliciesResponse,
+  ListServicesRequest,
+  ListServicesResponse,
   PauseRolloutRequest,
   PauseRolloutResponse,
   PolicyEventType,
@@ -160,6 +168,24 @@ export {
   rolloutStateToJSON,
 } from './edgeplane/v1/rollout.js';
 export {
+  Backend,
+  ForwardingMode,
+  HealthCheck,
+  HealthCheck_Type,
+  Scheduler,
+  Service,
+  ServiceSpec,
+  SessionAffinity,
+  forwardingModeFromJSON,
+  forwardingModeToJSON,
+  healthCheck_TypeFromJSON,
+  healthCheck_TypeToJSON,
+  schedulerFromJSON,
+  schedulerToJSON,
+  sessionAffinityFromJSON,
+  sessionAffinityToJSON,
+} from './edgeplane/v1/service.js';
+export {
   CertificateInfo,
   CreateJoinTokenRequest,
   CreateJoinTokenRequest_LabelsEntry,
@@ -195,6 +221,17 @@ export {
   Timestamp,
 } from './google/protobuf/timestamp.js';
 export {
+  BoolValue,
+  BytesValue,
+  DoubleValue,
+  FloatValue,
+  Int32Value,
+  Int64Value,
+  StringValue,
+  UInt32Value,
+  UInt64Value,
+} from './google/protobuf/wrappers.js';
+export {
   BadRequest,
   BadRequest_FieldViolation,
   ErrorInfo,
@@ -206,6 +243,8 @@ export {
   Status,
 } from './google/rpc/status.js';
 export {
+  type Address,
+  type AddressProblem,
   type Cidr,
   type CidrProblem,
   MAX_ADDRESS_LENGTH,
@@ -213,9 +252,11 @@ export {
   formatAddress,
   formatCidr,
   formatIPv6,
+  isAddressProblem,
   isCidrProblem,
   maskHostBits,
   parseAddress,
+  parseCanonicalAddress,
   parseCanonicalCidr,
   parseCidr,
   parseIPv4,
@@ -255,6 +296,7 @@ export {
 } from './../src/labels.js';
 export {
   DEFAULT_CONNECTIONS_LIMIT,
+  MAX_BACKEND_WEIGHT,
   MAX_COLLECTED_VIOLATIONS,
   MAX_CONDITION_MESSAGE_LENGTH,
   MAX_CONNECTIONS_LIMIT,
@@ -262,6 +304,9 @@ export {
   MAX_COUNTER_INTERFACES,
   MAX_COUNTER_NAME_LENGTH,
   MAX_COUNTER_RULES,
+  MAX_HEALTH_CHECK_INTERVAL_MS,
+  MAX_HEALTH_CHECK_PATH_LENGTH,
+  MAX_HEALTH_CHECK_THRESHOLD,
   MAX_INTENT_BYTES,
   MAX_LABELS,
   MAX_LABEL_NAME_LENGTH,
@@ -283,6 +328,9 @@ export {
   MAX_SELECTOR_TERMS,
   MAX_SELECTOR_VALUES,
   MAX_SELECTOR_VALUES_PER_TERM,
+  MAX_SERVICES,
+  MAX_SERVICE_BACKENDS,
+  MIN_HEALTH_CHECK_INTERVAL_MS,
   quote,
 } from './../src/limits.js';
 export {
@@ -311,14 +359,22 @@ export {
   defaultMaglevTableSize,
 } from './../src/maglev-sizes.js';
 export {
+  type AddViolation,
   DEFAULT_POLICY_LIMITS,
   type PolicyLimits,
+  validateObjectMeta,
   validatePolicy,
+  validateRolloutStrategy,
 } from './../src/policy-validation.js';
 export {
   PROTO_FILES,
   PROTO_INCLUDE_DIR,
 } from './../src/proto-files.js';
+export {
+  DEFAULT_HEALTH_CHECK_INTERVAL_MS,
+  DEFAULT_HEALTH_CHECK_TIMEOUT_MS,
+  validateService,
+} from './../src/service-validation.js';
 export {
   type FieldViolation,
   MORE_VIOLATIONS_REASON,
@@ -347,4 +403,5 @@ export {
 } from './../src/subjects.js';
 export {
   checkApplyPolicyWire,
+  checkApplyServiceWire,
 } from './../src/wire-bounds.js';

@@ -269,3 +269,42 @@ export function parseCanonicalCidr(text: string): Cidr | CidrProblem {
 export function isCidrProblem(value: Cidr | CidrProblem): value is CidrProblem {
   return 'reason' in value;
 }
+
+/** A parsed address: its family and bytes (4 or 16). */
+export interface Address {
+  readonly family: 4 | 6;
+  readonly bytes: Uint8Array;
+}
+
+/** Why an address string was refused, with the canonical spelling when one exists. */
+export interface AddressProblem {
+  reason: 'MALFORMED_ADDRESS' | 'NON_CANONICAL_ADDRESS';
+  description: string;
+}
+
+/**
+ * Parses one IPv4 or IPv6 address and insists on its canonical spelling, the API-side view of
+ * a single address (a service VIP or backend): no prefix length, no leading zeros, and for IPv6
+ * the RFC 5952 form, so a stored address compares as text. The grammar is parseAddress's.
+ * @returns the address, or the problem (with the canonical spelling when the text is an address
+ * written another way).
+ */
+export function parseCanonicalAddress(text: string): Address | AddressProblem {
+  if (text.length > MAX_CIDR_TEXT) return { reason: 'MALFORMED_ADDRESS', description: `${quote(text)} is not an IPv4 or IPv6 address` };
+  if (text.includes('/')) {
+    const cidr = parseCidr(text);
+    const full = cidr !== undefined && cidr.prefixLength === cidr.address.length * 8;
+    return { reason: 'MALFORMED_ADDRESS', description: `${quote(text)} is a prefix; write one address without a prefix length${full ? ` (${formatAddress(cidr.family, cidr.address)})` : ''}` };
+  }
+  const bytes = parseAddress(text);
+  if (bytes === undefined) return { reason: 'MALFORMED_ADDRESS', description: `${quote(text)} is not an IPv4 or IPv6 address` };
+  const family = bytes.length === 4 ? 4 : 6;
+  const canonical = formatAddress(family, bytes);
+  if (canonical !== text) return { reason: 'NON_CANONICAL_ADDRESS', description: `${quote(text)} is not in canonical form; write ${canonical}` };
+  return { family, bytes };
+}
+
+/** Narrows the result of {@link parseCanonicalAddress}. */
+export function isAddressProblem(value: Address | AddressProblem): value is AddressProblem {
+  return 'reason' in value;
+}

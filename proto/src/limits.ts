@@ -9,6 +9,8 @@
  * the counts are edgeplane's own.
  */
 
+import { MAGLEV_MIN_SLOTS_PER_BACKEND, MAGLEV_TABLE_SIZES } from './maglev-sizes.js';
+
 /** Characters of a label-selector text (`role=edge,site in (a,b)`). 64 terms of a 63-character key and value fit in 8 KiB. */
 export const MAX_SELECTOR_LENGTH = 8 * 1024;
 
@@ -42,6 +44,35 @@ export const MAX_POLICY_BYTES = 3 * 1024 * 1024;
 
 /** Waves of one staged rollout. */
 export const MAX_ROLLOUT_WAVES = 32;
+
+/**
+ * Backends of one service: the largest Maglev table (MAGLEV_TABLE_SIZES' last, 131,071 slots)
+ * divided by the 100 slots each backend needs for an imbalance near 1 % (the Maglev paper's
+ * section 3.4). More backends could not be given a table that balances them.
+ */
+export const MAX_SERVICE_BACKENDS = Math.floor(MAGLEV_TABLE_SIZES[MAGLEV_TABLE_SIZES.length - 1]! / MAGLEV_MIN_SLOTS_PER_BACKEND);
+
+/**
+ * A backend's weight at most. Weights are relative shares: 10,000 gives a 0.01 % resolution,
+ * and the sum over MAX_SERVICE_BACKENDS backends (13.1 million) stays far inside 32 bits, which
+ * the agent's weighted table fill counts in.
+ */
+export const MAX_BACKEND_WEIGHT = 10_000;
+
+/** Services in the whole intent: as many as policies; their bytes count toward MAX_INTENT_BYTES with the policies'. */
+export const MAX_SERVICES = 10_000;
+
+/** Characters of a health check's HTTP path: a request line an agent sends, not a place for data. */
+export const MAX_HEALTH_CHECK_PATH_LENGTH = 256;
+
+/** A health check's interval at least (ms): one probe a second per backend per node bounds the probe load. */
+export const MIN_HEALTH_CHECK_INTERVAL_MS = 1000;
+
+/** A health check's interval at most (ms): a failed backend leaves new-flow selection within two intervals, so at most ten minutes. */
+export const MAX_HEALTH_CHECK_INTERVAL_MS = 5 * 60 * 1000;
+
+/** A health check's healthy and unhealthy thresholds at most: ten probes in a row already take ten intervals. */
+export const MAX_HEALTH_CHECK_THRESHOLD = 10;
 
 /** Policies in the whole intent. */
 export const MAX_POLICIES = 10_000;

@@ -1,4 +1,5 @@
-import { Action, ConnectionTracking_EstablishedOnDeny, InterfaceRole, Policy, Protocol, type PolicySpec, type Rule } from '../gen/edgeplane/v1/policy.js';
+import { Action, ConnectionTracking_EstablishedOnDeny, InterfaceRole, Policy, Protocol, type PolicySpec, type RolloutStrategy, type Rule } from '../gen/edgeplane/v1/policy.js';
+import type { ObjectMeta } from '../gen/edgeplane/v1/resources.js';
 import { isCidrProblem, parseCanonicalCidr } from './cidr.js';
 import { validateLabelSelector } from './label-selector.js';
 import { checkDnsLabel, checkLabelKey, validateLabels } from './labels.js';
@@ -53,22 +54,7 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
     add(path, 'required', 'REQUIRED');
     return out;
   }
-  const meta = policy.metadata;
-  if (!meta || meta.name === '') add(`${path}.metadata.name`, 'required', 'REQUIRED');
-  else {
-    const p = checkDnsLabel(meta.name);
-    if (p) add(`${path}.metadata.name`, `${quote(meta.name)} ${p}`, 'INVALID_NAME');
-  }
-  for (const v of validateLabels(meta?.labels ?? {}, `${path}.metadata.labels`)) add(v.field, v.description, v.reason ?? 'INVALID');
-  let annotationBytes = 0;
-  const annotations = Object.entries(meta?.annotations ?? {});
-  if (annotations.length > MAX_LABELS * 4) add(`${path}.metadata.annotations`, `${annotations.length} annotations; at most ${MAX_LABELS * 4}`, 'TOO_MANY_ANNOTATIONS');
-  else for (const [k, v] of annotations) {
-    const kp = checkLabelKey(k);
-    if (kp) add(`${path}.metadata.annotations`, `key ${quote(k)}: ${kp}`, 'INVALID_ANNOTATION_KEY');
-    annotationBytes += Buffer.byteLength(k) + Buffer.byteLength(v);
-  }
-  if (annotationBytes > limits.maxAnnotationBytes) add(`${path}.metadata.annotations`, `${annotationBytes} bytes; at most ${limits.maxAnnotationBytes}`, 'TOO_LARGE');
+  validateObjectMeta(policy.metadata, `${path}.metadata`, limits.maxAnnotationBytes, add);
 
   const spec = policy.spec;
   if (!spec) {
@@ -100,7 +86,7 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
     });
   }
   validateConnectionTracking(spec, sp, add);
-  validateRollout(policy, sp, add);
+  validateRolloutStrategy(spec.rolloutStrategy, `${sp}.rollout_strategy`, add);
   // Encoding costs as much as decoding did: only a policy valid so far pays for it.
   if (out.length === 0) {
     const bytes = Policy.encode(policy).finish().length;
@@ -183,11 +169,44 @@ function validateConnectionTracking(spec: PolicySpec, sp: string, add: (f: strin
   }
 }
 
-function validateRollout(policy: Policy, sp: string, add: (f: string, d: string, r: string) => void): void {
-  const strategy = policy.spec?.rolloutStrategy?.strategy;
+/** Receives one violation: its field path, description and reason. */
+export type AddViolation = (field: string, description: string, reason: string) => void;
+
+/**
+ * Checks a resource's metadata at `path` (e.g. `service.metadata`) as every resource kind
+ * needs it: name required and an RFC 1123 label, labels in Kubernetes syntax, annotation keys
+ * valid, their count bounded and their bytes at most `maxAnnotationBytes`. Output-only fields
+ * are not looked at. Reports through `add`; linear in the metadata's size.
+ */
+export function validateObjectMeta(meta: ObjectMeta | undefined, path: string, maxAnnotationBytes: number, add: AddViolation): void {
+  if (!meta || meta.name === '') add(`${path}.name`, 'required', 'REQUIRED');
+  else {
+    const p = checkDnsLabel(meta.name);
+    if (p) add(`${path}.name`, `${quote(meta.name)} ${p}`, 'INVALID_NAME');
+  }
+  for (const v of validateLabels(meta?.labels ?? {}, `${path}.labels`)) add(v.field, v.description, v.reason ?? 'INVALID');
+  let annotationBytes = 0;
+  const annotations = Object.entries(meta?.annotations ?? {});
+  if (annotations.length > MAX_LABELS * 4) add(`${path}.annotations`, `${annotations.length} annotations; at most ${MAX_LABELS * 4}`, 'TOO_MANY_ANNOTATIONS');
+  else for (const [k, v] of annotations) {
+    const kp = checkLabelKey(k);
+    if (kp) add(`${path}.annotations`, `key ${quote(k)}: ${kp}`, 'INVALID_ANNOTATION_KEY');
+    annotationBytes += Buffer.byteLength(k) + Buffer.byteLength(v);
+  }
+  if (annotationBytes > maxAnnotationBytes) add(`${path}.annotations`, `${annotationBytes} bytes; at most ${maxAnnotationBytes}`, 'TOO_LARGE');
+}
+
+/**
+ * Checks a rollout strategy at `path` (e.g. `policy.spec.rollout_strategy`): a staged one needs
+ * 1..MAX_ROLLOUT_WAVES waves, each a percent in (0, 100] (cumulative, so never falling) or a
+ * valid selector, a bake time of 0..7 days, gates of 0..100 and a report timeout that is not
+ * negative. Unset or immediate needs nothing. Reports through `add`.
+ */
+export function validateRolloutStrategy(rolloutStrategy: RolloutStrategy | undefined, path: string, add: AddViolation): void {
+  const strategy = rolloutStrategy?.strategy;
   if (strategy?.$case !== 'staged') return;
   const staged = strategy.staged;
-  const p = `${sp}.rollout_strategy.staged`;
+  const p = `${path}.staged`;
   if (staged.waves.length === 0) add(`${p}.waves`, 'a staged rollout needs at least one wave', 'REQUIRED');
   if (staged.waves.length > MAX_ROLLOUT_WAVES) {
     add(`${p}.waves`, `${staged.waves.length} waves; at most ${MAX_ROLLOUT_WAVES}`, 'TOO_MANY_WAVES');

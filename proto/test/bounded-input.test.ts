@@ -14,6 +14,11 @@ import {
   Action,
   ApplyPolicyRequest,
   checkApplyPolicyWire,
+  checkApplyServiceWire,
+  ApplyServiceRequest,
+  MAX_SERVICE_BACKENDS,
+  Protocol,
+  validateService,
   countViolations,
   isCidrProblem,
   parseCanonicalCidr,
@@ -170,4 +175,30 @@ test('checkApplyPolicyWire - finds on the wire the count bounds validatePolicy f
     for (const r of reasons) t.true(full.includes(r), `validatePolicy also finds ${r}`);
   }
   t.deepEqual(checkApplyPolicyWire(new Uint8Array([0x0a, 0xff, 0xff, 0x03])), []);
+});
+
+test('checkApplyServiceWire - finds on the wire the count bounds validateService finds, and nothing in valid or malformed bytes', (t) => {
+  const req = (spec: Record<string, unknown>, metadata: Record<string, unknown> = {}): Uint8Array =>
+    ApplyServiceRequest.encode(
+      ApplyServiceRequest.fromPartial({ service: { metadata: { name: 's', ...metadata }, spec: { vip: '192.0.2.1', protocol: Protocol.PROTOCOL_TCP, port: 80, backends: [{ address: '10.0.0.1' }], ...spec } } }),
+    ).finish();
+  const exprs = (n: number, values = 0) => ({ matchLabels: {}, matchExpressions: Array.from({ length: n }, (_, i) => ({ key: `k${i}`, operator: values ? Op.OPERATOR_IN : Op.OPERATOR_EXISTS, values: Array.from({ length: values }, (_, j) => `v${j}`) })) });
+  const backends = (n: number) => Array.from({ length: n }, (_, i) => ({ address: `10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`, port: 1 }));
+  const cases: [Uint8Array, string[]][] = [
+    [req({}), []],
+    [req({ backends: backends(MAX_SERVICE_BACKENDS) }), []],
+    [req({ backends: backends(MAX_SERVICE_BACKENDS + 1) }), ['TOO_MANY_BACKENDS']],
+    [req({ nodeSelector: exprs(65) }), ['TOO_MANY_TERMS']],
+    [req({ nodeSelector: exprs(1, 300_000) }), ['TOO_MANY_VALUES']],
+    [req({}, { labels: Object.fromEntries(Array.from({ length: MAX_LABELS + 1 }, (_, i) => [`k${i}`, 'v'])) }), ['TOO_MANY_LABELS']],
+    [req({ rolloutStrategy: { strategy: { $case: 'staged', staged: { waves: Array.from({ length: 33 }, () => ({ target: { $case: 'percent', percent: 100 } })) } } } }), ['TOO_MANY_WAVES']],
+    [req({ rolloutStrategy: { strategy: { $case: 'staged', staged: { waves: [{ target: { $case: 'selector', selector: exprs(100) } }] } } } }), ['TOO_MANY_TERMS']],
+  ];
+  for (const [bytes, reasons] of cases) {
+    t.deepEqual(checkApplyServiceWire(bytes).map((v) => v.reason), reasons);
+    const full = validateService(ApplyServiceRequest.decode(bytes).service).map((v) => v.reason);
+    for (const r of reasons) t.true(full.includes(r), `validateService also finds ${r}`);
+    if (reasons.length === 0) t.deepEqual(full, []);
+  }
+  t.deepEqual(checkApplyServiceWire(new Uint8Array([0x0a, 0xff, 0xff, 0x03])), []);
 });

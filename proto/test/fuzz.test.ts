@@ -12,11 +12,14 @@ import {
   SignatureError,
   decodeSignedLogEntry,
   encodeSignedLogEntry,
+  formatAddress,
   formatCidr,
   formatLabelSelector,
+  isAddressProblem,
   isCidrProblem,
   keyIdOf,
   openLogEntry,
+  parseCanonicalAddress,
   parseCanonicalCidr,
   parseLabelSelector,
   signLogEntry,
@@ -142,6 +145,25 @@ test('parseCanonicalCidr - any text is a CIDR or a problem (never a throw), desc
         throw new Error(`bad parse of ${text}`);
       } else if (formatCidr(r) !== text) {
         throw new Error(`${text} was accepted but its canonical form is ${formatCidr(r)}`);
+      }
+    }),
+    params,
+  );
+  t.pass();
+});
+
+const addressText = fc.oneof(fc.array(cidrToken, { maxLength: 24 }).map((a) => a.join('')), fc.string({ maxLength: 80, unit: 'binary' }), fc.ipV4(), fc.ipV6(), fc.ipV4().map((a) => `${a}/32`));
+
+test('parseCanonicalAddress - any text is an address or a problem (never a throw), descriptions stay short, canonical text round-trips', (t) => {
+  fc.assert(
+    fc.property(addressText, (text) => {
+      const r = parseCanonicalAddress(text);
+      if (isAddressProblem(r)) {
+        if (r.description.length > 2 * MAX_QUOTED_LENGTH + 200) throw new Error(`long description: ${r.description.length}`);
+      } else if (r.bytes.length !== (r.family === 4 ? 4 : 16)) {
+        throw new Error(`bad parse of ${text}`);
+      } else if (formatAddress(r.family, r.bytes) !== text) {
+        throw new Error(`${text} was accepted but its canonical form is ${formatAddress(r.family, r.bytes)}`);
       }
     }),
     params,

@@ -4,7 +4,11 @@ import {
   Action,
   ApplyPolicyRequest,
   ApplyPolicyResponse,
+  ApplyServiceRequest,
+  ApplyServiceResponse,
   GetPolicyResponse,
+  GetServiceResponse,
+  HealthCheck_Type,
   IntentServiceClient,
   IntentServiceService,
   InterfaceRole,
@@ -12,6 +16,7 @@ import {
   Policy,
   Protocol,
   STATUS_DETAILS_KEY,
+  Service,
   decodeStatusDetails,
   encodeStatusDetails,
   type IntentServiceServer,
@@ -21,6 +26,7 @@ import {
 // and hands it back from GetPolicy, so the test sees the wire encoding in both directions.
 function startServer(): Promise<{ server: grpc.Server; address: string }> {
   const stored = new Map<string, Policy>();
+  const services = new Map<string, Service>();
   const impl: IntentServiceServer = {
     applyPolicy(call, callback) {
       const policy = call.request.policy;
@@ -60,6 +66,18 @@ function startServer(): Promise<{ server: grpc.Server; address: string }> {
     promoteRollout: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
     abortRollout: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
     resetHistory: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
+    applyService(call, callback) {
+      const service = call.request.service!;
+      services.set(service.metadata!.name, service);
+      callback(null, ApplyServiceResponse.fromPartial({ service, revision: 1n, created: true }));
+    },
+    getService(call, callback) {
+      const service = services.get(call.request.name);
+      if (!service) return callback({ code: grpc.status.NOT_FOUND, details: `service ${call.request.name} not found` });
+      callback(null, GetServiceResponse.fromPartial({ service, revision: 1n }));
+    },
+    deleteService: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
+    listServices: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED }),
     watchPolicies(call) {
       call.destroy({ name: 'Error', message: 'unimplemented', code: grpc.status.UNIMPLEMENTED } as grpc.ServiceError);
     },
@@ -127,6 +145,32 @@ test('IntentService - Apply then Get round-trips a policy with IPv6 rules and 64
   t.deepEqual(got.policy?.spec, policy.spec);
   t.is(got.policy?.spec?.rules[1]?.rateLimit?.burst, 18_446_744_073_709_551_615n);
   t.deepEqual(got.policy?.spec?.rules[0]?.sourceCidrs, ['2001:db8::/32', '::ffff:0:0/96']);
+});
+
+test('IntentService - Apply then Get round-trips a service: a drained weight (0) and an unset one stay apart on the wire', async (t) => {
+  const { server, address } = await startServer();
+  const client = new IntentServiceClient(address, grpc.credentials.createInsecure());
+  t.teardown(() => {
+    client.close();
+    server.forceShutdown();
+  });
+  const service = Service.fromPartial({
+    metadata: { name: 'web' },
+    spec: {
+      vip: '2001:db8::10',
+      protocol: Protocol.PROTOCOL_TCP,
+      port: 443,
+      backends: [{ address: '2001:db8::1', weight: 0 }, { address: '2001:db8::2' }, { address: '2001:db8::3', port: 8443, weight: 10_000 }],
+      healthCheck: { type: HealthCheck_Type.TYPE_HTTP, httpPath: '/healthz', interval: { seconds: 5n, nanos: 500_000_000 } },
+    },
+  });
+  await unary<ApplyServiceRequest, ApplyServiceResponse>(client.applyService.bind(client), ApplyServiceRequest.fromPartial({ service }));
+  const got = await unary<{ name: string }, GetServiceResponse>(client.getService.bind(client), { name: 'web' });
+  t.deepEqual(got.service?.spec, service.spec);
+  t.deepEqual(
+    got.service?.spec?.backends.map((b) => b.weight),
+    [0, undefined, 10_000],
+  );
 });
 
 test('IntentService - errors carry google.rpc.BadRequest field violations a client can decode', async (t) => {

@@ -1,7 +1,7 @@
 // `edgeplane diff`: what applying manifests would change, as pure functions over the server's
-// current policies and nodes.
-import { matchesLabelSelector, type Node, type Policy } from '@edgeplane/proto';
-import { policyToManifest, toYaml } from './resource-format.js';
+// current policies, services and nodes.
+import { matchesLabelSelector, type Node, type Policy, type Service } from '@edgeplane/proto';
+import { policyToManifest, serviceToManifest, toYaml } from './resource-format.js';
 
 /** One line of a line diff. */
 export interface DiffLine {
@@ -42,7 +42,7 @@ export function diffLines(before: string, after: string): DiffLine[] {
   return out;
 }
 
-/** Which nodes a policy selects before and after a change. */
+/** Which nodes a policy (or service) selects before and after a change. */
 export interface SelectionPreview {
   /** Selected now and after. */
   kept: string[];
@@ -56,8 +56,8 @@ export interface SelectionPreview {
  * Compares the nodes a policy's selector picks now (`current`, undefined when the policy is
  * new or being deleted) and after (`desired`, undefined when it is deleted). Node names sort.
  */
-export function previewSelection(current: Policy | undefined, desired: Policy | undefined, nodes: readonly Node[]): SelectionPreview {
-  const pick = (p: Policy | undefined): Set<string> => new Set(p ? nodes.filter((n) => matchesLabelSelector(p.spec?.nodeSelector, n.labels)).map((n) => n.name) : []);
+export function previewSelection(current: Policy | Service | undefined, desired: Policy | Service | undefined, nodes: readonly Node[]): SelectionPreview {
+  const pick = (p: Policy | Service | undefined): Set<string> => new Set(p ? nodes.filter((n) => matchesLabelSelector(p.spec?.nodeSelector, n.labels)).map((n) => n.name) : []);
   const before = pick(current);
   const after = pick(desired);
   const sorted = (xs: Iterable<string>): string[] => [...xs].sort();
@@ -68,8 +68,10 @@ export function previewSelection(current: Policy | undefined, desired: Policy | 
   };
 }
 
-/** The difference for one policy. */
+/** The difference for one policy or service. */
 export interface PolicyDiff {
+  /** What is compared (default policy). */
+  kind?: 'policy' | 'service';
   name: string;
   /** `create` (not on the server), `update`, `unchanged` or `delete`. */
   change: 'create' | 'update' | 'unchanged' | 'delete';
@@ -86,6 +88,15 @@ export function diffPolicy(name: string, current: Policy | undefined, desired: P
   return { name, change, lines, nodes: previewSelection(current, desired, nodes) };
 }
 
+/** Computes the diff of one service against the server's copy (undefined when absent), like {@link diffPolicy}. */
+export function diffService(name: string, current: Service | undefined, desired: Service | undefined, nodes: readonly Node[]): PolicyDiff {
+  const text = (s: Service | undefined): string => (s ? toYaml(serviceToManifest(s, { outputOnly: false })) : '');
+  const lines = diffLines(text(current), text(desired));
+  const changed = lines.some((l) => l.op !== ' ');
+  const change = !current ? 'create' : !desired ? 'delete' : changed ? 'update' : 'unchanged';
+  return { kind: 'service', name, change, lines, nodes: previewSelection(current, desired, nodes) };
+}
+
 function nodeList(names: string[], max = 20): string {
   return names.length <= max ? names.join(', ') : `${names.slice(0, max).join(', ')}, … (${names.length - max} more)`;
 }
@@ -98,9 +109,10 @@ function nodeList(names: string[], max = 20): string {
 export function renderPolicyDiff(d: PolicyDiff, context = 3): string {
   const out: string[] = [];
   const title = { create: 'created', update: 'configured', unchanged: 'unchanged', delete: 'deleted' }[d.change];
-  out.push(`policy/${d.name} (would be ${title})`);
+  const id = `${d.kind ?? 'policy'}/${d.name}`;
+  out.push(`${id} (would be ${title})`);
   if (d.change !== 'unchanged') {
-    out.push(`--- policy/${d.name} (server)`, `+++ policy/${d.name} (${d.change === 'delete' ? 'deleted' : 'manifest'})`);
+    out.push(`--- ${id} (server)`, `+++ ${id} (${d.change === 'delete' ? 'deleted' : 'manifest'})`);
     const keep = d.lines.map((l, i) => l.op !== ' ' || d.lines.slice(Math.max(0, i - context), i + context + 1).some((n) => n.op !== ' '));
     let skipped = false;
     d.lines.forEach((l, i) => {

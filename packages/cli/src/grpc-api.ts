@@ -10,6 +10,12 @@ import {
   decodeStatusDetails,
   type ApplyPolicyRequest,
   type ApplyPolicyResponse,
+  type ApplyServiceRequest,
+  type ApplyServiceResponse,
+  type DeleteServiceRequest,
+  type DeleteServiceResponse,
+  type GetServiceResponse,
+  type Service,
   type DeletePolicyRequest,
   type ResetHistoryResponse,
   type SignedHistoryReset,
@@ -42,6 +48,16 @@ export interface PolicyApi {
   getPolicy(name: string): Promise<GetPolicyResponse | undefined>;
   /** Every policy matching the selector, all pages. */
   listPolicies(labelSelector: string): Promise<Policy[]>;
+}
+
+/** The service calls the commands make. */
+export interface ServiceApi {
+  applyService(req: ApplyServiceRequest): Promise<ApplyServiceResponse>;
+  deleteService(req: DeleteServiceRequest): Promise<DeleteServiceResponse>;
+  /** Returns the service, or undefined when the server says NOT_FOUND. */
+  getService(name: string): Promise<GetServiceResponse | undefined>;
+  /** Every service matching the selector, all pages. */
+  listServices(labelSelector: string): Promise<Service[]>;
 }
 
 /** The fleet calls the commands make. */
@@ -84,7 +100,7 @@ export interface TrustApi {
   revokeCertificate(target: { serialNumber: string } | { name: string }, reason: string): Promise<RevokeCertificateResponse>;
 }
 
-export interface EdgeplaneApi extends PolicyApi, FleetApi, RolloutApi, TrustApi, AdminApi {}
+export interface EdgeplaneApi extends PolicyApi, ServiceApi, FleetApi, RolloutApi, TrustApi, AdminApi {}
 
 function duration(ms: number): { seconds: bigint; nanos: number } {
   return { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
@@ -180,6 +196,34 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
     do {
       const page = await this.#call('list policies', this.#intent, this.#intent.listPolicies, { pageSize: 1000, pageToken, labelSelector });
       out.push(...page.policies);
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+    return out;
+  }
+
+  applyService(req: ApplyServiceRequest): Promise<ApplyServiceResponse> {
+    return this.#call(`apply service ${req.service?.metadata?.name ?? ''}`, this.#intent, this.#intent.applyService, req);
+  }
+
+  deleteService(req: DeleteServiceRequest): Promise<DeleteServiceResponse> {
+    return this.#call(`delete service ${req.name}`, this.#intent, this.#intent.deleteService, req);
+  }
+
+  async getService(name: string): Promise<GetServiceResponse | undefined> {
+    try {
+      return await this.#call(`get service ${name}`, this.#intent, this.#intent.getService, { name });
+    } catch (err) {
+      if (err instanceof RpcError && err.code === grpc.status.NOT_FOUND) return undefined;
+      throw err;
+    }
+  }
+
+  async listServices(labelSelector: string): Promise<Service[]> {
+    const out: Service[] = [];
+    let pageToken = '';
+    do {
+      const page = await this.#call('list services', this.#intent, this.#intent.listServices, { pageSize: 1000, pageToken, labelSelector });
+      out.push(...page.services);
       pageToken = page.nextPageToken;
     } while (pageToken);
     return out;

@@ -1,17 +1,27 @@
 // Manifests: YAML or JSON documents in kubectl's shape (apiVersion / kind / metadata / spec,
-// camelCase field names) turned into proto Policy messages. Pure: the caller reads the files.
-// Every field read records its position under its proto field path, so a field violation
-// (from validatePolicy here, or from the server's BadRequest) points at the line it is about.
+// camelCase field names) turned into proto Policy and Service messages. Pure: the caller reads
+// the files. Every field read records its position under its proto field path, so a field
+// violation (from validatePolicy or validateService here, or from the server's BadRequest)
+// points at the line it is about.
 import { LineCounter, isAlias, isMap, isScalar, isSeq, parseAllDocuments, type Node } from 'yaml';
 import {
   Action,
   ConnectionTracking_EstablishedOnDeny,
+  ForwardingMode,
+  HealthCheck_Type,
   InterfaceRole,
   LabelSelectorRequirement_Operator,
   LabelSelectorSyntaxError,
-  Policy,
+  type Policy,
   Protocol,
+  Scheduler,
+  ServiceSpec,
+  SessionAffinity,
+  type Service,
   parseLabelSelector,
+  type Backend,
+  type HealthCheck,
+  type ObjectMeta,
   type LabelSelector,
   type PortRange,
   type RolloutStrategy,
@@ -39,6 +49,7 @@ export interface ManifestSource {
 
 /** A policy read from a manifest, with a way back from proto field paths to the input. */
 export interface PolicyManifest {
+  kind: 'policy';
   policy: Policy;
   /** Where the document starts. */
   position: SourcePosition;
@@ -49,14 +60,35 @@ export interface PolicyManifest {
   locate(field: string): SourcePosition;
 }
 
-/** Result of {@link parseManifests}: the policies, or every problem found. */
+/** A service read from a manifest, with a way back from proto field paths to the input. */
+export interface ServiceManifest {
+  kind: 'service';
+  service: Service;
+  /** Where the document starts. */
+  position: SourcePosition;
+  /** The position of a proto field path (`service.spec.backends[1].address`), as {@link PolicyManifest.locate}. */
+  locate(field: string): SourcePosition;
+}
+
+/** One resource read from a manifest. */
+export type ResourceManifest = PolicyManifest | ServiceManifest;
+
+/** Result of {@link parseManifests}: the resources, or every problem found. */
 export interface ParsedManifests {
+  /** Every resource, in the order of the documents. */
+  resources: ResourceManifest[];
+  /** The policies among them. */
   policies: PolicyManifest[];
+  /** The services among them. */
+  services: ServiceManifest[];
   problems: ManifestProblem[];
 }
 
 /** Proto field path prefix of a policy in ApplyPolicyRequest (and for validatePolicy). */
 export const POLICY_PATH = 'policy';
+
+/** Proto field path prefix of a service in ApplyServiceRequest (and for validateService). */
+export const SERVICE_PATH = 'service';
 
 /**
  * Parses every document of every source. Empty documents are skipped. Returns the problems
@@ -68,12 +100,14 @@ export const POLICY_PATH = 'policy';
  * and the characters its own scanners (selectors, ports) visit.
  */
 export function parseManifests(sources: readonly ManifestSource[], stats?: ParseStats): ParsedManifests {
-  const policies: PolicyManifest[] = [];
+  const resources: ResourceManifest[] = [];
   const problems: ManifestProblem[] = [];
   const result = (): ParsedManifests => {
-    if (problems.length <= MAX_COLLECTED_VIOLATIONS) return { policies, problems };
+    const policies = resources.filter((r): r is PolicyManifest => r.kind === 'policy');
+    const services = resources.filter((r): r is ServiceManifest => r.kind === 'service');
+    if (problems.length <= MAX_COLLECTED_VIOLATIONS) return { resources, policies, services, problems };
     const more = problems.length - MAX_COLLECTED_VIOLATIONS;
-    return { policies, problems: [...problems.slice(0, MAX_COLLECTED_VIOLATIONS), { message: `and ${more} more problems not listed` }] };
+    return { resources, policies, services, problems: [...problems.slice(0, MAX_COLLECTED_VIOLATIONS), { message: `and ${more} more problems not listed` }] };
   };
   for (const source of sources) {
     if (source.text.length > MAX_MANIFEST_BYTES) {
@@ -94,14 +128,15 @@ export function parseManifests(sources: readonly ManifestSource[], stats?: Parse
       if (doc.contents === null || (isScalar(doc.contents) && doc.contents.value === null)) continue;
       for (const root of listItems(doc.contents) ?? [doc.contents]) {
         const reader = new DocumentReader(at, stats);
-        const policy = reader.policy(root);
-        if (reader.problems.length > 0 || !policy) {
+        const resource = reader.resource(root);
+        if (reader.problems.length > 0 || !resource) {
           problems.push(...reader.problems);
           continue;
         }
         const fields = reader.fields;
         const position = at(root.range?.[0] ?? 0);
-        policies.push({ policy, position, locate: (field) => locateField(fields, field) ?? position });
+        const locate = (field: string): SourcePosition => locateField(fields, field) ?? position;
+        resources.push(resource.kind === 'policy' ? { kind: 'policy', policy: resource.policy, position, locate } : { kind: 'service', service: resource.service, position, locate });
       }
     }
   }
@@ -139,6 +174,10 @@ const PROTOCOLS: Record<string, Protocol> = {
 const ACTIONS: Record<string, Action> = { allow: Action.ACTION_ALLOW, deny: Action.ACTION_DENY, ratelimit: Action.ACTION_RATE_LIMIT };
 const ROLES: Record<string, InterfaceRole> = { uplink: InterfaceRole.INTERFACE_ROLE_UPLINK, workload: InterfaceRole.INTERFACE_ROLE_WORKLOAD, all: InterfaceRole.INTERFACE_ROLE_ALL };
 const ON_DENY: Record<string, ConnectionTracking_EstablishedOnDeny> = { keep: ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_KEEP, cut: ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_CUT };
+const SCHEDULERS: Record<string, Scheduler> = { maglev: Scheduler.SCHEDULER_MAGLEV };
+const AFFINITIES: Record<string, SessionAffinity> = { none: SessionAffinity.SESSION_AFFINITY_NONE, clientip: SessionAffinity.SESSION_AFFINITY_CLIENT_IP };
+const FORWARDING: Record<string, ForwardingMode> = { nat: ForwardingMode.FORWARDING_MODE_NAT, dsr: ForwardingMode.FORWARDING_MODE_DSR };
+const HEALTH_TYPES: Record<string, HealthCheck_Type> = { tcp: HealthCheck_Type.TYPE_TCP, http: HealthCheck_Type.TYPE_HTTP };
 const OPERATORS: Record<string, LabelSelectorRequirement_Operator> = {
   in: LabelSelectorRequirement_Operator.OPERATOR_IN,
   notin: LabelSelectorRequirement_Operator.OPERATOR_NOT_IN,
@@ -158,36 +197,129 @@ class DocumentReader {
     this.#stats = stats;
   }
 
-  policy(root: Node): Policy | undefined {
+  /** Reads a document of kind Policy or Service. */
+  resource(root: Node): { kind: 'policy'; policy: Policy } | { kind: 'service'; service: Service } | undefined {
     const top = this.#map(root, 'the document', ['apiVersion', 'kind', 'metadata', 'spec']);
     if (!top) return undefined;
     const apiVersion = this.#string(top.get('apiVersion'), root, 'apiVersion');
     const kind = this.#string(top.get('kind'), root, 'kind');
     if (apiVersion !== undefined && apiVersion !== API_VERSION) this.#fail(top.get('apiVersion')!.value, `apiVersion: ${quote(apiVersion)} is not supported; use ${API_VERSION}`);
-    if (kind !== undefined && kind !== 'Policy') this.#fail(top.get('kind')!.value, `kind: ${quote(kind)} is not supported; edgeplane manifests are of kind Policy`);
+    if (kind !== undefined && kind !== 'Policy' && kind !== 'Service') this.#fail(top.get('kind')!.value, `kind: ${quote(kind)} is not supported; edgeplane manifests are of kind Policy or Service`);
     if (apiVersion === undefined || kind === undefined) return undefined;
-    const policy = Policy.fromPartial({});
-    this.#record(POLICY_PATH, root);
+    const path = kind === 'Service' ? SERVICE_PATH : POLICY_PATH;
+    this.#record(path, root);
     const meta = top.get('metadata');
+    let metadata: ObjectMeta | undefined;
     if (!meta) this.#fail(root, 'metadata: required');
-    else {
-      this.#record(`${POLICY_PATH}.metadata`, meta.key);
-      const m = this.#map(meta.value, 'metadata', ['name', 'labels', 'annotations', 'resourceVersion', 'createRevision', 'creationTimestamp', 'createTime', 'updateTime']);
-      if (m) {
-        policy.metadata = { name: '', labels: {}, annotations: {}, resourceVersion: 0n, createRevision: 0n, createTime: undefined, updateTime: undefined };
-        const name = m.get('name');
-        if (name) {
-          this.#record(`${POLICY_PATH}.metadata.name`, name.value ?? name.key);
-          policy.metadata.name = this.#string(name, name.key, 'metadata.name') ?? '';
-        }
-        policy.metadata.labels = this.#stringMap(m.get('labels'), `${POLICY_PATH}.metadata.labels`);
-        policy.metadata.annotations = this.#stringMap(m.get('annotations'), `${POLICY_PATH}.metadata.annotations`);
-      }
-    }
+    else metadata = this.#metadata(meta, `${path}.metadata`);
     const spec = top.get('spec');
     if (!spec) this.#fail(root, 'spec: required');
-    else policy.spec = this.#spec(spec.value, spec.key);
-    return policy;
+    if (kind === 'Service') return { kind: 'service', service: { metadata, spec: spec ? this.#serviceSpec(spec.value, spec.key) : undefined } };
+    return { kind: 'policy', policy: { metadata, spec: spec ? this.#spec(spec.value, spec.key) : undefined } };
+  }
+
+  #metadata(meta: { key: Node; value: Node | null }, path: string): ObjectMeta | undefined {
+    this.#record(path, meta.key);
+    const m = this.#map(meta.value, 'metadata', ['name', 'labels', 'annotations', 'resourceVersion', 'createRevision', 'creationTimestamp', 'createTime', 'updateTime']);
+    if (!m) return undefined;
+    const metadata: ObjectMeta = { name: '', labels: {}, annotations: {}, resourceVersion: 0n, createRevision: 0n, createTime: undefined, updateTime: undefined };
+    const name = m.get('name');
+    if (name) {
+      this.#record(`${path}.name`, name.value ?? name.key);
+      metadata.name = this.#string(name, name.key, 'metadata.name') ?? '';
+    }
+    metadata.labels = this.#stringMap(m.get('labels'), `${path}.labels`);
+    metadata.annotations = this.#stringMap(m.get('annotations'), `${path}.annotations`);
+    return metadata;
+  }
+
+  #serviceSpec(node: Node | null, keyNode: Node): ServiceSpec {
+    const sp = `${SERVICE_PATH}.spec`;
+    this.#record(sp, keyNode);
+    const spec = ServiceSpec.fromPartial({});
+    const m = this.#map(node ?? keyNode, 'spec', ['nodeSelector', 'vip', 'protocol', 'port', 'backends', 'scheduler', 'maglevTableSize', 'healthCheck', 'sessionAffinity', 'forwardingMode', 'rolloutStrategy', 'description']);
+    if (!m) return spec;
+    const sel = m.get('nodeSelector');
+    if (sel) spec.nodeSelector = this.#selector(sel.value, sel.key, `${sp}.node_selector`);
+    const vip = m.get('vip');
+    if (vip) {
+      this.#record(`${sp}.vip`, vip.value ?? vip.key);
+      spec.vip = this.#string(vip, vip.key, 'vip') ?? '';
+    }
+    const protocol = m.get('protocol');
+    if (protocol) spec.protocol = this.#enum(protocol, `${sp}.protocol`, PROTOCOLS, 'tcp or udp') ?? spec.protocol;
+    const port = m.get('port');
+    if (port) spec.port = this.#uint(port, `${sp}.port`, 0xffff_ffff) ?? 0;
+    const backends = m.get('backends');
+    if (backends) {
+      this.#record(`${sp}.backends`, backends.key);
+      this.#seq(backends.value, backends.key, 'backends').forEach((item, i) => {
+        const backend = this.#backend(item, `${sp}.backends[${i}]`);
+        if (backend) spec.backends.push(backend);
+      });
+    }
+    const scheduler = m.get('scheduler');
+    if (scheduler) spec.scheduler = this.#enum(scheduler, `${sp}.scheduler`, SCHEDULERS, 'maglev') ?? spec.scheduler;
+    const size = m.get('maglevTableSize');
+    if (size) spec.maglevTableSize = this.#uint(size, `${sp}.maglev_table_size`, 0xffff_ffff) ?? 0;
+    const hc = m.get('healthCheck');
+    if (hc) spec.healthCheck = this.#healthCheck(hc.value, hc.key, `${sp}.health_check`);
+    const affinity = m.get('sessionAffinity');
+    if (affinity) spec.sessionAffinity = this.#enum(affinity, `${sp}.session_affinity`, AFFINITIES, 'none or client_ip') ?? spec.sessionAffinity;
+    const forwarding = m.get('forwardingMode');
+    if (forwarding) spec.forwardingMode = this.#enum(forwarding, `${sp}.forwarding_mode`, FORWARDING, 'nat or dsr') ?? spec.forwardingMode;
+    const rollout = m.get('rolloutStrategy');
+    if (rollout) spec.rolloutStrategy = this.#rollout(rollout.value, rollout.key, `${sp}.rollout_strategy`);
+    const desc = m.get('description');
+    if (desc) {
+      this.#record(`${sp}.description`, desc.value ?? desc.key);
+      spec.description = this.#string(desc, desc.key, 'description') ?? '';
+    }
+    return spec;
+  }
+
+  #backend(node: Node, bp: string): Backend | undefined {
+    this.#record(bp, node);
+    const m = this.#map(node, 'a backend', ['address', 'port', 'weight']);
+    if (!m) return undefined;
+    const backend: Backend = { address: '', port: 0, weight: undefined };
+    const address = m.get('address');
+    if (!address) this.#fail(node, 'address: required', `${bp}.address`);
+    else {
+      this.#record(`${bp}.address`, address.value ?? address.key);
+      backend.address = this.#string(address, address.key, 'address') ?? '';
+    }
+    const port = m.get('port');
+    if (port) backend.port = this.#uint(port, `${bp}.port`, 0xffff_ffff) ?? 0;
+    // Unset and 0 differ: unset is weight 1, 0 drains the backend.
+    const weight = m.get('weight');
+    if (weight) backend.weight = this.#uint(weight, `${bp}.weight`, 0xffff_ffff);
+    return backend;
+  }
+
+  #healthCheck(node: Node | null, keyNode: Node, hp: string): HealthCheck | undefined {
+    this.#record(hp, keyNode);
+    const m = this.#map(node ?? keyNode, 'healthCheck', ['type', 'httpPath', 'port', 'interval', 'timeout', 'healthyThreshold', 'unhealthyThreshold']);
+    if (!m) return undefined;
+    const hc: HealthCheck = { type: HealthCheck_Type.TYPE_UNSPECIFIED, httpPath: '', port: 0, interval: undefined, timeout: undefined, healthyThreshold: 0, unhealthyThreshold: 0 };
+    const type = m.get('type');
+    if (type) hc.type = this.#enum(type, `${hp}.type`, HEALTH_TYPES, 'tcp or http') ?? hc.type;
+    const path = m.get('httpPath');
+    if (path) {
+      this.#record(`${hp}.http_path`, path.value ?? path.key);
+      hc.httpPath = this.#string(path, path.key, 'httpPath') ?? '';
+    }
+    const port = m.get('port');
+    if (port) hc.port = this.#uint(port, `${hp}.port`, 0xffff_ffff) ?? 0;
+    const interval = m.get('interval');
+    if (interval) hc.interval = this.#duration(interval, `${hp}.interval`);
+    const timeout = m.get('timeout');
+    if (timeout) hc.timeout = this.#duration(timeout, `${hp}.timeout`);
+    const healthy = m.get('healthyThreshold');
+    if (healthy) hc.healthyThreshold = this.#uint(healthy, `${hp}.healthy_threshold`, 0xffff_ffff) ?? 0;
+    const unhealthy = m.get('unhealthyThreshold');
+    if (unhealthy) hc.unhealthyThreshold = this.#uint(unhealthy, `${hp}.unhealthy_threshold`, 0xffff_ffff) ?? 0;
+    return hc;
   }
 
   #spec(node: Node | null, keyNode: Node): Policy['spec'] {
@@ -552,7 +684,7 @@ class DocumentReader {
     this.#record(path, entry.value ?? entry.key);
     const v = entry.value && isScalar(entry.value) ? entry.value.value : undefined;
     // Accept kubectl-style spellings and the proto names: "rate_limit", "rate-limit", "RATE_LIMIT", "ACTION_RATE_LIMIT".
-    const norm = typeof v === 'string' && v.length <= 64 ? v.toLowerCase().replace(/^(protocol|action|interface_role|operator|established_on_deny)_/, '').replace(/[-_]/g, '') : undefined;
+    const norm = typeof v === 'string' && v.length <= 64 ? v.toLowerCase().replace(/^(protocol|action|interface_role|operator|established_on_deny|scheduler|session_affinity|forwarding_mode|type)_/, '').replace(/[-_]/g, '') : undefined;
     const hit = norm === undefined ? undefined : table[norm];
     if (hit === undefined) {
       this.#fail(entry.value ?? entry.key, `${typeof v === 'string' ? quote(v) : JSON.stringify(v ?? null)?.slice(0, 64)} is not one of ${expected}`, path);

@@ -1,6 +1,10 @@
 // Pure renderers for `get` tables and `describe` text. Every function takes what the server
 // returned (and the time to measure ages against) and returns the text to print.
 import {
+  DEFAULT_HEALTH_CHECK_INTERVAL_MS,
+  DEFAULT_HEALTH_CHECK_TIMEOUT_MS,
+  HealthCheck_Type,
+  defaultMaglevTableSize,
   formatLabelSelector,
   matchesLabelSelector,
   RevisionOutcome,
@@ -9,9 +13,10 @@ import {
   type NodeRuleCounters,
   type Policy,
   type RuleCounters,
+  type Service,
 } from '@edgeplane/proto';
-import { formatAge, formatDuration } from './duration.js';
-import { actionName, formatPortRange, onDenyName, outcomeName, protocolName, roleName, trackingText } from './resource-format.js';
+import { formatAge, formatDuration, formatMs } from './duration.js';
+import { actionName, affinityName, forwardingName, formatPortRange, healthCheckTypeName, onDenyName, outcomeName, protocolName, roleName, schedulerName, trackingText } from './resource-format.js';
 
 /** Formats rows as kubectl does: upper-case headers, columns padded and separated by 3 spaces. */
 export function renderTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {
@@ -32,11 +37,11 @@ function labels(l: Record<string, string>): string {
   return s || '<none>';
 }
 
-function selectorText(p: Policy): string {
+function selectorText(p: Policy | Service): string {
   return formatLabelSelector(p.spec?.nodeSelector) || '<all>';
 }
 
-function rolloutText(p: Policy): string {
+function rolloutText(p: Policy | Service): string {
   const s = p.spec?.rolloutStrategy?.strategy;
   return s?.$case === 'staged' ? `staged(${s.staged.waves.length} waves)` : 'immediate';
 }
@@ -236,5 +241,107 @@ export function describeNode(d: NodeDescription, now: Date): string {
   out += d.node.interfaceCounters.length
     ? indent(renderTable(['INTERFACE', 'PASSED', 'DROPPED', 'DEFAULT-ACTION', 'NON-IP', 'MALFORMED'], d.node.interfaceCounters.map((c) => [c.interface, `${c.passedPackets} pkts/${c.passedBytes} B`, `${c.droppedPackets} pkts/${c.droppedBytes} B`, String(c.defaultActionPackets), String(c.nonIpPackets), String(c.malformedPackets)])))
     : '  <none>\n';
+  return out;
+}
+
+/** `192.0.2.10:443/tcp`, `[2001:db8::10]:53/udp`. */
+function endpointText(s: Service): string {
+  const vip = s.spec?.vip ?? '';
+  return `${vip.includes(':') ? `[${vip}]` : vip}:${s.spec?.port ?? 0}/${protocolName(s.spec?.protocol ?? 0)}`;
+}
+
+/** A backend's weight as the datapath reads it: unset is 1. */
+function weightOf(w: number | undefined): number {
+  return w ?? 1;
+}
+
+/** `3` backends, or `3 (1 drained)`. */
+function backendsText(s: Service): string {
+  const all = s.spec?.backends ?? [];
+  const drained = all.filter((b) => weightOf(b.weight) === 0).length;
+  return drained ? `${all.length} (${drained} drained)` : String(all.length);
+}
+
+/** The lookup-table size the agents build: the one set, or the smallest that fits (`default`). */
+function tableSizeText(s: Service): string {
+  const set = s.spec?.maglevTableSize ?? 0;
+  if (set) return String(set);
+  const size = defaultMaglevTableSize(s.spec?.backends.length ?? 0);
+  return size === undefined ? 'none fits' : `${size} (default)`;
+}
+
+/** One line for a health check: what a probe does, how often, and the thresholds; `none` without one. */
+function healthCheckText(s: Service): string {
+  const h = s.spec?.healthCheck;
+  if (!h) return 'none (every backend of positive weight takes new flows)';
+  const what = h.type === HealthCheck_Type.TYPE_HTTP ? `http GET ${h.httpPath || '/'}` : 'tcp connect';
+  const intervalMs = h.interval ? Number(h.interval.seconds) * 1000 + h.interval.nanos / 1e6 : DEFAULT_HEALTH_CHECK_INTERVAL_MS;
+  const timeout = h.timeout ? formatDuration(h.timeout) : formatMs(Math.min(DEFAULT_HEALTH_CHECK_TIMEOUT_MS, intervalMs));
+  return `${what}${h.port ? ` port ${h.port}` : ''} every ${h.interval ? formatDuration(h.interval) : formatMs(DEFAULT_HEALTH_CHECK_INTERVAL_MS)}, timeout ${timeout}, healthy after ${h.healthyThreshold || 2}, unhealthy after ${h.unhealthyThreshold || 2}`;
+}
+
+/** The `get services` table; `wide` adds the scheduler and table size, health check, affinity, forwarding, labels and description. */
+export function renderServiceTable(services: readonly Service[], now: Date, wide = false): string {
+  const headers = ['NAME', 'VIP', 'BACKENDS', 'NODE-SELECTOR', 'REVISION', 'AGE'];
+  if (wide) headers.push('SCHEDULER', 'TABLE-SIZE', 'HEALTH-CHECK', 'AFFINITY', 'FORWARDING', 'LABELS', 'DESCRIPTION');
+  const rows = services.map((s) => {
+    const row = [s.metadata?.name ?? '', endpointText(s), backendsText(s), selectorText(s), String(s.metadata?.resourceVersion ?? 0n), formatAge(s.metadata?.createTime, now)];
+    if (wide) {
+      const h = s.spec?.healthCheck;
+      row.push(schedulerName(s.spec?.scheduler ?? 0), tableSizeText(s), h ? healthCheckTypeName(h.type) : '<none>', affinityName(s.spec?.sessionAffinity ?? 0), forwardingName(s.spec?.forwardingMode ?? 0), labels(s.metadata?.labels ?? {}), s.spec?.description ?? '');
+    }
+    return row;
+  });
+  return renderTable(headers, rows);
+}
+
+/** Inputs of {@link describeService}. */
+export interface ServiceDescription {
+  service: Service;
+  /** Every node, to count the ones the service selects. */
+  nodes: readonly Node[];
+}
+
+/**
+ * `describe service NAME`: metadata, the VIP, port and protocol, scheduler and table size,
+ * health check, affinity and forwarding, the selector with the nodes it selects, and the
+ * backends with their weights and shares of new flows.
+ */
+export function describeService(d: ServiceDescription, now: Date): string {
+  const s = d.service;
+  const m = s.metadata;
+  const spec = s.spec;
+  let out = '';
+  out += field('Name', m?.name ?? '');
+  out += field('Labels', labels(m?.labels ?? {}));
+  if (m && Object.keys(m.annotations).length) out += field('Annotations', labels(m.annotations));
+  out += field('Resource version', String(m?.resourceVersion ?? 0n));
+  out += field('Created', m?.createTime ? `${m.createTime.toISOString()} (${formatAge(m.createTime, now)} ago, revision ${m.createRevision})` : '<unknown>');
+  if (spec?.description) out += field('Description', spec.description);
+  out += field('VIP', spec?.vip ?? '');
+  out += field('Port', String(spec?.port ?? 0));
+  out += field('Protocol', protocolName(spec?.protocol ?? 0));
+  out += field('Scheduler', `${schedulerName(spec?.scheduler ?? 0)}, table size ${tableSizeText(s)}`);
+  out += field('Session affinity', affinityName(spec?.sessionAffinity ?? 0));
+  out += field('Forwarding', forwardingName(spec?.forwardingMode ?? 0));
+  out += field('Health check', healthCheckText(s));
+  out += field('Rollout', rolloutText(s));
+  const selected = d.nodes.filter((n) => matchesLabelSelector(spec?.nodeSelector, n.labels));
+  out += field('Node selector', `${selectorText(s)} (${selected.length} of ${d.nodes.length} nodes)`);
+  const backends = spec?.backends ?? [];
+  const total = backends.reduce((sum, b) => sum + weightOf(b.weight), 0);
+  out += `Backends (${backendsText(s)}):\n`;
+  out += backends.length
+    ? indent(
+        renderTable(
+          ['ADDRESS', 'PORT', 'WEIGHT', 'SHARE'],
+          backends.map((b) => {
+            const w = weightOf(b.weight);
+            return [b.address, String(b.port || spec?.port || 0), String(w), w === 0 ? 'drained' : `${((100 * w) / total).toFixed(1)}%`];
+          }),
+        ),
+      )
+    : '  <none>\n';
+  if (backends.length && total === 0) out += '  every backend is drained: the service takes no new flows; established flows keep their backends\n';
   return out;
 }

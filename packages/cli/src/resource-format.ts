@@ -5,11 +5,18 @@ import {
   Action,
   ConnectionTracking_EstablishedOnDeny,
   ConnectionState,
+  ForwardingMode,
+  HealthCheck_Type,
   InterfaceRole,
   LabelSelectorRequirement_Operator,
   Protocol,
   RevisionOutcome,
+  Scheduler,
+  SessionAffinity,
   type ConnectionTracking,
+  type HealthCheck,
+  type ObjectMeta,
+  type Service,
   type LabelSelector,
   type Node,
   type Policy,
@@ -52,6 +59,26 @@ export function trackingText(ct: ConnectionTracking | undefined): string {
 export function connectionStateName(s: ConnectionState): string {
   const name = ConnectionState[s];
   return typeof name === 'string' && s !== ConnectionState.CONNECTION_STATE_UNSPECIFIED ? name.replace(/^CONNECTION_STATE_/, '') : '-';
+}
+
+/** `maglev` (unspecified reads as `maglev`, as the agent treats it). */
+export function schedulerName(s: Scheduler): string {
+  return s === Scheduler.SCHEDULER_MAGLEV || s === Scheduler.SCHEDULER_UNSPECIFIED ? 'maglev' : String(s);
+}
+
+/** `none` or `client_ip` (unspecified reads as `none`). */
+export function affinityName(a: SessionAffinity): string {
+  return a === SessionAffinity.SESSION_AFFINITY_CLIENT_IP ? 'client_ip' : 'none';
+}
+
+/** `nat` or `dsr` (unspecified reads as `nat`). */
+export function forwardingName(f: ForwardingMode): string {
+  return f === ForwardingMode.FORWARDING_MODE_DSR ? 'dsr' : 'nat';
+}
+
+/** `tcp` or `http` (unspecified reads as `tcp`). */
+export function healthCheckTypeName(t: HealthCheck_Type): string {
+  return t === HealthCheck_Type.TYPE_HTTP ? 'http' : 'tcp';
 }
 
 /** `ACK`, `NACK` or `` for a revision outcome. */
@@ -132,10 +159,67 @@ function rolloutToPlain(r: RolloutStrategy | undefined): Plain | undefined {
   };
 }
 
-/** Options of {@link policyToManifest}. */
+/** Options of {@link policyToManifest} and {@link serviceToManifest}. */
 export interface PolicyManifestOptions {
   /** Include the output-only metadata (resourceVersion, createRevision, timestamps). */
   outputOnly: boolean;
+}
+
+function metadataToPlain(m: ObjectMeta | undefined, options: PolicyManifestOptions): { [key: string]: Plain } {
+  return compact({
+    name: m?.name ?? '',
+    labels: m ? nonEmpty(m.labels) : undefined,
+    annotations: m ? nonEmpty(m.annotations) : undefined,
+    ...(options.outputOnly && m
+      ? {
+          resourceVersion: m.resourceVersion ? Number(m.resourceVersion) : undefined,
+          createRevision: m.createRevision ? Number(m.createRevision) : undefined,
+          createTime: m.createTime?.toISOString(),
+          updateTime: m.updateTime?.toISOString(),
+        }
+      : {}),
+  });
+}
+
+function healthCheckToPlain(h: HealthCheck): Plain {
+  return compact({
+    type: h.type === HealthCheck_Type.TYPE_UNSPECIFIED ? undefined : healthCheckTypeName(h.type),
+    httpPath: h.httpPath || undefined,
+    port: h.port || undefined,
+    interval: h.interval ? formatDuration(h.interval) : undefined,
+    timeout: h.timeout ? formatDuration(h.timeout) : undefined,
+    healthyThreshold: h.healthyThreshold || undefined,
+    unhealthyThreshold: h.unhealthyThreshold || undefined,
+  });
+}
+
+/**
+ * Returns the manifest object of a service: what `get -o yaml` prints and `apply -f` reads
+ * back to the same service. A backend's weight is printed only when set (0 drains; unset is 1).
+ */
+export function serviceToManifest(service: Service, options: PolicyManifestOptions = { outputOnly: true }): { [key: string]: Plain } {
+  const s = service.spec;
+  return {
+    apiVersion: API_VERSION,
+    kind: 'Service',
+    metadata: metadataToPlain(service.metadata, options),
+    spec: s
+      ? compact({
+          description: s.description || undefined,
+          nodeSelector: selectorToPlain(s.nodeSelector),
+          vip: s.vip,
+          protocol: protocolName(s.protocol),
+          port: s.port,
+          backends: s.backends.map((b) => compact({ address: b.address, port: b.port || undefined, weight: b.weight })),
+          scheduler: s.scheduler === Scheduler.SCHEDULER_UNSPECIFIED ? undefined : schedulerName(s.scheduler),
+          maglevTableSize: s.maglevTableSize || undefined,
+          healthCheck: s.healthCheck ? healthCheckToPlain(s.healthCheck) : undefined,
+          sessionAffinity: s.sessionAffinity === SessionAffinity.SESSION_AFFINITY_UNSPECIFIED ? undefined : affinityName(s.sessionAffinity),
+          forwardingMode: s.forwardingMode === ForwardingMode.FORWARDING_MODE_UNSPECIFIED ? undefined : forwardingName(s.forwardingMode),
+          rolloutStrategy: rolloutToPlain(s.rolloutStrategy),
+        })
+      : {},
+  };
 }
 
 /**
@@ -148,19 +232,7 @@ export function policyToManifest(policy: Policy, options: PolicyManifestOptions 
   return {
     apiVersion: API_VERSION,
     kind: 'Policy',
-    metadata: compact({
-      name: m?.name ?? '',
-      labels: m ? nonEmpty(m.labels) : undefined,
-      annotations: m ? nonEmpty(m.annotations) : undefined,
-      ...(options.outputOnly && m
-        ? {
-            resourceVersion: m.resourceVersion ? Number(m.resourceVersion) : undefined,
-            createRevision: m.createRevision ? Number(m.createRevision) : undefined,
-            createTime: m.createTime?.toISOString(),
-            updateTime: m.updateTime?.toISOString(),
-          }
-        : {}),
-    }),
+    metadata: metadataToPlain(m, options),
     spec: s
       ? compact({
           description: s.description || undefined,

@@ -85,6 +85,27 @@ spec:
 `;
 }
 
+function serviceYaml(name: string, vip: string, opts: { port?: number; labels?: Record<string, string>; extra?: string } = {}): string {
+  return `apiVersion: edgeplane.io/v1
+kind: Service
+metadata:
+  name: ${name}
+  labels: ${JSON.stringify(opts.labels ?? {})}
+spec:
+  nodeSelector: tier=svc
+  vip: ${vip}
+  protocol: tcp
+  port: ${opts.port ?? 443}
+  backends:
+    - address: 10.9.0.1
+      weight: 3
+    - address: 10.9.0.2
+      port: 8443
+    - address: 10.9.0.3
+      weight: 0
+${opts.extra ?? ''}`;
+}
+
 /** A fake agent: hello, then whatever the test sends. Waits for the welcome. */
 async function fakeAgent(name: string, labels: Record<string, string>) {
   const client = new AgentServiceClient(controller.address, grpc.credentials.createInsecure());
@@ -138,9 +159,10 @@ test('apply - a folder of examples, then again unchanged', async (t) => {
   const first = await edgeplane(['apply', '-f', EXAMPLES]);
   t.is(first.code, 0, first.stderr);
   for (const name of ['deny-telnet', 'ratelimit-dns', 'allow-web-v6', 'block-smb', 'ssh-mgmt-only']) t.regex(first.stdout, new RegExp(`policy/${name} created \\(revision \\d+\\)`));
+  t.regex(first.stdout, /service\/web created \(revision \d+\)/);
   const again = await edgeplane(['apply', '-f', EXAMPLES]);
   t.is(again.code, 0);
-  t.is(again.stdout.match(/unchanged/g)?.length, 5);
+  t.is(again.stdout.match(/unchanged/g)?.length, 6);
 });
 
 test('apply - a multi-document file and standard input; get -o yaml reads back unchanged', async (t) => {
@@ -256,6 +278,81 @@ test('diff - shows the change and which nodes the policy selects now and after',
   t.regex(narrow.stdout, /nodes: 2 selected now, 1 after\n {2}- diff-1\n {2}~ diff-2/);
 });
 
+test('services - apply, get (table, -o yaml read back unchanged, -o json, -o name), describe, delete by name and by file', async (t) => {
+  const agent = await fakeAgent('svc-node-1', { tier: 'svc' });
+  t.teardown(() => agent.close());
+  const path = file('svc.yaml', `${serviceYaml('svc-a', '198.51.100.1', { labels: { team: 'svc' }, extra: '  healthCheck:\n    type: http\n    httpPath: /ready\n    interval: 10s\n' })}---\n${serviceYaml('svc-b', '2001:db8::53', { port: 53 }).replace(/10\.9\.0\./g, '2001:db8::a')}`);
+  const applied = await edgeplane(['apply', '-f', path]);
+  t.is(applied.code, 0, applied.stderr);
+  t.regex(applied.stdout, /^service\/svc-a created \(revision \d+\)\nservice\/svc-b created \(revision \d+\)\n$/);
+
+  const table = await edgeplane(['get', 'services', 'svc-a', 'svc-b']);
+  t.is(table.code, 0, table.stderr);
+  const lines = table.stdout.trim().split('\n');
+  t.regex(lines[0]!, /^NAME\s+VIP\s+BACKENDS\s+NODE-SELECTOR\s+REVISION\s+AGE$/);
+  t.regex(lines[1]!, /^svc-a\s+198\.51\.100\.1:443\/tcp\s+3 \(1 drained\)\s+tier=svc\s+\d+\s+\d+s$/);
+  t.regex(lines[2]!, /^svc-b\s+\[2001:db8::53\]:53\/tcp\s+3 \(1 drained\)/);
+  t.regex((await edgeplane(['get', 'svc', 'svc-a', '-o', 'wide'])).stdout, /SCHEDULER\s+TABLE-SIZE\s+HEALTH-CHECK[\s\S]*maglev\s+509 \(default\)\s+http/);
+
+  const json = JSON.parse((await edgeplane(['get', 'service', 'svc-a', '-o', 'json'])).stdout) as { kind: string; spec: { backends: unknown[]; healthCheck: unknown } };
+  t.is(json.kind, 'Service');
+  t.deepEqual(json.spec.backends, [{ address: '10.9.0.1', weight: 3 }, { address: '10.9.0.2', port: 8443 }, { address: '10.9.0.3', weight: 0 }], 'a drained weight prints; an unset one does not');
+  t.deepEqual(json.spec.healthCheck, { type: 'http', httpPath: '/ready', interval: '10s' });
+  t.is((await edgeplane(['get', 'services', '-l', 'team=svc', '-o', 'name'])).stdout, 'service/svc-a\n');
+  const yaml = await edgeplane(['get', 'services', 'svc-a', 'svc-b', '-o', 'yaml']);
+  const back = await edgeplane(['apply', '-f', '-'], yaml.stdout);
+  t.is(back.code, 0, back.stderr);
+  t.is(back.stdout, 'service/svc-a unchanged\nservice/svc-b unchanged\n');
+
+  const described = await edgeplane(['describe', 'service', 'svc-a']);
+  t.is(described.code, 0, described.stderr);
+  for (const line of [
+    /VIP:\s+198\.51\.100\.1\n/,
+    /Port:\s+443\n/,
+    /Protocol:\s+tcp\n/,
+    /Scheduler:\s+maglev, table size 509 \(default\)\n/,
+    /Health check:\s+http GET \/ready every 10s, timeout 2s, healthy after 2, unhealthy after 2\n/,
+    /Node selector:\s+tier=svc \(1 of \d+ nodes\)\n/,
+    /Resource version:\s+\d+\n/,
+    /10\.9\.0\.1\s+443\s+3\s+75\.0%\n/,
+    /10\.9\.0\.2\s+8443\s+1\s+25\.0%\n/,
+    /10\.9\.0\.3\s+443\s+0\s+drained\n/,
+  ]) t.regex(described.stdout, line);
+
+  const diff = await edgeplane(['diff', '-f', file('svc-diff.yaml', serviceYaml('svc-a', '198.51.100.1', { labels: { team: 'svc' }, port: 8443 }))]);
+  t.is(diff.code, 0, diff.stderr);
+  t.regex(diff.stdout, /service\/svc-a \(would be configured\)[\s\S]*-\s+port: 443\n\+\s+port: 8443[\s\S]*nodes: 1 selected now, 1 after/);
+
+  const byName = await edgeplane(['delete', 'service', 'svc-a']);
+  t.is(byName.code, 0, byName.stderr);
+  t.regex(byName.stdout, /^service\/svc-a deleted \(revision \d+\)\n$/);
+  const byFile = await edgeplane(['delete', '-f', path]);
+  t.is(byFile.code, ExitCode.ERROR);
+  t.regex(byFile.stderr, /service "svc-a" not found/);
+  t.regex(byFile.stdout, /service\/svc-b deleted/);
+  t.is((await edgeplane(['get', 'service', 'svc-b'])).code, ExitCode.ERROR);
+});
+
+test('services - a bad manifest is reported at file:line:col before sending; a VIP in use is refused at its line', async (t) => {
+  const bad = file('svc-bad.yaml', serviceYaml('svc-bad', '198.51.100.7').replace('10.9.0.2', '10.9.0.02'));
+  const v = await edgeplane(['apply', '-f', bad]);
+  t.is(v.code, ExitCode.ERROR);
+  t.is(v.stderr, `${bad}:14:16: service.spec.backends[1].address: "10.9.0.02" is not an IPv4 or IPv6 address\n`);
+  t.is((await edgeplane(['get', 'service', 'svc-bad'])).code, ExitCode.ERROR, 'nothing was written');
+  const unknown = await edgeplane(['apply', '-f', file('svc-unknown.yaml', serviceYaml('svc-u', '198.51.100.8', { extra: '  affinity: client_ip\n' }))]);
+  t.is(unknown.code, ExitCode.ERROR);
+  t.regex(unknown.stderr, /:18:3: unknown field "affinity" in spec/);
+
+  t.is((await edgeplane(['apply', '-f', file('svc-first.yaml', serviceYaml('svc-first', '198.51.100.9'))])).code, 0);
+  const second = file('svc-second.yaml', serviceYaml('svc-second', '198.51.100.9'));
+  const r = await edgeplane(['apply', '-f', second]);
+  t.is(r.code, ExitCode.ERROR);
+  t.true(r.stderr.includes(`${second}:8:8: service.spec.vip: 198.51.100.9 port 443 TCP is already service "svc-first"'s`), r.stderr);
+  const staged = await edgeplane(['apply', '-f', file('svc-staged.yaml', serviceYaml('svc-staged', '198.51.100.10', { extra: '  rolloutStrategy:\n    staged:\n      waves:\n        - percent: 50\n' }))]);
+  t.is(staged.code, ExitCode.ERROR);
+  t.regex(staged.stderr, /service\.spec\.rollout_strategy\.staged: staged rollouts of services are not supported yet/);
+});
+
 test('apply - bad YAML and bad fields are reported at file:line:col, nothing is sent', async (t) => {
   const syntax = file('syntax.yaml', 'apiVersion: edgeplane.io/v1\nkind: Policy\nmetadata:\n  name: x\n  labels: {a: b\nspec: {}\n');
   const r = await edgeplane(['apply', '-f', syntax]);
@@ -330,6 +427,8 @@ test('completion - prints bash and zsh scripts', async (t) => {
   t.is(bash.code, 0);
   t.regex(bash.stdout, /complete -F _edgeplane edgeplane/);
   t.regex(bash.stdout, /apply\) words="[^"]*--wait/);
+  t.regex(bash.stdout, /get\) words="policies services nodes /);
+  t.regex(bash.stdout, /\|service\|services\|svc\|/, 'names of every kind complete, from the kind table');
   const zsh = await edgeplane(['completion', 'zsh']);
   t.regex(zsh.stdout, /^#compdef edgeplane/);
   t.is((await edgeplane(['completion', 'fish'])).code, ExitCode.USAGE);

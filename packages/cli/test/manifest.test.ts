@@ -1,6 +1,6 @@
 import test from 'ava';
-import { Action, InterfaceRole, LabelSelectorRequirement_Operator, Protocol, RevisionOutcome, validatePolicy, type GetRevisionStatusResponse, type Node } from '@edgeplane/proto';
-import { diffLines, diffPolicy, parseDurationMs, parseManifests, policyToManifest, previewSelection, renderPolicyDiff, renderProgress, renderTable, summarizeConvergence, toYaml } from '@edgeplane/cli';
+import { Action, ForwardingMode, HealthCheck_Type, InterfaceRole, LabelSelectorRequirement_Operator, Protocol, RevisionOutcome, Scheduler, SessionAffinity, validatePolicy, validateService, type GetRevisionStatusResponse, type Node } from '@edgeplane/proto';
+import { diffLines, diffPolicy, parseDurationMs, parseManifests, policyToManifest, serviceToManifest, previewSelection, renderPolicyDiff, renderProgress, renderTable, summarizeConvergence, toYaml } from '@edgeplane/cli';
 
 const POLICY = `apiVersion: edgeplane.io/v1
 kind: Policy
@@ -138,4 +138,58 @@ test('summarizeConvergence and renderProgress - applied, NACKed and pending node
 
 test('renderTable - pads columns kubectl-style', (t) => {
   t.is(renderTable(['NAME', 'X'], [['a', '1'], ['long-name', '22']]), 'NAME        X\na           1\nlong-name   22\n');
+});
+
+const SERVICE = `apiVersion: edgeplane.io/v1
+kind: Service
+metadata:
+  name: dns
+spec:
+  nodeSelector: role=edge
+  vip: "2001:db8::53"
+  protocol: UDP
+  port: 53
+  backends:
+    - {address: "2001:db8::1", weight: 0}
+    - {address: "2001:db8::2", port: 5353}
+  scheduler: SCHEDULER_MAGLEV
+  maglevTableSize: 509
+  healthCheck: {type: TCP, port: 53, interval: 1m30s, timeout: 500ms, healthyThreshold: 3}
+  sessionAffinity: client-ip
+  forwardingMode: FORWARDING_MODE_NAT
+  rolloutStrategy: {immediate: {}}
+`;
+
+test('parseManifests - a Service: enum spellings, a drained weight apart from an unset one, durations; it prints and reads back the same', (t) => {
+  const { resources, services, policies, problems } = parseManifests([{ file: 's.yaml', text: `${POLICY}---\n${SERVICE}` }]);
+  t.deepEqual(problems, []);
+  t.deepEqual(resources.map((r) => r.kind), ['policy', 'service']);
+  t.is(policies.length, 1);
+  const s = services[0]!.service;
+  t.is(s.spec?.protocol, Protocol.PROTOCOL_UDP);
+  t.deepEqual(s.spec?.backends, [{ address: '2001:db8::1', port: 0, weight: 0 }, { address: '2001:db8::2', port: 5353, weight: undefined }]);
+  t.is(s.spec?.scheduler, Scheduler.SCHEDULER_MAGLEV);
+  t.is(s.spec?.sessionAffinity, SessionAffinity.SESSION_AFFINITY_CLIENT_IP);
+  t.is(s.spec?.forwardingMode, ForwardingMode.FORWARDING_MODE_NAT);
+  t.is(s.spec?.healthCheck?.type, HealthCheck_Type.TYPE_TCP);
+  t.deepEqual(s.spec?.healthCheck?.interval, { seconds: 90n, nanos: 0 });
+  t.deepEqual(s.spec?.healthCheck?.timeout, { seconds: 0n, nanos: 500_000_000 });
+  t.deepEqual(validateService(s), []);
+  const again = parseManifests([{ file: 'out.yaml', text: toYaml(serviceToManifest(s)) }]);
+  t.deepEqual(again.problems, []);
+  t.deepEqual(again.services[0]?.service, s);
+  // The service's document starts after the policy's and the separator.
+  const base = POLICY.split('\n').length;
+  t.is(services[0]!.locate('service.spec.backends[1].port').line, base + 12);
+  t.is(services[0]!.locate('service.spec.health_check.timeout').line, base + 15);
+});
+
+test('parseManifests - Service fields are checked like a policy\'s: unknown fields, bad enums and wrong types at their lines', (t) => {
+  const bad = SERVICE.replace('forwardingMode: FORWARDING_MODE_NAT', 'forwardingMode: tunnel').replace('port: 53\n  backends', 'port: "x"\n  backends').replace('{address: "2001:db8::1", weight: 0}', '{address: "2001:db8::1", wieght: 0}');
+  const { services, problems } = parseManifests([{ file: 's.yaml', text: bad }]);
+  t.is(services.length, 0);
+  t.deepEqual(
+    problems.map((p) => `${p.position?.line}: ${p.message}`),
+    ['9: must be a whole number from 0 to 4294967295', '11: unknown field "wieght" in a backend; known: address, port, weight', '17: "tunnel" is not one of nat or dsr'],
+  );
 });

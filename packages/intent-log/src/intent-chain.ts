@@ -9,6 +9,7 @@ import {
   type LogEntry,
   type Policy,
   type Rollout,
+  type Service,
   type SignedLogEntry,
   type SignedSnapshot,
   Snapshot,
@@ -57,6 +58,7 @@ export class IntentChain {
   #lastHash: Uint8Array = GENESIS_HASH;
   #policies = new Map<string, Policy>();
   #rollouts = new Map<string, Rollout>();
+  #services = new Map<string, Service>();
 
   /**
    * @param trusted the keys whose signatures this chain accepts.
@@ -132,6 +134,11 @@ export class IntentChain {
     return this.#policies;
   }
 
+  /** The services by name. Callers must not modify them. */
+  get services(): ReadonlyMap<string, Service> {
+    return this.#services;
+  }
+
   /** Rollout records by policy name (active and finished). Callers must not modify them. */
   get rollouts(): ReadonlyMap<string, Rollout> {
     return this.#rollouts;
@@ -201,6 +208,9 @@ export class IntentChain {
       changes.push({ type: existed ? 'modified' : 'added', policy, revision: entry.revision });
     }
     for (const rollout of entry.change?.rollouts ?? []) this.#rollouts.set(rollout.name, rollout);
+    // Services are a namespace of their own: a service may share a policy's name.
+    for (const name of entry.change?.serviceDeletes ?? []) this.#services.delete(name);
+    for (const service of entry.change?.serviceUpserts ?? []) this.#services.set(service.metadata?.name ?? '', service);
     if (entry.keyRotation) this.#learn(opened.signed, entry, this.#trusted, this.#rotations);
     this.#revision = entry.revision;
     this.#lastHash = hash;
@@ -248,6 +258,7 @@ export class IntentChain {
     this.#rotations = rotations;
     this.#policies = new Map(snapshot.policies.map((p) => [p.metadata?.name ?? '', p]));
     this.#rollouts = new Map(snapshot.rollouts.map((r) => [r.name, r]));
+    this.#services = new Map(snapshot.services.map((s) => [s.metadata?.name ?? '', s]));
     this.#revision = snapshot.revision;
     this.#lastHash = new Uint8Array(snapshot.lastHash);
   }
@@ -256,6 +267,7 @@ export class IntentChain {
   snapshot(now: Date = new Date()): Snapshot {
     const policies = [...this.#policies.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));
     const rollouts = [...this.#rollouts.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
-    return { revision: this.#revision, lastHash: Buffer.from(this.#lastHash), policies, createTime: now, rollouts, fleetId: this.#fleetId ?? '', keyRotations: [...this.#rotations] };
+    const services = [...this.#services.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));
+    return { revision: this.#revision, lastHash: Buffer.from(this.#lastHash), policies, createTime: now, rollouts, fleetId: this.#fleetId ?? '', keyRotations: [...this.#rotations], services };
   }
 }

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
-import { Action, LogEntry, Policy, encodeSignedLogEntry, keyIdOf, signLogEntry, signSnapshot, type LogEntry as Entry, type SignedLogEntry } from '@edgeplane/proto';
+import { Action, LogEntry, Policy, Protocol, Service, encodeSignedLogEntry, keyIdOf, signLogEntry, signSnapshot, type LogEntry as Entry, type SignedLogEntry } from '@edgeplane/proto';
 import { ChainFollower, IntentChain, IntentLog, NatsServer, type ChainFollowerOptions, type StoredMessage } from '../src/index.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('ed25519');
@@ -31,6 +31,10 @@ function policy(name: string, port: number): Policy {
   return Policy.fromPartial({ metadata: { name }, spec: { rules: [{ priority: 1, destinationPorts: [{ first: port }], action: Action.ACTION_DENY }] } });
 }
 
+function service(name: string, port: number): Service {
+  return Service.fromPartial({ metadata: { name }, spec: { vip: '192.0.2.1', protocol: Protocol.PROTOCOL_TCP, port, backends: [{ address: '10.0.0.1' }] } });
+}
+
 /** A writer as the controller is one: appends at the stream's position + 1, linking to the newest valid entry. */
 class Writer {
   chain = new IntentChain(trusted);
@@ -43,7 +47,13 @@ class Writer {
 
   sign(n: number, createTime = new Date()): SignedLogEntry {
     const revision = this.position + 1n;
-    return signLogEntry(LogEntry.fromPartial({ revision, previousHash: Buffer.from(this.chain.lastHash), createTime, change: { upserts: [policy(`${this.tag}-${n % 3}`, n)] } }), privateKey);
+    return signLogEntry(LogEntry.fromPartial({ revision, previousHash: Buffer.from(this.chain.lastHash), createTime, change: { upserts: [policy(`${this.tag}-${n % 3}`, n)], ...this.serviceChange(n) } }), privateKey);
+  }
+
+  /** Entry n upserts service s0 or s1 by turns; every fourth deletes the other one instead. */
+  serviceChange(n: number): { serviceUpserts: Service[]; serviceDeletes: string[] } {
+    if (n % 4 === 3) return { serviceUpserts: [], serviceDeletes: [`${this.tag}-s${(n + 1) % 2}`] };
+    return { serviceUpserts: [service(`${this.tag}-s${n % 2}`, n)], serviceDeletes: [] };
   }
 
   async write(count: number, createTime?: () => Date): Promise<void> {
@@ -145,6 +155,8 @@ const sameState = (t: ExecutionContext, follower: ChainFollower, chain: IntentCh
   t.is(follower.chain.revision, chain.revision);
   t.deepEqual(follower.chain.lastHash, chain.lastHash);
   t.deepEqual([...follower.chain.policies.keys()].sort(), [...chain.policies.keys()].sort());
+  const services = (c: IntentChain) => [...c.services].map(([name, s]) => [name, s.spec?.port]).sort();
+  t.deepEqual(services(follower.chain), services(chain));
 };
 
 interface Case {
@@ -282,6 +294,9 @@ const cases: Case[] = [
       await f.writer.write(2);
       await until('revision 12', () => follower.chain.revision === 12n);
       sameState(t, follower, f.writer.chain);
+      // The snapshot (revision 10) held a-s0 and a-s1; entry 11 deleted a-s0 and 12 wrote it again.
+      t.deepEqual([...follower.chain.services.keys()].sort(), ['a-s0', 'a-s1']);
+      t.is(follower.chain.services.get('a-s1')?.spec?.port, 9, 'a-s1 came from the snapshot (entry 9): no entry the follower read wrote it');
       t.is(follower.stats.resyncs, 0);
     },
   },

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { Action, LogEntry, Policy, keyIdOf, signLogEntry, signSnapshot, type SignedLogEntry } from '@edgeplane/proto';
+import { Action, LogEntry, Policy, Protocol, Service, keyIdOf, signLogEntry, signSnapshot, type SignedLogEntry } from '@edgeplane/proto';
 import { ChainError, ConflictError, GapError, IntentChain, IntentLog, NatsServer } from '../src/index.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('ed25519');
@@ -27,9 +27,20 @@ function policy(name: string, revision: bigint): Policy {
   return Policy.fromPartial({ metadata: { name, resourceVersion: revision }, spec: { rules: [{ priority: 1, action: Action.ACTION_DENY }] } });
 }
 
-function next(chain: IntentChain, change: { upserts?: Policy[]; deletes?: string[] }): SignedLogEntry {
+function service(name: string, port: number): Service {
+  return Service.fromPartial({ metadata: { name }, spec: { vip: '2001:db8::1', protocol: Protocol.PROTOCOL_UDP, port, backends: [{ address: '2001:db8::2' }] } });
+}
+
+interface TestChange {
+  upserts?: Policy[];
+  deletes?: string[];
+  serviceUpserts?: Service[];
+  serviceDeletes?: string[];
+}
+
+function next(chain: IntentChain, change: TestChange): SignedLogEntry {
   const revision = chain.revision + 1n;
-  return signLogEntry(LogEntry.fromPartial({ revision, previousHash: Buffer.from(chain.lastHash), change: { upserts: change.upserts ?? [], deletes: change.deletes ?? [] } }), privateKey);
+  return signLogEntry(LogEntry.fromPartial({ revision, previousHash: Buffer.from(chain.lastHash), change }), privateKey);
 }
 
 let streamNo = 0;
@@ -134,25 +145,52 @@ test('intent chain - gaps, forks and duplicates are told apart', (t) => {
 test('intent log - snapshot plus the entries after it rebuilds the same state; compaction keeps revisions', async (t) => {
   const log = await freshLog();
   const writer = new IntentChain(trusted);
-  const write = async (change: { upserts?: Policy[]; deletes?: string[] }): Promise<void> => {
+  const write = async (change: TestChange): Promise<void> => {
     const e = next(writer, change);
     await log.append(e, writer.revision);
     writer.append(e);
   };
-  for (let i = 1; i <= 10; i++) await write({ upserts: [policy(`p${i % 4}`, BigInt(i))] });
+  for (let i = 1; i <= 10; i++) await write({ upserts: [policy(`p${i % 4}`, BigInt(i))], serviceUpserts: [service(`s${i % 3}`, i)] });
+  await write({ serviceDeletes: ['s0'] });
   await log.writeSnapshot(signSnapshot(writer.snapshot(), privateKey));
-  await log.compact(11n);
-  for (let i = 11; i <= 13; i++) await write({ upserts: [policy(`q${i}`, BigInt(i))] });
-  t.deepEqual(await log.bounds(), { first: 11n, last: 13n });
+  await log.compact(12n);
+  for (let i = 12; i <= 13; i++) await write({ upserts: [policy(`q${i}`, BigInt(i))], serviceUpserts: [service('s2', i)] });
+  t.deepEqual(await log.bounds(), { first: 12n, last: 13n });
 
   const reader = new IntentChain(trusted);
   const snap = await log.readSnapshot();
   t.truthy(snap);
   reader.restore(snap!);
-  t.is(reader.revision, 10n);
-  for await (const { signed } of log.read(11n, 13n)) reader.append(signed);
+  t.is(reader.revision, 11n);
+  t.deepEqual([...reader.services.keys()], ['s1', 's2'], 'the snapshot carries the services, the deleted one gone');
+  for await (const { signed } of log.read(12n, 13n)) reader.append(signed);
   t.is(reader.revision, 13n);
   t.deepEqual([...reader.policies.keys()].sort(), [...writer.policies.keys()].sort());
+  t.deepEqual([...reader.services].map(([n, s]) => [n, s.spec?.port]).sort(), [
+    ['s1', 10],
+    ['s2', 13],
+  ]);
+});
+
+test('intent chain - services are upserted and deleted in their own namespace, and round-trip through a snapshot', (t) => {
+  const chain = new IntentChain(trusted);
+  chain.append(next(chain, { upserts: [policy('web', 1n)], serviceUpserts: [service('web', 80), service('dns', 53)] }));
+  chain.append(next(chain, { serviceUpserts: [service('web', 8080)] }));
+  chain.append(next(chain, { serviceDeletes: ['dns', 'missing'] }));
+  t.deepEqual([...chain.services.keys()], ['web']);
+  t.is(chain.services.get('web')?.spec?.port, 8080);
+  t.true(chain.policies.has('web'), 'a policy and a service may share a name');
+  chain.append(next(chain, { deletes: ['web'] }));
+  t.true(chain.services.has('web'), 'deleting the policy leaves the service');
+
+  const snapshot = chain.snapshot();
+  t.deepEqual(snapshot.services.map((s) => s.metadata?.name), ['web']);
+  const copy = new IntentChain(trusted);
+  copy.restore(signSnapshot(snapshot, privateKey));
+  t.deepEqual([...copy.services.keys()], ['web']);
+  t.is(copy.services.get('web')?.spec?.port, 8080);
+  copy.append(next(copy, { serviceDeletes: ['web'] }));
+  t.is(copy.services.size, 0);
 });
 
 test('intent log - entries survive kill -9 of nats-server', async (t) => {

@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { MAX_INTENT_BYTES, MAX_POLICIES, MAX_RULES_PER_POLICY } from '@edgeplane/proto';
+import { MAX_INTENT_BYTES, MAX_POLICIES, MAX_RULES_PER_POLICY, MAX_SERVICES } from '@edgeplane/proto';
 import { ConfigError } from './errors.js';
 
 /** A fleet id: it is also the <fleet> of identity URIs, so a lower-case DNS-like name (pki/identity.ts). */
@@ -53,6 +53,7 @@ export interface ControllerConfig {
   ruleGrowthGuard: number;
   maxRulesPerPolicy: number;
   maxPolicies: number;
+  maxServices: number;
   maxIntentBytes: number;
   snapshotEvery: number;
   logHeartbeatMs: number;
@@ -133,7 +134,8 @@ Every flag can also be set by the environment variable shown.
   --log-heartbeat SEC       publish the signed head of the log every SEC seconds, so agents notice a
                             frozen log (EDGEPLANE_LOG_HEARTBEAT, default 5; 0 = off)
   --max-policies N          policies the intent may hold (default 10000)
-  --max-intent-bytes N      encoded bytes of all policies together (default 67108864)
+  --max-services N          services the intent may hold (default 10000)
+  --max-intent-bytes N      encoded bytes of all policies and services together (default 67108864)
   --snapshot-every N        snapshot the intent every N revisions (default 1000; 0 = never)
   --retain-entries N        keep N entries below the newest snapshot (default 10000)
   --prometheus-port PORT    serve metrics at http://HOST:PORT/metrics (EDGEPLANE_PROMETHEUS_PORT; unset = off)
@@ -205,6 +207,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'rule-growth-guard': { type: 'string' },
         'max-rules-per-policy': { type: 'string' },
         'max-policies': { type: 'string' },
+        'max-services': { type: 'string' },
         'max-intent-bytes': { type: 'string' },
         'snapshot-every': { type: 'string' },
         'log-heartbeat': { type: 'string' },
@@ -281,6 +284,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     ruleGrowthGuard: int('rule-growth-guard', values['rule-growth-guard'], 10_000, 1),
     maxRulesPerPolicy: int('max-rules-per-policy', values['max-rules-per-policy'], MAX_RULES_PER_POLICY, 1),
     maxPolicies: int('max-policies', values['max-policies'], MAX_POLICIES, 1),
+    maxServices: int('max-services', values['max-services'], MAX_SERVICES, 1),
     maxIntentBytes: int('max-intent-bytes', values['max-intent-bytes'], MAX_INTENT_BYTES, 1),
     snapshotEvery: int('snapshot-every', values['snapshot-every'], 1000),
     rotateSigningKey: values['rotate-signing-key'] ?? false,

@@ -1,19 +1,33 @@
 import {
   ApplyPolicyResponse,
+  ApplyServiceResponse,
   DEFAULT_POLICY_LIMITS,
   MAX_INTENT_BYTES,
   MAX_POLICIES,
+  MAX_SERVICES,
   Policy,
+  Service,
+  ServiceSpec,
   PolicyEventType,
   Rollout,
   RolloutState,
   PolicySpec,
+  Protocol,
   checkDnsLabel,
   countViolations,
   quote,
   matchesLabelSelector,
   validatePolicy,
+  validateService,
   type ApplyPolicyRequest,
+  type ApplyServiceRequest,
+  type DeleteServiceRequest,
+  type DeleteServiceResponse,
+  type GetServiceRequest,
+  type GetServiceResponse,
+  type ListServicesRequest,
+  type ListServicesResponse,
+  type ObjectMeta,
   type DeletePolicyRequest,
   type DeletePolicyResponse,
   type GetPolicyRequest,
@@ -23,6 +37,7 @@ import {
   type PolicyLimits,
   type ResetHistoryRequest,
   type ResetHistoryResponse,
+  type Change,
   type TraceContext,
   type WatchPoliciesRequest,
   type WatchPoliciesResponse,
@@ -47,16 +62,65 @@ export interface IntentApiOptions {
   nodes?: () => readonly PlanNode[];
   /** Policies the intent may hold; a create beyond it is refused (default MAX_POLICIES). */
   maxPolicies?: number;
-  /** Encoded bytes of all policies together; a write beyond it is refused (default MAX_INTENT_BYTES). */
+  /** Services the intent may hold; a create beyond it is refused (default MAX_SERVICES). */
+  maxServices?: number;
+  /** Encoded bytes of all policies and services together; a write beyond it is refused (default MAX_INTENT_BYTES). */
   maxIntentBytes?: number;
 }
 
-/** Encoded sizes of stored policies: they are never mutated once in the chain, so their size is computed once. */
-const encodedSizes = new WeakMap<Policy, number>();
-function encodedSize(p: Policy): number {
-  let n = encodedSizes.get(p);
-  if (n === undefined) encodedSizes.set(p, (n = Policy.encode(p).finish().length));
+/** Encoded sizes of stored resources: they are never mutated once in the chain, so their size is computed once. */
+const encodedSizes = new WeakMap<object, number>();
+function encodedSize<T extends object>(r: T, codec: { encode(message: T): { finish(): Uint8Array } }): number {
+  let n = encodedSizes.get(r);
+  if (n === undefined) encodedSizes.set(r, (n = codec.encode(r).finish().length));
   return n;
+}
+
+/**
+ * Refuses a write that would bring the encoded bytes of every policy and service past `max`:
+ * what a snapshot and an agent's catch-up carry. `replaced` is the size of the stored version
+ * the write replaces (0 for a create); `bytes` the incoming one's.
+ * @throws PreconditionError (INTENT_TOO_LARGE)
+ */
+function checkIntentBytes(chain: IntentChain, kind: string, name: string, replaced: number, bytes: number, max: number): void {
+  let total = 0;
+  for (const p of chain.policies.values()) total += encodedSize(p, Policy);
+  for (const s of chain.services.values()) total += encodedSize(s, Service);
+  // The stored resource adds versions and times to what came in: 64 bytes cover them.
+  const grown = total - replaced + bytes + 64;
+  if (grown > max) {
+    throw new PreconditionError(`${kind} ${name} would bring the intent to about ${grown} bytes, past its bound of ${max}; delete or shrink policies or services first`, 'INTENT_TOO_LARGE');
+  }
+}
+
+/**
+ * Optimistic concurrency: refuses the write unless the stored resource is at `expected`
+ * (0: it must not exist). No expectation accepts any version.
+ * @throws VersionConflictError
+ */
+function checkExpectedVersion(kind: string, name: string, existing: { metadata?: ObjectMeta | undefined } | undefined, expected: bigint | undefined): void {
+  const current = existing?.metadata?.resourceVersion ?? 0n;
+  if (expected !== undefined && expected !== current) {
+    throw new VersionConflictError(existing ? `${kind} ${name} is at resource_version ${current}, not ${expected}` : `${kind} ${name} does not exist (expected resource_version ${expected})`);
+  }
+}
+
+/** The metadata a write stores: the caller's labels and annotations, versions and times kept from `existing` or started at the next revision. */
+function storedMetadata(name: string, incoming: ObjectMeta, existing: ObjectMeta | undefined, revision: bigint, now: Date): ObjectMeta {
+  return {
+    name,
+    labels: incoming.labels,
+    annotations: incoming.annotations,
+    resourceVersion: revision + 1n,
+    createRevision: existing?.createRevision ?? revision + 1n,
+    createTime: existing?.createTime ?? now,
+    updateTime: now,
+  };
+}
+
+/** Whether a write's labels and annotations equal the stored ones (with equal specs, the write changes nothing). */
+function sameMetadata(stored: ObjectMeta, incoming: ObjectMeta): boolean {
+  return sameMap(stored.labels, incoming.labels) && sameMap(stored.annotations, incoming.annotations);
 }
 
 /** What an operator can do to a rollout. */
@@ -89,10 +153,12 @@ export class IntentApi {
   #now: () => Date;
   #nodes: () => readonly PlanNode[];
   #maxPolicies: number;
+  #maxServices: number;
   #maxIntentBytes: number;
 
   constructor(store: IntentStore, options: IntentApiOptions = {}) {
     this.#maxPolicies = options.maxPolicies ?? MAX_POLICIES;
+    this.#maxServices = options.maxServices ?? MAX_SERVICES;
     this.#maxIntentBytes = options.maxIntentBytes ?? MAX_INTENT_BYTES;
     this.#nodes = options.nodes ?? (() => []);
     this.#store = store;
@@ -116,14 +182,7 @@ export class IntentApi {
     const build = (chain: IntentChain): Policy | undefined => {
       const existing = chain.policies.get(name);
 
-      const current = existing?.metadata?.resourceVersion ?? 0n;
-      if (req.expectedResourceVersion !== undefined && req.expectedResourceVersion !== current) {
-        throw new VersionConflictError(
-          existing
-            ? `policy ${name} is at resource_version ${current}, not ${req.expectedResourceVersion}`
-            : `policy ${name} does not exist (expected resource_version ${req.expectedResourceVersion})`,
-        );
-      }
+      checkExpectedVersion('policy', name, existing, req.expectedResourceVersion);
       const before = existing?.spec?.rules.length ?? 0;
       const after = incoming.spec!.rules.length;
       if (after > this.#guard && after > before && !req.allowLargeGrowth) {
@@ -135,8 +194,7 @@ export class IntentApi {
       if (
         existing &&
         sameBytes(PolicySpec.encode(existing.spec!).finish(), PolicySpec.encode(incoming.spec!).finish()) &&
-        sameMap(existing.metadata!.labels, incoming.metadata!.labels) &&
-        sameMap(existing.metadata!.annotations, incoming.metadata!.annotations)
+        sameMetadata(existing.metadata!, incoming.metadata!)
       ) {
         outcome = { policy: existing, created: false, unchanged: true };
         return undefined;
@@ -149,26 +207,9 @@ export class IntentApi {
       if (!existing && chain.policies.size >= this.#maxPolicies) {
         throw new PreconditionError(`the intent holds ${chain.policies.size} policies, the most it may; delete one to create ${name}`, 'TOO_MANY_POLICIES');
       }
-      let total = 0;
-      for (const p of chain.policies.values()) total += encodedSize(p);
-      // The stored policy adds versions and times to what came in: 64 bytes cover them.
-      const grown = total - (existing ? encodedSize(existing) : 0) + Policy.encode(incoming).finish().length + 64;
-      if (grown > this.#maxIntentBytes) {
-        throw new PreconditionError(`policy ${name} would bring the intent to about ${grown} bytes, past its bound of ${this.#maxIntentBytes}; delete or shrink policies first`, 'INTENT_TOO_LARGE');
-      }
+      checkIntentBytes(chain, 'policy', name, existing ? encodedSize(existing, Policy) : 0, Policy.encode(incoming).finish().length, this.#maxIntentBytes);
       const now = this.#now();
-      const policy = Policy.fromPartial({
-        metadata: {
-          name,
-          labels: incoming.metadata!.labels,
-          annotations: incoming.metadata!.annotations,
-          resourceVersion: chain.revision + 1n,
-          createRevision: existing?.metadata?.createRevision ?? chain.revision + 1n,
-          createTime: existing?.metadata?.createTime ?? now,
-          updateTime: now,
-        },
-        spec: incoming.spec!,
-      });
+      const policy = Policy.fromPartial({ metadata: storedMetadata(name, incoming.metadata!, existing?.metadata, chain.revision, now), spec: incoming.spec! });
       outcome = { policy, created: !existing, unchanged: false };
       const staged = incoming.spec!.rolloutStrategy?.strategy;
       rollout = undefined;
@@ -200,7 +241,7 @@ export class IntentApi {
     }
     const written = await this.#store.write((chain) => {
       const policy = build(chain);
-      return policy ? { upserts: [policy], deletes: [], rollouts: rollout ? [rollout] : [] } : undefined;
+      return policy ? { upserts: [policy], deletes: [], rollouts: rollout ? [rollout] : [], serviceUpserts: [], serviceDeletes: [] } : undefined;
     }, trace);
     const stored = written ? (written.entry.change!.upserts[0] ?? outcome!.policy) : outcome!.policy;
     return ApplyPolicyResponse.fromPartial({ policy: stored, revision: written?.revision ?? 0n, created: outcome!.created, unchanged: outcome!.unchanged });
@@ -210,18 +251,29 @@ export class IntentApi {
    * Deletes a policy.
    * @throws ValidationError, NotFoundError (unless allow_missing), VersionConflictError, UnavailableError
    */
-  async delete(req: DeletePolicyRequest, trace?: TraceContext): Promise<DeletePolicyResponse> {
+  delete(req: DeletePolicyRequest, trace?: TraceContext): Promise<DeletePolicyResponse> {
+    return this.#delete('policy', (chain) => chain.policies, req, (name) => ({ upserts: [], deletes: [name], rollouts: [], serviceUpserts: [], serviceDeletes: [] }), trace);
+  }
+
+  /**
+   * Deletes a resource of one kind (policy or service): the name checked, allow_missing,
+   * expected_resource_version, validate_only, then one entry with `change`.
+   */
+  async #delete(
+    kind: 'policy' | 'service',
+    stored: (chain: IntentChain) => ReadonlyMap<string, { metadata?: ObjectMeta | undefined }>,
+    req: { name: string; expectedResourceVersion?: bigint | undefined; validateOnly: boolean; allowMissing: boolean },
+    change: (name: string) => Change,
+    trace?: TraceContext,
+  ): Promise<{ revision: bigint }> {
     checkName(req.name, 'name');
     const build = (chain: IntentChain): boolean => {
-      const existing = chain.policies.get(req.name);
+      const existing = stored(chain).get(req.name);
       if (!existing) {
         if (req.allowMissing && (req.expectedResourceVersion === undefined || req.expectedResourceVersion === 0n)) return false;
-        throw new NotFoundError(`policy ${req.name} not found`);
+        throw new NotFoundError(`${kind} ${req.name} not found`);
       }
-      const current = existing.metadata?.resourceVersion ?? 0n;
-      if (req.expectedResourceVersion !== undefined && req.expectedResourceVersion !== current) {
-        throw new VersionConflictError(`policy ${req.name} is at resource_version ${current}, not ${req.expectedResourceVersion}`);
-      }
+      checkExpectedVersion(kind, req.name, existing, req.expectedResourceVersion);
       return true;
     };
     if (req.validateOnly) {
@@ -229,8 +281,92 @@ export class IntentApi {
       build(this.#store.chain);
       return { revision: 0n };
     }
-    const written = await this.#store.write((chain) => (build(chain) ? { upserts: [], deletes: [req.name], rollouts: [] } : undefined), trace);
+    const written = await this.#store.write((chain) => (build(chain) ? change(req.name) : undefined), trace);
     return { revision: written?.revision ?? 0n };
+  }
+
+  /**
+   * Creates or updates a service: validated (validateService), refused when another service
+   * has its (vip, port, protocol), and written like a policy (optimistic concurrency, nothing
+   * written when validate_only or unchanged). A staged rollout strategy is refused: rollouts
+   * carry policies only so far.
+   * @throws ValidationError, VersionConflictError, PreconditionError, UnavailableError
+   */
+  async applyService(req: ApplyServiceRequest, trace?: TraceContext): Promise<ApplyServiceResponse> {
+    const violations = validateService(req.service, 'service');
+    if (violations.length > 0) throw new ValidationError(`invalid service: ${countViolations(violations)} problem(s), first: ${violations[0]!.field}: ${violations[0]!.description}`, violations);
+    const incoming = req.service!;
+    const spec = incoming.spec!;
+    if (spec.rolloutStrategy?.strategy?.$case === 'staged') {
+      // A rollout record holds the policy it replaces and the agents choose a policy version
+      // by wave membership; neither knows services yet, so a staged strategy would be ignored.
+      throw new ValidationError('invalid service: staged rollouts of services are not supported yet', [
+        { field: 'service.spec.rollout_strategy.staged', description: 'staged rollouts of services are not supported yet; leave rollout_strategy unset (immediate)', reason: 'NOT_SUPPORTED' },
+      ]);
+    }
+    const name = incoming.metadata!.name;
+    let outcome: { service: Service; created: boolean; unchanged: boolean } | undefined;
+    const build = (chain: IntentChain): Service | undefined => {
+      const existing = chain.services.get(name);
+      checkExpectedVersion('service', name, existing, req.expectedResourceVersion);
+      if (existing && sameBytes(ServiceSpec.encode(existing.spec!).finish(), ServiceSpec.encode(spec).finish()) && sameMetadata(existing.metadata!, incoming.metadata!)) {
+        outcome = { service: existing, created: false, unchanged: true };
+        return undefined;
+      }
+      // One (vip, port, protocol) is one service: two would race for the same flows.
+      for (const other of chain.services.values()) {
+        const o = other.spec!;
+        if (other.metadata!.name !== name && o.vip === spec.vip && o.port === spec.port && o.protocol === spec.protocol) {
+          throw new ValidationError(`invalid service: ${spec.vip} port ${spec.port} is service ${other.metadata!.name}'s`, [
+            { field: 'service.spec.vip', description: `${spec.vip} port ${spec.port} ${Protocol[spec.protocol].replace('PROTOCOL_', '')} is already service ${quote(other.metadata!.name)}'s`, reason: 'VIP_IN_USE' },
+          ]);
+        }
+      }
+      if (!existing && chain.services.size >= this.#maxServices) {
+        throw new PreconditionError(`the intent holds ${chain.services.size} services, the most it may; delete one to create ${name}`, 'TOO_MANY_SERVICES');
+      }
+      checkIntentBytes(chain, 'service', name, existing ? encodedSize(existing, Service) : 0, Service.encode(incoming).finish().length, this.#maxIntentBytes);
+      const service = Service.fromPartial({ metadata: storedMetadata(name, incoming.metadata!, existing?.metadata, chain.revision, this.#now()), spec });
+      outcome = { service, created: !existing, unchanged: false };
+      return service;
+    };
+    if (req.validateOnly) {
+      await this.#store.catchUp();
+      const service = build(this.#store.chain);
+      return ApplyServiceResponse.fromPartial({ service: service ?? outcome!.service, revision: 0n, created: outcome!.created, unchanged: outcome!.unchanged });
+    }
+    const written = await this.#store.write((chain) => {
+      const service = build(chain);
+      return service ? { upserts: [], deletes: [], rollouts: [], serviceUpserts: [service], serviceDeletes: [] } : undefined;
+    }, trace);
+    const stored = written ? (written.entry.change!.serviceUpserts[0] ?? outcome!.service) : outcome!.service;
+    return ApplyServiceResponse.fromPartial({ service: stored, revision: written?.revision ?? 0n, created: outcome!.created, unchanged: outcome!.unchanged });
+  }
+
+  /**
+   * Deletes a service.
+   * @throws ValidationError, NotFoundError (unless allow_missing), VersionConflictError, UnavailableError
+   */
+  deleteService(req: DeleteServiceRequest, trace?: TraceContext): Promise<DeleteServiceResponse> {
+    return this.#delete('service', (chain) => chain.services, req, (name) => ({ upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [name] }), trace);
+  }
+
+  /** Returns one service. @throws ValidationError, NotFoundError */
+  getService(req: GetServiceRequest): GetServiceResponse {
+    checkName(req.name, 'name');
+    const chain = this.#store.chain;
+    const service = chain.services.get(req.name);
+    if (!service) throw new NotFoundError(`service ${req.name} not found`);
+    return { service, revision: chain.revision };
+  }
+
+  /** Lists services in name order, one page at a time. @throws ValidationError */
+  listServices(req: ListServicesRequest): ListServicesResponse {
+    const selector = selectorParam(req.labelSelector, 'label_selector');
+    const chain = this.#store.chain;
+    const matching = [...chain.services.values()].filter((s) => matchesLabelSelector(selector, s.metadata?.labels ?? {}));
+    const page = paginate(matching, (s) => s.metadata?.name ?? '', req.pageSize, req.pageToken);
+    return { services: page.items, nextPageToken: page.nextPageToken, revision: chain.revision };
   }
 
   /**
@@ -276,7 +412,7 @@ export class IntentApi {
       }
       next = Rollout.fromPartial({ ...next, resourceVersion: chain.revision + 1n, updateTime: now });
       result = next;
-      return { upserts: [], deletes: [], rollouts: [next] };
+      return { upserts: [], deletes: [], rollouts: [next], serviceUpserts: [], serviceDeletes: [] };
     }, trace);
     return { rollout: result!, revision: written?.revision ?? 0n };
   }

@@ -196,7 +196,7 @@ export class IntentStore {
       const epoch = HistoryReset.decode(newest.reset).epoch;
       if (reset.epoch <= epoch) throw new PreconditionError(`history reset: epoch ${reset.epoch} is not above the newest reset's ${epoch}`, 'EPOCH');
     }
-    const written = await this.#serialized(() => ({ upserts: [], deletes: [], rollouts: [] }), trace, () => new Date(), { historyReset: signed });
+    const written = await this.#serialized(() => ({ upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [] }), trace, () => new Date(), { historyReset: signed });
     await this.#log.writeHistoryReset(signed);
     return written!.revision;
   }
@@ -210,7 +210,7 @@ export class IntentStore {
    */
   async rotateKey(next: KeyObject, trace?: TraceContext): Promise<bigint> {
     // The key switches inside the write, once the entry is stored: the next write signs with it.
-    const written = await this.#serialized(() => ({ upserts: [], deletes: [], rollouts: [] }), trace, () => new Date(), { keyRotation: { publicKey: Buffer.from(rawPublicKey(next)) } }, next);
+    const written = await this.#serialized(() => ({ upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [] }), trace, () => new Date(), { keyRotation: { publicKey: Buffer.from(rawPublicKey(next)) } }, next);
     return written!.revision;
   }
 
@@ -237,6 +237,7 @@ export class IntentStore {
         ...extra,
       });
       for (const p of entry.change!.upserts) p.metadata!.resourceVersion = revision;
+      for (const s of entry.change!.serviceUpserts) s.metadata!.resourceVersion = revision;
       for (const r of entry.change!.rollouts) r.resourceVersion = revision;
       const signed = signLogEntry(entry, this.#signingKey);
       try {

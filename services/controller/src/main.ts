@@ -357,6 +357,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       ruleGrowthGuard: config.ruleGrowthGuard,
       limits: { ...DEFAULT_POLICY_LIMITS, maxRules: config.maxRulesPerPolicy },
       maxPolicies: config.maxPolicies,
+      maxServices: config.maxServices,
       maxIntentBytes: config.maxIntentBytes,
     });
     const fleetApi = new FleetApi(registry, counters, () => store.chain.revision, rollouts, { querier: sessions, timeoutMs: config.connectionsTimeoutMs });

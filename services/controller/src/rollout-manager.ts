@@ -278,7 +278,7 @@ export class RolloutManager {
             updateTime: now,
           });
       this.#o.log?.(last ? 'rollout succeeded' : 'rollout wave started', { policy: r.name, wave: next.currentWave + 1, nodes: next.waveNodes.length });
-      return { upserts: [], deletes: [], rollouts: [next] };
+      return { upserts: [], deletes: [], rollouts: [next], serviceUpserts: [], serviceDeletes: [] };
     }, r.traceContext);
   }
 

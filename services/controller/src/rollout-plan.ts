@@ -49,7 +49,7 @@ export function revertChange(rollout: Rollout, state: RolloutState.ROLLOUT_STATE
   const record = Rollout.fromPartial({ ...rollout, state, reason, updateTime: now });
   if (rollout.previous) {
     const previous = Policy.fromPartial({ ...rollout.previous, metadata: { ...rollout.previous.metadata, updateTime: now } });
-    return { upserts: [previous], deletes: [], rollouts: [record] };
+    return { upserts: [previous], deletes: [], rollouts: [record], serviceUpserts: [], serviceDeletes: [] };
   }
-  return { upserts: [], deletes: [rollout.name], rollouts: [record] };
+  return { upserts: [], deletes: [rollout.name], rollouts: [record], serviceUpserts: [], serviceDeletes: [] };
 }

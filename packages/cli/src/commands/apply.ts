@@ -1,9 +1,9 @@
-import { ApplyPolicyRequest, matchesLabelSelector, type Policy } from '@edgeplane/proto';
+import { ApplyPolicyRequest, ApplyServiceRequest, matchesLabelSelector, type Policy } from '@edgeplane/proto';
 import type { Command, CommandContext, Flags } from '../command.js';
 import { parseDurationMs } from '../duration.js';
 import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
-import { FILE_OPTIONS, explainRpcError, loadPolicies } from '../policy-input.js';
+import { FILE_OPTIONS, explainRpcError, loadManifests, resourceId } from '../manifest-input.js';
 import { renderProgress, waitForRevision } from '../wait.js';
 import { reportError } from '../report.js';
 
@@ -24,7 +24,7 @@ export function validateFlag(flags: Flags): boolean {
 /** `edgeplane apply -f FILE`. */
 export const applyCommand: Command = {
   name: 'apply',
-  summary: 'Create or update policies from YAML/JSON manifests',
+  summary: 'Create or update policies and services from YAML/JSON manifests',
   usage: ['apply -f FILE|FOLDER|- [-f ...] [-R] [--wait [--timeout 60s]] [--dry-run=client|server]'],
   details: `Every document is parsed and validated before anything is sent; a problem is reported as
 FILE:LINE:COL: FIELD: message. Documents are then applied in order; a server rejection maps the
@@ -32,7 +32,8 @@ field path back to the line it is about.
 
 With --wait, the command follows the new revision until every node the applied policies select
 (now or before) runs it: a progress bar on a terminal, one line per change otherwise. It exits 3
-when a node NACKs the revision (printing the node and its reason) and 4 on --timeout.
+when a node NACKs the revision (printing the node and its reason) and 4 on --timeout. Services
+are not waited for: agents do not enforce them yet, so an ACK would not mean the VIP is served.
 
 Examples:
   edgeplane apply -f examples/
@@ -52,30 +53,35 @@ Examples:
     const wait = flags.boolean('wait');
     const timeoutMs = timeoutFlag(flags, 60_000);
     if (wait && dryRun !== 'none') throw new UsageError('--wait and --dry-run do not go together');
-    const manifests = await loadPolicies(ctx.io, flags, { validate: validateFlag(flags) });
+    const manifests = await loadManifests(ctx.io, flags, { validate: validateFlag(flags) });
     const { io } = ctx;
     if (dryRun === 'client') {
-      for (const m of manifests) io.stdout.write(`policy/${m.policy.metadata?.name} valid (dry run)\n`);
+      for (const m of manifests) io.stdout.write(`${resourceId(m)} valid (dry run)\n`);
       return ExitCode.OK;
     }
     const api = ctx.api();
     // For --wait: the nodes each policy selects before the change, so nodes it stops selecting are waited for too.
     const before = new Map<string, Policy | undefined>();
-    if (wait) for (const m of manifests) before.set(m.policy.metadata!.name, (await api.getPolicy(m.policy.metadata!.name))?.policy);
+    if (wait) for (const m of manifests) if (m.kind === 'policy') before.set(m.policy.metadata!.name, (await api.getPolicy(m.policy.metadata!.name))?.policy);
 
     let failed = false;
     let revision = 0n;
     const applied: Policy[] = [];
     for (const m of manifests) {
-      const name = m.policy.metadata?.name ?? '';
       try {
-        const res = await api.applyPolicy(ApplyPolicyRequest.fromPartial({ policy: m.policy, validateOnly: dryRun === 'server', allowLargeGrowth: flags.boolean('allow-large-growth') }));
+        let res: { created: boolean; unchanged: boolean; revision: bigint };
+        if (m.kind === 'policy') {
+          const r = await api.applyPolicy(ApplyPolicyRequest.fromPartial({ policy: m.policy, validateOnly: dryRun === 'server', allowLargeGrowth: flags.boolean('allow-large-growth') }));
+          if (r.policy) applied.push(r.policy);
+          const rv = r.revision || r.policy?.metadata?.resourceVersion || 0n;
+          if (rv > revision) revision = rv;
+          res = r;
+        } else {
+          res = await api.applyService(ApplyServiceRequest.fromPartial({ service: m.service, validateOnly: dryRun === 'server' }));
+        }
         const verb = res.unchanged ? 'unchanged' : res.created ? 'created' : 'configured';
         const suffix = dryRun === 'server' ? ' (server dry run)' : res.revision ? ` (revision ${res.revision})` : '';
-        io.stdout.write(`policy/${name} ${verb}${suffix}\n`);
-        if (res.policy) applied.push(res.policy);
-        const rv = res.revision || res.policy?.metadata?.resourceVersion || 0n;
-        if (rv > revision) revision = rv;
+        io.stdout.write(`${resourceId(m)} ${verb}${suffix}\n`);
       } catch (err) {
         if (!(err instanceof CliError)) throw err;
         failed = true;
@@ -84,6 +90,7 @@ Examples:
     }
     if (failed) return ExitCode.ERROR;
     if (!wait) return ExitCode.OK;
+    if (manifests.some((m) => m.kind === 'service')) io.stdout.write('services are not waited for: agents do not enforce them yet\n');
 
     const nodes = await api.listNodes('');
     const selected = new Set(

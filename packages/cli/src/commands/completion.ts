@@ -2,6 +2,7 @@ import type { Command, CommandContext, Flags, OptionSpec } from '../command.js';
 import { UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { GLOBAL_OPTIONS } from '../global-options.js';
+import { KIND_ALIASES } from '../resource-kind.js';
 
 function flagWords(options: Readonly<Record<string, OptionSpec>>): string[] {
   return Object.entries(options).flatMap(([name, o]) => [`--${name}`, ...(o.short ? [`-${o.short}`] : [])]);
@@ -9,7 +10,8 @@ function flagWords(options: Readonly<Record<string, OptionSpec>>): string[] {
 
 /**
  * Returns the bash completion script for a command table: commands, their flags and flag
- * values, resource kinds, and policy/node names (asked of the controller with `get -o name`).
+ * values, resource kinds, and policy, service and node names (asked of the controller with
+ * `get -o name`).
  */
 export function bashCompletion(commands: readonly Command[]): string {
   const cases = commands
@@ -40,7 +42,7 @@ ${choices}
     return
   fi
   case "$prev" in
-    policy|policies|pol|node|nodes|no)
+    ${Object.keys(KIND_ALIASES).join('|')})
       COMPREPLY=($(compgen -W "$(edgeplane get "$prev" -o name 2>/dev/null | sed 's|.*/||')" -- "$cur"))
       return ;;
   esac

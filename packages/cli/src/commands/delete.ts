@@ -1,44 +1,47 @@
 import type { Command, CommandContext, Flags } from '../command.js';
 import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
-import { FILE_OPTIONS, loadPolicies } from '../policy-input.js';
+import { FILE_OPTIONS, loadManifests, resourceName } from '../manifest-input.js';
 import { reportError } from '../report.js';
 import { parseTargets } from '../resource-kind.js';
 
 /** `edgeplane delete`. */
 export const deleteCommand: Command = {
   name: 'delete',
-  summary: 'Delete policies by name or by manifest',
-  usage: ['delete policy NAME...', 'delete -f FILE|FOLDER|- [-R]'],
+  summary: 'Delete policies and services by name or by manifest',
+  usage: ['delete policy|service NAME...', 'delete -f FILE|FOLDER|- [-R]'],
   details: `Nodes are registered by their agents and cannot be deleted.
 
 Examples:
   edgeplane delete policy deny-telnet
+  edgeplane delete service web
   edgeplane delete -f examples/ --ignore-not-found`,
-  arguments: ['policy'],
+  arguments: ['policy', 'service'],
   options: {
     ...FILE_OPTIONS,
-    'ignore-not-found': { type: 'boolean', description: 'succeed for policies that do not exist' },
+    'ignore-not-found': { type: 'boolean', description: 'succeed for policies and services that do not exist' },
   },
   async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
-    let names: string[];
+    let targets: { kind: 'policy' | 'service'; name: string }[];
     if (flags.strings('filename').length > 0) {
       if (positionals.length > 0) throw new UsageError('give names or -f, not both');
-      names = (await loadPolicies(ctx.io, flags, { validate: false })).map((m) => m.policy.metadata?.name ?? '');
+      targets = (await loadManifests(ctx.io, flags, { validate: false })).map((m) => ({ kind: m.kind, name: resourceName(m) }));
     } else {
       const t = parseTargets(positionals);
-      if (t.kind !== 'policy') throw new UsageError('nodes are registered by their agents and cannot be deleted');
-      if (t.names.length === 0) throw new UsageError('name the policies to delete, or use -f');
-      names = t.names;
+      if (t.kind === 'node') throw new UsageError('nodes are registered by their agents and cannot be deleted');
+      if (t.names.length === 0) throw new UsageError(`name the ${t.kind === 'policy' ? 'policies' : 'services'} to delete, or use -f`);
+      targets = t.names.map((name) => ({ kind: t.kind as 'policy' | 'service', name }));
     }
     const api = ctx.api();
     const allowMissing = flags.boolean('ignore-not-found');
     let code: ExitCodeValue = ExitCode.OK;
-    for (const name of names) {
+    for (const { kind, name } of targets) {
       try {
-        if (!allowMissing && !(await api.getPolicy(name))) throw new CliError(`policy ${JSON.stringify(name)} not found`);
-        const res = await api.deletePolicy({ name, allowMissing, validateOnly: false });
-        if (res.revision) ctx.io.stdout.write(`policy/${name} deleted (revision ${res.revision})\n`);
+        const exists = kind === 'policy' ? api.getPolicy(name) : api.getService(name);
+        if (!allowMissing && !(await exists)) throw new CliError(`${kind} ${JSON.stringify(name)} not found`);
+        const req = { name, allowMissing, validateOnly: false };
+        const res = kind === 'policy' ? await api.deletePolicy(req) : await api.deleteService(req);
+        if (res.revision) ctx.io.stdout.write(`${kind}/${name} deleted (revision ${res.revision})\n`);
       } catch (err) {
         if (!(err instanceof CliError)) throw err;
         reportError(ctx.io, err);

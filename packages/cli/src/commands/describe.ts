@@ -1,7 +1,7 @@
 import type { Command, CommandContext, Flags } from '../command.js';
 import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
-import { describeNode, describePolicy } from '../render.js';
+import { describeNode, describePolicy, describeService } from '../render.js';
 import { reportError } from '../report.js';
 import { KIND_WORDS, parseTargets } from '../resource-kind.js';
 import { SELECTOR_OPTION, selectorFlag } from './get.js';
@@ -9,10 +9,12 @@ import { SELECTOR_OPTION, selectorFlag } from './get.js';
 /** `edgeplane describe`. */
 export const describeCommand: Command = {
   name: 'describe',
-  summary: 'Show a policy or node in detail: revisions, ACK/NACK, last error, counters',
-  usage: ['describe policy|node NAME...', 'describe policies|nodes [-l SELECTOR]'],
+  summary: 'Show a policy, service or node in detail: revisions, ACK/NACK, last error, counters',
+  usage: ['describe policy|service|node NAME...', 'describe policies|services|nodes [-l SELECTOR]'],
   details: `A policy shows its rules with fleet-wide counters and the nodes it selects, each with its
-applied revision and NACK reason. A node shows its agent, interfaces, applied revision (or that
+applied revision and NACK reason. A service shows its VIP, port and protocol, scheduler and
+lookup-table size, health check, affinity, the nodes it selects and its backends with their
+weights and shares of new flows. A node shows its agent, interfaces, applied revision (or that
 it is unknown, when a failed rollback left the datapath at no known revision), last outcome and
 error, its conditions, the policies selecting it, and its rule and interface counters.`,
   arguments: KIND_WORDS,
@@ -38,6 +40,18 @@ error, its conditions, the policies selecting it, and its rule and interface cou
           if (!got?.policy) throw new CliError(`policy ${JSON.stringify(name)} not found`);
           const counters = await api.getPolicyCounters({ policy: name, nodeLabelSelector: '', perNode: true });
           blocks.push(describePolicy({ policy: got.policy, fleetCounters: counters.fleet, nodeCounters: counters.nodes, nodes }, ctx.now()));
+        } catch (err) {
+          fail(err);
+        }
+      }
+    } else if (kind === 'service') {
+      const nodes = await api.listNodes('');
+      const targets = names.length ? names : (await api.listServices(selector)).map((s) => s.metadata?.name ?? '');
+      for (const name of targets) {
+        try {
+          const got = await api.getService(name);
+          if (!got?.service) throw new CliError(`service ${JSON.stringify(name)} not found`);
+          blocks.push(describeService({ service: got.service, nodes }, ctx.now()));
         } catch (err) {
           fail(err);
         }

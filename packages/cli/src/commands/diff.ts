@@ -1,9 +1,9 @@
-import { ApplyPolicyRequest } from '@edgeplane/proto';
+import { ApplyPolicyRequest, ApplyServiceRequest } from '@edgeplane/proto';
 import type { Command, CommandContext, Flags } from '../command.js';
-import { diffPolicy, renderPolicyDiff } from '../diff.js';
+import { diffPolicy, diffService, renderPolicyDiff } from '../diff.js';
 import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
-import { FILE_OPTIONS, explainRpcError, loadPolicies } from '../policy-input.js';
+import { FILE_OPTIONS, explainRpcError, loadManifests, resourceName } from '../manifest-input.js';
 import { reportError } from '../report.js';
 import { validateFlag } from './apply.js';
 
@@ -12,8 +12,8 @@ export const diffCommand: Command = {
   name: 'diff',
   summary: 'Show what apply would change, and on which nodes',
   usage: ['diff -f FILE|FOLDER|- [-R] [--exit-code]'],
-  details: `For each policy: a diff of the server's copy against the manifest, then how many nodes the
-policy selects now and after (+ nodes it starts selecting, - nodes it stops selecting, ~ nodes
+  details: `For each policy or service: a diff of the server's copy against the manifest, then how many
+nodes it selects now and after (+ nodes it starts selecting, - nodes it stops selecting, ~ nodes
 that stay selected and get the change). The server validates each manifest (nothing is written).`,
   options: {
     ...FILE_OPTIONS,
@@ -22,17 +22,22 @@ that stay selected and get the change). The server validates each manifest (noth
   },
   async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
     if (positionals.length > 0) throw new UsageError(`diff takes no arguments (got ${positionals.join(' ')}); use -f`);
-    const manifests = await loadPolicies(ctx.io, flags, { validate: validateFlag(flags) });
+    const manifests = await loadManifests(ctx.io, flags, { validate: validateFlag(flags) });
     const api = ctx.api();
     const nodes = await api.listNodes('');
     let changed = false;
     let failed = false;
     for (const m of manifests) {
-      const name = m.policy.metadata?.name ?? '';
+      const name = resourceName(m);
       try {
-        await api.applyPolicy(ApplyPolicyRequest.fromPartial({ policy: m.policy, validateOnly: true }));
-        const current = (await api.getPolicy(name))?.policy;
-        const d = diffPolicy(name, current, m.policy, nodes);
+        let d;
+        if (m.kind === 'policy') {
+          await api.applyPolicy(ApplyPolicyRequest.fromPartial({ policy: m.policy, validateOnly: true }));
+          d = diffPolicy(name, (await api.getPolicy(name))?.policy, m.policy, nodes);
+        } else {
+          await api.applyService(ApplyServiceRequest.fromPartial({ service: m.service, validateOnly: true }));
+          d = diffService(name, (await api.getService(name))?.service, m.service, nodes);
+        }
         if (d.change !== 'unchanged') changed = true;
         ctx.io.stdout.write(renderPolicyDiff(d));
       } catch (err) {

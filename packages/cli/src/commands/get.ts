@@ -1,10 +1,10 @@
-import { LabelSelectorSyntaxError, parseLabelSelector, type Node, type Policy } from '@edgeplane/proto';
+import { LabelSelectorSyntaxError, parseLabelSelector, type Node, type Policy, type Service } from '@edgeplane/proto';
 import type { Command, CommandContext, Flags } from '../command.js';
 import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
-import { renderNodeTable, renderPolicyTable } from '../render.js';
+import { renderNodeTable, renderPolicyTable, renderServiceTable } from '../render.js';
 import { reportError } from '../report.js';
-import { listOf, nodeToManifest, policyToManifest, toJson, toYaml, type Plain } from '../resource-format.js';
+import { listOf, nodeToManifest, policyToManifest, serviceToManifest, toJson, toYaml, type Plain } from '../resource-format.js';
 import { KIND_WORDS, parseTargets } from '../resource-kind.js';
 
 const OUTPUTS = ['table', 'wide', 'json', 'yaml', 'name'] as const;
@@ -27,12 +27,14 @@ export const SELECTOR_OPTION = { type: 'string', short: 'l', value: 'SELECTOR', 
 /** `edgeplane get`. */
 export const getCommand: Command = {
   name: 'get',
-  summary: 'List policies or nodes',
-  usage: ['get policies|nodes [NAME...] [-l SELECTOR] [-o wide|json|yaml|name]'],
+  summary: 'List policies, services or nodes',
+  usage: ['get policies|services|nodes [NAME...] [-l SELECTOR] [-o wide|json|yaml|name]'],
   details: `Examples:
   edgeplane get policies
+  edgeplane get services -o wide
   edgeplane get nodes -l role=edge -o wide
-  edgeplane get policy deny-telnet -o yaml`,
+  edgeplane get policy deny-telnet -o yaml
+  edgeplane get service web -o json`,
   arguments: KIND_WORDS,
   options: {
     output: { type: 'string', short: 'o', value: 'FORMAT', description: 'table (default), wide, json, yaml or name', choices: OUTPUTS.filter((o) => o !== 'table') },
@@ -68,6 +70,11 @@ export const getCommand: Command = {
       items = policies.map((p) => policyToManifest(p));
       table = (wide) => renderPolicyTable(policies, ctx.now(), wide);
       ids = policies.map((p) => `policy/${p.metadata?.name}`);
+    } else if (kind === 'service') {
+      const services: Service[] = names.length ? await fetch(async (n) => (await api.getService(n))?.service) : await api.listServices(selector);
+      items = services.map((s) => serviceToManifest(s));
+      table = (wide) => renderServiceTable(services, ctx.now(), wide);
+      ids = services.map((s) => `service/${s.metadata?.name}`);
     } else {
       const nodes: Node[] = names.length ? await fetch(async (n) => (await api.getNode(n))?.node) : await api.listNodes(selector);
       items = nodes.map(nodeToManifest);

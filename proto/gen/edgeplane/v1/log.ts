@@ -10,6 +10,7 @@ import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Policy } from "./policy.js";
 import { TraceContext } from "./resources.js";
 import { Rollout } from "./rollout.js";
+import { Service } from "./service.js";
 
 export const protobufPackage = "edgeplane.v1";
 
@@ -92,6 +93,10 @@ export interface Change {
   deletes: string[];
   /** Rollout records created or updated by this entry. */
   rollouts: Rollout[];
+  /** Whole services with their metadata (resource_version = the entry's revision). */
+  serviceUpserts: Service[];
+  /** Names of deleted services. */
+  serviceDeletes: string[];
 }
 
 /** SignedLogEntry is the envelope that travels on NATS and is stored in the stream. */
@@ -119,6 +124,7 @@ export interface Snapshot {
    * before it): a follower that trusts only the first key verifies them, then the snapshot.
    */
   keyRotations: SignedLogEntry[];
+  services: Service[];
 }
 
 /** SignedSnapshot is the envelope a snapshot is stored in. */
@@ -684,7 +690,7 @@ export const SignedHistoryReset: MessageFns<SignedHistoryReset> = {
 };
 
 function createBaseChange(): Change {
-  return { upserts: [], deletes: [], rollouts: [] };
+  return { upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [] };
 }
 
 export const Change: MessageFns<Change> = {
@@ -697,6 +703,12 @@ export const Change: MessageFns<Change> = {
     }
     for (const v of message.rollouts) {
       Rollout.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.serviceUpserts) {
+      Service.encode(v!, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.serviceDeletes) {
+      writer.uint32(42).string(v!);
     }
     return writer;
   },
@@ -738,6 +750,22 @@ export const Change: MessageFns<Change> = {
             message.rollouts.push(Rollout.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.serviceUpserts.push(Service.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.serviceDeletes.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -755,6 +783,16 @@ export const Change: MessageFns<Change> = {
       upserts: globalThis.Array.isArray(object?.upserts) ? object.upserts.map((e: any) => Policy.fromJSON(e)) : [],
       deletes: globalThis.Array.isArray(object?.deletes) ? object.deletes.map((e: any) => globalThis.String(e)) : [],
       rollouts: globalThis.Array.isArray(object?.rollouts) ? object.rollouts.map((e: any) => Rollout.fromJSON(e)) : [],
+      serviceUpserts: globalThis.Array.isArray(object?.serviceUpserts)
+        ? object.serviceUpserts.map((e: any) => Service.fromJSON(e))
+        : globalThis.Array.isArray(object?.service_upserts)
+        ? object.service_upserts.map((e: any) => Service.fromJSON(e))
+        : [],
+      serviceDeletes: globalThis.Array.isArray(object?.serviceDeletes)
+        ? object.serviceDeletes.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.service_deletes)
+        ? object.service_deletes.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -769,6 +807,12 @@ export const Change: MessageFns<Change> = {
     if (message.rollouts?.length) {
       obj.rollouts = message.rollouts.map((e) => Rollout.toJSON(e));
     }
+    if (message.serviceUpserts?.length) {
+      obj.serviceUpserts = message.serviceUpserts.map((e) => Service.toJSON(e));
+    }
+    if (message.serviceDeletes?.length) {
+      obj.serviceDeletes = message.serviceDeletes;
+    }
     return obj;
   },
 
@@ -780,6 +824,8 @@ export const Change: MessageFns<Change> = {
     message.upserts = object.upserts?.map((e) => Policy.fromPartial(e)) || [];
     message.deletes = object.deletes?.map((e) => e) || [];
     message.rollouts = object.rollouts?.map((e) => Rollout.fromPartial(e)) || [];
+    message.serviceUpserts = object.serviceUpserts?.map((e) => Service.fromPartial(e)) || [];
+    message.serviceDeletes = object.serviceDeletes?.map((e) => e) || [];
     return message;
   },
 };
@@ -898,6 +944,7 @@ function createBaseSnapshot(): Snapshot {
     rollouts: [],
     fleetId: "",
     keyRotations: [],
+    services: [],
   };
 }
 
@@ -926,6 +973,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     }
     for (const v of message.keyRotations) {
       SignedLogEntry.encode(v!, writer.uint32(58).fork()).join();
+    }
+    for (const v of message.services) {
+      Service.encode(v!, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -999,6 +1049,14 @@ export const Snapshot: MessageFns<Snapshot> = {
             message.keyRotations.push(SignedLogEntry.decode(reader, reader.uint32()));
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.services.push(Service.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1036,6 +1094,7 @@ export const Snapshot: MessageFns<Snapshot> = {
         : globalThis.Array.isArray(object?.key_rotations)
         ? object.key_rotations.map((e: any) => SignedLogEntry.fromJSON(e))
         : [],
+      services: globalThis.Array.isArray(object?.services) ? object.services.map((e: any) => Service.fromJSON(e)) : [],
     };
   },
 
@@ -1062,6 +1121,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.keyRotations?.length) {
       obj.keyRotations = message.keyRotations.map((e) => SignedLogEntry.toJSON(e));
     }
+    if (message.services?.length) {
+      obj.services = message.services.map((e) => Service.toJSON(e));
+    }
     return obj;
   },
 
@@ -1077,6 +1139,7 @@ export const Snapshot: MessageFns<Snapshot> = {
     message.rollouts = object.rollouts?.map((e) => Rollout.fromPartial(e)) || [];
     message.fleetId = object.fleetId ?? "";
     message.keyRotations = object.keyRotations?.map((e) => SignedLogEntry.fromPartial(e)) || [];
+    message.services = object.services?.map((e) => Service.fromPartial(e)) || [];
     return message;
   },
 };

@@ -131,6 +131,22 @@ export function intentServiceHandlers(api: IntentApi, log: ErrorLogger, auth: Au
     promoteRollout: unary('IntentService', 'PromoteRollout', edge, (req) => api.rolloutAction(req.name, 'promote', '', entryTrace())),
     abortRollout: unary('IntentService', 'AbortRollout', edge, (req) => api.rolloutAction(req.name, 'abort', req.reason, entryTrace())),
     resetHistory: unary('IntentService', 'ResetHistory', edge, (req) => api.resetHistory(req, entryTrace())),
+    applyService: unary('IntentService', 'ApplyService', edge, async (req, span) => {
+      const refused = wireViolations(req);
+      if (refused) throw new ValidationError(`invalid service: ${refused[0]!.field}: ${refused[0]!.description}`, refused);
+      span.setAttribute('edgeplane.service', req.service?.metadata?.name ?? '');
+      const res = await api.applyService(req, entryTrace());
+      span.setAttribute('edgeplane.revision', Number(res.revision));
+      return res;
+    }),
+    deleteService: unary('IntentService', 'DeleteService', edge, async (req, span) => {
+      span.setAttribute('edgeplane.service', req.name);
+      const res = await api.deleteService(req, entryTrace());
+      span.setAttribute('edgeplane.revision', Number(res.revision));
+      return res;
+    }),
+    getService: unary('IntentService', 'GetService', edge, (req) => api.getService(req)),
+    listServices: unary('IntentService', 'ListServices', edge, (req) => api.listServices(req)),
   };
 }
 
