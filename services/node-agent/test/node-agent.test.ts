@@ -301,19 +301,20 @@ test('NodeAgent - entries that trickle in closer together than the coalescing wa
   const workload = new MemoryDatapath();
   const reports: RevisionReport[] = [];
   const path = join(mkdtempSync(join(dir, 's-')), 'applied.json');
-  const agent = new NodeAgent({ nodeName: 'n1', labels: { role: 'edge' }, datapaths: { uplink, workload }, stateFile: new StateFile(path), report: (r) => void reports.push(r), log: () => undefined, coalesceMs: 40, coalesceMaxMs: 400 });
+  const agent = new NodeAgent({ nodeName: 'n1', labels: { role: 'edge' }, datapaths: { uplink, workload }, stateFile: new StateFile(path), report: (r) => void reports.push(r), log: () => undefined, coalesceMs: 300, coalesceMaxMs: 3_000 });
   t.teardown(() => agent.close());
   const chain = new IntentChain(trusted);
   const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
   // What a verified live burst looks like after an outage: one entry every few ms, for longer
-  // than the wait. (Each gap is shorter than the wait; the whole burst is not.)
-  for (let i = 0; i < 20; i++) {
+  // than the wait (60 x 10 ms against 300 ms). Each gap is far shorter than the wait, even on a
+  // loaded machine; the whole burst is not.
+  for (let i = 0; i < 60; i++) {
     agent.intentAdvanced(chain, [advance(chain, denyPort('p', 1000 + i))]);
-    await sleep(5);
+    await sleep(10);
   }
   await agent.settled();
-  t.deepEqual(reports.map((r) => r.revision), [20n], 'one apply, of the last entry');
-  t.is(verdict(uplink, 1019), 'drop');
+  t.deepEqual(reports.map((r) => r.revision), [60n], 'one apply, of the last entry');
+  t.is(verdict(uplink, 1059), 'drop');
   // A stream that never pauses for the wait is applied by the cap, not held back forever.
   let streaming = true;
   const stream = (async () => {
