@@ -26,7 +26,10 @@ export const MAX_BACKEND_KEY_LENGTH = 64;
 /** A weight at most: the weighted fill's arithmetic is exact up to 2^32 - 1 (proto's uint32). */
 const MAX_WEIGHT = 0xffffffff;
 
-const EMPTY = 0xffffffff;
+// A free slot while filling: the table is filled as an Int32Array (small integers stay
+// integers in V8; 0xffffffff in a Uint32Array reads as a double) and returned as a Uint32Array
+// view of the same memory.
+const EMPTY = -1;
 
 /**
  * The canonical identity of a backend, the Maglev table's key for it: `a.b.c.d:port` for IPv4,
@@ -162,7 +165,7 @@ export function buildMaglevTable(backends: readonly MaglevBackend[], m: number):
   const weight = new Float64Array(p);
   const position = new Uint32Array(p);
   const skip = new Uint32Array(p);
-  const turns = new Float64Array(p);
+  const turns = new Uint32Array(p);
   let equal = true;
   for (let j = 0; j < p; j++) {
     const backend = backends[index[j] as number] as MaglevBackend;
@@ -173,14 +176,15 @@ export function buildMaglevTable(backends: readonly MaglevBackend[], m: number):
     if (backend.weight !== maxWeight) equal = false;
   }
 
-  const table = new Uint32Array(m).fill(EMPTY);
+  const table = new Int32Array(m).fill(EMPTY);
+  const result = new Uint32Array(table.buffer);
   // Backend j's turn: its next preferred slot not yet taken.
   const turn = (j: number): void => {
     const step = skip[j] as number;
     let slot = position[j] as number;
     while (table[slot] !== EMPTY) {
       slot += step;
-      if (slot >= m) slot -= m;
+      slot = slot >= m ? slot - m : slot;
     }
     table[slot] = index[j] as number;
     slot += step;
@@ -192,15 +196,16 @@ export function buildMaglevTable(backends: readonly MaglevBackend[], m: number):
     for (let filled = 0; ; ) {
       for (let j = 0; j < p; j++) {
         turn(j);
-        if (++filled === m) return table;
+        if (++filled === m) return result;
       }
     }
   }
 
   // A min-heap of turn keys `round * p + rank`. The table fills by round m (the heaviest backend
   // takes a turn every round), so a round past m + 1 is capped there and never drawn; keys stay
-  // exact in a double. All backends start in round 1: keys p..2p-1 in rank order, already a heap.
-  const heap = new Float64Array(p);
+  // below (m + 3) * p <= (m + 3) * m / 100 < 2^31. All backends start in round 1: keys p..2p-1
+  // in rank order, already a heap.
+  const heap = new Int32Array(p);
   for (let j = 0; j < p; j++) heap[j] = p + j;
   const cap = m + 2;
   for (let filled = 0; filled < m; filled++) {
@@ -224,5 +229,5 @@ export function buildMaglevTable(backends: readonly MaglevBackend[], m: number):
     }
     heap[at] = key;
   }
-  return table;
+  return result;
 }
