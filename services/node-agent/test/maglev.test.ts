@@ -8,6 +8,7 @@ import fc from 'fast-check';
 import { defaultMaglevTableSize, formatAddress, MAGLEV_MIN_SLOTS_PER_BACKEND, MAGLEV_TABLE_SIZES } from '@edgeplane/proto';
 import { MaglevInputError } from '../src/datapath/errors.js';
 import { backendKey, buildMaglevTable, maglevPermutation, type MaglevBackend } from '../src/datapath/maglev.js';
+import { prng } from './datapath-helpers.js';
 
 const params = { seed: 20261201, numRuns: 300 };
 
@@ -243,3 +244,16 @@ test('buildMaglevTable - 1,000 equal backends at 131,071 slots: every backend ge
   t.is(Math.min(...counts), 131);
   t.is(Math.max(...counts), 132);
 });
+
+test('buildMaglevTable - 1,000 backends of mixed weights at 131,071 slots: shares within the bound, any input order', (t) => {
+  const rng = prng(20261201);
+  const backends = Array.from({ length: 1000 }, (_, i) => ({ key: backendKey(`2001:db8::${i.toString(16)}`, 443), weight: 1 + Math.floor(rng() * 10_000) }));
+  const table = buildMaglevTable(backends, 131071);
+  const counts = slotsByKey(backends, table);
+  const total = backends.reduce((sum, b) => sum + b.weight, 0);
+  const off = backends.filter((b) => Math.abs((counts.get(b.key) as number) - (131071 * b.weight) / total) >= shareTolerance(1000, b.weight, total));
+  t.deepEqual(off, []);
+  const reversed = [...backends].reverse();
+  t.deepEqual(asKeys(reversed, buildMaglevTable(reversed, 131071)), asKeys(backends, table));
+});
+
