@@ -57,20 +57,7 @@ function keyWords(key: string, out: Uint32Array): number {
 
 const scratchWords = new Uint32Array((MAX_BACKEND_KEY_LENGTH >> 2) + 1);
 
-/**
- * A backend's permutation of the slots (the paper's offset and skip): it prefers slots
- * `(offset + j * skip) mod m`, j = 0, 1, ..., which visits every slot since m is prime and
- * 1 <= skip < m. offset = jhash2(key words, MAGLEV_OFFSET_SEED) mod m, skip =
- * jhash2(key words, MAGLEV_SKIP_SEED) mod (m - 1) + 1: two seeds of lookup3's hashword, whose
- * outputs for different seeds are independent for practical purposes (Katran and Cilium use two
- * seeds of MurmurHash3 the same way).
- * @returns offset and skip; never throws (the key is not validated here).
- */
-export function maglevPermutation(key: string, m: number): { offset: number; skip: number } {
-  const length = keyWords(key, scratchWords);
-  return { offset: jhash2(scratchWords, length, MAGLEV_OFFSET_SEED) % m, skip: (jhash2(scratchWords, length, MAGLEV_SKIP_SEED) % (m - 1)) + 1 };
-}
-
+// A backend key: 1..MAX_BACKEND_KEY_LENGTH printable ASCII characters (what backendKey() builds).
 function validKey(key: unknown): key is string {
   if (typeof key !== 'string' || key.length === 0 || key.length > MAX_BACKEND_KEY_LENGTH) return false;
   for (let i = 0; i < key.length; i++) {
@@ -78,6 +65,22 @@ function validKey(key: unknown): key is string {
     if (code < 0x21 || code > 0x7e) return false;
   }
   return true;
+}
+
+/**
+ * A backend's permutation of the slots (the paper's offset and skip): it prefers slots
+ * `(offset + j * skip) mod m`, j = 0, 1, ..., which visits every slot since m is prime and
+ * 1 <= skip < m. offset = jhash2(key words, MAGLEV_OFFSET_SEED) mod m, skip =
+ * jhash2(key words, MAGLEV_SKIP_SEED) mod (m - 1) + 1: two seeds of lookup3's hashword, whose
+ * outputs for different seeds are independent for practical purposes (Katran and Cilium use two
+ * seeds of MurmurHash3 the same way).
+ * @returns offset and skip.
+ * @throws MaglevInputError when `key` is not 1..64 printable ASCII characters.
+ */
+export function maglevPermutation(key: string, m: number): { offset: number; skip: number } {
+  if (!validKey(key)) throw new MaglevInputError('key', `must be 1-${MAX_BACKEND_KEY_LENGTH} printable ASCII characters (backendKey())`);
+  const length = keyWords(key, scratchWords);
+  return { offset: jhash2(scratchWords, length, MAGLEV_OFFSET_SEED) % m, skip: (jhash2(scratchWords, length, MAGLEV_SKIP_SEED) % (m - 1)) + 1 };
 }
 
 // ceil(a / b) for integers a < 2^53, b >= 1: the float quotient may round across an integer, so
