@@ -23,6 +23,13 @@ export const MAGLEV_SKIP_SEED = 0x4d474c53;
 /** Characters of a backend key at most: `[` + 39 (IPv6 text) + `]:` + 5 (port) is 47. */
 export const MAX_BACKEND_KEY_LENGTH = 64;
 
+// Bits of a backend's rank in a heap key (buildMaglevTable): ranks are below the largest size /
+// MAGLEV_MIN_SLOTS_PER_BACKEND (1,310: 11 bits), rounds at most the largest size + 2 (18 bits).
+const LARGEST_SIZE = Math.max(...MAGLEV_TABLE_SIZES);
+const RANK_BITS = Math.ceil(Math.log2(Math.floor(LARGEST_SIZE / MAGLEV_MIN_SLOTS_PER_BACKEND) + 1));
+const RANK_MASK = (1 << RANK_BITS) - 1;
+if ((LARGEST_SIZE + 3) * 2 ** RANK_BITS >= 2 ** 31) throw new Error(`maglev: heap keys of table size ${LARGEST_SIZE} overflow 31 bits`);
+
 /** A weight at most: the weighted fill's arithmetic is exact up to 2^32 - 1 (proto's uint32). */
 const MAX_WEIGHT = 0xffffffff;
 
@@ -204,22 +211,22 @@ export function buildMaglevTable(backends: readonly MaglevBackend[], m: number):
     }
   }
 
-  // A min-heap of turn keys `round * p + rank`. The table fills by round m (the heaviest backend
-  // takes a turn every round), so a round past m + 1 is capped there and never drawn; keys stay
-  // below (m + 3) * p <= (m + 3) * m / 100 < 2^31. All backends start in round 1: keys p..2p-1
-  // in rank order, already a heap.
+  // A min-heap of turn keys `round << RANK_BITS | rank` (a rank is below m / 100). The table
+  // fills by round m (the heaviest backend takes a turn every round), so a round past m + 1 is
+  // capped there and never drawn; keys stay below (m + 3) << RANK_BITS < 2^31. All backends
+  // start in round 1: keys in rank order, already a heap.
   const heap = new Int32Array(p);
-  for (let j = 0; j < p; j++) heap[j] = p + j;
+  for (let j = 0; j < p; j++) heap[j] = (1 << RANK_BITS) | j;
   const cap = m + 2;
   for (let filled = 0; filled < m; filled++) {
     const top = heap[0] as number;
-    const j = top % p;
+    const j = top & RANK_MASK;
     turn(j);
     const taken = (turns[j] as number) + 1;
     turns[j] = taken;
     const round = Math.min(cap, 1 + ceilDiv(taken * maxWeight, weight[j] as number));
     // Replace the top with the backend's next turn and sift it down.
-    const key = round * p + j;
+    const key = (round << RANK_BITS) | j;
     let at = 0;
     for (;;) {
       const left = 2 * at + 1;
