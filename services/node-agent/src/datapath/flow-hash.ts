@@ -94,6 +94,9 @@ export function flowHashWords(tuple: FlowTuple, out: Uint32Array = new Uint32Arr
   return out;
 }
 
+// flowHash()'s words: hashing allocates nothing.
+const scratch = new Uint32Array(FLOW_HASH_WORDS);
+
 /**
  * `ep_flow_hash()`: the hash of a new flow's whole tuple (family, protocol, addresses, ports),
  * jhash2 of flowHashWords() with FLOW_HASH_SEED. Its slot in a Maglev table of `m` slots is
@@ -101,7 +104,7 @@ export function flowHashWords(tuple: FlowTuple, out: Uint32Array = new Uint32Arr
  * @returns an unsigned 32-bit integer; never throws.
  */
 export function flowHash(tuple: FlowTuple): number {
-  return jhash2(flowHashWords(tuple), FLOW_HASH_WORDS, FLOW_HASH_SEED);
+  return jhash2(flowHashWords(tuple, scratch), FLOW_HASH_WORDS, FLOW_HASH_SEED);
 }
 
 const NO_ADDRESS = new Uint8Array(0);
