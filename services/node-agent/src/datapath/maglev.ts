@@ -11,7 +11,10 @@ import { jhash2 } from './flow-hash.js';
 export interface MaglevBackend {
   /** The backend's canonical identity, from backendKey() (e.g. `10.0.0.1:8080`, `[2001:db8::1]:80`). */
   readonly key: string;
-  /** Relative share of the slots, an integer 0..2^32-1; 0 (draining) takes none. */
+  /**
+   * Relative share of the slots, an integer 0..2^32-1; 0 (draining, or unhealthy on this node)
+   * takes none. A proto `Backend` without a weight means 1: the caller resolves that.
+   */
   readonly weight: number;
 }
 
@@ -41,7 +44,8 @@ const EMPTY = -1;
 /**
  * The canonical identity of a backend, the Maglev table's key for it: `a.b.c.d:port` for IPv4,
  * `[rfc5952]:port` for IPv6 (any spelling of the address gives one key), so every node derives
- * the same key from the same spec.
+ * the same key from the same spec. A proto `Backend` port 0 means the service's port: the
+ * caller resolves that first.
  * @throws MaglevInputError when `address` is not an IPv4 or IPv6 address or `port` not 1..65535.
  */
 export function backendKey(address: string, port: number): string {
