@@ -113,6 +113,48 @@ test('buildMaglevTable - no backend of positive weight (none, or all draining) i
   t.deepEqual([...new Set(buildMaglevTable([{ key: 'a', weight: 0 }, { key: 'b', weight: 3 }], 251))], [1]);
 });
 
+/**
+ * The documented rule, written plainly (the paper's loop with Katran's credit): backends in key
+ * order; each round every backend adds its weight to a credit that starts at maxWeight - weight,
+ * and one whose credit reaches maxWeight pays it and takes a turn: its next preferred slot not
+ * yet taken. buildMaglevTable() draws the same turns from a heap.
+ * @returns the table as keys.
+ */
+function referenceTable(backends: readonly MaglevBackend[], m: number): string[] {
+  const ranked = backends.filter((b) => b.weight > 0).sort((a, b) => (a.key < b.key ? -1 : 1));
+  if (ranked.length === 0) return [];
+  const maxWeight = Math.max(...ranked.map((b) => b.weight));
+  const permutations = ranked.map((b) => maglevPermutation(b.key, m));
+  const next = ranked.map(() => 0);
+  const credit = ranked.map((b) => maxWeight - b.weight);
+  const table: (string | undefined)[] = new Array<string | undefined>(m).fill(undefined);
+  for (let filled = 0; ; ) {
+    for (let j = 0; j < ranked.length; j++) {
+      credit[j] = (credit[j] as number) + (ranked[j] as MaglevBackend).weight;
+      if ((credit[j] as number) < maxWeight) continue;
+      credit[j] = (credit[j] as number) - maxWeight;
+      const { offset, skip } = permutations[j] as { offset: number; skip: number };
+      let slot: number;
+      do {
+        slot = (offset + (next[j] as number) * skip) % m;
+        next[j] = (next[j] as number) + 1;
+      } while (table[slot] !== undefined);
+      table[slot] = (ranked[j] as MaglevBackend).key;
+      if (++filled === m) return table as string[];
+    }
+  }
+}
+
+test('buildMaglevTable - builds the table of the documented rule (a plain round-by-round loop)', (t) => {
+  fc.assert(
+    fc.property(serviceArb(1, 30), ({ backends, m }) => {
+      assert.deepEqual(asKeys(backends, buildMaglevTable(backends, m)), referenceTable(backends, m));
+    }),
+    params,
+  );
+  t.pass();
+});
+
 test('buildMaglevTable - deterministic and independent of input order', (t) => {
   fc.assert(
     fc.property(
