@@ -35,7 +35,11 @@ export { genFlags, RULE_FLAG_TRACK } from './datapath/compile-tables.js';
 export type { AttachOptions, EbpfDatapathOptions, UplinkMode } from './datapath/ebpf-datapath.js';
 export { INTERFACE_ROLES, isInterfaceRole } from './datapath/interface-role.js';
 export type { InterfaceRole } from './datapath/interface-role.js';
-export { CapacityError, ConntrackInputError, DatapathError, RollbackError, RuleSetError } from './datapath/errors.js';
+export { CapacityError, ConntrackInputError, DatapathError, MaglevInputError, RollbackError, RuleSetError } from './datapath/errors.js';
+export { clientHash, FLOW_HASH_SEED, flowHash, jhash2, maglevSlot } from './datapath/flow-hash.js';
+export type { FlowTuple } from './datapath/flow-hash.js';
+export { backendKey, buildMaglevTable, maglevPermutation, MAX_BACKEND_KEY_LENGTH } from './datapath/maglev.js';
+export type { MaglevBackend } from './datapath/maglev.js';
 export {
   ConntrackModel,
   creationState,

@@ -65,3 +65,15 @@ export class ConntrackInputError extends Error {
     this.field = field;
   }
 }
+
+/** Bad input to the Maglev table builder (table size, a backend's key or weight); nothing was built. */
+export class MaglevInputError extends Error {
+  /** Path of the offending field, e.g. `backends[2].weight`. */
+  readonly field: string;
+
+  constructor(field: string, message: string) {
+    super(`${field}: ${message}`);
+    this.name = 'MaglevInputError';
+    this.field = field;
+  }
+}
