@@ -115,26 +115,53 @@ function selector(bytes: Uint8Array, f: Field, path: string, out: FieldViolation
  * violations: the decoder reports them. Field paths and reasons are validatePolicy's.
  */
 export function checkApplyPolicyWire(bytes: Uint8Array, maxRules: number = MAX_RULES_PER_POLICY): FieldViolation[] {
+  return checkApplyWire(bytes, { resource: 'policy', list: { number: 3, name: 'rules', max: maxRules, reason: 'TOO_MANY_RULES' }, rolloutNumber: 5 });
+}
+
+/**
+ * Returns violations of the count bounds (labels, selector terms and values, backends, waves)
+ * of an encoded ApplyServiceRequest, as checkApplyPolicyWire does for a policy. Field paths and
+ * reasons are validateService's.
+ */
+export function checkApplyServiceWire(bytes: Uint8Array): FieldViolation[] {
+  return checkApplyWire(bytes, { resource: 'service', list: { number: 5, name: 'backends', max: MAX_SERVICE_BACKENDS, reason: 'TOO_MANY_BACKENDS' }, rolloutNumber: 11 });
+}
+
+/**
+ * Where an Apply<Resource>Request keeps what is counted: the request's field 1 is the resource,
+ * whose field 1 is ObjectMeta and field 2 the spec, whose field 1 is the node selector.
+ */
+interface ApplyWireShape {
+  /** The resource's name in field paths ('policy', 'service'). */
+  readonly resource: string;
+  /** The spec's long repeated field (rules, backends) and its bound. */
+  readonly list: { readonly number: number; readonly name: string; readonly max: number; readonly reason: string };
+  /** The spec's RolloutStrategy field. */
+  readonly rolloutNumber: number;
+}
+
+function checkApplyWire(bytes: Uint8Array, shape: ApplyWireShape): FieldViolation[] {
   const out: FieldViolation[] = [];
+  const { resource, list } = shape;
   try {
     let labels = 0;
-    let rules = 0;
+    let items = 0;
     let waves = 0;
     fields(bytes, 0, bytes.length, (req) => {
-      if (req.number !== 1) return; // ApplyPolicyRequest.policy
-      fields(bytes, req.start, req.end, (p) => {
-        if (p.number === 1) labels += count(bytes, p.start, p.end, 2); // ObjectMeta.labels
-        if (p.number !== 2) return; // Policy.spec
-        fields(bytes, p.start, p.end, (s) => {
-          if (s.number === 1) selector(bytes, s, 'policy.spec.node_selector', out);
-          else if (s.number === 3) rules++;
-          else if (s.number === 5) waves += rolloutWaves(bytes, s, 'policy.spec.rollout_strategy', out);
+      if (req.number !== 1) return; // the resource
+      fields(bytes, req.start, req.end, (r) => {
+        if (r.number === 1) labels += count(bytes, r.start, r.end, 2); // ObjectMeta.labels
+        if (r.number !== 2) return; // the spec
+        fields(bytes, r.start, r.end, (s) => {
+          if (s.number === 1) selector(bytes, s, `${resource}.spec.node_selector`, out);
+          else if (s.number === list.number) items++;
+          else if (s.number === shape.rolloutNumber) waves += rolloutWaves(bytes, s, `${resource}.spec.rollout_strategy`, out);
         });
       });
     });
-    if (labels > MAX_LABELS) out.push({ field: 'policy.metadata.labels', description: `${labels} labels; at most ${MAX_LABELS}`, reason: 'TOO_MANY_LABELS' });
-    if (rules > maxRules) out.push({ field: 'policy.spec.rules', description: `${rules} rules; at most ${maxRules}`, reason: 'TOO_MANY_RULES' });
-    if (waves > MAX_ROLLOUT_WAVES) out.push({ field: 'policy.spec.rollout_strategy.staged.waves', description: `${waves} waves; at most ${MAX_ROLLOUT_WAVES}`, reason: 'TOO_MANY_WAVES' });
+    if (labels > MAX_LABELS) out.push({ field: `${resource}.metadata.labels`, description: `${labels} labels; at most ${MAX_LABELS}`, reason: 'TOO_MANY_LABELS' });
+    if (items > list.max) out.push({ field: `${resource}.spec.${list.name}`, description: `${items} ${list.name}; at most ${list.max}`, reason: list.reason });
+    if (waves > MAX_ROLLOUT_WAVES) out.push({ field: `${resource}.spec.rollout_strategy.staged.waves`, description: `${waves} waves; at most ${MAX_ROLLOUT_WAVES}`, reason: 'TOO_MANY_WAVES' });
   } catch (err) {
     if (err instanceof Malformed) return [];
     throw err;
@@ -163,36 +190,3 @@ function rolloutWaves(bytes: Uint8Array, f: Field, path: string, out: FieldViola
   return waves;
 }
 
-/**
- * Returns violations of the count bounds (labels, selector terms and values, backends, waves)
- * of an encoded ApplyServiceRequest, read from its tags and lengths without decoding a string:
- * checkApplyPolicyWire's walk for a service. Linear in the byte length. Bytes that are not
- * protobuf give no violations. Field paths and reasons are validateService's.
- */
-export function checkApplyServiceWire(bytes: Uint8Array): FieldViolation[] {
-  const out: FieldViolation[] = [];
-  try {
-    let labels = 0;
-    let backends = 0;
-    let waves = 0;
-    fields(bytes, 0, bytes.length, (req) => {
-      if (req.number !== 1) return; // ApplyServiceRequest.service
-      fields(bytes, req.start, req.end, (svc) => {
-        if (svc.number === 1) labels += count(bytes, svc.start, svc.end, 2); // ObjectMeta.labels
-        if (svc.number !== 2) return; // Service.spec
-        fields(bytes, svc.start, svc.end, (s) => {
-          if (s.number === 1) selector(bytes, s, 'service.spec.node_selector', out);
-          else if (s.number === 5) backends++;
-          else if (s.number === 11) waves += rolloutWaves(bytes, s, 'service.spec.rollout_strategy', out);
-        });
-      });
-    });
-    if (labels > MAX_LABELS) out.push({ field: 'service.metadata.labels', description: `${labels} labels; at most ${MAX_LABELS}`, reason: 'TOO_MANY_LABELS' });
-    if (backends > MAX_SERVICE_BACKENDS) out.push({ field: 'service.spec.backends', description: `${backends} backends; at most ${MAX_SERVICE_BACKENDS}`, reason: 'TOO_MANY_BACKENDS' });
-    if (waves > MAX_ROLLOUT_WAVES) out.push({ field: 'service.spec.rollout_strategy.staged.waves', description: `${waves} waves; at most ${MAX_ROLLOUT_WAVES}`, reason: 'TOO_MANY_WAVES' });
-  } catch (err) {
-    if (err instanceof Malformed) return [];
-    throw err;
-  }
-  return out;
-}
