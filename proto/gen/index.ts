@@ -362,6 +362,7 @@ export {
   type AddViolation,
   DEFAULT_POLICY_LIMITS,
   type PolicyLimits,
+  collectViolations,
   validateObjectMeta,
   validatePolicy,
   validateRolloutStrategy,

@@ -43,13 +43,7 @@ const MAX_BAKE_SECONDS = 7n * 24n * 3600n;
  * the controller runs it before writing and every agent runs it again before applying.
  */
 export function validatePolicy(policy: Policy | undefined, path = 'policy', limits: Readonly<PolicyLimits> = DEFAULT_POLICY_LIMITS): FieldViolation[] {
-  const out: FieldViolation[] = [];
-  let more = 0;
-  const add = (field: string, description: string, reason: string): void => {
-    if (out.length < MAX_COLLECTED_VIOLATIONS) out.push({ field, description, reason });
-    else more++;
-  };
-  const result = (): FieldViolation[] => (more > 0 ? [...out, moreViolations(path, more)] : out);
+  const { out, add, result } = collectViolations(path);
   if (!policy) {
     add(path, 'required', 'REQUIRED');
     return out;
@@ -171,6 +165,20 @@ function validateConnectionTracking(spec: PolicySpec, sp: string, add: (f: strin
 
 /** Receives one violation: its field path, description and reason. */
 export type AddViolation = (field: string, description: string, reason: string) => void;
+
+/**
+ * A bounded collector of violations under `path`: `add` keeps the first MAX_COLLECTED_VIOLATIONS,
+ * `result()` returns them plus one entry counting the rest. `out` is the list so far.
+ */
+export function collectViolations(path: string): { out: FieldViolation[]; add: AddViolation; result: () => FieldViolation[] } {
+  const out: FieldViolation[] = [];
+  let more = 0;
+  const add: AddViolation = (field, description, reason) => {
+    if (out.length < MAX_COLLECTED_VIOLATIONS) out.push({ field, description, reason });
+    else more++;
+  };
+  return { out, add, result: () => (more > 0 ? [...out, moreViolations(path, more)] : out) };
+}
 
 /**
  * Checks a resource's metadata at `path` (e.g. `service.metadata`) as every resource kind

@@ -5,7 +5,6 @@ import { isAddressProblem, parseCanonicalAddress } from './cidr.js';
 import { validateLabelSelector } from './label-selector.js';
 import {
   MAX_BACKEND_WEIGHT,
-  MAX_COLLECTED_VIOLATIONS,
   MAX_HEALTH_CHECK_INTERVAL_MS,
   MAX_HEALTH_CHECK_PATH_LENGTH,
   MAX_HEALTH_CHECK_THRESHOLD,
@@ -14,8 +13,8 @@ import {
   quote,
 } from './limits.js';
 import { MAGLEV_MIN_SLOTS_PER_BACKEND, MAGLEV_TABLE_SIZES } from './maglev-sizes.js';
-import { DEFAULT_POLICY_LIMITS, validateObjectMeta, validateRolloutStrategy, type AddViolation } from './policy-validation.js';
-import { moreViolations, type FieldViolation } from './status-details.js';
+import { collectViolations, DEFAULT_POLICY_LIMITS, validateObjectMeta, validateRolloutStrategy, type AddViolation } from './policy-validation.js';
+import type { FieldViolation } from './status-details.js';
 
 /** A health check's interval when unset (HealthCheck.interval). */
 export const DEFAULT_HEALTH_CHECK_INTERVAL_MS = 5000;
@@ -41,13 +40,7 @@ function durationMs(d: Duration): number | undefined {
  * it already carries keep their backends until they end.
  */
 export function validateService(service: Service | undefined, path = 'service'): FieldViolation[] {
-  const out: FieldViolation[] = [];
-  let more = 0;
-  const add: AddViolation = (field, description, reason) => {
-    if (out.length < MAX_COLLECTED_VIOLATIONS) out.push({ field, description, reason });
-    else more++;
-  };
-  const result = (): FieldViolation[] => (more > 0 ? [...out, moreViolations(path, more)] : out);
+  const { out, add, result } = collectViolations(path);
   if (!service) {
     add(path, 'required', 'REQUIRED');
     return out;
