@@ -353,19 +353,14 @@ export class IntentApi {
 
   /** Returns one service. @throws ValidationError, NotFoundError */
   getService(req: GetServiceRequest): GetServiceResponse {
-    checkName(req.name, 'name');
     const chain = this.#store.chain;
-    const service = chain.services.get(req.name);
-    if (!service) throw new NotFoundError(`service ${req.name} not found`);
-    return { service, revision: chain.revision };
+    return { service: found('service', chain.services, req.name), revision: chain.revision };
   }
 
   /** Lists services in name order, one page at a time. @throws ValidationError */
   listServices(req: ListServicesRequest): ListServicesResponse {
-    const selector = selectorParam(req.labelSelector, 'label_selector');
     const chain = this.#store.chain;
-    const matching = [...chain.services.values()].filter((s) => matchesLabelSelector(selector, s.metadata?.labels ?? {}));
-    const page = paginate(matching, (s) => s.metadata?.name ?? '', req.pageSize, req.pageToken);
+    const page = labelledPage(chain.services, req);
     return { services: page.items, nextPageToken: page.nextPageToken, revision: chain.revision };
   }
 
@@ -419,19 +414,14 @@ export class IntentApi {
 
   /** Returns one policy. @throws ValidationError, NotFoundError */
   get(req: GetPolicyRequest): GetPolicyResponse {
-    checkName(req.name, 'name');
     const chain = this.#store.chain;
-    const policy = chain.policies.get(req.name);
-    if (!policy) throw new NotFoundError(`policy ${req.name} not found`);
-    return { policy, revision: chain.revision };
+    return { policy: found('policy', chain.policies, req.name), revision: chain.revision };
   }
 
   /** Lists policies in name order, one page at a time. @throws ValidationError */
   list(req: ListPoliciesRequest): ListPoliciesResponse {
-    const selector = selectorParam(req.labelSelector, 'label_selector');
     const chain = this.#store.chain;
-    const matching = [...chain.policies.values()].filter((p) => matchesLabelSelector(selector, p.metadata?.labels ?? {}));
-    const page = paginate(matching, (p) => p.metadata?.name ?? '', req.pageSize, req.pageToken);
+    const page = labelledPage(chain.policies, req);
     return { policies: page.items, nextPageToken: page.nextPageToken, revision: chain.revision };
   }
 
@@ -497,4 +487,22 @@ export class IntentApi {
       off();
     }
   }
+}
+
+/** The resource `name` of `kind` in `items`. @throws ValidationError (a bad name), NotFoundError */
+function found<T>(kind: string, items: ReadonlyMap<string, T>, name: string): T {
+  checkName(name, 'name');
+  const item = items.get(name);
+  if (!item) throw new NotFoundError(`${kind} ${name} not found`);
+  return item;
+}
+
+/** One page, in name order, of the resources in `items` whose labels match the request's selector. @throws ValidationError */
+function labelledPage<T extends { metadata?: { name: string; labels: Record<string, string> } | undefined }>(
+  items: ReadonlyMap<string, T>,
+  req: { labelSelector: string; pageSize: number; pageToken: string },
+): { items: T[]; nextPageToken: string } {
+  const selector = selectorParam(req.labelSelector, 'label_selector');
+  const matching = [...items.values()].filter((r) => matchesLabelSelector(selector, r.metadata?.labels ?? {}));
+  return paginate(matching, (r) => r.metadata?.name ?? '', req.pageSize, req.pageToken);
 }
