@@ -403,6 +403,9 @@ export {
   natsInboxPrefix,
 } from './../src/subjects.js';
 export {
+  quietIpServernameWarning,
+} from './../src/tls-warnings.js';
+export {
   checkApplyPolicyWire,
   checkApplyServiceWire,
 } from './../src/wire-bounds.js';

@@ -1,18 +1,10 @@
 #!/usr/bin/env node
 // The `edgeplane` bin: wires the process (argv, stdio, environment, the gRPC adapter) into run().
-import { MAX_MANIFEST_BYTES } from '@edgeplane/proto';
+import { MAX_MANIFEST_BYTES, quietIpServernameWarning } from '@edgeplane/proto';
 import { run } from './cli.js';
-
-// grpc-js passes a target's host as the TLS servername even when it is an IP address, and
-// Node.js then prints DEP0123 ("Setting the TLS ServerName to an IP address...") on every
-// command (https://nodejs.org/api/deprecations.html#DEP0123). The controller's certificate is
-// still checked against the IP; RFC 6066 only forbids sending it as SNI. Drop that one warning.
-const emitWarning = process.emitWarning.bind(process) as (...args: unknown[]) => void;
-process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
-  const code = typeof rest[0] === 'object' && rest[0] !== null ? (rest[0] as { code?: string }).code : rest[1];
-  if (code !== 'DEP0123') emitWarning(warning, ...rest);
-}) as typeof process.emitWarning;
 import { InputError } from './errors.js';
+
+quietIpServernameWarning();
 
 /** Reads standard input, at most MAX_MANIFEST_BYTES. @throws InputError beyond that. */
 async function readStdin(): Promise<string> {

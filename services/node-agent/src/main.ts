@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { keyIdOf } from '@edgeplane/proto';
+import { keyIdOf, quietIpServernameWarning } from '@edgeplane/proto';
 import { startTelemetry } from '@edgeplane/telemetry';
 import { AgentRuntime, type InterfaceAttacher } from './agent/agent-runtime.js';
 import { AGENT_HELP, AgentConfigError, enrolledSettings, parseAgentConfig, type AgentConfig } from './agent/config.js';
@@ -210,6 +210,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
 }
 
 async function main(): Promise<void> {
+  quietIpServernameWarning();
   let config;
   try {
     config = parseAgentConfig(process.argv.slice(2));
