@@ -83,6 +83,18 @@ it('python client - apply creates a policy with an IPv6 rule that the TypeScript
   t.deepEqual(got.policy?.metadata?.labels, { client: 'python' });
 });
 
+it('python client - apply-service creates a service whose drained and default-weight backends stay apart', async (t) => {
+  const r = await client(['apply-service', '--name', `${name}-svc`]);
+  t.is(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { revision: string; created: boolean };
+  t.true(out.created);
+  const got = await call(api.intent, api.intent.getService, { name: `${name}-svc` });
+  t.is(got.service?.metadata?.resourceVersion, BigInt(out.revision));
+  t.is(got.service?.spec?.vip, '203.0.113.10');
+  t.deepEqual(got.service?.spec?.backends.map((b) => [b.address, b.weight]), [['10.0.0.11', 3], ['10.0.0.12', undefined], ['10.0.0.13', 0]], 'unset is not 0');
+  t.is(got.service?.spec?.healthCheck?.interval?.seconds, 2n);
+});
+
 it('python client - list prints the policies as JSON', async (t) => {
   const r = await client(['list']);
   t.is(r.code, 0, r.stderr);

@@ -85,6 +85,7 @@ class Stubs:
             self.fleet = importlib.import_module("edgeplane.v1.fleet_service_pb2")
             self.fleet_grpc = importlib.import_module("edgeplane.v1.fleet_service_pb2_grpc")
             self.connections = importlib.import_module("edgeplane.v1.connections_pb2")
+            self.service = importlib.import_module("edgeplane.v1.service_pb2")
             self.status = importlib.import_module("google.rpc.status_pb2")
             self.error_details = importlib.import_module("google.rpc.error_details_pb2")
         except BaseException:
@@ -125,6 +126,28 @@ def example_policy(name):
     }
 
 
+def example_service(name):
+    """A load-balanced service for role=edge nodes, in the proto3 JSON mapping. A backend's
+    weight is a google.protobuf.UInt32Value: left out it means 1, and 0 drains the backend (no
+    new flows), which a plain uint32 could not tell apart."""
+    return {
+        "metadata": {"name": name, "labels": {"client": "python"}},
+        "spec": {
+            "description": "Applied by the Python client.",
+            "nodeSelector": {"matchLabels": {"role": "edge"}},
+            "vip": "203.0.113.10",
+            "protocol": "PROTOCOL_TCP",
+            "port": 443,
+            "backends": [
+                {"address": "10.0.0.11", "port": 8443, "weight": 3},
+                {"address": "10.0.0.12", "port": 8443},
+                {"address": "10.0.0.13", "port": 8443, "weight": 0},
+            ],
+            "healthCheck": {"type": "TYPE_HTTP", "httpPath": "/healthz", "interval": "2s"},
+        },
+    }
+
+
 def to_json(message):
     return json_format.MessageToDict(message)
 
@@ -146,7 +169,7 @@ def describe_error(stubs, err):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(prog="edgeplane_client.py", description="Apply and list edgeplane policies, and list a node's connections, over gRPC with mutual TLS (the controller's default).")
+    parser = argparse.ArgumentParser(prog="edgeplane_client.py", description="Apply and list edgeplane policies, apply services, and list a node's connections, over gRPC with mutual TLS (the controller's default).")
     parser.add_argument("--server", default=os.environ.get("EDGEPLANE_SERVER", "127.0.0.1:7443"), help="controller address HOST:PORT")
     parser.add_argument("--proto-root", default=DEFAULT_PROTO_ROOT, help="folder holding edgeplane/v1 and google/rpc protos")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each call, seconds")
@@ -159,6 +182,10 @@ def main(argv):
     source = apply.add_mutually_exclusive_group()
     source.add_argument("-f", "--file", help="policy as JSON (proto3 JSON mapping); default: the built-in example")
     source.add_argument("--name", default="python-example", help="name of the built-in example policy")
+    apply_service = sub.add_parser("apply-service", help="apply a service (a VIP load-balanced over weighted backends)")
+    service_source = apply_service.add_mutually_exclusive_group()
+    service_source.add_argument("-f", "--file", help="service as JSON (proto3 JSON mapping); default: the built-in example")
+    service_source.add_argument("--name", default="python-service", help="name of the built-in example service")
     listing = sub.add_parser("list", help="list policies")
     selector = listing.add_mutually_exclusive_group()
     selector.add_argument("-l", "--selector", default="", help="label selector")
@@ -179,6 +206,11 @@ def main(argv):
             policy_json = json.load(f)
     elif args.command == "apply":
         policy_json = example_policy(args.name)
+    if args.command == "apply-service" and args.file:
+        with open(args.file, encoding="utf-8") as f:
+            service_json = json.load(f)
+    elif args.command == "apply-service":
+        service_json = example_service(args.name)
     if args.command == "list" and args.selector_file:
         with open(args.selector_file, encoding="utf-8") as f:
             args.selector = f.read()
@@ -199,6 +231,9 @@ def main(argv):
                 if args.command == "apply":
                     policy = json_format.ParseDict(policy_json, stubs.policy.Policy())
                     res = intent.ApplyPolicy(stubs.intent.ApplyPolicyRequest(policy=policy), timeout=args.timeout)
+                elif args.command == "apply-service":
+                    service = json_format.ParseDict(service_json, stubs.service.Service())
+                    res = intent.ApplyService(stubs.intent.ApplyServiceRequest(service=service), timeout=args.timeout)
                 elif args.command == "conntrack":
                     fleet = stubs.fleet_grpc.FleetServiceStub(channel)
                     connection_filter = stubs.connections.ConnectionFilter(address=args.address, port=args.port)
