@@ -47,6 +47,8 @@ export function clients(address: string, tls?: ClientTls): { intent: IntentServi
 export interface StandardServicesClient {
   /** Health Check of `service` ('' = the server): resolves with the status name, rejects with the gRPC error. */
   health(service?: string): Promise<string>;
+  /** Health Watch of `service`: every status the server sends, until the returned stop is called. */
+  watchHealth(service: string, onStatus: (status: string) => void): () => void;
   /** One reflection request on its own stream: resolves with the first response, rejects with the gRPC error. */
   reflect(request: object): Promise<Record<string, unknown>>;
   close(): void;
@@ -61,9 +63,18 @@ export function standardServices(address: string, creds: grpc.ChannelCredentials
   const opts = { 'grpc.use_local_subchannel_pool': 1 };
   const reflection = new pkg.grpc.reflection.v1.ServerReflection(address, creds, opts) as grpc.Client & { ServerReflectionInfo: () => grpc.ClientDuplexStream<object, Record<string, unknown>> };
   const Health = grpc.makeClientConstructor(healthService, 'grpc.health.v1.Health');
-  const h = new Health(address, creds, opts) as unknown as grpc.Client & { check: (req: object, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: Error | null, r: { status: string }) => void) => void };
+  const h = new Health(address, creds, opts) as unknown as grpc.Client & {
+    check: (req: object, md: grpc.Metadata, o: grpc.CallOptions, cb: (e: Error | null, r: { status: string }) => void) => void;
+    watch: (req: object) => grpc.ClientReadableStream<{ status: string }>;
+  };
   return {
     health: (service = '') => new Promise((resolve, reject) => h.check({ service }, new grpc.Metadata(), { deadline: Date.now() + 30_000 }, (e, r) => (e ? reject(e) : resolve(r.status)))),
+    watchHealth(service, onStatus) {
+      const call = h.watch({ service });
+      call.on('data', (r: { status: string }) => onStatus(r.status));
+      call.on('error', () => undefined); // cancelled by stop, or the server went away
+      return () => call.cancel();
+    },
     reflect: (request) =>
       new Promise((resolve, reject) => {
         const s = reflection.ServerReflectionInfo();

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect as tcpConnect } from 'node:net';
 import { join } from 'node:path';
 import { LogUnavailableError } from './errors.js';
@@ -30,6 +30,12 @@ export interface NatsServerOptions {
   configFragment?: string;
   /** TLS for client connections (PEM files). With caFile, clients must present a certificate it signed. */
   tls?: NatsServerTls;
+  /**
+   * Keep the server running: when it exits without close() (a crash, a kill), start it again on
+   * the same port and data directory, after 100 ms doubling to 5 s while it keeps dying. The
+   * callbacks say what happened (for the owner's log); they must not throw.
+   */
+  supervise?: { onExit?: (why: string) => void; onRestart?: (pid: number) => void; onRestartFailed?: (err: Error) => void };
 }
 
 /** TLS files of {@link NatsServerOptions.tls}. */
@@ -43,6 +49,40 @@ export interface NatsServerTls {
 /** Quotes a string for the NATS configuration format (a JSON string is a valid NATS string). */
 function confString(s: string): string {
   return JSON.stringify(s);
+}
+
+/** util-linux's setpriv, when installed (Debian: always, util-linux is essential). */
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
+
+/**
+ * Stops a nats-server that an earlier owner of this data directory left running (killed before
+ * it could stop it): the process named by the pid file, if it is a nats-server started with
+ * this directory's config. SIGTERM, SIGKILL after 5 s.
+ */
+async function stopOrphan(pidFile: string, config: string): Promise<void> {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(pidFile, 'utf8').trim());
+  } catch {
+    return;
+  }
+  if (!Number.isInteger(pid) || pid <= 1) return;
+  let cmdline: string;
+  try {
+    cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+  } catch {
+    rmSync(pidFile, { force: true });
+    return; // not running
+  }
+  const argv = cmdline.split('\0');
+  if (!argv.some((a) => a.endsWith('nats-server')) || !argv.includes(config)) return; // the pid was reused
+  const alive = (): boolean => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + 5000;
+  while (alive() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  if (alive()) process.kill(pid, 'SIGKILL');
+  while (alive()) await new Promise((r) => setTimeout(r, 20));
+  rmSync(pidFile, { force: true });
 }
 
 /** The largest message the embedded server accepts unless told otherwise. */
@@ -88,6 +128,11 @@ export class NatsServer {
   #options: NatsServerOptions;
   #child: ChildProcess | undefined;
   #log: string[] = [];
+  /** close() or kill() is ending the child: not a crash to recover from. */
+  #stopping = false;
+  #startedAt = 0;
+  #backoffMs = 50;
+  #respawnTimer: NodeJS.Timeout | undefined;
 
   private constructor(options: NatsServerOptions, host: string, port: number) {
     this.#options = options;
@@ -131,8 +176,14 @@ export class NatsServer {
       this.#options.configFragment ?? '',
     ];
     writeFileSync(config, lines.join('\n') + '\n', { mode: 0o600 });
-    const args = ['-c', config, '-a', this.host, '-p', String(this.port), '-js', '-sd', join(this.dataDir, 'jetstream'), '--server_name', `edgeplane-${this.port}`];
-    const child = spawn(this.#options.binary ?? 'nats-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const pidFile = join(this.dataDir, 'nats-server.pid');
+    await stopOrphan(pidFile, config);
+    const args = ['-c', config, '-a', this.host, '-p', String(this.port), '-js', '-sd', join(this.dataDir, 'jetstream'), '--server_name', `edgeplane-${this.port}`, '-P', pidFile];
+    const binary = this.#options.binary ?? 'nats-server';
+    // The server dies with its owner (PR_SET_PDEATHSIG through util-linux's setpriv, which
+    // then execs it in the same process): an owner killed with -9 leaves no orphan holding the
+    // port and the store. Without setpriv the pid file lets the next start stop the orphan.
+    const child = SETPRIV ? spawn(SETPRIV, ['--pdeathsig', 'TERM', '--', binary, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const keep = (chunk: Buffer): void => {
       this.#log.push(chunk.toString());
       if (this.#log.length > 200) this.#log.splice(0, this.#log.length - 200);
@@ -147,11 +198,53 @@ export class NatsServer {
     try {
       await spawned;
       await waitForPort(this.host, this.port, Date.now() + (this.#options.startTimeoutMs ?? 10_000), child);
+      // Something answering on the port is not proof that it is this child (another server
+      // may hold the port, and this one is about to exit with "address already in use"):
+      // wait for its own "Server is ready".
+      await this.#ready(child, Date.now() + (this.#options.startTimeoutMs ?? 10_000));
     } catch (cause) {
       child.kill('SIGKILL');
       this.#child = undefined;
       throw new LogUnavailableError(`start nats-server port=${this.port}: ${(cause as Error).message}\n${this.log}`, { cause });
     }
+    this.#startedAt = Date.now();
+    child.once('exit', (code, signal) => this.#exited(child, code, signal));
+  }
+
+  async #ready(child: ChildProcess, deadline: number): Promise<void> {
+    while (!this.#log.join('').includes('Server is ready')) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`nats-server exited (${child.exitCode ?? child.signalCode}) before it was ready`);
+      if (Date.now() > deadline) throw new Error('nats-server did not say it was ready in time');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** The child ended. Unless close() or kill() ended it, a supervised server starts again. */
+  #exited(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+    const supervise = this.#options.supervise;
+    if (this.#child !== child || this.#stopping || !supervise) return;
+    this.#child = undefined;
+    supervise.onExit?.(`nats-server (pid ${child.pid}) exited ${signal ? `on ${signal}` : `with code ${code}`}`);
+    // Up for 30 s: start again at once (100 ms); dying soon after a start: back off, to 5 s.
+    this.#backoffMs = Date.now() - this.#startedAt > 30_000 ? 100 : Math.min(5000, this.#backoffMs * 2);
+    this.#respawnLater(supervise);
+  }
+
+  #respawnLater(supervise: NonNullable<NatsServerOptions['supervise']>): void {
+    this.#respawnTimer = setTimeout(() => {
+      this.#respawnTimer = undefined;
+      if (this.#stopping) return;
+      this.#log = [];
+      this.#spawn().then(
+        () => supervise.onRestart?.(this.#child?.pid ?? 0),
+        (err: unknown) => {
+          supervise.onRestartFailed?.(err as Error);
+          if (this.#stopping) return;
+          this.#backoffMs = Math.min(5000, this.#backoffMs * 2);
+          this.#respawnLater(supervise);
+        },
+      );
+    }, this.#backoffMs);
   }
 
   /** The server's process id, or undefined when it is not running. */
@@ -164,18 +257,23 @@ export class NatsServer {
     const child = this.#child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise((r) => child.once('exit', r));
+    this.#stopping = true;
     child.kill(signal);
     await exited;
+    this.#stopping = false;
   }
 
   /** Starts the server again on the same port and data directory (after kill or close). */
   async restart(): Promise<void> {
     await this.kill();
+    this.#stopping = false;
     await this.#spawn();
   }
 
-  /** Stops the server: SIGTERM, then SIGKILL after 5 s. Idempotent. */
+  /** Stops the server: SIGTERM, then SIGKILL after 5 s. Idempotent. A supervised server stays stopped. */
   async close(): Promise<void> {
+    this.#stopping = true;
+    clearTimeout(this.#respawnTimer);
     const child = this.#child;
     if (!child) return;
     this.#child = undefined;

@@ -254,6 +254,12 @@ export async function startController(config: ControllerConfig, extras: StartExt
         port: config.embeddedNatsPort,
         configFragment: await authority!.serverConfig(join(natsDir, 'jwt')),
         tls,
+        // Restarted when it dies; the connections below reconnect to it on their own.
+        supervise: {
+          onExit: (why) => log('error', 'embedded nats-server died; restarting it', { why }),
+          onRestart: (pid) => log('info', 'embedded nats-server restarted', { pid }),
+          onRestartFailed: (err) => log('error', 'embedded nats-server did not start; retrying', { error: err.message }),
+        },
       });
       cleanups.push(() => embedded.close());
       natsServers = [embedded.url];
@@ -265,8 +271,17 @@ export async function startController(config: ControllerConfig, extras: StartExt
     // noAsyncTraces: nats.js otherwise builds two Error objects per request for stack context
     // (about a tenth of the controller's CPU at 10,000 agents, bench/fleet.ts); only messages are logged.
     cleanups.push(() => nc.drain().catch(() => nc.close()));
+    // While the log's bus is unreachable no write can succeed: health says NOT_SERVING then,
+    // so load balancers and orchestrators see it (the gRPC server, once started, follows).
+    let natsUp = true;
+    let onNatsUp = (_up: boolean): void => undefined;
     void (async () => {
-      for await (const s of nc.status()) if (s.type === 'disconnect' || s.type === 'reconnect') log('info', `nats ${s.type}`, { server: (s as { server?: string }).server });
+      for await (const s of nc.status()) {
+        if (s.type !== 'disconnect' && s.type !== 'reconnect') continue;
+        log(s.type === 'disconnect' ? 'warn' : 'info', `nats ${s.type}`, { server: (s as { server?: string }).server });
+        natsUp = s.type === 'reconnect';
+        onNatsUp(natsUp);
+      }
     })();
 
     if (authority) {
@@ -397,6 +412,8 @@ export async function startController(config: ControllerConfig, extras: StartExt
       agent: agentServiceHandlers(sessions, onError, auth),
       trust: trustServiceHandlers(trustApi, onError, auth),
     });
+    onNatsUp = (up) => grpcServer.setServing(up);
+    if (!natsUp) grpcServer.setServing(false);
     cleanups.push(async () => {
       const stopping = grpcServer.shutdown(config.shutdownGraceMs);
       sessions.closeAll();

@@ -1,7 +1,8 @@
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +11,7 @@ import { connect } from '@nats-io/transport-node';
 import { ApplyPolicyRequest, IntentServiceClient, publicKeyFromRaw, type ApplyPolicyResponse } from '@edgeplane/proto';
 import { IntentChain, IntentLog, NatsServer } from '@edgeplane/intent-log';
 import { Supervised } from '../../../test/support/supervisor.js';
-import { call, clients } from '../../../test/support/grpc.js';
+import { call, clients, standardServices } from '../../../test/support/grpc.js';
 import { samplePolicy } from './helpers.js';
 
 const MAIN = fileURLToPath(new URL('../dist/main.js', import.meta.url));
@@ -192,6 +193,78 @@ test('embedded nats-server - started without --nats, stopped with the controller
     t.is(exit.code, 0, ctl.output);
     t.false(await listening(), 'the embedded nats-server is gone');
     t.regex(ctl.output, /"event":"stopped"/);
+  }));
+
+/** The pid in a nats-server pid file, or undefined. */
+const pidIn = (file: string): number | undefined => (existsSync(file) ? Number(readFileSync(file, 'utf8').trim()) : undefined);
+const alive = (pid: number): boolean => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
+async function until(what: string, pred: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await pred())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+test('embedded nats-server - killed, it is started again; health says NOT_SERVING until the log is back, and writes succeed after', (t) =>
+  withTemp(async (dir) => {
+    const ctl = await controllerProcess('ctl', ['--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'c')]);
+    t.teardown(() => ctl.stop());
+    const std = standardServices(ctl.ready.grpc as string);
+    const statuses: string[] = [];
+    const stop = std.watchHealth('edgeplane.v1.IntentService', (s) => statuses.push(s));
+    t.teardown(() => {
+      stop();
+      std.close();
+    });
+    await until('the first health status', () => statuses.length > 0);
+    t.deepEqual(statuses, ['SERVING']);
+    const pidFile = join(dir, 'c', 'nats', 'nats-server.pid');
+    const first = pidIn(pidFile)!;
+    t.true(alive(first));
+    process.kill(first, 'SIGKILL');
+    await until('a new nats-server', () => (pidIn(pidFile) ?? first) !== first && alive(pidIn(pidFile)!));
+    await until('health back to SERVING', () => statuses.at(-1) === 'SERVING' && statuses.includes('NOT_SERVING'));
+    t.deepEqual(statuses.slice(0, 2), ['SERVING', 'NOT_SERVING'], 'not serving while the log was unreachable');
+    t.regex(ctl.output, /embedded nats-server died; restarting it/);
+    t.regex(ctl.output, /embedded nats-server restarted/);
+    const c = clients(ctl.ready.grpc as string);
+    t.teardown(() => c.close());
+    const written = await call(c.intent, c.intent.applyPolicy, { policy: samplePolicy('after-restart'), validateOnly: false, allowLargeGrowth: false });
+    t.true(written.revision > 0n, 'a write after the restart');
+  }));
+
+test('embedded nats-server - dies with a controller killed with -9; one an earlier controller left running is stopped by the next start', (t) =>
+  withTemp(async (dir) => {
+    const { freePort } = await import('@edgeplane/intent-log');
+    const port = await freePort();
+    const args = ['--embedded-nats', `127.0.0.1:${port}`, '--data-dir', join(dir, 'c')];
+    const ctl = await controllerProcess('ctl', args);
+    t.teardown(() => ctl.stop());
+    const pidFile = join(dir, 'c', 'nats', 'nats-server.pid');
+    const first = pidIn(pidFile)!;
+    await ctl.kill('SIGKILL');
+    await until('the nats-server of the killed controller to end', () => !alive(first));
+
+    // An orphan as an older controller (without the parent-death signal) would leave it: the
+    // same config, port, store and pid file, its parent gone.
+    const natsDir = join(dir, 'c', 'nats');
+    const orphan = spawn('nats-server', ['-c', join(natsDir, 'nats-server.conf'), '-a', '127.0.0.1', '-p', String(port), '-js', '-sd', join(natsDir, 'jetstream'), '-P', pidFile], { detached: true, stdio: 'ignore' });
+    orphan.unref();
+    t.teardown(() => {
+      if (orphan.pid !== undefined && alive(orphan.pid)) process.kill(orphan.pid, 'SIGKILL');
+    });
+    await until('the orphan to listen', () => pidIn(pidFile) === orphan.pid);
+    await new Promise((r) => setTimeout(r, 300));
+    await ctl.start();
+    t.false(alive(orphan.pid!), 'the orphan was stopped');
+    const now = pidIn(pidFile)!;
+    t.not(now, orphan.pid);
+    t.true(alive(now));
+    const c = clients(ctl.ready.grpc as string);
+    t.teardown(() => c.close());
+    const written = await call(c.intent, c.intent.applyPolicy, { policy: samplePolicy('after-orphan'), validateOnly: false, allowLargeGrowth: false });
+    t.true(written.revision > 0n);
   }));
 
 test('command line - --help documents flags and exit codes; bad flags exit 2; --insecure only on loopback', (t) => {

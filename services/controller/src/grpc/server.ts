@@ -66,6 +66,11 @@ export interface GrpcServer {
   /** The bound address, host:port. */
   address: string;
   health: HealthImplementation;
+  /**
+   * Sets every service's health to SERVING or NOT_SERVING (e.g. while the intent log is
+   * unreachable). No effect once shutdown() began: a stopping server stays NOT_SERVING.
+   */
+  setServing(serving: boolean): void;
   /** Stops accepting calls and waits for running ones up to `graceMs`, then cancels them. Idempotent. */
   shutdown(graceMs: number): Promise<void>;
 }
@@ -187,6 +192,10 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   return {
     address: `${host}:${port}`,
     health,
+    setServing(serving: boolean): void {
+      if (stopping) return;
+      for (const s of ['', ...SERVICE_NAMES]) health.setStatus(s, serving ? 'SERVING' : 'NOT_SERVING');
+    },
     shutdown(graceMs: number): Promise<void> {
       stopping ??= new Promise<void>((resolve) => {
         for (const s of ['', ...SERVICE_NAMES]) health.setStatus(s, 'NOT_SERVING');
