@@ -11,7 +11,7 @@ import {
   type JetStreamManager,
 } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
-import { headers as natsHeaders, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { headers as natsHeaders, TimeoutError, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import {
   INTENT_LIVE_SUBJECT,
   INTENT_STREAM,
@@ -63,6 +63,9 @@ export interface StoredEntry {
  */
 export type StoredMessage = { revision: bigint; signed: SignedLogEntry; error?: undefined } | { revision: bigint; signed?: undefined; error: Error };
 
+/** Per-request timeout of the log's retried idempotent reads (bounds), ms. */
+const QUICK_TIMEOUT_MS = 500;
+
 /** The stream's bounds: entries first..last are readable (none when last < first). */
 export interface LogBounds {
   first: bigint;
@@ -82,13 +85,18 @@ export class IntentLog {
   #nc: NatsConnection;
   #js: JetStreamClient;
   #jsm: JetStreamManager;
+  /** The same with a short request timeout, for idempotent reads retried within #timeoutMs. */
+  #quickJsm: JetStreamManager;
+  #timeoutMs: number;
   #kv: KV;
 
-  private constructor(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, kv: KV, stream: string, subject: string, liveSubject: string, headSubject: string) {
+  private constructor(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, quickJsm: JetStreamManager, timeoutMs: number, kv: KV, stream: string, subject: string, liveSubject: string, headSubject: string) {
     this.headSubject = headSubject;
     this.#nc = nc;
     this.#js = js;
     this.#jsm = jsm;
+    this.#quickJsm = quickJsm;
+    this.#timeoutMs = timeoutMs;
     this.#kv = kv;
     this.stream = stream;
     this.subject = subject;
@@ -138,7 +146,8 @@ export class IntentLog {
       }
       const kvm = new Kvm(nc);
       const kv = options.create ? await kvm.create(bucket, { history: 1, replicas: options.replicas ?? 1 }) : await kvm.open(bucket);
-      return new IntentLog(nc, js, jsm, kv, stream, subject, live, options.headSubject ?? INTENT_HEAD_SUBJECT);
+      const quickJsm = await jetstreamManager(nc, { timeout: Math.min(QUICK_TIMEOUT_MS, timeout) });
+      return new IntentLog(nc, js, jsm, quickJsm, timeout, kv, stream, subject, live, options.headSubject ?? INTENT_HEAD_SUBJECT);
     } catch (cause) {
       if (cause instanceof LogUnavailableError) throw cause;
       throw new LogUnavailableError(`open intent log stream=${stream}: ${(cause as Error).message}`, { cause });
@@ -150,11 +159,18 @@ export class IntentLog {
    * @throws LogUnavailableError if the stream cannot be read.
    */
   async bounds(): Promise<LogBounds> {
-    try {
-      const info = await this.#jsm.streams.info(this.stream);
-      return { first: BigInt(info.state.first_seq), last: BigInt(info.state.last_seq) };
-    } catch (cause) {
-      throw new LogUnavailableError(`read intent log bounds stream=${this.stream}`, { cause });
+    // Right after a (re)connect to a restarted server, JetStream answers only once it has
+    // recovered its streams (~0.3 s here); a request sent before that is lost, and one request
+    // with the full timeout held every write for 5 s. Short requests, retried within the
+    // timeout, find the log as soon as it is back.
+    const deadline = Date.now() + this.#timeoutMs;
+    for (;;) {
+      try {
+        const info = await this.#quickJsm.streams.info(this.stream);
+        return { first: BigInt(info.state.first_seq), last: BigInt(info.state.last_seq) };
+      } catch (cause) {
+        if (!(cause instanceof TimeoutError) || Date.now() >= deadline) throw new LogUnavailableError(`read intent log bounds stream=${this.stream}`, { cause });
+      }
     }
   }
 
