@@ -204,7 +204,7 @@ it('python client - conntrack lists and counts a node\'s connections through the
     });
   });
   stream.on('error', () => undefined);
-  stream.write({ message: { $case: 'hello', hello: { nodeName: node, labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 'py', conditions: [], appliedUnknown: false } } });
+  stream.write({ message: { $case: 'hello', hello: { nodeName: node, labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 'py', conditions: [], appliedUnknown: false, lastReport: undefined } } });
   await welcomed;
   const listed = await client(['conntrack', node, '--proto', 'tcp', '--address', '2001:db8::/32', '--port', '22']);
   t.is(listed.code, 0, `${listed.stdout}\n${listed.stderr}`);

@@ -53,7 +53,7 @@ async function nodeStream(name: string) {
   let sequence = 0n;
   const send = (m: ConnectRequest): void => void stream.write(m);
   const heartbeat = (): void => send({ message: { $case: 'heartbeat', heartbeat: { sequence: ++sequence, time: new Date() } } });
-  send({ message: { $case: 'hello', hello: { nodeName: name, labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: name, conditions: [], appliedUnknown: false } } });
+  send({ message: { $case: 'hello', hello: { nodeName: name, labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: name, conditions: [], appliedUnknown: false, lastReport: undefined } } });
   await until(`${name} welcomed`, () => state.welcomed || state.ended !== undefined, 20_000, () => cp.controller.output);
   if (!state.welcomed) throw new Error(`${name} not welcomed: ${state.ended}`);
   return { state, heartbeat };
@@ -99,7 +99,7 @@ test.serial('controller stall - an agent whose heartbeats go unanswered three ti
   const link = new ControllerLink({
     address: cp.address,
     credentials: identity.channelCredentials(),
-    hello: () => ({ nodeName: 'stall-link', labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 'stall-link', conditions: [], appliedUnknown: false }),
+    hello: () => ({ nodeName: 'stall-link', labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 'stall-link', conditions: [], appliedUnknown: false, lastReport: undefined }),
     counters: () => undefined,
     onStateChange: (up, reason) => changes.push({ up, reason }),
     maxBackoffMs: 500,

@@ -156,7 +156,7 @@ test.serial('renewal - the agent renews its certificate while its stream runs; t
   const link = new ControllerLink({
     address,
     credentials: identity.channelCredentials(),
-    hello: () => ({ nodeName: 'edge-r', labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 'renew', conditions: [], appliedUnknown: false }),
+    hello: () => ({ nodeName: 'edge-r', labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 'renew', conditions: [], appliedUnknown: false, lastReport: undefined }),
     counters: () => undefined,
     heartbeatIntervalMs: 500,
     onStateChange: (c) => (connected = c),

@@ -115,7 +115,7 @@ async function fakeAgent(name: string, labels: Record<string, string>) {
     stream.on('error', reject);
   });
   const send = (m: ConnectRequest): void => void stream.write(m);
-  send({ message: { $case: 'hello', hello: { nodeName: name, labels, info: { agentVersion: 'test', kernelRelease: '6.1.0', hostname: name, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [{ name: 'eth0', ifindex: 2, role: 1, attachMode: 'xdp-native', attached: true, programId: 42 }], receivedRevision: 0n, appliedRevision: 0n, sessionId: `s-${name}`, conditions: [], appliedUnknown: false } } });
+  send({ message: { $case: 'hello', hello: { nodeName: name, labels, info: { agentVersion: 'test', kernelRelease: '6.1.0', hostname: name, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [{ name: 'eth0', ifindex: 2, role: 1, attachMode: 'xdp-native', attached: true, programId: 42 }], receivedRevision: 0n, appliedRevision: 0n, sessionId: `s-${name}`, conditions: [], appliedUnknown: false, lastReport: undefined } } });
   await welcome;
   let seq = 0n;
   const beat = setInterval(() => send({ message: { $case: 'heartbeat', heartbeat: { sequence: ++seq, time: new Date() } } }), 1000);

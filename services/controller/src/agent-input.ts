@@ -61,6 +61,7 @@ export function validateHello(hello: AgentHello): FieldViolation[] {
     }
   }
   tooLong(out, 'hello.session_id', hello.sessionId, 256);
+  if (hello.lastReport) tooLong(out, 'hello.last_report.reason', hello.lastReport.reason, MAX_REPORT_TEXT_LENGTH);
   return out;
 }
 

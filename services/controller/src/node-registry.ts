@@ -103,6 +103,19 @@ export class NodeRegistry {
         appliedUnknown: hello.appliedUnknown,
       },
     });
+    // The agent's newest outcome: what this controller may not have stored (it restarted after
+    // an ACK it persisted only lazily, or the node comes from another replica).
+    const last = hello.lastReport;
+    const s = node.status!;
+    if (last && last.outcome !== RevisionOutcome.REVISION_OUTCOME_UNSPECIFIED && last.revision >= s.lastOutcomeRevision) {
+      s.lastOutcomeRevision = last.revision;
+      s.lastOutcome = last.outcome;
+      if (last.outcome === RevisionOutcome.REVISION_OUTCOME_NACK && last.revision >= s.lastErrorRevision) {
+        s.lastError = last.reason;
+        s.lastErrorRevision = last.revision;
+        s.lastErrorTime = last.time ?? now;
+      }
+    }
     this.#nodes.set(node.name, node);
     this.#sessions.set(node.name, sessionId);
     this.#changed(node, existing ? NodeEventType.NODE_EVENT_TYPE_MODIFIED : NodeEventType.NODE_EVENT_TYPE_ADDED);

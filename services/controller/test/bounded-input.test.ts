@@ -144,7 +144,7 @@ function connect(): { send(m: ConnectRequest): void; ended: Promise<grpc.Service
 }
 
 const hello = (nodeName: string, labels: Record<string, string> = {}): ConnectRequest => ({
-  message: { $case: 'hello', hello: { nodeName, labels, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's', conditions: [], appliedUnknown: false } },
+  message: { $case: 'hello', hello: { nodeName, labels, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's', conditions: [], appliedUnknown: false, lastReport: undefined } },
 });
 
 test.serial('AgentService - a hello with an 8,000-character label value or 100 labels ends the stream INVALID_ARGUMENT and registers nothing', async (t) => {

@@ -162,7 +162,7 @@ test('node registry - survives a controller restart', (t) =>
     const stream = agent.connect();
     stream.on('error', () => undefined);
     const welcomed = new Promise((r) => stream.once('data', r));
-    stream.write({ message: { $case: 'hello', hello: { nodeName: 'persist-me', labels: { site: 'x' }, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: '1', conditions: [], appliedUnknown: false } } });
+    stream.write({ message: { $case: 'hello', hello: { nodeName: 'persist-me', labels: { site: 'x' }, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: '1', conditions: [], appliedUnknown: false, lastReport: undefined } } });
     await welcomed;
     stream.end();
     agent.close();
@@ -174,6 +174,37 @@ test('node registry - survives a controller restart', (t) =>
     const node = await call(c.fleet, c.fleet.getNode, { name: 'persist-me' });
     t.deepEqual(node.node?.labels, { site: 'x' });
     t.false(node.node?.status?.connected);
+  }));
+
+test('node registry - a hello carries the agent\'s last outcome: a restarted controller shows it at once, and an older one does not replace a newer', (t) =>
+  withTemp(async (dir) => {
+    const ctl = await controllerProcess('ctl', ['--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'c')]);
+    t.teardown(() => ctl.stop());
+    const { AgentServiceClient, RevisionOutcome } = await import('@edgeplane/proto');
+    const hello = async (lastReport: { revision: bigint; outcome: number; reason: string } | undefined): Promise<void> => {
+      const agent = new AgentServiceClient(ctl.ready.grpc as string, grpc.credentials.createInsecure());
+      const stream = agent.connect();
+      stream.on('error', () => undefined);
+      const welcomed = new Promise((r) => stream.once('data', r));
+      const report = lastReport && { ...lastReport, appliedRevision: lastReport.revision, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false };
+      stream.write({ message: { $case: 'hello', hello: { nodeName: 'outcome', labels: {}, info: undefined, interfaces: [], receivedRevision: 7n, appliedRevision: 6n, sessionId: String(Math.random()), conditions: [], appliedUnknown: false, lastReport: report } } });
+      await welcomed;
+      stream.end();
+      agent.close();
+      await new Promise((r) => setTimeout(r, 200));
+    };
+    // The controller has never heard this node's outcomes (it restarted, or the node comes from another replica).
+    await hello({ revision: 7n, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: 'injected: 66000 uplink rules' });
+    const c = clients(ctl.ready.grpc as string);
+    t.teardown(() => c.close());
+    let node = (await call(c.fleet, c.fleet.getNode, { name: 'outcome' })).node!;
+    t.like(node.status, { lastOutcome: RevisionOutcome.REVISION_OUTCOME_NACK, lastOutcomeRevision: 7n, lastError: 'injected: 66000 uplink rules', lastErrorRevision: 7n });
+    await hello({ revision: 3n, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, reason: '' });
+    node = (await call(c.fleet, c.fleet.getNode, { name: 'outcome' })).node!;
+    t.like(node.status, { lastOutcome: RevisionOutcome.REVISION_OUTCOME_NACK, lastOutcomeRevision: 7n }, 'an older report does not replace a newer');
+    await hello(undefined);
+    node = (await call(c.fleet, c.fleet.getNode, { name: 'outcome' })).node!;
+    t.like(node.status, { lastOutcomeRevision: 7n }, 'a hello without one keeps what is known');
   }));
 
 test('embedded nats-server - started without --nats, stopped with the controller on SIGTERM', (t) =>

@@ -106,7 +106,7 @@ export function agentStream(client: AgentServiceClient, nodeName: string, labels
     wake();
   });
   const send = (m: ConnectRequest): void => void stream.write(m);
-  send({ message: { $case: 'hello', hello: { nodeName, labels, info: { agentVersion: 't', kernelRelease: '6.18', hostname: nodeName, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's', conditions: [], appliedUnknown: false } } });
+  send({ message: { $case: 'hello', hello: { nodeName, labels, info: { agentVersion: 't', kernelRelease: '6.18', hostname: nodeName, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's', conditions: [], appliedUnknown: false, lastReport: undefined } } });
   return {
     stream,
     send,

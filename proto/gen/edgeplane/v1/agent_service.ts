@@ -98,6 +98,11 @@ export interface AgentHello {
   conditions: NodeCondition[];
   /** True when the datapath state is unknown (see NodeStatus.applied_unknown). */
   appliedUnknown: boolean;
+  /**
+   * The agent's newest ACK or NACK since it started (unset before its first), so a controller
+   * that restarted, or a replica the node moved to, shows the node's last outcome at once.
+   */
+  lastReport: RevisionReport | undefined;
 }
 
 export interface AgentHello_LabelsEntry {
@@ -793,6 +798,7 @@ function createBaseAgentHello(): AgentHello {
     sessionId: "",
     conditions: [],
     appliedUnknown: false,
+    lastReport: undefined,
   };
 }
 
@@ -830,6 +836,9 @@ export const AgentHello: MessageFns<AgentHello> = {
     }
     if (message.appliedUnknown !== false) {
       writer.uint32(72).bool(message.appliedUnknown);
+    }
+    if (message.lastReport !== undefined) {
+      RevisionReport.encode(message.lastReport, writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -922,6 +931,14 @@ export const AgentHello: MessageFns<AgentHello> = {
             message.appliedUnknown = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.lastReport = RevisionReport.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -982,6 +999,11 @@ export const AgentHello: MessageFns<AgentHello> = {
         : isSet(object.applied_unknown)
         ? globalThis.Boolean(object.applied_unknown)
         : false,
+      lastReport: isSet(object.lastReport)
+        ? RevisionReport.fromJSON(object.lastReport)
+        : isSet(object.last_report)
+        ? RevisionReport.fromJSON(object.last_report)
+        : undefined,
     };
   },
 
@@ -1020,6 +1042,9 @@ export const AgentHello: MessageFns<AgentHello> = {
     if (message.appliedUnknown !== false) {
       obj.appliedUnknown = message.appliedUnknown;
     }
+    if (message.lastReport !== undefined) {
+      obj.lastReport = RevisionReport.toJSON(message.lastReport);
+    }
     return obj;
   },
 
@@ -1049,6 +1074,9 @@ export const AgentHello: MessageFns<AgentHello> = {
     message.sessionId = object.sessionId ?? "";
     message.conditions = object.conditions?.map((e) => NodeCondition.fromPartial(e)) || [];
     message.appliedUnknown = object.appliedUnknown ?? false;
+    message.lastReport = (object.lastReport !== undefined && object.lastReport !== null)
+      ? RevisionReport.fromPartial(object.lastReport)
+      : undefined;
     return message;
   },
 };

@@ -207,6 +207,7 @@ export class AgentRuntime {
           sessionId: options.sessionId,
           conditions,
           appliedUnknown,
+          lastReport: agent.lastReport,
         };
       },
       counters: () => {

@@ -139,6 +139,8 @@ function sub(a: Counter, b: Counter | undefined): Counter {
 export class NodeAgent {
   #o: NodeAgentOptions;
   #received = 0n;
+  /** The newest report sent (ACK or NACK), for the hello after a reconnect. */
+  #lastReport: RevisionReport | undefined;
   /** Counts intentAdvanced calls: the coalescing wait restarts while it moves. */
   #advances = 0;
   #applied = 0n;
@@ -186,6 +188,11 @@ export class NodeAgent {
 
   get status(): AgentStatus {
     return { received: this.#received, applied: this.#applied, applies: this.#applies, lastError: this.#lastError, appliedUnknown: this.#unknownRoles.size > 0 };
+  }
+
+  /** The newest ACK or NACK this agent sent (for the hello), or undefined before the first. */
+  get lastReport(): RevisionReport | undefined {
+    return this.#lastReport;
   }
 
   /** The conditions that hold now and whether the applied revision is unknown (for the hello and ConditionReport). */
@@ -434,6 +441,7 @@ export class NodeAgent {
       span.setAttribute('edgeplane.outcome', report.outcome === RevisionOutcome.REVISION_OUTCOME_ACK ? 'ack' : 'nack');
       if (report.outcome === RevisionOutcome.REVISION_OUTCOME_NACK) span.setStatus({ code: SpanStatusCode.ERROR, message: report.reason });
       report.traceContext = injectTraceContext();
+      this.#lastReport = report;
       this.#o.report(report);
     });
   }
