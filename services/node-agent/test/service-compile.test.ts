@@ -84,7 +84,7 @@ test('compileServices - resolves every default: weight 1, port 0 is the service 
       ['10.0.0.3:443', 443, 7, 7, true],
     ],
   );
-  t.is(plain.m, defaultMaglevTableSize(3));
+  t.is<number | undefined, number | undefined>(plain.m, defaultMaglevTableSize(3));
   t.is(plain.m, 509);
   t.is(plain.table.length, 509);
   t.like(plain, { family: 4, protocol: 6, port: 443, affinity: 'none', forwarding: 'nat', vipText: '192.0.2.10' });
