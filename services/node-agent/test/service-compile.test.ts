@@ -109,7 +109,9 @@ test('compileServices - an unhealthy backend has effective weight 0: no slot, th
     asked.push(`${name} ${address} ${port}`);
     return !(name === 'web' && address === '10.0.0.2');
   };
-  const [sick] = compileServices([service('web', { backends })], { labels, health }).services;
+  // One Service object throughout, as the chain carries it from revision to revision.
+  const web = service('web', { backends });
+  const [sick] = compileServices([web], { labels, health }).services;
   t.deepEqual(asked.sort(), ['web 10.0.0.1 443', 'web 10.0.0.2 8080', 'web 10.0.0.3 443']);
   const b2 = sick!.backends.find((b) => b.address === '10.0.0.2')!;
   t.like(b2, { weight: 2, healthy: false, effectiveWeight: 0 });
@@ -118,13 +120,15 @@ test('compileServices - an unhealthy backend has effective weight 0: no slot, th
   t.deepEqual([...sick!.table], [...drained!.table]);
   t.is(sick!.tableFingerprint, drained!.tableFingerprint);
   // Healthy again: the table it had before.
-  const [well] = compileServices([service('web', { backends })], { labels }).services;
+  const [well] = compileServices([web], { labels, health: () => true }).services;
   t.true(slotsByKey(well!).get('10.0.0.2:8080')! > 0);
   t.notDeepEqual([...well!.table], [...sick!.table]);
   // Every backend unhealthy: no backend, an empty table (the datapath drops).
-  const [none] = compileServices([service('web', { backends })], { labels, health: () => false }).services;
+  const [none] = compileServices([web], { labels, health: () => false }).services;
   t.is(none!.table.length, 0);
   t.is(none!.m, 509);
+  t.true(none!.backends.every((b) => !b.healthy && b.effectiveWeight === 0));
+  t.true(compileServices([web], { labels }).services[0]!.backends.every((b) => b.healthy && b.effectiveWeight === b.weight));
 });
 
 test('compileServices - an invalid service refuses the whole revision, naming it, even one that does not select this node (as policies)', (t) => {

@@ -4,11 +4,14 @@
 // I/O; the structs are described once, as codecs in table-codecs.ts (C: bpf/include/ep_lb.h).
 // lb-reference.ts selects backends from these bytes, as the datapath will.
 import { createHash } from 'node:crypto';
+import { endianness } from 'node:os';
 import { MAX_SERVICES } from '@edgeplane/proto';
 import type { MapEntriesSpec } from './compile-tables.js';
 import { CapacityError } from './errors.js';
 import type { LbServiceSpec, LbSpec } from './service-compile.js';
 import { epLbBackend, epLbBlock, epLbSvc, epLbVipKey } from './table-codecs.js';
+
+const LITTLE_ENDIAN = endianness() === 'LE';
 
 /** Slots in one ep_lb_slots block (`EP_LB_BLOCK_SLOTS`): 32 u16, 64 bytes. */
 export const LB_BLOCK_SLOTS = 32;
@@ -119,6 +122,7 @@ export function layoutLbTables(spec: LbSpec, capacity: LbCapacity = DEFAULT_LB_C
   const backends = new Uint8Array(backendCount * lbSizes.backend);
   const slots = new Uint8Array(blockCount * lbSizes.block);
   const slotView = new DataView(slots.buffer);
+  const slotWords = new Uint16Array(slots.buffer);
   const extents: LbExtent[] = [];
   const whole = createHash('sha256');
   let block = 0;
@@ -135,7 +139,10 @@ export function layoutLbTables(spec: LbSpec, capacity: LbCapacity = DEFAULT_LB_C
       epLbBackend.encode({ family: b.addressBytes.length === 4 ? 4 : 6, flags: 0, port: b.port, addr: padded(b.addressBytes) }, backends.subarray(at, at + lbSizes.backend));
     });
     const slotBase = block * lbSizes.block;
-    for (let slot = 0; slot < m; slot++) slotView.setUint16(slotBase + slot * 2, s.table[slot] as number, true);
+    // Slots are little-endian u16 (the codecs' byte order, x86-64's and the program's): a
+    // Uint16Array writes them natively on such a host (10 M slots in milliseconds).
+    if (LITTLE_ENDIAN) slotWords.set(s.table, slotBase / 2);
+    else for (let slot = 0; slot < m; slot++) slotView.setUint16(slotBase + slot * 2, s.table[slot] as number, true);
     const own = createHash('sha256');
     for (const part of [key, value, backends.subarray(backendBase * lbSizes.backend, (backendBase + s.backends.length) * lbSizes.backend), slots.subarray(slotBase, slotBase + blocks * lbSizes.block)]) {
       own.update(new Uint32Array([part.length]));

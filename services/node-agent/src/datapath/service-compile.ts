@@ -116,17 +116,17 @@ export class MaglevTableCache {
   }
 
   /**
-   * The table of `backends` (in key order) at size m: the cached one when the fingerprint
-   * matches, else built and cached.
+   * The table of `backends()` (in key order) at size m: the cached one when the fingerprint
+   * matches, else built (backends() is called only then) and cached.
    * @throws MaglevInputError as buildMaglevTable (nothing is cached then).
    */
-  table(fingerprint: string, backends: readonly MaglevBackend[], m: number): Uint32Array {
+  table(fingerprint: string, m: number, backends: () => readonly MaglevBackend[]): Uint32Array {
     const held = this.#tables.get(fingerprint);
     if (held !== undefined) {
       held.used = this.#compiles;
       return held.table;
     }
-    const table = buildMaglevTable(backends, m);
+    const table = buildMaglevTable(backends(), m);
     this.#builds++;
     this.#tables.set(fingerprint, { table, used: this.#compiles });
     return table;
@@ -225,35 +225,64 @@ export function compileServices(services: Iterable<Service>, options: ServiceCom
   return { services: out };
 }
 
-function compileService(s: Service, svcId: number, options: ServiceCompileOptions): LbServiceSpec {
-  const name = s.metadata!.name;
+/** What a service compiles to before health: computed once per Service object (they are immutable). */
+interface ResolvedService {
+  readonly fields: Omit<LbServiceSpec, 'svcId' | 'backends' | 'table' | 'tableFingerprint'>;
+  /** Key order, all healthy. */
+  readonly backends: readonly LbBackendSpec[];
+  /** tableFingerprint with every backend healthy. */
+  readonly fingerprint: string;
+}
+
+// Parsing addresses and building keys is most of a recompile's cost when few tables change
+// (100,000 backends), and the chain carries one Service object until it changes.
+const resolved = new WeakMap<Service, ResolvedService>();
+
+function resolve(s: Service): ResolvedService {
+  let r = resolved.get(s);
+  if (r !== undefined) return r;
   const spec = s.spec!;
   // Valid (validateService): canonical addresses of one family, ports in range, known enums.
   const vip = parseAddress(spec.vip) as Uint8Array;
   const backends: LbBackendSpec[] = spec.backends.map((b) => {
     const port = b.port === 0 ? spec.port : b.port;
     const weight = b.weight ?? 1;
-    const healthy = options.health === undefined || options.health(name, b.address, port);
-    return { key: backendKey(b.address, port), address: b.address, addressBytes: parseAddress(b.address) as Uint8Array, port, weight, healthy, effectiveWeight: healthy ? weight : 0 };
+    return { key: backendKey(b.address, port), address: b.address, addressBytes: parseAddress(b.address) as Uint8Array, port, weight, healthy: true, effectiveWeight: weight };
   });
   backends.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   const m = spec.maglevTableSize === 0 ? (defaultMaglevTableSize(backends.length) as number) : spec.maglevTableSize;
-  const inputs = backends.map((b) => ({ key: b.key, weight: b.effectiveWeight }));
-  const fingerprint = tableFingerprint(m, inputs);
-  const table = options.cache ? options.cache.table(fingerprint, inputs, m) : buildMaglevTable(inputs, m);
-  return {
-    name,
-    svcId,
-    family: vip.length === 4 ? 4 : 6,
-    vip,
-    vipText: spec.vip,
-    protocol: spec.protocol === Protocol.PROTOCOL_UDP ? 17 : 6,
-    port: spec.port,
-    affinity: spec.sessionAffinity === SessionAffinity.SESSION_AFFINITY_CLIENT_IP ? 'client-ip' : 'none',
-    forwarding: spec.forwardingMode === ForwardingMode.FORWARDING_MODE_DSR ? 'dsr' : 'nat',
-    m,
+  r = {
+    fields: {
+      name: s.metadata!.name,
+      family: vip.length === 4 ? 4 : 6,
+      vip,
+      vipText: spec.vip,
+      protocol: spec.protocol === Protocol.PROTOCOL_UDP ? 17 : 6,
+      port: spec.port,
+      affinity: spec.sessionAffinity === SessionAffinity.SESSION_AFFINITY_CLIENT_IP ? 'client-ip' : 'none',
+      forwarding: spec.forwardingMode === ForwardingMode.FORWARDING_MODE_DSR ? 'dsr' : 'nat',
+      m,
+    },
     backends,
-    table,
-    tableFingerprint: fingerprint,
+    fingerprint: tableFingerprint(m, backends.map((b) => ({ key: b.key, weight: b.effectiveWeight }))),
   };
+  resolved.set(s, r);
+  return r;
+}
+
+function compileService(s: Service, svcId: number, options: ServiceCompileOptions): LbServiceSpec {
+  const r = resolve(s);
+  const { name, m } = r.fields;
+  let backends = r.backends;
+  let fingerprint = r.fingerprint;
+  const health = options.health;
+  // The view is asked once per backend and compile.
+  const healthy = health === undefined ? undefined : backends.map((b) => health(name, b.address, b.port));
+  if (healthy !== undefined && healthy.includes(false)) {
+    backends = backends.map((b, i) => (healthy[i] ? b : { ...b, healthy: false, effectiveWeight: 0 }));
+    fingerprint = tableFingerprint(m, backends.map((b) => ({ key: b.key, weight: b.effectiveWeight })));
+  }
+  const inputs = (): MaglevBackend[] => backends.map((b) => ({ key: b.key, weight: b.effectiveWeight }));
+  const table = options.cache ? options.cache.table(fingerprint, m, inputs) : buildMaglevTable(inputs(), m);
+  return { ...r.fields, svcId, backends, table, tableFingerprint: fingerprint };
 }
