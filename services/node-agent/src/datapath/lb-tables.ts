@@ -13,6 +13,9 @@ import { epLbBackend, epLbBlock, epLbSvc, epLbVipKey } from './table-codecs.js';
 
 const LITTLE_ENDIAN = endianness() === 'LE';
 
+/** Byte offset of each ep_lb_backend field, from its codec (the one description of the struct). */
+const BACKEND = Object.fromEntries(epLbBackend.fields.map((f) => [f.name, f.offset])) as Record<keyof ReturnType<typeof epLbBackend.decode>, number>;
+
 /** Slots in one ep_lb_slots block (`EP_LB_BLOCK_SLOTS`): 32 u16, 64 bytes. */
 export const LB_BLOCK_SLOTS = 32;
 
@@ -122,6 +125,7 @@ export function layoutLbTables(spec: LbSpec, capacity: LbCapacity = DEFAULT_LB_C
   const backends = new Uint8Array(backendCount * lbSizes.backend);
   const slots = new Uint8Array(blockCount * lbSizes.block);
   const slotView = new DataView(slots.buffer);
+  const backendView = new DataView(backends.buffer);
   const slotWords = new Uint16Array(slots.buffer);
   const extents: LbExtent[] = [];
   const whole = createHash('sha256');
@@ -134,9 +138,14 @@ export function layoutLbTables(spec: LbSpec, capacity: LbCapacity = DEFAULT_LB_C
     const blocks = lbBlocks(m);
     epLbVipKey.encode({ gen: 0, family: s.family, proto: s.protocol, pad: 0, port: s.port, pad2: 0, vip: padded(s.vip) }, key);
     epLbSvc.encode({ block: m === 0 ? 0 : block, m, backendBase, backends: s.backends.length, flags: flagsOf(s), svcId: s.svcId }, value);
+    // Backends are most of the entries (100,000 at LB.md's target): written at the codec's own
+    // field offsets rather than through encode(), which makes a view per field. The buffer is
+    // zeroed, so flags and the address's tail stay 0.
     s.backends.forEach((b, j) => {
       const at = (backendBase + j) * lbSizes.backend;
-      epLbBackend.encode({ family: b.addressBytes.length === 4 ? 4 : 6, flags: 0, port: b.port, addr: padded(b.addressBytes) }, backends.subarray(at, at + lbSizes.backend));
+      backends[at + BACKEND.family] = b.addressBytes.length === 4 ? 4 : 6;
+      backendView.setUint16(at + BACKEND.port, b.port, false);
+      backends.set(b.addressBytes, at + BACKEND.addr);
     });
     const slotBase = block * lbSizes.block;
     // Slots are little-endian u16 (the codecs' byte order, x86-64's and the program's): a
