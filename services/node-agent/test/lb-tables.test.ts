@@ -3,7 +3,8 @@
 // checked against first principles: shares by weight, affinity, drained and unhealthy backends,
 // misses. Pure: no kernel. Counts over seeded tuples, never time.
 import test from 'ava';
-import { ForwardingMode, Protocol, Service, SessionAffinity, parseAddress, type DeepPartial, type ServiceSpec } from '@edgeplane/proto';
+import fc from 'fast-check';
+import { ForwardingMode, Protocol, SessionAffinity, parseAddress, type Service } from '@edgeplane/proto';
 import { CapacityError } from '../src/datapath/errors.js';
 import { clientHash, flowHash, maglevSlot, type FlowTuple } from '../src/datapath/flow-hash.js';
 import { LbReference, type LbSelection } from '../src/datapath/lb-reference.js';
@@ -11,10 +12,8 @@ import { DEFAULT_LB_CAPACITY, layoutLbTables, lbSizes, lbSvcFlags, type LbTables
 import { compileServices, type BackendHealthView, type LbSpec } from '../src/datapath/service-compile.js';
 import { epLbBackend, epLbBlock, epLbSvc, epLbVipKey } from '../src/datapath/table-codecs.js';
 import { prng } from './datapath-helpers.js';
+import { service, servicesArb } from './lb-helpers.js';
 
-function service(name: string, spec: DeepPartial<ServiceSpec>): Service {
-  return Service.fromPartial({ metadata: { name }, spec: { protocol: Protocol.PROTOCOL_TCP, port: 443, ...spec } });
-}
 const compile = (services: Service[], health?: BackendHealthView): LbSpec => compileServices(services, health ? { labels: {}, health } : { labels: {} });
 const hex = (bytes: Uint8Array): string => Buffer.from(bytes).toString('hex');
 
@@ -246,4 +245,29 @@ test('LbReference - a tuple that is not a VIP (address, port, protocol or family
   // The IPv6 UDP service: found by its own family and protocol.
   t.is(reference.select({ family: 6, proto: 17, src: parseAddress('2001:db8::7')!, dst: parseAddress('2001:db8::53')!, sport: 5353, dport: 53 }).kind, 'backend');
   t.deepEqual(reference.select({ family: 6, proto: 6, src: parseAddress('2001:db8::7')!, dst: parseAddress('2001:db8::53')!, sport: 5353, dport: 53 }), { kind: 'pass' });
+});
+
+test('LbReference - for random services, health and tuples, the selection read from the bytes is the spec\'s: drop without a backend, else the table at the flow\'s slot', (t) => {
+  fc.assert(
+    fc.property(servicesArb, fc.integer(), fc.array(fc.tuple(fc.nat(), fc.uint8Array({ minLength: 16, maxLength: 16 }), fc.integer({ min: 1, max: 65535 })), { minLength: 1, maxLength: 40 }), (services, salt, flows) => {
+      // Health: a backend is down when a salted hash of its key says so (about one in three).
+      const health: BackendHealthView = (name, address, port) => (flowHash({ family: 4, proto: 0, src: Buffer.from(`${name}${address}`), dst: new Uint8Array(4), sport: port, dport: salt & 0xffff }) % 3) !== 0;
+      const spec = compile(services, health);
+      const reference = new LbReference(layoutLbTables(spec, DEFAULT_LB_CAPACITY, (salt & 1) as 0 | 1));
+      for (const [pick, src, sport] of flows) {
+        const s = spec.services[pick % spec.services.length]!;
+        const flow: FlowTuple = { family: s.family, proto: s.protocol, src: src.subarray(0, s.family === 4 ? 4 : 16), dst: s.vip, sport, dport: s.port };
+        const selection = reference.select(flow);
+        if (s.backends.every((b) => b.effectiveWeight === 0)) {
+          t.deepEqual(selection, { kind: 'drop', svcId: s.svcId });
+          continue;
+        }
+        const slot = maglevSlot(s.affinity === 'client-ip' ? clientHash(s.family, flow.src) : flowHash(flow), s.m);
+        const backend = s.backends[s.table[slot]!]!;
+        t.true(backend.effectiveWeight > 0, 'a backend without weight took a slot');
+        t.like(selection, { kind: 'backend', svcId: s.svcId, slot, address: backend.address, port: backend.port });
+      }
+    }),
+    { seed: 20261201, numRuns: 80 },
+  );
 });

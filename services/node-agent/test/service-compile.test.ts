@@ -17,15 +17,9 @@ import { ServiceCompileError } from '../src/datapath/errors.js';
 import { layoutLbTables } from '../src/datapath/lb-tables.js';
 import { backendKey, buildMaglevTable } from '../src/datapath/maglev.js';
 import { compileServices, MaglevTableCache, type LbServiceSpec } from '../src/datapath/service-compile.js';
+import { service, servicesArb } from './lb-helpers.js';
 
 const params = { seed: 20261201, numRuns: 60 };
-
-function service(name: string, spec: DeepPartial<ServiceSpec> = {}): Service {
-  return Service.fromPartial({
-    metadata: { name },
-    spec: { vip: '192.0.2.10', protocol: Protocol.PROTOCOL_TCP, port: 443, backends: [{ address: '10.0.0.1' }, { address: '10.0.0.2', weight: 3 }], ...spec },
-  });
-}
 
 const byName = (services: readonly LbServiceSpec[], name: string): LbServiceSpec => {
   const found = services.find((s) => s.name === name);
@@ -209,34 +203,6 @@ test('MaglevTableCache - keeps a table while the last two compiles used it; a fl
   compileServices([service('web', { backends })], { labels, cache, health: sickOne });
   t.is(cache.builds, 3);
 });
-
-// Random services for the order property: distinct VIPs, 1-6 backends with mixed weights,
-// ports and families, some drained.
-const servicesArb = fc
-  .uniqueArray(fc.integer({ min: 1, max: 4000 }), { minLength: 1, maxLength: 12 })
-  .chain((ids) =>
-    fc.tuple(
-      ...ids.map((id) =>
-        fc.record({
-          v6: fc.boolean(),
-          udp: fc.boolean(),
-          affinity: fc.boolean(),
-          backends: fc.uniqueArray(fc.record({ host: fc.integer({ min: 1, max: 250 }), port: fc.constantFrom(0, 80, 8080), weight: fc.option(fc.integer({ min: 0, max: 100 }), { nil: undefined }) }), {
-            minLength: 1,
-            maxLength: 6,
-            selector: (b) => `${b.host} ${b.port === 0 ? 443 : b.port}`,
-          }),
-        }).map((r) =>
-          service(`svc-${id}`, {
-            vip: r.v6 ? `2001:db8::${id.toString(16)}` : `192.0.${id >> 8}.${id & 255}`,
-            protocol: r.udp ? Protocol.PROTOCOL_UDP : Protocol.PROTOCOL_TCP,
-            sessionAffinity: r.affinity ? SessionAffinity.SESSION_AFFINITY_CLIENT_IP : SessionAffinity.SESSION_AFFINITY_UNSPECIFIED,
-            backends: r.backends.map((b) => ({ address: r.v6 ? `2001:db8:1::${b.host.toString(16)}` : `10.1.0.${b.host}`, port: b.port, weight: b.weight })),
-          }),
-        ),
-      ),
-    ),
-  );
 
 test('compileServices + layoutLbTables - two nodes given the same services in different orders (services and backends) lay out identical bytes', (t) => {
   fc.assert(
