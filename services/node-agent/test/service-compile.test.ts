@@ -146,7 +146,26 @@ test('compileServices - two selected services on one VIP, port and protocol refu
   t.is(compileServices([a, service('b', { port: 80 }), service('c', { protocol: Protocol.PROTOCOL_UDP })], { labels }).services.length, 3);
 });
 
-test('compileServices - service ids are nonzero, distinct, and depend on the name alone, not on the order or the rest of the set', (t) => {
+/** 32-bit FNV-1a of UTF-8, written again from the definition (http://www.isthe.com/chongo/tech/comp/fnv/). */
+function fnv1a(text: string): number {
+  let h = 0x811c9dc5;
+  for (const byte of Buffer.from(text)) h = Math.imul(h ^ byte, 0x01000193) >>> 0;
+  return h;
+}
+
+/** Two service names whose FNV-1a hashes are equal, in name order (found by a birthday search). */
+function collidingNames(): [string, string] {
+  const seen = new Map<number, string>();
+  for (let i = 0; ; i++) {
+    const name = `c${i.toString(36)}`;
+    const h = fnv1a(name);
+    const other = seen.get(h);
+    if (other !== undefined) return other < name ? [other, name] : [name, other];
+    seen.set(h, name);
+  }
+}
+
+test('compileServices - service ids are nonzero, distinct, the same whatever the order and whichever services a node selects', (t) => {
   const services = Array.from({ length: 200 }, (_, i) => service(`svc-${i}`, { vip: `192.0.${i >> 8}.${(i & 255) + 1}` }));
   const one = compileServices(services, { labels }).services;
   const other = compileServices([...services].reverse(), { labels }).services;
@@ -154,6 +173,19 @@ test('compileServices - service ids are nonzero, distinct, and depend on the nam
   t.is(new Set(one.map((s) => s.svcId)).size, 200);
   t.false(one.some((s) => s.svcId === 0));
   t.is(compileServices([services[7]!], { labels }).services[0]!.svcId, byName(one, 'svc-7').svcId);
+  // A node that selects only some services gives them the ids a node that selects all does.
+  const some = services.map((s, i) => (i % 3 === 0 ? s : Service.fromPartial({ ...s, spec: { ...s.spec!, nodeSelector: { matchLabels: { site: 'fra1' } } } })));
+  const partial = compileServices(some, { labels }).services;
+  t.is(partial.length, 67);
+  for (const s of partial) t.is(s.svcId, byName(one, s.name).svcId);
+  // Two names whose hashes collide: the first in name order keeps the hash, the other probes.
+  const [x, y] = collidingNames();
+  const pair = compileServices([service(y, { vip: '192.0.2.1' }), service(x, { vip: '192.0.2.2' })], { labels: { site: 'ams1' } }).services;
+  t.is(byName(pair, x).svcId, fnv1a(x));
+  t.is(byName(pair, y).svcId, (fnv1a(x) + 1) >>> 0);
+  // On a node that selects only y, y still has the probed id.
+  const onlyY = compileServices([service(y, { vip: '192.0.2.1' }), service(x, { vip: '192.0.2.2', nodeSelector: { matchLabels: { site: 'fra1' } } })], { labels: { site: 'ams1' } }).services;
+  t.deepEqual(onlyY.map((s) => [s.name, s.svcId]), [[y, (fnv1a(x) + 1) >>> 0]]);
 });
 
 // 10,000 services with distinct backends (so no two share a table), as in LB.md's target.

@@ -46,9 +46,9 @@ export interface LbBackendSpec {
 export interface LbServiceSpec {
   readonly name: string;
   /**
-   * A stable nonzero id for counters and reverse NAT (FNV-1a of the name, probed past collisions
-   * in name order, so every node with the same set of services gives the same ids; 0 is "no
-   * service" in a connection entry).
+   * A stable nonzero id for counters and reverse NAT: FNV-1a of the name, probed upwards past 0
+   * and past collisions over every service of the intent in name order (selected by this node or
+   * not), so a service has one id on every node; 0 is "no service" in a connection entry.
    */
   readonly svcId: number;
   readonly family: 4 | 6;
@@ -197,22 +197,24 @@ function tableFingerprint(m: number, backends: readonly MaglevBackend[]): string
  *   then beyond tables already built.
  */
 export function compileServices(services: Iterable<Service>, options: ServiceCompileOptions): LbSpec {
-  const selected: Service[] = [];
+  const all: Service[] = [];
   for (const s of services) {
     const violations = violationsOf(s);
     const name = s.metadata?.name ?? '?';
     if (violations.length > 0) throw new ServiceCompileError(name, `service ${name} is invalid: ${violations[0]!.field}: ${violations[0]!.description}`, violations);
-    if (matchesLabelSelector(s.spec!.nodeSelector, options.labels)) selected.push(s);
+    all.push(s);
   }
-  // Ids in name order, so they depend on the set of services, not on the order it came in.
-  selected.sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : a.metadata!.name > b.metadata!.name ? 1 : 0));
+  // Ids over every service of the intent in name order, selected or not, so a service has the
+  // same id on every node and whatever order the services came in.
+  all.sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : a.metadata!.name > b.metadata!.name ? 1 : 0));
   const ids = new Set<number>();
-  const out = selected.map((s) => {
+  const out: LbServiceSpec[] = [];
+  for (const s of all) {
     let id = fnv1a(s.metadata!.name);
     while (id === 0 || ids.has(id)) id = (id + 1) >>> 0;
     ids.add(id);
-    return compileService(s, id, options);
-  });
+    if (matchesLabelSelector(s.spec!.nodeSelector, options.labels)) out.push(compileService(s, id, options));
+  }
   out.sort(lbServiceOrder);
   for (let i = 1; i < out.length; i++) {
     const a = out[i - 1] as LbServiceSpec;
