@@ -30,16 +30,22 @@ export type {
 export { ConntrackSweeper, nextSweepDelay } from './datapath/conntrack-sweeper.js';
 export { CT_FLAG_ORIG_B, ctKeyOfFlow, ctKeyOfTuple, originalTuple } from './datapath/conntrack-key.js';
 export type { ConntrackSweeperOptions, ConntrackSweepTarget, SweepRun } from './datapath/conntrack-sweeper.js';
-export { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg, tableCodecs } from './datapath/table-codecs.js';
+export { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg, epLbBackend, epLbBlock, epLbSvc, epLbVipKey, lbTableCodecs, tableCodecs } from './datapath/table-codecs.js';
 export { genFlags, RULE_FLAG_TRACK } from './datapath/compile-tables.js';
 export type { AttachOptions, EbpfDatapathOptions, UplinkMode } from './datapath/ebpf-datapath.js';
 export { INTERFACE_ROLES, isInterfaceRole } from './datapath/interface-role.js';
 export type { InterfaceRole } from './datapath/interface-role.js';
-export { CapacityError, ConntrackInputError, DatapathError, MaglevInputError, RollbackError, RuleSetError } from './datapath/errors.js';
+export { CapacityError, ConntrackInputError, DatapathError, MaglevInputError, RollbackError, RuleSetError, ServiceCompileError } from './datapath/errors.js';
 export { clientHash, FLOW_HASH_SEED, flowHash, jhash2, maglevSlot } from './datapath/flow-hash.js';
 export type { FlowTuple } from './datapath/flow-hash.js';
 export { backendKey, buildMaglevTable, maglevPermutation, MAX_BACKEND_KEY_LENGTH } from './datapath/maglev.js';
 export type { MaglevBackend } from './datapath/maglev.js';
+export { compileServices, lbServiceOrder, MaglevTableCache } from './datapath/service-compile.js';
+export type { BackendHealthView, LbBackendSpec, LbServiceSpec, LbSpec, ServiceCompileOptions } from './datapath/service-compile.js';
+export { DEFAULT_LB_CAPACITY, layoutLbTables, LB_BLOCK_SLOTS, lbBlocks, lbSizes, lbSvcFlags } from './datapath/lb-tables.js';
+export type { LbCapacity, LbExtent, LbTablesSpec } from './datapath/lb-tables.js';
+export { LbReference } from './datapath/lb-reference.js';
+export type { LbSelection } from './datapath/lb-reference.js';
 export {
   ConntrackModel,
   creationState,

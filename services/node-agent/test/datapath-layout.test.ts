@@ -2,44 +2,15 @@
 // interfaces, no kernel load): the programs and maps it must have, and every struct the agent
 // encodes (table-codecs.ts, compile-tables.ts sizes) against the BTF clang wrote from the C
 // headers. Needs bpftool, as the build does.
-import { execFileSync } from 'node:child_process';
 import test from 'ava';
 import { loadObjectSpec } from 'libbpf-ts';
 import { sizes } from '../src/datapath/compile-tables.js';
 import { CONNTRACK_STAT_NAMES } from '../src/datapath/conntrack.js';
 import { DEFAULT_OBJECT_PATH } from '../src/datapath/ebpf-datapath.js';
 import { tableCodecs } from '../src/datapath/table-codecs.js';
+import { readObjectBtf } from './btf-helpers.js';
 
-interface BtfType {
-  id: number;
-  kind: string;
-  name: string;
-  size?: number;
-  type_id?: number;
-  nr_elems?: number;
-  members?: { name: string; type_id: number; bits_offset: number; bitfield_size?: number }[];
-}
-
-// `bpftool -j btf dump file X format raw`: every type of the object's .BTF section.
-const btf = new Map<number, BtfType>();
-for (const type of (JSON.parse(execFileSync('bpftool', ['-j', 'btf', 'dump', 'file', DEFAULT_OBJECT_PATH, 'format', 'raw'], { encoding: 'utf8' })) as { types: BtfType[] }).types) btf.set(type.id, type);
-
-function typeSize(id: number): number {
-  const type = btf.get(id);
-  if (type === undefined) throw new Error(`BTF type ${id} missing`);
-  if (type.kind === 'TYPEDEF' || type.kind === 'CONST' || type.kind === 'VOLATILE' || type.kind === 'RESTRICT') return typeSize(type.type_id as number);
-  if (type.kind === 'ARRAY') return (type.nr_elems as number) * typeSize(type.type_id as number);
-  if (type.size === undefined) throw new Error(`BTF type ${id} (${type.kind}) has no size`);
-  return type.size;
-}
-
-function btfStruct(name: string): BtfType {
-  const found = [...btf.values()].find((type) => type.kind === 'STRUCT' && type.name === name);
-  if (found === undefined) throw new Error(`struct ${name} is not in the object's BTF`);
-  return found;
-}
-
-const camel = (name: string): string => name.replace(/_([a-z])/g, (_, letter: string) => letter.toUpperCase());
+const btf = readObjectBtf(DEFAULT_OBJECT_PATH);
 
 test('object - has the programs and maps the agent pins, with their shapes', async (t) => {
   const spec = await loadObjectSpec(DEFAULT_OBJECT_PATH);
@@ -80,13 +51,8 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
 
 test('layout - every codec field has the offset and size of the C struct member', (t) => {
   for (const [name, codec] of Object.entries(tableCodecs)) {
-    const type = btfStruct(name);
-    t.is<number | undefined, number | undefined>(codec.size, type.size, `sizeof(struct ${name})`);
-    const members = (type.members ?? []).map((member) => {
-      t.is(member.bitfield_size ?? 0, 0, `struct ${name}.${member.name} is a bitfield`);
-      return { name: camel(member.name), offset: member.bits_offset / 8, size: typeSize(member.type_id) };
-    });
-    t.deepEqual(codec.fields, members, `struct ${name}`);
+    t.is<number | undefined, number | undefined>(codec.size, btf.structSize(name), `sizeof(struct ${name})`);
+    t.deepEqual(codec.fields, btf.structFields(name), `struct ${name}`);
   }
 });
 
@@ -102,7 +68,7 @@ test('layout - conntrack structs have the sizes CONNTRACK.md gives', (t) => {
 test('layout - compiled table entry sizes equal the C structs', (t) => {
   // ep_lpm_key, ep_class_ref and ep_word_key reach the object only as the inner maps' key and
   // value sizes, which the object test above compares with `sizes`.
-  t.is<number | undefined, number | undefined>(sizes.bitvec, btfStruct('ep_bitvec').size);
-  t.is<number | undefined, number | undefined>(sizes.rule, btfStruct('ep_rule').size);
-  t.is<number | undefined, number | undefined>(sizes.counter, btfStruct('ep_counter').size);
+  t.is<number | undefined, number | undefined>(sizes.bitvec, btf.structSize('ep_bitvec'));
+  t.is<number | undefined, number | undefined>(sizes.rule, btf.structSize('ep_rule'));
+  t.is<number | undefined, number | undefined>(sizes.counter, btf.structSize('ep_counter'));
 });

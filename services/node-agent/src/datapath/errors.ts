@@ -1,5 +1,6 @@
 // Errors of the node agent's datapath. Native errors (errno, verifier log) arrive already
 // translated by libbpf-ts and ride along as `cause`.
+import type { FieldViolation } from '@edgeplane/proto';
 
 /** A rule set that cannot be compiled as written (bad CIDR, port range, rate...). */
 export class RuleSetError extends Error {
@@ -13,17 +14,18 @@ export class RuleSetError extends Error {
   }
 }
 
-/** A valid rule set that exceeds a datapath capacity limit (rules, class words...). */
+/** A valid rule set (or set of services) that exceeds a datapath capacity limit (rules, class words, LB slots...). */
 export class CapacityError extends Error {
-  /** Which limit: 'rules', 'class-words'. */
+  /** Which limit: 'rules', 'class-words', 'lb-services', 'lb-slots', 'lb-backends'. */
   readonly limit: string;
   /** The limit's value. */
   readonly max: number;
-  /** What the rule set needs. */
+  /** What the rule set (or the services) need. */
   readonly needed: number;
 
-  constructor(limit: string, max: number, needed: number, hint: string) {
-    super(`capacity ${limit}: rule set needs ${needed}, the datapath holds at most ${max}; ${hint}`);
+  /** @param needs who needs it, with the verb: "rule set needs" unless told, e.g. "the 12 services that select this node need". */
+  constructor(limit: string, max: number, needed: number, hint: string, needs = 'rule set needs') {
+    super(`capacity ${limit}: ${needs} ${needed}, the datapath holds at most ${max}; ${hint}`);
     this.name = 'CapacityError';
     this.limit = limit;
     this.max = max;
@@ -75,5 +77,24 @@ export class MaglevInputError extends Error {
     super(`${field}: ${message}`);
     this.name = 'MaglevInputError';
     this.field = field;
+  }
+}
+
+/**
+ * A service that cannot be compiled for this node (it fails validation again on the node, or it
+ * claims the VIP, port and protocol of another service the node fronts). The whole revision is
+ * refused, as for an invalid policy; nothing was built.
+ */
+export class ServiceCompileError extends Error {
+  /** The offending service's name. */
+  readonly service: string;
+  /** What is wrong, as the controller's validation words it. */
+  readonly violations: readonly FieldViolation[];
+
+  constructor(service: string, message: string, violations: readonly FieldViolation[] = []) {
+    super(message);
+    this.name = 'ServiceCompileError';
+    this.service = service;
+    this.violations = violations;
   }
 }

@@ -3,7 +3,7 @@
 // and size against the BTF clang wrote into bpf/build/edgeplane.bpf.o, so the C header and this
 // file cannot drift apart unnoticed. (compile-tables.ts writes whole tables as packed arrays
 // for speed; the same test checks its entry sizes against the object.)
-import { array, bytes, struct, u16, u32, u64, u8 } from 'libbpf-ts';
+import { array, bytes, struct, u16, u16be, u32, u64, u8 } from 'libbpf-ts';
 
 /** `struct ep_meta`: agent-only bookkeeping of one generation (the programs never read it). */
 export const epMeta = struct({
@@ -66,4 +66,41 @@ export const tableCodecs = {
   ep_gen_cfg: epGenCfg,
   ep_ct_control_key: epCtControlKey,
   ep_ct_sweep_args: epCtSweepArgs,
+} as const;
+
+// ---- L4 load balancing (bpf/LB.md, layout 4, proposed) --------------------------------------
+// Not in edgeplane.bpf.o yet (adding the maps changes the pinned layout), so not in tableCodecs:
+// test/lb-layout.test.ts checks them against the BTF of bpf/fixtures/lb_layout.bpf.c, which
+// includes bpf/include/ep_lb.h, where the C structs live. lb-tables.ts writes these bytes.
+
+/** `struct ep_lb_vip_key`: key of ep_lb_vip. Port in host byte order; an IPv4 VIP in the first 4 bytes. */
+export const epLbVipKey = struct({ gen: u8, family: u8, proto: u8, pad: u8, port: u16, pad2: u16, vip: bytes(16) });
+
+/** `struct ep_lb_svc`: value of ep_lb_vip, one service of one generation. */
+export const epLbSvc = struct({
+  /** First block of the table in ep_lb_slots (generation-relative). */
+  block: u32,
+  /** Table size; 0: no backend of positive weight (drop). */
+  m: u32,
+  /** First of its backends in ep_lb_backends (generation-relative). */
+  backendBase: u32,
+  /** How many backends; every slot value is below it. */
+  backends: u16,
+  /** EP_LB_F_* (lbSvcFlags). */
+  flags: u16,
+  svcId: u32,
+});
+
+/** `struct ep_lb_backend`: one backend in ep_lb_backends. Port in network byte order (written into packets as is). */
+export const epLbBackend = struct({ family: u8, flags: u8, port: u16be, addr: bytes(16) });
+
+/** `struct ep_lb_block`: one 64-byte block of ep_lb_slots, 32 slots of one service's table. */
+export const epLbBlock = struct({ backend: array(u16, 32) });
+
+/** The load-balancing codecs by C struct name (what test/lb-layout.test.ts compares with BTF). */
+export const lbTableCodecs = {
+  ep_lb_vip_key: epLbVipKey,
+  ep_lb_svc: epLbSvc,
+  ep_lb_backend: epLbBackend,
+  ep_lb_block: epLbBlock,
 } as const;
