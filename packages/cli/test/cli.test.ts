@@ -335,7 +335,7 @@ test('services - apply, get (table, -o yaml read back unchanged, -o json, -o nam
     /10\.9\.0\.1\s+443\s+3\s+75\.0%\s+1\s+0\s+0\n/,
     /10\.9\.0\.2\s+8443\s+1\s+25\.0%\s+0\s+1\s+0\n/,
     /10\.9\.0\.3\s+443\s+0\s+drained\s+1\s+0\s+0\n/,
-    /Unhealthy backends \(no new flows on these nodes\):\n  10\.9\.0\.2:8443 on svc-node-1 for \d+s: http: ECONNREFUSED\n/,
+    /Unhealthy backends \(no new flows on these nodes\):\n {2}10\.9\.0\.2:8443 on svc-node-1 for \d+s: http: ECONNREFUSED\n/,
   ]) t.regex(described.stdout, line);
 
   const diff = await edgeplane(['diff', '-f', file('svc-diff.yaml', serviceYaml('svc-a', '198.51.100.1', { labels: { team: 'svc' }, port: 8443 }))]);
