@@ -170,8 +170,10 @@ export class FleetApi {
     const backends = (service.spec?.backends ?? []).map((b): BackendHealthSummary => {
       const port = backendPort(service, b);
       const summary: BackendHealthSummary = { address: b.address, port, nodesHealthy: 0, nodesUnhealthy: 0, nodesUnknown: 0, unhealthy: [] };
+      // Without a check no node says anything: every selected node is unknown.
+      if (!checked || !store) return { ...summary, nodesUnknown: selected.length };
       for (const n of selected) {
-        const v = checked ? store?.verdict(n.name, name, b.address, port) : undefined;
+        const v = store.verdict(n.name, name, b.address, port);
         if (!v) summary.nodesUnknown++;
         else if (v.healthy) summary.nodesHealthy++;
         else {

@@ -4,9 +4,10 @@
 // service-health test; here the reports are written by hand, hostile ones included.
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
-import { ApplyServiceRequest, HealthCheck_Type, MAX_BACKEND_HEALTH_ENTRIES, Protocol, Service, type BackendVerdict, type DeepPartial, type ServiceSpec } from '@edgeplane/proto';
+import { ApplyServiceRequest, HealthCheck_Type, MAX_BACKEND_HEALTH_ENTRIES, MAX_BACKEND_HEALTH_PER_NODE, Protocol, Service, type BackendVerdict, type DeepPartial, type ServiceSpec } from '@edgeplane/proto';
 import { call, detailsOf } from '../../../test/support/grpc.js';
 import { until } from '../../../test/support/control-plane.js';
+import { ServiceHealthStore } from '../src/service-health-store.js';
 import { agentStream, clientsFor, createToken, enroll, newKey, startTlsController, type ClientCert, type Clients } from './trust-helpers.js';
 
 let env: Awaited<ReturnType<typeof startTlsController>>;
@@ -197,4 +198,20 @@ test('GetServiceHealth - a viewer may call it, a node may not; bad and unknown n
   t.deepEqual(detailsOf(bad)?.fieldViolations.map((v) => [v.field, v.reason]), [['names[1]', 'INVALID_NAME']]);
   const missing = (await t.throwsAsync(health(['web', 'ghost']))) as grpc.ServiceError;
   t.is(missing.code, grpc.status.NOT_FOUND);
+});
+
+test('ServiceHealthStore - at most MAX_BACKEND_HEALTH_PER_NODE verdicts per node: new ones past it are dropped and counted, known ones still update; forget empties the node', (t) => {
+  const store = new ServiceHealthStore();
+  const reports = MAX_BACKEND_HEALTH_PER_NODE / MAX_BACKEND_HEALTH_ENTRIES;
+  for (let r = 0; r <= reports; r++) {
+    const backends = Array.from({ length: MAX_BACKEND_HEALTH_ENTRIES }, (_, i) => verdict(`10.${r}.${i >> 8}.${i & 255}`, 443, true));
+    store.add('n1', { replace: r === 0, revision: 1n, backends });
+  }
+  t.is(store.dropped, MAX_BACKEND_HEALTH_ENTRIES, 'the whole report past the bound');
+  t.is(store.verdict('n1', 'web', `10.${reports}.0.0`, 443), undefined);
+  store.add('n1', { replace: false, revision: 1n, backends: [verdict('10.0.0.0', 443, false, 'HTTP 500')] });
+  t.is(store.verdict('n1', 'web', '10.0.0.0', 443)?.reason, 'HTTP 500', 'a known backend still updates at the bound');
+  store.forget('n1');
+  t.is(store.size, 0);
+  t.is(store.verdict('n1', 'web', '10.0.0.0', 443), undefined);
 });
