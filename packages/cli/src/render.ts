@@ -1,13 +1,11 @@
 // Pure renderers for `get` tables and `describe` text. Every function takes what the server
 // returned (and the time to measure ages against) and returns the text to print.
 import {
-  DEFAULT_HEALTH_CHECK_INTERVAL_MS,
-  DEFAULT_HEALTH_CHECK_TIMEOUT_MS,
-  HealthCheck_Type,
   defaultMaglevTableSize,
   formatLabelSelector,
   matchesLabelSelector,
   RevisionOutcome,
+  resolveHealthCheck,
   type GetNodeResponse,
   type Node,
   type NodeRuleCounters,
@@ -275,10 +273,10 @@ function tableSizeText(s: Service): string {
 function healthCheckText(s: Service): string {
   const h = s.spec?.healthCheck;
   if (!h) return 'none (every backend of positive weight takes new flows)';
-  const what = h.type === HealthCheck_Type.TYPE_HTTP ? `http GET ${h.httpPath || '/'}` : 'tcp connect';
-  const intervalMs = h.interval ? Number(h.interval.seconds) * 1000 + h.interval.nanos / 1e6 : DEFAULT_HEALTH_CHECK_INTERVAL_MS;
-  const timeout = h.timeout ? formatDuration(h.timeout) : formatMs(Math.min(DEFAULT_HEALTH_CHECK_TIMEOUT_MS, intervalMs));
-  return `${what}${h.port ? ` port ${h.port}` : ''} every ${h.interval ? formatDuration(h.interval) : formatMs(DEFAULT_HEALTH_CHECK_INTERVAL_MS)}, timeout ${timeout}, healthy after ${h.healthyThreshold || 2}, unhealthy after ${h.unhealthyThreshold || 2}`;
+  // The defaults as the agents apply them (one resolver, in @edgeplane/proto).
+  const r = resolveHealthCheck(h);
+  const what = r.kind === 'http' ? `http GET ${r.httpPath}` : 'tcp connect';
+  return `${what}${r.port ? ` port ${r.port}` : ''} every ${formatMs(r.intervalMs)}, timeout ${formatMs(r.timeoutMs)}, healthy after ${r.healthyThreshold}, unhealthy after ${r.unhealthyThreshold}`;
 }
 
 /**
