@@ -45,7 +45,7 @@ import type { CounterStore } from './counter-store.js';
 import { NotFoundError, ValidationError } from './errors.js';
 import type { NodeRegistry } from './node-registry.js';
 import { paginate } from './page-token.js';
-import type { ServiceHealthStore } from './service-health-store.js';
+import { backendKey, type ServiceHealthStore } from './service-health-store.js';
 import { selectorParam } from './selector-param.js';
 
 /** What FleetService needs of the rollouts. */
@@ -162,30 +162,36 @@ export class FleetApi {
     return { services: services.map((s) => this.#serviceHealth(s, nodes, listed)) };
   }
 
+  /**
+   * One service's summary. Reads only what the selected nodes reported of this service (one map
+   * per node), each verdict placed by its backend key: linear in the verdicts, not a lookup per
+   * node and backend.
+   */
   #serviceHealth(service: Service, nodes: Node[], listed: { count: number }): ServiceHealth {
     const name = service.metadata?.name ?? '';
     const selected = nodes.filter((n) => matchesLabelSelector(service.spec?.nodeSelector, n.labels)).sort((a, b) => (a.name < b.name ? -1 : 1));
     const checked = service.spec?.healthCheck !== undefined;
+    const backends = (service.spec?.backends ?? []).map((b): BackendHealthSummary => ({ address: b.address, port: backendPort(service, b), nodesHealthy: 0, nodesUnhealthy: 0, nodesUnknown: 0, unhealthy: [] }));
     const store = this.#health?.store;
-    const backends = (service.spec?.backends ?? []).map((b): BackendHealthSummary => {
-      const port = backendPort(service, b);
-      const summary: BackendHealthSummary = { address: b.address, port, nodesHealthy: 0, nodesUnhealthy: 0, nodesUnknown: 0, unhealthy: [] };
-      // Without a check no node says anything: every selected node is unknown.
-      if (!checked || !store) return { ...summary, nodesUnknown: selected.length };
+    // Without a check no node says anything: every selected node is unknown.
+    if (checked && store) {
+      const index = new Map(backends.map((b, i) => [backendKey(b.address, b.port), i]));
       for (const n of selected) {
-        const v = store.verdict(n.name, name, b.address, port);
-        if (!v) summary.nodesUnknown++;
-        else if (v.healthy) summary.nodesHealthy++;
-        else {
-          summary.nodesUnhealthy++;
-          if (summary.unhealthy.length < MAX_UNHEALTHY_NODES_LISTED && listed.count < MAX_UNHEALTHY_VERDICTS_LISTED) {
-            listed.count++;
-            summary.unhealthy.push({ node: n.name, reason: v.reason, since: v.since });
+        for (const [k, v] of store.serviceVerdicts(n.name, name) ?? []) {
+          const b = backends[index.get(k) ?? -1];
+          if (!b) continue;
+          if (v.healthy) b.nodesHealthy++;
+          else {
+            b.nodesUnhealthy++;
+            if (b.unhealthy.length < MAX_UNHEALTHY_NODES_LISTED && listed.count < MAX_UNHEALTHY_VERDICTS_LISTED) {
+              listed.count++;
+              b.unhealthy.push({ node: n.name, reason: v.reason, since: v.sinceMs ? new Date(v.sinceMs) : undefined });
+            }
           }
         }
       }
-      return summary;
-    });
+    }
+    for (const b of backends) b.nodesUnknown = selected.length - b.nodesHealthy - b.nodesUnhealthy;
     return { name, healthChecked: checked, nodesSelected: selected.length, backends };
   }
 
