@@ -4,9 +4,12 @@
 // service-health test; here the reports are written by hand, hostile ones included.
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
-import { ApplyServiceRequest, HealthCheck_Type, MAX_BACKEND_HEALTH_ENTRIES, MAX_BACKEND_HEALTH_PER_NODE, Protocol, Service, type BackendVerdict, type DeepPartial, type ServiceSpec } from '@edgeplane/proto';
+import { ApplyServiceRequest, HealthCheck_Type, MAX_BACKEND_HEALTH_ENTRIES, MAX_BACKEND_HEALTH_PER_NODE, MAX_UNHEALTHY_NODES_LISTED, MAX_UNHEALTHY_VERDICTS_LISTED, Protocol, Service, type BackendVerdict, type DeepPartial, type ServiceSpec } from '@edgeplane/proto';
 import { call, detailsOf } from '../../../test/support/grpc.js';
 import { until } from '../../../test/support/control-plane.js';
+import { CounterStore } from '../src/counter-store.js';
+import { FleetApi } from '../src/fleet-api.js';
+import { NodeRegistry } from '../src/node-registry.js';
 import { ServiceHealthStore } from '../src/service-health-store.js';
 import { agentStream, clientsFor, createToken, enroll, newKey, startTlsController, type ClientCert, type Clients } from './trust-helpers.js';
 
@@ -214,4 +217,24 @@ test('ServiceHealthStore - at most MAX_BACKEND_HEALTH_PER_NODE verdicts per node
   store.forget('n1');
   t.is(store.size, 0);
   t.is(store.verdict('n1', 'web', '10.0.0.0', 443), undefined);
+});
+
+test('FleetApi.getServiceHealth - unhealthy nodes listed at most MAX_UNHEALTHY_NODES_LISTED per backend and MAX_UNHEALTHY_VERDICTS_LISTED per answer, all counted', (t) => {
+  const registry = new NodeRegistry({ load: async () => [], save: async () => undefined });
+  const store = new ServiceHealthStore();
+  const NODES = 12;
+  const BACKENDS = Math.ceil(MAX_UNHEALTHY_VERDICTS_LISTED / MAX_UNHEALTHY_NODES_LISTED) + 1;
+  const backends = Array.from({ length: BACKENDS }, (_, i) => ({ address: `10.0.${i >> 8}.${i & 255}`, port: 443 }));
+  const svc = service('big', { backends, nodeSelector: {} });
+  for (let n = 0; n < NODES; n++) {
+    const node = `n${String(n).padStart(2, '0')}`;
+    registry.hello({ nodeName: node, labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's', conditions: [], appliedUnknown: false }, 's');
+    store.add(node, { replace: true, revision: 1n, backends: backends.map((b) => verdict(b.address, 443, false, `down on ${node}`, 'big')) });
+  }
+  const api = new FleetApi(registry, new CounterStore(), () => 1n, undefined, undefined, { store, service: (name) => (name === 'big' ? svc : undefined) });
+  const [big] = api.getServiceHealth({ names: ['big'] }).services;
+  t.true(big!.backends.every((b) => b.nodesUnhealthy === NODES && b.nodesHealthy === 0 && b.nodesUnknown === 0), 'every verdict counted');
+  t.deepEqual(big!.backends[0]!.unhealthy.map((u) => u.node), Array.from({ length: MAX_UNHEALTHY_NODES_LISTED }, (_, n) => `n${String(n).padStart(2, '0')}`), 'the first nodes by name');
+  t.is(big!.backends.reduce((sum, b) => sum + b.unhealthy.length, 0), MAX_UNHEALTHY_VERDICTS_LISTED);
+  t.true(big!.backends.at(-1)!.unhealthy.length < MAX_UNHEALTHY_NODES_LISTED, 'the answer\'s bound cut the last backend\'s list');
 });
