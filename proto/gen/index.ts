@@ -7,6 +7,8 @@ export {
   type AgentServiceServer,
   AgentServiceService,
   AgentSettings,
+  BackendHealthReport,
+  BackendVerdict,
   ConditionReport,
   ConnectRequest,
   ConnectResponse,
@@ -34,6 +36,7 @@ export {
   RuleKey,
 } from './edgeplane/v1/counters.js';
 export {
+  BackendHealthSummary,
   FleetServiceClient,
   type FleetServiceServer,
   FleetServiceService,
@@ -45,15 +48,19 @@ export {
   GetRevisionStatusResponse,
   GetRolloutRequest,
   GetRolloutResponse,
+  GetServiceHealthRequest,
+  GetServiceHealthResponse,
   ListConnectionsRequest,
   ListConnectionsResponse,
   ListNodesRequest,
   ListNodesResponse,
   ListRolloutsRequest,
   ListRolloutsResponse,
+  NodeBackendVerdict,
   NodeEventType,
   NodeRevisionState,
   NodeRuleCounters,
+  ServiceHealth,
   WatchNodesRequest,
   WatchNodesResponse,
   WatchRolloutRequest,
@@ -296,6 +303,8 @@ export {
 } from './../src/labels.js';
 export {
   DEFAULT_CONNECTIONS_LIMIT,
+  MAX_BACKEND_HEALTH_ENTRIES,
+  MAX_BACKEND_HEALTH_PER_NODE,
   MAX_BACKEND_WEIGHT,
   MAX_COLLECTED_VIOLATIONS,
   MAX_CONDITION_MESSAGE_LENGTH,
@@ -307,6 +316,7 @@ export {
   MAX_HEALTH_CHECK_INTERVAL_MS,
   MAX_HEALTH_CHECK_PATH_LENGTH,
   MAX_HEALTH_CHECK_THRESHOLD,
+  MAX_HEALTH_REASON_LENGTH,
   MAX_INTENT_BYTES,
   MAX_LABELS,
   MAX_LABEL_NAME_LENGTH,
@@ -330,6 +340,9 @@ export {
   MAX_SELECTOR_VALUES_PER_TERM,
   MAX_SERVICES,
   MAX_SERVICE_BACKENDS,
+  MAX_SERVICE_HEALTH_NAMES,
+  MAX_UNHEALTHY_NODES_LISTED,
+  MAX_UNHEALTHY_VERDICTS_LISTED,
   MIN_HEALTH_CHECK_INTERVAL_MS,
   quote,
 } from './../src/limits.js';
@@ -374,6 +387,9 @@ export {
 export {
   DEFAULT_HEALTH_CHECK_INTERVAL_MS,
   DEFAULT_HEALTH_CHECK_TIMEOUT_MS,
+  type ResolvedHealthCheck,
+  backendPort,
+  resolveHealthCheck,
   validateService,
 } from './../src/service-validation.js';
 export {

@@ -74,6 +74,37 @@ export const MAX_HEALTH_CHECK_INTERVAL_MS = 5 * 60 * 1000;
 /** A health check's healthy and unhealthy thresholds at most: ten probes in a row already take ten intervals. */
 export const MAX_HEALTH_CHECK_THRESHOLD = 10;
 
+/**
+ * Backend verdicts in one BackendHealthReport. An entry is at most about 400 bytes (a 63-character
+ * service name, an IPv6 address as text, a reason of MAX_HEALTH_REASON_LENGTH), so a full message
+ * stays near 1.6 MiB: inside MAX_REQUEST_BYTES, which bounds what the controller accepts on an
+ * agent stream. A node probing more backends sends its whole state as several messages.
+ */
+export const MAX_BACKEND_HEALTH_ENTRIES = 4096;
+
+/** Characters of the reason a node gives for an unhealthy backend (the agent cuts its own to this): an errno name or an HTTP status, with room to spare. */
+export const MAX_HEALTH_REASON_LENGTH = 256;
+
+/**
+ * Backend verdicts the controller keeps per node: 16 whole reports. A node fronting more
+ * health-checked backends than that has the rest shown as unknown (and counted as dropped), so
+ * an agent cannot grow the controller's memory by inventing backends.
+ */
+export const MAX_BACKEND_HEALTH_PER_NODE = 16 * MAX_BACKEND_HEALTH_ENTRIES;
+
+/**
+ * Services one GetServiceHealth request may name. A service has at most MAX_SERVICE_BACKENDS
+ * (1,310) backends of about 80 bytes each without reasons: 16 of them stay near 1.7 MiB, inside
+ * a default client's 4 MiB receive limit with the listed reasons added.
+ */
+export const MAX_SERVICE_HEALTH_NAMES = 16;
+
+/** Unhealthy nodes listed (with reasons) per backend in GetServiceHealth; the rest are counted. */
+export const MAX_UNHEALTHY_NODES_LISTED = 10;
+
+/** Unhealthy verdicts listed in one GetServiceHealth response: 1,000 of at most about 400 bytes stay under 400 KiB. */
+export const MAX_UNHEALTHY_VERDICTS_LISTED = 1000;
+
 /** Policies in the whole intent. */
 export const MAX_POLICIES = 10_000;
 

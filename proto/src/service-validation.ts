@@ -165,3 +165,40 @@ function validateHealthCheck(hc: HealthCheck, hp: string, add: AddViolation): vo
   if (hc.healthyThreshold > MAX_HEALTH_CHECK_THRESHOLD) add(`${hp}.healthy_threshold`, `${hc.healthyThreshold} is not in 0..${MAX_HEALTH_CHECK_THRESHOLD} (0: 2)`, 'OUT_OF_RANGE');
   if (hc.unhealthyThreshold > MAX_HEALTH_CHECK_THRESHOLD) add(`${hp}.unhealthy_threshold`, `${hc.unhealthyThreshold} is not in 0..${MAX_HEALTH_CHECK_THRESHOLD} (0: 2)`, 'OUT_OF_RANGE');
 }
+
+/** A health check with every default of HealthCheck's comments applied. */
+export interface ResolvedHealthCheck {
+  kind: 'tcp' | 'http';
+  /** The HTTP probe's request path ("/" when unset; "/" for TCP, unused). */
+  httpPath: string;
+  /** The port probed; 0: each backend's own. */
+  port: number;
+  intervalMs: number;
+  timeoutMs: number;
+  healthyThreshold: number;
+  unhealthyThreshold: number;
+}
+
+/**
+ * Applies HealthCheck's defaults (the one place they are read): TCP, interval 5 s, timeout 2 s
+ * or the interval when it is shorter, thresholds 2 and 2, path "/". Assumes a valid check
+ * (validateService); pure.
+ */
+export function resolveHealthCheck(hc: HealthCheck): ResolvedHealthCheck {
+  const intervalMs = (hc.interval && durationMs(hc.interval)) || DEFAULT_HEALTH_CHECK_INTERVAL_MS;
+  const timeoutMs = (hc.timeout && durationMs(hc.timeout)) || Math.min(DEFAULT_HEALTH_CHECK_TIMEOUT_MS, intervalMs);
+  return {
+    kind: hc.type === HealthCheck_Type.TYPE_HTTP ? 'http' : 'tcp',
+    httpPath: hc.httpPath || '/',
+    port: hc.port,
+    intervalMs,
+    timeoutMs,
+    healthyThreshold: hc.healthyThreshold || 2,
+    unhealthyThreshold: hc.unhealthyThreshold || 2,
+  };
+}
+
+/** A backend's port: its own, or the service's when it says 0. */
+export function backendPort(service: Service, backend: Backend): number {
+  return backend.port || (service.spec?.port ?? 0);
+}

@@ -16,6 +16,8 @@ import {
   type DeleteServiceResponse,
   type GetServiceResponse,
   type Service,
+  type ServiceHealth,
+  MAX_SERVICE_HEALTH_NAMES,
   type DeletePolicyRequest,
   type ResetHistoryResponse,
   type SignedHistoryReset,
@@ -70,6 +72,11 @@ export interface FleetApi {
   getRevisionStatus(revision: bigint, nodeLabelSelector: string): Promise<GetRevisionStatusResponse>;
   /** FleetService.ListConnections: one node's connection table, through its agent. */
   listConnections(req: ListConnectionsRequest): Promise<ListConnectionsResponse>;
+  /**
+   * FleetService.GetServiceHealth for any number of services (asked MAX_SERVICE_HEALTH_NAMES at
+   * a time), in the order given; a service deleted meanwhile is left out.
+   */
+  getServiceHealth(names: readonly string[]): Promise<ServiceHealth[]>;
 }
 
 /** Both APIs. */
@@ -255,6 +262,28 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
 
   getRevisionStatus(revision: bigint, nodeLabelSelector: string): Promise<GetRevisionStatusResponse> {
     return this.#call(`get revision status ${revision}`, this.#fleet, this.#fleet.getRevisionStatus, { revision, nodeLabelSelector });
+  }
+
+  async getServiceHealth(names: readonly string[]): Promise<ServiceHealth[]> {
+    const out: ServiceHealth[] = [];
+    const ask = (chunk: string[]): Promise<ServiceHealth[]> => this.#call(`get health of ${chunk.length === 1 ? `service ${chunk[0]}` : `${chunk.length} services`}`, this.#fleet, this.#fleet.getServiceHealth, { names: chunk }).then((r) => r.services);
+    for (let i = 0; i < names.length; i += MAX_SERVICE_HEALTH_NAMES) {
+      const chunk = names.slice(i, i + MAX_SERVICE_HEALTH_NAMES);
+      try {
+        out.push(...(await ask(chunk)));
+      } catch (err) {
+        if (!(err instanceof RpcError && err.code === grpc.status.NOT_FOUND)) throw err;
+        // One of them was deleted since it was listed: ask one by one, without it.
+        for (const name of chunk) {
+          try {
+            out.push(...(await ask([name])));
+          } catch (e) {
+            if (!(e instanceof RpcError && e.code === grpc.status.NOT_FOUND)) throw e;
+          }
+        }
+      }
+    }
+    return out;
   }
 
   listConnections(req: ListConnectionsRequest): Promise<ListConnectionsResponse> {

@@ -1,19 +1,18 @@
 // Pure renderers for `get` tables and `describe` text. Every function takes what the server
 // returned (and the time to measure ages against) and returns the text to print.
 import {
-  DEFAULT_HEALTH_CHECK_INTERVAL_MS,
-  DEFAULT_HEALTH_CHECK_TIMEOUT_MS,
-  HealthCheck_Type,
   defaultMaglevTableSize,
   formatLabelSelector,
   matchesLabelSelector,
   RevisionOutcome,
+  resolveHealthCheck,
   type GetNodeResponse,
   type Node,
   type NodeRuleCounters,
   type Policy,
   type RuleCounters,
   type Service,
+  type ServiceHealth,
 } from '@edgeplane/proto';
 import { formatAge, formatDuration, formatMs } from './duration.js';
 import { actionName, affinityName, forwardingName, formatPortRange, healthCheckTypeName, onDenyName, outcomeName, protocolName, roleName, schedulerName, trackingText } from './resource-format.js';
@@ -274,18 +273,34 @@ function tableSizeText(s: Service): string {
 function healthCheckText(s: Service): string {
   const h = s.spec?.healthCheck;
   if (!h) return 'none (every backend of positive weight takes new flows)';
-  const what = h.type === HealthCheck_Type.TYPE_HTTP ? `http GET ${h.httpPath || '/'}` : 'tcp connect';
-  const intervalMs = h.interval ? Number(h.interval.seconds) * 1000 + h.interval.nanos / 1e6 : DEFAULT_HEALTH_CHECK_INTERVAL_MS;
-  const timeout = h.timeout ? formatDuration(h.timeout) : formatMs(Math.min(DEFAULT_HEALTH_CHECK_TIMEOUT_MS, intervalMs));
-  return `${what}${h.port ? ` port ${h.port}` : ''} every ${h.interval ? formatDuration(h.interval) : formatMs(DEFAULT_HEALTH_CHECK_INTERVAL_MS)}, timeout ${timeout}, healthy after ${h.healthyThreshold || 2}, unhealthy after ${h.unhealthyThreshold || 2}`;
+  // The defaults as the agents apply them (one resolver, in @edgeplane/proto).
+  const r = resolveHealthCheck(h);
+  const what = r.kind === 'http' ? `http GET ${r.httpPath}` : 'tcp connect';
+  return `${what}${r.port ? ` port ${r.port}` : ''} every ${formatMs(r.intervalMs)}, timeout ${formatMs(r.timeoutMs)}, healthy after ${r.healthyThreshold}, unhealthy after ${r.unhealthyThreshold}`;
 }
 
-/** The `get services` table; `wide` adds the scheduler and table size, health check, affinity, forwarding, labels and description. */
-export function renderServiceTable(services: readonly Service[], now: Date, wide = false): string {
-  const headers = ['NAME', 'VIP', 'BACKENDS', 'NODE-SELECTOR', 'REVISION', 'AGE'];
+/**
+ * The HEALTHY column, read like kubectl's READY: `H/T`, the backends that no node finds
+ * unhealthy (and at least one node finds healthy) out of all; `<none>` without a health check;
+ * `<unknown>` while no selected node has said anything.
+ */
+export function healthyText(h: ServiceHealth | undefined): string {
+  if (!h) return '<unknown>';
+  if (!h.healthChecked) return '<none>';
+  if (!h.backends.some((b) => b.nodesHealthy + b.nodesUnhealthy > 0)) return '<unknown>';
+  return `${h.backends.filter((b) => b.nodesUnhealthy === 0 && b.nodesHealthy > 0).length}/${h.backends.length}`;
+}
+
+/**
+ * The `get services` table; `wide` adds the scheduler and table size, health check, affinity,
+ * forwarding, labels and description. `health` (by service name) fills the HEALTHY column.
+ */
+export function renderServiceTable(services: readonly Service[], now: Date, wide = false, health: ReadonlyMap<string, ServiceHealth> = new Map()): string {
+  const headers = ['NAME', 'VIP', 'BACKENDS', 'HEALTHY', 'NODE-SELECTOR', 'REVISION', 'AGE'];
   if (wide) headers.push('SCHEDULER', 'TABLE-SIZE', 'HEALTH-CHECK', 'AFFINITY', 'FORWARDING', 'LABELS', 'DESCRIPTION');
   const rows = services.map((s) => {
-    const row = [s.metadata?.name ?? '', endpointText(s), backendsText(s), selectorText(s), String(s.metadata?.resourceVersion ?? 0n), formatAge(s.metadata?.createTime, now)];
+    const name = s.metadata?.name ?? '';
+    const row = [name, endpointText(s), backendsText(s), healthyText(health.get(name)), selectorText(s), String(s.metadata?.resourceVersion ?? 0n), formatAge(s.metadata?.createTime, now)];
     if (wide) {
       const h = s.spec?.healthCheck;
       row.push(schedulerName(s.spec?.scheduler ?? 0), tableSizeText(s), h ? healthCheckTypeName(h.type) : '<none>', affinityName(s.spec?.sessionAffinity ?? 0), forwardingName(s.spec?.forwardingMode ?? 0), labels(s.metadata?.labels ?? {}), s.spec?.description ?? '');
@@ -300,6 +315,8 @@ export interface ServiceDescription {
   service: Service;
   /** Every node, to count the ones the service selects. */
   nodes: readonly Node[];
+  /** What the selected nodes' health checks say of the backends (GetServiceHealth). */
+  health?: ServiceHealth;
 }
 
 /**
@@ -330,18 +347,33 @@ export function describeService(d: ServiceDescription, now: Date): string {
   out += field('Node selector', `${selectorText(s)} (${selected.length} of ${d.nodes.length} nodes)`);
   const backends = spec?.backends ?? [];
   const total = backends.reduce((sum, b) => sum + weightOf(b.weight), 0);
-  out += `Backends (${backendsText(s)}):\n`;
+  // Health per backend, as the nodes judge it: the response lists backends in the spec's order.
+  const health = d.health?.healthChecked ? d.health : undefined;
+  out += `Backends (${backendsText(s)}${health ? `, healthy ${healthyText(health)}` : ''}):\n`;
   out += backends.length
     ? indent(
         renderTable(
-          ['ADDRESS', 'PORT', 'WEIGHT', 'SHARE'],
-          backends.map((b) => {
+          ['ADDRESS', 'PORT', 'WEIGHT', 'SHARE', ...(health ? ['NODES-HEALTHY', 'UNHEALTHY', 'UNKNOWN'] : [])],
+          backends.map((b, i) => {
             const w = weightOf(b.weight);
-            return [b.address, String(b.port || spec?.port || 0), String(w), w === 0 ? 'drained' : `${((100 * w) / total).toFixed(1)}%`];
+            const row = [b.address, String(b.port || spec?.port || 0), String(w), w === 0 ? 'drained' : `${((100 * w) / total).toFixed(1)}%`];
+            const h = health?.backends[i];
+            if (health) row.push(String(h?.nodesHealthy ?? 0), String(h?.nodesUnhealthy ?? 0), String(h?.nodesUnknown ?? 0));
+            return row;
           }),
         ),
       )
     : '  <none>\n';
   if (backends.length && total === 0) out += '  every backend is drained: the service takes no new flows; established flows keep their backends\n';
+  if (health && health.backends.some((b) => b.nodesUnknown > 0)) out += '  unknown: selected nodes not connected to this controller, or that have not reported yet\n';
+  const unhealthy = health?.backends.filter((b) => b.nodesUnhealthy > 0) ?? [];
+  if (unhealthy.length) {
+    out += 'Unhealthy backends (no new flows on these nodes):\n';
+    for (const b of unhealthy) {
+      const endpoint = b.address.includes(':') ? `[${b.address}]:${b.port}` : `${b.address}:${b.port}`;
+      for (const u of b.unhealthy) out += `  ${endpoint} on ${u.node}${u.since ? ` for ${formatAge(u.since, now)}` : ''}: ${u.reason || '<no reason given>'}\n`;
+      if (b.nodesUnhealthy > b.unhealthy.length) out += `  ${endpoint} on ${b.nodesUnhealthy - b.unhealthy.length} more nodes\n`;
+    }
+  }
   return out;
 }

@@ -286,12 +286,29 @@ test('services - apply, get (table, -o yaml read back unchanged, -o json, -o nam
   t.is(applied.code, 0, applied.stderr);
   t.regex(applied.stdout, /^service\/svc-a created \(revision \d+\)\nservice\/svc-b created \(revision \d+\)\n$/);
 
-  const table = await edgeplane(['get', 'services', 'svc-a', 'svc-b']);
+  const before = await edgeplane(['get', 'services', 'svc-a']);
+  t.regex(before.stdout.split('\n')[1]!, /^svc-a\s+\S+\s+3 \(1 drained\)\s+<unknown>\s/, 'no node has said anything yet');
+  // The node's own health checks, as its agent reports them: one backend fails there.
+  agent.send({
+    message: {
+      $case: 'backendHealth',
+      backendHealth: {
+        replace: true,
+        revision: 0n,
+        backends: [
+          { service: 'svc-a', address: '10.9.0.1', port: 443, healthy: true, reason: '', since: new Date() },
+          { service: 'svc-a', address: '10.9.0.2', port: 8443, healthy: false, reason: 'http: ECONNREFUSED', since: new Date() },
+          { service: 'svc-a', address: '10.9.0.3', port: 443, healthy: true, reason: '', since: new Date() },
+        ],
+      },
+    },
+  });
+  const table = await eventually(t, () => edgeplane(['get', 'services', 'svc-a', 'svc-b']), (r) => r.stdout.includes('2/3'));
   t.is(table.code, 0, table.stderr);
   const lines = table.stdout.trim().split('\n');
-  t.regex(lines[0]!, /^NAME\s+VIP\s+BACKENDS\s+NODE-SELECTOR\s+REVISION\s+AGE$/);
-  t.regex(lines[1]!, /^svc-a\s+198\.51\.100\.1:443\/tcp\s+3 \(1 drained\)\s+tier=svc\s+\d+\s+\d+s$/);
-  t.regex(lines[2]!, /^svc-b\s+\[2001:db8::53\]:53\/tcp\s+3 \(1 drained\)/);
+  t.regex(lines[0]!, /^NAME\s+VIP\s+BACKENDS\s+HEALTHY\s+NODE-SELECTOR\s+REVISION\s+AGE$/);
+  t.regex(lines[1]!, /^svc-a\s+198\.51\.100\.1:443\/tcp\s+3 \(1 drained\)\s+2\/3\s+tier=svc\s+\d+\s+\d+s$/);
+  t.regex(lines[2]!, /^svc-b\s+\[2001:db8::53\]:53\/tcp\s+3 \(1 drained\)\s+<none>\s/);
   t.regex((await edgeplane(['get', 'svc', 'svc-a', '-o', 'wide'])).stdout, /SCHEDULER\s+TABLE-SIZE\s+HEALTH-CHECK[\s\S]*maglev\s+509 \(default\)\s+http/);
 
   const json = JSON.parse((await edgeplane(['get', 'service', 'svc-a', '-o', 'json'])).stdout) as { kind: string; spec: { backends: unknown[]; healthCheck: unknown } };
@@ -314,9 +331,11 @@ test('services - apply, get (table, -o yaml read back unchanged, -o json, -o nam
     /Health check:\s+http GET \/ready every 10s, timeout 2s, healthy after 2, unhealthy after 2\n/,
     /Node selector:\s+tier=svc \(1 of \d+ nodes\)\n/,
     /Resource version:\s+\d+\n/,
-    /10\.9\.0\.1\s+443\s+3\s+75\.0%\n/,
-    /10\.9\.0\.2\s+8443\s+1\s+25\.0%\n/,
-    /10\.9\.0\.3\s+443\s+0\s+drained\n/,
+    /Backends \(3 \(1 drained\), healthy 2\/3\):\n\s+ADDRESS\s+PORT\s+WEIGHT\s+SHARE\s+NODES-HEALTHY\s+UNHEALTHY\s+UNKNOWN\n/,
+    /10\.9\.0\.1\s+443\s+3\s+75\.0%\s+1\s+0\s+0\n/,
+    /10\.9\.0\.2\s+8443\s+1\s+25\.0%\s+0\s+1\s+0\n/,
+    /10\.9\.0\.3\s+443\s+0\s+drained\s+1\s+0\s+0\n/,
+    /Unhealthy backends \(no new flows on these nodes\):\n {2}10\.9\.0\.2:8443 on svc-node-1 for \d+s: http: ECONNREFUSED\n/,
   ]) t.regex(described.stdout, line);
 
   const diff = await edgeplane(['diff', '-f', file('svc-diff.yaml', serviceYaml('svc-a', '198.51.100.1', { labels: { team: 'svc' }, port: 8443 }))]);

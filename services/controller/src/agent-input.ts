@@ -2,7 +2,9 @@
 // report (registry, counter store), so every name, count and text is checked against
 // @edgeplane/proto's limits before it is stored. Pure.
 import {
+  MAX_BACKEND_HEALTH_ENTRIES,
   MAX_CONNECTIONS_LIMIT,
+  MAX_HEALTH_REASON_LENGTH,
   MAX_COUNTER_INTERFACES,
   MAX_COUNTER_NAME_LENGTH,
   MAX_COUNTER_RULES,
@@ -11,9 +13,12 @@ import {
   MAX_NODE_INTERFACES,
   MAX_REPORT_TEXT_LENGTH,
   checkDnsLabel,
+  isAddressProblem,
+  parseCanonicalAddress,
   quote,
   validateLabels,
   type AgentHello,
+  type BackendHealthReport,
   type ConditionReport,
   type ConnectionsAnswer,
   type CounterReport,
@@ -133,5 +138,36 @@ export function validateRevisionReport(report: RevisionReport): FieldViolation[]
 export function validateConditionReport(report: ConditionReport): FieldViolation[] {
   const out: FieldViolation[] = [];
   conditions(out, report.conditions, 'conditions.conditions');
+  return out;
+}
+
+/**
+ * Returns the problems of a backend health report (empty when valid): at most
+ * MAX_BACKEND_HEALTH_ENTRIES entries, each naming a service by a DNS label, a canonical address
+ * and a port in 1..65535, once; a reason of bounded length, only on an unhealthy verdict. Whether
+ * the services and backends exist is the caller's check (it needs the intent). Linear.
+ */
+export function validateBackendHealthReport(report: BackendHealthReport): FieldViolation[] {
+  const out: FieldViolation[] = [];
+  if (report.backends.length > MAX_BACKEND_HEALTH_ENTRIES) {
+    out.push({ field: 'backend_health.backends', description: `${report.backends.length} entries; at most ${MAX_BACKEND_HEALTH_ENTRIES} per report`, reason: 'TOO_MANY_ENTRIES' });
+    return out;
+  }
+  const seen = new Set<string>();
+  report.backends.forEach((b, i) => {
+    const path = `backend_health.backends[${i}]`;
+    const problem = checkDnsLabel(b.service);
+    if (problem) out.push({ field: `${path}.service`, description: `${quote(b.service)} ${problem}`, reason: 'INVALID_NAME' });
+    const address = parseCanonicalAddress(b.address);
+    if (isAddressProblem(address)) out.push({ field: `${path}.address`, description: address.description, reason: address.reason });
+    if (!Number.isInteger(b.port) || b.port < 1 || b.port > 65_535) out.push({ field: `${path}.port`, description: `port ${b.port} is not in 1..65535`, reason: 'PORT_OUT_OF_RANGE' });
+    tooLong(out, `${path}.reason`, b.reason, MAX_HEALTH_REASON_LENGTH);
+    if (b.healthy && b.reason !== '') out.push({ field: `${path}.reason`, description: 'only an unhealthy verdict has a reason', reason: 'NOT_ALLOWED' });
+    // Checked after the name and address are bounded, so the key is short.
+    if (problem || isAddressProblem(address)) return;
+    const key = `${b.service} ${b.address} ${b.port}`;
+    if (seen.has(key)) out.push({ field: path, description: `${b.service} ${b.address}:${b.port} reported twice`, reason: 'DUPLICATE' });
+    seen.add(key);
+  });
   return out;
 }

@@ -7,12 +7,15 @@ import {
   type FieldViolation,
   type ConnectRequest,
   type ConnectResponse,
+  type BackendHealthReport,
+  type Service,
   type TrustedKey,
 } from '@edgeplane/proto';
-import { validateConditionReport, validateConnectionsAnswer, validateCounterReport, validateHello, validateRevisionReport } from './agent-input.js';
+import { validateBackendHealthReport, validateConditionReport, validateConnectionsAnswer, validateCounterReport, validateHello, validateRevisionReport } from './agent-input.js';
 import type { CounterStore } from './counter-store.js';
 import { DeadlineExceededError, PreconditionError, UnavailableError, ValidationError } from './errors.js';
 import type { NodeRegistry } from './node-registry.js';
+import { hasBackend, type ServiceHealthStore } from './service-health-store.js';
 
 /** The controller's half of one agent stream, independent of gRPC. */
 export interface AgentStream {
@@ -40,6 +43,17 @@ export interface AgentSessionsOptions {
   helloTimeoutMs?: number;
   /** Silence after which a stream is considered half-open and closed. Default 3 heartbeat intervals. */
   idleTimeoutMs?: number;
+  /**
+   * Where backend health reports go, and the intent's services they are checked against. Unset:
+   * backend health reports are refused like unknown services.
+   */
+  serviceHealth?: {
+    store: ServiceHealthStore;
+    /** The service of that name in the intent now, or undefined. */
+    service(name: string): Service | undefined;
+    /** Told of every report refused for naming a service or backend the intent does not have. */
+    refused?(node: string, reason: string): void;
+  };
 }
 
 /** Queries one node may have in flight on its stream (a query walks the node's whole table). */
@@ -158,6 +172,12 @@ export class AgentSessions {
             reject('invalid condition report', validateConditionReport(m.conditions));
             this.#registry.conditions(node, m.conditions);
             break;
+          case 'backendHealth':
+            reject('invalid backend health report', validateBackendHealthReport(m.backendHealth));
+            this.#registry.seen(node);
+            // Only the node's newest stream speaks for it (an older one may still be draining).
+            if (this.#current.get(node) === stream) this.#backendHealth(node, m.backendHealth);
+            break;
           case 'heartbeat':
             this.#registry.seen(node);
             stream.send({ message: { $case: 'heartbeat', heartbeat: { sequence: m.heartbeat.sequence, time: new Date() } } });
@@ -188,7 +208,11 @@ export class AgentSessions {
       this.#open.delete(stream);
       for (const q of this.#pending.get(stream)?.values() ?? []) q.reject(new UnavailableError(`node ${node} disconnected before it answered; retry`));
       this.#pending.delete(stream);
-      if (node && this.#current.get(node) === stream) this.#current.delete(node);
+      if (node && this.#current.get(node) === stream) {
+        this.#current.delete(node);
+        // Its verdicts are unknown from now on; the next stream's welcome brings the whole state again.
+        this.#options.serviceHealth?.store.forget(node);
+      }
       if (node) {
         const set = this.#byNode.get(node);
         set?.delete(stream);
@@ -196,6 +220,25 @@ export class AgentSessions {
         this.#registry.disconnect(node, sessionId);
       }
     }
+  }
+
+  /**
+   * Keeps a structurally valid report if every entry names a backend of a service of the intent
+   * now. Otherwise the whole report is refused (nothing of it is kept, the stream stays open): an
+   * agent a revision behind or ahead of this replica may name a service just deleted or created,
+   * and it sends its whole state again once it applied the revision that changed its probes.
+   */
+  #backendHealth(node: string, report: BackendHealthReport): void {
+    const h = this.#options.serviceHealth;
+    for (const b of report.backends) {
+      const service = h?.service(b.service);
+      const why = !service ? `service ${b.service} is not in the intent` : !hasBackend(service, b.address, b.port) ? `service ${b.service} has no backend ${b.address}:${b.port}` : undefined;
+      if (why) {
+        h?.refused?.(node, why);
+        return;
+      }
+    }
+    h?.store.add(node, report);
   }
 
   /**

@@ -1,6 +1,16 @@
 import {
+  MAX_SERVICE_HEALTH_NAMES,
+  MAX_UNHEALTHY_NODES_LISTED,
+  MAX_UNHEALTHY_VERDICTS_LISTED,
   NodeEventType,
+  backendPort,
   checkDnsLabel,
+  type BackendHealthSummary,
+  type FieldViolation,
+  type GetServiceHealthRequest,
+  type GetServiceHealthResponse,
+  type Service,
+  type ServiceHealth,
   effectiveConnectionLimit,
   quote,
   validateConnectionQuery,
@@ -35,6 +45,7 @@ import type { CounterStore } from './counter-store.js';
 import { NotFoundError, ValidationError } from './errors.js';
 import type { NodeRegistry } from './node-registry.js';
 import { paginate } from './page-token.js';
+import { backendKey, type ServiceHealthStore } from './service-health-store.js';
 import { selectorParam } from './selector-param.js';
 
 /** What FleetService needs of the rollouts. */
@@ -50,6 +61,13 @@ export interface ConnectionQuerier {
   queryConnections(node: string, query: Omit<ConnectionsQuery, 'requestId'>, timeoutMs: number): Promise<ConnectionsAnswer>;
 }
 
+/** What GetServiceHealth reads: the nodes' reported verdicts and the intent's services. */
+export interface ServiceHealthSource {
+  store: ServiceHealthStore;
+  /** The service of that name in the intent now, or undefined. */
+  service(name: string): Service | undefined;
+}
+
 /** How long ListConnections waits for the agent by default. */
 export const DEFAULT_CONNECTIONS_TIMEOUT_MS = 10_000;
 
@@ -62,6 +80,7 @@ export class FleetApi {
   #rollouts: RolloutReader | undefined;
   #connections: ConnectionQuerier | undefined;
   #connectionsTimeoutMs: number;
+  #health: ServiceHealthSource | undefined;
 
   constructor(
     registry: NodeRegistry,
@@ -69,7 +88,9 @@ export class FleetApi {
     currentRevision: () => bigint,
     rollouts?: RolloutReader,
     connections?: { querier: ConnectionQuerier; timeoutMs?: number },
+    health?: ServiceHealthSource,
   ) {
+    this.#health = health;
     this.#rollouts = rollouts;
     this.#connections = connections?.querier;
     this.#connectionsTimeoutMs = connections?.timeoutMs ?? DEFAULT_CONNECTIONS_TIMEOUT_MS;
@@ -113,6 +134,65 @@ export class FleetApi {
     const answer = await this.#connections.queryConnections(req.node, { filter: req.filter, limit, countOnly: req.countOnly }, this.#connectionsTimeoutMs);
     const connections = req.countOnly ? [] : answer.connections;
     return { connections, matched: answer.matched, truncated: !req.countOnly && answer.matched > BigInt(connections.length) };
+  }
+
+  /**
+   * Each named service's backends as the nodes its selector matches judge them: per backend, the
+   * nodes that find it healthy, unhealthy (listed with their reasons, capped) or have not said.
+   * @throws ValidationError (no names, more than MAX_SERVICE_HEALTH_NAMES, a bad name);
+   *   NotFoundError (a service not in the intent).
+   */
+  getServiceHealth(req: GetServiceHealthRequest): GetServiceHealthResponse {
+    const problems: FieldViolation[] = [];
+    if (req.names.length === 0) problems.push({ field: 'names', description: 'name at least one service', reason: 'REQUIRED' });
+    else if (req.names.length > MAX_SERVICE_HEALTH_NAMES) problems.push({ field: 'names', description: `${req.names.length} names; at most ${MAX_SERVICE_HEALTH_NAMES} per request`, reason: 'TOO_MANY_NAMES' });
+    else
+      req.names.forEach((name, i) => {
+        const problem = checkDnsLabel(name);
+        if (problem) problems.push({ field: `names[${i}]`, description: `${quote(name)} ${problem}`, reason: name ? 'INVALID_NAME' : 'REQUIRED' });
+      });
+    if (problems.length > 0) throw new ValidationError(`invalid request: ${problems[0]!.field}: ${problems[0]!.description}`, problems);
+    const services = req.names.map((name) => {
+      const service = this.#health?.service(name);
+      if (!service) throw new NotFoundError(`service ${name} not found`);
+      return service;
+    });
+    const nodes = this.#registry.list();
+    const listed = { count: 0 };
+    return { services: services.map((s) => this.#serviceHealth(s, nodes, listed)) };
+  }
+
+  /**
+   * One service's summary. Reads only what the selected nodes reported of this service (one map
+   * per node), each verdict placed by its backend key: linear in the verdicts, not a lookup per
+   * node and backend.
+   */
+  #serviceHealth(service: Service, nodes: Node[], listed: { count: number }): ServiceHealth {
+    const name = service.metadata?.name ?? '';
+    const selected = nodes.filter((n) => matchesLabelSelector(service.spec?.nodeSelector, n.labels)).sort((a, b) => (a.name < b.name ? -1 : 1));
+    const checked = service.spec?.healthCheck !== undefined;
+    const backends = (service.spec?.backends ?? []).map((b): BackendHealthSummary => ({ address: b.address, port: backendPort(service, b), nodesHealthy: 0, nodesUnhealthy: 0, nodesUnknown: 0, unhealthy: [] }));
+    const store = this.#health?.store;
+    // Without a check no node says anything: every selected node is unknown.
+    if (checked && store) {
+      const index = new Map(backends.map((b, i) => [backendKey(b.address, b.port), i]));
+      for (const n of selected) {
+        for (const [k, v] of store.serviceVerdicts(n.name, name) ?? []) {
+          const b = backends[index.get(k) ?? -1];
+          if (!b) continue;
+          if (v.healthy) b.nodesHealthy++;
+          else {
+            b.nodesUnhealthy++;
+            if (b.unhealthy.length < MAX_UNHEALTHY_NODES_LISTED && listed.count < MAX_UNHEALTHY_VERDICTS_LISTED) {
+              listed.count++;
+              b.unhealthy.push({ node: n.name, reason: v.reason, since: v.sinceMs ? new Date(v.sinceMs) : undefined });
+            }
+          }
+        }
+      }
+    }
+    for (const b of backends) b.nodesUnknown = selected.length - b.nodesHealthy - b.nodesUnhealthy;
+    return { name, healthChecked: checked, nodesSelected: selected.length, backends };
   }
 
   /** Streams node changes until `signal` aborts. @throws ValidationError */

@@ -14,6 +14,7 @@ import { startTelemetry, type SpanProcessor, type Telemetry } from '@edgeplane/t
 import { AgentSessions } from './agent-sessions.js';
 import { parseConfig, HELP, type ControllerConfig } from './config.js';
 import { CounterStore } from './counter-store.js';
+import { ServiceHealthStore } from './service-health-store.js';
 import { ConfigError, UnauthenticatedError, UnavailableError } from './errors.js';
 import { FleetApi } from './fleet-api.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
@@ -351,6 +352,8 @@ export async function startController(config: ControllerConfig, extras: StartExt
       await trustStore.recordCertificate({ serial: normalizeSerial(issued.serialNumber)!, role: 'admin', name: issued.identity.name, notAfter: Math.floor(issued.notAfter.getTime() / 1000) * 1000, issuedAt: Date.now(), issuedBy: 'controller' });
     }
     const counters = new CounterStore();
+    // Like the counters, one replica's: what the agents connected here said of their backends.
+    const serviceHealth = { store: new ServiceHealthStore(), service: (name: string) => store.chain.services.get(name) };
     registerFleetMetrics(telemetry.meter('@edgeplane/controller'), { counters, registry, revision: () => store.chain.revision });
 
     const sessions = new AgentSessions(registry, counters, {
@@ -363,6 +366,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
         logSubject: INTENT_SUBJECT,
       },
       currentRevision: () => store.chain.revision,
+      serviceHealth: { ...serviceHealth, refused: (node, reason) => log('warn', 'backend health report refused', { node, reason }) },
     });
     const rollouts = new RolloutManager(store, registry, counters, { onError, log: (msg, fields) => log('info', msg, fields) });
     rollouts.start();
@@ -375,7 +379,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       maxServices: config.maxServices,
       maxIntentBytes: config.maxIntentBytes,
     });
-    const fleetApi = new FleetApi(registry, counters, () => store.chain.revision, rollouts, { querier: sessions, timeoutMs: config.connectionsTimeoutMs });
+    const fleetApi = new FleetApi(registry, counters, () => store.chain.revision, rollouts, { querier: sessions, timeoutMs: config.connectionsTimeoutMs }, serviceHealth);
     const denied = telemetry.meter('@edgeplane/controller').createCounter('edgeplane_authz_denied', { description: 'Calls refused by authentication or authorization, by method, caller role and reason' });
     const auth = new Authorizer({
       insecure: config.insecure,

@@ -14,7 +14,8 @@ export const describeCommand: Command = {
   details: `A policy shows its rules with fleet-wide counters and the nodes it selects, each with its
 applied revision and NACK reason. A service shows its VIP, port and protocol, scheduler and
 lookup-table size, health check, affinity, the nodes it selects and its backends with their
-weights and shares of new flows. A node shows its agent, interfaces, applied revision (or that
+weights, shares of new flows and health: how many selected nodes find each healthy, unhealthy or
+have not said, and why the unhealthy ones fail. A node shows its agent, interfaces, applied revision (or that
 it is unknown, when a failed rollback left the datapath at no known revision), last outcome and
 error, its conditions, the policies selecting it, and its rule and interface counters.`,
   arguments: KIND_WORDS,
@@ -51,7 +52,8 @@ error, its conditions, the policies selecting it, and its rule and interface cou
         try {
           const got = await api.getService(name);
           if (!got?.service) throw new CliError(`service ${JSON.stringify(name)} not found`);
-          blocks.push(describeService({ service: got.service, nodes }, ctx.now()));
+          const [health] = await api.getServiceHealth([name]);
+          blocks.push(describeService({ service: got.service, nodes, ...(health ? { health } : {}) }, ctx.now()));
         } catch (err) {
           fail(err);
         }

@@ -34,7 +34,11 @@ export const getCommand: Command = {
   edgeplane get services -o wide
   edgeplane get nodes -l role=edge -o wide
   edgeplane get policy deny-telnet -o yaml
-  edgeplane get service web -o json`,
+  edgeplane get service web -o json
+
+A service's HEALTHY column counts the backends that no node fronting it finds unhealthy
+(by the nodes' own health checks): 8/10 means two backends take no new flows on some node
+(describe service says where and why); <none> means it has no health check.`,
   arguments: KIND_WORDS,
   options: {
     output: { type: 'string', short: 'o', value: 'FORMAT', description: 'table (default), wide, json, yaml or name', choices: OUTPUTS.filter((o) => o !== 'table') },
@@ -73,7 +77,9 @@ export const getCommand: Command = {
     } else if (kind === 'service') {
       const services: Service[] = names.length ? await fetch(async (n) => (await api.getService(n))?.service) : await api.listServices(selector);
       items = services.map((s) => serviceToManifest(s));
-      table = (wide) => renderServiceTable(services, ctx.now(), wide);
+      // The HEALTHY column comes from the nodes' own health checks, asked only for a table.
+      const health = output === 'table' || output === 'wide' ? new Map((await api.getServiceHealth(services.map((s) => s.metadata?.name ?? ''))).map((h) => [h.name, h])) : new Map();
+      table = (wide) => renderServiceTable(services, ctx.now(), wide, health);
       ids = services.map((s) => `service/${s.metadata?.name}`);
     } else {
       const nodes: Node[] = names.length ? await fetch(async (n) => (await api.getNode(n))?.node) : await api.listNodes(selector);

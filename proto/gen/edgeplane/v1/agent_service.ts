@@ -45,6 +45,9 @@ export interface ConnectRequest {
     | //
     /** The answer to a ConnectionsQuery. */
     { $case: "connections"; connections: ConnectionsAnswer }
+    | //
+    /** The node's verdicts on the backends it health-checks. */
+    { $case: "backendHealth"; backendHealth: BackendHealthReport }
     | undefined;
 }
 
@@ -153,6 +156,39 @@ export interface CounterReport {
   conntrack: ConntrackStatus[];
 }
 
+/**
+ * BackendHealthReport carries a node's verdicts on the backends of the services that select it
+ * and have a health check (see HealthCheck): the node acts on them itself, without a log entry;
+ * the controller only shows them. After every welcome, and whenever the set of probed backends
+ * changes (a new revision, new labels), the agent sends its whole state: the first message with
+ * replace = true, the rest of it (beyond MAX_BACKEND_HEALTH_ENTRIES per message) with replace =
+ * false. Between whole states a verdict that changes is sent alone.
+ */
+export interface BackendHealthReport {
+  /** The entries replace everything the node reported before; otherwise they update it. */
+  replace: boolean;
+  /** At most MAX_BACKEND_HEALTH_ENTRIES (4,096); (service, address, port) unique. */
+  backends: BackendVerdict[];
+  /** The intent revision whose services the node probes. */
+  revision: bigint;
+}
+
+/** BackendVerdict is one node's verdict on one backend of one service. */
+export interface BackendVerdict {
+  /** The service's name. */
+  service: string;
+  /** The backend's address, canonical. */
+  address: string;
+  /** The backend's port (the service's port when the backend's is 0). */
+  port: number;
+  /** Whether the backend takes new flows on this node. */
+  healthy: boolean;
+  /** Why the failing probes failed (unhealthy only); at most MAX_HEALTH_REASON_LENGTH (256) characters. */
+  reason: string;
+  /** Since when the verdict holds on this node (a backend healthy from the start: since probing began). */
+  since: Date | undefined;
+}
+
 /** Heartbeat keeps a half-open connection from going unnoticed; each side echoes sequence. */
 export interface Heartbeat {
   sequence: bigint;
@@ -220,6 +256,9 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
       case "connections":
         ConnectionsAnswer.encode(message.message.connections, writer.uint32(50).fork()).join();
         break;
+      case "backendHealth":
+        BackendHealthReport.encode(message.message.backendHealth, writer.uint32(58).fork()).join();
+        break;
     }
     return writer;
   },
@@ -285,6 +324,17 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
             message.message = { $case: "connections", connections: ConnectionsAnswer.decode(reader, reader.uint32()) };
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.message = {
+              $case: "backendHealth",
+              backendHealth: BackendHealthReport.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -311,6 +361,10 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
         ? { $case: "conditions", conditions: ConditionReport.fromJSON(object.conditions) }
         : isSet(object.connections)
         ? { $case: "connections", connections: ConnectionsAnswer.fromJSON(object.connections) }
+        : isSet(object.backendHealth)
+        ? { $case: "backendHealth", backendHealth: BackendHealthReport.fromJSON(object.backendHealth) }
+        : isSet(object.backend_health)
+        ? { $case: "backendHealth", backendHealth: BackendHealthReport.fromJSON(object.backend_health) }
         : undefined,
     };
   },
@@ -329,6 +383,8 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
       obj.conditions = ConditionReport.toJSON(message.message.conditions);
     } else if (message.message?.$case === "connections") {
       obj.connections = ConnectionsAnswer.toJSON(message.message.connections);
+    } else if (message.message?.$case === "backendHealth") {
+      obj.backendHealth = BackendHealthReport.toJSON(message.message.backendHealth);
     }
     return obj;
   },
@@ -374,6 +430,15 @@ export const ConnectRequest: MessageFns<ConnectRequest> = {
           message.message = {
             $case: "connections",
             connections: ConnectionsAnswer.fromPartial(object.message.connections),
+          };
+        }
+        break;
+      }
+      case "backendHealth": {
+        if (object.message?.backendHealth !== undefined && object.message?.backendHealth !== null) {
+          message.message = {
+            $case: "backendHealth",
+            backendHealth: BackendHealthReport.fromPartial(object.message.backendHealth),
           };
         }
         break;
@@ -1641,6 +1706,261 @@ export const CounterReport: MessageFns<CounterReport> = {
       ? BigInt(object.appliedRevision)
       : 0n;
     message.conntrack = object.conntrack?.map((e) => ConntrackStatus.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseBackendHealthReport(): BackendHealthReport {
+  return { replace: false, backends: [], revision: 0n };
+}
+
+export const BackendHealthReport: MessageFns<BackendHealthReport> = {
+  encode(message: BackendHealthReport, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replace !== false) {
+      writer.uint32(8).bool(message.replace);
+    }
+    for (const v of message.backends) {
+      BackendVerdict.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.revision !== 0n) {
+      if (BigInt.asUintN(64, message.revision) !== message.revision) {
+        throw new globalThis.Error("value provided for field message.revision of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BackendHealthReport {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBackendHealthReport();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.replace = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.backends.push(BackendVerdict.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.revision = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BackendHealthReport {
+    return {
+      replace: isSet(object.replace) ? globalThis.Boolean(object.replace) : false,
+      backends: globalThis.Array.isArray(object?.backends)
+        ? object.backends.map((e: any) => BackendVerdict.fromJSON(e))
+        : [],
+      revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+    };
+  },
+
+  toJSON(message: BackendHealthReport): unknown {
+    const obj: any = {};
+    if (message.replace !== false) {
+      obj.replace = message.replace;
+    }
+    if (message.backends?.length) {
+      obj.backends = message.backends.map((e) => BackendVerdict.toJSON(e));
+    }
+    if (message.revision !== 0n) {
+      obj.revision = message.revision.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BackendHealthReport>, I>>(base?: I): BackendHealthReport {
+    return BackendHealthReport.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BackendHealthReport>, I>>(object: I): BackendHealthReport {
+    const message = createBaseBackendHealthReport();
+    message.replace = object.replace ?? false;
+    message.backends = object.backends?.map((e) => BackendVerdict.fromPartial(e)) || [];
+    message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    return message;
+  },
+};
+
+function createBaseBackendVerdict(): BackendVerdict {
+  return { service: "", address: "", port: 0, healthy: false, reason: "", since: undefined };
+}
+
+export const BackendVerdict: MessageFns<BackendVerdict> = {
+  encode(message: BackendVerdict, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.service !== "") {
+      writer.uint32(10).string(message.service);
+    }
+    if (message.address !== "") {
+      writer.uint32(18).string(message.address);
+    }
+    if (message.port !== 0) {
+      writer.uint32(24).uint32(message.port);
+    }
+    if (message.healthy !== false) {
+      writer.uint32(32).bool(message.healthy);
+    }
+    if (message.reason !== "") {
+      writer.uint32(42).string(message.reason);
+    }
+    if (message.since !== undefined) {
+      Timestamp.encode(toTimestamp(message.since), writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BackendVerdict {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBackendVerdict();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.healthy = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.since = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BackendVerdict {
+    return {
+      service: isSet(object.service) ? globalThis.String(object.service) : "",
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      port: isSet(object.port) ? globalThis.Number(object.port) : 0,
+      healthy: isSet(object.healthy) ? globalThis.Boolean(object.healthy) : false,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+    };
+  },
+
+  toJSON(message: BackendVerdict): unknown {
+    const obj: any = {};
+    if (message.service !== "") {
+      obj.service = message.service;
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.port !== 0) {
+      obj.port = Math.round(message.port);
+    }
+    if (message.healthy !== false) {
+      obj.healthy = message.healthy;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.since !== undefined) {
+      obj.since = message.since.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BackendVerdict>, I>>(base?: I): BackendVerdict {
+    return BackendVerdict.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BackendVerdict>, I>>(object: I): BackendVerdict {
+    const message = createBaseBackendVerdict();
+    message.service = object.service ?? "";
+    message.address = object.address ?? "";
+    message.port = object.port ?? 0;
+    message.healthy = object.healthy ?? false;
+    message.reason = object.reason ?? "";
+    message.since = object.since ?? undefined;
     return message;
   },
 };

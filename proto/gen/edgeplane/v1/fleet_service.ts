@@ -20,6 +20,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Connection, ConnectionFilter } from "./connections.js";
 import { ConntrackStatus, InterfaceCounters, RuleCounters } from "./counters.js";
 import { Node, RevisionOutcome, revisionOutcomeFromJSON, revisionOutcomeToJSON } from "./node.js";
@@ -73,6 +74,54 @@ export function nodeEventTypeToJSON(object: NodeEventType): string {
     default:
       return "UNRECOGNIZED";
   }
+}
+
+export interface GetServiceHealthRequest {
+  /** The services (1 .. MAX_SERVICE_HEALTH_NAMES, 16), each of the intent. */
+  names: string[];
+}
+
+export interface GetServiceHealthResponse {
+  /** In the order of the request's names. */
+  services: ServiceHealth[];
+}
+
+/** ServiceHealth is one service's backends across the nodes that front it. */
+export interface ServiceHealth {
+  name: string;
+  /**
+   * False when the service has no health check: every backend of positive weight takes new
+   * flows on every node, and the node counts below are all unknown.
+   */
+  healthChecked: boolean;
+  /** Nodes known to the controller whose labels the service's node selector matches. */
+  nodesSelected: number;
+  /** In the spec's order. */
+  backends: BackendHealthSummary[];
+}
+
+/** BackendHealthSummary is one backend's verdicts over the selected nodes. */
+export interface BackendHealthSummary {
+  address: string;
+  /** The backend's port (the service's when the spec says 0). */
+  port: number;
+  nodesHealthy: number;
+  nodesUnhealthy: number;
+  /** Selected nodes without a verdict: not connected, or no report yet. */
+  nodesUnknown: number;
+  /**
+   * Unhealthy nodes with their reasons, by node name; at most MAX_UNHEALTHY_NODES_LISTED (10)
+   * per backend and MAX_UNHEALTHY_VERDICTS_LISTED (1,000) per response (nodes_unhealthy counts
+   * them all).
+   */
+  unhealthy: NodeBackendVerdict[];
+}
+
+/** NodeBackendVerdict is why one node finds a backend unhealthy. */
+export interface NodeBackendVerdict {
+  node: string;
+  reason: string;
+  since: Date | undefined;
 }
 
 export interface ListConnectionsRequest {
@@ -207,6 +256,535 @@ export interface GetRevisionStatusResponse {
   nodesPending: number;
   nodes: NodeRevisionState[];
 }
+
+function createBaseGetServiceHealthRequest(): GetServiceHealthRequest {
+  return { names: [] };
+}
+
+export const GetServiceHealthRequest: MessageFns<GetServiceHealthRequest> = {
+  encode(message: GetServiceHealthRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.names) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetServiceHealthRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetServiceHealthRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.names.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetServiceHealthRequest {
+    return { names: globalThis.Array.isArray(object?.names) ? object.names.map((e: any) => globalThis.String(e)) : [] };
+  },
+
+  toJSON(message: GetServiceHealthRequest): unknown {
+    const obj: any = {};
+    if (message.names?.length) {
+      obj.names = message.names;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetServiceHealthRequest>, I>>(base?: I): GetServiceHealthRequest {
+    return GetServiceHealthRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetServiceHealthRequest>, I>>(object: I): GetServiceHealthRequest {
+    const message = createBaseGetServiceHealthRequest();
+    message.names = object.names?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGetServiceHealthResponse(): GetServiceHealthResponse {
+  return { services: [] };
+}
+
+export const GetServiceHealthResponse: MessageFns<GetServiceHealthResponse> = {
+  encode(message: GetServiceHealthResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.services) {
+      ServiceHealth.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetServiceHealthResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetServiceHealthResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.services.push(ServiceHealth.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetServiceHealthResponse {
+    return {
+      services: globalThis.Array.isArray(object?.services)
+        ? object.services.map((e: any) => ServiceHealth.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetServiceHealthResponse): unknown {
+    const obj: any = {};
+    if (message.services?.length) {
+      obj.services = message.services.map((e) => ServiceHealth.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetServiceHealthResponse>, I>>(base?: I): GetServiceHealthResponse {
+    return GetServiceHealthResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetServiceHealthResponse>, I>>(object: I): GetServiceHealthResponse {
+    const message = createBaseGetServiceHealthResponse();
+    message.services = object.services?.map((e) => ServiceHealth.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseServiceHealth(): ServiceHealth {
+  return { name: "", healthChecked: false, nodesSelected: 0, backends: [] };
+}
+
+export const ServiceHealth: MessageFns<ServiceHealth> = {
+  encode(message: ServiceHealth, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.healthChecked !== false) {
+      writer.uint32(16).bool(message.healthChecked);
+    }
+    if (message.nodesSelected !== 0) {
+      writer.uint32(24).uint32(message.nodesSelected);
+    }
+    for (const v of message.backends) {
+      BackendHealthSummary.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ServiceHealth {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseServiceHealth();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.healthChecked = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.nodesSelected = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.backends.push(BackendHealthSummary.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ServiceHealth {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      healthChecked: isSet(object.healthChecked)
+        ? globalThis.Boolean(object.healthChecked)
+        : isSet(object.health_checked)
+        ? globalThis.Boolean(object.health_checked)
+        : false,
+      nodesSelected: isSet(object.nodesSelected)
+        ? globalThis.Number(object.nodesSelected)
+        : isSet(object.nodes_selected)
+        ? globalThis.Number(object.nodes_selected)
+        : 0,
+      backends: globalThis.Array.isArray(object?.backends)
+        ? object.backends.map((e: any) => BackendHealthSummary.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ServiceHealth): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.healthChecked !== false) {
+      obj.healthChecked = message.healthChecked;
+    }
+    if (message.nodesSelected !== 0) {
+      obj.nodesSelected = Math.round(message.nodesSelected);
+    }
+    if (message.backends?.length) {
+      obj.backends = message.backends.map((e) => BackendHealthSummary.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ServiceHealth>, I>>(base?: I): ServiceHealth {
+    return ServiceHealth.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ServiceHealth>, I>>(object: I): ServiceHealth {
+    const message = createBaseServiceHealth();
+    message.name = object.name ?? "";
+    message.healthChecked = object.healthChecked ?? false;
+    message.nodesSelected = object.nodesSelected ?? 0;
+    message.backends = object.backends?.map((e) => BackendHealthSummary.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseBackendHealthSummary(): BackendHealthSummary {
+  return { address: "", port: 0, nodesHealthy: 0, nodesUnhealthy: 0, nodesUnknown: 0, unhealthy: [] };
+}
+
+export const BackendHealthSummary: MessageFns<BackendHealthSummary> = {
+  encode(message: BackendHealthSummary, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.address !== "") {
+      writer.uint32(10).string(message.address);
+    }
+    if (message.port !== 0) {
+      writer.uint32(16).uint32(message.port);
+    }
+    if (message.nodesHealthy !== 0) {
+      writer.uint32(24).uint32(message.nodesHealthy);
+    }
+    if (message.nodesUnhealthy !== 0) {
+      writer.uint32(32).uint32(message.nodesUnhealthy);
+    }
+    if (message.nodesUnknown !== 0) {
+      writer.uint32(40).uint32(message.nodesUnknown);
+    }
+    for (const v of message.unhealthy) {
+      NodeBackendVerdict.encode(v!, writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BackendHealthSummary {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBackendHealthSummary();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.nodesHealthy = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.nodesUnhealthy = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.nodesUnknown = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.unhealthy.push(NodeBackendVerdict.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BackendHealthSummary {
+    return {
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      port: isSet(object.port) ? globalThis.Number(object.port) : 0,
+      nodesHealthy: isSet(object.nodesHealthy)
+        ? globalThis.Number(object.nodesHealthy)
+        : isSet(object.nodes_healthy)
+        ? globalThis.Number(object.nodes_healthy)
+        : 0,
+      nodesUnhealthy: isSet(object.nodesUnhealthy)
+        ? globalThis.Number(object.nodesUnhealthy)
+        : isSet(object.nodes_unhealthy)
+        ? globalThis.Number(object.nodes_unhealthy)
+        : 0,
+      nodesUnknown: isSet(object.nodesUnknown)
+        ? globalThis.Number(object.nodesUnknown)
+        : isSet(object.nodes_unknown)
+        ? globalThis.Number(object.nodes_unknown)
+        : 0,
+      unhealthy: globalThis.Array.isArray(object?.unhealthy)
+        ? object.unhealthy.map((e: any) => NodeBackendVerdict.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: BackendHealthSummary): unknown {
+    const obj: any = {};
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.port !== 0) {
+      obj.port = Math.round(message.port);
+    }
+    if (message.nodesHealthy !== 0) {
+      obj.nodesHealthy = Math.round(message.nodesHealthy);
+    }
+    if (message.nodesUnhealthy !== 0) {
+      obj.nodesUnhealthy = Math.round(message.nodesUnhealthy);
+    }
+    if (message.nodesUnknown !== 0) {
+      obj.nodesUnknown = Math.round(message.nodesUnknown);
+    }
+    if (message.unhealthy?.length) {
+      obj.unhealthy = message.unhealthy.map((e) => NodeBackendVerdict.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BackendHealthSummary>, I>>(base?: I): BackendHealthSummary {
+    return BackendHealthSummary.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BackendHealthSummary>, I>>(object: I): BackendHealthSummary {
+    const message = createBaseBackendHealthSummary();
+    message.address = object.address ?? "";
+    message.port = object.port ?? 0;
+    message.nodesHealthy = object.nodesHealthy ?? 0;
+    message.nodesUnhealthy = object.nodesUnhealthy ?? 0;
+    message.nodesUnknown = object.nodesUnknown ?? 0;
+    message.unhealthy = object.unhealthy?.map((e) => NodeBackendVerdict.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseNodeBackendVerdict(): NodeBackendVerdict {
+  return { node: "", reason: "", since: undefined };
+}
+
+export const NodeBackendVerdict: MessageFns<NodeBackendVerdict> = {
+  encode(message: NodeBackendVerdict, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== "") {
+      writer.uint32(10).string(message.node);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    if (message.since !== undefined) {
+      Timestamp.encode(toTimestamp(message.since), writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NodeBackendVerdict {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNodeBackendVerdict();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.since = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NodeBackendVerdict {
+    return {
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+    };
+  },
+
+  toJSON(message: NodeBackendVerdict): unknown {
+    const obj: any = {};
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.since !== undefined) {
+      obj.since = message.since.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<NodeBackendVerdict>, I>>(base?: I): NodeBackendVerdict {
+    return NodeBackendVerdict.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<NodeBackendVerdict>, I>>(object: I): NodeBackendVerdict {
+    const message = createBaseNodeBackendVerdict();
+    message.node = object.node ?? "";
+    message.reason = object.reason ?? "";
+    message.since = object.since ?? undefined;
+    return message;
+  },
+};
 
 function createBaseListConnectionsRequest(): ListConnectionsRequest {
   return { node: "", filter: undefined, limit: 0, countOnly: false };
@@ -2275,6 +2853,23 @@ export const FleetServiceService = {
       Buffer.from(ListConnectionsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListConnectionsResponse => ListConnectionsResponse.decode(value),
   },
+  /**
+   * Returns services' backends as the nodes that front them judge them (their own health
+   * checks, reported over AgentService): per backend, the selected nodes that find it healthy,
+   * unhealthy (with their reasons) or have not said. Read from this controller's reports (see
+   * the controller's README on replicas).
+   */
+  getServiceHealth: {
+    path: "/edgeplane.v1.FleetService/GetServiceHealth" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetServiceHealthRequest): Buffer =>
+      Buffer.from(GetServiceHealthRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetServiceHealthRequest => GetServiceHealthRequest.decode(value),
+    responseSerialize: (value: GetServiceHealthResponse): Buffer =>
+      Buffer.from(GetServiceHealthResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetServiceHealthResponse => GetServiceHealthResponse.decode(value),
+  },
 } as const;
 
 export interface FleetServiceServer extends UntypedServiceImplementation {
@@ -2300,6 +2895,13 @@ export interface FleetServiceServer extends UntypedServiceImplementation {
    * controller; DEADLINE_EXCEEDED when its agent does not answer in time.
    */
   listConnections: handleUnaryCall<ListConnectionsRequest, ListConnectionsResponse>;
+  /**
+   * Returns services' backends as the nodes that front them judge them (their own health
+   * checks, reported over AgentService): per backend, the selected nodes that find it healthy,
+   * unhealthy (with their reasons) or have not said. Read from this controller's reports (see
+   * the controller's README on replicas).
+   */
+  getServiceHealth: handleUnaryCall<GetServiceHealthRequest, GetServiceHealthResponse>;
 }
 
 export interface FleetServiceClient extends Client {
@@ -2436,6 +3038,27 @@ export interface FleetServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListConnectionsResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Returns services' backends as the nodes that front them judge them (their own health
+   * checks, reported over AgentService): per backend, the selected nodes that find it healthy,
+   * unhealthy (with their reasons) or have not said. Read from this controller's reports (see
+   * the controller's README on replicas).
+   */
+  getServiceHealth(
+    request: GetServiceHealthRequest,
+    callback: (error: ServiceError | null, response: GetServiceHealthResponse) => void,
+  ): ClientUnaryCall;
+  getServiceHealth(
+    request: GetServiceHealthRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetServiceHealthResponse) => void,
+  ): ClientUnaryCall;
+  getServiceHealth(
+    request: GetServiceHealthRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetServiceHealthResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const FleetServiceClient = makeGenericClientConstructor(
@@ -2459,6 +3082,28 @@ export type DeepPartial<T> = T extends bigint ? string | number | bigint
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 export type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function toTimestamp(date: Date): Timestamp {
+  const seconds = BigInt(Math.trunc(date.getTime() / 1_000));
+  const nanos = (date.getTime() % 1_000) * 1_000_000;
+  return { seconds, nanos };
+}
+
+function fromTimestamp(t: Timestamp): Date {
+  let millis = (globalThis.Number(t.seconds.toString()) || 0) * 1_000;
+  millis += (t.nanos || 0) / 1_000_000;
+  return new globalThis.Date(millis);
+}
+
+function fromJsonTimestamp(o: any): Date {
+  if (o instanceof globalThis.Date) {
+    return o;
+  } else if (typeof o === "string") {
+    return new globalThis.Date(o);
+  } else {
+    return fromTimestamp(Timestamp.fromJSON(o));
+  }
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;

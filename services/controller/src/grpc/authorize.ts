@@ -43,6 +43,8 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[] | 'anyone'>> 
   '/edgeplane.v1.FleetService/WatchRollout': READ,
   // Reads one node's connection table through its agent: a read, like GetNode.
   '/edgeplane.v1.FleetService/ListConnections': READ,
+  // What the nodes' own health checks say of services' backends: a read.
+  '/edgeplane.v1.FleetService/GetServiceHealth': READ,
   '/edgeplane.v1.AgentService/Connect': NODE,
   '/edgeplane.v1.TrustService/Enroll': 'anyone',
   '/edgeplane.v1.TrustService/RenewCertificate': NODE,

@@ -166,6 +166,7 @@ export function fleetServiceHandlers(api: FleetApi, log: ErrorLogger, auth: Auth
       span.setAttribute('edgeplane.node', req.node);
       return api.listConnections(req);
     }),
+    getServiceHealth: unary('FleetService', 'GetServiceHealth', edge, (req) => api.getServiceHealth(req)),
   };
 }
 

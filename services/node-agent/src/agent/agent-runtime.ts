@@ -18,6 +18,7 @@ import type { Datapath } from '../datapath/datapath.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { answerConnectionsQuery } from './connection-query.js';
 import { ControllerLink } from './controller-link.js';
+import { ServiceHealth } from './service-health.js';
 import {
   CONDITION_INTENT_STALE,
   CONDITION_LOG_MESSAGE_REJECTED,
@@ -140,6 +141,12 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  */
 export class AgentRuntime {
   readonly agent: NodeAgent;
+  /**
+   * The health checks of the backends of the services that select this node (retargeted on
+   * every applied revision and relabel): `eligible` is what the service compile takes out
+   * unhealthy backends by, `watch` tells of every change. Owned by the runtime (closed with it).
+   */
+  readonly serviceHealth: ServiceHealth;
   #o: AgentRuntimeOptions;
   #link: ControllerLink;
   #nc: NatsConnection | undefined;
@@ -151,10 +158,11 @@ export class AgentRuntime {
   #started = false;
   #synced: Promise<void> | undefined;
 
-  private constructor(options: AgentRuntimeOptions, agent: NodeAgent, link: ControllerLink) {
+  private constructor(options: AgentRuntimeOptions, agent: NodeAgent, link: ControllerLink, serviceHealth: ServiceHealth) {
     this.#o = options;
     this.agent = agent;
     this.#link = link;
+    this.serviceHealth = serviceHealth;
   }
 
   /**
@@ -167,7 +175,18 @@ export class AgentRuntime {
     // The agent reports through the link, and the link's hello reads the agent: tie the knot.
     const ref: { link?: ControllerLink } = {};
     const hooks = options.hooks ?? {};
+    // Health checks follow what the datapath enforces: the services of the applied revision,
+    // for the labels it was compiled with. A verdict changes on this node only, with no log
+    // entry; the controller is told (the whole state when the probed set changed).
+    const health = new ServiceHealth();
+    health.watch((v) => {
+      options.log(v.healthy ? 'info' : 'warn', v.healthy ? 'backend healthy again' : 'backend unhealthy', { service: v.service, backend: `${v.address}:${v.port}`, reason: v.reason });
+      ref.link?.backendVerdict(v, health.revision);
+    });
     const agent = new NodeAgent({
+      applied: (snapshot, labels) => {
+        if (health.retarget(snapshot.services, labels, snapshot.revision)) ref.link?.backendHealthState();
+      },
       nodeName: options.nodeName,
       labels: options.labels,
       datapaths: options.datapaths,
@@ -187,6 +206,7 @@ export class AgentRuntime {
       booted = await agent.boot();
     } catch (err) {
       agent.close();
+      health.close();
       throw err;
     }
     const link = new ControllerLink({
@@ -215,6 +235,7 @@ export class AgentRuntime {
         if (c) hooks.counters?.(c);
         return c;
       },
+      backendHealth: () => ({ revision: health.revision, verdicts: health.verdicts() }),
       onStateChange: (up, reason) => options.log('info', up ? 'controller connected' : 'controller disconnected', { reason }),
       onConnectionsQuery: (query) =>
         answerConnectionsQuery({ readers: options.datapaths, origin: (role, id) => agent.ruleOrigin(role, id) }, query),
@@ -228,7 +249,7 @@ export class AgentRuntime {
       },
     });
     ref.link = link;
-    const runtime = new AgentRuntime(options, agent, link);
+    const runtime = new AgentRuntime(options, agent, link, health);
     runtime.#checkInterfaces();
     if (options.attacher && options.interfaces?.length) runtime.#watcher = setInterval(() => runtime.#checkInterfaces(), options.interfaceCheckMs ?? 2000);
     link.start();
@@ -383,7 +404,8 @@ export class AgentRuntime {
   }
 
   /**
-   * Stops: the interface watcher, the agent's retries, the follower, the link, and drains NATS.
+   * Stops: the interface watcher, the agent's retries, the backend health checks, the follower,
+   * the link, and drains NATS.
    * Idempotent. Never detaches: the datapath keeps enforcing.
    */
   async close(): Promise<void> {
@@ -391,6 +413,7 @@ export class AgentRuntime {
     this.#closed = true;
     clearInterval(this.#watcher);
     this.agent.close();
+    this.serviceHealth.close();
     clearTimeout(this.#rejectedQuiet);
     this.#follower?.close();
     this.#link.close();

@@ -2,6 +2,7 @@ import type * as grpc from '@grpc/grpc-js';
 import {
   AgentServiceClient,
   type AgentHello,
+  type BackendVerdict,
   type ConditionReport,
   type ConnectionsAnswer,
   type ConnectionsQuery,
@@ -10,6 +11,7 @@ import {
   type ControllerWelcome,
   type CounterReport,
   type RevisionReport,
+  MAX_BACKEND_HEALTH_ENTRIES,
   MAX_COUNTER_RULES,
 } from '@edgeplane/proto';
 
@@ -28,6 +30,11 @@ export interface ControllerLinkOptions {
    */
   onConnectionsQuery?: (query: ConnectionsQuery) => ConnectionsAnswer;
   onStateChange?: (connected: boolean, reason: string) => void;
+  /**
+   * The node's whole backend health state (the revision whose services it probes, and every
+   * verdict): sent after every welcome. Unset: no backend health reports.
+   */
+  backendHealth?: () => { revision: bigint; verdicts: BackendVerdict[] };
   /** Defaults until the controller's settings arrive. */
   heartbeatIntervalMs?: number;
   counterIntervalMs?: number;
@@ -109,6 +116,29 @@ export class ControllerLink {
     if (this.#connected) this.#drainConditions();
   }
 
+  /**
+   * Sends the whole backend health state now (after the probed set changed), if connected;
+   * otherwise the next welcome brings it.
+   */
+  backendHealthState(): void {
+    if (!this.#connected) return;
+    const state = this.#options.backendHealth?.();
+    if (!state) return;
+    // The controller takes at most MAX_BACKEND_HEALTH_ENTRIES per message: the first replaces
+    // what it held, the rest add to it (the stream keeps their order).
+    for (let i = 0; i === 0 || i < state.verdicts.length; i += MAX_BACKEND_HEALTH_ENTRIES) {
+      this.#send({ message: { $case: 'backendHealth', backendHealth: { replace: i === 0, backends: state.verdicts.slice(i, i + MAX_BACKEND_HEALTH_ENTRIES), revision: state.revision } } });
+    }
+  }
+
+  /**
+   * Sends one backend's new verdict now, if connected; a change while disconnected is not kept,
+   * since the next welcome brings the whole state.
+   */
+  backendVerdict(verdict: BackendVerdict, revision: bigint): void {
+    if (this.#connected) this.#send({ message: { $case: 'backendHealth', backendHealth: { replace: false, backends: [verdict], revision } } });
+  }
+
   #drainConditions(): void {
     const c = this.#conditions;
     if (c && this.#send({ message: { $case: 'conditions', conditions: c } })) this.#conditions = undefined;
@@ -182,6 +212,7 @@ export class ControllerLink {
           this.#options.onStateChange?.(true, 'welcome');
           this.#drainConditions();
           this.#drainQueue();
+          this.backendHealthState();
           this.#schedule();
         } else if (msg?.$case === 'settings') {
           this.#heartbeatMs = ms(msg.settings.heartbeatInterval) ?? this.#heartbeatMs;

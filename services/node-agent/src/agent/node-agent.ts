@@ -62,6 +62,12 @@ export interface NodeAgentOptions {
   conditions?: (report: ConditionReport) => void;
   log: AgentLogger;
   /**
+   * Called after every successful apply (and the state file's enforcement at boot) with the
+   * snapshot the datapath now enforces and the labels it was compiled for: what the node's
+   * backend health checks follow. Its errors are logged, never fatal.
+   */
+  applied?: (snapshot: Snapshot, labels: Readonly<Record<string, string>>) => void;
+  /**
    * Backoff of the retries (restoring a known revision after a failed rollback; rewriting the
    * state file): doubling from min to max, ms. Default 1000 .. 60000.
    */
@@ -246,7 +252,16 @@ export class NodeAgent {
     this.#applied = state.snapshot.revision;
     this.#received = state.snapshot.revision;
     this.#o.log('info', 'enforcing the state file', { revision: String(state.snapshot.revision), policies: compiled.selected });
+    this.#tellApplied(state.snapshot, this.#labels);
     return state.snapshot;
+  }
+
+  #tellApplied(snapshot: Snapshot, labels: Readonly<Record<string, string>>): void {
+    try {
+      this.#o.applied?.(snapshot, labels);
+    } catch (err) {
+      this.#o.log('error', 'applied listener', { error: (err as Error).message });
+    }
   }
 
   /** The labels policies select on now (a copy). */
@@ -418,6 +433,7 @@ export class NodeAgent {
       this.#lastError = '';
       this.#o.log('info', 'applied', { revision: String(revision), policies: compiled.selected, uplinkRules: compiled.uplink.ruleSet.rules.length, workloadRules: compiled.workload.ruleSet.rules.length });
       this.#unknownChanged(revision);
+      this.#tellApplied(snapshot, labels);
       // The datapath enforces R whatever happens to the file: R is ACKed either way.
       this.#save({ snapshot, labels });
       report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, reason: '', appliedRevision: revision, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false };
