@@ -180,6 +180,28 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
     });
   }
 
+  /** The call's answer, or undefined when it is NOT_FOUND. */
+  async #find<Req, Res>(operation: string, client: grpc.Client, method: Unary<Req, Res>, req: Req): Promise<Res | undefined> {
+    try {
+      return await this.#call(operation, client, method, req);
+    } catch (err) {
+      if (err instanceof RpcError && err.code === grpc.status.NOT_FOUND) return undefined;
+      throw err;
+    }
+  }
+
+  /** Every item of a paged List call, pages of 1,000. */
+  async #all<Req, Res extends { nextPageToken: string }, T>(operation: string, client: grpc.Client, method: Unary<Req & { pageSize: number; pageToken: string }, Res>, req: Req, items: (page: Res) => T[]): Promise<T[]> {
+    const out: T[] = [];
+    let pageToken = '';
+    do {
+      const page = await this.#call(operation, client, method, { ...req, pageSize: 1000, pageToken });
+      out.push(...items(page));
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+    return out;
+  }
+
   applyPolicy(req: ApplyPolicyRequest): Promise<ApplyPolicyResponse> {
     return this.#call(`apply policy ${req.policy?.metadata?.name ?? ''}`, this.#intent, this.#intent.applyPolicy, req);
   }
@@ -188,24 +210,12 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
     return this.#call(`delete policy ${req.name}`, this.#intent, this.#intent.deletePolicy, req);
   }
 
-  async getPolicy(name: string): Promise<GetPolicyResponse | undefined> {
-    try {
-      return await this.#call(`get policy ${name}`, this.#intent, this.#intent.getPolicy, { name });
-    } catch (err) {
-      if (err instanceof RpcError && err.code === grpc.status.NOT_FOUND) return undefined;
-      throw err;
-    }
+  getPolicy(name: string): Promise<GetPolicyResponse | undefined> {
+    return this.#find(`get policy ${name}`, this.#intent, this.#intent.getPolicy, { name });
   }
 
-  async listPolicies(labelSelector: string): Promise<Policy[]> {
-    const out: Policy[] = [];
-    let pageToken = '';
-    do {
-      const page = await this.#call('list policies', this.#intent, this.#intent.listPolicies, { pageSize: 1000, pageToken, labelSelector });
-      out.push(...page.policies);
-      pageToken = page.nextPageToken;
-    } while (pageToken);
-    return out;
+  listPolicies(labelSelector: string): Promise<Policy[]> {
+    return this.#all('list policies', this.#intent, this.#intent.listPolicies, { labelSelector }, (page) => page.policies);
   }
 
   applyService(req: ApplyServiceRequest): Promise<ApplyServiceResponse> {
@@ -216,44 +226,20 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
     return this.#call(`delete service ${req.name}`, this.#intent, this.#intent.deleteService, req);
   }
 
-  async getService(name: string): Promise<GetServiceResponse | undefined> {
-    try {
-      return await this.#call(`get service ${name}`, this.#intent, this.#intent.getService, { name });
-    } catch (err) {
-      if (err instanceof RpcError && err.code === grpc.status.NOT_FOUND) return undefined;
-      throw err;
-    }
+  getService(name: string): Promise<GetServiceResponse | undefined> {
+    return this.#find(`get service ${name}`, this.#intent, this.#intent.getService, { name });
   }
 
-  async listServices(labelSelector: string): Promise<Service[]> {
-    const out: Service[] = [];
-    let pageToken = '';
-    do {
-      const page = await this.#call('list services', this.#intent, this.#intent.listServices, { pageSize: 1000, pageToken, labelSelector });
-      out.push(...page.services);
-      pageToken = page.nextPageToken;
-    } while (pageToken);
-    return out;
+  listServices(labelSelector: string): Promise<Service[]> {
+    return this.#all('list services', this.#intent, this.#intent.listServices, { labelSelector }, (page) => page.services);
   }
 
-  async listNodes(labelSelector: string): Promise<Node[]> {
-    const out: Node[] = [];
-    let pageToken = '';
-    do {
-      const page = await this.#call('list nodes', this.#fleet, this.#fleet.listNodes, { pageSize: 1000, pageToken, labelSelector });
-      out.push(...page.nodes);
-      pageToken = page.nextPageToken;
-    } while (pageToken);
-    return out;
+  listNodes(labelSelector: string): Promise<Node[]> {
+    return this.#all('list nodes', this.#fleet, this.#fleet.listNodes, { labelSelector }, (page) => page.nodes);
   }
 
-  async getNode(name: string): Promise<GetNodeResponse | undefined> {
-    try {
-      return await this.#call(`get node ${name}`, this.#fleet, this.#fleet.getNode, { name });
-    } catch (err) {
-      if (err instanceof RpcError && err.code === grpc.status.NOT_FOUND) return undefined;
-      throw err;
-    }
+  getNode(name: string): Promise<GetNodeResponse | undefined> {
+    return this.#find(`get node ${name}`, this.#fleet, this.#fleet.getNode, { name });
   }
 
   getPolicyCounters(req: GetPolicyCountersRequest): Promise<GetPolicyCountersResponse> {
@@ -291,12 +277,7 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
   }
 
   async getRollout(name: string): Promise<RolloutStatus | undefined> {
-    try {
-      return (await this.#call(`get rollout ${name}`, this.#fleet, this.#fleet.getRollout, { name })).status;
-    } catch (err) {
-      if (err instanceof RpcError && err.code === grpc.status.NOT_FOUND) return undefined;
-      throw err;
-    }
+    return (await this.#find(`get rollout ${name}`, this.#fleet, this.#fleet.getRollout, { name }))?.status;
   }
 
   resetHistory(reset: SignedHistoryReset): Promise<ResetHistoryResponse> {
