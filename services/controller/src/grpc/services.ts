@@ -2,6 +2,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { SpanKind, SpanStatusCode, context, trace, type Context, type Span } from '@opentelemetry/api';
 import type {
   AgentServiceServer,
+  FieldViolation,
   ConnectRequest,
   ConnectResponse,
   FleetServiceServer,
@@ -105,24 +106,24 @@ function entryTrace(): TraceContext {
   return injectTraceContext(context.active());
 }
 
+/**
+ * One write of a `kind` resource: refuses it with the violations the wire precheck found (before
+ * any decoding work of its own), names the resource and the revision written on the span.
+ */
+async function write<Res extends { revision: bigint }>(kind: 'policy' | 'service', name: string | undefined, span: Span, run: () => Promise<Res>, refused?: FieldViolation[]): Promise<Res> {
+  if (refused) throw new ValidationError(`invalid ${kind}: ${refused[0]!.field}: ${refused[0]!.description}`, refused);
+  span.setAttribute(`edgeplane.${kind}`, name ?? '');
+  const res = await run();
+  span.setAttribute('edgeplane.revision', Number(res.revision));
+  return res;
+}
+
 /** Returns the IntentService handlers over the domain API. */
 export function intentServiceHandlers(api: IntentApi, log: ErrorLogger, auth: Authorizer): IntentServiceServer {
   const edge: Edge = { log, auth };
   return {
-    applyPolicy: unary('IntentService', 'ApplyPolicy', edge, async (req, span) => {
-      const refused = wireViolations(req);
-      if (refused) throw new ValidationError(`invalid policy: ${refused[0]!.field}: ${refused[0]!.description}`, refused);
-      span.setAttribute('edgeplane.policy', req.policy?.metadata?.name ?? '');
-      const res = await api.apply(req, entryTrace());
-      span.setAttribute('edgeplane.revision', Number(res.revision));
-      return res;
-    }),
-    deletePolicy: unary('IntentService', 'DeletePolicy', edge, async (req, span) => {
-      span.setAttribute('edgeplane.policy', req.name);
-      const res = await api.delete(req, entryTrace());
-      span.setAttribute('edgeplane.revision', Number(res.revision));
-      return res;
-    }),
+    applyPolicy: unary('IntentService', 'ApplyPolicy', edge, (req, span) => write('policy', req.policy?.metadata?.name, span, () => api.apply(req, entryTrace()), wireViolations(req))),
+    deletePolicy: unary('IntentService', 'DeletePolicy', edge, (req, span) => write('policy', req.name, span, () => api.delete(req, entryTrace()))),
     getPolicy: unary('IntentService', 'GetPolicy', edge, (req) => api.get(req)),
     listPolicies: unary('IntentService', 'ListPolicies', edge, (req) => api.list(req)),
     watchPolicies: serverStream('IntentService', 'WatchPolicies', edge, (req, send, signal) => api.watch(req, send, signal)),
@@ -131,20 +132,8 @@ export function intentServiceHandlers(api: IntentApi, log: ErrorLogger, auth: Au
     promoteRollout: unary('IntentService', 'PromoteRollout', edge, (req) => api.rolloutAction(req.name, 'promote', '', entryTrace())),
     abortRollout: unary('IntentService', 'AbortRollout', edge, (req) => api.rolloutAction(req.name, 'abort', req.reason, entryTrace())),
     resetHistory: unary('IntentService', 'ResetHistory', edge, (req) => api.resetHistory(req, entryTrace())),
-    applyService: unary('IntentService', 'ApplyService', edge, async (req, span) => {
-      const refused = wireViolations(req);
-      if (refused) throw new ValidationError(`invalid service: ${refused[0]!.field}: ${refused[0]!.description}`, refused);
-      span.setAttribute('edgeplane.service', req.service?.metadata?.name ?? '');
-      const res = await api.applyService(req, entryTrace());
-      span.setAttribute('edgeplane.revision', Number(res.revision));
-      return res;
-    }),
-    deleteService: unary('IntentService', 'DeleteService', edge, async (req, span) => {
-      span.setAttribute('edgeplane.service', req.name);
-      const res = await api.deleteService(req, entryTrace());
-      span.setAttribute('edgeplane.revision', Number(res.revision));
-      return res;
-    }),
+    applyService: unary('IntentService', 'ApplyService', edge, (req, span) => write('service', req.service?.metadata?.name, span, () => api.applyService(req, entryTrace()), wireViolations(req))),
+    deleteService: unary('IntentService', 'DeleteService', edge, (req, span) => write('service', req.name, span, () => api.deleteService(req, entryTrace()))),
     getService: unary('IntentService', 'GetService', edge, (req) => api.getService(req)),
     listServices: unary('IntentService', 'ListServices', edge, (req) => api.listServices(req)),
   };
