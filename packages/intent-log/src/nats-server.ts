@@ -249,7 +249,8 @@ export class NatsServer {
 
   /** The server's process id, or undefined when it is not running. */
   get pid(): number | undefined {
-    return this.#child?.exitCode === null ? this.#child.pid : undefined;
+    const child = this.#child;
+    return child && child.exitCode === null && child.signalCode === null ? child.pid : undefined;
   }
 
   /** Kills the process with a signal (default SIGKILL) and waits for it to exit. */

@@ -1,0 +1,83 @@
+// NatsServer's supervision on a real nats-server: a crash is followed by a restart on the same
+// port and store; a restart that cannot bind is retried until it can; close() stops it for good.
+import test from 'ava';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { NatsServer } from '../src/index.js';
+
+const alive = (pid: number): boolean => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
+
+async function until(what: string, pred: () => boolean, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test('NatsServer - supervised: a killed server comes back on its port; one that cannot bind is retried; close() ends it for good', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nats-supervise-'));
+  const events: string[] = [];
+  const server = await NatsServer.start({
+    dataDir: dir,
+    supervise: { onExit: (why) => events.push(`exit ${why}`), onRestart: (pid) => events.push(`restart ${pid}`), onRestartFailed: () => events.push('failed') },
+  });
+  let squatter: Server | undefined;
+  t.teardown(async () => {
+    squatter?.close();
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  // A crash: started again on the same port.
+  const first = server.pid!;
+  process.kill(first, 'SIGKILL');
+  await until('a restart', () => events.some((e) => e.startsWith('restart')));
+  const second = server.pid!;
+  t.not(second, first);
+  t.true(alive(second));
+  t.regex(events[0]!, new RegExp(`exit nats-server \\(pid ${first}\\) exited on SIGKILL`));
+
+  // The port taken while it is down: each start fails ("Server is ready" never comes, the child
+  // exits), and it keeps trying until the port is free again.
+  events.length = 0;
+  process.kill(second, 'SIGKILL');
+  await until('the server to be gone', () => !alive(second) && server.pid === undefined);
+  squatter = createServer();
+  await new Promise<void>((resolve, reject) => {
+    squatter!.once('error', reject);
+    squatter!.listen(server.port, server.host, () => resolve());
+  });
+  await until('two failed starts', () => events.filter((e) => e === 'failed').length >= 2);
+  await new Promise<void>((r) => squatter!.close(() => r()));
+  squatter = undefined;
+  await until('a restart once the port is free', () => events.some((e) => e.startsWith('restart')), 30_000);
+  const third = server.pid!;
+  t.true(alive(third));
+
+  // close(): stopped, and not started again.
+  events.length = 0;
+  await server.close();
+  t.false(alive(third));
+  await new Promise((r) => setTimeout(r, 500));
+  t.deepEqual(events, [], 'no restart after close');
+  t.is(server.pid, undefined);
+});
+
+test('NatsServer - unsupervised: a killed server stays down (tests crash it on purpose)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nats-unsupervised-'));
+  const server = await NatsServer.start({ dataDir: dir });
+  t.teardown(async () => {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const pid = server.pid!;
+  await server.kill();
+  t.false(alive(pid));
+  await new Promise((r) => setTimeout(r, 500));
+  t.is(server.pid, undefined);
+  await server.restart();
+  t.true(alive(server.pid!));
+});
