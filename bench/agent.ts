@@ -13,18 +13,16 @@
 //   NodeStatus or any API), so it is reconstructed from the spans it brackets (compile start to
 //   ack start); it starts at reconcile, after decode, verify and the 25 ms coalescing wait.
 // - "ACK seen" is an upper bound from outside: ApplyPolicy response to GetNode showing the revision.
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { availableParallelism, release, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { availableParallelism, release } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { Action, ApplyPolicyRequest, INTENT_LIVE_SUBJECT, Policy, Protocol, type Rule } from '@edgeplane/proto';
-import { NatsServer } from '@edgeplane/intent-log';
 import { compileIntent, compileTables } from '@edgeplane/node-agent';
-import { AGENT_MAIN, CONTROLLER_MAIN, FleetNetwork, type ControlPlane, type FleetNode } from '../test/support/fleet.js';
+import { AGENT_MAIN, FleetNetwork, type FleetNode } from '../test/support/fleet.js';
 import { call, clients } from '../test/support/grpc.js';
-import { adminTlsOf, joinTokenArgs } from '../test/support/control-plane.js';
-import { Supervised } from '../test/support/supervisor.js';
+import { TestControlPlane } from '../test/support/control-plane.js';
+import type { Supervised } from '../test/support/supervisor.js';
 import { OtlpSink, type SinkSpan } from './otlp-sink.js';
 import { CLK_TCK, sampleProc, type ProcSample } from './proc-sample.js';
 
@@ -37,7 +35,6 @@ const SIZES = [1, 10_000, 65_536];
 const BOUND_MS = quick ? 90_000 : 300_000;
 const LABELS = { role: 'edge', site: 'bench' };
 const POLICY = 'bench-rules';
-const MAX_PAYLOAD = 8 * 1024 * 1024;
 /** Production intervals for the footprint (the harness defaults to 1 s for tests). */
 const PRODUCTION_INTERVALS = ['--heartbeat-interval', '5', '--counter-interval', '5', '--interface-check', '2'];
 
@@ -255,7 +252,6 @@ interface LatencyRow {
 }
 
 async function main(): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'ep-bench-agent-'));
   const cleanups: [string, () => unknown][] = [];
   const bound = setTimeout(() => abort.abort(new Error(`time bound of ${BOUND_MS / 1000} s reached`)), BOUND_MS);
   const started = Date.now();
@@ -269,26 +265,17 @@ async function main(): Promise<void> {
     cleanups.push(['otlp sink', () => sink.close()]);
     const net = new FleetNetwork();
     cleanups.push(['namespaces, agent, pins', () => net.remove()]);
-    // nats-server's default max_payload (1 MiB) refuses the 65,536-rule entry (~1.5 MiB): the
-    // controller answers UNAVAILABLE "max_payload size exceeded". Run it with 8 MiB instead.
-    writeFileSync(join(dir, 'nats.conf'), `max_payload: ${MAX_PAYLOAD}\n`);
-    writeFileSync(join(dir, 'nats-server'), `#!/bin/sh\nexec nats-server -c ${join(dir, 'nats.conf')} "$@"\n`);
-    chmodSync(join(dir, 'nats-server'), 0o755);
-    const nats = await NatsServer.start({ dataDir: join(dir, 'nats'), host: '0.0.0.0', binary: join(dir, 'nats-server') });
-    cleanups.push(['nats-server', () => nats.close()]);
-    const controller = await Supervised.start('controller', {
-      command: process.execPath,
-      args: [CONTROLLER_MAIN, '--listen', '0.0.0.0:0', '--nats', `nats://127.0.0.1:${nats.port}`, '--nats-anonymous', '--data-dir', join(dir, 'ctl'), '--rule-growth-guard', '1000000', '--max-rules-per-policy', '65536', '--otlp-endpoint', `http://127.0.0.1:${sink.port}`],
-      readyEvent: 'ready',
-    });
-    cleanups.push(['controller', () => controller.stop(5000)]);
-    const grpcPort = Number(String(controller.ready.grpc).split(':').pop());
-    // Mutual TLS (the agent's namespace reaches the controller off loopback): admin identity, join tokens.
-    const admin = adminTlsOf(join(dir, 'ctl'));
-    const cp: ControlPlane = { natsPort: nats.port, grpcPort, publicKeyB64: String(controller.ready.publicKey), agentTrustArgs: (_name, labels) => joinTokenArgs(`127.0.0.1:${grpcPort}`, admin, labels) };
-    const c = clients(`127.0.0.1:${grpcPort}`, admin);
+    // The control plane as deployed: mutual TLS, NATS with TLS and per-identity credentials
+    // (the test harness's secure set-up). nats-server runs with an 8 MiB max_payload (its 1 MiB
+    // default refuses the 65,536-rule entry, ~1.5 MiB). The controller's heartbeat and counter
+    // intervals are the production ones (the harness's test intervals would change the agent's
+    // footprint: the controller tells agents its intervals).
+    const cp = await TestControlPlane.start({ extra: ['--rule-growth-guard', '1000000', '--max-rules-per-policy', '65536', '--otlp-endpoint', `http://127.0.0.1:${sink.port}`, '--heartbeat-interval', '5', '--counter-interval', '5'] });
+    cleanups.push(['control plane', () => cp.close()]);
+    const controller = cp.controller;
+    const c = clients(cp.address, cp.adminTls);
     cleanups.push(['grpc clients', () => c.close()]);
-    const nc: NatsConnection = await connect({ servers: `nats://127.0.0.1:${nats.port}` });
+    const nc: NatsConnection = await cp.natsConnect();
     cleanups.push(['nats client', () => nc.close()]);
     const live = new Map<bigint, { at: number; bytes: number }>();
     nc.subscribe(INTENT_LIVE_SUBJECT, {
@@ -421,7 +408,6 @@ async function main(): Promise<void> {
         process.stderr.write(`cleanup ${what}: ${(err as Error).message}\n`);
       }
     }
-    rmSync(dir, { recursive: true, force: true });
   }
 }
 
