@@ -9,12 +9,11 @@ import {
   backendPort,
   matchesLabelSelector,
   resolveHealthCheck,
-  validateService,
   type BackendVerdict,
-  type FieldViolation,
   type Service,
 } from '@edgeplane/proto';
 import { BackendHealth, probeTargetKey, type ProbeTarget } from './backend-health.js';
+import { serviceViolations } from '../datapath/service-compile.js';
 
 /**
  * Whether a backend of a service may take new flows on this node: the compile step's input.
@@ -34,15 +33,6 @@ export interface ServiceBackendTarget {
   readonly target: ProbeTarget;
 }
 
-// Services are immutable once in the chain and carried from revision to revision until they
-// change: validate each one once (the agent validates before it acts, like compile).
-const validated = new WeakMap<Service, FieldViolation[]>();
-function violationsOf(s: Service): FieldViolation[] {
-  let v = validated.get(s);
-  if (!v) validated.set(s, (v = validateService(s)));
-  return v;
-}
-
 /**
  * The backends this node probes: every backend of every valid service with a health check whose
  * node selector matches `labels` (the matcher policies use), with the check resolved (the
@@ -53,7 +43,7 @@ export function serviceBackendTargets(services: readonly Service[], labels: Read
   const out: ServiceBackendTarget[] = [];
   for (const s of services) {
     const spec = s.spec;
-    if (!spec?.healthCheck || !matchesLabelSelector(spec.nodeSelector, labels) || violationsOf(s).length > 0) continue;
+    if (!spec?.healthCheck || !matchesLabelSelector(spec.nodeSelector, labels) || serviceViolations(s).length > 0) continue;
     const check = resolveHealthCheck(spec.healthCheck);
     const probe = { kind: check.kind, httpPath: check.httpPath, intervalMs: check.intervalMs, timeoutMs: check.timeoutMs, healthyThreshold: check.healthyThreshold, unhealthyThreshold: check.unhealthyThreshold };
     for (const b of spec.backends) {

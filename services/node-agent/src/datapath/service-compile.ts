@@ -4,6 +4,7 @@
 // selection the datapath does with them.
 import { createHash } from 'node:crypto';
 import {
+  backendPort,
   defaultMaglevTableSize,
   ForwardingMode,
   matchesLabelSelector,
@@ -142,7 +143,8 @@ export class MaglevTableCache {
 // Services are immutable once in the chain, and the same object is carried from revision to
 // revision until it changes: validate each one once (as compile.ts does policies).
 const validated = new WeakMap<Service, FieldViolation[]>();
-function violationsOf(s: Service): FieldViolation[] {
+/** validateService of `s`, computed once per Service object (the compile and the health checks share it). */
+export function serviceViolations(s: Service): FieldViolation[] {
   let v = validated.get(s);
   if (!v) validated.set(s, (v = validateService(s)));
   return v;
@@ -199,7 +201,7 @@ function tableFingerprint(m: number, backends: readonly MaglevBackend[]): string
 export function compileServices(services: Iterable<Service>, options: ServiceCompileOptions): LbSpec {
   const all: Service[] = [];
   for (const s of services) {
-    const violations = violationsOf(s);
+    const violations = serviceViolations(s);
     const name = s.metadata?.name ?? '?';
     if (violations.length > 0) throw new ServiceCompileError(name, `service ${name} is invalid: ${violations[0]!.field}: ${violations[0]!.description}`, violations);
     all.push(s);
@@ -247,7 +249,7 @@ function resolve(s: Service): ResolvedService {
   // Valid (validateService): canonical addresses of one family, ports in range, known enums.
   const vip = parseAddress(spec.vip) as Uint8Array;
   const backends: LbBackendSpec[] = spec.backends.map((b) => {
-    const port = b.port === 0 ? spec.port : b.port;
+    const port = backendPort(s, b);
     const weight = b.weight ?? 1;
     return { key: backendKey(b.address, port), address: b.address, addressBytes: parseAddress(b.address) as Uint8Array, port, weight, healthy: true, effectiveWeight: weight };
   });
