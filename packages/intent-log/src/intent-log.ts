@@ -146,7 +146,8 @@ export class IntentLog {
       }
       const kvm = new Kvm(nc);
       const kv = options.create ? await kvm.create(bucket, { history: 1, replicas: options.replicas ?? 1 }) : await kvm.open(bucket);
-      const quickJsm = await jetstreamManager(nc, { timeout: Math.min(QUICK_TIMEOUT_MS, timeout) });
+      // The API was checked by the manager above: no second account-info round trip.
+      const quickJsm = await jetstreamManager(nc, { timeout: Math.min(QUICK_TIMEOUT_MS, timeout), checkAPI: false });
       return new IntentLog(nc, js, jsm, quickJsm, timeout, kv, stream, subject, live, options.headSubject ?? INTENT_HEAD_SUBJECT);
     } catch (cause) {
       if (cause instanceof LogUnavailableError) throw cause;
