@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect as tcpConnect } from 'node:net';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { LogUnavailableError } from './errors.js';
 
@@ -100,22 +100,6 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   });
 }
 
-async function waitForPort(host: string, port: number, deadline: number, child: ChildProcess): Promise<void> {
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`nats-server exited with code ${child.exitCode}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = tcpConnect({ host, port }, () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`nats-server did not listen on ${host}:${port} in time`);
-}
-
 /**
  * A nats-server child process with JetStream (file storage in dataDir). Used by the
  * controller when no NATS address is configured, and by tests. Owns the process: close()
@@ -197,10 +181,8 @@ export class NatsServer {
     this.#child = child;
     try {
       await spawned;
-      await waitForPort(this.host, this.port, Date.now() + (this.#options.startTimeoutMs ?? 10_000), child);
-      // Something answering on the port is not proof that it is this child (another server
-      // may hold the port, and this one is about to exit with "address already in use"):
-      // wait for its own "Server is ready".
+      // Its own "Server is ready" (printed once it listens), not a probe of the port: another
+      // server may hold the port, and this one is then about to exit "address already in use".
       await this.#ready(child, Date.now() + (this.#options.startTimeoutMs ?? 10_000));
     } catch (cause) {
       child.kill('SIGKILL');
