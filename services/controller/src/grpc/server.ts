@@ -186,19 +186,21 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   new ReflectionService(definitions).addToServer(authorized);
 
   const port = await new Promise<number>((resolve, reject) => server.bindAsync(options.listen, creds, (err, p) => (err ? reject(err) : resolve(p))));
-  for (const s of ['', ...SERVICE_NAMES]) health.setStatus(s, 'SERVING');
+  const setAll = (status: 'SERVING' | 'NOT_SERVING'): void => {
+    for (const s of ['', ...SERVICE_NAMES]) health.setStatus(s, status);
+  };
+  setAll('SERVING');
   const host = options.listen.slice(0, options.listen.lastIndexOf(':'));
   let stopping: Promise<void> | undefined;
   return {
     address: `${host}:${port}`,
     health,
     setServing(serving: boolean): void {
-      if (stopping) return;
-      for (const s of ['', ...SERVICE_NAMES]) health.setStatus(s, serving ? 'SERVING' : 'NOT_SERVING');
+      if (!stopping) setAll(serving ? 'SERVING' : 'NOT_SERVING');
     },
     shutdown(graceMs: number): Promise<void> {
       stopping ??= new Promise<void>((resolve) => {
-        for (const s of ['', ...SERVICE_NAMES]) health.setStatus(s, 'NOT_SERVING');
+        setAll('NOT_SERVING');
         const timer = setTimeout(() => {
           server.forceShutdown();
           resolve();
