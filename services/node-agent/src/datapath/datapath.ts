@@ -2,6 +2,7 @@
 // in-memory one (the simulated fleet).
 import type { ConnectionEntry, ConnectionFilter, ConntrackCounters, ConntrackOccupancy, ControlEndpoint } from './conntrack.js';
 import type { RuleSetSpec } from './rule-set.js';
+import type { LbSpec } from './service-compile.js';
 
 /** Packets and bytes. */
 export interface Counter {
@@ -48,6 +49,8 @@ export interface ApplyResult {
   readonly classCount: number;
   readonly lpmEntries: number;
   readonly classWords: number;
+  /** Services (VIP entries) of the load-balancing spec now live (0 without one). */
+  readonly services: number;
 }
 
 /** Reads the connection table. */
@@ -74,11 +77,12 @@ export interface Datapath extends CounterReader, ConnectionReader {
    */
   setControlEndpoints(endpoints: readonly ControlEndpoint[]): void;
   /**
-   * Makes `ruleSet` the enforced one, atomically: each packet is classified wholly by the old or
-   * wholly by the new rule set. On failure the previous rule set stays in force.
+   * Makes `ruleSet` and the load-balancing spec `lb` (bpf/LB.md; absent: no services) the
+   * enforced ones, atomically and together: each packet meets wholly the old pair or wholly the
+   * new one. On failure the previous pair stays in force.
    * @throws RuleSetError, CapacityError (nothing touched); DatapathError.
    */
-  apply(ruleSet: RuleSetSpec): Promise<ApplyResult>;
+  apply(ruleSet: RuleSetSpec, lb?: LbSpec): Promise<ApplyResult>;
   /** Releases resources; idempotent. Whether enforcement continues is the implementation's to say. */
   close(): void;
 }

@@ -31,6 +31,7 @@ import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement } from './connt
 import { CounterTables, type CounterTotals } from './counters.js';
 import { dropPreviousPins, installObject, type InstallReport, type InstallStep } from './datapath-install.js';
 import type { ApplyResult, Counter, DatapathCounters, Datapath } from './datapath.js';
+import type { LbSpec } from './service-compile.js';
 import { ConntrackInputError, DatapathError } from './errors.js';
 import type { InterfaceRole } from './interface-role.js';
 import { LAYOUT_MARKER, LAYOUT_VERSION, NEXT_SUFFIX, PREVIOUS_SUFFIX, readLayoutVersion, writeLayoutMarker } from './pin-layout.js';
@@ -350,9 +351,11 @@ export class EbpfDatapath implements Datapath {
    * @throws RuleSetError, CapacityError before anything is touched; DatapathError (the live
    * generation keeps running).
    */
-  async apply(ruleSet: RuleSetSpec): Promise<ApplyResult> {
+  async apply(ruleSet: RuleSetSpec, lb?: LbSpec): Promise<ApplyResult> {
+    // Services need layout 4's ep_lb_* maps (bpf/LB.md), which this object does not have yet.
+    if (lb !== undefined && lb.services.length > 0) throw new DatapathError(`apply services=${lb.services.length}: this datapath has no load balancer yet (bpf/LB.md)`);
     const tables = compileTables(ruleSet);
-    const summary = { ruleCount: tables.ruleCount, classCount: tables.classCount, lpmEntries: tables.lpm.count, classWords: tables.classWords.count };
+    const summary = { ruleCount: tables.ruleCount, classCount: tables.classCount, lpmEntries: tables.lpm.count, classWords: tables.classWords.count, services: 0 };
     const active = this.#readActive();
     const target = active ^ 1;
     const activeMeta = this.#readMeta(active);

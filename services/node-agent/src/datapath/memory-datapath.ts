@@ -1,6 +1,7 @@
 import { connectionMatcher, encodeControlEndpoints, ZERO_CONNTRACK_COUNTERS, type ConnectionEntry, type ConnectionFilter, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import type { ApplyResult, Counter, Datapath, DatapathCounters } from './datapath.js';
 import { ReferenceClassifier } from './reference-classifier.js';
+import type { LbSpec } from './service-compile.js';
 import { DEFAULT_RULE_ID, validateRuleSet, type Classification, type RuleSetSpec } from './rule-set.js';
 
 const ZERO: Counter = { packets: 0, bytes: 0 };
@@ -36,13 +37,13 @@ export class MemoryDatapath implements Datapath {
   }
 
   /** Validates and switches to `ruleSet`. @throws RuleSetError, CapacityError, an injected fault (nothing changed). */
-  async apply(ruleSet: RuleSetSpec): Promise<ApplyResult> {
+  async apply(ruleSet: RuleSetSpec, lb?: LbSpec): Promise<ApplyResult> {
     if (this.#closed) throw new Error('apply: the memory datapath is closed');
     const fault = this.#fault?.(ruleSet);
     if (fault) throw fault;
     const normalized = validateRuleSet(ruleSet);
     const key = JSON.stringify(ruleSet);
-    const result = (mode: ApplyResult['mode']): ApplyResult => ({ generation: this.#generation, mode, ruleCount: normalized.rules.length, classCount: 0, lpmEntries: 0, classWords: 0 });
+    const result = (mode: ApplyResult['mode']): ApplyResult => ({ generation: this.#generation, mode, ruleCount: normalized.rules.length, classCount: 0, lpmEntries: 0, classWords: 0, services: lb?.services.length ?? 0 });
     if (key === this.#live) return result('unchanged');
     if (this.#classifier) this.#classifier.replace(ruleSet);
     else this.#classifier = new ReferenceClassifier(ruleSet);
