@@ -32,6 +32,7 @@ import { CounterTables, type CounterTotals } from './counters.js';
 import { dropPreviousPins, installObject, type InstallReport, type InstallStep } from './datapath-install.js';
 import type { ApplyResult, Counter, DatapathCounters, Datapath } from './datapath.js';
 import type { LbSpec } from './service-compile.js';
+import type { LbCapacity } from './lb-tables.js';
 import { ConntrackInputError, DatapathError } from './errors.js';
 import type { InterfaceRole } from './interface-role.js';
 import { LAYOUT_MARKER, LAYOUT_VERSION, NEXT_SUFFIX, PREVIOUS_SUFFIX, readLayoutVersion, writeLayoutMarker } from './pin-layout.js';
@@ -91,6 +92,12 @@ export interface EbpfDatapathOptions {
    * DEFAULT_CONNTRACK_CONFIG, an adopted datapath keeps what is pinned.
    */
   conntrack?: ConntrackConfig;
+  /**
+   * What each generation of the load-balancing maps holds (`--lb-services`, `--lb-slots`,
+   * `--lb-backends`; bpf/LB.md, "Maps"); only used when loaded. Not read yet: layout 4 brings
+   * the maps.
+   */
+  lbCapacity?: LbCapacity;
 }
 
 /**
