@@ -336,17 +336,28 @@ test('NodeAgent services - a failed health re-apply raises backend-health-apply-
   t.is(h.reports.length, 1, 'never a report');
 });
 
-test('NodeAgent services - a health change told while a revision is refused still reaches the revision in force', async (t) => {
+test('NodeAgent services - a health change told with a revision goes with its apply; told while a revision is refused, it still reaches the revision in force', async (t) => {
   const h = harness();
   t.teardown(() => h.agent.close());
   await h.push({ services: [service('web')] });
+  h.down.add('web 10.0.0.1 443');
+  h.agent.healthChanged();
+  // Coalesced: the revision's compile sees the new health, and nothing is applied twice.
+  await h.push({ services: [service('web'), service('api', { vip: '192.0.2.11' })] });
+  t.false(h.uplink.lb!.services.find((x) => x.name === 'web')!.backends[0]!.healthy);
+  t.is(h.agent.status.healthApplies, 0, 'no health re-apply after the revision that carried it');
+  h.down.clear();
+  await h.healthChanged();
+  t.is(h.agent.status.healthApplies, 1);
+
   h.down.add('web 10.0.0.2 443');
   h.agent.healthChanged();
   // Coalesced with the health change: a revision that NACKs.
   const r = await h.push({ services: [service('bad', { vip: '192.0.2.99', backends: [] })] });
   t.is(r.outcome, RevisionOutcome.REVISION_OUTCOME_NACK);
-  t.is(h.agent.status.applied, 1n);
-  t.false(h.uplink.lb!.services[0]!.backends[1]!.healthy, 'revision 1 runs with the new health');
+  t.is(h.agent.status.applied, 2n);
+  const web = h.uplink.lb!.services.find((x) => x.name === 'web')!;
+  t.false(web.backends[1]!.healthy, 'revision 2 runs with the new health');
   t.deepEqual([...spread(h.uplink, '192.0.2.10', 443).keys()], ['10.0.0.1:443']);
 });
 
