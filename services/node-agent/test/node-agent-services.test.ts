@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { metrics } from '@opentelemetry/api';
 import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
-import { Action, InterfaceRole, LogEntry, Policy, Protocol, RevisionOutcome, Service, keyIdOf, parseAddress, signLogEntry, type ConditionReport, type RevisionReport } from '@edgeplane/proto';
+import { Action, InterfaceRole, LogEntry, Policy, Protocol, RevisionOutcome, keyIdOf, parseAddress, signLogEntry, type ConditionReport, type Service, type RevisionReport } from '@edgeplane/proto';
 import { IntentChain } from '@edgeplane/intent-log';
 import { CONDITION_HEALTH_APPLY_FAILED, NodeAgent } from '../src/agent/node-agent.js';
 import { StateFile, type StateStore } from '../src/agent/state-file.js';
