@@ -101,8 +101,20 @@ export type {
 } from './datapath/rule-set.js';
 
 // The agent's logic, for the process in main.ts and for simulated fleets (many agents, memory datapath).
-export { MemoryDatapath } from './datapath/memory-datapath.js';
-export { CompileError, compileIntent, effectivePolicies, ruleId, type CompiledIntent, type CompiledRole, type RuleOrigin } from './agent/compile.js';
+export { MemoryDatapath, type MemoryDatapathOptions } from './datapath/memory-datapath.js';
+export {
+  CompileError,
+  compileIntent,
+  compileNode,
+  compileNodeServices,
+  effectivePolicies,
+  ruleId,
+  type CompiledIntent,
+  type CompiledRole,
+  type NodeCompileOptions,
+  type NodeIntent,
+  type RuleOrigin,
+} from './agent/compile.js';
 export {
   AgentRuntime,
   type AgentRuntimeHooks,
@@ -116,6 +128,7 @@ export { agentNatsOptions } from './agent/nats-connect-options.js';
 export { VerifiedHead, type Head } from './agent/verified-head.js';
 export {
   CONDITION_APPLY_ROLLBACK_FAILED,
+  CONDITION_HEALTH_APPLY_FAILED,
   CONDITION_INTENT_STALE,
   CONDITION_LOG_MESSAGE_REJECTED,
   CONDITION_ROLLBACK_REFUSED,
@@ -126,6 +139,6 @@ export {
   type NodeAgentOptions,
 } from './agent/node-agent.js';
 export { StateFile, StateFileError, type AppliedState, type StateStore } from './agent/state-file.js';
-export { AGENT_HELP, AgentConfigError, parseAgentConfig, type AgentConfig } from './agent/config.js';
+export { AGENT_HELP, AgentConfigError, LB_CAPACITY_BOUNDS, parseAgentConfig, type AgentConfig } from './agent/config.js';
 export { EnrollmentError, NodeIdentity, enrollNode, fetchPinnedCa, loadNodeCredentials, saveNodeCredentials, checkControllerIdentity, checkNatsServerIdentity } from './agent/node-identity.js';
 export type { EnrollOptions, NodeCredentials, NodeIdentityOptions } from './agent/node-identity.js';

@@ -99,6 +99,8 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
           ctEntries: config.ctEntries,
           ctNewEntries: config.ctNewEntries,
           conntrack: config.conntrack,
+          // Services are DNATed at the uplink's XDP hook: only its maps are sized by --lb-*.
+          ...(role === 'uplink' ? { lbCapacity: config.lbCapacity } : {}),
           onInstallStep: (step) => log('info', `${role} datapath install: ${step}`),
         });
         closers.push(() => dp.close()); // closes fds only: programs stay attached and pinned
@@ -137,7 +139,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       closers.push(() => clearTimeout(controlTimer));
       datapaths = ebpf;
     } else {
-      const memory = new MemoryDatapath();
+      const memory = new MemoryDatapath({ lbCapacity: config.lbCapacity });
       datapaths = { uplink: memory, workload: memory };
     }
 

@@ -187,6 +187,8 @@ export class AgentRuntime {
       applied: (snapshot, labels) => {
         if (health.retarget(snapshot.services, labels, snapshot.revision)) ref.link?.backendHealthState();
       },
+      // The service compile takes unhealthy backends out of new-flow selection.
+      health: health.eligible,
       nodeName: options.nodeName,
       labels: options.labels,
       datapaths: options.datapaths,
@@ -200,6 +202,9 @@ export class AgentRuntime {
       ...(options.retryMinMs !== undefined ? { retryMinMs: options.retryMinMs } : {}),
       ...(options.retryMaxMs !== undefined ? { retryMaxMs: options.retryMaxMs } : {}),
     });
+    // A verdict change re-applies the revision in force with the new health, at once and with no
+    // log entry (bpf/LB.md, "Health": within the check's thresholds plus one apply).
+    health.watch(() => agent.healthChanged());
     let booted: Snapshot | undefined;
     try {
       // Tables first, attach second: a program attached before its tables passes everything.

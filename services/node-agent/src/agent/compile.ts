@@ -10,10 +10,12 @@ import {
   type Policy,
   type Rollout,
   type Rule,
+  type Snapshot,
 } from '@edgeplane/proto';
 import type { RuleKey } from '@edgeplane/proto';
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { EGRESS_RULE_ID, MAX_RULES, type RuleSetSpec, type RuleSpec } from '../datapath/rule-set.js';
+import { compileServices, type BackendHealthView, type LbSpec, type MaglevTableCache } from '../datapath/service-compile.js';
 
 /** Where a compiled rule came from: for counters and describe output. */
 export interface RuleOrigin extends RuleKey {
@@ -23,10 +25,16 @@ export interface RuleOrigin extends RuleKey {
 /** The datapath input for one interface role, and the origin of each of its rule ids. */
 export interface CompiledRole {
   ruleSet: RuleSetSpec;
+  /**
+   * The load-balancing spec applied with the rule set (bpf/LB.md): the uplink's, when the
+   * services were compiled ({@link compileNode}); never the workload's (services are DNATed at
+   * the uplink's XDP hook). Absent: no services.
+   */
+  lb?: LbSpec;
   origins: Map<number, RuleOrigin>;
 }
 
-/** What a node enforces: one rule set per interface role. */
+/** What a node enforces: one rule set per interface role, and the uplink's services. */
 export interface CompiledIntent {
   uplink: CompiledRole;
   workload: CompiledRole;
@@ -177,4 +185,42 @@ export function compileIntent(policies: Iterable<Policy>, labels: Readonly<Recor
   }
   selected.sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));
   return { uplink: compileRole(selected, 'uplink'), workload: compileRole(selected, 'workload'), selected: selected.map((p) => p.metadata!.name) };
+}
+
+/** What a node's whole intent is compiled from: a snapshot's policies, rollouts and services. */
+export type NodeIntent = Pick<Snapshot, 'policies' | 'rollouts' | 'services'>;
+
+/** What {@link compileNode} needs besides the intent and the labels. */
+export interface NodeCompileOptions {
+  /** The node's name: staged rollouts select nodes by it. */
+  readonly nodeName: string;
+  /** Backend health on this node (absent: every backend healthy); an unhealthy backend takes no new flows. */
+  readonly health?: BackendHealthView;
+  /** The agent's table cache, so a recompile builds only the Maglev tables whose inputs changed. */
+  readonly cache?: MaglevTableCache;
+}
+
+/**
+ * The services of `intent` as this node's load-balancing spec (compileServices: every service
+ * validated again, those selecting `labels` kept, health applied, tables from the cache). The
+ * one place the agent turns services into an LbSpec: a revision's apply and a health re-apply
+ * of the revision in force both come here. Pure but for the cache.
+ * @throws ServiceCompileError naming the invalid or conflicting service.
+ */
+export function compileNodeServices(intent: Pick<NodeIntent, 'services'>, labels: Readonly<Record<string, string>>, options: Omit<NodeCompileOptions, 'nodeName'> = {}): LbSpec {
+  return compileServices(intent.services, { labels, ...(options.health ? { health: options.health } : {}), ...(options.cache ? { cache: options.cache } : {}) });
+}
+
+/**
+ * Compiles everything a node enforces from one snapshot: the policies per interface role
+ * ({@link compileIntent}, staged rollouts honoured for `nodeName`) and the services as the
+ * uplink's load-balancing spec ({@link compileNodeServices}); the workload role gets none. An
+ * invalid policy or service refuses the whole snapshot.
+ * @returns a new CompiledIntent the caller owns (its Maglev tables are shared read-only with the cache).
+ * @throws CompileError (a policy, a rule capacity); ServiceCompileError (a service).
+ */
+export function compileNode(intent: NodeIntent, labels: Readonly<Record<string, string>>, options: NodeCompileOptions): CompiledIntent {
+  const compiled = compileIntent(intent.policies, labels, intent.rollouts, options.nodeName);
+  compiled.uplink.lb = compileNodeServices(intent, labels, options);
+  return compiled;
 }

@@ -1,12 +1,30 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { checkDnsLabel, checkLabelKey, checkLabelValue, parseDurationMs, publicKeyFromRaw } from '@edgeplane/proto';
+import { MAGLEV_TABLE_SIZES, MAX_SERVICES, checkDnsLabel, checkLabelKey, checkLabelValue, parseDurationMs, publicKeyFromRaw } from '@edgeplane/proto';
 import type { KeyObject } from 'node:crypto';
 import { createPublicKey } from 'node:crypto';
 import { isInterfaceRole, type InterfaceRole } from '../datapath/interface-role.js';
 import { DEFAULT_CONNTRACK_CONFIG, MAX_CONNTRACK_TIMEOUT_MS, type ConntrackConfig } from '../datapath/conntrack.js';
+import { DEFAULT_LB_CAPACITY, LB_BLOCK_SLOTS, lbBlocks, type LbCapacity } from '../datapath/lb-tables.js';
 import type { NodeCredentials } from './node-identity.js';
+
+/**
+ * Bounds of the load-balancing capacity flags (bpf/LB.md, "Maps"; each map holds two
+ * generations, preallocated when the datapath is first loaded):
+ * - `--lb-services`: 1 .. MAX_SERVICES, the most services the whole intent holds, so a node
+ *   never needs more VIP entries;
+ * - `--lb-slots`: whole blocks of LB_BLOCK_SLOTS, from the blocks of the smallest Maglev table
+ *   (256 slots: one service) to 64 Mi (128 MiB per generation, 256 MiB for both; 6.4 times
+ *   LB.md's target of 10,000 services x 10 backends);
+ * - `--lb-backends`: 1 .. 4 Mi (an array rounds each 20-byte entry to 24: 96 MiB per generation;
+ *   32 times the target's 2^17).
+ */
+export const LB_CAPACITY_BOUNDS = {
+  services: { min: 1, max: MAX_SERVICES },
+  slots: { min: lbBlocks(MAGLEV_TABLE_SIZES[0]!) * LB_BLOCK_SLOTS, max: 64 * 2 ** 20 },
+  backends: { min: 1, max: 4 * 2 ** 20 },
+} as const;
 
 /** Bad flags or environment; the agent does not start. */
 export class AgentConfigError extends Error {
@@ -50,6 +68,8 @@ export interface AgentConfig {
   ctNewEntries: number;
   /** Connection timeouts, written at every start. */
   conntrack: ConntrackConfig;
+  /** What each generation of the uplink's load-balancing maps holds (--lb-services, --lb-slots, --lb-backends), set at first load. */
+  lbCapacity: LbCapacity;
   /** Where the uplink policy runs: XDP (native, generic, auto) or 'tc' (clsact ingress, no XDP). */
   xdpMode: 'native' | 'generic' | 'auto' | 'tc';
   heartbeatIntervalMs: number;
@@ -114,6 +134,13 @@ Usage: edgeplane-agent [flags]
   --ct-timeout-tcp-syn D, --ct-timeout-tcp-established D, --ct-timeout-tcp-closing D,
   --ct-timeout-udp D, --ct-timeout-icmp D
                             idle timeouts (defaults 60s, 6h, 10s, 60s, 60s; D like 90s, 10m, 1h30m, 7d, at least 1s, at most 30d)
+  Load balancing (bpf/LB.md; services the node fronts on its uplinks): per generation, two preallocated,
+  set when the datapath is first loaded (a change needs --reset-datapath); services that do not fit are
+  refused (a NACK naming the limit), the previous revision stays:
+  --lb-services N           VIP entries (EDGEPLANE_LB_SERVICES, default ${DEFAULT_LB_CAPACITY.services}, at most ${LB_CAPACITY_BOUNDS.services.max})
+  --lb-slots N              Maglev table slots over all services, a multiple of ${LB_BLOCK_SLOTS} (EDGEPLANE_LB_SLOTS,
+                            default ${DEFAULT_LB_CAPACITY.slots}, 2 bytes each; ${LB_CAPACITY_BOUNDS.slots.min} .. ${LB_CAPACITY_BOUNDS.slots.max})
+  --lb-backends N           backends over all services (EDGEPLANE_LB_BACKENDS, default ${DEFAULT_LB_CAPACITY.backends}, at most ${LB_CAPACITY_BOUNDS.backends.max})
   --heartbeat-interval SEC  until the controller sends its settings (default 5)
   --counter-interval SEC    until the controller sends its settings (default 5)
   --interface-check SEC     how often attachments are checked and restored (default 2)
@@ -156,6 +183,15 @@ function tableSize(name: string, text: string | undefined, fallback: number): nu
   return n;
 }
 
+/** One --lb-* capacity: a whole number within its bounds (and whole blocks, for slots). @throws AgentConfigError naming the flag. */
+function lbCapacity(name: 'services' | 'slots' | 'backends', text: string | undefined): number {
+  const n = num(`lb-${name}`, text, DEFAULT_LB_CAPACITY[name]);
+  const { min, max } = LB_CAPACITY_BOUNDS[name];
+  if (n < min || n > max) throw new AgentConfigError(`--lb-${name}: ${n} is outside ${min} .. ${max}`);
+  if (name === 'slots' && n % LB_BLOCK_SLOTS !== 0) throw new AgentConfigError(`--lb-slots: ${n} is not a multiple of ${LB_BLOCK_SLOTS} (tables are laid out in blocks of ${LB_BLOCK_SLOTS} slots)`);
+  return n;
+}
+
 /** Parses flags over environment over defaults. @throws AgentConfigError naming the flag. */
 export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): AgentConfig | 'help' {
   let values;
@@ -181,6 +217,9 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         'ct-timeout-tcp-closing': { type: 'string' },
         'ct-timeout-udp': { type: 'string' },
         'ct-timeout-icmp': { type: 'string' },
+        'lb-services': { type: 'string' },
+        'lb-slots': { type: 'string' },
+        'lb-backends': { type: 'string' },
         'reset-datapath': { type: 'boolean' },
         'state-dir': { type: 'string' },
         'trusted-key': { type: 'string', multiple: true },
@@ -282,6 +321,11 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
       tcpClosingMs: parseTimeout('ct-timeout-tcp-closing', values['ct-timeout-tcp-closing'], DEFAULT_CONNTRACK_CONFIG.tcpClosingMs),
       udpMs: parseTimeout('ct-timeout-udp', values['ct-timeout-udp'], DEFAULT_CONNTRACK_CONFIG.udpMs),
       icmpMs: parseTimeout('ct-timeout-icmp', values['ct-timeout-icmp'], DEFAULT_CONNTRACK_CONFIG.icmpMs),
+    },
+    lbCapacity: {
+      services: lbCapacity('services', values['lb-services'] ?? env.EDGEPLANE_LB_SERVICES),
+      slots: lbCapacity('slots', values['lb-slots'] ?? env.EDGEPLANE_LB_SLOTS),
+      backends: lbCapacity('backends', values['lb-backends'] ?? env.EDGEPLANE_LB_BACKENDS),
     },
     xdpMode: xdpMode as AgentConfig['xdpMode'],
     heartbeatIntervalMs: num('heartbeat-interval', values['heartbeat-interval'], 5) * 1000,

@@ -20,7 +20,8 @@ import type { Counter, Datapath, DatapathCounters } from '../datapath/datapath.j
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { RollbackError } from '../datapath/errors.js';
 import type { RuleSetSpec } from '../datapath/rule-set.js';
-import { compileIntent, type CompiledIntent, type RuleOrigin } from './compile.js';
+import { MaglevTableCache, type BackendHealthView, type LbSpec } from '../datapath/service-compile.js';
+import { compileNode, compileNodeServices, type CompiledIntent, type RuleOrigin } from './compile.js';
 import { conntrackStatus } from './connection-query.js';
 import type { AppliedState, StateStore } from './state-file.js';
 
@@ -33,8 +34,13 @@ const ROLES: InterfaceRole[] = ['uplink', 'workload'];
  */
 const OCCUPANCY_MIN_MS = 30_000;
 const OCCUPANCY_COST_FACTOR = 200;
-/** What a datapath enforces before its first apply: every packet passes. */
-const UNCONFIGURED: RuleSetSpec = { rules: [], defaultAction: 'allow' };
+/** What one role's datapath is given: the rule set and, on the uplink, the load-balancing spec (absent: no services). */
+interface Enforced {
+  readonly ruleSet: RuleSetSpec;
+  readonly lb?: LbSpec;
+}
+/** What a datapath enforces before its first apply: every packet passes, no services. */
+const UNCONFIGURED: Enforced = { ruleSet: { rules: [], defaultAction: 'allow' } };
 /** Condition: a partial apply could not be undone, the datapath state is unknown (retried until known). */
 export const CONDITION_APPLY_ROLLBACK_FAILED = 'apply-rollback-failed';
 /** Condition: the datapath enforces a revision the state file could not record (the write is retried). */
@@ -45,6 +51,11 @@ export const CONDITION_ROLLBACK_REFUSED = 'rollback-refused';
 export const CONDITION_INTENT_STALE = 'intent-stale';
 /** Condition: messages on the log failed verification and were skipped. */
 export const CONDITION_LOG_MESSAGE_REJECTED = 'log-message-rejected';
+/**
+ * Condition: a backend's health changed and the services of the revision in force could not be
+ * applied with it (the datapath keeps the previous tables; retried with backoff until it takes them).
+ */
+export const CONDITION_HEALTH_APPLY_FAILED = 'backend-health-apply-failed';
 
 /** A structured log line sink. */
 export type AgentLogger = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
@@ -67,6 +78,12 @@ export interface NodeAgentOptions {
    * backend health checks follow. Its errors are logged, never fatal.
    */
   applied?: (snapshot: Snapshot, labels: Readonly<Record<string, string>>) => void;
+  /**
+   * Backend health on this node (ServiceHealth.eligible): a backend it calls unhealthy takes no
+   * new flows. Asked at every compile; tell the agent of a change with
+   * {@link NodeAgent.healthChanged}. Absent: every backend is healthy.
+   */
+  health?: BackendHealthView;
   /**
    * Backoff of the retries (restoring a known revision after a failed rollback; rewriting the
    * state file): doubling from min to max, ms. Default 1000 .. 60000.
@@ -91,6 +108,8 @@ export interface AgentStatus {
   lastError: string;
   /** True when some role enforces a rule set of no known revision (`applied` is the last known one). */
   appliedUnknown: boolean;
+  /** Successful re-applies of the revision in force for a backend health change (no report each). */
+  healthApplies: number;
 }
 
 /** A retry with doubling backoff; one timer at a time. */
@@ -123,6 +142,11 @@ class Retry {
   }
 }
 
+/** What a compiled role gives its datapath. */
+function pairOf(role: { ruleSet: RuleSetSpec; lb?: LbSpec }): Enforced {
+  return role.lb ? { ruleSet: role.ruleSet, lb: role.lb } : { ruleSet: role.ruleSet };
+}
+
 function sub(a: Counter, b: Counter | undefined): Counter {
   return { packets: a.packets - (b?.packets ?? 0), bytes: a.bytes - (b?.bytes ?? 0) };
 }
@@ -140,6 +164,13 @@ function sub(a: Counter, b: Counter | undefined): Counter {
  * to the last known revision with backoff until they are. A state file that cannot be written
  * after the datapath enforces R does not undo R: R is ACKed, condition `state-file-failed` and
  * `edgeplane.agent.state_file_failures` are raised and the write is retried on its own.
+ *
+ * Services go with the uplink's rule set as its load-balancing spec (bpf/LB.md), compiled with
+ * the node's backend health and one Maglev table cache the agent keeps. A health change
+ * ({@link NodeAgent.healthChanged}) re-applies the revision in force with the new health:
+ * no log entry and no report, serialized and coalesced with the applies of the log; a failure
+ * raises condition `backend-health-apply-failed` and `edgeplane.agent.health_apply_failures`
+ * and is retried with backoff until the datapath takes it (or a later apply does).
  * Owns its retry timers: close() stops them (the datapath is the caller's).
  */
 export class NodeAgent {
@@ -152,8 +183,8 @@ export class NodeAgent {
   #applied = 0n;
   #applies = 0;
   #lastError = '';
-  /** The rule sets of revision #applied, enforced on every role not in #unknownRoles. */
-  #live: Record<InterfaceRole, RuleSetSpec> | undefined;
+  /** What each role enforces of revision #applied (on every role not in #unknownRoles). */
+  #live: Record<InterfaceRole, Enforced> | undefined;
   /** Roles whose enforced rule set is of no known revision, with the reason. */
   #unknownRoles = new Map<InterfaceRole, string>();
   #repairDue = false;
@@ -178,22 +209,36 @@ export class NodeAgent {
   #labels: Record<string, string>;
   /** The snapshot of revision #applied (from the state file or the last ACKed apply), recompiled when the labels change. */
   #current: Snapshot | undefined;
+  /** The labels #live was compiled for (#labels may be newer while a relabel is pending or after it was refused). */
+  #currentLabels: Readonly<Record<string, string>> = {};
   #relabelDue = false;
+  /** Built Maglev tables by their inputs: a recompile (a revision, a relabel, a health change) builds only what changed. */
+  readonly #tables = new MaglevTableCache();
+  /** Counts health changes; #healthApplied is the count #live's services were compiled at. Different: a re-apply is due. */
+  #healthSeq = 0;
+  #healthApplied = 0;
+  /** A failed health re-apply waits for its retry (or the next change) instead of looping. */
+  #healthBackoff = false;
+  #healthRetry: Retry;
+  #healthApplies = 0;
+  #healthApplyFailures: MetricCounter;
 
   constructor(options: NodeAgentOptions) {
     this.#o = options;
     this.#labels = { ...options.labels };
     this.#repair = new Retry(options.retryMinMs ?? 1000, options.retryMaxMs ?? 60_000);
     this.#stateRetry = new Retry(options.retryMinMs ?? 1000, options.retryMaxMs ?? 60_000);
+    this.#healthRetry = new Retry(options.retryMinMs ?? 1000, options.retryMaxMs ?? 60_000);
     // The meter is taken here, not at module load: the metrics API has no proxy provider, so a
     // meter taken before the SDK starts would stay a no-op.
     const meter = metrics.getMeter('@edgeplane/node-agent');
     this.#rollbackFailures = meter.createCounter('edgeplane.agent.apply_rollback_failures', { description: 'Partial applies whose rollback failed, leaving the datapath at no known revision (alarm)' });
     this.#stateFileFailures = meter.createCounter('edgeplane.agent.state_file_failures', { description: 'Failed writes of the state file after the datapath enforced a revision' });
+    this.#healthApplyFailures = meter.createCounter('edgeplane.agent.health_apply_failures', { description: 'Failed re-applies of the revision in force after a backend health change (retried)' });
   }
 
   get status(): AgentStatus {
-    return { received: this.#received, applied: this.#applied, applies: this.#applies, lastError: this.#lastError, appliedUnknown: this.#unknownRoles.size > 0 };
+    return { received: this.#received, applied: this.#applied, applies: this.#applies, lastError: this.#lastError, appliedUnknown: this.#unknownRoles.size > 0, healthApplies: this.#healthApplies };
   }
 
   /** The newest ACK or NACK this agent sent (for the hello), or undefined before the first. */
@@ -246,14 +291,62 @@ export class NodeAgent {
   async boot(): Promise<Snapshot | undefined> {
     const state = this.#o.stateFile.read();
     if (!state) return undefined;
-    const compiled = compileIntent(state.snapshot.policies, this.#labels, state.snapshot.rollouts, this.#o.nodeName);
+    const labels = this.#labels;
+    const healthSeq = this.#healthSeq;
+    const compiled = this.#compile(state.snapshot, labels);
     await this.#applyCompiled(compiled);
     this.#current = state.snapshot;
+    this.#currentLabels = labels;
+    this.#healthApplied = healthSeq;
     this.#applied = state.snapshot.revision;
     this.#received = state.snapshot.revision;
-    this.#o.log('info', 'enforcing the state file', { revision: String(state.snapshot.revision), policies: compiled.selected });
-    this.#tellApplied(state.snapshot, this.#labels);
+    this.#o.log('info', 'enforcing the state file', { revision: String(state.snapshot.revision), policies: compiled.selected, services: compiled.uplink.lb?.services.map((x) => x.name) ?? [] });
+    this.#tellApplied(state.snapshot, labels);
+    this.#checkHealthView();
     return state.snapshot;
+  }
+
+  /** The whole snapshot compiled for this node with the health of now (the one compile of an apply). */
+  #compile(snapshot: Snapshot, labels: Readonly<Record<string, string>>): CompiledIntent {
+    return compileNode(snapshot, labels, { nodeName: this.#o.nodeName, cache: this.#tables, ...(this.#o.health ? { health: this.#o.health } : {}) });
+  }
+
+  /**
+   * Tells the agent that a backend's health verdict changed (ServiceHealth.watch): the services
+   * of the revision in force are compiled again with the new health and applied to the uplink
+   * at once (after the coalescing wait, serialized with the log's applies), with no log entry
+   * and no ACK/NACK: the revision does not change.
+   */
+  healthChanged(): void {
+    this.#healthSeq++;
+    // A new verdict is worth a try at once, even while a failed one waits for its retry.
+    this.#healthBackoff = false;
+    this.#kick();
+  }
+
+  /** Whether the live services were compiled with an older health than now, and not waiting for a retry. */
+  #healthDue(): boolean {
+    return this.#healthSeq !== this.#healthApplied && !this.#healthBackoff;
+  }
+
+  /**
+   * After an apply: the health view may have moved under it without a change being told (the
+   * health checks retarget after the apply, and a backend already probed for another service
+   * takes that probe's verdict at once): compare the live services with the view, and schedule a
+   * health re-apply when they differ.
+   */
+  #checkHealthView(): void {
+    const health = this.#o.health;
+    const lb = this.#live?.uplink.lb;
+    if (!health || !lb) return;
+    for (const s of lb.services) {
+      for (const b of s.backends) {
+        if (health(s.name, b.address, b.port) !== b.healthy) {
+          this.healthChanged();
+          return;
+        }
+      }
+    }
   }
 
   #tellApplied(snapshot: Snapshot, labels: Readonly<Record<string, string>>): void {
@@ -328,6 +421,9 @@ export class NodeAgent {
         } else if (this.#relabelDue) {
           this.#relabelDue = false;
           if (this.#current) await this.#reconcile(this.#current, undefined, process.hrtime.bigint(), []);
+        } else if (this.#healthDue()) {
+          // Before a repair: a health re-apply that takes also sets the uplink to a known state.
+          await this.#reapplyHealth();
         } else if (this.#repairDue) {
           this.#repairDue = false;
           await this.#restoreKnown();
@@ -336,7 +432,51 @@ export class NodeAgent {
     })().finally(() => {
       this.#running = undefined;
       if (this.#closed) return;
-      if ((this.#wanted && (this.#wanted.force || this.#wanted.chain.revision > this.#applied)) || this.#relabelDue || this.#repairDue) this.#kick();
+      if ((this.#wanted && (this.#wanted.force || this.#wanted.chain.revision > this.#applied)) || this.#relabelDue || this.#repairDue || this.#healthDue()) this.#kick();
+    });
+  }
+
+  /**
+   * Compiles the services of the revision in force again, for the labels it was compiled with and
+   * the health of now, and applies them with the uplink's live rule set (serialized with applies;
+   * the revision, its report and the state file do not change). On failure the datapath keeps
+   * the previous pair: the condition and the counter are raised and a retry is scheduled.
+   */
+  async #reapplyHealth(): Promise<void> {
+    const seq = this.#healthSeq;
+    const snapshot = this.#current;
+    const live = this.#live;
+    // Nothing enforced yet: the next apply compiles with the health of then.
+    if (!snapshot || !live) return void (this.#healthApplied = seq);
+    const revision = snapshot.revision;
+    await tracer.startActiveSpan('edgeplane.agent.health_apply', { attributes: { 'edgeplane.revision': Number(revision), 'edgeplane.node': this.#o.nodeName } }, async (span) => {
+      try {
+        const lb = compileNodeServices(snapshot, this.#currentLabels, { cache: this.#tables, ...(this.#o.health ? { health: this.#o.health } : {}) });
+        const result = await this.#o.datapaths.uplink.apply(live.uplink.ruleSet, lb);
+        this.#live = { ...live, uplink: { ruleSet: live.uplink.ruleSet, lb } };
+        this.#healthApplied = seq;
+        this.#healthApplies++;
+        this.#healthRetry.reset();
+        this.#clear(CONDITION_HEALTH_APPLY_FAILED);
+        const unhealthy = lb.services.flatMap((x) => x.backends.filter((b) => !b.healthy).map((b) => `${x.name} ${b.key}`));
+        this.#o.log('info', 'applied backend health', { revision: String(revision), mode: result.mode, services: lb.services.length, unhealthy });
+        // The uplink now enforces a known pair again, whatever a failed rollback had left there.
+        if (this.#unknownRoles.delete('uplink')) this.#unknownChanged(this.#applied);
+      } catch (err) {
+        const message = (err as Error).message;
+        span.setStatus({ code: SpanStatusCode.ERROR, message });
+        this.#healthApplyFailures.add(1, { 'edgeplane.node': this.#o.nodeName });
+        this.#o.log('error', 'applying backend health failed; the datapath keeps the previous tables, retrying', { revision: String(revision), error: message });
+        this.#raise(CONDITION_HEALTH_APPLY_FAILED, `backend health of revision ${revision} not applied: ${message}`, revision);
+        this.#healthBackoff = true;
+        if (!this.#closed)
+          this.#healthRetry.schedule(() => {
+            this.#healthBackoff = false;
+            this.#kick();
+          });
+      } finally {
+        span.end();
+      }
     });
   }
 
@@ -346,7 +486,7 @@ export class NodeAgent {
     const known = this.#live ?? { uplink: UNCONFIGURED, workload: UNCONFIGURED };
     for (const role of [...this.#unknownRoles.keys()]) {
       try {
-        await this.#o.datapaths[role].apply(known[role]);
+        await this.#o.datapaths[role].apply(known[role].ruleSet, known[role].lb);
         this.#unknownRoles.delete(role);
       } catch (err) {
         this.#unknownRoles.set(role, (err as Error).message);
@@ -399,6 +539,7 @@ export class NodeAgent {
     this.#closed = true;
     this.#repair.reset();
     this.#stateRetry.reset();
+    this.#healthRetry.reset();
   }
 
   /** Resolves when no apply is running or waiting. */
@@ -424,16 +565,25 @@ export class NodeAgent {
     let report: RevisionReport;
     try {
       const labels = this.#labels;
-      const compiled = await run('edgeplane.agent.compile', () => compileIntent(snapshot.policies, labels, snapshot.rollouts, this.#o.nodeName));
+      // The health this compile sees: a change told after it is re-applied afterwards.
+      const healthSeq = this.#healthSeq;
+      const compiled = await run('edgeplane.agent.compile', () => this.#compile(snapshot, labels));
       await run('edgeplane.agent.apply', () => this.#applyCompiled(compiled));
       enforcedAt = process.hrtime.bigint();
       this.#applied = revision;
       this.#current = snapshot;
+      this.#currentLabels = labels;
+      this.#healthApplied = healthSeq;
+      if (healthSeq === this.#healthSeq) {
+        this.#healthRetry.reset();
+        this.#clear(CONDITION_HEALTH_APPLY_FAILED);
+      }
       this.#applies++;
       this.#lastError = '';
-      this.#o.log('info', 'applied', { revision: String(revision), policies: compiled.selected, uplinkRules: compiled.uplink.ruleSet.rules.length, workloadRules: compiled.workload.ruleSet.rules.length });
+      this.#o.log('info', 'applied', { revision: String(revision), policies: compiled.selected, services: compiled.uplink.lb?.services.map((x) => x.name) ?? [], uplinkRules: compiled.uplink.ruleSet.rules.length, workloadRules: compiled.workload.ruleSet.rules.length });
       this.#unknownChanged(revision);
       this.#tellApplied(snapshot, labels);
+      this.#checkHealthView();
       // The datapath enforces R whatever happens to the file: R is ACKed either way.
       this.#save({ snapshot, labels });
       report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, reason: '', appliedRevision: revision, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false };
@@ -468,8 +618,9 @@ export class NodeAgent {
   }
 
   /**
-   * Applies both roles, or neither: a role switched before a later one failed is switched back
-   * to the last known revision's rule set (or to passing everything, before the first apply).
+   * Applies both roles, or neither (the uplink's rule set with its services): a role switched
+   * before a later one failed is switched back to the last known revision's pair (or to passing
+   * everything with no services, before the first apply).
    * @throws the apply's error when every switched role is back; RollbackError (cause: the
    * apply's error) when some role could not be switched back: it is then in #unknownRoles.
    */
@@ -478,14 +629,14 @@ export class NodeAgent {
     const switched: InterfaceRole[] = [];
     try {
       for (const role of this.#roles()) {
-        await this.#o.datapaths[role].apply(compiled[role].ruleSet);
+        await this.#o.datapaths[role].apply(compiled[role].ruleSet, compiled[role].lb);
         switched.push(role);
       }
     } catch (err) {
       const failed = new Map<InterfaceRole, string>();
       for (const role of switched) {
         try {
-          await this.#o.datapaths[role].apply(known[role]);
+          await this.#o.datapaths[role].apply(known[role].ruleSet, known[role].lb);
           this.#unknownRoles.delete(role);
         } catch (rollbackErr) {
           failed.set(role, (rollbackErr as Error).message);
@@ -496,7 +647,7 @@ export class NodeAgent {
       throw err;
     }
     this.#unknownRoles.clear();
-    this.#live = { uplink: compiled.uplink.ruleSet, workload: compiled.workload.ruleSet };
+    this.#live = { uplink: pairOf(compiled.uplink), workload: pairOf(compiled.workload) };
     this.#origins = { uplink: compiled.uplink.origins, workload: compiled.workload.origins };
   }
 
@@ -555,7 +706,7 @@ export class NodeAgent {
       const capacity = 'conntrackCapacity' in dp ? (dp.conntrackCapacity as ConntrackOccupancy) : undefined;
       const occupancy = capacity ? this.#occupancy(role, dp, now.getTime()) : undefined;
       if (occupancy) conntrack.push(conntrackStatus(role, current.conntrack, occupancy, capacity));
-      const live = this.#live?.[role];
+      const live = this.#live?.[role].ruleSet;
       const actions = new Map(live?.rules.map((r) => [r.id, r.action]) ?? []);
       const iface: InterfaceCounters = { interface: role, passedPackets: 0n, droppedPackets: 0n, passedBytes: 0n, droppedBytes: 0n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n };
       for (const [id, c] of current.rules) {

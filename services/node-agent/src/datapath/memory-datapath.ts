@@ -1,33 +1,59 @@
 import { connectionMatcher, encodeControlEndpoints, ZERO_CONNTRACK_COUNTERS, type ConnectionEntry, type ConnectionFilter, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import type { ApplyResult, Counter, Datapath, DatapathCounters } from './datapath.js';
+import type { FlowTuple } from './flow-hash.js';
+import { LbReference, type LbSelection } from './lb-reference.js';
+import { DEFAULT_LB_CAPACITY, layoutLbTables, type LbCapacity } from './lb-tables.js';
 import { ReferenceClassifier } from './reference-classifier.js';
 import type { LbSpec } from './service-compile.js';
 import { DEFAULT_RULE_ID, validateRuleSet, type Classification, type RuleSetSpec } from './rule-set.js';
 
 const ZERO: Counter = { packets: 0, bytes: 0 };
+const NO_SERVICES: LbSpec = { services: [] };
+
+/** Options of {@link MemoryDatapath}. */
+export interface MemoryDatapathOptions {
+  /**
+   * What one generation of its load-balancing tables holds, as EbpfDatapathOptions.lbCapacity
+   * (the agent's `--lb-*` flags): a spec that does not fit is refused with the same
+   * CapacityError. Default DEFAULT_LB_CAPACITY.
+   */
+  lbCapacity?: LbCapacity;
+}
 
 /**
  * A datapath in memory, with the eBPF datapath's semantics (the reference classifier), for
  * simulated fleets: many agents in one process, no kernel. Frames reach it only through
  * {@link MemoryDatapath.classify}. It has no connection table: classify() is stateless, the
  * conntrack counters stay zero and listConnections() returns nothing (the control endpoints are
- * validated and kept, for inspection). Holds no resources; close() only marks it closed.
+ * validated and kept, for inspection). Services (the LbSpec beside the rule set) are laid out
+ * as one generation of bpf/LB.md's maps with layoutLbTables, as the eBPF datapath writes them,
+ * and {@link MemoryDatapath.selectBackend} answers from those bytes with LbReference, the
+ * datapath's own selection. Holds no resources; close() only marks it closed.
  */
 export class MemoryDatapath implements Datapath {
   #classifier: ReferenceClassifier | undefined;
+  /** The live rule set (JSON) and the live LB tables' fingerprint (hex): what 'unchanged' compares. */
   #live: string | undefined;
+  #liveLb = '';
+  #lb: LbSpec | undefined;
+  #lbReference: LbReference | undefined;
+  readonly #lbCapacity: LbCapacity;
   #ruleIds: number[] = [];
   #generation = 0;
   #closed = false;
-  #fault: ((ruleSet: RuleSetSpec) => Error | undefined) | undefined;
+  #fault: ((ruleSet: RuleSetSpec, lb: LbSpec | undefined) => Error | undefined) | undefined;
   #controlEndpoints: readonly ControlEndpoint[] = [];
 
+  constructor(options: MemoryDatapathOptions = {}) {
+    this.#lbCapacity = options.lbCapacity ?? DEFAULT_LB_CAPACITY;
+  }
+
   /**
-   * Fault injection for tests: before every apply `fault` is asked, and an error it returns is
-   * thrown with nothing changed (as the eBPF datapath fails: the previous rule set stays).
-   * undefined removes it.
+   * Fault injection for tests: before every apply `fault` is asked (with the rule set and the
+   * load-balancing spec of the apply), and an error it returns is thrown with nothing changed
+   * (as the eBPF datapath fails: the previous pair stays). undefined removes it.
    */
-  injectApplyFault(fault: ((ruleSet: RuleSetSpec) => Error | undefined) | undefined): void {
+  injectApplyFault(fault: ((ruleSet: RuleSetSpec, lb: LbSpec | undefined) => Error | undefined) | undefined): void {
     this.#fault = fault;
   }
 
@@ -36,21 +62,55 @@ export class MemoryDatapath implements Datapath {
     return this.#live === undefined ? undefined : (JSON.parse(this.#live) as RuleSetSpec);
   }
 
-  /** Validates and switches to `ruleSet`. @throws RuleSetError, CapacityError, an injected fault (nothing changed). */
+  /**
+   * The load-balancing spec in force: the one the last successful apply was given (undefined
+   * before the first apply, or when it was given none: no services). Not copied: read only.
+   */
+  get lb(): LbSpec | undefined {
+    return this.#lb;
+  }
+
+  /**
+   * Validates `ruleSet`, lays `lb` out (layoutLbTables, within the capacity) and switches to the
+   * pair; 'unchanged' when both equal the live ones (the rule set as given, the services by the
+   * fingerprint of their bytes).
+   * @throws RuleSetError, CapacityError, an injected fault (nothing changed).
+   */
   async apply(ruleSet: RuleSetSpec, lb?: LbSpec): Promise<ApplyResult> {
     if (this.#closed) throw new Error('apply: the memory datapath is closed');
-    const fault = this.#fault?.(ruleSet);
+    const fault = this.#fault?.(ruleSet, lb);
     if (fault) throw fault;
     const normalized = validateRuleSet(ruleSet);
+    const next = (this.#generation ^ 1) as 0 | 1;
+    const tables = layoutLbTables(lb ?? NO_SERVICES, this.#lbCapacity, next);
     const key = JSON.stringify(ruleSet);
-    const result = (mode: ApplyResult['mode']): ApplyResult => ({ generation: this.#generation, mode, ruleCount: normalized.rules.length, classCount: 0, lpmEntries: 0, classWords: 0, services: lb?.services.length ?? 0 });
-    if (key === this.#live) return result('unchanged');
-    if (this.#classifier) this.#classifier.replace(ruleSet);
-    else this.#classifier = new ReferenceClassifier(ruleSet);
+    const lbKey = Buffer.from(tables.fingerprint).toString('hex');
+    const result = (mode: ApplyResult['mode']): ApplyResult => ({ generation: this.#generation, mode, ruleCount: normalized.rules.length, classCount: 0, lpmEntries: 0, classWords: 0, services: tables.vip.count });
+    if (key === this.#live && lbKey === this.#liveLb) {
+      this.#lb = lb;
+      return result('unchanged');
+    }
+    if (key !== this.#live) {
+      if (this.#classifier) this.#classifier.replace(ruleSet);
+      else this.#classifier = new ReferenceClassifier(ruleSet);
+    }
     this.#live = key;
     this.#ruleIds = normalized.rules.map((r) => r.id);
-    this.#generation ^= 1;
+    this.#liveLb = lbKey;
+    this.#lb = lb;
+    this.#lbReference = new LbReference(tables);
+    this.#generation = next;
     return result('installed');
+  }
+
+  /**
+   * What a new flow (no connection entry: the memory datapath has none) with this tuple, as the
+   * client sent it, gets from the live services: LbReference over the live generation's bytes,
+   * the datapath's own selection ('pass' before the first apply and for a tuple that is not a VIP).
+   * @returns a new LbSelection; never throws on a well-formed tuple.
+   */
+  selectBackend(tuple: FlowTuple): LbSelection {
+    return this.#lbReference?.select(tuple) ?? { kind: 'pass' };
   }
 
   /** Classifies a frame as the live rule set says (passes everything before the first apply). */

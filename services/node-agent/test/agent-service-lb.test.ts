@@ -1,0 +1,178 @@
+// The node agent fronting a service end to end (issue 14), with everything real but the
+// datapath: nats-server and the controller process (mutual TLS), a service applied through the
+// API, the agent's own runtime with in-memory datapaths (LbReference over the laid-out tables
+// answers which backend a new flow gets), and backends that are real TCP listeners on loopback
+// probed by the agent's health checks. A backend that stops accepting leaves new-flow selection
+// on this node with no log entry and no new report, and comes back when it recovers; a restarted
+// agent enforces the services of its state file before it reaches anything.
+// Waits are bounded polls; nothing asserts a duration.
+import test from 'ava';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ApplyServiceRequest, HealthCheck_Type, Protocol, RevisionOutcome, Service, keyIdOf, parseAddress, publicKeyFromRaw, type RevisionReport } from '@edgeplane/proto';
+import { AgentRuntime } from '../src/agent/agent-runtime.js';
+import { agentNatsOptions } from '../src/agent/nats-connect-options.js';
+import { enrollNode, NodeIdentity } from '../src/agent/node-identity.js';
+import { StateFile } from '../src/agent/state-file.js';
+import type { FlowTuple } from '../src/datapath/flow-hash.js';
+import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
+import { TestControlPlane, until } from '../../../test/support/control-plane.js';
+import { call } from '../../../test/support/grpc.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'agent-service-lb-test-'));
+const logs: string[] = [];
+const identities: NodeIdentity[] = [];
+let cp: TestControlPlane | undefined;
+
+test.after.always(async () => {
+  for (const id of identities) id.close();
+  await cp?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** A TCP listener on loopback that accepts and closes; stop() makes connects fail (ECONNREFUSED). */
+class Backend {
+  port = 0;
+  #server: Server | undefined;
+  #sockets = new Set<Socket>();
+
+  async start(port = 0): Promise<void> {
+    const server = createServer((socket) => {
+      this.#sockets.add(socket);
+      socket.on('close', () => this.#sockets.delete(socket));
+      socket.end();
+    });
+    await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, '127.0.0.1', resolve));
+    this.#server = server;
+    this.port = (server.address() as AddressInfo).port;
+  }
+
+  async stop(): Promise<void> {
+    const s = this.#server;
+    this.#server = undefined;
+    if (!s) return;
+    for (const socket of this.#sockets) socket.destroy();
+    await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+}
+
+const VIP = '192.0.2.30';
+
+/** Which backend port each of 300 new TCP flows from distinct clients to VIP:80 gets on `dp` ("drop"/"pass" as such). */
+function selection(dp: MemoryDatapath): Map<string, number> {
+  const dst = parseAddress(VIP)!;
+  const out = new Map<string, number>();
+  for (let i = 0; i < 300; i++) {
+    const tuple: FlowTuple = { family: 4, proto: 6, src: new Uint8Array([198, 18, i >> 8, i & 255]), dst, sport: 30_000 + i, dport: 80 };
+    const s = dp.selectBackend(tuple);
+    const k = s.kind === 'backend' ? `${s.address}:${s.port}` : s.kind;
+    out.set(k, (out.get(k) ?? 0) + 1);
+  }
+  return out;
+}
+
+test.serial('agent services - the uplink fronts the service that selects the node; a backend that stops accepting leaves selection without a log entry or a report, comes back when it recovers; a restart enforces the state file', async (t) => {
+  cp = await TestControlPlane.start();
+  const ctl = cp;
+  const a = new Backend();
+  const b = new Backend();
+  await a.start();
+  await b.start();
+  t.teardown(async () => {
+    await a.stop();
+    await b.stop();
+  });
+
+  const name = 'lb-agent-1';
+  const args = await ctl.agentTrustArgs(name, { role: 'lb' });
+  const creds = await enrollNode({ address: ctl.address, token: args[1]!, caFingerprint: args[3]!, nodeName: name, stateDir: join(dir, name) });
+  const identity = new NodeIdentity(creds, { address: ctl.address, stateDir: join(dir, name), onRenewed: () => undefined, onError: (m) => void logs.push(`identity ${m}`) });
+  identity.start();
+  identities.push(identity);
+  const raw = Buffer.from(ctl.publicKeyB64, 'base64');
+  const reports: RevisionReport[] = [];
+  const start = (uplink: MemoryDatapath, workload: MemoryDatapath): Promise<AgentRuntime> =>
+    AgentRuntime.start({
+      nodeName: name,
+      labels: identity.credentials.labels,
+      datapaths: { uplink, workload },
+      stateFile: new StateFile(join(dir, name, 'applied.json')),
+      natsServers: [`nats://127.0.0.1:${ctl.nats.port}`],
+      natsOptions: agentNatsOptions({ nodeName: name, natsServers: [`nats://127.0.0.1:${ctl.nats.port}`] }, () => identity.credentials).options,
+      trustedKeys: new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]),
+      controller: { address: ctl.address, credentials: identity.channelCredentials() },
+      info: { agentVersion: 'test', kernelRelease: 'test', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
+      sessionId: `${name}-session`,
+      heartbeatIntervalMs: 1000,
+      counterIntervalMs: 1000,
+      hooks: { report: (r) => void reports.push(r) },
+      log: (level, msg, fields) => void logs.push(`${level} ${msg} ${JSON.stringify(fields ?? {})}`),
+    });
+  const uplink = new MemoryDatapath();
+  const workload = new MemoryDatapath();
+  const runtime = await start(uplink, workload);
+  let closed = false;
+  t.teardown(async () => {
+    if (!closed) await runtime.close();
+  });
+  const context = (): string => `${logs.slice(-30).join('\n')}\n${ctl.controller.output}`;
+  await runtime.synced();
+  await until('connected', () => runtime.connected, 15_000, context);
+
+  const service = (svcName: string, vip: string, selector: Record<string, string>): Service =>
+    Service.fromPartial({
+      metadata: { name: svcName },
+      spec: {
+        nodeSelector: { matchLabels: selector },
+        vip,
+        protocol: Protocol.PROTOCOL_TCP,
+        port: 80,
+        backends: [
+          { address: '127.0.0.1', port: a.port },
+          { address: '127.0.0.1', port: b.port },
+        ],
+        healthCheck: { type: HealthCheck_Type.TYPE_TCP, interval: { seconds: 1n, nanos: 0 } },
+      },
+    });
+  await call(ctl.api.intent, ctl.api.intent.applyService, ApplyServiceRequest.fromPartial({ service: service('elsewhere', '192.0.2.31', { role: 'core' }) }));
+  const { revision } = await call(ctl.api.intent, ctl.api.intent.applyService, ApplyServiceRequest.fromPartial({ service: service('web', VIP, { role: 'lb' }) }));
+  await until(`revision ${revision} applied`, () => runtime.status.applied === revision, 15_000, context);
+  t.like(reports.at(-1), { revision, outcome: RevisionOutcome.REVISION_OUTCOME_ACK });
+  t.deepEqual(uplink.lb?.services.map((s) => s.name), ['web'], 'the service that selects the node, on the uplink');
+  t.is(workload.lb, undefined, 'none on the workload');
+  const healthy = uplink.lb!;
+  const both = selection(uplink);
+  t.deepEqual([...both.keys()].sort(), [`127.0.0.1:${a.port}`, `127.0.0.1:${b.port}`].sort());
+  await until('both backends probed healthy', () => runtime.serviceHealth.verdicts().length === 2 && runtime.serviceHealth.verdicts().every((v) => v.healthy), 15_000, context);
+
+  // b stops accepting: after its unhealthy threshold the node takes it out of new-flow selection.
+  const reportsBefore = reports.length;
+  await b.stop();
+  await until('b out of the uplink\'s selection', () => uplink.lb?.services[0]?.backends.some((x) => x.port === b.port && !x.healthy && x.effectiveWeight === 0) === true, 20_000, context);
+  t.deepEqual([...selection(uplink)], [[`127.0.0.1:${a.port}`, 300]], 'every new flow gets a');
+  t.is(runtime.status.applied, revision, 'the same revision');
+  t.true(runtime.status.healthApplies >= 1);
+  t.is(reports.length, reportsBefore, 'no ACK or NACK for a health change');
+  t.is((await ctl.audit()).last, revision, 'no log entry');
+
+  // Back on its port: healthy after its healthy threshold, and the tables are those of before.
+  await b.start(b.port);
+  await until('b back in selection', () => uplink.lb?.services[0]?.backends.every((x) => x.healthy) === true, 20_000, context);
+  t.deepEqual(uplink.lb!.services.map((s) => [...s.table]), healthy.services.map((s) => [...s.table]));
+  t.deepEqual(selection(uplink), both);
+  t.is(reports.length, reportsBefore);
+  t.is((await ctl.audit()).last, revision);
+  t.is((await ctl.nodeStatus(name))?.appliedRevision, revision);
+
+  // A restart: the state file's services are enforced at boot, before NATS or the controller.
+  closed = true;
+  await runtime.close();
+  const uplink2 = new MemoryDatapath();
+  const again = await start(uplink2, new MemoryDatapath());
+  t.teardown(() => again.close());
+  t.is(again.status.applied, revision);
+  t.deepEqual(uplink2.lb?.services.map((s) => s.name), ['web'], 'enforced at boot');
+  t.deepEqual(selection(uplink2), both);
+});
