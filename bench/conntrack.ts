@@ -23,12 +23,13 @@
 // met/missed, and one JSON line. Asserts nothing. Needs root, trafgen, conntrack, perf, cc.
 //   node --import=tsx bench/conntrack.ts [--quick] [--parts abcd]
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, rmdirSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, rmdirSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EbpfDatapath, nextSweepDelay, type RuleSetSpec } from '@edgeplane/node-agent';
 import { ConntrackAccess, conntrackSupported, type PolicyHook } from './conntrack-access.js';
+import { HZ, median, softirqJiffies, threadTicksByPid, ticksBetween } from './cpu-ticks.js';
 
 const quick = process.argv.includes('--quick');
 const partsArg = process.argv[process.argv.indexOf('--parts') + 1];
@@ -79,7 +80,6 @@ const run = (command: string, ...args: string[]): string => execFileSync(command
 const inNode = (...args: string[]): string => run('ip', 'netns', 'exec', nsNode, ...args);
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 const ip = (n: number): string => `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
-const HZ = Number(run('getconf', 'CLK_TCK').trim()) || 100;
 
 // --- the rig ------------------------------------------------------------------------------
 
@@ -132,40 +132,6 @@ function buildLoad(): string {
   const out = join(workDir, 'tcp-churn');
   run('cc', '-O2', '-Wall', '-o', out, fileURLToPath(new URL('./tcp-churn.c', import.meta.url)));
   return out;
-}
-
-/** Softirq jiffies of one CPU from /proc/stat (veth receives in softirq on the sending CPU). */
-function softirqJiffies(cpu: number): number {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith(`cpu${cpu} `)) ?? '';
-  return Number(line.trim().split(/\s+/)[7] ?? 0);
-}
-
-/** utime+stime (ticks) by pid of the threads whose comm matches. */
-function threadTicksByPid(match: (comm: string) => boolean): Map<string, number> {
-  const ticks = new Map<string, number>();
-  for (const pid of readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      if (!match(comm)) continue;
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      ticks.set(pid, Number(f[11]) + Number(f[12]));
-    } catch {
-      // exited
-    }
-  }
-  return ticks;
-}
-
-/** Ticks the threads alive at both reads spent between them (kworkers come and go). */
-function ticksBetween(before: Map<string, number>, after: Map<string, number>): number {
-  let total = 0;
-  for (const [pid, ticks] of after) {
-    const was = before.get(pid);
-    if (was !== undefined) total += ticks - was;
-  }
-  return total;
 }
 
 function udpPassed(): number {
@@ -270,12 +236,6 @@ function install(contender: Contender, ct: ConntrackAccess | undefined): Install
   }
 }
 
-const median = (values: number[]): number => {
-  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
-  if (sorted.length === 0) return NaN;
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
-};
 const fmt = (n: number): string => (Number.isNaN(n) ? 'n/a' : Math.round(n).toLocaleString('en-US'));
 
 /** Starts `args` in the node namespace on LOAD_CPU and waits for it to print "ready". */

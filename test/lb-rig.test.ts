@@ -85,7 +85,7 @@ for (const { make, missing } of peers) {
 
   run(`${name} - connections to a VIP reach every backend, IPv4 and IPv6, TCP and UDP${suffix}`, async (t) => {
     const r = theRig();
-    thePeer().apply(services(all));
+    await thePeer().apply(services(all));
     for (const [vip, protocol] of [[LbRig.vip(0, 4), 'tcp'], [LbRig.vip(0, 6), 'tcp'], [LbRig.vip(0, 4), 'udp'], [LbRig.vip(0, 6), 'udp']] as const) {
       const report = await r.connect(vip, PORT, 120, protocol);
       t.is(report.failed, 0, `${protocol} ${vip}: ${JSON.stringify(report.failures)}`);
@@ -95,20 +95,20 @@ for (const { make, missing } of peers) {
 
   run(`${name} - a killed backend fails its share until the service drops it; restarted and added back it serves again${suffix}`, async (t) => {
     const r = theRig();
-    thePeer().apply(services(all));
+    await thePeer().apply(services(all));
     await r.killBackend(1);
     try {
       const while1Dead = await r.connect(LbRig.vip(0), PORT, 120);
       t.true(while1Dead.failed > 0, `the rig reports the connections that met the dead backend: ${JSON.stringify(while1Dead)}`);
       t.false('b1' in while1Dead.reached);
-      thePeer().apply(services([0, 2, 3]));
+      await thePeer().apply(services([0, 2, 3]));
       const without1 = await r.connect(LbRig.vip(0), PORT, 120);
       t.is(without1.failed, 0, JSON.stringify(without1.failures));
       t.deepEqual(Object.keys(without1.reached).sort(), names([0, 2, 3]));
     } finally {
       await r.restartBackend(1);
     }
-    thePeer().apply(services(all));
+    await thePeer().apply(services(all));
     const again = await r.connect(LbRig.vip(0), PORT, 120);
     t.is(again.failed, 0);
     t.deepEqual(Object.keys(again.reached).sort(), names(all));
@@ -116,16 +116,16 @@ for (const { make, missing } of peers) {
 
   run(`${name} - long-lived connections survive a backend add and a drain${suffix}`, async (t) => {
     const r = theRig();
-    thePeer().apply(services(all));
+    await thePeer().apply(services(all));
     const holders = [await r.hold(LbRig.vip(0, 4), PORT, 40, { intervalMs: 100, stallMs: 5_000 }), await r.hold(LbRig.vip(0, 6), PORT, 40, { intervalMs: 100, stallMs: 5_000 })];
     try {
       for (const h of holders) t.deepEqual(Object.keys(h.backends).sort(), names(all), JSON.stringify(h.backends));
       // Add backend 4: new connections reach it (so the change is in force) while the old ones echo on.
-      thePeer().apply(services([...all, SERVING]));
+      await thePeer().apply(services([...all, SERVING]));
       const added = await r.connect(LbRig.vip(0), PORT, 120);
       t.true((added.reached[`b${SERVING}`] ?? 0) > 0, JSON.stringify(added.reached));
       // Drain backend 0 (weight 0): it takes no new connections, and keeps the ones it has.
-      thePeer().apply(services([...all, SERVING], { 0: 0 }));
+      await thePeer().apply(services([...all, SERVING], { 0: 0 }));
       const drained = await r.connect(LbRig.vip(0), PORT, 120);
       t.false('b0' in drained.reached, JSON.stringify(drained.reached));
     } finally {

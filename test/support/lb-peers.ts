@@ -30,9 +30,9 @@ export interface LbPeer {
   /**
    * Makes `services` the whole configuration, as the peer's own control plane would: the first
    * call installs, later ones change only what differs (established connections stay as the peer
-   * keeps them). @throws Error from the peer's tool.
+   * keeps them). @throws Error from the peer's tool (rejects).
    */
-  apply(services: readonly RigService[]): void;
+  apply(services: readonly RigService[]): Promise<void>;
   /** Removes everything apply() installed. Idempotent; never throws. */
   remove(): void;
 }
@@ -100,7 +100,7 @@ export class IptablesPeer implements LbPeer {
     return ['*nat', ...chains, ...rules, 'COMMIT', ''].join('\n');
   }
 
-  apply(services: readonly RigService[]): void {
+  async apply(services: readonly RigService[]): Promise<void> {
     restore(this.#ns, 'iptables-legacy-restore', [], IptablesPeer.rules(services, 4));
     restore(this.#ns, 'ip6tables-legacy-restore', [], IptablesPeer.rules(services, 6));
     this.#applied = true;
@@ -146,7 +146,8 @@ export class IpvsPeer implements LbPeer {
       return undefined;
     } catch (error) {
       // "Can't initialize ipvs: Protocol not available": the kernel has no IP_VS.
-      return (error as Error).message.split('\n').slice(0, 2).join(' ');
+      const said = (error as Error).message.replace(/^.*?ipvsadm -Ln: /, '').split('\n')[0];
+      return `ipvsadm: ${said}${/Protocol not available/.test(said ?? '') ? ' (this kernel has no IPVS: CONFIG_IP_VS)' : ''}`;
     }
   }
 
@@ -172,7 +173,7 @@ export class IpvsPeer implements LbPeer {
     return out;
   }
 
-  apply(services: readonly RigService[]): void {
+  async apply(services: readonly RigService[]): Promise<void> {
     if (!this.#dummy) {
       sh('ip', ['-n', this.#ns, 'link', 'add', 'ep-ipvs0', 'type', 'dummy']);
       sh('ip', ['-n', this.#ns, 'link', 'set', 'ep-ipvs0', 'up']);
