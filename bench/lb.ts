@@ -382,7 +382,7 @@ try {
           (installMs[stand.contender] ??= {})[size] = Math.round(performance.now() - t);
         } catch (error) {
           // A refusal at install (edgeplane until its datapath balances load) is that contender's row.
-          stand.unavailable = `apply ${size} services: ${firstLine(error)}`;
+          stand.unavailable = `apply ${size} services (+1 UDP): ${firstLine(error)}`;
           process.stderr.write(`${stand.contender}: ${stand.unavailable}\n`);
           report.unavailable = { ...(report.unavailable as object), [stand.contender]: stand.unavailable };
         }
