@@ -138,6 +138,26 @@ for (const { make, missing } of peers) {
   });
 }
 
+test.serial('lb rig - a holder reports exactly the long-lived connections of a backend that was killed', async (t) => {
+  const r = theRig();
+  await new IptablesPeer(r.node).apply(services(all));
+  const holder = await r.hold(LbRig.vip(0), PORT, 40, { intervalMs: 100, stallMs: 5_000 });
+  const victims = holder.backends.b2 ?? 0;
+  let report;
+  try {
+    await r.killBackend(2);
+  } finally {
+    report = await holder.stop();
+    await r.restartBackend(2);
+  }
+  t.true(victims > 0, JSON.stringify(holder.backends));
+  t.is(report.broken.length, victims, JSON.stringify(report.broken));
+  for (const b of report.broken) {
+    t.is(b.backend, 'b2');
+    t.true(['eof', 'reset'].includes(b.reason), b.reason);
+  }
+});
+
 test.serial('lb rig - remove() ends its processes and deletes its namespaces, twice without harm', async (t) => {
   const small = LbRig.create({ backends: 1 });
   let namespaces: string[] = [];

@@ -11,7 +11,8 @@
 #   hold HOST PORT COUNT INTERVAL_MS STALL_MS
 #                                  COUNT long-lived connections; every INTERVAL_MS a line on each,
 #                                  echoed back within STALL_MS or the connection is broken (reset,
-#                                  eof, stall, error). On SIGTERM: the report.
+#                                  eof, stall, error). On SIGTERM: one more round, then the
+#                                  report.
 #   badsum DST PORT                one UDP datagram whose checksum is wrong (raw socket).
 import json
 import resource
@@ -188,7 +189,9 @@ def hold(host, port, count, interval_ms, stall_ms):
     trips = 0
     rounds = 0
     msg = b'ping\n'
-    while not stop:
+    while True:
+        # One whole round after SIGTERM: whatever broke before the stop is in the report.
+        final = stop
         started = time.monotonic()
         waiting = {}
         for i, (s, _) in enumerate(conns):
@@ -224,6 +227,8 @@ def hold(host, port, count, interval_ms, stall_ms):
         for i in waiting:
             broken[i] = 'stall'
         rounds += 1
+        if final:
+            break
         rest = interval_ms / 1000 - (time.monotonic() - started)
         if rest > 0 and not stop:
             time.sleep(rest)
