@@ -33,7 +33,7 @@
 // packets per core); 0 broken connections across 100 backend changes. Asserts nothing. Needs
 // root, cc, trafgen, iptables-legacy, ipvsadm, ethtool, python3.
 //   node --import=tsx bench/lb.ts [--quick] [--parts abc]
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -44,6 +44,7 @@ import { LbRig } from '../test/support/lb-rig.js';
 import { IptablesPeer, IpvsPeer, type LbPeer, type RigService } from '../test/support/lb-peers.js';
 import { ConntrackAccess, conntrackSupported } from './conntrack-access.js';
 import { HZ, median, softirqJiffies, threadTicksByPid, ticksBetween } from './cpu-ticks.js';
+import { sampleCpu, type FilterCpu } from './perf-share.js';
 
 const quick = process.argv.includes('--quick');
 const partsArg = process.argv[process.argv.indexOf('--parts') + 1];
@@ -193,8 +194,14 @@ interface ChurnSample {
   perSecond: number;
   cpuUsPerConnection: number;
   perCoreSecond: number;
+  /** perf: the load balancer's own CPU per connection (netfilter's hooks for iptables and IPVS; edgeplane's programs and veth's XDP copy). */
+  lbUs: number;
 }
 let nextTuple = 0;
+
+/** The load balancer's share of a perf profile: netfilter's hooks (conntrack, NAT, IPVS), or edgeplane's programs and the copy veth makes for XDP. */
+const lbMs = (contender: Contender, cpu: FilterCpu): number => (contender === 'edgeplane' ? cpu.bpfMs + cpu.vethXdpMs : contender === 'none' ? cpu.netfilterMs + cpu.bpfMs + cpu.vethXdpMs : cpu.netfilterMs);
+const children = new Set<ChildProcess>();
 
 async function churnOnce(stand: Stand, services: number, load: string): Promise<ChurnSample> {
   const { rig } = stand;
@@ -203,7 +210,11 @@ async function churnOnce(stand: Stand, services: number, load: string): Promise<
     const ksoftirqd = `ksoftirqd/${LOAD_CPU}`;
     const kBefore = threadTicksByPid((c) => c === ksoftirqd);
     const [dst, port, count] = stand.contender === 'none' ? [rig.backends[0]!.v4, CLOSE_PORT, BACKENDS] : [LbRig.vip(0), VIP_PORT, services];
-    const out = run('ip', 'netns', 'exec', rig.client, 'taskset', '-c', String(LOAD_CPU), load, 'churn', LbRig.SOURCE_PREFIX, String(SOURCES), dst, String(port), String(churnSeconds), '16', String(nextTuple), String(count));
+    const { result: out, cpu } = await sampleCpu(
+      LOAD_CPU,
+      () => run('ip', 'netns', 'exec', rig.client, 'taskset', '-c', String(LOAD_CPU), load, 'churn', LbRig.SOURCE_PREFIX, String(SOURCES), dst, String(port), String(churnSeconds), '16', String(nextTuple), String(count)),
+      { dir: workDir, children },
+    );
     const kAfter = threadTicksByPid((c) => c === ksoftirqd);
     const client = JSON.parse(out.trim().split('\n').pop() ?? '{}') as Record<string, number>;
     const served = await Promise.all(servers.map(async (s) => JSON.parse((await s.stop()).split('\n').find((l) => l.startsWith('{')) ?? '{}') as Record<string, number>));
@@ -211,7 +222,16 @@ async function churnOnce(stand: Stand, services: number, load: string): Promise<
     const connections = client.connections ?? 0;
     const serverUs = served.reduce((sum, s) => sum + (s.userUs ?? 0) + (s.sysUs ?? 0), 0);
     const cpuUs = (client.userUs ?? 0) + (client.sysUs ?? 0) + serverUs + (ticksBetween(kBefore, kAfter) * 1e6) / HZ;
-    return { contender: stand.contender, services, connections, failed: client.failed ?? 0, perSecond: connections / churnSeconds, cpuUsPerConnection: cpuUs / connections, perCoreSecond: connections / (cpuUs / 1e6) };
+    return {
+      contender: stand.contender,
+      services,
+      connections,
+      failed: client.failed ?? 0,
+      perSecond: connections / churnSeconds,
+      cpuUsPerConnection: cpuUs / connections,
+      perCoreSecond: connections / (cpuUs / 1e6),
+      lbUs: (lbMs(stand.contender, cpu) * 1000) / connections,
+    };
   } finally {
     await Promise.all(servers.map((s) => s.kill()));
     flushTables(stand);
@@ -226,12 +246,14 @@ interface FloodSample {
   forwardedPps: number;
   nsPerPacket: number;
   perCoreSecond: number;
+  /** perf: the load balancer's own CPU per forwarded packet. */
+  lbNs: number;
 }
 
 /** Packets the backends' veths received, summed. */
 const backendRx = (rig: LbRig): number => rig.backends.reduce((sum, b) => sum + Number(rig.exec(b.ns, 'cat', ['/sys/class/net/b-eth/statistics/rx_packets']).trim()), 0);
 
-function floodOnce(stand: Stand, services: number): FloodSample {
+async function floodOnce(stand: Stand, services: number): Promise<FloodSample> {
   const { rig } = stand;
   const mac = rig.exec(rig.node, 'cat', [`/sys/class/net/${rig.uplink.node}/address`]).trim();
   const [dst, dport] = stand.contender === 'none' ? [rig.backends[0]!.v4, UDP_BACKEND_PORT] : [LbRig.vip(0), VIP_PORT];
@@ -242,12 +264,17 @@ function floodOnce(stand: Stand, services: number): FloodSample {
   try {
     const rxBefore = backendRx(rig);
     const softBefore = softirqJiffies(FLOOD_CPU);
-    spawnSync('ip', ['netns', 'exec', rig.client, 'timeout', '-s', 'INT', String(floodSeconds), 'taskset', '-c', String(FLOOD_CPU), 'trafgen', '-o', rig.uplink.client, '-i', config, '-P', '1', '--no-sock-mem', '-Q', '-C'], {
-      stdio: 'ignore',
-    });
+    const { cpu } = await sampleCpu(
+      FLOOD_CPU,
+      () =>
+        spawnSync('ip', ['netns', 'exec', rig.client, 'timeout', '-s', 'INT', String(floodSeconds), 'taskset', '-c', String(FLOOD_CPU), 'trafgen', '-o', rig.uplink.client, '-i', config, '-P', '1', '--no-sock-mem', '-Q', '-C'], {
+          stdio: 'ignore',
+        }),
+      { dir: workDir, children },
+    );
     const soft = (softirqJiffies(FLOOD_CPU) - softBefore) / HZ;
     const forwarded = backendRx(rig) - rxBefore;
-    return { contender: stand.contender, services, forwardedPps: forwarded / floodSeconds, nsPerPacket: (soft * 1e9) / forwarded, perCoreSecond: forwarded / soft };
+    return { contender: stand.contender, services, forwardedPps: forwarded / floodSeconds, nsPerPacket: (soft * 1e9) / forwarded, perCoreSecond: forwarded / soft, lbNs: (lbMs(stand.contender, cpu) * 1e6) / forwarded };
   } finally {
     flushTables(stand);
   }
@@ -326,6 +353,7 @@ let cleaned = false;
 function cleanUp(): void {
   if (cleaned) return;
   cleaned = true;
+  for (const child of children) child.kill('SIGKILL');
   for (const stand of stands) {
     stand.peer?.remove();
     stand.rig.remove();
@@ -400,7 +428,7 @@ try {
           }
           if (parts.has('b')) {
             try {
-              const s = floodOnce(stand, size);
+              const s = await floodOnce(stand, size);
               floodSamples.push(s);
               process.stderr.write(`(b) ${size} ${stand.contender} rep ${rep}: ${fmt(s.forwardedPps)} pps forwarded, ${s.nsPerPacket.toFixed(0)} ns/pkt softirq\n`);
             } catch (error) {
@@ -416,11 +444,28 @@ try {
   const noFigure = (c: Contender): string | undefined => stands.find((s) => s.contender === c)?.unavailable;
   const churnRow = (c: Contender, size: number) => {
     const of = churnSamples.filter((s) => s.contender === c && s.services === size);
-    return { contender: c, services: size, runs: of.length, perSecond: median(of.map((s) => s.perSecond)), failed: of.reduce((a, s) => a + s.failed, 0), cpuUsPerConnection: median(of.map((s) => s.cpuUsPerConnection)), perCoreSecond: median(of.map((s) => s.perCoreSecond)) };
+    return {
+      contender: c,
+      services: size,
+      runs: of.length,
+      perSecond: median(of.map((s) => s.perSecond)),
+      failed: of.reduce((a, s) => a + s.failed, 0),
+      cpuUsPerConnection: median(of.map((s) => s.cpuUsPerConnection)),
+      perCoreSecond: median(of.map((s) => s.perCoreSecond)),
+      lbUsPerConnection: median(of.map((s) => s.lbUs)),
+    };
   };
   const floodRow = (c: Contender, size: number) => {
     const of = floodSamples.filter((s) => s.contender === c && s.services === size);
-    return { contender: c, services: size, runs: of.length, forwardedPps: median(of.map((s) => s.forwardedPps)), nsPerPacket: median(of.map((s) => s.nsPerPacket)), perCoreSecond: median(of.map((s) => s.perCoreSecond)) };
+    return {
+      contender: c,
+      services: size,
+      runs: of.length,
+      forwardedPps: median(of.map((s) => s.forwardedPps)),
+      nsPerPacket: median(of.map((s) => s.nsPerPacket)),
+      perCoreSecond: median(of.map((s) => s.perCoreSecond)),
+      lbNsPerPacket: median(of.map((s) => s.lbNs)),
+    };
   };
   const contenders: Contender[] = ['none', ...LBS];
 
@@ -428,17 +473,27 @@ try {
     const rows = sizes.flatMap((size) => contenders.map((c) => churnRow(c, size)));
     report.newConnections = rows;
     console.log(`\n(a) new TCP connections through the VIPs (connect, server FIN, close; a fresh tuple each, VIP k round the services), client + 10 servers on CPU ${LOAD_CPU}, ${churnSeconds} s, medians of ${reps}`);
-    console.log(['services', 'contender', 'conn/s', 'failed', 'CPU us/conn', 'conn/core-s', 'LB us/conn', 'LB conn/core-s'].map((h) => h.padStart(15)).join(''));
+    console.log(['services', 'contender', 'conn/s', 'failed', 'CPU us/conn', 'conn/core-s', 'over none us', 'LB us/conn', 'LB conn/core-s'].map((h) => h.padStart(15)).join(''));
     for (const r of rows) {
       const none = rows.find((x) => x.contender === 'none' && x.services === r.services);
-      const lbUs = r.cpuUsPerConnection - (none?.cpuUsPerConnection ?? NaN);
+      const overNone = r.cpuUsPerConnection - (none?.cpuUsPerConnection ?? NaN);
       const why = noFigure(r.contender);
       if (why !== undefined && r.runs === 0) {
         console.log([fmt(r.services), r.contender].map((c) => c.padStart(15)).join('') + `   ${why}`);
         continue;
       }
       console.log(
-        [fmt(r.services), r.contender, fmt(r.perSecond), String(r.failed), r.cpuUsPerConnection.toFixed(1), fmt(r.perCoreSecond), r.contender === 'none' ? '-' : lbUs.toFixed(1), r.contender === 'none' ? '-' : fmt(1e6 / lbUs)]
+        [
+          fmt(r.services),
+          r.contender,
+          fmt(r.perSecond),
+          String(r.failed),
+          r.cpuUsPerConnection.toFixed(1),
+          fmt(r.perCoreSecond),
+          r.contender === 'none' ? '-' : overNone.toFixed(1),
+          r.contender === 'none' ? '-' : r.lbUsPerConnection.toFixed(2),
+          r.contender === 'none' ? '-' : fmt(1e6 / r.lbUsPerConnection),
+        ]
           .map((c) => c.padStart(15))
           .join(''),
       );
@@ -449,14 +504,18 @@ try {
     const rows = sizes.flatMap((size) => contenders.map((c) => floodRow(c, size)));
     report.establishedFlow = rows;
     console.log(`\n(b) one established UDP flow through the UDP service's VIP, trafgen on CPU ${FLOOD_CPU} (softirq of that CPU), ${floodSeconds} s, medians of ${reps}`);
-    console.log(['services', 'contender', 'forwarded pps', 'softirq ns/pkt', 'pps/core'].map((h) => h.padStart(15)).join(''));
+    console.log(['services', 'contender', 'forwarded pps', 'softirq ns/pkt', 'pps/core', 'LB ns/pkt', 'LB pps/core'].map((h) => h.padStart(15)).join(''));
     for (const r of rows) {
       const why = noFigure(r.contender);
       if (why !== undefined && r.runs === 0) {
         console.log([fmt(r.services), r.contender].map((c) => c.padStart(15)).join('') + `   ${why}`);
         continue;
       }
-      console.log([fmt(r.services), r.contender, fmt(r.forwardedPps), fmt(r.nsPerPacket), fmt(r.perCoreSecond)].map((c) => c.padStart(15)).join(''));
+      console.log(
+        [fmt(r.services), r.contender, fmt(r.forwardedPps), fmt(r.nsPerPacket), fmt(r.perCoreSecond), r.contender === 'none' ? '-' : fmt(r.lbNsPerPacket), r.contender === 'none' ? '-' : fmt(1e9 / r.lbNsPerPacket)]
+          .map((c) => c.padStart(15))
+          .join(''),
+      );
     }
   }
 
@@ -504,7 +563,13 @@ try {
     goals.push({
       goal: 'edgeplane new connections per core >= 1.8x IPVS at every size',
       figure: ratios.every(Number.isFinite)
-        ? `${sizes.map((size, i) => `${fmt(size)} services: ${fmt(churnRow('edgeplane', size).perCoreSecond)} vs ${fmt(churnRow('ipvs', size).perCoreSecond)} conn/core-s, ${ratios[i]!.toFixed(2)}x`).join('; ')}`
+        ? sizes
+            .map((size, i) => {
+              const ep = churnRow('edgeplane', size);
+              const ipvs = churnRow('ipvs', size);
+              return `${fmt(size)} services: ${fmt(ep.perCoreSecond)} vs ${fmt(ipvs.perCoreSecond)} conn/core-s, ${ratios[i]!.toFixed(2)}x (load balancer alone ${fmt(1e6 / ep.lbUsPerConnection)} vs ${fmt(1e6 / ipvs.lbUsPerConnection)}, ${(ipvs.lbUsPerConnection / ep.lbUsPerConnection).toFixed(2)}x)`;
+            })
+            .join('; ')
         : edgeplaneWhy !== undefined
           ? naFigure(`peers' conn/core-s: ${beside}${ipvsWhy === undefined ? '' : ` (ipvs: ${ipvsWhy})`}`)
           : `no ipvs figure (${ipvsWhy ?? 'not measured'}); ${beside}`,
@@ -512,16 +577,21 @@ try {
     });
   }
   if ((parts.has('a') || parts.has('b')) && sizes.length > 1) {
-    const loss = (c: Contender): { conn: number; pps: number } => ({
+    const loss = (c: Contender): { conn: number; pps: number; lbConn: number; lbPps: number } => ({
       conn: churnRow(c, large).perCoreSecond / churnRow(c, small).perCoreSecond - 1,
       pps: floodRow(c, large).perCoreSecond / floodRow(c, small).perCoreSecond - 1,
+      // The load balancer's own CPU per connection (packet) grows: its rate per core falls by as much.
+      lbConn: churnRow(c, small).lbUsPerConnection / churnRow(c, large).lbUsPerConnection - 1,
+      lbPps: floodRow(c, small).lbNsPerPacket / floodRow(c, large).lbNsPerPacket - 1,
     });
-    const peers = (['iptables', 'ipvs'] as const).map((c) => (noFigure(c) === undefined ? `${c} new ${pct(loss(c).conn)}, established ${pct(loss(c).pps)}` : `${c} n/a`)).join('; ');
+    const peers = (['iptables', 'ipvs'] as const)
+      .map((c) => (noFigure(c) === undefined ? `${c} new ${pct(loss(c).conn)}, established ${pct(loss(c).pps)} (alone ${pct(loss(c).lbConn)}, ${pct(loss(c).lbPps)})` : `${c} n/a`))
+      .join('; ');
     const ep = loss('edgeplane');
     const measured = [parts.has('a') ? ep.conn : undefined, parts.has('b') ? ep.pps : undefined].filter((x): x is number => x !== undefined);
     goals.push({
       goal: `edgeplane <= 5 % loss per core from ${fmt(small)} to ${fmt(large)} services (new connections and established packets)`,
-      figure: measured.every(Number.isFinite) ? `new connections ${pct(ep.conn)}, established ${pct(ep.pps)}; ${peers}` : naFigure(peers),
+      figure: measured.every(Number.isFinite) ? `new connections ${pct(ep.conn)}, established ${pct(ep.pps)} (load balancer alone ${pct(ep.lbConn)}, ${pct(ep.lbPps)}); ${peers}` : naFigure(peers),
       met: measured.length > 0 && measured.every(Number.isFinite) ? measured.every((x) => x >= -0.05) : null,
     });
   }
