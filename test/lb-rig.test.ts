@@ -21,7 +21,10 @@ test.before(async () => {
   rig = LbRig.create({ backends: SERVING + 1 });
   await rig.startBackends([BACKEND_PORT]);
 });
-test.after.always(() => rig?.remove());
+test.after.always(() => {
+  active?.remove();
+  rig?.remove();
+});
 const theRig = (): LbRig => {
   if (rig === undefined) throw new Error('the rig was not built');
   return rig;
@@ -73,6 +76,16 @@ const ipvsMissing = ((): string | undefined => {
   return existsSync('/proc/net/ip_vs') ? undefined : 'this kernel has no IP_VS (CONFIG_IP_VS unset, no module)';
 })();
 
+/** The peer in force in the node namespace: activating one removes the other's rules first (iptables DNAT at PREROUTING would take IPVS's packets). */
+let active: LbPeer | undefined;
+function activate(p: LbPeer): LbPeer {
+  if (active !== p) {
+    active?.remove();
+    active = p;
+  }
+  return p;
+}
+
 const peers: { make: (ns: string) => LbPeer; missing?: string }[] = [{ make: (ns) => new IptablesPeer(ns) }, { make: (ns) => new IpvsPeer(ns), missing: ipvsMissing }];
 
 for (const { make, missing } of peers) {
@@ -80,8 +93,7 @@ for (const { make, missing } of peers) {
   const run = missing === undefined ? test.serial : test.serial.skip;
   const suffix = missing === undefined ? '' : ` (skipped: ${missing})`;
   let peer: LbPeer | undefined;
-  const thePeer = (): LbPeer => (peer ??= make(theRig().node));
-  test.after.always(() => peer?.remove());
+  const thePeer = (): LbPeer => activate((peer ??= make(theRig().node)));
 
   run(`${name} - connections to a VIP reach every backend, IPv4 and IPv6, TCP and UDP${suffix}`, async (t) => {
     const r = theRig();
@@ -140,7 +152,7 @@ for (const { make, missing } of peers) {
 
 test.serial('lb rig - a holder reports exactly the long-lived connections of a backend that was killed', async (t) => {
   const r = theRig();
-  await new IptablesPeer(r.node).apply(services(all));
+  await activate(new IptablesPeer(r.node)).apply(services(all));
   const holder = await r.hold(LbRig.vip(0), PORT, 40, { intervalMs: 100, stallMs: 5_000 });
   const victims = holder.backends.b2 ?? 0;
   let report;
