@@ -23,12 +23,14 @@
 // met/missed, and one JSON line. Asserts nothing. Needs root, trafgen, conntrack, perf, cc.
 //   node --import=tsx bench/conntrack.ts [--quick] [--parts abcd]
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, rmdirSync, writeFileSync, writeSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EbpfDatapath, nextSweepDelay, type RuleSetSpec } from '@edgeplane/node-agent';
 import { ConntrackAccess, conntrackSupported, type PolicyHook } from './conntrack-access.js';
+import { HZ, median, softirqJiffies, threadTicksByPid, ticksBetween } from './cpu-ticks.js';
+import { sampleCpu as samplePerf, type FilterCpu } from './perf-share.js';
 
 const quick = process.argv.includes('--quick');
 const partsArg = process.argv[process.argv.indexOf('--parts') + 1];
@@ -79,7 +81,6 @@ const run = (command: string, ...args: string[]): string => execFileSync(command
 const inNode = (...args: string[]): string => run('ip', 'netns', 'exec', nsNode, ...args);
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 const ip = (n: number): string => `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
-const HZ = Number(run('getconf', 'CLK_TCK').trim()) || 100;
 
 // --- the rig ------------------------------------------------------------------------------
 
@@ -132,40 +133,6 @@ function buildLoad(): string {
   const out = join(workDir, 'tcp-churn');
   run('cc', '-O2', '-Wall', '-o', out, fileURLToPath(new URL('./tcp-churn.c', import.meta.url)));
   return out;
-}
-
-/** Softirq jiffies of one CPU from /proc/stat (veth receives in softirq on the sending CPU). */
-function softirqJiffies(cpu: number): number {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith(`cpu${cpu} `)) ?? '';
-  return Number(line.trim().split(/\s+/)[7] ?? 0);
-}
-
-/** utime+stime (ticks) by pid of the threads whose comm matches. */
-function threadTicksByPid(match: (comm: string) => boolean): Map<string, number> {
-  const ticks = new Map<string, number>();
-  for (const pid of readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      if (!match(comm)) continue;
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      ticks.set(pid, Number(f[11]) + Number(f[12]));
-    } catch {
-      // exited
-    }
-  }
-  return ticks;
-}
-
-/** Ticks the threads alive at both reads spent between them (kworkers come and go). */
-function ticksBetween(before: Map<string, number>, after: Map<string, number>): number {
-  let total = 0;
-  for (const [pid, ticks] of after) {
-    const was = before.get(pid);
-    if (was !== undefined) total += ticks - was;
-  }
-  return total;
 }
 
 function udpPassed(): number {
@@ -270,12 +237,6 @@ function install(contender: Contender, ct: ConntrackAccess | undefined): Install
   }
 }
 
-const median = (values: number[]): number => {
-  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
-  if (sorted.length === 0) return NaN;
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
-};
 const fmt = (n: number): string => (Number.isNaN(n) ? 'n/a' : Math.round(n).toLocaleString('en-US'));
 
 /** Starts `args` in the node namespace on LOAD_CPU and waits for it to print "ready". */
@@ -298,63 +259,8 @@ async function startInNode(load: string, ...args: string[]): Promise<{ child: Ch
   };
 }
 
-// --- the filter's own CPU, from perf ------------------------------------------------------------
-
-/** CPU time (ms) perf's cpu-clock samples of one CPU put in each place. */
-interface FilterCpu {
-  /** Every sample of the CPU. */
-  totalMs: number;
-  /** Samples under nf_hook_slow: every netfilter hook (conntrack in/confirm, nft or iptables chains). */
-  netfilterMs: number;
-  /** Samples in edgeplane's JITed programs (edge_xdp, edge_tc_egress, their subprograms) and the helpers they call. */
-  bpfMs: number;
-  /** Samples in veth_xdp_rcv_skb outside the program: veth turning an skb into an xdp_buff (it copies; a NIC driver runs XDP before any skb). */
-  vethXdpMs: number;
-}
-const PERF_HZ = 4000;
-
-/** Samples CPU `cpu` with perf (cpu-clock, call chains) while `work` runs. */
-async function sampleCpu<T>(cpu: number, work: () => Promise<T> | T): Promise<{ result: T; cpu: FilterCpu }> {
-  const data = join(workDir, `perf-${cpu}.data`);
-  // perf starts disabled and is enabled through its control fifo, with an ack: sampling covers
-  // exactly `work`, however long perf itself takes to start on a busy machine.
-  const ctlPath = join(workDir, 'perf-ctl');
-  const ackPath = join(workDir, 'perf-ack');
-  for (const path of [ctlPath, ackPath]) if (!existsSync(path)) run('mkfifo', path);
-  const perf = spawn('perf', ['record', '-q', '-D', '-1', '--control', `fifo:${ctlPath},${ackPath}`, '-e', 'cpu-clock', '-F', String(PERF_HZ), '-C', String(cpu), '-g', '-o', data], { stdio: 'ignore' });
-  children.add(perf);
-  const exited = new Promise<void>((resolve) => perf.on('exit', () => resolve()));
-  const ctl = openSync(ctlPath, 'w');
-  const ack = openSync(ackPath, 'r');
-  const command = (text: string): void => {
-    writeSync(ctl, `${text}\n`);
-    readSync(ack, Buffer.alloc(16));
-  };
-  let result: T;
-  try {
-    command('enable');
-    result = await work();
-    command('disable');
-  } finally {
-    closeSync(ctl);
-    closeSync(ack);
-    perf.kill('SIGINT');
-    await exited;
-    children.delete(perf);
-  }
-  const script = execFileSync('perf', ['script', '-i', data, '-F', 'period,ip,sym'], { encoding: 'utf8', maxBuffer: 1 << 30, stdio: ['ignore', 'pipe', 'ignore'] });
-  if (process.env.EP_BENCH_PERF_DIR !== undefined) writeFileSync(join(process.env.EP_BENCH_PERF_DIR, `perf-${cpu}-${Date.now()}.txt`), script);
-  const out: FilterCpu = { totalMs: 0, netfilterMs: 0, bpfMs: 0, vethXdpMs: 0 };
-  for (const block of script.split(/\n\s*\n/)) {
-    const period = Number(/^\s*(\d+)/.exec(block)?.[1] ?? 0) / 1e6;
-    if (period === 0) continue;
-    out.totalMs += period;
-    if (/ nf_hook_slow$/m.test(block)) out.netfilterMs += period;
-    else if (/ bpf_prog_[0-9a-f]+_(edge_|ep_)\w*$/m.test(block)) out.bpfMs += period;
-    else if (/ veth_xdp_rcv_skb$/m.test(block)) out.vethXdpMs += period;
-  }
-  return { result, cpu: out };
-}
+/** perf's shares of CPU `cpu` while `work` runs (bench/perf-share.ts), perf owned like the bench's other children. */
+const sampleCpu = <T>(cpu: number, work: () => Promise<T> | T): Promise<{ result: T; cpu: FilterCpu }> => samplePerf(cpu, work, { dir: workDir, children });
 
 // --- the filter check -----------------------------------------------------------------------
 

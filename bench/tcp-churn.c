@@ -3,11 +3,12 @@
 //
 //   tcp-churn server ADDR PORT close|echo        accept until SIGTERM; close: close at once
 //                                                 (the server sends the first FIN), echo: echo
-//   tcp-churn churn SRCPFX NSRC DST PORT SECONDS INFLIGHT START
+//   tcp-churn churn SRCPFX NSRC DST PORT SECONDS INFLIGHT START [NDST]
 //       new connections for SECONDS, INFLIGHT at a time, each from its own (source address,
 //       source port): tuple k = (SRCPFX.(1 + k % NSRC), 1024 + (k / NSRC) % 64000), k = START...,
 //       so no tuple repeats and no conntrack entry is reused. A connection is connect, wait for
-//       the server's FIN, close: SYN, SYN+ACK, ACK, FIN, ACK, FIN, ACK.
+//       the server's FIN, close: SYN, SYN+ACK, ACK, FIN, ACK, FIN, ACK. With NDST (bench/lb.ts:
+//       many VIPs), connection k goes to address DST + k % NDST (IPv4, counted as a number).
 //   tcp-churn persist SRC DST PORT CONNS SECONDS STALL_MS
 //       CONNS long-lived connections doing 64-byte request/response until SECONDS or SIGTERM. A
 //       connection is broken if it errors, sees EOF, or has an answer outstanding for STALL_MS.
@@ -21,6 +22,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,8 +111,9 @@ struct conn {
 	int connected;
 };
 
-static int churn(const char *prefix, int nsrc, const char *dst, int port, double seconds, int inflight, long start) {
+static int churn(const char *prefix, int nsrc, const char *dst, int port, double seconds, int inflight, long start, long ndst) {
 	struct sockaddr_in to = addr_of(dst, port);
+	uint32_t first = ntohl(to.sin_addr.s_addr);
 	int ep = epoll_create1(0);
 	struct conn *conns = calloc(inflight, sizeof *conns);
 	long next = start, done = 0, failed = 0, bindFailed = 0;
@@ -133,6 +136,7 @@ static int churn(const char *prefix, int nsrc, const char *dst, int port, double
 				close(fd);
 				continue;
 			}
+			to.sin_addr.s_addr = htonl(first + (uint32_t)(k % ndst));
 			if (connect(fd, (struct sockaddr *)&to, sizeof to) < 0 && errno != EINPROGRESS) {
 				failed++;
 				close(fd);
@@ -253,8 +257,14 @@ int main(int argc, char **argv) {
 	signal(SIGINT, on_signal);
 	signal(SIGPIPE, SIG_IGN);
 	if (argc == 5 && strcmp(argv[1], "server") == 0) return server(argv[2], atoi(argv[3]), strcmp(argv[4], "echo") == 0);
-	if (argc == 9 && strcmp(argv[1], "churn") == 0)
-		return churn(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atof(argv[6]), atoi(argv[7]), atol(argv[8]));
+	if ((argc == 9 || argc == 10) && strcmp(argv[1], "churn") == 0) {
+		long ndst = argc == 10 ? atol(argv[9]) : 1;
+		if (ndst < 1) {
+			fprintf(stderr, "NDST must be at least 1\n");
+			return 2;
+		}
+		return churn(argv[2], atoi(argv[3]), argv[4], atoi(argv[5]), atof(argv[6]), atoi(argv[7]), atol(argv[8]), ndst);
+	}
 	if (argc == 8 && strcmp(argv[1], "persist") == 0)
 		return persist(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atof(argv[6]), atof(argv[7]));
 	fprintf(stderr, "usage: see bench/tcp-churn.c\n");

@@ -21,6 +21,10 @@ export interface VethEnd {
   name: string;
   /** CIDR to assign, e.g. 10.1.0.1/24 */
   address?: string;
+  /** More CIDRs to assign, IPv4 or IPv6 (IPv6 ones without duplicate address detection). */
+  addresses?: string[];
+  /** Keep IPv6 on this end (default: off, so tests that count packets see no autoconfiguration chatter). */
+  ipv6?: boolean;
 }
 
 /**
@@ -63,8 +67,11 @@ export class Topology {
     for (const end of [a, b]) {
       const ip = end.ns ? ['-n', end.ns] : [];
       // No IPv6 autoconfiguration chatter: tests count packets.
-      if (end.ns) sh('ip', ['netns', 'exec', end.ns, 'sysctl', '-qw', `net.ipv6.conf.${end.name}.disable_ipv6=1`]);
-      if (end.address) sh('ip', [...ip, 'addr', 'add', end.address, 'dev', end.name]);
+      if (end.ns && end.ipv6 !== true) sh('ip', ['netns', 'exec', end.ns, 'sysctl', '-qw', `net.ipv6.conf.${end.name}.disable_ipv6=1`]);
+      for (const address of [...(end.address ? [end.address] : []), ...(end.addresses ?? [])]) {
+        // nodad: an IPv6 address is usable at once, not after a second of duplicate detection.
+        sh('ip', [...ip, 'addr', 'add', address, 'dev', end.name, ...(address.includes(':') ? ['nodad'] : [])]);
+      }
       sh('ip', [...ip, 'link', 'set', end.name, 'up']);
     }
   }

@@ -1,0 +1,621 @@
+// L4 load balancing (issue 14): edgeplane beside IPVS (ipvsadm, NAT/masquerade mode, kube-proxy's
+// IPVS mode) and iptables DNAT (kube-proxy's iptables mode: statistic --mode random chains per
+// service), side by side in one run, on the load-balancing rig (test/support/lb-rig.ts): a client
+// namespace, a node namespace that fronts the VIPs, 12 backend namespaces. Each contender has a
+// rig of its own, so one's hooks (netfilter's conntrack and NAT stay registered in a namespace
+// once used) never tax another; contenders alternate within each rep.
+//
+// At 10 / 1,000 / 10,000 services x 10 backends (TCP VIP k:80 -> the 10 backends' port 8080, plus
+// one UDP service for (b)):
+//   (a) new TCP connections per core through the VIPs: bench/tcp-churn.c opens connections from
+//       the client to VIP k (k = 0, 1, ... round the services), each from a tuple never used
+//       before; client, the 10 backend servers (accept, close) and ksoftirqd are pinned to one
+//       CPU, so the whole path (both TCP stacks, veth, the node's forwarding, the load balancer)
+//       is that CPU's work: connections per CPU-second. `none` connects to the backends' own
+//       addresses through the node with no load balancer; `LB us/conn` is the difference.
+//   (b) established-flow packets per second per core: trafgen floods one UDP flow to the UDP
+//       service's VIP (the first packet makes the flow, the rest are established) and the node
+//       forwards it to a backend; the figure is the packets the backends received per second of
+//       softirq on the flooding CPU (veth receives in softirq on the sending CPU).
+//   (c) broken connections across 100 backend changes (10 services, with one echo service
+//       beside each): long-lived connections through VIP 0 echo 64 bytes in turn while the bench
+//       adds a spare backend, drains the oldest (weight 0), then removes it, in turn, 100 changes
+//       to every service; new connections run meanwhile. Broken = a long-lived connection that
+//       errors, sees EOF or waits over 2 s for its echo, plus new connections that fail.
+//
+// edgeplane: an EbpfDatapath on the node's uplink (edge_xdp, edge_tc_egress), services compiled
+// with compileServices and applied with apply(ruleSet, lb). Until the load-balancing datapath is
+// in, apply refuses services, and the edgeplane row prints that refusal, not a figure. A peer the
+// kernel lacks (IPVS without CONFIG_IP_VS) prints why instead of figures, the same way.
+//
+// Goals printed beside the figures: edgeplane's new connections per core >= 1.8x IPVS's (LoxiLB
+// publishes 1.85x); <= 5 % loss from 10 to 10,000 services (new connections and established
+// packets per core); 0 broken connections across 100 backend changes. Asserts nothing. Needs
+// root, cc, trafgen, iptables-legacy, ipvsadm, ethtool, python3.
+//   node --import=tsx bench/lb.ts [--quick] [--parts abc]
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { compileServices, EbpfDatapath, MaglevTableCache } from '@edgeplane/node-agent';
+import { Protocol, Service } from '@edgeplane/proto';
+import { LbRig } from '../test/support/lb-rig.js';
+import { IptablesPeer, IpvsPeer, type LbPeer, type RigService } from '../test/support/lb-peers.js';
+import { ConntrackAccess, conntrackSupported } from './conntrack-access.js';
+import { HZ, median, softirqJiffies, threadTicksByPid, ticksBetween } from './cpu-ticks.js';
+import { sampleCpu, type FilterCpu } from './perf-share.js';
+
+const quick = process.argv.includes('--quick');
+const partsArg = process.argv[process.argv.indexOf('--parts') + 1];
+const parts = new Set((process.argv.includes('--parts') && partsArg !== undefined ? partsArg : 'abc').split(''));
+const sizes = process.env.EP_BENCH_SERVICES?.split(',').map(Number) ?? [10, 1_000, 10_000];
+const reps = quick ? 1 : 3;
+const churnSeconds = quick ? 1 : 3;
+const floodSeconds = quick ? 1 : 2;
+const CHANGES = Number(process.env.EP_BENCH_CHANGES ?? 100);
+const HELD = quick ? 256 : 1_000;
+/** Backends per service, and the rig's backends: two spares for (c)'s adds. */
+const BACKENDS = 10;
+const POOL = BACKENDS + 2;
+const VIP_PORT = 80;
+const ECHO_VIP_PORT = 81;
+const CLOSE_PORT = 8080;
+const ECHO_PORT = 8081;
+/** (b)'s UDP service: VIP 0 port 80, to the backends' port 9 (no socket there: NoPorts). */
+const UDP_BACKEND_PORT = 9;
+const FLOW_SPORT = 4000;
+/** The client's extra sources for (a): 200 addresses x 64,000 ports of fresh tuples. */
+const SOURCES = 200;
+const LOAD_CPU = 1;
+const FLOOD_CPU = 0;
+const workDir = mkdtempSync(join(tmpdir(), 'ep-bench-lb-'));
+
+type Contender = 'none' | 'iptables' | 'ipvs' | 'edgeplane';
+const LBS = ['iptables', 'ipvs', 'edgeplane'] as const;
+
+const run = (command: string, ...args: string[]): string => execFileSync(command, args, { encoding: 'utf8', maxBuffer: 1 << 28 });
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+const fmt = (n: number): string => (Number.isNaN(n) ? 'n/a' : Math.round(n).toLocaleString('en-US'));
+const pct = (x: number): string => (Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)} %` : 'n/a');
+const firstLine = (error: unknown): string => (error instanceof Error ? error.message : String(error)).split('\n')[0] ?? '';
+
+// --- services ---------------------------------------------------------------------------------
+
+/** The rig's backends `indices` at `port`, weight 1 unless `weights` says (0 drains). */
+const backendsOf = (rig: LbRig, indices: readonly number[], port: number, weights: ReadonlyMap<number, number> = new Map()): RigService['backends'] =>
+  indices.map((i) => ({ address: rig.backends[i]!.v4, port, weight: weights.get(i) ?? 1 }));
+
+/** (a) and (b): `count` TCP services VIP k:80 -> backends 0..9 port 8080, and the UDP service VIP 0:80 -> port 9. */
+function sizedServices(rig: LbRig, count: number): RigService[] {
+  const all = Array.from({ length: BACKENDS }, (_, i) => i);
+  const tcp = backendsOf(rig, all, CLOSE_PORT);
+  const services: RigService[] = Array.from({ length: count }, (_, k) => ({ vip: LbRig.vip(k), port: VIP_PORT, protocol: 'tcp', backends: tcp }));
+  services.push({ vip: LbRig.vip(0), port: VIP_PORT, protocol: 'udp', backends: backendsOf(rig, all, UDP_BACKEND_PORT) });
+  return services;
+}
+
+/** (c): 10 services VIP k:80 -> port 8080 (closing) and VIP k:81 -> port 8081 (echo), to `indices` with `weights`. */
+function changeServices(rig: LbRig, indices: readonly number[], weights: ReadonlyMap<number, number>): RigService[] {
+  return Array.from({ length: BACKENDS }, (_, k) => [
+    { vip: LbRig.vip(k), port: VIP_PORT, protocol: 'tcp' as const, backends: backendsOf(rig, indices, CLOSE_PORT, weights) },
+    { vip: LbRig.vip(k), port: ECHO_VIP_PORT, protocol: 'tcp' as const, backends: backendsOf(rig, indices, ECHO_PORT, weights) },
+  ]).flat();
+}
+
+// --- edgeplane as a peer ---------------------------------------------------------------------------
+
+/**
+ * edgeplane in the rig's node namespace: the rig's services as Service resources, compiled for
+ * the node (compileServices, with a Maglev table cache as the agent keeps), applied with an
+ * allow-all rule set (apply(ruleSet, lb): one generation switch), and the uplink's programs
+ * attached to the node's uplink after the first apply succeeds (edge_xdp native, edge_tc_egress).
+ */
+class EdgeplanePeer implements LbPeer {
+  readonly name = 'edgeplane';
+  readonly #datapath: EbpfDatapath;
+  readonly #access: ConntrackAccess;
+  readonly #ns: string;
+  readonly #dev: string;
+  readonly #cache = new MaglevTableCache();
+  #attached = false;
+
+  constructor(datapath: EbpfDatapath, access: ConntrackAccess, ns: string, dev: string) {
+    this.#datapath = datapath;
+    this.#access = access;
+    this.#ns = ns;
+    this.#dev = dev;
+  }
+
+  unavailable(): string | undefined {
+    return undefined;
+  }
+
+  async apply(services: readonly RigService[]): Promise<void> {
+    const resources = services.map((s) =>
+      Service.fromPartial({
+        metadata: { name: `${s.protocol}-${s.port}-${s.vip.replaceAll(/[.:]/g, '-')}` },
+        spec: { vip: s.vip, protocol: s.protocol === 'tcp' ? Protocol.PROTOCOL_TCP : Protocol.PROTOCOL_UDP, port: s.port, backends: s.backends.map((b) => ({ address: b.address, port: b.port, weight: b.weight })) },
+      }),
+    );
+    const lb = compileServices(resources, { labels: {}, cache: this.#cache });
+    await this.#datapath.apply({ rules: [], defaultAction: 'allow' }, lb);
+    if (!this.#attached) {
+      this.#access.attach(this.#ns, this.#dev, 'xdp');
+      this.#attached = true;
+    }
+  }
+
+  /** Empties its connection table (between runs, as `conntrack -F` for netfilter). */
+  clear(): void {
+    this.#access.clear();
+  }
+
+  remove(): void {
+    if (!this.#attached) return;
+    this.#attached = false;
+    try {
+      this.#access.detach(this.#ns, this.#dev);
+    } catch {
+      // The namespace is gone: so are its attachments.
+    }
+  }
+}
+
+// --- contenders -----------------------------------------------------------------------------------
+
+interface Stand {
+  contender: Contender;
+  rig: LbRig;
+  peer?: LbPeer;
+  /** Why this contender has no figures (a refusal, a missing kernel feature). */
+  unavailable?: string;
+}
+
+function flushTables(stand: Stand): void {
+  spawnSync('ip', ['netns', 'exec', stand.rig.node, 'conntrack', '-F'], { stdio: 'ignore' });
+  if (stand.peer instanceof IpvsPeer) spawnSync('ip', ['netns', 'exec', stand.rig.node, 'ipvsadm', '-Z'], { stdio: 'ignore' });
+  if (stand.peer instanceof EdgeplanePeer) stand.peer.clear();
+}
+
+function buildLoad(): string {
+  const out = join(workDir, 'tcp-churn');
+  run('cc', '-O2', '-Wall', '-o', out, fileURLToPath(new URL('./tcp-churn.c', import.meta.url)));
+  return out;
+}
+
+// --- (a) new connections ----------------------------------------------------------------------
+
+interface ChurnSample {
+  contender: Contender;
+  services: number;
+  connections: number;
+  failed: number;
+  perSecond: number;
+  cpuUsPerConnection: number;
+  perCoreSecond: number;
+  /** perf: the load balancer's own CPU per connection (netfilter's hooks for iptables and IPVS; edgeplane's programs and veth's XDP copy). */
+  lbUs: number;
+}
+let nextTuple = 0;
+
+/** The load balancer's share of a perf profile: netfilter's hooks (conntrack, NAT, IPVS), or edgeplane's programs and the copy veth makes for XDP. */
+const lbMs = (contender: Contender, cpu: FilterCpu): number => (contender === 'edgeplane' ? cpu.bpfMs + cpu.vethXdpMs : contender === 'none' ? cpu.netfilterMs + cpu.bpfMs + cpu.vethXdpMs : cpu.netfilterMs);
+const children = new Set<ChildProcess>();
+
+async function churnOnce(stand: Stand, services: number, load: string): Promise<ChurnSample> {
+  const { rig } = stand;
+  const servers = await Promise.all(rig.backends.slice(0, BACKENDS).map((b) => rig.spawn(b.ns, load, ['server', b.v4, String(CLOSE_PORT), 'close'], { ready: true, cpu: LOAD_CPU })));
+  try {
+    const ksoftirqd = `ksoftirqd/${LOAD_CPU}`;
+    const kBefore = threadTicksByPid((c) => c === ksoftirqd);
+    const [dst, port, count] = stand.contender === 'none' ? [rig.backends[0]!.v4, CLOSE_PORT, BACKENDS] : [LbRig.vip(0), VIP_PORT, services];
+    const { result: out, cpu } = await sampleCpu(
+      LOAD_CPU,
+      () => run('ip', 'netns', 'exec', rig.client, 'taskset', '-c', String(LOAD_CPU), load, 'churn', LbRig.SOURCE_PREFIX, String(SOURCES), dst, String(port), String(churnSeconds), '16', String(nextTuple), String(count)),
+      { dir: workDir, children },
+    );
+    const kAfter = threadTicksByPid((c) => c === ksoftirqd);
+    const client = JSON.parse(out.trim().split('\n').pop() ?? '{}') as Record<string, number>;
+    const served = await Promise.all(servers.map(async (s) => JSON.parse((await s.stop()).split('\n').find((l) => l.startsWith('{')) ?? '{}') as Record<string, number>));
+    nextTuple = client.next ?? nextTuple + 1_000_000;
+    const connections = client.connections ?? 0;
+    const serverUs = served.reduce((sum, s) => sum + (s.userUs ?? 0) + (s.sysUs ?? 0), 0);
+    const cpuUs = (client.userUs ?? 0) + (client.sysUs ?? 0) + serverUs + (ticksBetween(kBefore, kAfter) * 1e6) / HZ;
+    return {
+      contender: stand.contender,
+      services,
+      connections,
+      failed: client.failed ?? 0,
+      perSecond: connections / churnSeconds,
+      cpuUsPerConnection: cpuUs / connections,
+      perCoreSecond: connections / (cpuUs / 1e6),
+      lbUs: (lbMs(stand.contender, cpu) * 1000) / connections,
+    };
+  } finally {
+    await Promise.all(servers.map((s) => s.kill()));
+    flushTables(stand);
+  }
+}
+
+// --- (b) established flow ---------------------------------------------------------------------
+
+interface FloodSample {
+  contender: Contender;
+  services: number;
+  forwardedPps: number;
+  nsPerPacket: number;
+  perCoreSecond: number;
+  /** perf: the load balancer's own CPU per forwarded packet. */
+  lbNs: number;
+}
+
+/** Packets the backends' veths received, summed. */
+const backendRx = (rig: LbRig): number => rig.backends.reduce((sum, b) => sum + Number(rig.exec(b.ns, 'cat', ['/sys/class/net/b-eth/statistics/rx_packets']).trim()), 0);
+
+async function floodOnce(stand: Stand, services: number): Promise<FloodSample> {
+  const { rig } = stand;
+  const mac = rig.exec(rig.node, 'cat', [`/sys/class/net/${rig.uplink.node}/address`]).trim();
+  const [dst, dport] = stand.contender === 'none' ? [rig.backends[0]!.v4, UDP_BACKEND_PORT] : [LbRig.vip(0), VIP_PORT];
+  const config = join(workDir, 'flood.cfg');
+  const [s1, s2, s3, s4] = LbRig.CLIENT_V4.split('.');
+  const [d1, d2, d3, d4] = dst.split('.');
+  writeFileSync(config, `{ eth(da=${mac}), ipv4(saddr=${s1}.${s2}.${s3}.${s4}, daddr=${d1}.${d2}.${d3}.${d4}, ttl=64), udp(sp=${FLOW_SPORT}, dp=${dport}), fill(0x41, 18) }\n`);
+  try {
+    const rxBefore = backendRx(rig);
+    const softBefore = softirqJiffies(FLOOD_CPU);
+    const { cpu } = await sampleCpu(
+      FLOOD_CPU,
+      () =>
+        spawnSync('ip', ['netns', 'exec', rig.client, 'timeout', '-s', 'INT', String(floodSeconds), 'taskset', '-c', String(FLOOD_CPU), 'trafgen', '-o', rig.uplink.client, '-i', config, '-P', '1', '--no-sock-mem', '-Q', '-C'], {
+          stdio: 'ignore',
+        }),
+      { dir: workDir, children },
+    );
+    const soft = (softirqJiffies(FLOOD_CPU) - softBefore) / HZ;
+    const forwarded = backendRx(rig) - rxBefore;
+    return { contender: stand.contender, services, forwardedPps: forwarded / floodSeconds, nsPerPacket: (soft * 1e9) / forwarded, perCoreSecond: forwarded / soft, lbNs: (lbMs(stand.contender, cpu) * 1e6) / forwarded };
+  } finally {
+    flushTables(stand);
+  }
+}
+
+// --- (c) backend changes ----------------------------------------------------------------------
+
+interface ChangeResult {
+  contender: Contender;
+  changes: number;
+  seconds: number;
+  persistent: Record<string, number>;
+  churn: Record<string, number>;
+  broken: number;
+}
+
+async function changesUnderTraffic(stand: Stand, load: string): Promise<ChangeResult> {
+  const { rig, peer } = stand;
+  if (peer === undefined) throw new Error('no load balancer');
+  const servers = await Promise.all(
+    rig.backends.flatMap((b) => [rig.spawn(b.ns, load, ['server', b.v4, String(CLOSE_PORT), 'close'], { ready: true }), rig.spawn(b.ns, load, ['server', b.v4, String(ECHO_PORT), 'echo'], { ready: true })]),
+  );
+  try {
+    // Backends 0..9 serve, 10 and 11 are spares. A round: add the first spare, drain the oldest
+    // serving backend, remove it (it becomes a spare, still running): three changes.
+    const serving = Array.from({ length: BACKENDS }, (_, i) => i);
+    const spares = [BACKENDS, BACKENDS + 1];
+    const weights = new Map<number, number>();
+    await peer.apply(changeServices(rig, serving, weights));
+    const budget = Math.max(60, CHANGES * 0.5);
+    const persistent = await rig.spawn(rig.client, load, ['persist', LbRig.CLIENT_V4, LbRig.vip(0), String(ECHO_VIP_PORT), String(HELD), String(budget), '2000'], { ready: true });
+    const churn = await rig.spawn(rig.client, load, ['churn', LbRig.SOURCE_PREFIX, String(SOURCES), LbRig.vip(0), String(VIP_PORT), String(budget), '4', String(nextTuple), String(BACKENDS)]);
+    const started = performance.now();
+    for (let i = 0; i < CHANGES; i++) {
+      const step = i % 3;
+      if (step === 0) {
+        const added = spares.shift()!;
+        serving.push(added);
+        weights.delete(added);
+      } else if (step === 1) {
+        weights.set(serving[0]!, 0);
+      } else {
+        const removed = serving.shift()!;
+        weights.delete(removed);
+        spares.push(removed);
+      }
+      await peer.apply(changeServices(rig, serving, weights));
+      // Traffic between changes: every long-lived connection makes round trips under each configuration.
+      await sleep(50);
+    }
+    const seconds = (performance.now() - started) / 1000;
+    // Longer than the stall bound, so a connection the last changes cut is counted.
+    await sleep(2_500);
+    const last = (text: string): Record<string, number> => JSON.parse(text.split('\n').filter((l) => l.startsWith('{')).pop() ?? '{}') as Record<string, number>;
+    const [pOut, cOut] = await Promise.all([persistent.stop(), churn.stop()]);
+    const p = last(pOut);
+    const c = last(cOut);
+    nextTuple = c.next ?? nextTuple + 1_000_000;
+    return { contender: stand.contender, changes: CHANGES, seconds, persistent: p, churn: c, broken: (p.broken ?? NaN) + (c.failed ?? NaN) };
+  } finally {
+    await Promise.all(servers.map((s) => s.kill()));
+    flushTables(stand);
+  }
+}
+
+// --- main ---------------------------------------------------------------------------------------
+
+const mount = mkdtempSync('/run/edgeplane-bench-lb-');
+let mounted = false;
+const stands: Stand[] = [];
+const report: Record<string, unknown> = { bench: 'lb', quick, reps, churnSeconds, floodSeconds, sizes, backends: BACKENDS, changes: CHANGES, held: HELD };
+const goals: { goal: string; figure: string; met: boolean | null }[] = [];
+const failures: string[] = [];
+let datapath: EbpfDatapath | undefined;
+let cleaned = false;
+function cleanUp(): void {
+  if (cleaned) return;
+  cleaned = true;
+  for (const child of children) child.kill('SIGKILL');
+  for (const stand of stands) {
+    stand.peer?.remove();
+    stand.rig.remove();
+  }
+  datapath?.close();
+  if (mounted) spawnSync('umount', [mount]);
+  if (existsSync(mount)) rmdirSync(mount);
+  rmSync(workDir, { recursive: true, force: true });
+}
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    process.stderr.write(`bench/lb.ts: ${signal}, cleaning up\n`);
+    cleanUp();
+    process.exit(130);
+  });
+}
+
+try {
+  const load = buildLoad();
+  execFileSync('mount', ['-t', 'bpf', 'bpf', mount]);
+  mounted = true;
+  for (const contender of ['none', ...LBS] as const) {
+    const rig = LbRig.create({ backends: POOL, clientSources: SOURCES });
+    const stand: Stand = { contender, rig };
+    stands.push(stand);
+    if (contender === 'iptables') stand.peer = new IptablesPeer(rig.node);
+    else if (contender === 'ipvs') stand.peer = new IpvsPeer(rig.node);
+    else if (contender === 'edgeplane') {
+      try {
+        datapath = await EbpfDatapath.open({ pinRoot: mount });
+        if (!conntrackSupported(datapath)) throw new Error('this build has no connection table (ep_ct)');
+        stand.peer = new EdgeplanePeer(datapath, new ConntrackAccess(datapath), rig.node, rig.uplink.node);
+      } catch (error) {
+        stand.unavailable = `open datapath: ${firstLine(error)}`;
+      }
+    }
+    if (stand.unavailable === undefined) stand.unavailable = stand.peer?.unavailable();
+    if (stand.unavailable !== undefined) process.stderr.write(`${contender}: unavailable: ${stand.unavailable}\n`);
+  }
+  const live = (): Stand[] => stands.filter((s) => s.unavailable === undefined);
+  const rotate = (rep: number): Stand[] => live().map((_, i, all) => all[(i + rep) % all.length] as Stand);
+  report.unavailable = Object.fromEntries(stands.filter((s) => s.unavailable !== undefined).map((s) => [s.contender, s.unavailable]));
+
+  const churnSamples: ChurnSample[] = [];
+  const floodSamples: FloodSample[] = [];
+  const installMs: Record<string, Record<number, number>> = {};
+  if (parts.has('a') || parts.has('b')) {
+    for (const size of sizes) {
+      for (const stand of live()) {
+        if (stand.peer === undefined) continue;
+        const t = performance.now();
+        try {
+          await stand.peer.apply(sizedServices(stand.rig, size));
+          (installMs[stand.contender] ??= {})[size] = Math.round(performance.now() - t);
+        } catch (error) {
+          // A refusal at install (edgeplane until its datapath balances load) is that contender's row.
+          stand.unavailable = `apply ${size} services (+1 UDP): ${firstLine(error)}`;
+          process.stderr.write(`${stand.contender}: ${stand.unavailable}\n`);
+          report.unavailable = { ...(report.unavailable as object), [stand.contender]: stand.unavailable };
+        }
+      }
+      for (let rep = 0; rep < reps; rep++) {
+        for (const stand of rotate(rep)) {
+          if (parts.has('a')) {
+            try {
+              const s = await churnOnce(stand, size, load);
+              churnSamples.push(s);
+              process.stderr.write(`(a) ${size} ${stand.contender} rep ${rep}: ${s.connections} connections (${s.failed} failed), ${s.cpuUsPerConnection.toFixed(1)} us CPU each\n`);
+            } catch (error) {
+              failures.push(`(a) ${size} ${stand.contender}: ${firstLine(error)}`);
+            }
+          }
+          if (parts.has('b')) {
+            try {
+              const s = await floodOnce(stand, size);
+              floodSamples.push(s);
+              process.stderr.write(`(b) ${size} ${stand.contender} rep ${rep}: ${fmt(s.forwardedPps)} pps forwarded, ${s.nsPerPacket.toFixed(0)} ns/pkt softirq\n`);
+            } catch (error) {
+              failures.push(`(b) ${size} ${stand.contender}: ${firstLine(error)}`);
+            }
+          }
+        }
+      }
+    }
+  }
+  report.installMs = installMs;
+
+  const noFigure = (c: Contender): string | undefined => stands.find((s) => s.contender === c)?.unavailable;
+  const churnRow = (c: Contender, size: number) => {
+    const of = churnSamples.filter((s) => s.contender === c && s.services === size);
+    return {
+      contender: c,
+      services: size,
+      runs: of.length,
+      perSecond: median(of.map((s) => s.perSecond)),
+      failed: of.reduce((a, s) => a + s.failed, 0),
+      cpuUsPerConnection: median(of.map((s) => s.cpuUsPerConnection)),
+      perCoreSecond: median(of.map((s) => s.perCoreSecond)),
+      lbUsPerConnection: median(of.map((s) => s.lbUs)),
+    };
+  };
+  const floodRow = (c: Contender, size: number) => {
+    const of = floodSamples.filter((s) => s.contender === c && s.services === size);
+    return {
+      contender: c,
+      services: size,
+      runs: of.length,
+      forwardedPps: median(of.map((s) => s.forwardedPps)),
+      nsPerPacket: median(of.map((s) => s.nsPerPacket)),
+      perCoreSecond: median(of.map((s) => s.perCoreSecond)),
+      lbNsPerPacket: median(of.map((s) => s.lbNs)),
+    };
+  };
+  const contenders: Contender[] = ['none', ...LBS];
+
+  if (parts.has('a')) {
+    const rows = sizes.flatMap((size) => contenders.map((c) => churnRow(c, size)));
+    report.newConnections = rows;
+    console.log(`\n(a) new TCP connections through the VIPs (connect, server FIN, close; a fresh tuple each, VIP k round the services), client + 10 servers on CPU ${LOAD_CPU}, ${churnSeconds} s, medians of ${reps}`);
+    console.log(['services', 'contender', 'conn/s', 'failed', 'CPU us/conn', 'conn/core-s', 'over none us', 'LB us/conn', 'LB conn/core-s'].map((h) => h.padStart(15)).join(''));
+    for (const r of rows) {
+      const none = rows.find((x) => x.contender === 'none' && x.services === r.services);
+      const overNone = r.cpuUsPerConnection - (none?.cpuUsPerConnection ?? NaN);
+      const why = noFigure(r.contender);
+      if (why !== undefined && r.runs === 0) {
+        console.log([fmt(r.services), r.contender].map((c) => c.padStart(15)).join('') + `   ${why}`);
+        continue;
+      }
+      console.log(
+        [
+          fmt(r.services),
+          r.contender,
+          fmt(r.perSecond),
+          String(r.failed),
+          r.cpuUsPerConnection.toFixed(1),
+          fmt(r.perCoreSecond),
+          r.contender === 'none' ? '-' : overNone.toFixed(1),
+          r.contender === 'none' ? '-' : r.lbUsPerConnection.toFixed(2),
+          r.contender === 'none' ? '-' : fmt(1e6 / r.lbUsPerConnection),
+        ]
+          .map((c) => c.padStart(15))
+          .join(''),
+      );
+    }
+  }
+
+  if (parts.has('b')) {
+    const rows = sizes.flatMap((size) => contenders.map((c) => floodRow(c, size)));
+    report.establishedFlow = rows;
+    console.log(`\n(b) one established UDP flow through the UDP service's VIP, trafgen on CPU ${FLOOD_CPU} (softirq of that CPU), ${floodSeconds} s, medians of ${reps}`);
+    console.log(['services', 'contender', 'forwarded pps', 'softirq ns/pkt', 'pps/core', 'LB ns/pkt', 'LB pps/core'].map((h) => h.padStart(15)).join(''));
+    for (const r of rows) {
+      const why = noFigure(r.contender);
+      if (why !== undefined && r.runs === 0) {
+        console.log([fmt(r.services), r.contender].map((c) => c.padStart(15)).join('') + `   ${why}`);
+        continue;
+      }
+      console.log(
+        [fmt(r.services), r.contender, fmt(r.forwardedPps), fmt(r.nsPerPacket), fmt(r.perCoreSecond), r.contender === 'none' ? '-' : fmt(r.lbNsPerPacket), r.contender === 'none' ? '-' : fmt(1e9 / r.lbNsPerPacket)]
+          .map((c) => c.padStart(15))
+          .join(''),
+      );
+    }
+  }
+
+  const changeResults: ChangeResult[] = [];
+  if (parts.has('c')) {
+    console.log(`\n(c) ${CHANGES} backend changes (add a spare, drain the oldest, remove it; to all ${BACKENDS * 2} services) under traffic: ${HELD} long-lived connections through VIP 0:${ECHO_VIP_PORT}, new connections meanwhile`);
+    for (const stand of stands.filter((s) => s.contender !== 'none')) {
+      if (stand.unavailable === undefined && stand.peer !== undefined) {
+        // A refusal of the services themselves (edgeplane until its datapath balances load) is that
+        // contender's row, not a failure of the bench.
+        try {
+          await stand.peer.apply(changeServices(stand.rig, Array.from({ length: BACKENDS }, (_, i) => i), new Map()));
+        } catch (error) {
+          stand.unavailable = `apply ${BACKENDS * 2} services: ${firstLine(error)}`;
+        }
+      }
+      if (stand.unavailable !== undefined) {
+        console.log(`    ${stand.contender.padEnd(10)} ${stand.unavailable}`);
+        continue;
+      }
+      try {
+        const r = await changesUnderTraffic(stand, load);
+        changeResults.push(r);
+        const p = r.persistent;
+        console.log(
+          `    ${stand.contender.padEnd(10)} ${r.changes} changes in ${r.seconds.toFixed(1)} s: broken ${fmt(r.broken)} (long-lived: ${p.broken} of ${p.connections}: errors ${p.errors}, EOF ${p.eofs}, stalled > 2 s ${p.stalls}; ${fmt(p.roundTrips ?? NaN)} round trips, over 200 ms ${p.over200ms}, max ${p.maxMs} ms; new connections ${fmt(r.churn.connections ?? NaN)}, failed ${r.churn.failed})`,
+        );
+      } catch (error) {
+        console.log(`    ${stand.contender.padEnd(10)} failed: ${firstLine(error)}`);
+        failures.push(`(c) ${stand.contender}: ${firstLine(error)}`);
+      }
+    }
+    report.backendChanges = changeResults;
+  }
+
+  // Goals, for edgeplane, each with the peers' figures beside.
+  const small = Math.min(...sizes);
+  const large = Math.max(...sizes);
+  const edgeplaneWhy = noFigure('edgeplane');
+  const naFigure = (what: string): string => `no edgeplane figure (${edgeplaneWhy ?? 'not measured'}); ${what}`;
+  if (parts.has('a')) {
+    const ratios = sizes.map((size) => churnRow('edgeplane', size).perCoreSecond / churnRow('ipvs', size).perCoreSecond);
+    const ipvsWhy = noFigure('ipvs');
+    const beside = sizes.map((size) => `${fmt(size)}: ipvs ${fmt(churnRow('ipvs', size).perCoreSecond)}, iptables ${fmt(churnRow('iptables', size).perCoreSecond)}`).join('; ');
+    goals.push({
+      goal: 'edgeplane new connections per core >= 1.8x IPVS at every size',
+      figure: ratios.every(Number.isFinite)
+        ? sizes
+            .map((size, i) => {
+              const ep = churnRow('edgeplane', size);
+              const ipvs = churnRow('ipvs', size);
+              return `${fmt(size)} services: ${fmt(ep.perCoreSecond)} vs ${fmt(ipvs.perCoreSecond)} conn/core-s, ${ratios[i]!.toFixed(2)}x (load balancer alone ${fmt(1e6 / ep.lbUsPerConnection)} vs ${fmt(1e6 / ipvs.lbUsPerConnection)}, ${(ipvs.lbUsPerConnection / ep.lbUsPerConnection).toFixed(2)}x)`;
+            })
+            .join('; ')
+        : edgeplaneWhy !== undefined
+          ? naFigure(`peers' conn/core-s: ${beside}${ipvsWhy === undefined ? '' : ` (ipvs: ${ipvsWhy})`}`)
+          : `no ipvs figure (${ipvsWhy ?? 'not measured'}); ${beside}`,
+      met: ratios.every(Number.isFinite) ? ratios.every((r) => r >= 1.8) : null,
+    });
+  }
+  if ((parts.has('a') || parts.has('b')) && sizes.length > 1) {
+    const loss = (c: Contender): { conn: number; pps: number; lbConn: number; lbPps: number } => ({
+      conn: churnRow(c, large).perCoreSecond / churnRow(c, small).perCoreSecond - 1,
+      pps: floodRow(c, large).perCoreSecond / floodRow(c, small).perCoreSecond - 1,
+      // The load balancer's own CPU per connection (packet) grows: its rate per core falls by as much.
+      lbConn: churnRow(c, small).lbUsPerConnection / churnRow(c, large).lbUsPerConnection - 1,
+      lbPps: floodRow(c, small).lbNsPerPacket / floodRow(c, large).lbNsPerPacket - 1,
+    });
+    const peers = (['iptables', 'ipvs'] as const)
+      .map((c) => (noFigure(c) === undefined ? `${c} new ${pct(loss(c).conn)}, established ${pct(loss(c).pps)} (alone ${pct(loss(c).lbConn)}, ${pct(loss(c).lbPps)})` : `${c} n/a`))
+      .join('; ');
+    const ep = loss('edgeplane');
+    const measured = [parts.has('a') ? ep.conn : undefined, parts.has('b') ? ep.pps : undefined].filter((x): x is number => x !== undefined);
+    goals.push({
+      goal: `edgeplane <= 5 % loss per core from ${fmt(small)} to ${fmt(large)} services (new connections and established packets)`,
+      figure: measured.every(Number.isFinite) ? `new connections ${pct(ep.conn)}, established ${pct(ep.pps)} (load balancer alone ${pct(ep.lbConn)}, ${pct(ep.lbPps)}); ${peers}` : naFigure(peers),
+      met: measured.length > 0 && measured.every(Number.isFinite) ? measured.every((x) => x >= -0.05) : null,
+    });
+  }
+  if (parts.has('c')) {
+    const ep = changeResults.find((r) => r.contender === 'edgeplane');
+    const peers = changeResults
+      .filter((r) => r.contender !== 'edgeplane')
+      .map((r) => `${r.contender} ${fmt(r.broken)}`)
+      .concat((['iptables', 'ipvs'] as const).filter((c) => noFigure(c) !== undefined).map((c) => `${c} n/a`))
+      .join(', ');
+    goals.push({
+      goal: `0 broken connections across ${CHANGES} backend changes`,
+      figure: ep !== undefined ? `edgeplane ${fmt(ep.broken)}; ${peers}` : naFigure(peers),
+      met: ep !== undefined && Number.isFinite(ep.broken) ? ep.broken === 0 : null,
+    });
+  }
+} catch (error) {
+  failures.push(`bench: ${(error as Error).stack ?? String(error)}`);
+} finally {
+  cleanUp();
+}
+
+console.log('\ngoals');
+for (const g of goals) console.log(`    ${g.met === null ? 'n/a   ' : g.met ? 'met   ' : 'missed'}  ${g.goal}: ${g.figure}`);
+if (failures.length > 0) console.log(`failures:\n    ${failures.join('\n    ')}`);
+console.log(JSON.stringify({ ...report, goals, failures }));
+if (failures.some((f) => f.startsWith('bench:'))) process.exitCode = 1;

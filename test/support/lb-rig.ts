@@ -1,0 +1,332 @@
+// The load-balancing rig (issue 14), shared by the traffic tests and bench/lb.ts: a client
+// namespace ("the internet"), a node namespace with an uplink veth to it and one veth per backend
+// namespace, and N backend namespaces. IPv4 and IPv6 everywhere; the client routes the VIPs to the
+// node, which owns none of them (a load balancer in the node DNATs before the stack routes); the
+// node forwards. Transmit checksum offload is off on every veth end, so every packet leaves with
+// a full checksum and a receiver really drops one that a NAT got wrong.
+//
+// Addresses (nothing here is reachable from outside the namespaces):
+//   client  10.97.0.1/24, fd00:97::1/64 on its uplink; `clientSources` more /32s 10.97.1.1...
+//   node    10.97.0.254/24, fd00:97::fe/64 on its uplink; 10.98.255.254/32, fd00:98::fffe/128 on
+//           every backend link (one gateway address, as Calico does), a host route per backend
+//   backend i  10.98.0.(i+1)/32, fd00:98::(i+1)/128, default route via the node's gateway address
+//   VIP k   10.96.0.0/16 + k + 1, fd00:96::(k + 1): routed by the client to the node
+//
+// Traffic runs through test/support/lb-traffic.py (servers that answer with their name, clients
+// that say which backend each connection reached, holders of long-lived connections). Every
+// process the rig starts and every namespace it makes is removed by remove(), which never throws.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { sh, Topology } from './topology.js';
+
+/** What LbRig.create builds. */
+export interface LbRigOptions {
+  /** Backend namespaces, 1..250. */
+  backends: number;
+  /** More IPv4 source addresses on the client (10.97.1.1 ...), for loads that need many tuples. Default 0, at most 250. */
+  clientSources?: number;
+}
+
+/** One backend namespace. */
+export interface RigBackend {
+  readonly index: number;
+  /** `b<index>`: what its server answers with. */
+  readonly name: string;
+  readonly ns: string;
+  readonly v4: string;
+  readonly v6: string;
+  /** The node's end of this backend's veth. */
+  readonly nodeLink: string;
+}
+
+/** Where the connections of a connect() went. */
+export interface ReachReport {
+  /** Connections (datagrams) answered, by backend name. */
+  reached: Record<string, number>;
+  failed: number;
+  /** Failures by kind: refused, reset, timeout, eof, ... */
+  failures: Record<string, number>;
+}
+
+/** One long-lived connection that broke. */
+export interface BrokenConnection {
+  index: number;
+  backend: string;
+  /** reset, eof, stall (no echo within stallMs), or the error's name. */
+  reason: string;
+}
+
+/** What a holder saw from start to stop. */
+export interface HoldReport {
+  connections: number;
+  backends: Record<string, number>;
+  rounds: number;
+  roundTrips: number;
+  broken: BrokenConnection[];
+}
+
+/** Long-lived connections echoing periodically. stop() ends them and returns the report. */
+export interface Holder {
+  /** How many connections each backend holds, as they were opened. */
+  readonly backends: Record<string, number>;
+  stop(): Promise<HoldReport>;
+}
+
+/** A process the rig started in a namespace; killed by the rig's remove() if still running. */
+export interface RigProcess {
+  readonly child: ChildProcess;
+  /** Everything it printed so far. */
+  output(): string;
+  /** SIGTERM, wait for the exit; its output. Idempotent. */
+  stop(): Promise<string>;
+  /** SIGKILL, wait for the exit. Idempotent. */
+  kill(): Promise<void>;
+}
+
+const TRAFFIC = join(import.meta.dirname, 'lb-traffic.py');
+/** A bound for a process to say "ready" (not a measurement: only how long a failure takes to surface). */
+const READY_MS = 20_000;
+
+const v4 = (n: number): string => `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+const VIP4_BASE = (10 << 24) + (96 << 16);
+
+/**
+ * The rig: namespaces, veths, addresses, routes, and the processes started in them. Built by
+ * create(); everything it made goes with remove() (for test.after.always and a bench's finally).
+ */
+export class LbRig {
+  static readonly CLIENT_V4 = '10.97.0.1';
+  static readonly CLIENT_V6 = 'fd00:97::1';
+  static readonly NODE_V4 = '10.97.0.254';
+  static readonly NODE_V6 = 'fd00:97::fe';
+  static readonly GATEWAY_V4 = '10.98.255.254';
+  static readonly GATEWAY_V6 = 'fd00:98::fffe';
+  /** Prefix of the client's extra sources: `${SOURCE_PREFIX}.1` ... (three octets, as tcp-churn takes it). */
+  static readonly SOURCE_PREFIX = '10.97.1';
+  /** The VIP ranges the client routes to the node. */
+  static readonly VIP_RANGE_V4 = '10.96.0.0/16';
+  static readonly VIP_RANGE_V6 = 'fd00:96::/64';
+
+  readonly topology: Topology;
+  /** The client namespace ("the internet"). */
+  readonly client: string;
+  /** The node namespace (where a load balancer runs). */
+  readonly node: string;
+  /** The uplink veth: its client end and its node end (where edgeplane's XDP goes). */
+  readonly uplink: { readonly client: string; readonly node: string };
+  readonly backends: readonly RigBackend[];
+  #processes = new Set<RigProcess>();
+  #servers = new Map<number, RigProcess>();
+  #serverPorts: number[] = [];
+
+  private constructor(topology: Topology, client: string, node: string, backends: RigBackend[]) {
+    this.topology = topology;
+    this.client = client;
+    this.node = node;
+    this.uplink = { client: 'c-up', node: 'n-up' };
+    this.backends = backends;
+  }
+
+  /**
+   * Builds the rig. @throws Error (from `ip`, `sysctl`, `ethtool`) naming the command that failed;
+   * whatever was made before is removed first.
+   */
+  static create(options: LbRigOptions): LbRig {
+    const count = options.backends;
+    const sources = options.clientSources ?? 0;
+    if (!Number.isInteger(count) || count < 1 || count > 250) throw new RangeError(`lb rig: backends=${count}, want 1..250`);
+    if (!Number.isInteger(sources) || sources < 0 || sources > 250) throw new RangeError(`lb rig: clientSources=${sources}, want 0..250`);
+    const topology = new Topology();
+    try {
+      const client = topology.namespace('lbc');
+      const node = topology.namespace('lbn');
+      const backends: RigBackend[] = [];
+      for (let i = 0; i < count; i++) {
+        backends.push({ index: i, name: `b${i}`, ns: topology.namespace(`lbb${i}`), v4: v4((10 << 24) + (98 << 16) + i + 1), v6: `fd00:98::${(i + 1).toString(16)}`, nodeLink: `n-b${i}` });
+      }
+      const rig = new LbRig(topology, client, node, backends);
+      rig.#build(sources);
+      return rig;
+    } catch (error) {
+      topology.remove();
+      throw error;
+    }
+  }
+
+  #build(sources: number): void {
+    const t = this.topology;
+    t.veth(
+      { ns: this.client, name: this.uplink.client, ipv6: true, addresses: [`${LbRig.CLIENT_V4}/24`, `${LbRig.CLIENT_V6}/64`] },
+      { ns: this.node, name: this.uplink.node, ipv6: true, addresses: [`${LbRig.NODE_V4}/24`, `${LbRig.NODE_V6}/64`] },
+    );
+    if (sources > 0) {
+      const batch = Array.from({ length: sources }, (_, i) => `addr add ${LbRig.SOURCE_PREFIX}.${i + 1}/32 dev ${this.uplink.client}`).join('\n');
+      execFileSync('ip', ['-n', this.client, '-batch', '-'], { input: `${batch}\n`, stdio: ['pipe', 'ignore', 'pipe'] });
+    }
+    for (const route of [`${LbRig.VIP_RANGE_V4} via ${LbRig.NODE_V4}`, `10.98.0.0/16 via ${LbRig.NODE_V4}`]) sh('ip', ['-n', this.client, 'route', 'add', ...route.split(' ')]);
+    for (const route of [`${LbRig.VIP_RANGE_V6} via ${LbRig.NODE_V6}`, `fd00:98::/64 via ${LbRig.NODE_V6}`]) sh('ip', ['-n', this.client, '-6', 'route', 'add', ...route.split(' ')]);
+    // The node forwards, answers the client's extra sources on the uplink, and checks no source path.
+    t.exec(this.node, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0']);
+    sh('ip', ['-n', this.node, 'route', 'add', `${LbRig.SOURCE_PREFIX}.0/24`, 'dev', this.uplink.node]);
+    for (const b of this.backends) {
+      t.veth({ ns: this.node, name: b.nodeLink, ipv6: true, addresses: [`${LbRig.GATEWAY_V4}/32`, `${LbRig.GATEWAY_V6}/128`] }, { ns: b.ns, name: 'b-eth', ipv6: true, addresses: [`${b.v4}/32`, `${b.v6}/128`] });
+      sh('ip', ['-n', this.node, 'route', 'add', `${b.v4}/32`, 'dev', b.nodeLink]);
+      sh('ip', ['-n', this.node, '-6', 'route', 'add', `${b.v6}/128`, 'dev', b.nodeLink]);
+      sh('ip', ['-n', b.ns, 'route', 'add', LbRig.GATEWAY_V4, 'dev', 'b-eth']);
+      sh('ip', ['-n', b.ns, 'route', 'add', 'default', 'via', LbRig.GATEWAY_V4, 'dev', 'b-eth']);
+      sh('ip', ['-n', b.ns, '-6', 'route', 'add', LbRig.GATEWAY_V6, 'dev', 'b-eth']);
+      sh('ip', ['-n', b.ns, '-6', 'route', 'add', 'default', 'via', LbRig.GATEWAY_V6, 'dev', 'b-eth']);
+    }
+    // Every packet leaves a veth with its checksum complete (no CHECKSUM_PARTIAL), so receivers verify it.
+    for (const [ns, dev] of this.veths()) t.exec(ns, 'ethtool', ['-K', dev, 'tx', 'off']);
+  }
+
+  /** Every veth end of the rig: [namespace, device]. */
+  veths(): [string, string][] {
+    return [[this.client, this.uplink.client], [this.node, this.uplink.node], ...this.backends.flatMap((b): [string, string][] => [[this.node, b.nodeLink], [b.ns, 'b-eth']])];
+  }
+
+  /** VIP k (0-based): 10.96.0.0/16 + k + 1, or fd00:96::(k + 1). */
+  static vip(k: number, family: 4 | 6 = 4): string {
+    if (!Number.isInteger(k) || k < 0 || k >= 65_534) throw new RangeError(`lb rig: vip ${k}, want 0..65533`);
+    return family === 4 ? v4(VIP4_BASE + k + 1) : `fd00:96::${(k + 1).toString(16)}`;
+  }
+
+  /** Runs a command in a namespace; stdout. @throws Error with its stderr. */
+  exec(ns: string, command: string, args: string[]): string {
+    return this.topology.exec(ns, command, args);
+  }
+
+  /**
+   * Starts `command args` in `ns`, owned by the rig. With `ready`, resolves once it printed a line
+   * starting with "ready". @throws Error if it exits or stays silent (READY_MS) first.
+   */
+  async spawn(ns: string, command: string, args: string[], options: { ready?: boolean; cpu?: number } = {}): Promise<RigProcess> {
+    const argv = options.cpu === undefined ? [command, ...args] : ['taskset', '-c', String(options.cpu), command, ...args];
+    const child = spawn('ip', ['netns', 'exec', ns, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    let done = false;
+    void exited.then(() => (done = true));
+    const end = async (signal: NodeJS.Signals): Promise<void> => {
+      if (!done) child.kill(signal);
+      await exited;
+      this.#processes.delete(proc);
+    };
+    const proc: RigProcess = {
+      child,
+      output: () => out,
+      stop: async () => {
+        await end('SIGTERM');
+        return out;
+      },
+      kill: () => end('SIGKILL'),
+    };
+    this.#processes.add(proc);
+    if (options.ready) {
+      const ready = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), READY_MS);
+        const check = (): void => {
+          if (/^ready/m.test(out)) {
+            clearTimeout(timer);
+            resolve(true);
+          }
+        };
+        child.stdout.on('data', check);
+        void exited.then(() => {
+          clearTimeout(timer);
+          resolve(/^ready/m.test(out));
+        });
+        check();
+      });
+      if (!ready) {
+        await proc.kill();
+        throw new Error(`${command} ${args.join(' ')} in ${ns} did not get ready: ${err.trim() || out.trim() || 'no output'}`);
+      }
+    }
+    return proc;
+  }
+
+  /** Starts every backend's identity server (TCP and UDP on each of `ports`, IPv4 and IPv6). */
+  async startBackends(ports: number[]): Promise<void> {
+    this.#serverPorts = [...ports];
+    await Promise.all(this.backends.map((b) => this.restartBackend(b.index)));
+  }
+
+  /** Kills backend i's server (SIGKILL: its connections are reset by the kernel). Idempotent. */
+  async killBackend(i: number): Promise<void> {
+    const server = this.#servers.get(i);
+    this.#servers.delete(i);
+    await server?.kill();
+  }
+
+  /** Starts backend i's server again (killing it first if it runs). */
+  async restartBackend(i: number): Promise<void> {
+    const b = this.backends[i];
+    if (b === undefined) throw new RangeError(`lb rig: no backend ${i}`);
+    if (this.#serverPorts.length === 0) throw new Error('lb rig: startBackends() first');
+    await this.killBackend(i);
+    this.#servers.set(i, await this.spawn(b.ns, 'python3', [TRAFFIC, 'serve', b.name, ...this.#serverPorts.map(String)], { ready: true }));
+  }
+
+  /** `count` new connections (TCP) or datagrams from new sockets (UDP) from the client to host:port. */
+  async connect(host: string, port: number, count: number, protocol: 'tcp' | 'udp' = 'tcp'): Promise<ReachReport> {
+    const p = await this.spawn(this.client, 'python3', [TRAFFIC, protocol === 'tcp' ? 'connect' : 'udp', host, String(port), String(count)]);
+    await new Promise<void>((resolve) => p.child.once('exit', () => resolve()).once('error', () => resolve()));
+    const line = p.output().trim().split('\n').pop() ?? '';
+    try {
+      return JSON.parse(line) as ReachReport;
+    } catch {
+      throw new Error(`lb rig: connect ${host}:${port} printed ${JSON.stringify(line)}`);
+    }
+  }
+
+  /** Opens `count` long-lived connections from the client to host:port that echo every intervalMs. */
+  async hold(host: string, port: number, count: number, options: { intervalMs?: number; stallMs?: number } = {}): Promise<Holder> {
+    const p = await this.spawn(this.client, 'python3', [TRAFFIC, 'hold', host, String(port), String(count), String(options.intervalMs ?? 200), String(options.stallMs ?? 2_000)], { ready: true });
+    const readyLine = /^ready (.*)$/m.exec(p.output())?.[1] ?? '{}';
+    const backends = (JSON.parse(readyLine) as { backends?: Record<string, number> }).backends ?? {};
+    return {
+      backends,
+      stop: async () => {
+        const out = await p.stop();
+        const line = out.trim().split('\n').pop() ?? '';
+        try {
+          return JSON.parse(line) as HoldReport;
+        } catch {
+          throw new Error(`lb rig: hold ${host}:${port} printed ${JSON.stringify(line)}`);
+        }
+      },
+    };
+  }
+
+  /** Sends one UDP datagram with a wrong checksum from the client to dst:port (raw socket). */
+  sendBadChecksum(dst: string, port: number): void {
+    this.exec(this.client, 'python3', [TRAFFIC, 'badsum', dst, String(port)]);
+  }
+
+  /** A namespace's IPv4 UDP counters (/proc/net/snmp): InDatagrams, NoPorts, InErrors, InCsumErrors, ... */
+  udpCounters(ns: string): Record<string, number> {
+    const lines = this.exec(ns, 'cat', ['/proc/net/snmp']).split('\n').filter((l) => l.startsWith('Udp:'));
+    const names = (lines[0] ?? '').split(/\s+/).slice(1);
+    const values = (lines[1] ?? '').split(/\s+/).slice(1).map(Number);
+    return Object.fromEntries(names.map((n, i) => [n, values[i] ?? NaN]));
+  }
+
+  /** Kills every process the rig started and deletes every namespace. Idempotent; never throws. */
+  remove(): void {
+    for (const p of this.#processes) {
+      try {
+        p.child.kill('SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    }
+    this.#processes.clear();
+    this.#servers.clear();
+    this.topology.remove();
+  }
+}
