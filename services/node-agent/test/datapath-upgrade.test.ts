@@ -31,7 +31,7 @@ import { buildFrame } from '../src/datapath/packet.js';
 import { LAYOUT_MARKER, LAYOUT_VERSION, readLayoutVersion } from '../src/datapath/pin-layout.js';
 import { decodeConnection, type ConnectionEntry, type ConntrackOccupancy } from '../src/datapath/conntrack.js';
 import { CT_FLAG_ORIG_B } from '../src/datapath/conntrack-key.js';
-import { epCtEntry, epCtKey } from '../src/datapath/table-codecs.js';
+import { epCtEntry, epCtKey, NO_CT_NAT } from '../src/datapath/table-codecs.js';
 import type { ApplyResult } from '../src/datapath/datapath.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { mountBpffs, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
@@ -428,7 +428,7 @@ upgradeTest('upgrade - a crash after any step leaves every hook enforcing, old o
   const plantedAt = process.hrtime.bigint();
   oldCt.set(
     encode(epCtKey, { family: 4, proto: 6, pad: 0, sport: planted.sport, dport: planted.dport, src: v4(planted.src), dst: v4(planted.dst) }),
-    encode(epCtEntry, { expiresNs: plantedAt + 3_600_000_000_000n, createdNs: plantedAt, packets: [5n, 4n], bytes: [500n, 400n], ruleId: 1, epoch: 1, state: 3, flags: 0x01, pad0: 0, pad1: 0 }),
+    encode(epCtEntry, { expiresNs: plantedAt + 3_600_000_000_000n, createdNs: plantedAt, packets: [5n, 4n], bytes: [500n, 400n], ruleId: 1, epoch: 1, state: 3, flags: 0x01, pad0: 0, pad1: 0, nat: NO_CT_NAT }).subarray(0, oldCt.valueSize),
   );
   oldCt.close();
 

@@ -29,9 +29,9 @@ import { compileTables, genFlags, RULE_SLOTS, sizes, WILD_COUNT, type TablesSpec
 import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type ConnectionFilter, type ConntrackConfig, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import { ConntrackTables } from './conntrack-tables.js';
 import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement } from './conntrack-upgrade.js';
-import { CounterTables, type CounterTotals } from './counters.js';
+import { CounterTables, sumPerCpu, type CounterTotals } from './counters.js';
 import { dropPreviousPins, installObject, type InstallReport, type InstallStep } from './datapath-install.js';
-import type { ApplyResult, Counter, DatapathCounters, Datapath } from './datapath.js';
+import { LB_STAT_NAMES, type ApplyResult, type Counter, type DatapathCounters, type Datapath, type LbCounters } from './datapath.js';
 import type { LbSpec } from './service-compile.js';
 import { DEFAULT_LB_CAPACITY, LB_BLOCK_SLOTS, layoutLbTables, lbSizes, type LbCapacity, type LbTablesSpec } from './lb-tables.js';
 import { ConntrackInputError, DatapathError } from './errors.js';
@@ -532,7 +532,7 @@ export class EbpfDatapath implements Datapath {
       this.#counters.addCarry(totals);
       const live = this.#readMeta(this.#readActive()).valid ? this.#generationRuleIds(this.#readActive()) : [];
       const rules = new Map<number, Counter>(live.map((id) => [id, totals.get(id) ?? { packets: 0, bytes: 0 }]));
-      return { rules, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats(), conntrack: this.#conntrack.readStats() };
+      return { rules, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats(), conntrack: this.#conntrack.readStats(), lb: this.#readLbStats() };
     } catch (cause) {
       throw new DatapathError('read counters', { cause });
     }
@@ -746,6 +746,16 @@ export class EbpfDatapath implements Datapath {
     if (lb.backendCount > 0) writeArray(this.#maps.ep_lb_backends, generation * cfg.backends, lb.backends, lbSizes.backend);
     if (lb.blockCount > 0) writeArray(this.#maps.ep_lb_slots, generation * cfg.blocks, lb.slots, lbSizes.block);
     if (lb.vip.count > 0) writeEntries(this.#maps.ep_lb_vip, lb.vip);
+  }
+
+  #readLbStats(): LbCounters {
+    const key = new Uint8Array(4);
+    return Object.fromEntries(
+      LB_STAT_NAMES.map((name, index) => {
+        u32Codec.encode(index, key);
+        return [name, sumPerCpu(this.#maps.ep_lb_stats.getPerCpu(key) ?? [])];
+      }),
+    ) as unknown as LbCounters;
   }
 
   // The per-generation sizes the programs index ep_lb_slots and ep_lb_backends by.

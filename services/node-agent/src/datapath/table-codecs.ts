@@ -36,6 +36,9 @@ export const epCtKey = struct({ family: u8, proto: u8, pad: u16, sport: u16, dpo
  */
 export const epCtNat = struct({ addr: bytes(16), port: u16be, flags: u8, pad: u8, svcId: u32 });
 
+/** The struct ep_ct_nat of an entry that is not NATed. */
+export const NO_CT_NAT: Readonly<ReturnType<typeof epCtNat.decode>> = Object.freeze({ addr: new Uint8Array(16), port: 0, flags: 0, pad: 0, svcId: 0 });
+
 /** `struct ep_ct_entry`: one connection (bpf/CONNTRACK.md); index 0 of packets/bytes is the original direction. */
 export const epCtEntry = struct({
   expiresNs: u64,
