@@ -232,7 +232,7 @@ export class EbpfDatapath implements Datapath {
       if (spec.maps.has('ep_buckets')) mapMaxEntries.ep_buckets = options.rateLimitEntries ?? 262_144;
       if (spec.maps.has('ep_ct')) mapMaxEntries.ep_ct = options.ctEntries ?? 262_144;
       if (spec.maps.has('ep_ct_new')) mapMaxEntries.ep_ct_new = options.ctNewEntries ?? 65_536;
-      Object.assign(mapMaxEntries, lbMapEntries(options.lbCapacity ?? DEFAULT_LB_CAPACITY));
+      for (const [name, entries] of Object.entries(lbMapEntries(options.lbCapacity ?? DEFAULT_LB_CAPACITY))) if (spec.maps.has(name)) mapMaxEntries[name] = entries;
       // Layout 2 keyed the connection tables by the original direction, layouts 3 and 4 by the
       // flow's direction-independent key; layout 4's entry is longer (its NAT): both older
       // layouts' tables are converted, not reused.
