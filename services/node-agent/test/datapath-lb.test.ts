@@ -10,6 +10,7 @@ import { formatAddress, parseAddress, Protocol, SessionAffinity, type Service } 
 import { BpfMap } from 'libbpf-ts';
 import type { ApplyResult } from '../src/datapath/datapath.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
+import { CapacityError } from '../src/datapath/errors.js';
 import { LbReference } from '../src/datapath/lb-reference.js';
 import { layoutLbTables } from '../src/datapath/lb-tables.js';
 import { buildFrame, tcpFlags, type FrameSpec } from '../src/datapath/packet.js';
@@ -346,4 +347,15 @@ test('lb datapath - the generation fingerprint covers the services: same pair un
   const none = await datapath.apply(allowAll);
   t.is(none.services, 0);
   t.is(toVip(datapath, '198.51.100.60', 999, '192.0.2.10', 443, 'tcp').out.dst, '192.0.2.10', 'without services nothing is rewritten');
+});
+
+test('lb datapath - services beyond the loaded capacity are a CapacityError before anything is touched', async (t) => {
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot(), lbCapacity: { services: 2, slots: 64 * 1024, backends: 1024 } });
+  t.teardown(() => datapath.close());
+  t.deepEqual(datapath.lbCapacity, { services: 2, slots: 64 * 1024, backends: 1024 });
+  const first = await datapath.apply(allowAll, compile(services.slice(0, 2)));
+  const error = await t.throwsAsync(datapath.apply(allowAll, compile(services)), { instanceOf: CapacityError });
+  t.regex(error?.message ?? '', /lb-services/);
+  t.is(datapath.generation, first.generation, 'the live generation stays');
+  t.is((await datapath.apply(allowAll, compile(services.slice(0, 2)))).mode, 'unchanged');
 });
