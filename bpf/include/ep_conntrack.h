@@ -154,20 +154,25 @@ static __always_inline void ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp
 		e->expires_ns = now + ep_ct_timeout(to);
 }
 
-/* Creates the entry of a packet with no entry under key `k`, in ep_ct_new, this packet as the
- * original direction (`flags` carries EP_CT_F_ORIG_B when it comes from side b) (CONNTRACK.md step 6 and the creation rules of the state machine). A TCP RST and
- * anything but TCP, UDP and an ICMP echo request create nothing. `nat` (may be NULL) is the
- * entry's NAT (a load-balanced flow's service entry). Returns true when the entry was created.
- * A subprogram of its own: the entry it builds stays off the stack of the programs' main frame,
- * which the classifier's call chain shares the 512 bytes with. */
+/* What a new entry is made with: the packet's time and length, the rule that admitted it, the
+ * live epoch and its EP_CT_F_* flags (EP_CT_F_ORIG_B when the packet comes from side b);
+ * `in_new` is ep_lb_reply's (its reverse entry is in ep_ct_new). One struct, as subprograms take
+ * at most five arguments. */
 struct ep_ct_new_meta {
 	__u64 now;
 	__u64 len;
 	__u32 rule_id;
 	__u32 epoch;
 	__u32 flags;
-	__u32 in_new;  /* ep_lb_reply: the reverse entry is in ep_ct_new */
+	__u32 in_new;
 };
+
+/* Creates the entry of a packet with no entry under key `k`, in ep_ct_new, this packet as the
+ * original direction (CONNTRACK.md step 6 and the creation rules of the state machine). A TCP
+ * RST and anything but TCP, UDP and an ICMP echo request create nothing. `nat` (may be NULL) is
+ * the entry's NAT (a load-balanced flow's service entry). Returns true when the entry was
+ * created. A subprogram of its own: the entry it builds stays off the programs' main frame,
+ * whose 512 bytes of stack the classifier's call chain shares. */
 static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k, const struct ep_ct_new_meta *m,
 				    const struct ep_ct_nat *nat)
 {
