@@ -6,7 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { BpfMap, encode, type Program } from 'libbpf-ts';
-import { CONNECTION_FLAGS, CONNECTION_STATES, ctKeyOfFlow, epCtEntry, epCtKey, type EbpfDatapath, type EbpfDatapathOptions } from '@edgeplane/node-agent';
+import { CONNECTION_FLAGS, CONNECTION_STATES, ctKeyOfFlow, epCtEntry, epCtKey, NO_CT_NAT, type EbpfDatapath, type EbpfDatapathOptions } from '@edgeplane/node-agent';
 
 const PROTO_UDP = 17;
 /** Entries written or read per batch syscall. */
@@ -145,6 +145,7 @@ export class ConntrackAccess {
       flags: CONNECTION_FLAGS.seen_reply,
       pad0: 0,
       pad1: 0,
+      nat: NO_CT_NAT,
     };
     // One encoded value per originator side.
     const values = new Map<number, Uint8Array>();

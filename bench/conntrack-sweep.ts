@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { BpfMap, encode } from 'libbpf-ts';
-import { EbpfDatapath, epCtEntry, epCtKey, nextSweepDelay } from '@edgeplane/node-agent';
+import { EbpfDatapath, epCtEntry, epCtKey, nextSweepDelay, NO_CT_NAT } from '@edgeplane/node-agent';
 
 const arg = (name: string, fallback: number): number => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1] ?? fallback);
 const entries = arg('entries', 1_000_000);
@@ -37,7 +37,7 @@ try {
         // 10.x sorts before 192.0.2.1: the tuple is already its flow's key (side a = src, no EP_CT_F_ORIG_B).
         keys.push(encode(epCtKey, { family: 4, proto: 17, pad: 0, sport: 1024 + (n % 60_000), dport: 53, src, dst }));
         const expires = i < expired ? now - 1n : now + 3_600_000_000_000n;
-        values.push(encode(epCtEntry, { expiresNs: expires, createdNs: now, packets: [1n, 1n], bytes: [64n, 64n], ruleId: 1, epoch: 1, state: 7, flags: 1, pad0: 0, pad1: 0 }));
+        values.push(encode(epCtEntry, { expiresNs: expires, createdNs: now, packets: [1n, 1n], bytes: [64n, 64n], ruleId: 1, epoch: 1, state: 7, flags: 1, pad0: 0, pad1: 0, nat: NO_CT_NAT }));
       }
       table.setBatch(keys, values);
     }

@@ -3,6 +3,7 @@
  * include/classifier.h, which pull in the maps, structs and parsing headers) at three hooks, and
  * the connection table's sweeper. bpf/CONNTRACK.md is the contract of the connection table. */
 #include "ep_conntrack.h"
+#include "ep_nat.h"
 
 #define EP_TC_ACT_OK   0
 #define EP_TC_ACT_SHOT 2
@@ -14,7 +15,14 @@ int edge_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	return ep_datapath(data, data_end, data_end - data, EP_HOOK_POLICY) == EP_DROP ? XDP_DROP : XDP_PASS;
+	struct ep_nat nat;
+	if (ep_datapath(data, data_end, data_end - data, EP_HOOK_POLICY, &nat) == EP_DROP)
+		return XDP_DROP;
+	/* A load-balanced flow: DNAT to its backend (the parser saw every byte the rewrite
+	 * touches, so it cannot fail on a frame it passed). */
+	if (nat.op != EP_NAT_NONE && ep_xdp_nat(ctx, &nat) < 0)
+		return XDP_DROP;
+	return XDP_PASS;
 }
 
 /* Pulls up to EP_TC_PULL_LEN bytes into the linear area. */
@@ -37,10 +45,17 @@ int edge_tc(struct __sk_buff *skb)
 	__u32 len = skb->len;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	return ep_datapath(data, data_end, len, EP_HOOK_POLICY) == EP_DROP ? EP_TC_ACT_SHOT : EP_TC_ACT_OK;
+	struct ep_nat nat;
+	if (ep_datapath(data, data_end, len, EP_HOOK_POLICY, &nat) == EP_DROP)
+		return EP_TC_ACT_SHOT;
+	/* An uplink in --xdp-mode tc: DNAT of a load-balanced flow (workloads have no services). */
+	if (nat.op != EP_NAT_NONE && ep_tc_nat(skb, &nat) < 0)
+		return EP_TC_ACT_SHOT;
+	return EP_TC_ACT_OK;
 }
 
-/* Uplink clsact egress: connection tracking only (no egress policy on uplinks); always passes. */
+/* Uplink clsact egress: connection tracking and the reverse NAT of load-balanced flows (no egress
+ * policy on uplinks); always passes. */
 SEC("tc")
 int edge_tc_egress(struct __sk_buff *skb)
 {
@@ -49,7 +64,11 @@ int edge_tc_egress(struct __sk_buff *skb)
 	__u32 len = skb->len;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	ep_datapath(data, data_end, len, EP_HOOK_EGRESS);
+	struct ep_nat nat;
+	ep_datapath(data, data_end, len, EP_HOOK_EGRESS, &nat);
+	/* A reply of a load-balanced flow: its source becomes the VIP. */
+	if (nat.op != EP_NAT_NONE)
+		ep_tc_nat(skb, &nat);
 	return EP_TC_ACT_OK;
 }
 
@@ -69,12 +88,27 @@ static long ep_ct_sweep_one(struct bpf_map *map, struct ep_ct_key *key, struct e
 	if (e->expires_ns <= s->now && bpf_map_delete_elem(map, key) == 0) {
 		s->deleted++;
 		ep_ct_stat(EP_CT_STAT_EXPIRED, 0);
+		return 0;
+	}
+	/* A load-balanced flow's reverse entry never expires by itself: it goes with its service
+	 * entry (bpf/LB.md, "Connection entries of a load-balanced flow"). */
+	if (e->nat.flags & EP_CT_NAT_REVNAT) {
+		struct ep_ct_key ks;
+		ep_lb_service_key(&ks, key, e);
+		struct ep_ct_entry *svc = bpf_map_lookup_elem(&ep_ct, &ks);
+		if (!svc || svc->expires_ns <= s->now)
+			svc = bpf_map_lookup_elem(&ep_ct_new, &ks);
+		if ((!svc || svc->expires_ns <= s->now || !(svc->nat.flags & EP_CT_NAT_DNAT)) && bpf_map_delete_elem(map, key) == 0) {
+			s->deleted++;
+			ep_lb_stat(EP_LB_STAT_ORPHAN, 0);
+		}
 	}
 	return 0;
 }
 
 /* Run by the agent with BPF_PROG_TEST_RUN, ctx = struct ep_ct_sweep_args: deletes up to
- * args->budget expired entries of ep_ct, then of ep_ct_new. Returns how many it deleted (the
+ * args->budget expired entries of ep_ct, then of ep_ct_new, and the reverse entries of
+ * load-balanced flows whose service entry is gone or expired. Returns how many it deleted (the
  * budget: there may be more). */
 SEC("syscall")
 int ep_ct_sweep(struct ep_ct_sweep_args *args)

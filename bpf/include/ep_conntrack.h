@@ -13,6 +13,7 @@
 #define EP_CONNTRACK_H
 
 #include "classifier.h"
+#include "ep_hash.h"
 
 /* Where a packet is met: a policy hook (uplink XDP, workload TC) or uplink egress (track only). */
 enum ep_hook { EP_HOOK_POLICY, EP_HOOK_EGRESS };
@@ -153,26 +154,44 @@ static __always_inline void ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp
 		e->expires_ns = now + ep_ct_timeout(to);
 }
 
+/* What a new entry is made with: the packet's time and length, the rule that admitted it, the
+ * live epoch and its EP_CT_F_* flags (EP_CT_F_ORIG_B when the packet comes from side b);
+ * `in_new` is ep_lb_reply's (its reverse entry is in ep_ct_new). One struct, as subprograms take
+ * at most five arguments. */
+struct ep_ct_new_meta {
+	__u64 now;
+	__u64 len;
+	__u32 rule_id;
+	__u32 epoch;
+	__u32 flags;
+	__u32 in_new;
+};
+
 /* Creates the entry of a packet with no entry under key `k`, in ep_ct_new, this packet as the
- * original direction (`flags` carries EP_CT_F_ORIG_B when it comes from side b) (CONNTRACK.md step 6 and the creation rules of the state machine). A TCP RST and
- * anything but TCP, UDP and an ICMP echo request create nothing. */
-static __always_inline void ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k, __u32 rule_id,
-					 __u8 flags, __u32 epoch, __u64 now, __u64 len)
+ * original direction (CONNTRACK.md step 6 and the creation rules of the state machine). A TCP
+ * RST and anything but TCP, UDP and an ICMP echo request create nothing. `nat` (may be NULL) is
+ * the entry's NAT (a load-balanced flow's service entry). Returns true when the entry was
+ * created. A subprogram of its own: the entry it builds stays off the programs' main frame,
+ * whose 512 bytes of stack the classifier's call chain shares. */
+static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k, const struct ep_ct_new_meta *m,
+				    const struct ep_ct_nat *nat)
 {
 	struct ep_ct_entry e = {};
+	__u64 now = m->now, len = m->len;
+	__u8 flags = m->flags;
 	__u32 to;
 	if (p->ct == EP_CTK_ECHO_REQ) {
 		e.state = EP_CT_ICMP;
 		to = EP_CT_TO_ICMP;
 	} else if (p->ct != EP_CTK_FLOW) {
-		return;
+		return false;
 	} else if (p->proto == EP_IPPROTO_UDP) {
 		e.state = EP_CT_UDP;
 		to = EP_CT_TO_UDP;
 	} else {
 		__u8 tcp = p->tcp_flags;
 		if (tcp & EP_TCP_RST)
-			return;
+			return false;
 		if ((tcp & (EP_TCP_SYN | EP_TCP_ACK)) == EP_TCP_SYN) {
 			e.state = EP_CT_SYN_SENT;
 			to = EP_CT_TO_TCP_SYN;
@@ -190,13 +209,17 @@ static __always_inline void ep_ct_create(const struct ep_pkt *p, struct ep_ct_ke
 	e.expires_ns = now + ep_ct_timeout(to);
 	e.packets[0] = 1;
 	e.bytes[0] = len;
-	e.rule_id = rule_id;
-	e.epoch = epoch;
+	e.rule_id = m->rule_id;
+	e.epoch = m->epoch;
 	e.flags = flags;
-	if (bpf_map_update_elem(&ep_ct_new, k, &e, BPF_ANY) == 0)
+	if (nat)
+		e.nat = *nat;
+	if (bpf_map_update_elem(&ep_ct_new, k, &e, BPF_ANY) == 0) {
 		ep_ct_stat(EP_CT_STAT_CREATED, len);
-	else
-		ep_ct_stat(EP_CT_STAT_INSERT_FAILED, len);
+		return true;
+	}
+	ep_ct_stat(EP_CT_STAT_INSERT_FAILED, len);
+	return false;
 }
 
 /* The cut re-check (CONNTRACK.md step 5): classifies the entry's tuple against generation `gen`.
@@ -251,11 +274,158 @@ static __always_inline void ep_ct_promote(struct ep_ct_key *k, struct ep_ct_entr
 	ep_ct_stat(EP_CT_STAT_INSERT_FAILED, 0);
 }
 
+/* ---- L4 load balancing (bpf/LB.md, "A packet" and "Connection entries of a load-balanced flow") */
+
+static __always_inline void ep_lb_stat(__u32 which, __u64 len)
+{
+	ep_count(&ep_lb_stats, which, len);
+}
+
+/* LB.md "A packet" steps 3-6 for a new TCP/UDP flow `p` in generation `gen`: returns 0 when its
+ * destination is not a VIP, -1 when it is one without a backend (m = 0, or tables that do not
+ * hold what the entry says: drop), 1 with `out` = the backend (EP_CT_NAT_DNAT). */
+static __noinline int ep_lb_select(const struct ep_pkt *p, __u32 gen, struct ep_ct_nat *out)
+{
+	struct ep_lb_vip_key vk = {};
+	vk.gen = gen;
+	vk.family = p->family;
+	vk.proto = p->proto;
+	vk.port = p->dport;
+	__builtin_memcpy(vk.vip, p->dst, 16);
+	struct ep_lb_svc *svc = bpf_map_lookup_elem(&ep_lb_vip, &vk);
+	if (!svc)
+		return 0;
+	__u32 m = svc->m;
+	if (m == 0)
+		return -1;
+	__u32 zero = 0;
+	struct ep_lb_cfg *cfg = bpf_map_lookup_elem(&ep_lb_cfg, &zero);
+	if (!cfg)
+		return -1;
+	__u32 h = (svc->flags & EP_LB_F_AFFINITY) ? ep_client_hash(p->family, p->src)
+						   : ep_flow_hash(p->family, p->proto, p->src, p->dst, p->sport, p->dport);
+	__u32 slot = ep_maglev_slot(h, m);
+	__u32 bi = gen * cfg->blocks + svc->block + slot / EP_LB_BLOCK_SLOTS;
+	struct ep_lb_block *block = bpf_map_lookup_elem(&ep_lb_slots, &bi);
+	if (!block)
+		return -1;
+	__u32 index = block->backend[slot & (EP_LB_BLOCK_SLOTS - 1)];
+	if (index >= svc->backends)
+		return -1;
+	__u32 bei = gen * cfg->backends + svc->backend_base + index;
+	struct ep_lb_backend *be = bpf_map_lookup_elem(&ep_lb_backends, &bei);
+	if (!be || be->family != p->family)
+		return -1;
+	__builtin_memcpy(out->addr, be->addr, 16);
+	out->port = be->port;
+	out->flags = EP_CT_NAT_DNAT;
+	out->pad = 0;
+	out->svc_id = svc->svc_id;
+	return 1;
+}
+
+/* The reverse entry B of a new load-balanced flow whose service entry was just created: key
+ * client:cport <-> backend:bport, NAT = the VIP (EP_CT_NAT_REVNAT), in ep_ct_new beside S with
+ * S's state; it never expires by itself (it lives as long as S: the egress program and the
+ * sweeper delete it when S is gone). */
+static __noinline void ep_lb_create_rev(const struct ep_pkt *p, const struct ep_ct_nat *be, __u32 rule_id, __u32 epoch,
+					__u64 now)
+{
+	struct ep_ct_key kb;
+	__u32 client_b = ep_ct_key_make(&kb, p->family, p->proto, p->src, p->sport, be->addr, bpf_ntohs(be->port), false, false);
+	struct ep_ct_entry e = {};
+	e.expires_ns = ~0ULL;
+	e.created_ns = now;
+	e.rule_id = rule_id;
+	e.epoch = epoch;
+	e.state = p->proto == EP_IPPROTO_UDP ? EP_CT_UDP : EP_CT_SYN_SENT;
+	e.flags = client_b ? EP_CT_F_ORIG_B : 0;
+	__builtin_memcpy(e.nat.addr, p->dst, 16);
+	e.nat.port = bpf_htons(p->dport);
+	e.nat.flags = EP_CT_NAT_REVNAT;
+	e.nat.svc_id = be->svc_id;
+	if (bpf_map_update_elem(&ep_ct_new, &kb, &e, BPF_ANY) != 0)
+		ep_ct_stat(EP_CT_STAT_INSERT_FAILED, 0);
+}
+
+/* Fills `n` to rewrite packet `p`'s destination (EP_NAT_DST) or source (EP_NAT_SRC) to addr:port
+ * (port in network order). */
+static __always_inline void ep_nat_set(struct ep_nat *n, __u8 op, const struct ep_pkt *p, const __u8 *addr, __be16 port)
+{
+	n->op = op;
+	n->family = p->family;
+	n->proto = p->proto;
+	n->l3_off = p->l3_off;
+	n->l4_off = p->l4_off;
+	__builtin_memcpy(n->new_addr, addr, 16);
+	n->new_port = port;
+}
+
+/* The service entry S of reverse entry `b` (key `kb`): key client <-> VIP, the client being B's
+ * originator. Returns EP_CT_F_ORIG_B's value for a packet from the VIP to the client. */
+static __always_inline __u32 ep_lb_service_key(struct ep_ct_key *ks, const struct ep_ct_key *kb, const struct ep_ct_entry *b)
+{
+	bool client_b = b->flags & EP_CT_F_ORIG_B;
+	const __u8 *client = client_b ? kb->dst : kb->src;
+	__u16 cport = client_b ? kb->dport : kb->sport;
+	return ep_ct_key_make(ks, kb->family, kb->proto, b->nat.addr, bpf_ntohs(b->nat.port), client, cport, false, false);
+}
+
+/* Uplink egress, a reply (backend -> client) that found its reverse entry `b` under `kb`
+ * (`m->in_new`: in ep_ct_new): the packet is applied to the service entry S as a reply (state,
+ * counters, promotion of S and of B at the first reply) and its source becomes the VIP. Without
+ * a live S, B is deleted and false returned: the packet is then untracked. A subprogram, like
+ * ep_ct_create, to keep S's key off the main frame. */
+static __noinline bool ep_lb_reply(const struct ep_pkt *p, struct ep_ct_key *kb, struct ep_ct_entry *b,
+				   const struct ep_ct_new_meta *m, struct ep_nat *nat)
+{
+	__u64 now = m->now, len = m->len;
+	bool b_new = m->in_new;
+	struct ep_ct_key ks;
+	__u32 src_b = ep_lb_service_key(&ks, kb, b);
+	bool s_new = false;
+	struct ep_ct_entry *s = ep_ct_get(&ep_ct, &ks, now);
+	if (!s) {
+		s_new = true;
+		s = ep_ct_get(&ep_ct_new, &ks, now);
+	}
+	if (!s || !(s->nat.flags & EP_CT_NAT_DNAT)) {
+		if (b_new)
+			bpf_map_delete_elem(&ep_ct_new, kb);
+		else
+			bpf_map_delete_elem(&ep_ct, kb);
+		ep_lb_stat(EP_LB_STAT_ORPHAN, len);
+		return false;
+	}
+	__u32 dir = src_b == !!(s->flags & EP_CT_F_ORIG_B) ? EP_CT_DIR_ORIG : EP_CT_DIR_REPLY;
+	if (p->proto == EP_IPPROTO_TCP) {
+		ep_ct_tcp(s, dir, p->tcp_flags, now);
+	} else {
+		if (dir == EP_CT_DIR_REPLY)
+			s->flags |= EP_CT_F_SEEN_REPLY;
+		s->expires_ns = now + ep_ct_timeout(EP_CT_TO_UDP);
+	}
+	__sync_fetch_and_add(&s->packets[dir & 1], 1);
+	__sync_fetch_and_add(&s->bytes[dir & 1], len);
+	b->state = s->state;
+	ep_nat_set(nat, EP_NAT_SRC, p, b->nat.addr, b->nat.port);
+	ep_ct_stat(EP_CT_STAT_ESTABLISHED, len);
+	ep_lb_stat(EP_LB_STAT_REVNAT, len);
+	if (dir == EP_CT_DIR_REPLY) {
+		b->flags |= EP_CT_F_SEEN_REPLY;
+		if (s_new)
+			ep_ct_promote(&ks, s);
+		if (b_new)
+			ep_ct_promote(kb, b);
+	}
+	return true;
+}
+
 /* Is the ICMP error in `p` about a tracked flow? Reads the embedded IP header and the 8 bytes
  * after it (ports, or an echo's identifier) and looks the inner tuple's key up once in each
  * table, changing no state (CONNTRACK.md step 4). An IPv6 inner header followed by extension
  * headers is not looked into. */
-static __always_inline bool ep_ct_related(void *data, void *data_end, const struct ep_pkt *p, __u64 now)
+static __noinline bool ep_ct_related(void *data, void *data_end, const struct ep_pkt *p, __u64 now)
 {
 	struct ep_ct_key k;
 	__u8 src[16] = {}, dst[16] = {};
@@ -299,11 +469,13 @@ static __always_inline bool ep_ct_related(void *data, void *data_end, const stru
 }
 
 /* One packet, CONNTRACK.md "A packet, in order": parse, control bypass, lookup, ICMP errors,
- * entry found, no entry. At EP_HOOK_EGRESS (uplink egress) every packet passes and no rule is
- * consulted. Returns EP_PASS or EP_DROP. */
-static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, int hook)
+ * entry found, no entry; for a load-balanced flow (LB.md, "A packet") the NAT its hook must
+ * write goes into `nat` (op EP_NAT_NONE: none). At EP_HOOK_EGRESS (uplink egress) every packet
+ * passes and no rule is consulted. Returns EP_PASS or EP_DROP. */
+static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, int hook, struct ep_nat *nat)
 {
 	struct ep_pkt p = {};
+	nat->op = EP_NAT_NONE;
 	int parsed = ep_parse(data, data_end, &p);
 	if (hook == EP_HOOK_EGRESS && parsed != EP_PARSE_OK)
 		return EP_PASS;
@@ -354,6 +526,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	 * original when it comes from the side that opened the flow. An echo request is always
 	 * original, an echo reply always a reply (the key's side a is the requester). */
 	bool trackable = p.ct == EP_CTK_FLOW || p.ct == EP_CTK_ECHO_REQ || p.ct == EP_CTK_ECHO_REP;
+	struct ep_ct_new_meta meta = { .now = now, .len = len, .epoch = epoch };
 	struct ep_ct_key k;
 	__u32 src_b = 0;
 	if (trackable) {
@@ -364,6 +537,23 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		if (!e) {
 			in_new = true;
 			e = ep_ct_get(&ep_ct_new, &k, now);
+		}
+		if (e && (e->nat.flags & EP_CT_NAT_REVNAT)) {
+			__u32 bdir = src_b == !!(e->flags & EP_CT_F_ORIG_B) ? EP_CT_DIR_ORIG : EP_CT_DIR_REPLY;
+			if (hook == EP_HOOK_POLICY) {
+				/* A reverse entry (LB.md) is no entry for the packet at the policy
+				 * hook: it is classified as new and creates nothing over it
+				 * (untrackable from here on). */
+				trackable = false;
+			} else if (bdir == EP_CT_DIR_ORIG) {
+				/* The DNATed packet itself leaving through the uplink (a backend behind it). */
+				return EP_PASS;
+			} else {
+				meta.in_new = in_new;
+				if (ep_lb_reply(&p, &k, e, &meta, nat))
+					return EP_PASS;
+			}
+			e = NULL;
 		}
 		if (e) {
 			/* 5. Entry found. */
@@ -389,6 +579,10 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			__sync_fetch_and_add(&e->packets[dir & 1], 1);
 			__sync_fetch_and_add(&e->bytes[dir & 1], len);
 			ep_ct_stat(EP_CT_STAT_ESTABLISHED, len);
+			/* A load-balanced flow's service entry: its original direction goes to its
+			 * backend, whatever the tables say now. */
+			if (hook == EP_HOOK_POLICY && dir == EP_CT_DIR_ORIG && (e->nat.flags & EP_CT_NAT_DNAT))
+				ep_nat_set(nat, EP_NAT_DST, &p, e->nat.addr, e->nat.port);
 			if (in_new && dir == EP_CT_DIR_REPLY)
 				ep_ct_promote(&k, e);
 			return EP_PASS;
@@ -402,9 +596,13 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		return EP_PASS;
 	}
 
+	meta.flags = src_b ? EP_CT_F_ORIG_B : 0;
 	if (hook == EP_HOOK_EGRESS) {
-		if (trackable && (gflags & EP_GEN_F_TRACK_EGRESS))
-			ep_ct_create(&p, &k, EP_CT_RULE_EGRESS, EP_CT_F_EGRESS | (src_b ? EP_CT_F_ORIG_B : 0), epoch, now, len);
+		if (trackable && (gflags & EP_GEN_F_TRACK_EGRESS)) {
+			meta.rule_id = EP_CT_RULE_EGRESS;
+			meta.flags |= EP_CT_F_EGRESS;
+			ep_ct_create(&p, &k, &meta, NULL);
+		}
 		return EP_PASS;
 	}
 
@@ -417,8 +615,27 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	bool track = false;
 	__u32 rule_id = 0;
 	int verdict = ep_act(slot, &p, len, &track, &rule_id);
-	if (verdict == EP_PASS && track && trackable)
-		ep_ct_create(&p, &k, rule_id, src_b ? EP_CT_F_ORIG_B : 0, epoch, now, len);
+	if (verdict != EP_PASS || !trackable)
+		return verdict;
+	meta.rule_id = rule_id;
+	/* A new flow to a VIP (LB.md "A packet" 3-7): always tracked, whatever the rule says. */
+	if (p.ct == EP_CTK_FLOW && (gflags & EP_GEN_F_SERVICES)) {
+		struct ep_ct_nat be = {};
+		int selected = ep_lb_select(&p, gen, &be);
+		if (selected < 0) {
+			ep_lb_stat(EP_LB_STAT_NO_BACKEND, len);
+			return EP_DROP;
+		}
+		if (selected > 0) {
+			ep_lb_stat(EP_LB_STAT_SELECTED, len);
+			if (ep_ct_create(&p, &k, &meta, &be))
+				ep_lb_create_rev(&p, &be, rule_id, epoch, now);
+			ep_nat_set(nat, EP_NAT_DST, &p, be.addr, be.port);
+			return EP_PASS;
+		}
+	}
+	if (track)
+		ep_ct_create(&p, &k, &meta, NULL);
 	return verdict;
 }
 

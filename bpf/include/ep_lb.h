@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * L4 load balancing (issue 14): the entries of the load-balancing maps, as bpf/LB.md proposes them
- * for layout version 4. No datapath program includes this yet (the maps would change the pinned
- * layout); services/node-agent/src/datapath/lb-tables.ts writes these bytes, table-codecs.ts
- * describes them, and services/node-agent/test/lb-layout.test.ts checks both against the BTF of
- * fixtures/lb_layout.bpf.c, which includes this header.
+ * L4 load balancing (issue 14): the entries of the load-balancing maps (layout version 4; bpf/LB.md).
+ * ep_maps.h declares the maps; services/node-agent/src/datapath/lb-tables.ts writes these bytes,
+ * table-codecs.ts describes them, and services/node-agent/test/lb-layout.test.ts checks both
+ * against the BTF of fixtures/lb_layout.bpf.c, which includes this header (and
+ * datapath-layout.test.ts against edgeplane.bpf.o's).
  */
 #ifndef EP_LB_H
 #define EP_LB_H

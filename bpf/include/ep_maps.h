@@ -11,6 +11,7 @@
 #include <bpf/bpf_helpers.h>
 #include "ep_tables.h"
 #include "ep_structs.h"
+#include "ep_lb.h"
 
 /* The variable-size per-rule-set tables (the LPM trie of all three fields and the sparse class
  * words) are inner maps of 2-slot ARRAY_OF_MAPS outer maps, slot = generation, sized to their
@@ -200,5 +201,48 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } ep_ct_control_ports SEC(".maps");
+
+/* ---- L4 load balancing (bpf/LB.md, layout 4). Per generation, sized at load from the agent's
+ * --lb-* capacities (max_entries below are placeholders the agent overrides). */
+
+/* Services: { generation, family, proto, port, VIP } -> struct ep_lb_svc. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2);
+	__type(key, struct ep_lb_vip_key);
+	__type(value, struct ep_lb_svc);
+} ep_lb_vip SEC(".maps");
+
+/* Maglev tables in 64-byte blocks, index generation * ep_lb_cfg.blocks + block. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct ep_lb_block);
+} ep_lb_slots SEC(".maps");
+
+/* Backends, index generation * ep_lb_cfg.backends + backend_base + i. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct ep_lb_backend);
+} ep_lb_backends SEC(".maps");
+
+/* [0]: the per-generation sizes of ep_lb_slots and ep_lb_backends (struct ep_lb_cfg), written at open. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ep_lb_cfg);
+} ep_lb_cfg SEC(".maps");
+
+/* Per-CPU load-balancing counters, indexed by enum ep_lb_stat. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EP_LB_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, struct ep_counter);
+} ep_lb_stats SEC(".maps");
 
 #endif

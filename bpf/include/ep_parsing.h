@@ -78,6 +78,7 @@ static __always_inline int ep_parse_ipv4(void *data, void *data_end, __u32 off, 
 	if (data + off + hlen > data_end)
 		return EP_PARSE_MALFORMED;
 	p->family = 4;
+	p->l3_off = off;
 	p->proto = ip->protocol;
 	__builtin_memcpy(p->src, &ip->saddr, 4);
 	__builtin_memcpy(p->dst, &ip->daddr, 4);
@@ -101,6 +102,7 @@ static __always_inline int ep_parse_ipv6(void *data, void *data_end, __u32 off, 
 	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 		return EP_PARSE_MALFORMED;
 	p->family = 6;
+	p->l3_off = off;
 	__builtin_memcpy(p->src, &ip6->saddr, 16);
 	__builtin_memcpy(p->dst, &ip6->daddr, 16);
 	__u32 nh = ip6->nexthdr;

@@ -59,6 +59,25 @@ struct ep_pkt {
 	__u8 tcp_flags;  /* EP_TCP_* */
 	__u8 ct;         /* enum ep_ct_kind */
 	__u16 l4_off;    /* offset of the L4 header in the frame */
+	__u16 l3_off;    /* offset of the IP header in the frame */
+	__u16 pad;
+};
+
+/* A rewrite ep_datapath asks its hook to make (bpf/LB.md, "A packet"): the destination (DNAT of
+ * a load-balanced flow's original direction) or the source (reverse NAT of its replies) becomes
+ * new_addr:new_port. The hook writes it (ep_nat.h), reading the old address and port from the
+ * packet: XDP with incremental checksums, TC through the skb helpers. */
+enum ep_nat_op { EP_NAT_NONE, EP_NAT_DST, EP_NAT_SRC };
+struct ep_nat {
+	__u8 op;          /* enum ep_nat_op */
+	__u8 family;      /* 4 or 6 */
+	__u8 proto;       /* 6 or 17 */
+	__u8 pad;
+	__u16 l3_off;
+	__u16 l4_off;
+	__u8 new_addr[16];
+	__be16 new_port;  /* network byte order, as written */
+	__u16 pad2;
 };
 
 struct ep_vlan {

@@ -97,8 +97,10 @@ struct ep_bucket {
 /* ---- Connection tracking (bpf/CONNTRACK.md is the contract) ---------------------------------- */
 
 /* 1: the object before conntrack (it has no marker); 2: conntrack keyed by the original
- * direction; 3: the direction-independent key below (bpf/CONNTRACK.md, "Upgrades"). */
-#define EP_LAYOUT_VERSION 3
+ * direction; 3: the direction-independent key below (bpf/CONNTRACK.md, "Upgrades"); 4: the
+ * connection entry carries its NAT (struct ep_ct_nat) and the load-balancing maps exist
+ * (bpf/LB.md). */
+#define EP_LAYOUT_VERSION 4
 
 /* Rule flags live in the high bits of ep_rule.action (the layout of ep_rule is unchanged). */
 #define EP_ACT_MASK     0xff
@@ -123,6 +125,19 @@ struct ep_ct_key {
 	__u8 dst[16];  /* side b's address */
 };                     /* 40 bytes */
 
+/* The NAT of a load-balanced flow (layout 4; bpf/LB.md, "Connection entries of a load-balanced
+ * flow"). On the service entry S (key: client <-> VIP) the backend, flag EP_CT_NAT_DNAT; on the
+ * reverse entry B (key: client <-> backend) the VIP, flag EP_CT_NAT_REVNAT. Zeros: not NATed. */
+#define EP_CT_NAT_DNAT   0x1 /* original-direction packets get destination addr:port */
+#define EP_CT_NAT_REVNAT 0x2 /* reply-direction packets get source addr:port; lives as long as its S */
+struct ep_ct_nat {
+	__u8 addr[16];     /* IPv4 in the first 4 bytes, rest zero */
+	__be16 port;       /* network byte order, written into the packet as is */
+	__u8 flags;        /* EP_CT_NAT_* */
+	__u8 pad;
+	__u32 svc_id;      /* the service (ep_lb_svc.svc_id), nonzero */
+};                         /* 24 bytes */
+
 struct ep_ct_entry {
 	__u64 expires_ns;  /* deadline, bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC at tick resolution) */
 	__u64 created_ns;
@@ -134,7 +149,8 @@ struct ep_ct_entry {
 	__u8 flags;        /* EP_CT_F_* */
 	__u16 pad0;
 	__u32 pad1;
-};                         /* 64 bytes */
+	struct ep_ct_nat nat; /* layout 4: zeros when the flow is not NATed */
+};                         /* 88 bytes */
 
 enum ep_ct_state {
 	EP_CT_NONE, EP_CT_SYN_SENT, EP_CT_SYN_RECV, EP_CT_ESTABLISHED, EP_CT_FIN_WAIT,
@@ -158,6 +174,7 @@ struct ep_ct_cfg {
 /* Per generation (ep_gen_cfg[gen]), read after ep_active. */
 #define EP_GEN_F_TRACK_EGRESS 0x1 /* uplink egress creates entries for new outbound flows */
 #define EP_GEN_F_CUT          0x2 /* established flows are re-checked when the epoch changes */
+#define EP_GEN_F_SERVICES     0x4 /* layout 4: the generation has services (ep_lb_vip is looked up) */
 struct ep_gen_cfg {
 	__u32 flags;
 	__u32 epoch; /* increases with every apply, never 0 */
@@ -184,6 +201,22 @@ enum ep_ct_stat {
 struct ep_ct_sweep_args {
 	__u32 budget;  /* most entries deleted by one run */
 	__u32 pad;
+};
+
+/* ---- L4 load balancing (bpf/LB.md; the entries are in ep_lb.h) ------------------------------ */
+
+/* ep_lb_cfg[0], written by the agent at open: what one generation of ep_lb_slots and
+ * ep_lb_backends holds (half of each map), so generation g's block i is g * blocks + i. */
+struct ep_lb_cfg {
+	__u32 blocks;   /* EP_LB_BLOCKS */
+	__u32 backends; /* EP_LB_BACKENDS */
+};
+
+/* Per-CPU load-balancing counters (ep_lb_stats). */
+enum ep_lb_stat {
+	EP_LB_STAT_SELECTED /* new flows given a backend */, EP_LB_STAT_NO_BACKEND /* new flows to a VIP without one: dropped */,
+	EP_LB_STAT_REVNAT /* replies reverse-NATed */, EP_LB_STAT_ORPHAN /* reverse entries deleted: their service entry was gone */,
+	EP_LB_STAT_COUNT,
 };
 
 #endif

@@ -1,7 +1,7 @@
 // Public surface of the node agent's datapath.
 export { compileTables, MAX_CLASS_WORDS, rangeToPrefixes } from './datapath/compile-tables.js';
 export type { MapEntriesSpec, TablesSpec } from './datapath/compile-tables.js';
-export type { ApplyResult, ConnectionReader, Counter, CounterReader, Datapath, DatapathCounters } from './datapath/datapath.js';
+export type { ApplyResult, ConnectionReader, Counter, CounterReader, Datapath, DatapathCounters, LbCounters } from './datapath/datapath.js';
 export { DEFAULT_OBJECT_PATH, EbpfDatapath } from './datapath/ebpf-datapath.js';
 export {
   CONNECTION_FLAGS,
@@ -30,7 +30,7 @@ export type {
 export { ConntrackSweeper, nextSweepDelay } from './datapath/conntrack-sweeper.js';
 export { CT_FLAG_ORIG_B, ctKeyOfFlow, ctKeyOfTuple, originalTuple } from './datapath/conntrack-key.js';
 export type { ConntrackSweeperOptions, ConntrackSweepTarget, SweepRun } from './datapath/conntrack-sweeper.js';
-export { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg, epLbBackend, epLbBlock, epLbSvc, epLbVipKey, lbTableCodecs, tableCodecs } from './datapath/table-codecs.js';
+export { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg, epLbBackend, epLbBlock, epLbSvc, epCtNat, epLbCfg, epLbVipKey, lbTableCodecs, NO_CT_NAT, tableCodecs } from './datapath/table-codecs.js';
 export { genFlags, RULE_FLAG_TRACK } from './datapath/compile-tables.js';
 export type { AttachOptions, EbpfDatapathOptions, UplinkMode } from './datapath/ebpf-datapath.js';
 export { INTERFACE_ROLES, isInterfaceRole } from './datapath/interface-role.js';
@@ -42,7 +42,7 @@ export { backendKey, buildMaglevTable, maglevPermutation, MAX_BACKEND_KEY_LENGTH
 export type { MaglevBackend } from './datapath/maglev.js';
 export { compileServices, lbServiceOrder, MaglevTableCache } from './datapath/service-compile.js';
 export type { BackendHealthView, LbBackendSpec, LbServiceSpec, LbSpec, ServiceCompileOptions } from './datapath/service-compile.js';
-export { DEFAULT_LB_CAPACITY, layoutLbTables, LB_BLOCK_SLOTS, lbBlocks, lbSizes, lbSvcFlags } from './datapath/lb-tables.js';
+export { DEFAULT_LB_CAPACITY, LB_TARGET_CAPACITY, NO_LB_CAPACITY, layoutLbTables, LB_BLOCK_SLOTS, lbBlocks, lbSizes, lbSvcFlags } from './datapath/lb-tables.js';
 export type { LbCapacity, LbExtent, LbTablesSpec } from './datapath/lb-tables.js';
 export { LbReference } from './datapath/lb-reference.js';
 export type { LbSelection } from './datapath/lb-reference.js';

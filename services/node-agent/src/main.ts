@@ -23,6 +23,7 @@ import { ConntrackSweeper } from './datapath/conntrack-sweeper.js';
 import { EbpfDatapath } from './datapath/ebpf-datapath.js';
 import type { InterfaceRole } from './datapath/interface-role.js';
 import { MemoryDatapath } from './datapath/memory-datapath.js';
+import { NO_LB_CAPACITY } from './datapath/lb-tables.js';
 import { LAYOUT_VERSION } from './datapath/pin-layout.js';
 
 const VERSION = '0.1.0';
@@ -99,8 +100,9 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
           ctEntries: config.ctEntries,
           ctNewEntries: config.ctNewEntries,
           conntrack: config.conntrack,
-          // Services are DNATed at the uplink's XDP hook: only its maps are sized by --lb-*.
-          ...(role === 'uplink' ? { lbCapacity: config.lbCapacity } : {}),
+          // Services are DNATed at the uplink's XDP hook: only its maps are sized by --lb-*; a
+          // workload datapath never fronts a service and takes the smallest maps.
+          lbCapacity: role === 'uplink' ? config.lbCapacity : NO_LB_CAPACITY,
           onInstallStep: (step) => log('info', `${role} datapath install: ${step}`),
         });
         closers.push(() => dp.close()); // closes fds only: programs stay attached and pinned

@@ -7,7 +7,7 @@ import { encode } from 'libbpf-ts';
 import { parseAddress } from '@edgeplane/proto';
 import { CT_FLAG_ORIG_B, ctKeyOfFlow, ctKeyOfTuple, originalTuple, reverseKey, type CtKey } from '../src/datapath/conntrack-key.js';
 import { relayoutCtElement } from '../src/datapath/conntrack-upgrade.js';
-import { epCtEntry, epCtKey } from '../src/datapath/table-codecs.js';
+import { epCtEntry, epCtKey, NO_CT_NAT } from '../src/datapath/table-codecs.js';
 
 function tuple(src: string, sport: number, dst: string, dport: number, proto = 6): CtKey {
   const pad = (text: string): Uint8Array => {
@@ -54,19 +54,22 @@ test('originalTuple - rebuilds the original direction from the key and EP_CT_F_O
   t.is(ctKeyOfFlow(tuple('10.0.0.2', 80, '10.0.0.1', 40000)).origFlag, CT_FLAG_ORIG_B);
 });
 
-test('relayoutCtElement - a layout-2 element becomes its flow key with the originator flag; converting twice is converting once', (t) => {
+test('relayoutCtElement - a layout-2 element becomes its flow key with the originator flag and a zero NAT; converting twice is converting once', (t) => {
   const flow = tuple('10.0.0.2', 80, '10.0.0.1', 40000);
   const key2 = encode(epCtKey, { ...flow, pad: 0 });
-  const value2 = encode(epCtEntry, { expiresNs: 99n, createdNs: 7n, packets: [3n, 2n], bytes: [300n, 200n], ruleId: 5, epoch: 4, state: 3, flags: 0x01 | 0x08, pad0: 0, pad1: 0 });
+  // Layouts 2 and 3 had no struct ep_ct_nat: their 64-byte values are the first 64 bytes of layout 4's.
+  const value2 = encode(epCtEntry, { expiresNs: 99n, createdNs: 7n, packets: [3n, 2n], bytes: [300n, 200n], ruleId: 5, epoch: 4, state: 3, flags: 0x01 | 0x08, pad0: 0, pad1: 0, nat: NO_CT_NAT }).slice(0, 64);
   const once = relayoutCtElement(key2, value2);
+  t.is(once.value.length, epCtEntry.size);
   const k = epCtKey.decode(once.key);
   t.deepEqual([k.sport, k.dport, [...k.src.subarray(0, 4)].join('.'), [...k.dst.subarray(0, 4)].join('.')], [40000, 80, '10.0.0.1', '10.0.0.2']);
-  t.deepEqual(epCtEntry.decode(once.value), { ...epCtEntry.decode(value2), flags: 0x01 | 0x08 | CT_FLAG_ORIG_B });
+  t.deepEqual(epCtEntry.decode(once.value), { ...epCtEntry.decode(once.value), expiresNs: 99n, createdNs: 7n, packets: [3n, 2n], bytes: [300n, 200n], ruleId: 5, epoch: 4, state: 3, flags: 0x01 | 0x08 | CT_FLAG_ORIG_B, pad0: 0, pad1: 0 });
+  t.deepEqual(epCtEntry.decode(once.value).nat, { ...NO_CT_NAT, addr: new Uint8Array(16) });
   const twice = relayoutCtElement(once.key, once.value);
   t.deepEqual([...twice.key], [...once.key]);
   t.deepEqual([...twice.value], [...once.value]);
   // Already in order: unchanged.
-  const ordered = relayoutCtElement(once.key, encode(epCtEntry, { ...epCtEntry.decode(value2), flags: 0x01 }));
+  const ordered = relayoutCtElement(once.key, encode(epCtEntry, { ...epCtEntry.decode(once.value), flags: 0x01 }));
   t.deepEqual([...ordered.key], [...once.key]);
   t.is(epCtEntry.decode(ordered.value).flags, 0x01);
 });

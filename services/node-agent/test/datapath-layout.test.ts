@@ -6,6 +6,7 @@ import test from 'ava';
 import { loadObjectSpec } from 'libbpf-ts';
 import { sizes } from '../src/datapath/compile-tables.js';
 import { CONNTRACK_STAT_NAMES } from '../src/datapath/conntrack.js';
+import { LB_STAT_NAMES } from '../src/datapath/datapath.js';
 import { DEFAULT_OBJECT_PATH } from '../src/datapath/ebpf-datapath.js';
 import { tableCodecs } from '../src/datapath/table-codecs.js';
 import { readObjectBtf } from './btf-helpers.js';
@@ -44,6 +45,12 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_ct_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: CONNTRACK_STAT_NAMES.length, flags: 0, inner: undefined },
     ep_ct_control: { type: 'hash', keySize: tableCodecs.ep_ct_control_key.size, valueSize: 4, maxEntries: 64, flags: 0, inner: undefined },
     ep_ct_control_ports: { type: 'array', keySize: 4, valueSize: 8, maxEntries: 1024, flags: 0, inner: undefined },
+    // Layout 4 (bpf/LB.md): placeholders of 2 entries, sized at load from lbCapacity.
+    ep_lb_vip: { type: 'hash', keySize: tableCodecs.ep_lb_vip_key.size, valueSize: tableCodecs.ep_lb_svc.size, maxEntries: 2, flags: 0, inner: undefined },
+    ep_lb_slots: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_lb_block.size, maxEntries: 2, flags: 0, inner: undefined },
+    ep_lb_backends: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_lb_backend.size, maxEntries: 2, flags: 0, inner: undefined },
+    ep_lb_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_lb_cfg.size, maxEntries: 1, flags: 0, inner: undefined },
+    ep_lb_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: LB_STAT_NAMES.length, flags: 0, inner: undefined },
   });
   t.deepEqual(spec.maps.get('ep_lpm')?.innerMap, { type: 'lpm_trie', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_cwords')?.innerMap, { type: 'hash', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: 1, flags: 0 });
@@ -59,7 +66,8 @@ test('layout - every codec field has the offset and size of the C struct member'
 test('layout - conntrack structs have the sizes CONNTRACK.md gives', (t) => {
   // The contract other parts (the reference model, the API, the benchmark) are written against.
   t.is(tableCodecs.ep_ct_key.size, 40);
-  t.is(tableCodecs.ep_ct_entry.size, 64);
+  t.is(tableCodecs.ep_ct_entry.size, 88); // layout 4: 64 + struct ep_ct_nat (24)
+  t.is(tableCodecs.ep_ct_nat.size, 24);
   t.is(tableCodecs.ep_ct_control_key.size, 20);
   t.is(tableCodecs.ep_gen_cfg.size, 8);
   t.is(tableCodecs.ep_ct_cfg.size, 40);

@@ -1,11 +1,12 @@
-// Upgrade in place (issue 13), on the real kernel: a node whose pinned datapath was loaded by the
-// previous version (layout 2: connection tables keyed by the original direction) takes this
-// version's agent and object (layout 3: one direction-independent key) without dropping an
-// allowed packet, passing a denied one or losing an established connection.
+// Upgrade in place (issues 13 and 14), on the real kernel: a node whose pinned datapath was loaded
+// by the previous version (layout 3: 64-byte connection entries, no load-balancing maps) takes
+// this version's agent and object (layout 4: entries carry their NAT, the load-balancing maps)
+// without dropping an allowed packet, passing a denied one or losing an established connection.
+// (Layout 2 -> 3 was this test's previous subject; relayoutCtElement still converts layout 2.)
 //
 // The previous version is built from git: the first commit whose bpf/include/ep_tables.h says
-// `#define EP_LAYOUT_VERSION 3` is the first of layout 3, so its first parent is the newest of
-// layout 2 (EDGEPLANE_UPGRADE_FROM=<commit> overrides). `git archive` writes that tree into a temporary
+// `#define EP_LAYOUT_VERSION 4` (this version's) is the first of layout 4, so its first parent is
+// the newest of layout 3 (EDGEPLANE_UPGRADE_FROM=<commit> overrides). `git archive` writes that tree into a temporary
 // directory (no worktree entry in the shared repository to clean up if the test dies), its BPF
 // object is built there with this tree's vmlinux.h, and its own TypeScript runs under tsx with
 // its workspace packages mapped to its own sources (tsconfig paths) and this tree's
@@ -31,7 +32,7 @@ import { buildFrame } from '../src/datapath/packet.js';
 import { LAYOUT_MARKER, LAYOUT_VERSION, readLayoutVersion } from '../src/datapath/pin-layout.js';
 import { decodeConnection, type ConnectionEntry, type ConntrackOccupancy } from '../src/datapath/conntrack.js';
 import { CT_FLAG_ORIG_B } from '../src/datapath/conntrack-key.js';
-import { epCtEntry, epCtKey } from '../src/datapath/table-codecs.js';
+import { epCtEntry, epCtKey, NO_CT_NAT } from '../src/datapath/table-codecs.js';
 import type { ApplyResult } from '../src/datapath/datapath.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { mountBpffs, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
@@ -41,11 +42,11 @@ const workerPath = 'services/node-agent/test/datapath-upgrade-worker.ts';
 const trafficScript = fileURLToPath(new URL('./datapath-upgrade-traffic.py', import.meta.url));
 const execFileAsync = promisify(execFile);
 
-/** The maps of layout 2 that layout 3 keeps as they are, the two whose keys it converts, and the one it adds (bpf/CONNTRACK.md, "Upgrades"). */
-const keptMaps = ['ep_active', 'ep_barrier', 'ep_buckets', 'ep_carry', 'ep_counters', 'ep_ct_cfg', 'ep_ct_control', 'ep_ct_stats', 'ep_cwords', 'ep_gen_cfg', 'ep_lpm', 'ep_meta', 'ep_rules', 'ep_stats', 'ep_wild'];
+/** The maps of layout 3 that layout 4 keeps as they are, the two whose entries it widens, and the ones it adds (bpf/CONNTRACK.md, "Upgrades"; bpf/LB.md, "Upgrade"). */
+const keptMaps = ['ep_active', 'ep_barrier', 'ep_buckets', 'ep_carry', 'ep_counters', 'ep_ct_cfg', 'ep_ct_control', 'ep_ct_control_ports', 'ep_ct_stats', 'ep_cwords', 'ep_gen_cfg', 'ep_lpm', 'ep_meta', 'ep_rules', 'ep_stats', 'ep_wild'];
 const convertedMaps = ['ep_ct', 'ep_ct_new'];
-const addedMaps = ['ep_ct_control_ports'];
-const PREVIOUS_LAYOUT = 2;
+const addedMaps = ['ep_lb_vip', 'ep_lb_slots', 'ep_lb_backends', 'ep_lb_cfg', 'ep_lb_stats'];
+const PREVIOUS_LAYOUT = 3;
 
 const X = '10.210.0.1';
 const W = '10.211.0.1';
@@ -119,9 +120,9 @@ const upgradeTest = history === undefined ? test.serial : test.serial.skip;
 
 test.before(() => {
   if (history !== undefined) return;
-  // The first commit whose header says layout 3 (by content, not a fixed hash): its parent is the newest of layout 2.
-  const firstOfLayout3 = git('log', '--format=%H', '--reverse', '-G', `^#define EP_LAYOUT_VERSION ${LAYOUT_VERSION}\\b`, '--', 'bpf/include/ep_tables.h').split('\n')[0];
-  const commit = git('rev-parse', '--verify', process.env.EDGEPLANE_UPGRADE_FROM ?? `${firstOfLayout3}^`);
+  // The first commit whose header says this layout (by content, not a fixed hash): its parent is the newest of the previous one.
+  const firstOfThisLayout = git('log', '--format=%H', '--reverse', '-G', `^#define EP_LAYOUT_VERSION ${LAYOUT_VERSION}\\b`, '--', 'bpf/include/ep_tables.h').split('\n')[0];
+  const commit = git('rev-parse', '--verify', process.env.EDGEPLANE_UPGRADE_FROM ?? `${firstOfThisLayout}^`);
   const dir = mkdtempSync('/tmp/edgeplane-previous-');
   previous = { dir, commit };
   execFileSync('sh', ['-c', `git -C "$1" archive "$2" | tar -x -C "$3"`, 'sh', repo, commit, dir]);
@@ -223,7 +224,7 @@ async function programGone(id: number): Promise<boolean> {
   );
 }
 
-upgradeTest('upgrade - a node on layout 2 takes the new agent and object under traffic: 0 leaks, 0 failed connections, established connections kept in their original direction', async (t) => {
+upgradeTest('upgrade - a node on layout 3 takes the new agent and object under traffic: 0 leaks, 0 failed connections, established connections kept in their original direction', async (t) => {
   t.timeout(120_000);
   t.log(`previous version: ${previous?.commit}`);
   const nsX = topology.namespace('ux');
@@ -253,7 +254,7 @@ upgradeTest('upgrade - a node on layout 2 takes the new agent and object under t
   const [oldUplink, oldWorkload] = before.roles as [RoleOutput, RoleOutput];
   t.is(readLayoutVersion(uplinkRoot), PREVIOUS_LAYOUT);
   t.is(readLayoutVersion(workloadRoot), PREVIOUS_LAYOUT);
-  t.deepEqual(Object.keys(oldUplink.pinned).sort(), [...keptMaps, ...convertedMaps, LAYOUT_MARKER, 'edge_tc', 'edge_tc_egress', 'edge_xdp', 'ep_ct_sweep'].sort(), 'layout 2: its maps, programs and marker');
+  t.deepEqual(Object.keys(oldUplink.pinned).sort(), [...keptMaps, ...convertedMaps, LAYOUT_MARKER, 'edge_tc', 'edge_tc_egress', 'edge_xdp', 'ep_ct_sweep'].sort(), 'layout 3: its maps, programs and marker');
   t.deepEqual(hooks(nsN), {
     [nu]: { xdp: oldUplink.xdpProgramId, 'tc-egress': oldUplink.pinned.edge_tc_egress },
     [nw]: { 'tc-ingress': oldWorkload.tcProgramId, 'tc-egress': oldWorkload.tcProgramId },
@@ -415,9 +416,9 @@ upgradeTest('upgrade - a crash after any step leaves every hook enforcing, old o
     }
   };
   expectEnforcing('before');
-  // A connection the previous version tracks, written as layout 2 keys it (its original
-  // direction, from the higher address): every attempt converts the table again, and converting
-  // twice must be converting once.
+  // A connection the previous version tracks, written as layout 3 keys it (the flow's key, side a
+  // the lower address, EP_CT_F_ORIG_B: opened from the higher one) in its 64-byte entry: every
+  // attempt converts the table again, and converting twice must be converting once.
   const planted = { src: '10.212.0.9', sport: 80, dst: '10.212.0.1', dport: 40000 };
   const v4 = (a: string): Uint8Array => {
     const out = new Uint8Array(16);
@@ -427,8 +428,8 @@ upgradeTest('upgrade - a crash after any step leaves every hook enforcing, old o
   const oldCt = BpfMap.openPinned(join(pinRoot, 'ep_ct'));
   const plantedAt = process.hrtime.bigint();
   oldCt.set(
-    encode(epCtKey, { family: 4, proto: 6, pad: 0, sport: planted.sport, dport: planted.dport, src: v4(planted.src), dst: v4(planted.dst) }),
-    encode(epCtEntry, { expiresNs: plantedAt + 3_600_000_000_000n, createdNs: plantedAt, packets: [5n, 4n], bytes: [500n, 400n], ruleId: 1, epoch: 1, state: 3, flags: 0x01, pad0: 0, pad1: 0 }),
+    encode(epCtKey, { family: 4, proto: 6, pad: 0, sport: planted.dport, dport: planted.sport, src: v4(planted.dst), dst: v4(planted.src) }),
+    encode(epCtEntry, { expiresNs: plantedAt + 3_600_000_000_000n, createdNs: plantedAt, packets: [5n, 4n], bytes: [500n, 400n], ruleId: 1, epoch: 1, state: 3, flags: 0x01 | CT_FLAG_ORIG_B, pad0: 0, pad1: 0, nat: NO_CT_NAT }).subarray(0, oldCt.valueSize),
   );
   oldCt.close();
 
@@ -468,6 +469,8 @@ upgradeTest('upgrade - a crash after any step leaves every hook enforcing, old o
   const entry = decodeConnection(key, value, 'established', process.hrtime.bigint());
   t.like(entry, { src: planted.src, sport: planted.sport, dst: planted.dst, dport: planted.dport, state: 'established', flags: ['seen_reply'], packets: { original: 5, reply: 4 }, ruleId: 1 });
   t.is(epCtEntry.decode(value).flags, 0x01 | CT_FLAG_ORIG_B);
+  t.is(value.length, epCtEntry.size, 'widened to the layout-4 entry');
+  t.is(epCtEntry.decode(value).nat.flags, 0, 'not NATed');
   for (const id of [...seen.xdp, ...seen.tc]) {
     if (id === done.xdpProgramId || id === done.tcProgramId) continue;
     t.true(await programGone(id), `superseded program ${id} freed`);

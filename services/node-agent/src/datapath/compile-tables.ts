@@ -43,7 +43,7 @@ export const actionCodes = { allow: 0, deny: 1, rate_limit: 2 } as const;
 /** EP_RULE_F_TRACK: high bit of ep_rule.action; an allowed packet creates a connection entry. */
 export const RULE_FLAG_TRACK = 0x100;
 /** struct ep_gen_cfg.flags bits (EP_GEN_F_*). */
-export const genFlags = { trackEgress: 0x1, cut: 0x2 } as const;
+export const genFlags = { trackEgress: 0x1, cut: 0x2, services: 0x4 } as const;
 
 const NANO = 1_000_000_000n;
 

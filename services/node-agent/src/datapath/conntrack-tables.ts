@@ -6,6 +6,7 @@
 import { encode, TypedMap, u32, u64, type BpfMap, type CodecValue, type Program } from 'libbpf-ts';
 import {
   CONNTRACK_STAT_NAMES,
+  CT_NAT_FLAGS,
   conntrackTimeoutsNs,
   DEFAULT_CONNTRACK_CONFIG,
   decodeConnection,
@@ -18,7 +19,7 @@ import {
   type ControlEndpoint,
 } from './conntrack.js';
 import { sumPerCpu } from './counters.js';
-import { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg } from './table-codecs.js';
+import { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtNat, epCtSweepArgs, epGenCfg } from './table-codecs.js';
 
 /** The maps ConntrackTables borrows, by their names in the object. */
 export interface ConntrackMaps {
@@ -38,6 +39,8 @@ const CONTROL_PORT_WORDS = 65536 / 64;
 const CHUNK = 8192;
 /** Offset of expires_ns in struct ep_ct_entry (its first field). */
 const EXPIRES_OFFSET = epCtEntry.fields.find((field) => field.name === 'expiresNs')?.offset ?? 0;
+/** Offset of nat.flags in struct ep_ct_entry (layout 4). */
+const NAT_FLAGS_OFFSET = (epCtEntry.fields.find((field) => field.name === 'nat')?.offset ?? 0) + (epCtNat.fields.find((field) => field.name === 'flags')?.offset ?? 0);
 
 /**
  * The conntrack maps and the sweeper program of one pinned datapath. It borrows them (holds no
@@ -158,7 +161,9 @@ export class ConntrackTables {
    * @param nowNs CLOCK_MONOTONIC now; default process.hrtime.bigint() (the clock of the entries: bpf_ktime_get_coarse_ns, CLOCK_MONOTONIC at tick resolution, at most a tick behind).
    */
   occupancy(nowNs: bigint = process.hrtime.bigint()): ConntrackOccupancy {
-    return { established: countLive(this.#maps.ep_ct, nowNs), new: countLive(this.#maps.ep_ct_new, nowNs) };
+    const established = countLive(this.#maps.ep_ct, nowNs);
+    const fresh = countLive(this.#maps.ep_ct_new, nowNs);
+    return { established: established.flows, new: fresh.flows, reverseNat: established.reverse + fresh.reverse };
   }
 
   /**
@@ -176,6 +181,8 @@ export class ConntrackTables {
         const view = new DataView(values.buffer, values.byteOffset, values.byteLength);
         for (let i = 0; i < count; i++) {
           if (view.getBigUint64(i * epCtEntry.size + EXPIRES_OFFSET, true) <= nowNs) continue;
+          // A load-balanced flow's reverse entry: its flow is listed by its service entry.
+          if (((values[i * epCtEntry.size + NAT_FLAGS_OFFSET] ?? 0) & CT_NAT_FLAGS.revnat) !== 0) continue;
           const key = keys.subarray(i * epCtKey.size, (i + 1) * epCtKey.size);
           const entry = decodeConnection(key, values.subarray(i * epCtEntry.size, (i + 1) * epCtEntry.size), table, nowNs);
           if (!match(entry)) continue;
@@ -200,11 +207,16 @@ export class ConntrackTables {
   }
 }
 
-function countLive(map: BpfMap, nowNs: bigint): number {
-  let live = 0;
+// Live entries of `map`: flows, and load-balanced flows' reverse entries apart (they never expire by themselves).
+function countLive(map: BpfMap, nowNs: bigint): { flows: number; reverse: number } {
+  let flows = 0;
+  let reverse = 0;
   for (const { count, values } of map.getBatches(CHUNK)) {
     const view = new DataView(values.buffer, values.byteOffset, values.byteLength);
-    for (let i = 0; i < count; i++) if (view.getBigUint64(i * epCtEntry.size + EXPIRES_OFFSET, true) > nowNs) live++;
+    for (let i = 0; i < count; i++) {
+      if (((values[i * epCtEntry.size + NAT_FLAGS_OFFSET] ?? 0) & CT_NAT_FLAGS.revnat) !== 0) reverse++;
+      else if (view.getBigUint64(i * epCtEntry.size + EXPIRES_OFFSET, true) > nowNs) flows++;
+    }
   }
-  return live;
+  return { flows, reverse };
 }

@@ -1,8 +1,9 @@
-// Layout 2 -> 3 of the connection tables (bpf/CONNTRACK.md, "Upgrades"): layout 2 keyed an entry
-// by its flow's original direction, layout 3 by the direction-independent key with the
-// originator in EP_CT_F_ORIG_B. The maps keep their shape (40-byte key, 64-byte value), so the
-// install migrates them through relayoutCtElement() instead of reusing them, and after the
-// hooks are switched catchUpConntrack() copies what the superseded programs created meanwhile.
+// Layouts 2 and 3 -> 4 of the connection tables (bpf/CONNTRACK.md, "Upgrades"): layout 2 keyed an
+// entry by its flow's original direction, layouts 3 and 4 by the direction-independent key with
+// the originator in EP_CT_F_ORIG_B; layout 4 grows the entry from 64 to 88 bytes with its NAT
+// (struct ep_ct_nat, zeros for every entry an older layout made). The install migrates both
+// tables through relayoutCtElement(), and after the hooks are switched catchUpConntrack() copies
+// what the superseded programs created meanwhile.
 import { BpfMap, encode, LibbpfError } from 'libbpf-ts';
 import { ctKeyOfFlow, CT_FLAG_ORIG_B, originalTuple } from './conntrack-key.js';
 import { DatapathError } from './errors.js';
@@ -19,29 +20,31 @@ const EEXIST = 17;
 const E2BIG = 7;
 /** Elements read per batch syscall. */
 const CHUNK = 8192;
-/** The layout whose connection tables relayoutCtElement() converts from. */
+/** The oldest layout whose connection tables relayoutCtElement() converts (layout 1 had none). */
 export const CT_KEY_LAYOUT_FROM = 2;
 
 /**
- * One element of ep_ct or ep_ct_new in layout 3. A layout-2 element (key = the original
+ * One element of ep_ct or ep_ct_new in layout 4. A layout-2 element (key = the original
  * direction; its flags never carry EP_CT_F_ORIG_B, a bit layout 2 does not define) becomes the
- * flow's key with EP_CT_F_ORIG_B set when the originator is side b; a layout-3 element comes out
- * unchanged, so converting twice is converting once.
- * @returns a new key and value; never throws for elements of the map's sizes.
+ * flow's key with EP_CT_F_ORIG_B set when the originator is side b; a layout-3 element keeps its
+ * key. A 64-byte value (layouts 2 and 3) grows to 88 with a zero struct ep_ct_nat (not NATed); a
+ * layout-4 element comes out unchanged, so converting twice is converting once.
+ * @returns a new key and value; never throws for elements of 64 or 88 bytes.
  */
 export function relayoutCtElement(key: Uint8Array, value: Uint8Array): { key: Uint8Array; value: Uint8Array } {
   const k = epCtKey.decode(key);
   const flags = value[FLAGS_OFFSET] ?? 0;
   const original = originalTuple({ ...k, family: k.family === 6 ? 6 : 4 }, flags);
   const { key: canonical, origFlag } = ctKeyOfFlow(original);
-  const out = new Uint8Array(value);
+  const out = new Uint8Array(epCtEntry.size);
+  out.set(value.subarray(0, epCtEntry.size));
   out[FLAGS_OFFSET] = (flags & ~CT_FLAG_ORIG_B) | origFlag;
   return { key: encode(epCtKey, { ...canonical, pad: k.pad }), value: out };
 }
 
 /**
- * After an upgrade's switch: copies into `to` (a layout-3 table) the elements of the superseded
- * table `fromId` (layout 2, still written by the superseded programs until their hooks were
+ * After an upgrade's switch: copies into `to` (a layout-4 table) the elements of the superseded
+ * table `fromId` (layout 2 or 3, still written by the superseded programs until their hooks were
  * switched) created at or after `sinceNs`, converted, where `to` has no element of that flow.
  * Older elements were copied by the install; one promoted meanwhile is still in the new
  * ep_ct_new and moves again at its next reply.

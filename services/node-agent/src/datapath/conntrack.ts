@@ -75,6 +75,11 @@ export interface ConntrackOccupancy {
   readonly established: number;
   /** In ep_ct_new: flows that have not (yet). */
   readonly new: number;
+  /**
+   * Reverse entries of load-balanced flows (bpf/LB.md), in both tables, counted apart from the
+   * two above: one per load-balanced flow, beside its service entry. Absent where none can exist.
+   */
+  readonly reverseNat?: number;
 }
 
 /** A control endpoint: packets FROM it (its address and source port) always pass. */
@@ -115,7 +120,16 @@ export interface ConnectionEntry {
   readonly table: ConnectionTable;
   /** True if created by uplink egress tracking (flag EP_CT_F_EGRESS, ruleId EGRESS_RULE_ID). */
   readonly egress: boolean;
+  /**
+   * A load-balanced flow (bpf/LB.md): the backend its original direction is DNATed to, and the
+   * service's id. Absent for a flow that is not load-balanced. (Its reverse entry, keyed by the
+   * backend's side, is not listed: ConntrackOccupancy.reverseNat counts those.)
+   */
+  readonly backend?: { readonly address: string; readonly port: number; readonly svcId: number };
 }
+
+/** struct ep_ct_nat.flags bits (EP_CT_NAT_*). */
+export const CT_NAT_FLAGS = { dnat: 0x1, revnat: 0x2 } as const;
 
 /** Which connections listConnections() returns; every field given must match. */
 export interface ConnectionFilter {
@@ -207,6 +221,7 @@ export function decodeConnection(key: Uint8Array, value: Uint8Array, table: Conn
     epoch: e.epoch,
     table,
     egress: (e.flags & CONNECTION_FLAGS.egress) !== 0,
+    ...((e.nat.flags & CT_NAT_FLAGS.dnat) !== 0 ? { backend: { address: address(e.nat.addr), port: e.nat.port, svcId: e.nat.svcId } } : {}),
   };
 }
 

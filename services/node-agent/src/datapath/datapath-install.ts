@@ -195,7 +195,8 @@ function innerMapsFit(outer: BpfMap, declared: MapSpec): boolean {
 // until there is one.
 function copyMap(from: BpfMap, to: BpfMap, declared: MapSpec, convert: ElementConversion | undefined): void {
   const operation = `migrate map=${declared.name}`;
-  if (from.type !== to.type || from.keySize !== to.keySize || from.valueSize !== to.valueSize) {
+  // A conversion may change the value's size (layout 4 grew ep_ct_entry); it makes values of the new one.
+  if (from.type !== to.type || from.keySize !== to.keySize || (convert === undefined && from.valueSize !== to.valueSize)) {
     const describe = (m: MapShape): string => `${m.type} key=${m.keySize} value=${m.valueSize} entries=${m.maxEntries}`;
     throw new DatapathError(
       `${operation}: the pinned ${describe(from)} became ${describe(to)}, and no migration converts its elements; the pinned datapath keeps running unchanged (to start over: --reset-datapath, see bpf/README.md)`,

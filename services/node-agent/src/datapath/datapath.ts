@@ -26,7 +26,24 @@ export interface DatapathCounters {
   readonly rateLimited: Counter;
   /** What connection tracking counted (bpf/CONNTRACK.md, enum ep_ct_stat). */
   readonly conntrack: ConntrackCounters;
+  /** What load balancing counted (bpf/LB.md, enum ep_lb_stat); absent where there is none. */
+  readonly lb?: LbCounters;
 }
+
+/** Load-balancing counters (ep_lb_stats), summed over CPUs: packets and bytes, or events in `packets`. */
+export interface LbCounters {
+  /** New flows to a VIP given a backend (the packets that created them). */
+  readonly selected: Counter;
+  /** New flows to a VIP without a backend of positive weight: dropped (LB_NO_BACKEND). */
+  readonly noBackend: Counter;
+  /** Replies whose source was rewritten to the VIP (uplink egress). */
+  readonly reverseNat: Counter;
+  /** Reverse entries deleted because their service entry was gone (events). */
+  readonly orphaned: Counter;
+}
+
+/** enum ep_lb_stat order. */
+export const LB_STAT_NAMES = ['selected', 'noBackend', 'reverseNat', 'orphaned'] as const satisfies readonly (keyof LbCounters)[];
 
 /** Reads counters. */
 export interface CounterReader {

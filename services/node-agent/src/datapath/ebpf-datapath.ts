@@ -24,20 +24,21 @@ import {
   type CodecValue,
   type TcFilterId,
 } from 'libbpf-ts';
-import { compileTables, RULE_SLOTS, sizes, WILD_COUNT, type TablesSpec } from './compile-tables.js';
+import { createHash } from 'node:crypto';
+import { compileTables, genFlags, RULE_SLOTS, sizes, WILD_COUNT, type TablesSpec } from './compile-tables.js';
 import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type ConnectionFilter, type ConntrackConfig, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import { ConntrackTables } from './conntrack-tables.js';
 import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement } from './conntrack-upgrade.js';
-import { CounterTables, type CounterTotals } from './counters.js';
+import { CounterTables, sumPerCpu, type CounterTotals } from './counters.js';
 import { dropPreviousPins, installObject, type InstallReport, type InstallStep } from './datapath-install.js';
-import type { ApplyResult, Counter, DatapathCounters, Datapath } from './datapath.js';
+import { LB_STAT_NAMES, type ApplyResult, type Counter, type DatapathCounters, type Datapath, type LbCounters } from './datapath.js';
 import type { LbSpec } from './service-compile.js';
-import type { LbCapacity } from './lb-tables.js';
+import { DEFAULT_LB_CAPACITY, LB_BLOCK_SLOTS, layoutLbTables, lbSizes, type LbCapacity, type LbTablesSpec } from './lb-tables.js';
 import { ConntrackInputError, DatapathError } from './errors.js';
 import type { InterfaceRole } from './interface-role.js';
 import { LAYOUT_MARKER, LAYOUT_VERSION, NEXT_SUFFIX, PREVIOUS_SUFFIX, readLayoutVersion, writeLayoutMarker } from './pin-layout.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from './rule-set.js';
-import { epMeta, epRule } from './table-codecs.js';
+import { epLbCfg, epMeta, epRule } from './table-codecs.js';
 
 /** Where the build puts the object: <repo>/bpf/build/edgeplane.bpf.o. */
 export const DEFAULT_OBJECT_PATH = fileURLToPath(new URL('../../../../bpf/build/edgeplane.bpf.o', import.meta.url));
@@ -63,6 +64,11 @@ const mapNames = [
   'ep_ct_stats',
   'ep_ct_control',
   'ep_ct_control_ports',
+  'ep_lb_vip',
+  'ep_lb_slots',
+  'ep_lb_backends',
+  'ep_lb_cfg',
+  'ep_lb_stats',
 ] as const;
 type MapName = (typeof mapNames)[number];
 type ProgramName = (typeof programNames)[number];
@@ -94,8 +100,9 @@ export interface EbpfDatapathOptions {
   conntrack?: ConntrackConfig;
   /**
    * What each generation of the load-balancing maps holds (`--lb-services`, `--lb-slots`,
-   * `--lb-backends`; bpf/LB.md, "Maps"); only used when loaded. Not read yet: layout 4 brings
-   * the maps.
+   * `--lb-backends`; bpf/LB.md, "Maps"); only used when loaded (an adopted datapath keeps the
+   * sizes it was loaded with). Default DEFAULT_LB_CAPACITY. A datapath that will never be given
+   * services (a workload role's) can pass { services: 1, slots: 32, backends: 1 }.
    */
   lbCapacity?: LbCapacity;
 }
@@ -225,9 +232,11 @@ export class EbpfDatapath implements Datapath {
       if (spec.maps.has('ep_buckets')) mapMaxEntries.ep_buckets = options.rateLimitEntries ?? 262_144;
       if (spec.maps.has('ep_ct')) mapMaxEntries.ep_ct = options.ctEntries ?? 262_144;
       if (spec.maps.has('ep_ct_new')) mapMaxEntries.ep_ct_new = options.ctNewEntries ?? 65_536;
-      // Layout 2 keyed the connection tables by the original direction, layout 3 by the flow's
-      // direction-independent key: same shapes, other keys, so they are converted, not reused.
-      const convertMaps = found === CT_KEY_LAYOUT_FROM ? { ep_ct: relayoutCtElement, ep_ct_new: relayoutCtElement } : undefined;
+      for (const [name, entries] of Object.entries(lbMapEntries(options.lbCapacity ?? DEFAULT_LB_CAPACITY))) if (spec.maps.has(name)) mapMaxEntries[name] = entries;
+      // Layout 2 keyed the connection tables by the original direction, layouts 3 and 4 by the
+      // flow's direction-independent key; layout 4's entry is longer (its NAT): both older
+      // layouts' tables are converted, not reused.
+      const convertMaps = found !== undefined && found >= CT_KEY_LAYOUT_FROM && found < LAYOUT_VERSION ? { ep_ct: relayoutCtElement, ep_ct_new: relayoutCtElement } : undefined;
       // Entries carry the datapath's clock (layout 3 on: CLOCK_MONOTONIC_COARSE, up to a tick
       // behind this one): start the catch-up window a tick early (HZ >= 100: 10 ms); what it
       // over-includes is already in the new tables and skipped there.
@@ -250,6 +259,8 @@ export class EbpfDatapath implements Datapath {
       // The control ports' bitmap is new in layout 3: derive it from the endpoints already
       // there, before a hook runs the new programs (and heal a crash in setControlEndpoints).
       datapath.#conntrack.syncControlPorts();
+      // Layout 4: the programs index a generation's slots and backends by these (the maps' halves).
+      datapath.#writeLbCfg();
     } catch (cause) {
       for (const value of opened) value.close();
       throw new DatapathError(`${adopt ? 'adopt' : 'open'} pinned datapath pinRoot=${pinRoot}`, { cause });
@@ -263,7 +274,7 @@ export class EbpfDatapath implements Datapath {
         let caughtUpEntries = 0;
         for (const name of ['ep_ct', 'ep_ct_new'] as const) {
           const previous = installed.previousMaps.get(name);
-          if (previous !== undefined && found === CT_KEY_LAYOUT_FROM) caughtUpEntries += catchUpConntrack(previous, datapath.#maps[name], installed.sinceNs);
+          if (previous !== undefined && found !== undefined && found >= CT_KEY_LAYOUT_FROM) caughtUpEntries += catchUpConntrack(previous, datapath.#maps[name], installed.sinceNs);
         }
         writeLayoutMarker(pinRoot, LAYOUT_VERSION);
         options.onInstallStep?.('marked');
@@ -352,24 +363,30 @@ export class EbpfDatapath implements Datapath {
   }
 
   /**
-   * Compiles `ruleSet`, writes it into the idle generation and switches to it with one write to
-   * ep_active. Before touching the idle generation it waits (one RCU grace period, via a
-   * map-in-map write) until no packet still runs with it; see bpf/README.md, "Switching".
+   * Compiles `ruleSet`, lays `lb` out (bpf/LB.md), writes both into the idle generation and
+   * switches policy and services to it with one write to ep_active. Before touching the idle
+   * generation it waits (one RCU grace period, via a map-in-map write) until no packet still runs
+   * with it; see bpf/README.md, "Switching". The generation's fingerprint (ep_meta) covers the
+   * rule set and the load-balancing tables, so an unchanged pair is 'unchanged' and the pair of
+   * the idle generation (a rollback) only 'switched'.
    * @throws RuleSetError, CapacityError before anything is touched; DatapathError (the live
    * generation keeps running).
    */
   async apply(ruleSet: RuleSetSpec, lb?: LbSpec): Promise<ApplyResult> {
-    // Services need layout 4's ep_lb_* maps (bpf/LB.md), which this object does not have yet.
-    if (lb !== undefined && lb.services.length > 0) throw new DatapathError(`apply services=${lb.services.length}: this datapath has no load balancer yet (bpf/LB.md)`);
     const tables = compileTables(ruleSet);
-    const summary = { ruleCount: tables.ruleCount, classCount: tables.classCount, lpmEntries: tables.lpm.count, classWords: tables.classWords.count, services: 0 };
     const active = this.#readActive();
     const target = active ^ 1;
+    const lbTables = layoutLbTables(lb ?? NO_SERVICES, this.lbCapacity, target === 0 ? 0 : 1);
+    const flags = tables.genFlags | (lbTables.vip.count > 0 ? genFlags.services : 0);
+    // Policy and services are one generation: one fingerprint over both (the LB layout's is the
+    // same in both generations: its generation byte is taken as 0).
+    const fingerprint = lbTables.vip.count === 0 ? tables.fingerprint : new Uint8Array(createHash('sha256').update(tables.fingerprint).update(lbTables.fingerprint).digest());
+    const summary = { ruleCount: tables.ruleCount, classCount: tables.classCount, lpmEntries: tables.lpm.count, classWords: tables.classWords.count, services: lbTables.vip.count };
     const activeMeta = this.#readMeta(active);
-    if (activeMeta.valid && equalBytes(activeMeta.fingerprint, tables.fingerprint)) return { generation: active, mode: 'unchanged', ...summary };
+    if (activeMeta.valid && equalBytes(activeMeta.fingerprint, fingerprint)) return { generation: active, mode: 'unchanged', ...summary };
     const targetMeta = this.#readMeta(target);
-    if (targetMeta.valid && equalBytes(targetMeta.fingerprint, tables.fingerprint)) {
-      this.#writeGenCfg(target, tables.genFlags);
+    if (targetMeta.valid && equalBytes(targetMeta.fingerprint, fingerprint)) {
+      this.#writeGenCfg(target, flags);
       this.#switchTo(target);
       return { generation: target, mode: 'switched', ...summary };
     }
@@ -378,15 +395,25 @@ export class EbpfDatapath implements Datapath {
       this.#writeMeta(target, 0, false, new Uint8Array(32));
       if (targetMeta.valid) this.#counters.fold(target, this.#generationRuleIds(target, targetMeta.ruleCount));
       this.#install(target, tables);
-      this.#writeMeta(target, tables.ruleCount, true, tables.fingerprint);
+      this.#installLb(target, lbTables);
+      this.#writeMeta(target, tables.ruleCount, true, fingerprint);
       this.#ruleIds[target] = [...tables.ruleIds];
       this.#counters.pruneCarry(new Set([...tables.ruleIds, ...this.#generationRuleIds(active), DEFAULT_RULE_ID]));
     } catch (cause) {
-      throw new DatapathError(`apply rules=${tables.ruleCount} generation=${target}`, { cause });
+      throw new DatapathError(`apply rules=${tables.ruleCount} services=${lbTables.vip.count} generation=${target}`, { cause });
     }
-    this.#writeGenCfg(target, tables.genFlags);
+    this.#writeGenCfg(target, flags);
     this.#switchTo(target);
     return { generation: target, mode: 'installed', ...summary };
+  }
+
+  /** What one generation of the load-balancing maps holds: half of each map, as loaded. */
+  get lbCapacity(): LbCapacity {
+    return {
+      services: Math.floor(this.#maps.ep_lb_vip.maxEntries / 2),
+      slots: Math.floor(this.#maps.ep_lb_slots.maxEntries / 2) * LB_BLOCK_SLOTS,
+      backends: Math.floor(this.#maps.ep_lb_backends.maxEntries / 2),
+    };
   }
 
   /**
@@ -505,7 +532,7 @@ export class EbpfDatapath implements Datapath {
       this.#counters.addCarry(totals);
       const live = this.#readMeta(this.#readActive()).valid ? this.#generationRuleIds(this.#readActive()) : [];
       const rules = new Map<number, Counter>(live.map((id) => [id, totals.get(id) ?? { packets: 0, bytes: 0 }]));
-      return { rules, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats(), conntrack: this.#conntrack.readStats() };
+      return { rules, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats(), conntrack: this.#conntrack.readStats(), lb: this.#readLbStats() };
     } catch (cause) {
       throw new DatapathError('read counters', { cause });
     }
@@ -706,6 +733,40 @@ export class EbpfDatapath implements Datapath {
     }
   }
 
+  // Generation `generation`'s load-balancing tables (LB.md, "Apply and the switch"): its stale VIP
+  // entries deleted, then its backends, slot blocks and VIP entries written with batch updates.
+  // The whole generation is rewritten (LB.md's per-service "writing little" is not built yet).
+  #installLb(generation: number, lb: LbTablesSpec): void {
+    const cfg = this.#lbCfg();
+    const wanted = new Set<string>();
+    for (let i = 0; i < lb.vip.count; i++) wanted.add(Buffer.from(lb.vip.keys.subarray(i * lbSizes.vipKey, (i + 1) * lbSizes.vipKey)).toString('hex'));
+    const stale: Uint8Array[] = [];
+    for (const key of this.#maps.ep_lb_vip.keys()) if (key[0] === generation && !wanted.has(Buffer.from(key).toString('hex'))) stale.push(key);
+    for (const key of stale) this.#maps.ep_lb_vip.delete(key);
+    if (lb.backendCount > 0) writeArray(this.#maps.ep_lb_backends, generation * cfg.backends, lb.backends, lbSizes.backend);
+    if (lb.blockCount > 0) writeArray(this.#maps.ep_lb_slots, generation * cfg.blocks, lb.slots, lbSizes.block);
+    if (lb.vip.count > 0) writeEntries(this.#maps.ep_lb_vip, lb.vip);
+  }
+
+  #readLbStats(): LbCounters {
+    const key = new Uint8Array(4);
+    return Object.fromEntries(
+      LB_STAT_NAMES.map((name, index) => {
+        u32Codec.encode(index, key);
+        return [name, sumPerCpu(this.#maps.ep_lb_stats.getPerCpu(key) ?? [])];
+      }),
+    ) as unknown as LbCounters;
+  }
+
+  // The per-generation sizes the programs index ep_lb_slots and ep_lb_backends by.
+  #lbCfg(): { blocks: number; backends: number } {
+    return { blocks: Math.floor(this.#maps.ep_lb_slots.maxEntries / 2), backends: Math.floor(this.#maps.ep_lb_backends.maxEntries / 2) };
+  }
+
+  #writeLbCfg(): void {
+    this.#maps.ep_lb_cfg.set(u32Bytes(0), encode(epLbCfg, this.#lbCfg()));
+  }
+
   #generationRuleIds(generation: number, ruleCount?: number): number[] {
     const cached = this.#ruleIds[generation];
     if (cached !== undefined) return cached;
@@ -738,6 +799,22 @@ export class EbpfDatapath implements Datapath {
 const ingressFilter: TcFilterId = { direction: 'ingress', handle: TC_HANDLE, priority: TC_PRIORITY };
 const egressFilter: TcFilterId = { direction: 'egress', handle: TC_HANDLE, priority: TC_PRIORITY };
 const tcFilters: readonly TcFilterId[] = [ingressFilter, egressFilter];
+
+/** A load-balancing spec without services. */
+const NO_SERVICES: LbSpec = { services: [] };
+
+/** max_entries of the load-balancing maps for `capacity` per generation (two generations each). */
+function lbMapEntries(capacity: LbCapacity): Record<string, number> {
+  const blocks = Math.floor(capacity.slots / LB_BLOCK_SLOTS);
+  for (const [name, value] of [
+    ['services', capacity.services],
+    ['slot blocks', blocks],
+    ['backends', capacity.backends],
+  ] as const) {
+    if (!Number.isInteger(value) || value < 1 || value > 2 ** 30) throw new DatapathError(`open datapath: lbCapacity ${name} must be an integer in 1..2^30, got ${value}`);
+  }
+  return { ep_lb_vip: 2 * capacity.services, ep_lb_slots: 2 * blocks, ep_lb_backends: 2 * capacity.backends };
+}
 
 function writeArray(map: BpfMap, first: number, bytes: Uint8Array, size: number): void {
   const keys: Uint8Array[] = [];

@@ -44,11 +44,23 @@ export interface LbCapacity {
 }
 
 /**
+ * The capacity a datapath gets unless the agent's flags say otherwise: what an edge node can
+ * afford to preallocate for services it may never front, not LB.md's target (LB_TARGET_CAPACITY,
+ * 40 MiB of slots for two generations). Per generation: 10,000 VIP entries (MAX_SERVICES: the
+ * hash map is small, ~1 MiB), 1 Mi slots (2 MiB; e.g. 1,024 services at m = 1,021, or 8 services
+ * at the largest m) and 2^16 backends (1.5 MiB): about 9 MiB for both generations.
+ */
+export const DEFAULT_LB_CAPACITY: LbCapacity = { services: MAX_SERVICES, slots: 2 ** 20, backends: 2 ** 16 };
+
+/** The smallest maps a datapath that never fronts services takes (a workload role's): one VIP, one block, one backend. */
+export const NO_LB_CAPACITY: LbCapacity = { services: 1, slots: LB_BLOCK_SLOTS, backends: 1 };
+
+/**
  * The capacity LB.md's target needs: 10,000 services (MAX_SERVICES, the most the intent holds)
  * of 10 backends at m = 1,021, which lays out as 32 blocks each: 10,240,000 slots, 20 MiB per
  * generation, rounded up to 10 Mi slots; backends 10 per service, rounded up to 2^17.
  */
-export const DEFAULT_LB_CAPACITY: LbCapacity = { services: MAX_SERVICES, slots: 10 * 2 ** 20, backends: 2 ** 17 };
+export const LB_TARGET_CAPACITY: LbCapacity = { services: MAX_SERVICES, slots: 10 * 2 ** 20, backends: 2 ** 17 };
 
 /** Where one service sits in a generation, and the fingerprint of its bytes there. */
 export interface LbExtent {

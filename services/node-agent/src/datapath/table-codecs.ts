@@ -29,6 +29,16 @@ export const epRule = struct({ action: u32, ruleId: u32, pps: u64, burstNt: u64,
  */
 export const epCtKey = struct({ family: u8, proto: u8, pad: u16, sport: u16, dport: u16, src: bytes(16), dst: bytes(16) });
 
+/**
+ * `struct ep_ct_nat` (layout 4): the NAT of a load-balanced flow's entry: on its service entry the
+ * backend (flags EP_CT_NAT_DNAT), on its reverse entry the VIP (EP_CT_NAT_REVNAT); zeros when
+ * not NATed. Port in network byte order.
+ */
+export const epCtNat = struct({ addr: bytes(16), port: u16be, flags: u8, pad: u8, svcId: u32 });
+
+/** The struct ep_ct_nat of an entry that is not NATed. */
+export const NO_CT_NAT: Readonly<ReturnType<typeof epCtNat.decode>> = Object.freeze({ addr: new Uint8Array(16), port: 0, flags: 0, pad: 0, svcId: 0 });
+
 /** `struct ep_ct_entry`: one connection (bpf/CONNTRACK.md); index 0 of packets/bytes is the original direction. */
 export const epCtEntry = struct({
   expiresNs: u64,
@@ -41,6 +51,8 @@ export const epCtEntry = struct({
   flags: u8,
   pad0: u16,
   pad1: u32,
+  /** Layout 4: zeros when the flow is not NATed. */
+  nat: epCtNat,
 });
 
 /** `struct ep_ct_cfg`: the timeouts in nanoseconds, indexed by enum ep_ct_timeout (0 = the default). */
@@ -52,26 +64,16 @@ export const epGenCfg = struct({ flags: u32, epoch: u32 });
 /** `struct ep_ct_control_key`: a control endpoint whose packets bypass policy (port in host order). */
 export const epCtControlKey = struct({ family: u8, proto: u8, port: u16, addr: bytes(16) });
 
+/** `struct ep_lb_cfg`: what one generation of ep_lb_slots and ep_lb_backends holds (written at open). */
+export const epLbCfg = struct({ blocks: u32, backends: u32 });
+
 /** `struct ep_ct_sweep_args`: the ctx of the ep_ct_sweep program. */
 export const epCtSweepArgs = struct({ budget: u32, pad: u32 });
 
-/** Every codec above by its C struct name: what the layout test compares with the object's BTF. */
-export const tableCodecs = {
-  ep_meta: epMeta,
-  ep_counter: epCounter,
-  ep_rule: epRule,
-  ep_ct_key: epCtKey,
-  ep_ct_entry: epCtEntry,
-  ep_ct_cfg: epCtCfg,
-  ep_gen_cfg: epGenCfg,
-  ep_ct_control_key: epCtControlKey,
-  ep_ct_sweep_args: epCtSweepArgs,
-} as const;
 
-// ---- L4 load balancing (bpf/LB.md, layout 4, proposed) --------------------------------------
-// Not in edgeplane.bpf.o yet (adding the maps changes the pinned layout), so not in tableCodecs:
-// test/lb-layout.test.ts checks them against the BTF of bpf/fixtures/lb_layout.bpf.c, which
-// includes bpf/include/ep_lb.h, where the C structs live. lb-tables.ts writes these bytes.
+// ---- L4 load balancing (bpf/LB.md, layout 4) -------------------------------------------------
+// In edgeplane.bpf.o (so in tableCodecs above) and in bpf/fixtures/lb_layout.bpf.c
+// (test/lb-layout.test.ts), both from bpf/include/ep_lb.h. lb-tables.ts writes these bytes.
 
 /** `struct ep_lb_vip_key`: key of ep_lb_vip. Port in host byte order; an IPv4 VIP in the first 4 bytes. */
 export const epLbVipKey = struct({ gen: u8, family: u8, proto: u8, pad: u8, port: u16, pad2: u16, vip: bytes(16) });
@@ -99,6 +101,25 @@ export const epLbBlock = struct({ backend: array(u16, 32) });
 
 /** The load-balancing codecs by C struct name (what test/lb-layout.test.ts compares with BTF). */
 export const lbTableCodecs = {
+  ep_lb_vip_key: epLbVipKey,
+  ep_lb_svc: epLbSvc,
+  ep_lb_backend: epLbBackend,
+  ep_lb_block: epLbBlock,
+} as const;
+
+/** Every codec of this file by its C struct name: what the layout test compares with the object's BTF. */
+export const tableCodecs = {
+  ep_meta: epMeta,
+  ep_counter: epCounter,
+  ep_rule: epRule,
+  ep_ct_key: epCtKey,
+  ep_ct_entry: epCtEntry,
+  ep_ct_cfg: epCtCfg,
+  ep_gen_cfg: epGenCfg,
+  ep_ct_control_key: epCtControlKey,
+  ep_ct_sweep_args: epCtSweepArgs,
+  ep_ct_nat: epCtNat,
+  ep_lb_cfg: epLbCfg,
   ep_lb_vip_key: epLbVipKey,
   ep_lb_svc: epLbSvc,
   ep_lb_backend: epLbBackend,

@@ -1,0 +1,361 @@
+// L4 load balancing in the kernel (bpf/LB.md, layout 4): BPF_PROG_TEST_RUN of the programs
+// EbpfDatapath loaded, on frames from packet.ts. The new flow's backend is LbReference's (the
+// oracle computed from the same bytes the agent wrote), the rewritten frames carry valid
+// checksums (verified here, not by the kernel), replies leave with the VIP as their source, the
+// connection table pins each flow to its backend across applies, and the sweeper removes reverse
+// entries whose service entry is gone. No interfaces: every test has a datapath of its own.
+import { mkdirSync } from 'node:fs';
+import test from 'ava';
+import { formatAddress, parseAddress, Protocol, SessionAffinity, type Service } from '@edgeplane/proto';
+import { BpfMap } from 'libbpf-ts';
+import type { ApplyResult } from '../src/datapath/datapath.js';
+import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
+import { CapacityError } from '../src/datapath/errors.js';
+import { LbReference } from '../src/datapath/lb-reference.js';
+import { layoutLbTables } from '../src/datapath/lb-tables.js';
+import { buildFrame, tcpFlags, type FrameSpec } from '../src/datapath/packet.js';
+import type { RuleSetSpec } from '../src/datapath/rule-set.js';
+import { compileServices, type LbSpec } from '../src/datapath/service-compile.js';
+import { epCtEntry } from '../src/datapath/table-codecs.js';
+import { mountBpffs, prng, seedFromEnv, TC_ACT_OK, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
+import { service } from './lb-helpers.js';
+
+const bpffs = mountBpffs();
+test.after.always(() => bpffs.unmount());
+let next = 0;
+const freshRoot = (): string => {
+  const dir = `${bpffs.path}/lb${next++}`;
+  mkdirSync(dir);
+  return dir;
+};
+const open = async (t: { teardown(fn: () => void): void }): Promise<EbpfDatapath> => {
+  // Small load-balancing maps: the tests need a few services, not an edge node's default.
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot(), lbCapacity: { services: 64, slots: 64 * 1024, backends: 1024 } });
+  t.teardown(() => datapath.close());
+  return datapath;
+};
+
+const allowAll: RuleSetSpec = { rules: [], defaultAction: 'allow' };
+const UDP = Protocol.PROTOCOL_UDP;
+const services: Service[] = [
+  service('web4', { vip: '192.0.2.10', port: 443, backends: [{ address: '10.0.0.1' }, { address: '10.0.0.2', port: 8443, weight: 3 }, { address: '10.0.0.3' }] }),
+  service('dns4', { vip: '192.0.2.10', protocol: UDP, port: 53, backends: [{ address: '10.0.1.1' }, { address: '10.0.1.2', port: 5353 }] }),
+  service('web6', { vip: '2001:db8::10', port: 443, backends: [{ address: '2001:db8:1::1' }, { address: '2001:db8:1::2', port: 8443 }] }),
+  service('dns6', {
+    vip: '2001:db8::10',
+    protocol: UDP,
+    port: 53,
+    sessionAffinity: SessionAffinity.SESSION_AFFINITY_CLIENT_IP,
+    backends: [{ address: '2001:db8:1::a' }, { address: '2001:db8:1::b' }, { address: '2001:db8:1::c' }],
+  }),
+];
+const compile = (list: Service[]): LbSpec => compileServices(list, { labels: {} });
+const referenceOf = (datapath: EbpfDatapath, spec: LbSpec, result: ApplyResult): LbReference => new LbReference(layoutLbTables(spec, datapath.lbCapacity, result.generation === 0 ? 0 : 1));
+
+// ---- Frames and their checksums (RFC 1071; pseudo-headers: RFC 768, RFC 9293, RFC 8200 8.1) ----
+
+interface Headers {
+  family: 4 | 6;
+  proto: number;
+  l4: number;
+  src: string;
+  dst: string;
+  sport: number;
+  dport: number;
+}
+
+function headers(frame: Uint8Array): Headers {
+  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  const family = view.getUint16(12) === 0x0800 ? 4 : 6;
+  const l4 = family === 4 ? 14 + ((frame[14] as number) & 0x0f) * 4 : 54;
+  const proto = family === 4 ? (frame[23] as number) : (frame[20] as number);
+  const address = (at: number): string => formatAddress(family, frame.subarray(at, at + (family === 4 ? 4 : 16)));
+  return { family, proto, l4, src: address(family === 4 ? 26 : 22), dst: address(family === 4 ? 30 : 38), sport: view.getUint16(l4), dport: view.getUint16(l4 + 2) };
+}
+
+function sum16(bytes: Uint8Array, sum = 0): number {
+  for (let i = 0; i < bytes.length; i += 2) sum += ((bytes[i] as number) << 8) | (bytes[i + 1] ?? 0);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return sum;
+}
+
+// The one's-complement sum of the L4 pseudo-header and segment (checksum field included).
+function l4Sum(frame: Uint8Array): number {
+  const h = headers(frame);
+  const segment = frame.subarray(h.l4);
+  const pseudo = new Uint8Array(h.family === 4 ? 12 : 40);
+  const view = new DataView(pseudo.buffer);
+  if (h.family === 4) {
+    pseudo.set(frame.subarray(26, 34), 0);
+    pseudo[9] = h.proto;
+    view.setUint16(10, segment.length);
+  } else {
+    pseudo.set(frame.subarray(22, 54), 0);
+    view.setUint32(32, segment.length);
+    pseudo[39] = h.proto;
+  }
+  return sum16(segment, sum16(pseudo));
+}
+
+const checksumAt = (frame: Uint8Array): number => {
+  const h = headers(frame);
+  return h.l4 + (h.proto === 6 ? 16 : 6);
+};
+
+/** `spec`'s frame with a valid L4 checksum (buildFrame leaves it 0); `udpZero`: an IPv4 UDP frame without one. */
+function frameOf(spec: FrameSpec, udpZero = false): Uint8Array {
+  const frame = buildFrame(spec);
+  if (udpZero) return frame;
+  const at = checksumAt(frame);
+  const sum = ~l4Sum(frame) & 0xffff;
+  new DataView(frame.buffer).setUint16(at, sum === 0 && headers(frame).proto === 17 ? 0xffff : sum);
+  return frame;
+}
+
+/** Problems with the frame's checksums (IPv4 header, L4 over its pseudo-header); [] when valid. */
+function checksumProblems(frame: Uint8Array): string[] {
+  const h = headers(frame);
+  const problems: string[] = [];
+  if (h.family === 4) {
+    const header = frame.subarray(14, h.l4);
+    if (sum16(header) !== 0xffff) problems.push('IPv4 header checksum');
+  }
+  const field = new DataView(frame.buffer, frame.byteOffset).getUint16(checksumAt(frame));
+  if (h.proto === 17 && h.family === 4 && field === 0) return problems; // no checksum (RFC 768)
+  if (l4Sum(frame) !== 0xffff) problems.push(`${h.proto === 6 ? 'TCP' : 'UDP'} checksum`);
+  return problems;
+}
+
+const tuple = (h: { family: 4 | 6; proto: number; src: string; dst: string; sport: number; dport: number }) => ({
+  family: h.family,
+  proto: h.proto,
+  src: parseAddress(h.src) as Uint8Array,
+  dst: parseAddress(h.dst) as Uint8Array,
+  sport: h.sport,
+  dport: h.dport,
+});
+
+/** A client's packet to VIP:port through edge_xdp: the verdict and the frame that left. */
+function toVip(datapath: EbpfDatapath, client: string, sport: number, vip: string, port: number, protocol: 'tcp' | 'udp', flags: number = tcpFlags.syn, udpZero = false): { retval: number; out: Headers; frame: Uint8Array } {
+  const frame = frameOf({ src: client, dst: vip, protocol, srcPort: sport, dstPort: port, tcpFlags: flags }, udpZero);
+  const result = datapath.xdpProgram.testRun({ data: frame });
+  return { retval: result.retval, out: headers(result.data), frame: result.data };
+}
+
+/** A backend's reply to the client through edge_tc_egress: the verdict and the frame that left. */
+function reply(datapath: EbpfDatapath, backend: string, bport: number, client: string, cport: number, protocol: 'tcp' | 'udp', flags: number = tcpFlags.syn | tcpFlags.ack): { retval: number; out: Headers; frame: Uint8Array } {
+  const frame = frameOf({ src: backend, dst: client, protocol, srcPort: bport, dstPort: cport, tcpFlags: flags });
+  const result = datapath.tcEgressProgram.testRun({ data: frame });
+  return { retval: result.retval, out: headers(result.data), frame: result.data };
+}
+
+const cases = [
+  { name: 'TCP over IPv4', client: '198.51.100.7', vip: '192.0.2.10', port: 443, protocol: 'tcp' },
+  { name: 'UDP over IPv4', client: '198.51.100.7', vip: '192.0.2.10', port: 53, protocol: 'udp' },
+  { name: 'TCP over IPv6', client: '2001:db8:f::7', vip: '2001:db8::10', port: 443, protocol: 'tcp' },
+  { name: 'UDP over IPv6', client: '2001:db8:f::7', vip: '2001:db8::10', port: 53, protocol: 'udp' },
+] as const;
+
+test('lb datapath - a new flow to a VIP leaves DNATed to LbReference\'s backend with valid checksums; its reply leaves from the VIP', async (t) => {
+  const datapath = await open(t);
+  const spec = compile(services);
+  const result = await datapath.apply(allowAll, spec);
+  t.is(result.services, 4);
+  const reference = referenceOf(datapath, spec, result);
+  for (const c of cases) {
+    const sport = 40000 + c.port;
+    const sent = toVip(datapath, c.client, sport, c.vip, c.port, c.protocol);
+    const want = reference.select(tuple({ family: c.client.includes(':') ? 6 : 4, proto: c.protocol === 'tcp' ? 6 : 17, src: c.client, dst: c.vip, sport, dport: c.port }));
+    if (want.kind !== 'backend') return t.fail(`${c.name}: the reference selects no backend`);
+    t.is(sent.retval, XDP_PASS, c.name);
+    t.deepEqual([sent.out.src, sent.out.sport, sent.out.dst, sent.out.dport], [c.client, sport, want.address, want.port], `${c.name}: DNAT to the reference's backend`);
+    t.deepEqual(checksumProblems(sent.frame), [], `${c.name}: checksums after DNAT`);
+    // The reply, backend -> client, leaves the uplink as VIP -> client.
+    const back = reply(datapath, want.address, want.port, c.client, sport, c.protocol);
+    t.is(back.retval, TC_ACT_OK);
+    t.deepEqual([back.out.src, back.out.sport, back.out.dst, back.out.dport], [c.vip, c.port, c.client, sport], `${c.name}: reverse NAT`);
+    t.deepEqual(checksumProblems(back.frame), [], `${c.name}: checksums after reverse NAT`);
+    // The flow's next original packet still goes to the backend, now from ep_ct.
+    const again = toVip(datapath, c.client, sport, c.vip, c.port, c.protocol, tcpFlags.ack);
+    t.deepEqual([again.out.dst, again.out.dport], [want.address, want.port], `${c.name}: established flow`);
+    t.deepEqual(checksumProblems(again.frame), [], `${c.name}: checksums of the established flow`);
+  }
+  // One listed connection per flow, promoted by its reply, with its backend; the reverse entries are counted apart.
+  const listed = datapath.listConnections({}, 100);
+  t.is(listed.length, 4);
+  for (const entry of listed) {
+    t.is(entry.table, 'established');
+    t.truthy(entry.backend, `${entry.src}:${entry.sport} -> ${entry.dst}:${entry.dport} shows its backend`);
+    t.true(entry.flags.includes('seen_reply'));
+  }
+  t.deepEqual(datapath.readConntrackOccupancy(), { established: 4, new: 0, reverseNat: 4 });
+  const lb = datapath.readCounters().lb;
+  t.is(lb?.selected.packets, 4);
+  t.is(lb?.reverseNat.packets, 4);
+});
+
+test('lb datapath - an IPv4 UDP datagram without a checksum keeps none; the uplink\'s TC ingress (xdp-mode tc) DNATs as XDP does', async (t) => {
+  const datapath = await open(t);
+  const spec = compile(services);
+  const reference = referenceOf(datapath, spec, await datapath.apply(allowAll, spec));
+  const sent = toVip(datapath, '198.51.100.9', 5000, '192.0.2.10', 53, 'udp', 0, true);
+  t.is(new DataView(sent.frame.buffer).getUint16(checksumAt(sent.frame)), 0);
+  t.deepEqual(checksumProblems(sent.frame), []);
+  for (const c of cases) {
+    const sport = 41000 + c.port;
+    const frame = frameOf({ src: c.client, dst: c.vip, protocol: c.protocol, srcPort: sport, dstPort: c.port });
+    const result = datapath.tcProgram.testRun({ data: frame });
+    const want = reference.select(tuple({ ...headers(frame) }));
+    if (want.kind !== 'backend') return t.fail(`${c.name}: no backend`);
+    t.is(result.retval, TC_ACT_OK);
+    const out = headers(result.data);
+    t.deepEqual([out.dst, out.dport], [want.address, want.port], c.name);
+    t.deepEqual(checksumProblems(result.data), [], c.name);
+  }
+});
+
+test('lb datapath - over thousands of random tuples the kernel picks LbReference\'s backend', async (t) => {
+  const datapath = await open(t);
+  const spec = compile(services);
+  const reference = referenceOf(datapath, spec, await datapath.apply(allowAll, spec));
+  const seed = seedFromEnv();
+  const rng = prng(seed);
+  let checked = 0;
+  for (let i = 0; i < 3000; i++) {
+    const c = cases[Math.floor(rng() * cases.length)] as (typeof cases)[number];
+    const host = 1 + Math.floor(rng() * 250);
+    const client = c.client.includes(':') ? `2001:db8:f::${(host * 257).toString(16)}` : `198.51.${100 + (host & 3)}.${host}`;
+    const sport = 1024 + Math.floor(rng() * 64000);
+    const sent = toVip(datapath, client, sport, c.vip, c.port, c.protocol);
+    const want = reference.select(tuple({ family: c.client.includes(':') ? 6 : 4, proto: c.protocol === 'tcp' ? 6 : 17, src: client, dst: c.vip, sport, dport: c.port }));
+    if (want.kind !== 'backend' || sent.out.dst !== want.address || sent.out.dport !== want.port) {
+      return t.fail(`seed ${seed}: ${c.name} ${client}:${sport} went to ${sent.out.dst}:${sent.out.dport}, the reference says ${JSON.stringify(want)}`);
+    }
+    checked++;
+  }
+  t.is(checked, 3000);
+});
+
+test('lb datapath - an apply that removes, drains and adds backends keeps every established flow on its backend; new flows follow the new table', async (t) => {
+  const datapath = await open(t);
+  await datapath.apply(allowAll, compile(services));
+  const flows = new Map<number, string>();
+  for (let sport = 30000; sport < 30064; sport++) {
+    const sent = toVip(datapath, '198.51.100.20', sport, '192.0.2.10', 443, 'tcp');
+    flows.set(sport, `${sent.out.dst}:${sent.out.dport}`);
+    reply(datapath, sent.out.dst, sent.out.dport, '198.51.100.20', sport, 'tcp');
+  }
+  t.true(new Set(flows.values()).size === 3, 'the flows spread over all three backends');
+  // 10.0.0.1 removed, 10.0.0.2 drained, 10.0.0.4 added.
+  const changed = [service('web4', { vip: '192.0.2.10', port: 443, backends: [{ address: '10.0.0.2', port: 8443, weight: 0 }, { address: '10.0.0.3' }, { address: '10.0.0.4' }] }), ...services.slice(1)];
+  const spec = compile(changed);
+  const result = await datapath.apply(allowAll, spec);
+  t.is(result.mode, 'installed');
+  for (const [sport, backend] of flows) {
+    const sent = toVip(datapath, '198.51.100.20', sport, '192.0.2.10', 443, 'tcp', tcpFlags.ack);
+    t.is(`${sent.out.dst}:${sent.out.dport}`, backend, `established flow from port ${sport}`);
+  }
+  const reference = referenceOf(datapath, spec, result);
+  const seen = new Set<string>();
+  for (let sport = 50000; sport < 50064; sport++) {
+    const sent = toVip(datapath, '198.51.100.20', sport, '192.0.2.10', 443, 'tcp');
+    const want = reference.select(tuple({ family: 4, proto: 6, src: '198.51.100.20', dst: '192.0.2.10', sport, dport: 443 }));
+    if (want.kind !== 'backend') return t.fail('no backend');
+    t.is(`${sent.out.dst}:${sent.out.dport}`, `${want.address}:${want.port}`);
+    seen.add(sent.out.dst);
+  }
+  t.deepEqual([...seen].sort(), ['10.0.0.3', '10.0.0.4']);
+});
+
+test('lb datapath - a service with every backend drained drops new flows (LB_NO_BACKEND) while its established flows pass', async (t) => {
+  const datapath = await open(t);
+  await datapath.apply(allowAll, compile(services));
+  const before = toVip(datapath, '198.51.100.30', 33333, '192.0.2.10', 443, 'tcp');
+  t.is(before.retval, XDP_PASS);
+  const drained = [service('web4', { vip: '192.0.2.10', port: 443, backends: [{ address: '10.0.0.1', weight: 0 }, { address: '10.0.0.2', port: 8443, weight: 0 }, { address: '10.0.0.3', weight: 0 }] }), ...services.slice(1)];
+  await datapath.apply(allowAll, compile(drained));
+  const fresh = toVip(datapath, '198.51.100.30', 44444, '192.0.2.10', 443, 'tcp');
+  t.is(fresh.retval, XDP_DROP);
+  t.is(datapath.readCounters().lb?.noBackend.packets, 1);
+  const established = toVip(datapath, '198.51.100.30', 33333, '192.0.2.10', 443, 'tcp', tcpFlags.ack);
+  t.is(established.retval, XDP_PASS);
+  t.deepEqual([established.out.dst, established.out.dport], [before.out.dst, before.out.dport]);
+  // Other services of the same generation are unaffected.
+  t.is(toVip(datapath, '198.51.100.30', 44444, '192.0.2.10', 53, 'udp').retval, XDP_PASS);
+});
+
+test('lb datapath - a policy deny on the VIP drops before any entry is made', async (t) => {
+  const datapath = await open(t);
+  const deny: RuleSetSpec = { rules: [{ id: 1, srcCidrs: [], dstCidrs: ['192.0.2.10/32'], protocol: 'tcp', dstPorts: [{ from: 443, to: 443 }], action: 'deny' }], defaultAction: 'allow' };
+  await datapath.apply(deny, compile(services));
+  const sent = toVip(datapath, '198.51.100.40', 40404, '192.0.2.10', 443, 'tcp');
+  t.is(sent.retval, XDP_DROP);
+  t.deepEqual([sent.out.dst, sent.out.dport], ['192.0.2.10', 443], 'not rewritten');
+  t.deepEqual(datapath.readConntrackOccupancy(), { established: 0, new: 0, reverseNat: 0 });
+  t.is(datapath.readCounters().lb?.selected.packets, 0);
+  t.is(toVip(datapath, '198.51.100.40', 40404, '192.0.2.10', 53, 'udp').retval, XDP_PASS, 'the UDP service on the same VIP is allowed');
+});
+
+test('lb datapath - the sweeper deletes a reverse entry whose service entry is gone, never one whose service entry lives; a reply without one is not rewritten', async (t) => {
+  const datapath = await open(t);
+  await datapath.apply(allowAll, compile(services));
+  const kept = toVip(datapath, '198.51.100.50', 10001, '192.0.2.10', 443, 'tcp');
+  const orphan = toVip(datapath, '198.51.100.50', 10002, '192.0.2.10', 443, 'tcp');
+  const third = toVip(datapath, '198.51.100.50', 10003, '192.0.2.10', 53, 'udp');
+  t.is(datapath.readConntrackOccupancy().reverseNat, 3);
+  t.is(datapath.sweepConntrack(1000), 0, 'nothing expired, every service entry lives');
+  t.is(datapath.readConntrackOccupancy().reverseNat, 3);
+  // Delete a flow's service entry (key client <-> VIP, either port order), as an expiry would.
+  const table = BpfMap.openPinned(`${datapath.pinRoot}/ep_ct_new`);
+  t.teardown(() => table.close());
+  const dropService = (clientPort: number): void => {
+    for (const [key, value] of [...table.entries()]) {
+      const view = new DataView(key.buffer, key.byteOffset);
+      const ports = [view.getUint16(4, true), view.getUint16(6, true)];
+      if ((epCtEntry.decode(value).nat.flags & 1) !== 0 && ports.includes(clientPort)) table.delete(key);
+    }
+  };
+  dropService(10002);
+  t.is(datapath.sweepConntrack(1000), 1, 'one orphan deleted by the sweeper');
+  t.is(datapath.readConntrackOccupancy().reverseNat, 2);
+  dropService(10003);
+  // The third flow's reply finds its reverse entry without a service entry: deleted, not rewritten.
+  const back = reply(datapath, third.out.dst, third.out.dport, '198.51.100.50', 10003, 'udp');
+  t.deepEqual([back.out.src, back.out.sport], [third.out.dst, third.out.dport]);
+  t.is(datapath.readConntrackOccupancy().reverseNat, 1);
+  t.is(datapath.readCounters().lb?.orphaned.packets, 2);
+  // The first flow still has both entries and its reply is rewritten.
+  const kept1 = reply(datapath, kept.out.dst, kept.out.dport, '198.51.100.50', 10001, 'tcp');
+  t.deepEqual([kept1.out.src, kept1.out.sport], ['192.0.2.10', 443]);
+  t.not(orphan.out.dst, '192.0.2.10');
+});
+
+test('lb datapath - the generation fingerprint covers the services: same pair unchanged, a service change installed, the previous pair switched back', async (t) => {
+  const datapath = await open(t);
+  const first = await datapath.apply(allowAll, compile(services));
+  t.is(first.mode, 'installed');
+  t.is((await datapath.apply(allowAll, compile(services))).mode, 'unchanged');
+  const fewer = await datapath.apply(allowAll, compile(services.slice(0, 2)));
+  t.is(fewer.mode, 'installed');
+  t.is(fewer.services, 2);
+  // The IPv6 VIP is no service any more: its stale VIP entry was deleted from the new generation.
+  const v6 = toVip(datapath, '2001:db8:f::99', 999, '2001:db8::10', 443, 'tcp');
+  t.deepEqual([v6.out.dst, v6.out.dport], ['2001:db8::10', 443]);
+  const back = await datapath.apply(allowAll, compile(services));
+  t.is(back.mode, 'switched');
+  t.is(back.generation, first.generation);
+  const none = await datapath.apply(allowAll);
+  t.is(none.services, 0);
+  t.is(toVip(datapath, '198.51.100.60', 999, '192.0.2.10', 443, 'tcp').out.dst, '192.0.2.10', 'without services nothing is rewritten');
+});
+
+test('lb datapath - services beyond the loaded capacity are a CapacityError before anything is touched', async (t) => {
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot(), lbCapacity: { services: 2, slots: 64 * 1024, backends: 1024 } });
+  t.teardown(() => datapath.close());
+  t.deepEqual(datapath.lbCapacity, { services: 2, slots: 64 * 1024, backends: 1024 });
+  const first = await datapath.apply(allowAll, compile(services.slice(0, 2)));
+  const error = await t.throwsAsync(datapath.apply(allowAll, compile(services)), { instanceOf: CapacityError });
+  t.regex(error?.message ?? '', /lb-services/);
+  t.is(datapath.generation, first.generation, 'the live generation stays');
+  t.is((await datapath.apply(allowAll, compile(services.slice(0, 2)))).mode, 'unchanged');
+});
