@@ -95,5 +95,11 @@ export const FLEET_STATUS_SUBJECT_PREFIX = 'edgeplane.fleet.status';
  */
 export const REPLICAS_BUCKET = 'EDGEPLANE_REPLICAS';
 
+/**
+ * The key prefix under REPLICAS_BUCKET of replicas' snapshots: replica R stores part P of its
+ * snapshot (a ReplicaFleetState) under `<prefix>.<R>.<P>`.
+ */
+export const REPLICA_SNAPSHOT_KEY_PREFIX = 'snapshot';
+
 /** The key under REPLICAS_BUCKET of the rollout lease: the replica that holds it runs the rollout manager. */
 export const ROLLOUT_LEASE_KEY = 'lease.rollouts';

@@ -14,6 +14,12 @@ export interface NodeStoreBackend {
   save(node: Node): Promise<void>;
 }
 
+/** Whether two states of a node differ at most in their last-seen time. */
+function sameButSeen(a: Node, b: Node): boolean {
+  const bytes = (n: Node): Buffer => Buffer.from(Node.encode(Node.fromPartial({ ...n, status: n.status ? { ...n.status, lastSeenTime: undefined } : undefined })).finish());
+  return bytes(a).equals(bytes(b));
+}
+
 /** Listener for node changes. */
 export type NodeListener = (event: WatchNodesResponse) => void;
 
@@ -212,6 +218,8 @@ export class NodeRegistry {
     if (this.#sessions.has(node.name)) return false;
     const existing = this.#nodes.get(node.name);
     this.#nodes.set(node.name, node);
+    // Like a local heartbeat or counter report, a newer last-seen time alone is not news for watchers.
+    if (existing && sameButSeen(existing, node)) return true;
     this.#changed(node, existing ? NodeEventType.NODE_EVENT_TYPE_MODIFIED : NodeEventType.NODE_EVENT_TYPE_ADDED, false);
     return true;
   }

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { KV } from '@nats-io/kv';
-import { FLEET_STATUS_SUBJECT_PREFIX, MAX_REPLICA_STATE_BYTES, ReplicaFleetState, ReplicaNodeState, type Node } from '@edgeplane/proto';
+import { FLEET_STATUS_SUBJECT_PREFIX, MAX_REPLICA_STATE_BYTES, REPLICA_SNAPSHOT_KEY_PREFIX, ReplicaFleetState, ReplicaNodeState, type Node } from '@edgeplane/proto';
 import type { CounterStore } from './counter-store.js';
 import type { NodeRegistry } from './node-registry.js';
 import type { ServiceHealthStore } from './service-health-store.js';
@@ -39,8 +39,6 @@ interface Owner {
   replica: string;
   sequence: bigint;
 }
-
-const SNAPSHOT_PREFIX = 'snapshot';
 
 /**
  * Shares this replica's nodes with the other replicas and merges theirs. A node's state from
@@ -103,7 +101,7 @@ export class ReplicaFleetSync {
         this.#receive(msg.data);
       },
     });
-    for await (const key of await this.#kv.keys(`${SNAPSHOT_PREFIX}.>`)) {
+    for await (const key of await this.#kv.keys(`${REPLICA_SNAPSHOT_KEY_PREFIX}.>`)) {
       const e = await this.#kv.get(key);
       if (!e || e.operation !== 'PUT' || e.value.length === 0) continue;
       // A stored snapshot counts as heard when it was written (the server's time).
@@ -220,9 +218,9 @@ export class ReplicaFleetSync {
     try {
       const owned = this.#registry.list().filter((n) => this.#registry.isLocal(n.name)).map((n) => n.name);
       const parts = this.#messages(owned, true);
-      for (let i = 0; i < parts.length; i++) await this.#kv.put(`${SNAPSHOT_PREFIX}.${this.replica}.${i}`, parts[i]!);
+      for (let i = 0; i < parts.length; i++) await this.#kv.put(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${this.replica}.${i}`, parts[i]!);
       // Parts of a larger earlier snapshot are stale: remove them (the bucket's max age would too).
-      for (let i = parts.length; i < this.#snapshotParts; i++) await this.#kv.delete(`${SNAPSHOT_PREFIX}.${this.replica}.${i}`);
+      for (let i = parts.length; i < this.#snapshotParts; i++) await this.#kv.delete(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${this.replica}.${i}`);
       this.#snapshotParts = parts.length;
     } catch (err) {
       this.#o.onError?.('store fleet status snapshot', err);
@@ -242,6 +240,6 @@ export class ReplicaFleetSync {
     this.#timers = [];
     this.#sub?.unsubscribe();
     await this.#publishDelta(true);
-    for (let i = 0; i < this.#snapshotParts; i++) await this.#kv.purge(`${SNAPSHOT_PREFIX}.${this.replica}.${i}`).catch((err: unknown) => this.#o.onError?.('remove fleet status snapshot', err));
+    for (let i = 0; i < this.#snapshotParts; i++) await this.#kv.purge(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${this.replica}.${i}`).catch((err: unknown) => this.#o.onError?.('remove fleet status snapshot', err));
   }
 }
