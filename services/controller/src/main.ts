@@ -383,7 +383,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       },
       currentRevision: () => store.chain.revision,
       serviceHealth: { ...serviceHealth, refused: (node, reason) => log('warn', 'backend health report refused', { node, reason }) },
-      onNodeChanged: (node) => fleetSync.changed(node),
+      onNodeChanged: (node, status) => fleetSync.changed(node, status),
     });
     const rollouts = new RolloutManager(store, registry, counters, { isLeader: () => lease.held, onError, log: (msg, fields) => log('info', msg, fields) });
     rollouts.start();

@@ -14,12 +14,6 @@ export interface NodeStoreBackend {
   save(node: Node): Promise<void>;
 }
 
-/** Whether two states of a node differ at most in their last-seen time. */
-function sameButSeen(a: Node, b: Node): boolean {
-  const bytes = (n: Node): Buffer => Buffer.from(Node.encode(Node.fromPartial({ ...n, status: n.status ? { ...n.status, lastSeenTime: undefined } : undefined })).finish());
-  return bytes(a).equals(bytes(b));
-}
-
 /** Listener for node changes. */
 export type NodeListener = (event: WatchNodesResponse) => void;
 
@@ -210,16 +204,17 @@ export class NodeRegistry {
 
   /**
    * Takes a node's state from the replica its agent is connected to (ReplicaFleetSync decides
-   * which replica's word is newest): replaces what was held and tells listeners, without a
-   * write to the backend (that replica persists it). Ignored, returning false, while a stream
+   * which replica's word is newest): replaces what was held and, unless only its counters or
+   * backend health changed (`statusChanged` false), tells listeners; no write to the backend
+   * (that replica persists it). Ignored, returning false, while a stream
    * to this replica owns the node.
    */
-  applyRemote(node: Node): boolean {
+  applyRemote(node: Node, statusChanged = true): boolean {
     if (this.#sessions.has(node.name)) return false;
     const existing = this.#nodes.get(node.name);
     this.#nodes.set(node.name, node);
     // Like a local heartbeat or counter report, a newer last-seen time alone is not news for watchers.
-    if (existing && sameButSeen(existing, node)) return true;
+    if (existing && !statusChanged) return true;
     this.#changed(node, existing ? NodeEventType.NODE_EVENT_TYPE_MODIFIED : NodeEventType.NODE_EVENT_TYPE_ADDED, false);
     return true;
   }

@@ -59,7 +59,8 @@ export class ReplicaFleetSync {
   #health: ServiceHealthStore | undefined;
   #o: ReplicaFleetSyncOptions;
   #sequence = 0n;
-  #dirty = new Set<string>();
+  /** Nodes to send with the next delta, and whether their status (not only telemetry) changed. */
+  #dirty = new Map<string, boolean>();
   #owners = new Map<string, Owner>();
   /** Other replicas: when each was last heard from (performance.now()). */
   #heard = new Map<string, number>();
@@ -85,9 +86,12 @@ export class ReplicaFleetSync {
     return [this.replica, ...this.#heard.keys()].sort();
   }
 
-  /** Marks a node whose status, counters or backend health changed here: it goes out with the next delta. */
-  changed(node: string): void {
-    this.#dirty.add(node);
+  /**
+   * Marks a node whose status (`status` true) or only its counters or backend health changed
+   * here: it goes out with the next delta.
+   */
+  changed(node: string, status = true): void {
+    this.#dirty.set(node, status || (this.#dirty.get(node) ?? false));
   }
 
   /**
@@ -137,7 +141,7 @@ export class ReplicaFleetSync {
     if (held && at < heldAt) return;
     if (held && at === heldAt && owner && (owner.replica === replica ? sequence < owner.sequence : replica < owner.replica)) return;
     this.#owners.set(node.name, { replica, sequence });
-    this.#registry.applyRemote(node);
+    this.#registry.applyRemote(node, n.statusChanged);
     this.#counters.replace(node.name, n);
     if (n.backendHealth.length === 0) this.#health?.forget(node.name);
     else this.#health?.add(node.name, { replace: true, backends: n.backendHealth, revision: 0n });
@@ -159,7 +163,7 @@ export class ReplicaFleetSync {
     }
   }
 
-  #state(name: string): ReplicaNodeState | undefined {
+  #state(name: string, statusChanged: boolean): ReplicaNodeState | undefined {
     const node: Node | undefined = this.#registry.get(name);
     if (!node) return undefined;
     return {
@@ -168,6 +172,7 @@ export class ReplicaFleetSync {
       interfaces: this.#counters.nodeInterfaces(name),
       conntrack: this.#counters.nodeConntrack(name),
       backendHealth: this.#health?.nodeVerdicts(name) ?? [],
+      statusChanged,
     };
   }
 
@@ -175,11 +180,11 @@ export class ReplicaFleetSync {
    * Encodes `names`' states into messages of at most MAX_REPLICA_STATE_BYTES (a larger node
    * alone); `snapshot` messages are numbered parts of one whole.
    */
-  #messages(names: Iterable<string>, snapshot: boolean): Uint8Array[] {
+  #messages(names: Iterable<[string, boolean]>, snapshot: boolean): Uint8Array[] {
     const groups: ReplicaNodeState[][] = [[]];
     let bytes = 0;
-    for (const name of names) {
-      const s = this.#state(name);
+    for (const [name, statusChanged] of names) {
+      const s = this.#state(name, statusChanged);
       if (!s) continue;
       const size = ReplicaNodeState.encode(s).finish().length + 8;
       if (bytes + size > MAX_REPLICA_STATE_BYTES && groups.at(-1)!.length > 0) {
@@ -216,7 +221,8 @@ export class ReplicaFleetSync {
     if (this.#storing || this.#closed) return;
     this.#storing = true;
     try {
-      const owned = this.#registry.list().filter((n) => this.#registry.isLocal(n.name)).map((n) => n.name);
+      // Status "changed" for a reader that starts: everything is news to it.
+      const owned = this.#registry.list().filter((n) => this.#registry.isLocal(n.name)).map((n): [string, boolean] => [n.name, true]);
       const parts = this.#messages(owned, true);
       for (let i = 0; i < parts.length; i++) await this.#kv.put(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${this.replica}.${i}`, parts[i]!);
       // Parts of a larger earlier snapshot are stale: remove them (the bucket's max age would too).

@@ -71,12 +71,21 @@ test.serial('replica fleet sync - another replica sees a node\'s status, last ou
   t.deepEqual(b.counters.nodeRules('edge-1').map((c) => c.packets), [5n]);
   t.deepEqual(b.health.verdict('edge-1', 'web', '10.0.0.1', 80), { healthy: false, reason: 'connect refused', sinceMs: 1_000_000 });
 
+  // Counters alone: b's totals follow, its node watchers hear nothing (as for a local counter report).
+  const events: string[] = [];
+  b.registry.watch((e) => void events.push(e.node?.name ?? ''));
+  a.counters.add('edge-1', counters(1n));
+  a.sync.changed('edge-1', false);
+  await until('the counters at b', () => b.counters.nodeRules('edge-1')[0]?.packets === 6n);
+  t.deepEqual(events, []);
+
   a.registry.report('edge-1', RevisionReport.fromPartial({ revision: 4n, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: 'bad map', appliedRevision: 3n }));
-  a.counters.add('edge-1', counters(2n));
+  a.counters.add('edge-1', counters(1n));
   a.sync.changed('edge-1');
   await until('the NACK at b', () => b.registry.get('edge-1')?.status?.lastOutcomeRevision === 4n);
   t.is(b.registry.get('edge-1')!.status!.lastOutcome, RevisionOutcome.REVISION_OUTCOME_NACK);
   t.is(b.registry.get('edge-1')!.status!.lastError, 'bad map');
+  t.deepEqual(events, ['edge-1'], 'the NACK is news');
   t.deepEqual(b.counters.nodeRules('edge-1').map((c) => c.packets), [7n], 'totals, not the last delta');
 
   // Replica a is cut off (as by kill -9: no goodbye): b marks its node disconnected, nothing else.

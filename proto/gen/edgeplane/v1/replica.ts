@@ -54,6 +54,11 @@ export interface ReplicaNodeState {
   conntrack: ConntrackStatus[];
   /** The node's newest verdicts on service backends (empty: unknown). */
   backendHealth: BackendVerdict[];
+  /**
+   * False when only counters or backend health changed since the replica last sent the node:
+   * receivers then tell no node watchers (as for a local counter report).
+   */
+  statusChanged: boolean;
 }
 
 function createBaseReplicaFleetState(): ReplicaFleetState {
@@ -225,7 +230,7 @@ export const ReplicaFleetState: MessageFns<ReplicaFleetState> = {
 };
 
 function createBaseReplicaNodeState(): ReplicaNodeState {
-  return { node: undefined, rules: [], interfaces: [], conntrack: [], backendHealth: [] };
+  return { node: undefined, rules: [], interfaces: [], conntrack: [], backendHealth: [], statusChanged: false };
 }
 
 export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
@@ -244,6 +249,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     }
     for (const v of message.backendHealth) {
       BackendVerdict.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.statusChanged !== false) {
+      writer.uint32(48).bool(message.statusChanged);
     }
     return writer;
   },
@@ -301,6 +309,14 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
             message.backendHealth.push(BackendVerdict.decode(reader, reader.uint32()));
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.statusChanged = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -328,6 +344,11 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
         : globalThis.Array.isArray(object?.backend_health)
         ? object.backend_health.map((e: any) => BackendVerdict.fromJSON(e))
         : [],
+      statusChanged: isSet(object.statusChanged)
+        ? globalThis.Boolean(object.statusChanged)
+        : isSet(object.status_changed)
+        ? globalThis.Boolean(object.status_changed)
+        : false,
     };
   },
 
@@ -348,6 +369,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     if (message.backendHealth?.length) {
       obj.backendHealth = message.backendHealth.map((e) => BackendVerdict.toJSON(e));
     }
+    if (message.statusChanged !== false) {
+      obj.statusChanged = message.statusChanged;
+    }
     return obj;
   },
 
@@ -361,6 +385,7 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     message.interfaces = object.interfaces?.map((e) => InterfaceCounters.fromPartial(e)) || [];
     message.conntrack = object.conntrack?.map((e) => ConntrackStatus.fromPartial(e)) || [];
     message.backendHealth = object.backendHealth?.map((e) => BackendVerdict.fromPartial(e)) || [];
+    message.statusChanged = object.statusChanged ?? false;
     return message;
   },
 };
