@@ -65,9 +65,11 @@ export class ReplicaFleetSync {
   /** Other replicas: when each was last heard from (performance.now()). */
   #heard = new Map<string, number>();
   #lastPublish = 0;
+  #lastExpire = performance.now();
   #snapshotParts = 0;
   #sub: Subscription | undefined;
   #timers: NodeJS.Timeout[] = [];
+  #rereads = new Set<NodeJS.Timeout>();
   #closed = false;
   #storing = false;
 
@@ -105,12 +107,7 @@ export class ReplicaFleetSync {
         this.#receive(msg.data);
       },
     });
-    for await (const key of await this.#kv.keys(`${REPLICA_SNAPSHOT_KEY_PREFIX}.>`)) {
-      const e = await this.#kv.get(key);
-      if (!e || e.operation !== 'PUT' || e.value.length === 0) continue;
-      // A stored snapshot counts as heard when it was written (the server's time).
-      this.#receive(e.value, performance.now() - Math.max(0, Date.now() - e.created.getTime()));
-    }
+    await this.#readSnapshots(`${REPLICA_SNAPSHOT_KEY_PREFIX}.>`);
     const every = (ms: number, fn: () => void): void => void this.#timers.push(setInterval(fn, ms));
     every(this.#o.deltaMs ?? 250, () => void this.#publishDelta());
     every(this.#o.snapshotMs ?? 5000, () => void this.#storeSnapshot());
@@ -119,7 +116,17 @@ export class ReplicaFleetSync {
     await this.#storeSnapshot();
   }
 
-  #receive(data: Uint8Array, heardAt = performance.now()): void {
+  /** Merges the stored snapshots under `filter` (KV keys). */
+  async #readSnapshots(filter: string): Promise<void> {
+    for await (const key of await this.#kv.keys(filter)) {
+      const e = await this.#kv.get(key);
+      if (!e || e.operation !== 'PUT' || e.value.length === 0) continue;
+      // A stored snapshot counts as heard when it was written (the server's time).
+      this.#receive(e.value, performance.now() - Math.max(0, Date.now() - e.created.getTime()), true);
+    }
+  }
+
+  #receive(data: Uint8Array, heardAt = performance.now(), stored = false): void {
     let state: ReplicaFleetState;
     try {
       state = ReplicaFleetState.decode(data);
@@ -127,6 +134,20 @@ export class ReplicaFleetSync {
       return this.#o.onError?.('decode replica fleet state', err);
     }
     if (state.replica === this.replica || !state.replica) return;
+    if (!stored && !this.#heard.has(state.replica)) {
+      // A replica new to this one, or back after it was silent (its nodes were marked
+      // disconnected here): its deltas carry only what changes, its snapshot has every node.
+      // Older than deltas already merged, the snapshot loses to them node by node (sequence).
+      // Read again once it stored a newer one: a change it published while this replica did
+      // not hear it (a node that disconnected) is in that one.
+      const read = (): void => void this.#readSnapshots(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${state.replica}.>`).catch((err: unknown) => this.#o.onError?.(`read the snapshot of replica ${state.replica}`, err));
+      read();
+      const again = setTimeout(() => {
+        this.#rereads.delete(again);
+        if (!this.#closed) read();
+      }, (this.#o.snapshotMs ?? 5000) + 500);
+      this.#rereads.add(again);
+    }
     this.#heard.set(state.replica, Math.max(this.#heard.get(state.replica) ?? 0, heardAt));
     for (const n of state.nodes) if (n.node) this.#merge(state.replica, state.sequence, n);
   }
@@ -149,7 +170,13 @@ export class ReplicaFleetSync {
 
   /** Other replicas silent for expireMs: their nodes are disconnected (status otherwise kept). */
   #expire(): void {
-    const limit = performance.now() - (this.#o.expireMs ?? 5000);
+    const now = performance.now();
+    const late = now - this.#lastExpire > 2 * Math.min(1000, this.#o.expireMs ?? 5000);
+    this.#lastExpire = now;
+    // A late timer means this process stalled: other replicas' messages may be waiting unread
+    // (timers run before input is read). Judge silence on the next round.
+    if (late) return;
+    const limit = now - (this.#o.expireMs ?? 5000);
     for (const [replica, at] of this.#heard) {
       if (at >= limit) continue;
       this.#heard.delete(replica);
@@ -243,7 +270,9 @@ export class ReplicaFleetSync {
     if (this.#closed) return;
     this.#closed = true;
     for (const t of this.#timers) clearInterval(t);
+    for (const t of this.#rereads) clearTimeout(t);
     this.#timers = [];
+    this.#rereads.clear();
     this.#sub?.unsubscribe();
     await this.#publishDelta(true);
     for (let i = 0; i < this.#snapshotParts; i++) await this.#kv.purge(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${this.replica}.${i}`).catch((err: unknown) => this.#o.onError?.('remove fleet status snapshot', err));

@@ -37,12 +37,12 @@ async function bucket(): Promise<{ nc: NatsConnection; kv: KV }> {
 }
 
 /** One replica: a NATS connection, a registry without persistence, stores, and its sync. */
-async function replica(id: string): Promise<{ nc: NatsConnection; registry: NodeRegistry; counters: CounterStore; health: ServiceHealthStore; sync: ReplicaFleetSync }> {
+async function replica(id: string, timing: { idleMs?: number; expireMs?: number } = {}): Promise<{ nc: NatsConnection; registry: NodeRegistry; counters: CounterStore; health: ServiceHealthStore; sync: ReplicaFleetSync }> {
   const { nc, kv } = await bucket();
   const registry = new NodeRegistry({ load: async () => [], save: async () => undefined });
   const counters = new CounterStore();
   const health = new ServiceHealthStore();
-  const sync = new ReplicaFleetSync(nc, kv, { registry, counters, health }, { controllerId: id, deltaMs: 50, snapshotMs: 500, expireMs: 1500 });
+  const sync = new ReplicaFleetSync(nc, kv, { registry, counters, health }, { controllerId: id, deltaMs: 50, snapshotMs: 500, expireMs: 1500, ...timing });
   await sync.start();
   closers.push(() => sync.close());
   return { nc, registry, counters, health, sync };
@@ -130,6 +130,20 @@ test.serial('replica fleet sync - a replica that starts later learns idle nodes 
   t.true(c.registry.get('edge-2')!.status!.connected, 'c keeps b\'s newer connection');
   t.true(b.registry.get('edge-2')!.status!.connected, 'b owns the node locally');
   t.true(b.registry.isLocal('edge-2'));
+});
+
+test.serial('replica fleet sync - a replica heard again after it fell silent: its idle nodes are connected again, from its snapshot', async (t) => {
+  // d speaks every 1.5 s when idle, e calls a replica silent after 0.3 s: e keeps losing and
+  // hearing d again, as after a short NATS partition.
+  const d = await replica('d3', { idleMs: 1500 });
+  const e = await replica('e3', { expireMs: 300 });
+  d.registry.hello(hello('edge-3'), 's1');
+  d.sync.changed('edge-3');
+  await until('edge-3 at e', () => e.registry.get('edge-3')?.status?.connected === true);
+  await until('d silent for e', () => e.registry.get('edge-3')?.status?.connected === false);
+  // Nothing about edge-3 changes at d: only its snapshot brings it back.
+  await until('edge-3 connected again at e', () => e.registry.get('edge-3')?.status?.connected === true);
+  t.false(e.registry.isLocal('edge-3'));
 });
 
 test.serial('rollout lease - one holder at a time; a silent holder loses it to another replica; closing gives it up', async (t) => {
