@@ -235,7 +235,7 @@ export class ControllerLink {
           this.#attempt = 0;
           this.#connected = true;
           this.#options.onWelcome?.(msg.welcome);
-          this.#options.onStateChange?.(true, 'welcome');
+          this.#options.onStateChange?.(true, `welcome from ${this.address}`);
           this.#drainConditions();
           this.#drainQueue();
           this.backendHealthState();
