@@ -214,7 +214,8 @@ export class ReplicaFleetSync {
       const s = this.#state(name, statusChanged);
       if (!s) continue;
       const size = ReplicaNodeState.encode(s).finish().length + 8;
-      if (bytes + size > MAX_REPLICA_STATE_BYTES && groups.at(-1)!.length > 0) {
+      // 1 KiB is left for the envelope (replica, sequence, time, part), so a message stays within it.
+      if (bytes + size > MAX_REPLICA_STATE_BYTES - 1024 && groups.at(-1)!.length > 0) {
         groups.push([]);
         bytes = 0;
       }

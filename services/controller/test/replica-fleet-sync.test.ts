@@ -8,7 +8,7 @@ import test from 'ava';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV } from '@nats-io/kv';
 import { NatsServer } from '@edgeplane/intent-log';
-import { AgentHello, REPLICAS_BUCKET, ReplicaFleetState, RevisionOutcome, RevisionReport, type CounterReport } from '@edgeplane/proto';
+import { AgentHello, FLEET_STATUS_SUBJECT_PREFIX, MAX_REPLICA_STATE_BYTES, REPLICAS_BUCKET, ReplicaFleetState, RevisionOutcome, RevisionReport, type CounterReport } from '@edgeplane/proto';
 import { CounterStore } from '../src/counter-store.js';
 import { NodeRegistry } from '../src/node-registry.js';
 import { ReplicaFleetSync } from '../src/replica-fleet-sync.js';
@@ -146,11 +146,34 @@ test.serial('replica fleet sync - a replica heard again after it fell silent: it
   t.false(e.registry.isLocal('edge-3'));
 });
 
+test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES goes out in messages within it, and every node arrives', async (t) => {
+  const spy = await connect({ servers: server.url });
+  opened.push(spy);
+  const sizes: number[] = [];
+  spy.subscribe(`${FLEET_STATUS_SUBJECT_PREFIX}.*`, { callback: (_e, m) => void sizes.push(m.data.length) });
+  await spy.flush();
+  const a = await replica('big-a');
+  const b = await replica('big-b');
+  const names = Array.from({ length: 12_000 }, (_, i) => `bulk-${i}`);
+  for (const name of names) {
+    a.registry.hello(hello(name), 's');
+    a.counters.add(name, counters(1n));
+    a.sync.changed(name);
+  }
+  await until('every node at b', () => names.every((n) => b.registry.get(n) !== undefined));
+  // The spy's connection may read the delta after b's did.
+  await until('the delta at the spy, in parts', () => sizes.filter((n) => n > 1000).length >= 2);
+  t.true(Math.max(...sizes) <= MAX_REPLICA_STATE_BYTES, `largest message ${Math.max(...sizes)} bytes`);
+  // Their snapshots of 12,000 nodes every 500 ms would load the tests after this one.
+  await a.sync.close();
+  await b.sync.close();
+});
+
 test.serial('rollout lease - one holder at a time; a silent holder loses it to another replica; closing gives it up', async (t) => {
   const { kv: kvA } = await bucket();
   const { kv: kvB } = await bucket();
-  const a = new RolloutLease(kvA, { holder: 'a', renewMs: 100, ttlMs: 600 });
-  const b = new RolloutLease(kvB, { holder: 'b', renewMs: 100, ttlMs: 600 });
+  const a = new RolloutLease(kvA, { holder: 'a', renewMs: 200, ttlMs: 2000 });
+  const b = new RolloutLease(kvB, { holder: 'b', renewMs: 200, ttlMs: 2000 });
   closers.push(() => a.close(), () => b.close());
   await a.tick(); // a takes the free lease, then falls silent (never ticks again)
   t.true(a.held);
