@@ -184,7 +184,7 @@ async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: nu
     natsServers: [cmd.nats],
     natsTimeoutMs: 20_000,
     trustedKeys: trusted,
-    controller: { address: cmd.controller, credentials: identities.get(name) ? pooled(identities.get(name)!.channelCredentials()) : distinctInsecureCredentials() },
+    controller: { address: cmd.controller.split(','), credentials: identities.get(name) ? pooled(identities.get(name)!.channelCredentials()) : distinctInsecureCredentials() },
     info: { agentVersion: 'sim', kernelRelease: 'sim', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
     sessionId: `${name}-${process.pid}`,
     heartbeatIntervalMs: 5000,

@@ -4,7 +4,11 @@
 // the real controller (dist/ build). Prints a table and one JSON line; asserts nothing.
 //   npx tsc --build && node --import=tsx bench/fleet.ts [--quick] [--nodes 1000,10000]
 //     [--state-file none|disk] [--fanout auto|conns|agents] [--converge-bound SECONDS] [--profile DIR] [--mtls] [--workers N]
-//     [--heartbeat-interval S] [--log-heartbeat S]
+//     [--heartbeat-interval S] [--log-heartbeat S] [--replicas N]
+//   --replicas N: N controller processes on the one nats-server (issue 15), sharing the signing key
+//   (and with --mtls the CA); worker i's agents start on replica i mod N, with the others as their
+//   fallbacks. ACKs are watched on replica 0, so with N > 1 most arrive through the replicas'
+//   shared fleet state; controller CPU and RSS are the sums over the replicas.
 //   --mtls: the controller serves mutual TLS (its default, no --insecure); the bench calls as the
 //   admin the controller wrote into DATA_DIR/admin, and every simulated agent first enrolls with its
 //   own join token (created by the bench as admin) and connects with its NodeIdentity.
@@ -62,6 +66,7 @@ const K = quick ? 5 : 20;
 // verifies, a reconnect after the controller went away) stalls that loop in proportion; more
 // workers make the bursts shorter without adding CPU.
 const WORKERS = Number(opt('--workers') ?? 2);
+const REPLICAS = Math.max(1, Number(opt('--replicas') ?? 1));
 // --heartbeat-interval S / --log-heartbeat S: the controller's agent heartbeat (echoed, every agent
 // every S seconds) and signed log head (verified by every agent) intervals, default 5 and 5 as the
 // controller's. Each costs the controller and the simulator per agent per interval, so at 10,000
@@ -442,7 +447,29 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       clearInterval(warningsTimer);
       offWarnings();
     });
-    const cpid = controller.pid!;
+    // More replicas on the same bus (--replicas): the first one's signing key (and CA) are theirs too.
+    const replicas: Supervised[] = [controller];
+    for (let r = 1; r < REPLICAS; r++) {
+      const rport = await freePort('127.0.0.1');
+      const ctl = join(dir, 'controller');
+      const args = controllerArgs.map((a) => (a === `127.0.0.1:${port}` ? `127.0.0.1:${rport}` : a === ctl ? join(dir, `controller-${r}`) : a));
+      const replica = await Supervised.start(`controller-${r}`, {
+        command: process.execPath,
+        args: [...args, '--controller-id', `replica-${r}`, '--signing-key', join(ctl, 'signing-key.pem'), '--ca-cert', join(ctl, 'pki', 'ca.pem'), '--ca-key', join(ctl, 'pki', 'ca-key.pem')],
+        readyEvent: 'ready',
+        readyTimeoutMs: 30_000,
+      });
+      replicas.push(replica);
+      push(`controller-${r}`, () => replica.stop(30_000));
+    }
+    const addresses = replicas.map((r) => String(r.ready.grpc));
+    /** Worker i's controller list: its replica first, the others after it. */
+    const controllersOf = (i: number): string => addresses.map((_a, k) => addresses[(i + k) % addresses.length]).join(',');
+    // With one replica this is the controller's own sample; with more, their sum.
+    const sampleControllers = (): ReturnType<typeof sampleProc> => {
+      const samples = replicas.map((r) => sampleProc(r.pid!));
+      return { at: Math.max(...samples.map((x) => x.at)), rssKb: samples.reduce((t, x) => t + x.rssKb, 0), ticks: samples.reduce((t, x) => t + x.ticks, 0) };
+    };
     const address = String(controller.ready.grpc);
     const grpcPort = Number(address.split(':').pop());
     const publicKey = String(controller.ready.publicKey);
@@ -468,13 +495,13 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       const e0 = now();
       const { tokens, caFingerprint } = await createJoinTokens(address, tls, n);
       const tokensMs = now() - e0;
-      const c0 = sampleProc(cpid);
+      const c0 = sampleControllers();
       const enrolled = await Promise.all(
         workers.map((w, i) =>
-          w.request({ type: 'enroll', controller: address, caFingerprint, tokens: tokens.slice(i * per, i * per + w.count), prefix: `sim${i}`, first: i * per, identityDir: join(dir, 'identity'), concurrency: options.enrollConcurrency }, 'enrolled', 20 * 60_000),
+          w.request({ type: 'enroll', controller: addresses[i % addresses.length]!, caFingerprint, tokens: tokens.slice(i * per, i * per + w.count), prefix: `sim${i}`, first: i * per, identityDir: join(dir, 'identity'), concurrency: options.enrollConcurrency }, 'enrolled', 20 * 60_000),
         ),
       );
-      const c1 = sampleProc(cpid);
+      const c1 = sampleControllers();
       enroll = {
         tokensMs: round(tokensMs),
         concurrency: options.enrollConcurrency * WORKERS,
@@ -491,22 +518,22 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     const t0 = now();
     const startedAll = await Promise.all(
       workers.map((w, i) =>
-        w.request({ type: 'start', controller: address, nats: nats.url, publicKey, prefix: `sim${i}`, first: i * per, count: w.count, stateDir, concurrency: 50 }, 'started', 20 * 60_000),
+        w.request({ type: 'start', controller: controllersOf(i), nats: nats.url, publicKey, prefix: `sim${i}`, first: i * per, count: w.count, stateDir, concurrency: 50 }, 'started', 20 * 60_000),
       ),
     );
     const startMs = Math.max(...startedAll.map((s) => s.lastConnectedAt)) - t0;
     await sleep(2000);
     const tcp = { grpc: established(grpcPort), nats: established(nats.port), natsWithFanout: 0 };
     const workerRssAfterStart = workers.map((w) => sampleProc(w.pid).rssKb / 1024);
-    const controllerRssAfterStart = sampleProc(cpid).rssKb / 1024;
+    const controllerRssAfterStart = sampleControllers().rssKb / 1024;
     log(`n=${n}: started in ${round(startMs / 1000)} s; tcp to controller ${tcp.grpc}, to nats ${tcp.nats}; worker RSS ${workerRssAfterStart.map((x) => round(x)).join(', ')} MiB`);
 
     const phases = async (): Promise<PhaseResult> => {
       // -- idle --
-      const idle0 = sampleProc(cpid);
+      const idle0 = sampleControllers();
       const idleW0 = workers.map((w) => sampleProc(w.pid));
       await sleep(IDLE_S * 1000);
-      const idle1 = sampleProc(cpid);
+      const idle1 = sampleControllers();
       const idleW1 = workers.map((w) => sampleProc(w.pid));
       const idleControllerPct = cpuShare(idle0, idle1);
       const idleWorkersPct = idleW0.reduce((s, a, i) => s + cpuShare(a, idleW1[i]!), 0);
@@ -532,14 +559,14 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       const convergeOnce = async (i: number): Promise<ConvergenceRun> => {
         const catchUps = async (): Promise<number> => (await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status', 60_000)))).reduce((s, x) => s + x.catchUps, 0);
         const u0 = await catchUps();
-        const c0 = sampleProc(cpid);
+        const c0 = sampleControllers();
         const w0 = workers.map((w) => sampleProc(w.pid));
         const a0 = now();
         const { revision } = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policy(i), allowLargeGrowth: true }));
         const a1 = now();
         // Bounded: nodes whose ACK has not arrived by then count as +Infinity in the distribution.
         await until(`${n} ACKs of revision ${revision} at the watcher`, () => watcher.count(revision) >= n, CONVERGE_BOUND_MS).catch(() => undefined);
-        const c1 = sampleProc(cpid);
+        const c1 = sampleControllers();
         const w1 = workers.map((w) => sampleProc(w.pid));
         const arrivals = watcher.arrivals.get(revision) ?? new Map<string, number>();
         const sentAll = await Promise.all(workers.map((w) => w.request({ type: 'acks', revision: String(revision) }, 'acks', 30_000, (e) => e.revision === String(revision))));
@@ -621,11 +648,11 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       const before = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
       workers.forEach((w) => w.send({ type: 'traffic', on: true }));
       await sleep(3000);
-      const t0c = sampleProc(cpid);
+      const t0c = sampleControllers();
       const t0w = workers.map((w) => sampleProc(w.pid));
       const mid = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
       await sleep(TELEMETRY_S * 1000);
-      const t1c = sampleProc(cpid);
+      const t1c = sampleControllers();
       const t1w = workers.map((w) => sampleProc(w.pid));
       const after = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
       workers.forEach((w) => w.send({ type: 'traffic', on: false }));
@@ -639,7 +666,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       void before;
       log(`n=${n}: telemetry ${telemetry.counterReportsPerS} reports/s, controller CPU ${telemetry.controllerCpuPct} %`);
 
-      const controllerRssMiB = sampleProc(cpid).rssKb / 1024;
+      const controllerRssMiB = sampleControllers().rssKb / 1024;
       const workerRss = workers.map((w) => sampleProc(w.pid).rssKb / 1024);
 
       const p99s = runs.map((r) => r.ack.p99);
@@ -788,14 +815,14 @@ async function main(): Promise<void> {
   if (PROFILE_DIR) mkdirSync(PROFILE_DIR, { recursive: true });
   await benchMain('fleet', BOUND_MS, async (root) => {
     const results: FullResult[] = [];
-    log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; heartbeat ${HEARTBEAT_S} s, log head ${LOG_HEARTBEAT_S} s; state file ${STATE_FILE}; mtls ${DEFAULT_OPTIONS.mtls}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
+    log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; controller replicas ${REPLICAS}; heartbeat ${HEARTBEAT_S} s, log head ${LOG_HEARTBEAT_S} s; state file ${STATE_FILE}; mtls ${DEFAULT_OPTIONS.mtls}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
     for (const n of SIZES) {
       results.push((await runSize(n, root)) as FullResult);
       // Each size's figures as soon as they exist, so a later size's failure does not lose them.
       process.stderr.write(`${table(results.slice(-1))}\n${toJson({ partial: true, result: results[results.length - 1] })}\n`);
     }
     process.stdout.write(table(results) + '\n');
-    process.stdout.write(toJson({ bench: 'fleet', quick, k: K, mtls: DEFAULT_OPTIONS.mtls, ...machine(), results }) + '\n');
+    process.stdout.write(toJson({ bench: 'fleet', quick, k: K, mtls: DEFAULT_OPTIONS.mtls, replicas: REPLICAS, ...machine(), results }) + '\n');
   });
 }
 

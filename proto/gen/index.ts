@@ -154,6 +154,10 @@ export {
   protocolToJSON,
 } from './edgeplane/v1/policy.js';
 export {
+  ReplicaFleetState,
+  ReplicaNodeState,
+} from './edgeplane/v1/replica.js';
+export {
   LabelSelector,
   LabelSelectorRequirement,
   LabelSelectorRequirement_Operator,
@@ -329,6 +333,7 @@ export {
   MAX_POLICIES,
   MAX_POLICY_BYTES,
   MAX_QUOTED_LENGTH,
+  MAX_REPLICA_STATE_BYTES,
   MAX_REPORT_TEXT_LENGTH,
   MAX_REQUEST_BYTES,
   MAX_REQUEST_ID_LENGTH,
@@ -405,12 +410,16 @@ export {
 export {
   EDGEPLANE_SUBJECTS,
   FLEET_ID_KEY,
+  FLEET_STATUS_SUBJECT_PREFIX,
   HISTORY_RESET_KEY,
   INTENT_HEAD_SUBJECT,
   INTENT_LIVE_SUBJECT,
   INTENT_STREAM,
   INTENT_SUBJECT,
   NODE_REGISTRY_BUCKET,
+  REPLICAS_BUCKET,
+  REPLICA_SNAPSHOT_KEY_PREFIX,
+  ROLLOUT_LEASE_KEY,
   SNAPSHOT_BUCKET,
   SNAPSHOT_KEY,
   TRACEPARENT_HEADER,

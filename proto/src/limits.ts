@@ -32,6 +32,14 @@ export const MAX_LABEL_PREFIX_LENGTH = 253;
 /** Characters of a label key's name part, and of a label value (Kubernetes). */
 export const MAX_LABEL_NAME_LENGTH = 63;
 
+/**
+ * Bytes a controller replica puts in one ReplicaFleetState message (a delta, or one part of its
+ * snapshot): nodes are packed until the next would pass it (a single larger node goes alone, up
+ * to the NATS max_payload of 8 MiB). 1 MiB is the NATS default max_payload, so the fleet state
+ * also passes servers left at their default, and one part is one KV write of bounded size.
+ */
+export const MAX_REPLICA_STATE_BYTES = 1024 * 1024;
+
 /** Rules in one policy: what one node's datapath holds per interface role. */
 export const MAX_RULES_PER_POLICY = 65_536;
 

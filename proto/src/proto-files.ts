@@ -19,4 +19,5 @@ export const PROTO_FILES: readonly string[] = [
   'edgeplane/v1/fleet_service.proto',
   'edgeplane/v1/agent_service.proto',
   'edgeplane/v1/trust_service.proto',
+  'edgeplane/v1/replica.proto',
 ];

@@ -79,3 +79,27 @@ export function natsInboxPrefix(userPublicKey: string): string {
  * Agents' NATS credentials must not reach it.
  */
 export const TRUST_BUCKET = 'EDGEPLANE_TRUST';
+
+/**
+ * The subject prefix of controller replicas' fleet state (ReplicaFleetState deltas): replica R
+ * publishes on `<prefix>.<R>`, every replica subscribes to `<prefix>.*`. Plain NATS, not stored;
+ * only controller credentials may publish or subscribe (nodePermissions lists no such subject).
+ */
+export const FLEET_STATUS_SUBJECT_PREFIX = 'edgeplane.fleet.status';
+
+/**
+ * The controller-only JetStream key-value bucket of replica coordination: each replica's
+ * periodic snapshot of its nodes (`snapshot.<replica>.<part>`) and the rollout lease
+ * ({@link ROLLOUT_LEASE_KEY}). Entries expire (max age) so a dead replica's snapshot goes away.
+ * Agents' NATS credentials must not reach it.
+ */
+export const REPLICAS_BUCKET = 'EDGEPLANE_REPLICAS';
+
+/**
+ * The key prefix under REPLICAS_BUCKET of replicas' snapshots: replica R stores part P of its
+ * snapshot (a ReplicaFleetState) under `<prefix>.<R>.<P>`.
+ */
+export const REPLICA_SNAPSHOT_KEY_PREFIX = 'snapshot';
+
+/** The key under REPLICAS_BUCKET of the rollout lease: the replica that holds it runs the rollout manager. */
+export const ROLLOUT_LEASE_KEY = 'lease.rollouts';

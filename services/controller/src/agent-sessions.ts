@@ -54,6 +54,12 @@ export interface AgentSessionsOptions {
     /** Told of every report refused for naming a service or backend the intent does not have. */
     refused?(node: string, reason: string): void;
   };
+  /**
+   * Told after the node's status, counters or backend health changed here (a hello, a report,
+   * counters, conditions, backend health, the stream's end; not heartbeats): what replicas share.
+   * `status` is false when only counters or backend health changed.
+   */
+  onNodeChanged?(node: string, status: boolean): void;
 }
 
 /** Queries one node may have in flight on its stream (a query walks the node's whole table). */
@@ -155,9 +161,11 @@ export class AgentSessions {
             },
           });
           arm(idleMs, `node ${node} silent for ${idleMs} ms`);
+          this.#options.onNodeChanged?.(node, true);
           continue;
         }
         arm(idleMs, `node ${node} silent for ${idleMs} ms`);
+        if (m.$case !== 'heartbeat' && m.$case !== 'connections') this.#options.onNodeChanged?.(node, m.$case === 'report' || m.$case === 'conditions');
         switch (m.$case) {
           case 'report':
             reject('invalid revision report', validateRevisionReport(m.report));
@@ -218,6 +226,7 @@ export class AgentSessions {
         set?.delete(stream);
         if (set?.size === 0) this.#byNode.delete(node);
         this.#registry.disconnect(node, sessionId);
+        this.#options.onNodeChanged?.(node, true);
       }
     }
   }

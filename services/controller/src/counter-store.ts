@@ -78,6 +78,22 @@ export class CounterStore {
     }
   }
 
+  /**
+   * Replaces one node's totals with another replica's (its agent is connected there): what
+   * `add` would hold after summing the same reports, kept within the same per-node bounds.
+   */
+  replace(node: string, totals: { rules: RuleCounters[]; interfaces: InterfaceCounters[]; conntrack: ConntrackStatus[] }): void {
+    this.forget(node);
+    this.add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, ...totals });
+  }
+
+  /** Forgets one node's counters. */
+  forget(node: string): void {
+    this.#rules.delete(node);
+    this.#interfaces.delete(node);
+    this.#conntrack.delete(node);
+  }
+
   /** One node's rule counters (optionally one policy's), sorted. */
   nodeRules(node: string, policy?: string): RuleCounters[] {
     const rules = this.#rules.get(node);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
-import { DEFAULT_POLICY_LIMITS, NODE_REGISTRY_BUCKET, INTENT_STREAM, INTENT_SUBJECT, TRUST_BUCKET, keyIdOf, publicKeyFromRaw } from '@edgeplane/proto';
+import { DEFAULT_POLICY_LIMITS, NODE_REGISTRY_BUCKET, REPLICAS_BUCKET, INTENT_STREAM, INTENT_SUBJECT, TRUST_BUCKET, keyIdOf, publicKeyFromRaw } from '@edgeplane/proto';
 import { IntentLog, NatsServer, natsClientOptions, type NatsClientTls } from '@edgeplane/intent-log';
 import { startTelemetry, type SpanProcessor, type Telemetry } from '@edgeplane/telemetry';
 import { AgentSessions } from './agent-sessions.js';
@@ -27,6 +27,8 @@ import { natsAccountPusher } from './nats-account-pusher.js';
 import { NatsAuthority } from './nats-authority.js';
 import { registerFleetMetrics } from './metrics.js';
 import { RolloutManager } from './rollout-manager.js';
+import { RolloutLease } from './rollout-lease.js';
+import { ReplicaFleetSync } from './replica-fleet-sync.js';
 import { watchStalls } from './stall-watch.js';
 import { NodeRegistry } from './node-registry.js';
 import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
@@ -352,9 +354,23 @@ export async function startController(config: ControllerConfig, extras: StartExt
       await trustStore.recordCertificate({ serial: normalizeSerial(issued.serialNumber)!, role: 'admin', name: issued.identity.name, notAfter: Math.floor(issued.notAfter.getTime() / 1000) * 1000, issuedAt: Date.now(), issuedBy: 'controller' });
     }
     const counters = new CounterStore();
-    // Like the counters, one replica's: what the agents connected here said of their backends.
+    // What the agents said of their backends: those connected here, and the other replicas' (ReplicaFleetSync).
     const serviceHealth = { store: new ServiceHealthStore(), service: (name: string) => store.chain.services.get(name) };
     registerFleetMetrics(telemetry.meter('@edgeplane/controller'), { counters, registry, revision: () => store.chain.revision });
+    // Replicas share what their agents say (node status, counters, backend health) and take
+    // turns running the rollout manager, through one controller-only bucket (README, Replicas).
+    // A single controller runs the same code: it simply never hears another replica.
+    const replicasKv = await new Kvm(nc).create(REPLICAS_BUCKET, { history: 1, replicas: config.streamReplicas, ttl: 60_000 });
+    const fleetSync = new ReplicaFleetSync(nc, replicasKv, { registry, counters, health: serviceHealth.store }, { controllerId: config.controllerId, onError, log: (msg, fields) => log('warn', msg, fields) });
+    await fleetSync.start();
+    // Closed after the gRPC server (cleanups run in reverse): the streams' ends go out in its last delta.
+    cleanups.push(() => fleetSync.close());
+    const lease = new RolloutLease(replicasKv, {
+      holder: fleetSync.replica,
+      onChange: (held) => log('info', held ? 'holding the rollout lease: this replica advances rollouts' : 'not holding the rollout lease', { replica: fleetSync.replica }),
+    });
+    lease.start();
+    cleanups.push(() => lease.close());
 
     const sessions = new AgentSessions(registry, counters, {
       controllerId: config.controllerId,
@@ -367,8 +383,9 @@ export async function startController(config: ControllerConfig, extras: StartExt
       },
       currentRevision: () => store.chain.revision,
       serviceHealth: { ...serviceHealth, refused: (node, reason) => log('warn', 'backend health report refused', { node, reason }) },
+      onNodeChanged: (node, status) => fleetSync.changed(node, status),
     });
-    const rollouts = new RolloutManager(store, registry, counters, { onError, log: (msg, fields) => log('info', msg, fields) });
+    const rollouts = new RolloutManager(store, registry, counters, { isLeader: () => lease.held, onError, log: (msg, fields) => log('info', msg, fields) });
     rollouts.start();
     cleanups.push(async () => rollouts.close());
     const intentApi = new IntentApi(store, {

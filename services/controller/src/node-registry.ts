@@ -197,6 +197,40 @@ export class NodeRegistry {
     this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED);
   }
 
+  /** Whether an agent stream to this replica owns the node now (its status is this replica's to tell). */
+  isLocal(name: string): boolean {
+    return this.#sessions.has(name);
+  }
+
+  /**
+   * Takes a node's state from the replica its agent is connected to (ReplicaFleetSync decides
+   * which replica's word is newest): replaces what was held and, unless only its counters or
+   * backend health changed (`statusChanged` false), tells listeners; no write to the backend
+   * (that replica persists it). Ignored, returning false, while a stream
+   * to this replica owns the node.
+   */
+  applyRemote(node: Node, statusChanged = true): boolean {
+    if (this.#sessions.has(node.name)) return false;
+    const existing = this.#nodes.get(node.name);
+    this.#nodes.set(node.name, node);
+    // Like a local heartbeat or counter report, a newer last-seen time alone is not news for watchers.
+    if (existing && !statusChanged) return true;
+    this.#changed(node, existing ? NodeEventType.NODE_EVENT_TYPE_MODIFIED : NodeEventType.NODE_EVENT_TYPE_ADDED, false);
+    return true;
+  }
+
+  /**
+   * Marks a node disconnected whose replica stopped publishing (it died or lost NATS); the rest
+   * of its status (revisions, last outcome, last error) stays. Not persisted. Ignored while a
+   * stream to this replica owns the node.
+   */
+  remoteLost(name: string): void {
+    const node = this.#nodes.get(name);
+    if (this.#sessions.has(name) || !node?.status?.connected) return;
+    node.status.connected = false;
+    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED, false);
+  }
+
   /** Waits for pending writes to the backend. */
   async flush(): Promise<void> {
     await Promise.all([...this.#pending]);

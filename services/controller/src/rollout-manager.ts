@@ -25,6 +25,11 @@ export interface RolloutManagerOptions {
   /** When staged.report_timeout is unset. Default 60 s. */
   defaultReportTimeoutMs?: number;
   now?: () => Date;
+  /**
+   * Whether this replica may advance rollouts now (it holds the rollout lease). Unset: always
+   * (a single controller). Status is served either way.
+   */
+  isLeader?: () => boolean;
   onError?: (message: string, err: unknown) => void;
   log?: (msg: string, fields: Record<string, unknown>) => void;
 }
@@ -45,8 +50,11 @@ const pct = (dropped: bigint, packets: bigint): number => (packets === 0n ? 0 : 
  * report in time, the drop-share health signal against each node's pre-change baseline) from
  * the node registry and the counters, and records every decision (next wave, success, revert)
  * as a log entry. All decisions are re-checked against the newest log state when written, so
- * several controller replicas may run managers side by side. State lives in the log: a
- * restarted controller resumes each rollout at the wave the log says. Owns a timer: close().
+ * two managers that briefly both act never fork a rollout; with replicas only the holder of the
+ * rollout lease ({@link RolloutManagerOptions.isLeader}) acts. State lives in the log: a
+ * restarted controller, or the replica that takes the lease over, resumes each rollout at the
+ * wave the log says (its health-gate baselines start again from the counters it reads then).
+ * Owns a timer: close().
  */
 export class RolloutManager {
   #store: IntentStore;
@@ -172,7 +180,7 @@ export class RolloutManager {
 
   /** Evaluates every active rollout once (also called by the timer). */
   async tick(): Promise<void> {
-    if (this.#busy) return;
+    if (this.#busy || (this.#o.isLeader && !this.#o.isLeader())) return;
     this.#busy = true;
     try {
       for (const r of [...this.#store.chain.rollouts.values()]) {

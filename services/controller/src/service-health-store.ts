@@ -1,6 +1,6 @@
 // What each node says of the backends it health-checks (issue 14), as its agent reported it over
 // AgentService.Connect. The node acts on its verdicts itself; the controller only shows them.
-import { MAX_BACKEND_HEALTH_PER_NODE, backendPort, type Backend, type BackendHealthReport, type Service } from '@edgeplane/proto';
+import { MAX_BACKEND_HEALTH_PER_NODE, backendPort, type Backend, type BackendHealthReport, type BackendVerdict, type Service } from '@edgeplane/proto';
 
 /** The key of one backend within a service: its address and port, as agents report them. */
 export function backendKey(address: string, port: number): string {
@@ -70,6 +70,18 @@ export class ServiceHealthStore {
   /** What `node` says of one backend of `service`, or undefined when it has not said. */
   verdict(node: string, service: string, address: string, port: number): StoredVerdict | undefined {
     return this.serviceVerdicts(node, service)?.get(backendKey(address, port));
+  }
+
+  /** Everything `node` says (empty when nothing), as verdicts a report would carry: what replicas share. */
+  nodeVerdicts(node: string): BackendVerdict[] {
+    const out: BackendVerdict[] = [];
+    for (const [service, verdicts] of this.#nodes.get(node)?.services ?? []) {
+      for (const [k, v] of verdicts) {
+        const i = k.lastIndexOf(' ');
+        out.push({ service, address: k.slice(0, i), port: Number(k.slice(i + 1)), healthy: v.healthy, reason: v.reason, since: v.sinceMs ? new Date(v.sinceMs) : undefined });
+      }
+    }
+    return out;
   }
 
   /** Nodes with a reported state. */

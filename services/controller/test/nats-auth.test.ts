@@ -19,6 +19,9 @@ import {
   INTENT_SUBJECT,
   LogEntry,
   NODE_REGISTRY_BUCKET,
+  FLEET_STATUS_SUBJECT_PREFIX,
+  REPLICAS_BUCKET,
+  ROLLOUT_LEASE_KEY,
   Policy,
   SNAPSHOT_BUCKET,
   TRUST_BUCKET,
@@ -84,6 +87,8 @@ test.before(async () => {
   await trust.put('token.abc', 'a join token');
   const registry = await new Kvm(ctl).create(NODE_REGISTRY_BUCKET, { history: 1 });
   await registry.put('edge-9', 'secret registry record');
+  const replicas = await new Kvm(ctl).create(REPLICAS_BUCKET, { history: 1 });
+  await replicas.put(ROLLOUT_LEASE_KEY, 'replica-1');
 });
 
 test.after.always(async () => {
@@ -102,9 +107,13 @@ async function attacks(nc: NatsConnection): Promise<string[]> {
   const before = (await ctlJsm.streams.info(INTENT_STREAM)).state;
   // Publishing on any edgeplane subject: the controller listens on each and must hear nothing.
   const heard: string[] = [];
-  const subjects = [INTENT_SUBJECT, INTENT_LIVE_SUBJECT, INTENT_HEAD_SUBJECT, 'edgeplane.fleet.status', 'edgeplane.anything.else'];
+  const subjects = [INTENT_SUBJECT, INTENT_LIVE_SUBJECT, INTENT_HEAD_SUBJECT, 'edgeplane.fleet.status', `${FLEET_STATUS_SUBJECT_PREFIX}.replica-1`, 'edgeplane.anything.else'];
   const subs = subjects.map((s) => ctl.subscribe(s, { callback: (_e, m) => void heard.push(`${m.subject}:${m.string()}`) }));
   await ctl.flush();
+  // Reading the replicas' fleet state: the node subscribes, a replica publishes.
+  nc.subscribe(`${FLEET_STATUS_SUBJECT_PREFIX}.*`, { callback: (e, m) => void (!e && worked.push(`read ${m.subject}`)) });
+  await nc.flush().catch(() => undefined);
+  ctl.publish(`${FLEET_STATUS_SUBJECT_PREFIX}.replica-2`, 'fleet state');
   for (const s of subjects) nc.publish(s, 'junk', { headers: undefined });
   await nc.flush().catch(() => undefined);
   // A marker from the controller after the node's publishes: once it arrives, anything the
@@ -134,6 +143,8 @@ async function attacks(nc: NatsConnection): Promise<string[]> {
     ['delete in the snapshot bucket', async () => (await new Kvm(js).open(SNAPSHOT_BUCKET)).delete('latest')],
     ['purge the snapshot bucket stream', () => jsm.streams.purge(`KV_${SNAPSHOT_BUCKET}`)],
     ['put in the node registry', () => nc.request(`$KV.${NODE_REGISTRY_BUCKET}.edge-9`, 'junk', { timeout: 2000 })],
+    ['read the replicas bucket (fleet state snapshots)', async () => (await new Kvm(js).open(REPLICAS_BUCKET)).get(ROLLOUT_LEASE_KEY)],
+    ['take the rollout lease', () => nc.request(`$KV.${REPLICAS_BUCKET}.${ROLLOUT_LEASE_KEY}`, 'edge', { timeout: 2000 })],
   ];
   for (const [what, attempt] of tries) {
     await attempt().then(
@@ -147,6 +158,8 @@ async function attacks(nc: NatsConnection): Promise<string[]> {
   if (snap?.operation !== 'PUT' || snap.value.length < 10) worked.push('the snapshot changed');
   const reg = await new Kvm(ctl).open(NODE_REGISTRY_BUCKET).then((kv) => kv.get('edge-9'));
   if (reg?.string() !== 'secret registry record') worked.push('the registry changed');
+  const lease = await new Kvm(ctl).open(REPLICAS_BUCKET).then((kv) => kv.get(ROLLOUT_LEASE_KEY));
+  if (lease?.string() !== 'replica-1') worked.push('the rollout lease changed');
   if ((await ctlJsm.streams.names().next()).includes('EVIL')) worked.push('a stream was added');
   return worked;
 }

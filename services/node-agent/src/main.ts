@@ -15,7 +15,7 @@ import { ensureBpffs } from './agent/bpffs.js';
 import { controlTargets, resolveControlEndpoints } from './agent/control-endpoints.js';
 import type { AgentLogger } from './agent/node-agent.js';
 import { agentNatsOptions } from './agent/nats-connect-options.js';
-import { enrollNode, loadNodeCredentials, NodeIdentity } from './agent/node-identity.js';
+import { enrollNode, loadNodeCredentials, NodeIdentity, type NodeCredentials } from './agent/node-identity.js';
 import { StateFile } from './agent/state-file.js';
 import { VerifiedHead } from './agent/verified-head.js';
 import type { Datapath } from './datapath/datapath.js';
@@ -38,6 +38,26 @@ function staticCredentials(config: AgentConfig): grpc.ChannelCredentials | undef
 }
 
 /**
+ * Enrolls at the first controller replica that answers: one that cannot be reached (the
+ * enrollment's cause is not a gRPC status) is skipped; a refusal (a used or bad token) is final.
+ * @throws EnrollmentError from the last replica tried.
+ */
+async function enrollAtAny(config: AgentConfig): Promise<NodeCredentials> {
+  let last: unknown;
+  for (const address of config.controllers) {
+    try {
+      return await enrollNode({ address, token: config.joinToken!, caFingerprint: config.caFingerprint!, nodeName: config.nodeName, stateDir: config.stateDir });
+    } catch (err) {
+      last = err;
+      const code = ((err as Error).cause as { code?: unknown } | undefined)?.code;
+      if (typeof code === 'number' && code !== grpc.status.UNAVAILABLE && code !== grpc.status.DEADLINE_EXCEEDED) throw err;
+      log('warn', 'enrollment: controller unreachable; trying the next', { controller: address, error: (err as Error).message });
+    }
+  }
+  throw last;
+}
+
+/**
  * The node's enrolled identity: loaded from STATE_DIR/identity, or enrolled now with the join
  * token; renewal starts. The caller closes it.
  */
@@ -46,11 +66,11 @@ async function nodeIdentity(config: AgentConfig): Promise<NodeIdentity> {
   if (creds && creds.nodeName !== config.nodeName) throw new AgentConfigError(`STATE_DIR/identity belongs to node ${creds.nodeName}, not ${config.nodeName}`);
   if (!creds) {
     if (!config.joinToken || !config.caFingerprint) throw new AgentConfigError('this node is not enrolled: give --join-token and --ca-fingerprint');
-    creds = await enrollNode({ address: config.controller, token: config.joinToken, caFingerprint: config.caFingerprint, nodeName: config.nodeName, stateDir: config.stateDir });
+    creds = await enrollAtAny(config);
     log('info', 'enrolled', { node: creds.nodeName, notAfter: creds.notAfter.toISOString() });
   }
   const identity = new NodeIdentity(creds, {
-    address: config.controller,
+    address: config.controllers,
     stateDir: config.stateDir,
     onRenewed: (notAfter) => log('info', 'node certificate renewed', { notAfter: notAfter.toISOString() }),
     onError: (message, err) => log('error', message, { error: (err as Error).message }),
@@ -122,7 +142,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       // this node off its controller and NATS. Resolved in the background (enforcement does not
       // wait for DNS), retried until it works, refreshed every 10 minutes.
       const uplink = ebpf.uplink;
-      const targets = controlTargets(config.controller, config.natsServers);
+      const targets = controlTargets(config.controllers, config.natsServers);
       let controlTimer: NodeJS.Timeout | undefined;
       const refreshControl = (): void => {
         resolveControlEndpoints(targets)
@@ -187,7 +207,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
         : {}),
       staleAfterMs: config.staleAfterMs,
       verifiedHead: new VerifiedHead(join(config.stateDir, 'verified-head.json')),
-      controller: { address: config.controller, credentials: channelCredentials },
+      controller: { address: config.controllers, credentials: channelCredentials },
       info: { agentVersion: VERSION, kernelRelease: release(), hostname: hostname(), datapath: config.datapath, capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65_536, ipv6: true } },
       sessionId: randomUUID(),
       heartbeatIntervalMs: config.heartbeatIntervalMs,

@@ -53,3 +53,11 @@ test('agent config - --xdp-mode takes native, generic, auto or tc (default auto)
   const e = t.throws(() => parse('--xdp-mode', 'offload'), { instanceOf: AgentConfigError });
   t.is(e!.message, '--xdp-mode "offload": expected native, generic, auto or tc');
 });
+
+test('agent config - --controller (and EDGEPLANE_CONTROLLER) take the controller replicas in order; the control bypass lets each through', (t) => {
+  t.deepEqual(parse('--controller', 'ctl-1:7443, ctl-2:7443,[::1]:7443').controllers, ['ctl-1:7443', 'ctl-2:7443', '[::1]:7443']);
+  t.deepEqual((parseAgentConfig(base, { EDGEPLANE_CONTROLLER: 'a:1,b:2' }) as AgentConfig).controllers, ['a:1', 'b:2']);
+  t.deepEqual(parse().controllers, ['127.0.0.1:7443']);
+  t.throws(() => parse('--controller', ' , '), { instanceOf: AgentConfigError, message: /HOST:PORT, or several separated by commas/ });
+  t.deepEqual(controlTargets(['ctl-1:7443', '[::1]:7444'], []), [{ host: 'ctl-1', port: 7443 }, { host: '::1', port: 7444 }]);
+});

@@ -82,7 +82,8 @@ export interface AgentRuntimeOptions {
   /** The NATS connect and request timeout, ms. Default 5000. */
   natsTimeoutMs?: number;
   trustedKeys: TrustedKeys;
-  controller: { address: string; credentials: grpc.ChannelCredentials };
+  /** The controller (or its replicas, tried in turn: ControllerLinkOptions.address) and the credentials for it. */
+  controller: { address: string | readonly string[]; credentials: grpc.ChannelCredentials };
   /** What the hello says about the agent. */
   info: NodeInfo;
   /** Told apart from a reconnect by the controller: one per process (or simulated agent). */

@@ -35,7 +35,8 @@ export class AgentConfigError extends Error {
 export interface AgentConfig {
   nodeName: string;
   labels: Record<string, string>;
-  controller: string;
+  /** The controller replicas' gRPC addresses, in the order the agent tries them (at least one). */
+  controllers: string[];
   natsServers: string[];
   /** This node's NATS credentials (issued at enrollment); none = anonymous, which an edgeplane NATS refuses. */
   natsCreds?: string;
@@ -87,7 +88,10 @@ Usage: edgeplane-agent [flags]
   --node-name NAME          this node's id, an RFC 1123 label (EDGEPLANE_NODE_NAME, default the hostname)
   --labels K=V,K=V          node labels that policies select on (EDGEPLANE_NODE_LABELS); an enrolled node's
                             labels are its join token's, bound at enrollment: this must then be unset or equal
-  --controller HOST:PORT    the controller's gRPC address (EDGEPLANE_CONTROLLER, default 127.0.0.1:7443)
+  --controller HOST:PORT[,HOST:PORT...]
+                            the controller's gRPC address, or its replicas' (EDGEPLANE_CONTROLLER, default
+                            127.0.0.1:7443): the agent uses one at a time and moves to the next when its stream
+                            fails; each must serve a certificate of the fleet CA
   --nats URL[,URL...]       NATS servers holding the intent log (EDGEPLANE_NATS_URL, default nats://127.0.0.1:4222)
   --nats-creds FILE         this node's NATS credentials: user JWT + nkey seed (EDGEPLANE_NATS_CREDS)
   --nats-jwt FILE, --nats-seed FILE   the same as two files: the JWT and the seed (EDGEPLANE_NATS_JWT, EDGEPLANE_NATS_SEED)
@@ -290,11 +294,14 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   const prom = values['prometheus-port'] ?? env.EDGEPLANE_PROMETHEUS_PORT;
   const fleetId = values['fleet-id'] ?? env.EDGEPLANE_FLEET_ID;
   if (fleetId !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(fleetId)) throw new AgentConfigError(`--fleet-id ${JSON.stringify(fleetId.slice(0, 80))}: 1-63 letters, digits, '.', '_' or '-'`);
+  const controllerText = values.controller ?? env.EDGEPLANE_CONTROLLER ?? '127.0.0.1:7443';
+  const controllers = controllerText.split(',').map((s) => s.trim()).filter(Boolean);
+  if (controllers.length === 0) throw new AgentConfigError(`--controller ${JSON.stringify(controllerText.slice(0, 200))}: HOST:PORT, or several separated by commas`);
   return {
     ...(fleetId ? { fleetId } : {}),
     nodeName,
     labels,
-    controller: values.controller ?? env.EDGEPLANE_CONTROLLER ?? '127.0.0.1:7443',
+    controllers,
     natsServers: (values.nats ?? env.EDGEPLANE_NATS_URL ?? 'nats://127.0.0.1:4222').split(',').map((s) => s.trim()).filter(Boolean),
     ...(natsCreds ? { natsCreds } : {}),
     ...(natsJwt ? { natsJwt, natsSeed: natsSeed! } : {}),

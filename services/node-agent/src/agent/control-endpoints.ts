@@ -13,14 +13,16 @@ export interface ControlTarget {
 }
 
 /**
- * The controller's "HOST:PORT" (IPv6 in brackets) and the NATS URLs (nats://, tls://; default
+ * The controller's "HOST:PORT" (IPv6 in brackets; or every replica's) and the NATS URLs (nats://, tls://; default
  * port 4222) as host/port pairs. Entries that do not parse are skipped: the agent's own
  * connections would fail on them anyway and say why.
  */
-export function controlTargets(controller: string, natsServers: readonly string[]): ControlTarget[] {
+export function controlTargets(controller: string | readonly string[], natsServers: readonly string[]): ControlTarget[] {
   const out: ControlTarget[] = [];
-  const hostPort = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(controller);
-  if (hostPort) out.push({ host: hostPort[1]!, port: Number(hostPort[2]) });
+  for (const c of typeof controller === 'string' ? [controller] : controller) {
+    const hostPort = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(c);
+    if (hostPort) out.push({ host: hostPort[1]!, port: Number(hostPort[2]) });
+  }
   for (const server of natsServers) {
     try {
       const url = new URL(server.includes('://') ? server : `nats://${server}`);

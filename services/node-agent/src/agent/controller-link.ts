@@ -17,7 +17,11 @@ import {
 
 /** Options of {@link ControllerLink}. */
 export interface ControllerLinkOptions {
-  address: string;
+  /**
+   * The controller's address, or several replicas' (host:port each): the link uses one at a
+   * time and moves to the next when a connect or its stream fails (after the usual backoff).
+   */
+  address: string | readonly string[];
   credentials: grpc.ChannelCredentials;
   /** The hello to send on every (re)connect: it carries the current revisions. */
   hello: () => AgentHello;
@@ -58,7 +62,10 @@ function ms(d: { seconds: bigint; nanos: number } | undefined): number | undefin
  */
 export class ControllerLink {
   #options: ControllerLinkOptions;
-  #client: AgentServiceClient;
+  #addresses: readonly string[];
+  /** The address in use, and a client per address used so far (channels are kept for the next turn). */
+  #index = 0;
+  #clients = new Map<string, AgentServiceClient>();
   #stream: grpc.ClientDuplexStream<ConnectRequest, ConnectResponse> | undefined;
   #queue = new Map<bigint, RevisionReport>();
   /** Conditions that changed after the last hello was built, to send once welcomed. */
@@ -83,12 +90,28 @@ export class ControllerLink {
     this.#options = options;
     this.#heartbeatMs = options.heartbeatIntervalMs ?? 5000;
     this.#counterMs = options.counterIntervalMs ?? 5000;
-    this.#client = new AgentServiceClient(options.address, options.credentials, {
-      'grpc.keepalive_time_ms': 20_000,
-      'grpc.keepalive_timeout_ms': 10_000,
-      'grpc.initial_reconnect_backoff_ms': 250,
-      'grpc.max_reconnect_backoff_ms': 5000,
-    });
+    this.#addresses = typeof options.address === 'string' ? [options.address] : [...options.address];
+    if (this.#addresses.length === 0) throw new TypeError('ControllerLink: no controller address');
+  }
+
+  /** The controller address the link uses now (or tries next). */
+  get address(): string {
+    return this.#addresses[this.#index]!;
+  }
+
+  get #client(): AgentServiceClient {
+    const address = this.address;
+    let client = this.#clients.get(address);
+    if (!client) {
+      client = new AgentServiceClient(address, this.#options.credentials, {
+        'grpc.keepalive_time_ms': 20_000,
+        'grpc.keepalive_timeout_ms': 10_000,
+        'grpc.initial_reconnect_backoff_ms': 250,
+        'grpc.max_reconnect_backoff_ms': 5000,
+      });
+      this.#clients.set(address, client);
+    }
+    return client;
   }
 
   /** Whether the stream is open and welcomed. */
@@ -180,6 +203,8 @@ export class ControllerLink {
     s?.cancel();
     if (was) this.#options.onStateChange?.(false, reason);
     if (this.#closed) return;
+    // Another replica next: the one that failed may be gone for good.
+    this.#index = (this.#index + 1) % this.#addresses.length;
     const max = this.#options.maxBackoffMs ?? 15_000;
     const min = this.#options.minBackoffMs ?? 250;
     const delay = Math.random() * Math.min(max, min * 2 ** this.#attempt++);
@@ -189,10 +214,11 @@ export class ControllerLink {
   #connect(): void {
     if (this.#closed) return;
     const deadline = Date.now() + (this.#options.connectTimeoutMs ?? 10_000);
-    this.#client.waitForReady(deadline, (err) => {
+    const client = this.#client;
+    client.waitForReady(deadline, (err) => {
       if (this.#closed) return;
-      if (err) return this.#down(`connect: ${err.message}`);
-      const stream = this.#client.connect();
+      if (err) return this.#down(`connect ${this.address}: ${err.message}`);
+      const stream = client.connect();
       this.#stream = stream;
       let welcomed = false;
       const welcomeTimer = this.#after(Math.max(0, deadline - Date.now()), () => !welcomed && this.#down('no welcome in time'));
@@ -209,7 +235,7 @@ export class ControllerLink {
           this.#attempt = 0;
           this.#connected = true;
           this.#options.onWelcome?.(msg.welcome);
-          this.#options.onStateChange?.(true, 'welcome');
+          this.#options.onStateChange?.(true, `welcome from ${this.address}`);
           this.#drainConditions();
           this.#drainQueue();
           this.backendHealthState();
@@ -266,7 +292,8 @@ export class ControllerLink {
     this.#stream?.end();
     this.#stream = undefined;
     this.#connected = false;
-    this.#client.close();
+    for (const c of this.#clients.values()) c.close();
+    this.#clients.clear();
   }
 
   [Symbol.dispose](): void {

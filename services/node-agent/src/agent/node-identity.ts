@@ -231,7 +231,8 @@ function reuseSecureContext(creds: grpc.ChannelCredentials): grpc.ChannelCredent
 
 /** Options of {@link NodeIdentity}. */
 export interface NodeIdentityOptions {
-  address: string;
+  /** The controller's address, or its replicas' (a failed renewal tries the next one the next time). */
+  address: string | readonly string[];
   stateDir: string;
   /** Share of the certificate's life after which it is renewed. Default 0.7. */
   renewAt?: number;
@@ -251,7 +252,9 @@ export class NodeIdentity implements grpc.experimental.CertificateProvider {
   #caListeners = new Set<grpc.experimental.CaCertificateUpdateListener>();
   #idListeners = new Set<grpc.experimental.IdentityCertificateUpdateListener>();
   #channelCredentials: grpc.ChannelCredentials;
-  #client: TrustServiceClient;
+  #clients: TrustServiceClient[];
+  /** The replica the next renewal asks. */
+  #next = 0;
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
   /** The updates handed to grpc-js: the same objects until a renewal, so the secure context built from them is reused. */
@@ -263,7 +266,7 @@ export class NodeIdentity implements grpc.experimental.CertificateProvider {
     this.#o = options;
     this.#setUpdates();
     this.#channelCredentials = reuseSecureContext(grpc.experimental.createCertificateProviderChannelCredentials(this, this, { checkServerIdentity: checkControllerIdentity }));
-    this.#client = new TrustServiceClient(options.address, this.#channelCredentials);
+    this.#clients = (typeof options.address === 'string' ? [options.address] : options.address).map((a) => new TrustServiceClient(a, this.#channelCredentials));
   }
 
   #setUpdates(): void {
@@ -323,11 +326,13 @@ export class NodeIdentity implements grpc.experimental.CertificateProvider {
     const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
     const proof = sign('sha256', Buffer.from(`edgeplane-renew-v1\n${this.#creds.nodeName}`), privateKey);
     let res: RenewCertificateResponse;
+    const client = this.#clients[this.#next % this.#clients.length]!;
     try {
       res = await unaryCall<RenewCertificateResponse>((cb) =>
-        this.#client.renewCertificate({ publicKey: publicKey.export({ type: 'spki', format: 'der' }), proof, natsPublicKey: this.#creds.natsSeed ? natsPublicKeyOf(this.#creds.natsSeed) : '' }, new grpc.Metadata(), { deadline: Date.now() + 30_000 }, cb),
+        client.renewCertificate({ publicKey: publicKey.export({ type: 'spki', format: 'der' }), proof, natsPublicKey: this.#creds.natsSeed ? natsPublicKeyOf(this.#creds.natsSeed) : '' }, new grpc.Metadata(), { deadline: Date.now() + 30_000 }, cb),
       );
     } catch (cause) {
+      this.#next++;
       throw new EnrollmentError(`renew ${this.#creds.nodeName}: ${(cause as Error).message}`, { cause });
     }
     const notAfter = res.notAfter ?? new Date(new X509Certificate(res.certificate).validTo);
@@ -369,7 +374,7 @@ export class NodeIdentity implements grpc.experimental.CertificateProvider {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#timer);
-    this.#client.close();
+    for (const c of this.#clients) c.close();
   }
 
   [Symbol.dispose](): void {

@@ -1,0 +1,281 @@
+// Controller replicas share what their agents tell them (issue 15): node status and last outcome,
+// counters, backend health. Aggregated per replica, never one durable write per node per change:
+// a batched delta of the nodes that changed at most every deltaMs on a plain NATS subject, and a
+// compacted snapshot of every node the replica owns every snapshotMs in the replicas bucket (a few
+// keys per replica). Every replica merges both into its own NodeRegistry, CounterStore and
+// ServiceHealthStore, so FleetService and the rollout gates read the whole fleet on any replica.
+import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import type { KV } from '@nats-io/kv';
+import { FLEET_STATUS_SUBJECT_PREFIX, MAX_REPLICA_STATE_BYTES, REPLICA_SNAPSHOT_KEY_PREFIX, ReplicaFleetState, ReplicaNodeState, type Node } from '@edgeplane/proto';
+import type { CounterStore } from './counter-store.js';
+import type { NodeRegistry } from './node-registry.js';
+import type { ServiceHealthStore } from './service-health-store.js';
+
+/** Options of {@link ReplicaFleetSync}. */
+export interface ReplicaFleetSyncOptions {
+  /** The controller id; the replica's instance id is made from it and a per-start suffix. */
+  controllerId: string;
+  /** How often changed nodes are published (batched). Default 250 ms. */
+  deltaMs?: number;
+  /** How often a replica publishes even when nothing changed (its liveness). Default 1 s. */
+  idleMs?: number;
+  /** How often the replica's snapshot is stored. Default 5 s. */
+  snapshotMs?: number;
+  /** Silence after which another replica's nodes are marked disconnected. Default 5 s. */
+  expireMs?: number;
+  onError?: (message: string, err: unknown) => void;
+  log?: (msg: string, fields: Record<string, unknown>) => void;
+}
+
+/** A subject and KV key token from a free-form id: letters, digits, '-' and '_' only. */
+function token(id: string): string {
+  return id.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 64) || 'controller';
+}
+
+/** What this replica knows of the replica a node's newest state came from. */
+interface Owner {
+  replica: string;
+  sequence: bigint;
+}
+
+/**
+ * Shares this replica's nodes with the other replicas and merges theirs. A node's state from
+ * another replica is taken unless an agent stream to this replica owns the node, or the state
+ * held is newer: a later connect time wins (the node's newest stream), and within one connect
+ * time the owning replica's later message. When a replica falls silent for expireMs (killed,
+ * or cut from NATS), its nodes are marked disconnected and keep the rest of their status, so
+ * a node that moves to another replica shows its last outcome throughout.
+ * Owns a subscription and timers: close() (idempotent) publishes a last delta, removes this
+ * replica's snapshot, and stops; it does not close the NATS connection.
+ */
+export class ReplicaFleetSync {
+  readonly replica: string;
+  #nc: NatsConnection;
+  #kv: KV;
+  #registry: NodeRegistry;
+  #counters: CounterStore;
+  #health: ServiceHealthStore | undefined;
+  #o: ReplicaFleetSyncOptions;
+  #sequence = 0n;
+  /** Nodes to send with the next delta, and whether their status (not only telemetry) changed. */
+  #dirty = new Map<string, boolean>();
+  #owners = new Map<string, Owner>();
+  /** Other replicas: when each was last heard from (performance.now()). */
+  #heard = new Map<string, number>();
+  #lastPublish = 0;
+  #lastExpire = performance.now();
+  #snapshotParts = 0;
+  #sub: Subscription | undefined;
+  #timers: NodeJS.Timeout[] = [];
+  #rereads = new Set<NodeJS.Timeout>();
+  #closed = false;
+  #storing = false;
+
+  constructor(nc: NatsConnection, kv: KV, stores: { registry: NodeRegistry; counters: CounterStore; health?: ServiceHealthStore }, options: ReplicaFleetSyncOptions) {
+    this.#nc = nc;
+    this.#kv = kv;
+    this.#registry = stores.registry;
+    this.#counters = stores.counters;
+    this.#health = stores.health;
+    this.#o = options;
+    this.replica = `${token(options.controllerId)}_${randomBytes(3).toString('hex')}`;
+  }
+
+  /** Replicas heard from within expireMs, this one included. */
+  replicas(): string[] {
+    return [this.replica, ...this.#heard.keys()].sort();
+  }
+
+  /**
+   * Marks a node whose status (`status` true) or only its counters or backend health changed
+   * here: it goes out with the next delta.
+   */
+  changed(node: string, status = true): void {
+    this.#dirty.set(node, status || (this.#dirty.get(node) ?? false));
+  }
+
+  /**
+   * Subscribes to the other replicas' deltas, then merges their stored snapshots, then starts
+   * publishing. @throws when NATS fails (the caller closes).
+   */
+  async start(): Promise<void> {
+    this.#sub = this.#nc.subscribe(`${FLEET_STATUS_SUBJECT_PREFIX}.*`, {
+      callback: (err, msg) => {
+        if (err) return this.#o.onError?.('fleet status subscription', err);
+        this.#receive(msg.data);
+      },
+    });
+    await this.#readSnapshots(`${REPLICA_SNAPSHOT_KEY_PREFIX}.>`);
+    const every = (ms: number, fn: () => void): void => void this.#timers.push(setInterval(fn, ms));
+    every(this.#o.deltaMs ?? 250, () => void this.#publishDelta());
+    every(this.#o.snapshotMs ?? 5000, () => void this.#storeSnapshot());
+    every(Math.min(1000, this.#o.expireMs ?? 5000), () => this.#expire());
+    this.#expire();
+    await this.#storeSnapshot();
+  }
+
+  /** Merges the stored snapshots under `filter` (KV keys). */
+  async #readSnapshots(filter: string): Promise<void> {
+    for await (const key of await this.#kv.keys(filter)) {
+      const e = await this.#kv.get(key);
+      if (!e || e.operation !== 'PUT' || e.value.length === 0) continue;
+      // A stored snapshot counts as heard when it was written (the server's time).
+      this.#receive(e.value, performance.now() - Math.max(0, Date.now() - e.created.getTime()), true);
+    }
+  }
+
+  #receive(data: Uint8Array, heardAt = performance.now(), stored = false): void {
+    let state: ReplicaFleetState;
+    try {
+      state = ReplicaFleetState.decode(data);
+    } catch (err) {
+      return this.#o.onError?.('decode replica fleet state', err);
+    }
+    if (state.replica === this.replica || !state.replica) return;
+    if (!stored && !this.#heard.has(state.replica)) {
+      // A replica new to this one, or back after it was silent (its nodes were marked
+      // disconnected here): its deltas carry only what changes, its snapshot has every node.
+      // Older than deltas already merged, the snapshot loses to them node by node (sequence).
+      // Read again once it stored a newer one: a change it published while this replica did
+      // not hear it (a node that disconnected) is in that one.
+      const read = (): void => void this.#readSnapshots(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${state.replica}.>`).catch((err: unknown) => this.#o.onError?.(`read the snapshot of replica ${state.replica}`, err));
+      read();
+      const again = setTimeout(() => {
+        this.#rereads.delete(again);
+        if (!this.#closed) read();
+      }, (this.#o.snapshotMs ?? 5000) + 500);
+      this.#rereads.add(again);
+    }
+    this.#heard.set(state.replica, Math.max(this.#heard.get(state.replica) ?? 0, heardAt));
+    for (const n of state.nodes) if (n.node) this.#merge(state.replica, state.sequence, n);
+  }
+
+  #merge(replica: string, sequence: bigint, n: ReplicaNodeState): void {
+    const node = n.node!;
+    if (this.#registry.isLocal(node.name)) return;
+    const held = this.#registry.get(node.name);
+    const owner = this.#owners.get(node.name);
+    const heldAt = held?.status?.connectTime?.getTime() ?? 0;
+    const at = node.status?.connectTime?.getTime() ?? 0;
+    if (held && at < heldAt) return;
+    if (held && at === heldAt && owner && (owner.replica === replica ? sequence < owner.sequence : replica < owner.replica)) return;
+    this.#owners.set(node.name, { replica, sequence });
+    this.#registry.applyRemote(node, n.statusChanged);
+    this.#counters.replace(node.name, n);
+    if (n.backendHealth.length === 0) this.#health?.forget(node.name);
+    else this.#health?.add(node.name, { replace: true, backends: n.backendHealth, revision: 0n });
+  }
+
+  /** Other replicas silent for expireMs: their nodes are disconnected (status otherwise kept). */
+  #expire(): void {
+    const now = performance.now();
+    const late = now - this.#lastExpire > 2 * Math.min(1000, this.#o.expireMs ?? 5000);
+    this.#lastExpire = now;
+    // A late timer means this process stalled: other replicas' messages may be waiting unread
+    // (timers run before input is read). Judge silence on the next round.
+    if (late) return;
+    const limit = now - (this.#o.expireMs ?? 5000);
+    for (const [replica, at] of this.#heard) {
+      if (at >= limit) continue;
+      this.#heard.delete(replica);
+      this.#o.log?.('controller replica silent; its nodes are disconnected until they reconnect', { replica });
+      for (const [name, owner] of this.#owners) {
+        if (owner.replica !== replica) continue;
+        this.#owners.delete(name);
+        this.#registry.remoteLost(name);
+        this.#health?.forget(name);
+      }
+    }
+  }
+
+  #state(name: string, statusChanged: boolean): ReplicaNodeState | undefined {
+    const node: Node | undefined = this.#registry.get(name);
+    if (!node) return undefined;
+    return {
+      node,
+      rules: this.#counters.nodeRules(name),
+      interfaces: this.#counters.nodeInterfaces(name),
+      conntrack: this.#counters.nodeConntrack(name),
+      backendHealth: this.#health?.nodeVerdicts(name) ?? [],
+      statusChanged,
+    };
+  }
+
+  /**
+   * Encodes `names`' states into messages of at most MAX_REPLICA_STATE_BYTES (a larger node
+   * alone); `snapshot` messages are numbered parts of one whole.
+   */
+  #messages(names: Iterable<[string, boolean]>, snapshot: boolean): Uint8Array[] {
+    const groups: ReplicaNodeState[][] = [[]];
+    let bytes = 0;
+    for (const [name, statusChanged] of names) {
+      const s = this.#state(name, statusChanged);
+      if (!s) continue;
+      const size = ReplicaNodeState.encode(s).finish().length + 8;
+      // 1 KiB is left for the envelope (replica, sequence, time, part), so a message stays within it.
+      if (bytes + size > MAX_REPLICA_STATE_BYTES - 1024 && groups.at(-1)!.length > 0) {
+        groups.push([]);
+        bytes = 0;
+      }
+      groups.at(-1)!.push(s);
+      bytes += size;
+    }
+    const sequence = ++this.#sequence;
+    return groups.map((nodes, i) =>
+      ReplicaFleetState.encode({ replica: this.replica, sequence, time: new Date(), snapshot, part: snapshot ? i : 0, parts: snapshot ? groups.length : 0, nodes }).finish(),
+    );
+  }
+
+  /** Publishes the nodes changed since the last delta, or an empty delta when idleMs passed (liveness). */
+  async #publishDelta(force = false): Promise<void> {
+    const now = performance.now();
+    if (this.#dirty.size === 0 && now - this.#lastPublish < (this.#o.idleMs ?? 1000) && !force) return;
+    const names = [...this.#dirty];
+    this.#dirty.clear();
+    this.#lastPublish = now;
+    try {
+      for (const m of this.#messages(names, false)) this.#nc.publish(`${FLEET_STATUS_SUBJECT_PREFIX}.${this.replica}`, m);
+    } catch (err) {
+      // NATS is unreachable (the client buffers while reconnecting; this is a closed connection):
+      // the next snapshot carries these nodes again.
+      this.#o.onError?.('publish fleet status delta', err);
+    }
+  }
+
+  /** Stores the state of every node an agent stream to this replica owns, in parts. */
+  async #storeSnapshot(): Promise<void> {
+    if (this.#storing || this.#closed) return;
+    this.#storing = true;
+    try {
+      // Status "changed" for a reader that starts: everything is news to it.
+      const owned = this.#registry.list().filter((n) => this.#registry.isLocal(n.name)).map((n): [string, boolean] => [n.name, true]);
+      const parts = this.#messages(owned, true);
+      for (let i = 0; i < parts.length; i++) await this.#kv.put(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${this.replica}.${i}`, parts[i]!);
+      // Parts of a larger earlier snapshot are stale: remove them (the bucket's max age would too).
+      for (let i = parts.length; i < this.#snapshotParts; i++) await this.#kv.delete(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${this.replica}.${i}`);
+      this.#snapshotParts = parts.length;
+    } catch (err) {
+      this.#o.onError?.('store fleet status snapshot', err);
+    } finally {
+      this.#storing = false;
+    }
+  }
+
+  /**
+   * Publishes what changed (the streams closed at shutdown), removes this replica's snapshot
+   * and stops. Call before the NATS connection drains. Idempotent; never throws.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const t of this.#timers) clearInterval(t);
+    for (const t of this.#rereads) clearTimeout(t);
+    this.#timers = [];
+    this.#rereads.clear();
+    this.#sub?.unsubscribe();
+    await this.#publishDelta(true);
+    for (let i = 0; i < this.#snapshotParts; i++) await this.#kv.purge(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${this.replica}.${i}`).catch((err: unknown) => this.#o.onError?.('remove fleet status snapshot', err));
+  }
+}

@@ -1,0 +1,198 @@
+// Replicas sharing fleet state (ReplicaFleetSync) and taking turns at the rollout lease
+// (RolloutLease) on a real nats-server: each replica is its own NATS connection, registry and
+// stores, as in separate controller processes.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { Kvm, type KV } from '@nats-io/kv';
+import { NatsServer } from '@edgeplane/intent-log';
+import { AgentHello, FLEET_STATUS_SUBJECT_PREFIX, MAX_REPLICA_STATE_BYTES, REPLICAS_BUCKET, ReplicaFleetState, RevisionOutcome, RevisionReport, type CounterReport } from '@edgeplane/proto';
+import { CounterStore } from '../src/counter-store.js';
+import { NodeRegistry } from '../src/node-registry.js';
+import { ReplicaFleetSync } from '../src/replica-fleet-sync.js';
+import { RolloutLease } from '../src/rollout-lease.js';
+import { ServiceHealthStore } from '../src/service-health-store.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'ctl-fleet-sync-'));
+let server: NatsServer;
+const opened: NatsConnection[] = [];
+const closers: (() => Promise<void>)[] = [];
+
+test.before(async () => {
+  server = await NatsServer.start({ dataDir: dir });
+});
+test.after.always(async () => {
+  for (const c of closers) await c().catch(() => undefined);
+  for (const nc of opened) await nc.close().catch(() => undefined);
+  await server?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function bucket(): Promise<{ nc: NatsConnection; kv: KV }> {
+  const nc = await connect({ servers: server.url });
+  opened.push(nc);
+  return { nc, kv: await new Kvm(nc).create(REPLICAS_BUCKET, { history: 1, ttl: 60_000 }) };
+}
+
+/** One replica: a NATS connection, a registry without persistence, stores, and its sync. */
+async function replica(id: string, timing: { idleMs?: number; expireMs?: number } = {}): Promise<{ nc: NatsConnection; registry: NodeRegistry; counters: CounterStore; health: ServiceHealthStore; sync: ReplicaFleetSync }> {
+  const { nc, kv } = await bucket();
+  const registry = new NodeRegistry({ load: async () => [], save: async () => undefined });
+  const counters = new CounterStore();
+  const health = new ServiceHealthStore();
+  const sync = new ReplicaFleetSync(nc, kv, { registry, counters, health }, { controllerId: id, deltaMs: 50, snapshotMs: 500, expireMs: 1500, ...timing });
+  await sync.start();
+  closers.push(() => sync.close());
+  return { nc, registry, counters, health, sync };
+}
+
+async function until(what: string, pred: () => boolean, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+const hello = (name: string): AgentHello => AgentHello.fromPartial({ nodeName: name, labels: { role: 'edge' }, receivedRevision: 3n, appliedRevision: 3n });
+const counters = (packets: bigint): CounterReport => ({ startTime: undefined, endTime: undefined, appliedRevision: 3n, rules: [{ rule: { policy: 'p', priority: 1 }, ruleName: 'r', packets, bytes: packets * 100n, rateLimitedPackets: 0n }], interfaces: [], conntrack: [] });
+
+test.serial('replica fleet sync - another replica sees a node\'s status, last outcome, counters and backend health, and keeps its status when the replica falls silent', async (t) => {
+  const a = await replica('a');
+  const b = await replica('b');
+  a.registry.hello(hello('edge-1'), 's1');
+  a.counters.add('edge-1', counters(5n));
+  a.health.add('edge-1', { replace: true, revision: 3n, backends: [{ service: 'web', address: '10.0.0.1', port: 80, healthy: false, reason: 'connect refused', since: new Date(1_000_000) }] });
+  a.sync.changed('edge-1');
+  await until('edge-1 at b', () => b.registry.get('edge-1')?.status?.connected === true && b.health.verdict('edge-1', 'web', '10.0.0.1', 80) !== undefined);
+  t.false(b.registry.isLocal('edge-1'));
+  t.deepEqual(b.counters.nodeRules('edge-1').map((c) => c.packets), [5n]);
+  t.deepEqual(b.health.verdict('edge-1', 'web', '10.0.0.1', 80), { healthy: false, reason: 'connect refused', sinceMs: 1_000_000 });
+
+  // Counters alone: b's totals follow, its node watchers hear nothing (as for a local counter report).
+  const events: string[] = [];
+  b.registry.watch((e) => void events.push(e.node?.name ?? ''));
+  a.counters.add('edge-1', counters(1n));
+  a.sync.changed('edge-1', false);
+  await until('the counters at b', () => b.counters.nodeRules('edge-1')[0]?.packets === 6n);
+  t.deepEqual(events, []);
+
+  a.registry.report('edge-1', RevisionReport.fromPartial({ revision: 4n, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: 'bad map', appliedRevision: 3n }));
+  a.counters.add('edge-1', counters(1n));
+  a.sync.changed('edge-1');
+  await until('the NACK at b', () => b.registry.get('edge-1')?.status?.lastOutcomeRevision === 4n);
+  t.is(b.registry.get('edge-1')!.status!.lastOutcome, RevisionOutcome.REVISION_OUTCOME_NACK);
+  t.is(b.registry.get('edge-1')!.status!.lastError, 'bad map');
+  t.deepEqual(events, ['edge-1'], 'the NACK is news');
+  t.deepEqual(b.counters.nodeRules('edge-1').map((c) => c.packets), [7n], 'totals, not the last delta');
+
+  // Replica a is cut off (as by kill -9: no goodbye): b marks its node disconnected, nothing else.
+  await a.nc.close();
+  await until('edge-1 disconnected at b', () => b.registry.get('edge-1')?.status?.connected === false);
+  const s = b.registry.get('edge-1')!.status!;
+  t.is(s.lastOutcome, RevisionOutcome.REVISION_OUTCOME_NACK);
+  t.is(s.lastOutcomeRevision, 4n);
+  t.is(s.appliedRevision, 3n);
+  t.is(b.health.serviceVerdicts('edge-1', 'web'), undefined, 'backend health of a node nobody hears is unknown');
+  t.deepEqual(b.counters.nodeRules('edge-1').map((c) => c.packets), [7n], 'counters kept for the next replica to add to');
+});
+
+test.serial('replica fleet sync - a replica that starts later learns idle nodes from the stored snapshots; the newest connection of a node wins', async (t) => {
+  const a = await replica('a2');
+  const b = await replica('b2');
+  a.registry.hello(hello('edge-2'), 's1');
+  a.sync.changed('edge-2');
+  await until('edge-2 at b', () => b.registry.get('edge-2')?.status?.connected === true);
+  // Nothing changes any more: c hears no delta with edge-2, only a's snapshot, once stored.
+  const { kv } = await bucket();
+  let stored = false;
+  while (!stored) {
+    const e = await kv.get(`snapshot.${a.sync.replica}.0`);
+    stored = e?.operation === 'PUT' && ReplicaFleetState.decode(e.value).nodes.some((n) => n.node?.name === 'edge-2');
+    if (!stored) await new Promise((r) => setTimeout(r, 50));
+  }
+  const c = await replica('c2');
+  t.true(c.registry.get('edge-2')?.status?.connected, 'from the snapshot read at start');
+
+  // edge-2 moves to b (a newer connection); a's late word that it lost it does not win anywhere.
+  await new Promise((r) => setTimeout(r, 5));
+  b.registry.hello(hello('edge-2'), 's2');
+  b.sync.changed('edge-2');
+  await until('edge-2 at c from b', () => c.registry.get('edge-2')?.status?.connectTime?.getTime() === b.registry.get('edge-2')!.status!.connectTime!.getTime());
+  a.registry.disconnect('edge-2', 's1');
+  a.sync.changed('edge-2');
+  // A marker after a's delta: once c has a's next node, it has seen a's disconnect of edge-2.
+  a.registry.hello(hello('marker'), 'm');
+  a.sync.changed('marker');
+  await until('marker at c', () => c.registry.get('marker') !== undefined);
+  t.true(c.registry.get('edge-2')!.status!.connected, 'c keeps b\'s newer connection');
+  t.true(b.registry.get('edge-2')!.status!.connected, 'b owns the node locally');
+  t.true(b.registry.isLocal('edge-2'));
+});
+
+test.serial('replica fleet sync - a replica heard again after it fell silent: its idle nodes are connected again, from its snapshot', async (t) => {
+  // d speaks every 1.5 s when idle, e calls a replica silent after 0.3 s: e keeps losing and
+  // hearing d again, as after a short NATS partition.
+  const d = await replica('d3', { idleMs: 1500 });
+  const e = await replica('e3', { expireMs: 300 });
+  d.registry.hello(hello('edge-3'), 's1');
+  d.sync.changed('edge-3');
+  await until('edge-3 at e', () => e.registry.get('edge-3')?.status?.connected === true);
+  await until('d silent for e', () => e.registry.get('edge-3')?.status?.connected === false);
+  // Nothing about edge-3 changes at d: only its snapshot brings it back.
+  await until('edge-3 connected again at e', () => e.registry.get('edge-3')?.status?.connected === true);
+  t.false(e.registry.isLocal('edge-3'));
+});
+
+test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES goes out in messages within it, and every node arrives', async (t) => {
+  const spy = await connect({ servers: server.url });
+  opened.push(spy);
+  const sizes: number[] = [];
+  spy.subscribe(`${FLEET_STATUS_SUBJECT_PREFIX}.*`, { callback: (_e, m) => void sizes.push(m.data.length) });
+  await spy.flush();
+  const a = await replica('big-a');
+  const b = await replica('big-b');
+  const names = Array.from({ length: 12_000 }, (_, i) => `bulk-${i}`);
+  for (const name of names) {
+    a.registry.hello(hello(name), 's');
+    a.counters.add(name, counters(1n));
+    a.sync.changed(name);
+  }
+  await until('every node at b', () => names.every((n) => b.registry.get(n) !== undefined));
+  // The spy's connection may read the delta after b's did.
+  await until('the delta at the spy, in parts', () => sizes.filter((n) => n > 1000).length >= 2);
+  t.true(Math.max(...sizes) <= MAX_REPLICA_STATE_BYTES, `largest message ${Math.max(...sizes)} bytes`);
+  // Their snapshots of 12,000 nodes every 500 ms would load the tests after this one.
+  await a.sync.close();
+  await b.sync.close();
+});
+
+test.serial('rollout lease - one holder at a time; a silent holder loses it to another replica; closing gives it up', async (t) => {
+  const { kv: kvA } = await bucket();
+  const { kv: kvB } = await bucket();
+  const a = new RolloutLease(kvA, { holder: 'a', renewMs: 200, ttlMs: 2000 });
+  const b = new RolloutLease(kvB, { holder: 'b', renewMs: 200, ttlMs: 2000 });
+  closers.push(() => a.close(), () => b.close());
+  await a.tick(); // a takes the free lease, then falls silent (never ticks again)
+  t.true(a.held);
+  b.start();
+  await b.tick();
+  t.false(b.held, 'b waits while a\'s lease is fresh');
+  await until('b takes the lease a stopped renewing', () => b.held);
+  t.false(a.held, 'a stopped acting before b could take it');
+  await a.tick();
+  t.false(a.held, 'a\'s late renewal fails: b holds it');
+  await b.close();
+  await b.close();
+  await a.tick();
+  t.true(a.held, 'b gave the lease up on close: a takes it at once');
+});
+
+test.serial('replica fleet sync - closing twice is safe', async (t) => {
+  const r = await replica('twice');
+  await r.sync.close();
+  await r.sync.close();
+  t.pass();
+});
