@@ -172,8 +172,10 @@ test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES go
 test.serial('rollout lease - one holder at a time; a silent holder loses it to another replica; closing gives it up', async (t) => {
   const { kv: kvA } = await bucket();
   const { kv: kvB } = await bucket();
-  const a = new RolloutLease(kvA, { holder: 'a', renewMs: 200, ttlMs: 2000 });
-  const b = new RolloutLease(kvB, { holder: 'b', renewMs: 200, ttlMs: 2000 });
+  // held is true for ttlMs - renewMs after a renewal began: 4.8 s, so the checks right after a
+  // tick hold however slow a loaded machine makes one NATS round trip.
+  const a = new RolloutLease(kvA, { holder: 'a', renewMs: 200, ttlMs: 5000 });
+  const b = new RolloutLease(kvB, { holder: 'b', renewMs: 200, ttlMs: 5000 });
   closers.push(() => a.close(), () => b.close());
   await a.tick(); // a takes the free lease, then falls silent (never ticks again)
   t.true(a.held);
