@@ -137,7 +137,7 @@ test('BpfMap.getPerCpuBatchPacked - the same elements as getPerCpuBatch, in the 
   const objects = map.getPerCpuBatch(40, key(59));
   t.is(packed.count, 40);
   t.is(packed.stride, 16, 'a 12-byte value is padded to 16 per CPU');
-  t.is(packed.cpus, objects.values[0]?.length);
+  t.is(packed.cpus, objects.values[0]?.length ?? 0);
   t.deepEqual(packed.keys, new Uint8Array(Buffer.concat(objects.keys)));
   for (let i = 0; i < packed.count; i++) {
     for (let cpu = 0; cpu < packed.cpus; cpu++) {
