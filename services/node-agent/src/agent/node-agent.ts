@@ -34,6 +34,13 @@ const ROLES: InterfaceRole[] = ['uplink', 'workload'];
  */
 const OCCUPANCY_MIN_MS = 30_000;
 const OCCUPANCY_COST_FACTOR = 200;
+/**
+ * Rules (the larger of the rule sets before and after) from which an apply is followed by
+ * NodeAgentOptions.reclaim: an apply of 65,536 rules leaves ~300 MiB of garbage in V8's old
+ * generation, which an idle agent allocates too little to ever collect (bench/README.md, agent);
+ * below a few thousand rules it is a few MiB and not worth a full collection.
+ */
+export const RECLAIM_MIN_RULES = 4096;
 /** What one role's datapath is given: the rule set and, on the uplink, the load-balancing spec (absent: no services). */
 interface Enforced {
   readonly ruleSet: RuleSetSpec;
@@ -98,6 +105,15 @@ export interface NodeAgentOptions {
   coalesceMs?: number;
   /** The longest a steady stream of entries holds an apply back. Default 10 x coalesceMs. */
   coalesceMaxMs?: number;
+  /**
+   * Hands the garbage of a large apply back to the system (main.ts: a full garbage collection
+   * when node runs with --expose-gc, as the launcher starts it). Called once the apply's report
+   * is sent, on a later turn of the event loop, after an apply (ACK or NACK) whose rule set
+   * before or after has at least `reclaimMinRules` rules. Its errors are logged.
+   */
+  reclaim?: () => void;
+  /** Default RECLAIM_MIN_RULES. */
+  reclaimMinRules?: number;
 }
 
 /** How the agent stands: what it has received and what it enforces. */
@@ -222,6 +238,7 @@ export class NodeAgent {
   #healthRetry: Retry;
   #healthApplies = 0;
   #healthApplyFailures: MetricCounter;
+  #reclaimDue: NodeJS.Immediate | undefined;
 
   constructor(options: NodeAgentOptions) {
     this.#o = options;
@@ -540,6 +557,27 @@ export class NodeAgent {
     this.#repair.reset();
     this.#stateRetry.reset();
     this.#healthRetry.reset();
+    clearImmediate(this.#reclaimDue);
+    this.#reclaimDue = undefined;
+  }
+
+  /** Schedules reclaim (once) when an apply handled a rule set of `rules` rules (the larger of before and after). */
+  #reclaimAfter(rules: number): void {
+    const reclaim = this.#o.reclaim;
+    if (!reclaim || this.#closed || this.#reclaimDue || rules < (this.#o.reclaimMinRules ?? RECLAIM_MIN_RULES)) return;
+    this.#reclaimDue = setImmediate(() => {
+      this.#reclaimDue = undefined;
+      try {
+        reclaim();
+      } catch (err) {
+        this.#o.log('error', 'reclaim', { error: (err as Error).message });
+      }
+    });
+  }
+
+  /** Rules of the larger live rule set (0 before the first apply). */
+  #liveRules(): number {
+    return Math.max(this.#live?.uplink.ruleSet.rules.length ?? 0, this.#live?.workload.ruleSet.rules.length ?? 0);
   }
 
   /** Resolves when no apply is running or waiting. */
@@ -563,11 +601,14 @@ export class NodeAgent {
       });
     let enforcedAt = process.hrtime.bigint();
     let report: RevisionReport;
+    /** The most rules this apply handled: the live set before it, and what it compiled. */
+    let handledRules = this.#liveRules();
     try {
       const labels = this.#labels;
       // The health this compile sees: a change told after it is re-applied afterwards.
       const healthSeq = this.#healthSeq;
       const compiled = await run('edgeplane.agent.compile', () => this.#compile(snapshot, labels));
+      handledRules = Math.max(handledRules, compiled.uplink.ruleSet.rules.length, compiled.workload.ruleSet.rules.length);
       await run('edgeplane.agent.apply', () => this.#applyCompiled(compiled));
       enforcedAt = process.hrtime.bigint();
       this.#applied = revision;
@@ -610,6 +651,7 @@ export class NodeAgent {
       this.#lastReport = report;
       this.#o.report(report);
     });
+    this.#reclaimAfter(handledRules);
   }
 
   /** The roles with a datapath of their own (one datapath serving both roles is applied once, as uplink). */
