@@ -19,7 +19,7 @@ import type { ConntrackOccupancy } from '../datapath/conntrack.js';
 import type { Counter, Datapath, DatapathCounters } from '../datapath/datapath.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { RollbackError } from '../datapath/errors.js';
-import type { RuleSetSpec } from '../datapath/rule-set.js';
+import type { RuleAction, RuleSetSpec } from '../datapath/rule-set.js';
 import { MaglevTableCache, type BackendHealthView, type LbSpec } from '../datapath/service-compile.js';
 import { compileNode, compileNodeServices, type CompiledIntent, type RuleOrigin } from './compile.js';
 import { conntrackStatus } from './connection-query.js';
@@ -161,6 +161,15 @@ class Retry {
 /** What a compiled role gives its datapath. */
 function pairOf(role: { ruleSet: RuleSetSpec; lb?: LbSpec }): Enforced {
   return role.lb ? { ruleSet: role.ruleSet, lb: role.lb } : { ruleSet: role.ruleSet };
+}
+
+const NO_ACTIONS: ReadonlyMap<number, RuleAction> = new Map();
+/** Each live rule set's actions by rule id, built at its first counter report and reused by every later one (and by both roles when they share the rule set). */
+const ruleActions = new WeakMap<RuleSetSpec, ReadonlyMap<number, RuleAction>>();
+function actionsOf(ruleSet: RuleSetSpec): ReadonlyMap<number, RuleAction> {
+  let actions = ruleActions.get(ruleSet);
+  if (!actions) ruleActions.set(ruleSet, (actions = new Map(ruleSet.rules.map((r) => [r.id, r.action]))));
+  return actions;
 }
 
 function sub(a: Counter, b: Counter | undefined): Counter {
@@ -749,7 +758,7 @@ export class NodeAgent {
       const occupancy = capacity ? this.#occupancy(role, dp, now.getTime()) : undefined;
       if (occupancy) conntrack.push(conntrackStatus(role, current.conntrack, occupancy, capacity));
       const live = this.#live?.[role].ruleSet;
-      const actions = new Map(live?.rules.map((r) => [r.id, r.action]) ?? []);
+      const actions = live ? actionsOf(live) : NO_ACTIONS;
       const iface: InterfaceCounters = { interface: role, passedPackets: 0n, droppedPackets: 0n, passedBytes: 0n, droppedBytes: 0n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n };
       for (const [id, c] of current.rules) {
         const d = sub(c, before?.rules.get(id));
