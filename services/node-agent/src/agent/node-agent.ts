@@ -109,7 +109,8 @@ export interface NodeAgentOptions {
    * Hands the garbage of a large apply back to the system (main.ts: a full garbage collection
    * when node runs with --expose-gc, as the launcher starts it). Called once the apply's report
    * is sent, on a later turn of the event loop, after an apply (ACK or NACK) whose rule set
-   * before or after has at least `reclaimMinRules` rules. Its errors are logged.
+   * before or after has at least `reclaimMinRules` rules, and after boot() enforced a state file
+   * of that many. Its errors are logged.
    */
   reclaim?: () => void;
   /** Default RECLAIM_MIN_RULES. */
@@ -329,6 +330,7 @@ export class NodeAgent {
     this.#o.log('info', 'enforcing the state file', { revision: String(state.snapshot.revision), policies: compiled.selected, services: compiled.uplink.lb?.services.map((x) => x.name) ?? [] });
     this.#tellApplied(state.snapshot, labels);
     this.#checkHealthView();
+    this.#reclaimAfter(this.#liveRules());
     return state.snapshot;
   }
 
