@@ -10,6 +10,8 @@ export interface ProcSample {
   /** Wall time, ms since the epoch (high resolution). */
   at: number;
   rssKb: number;
+  /** The anonymous part of VmRSS (RssAnon: the process's own memory; the rest is mostly the node binary's pages, shared and clean). */
+  anonKb: number;
   /** utime + stime, in ticks. */
   ticks: number;
 }
@@ -20,5 +22,5 @@ export function sampleProc(pid: number): ProcSample {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // Fields after "(comm)": state is field 3, utime 14, stime 15 (proc(5)).
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { at: performance.timeOrigin + performance.now(), rssKb: Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN), ticks: Number(f[11]) + Number(f[12]) };
+  return { at: performance.timeOrigin + performance.now(), rssKb: Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN), anonKb: Number(/RssAnon:\s+(\d+)/.exec(status)?.[1] ?? NaN), ticks: Number(f[11]) + Number(f[12]) };
 }

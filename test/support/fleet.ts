@@ -6,6 +6,8 @@ import { Supervised } from './supervisor.js';
 import { Topology, sh } from './topology.js';
 
 export const AGENT_MAIN = fileURLToPath(new URL('../../services/node-agent/dist/main.js', import.meta.url));
+/** The agent's launcher (node with its memory settings, then AGENT_MAIN): how nodes run the agent. */
+export const AGENT_LAUNCHER = fileURLToPath(new URL('../../services/node-agent/bin/edgeplane-agent', import.meta.url));
 export const CONTROLLER_MAIN = fileURLToPath(new URL('../../services/controller/dist/main.js', import.meta.url));
 
 /**
@@ -115,7 +117,6 @@ export class FleetNode {
   /** Starts (or restarts) the agent in the node's network namespace. */
   async startAgent(cp: ControlPlane, labels: Record<string, string>, extra: string[] = []): Promise<Supervised> {
     const args = [
-      AGENT_MAIN,
       '--node-name', this.name,
       '--labels', Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(','),
       '--controller', `${this.hostIp}:${cp.grpcPort}`,
@@ -132,8 +133,10 @@ export class FleetNode {
       ...extra,
     ];
     // nsenter --net keeps the host's mount namespace, so the agent's bpffs (and its pins)
-    // outlive the agent; `ip netns exec` would mount a private one that dies with it.
-    this.agent = await Supervised.start(`agent-${this.name}`, { command: 'nsenter', args: [`--net=/run/netns/${this.ns}`, '--', process.execPath, ...args], readyEvent: 'ready' });
+    // outlive the agent; `ip netns exec` would mount a private one that dies with it. The agent
+    // runs through its launcher, as deployed (this node binary); nsenter and the launcher exec,
+    // so the supervised pid is node's.
+    this.agent = await Supervised.start(`agent-${this.name}`, { command: 'nsenter', args: [`--net=/run/netns/${this.ns}`, '--', AGENT_LAUNCHER, ...args], env: { NODE: process.execPath }, readyEvent: 'ready' });
     return this.agent;
   }
 

@@ -269,6 +269,20 @@ export class BpfMap implements ByteMap {
   }
 
   /**
+   * getPerCpuBatch() without per-element objects: the buffers as the kernel filled them. Element
+   * i's key is keys[i * keySize ..]; its value on CPU c is values[i * cpus * stride + c * stride ..]
+   * (valueSize bytes; the kernel pads each CPU's value to `stride`, a multiple of 8). For large
+   * reads (a counter per rule, every few seconds) this is the copy and nothing else.
+   * @returns `count` elements read and the layout, in buffers the caller owns.
+   * @throws LibbpfError for a map that is not per-CPU; NotSupportedError without batch lookup.
+   */
+  getPerCpuBatchPacked(count: number, after?: Uint8Array): { count: number; cpus: number; stride: number; keys: Uint8Array; values: Uint8Array } {
+    const { cpus, stride } = this.#perCpuLayout('getPerCpuBatchPacked');
+    const { keys, values, read } = this.#lookupBatch('getPerCpuBatchPacked', count, after, cpus * stride);
+    return { count: read, cpus, stride, keys: keys.subarray(0, read * this.keySize), values: values.subarray(0, read * cpus * stride) };
+  }
+
+  /**
    * Reads the whole map with bpf_map_lookup_batch, `chunk` elements per syscall, yielding each
    * chunk as it is read (memory stays at one chunk, whatever the map's size). A chunk is packed:
    * element i is keys[i * keySize ..] -> values[i * valueSize ..], `count` of them, with no

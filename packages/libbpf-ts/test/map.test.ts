@@ -128,6 +128,28 @@ test('BpfMap.getPerCpuBatch - reads a range of a per-CPU array in one call, stop
   t.truthy(cleanup);
 });
 
+test('BpfMap.getPerCpuBatchPacked - the same elements as getPerCpuBatch, in the kernel\'s packed layout', (t) => {
+  using cleanup = { [Symbol.dispose]: () => map.close() };
+  const map = BpfMap.create({ type: 'percpu_array', name: 'pcpacked', keySize: 4, valueSize: 12, maxEntries: 100 });
+  const keys = Array.from({ length: 100 }, (_, i) => key(i));
+  map.setPerCpuBatch(keys, keys.map((_, i) => [new Uint8Array([...encode(u64, BigInt(i)), 1, 2, 3, 4])]));
+  const packed = map.getPerCpuBatchPacked(40, key(59));
+  const objects = map.getPerCpuBatch(40, key(59));
+  t.is(packed.count, 40);
+  t.is(packed.stride, 16, 'a 12-byte value is padded to 16 per CPU');
+  t.is(packed.cpus, objects.values[0]?.length ?? 0);
+  t.deepEqual(packed.keys, new Uint8Array(Buffer.concat(objects.keys)));
+  for (let i = 0; i < packed.count; i++) {
+    for (let cpu = 0; cpu < packed.cpus; cpu++) {
+      const at = (i * packed.cpus + cpu) * packed.stride;
+      t.deepEqual(packed.values.subarray(at, at + 12), objects.values[i]?.[cpu]);
+    }
+  }
+  t.is(map.getPerCpuBatchPacked(100, key(89)).count, 10, 'past the end: what there is');
+  t.is(map.getPerCpuBatchPacked(0).values.length, 0);
+  t.truthy(cleanup);
+});
+
 test('BpfMap.getBatch - walks a hash map across calls', (t) => {
   using cleanup = { [Symbol.dispose]: () => map.close() };
   const map = BpfMap.create({ type: 'hash', name: 'hbatch', keySize: 4, valueSize: 8, maxEntries: 2048 });

@@ -24,9 +24,9 @@ import {
   W3CBaggagePropagator,
   W3CTraceContextPropagator,
 } from '@opentelemetry/core';
-import { OTLPTraceExporter as OTLPJsonTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { OTLPTraceExporter as OTLPProtoTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
-import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
+// The exporters are imported when configured (startTelemetry is async for it): loaded always,
+// they cost a process that exports nothing ~5 MiB of RSS (bench/README.md, agent, "Memory").
+import type { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
 import {
   defaultResource,
   detectResources,
@@ -148,14 +148,16 @@ export async function startTelemetry(options: TelemetryOptions): Promise<Telemet
 
   const resource = buildResource(options);
 
-  // Bind first: it is the only step that can fail, so a failure leaves nothing behind.
+  // The OTLP exporter's module is loaded first; then the bind, the only step that can fail, so a
+  // failure leaves nothing behind.
+  const makeOtlp = await otlpExporter(options);
   let prometheus: { exporter: PrometheusExporter; server: Server; url: string } | undefined;
   if (options.prometheusPort !== undefined) {
     prometheus = await startPrometheus(options.prometheusPort, options.prometheusHost);
   }
 
   const spanProcessors = [...(options.spanProcessors ?? [])];
-  const otlp = otlpExporter(options);
+  const otlp = makeOtlp?.();
   if (otlp !== undefined) spanProcessors.push(new BatchSpanProcessor(otlp));
   const tracerProvider = new BasicTracerProvider({ resource, spanProcessors });
 
@@ -194,7 +196,8 @@ function buildResource(options: TelemetryOptions): Resource {
     .merge(resourceFromAttributes(attributes));
 }
 
-function otlpExporter(options: TelemetryOptions): SpanExporter | undefined {
+/** Loads the configured OTLP exporter's module; @returns what makes the exporter, or undefined when none is configured. */
+async function otlpExporter(options: TelemetryOptions): Promise<(() => SpanExporter) | undefined> {
   const url = otlpTracesUrl(options.otlpEndpoint);
   if (url === undefined) return undefined;
   const protocol =
@@ -207,11 +210,15 @@ function otlpExporter(options: TelemetryOptions): SpanExporter | undefined {
     ...(options.otlpHeaders !== undefined && { headers: options.otlpHeaders }),
     ...(options.otlpTimeoutMillis !== undefined && { timeoutMillis: options.otlpTimeoutMillis }),
   };
-  if (protocol === 'http/json') return new OTLPJsonTraceExporter(config);
+  if (protocol === 'http/json') {
+    const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-http');
+    return () => new OTLPTraceExporter(config);
+  }
   if (protocol !== 'http/protobuf') {
     diag.warn(`telemetry: OTLP protocol ${protocol} is not supported; using http/protobuf`);
   }
-  return new OTLPProtoTraceExporter(config);
+  const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-proto');
+  return () => new OTLPTraceExporter(config);
 }
 
 /** The traces URL, following the OTLP exporter spec for the environment variables. */
@@ -237,6 +244,7 @@ async function startPrometheus(
   port: number,
   host: string | undefined,
 ): Promise<{ exporter: PrometheusExporter; server: Server; url: string }> {
+  const { PrometheusExporter } = await import('@opentelemetry/exporter-prometheus');
   const exporter = new PrometheusExporter({ preventServerStart: true });
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];

@@ -28,6 +28,9 @@ import { LAYOUT_VERSION } from './datapath/pin-layout.js';
 
 const VERSION = '0.1.0';
 
+/** V8's collector, present when node runs with --expose-gc. */
+declare const gc: (() => void) | undefined;
+
 const log: AgentLogger = (level, msg, fields = {}) => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields }) + '\n');
 
 /** Credentials given on the command line (--insecure, or --tls-ca with an optional client pair); undefined when the node uses its enrolled identity. */
@@ -212,6 +215,9 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       sessionId: randomUUID(),
       heartbeatIntervalMs: config.heartbeatIntervalMs,
       counterIntervalMs: config.counterIntervalMs,
+      // A full collection after a large apply (node --expose-gc, as bin/edgeplane-agent runs it):
+      // an idle agent would otherwise hold the apply's garbage indefinitely.
+      ...(typeof gc === 'function' ? { reclaim: gc } : {}),
       log,
     });
     closers.push(() => runtime.close());

@@ -70,3 +70,26 @@ test('counters - stats slots follow enum ep_stat; maps of the wrong value size a
   t.throws(() => new CounterTables(m.counters, narrow, m.carry), { instanceOf: RangeError, message: /struct ep_counter is 16 bytes/ });
   t.throws(() => new CounterTables(m.counters, m.stats, narrow), { instanceOf: RangeError });
 });
+
+test('counters - per-CPU values differ and exceed 32 bits: each slot is their exact sum, in generation 0 and 1', (t) => {
+  const m = maps();
+  t.teardown(() => m.close());
+  const tables = new CounterTables(m.counters, m.stats, m.carry);
+  const cpus = m.counters.getPerCpu(encode(u32, 0))?.length ?? 0;
+  const big = 2 ** 40 + 5;
+  for (const generation of [0, 1]) {
+    // CPU c counted c + 1 packets of `big` bytes each in the generation's slot 1 (rule id 7).
+    m.counters.setPerCpu(encode(u32, generation * RULE_SLOTS + 1), Array.from({ length: cpus }, (_, cpu) => counter(cpu + 1 + generation, big * (cpu + 1))));
+  }
+  const triangle = (cpus * (cpus + 1)) / 2;
+  t.deepEqual(tables.readGeneration(0, 2), [{ packets: 0, bytes: 0 }, { packets: triangle, bytes: big * triangle }]);
+  t.deepEqual(tables.readGeneration(1, 2)[1], { packets: triangle + cpus, bytes: big * triangle });
+  const totals: CounterTotals = new Map();
+  tables.addGeneration(totals, 0, [7]);
+  tables.addGeneration(totals, 1, [7]);
+  t.deepEqual(totals.get(7), { packets: 2 * triangle + cpus, bytes: 2 * big * triangle });
+  tables.fold(1, [7]);
+  const carried: CounterTotals = new Map();
+  tables.addCarry(carried);
+  t.deepEqual(Object.fromEntries(carried), { 7: { packets: triangle + cpus, bytes: big * triangle } });
+});

@@ -385,3 +385,45 @@ test('NodeAgent - another history at or below the applied revision (a reset, a r
   t.is(verdict(h.uplink, 24), 'pass');
   t.like(h.reports.at(-1), { revision: 2n, outcome: RevisionOutcome.REVISION_OUTCOME_ACK });
 });
+
+test('NodeAgent - reclaim runs once after the report of an apply whose rule set before or after is large, and after a boot that enforced a large one; never for small ones', async (t) => {
+  const events: string[] = [];
+  const chain = new IntentChain(trusted);
+  const stateFile = new StateFile(join(mkdtempSync(join(dir, 's-')), 'applied.json'));
+  const make = (): NodeAgent =>
+    new NodeAgent({
+      nodeName: 'n1',
+      labels: { role: 'edge' },
+      datapaths: { uplink: new MemoryDatapath(), workload: new MemoryDatapath() },
+      stateFile,
+      report: (r) => void events.push(`report ${r.revision}`),
+      log: () => undefined,
+      coalesceMs: 0,
+      reclaim: () => void events.push('reclaim'),
+      reclaimMinRules: 2,
+    });
+  const agent = make();
+  t.teardown(() => agent.close());
+  const rules = (n: number): Policy => Policy.fromPartial({ metadata: { name: 'p' }, spec: { rules: Array.from({ length: n }, (_, i) => ({ priority: i + 1, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 1000 + i }], action: Action.ACTION_DENY })) } });
+  const push = async (policy: Policy): Promise<void> => {
+    agent.intentAdvanced(chain, [advance(chain, policy)]);
+    await agent.settled();
+    await new Promise((resolve) => setImmediate(resolve));
+  };
+  await push(rules(1));
+  t.deepEqual(events, ['report 1'], 'one rule: nothing to reclaim');
+  await push(rules(3));
+  t.deepEqual(events, ['report 1', 'report 2', 'reclaim'], 'after the report of the large apply');
+  await push(rules(1));
+  t.deepEqual(events.slice(3), ['report 3', 'reclaim'], 'back to one rule: the large rule set it replaced is garbage now');
+  await push(rules(1));
+  t.deepEqual(events.slice(5), ['report 4']);
+  await push(rules(3));
+  t.deepEqual(events.slice(6), ['report 5', 'reclaim']);
+  // A restart that enforces the large state file reclaims what its boot compile left.
+  const restarted = make();
+  t.teardown(() => restarted.close());
+  await restarted.boot();
+  await new Promise((resolve) => setImmediate(resolve));
+  t.deepEqual(events.slice(8), ['reclaim']);
+});

@@ -111,6 +111,8 @@ export interface AgentRuntimeOptions {
   /** Backoff of NodeAgent's retries, ms (see NodeAgentOptions). */
   retryMinMs?: number;
   retryMaxMs?: number;
+  /** Hands a large apply's garbage back to the system (see NodeAgentOptions.reclaim). */
+  reclaim?: () => void;
   hooks?: AgentRuntimeHooks;
 }
 
@@ -202,6 +204,7 @@ export class AgentRuntime {
       log: options.log,
       ...(options.retryMinMs !== undefined ? { retryMinMs: options.retryMinMs } : {}),
       ...(options.retryMaxMs !== undefined ? { retryMaxMs: options.retryMaxMs } : {}),
+      ...(options.reclaim ? { reclaim: options.reclaim } : {}),
     });
     // A verdict change re-applies the revision in force with the new health, at once and with no
     // log entry (bpf/LB.md, "Health": within the check's thresholds plus one apply).

@@ -19,7 +19,7 @@ import type { ConntrackOccupancy } from '../datapath/conntrack.js';
 import type { Counter, Datapath, DatapathCounters } from '../datapath/datapath.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { RollbackError } from '../datapath/errors.js';
-import type { RuleSetSpec } from '../datapath/rule-set.js';
+import type { RuleAction, RuleSetSpec } from '../datapath/rule-set.js';
 import { MaglevTableCache, type BackendHealthView, type LbSpec } from '../datapath/service-compile.js';
 import { compileNode, compileNodeServices, type CompiledIntent, type RuleOrigin } from './compile.js';
 import { conntrackStatus } from './connection-query.js';
@@ -34,6 +34,13 @@ const ROLES: InterfaceRole[] = ['uplink', 'workload'];
  */
 const OCCUPANCY_MIN_MS = 30_000;
 const OCCUPANCY_COST_FACTOR = 200;
+/**
+ * Rules (the larger of the rule sets before and after) from which an apply is followed by
+ * NodeAgentOptions.reclaim: an apply of 65,536 rules leaves ~300 MiB of garbage in V8's old
+ * generation, which an idle agent allocates too little to ever collect (bench/README.md, agent);
+ * below a few thousand rules it is a few MiB and not worth a full collection.
+ */
+export const RECLAIM_MIN_RULES = 4096;
 /** What one role's datapath is given: the rule set and, on the uplink, the load-balancing spec (absent: no services). */
 interface Enforced {
   readonly ruleSet: RuleSetSpec;
@@ -98,6 +105,16 @@ export interface NodeAgentOptions {
   coalesceMs?: number;
   /** The longest a steady stream of entries holds an apply back. Default 10 x coalesceMs. */
   coalesceMaxMs?: number;
+  /**
+   * Hands the garbage of a large apply back to the system (main.ts: a full garbage collection
+   * when node runs with --expose-gc, as the launcher starts it). Called once the apply's report
+   * is sent, on a later turn of the event loop, after an apply (ACK or NACK) whose rule set
+   * before or after has at least `reclaimMinRules` rules, and after boot() enforced a state file
+   * of that many. Its errors are logged.
+   */
+  reclaim?: () => void;
+  /** Default RECLAIM_MIN_RULES. */
+  reclaimMinRules?: number;
 }
 
 /** How the agent stands: what it has received and what it enforces. */
@@ -145,6 +162,15 @@ class Retry {
 /** What a compiled role gives its datapath. */
 function pairOf(role: { ruleSet: RuleSetSpec; lb?: LbSpec }): Enforced {
   return role.lb ? { ruleSet: role.ruleSet, lb: role.lb } : { ruleSet: role.ruleSet };
+}
+
+const NO_ACTIONS: ReadonlyMap<number, RuleAction> = new Map();
+/** Each live rule set's actions by rule id, built at its first counter report and reused by every later one (and by both roles when they share the rule set). */
+const ruleActions = new WeakMap<RuleSetSpec, ReadonlyMap<number, RuleAction>>();
+function actionsOf(ruleSet: RuleSetSpec): ReadonlyMap<number, RuleAction> {
+  let actions = ruleActions.get(ruleSet);
+  if (!actions) ruleActions.set(ruleSet, (actions = new Map(ruleSet.rules.map((r) => [r.id, r.action]))));
+  return actions;
 }
 
 function sub(a: Counter, b: Counter | undefined): Counter {
@@ -222,6 +248,7 @@ export class NodeAgent {
   #healthRetry: Retry;
   #healthApplies = 0;
   #healthApplyFailures: MetricCounter;
+  #reclaimDue: NodeJS.Immediate | undefined;
 
   constructor(options: NodeAgentOptions) {
     this.#o = options;
@@ -303,6 +330,7 @@ export class NodeAgent {
     this.#o.log('info', 'enforcing the state file', { revision: String(state.snapshot.revision), policies: compiled.selected, services: compiled.uplink.lb?.services.map((x) => x.name) ?? [] });
     this.#tellApplied(state.snapshot, labels);
     this.#checkHealthView();
+    this.#reclaimAfter(this.#liveRules());
     return state.snapshot;
   }
 
@@ -540,6 +568,27 @@ export class NodeAgent {
     this.#repair.reset();
     this.#stateRetry.reset();
     this.#healthRetry.reset();
+    clearImmediate(this.#reclaimDue);
+    this.#reclaimDue = undefined;
+  }
+
+  /** Schedules reclaim (once) when an apply handled a rule set of `rules` rules (the larger of before and after). */
+  #reclaimAfter(rules: number): void {
+    const reclaim = this.#o.reclaim;
+    if (!reclaim || this.#closed || this.#reclaimDue || rules < (this.#o.reclaimMinRules ?? RECLAIM_MIN_RULES)) return;
+    this.#reclaimDue = setImmediate(() => {
+      this.#reclaimDue = undefined;
+      try {
+        reclaim();
+      } catch (err) {
+        this.#o.log('error', 'reclaim', { error: (err as Error).message });
+      }
+    });
+  }
+
+  /** Rules of the larger live rule set (0 before the first apply). */
+  #liveRules(): number {
+    return Math.max(this.#live?.uplink.ruleSet.rules.length ?? 0, this.#live?.workload.ruleSet.rules.length ?? 0);
   }
 
   /** Resolves when no apply is running or waiting. */
@@ -563,11 +612,14 @@ export class NodeAgent {
       });
     let enforcedAt = process.hrtime.bigint();
     let report: RevisionReport;
+    /** The most rules this apply handled: the live set before it, and what it compiled. */
+    let handledRules = this.#liveRules();
     try {
       const labels = this.#labels;
       // The health this compile sees: a change told after it is re-applied afterwards.
       const healthSeq = this.#healthSeq;
       const compiled = await run('edgeplane.agent.compile', () => this.#compile(snapshot, labels));
+      handledRules = Math.max(handledRules, compiled.uplink.ruleSet.rules.length, compiled.workload.ruleSet.rules.length);
       await run('edgeplane.agent.apply', () => this.#applyCompiled(compiled));
       enforcedAt = process.hrtime.bigint();
       this.#applied = revision;
@@ -610,6 +662,7 @@ export class NodeAgent {
       this.#lastReport = report;
       this.#o.report(report);
     });
+    this.#reclaimAfter(handledRules);
   }
 
   /** The roles with a datapath of their own (one datapath serving both roles is applied once, as uplink). */
@@ -707,7 +760,7 @@ export class NodeAgent {
       const occupancy = capacity ? this.#occupancy(role, dp, now.getTime()) : undefined;
       if (occupancy) conntrack.push(conntrackStatus(role, current.conntrack, occupancy, capacity));
       const live = this.#live?.[role].ruleSet;
-      const actions = new Map(live?.rules.map((r) => [r.id, r.action]) ?? []);
+      const actions = live ? actionsOf(live) : NO_ACTIONS;
       const iface: InterfaceCounters = { interface: role, passedPackets: 0n, droppedPackets: 0n, passedBytes: 0n, droppedBytes: 0n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n };
       for (const [id, c] of current.rules) {
         const d = sub(c, before?.rules.get(id));
