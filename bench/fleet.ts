@@ -468,7 +468,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     // With one replica this is the controller's own sample; with more, their sum.
     const sampleControllers = (): ReturnType<typeof sampleProc> => {
       const samples = replicas.map((r) => sampleProc(r.pid!));
-      return { at: Math.max(...samples.map((x) => x.at)), rssKb: samples.reduce((t, x) => t + x.rssKb, 0), ticks: samples.reduce((t, x) => t + x.ticks, 0) };
+      return { at: Math.max(...samples.map((x) => x.at)), rssKb: samples.reduce((t, x) => t + x.rssKb, 0), anonKb: samples.reduce((t, x) => t + x.anonKb, 0), ticks: samples.reduce((t, x) => t + x.ticks, 0) };
     };
     const address = String(controller.ready.grpc);
     const grpcPort = Number(address.split(':').pop());
