@@ -555,6 +555,23 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			}
 			e = NULL;
 		}
+		if (e && hook == EP_HOOK_POLICY && (e->nat.flags & EP_CT_NAT_DNAT) && p.proto == EP_IPPROTO_TCP &&
+		    (e->state == EP_CT_CLOSED || e->state == EP_CT_CLOSING) &&
+		    src_b == !!(e->flags & EP_CT_F_ORIG_B) &&
+		    (p.tcp_flags & (EP_TCP_SYN | EP_TCP_ACK | EP_TCP_RST)) == EP_TCP_SYN) {
+			/* Port reuse on a closed load-balanced flow (LB.md, "Connection entries"): a new
+			 * connection, scheduled anew like any new flow, as Linux conntrack deletes a
+			 * closed entry a SYN reuses and NATs afresh (nf_conntrack_proto_tcp.c,
+			 * nf_conntrack_tcp_packet, TCP_CONNTRACK_IGNORE/CLOSE). Keeping S would send the
+			 * client to the backend it had, even one the service no longer has or that
+			 * failed its health check. Its reverse entry is then an orphan (deleted at
+			 * egress or by the sweeper), or overwritten when the same backend is chosen. */
+			if (in_new)
+				bpf_map_delete_elem(&ep_ct_new, &k);
+			else
+				bpf_map_delete_elem(&ep_ct, &k);
+			e = NULL;
+		}
 		if (e) {
 			/* 5. Entry found. */
 			__u32 dir = src_b == !!(e->flags & EP_CT_F_ORIG_B) ? EP_CT_DIR_ORIG : EP_CT_DIR_REPLY;
