@@ -14,7 +14,7 @@
 //
 // With `nodes: 2`, a second node namespace is built like the first (the same addresses on its
 // uplink and backend links), with its own uplink veth to the client (`c-up2`, no address of its
-// own) and its own veth to every backend (`b-eth2` in the backend, which holds its address on
+// own but the client's IPv6 one) and its own veth to every backend (`b-eth2` in the backend, which holds its address on
 // both links). via(k) moves the client's VIP routes and every backend's default route to node k,
 // so the same client tuple can be sent through either node and its replies come back the same
 // way. startAgent() gives a node a management link to the root namespace and runs the real agent
@@ -191,7 +191,9 @@ export class LbRig {
       { ns: this.node, name: this.uplink.node, ipv6: true, addresses: [`${LbRig.NODE_V4}/24`, `${LbRig.NODE_V6}/64`] },
     );
     for (let k = 1; k < this.nodes.length; k++) {
-      t.veth({ ns: this.client, name: this.#clientUplink(k), ipv6: true }, { ns: this.nodes[k]!, name: this.uplink.node, ipv6: true, addresses: [`${LbRig.NODE_V4}/24`, `${LbRig.NODE_V6}/64`] });
+      // The client's IPv6 address on this link too: a node answers neighbour solicitations only
+      // for addresses of the link they came in on.
+      t.veth({ ns: this.client, name: this.#clientUplink(k), ipv6: true, addresses: [`${LbRig.CLIENT_V6}/64`] }, { ns: this.nodes[k]!, name: this.uplink.node, ipv6: true, addresses: [`${LbRig.NODE_V4}/24`, `${LbRig.NODE_V6}/64`] });
     }
     if (sources > 0) {
       const batch = Array.from({ length: sources }, (_, i) => `addr add ${LbRig.SOURCE_PREFIX}.${i + 1}/32 dev ${this.uplink.client}`).join('\n');
@@ -252,7 +254,7 @@ export class LbRig {
     const up = this.#clientUplink(k);
     // The gateways have the same addresses on every node; `onlink` names the link to reach them by.
     for (const range of [LbRig.VIP_RANGE_V4, '10.98.0.0/16']) sh('ip', ['-n', this.client, 'route', 'replace', range, 'via', LbRig.NODE_V4, 'dev', up, 'onlink']);
-    for (const range of [LbRig.VIP_RANGE_V6, 'fd00:98::/64']) sh('ip', ['-n', this.client, '-6', 'route', 'replace', range, 'via', LbRig.NODE_V6, 'dev', up, 'onlink']);
+    for (const range of [LbRig.VIP_RANGE_V6, 'fd00:98::/64']) sh('ip', ['-n', this.client, '-6', 'route', 'replace', range, 'via', LbRig.NODE_V6, 'dev', up]);
     const link = this.#backendLink(k);
     for (const b of this.backends) {
       sh('ip', ['-n', b.ns, 'route', 'replace', LbRig.GATEWAY_V4, 'dev', link]);
