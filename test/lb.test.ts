@@ -82,12 +82,16 @@ test.serial('lb e2e - a killed backend: new flows avoid it within two health int
     await r.killBackend(1);
     // The condition, waited for with a bound (not measured against one): a batch of new flows
     // that all reach the live backends. Two intervals, and room for a loaded machine.
+    const batches: string[] = [];
     await until('new flows avoid the killed backend', async () => {
       const flows = await r.flows(vip, VIP_PORT, 60);
+      const tally: Record<string, number> = {};
+      for (const f of flows) tally[f.backend ?? f.failure ?? '?'] = (tally[f.backend ?? f.failure ?? '?'] ?? 0) + 1;
+      batches.push(`${Date.now() - killed} ms ${JSON.stringify(tally)}`);
       return flows.every((f) => f.backend !== undefined && f.backend !== 'b1');
     }, 2 * intervalS * 1000 + 15_000, output);
     avoidedMs = Date.now() - killed;
-    t.log(`new flows avoided the killed backend after ${avoidedMs} ms (health interval ${intervalS * 1000} ms)`);
+    t.log(`new flows avoided the killed backend after ${avoidedMs} ms (health interval ${intervalS * 1000} ms); batches: ${batches.join('; ')}`);
     const after = await r.flows(vip, VIP_PORT, 120);
     t.deepEqual(after.filter((f) => f.failure !== undefined || f.backend === 'b1'), []);
     t.deepEqual([...new Set(after.map((f) => f.backend))].sort(), ['b0', 'b2']);
@@ -111,7 +115,9 @@ test.serial('lb e2e - 100 backend adds, removes and drains during long-lived con
   const members = new Map([[0, 1], [1, 1], [2, 1], [3, 1]]);
   const service = (): ReturnType<typeof rigService> => rigService(r, 'churn', 2, 4, members);
   await apply(service());
-  const holder = await r.hold(vip, VIP_PORT, connections, { intervalMs: 500, stallMs: 5_000 });
+  const holder = await r.hold(vip, VIP_PORT, connections, { intervalMs: 500, stallMs: 5_000 }).catch((e: unknown) => {
+    throw new Error(`${String(e)}\n${output()}`);
+  });
   let report;
   const done: string[] = [];
   try {
