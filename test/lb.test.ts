@@ -32,6 +32,19 @@ function output(): string {
   return [rig?.agentOutput() ?? '', cp?.controller.output ?? ''].join('\n');
 }
 
+/** The agent's and controller's output and the node's link counters (veth XDP drops, ...), for a failure's message. */
+function diagnostics(): string {
+  const r = theRig();
+  const stats = [r.uplink.node, ...r.backends.map((b) => b.nodeLink)].map((dev) => {
+    try {
+      return `${dev}: ${r.exec(r.node, 'ethtool', ['-S', dev]).replace(/\s+/g, ' ')}`;
+    } catch (e) {
+      return `${dev}: ${String(e)}`;
+    }
+  });
+  return [...stats, r.exec(r.node, 'nstat', ['-az', 'TcpExtListenDrops', 'IpExtInNoRoutes', 'IpOutNoRoutes']), output()].join('\n');
+}
+
 function theRig(): LbRig {
   if (!rig) throw new Error('no rig');
   return rig;
@@ -69,11 +82,16 @@ test.serial('lb e2e - a killed backend: new flows avoid it within two health int
   const service = rigService(r, 'health', 1, 4, new Map([[0, 1], [1, 1], [2, 1]]), { healthIntervalS: intervalS });
   await apply(service);
   const vip = LbRig.vip(1);
+  const t0 = Date.now();
+  const first: string[] = [];
   await until('every backend reached', async () => {
     const flows = await r.flows(vip, VIP_PORT, 60);
+    first.push(`${Date.now() - t0} ms ${JSON.stringify(flows.filter((f) => f.failure))}`);
     return new Set(flows.map((f) => f.backend)).size === 3 && flows.every((f) => f.backend);
   }, 20_000, output);
+  t.log(`first batches: ${first.join('; ')}`);
   const holder = await r.hold(vip, VIP_PORT, 90, { intervalMs: 200, stallMs: 5_000 });
+  t.log(`holder open after ${Date.now() - t0} ms: ${diagnostics().split('\n').slice(0, 3).join(' | ')}`);
   let report;
   let avoidedMs = Number.NaN;
   try {
@@ -116,7 +134,7 @@ test.serial('lb e2e - 100 backend adds, removes and drains during long-lived con
   const service = (): ReturnType<typeof rigService> => rigService(r, 'churn', 2, 4, members);
   await apply(service());
   const holder = await r.hold(vip, VIP_PORT, connections, { intervalMs: 500, stallMs: 5_000 }).catch((e: unknown) => {
-    throw new Error(`${String(e)}\n${output()}`);
+    throw new Error(`${String(e)}\n${diagnostics()}`);
   });
   let report;
   const done: string[] = [];

@@ -344,6 +344,11 @@ static __noinline void ep_lb_create_rev(const struct ep_pkt *p, const struct ep_
 	e.nat.port = bpf_htons(p->dport);
 	e.nat.flags = EP_CT_NAT_REVNAT;
 	e.nat.svc_id = be->svc_id;
+	/* The tuple client:cport <-> backend:bport is this flow's now (the backend can hold one
+	 * connection on it): a B left in ep_ct by an earlier flow on it (closed, through another VIP
+	 * or before a port reuse) would be found first and reverse-NAT this flow's replies from that
+	 * flow's VIP until its S expired. */
+	bpf_map_delete_elem(&ep_ct, &kb);
 	if (bpf_map_update_elem(&ep_ct_new, &kb, &e, BPF_ANY) != 0)
 		ep_ct_stat(EP_CT_STAT_INSERT_FAILED, 0);
 }

@@ -298,6 +298,24 @@ test('lb datapath - a new connection on the tuple of a closed load-balanced flow
   t.deepEqual([retransmit.out.dst, retransmit.out.dport], [live.out.dst, live.out.dport]);
 });
 
+test('lb datapath - a new flow to another VIP that reaches a backend by the client port of a closed flow there is reverse-NATed from its own VIP', async (t) => {
+  const datapath = await open(t);
+  // A flow to web4 from port 40011, answered (its entries move to ep_ct), then reset by the client.
+  await datapath.apply(allowAll, compile(services));
+  const opened = toVip(datapath, '198.51.100.23', 40011, '192.0.2.10', 443, 'tcp');
+  reply(datapath, opened.out.dst, opened.out.dport, '198.51.100.23', 40011, 'tcp');
+  toVip(datapath, '198.51.100.23', 40011, '192.0.2.10', 443, 'tcp', tcpFlags.rst);
+  // Another service with that backend alone: the client's next connection, from the same port to
+  // this VIP, reaches the backend on the same client:port <-> backend:port as the closed flow did.
+  const other = service('alt4', { vip: '192.0.2.11', port: 443, backends: [{ address: opened.out.dst, port: opened.out.dport }] });
+  await datapath.apply(allowAll, compile([...services, other]));
+  const sent = toVip(datapath, '198.51.100.23', 40011, '192.0.2.11', 443, 'tcp');
+  t.deepEqual([sent.out.dst, sent.out.dport], [opened.out.dst, opened.out.dport]);
+  // Its SYN-ACK must leave from 192.0.2.11 (the client's socket), not from the closed flow's VIP.
+  const back = reply(datapath, opened.out.dst, opened.out.dport, '198.51.100.23', 40011, 'tcp');
+  t.deepEqual([back.out.src, back.out.sport], ['192.0.2.11', 443]);
+});
+
 test('lb datapath - a service with every backend drained drops new flows (LB_NO_BACKEND) while its established flows pass', async (t) => {
   const datapath = await open(t);
   await datapath.apply(allowAll, compile(services));
