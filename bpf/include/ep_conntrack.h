@@ -344,6 +344,11 @@ static __noinline void ep_lb_create_rev(const struct ep_pkt *p, const struct ep_
 	e.nat.port = bpf_htons(p->dport);
 	e.nat.flags = EP_CT_NAT_REVNAT;
 	e.nat.svc_id = be->svc_id;
+	/* The tuple client:cport <-> backend:bport is this flow's now (the backend can hold one
+	 * connection on it): a B left in ep_ct by an earlier flow on it (closed, through another VIP
+	 * or before a port reuse) would be found first and reverse-NAT this flow's replies from that
+	 * flow's VIP until its S expired. */
+	bpf_map_delete_elem(&ep_ct, &kb);
 	if (bpf_map_update_elem(&ep_ct_new, &kb, &e, BPF_ANY) != 0)
 		ep_ct_stat(EP_CT_STAT_INSERT_FAILED, 0);
 }
@@ -553,6 +558,23 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 				if (ep_lb_reply(&p, &k, e, &meta, nat))
 					return EP_PASS;
 			}
+			e = NULL;
+		}
+		if (e && hook == EP_HOOK_POLICY && (e->nat.flags & EP_CT_NAT_DNAT) && p.proto == EP_IPPROTO_TCP &&
+		    (e->state == EP_CT_CLOSED || e->state == EP_CT_CLOSING) &&
+		    src_b == !!(e->flags & EP_CT_F_ORIG_B) &&
+		    (p.tcp_flags & (EP_TCP_SYN | EP_TCP_ACK | EP_TCP_RST)) == EP_TCP_SYN) {
+			/* Port reuse on a closed load-balanced flow (LB.md, "Connection entries"): a new
+			 * connection, scheduled anew like any new flow, as Linux conntrack deletes a
+			 * closed entry a SYN reuses and NATs afresh (nf_conntrack_proto_tcp.c,
+			 * nf_conntrack_tcp_packet, TCP_CONNTRACK_IGNORE/CLOSE). Keeping S would send the
+			 * client to the backend it had, even one the service no longer has or that
+			 * failed its health check. Its reverse entry is then an orphan (deleted at
+			 * egress or by the sweeper), or overwritten when the same backend is chosen. */
+			if (in_new)
+				bpf_map_delete_elem(&ep_ct_new, &k);
+			else
+				bpf_map_delete_elem(&ep_ct, &k);
 			e = NULL;
 		}
 		if (e) {

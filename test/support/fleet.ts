@@ -30,8 +30,7 @@ export class FleetNetwork {
 
   constructor() {
     this.inet = this.topo.namespace('inet');
-    const b = Buffer.from(this.topo.id, 'hex');
-    this.#mgmtPrefix = `10.${100 + (b[0]! % 100)}.${b[1]!}`;
+    this.#mgmtPrefix = managementPrefix(this.topo);
     this.pinBase = `/run/edgeplane-test/${this.topo.id}`;
     this.stateBase = mkdtempSync(join(tmpdir(), `ep-fleet-${this.topo.id}-`));
   }
@@ -40,10 +39,7 @@ export class FleetNetwork {
   addNode(i: number, name: string): FleetNode {
     const ns = this.topo.namespace(`n${i}`);
     const wl = this.topo.namespace(`w${i}`);
-    const mgmtRoot = this.topo.name(`m${i}r`);
-    const hostIp = `${this.#mgmtPrefix}.${4 * i + 1}`;
-    const nodeIp = `${this.#mgmtPrefix}.${4 * i + 2}`;
-    this.topo.veth({ name: mgmtRoot, address: `${hostIp}/30` }, { ns, name: 'mgmt', address: `${nodeIp}/30` });
+    const { mgmtRoot, hostIp, nodeIp } = managementLink(this.topo, this.#mgmtPrefix, ns, i);
     const inetIf = this.topo.name(`u${i}`);
     this.topo.veth({ ns: this.inet, name: inetIf, address: `172.31.${i}.1/24` }, { ns, name: 'up0', address: `172.31.${i}.2/24` });
     this.topo.exec(this.inet, 'ip', ['addr', 'add', `172.31.${i}.3/24`, 'dev', inetIf]);
@@ -116,27 +112,7 @@ export class FleetNode {
 
   /** Starts (or restarts) the agent in the node's network namespace. */
   async startAgent(cp: ControlPlane, labels: Record<string, string>, extra: string[] = []): Promise<Supervised> {
-    const args = [
-      '--node-name', this.name,
-      '--labels', Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(','),
-      '--controller', `${this.hostIp}:${cp.grpcPort}`,
-      '--nats', `nats://${this.hostIp}:${cp.natsPort}`,
-      '--interface', 'up0=uplink',
-      '--interface', 'wl0=workload',
-      '--pin-root', this.pinRoot,
-      '--state-dir', this.stateDir,
-      '--trusted-key', cp.publicKeyB64,
-      ...(cp.agentTrustArgs ? await cp.agentTrustArgs(this.name, labels) : ['--insecure']),
-      '--heartbeat-interval', '1',
-      '--counter-interval', '1',
-      '--interface-check', '1',
-      ...extra,
-    ];
-    // nsenter --net keeps the host's mount namespace, so the agent's bpffs (and its pins)
-    // outlive the agent; `ip netns exec` would mount a private one that dies with it. The agent
-    // runs through its launcher, as deployed (this node binary); nsenter and the launcher exec,
-    // so the supervised pid is node's.
-    this.agent = await Supervised.start(`agent-${this.name}`, { command: 'nsenter', args: [`--net=/run/netns/${this.ns}`, '--', AGENT_LAUNCHER, ...args], env: { NODE: process.execPath }, readyEvent: 'ready' });
+    this.agent = await startNodeAgent({ name: this.name, ns: this.ns, hostIp: this.hostIp, pinRoot: this.pinRoot, stateDir: this.stateDir, interfaces: ['up0=uplink', 'wl0=workload'] }, cp, labels, extra);
     return this.agent;
   }
 
@@ -182,10 +158,75 @@ export class FleetNode {
   }
 
   unmountPins(): void {
-    try {
-      sh('umount', [this.pinRoot]);
-    } catch {
-      // not mounted
-    }
+    unmountPins(this.pinRoot);
   }
+}
+
+/** Where and how one agent process runs: its node namespace, how it reaches the control plane, its own directories. */
+export interface NodeAgentPlacement {
+  name: string;
+  ns: string;
+  /** The root namespace's end of the node's management link: where NATS and the controller are reached. */
+  hostIp: string;
+  pinRoot: string;
+  stateDir: string;
+  /** `--interface` values: `dev=role`. */
+  interfaces: string[];
+}
+
+/**
+ * Starts the real agent (services/node-agent/dist/main.js) in `p.ns`, enrolled with `cp`'s trust
+ * flags, with 1 s heartbeats, counters and interface checks; resolves at its ready event. The
+ * caller owns the process (stop or kill it) and the pin root (unmountPins).
+ */
+export async function startNodeAgent(p: NodeAgentPlacement, cp: ControlPlane, labels: Record<string, string>, extra: string[] = []): Promise<Supervised> {
+  mkdirSync(p.stateDir, { recursive: true });
+  const args = [
+    '--node-name', p.name,
+    '--labels', Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(','),
+    '--controller', `${p.hostIp}:${cp.grpcPort}`,
+    '--nats', `nats://${p.hostIp}:${cp.natsPort}`,
+    ...p.interfaces.flatMap((i) => ['--interface', i]),
+    '--pin-root', p.pinRoot,
+    '--state-dir', p.stateDir,
+    '--trusted-key', cp.publicKeyB64,
+    ...(cp.agentTrustArgs ? await cp.agentTrustArgs(p.name, labels) : ['--insecure']),
+    '--heartbeat-interval', '1',
+    '--counter-interval', '1',
+    '--interface-check', '1',
+    ...extra,
+  ];
+  // nsenter --net keeps the host's mount namespace, so the agent's bpffs (and its pins)
+  // outlive the agent; `ip netns exec` would mount a private one that dies with it. The agent
+  // runs through its launcher, as deployed (this node binary); nsenter and the launcher exec,
+  // so the supervised pid is node's.
+  return Supervised.start(`agent-${p.name}`, { command: 'nsenter', args: [`--net=/run/netns/${p.ns}`, '--', AGENT_LAUNCHER, ...args], env: { NODE: process.execPath }, readyEvent: 'ready' });
+}
+
+/** Unmounts an agent's pin root (its bpffs), if mounted. Never throws. */
+export function unmountPins(pinRoot: string): void {
+  try {
+    sh('umount', [pinRoot]);
+  } catch {
+    // not mounted
+  }
+}
+
+/** The /24 a topology's management links take /30s from: chosen by its id, so concurrent test files never collide. */
+export function managementPrefix(topo: Topology): string {
+  const b = Buffer.from(topo.id, 'hex');
+  return `10.${100 + (b[0]! % 100)}.${b[1]!}`;
+}
+
+/**
+ * Links node namespace `ns` (the `i`th, 1..60) to the root namespace: `mgmt` in the node with
+ * `nodeIp`/30, the root end with `hostIp`/30 (where NATS and the controller listen). Removed with
+ * the topology.
+ */
+export function managementLink(topo: Topology, prefix: string, ns: string, i: number): { mgmtRoot: string; hostIp: string; nodeIp: string } {
+  const mgmtRoot = topo.name(`m${i}r`);
+  const hostIp = `${prefix}.${4 * i + 1}`;
+  const nodeIp = `${prefix}.${4 * i + 2}`;
+  topo.veth({ name: mgmtRoot, address: `${hostIp}/30` }, { ns, name: 'mgmt', address: `${nodeIp}/30` });
+  return { mgmtRoot, hostIp, nodeIp };
 }

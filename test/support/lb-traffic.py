@@ -8,6 +8,12 @@
 #   connect HOST PORT COUNT        COUNT new TCP connections (32 at a time, 2 s each): which
 #                                  backend each reached, and how many failed (and how).
 #   udp HOST PORT COUNT            COUNT datagrams, each from a new socket (a new flow).
+#   flows HOST PORT COUNT FIRST_SPORT
+#                                  COUNT TCP connections, from source ports FIRST_SPORT,
+#                                  FIRST_SPORT + 1, ... (0: ports the kernel picks), each closed
+#                                  with a reset (no TIME_WAIT, so a port can be used again at
+#                                  once): per connection its source port and the backend it
+#                                  reached, or the failure.
 #   hold HOST PORT COUNT INTERVAL_MS STALL_MS
 #                                  COUNT long-lived connections; every INTERVAL_MS a line on each,
 #                                  echoed back within STALL_MS or the connection is broken (reset,
@@ -154,6 +160,27 @@ def connect(host, port, count):
     out({'reached': reached, 'failed': sum(failures.values()), 'failures': failures})
 
 
+def flows(host, port, count, first_sport):
+    def one(i):
+        s = socket.socket(family_of(host), socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+            s.bind(('', first_sport + i if first_sport else 0))
+            sport = s.getsockname()[1]
+            s.settimeout(2.0)
+            try:
+                s.connect((host, port))
+                return {'sport': sport, 'backend': read_line(s, time.monotonic() + 2.0)}
+            except Exception as e:  # noqa: BLE001 - every failure is reported by kind
+                return {'sport': sport, 'failure': reason_of(e)}
+        finally:
+            s.close()
+
+    with ThreadPoolExecutor(32) as pool:
+        out({'flows': list(pool.map(one, range(count)))})
+
+
 def udp(host, port, count):
     reached, failed = {}, 0
     for _ in range(count):
@@ -270,6 +297,8 @@ def main(argv):
         serve(argv[2], [int(p) for p in argv[3:]])
     elif command == 'connect' and len(argv) == 5:
         connect(argv[2], int(argv[3]), int(argv[4]))
+    elif command == 'flows' and len(argv) == 6:
+        flows(argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
     elif command == 'udp' and len(argv) == 5:
         udp(argv[2], int(argv[3]), int(argv[4]))
     elif command == 'hold' and len(argv) == 7:

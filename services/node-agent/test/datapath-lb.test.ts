@@ -267,6 +267,55 @@ test('lb datapath - an apply that removes, drains and adds backends keeps every 
   t.deepEqual([...seen].sort(), ['10.0.0.3', '10.0.0.4']);
 });
 
+test('lb datapath - a new connection on the tuple of a closed load-balanced flow (port reuse) is scheduled anew by the live table', async (t) => {
+  const datapath = await open(t);
+  await datapath.apply(allowAll, compile(services));
+  // A connection refused by its backend (its RST closes the flow), from a port the client will reuse.
+  const first = toVip(datapath, '198.51.100.21', 40001, '192.0.2.10', 443, 'tcp');
+  const gone = first.out.dst;
+  reply(datapath, gone, first.out.dport, '198.51.100.21', 40001, 'tcp', tcpFlags.rst | tcpFlags.ack);
+  // That backend leaves the service (as a failed health check takes it out).
+  const changed = [service('web4', { vip: '192.0.2.10', port: 443, backends: [{ address: '10.0.0.1' }, { address: '10.0.0.2', port: 8443, weight: 3 }, { address: '10.0.0.3' }].filter((b) => b.address !== gone) }), ...services.slice(1)];
+  const spec = compile(changed);
+  const result = await datapath.apply(allowAll, spec);
+  const want = referenceOf(datapath, spec, result).select(tuple({ family: 4, proto: 6, src: '198.51.100.21', dst: '192.0.2.10', sport: 40001, dport: 443 }));
+  if (want.kind !== 'backend') return t.fail('no backend');
+  // The client's next SYN from the same port is a new connection: it goes where the table says now.
+  const again = toVip(datapath, '198.51.100.21', 40001, '192.0.2.10', 443, 'tcp');
+  t.is(again.retval, XDP_PASS);
+  t.is(`${again.out.dst}:${again.out.dport}`, `${want.address}:${want.port}`);
+  t.not(again.out.dst, gone);
+  // And it is that flow from now on: its reply leaves from the VIP, its next packet follows it.
+  const back = reply(datapath, again.out.dst, again.out.dport, '198.51.100.21', 40001, 'tcp');
+  t.deepEqual([back.out.src, back.out.sport], ['192.0.2.10', 443]);
+  const ack = toVip(datapath, '198.51.100.21', 40001, '192.0.2.10', 443, 'tcp', tcpFlags.ack);
+  t.deepEqual([ack.out.dst, ack.out.dport], [again.out.dst, again.out.dport]);
+  // A flow that is not closed keeps its backend whatever the table says (the test above); a
+  // retransmitted SYN of a live one too.
+  const live = toVip(datapath, '198.51.100.22', 40002, '192.0.2.10', 443, 'tcp');
+  await datapath.apply(allowAll, compile([service('web4', { vip: '192.0.2.10', port: 443, backends: [{ address: '10.0.0.9' }] }), ...services.slice(1)]));
+  const retransmit = toVip(datapath, '198.51.100.22', 40002, '192.0.2.10', 443, 'tcp');
+  t.deepEqual([retransmit.out.dst, retransmit.out.dport], [live.out.dst, live.out.dport]);
+});
+
+test('lb datapath - a new flow to another VIP that reaches a backend by the client port of a closed flow there is reverse-NATed from its own VIP', async (t) => {
+  const datapath = await open(t);
+  // A flow to web4 from port 40011, answered (its entries move to ep_ct), then reset by the client.
+  await datapath.apply(allowAll, compile(services));
+  const opened = toVip(datapath, '198.51.100.23', 40011, '192.0.2.10', 443, 'tcp');
+  reply(datapath, opened.out.dst, opened.out.dport, '198.51.100.23', 40011, 'tcp');
+  toVip(datapath, '198.51.100.23', 40011, '192.0.2.10', 443, 'tcp', tcpFlags.rst);
+  // Another service with that backend alone: the client's next connection, from the same port to
+  // this VIP, reaches the backend on the same client:port <-> backend:port as the closed flow did.
+  const other = service('alt4', { vip: '192.0.2.11', port: 443, backends: [{ address: opened.out.dst, port: opened.out.dport }] });
+  await datapath.apply(allowAll, compile([...services, other]));
+  const sent = toVip(datapath, '198.51.100.23', 40011, '192.0.2.11', 443, 'tcp');
+  t.deepEqual([sent.out.dst, sent.out.dport], [opened.out.dst, opened.out.dport]);
+  // Its SYN-ACK must leave from 192.0.2.11 (the client's socket), not from the closed flow's VIP.
+  const back = reply(datapath, opened.out.dst, opened.out.dport, '198.51.100.23', 40011, 'tcp');
+  t.deepEqual([back.out.src, back.out.sport], ['192.0.2.11', 443]);
+});
+
 test('lb datapath - a service with every backend drained drops new flows (LB_NO_BACKEND) while its established flows pass', async (t) => {
   const datapath = await open(t);
   await datapath.apply(allowAll, compile(services));
