@@ -451,7 +451,7 @@ export class NodeAgent {
     const revision = snapshot.revision;
     await tracer.startActiveSpan('edgeplane.agent.health_apply', { attributes: { 'edgeplane.revision': Number(revision), 'edgeplane.node': this.#o.nodeName } }, async (span) => {
       try {
-        const lb = compileNodeServices(snapshot, this.#currentLabels, { cache: this.#tables, ...(this.#o.health ? { health: this.#o.health } : {}) });
+        const lb = compileNodeServices(snapshot, this.#currentLabels, { nodeName: this.#o.nodeName, cache: this.#tables, ...(this.#o.health ? { health: this.#o.health } : {}) });
         const result = await this.#o.datapaths.uplink.apply(live.uplink.ruleSet, lb);
         this.#live = { ...live, uplink: { ruleSet: live.uplink.ruleSet, lb } };
         this.#healthApplied = seq;
