@@ -580,7 +580,7 @@ export class NodeAgent {
       }
       this.#applies++;
       this.#lastError = '';
-      this.#o.log('info', 'applied', { revision: String(revision), policies: compiled.selected, services: compiled.uplink.lb?.services.map((x) => x.name) ?? [], uplinkRules: compiled.uplink.ruleSet.rules.length, workloadRules: compiled.workload.ruleSet.rules.length });
+      this.#o.log('info', 'applied', { revision: String(revision), policies: compiled.selected, services: compiled.uplink.lb?.services.map((x) => x.name) ?? [], serviceTables: compiled.uplink.lb?.services.map((x) => `${x.name}:${x.m}`) ?? [], uplinkRules: compiled.uplink.ruleSet.rules.length, workloadRules: compiled.workload.ruleSet.rules.length });
       this.#unknownChanged(revision);
       this.#tellApplied(snapshot, labels);
       this.#checkHealthView();
