@@ -376,8 +376,10 @@ export class IntentApi {
   }
 
   /**
-   * Pauses, resumes, promotes (skips the current wave's bake) or aborts (reverts) a rollout.
-   * @throws ValidationError, NotFoundError, PreconditionError (not in a state that allows it)
+   * Pauses, resumes, promotes (skips the current wave's bake) or aborts (reverts) the rollout of
+   * the policy or service `name` (`kind`: UNSPECIFIED is a policy, as requests were before
+   * services had rollouts).
+   * @throws ValidationError (a bad name or an unknown kind), NotFoundError, PreconditionError (not in a state that allows it)
    */
   async rolloutAction(name: string, action: RolloutAction, reason: string, trace?: TraceContext, kind: RolloutKind = RolloutKind.ROLLOUT_KIND_POLICY): Promise<{ rollout: Rollout; revision: bigint }> {
     checkName(name, 'name');
