@@ -3,6 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import {
   Action,
   ApplyPolicyRequest,
+  GetRolloutRequest,
   Policy,
   Protocol,
   RolloutState,
@@ -69,7 +70,8 @@ async function until(what: string, pred: () => Promise<boolean> | boolean, ms = 
   }
 }
 
-const rollout = async (name: string): Promise<RolloutStatus | undefined> => (await call(c.fleet, c.fleet.getRollout, { name }).catch(() => undefined))?.status;
+// Requests without a kind (as clients sent them before services had rollouts) name a policy's rollout.
+const rollout = async (name: string): Promise<RolloutStatus | undefined> => (await call(c.fleet, c.fleet.getRollout, GetRolloutRequest.fromPartial({ name })).catch(() => undefined))?.status;
 const sec = (s: number) => ({ seconds: BigInt(s), nanos: 0 });
 
 function staged(name: string, rules: DeepPartial<Rule>[], strategy: DeepPartial<RolloutStrategy_Staged>, selector: Record<string, string> = { role: 'edge' }): Policy {

@@ -172,9 +172,12 @@ export {
 export {
   GateReading,
   Rollout,
+  RolloutKind,
   RolloutState,
   RolloutStatus,
   WaveStatus,
+  rolloutKindFromJSON,
+  rolloutKindToJSON,
   rolloutStateFromJSON,
   rolloutStateToJSON,
 } from './edgeplane/v1/rollout.js';
@@ -389,6 +392,12 @@ export {
   PROTO_FILES,
   PROTO_INCLUDE_DIR,
 } from './../src/proto-files.js';
+export {
+  isServiceRollout,
+  rolloutKey,
+  rolloutKeyOf,
+  rolloutKindName,
+} from './../src/rollout-key.js';
 export {
   DEFAULT_HEALTH_CHECK_INTERVAL_MS,
   DEFAULT_HEALTH_CHECK_TIMEOUT_MS,

@@ -32,6 +32,8 @@ import {
   type Node,
   type Policy,
   type Rollout,
+  RolloutKind,
+  rolloutKindName,
   type RolloutStatus,
   type CreateJoinTokenResponse,
   type IssueCertificateResponse,
@@ -82,9 +84,11 @@ export interface FleetApi {
 /** Both APIs. */
 /** The rollout calls the commands make. */
 export interface RolloutApi {
-  /** Returns undefined when the policy has no rollout. */
-  getRollout(name: string): Promise<RolloutStatus | undefined>;
-  rolloutAction(name: string, action: 'pause' | 'resume' | 'promote' | 'abort', reason: string): Promise<{ rollout: Rollout | undefined; revision: bigint }>;
+  /** Returns undefined when the resource (a policy unless `kind` says otherwise) has no rollout. */
+  getRollout(name: string, kind?: RolloutKind): Promise<RolloutStatus | undefined>;
+  /** Every rollout (policies' and services'), newest change first. */
+  listRollouts(activeOnly: boolean): Promise<RolloutStatus[]>;
+  rolloutAction(name: string, action: 'pause' | 'resume' | 'promote' | 'abort', reason: string, kind?: RolloutKind): Promise<{ rollout: Rollout | undefined; revision: bigint }>;
 }
 
 /** Admin calls. */
@@ -276,25 +280,29 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
     return this.#call(`${req.countOnly ? 'count' : 'list'} connections of node ${req.node}`, this.#fleet, this.#fleet.listConnections, req);
   }
 
-  async getRollout(name: string): Promise<RolloutStatus | undefined> {
-    return (await this.#find(`get rollout ${name}`, this.#fleet, this.#fleet.getRollout, { name }))?.status;
+  async getRollout(name: string, kind: RolloutKind = RolloutKind.ROLLOUT_KIND_POLICY): Promise<RolloutStatus | undefined> {
+    return (await this.#find(`get rollout of ${rolloutKindName(kind)} ${name}`, this.#fleet, this.#fleet.getRollout, { name, kind }))?.status;
+  }
+
+  listRollouts(activeOnly: boolean): Promise<RolloutStatus[]> {
+    return this.#all('list rollouts', this.#fleet, this.#fleet.listRollouts, { activeOnly }, (page) => page.rollouts);
   }
 
   resetHistory(reset: SignedHistoryReset): Promise<ResetHistoryResponse> {
     return this.#call('reset history', this.#intent, this.#intent.resetHistory, { reset });
   }
 
-  rolloutAction(name: string, action: 'pause' | 'resume' | 'promote' | 'abort', reason: string): Promise<{ rollout: Rollout | undefined; revision: bigint }> {
-    const op = `${action} rollout ${name}`;
+  rolloutAction(name: string, action: 'pause' | 'resume' | 'promote' | 'abort', reason: string, kind: RolloutKind = RolloutKind.ROLLOUT_KIND_POLICY): Promise<{ rollout: Rollout | undefined; revision: bigint }> {
+    const op = `${action} rollout of ${rolloutKindName(kind)} ${name}`;
     switch (action) {
       case 'pause':
-        return this.#call(op, this.#intent, this.#intent.pauseRollout, { name, reason });
+        return this.#call(op, this.#intent, this.#intent.pauseRollout, { name, reason, kind });
       case 'resume':
-        return this.#call(op, this.#intent, this.#intent.resumeRollout, { name });
+        return this.#call(op, this.#intent, this.#intent.resumeRollout, { name, kind });
       case 'promote':
-        return this.#call(op, this.#intent, this.#intent.promoteRollout, { name });
+        return this.#call(op, this.#intent, this.#intent.promoteRollout, { name, kind });
       case 'abort':
-        return this.#call(op, this.#intent, this.#intent.abortRollout, { name, reason });
+        return this.#call(op, this.#intent, this.#intent.abortRollout, { name, reason, kind });
     }
   }
 

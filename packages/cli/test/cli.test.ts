@@ -367,9 +367,6 @@ test('services - a bad manifest is reported at file:line:col before sending; a V
   const r = await edgeplane(['apply', '-f', second]);
   t.is(r.code, ExitCode.ERROR);
   t.true(r.stderr.includes(`${second}:8:8: service.spec.vip: 198.51.100.9 port 443 TCP is already service "svc-first"'s`), r.stderr);
-  const staged = await edgeplane(['apply', '-f', file('svc-staged.yaml', serviceYaml('svc-staged', '198.51.100.10', { extra: '  rolloutStrategy:\n    staged:\n      waves:\n        - percent: 50\n' }))]);
-  t.is(staged.code, ExitCode.ERROR);
-  t.regex(staged.stderr, /service\.spec\.rollout_strategy\.staged: staged rollouts of services are not supported yet/);
 });
 
 test('apply - bad YAML and bad fields are reported at file:line:col, nothing is sent', async (t) => {
@@ -408,6 +405,37 @@ test('apply --wait - succeeds when the selected nodes ACK', async (t) => {
   t.is(r.code, 0, r.stderr);
   t.regex(r.stdout, new RegExp(`0/2 nodes at revision ${rv} \\(waiting for wait-ok-1, wait-ok-2\\)\\n1/2 nodes at revision ${rv} \\(waiting for wait-ok-2\\)`));
   t.regex(r.stdout, new RegExp(`2/2 nodes at revision ${rv}\\nrevision ${rv} applied on all 2 selected nodes`));
+});
+
+test('services - a staged Service manifest rolls out: apply --wait, rollout status and abort by service/NAME, get rollouts shows the kind', async (t) => {
+  const agent = await fakeAgent('svcroll-1', { tier: 'svcroll' });
+  t.teardown(() => agent.close());
+  const yaml = serviceYaml('svc-roll', '198.51.100.11', { extra: '  rolloutStrategy:\n    staged:\n      waves:\n        - percent: 100\n          bakeTime: 10m\n' }).replace('tier=svc', 'tier=svcroll');
+  let rv = 0n;
+  const applied = await edgeplane(['apply', '-f', file('svc-roll.yaml', yaml), '--wait', '--timeout', '20s'], '', (out) => {
+    const m = /0\/1 nodes at revision (\d+)/.exec(out);
+    if (m && rv === 0n) agent.report((rv = BigInt(m[1]!)), RevisionOutcome.REVISION_OUTCOME_ACK);
+  });
+  t.is(applied.code, 0, applied.stderr);
+  t.regex(applied.stdout, new RegExp(`service/svc-roll created \\(revision ${rv}\\)\n[^]*revision ${rv} applied on all 1 selected nodes`), 'a service is waited for like a policy');
+
+  const status = await edgeplane(['rollout', 'status', 'service/svc-roll']);
+  t.is(status.code, 0, status.stderr);
+  t.regex(status.stdout, new RegExp(`^Rollout of service svc-roll \\(change at revision ${rv}\\): progressing\nWave 1 of 1; 1 node\\(s\\) run the change \\(a new service\\)`));
+  const listed = await edgeplane(['get', 'rollouts']);
+  t.is(listed.code, 0, listed.stderr);
+  t.regex(listed.stdout, /^KIND\s+NAME\s+REVISION\s+STATE/);
+  t.regex(listed.stdout, new RegExp(`\\nservice +svc-roll +${rv} +progressing +1/1 +1\\n`));
+  const asPolicy = await edgeplane(['rollout', 'status', 'svc-roll']);
+  t.is(asPolicy.code, ExitCode.ERROR, 'a bare name is a policy, which has no rollout');
+  t.regex(asPolicy.stderr, /policy svc-roll has no rollout/);
+
+  const aborted = await edgeplane(['rollout', 'abort', 'service/svc-roll', '--reason', 'not today']);
+  t.is(aborted.code, 0, aborted.stderr);
+  t.regex(aborted.stdout, /^rollout\/service\/svc-roll aborted \(revision \d+\): aborted\n$/);
+  t.is((await edgeplane(['get', 'service', 'svc-roll'])).code, ExitCode.ERROR, 'the service its rollout created is gone');
+  const bad = await edgeplane(['rollout', 'pause', 'node/x']);
+  t.is(bad.code, ExitCode.USAGE);
 });
 
 test('apply --wait - exits with the NACK code, naming the node and its reason', async (t) => {

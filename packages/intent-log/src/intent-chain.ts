@@ -9,6 +9,9 @@ import {
   type LogEntry,
   type Policy,
   type Rollout,
+  RolloutKind,
+  rolloutKey,
+  rolloutKeyOf,
   type Service,
   type SignedLogEntry,
   type SignedSnapshot,
@@ -139,7 +142,10 @@ export class IntentChain {
     return this.#services;
   }
 
-  /** Rollout records by policy name (active and finished). Callers must not modify them. */
+  /**
+   * Rollout records (active and finished) by {@link rolloutKey}: a policy's by its name, a
+   * service's by `service/NAME`. Callers must not modify them.
+   */
   get rollouts(): ReadonlyMap<string, Rollout> {
     return this.#rollouts;
   }
@@ -199,7 +205,7 @@ export class IntentChain {
         this.#policies.delete(name);
         changes.push({ type: 'deleted', policy: old, revision: entry.revision });
       }
-      this.#rollouts.delete(name);
+      this.#rollouts.delete(rolloutKey(RolloutKind.ROLLOUT_KIND_POLICY, name));
     }
     for (const policy of entry.change?.upserts ?? []) {
       const name = policy.metadata?.name ?? '';
@@ -207,10 +213,14 @@ export class IntentChain {
       this.#policies.set(name, policy);
       changes.push({ type: existed ? 'modified' : 'added', policy, revision: entry.revision });
     }
-    for (const rollout of entry.change?.rollouts ?? []) this.#rollouts.set(rollout.name, rollout);
     // Services are a namespace of their own: a service may share a policy's name.
-    for (const name of entry.change?.serviceDeletes ?? []) this.#services.delete(name);
+    for (const name of entry.change?.serviceDeletes ?? []) {
+      this.#services.delete(name);
+      this.#rollouts.delete(rolloutKey(RolloutKind.ROLLOUT_KIND_SERVICE, name));
+    }
     for (const service of entry.change?.serviceUpserts ?? []) this.#services.set(service.metadata?.name ?? '', service);
+    // Records last: a revert that deletes the resource its rollout created keeps the record.
+    for (const rollout of entry.change?.rollouts ?? []) this.#rollouts.set(rolloutKeyOf(rollout), rollout);
     if (entry.keyRotation) this.#learn(opened.signed, entry, this.#trusted, this.#rotations);
     this.#revision = entry.revision;
     this.#lastHash = hash;
@@ -257,7 +267,7 @@ export class IntentChain {
     this.#trusted = trusted;
     this.#rotations = rotations;
     this.#policies = new Map(snapshot.policies.map((p) => [p.metadata?.name ?? '', p]));
-    this.#rollouts = new Map(snapshot.rollouts.map((r) => [r.name, r]));
+    this.#rollouts = new Map(snapshot.rollouts.map((r) => [rolloutKeyOf(r), r]));
     this.#services = new Map(snapshot.services.map((s) => [s.metadata?.name ?? '', s]));
     this.#revision = snapshot.revision;
     this.#lastHash = new Uint8Array(snapshot.lastHash);
@@ -266,7 +276,7 @@ export class IntentChain {
   /** Returns the compacted state, ready to sign (see signSnapshot in @edgeplane/proto). */
   snapshot(now: Date = new Date()): Snapshot {
     const policies = [...this.#policies.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));
-    const rollouts = [...this.#rollouts.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+    const rollouts = [...this.#rollouts.entries()].sort(([a], [b]) => (a < b ? -1 : 1)).map(([, r]) => r);
     const services = [...this.#services.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));
     return { revision: this.#revision, lastHash: Buffer.from(this.#lastHash), policies, createTime: now, rollouts, fleetId: this.#fleetId ?? '', keyRotations: [...this.#rotations], services };
   }

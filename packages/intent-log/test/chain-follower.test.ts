@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
-import { Action, LogEntry, Policy, Protocol, Service, encodeSignedLogEntry, keyIdOf, signLogEntry, signSnapshot, type LogEntry as Entry, type SignedLogEntry } from '@edgeplane/proto';
+import { Action, LogEntry, Policy, Protocol, Rollout, RolloutKind, RolloutState, Service, encodeSignedLogEntry, keyIdOf, rolloutKey, signLogEntry, signSnapshot, type LogEntry as Entry, type SignedLogEntry } from '@edgeplane/proto';
 import { ChainFollower, IntentChain, IntentLog, NatsServer, type ChainFollowerOptions, type StoredMessage } from '../src/index.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('ed25519');
@@ -465,4 +465,32 @@ test('chain follower - entries are announced with what they changed', async (t) 
       [3n, [3n], 1],
     ],
   );
+});
+
+test('intent chain - rollout records are keyed by kind: a policy and a service of one name keep theirs apart, each goes with its resource, a snapshot keeps both', (t) => {
+  const chain = new IntentChain(trusted);
+  const append = (change: Partial<NonNullable<Entry['change']>>): void => {
+    const revision = chain.revision + 1n;
+    chain.append(signLogEntry(LogEntry.fromPartial({ revision, previousHash: Buffer.from(chain.lastHash), change }), privateKey), revision);
+  };
+  const record = (kind: RolloutKind, waveNodes: string[]) => Rollout.fromPartial({ name: 'twin', kind, state: RolloutState.ROLLOUT_STATE_PROGRESSING, waveNodes });
+  append({ upserts: [policy('twin', 1)], serviceUpserts: [service('twin', 80)], rollouts: [record(RolloutKind.ROLLOUT_KIND_POLICY, ['n1']), record(RolloutKind.ROLLOUT_KIND_SERVICE, ['n2'])] });
+  t.deepEqual([...chain.rollouts].map(([k, r]) => [k, r.waveNodes]), [['twin', ['n1']], ['service/twin', ['n2']]]);
+  t.is(chain.rollouts.get(rolloutKey(RolloutKind.ROLLOUT_KIND_SERVICE, 'twin'))?.kind, RolloutKind.ROLLOUT_KIND_SERVICE);
+
+  // Restored from a snapshot: the same keys.
+  const copy = new IntentChain(trusted);
+  copy.load(chain.snapshot());
+  t.deepEqual([...copy.rollouts.keys()].sort(), ['service/twin', 'twin']);
+
+  // Deleting the service takes its record only; a revert that deletes the service it created keeps the final record.
+  append({ serviceDeletes: ['twin'] });
+  t.deepEqual([...chain.rollouts.keys()], ['twin']);
+  append({ serviceUpserts: [service('twin', 80)], rollouts: [record(RolloutKind.ROLLOUT_KIND_SERVICE, ['n2'])] });
+  append({ serviceDeletes: ['twin'], rollouts: [Rollout.fromPartial({ ...record(RolloutKind.ROLLOUT_KIND_SERVICE, ['n2']), state: RolloutState.ROLLOUT_STATE_ABORTED })] });
+  t.is(chain.rollouts.get('service/twin')?.state, RolloutState.ROLLOUT_STATE_ABORTED);
+  t.false(chain.services.has('twin'));
+  // Deleting the policy takes its record only.
+  append({ deletes: ['twin'] });
+  t.deepEqual([...chain.rollouts.keys()], ['service/twin']);
 });

@@ -33,6 +33,8 @@ import {
   type WatchNodesRequest,
   type WatchNodesResponse,
   RolloutState,
+  rolloutKey,
+  rolloutKindName,
   type GetRolloutRequest,
   type GetRolloutResponse,
   type ListRolloutsRequest,
@@ -47,12 +49,13 @@ import type { NodeRegistry } from './node-registry.js';
 import { paginate } from './page-token.js';
 import { backendKey, type ServiceHealthStore } from './service-health-store.js';
 import { selectorParam } from './selector-param.js';
+import { checkRolloutKind } from './rollout-plan.js';
 
-/** What FleetService needs of the rollouts. */
+/** What FleetService needs of the rollouts, each named by its key (rolloutKey: kind and name). */
 export interface RolloutReader {
-  status(name: string): RolloutStatus | undefined;
+  status(key: string): RolloutStatus | undefined;
   names(): string[];
-  watch(listener: (name: string) => void): () => void;
+  watch(listener: (key: string) => void): () => void;
 }
 
 /** What FleetService needs to ask an agent for its connection table (AgentSessions). */
@@ -248,8 +251,9 @@ export class FleetApi {
 
   /** @throws NotFoundError */
   getRollout(req: GetRolloutRequest): GetRolloutResponse {
-    const status = this.#rollouts?.status(req.name);
-    if (!status) throw new NotFoundError(`policy ${req.name} has no rollout`);
+    checkRolloutKind(req.kind);
+    const status = this.#rollouts?.status(rolloutKey(req.kind, req.name));
+    if (!status) throw new NotFoundError(`${rolloutKindName(req.kind)} ${req.name} has no rollout`);
     return { status };
   }
 
@@ -266,7 +270,8 @@ export class FleetApi {
 
   /** Streams a rollout's status on every change until it ends or `signal` aborts. @throws NotFoundError */
   async watchRollout(req: WatchRolloutRequest, send: (r: WatchRolloutResponse) => void, signal: AbortSignal): Promise<void> {
-    const first = this.getRollout({ name: req.name }).status!;
+    const first = this.getRollout(req).status!;
+    const key = rolloutKey(req.kind, req.name);
     send({ status: first });
     const finished = (s: RolloutStatus | undefined): boolean => !!s && s.rollout?.state !== RolloutState.ROLLOUT_STATE_PROGRESSING && s.rollout?.state !== RolloutState.ROLLOUT_STATE_PAUSED;
     if (finished(first)) return;
@@ -279,7 +284,7 @@ export class FleetApi {
         resolve();
       };
       const check = (): void => {
-        const s = this.#rollouts?.status(req.name);
+        const s = this.#rollouts?.status(key);
         if (!s) return stop();
         const text = JSON.stringify(s, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
         if (text !== last) {
@@ -288,7 +293,7 @@ export class FleetApi {
         }
         if (finished(s)) stop();
       };
-      off = this.#rollouts?.watch((name) => name === req.name && check()) ?? off;
+      off = this.#rollouts?.watch((changed) => changed === key && check()) ?? off;
       // Gate readings move with counters, which notify nobody: look every second as well.
       const poll = setInterval(check, 1000);
       if (signal.aborted) stop();

@@ -10,8 +10,11 @@ import {
   ServiceSpec,
   PolicyEventType,
   Rollout,
+  RolloutKind,
   RolloutState,
   PolicySpec,
+  rolloutKey,
+  rolloutKindName,
   Protocol,
   checkDnsLabel,
   countViolations,
@@ -47,7 +50,7 @@ import { NotFoundError, PreconditionError, ValidationError, VersionConflictError
 import type { IntentStore } from './intent-store.js';
 import { paginate } from './page-token.js';
 import { selectorParam } from './selector-param.js';
-import { isActive, revertChange, waveMembers, type PlanNode } from './rollout-plan.js';
+import { checkRolloutKind, isActive, revertChange, startRollout, type PlanNode } from './rollout-plan.js';
 
 /** Options of {@link IntentApi}. */
 export interface IntentApiOptions {
@@ -137,6 +140,20 @@ function sameMap(a: Record<string, string>, b: Record<string, string>): boolean 
 }
 
 
+/**
+ * Refuses a change to a resource whose rollout is still in progress.
+ * @throws PreconditionError (ROLLOUT_IN_PROGRESS)
+ */
+function checkNoRollout(chain: IntentChain, kind: RolloutKind, name: string): void {
+  const running = chain.rollouts.get(rolloutKey(kind, name));
+  if (isActive(running)) {
+    throw new PreconditionError(
+      `${rolloutKindName(kind)} ${name} has a rollout in progress (wave ${running.currentWave + 1} of ${running.strategy?.waves.length ?? 0}); wait for it, or abort it`,
+      'ROLLOUT_IN_PROGRESS',
+    );
+  }
+}
+
 function checkName(name: string, field: string): void {
   const problem = checkDnsLabel(name);
   if (problem) throw new ValidationError(`invalid ${field}`, [{ field, description: `${quote(name)} ${problem}`, reason: name ? 'INVALID_NAME' : 'REQUIRED' }]);
@@ -200,10 +217,7 @@ export class IntentApi {
         return undefined;
       }
       // Only a real change waits for a rollout in progress; the same apply again is a no-op.
-      const running = chain.rollouts.get(name);
-      if (isActive(running)) {
-        throw new PreconditionError(`policy ${name} has a rollout in progress (wave ${running.currentWave + 1} of ${running.strategy?.waves.length ?? 0}); wait for it, or abort it`, 'ROLLOUT_IN_PROGRESS');
-      }
+      checkNoRollout(chain, RolloutKind.ROLLOUT_KIND_POLICY, name);
       if (!existing && chain.policies.size >= this.#maxPolicies) {
         throw new PreconditionError(`the intent holds ${chain.policies.size} policies, the most it may; delete one to create ${name}`, 'TOO_MANY_POLICIES');
       }
@@ -214,23 +228,8 @@ export class IntentApi {
       const staged = incoming.spec!.rolloutStrategy?.strategy;
       rollout = undefined;
       if (staged?.$case === 'staged') {
-        const revision = chain.revision + 1n;
         const selected = this.#nodes().filter((n) => matchesLabelSelector(incoming.spec!.nodeSelector, n.labels));
-        rollout = Rollout.fromPartial({
-          name,
-          changeRevision: revision,
-          ...(existing ? { previous: existing } : {}),
-          strategy: staged.staged,
-          state: RolloutState.ROLLOUT_STATE_PROGRESSING,
-          currentWave: 0,
-          waveNodes: waveMembers(staged.staged, revision, selected, 0),
-          waveStartTime: now,
-          traceContext: trace,
-          resourceVersion: revision,
-          promotedWave: -1,
-          createTime: now,
-          updateTime: now,
-        });
+        rollout = startRollout({ kind: RolloutKind.ROLLOUT_KIND_POLICY, previous: existing }, name, staged.staged, chain.revision + 1n, selected, now, trace);
       }
       return policy;
     };
@@ -288,8 +287,8 @@ export class IntentApi {
   /**
    * Creates or updates a service: validated (validateService), refused when another service
    * has its (vip, port, protocol), and written like a policy (optimistic concurrency, nothing
-   * written when validate_only or unchanged). A staged rollout strategy is refused: rollouts
-   * carry policies only so far.
+   * written when validate_only or unchanged). A staged rollout strategy starts a rollout as
+   * for a policy; a change while one runs is refused (ROLLOUT_IN_PROGRESS).
    * @throws ValidationError, VersionConflictError, PreconditionError, UnavailableError
    */
   async applyService(req: ApplyServiceRequest, trace?: TraceContext): Promise<ApplyServiceResponse> {
@@ -297,15 +296,9 @@ export class IntentApi {
     if (violations.length > 0) throw new ValidationError(`invalid service: ${countViolations(violations)} problem(s), first: ${violations[0]!.field}: ${violations[0]!.description}`, violations);
     const incoming = req.service!;
     const spec = incoming.spec!;
-    if (spec.rolloutStrategy?.strategy?.$case === 'staged') {
-      // A rollout record holds the policy it replaces and the agents choose a policy version
-      // by wave membership; neither knows services yet, so a staged strategy would be ignored.
-      throw new ValidationError('invalid service: staged rollouts of services are not supported yet', [
-        { field: 'service.spec.rollout_strategy.staged', description: 'staged rollouts of services are not supported yet; leave rollout_strategy unset (immediate)', reason: 'NOT_SUPPORTED' },
-      ]);
-    }
     const name = incoming.metadata!.name;
     let outcome: { service: Service; created: boolean; unchanged: boolean } | undefined;
+    let rollout: Rollout | undefined;
     const build = (chain: IntentChain): Service | undefined => {
       const existing = chain.services.get(name);
       checkExpectedVersion('service', name, existing, req.expectedResourceVersion);
@@ -313,6 +306,8 @@ export class IntentApi {
         outcome = { service: existing, created: false, unchanged: true };
         return undefined;
       }
+      // Only a real change waits for a rollout in progress; the same apply again is a no-op.
+      checkNoRollout(chain, RolloutKind.ROLLOUT_KIND_SERVICE, name);
       // One (vip, port, protocol) is one service: two would race for the same flows.
       for (const other of chain.services.values()) {
         const o = other.spec!;
@@ -326,8 +321,15 @@ export class IntentApi {
         throw new PreconditionError(`the intent holds ${chain.services.size} services, the most it may; delete one to create ${name}`, 'TOO_MANY_SERVICES');
       }
       checkIntentBytes(chain, 'service', name, existing ? encodedSize(existing, Service) : 0, Service.encode(incoming).finish().length, this.#maxIntentBytes);
-      const service = Service.fromPartial({ metadata: storedMetadata(name, incoming.metadata!, existing?.metadata, chain.revision, this.#now()), spec });
+      const now = this.#now();
+      const service = Service.fromPartial({ metadata: storedMetadata(name, incoming.metadata!, existing?.metadata, chain.revision, now), spec });
       outcome = { service, created: !existing, unchanged: false };
+      const staged = spec.rolloutStrategy?.strategy;
+      rollout = undefined;
+      if (staged?.$case === 'staged') {
+        const selected = this.#nodes().filter((n) => matchesLabelSelector(spec.nodeSelector, n.labels));
+        rollout = startRollout({ kind: RolloutKind.ROLLOUT_KIND_SERVICE, previous: existing }, name, staged.staged, chain.revision + 1n, selected, now, trace);
+      }
       return service;
     };
     if (req.validateOnly) {
@@ -337,7 +339,7 @@ export class IntentApi {
     }
     const written = await this.#store.write((chain) => {
       const service = build(chain);
-      return service ? { upserts: [], deletes: [], rollouts: [], serviceUpserts: [service], serviceDeletes: [] } : undefined;
+      return service ? { upserts: [], deletes: [], rollouts: rollout ? [rollout] : [], serviceUpserts: [service], serviceDeletes: [] } : undefined;
     }, trace);
     const stored = written ? (written.entry.change!.serviceUpserts[0] ?? outcome!.service) : outcome!.service;
     return ApplyServiceResponse.fromPartial({ service: stored, revision: written?.revision ?? 0n, created: outcome!.created, unchanged: outcome!.unchanged });
@@ -374,19 +376,22 @@ export class IntentApi {
   }
 
   /**
-   * Pauses, resumes, promotes (skips the current wave's bake) or aborts (reverts) a rollout.
-   * @throws ValidationError, NotFoundError, PreconditionError (not in a state that allows it)
+   * Pauses, resumes, promotes (skips the current wave's bake) or aborts (reverts) the rollout of
+   * the policy or service `name` (`kind`: UNSPECIFIED is a policy, as requests were before
+   * services had rollouts).
+   * @throws ValidationError (a bad name or an unknown kind), NotFoundError, PreconditionError (not in a state that allows it)
    */
-  async rolloutAction(name: string, action: RolloutAction, reason: string, trace?: TraceContext): Promise<{ rollout: Rollout; revision: bigint }> {
+  async rolloutAction(name: string, action: RolloutAction, reason: string, trace?: TraceContext, kind: RolloutKind = RolloutKind.ROLLOUT_KIND_POLICY): Promise<{ rollout: Rollout; revision: bigint }> {
     checkName(name, 'name');
+    checkRolloutKind(kind);
     let result: Rollout | undefined;
     const written = await this.#store.write((chain) => {
-      const r = chain.rollouts.get(name);
-      if (!r) throw new NotFoundError(`policy ${name} has no rollout`);
+      const r = chain.rollouts.get(rolloutKey(kind, name));
+      if (!r) throw new NotFoundError(`${rolloutKindName(kind)} ${name} has no rollout`);
       const now = this.#now();
       const state = r.state;
       const not = (what: string): never => {
-        throw new PreconditionError(`rollout of ${name} is ${RolloutState[state].replace('ROLLOUT_STATE_', '').toLowerCase()}: cannot ${what}`, 'ROLLOUT_STATE');
+        throw new PreconditionError(`rollout of ${rolloutKindName(kind)} ${name} is ${RolloutState[state].replace('ROLLOUT_STATE_', '').toLowerCase()}: cannot ${what}`, 'ROLLOUT_STATE');
       };
       if (action === 'abort') {
         if (!isActive(r)) not('abort');

@@ -4,6 +4,8 @@ import {
   Rollout,
   RolloutState,
   matchesLabelSelector,
+  rolloutKeyOf,
+  rolloutKindName,
   type GateReading,
   type RolloutStatus,
   type WaveStatus,
@@ -12,7 +14,7 @@ import { extractTraceContext } from '@edgeplane/telemetry';
 import type { CounterStore } from './counter-store.js';
 import type { IntentStore } from './intent-store.js';
 import type { NodeRegistry } from './node-registry.js';
-import { isActive, revertChange, waveMembers } from './rollout-plan.js';
+import { isActive, revertChange, rolloutSelector, waveMembers } from './rollout-plan.js';
 
 const tracer = trace.getTracer('@edgeplane/controller');
 
@@ -46,7 +48,7 @@ function ms(d: { seconds: bigint; nanos: number } | undefined): number {
 const pct = (dropped: bigint, packets: bigint): number => (packets === 0n ? 0 : (Number(dropped) / Number(packets)) * 100);
 
 /**
- * Drives staged rollouts: evaluates each active rollout's gates (NACKs, nodes that do not
+ * Drives staged rollouts of policies and services alike: evaluates each active rollout's gates (NACKs, nodes that do not
  * report in time, the drop-share health signal against each node's pre-change baseline) from
  * the node registry and the counters, and records every decision (next wave, success, revert)
  * as a log entry. All decisions are re-checked against the newest log state when written, so
@@ -63,7 +65,7 @@ export class RolloutManager {
   #o: RolloutManagerOptions;
   #timer: NodeJS.Timeout | undefined;
   #busy = false;
-  /** Per rollout name + wave: each node's drop totals when it joined the wave. */
+  /** Per rollout key + wave: each node's drop totals when it joined the wave. */
   #baselines = new Map<string, Map<string, DropTotals>>();
   #spans = new Map<string, Span>();
   #listeners = new Set<(name: string) => void>();
@@ -83,21 +85,21 @@ export class RolloutManager {
   start(): void {
     this.#timer = setInterval(() => void this.tick(), this.#o.tickMs ?? 500);
     this.#store.onChange(() => {
-      for (const name of this.#store.chain.rollouts.keys()) this.#notify(name);
+      for (const key of this.#store.chain.rollouts.keys()) this.#notify(key);
     });
     this.#registry.watch((e) => {
-      for (const r of this.#store.chain.rollouts.values()) if (isActive(r) && e.node && r.waveNodes.includes(e.node.name)) this.#notify(r.name);
+      for (const [key, r] of this.#store.chain.rollouts) if (isActive(r) && e.node && r.waveNodes.includes(e.node.name)) this.#notify(key);
     });
   }
 
-  /** Calls `listener(name)` whenever a rollout's status may have changed; returns the remover. */
-  watch(listener: (name: string) => void): () => void {
+  /** Calls `listener(key)` (rolloutKey) whenever a rollout's status may have changed; returns the remover. */
+  watch(listener: (key: string) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
   }
 
-  #notify(name: string): void {
-    for (const l of this.#listeners) l(name);
+  #notify(key: string): void {
+    for (const l of this.#listeners) l(key);
   }
 
   #totals(node: string): DropTotals {
@@ -111,21 +113,21 @@ export class RolloutManager {
   }
 
   #baseline(r: Rollout): Map<string, DropTotals> {
-    const key = `${r.name}@${r.changeRevision}#${r.currentWave}`;
+    const key = `${rolloutKeyOf(r)}@${r.changeRevision}#${r.currentWave}`;
     let b = this.#baselines.get(key);
     if (!b) this.#baselines.set(key, (b = new Map()));
     for (const n of r.waveNodes) if (!b.has(n)) b.set(n, this.#totals(n));
     return b;
   }
 
-  /** Names of every rollout the log holds. */
+  /** Keys (rolloutKey: kind and name) of every rollout the log holds. */
   names(): string[] {
     return [...this.#store.chain.rollouts.keys()];
   }
 
-  /** Live status of one rollout, or undefined if there is none. */
-  status(name: string): RolloutStatus | undefined {
-    const r = this.#store.chain.rollouts.get(name);
+  /** Live status of one rollout by its key (rolloutKey), or undefined if there is none. */
+  status(key: string): RolloutStatus | undefined {
+    const r = this.#store.chain.rollouts.get(key);
     if (!r) return undefined;
     const waves: WaveStatus[] = [];
     const strategy = r.strategy;
@@ -170,8 +172,7 @@ export class RolloutManager {
   }
 
   #selectedNodes(r: Rollout): { name: string; labels: Record<string, string> }[] {
-    const policy = this.#store.chain.policies.get(r.name);
-    const selector = policy?.spec?.nodeSelector ?? r.previous?.spec?.nodeSelector;
+    const selector = rolloutSelector(this.#store.chain, r);
     return this.#registry
       .list()
       .filter((n) => matchesLabelSelector(selector, n.labels))
@@ -188,7 +189,7 @@ export class RolloutManager {
           this.#endSpan(r);
           continue;
         }
-        await this.#evaluate(r).catch((err: unknown) => this.#o.onError?.(`evaluate rollout ${r.name}`, err));
+        await this.#evaluate(r).catch((err: unknown) => this.#o.onError?.(`evaluate rollout of ${rolloutKindName(r.kind)} ${r.name}`, err));
       }
     } finally {
       this.#busy = false;
@@ -196,10 +197,10 @@ export class RolloutManager {
   }
 
   #span(r: Rollout): void {
-    const key = `${r.name}@${r.changeRevision}#${r.currentWave}`;
+    const key = `${rolloutKeyOf(r)}@${r.changeRevision}#${r.currentWave}`;
     if (this.#spans.has(key)) return;
     for (const [k, s] of this.#spans) {
-      if (k.startsWith(`${r.name}@`)) {
+      if (k.startsWith(`${rolloutKeyOf(r)}@`)) {
         s.setAttribute('edgeplane.outcome', 'advanced');
         s.end();
         this.#spans.delete(k);
@@ -208,7 +209,7 @@ export class RolloutManager {
     const parent = extractTraceContext(r.traceContext?.traceparent ? { traceparent: r.traceContext.traceparent, tracestate: r.traceContext.tracestate } : undefined);
     const span = tracer.startSpan(
       'edgeplane.rollout.wave',
-      { startTime: r.waveStartTime ?? new Date(), attributes: { 'edgeplane.policy': r.name, 'edgeplane.wave': r.currentWave, 'edgeplane.wave.nodes': r.waveNodes.length, 'edgeplane.revision': Number(r.changeRevision) } },
+      { startTime: r.waveStartTime ?? new Date(), attributes: { [`edgeplane.${rolloutKindName(r.kind)}`]: r.name, 'edgeplane.rollout.kind': rolloutKindName(r.kind), 'edgeplane.wave': r.currentWave, 'edgeplane.wave.nodes': r.waveNodes.length, 'edgeplane.revision': Number(r.changeRevision) } },
       parent,
     );
     this.#spans.set(key, span);
@@ -216,7 +217,7 @@ export class RolloutManager {
 
   #endSpan(r: Rollout): void {
     for (const [k, s] of this.#spans) {
-      if (!k.startsWith(`${r.name}@${r.changeRevision}#`)) continue;
+      if (!k.startsWith(`${rolloutKeyOf(r)}@${r.changeRevision}#`)) continue;
       const failed = r.state === RolloutState.ROLLOUT_STATE_FAILED || r.state === RolloutState.ROLLOUT_STATE_ABORTED;
       s.setAttribute('edgeplane.outcome', RolloutState[r.state].replace('ROLLOUT_STATE_', '').toLowerCase());
       if (failed) s.setStatus({ code: SpanStatusCode.ERROR, message: r.reason });
@@ -272,7 +273,7 @@ export class RolloutManager {
   /** Writes the next wave (or success), if the log still holds the rollout as evaluated. */
   async #advance(r: Rollout): Promise<void> {
     await this.#store.write((chain) => {
-      const current = chain.rollouts.get(r.name);
+      const current = chain.rollouts.get(rolloutKeyOf(r));
       if (!current || current.resourceVersion !== r.resourceVersion || current.state !== RolloutState.ROLLOUT_STATE_PROGRESSING) return undefined;
       const now = this.#now();
       const last = current.currentWave + 1 >= (current.strategy?.waves.length ?? 0);
@@ -285,16 +286,16 @@ export class RolloutManager {
             waveStartTime: now,
             updateTime: now,
           });
-      this.#o.log?.(last ? 'rollout succeeded' : 'rollout wave started', { policy: r.name, wave: next.currentWave + 1, nodes: next.waveNodes.length });
+      this.#o.log?.(last ? 'rollout succeeded' : 'rollout wave started', { [rolloutKindName(r.kind)]: r.name, wave: next.currentWave + 1, nodes: next.waveNodes.length });
       return { upserts: [], deletes: [], rollouts: [next], serviceUpserts: [], serviceDeletes: [] };
     }, r.traceContext);
   }
 
   async #fail(r: Rollout, reason: string): Promise<void> {
     await this.#store.write((chain) => {
-      const current = chain.rollouts.get(r.name);
+      const current = chain.rollouts.get(rolloutKeyOf(r));
       if (!current || current.resourceVersion !== r.resourceVersion || current.state !== RolloutState.ROLLOUT_STATE_PROGRESSING) return undefined;
-      this.#o.log?.('rollout failed', { policy: r.name, reason });
+      this.#o.log?.('rollout failed', { [rolloutKindName(r.kind)]: r.name, reason });
       return revertChange(current, RolloutState.ROLLOUT_STATE_FAILED, reason, this.#now());
     }, r.traceContext);
   }

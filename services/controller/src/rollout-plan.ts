@@ -1,5 +1,19 @@
 import { createHash } from 'node:crypto';
-import { Policy, Rollout, RolloutState, matchesLabelSelector, type Change, type LabelSelector, type RolloutStrategy_Staged } from '@edgeplane/proto';
+import {
+  Policy,
+  Rollout,
+  RolloutKind,
+  RolloutState,
+  Service,
+  isServiceRollout,
+  matchesLabelSelector,
+  type Change,
+  type LabelSelector,
+  type RolloutStrategy_Staged,
+  type TraceContext,
+} from '@edgeplane/proto';
+import type { IntentChain } from '@edgeplane/intent-log';
+import { ValidationError } from './errors.js';
 
 /** A node as the plan needs it. */
 export interface PlanNode {
@@ -40,16 +54,71 @@ export function isActive(r: Rollout | undefined): r is Rollout {
   return r?.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r?.state === RolloutState.ROLLOUT_STATE_PAUSED;
 }
 
+/** What a rollout may change: a policy or a service (each has a node selector in its spec). */
+export type RolloutResource = { kind: RolloutKind.ROLLOUT_KIND_POLICY; previous: Policy | undefined } | { kind: RolloutKind.ROLLOUT_KIND_SERVICE; previous: Service | undefined };
+
+/**
+ * The record that starts a staged rollout of the change written at `revision` to the resource
+ * `name` (a policy or a service): wave 1 is computed from `nodes`, the nodes the new version
+ * selects. The previous version (undefined: the change creates the resource) is kept in the
+ * record, so agents outside the waves and a revert can use it. Pure.
+ */
+export function startRollout(
+  resource: RolloutResource,
+  name: string,
+  strategy: RolloutStrategy_Staged,
+  revision: bigint,
+  nodes: readonly PlanNode[],
+  now: Date,
+  trace: TraceContext | undefined,
+): Rollout {
+  return Rollout.fromPartial({
+    name,
+    kind: resource.kind,
+    ...(resource.previous ? (resource.kind === RolloutKind.ROLLOUT_KIND_SERVICE ? { previousService: resource.previous } : { previous: resource.previous }) : {}),
+    changeRevision: revision,
+    strategy,
+    state: RolloutState.ROLLOUT_STATE_PROGRESSING,
+    currentWave: 0,
+    waveNodes: waveMembers(strategy, revision, nodes, 0),
+    waveStartTime: now,
+    traceContext: trace,
+    resourceVersion: revision,
+    promotedWave: -1,
+    createTime: now,
+    updateTime: now,
+  });
+}
+
+/**
+ * The node selector a rollout's waves choose from: the resource's as stored (the target), or
+ * the previous version's once the stored one is gone.
+ */
+export function rolloutSelector(chain: Pick<IntentChain, 'policies' | 'services'>, r: Rollout): LabelSelector | undefined {
+  if (isServiceRollout(r)) return chain.services.get(r.name)?.spec?.nodeSelector ?? r.previousService?.spec?.nodeSelector;
+  return chain.policies.get(r.name)?.spec?.nodeSelector ?? r.previous?.spec?.nodeSelector;
+}
+
 /**
  * The change that stops a rollout and puts back what was there before it: the previous
- * version of the policy (or no policy, if the rollout created it), and the rollout record in
- * its final state with the reason.
+ * version of the policy or service (or none, if the rollout created it), and the rollout
+ * record in its final state with the reason.
  */
 export function revertChange(rollout: Rollout, state: RolloutState.ROLLOUT_STATE_FAILED | RolloutState.ROLLOUT_STATE_ABORTED, reason: string, now: Date): Change {
   const record = Rollout.fromPartial({ ...rollout, state, reason, updateTime: now });
-  if (rollout.previous) {
-    const previous = Policy.fromPartial({ ...rollout.previous, metadata: { ...rollout.previous.metadata, updateTime: now } });
-    return { upserts: [previous], deletes: [], rollouts: [record], serviceUpserts: [], serviceDeletes: [] };
+  const change: Change = { upserts: [], deletes: [], rollouts: [record], serviceUpserts: [], serviceDeletes: [] };
+  if (isServiceRollout(rollout)) {
+    // The record goes after the delete in the chain's order, so it survives it.
+    if (rollout.previousService) change.serviceUpserts.push(Service.fromPartial({ ...rollout.previousService, metadata: { ...rollout.previousService.metadata, updateTime: now } }));
+    else change.serviceDeletes.push(rollout.name);
+  } else if (rollout.previous) change.upserts.push(Policy.fromPartial({ ...rollout.previous, metadata: { ...rollout.previous.metadata, updateTime: now } }));
+  else change.deletes.push(rollout.name);
+  return change;
+}
+
+/** Refuses a rollout kind this controller does not know (a newer client's). @throws ValidationError */
+export function checkRolloutKind(kind: RolloutKind, field = 'kind'): void {
+  if (!(kind in RolloutKind) || kind === RolloutKind.UNRECOGNIZED) {
+    throw new ValidationError(`invalid ${field}`, [{ field, description: `unknown rollout kind ${kind}; expected ROLLOUT_KIND_POLICY or ROLLOUT_KIND_SERVICE`, reason: 'INVALID_KIND' }]);
   }
-  return { upserts: [], deletes: [rollout.name], rollouts: [record], serviceUpserts: [], serviceDeletes: [] };
 }

@@ -2,7 +2,7 @@
 // embedded nats-server and the signed log. Every call goes over gRPC as a client's would.
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
-import { ApplyPolicyRequest, ApplyServiceRequest, DeleteServiceRequest, Protocol, Service, type DeepPartial, type ServiceSpec } from '@edgeplane/proto';
+import { ApplyPolicyRequest, ApplyServiceRequest, DeleteServiceRequest, GetRolloutRequest, Protocol, RolloutKind, RolloutState, Service, type DeepPartial, type PolicySpec, type ServiceSpec } from '@edgeplane/proto';
 import { call, detailsOf } from '../../../test/support/grpc.js';
 import { samplePolicy } from './helpers.js';
 import { clientsFor, newKey, startTlsController, type ClientCert, type Clients } from './trust-helpers.js';
@@ -147,16 +147,73 @@ test.serial('IntentService services - a second service on the same VIP, port and
   for (const name of ['first', 'second', 'third']) await remove(name);
 });
 
-test.serial('IntentService services - a staged rollout strategy is refused as not supported yet, not ignored', async (t) => {
-  const staged = sampleService('staged', { rolloutStrategy: { strategy: { $case: 'staged', staged: { waves: [{ target: { $case: 'percent', percent: 50 } }] } } } });
-  const err = await refusal(apply(staged));
-  t.is(err.code, grpc.status.INVALID_ARGUMENT);
-  const v = detailsOf(err)!.fieldViolations;
-  t.deepEqual(v.map((x) => [x.field, x.reason]), [['service.spec.rollout_strategy.staged', 'NOT_SUPPORTED']]);
-  t.regex(v[0]!.description, /staged rollouts of services are not supported yet/);
-  const immediate = await apply(sampleService('staged', { rolloutStrategy: { strategy: { $case: 'immediate', immediate: {} } } }));
-  t.true(immediate.created);
-  await remove('staged');
+const longWaves = { waves: [{ target: { $case: 'percent' as const, percent: 50 }, bakeTime: { seconds: 600n, nanos: 0 } }, { target: { $case: 'percent' as const, percent: 100 } }] };
+const stagedStrategy = { strategy: { $case: 'staged' as const, staged: longWaves } };
+const rolloutOf = (name: string, kind: RolloutKind) => call(viewer.fleet, viewer.fleet.getRollout, { name, kind });
+const steer = (name: string, kind: RolloutKind, action: 'pause' | 'abort', reason = '') =>
+  action === 'pause' ? call(operator.intent, operator.intent.pauseRollout, { name, kind, reason }) : call(operator.intent, operator.intent.abortRollout, { name, kind, reason });
+
+test.serial('IntentService services - a staged strategy starts a rollout of the service, apart from a policy of the same name', async (t) => {
+  const v1 = await apply(sampleService('twin', { vip: '192.0.2.20' }));
+  const policy = await call(operator.intent, operator.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy('twin', {}, 1, { rolloutStrategy: stagedStrategy } as Partial<PolicySpec>) }));
+  const v2 = await apply(sampleService('twin', { vip: '192.0.2.20', backends: [{ address: '10.0.0.9' }], rolloutStrategy: stagedStrategy }));
+  t.false(v2.unchanged);
+  const svc = (await rolloutOf('twin', RolloutKind.ROLLOUT_KIND_SERVICE)).status!.rollout!;
+  t.is(svc.kind, RolloutKind.ROLLOUT_KIND_SERVICE);
+  t.is(svc.state, RolloutState.ROLLOUT_STATE_PROGRESSING);
+  t.is(svc.changeRevision, v2.revision);
+  t.deepEqual(svc.previousService?.spec?.backends.map((b) => b.address), ['10.0.0.1', '10.0.0.2'], 'the record holds the service it replaces');
+  t.is(svc.previous, undefined);
+  // A request without a kind (as before services had rollouts) names the policy's.
+  const pol = (await call(viewer.fleet, viewer.fleet.getRollout, GetRolloutRequest.fromPartial({ name: 'twin' }))).status!.rollout!;
+  t.is(pol.kind, RolloutKind.ROLLOUT_KIND_POLICY);
+  t.is(pol.changeRevision, policy.revision);
+  const listed = (await call(viewer.fleet, viewer.fleet.listRollouts, { pageSize: 0, pageToken: '', activeOnly: true })).rollouts.map((r) => [r.rollout!.kind, r.rollout!.name]);
+  t.deepEqual(listed, [[RolloutKind.ROLLOUT_KIND_SERVICE, 'twin'], [RolloutKind.ROLLOUT_KIND_POLICY, 'twin']], 'newest first, both kinds');
+
+  // A change while the rollout runs is refused; the same apply again is a no-op.
+  t.true((await apply(sampleService('twin', { vip: '192.0.2.20', backends: [{ address: '10.0.0.9' }], rolloutStrategy: stagedStrategy }))).unchanged);
+  const busy = await refusal(apply(sampleService('twin', { vip: '192.0.2.20', backends: [{ address: '10.0.0.8' }] })));
+  t.is(busy.code, grpc.status.FAILED_PRECONDITION);
+  t.regex(busy.details, /service twin has a rollout in progress \(wave 1 of 2\)/);
+
+  // Steering one leaves the other alone.
+  await steer('twin', RolloutKind.ROLLOUT_KIND_SERVICE, 'pause', 'looking');
+  t.is((await rolloutOf('twin', RolloutKind.ROLLOUT_KIND_SERVICE)).status!.rollout!.state, RolloutState.ROLLOUT_STATE_PAUSED);
+  t.is((await rolloutOf('twin', RolloutKind.ROLLOUT_KIND_POLICY)).status!.rollout!.state, RolloutState.ROLLOUT_STATE_PROGRESSING);
+  const aborted = await steer('twin', RolloutKind.ROLLOUT_KIND_SERVICE, 'abort', 'not today');
+  t.is(aborted.rollout?.state, RolloutState.ROLLOUT_STATE_ABORTED);
+  const reverted = (await call(viewer.intent, viewer.intent.getService, { name: 'twin' })).service!;
+  t.deepEqual(reverted.spec?.backends.map((b) => b.address), ['10.0.0.1', '10.0.0.2'], 'abort put the previous version back');
+  t.is(reverted.metadata?.resourceVersion, aborted.revision);
+  t.is(reverted.metadata?.createRevision, v1.revision);
+  t.is((await rolloutOf('twin', RolloutKind.ROLLOUT_KIND_POLICY)).status!.rollout!.state, RolloutState.ROLLOUT_STATE_PROGRESSING, 'the policy of the same name still rolls out');
+  await steer('twin', RolloutKind.ROLLOUT_KIND_POLICY, 'abort');
+  t.is((await refusal(call(viewer.intent, viewer.intent.getPolicy, { name: 'twin' }))).code, grpc.status.NOT_FOUND, 'the policy its rollout created is gone');
+  t.is((await call(viewer.intent, viewer.intent.getService, { name: 'twin' })).service?.metadata?.resourceVersion, aborted.revision, 'the service is untouched');
+  // After the rollout, changes go through again.
+  t.false((await apply(sampleService('twin', { vip: '192.0.2.20', backends: [{ address: '10.0.0.8' }] }))).unchanged);
+  await remove('twin');
+});
+
+test.serial('IntentService services - aborting the rollout that created a service deletes it; deleting a service ends its rollout', async (t) => {
+  await apply(sampleService('fresh', { vip: '192.0.2.21', rolloutStrategy: stagedStrategy }));
+  t.is((await rolloutOf('fresh', RolloutKind.ROLLOUT_KIND_SERVICE)).status!.rollout!.previousService, undefined);
+  await steer('fresh', RolloutKind.ROLLOUT_KIND_SERVICE, 'abort');
+  t.is((await refusal(call(viewer.intent, viewer.intent.getService, { name: 'fresh' }))).code, grpc.status.NOT_FOUND);
+  t.is((await rolloutOf('fresh', RolloutKind.ROLLOUT_KIND_SERVICE)).status!.rollout!.state, RolloutState.ROLLOUT_STATE_ABORTED, 'the record stays, final');
+  t.is((await refusal(rolloutOf('fresh', RolloutKind.ROLLOUT_KIND_POLICY))).code, grpc.status.NOT_FOUND, 'no policy named fresh has a rollout');
+
+  await apply(sampleService('doomed', { vip: '192.0.2.22', rolloutStrategy: stagedStrategy }));
+  await remove('doomed');
+  t.is((await refusal(rolloutOf('doomed', RolloutKind.ROLLOUT_KIND_SERVICE))).code, grpc.status.NOT_FOUND, 'the record went with the service, as a policy\'s does');
+  t.true((await apply(sampleService('doomed', { vip: '192.0.2.22' }))).created, 'and a new one is written at once');
+  await remove('doomed');
+  // Steering a rollout that does not exist, or of an unknown kind, is refused.
+  t.is((await refusal(steer('nothing', RolloutKind.ROLLOUT_KIND_SERVICE, 'pause'))).code, grpc.status.NOT_FOUND);
+  const bad = await refusal(rolloutOf('fresh', 7 as RolloutKind));
+  t.is(bad.code, grpc.status.INVALID_ARGUMENT);
+  t.deepEqual(detailsOf(bad)!.fieldViolations.map((v) => [v.field, v.reason]), [['kind', 'INVALID_KIND']]);
 });
 
 test.serial('IntentService services - list pages in name order and filters by labels', async (t) => {

@@ -2,7 +2,7 @@
 // one node's real certificate, no certificate at all, and each operator role.
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
-import { ApplyPolicyRequest, DeletePolicyRequest } from '@edgeplane/proto';
+import { AbortRolloutRequest, ApplyPolicyRequest, DeletePolicyRequest, PauseRolloutRequest, RolloutKind } from '@edgeplane/proto';
 import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { join } from 'node:path';
@@ -67,7 +67,7 @@ test('node certificate - cannot apply, delete, read policies, create tokens or i
   await call(admin.intent, admin.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy('keep') }));
   await refused(call(n1.intent, n1.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy('evil') })), grpc.status.PERMISSION_DENIED, 'ROLE_NOT_ALLOWED');
   await refused(call(n1.intent, n1.intent.deletePolicy, DeletePolicyRequest.fromPartial({ name: 'keep' })), grpc.status.PERMISSION_DENIED);
-  await refused(call(n1.intent, n1.intent.abortRollout, { name: 'keep', reason: 'x' }), grpc.status.PERMISSION_DENIED);
+  await refused(call(n1.intent, n1.intent.abortRollout, AbortRolloutRequest.fromPartial({ name: 'keep', reason: 'x', kind: RolloutKind.ROLLOUT_KIND_SERVICE })), grpc.status.PERMISSION_DENIED);
   await refused(call(n1.intent, n1.intent.listPolicies, list), grpc.status.PERMISSION_DENIED);
   await refused(call(n1.trust, n1.trust.createJoinToken, { ttl: undefined, labels: {} }), grpc.status.PERMISSION_DENIED);
   await refused(call(n1.trust, n1.trust.issueCertificate, { role: 'admin', name: 'me', publicKey: newKey().publicDer, lifetime: undefined }), grpc.status.PERMISSION_DENIED);
@@ -103,7 +103,7 @@ test('viewer - reads, cannot write', async (t) => {
   t.truthy(await call(v.fleet, v.fleet.listNodes, list));
   await refused(call(v.intent, v.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: samplePolicy('v') })), grpc.status.PERMISSION_DENIED);
   await refused(call(v.intent, v.intent.deletePolicy, DeletePolicyRequest.fromPartial({ name: 'keep' })), grpc.status.PERMISSION_DENIED);
-  await refused(call(v.intent, v.intent.pauseRollout, { name: 'keep', reason: '' }), grpc.status.PERMISSION_DENIED);
+  await refused(call(v.intent, v.intent.pauseRollout, PauseRolloutRequest.fromPartial({ name: 'keep' })), grpc.status.PERMISSION_DENIED);
 });
 
 test('operator - applies and deletes, cannot create tokens, revoke or issue certificates', async (t) => {

@@ -108,6 +108,7 @@ export {
   compileNode,
   compileNodeServices,
   effectivePolicies,
+  effectiveVersions,
   ruleId,
   type CompiledIntent,
   type CompiledRole,

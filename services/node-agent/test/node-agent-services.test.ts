@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { metrics } from '@opentelemetry/api';
 import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
-import { Action, InterfaceRole, LogEntry, Policy, Protocol, RevisionOutcome, keyIdOf, parseAddress, signLogEntry, type ConditionReport, type Service, type RevisionReport } from '@edgeplane/proto';
+import { Action, InterfaceRole, LogEntry, Policy, Protocol, RevisionOutcome, Rollout, RolloutKind, RolloutState, keyIdOf, parseAddress, signLogEntry, type ConditionReport, type Service, type RevisionReport } from '@edgeplane/proto';
 import { IntentChain } from '@edgeplane/intent-log';
 import { CONDITION_HEALTH_APPLY_FAILED, NodeAgent } from '../src/agent/node-agent.js';
 import { StateFile, type StateStore } from '../src/agent/state-file.js';
@@ -50,6 +50,7 @@ interface Change {
   policies?: Policy[];
   services?: Service[];
   serviceDeletes?: string[];
+  rollouts?: Rollout[];
 }
 
 /** Appends a signed entry with `change` to `chain` (the chain takes whatever is signed: a forged or skewed service too). */
@@ -58,7 +59,7 @@ function advance(chain: IntentChain, change: Change): LogEntry {
   const entry = LogEntry.fromPartial({
     revision,
     previousHash: Buffer.from(chain.lastHash),
-    change: { upserts: change.policies ?? [], deletes: [], serviceUpserts: (change.services ?? []).map((s) => ({ ...s, metadata: { ...s.metadata!, resourceVersion: revision } })), serviceDeletes: change.serviceDeletes ?? [] },
+    change: { upserts: change.policies ?? [], deletes: [], rollouts: change.rollouts ?? [], serviceUpserts: (change.services ?? []).map((s) => ({ ...s, metadata: { ...s.metadata!, resourceVersion: revision } })), serviceDeletes: change.serviceDeletes ?? [] },
   });
   return chain.append(signLogEntry(entry, privateKey), revision).entry;
 }
@@ -371,6 +372,48 @@ test('NodeAgent services - health that moved under an apply without being told (
   t.false(h.uplink.lb!.services[0]!.backends[1]!.healthy, 'the agent noticed and applied it');
   t.is(h.agent.status.healthApplies, 1);
   t.deepEqual([...spread(h.uplink, '192.0.2.11', 443).keys()], ['10.0.0.1:443']);
+});
+
+/** A rollout record of service `name`, in progress, whose waves so far hold `waveNodes`. */
+function serviceRollout(name: string, waveNodes: string[], previousService?: Service, state = RolloutState.ROLLOUT_STATE_PROGRESSING): Rollout {
+  return Rollout.fromPartial({ name, kind: RolloutKind.ROLLOUT_KIND_SERVICE, ...(previousService ? { previousService } : {}), state, waveNodes, strategy: { waves: [{ target: { $case: 'percent', percent: 50 } }, { target: { $case: 'percent', percent: 100 } }] } });
+}
+
+test('NodeAgent services - under a staged rollout a service is its target version on the wave nodes, its previous one (or none) elsewhere, health re-applies included; a policy of its name is apart', async (t) => {
+  const h = harness();
+  t.teardown(() => h.agent.close());
+  const v1 = service('web', { ...edge, backends: [{ address: '10.0.0.1' }, { address: '10.0.0.2' }] });
+  await h.push({ policies: [denyPort('web', 23)], services: [v1] });
+  const stored = h.chain.services.get('web')!;
+  const v2 = service('web', { ...edge, backends: [{ address: '10.0.0.3' }] });
+  const backends = (): string[] => [...spread(h.uplink, '192.0.2.10', 443).keys()].sort();
+
+  // Wave 1 is another node: n1 keeps v1, and the policy of the same name is untouched.
+  t.like(await h.push({ services: [v2], rollouts: [serviceRollout('web', ['n2'], stored)] }), { outcome: RevisionOutcome.REVISION_OUTCOME_ACK });
+  t.deepEqual(backends(), ['10.0.0.1:443', '10.0.0.2:443'], 'outside the wave: the previous version');
+  t.is(h.uplink.classify(buildFrame({ src: '198.18.0.7', dst: '10.0.0.1', protocol: 'tcp', srcPort: 40_000, dstPort: 23 })).verdict, 'drop', 'policy web is enforced as stored');
+  // A health re-apply of the revision in force compiles the same version.
+  h.down.add('web 10.0.0.1 443');
+  await h.healthChanged();
+  t.deepEqual(backends(), ['10.0.0.2:443'], 'the previous version, with its unhealthy backend out');
+  h.down.clear();
+  await h.healthChanged();
+
+  // The next wave takes n1: the target version.
+  await h.push({ rollouts: [serviceRollout('web', ['n1', 'n2'], stored)] });
+  t.deepEqual(backends(), ['10.0.0.3:443']);
+  // A policy rollout of the same name does not choose the service's version.
+  await h.push({ rollouts: [serviceRollout('web', ['n2'], stored), Rollout.fromPartial({ name: 'web', kind: RolloutKind.ROLLOUT_KIND_POLICY, state: RolloutState.ROLLOUT_STATE_PROGRESSING, waveNodes: ['n1'] })] });
+  t.deepEqual(backends(), ['10.0.0.1:443', '10.0.0.2:443']);
+  // Finished: the stored version everywhere.
+  await h.push({ rollouts: [serviceRollout('web', ['n2'], stored, RolloutState.ROLLOUT_STATE_SUCCEEDED)] });
+  t.deepEqual(backends(), ['10.0.0.3:443']);
+
+  // A rollout that creates a service: nothing outside its waves.
+  await h.push({ services: [service('fresh', { ...edge, vip: '192.0.2.12' })], rollouts: [serviceRollout('fresh', ['n2'])] });
+  t.deepEqual(names(h.uplink.lb), ['web']);
+  await h.push({ rollouts: [serviceRollout('fresh', ['n1', 'n2'])] });
+  t.deepEqual(names(h.uplink.lb), ['web', 'fresh']);
 });
 
 test('MemoryDatapath - keeps the LbSpec it was given; the same rule set and services are unchanged, other services are installed', async (t) => {

@@ -1,4 +1,4 @@
-import { ApplyPolicyRequest, ApplyServiceRequest, matchesLabelSelector, type Policy } from '@edgeplane/proto';
+import { ApplyPolicyRequest, ApplyServiceRequest, matchesLabelSelector, type LabelSelector } from '@edgeplane/proto';
 import type { Command, CommandContext, Flags } from '../command.js';
 import { parseDurationMs } from '../duration.js';
 import { CliError, UsageError } from '../errors.js';
@@ -30,10 +30,11 @@ export const applyCommand: Command = {
 FILE:LINE:COL: FIELD: message. Documents are then applied in order; a server rejection maps the
 field path back to the line it is about.
 
-With --wait, the command follows the new revision until every node the applied policies select
-(now or before) runs it: a progress bar on a terminal, one line per change otherwise. It exits 3
-when a node NACKs the revision (printing the node and its reason) and 4 on --timeout. Services
-are not waited for: agents do not enforce them yet, so an ACK would not mean the VIP is served.
+With --wait, the command follows the new revision until every node the applied policies and
+services select (now or before) runs it: a progress bar on a terminal, one line per change
+otherwise. It exits 3 when a node NACKs the revision (printing the node and its reason) and 4 on
+--timeout. With a staged rollout strategy, nodes outside the first wave run the revision with
+the previous version; follow the waves with rollout status [service/]NAME --watch.
 
 Examples:
   edgeplane apply -f examples/
@@ -60,24 +61,34 @@ Examples:
       return ExitCode.OK;
     }
     const api = ctx.api();
-    // For --wait: the nodes each policy selects before the change, so nodes it stops selecting are waited for too.
-    const before = new Map<string, Policy | undefined>();
-    if (wait) for (const m of manifests) if (m.kind === 'policy') before.set(m.policy.metadata!.name, (await api.getPolicy(m.policy.metadata!.name))?.policy);
+    // For --wait: the nodes each policy or service selects before the change, so nodes it stops selecting are waited for too.
+    const before: (LabelSelector | undefined)[] = [];
+    if (wait) {
+      for (const m of manifests) {
+        const existing = m.kind === 'policy' ? (await api.getPolicy(m.policy.metadata!.name))?.policy : (await api.getService(m.service.metadata!.name))?.service;
+        if (existing) before.push(existing.spec?.nodeSelector);
+      }
+    }
 
     let failed = false;
     let revision = 0n;
-    const applied: Policy[] = [];
+    // The node selectors of what was applied (policies and services alike).
+    const applied: (LabelSelector | undefined)[] = [];
     for (const m of manifests) {
       try {
         let res: { created: boolean; unchanged: boolean; revision: bigint };
         if (m.kind === 'policy') {
           const r = await api.applyPolicy(ApplyPolicyRequest.fromPartial({ policy: m.policy, validateOnly: dryRun === 'server', allowLargeGrowth: flags.boolean('allow-large-growth') }));
-          if (r.policy) applied.push(r.policy);
+          if (r.policy) applied.push(r.policy.spec?.nodeSelector);
           const rv = r.revision || r.policy?.metadata?.resourceVersion || 0n;
           if (rv > revision) revision = rv;
           res = r;
         } else {
-          res = await api.applyService(ApplyServiceRequest.fromPartial({ service: m.service, validateOnly: dryRun === 'server' }));
+          const r = await api.applyService(ApplyServiceRequest.fromPartial({ service: m.service, validateOnly: dryRun === 'server' }));
+          if (r.service) applied.push(r.service.spec?.nodeSelector);
+          const rv = r.revision || r.service?.metadata?.resourceVersion || 0n;
+          if (rv > revision) revision = rv;
+          res = r;
         }
         const verb = res.unchanged ? 'unchanged' : res.created ? 'created' : 'configured';
         const suffix = dryRun === 'server' ? ' (server dry run)' : res.revision ? ` (revision ${res.revision})` : '';
@@ -90,14 +101,9 @@ Examples:
     }
     if (failed) return ExitCode.ERROR;
     if (!wait) return ExitCode.OK;
-    if (manifests.some((m) => m.kind === 'service')) io.stdout.write('services are not waited for: agents do not enforce them yet\n');
-
     const nodes = await api.listNodes('');
-    const selected = new Set(
-      nodes
-        .filter((n) => applied.some((p) => matchesLabelSelector(p.spec?.nodeSelector, n.labels) || (before.get(p.metadata!.name) && matchesLabelSelector(before.get(p.metadata!.name)!.spec?.nodeSelector, n.labels))))
-        .map((n) => n.name),
-    );
+    const selectors = [...applied, ...before];
+    const selected = new Set(nodes.filter((n) => selectors.some((sel) => matchesLabelSelector(sel, n.labels))).map((n) => n.name));
     if (selected.size === 0) {
       io.stdout.write(`revision ${revision}: no nodes selected; nothing to wait for\n`);
       return ExitCode.OK;

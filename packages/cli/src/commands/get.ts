@@ -1,4 +1,4 @@
-import { LabelSelectorSyntaxError, parseLabelSelector, type Node, type Policy, type Service } from '@edgeplane/proto';
+import { LabelSelectorSyntaxError, RolloutStatus, parseLabelSelector, rolloutKindName, type Node, type Policy, type Service } from '@edgeplane/proto';
 import type { Command, CommandContext, Flags } from '../command.js';
 import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
@@ -6,6 +6,7 @@ import { renderNodeTable, renderPolicyTable, renderServiceTable } from '../rende
 import { reportError } from '../report.js';
 import { listOf, nodeToManifest, policyToManifest, serviceToManifest, toJson, toYaml, type Plain } from '../resource-format.js';
 import { KIND_WORDS, parseTargets } from '../resource-kind.js';
+import { renderRolloutTable } from './rollout.js';
 
 const OUTPUTS = ['table', 'wide', 'json', 'yaml', 'name'] as const;
 
@@ -27,24 +28,26 @@ export const SELECTOR_OPTION = { type: 'string', short: 'l', value: 'SELECTOR', 
 /** `edgeplane get`. */
 export const getCommand: Command = {
   name: 'get',
-  summary: 'List policies, services or nodes',
-  usage: ['get policies|services|nodes [NAME...] [-l SELECTOR] [-o wide|json|yaml|name]'],
+  summary: 'List policies, services, nodes or rollouts',
+  usage: ['get policies|services|nodes [NAME...] [-l SELECTOR] [-o wide|json|yaml|name]', 'get rollouts [-o json|yaml]'],
   details: `Examples:
   edgeplane get policies
   edgeplane get services -o wide
   edgeplane get nodes -l role=edge -o wide
   edgeplane get policy deny-telnet -o yaml
   edgeplane get service web -o json
+  edgeplane get rollouts
 
 A service's HEALTHY column counts the backends that no node fronting it finds unhealthy
 (by the nodes' own health checks): 8/10 means two backends take no new flows on some node
 (describe service says where and why); <none> means it has no health check.`,
-  arguments: KIND_WORDS,
+  arguments: [...KIND_WORDS, 'rollouts'],
   options: {
     output: { type: 'string', short: 'o', value: 'FORMAT', description: 'table (default), wide, json, yaml or name', choices: OUTPUTS.filter((o) => o !== 'table') },
     selector: SELECTOR_OPTION,
   },
   async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
+    if (positionals[0] === 'rollouts' || positionals[0] === 'rollout') return getRollouts(ctx, positionals.slice(1), flags);
     const { kind, names } = parseTargets(positionals);
     const output = flags.choice('output', OUTPUTS, 'table');
     const selector = selectorFlag(flags);
@@ -106,3 +109,17 @@ A service's HEALTHY column counts the backends that no node fronting it finds un
     return code;
   },
 };
+
+/** `get rollouts`: every rollout with its kind (policy or service), newest change first. */
+async function getRollouts(ctx: CommandContext, names: string[], flags: Flags): Promise<ExitCodeValue> {
+  if (names.length > 0) throw new UsageError('get rollouts takes no names; use rollout status [service/]NAME');
+  const output = flags.choice('output', OUTPUTS, 'table');
+  const rollouts = await ctx.api().listRollouts(false);
+  if (output === 'json' || output === 'yaml') {
+    const items = rollouts.map((s) => RolloutStatus.toJSON(s) as Plain);
+    ctx.io.stdout.write(output === 'json' ? toJson({ items }) : toYaml({ items }));
+  } else if (output === 'name') {
+    for (const s of rollouts) ctx.io.stdout.write(`rollout/${rolloutKindName(s.rollout!.kind)}/${s.rollout!.name}\n`);
+  } else ctx.io.stdout.write(renderRolloutTable(rollouts));
+  return ExitCode.OK;
+}

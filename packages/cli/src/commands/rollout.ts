@@ -1,9 +1,10 @@
-import { RolloutState, type RolloutStatus } from '@edgeplane/proto';
+import { RolloutKind, RolloutState, isServiceRollout, rolloutKindName, type RolloutStatus } from '@edgeplane/proto';
 import type { Command, CommandContext, Flags } from '../command.js';
 import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
+import { parseKind } from '../resource-kind.js';
 
-const ACTIONS = ['status', 'pause', 'resume', 'promote', 'abort'] as const;
+const ACTIONS = ['status', 'list', 'pause', 'resume', 'promote', 'abort'] as const;
 type Action = (typeof ACTIONS)[number];
 
 const stateName = (s: RolloutState | undefined): string => (s === undefined ? 'unknown' : RolloutState[s]?.replace('ROLLOUT_STATE_', '').toLowerCase() ?? String(s));
@@ -19,8 +20,8 @@ export function renderRollout(status: RolloutStatus, now: Date): string {
   const r = status.rollout!;
   const waves = r.strategy?.waves ?? [];
   const lines = [
-    `Rollout of policy ${r.name} (change at revision ${r.changeRevision}): ${stateName(r.state)}${r.reason ? ` - ${r.reason}` : ''}`,
-    `Wave ${Math.min(r.currentWave + 1, waves.length)} of ${waves.length}; ${r.waveNodes.length} node(s) run the change${r.previous ? '' : ' (a new policy)'}`,
+    `Rollout of ${rolloutKindName(r.kind)} ${r.name} (change at revision ${r.changeRevision}): ${stateName(r.state)}${r.reason ? ` - ${r.reason}` : ''}`,
+    `Wave ${Math.min(r.currentWave + 1, waves.length)} of ${waves.length}; ${r.waveNodes.length} node(s) run the change${(isServiceRollout(r) ? r.previousService : r.previous) ? '' : ` (a new ${rolloutKindName(r.kind)})`}`,
     'WAVE  TARGET                 NODES  DONE  FAILED  PENDING  STATE',
   ];
   for (const w of status.waves) {
@@ -36,14 +37,38 @@ export function renderRollout(status: RolloutStatus, now: Date): string {
   return lines.join('\n') + '\n';
 }
 
+/** The `get rollouts` / `rollout list` table, newest change first (pure). */
+export function renderRolloutTable(rollouts: readonly RolloutStatus[]): string {
+  const rows = [['KIND', 'NAME', 'REVISION', 'STATE', 'WAVE', 'NODES', 'REASON']];
+  for (const s of rollouts) {
+    const r = s.rollout!;
+    rows.push([rolloutKindName(r.kind), r.name, String(r.changeRevision), stateName(r.state), `${Math.min(r.currentWave + 1, r.strategy?.waves.length ?? 0)}/${r.strategy?.waves.length ?? 0}`, String(r.waveNodes.length), r.reason]);
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
+  return rows.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+/**
+ * The resource a rollout command names: `NAME` (a policy, as before services had rollouts),
+ * `policy/NAME` or `service/NAME`. @throws UsageError
+ */
+export function rolloutTarget(word: string): { kind: RolloutKind; name: string } {
+  if (!word.includes('/')) return { kind: RolloutKind.ROLLOUT_KIND_POLICY, name: word };
+  const { kind, name } = parseKind(word);
+  if (kind === 'node' || !name) throw new UsageError(`rollout: name a policy or a service (policy/NAME, service/NAME), not ${JSON.stringify(word)}`);
+  return { kind: kind === 'service' ? RolloutKind.ROLLOUT_KIND_SERVICE : RolloutKind.ROLLOUT_KIND_POLICY, name };
+}
+
 const finished = (s: RolloutStatus | undefined): boolean => !!s && s.rollout?.state !== RolloutState.ROLLOUT_STATE_PROGRESSING && s.rollout?.state !== RolloutState.ROLLOUT_STATE_PAUSED;
 
 /** `edgeplane rollout`. */
 export const rolloutCommand: Command = {
   name: 'rollout',
-  summary: 'Show and steer staged rollouts: status, pause, resume, promote, abort',
-  usage: ['rollout status POLICY [--watch] [--timeout 10m]', 'rollout pause|resume|promote|abort POLICY [--reason TEXT]'],
-  details: `A policy change with a staged rollout strategy reaches the nodes it selects wave by wave.
+  summary: 'Show and steer staged rollouts: list, status, pause, resume, promote, abort',
+  usage: ['rollout list [--active]', 'rollout status [policy/|service/]NAME [--watch] [--timeout 10m]', 'rollout pause|resume|promote|abort [policy/|service/]NAME [--reason TEXT]'],
+  details: `A policy or service change with a staged rollout strategy reaches the nodes it selects
+wave by wave. A bare NAME is a policy; service/NAME names a service's rollout.
+list shows every rollout with its kind (as get rollouts does); --active only those in progress.
 status shows the waves, the nodes done/failed/pending and the health-gate readings; --watch
 follows it until it ends (exit 6 if it failed or was aborted). promote skips the current wave's
 bake time; abort reverts the nodes that took the change.
@@ -51,25 +76,35 @@ bake time; abort reverts the nodes that took the change.
 Examples:
   edgeplane rollout status web --watch
   edgeplane rollout pause web --reason "investigating"
-  edgeplane rollout abort web`,
+  edgeplane rollout abort web
+  edgeplane rollout status service/frontend --watch`,
   arguments: ACTIONS,
   options: {
     watch: { type: 'boolean', short: 'w', description: 'follow the rollout until it ends' },
     timeout: { type: 'string', value: 'DURATION', description: 'with --watch: give up after this long (default 10m)' },
     reason: { type: 'string', value: 'TEXT', description: 'pause/abort: recorded in the log entry' },
+    active: { type: 'boolean', description: 'list: only rollouts in progress or paused' },
   },
   async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
-    const [action, name, ...rest] = positionals;
+    const [action, word, ...rest] = positionals;
     if (!action || !(ACTIONS as readonly string[]).includes(action)) throw new UsageError(`rollout: expected one of ${ACTIONS.join(', ')}`);
-    if (!name || rest.length > 0) throw new UsageError(`rollout ${action}: name exactly one policy`);
     const api = ctx.api();
-    if ((action as Action) !== 'status') {
-      const res = await api.rolloutAction(name, action as Exclude<Action, 'status'>, flags.string('reason') ?? '');
-      ctx.io.stdout.write(`rollout/${name} ${action === 'abort' ? 'aborted' : `${action}d`} (revision ${res.revision}): ${stateName(res.rollout?.state)}\n`);
+    if ((action as Action) === 'list') {
+      if (word) throw new UsageError('rollout list takes no name');
+      ctx.io.stdout.write(renderRolloutTable(await api.listRollouts(flags.boolean('active'))));
       return ExitCode.OK;
     }
-    const first = await api.getRollout(name);
-    if (!first) throw new CliError(`policy ${JSON.stringify(name)} has no rollout`);
+    if (!word || rest.length > 0) throw new UsageError(`rollout ${action}: name exactly one policy or service`);
+    const { kind, name } = rolloutTarget(word);
+    const what = `${rolloutKindName(kind)} ${name}`;
+    if ((action as Action) !== 'status') {
+      const res = await api.rolloutAction(name, action as Exclude<Action, 'status' | 'list'>, flags.string('reason') ?? '', kind);
+      const id = kind === RolloutKind.ROLLOUT_KIND_SERVICE ? `rollout/service/${name}` : `rollout/${name}`;
+      ctx.io.stdout.write(`${id} ${action === 'abort' ? 'aborted' : `${action}d`} (revision ${res.revision}): ${stateName(res.rollout?.state)}\n`);
+      return ExitCode.OK;
+    }
+    const first = await api.getRollout(name, kind);
+    if (!first) throw new CliError(`${what} has no rollout`);
     if (!flags.boolean('watch')) {
       ctx.io.stdout.write(renderRollout(first, ctx.now()));
       return ExitCode.OK;
@@ -89,11 +124,11 @@ Examples:
       shown = text;
       if (finished(status)) break;
       if (Date.now() > deadline) {
-        ctx.io.stderr.write(`rollout of ${name} did not finish within ${timeoutText}\n`);
+        ctx.io.stderr.write(`rollout of ${what} did not finish within ${timeoutText}\n`);
         return ExitCode.TIMEOUT;
       }
       await new Promise((r) => setTimeout(r, 500));
-      status = (await api.getRollout(name)) ?? status;
+      status = (await api.getRollout(name, kind)) ?? status;
     }
     const state = status!.rollout!.state;
     if (state === RolloutState.ROLLOUT_STATE_SUCCEEDED) return ExitCode.OK;

@@ -24,7 +24,7 @@ import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Connection, ConnectionFilter } from "./connections.js";
 import { ConntrackStatus, InterfaceCounters, RuleCounters } from "./counters.js";
 import { Node, RevisionOutcome, revisionOutcomeFromJSON, revisionOutcomeToJSON } from "./node.js";
-import { RolloutStatus } from "./rollout.js";
+import { RolloutKind, rolloutKindFromJSON, rolloutKindToJSON, RolloutStatus } from "./rollout.js";
 
 export const protobufPackage = "edgeplane.v1";
 
@@ -146,6 +146,8 @@ export interface ListConnectionsResponse {
 
 export interface GetRolloutRequest {
   name: string;
+  /** The resource's kind (UNSPECIFIED: a policy). */
+  kind: RolloutKind;
 }
 
 export interface GetRolloutResponse {
@@ -166,6 +168,8 @@ export interface ListRolloutsResponse {
 
 export interface WatchRolloutRequest {
   name: string;
+  /** The resource's kind (UNSPECIFIED: a policy). */
+  kind: RolloutKind;
 }
 
 export interface WatchRolloutResponse {
@@ -1016,13 +1020,16 @@ export const ListConnectionsResponse: MessageFns<ListConnectionsResponse> = {
 };
 
 function createBaseGetRolloutRequest(): GetRolloutRequest {
-  return { name: "" };
+  return { name: "", kind: 0 };
 }
 
 export const GetRolloutRequest: MessageFns<GetRolloutRequest> = {
   encode(message: GetRolloutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.name !== "") {
       writer.uint32(10).string(message.name);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(16).int32(message.kind);
     }
     return writer;
   },
@@ -1048,6 +1055,14 @@ export const GetRolloutRequest: MessageFns<GetRolloutRequest> = {
             message.name = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1061,13 +1076,19 @@ export const GetRolloutRequest: MessageFns<GetRolloutRequest> = {
   },
 
   fromJSON(object: any): GetRolloutRequest {
-    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      kind: isSet(object.kind) ? rolloutKindFromJSON(object.kind) : 0,
+    };
   },
 
   toJSON(message: GetRolloutRequest): unknown {
     const obj: any = {};
     if (message.name !== "") {
       obj.name = message.name;
+    }
+    if (message.kind !== 0) {
+      obj.kind = rolloutKindToJSON(message.kind);
     }
     return obj;
   },
@@ -1078,6 +1099,7 @@ export const GetRolloutRequest: MessageFns<GetRolloutRequest> = {
   fromPartial<I extends Exact<DeepPartial<GetRolloutRequest>, I>>(object: I): GetRolloutRequest {
     const message = createBaseGetRolloutRequest();
     message.name = object.name ?? "";
+    message.kind = object.kind ?? 0;
     return message;
   },
 };
@@ -1356,13 +1378,16 @@ export const ListRolloutsResponse: MessageFns<ListRolloutsResponse> = {
 };
 
 function createBaseWatchRolloutRequest(): WatchRolloutRequest {
-  return { name: "" };
+  return { name: "", kind: 0 };
 }
 
 export const WatchRolloutRequest: MessageFns<WatchRolloutRequest> = {
   encode(message: WatchRolloutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.name !== "") {
       writer.uint32(10).string(message.name);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(16).int32(message.kind);
     }
     return writer;
   },
@@ -1388,6 +1413,14 @@ export const WatchRolloutRequest: MessageFns<WatchRolloutRequest> = {
             message.name = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1401,13 +1434,19 @@ export const WatchRolloutRequest: MessageFns<WatchRolloutRequest> = {
   },
 
   fromJSON(object: any): WatchRolloutRequest {
-    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      kind: isSet(object.kind) ? rolloutKindFromJSON(object.kind) : 0,
+    };
   },
 
   toJSON(message: WatchRolloutRequest): unknown {
     const obj: any = {};
     if (message.name !== "") {
       obj.name = message.name;
+    }
+    if (message.kind !== 0) {
+      obj.kind = rolloutKindToJSON(message.kind);
     }
     return obj;
   },
@@ -1418,6 +1457,7 @@ export const WatchRolloutRequest: MessageFns<WatchRolloutRequest> = {
   fromPartial<I extends Exact<DeepPartial<WatchRolloutRequest>, I>>(object: I): WatchRolloutRequest {
     const message = createBaseWatchRolloutRequest();
     message.name = object.name ?? "";
+    message.kind = object.kind ?? 0;
     return message;
   },
 };
@@ -2805,7 +2845,7 @@ export const FleetServiceService = {
       Buffer.from(GetRevisionStatusResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetRevisionStatusResponse => GetRevisionStatusResponse.decode(value),
   },
-  /** Returns a rollout (by policy name) with its live progress and gate readings. */
+  /** Returns a rollout (by resource kind and name) with its live progress and gate readings. */
   getRollout: {
     path: "/edgeplane.v1.FleetService/GetRollout" as const,
     requestStream: false as const,
@@ -2883,7 +2923,7 @@ export interface FleetServiceServer extends UntypedServiceImplementation {
   getPolicyCounters: handleUnaryCall<GetPolicyCountersRequest, GetPolicyCountersResponse>;
   /** Returns how far one revision has reached: nodes at it or later, NACKs, pending nodes. */
   getRevisionStatus: handleUnaryCall<GetRevisionStatusRequest, GetRevisionStatusResponse>;
-  /** Returns a rollout (by policy name) with its live progress and gate readings. */
+  /** Returns a rollout (by resource kind and name) with its live progress and gate readings. */
   getRollout: handleUnaryCall<GetRolloutRequest, GetRolloutResponse>;
   /** Lists rollouts, newest change first. */
   listRollouts: handleUnaryCall<ListRolloutsRequest, ListRolloutsResponse>;
@@ -2976,7 +3016,7 @@ export interface FleetServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetRevisionStatusResponse) => void,
   ): ClientUnaryCall;
-  /** Returns a rollout (by policy name) with its live progress and gate readings. */
+  /** Returns a rollout (by resource kind and name) with its live progress and gate readings. */
   getRollout(
     request: GetRolloutRequest,
     callback: (error: ServiceError | null, response: GetRolloutResponse) => void,

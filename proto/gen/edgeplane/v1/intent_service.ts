@@ -22,7 +22,7 @@ import {
 } from "@grpc/grpc-js";
 import { SignedHistoryReset } from "./log.js";
 import { Policy } from "./policy.js";
-import { Rollout } from "./rollout.js";
+import { Rollout, RolloutKind, rolloutKindFromJSON, rolloutKindToJSON } from "./rollout.js";
 import { Service } from "./service.js";
 
 export const protobufPackage = "edgeplane.v1";
@@ -93,9 +93,11 @@ export interface ResetHistoryResponse {
 }
 
 export interface PauseRolloutRequest {
-  /** The policy's name. */
+  /** The resource's name. */
   name: string;
   reason: string;
+  /** The resource's kind (UNSPECIFIED: a policy). */
+  kind: RolloutKind;
 }
 
 export interface PauseRolloutResponse {
@@ -105,6 +107,8 @@ export interface PauseRolloutResponse {
 
 export interface ResumeRolloutRequest {
   name: string;
+  /** The resource's kind (UNSPECIFIED: a policy). */
+  kind: RolloutKind;
 }
 
 export interface ResumeRolloutResponse {
@@ -114,6 +118,8 @@ export interface ResumeRolloutResponse {
 
 export interface PromoteRolloutRequest {
   name: string;
+  /** The resource's kind (UNSPECIFIED: a policy). */
+  kind: RolloutKind;
 }
 
 export interface PromoteRolloutResponse {
@@ -124,6 +130,8 @@ export interface PromoteRolloutResponse {
 export interface AbortRolloutRequest {
   name: string;
   reason: string;
+  /** The resource's kind (UNSPECIFIED: a policy). */
+  kind: RolloutKind;
 }
 
 export interface AbortRolloutResponse {
@@ -427,7 +435,7 @@ export const ResetHistoryResponse: MessageFns<ResetHistoryResponse> = {
 };
 
 function createBasePauseRolloutRequest(): PauseRolloutRequest {
-  return { name: "", reason: "" };
+  return { name: "", reason: "", kind: 0 };
 }
 
 export const PauseRolloutRequest: MessageFns<PauseRolloutRequest> = {
@@ -437,6 +445,9 @@ export const PauseRolloutRequest: MessageFns<PauseRolloutRequest> = {
     }
     if (message.reason !== "") {
       writer.uint32(18).string(message.reason);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(24).int32(message.kind);
     }
     return writer;
   },
@@ -470,6 +481,14 @@ export const PauseRolloutRequest: MessageFns<PauseRolloutRequest> = {
             message.reason = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -486,6 +505,7 @@ export const PauseRolloutRequest: MessageFns<PauseRolloutRequest> = {
     return {
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      kind: isSet(object.kind) ? rolloutKindFromJSON(object.kind) : 0,
     };
   },
 
@@ -497,6 +517,9 @@ export const PauseRolloutRequest: MessageFns<PauseRolloutRequest> = {
     if (message.reason !== "") {
       obj.reason = message.reason;
     }
+    if (message.kind !== 0) {
+      obj.kind = rolloutKindToJSON(message.kind);
+    }
     return obj;
   },
 
@@ -507,6 +530,7 @@ export const PauseRolloutRequest: MessageFns<PauseRolloutRequest> = {
     const message = createBasePauseRolloutRequest();
     message.name = object.name ?? "";
     message.reason = object.reason ?? "";
+    message.kind = object.kind ?? 0;
     return message;
   },
 };
@@ -602,13 +626,16 @@ export const PauseRolloutResponse: MessageFns<PauseRolloutResponse> = {
 };
 
 function createBaseResumeRolloutRequest(): ResumeRolloutRequest {
-  return { name: "" };
+  return { name: "", kind: 0 };
 }
 
 export const ResumeRolloutRequest: MessageFns<ResumeRolloutRequest> = {
   encode(message: ResumeRolloutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.name !== "") {
       writer.uint32(10).string(message.name);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(16).int32(message.kind);
     }
     return writer;
   },
@@ -634,6 +661,14 @@ export const ResumeRolloutRequest: MessageFns<ResumeRolloutRequest> = {
             message.name = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -647,13 +682,19 @@ export const ResumeRolloutRequest: MessageFns<ResumeRolloutRequest> = {
   },
 
   fromJSON(object: any): ResumeRolloutRequest {
-    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      kind: isSet(object.kind) ? rolloutKindFromJSON(object.kind) : 0,
+    };
   },
 
   toJSON(message: ResumeRolloutRequest): unknown {
     const obj: any = {};
     if (message.name !== "") {
       obj.name = message.name;
+    }
+    if (message.kind !== 0) {
+      obj.kind = rolloutKindToJSON(message.kind);
     }
     return obj;
   },
@@ -664,6 +705,7 @@ export const ResumeRolloutRequest: MessageFns<ResumeRolloutRequest> = {
   fromPartial<I extends Exact<DeepPartial<ResumeRolloutRequest>, I>>(object: I): ResumeRolloutRequest {
     const message = createBaseResumeRolloutRequest();
     message.name = object.name ?? "";
+    message.kind = object.kind ?? 0;
     return message;
   },
 };
@@ -759,13 +801,16 @@ export const ResumeRolloutResponse: MessageFns<ResumeRolloutResponse> = {
 };
 
 function createBasePromoteRolloutRequest(): PromoteRolloutRequest {
-  return { name: "" };
+  return { name: "", kind: 0 };
 }
 
 export const PromoteRolloutRequest: MessageFns<PromoteRolloutRequest> = {
   encode(message: PromoteRolloutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.name !== "") {
       writer.uint32(10).string(message.name);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(16).int32(message.kind);
     }
     return writer;
   },
@@ -791,6 +836,14 @@ export const PromoteRolloutRequest: MessageFns<PromoteRolloutRequest> = {
             message.name = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -804,13 +857,19 @@ export const PromoteRolloutRequest: MessageFns<PromoteRolloutRequest> = {
   },
 
   fromJSON(object: any): PromoteRolloutRequest {
-    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      kind: isSet(object.kind) ? rolloutKindFromJSON(object.kind) : 0,
+    };
   },
 
   toJSON(message: PromoteRolloutRequest): unknown {
     const obj: any = {};
     if (message.name !== "") {
       obj.name = message.name;
+    }
+    if (message.kind !== 0) {
+      obj.kind = rolloutKindToJSON(message.kind);
     }
     return obj;
   },
@@ -821,6 +880,7 @@ export const PromoteRolloutRequest: MessageFns<PromoteRolloutRequest> = {
   fromPartial<I extends Exact<DeepPartial<PromoteRolloutRequest>, I>>(object: I): PromoteRolloutRequest {
     const message = createBasePromoteRolloutRequest();
     message.name = object.name ?? "";
+    message.kind = object.kind ?? 0;
     return message;
   },
 };
@@ -916,7 +976,7 @@ export const PromoteRolloutResponse: MessageFns<PromoteRolloutResponse> = {
 };
 
 function createBaseAbortRolloutRequest(): AbortRolloutRequest {
-  return { name: "", reason: "" };
+  return { name: "", reason: "", kind: 0 };
 }
 
 export const AbortRolloutRequest: MessageFns<AbortRolloutRequest> = {
@@ -926,6 +986,9 @@ export const AbortRolloutRequest: MessageFns<AbortRolloutRequest> = {
     }
     if (message.reason !== "") {
       writer.uint32(18).string(message.reason);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(24).int32(message.kind);
     }
     return writer;
   },
@@ -959,6 +1022,14 @@ export const AbortRolloutRequest: MessageFns<AbortRolloutRequest> = {
             message.reason = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -975,6 +1046,7 @@ export const AbortRolloutRequest: MessageFns<AbortRolloutRequest> = {
     return {
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      kind: isSet(object.kind) ? rolloutKindFromJSON(object.kind) : 0,
     };
   },
 
@@ -986,6 +1058,9 @@ export const AbortRolloutRequest: MessageFns<AbortRolloutRequest> = {
     if (message.reason !== "") {
       obj.reason = message.reason;
     }
+    if (message.kind !== 0) {
+      obj.kind = rolloutKindToJSON(message.kind);
+    }
     return obj;
   },
 
@@ -996,6 +1071,7 @@ export const AbortRolloutRequest: MessageFns<AbortRolloutRequest> = {
     const message = createBaseAbortRolloutRequest();
     message.name = object.name ?? "";
     message.reason = object.reason ?? "";
+    message.kind = object.kind ?? 0;
     return message;
   },
 };

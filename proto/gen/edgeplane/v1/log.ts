@@ -95,7 +95,7 @@ export interface Change {
   rollouts: Rollout[];
   /** Whole services with their metadata (resource_version = the entry's revision). */
   serviceUpserts: Service[];
-  /** Names of deleted services. */
+  /** Names of deleted services (a service's rollout record goes with it). */
   serviceDeletes: string[];
 }
 

@@ -9,6 +9,7 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Policy, RolloutStrategy_Staged } from "./policy.js";
 import { TraceContext } from "./resources.js";
+import { Service } from "./service.js";
 
 export const protobufPackage = "edgeplane.v1";
 
@@ -78,17 +79,61 @@ export function rolloutStateToJSON(object: RolloutState): string {
 }
 
 /**
- * Rollout is the log's record of a staged change to one policy: the decisions (which nodes
- * run the new version, whether it stopped and why), never live status. While it is
- * PROGRESSING or PAUSED, a selected node in wave_nodes enforces the policy as stored (the
- * target); any other selected node enforces `previous` (or nothing, for a new policy).
+ * RolloutKind is the kind of resource a rollout changes. A policy and a service may share a
+ * name: their rollouts are told apart by kind.
+ */
+export enum RolloutKind {
+  /** ROLLOUT_KIND_UNSPECIFIED - A policy: what records written before rollouts named their kind mean. */
+  ROLLOUT_KIND_UNSPECIFIED = 0,
+  ROLLOUT_KIND_POLICY = 1,
+  ROLLOUT_KIND_SERVICE = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function rolloutKindFromJSON(object: any): RolloutKind {
+  switch (object) {
+    case 0:
+    case "ROLLOUT_KIND_UNSPECIFIED":
+      return RolloutKind.ROLLOUT_KIND_UNSPECIFIED;
+    case 1:
+    case "ROLLOUT_KIND_POLICY":
+      return RolloutKind.ROLLOUT_KIND_POLICY;
+    case 2:
+    case "ROLLOUT_KIND_SERVICE":
+      return RolloutKind.ROLLOUT_KIND_SERVICE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return RolloutKind.UNRECOGNIZED;
+  }
+}
+
+export function rolloutKindToJSON(object: RolloutKind): string {
+  switch (object) {
+    case RolloutKind.ROLLOUT_KIND_UNSPECIFIED:
+      return "ROLLOUT_KIND_UNSPECIFIED";
+    case RolloutKind.ROLLOUT_KIND_POLICY:
+      return "ROLLOUT_KIND_POLICY";
+    case RolloutKind.ROLLOUT_KIND_SERVICE:
+      return "ROLLOUT_KIND_SERVICE";
+    case RolloutKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * Rollout is the log's record of a staged change to one policy or service: the decisions
+ * (which nodes run the new version, whether it stopped and why), never live status. While it
+ * is PROGRESSING or PAUSED, a selected node in wave_nodes enforces the resource as stored (the
+ * target); any other selected node enforces the previous version (or nothing, for a new one).
  */
 export interface Rollout {
-  /** The policy's name (one rollout per policy at a time). */
+  /** The resource's name (one rollout per resource at a time). */
   name: string;
-  /** The revision of the change being rolled out (the target version of the policy). */
+  /** The revision of the change being rolled out (the target version of the resource). */
   changeRevision: bigint;
-  /** The policy before the change; unset if the change created it. */
+  /** The policy before the change (kind policy); unset if the change created it. */
   previous: Policy | undefined;
   strategy: RolloutStrategy_Staged | undefined;
   state: RolloutState;
@@ -116,7 +161,13 @@ export interface Rollout {
   /** The wave whose bake an operator skipped (promote); -1 when none. */
   promotedWave: number;
   createTime: Date | undefined;
-  updateTime: Date | undefined;
+  updateTime:
+    | Date
+    | undefined;
+  /** The kind of resource it changes (UNSPECIFIED: a policy). */
+  kind: RolloutKind;
+  /** The service before the change (kind service); unset if the change created it. */
+  previousService: Service | undefined;
 }
 
 /** WaveStatus is live progress of one wave, computed by the controller. */
@@ -166,6 +217,8 @@ function createBaseRollout(): Rollout {
     promotedWave: 0,
     createTime: undefined,
     updateTime: undefined,
+    kind: 0,
+    previousService: undefined,
   };
 }
 
@@ -218,6 +271,12 @@ export const Rollout: MessageFns<Rollout> = {
     }
     if (message.updateTime !== undefined) {
       Timestamp.encode(toTimestamp(message.updateTime), writer.uint32(114).fork()).join();
+    }
+    if (message.kind !== 0) {
+      writer.uint32(120).int32(message.kind);
+    }
+    if (message.previousService !== undefined) {
+      Service.encode(message.previousService, writer.uint32(130).fork()).join();
     }
     return writer;
   },
@@ -347,6 +406,22 @@ export const Rollout: MessageFns<Rollout> = {
             message.updateTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.previousService = Service.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -411,6 +486,12 @@ export const Rollout: MessageFns<Rollout> = {
         : isSet(object.update_time)
         ? fromJsonTimestamp(object.update_time)
         : undefined,
+      kind: isSet(object.kind) ? rolloutKindFromJSON(object.kind) : 0,
+      previousService: isSet(object.previousService)
+        ? Service.fromJSON(object.previousService)
+        : isSet(object.previous_service)
+        ? Service.fromJSON(object.previous_service)
+        : undefined,
     };
   },
 
@@ -458,6 +539,12 @@ export const Rollout: MessageFns<Rollout> = {
     if (message.updateTime !== undefined) {
       obj.updateTime = message.updateTime.toISOString();
     }
+    if (message.kind !== 0) {
+      obj.kind = rolloutKindToJSON(message.kind);
+    }
+    if (message.previousService !== undefined) {
+      obj.previousService = Service.toJSON(message.previousService);
+    }
     return obj;
   },
 
@@ -490,6 +577,10 @@ export const Rollout: MessageFns<Rollout> = {
     message.promotedWave = object.promotedWave ?? 0;
     message.createTime = object.createTime ?? undefined;
     message.updateTime = object.updateTime ?? undefined;
+    message.kind = object.kind ?? 0;
+    message.previousService = (object.previousService !== undefined && object.previousService !== null)
+      ? Service.fromPartial(object.previousService)
+      : undefined;
     return message;
   },
 };

@@ -3,13 +3,17 @@ import {
   ConnectionTracking_EstablishedOnDeny,
   InterfaceRole as ProtoRole,
   Protocol,
+  RolloutKind,
   RolloutState,
   matchesLabelSelector,
+  rolloutKey,
+  rolloutKeyOf,
   validatePolicy,
   type FieldViolation,
   type Policy,
   type Rollout,
   type Rule,
+  type Service,
   type Snapshot,
 } from '@edgeplane/proto';
 import type { RuleKey } from '@edgeplane/proto';
@@ -150,24 +154,41 @@ function compileRole(policies: Policy[], role: InterfaceRole): CompiledRole {
   return { ruleSet, origins };
 }
 
+/** What a staged rollout may change: a resource with a name (a policy or a service). */
+type Versioned = { metadata?: { name: string } | undefined };
+
 /**
- * The version of each policy this node runs: a policy under an active staged rollout is its
- * target version on the nodes of the rollout's current waves, and its previous version (or
- * nothing, when the rollout creates it) everywhere else. Pure.
+ * The version of each resource of one kind this node runs: a resource under an active staged
+ * rollout is its target version on the nodes of the rollout's current waves, and its previous
+ * version (or nothing, when the rollout creates it) everywhere else. `rollouts` is the chain's
+ * map (keyed by rolloutKey) or a snapshot's list. The one place agents choose versions, for
+ * policies and services alike. Pure.
  */
-export function effectivePolicies(policies: Iterable<Policy>, rollouts: ReadonlyMap<string, Rollout> | Iterable<Rollout>, nodeName: string): Policy[] {
-  const byName = rollouts instanceof Map ? (rollouts as ReadonlyMap<string, Rollout>) : new Map([...(rollouts as Iterable<Rollout>)].map((r) => [r.name, r]));
-  const out: Policy[] = [];
-  const seen = new Set<string>();
-  for (const p of policies) {
-    const name = p.metadata?.name ?? '';
-    seen.add(name);
-    const r = byName.get(name);
+export function effectiveVersions<K extends RolloutKind.ROLLOUT_KIND_POLICY | RolloutKind.ROLLOUT_KIND_SERVICE>(
+  kind: K,
+  items: Iterable<K extends RolloutKind.ROLLOUT_KIND_SERVICE ? Service : Policy>,
+  rollouts: ReadonlyMap<string, Rollout> | Iterable<Rollout>,
+  nodeName: string,
+): (K extends RolloutKind.ROLLOUT_KIND_SERVICE ? Service : Policy)[] {
+  type T = K extends RolloutKind.ROLLOUT_KIND_SERVICE ? Service : Policy;
+  const byKey = rollouts instanceof Map ? (rollouts as ReadonlyMap<string, Rollout>) : new Map([...(rollouts as Iterable<Rollout>)].map((r) => [rolloutKeyOf(r), r]));
+  const previousOf = (r: Rollout): T | undefined => (kind === RolloutKind.ROLLOUT_KIND_SERVICE ? r.previousService : r.previous) as T | undefined;
+  const out: T[] = [];
+  for (const item of items) {
+    const r = byKey.get(rolloutKey(kind, (item as Versioned).metadata?.name ?? ''));
     const active = r && (r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED);
-    if (!active || r.waveNodes.includes(nodeName)) out.push(p);
-    else if (r.previous) out.push(r.previous);
+    if (!active || r.waveNodes.includes(nodeName)) out.push(item);
+    else {
+      const previous = previousOf(r);
+      if (previous) out.push(previous);
+    }
   }
   return out;
+}
+
+/** {@link effectiveVersions} of policies. Pure. */
+export function effectivePolicies(policies: Iterable<Policy>, rollouts: ReadonlyMap<string, Rollout> | Iterable<Rollout>, nodeName: string): Policy[] {
+  return effectiveVersions(RolloutKind.ROLLOUT_KIND_POLICY, policies, rollouts, nodeName);
 }
 
 /**
@@ -203,7 +224,7 @@ export type NodeIntent = Pick<Snapshot, 'policies' | 'rollouts' | 'services'>;
 
 /** What {@link compileNode} needs besides the intent and the labels. */
 export interface NodeCompileOptions {
-  /** The node's name: staged rollouts select nodes by it. */
+  /** The node's name: staged rollouts (of policies and services) select nodes by it. */
   readonly nodeName: string;
   /** Backend health on this node (absent: every backend healthy); an unhealthy backend takes no new flows. */
   readonly health?: BackendHealthView;
@@ -212,20 +233,23 @@ export interface NodeCompileOptions {
 }
 
 /**
- * The services of `intent` as this node's load-balancing spec (compileServices: every service
- * validated again, those selecting `labels` kept, health applied, tables from the cache). The
- * one place the agent turns services into an LbSpec: a revision's apply and a health re-apply
- * of the revision in force both come here. Pure but for the cache.
+ * The services of `intent` as this node's load-balancing spec: each service in the version its
+ * staged rollout gives `options.nodeName` ({@link effectiveVersions}), then compileServices
+ * (every service validated again, those selecting `labels` kept, health applied, tables from
+ * the cache). The one place the agent turns services into an LbSpec: a revision's apply and a
+ * health re-apply of the revision in force both come here. Pure but for the cache.
  * @throws ServiceCompileError naming the invalid or conflicting service.
  */
-export function compileNodeServices(intent: Pick<NodeIntent, 'services'>, labels: Readonly<Record<string, string>>, options: Omit<NodeCompileOptions, 'nodeName'> = {}): LbSpec {
-  return compileServices(intent.services, { labels, ...(options.health ? { health: options.health } : {}), ...(options.cache ? { cache: options.cache } : {}) });
+export function compileNodeServices(intent: Pick<NodeIntent, 'services' | 'rollouts'>, labels: Readonly<Record<string, string>>, options: NodeCompileOptions): LbSpec {
+  const services = effectiveVersions(RolloutKind.ROLLOUT_KIND_SERVICE, intent.services, intent.rollouts, options.nodeName);
+  return compileServices(services, { labels, ...(options.health ? { health: options.health } : {}), ...(options.cache ? { cache: options.cache } : {}) });
 }
 
 /**
  * Compiles everything a node enforces from one snapshot: the policies per interface role
- * ({@link compileIntent}, staged rollouts honoured for `nodeName`) and the services as the
- * uplink's load-balancing spec ({@link compileNodeServices}); the workload role gets none. An
+ * ({@link compileIntent}) and the services as the uplink's load-balancing spec
+ * ({@link compileNodeServices}), staged rollouts of both honoured for `nodeName`; the workload
+ * role gets none. An
  * invalid policy or service refuses the whole snapshot.
  * @returns a new CompiledIntent the caller owns (its Maglev tables are shared read-only with the cache).
  * @throws CompileError (a policy, a rule capacity); ServiceCompileError (a service).

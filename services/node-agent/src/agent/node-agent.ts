@@ -479,7 +479,7 @@ export class NodeAgent {
     const revision = snapshot.revision;
     await tracer.startActiveSpan('edgeplane.agent.health_apply', { attributes: { 'edgeplane.revision': Number(revision), 'edgeplane.node': this.#o.nodeName } }, async (span) => {
       try {
-        const lb = compileNodeServices(snapshot, this.#currentLabels, { cache: this.#tables, ...(this.#o.health ? { health: this.#o.health } : {}) });
+        const lb = compileNodeServices(snapshot, this.#currentLabels, { nodeName: this.#o.nodeName, cache: this.#tables, ...(this.#o.health ? { health: this.#o.health } : {}) });
         const result = await this.#o.datapaths.uplink.apply(live.uplink.ruleSet, lb);
         this.#live = { ...live, uplink: { ruleSet: live.uplink.ruleSet, lb } };
         this.#healthApplied = seq;
@@ -632,7 +632,7 @@ export class NodeAgent {
       }
       this.#applies++;
       this.#lastError = '';
-      this.#o.log('info', 'applied', { revision: String(revision), policies: compiled.selected, services: compiled.uplink.lb?.services.map((x) => x.name) ?? [], uplinkRules: compiled.uplink.ruleSet.rules.length, workloadRules: compiled.workload.ruleSet.rules.length });
+      this.#o.log('info', 'applied', { revision: String(revision), policies: compiled.selected, services: compiled.uplink.lb?.services.map((x) => x.name) ?? [], serviceTables: compiled.uplink.lb?.services.map((x) => `${x.name}:${x.m}`) ?? [], uplinkRules: compiled.uplink.ruleSet.rules.length, workloadRules: compiled.workload.ruleSet.rules.length });
       this.#unknownChanged(revision);
       this.#tellApplied(snapshot, labels);
       this.#checkHealthView();
