@@ -12,6 +12,7 @@ import { Kvm } from '@nats-io/kv';
 import {
   Action,
   ApplyPolicyRequest,
+  GetRolloutRequest,
   Policy,
   Protocol,
   REPLICAS_BUCKET,
@@ -101,7 +102,7 @@ const nodeAt = async (id: string, name: string): Promise<Node | undefined> => {
 };
 const rolloutAt = async (id: string, name: string): Promise<RolloutStatus | undefined> => {
   const api = replicas.get(id)!.api;
-  return (await call(api.fleet, api.fleet.getRollout, { name }, 5000).catch(() => undefined))?.status;
+  return (await call(api.fleet, api.fleet.getRollout, GetRolloutRequest.fromPartial({ name }), 5000).catch(() => undefined))?.status;
 };
 const acked = (n: Node | undefined, revision: bigint): boolean =>
   !!n?.status?.connected && n.status.appliedRevision >= revision && n.status.lastOutcome === RevisionOutcome.REVISION_OUTCOME_ACK && n.status.lastOutcomeRevision >= revision;
