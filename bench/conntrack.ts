@@ -29,7 +29,7 @@ import { EbpfDatapath, nextSweepDelay, type RuleSetSpec } from '@edgeplane/node-
 import { ConntrackAccess, conntrackSupported, type PolicyHook } from './conntrack-access.js';
 import { HZ, median, threadTicksByPid, ticksBetween } from './cpu-ticks.js';
 import { type FilterCpu } from './perf-share.js';
-import { BenchRun, benchArgs, fmt, measureBroken, measureChurn, measureFlood, run, sleep } from './rig-measure.js';
+import { BenchRun, benchArgs, CHURN_SOURCES as SOURCES, type ChurnFigures, FLOOD_CPU, fmt, LOAD_CPU, measureBroken, measureChurn, measureFlood, run } from './rig-measure.js';
 
 const { quick, parts, reps, churnSeconds, floodSeconds } = benchArgs('abcd');
 const flowSizes = process.env.EP_BENCH_FLOWS?.split(',').map(Number) ?? [1_000, 100_000, 1_000_000];
@@ -47,17 +47,13 @@ const clientIf = 'cli0';
 const nodeIf = 'node0';
 const clientAddress = '10.99.0.1';
 const nodeAddress = '10.99.0.2';
-/** (a)'s client sources: SOURCE_PREFIX.1 .. SOURCE_PREFIX.SOURCES, 64,000 ports each. */
+/** (a)'s client sources: SOURCE_PREFIX.1 .. SOURCE_PREFIX.SOURCES. */
 const SOURCE_PREFIX = '10.98.0';
-const SOURCES = 200;
 const TCP_PORT = 8080;
 /** (d)'s echo server (edgeplane's rule admits TCP_PORT..ECHO_PORT; netfilter is not in (d)). */
 const ECHO_PORT = 8081;
 const UDP_PORT = 9;
 const FLOW_SPORT = 4000;
-/** CPU the connection load is pinned to ((a), (d)); trafgen runs on the other one ((b)). */
-const LOAD_CPU = 1;
-const FLOOD_CPU = 0;
 // Everything the bench changed on the machine, undone once (BenchRun: from main's end or a signal).
 const bench = new BenchRun('bench/conntrack.ts', 'ct', () => {
   tearDown();
@@ -268,13 +264,8 @@ function filterCheck(contender: Contender, mac: string, ct: ConntrackAccess | un
 
 // --- (a) new connections ----------------------------------------------------------------------
 
-interface ChurnSample {
+interface ChurnSample extends Omit<ChurnFigures, 'cpu'> {
   contender: Contender;
-  connections: number;
-  failed: number;
-  perSecond: number;
-  cpuUsPerConnection: number;
-  perCoreSecond: number;
   policyNs: number;
   egressNs: number;
   /** perf: the filter's own CPU per connection (netfilter hooks, or edgeplane's programs + veth's XDP copy). */

@@ -41,7 +41,7 @@ import { IptablesPeer, IpvsPeer, type LbPeer, type RigService } from '../test/su
 import { ConntrackAccess, conntrackSupported } from './conntrack-access.js';
 import { median } from './cpu-ticks.js';
 import { type FilterCpu } from './perf-share.js';
-import { BenchRun, benchArgs, type BrokenFigures, firstLine, fmt, measureBroken, measureChurn, measureFlood, sleep } from './rig-measure.js';
+import { BenchRun, benchArgs, type BrokenFigures, CHURN_SOURCES as SOURCES, type ChurnFigures, firstLine, FLOOD_CPU, fmt, LOAD_CPU, measureBroken, measureChurn, measureFlood, sleep } from './rig-measure.js';
 
 const { quick, parts, reps, churnSeconds, floodSeconds } = benchArgs('abc');
 const sizes = process.env.EP_BENCH_SERVICES?.split(',').map(Number) ?? [10, 1_000, 10_000];
@@ -57,10 +57,6 @@ const ECHO_PORT = 8081;
 /** (b)'s UDP service: VIP 0 port 80, to the backends' port 9 (no socket there: NoPorts). */
 const UDP_BACKEND_PORT = 9;
 const FLOW_SPORT = 4000;
-/** The client's extra sources for (a): 200 addresses x 64,000 ports of fresh tuples. */
-const SOURCES = 200;
-const LOAD_CPU = 1;
-const FLOOD_CPU = 0;
 
 type Contender = 'none' | 'iptables' | 'ipvs' | 'edgeplane';
 const LBS = ['iptables', 'ipvs', 'edgeplane'] as const;
@@ -167,14 +163,9 @@ function flushTables(stand: Stand): void {
 
 // --- (a) new connections ----------------------------------------------------------------------
 
-interface ChurnSample {
+interface ChurnSample extends Omit<ChurnFigures, 'cpu'> {
   contender: Contender;
   services: number;
-  connections: number;
-  failed: number;
-  perSecond: number;
-  cpuUsPerConnection: number;
-  perCoreSecond: number;
   /** perf: the load balancer's own CPU per connection (netfilter's hooks for iptables and IPVS; edgeplane's programs and veth's XDP copy). */
   lbUs: number;
 }

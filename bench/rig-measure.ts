@@ -17,6 +17,12 @@ import { fileURLToPath } from 'node:url';
 import { HZ, softirqJiffies, threadTicksByPid, ticksBetween } from './cpu-ticks.js';
 import { sampleCpu, type FilterCpu } from './perf-share.js';
 
+/** The CPU the connection load is pinned to (client, servers, that CPU's ksoftirqd); trafgen floods from the other one. */
+export const LOAD_CPU = 1;
+export const FLOOD_CPU = 0;
+/** tcp-churn's client sources: PREFIX.1 .. PREFIX.200, 64,000 ports each, so every connection has a fresh tuple. */
+export const CHURN_SOURCES = 200;
+
 export const run = (command: string, ...args: string[]): string => execFileSync(command, args, { encoding: 'utf8', maxBuffer: 1 << 28 });
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 export const fmt = (n: number): string => (Number.isNaN(n) ? 'n/a' : Math.round(n).toLocaleString('en-US'));
@@ -197,6 +203,7 @@ const churnArgs = (t: ChurnTarget, seconds: number, parallel: number, firstTuple
   ...(t.targets === undefined ? [] : [String(t.targets)]),
 ];
 
+/** New connections per CPU-second (measureChurn). */
 export interface ChurnFigures {
   connections: number;
   failed: number;
