@@ -182,13 +182,13 @@ export class BenchRun {
   }
 }
 
-/** tcp-churn's client: from `prefix`.1 .. `prefix`.`sources` to `dst`:`port` (+ k for `targets` > 1, see tcp-churn.c). */
+/** tcp-churn's churn: from `prefix`.1 .. `prefix`.`sources` to `dst`:`port` (connection k to `dst` + k % `targets`, see tcp-churn.c). */
 export interface ChurnTarget {
   prefix: string;
   sources: number;
   dst: string;
   port: number;
-  /** tcp-churn's last argument when given: how many destinations it goes round. */
+  /** How many addresses from `dst` on it goes round (tcp-churn's NDST); one when not given. */
   targets?: number;
 }
 const churnArgs = (t: ChurnTarget, seconds: number, parallel: number, firstTuple: number): string[] => [
