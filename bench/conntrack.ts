@@ -22,22 +22,16 @@
 // Contenders alternate within each rep; medians are reported. Prints tables, the goals with
 // met/missed, and one JSON line. Asserts nothing. Needs root, trafgen, conntrack, perf, cc.
 //   node --import=tsx bench/conntrack.ts [--quick] [--parts abcd]
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { EbpfDatapath, nextSweepDelay, type RuleSetSpec } from '@edgeplane/node-agent';
 import { ConntrackAccess, conntrackSupported, type PolicyHook } from './conntrack-access.js';
-import { HZ, median, softirqJiffies, threadTicksByPid, ticksBetween } from './cpu-ticks.js';
-import { sampleCpu as samplePerf, type FilterCpu } from './perf-share.js';
+import { HZ, median, threadTicksByPid, ticksBetween } from './cpu-ticks.js';
+import { type FilterCpu } from './perf-share.js';
+import { BenchRun, benchArgs, CHURN_SOURCES as SOURCES, type ChurnFigures, FLOOD_CPU, fmt, LOAD_CPU, measureBroken, measureChurn, measureFlood, run } from './rig-measure.js';
 
-const quick = process.argv.includes('--quick');
-const partsArg = process.argv[process.argv.indexOf('--parts') + 1];
-const parts = new Set((process.argv.includes('--parts') && partsArg !== undefined ? partsArg : 'abcd').split(''));
-const reps = quick ? 1 : 3;
-const churnSeconds = quick ? 1 : 3;
-const floodSeconds = quick ? 1 : 2;
+const { quick, parts, reps, churnSeconds, floodSeconds } = benchArgs('abcd');
 const flowSizes = process.env.EP_BENCH_FLOWS?.split(',').map(Number) ?? [1_000, 100_000, 1_000_000];
 const switches = Number(process.env.EP_BENCH_SWITCHES ?? (quick ? 100 : 1_000));
 const gcWindowSeconds = quick ? 20 : 70;
@@ -53,18 +47,19 @@ const clientIf = 'cli0';
 const nodeIf = 'node0';
 const clientAddress = '10.99.0.1';
 const nodeAddress = '10.99.0.2';
-/** (a)'s client sources: SOURCE_PREFIX.1 .. SOURCE_PREFIX.SOURCES, 64,000 ports each. */
+/** (a)'s client sources: SOURCE_PREFIX.1 .. SOURCE_PREFIX.SOURCES. */
 const SOURCE_PREFIX = '10.98.0';
-const SOURCES = 200;
 const TCP_PORT = 8080;
 /** (d)'s echo server (edgeplane's rule admits TCP_PORT..ECHO_PORT; netfilter is not in (d)). */
 const ECHO_PORT = 8081;
 const UDP_PORT = 9;
 const FLOW_SPORT = 4000;
-/** CPU the connection load is pinned to ((a), (d)); trafgen runs on the other one ((b)). */
-const LOAD_CPU = 1;
-const FLOOD_CPU = 0;
-const workDir = mkdtempSync(join(tmpdir(), 'ep-bench-ct-'));
+// Everything the bench changed on the machine, undone once (BenchRun: from main's end or a signal).
+const bench = new BenchRun('bench/conntrack.ts', 'ct', () => {
+  tearDown();
+  restoreNetfilter();
+});
+const { workDir } = bench;
 
 /**
  * `edgeplane` runs its policy program as XDP (edge_xdp, native on the veth); `edgeplane-tc` runs
@@ -77,14 +72,11 @@ const EDGEPLANE: readonly Contender[] = ['edgeplane', 'edgeplane-tc'];
 const isEdgeplane = (c: Contender): boolean => EDGEPLANE.includes(c);
 const hookOf = (c: Contender): PolicyHook => (c === 'edgeplane-tc' ? 'tc' : 'xdp');
 
-const run = (command: string, ...args: string[]): string => execFileSync(command, args, { encoding: 'utf8', maxBuffer: 1 << 28 });
 const inNode = (...args: string[]): string => run('ip', 'netns', 'exec', nsNode, ...args);
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 const ip = (n: number): string => `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
 
 // --- the rig ------------------------------------------------------------------------------
 
-const children = new Set<ChildProcess>();
 function setUp(): void {
   run('ip', 'netns', 'add', nsClient);
   run('ip', 'netns', 'add', nsNode);
@@ -106,10 +98,8 @@ function setUp(): void {
 }
 
 function tearDown(): void {
-  for (const child of children) child.kill('SIGKILL');
   spawnSync('ip', ['netns', 'exec', nsNode, 'conntrack', '-F'], { stdio: 'ignore' });
   for (const ns of [nsClient, nsNode]) spawnSync('ip', ['netns', 'del', ns]);
-  rmSync(workDir, { recursive: true, force: true });
 }
 
 // netfilter's table size is global (init namespace): raised for the bench, restored after.
@@ -127,12 +117,6 @@ function restoreNetfilter(): void {
   writeFileSync(sysctls.max, saved.max);
   writeFileSync(sysctls.hashsize, saved.hashsize);
   writeFileSync(bpfStats, saved.bpfStats);
-}
-
-function buildLoad(): string {
-  const out = join(workDir, 'tcp-churn');
-  run('cc', '-O2', '-Wall', '-o', out, fileURLToPath(new URL('./tcp-churn.c', import.meta.url)));
-  return out;
 }
 
 function udpPassed(): number {
@@ -237,30 +221,8 @@ function install(contender: Contender, ct: ConntrackAccess | undefined): Install
   }
 }
 
-const fmt = (n: number): string => (Number.isNaN(n) ? 'n/a' : Math.round(n).toLocaleString('en-US'));
-
-/** Starts `args` in the node namespace on LOAD_CPU and waits for it to print "ready". */
-async function startInNode(load: string, ...args: string[]): Promise<{ child: ChildProcess; stop(): Promise<Record<string, number>> }> {
-  const child = spawn('ip', ['netns', 'exec', nsNode, 'taskset', '-c', String(LOAD_CPU), load, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
-  children.add(child);
-  let out = '';
-  child.stdout?.on('data', (chunk: Buffer) => (out += chunk.toString()));
-  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
-  for (let i = 0; i < 100 && !out.includes('ready'); i++) await sleep(20);
-  if (!out.includes('ready')) throw new Error(`${args[0] ?? 'load'} in the node namespace did not start`);
-  return {
-    child,
-    stop: async () => {
-      child.kill('SIGTERM');
-      await exited;
-      children.delete(child);
-      return JSON.parse(out.split('\n').find((l) => l.startsWith('{')) ?? '{}') as Record<string, number>;
-    },
-  };
-}
-
-/** perf's shares of CPU `cpu` while `work` runs (bench/perf-share.ts), perf owned like the bench's other children. */
-const sampleCpu = <T>(cpu: number, work: () => Promise<T> | T): Promise<{ result: T; cpu: FilterCpu }> => samplePerf(cpu, work, { dir: workDir, children });
+/** Starts tcp-churn's server (`mode` close or echo) at `port` in the node namespace on LOAD_CPU, ready. */
+const serveInNode = (load: string, port: number, mode: 'close' | 'echo') => bench.spawnIn(nsNode, load, ['server', nodeAddress, String(port), mode], { ready: true, cpu: LOAD_CPU });
 
 // --- the filter check -----------------------------------------------------------------------
 
@@ -302,13 +264,8 @@ function filterCheck(contender: Contender, mac: string, ct: ConntrackAccess | un
 
 // --- (a) new connections ----------------------------------------------------------------------
 
-interface ChurnSample {
+interface ChurnSample extends Omit<ChurnFigures, 'cpu'> {
   contender: Contender;
-  connections: number;
-  failed: number;
-  perSecond: number;
-  cpuUsPerConnection: number;
-  perCoreSecond: number;
   policyNs: number;
   egressNs: number;
   /** perf: the filter's own CPU per connection (netfilter hooks, or edgeplane's programs + veth's XDP copy). */
@@ -316,7 +273,6 @@ interface ChurnSample {
   vethXdpUs: number;
   programUs: number;
 }
-let nextTuple = 0;
 /** The filter's share of a perf profile: netfilter's hooks, or edgeplane's programs and the copy veth makes for XDP. */
 const filterMs = (contender: Contender, cpu: FilterCpu): number =>
   isEdgeplane(contender) ? cpu.bpfMs + cpu.vethXdpMs : contender === 'none' ? cpu.netfilterMs + cpu.bpfMs + cpu.vethXdpMs : cpu.netfilterMs;
@@ -324,26 +280,20 @@ const filterMs = (contender: Contender, cpu: FilterCpu): number =>
 async function churnOnce(contender: Contender, load: string, ct: ConntrackAccess | undefined): Promise<ChurnSample> {
   const installed = install(contender, ct);
   try {
-    const server = await startInNode(load, 'server', nodeAddress, String(TCP_PORT), 'close');
-    const ksoftirqd = `ksoftirqd/${LOAD_CPU}`;
-    const kBefore = threadTicksByPid((c) => c === ksoftirqd);
-    const { result: out, cpu } = await sampleCpu(LOAD_CPU, () =>
-      run('ip', 'netns', 'exec', nsClient, 'taskset', '-c', String(LOAD_CPU), load, 'churn', SOURCE_PREFIX, String(SOURCES), nodeAddress, String(TCP_PORT), String(churnSeconds), '16', String(nextTuple)),
-    );
-    const kAfter = threadTicksByPid((c) => c === ksoftirqd);
-    const client = JSON.parse(out.trim().split('\n').pop() ?? '{}') as Record<string, number>;
-    const srv = await server.stop();
+    const server = await serveInNode(load, TCP_PORT, 'close');
+    const { cpu, ...figures } = await measureChurn(bench, {
+      load,
+      ns: nsClient,
+      cpu: LOAD_CPU,
+      seconds: churnSeconds,
+      target: { prefix: SOURCE_PREFIX, sources: SOURCES, dst: nodeAddress, port: TCP_PORT },
+      stopServers: async () => [await server.stop()],
+    });
     const bpf = installed.bpfNs();
-    nextTuple = client.next ?? nextTuple + 1_000_000;
-    const connections = client.connections ?? 0;
-    const cpuUs = (client.userUs ?? 0) + (client.sysUs ?? 0) + (srv.userUs ?? 0) + (srv.sysUs ?? 0) + (ticksBetween(kBefore, kAfter) * 1e6) / HZ;
+    const { connections } = figures;
     return {
       contender,
-      connections,
-      failed: client.failed ?? 0,
-      perSecond: connections / churnSeconds,
-      cpuUsPerConnection: cpuUs / connections,
-      perCoreSecond: connections / (cpuUs / 1e6),
+      ...figures,
       policyNs: bpf.policy,
       egressNs: bpf.egress,
       filterUs: (filterMs(contender, cpu) * 1000) / connections,
@@ -378,16 +328,6 @@ function netfilterCount(): number {
   return Number(/(\d+)/.exec(run('ip', 'netns', 'exec', nsNode, 'conntrack', '-C'))?.[1] ?? NaN);
 }
 
-function flood(mac: string): void {
-  const [s1, s2, s3, s4] = clientAddress.split('.');
-  const [d1, d2, d3, d4] = nodeAddress.split('.');
-  const config = join(workDir, 'flood.cfg');
-  writeFileSync(config, `{ eth(da=${mac}), ipv4(saddr=${s1}.${s2}.${s3}.${s4}, daddr=${d1}.${d2}.${d3}.${d4}, ttl=64), udp(sp=${FLOW_SPORT}, dp=${UDP_PORT}), fill(0x41, 18) }\n`);
-  spawnSync('ip', ['netns', 'exec', nsClient, 'timeout', '-s', 'INT', String(floodSeconds), 'taskset', '-c', String(FLOOD_CPU), 'trafgen', '-o', clientIf, '-i', config, '-P', '1', '--no-sock-mem', '-Q', '-C'], {
-    stdio: 'ignore',
-  });
-}
-
 interface FlowSample {
   flows: number;
   contender: Contender;
@@ -405,23 +345,23 @@ interface FlowSample {
 async function floodOnce(contender: Contender, flows: number, mac: string, ct: ConntrackAccess | undefined): Promise<FlowSample> {
   const installed = install(contender, ct);
   try {
-    const passedBefore = udpPassed();
-    const softBefore = softirqJiffies(FLOOD_CPU);
-    const { cpu } = await sampleCpu(FLOOD_CPU, async () => {
-      flood(mac);
-      await sleep(100);
+    const { packets: passed, pps, nsPerPacket, perCoreSecond, cpu } = await measureFlood(bench, {
+      ns: nsClient,
+      dev: clientIf,
+      cpu: FLOOD_CPU,
+      seconds: floodSeconds,
+      frame: { mac, src: clientAddress, dst: nodeAddress, sport: FLOW_SPORT, dport: UDP_PORT },
+      received: udpPassed,
+      settleMs: 100,
     });
-    const elapsed = floodSeconds;
-    const soft = (softirqJiffies(FLOOD_CPU) - softBefore) / HZ;
-    const passed = udpPassed() - passedBefore;
     const established = installed.established();
     return {
       flows,
       contender,
-      passedPps: passed / elapsed,
+      passedPps: pps,
       establishedShare: established / passed,
-      nsPerPacket: (soft * 1e9) / passed,
-      perCoreSecond: passed / soft,
+      nsPerPacket,
+      perCoreSecond,
       policyNs: installed.bpfNs().policy,
       filterNs: (filterMs(contender, cpu) * 1e6) / passed,
       programNs: (cpu.bpfMs * 1e6) / passed,
@@ -461,37 +401,24 @@ interface SwitchResult {
 async function switchesUnderTraffic(load: string, ct: ConntrackAccess, datapath: EbpfDatapath): Promise<SwitchResult> {
   await datapath.apply(edgeplaneRules(undefined, true));
   ct.attach(nsNode, nodeIf);
-  const server = await startInNode(load, 'server', nodeAddress, String(TCP_PORT), 'close');
-  const echo = await startInNode(load, 'server', nodeAddress, String(ECHO_PORT), 'echo');
+  const server = await serveInNode(load, TCP_PORT, 'close');
+  const echo = await serveInNode(load, ECHO_PORT, 'echo');
   try {
-    const budget = Math.max(60, switches * 0.5);
-    const persistent = spawn('ip', ['netns', 'exec', nsClient, load, 'persist', clientAddress, nodeAddress, String(ECHO_PORT), '64', String(budget), '2000'], { stdio: ['ignore', 'pipe', 'inherit'] });
-    children.add(persistent);
-    let pOut = '';
-    persistent.stdout.on('data', (chunk: Buffer) => (pOut += chunk.toString()));
-    const pExit = new Promise<void>((resolve) => persistent.on('exit', () => resolve()));
-    for (let i = 0; i < 200 && !pOut.includes('ready'); i++) await sleep(20);
-    const churn = spawn('ip', ['netns', 'exec', nsClient, load, 'churn', SOURCE_PREFIX, String(SOURCES), nodeAddress, String(TCP_PORT), String(budget), '4', String(nextTuple)], { stdio: ['ignore', 'pipe', 'inherit'] });
-    children.add(churn);
-    let cOut = '';
-    churn.stdout.on('data', (chunk: Buffer) => (cOut += chunk.toString()));
-    const cExit = new Promise<void>((resolve) => churn.on('exit', () => resolve()));
-    const started = performance.now();
-    for (let i = 0; i < switches; i++) {
-      await datapath.apply(edgeplaneRules(20_000 + i, true));
-      if (i % 100 === 99) process.stderr.write(`(d) ${i + 1} switches\n`);
-    }
-    const seconds = (performance.now() - started) / 1000;
-    await sleep(500);
-    persistent.kill('SIGTERM');
-    churn.kill('SIGTERM');
-    await Promise.all([pExit, cExit]);
-    children.delete(persistent);
-    children.delete(churn);
-    const last = (text: string): Record<string, number> => JSON.parse(text.split('\n').filter((l) => l.startsWith('{')).pop() ?? '{}') as Record<string, number>;
-    const churned = last(cOut);
-    nextTuple = churned.next ?? nextTuple + 1_000_000;
-    return { switches, seconds, persistent: last(pOut), churn: churned };
+    const r = await measureBroken(bench, {
+      load,
+      ns: nsClient,
+      client: clientAddress,
+      echo: { dst: nodeAddress, port: ECHO_PORT },
+      held: 64,
+      target: { prefix: SOURCE_PREFIX, sources: SOURCES, dst: nodeAddress, port: TCP_PORT },
+      changes: switches,
+      change: async (i) => {
+        await datapath.apply(edgeplaneRules(20_000 + i, true));
+        if (i % 100 === 99) process.stderr.write(`(d) ${i + 1} switches\n`);
+      },
+      drainMs: 500,
+    });
+    return { switches, seconds: r.seconds, persistent: r.persistent, churn: r.churn };
   } finally {
     await server.stop();
     await echo.stop();
@@ -501,36 +428,14 @@ async function switchesUnderTraffic(load: string, ct: ConntrackAccess, datapath:
 
 // --- main ---------------------------------------------------------------------------------------
 
-const mount = mkdtempSync('/run/edgeplane-bench-ct-');
-let mounted = false;
 const report: Record<string, unknown> = { bench: 'conntrack', quick, reps, churnSeconds, floodSeconds, capacity: CAPACITY };
-const goals: { goal: string; figure: string; met: boolean | null }[] = [];
-const failures: string[] = [];
-// Everything the bench changed on the machine, undone once: from the finally below, or from a
-// signal (the bench may be busy in a synchronous step, so the handler cleans up and exits).
-let cleaned = false;
-function cleanUp(): void {
-  if (cleaned) return;
-  cleaned = true;
-  tearDown();
-  restoreNetfilter();
-  if (mounted) spawnSync('umount', [mount]);
-  if (existsSync(mount)) rmdirSync(mount);
-}
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    process.stderr.write(`bench/conntrack.ts: ${signal}, cleaning up\n`);
-    cleanUp();
-    process.exit(130);
-  });
-}
+const { goals, failures } = bench;
 
-try {
+await bench.main(report, async () => {
   setUp();
   sizeNetfilter();
-  const load = buildLoad();
-  execFileSync('mount', ['-t', 'bpf', 'bpf', mount]);
-  mounted = true;
+  const load = bench.buildLoad();
+  const mount = bench.mountBpf();
   const datapath = await EbpfDatapath.open({ pinRoot: mount, ...ConntrackAccess.openOptions(CAPACITY) });
   const ct = conntrackSupported(datapath) ? new ConntrackAccess(datapath) : undefined;
   if (ct === undefined) failures.push('edgeplane: this build has no connection table (ep_ct); edgeplane rows are missing');
@@ -750,14 +655,4 @@ try {
     ct?.close();
     datapath.close();
   }
-} catch (error) {
-  failures.push(`bench: ${(error as Error).stack ?? String(error)}`);
-} finally {
-  cleanUp();
-}
-
-console.log('\ngoals');
-for (const g of goals) console.log(`    ${g.met === null ? 'n/a   ' : g.met ? 'met   ' : 'missed'}  ${g.goal}: ${g.figure}`);
-if (failures.length > 0) console.log(`failures:\n    ${failures.join('\n    ')}`);
-console.log(JSON.stringify({ ...report, goals, failures }));
-if (failures.some((f) => f.startsWith('bench:'))) process.exitCode = 1;
+});

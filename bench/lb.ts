@@ -33,26 +33,18 @@
 // packets per core); 0 broken connections across 100 backend changes. Asserts nothing. Needs
 // root, cc, trafgen, iptables-legacy, ipvsadm, ethtool, python3.
 //   node --import=tsx bench/lb.ts [--quick] [--parts abc]
-import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { spawnSync } from 'node:child_process';
 import { compileServices, EbpfDatapath, MaglevTableCache } from '@edgeplane/node-agent';
 import { Protocol, Service } from '@edgeplane/proto';
 import { LbRig } from '../test/support/lb-rig.js';
 import { IptablesPeer, IpvsPeer, type LbPeer, type RigService } from '../test/support/lb-peers.js';
 import { ConntrackAccess, conntrackSupported } from './conntrack-access.js';
-import { HZ, median, softirqJiffies, threadTicksByPid, ticksBetween } from './cpu-ticks.js';
-import { sampleCpu, type FilterCpu } from './perf-share.js';
+import { median } from './cpu-ticks.js';
+import { type FilterCpu } from './perf-share.js';
+import { BenchRun, benchArgs, type BrokenFigures, CHURN_SOURCES as SOURCES, type ChurnFigures, firstLine, FLOOD_CPU, fmt, LOAD_CPU, measureBroken, measureChurn, measureFlood, sleep } from './rig-measure.js';
 
-const quick = process.argv.includes('--quick');
-const partsArg = process.argv[process.argv.indexOf('--parts') + 1];
-const parts = new Set((process.argv.includes('--parts') && partsArg !== undefined ? partsArg : 'abc').split(''));
+const { quick, parts, reps, churnSeconds, floodSeconds } = benchArgs('abc');
 const sizes = process.env.EP_BENCH_SERVICES?.split(',').map(Number) ?? [10, 1_000, 10_000];
-const reps = quick ? 1 : 3;
-const churnSeconds = quick ? 1 : 3;
-const floodSeconds = quick ? 1 : 2;
 const CHANGES = Number(process.env.EP_BENCH_CHANGES ?? 100);
 const HELD = quick ? 256 : 1_000;
 /** Backends per service, and the rig's backends: two spares for (c)'s adds. */
@@ -65,20 +57,11 @@ const ECHO_PORT = 8081;
 /** (b)'s UDP service: VIP 0 port 80, to the backends' port 9 (no socket there: NoPorts). */
 const UDP_BACKEND_PORT = 9;
 const FLOW_SPORT = 4000;
-/** The client's extra sources for (a): 200 addresses x 64,000 ports of fresh tuples. */
-const SOURCES = 200;
-const LOAD_CPU = 1;
-const FLOOD_CPU = 0;
-const workDir = mkdtempSync(join(tmpdir(), 'ep-bench-lb-'));
 
 type Contender = 'none' | 'iptables' | 'ipvs' | 'edgeplane';
 const LBS = ['iptables', 'ipvs', 'edgeplane'] as const;
 
-const run = (command: string, ...args: string[]): string => execFileSync(command, args, { encoding: 'utf8', maxBuffer: 1 << 28 });
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-const fmt = (n: number): string => (Number.isNaN(n) ? 'n/a' : Math.round(n).toLocaleString('en-US'));
 const pct = (x: number): string => (Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)} %` : 'n/a');
-const firstLine = (error: unknown): string => (error instanceof Error ? error.message : String(error)).split('\n')[0] ?? '';
 
 // --- services ---------------------------------------------------------------------------------
 
@@ -178,60 +161,32 @@ function flushTables(stand: Stand): void {
   if (stand.peer instanceof EdgeplanePeer) stand.peer.clear();
 }
 
-function buildLoad(): string {
-  const out = join(workDir, 'tcp-churn');
-  run('cc', '-O2', '-Wall', '-o', out, fileURLToPath(new URL('./tcp-churn.c', import.meta.url)));
-  return out;
-}
-
 // --- (a) new connections ----------------------------------------------------------------------
 
-interface ChurnSample {
+interface ChurnSample extends Omit<ChurnFigures, 'cpu'> {
   contender: Contender;
   services: number;
-  connections: number;
-  failed: number;
-  perSecond: number;
-  cpuUsPerConnection: number;
-  perCoreSecond: number;
   /** perf: the load balancer's own CPU per connection (netfilter's hooks for iptables and IPVS; edgeplane's programs and veth's XDP copy). */
   lbUs: number;
 }
-let nextTuple = 0;
 
 /** The load balancer's share of a perf profile: netfilter's hooks (conntrack, NAT, IPVS), or edgeplane's programs and the copy veth makes for XDP. */
 const lbMs = (contender: Contender, cpu: FilterCpu): number => (contender === 'edgeplane' ? cpu.bpfMs + cpu.vethXdpMs : contender === 'none' ? cpu.netfilterMs + cpu.bpfMs + cpu.vethXdpMs : cpu.netfilterMs);
-const children = new Set<ChildProcess>();
 
 async function churnOnce(stand: Stand, services: number, load: string): Promise<ChurnSample> {
   const { rig } = stand;
   const servers = await Promise.all(rig.backends.slice(0, BACKENDS).map((b) => rig.spawn(b.ns, load, ['server', b.v4, String(CLOSE_PORT), 'close'], { ready: true, cpu: LOAD_CPU })));
   try {
-    const ksoftirqd = `ksoftirqd/${LOAD_CPU}`;
-    const kBefore = threadTicksByPid((c) => c === ksoftirqd);
-    const [dst, port, count] = stand.contender === 'none' ? [rig.backends[0]!.v4, CLOSE_PORT, BACKENDS] : [LbRig.vip(0), VIP_PORT, services];
-    const { result: out, cpu } = await sampleCpu(
-      LOAD_CPU,
-      () => run('ip', 'netns', 'exec', rig.client, 'taskset', '-c', String(LOAD_CPU), load, 'churn', LbRig.SOURCE_PREFIX, String(SOURCES), dst, String(port), String(churnSeconds), '16', String(nextTuple), String(count)),
-      { dir: workDir, children },
-    );
-    const kAfter = threadTicksByPid((c) => c === ksoftirqd);
-    const client = JSON.parse(out.trim().split('\n').pop() ?? '{}') as Record<string, number>;
-    const served = await Promise.all(servers.map(async (s) => JSON.parse((await s.stop()).split('\n').find((l) => l.startsWith('{')) ?? '{}') as Record<string, number>));
-    nextTuple = client.next ?? nextTuple + 1_000_000;
-    const connections = client.connections ?? 0;
-    const serverUs = served.reduce((sum, s) => sum + (s.userUs ?? 0) + (s.sysUs ?? 0), 0);
-    const cpuUs = (client.userUs ?? 0) + (client.sysUs ?? 0) + serverUs + (ticksBetween(kBefore, kAfter) * 1e6) / HZ;
-    return {
-      contender: stand.contender,
-      services,
-      connections,
-      failed: client.failed ?? 0,
-      perSecond: connections / churnSeconds,
-      cpuUsPerConnection: cpuUs / connections,
-      perCoreSecond: connections / (cpuUs / 1e6),
-      lbUs: (lbMs(stand.contender, cpu) * 1000) / connections,
-    };
+    const [dst, port, targets] = stand.contender === 'none' ? [rig.backends[0]!.v4, CLOSE_PORT, BACKENDS] : [LbRig.vip(0), VIP_PORT, services];
+    const { cpu, ...figures } = await measureChurn(bench, {
+      load,
+      ns: rig.client,
+      cpu: LOAD_CPU,
+      seconds: churnSeconds,
+      target: { prefix: LbRig.SOURCE_PREFIX, sources: SOURCES, dst, port, targets },
+      stopServers: () => Promise.all(servers.map((s) => s.stop())),
+    });
+    return { contender: stand.contender, services, ...figures, lbUs: (lbMs(stand.contender, cpu) * 1000) / figures.connections };
   } finally {
     await Promise.all(servers.map((s) => s.kill()));
     flushTables(stand);
@@ -257,24 +212,16 @@ async function floodOnce(stand: Stand, services: number): Promise<FloodSample> {
   const { rig } = stand;
   const mac = rig.exec(rig.node, 'cat', [`/sys/class/net/${rig.uplink.node}/address`]).trim();
   const [dst, dport] = stand.contender === 'none' ? [rig.backends[0]!.v4, UDP_BACKEND_PORT] : [LbRig.vip(0), VIP_PORT];
-  const config = join(workDir, 'flood.cfg');
-  const [s1, s2, s3, s4] = LbRig.CLIENT_V4.split('.');
-  const [d1, d2, d3, d4] = dst.split('.');
-  writeFileSync(config, `{ eth(da=${mac}), ipv4(saddr=${s1}.${s2}.${s3}.${s4}, daddr=${d1}.${d2}.${d3}.${d4}, ttl=64), udp(sp=${FLOW_SPORT}, dp=${dport}), fill(0x41, 18) }\n`);
   try {
-    const rxBefore = backendRx(rig);
-    const softBefore = softirqJiffies(FLOOD_CPU);
-    const { cpu } = await sampleCpu(
-      FLOOD_CPU,
-      () =>
-        spawnSync('ip', ['netns', 'exec', rig.client, 'timeout', '-s', 'INT', String(floodSeconds), 'taskset', '-c', String(FLOOD_CPU), 'trafgen', '-o', rig.uplink.client, '-i', config, '-P', '1', '--no-sock-mem', '-Q', '-C'], {
-          stdio: 'ignore',
-        }),
-      { dir: workDir, children },
-    );
-    const soft = (softirqJiffies(FLOOD_CPU) - softBefore) / HZ;
-    const forwarded = backendRx(rig) - rxBefore;
-    return { contender: stand.contender, services, forwardedPps: forwarded / floodSeconds, nsPerPacket: (soft * 1e9) / forwarded, perCoreSecond: forwarded / soft, lbNs: (lbMs(stand.contender, cpu) * 1e6) / forwarded };
+    const f = await measureFlood(bench, {
+      ns: rig.client,
+      dev: rig.uplink.client,
+      cpu: FLOOD_CPU,
+      seconds: floodSeconds,
+      frame: { mac, src: LbRig.CLIENT_V4, dst, sport: FLOW_SPORT, dport },
+      received: () => backendRx(rig),
+    });
+    return { contender: stand.contender, services, forwardedPps: f.pps, nsPerPacket: f.nsPerPacket, perCoreSecond: f.perCoreSecond, lbNs: (lbMs(stand.contender, f.cpu) * 1e6) / f.packets };
   } finally {
     flushTables(stand);
   }
@@ -282,13 +229,8 @@ async function floodOnce(stand: Stand, services: number): Promise<FloodSample> {
 
 // --- (c) backend changes ----------------------------------------------------------------------
 
-interface ChangeResult {
+interface ChangeResult extends BrokenFigures {
   contender: Contender;
-  changes: number;
-  seconds: number;
-  persistent: Record<string, number>;
-  churn: Record<string, number>;
-  broken: number;
 }
 
 async function changesUnderTraffic(stand: Stand, load: string): Promise<ChangeResult> {
@@ -304,36 +246,36 @@ async function changesUnderTraffic(stand: Stand, load: string): Promise<ChangeRe
     const spares = [BACKENDS, BACKENDS + 1];
     const weights = new Map<number, number>();
     await peer.apply(changeServices(rig, serving, weights));
-    const budget = Math.max(60, CHANGES * 0.5);
-    const persistent = await rig.spawn(rig.client, load, ['persist', LbRig.CLIENT_V4, LbRig.vip(0), String(ECHO_VIP_PORT), String(HELD), String(budget), '2000'], { ready: true });
-    const churn = await rig.spawn(rig.client, load, ['churn', LbRig.SOURCE_PREFIX, String(SOURCES), LbRig.vip(0), String(VIP_PORT), String(budget), '4', String(nextTuple), String(BACKENDS)]);
-    const started = performance.now();
-    for (let i = 0; i < CHANGES; i++) {
-      const step = i % 3;
-      if (step === 0) {
-        const added = spares.shift()!;
-        serving.push(added);
-        weights.delete(added);
-      } else if (step === 1) {
-        weights.set(serving[0]!, 0);
-      } else {
-        const removed = serving.shift()!;
-        weights.delete(removed);
-        spares.push(removed);
-      }
-      await peer.apply(changeServices(rig, serving, weights));
-      // Traffic between changes: every long-lived connection makes round trips under each configuration.
-      await sleep(50);
-    }
-    const seconds = (performance.now() - started) / 1000;
-    // Longer than the stall bound, so a connection the last changes cut is counted.
-    await sleep(2_500);
-    const last = (text: string): Record<string, number> => JSON.parse(text.split('\n').filter((l) => l.startsWith('{')).pop() ?? '{}') as Record<string, number>;
-    const [pOut, cOut] = await Promise.all([persistent.stop(), churn.stop()]);
-    const p = last(pOut);
-    const c = last(cOut);
-    nextTuple = c.next ?? nextTuple + 1_000_000;
-    return { contender: stand.contender, changes: CHANGES, seconds, persistent: p, churn: c, broken: (p.broken ?? NaN) + (c.failed ?? NaN) };
+    const figures = await measureBroken(bench, {
+      load,
+      ns: rig.client,
+      start: (ns, command, args, options) => rig.spawn(ns, command, args, options),
+      client: LbRig.CLIENT_V4,
+      echo: { dst: LbRig.vip(0), port: ECHO_VIP_PORT },
+      held: HELD,
+      target: { prefix: LbRig.SOURCE_PREFIX, sources: SOURCES, dst: LbRig.vip(0), port: VIP_PORT, targets: BACKENDS },
+      changes: CHANGES,
+      change: async (i) => {
+        const step = i % 3;
+        if (step === 0) {
+          const added = spares.shift()!;
+          serving.push(added);
+          weights.delete(added);
+        } else if (step === 1) {
+          weights.set(serving[0]!, 0);
+        } else {
+          const removed = serving.shift()!;
+          weights.delete(removed);
+          spares.push(removed);
+        }
+        await peer.apply(changeServices(rig, serving, weights));
+        // Traffic between changes: every long-lived connection makes round trips under each configuration.
+        await sleep(50);
+      },
+      // Longer than the stall bound, so a connection the last changes cut is counted.
+      drainMs: 2_500,
+    });
+    return { contender: stand.contender, ...figures };
   } finally {
     await Promise.all(servers.map((s) => s.kill()));
     flushTables(stand);
@@ -342,39 +284,21 @@ async function changesUnderTraffic(stand: Stand, load: string): Promise<ChangeRe
 
 // --- main ---------------------------------------------------------------------------------------
 
-const mount = mkdtempSync('/run/edgeplane-bench-lb-');
-let mounted = false;
 const stands: Stand[] = [];
 const report: Record<string, unknown> = { bench: 'lb', quick, reps, churnSeconds, floodSeconds, sizes, backends: BACKENDS, changes: CHANGES, held: HELD };
-const goals: { goal: string; figure: string; met: boolean | null }[] = [];
-const failures: string[] = [];
 let datapath: EbpfDatapath | undefined;
-let cleaned = false;
-function cleanUp(): void {
-  if (cleaned) return;
-  cleaned = true;
-  for (const child of children) child.kill('SIGKILL');
+const bench = new BenchRun('bench/lb.ts', 'lb', () => {
   for (const stand of stands) {
     stand.peer?.remove();
     stand.rig.remove();
   }
   datapath?.close();
-  if (mounted) spawnSync('umount', [mount]);
-  if (existsSync(mount)) rmdirSync(mount);
-  rmSync(workDir, { recursive: true, force: true });
-}
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    process.stderr.write(`bench/lb.ts: ${signal}, cleaning up\n`);
-    cleanUp();
-    process.exit(130);
-  });
-}
+});
+const { goals, failures } = bench;
 
-try {
-  const load = buildLoad();
-  execFileSync('mount', ['-t', 'bpf', 'bpf', mount]);
-  mounted = true;
+await bench.main(report, async () => {
+  const load = bench.buildLoad();
+  const mount = bench.mountBpf();
   for (const contender of ['none', ...LBS] as const) {
     const rig = LbRig.create({ backends: POOL, clientSources: SOURCES });
     const stand: Stand = { contender, rig };
@@ -608,14 +532,4 @@ try {
       met: ep !== undefined && Number.isFinite(ep.broken) ? ep.broken === 0 : null,
     });
   }
-} catch (error) {
-  failures.push(`bench: ${(error as Error).stack ?? String(error)}`);
-} finally {
-  cleanUp();
-}
-
-console.log('\ngoals');
-for (const g of goals) console.log(`    ${g.met === null ? 'n/a   ' : g.met ? 'met   ' : 'missed'}  ${g.goal}: ${g.figure}`);
-if (failures.length > 0) console.log(`failures:\n    ${failures.join('\n    ')}`);
-console.log(JSON.stringify({ ...report, goals, failures }));
-if (failures.some((f) => f.startsWith('bench:'))) process.exitCode = 1;
+});
