@@ -1,4 +1,4 @@
-// TCP load for bench/conntrack.ts: real connections through the filter, one process each side.
+// TCP load for bench/conntrack.ts and bench/lb.ts: real connections through the filter, one process each side.
 // Built by the bench with `cc -O2` into its temp directory; prints one JSON line and exits.
 //
 //   tcp-churn server ADDR PORT close|echo        accept until SIGTERM; close: close at once
