@@ -4,8 +4,9 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { metrics } from '@opentelemetry/api';
 import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
-import { Action, InterfaceRole, LogEntry, Policy, Protocol, keyIdOf, signLogEntry, type Rollout, type Service } from '@edgeplane/proto';
+import { Action, InterfaceRole, LogEntry, Policy, Protocol, keyIdOf, signLogEntry, type RevisionReport, type Rollout, type Service } from '@edgeplane/proto';
 import type { IntentChain } from '@edgeplane/intent-log';
+import type { NodeAgent } from '../src/agent/node-agent.js';
 
 /** The test key that signs {@link advance}'s entries (one per test process). */
 const { privateKey, publicKey } = generateKeyPairSync('ed25519');
@@ -34,6 +35,20 @@ export function advance(chain: IntentChain, change: Change): LogEntry {
     change: { upserts: change.policies ?? [], deletes: [], rollouts: change.rollouts ?? [], serviceUpserts: (change.services ?? []).map((s) => ({ ...s, metadata: { ...s.metadata!, resourceVersion: revision } })), serviceDeletes: change.serviceDeletes ?? [] },
   });
   return chain.append(signLogEntry(entry, privateKey), revision).entry;
+}
+
+/**
+ * Advances `chain` with `change` ({@link advance}), tells `agent` and waits until it has handled
+ * the entry; returns the entry's report, the last of `reports` (where the agent's reports go).
+ * @throws when the agent reported no outcome for the entry.
+ */
+export async function pushChange(agent: NodeAgent, chain: IntentChain, reports: readonly RevisionReport[], change: Change): Promise<RevisionReport> {
+  const entry = advance(chain, change);
+  agent.intentAdvanced(chain, [entry]);
+  await agent.settled();
+  const r = reports.at(-1)!;
+  if (r.revision !== entry.revision) throw new Error(`no report for revision ${entry.revision}`);
+  return r;
 }
 
 /** A policy denying TCP to `port` on both interface roles of every node. */

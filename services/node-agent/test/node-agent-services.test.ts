@@ -19,7 +19,7 @@ import { MemoryDatapath, type MemoryDatapathOptions } from '../src/datapath/memo
 import { buildFrame } from '../src/datapath/packet.js';
 import { compileServices, type LbSpec } from '../src/datapath/service-compile.js';
 import { service } from './lb-helpers.js';
-import { advance, denyPort, installTestMeter, trustedKeys, type Change } from './node-agent-helpers.js';
+import { advance, denyPort, installTestMeter, pushChange, trustedKeys, type Change } from './node-agent-helpers.js';
 
 const counterValue = installTestMeter();
 
@@ -89,14 +89,7 @@ function harness(o: { stateFile?: StateStore; labels?: Record<string, string>; u
     reports,
     conditions,
     down,
-    async push(change) {
-      const entry = advance(chain, change);
-      agent.intentAdvanced(chain, [entry]);
-      await agent.settled();
-      const r = reports.at(-1)!;
-      if (r.revision !== entry.revision) throw new Error(`no report for revision ${entry.revision}`);
-      return r;
-    },
+    push: (change) => pushChange(agent, chain, reports, change),
     async healthChanged() {
       agent.healthChanged();
       await agent.settled();

@@ -13,7 +13,7 @@ import { buildFrame } from '../src/datapath/packet.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { CONDITION_APPLY_ROLLBACK_FAILED, CONDITION_STATE_FILE_FAILED, NodeAgent, type AgentLogger } from '../src/agent/node-agent.js';
 import { StateFile, type AppliedState, type StateStore } from '../src/agent/state-file.js';
-import { advance as signedAdvance, denyPort, installTestMeter, trustedKeys } from './node-agent-helpers.js';
+import { advance as signedAdvance, denyPort, installTestMeter, pushChange, trustedKeys } from './node-agent-helpers.js';
 
 const counterValue = installTestMeter();
 
@@ -80,14 +80,7 @@ function harness(stateFile: StateStore = new StateFile(join(mkdtempSync(join(dir
     reports,
     conditions,
     logs,
-    async push(policy) {
-      const entry = advance(chain, policy);
-      agent.intentAdvanced(chain, [entry]);
-      await agent.settled();
-      const r = reports.at(-1)!;
-      if (r.revision !== entry.revision) throw new Error(`no report for revision ${entry.revision}`);
-      return r;
-    },
+    push: (policy) => pushChange(agent, chain, reports, { policies: [policy] }),
   };
 }
 
