@@ -17,7 +17,7 @@ import type { FlowTuple } from '../src/datapath/flow-hash.js';
 import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
 import { TestControlPlane, until } from '../../../test/support/control-plane.js';
 import { call } from '../../../test/support/grpc.js';
-import { enrollTestNode, LoopbackBackend, testRuntimeOptions } from './runtime-helpers.js';
+import { enrollTestNode, startBackendPair, testRuntimeOptions } from './runtime-helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'agent-service-lb-test-'));
 const logs: string[] = [];
@@ -48,14 +48,7 @@ function selection(dp: MemoryDatapath): Map<string, number> {
 test.serial('agent services - the uplink fronts the service that selects the node; a backend that stops accepting leaves selection without a log entry or a report, comes back when it recovers; a restart enforces the state file', async (t) => {
   cp = await TestControlPlane.start();
   const ctl = cp;
-  const a = new LoopbackBackend('tcp');
-  const b = new LoopbackBackend('tcp');
-  await a.start();
-  await b.start();
-  t.teardown(async () => {
-    await a.stop();
-    await b.stop();
-  });
+  const [a, b] = await startBackendPair(t, 'tcp');
 
   const name = 'lb-agent-1';
   const log = (line: string): void => void logs.push(line);

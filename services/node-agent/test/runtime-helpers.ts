@@ -96,3 +96,16 @@ export class LoopbackBackend {
     await new Promise<void>((resolve) => s.close(() => resolve()));
   }
 }
+
+/** Starts two {@link LoopbackBackend}s of `kind` on free ports, stopped when the test ends. */
+export async function startBackendPair(t: { teardown(fn: () => unknown): void }, kind: 'tcp' | 'http'): Promise<[LoopbackBackend, LoopbackBackend]> {
+  const a = new LoopbackBackend(kind);
+  const b = new LoopbackBackend(kind);
+  t.teardown(async () => {
+    await a.stop();
+    await b.stop();
+  });
+  await a.start();
+  await b.start();
+  return [a, b];
+}

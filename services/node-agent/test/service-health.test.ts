@@ -14,7 +14,7 @@ import { ServiceHealth, serviceBackendTargets } from '../src/agent/service-healt
 import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
 import { TestControlPlane, until } from '../../../test/support/control-plane.js';
 import { call } from '../../../test/support/grpc.js';
-import { enrollTestNode, LoopbackBackend, testRuntimeOptions } from './runtime-helpers.js';
+import { enrollTestNode, startBackendPair, testRuntimeOptions } from './runtime-helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'service-health-test-'));
 const logs: string[] = [];
@@ -90,14 +90,7 @@ test('ServiceHealth - every backend eligible before a verdict and without a chec
 test.serial('AgentRuntime service health - a stopped backend is unhealthy at the controller with the reason, healthy again once back, on this node only and with no log entry; relabel retargets', async (t) => {
   cp = await TestControlPlane.start();
   const ctl = cp;
-  const a = new LoopbackBackend('http');
-  const b = new LoopbackBackend('http');
-  await a.start();
-  await b.start();
-  t.teardown(async () => {
-    await a.stop();
-    await b.stop();
-  });
+  const [a, b] = await startBackendPair(t, 'http');
 
   const name = 'lb-1';
   const log = (line: string): void => void logs.push(line);
