@@ -3,16 +3,11 @@
 // datapath, traffic from the fleet's "internet" namespace, and `edgeplane conntrack` reading the
 // node's connection table through the controller.
 import test from 'ava';
-import { execFile } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { Action, ConnectionTracking_EstablishedOnDeny, InterfaceRole, Policy, Protocol } from '@edgeplane/proto';
+import { cliAsAdmin, type CliResult } from './support/cli.js';
 import { TestControlPlane, until } from './support/control-plane.js';
 import { FleetNetwork, type FleetNode } from './support/fleet.js';
 import { call } from './support/grpc.js';
-
-const CLI_MAIN = fileURLToPath(new URL('../packages/cli/dist/main.js', import.meta.url));
-const run = promisify(execFile);
 
 let cp: TestControlPlane;
 let net: FleetNetwork;
@@ -35,9 +30,11 @@ function output(): string {
   return [node?.agent?.output ?? '', cp.controller.output].join('\n');
 }
 
-/** `edgeplane ARGS` against the test controller as admin. */
-async function edgeplane(args: string[]): Promise<{ stdout: string; stderr: string }> {
-  return run(process.execPath, [CLI_MAIN, ...args, '--server', cp.address, ...cp.cliTlsArgs], { timeout: 20_000 });
+/** `edgeplane ARGS` against the test controller as admin. @throws when it exits non-zero. */
+async function edgeplane(args: string[]): Promise<CliResult> {
+  const r = await cliAsAdmin(cp, args, 20_000);
+  if (r.code !== 0) throw new Error(`edgeplane ${args.join(' ')}: exit ${r.code}\n${r.stderr}`);
+  return r;
 }
 
 interface JsonConnection {

@@ -5,9 +5,9 @@
 // and source port) are sent through node 1, then, with node 1's uplink down so nothing else can
 // carry them, through node 2.
 import test from 'ava';
-import { TestControlPlane, until } from './support/control-plane.js';
+import type { TestControlPlane } from './support/control-plane.js';
 import { LbRig } from './support/lb-rig.js';
-import { applyServiceOn, BACKEND_PORT, referenceBackends, rigService, VIP_PORT } from './support/lb-service.js';
+import { applyServiceOn, closeLbAgents, lbOutput, referenceBackends, rigService, startLbAgents, VIP_PORT } from './support/lb-service.js';
 
 const NODES = ['lb-e2e-a', 'lb-e2e-b'];
 let cp: TestControlPlane | undefined;
@@ -15,21 +15,12 @@ let rig: LbRig | undefined;
 
 test.before(async () => {
   rig = LbRig.create({ backends: 4, nodes: 2 });
-  await rig.startBackends([BACKEND_PORT]);
-  cp = await TestControlPlane.start();
-  for (const [k, name] of NODES.entries()) await rig.startAgent(k, name, cp, { role: 'edge' });
-  for (const name of NODES) await until(`${name} connected`, async () => (await cp!.nodeStatus(name))?.connected === true, 30_000, output);
+  cp = await startLbAgents(rig, NODES);
 });
 
-test.after.always(async () => {
-  await rig?.stopAgents();
-  rig?.remove();
-  await cp?.close();
-});
+test.after.always(() => closeLbAgents(rig, cp));
 
-function output(): string {
-  return [rig?.agentOutput() ?? '', cp?.controller.output ?? ''].join('\n');
-}
+const output = (): string => lbOutput(rig, cp);
 
 test.serial('lb e2e two nodes - the same flow sent through either node reaches the same backend, IPv4 and IPv6', async (t) => {
   const r = rig!;

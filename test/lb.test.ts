@@ -5,10 +5,9 @@
 // (test/support/lb-rig.ts). Services are written through IntentService.ApplyService and waited
 // for as applied on the node. The two-node test is test/lb-two-nodes.test.ts.
 import test from 'ava';
-import { TestControlPlane } from './support/control-plane.js';
+import { until, type TestControlPlane } from './support/control-plane.js';
 import { LbRig } from './support/lb-rig.js';
-import { applyServiceOn, BACKEND_PORT, referenceBackends, rigService, VIP_PORT } from './support/lb-service.js';
-import { until } from './support/control-plane.js';
+import { applyServiceOn, closeLbAgents, lbOutput, referenceBackends, rigService, startLbAgents, VIP_PORT } from './support/lb-service.js';
 
 const NODE = 'lb-e2e-1';
 let cp: TestControlPlane | undefined;
@@ -16,21 +15,12 @@ let rig: LbRig | undefined;
 
 test.before(async () => {
   rig = LbRig.create({ backends: 6 });
-  await rig.startBackends([BACKEND_PORT]);
-  cp = await TestControlPlane.start();
-  await rig.startAgent(0, NODE, cp, { role: 'edge' });
-  await until('a connected agent', async () => (await cp!.nodeStatus(NODE))?.connected === true, 30_000, output);
+  cp = await startLbAgents(rig, [NODE]);
 });
 
-test.after.always(async () => {
-  await rig?.stopAgents();
-  rig?.remove();
-  await cp?.close();
-});
+test.after.always(() => closeLbAgents(rig, cp));
 
-function output(): string {
-  return [rig?.agentOutput() ?? '', cp?.controller.output ?? ''].join('\n');
-}
+const output = (): string => lbOutput(rig, cp);
 
 /** The agent's and controller's output and the node's link counters (veth XDP drops, ...), for a failure's message. */
 function diagnostics(): string {

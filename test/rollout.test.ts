@@ -13,21 +13,14 @@ import {
   type Rule,
 } from '@edgeplane/proto';
 import { FleetNetwork, type FleetNode } from './support/fleet.js';
+import { startRolloutFleet } from './support/rollout-fleet.js';
 import { call } from './support/grpc.js';
-import { TestControlPlane } from './support/control-plane.js';
+import { cliAsAdmin, type CliResult } from './support/cli.js';
+import { TestControlPlane, until as untilDone } from './support/control-plane.js';
 import { OtlpReceiver } from './support/otlp-receiver.js';
 import type { Supervised } from './support/supervisor.js';
-import { execFile } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 
-const CLI = fileURLToPath(new URL('../packages/cli/dist/main.js', import.meta.url));
-function edgeplane(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, '--server', cp.address, ...cp.cliTlsArgs, ...args], { timeout: 60_000 }, (err, stdout, stderr) =>
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    );
-  });
-}
+const edgeplane = (args: string[]): Promise<CliResult> => cliAsAdmin(cp, args);
 
 // Spans leave the processes quickly, as JSON, for the receiver below.
 process.env.OTEL_EXPORTER_OTLP_PROTOCOL = 'http/json';
@@ -48,12 +41,7 @@ test.before(async () => {
   cp = await TestControlPlane.start({ extra: ['--otlp-endpoint', otlp.endpoint('127.0.0.1')] });
   controller = cp.controller;
   c = cp.api;
-  for (let i = 1; i <= 5; i++) {
-    const node = net.addNode(i, `node-${i}`);
-    nodes.push(node);
-    await node.startAgent(cp, { role: 'edge', node: `node-${i}`, ...(i === 1 ? { canary: 'true' } : {}) }, ['--otlp-endpoint', otlp.endpoint(node.hostIp)]);
-  }
-  await until('5 nodes connected', async () => (await call(c.fleet, c.fleet.listNodes, { pageSize: 0, pageToken: '', labelSelector: '' })).nodes.filter((n) => n.status?.connected).length === 5);
+  nodes.push(...(await startRolloutFleet(net, cp, 5, (node) => ['--otlp-endpoint', otlp.endpoint(node.hostIp)])));
 });
 
 test.after.always(async () => {
@@ -62,13 +50,7 @@ test.after.always(async () => {
   await otlp?.close();
 });
 
-async function until(what: string, pred: () => Promise<boolean> | boolean, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await pred())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${controller.output}`);
-    await new Promise((r) => setTimeout(r, 150));
-  }
-}
+const until = (what: string, pred: () => Promise<boolean> | boolean, ms = 30_000): Promise<void> => untilDone(what, pred, ms, () => controller.output);
 
 // Requests without a kind (as clients sent them before services had rollouts) name a policy's rollout.
 const rollout = async (name: string): Promise<RolloutStatus | undefined> => (await call(c.fleet, c.fleet.getRollout, GetRolloutRequest.fromPartial({ name })).catch(() => undefined))?.status;

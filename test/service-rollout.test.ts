@@ -5,8 +5,6 @@
 // here differ by); whether a node took a revision, from the controller's revision status.
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
-import { execFile } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import {
   Action,
   ApplyPolicyRequest,
@@ -21,18 +19,13 @@ import {
   type RolloutStrategy_Staged,
   type ServiceSpec,
 } from '@edgeplane/proto';
-import { TestControlPlane } from './support/control-plane.js';
+import { cliAsAdmin, type CliResult } from './support/cli.js';
+import { TestControlPlane, until as untilDone } from './support/control-plane.js';
 import { FleetNetwork, type FleetNode } from './support/fleet.js';
+import { startRolloutFleet } from './support/rollout-fleet.js';
 import { call } from './support/grpc.js';
 
-const CLI = fileURLToPath(new URL('../packages/cli/dist/main.js', import.meta.url));
-function edgeplane(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, '--server', cp.address, ...cp.cliTlsArgs, ...args], { timeout: 60_000 }, (err, stdout, stderr) =>
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    );
-  });
-}
+const edgeplane = (args: string[]): Promise<CliResult> => cliAsAdmin(cp, args);
 
 let net: FleetNetwork;
 let cp: TestControlPlane;
@@ -43,13 +36,8 @@ test.before(async () => {
   net = new FleetNetwork();
   cp = await TestControlPlane.start();
   c = cp.api;
-  for (let i = 1; i <= 3; i++) {
-    const node = net.addNode(i, `node-${i}`);
-    nodes.push(node);
-    // The canary's datapath holds 512 table slots: a service at m = 251 or 509, not at 1,021.
-    await node.startAgent(cp, { role: 'edge', node: `node-${i}`, ...(i === 1 ? { canary: 'true' } : {}) }, i === 1 ? ['--lb-slots', '512'] : []);
-  }
-  await until('3 nodes connected', async () => (await call(c.fleet, c.fleet.listNodes, { pageSize: 0, pageToken: '', labelSelector: '' })).nodes.filter((n) => n.status?.connected).length === 3);
+  // The canary's datapath holds 512 table slots: a service at m = 251 or 509, not at 1,021.
+  nodes.push(...(await startRolloutFleet(net, cp, 3, (node) => (node.index === 1 ? ['--lb-slots', '512'] : []))));
 });
 
 test.after.always(async () => {
@@ -57,13 +45,7 @@ test.after.always(async () => {
   await cp?.close();
 });
 
-async function until(what: string, pred: () => Promise<boolean> | boolean, ms = 60_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await pred())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${cp.controller.output.slice(-4000)}`);
-    await new Promise((r) => setTimeout(r, 150));
-  }
-}
+const until = (what: string, pred: () => Promise<boolean> | boolean, ms = 60_000): Promise<void> => untilDone(what, pred, ms, () => cp.controller.output.slice(-4000));
 
 const sec = (s: number) => ({ seconds: BigInt(s), nanos: 0 });
 const serviceRollout = async (name: string): Promise<RolloutStatus | undefined> =>

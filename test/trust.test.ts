@@ -6,7 +6,6 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { X509Certificate } from 'node:crypto';
 import tls from 'node:tls';
@@ -14,12 +13,12 @@ import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { FleetServiceClient, TrustServiceClient, type WatchNodesResponse } from '@edgeplane/proto';
 import { ControllerLink, NodeIdentity, enrollNode, type NodeCredentials } from '@edgeplane/node-agent';
+import { runCli, type CliResult } from './support/cli.js';
 import { until } from './support/control-plane.js';
 import { AGENT_MAIN, CONTROLLER_MAIN } from './support/fleet.js';
 import { call } from './support/grpc.js';
 import { Supervised } from './support/supervisor.js';
 
-const CLI_MAIN = fileURLToPath(new URL('../packages/cli/dist/main.js', import.meta.url));
 const run = promisify(execFile);
 
 let dir: string;
@@ -28,14 +27,9 @@ let address: string;
 let adminEnv: NodeJS.ProcessEnv;
 const cleanups: (() => unknown)[] = [];
 
-async function cli(args: string[], env: NodeJS.ProcessEnv = adminEnv): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [CLI_MAIN, '--server', address, ...args], { env: { ...process.env, ...env }, timeout: 30_000 });
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const err = e as { code: number; stdout: string; stderr: string };
-    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
-  }
+/** `edgeplane --server ADDRESS ARGS` with `env` over this process's environment (the admin's TLS files by default). */
+function cli(args: string[], env: NodeJS.ProcessEnv = adminEnv): Promise<CliResult> {
+  return runCli(['--server', address, ...args], { env: { ...process.env, ...env }, timeoutMs: 30_000 });
 }
 
 async function token(labels = ''): Promise<{ token: string; fingerprint: string }> {

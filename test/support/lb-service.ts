@@ -1,10 +1,10 @@
-// What the load-balancing end-to-end tests (test/lb*.test.ts) share besides the rig: a Service of
-// rig backends, its writes through the controller waited for on the nodes, and the backend the
+// What the load-balancing end-to-end tests (test/lb*.test.ts) share besides the rig: the rig's
+// agents started with a control plane and stopped with it, a Service of rig backends, its writes through the controller waited for on the nodes, and the backend the
 // datapath must pick for a tuple by the project's own oracle (LbReference over the tables the
 // agent would lay out for that Service).
 import { ApplyServiceRequest, HealthCheck_Type, parseAddress, Protocol, Service } from '@edgeplane/proto';
 import { compileServices, layoutLbTables, LbReference } from '@edgeplane/node-agent';
-import { until, type TestControlPlane } from './control-plane.js';
+import { TestControlPlane, until } from './control-plane.js';
 import { call } from './grpc.js';
 import { LbRig, type RigBackend } from './lb-rig.js';
 
@@ -73,4 +73,37 @@ export function referenceBackends(rig: LbRig, service: Service): (client: string
     const selection = reference.select({ family, proto: 6, src: parseAddress(client)!, dst: vip, sport, dport: spec.port });
     return selection.kind === 'backend' ? byAddress.get(selection.address) : undefined;
   };
+}
+
+/**
+ * Starts the rig's backends on BACKEND_PORT, a test control plane, and the real agent `names[k]`
+ * in the rig's node k (labelled role=edge); resolves with the control plane once every agent is
+ * connected at the controller. On a failure it stops what it started (the agents, the control
+ * plane) and throws; the caller owns the rig, and with success the control plane (see
+ * {@link closeLbAgents}).
+ */
+export async function startLbAgents(rig: LbRig, names: readonly string[]): Promise<TestControlPlane> {
+  await rig.startBackends([BACKEND_PORT]);
+  const cp = await TestControlPlane.start();
+  try {
+    for (const [k, name] of names.entries()) await rig.startAgent(k, name, cp, { role: 'edge' });
+    for (const name of names) await until(`${name} connected`, async () => (await cp.nodeStatus(name))?.connected === true, 30_000, () => lbOutput(rig, cp));
+    return cp;
+  } catch (e) {
+    await rig.stopAgents();
+    await cp.close();
+    throw e;
+  }
+}
+
+/** Stops the rig's agents, removes the rig and closes the control plane, whichever of them exist. */
+export async function closeLbAgents(rig: LbRig | undefined, cp: TestControlPlane | undefined): Promise<void> {
+  await rig?.stopAgents();
+  rig?.remove();
+  await cp?.close();
+}
+
+/** The rig's agents' output and the controller's, for a failure's message. */
+export function lbOutput(rig: LbRig | undefined, cp: TestControlPlane | undefined): string {
+  return [rig?.agentOutput() ?? '', cp?.controller.output ?? ''].join('\n');
 }

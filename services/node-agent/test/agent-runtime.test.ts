@@ -6,16 +6,16 @@ import * as grpc from '@grpc/grpc-js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Action, InterfaceRole, Policy, Protocol, TrustServiceClient, publicKeyFromRaw, keyIdOf } from '@edgeplane/proto';
+import { Action, InterfaceRole, Policy, Protocol, TrustServiceClient } from '@edgeplane/proto';
 import { AgentRuntime } from '../src/agent/agent-runtime.js';
-import { agentNatsOptions } from '../src/agent/nats-connect-options.js';
-import { enrollNode, NodeIdentity } from '../src/agent/node-identity.js';
+import type { NodeIdentity } from '../src/agent/node-identity.js';
 import { StateFile } from '../src/agent/state-file.js';
 import { DatapathError } from '../src/datapath/errors.js';
 import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
 import { TestControlPlane, until } from '../../../test/support/control-plane.js';
 import { call } from '../../../test/support/grpc.js';
+import { enrollTestNode, testRuntimeOptions } from './runtime-helpers.js';
 
 let cp: TestControlPlane;
 const dir = mkdtempSync(join(tmpdir(), 'agent-runtime-test-'));
@@ -42,36 +42,10 @@ function denyPort(name: string, port: number): Policy {
 
 const verdict = (dp: MemoryDatapath, port: number): string => dp.classify(buildFrame({ src: '198.18.0.7', dst: '10.0.0.1', protocol: 'tcp', srcPort: 40_000, dstPort: port })).verdict;
 
-/** Enrolls `name` with a join token (as the agent process does) and returns its identity; the test closes it. */
-async function enroll(name: string, labels: Record<string, string>): Promise<NodeIdentity> {
-  const args = await cp.agentTrustArgs(name, labels);
-  const creds = await enrollNode({ address: cp.address, token: args[1]!, caFingerprint: args[3]!, nodeName: name, stateDir: join(dir, name) });
-  const identity = new NodeIdentity(creds, { address: cp.address, stateDir: join(dir, name), onRenewed: () => undefined, onError: (m) => void logs.push(`${name} identity ${m}`) });
-  identity.start();
-  return identity;
-}
-
 async function start(name: string, uplink: MemoryDatapath, workload: MemoryDatapath, labels: Record<string, string> = { role: 'rt' }): Promise<AgentRuntime> {
-  const raw = Buffer.from(cp.publicKeyB64, 'base64');
-  const identity = await enroll(name, labels);
-  const runtime = await AgentRuntime.start({
-    nodeName: name,
-    labels: identity.credentials.labels,
-    datapaths: { uplink, workload },
-    stateFile: new StateFile(join(dir, name, 'applied.json')),
-    natsServers: [`nats://127.0.0.1:${cp.nats.port}`],
-    // The node's own NATS credentials from its enrollment, and TLS verified by its enrolled CA, as the agent main does.
-    natsOptions: agentNatsOptions({ nodeName: name, natsServers: [`nats://127.0.0.1:${cp.nats.port}`] }, () => identity.credentials).options,
-    trustedKeys: new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]),
-    controller: { address: cp.address, credentials: identity.channelCredentials() },
-    info: { agentVersion: 'test', kernelRelease: 'test', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
-    sessionId: `${name}-session`,
-    heartbeatIntervalMs: 1000,
-    counterIntervalMs: 1000,
-    retryMinMs: 50,
-    retryMaxMs: 200,
-    log: (level, msg, fields) => void logs.push(`${name} ${level} ${msg} ${JSON.stringify(fields ?? {})}`),
-  });
+  const log = (line: string): void => void logs.push(`${name} ${line}`);
+  const identity = await enrollTestNode(cp, name, labels, join(dir, name), log);
+  const runtime = await AgentRuntime.start({ ...testRuntimeOptions(cp, identity, { uplink, workload }, join(dir, name), log), retryMinMs: 50, retryMaxMs: 200 });
   identities.push(identity);
   return runtime;
 }

@@ -7,19 +7,17 @@
 // agent enforces the services of its state file before it reaches anything.
 // Waits are bounded polls; nothing asserts a duration.
 import test from 'ava';
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ApplyServiceRequest, HealthCheck_Type, Protocol, RevisionOutcome, Service, keyIdOf, parseAddress, publicKeyFromRaw, type RevisionReport } from '@edgeplane/proto';
+import { ApplyServiceRequest, HealthCheck_Type, Protocol, RevisionOutcome, Service, parseAddress, type RevisionReport } from '@edgeplane/proto';
 import { AgentRuntime } from '../src/agent/agent-runtime.js';
-import { agentNatsOptions } from '../src/agent/nats-connect-options.js';
-import { enrollNode, NodeIdentity } from '../src/agent/node-identity.js';
-import { StateFile } from '../src/agent/state-file.js';
+import type { NodeIdentity } from '../src/agent/node-identity.js';
 import type { FlowTuple } from '../src/datapath/flow-hash.js';
 import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
 import { TestControlPlane, until } from '../../../test/support/control-plane.js';
 import { call } from '../../../test/support/grpc.js';
+import { enrollTestNode, startBackendPair, testRuntimeOptions } from './runtime-helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'agent-service-lb-test-'));
 const logs: string[] = [];
@@ -31,32 +29,6 @@ test.after.always(async () => {
   await cp?.close();
   rmSync(dir, { recursive: true, force: true });
 });
-
-/** A TCP listener on loopback that accepts and closes; stop() makes connects fail (ECONNREFUSED). */
-class Backend {
-  port = 0;
-  #server: Server | undefined;
-  #sockets = new Set<Socket>();
-
-  async start(port = 0): Promise<void> {
-    const server = createServer((socket) => {
-      this.#sockets.add(socket);
-      socket.on('close', () => this.#sockets.delete(socket));
-      socket.end();
-    });
-    await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, '127.0.0.1', resolve));
-    this.#server = server;
-    this.port = (server.address() as AddressInfo).port;
-  }
-
-  async stop(): Promise<void> {
-    const s = this.#server;
-    this.#server = undefined;
-    if (!s) return;
-    for (const socket of this.#sockets) socket.destroy();
-    await new Promise<void>((resolve) => s.close(() => resolve()));
-  }
-}
 
 const VIP = '192.0.2.30';
 
@@ -76,40 +48,15 @@ function selection(dp: MemoryDatapath): Map<string, number> {
 test.serial('agent services - the uplink fronts the service that selects the node; a backend that stops accepting leaves selection without a log entry or a report, comes back when it recovers; a restart enforces the state file', async (t) => {
   cp = await TestControlPlane.start();
   const ctl = cp;
-  const a = new Backend();
-  const b = new Backend();
-  await a.start();
-  await b.start();
-  t.teardown(async () => {
-    await a.stop();
-    await b.stop();
-  });
+  const [a, b] = await startBackendPair(t, 'tcp');
 
   const name = 'lb-agent-1';
-  const args = await ctl.agentTrustArgs(name, { role: 'lb' });
-  const creds = await enrollNode({ address: ctl.address, token: args[1]!, caFingerprint: args[3]!, nodeName: name, stateDir: join(dir, name) });
-  const identity = new NodeIdentity(creds, { address: ctl.address, stateDir: join(dir, name), onRenewed: () => undefined, onError: (m) => void logs.push(`identity ${m}`) });
-  identity.start();
+  const log = (line: string): void => void logs.push(line);
+  const identity = await enrollTestNode(ctl, name, { role: 'lb' }, join(dir, name), log);
   identities.push(identity);
-  const raw = Buffer.from(ctl.publicKeyB64, 'base64');
   const reports: RevisionReport[] = [];
   const start = (uplink: MemoryDatapath, workload: MemoryDatapath): Promise<AgentRuntime> =>
-    AgentRuntime.start({
-      nodeName: name,
-      labels: identity.credentials.labels,
-      datapaths: { uplink, workload },
-      stateFile: new StateFile(join(dir, name, 'applied.json')),
-      natsServers: [`nats://127.0.0.1:${ctl.nats.port}`],
-      natsOptions: agentNatsOptions({ nodeName: name, natsServers: [`nats://127.0.0.1:${ctl.nats.port}`] }, () => identity.credentials).options,
-      trustedKeys: new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]),
-      controller: { address: ctl.address, credentials: identity.channelCredentials() },
-      info: { agentVersion: 'test', kernelRelease: 'test', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
-      sessionId: `${name}-session`,
-      heartbeatIntervalMs: 1000,
-      counterIntervalMs: 1000,
-      hooks: { report: (r) => void reports.push(r) },
-      log: (level, msg, fields) => void logs.push(`${level} ${msg} ${JSON.stringify(fields ?? {})}`),
-    });
+    AgentRuntime.start({ ...testRuntimeOptions(ctl, identity, { uplink, workload }, join(dir, name), log), hooks: { report: (r) => void reports.push(r) } });
   const uplink = new MemoryDatapath();
   const workload = new MemoryDatapath();
   const runtime = await start(uplink, workload);

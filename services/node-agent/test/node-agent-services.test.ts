@@ -6,13 +6,10 @@
 // view that the test sets (the runtime's is ServiceHealth, run end to end in
 // agent-service-lb.test.ts against real TCP backends). No kernel, no network, no clock in assertions.
 import test from 'ava';
-import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { metrics } from '@opentelemetry/api';
-import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
-import { Action, InterfaceRole, LogEntry, Policy, Protocol, RevisionOutcome, Rollout, RolloutKind, RolloutState, keyIdOf, parseAddress, signLogEntry, type ConditionReport, type Service, type RevisionReport } from '@edgeplane/proto';
+import { RevisionOutcome, Rollout, RolloutKind, RolloutState, parseAddress, type ConditionReport, type Service, type RevisionReport } from '@edgeplane/proto';
 import { IntentChain } from '@edgeplane/intent-log';
 import { CONDITION_HEALTH_APPLY_FAILED, NodeAgent } from '../src/agent/node-agent.js';
 import { StateFile, type StateStore } from '../src/agent/state-file.js';
@@ -22,55 +19,12 @@ import { MemoryDatapath, type MemoryDatapathOptions } from '../src/datapath/memo
 import { buildFrame } from '../src/datapath/packet.js';
 import { compileServices, type LbSpec } from '../src/datapath/service-compile.js';
 import { service } from './lb-helpers.js';
+import { advance, denyPort, installTestMeter, pushChange, trustedKeys, type Change } from './node-agent-helpers.js';
 
-class TestReader extends MetricReader {
-  constructor() {
-    super({ aggregationTemporalitySelector: () => AggregationTemporality.CUMULATIVE });
-  }
-  protected override async onForceFlush(): Promise<void> {}
-  protected override async onShutdown(): Promise<void> {}
-}
-const reader = new TestReader();
-metrics.setGlobalMeterProvider(new MeterProvider({ readers: [reader] }));
+const counterValue = installTestMeter();
 
-async function counterValue(name: string): Promise<number> {
-  const { resourceMetrics } = await reader.collect();
-  let sum = 0;
-  for (const scope of resourceMetrics.scopeMetrics) for (const m of scope.metrics) if (m.descriptor.name === name) for (const p of m.dataPoints) sum += p.value as number;
-  return sum;
-}
-
-const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-const trusted = new Map([[keyIdOf(publicKey), publicKey]]);
 const dir = mkdtempSync(join(tmpdir(), 'node-agent-services-test-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
-
-/** What one log entry changes. */
-interface Change {
-  policies?: Policy[];
-  services?: Service[];
-  serviceDeletes?: string[];
-  rollouts?: Rollout[];
-}
-
-/** Appends a signed entry with `change` to `chain` (the chain takes whatever is signed: a forged or skewed service too). */
-function advance(chain: IntentChain, change: Change): LogEntry {
-  const revision = chain.revision + 1n;
-  const entry = LogEntry.fromPartial({
-    revision,
-    previousHash: Buffer.from(chain.lastHash),
-    change: { upserts: change.policies ?? [], deletes: [], rollouts: change.rollouts ?? [], serviceUpserts: (change.services ?? []).map((s) => ({ ...s, metadata: { ...s.metadata!, resourceVersion: revision } })), serviceDeletes: change.serviceDeletes ?? [] },
-  });
-  return chain.append(signLogEntry(entry, privateKey), revision).entry;
-}
-
-/** A policy denying TCP to `port` on both roles of every node. */
-function denyPort(name: string, port: number): Policy {
-  return Policy.fromPartial({
-    metadata: { name },
-    spec: { interfaceRole: InterfaceRole.INTERFACE_ROLE_ALL, defaultAction: Action.ACTION_ALLOW, rules: [{ priority: 10, name: 'deny', protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: port, last: 0 }], action: Action.ACTION_DENY }] },
-  });
-}
 
 /** `n` new TCP flows from distinct clients to vip:port. */
 function flows(vip: string, port: number, n = 400): FlowTuple[] {
@@ -126,7 +80,7 @@ function harness(o: { stateFile?: StateStore; labels?: Record<string, string>; u
     retryMinMs: o.retryMinMs ?? 5,
     retryMaxMs: Math.max(20, o.retryMinMs ?? 5),
   });
-  const chain = new IntentChain(trusted);
+  const chain = new IntentChain(trustedKeys);
   return {
     agent,
     chain,
@@ -135,14 +89,7 @@ function harness(o: { stateFile?: StateStore; labels?: Record<string, string>; u
     reports,
     conditions,
     down,
-    async push(change) {
-      const entry = advance(chain, change);
-      agent.intentAdvanced(chain, [entry]);
-      await agent.settled();
-      const r = reports.at(-1)!;
-      if (r.revision !== entry.revision) throw new Error(`no report for revision ${entry.revision}`);
-      return r;
-    },
+    push: (change) => pushChange(agent, chain, reports, change),
     async healthChanged() {
       agent.healthChanged();
       await agent.settled();
@@ -180,7 +127,7 @@ test('NodeAgent services - one datapath for both roles is applied once, with the
   const reports: RevisionReport[] = [];
   const agent = new NodeAgent({ nodeName: 'n1', labels: {}, datapaths: { uplink: dp, workload: dp }, stateFile: new StateFile(join(mkdtempSync(join(dir, 'one-')), 'applied.json')), report: (r) => void reports.push(r), log: () => undefined, coalesceMs: 0 });
   t.teardown(() => agent.close());
-  const chain = new IntentChain(trusted);
+  const chain = new IntentChain(trustedKeys);
   agent.intentAdvanced(chain, [advance(chain, { services: [service('web')] })]);
   await agent.settled();
   t.is(reports.at(-1)?.outcome, RevisionOutcome.REVISION_OUTCOME_ACK);

@@ -2,13 +2,10 @@
 // with faults injected into it and into the state file: partial applies, failed rollbacks,
 // state-file failures, and a restart from the state file. No kernel, no network.
 import test from 'ava';
-import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { metrics } from '@opentelemetry/api';
-import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
-import { Action, InterfaceRole, LogEntry, Policy, Protocol, RevisionOutcome, keyIdOf, signLogEntry, type ConditionReport, type RevisionReport } from '@edgeplane/proto';
+import { Action, Policy, Protocol, RevisionOutcome, type ConditionReport, type LogEntry, type RevisionReport } from '@edgeplane/proto';
 import { IntentChain } from '@edgeplane/intent-log';
 import { DatapathError } from '../src/datapath/errors.js';
 import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
@@ -16,43 +13,15 @@ import { buildFrame } from '../src/datapath/packet.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { CONDITION_APPLY_ROLLBACK_FAILED, CONDITION_STATE_FILE_FAILED, NodeAgent, type AgentLogger } from '../src/agent/node-agent.js';
 import { StateFile, type AppliedState, type StateStore } from '../src/agent/state-file.js';
+import { advance as signedAdvance, denyPort, installTestMeter, pushChange, trustedKeys } from './node-agent-helpers.js';
 
-class TestReader extends MetricReader {
-  constructor() {
-    super({ aggregationTemporalitySelector: () => AggregationTemporality.CUMULATIVE });
-  }
-  protected override async onForceFlush(): Promise<void> {}
-  protected override async onShutdown(): Promise<void> {}
-}
-const reader = new TestReader();
-metrics.setGlobalMeterProvider(new MeterProvider({ readers: [reader] }));
+const counterValue = installTestMeter();
 
-async function counterValue(name: string): Promise<number> {
-  const { resourceMetrics } = await reader.collect();
-  let sum = 0;
-  for (const scope of resourceMetrics.scopeMetrics) for (const m of scope.metrics) if (m.descriptor.name === name) for (const p of m.dataPoints) sum += p.value as number;
-  return sum;
-}
-
-const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-const trusted = new Map([[keyIdOf(publicKey), publicKey]]);
 const dir = mkdtempSync(join(tmpdir(), 'node-agent-test-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
 
-/** A policy denying TCP to `port` on both interface roles of every node. */
-function denyPort(name: string, port: number): Policy {
-  return Policy.fromPartial({
-    metadata: { name },
-    spec: { interfaceRole: InterfaceRole.INTERFACE_ROLE_ALL, defaultAction: Action.ACTION_ALLOW, rules: [{ priority: 10, name: 'deny', protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: port, last: 0 }], action: Action.ACTION_DENY }] },
-  });
-}
-
 /** Appends an entry upserting `policy` to `chain`; returns the entry. */
-function advance(chain: IntentChain, policy: Policy): LogEntry {
-  const revision = chain.revision + 1n;
-  const signed = signLogEntry(LogEntry.fromPartial({ revision, previousHash: Buffer.from(chain.lastHash), change: { upserts: [policy], deletes: [] } }), privateKey);
-  return chain.append(signed, revision).entry;
-}
+const advance = (chain: IntentChain, policy: Policy): LogEntry => signedAdvance(chain, { policies: [policy] });
 
 const frame = (port: number): Uint8Array => buildFrame({ src: '198.18.0.7', dst: '10.0.0.1', protocol: 'tcp', srcPort: 40_000, dstPort: port });
 const verdict = (dp: MemoryDatapath, port: number): string => dp.classify(frame(port)).verdict;
@@ -102,7 +71,7 @@ function harness(stateFile: StateStore = new StateFile(join(mkdtempSync(join(dir
     retryMinMs,
     retryMaxMs: Math.max(20, retryMinMs),
   });
-  const chain = new IntentChain(trusted);
+  const chain = new IntentChain(trustedKeys);
   return {
     agent,
     chain,
@@ -111,14 +80,7 @@ function harness(stateFile: StateStore = new StateFile(join(mkdtempSync(join(dir
     reports,
     conditions,
     logs,
-    async push(policy) {
-      const entry = advance(chain, policy);
-      agent.intentAdvanced(chain, [entry]);
-      await agent.settled();
-      const r = reports.at(-1)!;
-      if (r.revision !== entry.revision) throw new Error(`no report for revision ${entry.revision}`);
-      return r;
-    },
+    push: (policy) => pushChange(agent, chain, reports, { policies: [policy] }),
   };
 }
 
@@ -286,7 +248,7 @@ test('NodeAgent - a restarted agent enforces the state file before anything else
   t.deepEqual(reports, [], 'boot reports nothing: the hello carries the revision');
 
   // It continues from the state file's chain.
-  const chain = new IntentChain(trusted);
+  const chain = new IntentChain(trustedKeys);
   chain.load(booted!);
   const entry = advance(chain, denyPort('p', 24));
   agent.intentAdvanced(chain, [entry]);
@@ -303,7 +265,7 @@ test('NodeAgent - entries that trickle in closer together than the coalescing wa
   const path = join(mkdtempSync(join(dir, 's-')), 'applied.json');
   const agent = new NodeAgent({ nodeName: 'n1', labels: { role: 'edge' }, datapaths: { uplink, workload }, stateFile: new StateFile(path), report: (r) => void reports.push(r), log: () => undefined, coalesceMs: 300, coalesceMaxMs: 3_000 });
   t.teardown(() => agent.close());
-  const chain = new IntentChain(trusted);
+  const chain = new IntentChain(trustedKeys);
   const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
   // What a verified live burst looks like after an outage: one entry every few ms, for longer
   // than the wait (60 x 10 ms against 300 ms). Each gap is far shorter than the wait, even on a
@@ -376,7 +338,7 @@ test('NodeAgent - another history at or below the applied revision (a reset, a r
   await h.push(denyPort('a', 23));
   await h.push(denyPort('b', 24));
   // A second history of the same length holding another policy: the follower hands it over after a reset.
-  const other = new IntentChain(trusted);
+  const other = new IntentChain(trustedKeys);
   const entries = [advance(other, denyPort('c', 25)), advance(other, denyPort('d', 26))];
   t.is(other.revision, h.agent.status.applied);
   h.agent.intentAdvanced(other, entries);
@@ -388,7 +350,7 @@ test('NodeAgent - another history at or below the applied revision (a reset, a r
 
 test('NodeAgent - reclaim runs once after the report of an apply whose rule set before or after is large, and after a boot that enforced a large one; never for small ones', async (t) => {
   const events: string[] = [];
-  const chain = new IntentChain(trusted);
+  const chain = new IntentChain(trustedKeys);
   const stateFile = new StateFile(join(mkdtempSync(join(dir, 's-')), 'applied.json'));
   const make = (): NodeAgent =>
     new NodeAgent({

@@ -4,20 +4,17 @@
 // verdicts with no log entry, and the controller shows them fleet-wide (GetServiceHealth).
 // Waits are bounded polls; nothing asserts a duration.
 import test from 'ava';
-import { createServer, type Server } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { AddressInfo } from 'node:net';
-import { ApplyServiceRequest, HealthCheck_Type, Protocol, Service, keyIdOf, publicKeyFromRaw, type BackendVerdict, type DeepPartial, type ServiceSpec } from '@edgeplane/proto';
+import { ApplyServiceRequest, HealthCheck_Type, Protocol, Service, type BackendVerdict, type DeepPartial, type ServiceSpec } from '@edgeplane/proto';
 import { AgentRuntime } from '../src/agent/agent-runtime.js';
-import { agentNatsOptions } from '../src/agent/nats-connect-options.js';
-import { enrollNode, NodeIdentity } from '../src/agent/node-identity.js';
+import type { NodeIdentity } from '../src/agent/node-identity.js';
 import { ServiceHealth, serviceBackendTargets } from '../src/agent/service-health.js';
-import { StateFile } from '../src/agent/state-file.js';
 import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
 import { TestControlPlane, until } from '../../../test/support/control-plane.js';
 import { call } from '../../../test/support/grpc.js';
+import { enrollTestNode, startBackendPair, testRuntimeOptions } from './runtime-helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'service-health-test-'));
 const logs: string[] = [];
@@ -90,67 +87,17 @@ test('ServiceHealth - every backend eligible before a verdict and without a chec
 
 // ---- end to end ----
 
-/** An HTTP backend on loopback whose /healthz answers `status`; counts the probes it got. */
-class Backend {
-  status = 200;
-  probes = 0;
-  #server: Server | undefined;
-  port = 0;
-
-  async start(port = 0): Promise<void> {
-    const server = createServer((req, res) => {
-      if (req.headers['user-agent']?.startsWith('edgeplane-health-check/')) this.probes++;
-      res.writeHead(req.url === '/healthz' ? this.status : 404).end();
-    });
-    await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, '127.0.0.1', resolve));
-    this.#server = server;
-    this.port = (server.address() as AddressInfo).port;
-  }
-
-  async stop(): Promise<void> {
-    const s = this.#server;
-    this.#server = undefined;
-    if (!s) return;
-    s.closeAllConnections();
-    await new Promise<void>((resolve) => s.close(() => resolve()));
-  }
-}
-
 test.serial('AgentRuntime service health - a stopped backend is unhealthy at the controller with the reason, healthy again once back, on this node only and with no log entry; relabel retargets', async (t) => {
   cp = await TestControlPlane.start();
   const ctl = cp;
-  const a = new Backend();
-  const b = new Backend();
-  await a.start();
-  await b.start();
-  t.teardown(async () => {
-    await a.stop();
-    await b.stop();
-  });
+  const [a, b] = await startBackendPair(t, 'http');
 
   const name = 'lb-1';
-  const args = await ctl.agentTrustArgs(name, { role: 'lb' });
-  const creds = await enrollNode({ address: ctl.address, token: args[1]!, caFingerprint: args[3]!, nodeName: name, stateDir: join(dir, name) });
-  const identity = new NodeIdentity(creds, { address: ctl.address, stateDir: join(dir, name), onRenewed: () => undefined, onError: (m) => void logs.push(`identity ${m}`) });
-  identity.start();
+  const log = (line: string): void => void logs.push(line);
+  const identity = await enrollTestNode(ctl, name, { role: 'lb' }, join(dir, name), log);
   identities.push(identity);
-  const raw = Buffer.from(ctl.publicKeyB64, 'base64');
   const dp = new MemoryDatapath();
-  const runtime = await AgentRuntime.start({
-    nodeName: name,
-    labels: identity.credentials.labels,
-    datapaths: { uplink: dp, workload: dp },
-    stateFile: new StateFile(join(dir, name, 'applied.json')),
-    natsServers: [`nats://127.0.0.1:${ctl.nats.port}`],
-    natsOptions: agentNatsOptions({ nodeName: name, natsServers: [`nats://127.0.0.1:${ctl.nats.port}`] }, () => identity.credentials).options,
-    trustedKeys: new Map([[keyIdOf(raw), publicKeyFromRaw(raw)]]),
-    controller: { address: ctl.address, credentials: identity.channelCredentials() },
-    info: { agentVersion: 'test', kernelRelease: 'test', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
-    sessionId: `${name}-session`,
-    heartbeatIntervalMs: 1000,
-    counterIntervalMs: 1000,
-    log: (level, msg, fields) => void logs.push(`${level} ${msg} ${JSON.stringify(fields ?? {})}`),
-  });
+  const runtime = await AgentRuntime.start(testRuntimeOptions(ctl, identity, { uplink: dp, workload: dp }, join(dir, name), log));
   t.teardown(() => runtime.close());
   const changes: BackendVerdict[] = [];
   runtime.serviceHealth.watch((v) => changes.push(v));
