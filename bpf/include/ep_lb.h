@@ -2,9 +2,8 @@
 /*
  * L4 load balancing (issue 14): the entries of the load-balancing maps (layout version 4; bpf/LB.md).
  * ep_maps.h declares the maps; services/node-agent/src/datapath/lb-tables.ts writes these bytes,
- * table-codecs.ts describes them, and services/node-agent/test/lb-layout.test.ts checks both
- * against the BTF of fixtures/lb_layout.bpf.c, which includes this header (and
- * datapath-layout.test.ts against edgeplane.bpf.o's).
+ * table-codecs.ts describes them, and services/node-agent/test/datapath-layout.test.ts checks the
+ * codecs against edgeplane.bpf.o's BTF (lb-layout.test.ts: the constants below).
  */
 #ifndef EP_LB_H
 #define EP_LB_H

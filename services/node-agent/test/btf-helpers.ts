@@ -1,6 +1,6 @@
 // Reads the BTF clang wrote into a BPF object (`bpftool -j btf dump file X format raw`), so a
-// test can compare a libbpf-ts codec with the C struct it describes. Shared by
-// datapath-layout.test.ts (edgeplane.bpf.o) and lb-layout.test.ts (the lb_layout fixture).
+// test can compare a libbpf-ts codec with the C struct it describes (datapath-layout.test.ts,
+// edgeplane.bpf.o).
 import { execFileSync } from 'node:child_process';
 import type { StructField } from 'libbpf-ts';
 

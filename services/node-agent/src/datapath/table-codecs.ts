@@ -72,8 +72,8 @@ export const epCtSweepArgs = struct({ budget: u32, pad: u32 });
 
 
 // ---- L4 load balancing (bpf/LB.md, layout 4) -------------------------------------------------
-// In edgeplane.bpf.o (so in tableCodecs above) and in bpf/fixtures/lb_layout.bpf.c
-// (test/lb-layout.test.ts), both from bpf/include/ep_lb.h. lb-tables.ts writes these bytes.
+// In edgeplane.bpf.o (so in tableCodecs below, checked against its BTF by
+// datapath-layout.test.ts), from bpf/include/ep_lb.h. lb-tables.ts writes these bytes.
 
 /** `struct ep_lb_vip_key`: key of ep_lb_vip. Port in host byte order; an IPv4 VIP in the first 4 bytes. */
 export const epLbVipKey = struct({ gen: u8, family: u8, proto: u8, pad: u8, port: u16, pad2: u16, vip: bytes(16) });
@@ -98,14 +98,6 @@ export const epLbBackend = struct({ family: u8, flags: u8, port: u16be, addr: by
 
 /** `struct ep_lb_block`: one 64-byte block of ep_lb_slots, 32 slots of one service's table. */
 export const epLbBlock = struct({ backend: array(u16, 32) });
-
-/** The load-balancing codecs by C struct name (what test/lb-layout.test.ts compares with BTF). */
-export const lbTableCodecs = {
-  ep_lb_vip_key: epLbVipKey,
-  ep_lb_svc: epLbSvc,
-  ep_lb_backend: epLbBackend,
-  ep_lb_block: epLbBlock,
-} as const;
 
 /** Every codec of this file by its C struct name: what the layout test compares with the object's BTF. */
 export const tableCodecs = {
