@@ -24,9 +24,12 @@
 //       errors, sees EOF or waits over 2 s for its echo, plus new connections that fail.
 //
 // edgeplane: an EbpfDatapath on the node's uplink (edge_xdp, edge_tc_egress), services compiled
-// with compileServices and applied with apply(ruleSet, lb). Until the load-balancing datapath is
-// in, apply refuses services, and the edgeplane row prints that refusal, not a figure. A peer the
-// kernel lacks (IPVS without CONFIG_IP_VS) prints why instead of figures, the same way.
+// with compileServices and applied with apply(ruleSet, lb). `edgeplane-tc` is the same datapath
+// (one object, one set of maps) with the policy program at TC ingress, as `--xdp-mode tc` runs it:
+// on veth, native XDP copies every skb into an XDP frame first (a NIC does not), and the tc
+// contender shows the load balancer's cost without that copy. A refusal at apply prints as that
+// contender's row, not a figure. A peer the kernel lacks (IPVS without CONFIG_IP_VS) prints why
+// instead of figures, the same way.
 //
 // Goals printed beside the figures: edgeplane's new connections per core >= 1.8x IPVS's (LoxiLB
 // publishes 1.85x); <= 5 % loss from 10 to 10,000 services (new connections and established
@@ -58,8 +61,12 @@ const ECHO_PORT = 8081;
 const UDP_BACKEND_PORT = 9;
 const FLOW_SPORT = 4000;
 
-type Contender = 'none' | 'iptables' | 'ipvs' | 'edgeplane';
-const LBS = ['iptables', 'ipvs', 'edgeplane'] as const;
+type Contender = 'none' | 'iptables' | 'ipvs' | 'edgeplane' | 'edgeplane-tc';
+const LBS = ['iptables', 'ipvs', 'edgeplane', 'edgeplane-tc'] as const;
+/** The two edgeplane contenders: one datapath (object and maps), its policy program at XDP or at TC ingress. */
+const EDGEPLANE = ['edgeplane', 'edgeplane-tc'] as const;
+type EdgeplaneContender = (typeof EDGEPLANE)[number];
+const isEdgeplane = (c: Contender): c is EdgeplaneContender => (EDGEPLANE as readonly Contender[]).includes(c);
 
 const pct = (x: number): string => (Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)} %` : 'n/a');
 
@@ -98,7 +105,7 @@ function changeServices(rig: LbRig, indices: readonly number[], weights: Readonl
  * attached to the node's uplink after the first apply succeeds (edge_xdp native, edge_tc_egress).
  */
 class EdgeplanePeer implements LbPeer {
-  readonly name = 'edgeplane';
+  readonly name: EdgeplaneContender;
   readonly #datapath: EbpfDatapath;
   readonly #access: ConntrackAccess;
   readonly #ns: string;
@@ -106,7 +113,8 @@ class EdgeplanePeer implements LbPeer {
   readonly #cache = new MaglevTableCache();
   #attached = false;
 
-  constructor(datapath: EbpfDatapath, access: ConntrackAccess, ns: string, dev: string) {
+  constructor(name: EdgeplaneContender, datapath: EbpfDatapath, access: ConntrackAccess, ns: string, dev: string) {
+    this.name = name;
     this.#datapath = datapath;
     this.#access = access;
     this.#ns = ns;
@@ -127,7 +135,7 @@ class EdgeplanePeer implements LbPeer {
     const lb = compileServices(resources, { labels: {}, cache: this.#cache });
     await this.#datapath.apply({ rules: [], defaultAction: 'allow' }, lb);
     if (!this.#attached) {
-      this.#access.attach(this.#ns, this.#dev, 'xdp');
+      this.#access.attach(this.#ns, this.#dev, this.name === 'edgeplane-tc' ? 'tc' : 'xdp');
       this.#attached = true;
     }
   }
@@ -174,7 +182,7 @@ interface ChurnSample extends Omit<ChurnFigures, 'cpu'> {
 }
 
 /** The load balancer's share of a perf profile: netfilter's hooks (conntrack, NAT, IPVS), or edgeplane's programs and the copy veth makes for XDP. */
-const lbMs = (contender: Contender, cpu: FilterCpu): number => (contender === 'edgeplane' ? cpu.bpfMs + cpu.vethXdpMs : contender === 'none' ? cpu.netfilterMs + cpu.bpfMs + cpu.vethXdpMs : cpu.netfilterMs);
+const lbMs = (contender: Contender, cpu: FilterCpu): number => (isEdgeplane(contender) ? cpu.bpfMs + cpu.vethXdpMs : contender === 'none' ? cpu.netfilterMs + cpu.bpfMs + cpu.vethXdpMs : cpu.netfilterMs);
 
 async function churnOnce(stand: Stand, services: number, load: string): Promise<ChurnSample> {
   const { rig } = stand;
@@ -308,12 +316,13 @@ await bench.main(report, async () => {
     stands.push(stand);
     if (contender === 'iptables') stand.peer = new IptablesPeer(rig.node);
     else if (contender === 'ipvs') stand.peer = new IpvsPeer(rig.node);
-    else if (contender === 'edgeplane') {
+    else if (isEdgeplane(contender)) {
       try {
         // LB.md's target capacity: 10,000 services x 10 backends at m = 1,021 (the default holds ~1,000).
-        datapath = await EbpfDatapath.open({ pinRoot: mount, lbCapacity: LB_TARGET_CAPACITY });
+        // Both edgeplane contenders share it; each run applies its own rig's services first.
+        datapath ??= await EbpfDatapath.open({ pinRoot: mount, lbCapacity: LB_TARGET_CAPACITY });
         if (!conntrackSupported(datapath)) throw new Error('this build has no connection table (ep_ct)');
-        stand.peer = new EdgeplanePeer(datapath, new ConntrackAccess(datapath), rig.node, rig.uplink.node);
+        stand.peer = new EdgeplanePeer(contender, datapath, new ConntrackAccess(datapath), rig.node, rig.uplink.node);
       } catch (error) {
         stand.unavailable = `open datapath: ${firstLine(error)}`;
       }
@@ -479,61 +488,63 @@ await bench.main(report, async () => {
     report.backendChanges = changeResults;
   }
 
-  // Goals, for edgeplane, each with the peers' figures beside.
+  // Goals, for each edgeplane contender (XDP, TC), each with the peers' figures beside.
   const small = Math.min(...sizes);
   const large = Math.max(...sizes);
-  const edgeplaneWhy = noFigure('edgeplane');
-  const naFigure = (what: string): string => `no edgeplane figure (${edgeplaneWhy ?? 'not measured'}); ${what}`;
-  if (parts.has('a')) {
-    const ratios = sizes.map((size) => churnRow('edgeplane', size).perCoreSecond / churnRow('ipvs', size).perCoreSecond);
-    const ipvsWhy = noFigure('ipvs');
-    const beside = sizes.map((size) => `${fmt(size)}: ipvs ${fmt(churnRow('ipvs', size).perCoreSecond)}, iptables ${fmt(churnRow('iptables', size).perCoreSecond)}`).join('; ');
-    goals.push({
-      goal: 'edgeplane new connections per core >= 1.8x IPVS at every size',
-      figure: ratios.every(Number.isFinite)
-        ? sizes
-            .map((size, i) => {
-              const ep = churnRow('edgeplane', size);
-              const ipvs = churnRow('ipvs', size);
-              return `${fmt(size)} services: ${fmt(ep.perCoreSecond)} vs ${fmt(ipvs.perCoreSecond)} conn/core-s, ${ratios[i]!.toFixed(2)}x (load balancer alone ${fmt(1e6 / ep.lbUsPerConnection)} vs ${fmt(1e6 / ipvs.lbUsPerConnection)}, ${(ipvs.lbUsPerConnection / ep.lbUsPerConnection).toFixed(2)}x)`;
-            })
-            .join('; ')
-        : edgeplaneWhy !== undefined
-          ? naFigure(`peers' conn/core-s: ${beside}${ipvsWhy === undefined ? '' : ` (ipvs: ${ipvsWhy})`}`)
-          : `no ipvs figure (${ipvsWhy ?? 'not measured'}); ${beside}`,
-      met: ratios.every(Number.isFinite) ? ratios.every((r) => r >= 1.8) : null,
-    });
-  }
-  if ((parts.has('a') || parts.has('b')) && sizes.length > 1) {
-    const loss = (c: Contender): { conn: number; pps: number; lbConn: number; lbPps: number } => ({
-      conn: churnRow(c, large).perCoreSecond / churnRow(c, small).perCoreSecond - 1,
-      pps: floodRow(c, large).perCoreSecond / floodRow(c, small).perCoreSecond - 1,
-      // The load balancer's own CPU per connection (packet) grows: its rate per core falls by as much.
-      lbConn: churnRow(c, small).lbUsPerConnection / churnRow(c, large).lbUsPerConnection - 1,
-      lbPps: floodRow(c, small).lbNsPerPacket / floodRow(c, large).lbNsPerPacket - 1,
-    });
-    const peers = (['iptables', 'ipvs'] as const)
-      .map((c) => (noFigure(c) === undefined ? `${c} new ${pct(loss(c).conn)}, established ${pct(loss(c).pps)} (alone ${pct(loss(c).lbConn)}, ${pct(loss(c).lbPps)})` : `${c} n/a`))
-      .join('; ');
-    const ep = loss('edgeplane');
-    const measured = [parts.has('a') ? ep.conn : undefined, parts.has('b') ? ep.pps : undefined].filter((x): x is number => x !== undefined);
-    goals.push({
-      goal: `edgeplane <= 5 % loss per core from ${fmt(small)} to ${fmt(large)} services (new connections and established packets)`,
-      figure: measured.every(Number.isFinite) ? `new connections ${pct(ep.conn)}, established ${pct(ep.pps)} (load balancer alone ${pct(ep.lbConn)}, ${pct(ep.lbPps)}); ${peers}` : naFigure(peers),
-      met: measured.length > 0 && measured.every(Number.isFinite) ? measured.every((x) => x >= -0.05) : null,
-    });
-  }
-  if (parts.has('c')) {
-    const ep = changeResults.find((r) => r.contender === 'edgeplane');
-    const peers = changeResults
-      .filter((r) => r.contender !== 'edgeplane')
-      .map((r) => `${r.contender} ${fmt(r.broken)}`)
-      .concat((['iptables', 'ipvs'] as const).filter((c) => noFigure(c) !== undefined).map((c) => `${c} n/a`))
-      .join(', ');
-    goals.push({
-      goal: `0 broken connections across ${CHANGES} backend changes`,
-      figure: ep !== undefined ? `edgeplane ${fmt(ep.broken)}; ${peers}` : naFigure(peers),
-      met: ep !== undefined && Number.isFinite(ep.broken) ? ep.broken === 0 : null,
-    });
+  for (const ep of EDGEPLANE) {
+    const epWhy = noFigure(ep);
+    const naFigure = (what: string): string => `no ${ep} figure (${epWhy ?? 'not measured'}); ${what}`;
+    if (parts.has('a')) {
+      const ratios = sizes.map((size) => churnRow(ep, size).perCoreSecond / churnRow('ipvs', size).perCoreSecond);
+      const ipvsWhy = noFigure('ipvs');
+      const beside = sizes.map((size) => `${fmt(size)}: ${ep} ${fmt(churnRow(ep, size).perCoreSecond)}, ipvs ${fmt(churnRow('ipvs', size).perCoreSecond)}, iptables ${fmt(churnRow('iptables', size).perCoreSecond)}`).join('; ');
+      goals.push({
+        goal: `${ep} new connections per core >= 1.8x IPVS at every size`,
+        figure: ratios.every(Number.isFinite)
+          ? sizes
+              .map((size, i) => {
+                const mine = churnRow(ep, size);
+                const ipvs = churnRow('ipvs', size);
+                return `${fmt(size)} services: ${fmt(mine.perCoreSecond)} vs ${fmt(ipvs.perCoreSecond)} conn/core-s, ${ratios[i]!.toFixed(2)}x (load balancer alone ${fmt(1e6 / mine.lbUsPerConnection)} vs ${fmt(1e6 / ipvs.lbUsPerConnection)}, ${(ipvs.lbUsPerConnection / mine.lbUsPerConnection).toFixed(2)}x)`;
+              })
+              .join('; ')
+          : epWhy !== undefined
+            ? naFigure(`peers' conn/core-s: ${beside}${ipvsWhy === undefined ? '' : ` (ipvs: ${ipvsWhy})`}`)
+            : `no ipvs figure (${ipvsWhy ?? 'not measured'}); ${beside}`,
+        met: ratios.every(Number.isFinite) ? ratios.every((r) => r >= 1.8) : null,
+      });
+    }
+    if ((parts.has('a') || parts.has('b')) && sizes.length > 1) {
+      const loss = (c: Contender): { conn: number; pps: number; lbConn: number; lbPps: number } => ({
+        conn: churnRow(c, large).perCoreSecond / churnRow(c, small).perCoreSecond - 1,
+        pps: floodRow(c, large).perCoreSecond / floodRow(c, small).perCoreSecond - 1,
+        // The load balancer's own CPU per connection (packet) grows: its rate per core falls by as much.
+        lbConn: churnRow(c, small).lbUsPerConnection / churnRow(c, large).lbUsPerConnection - 1,
+        lbPps: floodRow(c, small).lbNsPerPacket / floodRow(c, large).lbNsPerPacket - 1,
+      });
+      const peers = (['iptables', 'ipvs'] as const)
+        .map((c) => (noFigure(c) === undefined ? `${c} new ${pct(loss(c).conn)}, established ${pct(loss(c).pps)} (alone ${pct(loss(c).lbConn)}, ${pct(loss(c).lbPps)})` : `${c} n/a`))
+        .join('; ');
+      const mine = loss(ep);
+      const measured = [parts.has('a') ? mine.conn : undefined, parts.has('b') ? mine.pps : undefined].filter((x): x is number => x !== undefined);
+      goals.push({
+        goal: `${ep} <= 5 % loss per core from ${fmt(small)} to ${fmt(large)} services (new connections and established packets)`,
+        figure: measured.every(Number.isFinite) ? `new connections ${pct(mine.conn)}, established ${pct(mine.pps)} (load balancer alone ${pct(mine.lbConn)}, ${pct(mine.lbPps)}); ${peers}` : naFigure(peers),
+        met: measured.length > 0 && measured.every(Number.isFinite) ? measured.every((x) => x >= -0.05) : null,
+      });
+    }
+    if (parts.has('c')) {
+      const mine = changeResults.find((r) => r.contender === ep);
+      const peers = changeResults
+        .filter((r) => !isEdgeplane(r.contender))
+        .map((r) => `${r.contender} ${fmt(r.broken)}`)
+        .concat((['iptables', 'ipvs'] as const).filter((c) => noFigure(c) !== undefined).map((c) => `${c} n/a`))
+        .join(', ');
+      goals.push({
+        goal: `${ep}: 0 broken connections across ${CHANGES} backend changes`,
+        figure: mine !== undefined ? `${ep} ${fmt(mine.broken)}; ${peers}` : naFigure(peers),
+        met: mine !== undefined && Number.isFinite(mine.broken) ? mine.broken === 0 : null,
+      });
+    }
   }
 });
