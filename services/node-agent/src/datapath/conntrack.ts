@@ -71,9 +71,9 @@ export const CONNTRACK_STAT_NAMES = ['established', 'related', 'created', 'promo
 
 /** Live (unexpired) entries per table. */
 export interface ConntrackOccupancy {
-  /** In ep_ct: flows that have seen a reply. */
+  /** In ep_ct: flows that have seen a reply, and new flows created while it was below its direct mark (bpf/CONNTRACK.md). */
   readonly established: number;
-  /** In ep_ct_new: flows that have not (yet). */
+  /** In ep_ct_new: flows without a reply yet, created while ep_ct was at its direct mark. */
   readonly new: number;
   /**
    * Reverse entries of load-balanced flows (bpf/LB.md), in both tables, counted apart from the
