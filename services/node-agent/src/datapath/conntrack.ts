@@ -18,7 +18,10 @@ export const CONNECTION_FLAGS = { seen_reply: 0x01, fin_orig: 0x02, fin_reply: 0
 /** A flag of a connection entry. */
 export type ConnectionFlag = keyof typeof CONNECTION_FLAGS;
 
-/** Which table holds an entry: ep_ct_new (no reply seen yet) or ep_ct (has seen a reply). */
+/**
+ * Which table holds an entry: ep_ct (has seen a reply, or was created below ep_ct's direct mark:
+ * bpf/CONNTRACK.md) or ep_ct_new (no reply seen yet, created at or above the mark).
+ */
 export type ConnectionTable = 'new' | 'established';
 
 /** Connection timeouts, in milliseconds (ep_ct_cfg, enum ep_ct_timeout order). */
