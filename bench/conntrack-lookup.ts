@@ -7,7 +7,12 @@
 //               the CPU caches as traffic would; each run is one syscall, so the program starts
 //               cold, and the figure includes that);
 //   warm@N:     the same packets, each run --repeat times in one BPF_PROG_TEST_RUN (the kernel
-//               reports the average): the instructions alone, caches warm.
+//               reports the average): the instructions alone, caches warm;
+//   conn:       one whole new TCP connection as bench/conntrack.ts (a) makes it, a fresh tuple
+//               each: SYN, ACK, ACK, FIN+ACK through the policy program (client -> server) and
+//               SYN+ACK, FIN+ACK, ACK through edge_tc_egress (server -> client, the server
+//               closing first), in that order; the figure is the sum of the 7 runs (the programs'
+//               cost per connection, each run starting cold as above). Cases: --cases.
 // With --baseline OBJECT, the same runs go through a second object (e.g. the previous layout's,
 // built from git) in the same process, interleaved run by run, so both sides share the machine's
 // load. This agent opens it, so it must declare every map this agent pins: a layout-2 object
@@ -15,7 +20,7 @@
 // ep_maps.h before `make` (bench/README.md, "conntrack-lookup"). Flows go from 10.x clients to 192.0.2.1, which sorts after them: layout 2's key (the
 // original direction) and layout 3's flow key are the same bytes, so one fill serves both.
 //
-//   node --import=tsx bench/conntrack-lookup.ts [--program xdp|tc] [--baseline OBJECT] [--rounds 5] [--runs 20000] [--repeat 1000] [--sizes 1000,1000000]
+//   node --import=tsx bench/conntrack-lookup.ts [--program xdp|tc] [--baseline OBJECT] [--rounds 5] [--runs 20000] [--repeat 1000] [--sizes 1000,1000000] [--cases syn,conn,reply]
 //
 // Prints one JSON line per (case, round) and a summary: the median over rounds of each round's
 // median per-packet ns. Needs root (bpffs mount); touches no interface.
@@ -37,6 +42,10 @@ const repeat = Number(arg('--repeat') ?? 1000);
 /** Which hook's program runs the frames: `xdp` (edge_xdp) or `tc` (edge_tc, the same datapath on an skb). */
 const hook = arg('--program') ?? 'xdp';
 if (hook !== 'xdp' && hook !== 'tc') throw new Error(`--program ${hook}: xdp or tc`);
+/** Which cases run: syn, conn, reply (reply@N and warm@N at every size). */
+const cases = new Set((arg('--cases') ?? 'syn,conn,reply').split(','));
+/** Connections per round of the conn case (7 runs each, per side). */
+const connRuns = Math.min(runs, 5000);
 const SERVER = '192.0.2.1';
 
 const ruleSet: RuleSetSpec = {
@@ -60,7 +69,8 @@ const mount = mkdtempSync('/run/edgeplane-bench-lookup-');
 execFileSync('mount', ['-t', 'bpf', 'bpf', mount]);
 const opened: { datapath: EbpfDatapath; access: ConntrackAccess }[] = [];
 try {
-  const capacity = Math.max(...sizes, 1000) + 1000;
+  // Room for every flow of a syn or conn round (closed ones stay, closing) below the direct mark (half of ep_ct).
+  const capacity = Math.max(...sizes, 1000, 4 * Math.min(runs, 20_000)) + 1000;
   const sides: { name: string; objectPath?: string }[] = [{ name: 'current' }, ...(baseline === undefined ? [] : [{ name: 'baseline', objectPath: baseline }])];
   const open = await Promise.all(
     sides.map(async (side) => {
@@ -94,7 +104,7 @@ try {
 
   // A SYN of a new flow: fresh clients every round (an entry, once created, would be found).
   let next = 5_000_000;
-  run('syn', () => {
+  if (cases.has('syn')) run('syn', () => {
     for (const side of open) side.access.clear();
     return Array.from({ length: Math.min(runs, 20_000) }, () => {
       const c = client(next++);
@@ -102,8 +112,44 @@ try {
     });
   });
 
+  // A whole connection, SYN..FIN, a fresh tuple each; on each side in turn, connection by connection.
+  if (cases.has('conn')) {
+    const { syn, ack, fin } = { syn: 0x02, ack: 0x10, fin: 0x01 };
+    for (let round = 0; round < rounds; round++) {
+      for (const side of open) side.access.clear();
+      const durations: Record<string, number[]> = Object.fromEntries(open.map((side) => [side.name, []]));
+      for (let n = 0; n < connRuns; n++) {
+        const c = client(next++);
+        const toServer = (flags: number): Uint8Array => buildFrame({ src: c.src, dst: SERVER, protocol: 'tcp', srcPort: c.sport, dstPort: 80, tcpFlags: flags, payloadLength: 0 });
+        const toClient = (flags: number): Uint8Array => buildFrame({ src: SERVER, dst: c.src, protocol: 'tcp', srcPort: 80, dstPort: c.sport, tcpFlags: flags, payloadLength: 0 });
+        const packets: [boolean, Uint8Array][] = [
+          [true, toServer(syn)],
+          [false, toClient(syn | ack)],
+          [true, toServer(ack)],
+          [false, toClient(fin | ack)],
+          [true, toServer(ack)],
+          [true, toServer(fin | ack)],
+          [false, toClient(ack)],
+        ];
+        for (const side of open) {
+          const policy = hook === 'xdp' ? side.datapath.xdpProgram : side.datapath.tcProgram;
+          let ns = 0;
+          for (const [inbound, frame] of packets) ns += (inbound ? policy : side.datapath.tcEgressProgram).testRun({ data: frame }).durationNs;
+          (durations[side.name] as number[]).push(ns);
+        }
+      }
+      const line: Record<string, unknown> = { case: 'conn', round, runs: connRuns };
+      for (const side of open) {
+        const m = median(durations[side.name] as number[]);
+        line[`${side.name}MedianNs`] = m;
+        ((perRound.conn ??= {})[side.name] ??= []).push(m);
+      }
+      console.log(JSON.stringify(line));
+    }
+  }
+
   // A reply of an established flow, at each table size.
-  for (const size of sizes) {
+  for (const size of cases.has('reply') ? sizes : []) {
     for (const side of open) {
       side.access.clear();
       side.access.fill(0, size, { src: client(0).src, sport: client(0).sport, dst: SERVER, dport: 53 }, client);

@@ -167,12 +167,29 @@ struct ep_ct_new_meta {
 	__u32 in_new;
 };
 
-/* Creates the entry of a packet with no entry under key `k`, in ep_ct_new, this packet as the
- * original direction (CONNTRACK.md step 6 and the creation rules of the state machine). A TCP
- * RST and anything but TCP, UDP and an ICMP echo request create nothing. `nat` (may be NULL) is
- * the entry's NAT (a load-balanced flow's service entry). Returns true when the entry was
- * created. A subprogram of its own: the entry it builds stays off the programs' main frame,
- * whose 512 bytes of stack the classifier's call chain shares. */
+/* The kernel's sum of a map's per-CPU element counts (kernel/bpf/map_iter.c, 6.6+): every hash
+ * map keeps one counter per possible CPU, bumped on insert and delete (hashtab.c,
+ * bpf_map_inc_elem_count), so this is the map's element count, expired entries included. */
+extern __s64 bpf_map_sum_elem_count(const struct bpf_map *map) __ksym;
+
+/* The direct mark (CONNTRACK.md, "The direct mark"): a new flow's entry goes straight into
+ * ep_ct while ep_ct holds fewer entries than half its capacity, so a flow that gets its reply
+ * needs no move; above it, into ep_ct_new as before, so a flood of flows that never get a reply
+ * takes at most half of ep_ct and the rest stays for flows that have seen one. Costs one load per
+ * possible CPU, on the creation path only. */
+static __always_inline bool ep_ct_below_mark(void)
+{
+	const struct bpf_map *map = (const struct bpf_map *)&ep_ct;
+	return bpf_map_sum_elem_count(map) < (__s64)(map->max_entries >> 1);
+}
+
+/* Creates the entry of a packet with no entry under key `k`, this packet as the original
+ * direction (CONNTRACK.md step 6 and the creation rules of the state machine): in ep_ct below
+ * the direct mark, else (or when that insert fails) in ep_ct_new. A TCP RST and anything but
+ * TCP, UDP and an ICMP echo request create nothing. `nat` (may be NULL) is the entry's NAT (a
+ * load-balanced flow's service entry). Returns true when the entry was created. A subprogram of
+ * its own: the entry it builds stays off the programs' main frame, whose 512 bytes of stack the
+ * classifier's call chain shares. */
 static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k, const struct ep_ct_new_meta *m,
 				    const struct ep_ct_nat *nat)
 {
@@ -214,6 +231,18 @@ static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k,
 	e.flags = flags;
 	if (nat)
 		e.nat = *nat;
+	if (ep_ct_below_mark()) {
+		long err = bpf_map_update_elem(&ep_ct, k, &e, BPF_NOEXIST);
+		if (err == 0) {
+			ep_ct_stat(EP_CT_STAT_CREATED, len);
+			return true;
+		}
+		/* EEXIST: another CPU created the flow's entry first (a second one in ep_ct_new
+		 * would hide behind it). E2BIG (other CPUs filled ep_ct past the mark meanwhile):
+		 * ep_ct_new, as above the mark. */
+		if (err == -EP_EEXIST)
+			return true;
+	}
 	if (bpf_map_update_elem(&ep_ct_new, k, &e, BPF_ANY) == 0) {
 		ep_ct_stat(EP_CT_STAT_CREATED, len);
 		return true;

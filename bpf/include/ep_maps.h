@@ -143,8 +143,9 @@ struct {
 /* ---- Connection tracking (bpf/CONNTRACK.md). Global, not per generation: entries survive
  * switches and agent restarts. */
 
-/* Flows that have not yet seen a reply, original-direction tuple -> entry (LRU: a SYN flood
- * churns only this table). */
+/* Flows that have not yet seen a reply, created while ep_ct was at its direct mark (half its
+ * capacity, ep_ct_below_mark), flow key -> entry (LRU: a SYN flood past the mark churns only
+ * this table). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -152,8 +153,8 @@ struct {
 	__type(value, struct ep_ct_entry);
 } ep_ct_new SEC(".maps");
 
-/* Flows that have seen a reply (preallocated, never evicted: a full table fails new moves,
- * never an established flow). */
+/* Flows that have seen a reply, and new flows created below the direct mark (preallocated,
+ * never evicted: a full table fails new moves, never an established flow). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);

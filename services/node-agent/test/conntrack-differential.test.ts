@@ -58,7 +58,11 @@ const SEQUENCES = 10;
 const SHAPE = { maxEvents: 40, maxGenerations: 2 } as const;
 /** How far the datapath's clock (CLOCK_MONOTONIC_COARSE: the last tick's time) may be behind CLOCK_MONOTONIC: one tick, at most 10 ms (HZ >= 100). */
 const COARSE_LAG_NS = 10_000_000n;
-/** A small ep_ct, so scenarios fill it and the move from ep_ct_new fails (INSERT_FAILED). */
+/**
+ * A small ep_ct, so scenarios fill it and the move from ep_ct_new fails (INSERT_FAILED); its
+ * direct mark is 1, so a sequence's first new flow is created in ep_ct and the later ones in
+ * ep_ct_new (both ways of creating are compared).
+ */
 const CT_ENTRIES = 3;
 /** ep_ct_new large enough that the kernel's approximate LRU never evicts within a scenario. */
 const CT_NEW_ENTRIES = 4096;

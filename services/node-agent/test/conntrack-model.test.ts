@@ -4,6 +4,7 @@ import test from 'ava';
 import { parseAddress } from '@edgeplane/proto';
 import {
   ConntrackModel,
+  ctDirectMark,
   ctFlags,
   ctGeneration,
   ctStates,
@@ -181,7 +182,7 @@ for (const [name, flags, state, entryFlags, timeout] of creations) {
       return;
     }
     t.is(result.reason, 'created');
-    t.deepEqual(model.get(tcpKey), { table: 'new', entry: { expiresNs: T0 + timeout, createdNs: T0, packets: [1n, 0n], bytes: [BigInt(54 + 0), 0n], ruleId: 1, epoch: 1, state, flags: entryFlags } });
+    t.deepEqual(model.get(tcpKey), { table: 'established', entry: { expiresNs: T0 + timeout, createdNs: T0, packets: [1n, 0n], bytes: [BigInt(54 + 0), 0n], ruleId: 1, epoch: 1, state, flags: entryFlags } });
     t.is(model.stats().created, 1);
   });
 }
@@ -197,7 +198,7 @@ test('create - udp and icmp echo request start UDP and ICMP with their timeouts;
   const reply = model.step(icmp(A, B, 0, 5), 'edge_tc', T0, config());
   t.is(reply.reason, 'rule');
   t.is(reply.entry, undefined);
-  t.is(model.entries('new').length, 2);
+  t.is(model.entries('established').length, 2);
 });
 
 test('create - only tracking rules create; a non-tracking allow passes; drops create nothing; the default tracks with trackDefault', (t) => {
@@ -206,7 +207,7 @@ test('create - only tracking rules create; a non-tracking allow passes; drops cr
   t.is(model.step(tcp('10.0.0.9', B, 1, 2, syn), 'edge_xdp', T0, config()).verdict, 'pass'); // rule 1 matches first
   const denied = model.step(tcp(A, '10.0.0.4', 1, 2, syn), 'edge_xdp', T0, config());
   t.deepEqual([denied.verdict, denied.reason], ['drop', 'default']);
-  t.is(model.entries('new').length, 1);
+  t.is(model.entries('established').length, 1);
   const open: RuleSetSpec = { rules: [], defaultAction: 'allow' };
   const byDefault = model.step(tcp(A, '10.0.0.4', 1, 2, syn), 'edge_xdp', T0, config({ ruleSet: open, trackedRuleIds: [], trackDefault: true }));
   t.is(byDefault.reason, 'created');
@@ -222,25 +223,49 @@ test('counters - rules count only packets without an entry', (t) => {
   t.is(model.stats().established, 2);
 });
 
-test('handshake - SYN, SYN-ACK, ACK, FIN, FIN, moves to ep_ct on the first reply', (t) => {
-  const model = new ConntrackModel();
+for (const belowMark of [true, false]) {
+  const where = belowMark ? 'created in ep_ct below the direct mark, never moved' : 'created in ep_ct_new at the direct mark, moved to ep_ct on the first reply';
+  test(`handshake - SYN, SYN-ACK, ACK, FIN, FIN: ${where}`, (t) => {
+    // ep_ct of 4: its mark is 2, so two entries there put a new flow in ep_ct_new.
+    const model = new ConntrackModel({ entries: 4 });
+    if (!belowMark) for (const port of [1, 2]) model.put('established', key(A, B, 17, port, port), entry(ctStates.udp));
+    const c = config();
+    const first = belowMark ? 'established' : 'new';
+    const steps: [Uint8Array, CtState, 'new' | 'established'][] = [
+      [tcp(A, B, 40000, 80, syn), ctStates.synSent, first],
+      [tcp(A, B, 40000, 80, syn), ctStates.synSent, first],
+      [tcp(B, A, 80, 40000, syn | ack), ctStates.synRecv, 'established'],
+      [tcp(A, B, 40000, 80, ack), ctStates.established, 'established'],
+      [tcp(B, A, 80, 40000, fin | ack), ctStates.finWait, 'established'],
+      [tcp(A, B, 40000, 80, fin | ack), ctStates.closing, 'established'],
+      [tcp(A, B, 40000, 80, syn), ctStates.synSent, 'established'],
+    ];
+    for (const [frame, state, table] of steps) {
+      const result = model.step(frame, 'edge_xdp', T0, c);
+      t.is(result.entry?.state, state);
+      t.is(result.table, table);
+    }
+    t.is(model.entries('new').length, 0);
+    t.like(model.stats(), { created: 1, promoted: belowMark ? 0 : 1, established: 6 });
+  });
+}
+
+test('tables - the direct mark is half of ep_ct rounded down, expired entries counted; below it new flows go to ep_ct, at it to ep_ct_new', (t) => {
+  t.deepEqual([0, 1, 2, 3, 16, 262_144].map(ctDirectMark), [0, 0, 1, 1, 8, 131_072]);
+  const model = new ConntrackModel({ entries: 5 });
   const c = config();
-  const steps: [Uint8Array, CtState, 'new' | 'established'][] = [
-    [tcp(A, B, 40000, 80, syn), ctStates.synSent, 'new'],
-    [tcp(A, B, 40000, 80, syn), ctStates.synSent, 'new'],
-    [tcp(B, A, 80, 40000, syn | ack), ctStates.synRecv, 'established'],
-    [tcp(A, B, 40000, 80, ack), ctStates.established, 'established'],
-    [tcp(B, A, 80, 40000, fin | ack), ctStates.finWait, 'established'],
-    [tcp(A, B, 40000, 80, fin | ack), ctStates.closing, 'established'],
-    [tcp(A, B, 40000, 80, syn), ctStates.synSent, 'established'],
-  ];
-  for (const [frame, state, table] of steps) {
-    const result = model.step(frame, 'edge_xdp', T0, c);
-    t.is(result.entry?.state, state);
-    t.is(result.table, table);
-  }
-  t.is(model.entries('new').length, 0);
-  t.like(model.stats(), { created: 1, promoted: 1, established: 6 });
+  model.put('established', key(A, B, 17, 1, 1), entry(ctStates.udp, 0, { expiresNs: T0 - 1n }));
+  t.like(model.step(udp(A, B, 2, 2), 'edge_tc', T0, c), { reason: 'created', table: 'established' });
+  // Two entries (one expired, not yet met): at the mark.
+  t.like(model.step(udp(A, B, 3, 3), 'edge_tc', T0, c), { reason: 'created', table: 'new' });
+  t.like(model.step(tcp(A, B, 4, 4, syn), 'edge_tc_egress', T0, c), { reason: 'created', table: 'new' });
+  // Meeting the expired entry deletes it (a reply the default denies: nothing is created): below the mark again.
+  t.like(model.step(udp(B, A, 1, 1), 'edge_tc', T0, c), { verdict: 'drop' });
+  t.like(model.step(udp(A, B, 5, 5), 'edge_tc', T0, c), { reason: 'created', table: 'established' });
+  // Replies still move entries into the room above the mark, up to the capacity.
+  for (const port of [3, 4]) t.like(model.step(port === 3 ? udp(B, A, port, port) : tcp(B, A, port, port, syn | ack), 'edge_tc', T0, c), { table: 'established' });
+  t.deepEqual(model.entries('established').map((e) => e.key.sport).sort(), [2, 3, 4, 5]);
+  t.like(model.stats(), { created: 4, promoted: 2, expired: 1 });
 });
 
 test('lookup - ep_ct before ep_ct_new, orig before reply; a tuple that collides with a reversed entry is its reply', (t) => {
@@ -275,7 +300,7 @@ test('expiry - a passed deadline deletes the entry, counts EXPIRED, and the pack
   t.is(result.reason, 'created');
   t.is(result.entry?.state, ctStates.established);
   t.is(model.stats().expired, 2);
-  t.is(model.get(tcpKey)?.table, 'new');
+  t.is(model.get(tcpKey)?.table, 'established');
   // A deadline equal to now has not passed.
   const fresh = new ConntrackModel();
   fresh.put('new', tcpKey, entry(ctStates.synSent, 0, { expiresNs: T0 }));
@@ -352,7 +377,7 @@ test('control - packets from a control endpoint pass first, even when denied; at
   t.is(model.step(tcp('10.0.0.9', A, 4223, 5555, ack), 'edge_xdp', T0, c).verdict, 'drop');
   t.like(model.step(buildFrame({ src: '10.0.0.9', dst: A, protocol: 'udp', srcPort: 4222 }), 'edge_xdp', T0, c), { verdict: 'drop', reason: 'rule' });
   t.is(model.stats().control, 3);
-  t.is(model.entries('new').length, 1);
+  t.is(model.entries('established').length, 1);
 });
 
 test('cut - a change that denies a tracked flow ends it at its next packet; KEEP keeps it', (t) => {
@@ -401,6 +426,7 @@ test('cut - an egress entry is cut only by an explicit deny rule of its reply tu
 });
 
 test('tables - ep_ct full: the move fails, counts INSERT_FAILED, the entry stays in ep_ct_new and moves later', (t) => {
+  // ep_ct of 1: its direct mark is 0, so every new flow goes to ep_ct_new.
   const model = new ConntrackModel({ entries: 1 });
   const c = config();
   model.put('established', key(A, B, 17, 1, 1), entry(ctStates.udp));
@@ -419,7 +445,8 @@ test('tables - ep_ct full: the move fails, counts INSERT_FAILED, the entry stays
 });
 
 test('tables - ep_ct_new evicts its least recently used entry when full', (t) => {
-  const model = new ConntrackModel({ newEntries: 2 });
+  // ep_ct of 1: its direct mark is 0, so every new flow goes to ep_ct_new.
+  const model = new ConntrackModel({ newEntries: 2, entries: 1 });
   const c = config();
   model.step(udp(A, B, 1, 1), 'edge_tc', T0, c);
   model.step(udp(A, B, 2, 2), 'edge_tc', T0, c);

@@ -354,14 +354,17 @@ test('lb datapath - the sweeper deletes a reverse entry whose service entry is g
   t.is(datapath.readConntrackOccupancy().reverseNat, 3);
   t.is(datapath.sweepConntrack(1000), 0, 'nothing expired, every service entry lives');
   t.is(datapath.readConntrackOccupancy().reverseNat, 3);
-  // Delete a flow's service entry (key client <-> VIP, either port order), as an expiry would.
-  const table = BpfMap.openPinned(`${datapath.pinRoot}/ep_ct_new`);
-  t.teardown(() => table.close());
+  // Delete a flow's service entry (key client <-> VIP, either port order), as an expiry would:
+  // in ep_ct, where it was created below the direct mark, or ep_ct_new.
+  const tables = ['ep_ct', 'ep_ct_new'].map((name) => BpfMap.openPinned(`${datapath.pinRoot}/${name}`));
+  t.teardown(() => tables.forEach((table) => table.close()));
   const dropService = (clientPort: number): void => {
-    for (const [key, value] of [...table.entries()]) {
-      const view = new DataView(key.buffer, key.byteOffset);
-      const ports = [view.getUint16(4, true), view.getUint16(6, true)];
-      if ((epCtEntry.decode(value).nat.flags & 1) !== 0 && ports.includes(clientPort)) table.delete(key);
+    for (const table of tables) {
+      for (const [key, value] of [...table.entries()]) {
+        const view = new DataView(key.buffer, key.byteOffset);
+        const ports = [view.getUint16(4, true), view.getUint16(6, true)];
+        if ((epCtEntry.decode(value).nat.flags & 1) !== 0 && ports.includes(clientPort)) table.delete(key);
+      }
     }
   };
   dropService(10002);

@@ -134,10 +134,10 @@ export const conntrackCommand: Command = {
   usage: ['conntrack list NODE [FILTERS] [--limit N] [-o json|wide]', 'conntrack count NODE [FILTERS]'],
   details: `Asks the node's agent, through the controller, for the entries of its connection tables
 (both interface roles unless --role). Output is like conntrack -L: the original tuple, the reply
-tuple, [ASSURED] once a reply was seen, then the interface role, the table (new: no reply yet;
-established) and what admitted the flow (a policy/priority, the default action, or egress
-tracking). The count of entries shown and matched goes to standard error. count prints the number
-of matching entries, like conntrack -C.
+tuple, [ASSURED] once a reply was seen, then the interface role, the table (established, which
+also holds new flows while it is less than half full; new: no reply yet) and what admitted the
+flow (a policy/priority, the default action, or egress tracking). The count of entries shown and
+matched goes to standard error. count prints the number of matching entries, like conntrack -C.
 
 Filters (all must hold): --proto tcp|udp|icmp|icmpv6, --family 4|6, --address ADDR or CIDR
 (source or destination), --port N (source or destination), --state ${STATES.join('|')},

@@ -131,11 +131,16 @@ export interface Connection {
   destination: string;
   destinationPort: number;
   state: ConnectionState;
-  /** A reply has been seen (the entry is in the established table, or failed to move there). */
+  /** A reply has been seen. */
   seenReply: boolean;
   /** Created by uplink egress tracking (an outbound flow), not by a rule. */
   egress: boolean;
-  /** "new" (no reply yet) or "established". */
+  /**
+   * The table that holds the entry: "established" (flows that have seen a reply, and new flows
+   * created while it was below its direct mark, half its capacity: bpf/CONNTRACK.md) or "new"
+   * (no reply yet, created at or above the mark). seen_reply, not the table, says whether a
+   * reply was seen.
+   */
   table: string;
   /** Time left before the entry idles out. */
   expiresIn: Duration | undefined;

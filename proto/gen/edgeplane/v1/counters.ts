@@ -53,10 +53,16 @@ export interface InterfaceCounters {
 export interface ConntrackStatus {
   /** "uplink" or "workload": each role's datapath has its own tables. */
   role: string;
-  /** Live (unexpired) entries of flows that have seen a reply, and the table's capacity. */
+  /**
+   * Live (unexpired) entries of ep_ct, and its capacity: flows that have seen a reply, and new
+   * flows created while ep_ct was below its direct mark (half its capacity; bpf/CONNTRACK.md).
+   */
   entries: bigint;
   capacity: bigint;
-  /** Live entries of flows that have not seen a reply yet (an LRU table), and its capacity. */
+  /**
+   * Live entries of ep_ct_new (an LRU table), and its capacity: flows that have not seen a reply
+   * yet and were created while ep_ct was at its direct mark.
+   */
   newEntries: bigint;
   newCapacity: bigint;
   /** Packets passed by an entry. */

@@ -26,6 +26,15 @@ export type CtStatName = (typeof CONNTRACK_STAT_NAMES)[number];
 export const CT_NEW_ENTRIES = 65_536;
 export const CT_ENTRIES = 262_144;
 
+/**
+ * CONNTRACK.md, "The direct mark": a new entry goes into `ep_ct` while it holds fewer entries
+ * than this (half its capacity, rounded down; expired entries not yet deleted count), else into
+ * `ep_ct_new`.
+ */
+export function ctDirectMark(entries: number): number {
+  return Math.floor(entries / 2);
+}
+
 /** `struct ep_ct_cfg` in nanoseconds, by `enum ep_ct_timeout`. */
 export interface CtTimeouts {
   readonly tcpSyn: bigint;
@@ -64,7 +73,10 @@ export interface CtEntry {
   flags: number;
 }
 
-/** `ep_ct_new` (flows without a reply yet, LRU) or `ep_ct` (flows that have seen one). */
+/**
+ * `ep_ct_new` (flows without a reply yet, LRU) or `ep_ct` (flows that have seen one, and new
+ * flows created while it was below its direct mark: ctDirectMark()).
+ */
 export type CtTable = 'new' | 'established';
 /** The programs: `edge_xdp` (uplink ingress), `edge_tc_egress` (uplink egress), `edge_tc` (workloads, both directions). */
 export type CtHook = 'edge_xdp' | 'edge_tc_egress' | 'edge_tc';
@@ -613,13 +625,16 @@ export class ConntrackModel {
       state: start.state,
       flags: start.flags | flags | ctKeyOfFlow(key).origFlag,
     };
-    this.#insert('new', key, entry);
+    // The direct mark: below it the entry goes straight into ep_ct (which then has room: the
+    // mark is below its capacity), above it into ep_ct_new.
+    const table: CtTable = this.#tables.established.size < ctDirectMark(this.#entries) ? 'established' : 'new';
+    this.#insert(table, key, entry);
     this.#stats.created++;
     return {
       verdict: 'pass',
       reason: 'created',
       key,
-      table: 'new',
+      table,
       direction: 'orig',
       entry: copy(entry),
       ...(classification === undefined ? {} : { classification }),

@@ -18,7 +18,10 @@ export const CONNECTION_FLAGS = { seen_reply: 0x01, fin_orig: 0x02, fin_reply: 0
 /** A flag of a connection entry. */
 export type ConnectionFlag = keyof typeof CONNECTION_FLAGS;
 
-/** Which table holds an entry: ep_ct_new (no reply seen yet) or ep_ct (has seen a reply). */
+/**
+ * Which table holds an entry: ep_ct (has seen a reply, or was created below ep_ct's direct mark:
+ * bpf/CONNTRACK.md) or ep_ct_new (no reply seen yet, created at or above the mark).
+ */
 export type ConnectionTable = 'new' | 'established';
 
 /** Connection timeouts, in milliseconds (ep_ct_cfg, enum ep_ct_timeout order). */
@@ -71,9 +74,9 @@ export const CONNTRACK_STAT_NAMES = ['established', 'related', 'created', 'promo
 
 /** Live (unexpired) entries per table. */
 export interface ConntrackOccupancy {
-  /** In ep_ct: flows that have seen a reply. */
+  /** In ep_ct: flows that have seen a reply, and new flows created while it was below its direct mark (bpf/CONNTRACK.md). */
   readonly established: number;
-  /** In ep_ct_new: flows that have not (yet). */
+  /** In ep_ct_new: flows without a reply yet, created while ep_ct was at its direct mark. */
   readonly new: number;
   /**
    * Reverse entries of load-balanced flows (bpf/LB.md), in both tables, counted apart from the

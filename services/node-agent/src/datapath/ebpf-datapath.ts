@@ -89,7 +89,7 @@ export interface EbpfDatapathOptions {
   rateLimitEntries?: number;
   /** Called after each step of a load or an upgrade (not of an adoption): for logs. */
   onInstallStep?: (step: InstallStep) => void;
-  /** Entries of ep_ct (flows that have seen a reply; preallocated); only used when loaded. Default 262,144. */
+  /** Entries of ep_ct (flows that have seen a reply, and new flows below its direct mark of half this; preallocated); only used when loaded. Default 262,144. */
   ctEntries?: number;
   /** Entries of ep_ct_new (flows without a reply yet; LRU); only used when loaded. Default 65,536. */
   ctNewEntries?: number;
