@@ -25,11 +25,6 @@ export interface NodeRegistryOptions {
   now?: () => Date;
   onError?: (message: string, err: unknown) => void;
   /**
-   * How often ACKs persist (per node, a node that changed since its last write; the sweep writes
-   * only nodes with unwritten outcomes, so an idle fleet writes nothing). Default 30 s.
-   */
-  persistSeenEveryMs?: number;
-  /**
    * The tick on which changes are told to listeners and written: every node that changed within
    * it is told once (its newest state) and written at most once. 0: at once, one event per change
    * (tests of ordering). Default 50 ms.
@@ -45,8 +40,8 @@ export interface RevisionOutcomes {
   nacked: number;
 }
 
-/** Why a node is written to the backend: at the next tick, at the next sweep, or not at all. */
-type Persist = 'now' | 'later' | 'never';
+/** Whether a change is written to the backend (at the next tick) or only kept here. */
+type Persist = 'now' | 'never';
 
 /**
  * The fleet's nodes as their agents describe them, with observed status. Each node's record is
@@ -57,12 +52,14 @@ type Persist = 'now' | 'later' | 'never';
  * marks the node; once per `batchMs` tick every marked node is told to listeners once (WatchNodes
  * streams, the rollout manager, which takes the whole batch at once) and written at most once.
  * Identity (hello), NACKs, conditions and disconnects are written at the next tick, so the
- * registry and every node's last error survive a controller restart; ACKs at most every
- * `persistSeenEveryMs` per node (an agent resends its newest outcome in every hello), and a
- * heartbeat or counter report (last-seen time alone) never on its own: a durable write per node
- * per heartbeat was most of an idle controller's CPU at 10,000 nodes. On load every node is
+ * registry and every node's last error survive a controller restart. ACKs and last-seen times
+ * are never written on their own (never a durable write per node per change, nor per
+ * heartbeat: that was most of an idle controller's CPU at 10,000 nodes); they go with the
+ * node's next write (its disconnect at the latest), and an agent resends its applied revision
+ * and newest outcome in every hello, so a controller killed with -9 has them back as each
+ * agent reconnects. On load every node is
  * marked disconnected until its agent says hello again.
- * Owns timers (unref'd): close() writes what is pending and stops them.
+ * Owns a timer (unref'd): close() writes what is pending and stops it.
  */
 export class NodeRegistry {
   #nodes = new Map<string, Node>();
@@ -71,15 +68,12 @@ export class NodeRegistry {
   #backend: NodeStoreBackend;
   #now: () => Date;
   #onError: (message: string, err: unknown) => void;
-  #persistSeenEveryMs: number;
   #batchMs: number;
   #pending = new Set<Promise<void>>();
   /** Nodes changed since the last tick, with the event listeners get (ADDED wins over MODIFIED). */
   #changes = new Map<string, NodeEventType>();
   #persistNow = new Set<string>();
-  #persistLater = new Set<string>();
   #tick: NodeJS.Timeout | undefined;
-  #sweep: NodeJS.Timeout | undefined;
   /** revision -> outcome -> nodes whose newest outcome that is. */
   #outcomes = new Map<bigint, RevisionOutcomes>();
   #closed = false;
@@ -88,7 +82,6 @@ export class NodeRegistry {
     this.#backend = backend;
     this.#now = options.now ?? (() => new Date());
     this.#onError = options.onError ?? (() => undefined);
-    this.#persistSeenEveryMs = options.persistSeenEveryMs ?? 30_000;
     this.#batchMs = options.batchMs ?? 50;
   }
 
@@ -157,16 +150,7 @@ export class NodeRegistry {
   }
 
   #changed(node: Node, type: NodeEventType, persist: Persist = 'now', notify = true): void {
-    if (persist === 'now') {
-      this.#persistNow.add(node.name);
-      this.#persistLater.delete(node.name);
-    } else if (persist === 'later' && !this.#persistNow.has(node.name)) {
-      this.#persistLater.add(node.name);
-      if (!this.#sweep && !this.#closed) {
-        this.#sweep = setInterval(() => this.#sweepLater(), this.#persistSeenEveryMs);
-        this.#sweep.unref();
-      }
-    }
+    if (persist === 'now') this.#persistNow.add(node.name);
     if (notify && this.#changes.get(node.name) !== NodeEventType.NODE_EVENT_TYPE_ADDED) this.#changes.set(node.name, type);
     if (this.#batchMs === 0) return this.#flushTick();
     if (!this.#tick && !this.#closed) {
@@ -203,13 +187,6 @@ export class NodeRegistry {
         this.#onError('node listener', err);
       }
     }
-  }
-
-  #sweepLater(): void {
-    for (const name of this.#persistLater) this.#write(name);
-    this.#persistLater.clear();
-    if (this.#sweep) clearInterval(this.#sweep);
-    this.#sweep = undefined;
   }
 
   /** Records a hello: identity, labels, capabilities, and a new session that now owns the node. */
@@ -294,7 +271,7 @@ export class NodeRegistry {
       s.lastErrorRevision = report.revision;
       s.lastErrorTime = now;
     }
-    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED, nack ? 'now' : 'later');
+    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED, nack ? 'now' : 'never');
   }
 
   /** Records the agent's conditions (the whole set, replacing what it said before); persisted, since they are rare and matter. */
@@ -364,14 +341,13 @@ export class NodeRegistry {
     this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED, 'never');
   }
 
-  /** Tells listeners and writes what is pending now (the ACKs waiting for the sweep too), then waits for the writes. */
+  /** Tells listeners and writes what is pending now, then waits for the writes. */
   async flush(): Promise<void> {
     this.#flushTick();
-    this.#sweepLater();
     await Promise.all([...this.#pending]);
   }
 
-  /** Writes what is pending and stops the timers; later changes are told and written at once. Idempotent. */
+  /** Writes what is pending and stops the tick; later changes are told and written at once. Idempotent. */
   async close(): Promise<void> {
     this.#closed = true;
     this.#batchMs = 0;
