@@ -155,4 +155,5 @@ console.log('| --- | --- | --- | --- | --- | --- | --- |');
 for (const r of results) {
   console.log(`| ${r.nodes} | ${r.cpuPerChangeMs!.toFixed(0)} ms | ${r.cpuPerAckUs!.toFixed(1)} µs | ${r.writesPerChange} | ${r.watcherEventsPerChange} | ${r.cpuPerHeartbeatUs!.toFixed(1)} µs | ${r.writesPerHeartbeatRound} / ${r.watcherEventsPerHeartbeatRound} |`);
 }
+console.log(JSON.stringify({ bench: 'registry-acks', rollout: ROLLOUT, writesDue: WRITES_DUE, changes: CHANGES, results }));
 process.exit(0);
