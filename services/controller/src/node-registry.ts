@@ -57,8 +57,7 @@ type Persist = 'now' | 'never';
  * heartbeat: that was most of an idle controller's CPU at 10,000 nodes); they go with the
  * node's next write (its disconnect at the latest), and an agent resends its applied revision
  * and newest outcome in every hello, so a controller killed with -9 has them back as each
- * agent reconnects. On load every node is
- * marked disconnected until its agent says hello again.
+ * agent reconnects. On load every node is marked disconnected until its agent says hello again.
  * Owns a timer (unref'd): close() writes what is pending and stops it.
  */
 export class NodeRegistry {
