@@ -32,7 +32,7 @@ try {
     const nc = await connect({ servers: nats.url });
     opened.push(nc);
     const kv = await new Kvm(nc).create(REPLICAS_BUCKET, { history: 1, ttl: 60_000 });
-    const registry = new NodeRegistry({ load: async () => [], save: async () => undefined }, { persistSeenEveryMs: Number.MAX_SAFE_INTEGER });
+    const registry = new NodeRegistry({ load: async () => [], save: async () => undefined });
     const counters = new CounterStore();
     // Snapshots are the same encoding once per node every 5 s; left out of the rounds here.
     const sync = new ReplicaFleetSync(nc, kv, { registry, counters, health: new ServiceHealthStore() }, { controllerId: id, snapshotMs: 3_600_000, onError: (m, e) => process.stderr.write(`${id}: ${m}: ${(e as Error).message}\n`) });

@@ -7,6 +7,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
+import * as grpc from '@grpc/grpc-js';
 import { connect } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import {
@@ -149,6 +150,26 @@ test.serial('replicas - every replica lists every node with its last outcome, wh
     ['edge-1', true, RevisionOutcome.REVISION_OUTCOME_ACK],
     ['edge-2', true, RevisionOutcome.REVISION_OUTCOME_ACK],
   ]);
+});
+
+test.serial('replicas - ListConnections for a node connected to another replica is relayed to that replica and its agent answers', async (t) => {
+  // edge-1's stream is on b, edge-2's on c; replica a holds neither. Before the relay, only the
+  // replica holding a node's stream could answer (others: FAILED_PRECONDITION NODE_NOT_CONNECTED).
+  for (const id of ['a', 'b', 'c']) {
+    const api = replicas.get(id)!.api;
+    for (const name of ['edge-1', 'edge-2']) {
+      await until(`${name} connected at replica ${id}`, async () => (await nodeAt(id, name))?.status?.connected === true);
+      const listed = await call(api.fleet, api.fleet.listConnections, { node: name, filter: undefined, limit: 100, countOnly: false }, 20_000);
+      // The memory datapath keeps no connection table: an answer with no rows, from the agent itself.
+      t.deepEqual([listed.connections.length, listed.matched, listed.truncated], [0, 0n, false], `${name} at replica ${id}`);
+      const counted = await call(api.fleet, api.fleet.listConnections, { node: name, filter: undefined, limit: 0, countOnly: true }, 20_000);
+      t.is(counted.matched, 0n);
+    }
+  }
+  // Bad input is refused by the replica asked, before anything is relayed.
+  const api = replicas.get('a')!.api;
+  const err = await call(api.fleet, api.fleet.listConnections, { node: 'edge-1', filter: undefined, limit: 10_001, countOnly: false }).catch((e: grpc.ServiceError) => e);
+  t.is((err as grpc.ServiceError).code, grpc.status.INVALID_ARGUMENT);
 });
 
 test.serial('replicas - the rollout lease moves off a killed replica and the running staged rollout finishes; a killed replica\'s agent moves and keeps its status', async (t) => {

@@ -174,6 +174,21 @@ export const MAX_CONNECTIONS_LIMIT = 10_000;
 /** Connections ListConnections returns when the request names no limit. */
 export const DEFAULT_CONNECTIONS_LIMIT = 1000;
 
+/**
+ * Connections in one message of a connection query relayed between controller replicas
+ * (FLEET_CONNECTIONS_SUBJECT_PREFIX): at about 150 bytes a row, 2,000 rows stay near 300 KiB,
+ * well inside the NATS default max_payload of 1 MiB that a whole answer of MAX_CONNECTIONS_LIMIT
+ * rows would pass; an answer goes out in at most 5 parts.
+ */
+export const MAX_RELAYED_CONNECTIONS_PER_MESSAGE = 2000;
+
+/**
+ * Relayed connection queries one controller replica serves at once for the others. Each is
+ * also bounded per node (4 in flight on a node's stream); this bounds what a burst of queries
+ * from other replicas can hold here (answers up to MAX_CONNECTIONS_LIMIT rows each).
+ */
+export const MAX_RELAYED_QUERIES_IN_FLIGHT = 64;
+
 /** Characters of a ConnectionsQuery request id. */
 export const MAX_REQUEST_ID_LENGTH = 64;
 

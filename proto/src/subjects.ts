@@ -88,6 +88,15 @@ export const TRUST_BUCKET = 'EDGEPLANE_TRUST';
 export const FLEET_STATUS_SUBJECT_PREFIX = 'edgeplane.fleet.status';
 
 /**
+ * The subject prefix on which a controller replica answers connection queries (ListConnections)
+ * for the nodes whose agent streams it holds: replica R serves `<prefix>.<R>` (its instance id,
+ * as in FLEET_STATUS_SUBJECT_PREFIX). A request is a ListConnectionsRequest; the answer is one or
+ * more ConnectionsAnswer parts, then an empty message. Plain NATS request/reply; only controller
+ * credentials may publish or subscribe (nodePermissions lists no such subject).
+ */
+export const FLEET_CONNECTIONS_SUBJECT_PREFIX = 'edgeplane.fleet.connections';
+
+/**
  * The controller-only JetStream key-value bucket of replica coordination: each replica's
  * periodic snapshot of its nodes (`snapshot.<replica>.<part>`) and the rollout lease
  * ({@link ROLLOUT_LEASE_KEY}). Entries expire (max age) so a dead replica's snapshot goes away.

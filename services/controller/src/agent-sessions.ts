@@ -124,19 +124,41 @@ export class AgentSessions {
     let timer: NodeJS.Timeout | undefined;
     /** Messages seen on this stream: the idle check compares it before and after reading pending input. */
     let heard = 0;
-    const arm = (ms: number, why: string, graced = false): void => {
-      clearTimeout(timer);
-      heard++;
+    /** When the newest message came (performance.now()), the silence allowed, and what to say when it is over. */
+    let lastAt = 0;
+    let spanMs = 0;
+    let why = '';
+    // One timer per span of silence, not one per message: a message only notes its time, and the
+    // timer, when it fires, waits again for the rest of a span from the newest message (at 10,000
+    // agents a timer replaced per heartbeat and counter report was a cost of its own).
+    const wait = (ms: number, graced: boolean): void => {
       const due = performance.now() + ms;
       const seen = heard;
       timer = setTimeout(() => {
+        const now = performance.now();
         // A timer that fires late means this process stalled (a long GC, CPU starvation): the
         // peer's messages may be waiting unread in the socket, and timers run before input is
         // read. So decide only after this turn's input (setImmediate runs after the poll phase),
         // and give a peer one fresh span when the lateness was ours.
-        if (!graced && performance.now() - due > Math.min(1000, ms / 3)) return arm(ms, why, true);
-        setImmediate(() => heard === seen && stream.end(new IdleStreamError(why)));
+        if (!graced && now - due > Math.min(1000, spanMs / 3)) return wait(spanMs, true);
+        if (heard !== seen) return wait(Math.max(1, lastAt + spanMs - now), false);
+        setImmediate(() => {
+          if (heard === seen) stream.end(new IdleStreamError(why));
+          else wait(Math.max(1, lastAt + spanMs - performance.now()), false);
+        });
       }, ms);
+    };
+    const hear = (): void => {
+      heard++;
+      lastAt = performance.now();
+    };
+    /** Starts a new span of `ms` (the hello's, then the stream's). */
+    const arm = (ms: number, reason: string): void => {
+      clearTimeout(timer);
+      hear();
+      spanMs = ms;
+      why = reason;
+      wait(ms, false);
     };
     this.#open.add(stream);
     arm(this.#options.helloTimeoutMs ?? 10_000, 'no hello in time');
@@ -164,7 +186,7 @@ export class AgentSessions {
           this.#options.onNodeChanged?.(node, true);
           continue;
         }
-        arm(idleMs, `node ${node} silent for ${idleMs} ms`);
+        hear();
         if (m.$case !== 'heartbeat' && m.$case !== 'connections') this.#options.onNodeChanged?.(node, m.$case === 'report' || m.$case === 'conditions');
         switch (m.$case) {
           case 'report':

@@ -29,6 +29,7 @@ import { registerFleetMetrics } from './metrics.js';
 import { RolloutManager } from './rollout-manager.js';
 import { RolloutLease } from './rollout-lease.js';
 import { ReplicaFleetSync } from './replica-fleet-sync.js';
+import { ConnectionRelay } from './connection-relay.js';
 import { watchStalls } from './stall-watch.js';
 import { NodeRegistry } from './node-registry.js';
 import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
@@ -343,7 +344,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
     const kv = await new Kvm(nc).create(NODE_REGISTRY_BUCKET, { history: 1, replicas: config.streamReplicas });
     const registry = new NodeRegistry(new KvNodeStore(kv), { onError });
     await registry.load();
-    cleanups.push(() => registry.flush());
+    cleanups.push(() => registry.close());
     const trustKv = await new Kvm(nc).create(TRUST_BUCKET, { history: 1, replicas: config.streamReplicas });
     const trustStore = new TrustStore(trustKv);
     await trustStore.start(onError);
@@ -396,7 +397,12 @@ export async function startController(config: ControllerConfig, extras: StartExt
       maxServices: config.maxServices,
       maxIntentBytes: config.maxIntentBytes,
     });
-    const fleetApi = new FleetApi(registry, counters, () => store.chain.revision, rollouts, { querier: sessions, timeoutMs: config.connectionsTimeoutMs }, serviceHealth);
+    // ListConnections for any node of the fleet: over this replica's stream to it, or relayed to
+    // the replica that holds it (README, Replicas).
+    const connections = new ConnectionRelay(nc, sessions, { replica: fleetSync.replica, ownerOf: (node) => fleetSync.ownerOf(node), onError });
+    connections.start();
+    cleanups.push(async () => connections.close());
+    const fleetApi = new FleetApi(registry, counters, () => store.chain.revision, rollouts, { querier: connections, timeoutMs: config.connectionsTimeoutMs }, serviceHealth);
     const denied = telemetry.meter('@edgeplane/controller').createCounter('edgeplane_authz_denied', { description: 'Calls refused by authentication or authorization, by method, caller role and reason' });
     const auth = new Authorizer({
       insecure: config.insecure,

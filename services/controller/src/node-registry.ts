@@ -14,40 +14,83 @@ export interface NodeStoreBackend {
   save(node: Node): Promise<void>;
 }
 
-/** Listener for node changes. */
+/** Listener for node changes: one event per node that changed since the last batch (its newest state). */
 export type NodeListener = (event: WatchNodesResponse) => void;
 
+/** Listener for a batch of node changes: every node that changed within one tick, once, in its newest state. */
+export type NodeBatchListener = (events: readonly WatchNodesResponse[]) => void;
+
+/** Options of {@link NodeRegistry}. */
+export interface NodeRegistryOptions {
+  now?: () => Date;
+  onError?: (message: string, err: unknown) => void;
+  /**
+   * The tick on which changes are told to listeners and written: every node that changed within
+   * it is told once (its newest state) and written at most once. 0: at once, one event per change
+   * (tests of ordering). Default 50 ms.
+   */
+  batchMs?: number;
+}
+
+/** ACKs and NACKs whose newest outcome is of one revision, counted over the fleet. */
+export interface RevisionOutcomes {
+  /** Nodes whose newest outcome is an ACK of the revision. */
+  acked: number;
+  /** Nodes whose newest outcome is a NACK of the revision. */
+  nacked: number;
+}
+
+/** Whether a change is written to the backend (at the next tick) or only kept here. */
+type Persist = 'now' | 'never';
+
 /**
- * The fleet's nodes as their agents describe them, with observed status. Persists identity
- * (hello), NACKs and disconnects through the backend, so the registry and every node's last
- * error survive a controller restart; ACKs and last-seen times are written at most every
- * `persistSeenEveryMs` per node, since an agent resends its applied revision in every hello
- * (a durable write per ACK made status cost a JetStream publish per node per change). On load
- * every node is marked disconnected until its agent says hello again.
+ * The fleet's nodes as their agents describe them, with observed status. Each node's record is
+ * updated in place; ACK and NACK outcomes are also counted per revision ({@link outcomes}), so a
+ * question about one revision costs the number of revisions nodes last reported, not the fleet.
+ *
+ * Cost per change is independent of the fleet size (issue 15): a report updates one record and
+ * marks the node; once per `batchMs` tick every marked node is told to listeners once (WatchNodes
+ * streams, the rollout manager, which takes the whole batch at once) and written at most once.
+ * Identity (hello), NACKs, conditions and disconnects are written at the next tick, so the
+ * registry and every node's last error survive a controller restart. ACKs and last-seen times
+ * are never written on their own (never a durable write per node per change, nor per
+ * heartbeat: that was most of an idle controller's CPU at 10,000 nodes); they go with the
+ * node's next write (its disconnect at the latest), and an agent resends its applied revision
+ * and newest outcome in every hello, so a controller killed with -9 has them back as each
+ * agent reconnects. On load every node is marked disconnected until its agent says hello again.
+ * Owns a timer (unref'd): close() writes what is pending and stops it.
  */
 export class NodeRegistry {
   #nodes = new Map<string, Node>();
   #sessions = new Map<string, string>();
-  #listeners = new Set<NodeListener>();
+  #listeners = new Set<NodeBatchListener>();
   #backend: NodeStoreBackend;
   #now: () => Date;
   #onError: (message: string, err: unknown) => void;
-  #persistSeenEveryMs: number;
-  #lastPersisted = new Map<string, number>();
+  #batchMs: number;
   #pending = new Set<Promise<void>>();
+  /** Nodes changed since the last tick, with the event listeners get (ADDED wins over MODIFIED). */
+  #changes = new Map<string, NodeEventType>();
+  #persistNow = new Set<string>();
+  #tick: NodeJS.Timeout | undefined;
+  /** revision -> outcome -> nodes whose newest outcome that is. */
+  #outcomes = new Map<bigint, RevisionOutcomes>();
+  #closed = false;
 
-  constructor(backend: NodeStoreBackend, options: { now?: () => Date; onError?: (message: string, err: unknown) => void; persistSeenEveryMs?: number } = {}) {
+  constructor(backend: NodeStoreBackend, options: NodeRegistryOptions = {}) {
     this.#backend = backend;
     this.#now = options.now ?? (() => new Date());
     this.#onError = options.onError ?? (() => undefined);
-    this.#persistSeenEveryMs = options.persistSeenEveryMs ?? 30_000;
+    this.#batchMs = options.batchMs ?? 50;
   }
 
   /** Loads persisted nodes (all marked disconnected). */
   async load(): Promise<void> {
     for (const node of await this.#backend.load()) {
       if (node.status) node.status.connected = false;
+      this.#count(this.#nodes.get(node.name), -1);
       this.#nodes.set(node.name, node);
+      this.#count(node, 1);
     }
   }
 
@@ -61,22 +104,84 @@ export class NodeRegistry {
     return [...this.#nodes.values()];
   }
 
-  /** Registers a listener; returns the function that removes it. */
+  /**
+   * Nodes whose newest outcome is an ACK or a NACK of `revision` (a node counts once, for the
+   * revision of its newest report): O(1), whatever the fleet size.
+   */
+  outcomes(revision: bigint): RevisionOutcomes {
+    const o = this.#outcomes.get(revision);
+    return { acked: o?.acked ?? 0, nacked: o?.nacked ?? 0 };
+  }
+
+  /** Nodes whose newest outcome is a NACK of `revision` or a later one: O(revisions nodes last reported). */
+  nackedSince(revision: bigint): number {
+    let n = 0;
+    for (const [r, o] of this.#outcomes) if (r >= revision) n += o.nacked;
+    return n;
+  }
+
+  #count(node: Node | undefined, by: 1 | -1): void {
+    const s = node?.status;
+    if (!s) return;
+    const ack = s.lastOutcome === RevisionOutcome.REVISION_OUTCOME_ACK;
+    if (!ack && s.lastOutcome !== RevisionOutcome.REVISION_OUTCOME_NACK) return;
+    let o = this.#outcomes.get(s.lastOutcomeRevision);
+    if (!o) this.#outcomes.set(s.lastOutcomeRevision, (o = { acked: 0, nacked: 0 }));
+    if (ack) o.acked += by;
+    else o.nacked += by;
+    if (o.acked === 0 && o.nacked === 0) this.#outcomes.delete(s.lastOutcomeRevision);
+  }
+
+  /**
+   * Registers a listener of single events (one per node and tick, in its newest state); returns
+   * the function that removes it.
+   */
   watch(listener: NodeListener): () => void {
+    return this.watchBatch((events) => {
+      for (const e of events) listener(e);
+    });
+  }
+
+  /** Registers a listener of whole ticks' batches; returns the function that removes it. */
+  watchBatch(listener: NodeBatchListener): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
   }
 
-  #changed(node: Node, type: NodeEventType, persist = true): void {
-    if (persist) {
-      this.#lastPersisted.set(node.name, Date.now());
-      const p = this.#backend.save(Node.fromPartial(node)).catch((err: unknown) => this.#onError(`persist node ${node.name}`, err));
-      this.#pending.add(p);
-      void p.finally(() => this.#pending.delete(p));
+  #changed(node: Node, type: NodeEventType, persist: Persist = 'now', notify = true): void {
+    if (persist === 'now') this.#persistNow.add(node.name);
+    if (notify && this.#changes.get(node.name) !== NodeEventType.NODE_EVENT_TYPE_ADDED) this.#changes.set(node.name, type);
+    if (this.#batchMs === 0) return this.#flushTick();
+    if (!this.#tick && !this.#closed) {
+      this.#tick = setTimeout(() => this.#flushTick(), this.#batchMs);
+      this.#tick.unref();
     }
+  }
+
+  #write(name: string): void {
+    const node = this.#nodes.get(name);
+    if (!node) return;
+    const p = this.#backend.save(Node.fromPartial(node)).catch((err: unknown) => this.#onError(`persist node ${name}`, err));
+    this.#pending.add(p);
+    void p.finally(() => this.#pending.delete(p));
+  }
+
+  /** Tells listeners of this tick's changes (each node once) and writes the nodes due now. */
+  #flushTick(): void {
+    clearTimeout(this.#tick);
+    this.#tick = undefined;
+    for (const name of this.#persistNow) this.#write(name);
+    this.#persistNow.clear();
+    if (this.#changes.size === 0) return;
+    const events: WatchNodesResponse[] = [];
+    for (const [name, type] of this.#changes) {
+      const node = this.#nodes.get(name);
+      if (node) events.push({ type, node });
+    }
+    this.#changes.clear();
     for (const l of this.#listeners) {
       try {
-        l({ type, node });
+        l(events);
       } catch (err) {
         this.#onError('node listener', err);
       }
@@ -116,7 +221,9 @@ export class NodeRegistry {
         s.lastErrorTime = last.time ?? now;
       }
     }
+    this.#count(existing, -1);
     this.#nodes.set(node.name, node);
+    this.#count(node, 1);
     this.#sessions.set(node.name, sessionId);
     this.#changed(node, existing ? NodeEventType.NODE_EVENT_TYPE_MODIFIED : NodeEventType.NODE_EVENT_TYPE_ADDED);
     return node;
@@ -151,8 +258,11 @@ export class NodeRegistry {
     s.appliedRevision = report.appliedRevision;
     s.appliedUnknown = report.appliedUnknown;
     if (report.revision >= s.lastOutcomeRevision) {
+      // In place: the per-revision counts move with the node's newest outcome.
+      this.#count(node, -1);
       s.lastOutcomeRevision = report.revision;
       s.lastOutcome = report.outcome;
+      this.#count(node, 1);
     }
     const nack = report.outcome === RevisionOutcome.REVISION_OUTCOME_NACK;
     if (nack) {
@@ -160,7 +270,7 @@ export class NodeRegistry {
       s.lastErrorRevision = report.revision;
       s.lastErrorTime = now;
     }
-    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED, nack || this.#persistDue(name));
+    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED, nack ? 'now' : 'never');
   }
 
   /** Records the agent's conditions (the whole set, replacing what it said before); persisted, since they are rare and matter. */
@@ -173,17 +283,14 @@ export class NodeRegistry {
     this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED);
   }
 
-  #persistDue(name: string): boolean {
-    return Date.now() - (this.#lastPersisted.get(name) ?? 0) >= this.#persistSeenEveryMs;
-  }
-
-  /** Records that the node was heard from. */
+  /**
+   * Records that the node was heard from. Not news for watchers, and not written on its own: the
+   * node's next write (a NACK, conditions, its disconnect) carries the time.
+   */
   seen(name: string): void {
     const node = this.#nodes.get(name);
     if (!node?.status) return;
     node.status.lastSeenTime = this.#now();
-    // Heartbeats are not news for watchers; they are persisted now and then.
-    if (this.#persistDue(name)) this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED);
   }
 
   /** Marks the node disconnected, if `sessionId` still owns it. */
@@ -212,10 +319,12 @@ export class NodeRegistry {
   applyRemote(node: Node, statusChanged = true): boolean {
     if (this.#sessions.has(node.name)) return false;
     const existing = this.#nodes.get(node.name);
+    this.#count(existing, -1);
     this.#nodes.set(node.name, node);
+    this.#count(node, 1);
     // Like a local heartbeat or counter report, a newer last-seen time alone is not news for watchers.
     if (existing && !statusChanged) return true;
-    this.#changed(node, existing ? NodeEventType.NODE_EVENT_TYPE_MODIFIED : NodeEventType.NODE_EVENT_TYPE_ADDED, false);
+    this.#changed(node, existing ? NodeEventType.NODE_EVENT_TYPE_MODIFIED : NodeEventType.NODE_EVENT_TYPE_ADDED, 'never');
     return true;
   }
 
@@ -228,11 +337,19 @@ export class NodeRegistry {
     const node = this.#nodes.get(name);
     if (this.#sessions.has(name) || !node?.status?.connected) return;
     node.status.connected = false;
-    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED, false);
+    this.#changed(node, NodeEventType.NODE_EVENT_TYPE_MODIFIED, 'never');
   }
 
-  /** Waits for pending writes to the backend. */
+  /** Tells listeners and writes what is pending now, then waits for the writes. */
   async flush(): Promise<void> {
+    this.#flushTick();
     await Promise.all([...this.#pending]);
+  }
+
+  /** Writes what is pending and stops the tick; later changes are told and written at once. Idempotent. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#batchMs = 0;
+    await this.flush();
   }
 }

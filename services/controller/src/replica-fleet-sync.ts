@@ -83,6 +83,14 @@ export class ReplicaFleetSync {
     this.replica = `${token(options.controllerId)}_${randomBytes(3).toString('hex')}`;
   }
 
+  /**
+   * The replica whose agent stream holds `node`, as this replica last heard from it: undefined
+   * for a node connected here, or to no live replica.
+   */
+  ownerOf(node: string): string | undefined {
+    return this.#owners.get(node)?.replica;
+  }
+
   /** Replicas heard from within expireMs, this one included. */
   replicas(): string[] {
     return [this.replica, ...this.#heard.keys()].sort();

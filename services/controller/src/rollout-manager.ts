@@ -69,6 +69,7 @@ export class RolloutManager {
   #baselines = new Map<string, Map<string, DropTotals>>();
   #spans = new Map<string, Span>();
   #listeners = new Set<(name: string) => void>();
+  #waveSets = new Map<string, { of: string[]; set: Set<string> }>();
 
   constructor(store: IntentStore, registry: NodeRegistry, counters: CounterStore, options: RolloutManagerOptions = {}) {
     this.#store = store;
@@ -87,9 +88,31 @@ export class RolloutManager {
     this.#store.onChange(() => {
       for (const key of this.#store.chain.rollouts.keys()) this.#notify(key);
     });
-    this.#registry.watch((e) => {
-      for (const [key, r] of this.#store.chain.rollouts) if (isActive(r) && e.node && r.waveNodes.includes(e.node.name)) this.#notify(key);
+    // One batch per registry tick (every node that changed in it, once): each active rollout is
+    // looked at once per batch, not once per node's report.
+    this.#registry.watchBatch((events) => {
+      const active = [...this.#store.chain.rollouts].filter(([, r]) => isActive(r));
+      if (active.length === 0) return;
+      const changed = new Set<string>();
+      for (const e of events) if (e.node) changed.add(e.node.name);
+      for (const [key, r] of active) {
+        const wave = this.#waveSet(key, r);
+        for (const n of changed) {
+          if (!wave.has(n)) continue;
+          this.#notify(key);
+          break;
+        }
+      }
     });
+  }
+
+  /** The current wave's nodes of a rollout as a set, made once per wave (the log's record is replaced on every change). */
+  #waveSet(key: string, r: Rollout): Set<string> {
+    const have = this.#waveSets.get(key);
+    if (have?.of === r.waveNodes) return have.set;
+    const set = new Set(r.waveNodes);
+    this.#waveSets.set(key, { of: r.waveNodes, set });
+    return set;
   }
 
   /** Calls `listener(key)` (rolloutKey) whenever a rollout's status may have changed; returns the remover. */
@@ -234,7 +257,8 @@ export class RolloutManager {
     const waveStart = r.waveStartTime?.getTime() ?? now.getTime();
     const nodes = r.waveNodes.map((n) => ({ name: n, status: this.#registry.get(n)?.status }));
     // Gate 1: a NACK of the change (or a later revision) by a node of the wave.
-    if (!gates?.ignoreNacks) {
+    // The registry counts NACKs per revision: with none of the change or later, no node to look for.
+    if (!gates?.ignoreNacks && this.#registry.nackedSince(r.changeRevision) > 0) {
       const nack = nodes.find((n) => n.status?.lastOutcome === RevisionOutcome.REVISION_OUTCOME_NACK && n.status.lastOutcomeRevision >= r.changeRevision && n.status.appliedRevision < r.resourceVersion);
       if (nack) return this.#fail(r, `wave ${r.currentWave + 1}: node ${nack.name} NACKed revision ${nack.status!.lastOutcomeRevision}: ${nack.status!.lastError}`);
     }

@@ -20,6 +20,7 @@ import {
   LogEntry,
   NODE_REGISTRY_BUCKET,
   FLEET_STATUS_SUBJECT_PREFIX,
+  FLEET_CONNECTIONS_SUBJECT_PREFIX,
   REPLICAS_BUCKET,
   ROLLOUT_LEASE_KEY,
   Policy,
@@ -107,13 +108,16 @@ async function attacks(nc: NatsConnection): Promise<string[]> {
   const before = (await ctlJsm.streams.info(INTENT_STREAM)).state;
   // Publishing on any edgeplane subject: the controller listens on each and must hear nothing.
   const heard: string[] = [];
-  const subjects = [INTENT_SUBJECT, INTENT_LIVE_SUBJECT, INTENT_HEAD_SUBJECT, 'edgeplane.fleet.status', `${FLEET_STATUS_SUBJECT_PREFIX}.replica-1`, 'edgeplane.anything.else'];
+  const subjects = [INTENT_SUBJECT, INTENT_LIVE_SUBJECT, INTENT_HEAD_SUBJECT, 'edgeplane.fleet.status', `${FLEET_STATUS_SUBJECT_PREFIX}.replica-1`, `${FLEET_CONNECTIONS_SUBJECT_PREFIX}.replica-1`, 'edgeplane.anything.else'];
   const subs = subjects.map((s) => ctl.subscribe(s, { callback: (_e, m) => void heard.push(`${m.subject}:${m.string()}`) }));
   await ctl.flush();
   // Reading the replicas' fleet state: the node subscribes, a replica publishes.
   nc.subscribe(`${FLEET_STATUS_SUBJECT_PREFIX}.*`, { callback: (e, m) => void (!e && worked.push(`read ${m.subject}`)) });
+  // Serving (or reading) the replicas' connection queries: a replica relays one, the node listens.
+  nc.subscribe(`${FLEET_CONNECTIONS_SUBJECT_PREFIX}.*`, { callback: (e, m) => void (!e && worked.push(`read the connection query on ${m.subject}`)) });
   await nc.flush().catch(() => undefined);
   ctl.publish(`${FLEET_STATUS_SUBJECT_PREFIX}.replica-2`, 'fleet state');
+  ctl.publish(`${FLEET_CONNECTIONS_SUBJECT_PREFIX}.replica-2`, 'edge-1');
   for (const s of subjects) nc.publish(s, 'junk', { headers: undefined });
   await nc.flush().catch(() => undefined);
   // A marker from the controller after the node's publishes: once it arrives, anything the
@@ -125,6 +129,9 @@ async function attacks(nc: NatsConnection): Promise<string[]> {
   for (const s of subs) s.unsubscribe();
   worked.push(...heard.map((h) => `publish ${h}`));
 
+  // A replica that answers connection queries: the node must not be able to ask it.
+  const relay = ctl.subscribe(`${FLEET_CONNECTIONS_SUBJECT_PREFIX}.replica-3`, { callback: (_e, m) => void m.respond('rows of edge-1') });
+  await ctl.flush();
   const js = jetstream(nc, { timeout: 3000 });
   await js.publish(INTENT_SUBJECT, 'junk').then(() => worked.push('jetstream publish on the log subject'), () => undefined);
   const jsm = await jetstreamManager(nc, { timeout: 3000, checkAPI: false });
@@ -145,6 +152,7 @@ async function attacks(nc: NatsConnection): Promise<string[]> {
     ['put in the node registry', () => nc.request(`$KV.${NODE_REGISTRY_BUCKET}.edge-9`, 'junk', { timeout: 2000 })],
     ['read the replicas bucket (fleet state snapshots)', async () => (await new Kvm(js).open(REPLICAS_BUCKET)).get(ROLLOUT_LEASE_KEY)],
     ['take the rollout lease', () => nc.request(`$KV.${REPLICAS_BUCKET}.${ROLLOUT_LEASE_KEY}`, 'edge', { timeout: 2000 })],
+    ['ask a replica for a node\'s connections', () => nc.request(`${FLEET_CONNECTIONS_SUBJECT_PREFIX}.replica-3`, 'edge-1', { timeout: 2000 })],
   ];
   for (const [what, attempt] of tries) {
     await attempt().then(
@@ -152,6 +160,7 @@ async function attacks(nc: NatsConnection): Promise<string[]> {
       () => undefined,
     );
   }
+  relay.unsubscribe();
   const after = (await ctlJsm.streams.info(INTENT_STREAM)).state;
   if (after.last_seq !== before.last_seq || after.messages !== before.messages) worked.push(`the stream changed: ${JSON.stringify(before)} -> ${JSON.stringify(after)}`);
   const snap = await new Kvm(ctl).open(SNAPSHOT_BUCKET).then((kv) => kv.get('latest'));

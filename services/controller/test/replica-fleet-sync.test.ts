@@ -73,6 +73,7 @@ test.serial('replica fleet sync - another replica sees a node\'s status, last ou
 
   // Counters alone: b's totals follow, its node watchers hear nothing (as for a local counter report).
   const events: string[] = [];
+  await b.registry.flush(); // the hello's event, told on b's tick, is not what this checks
   b.registry.watch((e) => void events.push(e.node?.name ?? ''));
   a.counters.add('edge-1', counters(1n));
   a.sync.changed('edge-1', false);
@@ -85,6 +86,8 @@ test.serial('replica fleet sync - another replica sees a node\'s status, last ou
   await until('the NACK at b', () => b.registry.get('edge-1')?.status?.lastOutcomeRevision === 4n);
   t.is(b.registry.get('edge-1')!.status!.lastOutcome, RevisionOutcome.REVISION_OUTCOME_NACK);
   t.is(b.registry.get('edge-1')!.status!.lastError, 'bad map');
+  // Told on the registry's next tick (its changes are batched).
+  await until('the NACK told to watchers', () => events.length > 0);
   t.deepEqual(events, ['edge-1'], 'the NACK is news');
   t.deepEqual(b.counters.nodeRules('edge-1').map((c) => c.packets), [7n], 'totals, not the last delta');
 

@@ -389,3 +389,26 @@ test('NodeAgent - reclaim runs once after the report of an apply whose rule set 
   await new Promise((resolve) => setImmediate(resolve));
   t.deepEqual(events.slice(8), ['reclaim']);
 });
+
+test('NodeAgent - counters go out only when they moved: a delta after traffic, then nothing (no report at all) while no packet comes', async (t) => {
+  const h = harness();
+  t.teardown(() => h.agent.close());
+  await h.push(denyPort('p', 23));
+  // The first reading is the baseline: nothing counted yet, so nothing to send.
+  t.is(h.agent.counterDeltas(), undefined);
+  verdict(h.uplink, 23);
+  verdict(h.uplink, 23);
+  verdict(h.uplink, 80);
+  const report = h.agent.counterDeltas();
+  t.truthy(report, 'packets moved: a report');
+  t.deepEqual(
+    report!.rules.map((r) => [r.rule?.policy, r.rule?.priority, r.packets]),
+    [['p', 10, 2n]],
+  );
+  t.is(report!.interfaces.find((i) => i.interface === 'uplink')?.droppedPackets, 2n);
+  // Idle: every later reading is unchanged, and an idle node sends nothing (ControllerLink sends only a report it is given).
+  t.is(h.agent.counterDeltas(), undefined);
+  t.is(h.agent.counterDeltas(), undefined);
+  verdict(h.workload, 23);
+  t.deepEqual(h.agent.counterDeltas()?.rules.map((r) => r.packets), [1n], 'a delta since the last report, not a total');
+});
