@@ -479,7 +479,7 @@ static __noinline bool ep_ct_related(void *data, void *data_end, const struct ep
 		e = ep_ct_get(&ep_ct_new, &k, now);
 	if (!e)
 		return false;
-	if (ports && family == p->family)
+	if (ports)
 		ep_icmp_nat_plan(p, e, src_b, proto, nat);
 	return true;
 }
