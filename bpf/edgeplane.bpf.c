@@ -18,9 +18,13 @@ int edge_xdp(struct xdp_md *ctx)
 	struct ep_nat nat;
 	if (ep_datapath(data, data_end, data_end - data, EP_HOOK_POLICY, &nat) == EP_DROP)
 		return XDP_DROP;
+	/* An ICMP error about a load-balanced flow: translated, or passed as it is when it
+	 * cannot be (its quote is not what the lookup read). */
+	if (ep_nat_is_icmp(&nat))
+		ep_xdp_nat_icmp(ctx, &nat);
 	/* A load-balanced flow: DNAT to its backend (the parser saw every byte the rewrite
 	 * touches, so it cannot fail on a frame it passed). */
-	if (nat.op != EP_NAT_NONE && ep_xdp_nat(ctx, &nat) < 0)
+	else if (nat.op != EP_NAT_NONE && ep_xdp_nat(ctx, &nat) < 0)
 		return XDP_DROP;
 	return XDP_PASS;
 }
@@ -48,8 +52,11 @@ int edge_tc(struct __sk_buff *skb)
 	struct ep_nat nat;
 	if (ep_datapath(data, data_end, len, EP_HOOK_POLICY, &nat) == EP_DROP)
 		return EP_TC_ACT_SHOT;
-	/* An uplink in --xdp-mode tc: DNAT of a load-balanced flow (workloads have no services). */
-	if (nat.op != EP_NAT_NONE && ep_tc_nat(skb, &nat) < 0)
+	/* An uplink in --xdp-mode tc: DNAT of a load-balanced flow (workloads have no services),
+	 * or the translation of an ICMP error about one (passed as it is when it cannot be). */
+	if (ep_nat_is_icmp(&nat))
+		ep_tc_nat_icmp(skb, &nat);
+	else if (nat.op != EP_NAT_NONE && ep_tc_nat(skb, &nat) < 0)
 		return EP_TC_ACT_SHOT;
 	return EP_TC_ACT_OK;
 }
@@ -66,8 +73,11 @@ int edge_tc_egress(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct ep_nat nat;
 	ep_datapath(data, data_end, len, EP_HOOK_EGRESS, &nat);
-	/* A reply of a load-balanced flow: its source becomes the VIP. */
-	if (nat.op != EP_NAT_NONE)
+	/* A reply of a load-balanced flow: its source becomes the VIP; an ICMP error about one
+	 * (towards its client) quotes the VIP. */
+	if (ep_nat_is_icmp(&nat))
+		ep_tc_nat_icmp(skb, &nat);
+	else if (nat.op != EP_NAT_NONE)
 		ep_tc_nat(skb, &nat);
 	return EP_TC_ACT_OK;
 }

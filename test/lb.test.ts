@@ -3,7 +3,9 @@
 // Services through its eBPF datapath (Maglev and DNAT at the uplink's XDP hook, reverse NAT at
 // its TC egress), real TCP from the client namespace to backends in their own namespaces
 // (test/support/lb-rig.ts). Services are written through IntentService.ApplyService and waited
-// for as applied on the node. The two-node test is test/lb-two-nodes.test.ts.
+// for as applied on the node. The two-node test is test/lb-two-nodes.test.ts. Path MTU discovery
+// through a VIP: the ICMP errors the node sends about a client's too-large packets reach the
+// client translated (bpf/LB.md, "ICMP errors").
 import test from 'ava';
 import { until, type TestControlPlane } from './support/control-plane.js';
 import { LbRig } from './support/lb-rig.js';
@@ -156,3 +158,30 @@ test.serial('lb e2e - 100 backend adds, removes and drains during long-lived con
   t.deepEqual(report.broken.slice(0, 20), [], `${report.broken.length} of ${connections} broke`);
   t.true(report.roundTrips >= connections * report.rounds, `every connection echoed every round (${report.roundTrips} round trips in ${report.rounds} rounds)`);
 });
+
+for (const family of [4, 6] as const) {
+  test.serial(`lb e2e - path MTU discovery through an IPv${family} VIP: large segments to a backend behind a 1280-byte hop get through once the translated ${family === 4 ? 'frag-needed' : 'packet-too-big'} reaches the client`, async (t) => {
+    const r = theRig();
+    const backend = r.backends[5]!;
+    await apply(rigService(r, `pmtu${family}`, 3, family, new Map([[5, 1]])));
+    // The node's route to the backend has an MTU of 1280 (a smaller hop between node and backend):
+    // the client's full-sized segments through the VIP, DNATed to the backend, are too big there,
+    // and the node's stack answers with an ICMP error quoting client -> backend, which leaves
+    // through the uplink's TC egress. The backend's own link and its replies keep 1500 bytes, so
+    // it advertises an MSS of 1,440 or 1,460 and only path MTU discovery can make the client send less.
+    const route = family === 4 ? ['-4', 'route', 'replace', `${backend.v4}/32`, 'dev', backend.nodeLink] : ['-6', 'route', 'replace', `${backend.v6}/128`, 'dev', backend.nodeLink];
+    r.exec(r.node, 'ip', [...route, 'mtu', '1280']);
+    try {
+      const bytes = 1 << 20;
+      const report = await r.bulk(LbRig.vip(3, family), VIP_PORT, bytes, 30_000);
+      t.log(JSON.stringify(report));
+      t.is(report.backend, backend.name);
+      t.is(report.failure, undefined, `${JSON.stringify(report)}\n${diagnostics()}`);
+      t.is(report.echoed, bytes);
+      // The client's socket learned the hop's MTU for the VIP it is connected to.
+      t.true((report.pathMtu ?? Infinity) <= 1280, JSON.stringify(report));
+    } finally {
+      r.exec(r.node, 'ip', route);
+    }
+  });
+}

@@ -14,6 +14,7 @@
 
 #include "classifier.h"
 #include "ep_hash.h"
+#include "ep_nat_icmp.h"
 
 /* Where a packet is met: a policy hook (uplink XDP, workload TC) or uplink egress (track only). */
 enum ep_hook { EP_HOOK_POLICY, EP_HOOK_EGRESS };
@@ -458,8 +459,9 @@ static __noinline bool ep_lb_reply(const struct ep_pkt *p, struct ep_ct_key *kb,
 /* Is the ICMP error in `p` about a tracked flow? Reads the embedded IP header and the 8 bytes
  * after it (ports, or an echo's identifier) and looks the inner tuple's key up once in each
  * table, changing no state (CONNTRACK.md step 4). An IPv6 inner header followed by extension
- * headers is not looked into. */
-static __noinline bool ep_ct_related(void *data, void *data_end, const struct ep_pkt *p, __u64 now)
+ * headers is not looked into. An error about a load-balanced flow gets its translation planned
+ * into `nat` (ep_nat_icmp.h). */
+static __noinline bool ep_ct_related(void *data, void *data_end, const struct ep_pkt *p, __u64 now, struct ep_nat *nat)
 {
 	struct ep_ct_key k;
 	__u8 src[16] = {}, dst[16] = {};
@@ -490,8 +492,10 @@ static __noinline bool ep_ct_related(void *data, void *data_end, const struct ep
 	}
 	if ((void *)(l4 + 8) > data_end)
 		return false;
-	if (proto == EP_IPPROTO_TCP || proto == EP_IPPROTO_UDP) {
-		ep_ct_key_make(&k, family, proto, src, ((__u16)l4[0] << 8) | l4[1], dst, ((__u16)l4[2] << 8) | l4[3], false, false);
+	bool ports = proto == EP_IPPROTO_TCP || proto == EP_IPPROTO_UDP;
+	__u32 src_b = 0;
+	if (ports) {
+		src_b = ep_ct_key_make(&k, family, proto, src, ((__u16)l4[0] << 8) | l4[1], dst, ((__u16)l4[2] << 8) | l4[3], false, false);
 	} else {
 		__u8 kind = ep_icmp_kind(family, proto, l4[0]);
 		if (kind != EP_CTK_ECHO_REQ && kind != EP_CTK_ECHO_REP)
@@ -499,7 +503,14 @@ static __noinline bool ep_ct_related(void *data, void *data_end, const struct ep
 		__u16 id = ((__u16)l4[4] << 8) | l4[5];
 		ep_ct_key_make(&k, family, proto, src, id, dst, id, true, kind == EP_CTK_ECHO_REP);
 	}
-	return ep_ct_get(&ep_ct, &k, now) || ep_ct_get(&ep_ct_new, &k, now);
+	struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
+	if (!e)
+		e = ep_ct_get(&ep_ct_new, &k, now);
+	if (!e)
+		return false;
+	if (ports)
+		ep_icmp_nat_plan(p, e, src_b, proto, nat);
+	return true;
 }
 
 /* One packet, CONNTRACK.md "A packet, in order": parse, control bypass, lookup, ICMP errors,
@@ -640,10 +651,12 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		}
 	}
 
-	/* 4. ICMP errors about a tracked flow pass (path MTU discovery needs them). Not at uplink
-	 * egress, which passes everything anyway (CONNTRACK.md: steps 1-3 and 5 there). */
-	if (hook != EP_HOOK_EGRESS && p.ct == EP_CTK_ICMP_ERR && ep_ct_related(data, data_end, &p, now)) {
-		ep_ct_stat(EP_CT_STAT_RELATED, len);
+	/* 4. ICMP errors about a tracked flow pass (path MTU discovery needs them); one about a
+	 * load-balanced flow is translated by the hook (ep_nat_icmp.h, LB.md "ICMP errors"). At
+	 * uplink egress, which passes everything anyway, only the translation (no RELATED count). */
+	if (p.ct == EP_CTK_ICMP_ERR && ep_ct_related(data, data_end, &p, now, nat)) {
+		if (hook != EP_HOOK_EGRESS)
+			ep_ct_stat(EP_CT_STAT_RELATED, len);
 		return EP_PASS;
 	}
 

@@ -77,6 +77,17 @@ export interface BrokenConnection {
   reason: string;
 }
 
+/** What bulk() saw: the backend reached, the bytes sent and echoed back, the socket's path MTU. */
+export interface BulkReport {
+  backend?: string;
+  sent: number;
+  echoed: number;
+  /** IP_MTU / IPV6_MTU of the connected socket at the end: the path MTU its stack learned. */
+  pathMtu?: number;
+  /** stall (not all echoed within the bound), reset, eof, ... */
+  failure?: string;
+}
+
 /** What a holder saw from start to stop. */
 export interface HoldReport {
   connections: number;
@@ -406,6 +417,22 @@ export class LbRig {
       return (JSON.parse(line) as { flows: FlowReport[] }).flows;
     } catch {
       throw new Error(`lb rig: flows ${host}:${port} printed ${JSON.stringify(line)}`);
+    }
+  }
+
+  /**
+   * One TCP connection from the client to host:port that sends `bytes` in full-sized segments and
+   * reads them echoed, giving up after `boundMs` (a bound for a failure to surface, not a
+   * measurement). @throws Error if the client printed no report.
+   */
+  async bulk(host: string, port: number, bytes: number, boundMs: number): Promise<BulkReport> {
+    const p = await this.spawn(this.client, 'python3', [TRAFFIC, 'bulk', host, String(port), String(bytes), String(boundMs)]);
+    await new Promise<void>((resolve) => p.child.once('exit', () => resolve()).once('error', () => resolve()));
+    const line = p.output().trim().split('\n').pop() ?? '';
+    try {
+      return JSON.parse(line) as BulkReport;
+    } catch {
+      throw new Error(`lb rig: bulk ${host}:${port} printed ${JSON.stringify(line)}`);
     }
   }
 

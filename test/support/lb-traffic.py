@@ -20,6 +20,13 @@
 #                                  eof, stall, error). On SIGTERM: one more round, then the
 #                                  report.
 #   badsum DST PORT                one UDP datagram whose checksum is wrong (raw socket).
+#   bulk HOST PORT BYTES TIMEOUT_MS
+#                                  one TCP connection that sends BYTES in full-sized segments and
+#                                  reads them echoed, giving up after TIMEOUT_MS: the backend,
+#                                  the bytes sent and echoed, the socket's path MTU, or a failure.
+#                                  At most BULK_AHEAD bytes are sent ahead of the echo: serve's
+#                                  echo is a non-blocking sendall that gives up (and resets the
+#                                  connection) when its send buffer is full.
 import json
 import resource
 import selectors
@@ -291,6 +298,65 @@ def badsum(dst, port):
     out({'sent': 1, 'checksum': wrong, 'correct': good})
 
 
+IP_MTU = 14    # linux/in.h
+IPV6_MTU = 24  # linux/in6.h
+BULK_AHEAD = 16384  # 11 full-sized segments, well within a new connection's send buffer
+
+
+def bulk(host, port, size, timeout_ms):
+    deadline = time.monotonic() + timeout_ms / 1000
+    payload = (bytes(range(256)) * (size // 256 + 1))[:size]
+    report = {'sent': 0, 'echoed': 0}
+    try:
+        s, report['backend'] = open_one(host, port)
+    except BaseException as error:
+        report['failure'] = reason_of(error)
+        out(report)
+        return
+    sent = echoed = 0
+    try:
+        # Full-sized segments: no Nagle opt-out, large writes.
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        s.setblocking(False)
+        sel = selectors.DefaultSelector()
+        sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        writing = True
+        while echoed < size and time.monotonic() < deadline:
+            for _, events in sel.select(0.2):
+                if events & selectors.EVENT_WRITE and sent < size:
+                    try:
+                        sent += s.send(payload[sent:min(size, echoed + BULK_AHEAD)])
+                    except BlockingIOError:
+                        pass
+                if events & selectors.EVENT_READ:
+                    try:
+                        data = s.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        raise EOFError('eof')
+                    if data != payload[echoed:echoed + len(data)]:
+                        raise ValueError('echo differs')
+                    echoed += len(data)
+                # Write only while there is room ahead of the echo.
+                want = sent < min(size, echoed + BULK_AHEAD)
+                if want != writing:
+                    writing = want
+                    sel.modify(s, selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0))
+        if echoed < size:
+            report['failure'] = 'stall'
+    except BaseException as error:
+        report['failure'] = reason_of(error)
+    report['sent'], report['echoed'] = sent, echoed
+    try:
+        v6 = family_of(host) == socket.AF_INET6
+        report['pathMtu'] = s.getsockopt(socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP, IPV6_MTU if v6 else IP_MTU)
+    except OSError:
+        pass
+    s.close()
+    out(report)
+
+
 def main(argv):
     command = argv[1] if len(argv) > 1 else ''
     if command == 'serve' and len(argv) >= 4:
@@ -303,6 +369,8 @@ def main(argv):
         udp(argv[2], int(argv[3]), int(argv[4]))
     elif command == 'hold' and len(argv) == 7:
         hold(argv[2], int(argv[3]), int(argv[4]), int(argv[5]), int(argv[6]))
+    elif command == 'bulk' and len(argv) == 6:
+        bulk(argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
     elif command == 'badsum' and len(argv) == 4:
         badsum(argv[2], int(argv[3]))
     else:

@@ -6,18 +6,19 @@
 // entries whose service entry is gone. No interfaces: every test has a datapath of its own.
 import { mkdirSync } from 'node:fs';
 import test from 'ava';
-import { formatAddress, parseAddress, Protocol, SessionAffinity, type Service } from '@edgeplane/proto';
+import { parseAddress, Protocol, SessionAffinity, type Service } from '@edgeplane/proto';
 import { BpfMap } from 'libbpf-ts';
 import type { ApplyResult } from '../src/datapath/datapath.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { CapacityError } from '../src/datapath/errors.js';
 import { LbReference } from '../src/datapath/lb-reference.js';
 import { layoutLbTables } from '../src/datapath/lb-tables.js';
-import { buildFrame, tcpFlags, type FrameSpec } from '../src/datapath/packet.js';
+import { tcpFlags } from '../src/datapath/packet.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { compileServices, type LbSpec } from '../src/datapath/service-compile.js';
 import { epCtEntry } from '../src/datapath/table-codecs.js';
 import { mountBpffs, prng, seedFromEnv, TC_ACT_OK, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
+import { checksumAt, checksumProblems, frameOf, headers, type Headers } from './lb-frames.js';
 import { service } from './lb-helpers.js';
 
 const bpffs = mountBpffs();
@@ -51,80 +52,6 @@ const services: Service[] = [
 ];
 const compile = (list: Service[]): LbSpec => compileServices(list, { labels: {} });
 const referenceOf = (datapath: EbpfDatapath, spec: LbSpec, result: ApplyResult): LbReference => new LbReference(layoutLbTables(spec, datapath.lbCapacity, result.generation === 0 ? 0 : 1));
-
-// ---- Frames and their checksums (RFC 1071; pseudo-headers: RFC 768, RFC 9293, RFC 8200 8.1) ----
-
-interface Headers {
-  family: 4 | 6;
-  proto: number;
-  l4: number;
-  src: string;
-  dst: string;
-  sport: number;
-  dport: number;
-}
-
-function headers(frame: Uint8Array): Headers {
-  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
-  const family = view.getUint16(12) === 0x0800 ? 4 : 6;
-  const l4 = family === 4 ? 14 + ((frame[14] as number) & 0x0f) * 4 : 54;
-  const proto = family === 4 ? (frame[23] as number) : (frame[20] as number);
-  const address = (at: number): string => formatAddress(family, frame.subarray(at, at + (family === 4 ? 4 : 16)));
-  return { family, proto, l4, src: address(family === 4 ? 26 : 22), dst: address(family === 4 ? 30 : 38), sport: view.getUint16(l4), dport: view.getUint16(l4 + 2) };
-}
-
-function sum16(bytes: Uint8Array, sum = 0): number {
-  for (let i = 0; i < bytes.length; i += 2) sum += ((bytes[i] as number) << 8) | (bytes[i + 1] ?? 0);
-  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
-  return sum;
-}
-
-// The one's-complement sum of the L4 pseudo-header and segment (checksum field included).
-function l4Sum(frame: Uint8Array): number {
-  const h = headers(frame);
-  const segment = frame.subarray(h.l4);
-  const pseudo = new Uint8Array(h.family === 4 ? 12 : 40);
-  const view = new DataView(pseudo.buffer);
-  if (h.family === 4) {
-    pseudo.set(frame.subarray(26, 34), 0);
-    pseudo[9] = h.proto;
-    view.setUint16(10, segment.length);
-  } else {
-    pseudo.set(frame.subarray(22, 54), 0);
-    view.setUint32(32, segment.length);
-    pseudo[39] = h.proto;
-  }
-  return sum16(segment, sum16(pseudo));
-}
-
-const checksumAt = (frame: Uint8Array): number => {
-  const h = headers(frame);
-  return h.l4 + (h.proto === 6 ? 16 : 6);
-};
-
-/** `spec`'s frame with a valid L4 checksum (buildFrame leaves it 0); `udpZero`: an IPv4 UDP frame without one. */
-function frameOf(spec: FrameSpec, udpZero = false): Uint8Array {
-  const frame = buildFrame(spec);
-  if (udpZero) return frame;
-  const at = checksumAt(frame);
-  const sum = ~l4Sum(frame) & 0xffff;
-  new DataView(frame.buffer).setUint16(at, sum === 0 && headers(frame).proto === 17 ? 0xffff : sum);
-  return frame;
-}
-
-/** Problems with the frame's checksums (IPv4 header, L4 over its pseudo-header); [] when valid. */
-function checksumProblems(frame: Uint8Array): string[] {
-  const h = headers(frame);
-  const problems: string[] = [];
-  if (h.family === 4) {
-    const header = frame.subarray(14, h.l4);
-    if (sum16(header) !== 0xffff) problems.push('IPv4 header checksum');
-  }
-  const field = new DataView(frame.buffer, frame.byteOffset).getUint16(checksumAt(frame));
-  if (h.proto === 17 && h.family === 4 && field === 0) return problems; // no checksum (RFC 768)
-  if (l4Sum(frame) !== 0xffff) problems.push(`${h.proto === 6 ? 'TCP' : 'UDP'} checksum`);
-  return problems;
-}
 
 const tuple = (h: { family: 4 | 6; proto: number; src: string; dst: string; sport: number; dport: number }) => ({
   family: h.family,

@@ -429,10 +429,12 @@ export class ConntrackModel {
       const found = this.#lookup(packet.tuple, isEcho && !packet.echoRequest, now);
       if (found !== undefined) return this.#onEntry(found, packet, frame.length, egress, now, config);
     }
-    // Step 4 is not part of the egress program (CONNTRACK.md: "steps 1-3 and 5").
-    if (!egress && packet.quoted !== null) {
+    // Step 4. At uplink egress, which passes everything, the lookup only finds the load-balanced
+    // flow whose error the hook translates (LB.md, "ICMP errors"): nothing is counted RELATED,
+    // but an expired entry it meets is deleted as anywhere.
+    if (packet.quoted !== null) {
       const related = this.#lookup(packet.quoted, packet.quotedEchoReply, now);
-      if (related !== undefined) {
+      if (related !== undefined && !egress) {
         this.#stats.related++;
         return { verdict: 'pass', reason: 'related', key: related.stored.key, table: related.table, direction: related.direction, entry: copy(related.stored.entry) };
       }
