@@ -240,9 +240,9 @@ export class IntentApi {
     }
     const written = await this.#store.write((chain) => {
       const policy = build(chain);
-      return policy ? { upserts: [policy], deletes: [], rollouts: rollout ? [rollout] : [], serviceUpserts: [], serviceDeletes: [] } : undefined;
+      return policy ? { upserts: [policy], deletes: [], rollouts: rollout ? [rollout] : [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] } : undefined;
     }, trace);
-    const stored = written ? (written.entry.change!.upserts[0] ?? outcome!.policy) : outcome!.policy;
+    const stored = written ? (written.policies[0] ?? outcome!.policy) : outcome!.policy;
     return ApplyPolicyResponse.fromPartial({ policy: stored, revision: written?.revision ?? 0n, created: outcome!.created, unchanged: outcome!.unchanged });
   }
 
@@ -251,7 +251,7 @@ export class IntentApi {
    * @throws ValidationError, NotFoundError (unless allow_missing), VersionConflictError, UnavailableError
    */
   delete(req: DeletePolicyRequest, trace?: TraceContext): Promise<DeletePolicyResponse> {
-    return this.#delete('policy', (chain) => chain.policies, req, (name) => ({ upserts: [], deletes: [name], rollouts: [], serviceUpserts: [], serviceDeletes: [] }), trace);
+    return this.#delete('policy', (chain) => chain.policies, req, (name) => ({ upserts: [], deletes: [name], rollouts: [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] }), trace);
   }
 
   /**
@@ -339,7 +339,7 @@ export class IntentApi {
     }
     const written = await this.#store.write((chain) => {
       const service = build(chain);
-      return service ? { upserts: [], deletes: [], rollouts: rollout ? [rollout] : [], serviceUpserts: [service], serviceDeletes: [] } : undefined;
+      return service ? { upserts: [], deletes: [], rollouts: rollout ? [rollout] : [], serviceUpserts: [service], serviceDeletes: [], policyPatches: [] } : undefined;
     }, trace);
     const stored = written ? (written.entry.change!.serviceUpserts[0] ?? outcome!.service) : outcome!.service;
     return ApplyServiceResponse.fromPartial({ service: stored, revision: written?.revision ?? 0n, created: outcome!.created, unchanged: outcome!.unchanged });
@@ -350,7 +350,7 @@ export class IntentApi {
    * @throws ValidationError, NotFoundError (unless allow_missing), VersionConflictError, UnavailableError
    */
   deleteService(req: DeleteServiceRequest, trace?: TraceContext): Promise<DeleteServiceResponse> {
-    return this.#delete('service', (chain) => chain.services, req, (name) => ({ upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [name] }), trace);
+    return this.#delete('service', (chain) => chain.services, req, (name) => ({ upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [name], policyPatches: [] }), trace);
   }
 
   /** Returns one service. @throws ValidationError, NotFoundError */
@@ -412,7 +412,7 @@ export class IntentApi {
       }
       next = Rollout.fromPartial({ ...next, resourceVersion: chain.revision + 1n, updateTime: now });
       result = next;
-      return { upserts: [], deletes: [], rollouts: [next], serviceUpserts: [], serviceDeletes: [] };
+      return { upserts: [], deletes: [], rollouts: [next], serviceUpserts: [], serviceDeletes: [], policyPatches: [] };
     }, trace);
     return { rollout: result!, revision: written?.revision ?? 0n };
   }

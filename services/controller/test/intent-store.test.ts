@@ -49,7 +49,7 @@ async function store(t: ExecutionContext, log: IntentLog, id = 'c1', extra: { sn
   return { store: s, warnings, errors };
 }
 
-const upsert = (name: string, rules = 1): Change => ({ upserts: [samplePolicy(name, {}, rules)], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [] });
+const upsert = (name: string, rules = 1): Change => ({ upserts: [samplePolicy(name, {}, rules)], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] });
 
 async function until(what: string, pred: () => boolean): Promise<void> {
   const deadline = Date.now() + 10_000;
@@ -66,7 +66,7 @@ test('intent store - writes take consecutive revisions and listeners hear each e
   s.onChange((revision, changes) => heard.push([revision, changes.map((c) => `${c.type} ${c.policy.metadata?.name}`)]));
   const results = await Promise.all(['a', 'b', 'c'].map((n) => s.write(() => upsert(n))));
   t.deepEqual(results.map((r) => r?.revision), [1n, 2n, 3n]);
-  await s.write(() => ({ upserts: [], deletes: ['b'], rollouts: [], serviceUpserts: [], serviceDeletes: [] }));
+  await s.write(() => ({ upserts: [], deletes: ['b'], rollouts: [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] }));
   t.deepEqual(heard, [
     [1n, ['added a']],
     [2n, ['added b']],
