@@ -19,6 +19,7 @@ import {
   checkDnsLabel,
   countViolations,
   quote,
+  applyPolicyPatch,
   matchesLabelSelector,
   validatePolicy,
   validateService,
@@ -480,6 +481,12 @@ export class IntentApi {
             changes.push({ type: p.metadata?.createRevision === entry.revision ? 'added' : 'modified', policy: p, revision: entry.revision });
             known.set(name, p);
           }
+          for (const patch of entry.change?.policyPatches ?? []) {
+            const name = patch.metadata?.name ?? '';
+            const p = applyPolicyPatch(known.get(name) ?? (await this.#policyAt(name, patch.baseResourceVersion)), patch);
+            changes.push({ type: 'modified', policy: p, revision: entry.revision });
+            known.set(name, p);
+          }
           deliver(entry.revision, changes);
         }
         sentUpTo = at;
@@ -491,6 +498,21 @@ export class IntentApi {
     } finally {
       off();
     }
+  }
+
+  /**
+   * Policy `name` as the entry at `revision` stored it (following its patches back to a whole
+   * policy), for replaying history that starts after the policy was last written whole.
+   * @throws CompactedError if an entry needed was compacted.
+   */
+  async #policyAt(name: string, revision: bigint): Promise<Policy | undefined> {
+    for await (const entry of this.#store.history(revision, revision)) {
+      const whole = entry.change?.upserts.find((p) => p.metadata?.name === name);
+      if (whole) return whole;
+      const patch = entry.change?.policyPatches.find((p) => p.metadata?.name === name);
+      if (patch && patch.baseResourceVersion < revision) return applyPolicyPatch(await this.#policyAt(name, patch.baseResourceVersion), patch);
+    }
+    return undefined;
   }
 }
 
