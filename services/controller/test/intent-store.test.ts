@@ -204,8 +204,8 @@ test('intent store - a one-rule change of a large policy is written as a format 
   t.deepEqual([second?.entry.change?.upserts.length, second?.entry.change?.policyPatches.length], [0, 1]);
   t.is(second?.policies[0]?.metadata?.resourceVersion, 2n);
   const stored = (await collect(log.messages(2n, 2n)))[0]!;
-  t.is(stored.signed.format, 2);
-  t.true(stored.signed.entry.length < 1024, `the entry is ${stored.signed.entry.length} bytes`);
+  t.is(stored.signed!.format, 2);
+  t.true(stored.signed!.entry.length < 1024, `the entry is ${stored.signed!.entry.length} bytes`);
   const expected = Buffer.from(Policy.encode(second!.policies[0]!).finish());
   t.deepEqual(Buffer.from(Policy.encode(s.chain.policies.get('big')!).finish()), expected);
   const { store: replica } = await store(t, log, 'c2', { patchRatio: 0 });
