@@ -2,6 +2,7 @@ import type { KeyObject } from 'node:crypto';
 import {
   applyPolicyPatch,
   GENESIS_HASH,
+  policyDigest,
   logEntryHash,
   openLogEntry,
   keyIdOf,
@@ -215,6 +216,9 @@ export class IntentChain {
     }
     for (const policy of entry.change?.upserts ?? []) {
       const name = policy.metadata?.name ?? '';
+      // A whole policy costs its size here anyway (it was decoded): its digest now means a patch
+      // of it later rehashes only the chunks the patch touches.
+      policyDigest(policy);
       const existed = this.#policies.has(name);
       this.#policies.set(name, policy);
       changes.push({ type: existed ? 'modified' : 'added', policy, revision: entry.revision });
