@@ -397,6 +397,7 @@ export {
   DEFAULT_POLICY_LIMITS,
   type PolicyLimits,
   collectViolations,
+  encodedPolicySize,
   validateObjectMeta,
   validatePolicy,
   validateRolloutStrategy,
