@@ -11,7 +11,7 @@ import { BpfMap, encode, u32 } from 'libbpf-ts';
 import { RULE_SLOTS, WILD_COUNT } from '../src/datapath/compile-tables.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { ReferenceClassifier } from '../src/datapath/reference-classifier.js';
-import type { RuleSetSpec } from '../src/datapath/rule-set.js';
+import { DEFAULT_RULE_ID, type RuleSetSpec } from '../src/datapath/rule-set.js';
 import { mountBpffs, prng, randomFrame, randomRuleSet, seedFromEnv, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
 
 const bpffs = mountBpffs();
@@ -79,6 +79,9 @@ test('incremental apply - a random sequence of small changes written by differen
   const fresh = (): RuleSetSpec['rules'][number] => ({ ...pool[Math.floor(rng() * pool.length)]!, id: nextId++ });
   let ruleSet = { ...randomRuleSet(rng, 600, { narrow: true }), rules: Array.from({ length: 600 }, fresh) };
   const writes = new Map<string, number>();
+  // What every rule id was counted, over all steps: the datapath's totals must follow it.
+  const counted = new Map<number, number>();
+  const count = (id: number): void => void counted.set(id, (counted.get(id) ?? 0) + 1);
   for (let step = 0; step < 40; step++) {
     ruleSet = step === 0 ? ruleSet : change(rng, ruleSet, fresh);
     const result = await incremental.apply(ruleSet);
@@ -103,11 +106,13 @@ test('incremental apply - a random sequence of small changes written by differen
     for (let i = 0; i < 200; i++) {
       const frame = randomFrame(rng, ruleSet);
       const expected = oracle.classify(frame);
+      const id = expected.kind === 'rule' ? expected.ruleId : expected.kind === 'default' ? DEFAULT_RULE_ID : undefined;
       const xdp = incremental.xdpProgram.testRun({ data: frame }).retval;
       if (xdp !== (expected.verdict === 'pass' ? XDP_PASS : XDP_DROP)) {
         t.fail(`seed ${seed} step ${step} frame ${hex(frame)}: expected ${JSON.stringify(expected)}, xdp=${xdp}`);
         return;
       }
+      if (id !== undefined) count(id);
       let tc: number;
       try {
         tc = incremental.tcProgram.testRun({ data: frame }).retval;
@@ -115,7 +120,16 @@ test('incremental apply - a random sequence of small changes written by differen
         continue; // truncated frames the skb test run refuses (datapath-differential.test.ts)
       }
       t.is(tc, expected.verdict === 'pass' ? TC_ACT_OK : TC_ACT_SHOT);
+      if (id !== undefined) count(id);
     }
+    const totals = incremental.readCounters();
+    for (const rule of ruleSet.rules) {
+      if ((totals.rules.get(rule.id)?.packets ?? 0) !== (counted.get(rule.id) ?? 0)) {
+        t.fail(`seed ${seed} step ${step} (${result.write}): rule ${rule.id} counted ${totals.rules.get(rule.id)?.packets ?? 0} packets, the reference ${counted.get(rule.id) ?? 0}`);
+        return;
+      }
+    }
+    t.is(totals.defaultAction.packets, counted.get(DEFAULT_RULE_ID) ?? 0, `seed ${seed} step ${step}: default action`);
   }
   t.log(`applies by write: ${[...writes].map(([k, n]) => `${k} ${n}`).join(', ')}`);
   // Both generations were written whole once; after that the small changes go in place.

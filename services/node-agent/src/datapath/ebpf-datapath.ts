@@ -406,10 +406,12 @@ export class EbpfDatapath implements Datapath {
       this.#barrier();
       this.#writeMeta(target, 0, false, new Uint8Array(32));
       this.#held[target] = undefined;
-      if (targetMeta.valid) this.#counters.fold(target, this.#generationRuleIds(target, targetMeta.ruleCount));
-      let room = known && this.#update(target, known, tables);
+      let room = known && this.#update(target, known, tables, this.#generationRuleIds(target, targetMeta.ruleCount));
       if (room) write = 'updated';
-      else room = this.#install(target, tables);
+      else {
+        if (targetMeta.valid) this.#counters.fold(target, this.#generationRuleIds(target, targetMeta.ruleCount));
+        room = this.#install(target, tables);
+      }
       if (!known || !equalBytes(known.lbFingerprint, lbTables.fingerprint)) this.#installLb(target, lbTables);
       this.#writeMeta(target, tables.ruleCount, true, fingerprint);
       this.#ruleIds[target] = [...tables.ruleIds];
@@ -754,18 +756,25 @@ export class EbpfDatapath implements Datapath {
   }
 
   /**
-   * Turns `generation`'s tables from `held` into `tables` by writing their difference: counter
-   * slots of the new rule set zeroed (as a whole install does), rule slots and wildcard vectors
-   * that differ, inner-map entries added, changed and deleted in the inner maps it holds.
+   * Turns `generation`'s tables from `held` into `tables` by writing their difference: rule slots
+   * and wildcard vectors that differ, inner-map entries added, changed and deleted in the inner
+   * maps it holds. Counters: a slot whose rule id stays keeps counting for it (readCounters sums
+   * generations and carry by id, so the totals are a whole install's); a slot whose rule id
+   * changes, or that the new rule set no longer uses, has its count moved to the carry under the
+   * old id and is zeroed, as a whole install does for every slot.
+   * @param heldIds the rule ids of the generation's slots 1.. now.
    * @returns the inner maps' room, or undefined (nothing written) when they cannot hold the new
    * tables or the difference is so large that a whole install writes less.
    */
-  #update(generation: number, held: HeldGeneration, tables: TablesSpec): InnerRoom | undefined {
+  #update(generation: number, held: HeldGeneration, tables: TablesSpec, heldIds: readonly number[]): InnerRoom | undefined {
     const lpm = diffEntries(held.tables.lpm, tables.lpm);
     const words = diffEntries(held.tables.classWords, tables.classWords);
     const fits = (d: EntriesDiff, count: number, capacity: number): boolean => count <= capacity && d.deletes.length + d.updates.length <= Math.max(1024, count / 2);
     if (!fits(lpm, tables.lpm.count, held.lpmCapacity) || !fits(words, tables.classWords.count, held.wordsCapacity)) return undefined;
-    this.#counters.zero(generation, tables.ruleCount);
+    const moved: number[] = [];
+    for (let slot = 1; slot <= Math.max(heldIds.length, tables.ruleIds.length); slot++) if (heldIds[slot - 1] !== tables.ruleIds[slot - 1]) moved.push(slot);
+    if (moved.length > MAX_MOVED_SLOTS) return undefined;
+    this.#counters.moveSlots(generation, heldIds, moved);
     writeChanged(this.#maps.ep_rules, generation * RULE_SLOTS, held.tables.rules, tables.rules, sizes.rule);
     writeChanged(this.#maps.ep_wild, generation * WILD_COUNT, held.tables.wild, tables.wild, sizes.bitvec);
     for (const [outer, diff] of [[this.#maps.ep_lpm, lpm], [this.#maps.ep_cwords, words]] as const) {
@@ -933,6 +942,9 @@ export function diffEntries(before: MapEntriesSpec, after: MapEntriesSpec): Entr
   const entry = (at: number): [Uint8Array, Uint8Array] => [after.keys.subarray(at * k, (at + 1) * k), after.values.subarray(at * v, (at + 1) * v)];
   return { deletes: [...gone.values()].map((at) => before.keys.subarray(at * k, (at + 1) * k)), updates: changed.map(entry) };
 }
+
+/** Counter slots an update in place moves one by one; more: the generation is written whole (batches). */
+const MAX_MOVED_SLOTS = 4096;
 
 /** How far diffEntries looks ahead for an entry inserted or dropped. */
 const LOOKAHEAD = 16;
