@@ -404,12 +404,14 @@ export class EbpfDatapath implements Datapath {
     let write: 'updated' | 'rebuilt' = 'rebuilt';
     try {
       this.#barrier();
+      // Its rule ids, read before the generation is marked invalid (which forgets them).
+      const targetIds = targetMeta.valid ? this.#generationRuleIds(target, targetMeta.ruleCount) : [];
       this.#writeMeta(target, 0, false, new Uint8Array(32));
       this.#held[target] = undefined;
-      let room = known && this.#update(target, known, tables, this.#generationRuleIds(target, targetMeta.ruleCount));
+      let room = known && this.#update(target, known, tables, targetIds);
       if (room) write = 'updated';
       else {
-        if (targetMeta.valid) this.#counters.fold(target, this.#generationRuleIds(target, targetMeta.ruleCount));
+        if (targetMeta.valid) this.#counters.fold(target, targetIds);
         room = this.#install(target, tables);
       }
       if (!known || !equalBytes(known.lbFingerprint, lbTables.fingerprint)) this.#installLb(target, lbTables);
