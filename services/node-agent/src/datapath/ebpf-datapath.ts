@@ -795,7 +795,8 @@ export class EbpfDatapath implements Datapath {
 
   // Generation `generation`'s load-balancing tables (LB.md, "Apply and the switch"): its stale VIP
   // entries deleted, then its backends, slot blocks and VIP entries written with batch updates.
-  // The whole generation is rewritten (LB.md's per-service "writing little" is not built yet).
+  // The whole generation is rewritten (LB.md's per-service "writing little" is not built yet;
+  // apply() skips this when the generation already holds the same layout).
   #installLb(generation: number, lb: LbTablesSpec): void {
     const cfg = this.#lbCfg();
     const wanted = new Set<string>();
