@@ -56,7 +56,8 @@ function change(rng: () => number, ruleSet: RuleSetSpec, fresh: () => RuleSetSpe
   const rules = [...ruleSet.rules];
   const at = Math.floor(rng() * rules.length);
   const what = rng();
-  if (what < 0.7) rules[at] = { ...fresh(), id: rules[at]!.id };
+  // A replaced rule keeps its id (a rule edited in place) or gets a new one (another rule).
+  if (what < 0.7) rules[at] = rng() < 0.5 ? { ...fresh(), id: rules[at]!.id } : fresh();
   else if (what < 0.8) rules.splice(at, 0, fresh());
   else if (what < 0.9 && rules.length > 1) rules.splice(at, 1);
   else if (what < 0.95 && at + 1 < rules.length) [rules[at], rules[at + 1]] = [rules[at + 1]!, rules[at]!];
