@@ -110,6 +110,8 @@ export {
   KeyRotation,
   LogEntry,
   LogHead,
+  PolicyPatch,
+  RuleSplice,
   SignedHistoryReset,
   SignedLogEntry,
   SignedLogHead,
@@ -290,6 +292,7 @@ export {
   parseDurationMs,
 } from './../src/duration.js';
 export {
+  PatchError,
   SignatureError,
 } from './../src/errors.js';
 export {
@@ -351,13 +354,18 @@ export {
   MAX_SERVICES,
   MAX_SERVICE_BACKENDS,
   MAX_SERVICE_HEALTH_NAMES,
+  MAX_SPLICES_PER_PATCH,
   MAX_UNHEALTHY_NODES_LISTED,
   MAX_UNHEALTHY_VERDICTS_LISTED,
   MIN_HEALTH_CHECK_INTERVAL_MS,
+  POLICY_DIGEST_CHUNK_RULES,
   quote,
 } from './../src/limits.js';
 export {
   GENESIS_HASH,
+  LOG_FORMAT_NEWEST,
+  LOG_FORMAT_PATCHES,
+  LOG_FORMAT_WHOLE,
   type TrustedKeys,
   decodeSignedLogEntry,
   encodeSignedLogEntry,
@@ -382,10 +390,16 @@ export {
   defaultMaglevTableSize,
 } from './../src/maglev-sizes.js';
 export {
+  applyPolicyPatch,
+  policyDigest,
+  policyPatchOf,
+} from './../src/policy-patch.js';
+export {
   type AddViolation,
   DEFAULT_POLICY_LIMITS,
   type PolicyLimits,
   collectViolations,
+  encodedPolicySize,
   validateObjectMeta,
   validatePolicy,
   validateRolloutStrategy,

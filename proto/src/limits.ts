@@ -50,6 +50,16 @@ export const MAX_RULES_PER_POLICY = 65_536;
  */
 export const MAX_POLICY_BYTES = 3 * 1024 * 1024;
 
+/**
+ * Splices of one policy patch (Change.policy_patches). The controller writes one (the span
+ * between the first and the last rule that changed); a follower applies them in one pass over
+ * the base's rules, so the bound keeps a hostile entry's checks small, not the pass linear.
+ */
+export const MAX_SPLICES_PER_PATCH = 64;
+
+/** Rules one policy digest chunk hashes (policyDigest): a one-rule change rehashes this many, not the policy. */
+export const POLICY_DIGEST_CHUNK_RULES = 512;
+
 /** Waves of one staged rollout. */
 export const MAX_ROLLOUT_WAVES = 32;
 

@@ -44,16 +44,36 @@ export function sha256(bytes: Uint8Array): Uint8Array {
   return new Uint8Array(createHash('sha256').update(bytes).digest());
 }
 
+/** The first log format (SignedLogEntry.format 0 or 1): whole policies only. */
+export const LOG_FORMAT_WHOLE = 1;
+/** Log format 2: entries may carry Change.policy_patches. */
+export const LOG_FORMAT_PATCHES = 2;
+/** The newest log format this code reads and writes; followers refuse entries of a newer one. */
+export const LOG_FORMAT_NEWEST = LOG_FORMAT_PATCHES;
+
+/**
+ * What the signature of an entry of `format` covers: the entry bytes (format 0 and 1), or from
+ * format 2 on a prefix naming the format, then the entry bytes. An agent that predates a format
+ * verifies the bare bytes, which fails: it skips the entry (alarmed, as any unverifiable
+ * message) and never applies a change whose new fields it would ignore.
+ */
+function signedBytes(entry: Uint8Array, format: number): Uint8Array {
+  if (format <= LOG_FORMAT_WHOLE) return entry;
+  return Buffer.concat([Buffer.from(`edgeplane.v1.LogEntry format ${format}\n`), entry]);
+}
+
 /**
  * Encodes and signs an entry. The signature and the chain hash cover the encoded bytes
- * exactly as stored, so nobody ever re-encodes an entry to check it.
+ * exactly as stored, so nobody ever re-encodes an entry to check it. `format`: the log format
+ * the entry needs (LOG_FORMAT_PATCHES when it carries policy patches); default the first.
  */
-export function signLogEntry(entry: LogEntry, privateKey: KeyObject): SignedLogEntry {
+export function signLogEntry(entry: LogEntry, privateKey: KeyObject, format: number = LOG_FORMAT_WHOLE): SignedLogEntry {
   const bytes = LogEntry.encode(entry).finish();
   return {
     entry: Buffer.from(bytes),
-    signature: sign(null, bytes, privateKey),
+    signature: sign(null, signedBytes(bytes, format), privateKey),
     keyId: keyIdOf(privateKey),
+    format: format <= LOG_FORMAT_WHOLE ? 0 : format,
   };
 }
 
@@ -85,11 +105,23 @@ function openEnvelope<T>(what: string, type: string, codec: { decode(bytes: Uint
 }
 
 /**
- * Verifies a signed entry against the trusted keys and decodes it.
- * @throws SignatureError if the key is unknown, the signature is wrong, or the bytes do not decode.
+ * Verifies a signed entry against the trusted keys (its signature covers its format) and
+ * decodes it.
+ * @throws SignatureError if the format is newer than LOG_FORMAT_NEWEST, the key is unknown, the
+ * signature is wrong, the bytes do not decode, or a format 1 entry carries policy patches.
  */
 export function openLogEntry(signed: SignedLogEntry, trusted: TrustedKeys): LogEntry {
-  return openEnvelope('log entry', 'LogEntry', LogEntry, signed.keyId, signed.entry, signed.signature, trusted);
+  const format = signed.format ?? 0;
+  if (format > LOG_FORMAT_NEWEST) throw new SignatureError(`verify log entry: log format ${format} is newer than this follower's (${LOG_FORMAT_NEWEST})`);
+  verifyEnvelope('log entry', signed.keyId, signedBytes(signed.entry, format), signed.signature, trusted);
+  let entry: LogEntry;
+  try {
+    entry = LogEntry.decode(signed.entry);
+  } catch (cause) {
+    throw new SignatureError('decode log entry: signed bytes are not a LogEntry', { cause });
+  }
+  if (format < LOG_FORMAT_PATCHES && (entry.change?.policyPatches.length ?? 0) > 0) throw new SignatureError(`decode log entry: a format ${format} entry carries policy patches`);
+  return entry;
 }
 
 /** Encodes the envelope as it travels on NATS. */

@@ -1,4 +1,4 @@
-import { Action, ConnectionTracking_EstablishedOnDeny, InterfaceRole, Policy, Protocol, type PolicySpec, type RolloutStrategy, type Rule } from '../gen/edgeplane/v1/policy.js';
+import { Action, ConnectionTracking_EstablishedOnDeny, InterfaceRole, Policy, PolicySpec, Protocol, Rule, type RolloutStrategy } from '../gen/edgeplane/v1/policy.js';
 import type { ObjectMeta } from '../gen/edgeplane/v1/resources.js';
 import { isCidrProblem, parseCanonicalCidr } from './cidr.js';
 import { validateLabelSelector } from './label-selector.js';
@@ -71,22 +71,66 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
     // The rules are not checked one by one: that work would be the caller's to choose.
   } else {
     const priorities = new Map<number, number>();
+    let valid = validRules.get(limits);
+    if (valid === undefined) validRules.set(limits, (valid = new WeakSet()));
     spec.rules.forEach((rule, i) => {
       const rp = `${sp}.rules[${i}]`;
       const first = priorities.get(rule.priority);
       if (first !== undefined) add(`${rp}.priority`, `priority ${rule.priority} is also used by rules[${first}]`, 'DUPLICATE_PRIORITY');
       else priorities.set(rule.priority, i);
-      validateRule(rule, rp, limits, add);
+      if (valid.has(rule)) return;
+      let bad = false;
+      validateRule(rule, rp, limits, (f, d, r) => {
+        bad = true;
+        add(f, d, r);
+      });
+      if (!bad) valid.add(rule);
     });
   }
   validateConnectionTracking(spec, sp, add);
   validateRolloutStrategy(spec.rolloutStrategy, `${sp}.rollout_strategy`, add);
   // Encoding costs as much as decoding did: only a policy valid so far pays for it.
   if (out.length === 0) {
-    const bytes = Policy.encode(policy).finish().length;
+    const bytes = encodedPolicySize(policy);
     if (bytes > MAX_POLICY_BYTES) add(path, `${bytes} bytes encoded; at most ${MAX_POLICY_BYTES}`, 'POLICY_TOO_LARGE');
   }
   return result();
+}
+
+/**
+ * Rules that passed validateRule, per limits object, by the Rule object: a rule's checks depend
+ * on nothing else, and a rule carried unchanged from one revision to the next (an agent's chain,
+ * a policy patch) is the same object, so a one-rule change checks one rule. Callers must not
+ * modify rules they had validated. Weak: nothing is kept alive for it.
+ */
+const validRules = new WeakMap<Readonly<PolicyLimits>, WeakSet<Rule>>();
+
+/** Encoded bytes of each rule, by the Rule object (as validRules). */
+const ruleBytes = new WeakMap<Rule, number>();
+
+function varintSize(n: number): number {
+  let size = 1;
+  for (let v = n; v >= 128; v = Math.floor(v / 128)) size++;
+  return size;
+}
+
+/**
+ * Policy.encode(policy).finish().length, with each rule's encoded size remembered by the Rule
+ * object (rules are never modified once in a policy): a policy whose rules were sized before
+ * costs its metadata and spec without the rules.
+ */
+export function encodedPolicySize(policy: Policy): number {
+  const spec = policy.spec;
+  if (spec === undefined) return Policy.encode(policy).finish().length;
+  let specBytes = PolicySpec.encode({ ...spec, rules: [] }).finish().length;
+  for (const rule of spec.rules) {
+    let n = ruleBytes.get(rule);
+    if (n === undefined) ruleBytes.set(rule, (n = Rule.encode(rule).finish().length));
+    // PolicySpec.rules is field 3, length-delimited: a one-byte tag, the length, the rule.
+    specBytes += 1 + varintSize(n) + n;
+  }
+  // Policy.spec is field 2: a one-byte tag, the length, the spec.
+  return Policy.encode({ metadata: policy.metadata, spec: undefined }).finish().length + 1 + varintSize(specBytes) + specBytes;
 }
 
 function validateRule(rule: Rule, rp: string, limits: Readonly<PolicyLimits>, add: (f: string, d: string, r: string) => void): void {

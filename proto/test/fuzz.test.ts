@@ -101,7 +101,7 @@ test('log envelope decoder - mutated valid envelopes never open, and fail only w
 test('log envelope decoder - signed garbage (a trusted key over bytes that are not an entry) is a SignatureError', (t) => {
   fc.assert(
     fc.property(fc.uint8Array({ maxLength: 512 }), (entry) => {
-      const signed = { entry: Buffer.from(entry), signature: sign(null, entry, privateKey), keyId: keyIdOf(publicKey) };
+      const signed = { entry: Buffer.from(entry), signature: sign(null, entry, privateKey), keyId: keyIdOf(publicKey), format: 0 };
       onlyThrows([SignatureError], () => openLogEntry(decodeSignedLogEntry(encodeSignedLogEntry(signed)), trusted));
     }),
     envelopeParams,

@@ -217,7 +217,8 @@ export class TestControlPlane implements ControlPlane {
       for await (const { revision, signed } of log.read(1n, last)) {
         const r = chain.append(signed);
         if (r.entry.revision !== revision) throw new Error(`entry ${r.entry.revision} stored at ${revision}`);
-        for (const p of r.entry.change?.upserts ?? []) upserts.set(p.metadata!.name, [...(upserts.get(p.metadata!.name) ?? []), revision]);
+        // Whole policies and patches alike (the chain applied both).
+        for (const { type, policy: p } of r.changes) if (type !== 'deleted') upserts.set(p.metadata!.name, [...(upserts.get(p.metadata!.name) ?? []), revision]);
       }
       if (chain.revision !== last) throw new Error(`chain ends at ${chain.revision}, stream at ${last}`);
       return { last, upserts };

@@ -1,5 +1,5 @@
 import { metrics } from '@opentelemetry/api';
-import { SignatureError, openHistoryReset, openLogHead, type LogEntry, type SignedLogHead, type SignedLogEntry, type SignedSnapshot, type Snapshot, type TrustedKeys } from '@edgeplane/proto';
+import { PatchError, SignatureError, openHistoryReset, openLogHead, type LogEntry, type SignedLogHead, type SignedLogEntry, type SignedSnapshot, type Snapshot, type TrustedKeys } from '@edgeplane/proto';
 import type { Subscription } from '@nats-io/transport-node';
 import { ChainError, FleetMismatchError, GapError } from './errors.js';
 import { IntentChain, type OpenedEntry, type PolicyChange } from './intent-chain.js';
@@ -57,6 +57,11 @@ export interface ChainFollowerStats {
   liveApplied: number;
   /** Entries delivered again that were already held (changed nothing). */
   duplicates: number;
+  /**
+   * Entries whose policy patch did not apply to the policy held (another base, or a result with
+   * another digest): the chain stopped before them and waits for a snapshot that covers them.
+   */
+  patchFailures: number;
 }
 
 /** Options of {@link ChainFollower}. */
@@ -174,7 +179,7 @@ export class ChainFollower {
   #headRevision = 0n;
   #stale = false;
   #closed = false;
-  #stats: ChainFollowerStats = { catchUps: 0, resyncs: 0, refusals: 0, rejected: 0, liveApplied: 0, duplicates: 0 };
+  #stats: ChainFollowerStats = { catchUps: 0, resyncs: 0, refusals: 0, rejected: 0, liveApplied: 0, duplicates: 0, patchFailures: 0 };
   /** The single-flight run of catch-ups and resyncs, while one is in progress. */
   #work: Promise<void> | undefined;
   #wantCatchUp = false;
@@ -191,6 +196,12 @@ export class ChainFollower {
   #rewindCheckAt = 0;
   #floor: { revision: bigint; hash: Uint8Array } | undefined;
   #resetEpoch: bigint;
+  /**
+   * Set when an entry's policy patch did not apply to the chain held: the revision of that
+   * entry. The chain stays below it (fail closed: the owner keeps what it enforces) until a
+   * snapshot at or above it is stored, which the next catch-up loads.
+   */
+  #needSnapshot: bigint | undefined;
   /** A verified reset waiting for the resync that adopts it. */
   #pendingReset: { epoch: bigint; reason: string } | undefined;
 
@@ -444,8 +455,20 @@ export class ChainFollower {
           this.#wantCatchUp = true;
         }
       } else if (err instanceof ChainError) this.#diverge(err.message);
+      else if (err instanceof PatchError) this.#patchFailed(opened.entry.revision, err);
       else this.#reject(reasonOf(err), d.seq, kindOf(err));
     }
+  }
+
+  /**
+   * A verified entry's policy patch does not apply to the chain held: nothing of it is applied
+   * (fail closed) and the follower catches up from a snapshot that covers it (see #needSnapshot).
+   */
+  #patchFailed(revision: bigint, err: PatchError, catchUp = true): void {
+    this.#stats.patchFailures++;
+    if (this.#needSnapshot === undefined || revision > this.#needSnapshot) this.#needSnapshot = revision;
+    if (catchUp) this.#wantCatchUp = true;
+    this.#emit('error', () => this.#events.error?.(`apply entry ${revision}: waiting for a snapshot at or above it`, err));
   }
 
   /** A valid reset that does not continue the held chain: rebuild from the log under the lock. */
@@ -536,12 +559,19 @@ export class ChainFollower {
     // A follower that holds nothing starts from the snapshot even when the entries below it
     // are still kept: one read instead of up to retain-entries.
     let signed: SignedSnapshot | undefined;
-    if (first > this.#position + 1n || this.#position === 0n) {
+    const needed = this.#needSnapshot;
+    if (first > this.#position + 1n || this.#position === 0n || needed !== undefined) {
       signed = await this.#log.readSnapshot();
       if (!signed && first > this.#position + 1n) throw new ChainError(`entries before ${first} were compacted and there is no snapshot`);
     }
-    if (signed) {
-      const snapshot = this.#chain.openSnapshot(signed);
+    const opened = signed ? this.#chain.openSnapshot(signed) : undefined;
+    if (needed !== undefined && (opened === undefined || opened.revision < needed) && first <= this.#position + 1n && this.#position !== 0n) {
+      // Reading on would meet the patch again: stay below it until a snapshot covers it.
+      this.#emit('error', () => this.#events.error?.('catch up', new PatchError(`the entry at ${needed} patches a policy this chain does not hold as its writer did, and the newest snapshot (${opened?.revision ?? 'none'}) is older: waiting for a newer one`)));
+      return;
+    }
+    if (opened) {
+      const snapshot = opened;
       const floor = this.#floor ?? { revision: this.#chain.revision, hash: this.#chain.lastHash };
       if (snapshot.revision < floor.revision || (snapshot.revision === floor.revision && !equalHash(snapshot.lastHash, floor.hash))) {
         this.#diverge(`the snapshot at ${snapshot.revision} does not continue the chain verified up to ${floor.revision}`);
@@ -549,6 +579,7 @@ export class ChainFollower {
       }
       if (snapshot.revision + 1n < first) throw new ChainError(`entries ${snapshot.revision + 1n}..${first - 1n} were compacted beyond the newest snapshot`);
       this.#chain.load(snapshot);
+      if (needed !== undefined && snapshot.revision >= needed) this.#needSnapshot = undefined;
       this.#passFloor();
       this.#position = this.#chain.revision;
       this.#pending = [];
@@ -557,6 +588,7 @@ export class ChainFollower {
     const read = await this.#readInto(this.#chain, this.#position + 1n, last, (entry, changes) => this.#applied(entry, changes, entry.revision));
     if (read.position > this.#position) this.#position = read.position;
     if (read.purged) this.#wantCatchUp = true;
+    else if (read.broken instanceof PatchError) this.#patchFailed(read.position + 1n, read.broken, false);
     else if (read.broken && this.#pendingReset === undefined) this.#diverge(read.broken.message);
   }
 
@@ -597,7 +629,7 @@ export class ChainFollower {
         if (reset && r.applied) this.#acceptReset(reset);
         else if (reset) this.#requestReset(reset);
       } catch (err) {
-        if (err instanceof ChainError || err instanceof GapError) {
+        if (err instanceof ChainError || err instanceof GapError || err instanceof PatchError) {
           if (reset) this.#requestReset(reset);
           return { position, broken: err };
         }

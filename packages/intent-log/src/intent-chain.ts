@@ -1,6 +1,8 @@
 import type { KeyObject } from 'node:crypto';
 import {
+  applyPolicyPatch,
   GENESIS_HASH,
+  policyDigest,
   logEntryHash,
   openLogEntry,
   keyIdOf,
@@ -164,6 +166,8 @@ export class IntentChain {
    * @throws ChainError if it does not continue the chain (a forked or rewound log: the next
    *   revision links elsewhere), or if `storedAt` (the stream sequence it was read at) differs
    *   from the revision it claims.
+   * @throws PatchError (from @edgeplane/proto) if a policy patch it carries does not apply to
+   *   the policy held (another base, or a result whose digest differs): nothing is applied.
    */
   append(signed: SignedLogEntry, storedAt?: bigint): AppendResult {
     return this.appendOpened(this.open(signed), storedAt);
@@ -198,6 +202,9 @@ export class IntentChain {
       }
       throw new ChainError(`append revision=${entry.revision}: previous hash does not match entry ${this.#revision} (forked or rewound log)`);
     }
+    // Patches apply to the policies as held before the entry, and all of them before anything
+    // changes: one that does not apply leaves the chain as it was.
+    const patched = (entry.change?.policyPatches ?? []).map((patch) => applyPolicyPatch(this.#policies.get(patch.metadata?.name ?? ''), patch));
     const changes: PolicyChange[] = [];
     for (const name of entry.change?.deletes ?? []) {
       const old = this.#policies.get(name);
@@ -209,9 +216,16 @@ export class IntentChain {
     }
     for (const policy of entry.change?.upserts ?? []) {
       const name = policy.metadata?.name ?? '';
+      // A whole policy costs its size here anyway (it was decoded): its digest now means a patch
+      // of it later rehashes only the chunks the patch touches.
+      policyDigest(policy);
       const existed = this.#policies.has(name);
       this.#policies.set(name, policy);
       changes.push({ type: existed ? 'modified' : 'added', policy, revision: entry.revision });
+    }
+    for (const policy of patched) {
+      this.#policies.set(policy.metadata?.name ?? '', policy);
+      changes.push({ type: 'modified', policy, revision: entry.revision });
     }
     // Services are a namespace of their own: a service may share a policy's name.
     for (const name of entry.change?.serviceDeletes ?? []) {

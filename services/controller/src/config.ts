@@ -56,6 +56,8 @@ export interface ControllerConfig {
   maxServices: number;
   maxIntentBytes: number;
   snapshotEvery: number;
+  /** Policy patches (log format 2) when at most this share of the policy; 0 = whole policies only. */
+  patchRatio: number;
   logHeartbeatMs: number;
   /** Rotate the log signing key once at start (admin operation; see HELP). */
   rotateSigningKey: boolean;
@@ -137,6 +139,9 @@ Every flag can also be set by the environment variable shown.
   --max-services N          services the intent may hold (default 10000)
   --max-intent-bytes N      encoded bytes of all policies and services together (default 67108864)
   --snapshot-every N        snapshot the intent every N revisions (default 1000; 0 = never)
+  --patch-percent N         write a policy change as a patch against the version the log holds
+                            (log format 2) when it is at most N % of the policy's bytes (default
+                            50; 0 = whole policies only, for agents that predate format 2)
   --retain-entries N        keep N entries below the newest snapshot (default 10000)
   --prometheus-port PORT    serve metrics at http://HOST:PORT/metrics (EDGEPLANE_PROMETHEUS_PORT; unset = off)
   --prometheus-host HOST    (EDGEPLANE_PROMETHEUS_HOST, default 0.0.0.0)
@@ -210,6 +215,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'max-services': { type: 'string' },
         'max-intent-bytes': { type: 'string' },
         'snapshot-every': { type: 'string' },
+        'patch-percent': { type: 'string' },
         'log-heartbeat': { type: 'string' },
         'rotate-signing-key': { type: 'boolean' },
         'retain-entries': { type: 'string' },
@@ -287,6 +293,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     maxServices: int('max-services', values['max-services'], MAX_SERVICES, 1),
     maxIntentBytes: int('max-intent-bytes', values['max-intent-bytes'], MAX_INTENT_BYTES, 1),
     snapshotEvery: int('snapshot-every', values['snapshot-every'], 1000),
+    patchRatio: Math.min(100, int('patch-percent', values['patch-percent'], 50)) / 100,
     rotateSigningKey: values['rotate-signing-key'] ?? false,
     logHeartbeatMs: int('log-heartbeat', values['log-heartbeat'] ?? env.EDGEPLANE_LOG_HEARTBEAT, 5) * 1000,
     retainEntries: int('retain-entries', values['retain-entries'], 10_000),

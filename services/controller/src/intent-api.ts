@@ -19,6 +19,7 @@ import {
   checkDnsLabel,
   countViolations,
   quote,
+  applyPolicyPatch,
   matchesLabelSelector,
   validatePolicy,
   validateService,
@@ -240,9 +241,9 @@ export class IntentApi {
     }
     const written = await this.#store.write((chain) => {
       const policy = build(chain);
-      return policy ? { upserts: [policy], deletes: [], rollouts: rollout ? [rollout] : [], serviceUpserts: [], serviceDeletes: [] } : undefined;
+      return policy ? { upserts: [policy], deletes: [], rollouts: rollout ? [rollout] : [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] } : undefined;
     }, trace);
-    const stored = written ? (written.entry.change!.upserts[0] ?? outcome!.policy) : outcome!.policy;
+    const stored = written ? (written.policies[0] ?? outcome!.policy) : outcome!.policy;
     return ApplyPolicyResponse.fromPartial({ policy: stored, revision: written?.revision ?? 0n, created: outcome!.created, unchanged: outcome!.unchanged });
   }
 
@@ -251,7 +252,7 @@ export class IntentApi {
    * @throws ValidationError, NotFoundError (unless allow_missing), VersionConflictError, UnavailableError
    */
   delete(req: DeletePolicyRequest, trace?: TraceContext): Promise<DeletePolicyResponse> {
-    return this.#delete('policy', (chain) => chain.policies, req, (name) => ({ upserts: [], deletes: [name], rollouts: [], serviceUpserts: [], serviceDeletes: [] }), trace);
+    return this.#delete('policy', (chain) => chain.policies, req, (name) => ({ upserts: [], deletes: [name], rollouts: [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] }), trace);
   }
 
   /**
@@ -339,7 +340,7 @@ export class IntentApi {
     }
     const written = await this.#store.write((chain) => {
       const service = build(chain);
-      return service ? { upserts: [], deletes: [], rollouts: rollout ? [rollout] : [], serviceUpserts: [service], serviceDeletes: [] } : undefined;
+      return service ? { upserts: [], deletes: [], rollouts: rollout ? [rollout] : [], serviceUpserts: [service], serviceDeletes: [], policyPatches: [] } : undefined;
     }, trace);
     const stored = written ? (written.entry.change!.serviceUpserts[0] ?? outcome!.service) : outcome!.service;
     return ApplyServiceResponse.fromPartial({ service: stored, revision: written?.revision ?? 0n, created: outcome!.created, unchanged: outcome!.unchanged });
@@ -350,7 +351,7 @@ export class IntentApi {
    * @throws ValidationError, NotFoundError (unless allow_missing), VersionConflictError, UnavailableError
    */
   deleteService(req: DeleteServiceRequest, trace?: TraceContext): Promise<DeleteServiceResponse> {
-    return this.#delete('service', (chain) => chain.services, req, (name) => ({ upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [name] }), trace);
+    return this.#delete('service', (chain) => chain.services, req, (name) => ({ upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [name], policyPatches: [] }), trace);
   }
 
   /** Returns one service. @throws ValidationError, NotFoundError */
@@ -412,7 +413,7 @@ export class IntentApi {
       }
       next = Rollout.fromPartial({ ...next, resourceVersion: chain.revision + 1n, updateTime: now });
       result = next;
-      return { upserts: [], deletes: [], rollouts: [next], serviceUpserts: [], serviceDeletes: [] };
+      return { upserts: [], deletes: [], rollouts: [next], serviceUpserts: [], serviceDeletes: [], policyPatches: [] };
     }, trace);
     return { rollout: result!, revision: written?.revision ?? 0n };
   }
@@ -480,6 +481,12 @@ export class IntentApi {
             changes.push({ type: p.metadata?.createRevision === entry.revision ? 'added' : 'modified', policy: p, revision: entry.revision });
             known.set(name, p);
           }
+          for (const patch of entry.change?.policyPatches ?? []) {
+            const name = patch.metadata?.name ?? '';
+            const p = applyPolicyPatch(known.get(name) ?? (await this.#policyAt(name, patch.baseResourceVersion)), patch);
+            changes.push({ type: 'modified', policy: p, revision: entry.revision });
+            known.set(name, p);
+          }
           deliver(entry.revision, changes);
         }
         sentUpTo = at;
@@ -491,6 +498,21 @@ export class IntentApi {
     } finally {
       off();
     }
+  }
+
+  /**
+   * Policy `name` as the entry at `revision` stored it (following its patches back to a whole
+   * policy), for replaying history that starts after the policy was last written whole.
+   * @throws CompactedError if an entry needed was compacted.
+   */
+  async #policyAt(name: string, revision: bigint): Promise<Policy | undefined> {
+    for await (const entry of this.#store.history(revision, revision)) {
+      const whole = entry.change?.upserts.find((p) => p.metadata?.name === name);
+      if (whole) return whole;
+      const patch = entry.change?.policyPatches.find((p) => p.metadata?.name === name);
+      if (patch && patch.baseResourceVersion < revision) return applyPolicyPatch(await this.#policyAt(name, patch.baseResourceVersion), patch);
+    }
+    return undefined;
   }
 }
 

@@ -2,7 +2,13 @@ import type { KeyObject } from 'node:crypto';
 import { SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import {
   HistoryReset,
+  LOG_FORMAT_PATCHES,
+  LOG_FORMAT_WHOLE,
   LogEntry,
+  Policy,
+  PolicyPatch,
+  applyPolicyPatch,
+  policyPatchOf,
   openHistoryReset,
   signLogHead,
   rawPublicKey,
@@ -35,6 +41,13 @@ export interface IntentStoreOptions {
   snapshotEvery?: number;
   /** After a snapshot, keep at least this many entries below it for catching-up readers. Default 10000. */
   retainEntries?: number;
+  /**
+   * Write a policy upsert as a patch against the version the log holds (log format 2) when the
+   * patch is at most this share of the whole policy's bytes; 0: always whole policies (a fleet
+   * whose agents predate format 2 skip its entries: they stay on their last revision, alarmed,
+   * until a snapshot covers it). Default 0.5.
+   */
+  patchRatio?: number;
   /** How many times a write is retried after another writer got in first. Default 20. */
   maxConflictRetries?: number;
   /** Receives errors of background work (live follow, snapshots). */
@@ -47,6 +60,8 @@ export interface IntentStoreOptions {
 export interface WriteResult {
   revision: bigint;
   entry: LogEntry;
+  /** The policies the entry upserts, whole as stored (those written as patches included). */
+  policies: Policy[];
 }
 
 /** Listener for applied changes: called once per entry, in revision order. */
@@ -196,7 +211,7 @@ export class IntentStore {
       const epoch = HistoryReset.decode(newest.reset).epoch;
       if (reset.epoch <= epoch) throw new PreconditionError(`history reset: epoch ${reset.epoch} is not above the newest reset's ${epoch}`, 'EPOCH');
     }
-    const written = await this.#serialized(() => ({ upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [] }), trace, () => new Date(), { historyReset: signed });
+    const written = await this.#serialized(() => ({ upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] }), trace, () => new Date(), { historyReset: signed });
     await this.#log.writeHistoryReset(signed);
     return written!.revision;
   }
@@ -210,7 +225,7 @@ export class IntentStore {
    */
   async rotateKey(next: KeyObject, trace?: TraceContext): Promise<bigint> {
     // The key switches inside the write, once the entry is stored: the next write signs with it.
-    const written = await this.#serialized(() => ({ upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [] }), trace, () => new Date(), { keyRotation: { publicKey: Buffer.from(rawPublicKey(next)) } }, next);
+    const written = await this.#serialized(() => ({ upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] }), trace, () => new Date(), { keyRotation: { publicKey: Buffer.from(rawPublicKey(next)) } }, next);
     return written!.revision;
   }
 
@@ -239,7 +254,9 @@ export class IntentStore {
       for (const p of entry.change!.upserts) p.metadata!.resourceVersion = revision;
       for (const s of entry.change!.serviceUpserts) s.metadata!.resourceVersion = revision;
       for (const r of entry.change!.rollouts) r.resourceVersion = revision;
-      const signed = signLogEntry(entry, this.#signingKey);
+      const policies = [...entry.change!.upserts];
+      const format = this.#patch(entry.change!, chain);
+      const signed = signLogEntry(entry, this.#signingKey, format);
       try {
         const stored = await tracer.startActiveSpan('edgeplane.intent.publish', { kind: SpanKind.PRODUCER, attributes: { 'edgeplane.revision': Number(revision), 'messaging.system': 'nats' } }, async (span) => {
           try {
@@ -257,7 +274,7 @@ export class IntentStore {
         this.#follower.offer(signed, stored);
         if (nextKey) this.#signingKey = nextKey;
         this.#maybeSnapshot();
-        return { revision, entry };
+        return { revision, entry, policies };
       } catch (err) {
         if (!(err instanceof ConflictError)) throw err;
         // Another writer (or a message that is not an entry) took the sequence: the catch-up at
@@ -266,6 +283,37 @@ export class IntentStore {
       }
     }
     throw new UnavailableError(`write gave up after ${retries} conflicts with other writers`);
+  }
+
+  /**
+   * Moves each upsert of `change` whose patch against the version `chain` holds is at most
+   * patchRatio of its bytes into policy_patches (not when the change carries rollout records:
+   * a staged rollout's entry keeps its policies whole beside the record). Each patch is checked
+   * by applying it as followers will. @returns the log format the change needs.
+   */
+  #patch(change: Change, chain: IntentChain): number {
+    const ratio = this.#options.patchRatio ?? 0.5;
+    if (ratio <= 0 || change.rollouts.length > 0 || change.deletes.length > 0) return LOG_FORMAT_WHOLE;
+    const whole: Policy[] = [];
+    for (const policy of change.upserts) {
+      const base = chain.policies.get(policy.metadata?.name ?? '');
+      const patch = base ? policyPatchOf(base, policy) : undefined;
+      if (patch && PolicyPatch.encode(patch).finish().length <= ratio * Policy.encode(policy).finish().length && this.#applies(base!, patch)) change.policyPatches.push(patch);
+      else whole.push(policy);
+    }
+    change.upserts = whole;
+    return change.policyPatches.length > 0 ? LOG_FORMAT_PATCHES : LOG_FORMAT_WHOLE;
+  }
+
+  /** Whether `patch` applies to `base` as a follower applies it (its digest included). */
+  #applies(base: Policy, patch: PolicyPatch): boolean {
+    try {
+      applyPolicyPatch(base, patch);
+      return true;
+    } catch (err) {
+      this.#options.onError?.('write a policy patch: it does not apply to its own base; writing the policy whole', err);
+      return false;
+    }
   }
 
   #maybeSnapshot(): void {

@@ -320,6 +320,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       signingKey: key.privateKey,
       trusted: new Map([[key.keyId, publicKeyFromRaw(key.publicKey)], ...retiredSigningKeys(config.signingKey).map((k) => [keyIdOf(k), k] as const)]),
       snapshotEvery: config.snapshotEvery,
+      patchRatio: config.patchRatio,
       headIntervalMs: config.logHeartbeatMs,
       retainEntries: config.retainEntries,
       onError,

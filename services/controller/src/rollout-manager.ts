@@ -311,7 +311,7 @@ export class RolloutManager {
             updateTime: now,
           });
       this.#o.log?.(last ? 'rollout succeeded' : 'rollout wave started', { [rolloutKindName(r.kind)]: r.name, wave: next.currentWave + 1, nodes: next.waveNodes.length });
-      return { upserts: [], deletes: [], rollouts: [next], serviceUpserts: [], serviceDeletes: [] };
+      return { upserts: [], deletes: [], rollouts: [next], serviceUpserts: [], serviceDeletes: [], policyPatches: [] };
     }, r.traceContext);
   }
 

@@ -106,7 +106,7 @@ export function rolloutSelector(chain: Pick<IntentChain, 'policies' | 'services'
  */
 export function revertChange(rollout: Rollout, state: RolloutState.ROLLOUT_STATE_FAILED | RolloutState.ROLLOUT_STATE_ABORTED, reason: string, now: Date): Change {
   const record = Rollout.fromPartial({ ...rollout, state, reason, updateTime: now });
-  const change: Change = { upserts: [], deletes: [], rollouts: [record], serviceUpserts: [], serviceDeletes: [] };
+  const change: Change = { upserts: [], deletes: [], rollouts: [record], serviceUpserts: [], serviceDeletes: [], policyPatches: [] };
   if (isServiceRollout(rollout)) {
     // The record goes after the delete in the chain's order, so it survives it.
     if (rollout.previousService) change.serviceUpserts.push(Service.fromPartial({ ...rollout.previousService, metadata: { ...rollout.previousService.metadata, updateTime: now } }));

@@ -42,7 +42,8 @@ async function audit(natsUrl: string, publicKeyB64: string): Promise<{ chain: In
     for await (const { revision, signed } of log.read(1n, last)) {
       const r = chain.append(signed); // throws on a gap, a fork or a bad signature
       if (r.entry.revision !== revision) throw new Error(`entry ${r.entry.revision} stored at ${revision}`);
-      for (const p of r.entry.change?.upserts ?? []) upserts.set(p.metadata!.name, [...(upserts.get(p.metadata!.name) ?? []), revision]);
+      // Whole policies and patches alike (the chain applied both).
+      for (const { type, policy: p } of r.changes) if (type !== 'deleted') upserts.set(p.metadata!.name, [...(upserts.get(p.metadata!.name) ?? []), revision]);
     }
     if (chain.revision !== last) throw new Error(`chain ends at ${chain.revision}, stream at ${last}`);
     return { chain, upserts };

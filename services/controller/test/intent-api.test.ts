@@ -162,3 +162,21 @@ test.serial('IntentService - IPv6 rules and 64-bit rate limits round-trip throug
   const got = await call(c.intent, c.intent.getPolicy, { name: 'v6' });
   t.deepEqual(got.policy?.spec?.rules, p.spec?.rules);
 });
+
+test.serial('IntentService - watch from a revision replays policies written as patches whole, their base read from the log', async (t) => {
+  const big = samplePolicy('watch-patched', { patched: 'yes' }, 300);
+  const first = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: big, allowLargeGrowth: true }));
+  const revisions: bigint[] = [];
+  for (const port of [7, 8]) {
+    big.spec!.rules[100] = { ...big.spec!.rules[100]!, destinationPorts: [{ first: port, last: 0 }] };
+    revisions.push((await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: big }))).revision);
+  }
+  const now = (await call(c.intent, c.intent.getPolicy, { name: 'watch-patched' })).policy!;
+  t.is(now.metadata?.resourceVersion, revisions[1]);
+  const stream = c.intent.watchPolicies({ startRevision: first.revision, labelSelector: 'patched=yes' });
+  const events = await collect(stream, (ev) => ev.some((e) => e.type === PolicyEventType.POLICY_EVENT_TYPE_BOOKMARK));
+  const modified = events.filter((e) => e.type === PolicyEventType.POLICY_EVENT_TYPE_MODIFIED);
+  t.deepEqual(modified.map((e) => e.revision), revisions);
+  t.deepEqual(modified.map((e) => e.policy?.spec?.rules[100]?.destinationPorts[0]?.first), [7, 8]);
+  t.deepEqual(Policy.encode(modified[1]!.policy!).finish(), Policy.encode(now).finish());
+});

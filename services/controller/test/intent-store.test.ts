@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { keyIdOf, type Change } from '@edgeplane/proto';
+import { keyIdOf, Policy, type Change } from '@edgeplane/proto';
 import { ChainFollower, IntentLog, NatsServer } from '@edgeplane/intent-log';
 import { IntentStore } from '../src/intent-store.js';
 import { samplePolicy } from './helpers.js';
@@ -33,7 +33,7 @@ async function freshLog(): Promise<{ names: { stream: string; subject: string; l
   return { names, log: await IntentLog.open(nc, { create: true, ...names }) };
 }
 
-async function store(t: ExecutionContext, log: IntentLog, id = 'c1', extra: { snapshotEvery?: number; retainEntries?: number } = {}): Promise<{ store: IntentStore; warnings: string[]; errors: string[] }> {
+async function store(t: ExecutionContext, log: IntentLog, id = 'c1', extra: { snapshotEvery?: number; retainEntries?: number; patchRatio?: number } = {}): Promise<{ store: IntentStore; warnings: string[]; errors: string[] }> {
   const warnings: string[] = [];
   const errors: string[] = [];
   const s = new IntentStore(log, {
@@ -49,7 +49,7 @@ async function store(t: ExecutionContext, log: IntentLog, id = 'c1', extra: { sn
   return { store: s, warnings, errors };
 }
 
-const upsert = (name: string, rules = 1): Change => ({ upserts: [samplePolicy(name, {}, rules)], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [] });
+const upsert = (name: string, rules = 1): Change => ({ upserts: [samplePolicy(name, {}, rules)], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] });
 
 async function until(what: string, pred: () => boolean): Promise<void> {
   const deadline = Date.now() + 10_000;
@@ -66,7 +66,7 @@ test('intent store - writes take consecutive revisions and listeners hear each e
   s.onChange((revision, changes) => heard.push([revision, changes.map((c) => `${c.type} ${c.policy.metadata?.name}`)]));
   const results = await Promise.all(['a', 'b', 'c'].map((n) => s.write(() => upsert(n))));
   t.deepEqual(results.map((r) => r?.revision), [1n, 2n, 3n]);
-  await s.write(() => ({ upserts: [], deletes: ['b'], rollouts: [], serviceUpserts: [], serviceDeletes: [] }));
+  await s.write(() => ({ upserts: [], deletes: ['b'], rollouts: [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] }));
   t.deepEqual(heard, [
     [1n, ['added a']],
     [2n, ['added b']],
@@ -192,3 +192,34 @@ test('intent store - key rotation while a follower runs: no rejection, no resync
   t.deepEqual(fresh.chain.lastHash, s.chain.lastHash);
   t.is(fresh.stats.rejected, 0);
 });
+
+test('intent store - a one-rule change of a large policy is written as a format 2 patch; another replica, and one writing whole policies, hold the same policy', async (t) => {
+  const { log } = await freshLog();
+  const { store: s, errors } = await store(t, log);
+  const first = await s.write(() => upsert('big', 2000));
+  t.is(first?.entry.change?.upserts.length, 1, 'a new policy has no base: whole');
+  const changed = samplePolicy('big', {}, 2000);
+  changed.spec!.rules[1234] = { ...changed.spec!.rules[1234]!, destinationPorts: [{ first: 9, last: 0 }] };
+  const second = await s.write(() => ({ ...upsert('big'), upserts: [changed] }));
+  t.deepEqual([second?.entry.change?.upserts.length, second?.entry.change?.policyPatches.length], [0, 1]);
+  t.is(second?.policies[0]?.metadata?.resourceVersion, 2n);
+  const stored = (await collect(log.messages(2n, 2n)))[0]!;
+  t.is(stored.signed!.format, 2);
+  t.true(stored.signed!.entry.length < 1024, `the entry is ${stored.signed!.entry.length} bytes`);
+  const expected = Buffer.from(Policy.encode(second!.policies[0]!).finish());
+  t.deepEqual(Buffer.from(Policy.encode(s.chain.policies.get('big')!).finish()), expected);
+  const { store: replica } = await store(t, log, 'c2', { patchRatio: 0 });
+  await until('the replica to read the patch', () => replica.chain.revision === 2n);
+  t.deepEqual(Buffer.from(Policy.encode(replica.chain.policies.get('big')!).finish()), expected);
+  // patchRatio 0: this replica writes whole policies.
+  changed.spec!.rules[5] = { ...changed.spec!.rules[5]!, destinationPorts: [{ first: 10, last: 0 }] };
+  const third = await replica.write(() => ({ ...upsert('big'), upserts: [changed] }));
+  t.deepEqual([third?.entry.change?.upserts.length, third?.entry.change?.policyPatches.length], [1, 0]);
+  t.deepEqual(errors, []);
+});
+
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}

@@ -7,8 +7,8 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
-import { Policy } from "./policy.js";
-import { TraceContext } from "./resources.js";
+import { Policy, PolicySpec, Rule } from "./policy.js";
+import { ObjectMeta, TraceContext } from "./resources.js";
 import { Rollout } from "./rollout.js";
 import { Service } from "./service.js";
 
@@ -85,7 +85,8 @@ export interface SignedHistoryReset {
 
 /**
  * Change is what an entry does to the intent. Upserts carry whole policies with their
- * metadata (resource_version = the entry's revision).
+ * metadata (resource_version = the entry's revision); policy_patches carry policies as a patch
+ * against the version the log already holds (format 2 entries only: see SignedLogEntry.format).
  */
 export interface Change {
   upserts: Policy[];
@@ -97,6 +98,49 @@ export interface Change {
   serviceUpserts: Service[];
   /** Names of deleted services (a service's rollout record goes with it). */
   serviceDeletes: string[];
+  /**
+   * Policies upserted as patches against the version the log holds: the resulting policy is
+   * what an upsert of it would carry. Only in format 2 entries (SignedLogEntry.format): a
+   * follower that does not know the format cannot verify the entry, so it never reads the
+   * change without them (an old follower would take an empty change).
+   */
+  policyPatches: PolicyPatch[];
+}
+
+/**
+ * PolicyPatch is one policy as a change to the version the log holds of it: its metadata and
+ * its spec but for the rules, which are the base's with splices applied. A follower applies it
+ * only when it holds the policy at base_resource_version and the result's digest is
+ * result_digest; otherwise it applies nothing of the entry and catches up from a snapshot.
+ */
+export interface PolicyPatch {
+  /** The resulting policy's metadata, whole (name, resource_version = the entry's revision, ...). */
+  metadata:
+    | ObjectMeta
+    | undefined;
+  /** The resulting policy's spec with no rules (its rules come from the base and the splices). */
+  spec:
+    | PolicySpec
+    | undefined;
+  /** The resource_version of the policy the patch applies to. */
+  baseResourceVersion: bigint;
+  /**
+   * Splices of the base's rule list, by index into the base's list, in ascending order of
+   * start and not overlapping.
+   */
+  splices: RuleSplice[];
+  /**
+   * The digest (policyDigest in @edgeplane/proto) of the resulting policy, so a follower checks
+   * the result exactly.
+   */
+  resultDigest: Buffer;
+}
+
+/** RuleSplice replaces delete_count rules of the base from index start (0-based) with rules. */
+export interface RuleSplice {
+  start: number;
+  deleteCount: number;
+  rules: Rule[];
 }
 
 /** SignedLogEntry is the envelope that travels on NATS and is stored in the stream. */
@@ -107,6 +151,14 @@ export interface SignedLogEntry {
   signature: Buffer;
   /** Identifies the signing key: hex of the first 8 bytes of SHA-256 of the raw public key. */
   keyId: string;
+  /**
+   * The log format of entry (0 and 1: the first format). From format 2 on the signature covers
+   * the format with the bytes (log-envelope.ts, signedBytes), so a follower that predates a
+   * format cannot verify its entries and skips them (alarmed, never misread) instead of
+   * applying a change it only half understands; a follower refuses formats above its own.
+   * Format 2: Change.policy_patches.
+   */
+  format: number;
 }
 
 /** Snapshot is the whole intent at one revision: the compacted form of the log up to it. */
@@ -690,7 +742,7 @@ export const SignedHistoryReset: MessageFns<SignedHistoryReset> = {
 };
 
 function createBaseChange(): Change {
-  return { upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [] };
+  return { upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] };
 }
 
 export const Change: MessageFns<Change> = {
@@ -709,6 +761,9 @@ export const Change: MessageFns<Change> = {
     }
     for (const v of message.serviceDeletes) {
       writer.uint32(42).string(v!);
+    }
+    for (const v of message.policyPatches) {
+      PolicyPatch.encode(v!, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -766,6 +821,14 @@ export const Change: MessageFns<Change> = {
             message.serviceDeletes.push(reader.string());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.policyPatches.push(PolicyPatch.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -793,6 +856,11 @@ export const Change: MessageFns<Change> = {
         : globalThis.Array.isArray(object?.service_deletes)
         ? object.service_deletes.map((e: any) => globalThis.String(e))
         : [],
+      policyPatches: globalThis.Array.isArray(object?.policyPatches)
+        ? object.policyPatches.map((e: any) => PolicyPatch.fromJSON(e))
+        : globalThis.Array.isArray(object?.policy_patches)
+        ? object.policy_patches.map((e: any) => PolicyPatch.fromJSON(e))
+        : [],
     };
   },
 
@@ -813,6 +881,9 @@ export const Change: MessageFns<Change> = {
     if (message.serviceDeletes?.length) {
       obj.serviceDeletes = message.serviceDeletes;
     }
+    if (message.policyPatches?.length) {
+      obj.policyPatches = message.policyPatches.map((e) => PolicyPatch.toJSON(e));
+    }
     return obj;
   },
 
@@ -826,12 +897,268 @@ export const Change: MessageFns<Change> = {
     message.rollouts = object.rollouts?.map((e) => Rollout.fromPartial(e)) || [];
     message.serviceUpserts = object.serviceUpserts?.map((e) => Service.fromPartial(e)) || [];
     message.serviceDeletes = object.serviceDeletes?.map((e) => e) || [];
+    message.policyPatches = object.policyPatches?.map((e) => PolicyPatch.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePolicyPatch(): PolicyPatch {
+  return { metadata: undefined, spec: undefined, baseResourceVersion: 0n, splices: [], resultDigest: Buffer.alloc(0) };
+}
+
+export const PolicyPatch: MessageFns<PolicyPatch> = {
+  encode(message: PolicyPatch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.metadata !== undefined) {
+      ObjectMeta.encode(message.metadata, writer.uint32(10).fork()).join();
+    }
+    if (message.spec !== undefined) {
+      PolicySpec.encode(message.spec, writer.uint32(18).fork()).join();
+    }
+    if (message.baseResourceVersion !== 0n) {
+      if (BigInt.asUintN(64, message.baseResourceVersion) !== message.baseResourceVersion) {
+        throw new globalThis.Error("value provided for field message.baseResourceVersion of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.baseResourceVersion);
+    }
+    for (const v of message.splices) {
+      RuleSplice.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.resultDigest.length !== 0) {
+      writer.uint32(42).bytes(message.resultDigest);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PolicyPatch {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePolicyPatch();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.metadata = ObjectMeta.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.spec = PolicySpec.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.baseResourceVersion = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.splices.push(RuleSplice.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.resultDigest = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PolicyPatch {
+    return {
+      metadata: isSet(object.metadata) ? ObjectMeta.fromJSON(object.metadata) : undefined,
+      spec: isSet(object.spec) ? PolicySpec.fromJSON(object.spec) : undefined,
+      baseResourceVersion: isSet(object.baseResourceVersion)
+        ? BigInt(object.baseResourceVersion)
+        : isSet(object.base_resource_version)
+        ? BigInt(object.base_resource_version)
+        : 0n,
+      splices: globalThis.Array.isArray(object?.splices) ? object.splices.map((e: any) => RuleSplice.fromJSON(e)) : [],
+      resultDigest: isSet(object.resultDigest)
+        ? Buffer.from(bytesFromBase64(object.resultDigest))
+        : isSet(object.result_digest)
+        ? Buffer.from(bytesFromBase64(object.result_digest))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: PolicyPatch): unknown {
+    const obj: any = {};
+    if (message.metadata !== undefined) {
+      obj.metadata = ObjectMeta.toJSON(message.metadata);
+    }
+    if (message.spec !== undefined) {
+      obj.spec = PolicySpec.toJSON(message.spec);
+    }
+    if (message.baseResourceVersion !== 0n) {
+      obj.baseResourceVersion = message.baseResourceVersion.toString();
+    }
+    if (message.splices?.length) {
+      obj.splices = message.splices.map((e) => RuleSplice.toJSON(e));
+    }
+    if (message.resultDigest.length !== 0) {
+      obj.resultDigest = base64FromBytes(message.resultDigest);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PolicyPatch>, I>>(base?: I): PolicyPatch {
+    return PolicyPatch.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PolicyPatch>, I>>(object: I): PolicyPatch {
+    const message = createBasePolicyPatch();
+    message.metadata = (object.metadata !== undefined && object.metadata !== null)
+      ? ObjectMeta.fromPartial(object.metadata)
+      : undefined;
+    message.spec = (object.spec !== undefined && object.spec !== null)
+      ? PolicySpec.fromPartial(object.spec)
+      : undefined;
+    message.baseResourceVersion = (object.baseResourceVersion !== undefined && object.baseResourceVersion !== null)
+      ? BigInt(object.baseResourceVersion)
+      : 0n;
+    message.splices = object.splices?.map((e) => RuleSplice.fromPartial(e)) || [];
+    message.resultDigest = object.resultDigest ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseRuleSplice(): RuleSplice {
+  return { start: 0, deleteCount: 0, rules: [] };
+}
+
+export const RuleSplice: MessageFns<RuleSplice> = {
+  encode(message: RuleSplice, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.start !== 0) {
+      writer.uint32(8).uint32(message.start);
+    }
+    if (message.deleteCount !== 0) {
+      writer.uint32(16).uint32(message.deleteCount);
+    }
+    for (const v of message.rules) {
+      Rule.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RuleSplice {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRuleSplice();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.start = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.deleteCount = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.rules.push(Rule.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RuleSplice {
+    return {
+      start: isSet(object.start) ? globalThis.Number(object.start) : 0,
+      deleteCount: isSet(object.deleteCount)
+        ? globalThis.Number(object.deleteCount)
+        : isSet(object.delete_count)
+        ? globalThis.Number(object.delete_count)
+        : 0,
+      rules: globalThis.Array.isArray(object?.rules) ? object.rules.map((e: any) => Rule.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: RuleSplice): unknown {
+    const obj: any = {};
+    if (message.start !== 0) {
+      obj.start = Math.round(message.start);
+    }
+    if (message.deleteCount !== 0) {
+      obj.deleteCount = Math.round(message.deleteCount);
+    }
+    if (message.rules?.length) {
+      obj.rules = message.rules.map((e) => Rule.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RuleSplice>, I>>(base?: I): RuleSplice {
+    return RuleSplice.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RuleSplice>, I>>(object: I): RuleSplice {
+    const message = createBaseRuleSplice();
+    message.start = object.start ?? 0;
+    message.deleteCount = object.deleteCount ?? 0;
+    message.rules = object.rules?.map((e) => Rule.fromPartial(e)) || [];
     return message;
   },
 };
 
 function createBaseSignedLogEntry(): SignedLogEntry {
-  return { entry: Buffer.alloc(0), signature: Buffer.alloc(0), keyId: "" };
+  return { entry: Buffer.alloc(0), signature: Buffer.alloc(0), keyId: "", format: 0 };
 }
 
 export const SignedLogEntry: MessageFns<SignedLogEntry> = {
@@ -844,6 +1171,9 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
     }
     if (message.keyId !== "") {
       writer.uint32(26).string(message.keyId);
+    }
+    if (message.format !== 0) {
+      writer.uint32(32).uint32(message.format);
     }
     return writer;
   },
@@ -885,6 +1215,14 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
             message.keyId = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.format = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -906,6 +1244,7 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
         : isSet(object.key_id)
         ? globalThis.String(object.key_id)
         : "",
+      format: isSet(object.format) ? globalThis.Number(object.format) : 0,
     };
   },
 
@@ -920,6 +1259,9 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
     if (message.keyId !== "") {
       obj.keyId = message.keyId;
     }
+    if (message.format !== 0) {
+      obj.format = Math.round(message.format);
+    }
     return obj;
   },
 
@@ -931,6 +1273,7 @@ export const SignedLogEntry: MessageFns<SignedLogEntry> = {
     message.entry = object.entry ?? Buffer.alloc(0);
     message.signature = object.signature ?? Buffer.alloc(0);
     message.keyId = object.keyId ?? "";
+    message.format = object.format ?? 0;
     return message;
   },
 };

@@ -313,7 +313,7 @@ export class AgentRuntime {
   // NATS last, in the background: it may be down for a long time; the datapath does not care.
   /** The follower's counters (catch-ups, resyncs, refusals, rejected messages), zero before it starts. */
   get followerStats(): ChainFollowerStats {
-    return this.#follower?.stats ?? { catchUps: 0, resyncs: 0, refusals: 0, rejected: 0, liveApplied: 0, duplicates: 0 };
+    return this.#follower?.stats ?? { catchUps: 0, resyncs: 0, refusals: 0, rejected: 0, liveApplied: 0, duplicates: 0, patchFailures: 0 };
   }
 
   async #sync(booted: Snapshot | undefined): Promise<void> {

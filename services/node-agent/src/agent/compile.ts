@@ -121,22 +121,45 @@ function isStateful(policy: Policy): boolean {
   return policy.spec?.connectionTracking?.stateful === true;
 }
 
+/**
+ * Each rule's spec as compiled last, by the Rule object (rules in the chain are never modified,
+ * and a policy patch carries the unchanged ones over as the same objects): a one-rule change
+ * builds one spec, and the table compiler finds the others already parsed (rule-set.ts).
+ */
+const ruleSpecs = new WeakMap<Rule, { policy: string; stateful: boolean; hash: number; spec: RuleSpec }>();
+
+/** {@link ruleId} of a rule of `policy`, remembered with its spec. */
+function hashOf(rule: Rule, policy: string): number {
+  const known = ruleSpecs.get(rule);
+  return known !== undefined && known.policy === policy ? known.hash : ruleId(policy, rule.priority);
+}
+
+function specOf(rule: Rule, policy: string, hash: number, id: number, stateful: boolean): RuleSpec {
+  const known = ruleSpecs.get(rule);
+  if (known !== undefined && known.policy === policy && known.stateful === stateful && known.spec.id === id) return known.spec;
+  const spec = toRuleSpec(rule, id, stateful);
+  ruleSpecs.set(rule, { policy, stateful, hash, spec });
+  return spec;
+}
+
 function compileRole(policies: Policy[], role: InterfaceRole): CompiledRole {
   const mine = policies.filter((p) => appliesTo(p, role));
   const stateful = new Set(mine.filter(isStateful).map((p) => p.metadata!.name));
   // First match wins: ascending priority, ties broken by policy name, so every node orders the
   // same rules the same way.
-  const rules = mine
-    .flatMap((p) => p.spec!.rules.map((rule) => ({ policy: p.metadata!.name, rule })))
-    .sort((a, b) => a.rule.priority - b.rule.priority || (a.policy < b.policy ? -1 : a.policy > b.policy ? 1 : 0));
+  const order = (a: { policy: string; rule: Rule }, b: { policy: string; rule: Rule }): number => a.rule.priority - b.rule.priority || (a.policy < b.policy ? -1 : a.policy > b.policy ? 1 : 0);
+  const rules = mine.flatMap((p) => p.spec!.rules.map((rule) => ({ policy: p.metadata!.name, rule })));
+  // Usually already in order (one policy, rules by priority): checking is cheaper than sorting.
+  if (rules.some((r, i) => i > 0 && order(rules[i - 1]!, r) > 0)) rules.sort(order);
   if (rules.length > MAX_RULES) throw new CompileError(`${rules.length} ${role} rules select this node; the datapath holds ${MAX_RULES}`);
   const origins = new Map<number, RuleOrigin>();
   const specs = rules.map(({ policy, rule }) => {
-    let id = ruleId(policy, rule.priority);
+    const hash = hashOf(rule, policy);
+    let id = hash;
     // A 32-bit hash can collide; probe deterministically (same input order on every node).
     while (origins.has(id) || id >= EGRESS_RULE_ID) id = id >= EGRESS_RULE_ID ? 0 : id + 1;
     origins.set(id, { policy, priority: rule.priority, ruleName: rule.name });
-    return toRuleSpec(rule, id, stateful.has(policy));
+    return specOf(rule, policy, hash, id, stateful.has(policy));
   });
   // The most restrictive default of the policies that have an opinion.
   const deny = mine.some((p) => p.spec!.defaultAction === Action.ACTION_DENY);

@@ -154,9 +154,13 @@ function compileTablesOnce(spec: RuleSetSpec): TablesSpec {
     }
   }
 
-  // Identical classes share an id; 0 is the empty class.
-  const classIds = new Map<string, number>([['', 0]]);
-  const classes: number[][] = [[]];
+  // Identical classes share an id; 0 is the empty class. An id is a hash of the class's rules
+  // (probed upwards on a collision, in this deterministic order), not its place in the order:
+  // a change to one rule changes the ids of the classes that hold it and no others, so the
+  // tables of two rule sets a rule apart differ in a few entries (the datapath writes only those).
+  const byId = new Map<number, readonly number[]>([[0, []]]);
+  const classes: [number, readonly number[]][] = [[0, []]];
+  const idOf = new Map<readonly number[], number>();
   let classWordCount = 0;
   const lpmKeys = new Uint8Array(prefixes.size * sizes.lpmKey);
   const lpmValues = new Uint8Array(prefixes.size * sizes.classRef);
@@ -164,16 +168,24 @@ function compileTablesOnce(spec: RuleSetSpec): TablesSpec {
   const lpmValueView = new DataView(lpmValues.buffer);
   let entry = 0;
   for (const node of prefixes.values()) {
-    const classKey = node.cls.join(',');
-    let id = classIds.get(classKey);
+    let id = node.cls.length === 0 ? 0 : idOf.get(node.cls);
     if (id === undefined) {
-      id = classes.length;
-      classIds.set(classKey, id);
-      classes.push(node.cls);
-      classWordCount += countWords(node.cls);
-      if (classWordCount > MAX_CLASS_WORDS) {
-        throw new CapacityError('class-words', MAX_CLASS_WORDS, classWordCount, 'too many rules share nested prefixes or overlapping port ranges; merge rules or flatten prefixes');
+      id = classHash(node.cls);
+      for (;;) {
+        const held = byId.get(id);
+        if (held === undefined) {
+          byId.set(id, node.cls);
+          classes.push([id, node.cls]);
+          classWordCount += countWords(node.cls);
+          if (classWordCount > MAX_CLASS_WORDS) {
+            throw new CapacityError('class-words', MAX_CLASS_WORDS, classWordCount, 'too many rules share nested prefixes or overlapping port ranges; merge rules or flatten prefixes');
+          }
+          break;
+        }
+        if (sameRules(held, node.cls)) break;
+        id = id === 0xffff_ffff ? 1 : id + 1;
       }
+      idOf.set(node.cls, id);
     }
     const keyOffset = entry * sizes.lpmKey;
     lpmKeyView.setUint32(keyOffset, 8 + node.length, true);
@@ -195,7 +207,7 @@ function compileTablesOnce(spec: RuleSetSpec): TablesSpec {
   const wordKeyView = new DataView(wordKeys.buffer);
   const wordValueView = new DataView(wordValues.buffer);
   let word = 0;
-  classes.forEach((cls, id) => {
+  classes.forEach(([id, cls]) => {
     let current = -1;
     for (const rule of cls) {
       const w = rule >> 6;
@@ -366,6 +378,23 @@ function mergeSorted(a: readonly number[], b: readonly number[]): number[] {
     out.push(next);
   }
   return out;
+}
+
+/** A class's id: FNV-1a over its rule indexes, never 0 (the empty class's). */
+function classHash(rules: readonly number[]): number {
+  let h = 0x811c9dc5;
+  for (const rule of rules) {
+    h = Math.imul(h ^ (rule & 0xffff), 0x01000193);
+    h = Math.imul(h ^ (rule >>> 16), 0x01000193);
+  }
+  return h >>> 0 || 1;
+}
+
+function sameRules(a: readonly number[], b: readonly number[]): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 function countWords(sortedRules: readonly number[]): number {

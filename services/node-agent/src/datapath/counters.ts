@@ -49,6 +49,30 @@ export class CounterTables {
   }
 
   /**
+   * Moves what the given slots of `generation` counted into ep_carry under their rule ids
+   * (`ruleIds` as in {@link fold}) and zeroes them: for the few slots whose rule changes when a
+   * generation is updated in place (the others keep counting for the same rule). One lookup per
+   * slot; for many slots, fold() and zero() read and write the generation in batches.
+   */
+  moveSlots(generation: number, ruleIds: readonly number[], slots: readonly number[]): void {
+    const entries: [number, CodecValue<typeof epCounter>][] = [];
+    const zero = new Uint8Array(epCounter.size);
+    for (const slot of slots) {
+      const key = u32Bytes(generation * RULE_SLOTS + slot);
+      const perCpu = this.#counters.getPerCpu(key) ?? [];
+      const counted = sumPerCpu(perCpu);
+      // Rule ids are unique within a generation: one carry entry per slot at most.
+      if (counted.packets !== 0 || counted.bytes !== 0) {
+        const id = slotRuleId(ruleIds, slot);
+        const previous = this.#carry.get(id) ?? { packets: 0n, bytes: 0n };
+        entries.push([id, { packets: previous.packets + BigInt(counted.packets), bytes: previous.bytes + BigInt(counted.bytes) }]);
+      }
+      this.#counters.setPerCpu(key, perCpu.map(() => zero));
+    }
+    if (entries.length > 0) this.#carry.setBatch(entries);
+  }
+
+  /**
    * Counters of slots 0..count-1 of `generation`, summed over CPUs, read with one batch lookup.
    * @returns one Counter per slot (slot 0: the default action).
    */

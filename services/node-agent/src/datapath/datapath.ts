@@ -61,6 +61,13 @@ export interface ApplyResult {
    * 'unchanged': they are already live.
    */
   readonly mode: 'installed' | 'switched' | 'unchanged';
+  /**
+   * ('installed' by the eBPF datapath.) 'updated': the idle generation held tables this process
+   * wrote, and only their difference to the new ones was written (entries added, changed and
+   * removed; the load-balancing tables left alone when they are the same); 'rebuilt': its
+   * tables were written whole, in fresh inner maps.
+   */
+  readonly write?: 'updated' | 'rebuilt';
   readonly ruleCount: number;
   /** Distinct field classes, LPM entries and class words of the compiled tables. */
   readonly classCount: number;

@@ -25,7 +25,7 @@ import {
   type TcFilterId,
 } from 'libbpf-ts';
 import { createHash } from 'node:crypto';
-import { compileTables, genFlags, RULE_SLOTS, sizes, WILD_COUNT, type TablesSpec } from './compile-tables.js';
+import { compileTables, genFlags, RULE_SLOTS, sizes, WILD_COUNT, type MapEntriesSpec, type TablesSpec } from './compile-tables.js';
 import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type ConnectionFilter, type ConntrackConfig, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import { ConntrackTables } from './conntrack-tables.js';
 import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement } from './conntrack-upgrade.js';
@@ -173,6 +173,12 @@ export class EbpfDatapath implements Datapath {
   /** The epoch of the latest apply (ep_gen_cfg), never 0 once applied. */
   #epoch: number;
   readonly #ruleIds: [number[] | undefined, number[] | undefined] = [undefined, undefined];
+  /**
+   * What each generation holds, as this process wrote it (undefined: not known, e.g. after a
+   * restart or a failed write: the next apply there writes it whole). Kept to update the idle
+   * generation by difference; trusted only while its fingerprint is the one in ep_meta.
+   */
+  readonly #held: [HeldGeneration | undefined, HeldGeneration | undefined] = [undefined, undefined];
   #barrierPending = true;
   #closed = false;
 
@@ -390,21 +396,35 @@ export class EbpfDatapath implements Datapath {
       this.#switchTo(target);
       return { generation: target, mode: 'switched', ...summary };
     }
+    // The idle generation holds revision N-1's tables as this process wrote them: write only
+    // what differs (bpf/README.md, "Generations and the switch": no packet reads it after the
+    // barrier). Anything else (a restart, a failed write, tables too different): whole.
+    const held = this.#held[target];
+    const known = targetMeta.valid && held !== undefined && equalBytes(held.fingerprint, targetMeta.fingerprint) ? held : undefined;
+    let write: 'updated' | 'rebuilt' = 'rebuilt';
     try {
       this.#barrier();
+      // Its rule ids, read before the generation is marked invalid (which forgets them).
+      const targetIds = targetMeta.valid ? this.#generationRuleIds(target, targetMeta.ruleCount) : [];
       this.#writeMeta(target, 0, false, new Uint8Array(32));
-      if (targetMeta.valid) this.#counters.fold(target, this.#generationRuleIds(target, targetMeta.ruleCount));
-      this.#install(target, tables);
-      this.#installLb(target, lbTables);
+      this.#held[target] = undefined;
+      let room = known && this.#update(target, known, tables, targetIds);
+      if (room) write = 'updated';
+      else {
+        if (targetMeta.valid) this.#counters.fold(target, targetIds);
+        room = this.#install(target, tables);
+      }
+      if (!known || !equalBytes(known.lbFingerprint, lbTables.fingerprint)) this.#installLb(target, lbTables);
       this.#writeMeta(target, tables.ruleCount, true, fingerprint);
       this.#ruleIds[target] = [...tables.ruleIds];
+      this.#held[target] = { tables, lbFingerprint: lbTables.fingerprint, fingerprint, ...room };
       this.#counters.pruneCarry(new Set([...tables.ruleIds, ...this.#generationRuleIds(active), DEFAULT_RULE_ID]));
     } catch (cause) {
       throw new DatapathError(`apply rules=${tables.ruleCount} services=${lbTables.vip.count} generation=${target}`, { cause });
     }
     this.#writeGenCfg(target, flags);
     this.#switchTo(target);
-    return { generation: target, mode: 'installed', ...summary };
+    return { generation: target, mode: 'installed', write, ...summary };
   }
 
   /** What one generation of the load-balancing maps holds: half of each map, as loaded. */
@@ -714,13 +734,16 @@ export class EbpfDatapath implements Datapath {
     this.#barrierPending = false;
   }
 
-  #install(generation: number, tables: TablesSpec): void {
+  // Writes `tables` whole into `generation`: its counters zeroed, its rules and wildcard vectors,
+  // and fresh inner maps (with room for later updates in place) swapped into the outer maps.
+  #install(generation: number, tables: TablesSpec): InnerRoom {
     // One bpf_map_update_batch zeroes every slot the new rule set uses (one syscall, not one per slot).
     this.#counters.zero(generation, tables.ruleCount);
     writeArray(this.#maps.ep_rules, generation * RULE_SLOTS, tables.rules, sizes.rule);
     writeArray(this.#maps.ep_wild, generation * WILD_COUNT, tables.wild, sizes.bitvec);
-    const lpm = BpfMap.create({ type: 'lpm_trie', name: 'ep_lpm_in', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: Math.max(1, tables.lpm.count), flags: 1 /* BPF_F_NO_PREALLOC */ });
-    const words = BpfMap.create({ type: 'hash', name: 'ep_cwords_in', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: Math.max(1, tables.classWords.count) });
+    const room = { lpmCapacity: withRoom(tables.lpm.count), wordsCapacity: withRoom(tables.classWords.count) };
+    const lpm = BpfMap.create({ type: 'lpm_trie', name: 'ep_lpm_in', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: room.lpmCapacity, flags: 1 /* BPF_F_NO_PREALLOC */ });
+    const words = BpfMap.create({ type: 'hash', name: 'ep_cwords_in', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: room.wordsCapacity });
     try {
       writeEntries(lpm, tables.lpm);
       writeEntries(words, tables.classWords);
@@ -731,11 +754,49 @@ export class EbpfDatapath implements Datapath {
       lpm.close();
       words.close();
     }
+    return room;
+  }
+
+  /**
+   * Turns `generation`'s tables from `held` into `tables` by writing their difference: rule slots
+   * and wildcard vectors that differ, inner-map entries added, changed and deleted in the inner
+   * maps it holds. Counters: a slot whose rule id stays keeps counting for it (readCounters sums
+   * generations and carry by id, so the totals are a whole install's); a slot whose rule id
+   * changes, or that the new rule set no longer uses, has its count moved to the carry under the
+   * old id and is zeroed, as a whole install does for every slot.
+   * @param heldIds the rule ids of the generation's slots 1.. now.
+   * @returns the inner maps' room, or undefined (nothing written) when they cannot hold the new
+   * tables or the difference is so large that a whole install writes less.
+   */
+  #update(generation: number, held: HeldGeneration, tables: TablesSpec, heldIds: readonly number[]): InnerRoom | undefined {
+    const lpm = diffEntries(held.tables.lpm, tables.lpm);
+    const words = diffEntries(held.tables.classWords, tables.classWords);
+    const fits = (d: EntriesDiff, count: number, capacity: number): boolean => count <= capacity && d.deletes.length + d.updates.length <= Math.max(1024, count / 2);
+    if (!fits(lpm, tables.lpm.count, held.lpmCapacity) || !fits(words, tables.classWords.count, held.wordsCapacity)) return undefined;
+    const moved: number[] = [];
+    for (let slot = 1; slot <= Math.max(heldIds.length, tables.ruleIds.length); slot++) if (heldIds[slot - 1] !== tables.ruleIds[slot - 1]) moved.push(slot);
+    if (moved.length > MAX_MOVED_SLOTS) return undefined;
+    this.#counters.moveSlots(generation, heldIds, moved);
+    writeChanged(this.#maps.ep_rules, generation * RULE_SLOTS, held.tables.rules, tables.rules, sizes.rule);
+    writeChanged(this.#maps.ep_wild, generation * WILD_COUNT, held.tables.wild, tables.wild, sizes.bitvec);
+    for (const [outer, diff] of [[this.#maps.ep_lpm, lpm], [this.#maps.ep_cwords, words]] as const) {
+      const id = outer.get(u32Bytes(generation));
+      if (id === undefined) throw new DatapathError(`update generation=${generation}: ${outer.name} holds no inner map`);
+      const inner = BpfMap.fromId(u32Codec.decode(id));
+      try {
+        for (const key of diff.deletes) inner.delete(key);
+        if (diff.updates.length > 0) inner.setBatch(diff.updates.map(([key]) => key), diff.updates.map(([, value]) => value));
+      } finally {
+        inner.close();
+      }
+    }
+    return { lpmCapacity: held.lpmCapacity, wordsCapacity: held.wordsCapacity };
   }
 
   // Generation `generation`'s load-balancing tables (LB.md, "Apply and the switch"): its stale VIP
   // entries deleted, then its backends, slot blocks and VIP entries written with batch updates.
-  // The whole generation is rewritten (LB.md's per-service "writing little" is not built yet).
+  // The whole generation is rewritten (LB.md's per-service "writing little" is not built yet;
+  // apply() skips this when the generation already holds the same layout).
   #installLb(generation: number, lb: LbTablesSpec): void {
     const cfg = this.#lbCfg();
     const wanted = new Set<string>();
@@ -794,6 +855,116 @@ export class EbpfDatapath implements Datapath {
     this.#meta.set(generation, { ruleCount, valid: valid ? 1 : 0, fingerprint });
     if (!valid) this.#ruleIds[generation] = undefined;
   }
+}
+
+/** Entries an inner map holds (max_entries) beyond the tables written whole into it. */
+interface InnerRoom {
+  readonly lpmCapacity: number;
+  readonly wordsCapacity: number;
+}
+
+/** What one generation holds, as this process wrote it. */
+interface HeldGeneration extends InnerRoom {
+  readonly tables: TablesSpec;
+  readonly lbFingerprint: Uint8Array;
+  /** As in ep_meta: the tables' and the load-balancing layout's together. */
+  readonly fingerprint: Uint8Array;
+}
+
+/**
+ * max_entries of an inner map written whole with `count` entries: 1/8 more (at least 64), so
+ * that later changes fit in place. The LPM trie allocates per entry (BPF_F_NO_PREALLOC); the
+ * class-word hash must match its template's flags (ep_maps.h: preallocated), so its room costs
+ * about 1/8 more of its kernel memory.
+ */
+function withRoom(count: number): number {
+  return count + Math.max(64, Math.ceil(count / 8));
+}
+
+/** What turns one set of map entries into another: keys to delete, entries to write. */
+interface EntriesDiff {
+  readonly deletes: Uint8Array[];
+  readonly updates: [Uint8Array, Uint8Array][];
+}
+
+/**
+ * The difference between two compiled entry sets (MapEntriesSpec), linear in their size: the
+ * compiler emits entries in a stable order, so the two lists are walked side by side (an entry
+ * inserted or dropped is stepped over by looking a few entries ahead) and only entries left
+ * unmatched are matched by key.
+ */
+export function diffEntries(before: MapEntriesSpec, after: MapEntriesSpec): EntriesDiff {
+  const k = after.keySize;
+  const v = after.valueSize;
+  const same = (a: Uint8Array, ai: number, b: Uint8Array, bi: number, size: number): boolean => {
+    for (let i = 0; i < size; i++) if (a[ai + i] !== b[bi + i]) return false;
+    return true;
+  };
+  const sameKey = (i: number, j: number): boolean => same(before.keys, i * k, after.keys, j * k, k);
+  const sameValue = (i: number, j: number): boolean => same(before.values, i * v, after.values, j * v, v);
+  const removed: number[] = [];
+  const added: number[] = [];
+  const changed: number[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < before.count && j < after.count) {
+    if (sameKey(i, j)) {
+      if (!sameValue(i, j)) changed.push(j);
+      i++;
+      j++;
+      continue;
+    }
+    let stepped = false;
+    for (let d = 1; d <= LOOKAHEAD && !stepped; d++) {
+      if (i + d < before.count && sameKey(i + d, j)) {
+        for (let x = 0; x < d; x++) removed.push(i + x);
+        i += d;
+        stepped = true;
+      } else if (j + d < after.count && sameKey(i, j + d)) {
+        for (let x = 0; x < d; x++) added.push(j + x);
+        j += d;
+        stepped = true;
+      }
+    }
+    if (!stepped) {
+      removed.push(i++);
+      added.push(j++);
+    }
+  }
+  while (i < before.count) removed.push(i++);
+  while (j < after.count) added.push(j++);
+  // What was stepped over may have moved rather than gone: match it by key.
+  const keyText = (spec: MapEntriesSpec, at: number): string => Buffer.from(spec.keys.buffer, spec.keys.byteOffset + at * k, k).toString('latin1');
+  const gone = new Map<string, number>(removed.map((at) => [keyText(before, at), at]));
+  for (const at of added) {
+    const name = keyText(after, at);
+    const was = gone.get(name);
+    gone.delete(name);
+    if (was === undefined || !sameValue(was, at)) changed.push(at);
+  }
+  const entry = (at: number): [Uint8Array, Uint8Array] => [after.keys.subarray(at * k, (at + 1) * k), after.values.subarray(at * v, (at + 1) * v)];
+  return { deletes: [...gone.values()].map((at) => before.keys.subarray(at * k, (at + 1) * k)), updates: changed.map(entry) };
+}
+
+/** Counter slots an update in place moves one by one; more: the generation is written whole (batches). */
+const MAX_MOVED_SLOTS = 4096;
+
+/** How far diffEntries looks ahead for an entry inserted or dropped. */
+const LOOKAHEAD = 16;
+
+/** Writes the `size`-byte slots of `after` that differ from `before` (or that `before` lacks) at first + slot. */
+function writeChanged(map: BpfMap, first: number, before: Uint8Array, after: Uint8Array, size: number): void {
+  const keys: Uint8Array[] = [];
+  const values: Uint8Array[] = [];
+  for (let slot = 0; slot * size < after.length; slot++) {
+    const at = slot * size;
+    let same = at + size <= before.length;
+    for (let i = 0; same && i < size; i++) same = before[at + i] === after[at + i];
+    if (same) continue;
+    keys.push(u32Bytes(first + slot));
+    values.push(after.subarray(at, at + size));
+  }
+  if (keys.length > 0) map.setBatch(keys, values);
 }
 
 const ingressFilter: TcFilterId = { direction: 'ingress', handle: TC_HANDLE, priority: TC_PRIORITY };

@@ -110,6 +110,13 @@ export type Classification =
 export const protocolNumbers: Readonly<Record<Exclude<RuleProtocol, 'any'>, number>> = { tcp: 6, udp: 17, icmp: 1, icmpv6: 58 };
 
 /**
+ * Rules already checked and parsed, by the RuleSpec object (specs are inputs, never changed after
+ * they were compiled): the agent carries a rule's spec from revision to revision while the rule
+ * does not change, so a one-rule change parses one rule. Weak: nothing is kept alive for it.
+ */
+const normalized = new WeakMap<RuleSpec, NormalizedRule>();
+
+/**
  * Checks a rule set and parses its prefixes.
  * @returns the normalized rule set (a new object; the input is not modified).
  * @throws RuleSetError naming the first bad field; CapacityError for more than MAX_RULES rules.
@@ -129,6 +136,8 @@ export function validateRuleSet(spec: RuleSetSpec): NormalizedRuleSet {
     }
     if (ids.has(rule.id)) throw new RuleSetError(`${at}.id`, `duplicate rule id ${rule.id}`);
     ids.add(rule.id);
+    const known = normalized.get(rule);
+    if (known !== undefined && known.id === rule.id) return known.index === index ? known : { ...known, index };
     const cidrs = (list: readonly string[], field: string): Cidr[] | null => {
       if (list.length === 0) return null;
       return list.map((text, i) => {
@@ -165,7 +174,9 @@ export function validateRuleSet(spec: RuleSetSpec): NormalizedRuleSet {
       rateLimit = { pps: rate.pps, burst: rate.burst };
     }
     const track = flag(rule.track, `${at}.track`);
-    return { index, id: rule.id, src: cidrs(rule.srcCidrs, 'srcCidrs'), dst: cidrs(rule.dstCidrs, 'dstCidrs'), protocol, ports, action: rule.action, rateLimit, track };
+    const result: NormalizedRule = { index, id: rule.id, src: cidrs(rule.srcCidrs, 'srcCidrs'), dst: cidrs(rule.dstCidrs, 'dstCidrs'), protocol, ports, action: rule.action, rateLimit, track };
+    normalized.set(rule, result);
+    return result;
   });
   return {
     rules,

@@ -1,0 +1,113 @@
+// Policies as patches against the version the log holds (Change.policy_patches, log format 2):
+// the one implementation the controller (to write them) and every follower (to apply them) use.
+import { createHash } from 'node:crypto';
+import { Policy, Rule } from '../gen/edgeplane/v1/policy.js';
+import type { PolicyPatch, RuleSplice } from '../gen/edgeplane/v1/log.js';
+import { PatchError } from './errors.js';
+import { MAX_SPLICES_PER_PATCH, POLICY_DIGEST_CHUNK_RULES } from './limits.js';
+
+/** Chunk hashes of a policy's rules, by the policy object (policies in a chain are never modified). */
+const digests = new WeakMap<Policy, { rules: readonly Rule[]; chunks: Uint8Array[]; digest: Uint8Array }>();
+
+function ruleChunkHash(rules: readonly Rule[], from: number): Uint8Array {
+  const hash = createHash('sha256');
+  const length = new Uint8Array(4);
+  const view = new DataView(length.buffer);
+  for (let i = from; i < Math.min(rules.length, from + POLICY_DIGEST_CHUNK_RULES); i++) {
+    const bytes = Rule.encode(rules[i]!).finish();
+    view.setUint32(0, bytes.length, true);
+    hash.update(length);
+    hash.update(bytes);
+  }
+  return new Uint8Array(hash.digest());
+}
+
+/**
+ * The digest a policy patch carries of its result (PolicyPatch.result_digest): SHA-256 over the
+ * policy without its rules (encoded) and the SHA-256 of each chunk of POLICY_DIGEST_CHUNK_RULES
+ * rules (each rule length-prefixed and encoded). Chunks are remembered per policy object, and
+ * when `previous` (a policy this one was patched from) holds the very same rule objects at the
+ * same places, its chunk hashes are taken: a one-rule change rehashes one chunk, not 65,536 rules.
+ * Policies given must not be modified afterwards. Pure but for that cache (weak: nothing is kept
+ * alive for it).
+ * @returns 32 bytes; the caller must not modify them.
+ */
+export function policyDigest(policy: Policy, previous?: Policy): Uint8Array {
+  const have = digests.get(policy);
+  const rules = policy.spec?.rules ?? [];
+  if (have !== undefined && have.rules === rules) return have.digest;
+  const before = previous === undefined ? undefined : digests.get(previous);
+  const chunks: Uint8Array[] = [];
+  for (let from = 0, c = 0; from < rules.length; from += POLICY_DIGEST_CHUNK_RULES, c++) {
+    const old = before?.chunks[c];
+    const end = Math.min(rules.length, from + POLICY_DIGEST_CHUNK_RULES);
+    // The previous policy's chunk c stands for this one only if it covers the same rule objects.
+    let same = old !== undefined && Math.min(before!.rules.length, from + POLICY_DIGEST_CHUNK_RULES) === end;
+    for (let i = from; same && i < end; i++) same = before!.rules[i] === rules[i];
+    chunks.push(same ? old! : ruleChunkHash(rules, from));
+  }
+  const hash = createHash('sha256');
+  hash.update('edgeplane policy digest 1\n');
+  hash.update(Policy.encode({ metadata: policy.metadata, spec: policy.spec ? { ...policy.spec, rules: [] } : undefined }).finish());
+  hash.update(new Uint8Array(new Uint32Array([rules.length]).buffer));
+  for (const chunk of chunks) hash.update(chunk);
+  const digest = new Uint8Array(hash.digest());
+  digests.set(policy, { rules, chunks, digest });
+  return digest;
+}
+
+/**
+ * Applies `patch` to `base`: the result has the patch's metadata, its spec but for the rules,
+ * and the base's rules with the splices applied (the rule objects the base and the patch hold,
+ * not copies: the base must not be modified afterwards). One pass over the base's rules.
+ * @returns a new Policy the caller owns (its rules are shared, read-only).
+ * @throws PatchError if base is not at patch.base_resource_version, a splice is out of range,
+ * out of order or overlapping, there are more than MAX_SPLICES_PER_PATCH, or the result's
+ * digest is not patch.result_digest.
+ */
+export function applyPolicyPatch(base: Policy | undefined, patch: PolicyPatch): Policy {
+  const name = patch.metadata?.name ?? '';
+  if (base === undefined) throw new PatchError(`patch policy ${JSON.stringify(name.slice(0, 64))}: no base held (it names version ${patch.baseResourceVersion})`);
+  const version = base.metadata?.resourceVersion ?? 0n;
+  if (version !== patch.baseResourceVersion) throw new PatchError(`patch policy ${name}: the base held is version ${version}, the patch applies to ${patch.baseResourceVersion}`);
+  if (patch.splices.length > MAX_SPLICES_PER_PATCH) throw new PatchError(`patch policy ${name}: ${patch.splices.length} splices; at most ${MAX_SPLICES_PER_PATCH}`);
+  const from = base.spec?.rules ?? [];
+  const rules: Rule[] = [];
+  let at = 0;
+  for (const [i, s] of patch.splices.entries()) {
+    if (s.start < at || s.start + s.deleteCount > from.length) throw new PatchError(`patch policy ${name}: splices[${i}] (start ${s.start}, delete ${s.deleteCount}) is out of order or beyond the base's ${from.length} rules`);
+    for (let r = at; r < s.start; r++) rules.push(from[r]!);
+    for (const rule of s.rules) rules.push(rule);
+    at = s.start + s.deleteCount;
+  }
+  for (let r = at; r < from.length; r++) rules.push(from[r]!);
+  const result: Policy = { metadata: patch.metadata, spec: patch.spec ? { ...patch.spec, rules } : undefined };
+  const digest = policyDigest(result, base);
+  if (!equalBytes(digest, patch.resultDigest)) throw new PatchError(`patch policy ${name}: the result's digest does not match the patch's (the base held differs from the writer's)`);
+  return result;
+}
+
+/**
+ * The patch that turns `base` into `next` (one splice: from the first to the last rule that
+ * differs, compared by their encoded bytes), or undefined when `next` has no spec or no base.
+ * `next` must carry its final metadata (resource_version included): the digest covers it.
+ * @returns a new PolicyPatch the caller owns; its rules are `next`'s rule objects.
+ */
+export function policyPatchOf(base: Policy, next: Policy): PolicyPatch | undefined {
+  if (!next.spec || !base.spec || base.metadata === undefined) return undefined;
+  const a = base.spec.rules;
+  const b = next.spec.rules;
+  const same = (i: number, j: number): boolean => equalBytes(Rule.encode(a[i]!).finish(), Rule.encode(b[j]!).finish());
+  let head = 0;
+  while (head < a.length && head < b.length && same(head, head)) head++;
+  let tail = 0;
+  while (tail < a.length - head && tail < b.length - head && same(a.length - 1 - tail, b.length - 1 - tail)) tail++;
+  const splices: RuleSplice[] = head === a.length && head === b.length ? [] : [{ start: head, deleteCount: a.length - head - tail, rules: b.slice(head, b.length - tail) }];
+  return { metadata: next.metadata, spec: { ...next.spec, rules: [] }, baseResourceVersion: base.metadata.resourceVersion, splices, resultDigest: Buffer.from(policyDigest(next)) };
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
