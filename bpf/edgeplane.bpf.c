@@ -18,6 +18,9 @@ int edge_xdp(struct xdp_md *ctx)
 	struct ep_nat nat;
 	if (ep_datapath(data, data_end, data_end - data, EP_HOOK_POLICY, &nat) == EP_DROP)
 		return XDP_DROP;
+	/* A DSR or full-NAT flow (include/ep_lb_modes.h). */
+	if (nat.op == EP_NAT_LB)
+		return ep_xdp_lb(ctx);
 	/* A load-balanced flow: DNAT to its backend (the parser saw every byte the rewrite
 	 * touches, so it cannot fail on a frame it passed). */
 	if (nat.op != EP_NAT_NONE && ep_xdp_nat(ctx, &nat) < 0)
@@ -48,6 +51,8 @@ int edge_tc(struct __sk_buff *skb)
 	struct ep_nat nat;
 	if (ep_datapath(data, data_end, len, EP_HOOK_POLICY, &nat) == EP_DROP)
 		return EP_TC_ACT_SHOT;
+	if (nat.op == EP_NAT_LB)
+		return ep_tc_lb(skb);
 	/* An uplink in --xdp-mode tc: DNAT of a load-balanced flow (workloads have no services). */
 	if (nat.op != EP_NAT_NONE && ep_tc_nat(skb, &nat) < 0)
 		return EP_TC_ACT_SHOT;
@@ -67,7 +72,9 @@ int edge_tc_egress(struct __sk_buff *skb)
 	struct ep_nat nat;
 	ep_datapath(data, data_end, len, EP_HOOK_EGRESS, &nat);
 	/* A reply of a load-balanced flow: its source becomes the VIP. */
-	if (nat.op != EP_NAT_NONE)
+	if (nat.op == EP_NAT_LB)
+		ep_tc_lb(skb);
+	else if (nat.op != EP_NAT_NONE)
 		ep_tc_nat(skb, &nat);
 	return EP_TC_ACT_OK;
 }
