@@ -335,25 +335,31 @@ static __noinline int ep_lb_select(const struct ep_pkt *p, __u32 gen, struct ep_
 static __noinline void ep_lb_create_rev(const struct ep_pkt *p, const struct ep_ct_nat *be, __u32 rule_id, __u32 epoch,
 					__u64 now)
 {
-	struct ep_ct_key kb;
-	__u32 client_b = ep_ct_key_make(&kb, p->family, p->proto, p->src, p->sport, be->addr, bpf_ntohs(be->port), false, false);
-	struct ep_ct_entry e = {};
-	e.expires_ns = ~0ULL;
-	e.created_ns = now;
-	e.rule_id = rule_id;
-	e.epoch = epoch;
-	e.state = p->proto == EP_IPPROTO_UDP ? EP_CT_UDP : EP_CT_SYN_SENT;
-	e.flags = client_b ? EP_CT_F_ORIG_B : 0;
-	__builtin_memcpy(e.nat.addr, p->dst, 16);
-	e.nat.port = bpf_htons(p->dport);
-	e.nat.flags = EP_CT_NAT_REVNAT;
-	e.nat.svc_id = be->svc_id;
+	/* Key and entry in the per-CPU ep_lb_alloc, not on the stack (layout 5's entry is 112 bytes). */
+	__u32 zero = 0;
+	struct ep_lb_alloc *a = bpf_map_lookup_elem(&ep_lb_alloc, &zero);
+	if (!a)
+		return;
+	struct ep_ct_key *kb = &a->k;
+	struct ep_ct_entry *e = &a->e;
+	__u32 client_b = ep_ct_key_make(kb, p->family, p->proto, p->src, p->sport, be->addr, bpf_ntohs(be->port), false, false);
+	__builtin_memset(e, 0, sizeof(*e));
+	e->expires_ns = ~0ULL;
+	e->created_ns = now;
+	e->rule_id = rule_id;
+	e->epoch = epoch;
+	e->state = p->proto == EP_IPPROTO_UDP ? EP_CT_UDP : EP_CT_SYN_SENT;
+	e->flags = client_b ? EP_CT_F_ORIG_B : 0;
+	__builtin_memcpy(e->nat.addr, p->dst, 16);
+	e->nat.port = bpf_htons(p->dport);
+	e->nat.flags = EP_CT_NAT_REVNAT;
+	e->nat.svc_id = be->svc_id;
 	/* The tuple client:cport <-> backend:bport is this flow's now (the backend can hold one
 	 * connection on it): a B left in ep_ct by an earlier flow on it (closed, through another VIP
 	 * or before a port reuse) would be found first and reverse-NAT this flow's replies from that
 	 * flow's VIP until its S expired. */
-	bpf_map_delete_elem(&ep_ct, &kb);
-	if (bpf_map_update_elem(&ep_ct_new, &kb, &e, BPF_ANY) != 0)
+	bpf_map_delete_elem(&ep_ct, kb);
+	if (bpf_map_update_elem(&ep_ct_new, kb, e, BPF_ANY) != 0)
 		ep_ct_stat(EP_CT_STAT_INSERT_FAILED, 0);
 }
 

@@ -35,6 +35,8 @@
 #define EP_IPPROTO_IPV6 41
 #define EP_LB_L2_COPY   24 /* bytes moved to the front by an XDP encapsulation: Ethernet + 2 VLAN tags fit */
 
+#define EP_ICMP_TOOBIG_QUOTE 48 /* bytes of the offending packet an ICMP too-big quotes: an IPv6 header + 8, or IPv4 + 28 */
+
 enum ep_lb_xlat_op { EP_LB_X_NONE, EP_LB_X_ENCAP, EP_LB_X_FULLNAT };
 
 /* What the hook writes for a DSR or full-NAT packet (per CPU: XDP and TC programs do not nest on
@@ -48,6 +50,12 @@ struct ep_lb_xlat {
 	__u16 pad;
 	__u8 src[16];         /* EP_LB_X_ENCAP: outer source and destination */
 	__u8 dst[16];
+	/* The hook's buffers (here rather than on a stack the classifier's call chain fills). */
+	__u8 inner[40];       /* the packet's IP header */
+	__u8 hdr[40];         /* the header being written */
+	__u8 l2[EP_LB_L2_COPY];
+	__u8 quote[EP_ICMP_TOOBIG_QUOTE];
+	__u8 icmp[8];
 };
 
 /* Scratch of a full-NAT allocation: the reverse entry being made and its key (off the stack). */
@@ -234,22 +242,20 @@ static __always_inline bool ep_lb_no_frag(__u8 family, const __u8 *inner)
 	return family != 4 || (inner[6] & 0x40);
 }
 
-#define EP_ICMP_TOOBIG_QUOTE 48 /* bytes of the offending packet an ICMP too-big quotes: an IPv6 header + 8, or IPv4 + 28 */
 
 /* XDP: answers the frame (whose IP header is at `l3`, `inner` its first 40 bytes) with an ICMP
  * frag-needed (IPv4, type 3 code 4) or packet-too-big (IPv6, type 2) from its destination (the
  * VIP) to its source, quoting its first 48 bytes of IP, with MTU `mtu` - the encapsulation's
  * overhead: the frame becomes that ICMP message, Ethernet addresses swapped, and goes back out
  * (XDP_TX). Katran's send_icmp_too_big, through the load/store helpers. Returns the XDP action. */
-static __noinline int ep_xdp_too_big(struct xdp_md *ctx, __u32 l3, __u32 family, __u32 mtu)
+static __noinline int ep_xdp_too_big(struct xdp_md *ctx, struct ep_lb_xlat *x, __u32 mtu)
 {
-	__u8 ip[40];
-	__u8 l2[EP_LB_L2_COPY];
-	__u8 quote[EP_ICMP_TOOBIG_QUOTE];
-	__u8 icmp[8] = {};
+	__u8 *ip = x->hdr, *l2 = x->l2, *quote = x->quote, *icmp = x->icmp;
+	__u32 l3 = x->l3_off, family = x->family;
+	__builtin_memset(icmp, 0, 8);
 	__u32 hlen = family == 4 ? 20 : 40;
 	__u32 len = ctx->data_end - ctx->data;
-	if (l3 > EP_LB_L2_COPY - 12 || len < l3 + EP_ICMP_TOOBIG_QUOTE)
+	if (l3 > EP_LB_L2_COPY - 2 || len < l3 + EP_ICMP_TOOBIG_QUOTE)
 		return XDP_DROP;
 	if (bpf_xdp_load_bytes(ctx, 0, l2, EP_LB_L2_COPY) || bpf_xdp_load_bytes(ctx, l3, quote, EP_ICMP_TOOBIG_QUOTE))
 		return XDP_DROP;
@@ -338,11 +344,9 @@ static __noinline int ep_xdp_too_big(struct xdp_md *ctx, __u32 l3, __u32 family,
 }
 
 /* XDP: encapsulates the frame as `x` says (EP_LB_X_ENCAP). Returns the XDP action. */
-static __noinline int ep_xdp_encap(struct xdp_md *ctx, const struct ep_lb_xlat *x)
+static __noinline int ep_xdp_encap(struct xdp_md *ctx, struct ep_lb_xlat *x)
 {
-	__u8 inner[40];
-	__u8 l2[EP_LB_L2_COPY];
-	__u8 hdr[40];
+	__u8 *inner = x->inner, *l2 = x->l2, *hdr = x->hdr;
 	__u32 l3 = x->l3_off;
 	__u32 family = x->family;
 	__u32 hlen = family == 4 ? 20 : 40;
@@ -352,7 +356,7 @@ static __noinline int ep_xdp_encap(struct xdp_md *ctx, const struct ep_lb_xlat *
 	__u32 mtu = x->mtu;
 	if (mtu && inner_len + hlen > mtu) {
 		if (ep_lb_no_frag(family, inner))
-			return ep_xdp_too_big(ctx, l3, family, mtu - hlen);
+			return ep_xdp_too_big(ctx, x, mtu - hlen);
 		/* IPv4 without DF: the outer header has no DF either; the stack fragments it. */
 	}
 	ep_lb_outer(x, inner, inner_len, hdr);
@@ -398,8 +402,7 @@ static __noinline int ep_tc_lb(struct __sk_buff *skb)
 		return ep_tc_nat(skb, &x->nat[0]) < 0 || ep_tc_nat(skb, &x->nat[1]) < 0 ? EP_LB_TC_SHOT : EP_LB_TC_OK;
 	if (x->op != EP_LB_X_ENCAP)
 		return EP_LB_TC_SHOT;
-	__u8 inner[40];
-	__u8 hdr[40];
+	__u8 *inner = x->inner, *hdr = x->hdr;
 	__u32 l3 = x->l3_off;
 	__u32 family = x->family;
 	__u32 hlen = family == 4 ? 20 : 40;
