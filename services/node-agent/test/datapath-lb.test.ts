@@ -618,6 +618,12 @@ test('lb datapath - full NAT: the flow leaves DNATed to LbReference\'s backend a
   const lb = datapath.readCounters().lb;
   t.is(lb?.reverseNat.packets, 4);
   t.is(lb?.snatFailed.packets, 0);
+  // The sweeper finds each full-NAT reverse entry's service entry through the client it carries
+  // (its key names the node, not the client): none is an orphan while its flow lives.
+  const occupancy = datapath.readConntrackOccupancy();
+  t.is(occupancy.reverseNat, 4);
+  t.is(datapath.sweepConntrack(1000), 0);
+  t.deepEqual(datapath.readConntrackOccupancy(), occupancy);
 });
 
 test('lb datapath - full NAT: a source port whose tuple is taken is skipped; with all 8 probes taken the new flow is dropped and counted', async (t) => {
