@@ -488,6 +488,7 @@ test('lb datapath - DSR: a flow to the VIP leaves IP-in-IP to LbReference\'s bac
   t.is(lb?.reverseNat.packets, 0);
   // A DSR flow has its service entry only (no reverse entry), which the reply promoted.
   t.deepEqual(datapath.readConntrackOccupancy(), { established: 4, new: 0, reverseNat: 0 });
+  t.deepEqual(datapath.listConnections({}, 100).filter((c) => c.backend === undefined), [], 'each DSR flow is listed with its backend');
   // A backend change keeps the flow on its backend (it is pinned like any load-balanced flow).
   const moved = compileModes([service('dsr4', { vip: '192.0.2.20', port: 80, forwardingMode: DSR, backends: [{ address: '10.0.2.9' }] }), ...modeServices.slice(1)]);
   await datapath.apply(allowAll, moved);
