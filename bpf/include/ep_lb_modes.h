@@ -58,10 +58,20 @@ struct ep_lb_xlat {
 	__u8 icmp[8];
 };
 
-/* Scratch of a full-NAT allocation: the reverse entry being made and its key (off the stack). */
+/* Scratch of a full-NAT allocation: the reverse entry being made and its key (off the stack),
+ * and what the probe loop's callback reads (bpf_loop: its body is verified once, not once per
+ * probe). */
 struct ep_lb_alloc {
 	struct ep_ct_key k;
 	struct ep_ct_entry e;
+	__u8 node[16];    /* the node's address towards the backend */
+	__u8 backend[16];
+	__u32 h;          /* the flow's hash */
+	__u16 bport;      /* host order */
+	__u16 port;       /* the port allocated, 0 while none */
+	__u8 family;
+	__u8 proto;
+	__u16 pad;
 };
 
 struct {
@@ -116,6 +126,25 @@ static __always_inline void ep_lb_nat_fill(struct ep_nat *n, __u8 op, const stru
  * ... (mod 31,744, from 1024) for h the flow's hash: a flow retried after a drop probes the same
  * ports. A port whose tuple is in ep_ct or ep_ct_new is taken. Returns true with be->port2 set,
  * false after EP_LB_SNAT_TRIES taken ports (the caller drops and counts SNAT_FAILED). */
+/* Probe i of ep_lb_snat_alloc (a bpf_loop callback: its state in ep_lb_alloc). Returns 1 (stop)
+ * once a port is taken for this flow. */
+static long ep_lb_snat_probe(__u32 i, void *unused)
+{
+	__u32 zero = 0;
+	struct ep_lb_alloc *a = bpf_map_lookup_elem(&ep_lb_alloc, &zero);
+	if (!a)
+		return 1;
+	__u16 port = EP_LB_SNAT_PORT_MIN + (a->h + i * EP_LB_SNAT_STRIDE) % EP_LB_SNAT_PORTS;
+	__u32 node_b = ep_ct_key_make(&a->k, a->family, a->proto, a->node, port, a->backend, a->bport, false, false);
+	a->e.flags = node_b ? EP_CT_F_ORIG_B : 0;
+	if (bpf_map_lookup_elem(&ep_ct, &a->k))
+		return 0;
+	if (bpf_map_update_elem(&ep_ct_new, &a->k, &a->e, BPF_NOEXIST) != 0)
+		return 0;
+	a->port = port;
+	return 1;
+}
+
 static __noinline bool ep_lb_snat_alloc(const struct ep_pkt *p, struct ep_ct_nat *be, const struct ep_ct_new_meta *m)
 {
 	__u32 zero = 0;
@@ -135,20 +164,18 @@ static __noinline bool ep_lb_snat_alloc(const struct ep_pkt *p, struct ep_ct_nat
 	e->nat.svc_id = be->svc_id;
 	__builtin_memcpy(e->nat.addr2, p->src, 16);
 	e->nat.port2 = bpf_htons(p->sport);
-	__u32 h = ep_flow_hash(p->family, p->proto, p->src, p->dst, p->sport, p->dport);
-	__u16 bport = bpf_ntohs(be->port);
-	for (__u32 i = 0; i < EP_LB_SNAT_TRIES; i++) {
-		__u16 port = EP_LB_SNAT_PORT_MIN + (h + i * EP_LB_SNAT_STRIDE) % EP_LB_SNAT_PORTS;
-		__u32 node_b = ep_ct_key_make(&a->k, p->family, p->proto, be->addr2, port, be->addr, bport, false, false);
-		e->flags = node_b ? EP_CT_F_ORIG_B : 0;
-		if (bpf_map_lookup_elem(&ep_ct, &a->k))
-			continue;
-		if (bpf_map_update_elem(&ep_ct_new, &a->k, e, BPF_NOEXIST) == 0) {
-			be->port2 = bpf_htons(port);
-			return true;
-		}
-	}
-	return false;
+	a->h = ep_flow_hash(p->family, p->proto, p->src, p->dst, p->sport, p->dport);
+	a->bport = bpf_ntohs(be->port);
+	a->port = 0;
+	a->family = p->family;
+	a->proto = p->proto;
+	__builtin_memcpy(a->node, be->addr2, 16);
+	__builtin_memcpy(a->backend, be->addr, 16);
+	bpf_loop(EP_LB_SNAT_TRIES, ep_lb_snat_probe, NULL, 0);
+	if (!a->port)
+		return false;
+	be->port2 = bpf_htons(a->port);
+	return true;
 }
 
 /* An original-direction packet `p` of a DSR or full-NAT flow whose S carries `n`: what its hook

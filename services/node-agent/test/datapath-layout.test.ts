@@ -54,7 +54,7 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     // Layout 5 (bpf/LB.md, "Forwarding modes"): per-CPU scratch of the DSR and full-NAT rewrites
     // and of a reverse entry being made, private to the programs (not pinned).
     ep_lb_xlat: { type: 'percpu_array', keySize: 4, valueSize: 256, maxEntries: 1, flags: 0, inner: undefined },
-    ep_lb_alloc: { type: 'percpu_array', keySize: 4, valueSize: tableCodecs.ep_ct_key.size + tableCodecs.ep_ct_entry.size, maxEntries: 1, flags: 0, inner: undefined },
+    ep_lb_alloc: { type: 'percpu_array', keySize: 4, valueSize: 200, maxEntries: 1, flags: 0, inner: undefined }, // key, entry and the probe loop's state
   });
   t.deepEqual(spec.maps.get('ep_lpm')?.innerMap, { type: 'lpm_trie', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_cwords')?.innerMap, { type: 'hash', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: 1, flags: 0 });
