@@ -18,6 +18,9 @@ int edge_xdp(struct xdp_md *ctx)
 	struct ep_nat nat;
 	if (ep_datapath(data, data_end, data_end - data, EP_HOOK_POLICY, &nat) == EP_DROP)
 		return XDP_DROP;
+	/* A DSR or full-NAT flow (include/ep_lb_modes.h). */
+	if (nat.op == EP_NAT_LB)
+		return ep_xdp_lb(ctx);
 	/* An ICMP error about a load-balanced flow: translated, or passed as it is when it
 	 * cannot be (its quote is not what the lookup read). */
 	if (ep_nat_is_icmp(&nat))
@@ -52,6 +55,9 @@ int edge_tc(struct __sk_buff *skb)
 	struct ep_nat nat;
 	if (ep_datapath(data, data_end, len, EP_HOOK_POLICY, &nat) == EP_DROP)
 		return EP_TC_ACT_SHOT;
+	/* A DSR or full-NAT flow (include/ep_lb_modes.h). */
+	if (nat.op == EP_NAT_LB)
+		return ep_tc_lb(skb);
 	/* An uplink in --xdp-mode tc: DNAT of a load-balanced flow (workloads have no services),
 	 * or the translation of an ICMP error about one (passed as it is when it cannot be). */
 	if (ep_nat_is_icmp(&nat))
@@ -73,9 +79,11 @@ int edge_tc_egress(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct ep_nat nat;
 	ep_datapath(data, data_end, len, EP_HOOK_EGRESS, &nat);
-	/* A reply of a load-balanced flow: its source becomes the VIP; an ICMP error about one
-	 * (towards its client) quotes the VIP. */
-	if (ep_nat_is_icmp(&nat))
+	/* A reply of a load-balanced flow: its source becomes the VIP (full NAT: both sides,
+	 * include/ep_lb_modes.h); an ICMP error about one (towards its client) quotes the VIP. */
+	if (nat.op == EP_NAT_LB)
+		ep_tc_lb(skb);
+	else if (ep_nat_is_icmp(&nat))
 		ep_tc_nat_icmp(skb, &nat);
 	else if (nat.op != EP_NAT_NONE)
 		ep_tc_nat(skb, &nat);

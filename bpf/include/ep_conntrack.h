@@ -311,6 +311,8 @@ static __always_inline void ep_lb_stat(__u32 which, __u64 len)
 	ep_count(&ep_lb_stats, which, len);
 }
 
+#include "ep_lb_modes.h"
+
 /* LB.md "A packet" steps 3-6 for a new TCP/UDP flow `p` in generation `gen`: returns 0 when its
  * destination is not a VIP, -1 when it is one without a backend (m = 0, or tables that do not
  * hold what the entry says: drop), 1 with `out` = the backend (EP_CT_NAT_DNAT). */
@@ -351,6 +353,8 @@ static __noinline int ep_lb_select(const struct ep_pkt *p, __u32 gen, struct ep_
 	out->flags = EP_CT_NAT_DNAT;
 	out->pad = 0;
 	out->svc_id = svc->svc_id;
+	if (svc->flags & (EP_LB_F_DSR | EP_LB_F_FULLNAT))
+		return ep_lb_select_mode(p, svc->flags, be, out);
 	return 1;
 }
 
@@ -361,25 +365,31 @@ static __noinline int ep_lb_select(const struct ep_pkt *p, __u32 gen, struct ep_
 static __noinline void ep_lb_create_rev(const struct ep_pkt *p, const struct ep_ct_nat *be, __u32 rule_id, __u32 epoch,
 					__u64 now)
 {
-	struct ep_ct_key kb;
-	__u32 client_b = ep_ct_key_make(&kb, p->family, p->proto, p->src, p->sport, be->addr, bpf_ntohs(be->port), false, false);
-	struct ep_ct_entry e = {};
-	e.expires_ns = ~0ULL;
-	e.created_ns = now;
-	e.rule_id = rule_id;
-	e.epoch = epoch;
-	e.state = p->proto == EP_IPPROTO_UDP ? EP_CT_UDP : EP_CT_SYN_SENT;
-	e.flags = client_b ? EP_CT_F_ORIG_B : 0;
-	__builtin_memcpy(e.nat.addr, p->dst, 16);
-	e.nat.port = bpf_htons(p->dport);
-	e.nat.flags = EP_CT_NAT_REVNAT;
-	e.nat.svc_id = be->svc_id;
+	/* Key and entry in the per-CPU ep_lb_alloc, not on the stack (layout 5's entry is 112 bytes). */
+	__u32 zero = 0;
+	struct ep_lb_alloc *a = bpf_map_lookup_elem(&ep_lb_alloc, &zero);
+	if (!a)
+		return;
+	struct ep_ct_key *kb = &a->k;
+	struct ep_ct_entry *e = &a->e;
+	__u32 client_b = ep_ct_key_make(kb, p->family, p->proto, p->src, p->sport, be->addr, bpf_ntohs(be->port), false, false);
+	__builtin_memset(e, 0, sizeof(*e));
+	e->expires_ns = ~0ULL;
+	e->created_ns = now;
+	e->rule_id = rule_id;
+	e->epoch = epoch;
+	e->state = p->proto == EP_IPPROTO_UDP ? EP_CT_UDP : EP_CT_SYN_SENT;
+	e->flags = client_b ? EP_CT_F_ORIG_B : 0;
+	__builtin_memcpy(e->nat.addr, p->dst, 16);
+	e->nat.port = bpf_htons(p->dport);
+	e->nat.flags = EP_CT_NAT_REVNAT;
+	e->nat.svc_id = be->svc_id;
 	/* The tuple client:cport <-> backend:bport is this flow's now (the backend can hold one
 	 * connection on it): a B left in ep_ct by an earlier flow on it (closed, through another VIP
 	 * or before a port reuse) would be found first and reverse-NAT this flow's replies from that
 	 * flow's VIP until its S expired. */
-	bpf_map_delete_elem(&ep_ct, &kb);
-	if (bpf_map_update_elem(&ep_ct_new, &kb, &e, BPF_ANY) != 0)
+	bpf_map_delete_elem(&ep_ct, kb);
+	if (bpf_map_update_elem(&ep_ct_new, kb, e, BPF_ANY) != 0)
 		ep_ct_stat(EP_CT_STAT_INSERT_FAILED, 0);
 }
 
@@ -403,6 +413,11 @@ static __always_inline __u32 ep_lb_service_key(struct ep_ct_key *ks, const struc
 	bool client_b = b->flags & EP_CT_F_ORIG_B;
 	const __u8 *client = client_b ? kb->dst : kb->src;
 	__u16 cport = client_b ? kb->dport : kb->sport;
+	if (b->nat.flags & EP_CT_NAT_SNAT) {
+		/* Full NAT: B's key is node:nport <-> backend; the client is in the NAT. */
+		client = b->nat.addr2;
+		cport = bpf_ntohs(b->nat.port2);
+	}
 	return ep_ct_key_make(ks, kb->family, kb->proto, b->nat.addr, bpf_ntohs(b->nat.port), client, cport, false, false);
 }
 
@@ -443,7 +458,10 @@ static __noinline bool ep_lb_reply(const struct ep_pkt *p, struct ep_ct_key *kb,
 	__sync_fetch_and_add(&s->packets[dir & 1], 1);
 	__sync_fetch_and_add(&s->bytes[dir & 1], len);
 	b->state = s->state;
-	ep_nat_set(nat, EP_NAT_SRC, p, b->nat.addr, b->nat.port);
+	if (b->nat.flags & EP_CT_NAT_SNAT)
+		ep_lb_mode_rev(p, &b->nat, nat);
+	else
+		ep_nat_set(nat, EP_NAT_SRC, p, b->nat.addr, b->nat.port);
 	ep_ct_stat(EP_CT_STAT_ESTABLISHED, len);
 	ep_lb_stat(EP_LB_STAT_REVNAT, len);
 	if (dir == EP_CT_DIR_REPLY) {
@@ -585,7 +603,14 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		}
 		if (e && (e->nat.flags & EP_CT_NAT_REVNAT)) {
 			__u32 bdir = src_b == !!(e->flags & EP_CT_F_ORIG_B) ? EP_CT_DIR_ORIG : EP_CT_DIR_REPLY;
-			if (hook == EP_HOOK_POLICY) {
+			/* Full NAT's replies come to the node's own address: translated at the policy
+			 * hook, before the stack would deliver them (ep_lb_modes.h). */
+			int reply_hook = (e->nat.flags & EP_CT_NAT_SNAT) ? EP_HOOK_POLICY : EP_HOOK_EGRESS;
+			if (bdir == EP_CT_DIR_REPLY && hook == reply_hook) {
+				meta.in_new = in_new;
+				if (ep_lb_reply(&p, &k, e, &meta, nat))
+					return EP_PASS;
+			} else if (hook == EP_HOOK_POLICY) {
 				/* A reverse entry (LB.md) is no entry for the packet at the policy
 				 * hook: it is classified as new and creates nothing over it
 				 * (untrackable from here on). */
@@ -593,14 +618,10 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			} else if (bdir == EP_CT_DIR_ORIG) {
 				/* The DNATed packet itself leaving through the uplink (a backend behind it). */
 				return EP_PASS;
-			} else {
-				meta.in_new = in_new;
-				if (ep_lb_reply(&p, &k, e, &meta, nat))
-					return EP_PASS;
 			}
 			e = NULL;
 		}
-		if (e && hook == EP_HOOK_POLICY && (e->nat.flags & EP_CT_NAT_DNAT) && p.proto == EP_IPPROTO_TCP &&
+		if (e && hook == EP_HOOK_POLICY && (e->nat.flags & (EP_CT_NAT_DNAT | EP_CT_NAT_DSR)) && p.proto == EP_IPPROTO_TCP &&
 		    (e->state == EP_CT_CLOSED || e->state == EP_CT_CLOSING) &&
 		    src_b == !!(e->flags & EP_CT_F_ORIG_B) &&
 		    (p.tcp_flags & (EP_TCP_SYN | EP_TCP_ACK | EP_TCP_RST)) == EP_TCP_SYN) {
@@ -643,7 +664,9 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			ep_ct_stat(EP_CT_STAT_ESTABLISHED, len);
 			/* A load-balanced flow's service entry: its original direction goes to its
 			 * backend, whatever the tables say now. */
-			if (hook == EP_HOOK_POLICY && dir == EP_CT_DIR_ORIG && (e->nat.flags & EP_CT_NAT_DNAT))
+			if (hook == EP_HOOK_POLICY && dir == EP_CT_DIR_ORIG && (e->nat.flags & (EP_CT_NAT_DSR | EP_CT_NAT_SNAT)))
+				ep_lb_mode_nat(&p, &e->nat, nat);
+			else if (hook == EP_HOOK_POLICY && dir == EP_CT_DIR_ORIG && (e->nat.flags & EP_CT_NAT_DNAT))
 				ep_nat_set(nat, EP_NAT_DST, &p, e->nat.addr, e->nat.port);
 			if (in_new && dir == EP_CT_DIR_REPLY)
 				ep_ct_promote(&k, e);
@@ -691,10 +714,19 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			return EP_DROP;
 		}
 		if (selected > 0) {
+			bool mode = be.flags & (EP_CT_NAT_DSR | EP_CT_NAT_SNAT);
+			/* Full NAT: the source port first (its reverse entry), then S, which carries it. */
+			if ((be.flags & EP_CT_NAT_SNAT) && !ep_lb_snat_alloc(&p, &be, &meta)) {
+				ep_lb_stat(EP_LB_STAT_SNAT_FAILED, len);
+				return EP_DROP;
+			}
 			ep_lb_stat(EP_LB_STAT_SELECTED, len);
-			if (ep_ct_create(&p, &k, &meta, &be))
+			if (ep_ct_create(&p, &k, &meta, &be) && !mode)
 				ep_lb_create_rev(&p, &be, rule_id, epoch, now);
-			ep_nat_set(nat, EP_NAT_DST, &p, be.addr, be.port);
+			if (mode)
+				ep_lb_mode_nat(&p, &be, nat);
+			else
+				ep_nat_set(nat, EP_NAT_DST, &p, be.addr, be.port);
 			return EP_PASS;
 		}
 	}

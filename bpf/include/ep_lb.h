@@ -12,7 +12,8 @@
 
 /* ep_lb_svc.flags */
 #define EP_LB_F_AFFINITY 0x1 /* client-IP affinity: the slot comes from ep_client_hash() */
-#define EP_LB_F_DSR      0x2 /* direct server return: no reverse NAT */
+#define EP_LB_F_DSR      0x2 /* direct server return: IP-in-IP to the backend, no NAT (layout 5) */
+#define EP_LB_F_FULLNAT  0x4 /* full NAT: DNAT to the backend and SNAT to the node (layout 5) */
 
 /* Key of ep_lb_vip (HASH): one service of one generation. */
 struct ep_lb_vip_key {
@@ -43,10 +44,16 @@ struct ep_lb_block {
 
 /* Value of ep_lb_backends (ARRAY). */
 struct ep_lb_backend {
-	__u8 family;   /* 4 or 6 */
-	__u8 flags;    /* none yet: 0 */
-	__be16 port;   /* network byte order, written into the packet as is */
-	__u8 addr[16]; /* IPv4 in the first 4 bytes, rest zero */
-};                     /* 20 bytes */
+	__u8 family;    /* 4 or 6 */
+	__u8 flags;     /* none yet: 0 */
+	__be16 port;    /* network byte order, written into the packet as is */
+	__u8 addr[16];  /* IPv4 in the first 4 bytes, rest zero */
+	/* Layout 5: what the agent resolved of its route to the backend (bpf/LB.md, "The node's
+	 * address towards a backend"): the source address (DSR's outer source, full NAT's new
+	 * source; zeros: unresolved, and a DSR or full-NAT flow to it is dropped) and the MTU (0: unknown). */
+	__u8 saddr[16];
+	__u16 mtu;
+	__u16 pad;
+};                      /* 40 bytes */
 
 #endif /* EP_LB_H */

@@ -67,7 +67,7 @@ struct ep_pkt {
  * a load-balanced flow's original direction) or the source (reverse NAT of its replies) becomes
  * new_addr:new_port. The hook writes it (ep_nat.h), reading the old address and port from the
  * packet: XDP with incremental checksums, TC through the skb helpers. */
-enum ep_nat_op { EP_NAT_NONE, EP_NAT_DST, EP_NAT_SRC };
+enum ep_nat_op { EP_NAT_NONE, EP_NAT_DST, EP_NAT_SRC, EP_NAT_LB /* layout 5: a DSR or full-NAT rewrite, in ep_lb_xlat (ep_lb_modes.h) */ };
 struct ep_nat {
 	__u8 op;          /* enum ep_nat_op */
 	__u8 family;      /* 4 or 6 */

@@ -100,7 +100,7 @@ struct ep_bucket {
  * direction; 3: the direction-independent key below (bpf/CONNTRACK.md, "Upgrades"); 4: the
  * connection entry carries its NAT (struct ep_ct_nat) and the load-balancing maps exist
  * (bpf/LB.md). */
-#define EP_LAYOUT_VERSION 4
+#define EP_LAYOUT_VERSION 5
 
 /* Rule flags live in the high bits of ep_rule.action (the layout of ep_rule is unchanged). */
 #define EP_ACT_MASK     0xff
@@ -130,13 +130,24 @@ struct ep_ct_key {
  * reverse entry B (key: client <-> backend) the VIP, flag EP_CT_NAT_REVNAT. Zeros: not NATed. */
 #define EP_CT_NAT_DNAT   0x1 /* original-direction packets get destination addr:port */
 #define EP_CT_NAT_REVNAT 0x2 /* reply-direction packets get source addr:port; lives as long as its S */
+/* Layout 5 (bpf/LB.md, "Forwarding modes"): */
+#define EP_CT_NAT_DSR    0x4 /* S of a DSR flow: original-direction packets are encapsulated towards addr, from addr2 */
+#define EP_CT_NAT_SNAT   0x8 /* full NAT: on S original-direction packets also get source addr2:port2; on B
+			      * reply-direction packets also get destination addr2:port2 (the client) */
 struct ep_ct_nat {
 	__u8 addr[16];     /* IPv4 in the first 4 bytes, rest zero */
 	__be16 port;       /* network byte order, written into the packet as is */
 	__u8 flags;        /* EP_CT_NAT_* */
 	__u8 pad;
 	__u32 svc_id;      /* the service (ep_lb_svc.svc_id), nonzero */
-};                         /* 24 bytes */
+	/* Layout 5: the other side of a DSR or full-NAT flow (zeros otherwise). S: the node's source
+	 * address towards the backend (DSR: the outer source; full NAT: the new source, with the
+	 * allocated port in port2). B of full NAT: the client and its port. */
+	__u8 addr2[16];
+	__be16 port2;
+	__u16 mtu;         /* S of DSR: the MTU of the node's route to the backend (0: unknown) */
+	__u32 pad2;
+};                         /* 48 bytes */
 
 struct ep_ct_entry {
 	__u64 expires_ns;  /* deadline, bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC at tick resolution) */
@@ -149,8 +160,8 @@ struct ep_ct_entry {
 	__u8 flags;        /* EP_CT_F_* */
 	__u16 pad0;
 	__u32 pad1;
-	struct ep_ct_nat nat; /* layout 4: zeros when the flow is not NATed */
-};                         /* 88 bytes */
+	struct ep_ct_nat nat; /* layout 4: zeros when the flow is not NATed (layout 5: 48 bytes) */
+};                         /* 112 bytes */
 
 enum ep_ct_state {
 	EP_CT_NONE, EP_CT_SYN_SENT, EP_CT_SYN_RECV, EP_CT_ESTABLISHED, EP_CT_FIN_WAIT,
@@ -216,6 +227,10 @@ struct ep_lb_cfg {
 enum ep_lb_stat {
 	EP_LB_STAT_SELECTED /* new flows given a backend */, EP_LB_STAT_NO_BACKEND /* new flows to a VIP without one: dropped */,
 	EP_LB_STAT_REVNAT /* replies reverse-NATed */, EP_LB_STAT_ORPHAN /* reverse entries deleted: their service entry was gone */,
+	/* Layout 5 (forwarding modes): */
+	EP_LB_STAT_ENCAP /* DSR packets encapsulated towards their backend */,
+	EP_LB_STAT_SNAT_FAILED /* full-NAT new flows dropped: no free source port in EP_LB_SNAT_TRIES probes */,
+	EP_LB_STAT_TOO_BIG /* DSR packets too big once encapsulated: answered with ICMP frag-needed / packet-too-big, or dropped */,
 	EP_LB_STAT_COUNT,
 };
 

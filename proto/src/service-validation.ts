@@ -89,7 +89,7 @@ export function validateService(service: Service | undefined, path = 'service'):
   if (![SessionAffinity.SESSION_AFFINITY_UNSPECIFIED, SessionAffinity.SESSION_AFFINITY_NONE, SessionAffinity.SESSION_AFFINITY_CLIENT_IP].includes(spec.sessionAffinity)) {
     add(`${sp}.session_affinity`, `unknown session affinity ${spec.sessionAffinity}`, 'INVALID_ENUM');
   }
-  if (![ForwardingMode.FORWARDING_MODE_UNSPECIFIED, ForwardingMode.FORWARDING_MODE_NAT, ForwardingMode.FORWARDING_MODE_DSR].includes(spec.forwardingMode)) {
+  if (![ForwardingMode.FORWARDING_MODE_UNSPECIFIED, ForwardingMode.FORWARDING_MODE_NAT, ForwardingMode.FORWARDING_MODE_DSR, ForwardingMode.FORWARDING_MODE_FULLNAT].includes(spec.forwardingMode)) {
     add(`${sp}.forwarding_mode`, `unknown forwarding mode ${spec.forwardingMode}`, 'INVALID_ENUM');
   }
   if (spec.healthCheck) validateHealthCheck(spec.healthCheck, `${sp}.health_check`, add);

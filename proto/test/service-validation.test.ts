@@ -128,6 +128,12 @@ test('service validation - direct server return cannot translate the port', (t) 
   t.deepEqual(validateService(service({ ...dsr, backends: [{ address: '10.0.0.1', port: 443 }, { address: '10.0.0.2' }] })), []);
 });
 
+test('service validation - full NAT translates the port like NAT; an unknown forwarding mode is INVALID_ENUM', (t) => {
+  const fullnat = { forwardingMode: ForwardingMode.FORWARDING_MODE_FULLNAT };
+  t.deepEqual(validateService(service({ ...fullnat, backends: [{ address: '10.0.0.1', port: 8443 }, { address: '10.0.0.2' }] })), []);
+  t.like(reasons(service({ forwardingMode: 4 as ForwardingMode })), { 'service.spec.forwarding_mode': 'INVALID_ENUM' });
+});
+
 test('service validation - the Maglev table size is 0 or a supported prime of at least 100 slots per backend', (t) => {
   t.like(reasons(service({ maglevTableSize: 1000 })), { 'service.spec.maglev_table_size': 'INVALID_TABLE_SIZE' });
   const three = [{ address: '10.0.0.1' }, { address: '10.0.0.2' }, { address: '10.0.0.3' }];

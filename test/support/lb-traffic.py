@@ -5,6 +5,7 @@
 #
 #   serve NAME PORT...             a backend: on each port, TCP (IPv4 and IPv6) sends "NAME\n" on
 #                                  accept and then echoes; UDP answers every datagram with NAME.
+#   serve-on HOST NAME PORT...     as serve, listening on HOST only (a DSR backend's VIP).
 #   connect HOST PORT COUNT        COUNT new TCP connections (32 at a time, 2 s each): which
 #                                  backend each reached, and how many failed (and how).
 #   udp HOST PORT COUNT            COUNT datagrams, each from a new socket (a new flow).
@@ -60,20 +61,23 @@ def family_of(host):
     return socket.AF_INET6 if ':' in host else socket.AF_INET
 
 
-def serve(name, ports):
+def serve(name, ports, host='::'):
     sel = selectors.DefaultSelector()
     hello = f'{name}\n'.encode()
+    family = family_of(host)
     for port in ports:
-        t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        t = socket.socket(family, socket.SOCK_STREAM)
         t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        t.bind(('::', port))
+        if host == '::':
+            t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        t.bind((host, port))
         t.listen(4096)
         t.setblocking(False)
         sel.register(t, selectors.EVENT_READ, 'listen')
-        u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        u.bind(('::', port))
+        u = socket.socket(family, socket.SOCK_DGRAM)
+        if host == '::':
+            u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        u.bind((host, port))
         u.setblocking(False)
         sel.register(u, selectors.EVENT_READ, 'udp')
     print('ready', flush=True)
@@ -361,6 +365,8 @@ def main(argv):
     command = argv[1] if len(argv) > 1 else ''
     if command == 'serve' and len(argv) >= 4:
         serve(argv[2], [int(p) for p in argv[3:]])
+    elif command == 'serve-on' and len(argv) >= 5:
+        serve(argv[3], [int(p) for p in argv[4:]], argv[2])
     elif command == 'connect' and len(argv) == 5:
         connect(argv[2], int(argv[3]), int(argv[4]))
     elif command == 'flows' and len(argv) == 6:

@@ -176,7 +176,7 @@ const ROLES: Record<string, InterfaceRole> = { uplink: InterfaceRole.INTERFACE_R
 const ON_DENY: Record<string, ConnectionTracking_EstablishedOnDeny> = { keep: ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_KEEP, cut: ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_CUT };
 const SCHEDULERS: Record<string, Scheduler> = { maglev: Scheduler.SCHEDULER_MAGLEV };
 const AFFINITIES: Record<string, SessionAffinity> = { none: SessionAffinity.SESSION_AFFINITY_NONE, clientip: SessionAffinity.SESSION_AFFINITY_CLIENT_IP };
-const FORWARDING: Record<string, ForwardingMode> = { nat: ForwardingMode.FORWARDING_MODE_NAT, dsr: ForwardingMode.FORWARDING_MODE_DSR };
+const FORWARDING: Record<string, ForwardingMode> = { nat: ForwardingMode.FORWARDING_MODE_NAT, dsr: ForwardingMode.FORWARDING_MODE_DSR, fullnat: ForwardingMode.FORWARDING_MODE_FULLNAT };
 const HEALTH_TYPES: Record<string, HealthCheck_Type> = { tcp: HealthCheck_Type.TYPE_TCP, http: HealthCheck_Type.TYPE_HTTP };
 const OPERATORS: Record<string, LabelSelectorRequirement_Operator> = {
   in: LabelSelectorRequirement_Operator.OPERATOR_IN,
@@ -267,7 +267,7 @@ class DocumentReader {
     const affinity = m.get('sessionAffinity');
     if (affinity) spec.sessionAffinity = this.#enum(affinity, `${sp}.session_affinity`, AFFINITIES, 'none or client_ip') ?? spec.sessionAffinity;
     const forwarding = m.get('forwardingMode');
-    if (forwarding) spec.forwardingMode = this.#enum(forwarding, `${sp}.forwarding_mode`, FORWARDING, 'nat or dsr') ?? spec.forwardingMode;
+    if (forwarding) spec.forwardingMode = this.#enum(forwarding, `${sp}.forwarding_mode`, FORWARDING, 'nat, dsr or fullnat') ?? spec.forwardingMode;
     const rollout = m.get('rolloutStrategy');
     if (rollout) spec.rolloutStrategy = this.#rollout(rollout.value, rollout.key, `${sp}.rollout_strategy`);
     const desc = m.get('description');

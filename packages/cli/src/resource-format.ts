@@ -71,9 +71,10 @@ export function affinityName(a: SessionAffinity): string {
   return a === SessionAffinity.SESSION_AFFINITY_CLIENT_IP ? 'client_ip' : 'none';
 }
 
-/** `nat` or `dsr` (unspecified reads as `nat`). */
+/** `nat`, `dsr` or `fullnat` (unspecified reads as `nat`). */
 export function forwardingName(f: ForwardingMode): string {
-  return f === ForwardingMode.FORWARDING_MODE_DSR ? 'dsr' : 'nat';
+  if (f === ForwardingMode.FORWARDING_MODE_DSR) return 'dsr';
+  return f === ForwardingMode.FORWARDING_MODE_FULLNAT ? 'fullnat' : 'nat';
 }
 
 /** `tcp` or `http` (unspecified reads as `tcp`). */

@@ -190,6 +190,6 @@ test('parseManifests - Service fields are checked like a policy\'s: unknown fiel
   t.is(services.length, 0);
   t.deepEqual(
     problems.map((p) => `${p.position?.line}: ${p.message}`),
-    ['9: must be a whole number from 0 to 4294967295', '11: unknown field "wieght" in a backend; known: address, port, weight', '17: "tunnel" is not one of nat or dsr'],
+    ['9: must be a whole number from 0 to 4294967295', '11: unknown field "wieght" in a backend; known: address, port, weight', '17: "tunnel" is not one of nat, dsr or fullnat'],
   );
 });

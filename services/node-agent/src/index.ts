@@ -41,7 +41,7 @@ export type { FlowTuple } from './datapath/flow-hash.js';
 export { backendKey, buildMaglevTable, maglevPermutation, MAX_BACKEND_KEY_LENGTH } from './datapath/maglev.js';
 export type { MaglevBackend } from './datapath/maglev.js';
 export { compileServices, lbServiceOrder, MaglevTableCache } from './datapath/service-compile.js';
-export type { BackendHealthView, LbBackendSpec, LbServiceSpec, LbSpec, ServiceCompileOptions } from './datapath/service-compile.js';
+export type { BackendHealthView, BackendRoute, BackendRouteView, LbBackendSpec, LbServiceSpec, LbSpec, ServiceCompileOptions } from './datapath/service-compile.js';
 export { DEFAULT_LB_CAPACITY, LB_TARGET_CAPACITY, NO_LB_CAPACITY, layoutLbTables, LB_BLOCK_SLOTS, lbBlocks, lbSizes, lbSvcFlags } from './datapath/lb-tables.js';
 export type { LbCapacity, LbExtent, LbTablesSpec } from './datapath/lb-tables.js';
 export { LbReference } from './datapath/lb-reference.js';

@@ -6,8 +6,8 @@ import test from 'ava';
 import { encode } from 'libbpf-ts';
 import { parseAddress } from '@edgeplane/proto';
 import { CT_FLAG_ORIG_B, ctKeyOfFlow, ctKeyOfTuple, originalTuple, reverseKey, type CtKey } from '../src/datapath/conntrack-key.js';
-import { relayoutCtElement } from '../src/datapath/conntrack-upgrade.js';
-import { epCtEntry, epCtKey, NO_CT_NAT } from '../src/datapath/table-codecs.js';
+import { relayoutCtElement, relayoutLbBackend } from '../src/datapath/conntrack-upgrade.js';
+import { epCtEntry, epCtKey, epLbBackend, NO_CT_NAT } from '../src/datapath/table-codecs.js';
 
 function tuple(src: string, sport: number, dst: string, dport: number, proto = 6): CtKey {
   const pad = (text: string): Uint8Array => {
@@ -72,4 +72,25 @@ test('relayoutCtElement - a layout-2 element becomes its flow key with the origi
   const ordered = relayoutCtElement(once.key, encode(epCtEntry, { ...epCtEntry.decode(once.value), flags: 0x01 }));
   t.deepEqual([...ordered.key], [...once.key]);
   t.is(epCtEntry.decode(ordered.value).flags, 0x01);
+});
+
+test('relayoutCtElement and relayoutLbBackend - layout 4 -> 5: an entry keeps its NAT and a backend its address and port, the new fields zero; converting twice is converting once', (t) => {
+  const flow = tuple('10.0.0.1', 40000, '10.0.0.2', 80);
+  const key = encode(epCtKey, { ...flow, pad: 0 });
+  const vip = Uint8Array.from({ length: 16 }, (_, i) => (i < 4 ? [192, 0, 2, 10][i]! : 0));
+  const nat = { ...NO_CT_NAT, addr: vip, port: 443, flags: 0x2, svcId: 77 };
+  // Layout 4's 88-byte entry: the first 88 bytes of layout 5's, its NAT's first 24.
+  const value4 = encode(epCtEntry, { expiresNs: 9n, createdNs: 1n, packets: [1n, 1n], bytes: [60n, 60n], ruleId: 2, epoch: 3, state: 3, flags: 0x01, pad0: 0, pad1: 0, nat }).slice(0, 88);
+  const once = relayoutCtElement(key, value4);
+  t.is(once.value.length, epCtEntry.size);
+  t.deepEqual(epCtEntry.decode(once.value).nat, nat);
+  t.deepEqual([...relayoutCtElement(once.key, once.value).value], [...once.value]);
+  // A layout-4 backend (20 bytes: family, flags, port, address) gets a zero source address and MTU.
+  const backend4 = Uint8Array.from([4, 0, 0x1f, 0x90, 10, 0, 0, 7, ...new Array<number>(12).fill(0)]);
+  const converted = relayoutLbBackend(encode(epCtKey, { ...flow, pad: 0 }).subarray(0, 4), backend4);
+  t.is(converted.value.length, epLbBackend.size);
+  t.like(epLbBackend.decode(converted.value), { family: 4, flags: 0, port: 8080, mtu: 0, pad: 0 });
+  t.deepEqual([...epLbBackend.decode(converted.value).addr.subarray(0, 4)], [10, 0, 0, 7]);
+  t.deepEqual([...epLbBackend.decode(converted.value).saddr], new Array<number>(16).fill(0));
+  t.deepEqual([...relayoutLbBackend(converted.key, converted.value).value], [...converted.value]);
 });

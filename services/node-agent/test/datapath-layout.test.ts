@@ -51,6 +51,10 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_lb_backends: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_lb_backend.size, maxEntries: 2, flags: 0, inner: undefined },
     ep_lb_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_lb_cfg.size, maxEntries: 1, flags: 0, inner: undefined },
     ep_lb_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: LB_STAT_NAMES.length, flags: 0, inner: undefined },
+    // Layout 5 (bpf/LB.md, "Forwarding modes"): per-CPU scratch of the DSR and full-NAT rewrites
+    // and of a reverse entry being made, private to the programs (not pinned).
+    ep_lb_xlat: { type: 'percpu_array', keySize: 4, valueSize: 256, maxEntries: 1, flags: 0, inner: undefined },
+    ep_lb_alloc: { type: 'percpu_array', keySize: 4, valueSize: 200, maxEntries: 1, flags: 0, inner: undefined }, // key, entry and the probe loop's state
   });
   t.deepEqual(spec.maps.get('ep_lpm')?.innerMap, { type: 'lpm_trie', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_cwords')?.innerMap, { type: 'hash', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: 1, flags: 0 });
@@ -66,8 +70,8 @@ test('layout - every codec field has the offset and size of the C struct member'
 test('layout - conntrack structs have the sizes CONNTRACK.md gives', (t) => {
   // The contract other parts (the reference model, the API, the benchmark) are written against.
   t.is(tableCodecs.ep_ct_key.size, 40);
-  t.is(tableCodecs.ep_ct_entry.size, 88); // layout 4: 64 + struct ep_ct_nat (24)
-  t.is(tableCodecs.ep_ct_nat.size, 24);
+  t.is(tableCodecs.ep_ct_entry.size, 112); // layout 5: 64 + struct ep_ct_nat (48; layout 4's was 24)
+  t.is(tableCodecs.ep_ct_nat.size, 48);
   t.is(tableCodecs.ep_ct_control_key.size, 20);
   t.is(tableCodecs.ep_gen_cfg.size, 8);
   t.is(tableCodecs.ep_ct_cfg.size, 40);

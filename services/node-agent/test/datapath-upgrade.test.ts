@@ -1,12 +1,14 @@
 // Upgrade in place (issues 13 and 14), on the real kernel: a node whose pinned datapath was loaded
-// by the previous version (layout 3: 64-byte connection entries, no load-balancing maps) takes
-// this version's agent and object (layout 4: entries carry their NAT, the load-balancing maps)
+// by the previous version (layout 4: 88-byte connection entries, 20-byte backends, four
+// load-balancing counters) takes this version's agent and object (layout 5: the entries' NAT and
+// the backends grow for DSR and full NAT, bpf/LB.md "Forwarding modes"; three counters more)
 // without dropping an allowed packet, passing a denied one or losing an established connection.
-// (Layout 2 -> 3 was this test's previous subject; relayoutCtElement still converts layout 2.)
+// (Layouts 2 -> 3 and 3 -> 4 were this test's previous subjects; relayoutCtElement still converts
+// layouts 2 to 4.)
 //
 // The previous version is built from git: the first commit whose bpf/include/ep_tables.h says
-// `#define EP_LAYOUT_VERSION 4` (this version's) is the first of layout 4, so its first parent is
-// the newest of layout 3 (EDGEPLANE_UPGRADE_FROM=<commit> overrides). `git archive` writes that tree into a temporary
+// `#define EP_LAYOUT_VERSION 5` (this version's) is the first of layout 5, so its first parent is
+// the newest of layout 4 (EDGEPLANE_UPGRADE_FROM=<commit> overrides). `git archive` writes that tree into a temporary
 // directory (no worktree entry in the shared repository to clean up if the test dies), its BPF
 // object is built there with this tree's vmlinux.h, and its own TypeScript runs under tsx with
 // its workspace packages mapped to its own sources (tsconfig paths) and this tree's
@@ -42,11 +44,16 @@ const workerPath = 'services/node-agent/test/datapath-upgrade-worker.ts';
 const trafficScript = fileURLToPath(new URL('./datapath-upgrade-traffic.py', import.meta.url));
 const execFileAsync = promisify(execFile);
 
-/** The maps of layout 3 that layout 4 keeps as they are, the two whose entries it widens, and the ones it adds (bpf/CONNTRACK.md, "Upgrades"; bpf/LB.md, "Upgrade"). */
-const keptMaps = ['ep_active', 'ep_barrier', 'ep_buckets', 'ep_carry', 'ep_counters', 'ep_ct_cfg', 'ep_ct_control', 'ep_ct_control_ports', 'ep_ct_stats', 'ep_cwords', 'ep_gen_cfg', 'ep_lpm', 'ep_meta', 'ep_rules', 'ep_stats', 'ep_wild'];
-const convertedMaps = ['ep_ct', 'ep_ct_new'];
-const addedMaps = ['ep_lb_vip', 'ep_lb_slots', 'ep_lb_backends', 'ep_lb_cfg', 'ep_lb_stats'];
-const PREVIOUS_LAYOUT = 3;
+/**
+ * The maps of layout 4 that layout 5 keeps as they are, the three whose entries it widens, the one
+ * it resizes (ep_lb_stats: three counters more, copied as they are) and the ones it adds (none it
+ * pins; bpf/CONNTRACK.md, "Upgrades"; bpf/LB.md, "Upgrade").
+ */
+const keptMaps = ['ep_active', 'ep_barrier', 'ep_buckets', 'ep_carry', 'ep_counters', 'ep_ct_cfg', 'ep_ct_control', 'ep_ct_control_ports', 'ep_ct_stats', 'ep_cwords', 'ep_gen_cfg', 'ep_lb_cfg', 'ep_lb_slots', 'ep_lb_vip', 'ep_lpm', 'ep_meta', 'ep_rules', 'ep_stats', 'ep_wild'];
+const convertedMaps = ['ep_ct', 'ep_ct_new', 'ep_lb_backends'];
+const resizedMaps = ['ep_lb_stats'];
+const addedMaps: string[] = [];
+const PREVIOUS_LAYOUT = 4;
 
 const X = '10.210.0.1';
 const W = '10.211.0.1';
@@ -224,7 +231,7 @@ async function programGone(id: number): Promise<boolean> {
   );
 }
 
-upgradeTest('upgrade - a node on layout 3 takes the new agent and object under traffic: 0 leaks, 0 failed connections, established connections kept in their original direction', async (t) => {
+upgradeTest('upgrade - a node on layout 4 takes the new agent and object under traffic: 0 leaks, 0 failed connections, established connections kept in their original direction', async (t) => {
   t.timeout(120_000);
   t.log(`previous version: ${previous?.commit}`);
   const nsX = topology.namespace('ux');
@@ -254,7 +261,7 @@ upgradeTest('upgrade - a node on layout 3 takes the new agent and object under t
   const [oldUplink, oldWorkload] = before.roles as [RoleOutput, RoleOutput];
   t.is(readLayoutVersion(uplinkRoot), PREVIOUS_LAYOUT);
   t.is(readLayoutVersion(workloadRoot), PREVIOUS_LAYOUT);
-  t.deepEqual(Object.keys(oldUplink.pinned).sort(), [...keptMaps, ...convertedMaps, LAYOUT_MARKER, 'edge_tc', 'edge_tc_egress', 'edge_xdp', 'ep_ct_sweep'].sort(), 'layout 3: its maps, programs and marker');
+  t.deepEqual(Object.keys(oldUplink.pinned).sort(), [...keptMaps, ...convertedMaps, ...resizedMaps, LAYOUT_MARKER, 'edge_tc', 'edge_tc_egress', 'edge_xdp', 'ep_ct_sweep'].sort(), 'layout 4: its maps, programs and marker');
   t.deepEqual(hooks(nsN), {
     [nu]: { xdp: oldUplink.xdpProgramId, 'tc-egress': oldUplink.pinned.edge_tc_egress },
     [nw]: { 'tc-ingress': oldWorkload.tcProgramId, 'tc-egress': oldWorkload.tcProgramId },
@@ -342,9 +349,9 @@ upgradeTest('upgrade - a node on layout 3 takes the new agent and object under t
     t.is(install.fromVersion, PREVIOUS_LAYOUT);
     t.deepEqual([...install.reusedMaps].sort(), keptMaps);
     t.deepEqual([...install.createdMaps], addedMaps);
-    t.deepEqual([...install.migratedMaps].sort(), convertedMaps);
+    t.deepEqual([...install.migratedMaps].sort(), [...convertedMaps, ...resizedMaps].sort());
     for (const name of keptMaps) t.is(role.pinned[name], old.pinned[name], `${name}: the same map, not a copy`);
-    for (const name of convertedMaps) t.not(role.pinned[name], old.pinned[name], `${name}: a converted copy`);
+    for (const name of [...convertedMaps, ...resizedMaps]) t.not(role.pinned[name], old.pinned[name], `${name}: a converted copy`);
     t.is(role.applied[0]?.mode, 'unchanged', 'the new agent finds the live tables to be its own rule set');
     t.false(Object.keys(role.pinned).some((name) => name.endsWith('-prev') || name.endsWith('-next')));
     t.is(readLayoutVersion(role.pinRoot), LAYOUT_VERSION);
@@ -416,8 +423,8 @@ upgradeTest('upgrade - a crash after any step leaves every hook enforcing, old o
     }
   };
   expectEnforcing('before');
-  // A connection the previous version tracks, written as layout 3 keys it (the flow's key, side a
-  // the lower address, EP_CT_F_ORIG_B: opened from the higher one) in its 64-byte entry: every
+  // A connection the previous version tracks, written as layout 4 keys it (the flow's key, side a
+  // the lower address, EP_CT_F_ORIG_B: opened from the higher one) in its 88-byte entry: every
   // attempt converts the table again, and converting twice must be converting once.
   const planted = { src: '10.212.0.9', sport: 80, dst: '10.212.0.1', dport: 40000 };
   const v4 = (a: string): Uint8Array => {
@@ -469,7 +476,7 @@ upgradeTest('upgrade - a crash after any step leaves every hook enforcing, old o
   const entry = decodeConnection(key, value, 'established', process.hrtime.bigint());
   t.like(entry, { src: planted.src, sport: planted.sport, dst: planted.dst, dport: planted.dport, state: 'established', flags: ['seen_reply'], packets: { original: 5, reply: 4 }, ruleId: 1 });
   t.is(epCtEntry.decode(value).flags, 0x01 | CT_FLAG_ORIG_B);
-  t.is(value.length, epCtEntry.size, 'widened to the layout-4 entry');
+  t.is(value.length, epCtEntry.size, 'widened to the layout-5 entry');
   t.is(epCtEntry.decode(value).nat.flags, 0, 'not NATed');
   for (const id of [...seen.xdp, ...seen.tc]) {
     if (id === done.xdpProgramId || id === done.tcProgramId) continue;

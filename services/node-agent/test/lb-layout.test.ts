@@ -18,5 +18,6 @@ test('lb layout - the flags and the block size are the header\'s; the entries ha
   t.is(define('EP_LB_BLOCK_SLOTS'), LB_BLOCK_SLOTS);
   t.is(define('EP_LB_F_AFFINITY'), lbSvcFlags.affinity);
   t.is(define('EP_LB_F_DSR'), lbSvcFlags.dsr);
-  t.deepEqual(lbSizes, { vipKey: 24, svc: 20, backend: 20, block: 64 }, 'the sizes LB.md gives');
+  t.is(define('EP_LB_F_FULLNAT'), lbSvcFlags.fullnat);
+  t.deepEqual(lbSizes, { vipKey: 24, svc: 20, backend: 40, block: 64 }, 'the sizes LB.md gives (layout 5: a backend carries the node\'s address towards it and its MTU)');
 });

@@ -9,7 +9,7 @@ import { CapacityError } from '../src/datapath/errors.js';
 import { clientHash, flowHash, maglevSlot, type FlowTuple } from '../src/datapath/flow-hash.js';
 import { LbReference, type LbSelection } from '../src/datapath/lb-reference.js';
 import { DEFAULT_LB_CAPACITY, layoutLbTables, lbSizes, lbSvcFlags, type LbTablesSpec } from '../src/datapath/lb-tables.js';
-import { compileServices, type BackendHealthView, type LbSpec } from '../src/datapath/service-compile.js';
+import { compileServices, type BackendHealthView, type BackendRouteView, type LbSpec } from '../src/datapath/service-compile.js';
 import { epLbBackend, epLbBlock, epLbSvc, epLbVipKey } from '../src/datapath/table-codecs.js';
 import { prng } from './datapath-helpers.js';
 import { service, servicesArb } from './lb-helpers.js';
@@ -32,10 +32,14 @@ const golden = [
   service('off', { vip: '192.0.2.9', port: 80, backends: [{ address: '10.0.0.3', weight: 0 }] }),
 ];
 
+/** The node's route to every backend in the golden case (only the DSR service's backends ask for it). */
+const NODE6 = '2001:db8::fffe';
+const routes: BackendRouteView = () => ({ source: parseAddress(NODE6)!, mtu: 1480 });
+
 test('layoutLbTables - golden: the exact bytes of a small generation, and decoded back they are the spec', (t) => {
-  const spec = compile(golden);
+  const spec = compileServices(golden, { labels: {}, routes });
   const tables = layoutLbTables(spec, DEFAULT_LB_CAPACITY, 1);
-  t.deepEqual(lbSizes, { vipKey: 24, svc: 20, backend: 20, block: 64 });
+  t.deepEqual(lbSizes, { vipKey: 24, svc: 20, backend: 40, block: 64 });
   // Key order: IPv4 before IPv6, then VIP bytes: off (192.0.2.9), web (192.0.2.10), dns.
   t.deepEqual(tables.extents.map((e) => [e.name, e.block, e.blocks, e.backendBase, e.backends]), [
     ['off', 0, 0, 0, 1],
@@ -53,8 +57,10 @@ test('layoutLbTables - golden: the exact bytes of a small generation, and decode
   const idLe = (id: number): string => hex(new Uint8Array(new Uint32Array([id]).buffer));
   t.is(hex(tables.vip.values.subarray(20, 40)), '00000000' + 'fb000000' + '01000000' + '0200' + '0000' + idLe(ids.web!));
   // Backends in each service's key order: 10.0.0.1:8443 before 10.0.0.2:443; ports big endian.
-  t.is(hex(tables.backends.subarray(20, 40)), '0400' + '20fb' + '0a000001' + '00'.repeat(12));
-  t.is(hex(tables.backends.subarray(40, 60)), '0400' + '01bb' + '0a000002' + '00'.repeat(12));
+  // A NAT service's backends have no source address or MTU; the DSR one's have the route's.
+  t.is(hex(tables.backends.subarray(40, 80)), '0400' + '20fb' + '0a000001' + '00'.repeat(12) + '00'.repeat(16) + '0000' + '0000');
+  t.is(hex(tables.backends.subarray(80, 120)), '0400' + '01bb' + '0a000002' + '00'.repeat(12) + '00'.repeat(16) + '0000' + '0000');
+  t.is(hex(tables.backends.subarray(120, 160)), '0600' + '0035' + '20010db8' + '00'.repeat(10) + '0002' + '20010db8' + '00'.repeat(10) + 'fffe' + 'c805' + '0000');
 
   // Decoded back with the codecs, every entry is what the spec says.
   spec.services.forEach((s, i) => {
@@ -62,12 +68,13 @@ test('layoutLbTables - golden: the exact bytes of a small generation, and decode
     t.deepEqual({ ...key, vip: [...key.vip] }, { gen: 1, family: s.family, proto: s.protocol, pad: 0, port: s.port, pad2: 0, vip: [...s.vip, ...new Array<number>(16 - s.vip.length).fill(0)] });
     const value = epLbSvc.decode(tables.vip.values.subarray(i * 20, (i + 1) * 20));
     const extent = tables.extents[i]!;
-    const flags = (s.affinity === 'client-ip' ? lbSvcFlags.affinity : 0) | (s.forwarding === 'dsr' ? lbSvcFlags.dsr : 0);
+    const flags = (s.affinity === 'client-ip' ? lbSvcFlags.affinity : 0) | (s.forwarding === 'dsr' ? lbSvcFlags.dsr : 0) | (s.forwarding === 'fullnat' ? lbSvcFlags.fullnat : 0);
     t.deepEqual(value, { block: extent.block, m: s.table.length, backendBase: extent.backendBase, backends: s.backends.length, flags, svcId: s.svcId });
     s.backends.forEach((b, j) => {
-      const at = (extent.backendBase + j) * 20;
-      const be = epLbBackend.decode(tables.backends.subarray(at, at + 20));
-      t.deepEqual({ ...be, addr: [...be.addr] }, { family: s.family, flags: 0, port: b.port, addr: [...b.addressBytes, ...new Array<number>(16 - b.addressBytes.length).fill(0)] });
+      const at = (extent.backendBase + j) * 40;
+      const be = epLbBackend.decode(tables.backends.subarray(at, at + 40));
+      const saddr = s.forwarding === 'nat' ? new Array<number>(16).fill(0) : [...parseAddress(NODE6)!];
+      t.deepEqual({ ...be, addr: [...be.addr], saddr: [...be.saddr] }, { family: s.family, flags: 0, port: b.port, addr: [...b.addressBytes, ...new Array<number>(16 - b.addressBytes.length).fill(0)], saddr, mtu: s.forwarding === 'nat' ? 0 : 1480, pad: 0 });
     });
     const slots: number[] = [];
     for (let k = 0; k < extent.blocks; k++) slots.push(...epLbBlock.decode(tables.slots.subarray((extent.block + k) * 64, (extent.block + k + 1) * 64)).backend);

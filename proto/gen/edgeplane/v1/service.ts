@@ -61,8 +61,18 @@ export enum ForwardingMode {
   FORWARDING_MODE_UNSPECIFIED = 0,
   /** FORWARDING_MODE_NAT - DNAT to the backend; replies return through the node and are reverse-NATed. */
   FORWARDING_MODE_NAT = 1,
-  /** FORWARDING_MODE_DSR - Direct server return: the backend answers the client itself from the VIP. */
+  /**
+   * FORWARDING_MODE_DSR - Direct server return: the node encapsulates each packet to the backend (IPv4 in IPv4, IPv6 in
+   * IPv6; the backend decapsulates and holds the VIP on its loopback) and the backend answers
+   * the client itself from the VIP. Backend ports must be 0 or the service's.
+   */
   FORWARDING_MODE_DSR = 2,
+  /**
+   * FORWARDING_MODE_FULLNAT - Full NAT (LoxiLB's term): DNAT to the backend and SNAT of the client to the node's address
+   * towards the backend with a port the node allocates, so a backend that does not route back
+   * through the node still answers through it.
+   */
+  FORWARDING_MODE_FULLNAT = 3,
   UNRECOGNIZED = -1,
 }
 
@@ -77,6 +87,9 @@ export function forwardingModeFromJSON(object: any): ForwardingMode {
     case 2:
     case "FORWARDING_MODE_DSR":
       return ForwardingMode.FORWARDING_MODE_DSR;
+    case 3:
+    case "FORWARDING_MODE_FULLNAT":
+      return ForwardingMode.FORWARDING_MODE_FULLNAT;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -92,6 +105,8 @@ export function forwardingModeToJSON(object: ForwardingMode): string {
       return "FORWARDING_MODE_NAT";
     case ForwardingMode.FORWARDING_MODE_DSR:
       return "FORWARDING_MODE_DSR";
+    case ForwardingMode.FORWARDING_MODE_FULLNAT:
+      return "FORWARDING_MODE_FULLNAT";
     case ForwardingMode.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

@@ -16,6 +16,7 @@ import {
 import { ChainFollower, IntentLog, type ChainFollowerStats } from '@edgeplane/intent-log';
 import type { Datapath } from '../datapath/datapath.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
+import { BackendRoutes } from './backend-routes.js';
 import { answerConnectionsQuery } from './connection-query.js';
 import { ControllerLink } from './controller-link.js';
 import { ServiceHealth } from './service-health.js';
@@ -186,12 +187,17 @@ export class AgentRuntime {
       options.log(v.healthy ? 'info' : 'warn', v.healthy ? 'backend healthy again' : 'backend unhealthy', { service: v.service, backend: `${v.address}:${v.port}`, reason: v.reason });
       ref.link?.backendVerdict(v, health.revision);
     });
+    // DSR and full NAT send from the node's address towards each backend: resolved once per
+    // backend between two applies.
+    const routes = new BackendRoutes();
     const agent = new NodeAgent({
       applied: (snapshot, labels) => {
+        routes.forget();
         if (health.retarget(snapshot.services, labels, snapshot.revision)) ref.link?.backendHealthState();
       },
       // The service compile takes unhealthy backends out of new-flow selection.
       health: health.eligible,
+      routes: routes.view,
       nodeName: options.nodeName,
       labels: options.labels,
       datapaths: options.datapaths,

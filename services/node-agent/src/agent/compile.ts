@@ -19,7 +19,7 @@ import {
 import type { RuleKey } from '@edgeplane/proto';
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { EGRESS_RULE_ID, MAX_RULES, type RuleSetSpec, type RuleSpec } from '../datapath/rule-set.js';
-import { compileServices, type BackendHealthView, type LbSpec, type MaglevTableCache } from '../datapath/service-compile.js';
+import { compileServices, type BackendHealthView, type BackendRouteView, type LbSpec, type MaglevTableCache } from '../datapath/service-compile.js';
 
 /** Where a compiled rule came from: for counters and describe output. */
 export interface RuleOrigin extends RuleKey {
@@ -251,6 +251,8 @@ export interface NodeCompileOptions {
   readonly nodeName: string;
   /** Backend health on this node (absent: every backend healthy); an unhealthy backend takes no new flows. */
   readonly health?: BackendHealthView;
+  /** The node's routes to backends (DSR and full NAT send from the node's address towards each). */
+  readonly routes?: BackendRouteView;
   /** The agent's table cache, so a recompile builds only the Maglev tables whose inputs changed. */
   readonly cache?: MaglevTableCache;
 }
@@ -265,7 +267,7 @@ export interface NodeCompileOptions {
  */
 export function compileNodeServices(intent: Pick<NodeIntent, 'services' | 'rollouts'>, labels: Readonly<Record<string, string>>, options: NodeCompileOptions): LbSpec {
   const services = effectiveVersions(RolloutKind.ROLLOUT_KIND_SERVICE, intent.services, intent.rollouts, options.nodeName);
-  return compileServices(services, { labels, ...(options.health ? { health: options.health } : {}), ...(options.cache ? { cache: options.cache } : {}) });
+  return compileServices(services, { labels, ...(options.health ? { health: options.health } : {}), ...(options.cache ? { cache: options.cache } : {}), ...(options.routes ? { routes: options.routes } : {}) });
 }
 
 /**

@@ -20,7 +20,7 @@ import type { Counter, Datapath, DatapathCounters } from '../datapath/datapath.j
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { RollbackError } from '../datapath/errors.js';
 import type { RuleAction, RuleSetSpec } from '../datapath/rule-set.js';
-import { MaglevTableCache, type BackendHealthView, type LbSpec } from '../datapath/service-compile.js';
+import { MaglevTableCache, type BackendHealthView, type BackendRouteView, type LbSpec } from '../datapath/service-compile.js';
 import { compileNode, compileNodeServices, type CompiledIntent, type RuleOrigin } from './compile.js';
 import { conntrackStatus } from './connection-query.js';
 import type { AppliedState, StateStore } from './state-file.js';
@@ -91,6 +91,8 @@ export interface NodeAgentOptions {
    * {@link NodeAgent.healthChanged}. Absent: every backend is healthy.
    */
   health?: BackendHealthView;
+  /** The node's routes to backends, for DSR and full-NAT services (BackendRoutes.view); absent: none resolved. */
+  routes?: BackendRouteView;
   /**
    * Backoff of the retries (restoring a known revision after a failed rollback; rewriting the
    * state file): doubling from min to max, ms. Default 1000 .. 60000.
@@ -336,7 +338,7 @@ export class NodeAgent {
 
   /** The whole snapshot compiled for this node with the health of now (the one compile of an apply). */
   #compile(snapshot: Snapshot, labels: Readonly<Record<string, string>>): CompiledIntent {
-    return compileNode(snapshot, labels, { nodeName: this.#o.nodeName, cache: this.#tables, ...(this.#o.health ? { health: this.#o.health } : {}) });
+    return compileNode(snapshot, labels, { nodeName: this.#o.nodeName, cache: this.#tables, ...(this.#o.health ? { health: this.#o.health } : {}), ...(this.#o.routes ? { routes: this.#o.routes } : {}) });
   }
 
   /**
@@ -479,7 +481,7 @@ export class NodeAgent {
     const revision = snapshot.revision;
     await tracer.startActiveSpan('edgeplane.agent.health_apply', { attributes: { 'edgeplane.revision': Number(revision), 'edgeplane.node': this.#o.nodeName } }, async (span) => {
       try {
-        const lb = compileNodeServices(snapshot, this.#currentLabels, { nodeName: this.#o.nodeName, cache: this.#tables, ...(this.#o.health ? { health: this.#o.health } : {}) });
+        const lb = compileNodeServices(snapshot, this.#currentLabels, { nodeName: this.#o.nodeName, cache: this.#tables, ...(this.#o.health ? { health: this.#o.health } : {}), ...(this.#o.routes ? { routes: this.#o.routes } : {}) });
         const result = await this.#o.datapaths.uplink.apply(live.uplink.ruleSet, lb);
         this.#live = { ...live, uplink: { ruleSet: live.uplink.ruleSet, lb } };
         this.#healthApplied = seq;

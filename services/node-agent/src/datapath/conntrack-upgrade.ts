@@ -1,13 +1,14 @@
 // Layouts 2 and 3 -> 4 of the connection tables (bpf/CONNTRACK.md, "Upgrades"): layout 2 keyed an
 // entry by its flow's original direction, layouts 3 and 4 by the direction-independent key with
 // the originator in EP_CT_F_ORIG_B; layout 4 grows the entry from 64 to 88 bytes with its NAT
-// (struct ep_ct_nat, zeros for every entry an older layout made). The install migrates both
+// (struct ep_ct_nat, zeros for every entry an older layout made), layout 5 to 112 bytes (the
+// NAT's second address of DSR and full NAT, bpf/LB.md "Forwarding modes"). The install migrates both
 // tables through relayoutCtElement(), and after the hooks are switched catchUpConntrack() copies
 // what the superseded programs created meanwhile.
 import { BpfMap, encode, LibbpfError } from 'libbpf-ts';
 import { ctKeyOfFlow, CT_FLAG_ORIG_B, originalTuple } from './conntrack-key.js';
 import { DatapathError } from './errors.js';
-import { epCtEntry, epCtKey } from './table-codecs.js';
+import { epCtEntry, epCtKey, epLbBackend } from './table-codecs.js';
 
 const fieldOffset = (name: string): number => {
   const field = epCtEntry.fields.find((f) => f.name === name);
@@ -24,12 +25,27 @@ const CHUNK = 8192;
 export const CT_KEY_LAYOUT_FROM = 2;
 
 /**
- * One element of ep_ct or ep_ct_new in layout 4. A layout-2 element (key = the original
+ * One element of ep_lb_backends in layout 5: a layout-4 backend (20 bytes) keeps its fields and
+ * gets a zero source address and MTU (unresolved, which only DSR and full-NAT services read, and
+ * layout 4 had none of those); a layout-5 element comes out unchanged. The next apply rewrites
+ * every backend of the generation it writes anyway; this keeps the live generation's NAT services
+ * working until then.
+ * @returns the same key and a new value.
+ */
+export function relayoutLbBackend(key: Uint8Array, value: Uint8Array): { key: Uint8Array; value: Uint8Array } {
+  const out = new Uint8Array(epLbBackend.size);
+  out.set(value.subarray(0, epLbBackend.size));
+  return { key, value: out };
+}
+
+/**
+ * One element of ep_ct or ep_ct_new in layout 5. A layout-2 element (key = the original
  * direction; its flags never carry EP_CT_F_ORIG_B, a bit layout 2 does not define) becomes the
  * flow's key with EP_CT_F_ORIG_B set when the originator is side b; a layout-3 element keeps its
- * key. A 64-byte value (layouts 2 and 3) grows to 88 with a zero struct ep_ct_nat (not NATed); a
- * layout-4 element comes out unchanged, so converting twice is converting once.
- * @returns a new key and value; never throws for elements of 64 or 88 bytes.
+ * key. A 64-byte value (layouts 2 and 3) grows to 112 with a zero struct ep_ct_nat (not NATed), an
+ * 88-byte one (layout 4) keeps its NAT and gets zeros for layout 5's part of it; a layout-5
+ * element comes out unchanged, so converting twice is converting once.
+ * @returns a new key and value; never throws for elements of 64, 88 or 112 bytes.
  */
 export function relayoutCtElement(key: Uint8Array, value: Uint8Array): { key: Uint8Array; value: Uint8Array } {
   const k = epCtKey.decode(key);

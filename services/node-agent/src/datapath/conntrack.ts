@@ -132,7 +132,7 @@ export interface ConnectionEntry {
 }
 
 /** struct ep_ct_nat.flags bits (EP_CT_NAT_*). */
-export const CT_NAT_FLAGS = { dnat: 0x1, revnat: 0x2 } as const;
+export const CT_NAT_FLAGS = { dnat: 0x1, revnat: 0x2, dsr: 0x4, snat: 0x8 } as const;
 
 /** Which connections listConnections() returns; every field given must match. */
 export interface ConnectionFilter {
@@ -224,7 +224,8 @@ export function decodeConnection(key: Uint8Array, value: Uint8Array, table: Conn
     epoch: e.epoch,
     table,
     egress: (e.flags & CONNECTION_FLAGS.egress) !== 0,
-    ...((e.nat.flags & CT_NAT_FLAGS.dnat) !== 0 ? { backend: { address: address(e.nat.addr), port: e.nat.port, svcId: e.nat.svcId } } : {}),
+    // A service entry's backend: NAT and full NAT (DNAT), DSR (encapsulated to it).
+    ...((e.nat.flags & (CT_NAT_FLAGS.dnat | CT_NAT_FLAGS.dsr)) !== 0 ? { backend: { address: address(e.nat.addr), port: e.nat.port, svcId: e.nat.svcId } } : {}),
   };
 }
 

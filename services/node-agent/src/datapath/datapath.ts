@@ -40,10 +40,16 @@ export interface LbCounters {
   readonly reverseNat: Counter;
   /** Reverse entries deleted because their service entry was gone (events). */
   readonly orphaned: Counter;
+  /** DSR packets encapsulated towards their backend (layout 5). */
+  readonly encapsulated: Counter;
+  /** New full-NAT flows dropped for want of a free source port (layout 5). */
+  readonly snatFailed: Counter;
+  /** DSR packets too big once encapsulated: answered with ICMP too-big at XDP, dropped at TC (layout 5). */
+  readonly tooBig: Counter;
 }
 
 /** enum ep_lb_stat order. */
-export const LB_STAT_NAMES = ['selected', 'noBackend', 'reverseNat', 'orphaned'] as const satisfies readonly (keyof LbCounters)[];
+export const LB_STAT_NAMES = ['selected', 'noBackend', 'reverseNat', 'orphaned', 'encapsulated', 'snatFailed', 'tooBig'] as const satisfies readonly (keyof LbCounters)[];
 
 /** Reads counters. */
 export interface CounterReader {

@@ -28,7 +28,7 @@ import { createHash } from 'node:crypto';
 import { compileTables, genFlags, RULE_SLOTS, sizes, WILD_COUNT, type MapEntriesSpec, type TablesSpec } from './compile-tables.js';
 import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type ConnectionFilter, type ConntrackConfig, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import { ConntrackTables } from './conntrack-tables.js';
-import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement } from './conntrack-upgrade.js';
+import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement, relayoutLbBackend } from './conntrack-upgrade.js';
 import { CounterTables, sumPerCpu, type CounterTotals } from './counters.js';
 import { dropPreviousPins, installObject, type InstallReport, type InstallStep } from './datapath-install.js';
 import { LB_STAT_NAMES, type ApplyResult, type Counter, type DatapathCounters, type Datapath, type LbCounters } from './datapath.js';
@@ -241,8 +241,10 @@ export class EbpfDatapath implements Datapath {
       for (const [name, entries] of Object.entries(lbMapEntries(options.lbCapacity ?? DEFAULT_LB_CAPACITY))) if (spec.maps.has(name)) mapMaxEntries[name] = entries;
       // Layout 2 keyed the connection tables by the original direction, layouts 3 and 4 by the
       // flow's direction-independent key; layout 4's entry is longer (its NAT): both older
-      // layouts' tables are converted, not reused.
-      const convertMaps = found !== undefined && found >= CT_KEY_LAYOUT_FROM && found < LAYOUT_VERSION ? { ep_ct: relayoutCtElement, ep_ct_new: relayoutCtElement } : undefined;
+      // layouts' tables are converted, not reused. Layout 5 grows the entry again (the NAT's
+      // second address) and the backend (the node's source address towards it, its MTU).
+      const older = found !== undefined && found >= CT_KEY_LAYOUT_FROM && found < LAYOUT_VERSION;
+      const convertMaps = older ? { ep_ct: relayoutCtElement, ep_ct_new: relayoutCtElement, ...(found >= 4 ? { ep_lb_backends: relayoutLbBackend } : {}) } : undefined;
       // Entries carry the datapath's clock (layout 3 on: CLOCK_MONOTONIC_COARSE, up to a tick
       // behind this one): start the catch-up window a tick early (HZ >= 100: 10 ms); what it
       // over-includes is already in the new tables and skipped there.

@@ -23,8 +23,10 @@ export const LB_BLOCK_SLOTS = 32;
 export const lbSvcFlags = {
   /** SESSION_AFFINITY_CLIENT_IP: the slot comes from ep_client_hash (source address only). */
   affinity: 0x1,
-  /** FORWARDING_MODE_DSR: the backend answers the client itself. */
+  /** FORWARDING_MODE_DSR: IP-in-IP to the backend, which answers the client itself. */
   dsr: 0x2,
+  /** FORWARDING_MODE_FULLNAT: DNAT to the backend and SNAT to the node's address towards it. */
+  fullnat: 0x4,
 } as const;
 
 /** Byte sizes of the load-balancing entries, as in bpf/include/ep_lb.h. */
@@ -158,6 +160,10 @@ export function layoutLbTables(spec: LbSpec, capacity: LbCapacity = DEFAULT_LB_C
       backends[at + BACKEND.family] = b.addressBytes.length === 4 ? 4 : 6;
       backendView.setUint16(at + BACKEND.port, b.port, false);
       backends.set(b.addressBytes, at + BACKEND.addr);
+      if (b.route !== undefined) {
+        backends.set(b.route.source, at + BACKEND.saddr);
+        backendView.setUint16(at + BACKEND.mtu, Math.min(b.route.mtu, 0xffff), true);
+      }
     });
     const slotBase = block * lbSizes.block;
     // Slots are little-endian u16 (the codecs' byte order, x86-64's and the program's): a
@@ -190,7 +196,7 @@ export function layoutLbTables(spec: LbSpec, capacity: LbCapacity = DEFAULT_LB_C
 }
 
 function flagsOf(s: LbServiceSpec): number {
-  return (s.affinity === 'client-ip' ? lbSvcFlags.affinity : 0) | (s.forwarding === 'dsr' ? lbSvcFlags.dsr : 0);
+  return (s.affinity === 'client-ip' ? lbSvcFlags.affinity : 0) | (s.forwarding === 'dsr' ? lbSvcFlags.dsr : 0) | (s.forwarding === 'fullnat' ? lbSvcFlags.fullnat : 0);
 }
 
 /** An address as the maps hold it: 16 bytes, IPv4 in the first 4 and the rest zero. */

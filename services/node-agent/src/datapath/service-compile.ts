@@ -25,6 +25,21 @@ import { backendKey, buildMaglevTable, type MaglevBackend } from './maglev.js';
  */
 export type BackendHealthView = (service: string, address: string, port: number) => boolean;
 
+/**
+ * The node's route to a backend (bpf/LB.md, "The node's address towards a backend"): the source
+ * address the node sends from towards it (4 or 16 bytes) and the route's MTU (0: unknown).
+ */
+export interface BackendRoute {
+  readonly source: Uint8Array;
+  readonly mtu: number;
+}
+
+/**
+ * Resolves the node's route to a backend address (canonical text); undefined when there is none.
+ * Asked only for the backends of DSR and full-NAT services, once per backend and compile.
+ */
+export type BackendRouteView = (address: string) => BackendRoute | undefined;
+
 /** One backend of a compiled service, every default resolved. */
 export interface LbBackendSpec {
   /** backendKey(): the canonical identity the Maglev table orders and hashes by. */
@@ -41,6 +56,11 @@ export interface LbBackendSpec {
   readonly healthy: boolean;
   /** The weight new-flow selection uses: the weight when healthy, else 0. */
   readonly effectiveWeight: number;
+  /**
+   * DSR and full NAT: the node's route to the backend (the route view's answer); absent for NAT
+   * services, and when the view has no route (the datapath then drops the backend's new flows).
+   */
+  readonly route?: BackendRoute;
 }
 
 /** One service as the node's datapath fronts it. Inert. */
@@ -63,7 +83,7 @@ export interface LbServiceSpec {
   /** SESSION_AFFINITY_UNSPECIFIED is NONE. */
   readonly affinity: 'none' | 'client-ip';
   /** FORWARDING_MODE_UNSPECIFIED is NAT. */
-  readonly forwarding: 'nat' | 'dsr';
+  readonly forwarding: 'nat' | 'dsr' | 'fullnat';
   /** The Maglev table size: the spec's, or the smallest supported one that fits (spec 0). */
   readonly m: number;
   /** The backends in key order (backendKey, UTF-16 code units): the same on every node. */
@@ -92,6 +112,8 @@ export interface ServiceCompileOptions {
   readonly health?: BackendHealthView;
   /** Tables built before, reused when their fingerprint matches; absent: every table is built. */
   readonly cache?: MaglevTableCache;
+  /** The node's routes to backends, for DSR and full-NAT services; absent: none resolved. */
+  readonly routes?: BackendRouteView;
 }
 
 /**
@@ -264,7 +286,7 @@ function resolve(s: Service): ResolvedService {
       protocol: spec.protocol === Protocol.PROTOCOL_UDP ? 17 : 6,
       port: spec.port,
       affinity: spec.sessionAffinity === SessionAffinity.SESSION_AFFINITY_CLIENT_IP ? 'client-ip' : 'none',
-      forwarding: spec.forwardingMode === ForwardingMode.FORWARDING_MODE_DSR ? 'dsr' : 'nat',
+      forwarding: forwardingOf(spec.forwardingMode),
       m,
     },
     backends,
@@ -288,5 +310,18 @@ function compileService(s: Service, svcId: number, options: ServiceCompileOption
   }
   const inputs = (): MaglevBackend[] => backends.map((b) => ({ key: b.key, weight: b.effectiveWeight }));
   const table = options.cache ? options.cache.table(fingerprint, m, inputs) : buildMaglevTable(inputs(), m);
+  // DSR and full NAT send from the node's address towards each backend (the table does not depend on it).
+  const routes = options.routes;
+  if (r.fields.forwarding !== 'nat' && routes !== undefined) {
+    backends = backends.map((b) => {
+      const route = routes(b.address);
+      return route === undefined ? b : { ...b, route };
+    });
+  }
   return { ...r.fields, svcId, backends, table, tableFingerprint: fingerprint };
+}
+
+function forwardingOf(mode: ForwardingMode): LbServiceSpec['forwarding'] {
+  if (mode === ForwardingMode.FORWARDING_MODE_DSR) return 'dsr';
+  return mode === ForwardingMode.FORWARDING_MODE_FULLNAT ? 'fullnat' : 'nat';
 }

@@ -32,12 +32,14 @@ export const epCtKey = struct({ family: u8, proto: u8, pad: u16, sport: u16, dpo
 /**
  * `struct ep_ct_nat` (layout 4): the NAT of a load-balanced flow's entry: on its service entry the
  * backend (flags EP_CT_NAT_DNAT), on its reverse entry the VIP (EP_CT_NAT_REVNAT); zeros when
- * not NATed. Port in network byte order.
+ * not NATed. Ports in network byte order. Layout 5 adds the other side of a DSR or full-NAT flow
+ * (addr2, port2; bpf/LB.md, "Forwarding modes"): on S the node's source address (and full NAT's
+ * allocated port), on a full-NAT B the client; `mtu` on a DSR S.
  */
-export const epCtNat = struct({ addr: bytes(16), port: u16be, flags: u8, pad: u8, svcId: u32 });
+export const epCtNat = struct({ addr: bytes(16), port: u16be, flags: u8, pad: u8, svcId: u32, addr2: bytes(16), port2: u16be, mtu: u16, pad2: u32 });
 
 /** The struct ep_ct_nat of an entry that is not NATed. */
-export const NO_CT_NAT: Readonly<ReturnType<typeof epCtNat.decode>> = Object.freeze({ addr: new Uint8Array(16), port: 0, flags: 0, pad: 0, svcId: 0 });
+export const NO_CT_NAT: Readonly<ReturnType<typeof epCtNat.decode>> = Object.freeze({ addr: new Uint8Array(16), port: 0, flags: 0, pad: 0, svcId: 0, addr2: new Uint8Array(16), port2: 0, mtu: 0, pad2: 0 });
 
 /** `struct ep_ct_entry`: one connection (bpf/CONNTRACK.md); index 0 of packets/bytes is the original direction. */
 export const epCtEntry = struct({
@@ -93,8 +95,12 @@ export const epLbSvc = struct({
   svcId: u32,
 });
 
-/** `struct ep_lb_backend`: one backend in ep_lb_backends. Port in network byte order (written into packets as is). */
-export const epLbBackend = struct({ family: u8, flags: u8, port: u16be, addr: bytes(16) });
+/**
+ * `struct ep_lb_backend`: one backend in ep_lb_backends. Port in network byte order (written into
+ * packets as is). Layout 5: `saddr`, the node's source address towards it (zeros: unresolved) and
+ * `mtu`, its route's MTU (0: unknown), which DSR and full NAT use.
+ */
+export const epLbBackend = struct({ family: u8, flags: u8, port: u16be, addr: bytes(16), saddr: bytes(16), mtu: u16, pad: u16 });
 
 /** `struct ep_lb_block`: one 64-byte block of ep_lb_slots, 32 slots of one service's table. */
 export const epLbBlock = struct({ backend: array(u16, 32) });

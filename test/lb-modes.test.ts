@@ -1,0 +1,113 @@
+// The forwarding modes of a Service end to end (issue 14; bpf/LB.md, "Forwarding modes"), with the
+// real controller and the real agent in the rig's node namespace (test/support/lb-rig.ts) and real
+// TCP from the client namespace:
+// - DSR: each backend takes IP-in-IP (decapsulated at its link by bpf/fixtures/ipip_decap.bpf.c,
+//   since this kernel has no ipip/ip6tnl device) and serves the VIP from its loopback, on the
+//   VIP only: a connection that arrived NATed instead of encapsulated would find no listener.
+//   It answers the client straight from the VIP (through the node's forwarding, not its NAT).
+// - Full NAT: a backend beyond the client, reached through the uplink itself (one-armed, as a
+//   LoxiLB or Katran node sits), whose only route is to the node's uplink address: it cannot
+//   answer the client at all, only the node, which turns the reply back to the VIP's.
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import test from 'ava';
+import { ForwardingMode, Protocol, Service } from '@edgeplane/proto';
+import type { TestControlPlane } from './support/control-plane.js';
+import { LbRig } from './support/lb-rig.js';
+import { applyServiceOn, closeLbAgents, lbOutput, startLbAgents } from './support/lb-service.js';
+import { sh } from './support/topology.js';
+
+const NODE = 'lb-modes-1';
+const TRAFFIC = join(import.meta.dirname, 'support', 'lb-traffic.py');
+const DECAP = join(import.meta.dirname, '..', 'bpf', 'build', 'fixtures', 'ipip_decap.bpf.o');
+/** DSR: the VIP's port, which the backends serve on their VIP (a DSR backend takes the VIP's port). */
+const DSR_PORT = 9090;
+/** Full NAT: the backend beyond the client, on a link of the client namespace's. */
+const REMOTE_V4 = '10.99.0.1';
+const REMOTE_V6 = 'fd00:99::1';
+const REMOTE_PORT = 8080;
+
+let cp: TestControlPlane | undefined;
+let rig: LbRig | undefined;
+let remote: string | undefined;
+
+test.before(async () => {
+  rig = LbRig.create({ backends: 3 });
+  const r = rig;
+  // IPv4 packets the node sends itself through its uplink's XDP (DSR's outer header, full NAT's
+  // source) carry one of its own addresses as their source: the stack takes them only with
+  // accept_local on the uplink (bpf/LB.md, "Forwarding modes", what the node needs).
+  r.exec(r.node, 'sysctl', ['-qw', `net.ipv4.conf.${r.uplink.node}.accept_local=1`, `net.ipv4.conf.${r.uplink.node}.send_redirects=0`, 'net.ipv4.conf.all.send_redirects=0']);
+  // DSR backends: the decapsulation at their link, the VIPs on their loopback.
+  for (const b of r.backends) {
+    for (const [vip, len] of [[LbRig.vip(0, 4), 32], [LbRig.vip(0, 6), 128]] as const) sh('ip', ['-n', b.ns, 'addr', 'add', `${vip}/${len}`, 'dev', 'lo']);
+    r.exec(b.ns, 'sysctl', ['-qw', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0', 'net.ipv4.conf.b-eth.rp_filter=0']);
+    sh('ip', ['netns', 'exec', b.ns, 'tc', 'qdisc', 'add', 'dev', 'b-eth', 'clsact']);
+    sh('ip', ['netns', 'exec', b.ns, 'tc', 'filter', 'add', 'dev', 'b-eth', 'ingress', 'bpf', 'direct-action', 'obj', DECAP, 'sec', 'tc']);
+  }
+  // Full NAT: the remote backend behind the client namespace, which forwards; the node routes it
+  // through the client; the backend routes only the node's uplink addresses, nothing else.
+  remote = r.topology.namespace('lbr');
+  r.topology.veth({ ns: r.client, name: 'c-r', ipv6: true, addresses: ['10.99.0.254/24', 'fd00:99::fe/64'] }, { ns: remote, name: 'r-eth', ipv6: true, addresses: [`${REMOTE_V4}/24`, `${REMOTE_V6}/64`] });
+  r.exec(r.client, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
+  sh('ip', ['-n', r.node, 'route', 'add', '10.99.0.0/24', 'via', LbRig.CLIENT_V4, 'dev', r.uplink.node]);
+  sh('ip', ['-n', r.node, '-6', 'route', 'add', 'fd00:99::/64', 'via', LbRig.CLIENT_V6, 'dev', r.uplink.node]);
+  sh('ip', ['-n', remote, 'route', 'add', `${LbRig.NODE_V4}/32`, 'via', '10.99.0.254']);
+  sh('ip', ['-n', remote, '-6', 'route', 'add', `${LbRig.NODE_V6}/128`, 'via', 'fd00:99::fe']);
+  for (const [ns, dev] of [[r.client, 'c-r'], [remote, 'r-eth']] as const) r.exec(ns, 'ethtool', ['-K', dev, 'tx', 'off']);
+  cp = await startLbAgents(r, [NODE]);
+  for (const b of r.backends) {
+    await r.spawn(b.ns, 'python3', [TRAFFIC, 'serve-on', LbRig.vip(0, 4), b.name, String(DSR_PORT)], { ready: true });
+    await r.spawn(b.ns, 'python3', [TRAFFIC, 'serve-on', LbRig.vip(0, 6), b.name, String(DSR_PORT)], { ready: true });
+  }
+  await r.spawn(remote, 'python3', [TRAFFIC, 'serve', 'remote', String(REMOTE_PORT)], { ready: true });
+});
+
+test.after.always(() => closeLbAgents(rig, cp));
+
+const output = (): string => lbOutput(rig, cp);
+
+function theRig(): LbRig {
+  if (!rig) throw new Error('no rig');
+  return rig;
+}
+
+function modeService(name: string, vip: string, port: number, mode: ForwardingMode, backends: { address: string; port: number }[]): Service {
+  return Service.fromPartial({
+    metadata: { name },
+    spec: { nodeSelector: { matchLabels: { role: 'edge' } }, vip, protocol: Protocol.PROTOCOL_TCP, port, forwardingMode: mode, backends },
+  });
+}
+
+for (const family of [4, 6] as const) {
+  test.serial(`lb modes e2e - DSR over IPv${family}: connections to the VIP reach every backend encapsulated and are answered from the VIP`, async (t) => {
+    const r = theRig();
+    const vip = LbRig.vip(0, family);
+    // Backend port 0: the VIP's (a DSR backend cannot have another).
+    await applyServiceOn(cp!, modeService(`dsr${family}`, vip, DSR_PORT, ForwardingMode.FORWARDING_MODE_DSR, r.backends.map((b) => ({ address: family === 4 ? b.v4 : b.v6, port: 0 }))), [NODE], output);
+    const report = await r.connect(vip, DSR_PORT, 60);
+    t.is(report.failed, 0, `${JSON.stringify(report)}\n${output()}`);
+    t.deepEqual(Object.keys(report.reached).sort(), r.backends.map((b) => b.name), JSON.stringify(report.reached));
+    // The replies went straight from the backends: the node rewrote none of them.
+    const held = await r.hold(vip, DSR_PORT, 20, { intervalMs: 100, stallMs: 3_000 });
+    const result = await held.stop();
+    t.deepEqual(result.broken, []);
+    t.true(result.roundTrips >= 20, JSON.stringify(result));
+  });
+
+  test.serial(`lb modes e2e - full NAT over IPv${family}: a backend with no route to the client is reached, its replies turned back through the node`, async (t) => {
+    const r = theRig();
+    const vip = LbRig.vip(1, family);
+    const backend = family === 4 ? REMOTE_V4 : REMOTE_V6;
+    // Without full NAT the backend could not answer: it has no route to the client.
+    t.throws(() => execFileSync('ip', ['netns', 'exec', remote!, 'ip', family === 4 ? '-4' : '-6', 'route', 'get', family === 4 ? LbRig.CLIENT_V4 : LbRig.CLIENT_V6], { stdio: 'pipe' }));
+    await applyServiceOn(cp!, modeService(`full${family}`, vip, 80, ForwardingMode.FORWARDING_MODE_FULLNAT, [{ address: backend, port: REMOTE_PORT }]), [NODE], output);
+    const report = await r.connect(vip, 80, 60);
+    t.is(report.failed, 0, `${JSON.stringify(report)}\n${output()}`);
+    t.deepEqual(report.reached, { remote: 60 });
+    const held = await r.hold(vip, 80, 20, { intervalMs: 100, stallMs: 3_000 });
+    const result = await held.stop();
+    t.deepEqual(result.broken, []);
+    t.true(result.roundTrips >= 20, JSON.stringify(result));
+  });
+}
