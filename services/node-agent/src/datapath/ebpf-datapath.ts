@@ -160,7 +160,7 @@ export interface AttachOptions {
  * enforcement; detach() removes the programs from an interface.
  */
 export class EbpfDatapath implements Datapath {
-  /** True if open() found a complete datapath of this layout version pinned and adopted it as it was. */
+  /** True if open() found a complete datapath of this layout version and of this object's programs pinned and adopted it as it was. */
   readonly adopted: boolean;
   #installed: DatapathInstall | undefined;
   readonly #pinRoot: string;
@@ -197,8 +197,9 @@ export class EbpfDatapath implements Datapath {
 
   /**
    * Re-adopts the datapath pinned under `pinRoot` when it is a complete one of this agent's
-   * layout version (LAYOUT_VERSION): same program ids, tables and counters. Otherwise loads the
-   * object there: into an empty directory, or over an older layout as an upgrade in place (maps
+   * layout version (LAYOUT_VERSION) loaded from this agent's object (the programs marker holds
+   * its sha256): same program ids, tables and counters. Otherwise loads the object there: into
+   * an empty directory, or over an older layout or other programs as an upgrade in place (maps
    * whose definition is unchanged are reused, live contents included; new and changed ones are
    * created and filled first; then every hook of this network namespace that holds a superseded
    * program is switched to ours with one atomic replace, the layout marker is written and the
