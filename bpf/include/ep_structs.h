@@ -26,7 +26,9 @@
 #define EP_IPPROTO_ICMPV6   58
 #define EP_IPPROTO_DSTOPTS  60
 
+#ifndef EP_MAX_VLAN /* fixtures/edgeplane_variant.bpf.c changes it */
 #define EP_MAX_VLAN     2    /* tags skipped before the IP header */
+#endif
 #define EP_MAX_EXT      8    /* IPv6 extension headers walked */
 #define EP_MAX_L3_OFF   1024 /* bytes of L2 + L3 headers we accept before the L4 header */
 

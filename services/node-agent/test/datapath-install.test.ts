@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { BpfMap, Program } from 'libbpf-ts';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { DatapathError } from '../src/datapath/errors.js';
-import { LAYOUT_MARKER, LAYOUT_VERSION, readLayoutVersion, writeLayoutMarker } from '../src/datapath/pin-layout.js';
+import { LAYOUT_MARKER, LAYOUT_VERSION, PROGRAMS_MARKER, readLayoutVersion, readProgramsIdentity, writeLayoutMarker } from '../src/datapath/pin-layout.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { mountBpffs } from './datapath-helpers.js';
 
@@ -63,6 +63,27 @@ test('layout marker - none, written, replaced in one rename; a marker that is no
   t.throws(() => readLayoutVersion(dir), { instanceOf: DatapathError, message: /version 0 is not a layout version/ });
   zero.unpin(join(dir, LAYOUT_MARKER));
   zero.close();
+});
+
+test('programs marker - written with the marker, it counts only beside that marker; one of another shape is refused', (t) => {
+  const dir = pinDir('programs');
+  const identity = new Uint8Array(32).map((_, i) => i + 1);
+  t.is(readProgramsIdentity(dir), undefined, 'nothing pinned');
+  writeLayoutMarker(dir, 4, identity);
+  t.deepEqual(readProgramsIdentity(dir), identity);
+  t.is(readLayoutVersion(dir), 4);
+  t.deepEqual(readdirSync(dir).sort(), [LAYOUT_MARKER, PROGRAMS_MARKER], 'no staged pin left');
+  // A marker written without it (an older agent, or a crash between the two renames): unknown.
+  writeLayoutMarker(dir, 4);
+  t.is(readProgramsIdentity(dir), undefined, 'it named the replaced marker');
+  t.true(readdirSync(dir).includes(PROGRAMS_MARKER));
+  t.throws(() => writeLayoutMarker(dir, 4, new Uint8Array(31)), { instanceOf: DatapathError, message: /32 bytes, got 31/ });
+  BpfMap.openPinned(join(dir, PROGRAMS_MARKER)).unpin(join(dir, PROGRAMS_MARKER));
+  const impostor = BpfMap.create({ type: 'array', name: PROGRAMS_MARKER, keySize: 4, valueSize: 4, maxEntries: 1 });
+  impostor.pin(join(dir, PROGRAMS_MARKER));
+  t.throws(() => readProgramsIdentity(dir), { instanceOf: DatapathError, message: /is not a programs marker/ });
+  impostor.unpin(join(dir, PROGRAMS_MARKER));
+  impostor.close();
 });
 
 test('install - a map whose size changed is created beside and filled before the switch, the others reused', async (t) => {

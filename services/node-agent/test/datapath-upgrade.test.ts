@@ -28,10 +28,10 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { BpfMap, encode, NotFoundError, Program, u32 } from 'libbpf-ts';
 import { Topology } from '../../../test/support/topology.js';
-import { DEFAULT_OBJECT_PATH } from '../src/datapath/ebpf-datapath.js';
+import { DEFAULT_OBJECT_PATH, EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import type { DatapathInstall, DatapathReset } from '../src/datapath/ebpf-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
-import { LAYOUT_MARKER, LAYOUT_VERSION, readLayoutVersion } from '../src/datapath/pin-layout.js';
+import { LAYOUT_MARKER, LAYOUT_VERSION, PROGRAMS_MARKER, readLayoutVersion, writeLayoutMarker } from '../src/datapath/pin-layout.js';
 import { decodeConnection, type ConnectionEntry, type ConntrackOccupancy } from '../src/datapath/conntrack.js';
 import { CT_FLAG_ORIG_B } from '../src/datapath/conntrack-key.js';
 import { epCtEntry, epCtKey, NO_CT_NAT } from '../src/datapath/table-codecs.js';
@@ -524,4 +524,98 @@ upgradeTest('upgrade - a newer layout is refused untouched; --reset-datapath for
   t.deepEqual(hooks(ns), { [up]: { xdp: again.xdpProgramId, 'tc-egress': again.pinned.edge_tc_egress } });
   t.true(await programGone(loaded.xdpProgramId), 'the forgotten program is freed once replaced');
   t.true(existsSync(DEFAULT_OBJECT_PATH));
+});
+
+/** The object of the next agent in "same layout, other programs": built from edgeplane.bpf.c with one VLAN tag skipped instead of two. */
+const variantObject = fileURLToPath(new URL('../../../bpf/build/fixtures/edgeplane_variant.bpf.o', import.meta.url));
+/** Denied on the uplink when classified: double-tagged, edgeplane.bpf.o classifies it (drop), the variant passes it as non-IP. */
+const doubleTagged = buildFrame({ src: X, dst: W, protocol: 'tcp', dstPort: 9090, vlans: [10, 20] });
+
+test.serial('upgrade - same layout, other programs: the new programs are attached on restart with every map reused, contents included; the same programs again are adopted', async (t) => {
+  t.timeout(60_000);
+  const ns = topology.namespace('up');
+  const [up, wl] = [topology.name('pu'), topology.name('pw')];
+  topology.veth({ ns, name: up, address: '10.214.0.1/24' }, { ns, name: wl, address: '10.214.0.2/24' });
+  const pinRoot = join(bpffs.path, 'programs');
+  mkdirSync(pinRoot);
+  const mapIds = (role: RoleOutput): Record<string, number> => Object.fromEntries(Object.entries(role.pinned).filter(([name]) => name.startsWith('ep_') && name !== PROGRAMS_MARKER && name !== 'ep_ct_sweep'));
+  const xdpVerdict = (id: number, frame: Uint8Array): number => {
+    const program = Program.fromId(id);
+    try {
+      return program.testRun({ data: frame }).retval;
+    } finally {
+      program.close();
+    }
+  };
+
+  // Agent A (this object): a stateful policy, then traffic through its attached programs: a
+  // tracked connection (rule 1) and denied packets (rule 2), so counters and an entry exist.
+  const first = await worker('current', ns, { op: 'open', roles: [{ pinRoot, apply: [uplinkStateful], attach: [{ iface: up, role: 'uplink' }, { iface: wl, role: 'workload' }] }] });
+  if (first.roles === undefined) return t.fail(`agent A failed: ${first.error}`);
+  const a = first.roles[0] as RoleOutput;
+  t.is(xdpVerdict(a.xdpProgramId, allowedFrame), XDP_PASS);
+  for (let i = 0; i < 3; i++) t.is(xdpVerdict(a.xdpProgramId, deniedFrame), XDP_DROP);
+  t.is(xdpVerdict(a.xdpProgramId, doubleTagged), XDP_DROP, "A classifies a double-tagged frame");
+  const readState = async (objectPath: string): Promise<{ adopted: boolean; counters: [number, number]; ct: string[] }> => {
+    const datapath = await EbpfDatapath.open({ pinRoot, objectPath });
+    try {
+      const rules = datapath.readCounters().rules;
+      const ct = BpfMap.openPinned(join(pinRoot, 'ep_ct'));
+      const entries = [...ct.entries()].map(([key, value]) => `${Buffer.from(key).toString('hex')}=${Buffer.from(value).toString('hex')}`).sort();
+      ct.close();
+      return { adopted: datapath.adopted, counters: [rules.get(1)?.packets ?? 0, rules.get(2)?.packets ?? 0], ct: entries };
+    } finally {
+      datapath.close();
+    }
+  };
+  const before = await readState(DEFAULT_OBJECT_PATH);
+  t.true(before.adopted, 'the same object adopts');
+  t.deepEqual(before.counters, [1, 4], 'counted: the connection under rule 1, the denied packets under rule 2');
+  t.is(before.ct.length, 1, 'the tracked connection has its entry');
+
+  // Agent B: the same layout, other programs. Its start loads them, reuses every map and
+  // switches every hook that holds one of A's programs.
+  const upgrade = await worker('current', ns, { op: 'open', roles: [{ pinRoot, objectPath: variantObject }] });
+  if (upgrade.roles === undefined) return t.fail(`agent B failed: ${upgrade.error}`);
+  const b = upgrade.roles[0] as RoleOutput;
+  t.false(b.adopted, 'other programs are not adopted');
+  t.is(b.install?.fromVersion, LAYOUT_VERSION);
+  t.deepEqual(b.install?.createdMaps, []);
+  t.deepEqual(b.install?.migratedMaps, []);
+  t.is(b.install?.reusedMaps.length, Object.keys(mapIds(a)).length - 1, 'every map reused (the marker aside)');
+  for (const name of ['edge_xdp', 'edge_tc', 'edge_tc_egress', 'ep_ct_sweep']) t.not(b.pinned[name], a.pinned[name], `${name}: B's program pinned`);
+  t.deepEqual(hooks(ns), { [up]: { xdp: b.xdpProgramId, 'tc-egress': b.pinned.edge_tc_egress }, [wl]: { 'tc-ingress': b.tcProgramId, 'tc-egress': b.tcProgramId } }, "every hook holds B's programs");
+  t.is(xdpVerdict(b.xdpProgramId, doubleTagged), XDP_PASS, 'the attached XDP program is B: the double-tagged frame is non-IP there');
+  t.is(xdpVerdict(b.xdpProgramId, deniedFrame), XDP_DROP, "B enforces A's rule set");
+  const { [LAYOUT_MARKER]: markerA, ...mapsA } = mapIds(a);
+  const { [LAYOUT_MARKER]: markerB, ...mapsB } = mapIds(b);
+  t.deepEqual(mapsB, mapsA, 'the same maps (kernel ids)');
+  t.not(markerB, markerA, 'a new marker');
+  t.is(readLayoutVersion(pinRoot), LAYOUT_VERSION, 'the layout version is unchanged');
+  t.false(readdirSync(pinRoot).some((name) => name.endsWith('-prev') || name.endsWith('-next')), 'no superseded pins left');
+  t.true(await programGone(a.xdpProgramId), "A's XDP program is freed");
+  const after = await readState(variantObject);
+  t.true(after.adopted);
+  t.deepEqual(after.counters, [1, 5], "the counters continue (the denied frame B was given counts on A's total)");
+  t.deepEqual(after.ct, before.ct, 'the connection entry is the same');
+
+  // B again: adopted as it is, same programs.
+  const again = await worker('current', ns, { op: 'open', roles: [{ pinRoot, objectPath: variantObject }] });
+  if (again.roles === undefined) return t.fail(`agent B's restart failed: ${again.error}`);
+  const b2 = again.roles[0] as RoleOutput;
+  t.true(b2.adopted, 'the same programs are adopted');
+  t.deepEqual([b2.xdpProgramId, b2.tcProgramId, b2.pinned.edge_tc_egress], [b.xdpProgramId, b.tcProgramId, b.pinned.edge_tc_egress]);
+  t.deepEqual(b2.pinned, b.pinned, 'nothing re-pinned');
+
+  // A marker without the programs' identity (an older agent of this layout wrote it): unknown
+  // programs, loaded again.
+  writeLayoutMarker(pinRoot, LAYOUT_VERSION);
+  const unknown = await worker('current', ns, { op: 'open', roles: [{ pinRoot, objectPath: variantObject }] });
+  if (unknown.roles === undefined) return t.fail(`agent B after an older marker failed: ${unknown.error}`);
+  const b3 = unknown.roles[0] as RoleOutput;
+  t.false(b3.adopted, 'programs of unknown origin are replaced');
+  t.not(b3.xdpProgramId, b.xdpProgramId);
+  t.deepEqual(hooks(ns), { [up]: { xdp: b3.xdpProgramId, 'tc-egress': b3.pinned.edge_tc_egress }, [wl]: { 'tc-ingress': b3.tcProgramId, 'tc-egress': b3.tcProgramId } });
+  const { [LAYOUT_MARKER]: _marker3, ...mapsB3 } = mapIds(b3);
+  t.deepEqual(mapsB3, mapsA, 'still the same maps');
 });

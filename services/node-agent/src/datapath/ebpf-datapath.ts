@@ -1,7 +1,7 @@
 // The eBPF datapath: loads bpf/build/edgeplane.bpf.o (or re-adopts it from a bpffs), installs
 // compiled tables into the idle generation and switches to it with one map write, attaches the
 // programs, and reads counters. bpf/README.md describes the maps and the switch protocol.
-import { existsSync, readdirSync, unlinkSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,7 +36,7 @@ import type { LbSpec } from './service-compile.js';
 import { DEFAULT_LB_CAPACITY, LB_BLOCK_SLOTS, layoutLbTables, lbSizes, type LbCapacity, type LbTablesSpec } from './lb-tables.js';
 import { ConntrackInputError, DatapathError } from './errors.js';
 import type { InterfaceRole } from './interface-role.js';
-import { LAYOUT_MARKER, LAYOUT_VERSION, NEXT_SUFFIX, PREVIOUS_SUFFIX, readLayoutVersion, writeLayoutMarker } from './pin-layout.js';
+import { LAYOUT_MARKER, LAYOUT_VERSION, NEXT_SUFFIX, PREVIOUS_SUFFIX, PROGRAMS_MARKER, readLayoutVersion, readProgramsIdentity, writeLayoutMarker } from './pin-layout.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from './rule-set.js';
 import { epLbCfg, epMeta, epRule } from './table-codecs.js';
 
@@ -160,7 +160,7 @@ export interface AttachOptions {
  * enforcement; detach() removes the programs from an interface.
  */
 export class EbpfDatapath implements Datapath {
-  /** True if open() found a complete datapath of this layout version pinned and adopted it as it was. */
+  /** True if open() found a complete datapath of this layout version and of this object's programs pinned and adopted it as it was. */
   readonly adopted: boolean;
   #installed: DatapathInstall | undefined;
   readonly #pinRoot: string;
@@ -197,8 +197,9 @@ export class EbpfDatapath implements Datapath {
 
   /**
    * Re-adopts the datapath pinned under `pinRoot` when it is a complete one of this agent's
-   * layout version (LAYOUT_VERSION): same program ids, tables and counters. Otherwise loads the
-   * object there: into an empty directory, or over an older layout as an upgrade in place (maps
+   * layout version (LAYOUT_VERSION) loaded from this agent's object (the programs marker holds
+   * its sha256): same program ids, tables and counters. Otherwise loads the object there: into
+   * an empty directory, or over an older layout or other programs as an upgrade in place (maps
    * whose definition is unchanged are reused, live contents included; new and changed ones are
    * created and filled first; then every hook of this network namespace that holds a superseded
    * program is switched to ours with one atomic replace, the layout marker is written and the
@@ -219,10 +220,14 @@ export class EbpfDatapath implements Datapath {
         `adopt datapath pinRoot=${pinRoot}: its layout version ${found} is newer than this agent's ${LAYOUT_VERSION}; refused, nothing was changed (to run this agent there, start it with --reset-datapath, which loses counters and the connection table: bpf/README.md, "Upgrades and the pinned layout")`,
       );
     }
-    const adopt = found === LAYOUT_VERSION && [...programNames, ...mapNames].every((name) => existsSync(pin(name)));
+    const objectPath = options.objectPath ?? DEFAULT_OBJECT_PATH;
+    // This layout with other programs (or programs of unknown origin) is upgraded like an older
+    // one, every map reused: a fix in BPF code ships on restart, not on the next reboot.
+    const objectId = objectIdentity(objectPath);
+    const samePrograms = found === LAYOUT_VERSION && equalBytes(readProgramsIdentity(pinRoot) ?? new Uint8Array(0), objectId);
+    const adopt = samePrograms && [...programNames, ...mapNames].every((name) => existsSync(pin(name)));
     let installed: (InstallReport & { fromVersion: number | undefined; sinceNs: bigint }) | undefined;
     if (!adopt) {
-      const objectPath = options.objectPath ?? DEFAULT_OBJECT_PATH;
       // No program pinned: nothing enforces from here. Maps left by a first load that stopped
       // part-way are dropped, so a first load always starts clean.
       if (found === undefined) {
@@ -261,8 +266,9 @@ export class EbpfDatapath implements Datapath {
       const programs = Object.fromEntries(programNames.map((name) => [name, open(Program.openPinned(pin(name)))])) as Record<ProgramName, Program>;
       const maps = Object.fromEntries(mapNames.map((name) => [name, open(BpfMap.openPinned(pin(name)))])) as Record<MapName, BpfMap>;
       datapath = new EbpfDatapath(pinRoot, programs, maps, adopt);
-      // Before any hook is switched to the new programs: they read their timeouts from here.
-      const config = options.conntrack ?? (adopt ? undefined : DEFAULT_CONNTRACK_CONFIG);
+      // Before any hook is switched to the new programs: they read their timeouts from here
+      // (pinned ones of this layout are kept, as an adoption keeps them).
+      const config = options.conntrack ?? (adopt || found === LAYOUT_VERSION ? undefined : DEFAULT_CONNTRACK_CONFIG);
       if (config !== undefined) datapath.#conntrack.writeConfig(config);
       // The control ports' bitmap is new in layout 3: derive it from the endpoints already
       // there, before a hook runs the new programs (and heal a crash in setControlEndpoints).
@@ -284,14 +290,14 @@ export class EbpfDatapath implements Datapath {
           const previous = installed.previousMaps.get(name);
           if (previous !== undefined && found !== undefined && found >= CT_KEY_LAYOUT_FROM) caughtUpEntries += catchUpConntrack(previous, datapath.#maps[name], installed.sinceNs);
         }
-        writeLayoutMarker(pinRoot, LAYOUT_VERSION);
+        writeLayoutMarker(pinRoot, LAYOUT_VERSION, objectId);
         options.onInstallStep?.('marked');
         const { sinceNs: _sinceNs, ...report } = installed;
         datapath.#installed = { ...report, switched, caughtUpEntries };
       }
       // Superseded programs stay pinned until their hooks are switched; an install that
       // stopped after its marker leaves them to the next open.
-      dropPreviousPins(pinRoot, [...programNames, ...mapNames, LAYOUT_MARKER]);
+      dropPreviousPins(pinRoot, [...programNames, ...mapNames, LAYOUT_MARKER, PROGRAMS_MARKER]);
     } catch (cause) {
       datapath.close();
       throw new DatapathError(`upgrade datapath pinRoot=${pinRoot} from layout ${installed?.fromVersion ?? 'none'} to ${LAYOUT_VERSION}`, { cause });
@@ -666,11 +672,11 @@ export class EbpfDatapath implements Datapath {
    */
   unpin(): void {
     try {
-      for (const name of [LAYOUT_MARKER, ...programNames, ...mapNames]) {
+      for (const name of [LAYOUT_MARKER, PROGRAMS_MARKER, ...programNames, ...mapNames]) {
         const path = join(this.#pinRoot, name);
         if (existsSync(path)) unlinkSync(path);
       }
-      dropPreviousPins(this.#pinRoot, [LAYOUT_MARKER, ...programNames, ...mapNames]);
+      dropPreviousPins(this.#pinRoot, [LAYOUT_MARKER, PROGRAMS_MARKER, ...programNames, ...mapNames]);
     } catch (cause) {
       throw new DatapathError(`unpin pinRoot=${this.#pinRoot}`, { cause });
     }
@@ -1011,6 +1017,17 @@ function writeEntries(map: BpfMap, entries: { keySize: number; valueSize: number
 
 function u32Bytes(value: number): Uint8Array {
   return encode(u32Codec, value);
+}
+
+// The identity of the programs an object holds, as the programs marker records it: the sha256
+// of the whole file (any change to it, even one that leaves every instruction alone, loads the
+// programs again; that costs an atomic replace of each hook, never a packet).
+function objectIdentity(objectPath: string): Uint8Array {
+  try {
+    return new Uint8Array(createHash('sha256').update(readFileSync(objectPath)).digest());
+  } catch (cause) {
+    throw new DatapathError(`load datapath object=${objectPath}`, { cause });
+  }
 }
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
