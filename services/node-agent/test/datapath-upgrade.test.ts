@@ -352,7 +352,11 @@ upgradeTest('upgrade - a node on layout 4 takes the new agent and object under t
     t.deepEqual([...install.migratedMaps].sort(), [...convertedMaps, ...resizedMaps].sort());
     for (const name of keptMaps) t.is(role.pinned[name], old.pinned[name], `${name}: the same map, not a copy`);
     for (const name of [...convertedMaps, ...resizedMaps]) t.not(role.pinned[name], old.pinned[name], `${name}: a converted copy`);
-    t.is(role.applied[0]?.mode, 'unchanged', 'the new agent finds the live tables to be its own rule set');
+    // The same rule set: 'unchanged' when the previous version wrote the very tables this one
+    // compiles, 'installed' (one ordinary generation switch, under the traffic checks above) when
+    // its compiler laid them out otherwise (class ids by order before, by hash since issue 15's
+    // in-place updates); never a failure, and the restart below then finds them its own.
+    t.true(['unchanged', 'installed'].includes(role.applied[0]?.mode ?? ''), `the new agent takes the live rule set as it is or switches to its own tables of it: ${role.applied[0]?.mode}`);
     t.false(Object.keys(role.pinned).some((name) => name.endsWith('-prev') || name.endsWith('-next')));
     t.is(readLayoutVersion(role.pinRoot), LAYOUT_VERSION);
   }
