@@ -393,19 +393,6 @@ static __noinline void ep_lb_create_rev(const struct ep_pkt *p, const struct ep_
 		ep_ct_stat(EP_CT_STAT_INSERT_FAILED, 0);
 }
 
-/* Fills `n` to rewrite packet `p`'s destination (EP_NAT_DST) or source (EP_NAT_SRC) to addr:port
- * (port in network order). */
-static __always_inline void ep_nat_set(struct ep_nat *n, __u8 op, const struct ep_pkt *p, const __u8 *addr, __be16 port)
-{
-	n->op = op;
-	n->family = p->family;
-	n->proto = p->proto;
-	n->l3_off = p->l3_off;
-	n->l4_off = p->l4_off;
-	__builtin_memcpy(n->new_addr, addr, 16);
-	n->new_port = port;
-}
-
 /* The service entry S of reverse entry `b` (key `kb`): key client <-> VIP, the client being B's
  * originator. Returns EP_CT_F_ORIG_B's value for a packet from the VIP to the client. */
 static __always_inline __u32 ep_lb_service_key(struct ep_ct_key *ks, const struct ep_ct_key *kb, const struct ep_ct_entry *b)

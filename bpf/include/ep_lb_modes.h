@@ -108,18 +108,6 @@ static __always_inline int ep_lb_select_mode(const struct ep_pkt *p, __u16 svc_f
 	return 1;
 }
 
-/* Fills `n` to rewrite `p`'s destination (EP_NAT_DST) or source (EP_NAT_SRC) to addr:port. */
-static __always_inline void ep_lb_nat_fill(struct ep_nat *n, __u8 op, const struct ep_pkt *p, const __u8 *addr, __be16 port)
-{
-	n->op = op;
-	n->family = p->family;
-	n->proto = p->proto;
-	n->l3_off = p->l3_off;
-	n->l4_off = p->l4_off;
-	__builtin_memcpy(n->new_addr, addr, 16);
-	n->new_port = port;
-}
-
 /* A new full-NAT flow `p` to backend `be` (EP_CT_NAT_SNAT, addr2 = the node's address): picks a
  * source port and creates the flow's reverse entry B under node:nport <-> backend:bport with
  * BPF_NOEXIST, so an allocated tuple is never taken twice. The ports probed are h, h + stride,
@@ -196,8 +184,8 @@ static __noinline void ep_lb_mode_nat(const struct ep_pkt *p, const struct ep_ct
 		__builtin_memcpy(x->dst, n->addr, 16);
 	} else {
 		x->op = EP_LB_X_FULLNAT;
-		ep_lb_nat_fill(&x->nat[0], EP_NAT_DST, p, n->addr, n->port);
-		ep_lb_nat_fill(&x->nat[1], EP_NAT_SRC, p, n->addr2, n->port2);
+		ep_nat_set(&x->nat[0], EP_NAT_DST, p, n->addr, n->port);
+		ep_nat_set(&x->nat[1], EP_NAT_SRC, p, n->addr2, n->port2);
 	}
 }
 
@@ -213,11 +201,23 @@ static __noinline void ep_lb_mode_rev(const struct ep_pkt *p, const struct ep_ct
 	x->op = EP_LB_X_FULLNAT;
 	x->family = p->family;
 	x->l3_off = p->l3_off;
-	ep_lb_nat_fill(&x->nat[0], EP_NAT_SRC, p, b->addr, b->port);
-	ep_lb_nat_fill(&x->nat[1], EP_NAT_DST, p, b->addr2, b->port2);
+	ep_nat_set(&x->nat[0], EP_NAT_SRC, p, b->addr, b->port);
+	ep_nat_set(&x->nat[1], EP_NAT_DST, p, b->addr2, b->port2);
 }
 
 /* ---- The hooks' side: writing what ep_lb_xlat says. ---- */
+
+/* Writes the header checksum of the 20-byte IPv4 header at `hdr` (its checksum field zero). */
+static __always_inline void ep_ipv4_hdr_csum(__u8 *hdr)
+{
+	const __u16 *w = (const __u16 *)hdr;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	__u16 check = ~ep_csum_fold(sum);
+	__builtin_memcpy(hdr + 10, &check, 2);
+}
 
 /* The outer header of an encapsulation into `hdr` (20 or 40 bytes) for the inner IP header
  * `inner` of `inner_len` bytes in all. IPv4: the inner TOS, DF only when the inner packet has it,
@@ -239,13 +239,7 @@ static __always_inline void ep_lb_outer(const struct ep_lb_xlat *x, const __u8 *
 		hdr[11] = 0;
 		__builtin_memcpy(hdr + 12, x->src, 4);
 		__builtin_memcpy(hdr + 16, x->dst, 4);
-		const __u16 *w = (const __u16 *)hdr;
-		__u32 sum = 0;
-#pragma unroll
-		for (int i = 0; i < 10; i++)
-			sum += w[i];
-		__u16 check = ~ep_csum_fold(sum);
-		__builtin_memcpy(hdr + 10, &check, 2);
+		ep_ipv4_hdr_csum(hdr);
 	} else {
 		__builtin_memcpy(hdr, inner, 4);
 		hdr[4] = inner_len >> 8;
@@ -324,13 +318,7 @@ static __noinline int ep_xdp_too_big(struct xdp_md *ctx, struct ep_lb_xlat *x, _
 		ip[11] = 0;
 		__builtin_memcpy(ip + 12, quote + 16, 4); /* from the VIP */
 		__builtin_memcpy(ip + 16, quote + 12, 4); /* to the client */
-		const __u16 *w = (const __u16 *)ip;
-		__u32 s = 0;
-#pragma unroll
-		for (int i = 0; i < 10; i++)
-			s += w[i];
-		__u16 check = ~ep_csum_fold(s);
-		__builtin_memcpy(ip + 10, &check, 2);
+		ep_ipv4_hdr_csum(ip);
 	} else {
 		icmp[0] = 2;
 		icmp[1] = 0;

@@ -15,6 +15,19 @@
 
 #include "ep_structs.h"
 
+/* Fills `n` to rewrite packet `p`'s destination (EP_NAT_DST) or source (EP_NAT_SRC) to addr:port
+ * (port in network order). */
+static __always_inline void ep_nat_set(struct ep_nat *n, __u8 op, const struct ep_pkt *p, const __u8 *addr, __be16 port)
+{
+	n->op = op;
+	n->family = p->family;
+	n->proto = p->proto;
+	n->l3_off = p->l3_off;
+	n->l4_off = p->l4_off;
+	__builtin_memcpy(n->new_addr, addr, 16);
+	n->new_port = port;
+}
+
 /* Offsets of what an ep_nat changes: the address, the port and the L4 checksum field. */
 static __always_inline void ep_nat_offsets(const struct ep_nat *n, __u32 *aoff, __u32 *poff, __u32 *coff)
 {

@@ -163,13 +163,20 @@ test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES go
     a.counters.add(name, counters(1n));
     a.sync.changed(name);
   }
-  await until('every node at b', () => names.every((n) => b.registry.get(n) !== undefined));
-  // The spy's connection may read the delta after b's did.
-  await until('the delta at the spy, in parts', () => sizes.filter((n) => n > 1000).length >= 2);
-  t.true(Math.max(...sizes) <= MAX_REPLICA_STATE_BYTES, `largest message ${Math.max(...sizes)} bytes`);
-  // Their snapshots of 12,000 nodes every 500 ms would load the tests after this one.
-  await a.sync.close();
-  await b.sync.close();
+  try {
+    await until('every node at b', () => names.every((n) => b.registry.get(n) !== undefined));
+    // The spy's connection may read the delta after b's did.
+    await until('the delta at the spy, in parts', () => sizes.filter((n) => n > 1000).length >= 2);
+    t.true(Math.max(...sizes) <= MAX_REPLICA_STATE_BYTES, `largest message ${Math.max(...sizes)} bytes`);
+  } catch (error) {
+    t.log(`messages at the spy: ${sizes.length}, sizes ${JSON.stringify(sizes.slice(0, 20))}`);
+    throw error;
+  } finally {
+    // Their snapshots of 12,000 nodes every 500 ms would load the tests after this one (also when
+    // this one fails: the lease tests after it then timed out on a loaded bus).
+    await a.sync.close();
+    await b.sync.close();
+  }
 });
 
 test.serial('rollout lease - one holder at a time; a silent holder loses it to another replica; closing gives it up', async (t) => {
