@@ -91,11 +91,12 @@ test.serial('rollout - a change that NACKs on the canary never reaches the other
   await call(c.intent, c.intent.deletePolicy, { name: 'filler-b', validateOnly: false, allowMissing: false });
 });
 
-test.serial('rollout - a healthy staged rollout completes wave by wave, each wave waiting its bake time', async (t) => {
+test.serial('rollout - a healthy staged rollout completes wave by wave, each wave waiting its bake time, and ends at 100 %', async (t) => {
   const seen: { wave: number; nodes: number; at: number }[] = [];
+  // Waves that stop at 60 %: the controller appends the last wave ("rest", 100 %).
   const res = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
     policy: staged('healthy', [{ priority: 5, protocol: Protocol.PROTOCOL_UDP, destinationPorts: [{ first: 7000, last: 0 }], action: Action.ACTION_DENY }], {
-      waves: [{ target: { $case: 'percent', percent: 20 }, bakeTime: sec(2) }, { target: { $case: 'percent', percent: 60 }, bakeTime: sec(2) }, { target: { $case: 'percent', percent: 100 } }],
+      waves: [{ target: { $case: 'percent', percent: 20 }, bakeTime: sec(2) }, { target: { $case: 'percent', percent: 60 }, bakeTime: sec(2) }],
     }),
   }));
   await until('success', async () => {
@@ -110,6 +111,10 @@ test.serial('rollout - a healthy staged rollout completes wave by wave, each wav
   const done = (await rollout('healthy'))!;
   await until('every node at the final revision', async () => (await call(c.fleet, c.fleet.getRevisionStatus, { revision: done.rollout!.resourceVersion, nodeLabelSelector: '' })).nodesApplied === 5);
   t.deepEqual(done.waves.map((w) => w.nodesDone), [1, 2, 2]);
+  t.deepEqual(done.waves.map((w) => w.name), ['', '', 'rest'], 'the appended last wave is named');
+  const stored = (await call(c.intent, c.intent.getPolicy, { name: 'healthy' })).policy!;
+  const strategy = stored.spec?.rolloutStrategy?.strategy;
+  t.is(strategy?.$case === 'staged' ? strategy.staged.waves.length : 0, 2, 'the policy keeps its waves as written');
   t.true(res.revision > 0n);
 });
 

@@ -48,6 +48,22 @@ export function waveMembers(strategy: RolloutStrategy_Staged, changeRevision: bi
   return [...members].sort();
 }
 
+/** The name of the wave {@link completeWaves} appends. */
+export const IMPLICIT_LAST_WAVE = 'rest';
+
+/**
+ * The waves a rollout runs: the strategy's, and a last wave of 100 % (named
+ * {@link IMPLICIT_LAST_WAVE}, no bake time) when the strategy's last wave is not `percent: 100`,
+ * so a rollout that succeeds means every node the change selects runs it (as Argo Rollouts
+ * promotes fully after its last step). A last selector wave, even one that matches every node
+ * today, gets it too: nodes may join during the rollout. The resource keeps the strategy as
+ * written; the rollout record holds the completed one. Pure.
+ */
+export function completeWaves(strategy: RolloutStrategy_Staged): RolloutStrategy_Staged {
+  const last = strategy.waves.at(-1)?.target;
+  if (last?.$case === 'percent' && last.percent >= 100) return strategy;
+  return { ...strategy, waves: [...strategy.waves, { name: IMPLICIT_LAST_WAVE, target: { $case: 'percent', percent: 100 }, bakeTime: undefined }] };
+}
 
 /** Whether a rollout still governs which nodes run its change. */
 export function isActive(r: Rollout | undefined): r is Rollout {
@@ -59,8 +75,8 @@ export type RolloutResource = { kind: RolloutKind.ROLLOUT_KIND_POLICY; previous:
 
 /**
  * The record that starts a staged rollout of the change written at `revision` to the resource
- * `name` (a policy or a service): wave 1 is computed from `nodes`, the nodes the new version
- * selects. The previous version (undefined: the change creates the resource) is kept in the
+ * `name` (a policy or a service): the strategy's waves completed to 100 % ({@link completeWaves}),
+ * wave 1 computed from `nodes`, the nodes the new version selects. The previous version (undefined: the change creates the resource) is kept in the
  * record, so agents outside the waves and a revert can use it. Pure.
  */
 export function startRollout(
@@ -72,6 +88,7 @@ export function startRollout(
   now: Date,
   trace: TraceContext | undefined,
 ): Rollout {
+  strategy = completeWaves(strategy);
   return Rollout.fromPartial({
     name,
     kind: resource.kind,

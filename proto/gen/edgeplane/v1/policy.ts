@@ -317,7 +317,11 @@ export interface RolloutStrategy_Immediate {
 
 /** Staged: the change reaches the selected nodes wave by wave. */
 export interface RolloutStrategy_Staged {
-  /** Waves in order. The last wave should cover 100% of the selected nodes. */
+  /**
+   * Waves in order. When the last wave is not `percent: 100`, the controller appends one
+   * (named "rest", no bake time) to the rollout it starts: a rollout succeeds only when every
+   * selected node runs the change. The resource keeps the waves as written.
+   */
   waves: Wave[];
   /** Conditions that fail a wave and roll back the nodes that took the change. */
   gates:
