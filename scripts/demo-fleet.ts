@@ -172,7 +172,7 @@ async function main(): Promise<void> {
   await new Promise((r) => setTimeout(r, 1500));
 
   say('\napplying the example policies: edgeplane apply -f examples/ --wait');
-  say(cli(['apply', '-f', join(root, 'examples'), '--wait', '--timeout', '60s']).trimEnd().replace(/^/gm, '  '));
+  say(cli(['apply', '-f', join(root, 'examples'), '--wait', '--timeout', '2m']).trimEnd().replace(/^/gm, '  '));
 
   say('\na little traffic from the internet namespace (ping, and telnet attempts the edge nodes deny):');
   for (let i = 1; i <= N; i++) {

@@ -84,3 +84,9 @@ export class WaitTimeoutError extends CliError {
   override name = 'WaitTimeoutError';
   override readonly exitCode: ExitCodeValue = ExitCode.TIMEOUT;
 }
+
+/** `apply --wait`: a rollout it followed failed (not on a NACK) or was aborted. Exit code 6. */
+export class RolloutFailedError extends CliError {
+  override name = 'RolloutFailedError';
+  override readonly exitCode: ExitCodeValue = ExitCode.ROLLOUT_FAILED;
+}

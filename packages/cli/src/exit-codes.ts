@@ -15,7 +15,7 @@ export const ExitCode = {
   TIMEOUT: 4,
   /** `diff --exit-code`: the manifests differ from what the server holds. */
   DIFFERENT: 5,
-  /** `rollout status --watch`: the rollout failed or was aborted. */
+  /** `rollout status --watch`, `apply --wait`: the rollout failed (not on a NACK) or was aborted. */
   ROLLOUT_FAILED: 6,
 } as const;
 
@@ -30,4 +30,4 @@ export const EXIT_CODE_HELP = `Exit codes:
   3  apply --wait: a node NACKed the new revision (node and reason are printed)
   4  apply --wait: not every node reached the new revision within --timeout
   5  diff --exit-code: there are differences
-  6  rollout status --watch: the rollout failed or was aborted (the reason is printed)`;
+  6  rollout status --watch, apply --wait: the rollout failed or was aborted (the reason is printed)`;

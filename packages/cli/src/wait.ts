@@ -1,9 +1,11 @@
-// `apply --wait`: follow one revision until every node of interest applied it, one NACKed it,
-// or time ran out. Polls GetRevisionStatus; the summary and the progress line are pure.
-import { RevisionOutcome, type GetRevisionStatusResponse } from '@edgeplane/proto';
+// `apply --wait`: follow the staged rollouts a change started wave by wave until they end, then
+// one revision until every node of interest applied it, one NACKed it, or time ran out. Polls
+// GetRollout and GetRevisionStatus; the summaries and the progress lines are pure.
+import { RevisionOutcome, RolloutKind, RolloutState, rolloutKindName, type GetRevisionStatusResponse, type RolloutStatus } from '@edgeplane/proto';
 import { formatMs } from './duration.js';
-import { NackError, WaitTimeoutError } from './errors.js';
-import type { FleetApi } from './grpc-api.js';
+import { NackError, RolloutFailedError, WaitTimeoutError } from './errors.js';
+import type { FleetApi, RolloutApi } from './grpc-api.js';
+import { secondsLeft, stateName } from './rollout-text.js';
 
 /** How far a revision has reached among the nodes of interest. */
 export interface Convergence {
@@ -48,6 +50,8 @@ export interface WaitOptions {
   /** Node names to wait for. */
   nodes: ReadonlySet<string>;
   timeoutMs: number;
+  /** When to give up (epoch ms); default: now + timeoutMs. */
+  deadline?: number;
   pollMs?: number;
   /** Called with every new state (and once at the start). */
   onProgress(c: Convergence): void;
@@ -60,7 +64,7 @@ export interface WaitOptions {
  * runs out, RpcError when the controller cannot be asked.
  */
 export async function waitForRevision(api: Pick<FleetApi, 'getRevisionStatus'>, options: WaitOptions): Promise<Convergence> {
-  const deadline = Date.now() + options.timeoutMs;
+  const deadline = options.deadline ?? Date.now() + options.timeoutMs;
   let last = '';
   for (;;) {
     const status = await api.getRevisionStatus(options.revision, '');
@@ -76,5 +80,92 @@ export async function waitForRevision(api: Pick<FleetApi, 'getRevisionStatus'>, 
       throw new WaitTimeoutError(`timed out after ${formatMs(options.timeoutMs)}: ${c.applied.length}/${c.total} nodes at revision ${options.revision}; no report from ${c.pending.join(', ')}`);
     }
     await new Promise((r) => setTimeout(r, Math.min(options.pollMs ?? 250, Math.max(0, deadline - Date.now()))));
+  }
+}
+
+/** A staged rollout `apply --wait` follows: its resource, and the revision of the change that started it. */
+export interface FollowedRollout {
+  kind: RolloutKind;
+  name: string;
+  changeRevision: bigint;
+}
+
+/** `policy/web` or `service/web`. */
+const rolloutId = (f: Pick<FollowedRollout, 'kind' | 'name'>): string => `${f.kind === RolloutKind.ROLLOUT_KIND_SERVICE ? 'service' : 'policy'}/${f.name}`;
+
+/**
+ * One progress line of a rollout: its wave, how many nodes run the change, how many of the
+ * current wave are done, the bake time left; a bar on a terminal (waves done, and the current
+ * wave's share of done nodes). Pure.
+ */
+export function renderRolloutProgress(id: string, status: RolloutStatus, now: Date, tty: boolean, width = 30): string {
+  const r = status.rollout!;
+  const waves = r.strategy?.waves.length ?? 0;
+  const wave = status.waves.find((w) => w.index === r.currentWave);
+  const ended = r.state !== RolloutState.ROLLOUT_STATE_PROGRESSING && r.state !== RolloutState.ROLLOUT_STATE_PAUSED;
+  const spec = r.strategy?.waves[r.currentWave];
+  const target = spec?.target?.$case === 'percent' ? `${spec.target.percent}%` : spec?.target?.$case === 'selector' ? 'selector' : '';
+  const name = spec?.name ? `${spec.name}: ` : '';
+  const inWave = wave ? `, ${wave.nodesDone}/${wave.nodes.length} of the wave done${wave.nodesFailed ? `, ${wave.nodesFailed} NACK` : ''}` : '';
+  const text = ended
+    ? `${id}: ${stateName(r.state)}${r.reason ? ` - ${r.reason}` : ''}`
+    : `${id}: wave ${Math.min(r.currentWave + 1, waves)} of ${waves} (${name}${target}), ${r.waveNodes.length} node(s) run the change${inWave}${r.state === RolloutState.ROLLOUT_STATE_PAUSED ? ', paused' : secondsLeft(wave?.bakeUntilTime, now)}`;
+  if (!tty) return text;
+  const share = r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED ? 1 : waves === 0 ? 0 : (r.currentWave + (wave && wave.nodes.length > 0 ? wave.nodesDone / wave.nodes.length : 0)) / waves;
+  const filled = Math.round(Math.min(1, share) * width);
+  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${text}`;
+}
+
+/** Options of {@link followRollouts}. */
+export interface FollowOptions {
+  /** When the whole wait ends (epoch ms), shared with the revision wait that follows. */
+  deadline: number;
+  timeoutMs: number;
+  pollMs?: number;
+  /** Called with one line per rollout when any of them changed (and once at the start). */
+  onProgress(lines: string[]): void;
+  now?: () => Date;
+}
+
+/**
+ * Polls the rollouts until every one has ended. A rollout the controller no longer holds for
+ * that change (a newer change replaced it) counts as ended with nothing more to follow.
+ * @returns the newest revision of their records: once a node applied it, it runs every change.
+ * @throws NackError when a rollout failed because a node NACKed the change (exit code 3),
+ * RolloutFailedError when one failed otherwise or was aborted (6), WaitTimeoutError (4).
+ */
+export async function followRollouts(api: Pick<RolloutApi, 'getRollout'>, rollouts: readonly FollowedRollout[], options: FollowOptions): Promise<bigint> {
+  const now = options.now ?? (() => new Date());
+  let last = '';
+  let newest = 0n;
+  for (;;) {
+    const lines: string[] = [];
+    let running = 0;
+    for (const f of rollouts) {
+      const status = await api.getRollout(f.name, f.kind);
+      const r = status?.rollout;
+      if (!status || !r || r.changeRevision !== f.changeRevision) {
+        lines.push(`${rolloutId(f)}: no longer rolling out the change at revision ${f.changeRevision}`);
+        continue;
+      }
+      if (r.resourceVersion > newest) newest = r.resourceVersion;
+      lines.push(renderRolloutProgress(rolloutId(f), status, now(), false));
+      if (r.state === RolloutState.ROLLOUT_STATE_FAILED || r.state === RolloutState.ROLLOUT_STATE_ABORTED) {
+        options.onProgress(lines);
+        const what = `rollout of ${rolloutKindName(r.kind)} ${r.name} ${stateName(r.state)}: ${r.reason}`;
+        if (status.waves.some((w) => w.nodesFailed > 0)) throw new NackError(what);
+        throw new RolloutFailedError(what);
+      }
+      if (r.state !== RolloutState.ROLLOUT_STATE_SUCCEEDED) running++;
+    }
+    // The countdown alone does not make a new line.
+    const key = lines.map((l) => l.replace(/, baking \d+s more/, '')).join('\n');
+    if (key !== last) options.onProgress(lines);
+    last = key;
+    if (running === 0) return newest;
+    if (Date.now() >= options.deadline) {
+      throw new WaitTimeoutError(`timed out after ${formatMs(options.timeoutMs)}: ${lines.join('; ')}`);
+    }
+    await new Promise((r) => setTimeout(r, Math.min(options.pollMs ?? 500, Math.max(0, options.deadline - Date.now()))));
   }
 }

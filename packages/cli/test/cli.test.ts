@@ -407,17 +407,19 @@ test('apply --wait - succeeds when the selected nodes ACK', async (t) => {
   t.regex(r.stdout, new RegExp(`2/2 nodes at revision ${rv}\\nrevision ${rv} applied on all 2 selected nodes`));
 });
 
-test('services - a staged Service manifest rolls out: apply --wait, rollout status and abort by service/NAME, get rollouts shows the kind', async (t) => {
+test('services - a staged Service manifest rolls out: apply --wait follows it, rollout status and abort by service/NAME, get rollouts shows the kind', async (t) => {
   const agent = await fakeAgent('svcroll-1', { tier: 'svcroll' });
   t.teardown(() => agent.close());
   const yaml = serviceYaml('svc-roll', '198.51.100.11', { extra: '  rolloutStrategy:\n    staged:\n      waves:\n        - percent: 100\n          bakeTime: 10m\n' }).replace('tier=svc', 'tier=svcroll');
   let rv = 0n;
-  const applied = await edgeplane(['apply', '-f', file('svc-roll.yaml', yaml), '--wait', '--timeout', '20s'], '', (out) => {
-    const m = /0\/1 nodes at revision (\d+)/.exec(out);
+  // The wave bakes 10 minutes: --wait follows it wave by wave and gives up at its timeout.
+  const applied = await edgeplane(['apply', '-f', file('svc-roll.yaml', yaml), '--wait', '--timeout', '3s'], '', (out) => {
+    const m = /service\/svc-roll created \(revision (\d+)\)/.exec(out);
     if (m && rv === 0n) agent.report((rv = BigInt(m[1]!)), RevisionOutcome.REVISION_OUTCOME_ACK);
   });
-  t.is(applied.code, 0, applied.stderr);
-  t.regex(applied.stdout, new RegExp(`service/svc-roll created \\(revision ${rv}\\)\n[^]*revision ${rv} applied on all 1 selected nodes`), 'a service is waited for like a policy');
+  t.is(applied.code, ExitCode.TIMEOUT, applied.stderr);
+  t.regex(applied.stdout, /service\/svc-roll: wave 1 of 1 \(100%\), 1 node\(s\) run the change, 1\/1 of the wave done/, 'a service rollout is followed like a policy\'s');
+  t.regex(applied.stderr, /timed out after 3s: service\/svc-roll: wave 1 of 1/);
 
   const status = await edgeplane(['rollout', 'status', 'service/svc-roll']);
   t.is(status.code, 0, status.stderr);
@@ -436,6 +438,62 @@ test('services - a staged Service manifest rolls out: apply --wait, rollout stat
   t.is((await edgeplane(['get', 'service', 'svc-roll'])).code, ExitCode.ERROR, 'the service its rollout created is gone');
   const bad = await edgeplane(['rollout', 'pause', 'node/x']);
   t.is(bad.code, ExitCode.USAGE);
+});
+
+/** Fake agents that ACK every record of a policy's rollout, as real agents apply every revision. */
+function ackRollouts(name: string, agents: { report(revision: bigint, outcome: RevisionOutcome, reason?: string): void }[], nack?: { agent: number; reason: string }): () => void {
+  const api = new GrpcEdgeplaneApi({ server: controller.address, insecure: true, requestTimeoutMs: 2000 });
+  let acked = 0n;
+  const timer = setInterval(() => {
+    void api.getRollout(name).then((s) => {
+      const rv = s?.rollout?.resourceVersion ?? 0n;
+      if (rv <= acked) return;
+      acked = rv;
+      agents.forEach((a, i) => (nack?.agent === i ? a.report(rv, RevisionOutcome.REVISION_OUTCOME_NACK, nack.reason) : a.report(rv, RevisionOutcome.REVISION_OUTCOME_ACK)));
+    }, () => undefined);
+  }, 100);
+  return () => {
+    clearInterval(timer);
+    api.close();
+  };
+}
+
+const stagedPolicyYaml = (name: string, role: string, bake: string): string =>
+  policyYaml(name, { role }) + `  rolloutStrategy:\n    staged:\n      waves: [{name: canary, selector: {matchLabels: {canary: "true"}}, bakeTime: ${bake}}]\n`;
+
+test('apply --wait - follows a staged rollout wave by wave, the implicit last wave included, until every node runs the change', async (t) => {
+  const agents = await Promise.all([fakeAgent('wait-staged-1', { role: 'wait-staged', canary: 'true' }), fakeAgent('wait-staged-2', { role: 'wait-staged' })]);
+  t.teardown(() => agents.forEach((a) => a.close()));
+  t.teardown(ackRollouts('wait-staged', agents));
+  const r = await edgeplane(['apply', '-f', file('wait-staged.yaml', stagedPolicyYaml('wait-staged', 'wait-staged', '1s')), '--wait', '--timeout', '30s']);
+  t.is(r.code, 0, r.stderr);
+  const change = BigInt(/policy\/wait-staged created \(revision (\d+)\)/.exec(r.stdout)![1]!);
+  t.regex(r.stdout, /policy\/wait-staged: wave 1 of 2 \(canary: selector\), 1 node\(s\) run the change/);
+  t.regex(r.stdout, /policy\/wait-staged: wave 2 of 2 \(rest: 100%\), 2 node\(s\) run the change/);
+  t.regex(r.stdout, /policy\/wait-staged: succeeded\n/);
+  const final = BigInt(/revision (\d+) applied on all 2 selected nodes\n$/.exec(r.stdout)![1]!);
+  t.true(final > change + 1n, `waited for the record that ended the rollout (${final}), not the change (${change})`);
+});
+
+test('apply --wait - a staged rollout failed by a NACK exits 3, an aborted one exits 6', async (t) => {
+  const agents = await Promise.all([fakeAgent('wait-sfail-1', { role: 'wait-sfail', canary: 'true' }), fakeAgent('wait-sfail-2', { role: 'wait-sfail' })]);
+  t.teardown(() => agents.forEach((a) => a.close()));
+  t.teardown(ackRollouts('wait-sfail', agents, { agent: 0, reason: 'map full' }));
+  const nacked = await edgeplane(['apply', '-f', file('wait-sfail.yaml', stagedPolicyYaml('wait-sfail', 'wait-sfail', '10m')), '--wait', '--timeout', '30s']);
+  t.is(nacked.code, ExitCode.NACK, nacked.stdout + nacked.stderr);
+  t.regex(nacked.stderr, /rollout of policy wait-sfail failed: .*wait-sfail-1/);
+
+  const agents2 = await Promise.all([fakeAgent('wait-sabort-1', { role: 'wait-sabort', canary: 'true' }), fakeAgent('wait-sabort-2', { role: 'wait-sabort' })]);
+  t.teardown(() => agents2.forEach((a) => a.close()));
+  t.teardown(ackRollouts('wait-sabort', agents2));
+  const waiting = edgeplane(['apply', '-f', file('wait-sabort.yaml', stagedPolicyYaml('wait-sabort', 'wait-sabort', '10m')), '--wait', '--timeout', '30s'], '', (out) => {
+    if (/of the wave done/.test(out) && !aborting) aborting = edgeplane(['rollout', 'abort', 'wait-sabort', '--reason', 'operator says no']);
+  });
+  let aborting: Promise<Result> | undefined;
+  const aborted = await waiting;
+  t.is((await aborting!).code, 0);
+  t.is(aborted.code, ExitCode.ROLLOUT_FAILED, aborted.stdout + aborted.stderr);
+  t.regex(aborted.stderr, /rollout of policy wait-sabort aborted: operator says no/);
 });
 
 test('apply --wait - exits with the NACK code, naming the node and its reason', async (t) => {

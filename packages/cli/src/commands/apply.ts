@@ -1,10 +1,10 @@
-import { ApplyPolicyRequest, ApplyServiceRequest, matchesLabelSelector, type LabelSelector } from '@edgeplane/proto';
+import { ApplyPolicyRequest, ApplyServiceRequest, RolloutKind, matchesLabelSelector, type LabelSelector, type RolloutStrategy } from '@edgeplane/proto';
 import type { Command, CommandContext, Flags } from '../command.js';
 import { parseDurationMs } from '../duration.js';
 import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { FILE_OPTIONS, explainRpcError, loadManifests, resourceId } from '../manifest-input.js';
-import { renderProgress, waitForRevision } from '../wait.js';
+import { followRollouts, renderProgress, waitForRevision, type FollowedRollout } from '../wait.js';
 import { reportError } from '../report.js';
 
 /** Parses `--timeout`. @throws UsageError */
@@ -30,11 +30,13 @@ export const applyCommand: Command = {
 FILE:LINE:COL: FIELD: message. Documents are then applied in order; a server rejection maps the
 field path back to the line it is about.
 
-With --wait, the command follows the new revision until every node the applied policies and
+With --wait, the command follows the change until every node the applied policies and
 services select (now or before) runs it: a progress bar on a terminal, one line per change
-otherwise. It exits 3 when a node NACKs the revision (printing the node and its reason) and 4 on
---timeout. With a staged rollout strategy, nodes outside the first wave run the revision with
-the previous version; follow the waves with rollout status [service/]NAME --watch.
+otherwise. A change with a staged rollout strategy is followed wave by wave until its rollout
+succeeds (then every selected node runs it). It exits 3 when a node NACKs the revision (printing
+the node and its reason; a staged rollout is reverted then), 6 when a rollout fails on a gate or
+is aborted (printing the reason), and 4 on --timeout (default 60s, 10m when a rollout is
+followed; the timeout covers the whole wait).
 
 Examples:
   edgeplane apply -f examples/
@@ -43,7 +45,7 @@ Examples:
   options: {
     ...FILE_OPTIONS,
     wait: { type: 'boolean', description: 'wait until the selected nodes run the new revision' },
-    timeout: { type: 'string', value: 'DURATION', description: 'how long --wait waits (default 60s)' },
+    timeout: { type: 'string', value: 'DURATION', description: 'how long --wait waits in all (default 60s; 10m when it follows a staged rollout)' },
     'dry-run': { type: 'string', value: 'MODE', description: 'client: validate locally only; server: the server validates, nothing is written', choices: ['none', 'client', 'server'] },
     validate: { type: 'string', value: 'BOOL', description: 'validate on the client before sending (default true)', choices: ['true', 'false'] },
     'allow-large-growth': { type: 'boolean', description: "accept a change that grows a policy's rule count past the server's guard" },
@@ -52,7 +54,6 @@ Examples:
     if (positionals.length > 0) throw new UsageError(`apply takes no arguments (got ${positionals.join(' ')}); use -f`);
     const dryRun = flags.choice('dry-run', ['none', 'client', 'server'], 'none');
     const wait = flags.boolean('wait');
-    const timeoutMs = timeoutFlag(flags, 60_000);
     if (wait && dryRun !== 'none') throw new UsageError('--wait and --dry-run do not go together');
     const manifests = await loadManifests(ctx.io, flags, { validate: validateFlag(flags) });
     const { io } = ctx;
@@ -74,18 +75,25 @@ Examples:
     let revision = 0n;
     // The node selectors of what was applied (policies and services alike).
     const applied: (LabelSelector | undefined)[] = [];
+    // The staged rollouts the writes started.
+    const rollouts: FollowedRollout[] = [];
+    const followRollout = (kind: RolloutKind, name: string, strategy: RolloutStrategy | undefined, res: { unchanged: boolean; revision: bigint }): void => {
+      if (strategy?.strategy?.$case === 'staged' && !res.unchanged && res.revision > 0n) rollouts.push({ kind, name, changeRevision: res.revision });
+    };
     for (const m of manifests) {
       try {
         let res: { created: boolean; unchanged: boolean; revision: bigint };
         if (m.kind === 'policy') {
           const r = await api.applyPolicy(ApplyPolicyRequest.fromPartial({ policy: m.policy, validateOnly: dryRun === 'server', allowLargeGrowth: flags.boolean('allow-large-growth') }));
           if (r.policy) applied.push(r.policy.spec?.nodeSelector);
+          followRollout(RolloutKind.ROLLOUT_KIND_POLICY, m.policy.metadata!.name, r.policy?.spec?.rolloutStrategy, r);
           const rv = r.revision || r.policy?.metadata?.resourceVersion || 0n;
           if (rv > revision) revision = rv;
           res = r;
         } else {
           const r = await api.applyService(ApplyServiceRequest.fromPartial({ service: m.service, validateOnly: dryRun === 'server' }));
           if (r.service) applied.push(r.service.spec?.nodeSelector);
+          followRollout(RolloutKind.ROLLOUT_KIND_SERVICE, m.service.metadata!.name, r.service?.spec?.rolloutStrategy, r);
           const rv = r.revision || r.service?.metadata?.resourceVersion || 0n;
           if (rv > revision) revision = rv;
           res = r;
@@ -101,6 +109,23 @@ Examples:
     }
     if (failed) return ExitCode.ERROR;
     if (!wait) return ExitCode.OK;
+    const timeoutMs = timeoutFlag(flags, rollouts.length > 0 ? 600_000 : 60_000);
+    const deadline = Date.now() + timeoutMs;
+    if (rollouts.length > 0) {
+      // Wave by wave; once every rollout succeeded, its last record's revision is the one every node must run.
+      let shown = 0;
+      const newest = await followRollouts(api, rollouts, {
+        deadline,
+        timeoutMs,
+        onProgress(lines) {
+          if (io.isTTY) {
+            io.stdout.write(`${shown > 0 ? `\x1b[${shown}F` : ''}${lines.map((l) => `\x1b[K${l}\n`).join('')}`);
+            shown = lines.length;
+          } else io.stdout.write(lines.join('\n') + '\n');
+        },
+      });
+      if (newest > revision) revision = newest;
+    }
     const nodes = await api.listNodes('');
     const selectors = [...applied, ...before];
     const selected = new Set(nodes.filter((n) => selectors.some((sel) => matchesLabelSelector(sel, n.labels))).map((n) => n.name));
@@ -114,6 +139,7 @@ Examples:
         revision,
         nodes: selected,
         timeoutMs,
+        deadline,
         onProgress(c) {
           if (io.isTTY) {
             io.stdout.write(`\r\x1b[K${renderProgress(c, true)}`);

@@ -3,17 +3,10 @@ import type { Command, CommandContext, Flags } from '../command.js';
 import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { parseKind } from '../resource-kind.js';
+import { secondsLeft, stateName } from '../rollout-text.js';
 
 const ACTIONS = ['status', 'list', 'pause', 'resume', 'promote', 'abort'] as const;
 type Action = (typeof ACTIONS)[number];
-
-const stateName = (s: RolloutState | undefined): string => (s === undefined ? 'unknown' : RolloutState[s]?.replace('ROLLOUT_STATE_', '').toLowerCase() ?? String(s));
-
-function secondsLeft(until: Date | undefined, now: Date): string {
-  if (!until) return '';
-  const left = Math.ceil((until.getTime() - now.getTime()) / 1000);
-  return left > 0 ? `, baking ${left}s more` : '';
-}
 
 /** Renders a rollout's status as text (pure). */
 export function renderRollout(status: RolloutStatus, now: Date): string {
