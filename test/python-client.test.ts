@@ -17,6 +17,7 @@ import { call, clients } from './support/grpc.js';
 import { adminTlsOf } from './support/control-plane.js';
 
 const CLIENT = fileURLToPath(new URL('../clients/python/edgeplane_client.py', import.meta.url));
+const REFLECT = fileURLToPath(new URL('../clients/python/reflection_call.py', import.meta.url));
 // Debian's interpreter: the one python3-grpcio and python3-grpc-tools are installed for (a
 // python3 earlier on PATH, e.g. pyenv's, may lack them).
 const PYTHON = '/usr/bin/python3';
@@ -57,11 +58,11 @@ test.after.always(async () => {
 });
 
 /** Runs the client; resolves with its exit code and output (never rejects on a non-zero exit). */
-async function client(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+async function client(args: string[], script = CLIENT): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
     const admin = join(dir, 'ctl', 'admin');
     const tls = ['--tls-ca', join(admin, 'ca.pem'), '--tls-cert', join(admin, 'admin.pem'), '--tls-key', join(admin, 'admin-key.pem')];
-    const { stdout, stderr } = await run(PYTHON, [CLIENT, '--server', String(controller!.ready.grpc), ...tls, ...args], { timeout: 60_000 });
+    const { stdout, stderr } = await run(PYTHON, [script, '--server', String(controller!.ready.grpc), ...tls, ...args], { timeout: 60_000 });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code?: number; stdout?: string; stderr?: string };
@@ -225,4 +226,34 @@ it('python client - conntrack lists and counts a node\'s connections through the
   }
   t.is(gone.code, 1);
   t.is((JSON.parse(gone.stdout) as { error: string }).error, 'FAILED_PRECONDITION');
+});
+
+// Issue 17: after the conntrack test, which registered a node.
+it('python client - watch-nodes follows FleetService.WatchNodes over mutual TLS', async (t) => {
+  const r = await client(['watch-nodes', '--initial', '--count', '1']);
+  t.is(r.code, 0, r.stderr);
+  const event = JSON.parse(r.stdout.trim().split('\n')[0]!) as { type: string; node: { name: string } };
+  t.is(event.type, 'NODE_EVENT_TYPE_ADDED');
+  t.regex(event.node.name, /^py-ct-/);
+});
+
+it('python reflection - a request built from server reflection alone: the real files resolve in a descriptor pool, unary and streaming calls work', async (t) => {
+  const listed = await client(['--list'], REFLECT);
+  t.is(listed.code, 0, listed.stderr);
+  t.true((JSON.parse(listed.stdout) as string[]).includes('edgeplane.v1.IntentService'), listed.stdout);
+  const file = await client(['--file', 'edgeplane/v1/policy.proto'], REFLECT);
+  t.is(file.code, 0, `${file.stdout}\n${file.stderr}`);
+  const fd = JSON.parse(file.stdout) as { name: string; dependency: string[]; messageType: string[] };
+  t.is(fd.name, 'edgeplane/v1/policy.proto');
+  t.true(fd.dependency.includes('google/protobuf/duration.proto'));
+  t.true(fd.messageType.includes('Policy'));
+  const policies = await client(['edgeplane.v1.IntentService/ListPolicies', '{"pageSize": 1000}'], REFLECT);
+  t.is(policies.code, 0, `${policies.stdout}\n${policies.stderr}`);
+  t.true((JSON.parse(policies.stdout) as { policies: { metadata: { name: string; labels: Record<string, string> } }[] }).policies.some((p) => p.metadata.name === name && p.metadata.labels.client === 'python'), 'map fields decode');
+  const watched = await client(['edgeplane.v1.FleetService/WatchNodes', '{"sendInitial": true}', '--max-messages', '1'], REFLECT);
+  t.is(watched.code, 0, `${watched.stdout}\n${watched.stderr}`);
+  t.regex((JSON.parse(watched.stdout.trim().split('\n')[0]!) as { node: { name: string } }).node.name, /^py-ct-/);
+  const missing = await client(['--file', 'edgeplane_v1.proto'], REFLECT);
+  t.is(missing.code, 1);
+  t.regex(missing.stdout, /not found/);
 });

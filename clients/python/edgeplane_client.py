@@ -9,6 +9,7 @@ python3-grpcio, python3-grpc-tools), then imported from there.
 Usage:
   edgeplane_client.py --server HOST:PORT apply [-f POLICY.json | --name NAME]
   edgeplane_client.py --server HOST:PORT list [-l SELECTOR | --selector-file FILE]
+  edgeplane_client.py --server HOST:PORT watch-nodes [-l SELECTOR] [--initial] [--count N]
 
 Output is JSON on stdout (the proto3 JSON mapping). When the controller rejects a request
 with INVALID_ARGUMENT, the google.rpc.Status in the `grpc-status-details-bin` trailer is
@@ -190,6 +191,10 @@ def main(argv):
     selector = listing.add_mutually_exclusive_group()
     selector.add_argument("-l", "--selector", default="", help="label selector")
     selector.add_argument("--selector-file", help="read the label selector from a file (for selectors longer than a command line)")
+    watch = sub.add_parser("watch-nodes", help="follow node changes (FleetService.WatchNodes), one JSON object per line")
+    watch.add_argument("-l", "--selector", default="", help="label selector")
+    watch.add_argument("--initial", action="store_true", help="send the current nodes first (as ADDED)")
+    watch.add_argument("--count", type=int, default=0, help="stop after this many events (default: follow until interrupted)")
     conntrack = sub.add_parser("conntrack", help="list (or count) a node's tracked connections, through the controller")
     conntrack.add_argument("node", help="the node's name")
     conntrack.add_argument("--count", action="store_true", help="only count the matching entries")
@@ -234,6 +239,20 @@ def main(argv):
                 elif args.command == "apply-service":
                     service = json_format.ParseDict(service_json, stubs.service.Service())
                     res = intent.ApplyService(stubs.intent.ApplyServiceRequest(service=service), timeout=args.timeout)
+                elif args.command == "watch-nodes":
+                    # A stream has no deadline of its own: it follows until --count events or Ctrl-C.
+                    fleet = stubs.fleet_grpc.FleetServiceStub(channel)
+                    events = fleet.WatchNodes(stubs.fleet.WatchNodesRequest(label_selector=args.selector, send_initial=args.initial))
+                    seen = 0
+                    try:
+                        for event in events:
+                            print(json.dumps(to_json(event)), flush=True)
+                            seen += 1
+                            if args.count and seen >= args.count:
+                                break
+                    finally:
+                        events.cancel()
+                    return 0
                 elif args.command == "conntrack":
                     fleet = stubs.fleet_grpc.FleetServiceStub(channel)
                     connection_filter = stubs.connections.ConnectionFilter(address=args.address, port=args.port)

@@ -289,6 +289,11 @@ export {
   validateConnectionQuery,
 } from './../src/connection-filter.js';
 export {
+  DESCRIPTOR_SET_PATHS,
+  type DescriptorFile,
+  DescriptorIndex,
+} from './../src/descriptor-index.js';
+export {
   parseDurationMs,
 } from './../src/duration.js';
 export {
@@ -405,7 +410,6 @@ export {
   validateRolloutStrategy,
 } from './../src/policy-validation.js';
 export {
-  PROTO_FILES,
   PROTO_INCLUDE_DIR,
 } from './../src/proto-files.js';
 export {

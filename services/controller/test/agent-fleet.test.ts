@@ -1,5 +1,7 @@
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
+import { fromBinary } from '@bufbuild/protobuf';
+import { FileDescriptorProtoSchema } from '@bufbuild/protobuf/wkt';
 import {
   AgentServiceClient,
   ApplyPolicyRequest,
@@ -214,6 +216,18 @@ test('reflection - lists the services and serves their descriptors', async (t) =
   const list = (await std.reflect({ list_services: '' })) as { list_services_response: { service: { name: string }[] } };
   const names = list.list_services_response.service.map((s) => s.name);
   for (const n of ['edgeplane.v1.IntentService', 'edgeplane.v1.FleetService', 'edgeplane.v1.AgentService', 'grpc.health.v1.Health']) t.true(names.includes(n), n);
-  const file = (await std.reflect({ file_containing_symbol: 'edgeplane.v1.IntentService' })) as { file_descriptor_response?: { file_descriptor_proto: Buffer[] } };
-  t.true((file.file_descriptor_response?.file_descriptor_proto.length ?? 0) > 0);
+  type Files = { file_descriptor_response?: { file_descriptor_proto: Buffer[] }; error_response?: { error_code: number } };
+  const decode = (r: Files) => (r.file_descriptor_response?.file_descriptor_proto ?? []).map((b) => fromBinary(FileDescriptorProtoSchema, b));
+  // The real files, as protoc compiles them: the service's own file first, then what it imports.
+  const intent = decode((await std.reflect({ file_containing_symbol: 'edgeplane.v1.IntentService' })) as Files);
+  t.is(intent[0]?.name, 'edgeplane/v1/intent_service.proto');
+  for (const f of ['edgeplane/v1/policy.proto', 'edgeplane/v1/resources.proto', 'google/protobuf/timestamp.proto', 'google/protobuf/duration.proto']) t.true(intent.some((d) => d.name === f), f);
+  const policy = decode((await std.reflect({ file_by_filename: 'edgeplane/v1/policy.proto' })) as Files);
+  t.is(policy[0]?.name, 'edgeplane/v1/policy.proto');
+  t.true(policy[0]!.dependency.includes('google/protobuf/duration.proto'), 'imports what it uses');
+  const resources = policy.find((d) => d.name === 'edgeplane/v1/resources.proto')!;
+  t.deepEqual(resources.messageType.find((m) => m.name === 'ObjectMeta')?.nestedType.map((m) => m.name), ['LabelsEntry', 'AnnotationsEntry'], 'map entries named as protoc names them');
+  t.is(decode((await std.reflect({ file_containing_symbol: 'edgeplane.v1.FleetService.WatchNodes' })) as Files)[0]?.name, 'edgeplane/v1/fleet_service.proto', 'a method names its file');
+  t.is(((await std.reflect({ file_by_filename: 'edgeplane_v1.proto' })) as Files).error_response?.error_code, grpc.status.NOT_FOUND);
+  t.is(((await std.reflect({ file_containing_symbol: 'x'.repeat(5000) })) as Files).error_response?.error_code, grpc.status.INVALID_ARGUMENT);
 });

@@ -1,15 +1,13 @@
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
-import { ReflectionService } from '@grpc/reflection';
-import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import { HealthImplementation } from 'grpc-health-check';
+import { addReflection } from './reflection.js';
 import {
   AgentServiceService,
+  DescriptorIndex,
   FleetServiceService,
   MAX_REQUEST_BYTES,
-  PROTO_FILES,
   TrustServiceService,
   type TrustServiceServer,
-  PROTO_INCLUDE_DIR,
   type AgentServiceServer,
   type FleetServiceServer,
   type IntentServiceServer,
@@ -182,8 +180,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICE_NAMES].map((s) => [s, 'NOT_SERVING' as const])));
   const authorized = authorizedServer(server, options.auth, options.log);
   health.addToServer(authorized as grpc.Server);
-  const definitions = protoLoader.loadSync([...PROTO_FILES, healthProtoPath], { includeDirs: [PROTO_INCLUDE_DIR], keepCase: true, longs: String, enums: String, defaults: true });
-  new ReflectionService(definitions).addToServer(authorized);
+  addReflection(authorized, DescriptorIndex.load(), [...SERVICE_NAMES, 'grpc.health.v1.Health']);
 
   const port = await new Promise<number>((resolve, reject) => server.bindAsync(options.listen, creds, (err, p) => (err ? reject(err) : resolve(p))));
   const setAll = (status: 'SERVING' | 'NOT_SERVING'): void => {
