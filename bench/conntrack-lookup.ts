@@ -118,6 +118,8 @@ try {
     for (let round = 0; round < rounds; round++) {
       for (const side of open) side.access.clear();
       const durations: Record<string, number[]> = Object.fromEntries(open.map((side) => [side.name, []]));
+      // Each packet's own runs too (which of the 7 costs what).
+      const byPacket: Record<string, number[][]> = Object.fromEntries(open.map((side) => [side.name, Array.from({ length: 7 }, () => [])]));
       for (let n = 0; n < connRuns; n++) {
         const c = client(next++);
         const toServer = (flags: number): Uint8Array => buildFrame({ src: c.src, dst: SERVER, protocol: 'tcp', srcPort: c.sport, dstPort: 80, tcpFlags: flags, payloadLength: 0 });
@@ -134,7 +136,11 @@ try {
         for (const side of open) {
           const policy = hook === 'xdp' ? side.datapath.xdpProgram : side.datapath.tcProgram;
           let ns = 0;
-          for (const [inbound, frame] of packets) ns += (inbound ? policy : side.datapath.tcEgressProgram).testRun({ data: frame }).durationNs;
+          packets.forEach(([inbound, frame], i) => {
+            const one = (inbound ? policy : side.datapath.tcEgressProgram).testRun({ data: frame }).durationNs;
+            (byPacket[side.name]?.[i] as number[]).push(one);
+            ns += one;
+          });
           (durations[side.name] as number[]).push(ns);
         }
       }
@@ -142,6 +148,7 @@ try {
       for (const side of open) {
         const m = median(durations[side.name] as number[]);
         line[`${side.name}MedianNs`] = m;
+        line[`${side.name}PacketMedianNs`] = (byPacket[side.name] as number[][]).map(median);
         ((perRound.conn ??= {})[side.name] ??= []).push(m);
       }
       console.log(JSON.stringify(line));

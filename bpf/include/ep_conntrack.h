@@ -173,6 +173,26 @@ struct ep_ct_new_meta {
  * bpf_map_inc_elem_count), so this is the map's element count, expired entries included. */
 extern __s64 bpf_map_sum_elem_count(const struct bpf_map *map) __ksym;
 
+/* Nodes with at most this many possible CPUs skip the ep_ct_new lookup when that table is empty
+ * (ep_ct_new_empty). */
+#define EP_CT_NEW_COUNT_MAX_CPUS 16
+
+/* True when ep_ct_new holds no element at all, so a lookup there cannot find one (CONNTRACK.md
+ * step 3). Below the direct mark new flows go to ep_ct and ep_ct_new is usually empty, and its
+ * lookup (a hash of the key and a cold bucket) was a sixth of a new flow's SYN
+ * (bench/conntrack-lookup.ts; BENCHMARKS.md). The kernel's element count is exact but costs one
+ * load per possible CPU: cheap while nothing writes ep_ct_new (the counters stay in every CPU's
+ * cache), cache misses while a flood churns it on every CPU. So only nodes with at most
+ * EP_CT_NEW_COUNT_MAX_CPUS possible CPUs count (the per-CPU lookup of slot `max` answers NULL when
+ * `max` >= nr_cpu_ids: one helper call); larger ones always look. */
+static __always_inline bool ep_ct_new_empty(void)
+{
+	__u32 zero = 0;
+	if (bpf_map_lookup_percpu_elem(&ep_ct_stats, &zero, EP_CT_NEW_COUNT_MAX_CPUS))
+		return false;
+	return bpf_map_sum_elem_count((const struct bpf_map *)&ep_ct_new) == 0;
+}
+
 /* The direct mark (CONNTRACK.md, "The direct mark"): a new flow's entry goes straight into
  * ep_ct while ep_ct holds fewer entries than half its capacity, so a flow that gets its reply
  * needs no move; above it, into ep_ct_new as before, so a flood of flows that never get a reply
@@ -584,7 +604,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 				       p.ct == EP_CTK_ECHO_REP);
 		bool in_new = false;
 		struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
-		if (!e) {
+		if (!e && !ep_ct_new_empty()) {
 			in_new = true;
 			e = ep_ct_get(&ep_ct_new, &k, now);
 		}

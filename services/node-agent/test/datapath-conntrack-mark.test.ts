@@ -100,3 +100,19 @@ test('conntrack mark - a SYN flood fills ep_ct only to the mark: replies move fl
   for (const i of [0, ...answered]) t.is(datapath.xdpProgram.testRun({ data: fromServer(i, ack) }).retval, XDP_PASS, `flow ${i} passes by its entry`);
   t.is(datapath.xdpProgram.testRun({ data: fromServer(FLOOD + 1, syn | ack) }).retval, XDP_DROP);
 });
+
+test('conntrack mark - an entry in ep_ct_new is found while ep_ct is below the mark: its lookup is skipped only when ep_ct_new is empty', async (t) => {
+  const { datapath, ct, count } = await open(t);
+  for (let i = 0; i <= MARK; i++) datapath.xdpProgram.testRun({ data: toServer(i, syn) });
+  t.deepEqual(count(), { ct: MARK, ctNew: 1 });
+  // ep_ct below the mark again, flow MARK still in ep_ct_new.
+  for (const [key] of [...ct.entries()].slice(0, 2)) ct.delete(key);
+  t.deepEqual(count(), { ct: MARK - 2, ctNew: 1 });
+  // The server's answer passes only by its entry (the default denies it): found in ep_ct_new, moved.
+  t.is(datapath.xdpProgram.testRun({ data: fromServer(MARK, syn | ack) }).retval, XDP_PASS);
+  t.deepEqual(count(), { ct: MARK - 1, ctNew: 0 });
+  t.is(datapath.readCounters().conntrack.promoted.packets, 1);
+  // ep_ct_new empty: the flow passes by its entry in ep_ct, an unsolicited answer is denied.
+  t.is(datapath.xdpProgram.testRun({ data: fromServer(MARK, ack) }).retval, XDP_PASS);
+  t.is(datapath.xdpProgram.testRun({ data: fromServer(MARK + 1, syn | ack) }).retval, XDP_DROP);
+});
