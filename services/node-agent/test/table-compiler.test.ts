@@ -117,12 +117,13 @@ test('table compiler - one rule replaced in 4,096 disjoint ones yields a delta o
   t.is(first.delta, undefined);
   const next = [...rules];
   next[4000] = { ...rules[4000]!, srcCidrs: ['198.19.0.1/32'], dstPorts: [{ from: 50_000, to: 50_000 }] };
-  const compiled = compiler.compile({ rules: next, defaultAction: 'allow' });
+  const spec: RuleSetSpec = { rules: next, defaultAction: 'allow' };
+  const compiled = compiler.compile(spec);
   const delta = compiled.delta!;
   const size = delta.lpm.count + delta.lpmDeletes.length + delta.classWords.count + delta.wordDeletes.length;
   t.true(size > 0 && size <= 16, `delta of ${size} entries`);
   t.deepEqual(delta.ruleSlots, [4001]);
-  t.is(compiler.compile({ rules: next, defaultAction: 'allow' }), compiled, 'the same spec object again: the same compile');
+  t.is(compiler.compile(spec), compiled, 'the same spec object again: the same compile');
   t.deepEqual(compiler.deltasSince(first.version), [delta]);
   t.is(compiler.deltasSince(first.version - 1), undefined, 'before a fresh compile: no deltas');
 });

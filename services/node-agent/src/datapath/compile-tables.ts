@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import type { Cidr } from '@edgeplane/proto';
 import { CapacityError } from './errors.js';
-import { DEFAULT_RULE_ID, MAX_RULES, validateRuleSet, type NormalizedRule, type NormalizedRuleSet, type RuleSetSpec } from './rule-set.js';
+import { checkRuleSetFields, DEFAULT_RULE_ID, MAX_RULES, normalizedSet, normalizeRule, validateRuleSet, type NormalizedRule, type NormalizedRuleSet, type RuleSetSpec } from './rule-set.js';
 
 /** u64 words in a rule vector (65,536 bits). */
 export const VECTOR_WORDS = MAX_RULES / 64;
@@ -162,9 +162,10 @@ export class TableCompiler {
    */
   compile(spec: RuleSetSpec): CompiledTables {
     if (spec === this.#spec && this.#result !== undefined) return this.#result;
-    const ruleSet = validateRuleSet(spec);
     const state = this.#state;
     const changed = state === undefined ? undefined : changedRules(state, spec.rules);
+    // Only the changed rules are checked and parsed again (the others were, and are the same objects).
+    const ruleSet = state !== undefined && changed !== undefined ? validateChanged(state, spec, changed) : validateRuleSet(spec);
     let delta: TablesDelta | undefined;
     try {
       if (state === undefined || changed === undefined) this.#state = freshState(ruleSet, spec);
@@ -326,6 +327,33 @@ function changedRules(state: CompilerState, rules: RuleSetSpec['rules']): number
   return changed;
 }
 
+// validateRuleSet's result for `spec`, checking only the rules at `changed` (the others are the
+// state's, checked when compiled); any problem is left to validateRuleSet, which names the first.
+function validateChanged(state: CompilerState, spec: RuleSetSpec, changed: readonly number[]): NormalizedRuleSet {
+  try {
+    checkRuleSetFields(spec);
+    const rules = state.rules.slice();
+    const leaving = new Set<number>();
+    for (const index of changed) leaving.add(state.ruleIds[index] as number);
+    const added = new Set<number>();
+    for (const index of changed) {
+      const rule = normalizeRule(spec.rules[index] as RuleSetSpec['rules'][number], index);
+      // A new id must be in no other rule: not twice among the changed ones, and, unless a changed
+      // rule held it (ids are unique), in no unchanged one.
+      if (added.has(rule.id)) throw new Error('duplicate id');
+      if (!leaving.has(rule.id) && (changed.length > MAX_SCANNED_CHANGES || state.ruleIds.includes(rule.id))) throw new Error('id to check');
+      added.add(rule.id);
+      rules[index] = rule;
+    }
+    return normalizedSet(spec, rules);
+  } catch {
+    return validateRuleSet(spec);
+  }
+}
+
+/** Changed rules whose ids are checked against the others by a scan; more: the whole rule set is validated. */
+const MAX_SCANNED_CHANGES = 64;
+
 function emptyState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerState {
   const n = ruleSet.rules.length;
   const state: CompilerState = {
@@ -373,7 +401,7 @@ function freshState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerStat
   writeHeader(state, ruleSet);
   for (const rule of ruleSet.rules) {
     writeRuleSlot(state.ruleBytes, rule);
-    state.digests.set(ruleDigest(rule), rule.index * DIGEST_BYTES);
+    writeRuleDigest(rule, state.digests, rule.index * DIGEST_BYTES);
   }
   return state;
 }
@@ -411,7 +439,7 @@ function updateState(state: CompilerState, ruleSet: NormalizedRuleSet, spec: Rul
       (vector) => setVectorBit(state.wild, vector, index),
     );
     writeRuleSlot(state.ruleBytes, rule);
-    state.digests.set(ruleDigest(rule), index * DIGEST_BYTES);
+    writeRuleDigest(rule, state.digests, index * DIGEST_BYTES);
   }
   // Recompute the classes of every changed prefix and the prefixes nested in it: in each tag's
   // order they follow it, so each is one run of the list, started with its ancestors' chain.
@@ -627,23 +655,58 @@ const DIGEST_BYTES = 16;
 /** The fingerprint's format: a new layout of the tables for the same rule set gets a new number. */
 const FINGERPRINT_FORMAT = 2;
 
-/**
- * Each rule's digest, by the normalized rule object (validateRuleSet hands out the same object
- * for an unchanged rule at the same index). Weak: nothing is kept alive for it.
- */
-const digests = new WeakMap<NormalizedRule, Uint8Array>();
-
-// The digest of everything of a rule the tables encode but its index: sha-256 (truncated) of
-// an unambiguous text of its normalized fields.
-function ruleDigest(rule: NormalizedRule): Uint8Array {
-  let digest = digests.get(rule);
-  if (digest === undefined) {
-    const cidrs = (list: readonly Cidr[] | null): string | null => (list === null ? null : list.map((c) => `${Buffer.from(c.address).toString('hex')}/${c.prefixLength}`).join(','));
-    const text = JSON.stringify([rule.id, rule.action, rule.track, rule.rateLimit?.pps ?? 0, rule.rateLimit?.burst ?? 0, cidrs(rule.src), cidrs(rule.dst), rule.protocol, rule.ports === null ? null : rule.ports.map((p) => `${p.from}-${p.to}`).join(',')]);
-    digest = new Uint8Array(createHash('sha256').update(text).digest().subarray(0, DIGEST_BYTES));
-    digests.set(rule, digest);
+// A rule's digest: everything of it the tables encode but its index (id, action, track, rate,
+// prefixes, protocol, ports), as a sequence of u32s, hashed in four murmur3 lanes of different
+// seeds into 16 bytes at `out[offset..]`. Not a cryptographic hash: it tells rule sets apart for
+// the fingerprint (an accidental equality is ~2^-128), computed per changed rule without
+// allocating; a rule set crafted to collide could only come from whoever may write policies.
+function writeRuleDigest(rule: NormalizedRule, out: Uint8Array, offset: number): void {
+  digestLanes.set(DIGEST_SEEDS);
+  digestCount = 0;
+  mixDigest(rule.id);
+  mixDigest(actionCodes[rule.action] | (rule.track ? RULE_FLAG_TRACK : 0));
+  mixDigest(rule.rateLimit?.pps ?? 0);
+  mixDigest(rule.rateLimit?.burst ?? 0);
+  mixCidrs(rule.src);
+  mixCidrs(rule.dst);
+  mixDigest(rule.protocol ?? 0xffff_ffff);
+  if (rule.ports === null) mixDigest(0xffff_ffff);
+  else {
+    mixDigest(rule.ports.length);
+    for (const range of rule.ports) mixDigest(range.from * 65536 + range.to);
   }
-  return digest;
+  const view = new DataView(out.buffer, out.byteOffset);
+  for (let lane = 0; lane < 4; lane++) {
+    // murmur3's finalizer, lanes crossed so each output word depends on all four.
+    let h = ((digestLanes[lane] as number) ^ digestCount ^ (digestLanes[(lane + 1) & 3] as number)) >>> 0;
+    h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+    h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+    view.setUint32(offset + lane * 4, (h ^ (h >>> 16)) >>> 0, true);
+  }
+}
+
+const DIGEST_SEEDS = [0x9747b28c, 0x85ebca6b, 0xc2b2ae35, 0x27d4eb2f];
+const digestLanes = new Int32Array(4);
+let digestCount = 0;
+
+function mixDigest(value: number): void {
+  let k = Math.imul(value | 0, 0xcc9e2d51);
+  k = Math.imul((k << 15) | (k >>> 17), 0x1b873593);
+  for (let lane = 0; lane < 4; lane++) {
+    let h = (digestLanes[lane] as number) ^ Math.imul(k, lane * 2 + 1);
+    h = (h << 13) | (h >>> 19);
+    digestLanes[lane] = Math.imul(h, 5) + 0xe6546b64 + lane;
+  }
+  digestCount++;
+}
+
+function mixCidrs(list: readonly Cidr[] | null): void {
+  if (list === null) return mixDigest(0xffff_ffff);
+  mixDigest(list.length);
+  for (const cidr of list) {
+    mixDigest(cidr.family * 256 + cidr.prefixLength);
+    for (let i = 0; i < cidr.address.length; i += 4) mixDigest((((cidr.address[i] as number) << 24) | ((cidr.address[i + 1] as number) << 16) | ((cidr.address[i + 2] as number) << 8) | (cidr.address[i + 3] as number)) >>> 0);
+  }
 }
 
 // sha-256 over the format, the default slot, the generation flags and every rule's digest in
