@@ -161,8 +161,8 @@ test('incremental apply - a random sequence of small changes written by differen
     t.is(totals.defaultAction.packets, counted.get(DEFAULT_RULE_ID) ?? 0, `seed ${seed} step ${step}: default action`);
   }
   t.log(`applies by write: ${[...writes].map(([k, n]) => `${k} ${n}`).join(', ')}`);
-  // Only the first apply and inserts and removals are written whole; every other change in place.
-  t.true((writes.get('updated') ?? 0) >= 25, `updated ${writes.get('updated') ?? 0} of 40`);
+  // Written whole: the first apply, inserts, removals and changes of wide prefixes; the rest in place.
+  t.true((writes.get('updated') ?? 0) >= 18, `updated ${writes.get('updated') ?? 0} of 40`);
 });
 
 test('incremental apply - one rule replaced in 16,384 writes a few entries, not the rule set', async (t) => {
