@@ -373,7 +373,7 @@ function emptyState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerStat
     flags: 0,
   };
   // Tag-only entries: every lookup finds at least the empty class, so the program never misses.
-  for (const tag of [tags.src | 4, tags.src | 6, tags.dst | 4, tags.dst | 6]) nodeAt(state, tag, tag & 4 ? 32 : 128, tag & 4 ? 0 : new Uint8Array(16), 0, false);
+  for (const tag of [tags.src | 4, tags.src | 6, tags.dst | 4, tags.dst | 6]) nodeAt(state, tag, (tag & 0xf) === 4 ? 32 : 128, (tag & 0xf) === 4 ? 0 : new Uint8Array(16), 0, false);
   for (const slot of Object.values(protocolSlots)) nodeAt(state, tags.l4 | slot, 24, 0, 0, false);
   return state;
 }
@@ -417,7 +417,8 @@ function updateState(state: CompilerState, ruleSet: NormalizedRuleSet, spec: Rul
         const node = state.prefixes.get(keyOf(tag, value, length));
         if (node === undefined) return;
         const at = sortedIndex(node.rules, index);
-        if (node.rules[at] === index) node.rules.splice(at, 1);
+        // A new array, never a change in place: a class may be this very array.
+        if (node.rules[at] === index) node.rules = [...node.rules.slice(0, at), ...node.rules.slice(at + 1)];
         dirty.add(node);
       },
       (vector) => clearVectorBit(state.wild, vector, index),
@@ -433,7 +434,7 @@ function updateState(state: CompilerState, ruleSet: NormalizedRuleSet, spec: Rul
       (tag, width, value, length) => {
         const node = nodeAt(state, tag, width, value, length, true);
         const at = sortedIndex(node.rules, index);
-        if (node.rules[at] !== index) node.rules.splice(at, 0, index);
+        if (node.rules[at] !== index) node.rules = [...node.rules.slice(0, at), index, ...node.rules.slice(at)];
         dirty.add(node);
       },
       (vector) => setVectorBit(state.wild, vector, index),
@@ -519,7 +520,7 @@ function sweep(state: CompilerState, list: readonly PrefixNode[], from: number, 
     if (root !== undefined && !contains(root, node)) break;
     while (stack.length > 0 && !contains(stack[stack.length - 1] as PrefixNode, node)) stack.pop();
     const parent = stack[stack.length - 1];
-    assign(state, node, parent === undefined ? [...node.rules] : mergeSorted(parent.cls, node.rules), log);
+    assign(state, node, parent === undefined ? node.rules : mergeSorted(parent.cls, node.rules), log);
     stack.push(node);
   }
   return at;
@@ -752,13 +753,14 @@ function portPrefixes(from: number, to: number): readonly [number, number][] {
 interface PrefixNode {
   readonly tag: number;
   readonly width: number;
-  readonly value: bigint;
+  /** The value: a number for prefixes of up to 32 bits (IPv4, L4), a bigint for IPv6 (one kind per tag). */
+  readonly value: number | bigint;
   readonly length: number;
   /** The value again, as a number (up to 32 bits) or its bytes (IPv6), for writing keys without bigint arithmetic. */
   readonly raw: number | Uint8Array;
   readonly key: number | string;
-  /** Indexes of the rules that name this prefix, ascending. */
-  readonly rules: number[];
+  /** Indexes of the rules that name this prefix, ascending; replaced, never changed in place, once its class is assigned (a class may be this array). */
+  rules: number[];
   /** Its class: the rules of this prefix and of every prefix containing it, ascending. */
   cls: readonly number[];
   /** The class's id (0: empty; -1: not assigned yet). */
@@ -779,7 +781,7 @@ function nodeAt(state: CompilerState, tag: number, width: number, value: number 
   const key = keyOf(tag, value, length);
   let node = state.prefixes.get(key);
   if (node === undefined) {
-    node = { tag, width, value: typeof value === 'number' ? BigInt(value) : bytesToBigint(value), length, raw: value, key, rules: [], cls: [], id: -1 };
+    node = { tag, width, value: typeof value === 'number' ? value : bytesToBigint(value), length, raw: value, key, rules: [], cls: [], id: -1 };
     state.prefixes.set(key, node);
     let list = state.byTag.get(tag);
     if (list === undefined) state.byTag.set(tag, (list = []));
@@ -830,7 +832,7 @@ function ancestorsOf(state: CompilerState, node: PrefixNode): PrefixNode[] {
     const shift = node.width - length;
     let key: number | string;
     if (typeof node.raw === 'number') key = keyOf(node.tag, shift >= 32 ? 0 : Math.floor(node.raw / 2 ** shift) * 2 ** shift, length);
-    else key = keyOf(node.tag, (node.value >> BigInt(shift)) << BigInt(shift), length);
+    else key = keyOf(node.tag, ((node.value as bigint) >> BigInt(shift)) << BigInt(shift), length);
     const found = state.prefixes.get(key);
     if (found !== undefined) out.push(found);
   }
@@ -895,13 +897,19 @@ export function slotOf(protocol: number): number {
 
 function contains(outer: PrefixNode, inner: PrefixNode): boolean {
   if (inner.length < outer.length) return false;
+  if (typeof outer.value === 'number') {
+    const block = 2 ** (outer.width - outer.length);
+    return Math.floor((inner.value as number) / block) === Math.floor(outer.value / block);
+  }
   const shift = BigInt(outer.width - outer.length);
-  return inner.value >> shift === outer.value >> shift;
+  return (inner.value as bigint) >> shift === outer.value >> shift;
 }
 
-// Both ascending. Returns `a` itself when `b` is empty (classes are never changed once built).
+// Both ascending. Returns `a` itself when `b` is empty, and `b` when `a` is (classes and rule
+// lists are never changed once built).
 function mergeSorted(a: readonly number[], b: readonly number[]): readonly number[] {
   if (b.length === 0) return a;
+  if (a.length === 0) return b;
   const sortedB = b;
   const out: number[] = [];
   let i = 0;
