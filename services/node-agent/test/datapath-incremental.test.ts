@@ -69,7 +69,7 @@ function change(rng: () => number, ruleSet: RuleSetSpec, fresh: () => RuleSetSpe
 
 test('incremental apply - a random sequence of small changes written by difference equals a whole rebuild, map by map, and classifies as the reference', async (t) => {
   // Each step opens, fills and compares two datapaths; on a loaded 2-core machine that is minutes.
-  t.timeout(10 * 60_000);
+  t.timeout(20 * 60_000);
   const seed = seedFromEnv();
   t.log(`seed ${seed} (EDGEPLANE_SEED=${seed} to reproduce)`);
   const rng = prng(seed);
