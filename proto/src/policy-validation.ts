@@ -70,17 +70,20 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
     add(`${sp}.rules`, `${spec.rules.length} rules; at most ${limits.maxRules}`, 'TOO_MANY_RULES');
     // The rules are not checked one by one: that work would be the caller's to choose.
   } else {
-    const priorities = new Map<number, number>();
+    // Rules in strictly ascending priority (the usual order) cannot share one: no map needed.
+    const ascending = spec.rules.every((rule, i) => i === 0 || rule.priority > spec.rules[i - 1]!.priority);
+    const priorities = ascending ? undefined : new Map<number, number>();
     let valid = validRules.get(limits);
     if (valid === undefined) validRules.set(limits, (valid = new WeakSet()));
     spec.rules.forEach((rule, i) => {
-      const rp = `${sp}.rules[${i}]`;
-      const first = priorities.get(rule.priority);
-      if (first !== undefined) add(`${rp}.priority`, `priority ${rule.priority} is also used by rules[${first}]`, 'DUPLICATE_PRIORITY');
-      else priorities.set(rule.priority, i);
+      if (priorities !== undefined) {
+        const first = priorities.get(rule.priority);
+        if (first !== undefined) add(`${sp}.rules[${i}].priority`, `priority ${rule.priority} is also used by rules[${first}]`, 'DUPLICATE_PRIORITY');
+        else priorities.set(rule.priority, i);
+      }
       if (valid.has(rule)) return;
       let bad = false;
-      validateRule(rule, rp, limits, (f, d, r) => {
+      validateRule(rule, `${sp}.rules[${i}]`, limits, (f, d, r) => {
         bad = true;
         add(f, d, r);
       });

@@ -1,6 +1,6 @@
 // Public surface of the node agent's datapath.
-export { compileTables, MAX_CLASS_WORDS, rangeToPrefixes } from './datapath/compile-tables.js';
-export type { MapEntriesSpec, TablesSpec } from './datapath/compile-tables.js';
+export { compileTables, MAX_CLASS_WORDS, rangeToPrefixes, TableCompiler, TableCompilers } from './datapath/compile-tables.js';
+export type { CompiledTables, MapEntriesSpec, TablesDelta, TablesSpec } from './datapath/compile-tables.js';
 export type { ApplyResult, ConnectionReader, Counter, CounterReader, Datapath, DatapathCounters, LbCounters } from './datapath/datapath.js';
 export { DEFAULT_OBJECT_PATH, EbpfDatapath } from './datapath/ebpf-datapath.js';
 export {

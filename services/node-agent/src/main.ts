@@ -20,6 +20,7 @@ import { StateFile } from './agent/state-file.js';
 import { VerifiedHead } from './agent/verified-head.js';
 import type { Datapath } from './datapath/datapath.js';
 import { ConntrackSweeper } from './datapath/conntrack-sweeper.js';
+import { TableCompilers } from './datapath/compile-tables.js';
 import { EbpfDatapath } from './datapath/ebpf-datapath.js';
 import type { InterfaceRole } from './datapath/interface-role.js';
 import { MemoryDatapath } from './datapath/memory-datapath.js';
@@ -114,6 +115,8 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
     if (config.datapath === 'ebpf') {
       ensureBpffs(config.pinRoot);
       const opened: Partial<Record<InterfaceRole, EbpfDatapath>> = {};
+      // One rule set object applied to both roles is compiled, and held in memory, once.
+      const compilers = new TableCompilers();
       for (const role of ['uplink', 'workload'] as const) {
         const pinRoot = join(config.pinRoot, role);
         mkdirSync(pinRoot, { recursive: true });
@@ -127,6 +130,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
           // workload datapath never fronts a service and takes the smallest maps.
           lbCapacity: role === 'uplink' ? config.lbCapacity : NO_LB_CAPACITY,
           onInstallStep: (step) => log('info', `${role} datapath install: ${step}`),
+          compilers,
         });
         closers.push(() => dp.close()); // closes fds only: programs stay attached and pinned
         // Expired connection entries of flows that simply stopped leave the table here.

@@ -142,28 +142,27 @@ function specOf(rule: Rule, policy: string, hash: number, id: number, stateful: 
   return spec;
 }
 
+/**
+ * What compileRole built last for each role: a recompile whose policies differ only in a few
+ * rules (same policies in the same order, a changed policy's rules replaced in place with the
+ * same priorities and names) reuses it and does work for the changed rules only. Whatever agent
+ * in this process compiled it: the reuse is checked against the inputs, never assumed.
+ */
+interface RoleCompile {
+  readonly mine: readonly Policy[];
+  /** Per policy of `mine`, per rule: its index in the merged rule set. */
+  readonly positions: readonly (readonly number[])[];
+  readonly result: CompiledRole;
+}
+const lastRole: Partial<Record<InterfaceRole, RoleCompile>> = {};
+
 function compileRole(policies: Policy[], role: InterfaceRole): CompiledRole {
   const mine = policies.filter((p) => appliesTo(p, role));
   const stateful = new Set(mine.filter(isStateful).map((p) => p.metadata!.name));
-  // First match wins: ascending priority, ties broken by policy name, so every node orders the
-  // same rules the same way.
-  const order = (a: { policy: string; rule: Rule }, b: { policy: string; rule: Rule }): number => a.rule.priority - b.rule.priority || (a.policy < b.policy ? -1 : a.policy > b.policy ? 1 : 0);
-  const rules = mine.flatMap((p) => p.spec!.rules.map((rule) => ({ policy: p.metadata!.name, rule })));
-  // Usually already in order (one policy, rules by priority): checking is cheaper than sorting.
-  if (rules.some((r, i) => i > 0 && order(rules[i - 1]!, r) > 0)) rules.sort(order);
-  if (rules.length > MAX_RULES) throw new CompileError(`${rules.length} ${role} rules select this node; the datapath holds ${MAX_RULES}`);
-  const origins = new Map<number, RuleOrigin>();
-  const specs = rules.map(({ policy, rule }) => {
-    const hash = hashOf(rule, policy);
-    let id = hash;
-    // A 32-bit hash can collide; probe deterministically (same input order on every node).
-    while (origins.has(id) || id >= EGRESS_RULE_ID) id = id >= EGRESS_RULE_ID ? 0 : id + 1;
-    origins.set(id, { policy, priority: rule.priority, ruleName: rule.name });
-    return specOf(rule, policy, hash, id, stateful.has(policy));
-  });
+  const specs = respliced(lastRole[role], mine, stateful) ?? compileRules(mine, role, stateful);
   // The most restrictive default of the policies that have an opinion.
   const deny = mine.some((p) => p.spec!.defaultAction === Action.ACTION_DENY);
-  const ruleSet: RuleSetSpec = { rules: specs, defaultAction: deny ? 'deny' : 'allow' };
+  const ruleSet: RuleSetSpec = { rules: specs.specs, defaultAction: deny ? 'deny' : 'allow' };
   // Connection tracking (bpf/CONNTRACK.md, "Policy semantics (API)"): the flags are set only
   // when true, so a stateless intent compiles to exactly the rule set it did before tracking.
   const statefulPolicies = mine.filter(isStateful);
@@ -174,7 +173,73 @@ function compileRole(policies: Policy[], role: InterfaceRole): CompiledRole {
     if (!deny && statefulPolicies.some((p) => p.spec!.defaultAction === Action.ACTION_ALLOW)) ruleSet.trackDefault = true;
     if (statefulPolicies.some((p) => p.spec!.connectionTracking!.establishedOnDeny === ConnectionTracking_EstablishedOnDeny.ESTABLISHED_ON_DENY_CUT)) ruleSet.cutOnDeny = true;
   }
-  return { ruleSet, origins };
+  const result = { ruleSet, origins: specs.origins };
+  lastRole[role] = { mine, positions: specs.positions, result };
+  return result;
+}
+
+/** The merged rules of `mine` in first-match order: their specs, origins and places. */
+interface MergedRules {
+  readonly specs: RuleSpec[];
+  readonly origins: Map<number, RuleOrigin>;
+  readonly positions: readonly (readonly number[])[];
+}
+
+function compileRules(mine: readonly Policy[], role: InterfaceRole, stateful: ReadonlySet<string>): MergedRules {
+  // First match wins: ascending priority, ties broken by policy name, so every node orders the
+  // same rules the same way.
+  type Entry = { policy: string; rule: Rule; p: number; r: number };
+  const order = (a: Entry, b: Entry): number => a.rule.priority - b.rule.priority || (a.policy < b.policy ? -1 : a.policy > b.policy ? 1 : 0);
+  const rules = mine.flatMap((p, pi) => p.spec!.rules.map((rule, r): Entry => ({ policy: p.metadata!.name, rule, p: pi, r })));
+  // Usually already in order (one policy, rules by priority): checking is cheaper than sorting.
+  if (rules.some((r, i) => i > 0 && order(rules[i - 1]!, r) > 0)) rules.sort(order);
+  if (rules.length > MAX_RULES) throw new CompileError(`${rules.length} ${role} rules select this node; the datapath holds ${MAX_RULES}`);
+  const origins = new Map<number, RuleOrigin>();
+  const positions = mine.map((p) => new Array<number>(p.spec!.rules.length));
+  const specs = rules.map(({ policy, rule, p, r }, at) => {
+    const hash = hashOf(rule, policy);
+    let id = hash;
+    // A 32-bit hash can collide; probe deterministically (same input order on every node).
+    while (origins.has(id) || id >= EGRESS_RULE_ID) id = id >= EGRESS_RULE_ID ? 0 : id + 1;
+    origins.set(id, { policy, priority: rule.priority, ruleName: rule.name });
+    (positions[p] as number[])[r] = at;
+    return specOf(rule, policy, hash, id, stateful.has(policy));
+  });
+  return { specs, origins, positions };
+}
+
+/**
+ * The merged rules of `mine` from the last compile of the role, when `mine` differs from its
+ * policies only in rules replaced in place (same count, and each replaced rule with the same
+ * priority and name as the one it replaces, so the order, the ids and the origins stay): the
+ * previous specs with the replaced rules' specs put in. Work and memory: a copy of the spec
+ * array, plus the replaced rules. @returns undefined when the full compile is needed.
+ */
+function respliced(last: RoleCompile | undefined, mine: readonly Policy[], stateful: ReadonlySet<string>): MergedRules | undefined {
+  if (last === undefined || last.mine.length !== mine.length) return undefined;
+  const previous = last.result.ruleSet.rules;
+  let specs: RuleSpec[] | undefined;
+  for (let p = 0; p < mine.length; p++) {
+    const now = mine[p] as Policy;
+    const before = last.mine[p] as Policy;
+    if (now === before) continue;
+    const name = now.metadata!.name;
+    if (name !== before.metadata!.name || isStateful(now) !== isStateful(before)) return undefined;
+    const rules = now.spec!.rules;
+    const old = before.spec!.rules;
+    if (rules.length !== old.length) return undefined;
+    for (let r = 0; r < rules.length; r++) {
+      const rule = rules[r] as Rule;
+      const was = old[r] as Rule;
+      if (rule === was) continue;
+      if (rule.priority !== was.priority || rule.name !== was.name) return undefined;
+      const at = (last.positions[p] as readonly number[])[r] as number;
+      const id = (previous[at] as RuleSpec).id;
+      specs ??= previous.slice();
+      specs[at] = specOf(rule, name, hashOf(rule, name), id, stateful.has(name));
+    }
+  }
+  return { specs: specs ?? previous.slice(), origins: last.result.origins, positions: last.positions };
 }
 
 /** What a staged rollout may change: a resource with a name (a policy or a service). */

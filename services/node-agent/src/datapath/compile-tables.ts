@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import type { Cidr } from '@edgeplane/proto';
 import { CapacityError } from './errors.js';
-import { DEFAULT_RULE_ID, MAX_RULES, validateRuleSet, type NormalizedRule, type RuleSetSpec } from './rule-set.js';
+import { checkRuleSetFields, DEFAULT_RULE_ID, MAX_RULES, normalizedSet, normalizeRule, validateRuleSet, type NormalizedRule, type NormalizedRuleSet, type RuleSetSpec } from './rule-set.js';
 
 /** u64 words in a rule vector (65,536 bits). */
 export const VECTOR_WORDS = MAX_RULES / 64;
@@ -73,196 +73,651 @@ export interface TablesSpec {
   readonly rules: Uint8Array;
   /** ep_gen_cfg.flags of the generation (genFlags: egress tracking, cut on deny). */
   readonly genFlags: number;
-  /** sha-256 of all of the above: equal fingerprints mean identical tables. */
+  /** sha-256 of the rule set as compiled (every rule's fields in order, the default, the flags): equal fingerprints mean tables that classify alike. */
   readonly fingerprint: Uint8Array;
 }
 
-/**
- * The tables compiled last and the spec object they came from, both held weakly: the agent
- * applies one rule set object to the datapaths of both interface roles, one after the other,
- * and the second apply takes the first one's tables instead of compiling the same rule set
- * again (half the compile time and the peak memory of an apply). Weak, so nothing is kept
- * alive for it: once the tables are garbage, the next call compiles.
- */
-let recent: { spec: WeakRef<RuleSetSpec>; tables: WeakRef<TablesSpec> } | undefined;
+/** What changed in the tables from one compile of a {@link TableCompiler} to its next. */
+export interface TablesDelta {
+  /** LPM keys the new tables no longer hold. */
+  readonly lpmDeletes: readonly Uint8Array[];
+  /** LPM entries added or changed. */
+  readonly lpm: MapEntriesSpec;
+  /** Class-word keys the new tables no longer hold. */
+  readonly wordDeletes: readonly Uint8Array[];
+  /** Class words added (a class id's words never change while the class lives). */
+  readonly classWords: MapEntriesSpec;
+  /** Slots of the rules array (0: the default action, i + 1: rule i) whose entry may have changed. */
+  readonly ruleSlots: readonly number[];
+  /** Whether a wildcard vector may have changed. */
+  readonly wild: boolean;
+  /** LPM entries and class words the tables hold after it. */
+  readonly lpmCount: number;
+  readonly wordCount: number;
+}
 
 /**
- * Compiles `spec` into tables. A spec is an input, never changed after it was compiled: the same
- * spec object compiled again may get the same (read-only) tables.
- * @returns the tables; read-only, shared with other callers that compiled the same spec object.
+ * One compile of a {@link TableCompiler}: the fixed-size tables and the counts of the variable
+ * ones, and the difference from the compiler's previous compile. `rules`, `wild` and `ruleIds`
+ * are the compiler's own and change with its next compile: read them before that, or copy.
+ */
+export interface CompiledTables {
+  readonly compiler: TableCompiler;
+  /** Counts the compiler's compiles; `delta` leads from version - 1 to this one. */
+  readonly version: number;
+  readonly ruleCount: number;
+  readonly ruleIds: readonly number[];
+  readonly classCount: number;
+  readonly lpmCount: number;
+  readonly wordCount: number;
+  readonly rules: Uint8Array;
+  readonly wild: Uint8Array;
+  readonly genFlags: number;
+  readonly fingerprint: Uint8Array;
+  /** The difference from the previous version; undefined when this compile started afresh. */
+  readonly delta: TablesDelta | undefined;
+}
+
+/**
+ * Compiles `spec` into tables, afresh. A spec is an input, never changed after it was compiled.
+ * @returns new tables the caller owns.
  * @throws RuleSetError for an invalid rule; CapacityError for more than MAX_RULES rules, more
  * than MAX_CLASS_WORDS class words or MAX_CLASS_MEMBERS class memberships (deeply nested
  * prefixes or port ranges each shared by thousands of rules).
  */
 export function compileTables(spec: RuleSetSpec): TablesSpec {
-  const reused = recent?.spec.deref() === spec ? recent.tables.deref() : undefined;
-  if (reused !== undefined) return reused;
-  const tables = compileTablesOnce(spec);
-  recent = { spec: new WeakRef(spec), tables: new WeakRef(tables) };
-  return tables;
+  const compiler = new TableCompiler();
+  compiler.compile(spec);
+  return compiler.tables();
 }
 
-function compileTablesOnce(spec: RuleSetSpec): TablesSpec {
-  const ruleSet = validateRuleSet(spec);
-  const rules = ruleSet.rules;
-  const wild = new Uint32Array((WILD_COUNT * sizes.bitvec) / 4);
-  const prefixes = new Map<number | string, PrefixNode>();
-  const addPrefix = (tag: number, width: number, value: number | Uint8Array, length: number, rule: number): void => {
-    // Prefixes of up to 32 bits (IPv4, L4) key by one number (tag, length, value in 46 bits):
-    // no bigint or string per rule. IPv6 keys by text.
-    const big = typeof value === 'number' ? undefined : bytesToBigint(value);
-    const key = big === undefined ? tag * 2 ** 38 + length * 2 ** 32 + (value as number) : `${tag}/${length}/${big}`;
-    let node = prefixes.get(key);
-    if (node === undefined) {
-      node = { tag, width, value: big ?? BigInt(value as number), length, raw: value, rules: [], cls: [] };
-      prefixes.set(key, node);
-    }
-    if (rule >= 0 && node.rules[node.rules.length - 1] !== rule) node.rules.push(rule);
-  };
-  // Tag-only entries: every lookup finds at least the empty class, so the program never misses.
-  for (const tag of [tags.src | 4, tags.src | 6, tags.dst | 4, tags.dst | 6]) addPrefix(tag, tag & 4 ? 32 : 128, tag & 4 ? 0 : new Uint8Array(16), 0, -1);
-  for (const slot of Object.values(protocolSlots)) addPrefix(tags.l4 | slot, 24, 0, 0, -1);
+/**
+ * A table compiler that keeps what it built (the prefixes of every rule, their classes, the class
+ * table, the rule and wildcard arrays) between compiles, so that a rule set a few rules away
+ * from the previous one (same length, rules replaced: the spec objects of unchanged rules are
+ * the same objects) costs work proportional to the prefixes the changed rules touch and their
+ * nested prefixes, and yields the tables' difference directly ({@link TablesDelta}). A rule
+ * inserted or removed moves every later rule's bit (the classifier's first set bit is the first
+ * match), so such a change, and one of more than a quarter of the rules, compiles afresh.
+ * Class ids are hashes of their rules, so the tables an update yields equal a fresh compile's
+ * but where two classes' hashes collide (then both are correct; the probe order differs).
+ */
+export class TableCompiler {
+  #state: CompilerState | undefined;
+  #spec: RuleSetSpec | undefined;
+  #result: CompiledTables | undefined;
+  #version = 0;
+  /** The last few deltas, so a generation a few compiles behind catches up by difference. */
+  readonly #deltas: { version: number; delta: TablesDelta }[] = [];
 
-  for (const rule of rules) {
-    addAddressField(rule.src, tags.src, wildIndex.src4, rule.index, wild, addPrefix);
-    addAddressField(rule.dst, tags.dst, wildIndex.dst4, rule.index, wild, addPrefix);
-    addL4Field(rule, wild, addPrefix);
+  /** The spec compiled last (undefined before the first compile or after a failed one). */
+  get spec(): RuleSetSpec | undefined {
+    return this.#spec;
   }
 
+  /**
+   * Compiles `spec`, by difference from the previous spec when it can.
+   * @returns the compile; the same object again for the same spec object.
+   * @throws RuleSetError (nothing changed); CapacityError (the compiler starts afresh next time).
+   */
+  compile(spec: RuleSetSpec): CompiledTables {
+    if (spec === this.#spec && this.#result !== undefined) return this.#result;
+    const state = this.#state;
+    const changed = state === undefined ? undefined : changedRules(state, spec.rules);
+    // Only the changed rules are checked and parsed again (the others were, and are the same objects).
+    const ruleSet = state !== undefined && changed !== undefined ? validateChanged(state, spec, changed) : validateRuleSet(spec);
+    let delta: TablesDelta | undefined;
+    try {
+      if (state === undefined || changed === undefined) this.#state = freshState(ruleSet, spec);
+      else delta = updateState(state, ruleSet, spec, changed);
+    } catch (error) {
+      this.#state = undefined;
+      this.#spec = undefined;
+      this.#result = undefined;
+      this.#deltas.length = 0;
+      throw error;
+    }
+    const now = this.#state as CompilerState;
+    this.#version++;
+    this.#spec = spec;
+    if (delta === undefined) this.#deltas.length = 0;
+    else {
+      this.#deltas.push({ version: this.#version, delta });
+      if (this.#deltas.length > MAX_DELTAS) this.#deltas.shift();
+    }
+    this.#result = {
+      compiler: this,
+      version: this.#version,
+      ruleCount: now.rules.length,
+      ruleIds: now.ruleIds,
+      classCount: now.liveClasses + 1,
+      lpmCount: now.prefixes.size,
+      wordCount: now.classWords,
+      rules: now.ruleBytes,
+      wild: new Uint8Array(now.wild.buffer),
+      genFlags: now.flags,
+      fingerprint: fingerprintOf(now),
+      delta,
+    };
+    return this.#result;
+  }
+
+  /** Forgets what it built (its memory): the next compile starts afresh. */
+  clear(): void {
+    this.#state = undefined;
+    this.#spec = undefined;
+    this.#result = undefined;
+    this.#deltas.length = 0;
+  }
+
+  /**
+   * The deltas that lead from `version` to the current one, in order (empty when current).
+   * @returns undefined when the compiler no longer has them (a fresh compile since, or too old).
+   */
+  deltasSince(version: number): TablesDelta[] | undefined {
+    if (version === this.#version) return [];
+    const out = this.#deltas.filter((d) => d.version > version).map((d) => d.delta);
+    return out.length === this.#version - version ? out : undefined;
+  }
+
+  /**
+   * The current tables whole (for writing a generation afresh).
+   * @returns new arrays the caller owns.
+   * @throws Error before the first compile.
+   */
+  tables(): TablesSpec {
+    const state = this.#state;
+    if (state === undefined || this.#result === undefined) throw new Error('tables: nothing compiled');
+    const lpmKeys = new Uint8Array(state.prefixes.size * sizes.lpmKey);
+    const lpmValues = new Uint8Array(state.prefixes.size * sizes.classRef);
+    let entry = 0;
+    for (const node of state.prefixes.values()) {
+      writeLpmEntry(node, lpmKeys, lpmValues, entry);
+      entry++;
+    }
+    const wordKeys = new Uint8Array(state.classWords * sizes.wordKey);
+    const wordValues = new Uint8Array(state.classWords * sizes.word);
+    let word = 0;
+    for (const [id, cls] of state.classes) if (cls.refs > 0) word = writeClassWords(id, cls.rules, wordKeys, wordValues, word);
+    return {
+      ruleCount: state.rules.length,
+      ruleIds: [...state.ruleIds],
+      classCount: state.liveClasses + 1,
+      lpm: { keySize: sizes.lpmKey, valueSize: sizes.classRef, count: state.prefixes.size, keys: lpmKeys, values: lpmValues },
+      classWords: { keySize: sizes.wordKey, valueSize: sizes.word, count: state.classWords, keys: wordKeys, values: wordValues },
+      wild: new Uint8Array(state.wild.buffer.slice(0)),
+      rules: state.ruleBytes.slice(),
+      genFlags: state.flags,
+      fingerprint: this.#result.fingerprint,
+    };
+  }
+}
+
+/**
+ * The table compilers of the datapaths of one agent (one per interface role): a rule set object
+ * that one of them compiled last is not compiled again by another (the agent applies the same
+ * rule set object to both roles when every policy applies to both), so the compiler's memory is
+ * held once. Datapaths that share none (tests, separate agents) use separate pools.
+ */
+export class TableCompilers {
+  readonly #compilers = new Set<TableCompiler>();
+
+  /**
+   * Compiles `spec` with the compiler that compiled it last, else with `own` (see TableCompiler.compile).
+   * `own` forgets what it built when another compiler's result is taken instead.
+   */
+  compile(spec: RuleSetSpec, own: TableCompiler): CompiledTables {
+    for (const compiler of this.#compilers) {
+      if (compiler.spec !== spec) continue;
+      if (compiler !== own) own.clear();
+      return compiler.compile(spec);
+    }
+    this.#compilers.add(own);
+    return own.compile(spec);
+  }
+}
+
+/** Deltas a compiler keeps. */
+const MAX_DELTAS = 4;
+
+/** A class of the class table: its rules (sorted) and how many prefixes hold it; refs -1: a deleted slot kept for the probe chain. */
+interface ClassEntry {
+  rules: readonly number[];
+  refs: number;
+}
+
+interface CompilerState {
+  /** The spec objects compiled, by index: an unchanged rule is the same object. */
+  specs: RuleSetSpec['rules'];
+  rules: NormalizedRule[];
+  prefixes: Map<number | string, PrefixNode>;
+  /** Per tag, the prefixes in (value, length) order: a prefix's nested prefixes follow it. */
+  byTag: Map<number, PrefixNode[]>;
+  classes: Map<number, ClassEntry>;
+  liveClasses: number;
+  members: number;
+  classWords: number;
+  wild: Uint32Array;
+  ruleBytes: Uint8Array;
+  ruleIds: number[];
+  /** 16 bytes per rule: a digest of its normalized fields, for the fingerprint. */
+  digests: Uint8Array;
+  defaultSlot: number;
+  flags: number;
+}
+
+/** What one update collects while it runs. */
+interface UpdateLog {
+  readonly nodes: Set<PrefixNode>;
+  readonly lpmDeletes: Uint8Array[];
+  readonly released: number[];
+  readonly created: Set<number>;
+}
+
+// Indexes of the rules that differ from the state's, or undefined when a fresh compile is due.
+function changedRules(state: CompilerState, rules: RuleSetSpec['rules']): number[] | undefined {
+  if (rules.length !== state.specs.length) return undefined;
+  const limit = Math.max(64, rules.length >> 2);
+  const changed: number[] = [];
+  for (let i = 0; i < rules.length; i++) {
+    if (rules[i] === state.specs[i]) continue;
+    if (changed.length === limit) return undefined;
+    changed.push(i);
+  }
+  return changed;
+}
+
+// validateRuleSet's result for `spec`, checking only the rules at `changed` (the others are the
+// state's, checked when compiled); any problem is left to validateRuleSet, which names the first.
+function validateChanged(state: CompilerState, spec: RuleSetSpec, changed: readonly number[]): NormalizedRuleSet {
+  try {
+    checkRuleSetFields(spec);
+    const rules = state.rules.slice();
+    const leaving = new Set<number>();
+    for (const index of changed) leaving.add(state.ruleIds[index] as number);
+    const added = new Set<number>();
+    for (const index of changed) {
+      const rule = normalizeRule(spec.rules[index] as RuleSetSpec['rules'][number], index);
+      // A new id must be in no other rule: not twice among the changed ones, and, unless a changed
+      // rule held it (ids are unique), in no unchanged one.
+      if (added.has(rule.id)) throw new Error('duplicate id');
+      if (!leaving.has(rule.id) && (changed.length > MAX_SCANNED_CHANGES || state.ruleIds.includes(rule.id))) throw new Error('id to check');
+      added.add(rule.id);
+      rules[index] = rule;
+    }
+    return normalizedSet(spec, rules);
+  } catch {
+    return validateRuleSet(spec);
+  }
+}
+
+/** Changed rules whose ids are checked against the others by a scan; more: the whole rule set is validated. */
+const MAX_SCANNED_CHANGES = 64;
+
+function emptyState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerState {
+  const n = ruleSet.rules.length;
+  const state: CompilerState = {
+    specs: [...spec.rules],
+    rules: [...ruleSet.rules],
+    prefixes: new Map(),
+    byTag: new Map(),
+    classes: new Map(),
+    liveClasses: 0,
+    members: 0,
+    classWords: 0,
+    wild: new Uint32Array((WILD_COUNT * sizes.bitvec) / 4),
+    ruleBytes: new Uint8Array((n + 1) * sizes.rule),
+    ruleIds: ruleSet.rules.map((rule) => rule.id),
+    digests: new Uint8Array(n * DIGEST_BYTES),
+    defaultSlot: 0,
+    flags: 0,
+  };
+  // Tag-only entries: every lookup finds at least the empty class, so the program never misses.
+  for (const tag of [tags.src | 4, tags.src | 6, tags.dst | 4, tags.dst | 6]) nodeAt(state, tag, (tag & 0xf) === 4 ? 32 : 128, (tag & 0xf) === 4 ? 0 : new Uint8Array(16), 0, false);
+  for (const slot of Object.values(protocolSlots)) nodeAt(state, tags.l4 | slot, 24, 0, 0, false);
+  return state;
+}
+
+function freshState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerState {
+  const state = emptyState(ruleSet, spec);
+  for (const rule of ruleSet.rules) {
+    visitRule(
+      rule,
+      (tag, width, value, length) => {
+        const node = nodeAt(state, tag, width, value, length, false);
+        if (node.rules[node.rules.length - 1] !== rule.index) node.rules.push(rule.index);
+      },
+      (vector) => setVectorBit(state.wild, vector, rule.index),
+    );
+  }
   // Each prefix's class = the rules of every stored prefix containing it (its ancestors and
   // itself): the longest match then stands for all of them. A sweep over the prefixes in
   // (value, length) order keeps the chain of ancestors on a stack.
+  const log: UpdateLog = { nodes: new Set(), lpmDeletes: [], released: [], created: new Set() };
+  for (const list of state.byTag.values()) {
+    list.sort(compareNodes);
+    sweep(state, list, 0, [], undefined, log);
+  }
+  writeHeader(state, ruleSet);
+  for (const rule of ruleSet.rules) {
+    writeRuleSlot(state.ruleBytes, rule);
+    writeRuleDigest(rule, state.digests, rule.index * DIGEST_BYTES);
+  }
+  return state;
+}
+
+// Moves `state` to `ruleSet` (same length; the rules at `changed` differ) and returns the tables' difference.
+function updateState(state: CompilerState, ruleSet: NormalizedRuleSet, spec: RuleSetSpec, changed: readonly number[]): TablesDelta {
+  const log: UpdateLog = { nodes: new Set(), lpmDeletes: [], released: [], created: new Set() };
+  const dirty = new Set<PrefixNode>();
+  for (const index of changed) {
+    visitRule(
+      state.rules[index] as NormalizedRule,
+      (tag, _width, value, length) => {
+        const node = state.prefixes.get(keyOf(tag, value, length));
+        if (node === undefined) return;
+        const at = sortedIndex(node.rules, index);
+        // A new array, never a change in place: a class may be this very array.
+        if (node.rules[at] === index) node.rules = [...node.rules.slice(0, at), ...node.rules.slice(at + 1)];
+        dirty.add(node);
+      },
+      (vector) => clearVectorBit(state.wild, vector, index),
+    );
+  }
+  for (const index of changed) {
+    const rule = ruleSet.rules[index] as NormalizedRule;
+    state.rules[index] = rule;
+    state.specs[index] = spec.rules[index] as RuleSetSpec['rules'][number];
+    state.ruleIds[index] = rule.id;
+    visitRule(
+      rule,
+      (tag, width, value, length) => {
+        const node = nodeAt(state, tag, width, value, length, true);
+        const at = sortedIndex(node.rules, index);
+        if (node.rules[at] !== index) node.rules = [...node.rules.slice(0, at), index, ...node.rules.slice(at)];
+        dirty.add(node);
+      },
+      (vector) => setVectorBit(state.wild, vector, index),
+    );
+    writeRuleSlot(state.ruleBytes, rule);
+    writeRuleDigest(rule, state.digests, index * DIGEST_BYTES);
+  }
+  // Recompute the classes of every changed prefix and the prefixes nested in it: in each tag's
+  // order they follow it, so each is one run of the list, started with its ancestors' chain.
   const byTag = new Map<number, PrefixNode[]>();
-  for (const node of prefixes.values()) {
+  for (const node of dirty) {
     const list = byTag.get(node.tag) ?? [];
     list.push(node);
     byTag.set(node.tag, list);
   }
-  let members = 0;
-  for (const list of byTag.values()) {
-    list.sort((a, b) => (a.value < b.value ? -1 : a.value > b.value ? 1 : a.length - b.length));
-    const stack: PrefixNode[] = [];
-    for (const node of list) {
-      while (stack.length > 0 && !contains(stack[stack.length - 1] as PrefixNode, node)) stack.pop();
-      const parent = stack[stack.length - 1];
-      node.cls = parent === undefined ? node.rules : mergeSorted(parent.cls, node.rules);
-      members += node.cls.length;
-      if (members > MAX_CLASS_MEMBERS) {
-        throw new CapacityError('class-members', MAX_CLASS_MEMBERS, members, 'too many rules share nested prefixes or overlapping port ranges; merge rules or flatten prefixes');
-      }
-      stack.push(node);
+  for (const [tag, nodes] of byTag) {
+    const list = state.byTag.get(tag) as PrefixNode[];
+    nodes.sort(compareNodes);
+    let end = 0;
+    for (const node of nodes) {
+      const at = nodeIndex(list, node);
+      if (at < end) continue;
+      end = sweep(state, list, at, ancestorsOf(state, node), node, log);
     }
   }
-
-  // Identical classes share an id; 0 is the empty class. An id is a hash of the class's rules
-  // (probed upwards on a collision, in this deterministic order), not its place in the order:
-  // a change to one rule changes the ids of the classes that hold it and no others, so the
-  // tables of two rule sets a rule apart differ in a few entries (the datapath writes only those).
-  const byId = new Map<number, readonly number[]>([[0, []]]);
-  const classes: [number, readonly number[]][] = [[0, []]];
-  const idOf = new Map<readonly number[], number>();
-  let classWordCount = 0;
-  const lpmKeys = new Uint8Array(prefixes.size * sizes.lpmKey);
-  const lpmValues = new Uint8Array(prefixes.size * sizes.classRef);
-  const lpmKeyView = new DataView(lpmKeys.buffer);
-  const lpmValueView = new DataView(lpmValues.buffer);
-  let entry = 0;
-  for (const node of prefixes.values()) {
-    let id = node.cls.length === 0 ? 0 : idOf.get(node.cls);
-    if (id === undefined) {
-      id = classHash(node.cls);
-      for (;;) {
-        const held = byId.get(id);
-        if (held === undefined) {
-          byId.set(id, node.cls);
-          classes.push([id, node.cls]);
-          classWordCount += countWords(node.cls);
-          if (classWordCount > MAX_CLASS_WORDS) {
-            throw new CapacityError('class-words', MAX_CLASS_WORDS, classWordCount, 'too many rules share nested prefixes or overlapping port ranges; merge rules or flatten prefixes');
-          }
-          break;
-        }
-        if (sameRules(held, node.cls)) break;
-        id = id === 0xffff_ffff ? 1 : id + 1;
-      }
-      idOf.set(node.cls, id);
-    }
-    const keyOffset = entry * sizes.lpmKey;
-    lpmKeyView.setUint32(keyOffset, 8 + node.length, true);
-    lpmKeys[keyOffset + 4] = node.tag;
-    if (typeof node.raw === 'number') {
-      const bytes = node.width / 8;
-      for (let i = 0; i < bytes; i++) lpmKeys[keyOffset + 5 + i] = (node.raw >>> (8 * (bytes - 1 - i))) & 0xff;
-    } else {
-      lpmKeys.set(node.raw, keyOffset + 5);
-    }
-    const valueOffset = entry * sizes.classRef;
-    lpmValueView.setUint32(valueOffset, id, true);
-    for (const rule of node.cls) setBit(lpmValueView, valueOffset + 8, rule >> 6);
-    entry++;
+  // Prefixes no rule names any more leave the tables (a fresh compile would not have them).
+  for (const node of dirty) {
+    if (node.rules.length > 0 || node.length === 0) continue;
+    state.prefixes.delete(node.key);
+    const list = state.byTag.get(node.tag) as PrefixNode[];
+    list.splice(nodeIndex(list, node), 1);
+    release(state, node.id, log);
+    state.members -= node.cls.length;
+    log.nodes.delete(node);
+    const key = new Uint8Array(sizes.lpmKey);
+    writeLpmKey(node, key, 0);
+    log.lpmDeletes.push(key);
   }
-
-  const wordKeys = new Uint8Array(classWordCount * sizes.wordKey);
-  const wordValues = new Uint8Array(classWordCount * sizes.word);
-  const wordKeyView = new DataView(wordKeys.buffer);
-  const wordValueView = new DataView(wordValues.buffer);
+  const defaultBefore = state.defaultSlot;
+  writeHeader(state, ruleSet);
+  // Classes no prefix holds any more: deleted (their words too, unless they were born in this update).
+  const wordDeletes: Uint8Array[] = [];
+  for (const id of log.released) {
+    const entry = state.classes.get(id);
+    if (entry === undefined || entry.refs !== 0) continue;
+    if (!log.created.delete(id)) {
+      const keys = new Uint8Array(countWords(entry.rules) * sizes.wordKey);
+      writeClassWords(id, entry.rules, keys, undefined, 0);
+      for (let at = 0; at < keys.length; at += sizes.wordKey) wordDeletes.push(keys.subarray(at, at + sizes.wordKey));
+    }
+    killClass(state, id, entry);
+  }
+  let wordCount = 0;
+  for (const id of log.created) wordCount += countWords((state.classes.get(id) as ClassEntry).rules);
+  const wordKeys = new Uint8Array(wordCount * sizes.wordKey);
+  const wordValues = new Uint8Array(wordCount * sizes.word);
   let word = 0;
-  classes.forEach(([id, cls]) => {
-    let current = -1;
-    for (const rule of cls) {
-      const w = rule >> 6;
-      if (w !== current) {
-        current = w;
-        wordKeyView.setUint32(word * sizes.wordKey, id, true);
-        wordKeyView.setUint32(word * sizes.wordKey + 4, w, true);
-        word++;
-      }
-      setBit(wordValueView, (word - 1) * sizes.word, rule & 63);
-    }
-  });
-
-  const ruleBytes = new Uint8Array((rules.length + 1) * sizes.rule);
-  const ruleView = new DataView(ruleBytes.buffer);
-  const trackBit = (track: boolean): number => (track ? RULE_FLAG_TRACK : 0);
-  ruleView.setUint32(0, actionCodes[ruleSet.defaultAction] | trackBit(ruleSet.trackDefault), true);
-  ruleView.setUint32(4, DEFAULT_RULE_ID, true);
-  for (const rule of rules) {
-    const offset = (rule.index + 1) * sizes.rule;
-    ruleView.setUint32(offset, actionCodes[rule.action] | trackBit(rule.track), true);
-    ruleView.setUint32(offset + 4, rule.id, true);
-    if (rule.rateLimit !== null) {
-      const pps = BigInt(rule.rateLimit.pps);
-      const burst = BigInt(rule.rateLimit.burst) * NANO;
-      ruleView.setBigUint64(offset + 8, pps, true);
-      ruleView.setBigUint64(offset + 16, burst, true);
-      ruleView.setBigUint64(offset + 24, (burst + pps - 1n) / pps, true);
-    }
-  }
-
-  const wildBytes = new Uint8Array(wild.buffer);
-  const lpm: MapEntriesSpec = { keySize: sizes.lpmKey, valueSize: sizes.classRef, count: prefixes.size, keys: lpmKeys, values: lpmValues };
-  const classWords: MapEntriesSpec = { keySize: sizes.wordKey, valueSize: sizes.word, count: classWordCount, keys: wordKeys, values: wordValues };
-  const flags = (ruleSet.trackEgress ? genFlags.trackEgress : 0) | (ruleSet.cutOnDeny ? genFlags.cut : 0);
-  const hash = createHash('sha256');
-  // Generation flags are hashed only when set: a rule set without them keeps the fingerprint the
-  // layout-1 agent gave it, so a node upgraded in place finds its live tables to be its own
-  // (bpf/README.md, "Upgrades and the pinned layout").
-  const flagBytes = flags === 0 ? [] : [new Uint8Array(new Uint32Array([flags]).buffer)];
-  for (const part of [lpmKeys, lpmValues, wordKeys, wordValues, wildBytes, ruleBytes, ...flagBytes]) {
-    hash.update(new Uint32Array([part.length]));
-    hash.update(part);
-  }
+  for (const id of log.created) word = writeClassWords(id, (state.classes.get(id) as ClassEntry).rules, wordKeys, wordValues, word);
+  const lpmKeys = new Uint8Array(log.nodes.size * sizes.lpmKey);
+  const lpmValues = new Uint8Array(log.nodes.size * sizes.classRef);
+  let entry = 0;
+  for (const node of log.nodes) writeLpmEntry(node, lpmKeys, lpmValues, entry++);
+  const ruleSlots = changed.map((index) => index + 1);
+  if (state.defaultSlot !== defaultBefore) ruleSlots.unshift(0);
   return {
-    ruleCount: rules.length,
-    ruleIds: rules.map((rule) => rule.id),
-    classCount: classes.length,
-    lpm,
-    classWords,
-    wild: wildBytes,
-    rules: ruleBytes,
-    genFlags: flags,
-    fingerprint: new Uint8Array(hash.digest()),
+    lpmDeletes: log.lpmDeletes,
+    lpm: { keySize: sizes.lpmKey, valueSize: sizes.classRef, count: log.nodes.size, keys: lpmKeys, values: lpmValues },
+    wordDeletes,
+    classWords: { keySize: sizes.wordKey, valueSize: sizes.word, count: wordCount, keys: wordKeys, values: wordValues },
+    ruleSlots,
+    wild: changed.length > 0,
+    lpmCount: state.prefixes.size,
+    wordCount: state.classWords,
   };
+}
+
+// Assigns classes to list[from] and the prefixes nested in it (all of the list when `root` is
+// undefined), with `stack` the chain of ancestors of list[from]. @returns the index after the run.
+function sweep(state: CompilerState, list: readonly PrefixNode[], from: number, stack: PrefixNode[], root: PrefixNode | undefined, log: UpdateLog): number {
+  let at = from;
+  for (; at < list.length; at++) {
+    const node = list[at] as PrefixNode;
+    if (root !== undefined && !contains(root, node)) break;
+    while (stack.length > 0 && !contains(stack[stack.length - 1] as PrefixNode, node)) stack.pop();
+    const parent = stack[stack.length - 1];
+    assign(state, node, parent === undefined ? node.rules : mergeSorted(parent.cls, node.rules), log);
+    stack.push(node);
+  }
+  return at;
+}
+
+// Gives `node` the class `cls`: the class's id (interned) and, when it changed, an LPM entry to write.
+function assign(state: CompilerState, node: PrefixNode, cls: readonly number[], log: UpdateLog): void {
+  if (node.id >= 0 && sameRules(node.cls, cls)) return;
+  if (node.id > 0) release(state, node.id, log);
+  state.members += cls.length - node.cls.length;
+  if (state.members > MAX_CLASS_MEMBERS) {
+    throw new CapacityError('class-members', MAX_CLASS_MEMBERS, state.members, 'too many rules share nested prefixes or overlapping port ranges; merge rules or flatten prefixes');
+  }
+  node.cls = cls;
+  node.id = intern(state, cls, log);
+  log.nodes.add(node);
+}
+
+// Identical classes share an id; 0 is the empty class. An id is a hash of the class's rules
+// (probed upwards on a collision), not its place in the order: a change to one rule changes the
+// ids of the classes that hold it and no others, so the tables of two rule sets a rule apart
+// differ in a few entries (the datapath writes only those).
+function intern(state: CompilerState, cls: readonly number[], log: UpdateLog): number {
+  if (cls.length === 0) return 0;
+  let id = classHash(cls);
+  let free: number | undefined;
+  for (;;) {
+    const held = state.classes.get(id);
+    if (held === undefined) break;
+    if (held.refs < 0) free ??= id;
+    else if (sameRules(held.rules, cls)) {
+      held.refs++;
+      return id;
+    }
+    id = nextId(id);
+  }
+  const at = free ?? id;
+  state.classes.set(at, { rules: cls, refs: 1 });
+  state.liveClasses++;
+  state.classWords += countWords(cls);
+  if (state.classWords > MAX_CLASS_WORDS) {
+    throw new CapacityError('class-words', MAX_CLASS_WORDS, state.classWords, 'too many rules share nested prefixes or overlapping port ranges; merge rules or flatten prefixes');
+  }
+  log.created.add(at);
+  return at;
+}
+
+function release(state: CompilerState, id: number, log: UpdateLog): void {
+  if (id <= 0) return;
+  const entry = state.classes.get(id) as ClassEntry;
+  entry.refs--;
+  if (entry.refs === 0) log.released.push(id);
+}
+
+// A class no prefix holds: its slot is freed, or kept as a tombstone while a later slot may
+// belong to a class that probed past it.
+function killClass(state: CompilerState, id: number, entry: ClassEntry): void {
+  state.liveClasses--;
+  state.classWords -= countWords(entry.rules);
+  if (state.classes.has(nextId(id))) {
+    entry.refs = -1;
+    entry.rules = [];
+  } else state.classes.delete(id);
+}
+
+function nextId(id: number): number {
+  return id === 0xffff_ffff ? 1 : id + 1;
+}
+
+function writeHeader(state: CompilerState, ruleSet: NormalizedRuleSet): void {
+  const trackBit = ruleSet.trackDefault ? RULE_FLAG_TRACK : 0;
+  state.defaultSlot = actionCodes[ruleSet.defaultAction] | trackBit;
+  const view = new DataView(state.ruleBytes.buffer, state.ruleBytes.byteOffset);
+  view.setUint32(0, state.defaultSlot, true);
+  view.setUint32(4, DEFAULT_RULE_ID, true);
+  state.flags = (ruleSet.trackEgress ? genFlags.trackEgress : 0) | (ruleSet.cutOnDeny ? genFlags.cut : 0);
+}
+
+function writeRuleSlot(bytes: Uint8Array, rule: NormalizedRule): void {
+  const offset = (rule.index + 1) * sizes.rule;
+  bytes.fill(0, offset, offset + sizes.rule);
+  const view = new DataView(bytes.buffer, bytes.byteOffset);
+  view.setUint32(offset, actionCodes[rule.action] | (rule.track ? RULE_FLAG_TRACK : 0), true);
+  view.setUint32(offset + 4, rule.id, true);
+  if (rule.rateLimit !== null) {
+    const pps = BigInt(rule.rateLimit.pps);
+    const burst = BigInt(rule.rateLimit.burst) * NANO;
+    view.setBigUint64(offset + 8, pps, true);
+    view.setBigUint64(offset + 16, burst, true);
+    view.setBigUint64(offset + 24, (burst + pps - 1n) / pps, true);
+  }
+}
+
+function writeLpmKey(node: PrefixNode, keys: Uint8Array, keyOffset: number): void {
+  new DataView(keys.buffer, keys.byteOffset).setUint32(keyOffset, 8 + node.length, true);
+  keys[keyOffset + 4] = node.tag;
+  if (typeof node.raw === 'number') {
+    const bytes = node.width / 8;
+    for (let i = 0; i < bytes; i++) keys[keyOffset + 5 + i] = (node.raw >>> (8 * (bytes - 1 - i))) & 0xff;
+  } else {
+    keys.set(node.raw, keyOffset + 5);
+  }
+}
+
+function writeLpmEntry(node: PrefixNode, keys: Uint8Array, values: Uint8Array, entry: number): void {
+  writeLpmKey(node, keys, entry * sizes.lpmKey);
+  const view = new DataView(values.buffer, values.byteOffset);
+  const valueOffset = entry * sizes.classRef;
+  view.setUint32(valueOffset, node.id, true);
+  for (const rule of node.cls) setBit(view, valueOffset + 8, rule >> 6);
+}
+
+// Writes the nonzero words of class `id` from entry `word` on (values undefined: keys only). @returns the entry after them.
+function writeClassWords(id: number, cls: readonly number[], keys: Uint8Array, values: Uint8Array | undefined, word: number): number {
+  const keyView = new DataView(keys.buffer, keys.byteOffset);
+  const valueView = values === undefined ? undefined : new DataView(values.buffer, values.byteOffset);
+  let current = -1;
+  for (const rule of cls) {
+    const w = rule >> 6;
+    if (w !== current) {
+      current = w;
+      keyView.setUint32(word * sizes.wordKey, id, true);
+      keyView.setUint32(word * sizes.wordKey + 4, w, true);
+      word++;
+    }
+    if (valueView !== undefined) setBit(valueView, (word - 1) * sizes.word, rule & 63);
+  }
+  return word;
+}
+
+/** Bytes of a rule's digest in the fingerprint. */
+const DIGEST_BYTES = 16;
+/** The fingerprint's format: a new layout of the tables for the same rule set gets a new number. */
+const FINGERPRINT_FORMAT = 2;
+
+// A rule's digest: everything of it the tables encode but its index (id, action, track, rate,
+// prefixes, protocol, ports), as a sequence of u32s, hashed in four murmur3 lanes of different
+// seeds into 16 bytes at `out[offset..]`. Not a cryptographic hash: it tells rule sets apart for
+// the fingerprint (an accidental equality is ~2^-128), computed per changed rule without
+// allocating; a rule set crafted to collide could only come from whoever may write policies.
+function writeRuleDigest(rule: NormalizedRule, out: Uint8Array, offset: number): void {
+  digestLanes.set(DIGEST_SEEDS);
+  digestCount = 0;
+  mixDigest(rule.id);
+  mixDigest(actionCodes[rule.action] | (rule.track ? RULE_FLAG_TRACK : 0));
+  mixDigest(rule.rateLimit?.pps ?? 0);
+  mixDigest(rule.rateLimit?.burst ?? 0);
+  mixCidrs(rule.src);
+  mixCidrs(rule.dst);
+  mixDigest(rule.protocol ?? 0xffff_ffff);
+  if (rule.ports === null) mixDigest(0xffff_ffff);
+  else {
+    mixDigest(rule.ports.length);
+    for (const range of rule.ports) mixDigest(range.from * 65536 + range.to);
+  }
+  const view = new DataView(out.buffer, out.byteOffset);
+  for (let lane = 0; lane < 4; lane++) {
+    // murmur3's finalizer, lanes crossed so each output word depends on all four.
+    let h = ((digestLanes[lane] as number) ^ digestCount ^ (digestLanes[(lane + 1) & 3] as number)) >>> 0;
+    h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+    h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+    view.setUint32(offset + lane * 4, (h ^ (h >>> 16)) >>> 0, true);
+  }
+}
+
+const DIGEST_SEEDS = [0x9747b28c, 0x85ebca6b, 0xc2b2ae35, 0x27d4eb2f];
+const digestLanes = new Int32Array(4);
+let digestCount = 0;
+
+function mixDigest(value: number): void {
+  let k = Math.imul(value | 0, 0xcc9e2d51);
+  k = Math.imul((k << 15) | (k >>> 17), 0x1b873593);
+  for (let lane = 0; lane < 4; lane++) {
+    let h = (digestLanes[lane] as number) ^ Math.imul(k, lane * 2 + 1);
+    h = (h << 13) | (h >>> 19);
+    digestLanes[lane] = Math.imul(h, 5) + 0xe6546b64 + lane;
+  }
+  digestCount++;
+}
+
+function mixCidrs(list: readonly Cidr[] | null): void {
+  if (list === null) return mixDigest(0xffff_ffff);
+  mixDigest(list.length);
+  for (const cidr of list) {
+    mixDigest(cidr.family * 256 + cidr.prefixLength);
+    for (let i = 0; i < cidr.address.length; i += 4) mixDigest((((cidr.address[i] as number) << 24) | ((cidr.address[i + 1] as number) << 16) | ((cidr.address[i + 2] as number) << 8) | (cidr.address[i + 3] as number)) >>> 0);
+  }
+}
+
+// sha-256 over the format, the default slot, the generation flags and every rule's digest in
+// order: equal fingerprints mean the same rule set, hence tables that classify alike (two
+// compiles of one rule set may lay classes out otherwise only where class hashes collide).
+function fingerprintOf(state: CompilerState): Uint8Array {
+  const hash = createHash('sha256');
+  hash.update(new Uint32Array([FINGERPRINT_FORMAT, state.rules.length, state.defaultSlot, state.flags]));
+  hash.update(state.digests.subarray(0, state.rules.length * DIGEST_BYTES));
+  return new Uint8Array(hash.digest());
 }
 
 /**
@@ -298,46 +753,129 @@ function portPrefixes(from: number, to: number): readonly [number, number][] {
 interface PrefixNode {
   readonly tag: number;
   readonly width: number;
-  readonly value: bigint;
+  /** The value: a number for prefixes of up to 32 bits (IPv4, L4), a bigint for IPv6 (one kind per tag). */
+  readonly value: number | bigint;
   readonly length: number;
   /** The value again, as a number (up to 32 bits) or its bytes (IPv6), for writing keys without bigint arithmetic. */
   readonly raw: number | Uint8Array;
-  readonly rules: number[];
-  cls: number[];
+  readonly key: number | string;
+  /** Indexes of the rules that name this prefix, ascending; replaced, never changed in place, once its class is assigned (a class may be this array). */
+  rules: number[];
+  /** Its class: the rules of this prefix and of every prefix containing it, ascending. */
+  cls: readonly number[];
+  /** The class's id (0: empty; -1: not assigned yet). */
+  id: number;
 }
 
-type AddPrefix = (tag: number, width: number, value: number | Uint8Array, length: number, rule: number) => void;
+type VisitPrefix = (tag: number, width: number, value: number | Uint8Array, length: number) => void;
 
-function addAddressField(cidrs: readonly Cidr[] | null, tag: number, wild4: number, rule: number, wild: Uint32Array, addPrefix: AddPrefix): void {
+// Prefixes of up to 32 bits (IPv4, L4) key by one number (tag, length, value in 46 bits): no
+// bigint or string per rule. IPv6 keys by text.
+function keyOf(tag: number, value: number | Uint8Array | bigint, length: number): number | string {
+  if (typeof value === 'number') return tag * 2 ** 38 + length * 2 ** 32 + value;
+  return `${tag}/${length}/${typeof value === 'bigint' ? value : bytesToBigint(value)}`;
+}
+
+// The node of a prefix, created (and, when `sorted`, put in its place in its tag's list) if new.
+function nodeAt(state: CompilerState, tag: number, width: number, value: number | Uint8Array, length: number, sorted: boolean): PrefixNode {
+  const key = keyOf(tag, value, length);
+  let node = state.prefixes.get(key);
+  if (node === undefined) {
+    node = { tag, width, value: typeof value === 'number' ? value : bytesToBigint(value), length, raw: value, key, rules: [], cls: [], id: -1 };
+    state.prefixes.set(key, node);
+    let list = state.byTag.get(tag);
+    if (list === undefined) state.byTag.set(tag, (list = []));
+    if (sorted) list.splice(insertionIndex(list, node), 0, node);
+    else list.push(node);
+  }
+  return node;
+}
+
+function compareNodes(a: PrefixNode, b: PrefixNode): number {
+  return a.value < b.value ? -1 : a.value > b.value ? 1 : a.length - b.length;
+}
+
+// The first index of `list` (sorted by compareNodes) whose node does not sort before `node`.
+function insertionIndex(list: readonly PrefixNode[], node: PrefixNode): number {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (compareNodes(list[mid] as PrefixNode, node) < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function nodeIndex(list: readonly PrefixNode[], node: PrefixNode): number {
+  const at = insertionIndex(list, node);
+  if (list[at] !== node) throw new Error(`compile tables: prefix ${node.key} is not in its list`);
+  return at;
+}
+
+// The first index of the ascending `values` not below `value`.
+function sortedIndex(values: readonly number[], value: number): number {
+  let lo = 0;
+  let hi = values.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if ((values[mid] as number) < value) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// The stored prefixes that contain `node` (shorter ones of the same tag), shortest first.
+function ancestorsOf(state: CompilerState, node: PrefixNode): PrefixNode[] {
+  const out: PrefixNode[] = [];
+  for (let length = 0; length < node.length; length++) {
+    const shift = node.width - length;
+    let key: number | string;
+    if (typeof node.raw === 'number') key = keyOf(node.tag, shift >= 32 ? 0 : Math.floor(node.raw / 2 ** shift) * 2 ** shift, length);
+    else key = keyOf(node.tag, ((node.value as bigint) >> BigInt(shift)) << BigInt(shift), length);
+    const found = state.prefixes.get(key);
+    if (found !== undefined) out.push(found);
+  }
+  return out;
+}
+
+// Every prefix and wildcard vector a rule constrains, in the order a fresh compile adds them.
+function visitRule(rule: NormalizedRule, prefix: VisitPrefix, wild: (vector: number) => void): void {
+  visitAddressField(rule.src, tags.src, wildIndex.src4, prefix, wild);
+  visitAddressField(rule.dst, tags.dst, wildIndex.dst4, prefix, wild);
+  visitL4Field(rule, prefix, wild);
+}
+
+function visitAddressField(cidrs: readonly Cidr[] | null, tag: number, wild4: number, prefix: VisitPrefix, wild: (vector: number) => void): void {
   if (cidrs === null) {
-    setVectorBit(wild, wild4, rule);
-    setVectorBit(wild, wild4 + 1, rule);
+    wild(wild4);
+    wild(wild4 + 1);
     return;
   }
   for (const cidr of cidrs) {
     if (cidr.prefixLength === 0) {
       // 0.0.0.0/0 or ::/0: the whole family, which is what that family's wildcard vector is for.
-      setVectorBit(wild, cidr.family === 4 ? wild4 : wild4 + 1, rule);
+      wild(cidr.family === 4 ? wild4 : wild4 + 1);
       continue;
     }
     // IPv4 prefixes become numeric keys (u32Of), IPv6 ones stay bytes: the compiler's fast path.
-    addPrefix(tag | cidr.family, cidr.address.length * 8, cidr.family === 4 ? u32Of(cidr.address) : cidr.address, cidr.prefixLength, rule);
+    prefix(tag | cidr.family, cidr.address.length * 8, cidr.family === 4 ? u32Of(cidr.address) : cidr.address, cidr.prefixLength);
   }
 }
 
-function addL4Field(rule: NormalizedRule, wild: Uint32Array, addPrefix: AddPrefix): void {
+function visitL4Field(rule: NormalizedRule, prefix: VisitPrefix, wild: (vector: number) => void): void {
   if (rule.protocol === null) {
-    for (const slot of Object.values(protocolSlots)) setVectorBit(wild, wildIndex.l4 + slot, rule.index);
+    for (const slot of Object.values(protocolSlots)) wild(wildIndex.l4 + slot);
     return;
   }
   const slot = slotOf(rule.protocol);
   if (rule.ports === null) {
-    setVectorBit(wild, wildIndex.l4 + slot, rule.index);
+    wild(wildIndex.l4 + slot);
     return;
   }
   // L4 keys are 24 bits: a zero byte (a port follows; 1 would mean "no port") and the port.
   for (const range of rule.ports) {
-    for (const [value, length] of portPrefixes(range.from, range.to)) addPrefix(tags.l4 | slot, 24, value, 8 + length, rule.index);
+    for (const [value, length] of portPrefixes(range.from, range.to)) prefix(tags.l4 | slot, 24, value, 8 + length);
   }
 }
 
@@ -359,13 +897,20 @@ export function slotOf(protocol: number): number {
 
 function contains(outer: PrefixNode, inner: PrefixNode): boolean {
   if (inner.length < outer.length) return false;
+  if (typeof outer.value === 'number') {
+    const block = 2 ** (outer.width - outer.length);
+    return Math.floor((inner.value as number) / block) === Math.floor(outer.value / block);
+  }
   const shift = BigInt(outer.width - outer.length);
-  return inner.value >> shift === outer.value >> shift;
+  return (inner.value as bigint) >> shift === outer.value >> shift;
 }
 
-function mergeSorted(a: readonly number[], b: readonly number[]): number[] {
-  if (b.length === 0) return a as number[];
-  const sortedB = [...b].sort((x, y) => x - y);
+// Both ascending. Returns `a` itself when `b` is empty, and `b` when `a` is (classes and rule
+// lists are never changed once built).
+function mergeSorted(a: readonly number[], b: readonly number[]): readonly number[] {
+  if (b.length === 0) return a;
+  if (a.length === 0) return b;
+  const sortedB = b;
   const out: number[] = [];
   let i = 0;
   let j = 0;
@@ -413,6 +958,19 @@ function countWords(sortedRules: readonly number[]): number {
 function setBit(view: DataView, offset: number, bit: number): void {
   const at = offset + (bit >> 5) * 4;
   view.setUint32(at, (view.getUint32(at, true) | (1 << (bit & 31))) >>> 0, true);
+}
+
+function clearVectorBit(wild: Uint32Array, vector: number, rule: number): void {
+  const base = (vector * sizes.bitvec) / 4;
+  const at = base + 2 * SUMMARY_WORDS + (rule >> 5);
+  wild[at] = ((wild[at] as number) & ~(1 << (rule & 31))) >>> 0;
+  // The summary bit stays while the rule's 64-bit word has another bit.
+  const pair = base + 2 * SUMMARY_WORDS + ((rule >> 6) << 1);
+  if (wild[pair] === 0 && wild[pair + 1] === 0) {
+    const w = rule >> 6;
+    const summary = base + (w >> 5);
+    wild[summary] = ((wild[summary] as number) & ~(1 << (w & 31))) >>> 0;
+  }
 }
 
 function setVectorBit(wild: Uint32Array, vector: number, rule: number): void {

@@ -157,6 +157,11 @@ export class CounterTables {
   pruneCarry(keep: ReadonlySet<number>): void {
     for (const id of [...this.#carry.keys()]) if (!keep.has(id)) this.#carry.delete(id);
   }
+
+  /** Deletes the carry entries of `ids` (those it has). */
+  dropCarry(ids: readonly number[]): void {
+    for (const id of ids) if (this.#carry.get(id) !== undefined) this.#carry.delete(id);
+  }
 }
 
 /** @returns the sum over CPUs of per-CPU `struct ep_counter` values. */

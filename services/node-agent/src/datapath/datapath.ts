@@ -74,6 +74,12 @@ export interface ApplyResult {
    * tables were written whole, in fresh inner maps.
    */
   readonly write?: 'updated' | 'rebuilt';
+  /**
+   * ('installed' by the eBPF datapath.) Policy table entries written or deleted: inner-map
+   * entries, rule slots, wildcard vectors, counter slots moved. An update writes in proportion
+   * to the change; a rebuild writes every entry.
+   */
+  readonly written?: number;
   readonly ruleCount: number;
   /** Distinct field classes, LPM entries and class words of the compiled tables. */
   readonly classCount: number;

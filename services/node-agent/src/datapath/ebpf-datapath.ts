@@ -25,7 +25,7 @@ import {
   type TcFilterId,
 } from 'libbpf-ts';
 import { createHash } from 'node:crypto';
-import { compileTables, genFlags, RULE_SLOTS, sizes, WILD_COUNT, type MapEntriesSpec, type TablesSpec } from './compile-tables.js';
+import { genFlags, RULE_SLOTS, sizes, TableCompiler, TableCompilers, WILD_COUNT, type CompiledTables, type TablesDelta, type TablesSpec } from './compile-tables.js';
 import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type ConnectionFilter, type ConntrackConfig, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import { ConntrackTables } from './conntrack-tables.js';
 import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement, relayoutLbBackend } from './conntrack-upgrade.js';
@@ -105,6 +105,11 @@ export interface EbpfDatapathOptions {
    * services (a workload role's) can pass { services: 1, slots: 32, backends: 1 }.
    */
   lbCapacity?: LbCapacity;
+  /**
+   * The table compilers this datapath shares with the other datapaths of the same agent (so one
+   * rule set object applied to both roles is compiled, and held in memory, once). Default: its own.
+   */
+  compilers?: TableCompilers;
 }
 
 /**
@@ -179,11 +184,17 @@ export class EbpfDatapath implements Datapath {
    * generation by difference; trusted only while its fingerprint is the one in ep_meta.
    */
   readonly #held: [HeldGeneration | undefined, HeldGeneration | undefined] = [undefined, undefined];
+  /** This datapath's own table compiler (it may compile with another one of the pool). */
+  readonly #compiler = new TableCompiler();
+  readonly #compilers: TableCompilers;
+  /** The background write that brings the idle generation up to date after a whole rebuild; never rejects. */
+  #bringingUp: Promise<void> = Promise.resolve();
   #barrierPending = true;
   #closed = false;
 
-  private constructor(pinRoot: string, programs: Programs, maps: Maps, adopted: boolean) {
+  private constructor(pinRoot: string, programs: Programs, maps: Maps, adopted: boolean, compilers: TableCompilers | undefined) {
     this.#pinRoot = pinRoot;
+    this.#compilers = compilers ?? new TableCompilers();
     this.#programs = programs;
     this.#maps = maps;
     this.adopted = adopted;
@@ -265,7 +276,7 @@ export class EbpfDatapath implements Datapath {
       };
       const programs = Object.fromEntries(programNames.map((name) => [name, open(Program.openPinned(pin(name)))])) as Record<ProgramName, Program>;
       const maps = Object.fromEntries(mapNames.map((name) => [name, open(BpfMap.openPinned(pin(name)))])) as Record<MapName, BpfMap>;
-      datapath = new EbpfDatapath(pinRoot, programs, maps, adopt);
+      datapath = new EbpfDatapath(pinRoot, programs, maps, adopt, options.compilers);
       // Before any hook is switched to the new programs: they read their timeouts from here
       // (pinned ones of this layout are kept, as an adoption keeps them).
       const config = options.conntrack ?? (adopt || found === LAYOUT_VERSION ? undefined : DEFAULT_CONNTRACK_CONFIG);
@@ -387,7 +398,8 @@ export class EbpfDatapath implements Datapath {
    * generation keeps running).
    */
   async apply(ruleSet: RuleSetSpec, lb?: LbSpec): Promise<ApplyResult> {
-    const tables = compileTables(ruleSet);
+    await this.#bringingUp;
+    const tables = this.#compilers.compile(ruleSet, this.#compiler);
     const active = this.#readActive();
     const target = active ^ 1;
     const lbTables = layoutLbTables(lb ?? NO_SERVICES, this.lbCapacity, target === 0 ? 0 : 1);
@@ -395,7 +407,7 @@ export class EbpfDatapath implements Datapath {
     // Policy and services are one generation: one fingerprint over both (the LB layout's is the
     // same in both generations: its generation byte is taken as 0).
     const fingerprint = lbTables.vip.count === 0 ? tables.fingerprint : new Uint8Array(createHash('sha256').update(tables.fingerprint).update(lbTables.fingerprint).digest());
-    const summary = { ruleCount: tables.ruleCount, classCount: tables.classCount, lpmEntries: tables.lpm.count, classWords: tables.classWords.count, services: lbTables.vip.count };
+    const summary = { ruleCount: tables.ruleCount, classCount: tables.classCount, lpmEntries: tables.lpmCount, classWords: tables.wordCount, services: lbTables.vip.count };
     const activeMeta = this.#readMeta(active);
     if (activeMeta.valid && equalBytes(activeMeta.fingerprint, fingerprint)) return { generation: active, mode: 'unchanged', ...summary };
     const targetMeta = this.#readMeta(target);
@@ -404,35 +416,85 @@ export class EbpfDatapath implements Datapath {
       this.#switchTo(target);
       return { generation: target, mode: 'switched', ...summary };
     }
-    // The idle generation holds revision N-1's tables as this process wrote them: write only
-    // what differs (bpf/README.md, "Generations and the switch": no packet reads it after the
-    // barrier). Anything else (a restart, a failed write, tables too different): whole.
+    // The idle generation holds tables this process wrote with the same compiler a few compiles
+    // ago: write only the compiler's deltas since (bpf/README.md, "Generations and the switch":
+    // no packet reads it after the barrier). Anything else (a restart, a failed write, a fresh
+    // compile, tables too different): whole.
     const held = this.#held[target];
     const known = targetMeta.valid && held !== undefined && equalBytes(held.fingerprint, targetMeta.fingerprint) ? held : undefined;
+    const deltas = known?.compiler === tables.compiler ? tables.compiler.deltasSince(known.version) : undefined;
     let write: 'updated' | 'rebuilt' = 'rebuilt';
+    let written = 0;
+    let whole: TablesSpec | undefined;
     try {
       this.#barrier();
       // Its rule ids, read before the generation is marked invalid (which forgets them).
       const targetIds = targetMeta.valid ? this.#generationRuleIds(target, targetMeta.ruleCount) : [];
       this.#writeMeta(target, 0, false, new Uint8Array(32));
       this.#held[target] = undefined;
-      let room = known && this.#update(target, known, tables, targetIds);
-      if (room) write = 'updated';
-      else {
+      const update = known && deltas && this.#update(target, known, tables, deltas, targetIds, active);
+      let room: InnerRoom;
+      if (update) {
+        write = 'updated';
+        written = update.written;
+        room = update;
+      } else {
         if (targetMeta.valid) this.#counters.fold(target, targetIds);
-        room = this.#install(target, tables);
+        whole = tables.compiler.tables();
+        room = this.#install(target, whole);
+        written = whole.lpm.count + whole.classWords.count + whole.ruleCount + 1 + WILD_COUNT;
       }
       if (!known || !equalBytes(known.lbFingerprint, lbTables.fingerprint)) this.#installLb(target, lbTables);
       this.#writeMeta(target, tables.ruleCount, true, fingerprint);
       this.#ruleIds[target] = [...tables.ruleIds];
-      this.#held[target] = { tables, lbFingerprint: lbTables.fingerprint, fingerprint, ...room };
-      this.#counters.pruneCarry(new Set([...tables.ruleIds, ...this.#generationRuleIds(active), DEFAULT_RULE_ID]));
+      this.#held[target] = { compiler: tables.compiler, version: tables.version, lbFingerprint: lbTables.fingerprint, fingerprint, ...room };
+      if (!update) this.#counters.pruneCarry(new Set([...tables.ruleIds, ...this.#generationRuleIds(active), DEFAULT_RULE_ID]));
     } catch (cause) {
       throw new DatapathError(`apply rules=${tables.ruleCount} services=${lbTables.vip.count} generation=${target}`, { cause });
     }
     this.#writeGenCfg(target, flags);
     this.#switchTo(target);
-    return { generation: target, mode: 'installed', write, ...summary };
+    // After a whole rebuild the generation just left holds an older rule set, so the next change
+    // would rebuild again: bring it up to date now, after this apply returns (the next apply
+    // waits for it), and the next change is an update.
+    if (whole !== undefined) this.#bringUp(active, whole, { compiler: tables.compiler, version: tables.version }, lbTables, fingerprint);
+    return { generation: target, mode: 'installed', write, written, ...summary };
+  }
+
+  // Writes `tables` (and `lbTables`) whole into the idle `generation` in the background, without
+  // a switch: the next apply finds there the rule set now live, and updates it by difference.
+  #bringUp(generation: number, tables: TablesSpec, from: { compiler: TableCompiler; version: number }, lbTables: LbTablesSpec, fingerprint: Uint8Array): void {
+    this.#bringingUp = new Promise<void>((resolve) => {
+      setImmediate(() => {
+        try {
+          if (this.#closed || this.#readActive() === generation) return;
+          this.#barrier();
+          const meta = this.#readMeta(generation);
+          const ids = meta.valid ? this.#generationRuleIds(generation, meta.ruleCount) : [];
+          this.#writeMeta(generation, 0, false, new Uint8Array(32));
+          this.#held[generation] = undefined;
+          if (meta.valid) this.#counters.fold(generation, ids);
+          const room = this.#install(generation, tables);
+          this.#installLb(generation, lbTables);
+          this.#writeMeta(generation, tables.ruleCount, true, fingerprint);
+          this.#ruleIds[generation] = [...tables.ruleIds];
+          this.#held[generation] = { ...from, lbFingerprint: lbTables.fingerprint, fingerprint, ...room };
+          this.#counters.pruneCarry(new Set([...tables.ruleIds, DEFAULT_RULE_ID]));
+        } catch {
+          // The generation stays marked invalid (or holds what it held): the next apply there writes it whole.
+        } finally {
+          resolve();
+        }
+      });
+    });
+  }
+
+  /**
+   * Resolves when background work on the idle generation (bringing it up to date after a whole
+   * rebuild) is done. apply() waits for it itself; tests and benchmarks wait to measure apart.
+   */
+  async settled(): Promise<void> {
+    await this.#bringingUp;
   }
 
   /** What one generation of the load-balancing maps holds: half of each map, as loaded. */
@@ -766,39 +828,56 @@ export class EbpfDatapath implements Datapath {
   }
 
   /**
-   * Turns `generation`'s tables from `held` into `tables` by writing their difference: rule slots
-   * and wildcard vectors that differ, inner-map entries added, changed and deleted in the inner
-   * maps it holds. Counters: a slot whose rule id stays keeps counting for it (readCounters sums
-   * generations and carry by id, so the totals are a whole install's); a slot whose rule id
-   * changes, or that the new rule set no longer uses, has its count moved to the carry under the
-   * old id and is zeroed, as a whole install does for every slot.
+   * Turns `generation`'s tables from `held` into `tables` by writing the compiler's deltas in
+   * order: rule slots and wildcard vectors they touch, inner-map entries they delete and write.
+   * Counters: a slot whose rule id stays keeps counting for it (readCounters sums generations and
+   * carry by id, so the totals are a whole install's); a slot whose rule id changes has its count
+   * moved to the carry under the old id and is zeroed, as a whole install does for every slot.
    * @param heldIds the rule ids of the generation's slots 1.. now.
-   * @returns the inner maps' room, or undefined (nothing written) when they cannot hold the new
-   * tables or the difference is so large that a whole install writes less.
+   * @returns the inner maps' room and the entries written, or undefined (nothing written) when
+   * the inner maps cannot hold the new tables or the difference is so large that a whole install
+   * writes less.
    */
-  #update(generation: number, held: HeldGeneration, tables: TablesSpec, heldIds: readonly number[]): InnerRoom | undefined {
-    const lpm = diffEntries(held.tables.lpm, tables.lpm);
-    const words = diffEntries(held.tables.classWords, tables.classWords);
-    const fits = (d: EntriesDiff, count: number, capacity: number): boolean => count <= capacity && d.deletes.length + d.updates.length <= Math.max(1024, count / 2);
-    if (!fits(lpm, tables.lpm.count, held.lpmCapacity) || !fits(words, tables.classWords.count, held.wordsCapacity)) return undefined;
-    const moved: number[] = [];
-    for (let slot = 1; slot <= Math.max(heldIds.length, tables.ruleIds.length); slot++) if (heldIds[slot - 1] !== tables.ruleIds[slot - 1]) moved.push(slot);
+  #update(generation: number, held: HeldGeneration, tables: CompiledTables, deltas: readonly TablesDelta[], heldIds: readonly number[], active: number): (InnerRoom & { written: number }) | undefined {
+    const lpmWrites = deltas.reduce((n, d) => n + d.lpmDeletes.length + d.lpm.count, 0);
+    const wordWrites = deltas.reduce((n, d) => n + d.wordDeletes.length + d.classWords.count, 0);
+    if (deltas.some((d) => d.lpmCount > held.lpmCapacity || d.wordCount > held.wordsCapacity)) return undefined;
+    if (lpmWrites > Math.max(1024, tables.lpmCount / 2) || wordWrites > Math.max(1024, tables.wordCount / 2)) return undefined;
+    const slots = [...new Set(deltas.flatMap((d) => d.ruleSlots))].sort((a, b) => a - b);
+    const moved = slots.filter((slot) => slot > 0 && heldIds[slot - 1] !== tables.ruleIds[slot - 1]);
     if (moved.length > MAX_MOVED_SLOTS) return undefined;
     this.#counters.moveSlots(generation, heldIds, moved);
-    writeChanged(this.#maps.ep_rules, generation * RULE_SLOTS, held.tables.rules, tables.rules, sizes.rule);
-    writeChanged(this.#maps.ep_wild, generation * WILD_COUNT, held.tables.wild, tables.wild, sizes.bitvec);
-    for (const [outer, diff] of [[this.#maps.ep_lpm, lpm], [this.#maps.ep_cwords, words]] as const) {
+    if (slots.length > 0) {
+      this.#maps.ep_rules.setBatch(
+        slots.map((slot) => u32Bytes(generation * RULE_SLOTS + slot)),
+        slots.map((slot) => tables.rules.subarray(slot * sizes.rule, (slot + 1) * sizes.rule)),
+      );
+    }
+    const wild = deltas.some((d) => d.wild);
+    if (wild) writeArray(this.#maps.ep_wild, generation * WILD_COUNT, tables.wild, sizes.bitvec);
+    for (const [outer, pick] of [
+      [this.#maps.ep_lpm, (d: TablesDelta) => ({ deletes: d.lpmDeletes, entries: d.lpm })],
+      [this.#maps.ep_cwords, (d: TablesDelta) => ({ deletes: d.wordDeletes, entries: d.classWords })],
+    ] as const) {
       const id = outer.get(u32Bytes(generation));
       if (id === undefined) throw new DatapathError(`update generation=${generation}: ${outer.name} holds no inner map`);
       const inner = BpfMap.fromId(u32Codec.decode(id));
       try {
-        for (const key of diff.deletes) inner.delete(key);
-        if (diff.updates.length > 0) inner.setBatch(diff.updates.map(([key]) => key), diff.updates.map(([, value]) => value));
+        for (const delta of deltas) {
+          const { deletes, entries } = pick(delta);
+          for (const key of deletes) inner.delete(key);
+          if (entries.count > 0) writeEntries(inner, entries);
+        }
       } finally {
         inner.close();
       }
     }
-    return { lpmCapacity: held.lpmCapacity, wordsCapacity: held.wordsCapacity };
+    // Counts of ids that left this generation and are in neither generation now are dropped, as
+    // a whole install's prune does (only the ids moved out can have become such).
+    const activeIds = this.#generationRuleIds(active);
+    const gone = moved.map((slot) => heldIds[slot - 1] as number).filter((id) => id !== DEFAULT_RULE_ID && !tables.ruleIds.includes(id) && !activeIds.includes(id));
+    if (gone.length > 0) this.#counters.dropCarry(gone);
+    return { lpmCapacity: held.lpmCapacity, wordsCapacity: held.wordsCapacity, written: lpmWrites + wordWrites + slots.length + (wild ? WILD_COUNT : 0) + moved.length };
   }
 
   // Generation `generation`'s load-balancing tables (LB.md, "Apply and the switch"): its stale VIP
@@ -873,7 +952,9 @@ interface InnerRoom {
 
 /** What one generation holds, as this process wrote it. */
 interface HeldGeneration extends InnerRoom {
-  readonly tables: TablesSpec;
+  /** The compiler and its compile whose tables the generation holds. */
+  readonly compiler: TableCompiler;
+  readonly version: number;
   readonly lbFingerprint: Uint8Array;
   /** As in ep_meta: the tables' and the load-balancing layout's together. */
   readonly fingerprint: Uint8Array;
@@ -889,91 +970,8 @@ function withRoom(count: number): number {
   return count + Math.max(64, Math.ceil(count / 8));
 }
 
-/** What turns one set of map entries into another: keys to delete, entries to write. */
-interface EntriesDiff {
-  readonly deletes: Uint8Array[];
-  readonly updates: [Uint8Array, Uint8Array][];
-}
-
-/**
- * The difference between two compiled entry sets (MapEntriesSpec), linear in their size: the
- * compiler emits entries in a stable order, so the two lists are walked side by side (an entry
- * inserted or dropped is stepped over by looking a few entries ahead) and only entries left
- * unmatched are matched by key.
- */
-export function diffEntries(before: MapEntriesSpec, after: MapEntriesSpec): EntriesDiff {
-  const k = after.keySize;
-  const v = after.valueSize;
-  const same = (a: Uint8Array, ai: number, b: Uint8Array, bi: number, size: number): boolean => {
-    for (let i = 0; i < size; i++) if (a[ai + i] !== b[bi + i]) return false;
-    return true;
-  };
-  const sameKey = (i: number, j: number): boolean => same(before.keys, i * k, after.keys, j * k, k);
-  const sameValue = (i: number, j: number): boolean => same(before.values, i * v, after.values, j * v, v);
-  const removed: number[] = [];
-  const added: number[] = [];
-  const changed: number[] = [];
-  let i = 0;
-  let j = 0;
-  while (i < before.count && j < after.count) {
-    if (sameKey(i, j)) {
-      if (!sameValue(i, j)) changed.push(j);
-      i++;
-      j++;
-      continue;
-    }
-    let stepped = false;
-    for (let d = 1; d <= LOOKAHEAD && !stepped; d++) {
-      if (i + d < before.count && sameKey(i + d, j)) {
-        for (let x = 0; x < d; x++) removed.push(i + x);
-        i += d;
-        stepped = true;
-      } else if (j + d < after.count && sameKey(i, j + d)) {
-        for (let x = 0; x < d; x++) added.push(j + x);
-        j += d;
-        stepped = true;
-      }
-    }
-    if (!stepped) {
-      removed.push(i++);
-      added.push(j++);
-    }
-  }
-  while (i < before.count) removed.push(i++);
-  while (j < after.count) added.push(j++);
-  // What was stepped over may have moved rather than gone: match it by key.
-  const keyText = (spec: MapEntriesSpec, at: number): string => Buffer.from(spec.keys.buffer, spec.keys.byteOffset + at * k, k).toString('latin1');
-  const gone = new Map<string, number>(removed.map((at) => [keyText(before, at), at]));
-  for (const at of added) {
-    const name = keyText(after, at);
-    const was = gone.get(name);
-    gone.delete(name);
-    if (was === undefined || !sameValue(was, at)) changed.push(at);
-  }
-  const entry = (at: number): [Uint8Array, Uint8Array] => [after.keys.subarray(at * k, (at + 1) * k), after.values.subarray(at * v, (at + 1) * v)];
-  return { deletes: [...gone.values()].map((at) => before.keys.subarray(at * k, (at + 1) * k)), updates: changed.map(entry) };
-}
-
 /** Counter slots an update in place moves one by one; more: the generation is written whole (batches). */
 const MAX_MOVED_SLOTS = 4096;
-
-/** How far diffEntries looks ahead for an entry inserted or dropped. */
-const LOOKAHEAD = 16;
-
-/** Writes the `size`-byte slots of `after` that differ from `before` (or that `before` lacks) at first + slot. */
-function writeChanged(map: BpfMap, first: number, before: Uint8Array, after: Uint8Array, size: number): void {
-  const keys: Uint8Array[] = [];
-  const values: Uint8Array[] = [];
-  for (let slot = 0; slot * size < after.length; slot++) {
-    const at = slot * size;
-    let same = at + size <= before.length;
-    for (let i = 0; same && i < size; i++) same = before[at + i] === after[at + i];
-    if (same) continue;
-    keys.push(u32Bytes(first + slot));
-    values.push(after.subarray(at, at + size));
-  }
-  if (keys.length > 0) map.setBatch(keys, values);
-}
 
 const ingressFilter: TcFilterId = { direction: 'ingress', handle: TC_HANDLE, priority: TC_PRIORITY };
 const egressFilter: TcFilterId = { direction: 'egress', handle: TC_HANDLE, priority: TC_PRIORITY };

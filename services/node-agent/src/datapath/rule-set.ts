@@ -122,62 +122,35 @@ const normalized = new WeakMap<RuleSpec, NormalizedRule>();
  * @throws RuleSetError naming the first bad field; CapacityError for more than MAX_RULES rules.
  */
 export function validateRuleSet(spec: RuleSetSpec): NormalizedRuleSet {
+  checkRuleSetFields(spec);
+  const ids = new Set<number>();
+  const rules = spec.rules.map((rule, index): NormalizedRule => {
+    checkRuleId(rule, index);
+    if (ids.has(rule.id)) throw new RuleSetError(`rules[${index}].id`, `duplicate rule id ${rule.id}`);
+    ids.add(rule.id);
+    return normalizeRule(rule, index);
+  });
+  return normalizedSet(spec, rules);
+}
+
+/**
+ * The rule set's default action and rule count checked (not its rules; the flags are checked by normalizedSet).
+ * @throws RuleSetError; CapacityError for more than MAX_RULES rules.
+ */
+export function checkRuleSetFields(spec: RuleSetSpec): void {
   if (spec.defaultAction !== 'allow' && spec.defaultAction !== 'deny') {
     throw new RuleSetError('defaultAction', `must be allow or deny, got ${String(spec.defaultAction)}`);
   }
   if (spec.rules.length > MAX_RULES) {
     throw new CapacityError('rules', MAX_RULES, spec.rules.length, 'split the policy or merge rules with the same action');
   }
-  const ids = new Set<number>();
-  const rules = spec.rules.map((rule, index): NormalizedRule => {
-    const at = `rules[${index}]`;
-    if (!Number.isInteger(rule.id) || rule.id < 0 || rule.id >= EGRESS_RULE_ID) {
-      throw new RuleSetError(`${at}.id`, `must be an integer in 0..${EGRESS_RULE_ID - 1}, got ${rule.id}`);
-    }
-    if (ids.has(rule.id)) throw new RuleSetError(`${at}.id`, `duplicate rule id ${rule.id}`);
-    ids.add(rule.id);
-    const known = normalized.get(rule);
-    if (known !== undefined && known.id === rule.id) return known.index === index ? known : { ...known, index };
-    const cidrs = (list: readonly string[], field: string): Cidr[] | null => {
-      if (list.length === 0) return null;
-      return list.map((text, i) => {
-        const cidr = parseCidr(text);
-        if (cidr === undefined) throw new RuleSetError(`${at}.${field}[${i}]`, `not a CIDR: ${JSON.stringify(text)}`);
-        return cidr;
-      });
-    };
-    const protocol = rule.protocol === 'any' ? null : protocolNumbers[rule.protocol];
-    if (protocol === undefined) throw new RuleSetError(`${at}.protocol`, `unknown protocol ${String(rule.protocol)}`);
-    let ports: PortRange[] | null = null;
-    if (rule.dstPorts.length > 0) {
-      if (rule.protocol !== 'tcp' && rule.protocol !== 'udp') {
-        throw new RuleSetError(`${at}.dstPorts`, `port ranges need protocol tcp or udp, got ${rule.protocol}`);
-      }
-      ports = rule.dstPorts.map((range, i) => {
-        const ok = (n: number): boolean => Number.isInteger(n) && n >= 0 && n <= 65535;
-        if (!ok(range.from) || !ok(range.to) || range.from > range.to) {
-          throw new RuleSetError(`${at}.dstPorts[${i}]`, `need 0 <= from <= to <= 65535, got ${range.from}..${range.to}`);
-        }
-        return { from: range.from, to: range.to };
-      });
-    }
-    if (rule.action !== 'allow' && rule.action !== 'deny' && rule.action !== 'rate_limit') {
-      throw new RuleSetError(`${at}.action`, `unknown action ${String(rule.action)}`);
-    }
-    let rateLimit: NormalizedRule['rateLimit'] = null;
-    if (rule.action === 'rate_limit') {
-      const rate = rule.rateLimit;
-      const ok = (n: number): boolean => Number.isInteger(n) && n >= 1 && n <= MAX_RATE;
-      if (rate === undefined || !ok(rate.pps) || !ok(rate.burst)) {
-        throw new RuleSetError(`${at}.rateLimit`, `rate_limit needs integer pps and burst in 1..${MAX_RATE}`);
-      }
-      rateLimit = { pps: rate.pps, burst: rate.burst };
-    }
-    const track = flag(rule.track, `${at}.track`);
-    const result: NormalizedRule = { index, id: rule.id, src: cidrs(rule.srcCidrs, 'srcCidrs'), dst: cidrs(rule.dstCidrs, 'dstCidrs'), protocol, ports, action: rule.action, rateLimit, track };
-    normalized.set(rule, result);
-    return result;
-  });
+}
+
+/**
+ * The normalized rule set of `spec` with `rules` already normalized (checkRuleSetFields passed).
+ * @throws RuleSetError for a flag that is not a boolean.
+ */
+export function normalizedSet(spec: RuleSetSpec, rules: readonly NormalizedRule[]): NormalizedRuleSet {
   return {
     rules,
     defaultAction: spec.defaultAction,
@@ -185,6 +158,64 @@ export function validateRuleSet(spec: RuleSetSpec): NormalizedRuleSet {
     trackEgress: flag(spec.trackEgress, 'trackEgress'),
     cutOnDeny: flag(spec.cutOnDeny, 'cutOnDeny'),
   };
+}
+
+/**
+ * Checks one rule (all but the uniqueness of its id) and parses its prefixes; remembered by the
+ * rule object, so a rule carried from one rule set to the next is parsed once.
+ * @returns the normalized rule at `index` (shared: read only).
+ * @throws RuleSetError naming the bad field as `rules[index].field`.
+ */
+export function normalizeRule(rule: RuleSpec, index: number): NormalizedRule {
+  checkRuleId(rule, index);
+  const at = `rules[${index}]`;
+  const known = normalized.get(rule);
+  if (known !== undefined && known.id === rule.id) return known.index === index ? known : { ...known, index };
+  const cidrs = (list: readonly string[], field: string): Cidr[] | null => {
+    if (list.length === 0) return null;
+    return list.map((text, i) => {
+      const cidr = parseCidr(text);
+      if (cidr === undefined) throw new RuleSetError(`${at}.${field}[${i}]`, `not a CIDR: ${JSON.stringify(text)}`);
+      return cidr;
+    });
+  };
+  const protocol = rule.protocol === 'any' ? null : protocolNumbers[rule.protocol];
+  if (protocol === undefined) throw new RuleSetError(`${at}.protocol`, `unknown protocol ${String(rule.protocol)}`);
+  let ports: PortRange[] | null = null;
+  if (rule.dstPorts.length > 0) {
+    if (rule.protocol !== 'tcp' && rule.protocol !== 'udp') {
+      throw new RuleSetError(`${at}.dstPorts`, `port ranges need protocol tcp or udp, got ${rule.protocol}`);
+    }
+    ports = rule.dstPorts.map((range, i) => {
+      const ok = (n: number): boolean => Number.isInteger(n) && n >= 0 && n <= 65535;
+      if (!ok(range.from) || !ok(range.to) || range.from > range.to) {
+        throw new RuleSetError(`${at}.dstPorts[${i}]`, `need 0 <= from <= to <= 65535, got ${range.from}..${range.to}`);
+      }
+      return { from: range.from, to: range.to };
+    });
+  }
+  if (rule.action !== 'allow' && rule.action !== 'deny' && rule.action !== 'rate_limit') {
+    throw new RuleSetError(`${at}.action`, `unknown action ${String(rule.action)}`);
+  }
+  let rateLimit: NormalizedRule['rateLimit'] = null;
+  if (rule.action === 'rate_limit') {
+    const rate = rule.rateLimit;
+    const ok = (n: number): boolean => Number.isInteger(n) && n >= 1 && n <= MAX_RATE;
+    if (rate === undefined || !ok(rate.pps) || !ok(rate.burst)) {
+      throw new RuleSetError(`${at}.rateLimit`, `rate_limit needs integer pps and burst in 1..${MAX_RATE}`);
+    }
+    rateLimit = { pps: rate.pps, burst: rate.burst };
+  }
+  const track = flag(rule.track, `${at}.track`);
+  const result: NormalizedRule = { index, id: rule.id, src: cidrs(rule.srcCidrs, 'srcCidrs'), dst: cidrs(rule.dstCidrs, 'dstCidrs'), protocol, ports, action: rule.action, rateLimit, track };
+  normalized.set(rule, result);
+  return result;
+}
+
+function checkRuleId(rule: RuleSpec, index: number): void {
+  if (!Number.isInteger(rule.id) || rule.id < 0 || rule.id >= EGRESS_RULE_ID) {
+    throw new RuleSetError(`rules[${index}].id`, `must be an integer in 0..${EGRESS_RULE_ID - 1}, got ${rule.id}`);
+  }
 }
 
 function flag(value: unknown, field: string): boolean {
