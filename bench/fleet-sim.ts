@@ -23,6 +23,7 @@ const now = (): number => performance.timeOrigin + performance.now();
 /** Messages from the bench. */
 export type SimCommand =
   | { type: 'enroll'; controller: string; caFingerprint: string; tokens: string[]; prefix: string; first: number; identityDir: string; concurrency: number }
+  /** controller: every replica's address, comma-separated (each agent starts on one by its index). */
   | { type: 'start'; controller: string; nats: string; publicKey: string; prefix: string; first: number; count: number; stateDir: string | undefined; concurrency: number }
   | { type: 'wait-connected'; connected: boolean; id: string }
   | { type: 'fanout-setup'; subject: string; mode: 'conns' | 'agents'; nats: string }
@@ -160,10 +161,28 @@ const quiet = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<st
 
 /**
  * The worker's own event-loop stalls (a stall here is the simulator's, not the controller's): the
- * most a 100 ms tick came late since the last progress report.
+ * most a 100 ms tick came late since the last progress report, and the newest tick's lateness
+ * (threshold 0: every tick reports).
  */
 let loopMaxMs = 0;
-watchStalls((s) => (loopMaxMs = Math.max(loopMaxMs, s.ms)), 0, 100);
+let loopLagMs = 0;
+watchStalls(
+  (s) => {
+    loopMaxMs = Math.max(loopMaxMs, s.ms);
+    loopLagMs = s.ms;
+  },
+  0,
+  100,
+);
+
+/**
+ * How late this worker's loop may run before no more agents are started: starting agents is what
+ * the worker can postpone, and a worker that starts them faster than its share of the CPU allows
+ * falls behind on the agents it already runs (heartbeats unanswered past the controller's idle
+ * timeout, streams closed as silent, a reconnect storm on top of the start: the 10,000-agent start
+ * that never finished on a loaded machine). Measured, not guessed: the start paces itself.
+ */
+const START_MAX_LAG_MS = 200;
 
 async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: number, trusted: Map<string, ReturnType<typeof publicKeyFromRaw>>): Promise<SimAgent> {
   const name = agentName(cmd.prefix, index);
@@ -183,8 +202,11 @@ async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: nu
     stateFile,
     natsServers: [cmd.nats],
     natsTimeoutMs: 20_000,
+    // nats.js otherwise builds two Error objects per request for async stack traces, and under
+    // tsx every stack is source-mapped: simulator CPU that a real agent (plain JS) barely pays.
+    natsOptions: { noAsyncTraces: true },
     trustedKeys: trusted,
-    controller: { address: cmd.controller.split(','), credentials: identities.get(name) ? pooled(identities.get(name)!.channelCredentials()) : distinctInsecureCredentials() },
+    controller: { address: replicasOf(cmd.controller, index), credentials: identities.get(name) ? pooled(identities.get(name)!.channelCredentials()) : distinctInsecureCredentials() },
     info: { agentVersion: 'sim', kernelRelease: 'sim', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
     sessionId: `${name}-${process.pid}`,
     heartbeatIntervalMs: 5000,
@@ -200,6 +222,12 @@ async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: nu
   await runtime.synced();
   return a;
 }
+
+/** Agent `index`'s controller list: the replicas (comma-separated) rotated by the index, so agents spread evenly and each fails over to the next. */
+const replicasOf = (list: string, index: number): string[] => {
+  const all = list.split(',');
+  return all.map((_a, k) => all[(index + k) % all.length]!);
+};
 
 const agentName = (prefix: string, index: number): string => `${prefix}-${String(index).padStart(5, '0')}`;
 
@@ -263,6 +291,8 @@ async function start(cmd: Extract<SimCommand, { type: 'start' }>): Promise<void>
   const progress = setInterval(() => reportProgress(started), 2000);
   const lane = async (): Promise<void> => {
     while (next < cmd.count) {
+      while (loopLagMs > START_MAX_LAG_MS) await new Promise((r) => setTimeout(r, 100));
+      if (next >= cmd.count) break;
       const i = cmd.first + next++;
       agents.push(await startAgent(cmd, i, trusted));
       started++;
