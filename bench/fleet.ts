@@ -95,6 +95,8 @@ const BOUND_MS = (quick ? 30 : 60) * 60_000 * SIZES.length * REPLICAS.length;
 const CONVERGE_BOUND_MS = Number(opt('--converge-bound') ?? 120) * 1000;
 /** This machine cannot raise RLIMIT_NOFILE past its hard limit; nats-server needs 2 fds per agent with separate fan-out connections. */
 const NOFILE = Number(execFileSync('bash', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).trim());
+/** How long a controller may take to say ready: 30 s was not enough for a replica on a machine loaded by other work. */
+const READY_MS = 120_000;
 const SIM = fileURLToPath(new URL('./fleet-sim.ts', import.meta.url));
 const POLICY = 'fleet-bench';
 
@@ -514,8 +516,10 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     const controllerArgs = [CONTROLLER_MAIN, ...(mtls ? [] : ['--insecure']), '--listen', `127.0.0.1:${port}`, '--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'controller'), '--heartbeat-interval', HEARTBEAT_S, '--log-heartbeat', LOG_HEARTBEAT_S, '--counter-interval', COUNTER_S];
     // PERF_MAP=1: the controller writes /tmp/perf-PID.map, so `perf record -g -p PID` names its JS frames.
     const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=controller-n${n}-${Date.now()}.cpuprofile`] : process.env.PERF_MAP ? ['--perf-basic-prof'] : [];
-    const controller = await Supervised.start('controller', { command: process.execPath, args: [...prof, ...controllerArgs], readyEvent: 'ready', readyTimeoutMs: 30_000 });
+    // Stopped also when it never gets ready (a loaded machine): registered before the wait.
+    const controller = new Supervised('controller', { command: process.execPath, args: [...prof, ...controllerArgs], readyEvent: 'ready', readyTimeoutMs: READY_MS });
     push('controller', () => controller.stop(30_000));
+    await controller.start();
     // The controller's warnings and errors, summed by message every 5 s (a reconnect storm logs thousands).
     const controllerWarnings = new Map<string, number>();
     let controllerStallMax = 0;
@@ -544,14 +548,15 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       const rport = await freePort('127.0.0.1');
       const ctl = join(dir, 'controller');
       const args = controllerArgs.map((a) => (a === `127.0.0.1:${port}` ? `127.0.0.1:${rport}` : a === ctl ? join(dir, `controller-${r}`) : a));
-      const replica = await Supervised.start(`controller-${r}`, {
+      const replica = new Supervised(`controller-${r}`, {
         command: process.execPath,
         args: [...args, '--controller-id', `replica-${r}`, '--signing-key', join(ctl, 'signing-key.pem'), '--ca-cert', join(ctl, 'pki', 'ca.pem'), '--ca-key', join(ctl, 'pki', 'ca-key.pem')],
         readyEvent: 'ready',
-        readyTimeoutMs: 30_000,
+        readyTimeoutMs: READY_MS,
       });
-      replicas.push(replica);
       push(`controller-${r}`, () => replica.stop(30_000));
+      await replica.start();
+      replicas.push(replica);
     }
     const addresses = replicas.map((r) => String(r.ready.grpc));
     const replicaPorts = addresses.map((a) => Number(a.split(':').pop()));
