@@ -200,6 +200,7 @@ class RequestProbe {
     })();
   }
 
+  /** Stops (idempotent) and returns what it saw. */
   async stop(): Promise<ProbeResult> {
     this.#stopped = true;
     await this.#loop;
@@ -610,6 +611,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     const offProgress = workers.map((w, i) => w.on((e) => e.type === 'progress' && log(`worker ${i}: ${e.started} started, ${e.connected} connected; loop max ${e.loopMaxMs} ms, heap ${e.heapMiB} MiB${Object.keys(e.downs).length ? `; down: ${JSON.stringify(e.downs)}` : ''}`)));
     push('progress log', () => offProgress.forEach((off) => off()));
     const startProbeRun = new RequestProbe(c, 'sim0-00000');
+    push('start probe', () => startProbeRun.stop());
     const t0 = now();
     const startedAll = await Promise.all(
       workers.map((w, i) =>
@@ -778,6 +780,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       if (R > 1) {
         const moved = established(replicaPorts[1]!);
         const probe = new RequestProbe(c, 'sim0-00000');
+        push('failover probe', () => probe.stop());
         await sleep(1000);
         const f0 = now();
         await replicas[1]!.kill('SIGKILL');
