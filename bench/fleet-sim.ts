@@ -277,9 +277,13 @@ async function waitConnected(cmd: Extract<SimCommand, { type: 'wait-connected' }
   }
 }
 
+/** Agents welcomed at the last progress report (every 2 s while the fleet starts). */
+let lastConnected = 0;
+
 /** Sends a progress event (started, connected, loop delay, heap, why streams went down) and resets the per-report figures. */
 function reportProgress(started: number): void {
-  send({ type: 'progress', started, connected: agents.filter((a) => a.runtime.connected).length, loopMaxMs: Math.round(loopMaxMs), heapMiB: Math.round(process.memoryUsage().heapUsed / 2 ** 20), downs });
+  lastConnected = agents.filter((a) => a.runtime.connected).length;
+  send({ type: 'progress', started, connected: lastConnected, loopMaxMs: Math.round(loopMaxMs), heapMiB: Math.round(process.memoryUsage().heapUsed / 2 ** 20), downs });
   loopMaxMs = 0;
   downs = {};
 }
@@ -293,7 +297,9 @@ async function start(cmd: Extract<SimCommand, { type: 'start' }>): Promise<void>
   const progress = setInterval(() => reportProgress(started), 2000);
   const lane = async (): Promise<void> => {
     while (next < cmd.count) {
-      while (loopLagMs > START_MAX_LAG_MS) await new Promise((r) => setTimeout(r, 100));
+      // Nor while many started agents are not (or no longer) welcomed: a fleet falling apart
+      // (streams dropped by a stalled worker) gets back up before it grows.
+      while (loopLagMs > START_MAX_LAG_MS || agents.length - lastConnected > 4 * cmd.concurrency) await new Promise((r) => setTimeout(r, 100));
       if (next >= cmd.count) break;
       const i = cmd.first + next++;
       agents.push(await startAgent(cmd, i, trusted));

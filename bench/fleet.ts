@@ -974,6 +974,35 @@ function costModel(results: FullResult[]): { text: string; json: unknown } | und
   return lines.length ? { text: lines.join('\n'), json } : undefined;
 }
 
+/**
+ * Issue 15's goals (quick mode, this machine), each run's figure beside its bound. Idle CPU and
+ * RSS are per replica (the sums divided by the replicas); telemetry is every --counter-interval.
+ */
+function goals(results: FullResult[]): string {
+  const lines = ['Issue 15 goals:'];
+  const mark = (ok: boolean): string => (ok ? 'met' : 'MISSED');
+  for (const r of results) {
+    const at = `${r.nodes.toLocaleString('en-US')} x ${r.replicas}`;
+    if (r.nodes <= 1000) {
+      lines.push(`- ${at}: ACK p99 ${r.convergence.ackP99} ms (<= 250): ${mark(r.convergence.ackP99 <= 250)}`);
+      continue;
+    }
+    const idle = r.idle.controllerCpuPct / r.replicas;
+    const telemetry = r.telemetry.controllerCpuPct / r.replicas;
+    const rss = r.footprint.controllerRssMiB / r.replicas;
+    lines.push(
+      `- ${at}: ACK p99 ${r.convergence.ackP99} ms (<= 2,000): ${mark(r.convergence.ackP99 <= 2000)}; ` +
+        `p99 / raw fan-out ${r.fanout.ratioP99} (<= 5): ${mark(r.fanout.ratioP99 <= 5)}; ` +
+        `idle CPU per replica ${round(idle)} % (<= 5): ${mark(idle <= 5)}; ` +
+        `telemetry every ${COUNTER_S} s per replica ${round(telemetry)} % (<= 10): ${mark(telemetry <= 10)}; ` +
+        `RSS per replica ${round(rss)} MiB (<= 300): ${mark(rss <= 300)}` +
+        (r.failover ? `; failover requests max ${r.failover.probe.latency.max} ms (<= 10,000): ${mark(r.failover.probe.latency.max <= 10_000)}` : '') +
+        `; start requests max ${r.startProbe.latency.max} ms (<= 10,000): ${mark(r.startProbe.latency.max <= 10_000)}`,
+    );
+  }
+  return lines.join('\n');
+}
+
 function table(results: FullResult[]): string {
   const rows: [string, (r: FullResult) => string][] = [
     ['transport; enrollment total, p50 / p99, controller CPU', (r) => (r.enroll ? `mTLS; ${round(r.enroll.totalMs / 1000)} s, ${r.enroll.latency.p50} / ${r.enroll.latency.p99} ms, ${r.enroll.controllerCpuMs} ms` : 'plaintext (--insecure)')],
@@ -1050,7 +1079,7 @@ async function main(): Promise<void> {
         process.stderr.write(`${table(results.slice(-1))}\n${toJson({ partial: true, result: results[results.length - 1] })}\n`);
       }
     }
-    if (results.length) process.stdout.write(table(results) + '\n');
+    if (results.length) process.stdout.write(`${table(results)}\n\n${goals(results)}\n`);
     const model = costModel(results);
     if (model) process.stdout.write(`\n${model.text}\n`);
     for (const f of failed) process.stdout.write(`run failed: ${f}\n`);
