@@ -23,6 +23,7 @@ const now = (): number => performance.timeOrigin + performance.now();
 /** Messages from the bench. */
 export type SimCommand =
   | { type: 'enroll'; controller: string; caFingerprint: string; tokens: string[]; prefix: string; first: number; identityDir: string; concurrency: number }
+  /** controller: every replica's address, comma-separated (each agent starts on one by its index). */
   | { type: 'start'; controller: string; nats: string; publicKey: string; prefix: string; first: number; count: number; stateDir: string | undefined; concurrency: number }
   | { type: 'wait-connected'; connected: boolean; id: string }
   | { type: 'fanout-setup'; subject: string; mode: 'conns' | 'agents'; nats: string }
@@ -160,10 +161,30 @@ const quiet = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<st
 
 /**
  * The worker's own event-loop stalls (a stall here is the simulator's, not the controller's): the
- * most a 100 ms tick came late since the last progress report.
+ * most a 100 ms tick came late since the last progress report, and the ticks' lateness smoothed
+ * over about a second (threshold 0: every tick reports).
  */
 let loopMaxMs = 0;
-watchStalls((s) => (loopMaxMs = Math.max(loopMaxMs, s.ms)), 0, 100);
+let loopLagMs = 0;
+watchStalls(
+  (s) => {
+    loopMaxMs = Math.max(loopMaxMs, s.ms);
+    loopLagMs += (s.ms - loopLagMs) / 10;
+  },
+  0,
+  100,
+);
+
+/**
+ * How late this worker's loop may run before no more agents are started: starting agents is what
+ * the worker can postpone, and a worker that starts them faster than its share of the CPU allows
+ * falls behind on the agents it already runs (heartbeats unanswered past the controller's idle
+ * timeout, streams closed as silent, a reconnect storm on top of the start: the 10,000-agent start
+ * that never finished on a loaded machine). Measured, not guessed: the start paces itself. A second
+ * is far below the controller's idle timeout (3 heartbeat intervals) and above what CPU starvation
+ * alone gives a worker on a machine loaded by others (ticks 0.5-2 s late with 50 agents).
+ */
+const START_MAX_LAG_MS = 1000;
 
 async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: number, trusted: Map<string, ReturnType<typeof publicKeyFromRaw>>): Promise<SimAgent> {
   const name = agentName(cmd.prefix, index);
@@ -183,8 +204,11 @@ async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: nu
     stateFile,
     natsServers: [cmd.nats],
     natsTimeoutMs: 20_000,
+    // nats.js otherwise builds two Error objects per request for async stack traces, and under
+    // tsx every stack is source-mapped: simulator CPU that a real agent (plain JS) barely pays.
+    natsOptions: { noAsyncTraces: true },
     trustedKeys: trusted,
-    controller: { address: cmd.controller.split(','), credentials: identities.get(name) ? pooled(identities.get(name)!.channelCredentials()) : distinctInsecureCredentials() },
+    controller: { address: replicasOf(cmd.controller, index), credentials: identities.get(name) ? pooled(identities.get(name)!.channelCredentials()) : distinctInsecureCredentials() },
     info: { agentVersion: 'sim', kernelRelease: 'sim', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
     sessionId: `${name}-${process.pid}`,
     heartbeatIntervalMs: 5000,
@@ -200,6 +224,12 @@ async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: nu
   await runtime.synced();
   return a;
 }
+
+/** Agent `index`'s controller list: the replicas (comma-separated) rotated by the index, so agents spread evenly and each fails over to the next. */
+const replicasOf = (list: string, index: number): string[] => {
+  const all = list.split(',');
+  return all.map((_a, k) => all[(index + k) % all.length]!);
+};
 
 const agentName = (prefix: string, index: number): string => `${prefix}-${String(index).padStart(5, '0')}`;
 
@@ -247,9 +277,13 @@ async function waitConnected(cmd: Extract<SimCommand, { type: 'wait-connected' }
   }
 }
 
+/** Agents welcomed at the last progress report (every 2 s while the fleet starts). */
+let lastConnected = 0;
+
 /** Sends a progress event (started, connected, loop delay, heap, why streams went down) and resets the per-report figures. */
 function reportProgress(started: number): void {
-  send({ type: 'progress', started, connected: agents.filter((a) => a.runtime.connected).length, loopMaxMs: Math.round(loopMaxMs), heapMiB: Math.round(process.memoryUsage().heapUsed / 2 ** 20), downs });
+  lastConnected = agents.filter((a) => a.runtime.connected).length;
+  send({ type: 'progress', started, connected: lastConnected, loopMaxMs: Math.round(loopMaxMs), heapMiB: Math.round(process.memoryUsage().heapUsed / 2 ** 20), downs });
   loopMaxMs = 0;
   downs = {};
 }
@@ -263,6 +297,10 @@ async function start(cmd: Extract<SimCommand, { type: 'start' }>): Promise<void>
   const progress = setInterval(() => reportProgress(started), 2000);
   const lane = async (): Promise<void> => {
     while (next < cmd.count) {
+      // Nor while many started agents are not (or no longer) welcomed: a fleet falling apart
+      // (streams dropped by a stalled worker) gets back up before it grows.
+      while (loopLagMs > START_MAX_LAG_MS || agents.length - lastConnected > 4 * cmd.concurrency) await new Promise((r) => setTimeout(r, 100));
+      if (next >= cmd.count) break;
       const i = cmd.first + next++;
       agents.push(await startAgent(cmd, i, trusted));
       started++;

@@ -4,11 +4,15 @@
 // the real controller (dist/ build). Prints a table and one JSON line; asserts nothing.
 //   npx tsc --build && node --import=tsx bench/fleet.ts [--quick] [--nodes 1000,10000]
 //     [--state-file none|disk] [--fanout auto|conns|agents] [--converge-bound SECONDS] [--profile DIR] [--mtls] [--workers N]
-//     [--heartbeat-interval S] [--log-heartbeat S] [--replicas N]
+//     [--heartbeat-interval S] [--log-heartbeat S] [--counter-interval S] [--replicas N[,N...]] [--table]
 //   --replicas N: N controller processes on the one nats-server (issue 15), sharing the signing key
-//   (and with --mtls the CA); worker i's agents start on replica i mod N, with the others as their
+//   (and with --mtls the CA); agent k starts on replica k mod N, with the others as its
 //   fallbacks. ACKs are watched on replica 0, so with N > 1 most arrive through the replicas'
-//   shared fleet state; controller CPU and RSS are the sums over the replicas.
+//   shared fleet state; controller CPU and RSS are the sums over the replicas. With N > 1 the run
+//   ends by killing replica 1 (kill -9): its agents move to the others (failover phase).
+//   A list (--replicas 1,3) runs every size with each count.
+//   --table: issue 15's table, --nodes 1000,10000 --replicas 1,3 (unless given), one column per
+//   run, then the cost model fitted to the measured points and its prediction for 100,000 nodes.
 //   --mtls: the controller serves mutual TLS (its default, no --insecure); the bench calls as the
 //   admin the controller wrote into DATA_DIR/admin, and every simulated agent first enrolls with its
 //   own join token (created by the bench as admin) and connects with its NodeIdentity.
@@ -59,6 +63,7 @@ const opt = (name: string): string | undefined => {
   return i >= 0 ? argv[i + 1] : undefined;
 };
 const quick = argv.includes('--quick');
+const TABLE = argv.includes('--table');
 const SIZES = (opt('--nodes') ?? '1000,10000').split(',').map((s) => Number(s.replace(/_/g, '')));
 const K = quick ? 5 : 20;
 // --workers N: simulator processes (default 2). Each hosts N/WORKERS real agent runtimes on one
@@ -66,13 +71,17 @@ const K = quick ? 5 : 20;
 // verifies, a reconnect after the controller went away) stalls that loop in proportion; more
 // workers make the bursts shorter without adding CPU.
 const WORKERS = Number(opt('--workers') ?? 2);
-const REPLICAS = Math.max(1, Number(opt('--replicas') ?? 1));
+const REPLICAS = (opt('--replicas') ?? (TABLE ? '1,3' : '1')).split(',').map((r) => Math.max(1, Number(r)));
 // --heartbeat-interval S / --log-heartbeat S: the controller's agent heartbeat (echoed, every agent
 // every S seconds) and signed log head (verified by every agent) intervals, default 5 and 5 as the
 // controller's. Each costs the controller and the simulator per agent per interval, so at 10,000
 // agents on two shared cores the bench may set them longer; both modes of a pair use the same.
 const HEARTBEAT_S = opt('--heartbeat-interval') ?? '5';
 const LOG_HEARTBEAT_S = opt('--log-heartbeat') ?? '5';
+// --counter-interval S: how often agents whose datapath counted something report counters (the
+// controller's setting, default 5 as the controller's; issue 15's telemetry goal is every 5 s).
+// The telemetry phase has every agent see traffic, so every agent reports every S seconds.
+const COUNTER_S = opt('--counter-interval') ?? '5';
 // The state file's fsync serializes on one disk and one event loop per worker (measured: 93 % of an
 // agent's apply at 1,000 agents), unlike a real fleet where each node fsyncs its own disk: off by default.
 const STATE_FILE = (opt('--state-file') ?? 'none') as 'disk' | 'none';
@@ -80,12 +89,14 @@ const FANOUT = (opt('--fanout') ?? 'auto') as 'auto' | 'conns' | 'agents';
 const PROFILE_DIR = opt('--profile');
 const IDLE_S = quick ? 5 : 10;
 const TELEMETRY_S = quick ? 10 : 20;
-/** Hard bound for the whole run: past it everything is torn down. */
-const BOUND_MS = (quick ? 30 : 60) * 60_000;
+/** Hard bound for the whole run (per fleet size and replica count): past it everything is torn down. */
+const BOUND_MS = (quick ? 30 : 60) * 60_000 * SIZES.length * REPLICAS.length;
 /** How long one change may take to reach every node before the run moves on (missing ACKs count as infinite). */
 const CONVERGE_BOUND_MS = Number(opt('--converge-bound') ?? 120) * 1000;
 /** This machine cannot raise RLIMIT_NOFILE past its hard limit; nats-server needs 2 fds per agent with separate fan-out connections. */
 const NOFILE = Number(execFileSync('bash', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).trim());
+/** How long a controller may take to say ready: 30 s was not enough for a replica on a machine loaded by other work. */
+const READY_MS = 120_000;
 const SIM = fileURLToPath(new URL('./fleet-sim.ts', import.meta.url));
 const POLICY = 'fleet-bench';
 
@@ -146,6 +157,55 @@ export const cpuShare = (a: ProcSample, b: ProcSample): number => (cpuMs(a, b) /
 function established(port: number): number {
   const out = execFileSync('ss', ['-Htn', 'state', 'established', `( dport = :${port} )`], { encoding: 'utf8' });
   return out.split('\n').filter((l) => l.trim()).length;
+}
+
+/**
+ * Bytes sent and received so far over the established TCP connections whose local port is one of
+ * `ports` (the server sides: nats-server's, the replicas'), from the kernel's per-socket counts
+ * (`ss -ti`: bytes_acked sent, bytes_received). Connections closed in between are not counted.
+ */
+function socketBytes(ports: number[]): number {
+  const filter = `( ${ports.map((p) => `sport = :${p}`).join(' or ')} )`;
+  const out = execFileSync('ss', ['-Hti', 'state', 'established', filter], { encoding: 'utf8', maxBuffer: 256 * 2 ** 20 });
+  let total = 0;
+  for (const m of out.matchAll(/bytes_(?:acked|received):(\d+)/g)) total += Number(m[1]);
+  return total;
+}
+
+// ---- request probe ---------------------------------------------------------------------------
+
+/**
+ * Times a cheap unary call (FleetService.GetNode of one node) to one replica, one after another
+ * with 200 ms between them, while it runs: how long a request waits at the controller while
+ * thousands of agent streams connect or move (issue 15: none more than 10 s).
+ */
+class RequestProbe {
+  readonly latencies: number[] = [];
+  failed = 0;
+  #stopped = false;
+  #loop: Promise<void>;
+
+  constructor(c: ReturnType<typeof clients>, node: string) {
+    this.#loop = (async () => {
+      while (!this.#stopped) {
+        const t = now();
+        try {
+          await call(c.fleet, c.fleet.getNode, { name: node }, 120_000);
+        } catch (err) {
+          if ((err as grpc.ServiceError).code !== grpcJs.status.NOT_FOUND) this.failed++;
+        }
+        this.latencies.push(now() - t);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    })();
+  }
+
+  /** Stops (idempotent) and returns what it saw. */
+  async stop(): Promise<ProbeResult> {
+    this.#stopped = true;
+    await this.#loop;
+    return { requests: this.latencies.length, failed: this.failed, latency: dist(this.latencies) };
+  }
 }
 
 // ---- workers ---------------------------------------------------------------------------------
@@ -313,6 +373,8 @@ export interface ConvergenceRun {
   controllerCpuMs: number;
   workerCpuMs: number;
   windowMs: number;
+  /** Bytes over the window net of the idle rate: on the bus, on the agent streams (see PhaseResult.bytesPerChange). */
+  bytes: { bus: number; streams: number };
 }
 
 /** What one fleet size runs (bench/trust.ts picks; fleet.ts runs everything but the controller restart). */
@@ -325,6 +387,8 @@ export interface SizeOptions {
   controllerRestart: boolean;
   /** Enrollments in flight at once per worker (--mtls). */
   enrollConcurrency: number;
+  /** Controller replicas (--replicas). */
+  replicas: number;
 }
 
 /** Enrollment of the fleet (--mtls): tokens created by the admin beforehand, then every agent enrolls. */
@@ -355,6 +419,7 @@ export interface RestartResult {
 /** What every size measures. */
 export interface BaseResult {
   nodes: number;
+  replicas: number;
   mtls: boolean;
   enroll?: EnrollResult;
   controllerRestart?: RestartResult;
@@ -362,7 +427,29 @@ export interface BaseResult {
   stateFile: string;
   startMs: number;
   tcp: { grpc: number; nats: number; natsWithFanout: number };
+  /** A cheap request (GetNode) to replica 0 every 200 ms while the fleet started: how long requests waited in the connection storm. */
+  startProbe: ProbeResult;
   errors: string[];
+}
+
+/** What {@link RequestProbe} saw. */
+export interface ProbeResult {
+  requests: number;
+  /** Answered with anything but NOT_FOUND (the probe asks for a node that may not exist yet). */
+  failed: number;
+  latency: Dist;
+}
+
+/** Replica 1 killed with -9 while every agent is connected (--replicas > 1). */
+export interface FailoverResult {
+  /** Agents whose stream was to the killed replica. */
+  moved: number;
+  /** kill -9 -> every agent's stream open and welcomed on the other replicas. */
+  allWelcomedMs: number;
+  /** Requests to replica 0 during the move. */
+  probe: ProbeResult;
+  /** Nodes replica 0 lists as connected once the agents moved (should be all of them). */
+  connectedAtReplica0: number;
 }
 
 /** What the phases after the start measure (options.k > 0). */
@@ -379,6 +466,13 @@ export interface PhaseResult {
   idle: { controllerCpuPct: number; agentCpuPctEach: number; workersCpuPct: number };
   telemetry: { seconds: number; counterReportsPerS: number; controllerCpuPct: number; workersCpuPct: number };
   footprint: { controllerRssMiB: number; workerRssMiB: number[]; agentRssKiB: number; controllerRssAfterStartMiB: number };
+  /**
+   * Bytes per change, net of the idle rate (`ss` byte counts of the server sides of the
+   * sockets): on the bus (nats-server sent + received) and on the agent streams (the replicas
+   * received + sent, the bench's watcher included).
+   */
+  bytesPerChange: { bus: number; streams: number };
+  failover?: FailoverResult;
 }
 
 export type SizeResult = BaseResult & Partial<PhaseResult>;
@@ -406,12 +500,12 @@ async function createJoinTokens(address: string, tls: ClientTls, n: number, conc
   }
 }
 
-const DEFAULT_OPTIONS: SizeOptions = { mtls: argv.includes('--mtls'), k: K, controllerRestart: false, enrollConcurrency: 25 };
+const DEFAULT_OPTIONS: SizeOptions = { mtls: argv.includes('--mtls'), k: K, controllerRestart: false, enrollConcurrency: 25, replicas: REPLICAS[0]! };
 
 /** Runs one fleet size with a fresh nats-server and controller; tears everything down before returning. */
 export async function runSize(n: number, root: string, options: SizeOptions = DEFAULT_OPTIONS): Promise<SizeResult> {
-  const { mtls, k: K } = options;
-  const dir = join(root, `n${n}-${mtls ? 'mtls' : 'plain'}`);
+  const { mtls, k: K, replicas: R } = options;
+  const dir = join(root, `n${n}-r${R}-${mtls ? 'mtls' : 'plain'}`);
   mkdirSync(dir, { recursive: true });
   const local: [string, () => unknown][] = [];
   const push = (what: string, fn: () => unknown): void => void local.push([what, fn]);
@@ -420,11 +514,13 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     push('nats-server', () => nats.close());
     // A fixed port, so a restarted controller comes back where the agents look for it.
     const port = await freePort('127.0.0.1');
-    const controllerArgs = [CONTROLLER_MAIN, ...(mtls ? [] : ['--insecure']), '--listen', `127.0.0.1:${port}`, '--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'controller'), '--heartbeat-interval', HEARTBEAT_S, '--log-heartbeat', LOG_HEARTBEAT_S, '--counter-interval', '1'];
+    const controllerArgs = [CONTROLLER_MAIN, ...(mtls ? [] : ['--insecure']), '--listen', `127.0.0.1:${port}`, '--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'controller'), '--heartbeat-interval', HEARTBEAT_S, '--log-heartbeat', LOG_HEARTBEAT_S, '--counter-interval', COUNTER_S];
     // PERF_MAP=1: the controller writes /tmp/perf-PID.map, so `perf record -g -p PID` names its JS frames.
     const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=controller-n${n}-${Date.now()}.cpuprofile`] : process.env.PERF_MAP ? ['--perf-basic-prof'] : [];
-    const controller = await Supervised.start('controller', { command: process.execPath, args: [...prof, ...controllerArgs], readyEvent: 'ready', readyTimeoutMs: 30_000 });
+    // Stopped also when it never gets ready (a loaded machine): registered before the wait.
+    const controller = new Supervised('controller', { command: process.execPath, args: [...prof, ...controllerArgs], readyEvent: 'ready', readyTimeoutMs: READY_MS });
     push('controller', () => controller.stop(30_000));
+    await controller.start();
     // The controller's warnings and errors, summed by message every 5 s (a reconnect storm logs thousands).
     const controllerWarnings = new Map<string, number>();
     let controllerStallMax = 0;
@@ -449,29 +545,28 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     });
     // More replicas on the same bus (--replicas): the first one's signing key (and CA) are theirs too.
     const replicas: Supervised[] = [controller];
-    for (let r = 1; r < REPLICAS; r++) {
+    for (let r = 1; r < R; r++) {
       const rport = await freePort('127.0.0.1');
       const ctl = join(dir, 'controller');
       const args = controllerArgs.map((a) => (a === `127.0.0.1:${port}` ? `127.0.0.1:${rport}` : a === ctl ? join(dir, `controller-${r}`) : a));
-      const replica = await Supervised.start(`controller-${r}`, {
+      const replica = new Supervised(`controller-${r}`, {
         command: process.execPath,
         args: [...args, '--controller-id', `replica-${r}`, '--signing-key', join(ctl, 'signing-key.pem'), '--ca-cert', join(ctl, 'pki', 'ca.pem'), '--ca-key', join(ctl, 'pki', 'ca-key.pem')],
         readyEvent: 'ready',
-        readyTimeoutMs: 30_000,
+        readyTimeoutMs: READY_MS,
       });
-      replicas.push(replica);
       push(`controller-${r}`, () => replica.stop(30_000));
+      await replica.start();
+      replicas.push(replica);
     }
     const addresses = replicas.map((r) => String(r.ready.grpc));
-    /** Worker i's controller list: its replica first, the others after it. */
-    const controllersOf = (i: number): string => addresses.map((_a, k) => addresses[(i + k) % addresses.length]).join(',');
+    const replicaPorts = addresses.map((a) => Number(a.split(':').pop()));
     // With one replica this is the controller's own sample; with more, their sum.
     const sampleControllers = (): ReturnType<typeof sampleProc> => {
       const samples = replicas.map((r) => sampleProc(r.pid!));
       return { at: Math.max(...samples.map((x) => x.at)), rssKb: samples.reduce((t, x) => t + x.rssKb, 0), anonKb: samples.reduce((t, x) => t + x.anonKb, 0), ticks: samples.reduce((t, x) => t + x.ticks, 0) };
     };
     const address = String(controller.ready.grpc);
-    const grpcPort = Number(address.split(':').pop());
     const publicKey = String(controller.ready.publicKey);
     const tls = mtls ? adminTlsOf(join(dir, 'controller')) : undefined;
     const c = clients(address, tls);
@@ -515,26 +610,34 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     // Progress of the start and of every wait for the fleet to reconnect, with why streams went down.
     const offProgress = workers.map((w, i) => w.on((e) => e.type === 'progress' && log(`worker ${i}: ${e.started} started, ${e.connected} connected; loop max ${e.loopMaxMs} ms, heap ${e.heapMiB} MiB${Object.keys(e.downs).length ? `; down: ${JSON.stringify(e.downs)}` : ''}`)));
     push('progress log', () => offProgress.forEach((off) => off()));
+    const startProbeRun = new RequestProbe(c, 'sim0-00000');
+    push('start probe', () => startProbeRun.stop());
     const t0 = now();
     const startedAll = await Promise.all(
       workers.map((w, i) =>
-        w.request({ type: 'start', controller: controllersOf(i), nats: nats.url, publicKey, prefix: `sim${i}`, first: i * per, count: w.count, stateDir, concurrency: 50 }, 'started', 20 * 60_000),
+        w.request({ type: 'start', controller: addresses.join(','), nats: nats.url, publicKey, prefix: `sim${i}`, first: i * per, count: w.count, stateDir, concurrency: 50 }, 'started', 20 * 60_000),
       ),
     );
     const startMs = Math.max(...startedAll.map((s) => s.lastConnectedAt)) - t0;
+    const startProbe = await startProbeRun.stop();
+    log(`n=${n}: requests to replica 0 while the fleet started: ${startProbe.requests}, p50/p99/max ${startProbe.latency.p50}/${startProbe.latency.p99}/${startProbe.latency.max} ms, ${startProbe.failed} failed`);
     await sleep(2000);
-    const tcp = { grpc: established(grpcPort), nats: established(nats.port), natsWithFanout: 0 };
+    const tcp = { grpc: replicaPorts.reduce((t, p) => t + established(p), 0), nats: established(nats.port), natsWithFanout: 0 };
     const workerRssAfterStart = workers.map((w) => sampleProc(w.pid).rssKb / 1024);
     const controllerRssAfterStart = sampleControllers().rssKb / 1024;
     log(`n=${n}: started in ${round(startMs / 1000)} s; tcp to controller ${tcp.grpc}, to nats ${tcp.nats}; worker RSS ${workerRssAfterStart.map((x) => round(x)).join(', ')} MiB`);
 
     const phases = async (): Promise<PhaseResult> => {
       // -- idle --
+      const bytes = (): { bus: number; streams: number } => ({ bus: socketBytes([nats.port]), streams: socketBytes(replicaPorts) });
+      const idleB0 = bytes();
       const idle0 = sampleControllers();
       const idleW0 = workers.map((w) => sampleProc(w.pid));
       await sleep(IDLE_S * 1000);
       const idle1 = sampleControllers();
       const idleW1 = workers.map((w) => sampleProc(w.pid));
+      const idleB1 = bytes();
+      const idleBytesPerMs = { bus: (idleB1.bus - idleB0.bus) / (idle1.at - idle0.at), streams: (idleB1.streams - idleB0.streams) / (idle1.at - idle0.at) };
       const idleControllerPct = cpuShare(idle0, idle1);
       const idleWorkersPct = idleW0.reduce((s, a, i) => s + cpuShare(a, idleW1[i]!), 0);
       const idleControllerMsPerS = idleControllerPct * 10;
@@ -559,6 +662,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       const convergeOnce = async (i: number): Promise<ConvergenceRun> => {
         const catchUps = async (): Promise<number> => (await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status', 60_000)))).reduce((s, x) => s + x.catchUps, 0);
         const u0 = await catchUps();
+        const b0 = bytes();
         const c0 = sampleControllers();
         const w0 = workers.map((w) => sampleProc(w.pid));
         const a0 = now();
@@ -567,6 +671,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
         // Bounded: nodes whose ACK has not arrived by then count as +Infinity in the distribution.
         await until(`${n} ACKs of revision ${revision} at the watcher`, () => watcher.count(revision) >= n, CONVERGE_BOUND_MS).catch(() => undefined);
         const c1 = sampleControllers();
+        const b1 = bytes();
         const w1 = workers.map((w) => sampleProc(w.pid));
         const arrivals = watcher.arrivals.get(revision) ?? new Map<string, number>();
         const sentAll = await Promise.all(workers.map((w) => w.request({ type: 'acks', revision: String(revision) }, 'acks', 30_000, (e) => e.revision === String(revision))));
@@ -586,6 +691,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
           controllerCpuMs: round(cpuMs(c0, c1)),
           workerCpuMs: round(w0.reduce((s, a, k) => s + cpuMs(a, w1[k]!), 0)),
           windowMs: round(c1.at - c0.at),
+          bytes: { bus: Math.round(b1.bus - b0.bus - idleBytesPerMs.bus * (c1.at - c0.at)), streams: Math.round(b1.streams - b0.streams - idleBytesPerMs.streams * (c1.at - c0.at)) },
         };
       };
 
@@ -669,6 +775,34 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       const controllerRssMiB = sampleControllers().rssKb / 1024;
       const workerRss = workers.map((w) => sampleProc(w.pid).rssKb / 1024);
 
+      // -- failover: replica 1 killed with -9, its agents move to the others --
+      let failover: FailoverResult | undefined;
+      if (R > 1) {
+        const moved = established(replicaPorts[1]!);
+        const probe = new RequestProbe(c, 'sim0-00000');
+        push('failover probe', () => probe.stop());
+        await sleep(1000);
+        const f0 = now();
+        await replicas[1]!.kill('SIGKILL');
+        // The killed replica's sockets close with it: its agents see their streams end at once.
+        await sleep(500);
+        const welcomed = await Promise.all(workers.map((w) => w.request({ type: 'wait-connected', connected: true, id: 'failover' }, 'connected', 20 * 60_000, (e) => e.id === 'failover')));
+        const allWelcomedMs = Math.max(...welcomed.map((x) => x.at)) - f0;
+        await sleep(1000);
+        const probeResult = await probe.stop();
+        // Replica 0's view, through the replicas' shared state (its delta every 250 ms, another replica silent for 5 s is expired).
+        await sleep(6000);
+        let connectedAtReplica0 = 0;
+        let pageToken = '';
+        do {
+          const page = await call(c.fleet, c.fleet.listNodes, { labelSelector: '', pageSize: 1000, pageToken });
+          connectedAtReplica0 += page.nodes.filter((x) => x.status?.connected).length;
+          pageToken = page.nextPageToken;
+        } while (pageToken);
+        failover = { moved, allWelcomedMs: round(allWelcomedMs), probe: probeResult, connectedAtReplica0 };
+        log(`n=${n}: failover: ${moved} agents of replica 1 moved; all welcomed ${failover.allWelcomedMs} ms after kill -9; requests to replica 0 p99/max ${probeResult.latency.p99}/${probeResult.latency.max} ms (${probeResult.failed} failed); replica 0 lists ${connectedAtReplica0} connected`);
+      }
+
       const p99s = runs.map((r) => r.ack.p99);
       const maxes = runs.map((r) => r.ack.max);
       const fanMed = median(fanoutMs);
@@ -691,6 +825,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
         controllerCpuPerChangeMs: round(ctlPer),
         controllerCpuPerChangeNetMs: round(ctlNet),
         workerCpuPerChangeMs: round(median(runs.map((r) => r.workerCpuMs))),
+        bytesPerChange: { bus: median(runs.map((r) => r.bytes.bus)), streams: median(runs.map((r) => r.bytes.streams)) },
         restart,
         idle: { controllerCpuPct: round(idleControllerPct, 2), agentCpuPctEach: round(idleWorkersPct / n, 4), workersCpuPct: round(idleWorkersPct, 1) },
         telemetry,
@@ -700,6 +835,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
           workerRssMiB: workerRss.map((x) => round(x)),
           agentRssKiB: round((workerRssAfterStart.reduce((s, x) => s + x, 0) * 1024) / n, 0),
         },
+        ...(failover ? { failover } : {}),
       };
     };
     const full = K > 0 ? await phases() : undefined;
@@ -735,6 +871,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     const errors = [...status.flatMap((x) => x.errors), ...workers.flatMap((w) => w.errors)];
     return {
       nodes: n,
+      replicas: R,
       mtls,
       ...(enroll ? { enroll } : {}),
       ...(controllerRestart ? { controllerRestart } : {}),
@@ -742,6 +879,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       stateFile: STATE_FILE,
       startMs: round(startMs),
       tcp,
+      startProbe,
       errors: errors.slice(0, 10),
       ...full,
     };
@@ -760,10 +898,117 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
 
 // ---- main ------------------------------------------------------------------------------------
 
+/** Least-squares line y = a + b x through the points (two points: the line through them). */
+export function fitLine(points: [number, number][]): { a: number; b: number } {
+  const n = points.length;
+  const mx = points.reduce((t, [x]) => t + x, 0) / n;
+  const my = points.reduce((t, [, y]) => t + y, 0) / n;
+  const sxx = points.reduce((t, [x]) => t + (x - mx) ** 2, 0);
+  const b = sxx === 0 ? 0 : points.reduce((t, [x, y]) => t + (x - mx) * (y - my), 0) / sxx;
+  return { a: my - b * mx, b };
+}
+
+/** The fleet size the cost model predicts for (issue 15). */
+const MODEL_NODES = 100_000;
+
+/**
+ * Issue 15's cost model: per replica count measured at two or more fleet sizes, a line through
+ * the measured points for each controller cost (a fixed part plus a part per node), and what the
+ * lines give at 100,000 nodes. A model: nothing was measured at that size, the lines assume costs
+ * stay linear in the fleet (the per-change and per-report work is, by construction: issue 15's
+ * batched registry; memory and GC may not be), and the points come from a shared 2-core machine.
+ */
+function costModel(results: FullResult[]): { text: string; json: unknown } | undefined {
+  const byReplicas = new Map<number, FullResult[]>();
+  for (const r of results) byReplicas.set(r.replicas, [...(byReplicas.get(r.replicas) ?? []), r]);
+  const hb = Number(HEARTBEAT_S);
+  const cs = Number(COUNTER_S);
+  const lines: string[] = [];
+  const json: Record<string, unknown> = {};
+  for (const [replicas, rs] of [...byReplicas].sort((x, y) => x[0] - y[0])) {
+    const sizes = new Set(rs.map((r) => r.nodes));
+    if (sizes.size < 2) continue;
+    const fit = (y: (r: FullResult) => number): { a: number; b: number; at: (n: number) => number } => {
+      const l = fitLine(rs.map((r) => [r.nodes, y(r)]));
+      return { ...l, at: (n) => l.a + l.b * n };
+    };
+    // Idle: ms of controller CPU per second (all replicas); per node that is the heartbeats (every
+    // hb s) and the replicas' shared-state upkeep; the fixed part is the log head and timers.
+    const idle = fit((r) => r.idle.controllerCpuPct * 10);
+    // Telemetry: what counter reports add to idle, per report (every node every cs s in the phase).
+    const perReport = fitLine(rs.map((r) => [r.telemetry.counterReportsPerS, (r.telemetry.controllerCpuPct - r.idle.controllerCpuPct) * 10]));
+    const change = fit((r) => r.controllerCpuPerChangeNetMs);
+    const bus = fit((r) => r.bytesPerChange.bus);
+    const streams = fit((r) => r.bytesPerChange.streams);
+    const rss = fit((r) => r.footprint.controllerRssMiB);
+    const N = MODEL_NODES;
+    const idleAt = idle.at(N);
+    const telemetryAt = idleAt + perReport.a + perReport.b * (N / cs);
+    const m = {
+      replicas,
+      sizes: [...sizes].sort((a, b) => a - b),
+      idleMsPerS: { fixed: round(idle.a, 2), perNodeUs: round(idle.b * 1000, 3), perHeartbeatUs: round(idle.b * 1000 * hb, 1) },
+      counterReportUs: round(perReport.b * 1000, 1),
+      changeMs: { fixed: round(change.a, 1), perNodeUs: round(change.b * 1000, 2) },
+      bytesPerChange: { bus: { fixed: Math.round(bus.a), perNode: round(bus.b, 1) }, streams: { fixed: Math.round(streams.a), perNode: round(streams.b, 1) } },
+      rssMiB: { fixed: round(rss.a), perNodeKiB: round(rss.b * 1024, 2) },
+      at100k: {
+        idleCpuPctPerReplica: round(idleAt / 10 / replicas),
+        telemetryCpuPctPerReplica: round(telemetryAt / 10 / replicas),
+        changeCpuMs: round(change.at(N)),
+        bytesPerChange: Math.round(bus.at(N) + streams.at(N)),
+        rssMiBPerReplica: round(rss.at(N) / replicas),
+      },
+    };
+    json[String(replicas)] = m;
+    lines.push(
+      `Cost model, ${replicas} replica${replicas > 1 ? 's' : ''} (a line through the measured points at ${m.sizes.map((x) => x.toLocaleString('en-US')).join(' and ')} agents; sums over the replicas):`,
+      `- idle controller CPU: ${m.idleMsPerS.fixed} ms/s fixed + ${m.idleMsPerS.perNodeUs} µs/s per node (${m.idleMsPerS.perHeartbeatUs} µs per node per ${hb} s heartbeat interval, log head and shared state included)`,
+      `- per counter report: ${m.counterReportUs} µs`,
+      `- per change (net of idle): ${m.changeMs.fixed} ms fixed + ${m.changeMs.perNodeUs} µs per node`,
+      `- bytes per change: bus ${m.bytesPerChange.bus.fixed} B + ${m.bytesPerChange.bus.perNode} B per node; agent streams ${m.bytesPerChange.streams.fixed} B + ${m.bytesPerChange.streams.perNode} B per node`,
+      `- controller RSS: ${m.rssMiB.fixed} MiB + ${m.rssMiB.perNodeKiB} KiB per node`,
+      `  MODEL, not measured: at ${N.toLocaleString('en-US')} nodes and ${replicas} replica${replicas > 1 ? 's' : ''}: idle ${m.at100k.idleCpuPctPerReplica} % of a core per replica; telemetry every ${cs} s ${m.at100k.telemetryCpuPctPerReplica} % per replica; ${m.at100k.changeCpuMs} ms of controller CPU per change; ${m.at100k.bytesPerChange.toLocaleString('en-US')} B per change; RSS ${m.at100k.rssMiBPerReplica} MiB per replica`,
+    );
+  }
+  return lines.length ? { text: lines.join('\n'), json } : undefined;
+}
+
+/**
+ * Issue 15's goals (quick mode, this machine), each run's figure beside its bound. Idle CPU and
+ * RSS are per replica (the sums divided by the replicas); telemetry is every --counter-interval.
+ */
+function goals(results: FullResult[]): string {
+  const lines = ['Issue 15 goals:'];
+  const mark = (ok: boolean): string => (ok ? 'met' : 'MISSED');
+  for (const r of results) {
+    const at = `${r.nodes.toLocaleString('en-US')} x ${r.replicas}`;
+    if (r.nodes <= 1000) {
+      lines.push(`- ${at}: ACK p99 ${r.convergence.ackP99} ms (<= 250): ${mark(r.convergence.ackP99 <= 250)}`);
+      continue;
+    }
+    const idle = r.idle.controllerCpuPct / r.replicas;
+    const telemetry = r.telemetry.controllerCpuPct / r.replicas;
+    const rss = r.footprint.controllerRssMiB / r.replicas;
+    lines.push(
+      `- ${at}: ACK p99 ${r.convergence.ackP99} ms (<= 2,000): ${mark(r.convergence.ackP99 <= 2000)}; ` +
+        `p99 / raw fan-out ${r.fanout.ratioP99} (<= 5): ${mark(r.fanout.ratioP99 <= 5)}; ` +
+        `idle CPU per replica ${round(idle)} % (<= 5): ${mark(idle <= 5)}; ` +
+        `telemetry every ${COUNTER_S} s per replica ${round(telemetry)} % (<= 10): ${mark(telemetry <= 10)}; ` +
+        `RSS per replica ${round(rss)} MiB (<= 300): ${mark(rss <= 300)}` +
+        (r.failover ? `; failover requests max ${r.failover.probe.latency.max} ms (<= 10,000): ${mark(r.failover.probe.latency.max <= 10_000)}` : '') +
+        `; start requests max ${r.startProbe.latency.max} ms (<= 10,000): ${mark(r.startProbe.latency.max <= 10_000)}`,
+    );
+  }
+  return lines.join('\n');
+}
+
 function table(results: FullResult[]): string {
   const rows: [string, (r: FullResult) => string][] = [
     ['transport; enrollment total, p50 / p99, controller CPU', (r) => (r.enroll ? `mTLS; ${round(r.enroll.totalMs / 1000)} s, ${r.enroll.latency.p50} / ${r.enroll.latency.p99} ms, ${r.enroll.controllerCpuMs} ms` : 'plaintext (--insecure)')],
+    ['controller replicas (agents spread evenly)', (r) => `${r.replicas}`],
     ['agents started + connected', (r) => `${round(r.startMs / 1000)} s`],
+    ['requests to replica 0 during the start: p99 / max (failed)', (r) => `${r.startProbe.latency.p99} / ${r.startProbe.latency.max} ms (${r.startProbe.failed})`],
     ['TCP: agent->controller / ->nats (+fan-out)', (r) => `${r.tcp.grpc} / ${r.tcp.nats} (${r.tcp.natsWithFanout})`],
     ['ApplyPolicy round trip, median', (r) => `${r.convergence.apiMs} ms`],
     ['response -> ACK at controller p50 / p99 / max (medians of K)', (r) => `${r.convergence.ackP50} / ${r.convergence.ackP99} / ${r.convergence.ackMax} ms`],
@@ -777,11 +1022,13 @@ function table(results: FullResult[]): string {
     ['workers CPU per change', (r) => `${r.workerCpuPerChangeMs} ms`],
     ['nats kill -9: restart -> all agents applied new rev', (r) => `${r.restart.upToAllAppliedMs} ms (first apply accepted ${r.restart.upToApplyMs} ms after up)`],
     ['idle CPU: controller / per agent', (r) => `${r.idle.controllerCpuPct} % / ${r.idle.agentCpuPctEach} %`],
-    ['telemetry: counter reports/s, controller CPU', (r) => `${r.telemetry.counterReportsPerS} /s, ${r.telemetry.controllerCpuPct} %`],
+    ['telemetry (every agent every --counter-interval): reports/s, controller CPU (per replica)', (r) => `${r.telemetry.counterReportsPerS} /s, ${r.telemetry.controllerCpuPct} % (${round(r.telemetry.controllerCpuPct / r.replicas)} %)`],
+    ['bytes per change, net of idle: bus / agent streams', (r) => `${r.bytesPerChange.bus.toLocaleString('en-US')} / ${r.bytesPerChange.streams.toLocaleString('en-US')} B`],
+    ['failover: replica 1 kill -9 -> its agents welcomed elsewhere; requests p99 / max; connected at replica 0', (r) => (r.failover ? `${r.failover.moved} agents in ${round(r.failover.allWelcomedMs / 1000)} s; ${r.failover.probe.latency.p99} / ${r.failover.probe.latency.max} ms; ${r.failover.connectedAtReplica0}` : '-')],
     ['controller RSS (after start / end)', (r) => `${r.footprint.controllerRssAfterStartMiB} / ${r.footprint.controllerRssMiB} MiB`],
     ['simulated agent RSS each (worker RSS / agents)', (r) => `${r.footprint.agentRssKiB} KiB`],
   ];
-  const head = `| figure | ${results.map((r) => `${r.nodes.toLocaleString('en-US')} agents`).join(' | ')} |\n| --- |${results.map(() => ' --- |').join('')}`;
+  const head = `| figure | ${results.map((r) => `${r.nodes.toLocaleString('en-US')} agents x ${r.replicas}`).join(' | ')} |\n| --- |${results.map(() => ' --- |').join('')}`;
   return [head, ...rows.map(([name, f]) => `| ${name} | ${results.map(f).join(' | ')} |`)].join('\n');
 }
 
@@ -815,14 +1062,29 @@ async function main(): Promise<void> {
   if (PROFILE_DIR) mkdirSync(PROFILE_DIR, { recursive: true });
   await benchMain('fleet', BOUND_MS, async (root) => {
     const results: FullResult[] = [];
-    log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; controller replicas ${REPLICAS}; heartbeat ${HEARTBEAT_S} s, log head ${LOG_HEARTBEAT_S} s; state file ${STATE_FILE}; mtls ${DEFAULT_OPTIONS.mtls}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
+    const failed: string[] = [];
+    log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; controller replicas ${REPLICAS.join(', ')}; heartbeat ${HEARTBEAT_S} s, log head ${LOG_HEARTBEAT_S} s, counters ${COUNTER_S} s; state file ${STATE_FILE}; mtls ${DEFAULT_OPTIONS.mtls}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
     for (const n of SIZES) {
-      results.push((await runSize(n, root)) as FullResult);
-      // Each size's figures as soon as they exist, so a later size's failure does not lose them.
-      process.stderr.write(`${table(results.slice(-1))}\n${toJson({ partial: true, result: results[results.length - 1] })}\n`);
+      for (const replicas of REPLICAS) {
+        try {
+          results.push((await runSize(n, root, { ...DEFAULT_OPTIONS, replicas })) as FullResult);
+        } catch (err) {
+          // One run's failure (a fleet that did not start in time) leaves the others' figures.
+          if (abort.signal.aborted) throw err;
+          failed.push(`${n} x ${replicas}: ${(err as Error).message}`);
+          log(`n=${n} x ${replicas} replicas failed: ${(err as Error).stack ?? String(err)}`);
+          continue;
+        }
+        // Each run's figures as soon as they exist, so a later run's failure does not lose them.
+        process.stderr.write(`${table(results.slice(-1))}\n${toJson({ partial: true, result: results[results.length - 1] })}\n`);
+      }
     }
-    process.stdout.write(table(results) + '\n');
-    process.stdout.write(toJson({ bench: 'fleet', quick, k: K, mtls: DEFAULT_OPTIONS.mtls, replicas: REPLICAS, ...machine(), results }) + '\n');
+    if (results.length) process.stdout.write(`${table(results)}\n\n${goals(results)}\n`);
+    const model = costModel(results);
+    if (model) process.stdout.write(`\n${model.text}\n`);
+    for (const f of failed) process.stdout.write(`run failed: ${f}\n`);
+    process.stdout.write(toJson({ bench: 'fleet', quick, k: K, mtls: DEFAULT_OPTIONS.mtls, replicas: REPLICAS, heartbeatS: Number(HEARTBEAT_S), counterS: Number(COUNTER_S), ...machine(), results, ...(model ? { model: model.json } : {}), failed }) + '\n');
+    if (failed.length) process.exitCode = 1;
   });
 }
 

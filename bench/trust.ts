@@ -152,7 +152,7 @@ await benchMain('trust', (quick ? 30 : 60) * 60_000, async (root) => {
   log(`authorize+checkNode: insecure ${authz.insecureNs} ns, mTLS ${authz.mtlsNs} ns (decision ${authz.mtlsDecisionNs} ns)`);
   const pairs: [SizeResult, SizeResult][] = [];
   const pair = async (n: number, k: number): Promise<void> => {
-    const run = (mtls: boolean): Promise<SizeResult> => runSize(n, root, { mtls, k, controllerRestart: true, enrollConcurrency: 25 });
+    const run = (mtls: boolean): Promise<SizeResult> => runSize(n, root, { mtls, k, controllerRestart: true, enrollConcurrency: 25, replicas: 1 });
     const plain = ONLY === 'mtls' ? undefined : await run(false);
     const mtls = ONLY === 'plaintext' ? undefined : await run(true);
     if (!plain || !mtls) {

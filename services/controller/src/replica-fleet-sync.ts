@@ -29,6 +29,17 @@ export interface ReplicaFleetSyncOptions {
   log?: (msg: string, fields: Record<string, unknown>) => void;
 }
 
+/**
+ * How long a node's encoded state is reused by the snapshots while the node does not change. Its
+ * heartbeats do not change it (they only move its last-seen time, which deltas do not carry
+ * either), so a snapshot shows a last-seen time at most this old; encoding every node again every
+ * snapshot was most of an idle controller's CPU at 10,000 nodes.
+ */
+const SNAPSHOT_REUSE_MS = 60_000;
+
+/** ReplicaFleetState.nodes (field 7, length-delimited): the tag of each node appended to an encoded envelope. */
+const NODES_TAG = (7 << 3) | 2;
+
 /** A subject and KV key token from a free-form id: letters, digits, '-' and '_' only. */
 function token(id: string): string {
   return id.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 64) || 'controller';
@@ -62,6 +73,8 @@ export class ReplicaFleetSync {
   /** Nodes to send with the next delta, and whether their status (not only telemetry) changed. */
   #dirty = new Map<string, boolean>();
   #owners = new Map<string, Owner>();
+  /** The owned nodes' encoded states as the last snapshot stored them, and when each was encoded (performance.now()). */
+  #encoded = new Map<string, { bytes: Uint8Array; at: number }>();
   /** Other replicas: when each was last heard from (performance.now()). */
   #heard = new Map<string, number>();
   #lastPublish = 0;
@@ -102,6 +115,7 @@ export class ReplicaFleetSync {
    */
   changed(node: string, status = true): void {
     this.#dirty.set(node, status || (this.#dirty.get(node) ?? false));
+    this.#encoded.delete(node);
   }
 
   /**
@@ -211,40 +225,52 @@ export class ReplicaFleetSync {
     };
   }
 
+  /** One node's state, encoded (a ReplicaNodeState), or undefined for a node the registry does not hold. */
+  #encode(name: string, statusChanged: boolean): Uint8Array | undefined {
+    const s = this.#state(name, statusChanged);
+    return s && ReplicaNodeState.encode(s).finish();
+  }
+
   /**
-   * Encodes `names`' states into messages of at most MAX_REPLICA_STATE_BYTES (a larger node
-   * alone); `snapshot` messages are numbered parts of one whole.
+   * Puts encoded node states into messages of at most MAX_REPLICA_STATE_BYTES (a larger node
+   * alone); `snapshot` messages are numbered parts of one whole. Each node is encoded once, by
+   * the caller: the envelope is encoded without nodes and the nodes appended as its field 7
+   * (protobuf's encoding of a message is the concatenation of its fields' encodings).
    */
-  #messages(names: Iterable<[string, boolean]>, snapshot: boolean): Uint8Array[] {
-    const groups: ReplicaNodeState[][] = [[]];
+  #messages(nodes: readonly Uint8Array[], snapshot: boolean): Uint8Array[] {
+    const groups: Uint8Array[][] = [[]];
     let bytes = 0;
-    for (const [name, statusChanged] of names) {
-      const s = this.#state(name, statusChanged);
-      if (!s) continue;
-      const size = ReplicaNodeState.encode(s).finish().length + 8;
+    for (const node of nodes) {
+      const size = node.length + 8;
       // 1 KiB is left for the envelope (replica, sequence, time, part), so a message stays within it.
       if (bytes + size > MAX_REPLICA_STATE_BYTES - 1024 && groups.at(-1)!.length > 0) {
         groups.push([]);
         bytes = 0;
       }
-      groups.at(-1)!.push(s);
+      groups.at(-1)!.push(node);
       bytes += size;
     }
     const sequence = ++this.#sequence;
-    return groups.map((nodes, i) =>
-      ReplicaFleetState.encode({ replica: this.replica, sequence, time: new Date(), snapshot, part: snapshot ? i : 0, parts: snapshot ? groups.length : 0, nodes }).finish(),
-    );
+    return groups.map((group, i) => {
+      const w = ReplicaFleetState.encode({ replica: this.replica, sequence, time: new Date(), snapshot, part: snapshot ? i : 0, parts: snapshot ? groups.length : 0, nodes: [] });
+      for (const node of group) w.uint32(NODES_TAG).bytes(node);
+      return w.finish();
+    });
   }
 
   /** Publishes the nodes changed since the last delta, or an empty delta when idleMs passed (liveness). */
   async #publishDelta(force = false): Promise<void> {
     const now = performance.now();
     if (this.#dirty.size === 0 && now - this.#lastPublish < (this.#o.idleMs ?? 1000) && !force) return;
-    const names = [...this.#dirty];
+    const nodes: Uint8Array[] = [];
+    for (const [name, statusChanged] of this.#dirty) {
+      const bytes = this.#encode(name, statusChanged);
+      if (bytes) nodes.push(bytes);
+    }
     this.#dirty.clear();
     this.#lastPublish = now;
     try {
-      for (const m of this.#messages(names, false)) this.#nc.publish(`${FLEET_STATUS_SUBJECT_PREFIX}.${this.replica}`, m);
+      for (const m of this.#messages(nodes, false)) this.#nc.publish(`${FLEET_STATUS_SUBJECT_PREFIX}.${this.replica}`, m);
     } catch (err) {
       // NATS is unreachable (the client buffers while reconnecting; this is a closed connection):
       // the next snapshot carries these nodes again.
@@ -257,9 +283,21 @@ export class ReplicaFleetSync {
     if (this.#storing || this.#closed) return;
     this.#storing = true;
     try {
-      // Status "changed" for a reader that starts: everything is news to it.
-      const owned = this.#registry.list().filter((n) => this.#registry.isLocal(n.name)).map((n): [string, boolean] => [n.name, true]);
-      const parts = this.#messages(owned, true);
+      // Status "changed" for a reader that starts: everything is news to it. A node that did not
+      // change since the last snapshot (within SNAPSHOT_REUSE_MS) is not encoded again.
+      const now = performance.now();
+      const encoded = new Map<string, { bytes: Uint8Array; at: number }>();
+      for (const n of this.#registry.list()) {
+        if (!this.#registry.isLocal(n.name)) continue;
+        const held = this.#encoded.get(n.name);
+        if (held && now - held.at < SNAPSHOT_REUSE_MS) encoded.set(n.name, held);
+        else {
+          const bytes = this.#encode(n.name, true);
+          if (bytes) encoded.set(n.name, { bytes, at: now });
+        }
+      }
+      this.#encoded = encoded;
+      const parts = this.#messages([...encoded.values()].map((e) => e.bytes), true);
       for (let i = 0; i < parts.length; i++) await this.#kv.put(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${this.replica}.${i}`, parts[i]!);
       // Parts of a larger earlier snapshot are stale: remove them (the bucket's max age would too).
       for (let i = parts.length; i < this.#snapshotParts; i++) await this.#kv.delete(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${this.replica}.${i}`);

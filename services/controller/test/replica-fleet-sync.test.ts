@@ -149,6 +149,25 @@ test.serial('replica fleet sync - a replica heard again after it fell silent: it
   t.false(e.registry.isLocal('edge-3'));
 });
 
+test.serial('replica fleet sync - a snapshot stored after a node changed carries its new state (an unchanged node\'s encoding is reused, a changed one\'s is not)', async (t) => {
+  const a = await replica('a6');
+  a.registry.hello(hello('edge-6'), 's1');
+  a.registry.hello(hello('edge-7'), 's1');
+  a.sync.changed('edge-6');
+  a.sync.changed('edge-7');
+  // A snapshot (every 500 ms here) holds both as they said hello.
+  await new Promise((r) => setTimeout(r, 1200));
+  a.registry.report('edge-6', RevisionReport.fromPartial({ revision: 4n, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: 'bad map', appliedRevision: 3n }));
+  a.sync.changed('edge-6');
+  // The next snapshots are stored after the change; a replica that starts now learns both from them alone.
+  await new Promise((r) => setTimeout(r, 1200));
+  const c = await replica('c6');
+  await until('edge-6 and edge-7 at c', () => c.registry.get('edge-6') !== undefined && c.registry.get('edge-7') !== undefined);
+  t.is(c.registry.get('edge-6')!.status!.lastOutcomeRevision, 4n);
+  t.is(c.registry.get('edge-6')!.status!.lastError, 'bad map');
+  t.is(c.registry.get('edge-7')!.status!.connected, true);
+});
+
 test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES goes out in messages within it, and every node arrives', async (t) => {
   const spy = await connect({ servers: server.url });
   opened.push(spy);

@@ -172,7 +172,15 @@ function authorizedServer(server: grpc.Server, auth: MethodAuthorizer, log: Erro
 export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcServer> {
   const creds = credentials(options.tls);
   const max = options.maxRequestBytes ?? MAX_REQUEST_BYTES;
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': max, 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000, 'grpc.keepalive_permit_without_calls': 1 });
+  // Channelz off: nothing here serves it, and grpc-js otherwise keeps per-connection trackers and
+  // stamps the time on every message of every agent stream (10,000 streams and their heartbeats).
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': max,
+    'grpc.keepalive_time_ms': 30_000,
+    'grpc.keepalive_timeout_ms': 10_000,
+    'grpc.keepalive_permit_without_calls': 1,
+    'grpc.enable_channelz': 0,
+  });
   server.addService(intentServiceWithWirePrecheck(), options.intent);
   server.addService(FleetServiceService, options.fleet);
   server.addService(AgentServiceService, options.agent);
