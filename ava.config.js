@@ -1,3 +1,6 @@
+import { dirname, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
 // One ava run covers every package. Tests are TypeScript loaded through tsx; worker threads
 // are off because tsx's loader does not reach them (see README, "Tests").
 
@@ -25,10 +28,12 @@ const LONGEST_FIRST = [
   'services/node-agent/test/datapath-conntrack.test.ts',
 ];
 
+const ROOT = dirname(fileURLToPath(import.meta.url));
+
 /** Sorts absolute test file paths: LONGEST_FIRST in its order, then the others by path. */
 function longestFirst(a, b) {
   const rank = (file) => {
-    const i = LONGEST_FIRST.findIndex((f) => file.endsWith(`/${f}`));
+    const i = LONGEST_FIRST.indexOf(relative(ROOT, file));
     return i === -1 ? LONGEST_FIRST.length : i;
   };
   return rank(a) - rank(b) || a.localeCompare(b, 'en', { numeric: true });
