@@ -1,30 +1,19 @@
 import test, { type ExecutionContext } from 'ava';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
-import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
+import { headers } from '@nats-io/transport-node';
 import { Action, LogEntry, Policy, Protocol, Rollout, RolloutKind, RolloutState, Service, encodeSignedLogEntry, keyIdOf, rolloutKey, signLogEntry, signSnapshot, type LogEntry as Entry, type SignedLogEntry } from '@edgeplane/proto';
-import { ChainFollower, IntentChain, IntentLog, NatsServer, type ChainFollowerOptions, type StoredMessage } from '../src/index.js';
+import { ChainFollower, IntentChain, IntentLog, type ChainFollowerOptions, type StoredMessage } from '../src/index.js';
+import { natsServerFixture } from '../../../test/support/nats.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('ed25519');
 const trusted = new Map([[keyIdOf(publicKey), publicKey]]);
 const rogue = generateKeyPairSync('ed25519');
-const dir = mkdtempSync(join(tmpdir(), 'chain-follower-test-'));
-let server: NatsServer;
-let nc: NatsConnection;
+const nats = natsServerFixture(test, 'chain-follower-test');
 let jsm: JetStreamManager;
 
-test.before(async () => {
-  server = await NatsServer.start({ dataDir: dir });
-  nc = await connect({ servers: server.url });
-  jsm = await jetstreamManager(nc);
-});
-test.after.always(async () => {
-  await nc?.close();
-  await server?.close();
-  rmSync(dir, { recursive: true, force: true });
+nats.atStart(async () => {
+  jsm = await jetstreamManager(nats.nc);
 });
 
 function policy(name: string, port: number): Policy {
@@ -68,7 +57,7 @@ class Writer {
 
   /** Stores a message that is not a valid entry (it occupies a sequence). */
   async junk(bytes: Uint8Array): Promise<void> {
-    const ack = await jetstream(nc).publish(this.log.subject, bytes, { expect: { lastSequence: Number(this.position) } });
+    const ack = await jetstream(nats.nc).publish(this.log.subject, bytes, { expect: { lastSequence: Number(this.position) } });
     this.position = BigInt(ack.seq);
   }
 }
@@ -89,7 +78,7 @@ interface Fixture {
 async function fixture(t: ExecutionContext): Promise<Fixture> {
   streamNo++;
   const names = { stream: `F${streamNo}`, subject: `f${streamNo}.log`, liveSubject: `f${streamNo}.live`, snapshotBucket: `FS${streamNo}` };
-  const log = await IntentLog.open(nc, { create: true, ...names });
+  const log = await IntentLog.open(nats.nc, { create: true, ...names });
   let dropping = false;
   const subscribe = log.subscribe.bind(log);
   log.subscribe = (onEntry, onError) => subscribe((signed, seq) => (dropping ? undefined : onEntry(signed, seq)), onError);
@@ -107,7 +96,7 @@ async function fixture(t: ExecutionContext): Promise<Fixture> {
     },
     async recreate() {
       await jsm.streams.delete(names.stream);
-      await IntentLog.open(nc, { create: true, ...names });
+      await IntentLog.open(nats.nc, { create: true, ...names });
     },
     follower(options = {}) {
       const events: string[] = [];
@@ -130,8 +119,8 @@ async function fixture(t: ExecutionContext): Promise<Fixture> {
     async publishLive(bytes, seq) {
       const h = headers();
       h.set('Nats-Sequence', seq);
-      nc.publish(names.liveSubject, bytes, { headers: h });
-      await nc.flush();
+      nats.nc.publish(names.liveSubject, bytes, { headers: h });
+      await nats.nc.flush();
     },
   };
   return f;
@@ -147,7 +136,7 @@ async function until(what: string, pred: () => boolean, ms = 10_000): Promise<vo
 
 /** Waits until every message published so far on the connection has been routed to subscribers. */
 async function settle(): Promise<void> {
-  await nc.flush();
+  await nats.nc.flush();
   await new Promise((r) => setTimeout(r, 100));
 }
 

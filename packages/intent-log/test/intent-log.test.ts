@@ -3,25 +3,14 @@ import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect } from '@nats-io/transport-node';
 import { Action, LogEntry, Policy, Protocol, Service, keyIdOf, signLogEntry, signSnapshot, type SignedLogEntry } from '@edgeplane/proto';
 import { ChainError, ConflictError, GapError, IntentChain, IntentLog, NatsServer } from '../src/index.js';
+import { natsServerFixture } from '../../../test/support/nats.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('ed25519');
 const trusted = new Map([[keyIdOf(publicKey), publicKey]]);
-const dir = mkdtempSync(join(tmpdir(), 'intent-log-test-'));
-let server: NatsServer;
-let nc: NatsConnection;
-
-test.before(async () => {
-  server = await NatsServer.start({ dataDir: dir });
-  nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
-});
-test.after.always(async () => {
-  await nc?.close();
-  await server?.close();
-  rmSync(dir, { recursive: true, force: true });
-});
+const nats = natsServerFixture(test, 'intent-log-test', { connect: { maxReconnectAttempts: -1, reconnectTimeWait: 100 } });
 
 function policy(name: string, revision: bigint): Policy {
   return Policy.fromPartial({ metadata: { name, resourceVersion: revision }, spec: { rules: [{ priority: 1, action: Action.ACTION_DENY }] } });
@@ -46,7 +35,7 @@ function next(chain: IntentChain, change: TestChange): SignedLogEntry {
 let streamNo = 0;
 async function freshLog(): Promise<IntentLog> {
   streamNo++;
-  return IntentLog.open(nc, { create: true, stream: `T${streamNo}`, subject: `t${streamNo}.log`, liveSubject: `t${streamNo}.live`, snapshotBucket: `TS${streamNo}` });
+  return IntentLog.open(nats.nc, { create: true, stream: `T${streamNo}`, subject: `t${streamNo}.log`, liveSubject: `t${streamNo}.live`, snapshotBucket: `TS${streamNo}` });
 }
 
 test('intent log - revisions are stream sequences and a stale writer gets a conflict', async (t) => {
@@ -101,7 +90,7 @@ test('intent log - live subscribers receive what the stream stores', async (t) =
     await log.append(e, chain.revision);
     chain.append(e);
   }
-  await nc.flush();
+  await nats.nc.flush();
   for (let i = 0; i < 50 && got.length < 5; i++) await new Promise((r) => setTimeout(r, 20));
   t.deepEqual(got, [1n, 2n, 3n, 4n, 5n]);
   t.deepEqual(sequences, got, 'each live entry carries the sequence it is stored at');
@@ -118,7 +107,7 @@ test('intent log - a publish the stream rejects never reaches live subscribers',
   // A second writer that has not seen revision 1 signs its own revision 1: rejected.
   const rival = next(new IntentChain(trusted), { upserts: [policy('rival', 1n)] });
   await t.throwsAsync(log.append(rival, 0n), { instanceOf: ConflictError });
-  await nc.flush();
+  await nats.nc.flush();
   await new Promise((r) => setTimeout(r, 200));
   t.deepEqual(received, [1n]);
 });

@@ -1,9 +1,5 @@
 import test from 'ava';
 import { generateKeyPairSync, verify } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   Action,
   LOG_FORMAT_PATCHES,
@@ -22,7 +18,8 @@ import {
   type PolicyPatch,
   type SignedLogEntry,
 } from '@edgeplane/proto';
-import { ChainFollower, IntentChain, IntentLog, NatsServer } from '../src/index.js';
+import { ChainFollower, IntentChain, IntentLog } from '../src/index.js';
+import { natsServerFixture } from '../../../test/support/nats.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('ed25519');
 const trusted = new Map([[keyIdOf(publicKey), publicKey]]);
@@ -112,18 +109,7 @@ test('intent chain - a patch entry is applied as the whole policy; one that does
   t.deepEqual(bytes(other.policies.get('p')!), bytes(rules(50, 1n, { at: 3, port: 8 })));
 });
 
-let server: NatsServer;
-let nc: NatsConnection;
-const dir = mkdtempSync(join(tmpdir(), 'policy-patch-test-'));
-test.before(async () => {
-  server = await NatsServer.start({ dataDir: dir });
-  nc = await connect({ servers: server.url });
-});
-test.after.always(async () => {
-  await nc?.close();
-  await server?.close();
-  rmSync(dir, { recursive: true, force: true });
-});
+const nats = natsServerFixture(test, 'policy-patch-test');
 
 async function until(what: string, pred: () => boolean, ms = 10_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -134,7 +120,7 @@ async function until(what: string, pred: () => boolean, ms = 10_000): Promise<vo
 }
 
 test('chain follower - a live patch entry applies; a follower without its base fails closed and catches up from the next snapshot', async (t) => {
-  const log = await IntentLog.open(nc, { create: true, stream: 'PP', subject: 'pp.log', liveSubject: 'pp.live', snapshotBucket: 'PPS' });
+  const log = await IntentLog.open(nats.nc, { create: true, stream: 'PP', subject: 'pp.log', liveSubject: 'pp.live', snapshotBucket: 'PPS' });
   const writer = new IntentChain(trusted);
   const write = async (signed: SignedLogEntry): Promise<void> => {
     const at = await log.append(signed, writer.revision);

@@ -3,13 +3,9 @@
 // test, which answers B's ConnectionsQuery. Replica A's ListConnections reaches it through B:
 // rows in parts within MAX_RELAYED_CONNECTIONS_PER_MESSAGE, counts, the agent's deadline, and
 // errors told apart. Processes with real agents: test/replicas.test.ts.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import test from 'ava';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
-import { NatsServer } from '@edgeplane/intent-log';
 import {
   FLEET_CONNECTIONS_SUBJECT_PREFIX,
   ListConnectionsRequest,
@@ -29,15 +25,12 @@ import { DeadlineExceededError, PreconditionError, UnavailableError } from '../s
 import { FleetApi } from '../src/fleet-api.js';
 import { NodeRegistry } from '../src/node-registry.js';
 import { ReplicaFleetSync } from '../src/replica-fleet-sync.js';
+import { natsServerFixture } from '../../../test/support/nats.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'ctl-conn-relay-'));
-let server: NatsServer;
+const nats = natsServerFixture(test, 'ctl-conn-relay');
 const closers: (() => Promise<void> | void)[] = [];
-
-test.after.always(async () => {
+nats.atEnd(async () => {
   for (const c of closers.reverse()) await Promise.resolve(c()).catch(() => undefined);
-  await server?.close();
-  rmSync(dir, { recursive: true, force: true });
 });
 
 interface Replica {
@@ -50,8 +43,7 @@ interface Replica {
 }
 
 async function replica(id: string): Promise<Replica> {
-  const nc = await connect({ servers: server.url });
-  closers.push(() => nc.close());
+  const nc = await nats.connect();
   const kv = await new Kvm(nc).create(REPLICAS_BUCKET, { history: 1, ttl: 60_000 });
   const registry = new NodeRegistry({ load: async () => [], save: async () => undefined }, { batchMs: 10 });
   const counters = new CounterStore();
@@ -134,8 +126,7 @@ let b: Replica;
 let mode: 'rows' | 'silent' | 'error' = 'rows';
 const TOTAL = MAX_RELAYED_CONNECTIONS_PER_MESSAGE * 2 + 500;
 
-test.before(async () => {
-  server = await NatsServer.start({ dataDir: dir });
+nats.atStart(async () => {
   a = await replica('a');
   b = await replica('b');
   const agent = agentStream('edge-1', (q) => {

@@ -1,36 +1,21 @@
 import test, { type ExecutionContext } from 'ava';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { keyIdOf, Policy, type Change } from '@edgeplane/proto';
-import { ChainFollower, IntentLog, NatsServer } from '@edgeplane/intent-log';
+import { ChainFollower, IntentLog } from '@edgeplane/intent-log';
 import { IntentStore } from '../src/intent-store.js';
+import { natsServerFixture } from '../../../test/support/nats.js';
 import { samplePolicy } from './helpers.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('ed25519');
 const trusted = new Map([[keyIdOf(publicKey), publicKey]]);
-const dir = mkdtempSync(join(tmpdir(), 'intent-store-test-'));
-let server: NatsServer;
-let nc: NatsConnection;
-
-test.before(async () => {
-  server = await NatsServer.start({ dataDir: dir });
-  nc = await connect({ servers: server.url });
-});
-test.after.always(async () => {
-  await nc?.close();
-  await server?.close();
-  rmSync(dir, { recursive: true, force: true });
-});
+const nats = natsServerFixture(test, 'intent-store-test');
 
 let streamNo = 0;
 async function freshLog(): Promise<{ names: { stream: string; subject: string; liveSubject: string; snapshotBucket: string }; log: IntentLog }> {
   streamNo++;
   const names = { stream: `S${streamNo}`, subject: `s${streamNo}.log`, liveSubject: `s${streamNo}.live`, snapshotBucket: `SS${streamNo}` };
-  return { names, log: await IntentLog.open(nc, { create: true, ...names }) };
+  return { names, log: await IntentLog.open(nats.nc, { create: true, ...names }) };
 }
 
 async function store(t: ExecutionContext, log: IntentLog, id = 'c1', extra: { snapshotEvery?: number; retainEntries?: number; patchRatio?: number } = {}): Promise<{ store: IntentStore; warnings: string[]; errors: string[] }> {
@@ -96,7 +81,7 @@ test('intent store - a junk message stored on the log subject is skipped; the st
   const { names, log } = await freshLog();
   const { store: s, warnings } = await store(t, log);
   await s.write(() => upsert('before'));
-  await jetstream(nc).publish(names.subject, new Uint8Array([9, 9, 9]));
+  await jetstream(nats.nc).publish(names.subject, new Uint8Array([9, 9, 9]));
   const after = await s.write(() => upsert('after'));
   t.is(after?.revision, 3n, 'the entry goes at the next stream sequence, after the junk');
   t.is(s.chain.revision, 3n);
@@ -119,8 +104,8 @@ test('intent store - a rewound log is rebuilt from what is stored, and the store
   // Storage loss: the stream comes back with only its first two entries.
   const kept = [];
   for await (const e of log.read(1n, 2n)) kept.push(e.signed);
-  await (await jetstreamManager(nc)).streams.delete(names.stream);
-  const rewound = await IntentLog.open(nc, { create: true, ...names });
+  await (await jetstreamManager(nats.nc)).streams.delete(names.stream);
+  const rewound = await IntentLog.open(nats.nc, { create: true, ...names });
   for (const [i, e] of kept.entries()) await rewound.append(e, BigInt(i));
   const next = await s.write(() => upsert('e'));
   t.is(next?.revision, 3n);

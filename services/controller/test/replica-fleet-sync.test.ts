@@ -1,50 +1,39 @@
 // Replicas sharing fleet state (ReplicaFleetSync) and taking turns at the rollout lease
 // (RolloutLease) on a real nats-server: each replica is its own NATS connection, registry and
 // stores, as in separate controller processes.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import test from 'ava';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import test, { type ExecutionContext } from 'ava';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV } from '@nats-io/kv';
-import { NatsServer } from '@edgeplane/intent-log';
 import { AgentHello, FLEET_STATUS_SUBJECT_PREFIX, MAX_REPLICA_STATE_BYTES, REPLICAS_BUCKET, ReplicaFleetState, RevisionOutcome, RevisionReport, type CounterReport } from '@edgeplane/proto';
 import { CounterStore } from '../src/counter-store.js';
 import { NodeRegistry } from '../src/node-registry.js';
 import { ReplicaFleetSync } from '../src/replica-fleet-sync.js';
 import { RolloutLease } from '../src/rollout-lease.js';
 import { ServiceHealthStore } from '../src/service-health-store.js';
+import { natsServerFixture } from '../../../test/support/nats.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'ctl-fleet-sync-'));
-let server: NatsServer;
-const opened: NatsConnection[] = [];
-const closers: (() => Promise<void>)[] = [];
-
-test.before(async () => {
-  server = await NatsServer.start({ dataDir: dir });
-});
-test.after.always(async () => {
-  for (const c of closers) await c().catch(() => undefined);
-  for (const nc of opened) await nc.close().catch(() => undefined);
-  await server?.close();
-  rmSync(dir, { recursive: true, force: true });
-});
+const nats = natsServerFixture(test, 'ctl-fleet-sync');
 
 async function bucket(): Promise<{ nc: NatsConnection; kv: KV }> {
-  const nc = await connect({ servers: server.url });
-  opened.push(nc);
+  const nc = await nats.connect();
   return { nc, kv: await new Kvm(nc).create(REPLICAS_BUCKET, { history: 1, ttl: 60_000 }) };
 }
 
-/** One replica: a NATS connection, a registry without persistence, stores, and its sync. */
-async function replica(id: string, timing: { idleMs?: number; expireMs?: number } = {}): Promise<{ nc: NatsConnection; registry: NodeRegistry; counters: CounterStore; health: ServiceHealthStore; sync: ReplicaFleetSync }> {
+/**
+ * One replica: a NATS connection, a registry without persistence, stores, and its sync, closed
+ * when the test ends. Not at the end of the file: every replica left running merges what the
+ * later tests publish (the 12,000 nodes of the large delta, and the snapshot each reads of a
+ * replica new to it), which multiplied that test's work and made it miss its deadline on a
+ * loaded machine.
+ */
+async function replica(t: ExecutionContext, id: string, timing: { idleMs?: number; expireMs?: number; snapshotMs?: number } = {}): Promise<{ nc: NatsConnection; registry: NodeRegistry; counters: CounterStore; health: ServiceHealthStore; sync: ReplicaFleetSync }> {
   const { nc, kv } = await bucket();
   const registry = new NodeRegistry({ load: async () => [], save: async () => undefined });
   const counters = new CounterStore();
   const health = new ServiceHealthStore();
   const sync = new ReplicaFleetSync(nc, kv, { registry, counters, health }, { controllerId: id, deltaMs: 50, snapshotMs: 500, expireMs: 1500, ...timing });
   await sync.start();
-  closers.push(() => sync.close());
+  t.teardown(() => sync.close());
   return { nc, registry, counters, health, sync };
 }
 
@@ -60,8 +49,8 @@ const hello = (name: string): AgentHello => AgentHello.fromPartial({ nodeName: n
 const counters = (packets: bigint): CounterReport => ({ startTime: undefined, endTime: undefined, appliedRevision: 3n, rules: [{ rule: { policy: 'p', priority: 1 }, ruleName: 'r', packets, bytes: packets * 100n, rateLimitedPackets: 0n }], interfaces: [], conntrack: [] });
 
 test.serial('replica fleet sync - another replica sees a node\'s status, last outcome, counters and backend health, and keeps its status when the replica falls silent', async (t) => {
-  const a = await replica('a');
-  const b = await replica('b');
+  const a = await replica(t, 'a');
+  const b = await replica(t, 'b');
   a.registry.hello(hello('edge-1'), 's1');
   a.counters.add('edge-1', counters(5n));
   a.health.add('edge-1', { replace: true, revision: 3n, backends: [{ service: 'web', address: '10.0.0.1', port: 80, healthy: false, reason: 'connect refused', since: new Date(1_000_000) }] });
@@ -103,8 +92,8 @@ test.serial('replica fleet sync - another replica sees a node\'s status, last ou
 });
 
 test.serial('replica fleet sync - a replica that starts later learns idle nodes from the stored snapshots; the newest connection of a node wins', async (t) => {
-  const a = await replica('a2');
-  const b = await replica('b2');
+  const a = await replica(t, 'a2');
+  const b = await replica(t, 'b2');
   a.registry.hello(hello('edge-2'), 's1');
   a.sync.changed('edge-2');
   await until('edge-2 at b', () => b.registry.get('edge-2')?.status?.connected === true);
@@ -116,7 +105,7 @@ test.serial('replica fleet sync - a replica that starts later learns idle nodes 
     stored = e?.operation === 'PUT' && ReplicaFleetState.decode(e.value).nodes.some((n) => n.node?.name === 'edge-2');
     if (!stored) await new Promise((r) => setTimeout(r, 50));
   }
-  const c = await replica('c2');
+  const c = await replica(t, 'c2');
   t.true(c.registry.get('edge-2')?.status?.connected, 'from the snapshot read at start');
 
   // edge-2 moves to b (a newer connection); a's late word that it lost it does not win anywhere.
@@ -138,8 +127,8 @@ test.serial('replica fleet sync - a replica that starts later learns idle nodes 
 test.serial('replica fleet sync - a replica heard again after it fell silent: its idle nodes are connected again, from its snapshot', async (t) => {
   // d speaks every 1.5 s when idle, e calls a replica silent after 0.3 s: e keeps losing and
   // hearing d again, as after a short NATS partition.
-  const d = await replica('d3', { idleMs: 1500 });
-  const e = await replica('e3', { expireMs: 300 });
+  const d = await replica(t, 'd3', { idleMs: 1500 });
+  const e = await replica(t, 'e3', { expireMs: 300 });
   d.registry.hello(hello('edge-3'), 's1');
   d.sync.changed('edge-3');
   await until('edge-3 at e', () => e.registry.get('edge-3')?.status?.connected === true);
@@ -169,13 +158,14 @@ test.serial('replica fleet sync - a snapshot stored after a node changed carries
 });
 
 test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES goes out in messages within it, and every node arrives', async (t) => {
-  const spy = await connect({ servers: server.url });
-  opened.push(spy);
+  const spy = await nats.connect();
   const sizes: number[] = [];
   spy.subscribe(`${FLEET_STATUS_SUBJECT_PREFIX}.*`, { callback: (_e, m) => void sizes.push(m.data.length) });
   await spy.flush();
-  const a = await replica('big-a');
-  const b = await replica('big-b');
+  // a stores no snapshot while the test runs (one of 12,000 nodes every 500 ms is work this test
+  // does not check): b has heard a since its start, so the nodes reach it by the delta alone.
+  const a = await replica(t, 'big-a', { snapshotMs: 600_000 });
+  const b = await replica(t, 'big-b');
   const names = Array.from({ length: 12_000 }, (_, i) => `bulk-${i}`);
   for (const name of names) {
     a.registry.hello(hello(name), 's');
@@ -190,11 +180,6 @@ test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES go
   } catch (error) {
     t.log(`messages at the spy: ${sizes.length}, sizes ${JSON.stringify(sizes.slice(0, 20))}`);
     throw error;
-  } finally {
-    // Their snapshots of 12,000 nodes every 500 ms would load the tests after this one (also when
-    // this one fails: the lease tests after it then timed out on a loaded bus).
-    await a.sync.close();
-    await b.sync.close();
   }
 });
 
@@ -205,7 +190,8 @@ test.serial('rollout lease - one holder at a time; a silent holder loses it to a
   // tick hold however slow a loaded machine makes one NATS round trip.
   const a = new RolloutLease(kvA, { holder: 'a', renewMs: 200, ttlMs: 5000 });
   const b = new RolloutLease(kvB, { holder: 'b', renewMs: 200, ttlMs: 5000 });
-  closers.push(() => a.close(), () => b.close());
+  t.teardown(() => a.close());
+  t.teardown(() => b.close());
   await a.tick(); // a takes the free lease, then falls silent (never ticks again)
   t.true(a.held);
   b.start();
@@ -222,7 +208,7 @@ test.serial('rollout lease - one holder at a time; a silent holder loses it to a
 });
 
 test.serial('replica fleet sync - closing twice is safe', async (t) => {
-  const r = await replica('twice');
+  const r = await replica(t, 'twice');
   await r.sync.close();
   await r.sync.close();
   t.pass();

@@ -62,7 +62,8 @@ function icmpDeny(name: string, selector: Record<string, string>, source: string
   });
 }
 
-const appliedLines = (node: FleetNode): number => (node.agent?.output.match(/"msg":"applied"/g) ?? []).length;
+// An agent cut off while entries land, and an agent killed with -9 under traffic: whole-system
+// tests with three agents in test/faults.test.ts (they check more than one agent alone could).
 
 let node: FleetNode;
 
@@ -88,41 +89,6 @@ test.serial('agent - a policy whose selector does not match changes nothing on t
   await until('the node to reach the revision', async () => (await nodeStatus('edge-1'))?.appliedRevision === revision, 15_000, node);
   t.is(await node.ping(1), 3, 'a policy for role=core does not touch role=edge');
   t.is(await node.ping(0), 0);
-});
-
-test.serial('agent - cut off while 50 entries land, it converges on the exact revision and applies once', async (t) => {
-  await until('steady', async () => (await nodeStatus('edge-1'))?.connected === true);
-  node.mgmt('down');
-  let last = 0n;
-  for (let i = 0; i < 50; i++) {
-    last = await apply(Policy.fromPartial({ metadata: { name: 'churn' }, spec: { nodeSelector: { matchLabels: { role: 'edge' } }, rules: [{ priority: 100, protocol: Protocol.PROTOCOL_UDP, destinationPorts: [{ first: 2000 + i }], action: Action.ACTION_DENY }] } }));
-  }
-  await new Promise((r) => setTimeout(r, 500));
-  const before = appliedLines(node);
-  t.not((await nodeStatus('edge-1'))?.appliedRevision, last);
-  node.mgmt('up');
-  await until('convergence', async () => (await nodeStatus('edge-1'))?.appliedRevision === last, 30_000, node);
-  await new Promise((r) => setTimeout(r, 500));
-  t.is(appliedLines(node) - before, 1, `one apply for 50 entries\n${node.agent?.output}`);
-  t.regex(node.agent!.output, new RegExp(`"msg":"applied","revision":"${last}"`));
-});
-
-test.serial('agent - kill -9 under traffic: denied stays denied, allowed keeps flowing, program id unchanged', async (t) => {
-  const idBefore = node.xdpProgramId();
-  t.true(idBefore > 0);
-  const count = 40;
-  const denied = net.topo.ping(net.inet, node.uplinkIp, { count, source: node.sources[0], intervalS: 0.05, waitS: 1 });
-  const allowed = net.topo.ping(net.inet, node.uplinkIp, { count, source: node.sources[1], intervalS: 0.05, waitS: 1 });
-  await new Promise((r) => setTimeout(r, 400));
-  await node.agent!.kill('SIGKILL');
-  await new Promise((r) => setTimeout(r, 800));
-  t.is(node.xdpProgramId(), idBefore, 'still attached while the agent is dead');
-  await node.agent!.start();
-  t.is(await denied, 0, 'no denied packet passed');
-  t.is(await allowed, count, 'every allowed packet passed');
-  t.is(node.xdpProgramId(), idBefore, 'the restarted agent re-adopted the same program');
-  t.true(node.agent!.ready.adopted as boolean);
-  t.is(node.agent!.ready.xdpProgramId, idBefore);
 });
 
 function dumpMaps(pinDir: string): string {
