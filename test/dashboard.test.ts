@@ -11,8 +11,7 @@ import { Action, ApplyPolicyRequest, ApplyServiceRequest, Policy, Protocol, Serv
 import { freePort } from '@edgeplane/intent-log';
 import { defaultCaFiles, generateKeyPair, loadOrCreateCertificateAuthority } from '@edgeplane/controller';
 import { FleetNetwork, type FleetNode } from './support/fleet.js';
-import { startRolloutFleet } from './support/rollout-fleet.js';
-import { TestControlPlane } from './support/control-plane.js';
+import { TestControlPlane, until } from './support/control-plane.js';
 import { call } from './support/grpc.js';
 
 const SHOTS = join(process.cwd(), 'test-results', 'dashboard');
@@ -29,13 +28,18 @@ let viewer: { cert: Buffer; key: Buffer };
 let nodeCert: { cert: Buffer; key: Buffer };
 const contexts: BrowserContext[] = [];
 
-test.before(async () => {
+test.before(async (t) => {
+  // Three agents load their eBPF programs, each well over a minute on a loaded machine.
+  t.timeout(10 * 60_000);
   mkdirSync(SHOTS, { recursive: true });
   net = new FleetNetwork();
   const port = await freePort('127.0.0.1');
   cp = await TestControlPlane.start({ extra: ['--dashboard-listen', `127.0.0.1:${port}`] });
   base = String(cp.controller.ready.dashboard);
-  nodes = await startRolloutFleet(net, cp, 3);
+  // The rollout tests' fleet (node-1 the canary), its agents started side by side.
+  nodes = [1, 2, 3].map((i) => net.addNode(i, `node-${i}`));
+  await Promise.all(nodes.map((n, i) => n.startAgent(cp, { role: 'edge', node: n.name, ...(i === 0 ? { canary: 'true' } : {}) })));
+  await until('3 nodes connected', async () => (await call(cp.api.fleet, cp.api.fleet.listNodes, { pageSize: 0, pageToken: '', labelSelector: '' })).nodes.filter((n) => n.status?.connected).length === 3, 60_000, () => cp.controller.output);
   const key = generateKeyPair();
   const issued = await call(cp.api.trust, cp.api.trust.issueCertificate, { role: 'viewer', name: 'alice', publicKey: Buffer.from(key.publicKeyDer), lifetime: undefined });
   viewer = { cert: Buffer.from(issued.certificate), key: Buffer.from(key.privateKeyPem) };
@@ -109,6 +113,7 @@ test.serial('dashboard in chromium - the label selector filters with the project
 });
 
 test.serial('dashboard in chromium - an apply shows as a new policy and every node ACKing its revision', async (t) => {
+  t.timeout(5 * 60_000);
   const started = Date.now();
   const { revision } = await call(cp.api.intent, cp.api.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
     policy: Policy.fromPartial({
@@ -116,9 +121,11 @@ test.serial('dashboard in chromium - an apply shows as a new policy and every no
       spec: { nodeSelector: { matchLabels: { role: 'edge' } }, defaultAction: Action.ACTION_ALLOW, rules: [{ priority: 1, protocol: Protocol.PROTOCOL_ICMP, action: Action.ACTION_ALLOW }] },
     }),
   }));
+  // The agents take what they take; once the controller knows, the page shows it within seconds.
+  await until('every node ACKs the apply', async () => (await call(cp.api.fleet, cp.api.fleet.getRevisionStatus, { revision, nodeLabelSelector: '' })).nodesApplied === 3, 120_000);
   for (const n of nodes) await page.locator(`tr[data-node="${n.name}"] td.applied`, { hasText: new RegExp(`^${revision}$`) }).waitFor({ timeout: SEEN_MS });
   for (const n of nodes) t.regex((await page.locator(`tr[data-node="${n.name}"]`).textContent()) ?? '', new RegExp(`ACK ${revision}`));
-  t.log(`apply to every node's ACK on the page: ${Date.now() - started} ms`);
+  t.log(`apply to every node's ACK on the page: ${Date.now() - started} ms (agents included)`);
   await page.goto(`${base}#policies`);
   await page.locator('tr[data-policy="dash-count"]').waitFor({ timeout: SEEN_MS });
   t.regex((await page.locator('tr[data-policy="dash-count"]').textContent()) ?? '', /role=edge/);
@@ -127,6 +134,7 @@ test.serial('dashboard in chromium - an apply shows as a new policy and every no
 });
 
 test.serial('dashboard in chromium - a staged rollout shows wave by wave, then its timeline to the last ACK', async (t) => {
+  t.timeout(5 * 60_000);
   await page.goto(`${base}#rollouts`);
   const { revision } = await call(cp.api.intent, cp.api.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
     policy: Policy.fromPartial({
@@ -148,10 +156,10 @@ test.serial('dashboard in chromium - a staged rollout shows wave by wave, then i
   await card.waitFor({ timeout: SEEN_MS });
   t.regex((await card.textContent()) ?? '', new RegExp(`revision ${revision}`));
   // The canary's wave completes and bakes while the rest waits: the page shows it in between.
-  await card.locator('[data-wave="0"]', { hasText: '1/1 done' }).waitFor({ timeout: 15_000 });
+  await card.locator('[data-wave="0"]', { hasText: '1/1 done' }).waitFor({ timeout: 60_000 });
   t.is(await card.getAttribute('data-state'), 'progressing');
   await shot(page, '4-rollout-progressing');
-  await page.locator('[data-rollout="policy/dash-staged"][data-state="succeeded"]').waitFor({ timeout: 30_000 });
+  await page.locator('[data-rollout="policy/dash-staged"][data-state="succeeded"]').waitFor({ timeout: 120_000 });
   t.regex((await card.locator('[data-wave="1"]').textContent()) ?? '', /2\/2 done/);
   await shot(page, '5-rollouts');
 
@@ -170,6 +178,7 @@ test.serial('dashboard in chromium - a staged rollout shows wave by wave, then i
 });
 
 test.serial('dashboard in chromium - services and per-rule counters over time', async (t) => {
+  t.timeout(5 * 60_000);
   await call(cp.api.intent, cp.api.intent.applyService, ApplyServiceRequest.fromPartial({
     service: Service.fromPartial({
       metadata: { name: 'dash-web' },
