@@ -1,6 +1,6 @@
 // The fleet dashboard in a real browser: Debian's Chromium driven by playwright-core, against a
-// real fleet (controller with mutual TLS, nats-server, three real agents on the eBPF datapath in
-// network namespaces). It sees the nodes, an apply and a staged rollout as they happen (waiting
+// real fleet (controller with mutual TLS, nats-server, three enrolled agents: the canary on the
+// eBPF datapath in a network namespace, two on the in-memory one). It sees the nodes, an apply and a staged rollout as they happen (waiting
 // on the page, never sleeping), refuses a browser without a certificate and one with a node's,
 // and saves a screenshot of each view under test-results/dashboard/ for review.
 import test from 'ava';
@@ -10,7 +10,8 @@ import { chromium, type Browser, type BrowserContext, type Page } from 'playwrig
 import { Action, ApplyPolicyRequest, ApplyServiceRequest, Policy, Protocol, Service } from '@edgeplane/proto';
 import { freePort } from '@edgeplane/intent-log';
 import { defaultCaFiles, generateKeyPair, loadOrCreateCertificateAuthority } from '@edgeplane/controller';
-import { FleetNetwork, type FleetNode } from './support/fleet.js';
+import { AGENT_MAIN, FleetNetwork, type FleetNode } from './support/fleet.js';
+import { Supervised } from './support/supervisor.js';
 import { TestControlPlane, until } from './support/control-plane.js';
 import { call } from './support/grpc.js';
 
@@ -27,6 +28,23 @@ let browser: Browser;
 let viewer: { cert: Buffer; key: Buffer };
 let nodeCert: { cert: Buffer; key: Buffer };
 const contexts: BrowserContext[] = [];
+const memoryAgents: Supervised[] = [];
+const NODE_NAMES = ['node-1', 'node-2', 'node-3'];
+
+/** A real agent process on the in-memory datapath, enrolled with `cp` (as test/replicas.test.ts starts them). */
+async function startMemoryAgent(name: string, labels: Record<string, string>): Promise<Supervised> {
+  const stateDir = join(cp.dir, 'agents', name);
+  mkdirSync(stateDir, { recursive: true });
+  return Supervised.start(`agent-${name}`, {
+    command: process.execPath,
+    args: [
+      AGENT_MAIN, '--node-name', name, '--labels', Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(','),
+      '--controller', cp.address, '--nats', `nats://127.0.0.1:${cp.natsPort}`, '--datapath', 'memory', '--state-dir', stateDir,
+      '--trusted-key', cp.publicKeyB64, ...(await cp.agentTrustArgs(name, labels)), '--heartbeat-interval', '1', '--counter-interval', '1',
+    ],
+    readyEvent: 'ready',
+  });
+}
 
 test.before(async (t) => {
   // Three agents load their eBPF programs, each well over a minute on a loaded machine.
@@ -36,9 +54,15 @@ test.before(async (t) => {
   const port = await freePort('127.0.0.1');
   cp = await TestControlPlane.start({ extra: ['--dashboard-listen', `127.0.0.1:${port}`] });
   base = String(cp.controller.ready.dashboard);
-  // The rollout tests' fleet (node-1 the canary), its agents started side by side.
-  nodes = [1, 2, 3].map((i) => net.addNode(i, `node-${i}`));
-  await Promise.all(nodes.map((n, i) => n.startAgent(cp, { role: 'edge', node: n.name, ...(i === 0 ? { canary: 'true' } : {}) })));
+  // node-1, the canary, is a real agent on the eBPF datapath in its namespace (its rule counts
+  // real packets); node-2 and node-3 are the agent's own runtime on the in-memory datapath
+  // (DESIGN, "Scale beyond one machine"), which start in seconds where loading programs can take
+  // minutes on a loaded machine. Each is enrolled with a join token and speaks mutual TLS.
+  const canary = net.addNode(1, 'node-1');
+  nodes = [canary];
+  const started = canary.startAgent(cp, { role: 'edge', node: 'node-1', canary: 'true' });
+  for (const name of ['node-2', 'node-3']) memoryAgents.push(await startMemoryAgent(name, { role: 'edge', node: name }));
+  await started;
   await until('3 nodes connected', async () => (await call(cp.api.fleet, cp.api.fleet.listNodes, { pageSize: 0, pageToken: '', labelSelector: '' })).nodes.filter((n) => n.status?.connected).length === 3, 60_000, () => cp.controller.output);
   const key = generateKeyPair();
   const issued = await call(cp.api.trust, cp.api.trust.issueCertificate, { role: 'viewer', name: 'alice', publicKey: Buffer.from(key.publicKeyDer), lifetime: undefined });
@@ -54,6 +78,7 @@ test.before(async (t) => {
 test.after.always(async () => {
   for (const c of contexts) await c.close().catch(() => undefined);
   await browser?.close();
+  for (const a of memoryAgents) await a.stop(3000).catch(() => undefined);
   await net?.remove();
   await cp?.close();
 });
@@ -87,7 +112,7 @@ test.serial('dashboard in chromium - a viewer certificate sees every node, conne
   ({ page, problems } = await browse(viewer));
   const res = await page.goto(base);
   t.is(res?.status(), 200);
-  for (const n of nodes) await page.locator(`#nodes-table tr[data-node="${n.name}"]`).getByText('connected', { exact: true }).waitFor({ timeout: SEEN_MS });
+  for (const n of NODE_NAMES) await page.locator(`#nodes-table tr[data-node="${n}"]`).getByText('connected', { exact: true }).waitFor({ timeout: SEEN_MS });
   await page.locator('#live', { hasText: 'live' }).waitFor();
   t.is(await page.locator('#identity').textContent(), 'viewer/alice');
   t.is(await page.locator('#nodes-table tbody tr').count(), 3);
@@ -123,8 +148,8 @@ test.serial('dashboard in chromium - an apply shows as a new policy and every no
   }));
   // The agents take what they take; once the controller knows, the page shows it within seconds.
   await until('every node ACKs the apply', async () => (await call(cp.api.fleet, cp.api.fleet.getRevisionStatus, { revision, nodeLabelSelector: '' })).nodesApplied === 3, 120_000);
-  for (const n of nodes) await page.locator(`tr[data-node="${n.name}"] td.applied`, { hasText: new RegExp(`^${revision}$`) }).waitFor({ timeout: SEEN_MS });
-  for (const n of nodes) t.regex((await page.locator(`tr[data-node="${n.name}"]`).textContent()) ?? '', new RegExp(`ACK ${revision}`));
+  for (const n of NODE_NAMES) await page.locator(`tr[data-node="${n}"] td.applied`, { hasText: new RegExp(`^${revision}$`) }).waitFor({ timeout: SEEN_MS });
+  for (const n of NODE_NAMES) t.regex((await page.locator(`tr[data-node="${n}"]`).textContent()) ?? '', new RegExp(`ACK ${revision}`));
   t.log(`apply to every node's ACK on the page: ${Date.now() - started} ms (agents included)`);
   await page.goto(`${base}#policies`);
   await page.locator('tr[data-policy="dash-count"]').waitFor({ timeout: SEEN_MS });

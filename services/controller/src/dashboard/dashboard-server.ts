@@ -291,7 +291,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     }
   };
 
-  const events = (req: IncomingMessage, res: ServerResponse, caller: Caller, q: Map<string, string>, call: AuthenticatedCall): void => {
+  const events = (res: ServerResponse, caller: Caller, q: Map<string, string>, call: AuthenticatedCall): void => {
     const labelSelector = q.get('label_selector') ?? '';
     selectorParam(labelSelector, 'label_selector');
     const who = caller.identity ? describeIdentity(caller.identity) : 'anonymous';
@@ -320,7 +320,8 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     };
     streams.add(end);
     perIdentity.set(who, (perIdentity.get(who) ?? 0) + 1);
-    req.on('close', end);
+    // The response closes when the client goes away (the request closes once read).
+    res.on('close', end);
     const send = (event: string, data: unknown): void => {
       if (ended) return;
       res.write(`event: ${event}\ndata: ${JSON.stringify(data, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n\n`);
@@ -421,7 +422,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
       }
       if (!known) throw new HttpError(404, 'NOT_FOUND', `no page ${quote(path)}`);
       const q = queryOf(path, url.searchParams);
-      if (path === '/api/events') events(req, res, caller, q, call);
+      if (path === '/api/events') events(res, caller, q, call);
       else sendJson(req, res, 200, api(path, q));
     } catch (err) {
       sendError(req, res, err);
