@@ -16,10 +16,10 @@ export interface SuperviseOptions {
 /**
  * How long a child may take to say it is ready. An agent loads and verifies its eBPF programs
  * before it enrolls: on a 2-core machine shared with other test runs (load 20-30) that alone
- * took 40-75 s, so 60 s failed healthy starts. Waiting longer changes only how late a real
+ * took 40-180 s, so 60 s failed healthy starts. Waiting longer changes only how late a real
  * failure is reported.
  */
-export const READY_TIMEOUT_MS = 180_000;
+export const READY_TIMEOUT_MS = 300_000;
 
 /**
  * A child process the tests start, kill -9, and restart, keeping its output so a failing test

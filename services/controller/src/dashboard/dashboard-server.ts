@@ -233,27 +233,35 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     res.end(req.method === 'HEAD' ? undefined : text);
   };
 
-  /** Every refusal, in one shape: { error: { code, message, reason?, violations? } }, its status from toStatus's code. */
+  /**
+   * Every refusal, in one shape: { error: { code, message, reason?, violations? } }, its status
+   * from toStatus's code; a page (not /api/) gets the same as one line of text, for a person.
+   */
   const sendError = (req: IncomingMessage, res: ServerResponse, err: unknown): void => {
     if (res.headersSent) {
       res.destroy();
       return;
     }
+    const page = !(req.url ?? '').startsWith('/api/');
+    const reply = (httpStatus: number, error: { code: string; message: string }, extra: Record<string, string> = {}): void => {
+      if (!page) return sendJson(req, res, httpStatus, { error }, extra);
+      const text = `edgeplane dashboard: ${httpStatus} ${error.code}: ${error.message}\n`;
+      res.writeHead(httpStatus, { ...headers('text/plain; charset=utf-8'), 'content-length': String(Buffer.byteLength(text)), ...extra });
+      res.end(req.method === 'HEAD' ? undefined : text);
+    };
     if (err instanceof HttpError) {
-      sendJson(req, res, err.httpStatus, { error: { code: err.code, message: err.message } }, err.headers);
+      reply(err.httpStatus, { code: err.code, message: err.message }, err.headers);
       return;
     }
     const st = toStatus(err, options.log);
     const code = st.code ?? grpcStatus.INTERNAL;
     const raw = st.metadata?.get(STATUS_DETAILS_KEY)[0];
     const details = raw instanceof Buffer ? decodeStatusDetails(raw) : undefined;
-    sendJson(req, res, HTTP_STATUS[code] ?? 500, {
-      error: {
-        code: grpcStatus[code],
-        message: st.details ?? 'internal error',
-        ...(details?.errorInfo?.reason ? { reason: details.errorInfo.reason } : {}),
-        ...(details?.fieldViolations.length ? { violations: details.fieldViolations } : {}),
-      },
+    reply(HTTP_STATUS[code] ?? 500, {
+      code: grpcStatus[code] ?? 'INTERNAL',
+      message: st.details ?? 'internal error',
+      ...(details?.errorInfo?.reason ? { reason: details.errorInfo.reason } : {}),
+      ...(details?.fieldViolations.length ? { violations: details.fieldViolations } : {}),
     });
   };
 
