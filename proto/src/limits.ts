@@ -269,5 +269,8 @@ export const DASHBOARD_CHARTED_RULES = 48;
 /** Outcomes (ACK/NACK with the time the controller saw them) kept per node for rollout timelines. */
 export const DASHBOARD_OUTCOMES_PER_NODE = 16;
 
+/** Rollouts whose wave start times the dashboard remembers for timelines (the log keeps only the current wave's). */
+export const DASHBOARD_TIMELINE_ROLLOUTS = 256;
+
 /** Nodes a rollout timeline lists one by one (a wave of 10,000 nodes is summarised past it). */
 export const DASHBOARD_TIMELINE_NODES = 500;

@@ -7,12 +7,14 @@ import { CounterHistory } from '../src/dashboard/counter-history.js';
 
 const T0 = Date.parse('2026-12-01T12:00:00Z');
 
-function status(state: RolloutState): RolloutStatus {
+/** A rollout's status as RolloutManager.status gives it: only the current wave has a start time. */
+function status(state: RolloutState, currentWave = 1): RolloutStatus {
+  const start = currentWave === 0 ? T0 + 500 : T0 + 4000;
   return RolloutStatus.fromPartial({
-    rollout: { name: 'web', changeRevision: 10n, state, createTime: new Date(T0), updateTime: new Date(T0 + 9000), reason: state === RolloutState.ROLLOUT_STATE_FAILED ? 'node b NACKed' : '' },
+    rollout: { name: 'web', changeRevision: 10n, state, currentWave, waveStartTime: new Date(start), createTime: new Date(T0), updateTime: new Date(T0 + 9000), reason: state === RolloutState.ROLLOUT_STATE_FAILED ? 'node b NACKed' : '' },
     waves: [
-      { index: 0, name: 'canary', nodes: ['a'], startTime: new Date(T0), bakeUntilTime: new Date(T0 + 3000) },
-      { index: 1, name: 'rest', nodes: ['b', 'c'], startTime: new Date(T0 + 4000) },
+      { index: 0, name: 'canary', nodes: ['a'], ...(currentWave === 0 ? { startTime: new Date(T0 + 500), bakeUntilTime: new Date(T0 + 3500) } : {}) },
+      { index: 1, name: 'rest', nodes: currentWave === 1 ? ['b', 'c'] : [], ...(currentWave === 1 ? { startTime: new Date(T0 + 4000), bakeUntilTime: new Date(T0 + 4000) } : {}) },
     ],
   });
 }
@@ -20,6 +22,9 @@ function status(state: RolloutState): RolloutStatus {
 test('rollout timeline - from the API call through each wave to each node\'s first outcome of the change after its wave started', (t) => {
   let now = T0 - 5000;
   const o = new NodeOutcomes(() => now);
+  // The dashboard notes each wave's start as the rollout moves (the status keeps only the current one's).
+  o.noteRollout(status(RolloutState.ROLLOUT_STATE_PROGRESSING, 0));
+  o.noteRollout(status(RolloutState.ROLLOUT_STATE_PROGRESSING, 1));
   o.record('b', 9n, true, ''); // before the change: not part of it
   now = T0 + 1000;
   o.record('a', 10n, true, '');
@@ -30,7 +35,7 @@ test('rollout timeline - from the API call through each wave to each node\'s fir
   const tl = o.timeline(status(RolloutState.ROLLOUT_STATE_PROGRESSING));
   t.deepEqual(
     tl.events.map((e) => [e.at - T0, e.kind, e.node ?? '']),
-    [[0, 'accepted', ''], [0, 'wave', ''], [1000, 'ack', 'a'], [3000, 'bake', ''], [4000, 'wave', ''], [6000, 'ack', 'b']],
+    [[0, 'accepted', ''], [500, 'wave', ''], [1000, 'ack', 'a'], [4000, 'wave', ''], [6000, 'ack', 'b']],
   );
   t.deepEqual(tl.pending, ['c']);
   t.is(tl.toLastAckMs, 6000);

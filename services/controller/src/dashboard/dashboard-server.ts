@@ -97,6 +97,7 @@ function loadAssets(): Map<string, Asset> {
     ['/', { type: 'text/html; charset=utf-8', body: read('index.html') }],
     ['/app.js', { type: 'text/javascript; charset=utf-8', body: read('app.js') }],
     ['/app.css', { type: 'text/css; charset=utf-8', body: read('app.css') }],
+    ['/favicon.svg', { type: 'image/svg+xml', body: read('favicon.svg') }],
   ]);
 }
 
@@ -210,6 +211,11 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   const heartbeatMs = options.heartbeatMs ?? 15_000;
   const outcomes = new NodeOutcomes();
   outcomes.start(sources.fleet, options.log);
+  for (const s of sources.fleet.listRollouts({ activeOnly: false, pageSize: 1000, pageToken: '' }).rollouts) outcomes.noteRollout(s);
+  const stopNoting = sources.rollouts.watch((key) => {
+    const s = sources.rollouts.status(key);
+    if (s) outcomes.noteRollout(s);
+  });
   const counters = new CounterHistory(sources.fleet);
   counters.start(options.counterIntervalMs);
   const streams = new Set<() => void>();
@@ -468,6 +474,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
       });
     });
   } catch (err) {
+    stopNoting();
     outcomes.close();
     counters.close();
     throw err;
@@ -482,6 +489,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     },
     close(): Promise<void> {
       closing ??= (async () => {
+        stopNoting();
         outcomes.close();
         counters.close();
         for (const end of [...streams]) end();

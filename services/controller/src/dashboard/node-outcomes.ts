@@ -1,9 +1,11 @@
 import {
   DASHBOARD_OUTCOMES_PER_NODE,
   DASHBOARD_TIMELINE_NODES,
+  DASHBOARD_TIMELINE_ROLLOUTS,
   NodeEventType,
   RevisionOutcome,
   RolloutState,
+  rolloutKeyOf,
   rolloutKindName,
   type RolloutStatus,
   type WatchNodesRequest,
@@ -57,6 +59,8 @@ const ms = (d: Date | undefined): number | undefined => (d ? d.getTime() : undef
  */
 export class NodeOutcomes {
   #seen = new Map<string, SeenOutcome[]>();
+  /** Per rollout (key and change revision): each wave's start as its log record said it (the status has only the current wave's). */
+  #waveStarts = new Map<string, number[]>();
   #abort = new AbortController();
   #now: () => number;
 
@@ -101,6 +105,26 @@ export class NodeOutcomes {
     this.#seen.set(node, list);
   }
 
+  /**
+   * Remembers the start of a rollout's current wave from its status (the log record keeps only
+   * the current wave's start): call it on every rollout change. Keeps the last
+   * DASHBOARD_TIMELINE_ROLLOUTS rollouts.
+   */
+  noteRollout(status: RolloutStatus): void {
+    const r = status.rollout;
+    const start = ms(r?.waveStartTime);
+    if (!r || start === undefined) return;
+    const key = `${rolloutKeyOf(r)}@${r.changeRevision}`;
+    const starts = this.#waveStarts.get(key) ?? [];
+    starts[r.currentWave] ??= start;
+    this.#waveStarts.delete(key);
+    this.#waveStarts.set(key, starts);
+    for (const old of this.#waveStarts.keys()) {
+      if (this.#waveStarts.size <= DASHBOARD_TIMELINE_ROLLOUTS) break;
+      this.#waveStarts.delete(old);
+    }
+  }
+
   /** The outcomes recorded for a node, oldest first (a copy). */
   outcomes(node: string): SeenOutcome[] {
     return (this.#seen.get(node) ?? []).filter((o) => !Number.isNaN(o.at));
@@ -122,9 +146,14 @@ export class NodeOutcomes {
     const created = ms(r.createTime) ?? 0;
     events.push({ at: created, kind: 'accepted', text: `${rolloutKindName(r.kind)} ${r.name}: revision ${change} accepted`, revision: change.toString() });
     let lastAck: number | undefined;
+    const noted = this.#waveStarts.get(`${rolloutKeyOf(r)}@${change}`) ?? [];
+    let previous = created;
     for (const w of status.waves) {
-      const start = ms(w.startTime);
+      // A wave that has not started yet has no nodes; an earlier one's start is what was noted
+      // (or, before the dashboard saw it, no earlier than the wave before it).
+      const start = ms(w.startTime) ?? noted[w.index] ?? (w.nodes.length > 0 ? previous : undefined);
       if (start === undefined) continue;
+      previous = start;
       events.push({ at: start, kind: 'wave', wave: w.index, text: `wave ${w.index + 1}${w.name ? ` (${w.name})` : ''} started: ${w.nodes.length} node${w.nodes.length === 1 ? '' : 's'}` });
       const bake = ms(w.bakeUntilTime);
       if (bake !== undefined && bake > start) events.push({ at: bake, kind: 'bake', wave: w.index, text: `wave ${w.index + 1} baked` });
@@ -165,5 +194,6 @@ export class NodeOutcomes {
   /** Stops following the watch. Idempotent. */
   close(): void {
     this.#abort.abort();
+    this.#waveStarts.clear();
   }
 }

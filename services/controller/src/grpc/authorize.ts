@@ -64,6 +64,7 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[] | 'anyone'>> 
   'dashboard GET /': READ,
   'dashboard GET /app.js': READ,
   'dashboard GET /app.css': READ,
+  'dashboard GET /favicon.svg': READ,
   'dashboard GET /api/nodes': READ,
   'dashboard GET /api/policies': READ,
   'dashboard GET /api/services': READ,
