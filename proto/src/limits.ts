@@ -226,3 +226,51 @@ export function quote(value: string, max: number = MAX_QUOTED_LENGTH): string {
   if (c >= 0xd800 && c <= 0xdbff) end--;
   return `${JSON.stringify(value.slice(0, end))}… (${value.length} characters)`;
 }
+
+/**
+ * Characters of a dashboard request's target (path and query string). The longest valid one is
+ * a label selector of MAX_SELECTOR_LENGTH characters percent-encoded (3 bytes each) plus the
+ * path: anything longer is refused (414) before it is parsed.
+ */
+export const MAX_DASHBOARD_URL_LENGTH = 64 + 3 * MAX_SELECTOR_LENGTH;
+
+/**
+ * Bytes of a dashboard request's request line and headers together (Node's maxHeaderSize; 431
+ * past it): the longest target plus 8 KiB of headers (a browser sends 1-2 KiB).
+ */
+export const MAX_DASHBOARD_HEADER_BYTES = MAX_DASHBOARD_URL_LENGTH + 8 * 1024;
+
+/**
+ * Connections the dashboard's HTTPS listener holds at once (past it new ones are closed at
+ * accept). Browsers open at most 6 per origin; this serves some 40 viewers without letting one
+ * client hold the controller's file descriptors.
+ */
+export const MAX_DASHBOARD_CONNECTIONS = 256;
+
+/** Live-update (server-sent events) streams open at once, all callers together; more get 503. */
+export const MAX_DASHBOARD_STREAMS = 64;
+
+/** Live-update streams open at once per identity (a browser with several tabs); more get 429. */
+export const MAX_DASHBOARD_STREAMS_PER_IDENTITY = 8;
+
+/**
+ * Bytes a live-update stream may have queued for a client that does not read: past it the
+ * stream is closed (the browser's EventSource reconnects and starts from a fresh state), so a
+ * stalled reader never makes the controller buffer a fleet's worth of events.
+ */
+export const MAX_DASHBOARD_STREAM_BUFFER_BYTES = 4 * 1024 * 1024;
+
+/** Samples of the fleet's per-rule counters the dashboard keeps for its charts (at 5 s: 10 minutes). */
+export const DASHBOARD_COUNTER_SAMPLES = 120;
+
+/** Rules charted: the busiest by packets over the samples kept (a fleet may have 10,000 policies). */
+export const DASHBOARD_CHARTED_RULES = 48;
+
+/** Outcomes (ACK/NACK with the time the controller saw them) kept per node for rollout timelines. */
+export const DASHBOARD_OUTCOMES_PER_NODE = 16;
+
+/** Rollouts whose wave start times the dashboard remembers for timelines (the log keeps only the current wave's). */
+export const DASHBOARD_TIMELINE_ROLLOUTS = 256;
+
+/** Nodes a rollout timeline lists one by one (a wave of 10,000 nodes is summarised past it). */
+export const DASHBOARD_TIMELINE_NODES = 500;

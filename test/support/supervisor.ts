@@ -7,10 +7,19 @@ export interface SuperviseOptions {
   env?: NodeJS.ProcessEnv;
   /** Resolve start() when a stdout JSON line has this `event` (e.g. "ready"). Unset: as soon as spawned. */
   readyEvent?: string;
+  /** Default {@link READY_TIMEOUT_MS}. */
   readyTimeoutMs?: number;
   /** Wrap the command, e.g. ['nsenter', '--net=/run/netns/x', '--'] to run it in a network namespace. */
   prefix?: string[];
 }
+
+/**
+ * How long a child may take to say it is ready. An agent loads and verifies its eBPF programs
+ * before it enrolls: on a 2-core machine shared with other test runs (load 20-30) that alone
+ * took 40-180 s, so 60 s failed healthy starts. Waiting longer changes only how late a real
+ * failure is reported.
+ */
+export const READY_TIMEOUT_MS = 300_000;
 
 /**
  * A child process the tests start, kill -9, and restart, keeping its output so a failing test
@@ -90,7 +99,7 @@ export class Supervised {
     });
     if (!o.readyEvent) return;
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${this.name}: no "${o.readyEvent}" within ${o.readyTimeoutMs ?? 60_000} ms\n${this.output}`)), o.readyTimeoutMs ?? 60_000);
+      const timer = setTimeout(() => reject(new Error(`${this.name}: no "${o.readyEvent}" within ${o.readyTimeoutMs ?? READY_TIMEOUT_MS} ms\n${this.output}`)), o.readyTimeoutMs ?? READY_TIMEOUT_MS);
       child.once('exit', (code, signal) => {
         clearTimeout(timer);
         reject(new Error(`${this.name} exited (code ${code}, signal ${signal}) before "${o.readyEvent}"\n${this.output}`));

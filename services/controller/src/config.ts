@@ -11,6 +11,8 @@ export const FLEET_ID = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
 export interface ControllerConfig {
   listen: string;
   insecure: boolean;
+  /** host:port of the fleet dashboard (dashboard/dashboard-server.ts); unset = no dashboard. */
+  dashboardListen?: string;
   tlsCert?: string;
   tlsKey?: string;
   /** The CA (given, or created in DATA_DIR/pki on first start). */
@@ -143,6 +145,11 @@ Every flag can also be set by the environment variable shown.
                             (log format 2) when it is at most N % of the policy's bytes (default
                             50; 0 = whole policies only, for agents that predate format 2)
   --retain-entries N        keep N entries below the newest snapshot (default 10000)
+  --dashboard-listen HOST:PORT
+                            serve the fleet dashboard (a read-only web page, live) over HTTPS with the gRPC
+                            serving certificate (EDGEPLANE_DASHBOARD_LISTEN; unset = off; port 0 = any): a
+                            browser needs a client certificate of the fleet CA with role viewer, operator or
+                            admin; with --insecure it is plaintext and must be a loopback address too
   --prometheus-port PORT    serve metrics at http://HOST:PORT/metrics (EDGEPLANE_PROMETHEUS_PORT; unset = off)
   --prometheus-host HOST    (EDGEPLANE_PROMETHEUS_HOST, default 0.0.0.0)
   --otlp-endpoint URL       export traces by OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT; unset = no export)
@@ -226,6 +233,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'connections-timeout': { type: 'string' },
         'heartbeat-interval': { type: 'string' },
         'shutdown-grace': { type: 'string' },
+        'dashboard-listen': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -256,6 +264,11 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
   if (insecure && !isLoopback(host)) {
     throw new ConfigError(`--insecure serves plaintext without authentication and is refused on ${host}: use a loopback --listen address (127.0.0.1, ::1, localhost) or drop --insecure (mutual TLS is the default)`);
   }
+  const dashboardListen = values['dashboard-listen'] ?? env.EDGEPLANE_DASHBOARD_LISTEN;
+  if (dashboardListen) {
+    const dashboard = hostPort('dashboard-listen', dashboardListen);
+    if (insecure && !isLoopback(dashboard.host)) throw new ConfigError(`--insecure serves the dashboard in plaintext without authentication and is refused on ${dashboard.host}: use a loopback --dashboard-listen address`);
+  }
   const prometheus = values['prometheus-port'] ?? env.EDGEPLANE_PROMETHEUS_PORT;
   const nats = values.nats ?? env.EDGEPLANE_NATS_URL ?? '';
   const otlp = values['otlp-endpoint'] ?? env.OTEL_EXPORTER_OTLP_ENDPOINT;
@@ -267,6 +280,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     ...(fleetId ? { fleetId } : {}),
     listen,
     insecure,
+    ...(dashboardListen ? { dashboardListen } : {}),
     ...(tlsCert ? { tlsCert } : {}),
     ...(tlsKey ? { tlsKey } : {}),
     caCert: caCert ?? join(dataDir, 'pki', 'ca.pem'),

@@ -40,6 +40,7 @@ import { FLEET_ID, isLoopback } from './config.js';
 import { commitSigningKeyFile, loadOrCreateSigningKey, prepareNextSigningKey, retiredSigningKeys } from './signing-key.js';
 import { TrustApi } from './trust-api.js';
 import { TrustStore, normalizeSerial } from './trust-store.js';
+import { startDashboard } from './dashboard/dashboard-server.js';
 
 /** A running controller. */
 export interface RunningController {
@@ -53,6 +54,8 @@ export interface RunningController {
   /** The fleet id agents must be given (--fleet-id). */
   fleetId: string;
   prometheusUrl: string | undefined;
+  /** The dashboard's URL (--dashboard-listen), undefined when it is off. */
+  dashboardUrl: string | undefined;
   /**
    * Issues and revokes node NATS credentials (enrollment uses it); undefined with --nats-anonymous.
    * Node connections then need the user JWT it returns and the node's own nkey seed.
@@ -430,9 +433,10 @@ export async function startController(config: ControllerConfig, extras: StartExt
       nodeCertLifetimeMs: config.nodeCertLifetimeMs,
       ...((extras.natsCredentials ?? authority) ? { natsCredentials: (extras.natsCredentials ?? authority)! } : {}),
     });
+    const tls = config.insecure ? ({ insecure: true } as const) : { ...(await servingCertificate(config, ca)), clientCaPem: ca.certPem };
     const grpcServer: GrpcServer = await startGrpcServer({
       listen: config.listen,
-      tls: config.insecure ? { insecure: true } : { ...(await servingCertificate(config, ca)), clientCaPem: ca.certPem },
+      tls,
       auth,
       log: onError,
       intent: intentServiceHandlers(intentApi, onError, auth),
@@ -447,6 +451,21 @@ export async function startController(config: ControllerConfig, extras: StartExt
       sessions.closeAll();
       await stopping;
     });
+    // The dashboard reads the same domain APIs over the same certificate and authorizer (README, Dashboard).
+    const dashboard = config.dashboardListen
+      ? await startDashboard({
+          listen: config.dashboardListen,
+          tls,
+          auth,
+          log: onError,
+          counterIntervalMs: config.counterIntervalMs,
+          sources: { fleet: fleetApi, intent: intentApi, rollouts, onRevision: (l) => store.onChange((revision) => l(revision)), revision: () => store.chain.revision },
+        })
+      : undefined;
+    if (dashboard) {
+      cleanups.push(() => dashboard.close());
+      log('info', 'dashboard ready', { url: dashboard.url });
+    }
     log('info', 'controller ready', { grpc: grpcServer.address, revision: String(store.chain.revision), keyId: key.keyId, fleetId });
 
     let closing: Promise<void> | undefined;
@@ -457,6 +476,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       keyId: key.keyId,
       fleetId,
       prometheusUrl: telemetry.prometheusUrl,
+      dashboardUrl: dashboard?.url,
       natsCredentials: authority,
       caFingerprint: ca.fingerprint,
       caCertPem: ca.certPem,
@@ -508,7 +528,7 @@ async function main(): Promise<void> {
     return;
   }
   process.stdout.write(
-    JSON.stringify({ event: 'ready', grpc: controller.address, nats: controller.natsUrl, keyId: controller.keyId, fleetId: controller.fleetId, publicKey: Buffer.from(controller.publicKey).toString('base64'), prometheus: controller.prometheusUrl, caFingerprint: controller.caFingerprint }) + '\n',
+    JSON.stringify({ event: 'ready', grpc: controller.address, nats: controller.natsUrl, keyId: controller.keyId, fleetId: controller.fleetId, publicKey: Buffer.from(controller.publicKey).toString('base64'), prometheus: controller.prometheusUrl, dashboard: controller.dashboardUrl, caFingerprint: controller.caFingerprint }) + '\n',
   );
   let stopping = false;
   const stop = (signal: string): void => {

@@ -58,6 +58,20 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[] | 'anyone'>> 
   '/grpc.health.v1.Health/Watch': 'anyone',
   '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo': READ,
   '/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo': READ,
+  // The dashboard (dashboard/dashboard-server.ts, --dashboard-listen): every route over HTTPS,
+  // authorized here like a method by `dashboard <HTTP method> <path>`. It reads only: it has no
+  // route that changes anything, so viewers and up see all of it and nobody writes through it.
+  'dashboard GET /': READ,
+  'dashboard GET /app.js': READ,
+  'dashboard GET /app.css': READ,
+  'dashboard GET /favicon.svg': READ,
+  'dashboard GET /api/nodes': READ,
+  'dashboard GET /api/policies': READ,
+  'dashboard GET /api/services': READ,
+  'dashboard GET /api/rollouts': READ,
+  'dashboard GET /api/rollout': READ,
+  'dashboard GET /api/counters': READ,
+  'dashboard GET /api/events': READ,
 };
 
 /** The identity of a plaintext caller on a loopback listener started with --insecure. */
