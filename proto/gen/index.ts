@@ -23,6 +23,35 @@ export {
   TrustedKey,
 } from './edgeplane/v1/agent_service.js';
 export {
+  Block,
+  BlocklistChange,
+  PrefixList,
+  PrefixListChange,
+  PrefixListSpec,
+  PrefixListUse,
+  prefixListUseFromJSON,
+  prefixListUseToJSON,
+} from './edgeplane/v1/blocklist.js';
+export {
+  BlocklistServiceClient,
+  type BlocklistServiceServer,
+  BlocklistServiceService,
+  CreateBlockRequest,
+  CreateBlockResponse,
+  DeletePrefixListRequest,
+  DeletePrefixListResponse,
+  GetPrefixListRequest,
+  GetPrefixListResponse,
+  LiftBlockRequest,
+  LiftBlockResponse,
+  ListBlocksRequest,
+  ListBlocksResponse,
+  ListPrefixListsRequest,
+  ListPrefixListsResponse,
+  UpdatePrefixListRequest,
+  UpdatePrefixListResponse,
+} from './edgeplane/v1/blocklist_service.js';
+export {
   Connection,
   ConnectionFilter,
   ConnectionState,
@@ -259,6 +288,13 @@ export {
   Status,
 } from './google/rpc/status.js';
 export {
+  applyPrefixListChange,
+  blockActive,
+  validateBlock,
+  validatePrefixList,
+  validatePrefixListUpdate,
+} from './../src/blocklist-validation.js';
+export {
   type Address,
   type AddressProblem,
   type Cidr,
@@ -313,9 +349,14 @@ export {
 } from './../src/labels.js';
 export {
   DEFAULT_CONNECTIONS_LIMIT,
+  MAX_ACTIVE_BLOCKS,
   MAX_BACKEND_HEALTH_ENTRIES,
   MAX_BACKEND_HEALTH_PER_NODE,
   MAX_BACKEND_WEIGHT,
+  MAX_BLOCKLIST_ENTRIES_PER_NODE,
+  MAX_BLOCK_DURATION_MS,
+  MAX_BLOCK_PREFIXES,
+  MAX_BLOCK_REASON_LENGTH,
   MAX_COLLECTED_VIOLATIONS,
   MAX_CONDITION_MESSAGE_LENGTH,
   MAX_CONNECTIONS_LIMIT,
@@ -323,6 +364,7 @@ export {
   MAX_COUNTER_INTERFACES,
   MAX_COUNTER_NAME_LENGTH,
   MAX_COUNTER_RULES,
+  MAX_ENDED_BLOCKS_KEPT,
   MAX_HEALTH_CHECK_INTERVAL_MS,
   MAX_HEALTH_CHECK_PATH_LENGTH,
   MAX_HEALTH_CHECK_THRESHOLD,
@@ -338,6 +380,9 @@ export {
   MAX_NODE_INTERFACES,
   MAX_POLICIES,
   MAX_POLICY_BYTES,
+  MAX_PREFIX_LISTS,
+  MAX_PREFIX_LIST_CHANGE,
+  MAX_PREFIX_LIST_ENTRIES,
   MAX_QUOTED_LENGTH,
   MAX_RELAYED_CONNECTIONS_PER_MESSAGE,
   MAX_RELAYED_QUERIES_IN_FLIGHT,
@@ -357,12 +402,14 @@ export {
   MAX_SPLICES_PER_PATCH,
   MAX_UNHEALTHY_NODES_LISTED,
   MAX_UNHEALTHY_VERDICTS_LISTED,
+  MIN_BLOCK_DURATION_MS,
   MIN_HEALTH_CHECK_INTERVAL_MS,
   POLICY_DIGEST_CHUNK_RULES,
   quote,
 } from './../src/limits.js';
 export {
   GENESIS_HASH,
+  LOG_FORMAT_BLOCKLIST,
   LOG_FORMAT_NEWEST,
   LOG_FORMAT_PATCHES,
   LOG_FORMAT_WHOLE,
