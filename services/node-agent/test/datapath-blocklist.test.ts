@@ -8,6 +8,7 @@ import { parseCidr, type Cidr } from '@edgeplane/proto';
 import { BLOCKLIST_F_BLOCK, BlocklistPacker, type BlocklistEntry } from '../src/datapath/blocklist.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
+import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { mountBpffs, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
 
 const bpffs = mountBpffs();
@@ -21,7 +22,7 @@ const freshRoot = (): string => {
 
 const cidr = (text: string): Cidr => parseCidr(text) as Cidr;
 const entry = (text: string, expiresTaiNs = 0n, flags = 0): BlocklistEntry => ({ cidr: cidr(text), expiresTaiNs, flags });
-const allowAll = { rules: [], defaultAction: 'allow' } as const;
+const allowAll: RuleSetSpec = { rules: [], defaultAction: 'allow' };
 
 /** The i-th prefix of the big list: 1,000,000 distinct /32s and /24s spread over 16.0.0.0/4 .. */
 function bigListPrefix(i: number): string {

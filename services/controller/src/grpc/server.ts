@@ -4,6 +4,8 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import {
   AgentServiceService,
+  BlocklistServiceService,
+  type BlocklistServiceServer,
   FleetServiceService,
   MAX_REQUEST_BYTES,
   PROTO_FILES,
@@ -52,6 +54,8 @@ export interface GrpcServerOptions {
   /** Where unexpected errors of those authorizations are reported (toStatus). */
   log: ErrorLogger;
   intent: IntentServiceServer;
+  /** Prefix lists and emergency blocks. */
+  blocklist: BlocklistServiceServer;
   fleet: FleetServiceServer;
   agent: AgentServiceServer;
   trust: TrustServiceServer;
@@ -59,7 +63,7 @@ export interface GrpcServerOptions {
   maxRequestBytes?: number;
 }
 
-const SERVICE_NAMES = ['edgeplane.v1.IntentService', 'edgeplane.v1.FleetService', 'edgeplane.v1.AgentService', 'edgeplane.v1.TrustService'];
+const SERVICE_NAMES = ['edgeplane.v1.IntentService', 'edgeplane.v1.BlocklistService', 'edgeplane.v1.FleetService', 'edgeplane.v1.AgentService', 'edgeplane.v1.TrustService'];
 
 /** A running gRPC server. */
 export interface GrpcServer {
@@ -176,6 +180,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   const max = options.maxRequestBytes ?? MAX_REQUEST_BYTES;
   const server = new grpc.Server({ 'grpc.max_receive_message_length': max, 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000, 'grpc.keepalive_permit_without_calls': 1 });
   server.addService(intentServiceWithWirePrecheck(), options.intent);
+  server.addService(BlocklistServiceService, options.blocklist);
   server.addService(FleetServiceService, options.fleet);
   server.addService(AgentServiceService, options.agent);
   server.addService(TrustServiceService, options.trust);
