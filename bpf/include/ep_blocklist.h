@@ -13,7 +13,7 @@
  * entries, so it costs the same at 1,000,000 entries as at 10.
  *
  * Layouts (written by services/node-agent/src/datapath/blocklist-tables.ts, held to this header
- * by blocklist-layout.test.ts through the object's BTF):
+ * by datapath-layout.test.ts through the object's map definitions):
  *   key   struct ep_blk4_key / ep_blk6_key: LPM prefix length + address (network order)
  *   value struct ep_blk_value: expiry (CLOCK_TAI ns, 0 = never) and the entry's own prefix length
  */
