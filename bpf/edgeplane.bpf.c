@@ -139,4 +139,16 @@ int ep_ct_sweep(struct ep_ct_sweep_args *args)
 	return s.deleted;
 }
 
+/* Run by the agent with BPF_PROG_TEST_RUN: stores the kernel's CLOCK_TAI in ep_blk_clock_out[0],
+ * the clock ep_blk_match() compares expiries with, so the agent converts a UTC expiry to it. */
+SEC("syscall")
+int ep_blk_clock(void *args)
+{
+	__u32 zero = 0;
+	struct ep_blk_clock_value *out = bpf_map_lookup_elem(&ep_blk_clock_out, &zero);
+	if (out)
+		out->tai_ns = bpf_ktime_get_tai_ns();
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "GPL";

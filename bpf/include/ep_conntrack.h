@@ -15,6 +15,7 @@
 #include "classifier.h"
 #include "ep_hash.h"
 #include "ep_nat_icmp.h"
+#include "ep_blocklist.h"
 
 /* Where a packet is met: a policy hook (uplink XDP, workload TC) or uplink egress (track only). */
 enum ep_hook { EP_HOOK_POLICY, EP_HOOK_EGRESS };
@@ -557,6 +558,9 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		ep_count(&ep_stats, EP_STAT_MALFORMED, len);
 		return EP_DROP;
 	}
+	/* 1. The source blocklist (ep_blocklist.h): before anything else, tracked flows included. */
+	if (hook == EP_HOOK_POLICY && ep_blocklisted(&p, len))
+		return EP_DROP;
 
 	/* Read the live generation exactly once: every lookup below uses this value, so one
 	 * packet's verdict comes wholly from one rule set. */

@@ -202,6 +202,48 @@ export const MAX_RELAYED_QUERIES_IN_FLIGHT = 64;
 /** Characters of a ConnectionsQuery request id. */
 export const MAX_REQUEST_ID_LENGTH = 64;
 
+/**
+ * Prefixes in one prefix list. The issue's threat feeds run to 500,000; twice that leaves room.
+ * On a node a list is an LPM trie of about 100 bytes of kernel memory per prefix (lpm_trie_node
+ * + key + value, kmalloc-rounded), so a full list costs ~100 MiB, twice that while a whole new
+ * list is built beside the live one.
+ */
+export const MAX_PREFIX_LIST_ENTRIES = 1_000_000;
+
+/**
+ * Prefixes added plus removed by one UpdatePrefixList (one log entry). The longest canonical
+ * IPv6 prefix is 43 characters, so 50,000 of them encode in under 2.3 MiB: inside
+ * MAX_REQUEST_BYTES and the NATS max_payload. A larger list is built by successive updates.
+ */
+export const MAX_PREFIX_LIST_CHANGE = 50_000;
+
+/** Prefix lists in the fleet: each is a name nodes index; lists are few and large. */
+export const MAX_PREFIX_LISTS = 256;
+
+/**
+ * Prefixes a node enforces from all its deny lists and blocks together (its tries are sized to
+ * them): two full lists. An agent NACKs a revision that would need more.
+ */
+export const MAX_BLOCKLIST_ENTRIES_PER_NODE = 2 * MAX_PREFIX_LIST_ENTRIES;
+
+/** Prefixes in one emergency block: blocks are typed by an operator in an emergency. */
+export const MAX_BLOCK_PREFIXES = 1024;
+
+/** Blocks active at once in the fleet: emergency measures, not a second list mechanism. */
+export const MAX_ACTIVE_BLOCKS = 1024;
+
+/** Ended (expired or lifted) blocks kept for `get blocks`, newest first; older ones are dropped from snapshots. */
+export const MAX_ENDED_BLOCKS_KEPT = 1024;
+
+/** Characters of a block's reason. */
+export const MAX_BLOCK_REASON_LENGTH = 1024;
+
+/** Shortest block: one second (the skew tolerance of the nodes' clocks is about that). */
+export const MIN_BLOCK_DURATION_MS = 1000;
+
+/** Longest block: 30 days. A block is an emergency measure; a lasting one belongs in a prefix list. */
+export const MAX_BLOCK_DURATION_MS = 30 * 24 * 3600 * 1000;
+
 /** Characters of an offending value quoted in an error (then "…"). */
 export const MAX_QUOTED_LENGTH = 64;
 

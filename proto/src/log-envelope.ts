@@ -48,8 +48,10 @@ export function sha256(bytes: Uint8Array): Uint8Array {
 export const LOG_FORMAT_WHOLE = 1;
 /** Log format 2: entries may carry Change.policy_patches. */
 export const LOG_FORMAT_PATCHES = 2;
+/** Log format 3: entries may carry LogEntry.blocklist_change (prefix lists and blocks). */
+export const LOG_FORMAT_BLOCKLIST = 3;
 /** The newest log format this code reads and writes; followers refuse entries of a newer one. */
-export const LOG_FORMAT_NEWEST = LOG_FORMAT_PATCHES;
+export const LOG_FORMAT_NEWEST = LOG_FORMAT_BLOCKLIST;
 
 /**
  * What the signature of an entry of `format` covers: the entry bytes (format 0 and 1), or from
@@ -108,7 +110,8 @@ function openEnvelope<T>(what: string, type: string, codec: { decode(bytes: Uint
  * Verifies a signed entry against the trusted keys (its signature covers its format) and
  * decodes it.
  * @throws SignatureError if the format is newer than LOG_FORMAT_NEWEST, the key is unknown, the
- * signature is wrong, the bytes do not decode, or a format 1 entry carries policy patches.
+ * signature is wrong, the bytes do not decode, a format 1 entry carries policy patches or an
+ * entry before format 3 a blocklist change.
  */
 export function openLogEntry(signed: SignedLogEntry, trusted: TrustedKeys): LogEntry {
   const format = signed.format ?? 0;
@@ -121,6 +124,7 @@ export function openLogEntry(signed: SignedLogEntry, trusted: TrustedKeys): LogE
     throw new SignatureError('decode log entry: signed bytes are not a LogEntry', { cause });
   }
   if (format < LOG_FORMAT_PATCHES && (entry.change?.policyPatches.length ?? 0) > 0) throw new SignatureError(`decode log entry: a format ${format} entry carries policy patches`);
+  if (format < LOG_FORMAT_BLOCKLIST && entry.blocklistChange !== undefined) throw new SignatureError(`decode log entry: a format ${format} entry carries a blocklist change`);
   return entry;
 }
 

@@ -1,5 +1,6 @@
 import type { Command } from './command.js';
 import { applyCommand } from './commands/apply.js';
+import { blockCommand, unblockCommand } from './commands/block.js';
 import { completionCommand } from './commands/completion.js';
 import { deleteCommand } from './commands/delete.js';
 import { describeCommand } from './commands/describe.js';
@@ -16,4 +17,4 @@ import { tokenCommand } from './commands/token.js';
  * The command table, in the order help lists it. A new subcommand (e.g. `rollout status`) is
  * a Command in commands/ and one entry here; help, flag checks and completion follow.
  */
-export const COMMANDS: readonly Command[] = [applyCommand, diffCommand, getCommand, describeCommand, deleteCommand, rolloutCommand, conntrackCommand, tokenCommand, nodeCommand, certCommand, resetHistoryCommand, completionCommand(() => COMMANDS)];
+export const COMMANDS: readonly Command[] = [applyCommand, diffCommand, getCommand, describeCommand, deleteCommand, rolloutCommand, blockCommand, unblockCommand, conntrackCommand, tokenCommand, nodeCommand, certCommand, resetHistoryCommand, completionCommand(() => COMMANDS)];

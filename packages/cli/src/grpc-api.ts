@@ -5,6 +5,13 @@ import * as grpc from '@grpc/grpc-js';
 import {
   FleetServiceClient,
   IntentServiceClient,
+  BlocklistServiceClient,
+  type Block,
+  type CreateBlockRequest,
+  type CreateBlockResponse,
+  type LiftBlockResponse,
+  type UpdatePrefixListRequest,
+  type UpdatePrefixListResponse,
   TrustServiceClient,
   STATUS_DETAILS_KEY,
   decodeStatusDetails,
@@ -111,7 +118,15 @@ export interface TrustApi {
   revokeCertificate(target: { serialNumber: string } | { name: string }, reason: string): Promise<RevokeCertificateResponse>;
 }
 
-export interface EdgeplaneApi extends PolicyApi, ServiceApi, FleetApi, RolloutApi, TrustApi, AdminApi {}
+/** Emergency blocks and prefix lists (BlocklistService). */
+export interface BlocklistApi {
+  createBlock(req: CreateBlockRequest): Promise<CreateBlockResponse>;
+  liftBlock(id: string): Promise<LiftBlockResponse>;
+  listBlocks(includeEnded: boolean): Promise<Block[]>;
+  updatePrefixList(req: UpdatePrefixListRequest): Promise<UpdatePrefixListResponse>;
+}
+
+export interface EdgeplaneApi extends PolicyApi, ServiceApi, FleetApi, RolloutApi, TrustApi, AdminApi, BlocklistApi {}
 
 function duration(ms: number): { seconds: bigint; nanos: number } {
   return { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
@@ -159,6 +174,7 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
   #intent: IntentServiceClient;
   #fleet: FleetServiceClient;
   #trust: TrustServiceClient;
+  #blocklist: BlocklistServiceClient;
   #timeoutMs: number;
   #closed = false;
 
@@ -175,6 +191,7 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
     // Same target and credentials: grpc-js shares one subchannel between the two clients.
     this.#fleet = new FleetServiceClient(options.server, creds);
     this.#trust = new TrustServiceClient(options.server, creds);
+    this.#blocklist = new BlocklistServiceClient(options.server, creds);
     this.#timeoutMs = options.requestTimeoutMs;
   }
 
@@ -306,6 +323,22 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
     }
   }
 
+  createBlock(req: CreateBlockRequest): Promise<CreateBlockResponse> {
+    return this.#call(`block ${req.block?.prefixes.join(',') ?? ''}`, this.#blocklist, this.#blocklist.createBlock, req);
+  }
+
+  liftBlock(id: string): Promise<LiftBlockResponse> {
+    return this.#call(`unblock ${id}`, this.#blocklist, this.#blocklist.liftBlock, { id });
+  }
+
+  async listBlocks(includeEnded: boolean): Promise<Block[]> {
+    return (await this.#call('list blocks', this.#blocklist, this.#blocklist.listBlocks, { includeEnded })).blocks;
+  }
+
+  updatePrefixList(req: UpdatePrefixListRequest): Promise<UpdatePrefixListResponse> {
+    return this.#call(`update prefix list ${req.prefixList?.metadata?.name ?? ''}`, this.#blocklist, this.#blocklist.updatePrefixList, req);
+  }
+
   createJoinToken(ttlMs: number, labels: Record<string, string>): Promise<CreateJoinTokenResponse> {
     return this.#call('create join token', this.#trust, this.#trust.createJoinToken, { ttl: duration(ttlMs), labels });
   }
@@ -339,6 +372,7 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
     this.#intent.close();
     this.#fleet.close();
     this.#trust.close();
+    this.#blocklist.close();
   }
 
   [Symbol.dispose](): void {

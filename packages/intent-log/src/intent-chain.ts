@@ -1,6 +1,11 @@
 import type { KeyObject } from 'node:crypto';
 import {
   applyPolicyPatch,
+  applyPrefixListChange,
+  blockActive,
+  MAX_ENDED_BLOCKS_KEPT,
+  type Block,
+  type PrefixList,
   GENESIS_HASH,
   policyDigest,
   logEntryHash,
@@ -64,6 +69,9 @@ export class IntentChain {
   #policies = new Map<string, Policy>();
   #rollouts = new Map<string, Rollout>();
   #services = new Map<string, Service>();
+  #prefixLists = new Map<string, PrefixList>();
+  /** By id, in creation order. */
+  #blocks = new Map<string, Block>();
 
   /**
    * @param trusted the keys whose signatures this chain accepts.
@@ -148,6 +156,16 @@ export class IntentChain {
    * Rollout records (active and finished) by {@link rolloutKey}: a policy's by its name, a
    * service's by `service/NAME`. Callers must not modify them.
    */
+  /** Prefix lists by name, whole. */
+  get prefixLists(): ReadonlyMap<string, PrefixList> {
+    return this.#prefixLists;
+  }
+
+  /** Blocks by id (active and ended), in creation order. */
+  get blocks(): ReadonlyMap<string, Block> {
+    return this.#blocks;
+  }
+
   get rollouts(): ReadonlyMap<string, Rollout> {
     return this.#rollouts;
   }
@@ -203,8 +221,9 @@ export class IntentChain {
       throw new ChainError(`append revision=${entry.revision}: previous hash does not match entry ${this.#revision} (forked or rewound log)`);
     }
     // Patches apply to the policies as held before the entry, and all of them before anything
-    // changes: one that does not apply leaves the chain as it was.
+    // changes: one that does not apply leaves the chain as it was. Prefix list changes alike.
     const patched = (entry.change?.policyPatches ?? []).map((patch) => applyPolicyPatch(this.#policies.get(patch.metadata?.name ?? ''), patch));
+    const lists = (entry.blocklistChange?.prefixLists ?? []).map((c) => (c.delete ? { name: c.metadata?.name ?? '', list: undefined } : { name: c.metadata?.name ?? '', list: applyPrefixListChange(this.#prefixLists.get(c.metadata?.name ?? ''), c) }));
     const changes: PolicyChange[] = [];
     for (const name of entry.change?.deletes ?? []) {
       const old = this.#policies.get(name);
@@ -233,6 +252,11 @@ export class IntentChain {
       this.#rollouts.delete(rolloutKey(RolloutKind.ROLLOUT_KIND_SERVICE, name));
     }
     for (const service of entry.change?.serviceUpserts ?? []) this.#services.set(service.metadata?.name ?? '', service);
+    for (const { name, list } of lists) {
+      if (list === undefined) this.#prefixLists.delete(name);
+      else this.#prefixLists.set(name, list);
+    }
+    for (const block of entry.blocklistChange?.blocks ?? []) this.#blocks.set(block.id, block);
     // Records last: a revert that deletes the resource its rollout created keeps the record.
     for (const rollout of entry.change?.rollouts ?? []) this.#rollouts.set(rolloutKeyOf(rollout), rollout);
     if (entry.keyRotation) this.#learn(opened.signed, entry, this.#trusted, this.#rotations);
@@ -283,6 +307,8 @@ export class IntentChain {
     this.#policies = new Map(snapshot.policies.map((p) => [p.metadata?.name ?? '', p]));
     this.#rollouts = new Map(snapshot.rollouts.map((r) => [rolloutKeyOf(r), r]));
     this.#services = new Map(snapshot.services.map((s) => [s.metadata?.name ?? '', s]));
+    this.#prefixLists = new Map(snapshot.prefixLists.map((l) => [l.metadata?.name ?? '', l]));
+    this.#blocks = new Map(snapshot.blocks.map((b) => [b.id, b]));
     this.#revision = snapshot.revision;
     this.#lastHash = new Uint8Array(snapshot.lastHash);
   }
@@ -292,6 +318,12 @@ export class IntentChain {
     const policies = [...this.#policies.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));
     const rollouts = [...this.#rollouts.entries()].sort(([a], [b]) => (a < b ? -1 : 1)).map(([, r]) => r);
     const services = [...this.#services.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));
-    return { revision: this.#revision, lastHash: Buffer.from(this.#lastHash), policies, createTime: now, rollouts, fleetId: this.#fleetId ?? '', keyRotations: [...this.#rotations], services };
+    const prefixLists = [...this.#prefixLists.values()].sort((a, b) => (a.metadata!.name < b.metadata!.name ? -1 : 1));
+    // Active blocks, and the newest ended ones (a bounded history for get blocks).
+    const all = [...this.#blocks.values()];
+    const ended = all.filter((b) => !blockActive(b, now.getTime()));
+    const kept = new Set(ended.slice(Math.max(0, ended.length - MAX_ENDED_BLOCKS_KEPT)));
+    const blocks = all.filter((b) => blockActive(b, now.getTime()) || kept.has(b));
+    return { revision: this.#revision, lastHash: Buffer.from(this.#lastHash), policies, createTime: now, rollouts, fleetId: this.#fleetId ?? '', keyRotations: [...this.#rotations], services, prefixLists, blocks };
   }
 }

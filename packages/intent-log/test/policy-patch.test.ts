@@ -87,7 +87,8 @@ test('log envelope - a format 2 entry verifies for this follower, never for one 
   // What an agent built before format 2 checks: the signature over the entry bytes alone.
   t.false(verify(null, signed.entry, publicKey, signed.signature));
   t.throws(() => openLogEntry({ ...signed, format: 0 }, trusted), { instanceOf: SignatureError });
-  t.throws(() => openLogEntry({ ...signed, format: 3 }, trusted), { instanceOf: SignatureError, message: /format 3 is newer/ });
+  t.throws(() => openLogEntry({ ...signed, format: 3 }, trusted), { instanceOf: SignatureError });
+  t.throws(() => openLogEntry({ ...signed, format: 4 }, trusted), { instanceOf: SignatureError, message: /format 4 is newer/ });
   // Patches under a format 1 signature (a writer bug) are refused too.
   const e = LogEntry.decode(signed.entry);
   t.throws(() => openLogEntry(signLogEntry(e, privateKey), trusted), { instanceOf: SignatureError, message: /format 0 entry carries policy patches/ });

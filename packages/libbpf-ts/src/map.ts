@@ -209,6 +209,26 @@ export class BpfMap implements ByteMap {
   }
 
   /**
+   * setBatch() for keys and values already packed back to back (keySize and valueSize bytes
+   * each), as large tables are built: one bpf_map_update_batch call for all of them, with no
+   * array per element; without batch support, one update per element, and the result says why.
+   * The buffers stay the caller's.
+   * @throws RangeError when the buffers are not whole elements of the same count; LibbpfError
+   * if an update fails.
+   */
+  setBatchPacked(keys: Uint8Array, values: Uint8Array, flags: UpdateFlag = 'any'): BatchResult {
+    this.#notPerCpu('setBatchPacked');
+    const count = keys.length / this.keySize;
+    if (!Number.isInteger(count) || values.length !== count * this.valueSize) {
+      throw new RangeError(`map ${this.name} setBatchPacked: ${keys.length} key bytes and ${values.length} value bytes are not whole elements of ${this.keySize} and ${this.valueSize} bytes`);
+    }
+    if (count === 0) return { count: 0, batched: true };
+    const key = (i: number): Uint8Array => keys.subarray(i * this.keySize, (i + 1) * this.keySize);
+    const value = (i: number): Uint8Array => values.subarray(i * this.valueSize, (i + 1) * this.valueSize);
+    return this.#updateBatch(keys, values, count, flags, (i) => this.set(key(i), value(i), flags));
+  }
+
+  /**
    * The per-CPU form of setBatch(): values[i] holds one value per possible CPU, or a single value
    * that every CPU gets, for keys[i]. One bpf_map_update_batch call (per-CPU arrays and hashes
    * support it); without batch support, one update per element, and the result says why.

@@ -4,6 +4,8 @@ import {
   HistoryReset,
   LOG_FORMAT_PATCHES,
   LOG_FORMAT_WHOLE,
+  LOG_FORMAT_BLOCKLIST,
+  type BlocklistChange,
   LogEntry,
   Policy,
   PolicyPatch,
@@ -182,8 +184,24 @@ export class IntentStore {
     return this.#serialized(build, trace, now, {});
   }
 
-  #serialized(build: (chain: IntentChain) => Change | undefined, trace: TraceContext | undefined, now: () => Date, extra: Partial<Pick<LogEntry, 'historyReset' | 'keyRotation'>>, nextKey?: KeyObject): Promise<WriteResult | undefined> {
-    const run = this.#tail.then(() => this.#write(build, trace, now, extra, nextKey));
+  /**
+   * Appends one change to prefix lists and blocks (a format 3 entry with an empty Change), built
+   * from the current state as write() does. The entry's revision becomes the resource_version of
+   * every list and block in it, and the id ("blk-" + revision) of each block without one.
+   * @returns the revision and entry, or undefined if `build` returned undefined.
+   * @throws whatever `build` throws; UnavailableError if the log cannot be written.
+   */
+  writeBlocklist(build: (chain: IntentChain) => BlocklistChange | undefined, trace?: TraceContext, now: () => Date = () => new Date()): Promise<WriteResult | undefined> {
+    let pending: BlocklistChange | undefined;
+    const change = (chain: IntentChain): Change | undefined => {
+      pending = build(chain);
+      return pending ? { upserts: [], deletes: [], rollouts: [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] } : undefined;
+    };
+    return this.#serialized(change, trace, now, {}, undefined, () => pending);
+  }
+
+  #serialized(build: (chain: IntentChain) => Change | undefined, trace: TraceContext | undefined, now: () => Date, extra: Partial<Pick<LogEntry, 'historyReset' | 'keyRotation'>>, nextKey?: KeyObject, blocklist?: () => BlocklistChange | undefined): Promise<WriteResult | undefined> {
+    const run = this.#tail.then(() => this.#write(build, trace, now, extra, nextKey, blocklist));
     this.#tail = run.catch(() => undefined);
     return run;
   }
@@ -229,7 +247,7 @@ export class IntentStore {
     return written!.revision;
   }
 
-  async #write(build: (chain: IntentChain) => Change | undefined, trace: TraceContext | undefined, now: () => Date, extra: Partial<Pick<LogEntry, 'historyReset' | 'keyRotation'>>, nextKey?: KeyObject): Promise<WriteResult | undefined> {
+  async #write(build: (chain: IntentChain) => Change | undefined, trace: TraceContext | undefined, now: () => Date, extra: Partial<Pick<LogEntry, 'historyReset' | 'keyRotation'>>, nextKey?: KeyObject, blocklist?: () => BlocklistChange | undefined): Promise<WriteResult | undefined> {
     if (this.#closed) throw new UnavailableError('the controller is shutting down');
     const retries = this.#options.maxConflictRetries ?? 20;
     for (let attempt = 0; attempt <= retries; attempt++) {
@@ -250,12 +268,21 @@ export class IntentStore {
         controllerId: this.#options.controllerId,
         fleetId: this.#options.fleetId ?? '',
         ...extra,
+        blocklistChange: blocklist?.(),
       });
+      for (const c of entry.blocklistChange?.prefixLists ?? []) {
+        c.metadata!.resourceVersion = revision;
+        if (c.baseResourceVersion === 0n) c.metadata!.createRevision = revision;
+      }
+      for (const b of entry.blocklistChange?.blocks ?? []) {
+        if (b.id === '') b.id = `blk-${revision}`;
+        b.resourceVersion = revision;
+      }
       for (const p of entry.change!.upserts) p.metadata!.resourceVersion = revision;
       for (const s of entry.change!.serviceUpserts) s.metadata!.resourceVersion = revision;
       for (const r of entry.change!.rollouts) r.resourceVersion = revision;
       const policies = [...entry.change!.upserts];
-      const format = this.#patch(entry.change!, chain);
+      const format = entry.blocklistChange ? LOG_FORMAT_BLOCKLIST : this.#patch(entry.change!, chain);
       const signed = signLogEntry(entry, this.#signingKey, format);
       try {
         const stored = await tracer.startActiveSpan('edgeplane.intent.publish', { kind: SpanKind.PRODUCER, attributes: { 'edgeplane.revision': Number(revision), 'messaging.system': 'nats' } }, async (span) => {

@@ -19,7 +19,8 @@ import { ConfigError, UnauthenticatedError, UnavailableError } from './errors.js
 import { FleetApi } from './fleet-api.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
 import { Authorizer } from './grpc/authorize.js';
-import { agentServiceHandlers, fleetServiceHandlers, intentServiceHandlers, trustServiceHandlers } from './grpc/services.js';
+import { agentServiceHandlers, blocklistServiceHandlers, fleetServiceHandlers, intentServiceHandlers, trustServiceHandlers } from './grpc/services.js';
+import { BlocklistApi } from './blocklist-api.js';
 import { IntentApi } from './intent-api.js';
 import { IntentStore } from './intent-store.js';
 import { KvNodeStore } from './kv-node-store.js';
@@ -440,6 +441,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       auth,
       log: onError,
       intent: intentServiceHandlers(intentApi, onError, auth),
+      blocklist: blocklistServiceHandlers(new BlocklistApi(store), onError, auth),
       fleet: fleetServiceHandlers(fleetApi, onError, auth),
       agent: agentServiceHandlers(sessions, onError, auth),
       trust: trustServiceHandlers(trustApi, onError, auth),

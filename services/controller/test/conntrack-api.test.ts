@@ -9,6 +9,7 @@ import {
   ConnectionState,
   FleetServiceService,
   IntentServiceService,
+  BlocklistServiceService,
   TrustServiceService,
   InterfaceRole,
   MAX_CONNECTIONS_LIMIT,
@@ -97,7 +98,7 @@ async function failure(p: Promise<unknown>): Promise<grpc.ServiceError> {
 }
 
 test('METHOD_ROLES - every RPC of every edgeplane service has a row; ListConnections is a read', (t) => {
-  for (const service of [IntentServiceService, FleetServiceService, AgentServiceService, TrustServiceService]) {
+  for (const service of [IntentServiceService, BlocklistServiceService, FleetServiceService, AgentServiceService, TrustServiceService]) {
     for (const method of Object.values(service)) t.truthy(METHOD_ROLES[method.path], `${method.path} is missing from METHOD_ROLES (it would be refused to everyone)`);
   }
   t.deepEqual(METHOD_ROLES['/edgeplane.v1.FleetService/ListConnections'], ['viewer', 'operator', 'admin']);

@@ -139,7 +139,7 @@ test.serial('replica fleet sync - a replica heard again after it fell silent: it
 });
 
 test.serial('replica fleet sync - a snapshot stored after a node changed carries its new state (an unchanged node\'s encoding is reused, a changed one\'s is not)', async (t) => {
-  const a = await replica('a6');
+  const a = await replica(t, 'a6');
   a.registry.hello(hello('edge-6'), 's1');
   a.registry.hello(hello('edge-7'), 's1');
   a.sync.changed('edge-6');
@@ -150,7 +150,7 @@ test.serial('replica fleet sync - a snapshot stored after a node changed carries
   a.sync.changed('edge-6');
   // The next snapshots are stored after the change; a replica that starts now learns both from them alone.
   await new Promise((r) => setTimeout(r, 1200));
-  const c = await replica('c6');
+  const c = await replica(t, 'c6');
   await until('edge-6 and edge-7 at c', () => c.registry.get('edge-6') !== undefined && c.registry.get('edge-7') !== undefined);
   t.is(c.registry.get('edge-6')!.status!.lastOutcomeRevision, 4n);
   t.is(c.registry.get('edge-6')!.status!.lastError, 'bad map');

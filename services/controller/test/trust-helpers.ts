@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import {
   AgentServiceClient,
+  BlocklistServiceClient,
   FleetServiceClient,
   IntentServiceClient,
   TrustServiceClient,
@@ -27,6 +28,7 @@ export interface Clients {
   fleet: FleetServiceClient;
   agent: AgentServiceClient;
   trust: TrustServiceClient;
+  blocklist: BlocklistServiceClient;
   close(): void;
 }
 
@@ -56,13 +58,15 @@ export function clientsFor(address: string, ca: string, cert?: ClientCert): Clie
   const fleet = new FleetServiceClient(address, creds, opts);
   const agent = new AgentServiceClient(address, creds, opts);
   const trust = new TrustServiceClient(address, creds, opts);
+  const blocklist = new BlocklistServiceClient(address, creds, opts);
   return {
     intent,
     fleet,
     agent,
     trust,
+    blocklist,
     close() {
-      for (const c of [intent, fleet, agent, trust]) c.close();
+      for (const c of [intent, fleet, agent, trust, blocklist]) c.close();
     },
   };
 }

@@ -194,6 +194,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       nodeName: config.nodeName,
       labels,
       datapaths,
+      ...(ebpf ? { blocklists: ebpf.uplink === ebpf.workload ? [ebpf.uplink.blocklist] : [ebpf.uplink.blocklist, ebpf.workload.blocklist] } : {}),
       stateFile: new StateFile(join(config.stateDir, 'applied.json')),
       interfaces: config.interfaces,
       ...(ebpf ? { attacher: ebpfAttacher(ebpf, config.xdpMode) } : {}),

@@ -2,6 +2,7 @@
 // interfaces, no kernel load): the programs and maps it must have, and every struct the agent
 // encodes (table-codecs.ts, compile-tables.ts sizes) against the BTF clang wrote from the C
 // headers. Needs bpftool, as the build does.
+import { BLOCKLIST_SIZES } from '../src/datapath/blocklist.js';
 import test from 'ava';
 import { loadObjectSpec } from 'libbpf-ts';
 import { sizes } from '../src/datapath/compile-tables.js';
@@ -22,6 +23,7 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
       { name: 'edge_tc', section: 'tc', type: 'sched_cls' },
       { name: 'edge_tc_egress', section: 'tc', type: 'sched_cls' },
       { name: 'ep_ct_sweep', section: 'syscall', type: 'syscall' },
+      { name: 'ep_blk_clock', section: 'syscall', type: 'syscall' },
     ],
   );
   const maps = Object.fromEntries([...spec.maps.values()].map(({ name, type, keySize, valueSize, maxEntries, flags, innerMap }) => [name, { type, keySize, valueSize, maxEntries, flags, inner: innerMap?.type }]));
@@ -55,7 +57,15 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     // and of a reverse entry being made, private to the programs (not pinned).
     ep_lb_xlat: { type: 'percpu_array', keySize: 4, valueSize: 256, maxEntries: 1, flags: 0, inner: undefined },
     ep_lb_alloc: { type: 'percpu_array', keySize: 4, valueSize: 200, maxEntries: 1, flags: 0, inner: undefined }, // key, entry and the probe loop's state
+    // The source blocklist (bpf/README.md, "The blocklist"): per-family tries in a 2-slot switch of their own.
+    ep_blk4: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 2, flags: 0, inner: 'lpm_trie' },
+    ep_blk6: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 2, flags: 0, inner: 'lpm_trie' },
+    ep_blk_active: { type: 'array', keySize: 4, valueSize: 4, maxEntries: 1, flags: 0, inner: undefined },
+    ep_blk_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: 3, flags: 0, inner: undefined },
+    ep_blk_clock_out: { type: 'array', keySize: 4, valueSize: 8, maxEntries: 1, flags: 0, inner: undefined },
   });
+  t.deepEqual(spec.maps.get('ep_blk4')?.innerMap, { type: 'lpm_trie', keySize: BLOCKLIST_SIZES.key4, valueSize: BLOCKLIST_SIZES.value, maxEntries: 1, flags: 1 });
+  t.deepEqual(spec.maps.get('ep_blk6')?.innerMap, { type: 'lpm_trie', keySize: BLOCKLIST_SIZES.key6, valueSize: BLOCKLIST_SIZES.value, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_lpm')?.innerMap, { type: 'lpm_trie', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_cwords')?.innerMap, { type: 'hash', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: 1, flags: 0 });
 });

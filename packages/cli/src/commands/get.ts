@@ -6,6 +6,7 @@ import { renderNodeTable, renderPolicyTable, renderServiceTable } from '../rende
 import { reportError } from '../report.js';
 import { listOf, nodeToManifest, policyToManifest, serviceToManifest, toJson, toYaml, type Plain } from '../resource-format.js';
 import { KIND_WORDS, parseTargets } from '../resource-kind.js';
+import { getBlocks } from './block.js';
 import { renderRolloutTable } from './rollout.js';
 
 const OUTPUTS = ['table', 'wide', 'json', 'yaml', 'name'] as const;
@@ -29,7 +30,7 @@ export const SELECTOR_OPTION = { type: 'string', short: 'l', value: 'SELECTOR', 
 export const getCommand: Command = {
   name: 'get',
   summary: 'List policies, services, nodes or rollouts',
-  usage: ['get policies|services|nodes [NAME...] [-l SELECTOR] [-o wide|json|yaml|name]', 'get rollouts [-o json|yaml]'],
+  usage: ['get policies|services|nodes [NAME...] [-l SELECTOR] [-o wide|json|yaml|name]', 'get rollouts [-o json|yaml]', 'get blocks [--active-only] [-o json]'],
   details: `Examples:
   edgeplane get policies
   edgeplane get services -o wide
@@ -37,17 +38,20 @@ export const getCommand: Command = {
   edgeplane get policy deny-telnet -o yaml
   edgeplane get service web -o json
   edgeplane get rollouts
+  edgeplane get blocks              (emergency blocks, active and ended: who, why, until when)
 
 A service's HEALTHY column counts the backends that no node fronting it finds unhealthy
 (by the nodes' own health checks): 8/10 means two backends take no new flows on some node
 (describe service says where and why); <none> means it has no health check.`,
-  arguments: [...KIND_WORDS, 'rollouts'],
+  arguments: [...KIND_WORDS, 'rollouts', 'blocks'],
   options: {
     output: { type: 'string', short: 'o', value: 'FORMAT', description: 'table (default), wide, json, yaml or name', choices: OUTPUTS.filter((o) => o !== 'table') },
     selector: SELECTOR_OPTION,
+    'active-only': { type: 'boolean', description: 'get blocks: only blocks still in force' },
   },
   async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
     if (positionals[0] === 'rollouts' || positionals[0] === 'rollout') return getRollouts(ctx, positionals.slice(1), flags);
+    if (positionals[0] === 'blocks' || positionals[0] === 'block') return getBlocks(ctx, flags);
     const { kind, names } = parseTargets(positionals);
     const output = flags.choice('output', OUTPUTS, 'table');
     const selector = selectorFlag(flags);

@@ -7,6 +7,7 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
+import { Block, BlocklistChange, PrefixList } from "./blocklist.js";
 import { Policy, PolicySpec, Rule } from "./policy.js";
 import { ObjectMeta, TraceContext } from "./resources.js";
 import { Rollout } from "./rollout.js";
@@ -48,7 +49,11 @@ export interface LogEntry {
    * Introduces a new log signing key. The entry is signed by a key already trusted; followers
    * trust the new key from the next entry on (the trusted set grows along the chain).
    */
-  keyRotation: KeyRotation | undefined;
+  keyRotation:
+    | KeyRotation
+    | undefined;
+  /** Changes to prefix lists and blocks (format 3 entries only: see SignedLogEntry.format). */
+  blocklistChange: BlocklistChange | undefined;
 }
 
 /** KeyRotation adds a log signing key. */
@@ -156,7 +161,7 @@ export interface SignedLogEntry {
    * the format with the bytes (log-envelope.ts, signedBytes), so a follower that predates a
    * format cannot verify its entries and skips them (alarmed, never misread) instead of
    * applying a change it only half understands; a follower refuses formats above its own.
-   * Format 2: Change.policy_patches.
+   * Format 2: Change.policy_patches. Format 3: LogEntry.blocklist_change.
    */
   format: number;
 }
@@ -177,6 +182,10 @@ export interface Snapshot {
    */
   keyRotations: SignedLogEntry[];
   services: Service[];
+  /** Every prefix list, whole (prefixes included). */
+  prefixLists: PrefixList[];
+  /** Every block still active, and ended ones kept for `get blocks` (MAX_ENDED_BLOCKS_KEPT). */
+  blocks: Block[];
 }
 
 /** SignedSnapshot is the envelope a snapshot is stored in. */
@@ -220,6 +229,7 @@ function createBaseLogEntry(): LogEntry {
     fleetId: "",
     historyReset: undefined,
     keyRotation: undefined,
+    blocklistChange: undefined,
   };
 }
 
@@ -254,6 +264,9 @@ export const LogEntry: MessageFns<LogEntry> = {
     }
     if (message.keyRotation !== undefined) {
       KeyRotation.encode(message.keyRotation, writer.uint32(74).fork()).join();
+    }
+    if (message.blocklistChange !== undefined) {
+      BlocklistChange.encode(message.blocklistChange, writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -343,6 +356,14 @@ export const LogEntry: MessageFns<LogEntry> = {
             message.keyRotation = KeyRotation.decode(reader, reader.uint32());
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.blocklistChange = BlocklistChange.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -394,6 +415,11 @@ export const LogEntry: MessageFns<LogEntry> = {
         : isSet(object.key_rotation)
         ? KeyRotation.fromJSON(object.key_rotation)
         : undefined,
+      blocklistChange: isSet(object.blocklistChange)
+        ? BlocklistChange.fromJSON(object.blocklistChange)
+        : isSet(object.blocklist_change)
+        ? BlocklistChange.fromJSON(object.blocklist_change)
+        : undefined,
     };
   },
 
@@ -426,6 +452,9 @@ export const LogEntry: MessageFns<LogEntry> = {
     if (message.keyRotation !== undefined) {
       obj.keyRotation = KeyRotation.toJSON(message.keyRotation);
     }
+    if (message.blocklistChange !== undefined) {
+      obj.blocklistChange = BlocklistChange.toJSON(message.blocklistChange);
+    }
     return obj;
   },
 
@@ -450,6 +479,9 @@ export const LogEntry: MessageFns<LogEntry> = {
       : undefined;
     message.keyRotation = (object.keyRotation !== undefined && object.keyRotation !== null)
       ? KeyRotation.fromPartial(object.keyRotation)
+      : undefined;
+    message.blocklistChange = (object.blocklistChange !== undefined && object.blocklistChange !== null)
+      ? BlocklistChange.fromPartial(object.blocklistChange)
       : undefined;
     return message;
   },
@@ -1288,6 +1320,8 @@ function createBaseSnapshot(): Snapshot {
     fleetId: "",
     keyRotations: [],
     services: [],
+    prefixLists: [],
+    blocks: [],
   };
 }
 
@@ -1319,6 +1353,12 @@ export const Snapshot: MessageFns<Snapshot> = {
     }
     for (const v of message.services) {
       Service.encode(v!, writer.uint32(66).fork()).join();
+    }
+    for (const v of message.prefixLists) {
+      PrefixList.encode(v!, writer.uint32(74).fork()).join();
+    }
+    for (const v of message.blocks) {
+      Block.encode(v!, writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -1400,6 +1440,22 @@ export const Snapshot: MessageFns<Snapshot> = {
             message.services.push(Service.decode(reader, reader.uint32()));
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.prefixLists.push(PrefixList.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.blocks.push(Block.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1438,6 +1494,12 @@ export const Snapshot: MessageFns<Snapshot> = {
         ? object.key_rotations.map((e: any) => SignedLogEntry.fromJSON(e))
         : [],
       services: globalThis.Array.isArray(object?.services) ? object.services.map((e: any) => Service.fromJSON(e)) : [],
+      prefixLists: globalThis.Array.isArray(object?.prefixLists)
+        ? object.prefixLists.map((e: any) => PrefixList.fromJSON(e))
+        : globalThis.Array.isArray(object?.prefix_lists)
+        ? object.prefix_lists.map((e: any) => PrefixList.fromJSON(e))
+        : [],
+      blocks: globalThis.Array.isArray(object?.blocks) ? object.blocks.map((e: any) => Block.fromJSON(e)) : [],
     };
   },
 
@@ -1467,6 +1529,12 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.services?.length) {
       obj.services = message.services.map((e) => Service.toJSON(e));
     }
+    if (message.prefixLists?.length) {
+      obj.prefixLists = message.prefixLists.map((e) => PrefixList.toJSON(e));
+    }
+    if (message.blocks?.length) {
+      obj.blocks = message.blocks.map((e) => Block.toJSON(e));
+    }
     return obj;
   },
 
@@ -1483,6 +1551,8 @@ export const Snapshot: MessageFns<Snapshot> = {
     message.fleetId = object.fleetId ?? "";
     message.keyRotations = object.keyRotations?.map((e) => SignedLogEntry.fromPartial(e)) || [];
     message.services = object.services?.map((e) => Service.fromPartial(e)) || [];
+    message.prefixLists = object.prefixLists?.map((e) => PrefixList.fromPartial(e)) || [];
+    message.blocks = object.blocks?.map((e) => Block.fromPartial(e)) || [];
     return message;
   },
 };

@@ -4,6 +4,8 @@ import { addReflection } from './reflection.js';
 import {
   AgentServiceService,
   DescriptorIndex,
+  BlocklistServiceService,
+  type BlocklistServiceServer,
   FleetServiceService,
   MAX_REQUEST_BYTES,
   TrustServiceService,
@@ -50,6 +52,8 @@ export interface GrpcServerOptions {
   /** Where unexpected errors of those authorizations are reported (toStatus). */
   log: ErrorLogger;
   intent: IntentServiceServer;
+  /** Prefix lists and emergency blocks. */
+  blocklist: BlocklistServiceServer;
   fleet: FleetServiceServer;
   agent: AgentServiceServer;
   trust: TrustServiceServer;
@@ -57,7 +61,7 @@ export interface GrpcServerOptions {
   maxRequestBytes?: number;
 }
 
-const SERVICE_NAMES = ['edgeplane.v1.IntentService', 'edgeplane.v1.FleetService', 'edgeplane.v1.AgentService', 'edgeplane.v1.TrustService'];
+const SERVICE_NAMES = ['edgeplane.v1.IntentService', 'edgeplane.v1.BlocklistService', 'edgeplane.v1.FleetService', 'edgeplane.v1.AgentService', 'edgeplane.v1.TrustService'];
 
 /** A running gRPC server. */
 export interface GrpcServer {
@@ -182,6 +186,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
     'grpc.enable_channelz': 0,
   });
   server.addService(intentServiceWithWirePrecheck(), options.intent);
+  server.addService(BlocklistServiceService, options.blocklist);
   server.addService(FleetServiceService, options.fleet);
   server.addService(AgentServiceService, options.agent);
   server.addService(TrustServiceService, options.trust);

@@ -2,6 +2,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { SpanKind, SpanStatusCode, context, trace, type Context, type Span } from '@opentelemetry/api';
 import type {
   AgentServiceServer,
+  BlocklistServiceServer,
   FieldViolation,
   ConnectRequest,
   ConnectResponse,
@@ -16,7 +17,9 @@ import type { AgentSessions } from '../agent-sessions.js';
 import { UnauthenticatedError } from '../errors.js';
 import type { TrustApi } from '../trust-api.js';
 import type { Authorizer, Caller } from './authorize.js';
+import type { BlocklistApi } from '../blocklist-api.js';
 import type { FleetApi } from '../fleet-api.js';
+import { describeIdentity } from '../pki/identity.js';
 import type { IntentApi } from '../intent-api.js';
 import { ValidationError } from '../errors.js';
 import { toStatus, type ErrorLogger } from './to-status.js';
@@ -110,12 +113,30 @@ function entryTrace(): TraceContext {
  * One write of a `kind` resource: refuses it with the violations the wire precheck found (before
  * any decoding work of its own), names the resource and the revision written on the span.
  */
-async function write<Res extends { revision: bigint }>(kind: 'policy' | 'service', name: string | undefined, span: Span, run: () => Promise<Res>, refused?: FieldViolation[]): Promise<Res> {
+async function write<Res extends { revision: bigint }>(kind: 'policy' | 'service' | 'prefix list', name: string | undefined, span: Span, run: () => Promise<Res>, refused?: FieldViolation[]): Promise<Res> {
   if (refused) throw new ValidationError(`invalid ${kind}: ${refused[0]!.field}: ${refused[0]!.description}`, refused);
-  span.setAttribute(`edgeplane.${kind}`, name ?? '');
+  span.setAttribute(`edgeplane.${kind.replace(' ', '_')}`, name ?? '');
   const res = await run();
   span.setAttribute('edgeplane.revision', Number(res.revision));
   return res;
+}
+
+/** Returns the BlocklistService handlers over the domain API (blocks record who made and lifted them). */
+export function blocklistServiceHandlers(api: BlocklistApi, log: ErrorLogger, auth: Authorizer): BlocklistServiceServer {
+  const edge: Edge = { log, auth };
+  const who = (caller: Caller): string => (caller.identity ? describeIdentity(caller.identity) : 'unknown');
+  return {
+    updatePrefixList: unary('BlocklistService', 'UpdatePrefixList', edge, (req, span) => {
+      span.setAttribute('edgeplane.prefix_list', req.prefixList?.metadata?.name ?? '');
+      return api.updatePrefixList(req, entryTrace());
+    }),
+    deletePrefixList: unary('BlocklistService', 'DeletePrefixList', edge, (req, span) => write('prefix list', req.name, span, () => api.deletePrefixList(req, entryTrace()))),
+    getPrefixList: unary('BlocklistService', 'GetPrefixList', edge, (req) => api.getPrefixList(req)),
+    listPrefixLists: unary('BlocklistService', 'ListPrefixLists', edge, () => api.listPrefixLists()),
+    createBlock: unary('BlocklistService', 'CreateBlock', edge, (req, _span, caller) => api.createBlock(req, who(caller), entryTrace())),
+    liftBlock: unary('BlocklistService', 'LiftBlock', edge, (req, _span, caller) => api.liftBlock(req, who(caller), entryTrace())),
+    listBlocks: unary('BlocklistService', 'ListBlocks', edge, (req) => api.listBlocks(req)),
+  };
 }
 
 /** Returns the IntentService handlers over the domain API. */

@@ -15,6 +15,7 @@ import {
 } from '@edgeplane/proto';
 import { ChainFollower, IntentLog, type ChainFollowerStats } from '@edgeplane/intent-log';
 import type { Datapath } from '../datapath/datapath.js';
+import { BlocklistSync, type BlocklistWriter } from './blocklist-sync.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { BackendRoutes } from './backend-routes.js';
 import { answerConnectionsQuery } from './connection-query.js';
@@ -68,6 +69,11 @@ export interface AgentRuntimeOptions {
   labels: Record<string, string>;
   /** The datapath of each role (may be one object for both). Owned by the caller. */
   datapaths: Record<InterfaceRole, Datapath>;
+  /**
+   * The source blocklists to keep equal to the intent's prefix lists and blocks (each role's
+   * EbpfDatapath.blocklist); absent or empty: not enforced (the in-memory datapath).
+   */
+  blocklists?: BlocklistWriter[];
   stateFile: StateStore;
   /** Interfaces to keep attached, checked every `interfaceCheckMs`; needs `attacher`. */
   interfaces?: { name: string; role: InterfaceRole }[];
@@ -161,6 +167,7 @@ export class AgentRuntime {
   #closed = false;
   #started = false;
   #synced: Promise<void> | undefined;
+  #blocklists: BlocklistSync[] = [];
 
   private constructor(options: AgentRuntimeOptions, agent: NodeAgent, link: ControllerLink, serviceHealth: ServiceHealth) {
     this.#o = options;
@@ -190,7 +197,9 @@ export class AgentRuntime {
     // DSR and full NAT send from the node's address towards each backend: resolved once per
     // backend between two applies.
     const routes = new BackendRoutes();
+    const blocklists = (options.blocklists ?? []).map((writer) => new BlocklistSync(writer, { onError: (err) => options.log('warn', 'dropping expired blocks failed (the datapath stopped matching them already)', { reason: (err as Error).message }) }));
     const agent = new NodeAgent({
+      ...(blocklists.length > 0 ? { blocklist: { sync: (snapshot: Snapshot, labels: Readonly<Record<string, string>>) => blocklists.map((b) => b.sync(snapshot, labels)) } } : {}),
       applied: (snapshot, labels) => {
         routes.forget();
         if (health.retarget(snapshot.services, labels, snapshot.revision)) ref.link?.backendHealthState();
@@ -222,6 +231,7 @@ export class AgentRuntime {
     } catch (err) {
       agent.close();
       health.close();
+      for (const b of blocklists) b.close();
       throw err;
     }
     const link = new ControllerLink({
@@ -265,6 +275,7 @@ export class AgentRuntime {
     });
     ref.link = link;
     const runtime = new AgentRuntime(options, agent, link, health);
+    runtime.#blocklists = blocklists;
     runtime.#checkInterfaces();
     if (options.attacher && options.interfaces?.length) runtime.#watcher = setInterval(() => runtime.#checkInterfaces(), options.interfaceCheckMs ?? 2000);
     link.start();
@@ -429,6 +440,7 @@ export class AgentRuntime {
     clearInterval(this.#watcher);
     this.agent.close();
     this.serviceHealth.close();
+    for (const b of this.#blocklists) b.close();
     clearTimeout(this.#rejectedQuiet);
     this.#follower?.close();
     this.#link.close();

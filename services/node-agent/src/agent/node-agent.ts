@@ -86,6 +86,13 @@ export interface NodeAgentOptions {
    */
   applied?: (snapshot: Snapshot, labels: Readonly<Record<string, string>>) => void;
   /**
+   * The node's source blocklist (BlocklistSync over the uplink datapath): made equal to each
+   * revision's prefix lists and blocks before its rule sets are applied, and at boot. Its error
+   * NACKs the revision with the rule sets untouched. Absent: prefix lists and blocks are not
+   * enforced (the in-memory datapath of the simulated fleet).
+   */
+  blocklist?: { sync(snapshot: Snapshot, labels: Readonly<Record<string, string>>): unknown };
+  /**
    * Backend health on this node (ServiceHealth.eligible): a backend it calls unhealthy takes no
    * new flows. Asked at every compile; tell the agent of a change with
    * {@link NodeAgent.healthChanged}. Absent: every backend is healthy.
@@ -323,6 +330,8 @@ export class NodeAgent {
     const labels = this.#labels;
     const healthSeq = this.#healthSeq;
     const compiled = this.#compile(state.snapshot, labels);
+    // Blocks that expired while the agent was down are left out (and stop matching anyway).
+    this.#o.blocklist?.sync(state.snapshot, labels);
     await this.#applyCompiled(compiled);
     this.#current = state.snapshot;
     this.#currentLabels = labels;
@@ -622,6 +631,7 @@ export class NodeAgent {
       const healthSeq = this.#healthSeq;
       const compiled = await run('edgeplane.agent.compile', () => this.#compile(snapshot, labels));
       handledRules = Math.max(handledRules, compiled.uplink.ruleSet.rules.length, compiled.workload.ruleSet.rules.length);
+      if (this.#o.blocklist) await run('edgeplane.agent.blocklist', () => this.#o.blocklist!.sync(snapshot, labels));
       await run('edgeplane.agent.apply', () => this.#applyCompiled(compiled));
       enforcedAt = process.hrtime.bigint();
       this.#applied = revision;

@@ -27,6 +27,7 @@ import {
 import { createHash } from 'node:crypto';
 import { genFlags, RULE_SLOTS, sizes, TableCompiler, TableCompilers, WILD_COUNT, type CompiledTables, type TablesDelta, type TablesSpec } from './compile-tables.js';
 import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type ConnectionFilter, type ConntrackConfig, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
+import { BlocklistTables } from './blocklist-tables.js';
 import { ConntrackTables } from './conntrack-tables.js';
 import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement, relayoutLbBackend } from './conntrack-upgrade.js';
 import { CounterTables, sumPerCpu, type CounterTotals } from './counters.js';
@@ -44,7 +45,7 @@ import { epLbCfg, epMeta, epRule } from './table-codecs.js';
 export const DEFAULT_OBJECT_PATH = fileURLToPath(new URL('../../../../bpf/build/edgeplane.bpf.o', import.meta.url));
 
 /** The programs and the maps the agent pins and re-adopts (ep_scratch stays private to the programs). */
-const programNames = ['edge_xdp', 'edge_tc', 'edge_tc_egress', 'ep_ct_sweep'] as const;
+const programNames = ['edge_xdp', 'edge_tc', 'edge_tc_egress', 'ep_ct_sweep', 'ep_blk_clock'] as const;
 const mapNames = [
   'ep_lpm',
   'ep_cwords',
@@ -69,6 +70,11 @@ const mapNames = [
   'ep_lb_backends',
   'ep_lb_cfg',
   'ep_lb_stats',
+  'ep_blk4',
+  'ep_blk6',
+  'ep_blk_active',
+  'ep_blk_stats',
+  'ep_blk_clock_out',
 ] as const;
 type MapName = (typeof mapNames)[number];
 type ProgramName = (typeof programNames)[number];
@@ -175,6 +181,7 @@ export class EbpfDatapath implements Datapath {
   readonly #meta: TypedMap<number, CodecValue<typeof epMeta>>;
   readonly #counters: CounterTables;
   readonly #conntrack: ConntrackTables;
+  readonly #blocklist: BlocklistTables;
   /** The epoch of the latest apply (ep_gen_cfg), never 0 once applied. */
   #epoch: number;
   readonly #ruleIds: [number[] | undefined, number[] | undefined] = [undefined, undefined];
@@ -201,6 +208,7 @@ export class EbpfDatapath implements Datapath {
     this.#meta = new TypedMap(maps.ep_meta, u32Codec, epMeta);
     this.#counters = new CounterTables(maps.ep_counters, maps.ep_stats, maps.ep_carry);
     this.#conntrack = new ConntrackTables(maps, programs.ep_ct_sweep);
+    this.#blocklist = new BlocklistTables(maps, programs.ep_blk_clock);
     // The epoch survives restarts: it is the larger of the two pinned generations' epochs.
     this.#epoch = Math.max(this.#conntrack.readGeneration(0).epoch, this.#conntrack.readGeneration(1).epoch);
     this.#barrierInner = BpfMap.create({ type: 'array', name: 'ep_barrier_in', keySize: 4, valueSize: 4, maxEntries: 1 });
@@ -355,6 +363,11 @@ export class EbpfDatapath implements Datapath {
   /** What open() loaded, if it loaded the object (a first load or an upgrade); undefined if it adopted. */
   get install(): DatapathInstall | undefined {
     return this.#installed;
+  }
+
+  /** The source blocklist's tries (bpf/README.md, "The blocklist"); owned by this datapath. */
+  get blocklist(): BlocklistTables {
+    return this.#blocklist;
   }
 
   /** The XDP program (uplinks). Owned by this datapath; valid until close(). */
@@ -718,6 +731,7 @@ export class EbpfDatapath implements Datapath {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#blocklist.close();
     for (const program of Object.values(this.#programs)) program.close();
     for (const map of Object.values(this.#maps)) map.close();
     this.#barrierInner.close();

@@ -1,0 +1,148 @@
+// Prefix lists and emergency blocks: validation of what the API takes and of what a log entry
+// carries, and the one function that applies a PrefixListChange to the list it is based on.
+// Controller and agents run the same code (the agent again before it touches its datapath).
+// Linear in the number of prefixes; bounds in limits.ts.
+import type { Block, PrefixList, PrefixListChange, PrefixListSpec } from '../gen/edgeplane/v1/blocklist.js';
+import { PrefixListUse } from '../gen/edgeplane/v1/blocklist.js';
+import { isCidrProblem, parseCanonicalCidr } from './cidr.js';
+import { PatchError } from './errors.js';
+import { validateLabelSelector } from './label-selector.js';
+import {
+  MAX_BLOCK_DURATION_MS,
+  MAX_BLOCK_PREFIXES,
+  MAX_BLOCK_REASON_LENGTH,
+  MAX_PREFIX_LIST_CHANGE,
+  MAX_PREFIX_LIST_ENTRIES,
+  MIN_BLOCK_DURATION_MS,
+  quote,
+} from './limits.js';
+import { collectViolations, validateObjectMeta, type AddViolation } from './policy-validation.js';
+import type { FieldViolation } from './status-details.js';
+
+/** Annotation bytes of a prefix list or block (as a policy's default). */
+const MAX_ANNOTATION_BYTES = 256 * 1024;
+/** Characters of a prefix list's description. */
+const MAX_DESCRIPTION = 1024;
+
+/**
+ * Checks canonical CIDRs at `path`: each parses (parseCanonicalCidr: host bits zero, one spelling),
+ * each appears once. Stops checking one by one after `max` (a count violation instead).
+ * @returns the number of prefixes (valid or not).
+ */
+function checkPrefixes(prefixes: readonly string[], path: string, max: number, add: AddViolation, seen = new Set<string>()): void {
+  if (prefixes.length > max) {
+    add(path, `${prefixes.length} prefixes; at most ${max}`, 'TOO_MANY_PREFIXES');
+    return;
+  }
+  for (let i = 0; i < prefixes.length; i++) {
+    const text = prefixes[i]!;
+    const parsed = parseCanonicalCidr(text);
+    if (isCidrProblem(parsed)) add(`${path}[${i}]`, parsed.description, parsed.reason);
+    else if (seen.has(text)) add(`${path}[${i}]`, `${quote(text)} appears twice`, 'DUPLICATE_PREFIX');
+    else seen.add(text);
+  }
+}
+
+function checkSpec(spec: PrefixListSpec | undefined, path: string, add: AddViolation): void {
+  if (!spec) return;
+  for (const v of validateLabelSelector(spec.nodeSelector, `${path}.node_selector`)) add(v.field, v.description, v.reason ?? 'INVALID');
+  if (spec.use !== PrefixListUse.PREFIX_LIST_USE_UNSPECIFIED && spec.use !== PrefixListUse.PREFIX_LIST_USE_DENY_SOURCE) add(`${path}.use`, `unknown use ${spec.use}`, 'INVALID_ENUM');
+  if (spec.description.length > MAX_DESCRIPTION) add(`${path}.description`, `at most ${MAX_DESCRIPTION} characters`, 'TOO_LONG');
+}
+
+/**
+ * Checks an UpdatePrefixList request's list and changes at `path`: metadata as every resource,
+ * spec (selector, use, description; spec.prefixes empty: changes go in add and remove), add and
+ * remove canonical, each prefix once across both, at most MAX_PREFIX_LIST_CHANGE together.
+ * @returns the violations (bounded), empty when valid. Linear in the request.
+ */
+export function validatePrefixListUpdate(list: PrefixList | undefined, addPrefixes: readonly string[], removePrefixes: readonly string[], path = 'prefix_list'): FieldViolation[] {
+  const { out, add, result } = collectViolations(path);
+  if (!list) {
+    add(path, 'required', 'REQUIRED');
+    return out;
+  }
+  validateObjectMeta(list.metadata, `${path}.metadata`, MAX_ANNOTATION_BYTES, add);
+  checkSpec(list.spec, `${path}.spec`, add);
+  if ((list.spec?.prefixes.length ?? 0) > 0) add(`${path}.spec.prefixes`, 'must be empty: send prefixes in add (and remove), at most ' + MAX_PREFIX_LIST_CHANGE + ' a request', 'USE_ADD');
+  if (addPrefixes.length + removePrefixes.length > MAX_PREFIX_LIST_CHANGE) {
+    add('add', `${addPrefixes.length} added and ${removePrefixes.length} removed; at most ${MAX_PREFIX_LIST_CHANGE} together in one update (send the rest in further updates)`, 'TOO_MANY_PREFIXES');
+    return result();
+  }
+  const seen = new Set<string>();
+  checkPrefixes(addPrefixes, 'add', MAX_PREFIX_LIST_CHANGE, add, seen);
+  checkPrefixes(removePrefixes, 'remove', MAX_PREFIX_LIST_CHANGE, add, seen);
+  return result();
+}
+
+/**
+ * Checks a whole prefix list (from a snapshot, or a manifest) at `path`: metadata, spec, at most
+ * MAX_PREFIX_LIST_ENTRIES canonical prefixes, each once. Linear.
+ */
+export function validatePrefixList(list: PrefixList | undefined, path = 'prefix_list'): FieldViolation[] {
+  const { out, add, result } = collectViolations(path);
+  if (!list) {
+    add(path, 'required', 'REQUIRED');
+    return out;
+  }
+  validateObjectMeta(list.metadata, `${path}.metadata`, MAX_ANNOTATION_BYTES, add);
+  checkSpec(list.spec, `${path}.spec`, add);
+  checkPrefixes(list.spec?.prefixes ?? [], `${path}.spec.prefixes`, MAX_PREFIX_LIST_ENTRIES, add);
+  return result();
+}
+
+/**
+ * Checks a CreateBlock request at `path`: 1..MAX_BLOCK_PREFIXES canonical prefixes, each once, a
+ * valid selector, a reason (required: `get blocks` says why) of at most MAX_BLOCK_REASON_LENGTH,
+ * a duration of MIN_BLOCK_DURATION_MS..MAX_BLOCK_DURATION_MS.
+ */
+export function validateBlock(block: Block | undefined, durationMs: number | undefined, path = 'block'): FieldViolation[] {
+  const { out, add, result } = collectViolations(path);
+  if (!block) {
+    add(path, 'required', 'REQUIRED');
+    return out;
+  }
+  if (block.prefixes.length === 0) add(`${path}.prefixes`, 'at least one prefix', 'REQUIRED');
+  checkPrefixes(block.prefixes, `${path}.prefixes`, MAX_BLOCK_PREFIXES, add);
+  for (const v of validateLabelSelector(block.nodeSelector, `${path}.node_selector`)) add(v.field, v.description, v.reason ?? 'INVALID');
+  if (block.reason.trim() === '') add(`${path}.reason`, 'required: say why (shown by get blocks)', 'REQUIRED');
+  if (block.reason.length > MAX_BLOCK_REASON_LENGTH) add(`${path}.reason`, `at most ${MAX_BLOCK_REASON_LENGTH} characters`, 'TOO_LONG');
+  if (durationMs === undefined) add('duration', 'required', 'REQUIRED');
+  else if (!(durationMs >= MIN_BLOCK_DURATION_MS && durationMs <= MAX_BLOCK_DURATION_MS)) {
+    add('duration', `${durationMs} ms; from ${MIN_BLOCK_DURATION_MS} ms to ${MAX_BLOCK_DURATION_MS / 86_400_000} days`, 'OUT_OF_RANGE');
+  }
+  return result();
+}
+
+/**
+ * Applies `change` to `base` (the list the log holds at change.baseResourceVersion; undefined when
+ * the change creates the list): the base's prefixes in their order less the removed ones, then
+ * the added ones. Pure and linear; `base` is not modified.
+ * @returns the resulting list, whole.
+ * @throws PatchError when the change does not fit the base: another base version, a removed
+ * prefix not in it, an added prefix already in it, or the result over MAX_PREFIX_LIST_ENTRIES.
+ */
+export function applyPrefixListChange(base: PrefixList | undefined, change: PrefixListChange): PrefixList {
+  const name = change.metadata?.name ?? '';
+  const baseVersion = base?.metadata?.resourceVersion ?? 0n;
+  if (baseVersion !== change.baseResourceVersion) throw new PatchError(`apply prefix list change name=${name}: based on version ${change.baseResourceVersion}, the list is at ${baseVersion}`);
+  const held = base?.spec?.prefixes ?? [];
+  // Sets of the change only (small), never of the list: one pass over the list.
+  const removed = new Set(change.remove);
+  const added = new Set(change.add);
+  const prefixes: string[] = [];
+  for (const p of held) {
+    if (added.has(p)) throw new PatchError(`apply prefix list change name=${name}: adds ${quote(p)}, which the list holds`);
+    if (removed.has(p)) removed.delete(p);
+    else prefixes.push(p);
+  }
+  if (removed.size > 0) throw new PatchError(`apply prefix list change name=${name}: removes ${quote([...removed][0]!)}, which the list does not hold`);
+  for (const p of change.add) prefixes.push(p);
+  if (prefixes.length > MAX_PREFIX_LIST_ENTRIES) throw new PatchError(`apply prefix list change name=${name}: ${prefixes.length} prefixes; at most ${MAX_PREFIX_LIST_ENTRIES}`);
+  return { metadata: change.metadata, spec: { ...(change.spec ?? { nodeSelector: undefined, use: PrefixListUse.PREFIX_LIST_USE_UNSPECIFIED, description: '' }), prefixes } };
+}
+
+/** @returns whether `block` matches at `nowMs` (ms since the epoch, UTC): not lifted and not expired. */
+export function blockActive(block: Block, nowMs: number): boolean {
+  return block.liftTime === undefined && block.expireTime !== undefined && block.expireTime.getTime() > nowMs;
+}

@@ -1,0 +1,243 @@
+// The blocklist maps of one datapath, seen from the agent (bpf/include/ep_blocklist.h; bpf/README.md,
+// "The blocklist"): a whole list is written into fresh tries in the idle blocklist generation and
+// switched in by one write of ep_blk_active[0]; single entries are added to and removed from the
+// live tries in place. The clock the programs compare expiries with is CLOCK_TAI, read through the
+// ep_blk_clock program.
+import { BpfMap, type Program } from 'libbpf-ts';
+import { BLOCKLIST_SIZES, encodeBlocklistKey, encodeBlocklistValue, type BlocklistEntry, type BlocklistSpec } from './blocklist.js';
+import { sumPerCpu } from './counters.js';
+import type { Counter } from './datapath.js';
+import { DatapathError } from './errors.js';
+import type { Cidr } from '@edgeplane/proto';
+
+/** The maps BlocklistTables borrows, by their names in the object. */
+export interface BlocklistMaps {
+  readonly ep_blk4: BpfMap;
+  readonly ep_blk6: BpfMap;
+  readonly ep_blk_active: BpfMap;
+  readonly ep_blk_stats: BpfMap;
+  readonly ep_blk_clock_out: BpfMap;
+}
+
+/** What the blocklist counted (enum ep_blk_stat), summed over CPUs. */
+export interface BlocklistCounters {
+  readonly dropped4: Counter;
+  readonly dropped6: Counter;
+  /** Lookups that met an expired entry (events, in `packets`). */
+  readonly expiredSeen: Counter;
+}
+
+/** How a whole load took effect. */
+export interface BlocklistLoad {
+  /** The blocklist generation (0 or 1) now live. */
+  readonly generation: number;
+  readonly v4: number;
+  readonly v6: number;
+  /** Whether the entries went in with one bpf_map_update_batch per family. */
+  readonly batched: boolean;
+}
+
+/** The room a trie has beyond the entries it was built with, for adds in place. */
+function withRoom(count: number): number {
+  return count + Math.max(1024, Math.ceil(count / 8));
+}
+
+const u32Bytes = (n: number): Uint8Array => new Uint8Array(new Uint32Array([n]).buffer);
+
+interface LiveTrie {
+  map: BpfMap;
+  count: number;
+  capacity: number;
+}
+
+/**
+ * The blocklist tries. Owns the inner maps it opened; close() releases them (the outer maps keep
+ * the tries alive and enforcing: closing never detaches or empties anything).
+ */
+export class BlocklistTables {
+  readonly #maps: BlocklistMaps;
+  readonly #clock: Program;
+  #live: { v4: LiveTrie; v6: LiveTrie } | undefined;
+  #closed = false;
+
+  /**
+   * @param maps borrowed from the datapath's object (or pinned); the caller keeps them open.
+   * @param clock the ep_blk_clock program.
+   */
+  constructor(maps: BlocklistMaps, clock: Program) {
+    this.#maps = maps;
+    this.#clock = clock;
+  }
+
+  /** The live blocklist generation (0 or 1). */
+  get generation(): number {
+    const bytes = this.#maps.ep_blk_active.get(u32Bytes(0));
+    return bytes === undefined ? 0 : new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true) & 1;
+  }
+
+  /**
+   * The kernel's CLOCK_TAI and the wall clock (UTC) read around it: TAI - UTC is the offset an
+   * expiry in UTC (as the log carries it) is moved by before it goes into a trie. Their
+   * difference is the kernel's TAI offset (37 s with a time daemon that sets it, 0 without),
+   * give or take the time between the two reads (well under a millisecond).
+   * @throws DatapathError if the program cannot run.
+   */
+  readClock(): { taiNs: bigint; utcNs: bigint } {
+    try {
+      const before = wallNs();
+      this.#clock.testRun({ data: new Uint8Array(0), dataSizeOut: 0, repeat: 0, ctxIn: new Uint8Array(8) });
+      const after = wallNs();
+      const bytes = this.#maps.ep_blk_clock_out.get(u32Bytes(0));
+      if (bytes === undefined) throw new Error('ep_blk_clock_out[0] is missing');
+      const taiNs = new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true);
+      return { taiNs, utcNs: (before + after) / 2n };
+    } catch (cause) {
+      throw new DatapathError('read blocklist clock', { cause });
+    }
+  }
+
+  /** @returns `utcMs` (milliseconds since the epoch, UTC) on CLOCK_TAI in ns; 0 stays 0 (never). */
+  taiFromUtcMs(utcMs: number): bigint {
+    if (utcMs === 0) return 0n;
+    const { taiNs, utcNs } = this.readClock();
+    return BigInt(utcMs) * 1_000_000n + (taiNs - utcNs);
+  }
+
+  /**
+   * Writes `spec` whole into fresh tries in the idle generation and switches to it with one
+   * write: a packet meets the old list or the new one, never part of either. The previous
+   * tries stay in the idle slot until the next load replaces them.
+   * @throws DatapathError (the live list stays in force).
+   */
+  load(spec: BlocklistSpec): BlocklistLoad {
+    this.#open();
+    const idle = 1 - this.generation;
+    const made: LiveTrie[] = [];
+    try {
+      let batched = true;
+      for (const [family, packed] of [[4, spec.v4], [6, spec.v6]] as const) {
+        const capacity = withRoom(packed.count);
+        const map = BpfMap.create({ type: 'lpm_trie', name: `ep_blk${family}_in`, keySize: family === 4 ? BLOCKLIST_SIZES.key4 : BLOCKLIST_SIZES.key6, valueSize: BLOCKLIST_SIZES.value, maxEntries: capacity, flags: 1 /* BPF_F_NO_PREALLOC */ });
+        made.push({ map, count: packed.count, capacity });
+        batched = map.setBatchPacked(packed.keys, packed.values).batched && batched;
+      }
+      const [v4, v6] = made as [LiveTrie, LiveTrie];
+      // Installing an inner map returns after synchronize_rcu() (maybe_wait_bpf_programs in
+      // kernel/bpf/syscall.c), so no packet still reads the idle slot's previous tries once the
+      // switch below names it live again.
+      this.#maps.ep_blk4.setInnerMap(u32Bytes(idle), v4.map);
+      this.#maps.ep_blk6.setInnerMap(u32Bytes(idle), v6.map);
+      this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(idle));
+      this.#closeLive();
+      this.#live = { v4, v6 };
+      return { generation: idle, v4: spec.v4.count, v6: spec.v6.count, batched };
+    } catch (cause) {
+      for (const trie of made) if (this.#live?.v4 !== trie && this.#live?.v6 !== trie) trie.map.close();
+      throw new DatapathError(`load blocklist v4=${spec.v4.count} v6=${spec.v6.count}`, { cause });
+    }
+  }
+
+  /**
+   * Adds or replaces entries in the live tries, in place (each LPM update is atomic for a
+   * concurrent lookup).
+   * @returns false (nothing written) when the live tries lack room or there are none yet: load
+   * the whole list instead.
+   * @throws DatapathError if the kernel refuses an update.
+   */
+  add(entries: readonly BlocklistEntry[]): boolean {
+    const live = this.#liveTries();
+    if (live === undefined) return false;
+    const need4 = entries.filter((e) => e.cidr.family === 4).length;
+    if (live.v4.count + need4 > live.v4.capacity || live.v6.count + entries.length - need4 > live.v6.capacity) return false;
+    try {
+      for (const entry of entries) {
+        const trie = entry.cidr.family === 4 ? live.v4 : live.v6;
+        const key = encodeBlocklistKey(entry.cidr);
+        const isNew = trie.map.get(key) === undefined;
+        trie.map.set(key, encodeBlocklistValue(entry));
+        if (isNew) trie.count++;
+      }
+    } catch (cause) {
+      throw new DatapathError(`add blocklist entries count=${entries.length}`, { cause });
+    }
+    return true;
+  }
+
+  /**
+   * Deletes prefixes from the live tries in place.
+   * @returns how many were there.
+   * @throws DatapathError if the kernel refuses a delete.
+   */
+  remove(prefixes: readonly Cidr[]): number {
+    const live = this.#liveTries();
+    if (live === undefined) return 0;
+    let removed = 0;
+    try {
+      for (const cidr of prefixes) {
+        const trie = cidr.family === 4 ? live.v4 : live.v6;
+        if (trie.map.delete(encodeBlocklistKey(cidr))) {
+          trie.count--;
+          removed++;
+        }
+      }
+    } catch (cause) {
+      throw new DatapathError(`remove blocklist entries count=${prefixes.length}`, { cause });
+    }
+    return removed;
+  }
+
+  /** @returns the live tries' entry counts (as this process wrote them, or their capacity after an adoption). */
+  get size(): { v4: number; v6: number } {
+    const live = this.#liveTries();
+    return { v4: live?.v4.count ?? 0, v6: live?.v6.count ?? 0 };
+  }
+
+  /** @throws DatapathError if the kernel refuses the read. */
+  readCounters(): BlocklistCounters {
+    try {
+      const read = (i: number): Counter => sumPerCpu(this.#maps.ep_blk_stats.getPerCpu(u32Bytes(i)) ?? []);
+      return { dropped4: read(0), dropped6: read(1), expiredSeen: read(2) };
+    } catch (cause) {
+      throw new DatapathError('read blocklist counters', { cause });
+    }
+  }
+
+  /** Releases the inner maps this object opened; idempotent. The tries keep enforcing. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#closeLive();
+  }
+
+  #open(): void {
+    if (this.#closed) throw new DatapathError('blocklist tables: closed');
+  }
+
+  #closeLive(): void {
+    this.#live?.v4.map.close();
+    this.#live?.v6.map.close();
+    this.#live = undefined;
+  }
+
+  // The live tries: those this process loaded, or those the outer maps hold (a restarted agent
+  // adopting a pinned datapath), whose count is unknown and so taken as full: an add after an
+  // adoption loads the whole list once.
+  #liveTries(): { v4: LiveTrie; v6: LiveTrie } | undefined {
+    this.#open();
+    if (this.#live !== undefined) return this.#live;
+    const slot = u32Bytes(this.generation);
+    const ids = [this.#maps.ep_blk4.get(slot), this.#maps.ep_blk6.get(slot)];
+    if (ids[0] === undefined || ids[1] === undefined) return undefined;
+    const adopt = (id: Uint8Array): LiveTrie => {
+      const map = BpfMap.fromId(new DataView(id.buffer, id.byteOffset).getUint32(0, true));
+      return { map, count: map.maxEntries, capacity: map.maxEntries };
+    };
+    this.#live = { v4: adopt(ids[0]), v6: adopt(ids[1]) };
+    return this.#live;
+  }
+}
+
+/** The wall clock (UTC) in ns, to the microsecond. */
+function wallNs(): bigint {
+  return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1000)) * 1000n;
+}

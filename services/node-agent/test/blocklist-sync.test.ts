@@ -1,0 +1,122 @@
+// BlocklistSync over the real eBPF datapath (BPF_PROG_TEST_RUN probes): a 5 s block stops
+// matching at its expiry by the kernel's clock, an agent restarted on the pinned datapath keeps
+// unexpired blocks and drops expired ones, a small change is written in place, and a node only
+// enforces what selects it. Serial: opening a datapath holds the event loop, which would stretch
+// the probes' timing.
+import { mkdirSync } from 'node:fs';
+import test from 'ava';
+import { PrefixListUse, Snapshot, type Block, type PrefixList } from '@edgeplane/proto';
+import { BlocklistSync } from '../src/agent/blocklist-sync.js';
+import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
+import { buildFrame } from '../src/datapath/packet.js';
+import type { RuleSetSpec } from '../src/datapath/rule-set.js';
+import { mountBpffs, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
+
+const bpffs = mountBpffs();
+test.after.always(() => bpffs.unmount());
+let next = 0;
+const freshRoot = (): string => {
+  const dir = `${bpffs.path}/sync${next++}`;
+  mkdirSync(dir);
+  return dir;
+};
+const allowAll: RuleSetSpec = { rules: [], defaultAction: 'allow' };
+const ams1 = { site: 'ams1' };
+
+const xdp = (dp: EbpfDatapath, src: string): number => dp.xdpProgram.testRun({ data: buildFrame({ src, dst: '192.0.2.1', protocol: 'udp', dstPort: 53 }) }).retval;
+
+function block(id: string, prefixes: string[], expireMs: number, site = 'ams1'): Block {
+  return { id, prefixes, nodeSelector: { matchLabels: { site }, matchExpressions: [] }, reason: 'test', createdBy: 'operator/ci', createTime: new Date(expireMs - 3_600_000), expireTime: new Date(expireMs), liftTime: undefined, liftedBy: '', resourceVersion: 1n };
+}
+function list(name: string, prefixes: string[], use = PrefixListUse.PREFIX_LIST_USE_DENY_SOURCE): PrefixList {
+  return { metadata: { name, labels: {}, annotations: {}, resourceVersion: 1n, createRevision: 1n, createTime: undefined, updateTime: undefined }, spec: { nodeSelector: undefined, use, prefixes, description: '' } };
+}
+const snapshot = (prefixLists: PrefixList[], blocks: Block[]): Snapshot => Snapshot.fromPartial({ revision: 5n, prefixLists, blocks });
+
+test.serial('blocklist sync - a 5 s block stops matching at 5 s +- 1 s by the kernel clock, with no further write', async (t) => {
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
+  t.teardown(() => datapath.close());
+  await datapath.apply(allowAll);
+  const sync = new BlocklistSync(datapath.blocklist);
+  t.teardown(() => sync.close());
+  const expireMs = Date.now() + 5000;
+  sync.sync(snapshot([], [block('blk-1', ['203.0.113.0/24'], expireMs)]), ams1);
+  t.is(xdp(datapath, '203.0.113.7'), XDP_DROP);
+  // Probe every 50 ms until the block stops matching (or 8 s have passed).
+  let stoppedAt: number | undefined;
+  const deadline = Date.now() + 8000;
+  while (Date.now() < deadline) {
+    if (xdp(datapath, '203.0.113.7') === XDP_PASS) {
+      stoppedAt = Date.now();
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  t.not(stoppedAt, undefined, 'the block stopped matching');
+  const offByMs = stoppedAt! - expireMs;
+  t.log(`stopped ${offByMs} ms from its expiry`);
+  t.true(Math.abs(offByMs) <= 1000, `stopped ${offByMs} ms from its expiry`);
+  t.true(datapath.blocklist.readCounters().expiredSeen.packets >= 1);
+});
+
+test.serial('blocklist sync - an agent restarted on the pinned datapath keeps unexpired blocks and lists and drops expired blocks', async (t) => {
+  const root = freshRoot();
+  const first = await EbpfDatapath.open({ pinRoot: root });
+  await first.apply(allowAll);
+  const now = Date.now();
+  const intent = snapshot([list('feed', ['198.51.100.0/24'])], [block('blk-1', ['203.0.113.0/24'], now + 3_600_000), block('blk-2', ['192.0.2.0/24'], now + 1500)]);
+  const before = new BlocklistSync(first.blocklist);
+  t.is(before.sync(intent, ams1).entries, 3);
+  t.is(xdp(first, '192.0.2.1'), XDP_DROP);
+  before.close();
+  first.close();
+  // The agent is down while blk-2 expires; the pinned tries stop matching it by themselves.
+  await new Promise((r) => setTimeout(r, 2000));
+  const second = await EbpfDatapath.open({ pinRoot: root });
+  t.teardown(() => second.close());
+  t.true(second.adopted);
+  t.is(xdp(second, '192.0.2.1'), XDP_PASS, 'expired while the agent was down');
+  t.is(xdp(second, '203.0.113.1'), XDP_DROP);
+  const after = new BlocklistSync(second.blocklist);
+  t.teardown(() => after.close());
+  const result = after.sync(intent, ams1);
+  t.is(result.mode, 'loaded', 'what the tries hold is unknown to a new process: loaded whole');
+  t.is(result.entries, 2, 'the expired block is dropped');
+  t.is(second.blocklist.size.v4, 2);
+  t.is(xdp(second, '203.0.113.1'), XDP_DROP);
+  t.is(xdp(second, '198.51.100.9'), XDP_DROP);
+  t.is(xdp(second, '192.0.2.1'), XDP_PASS);
+});
+
+test.serial('blocklist sync - a small change is written in place; selection by labels and use; a lifted block stops at once', async (t) => {
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
+  t.teardown(() => datapath.close());
+  await datapath.apply(allowAll);
+  const sync = new BlocklistSync(datapath.blocklist);
+  t.teardown(() => sync.close());
+  const later = Date.now() + 3_600_000;
+  const feed = list('feed', Array.from({ length: 5000 }, (_, i) => `10.${i >> 8}.${i & 255}.0/24`));
+  const held = list('reference-only', ['100.64.0.0/10'], PrefixListUse.PREFIX_LIST_USE_UNSPECIFIED);
+  const other = block('blk-9', ['192.0.2.0/24'], later, 'fra1');
+  t.is(sync.sync(snapshot([feed, held], [other]), ams1).mode, 'loaded');
+  const generation = datapath.blocklist.generation;
+  t.is(xdp(datapath, '10.3.7.1'), XDP_DROP);
+  t.is(xdp(datapath, '100.64.1.1'), XDP_PASS, 'a list without use deny-source drops nothing');
+  t.is(xdp(datapath, '192.0.2.1'), XDP_PASS, 'a block for another site');
+  const changed = list('feed', [...feed.spec!.prefixes.filter((p) => p !== '10.3.7.0/24'), '203.0.113.0/24']);
+  const blk = block('blk-10', ['198.51.100.0/24'], later);
+  const result = sync.sync(snapshot([changed, held], [other, blk]), ams1);
+  t.deepEqual([result.mode, result.added, result.removed], ['updated', 2, 1]);
+  t.is(datapath.blocklist.generation, generation, 'no switch');
+  t.is(xdp(datapath, '10.3.7.1'), XDP_PASS);
+  t.is(xdp(datapath, '203.0.113.1'), XDP_DROP);
+  t.is(xdp(datapath, '198.51.100.1'), XDP_DROP);
+  t.is(sync.sync(snapshot([changed, held], [other, blk]), ams1).mode, 'unchanged');
+  // Lifted: a new record of the block with its lift time.
+  t.is(sync.sync(snapshot([changed, held], [other, { ...blk, liftTime: new Date() }]), ams1).removed, 1);
+  t.is(xdp(datapath, '198.51.100.1'), XDP_PASS);
+  // The same prefix in the list and in a block: lifting the block keeps the list's entry.
+  sync.sync(snapshot([changed], [block('blk-11', ['203.0.113.0/24'], later)]), ams1);
+  sync.sync(snapshot([changed], []), ams1);
+  t.is(xdp(datapath, '203.0.113.1'), XDP_DROP);
+});

@@ -1,0 +1,157 @@
+// The source blocklist on the real kernel (BPF_PROG_TEST_RUN, no interfaces): a 1,000,000-prefix
+// list loaded by one generation switch and enforced at its first, a middle and its last prefix at
+// XDP and TC, entries added and removed in place, expiry by the kernel's CLOCK_TAI, nesting of an
+// expired block inside a live prefix, and the tries kept by a restarted agent.
+import { mkdirSync } from 'node:fs';
+import test from 'ava';
+import { parseCidr, type Cidr } from '@edgeplane/proto';
+import { BLOCKLIST_F_BLOCK, BlocklistPacker, type BlocklistEntry } from '../src/datapath/blocklist.js';
+import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
+import { buildFrame } from '../src/datapath/packet.js';
+import type { RuleSetSpec } from '../src/datapath/rule-set.js';
+import { mountBpffs, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
+
+const bpffs = mountBpffs();
+test.after.always(() => bpffs.unmount());
+let next = 0;
+const freshRoot = (): string => {
+  const dir = `${bpffs.path}/blk${next++}`;
+  mkdirSync(dir);
+  return dir;
+};
+
+const cidr = (text: string): Cidr => parseCidr(text) as Cidr;
+const entry = (text: string, expiresTaiNs = 0n, flags = 0): BlocklistEntry => ({ cidr: cidr(text), expiresTaiNs, flags });
+const allowAll: RuleSetSpec = { rules: [], defaultAction: 'allow' };
+
+/** The i-th prefix of the big list: 1,000,000 distinct /32s and /24s spread over 16.0.0.0/4 .. */
+function bigListPrefix(i: number): string {
+  // Every 4th a /24 (its own /24 of 100.64.0.0/10 and up), the rest /32s in 16.0.0.0 + i.
+  if (i % 4 === 3) {
+    const n = (100 << 16) + i; // 100.x.y.0/24
+    return `${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}.0/24`;
+  }
+  const a = (16 << 24) + i;
+  return `${(a >>> 24) & 255}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}/32`;
+}
+/** An address inside bigListPrefix(i). */
+function inside(i: number): string {
+  const p = bigListPrefix(i);
+  return p.endsWith('/24') ? p.replace('.0/24', '.77') : p.replace('/32', '');
+}
+
+const xdp = (dp: EbpfDatapath, src: string): number => dp.xdpProgram.testRun({ data: buildFrame(src.includes(':') ? { src, dst: '2001:db8::1', protocol: 'udp', dstPort: 53 } : { src, dst: '192.0.2.1', protocol: 'udp', dstPort: 53 }) }).retval;
+const tc = (dp: EbpfDatapath, src: string): number => dp.tcProgram.testRun({ data: buildFrame({ src, dst: '192.0.2.1', protocol: 'tcp', dstPort: 443 }) }).retval;
+
+test('blocklist - 1,000,000 prefixes load by one switch; first, middle and last are dropped, neighbours pass; one add and one remove in place', async (t) => {
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
+  t.teardown(() => datapath.close());
+  await datapath.apply(allowAll);
+  const N = 1_000_000;
+  const packer = new BlocklistPacker();
+  for (let i = 0; i < N; i++) packer.add(entry(bigListPrefix(i)));
+  const spec = packer.finish();
+  t.is(spec.v4.count, N);
+  const before = datapath.blocklist.generation;
+  const load = datapath.blocklist.load(spec);
+  t.is(load.generation, 1 - before, 'built in the idle generation and switched to it');
+  t.is(load.v4, N);
+  for (const i of [0, N / 2, N - 1, N / 2 + 3]) {
+    t.is(xdp(datapath, inside(i)), XDP_DROP, `xdp ${bigListPrefix(i)}`);
+    t.is(tc(datapath, inside(i)), TC_ACT_SHOT, `tc ${bigListPrefix(i)}`);
+  }
+  // Neighbours just outside: after the last /32, and a /24 not in the list.
+  t.is(xdp(datapath, '31.0.0.1'), XDP_PASS);
+  t.is(xdp(datapath, '99.255.255.1'), XDP_PASS);
+  t.is(tc(datapath, '203.0.113.9'), TC_ACT_OK);
+
+  // One entry added in place: no switch.
+  t.true(datapath.blocklist.add([entry('203.0.113.0/24')]));
+  t.is(datapath.blocklist.generation, load.generation);
+  t.is(xdp(datapath, '203.0.113.9'), XDP_DROP);
+  t.is(tc(datapath, '203.0.113.9'), TC_ACT_SHOT);
+  // One removed in place.
+  t.is(datapath.blocklist.remove([cidr(bigListPrefix(N / 2))]), 1);
+  t.is(xdp(datapath, inside(N / 2)), XDP_PASS);
+  t.is(xdp(datapath, inside(N / 2 + 1)), XDP_DROP, 'its neighbour is still there');
+  t.is(datapath.blocklist.generation, load.generation);
+
+  const counters = datapath.blocklist.readCounters();
+  t.true(counters.dropped4.packets >= 10);
+});
+
+test('blocklist - IPv6 prefixes drop at XDP; a new whole list replaces the old one', async (t) => {
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
+  t.teardown(() => datapath.close());
+  await datapath.apply(allowAll);
+  const first = new BlocklistPacker();
+  first.add(entry('2001:db8:bad::/48'));
+  first.add(entry('198.51.100.0/24'));
+  datapath.blocklist.load(first.finish());
+  t.is(xdp(datapath, '2001:db8:bad:1::5'), XDP_DROP);
+  t.is(xdp(datapath, '2001:db8:bad0::5'), XDP_PASS);
+  t.is(xdp(datapath, '198.51.100.1'), XDP_DROP);
+  const second = new BlocklistPacker();
+  second.add(entry('2001:db8:bad0::/48'));
+  datapath.blocklist.load(second.finish());
+  t.is(xdp(datapath, '2001:db8:bad:1::5'), XDP_PASS);
+  t.is(xdp(datapath, '2001:db8:bad0::5'), XDP_DROP);
+  t.is(xdp(datapath, '198.51.100.1'), XDP_PASS);
+  t.true(datapath.blocklist.readCounters().dropped6.packets >= 2);
+});
+
+test('blocklist - an expired entry stops matching by the kernel clock and uncovers a live prefix around it', async (t) => {
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
+  t.teardown(() => datapath.close());
+  await datapath.apply(allowAll);
+  const { taiNs } = datapath.blocklist.readClock();
+  const packer = new BlocklistPacker();
+  packer.add(entry('203.0.113.0/24', taiNs - 1n, BLOCKLIST_F_BLOCK)); // expired already
+  packer.add(entry('198.51.100.0/25', taiNs - 1n, BLOCKLIST_F_BLOCK)); // expired, inside a permanent /24
+  packer.add(entry('198.51.100.0/24'));
+  packer.add(entry('192.0.2.0/24', taiNs + 3_600_000_000_000n, BLOCKLIST_F_BLOCK)); // an hour left
+  datapath.blocklist.load(packer.finish());
+  t.is(xdp(datapath, '203.0.113.1'), XDP_PASS, 'expired');
+  t.is(xdp(datapath, '198.51.100.1'), XDP_DROP, 'the permanent /24 around the expired /25 still drops');
+  t.is(xdp(datapath, '192.0.2.1'), XDP_DROP, 'not yet expired');
+  t.true(datapath.blocklist.readCounters().expiredSeen.packets >= 2);
+  // The same prefix twice: the longest-lasting entry is kept.
+  const twice = new BlocklistPacker();
+  twice.add(entry('203.0.113.0/24', taiNs + 3_600_000_000_000n));
+  twice.add(entry('203.0.113.0/24', taiNs - 1n));
+  t.is(twice.finish().v4.count, 1);
+  const merged = new BlocklistPacker();
+  merged.add(entry('203.0.113.0/24', taiNs - 1n));
+  merged.add(entry('203.0.113.0/24', taiNs + 3_600_000_000_000n));
+  datapath.blocklist.load(merged.finish());
+  t.is(xdp(datapath, '203.0.113.1'), XDP_DROP);
+});
+
+test('blocklist - the TAI clock the programs read is the wall clock plus the kernel TAI offset', async (t) => {
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
+  t.teardown(() => datapath.close());
+  const { taiNs, utcNs } = datapath.blocklist.readClock();
+  const offsetS = Number(taiNs - utcNs) / 1e9;
+  // The kernel's TAI offset is whole seconds (0 until a time daemon sets it, 37 since 2017).
+  t.true(Math.abs(offsetS - Math.round(offsetS)) < 0.05, `offset ${offsetS} s`);
+  t.true(Math.round(offsetS) >= 0 && Math.round(offsetS) <= 40);
+});
+
+test('blocklist - a restarted agent adopts the live tries: they keep enforcing, and removes work in place', async (t) => {
+  const root = freshRoot();
+  const first = await EbpfDatapath.open({ pinRoot: root });
+  await first.apply(allowAll);
+  const packer = new BlocklistPacker();
+  packer.add(entry('203.0.113.0/24'));
+  packer.add(entry('198.51.100.7/32'));
+  first.blocklist.load(packer.finish());
+  first.close();
+  first.close();
+  const second = await EbpfDatapath.open({ pinRoot: root });
+  t.teardown(() => second.close());
+  t.true(second.adopted);
+  t.is(xdp(second, '203.0.113.1'), XDP_DROP);
+  t.is(second.blocklist.remove([cidr('203.0.113.0/24')]), 1);
+  t.is(xdp(second, '203.0.113.1'), XDP_PASS);
+  t.is(xdp(second, '198.51.100.7'), XDP_DROP);
+});
