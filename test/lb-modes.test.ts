@@ -15,6 +15,8 @@ import { ForwardingMode, Protocol, Service } from '@edgeplane/proto';
 import type { TestControlPlane } from './support/control-plane.js';
 import { LbRig } from './support/lb-rig.js';
 import { applyServiceOn, closeLbAgents, lbOutput, startLbAgents } from './support/lb-service.js';
+import { until } from './support/control-plane.js';
+import { call } from './support/grpc.js';
 import { sh } from './support/topology.js';
 
 const NODE = 'lb-modes-1';
@@ -36,8 +38,11 @@ test.before(async () => {
   const r = rig;
   // IPv4 packets the node sends itself through its uplink's XDP (DSR's outer header, full NAT's
   // source) carry one of its own addresses as their source: the stack takes them only with
-  // accept_local on the uplink (bpf/LB.md, "Forwarding modes", what the node needs).
-  r.exec(r.node, 'sysctl', ['-qw', `net.ipv4.conf.${r.uplink.node}.accept_local=1`, `net.ipv4.conf.${r.uplink.node}.send_redirects=0`, 'net.ipv4.conf.all.send_redirects=0']);
+  // accept_local on the uplink, and DSR's (the node's address on a backend link) not under strict
+  // reverse-path filtering. The agent sets both (bpf/LB.md, "What the node needs"): the node
+  // starts with neither: strict filtering on the uplink.
+  r.exec(r.node, 'sysctl', ['-qw', `net.ipv4.conf.${r.uplink.node}.rp_filter=1`]);
+  if (nodeSetting(r, 'accept_local') !== '0') throw new Error('the node starts with accept_local set');
   // DSR backends: the decapsulation at their link, the VIPs on their loopback.
   for (const b of r.backends) {
     for (const [vip, len] of [[LbRig.vip(0, 4), 32], [LbRig.vip(0, 6), 128]] as const) sh('ip', ['-n', b.ns, 'addr', 'add', `${vip}/${len}`, 'dev', 'lo']);
@@ -66,6 +71,11 @@ test.before(async () => {
 test.after.always(() => closeLbAgents(rig, cp));
 
 const output = (): string => lbOutput(rig, cp);
+
+/** net.ipv4.conf.<uplink>.<name> in the node's namespace. */
+function nodeSetting(r: LbRig, name: string): string {
+  return r.exec(r.node, 'sysctl', ['-n', `net.ipv4.conf.${r.uplink.node}.${name}`]).trim();
+}
 
 function theRig(): LbRig {
   if (!rig) throw new Error('no rig');
@@ -111,3 +121,20 @@ for (const family of [4, 6] as const) {
     t.true(result.roundTrips >= 20, JSON.stringify(result));
   });
 }
+
+test.serial('lb modes e2e - the agent sets accept_local and loose rp_filter on the uplink for IPv4 DSR / full NAT, and restores them when the last such service goes', async (t) => {
+  const r = theRig();
+  // The IPv4 services of the tests above are applied (whichever ran): the settings are the agent's.
+  await applyServiceOn(cp!, modeService('dsr4', LbRig.vip(0, 4), DSR_PORT, ForwardingMode.FORWARDING_MODE_DSR, r.backends.map((b) => ({ address: b.v4, port: 0 }))), [NODE], output);
+  t.is(nodeSetting(r, 'accept_local'), '1');
+  t.is(nodeSetting(r, 'rp_filter'), '2');
+  // IPv6 services need nothing: with only those left, the values found are back.
+  let revision = 0n;
+  for (const name of ['dsr4', 'full4']) {
+    const res = await call(cp!.api.intent, cp!.api.intent.deleteService, { name, validateOnly: false, allowMissing: true });
+    revision = res.revision > revision ? res.revision : revision;
+  }
+  await until(`revision ${revision} applied`, async () => ((await cp!.nodeStatus(NODE))?.appliedRevision ?? 0n) >= revision, 20_000, output);
+  t.is(nodeSetting(r, 'accept_local'), '0');
+  t.is(nodeSetting(r, 'rp_filter'), '1');
+});

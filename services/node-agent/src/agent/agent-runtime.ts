@@ -16,6 +16,7 @@ import {
 import { ChainFollower, IntentLog, type ChainFollowerStats } from '@edgeplane/intent-log';
 import type { Datapath } from '../datapath/datapath.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
+import type { LbSpec } from '../datapath/service-compile.js';
 import { BackendRoutes } from './backend-routes.js';
 import { answerConnectionsQuery } from './connection-query.js';
 import { ControllerLink } from './controller-link.js';
@@ -115,6 +116,8 @@ export interface AgentRuntimeOptions {
   /** Hands a large apply's garbage back to the system (see NodeAgentOptions.reclaim). */
   reclaim?: () => void;
   hooks?: AgentRuntimeHooks;
+  /** Makes the node's settings what the uplink's services need, before they are applied (NodeAgentOptions.prepareUplink). */
+  prepareUplink?: (lb: LbSpec | undefined) => void;
 }
 
 /** The configured interfaces with their attachment state, as the hello describes them. */
@@ -198,6 +201,7 @@ export class AgentRuntime {
       // The service compile takes unhealthy backends out of new-flow selection.
       health: health.eligible,
       routes: routes.view,
+      ...(options.prepareUplink ? { prepareUplink: options.prepareUplink } : {}),
       nodeName: options.nodeName,
       labels: options.labels,
       datapaths: options.datapaths,

@@ -94,6 +94,12 @@ export interface NodeAgentOptions {
   /** The node's routes to backends, for DSR and full-NAT services (BackendRoutes.view); absent: none resolved. */
   routes?: BackendRouteView;
   /**
+   * Called with the uplink's services before they are applied (and with the previous ones when a
+   * failed apply rolls back): makes the node's settings what they need (UplinkSysctls.follow).
+   * Must not throw.
+   */
+  prepareUplink?: (lb: LbSpec | undefined) => void;
+  /**
    * Backoff of the retries (restoring a known revision after a failed rollback; rewriting the
    * state file): doubling from min to max, ms. Default 1000 .. 60000.
    */
@@ -682,6 +688,7 @@ export class NodeAgent {
   async #applyCompiled(compiled: CompiledIntent): Promise<void> {
     const known = this.#live ?? { uplink: UNCONFIGURED, workload: UNCONFIGURED };
     const switched: InterfaceRole[] = [];
+    this.#o.prepareUplink?.(compiled.uplink.lb);
     try {
       for (const role of this.#roles()) {
         await this.#o.datapaths[role].apply(compiled[role].ruleSet, compiled[role].lb);
@@ -698,6 +705,8 @@ export class NodeAgent {
           this.#unknownRoles.set(role, (rollbackErr as Error).message);
         }
       }
+      // The uplink enforces the previous services again (or never left them).
+      if (!failed.has('uplink')) this.#o.prepareUplink?.(known.uplink.lb);
       if (failed.size) throw new RollbackError(`roll back ${[...failed].map(([role, why]) => `${role}: ${why}`).join('; ')}`, failed, { cause: err });
       throw err;
     }
