@@ -11,7 +11,7 @@
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import test from 'ava';
-import { ForwardingMode, Protocol, Service } from '@edgeplane/proto';
+import { ApplyServiceRequest, ForwardingMode, Protocol, Service } from '@edgeplane/proto';
 import type { TestControlPlane } from './support/control-plane.js';
 import { LbRig } from './support/lb-rig.js';
 import { applyServiceOn, closeLbAgents, lbOutput, startLbAgents } from './support/lb-service.js';
@@ -121,6 +121,19 @@ for (const family of [4, 6] as const) {
     t.true(result.roundTrips >= 20, JSON.stringify(result));
   });
 }
+
+test.serial('lb modes e2e - full NAT to a backend behind a workload interface is refused by the node with a clear reason, and the revision in force stays', async (t) => {
+  const r = theRig();
+  const before = (await cp!.nodeStatus(NODE))?.appliedRevision ?? 0n;
+  const { revision } = await call(cp!.api.intent, cp!.api.intent.applyService, ApplyServiceRequest.fromPartial({ service: modeService('fullw', LbRig.vip(2, 4), 80, ForwardingMode.FORWARDING_MODE_FULLNAT, [{ address: r.backends[0]!.v4, port: 8080 }]) }));
+  await until(`revision ${revision} refused`, async () => ((await cp!.nodeStatus(NODE))?.lastErrorRevision ?? 0n) >= revision, 20_000, output);
+  const status = await cp!.nodeStatus(NODE);
+  t.regex(status?.lastError ?? '', new RegExp(`service fullw: full-NAT backend ${r.backends[0]!.v4.replaceAll('.', '\\.')} is routed through ${r.backends[0]!.nodeLink}, not an uplink`));
+  t.is(status?.appliedRevision, before);
+  // Gone again, so later revisions apply.
+  const { revision: deleted } = await call(cp!.api.intent, cp!.api.intent.deleteService, { name: 'fullw', validateOnly: false, allowMissing: false });
+  await until(`revision ${deleted} applied`, async () => ((await cp!.nodeStatus(NODE))?.appliedRevision ?? 0n) >= deleted, 20_000, output);
+});
 
 test.serial('lb modes e2e - the agent sets accept_local and loose rp_filter on the uplink for IPv4 DSR / full NAT, and restores them when the last such service goes', async (t) => {
   const r = theRig();

@@ -192,7 +192,8 @@ export class AgentRuntime {
     });
     // DSR and full NAT send from the node's address towards each backend: resolved once per
     // backend between two applies.
-    const routes = new BackendRoutes();
+    const uplinks = options.interfaces?.filter((i) => i.role === 'uplink').map((i) => i.name);
+    const routes = new BackendRoutes(undefined, uplinks?.length ? uplinks : undefined);
     const agent = new NodeAgent({
       applied: (snapshot, labels) => {
         routes.forget();
