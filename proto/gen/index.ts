@@ -32,6 +32,7 @@ export {
 export {
   ConntrackStatus,
   InterfaceCounters,
+  LoadBalancerStatus,
   RuleCounters,
   RuleKey,
 } from './edgeplane/v1/counters.js';
