@@ -103,6 +103,11 @@ for (const family of [4, 6] as const) {
     const result = await held.stop();
     t.deepEqual(result.broken, []);
     t.true(result.roundTrips >= 20, JSON.stringify(result));
+    // The node's load-balancer counters reach the controller: its node view and the service's (describe service).
+    await until('encapsulated packets reported', async () => ((await call(cp!.api.fleet, cp!.api.fleet.getNode, { name: NODE })).loadBalancer?.encapsulated ?? 0n) > 0n, 30_000, output);
+    const [health] = (await call(cp!.api.fleet, cp!.api.fleet.getServiceHealth, { names: [`dsr${family}`] })).services;
+    t.true((health?.loadBalancer?.selected ?? 0n) >= 60n, JSON.stringify(health?.loadBalancer, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v)));
+    t.true((health?.loadBalancer?.encapsulated ?? 0n) > 0n);
   });
 
   test.serial(`lb modes e2e - full NAT over IPv${family}: a backend with no route to the client is reached, its replies turned back through the node`, async (t) => {
