@@ -18,9 +18,13 @@ int edge_xdp(struct xdp_md *ctx)
 	struct ep_nat nat;
 	if (ep_datapath(data, data_end, data_end - data, EP_HOOK_POLICY, &nat) == EP_DROP)
 		return XDP_DROP;
-	/* A DSR or full-NAT flow (include/ep_lb_modes.h). */
-	if (nat.op == EP_NAT_LB)
-		return ep_xdp_lb(ctx);
+	/* A DSR or full-NAT flow, or an ICMP error about a full-NAT one (include/ep_lb_modes.h). */
+	if (nat.op == EP_NAT_LB) {
+		struct ep_nat *icmp = ep_lb_icmp_pair();
+		if (!icmp)
+			return ep_xdp_lb(ctx);
+		return ep_xdp_nat_icmp(ctx, &icmp[0]) == 0 && ep_xdp_nat_icmp(ctx, &icmp[1]) != 0 ? XDP_DROP : XDP_PASS;
+	}
 	/* An ICMP error about a load-balanced flow: translated, or passed as it is when it
 	 * cannot be (its quote is not what the lookup read). */
 	if (ep_nat_is_icmp(&nat))
@@ -55,9 +59,13 @@ int edge_tc(struct __sk_buff *skb)
 	struct ep_nat nat;
 	if (ep_datapath(data, data_end, len, EP_HOOK_POLICY, &nat) == EP_DROP)
 		return EP_TC_ACT_SHOT;
-	/* A DSR or full-NAT flow (include/ep_lb_modes.h). */
-	if (nat.op == EP_NAT_LB)
-		return ep_tc_lb(skb);
+	/* A DSR or full-NAT flow, or an ICMP error about a full-NAT one (include/ep_lb_modes.h). */
+	if (nat.op == EP_NAT_LB) {
+		struct ep_nat *icmp = ep_lb_icmp_pair();
+		if (!icmp)
+			return ep_tc_lb(skb);
+		return ep_tc_nat_icmp(skb, &icmp[0]) == 0 && ep_tc_nat_icmp(skb, &icmp[1]) != 0 ? EP_TC_ACT_SHOT : EP_TC_ACT_OK;
+	}
 	/* An uplink in --xdp-mode tc: DNAT of a load-balanced flow (workloads have no services),
 	 * or the translation of an ICMP error about one (passed as it is when it cannot be). */
 	if (ep_nat_is_icmp(&nat))
@@ -81,7 +89,11 @@ int edge_tc_egress(struct __sk_buff *skb)
 	ep_datapath(data, data_end, len, EP_HOOK_EGRESS, &nat);
 	/* A reply of a load-balanced flow: its source becomes the VIP (full NAT: both sides,
 	 * include/ep_lb_modes.h); an ICMP error about one (towards its client) quotes the VIP. */
-	if (nat.op == EP_NAT_LB)
+	struct ep_nat *icmp = nat.op == EP_NAT_LB ? ep_lb_icmp_pair() : NULL;
+	if (icmp) {
+		if (ep_tc_nat_icmp(skb, &icmp[0]) == 0)
+			ep_tc_nat_icmp(skb, &icmp[1]);
+	} else if (nat.op == EP_NAT_LB)
 		ep_tc_lb(skb);
 	else if (ep_nat_is_icmp(&nat))
 		ep_tc_nat_icmp(skb, &nat);

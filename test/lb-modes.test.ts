@@ -11,10 +11,12 @@
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import test from 'ava';
-import { ForwardingMode, Protocol, Service } from '@edgeplane/proto';
+import { ApplyServiceRequest, ForwardingMode, Protocol, Service } from '@edgeplane/proto';
 import type { TestControlPlane } from './support/control-plane.js';
 import { LbRig } from './support/lb-rig.js';
 import { applyServiceOn, closeLbAgents, lbOutput, startLbAgents } from './support/lb-service.js';
+import { until } from './support/control-plane.js';
+import { call } from './support/grpc.js';
 import { sh } from './support/topology.js';
 
 const NODE = 'lb-modes-1';
@@ -36,8 +38,12 @@ test.before(async () => {
   const r = rig;
   // IPv4 packets the node sends itself through its uplink's XDP (DSR's outer header, full NAT's
   // source) carry one of its own addresses as their source: the stack takes them only with
-  // accept_local on the uplink (bpf/LB.md, "Forwarding modes", what the node needs).
-  r.exec(r.node, 'sysctl', ['-qw', `net.ipv4.conf.${r.uplink.node}.accept_local=1`, `net.ipv4.conf.${r.uplink.node}.send_redirects=0`, 'net.ipv4.conf.all.send_redirects=0']);
+  // accept_local on the uplink, and DSR's (the node's address on a backend link) not under strict
+  // reverse-path filtering. The agent sets both (bpf/LB.md, "What the node needs"): the node
+  // starts with neither. (Reverse-path filtering stays off here, as the rig has it: full NAT's
+  // turned-back IPv4 reply has the VIP as its source, which the node does not route, so any
+  // rp_filter drops it; bpf/LB.md, "What the node needs".)
+  if (nodeSetting(r, 'accept_local') !== '0') throw new Error('the node starts with accept_local set');
   // DSR backends: the decapsulation at their link, the VIPs on their loopback.
   for (const b of r.backends) {
     for (const [vip, len] of [[LbRig.vip(0, 4), 32], [LbRig.vip(0, 6), 128]] as const) sh('ip', ['-n', b.ns, 'addr', 'add', `${vip}/${len}`, 'dev', 'lo']);
@@ -67,6 +73,11 @@ test.after.always(() => closeLbAgents(rig, cp));
 
 const output = (): string => lbOutput(rig, cp);
 
+/** net.ipv4.conf.<uplink>.<name> in the node's namespace. */
+function nodeSetting(r: LbRig, name: string): string {
+  return r.exec(r.node, 'sysctl', ['-n', `net.ipv4.conf.${r.uplink.node}.${name}`]).trim();
+}
+
 function theRig(): LbRig {
   if (!rig) throw new Error('no rig');
   return rig;
@@ -93,6 +104,11 @@ for (const family of [4, 6] as const) {
     const result = await held.stop();
     t.deepEqual(result.broken, []);
     t.true(result.roundTrips >= 20, JSON.stringify(result));
+    // The node's load-balancer counters reach the controller: its node view and the service's (describe service).
+    await until('encapsulated packets reported', async () => ((await call(cp!.api.fleet, cp!.api.fleet.getNode, { name: NODE })).loadBalancer?.encapsulated ?? 0n) > 0n, 30_000, output);
+    const [health] = (await call(cp!.api.fleet, cp!.api.fleet.getServiceHealth, { names: [`dsr${family}`] })).services;
+    t.true((health?.loadBalancer?.selected ?? 0n) >= 60n, JSON.stringify(health?.loadBalancer, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v)));
+    t.true((health?.loadBalancer?.encapsulated ?? 0n) > 0n);
   });
 
   test.serial(`lb modes e2e - full NAT over IPv${family}: a backend with no route to the client is reached, its replies turned back through the node`, async (t) => {
@@ -111,3 +127,33 @@ for (const family of [4, 6] as const) {
     t.true(result.roundTrips >= 20, JSON.stringify(result));
   });
 }
+
+test.serial('lb modes e2e - full NAT to a backend behind a workload interface is refused by the node with a clear reason, and the revision in force stays', async (t) => {
+  const r = theRig();
+  const before = (await cp!.nodeStatus(NODE))?.appliedRevision ?? 0n;
+  const { revision } = await call(cp!.api.intent, cp!.api.intent.applyService, ApplyServiceRequest.fromPartial({ service: modeService('fullw', LbRig.vip(2, 4), 80, ForwardingMode.FORWARDING_MODE_FULLNAT, [{ address: r.backends[0]!.v4, port: 8080 }]) }));
+  await until(`revision ${revision} refused`, async () => ((await cp!.nodeStatus(NODE))?.lastErrorRevision ?? 0n) >= revision, 20_000, output);
+  const status = await cp!.nodeStatus(NODE);
+  t.regex(status?.lastError ?? '', new RegExp(`service fullw: full-NAT backend ${r.backends[0]!.v4.replaceAll('.', '\\.')} is routed through ${r.backends[0]!.nodeLink}, not an uplink`));
+  t.is(status?.appliedRevision, before);
+  // Gone again, so later revisions apply.
+  const { revision: deleted } = await call(cp!.api.intent, cp!.api.intent.deleteService, { name: 'fullw', validateOnly: false, allowMissing: false });
+  await until(`revision ${deleted} applied`, async () => ((await cp!.nodeStatus(NODE))?.appliedRevision ?? 0n) >= deleted, 20_000, output);
+});
+
+test.serial('lb modes e2e - the agent sets accept_local on the uplink for IPv4 DSR / full NAT, and restores it when the last such service goes', async (t) => {
+  const r = theRig();
+  // The IPv4 services of the tests above are applied (whichever ran): the settings are the agent's.
+  await applyServiceOn(cp!, modeService('dsr4', LbRig.vip(0, 4), DSR_PORT, ForwardingMode.FORWARDING_MODE_DSR, r.backends.map((b) => ({ address: b.v4, port: 0 }))), [NODE], output);
+  t.is(nodeSetting(r, 'accept_local'), '1');
+  t.is(nodeSetting(r, 'rp_filter'), '0', 'off is left off');
+  // IPv6 services need nothing: with only those left, the values found are back.
+  let revision = 0n;
+  for (const name of ['dsr4', 'full4']) {
+    const res = await call(cp!.api.intent, cp!.api.intent.deleteService, { name, validateOnly: false, allowMissing: true });
+    revision = res.revision > revision ? res.revision : revision;
+  }
+  await until(`revision ${revision} applied`, async () => ((await cp!.nodeStatus(NODE))?.appliedRevision ?? 0n) >= revision, 20_000, output);
+  t.is(nodeSetting(r, 'accept_local'), '0');
+  t.is(nodeSetting(r, 'rp_filter'), '0');
+});

@@ -534,8 +534,12 @@ static __noinline bool ep_ct_related(void *data, void *data_end, const struct ep
 		e = ep_ct_get(&ep_ct_new, &k, now);
 	if (!e)
 		return false;
-	if (ports)
+	if (ports) {
 		ep_icmp_nat_plan(p, e, src_b, proto, nat);
+		/* Full NAT changed both sides of the flow: the quote's other side too (ep_lb_modes.h). */
+		if ((e->nat.flags & EP_CT_NAT_SNAT) && ep_nat_is_icmp(nat))
+			ep_lb_icmp_plan(e, nat);
+	}
 	return true;
 }
 

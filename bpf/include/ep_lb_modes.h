@@ -37,12 +37,12 @@
 
 #define EP_ICMP_TOOBIG_QUOTE 48 /* bytes of the offending packet an ICMP too-big quotes: an IPv6 header + 8, or IPv4 + 28 */
 
-enum ep_lb_xlat_op { EP_LB_X_NONE, EP_LB_X_ENCAP, EP_LB_X_FULLNAT };
+enum ep_lb_xlat_op { EP_LB_X_NONE, EP_LB_X_ENCAP, EP_LB_X_FULLNAT, EP_LB_X_ICMP };
 
 /* What the hook writes for a DSR or full-NAT packet (per CPU: XDP and TC programs do not nest on
  * a CPU, and the hook reads it right after ep_datapath wrote it). */
 struct ep_lb_xlat {
-	struct ep_nat nat[2]; /* EP_LB_X_FULLNAT: two rewrites, applied in order */
+	struct ep_nat nat[2]; /* EP_LB_X_FULLNAT, EP_LB_X_ICMP: two rewrites, applied in order */
 	__u8 op;              /* enum ep_lb_xlat_op */
 	__u8 family;
 	__u16 l3_off;
@@ -205,7 +205,46 @@ static __noinline void ep_lb_mode_rev(const struct ep_pkt *p, const struct ep_ct
 	ep_nat_set(&x->nat[1], EP_NAT_DST, p, b->addr2, b->port2);
 }
 
+/* An ICMP error about a full-NAT flow (bpf/LB.md, "ICMP errors"), whose first translation
+ * ep_icmp_nat_plan planned into `nat` from the entry `e` found by the quoted tuple: full NAT changed
+ * both sides of the flow, so the quote's other side changes too (nat->op becomes EP_NAT_LB, the two
+ * translations go into ep_lb_xlat, applied in order by the hook):
+ * - B, its original direction (node:nport -> backend:bport, an error from the backend's side):
+ *   quoted destination -> VIP:vport (planned), then quoted source -> client:cport, and the outer
+ *   destination (the node) with it;
+ * - S, its reply direction (VIP:vport -> client:cport, an error from the client's side): quoted
+ *   source -> backend:bport (planned), then quoted destination -> node:nport, and the outer
+ *   source with it when the client itself sent the error. */
+static __noinline void ep_lb_icmp_plan(const struct ep_ct_entry *e, struct ep_nat *nat)
+{
+	__u32 zero = 0;
+	struct ep_lb_xlat *x = bpf_map_lookup_elem(&ep_lb_xlat, &zero);
+	if (!x)
+		return; /* the first translation alone: the quote's other side stays the node's */
+	x->op = EP_LB_X_ICMP;
+	x->family = nat->family;
+	x->l3_off = nat->l3_off;
+	x->nat[0] = *nat;
+	x->nat[1] = *nat;
+	x->nat[1].op = nat->op == EP_NAT_ICMP_QDST ? EP_NAT_ICMP_QSRC : EP_NAT_ICMP_QDST;
+	__builtin_memcpy(x->nat[1].new_addr, e->nat.addr2, 16);
+	x->nat[1].new_port = e->nat.port2;
+	nat->op = EP_NAT_LB;
+}
+
 /* ---- The hooks' side: writing what ep_lb_xlat says. ---- */
+
+/* The two translations of an ICMP error about a full-NAT flow (EP_LB_X_ICMP), or NULL when
+ * ep_lb_xlat holds another rewrite. The hook applies them itself, calling ep_xdp_nat_icmp /
+ * ep_tc_nat_icmp from its own frame: through ep_xdp_lb / ep_tc_lb the three frames would pass the
+ * 512 bytes of stack. Each is passed as it is when its quote is not what the lookup read (the first
+ * translation then changes nothing), and dropped when only the first was written. */
+static __always_inline struct ep_nat *ep_lb_icmp_pair(void)
+{
+	__u32 zero = 0;
+	struct ep_lb_xlat *x = bpf_map_lookup_elem(&ep_lb_xlat, &zero);
+	return x && x->op == EP_LB_X_ICMP ? x->nat : NULL;
+}
 
 /* Writes the header checksum of the 20-byte IPv4 header at `hdr` (its checksum field zero). */
 static __always_inline void ep_ipv4_hdr_csum(__u8 *hdr)
@@ -415,6 +454,7 @@ static __noinline int ep_tc_lb(struct __sk_buff *skb)
 		return EP_LB_TC_SHOT;
 	if (x->op == EP_LB_X_FULLNAT)
 		return ep_tc_nat(skb, &x->nat[0]) < 0 || ep_tc_nat(skb, &x->nat[1]) < 0 ? EP_LB_TC_SHOT : EP_LB_TC_OK;
+
 	if (x->op != EP_LB_X_ENCAP)
 		return EP_LB_TC_SHOT;
 	__u8 *inner = x->inner, *hdr = x->hdr;

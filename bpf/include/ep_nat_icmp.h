@@ -167,10 +167,14 @@ static __always_inline void ep_icmp_nat_edit(const struct ep_nat *n, struct ep_i
 }
 
 /* XDP: translates the ICMP error as `n` says. Returns 0, or a negative value with the frame
- * unchanged (a helper's error, or a quote that is not what was planned): every read comes before
- * the first write. A subprogram of its own: its words stay off the main frame. */
-static __noinline int ep_xdp_nat_icmp(struct xdp_md *ctx, const struct ep_nat *n)
+ * unchanged (a helper's error, or a quote that is not what was planned, or no `n`): every read
+ * comes before the first write. A global function: its words stay off the main frame, and the
+ * verifier checks it once rather than at each of its call sites (the hook calls it for NAT's one
+ * translation and full NAT's two; bpf/LB.md, "ICMP errors", verifier). */
+__noinline int ep_xdp_nat_icmp(struct xdp_md *ctx, const struct ep_nat *n)
 {
+	if (!n)
+		return -1;
 	struct ep_icmp_nat_words w = {};
 	struct ep_icmp_nat_at at;
 	__u32 inner = n->l4_off + 8;
@@ -214,8 +218,10 @@ static __noinline int ep_xdp_nat_icmp(struct xdp_md *ctx, const struct ep_nat *n
 /* TC: the same through the skb helpers. The sum over the packet does not change (above), so a
  * CHECKSUM_COMPLETE skb needs no csum update; ICMP errors are not CHECKSUM_PARTIAL (the kernel's
  * icmp_send and icmp6_send checksum them whole). */
-static __noinline int ep_tc_nat_icmp(struct __sk_buff *skb, const struct ep_nat *n)
+__noinline int ep_tc_nat_icmp(struct __sk_buff *skb, const struct ep_nat *n)
 {
+	if (!n)
+		return -1;
 	struct ep_icmp_nat_words w = {};
 	struct ep_icmp_nat_at at;
 	__u32 inner = n->l4_off + 8;

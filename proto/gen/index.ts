@@ -61,6 +61,7 @@ export {
 export {
   ConntrackStatus,
   InterfaceCounters,
+  LoadBalancerStatus,
   RuleCounters,
   RuleKey,
 } from './edgeplane/v1/counters.js';

@@ -179,6 +179,13 @@ export interface NodeAgentPlacement {
  * flags, with 1 s heartbeats, counters and interface checks; resolves at its ready event. The
  * caller owns the process (stop or kill it) and the pin root (unmountPins).
  */
+/**
+ * A bound for the real agent's "ready" (not a measurement): it verifies two objects of three
+ * programs near the verifier's million instructions each, which takes over a minute on the shared
+ * 2-core machine under load.
+ */
+const AGENT_READY_MS = 180_000;
+
 export async function startNodeAgent(p: NodeAgentPlacement, cp: ControlPlane, labels: Record<string, string>, extra: string[] = []): Promise<Supervised> {
   mkdirSync(p.stateDir, { recursive: true });
   const args = [
@@ -200,7 +207,7 @@ export async function startNodeAgent(p: NodeAgentPlacement, cp: ControlPlane, la
   // outlive the agent; `ip netns exec` would mount a private one that dies with it. The agent
   // runs through its launcher, as deployed (this node binary); nsenter and the launcher exec,
   // so the supervised pid is node's.
-  return Supervised.start(`agent-${p.name}`, { command: 'nsenter', args: [`--net=/run/netns/${p.ns}`, '--', AGENT_LAUNCHER, ...args], env: { NODE: process.execPath }, readyEvent: 'ready' });
+  return Supervised.start(`agent-${p.name}`, { command: 'nsenter', args: [`--net=/run/netns/${p.ns}`, '--', AGENT_LAUNCHER, ...args], env: { NODE: process.execPath }, readyEvent: 'ready', readyTimeoutMs: AGENT_READY_MS });
 }
 
 /** Unmounts an agent's pin root (its bpffs), if mounted. Never throws. */

@@ -375,5 +375,16 @@ export function describeService(d: ServiceDescription, now: Date): string {
       if (b.nodesUnhealthy > b.unhealthy.length) out += `  ${endpoint} on ${b.nodesUnhealthy - b.unhealthy.length} more nodes\n`;
     }
   }
+  // The datapath counts per node: the selected nodes' counters cover every service they front.
+  const lb = d.health?.loadBalancer;
+  if (lb) {
+    out += 'Load balancer (packets, summed over the selected nodes, every service they front):\n';
+    out += indent(
+      renderTable(
+        ['SELECTED', 'NO-BACKEND', 'REVERSE-NAT', 'ORPHANED', 'ENCAPSULATED', 'SNAT-FAILED', 'TOO-BIG'],
+        [[lb.selected, lb.noBackend, lb.reverseNat, lb.orphaned, lb.encapsulated, lb.snatFailed, lb.tooBig].map(String)],
+      ),
+    );
+  }
   return out;
 }

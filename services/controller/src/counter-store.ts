@@ -1,4 +1,4 @@
-import { MAX_COUNTED_RULES_PER_NODE, MAX_COUNTER_INTERFACES, type ConntrackStatus, type CounterReport, type InterfaceCounters, type RuleCounters } from '@edgeplane/proto';
+import { MAX_COUNTED_RULES_PER_NODE, MAX_COUNTER_INTERFACES, type ConntrackStatus, type CounterReport, type InterfaceCounters, type LoadBalancerStatus, type RuleCounters } from '@edgeplane/proto';
 
 const key = (policy: string, priority: number): string => `${policy}\u0000${priority}`;
 
@@ -38,6 +38,8 @@ export class CounterStore {
   #interfaces = new Map<string, Map<string, InterfaceCounters>>();
   /** The newest conntrack status per node and role (levels and totals: replaced, not summed). */
   #conntrack = new Map<string, Map<string, ConntrackStatus>>();
+  /** The newest load-balancer counters per node (totals: replaced, not summed). */
+  #lb = new Map<string, LoadBalancerStatus>();
   #dropped = 0;
 
   /** Entries dropped because a node already had counters for MAX_COUNTED_RULES_PER_NODE rules (or MAX_COUNTER_INTERFACES interfaces). */
@@ -51,6 +53,7 @@ export class CounterStore {
    * (and counted in {@link dropped}), so memory stays bounded whatever agents send.
    */
   add(node: string, report: CounterReport): void {
+    if (report.loadBalancer) this.#lb.set(node, { ...report.loadBalancer });
     if (report.conntrack.length > 0) {
       let ct = this.#conntrack.get(node);
       if (!ct) this.#conntrack.set(node, (ct = new Map()));
@@ -102,9 +105,9 @@ export class CounterStore {
    * Replaces one node's totals with another replica's (its agent is connected there): what
    * `add` would hold after summing the same reports, kept within the same per-node bounds.
    */
-  replace(node: string, totals: { rules: RuleCounters[]; interfaces: InterfaceCounters[]; conntrack: ConntrackStatus[] }): void {
+  replace(node: string, totals: { rules: RuleCounters[]; interfaces: InterfaceCounters[]; conntrack: ConntrackStatus[]; loadBalancer?: LoadBalancerStatus | undefined }): void {
     this.forget(node);
-    this.add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, ...totals });
+    this.add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, ...totals, loadBalancer: totals.loadBalancer });
   }
 
   /** Forgets one node's counters (and takes them out of the fleet's totals). */
@@ -123,6 +126,7 @@ export class CounterStore {
     this.#rules.delete(node);
     this.#interfaces.delete(node);
     this.#conntrack.delete(node);
+    this.#lb.delete(node);
   }
 
   /** One node's rule counters (optionally one policy's), sorted. */
@@ -157,8 +161,26 @@ export class CounterStore {
     return [...(this.#conntrack.get(node)?.values() ?? [])].sort((a, b) => (a.role < b.role ? -1 : 1));
   }
 
+  /** One node's newest load-balancer counters (a copy), or undefined when it reported none. */
+  nodeLoadBalancer(node: string): LoadBalancerStatus | undefined {
+    const lb = this.#lb.get(node);
+    return lb && { ...lb };
+  }
+
+  /** The newest load-balancer counters of `nodes`, summed field by field; undefined when none of them reported any. */
+  sumLoadBalancer(nodes: Iterable<string>): LoadBalancerStatus | undefined {
+    let sum: LoadBalancerStatus | undefined;
+    for (const node of nodes) {
+      const lb = this.#lb.get(node);
+      if (!lb) continue;
+      sum ??= { selected: 0n, noBackend: 0n, reverseNat: 0n, orphaned: 0n, encapsulated: 0n, snatFailed: 0n, tooBig: 0n };
+      for (const k of Object.keys(sum) as (keyof LoadBalancerStatus)[]) sum[k] += lb[k];
+    }
+    return sum;
+  }
+
   /** Nodes that reported anything. */
   nodes(): string[] {
-    return [...new Set([...this.#rules.keys(), ...this.#interfaces.keys(), ...this.#conntrack.keys()])];
+    return [...new Set([...this.#rules.keys(), ...this.#interfaces.keys(), ...this.#conntrack.keys(), ...this.#lb.keys()])];
   }
 }

@@ -117,7 +117,7 @@ export class FleetApi {
   getNode(req: GetNodeRequest): GetNodeResponse {
     const node = this.#registry.get(req.name);
     if (!node) throw new NotFoundError(`node ${req.name} not found`);
-    return { node, counters: this.#counters.nodeRules(node.name), interfaceCounters: this.#counters.nodeInterfaces(node.name), conntrack: this.#counters.nodeConntrack(node.name) };
+    return { node, counters: this.#counters.nodeRules(node.name), interfaceCounters: this.#counters.nodeInterfaces(node.name), conntrack: this.#counters.nodeConntrack(node.name), loadBalancer: this.#counters.nodeLoadBalancer(node.name) };
   }
 
   /**
@@ -195,7 +195,8 @@ export class FleetApi {
       }
     }
     for (const b of backends) b.nodesUnknown = selected.length - b.nodesHealthy - b.nodesUnhealthy;
-    return { name, healthChecked: checked, nodesSelected: selected.length, backends };
+    // The selected nodes' load-balancer counters: per node in the datapath, so node-wide sums.
+    return { name, healthChecked: checked, nodesSelected: selected.length, backends, loadBalancer: this.#counters.sumLoadBalancer(selected.map((n) => n.name)) };
   }
 
   /** Streams node changes until `signal` aborts. @throws ValidationError */

@@ -220,6 +220,7 @@ export class ReplicaFleetSync {
       rules: this.#counters.nodeRules(name),
       interfaces: this.#counters.nodeInterfaces(name),
       conntrack: this.#counters.nodeConntrack(name),
+      loadBalancer: this.#counters.nodeLoadBalancer(name),
       backendHealth: this.#health?.nodeVerdicts(name) ?? [],
       statusChanged,
     };

@@ -17,6 +17,7 @@ import type { AgentLogger } from './agent/node-agent.js';
 import { agentNatsOptions } from './agent/nats-connect-options.js';
 import { enrollNode, loadNodeCredentials, NodeIdentity, type NodeCredentials } from './agent/node-identity.js';
 import { StateFile } from './agent/state-file.js';
+import { UplinkSysctls } from './agent/uplink-sysctls.js';
 import { VerifiedHead } from './agent/verified-head.js';
 import type { Datapath } from './datapath/datapath.js';
 import { ConntrackSweeper } from './datapath/conntrack-sweeper.js';
@@ -26,6 +27,7 @@ import type { InterfaceRole } from './datapath/interface-role.js';
 import { MemoryDatapath } from './datapath/memory-datapath.js';
 import { NO_LB_CAPACITY } from './datapath/lb-tables.js';
 import { LAYOUT_VERSION } from './datapath/pin-layout.js';
+import type { LbSpec } from './datapath/service-compile.js';
 
 const VERSION = '0.1.0';
 
@@ -95,6 +97,12 @@ function ebpfAttacher(ebpf: Record<InterfaceRole, EbpfDatapath>, xdpMode: AgentC
     programId: (role) => (role === 'uplink' && xdpMode !== 'tc' ? ebpf.uplink.xdpProgram.id : ebpf[role].tcProgram.id),
     attachMode: (role) => (role === 'uplink' && xdpMode !== 'tc' ? `xdp-${xdpMode}` : 'tc'),
   };
+}
+
+/** The uplinks' settings for IPv4 DSR and full NAT (UplinkSysctls), the values to restore kept in the state directory. */
+function uplinkSysctls(config: AgentConfig, log: AgentLogger): (lb: LbSpec | undefined) => void {
+  const sysctls = new UplinkSysctls({ uplinks: config.interfaces.filter((i) => i.role === 'uplink').map((i) => i.name), savedFile: join(config.stateDir, 'uplink-sysctls.json'), log });
+  return (lb) => sysctls.follow(lb);
 }
 
 async function run(config: AgentConfig): Promise<() => Promise<void>> {
@@ -223,6 +231,9 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       // A full collection after a large apply (node --expose-gc, as bin/edgeplane-agent runs it):
       // an idle agent would otherwise hold the apply's garbage indefinitely.
       ...(typeof gc === 'function' ? { reclaim: gc } : {}),
+      // IPv4 DSR and full NAT need accept_local (and no strict rp_filter) on the uplinks: set
+      // before such a service is applied, restored when the last one goes (bpf/LB.md).
+      ...(ebpf ? { prepareUplink: uplinkSysctls(config, log) } : {}),
       log,
     });
     closers.push(() => runtime.close());

@@ -4,14 +4,15 @@
 // byte: each expected frame is built here from that packet (lb-frames.ts) with every checksum
 // computed afresh, and the kernel's output must equal it, besides having valid checksums. IPv4
 // (frag-needed, port unreachable, time exceeded) and IPv6 (packet too big, port unreachable, time
-// exceeded), TCP and UDP, quotes of 8 bytes of L4 header, 8 bytes of payload and the whole packet.
+// exceeded), TCP and UDP, quotes of 8 bytes of L4 header, 8 bytes of payload and the whole packet;
+// NAT and full NAT (whose errors change both sides of the quote).
 import { mkdirSync } from 'node:fs';
 import test from 'ava';
-import { Protocol, type Service } from '@edgeplane/proto';
+import { ForwardingMode, parseAddress, Protocol, Service } from '@edgeplane/proto';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { tcpFlags, type FrameSpec } from '../src/datapath/packet.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
-import { compileServices } from '../src/datapath/service-compile.js';
+import { compileServices, type BackendRouteView } from '../src/datapath/service-compile.js';
 import { mountBpffs, TC_ACT_OK, XDP_PASS } from './datapath-helpers.js';
 import { checksumProblems, frameOf, headers, icmpChecksumProblems, icmpErrorFrame, quotedFrame, quoteOf, type IcmpError } from './lb-frames.js';
 import { service } from './lb-helpers.js';
@@ -194,4 +195,101 @@ test('lb icmp - errors that are not about the NATed side of a load-balanced flow
   const error: IcmpError = { src: c4.router, dst: c4.client, ...c4.tooBig, rest: 1280, quote: quoteOf(bare.data) };
   const out = datapath.tcEgressProgram.testRun({ data: icmpErrorFrame(error) });
   assertTranslated(t, out.data, icmpErrorFrame({ ...error, quote: quoteOf(frameOf(clientPacket(c4, 42003, 0), true)) }), true, 'UDP without a checksum');
+});
+
+// ---- Full NAT (LB.md, "ICMP errors"): both sides of the quote change ----------------------------
+
+/** The node's address towards every backend (what the agent's route lookup gives). */
+const NODE4 = '10.0.255.254';
+const NODE6 = '2001:db8:1::fffe';
+const nodeOf = (c: Case): string => (c.family === 4 ? NODE4 : NODE6);
+const routes: BackendRouteView = (address) => ({ source: parseAddress(address.includes(':') ? NODE6 : NODE4) as Uint8Array, mtu: 1500 });
+/** The services above in full-NAT mode: one backend each, so every flow's backend is known. */
+const fullNat = services.map((s) => Service.fromPartial({ ...s, spec: { ...s.spec, forwardingMode: ForwardingMode.FORWARDING_MODE_FULLNAT } }));
+
+/**
+ * Opens a full-NAT flow from `sport` (the client's SYN and the backend's SYN-ACK through XDP) and
+ * returns the node's port and the packets an error will quote, as the node forwarded them: a
+ * full-sized one each way (node:nport -> backend, VIP -> client).
+ */
+function openFullNat(datapath: EbpfDatapath, c: Case, sport: number): { nport: number; toBackend: Uint8Array; toClient: Uint8Array } {
+  const syn = headers(datapath.xdpProgram.testRun({ data: frameOf(clientPacket(c, sport, tcpFlags.syn)) }).data);
+  if (syn.src !== nodeOf(c) || syn.dst !== c.backend || syn.dport !== c.bport) throw new Error(`${c.name}: the flow from ${sport} left as ${syn.src}:${syn.sport} -> ${syn.dst}:${syn.dport}`);
+  const nport = syn.sport;
+  const fromBackend = (flags: number): FrameSpec => ({ src: c.backend, dst: nodeOf(c), protocol: c.protocol, srcPort: c.bport, dstPort: nport, tcpFlags: flags, payloadLength: PAYLOAD });
+  const back = headers(datapath.xdpProgram.testRun({ data: frameOf({ ...fromBackend(tcpFlags.syn | tcpFlags.ack), payloadLength: 0 }) }).data);
+  if (back.src !== c.vip || back.dst !== c.client) throw new Error(`${c.name}: the reply to ${nport} was not turned back`);
+  const toBackend = datapath.xdpProgram.testRun({ data: frameOf(clientPacket(c, sport)) }).data;
+  const toClient = datapath.xdpProgram.testRun({ data: frameOf(fromBackend(tcpFlags.ack)) }).data;
+  if (checksumProblems(toBackend).length + checksumProblems(toClient).length > 0) throw new Error(`${c.name}: full NAT left bad checksums`);
+  return { nport, toBackend, toClient };
+}
+
+test('lb icmp - full NAT: an error towards the node about node -> backend reaches the client quoting client -> VIP, at uplink XDP and TC ingress', async (t) => {
+  const datapath = await open(t);
+  await datapath.apply(allowAll, compileServices(fullNat, { labels: {}, routes }));
+  let sport = 43000;
+  for (const c of cases) {
+    for (const q of quotes) {
+      const flow = openFullNat(datapath, c, ++sport);
+      const length = quoteLength(c, q);
+      const sent = frameOf(clientPacket(c, sport));
+      const errors: { what: string; error: IcmpError; src: string }[] = [
+        { what: 'too big from a router', error: { src: c.router, dst: nodeOf(c), ...c.tooBig, rest: 1280, quote: quoteOf(flow.toBackend, length) }, src: c.router },
+        // The backend itself: the outer source becomes the VIP.
+        { what: 'port unreachable from the backend', error: { src: c.backend, dst: nodeOf(c), ...c.unreachable, quote: quoteOf(flow.toBackend, length) }, src: c.vip },
+        { what: 'time exceeded from a router', error: { src: c.router, dst: nodeOf(c), ...c.exceeded, quote: quoteOf(flow.toBackend, length) }, src: c.router },
+      ];
+      for (const { what, error, src } of errors) {
+        const label = `${c.name}, ${what}, quote ${q.name}`;
+        // The outer destination, the node, becomes the client with the quoted source.
+        const expected = icmpErrorFrame({ ...error, src, dst: c.client, quote: quoteOf(sent, length) });
+        const xdp = datapath.xdpProgram.testRun({ data: icmpErrorFrame(error) });
+        t.is(xdp.retval, XDP_PASS, label);
+        assertTranslated(t, xdp.data, expected, length === undefined, `${label} (uplink XDP)`);
+        const tc = datapath.tcProgram.testRun({ data: icmpErrorFrame(error) });
+        t.is(tc.retval, TC_ACT_OK, label);
+        assertTranslated(t, tc.data, expected, length === undefined, `${label} (uplink TC ingress)`);
+      }
+    }
+  }
+});
+
+test('lb icmp - full NAT: an error towards the VIP about a reply (VIP -> client) reaches the backend quoting backend -> node, from the node when the client sent it', async (t) => {
+  const datapath = await open(t);
+  await datapath.apply(allowAll, compileServices(fullNat, { labels: {}, routes }));
+  let sport = 44000;
+  for (const c of cases) {
+    for (const q of quotes) {
+      const flow = openFullNat(datapath, c, ++sport);
+      const length = quoteLength(c, q);
+      // As the backend sent it: to the node's address and port.
+      const sent = frameOf({ src: c.backend, dst: nodeOf(c), protocol: c.protocol, srcPort: c.bport, dstPort: flow.nport, tcpFlags: tcpFlags.ack, payloadLength: PAYLOAD });
+      for (const [what, kind, from] of [['too big from a router', c.tooBig, c.clientRouter], ['time exceeded from a router', c.exceeded, c.clientRouter], ['port unreachable from the client', c.unreachable, c.client]] as const) {
+        const error: IcmpError = { src: from, dst: c.vip, ...kind, rest: kind === c.tooBig ? 1280 : 0, quote: quoteOf(flow.toClient, length) };
+        // The client's own error names it as its source: that becomes the node, as the quote's destination does.
+        const expected = icmpErrorFrame({ ...error, src: from === c.client ? nodeOf(c) : from, dst: c.backend, quote: quoteOf(sent, length) });
+        const label = `${c.name}, ${what}, quote ${q.name}`;
+        const xdp = datapath.xdpProgram.testRun({ data: icmpErrorFrame(error) });
+        t.is(xdp.retval, XDP_PASS, label);
+        assertTranslated(t, xdp.data, expected, length === undefined, `${label} (uplink XDP)`);
+        const tc = datapath.tcProgram.testRun({ data: icmpErrorFrame(error) });
+        t.is(tc.retval, TC_ACT_OK, label);
+        assertTranslated(t, tc.data, expected, length === undefined, `${label} (uplink TC ingress)`);
+      }
+    }
+  }
+  // Errors about the other directions of a full-NAT flow pass unchanged: client -> VIP (the
+  // service entry's original direction), backend -> node (the reverse entry's reply direction).
+  const c = cases[0]!;
+  const flow = openFullNat(datapath, c, ++sport);
+  for (const error of [
+    { src: c.router, dst: c.client, ...c.tooBig, rest: 1280, quote: quoteOf(frameOf(clientPacket(c, sport)), 8) },
+    { src: c.clientRouter, dst: c.backend, ...c.exceeded, quote: quoteOf(frameOf({ src: c.backend, dst: NODE4, protocol: 'tcp', srcPort: c.bport, dstPort: flow.nport, tcpFlags: tcpFlags.ack }), 8) },
+  ] satisfies IcmpError[]) {
+    const frame = icmpErrorFrame(error);
+    for (const run of [datapath.xdpProgram.testRun({ data: frame }), datapath.tcProgram.testRun({ data: frame }), datapath.tcEgressProgram.testRun({ data: frame })]) {
+      t.deepEqual(Buffer.from(run.data).toString('hex'), Buffer.from(frame).toString('hex'));
+    }
+  }
 });

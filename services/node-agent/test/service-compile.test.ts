@@ -265,3 +265,20 @@ test('compileServices - backend keys are backendKey of the resolved port (the id
   const [s] = compileServices([service('k', { vip: '2001:db8::10', backends: [{ address: '2001:db8::a', port: 0 }, { address: '2001:db8::b', port: 9000 }] })], { labels }).services;
   t.deepEqual(s!.backends.map((b) => b.key), [backendKey('2001:db8::a', 443), backendKey('2001:db8::b', 9000)]);
 });
+
+test('service compile - a full-NAT backend routed through an interface that is not an uplink refuses the revision, naming the service, backend and interface; DSR and NAT take such a backend', (t) => {
+  const FULLNAT = ForwardingMode.FORWARDING_MODE_FULLNAT;
+  const node = new Uint8Array([10, 0, 255, 254]);
+  // 10.0.0.1 is behind the workload link w1, 10.0.0.2 behind the uplink, 10.0.0.3 routed without an interface said.
+  const routes = (address: string) =>
+    address === '10.0.0.1' ? { source: node, mtu: 1500, device: 'w1', uplink: false } : address === '10.0.0.2' ? { source: node, mtu: 1500, device: 'up0', uplink: true } : { source: node, mtu: 1500 };
+  const err = t.throws(() => compileServices([service('full', { forwardingMode: FULLNAT, backends: [{ address: '10.0.0.2' }, { address: '10.0.0.1' }] })], { labels: {}, routes }), { instanceOf: ServiceCompileError });
+  t.regex(err.message, /^service full: full-NAT backend 10\.0\.0\.1 is routed through w1, not an uplink/);
+  // Through the uplink, or where the interface is not known: compiled with its route.
+  const ok = compileServices([service('full', { forwardingMode: FULLNAT, backends: [{ address: '10.0.0.2' }, { address: '10.0.0.3' }] })], { labels: {}, routes });
+  t.deepEqual(ok.services[0]!.backends.map((b) => b.route?.source), [node, node]);
+  // DSR encapsulates through any interface; NAT's replies cross the uplink's egress whatever the backend's link.
+  for (const forwardingMode of [ForwardingMode.FORWARDING_MODE_DSR, ForwardingMode.FORWARDING_MODE_NAT]) {
+    t.notThrows(() => compileServices([service('other', { forwardingMode, backends: [{ address: '10.0.0.1', port: 0 }] })], { labels: {}, routes }));
+  }
+});

@@ -20,7 +20,7 @@ import {
 import { Duration } from "../../google/protobuf/duration.js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Connection, ConnectionFilter } from "./connections.js";
-import { ConntrackStatus, InterfaceCounters, RuleCounters } from "./counters.js";
+import { ConntrackStatus, InterfaceCounters, LoadBalancerStatus, RuleCounters } from "./counters.js";
 import {
   NodeCondition,
   NodeInfo,
@@ -154,6 +154,11 @@ export interface CounterReport {
   appliedRevision: bigint;
   /** The connection tables of each role, as they are now (sent when they changed). */
   conntrack: ConntrackStatus[];
+  /**
+   * The load balancer's counters, as they are now (sent when they changed; absent on a node
+   * whose datapath fronts no services and counted none).
+   */
+  loadBalancer: LoadBalancerStatus | undefined;
 }
 
 /**
@@ -1541,7 +1546,15 @@ export const RevisionReport: MessageFns<RevisionReport> = {
 };
 
 function createBaseCounterReport(): CounterReport {
-  return { startTime: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [] };
+  return {
+    startTime: undefined,
+    endTime: undefined,
+    rules: [],
+    interfaces: [],
+    appliedRevision: 0n,
+    conntrack: [],
+    loadBalancer: undefined,
+  };
 }
 
 export const CounterReport: MessageFns<CounterReport> = {
@@ -1566,6 +1579,9 @@ export const CounterReport: MessageFns<CounterReport> = {
     }
     for (const v of message.conntrack) {
       ConntrackStatus.encode(v!, writer.uint32(50).fork()).join();
+    }
+    if (message.loadBalancer !== undefined) {
+      LoadBalancerStatus.encode(message.loadBalancer, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -1631,6 +1647,14 @@ export const CounterReport: MessageFns<CounterReport> = {
             message.conntrack.push(ConntrackStatus.decode(reader, reader.uint32()));
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.loadBalancer = LoadBalancerStatus.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1667,6 +1691,11 @@ export const CounterReport: MessageFns<CounterReport> = {
       conntrack: globalThis.Array.isArray(object?.conntrack)
         ? object.conntrack.map((e: any) => ConntrackStatus.fromJSON(e))
         : [],
+      loadBalancer: isSet(object.loadBalancer)
+        ? LoadBalancerStatus.fromJSON(object.loadBalancer)
+        : isSet(object.load_balancer)
+        ? LoadBalancerStatus.fromJSON(object.load_balancer)
+        : undefined,
     };
   },
 
@@ -1690,6 +1719,9 @@ export const CounterReport: MessageFns<CounterReport> = {
     if (message.conntrack?.length) {
       obj.conntrack = message.conntrack.map((e) => ConntrackStatus.toJSON(e));
     }
+    if (message.loadBalancer !== undefined) {
+      obj.loadBalancer = LoadBalancerStatus.toJSON(message.loadBalancer);
+    }
     return obj;
   },
 
@@ -1706,6 +1738,9 @@ export const CounterReport: MessageFns<CounterReport> = {
       ? BigInt(object.appliedRevision)
       : 0n;
     message.conntrack = object.conntrack?.map((e) => ConntrackStatus.fromPartial(e)) || [];
+    message.loadBalancer = (object.loadBalancer !== undefined && object.loadBalancer !== null)
+      ? LoadBalancerStatus.fromPartial(object.loadBalancer)
+      : undefined;
     return message;
   },
 };

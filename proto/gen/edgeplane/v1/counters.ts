@@ -83,6 +83,34 @@ export interface ConntrackStatus {
   controlPackets: bigint;
 }
 
+/**
+ * LoadBalancerStatus is what a node's load balancer (its uplink datapath's services) counted, in
+ * packets, since its tables were created (totals, not deltas: the controller keeps the newest
+ * report). The datapath counts per node, not per service (bpf/LB.md).
+ */
+export interface LoadBalancerStatus {
+  /** New flows to a VIP given a backend. */
+  selected: bigint;
+  /**
+   * New flows to a VIP without a backend (none of positive weight, or none resolved for DSR and
+   * full NAT): dropped.
+   */
+  noBackend: bigint;
+  /** Replies translated back to the VIP (NAT at uplink egress, full NAT at the uplink's policy hook). */
+  reverseNat: bigint;
+  /** Reverse entries deleted because their flow's service entry was gone. */
+  orphaned: bigint;
+  /** DSR packets encapsulated (IP-in-IP) towards their backend. */
+  encapsulated: bigint;
+  /** Full-NAT new flows dropped: no free source port in the probes. */
+  snatFailed: bigint;
+  /**
+   * DSR packets too big once encapsulated: answered with ICMP frag-needed / packet too big (XDP),
+   * or dropped (TC).
+   */
+  tooBig: bigint;
+}
+
 function createBaseRuleKey(): RuleKey {
   return { policy: "", priority: 0 };
 }
@@ -916,6 +944,210 @@ export const ConntrackStatus: MessageFns<ConntrackStatus> = {
     message.controlPackets = (object.controlPackets !== undefined && object.controlPackets !== null)
       ? BigInt(object.controlPackets)
       : 0n;
+    return message;
+  },
+};
+
+function createBaseLoadBalancerStatus(): LoadBalancerStatus {
+  return { selected: 0n, noBackend: 0n, reverseNat: 0n, orphaned: 0n, encapsulated: 0n, snatFailed: 0n, tooBig: 0n };
+}
+
+export const LoadBalancerStatus: MessageFns<LoadBalancerStatus> = {
+  encode(message: LoadBalancerStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.selected !== 0n) {
+      if (BigInt.asUintN(64, message.selected) !== message.selected) {
+        throw new globalThis.Error("value provided for field message.selected of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.selected);
+    }
+    if (message.noBackend !== 0n) {
+      if (BigInt.asUintN(64, message.noBackend) !== message.noBackend) {
+        throw new globalThis.Error("value provided for field message.noBackend of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.noBackend);
+    }
+    if (message.reverseNat !== 0n) {
+      if (BigInt.asUintN(64, message.reverseNat) !== message.reverseNat) {
+        throw new globalThis.Error("value provided for field message.reverseNat of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.reverseNat);
+    }
+    if (message.orphaned !== 0n) {
+      if (BigInt.asUintN(64, message.orphaned) !== message.orphaned) {
+        throw new globalThis.Error("value provided for field message.orphaned of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.orphaned);
+    }
+    if (message.encapsulated !== 0n) {
+      if (BigInt.asUintN(64, message.encapsulated) !== message.encapsulated) {
+        throw new globalThis.Error("value provided for field message.encapsulated of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.encapsulated);
+    }
+    if (message.snatFailed !== 0n) {
+      if (BigInt.asUintN(64, message.snatFailed) !== message.snatFailed) {
+        throw new globalThis.Error("value provided for field message.snatFailed of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.snatFailed);
+    }
+    if (message.tooBig !== 0n) {
+      if (BigInt.asUintN(64, message.tooBig) !== message.tooBig) {
+        throw new globalThis.Error("value provided for field message.tooBig of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.tooBig);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LoadBalancerStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLoadBalancerStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.selected = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.noBackend = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.reverseNat = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.orphaned = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.encapsulated = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.snatFailed = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.tooBig = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LoadBalancerStatus {
+    return {
+      selected: isSet(object.selected) ? BigInt(object.selected) : 0n,
+      noBackend: isSet(object.noBackend)
+        ? BigInt(object.noBackend)
+        : isSet(object.no_backend)
+        ? BigInt(object.no_backend)
+        : 0n,
+      reverseNat: isSet(object.reverseNat)
+        ? BigInt(object.reverseNat)
+        : isSet(object.reverse_nat)
+        ? BigInt(object.reverse_nat)
+        : 0n,
+      orphaned: isSet(object.orphaned) ? BigInt(object.orphaned) : 0n,
+      encapsulated: isSet(object.encapsulated) ? BigInt(object.encapsulated) : 0n,
+      snatFailed: isSet(object.snatFailed)
+        ? BigInt(object.snatFailed)
+        : isSet(object.snat_failed)
+        ? BigInt(object.snat_failed)
+        : 0n,
+      tooBig: isSet(object.tooBig) ? BigInt(object.tooBig) : isSet(object.too_big) ? BigInt(object.too_big) : 0n,
+    };
+  },
+
+  toJSON(message: LoadBalancerStatus): unknown {
+    const obj: any = {};
+    if (message.selected !== 0n) {
+      obj.selected = message.selected.toString();
+    }
+    if (message.noBackend !== 0n) {
+      obj.noBackend = message.noBackend.toString();
+    }
+    if (message.reverseNat !== 0n) {
+      obj.reverseNat = message.reverseNat.toString();
+    }
+    if (message.orphaned !== 0n) {
+      obj.orphaned = message.orphaned.toString();
+    }
+    if (message.encapsulated !== 0n) {
+      obj.encapsulated = message.encapsulated.toString();
+    }
+    if (message.snatFailed !== 0n) {
+      obj.snatFailed = message.snatFailed.toString();
+    }
+    if (message.tooBig !== 0n) {
+      obj.tooBig = message.tooBig.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LoadBalancerStatus>, I>>(base?: I): LoadBalancerStatus {
+    return LoadBalancerStatus.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LoadBalancerStatus>, I>>(object: I): LoadBalancerStatus {
+    const message = createBaseLoadBalancerStatus();
+    message.selected = (object.selected !== undefined && object.selected !== null) ? BigInt(object.selected) : 0n;
+    message.noBackend = (object.noBackend !== undefined && object.noBackend !== null) ? BigInt(object.noBackend) : 0n;
+    message.reverseNat = (object.reverseNat !== undefined && object.reverseNat !== null)
+      ? BigInt(object.reverseNat)
+      : 0n;
+    message.orphaned = (object.orphaned !== undefined && object.orphaned !== null) ? BigInt(object.orphaned) : 0n;
+    message.encapsulated = (object.encapsulated !== undefined && object.encapsulated !== null)
+      ? BigInt(object.encapsulated)
+      : 0n;
+    message.snatFailed = (object.snatFailed !== undefined && object.snatFailed !== null)
+      ? BigInt(object.snatFailed)
+      : 0n;
+    message.tooBig = (object.tooBig !== undefined && object.tooBig !== null) ? BigInt(object.tooBig) : 0n;
     return message;
   },
 };

@@ -22,7 +22,7 @@ import {
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Connection, ConnectionFilter } from "./connections.js";
-import { ConntrackStatus, InterfaceCounters, RuleCounters } from "./counters.js";
+import { ConntrackStatus, InterfaceCounters, LoadBalancerStatus, RuleCounters } from "./counters.js";
 import { Node, RevisionOutcome, revisionOutcomeFromJSON, revisionOutcomeToJSON } from "./node.js";
 import { RolloutKind, rolloutKindFromJSON, rolloutKindToJSON, RolloutStatus } from "./rollout.js";
 
@@ -98,6 +98,11 @@ export interface ServiceHealth {
   nodesSelected: number;
   /** In the spec's order. */
   backends: BackendHealthSummary[];
+  /**
+   * The load-balancer counters of the selected nodes, summed from their newest reports. Node-wide:
+   * they count every service those nodes front, not this one alone (the datapath counts per node).
+   */
+  loadBalancer: LoadBalancerStatus | undefined;
 }
 
 /** BackendHealthSummary is one backend's verdicts over the selected nodes. */
@@ -200,6 +205,8 @@ export interface GetNodeResponse {
   interfaceCounters: InterfaceCounters[];
   /** The node's connection tables per interface role, from its newest report. */
   conntrack: ConntrackStatus[];
+  /** The node's load-balancer counters, from its newest report (absent: none reported). */
+  loadBalancer: LoadBalancerStatus | undefined;
 }
 
 export interface WatchNodesRequest {
@@ -400,7 +407,7 @@ export const GetServiceHealthResponse: MessageFns<GetServiceHealthResponse> = {
 };
 
 function createBaseServiceHealth(): ServiceHealth {
-  return { name: "", healthChecked: false, nodesSelected: 0, backends: [] };
+  return { name: "", healthChecked: false, nodesSelected: 0, backends: [], loadBalancer: undefined };
 }
 
 export const ServiceHealth: MessageFns<ServiceHealth> = {
@@ -416,6 +423,9 @@ export const ServiceHealth: MessageFns<ServiceHealth> = {
     }
     for (const v of message.backends) {
       BackendHealthSummary.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.loadBalancer !== undefined) {
+      LoadBalancerStatus.encode(message.loadBalancer, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -465,6 +475,14 @@ export const ServiceHealth: MessageFns<ServiceHealth> = {
             message.backends.push(BackendHealthSummary.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.loadBalancer = LoadBalancerStatus.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -493,6 +511,11 @@ export const ServiceHealth: MessageFns<ServiceHealth> = {
       backends: globalThis.Array.isArray(object?.backends)
         ? object.backends.map((e: any) => BackendHealthSummary.fromJSON(e))
         : [],
+      loadBalancer: isSet(object.loadBalancer)
+        ? LoadBalancerStatus.fromJSON(object.loadBalancer)
+        : isSet(object.load_balancer)
+        ? LoadBalancerStatus.fromJSON(object.load_balancer)
+        : undefined,
     };
   },
 
@@ -510,6 +533,9 @@ export const ServiceHealth: MessageFns<ServiceHealth> = {
     if (message.backends?.length) {
       obj.backends = message.backends.map((e) => BackendHealthSummary.toJSON(e));
     }
+    if (message.loadBalancer !== undefined) {
+      obj.loadBalancer = LoadBalancerStatus.toJSON(message.loadBalancer);
+    }
     return obj;
   },
 
@@ -522,6 +548,9 @@ export const ServiceHealth: MessageFns<ServiceHealth> = {
     message.healthChecked = object.healthChecked ?? false;
     message.nodesSelected = object.nodesSelected ?? 0;
     message.backends = object.backends?.map((e) => BackendHealthSummary.fromPartial(e)) || [];
+    message.loadBalancer = (object.loadBalancer !== undefined && object.loadBalancer !== null)
+      ? LoadBalancerStatus.fromPartial(object.loadBalancer)
+      : undefined;
     return message;
   },
 };
@@ -1801,7 +1830,7 @@ export const GetNodeRequest: MessageFns<GetNodeRequest> = {
 };
 
 function createBaseGetNodeResponse(): GetNodeResponse {
-  return { node: undefined, counters: [], interfaceCounters: [], conntrack: [] };
+  return { node: undefined, counters: [], interfaceCounters: [], conntrack: [], loadBalancer: undefined };
 }
 
 export const GetNodeResponse: MessageFns<GetNodeResponse> = {
@@ -1817,6 +1846,9 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
     }
     for (const v of message.conntrack) {
       ConntrackStatus.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.loadBalancer !== undefined) {
+      LoadBalancerStatus.encode(message.loadBalancer, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -1866,6 +1898,14 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
             message.conntrack.push(ConntrackStatus.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.loadBalancer = LoadBalancerStatus.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1892,6 +1932,11 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
       conntrack: globalThis.Array.isArray(object?.conntrack)
         ? object.conntrack.map((e: any) => ConntrackStatus.fromJSON(e))
         : [],
+      loadBalancer: isSet(object.loadBalancer)
+        ? LoadBalancerStatus.fromJSON(object.loadBalancer)
+        : isSet(object.load_balancer)
+        ? LoadBalancerStatus.fromJSON(object.load_balancer)
+        : undefined,
     };
   },
 
@@ -1909,6 +1954,9 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
     if (message.conntrack?.length) {
       obj.conntrack = message.conntrack.map((e) => ConntrackStatus.toJSON(e));
     }
+    if (message.loadBalancer !== undefined) {
+      obj.loadBalancer = LoadBalancerStatus.toJSON(message.loadBalancer);
+    }
     return obj;
   },
 
@@ -1921,6 +1969,9 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
     message.counters = object.counters?.map((e) => RuleCounters.fromPartial(e)) || [];
     message.interfaceCounters = object.interfaceCounters?.map((e) => InterfaceCounters.fromPartial(e)) || [];
     message.conntrack = object.conntrack?.map((e) => ConntrackStatus.fromPartial(e)) || [];
+    message.loadBalancer = (object.loadBalancer !== undefined && object.loadBalancer !== null)
+      ? LoadBalancerStatus.fromPartial(object.loadBalancer)
+      : undefined;
     return message;
   },
 };

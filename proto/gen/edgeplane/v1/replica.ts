@@ -8,7 +8,7 @@
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { BackendVerdict } from "./agent_service.js";
-import { ConntrackStatus, InterfaceCounters, RuleCounters } from "./counters.js";
+import { ConntrackStatus, InterfaceCounters, LoadBalancerStatus, RuleCounters } from "./counters.js";
 import { Node } from "./node.js";
 
 export const protobufPackage = "edgeplane.v1";
@@ -59,6 +59,8 @@ export interface ReplicaNodeState {
    * receivers then tell no node watchers (as for a local counter report).
    */
   statusChanged: boolean;
+  /** The node's newest load-balancer counters (absent: none reported). */
+  loadBalancer: LoadBalancerStatus | undefined;
 }
 
 function createBaseReplicaFleetState(): ReplicaFleetState {
@@ -230,7 +232,15 @@ export const ReplicaFleetState: MessageFns<ReplicaFleetState> = {
 };
 
 function createBaseReplicaNodeState(): ReplicaNodeState {
-  return { node: undefined, rules: [], interfaces: [], conntrack: [], backendHealth: [], statusChanged: false };
+  return {
+    node: undefined,
+    rules: [],
+    interfaces: [],
+    conntrack: [],
+    backendHealth: [],
+    statusChanged: false,
+    loadBalancer: undefined,
+  };
 }
 
 export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
@@ -252,6 +262,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     }
     if (message.statusChanged !== false) {
       writer.uint32(48).bool(message.statusChanged);
+    }
+    if (message.loadBalancer !== undefined) {
+      LoadBalancerStatus.encode(message.loadBalancer, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -317,6 +330,14 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
             message.statusChanged = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.loadBalancer = LoadBalancerStatus.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -349,6 +370,11 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
         : isSet(object.status_changed)
         ? globalThis.Boolean(object.status_changed)
         : false,
+      loadBalancer: isSet(object.loadBalancer)
+        ? LoadBalancerStatus.fromJSON(object.loadBalancer)
+        : isSet(object.load_balancer)
+        ? LoadBalancerStatus.fromJSON(object.load_balancer)
+        : undefined,
     };
   },
 
@@ -372,6 +398,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     if (message.statusChanged !== false) {
       obj.statusChanged = message.statusChanged;
     }
+    if (message.loadBalancer !== undefined) {
+      obj.loadBalancer = LoadBalancerStatus.toJSON(message.loadBalancer);
+    }
     return obj;
   },
 
@@ -386,6 +415,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     message.conntrack = object.conntrack?.map((e) => ConntrackStatus.fromPartial(e)) || [];
     message.backendHealth = object.backendHealth?.map((e) => BackendVerdict.fromPartial(e)) || [];
     message.statusChanged = object.statusChanged ?? false;
+    message.loadBalancer = (object.loadBalancer !== undefined && object.loadBalancer !== null)
+      ? LoadBalancerStatus.fromPartial(object.loadBalancer)
+      : undefined;
     return message;
   },
 };

@@ -17,6 +17,7 @@ import { ChainFollower, IntentLog, type ChainFollowerStats } from '@edgeplane/in
 import type { Datapath } from '../datapath/datapath.js';
 import { BlocklistSync, type BlocklistWriter } from './blocklist-sync.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
+import type { LbSpec } from '../datapath/service-compile.js';
 import { BackendRoutes } from './backend-routes.js';
 import { answerConnectionsQuery } from './connection-query.js';
 import { ControllerLink } from './controller-link.js';
@@ -121,6 +122,8 @@ export interface AgentRuntimeOptions {
   /** Hands a large apply's garbage back to the system (see NodeAgentOptions.reclaim). */
   reclaim?: () => void;
   hooks?: AgentRuntimeHooks;
+  /** Makes the node's settings what the uplink's services need, before they are applied (NodeAgentOptions.prepareUplink). */
+  prepareUplink?: (lb: LbSpec | undefined) => void;
 }
 
 /** The configured interfaces with their attachment state, as the hello describes them. */
@@ -196,7 +199,8 @@ export class AgentRuntime {
     });
     // DSR and full NAT send from the node's address towards each backend: resolved once per
     // backend between two applies.
-    const routes = new BackendRoutes();
+    const uplinks = options.interfaces?.filter((i) => i.role === 'uplink').map((i) => i.name);
+    const routes = new BackendRoutes(undefined, uplinks?.length ? uplinks : undefined);
     const blocklists = (options.blocklists ?? []).map((writer) => new BlocklistSync(writer, { onError: (err) => options.log('warn', 'dropping expired blocks failed (the datapath stopped matching them already)', { reason: (err as Error).message }) }));
     const agent = new NodeAgent({
       ...(blocklists.length > 0 ? { blocklist: { sync: (snapshot: Snapshot, labels: Readonly<Record<string, string>>) => blocklists.map((b) => b.sync(snapshot, labels)) } } : {}),
@@ -207,6 +211,7 @@ export class AgentRuntime {
       // The service compile takes unhealthy backends out of new-flow selection.
       health: health.eligible,
       routes: routes.view,
+      ...(options.prepareUplink ? { prepareUplink: options.prepareUplink } : {}),
       nodeName: options.nodeName,
       labels: options.labels,
       datapaths: options.datapaths,

@@ -18,10 +18,17 @@ const runIp: IpCommand = (args) => execFileSync('ip', args, { encoding: 'utf8', 
 export class BackendRoutes {
   #cache = new Map<string, BackendRoute | undefined>();
   #ip: IpCommand;
+  #uplinks: ReadonlySet<string> | undefined;
   #failures = 0;
 
-  constructor(ip: IpCommand = runIp) {
+  /**
+   * @param uplinks the node's uplink interfaces: each route then says whether it leaves through
+   *   one (BackendRoute.uplink; a full-NAT backend must). Absent: not said (no interfaces, as in a
+   *   simulation).
+   */
+  constructor(ip: IpCommand = runIp, uplinks?: readonly string[]) {
     this.#ip = ip;
+    if (uplinks !== undefined) this.#uplinks = new Set(uplinks);
   }
 
   /** Lookups that found no route (or failed), since construction. */
@@ -60,7 +67,9 @@ export class BackendRoutes {
     if (r === undefined || typeof r.prefsrc !== 'string') return undefined;
     const source = parseAddress(r.prefsrc);
     if (source === undefined || source.length !== bytes.length) return undefined;
-    return { source, mtu: routeMtu(r.metrics) ?? deviceMtu(r.dev) ?? 0 };
+    const route = { source, mtu: routeMtu(r.metrics) ?? deviceMtu(r.dev) ?? 0 };
+    if (this.#uplinks === undefined || typeof r.dev !== 'string') return route;
+    return { ...route, device: r.dev, uplink: this.#uplinks.has(r.dev) };
   }
 }
 

@@ -5,6 +5,7 @@ import {
   sameLabels,
   type ConditionReport,
   type ConntrackStatus,
+  type LoadBalancerStatus,
   type CounterReport,
   type NodeCondition,
   type InterfaceCounters,
@@ -16,7 +17,7 @@ import {
 import type { IntentChain } from '@edgeplane/intent-log';
 import { extractTraceContext, injectTraceContext } from '@edgeplane/telemetry';
 import type { ConntrackOccupancy } from '../datapath/conntrack.js';
-import type { Counter, Datapath, DatapathCounters } from '../datapath/datapath.js';
+import { LB_STAT_NAMES, type Counter, type Datapath, type DatapathCounters, type LbCounters } from '../datapath/datapath.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { RollbackError } from '../datapath/errors.js';
 import type { RuleAction, RuleSetSpec } from '../datapath/rule-set.js';
@@ -100,6 +101,12 @@ export interface NodeAgentOptions {
   health?: BackendHealthView;
   /** The node's routes to backends, for DSR and full-NAT services (BackendRoutes.view); absent: none resolved. */
   routes?: BackendRouteView;
+  /**
+   * Called with the uplink's services before they are applied (and with the previous ones when a
+   * failed apply rolls back): makes the node's settings what they need (UplinkSysctls.follow).
+   * Must not throw.
+   */
+  prepareUplink?: (lb: LbSpec | undefined) => void;
   /**
    * Backoff of the retries (restoring a known revision after a failed rollback; rewriting the
    * state file): doubling from min to max, ms. Default 1000 .. 60000.
@@ -234,6 +241,8 @@ export class NodeAgent {
   #origins: Record<InterfaceRole, Map<number, RuleOrigin>> = { uplink: new Map(), workload: new Map() };
   /** The conntrack status last reported (JSON), so an unchanged one is not sent again. */
   #lastConntrack = '';
+  /** The load-balancer counters last reported ('' none). */
+  #lastLb = '';
   #occupancyRead: Partial<Record<InterfaceRole, { at: number; value: ConntrackOccupancy; waitMs: number }>> = {};
   #running: Promise<void> | undefined;
   /** The chain to apply next; `force`: apply it even if its revision is not above #applied (another history: a reset or resync). */
@@ -692,6 +701,7 @@ export class NodeAgent {
   async #applyCompiled(compiled: CompiledIntent): Promise<void> {
     const known = this.#live ?? { uplink: UNCONFIGURED, workload: UNCONFIGURED };
     const switched: InterfaceRole[] = [];
+    this.#o.prepareUplink?.(compiled.uplink.lb);
     try {
       for (const role of this.#roles()) {
         await this.#o.datapaths[role].apply(compiled[role].ruleSet, compiled[role].lb);
@@ -708,6 +718,8 @@ export class NodeAgent {
           this.#unknownRoles.set(role, (rollbackErr as Error).message);
         }
       }
+      // The uplink enforces the previous services again (or never left them).
+      if (!failed.has('uplink')) this.#o.prepareUplink?.(known.uplink.lb);
       if (failed.size) throw new RollbackError(`roll back ${[...failed].map(([role, why]) => `${role}: ${why}`).join('; ')}`, failed, { cause: err });
       throw err;
     }
@@ -822,8 +834,19 @@ export class NodeAgent {
     // Occupancy is a level, not a delta: sent whenever it (or a conntrack count) changed.
     const ctKey = JSON.stringify(conntrack, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
     const ctChanged = conntrack.length > 0 && ctKey !== this.#lastConntrack;
-    if (!moved && !ctChanged) return undefined;
+    // The load balancer's counters (the uplink's datapath): totals, sent whenever they changed.
+    const lb = loadBalancerStatus(this.#lastCounters.uplink?.lb);
+    const lbKey = lb === undefined ? '' : LB_STAT_NAMES.map((n) => String(lb[n])).join(',');
+    const lbChanged = lbKey !== this.#lastLb;
+    if (!moved && !ctChanged && !lbChanged) return undefined;
     this.#lastConntrack = ctKey;
-    return { startTime: start, endTime: now, rules: [...rules.values()], interfaces: moved ? interfaces : [], appliedRevision: this.#applied, conntrack };
+    this.#lastLb = lbKey;
+    return { startTime: start, endTime: now, rules: [...rules.values()], interfaces: moved ? interfaces : [], appliedRevision: this.#applied, conntrack, loadBalancer: lbChanged ? lb : undefined };
   }
+}
+
+/** The report's form of a datapath's load-balancer counters (packets); undefined when it keeps none or counted nothing. */
+function loadBalancerStatus(lb: LbCounters | undefined): LoadBalancerStatus | undefined {
+  if (lb === undefined || LB_STAT_NAMES.every((n) => lb[n].packets === 0)) return undefined;
+  return Object.fromEntries(LB_STAT_NAMES.map((n) => [n, BigInt(lb[n].packets)])) as unknown as LoadBalancerStatus;
 }

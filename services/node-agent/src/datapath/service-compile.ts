@@ -32,6 +32,14 @@ export type BackendHealthView = (service: string, address: string, port: number)
 export interface BackendRoute {
   readonly source: Uint8Array;
   readonly mtu: number;
+  /**
+   * The interface the route leaves through, and whether it is one of the node's uplinks (absent:
+   * not known, nothing is checked). A full-NAT backend must be reached through an uplink: the
+   * replies to the node's address are turned back only at an uplink's policy hook (bpf/LB.md,
+   * "Forwarding modes"); the compile refuses the service otherwise.
+   */
+  readonly device?: string;
+  readonly uplink?: boolean;
 }
 
 /**
@@ -315,6 +323,12 @@ function compileService(s: Service, svcId: number, options: ServiceCompileOption
   if (r.fields.forwarding !== 'nat' && routes !== undefined) {
     backends = backends.map((b) => {
       const route = routes(b.address);
+      // Full NAT's replies come back to the node's address through the interface the route
+      // leaves by; only an uplink's hook turns them back (a workload interface's programs have
+      // their own connection tables, without the flow): refused rather than half working.
+      if (route?.uplink === false && r.fields.forwarding === 'fullnat') {
+        throw new ServiceCompileError(name, `service ${name}: full-NAT backend ${b.address} is routed through ${route.device ?? 'an interface'}, not an uplink; full NAT's replies are translated only at an uplink (bpf/LB.md, "Forwarding modes"): reach the backend through an uplink, or use NAT or DSR mode`);
+      }
       return route === undefined ? b : { ...b, route };
     });
   }
