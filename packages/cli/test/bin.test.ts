@@ -1,5 +1,6 @@
-// The README's `npx edgeplane ...` from the repository root: npm must have linked the command
-// (the root package depends on @edgeplane/cli, whose bin exists before the build).
+// The README's `npx edgeplane ...` (and `npx edgeplane-controller`, `npx edgeplane-agent`) from
+// the repository root: npm must have linked each command, which it does at `npm ci` only for a
+// bin file that exists before the build (scripts/setup runs npm ci, then builds).
 import { execFile } from 'node:child_process';
 import { readlinkSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -14,3 +15,14 @@ test('npx edgeplane - runs the command line from the repository root', async (t)
   t.regex(stdout, /^edgeplane: the command line of the edgeplane control plane/);
   t.regex(stdout, /Usage: edgeplane COMMAND/);
 });
+
+for (const [command, target, banner] of [
+  ['edgeplane-controller', /@edgeplane\/controller\/bin\/edgeplane-controller\.js$/, /^edgeplane-controller: the edgeplane control plane/],
+  ['edgeplane-agent', /@edgeplane\/node-agent\/bin\/edgeplane-agent$/, /^edgeplane-agent: enforces edgeplane intent on this node/],
+] as const) {
+  test(`npx ${command} - runs from the repository root, linked to a file that exists before the build`, async (t) => {
+    t.regex(readlinkSync(`${root}node_modules/.bin/${command}`), target);
+    const { stdout } = await promisify(execFile)('npx', ['--no-install', command, '--help'], { cwd: root, timeout: 60_000 });
+    t.regex(stdout, banner);
+  });
+}

@@ -28,3 +28,4 @@ export type { IntentStore } from './intent-store.js';
 export { ServiceHealthStore } from './service-health-store.js';
 export { ReplicaFleetSync, type ReplicaFleetSyncOptions } from './replica-fleet-sync.js';
 export { RolloutLease, type RolloutLeaseOptions } from './rollout-lease.js';
+export { FLEET_METRICS, prometheusMetricNames } from './metrics.js';

@@ -490,7 +490,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
   }
 }
 
-async function main(): Promise<void> {
+export async function main(): Promise<void> {
   let config;
   try {
     config = parseConfig(process.argv.slice(2));

@@ -3,6 +3,32 @@ import type { CounterStore } from './counter-store.js';
 import type { NodeRegistry } from './node-registry.js';
 
 /**
+ * The fleet metrics: instrument name, kind and description, the one list the instruments are
+ * made from and that {@link prometheusMetricNames} (and the Grafana dashboard's test) read.
+ */
+export const FLEET_METRICS = {
+  rulePackets: { name: 'edgeplane_rule_packets', kind: 'counter', description: 'Packets matched per policy rule, summed over the fleet' },
+  ruleBytes: { name: 'edgeplane_rule_bytes', kind: 'counter', description: 'Bytes matched per policy rule, summed over the fleet', unit: 'By' },
+  ifacePackets: { name: 'edgeplane_interface_packets', kind: 'counter', description: 'Packets the datapath passed or dropped, per node and interface' },
+  nodes: { name: 'edgeplane_nodes', kind: 'gauge', description: 'Registered nodes by connection state' },
+  revision: { name: 'edgeplane_intent_revision', kind: 'gauge', description: 'Newest revision of the intent log' },
+  applied: { name: 'edgeplane_node_applied_revision', kind: 'gauge', description: 'Revision each node enforces' },
+  ctEntries: { name: 'edgeplane_conntrack_entries', kind: 'gauge', description: "Live entries of each node's connection tables, per interface role and table (new, established)" },
+  ctCapacity: { name: 'edgeplane_conntrack_capacity', kind: 'gauge', description: "Capacity of each node's connection tables, per interface role and table" },
+  ctEvents: { name: 'edgeplane_conntrack_events', kind: 'counter', description: 'Connection-table events per node and role: entries created, promoted, insert_failed (established table full), expired, cut; packets passed by established, related, control' },
+  lbPackets: {
+    name: 'edgeplane_lb_packets',
+    kind: 'counter',
+    description: 'Load-balancer packets per node: new flows selected, dropped without a backend (no_backend), replies reverse-NATed, reverse entries orphaned; DSR packets encapsulated, too big once encapsulated; full-NAT flows dropped for want of a source port (snat_failed)',
+  },
+} as const satisfies Record<string, { name: string; kind: 'counter' | 'gauge'; description: string; unit?: string }>;
+
+/** The names a Prometheus scrape shows for {@link FLEET_METRICS} (the exporter adds `_total` to counters). */
+export function prometheusMetricNames(): string[] {
+  return Object.values(FLEET_METRICS).map((m) => (m.kind === 'counter' ? `${m.name}_total` : m.name));
+}
+
+/**
  * Registers the fleet's metrics (observed on collection, so nothing is recorded per report):
  * rule packets and bytes summed over the fleet, per-node interface packets, node counts, the
  * intent revision, and per node and role the connection tables' occupancy and capacity
@@ -11,16 +37,18 @@ import type { NodeRegistry } from './node-registry.js';
  * no_backend, reverse_nat, orphaned, encapsulated, snat_failed, too_big).
  */
 export function registerFleetMetrics(meter: Meter, sources: { counters: CounterStore; registry: NodeRegistry; revision: () => bigint }): void {
-  const rulePackets = meter.createObservableCounter('edgeplane_rule_packets', { description: 'Packets matched per policy rule, summed over the fleet' });
-  const ruleBytes = meter.createObservableCounter('edgeplane_rule_bytes', { description: 'Bytes matched per policy rule, summed over the fleet', unit: 'By' });
-  const ifacePackets = meter.createObservableCounter('edgeplane_interface_packets', { description: 'Packets the datapath passed or dropped, per node and interface' });
-  const nodes = meter.createObservableGauge('edgeplane_nodes', { description: 'Registered nodes by connection state' });
-  const revision = meter.createObservableGauge('edgeplane_intent_revision', { description: 'Newest revision of the intent log' });
-  const applied = meter.createObservableGauge('edgeplane_node_applied_revision', { description: 'Revision each node enforces' });
-  const ctEntries = meter.createObservableGauge('edgeplane_conntrack_entries', { description: 'Live entries of each node\'s connection tables, per interface role and table (new, established)' });
-  const ctCapacity = meter.createObservableGauge('edgeplane_conntrack_capacity', { description: 'Capacity of each node\'s connection tables, per interface role and table' });
-  const ctEvents = meter.createObservableCounter('edgeplane_conntrack_events', { description: 'Connection-table events per node and role: entries created, promoted, insert_failed (established table full), expired, cut; packets passed by established, related, control' });
-  const lbPackets = meter.createObservableCounter('edgeplane_lb_packets', { description: 'Load-balancer packets per node: new flows selected, dropped without a backend (no_backend), replies reverse-NATed, reverse entries orphaned; DSR packets encapsulated, too big once encapsulated; full-NAT flows dropped for want of a source port (snat_failed)' });
+  const counter = (m: (typeof FLEET_METRICS)[keyof typeof FLEET_METRICS]) => meter.createObservableCounter(m.name, { description: m.description, ...('unit' in m ? { unit: m.unit } : {}) });
+  const gauge = (m: (typeof FLEET_METRICS)[keyof typeof FLEET_METRICS]) => meter.createObservableGauge(m.name, { description: m.description });
+  const rulePackets = counter(FLEET_METRICS.rulePackets);
+  const ruleBytes = counter(FLEET_METRICS.ruleBytes);
+  const ifacePackets = counter(FLEET_METRICS.ifacePackets);
+  const nodes = gauge(FLEET_METRICS.nodes);
+  const revision = gauge(FLEET_METRICS.revision);
+  const applied = gauge(FLEET_METRICS.applied);
+  const ctEntries = gauge(FLEET_METRICS.ctEntries);
+  const ctCapacity = gauge(FLEET_METRICS.ctCapacity);
+  const ctEvents = counter(FLEET_METRICS.ctEvents);
+  const lbPackets = counter(FLEET_METRICS.lbPackets);
   meter.addBatchObservableCallback(
     (r) => {
       for (const c of sources.counters.fleetRules()) {
