@@ -492,7 +492,9 @@ export class EbpfDatapath implements Datapath {
           this.#writeMeta(generation, tables.ruleCount, true, fingerprint);
           this.#ruleIds[generation] = [...tables.ruleIds];
           this.#held[generation] = { ...from, lbFingerprint: lbTables.fingerprint, fingerprint, ...room };
-          this.#counters.pruneCarry(new Set([...tables.ruleIds, DEFAULT_RULE_ID]));
+          // The counts of the rule set overwritten here stay carried (not pruned): until this
+          // bring-up that set was the idle generation's, so a rollback to it kept counting where
+          // it stopped, and it still does (now by an update). The next whole install prunes them.
         } catch {
           // The generation stays marked invalid (or holds what it held): the next apply there writes it whole.
         } finally {
