@@ -149,6 +149,46 @@ def example_service(name):
     }
 
 
+def add_connection_flags(parser):
+    """--server, --timeout and the TLS flags, as every client here takes them."""
+    parser.add_argument("--server", default=os.environ.get("EDGEPLANE_SERVER", "127.0.0.1:7443"), help="controller address HOST:PORT")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each unary call, seconds")
+    parser.add_argument("--tls-ca", default=os.environ.get("EDGEPLANE_TLS_CA"), help="CA certificate (PEM) the controller's certificate chains to (EDGEPLANE_TLS_CA)")
+    parser.add_argument("--tls-cert", default=os.environ.get("EDGEPLANE_TLS_CERT"), help="client certificate (PEM), e.g. from edgeplane cert issue (EDGEPLANE_TLS_CERT)")
+    parser.add_argument("--tls-key", default=os.environ.get("EDGEPLANE_TLS_KEY"), help="its private key (PEM) (EDGEPLANE_TLS_KEY)")
+    parser.add_argument("--insecure", action="store_true", help="plaintext, for a controller started with --insecure on loopback")
+
+
+def check_connection_flags(parser, args):
+    """Mutual TLS unless --insecure: never a silent fall back to plaintext."""
+    if not args.insecure and not (args.tls_ca and args.tls_cert and args.tls_key):
+        parser.error("give --tls-ca, --tls-cert and --tls-key (or EDGEPLANE_TLS_*), or --insecure for a plaintext loopback controller")
+
+
+def open_channel(args):
+    """A channel to args.server: mutual TLS with the given files, or plaintext with --insecure."""
+    if args.insecure:
+        return grpc.insecure_channel(args.server)
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+    return grpc.secure_channel(args.server, grpc.ssl_channel_credentials(root_certificates=read(args.tls_ca), private_key=read(args.tls_key), certificate_chain=read(args.tls_cert)))
+
+
+def print_stream(stream, count=0):
+    """Prints a server stream's messages as JSON lines until it ends or `count` (0: no limit) arrived."""
+    seen = 0
+    try:
+        for message in stream:
+            print(json.dumps(json_format.MessageToDict(message)), flush=True)
+            seen += 1
+            if count and seen >= count:
+                break
+    finally:
+        stream.cancel()
+
+
 def to_json(message):
     return json_format.MessageToDict(message)
 
@@ -171,13 +211,8 @@ def describe_error(stubs, err):
 
 def main(argv):
     parser = argparse.ArgumentParser(prog="edgeplane_client.py", description="Apply and list edgeplane policies, apply services, and list a node's connections, over gRPC with mutual TLS (the controller's default).")
-    parser.add_argument("--server", default=os.environ.get("EDGEPLANE_SERVER", "127.0.0.1:7443"), help="controller address HOST:PORT")
+    add_connection_flags(parser)
     parser.add_argument("--proto-root", default=DEFAULT_PROTO_ROOT, help="folder holding edgeplane/v1 and google/rpc protos")
-    parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each call, seconds")
-    parser.add_argument("--tls-ca", default=os.environ.get("EDGEPLANE_TLS_CA"), help="CA certificate (PEM) the controller's certificate chains to (EDGEPLANE_TLS_CA)")
-    parser.add_argument("--tls-cert", default=os.environ.get("EDGEPLANE_TLS_CERT"), help="client certificate (PEM), e.g. from edgeplane cert issue (EDGEPLANE_TLS_CERT)")
-    parser.add_argument("--tls-key", default=os.environ.get("EDGEPLANE_TLS_KEY"), help="its private key (PEM) (EDGEPLANE_TLS_KEY)")
-    parser.add_argument("--insecure", action="store_true", help="plaintext, for a controller started with --insecure on loopback")
     sub = parser.add_subparsers(dest="command", required=True)
     apply = sub.add_parser("apply", help="apply a policy")
     source = apply.add_mutually_exclusive_group()
@@ -203,8 +238,7 @@ def main(argv):
     conntrack.add_argument("--port", type=int, default=0, help="the source or destination port")
     conntrack.add_argument("--limit", type=int, default=0, help="most entries to return (default 1000, at most 10000)")
     args = parser.parse_args(argv)
-    if not args.insecure and not (args.tls_ca and args.tls_cert and args.tls_key):
-        parser.error("give --tls-ca, --tls-cert and --tls-key (or EDGEPLANE_TLS_*), or --insecure for a plaintext loopback controller")
+    check_connection_flags(parser, args)
 
     if args.command == "apply" and args.file:
         with open(args.file, encoding="utf-8") as f:
@@ -220,14 +254,7 @@ def main(argv):
         with open(args.selector_file, encoding="utf-8") as f:
             args.selector = f.read()
 
-    if args.insecure:
-        channel = grpc.insecure_channel(args.server)
-    else:
-        def read(path):
-            with open(path, "rb") as f:
-                return f.read()
-        credentials = grpc.ssl_channel_credentials(root_certificates=read(args.tls_ca), private_key=read(args.tls_key), certificate_chain=read(args.tls_cert))
-        channel = grpc.secure_channel(args.server, credentials)
+    channel = open_channel(args)
     stubs = Stubs(args.proto_root)
     try:
         with channel:
@@ -242,16 +269,7 @@ def main(argv):
                 elif args.command == "watch-nodes":
                     # A stream has no deadline of its own: it follows until --count events or Ctrl-C.
                     fleet = stubs.fleet_grpc.FleetServiceStub(channel)
-                    events = fleet.WatchNodes(stubs.fleet.WatchNodesRequest(label_selector=args.selector, send_initial=args.initial))
-                    seen = 0
-                    try:
-                        for event in events:
-                            print(json.dumps(to_json(event)), flush=True)
-                            seen += 1
-                            if args.count and seen >= args.count:
-                                break
-                    finally:
-                        events.cancel()
+                    print_stream(fleet.WatchNodes(stubs.fleet.WatchNodesRequest(label_selector=args.selector, send_initial=args.initial)), args.count)
                     return 0
                 elif args.command == "conntrack":
                     fleet = stubs.fleet_grpc.FleetServiceStub(channel)

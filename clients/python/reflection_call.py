@@ -29,6 +29,10 @@ import tempfile
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
+# The connection flags, channel and stream printing are edgeplane_client.py's (same folder).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from edgeplane_client import add_connection_flags, check_connection_flags, open_channel, print_stream  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_REFLECTION_PROTO = os.path.normpath(os.path.join(HERE, "..", "..", "node_modules", "@grpc", "reflection", "build", "proto", "grpc", "reflection", "v1", "reflection.proto"))
 
@@ -104,12 +108,7 @@ def message_class(pool, descriptor):
 
 def main(argv):
     parser = argparse.ArgumentParser(prog="reflection_call.py", description="Call an edgeplane gRPC method from server reflection alone.")
-    parser.add_argument("--server", default=os.environ.get("EDGEPLANE_SERVER", "127.0.0.1:7443"), help="controller address HOST:PORT")
-    parser.add_argument("--tls-ca", default=os.environ.get("EDGEPLANE_TLS_CA"), help="CA certificate (PEM) (EDGEPLANE_TLS_CA)")
-    parser.add_argument("--tls-cert", default=os.environ.get("EDGEPLANE_TLS_CERT"), help="client certificate (PEM) (EDGEPLANE_TLS_CERT)")
-    parser.add_argument("--tls-key", default=os.environ.get("EDGEPLANE_TLS_KEY"), help="its private key (PEM) (EDGEPLANE_TLS_KEY)")
-    parser.add_argument("--insecure", action="store_true", help="plaintext, for a controller started with --insecure on loopback")
-    parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each unary call, seconds")
+    add_connection_flags(parser)
     parser.add_argument("--reflection-proto", default=DEFAULT_REFLECTION_PROTO, help="grpc/reflection/v1/reflection.proto, when grpcio-reflection is not installed")
     parser.add_argument("--list", action="store_true", help="list the services")
     parser.add_argument("--file", help="print a file's name, package, imports and messages as reflection serves it")
@@ -117,20 +116,13 @@ def main(argv):
     parser.add_argument("method", nargs="?", help="SERVICE/METHOD, e.g. edgeplane.v1.IntentService/ListPolicies")
     parser.add_argument("request", nargs="?", default="{}", help="the request as JSON (proto3 JSON mapping)")
     args = parser.parse_args(argv)
-    if not args.insecure and not (args.tls_ca and args.tls_cert and args.tls_key):
-        parser.error("give --tls-ca, --tls-cert and --tls-key (or EDGEPLANE_TLS_*), or --insecure for a plaintext loopback controller")
+    check_connection_flags(parser, args)
     if not (args.list or args.file or args.method):
         parser.error("give --list, --file NAME or SERVICE/METHOD")
     if args.method and "/" not in args.method:
         parser.error(f"{args.method}: expected SERVICE/METHOD")
 
-    if args.insecure:
-        channel = grpc.insecure_channel(args.server)
-    else:
-        def read(path):
-            with open(path, "rb") as f:
-                return f.read()
-        channel = grpc.secure_channel(args.server, grpc.ssl_channel_credentials(root_certificates=read(args.tls_ca), private_key=read(args.tls_key), certificate_chain=read(args.tls_cert)))
+    channel = open_channel(args)
     work = tempfile.mkdtemp(prefix="edgeplane-reflect-")
     try:
         with channel:
@@ -156,16 +148,7 @@ def main(argv):
                 if method.client_streaming:
                     raise SystemExit("reflection_call: client-streaming methods are not supported")
                 if method.server_streaming:
-                    stream = channel.unary_stream(path, request_serializer=request_class.SerializeToString, response_deserializer=response_class.FromString)(request)
-                    seen = 0
-                    try:
-                        for message in stream:
-                            print(json.dumps(json_format.MessageToDict(message)), flush=True)
-                            seen += 1
-                            if args.max_messages and seen >= args.max_messages:
-                                break
-                    finally:
-                        stream.cancel()
+                    print_stream(channel.unary_stream(path, request_serializer=request_class.SerializeToString, response_deserializer=response_class.FromString)(request), args.max_messages)
                     return 0
                 call = channel.unary_unary(path, request_serializer=request_class.SerializeToString, response_deserializer=response_class.FromString)
                 print(json.dumps(json_format.MessageToDict(call(request, timeout=args.timeout)), indent=2))
