@@ -1,9 +1,10 @@
 // The eBPF datapath on the real kernel without interfaces: rate limiting, capacity, the
 // verifier error path, re-adoption of pinned state, close semantics.
 import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
-import { VerifierError } from 'libbpf-ts';
+import { BpfMap, VerifierError } from 'libbpf-ts';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { DatapathError } from '../src/datapath/errors.js';
 import { buildFrame } from '../src/datapath/packet.js';
@@ -22,7 +23,8 @@ const freshRoot = (): string => {
 };
 
 test('rate limit - a burst of N passes exactly N per source, each source has its own bucket', async (t) => {
-  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
+  const pinRoot = freshRoot();
+  const datapath = await EbpfDatapath.open({ pinRoot });
   t.teardown(() => datapath.close());
   const ruleSet: RuleSetSpec = {
     rules: [{ id: 7, srcCidrs: ['10.0.0.0/8'], dstCidrs: [], protocol: 'udp', dstPorts: [{ from: 53, to: 53 }], action: 'rate_limit', rateLimit: { pps: 1, burst: 5 } }],
@@ -41,9 +43,17 @@ test('rate limit - a burst of N passes exactly N per source, each source has its
   const counters = datapath.readCounters();
   t.is(counters.rules.get(7)?.packets, 16);
   t.is(counters.rateLimited.packets, 6);
-  // The bucket belongs to the rule id, not the generation: a new rule set keeps it empty.
+  // The bucket belongs to the rule id, not the generation: a new rule set keeps both buckets as
+  // they are (compared in the map, not by a probe: an apply may take longer than the 1 s in which
+  // pps = 1 refills a token).
+  const buckets = BpfMap.openPinned(join(pinRoot, 'ep_buckets'));
+  t.teardown(() => buckets.close());
+  const bucketState = (): string[] => [...buckets.entries()].map(([k, v]) => `${Buffer.from(k).toString('hex')}=${Buffer.from(v).toString('hex')}`).sort();
+  const before = bucketState();
+  t.is(before.length, 2, 'a bucket per source');
   await datapath.apply({ ...ruleSet, rules: [...ruleSet.rules, { id: 8, srcCidrs: ['192.0.2.0/24'], dstCidrs: [], protocol: 'any', dstPorts: [], action: 'deny' }] });
-  t.is(datapath.xdpProgram.testRun({ data: buildFrame({ src: '10.0.0.1', dst: '192.0.2.53', protocol: 'udp', dstPort: 53 }) }).retval, XDP_DROP);
+  t.deepEqual(bucketState(), before, 'the apply left the buckets as they were');
+  datapath.xdpProgram.testRun({ data: buildFrame({ src: '10.0.0.1', dst: '192.0.2.53', protocol: 'udp', dstPort: 53 }) });
   t.is(datapath.readCounters().rules.get(7)?.packets, 17, 'counters continue across applies');
 });
 

@@ -470,7 +470,9 @@ export class EbpfDatapath implements Datapath {
     // After a whole rebuild the generation just left holds an older rule set, so the next change
     // would rebuild again: bring it up to date now, after this apply returns (the next apply
     // waits for it), and the next change is an update.
-    if (whole !== undefined) this.#bringUp(active, whole, { compiler: tables.compiler, version: tables.version }, lbTables, fingerprint);
+    // Not with services: flows established under the generation just left still read its backend
+    // table (LB.md, "Apply and the switch"), so it stays as it is until the next apply there.
+    if (whole !== undefined && lbTables.vip.count === 0) this.#bringUp(active, whole, { compiler: tables.compiler, version: tables.version }, lbTables, fingerprint);
     return { generation: target, mode: 'installed', write, written, ...summary };
   }
 
