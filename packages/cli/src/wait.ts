@@ -144,7 +144,13 @@ export async function followRollouts(api: Pick<RolloutApi, 'getRollout'>, rollou
     for (const f of rollouts) {
       const status = await api.getRollout(f.name, f.kind);
       const r = status?.rollout;
-      if (!status || !r || r.changeRevision !== f.changeRevision) {
+      if (!status || !r) {
+        // Written with the change, so only a lagging answer lacks it: keep asking until the deadline.
+        lines.push(`${rolloutId(f)}: waiting for the rollout of the change at revision ${f.changeRevision}`);
+        running++;
+        continue;
+      }
+      if (r.changeRevision !== f.changeRevision) {
         lines.push(`${rolloutId(f)}: no longer rolling out the change at revision ${f.changeRevision}`);
         continue;
       }

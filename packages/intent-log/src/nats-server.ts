@@ -76,11 +76,25 @@ async function stopOrphan(pidFile: string, config: string): Promise<void> {
   }
   const argv = cmdline.split('\0');
   if (!argv.some((a) => a.endsWith('nats-server')) || !argv.includes(config)) return; // the pid was reused
-  const alive = (): boolean => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
-  process.kill(pid, 'SIGTERM');
+  // The process may be reaped between any two of these steps (ESRCH): then it is gone, as wanted.
+  const alive = (): boolean => {
+    try {
+      return !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
+    } catch {
+      return false;
+    }
+  };
+  const signal = (name: NodeJS.Signals): void => {
+    try {
+      process.kill(pid, name);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    }
+  };
+  signal('SIGTERM');
   const deadline = Date.now() + 5000;
   while (alive() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  if (alive()) process.kill(pid, 'SIGKILL');
+  if (alive()) signal('SIGKILL');
   while (alive()) await new Promise((r) => setTimeout(r, 20));
   rmSync(pidFile, { force: true });
 }
