@@ -186,11 +186,9 @@ async function main(): Promise<void> {
   say('\nedgeplane get nodes:');
   say(cli(['get', 'nodes']).trimEnd().replace(/^/gm, '  '));
 
-  say('\nssh-mgmt-only is a staged rollout (a 10% canary wave that bakes 1 minute): edgeplane rollout status ssh-mgmt-only');
+  // apply --wait above followed it wave by wave to its end.
+  say('\nssh-mgmt-only was a staged rollout (a 10% canary wave that bakes 15 s, then the rest): edgeplane rollout status ssh-mgmt-only');
   say(cli(['rollout', 'status', 'ssh-mgmt-only'], true).trimEnd().replace(/^/gm, '  '));
-  say('promoting it past the bake: edgeplane rollout promote ssh-mgmt-only');
-  say(cli(['rollout', 'promote', 'ssh-mgmt-only'], true).trimEnd().replace(/^/gm, '  '));
-  say(cli(['rollout', 'status', 'ssh-mgmt-only', '--watch', '--timeout', '60s'], true).trimEnd().split('\n').slice(-6).join('\n').replace(/^/gm, '  '));
   if (receiver) {
     await new Promise((r) => setTimeout(r, 2000));
     say(`\nthe rollout's trace, collected over OTLP from the controller and every agent:\n${traceTree(receiver.spans, 'ssh-mgmt-only')}`);
