@@ -469,9 +469,6 @@ export {
   validateRolloutStrategy,
 } from './../src/policy-validation.js';
 export {
-  PROTO_INCLUDE_DIR,
-} from './../src/proto-files.js';
-export {
   isServiceRollout,
   rolloutKey,
   rolloutKeyOf,
