@@ -122,3 +122,58 @@ export interface Datapath extends CounterReader, ConnectionReader {
   /** Releases resources; idempotent. Whether enforcement continues is the implementation's to say. */
   close(): void;
 }
+
+/**
+ * One packet whose verdicts differed between the enforced rule set and the shadow candidate
+ * (issue 18): a sample kept by the datapath, at most MAX_SHADOW_SAMPLES of them, newest last.
+ */
+export interface ShadowSample {
+  readonly family: 4 | 6;
+  /** IP protocol number (6, 17, 1, 58, ...). */
+  readonly proto: number;
+  readonly src: string;
+  readonly dst: string;
+  /** The destination port (TCP/UDP), else 0. */
+  readonly port: number;
+  /** 'wouldDrop': the enforced rule set passed it, the candidate would drop it; 'wouldAllow' the reverse. */
+  readonly verdict: 'wouldDrop' | 'wouldAllow';
+  /** The rule id (DEFAULT_RULE_ID for the default action) that decided it in the enforced rule set. */
+  readonly enforcedRuleId: number;
+  /** The rule id that would have decided it in the candidate. */
+  readonly candidateRuleId: number;
+}
+
+/** What shadow classification counted since the candidate was installed (summed over CPUs). */
+export interface ShadowCounters {
+  /** The candidate's fingerprint as given to shadow(): which candidate these counters are of. */
+  readonly candidate: string;
+  /** By rule id of the candidate, for every rule of it (zero if never hit): what it would have counted. */
+  readonly rules: ReadonlyMap<number, Counter>;
+  /** Packets the candidate's default action would have decided. */
+  readonly defaultAction: Counter;
+  /** Packets the enforced rule set passed and the candidate would have dropped. */
+  readonly wouldDrop: Counter;
+  /** Packets the enforced rule set dropped and the candidate would have passed. */
+  readonly wouldAllow: Counter;
+  /** Packets classified by both (the denominator of the shares above). */
+  readonly classified: Counter;
+  /** Recent differing packets, newest last. */
+  readonly samples: readonly ShadowSample[];
+}
+
+/**
+ * Shadow classification (issue 18): a candidate rule set held beside the enforced one. Every
+ * packet the enforced rule set classifies is also classified by the candidate; the enforced
+ * verdict decides; the candidate's verdicts are only counted. Nothing when no candidate is set.
+ */
+export interface ShadowDatapath {
+  /**
+   * Installs `ruleSet` as the shadow candidate (replacing any earlier one and zeroing its
+   * counters), under the fingerprint `candidate` (the caller's name for it, e.g. "rev:hash");
+   * null removes the candidate. Survives an agent restart (pinned) like the enforced tables.
+   * @throws RuleSetError, CapacityError (nothing touched); DatapathError.
+   */
+  setShadow(ruleSet: RuleSetSpec | null, candidate?: string): Promise<void>;
+  /** The candidate's counters, or null when no candidate is installed. @throws DatapathError. */
+  readShadow(): ShadowCounters | null;
+}
