@@ -22,6 +22,7 @@ import { sh } from './support/topology.js';
 const NODE = 'lb-modes-1';
 const TRAFFIC = join(import.meta.dirname, 'support', 'lb-traffic.py');
 const DECAP = join(import.meta.dirname, '..', 'bpf', 'build', 'fixtures', 'ipip_decap.bpf.o');
+const XDP_PASS = join(import.meta.dirname, '..', 'bpf', 'build', 'fixtures', 'xdp_pass.bpf.o');
 /** DSR: the VIP's port, which the backends serve on their VIP (a DSR backend takes the VIP's port). */
 const DSR_PORT = 9090;
 /** Full NAT: the backend beyond the client, on a link of the client namespace's. */
@@ -40,9 +41,7 @@ test.before(async () => {
   // source) carry one of its own addresses as their source: the stack takes them only with
   // accept_local on the uplink, and DSR's (the node's address on a backend link) not under strict
   // reverse-path filtering. The agent sets both (bpf/LB.md, "What the node needs"): the node
-  // starts with neither. (Reverse-path filtering stays off here, as the rig has it: full NAT's
-  // turned-back IPv4 reply has the VIP as its source, which the node does not route, so any
-  // rp_filter drops it; bpf/LB.md, "What the node needs".)
+  // starts with neither. (The full-NAT test turns strict reverse-path filtering on.)
   if (nodeSetting(r, 'accept_local') !== '0') throw new Error('the node starts with accept_local set');
   // DSR backends: the decapsulation at their link, the VIPs on their loopback.
   for (const b of r.backends) {
@@ -61,6 +60,10 @@ test.before(async () => {
   sh('ip', ['-n', remote, 'route', 'add', `${LbRig.NODE_V4}/32`, 'via', '10.99.0.254']);
   sh('ip', ['-n', remote, '-6', 'route', 'add', `${LbRig.NODE_V6}/128`, 'via', 'fd00:99::fe']);
   for (const [ns, dev] of [[r.client, 'c-r'], [remote, 'r-eth']] as const) r.exec(ns, 'ethtool', ['-K', dev, 'tx', 'off']);
+  // The node's XDP sends full-NAT frames back out of its uplink (XDP_TX); a veth delivers such
+  // frames to its peer only when the peer runs NAPI, which an XDP program there turns on (a NIC
+  // needs nothing of the kind).
+  sh('ip', ['netns', 'exec', r.client, 'ip', 'link', 'set', 'dev', r.uplink.client, 'xdpdrv', 'obj', XDP_PASS, 'sec', 'xdp']);
   cp = await startLbAgents(r, [NODE]);
   for (const b of r.backends) {
     await r.spawn(b.ns, 'python3', [TRAFFIC, 'serve-on', LbRig.vip(0, 4), b.name, String(DSR_PORT)], { ready: true });
@@ -117,14 +120,22 @@ for (const family of [4, 6] as const) {
     const backend = family === 4 ? REMOTE_V4 : REMOTE_V6;
     // Without full NAT the backend could not answer: it has no route to the client.
     t.throws(() => execFileSync('ip', ['netns', 'exec', remote!, 'ip', family === 4 ? '-4' : '-6', 'route', 'get', family === 4 ? LbRig.CLIENT_V4 : LbRig.CLIENT_V6], { stdio: 'pipe' }));
-    await applyServiceOn(cp!, modeService(`full${family}`, vip, 80, ForwardingMode.FORWARDING_MODE_FULLNAT, [{ address: backend, port: REMOTE_PORT }]), [NODE], output);
-    const report = await r.connect(vip, 80, 60);
-    t.is(report.failed, 0, `${JSON.stringify(report)}\n${output()}`);
-    t.deepEqual(report.reached, { remote: 60 });
-    const held = await r.hold(vip, 80, 20, { intervalMs: 100, stallMs: 3_000 });
-    const result = await held.stop();
-    t.deepEqual(result.broken, []);
-    t.true(result.roundTrips >= 20, JSON.stringify(result));
+    // Strict reverse-path filtering on the node, as many distributions set it: the turned-back
+    // reply's source is the VIP, which the stack would drop as a martian. The node's XDP sends
+    // both directions back out of the uplink itself (ep_xdp_fib_tx), so the stack never sees them.
+    if (family === 4) r.exec(r.node, 'sysctl', ['-qw', 'net.ipv4.conf.all.rp_filter=1']);
+    try {
+      await applyServiceOn(cp!, modeService(`full${family}`, vip, 80, ForwardingMode.FORWARDING_MODE_FULLNAT, [{ address: backend, port: REMOTE_PORT }]), [NODE], output);
+      const report = await r.connect(vip, 80, 60);
+      t.is(report.failed, 0, `${JSON.stringify(report)}\n${output()}`);
+      t.deepEqual(report.reached, { remote: 60 });
+      const held = await r.hold(vip, 80, 20, { intervalMs: 100, stallMs: 3_000 });
+      const result = await held.stop();
+      t.deepEqual(result.broken, []);
+      t.true(result.roundTrips >= 20, JSON.stringify(result));
+    } finally {
+      if (family === 4) r.exec(r.node, 'sysctl', ['-qw', 'net.ipv4.conf.all.rp_filter=0', `net.ipv4.conf.${r.uplink.node}.rp_filter=0`]);
+    }
   });
 }
 

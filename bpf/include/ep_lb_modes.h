@@ -397,6 +397,66 @@ static __noinline int ep_xdp_too_big(struct xdp_md *ctx, struct ep_lb_xlat *x, _
 	return XDP_TX;
 }
 
+/* XDP: a full-NAT or DSR frame as rewritten, sent straight back out of the interface it came in
+ * on when the kernel's FIB (bpf_fib_lookup: routes, policy rules and neighbours) says its next hop
+ * is there, which is the hairpin of an edge node whose backends and clients are both behind its
+ * uplink. The frame then never enters the stack, so its source (one of the node's addresses, or the
+ * VIP of a turned-back full-NAT reply) is not a martian and no reverse-path filter sees it
+ * (bpf/LB.md, "What the node needs"). `forwarded`: the frame was forwarded (full NAT: its TTL or
+ * hop limit is decremented, as the stack's forwarding would); a DSR frame's outer header is the
+ * node's own. Anything else (another interface, a neighbour not yet resolved, a TTL at its end, a
+ * frame larger than the route's MTU) is left to the stack: XDP_PASS. Returns the XDP action. */
+static __noinline int ep_xdp_fib_tx(struct xdp_md *ctx, struct ep_lb_xlat *x, bool forwarded)
+{
+	struct bpf_fib_lookup f = {};
+	__u8 *ip = x->hdr;
+	__u32 l3 = x->l3_off, family = x->family;
+	__u32 ifindex = ctx->ingress_ifindex;
+	if (l3 > EP_LB_L2_COPY - 2 || bpf_xdp_load_bytes(ctx, l3, ip, family == 4 ? 20 : 40))
+		return XDP_PASS;
+	if (family == 4) {
+		if (forwarded && ip[8] <= 1)
+			return XDP_PASS;
+		f.family = 2; /* AF_INET */
+		f.tos = ip[1];
+		f.l4_protocol = ip[9];
+		f.tot_len = (ip[2] << 8) | ip[3];
+		__builtin_memcpy(&f.ipv4_src, ip + 12, 4);
+		__builtin_memcpy(&f.ipv4_dst, ip + 16, 4);
+	} else {
+		if (forwarded && ip[7] <= 1)
+			return XDP_PASS;
+		f.family = 10; /* AF_INET6 */
+		__builtin_memcpy(&f.flowinfo, ip, 4);
+		f.flowinfo &= bpf_htonl(0x0fffffff);
+		f.l4_protocol = ip[6];
+		f.tot_len = ((ip[4] << 8) | ip[5]) + 40;
+		__builtin_memcpy(f.ipv6_src, ip + 8, 16);
+		__builtin_memcpy(f.ipv6_dst, ip + 24, 16);
+	}
+	f.ifindex = ifindex;
+	if (bpf_fib_lookup(ctx, &f, sizeof(f), 0) != BPF_FIB_LKUP_RET_SUCCESS || f.ifindex != ifindex)
+		return XDP_PASS;
+	if (forwarded && family == 4) {
+		/* ip_decrease_ttl: the TTL is the high byte of header word 4, so the checksum gains 0x0100. */
+		__u16 check;
+		__builtin_memcpy(&check, ip + 10, 2);
+		__u32 c = check + (__u32)bpf_htons(0x0100);
+		check = c + (c >= 0xffff);
+		ip[8] -= 1;
+		__builtin_memcpy(ip + 10, &check, 2);
+		if (bpf_xdp_store_bytes(ctx, l3 + 8, ip + 8, 4))
+			return XDP_DROP;
+	} else if (forwarded) {
+		ip[7] -= 1;
+		if (bpf_xdp_store_bytes(ctx, l3 + 7, ip + 7, 1))
+			return XDP_DROP;
+	}
+	if (bpf_xdp_store_bytes(ctx, 0, f.dmac, 6) || bpf_xdp_store_bytes(ctx, 6, f.smac, 6))
+		return XDP_DROP;
+	return XDP_TX;
+}
+
 /* XDP: encapsulates the frame as `x` says (EP_LB_X_ENCAP). Returns the XDP action. */
 static __noinline int ep_xdp_encap(struct xdp_md *ctx, struct ep_lb_xlat *x)
 {
@@ -422,7 +482,7 @@ static __noinline int ep_xdp_encap(struct xdp_md *ctx, struct ep_lb_xlat *x)
 	    bpf_xdp_store_bytes(ctx, l3, hdr, family == 4 ? 20 : 40))
 		return XDP_DROP;
 	ep_lb_stat(EP_LB_STAT_ENCAP, 0);
-	return XDP_PASS;
+	return ep_xdp_fib_tx(ctx, x, false);
 }
 
 /* XDP: writes ep_lb_xlat into the frame. Returns the XDP action (XDP_TX: an ICMP too-big). */
@@ -436,7 +496,7 @@ static __noinline int ep_xdp_lb(struct xdp_md *ctx)
 		return ep_xdp_encap(ctx, x);
 	if (x->op != EP_LB_X_FULLNAT || ep_xdp_nat(ctx, &x->nat[0]) < 0 || ep_xdp_nat(ctx, &x->nat[1]) < 0)
 		return XDP_DROP;
-	return XDP_PASS;
+	return ep_xdp_fib_tx(ctx, x, true);
 }
 
 #define EP_LB_TC_OK   0
