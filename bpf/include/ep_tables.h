@@ -99,8 +99,11 @@ struct ep_bucket {
 /* ep_shadow[0].flags: a candidate is installed; packets the enforced rule set classifies are
  * classified by it too. */
 #define EP_SHADOW_F_ON 0x1
-/* Bytes of the candidate's name (the caller's fingerprint of it) kept in ep_shadow[0]. */
-#define EP_SHADOW_NAME_MAX 128
+/* Bytes of the candidate's name (the caller's name for it) kept in ep_shadow[0]: a name of
+ * MAX_SHADOW_CANDIDATE_LENGTH (1,024) UTF-16 code units (proto/src/limits.ts) needs at most 3 bytes
+ * of UTF-8 for each, whatever its characters. The programs never read it: its size costs a packet
+ * nothing. */
+#define EP_SHADOW_NAME_MAX 3072
 /* Differing packets sampled per CPU (ep_shadow_samples, a ring per CPU); the agent keeps the
  * newest EP_SHADOW_SAMPLES of all CPUs. */
 #define EP_SHADOW_SAMPLES 64
@@ -114,7 +117,7 @@ struct ep_shadow_cfg {
 	__u32 pad;
 	__u8 fingerprint[32]; /* sha-256 of the candidate as compiled (TablesSpec.fingerprint) */
 	__u8 name[EP_SHADOW_NAME_MAX];
-};                            /* 176 bytes */
+};                            /* 48 + EP_SHADOW_NAME_MAX bytes */
 
 /* Per-CPU shadow counters (ep_shadow_stats), packets and bytes. */
 enum ep_shadow_stat {

@@ -9,7 +9,7 @@ import { sizes } from '../src/datapath/compile-tables.js';
 import { CONNTRACK_STAT_NAMES } from '../src/datapath/conntrack.js';
 import { LB_STAT_NAMES } from '../src/datapath/datapath.js';
 import { DEFAULT_OBJECT_PATH } from '../src/datapath/ebpf-datapath.js';
-import { MAX_SHADOW_NAME_BYTES, MAX_SHADOW_SAMPLES } from '../src/datapath/shadow-tables.js';
+import { MAX_SHADOW_NAME_BYTES, SHADOW_RING_SAMPLES } from '../src/datapath/shadow-tables.js';
 import { tableCodecs } from '../src/datapath/table-codecs.js';
 import { readObjectBtf } from './btf-helpers.js';
 
@@ -72,7 +72,7 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_shadow_rules: { type: 'array', keySize: 4, valueSize: sizes.rule, maxEntries: 65_537, flags: 0, inner: undefined },
     ep_shadow_counters: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: 65_537, flags: 0, inner: undefined },
     ep_shadow_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: 4, flags: 0, inner: undefined },
-    ep_shadow_samples: { type: 'percpu_array', keySize: 4, valueSize: tableCodecs.ep_shadow_sample.size, maxEntries: MAX_SHADOW_SAMPLES, flags: 0, inner: undefined },
+    ep_shadow_samples: { type: 'percpu_array', keySize: 4, valueSize: tableCodecs.ep_shadow_sample.size, maxEntries: SHADOW_RING_SAMPLES, flags: 0, inner: undefined },
   });
   t.deepEqual(spec.maps.get('ep_blk4')?.innerMap, { type: 'lpm_trie', keySize: BLOCKLIST_SIZES.key4, valueSize: BLOCKLIST_SIZES.value, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_blk6')?.innerMap, { type: 'lpm_trie', keySize: BLOCKLIST_SIZES.key6, valueSize: BLOCKLIST_SIZES.value, maxEntries: 1, flags: 1 });

@@ -13,7 +13,7 @@ import { RuleSetError } from '../src/datapath/errors.js';
 import type { Counter, DatapathCounters, ShadowCounters } from '../src/datapath/datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec, type RuleSpec } from '../src/datapath/rule-set.js';
-import { MAX_SHADOW_NAME_BYTES, MAX_SHADOW_SAMPLES } from '../src/datapath/shadow-tables.js';
+import { MAX_SHADOW_NAME_BYTES, SHADOW_RING_SAMPLES } from '../src/datapath/shadow-tables.js';
 import { mountBpffs, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
 
 const id = `${process.pid % 10000}${Math.floor(Math.random() * 100)}`;
@@ -270,7 +270,7 @@ test('shadow - IPv6 at TC and XDP, the ring keeps the newest samples of every CP
   const frame = (port: number): Uint8Array => buildFrame({ src: '2001:db8::1', dst: '2001:db8::2', protocol: 'tcp', dstPort: port, tcpFlags: 0x02 });
   // 443: both allow. Other ports: the enforced rule allows, the candidate's default denies.
   t.is(datapath.tcProgram.testRun({ data: frame(443) }).retval, 0);
-  const total = MAX_SHADOW_SAMPLES + 10;
+  const total = SHADOW_RING_SAMPLES + 10;
   for (let i = 0; i < total; i++) t.is(datapath.xdpProgram.testRun({ data: frame(1000 + i) }).retval, XDP_PASS);
   const shadow = shadowOf(datapath);
   t.regex(shadow.candidate, /^[0-9a-f]{64}$/, 'unnamed: the hex of its fingerprint');
@@ -278,10 +278,10 @@ test('shadow - IPv6 at TC and XDP, the ring keeps the newest samples of every CP
   t.is(packets(shadow.wouldDrop), total);
   t.is(packets(shadow.rules.get(5)), 1);
   t.is(packets(shadow.defaultAction), total);
-  t.is(shadow.samples.length, MAX_SHADOW_SAMPLES);
+  t.is(shadow.samples.length, SHADOW_RING_SAMPLES);
   t.deepEqual(
     shadow.samples.map((s) => s.port),
-    Array.from({ length: MAX_SHADOW_SAMPLES }, (_, i) => 1000 + total - MAX_SHADOW_SAMPLES + i),
+    Array.from({ length: SHADOW_RING_SAMPLES }, (_, i) => 1000 + total - SHADOW_RING_SAMPLES + i),
     'the newest, oldest first',
   );
   t.like(shadow.samples[0], { family: 6, proto: 6, src: '2001:db8::1', dst: '2001:db8::2', verdict: 'wouldDrop', enforcedRuleId: 1, candidateRuleId: DEFAULT_RULE_ID });

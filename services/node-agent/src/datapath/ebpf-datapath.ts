@@ -899,7 +899,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   /**
    * What the shadow candidate counted since it was installed (ShadowDatapath): its rules by id,
    * its default action, the packets both classified and those whose verdicts differed, and the
-   * newest MAX_SHADOW_SAMPLES differing packets of all CPUs, oldest first.
+   * newest SHADOW_RING_SAMPLES differing packets of all CPUs, oldest first.
    * @returns null when no candidate is installed.
    * @throws DatapathError.
    */

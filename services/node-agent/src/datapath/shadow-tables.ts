@@ -21,10 +21,16 @@ export interface ShadowMaps {
   readonly ep_shadow_samples: BpfMap;
 }
 
-/** Samples readShadow() returns at most, the newest of every CPU's ring (EP_SHADOW_SAMPLES: each CPU keeps as many). */
-export const MAX_SHADOW_SAMPLES = 64;
-/** Bytes of UTF-8 a candidate's name may have (EP_SHADOW_NAME_MAX): it is pinned with the candidate. */
-export const MAX_SHADOW_NAME_BYTES = 128;
+/**
+ * Samples each CPU's ring keeps (EP_SHADOW_SAMPLES), and readShadow() returns at most: the newest
+ * of all rings together.
+ */
+export const SHADOW_RING_SAMPLES = 64;
+/**
+ * Bytes of UTF-8 a candidate's name may have (EP_SHADOW_NAME_MAX): it is pinned with the
+ * candidate. Any name of 1,024 UTF-16 code units fits (at most 3 bytes each).
+ */
+export const MAX_SHADOW_NAME_BYTES = 3072;
 
 /** EP_SHADOW_F_ON. */
 const SHADOW_ON = 0x1;
@@ -100,7 +106,7 @@ export class ShadowTables {
     this.#counters.zero(0, ruleCount);
     this.#counters.zeroStats(STAT_COUNT);
     const zero = [new Uint8Array(epShadowSample.size)];
-    const slots = Array.from({ length: MAX_SHADOW_SAMPLES }, (_, index) => encode(u32, index));
+    const slots = Array.from({ length: SHADOW_RING_SAMPLES }, (_, index) => encode(u32, index));
     this.#maps.ep_shadow_samples.setPerCpuBatch(slots, slots.map(() => zero));
   }
 
@@ -122,7 +128,7 @@ export class ShadowTables {
   /**
    * What the installed candidate counted: its rules by id (as readCounters maps the enforced
    * slots: CounterTables.addGeneration), its default action, the shadow stats, and the newest
-   * MAX_SHADOW_SAMPLES samples of all CPUs, oldest first.
+   * SHADOW_RING_SAMPLES samples of all CPUs, oldest first.
    * @returns null when no candidate is installed.
    */
   read(): ShadowCounters | null {
@@ -155,9 +161,9 @@ export class ShadowTables {
     return ids;
   }
 
-  // Every CPU's ring, merged by the time each sample was taken; the newest MAX_SHADOW_SAMPLES.
+  // Every CPU's ring, merged by the time each sample was taken; the newest SHADOW_RING_SAMPLES.
   #samples(): ShadowSample[] {
-    const read = this.#maps.ep_shadow_samples.getPerCpuBatch(MAX_SHADOW_SAMPLES);
+    const read = this.#maps.ep_shadow_samples.getPerCpuBatch(SHADOW_RING_SAMPLES);
     const taken: { ns: bigint; sample: ShadowSample }[] = [];
     for (const perCpu of read.values) {
       for (const bytes of perCpu) {
@@ -182,6 +188,6 @@ export class ShadowTables {
       }
     }
     taken.sort((a, b) => (a.ns < b.ns ? -1 : a.ns > b.ns ? 1 : 0));
-    return taken.slice(-MAX_SHADOW_SAMPLES).map(({ sample }) => sample);
+    return taken.slice(-SHADOW_RING_SAMPLES).map(({ sample }) => sample);
   }
 }

@@ -120,8 +120,8 @@ export const epShadowCfg = struct({
   pad: u32,
   /** sha-256 of the candidate as compiled (TablesSpec.fingerprint). */
   fingerprint: bytes(32),
-  /** The caller's name for the candidate (ShadowCounters.candidate), UTF-8. */
-  name: bytes(128),
+  /** The caller's name for the candidate (ShadowCounters.candidate), UTF-8 (EP_SHADOW_NAME_MAX bytes). */
+  name: bytes(3072),
 });
 
 /** `struct ep_shadow_sample`: one packet whose verdicts differed, in a CPU's ring of ep_shadow_samples. */
