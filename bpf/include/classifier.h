@@ -38,14 +38,15 @@ static __always_inline __u32 ep_slot(__u32 proto)
 	}
 }
 
-/* One field's word w: the wildcard vector's word, OR the class's word when the class summary
- * says it is nonzero (only then is the sparse hash consulted). */
-static __always_inline __u64 ep_field_word(struct ep_match *m, int f, void *cwords, __u32 block,
+/* One field's word w: the wildcard vector's word (from `wild`: ep_wild, or the shadow
+ * candidate's), OR the class's word when the class summary says it is nonzero (only then is the
+ * sparse hash consulted). */
+static __always_inline __u64 ep_field_word(struct ep_match *m, int f, void *wild, void *cwords, __u32 block,
 					   __u64 bit, __u32 w)
 {
 	__u64 v = 0;
 	__u32 wid = m->wid[f];
-	struct ep_bitvec *wv = bpf_map_lookup_elem(&ep_wild, &wid);
+	struct ep_bitvec *wv = bpf_map_lookup_elem(wild, &wid);
 	if (wv)
 		v = wv->words[w & (EP_WORDS - 1)];
 	if (m->csum[f][block] & bit) {
@@ -57,8 +58,11 @@ static __always_inline __u64 ep_field_word(struct ep_match *m, int f, void *cwor
 	return v;
 }
 
-/* bpf_loop callback: try the lowest remaining candidate word; stop at the first rule. */
-static long ep_match_word(__u32 index, void *arg)
+/* The body of a bpf_loop callback: try the lowest remaining candidate word; stop at the first
+ * rule. `wild` and `cwords_outer` are the tables classified against (ep_wild and ep_cwords, or
+ * the shadow candidate's, ep_shadow.h): always-inline with constant maps, so each callback below
+ * looks up fixed maps (a callback cannot take map pointers from its caller's stack). */
+static __always_inline long ep_match_word_in(void *wild, void *cwords_outer)
 {
 	__u32 zero = 0;
 	struct ep_match *m = bpf_map_lookup_elem(&ep_scratch, &zero);
@@ -86,20 +90,26 @@ static long ep_match_word(__u32 index, void *arg)
 	__u32 w = (b << 6) | ep_bit_index(bit);
 
 	__u32 gen = m->gen;
-	void *cwords = bpf_map_lookup_elem(&ep_cwords, &gen);
+	void *cwords = bpf_map_lookup_elem(cwords_outer, &gen);
 	if (!cwords)
 		return 1;
-	__u64 acc = ep_field_word(m, 0, cwords, b, bit, w);
+	__u64 acc = ep_field_word(m, 0, wild, cwords, b, bit, w);
 	if (!acc)
 		return 0;
-	acc &= ep_field_word(m, 1, cwords, b, bit, w);
+	acc &= ep_field_word(m, 1, wild, cwords, b, bit, w);
 	if (!acc)
 		return 0;
-	acc &= ep_field_word(m, 2, cwords, b, bit, w);
+	acc &= ep_field_word(m, 2, wild, cwords, b, bit, w);
 	if (!acc)
 		return 0;
 	m->rule = (w << 6) | ep_bit_index(acc & (~acc + 1));
 	return 1;
+}
+
+/* bpf_loop callback of the enforced rule sets (ep_rule_slot). */
+static long ep_match_word(__u32 index, void *arg)
+{
+	return ep_match_word_in(&ep_wild, &ep_cwords);
 }
 
 static __always_inline void ep_count(void *map, __u32 idx, __u64 len)
@@ -147,17 +157,19 @@ static __always_inline bool ep_rate_ok(const struct ep_rule *r, const struct ep_
 	return false;
 }
 
-/* Classification of one parsed packet against generation `gen`: three LPM lookups, then the
- * bit-vector AND in a bpf_loop. A subprogram of its own (not inlined) so that the programs can
- * call it twice per packet (conntrack's cut re-check classifies an entry's tuple) without the
- * verifier walking the whole classifier at each call site.
- * Returns the ep_rules index of the first matching rule (or of the default action), or -1 if
- * the generation holds no tables (unconfigured). Counts nothing. */
-static __noinline int ep_rule_slot(struct ep_pkt *p, __u32 gen)
+/* Classification of one parsed packet against slot `gen` of the tables `lpm_outer` (an
+ * ARRAY_OF_MAPS of LPM tries), `wild` (wildcard vectors at gen * EP_WILD_COUNT) and the class
+ * words that `match_word` (a bpf_loop callback built on ep_match_word_in) reads: three LPM
+ * lookups, then the bit-vector AND in a bpf_loop. Always inlined into a subprogram that names
+ * its maps as constants: ep_rule_slot (the enforced generations) and ep_shadow_slot (the shadow
+ * candidate, ep_shadow.h); one source, one copy of the code per table set.
+ * Returns gen * EP_RULE_SLOTS + the slot of the first matching rule (rule i: i + 1, the default
+ * action: 0), or -1 if the tables are missing. Counts nothing. */
+static __always_inline int ep_rule_slot_in(const struct ep_pkt *p, __u32 gen, void *lpm_outer, void *wild,
+					   long (*match_word)(__u32, void *))
 {
 	__u32 zero = 0;
-	gen &= 1;
-	void *lpm = bpf_map_lookup_elem(&ep_lpm, &gen);
+	void *lpm = bpf_map_lookup_elem(lpm_outer, &gen);
 	struct ep_match *m = bpf_map_lookup_elem(&ep_scratch, &zero);
 	if (!lpm || !m)
 		return -1;
@@ -189,9 +201,9 @@ static __noinline int ep_rule_slot(struct ep_pkt *p, __u32 gen)
 	m->wid[0] = base + (family == 4 ? EP_WILD_SRC4 : EP_WILD_SRC6);
 	m->wid[1] = base + (family == 4 ? EP_WILD_DST4 : EP_WILD_DST6);
 	m->wid[2] = base + EP_WILD_L4 + slot;
-	struct ep_bitvec *w0 = bpf_map_lookup_elem(&ep_wild, &m->wid[0]);
-	struct ep_bitvec *w1 = bpf_map_lookup_elem(&ep_wild, &m->wid[1]);
-	struct ep_bitvec *w2 = bpf_map_lookup_elem(&ep_wild, &m->wid[2]);
+	struct ep_bitvec *w0 = bpf_map_lookup_elem(wild, &m->wid[0]);
+	struct ep_bitvec *w1 = bpf_map_lookup_elem(wild, &m->wid[1]);
+	struct ep_bitvec *w2 = bpf_map_lookup_elem(wild, &m->wid[2]);
 	/* The compiler stores a tag-only entry for every field, so a lookup never misses. */
 	if (!ref[0] || !ref[1] || !ref[2] || !w0 || !w1 || !w2)
 		return -1;
@@ -212,10 +224,21 @@ static __noinline int ep_rule_slot(struct ep_pkt *p, __u32 gen)
 		any |= m->cand[i];
 	}
 	if (any)
-		bpf_loop(EP_WORDS, ep_match_word, NULL, 0);
+		bpf_loop(EP_WORDS, match_word, NULL, 0);
 
 	__s32 rule = m->rule;
 	return gen * EP_RULE_SLOTS + (rule >= 0 ? (__u32)rule + 1 : 0);
+}
+
+/* Classification against enforced generation `gen` (0 or 1): ep_rule_slot_in over ep_lpm,
+ * ep_wild and ep_cwords. A subprogram of its own (not inlined) so that the programs can call it
+ * twice per packet (conntrack's cut re-check classifies an entry's tuple) without the verifier
+ * walking the whole classifier at each call site.
+ * Returns the ep_rules index of the first matching rule (or of the default action), or -1 if
+ * the generation holds no tables (unconfigured). Counts nothing. */
+static __noinline int ep_rule_slot(struct ep_pkt *p, __u32 gen)
+{
+	return ep_rule_slot_in(p, gen & 1, &ep_lpm, &ep_wild, ep_match_word);
 }
 
 /* The action of rule slot `idx` (from ep_rule_slot) on a packet with no connection entry: count

@@ -16,6 +16,7 @@
 #include "ep_hash.h"
 #include "ep_nat_icmp.h"
 #include "ep_blocklist.h"
+#include "ep_shadow.h"
 
 /* Where a packet is met: a policy hook (uplink XDP, workload TC) or uplink egress (track only). */
 enum ep_hook { EP_HOOK_POLICY, EP_HOOK_EGRESS };
@@ -717,6 +718,8 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	bool track = false;
 	__u32 rule_id = 0;
 	int verdict = ep_act(slot, &p, len, &track, &rule_id);
+	/* The shadow candidate, if one is set (ep_shadow.h): counted, never deciding. */
+	ep_shadow_step(&p, slot, len);
 	if (verdict != EP_PASS || !trackable)
 		return verdict;
 	meta.rule_id = rule_id;

@@ -94,6 +94,56 @@ struct ep_bucket {
 	__u64 last_ns;
 };
 
+/* ---- Shadow classification (issue 18; bpf/README.md, "Shadow classification") ---------------- */
+
+/* ep_shadow[0].flags: a candidate is installed; packets the enforced rule set classifies are
+ * classified by it too. */
+#define EP_SHADOW_F_ON 0x1
+/* Bytes of the candidate's name (the caller's name for it) kept in ep_shadow[0]: a name of
+ * MAX_SHADOW_CANDIDATE_LENGTH (1,024) UTF-16 code units (proto/src/limits.ts) needs at most 3 bytes
+ * of UTF-8 for each, whatever its characters. The programs never read it: its size costs a packet
+ * nothing. */
+#define EP_SHADOW_NAME_MAX 3072
+/* Differing packets sampled per CPU (ep_shadow_samples, a ring per CPU); the agent keeps the
+ * newest EP_SHADOW_SAMPLES of all CPUs. */
+#define EP_SHADOW_SAMPLES 64
+
+/* ep_shadow[0]. The programs read only `flags`; the rest is the agent's, kept beside the flag so
+ * that the candidate and what it is called survive an agent restart with it. */
+struct ep_shadow_cfg {
+	__u32 flags;          /* EP_SHADOW_F_ON */
+	__u32 rule_count;     /* rules of the candidate (slots 1..rule_count of ep_shadow_rules) */
+	__u32 name_len;       /* bytes of name used */
+	__u32 pad;
+	__u8 fingerprint[32]; /* sha-256 of the candidate as compiled (TablesSpec.fingerprint) */
+	__u8 name[EP_SHADOW_NAME_MAX];
+};                            /* 48 + EP_SHADOW_NAME_MAX bytes */
+
+/* Per-CPU shadow counters (ep_shadow_stats), packets and bytes. */
+enum ep_shadow_stat {
+	EP_SHADOW_STAT_CLASSIFIED /* classified by both the enforced rule set and the candidate */,
+	EP_SHADOW_STAT_WOULD_DROP /* the enforced rule set passed it, the candidate would drop it */,
+	EP_SHADOW_STAT_WOULD_ALLOW /* the enforced rule set dropped it, the candidate would pass it */,
+	EP_SHADOW_STAT_SAMPLED /* samples written on this CPU: packets mod EP_SHADOW_SAMPLES is its ring's next slot */,
+	EP_SHADOW_STAT_COUNT,
+};
+
+enum ep_shadow_verdict { EP_SHADOW_WOULD_DROP = 1, EP_SHADOW_WOULD_ALLOW = 2 };
+
+/* One packet whose verdicts differed (ep_shadow_samples, per CPU). */
+struct ep_shadow_sample {
+	__u64 ns;                /* bpf_ktime_get_ns() when taken (orders samples across CPUs); 0: an empty slot */
+	__u32 enforced_rule_id;  /* ep_rule.rule_id of the enforced slot (the default action's id for slot 0) */
+	__u32 candidate_rule_id; /* the same of the candidate's slot */
+	__u8 family;             /* 4 or 6 */
+	__u8 proto;
+	__u8 verdict;            /* enum ep_shadow_verdict */
+	__u8 pad;
+	__u32 port;              /* destination port, or EP_PORT_NONE */
+	__u8 src[16];            /* IPv4 in the first 4 bytes */
+	__u8 dst[16];
+};                               /* 56 bytes */
+
 /* ---- Connection tracking (bpf/CONNTRACK.md is the contract) ---------------------------------- */
 
 /* 1: the object before conntrack (it has no marker); 2: conntrack keyed by the original

@@ -9,6 +9,7 @@ import { sizes } from '../src/datapath/compile-tables.js';
 import { CONNTRACK_STAT_NAMES } from '../src/datapath/conntrack.js';
 import { LB_STAT_NAMES } from '../src/datapath/datapath.js';
 import { DEFAULT_OBJECT_PATH } from '../src/datapath/ebpf-datapath.js';
+import { MAX_SHADOW_NAME_BYTES, SHADOW_RING_SAMPLES } from '../src/datapath/shadow-tables.js';
 import { tableCodecs } from '../src/datapath/table-codecs.js';
 import { readObjectBtf } from './btf-helpers.js';
 
@@ -63,11 +64,23 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_blk_active: { type: 'array', keySize: 4, valueSize: 4, maxEntries: 1, flags: 0, inner: undefined },
     ep_blk_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: 3, flags: 0, inner: undefined },
     ep_blk_clock_out: { type: 'array', keySize: 4, valueSize: 8, maxEntries: 1, flags: 0, inner: undefined },
+    // Shadow classification (bpf/README.md, "Shadow classification"): the candidate's own tables, one slot of a generation's layouts.
+    ep_shadow: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_shadow_cfg.size, maxEntries: 1, flags: 0, inner: undefined },
+    ep_shadow_lpm: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 1, flags: 0, inner: 'lpm_trie' },
+    ep_shadow_cwords: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 1, flags: 0, inner: 'hash' },
+    ep_shadow_wild: { type: 'array', keySize: 4, valueSize: sizes.bitvec, maxEntries: 9, flags: 0, inner: undefined },
+    ep_shadow_rules: { type: 'array', keySize: 4, valueSize: sizes.rule, maxEntries: 65_537, flags: 0, inner: undefined },
+    ep_shadow_counters: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: 65_537, flags: 0, inner: undefined },
+    ep_shadow_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: 4, flags: 0, inner: undefined },
+    ep_shadow_samples: { type: 'percpu_array', keySize: 4, valueSize: tableCodecs.ep_shadow_sample.size, maxEntries: SHADOW_RING_SAMPLES, flags: 0, inner: undefined },
   });
   t.deepEqual(spec.maps.get('ep_blk4')?.innerMap, { type: 'lpm_trie', keySize: BLOCKLIST_SIZES.key4, valueSize: BLOCKLIST_SIZES.value, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_blk6')?.innerMap, { type: 'lpm_trie', keySize: BLOCKLIST_SIZES.key6, valueSize: BLOCKLIST_SIZES.value, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_lpm')?.innerMap, { type: 'lpm_trie', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_cwords')?.innerMap, { type: 'hash', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: 1, flags: 0 });
+  // The candidate's inner maps are written by the same code as a generation's: same templates.
+  t.deepEqual(spec.maps.get('ep_shadow_lpm')?.innerMap, spec.maps.get('ep_lpm')?.innerMap);
+  t.deepEqual(spec.maps.get('ep_shadow_cwords')?.innerMap, spec.maps.get('ep_cwords')?.innerMap);
 });
 
 test('layout - every codec field has the offset and size of the C struct member', (t) => {
@@ -85,6 +98,13 @@ test('layout - conntrack structs have the sizes CONNTRACK.md gives', (t) => {
   t.is(tableCodecs.ep_ct_control_key.size, 20);
   t.is(tableCodecs.ep_gen_cfg.size, 8);
   t.is(tableCodecs.ep_ct_cfg.size, 40);
+});
+
+test('layout - the shadow structs hold the bounds of the C header', (t) => {
+  // EP_SHADOW_NAME_MAX bytes of name after 48 bytes of flag, counts and fingerprint; the sample's
+  // 56 bytes are bpf/README.md's figure. EP_SHADOW_SAMPLES is the samples map's size, above.
+  t.is(tableCodecs.ep_shadow_cfg.size, 48 + MAX_SHADOW_NAME_BYTES);
+  t.is(tableCodecs.ep_shadow_sample.size, 56);
 });
 
 test('layout - compiled table entry sizes equal the C structs', (t) => {

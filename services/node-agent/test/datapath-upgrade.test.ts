@@ -52,8 +52,23 @@ const execFileAsync = promisify(execFile);
 const keptMaps = ['ep_active', 'ep_barrier', 'ep_buckets', 'ep_carry', 'ep_counters', 'ep_ct_cfg', 'ep_ct_control', 'ep_ct_control_ports', 'ep_ct_stats', 'ep_cwords', 'ep_gen_cfg', 'ep_lb_cfg', 'ep_lb_slots', 'ep_lb_vip', 'ep_lpm', 'ep_meta', 'ep_rules', 'ep_stats', 'ep_wild'];
 const convertedMaps = ['ep_ct', 'ep_ct_new', 'ep_lb_backends'];
 const resizedMaps = ['ep_lb_stats'];
-// Maps the previous layout's object did not have: created empty by the upgrade.
-const addedMaps = ['ep_blk4', 'ep_blk6', 'ep_blk_active', 'ep_blk_stats', 'ep_blk_clock_out'];
+// Maps the previous layout's object did not have: created empty by the upgrade (the blocklist's,
+// then shadow classification's: no shadow candidate until the agent sets one).
+const addedMaps = [
+  'ep_blk4',
+  'ep_blk6',
+  'ep_blk_active',
+  'ep_blk_stats',
+  'ep_blk_clock_out',
+  'ep_shadow',
+  'ep_shadow_lpm',
+  'ep_shadow_cwords',
+  'ep_shadow_wild',
+  'ep_shadow_rules',
+  'ep_shadow_counters',
+  'ep_shadow_stats',
+  'ep_shadow_samples',
+];
 const PREVIOUS_LAYOUT = 4;
 
 const X = '10.210.0.1';

@@ -19,26 +19,34 @@ export type CounterTotals = Map<number, { packets: number; bytes: number }>;
 
 /**
  * The counter maps of one pinned datapath. It borrows the maps (holds no fd of its own) and is
- * usable as long as they are open.
+ * usable as long as they are open. The shadow candidate's counters (ep_shadow_counters, one
+ * slot set: generation 0) use it without a carry: they are zeroed and read, never folded.
  */
 export class CounterTables {
   readonly #counters: BpfMap;
   readonly #stats: BpfMap;
-  readonly #carry: TypedMap<number, CodecValue<typeof epCounter>>;
+  readonly #carryMap: TypedMap<number, CodecValue<typeof epCounter>> | undefined;
 
   /**
-   * @param counters ep_counters (per-CPU array, EP_GENERATIONS * EP_RULE_SLOTS slots).
-   * @param stats ep_stats (per-CPU array indexed by enum ep_stat).
-   * @param carry ep_carry (hash: rule id -> struct ep_counter).
+   * @param counters ep_counters (per-CPU array, EP_GENERATIONS * EP_RULE_SLOTS slots), or
+   * ep_shadow_counters (EP_RULE_SLOTS).
+   * @param stats ep_stats (per-CPU array indexed by enum ep_stat), or ep_shadow_stats.
+   * @param carry ep_carry (hash: rule id -> struct ep_counter); without it the methods that fold
+   * or read carried counts throw.
    * @throws RangeError if a map's key or value size differs from struct ep_counter's codec.
    */
-  constructor(counters: BpfMap, stats: BpfMap, carry: BpfMap) {
+  constructor(counters: BpfMap, stats: BpfMap, carry?: BpfMap) {
     for (const map of [counters, stats]) {
       if (map.valueSize !== epCounter.size) throw new RangeError(`map ${map.name}: value size ${map.valueSize}, struct ep_counter is ${epCounter.size} bytes`);
     }
     this.#counters = counters;
     this.#stats = stats;
-    this.#carry = new TypedMap(carry, u32, epCounter);
+    this.#carryMap = carry === undefined ? undefined : new TypedMap(carry, u32, epCounter);
+  }
+
+  get #carry(): TypedMap<number, CodecValue<typeof epCounter>> {
+    if (this.#carryMap === undefined) throw new Error(`counter tables of ${this.#counters.name}: no carry`);
+    return this.#carryMap;
   }
 
   /** Zeroes the slots of `generation` that a rule set of `ruleCount` rules uses (one batch write). */
@@ -109,8 +117,20 @@ export class CounterTables {
 
   /** @returns every ep_stats slot, each summed over CPUs. */
   readStats(): StatCounters {
-    const stat = (name: keyof typeof STAT_SLOTS): Counter => sumPerCpu(this.#stats.getPerCpu(u32Bytes(STAT_SLOTS[name])) ?? []);
+    const stat = (name: keyof typeof STAT_SLOTS): Counter => this.readStat(STAT_SLOTS[name]);
     return { nonIp: stat('nonIp'), malformed: stat('malformed'), unconfigured: stat('unconfigured'), rateLimited: stat('rateLimited') };
+  }
+
+  /** @returns slot `index` of the stats map, summed over CPUs. */
+  readStat(index: number): Counter {
+    return sumPerCpu(this.#stats.getPerCpu(u32Bytes(index)) ?? []);
+  }
+
+  /** Zeroes the stats map's slots 0..count-1 on every CPU (one batch write). */
+  zeroStats(count: number): void {
+    const zero = [new Uint8Array(epCounter.size)];
+    const slots = Array.from({ length: count }, (_, index) => u32Bytes(index));
+    this.#stats.setPerCpuBatch(slots, slots.map(() => zero));
   }
 
   /**

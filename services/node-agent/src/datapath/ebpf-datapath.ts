@@ -25,20 +25,21 @@ import {
   type TcFilterId,
 } from 'libbpf-ts';
 import { createHash } from 'node:crypto';
-import { genFlags, RULE_SLOTS, sizes, TableCompiler, TableCompilers, WILD_COUNT, type CompiledTables, type TablesDelta, type TablesSpec } from './compile-tables.js';
+import { compileTables, genFlags, RULE_SLOTS, sizes, TableCompiler, TableCompilers, WILD_COUNT, type CompiledTables, type TablesDelta, type TablesSpec } from './compile-tables.js';
 import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type ConnectionFilter, type ConntrackConfig, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import { BlocklistTables } from './blocklist-tables.js';
 import { ConntrackTables } from './conntrack-tables.js';
 import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement, relayoutLbBackend } from './conntrack-upgrade.js';
 import { CounterTables, sumPerCpu, type CounterTotals } from './counters.js';
 import { dropPreviousPins, installObject, type InstallReport, type InstallStep } from './datapath-install.js';
-import { LB_STAT_NAMES, type ApplyResult, type Counter, type DatapathCounters, type Datapath, type LbCounters } from './datapath.js';
+import { LB_STAT_NAMES, type ApplyResult, type Counter, type DatapathCounters, type Datapath, type LbCounters, type ShadowCounters, type ShadowDatapath } from './datapath.js';
 import type { LbSpec } from './service-compile.js';
 import { DEFAULT_LB_CAPACITY, LB_BLOCK_SLOTS, layoutLbTables, lbSizes, type LbCapacity, type LbTablesSpec } from './lb-tables.js';
-import { ConntrackInputError, DatapathError } from './errors.js';
+import { ConntrackInputError, DatapathError, RuleSetError } from './errors.js';
 import type { InterfaceRole } from './interface-role.js';
 import { LAYOUT_MARKER, LAYOUT_VERSION, NEXT_SUFFIX, PREVIOUS_SUFFIX, PROGRAMS_MARKER, readLayoutVersion, readProgramsIdentity, writeLayoutMarker } from './pin-layout.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from './rule-set.js';
+import { MAX_SHADOW_NAME_BYTES, ShadowTables } from './shadow-tables.js';
 import { epLbCfg, epMeta, epRule } from './table-codecs.js';
 
 /** Where the build puts the object: <repo>/bpf/build/edgeplane.bpf.o. */
@@ -75,6 +76,14 @@ const mapNames = [
   'ep_blk_active',
   'ep_blk_stats',
   'ep_blk_clock_out',
+  'ep_shadow',
+  'ep_shadow_lpm',
+  'ep_shadow_cwords',
+  'ep_shadow_wild',
+  'ep_shadow_rules',
+  'ep_shadow_counters',
+  'ep_shadow_stats',
+  'ep_shadow_samples',
 ] as const;
 type MapName = (typeof mapNames)[number];
 type ProgramName = (typeof programNames)[number];
@@ -170,7 +179,7 @@ export interface AttachOptions {
  * outlive the agent: close() releases this process's fds and never detaches, unpins or stops
  * enforcement; detach() removes the programs from an interface.
  */
-export class EbpfDatapath implements Datapath {
+export class EbpfDatapath implements Datapath, ShadowDatapath {
   /** True if open() found a complete datapath of this layout version and of this object's programs pinned and adopted it as it was. */
   readonly adopted: boolean;
   #installed: DatapathInstall | undefined;
@@ -182,6 +191,7 @@ export class EbpfDatapath implements Datapath {
   readonly #counters: CounterTables;
   readonly #conntrack: ConntrackTables;
   readonly #blocklist: BlocklistTables;
+  readonly #shadow: ShadowTables;
   /** The epoch of the latest apply (ep_gen_cfg), never 0 once applied. */
   #epoch: number;
   readonly #ruleIds: [number[] | undefined, number[] | undefined] = [undefined, undefined];
@@ -209,6 +219,7 @@ export class EbpfDatapath implements Datapath {
     this.#counters = new CounterTables(maps.ep_counters, maps.ep_stats, maps.ep_carry);
     this.#conntrack = new ConntrackTables(maps, programs.ep_ct_sweep);
     this.#blocklist = new BlocklistTables(maps, programs.ep_blk_clock);
+    this.#shadow = new ShadowTables(maps);
     // The epoch survives restarts: it is the larger of the two pinned generations' epochs.
     this.#epoch = Math.max(this.#conntrack.readGeneration(0).epoch, this.#conntrack.readGeneration(1).epoch);
     this.#barrierInner = BpfMap.create({ type: 'array', name: 'ep_barrier_in', keySize: 4, valueSize: 4, maxEntries: 1 });
@@ -818,6 +829,12 @@ export class EbpfDatapath implements Datapath {
   // returns, every packet that read ep_active before our last switch has finished.
   #barrier(): void {
     if (!this.#barrierPending) return;
+    this.#waitForPackets();
+  }
+
+  // The barrier itself, unconditional: when it returns, every packet that began before it has
+  // finished, whatever generation or shadow flag it read.
+  #waitForPackets(): void {
     this.#maps.ep_barrier.setInnerMap(u32Bytes(0), this.#barrierInner);
     this.#barrierPending = false;
   }
@@ -827,22 +844,71 @@ export class EbpfDatapath implements Datapath {
   #install(generation: number, tables: TablesSpec): InnerRoom {
     // One bpf_map_update_batch zeroes every slot the new rule set uses (one syscall, not one per slot).
     this.#counters.zero(generation, tables.ruleCount);
-    writeArray(this.#maps.ep_rules, generation * RULE_SLOTS, tables.rules, sizes.rule);
-    writeArray(this.#maps.ep_wild, generation * WILD_COUNT, tables.wild, sizes.bitvec);
-    const room = { lpmCapacity: withRoom(tables.lpm.count), wordsCapacity: withRoom(tables.classWords.count) };
-    const lpm = BpfMap.create({ type: 'lpm_trie', name: 'ep_lpm_in', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: room.lpmCapacity, flags: 1 /* BPF_F_NO_PREALLOC */ });
-    const words = BpfMap.create({ type: 'hash', name: 'ep_cwords_in', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: room.wordsCapacity });
-    try {
-      writeEntries(lpm, tables.lpm);
-      writeEntries(words, tables.classWords);
-      this.#maps.ep_lpm.setInnerMap(u32Bytes(generation), lpm);
-      this.#maps.ep_cwords.setInnerMap(u32Bytes(generation), words);
-    } finally {
-      // The outer maps now hold the references.
-      lpm.close();
-      words.close();
+    const { ep_rules: rules, ep_wild: wild, ep_lpm: lpm, ep_cwords: cwords } = this.#maps;
+    return writeTablesWhole({ slot: generation, rules, wild, lpm, cwords }, tables, withRoom);
+  }
+
+  /**
+   * Installs `ruleSet` as the shadow candidate, or removes it (null): bpf/README.md, "Shadow
+   * classification". The candidate is compiled afresh by the compiler apply() uses
+   * (compileTables), so the enforced generations' compilers and their deltas are left alone.
+   * Then: the flag is cleared, packets still classifying by the previous candidate are waited
+   * for (one RCU grace period), its counters, stats and samples are zeroed, its tables written
+   * whole into fresh inner maps as a generation's are, and the flag set with the record of the
+   * candidate (its name, rule count and fingerprint), all pinned: a restarted agent finds it
+   * classifying and counting. null clears the flag and frees the candidate's inner maps.
+   *
+   * Shadow state is apart from apply(): an apply never reads, writes or clears it, so a candidate
+   * stays installed and counting across applies until it is replaced or removed here. Applying
+   * the candidate itself (a promotion) works as any apply; from then on both classifications
+   * agree, so wouldDrop and wouldAllow stop growing while its rule counters keep counting what the
+   * enforced ones count. The caller removes the candidate after a promotion (setShadow(null)).
+   * @param candidate the caller's name for it (ShadowCounters.candidate), at most
+   * MAX_SHADOW_NAME_BYTES of UTF-8; default the hex of its compiled fingerprint.
+   * @throws RuleSetError (a bad rule, or a name too long), CapacityError: nothing touched.
+   * DatapathError: the kernel refused a write; no candidate is installed then (the flag stays clear).
+   */
+  async setShadow(ruleSet: RuleSetSpec | null, candidate?: string): Promise<void> {
+    const { ep_shadow_rules: rules, ep_shadow_wild: wild, ep_shadow_lpm: lpm, ep_shadow_cwords: cwords } = this.#maps;
+    if (ruleSet === null) {
+      try {
+        this.#shadow.disable();
+        // Packets that read the flag before still hold the inner maps they took (freed after them).
+        for (const outer of [lpm, cwords]) outer.delete(u32Bytes(0));
+      } catch (cause) {
+        throw new DatapathError('remove shadow candidate', { cause });
+      }
+      return;
     }
-    return room;
+    const tables = compileTables(ruleSet);
+    const name = candidate ?? Buffer.from(tables.fingerprint).toString('hex');
+    const nameBytes = Buffer.byteLength(name, 'utf8');
+    if (nameBytes > MAX_SHADOW_NAME_BYTES) throw new RuleSetError('candidate', `the candidate's name is ${nameBytes} bytes of UTF-8, at most ${MAX_SHADOW_NAME_BYTES}`);
+    try {
+      this.#shadow.disable();
+      this.#waitForPackets();
+      this.#shadow.zero(tables.ruleCount);
+      // No update in place ever writes the candidate: its inner maps are sized to it exactly.
+      writeTablesWhole({ slot: 0, rules, wild, lpm, cwords }, tables, (count) => Math.max(1, count));
+      this.#shadow.enable({ name, ruleCount: tables.ruleCount, fingerprint: tables.fingerprint }, tables.ruleIds);
+    } catch (cause) {
+      throw new DatapathError(`set shadow candidate=${name} rules=${tables.ruleCount}`, { cause });
+    }
+  }
+
+  /**
+   * What the shadow candidate counted since it was installed (ShadowDatapath): its rules by id,
+   * its default action, the packets both classified and those whose verdicts differed, and the
+   * newest SHADOW_RING_SAMPLES differing packets of all CPUs, oldest first.
+   * @returns null when no candidate is installed.
+   * @throws DatapathError.
+   */
+  readShadow(): ShadowCounters | null {
+    try {
+      return this.#shadow.read();
+    } catch (cause) {
+      throw new DatapathError('read shadow counters', { cause });
+    }
   }
 
   /**
@@ -960,6 +1026,44 @@ export class EbpfDatapath implements Datapath {
     this.#meta.set(generation, { ruleCount, valid: valid ? 1 : 0, fingerprint });
     if (!valid) this.#ruleIds[generation] = undefined;
   }
+}
+
+/**
+ * Where one rule set's tables are written whole: slot `slot` of the rules and wildcard arrays
+ * (at slot * RULE_SLOTS, slot * WILD_COUNT) and of the LPM and class-word outer maps. A
+ * generation's slot of the generation maps, or slot 0 of the shadow candidate's maps.
+ */
+interface TablesSlot {
+  readonly slot: number;
+  readonly rules: BpfMap;
+  readonly wild: BpfMap;
+  readonly lpm: BpfMap;
+  readonly cwords: BpfMap;
+}
+
+/**
+ * Writes `tables` whole into `at`: its rules and wildcard vectors, and fresh inner maps of
+ * `capacity(entries)` entries swapped into the outer maps (each swap returns after an RCU grace
+ * period). Counters are the caller's.
+ * @returns the inner maps' capacities.
+ */
+function writeTablesWhole(at: TablesSlot, tables: TablesSpec, capacity: (count: number) => number): InnerRoom {
+  writeArray(at.rules, at.slot * RULE_SLOTS, tables.rules, sizes.rule);
+  writeArray(at.wild, at.slot * WILD_COUNT, tables.wild, sizes.bitvec);
+  const room = { lpmCapacity: capacity(tables.lpm.count), wordsCapacity: capacity(tables.classWords.count) };
+  const lpm = BpfMap.create({ type: 'lpm_trie', name: 'ep_lpm_in', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: room.lpmCapacity, flags: 1 /* BPF_F_NO_PREALLOC */ });
+  const words = BpfMap.create({ type: 'hash', name: 'ep_cwords_in', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: room.wordsCapacity });
+  try {
+    writeEntries(lpm, tables.lpm);
+    writeEntries(words, tables.classWords);
+    at.lpm.setInnerMap(u32Bytes(at.slot), lpm);
+    at.cwords.setInnerMap(u32Bytes(at.slot), words);
+  } finally {
+    // The outer maps now hold the references.
+    lpm.close();
+    words.close();
+  }
+  return room;
 }
 
 /** Entries an inner map holds (max_entries) beyond the tables written whole into it. */

@@ -105,6 +105,42 @@ export const epLbBackend = struct({ family: u8, flags: u8, port: u16be, addr: by
 /** `struct ep_lb_block`: one 64-byte block of ep_lb_slots, 32 slots of one service's table. */
 export const epLbBlock = struct({ backend: array(u16, 32) });
 
+// ---- Shadow classification (issue 18; bpf/include/ep_shadow.h) ------------------------------
+
+/**
+ * `struct ep_shadow_cfg`: ep_shadow[0]. The programs read only `flags` (EP_SHADOW_F_ON: a
+ * candidate is set); the rest is the agent's record of the candidate, pinned with it.
+ */
+export const epShadowCfg = struct({
+  flags: u32,
+  /** Rules of the candidate (slots 1..ruleCount of ep_shadow_rules). */
+  ruleCount: u32,
+  /** Bytes of `name` used. */
+  nameLen: u32,
+  pad: u32,
+  /** sha-256 of the candidate as compiled (TablesSpec.fingerprint). */
+  fingerprint: bytes(32),
+  /** The caller's name for the candidate (ShadowCounters.candidate), UTF-8 (EP_SHADOW_NAME_MAX bytes). */
+  name: bytes(3072),
+});
+
+/** `struct ep_shadow_sample`: one packet whose verdicts differed, in a CPU's ring of ep_shadow_samples. */
+export const epShadowSample = struct({
+  /** bpf_ktime_get_ns() when taken; 0: an empty slot. */
+  ns: u64,
+  enforcedRuleId: u32,
+  candidateRuleId: u32,
+  family: u8,
+  proto: u8,
+  /** enum ep_shadow_verdict: 1 would drop, 2 would allow. */
+  verdict: u8,
+  pad: u8,
+  /** Destination port, or EP_PORT_NONE (65536). */
+  port: u32,
+  src: bytes(16),
+  dst: bytes(16),
+});
+
 /** Every codec of this file by its C struct name: what the layout test compares with the object's BTF. */
 export const tableCodecs = {
   ep_meta: epMeta,
@@ -122,4 +158,6 @@ export const tableCodecs = {
   ep_lb_svc: epLbSvc,
   ep_lb_backend: epLbBackend,
   ep_lb_block: epLbBlock,
+  ep_shadow_cfg: epShadowCfg,
+  ep_shadow_sample: epShadowSample,
 } as const;

@@ -1,0 +1,193 @@
+// The shadow candidate's maps of one datapath, seen from the agent (bpf/include/ep_shadow.h;
+// bpf/README.md, "Shadow classification"): the flag and the agent's record of the candidate
+// (ep_shadow[0]), its counters (ep_shadow_counters by rule slot, ep_shadow_stats) and the
+// per-CPU rings of samples (ep_shadow_samples). The candidate's classification tables
+// (ep_shadow_lpm, ep_shadow_cwords, ep_shadow_wild, ep_shadow_rules) are written by
+// EbpfDatapath with the same code that writes a generation whole.
+import { formatAddress } from '@edgeplane/proto';
+import { encode, TypedMap, u32, type BpfMap, type CodecValue } from 'libbpf-ts';
+import { RULE_SLOTS } from './compile-tables.js';
+import { CounterTables, type CounterTotals } from './counters.js';
+import type { Counter, ShadowCounters, ShadowSample } from './datapath.js';
+import { DEFAULT_RULE_ID } from './rule-set.js';
+import { epRule, epShadowCfg, epShadowSample } from './table-codecs.js';
+
+/** The maps ShadowTables borrows, by their names in the object. */
+export interface ShadowMaps {
+  readonly ep_shadow: BpfMap;
+  readonly ep_shadow_rules: BpfMap;
+  readonly ep_shadow_counters: BpfMap;
+  readonly ep_shadow_stats: BpfMap;
+  readonly ep_shadow_samples: BpfMap;
+}
+
+/**
+ * Samples each CPU's ring keeps (EP_SHADOW_SAMPLES), and readShadow() returns at most: the newest
+ * of all rings together.
+ */
+export const SHADOW_RING_SAMPLES = 64;
+/**
+ * Bytes of UTF-8 a candidate's name may have (EP_SHADOW_NAME_MAX): it is pinned with the
+ * candidate. Any name of 1,024 UTF-16 code units fits (at most 3 bytes each).
+ */
+export const MAX_SHADOW_NAME_BYTES = 3072;
+
+/** EP_SHADOW_F_ON. */
+const SHADOW_ON = 0x1;
+/** enum ep_shadow_stat. */
+const STAT = { classified: 0, wouldDrop: 1, wouldAllow: 2, sampled: 3 } as const;
+const STAT_COUNT = 4;
+/** enum ep_shadow_verdict. */
+const VERDICTS: Readonly<Record<number, ShadowSample['verdict']>> = { 1: 'wouldDrop', 2: 'wouldAllow' };
+/** EP_PORT_NONE: no destination port (not TCP/UDP, or a non-first fragment). */
+const PORT_NONE = 65536;
+
+/** What ep_shadow[0] records of the installed candidate. */
+export interface ShadowRecord {
+  /** The caller's name for it (ShadowCounters.candidate). */
+  readonly name: string;
+  readonly ruleCount: number;
+  /** sha-256 of the candidate as compiled (TablesSpec.fingerprint). */
+  readonly fingerprint: Uint8Array;
+}
+
+/**
+ * The shadow maps of one pinned datapath. It borrows them (holds no fd of its own) and is usable
+ * as long as they are open.
+ */
+export class ShadowTables {
+  readonly #maps: ShadowMaps;
+  readonly #cfg: TypedMap<number, CodecValue<typeof epShadowCfg>>;
+  readonly #counters: CounterTables;
+  /** The installed candidate's rule ids by slot - 1, as written; read back from ep_shadow_rules after a restart. */
+  #ruleIds: readonly number[] | undefined;
+
+  /**
+   * @param maps the shadow maps of the object.
+   * @throws RangeError if a map's value size differs from its struct.
+   */
+  constructor(maps: ShadowMaps) {
+    for (const [map, size] of [
+      [maps.ep_shadow, epShadowCfg.size],
+      [maps.ep_shadow_samples, epShadowSample.size],
+      [maps.ep_shadow_rules, epRule.size],
+    ] as const) {
+      if (map.valueSize !== size) throw new RangeError(`map ${map.name}: value size ${map.valueSize}, its struct is ${size} bytes`);
+    }
+    this.#maps = maps;
+    this.#cfg = new TypedMap(maps.ep_shadow, u32, epShadowCfg);
+    this.#counters = new CounterTables(maps.ep_shadow_counters, maps.ep_shadow_stats);
+  }
+
+  /** @returns the installed candidate, or undefined when none is (the flag is clear). */
+  candidate(): ShadowRecord | undefined {
+    const cfg = this.#cfg.get(0);
+    if (cfg === undefined || (cfg.flags & SHADOW_ON) === 0) return undefined;
+    const nameLen = Math.min(cfg.nameLen, MAX_SHADOW_NAME_BYTES);
+    return { name: Buffer.from(cfg.name.subarray(0, nameLen)).toString('utf8'), ruleCount: cfg.ruleCount, fingerprint: cfg.fingerprint };
+  }
+
+  /**
+   * Clears the flag (and the record): from here on a packet that reads it classifies by the
+   * enforced rule set only. Packets that read it before may still be counting: the caller waits
+   * for them (an RCU barrier) before it rewrites the candidate's tables or counters.
+   */
+  disable(): void {
+    this.#cfg.set(0, { flags: 0, ruleCount: 0, nameLen: 0, pad: 0, fingerprint: new Uint8Array(32), name: new Uint8Array(MAX_SHADOW_NAME_BYTES) });
+    this.#ruleIds = undefined;
+  }
+
+  /**
+   * Zeroes the counters a candidate of `ruleCount` rules uses, the shadow stats and every CPU's
+   * ring of samples (one batch write each). Only while the flag is clear and no packet still
+   * classifies by the candidate.
+   */
+  zero(ruleCount: number): void {
+    this.#counters.zero(0, ruleCount);
+    this.#counters.zeroStats(STAT_COUNT);
+    const zero = [new Uint8Array(epShadowSample.size)];
+    const slots = Array.from({ length: SHADOW_RING_SAMPLES }, (_, index) => encode(u32, index));
+    this.#maps.ep_shadow_samples.setPerCpuBatch(slots, slots.map(() => zero));
+  }
+
+  /**
+   * Records the candidate and sets the flag: packets from here on are classified by it too. Its
+   * tables must be written and its counters zeroed before.
+   * @param ruleIds its rule ids in slot order (slot i + 1 holds ruleIds[i]).
+   * @throws RangeError for a name longer than MAX_SHADOW_NAME_BYTES.
+   */
+  enable(record: ShadowRecord, ruleIds: readonly number[]): void {
+    const name = Buffer.from(record.name, 'utf8');
+    if (name.length > MAX_SHADOW_NAME_BYTES) throw new RangeError(`shadow candidate name: ${name.length} bytes, at most ${MAX_SHADOW_NAME_BYTES}`);
+    const padded = new Uint8Array(MAX_SHADOW_NAME_BYTES);
+    padded.set(name);
+    this.#ruleIds = [...ruleIds];
+    this.#cfg.set(0, { flags: SHADOW_ON, ruleCount: record.ruleCount, nameLen: name.length, pad: 0, fingerprint: record.fingerprint, name: padded });
+  }
+
+  /**
+   * What the installed candidate counted: its rules by id (as readCounters maps the enforced
+   * slots: CounterTables.addGeneration), its default action, the shadow stats, and the newest
+   * SHADOW_RING_SAMPLES samples of all CPUs, oldest first.
+   * @returns null when no candidate is installed.
+   */
+  read(): ShadowCounters | null {
+    const record = this.candidate();
+    if (record === undefined) return null;
+    const ruleIds = this.#candidateRuleIds(record.ruleCount);
+    const totals: CounterTotals = new Map();
+    this.#counters.addGeneration(totals, 0, ruleIds);
+    const zero = (): Counter => ({ packets: 0, bytes: 0 });
+    return {
+      candidate: record.name,
+      rules: new Map(ruleIds.map((id) => [id, totals.get(id) ?? zero()])),
+      defaultAction: totals.get(DEFAULT_RULE_ID) ?? zero(),
+      wouldDrop: this.#counters.readStat(STAT.wouldDrop),
+      wouldAllow: this.#counters.readStat(STAT.wouldAllow),
+      classified: this.#counters.readStat(STAT.classified),
+      samples: this.#samples(),
+    };
+  }
+
+  #candidateRuleIds(ruleCount: number): readonly number[] {
+    if (this.#ruleIds !== undefined && this.#ruleIds.length === ruleCount) return this.#ruleIds;
+    const ids: number[] = [];
+    if (ruleCount > 0) {
+      // Slots 1..ruleCount in one batch read (slot 0, the default action, is skipped by starting after it).
+      const read = this.#maps.ep_shadow_rules.getBatch(Math.min(ruleCount, RULE_SLOTS - 1), encode(u32, 0));
+      for (const value of read.values) ids.push(epRule.decode(value).ruleId);
+    }
+    this.#ruleIds = ids;
+    return ids;
+  }
+
+  // Every CPU's ring, merged by the time each sample was taken; the newest SHADOW_RING_SAMPLES.
+  #samples(): ShadowSample[] {
+    const read = this.#maps.ep_shadow_samples.getPerCpuBatch(SHADOW_RING_SAMPLES);
+    const taken: { ns: bigint; sample: ShadowSample }[] = [];
+    for (const perCpu of read.values) {
+      for (const bytes of perCpu) {
+        const s = epShadowSample.decode(bytes);
+        const verdict = VERDICTS[s.verdict];
+        if (s.ns === 0n || verdict === undefined || (s.family !== 4 && s.family !== 6)) continue;
+        const family = s.family;
+        const address = (raw: Uint8Array): string => formatAddress(family, family === 4 ? raw.subarray(0, 4) : raw);
+        taken.push({
+          ns: s.ns,
+          sample: {
+            family,
+            proto: s.proto,
+            src: address(s.src),
+            dst: address(s.dst),
+            port: s.port === PORT_NONE ? 0 : s.port,
+            verdict,
+            enforcedRuleId: s.enforcedRuleId,
+            candidateRuleId: s.candidateRuleId,
+          },
+        });
+      }
+    }
+    taken.sort((a, b) => (a.ns < b.ns ? -1 : a.ns > b.ns ? 1 : 0));
+    return taken.slice(-SHADOW_RING_SAMPLES).map(({ sample }) => sample);
+  }
+}
