@@ -1,7 +1,7 @@
 // Shadow waves (issue 18) in the CLI: manifests take the fields, `rollout status` shows the
 // shadow phase and its figures, `describe rollout` the sampled flows the change would have broken.
 import test from 'ava';
-import { Rollout, RolloutState, ShadowVerdict, WavePhase, validatePolicy, type RolloutStatus } from '@edgeplane/proto';
+import { Rollout, RolloutState, ShadowVerdict, WavePhase, validatePolicy, type RolloutStatus, type RolloutStrategy_Staged } from '@edgeplane/proto';
 import { describeRollout, parseManifests, policyToManifest, renderRollout, toYaml } from '@edgeplane/cli';
 
 const MANIFEST = `apiVersion: edgeplane.io/v1
@@ -34,6 +34,14 @@ test('parseManifests - a wave\'s shadowBakeTime and the shadow gates; the policy
 });
 
 function failedAtShadow(): RolloutStatus {
+  const strategy: RolloutStrategy_Staged = {
+    waves: [
+      { name: 'canary', target: { $case: 'selector', selector: { matchLabels: { canary: 'true' }, matchExpressions: [] } }, bakeTime: undefined, shadowBakeTime: { seconds: 60n, nanos: 0 } },
+      { name: 'rest', target: { $case: 'percent', percent: 100 }, bakeTime: undefined, shadowBakeTime: undefined },
+    ],
+    gates: undefined,
+    reportTimeout: undefined,
+  };
   const rollout = Rollout.fromPartial({
     name: 'web',
     changeRevision: 12n,
@@ -43,7 +51,7 @@ function failedAtShadow(): RolloutStatus {
     wavePhase: WavePhase.WAVE_PHASE_SHADOW,
     shadowNodes: ['edge-1'],
     previous: { metadata: { name: 'web' } },
-    strategy: { waves: [{ name: 'canary', target: { $case: 'selector', selector: { matchLabels: { canary: 'true' } } }, shadowBakeTime: { seconds: 60n, nanos: 0 } }, { name: 'rest', target: { $case: 'percent', percent: 100 } }] },
+    strategy,
   });
   return {
     rollout,
