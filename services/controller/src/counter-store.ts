@@ -124,7 +124,6 @@ export class CounterStore {
     this.forget(node);
     // The shadow's `since` is when this replica first heard the candidate: kept across replaces.
     if (shadow) this.#shadow.set(node, shadow);
-    else if (!totals.shadow) this.#shadow.delete(node);
     this.add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, ...totals, loadBalancer: totals.loadBalancer, shadow: totals.shadow });
   }
 

@@ -18,7 +18,7 @@ import { extractTraceContext } from '@edgeplane/telemetry';
 import type { CounterStore, NodeShadow } from './counter-store.js';
 import type { IntentStore } from './intent-store.js';
 import type { NodeRegistry } from './node-registry.js';
-import { enterWave, isActive, passShadow, revertChange, rolloutSelector, waveMembers } from './rollout-plan.js';
+import { enterWave, hasShadowPhase, isActive, passShadow, revertChange, rolloutSelector, waveMembers } from './rollout-plan.js';
 
 const tracer = trace.getTracer('@edgeplane/controller');
 
@@ -215,7 +215,8 @@ export class RolloutManager {
   #shadowReadings(r: Rollout, waveOf: ReadonlyMap<string, number>): { readings: ShadowReading[]; samples: ShadowFlow[] } {
     const readings: ShadowReading[] = [];
     const samples: ShadowFlow[] = [];
-    if (!r.strategy?.waves.some((w) => w.shadowBakeTime !== undefined && (w.shadowBakeTime.seconds > 0n || w.shadowBakeTime.nanos > 0))) return { readings, samples };
+    const strategy = r.strategy;
+    if (!strategy?.waves.some((_, i) => hasShadowPhase(strategy, i))) return { readings, samples };
     for (const [node, wave] of [...waveOf].sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : 1))) {
       const s = this.#shadowOf(r, node);
       if (!s) continue;

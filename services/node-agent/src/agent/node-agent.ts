@@ -674,10 +674,12 @@ export class NodeAgent {
       // revision like its enforced rule sets would: nothing enforced changes.
       const shadow = compileShadow(snapshot, labels, this.#o.nodeName);
       if (this.#o.blocklist) await run('edgeplane.agent.blocklist', () => this.#o.blocklist!.sync(snapshot, labels));
-      await run('edgeplane.agent.shadow', (span) => {
-        span.setAttribute('edgeplane.shadow.candidate', shadow?.candidate ?? '');
-        return this.#setShadow(shadow);
-      });
+      if (shadow) {
+        await run('edgeplane.agent.shadow', (span) => {
+          span.setAttribute('edgeplane.shadow.candidate', shadow.candidate);
+          return this.#setShadow(shadow);
+        });
+      } else await this.#setShadow(undefined);
       await run('edgeplane.agent.apply', () => this.#applyCompiled(compiled));
       enforcedAt = process.hrtime.bigint();
       this.#applied = revision;

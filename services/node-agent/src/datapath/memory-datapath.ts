@@ -29,7 +29,9 @@ export interface MemoryDatapathOptions {
  * validated and kept, for inspection). Services (the LbSpec beside the rule set) are laid out
  * as one generation of bpf/LB.md's maps with layoutLbTables, as the eBPF datapath writes them,
  * and {@link MemoryDatapath.selectBackend} answers from those bytes with LbReference, the
- * datapath's own selection. Holds no resources; close() only marks it closed.
+ * datapath's own selection. A shadow candidate (ShadowDatapath, issue 18) is a second reference
+ * classifier that classify() consults after the live one, counting where their verdicts differ.
+ * Holds no resources; close() only marks it closed.
  */
 export class MemoryDatapath implements Datapath, ShadowDatapath {
   #classifier: ReferenceClassifier | undefined;
