@@ -2,8 +2,10 @@
 // shadow must share), and the agent's shadow candidate: which rollouts a node shadows and what
 // it compiles for them.
 import test from 'ava';
-import { Action, MAX_SHADOW_SAMPLES, Policy, Protocol, Rollout, RolloutState, WavePhase } from '@edgeplane/proto';
+import { Action, MAX_SHADOW_SAMPLES, Policy, Protocol, Rollout, RolloutState, ShadowVerdict, Snapshot, WavePhase } from '@edgeplane/proto';
 import { compileShadow, shadowingRollouts } from '../src/agent/compile.js';
+import { NodeAgent } from '../src/agent/node-agent.js';
+import type { AppliedState, StateStore } from '../src/agent/state-file.js';
 import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from '../src/datapath/rule-set.js';
@@ -64,4 +66,43 @@ test('compileShadow - a node in a rollout\'s shadow phase gets the target as its
   t.is(compileShadow(intent, {}, 'n2'), undefined, 'a node enforcing the change does not shadow it');
   t.is(compileShadow(intent, {}, 'n3'), undefined);
   t.deepEqual(shadowingRollouts([Rollout.fromPartial({ ...rollout, state: RolloutState.ROLLOUT_STATE_FAILED })], 'n1'), [], 'a finished rollout is shadowed nowhere');
+});
+
+/** A state file in memory. */
+function memoryState(state: AppliedState): StateStore {
+  return { read: () => state, write: (s) => void (state = s) };
+}
+
+test('NodeAgent shadow - boots enforcing the previous version and shadowing the target; a restart adopts the candidate as it is; a finished rollout clears it', async (t) => {
+  const dp = new MemoryDatapath();
+  const shadowing = Rollout.fromPartial({ name: 'web', changeRevision: 5n, previous: policy('web', 23), state: RolloutState.ROLLOUT_STATE_PROGRESSING, wavePhase: WavePhase.WAVE_PHASE_SHADOW, waveNodes: [], shadowNodes: ['n1'] });
+  const state: AppliedState = { snapshot: Snapshot.fromPartial({ revision: 5n, policies: [policy('web', 80)], rollouts: [shadowing] }), labels: {} };
+  const start = (s: AppliedState): NodeAgent => new NodeAgent({ nodeName: 'n1', labels: {}, datapaths: { uplink: dp, workload: dp }, stateFile: memoryState(s), report: () => undefined, log: () => undefined });
+
+  const first = start(state);
+  await first.boot();
+  t.is(dp.classify(tcp(23)).verdict, 'drop', 'the previous version is enforced');
+  t.is(dp.classify(tcp(80)).verdict, 'pass', 'the target is not');
+  dp.classify(tcp(80));
+  const report = first.counterDeltas()!.shadow!;
+  t.like(report, { node: 'n1', candidate: 'web@5', classified: 3n, wouldDrop: 2n, wouldAllow: 1n });
+  t.like(report.rules, [{ rule: { policy: 'web', priority: 1 }, ruleName: 'deny', packets: 2n }]);
+  t.like(report.samples[1], { port: 80, verdict: ShadowVerdict.SHADOW_VERDICT_WOULD_DROP, enforcedRule: undefined, candidateRule: { policy: 'web', priority: 1 }, candidateRuleName: 'deny' });
+  t.like(report.samples[0], { port: 23, verdict: ShadowVerdict.SHADOW_VERDICT_WOULD_ALLOW, enforcedRule: { policy: 'web', priority: 1 }, candidateRule: undefined });
+  t.is(first.counterDeltas()?.shadow, undefined, 'unchanged counters are not sent again');
+  first.close();
+
+  // A restarted agent finds the candidate in the datapath (pinned, on the eBPF datapath) and keeps it, counters and all.
+  const second = start(state);
+  await second.boot();
+  t.is(dp.readShadow()?.wouldDrop.packets, 2);
+  t.like(second.counterDeltas()?.shadow, { candidate: 'web@5', wouldDrop: 2n });
+  second.close();
+
+  // Once the rollout has ended, the candidate goes.
+  const third = start({ ...state, snapshot: Snapshot.fromPartial({ ...state.snapshot, rollouts: [{ ...shadowing, state: RolloutState.ROLLOUT_STATE_FAILED }] }) });
+  await third.boot();
+  t.is(dp.readShadow(), null);
+  t.is(third.counterDeltas()?.shadow, undefined);
+  third.close();
 });
