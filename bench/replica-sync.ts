@@ -44,7 +44,7 @@ try {
   const b = await replica('b');
   const report = (packets: bigint): CounterReport => ({
     startTime: undefined,
-    loadBalancer: undefined,
+    loadBalancer: undefined, shadow: undefined,
     endTime: undefined,
     appliedRevision: 5n,
     rules: [1, 2].map((priority) => ({ rule: { policy: 'web', priority }, ruleName: `r${priority}`, packets, bytes: packets * 100n, rateLimitedPackets: 0n })),

@@ -64,6 +64,11 @@ export {
   LoadBalancerStatus,
   RuleCounters,
   RuleKey,
+  ShadowFlow,
+  ShadowReport,
+  ShadowVerdict,
+  shadowVerdictFromJSON,
+  shadowVerdictToJSON,
 } from './edgeplane/v1/counters.js';
 export {
   BackendHealthSummary,
@@ -207,11 +212,15 @@ export {
   RolloutKind,
   RolloutState,
   RolloutStatus,
+  ShadowReading,
+  WavePhase,
   WaveStatus,
   rolloutKindFromJSON,
   rolloutKindToJSON,
   rolloutStateFromJSON,
   rolloutStateToJSON,
+  wavePhaseFromJSON,
+  wavePhaseToJSON,
 } from './edgeplane/v1/rollout.js';
 export {
   Backend,
@@ -416,6 +425,8 @@ export {
   MAX_SERVICES,
   MAX_SERVICE_BACKENDS,
   MAX_SERVICE_HEALTH_NAMES,
+  MAX_SHADOW_CANDIDATE_LENGTH,
+  MAX_SHADOW_SAMPLES,
   MAX_SPLICES_PER_PATCH,
   MAX_UNHEALTHY_NODES_LISTED,
   MAX_UNHEALTHY_VERDICTS_LISTED,
@@ -473,6 +484,8 @@ export {
   rolloutKey,
   rolloutKeyOf,
   rolloutKindName,
+  shadowCandidateCovers,
+  shadowCandidateOf,
 } from './../src/rollout-key.js';
 export {
   DEFAULT_HEALTH_CHECK_INTERVAL_MS,

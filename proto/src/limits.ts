@@ -64,6 +64,20 @@ export const POLICY_DIGEST_CHUNK_RULES = 512;
 export const MAX_ROLLOUT_WAVES = 32;
 
 /**
+ * Sampled packets a node's shadow candidate keeps and reports (ShadowReport.samples; issue 18):
+ * enough to show an operator which flows a change would have broken, few enough that a report
+ * of them stays a few KiB per node, and RolloutStatus (every node of a wave) stays small.
+ */
+export const MAX_SHADOW_SAMPLES = 32;
+
+/**
+ * Characters of a shadow candidate's name (ShadowReport.candidate): one "KEY@revision" (a
+ * rollout key is at most `service/` and a 63-character name, a revision at most 20 digits) for
+ * each rollout a node shadows at once, joined by ",": room for a dozen concurrent shadow waves.
+ */
+export const MAX_SHADOW_CANDIDATE_LENGTH = 1024;
+
+/**
  * Backends of one service: the largest Maglev table (MAGLEV_TABLE_SIZES' last, 131,071 slots)
  * divided by the 100 slots each backend needs for an imbalance near 1 % (the Maglev paper's
  * section 3.4). More backends could not be given a table that balances them.

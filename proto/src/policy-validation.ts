@@ -254,10 +254,11 @@ export function validateObjectMeta(meta: ObjectMeta | undefined, path: string, m
 /**
  * Checks a rollout strategy at `path` (e.g. `policy.spec.rollout_strategy`): a staged one needs
  * 1..MAX_ROLLOUT_WAVES waves, each a percent in (0, 100] (cumulative, so never falling) or a
- * valid selector, a bake time of 0..7 days, gates of 0..100 and a report timeout that is not
+ * valid selector, a bake time and a shadow bake time of 0..7 days (a shadow bake only when
+ * `options.shadow`: policies, the default), gates of 0..100 and a report timeout that is not
  * negative. Unset or immediate needs nothing. Reports through `add`.
  */
-export function validateRolloutStrategy(rolloutStrategy: RolloutStrategy | undefined, path: string, add: AddViolation): void {
+export function validateRolloutStrategy(rolloutStrategy: RolloutStrategy | undefined, path: string, add: AddViolation, options: { shadow?: boolean } = { shadow: true }): void {
   const strategy = rolloutStrategy?.strategy;
   if (strategy?.$case !== 'staged') return;
   const staged = strategy.staged;
@@ -281,11 +282,16 @@ export function validateRolloutStrategy(rolloutStrategy: RolloutStrategy | undef
     }
     const bake = wave.bakeTime;
     if (bake && (bake.seconds < 0n || bake.nanos < 0 || bake.seconds > MAX_BAKE_SECONDS)) add(`${wp}.bake_time`, 'must be between 0 and 7 days', 'OUT_OF_RANGE');
+    const shadow = wave.shadowBakeTime;
+    if (shadow && (shadow.seconds < 0n || shadow.nanos < 0 || shadow.seconds > MAX_BAKE_SECONDS)) add(`${wp}.shadow_bake_time`, 'must be between 0 and 7 days', 'OUT_OF_RANGE');
+    // The datapath shadows rule sets: a service's change (its load-balancing tables) cannot be shadowed.
+    else if (shadow && (shadow.seconds > 0n || shadow.nanos > 0) && !options.shadow) add(`${wp}.shadow_bake_time`, 'only a policy\'s rollout can shadow a change', 'NOT_ALLOWED');
   });
   const g = staged.gates;
   if (g) {
     if (g.maxDropRatioIncreasePoints < 0 || g.maxDropRatioIncreasePoints > 100) add(`${p}.gates.max_drop_ratio_increase_points`, 'must be 0..100', 'OUT_OF_RANGE');
     if (g.maxUnreportedPercent < 0 || g.maxUnreportedPercent > 100) add(`${p}.gates.max_unreported_percent`, 'must be 0..100', 'OUT_OF_RANGE');
+    if (!(g.maxWouldDropPercent >= 0 && g.maxWouldDropPercent <= 100)) add(`${p}.gates.max_would_drop_percent`, 'must be 0..100', 'OUT_OF_RANGE');
   }
   const t = staged.reportTimeout;
   if (t && (t.seconds < 0n || t.nanos < 0)) add(`${p}.report_timeout`, 'must not be negative', 'OUT_OF_RANGE');

@@ -23,3 +23,18 @@ export function isServiceRollout(rollout: Pick<Rollout, 'kind'>): boolean {
 export function rolloutKindName(kind: RolloutKind): 'policy' | 'service' {
   return kind === RolloutKind.ROLLOUT_KIND_SERVICE ? 'service' : 'policy';
 }
+
+/**
+ * The name a node's shadow candidate carries for one rollout (ShadowReport.candidate): its key
+ * and change revision, "KEY@REVISION". The agent names what it shadows with it, the controller
+ * accepts shadow counters for a rollout only under it. A node shadowing several rollouts at once
+ * joins theirs with "," (sorted). Pure.
+ */
+export function shadowCandidateOf(rollout: Pick<Rollout, 'kind' | 'name' | 'changeRevision'>): string {
+  return `${rolloutKeyOf(rollout)}@${rollout.changeRevision}`;
+}
+
+/** Whether a shadow candidate's name (as a ShadowReport carries it) covers `rollout`. Linear in the name. */
+export function shadowCandidateCovers(candidate: string, rollout: Pick<Rollout, 'kind' | 'name' | 'changeRevision'>): boolean {
+  return candidate.split(',').includes(shadowCandidateOf(rollout));
+}

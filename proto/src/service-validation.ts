@@ -93,7 +93,7 @@ export function validateService(service: Service | undefined, path = 'service'):
     add(`${sp}.forwarding_mode`, `unknown forwarding mode ${spec.forwardingMode}`, 'INVALID_ENUM');
   }
   if (spec.healthCheck) validateHealthCheck(spec.healthCheck, `${sp}.health_check`, add);
-  validateRolloutStrategy(spec.rolloutStrategy, `${sp}.rollout_strategy`, add);
+  validateRolloutStrategy(spec.rolloutStrategy, `${sp}.rollout_strategy`, add, { shadow: false });
   if (spec.description.length > DEFAULT_POLICY_LIMITS.maxDescription) add(`${sp}.description`, `at most ${DEFAULT_POLICY_LIMITS.maxDescription} characters`, 'TOO_LONG');
   return result();
 }

@@ -5,6 +5,7 @@ export { Flags, type Command, type CommandContext, type Io, type OptionSpec } fr
 export { COMMANDS } from './commands.js';
 export { bashCompletion, zshCompletion } from './commands/completion.js';
 export { conntrackLine, connectionsToJson, filterFromFlags, renderConnectionTable } from './commands/conntrack.js';
+export { describeRollout, renderRollout, renderRolloutTable } from './commands/rollout.js';
 export { diffLines, diffPolicy, diffService, previewSelection, renderPolicyDiff, type DiffLine, type PolicyDiff, type SelectionPreview } from './diff.js';
 export { formatAge, formatDuration, parseDurationMs } from './duration.js';
 export { CliError, InputError, ManifestError, NackError, RpcError, UsageError, WaitTimeoutError, formatPosition, formatProblem, type ManifestProblem, type SourcePosition } from './errors.js';

@@ -504,9 +504,9 @@ class DocumentReader {
       this.#seq(waves.value, waves.key, 'waves').forEach((item, i) => {
         const wp = `${sp}.waves[${i}]`;
         this.#record(wp, item);
-        const w = this.#map(item, 'a wave', ['name', 'percent', 'selector', 'bakeTime']);
+        const w = this.#map(item, 'a wave', ['name', 'percent', 'selector', 'bakeTime', 'shadowBakeTime']);
         if (!w) return;
-        const wave: Wave = { name: '', target: undefined, bakeTime: undefined };
+        const wave: Wave = { name: '', target: undefined, bakeTime: undefined, shadowBakeTime: undefined };
         const name = w.get('name');
         if (name) wave.name = this.#string(name, name.key, 'name') ?? '';
         const percent = w.get('percent');
@@ -516,21 +516,27 @@ class DocumentReader {
         else if (selector) wave.target = { $case: 'selector', selector: this.#selector(selector.value, selector.key, `${wp}.selector`) ?? { matchLabels: {}, matchExpressions: [] } };
         const bake = w.get('bakeTime');
         if (bake) wave.bakeTime = this.#duration(bake, `${wp}.bake_time`);
+        const shadow = w.get('shadowBakeTime');
+        if (shadow) wave.shadowBakeTime = this.#duration(shadow, `${wp}.shadow_bake_time`);
         staged.waves.push(wave);
       });
     }
     const gates = s.get('gates');
     if (gates) {
       this.#record(`${sp}.gates`, gates.key);
-      const g = this.#map(gates.value ?? gates.key, 'gates', ['ignoreNacks', 'maxDropRatioIncreasePoints', 'maxUnreportedPercent']);
+      const g = this.#map(gates.value ?? gates.key, 'gates', ['ignoreNacks', 'maxDropRatioIncreasePoints', 'maxUnreportedPercent', 'maxWouldDropPercent', 'minShadowPackets']);
       if (g) {
         const ignore = g.get('ignoreNacks');
         const drop = g.get('maxDropRatioIncreasePoints');
         const unreported = g.get('maxUnreportedPercent');
+        const wouldDrop = g.get('maxWouldDropPercent');
+        const minShadow = g.get('minShadowPackets');
         staged.gates = {
           ignoreNacks: ignore ? (this.#bool(ignore, `${sp}.gates.ignore_nacks`) ?? false) : false,
           maxDropRatioIncreasePoints: drop ? (this.#number(drop, `${sp}.gates.max_drop_ratio_increase_points`) ?? 0) : 0,
           maxUnreportedPercent: unreported ? (this.#number(unreported, `${sp}.gates.max_unreported_percent`) ?? 0) : 0,
+          maxWouldDropPercent: wouldDrop ? (this.#number(wouldDrop, `${sp}.gates.max_would_drop_percent`) ?? 0) : 0,
+          minShadowPackets: minShadow ? BigInt(this.#uint(minShadow, `${sp}.gates.min_shadow_packets`, Number.MAX_SAFE_INTEGER) ?? 0) : 0n,
         };
       }
     }

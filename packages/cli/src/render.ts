@@ -142,7 +142,7 @@ export function describePolicy(d: PolicyDescription, now: Date): string {
   out += field('Default action', actionName(s?.defaultAction ?? 0) || '<none>');
   out += field('Conntrack', trackingText(s?.connectionTracking));
   const st = s?.rolloutStrategy?.strategy;
-  out += field('Rollout', st?.$case === 'staged' ? `staged: ${st.staged.waves.map((w) => `${w.name || 'wave'}(${w.target?.$case === 'percent' ? `${w.target.percent}%` : formatLabelSelector(w.target?.selector)}${w.bakeTime ? `, bake ${formatDuration(w.bakeTime)}` : ''})`).join(' -> ')}` : 'immediate');
+  out += field('Rollout', st?.$case === 'staged' ? `staged: ${st.staged.waves.map((w) => `${w.name || 'wave'}(${w.target?.$case === 'percent' ? `${w.target.percent}%` : formatLabelSelector(w.target?.selector)}${w.shadowBakeTime ? `, shadow ${formatDuration(w.shadowBakeTime)}` : ''}${w.bakeTime ? `, bake ${formatDuration(w.bakeTime)}` : ''})`).join(' -> ')}` : 'immediate');
   out += 'Rules:\n';
   const counters = countersByPriority(d.fleetCounters, name);
   const rules = [...(s?.rules ?? [])].sort((a, b) => a.priority - b.priority);

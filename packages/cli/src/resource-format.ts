@@ -146,6 +146,7 @@ function rolloutToPlain(r: RolloutStrategy | undefined): Plain | undefined {
           percent: w.target?.$case === 'percent' ? w.target.percent : undefined,
           selector: w.target?.$case === 'selector' ? (selectorToPlain(w.target.selector) ?? {}) : undefined,
           bakeTime: w.bakeTime ? formatDuration(w.bakeTime) : undefined,
+          shadowBakeTime: w.shadowBakeTime ? formatDuration(w.shadowBakeTime) : undefined,
         }),
       ),
       gates: st.gates
@@ -153,6 +154,8 @@ function rolloutToPlain(r: RolloutStrategy | undefined): Plain | undefined {
             ignoreNacks: st.gates.ignoreNacks || undefined,
             maxDropRatioIncreasePoints: st.gates.maxDropRatioIncreasePoints || undefined,
             maxUnreportedPercent: st.gates.maxUnreportedPercent || undefined,
+            maxWouldDropPercent: st.gates.maxWouldDropPercent || undefined,
+            minShadowPackets: st.gates.minShadowPackets ? Number(st.gates.minShadowPackets) : undefined,
           })
         : undefined,
       reportTimeout: st.reportTimeout ? formatDuration(st.reportTimeout) : undefined,

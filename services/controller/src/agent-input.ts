@@ -12,6 +12,9 @@ import {
   MAX_NODE_CONDITIONS,
   MAX_NODE_INTERFACES,
   MAX_REPORT_TEXT_LENGTH,
+  MAX_SHADOW_CANDIDATE_LENGTH,
+  MAX_SHADOW_SAMPLES,
+  ShadowVerdict,
   checkDnsLabel,
   isAddressProblem,
   parseCanonicalAddress,
@@ -25,6 +28,7 @@ import {
   type FieldViolation,
   type NodeCondition,
   type RevisionReport,
+  type ShadowReport,
 } from '@edgeplane/proto';
 
 function tooLong(out: FieldViolation[], field: string, text: string, max: number): void {
@@ -96,11 +100,46 @@ export function validateCounterReport(report: CounterReport): FieldViolation[] {
       roles.add(c.role);
     });
   }
+  if (report.shadow) shadowReport(out, report.shadow);
   return out;
 }
 
 /** Characters of an address as text (an IPv6 address with an embedded IPv4 one). */
 const MAX_ADDRESS_TEXT = 45;
+
+/**
+ * The problems of a shadow report: a node name, a candidate name of bounded length, differing
+ * packets no more than those classified, at most MAX_COUNTER_RULES rules and MAX_SHADOW_SAMPLES
+ * samples of bounded texts. Whether it describes the node that sent it is the caller's check.
+ */
+function shadowReport(out: FieldViolation[], s: ShadowReport): void {
+  const problem = checkDnsLabel(s.node);
+  if (problem) out.push({ field: 'counters.shadow.node', description: `${quote(s.node)} ${problem}`, reason: 'INVALID_NAME' });
+  tooLong(out, 'counters.shadow.candidate', s.candidate, MAX_SHADOW_CANDIDATE_LENGTH);
+  if (s.wouldDrop + s.wouldAllow > s.classified) out.push({ field: 'counters.shadow.classified', description: `${s.classified} packets classified, fewer than the ${s.wouldDrop + s.wouldAllow} whose verdict differed`, reason: 'INCONSISTENT' });
+  if (s.rules.length > MAX_COUNTER_RULES) out.push({ field: 'counters.shadow.rules', description: `${s.rules.length} entries; at most ${MAX_COUNTER_RULES} per report`, reason: 'TOO_MANY_ENTRIES' });
+  else s.rules.forEach((c, i) => {
+    tooLong(out, `counters.shadow.rules[${i}].rule.policy`, c.rule?.policy ?? '', MAX_COUNTER_NAME_LENGTH);
+    tooLong(out, `counters.shadow.rules[${i}].rule_name`, c.ruleName, MAX_COUNTER_NAME_LENGTH);
+  });
+  if (s.samples.length > MAX_SHADOW_SAMPLES) {
+    out.push({ field: 'counters.shadow.samples', description: `${s.samples.length} samples; at most ${MAX_SHADOW_SAMPLES}`, reason: 'TOO_MANY_ENTRIES' });
+    return;
+  }
+  s.samples.forEach((x, i) => {
+    const path = `counters.shadow.samples[${i}]`;
+    if (x.family !== 4 && x.family !== 6) out.push({ field: `${path}.family`, description: `${x.family}: 4 or 6`, reason: 'OUT_OF_RANGE' });
+    if (x.protocol > 255) out.push({ field: `${path}.protocol`, description: `${x.protocol}: an IP protocol number (0..255)`, reason: 'OUT_OF_RANGE' });
+    if (x.port > 65_535) out.push({ field: `${path}.port`, description: `${x.port}: 0..65535`, reason: 'OUT_OF_RANGE' });
+    if (x.verdict !== ShadowVerdict.SHADOW_VERDICT_WOULD_DROP && x.verdict !== ShadowVerdict.SHADOW_VERDICT_WOULD_ALLOW) out.push({ field: `${path}.verdict`, description: 'would-drop or would-allow', reason: 'INVALID_VERDICT' });
+    tooLong(out, `${path}.node`, x.node, MAX_COUNTER_NAME_LENGTH);
+    tooLong(out, `${path}.source`, x.source, MAX_ADDRESS_TEXT);
+    tooLong(out, `${path}.destination`, x.destination, MAX_ADDRESS_TEXT);
+    tooLong(out, `${path}.enforced_rule.policy`, x.enforcedRule?.policy ?? '', MAX_COUNTER_NAME_LENGTH);
+    tooLong(out, `${path}.candidate_rule.policy`, x.candidateRule?.policy ?? '', MAX_COUNTER_NAME_LENGTH);
+    tooLong(out, `${path}.candidate_rule_name`, x.candidateRuleName, MAX_COUNTER_NAME_LENGTH);
+  });
+}
 
 /**
  * Returns the problems of an agent's answer to a connections query (empty when valid): at most

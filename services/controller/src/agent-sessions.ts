@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import {
+  quote,
   type AgentSettings,
   type ConnectionsAnswer,
   type ConnectionsQuery,
@@ -13,7 +14,7 @@ import {
 } from '@edgeplane/proto';
 import { validateBackendHealthReport, validateConditionReport, validateConnectionsAnswer, validateCounterReport, validateHello, validateRevisionReport } from './agent-input.js';
 import type { CounterStore } from './counter-store.js';
-import { DeadlineExceededError, PreconditionError, UnavailableError, ValidationError } from './errors.js';
+import { DeadlineExceededError, PermissionDeniedError, PreconditionError, UnavailableError, ValidationError } from './errors.js';
 import type { NodeRegistry } from './node-registry.js';
 import { hasBackend, type ServiceHealthStore } from './service-health-store.js';
 
@@ -195,6 +196,11 @@ export class AgentSessions {
             break;
           case 'counters':
             reject('invalid counter report', validateCounterReport(m.counters));
+            // A node speaks only for itself (DESIGN.md, Trust): shadow counters that describe
+            // another node are refused, and end the stream, before anything is kept.
+            if (m.counters.shadow && m.counters.shadow.node !== node) {
+              throw new PermissionDeniedError(`node ${node} sent shadow counters of node ${quote(m.counters.shadow.node)}: a node reports only its own`, 'FOREIGN_NODE');
+            }
             this.#counters.add(node, m.counters);
             this.#registry.seen(node);
             break;

@@ -1,4 +1,10 @@
-import { MAX_COUNTED_RULES_PER_NODE, MAX_COUNTER_INTERFACES, type ConntrackStatus, type CounterReport, type InterfaceCounters, type LoadBalancerStatus, type RuleCounters } from '@edgeplane/proto';
+import { MAX_COUNTED_RULES_PER_NODE, MAX_COUNTER_INTERFACES, type ConntrackStatus, type CounterReport, type InterfaceCounters, type LoadBalancerStatus, type RuleCounters, type ShadowReport } from '@edgeplane/proto';
+
+/** A node's newest shadow counters (ShadowReport), and when this controller first heard it shadow that candidate. */
+export interface NodeShadow {
+  readonly report: ShadowReport;
+  readonly since: Date;
+}
 
 const key = (policy: string, priority: number): string => `${policy}\u0000${priority}`;
 
@@ -40,6 +46,8 @@ export class CounterStore {
   #conntrack = new Map<string, Map<string, ConntrackStatus>>();
   /** The newest load-balancer counters per node (totals: replaced, not summed). */
   #lb = new Map<string, LoadBalancerStatus>();
+  /** The newest shadow counters per node (totals since its candidate was installed: replaced, not summed). */
+  #shadow = new Map<string, NodeShadow>();
   #dropped = 0;
 
   /** Entries dropped because a node already had counters for MAX_COUNTED_RULES_PER_NODE rules (or MAX_COUNTER_INTERFACES interfaces). */
@@ -50,10 +58,16 @@ export class CounterStore {
   /**
    * Adds one report's deltas for a node. Per node at most MAX_COUNTED_RULES_PER_NODE rules and
    * MAX_COUNTER_INTERFACES interfaces are kept: entries for new keys past that are dropped
-   * (and counted in {@link dropped}), so memory stays bounded whatever agents send.
+   * (and counted in {@link dropped}), so memory stays bounded whatever agents send. A shadow
+   * report is kept under `node` whatever node it names: the caller checks that it describes the
+   * node that sent it (AgentSessions, by the stream's authenticated node).
    */
-  add(node: string, report: CounterReport): void {
+  add(node: string, report: CounterReport, now = new Date()): void {
     if (report.loadBalancer) this.#lb.set(node, { ...report.loadBalancer });
+    if (report.shadow) {
+      const have = this.#shadow.get(node);
+      this.#shadow.set(node, { report: report.shadow, since: have?.report.candidate === report.shadow.candidate ? have.since : now });
+    }
     if (report.conntrack.length > 0) {
       let ct = this.#conntrack.get(node);
       if (!ct) this.#conntrack.set(node, (ct = new Map()));
@@ -105,9 +119,12 @@ export class CounterStore {
    * Replaces one node's totals with another replica's (its agent is connected there): what
    * `add` would hold after summing the same reports, kept within the same per-node bounds.
    */
-  replace(node: string, totals: { rules: RuleCounters[]; interfaces: InterfaceCounters[]; conntrack: ConntrackStatus[]; loadBalancer?: LoadBalancerStatus | undefined }): void {
+  replace(node: string, totals: { rules: RuleCounters[]; interfaces: InterfaceCounters[]; conntrack: ConntrackStatus[]; loadBalancer?: LoadBalancerStatus | undefined; shadow?: ShadowReport | undefined }): void {
+    const shadow = this.#shadow.get(node);
     this.forget(node);
-    this.add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, ...totals, loadBalancer: totals.loadBalancer });
+    // The shadow's `since` is when this replica first heard the candidate: kept across replaces.
+    if (shadow) this.#shadow.set(node, shadow);
+    this.add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, ...totals, loadBalancer: totals.loadBalancer, shadow: totals.shadow });
   }
 
   /** Forgets one node's counters (and takes them out of the fleet's totals). */
@@ -127,6 +144,12 @@ export class CounterStore {
     this.#interfaces.delete(node);
     this.#conntrack.delete(node);
     this.#lb.delete(node);
+    this.#shadow.delete(node);
+  }
+
+  /** One node's newest shadow counters and since when it shadows their candidate, or undefined when it reported none. */
+  nodeShadow(node: string): NodeShadow | undefined {
+    return this.#shadow.get(node);
   }
 
   /** One node's rule counters (optionally one policy's), sorted. */

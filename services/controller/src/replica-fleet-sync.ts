@@ -221,6 +221,7 @@ export class ReplicaFleetSync {
       interfaces: this.#counters.nodeInterfaces(name),
       conntrack: this.#counters.nodeConntrack(name),
       loadBalancer: this.#counters.nodeLoadBalancer(name),
+      shadow: this.#counters.nodeShadow(name)?.report,
       backendHealth: this.#health?.nodeVerdicts(name) ?? [],
       statusChanged,
     };

@@ -3,18 +3,22 @@ import {
   RevisionOutcome,
   Rollout,
   RolloutState,
+  WavePhase,
   matchesLabelSelector,
   rolloutKeyOf,
   rolloutKindName,
+  shadowCandidateCovers,
   type GateReading,
   type RolloutStatus,
+  type ShadowFlow,
+  type ShadowReading,
   type WaveStatus,
 } from '@edgeplane/proto';
 import { extractTraceContext } from '@edgeplane/telemetry';
-import type { CounterStore } from './counter-store.js';
+import type { CounterStore, NodeShadow } from './counter-store.js';
 import type { IntentStore } from './intent-store.js';
 import type { NodeRegistry } from './node-registry.js';
-import { isActive, revertChange, rolloutSelector, waveMembers } from './rollout-plan.js';
+import { enterWave, hasShadowPhase, isActive, passShadow, revertChange, rolloutSelector, waveMembers } from './rollout-plan.js';
 
 const tracer = trace.getTracer('@edgeplane/controller');
 
@@ -68,6 +72,8 @@ export class RolloutManager {
   /** Per rollout key + wave: each node's drop totals when it joined the wave. */
   #baselines = new Map<string, Map<string, DropTotals>>();
   #spans = new Map<string, Span>();
+  /** Shadow phase spans, by rollout key + change revision + wave. */
+  #shadowSpans = new Map<string, Span>();
   #listeners = new Set<(name: string) => void>();
   #waveSets = new Map<string, { of: string[]; set: Set<string> }>();
 
@@ -98,7 +104,7 @@ export class RolloutManager {
       for (const [key, r] of active) {
         const wave = this.#waveSet(key, r);
         for (const n of changed) {
-          if (!wave.has(n)) continue;
+          if (!wave.has(n) && !r.shadowNodes.includes(n)) continue;
           this.#notify(key);
           break;
         }
@@ -156,9 +162,11 @@ export class RolloutManager {
     const strategy = r.strategy;
     const selected = this.#selectedNodes(r);
     let before = new Set<string>();
+    /** The wave each node joined (for shadow readings). */
+    const waveOf = new Map<string, number>();
     for (let i = 0; i < (strategy?.waves.length ?? 0); i++) {
       // The log's record is the authority for the current wave; earlier ones are recomputed.
-      const members = i === r.currentWave ? r.waveNodes : i < r.currentWave ? waveMembers(strategy!, r.changeRevision, selected, i) : [];
+      const members = i === r.currentWave ? [...r.waveNodes, ...r.shadowNodes] : i < r.currentWave ? waveMembers(strategy!, r.changeRevision, selected, i) : [];
       const mine = members.filter((n) => !before.has(n));
       before = new Set(members);
       let done = 0;
@@ -171,7 +179,12 @@ export class RolloutManager {
       const current = i === r.currentWave;
       const start = current ? r.waveStartTime : undefined;
       const bake = ms(strategy!.waves[i]!.bakeTime);
+      for (const n of mine) waveOf.set(n, i);
+      const shadowing = current && r.wavePhase === WavePhase.WAVE_PHASE_SHADOW;
+      const shadowUntil = shadowing && isActive(r) ? this.#shadowBakeStart(r) : undefined;
       waves.push({
+        phase: current ? (r.wavePhase === WavePhase.WAVE_PHASE_SHADOW ? WavePhase.WAVE_PHASE_SHADOW : WavePhase.WAVE_PHASE_ENFORCING) : WavePhase.WAVE_PHASE_UNSPECIFIED,
+        shadowUntilTime: shadowUntil === undefined ? undefined : new Date(shadowUntil + ms(strategy!.waves[i]!.shadowBakeTime)),
         index: i,
         name: strategy!.waves[i]!.name,
         nodes: mine,
@@ -191,7 +204,47 @@ export class RolloutManager {
         gate.push({ node: n, baselineDropPercent: pct(b.dropped, b.packets), currentDropPercent: pct(now.dropped - b.dropped, now.packets - b.packets), packets: now.packets - b.packets });
       }
     }
-    return { rollout: r, waves, gateReadings: gate };
+    const { readings, samples } = this.#shadowReadings(r, waveOf);
+    return { rollout: r, waves, gateReadings: gate, shadowReadings: readings, shadowSamples: samples };
+  }
+
+  /**
+   * Each node's newest shadow counters of `r`'s candidate (nodes of its waves, `waveOf`), and their
+   * sampled flows with the node named: kept by the counter store after the rollout ends.
+   */
+  #shadowReadings(r: Rollout, waveOf: ReadonlyMap<string, number>): { readings: ShadowReading[]; samples: ShadowFlow[] } {
+    const readings: ShadowReading[] = [];
+    const samples: ShadowFlow[] = [];
+    const strategy = r.strategy;
+    if (!strategy?.waves.some((_, i) => hasShadowPhase(strategy, i))) return { readings, samples };
+    for (const [node, wave] of [...waveOf].sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : 1))) {
+      const s = this.#shadowOf(r, node);
+      if (!s) continue;
+      const x = s.report;
+      readings.push({ node, wave, classified: x.classified, wouldDrop: x.wouldDrop, wouldAllow: x.wouldAllow, wouldDropPercent: pct(x.wouldDrop, x.classified), since: s.since, rules: x.rules });
+      for (const f of x.samples) samples.push({ ...f, node });
+    }
+    return { readings, samples };
+  }
+
+  /** A node's newest shadow counters if they are of `r`'s candidate. */
+  #shadowOf(r: Rollout, node: string): NodeShadow | undefined {
+    const s = this.#counters.nodeShadow(node);
+    return s && shadowCandidateCovers(s.report.candidate, r) ? s : undefined;
+  }
+
+  /**
+   * When the shadow bake of `r`'s current wave starts (ms): when the last of its shadow nodes was
+   * first heard shadowing the candidate; undefined while one of them was not.
+   */
+  #shadowBakeStart(r: Rollout): number | undefined {
+    let start = r.waveStartTime?.getTime() ?? 0;
+    for (const n of r.shadowNodes) {
+      const s = this.#shadowOf(r, n);
+      if (!s) return undefined;
+      start = Math.max(start, s.since.getTime());
+    }
+    return start;
   }
 
   #selectedNodes(r: Rollout): { name: string; labels: Record<string, string> }[] {
@@ -239,6 +292,7 @@ export class RolloutManager {
   }
 
   #endSpan(r: Rollout): void {
+    this.#endShadowSpan(r, RolloutState[r.state].replace('ROLLOUT_STATE_', '').toLowerCase());
     for (const [k, s] of this.#spans) {
       if (!k.startsWith(`${rolloutKeyOf(r)}@${r.changeRevision}#`)) continue;
       const failed = r.state === RolloutState.ROLLOUT_STATE_FAILED || r.state === RolloutState.ROLLOUT_STATE_ABORTED;
@@ -250,6 +304,7 @@ export class RolloutManager {
   }
 
   async #evaluate(r: Rollout): Promise<void> {
+    if (r.wavePhase === WavePhase.WAVE_PHASE_SHADOW) return this.#evaluateShadow(r);
     this.#span(r);
     const strategy = r.strategy!;
     const gates = strategy.gates;
@@ -306,7 +361,7 @@ export class RolloutManager {
         : Rollout.fromPartial({
             ...current,
             currentWave: current.currentWave + 1,
-            waveNodes: waveMembers(current.strategy!, current.changeRevision, this.#selectedNodes(current), current.currentWave + 1),
+            ...enterWave(current.strategy!, current.changeRevision, this.#selectedNodes(current), current.currentWave + 1, current.waveNodes),
             waveStartTime: now,
             updateTime: now,
           });
@@ -324,10 +379,124 @@ export class RolloutManager {
     }, r.traceContext);
   }
 
+  /** Starts the span of `r`'s current shadow phase (once): its figures are set when it is decided. */
+  #shadowSpan(r: Rollout): Span {
+    const key = `${rolloutKeyOf(r)}@${r.changeRevision}#${r.currentWave}`;
+    let span = this.#shadowSpans.get(key);
+    if (span) return span;
+    const parent = extractTraceContext(r.traceContext?.traceparent ? { traceparent: r.traceContext.traceparent, tracestate: r.traceContext.tracestate } : undefined);
+    span = tracer.startSpan(
+      'edgeplane.rollout.shadow',
+      { startTime: r.waveStartTime ?? new Date(), attributes: { [`edgeplane.${rolloutKindName(r.kind)}`]: r.name, 'edgeplane.rollout.kind': rolloutKindName(r.kind), 'edgeplane.wave': r.currentWave, 'edgeplane.shadow.nodes': r.shadowNodes.length, 'edgeplane.revision': Number(r.changeRevision) } },
+      parent,
+    );
+    this.#shadowSpans.set(key, span);
+    return span;
+  }
+
+  /** Ends `r`'s open shadow span(s) with `outcome` (and an error status for a failure). */
+  #endShadowSpan(r: Rollout, outcome: string, error?: string): void {
+    for (const [k, s] of this.#shadowSpans) {
+      if (!k.startsWith(`${rolloutKeyOf(r)}@${r.changeRevision}#`)) continue;
+      s.setAttribute('edgeplane.outcome', outcome);
+      if (error !== undefined) s.setStatus({ code: SpanStatusCode.ERROR, message: error });
+      s.end();
+      this.#shadowSpans.delete(k);
+    }
+  }
+
+  /**
+   * The shadow phase of `r`'s current wave: its shadow nodes enforce the previous version and
+   * classify by the change. Gates, in order: a NACK of the change by a shadow node (its
+   * candidate did not compile or its datapath refused it); nodes not heard shadowing the
+   * candidate within the report timeout; then, once the shadow bake has run from the last node's
+   * first shadow report, each node must have classified min_shadow_packets (waited for at most
+   * the report timeout past the bake) and would drop at most max_would_drop_percent of them. A
+   * failure ends the rollout (nothing was enforced: the record just ends, the stored resource
+   * goes back to its previous version); a pass makes the same nodes enforce the change.
+   */
+  async #evaluateShadow(r: Rollout): Promise<void> {
+    const span = this.#shadowSpan(r);
+    const strategy = r.strategy!;
+    const gates = strategy.gates;
+    const now = this.#now().getTime();
+    const wave = `wave ${r.currentWave + 1} (shadow)`;
+    const nodes = r.shadowNodes.map((name) => ({ name, status: this.#registry.get(name)?.status, shadow: this.#shadowOf(r, name) }));
+    const totals = (): Record<string, number> => {
+      let classified = 0n;
+      let wouldDrop = 0n;
+      let wouldAllow = 0n;
+      let worst = 0;
+      for (const n of nodes) {
+        if (!n.shadow) continue;
+        classified += n.shadow.report.classified;
+        wouldDrop += n.shadow.report.wouldDrop;
+        wouldAllow += n.shadow.report.wouldAllow;
+        worst = Math.max(worst, pct(n.shadow.report.wouldDrop, n.shadow.report.classified));
+      }
+      return { 'edgeplane.shadow.classified': Number(classified), 'edgeplane.shadow.would_drop': Number(wouldDrop), 'edgeplane.shadow.would_allow': Number(wouldAllow), 'edgeplane.shadow.would_drop_percent': pct(wouldDrop, classified), 'edgeplane.shadow.max_node_would_drop_percent': worst };
+    };
+    const fail = async (reason: string): Promise<void> => {
+      span.setAttributes(totals());
+      await this.#fail(r, `${reason}; nothing was enforced`);
+      // Ended here with the figures unless another writer moved the rollout on first.
+      if (this.#store.chain.rollouts.get(rolloutKeyOf(r))?.state === RolloutState.ROLLOUT_STATE_FAILED) this.#endShadowSpan(r, 'failed', reason);
+    };
+    if (!gates?.ignoreNacks && this.#registry.nackedSince(r.changeRevision) > 0) {
+      const nack = nodes.find((n) => n.status?.lastOutcome === RevisionOutcome.REVISION_OUTCOME_NACK && n.status.lastOutcomeRevision >= r.changeRevision && n.status.appliedRevision < r.resourceVersion);
+      if (nack) return fail(`${wave}: node ${nack.name} NACKed revision ${nack.status!.lastOutcomeRevision}: ${nack.status!.lastError}`);
+    }
+    const timeout = ms(strategy.reportTimeout) || (this.#o.defaultReportTimeoutMs ?? 60_000);
+    const waveStart = r.waveStartTime?.getTime() ?? now;
+    const pending = nodes.filter((n) => !n.shadow);
+    if (pending.length > 0) {
+      if (now - waveStart > timeout && (pending.length / nodes.length) * 100 > (gates?.maxUnreportedPercent ?? 0)) {
+        return fail(`${wave}: ${pending.length} of ${nodes.length} nodes did not report shadowing the change within ${timeout} ms (${pending.map((n) => n.name).join(', ')})`);
+      }
+      return;
+    }
+    const promoted = r.promotedWave === r.currentWave;
+    const bakeEnd = this.#shadowBakeStart(r)! + ms(strategy.waves[r.currentWave]?.shadowBakeTime);
+    if (!promoted && now < bakeEnd) return;
+    const min = gates?.minShadowPackets || 1n;
+    const short = promoted ? [] : nodes.filter((n) => n.shadow!.report.classified < min);
+    if (short.length > 0) {
+      if (now - bakeEnd > timeout) return fail(`${wave}: ${short.map((n) => `node ${n.name} classified ${n.shadow!.report.classified}`).join(', ')} of the ${min} packets a shadow verdict needs, ${timeout} ms after the shadow bake`);
+      return;
+    }
+    const limit = gates?.maxWouldDropPercent ?? 0;
+    if (limit > 0) {
+      for (const n of nodes) {
+        const x = n.shadow!.report;
+        const share = pct(x.wouldDrop, x.classified);
+        if (share > limit) return fail(`${wave}: node ${n.name} would drop ${share.toFixed(1)}% of the packets it classified (${x.wouldDrop} of ${x.classified}; more than ${limit}%)`);
+      }
+    }
+    span.setAttributes(totals());
+    if (await this.#passShadow(r)) this.#endShadowSpan(r, 'passed');
+  }
+
+  /** Writes the pass of `r`'s shadow phase (the same nodes enforce the change), if the log still holds the rollout as evaluated. @returns whether it was written. */
+  async #passShadow(r: Rollout): Promise<boolean> {
+    let written = false;
+    await this.#store.write((chain) => {
+      const current = chain.rollouts.get(rolloutKeyOf(r));
+      if (!current || current.resourceVersion !== r.resourceVersion || current.state !== RolloutState.ROLLOUT_STATE_PROGRESSING || current.wavePhase !== WavePhase.WAVE_PHASE_SHADOW) return undefined;
+      const now = this.#now();
+      const next = Rollout.fromPartial({ ...current, ...passShadow(current), waveStartTime: now, updateTime: now });
+      this.#o.log?.('rollout shadow passed', { [rolloutKindName(r.kind)]: r.name, wave: next.currentWave + 1, nodes: next.waveNodes.length });
+      written = true;
+      return { upserts: [], deletes: [], rollouts: [next], serviceUpserts: [], serviceDeletes: [], policyPatches: [] };
+    }, r.traceContext);
+    return written;
+  }
+
   /** Stops evaluating; ends open wave spans. Idempotent. */
   close(): void {
     clearInterval(this.#timer);
     for (const s of this.#spans.values()) s.end();
     this.#spans.clear();
+    for (const s of this.#shadowSpans.values()) s.end();
+    this.#shadowSpans.clear();
   }
 }

@@ -5,6 +5,7 @@ import {
   RolloutKind,
   RolloutState,
   Service,
+  WavePhase,
   isServiceRollout,
   matchesLabelSelector,
   type Change,
@@ -62,7 +63,33 @@ export const IMPLICIT_LAST_WAVE = 'rest';
 export function completeWaves(strategy: RolloutStrategy_Staged): RolloutStrategy_Staged {
   const last = strategy.waves.at(-1)?.target;
   if (last?.$case === 'percent' && last.percent >= 100) return strategy;
-  return { ...strategy, waves: [...strategy.waves, { name: IMPLICIT_LAST_WAVE, target: { $case: 'percent', percent: 100 }, bakeTime: undefined }] };
+  return { ...strategy, waves: [...strategy.waves, { name: IMPLICIT_LAST_WAVE, target: { $case: 'percent', percent: 100 }, bakeTime: undefined, shadowBakeTime: undefined }] };
+}
+
+/** Whether wave `wave` of `strategy` shadows the change before it enforces it (a shadow bake time above 0). */
+export function hasShadowPhase(strategy: RolloutStrategy_Staged, wave: number): boolean {
+  const t = strategy.waves[wave]?.shadowBakeTime;
+  return t !== undefined && (t.seconds > 0n || t.nanos > 0);
+}
+
+/** Where a wave's nodes stand in a rollout record (Rollout.wave_nodes, shadow_nodes, wave_phase). */
+export type WaveEntry = Pick<Rollout, 'waveNodes' | 'shadowNodes' | 'wavePhase'>;
+
+/**
+ * The record's nodes when wave `wave` starts: with a shadow phase ({@link hasShadowPhase}) the
+ * wave's new nodes (its members not in `enforcing`, the nodes that enforce already) shadow the
+ * change and `enforcing` stays as it is; without one, every member enforces it. Pure.
+ */
+export function enterWave(strategy: RolloutStrategy_Staged, changeRevision: bigint, nodes: readonly PlanNode[], wave: number, enforcing: readonly string[]): WaveEntry {
+  const members = waveMembers(strategy, changeRevision, nodes, wave);
+  if (!hasShadowPhase(strategy, wave)) return { waveNodes: members, shadowNodes: [], wavePhase: WavePhase.WAVE_PHASE_ENFORCING };
+  const have = new Set(enforcing);
+  return { waveNodes: [...enforcing], shadowNodes: members.filter((n) => !have.has(n)), wavePhase: WavePhase.WAVE_PHASE_SHADOW };
+}
+
+/** The record's nodes once a wave's shadow phase passed: the same nodes enforce the change. Pure. */
+export function passShadow(r: Pick<Rollout, 'waveNodes' | 'shadowNodes'>): WaveEntry {
+  return { waveNodes: [...new Set([...r.waveNodes, ...r.shadowNodes])].sort(), shadowNodes: [], wavePhase: WavePhase.WAVE_PHASE_ENFORCING };
 }
 
 /** Whether a rollout still governs which nodes run its change. */
@@ -76,7 +103,7 @@ export type RolloutResource = { kind: RolloutKind.ROLLOUT_KIND_POLICY; previous:
 /**
  * The record that starts a staged rollout of the change written at `revision` to the resource
  * `name` (a policy or a service): the strategy's waves completed to 100 % ({@link completeWaves}),
- * wave 1 computed from `nodes`, the nodes the new version selects. The previous version (undefined: the change creates the resource) is kept in the
+ * wave 1 computed from `nodes` (its nodes shadowing the change first when it has a shadow phase: {@link enterWave}), the nodes the new version selects. The previous version (undefined: the change creates the resource) is kept in the
  * record, so agents outside the waves and a revert can use it. Pure.
  */
 export function startRollout(
@@ -97,7 +124,7 @@ export function startRollout(
     strategy,
     state: RolloutState.ROLLOUT_STATE_PROGRESSING,
     currentWave: 0,
-    waveNodes: waveMembers(strategy, revision, nodes, 0),
+    ...enterWave(strategy, revision, nodes, 0, []),
     waveStartTime: now,
     traceContext: trace,
     resourceVersion: revision,

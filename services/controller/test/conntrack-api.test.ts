@@ -202,7 +202,7 @@ test('conntrack status - a counter report reaches GetNode and Prometheus; a repo
   const { s } = await connectedNode(name, () => undefined);
   t.teardown(() => s.close());
   const status = { role: 'uplink', entries: 12n, capacity: 262144n, newEntries: 3n, newCapacity: 65536n, establishedPackets: 900n, relatedPackets: 1n, created: 15n, promoted: 12n, insertFailed: 4n, expired: 2n, cut: 1n, controlPackets: 77n };
-  s.send({ message: { $case: 'counters', counters: { startTime: undefined, loadBalancer: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [status] } } });
+  s.send({ message: { $case: 'counters', counters: { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [status] } } });
   let got;
   for (let i = 0; i < 50 && !got?.conntrack.length; i++) {
     got = await call(viewer.fleet, viewer.fleet.getNode, { name });
@@ -214,13 +214,13 @@ test('conntrack status - a counter report reaches GetNode and Prometheus; a repo
   t.regex(body, /edgeplane_conntrack_capacity\{[^}]*node="ct-7"[^}]*table="new"[^}]*\} 65536/);
   t.regex(body, /edgeplane_conntrack_events_total\{node="ct-7",role="uplink",event="insert_failed"[^}]*\} 4/);
   // A later report replaces the levels (they are not summed).
-  s.send({ message: { $case: 'counters', counters: { startTime: undefined, loadBalancer: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [{ ...status, entries: 5n }] } } });
+  s.send({ message: { $case: 'counters', counters: { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [{ ...status, entries: 5n }] } } });
   for (let i = 0; i < 50 && got?.conntrack[0]?.entries !== 5n; i++) {
     await new Promise((r) => setTimeout(r, 100));
     got = await call(viewer.fleet, viewer.fleet.getNode, { name });
   }
   t.is(got?.conntrack[0]?.entries, 5n);
-  s.send({ message: { $case: 'counters', counters: { startTime: undefined, loadBalancer: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [{ ...status, role: 'sideways' }] } } });
+  s.send({ message: { $case: 'counters', counters: { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [{ ...status, role: 'sideways' }] } } });
   t.is((await s.end())?.code, grpc.status.INVALID_ARGUMENT);
   got = await call(viewer.fleet, viewer.fleet.getNode, { name });
   t.is(got.conntrack[0]?.role, 'uplink', 'nothing of the bad report was kept');

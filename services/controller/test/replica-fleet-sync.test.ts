@@ -46,7 +46,7 @@ async function until(what: string, pred: () => boolean, ms = 20_000): Promise<vo
 }
 
 const hello = (name: string): AgentHello => AgentHello.fromPartial({ nodeName: name, labels: { role: 'edge' }, receivedRevision: 3n, appliedRevision: 3n });
-const counters = (packets: bigint): CounterReport => ({ startTime: undefined, loadBalancer: undefined, endTime: undefined, appliedRevision: 3n, rules: [{ rule: { policy: 'p', priority: 1 }, ruleName: 'r', packets, bytes: packets * 100n, rateLimitedPackets: 0n }], interfaces: [], conntrack: [] });
+const counters = (packets: bigint): CounterReport => ({ startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, appliedRevision: 3n, rules: [{ rule: { policy: 'p', priority: 1 }, ruleName: 'r', packets, bytes: packets * 100n, rateLimitedPackets: 0n }], interfaces: [], conntrack: [] });
 
 test.serial('replica fleet sync - another replica sees a node\'s status, last outcome, counters and backend health, and keeps its status when the replica falls silent', async (t) => {
   const a = await replica(t, 'a');

@@ -1,4 +1,4 @@
-import { RolloutKind, RolloutState, isServiceRollout, rolloutKindName, type RolloutStatus } from '@edgeplane/proto';
+import { RolloutKind, RolloutState, ShadowVerdict, WavePhase, isServiceRollout, rolloutKindName, type RolloutStatus, type RuleKey } from '@edgeplane/proto';
 import type { Command, CommandContext, Flags } from '../command.js';
 import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
@@ -14,20 +14,60 @@ export function renderRollout(status: RolloutStatus, now: Date): string {
   const waves = r.strategy?.waves ?? [];
   const lines = [
     `Rollout of ${rolloutKindName(r.kind)} ${r.name} (change at revision ${r.changeRevision}): ${stateName(r.state)}${r.reason ? ` - ${r.reason}` : ''}`,
-    `Wave ${Math.min(r.currentWave + 1, waves.length)} of ${waves.length}; ${r.waveNodes.length} node(s) run the change${(isServiceRollout(r) ? r.previousService : r.previous) ? '' : ` (a new ${rolloutKindName(r.kind)})`}`,
+    `Wave ${Math.min(r.currentWave + 1, waves.length)} of ${waves.length}; ${r.waveNodes.length} node(s) run the change${(isServiceRollout(r) ? r.previousService : r.previous) ? '' : ` (a new ${rolloutKindName(r.kind)})`}${r.wavePhase === WavePhase.WAVE_PHASE_SHADOW ? `; ${r.shadowNodes.length} node(s) ${r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED ? 'shadow' : 'shadowed'} it` : ''}`,
     'WAVE  TARGET                 NODES  DONE  FAILED  PENDING  STATE',
   ];
   for (const w of status.waves) {
     const spec = waves[w.index];
     const target = spec?.target?.$case === 'percent' ? `${spec.target.percent}%` : spec?.target?.$case === 'selector' ? `selector ${Object.entries(spec.target.selector.matchLabels).map(([k, v]) => `${k}=${v}`).join(',')}` : '?';
-    const state = w.index < r.currentWave || r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED ? 'done' : w.index === r.currentWave ? `${stateName(r.state)}${r.state === RolloutState.ROLLOUT_STATE_PROGRESSING ? secondsLeft(w.bakeUntilTime, now) : ''}` : 'waiting';
+    const shadow = w.phase === WavePhase.WAVE_PHASE_SHADOW;
+    const phase = shadow ? `shadow ${r.state === RolloutState.ROLLOUT_STATE_PROGRESSING ? (w.shadowUntilTime ? shadowLeft(w.shadowUntilTime, now) : '(waiting for every node to shadow)') : ''}`.trimEnd() : '';
+    const state = w.index < r.currentWave || r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED ? 'done' : w.index === r.currentWave ? (shadow ? `${stateName(r.state)}, ${phase}` : `${stateName(r.state)}${r.state === RolloutState.ROLLOUT_STATE_PROGRESSING ? secondsLeft(w.bakeUntilTime, now) : ''}`) : 'waiting';
     lines.push(`${String(w.index + 1).padEnd(4)}  ${`${w.name ? `${w.name}: ` : ''}${target}`.padEnd(21)}  ${String(w.nodes.length).padEnd(5)}  ${String(w.nodesDone).padEnd(4)}  ${String(w.nodesFailed).padEnd(6)}  ${String(w.nodesPending).padEnd(7)}  ${state}`);
   }
   if (status.gateReadings.length > 0) {
     lines.push('Health gate (share of dropped packets, before -> since the wave started):');
     for (const g of status.gateReadings) lines.push(`  ${g.node}: ${g.baselineDropPercent.toFixed(1)}% -> ${g.currentDropPercent.toFixed(1)}% over ${g.packets} packets`);
   }
+  if (status.shadowReadings.length > 0) {
+    lines.push('Shadow gate (what the change would have done while the previous version was enforced):');
+    for (const x of status.shadowReadings) {
+      lines.push(`  wave ${x.wave + 1} ${x.node}: would drop ${x.wouldDropPercent.toFixed(1)}% (${x.wouldDrop} of ${x.classified} packets classified), would allow ${x.wouldAllow}`);
+    }
+  }
   return lines.join('\n') + '\n';
+}
+
+/** `(12s more)` while a shadow bake runs, else `(baked)`. */
+function shadowLeft(until: Date, now: Date): string {
+  const left = Math.ceil((until.getTime() - now.getTime()) / 1000);
+  return left > 0 ? `(${left}s more)` : '(baked)';
+}
+
+const IP_PROTOCOLS: Readonly<Record<number, string>> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6' };
+const ruleText = (k: RuleKey | undefined, name = ''): string => (k ? `${k.policy}/${k.priority}${name ? ` (${name})` : ''}` : 'default action');
+
+/**
+ * `describe rollout`: the status as `rollout status` shows it, then the sampled flows whose
+ * verdict the change would have changed in a shadow phase: the ones it would have broken (would
+ * drop) first, then those it would have let through. Pure.
+ */
+export function describeRollout(status: RolloutStatus, now: Date): string {
+  let out = renderRollout(status, now);
+  const flows = status.shadowSamples;
+  if (flows.length === 0) return out + (status.shadowReadings.length > 0 ? 'Sampled flows: none (no packet\'s verdict would have changed)\n' : '');
+  const rows = [['NODE', 'VERDICT', 'PROTO', 'SOURCE', 'DESTINATION', 'PORT', 'ENFORCED BY', 'CHANGE DECIDES BY']];
+  const order = [ShadowVerdict.SHADOW_VERDICT_WOULD_DROP, ShadowVerdict.SHADOW_VERDICT_WOULD_ALLOW];
+  for (const verdict of order) {
+    for (const f of flows) {
+      if (f.verdict !== verdict) continue;
+      rows.push([f.node, verdict === ShadowVerdict.SHADOW_VERDICT_WOULD_DROP ? 'would drop' : 'would allow', IP_PROTOCOLS[f.protocol] ?? String(f.protocol), f.source, f.destination, f.port ? String(f.port) : '-', ruleText(f.enforcedRule), ruleText(f.candidateRule, f.candidateRuleName)]);
+    }
+  }
+  const broken = flows.filter((f) => f.verdict === ShadowVerdict.SHADOW_VERDICT_WOULD_DROP).length;
+  out += `Sampled flows the change would have broken: ${broken} (of ${flows.length} sampled with a changed verdict, newest last per node)\n`;
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
+  return out + rows.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n') + '\n';
 }
 
 /** The `get rollouts` / `rollout list` table, newest change first (pure). */
@@ -62,7 +102,9 @@ export const rolloutCommand: Command = {
   details: `A policy or service change with a staged rollout strategy reaches the nodes it selects
 wave by wave. A bare NAME is a policy; service/NAME names a service's rollout.
 list shows every rollout with its kind (as get rollouts does); --active only those in progress.
-status shows the waves, the nodes done/failed/pending and the health-gate readings; --watch
+status shows the waves (a wave with a shadow phase first shadows the change: its nodes classify
+by it and enforce the previous version), the nodes done/failed/pending, the health-gate and
+shadow-gate readings (describe rollout NAME adds the sampled flows it would have broken); --watch
 follows it until it ends (exit 6 if it failed or was aborted). promote skips the current wave's
 bake time; abort reverts the nodes that took the change.
 

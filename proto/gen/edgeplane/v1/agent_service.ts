@@ -20,7 +20,7 @@ import {
 import { Duration } from "../../google/protobuf/duration.js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Connection, ConnectionFilter } from "./connections.js";
-import { ConntrackStatus, InterfaceCounters, LoadBalancerStatus, RuleCounters } from "./counters.js";
+import { ConntrackStatus, InterfaceCounters, LoadBalancerStatus, RuleCounters, ShadowReport } from "./counters.js";
 import {
   NodeCondition,
   NodeInfo,
@@ -158,7 +158,14 @@ export interface CounterReport {
    * The load balancer's counters, as they are now (sent when they changed; absent on a node
    * whose datapath fronts no services and counted none).
    */
-  loadBalancer: LoadBalancerStatus | undefined;
+  loadBalancer:
+    | LoadBalancerStatus
+    | undefined;
+  /**
+   * The node's shadow candidate's counters (totals since it was installed), when it holds one
+   * and they changed since the last report (issue 18: shadow waves).
+   */
+  shadow: ShadowReport | undefined;
 }
 
 /**
@@ -1554,6 +1561,7 @@ function createBaseCounterReport(): CounterReport {
     appliedRevision: 0n,
     conntrack: [],
     loadBalancer: undefined,
+    shadow: undefined,
   };
 }
 
@@ -1582,6 +1590,9 @@ export const CounterReport: MessageFns<CounterReport> = {
     }
     if (message.loadBalancer !== undefined) {
       LoadBalancerStatus.encode(message.loadBalancer, writer.uint32(58).fork()).join();
+    }
+    if (message.shadow !== undefined) {
+      ShadowReport.encode(message.shadow, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -1655,6 +1666,14 @@ export const CounterReport: MessageFns<CounterReport> = {
             message.loadBalancer = LoadBalancerStatus.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.shadow = ShadowReport.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1696,6 +1715,7 @@ export const CounterReport: MessageFns<CounterReport> = {
         : isSet(object.load_balancer)
         ? LoadBalancerStatus.fromJSON(object.load_balancer)
         : undefined,
+      shadow: isSet(object.shadow) ? ShadowReport.fromJSON(object.shadow) : undefined,
     };
   },
 
@@ -1722,6 +1742,9 @@ export const CounterReport: MessageFns<CounterReport> = {
     if (message.loadBalancer !== undefined) {
       obj.loadBalancer = LoadBalancerStatus.toJSON(message.loadBalancer);
     }
+    if (message.shadow !== undefined) {
+      obj.shadow = ShadowReport.toJSON(message.shadow);
+    }
     return obj;
   },
 
@@ -1740,6 +1763,9 @@ export const CounterReport: MessageFns<CounterReport> = {
     message.conntrack = object.conntrack?.map((e) => ConntrackStatus.fromPartial(e)) || [];
     message.loadBalancer = (object.loadBalancer !== undefined && object.loadBalancer !== null)
       ? LoadBalancerStatus.fromPartial(object.loadBalancer)
+      : undefined;
+    message.shadow = (object.shadow !== undefined && object.shadow !== null)
+      ? ShadowReport.fromPartial(object.shadow)
       : undefined;
     return message;
   },

@@ -11,6 +11,48 @@ export const protobufPackage = "edgeplane.v1";
 
 export const protobufFileName = "edgeplane/v1/counters.proto";
 
+/** ShadowVerdict is how a shadow candidate's verdict on a packet differed from the enforced one. */
+export enum ShadowVerdict {
+  SHADOW_VERDICT_UNSPECIFIED = 0,
+  /** SHADOW_VERDICT_WOULD_DROP - The enforced rule set passed it; the candidate would have dropped it. */
+  SHADOW_VERDICT_WOULD_DROP = 1,
+  /** SHADOW_VERDICT_WOULD_ALLOW - The enforced rule set dropped it; the candidate would have passed it. */
+  SHADOW_VERDICT_WOULD_ALLOW = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function shadowVerdictFromJSON(object: any): ShadowVerdict {
+  switch (object) {
+    case 0:
+    case "SHADOW_VERDICT_UNSPECIFIED":
+      return ShadowVerdict.SHADOW_VERDICT_UNSPECIFIED;
+    case 1:
+    case "SHADOW_VERDICT_WOULD_DROP":
+      return ShadowVerdict.SHADOW_VERDICT_WOULD_DROP;
+    case 2:
+    case "SHADOW_VERDICT_WOULD_ALLOW":
+      return ShadowVerdict.SHADOW_VERDICT_WOULD_ALLOW;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ShadowVerdict.UNRECOGNIZED;
+  }
+}
+
+export function shadowVerdictToJSON(object: ShadowVerdict): string {
+  switch (object) {
+    case ShadowVerdict.SHADOW_VERDICT_UNSPECIFIED:
+      return "SHADOW_VERDICT_UNSPECIFIED";
+    case ShadowVerdict.SHADOW_VERDICT_WOULD_DROP:
+      return "SHADOW_VERDICT_WOULD_DROP";
+    case ShadowVerdict.SHADOW_VERDICT_WOULD_ALLOW:
+      return "SHADOW_VERDICT_WOULD_ALLOW";
+    case ShadowVerdict.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** RuleKey names one rule of one policy: priorities are unique within a policy. */
 export interface RuleKey {
   policy: string;
@@ -109,6 +151,57 @@ export interface LoadBalancerStatus {
    * or dropped (TC).
    */
   tooBig: bigint;
+}
+
+/** ShadowFlow is one sampled packet whose verdict a shadow candidate would have changed. */
+export interface ShadowFlow {
+  /** The node that saw it (set by the controller in RolloutStatus; empty in a ShadowReport). */
+  node: string;
+  /** 4 or 6. */
+  family: number;
+  /** IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6). */
+  protocol: number;
+  source: string;
+  destination: string;
+  /** Destination port (TCP, UDP), else 0. */
+  port: number;
+  verdict: ShadowVerdict;
+  /** The rule that decided it in the enforced rule set (unset: its default action). */
+  enforcedRule:
+    | RuleKey
+    | undefined;
+  /** The rule of the candidate that would have decided it (unset: the candidate's default action). */
+  candidateRule:
+    | RuleKey
+    | undefined;
+  /** The candidate rule's name, if it has one. */
+  candidateRuleName: string;
+}
+
+/**
+ * ShadowReport is what a node's datapath counted for its shadow candidate since the candidate
+ * was installed: totals, replaced (not summed) by each report.
+ */
+export interface ShadowReport {
+  /**
+   * The node whose datapath counted them: the controller accepts a report only from the node
+   * it describes (the node authenticated on the stream).
+   */
+  node: string;
+  /**
+   * The candidate's name: shadowCandidateOf() of each rollout it shadows, joined by ","
+   * (at most MAX_SHADOW_CANDIDATE_LENGTH characters).
+   */
+  candidate: string;
+  classified: bigint;
+  wouldDrop: bigint;
+  wouldAllow: bigint;
+  /** Packets the candidate's default action would have decided. */
+  defaultActionPackets: bigint;
+  /** Per rule of the candidate (at most MAX_COUNTER_RULES; rules that counted nothing left out). */
+  rules: RuleCounters[];
+  /** Recent differing packets, newest last (at most MAX_SHADOW_SAMPLES). */
+  samples: ShadowFlow[];
 }
 
 function createBaseRuleKey(): RuleKey {
@@ -1148,6 +1241,468 @@ export const LoadBalancerStatus: MessageFns<LoadBalancerStatus> = {
       ? BigInt(object.snatFailed)
       : 0n;
     message.tooBig = (object.tooBig !== undefined && object.tooBig !== null) ? BigInt(object.tooBig) : 0n;
+    return message;
+  },
+};
+
+function createBaseShadowFlow(): ShadowFlow {
+  return {
+    node: "",
+    family: 0,
+    protocol: 0,
+    source: "",
+    destination: "",
+    port: 0,
+    verdict: 0,
+    enforcedRule: undefined,
+    candidateRule: undefined,
+    candidateRuleName: "",
+  };
+}
+
+export const ShadowFlow: MessageFns<ShadowFlow> = {
+  encode(message: ShadowFlow, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== "") {
+      writer.uint32(10).string(message.node);
+    }
+    if (message.family !== 0) {
+      writer.uint32(16).uint32(message.family);
+    }
+    if (message.protocol !== 0) {
+      writer.uint32(24).uint32(message.protocol);
+    }
+    if (message.source !== "") {
+      writer.uint32(34).string(message.source);
+    }
+    if (message.destination !== "") {
+      writer.uint32(42).string(message.destination);
+    }
+    if (message.port !== 0) {
+      writer.uint32(48).uint32(message.port);
+    }
+    if (message.verdict !== 0) {
+      writer.uint32(56).int32(message.verdict);
+    }
+    if (message.enforcedRule !== undefined) {
+      RuleKey.encode(message.enforcedRule, writer.uint32(66).fork()).join();
+    }
+    if (message.candidateRule !== undefined) {
+      RuleKey.encode(message.candidateRule, writer.uint32(74).fork()).join();
+    }
+    if (message.candidateRuleName !== "") {
+      writer.uint32(82).string(message.candidateRuleName);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShadowFlow {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShadowFlow();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.family = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.protocol = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.destination = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.verdict = reader.int32() as any;
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.enforcedRule = RuleKey.decode(reader, reader.uint32());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.candidateRule = RuleKey.decode(reader, reader.uint32());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.candidateRuleName = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ShadowFlow {
+    return {
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      family: isSet(object.family) ? globalThis.Number(object.family) : 0,
+      protocol: isSet(object.protocol) ? globalThis.Number(object.protocol) : 0,
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
+      destination: isSet(object.destination) ? globalThis.String(object.destination) : "",
+      port: isSet(object.port) ? globalThis.Number(object.port) : 0,
+      verdict: isSet(object.verdict) ? shadowVerdictFromJSON(object.verdict) : 0,
+      enforcedRule: isSet(object.enforcedRule)
+        ? RuleKey.fromJSON(object.enforcedRule)
+        : isSet(object.enforced_rule)
+        ? RuleKey.fromJSON(object.enforced_rule)
+        : undefined,
+      candidateRule: isSet(object.candidateRule)
+        ? RuleKey.fromJSON(object.candidateRule)
+        : isSet(object.candidate_rule)
+        ? RuleKey.fromJSON(object.candidate_rule)
+        : undefined,
+      candidateRuleName: isSet(object.candidateRuleName)
+        ? globalThis.String(object.candidateRuleName)
+        : isSet(object.candidate_rule_name)
+        ? globalThis.String(object.candidate_rule_name)
+        : "",
+    };
+  },
+
+  toJSON(message: ShadowFlow): unknown {
+    const obj: any = {};
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.family !== 0) {
+      obj.family = Math.round(message.family);
+    }
+    if (message.protocol !== 0) {
+      obj.protocol = Math.round(message.protocol);
+    }
+    if (message.source !== "") {
+      obj.source = message.source;
+    }
+    if (message.destination !== "") {
+      obj.destination = message.destination;
+    }
+    if (message.port !== 0) {
+      obj.port = Math.round(message.port);
+    }
+    if (message.verdict !== 0) {
+      obj.verdict = shadowVerdictToJSON(message.verdict);
+    }
+    if (message.enforcedRule !== undefined) {
+      obj.enforcedRule = RuleKey.toJSON(message.enforcedRule);
+    }
+    if (message.candidateRule !== undefined) {
+      obj.candidateRule = RuleKey.toJSON(message.candidateRule);
+    }
+    if (message.candidateRuleName !== "") {
+      obj.candidateRuleName = message.candidateRuleName;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ShadowFlow>, I>>(base?: I): ShadowFlow {
+    return ShadowFlow.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ShadowFlow>, I>>(object: I): ShadowFlow {
+    const message = createBaseShadowFlow();
+    message.node = object.node ?? "";
+    message.family = object.family ?? 0;
+    message.protocol = object.protocol ?? 0;
+    message.source = object.source ?? "";
+    message.destination = object.destination ?? "";
+    message.port = object.port ?? 0;
+    message.verdict = object.verdict ?? 0;
+    message.enforcedRule = (object.enforcedRule !== undefined && object.enforcedRule !== null)
+      ? RuleKey.fromPartial(object.enforcedRule)
+      : undefined;
+    message.candidateRule = (object.candidateRule !== undefined && object.candidateRule !== null)
+      ? RuleKey.fromPartial(object.candidateRule)
+      : undefined;
+    message.candidateRuleName = object.candidateRuleName ?? "";
+    return message;
+  },
+};
+
+function createBaseShadowReport(): ShadowReport {
+  return {
+    node: "",
+    candidate: "",
+    classified: 0n,
+    wouldDrop: 0n,
+    wouldAllow: 0n,
+    defaultActionPackets: 0n,
+    rules: [],
+    samples: [],
+  };
+}
+
+export const ShadowReport: MessageFns<ShadowReport> = {
+  encode(message: ShadowReport, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== "") {
+      writer.uint32(10).string(message.node);
+    }
+    if (message.candidate !== "") {
+      writer.uint32(18).string(message.candidate);
+    }
+    if (message.classified !== 0n) {
+      if (BigInt.asUintN(64, message.classified) !== message.classified) {
+        throw new globalThis.Error("value provided for field message.classified of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.classified);
+    }
+    if (message.wouldDrop !== 0n) {
+      if (BigInt.asUintN(64, message.wouldDrop) !== message.wouldDrop) {
+        throw new globalThis.Error("value provided for field message.wouldDrop of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.wouldDrop);
+    }
+    if (message.wouldAllow !== 0n) {
+      if (BigInt.asUintN(64, message.wouldAllow) !== message.wouldAllow) {
+        throw new globalThis.Error("value provided for field message.wouldAllow of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.wouldAllow);
+    }
+    if (message.defaultActionPackets !== 0n) {
+      if (BigInt.asUintN(64, message.defaultActionPackets) !== message.defaultActionPackets) {
+        throw new globalThis.Error("value provided for field message.defaultActionPackets of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.defaultActionPackets);
+    }
+    for (const v of message.rules) {
+      RuleCounters.encode(v!, writer.uint32(58).fork()).join();
+    }
+    for (const v of message.samples) {
+      ShadowFlow.encode(v!, writer.uint32(66).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShadowReport {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShadowReport();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.candidate = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.classified = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.wouldDrop = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.wouldAllow = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.defaultActionPackets = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.rules.push(RuleCounters.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.samples.push(ShadowFlow.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ShadowReport {
+    return {
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      candidate: isSet(object.candidate) ? globalThis.String(object.candidate) : "",
+      classified: isSet(object.classified) ? BigInt(object.classified) : 0n,
+      wouldDrop: isSet(object.wouldDrop)
+        ? BigInt(object.wouldDrop)
+        : isSet(object.would_drop)
+        ? BigInt(object.would_drop)
+        : 0n,
+      wouldAllow: isSet(object.wouldAllow)
+        ? BigInt(object.wouldAllow)
+        : isSet(object.would_allow)
+        ? BigInt(object.would_allow)
+        : 0n,
+      defaultActionPackets: isSet(object.defaultActionPackets)
+        ? BigInt(object.defaultActionPackets)
+        : isSet(object.default_action_packets)
+        ? BigInt(object.default_action_packets)
+        : 0n,
+      rules: globalThis.Array.isArray(object?.rules)
+        ? object.rules.map((e: any) => RuleCounters.fromJSON(e))
+        : [],
+      samples: globalThis.Array.isArray(object?.samples) ? object.samples.map((e: any) => ShadowFlow.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ShadowReport): unknown {
+    const obj: any = {};
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.candidate !== "") {
+      obj.candidate = message.candidate;
+    }
+    if (message.classified !== 0n) {
+      obj.classified = message.classified.toString();
+    }
+    if (message.wouldDrop !== 0n) {
+      obj.wouldDrop = message.wouldDrop.toString();
+    }
+    if (message.wouldAllow !== 0n) {
+      obj.wouldAllow = message.wouldAllow.toString();
+    }
+    if (message.defaultActionPackets !== 0n) {
+      obj.defaultActionPackets = message.defaultActionPackets.toString();
+    }
+    if (message.rules?.length) {
+      obj.rules = message.rules.map((e) => RuleCounters.toJSON(e));
+    }
+    if (message.samples?.length) {
+      obj.samples = message.samples.map((e) => ShadowFlow.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ShadowReport>, I>>(base?: I): ShadowReport {
+    return ShadowReport.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ShadowReport>, I>>(object: I): ShadowReport {
+    const message = createBaseShadowReport();
+    message.node = object.node ?? "";
+    message.candidate = object.candidate ?? "";
+    message.classified = (object.classified !== undefined && object.classified !== null)
+      ? BigInt(object.classified)
+      : 0n;
+    message.wouldDrop = (object.wouldDrop !== undefined && object.wouldDrop !== null) ? BigInt(object.wouldDrop) : 0n;
+    message.wouldAllow = (object.wouldAllow !== undefined && object.wouldAllow !== null)
+      ? BigInt(object.wouldAllow)
+      : 0n;
+    message.defaultActionPackets = (object.defaultActionPackets !== undefined && object.defaultActionPackets !== null)
+      ? BigInt(object.defaultActionPackets)
+      : 0n;
+    message.rules = object.rules?.map((e) => RuleCounters.fromPartial(e)) || [];
+    message.samples = object.samples?.map((e) => ShadowFlow.fromPartial(e)) || [];
     return message;
   },
 };

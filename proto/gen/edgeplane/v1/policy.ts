@@ -347,7 +347,19 @@ export interface Wave {
     { $case: "selector"; selector: LabelSelector }
     | undefined;
   /** How long the wave must stay healthy before the next one starts. */
-  bakeTime: Duration | undefined;
+  bakeTime:
+    | Duration
+    | undefined;
+  /**
+   * Shadow first (policies only): when set, the wave's nodes first run the change in shadow for
+   * this long (every packet is classified by the change too, the previous version decides, what
+   * the change would have done is counted), and the shadow gates (RolloutGates) judge those
+   * counters before the wave enforces it. Counted from the last node's report that it shadows
+   * the change. A failed shadow gate ends the rollout with nothing enforced; a passed one makes
+   * the same nodes enforce the change, and the wave goes on as any (its bake_time and gates).
+   * 0..7 days.
+   */
+  shadowBakeTime: Duration | undefined;
 }
 
 /** RolloutGates are the health checks a staged rollout evaluates during each wave. */
@@ -361,6 +373,17 @@ export interface RolloutGates {
   maxDropRatioIncreasePoints: number;
   /** Fail the wave when more than this share (percent) of its nodes do not report in time. */
   maxUnreportedPercent: number;
+  /**
+   * Shadow gate: fail a wave's shadow phase when a node's would-be drops (packets the version it
+   * enforces passes and the change would drop) are more than this share (percent) of the packets
+   * it classified in shadow. 0 disables the check (0..100).
+   */
+  maxWouldDropPercent: number;
+  /**
+   * Shadow gate: the fewest packets each node must classify in shadow before its shadow phase
+   * may pass (its verdict waits for them, at most report_timeout past the shadow bake). 0: one.
+   */
+  minShadowPackets: bigint;
 }
 
 function createBasePolicy(): Policy {
@@ -1399,7 +1422,7 @@ export const RolloutStrategy_Staged: MessageFns<RolloutStrategy_Staged> = {
 };
 
 function createBaseWave(): Wave {
-  return { name: "", target: undefined, bakeTime: undefined };
+  return { name: "", target: undefined, bakeTime: undefined, shadowBakeTime: undefined };
 }
 
 export const Wave: MessageFns<Wave> = {
@@ -1417,6 +1440,9 @@ export const Wave: MessageFns<Wave> = {
     }
     if (message.bakeTime !== undefined) {
       Duration.encode(message.bakeTime, writer.uint32(34).fork()).join();
+    }
+    if (message.shadowBakeTime !== undefined) {
+      Duration.encode(message.shadowBakeTime, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -1466,6 +1492,14 @@ export const Wave: MessageFns<Wave> = {
             message.bakeTime = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.shadowBakeTime = Duration.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1491,6 +1525,11 @@ export const Wave: MessageFns<Wave> = {
         : isSet(object.bake_time)
         ? Duration.fromJSON(object.bake_time)
         : undefined,
+      shadowBakeTime: isSet(object.shadowBakeTime)
+        ? Duration.fromJSON(object.shadowBakeTime)
+        : isSet(object.shadow_bake_time)
+        ? Duration.fromJSON(object.shadow_bake_time)
+        : undefined,
     };
   },
 
@@ -1506,6 +1545,9 @@ export const Wave: MessageFns<Wave> = {
     }
     if (message.bakeTime !== undefined) {
       obj.bakeTime = Duration.toJSON(message.bakeTime);
+    }
+    if (message.shadowBakeTime !== undefined) {
+      obj.shadowBakeTime = Duration.toJSON(message.shadowBakeTime);
     }
     return obj;
   },
@@ -1533,12 +1575,21 @@ export const Wave: MessageFns<Wave> = {
     message.bakeTime = (object.bakeTime !== undefined && object.bakeTime !== null)
       ? Duration.fromPartial(object.bakeTime)
       : undefined;
+    message.shadowBakeTime = (object.shadowBakeTime !== undefined && object.shadowBakeTime !== null)
+      ? Duration.fromPartial(object.shadowBakeTime)
+      : undefined;
     return message;
   },
 };
 
 function createBaseRolloutGates(): RolloutGates {
-  return { ignoreNacks: false, maxDropRatioIncreasePoints: 0, maxUnreportedPercent: 0 };
+  return {
+    ignoreNacks: false,
+    maxDropRatioIncreasePoints: 0,
+    maxUnreportedPercent: 0,
+    maxWouldDropPercent: 0,
+    minShadowPackets: 0n,
+  };
 }
 
 export const RolloutGates: MessageFns<RolloutGates> = {
@@ -1551,6 +1602,15 @@ export const RolloutGates: MessageFns<RolloutGates> = {
     }
     if (message.maxUnreportedPercent !== 0) {
       writer.uint32(25).double(message.maxUnreportedPercent);
+    }
+    if (message.maxWouldDropPercent !== 0) {
+      writer.uint32(33).double(message.maxWouldDropPercent);
+    }
+    if (message.minShadowPackets !== 0n) {
+      if (BigInt.asUintN(64, message.minShadowPackets) !== message.minShadowPackets) {
+        throw new globalThis.Error("value provided for field message.minShadowPackets of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.minShadowPackets);
     }
     return writer;
   },
@@ -1592,6 +1652,22 @@ export const RolloutGates: MessageFns<RolloutGates> = {
             message.maxUnreportedPercent = reader.double();
             continue;
           }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.maxWouldDropPercent = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.minShadowPackets = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1621,6 +1697,16 @@ export const RolloutGates: MessageFns<RolloutGates> = {
         : isSet(object.max_unreported_percent)
         ? globalThis.Number(object.max_unreported_percent)
         : 0,
+      maxWouldDropPercent: isSet(object.maxWouldDropPercent)
+        ? globalThis.Number(object.maxWouldDropPercent)
+        : isSet(object.max_would_drop_percent)
+        ? globalThis.Number(object.max_would_drop_percent)
+        : 0,
+      minShadowPackets: isSet(object.minShadowPackets)
+        ? BigInt(object.minShadowPackets)
+        : isSet(object.min_shadow_packets)
+        ? BigInt(object.min_shadow_packets)
+        : 0n,
     };
   },
 
@@ -1635,6 +1721,12 @@ export const RolloutGates: MessageFns<RolloutGates> = {
     if (message.maxUnreportedPercent !== 0) {
       obj.maxUnreportedPercent = floatToJson(message.maxUnreportedPercent);
     }
+    if (message.maxWouldDropPercent !== 0) {
+      obj.maxWouldDropPercent = floatToJson(message.maxWouldDropPercent);
+    }
+    if (message.minShadowPackets !== 0n) {
+      obj.minShadowPackets = message.minShadowPackets.toString();
+    }
     return obj;
   },
 
@@ -1646,6 +1738,10 @@ export const RolloutGates: MessageFns<RolloutGates> = {
     message.ignoreNacks = object.ignoreNacks ?? false;
     message.maxDropRatioIncreasePoints = object.maxDropRatioIncreasePoints ?? 0;
     message.maxUnreportedPercent = object.maxUnreportedPercent ?? 0;
+    message.maxWouldDropPercent = object.maxWouldDropPercent ?? 0;
+    message.minShadowPackets = (object.minShadowPackets !== undefined && object.minShadowPackets !== null)
+      ? BigInt(object.minShadowPackets)
+      : 0n;
     return message;
   },
 };

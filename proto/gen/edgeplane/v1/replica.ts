@@ -8,7 +8,7 @@
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { BackendVerdict } from "./agent_service.js";
-import { ConntrackStatus, InterfaceCounters, LoadBalancerStatus, RuleCounters } from "./counters.js";
+import { ConntrackStatus, InterfaceCounters, LoadBalancerStatus, RuleCounters, ShadowReport } from "./counters.js";
 import { Node } from "./node.js";
 
 export const protobufPackage = "edgeplane.v1";
@@ -60,7 +60,11 @@ export interface ReplicaNodeState {
    */
   statusChanged: boolean;
   /** The node's newest load-balancer counters (absent: none reported). */
-  loadBalancer: LoadBalancerStatus | undefined;
+  loadBalancer:
+    | LoadBalancerStatus
+    | undefined;
+  /** The node's newest shadow counters (absent: none reported). */
+  shadow: ShadowReport | undefined;
 }
 
 function createBaseReplicaFleetState(): ReplicaFleetState {
@@ -240,6 +244,7 @@ function createBaseReplicaNodeState(): ReplicaNodeState {
     backendHealth: [],
     statusChanged: false,
     loadBalancer: undefined,
+    shadow: undefined,
   };
 }
 
@@ -265,6 +270,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     }
     if (message.loadBalancer !== undefined) {
       LoadBalancerStatus.encode(message.loadBalancer, writer.uint32(58).fork()).join();
+    }
+    if (message.shadow !== undefined) {
+      ShadowReport.encode(message.shadow, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -338,6 +346,14 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
             message.loadBalancer = LoadBalancerStatus.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.shadow = ShadowReport.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -375,6 +391,7 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
         : isSet(object.load_balancer)
         ? LoadBalancerStatus.fromJSON(object.load_balancer)
         : undefined,
+      shadow: isSet(object.shadow) ? ShadowReport.fromJSON(object.shadow) : undefined,
     };
   },
 
@@ -401,6 +418,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     if (message.loadBalancer !== undefined) {
       obj.loadBalancer = LoadBalancerStatus.toJSON(message.loadBalancer);
     }
+    if (message.shadow !== undefined) {
+      obj.shadow = ShadowReport.toJSON(message.shadow);
+    }
     return obj;
   },
 
@@ -417,6 +437,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     message.statusChanged = object.statusChanged ?? false;
     message.loadBalancer = (object.loadBalancer !== undefined && object.loadBalancer !== null)
       ? LoadBalancerStatus.fromPartial(object.loadBalancer)
+      : undefined;
+    message.shadow = (object.shadow !== undefined && object.shadow !== null)
+      ? ShadowReport.fromPartial(object.shadow)
       : undefined;
     return message;
   },

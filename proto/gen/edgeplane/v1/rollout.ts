@@ -7,6 +7,7 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
+import { RuleCounters, ShadowFlow } from "./counters.js";
 import { Policy, RolloutStrategy_Staged } from "./policy.js";
 import { TraceContext } from "./resources.js";
 import { Service } from "./service.js";
@@ -73,6 +74,49 @@ export function rolloutStateToJSON(object: RolloutState): string {
     case RolloutState.ROLLOUT_STATE_ABORTED:
       return "ROLLOUT_STATE_ABORTED";
     case RolloutState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** WavePhase is what the nodes of a rollout's current wave do with the change. */
+export enum WavePhase {
+  /** WAVE_PHASE_UNSPECIFIED - They enforce it (records written before shadow waves say nothing: enforcing). */
+  WAVE_PHASE_UNSPECIFIED = 0,
+  /** WAVE_PHASE_SHADOW - They shadow it (Rollout.shadow_nodes): classify by it, enforce the previous version. */
+  WAVE_PHASE_SHADOW = 1,
+  /** WAVE_PHASE_ENFORCING - They enforce it (Rollout.wave_nodes), after a passed shadow phase or without one. */
+  WAVE_PHASE_ENFORCING = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function wavePhaseFromJSON(object: any): WavePhase {
+  switch (object) {
+    case 0:
+    case "WAVE_PHASE_UNSPECIFIED":
+      return WavePhase.WAVE_PHASE_UNSPECIFIED;
+    case 1:
+    case "WAVE_PHASE_SHADOW":
+      return WavePhase.WAVE_PHASE_SHADOW;
+    case 2:
+    case "WAVE_PHASE_ENFORCING":
+      return WavePhase.WAVE_PHASE_ENFORCING;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return WavePhase.UNRECOGNIZED;
+  }
+}
+
+export function wavePhaseToJSON(object: WavePhase): string {
+  switch (object) {
+    case WavePhase.WAVE_PHASE_UNSPECIFIED:
+      return "WAVE_PHASE_UNSPECIFIED";
+    case WavePhase.WAVE_PHASE_SHADOW:
+      return "WAVE_PHASE_SHADOW";
+    case WavePhase.WAVE_PHASE_ENFORCING:
+      return "WAVE_PHASE_ENFORCING";
+    case WavePhase.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
@@ -167,7 +211,19 @@ export interface Rollout {
   /** The kind of resource it changes (UNSPECIFIED: a policy). */
   kind: RolloutKind;
   /** The service before the change (kind service); unset if the change created it. */
-  previousService: Service | undefined;
+  previousService:
+    | Service
+    | undefined;
+  /** The current wave's phase (Wave.shadow_bake_time). */
+  wavePhase: WavePhase;
+  /**
+   * Nodes that shadow the target now (phase SHADOW): the current wave's nodes not in wave_nodes.
+   * They enforce the previous version and classify by the target too (ShadowReport), under the
+   * candidate name shadowCandidateOf(rollout) ("KEY@change_revision"). Computed and recorded by
+   * the controller like wave_nodes; after a passed shadow phase the same nodes join wave_nodes.
+   * Kept in a finished record: the nodes that shadowed when it ended.
+   */
+  shadowNodes: string[];
 }
 
 /** WaveStatus is live progress of one wave, computed by the controller. */
@@ -180,7 +236,38 @@ export interface WaveStatus {
   nodesFailed: number;
   nodesPending: number;
   startTime: Date | undefined;
-  bakeUntilTime: Date | undefined;
+  bakeUntilTime:
+    | Date
+    | undefined;
+  /** The wave's phase (UNSPECIFIED for a wave not started or done). */
+  phase: WavePhase;
+  /** In the shadow phase: when its shadow bake ends (unset until every node shadows the change). */
+  shadowUntilTime: Date | undefined;
+}
+
+/**
+ * ShadowReading is what one node counted in a shadow phase of this rollout (its newest
+ * ShadowReport naming the rollout's candidate).
+ */
+export interface ShadowReading {
+  node: string;
+  /** The wave it shadowed in. */
+  wave: number;
+  /**
+   * Packets classified by both versions, and how many of them the change would have dropped
+   * (the enforced version passed them) or passed (the enforced version dropped them).
+   */
+  classified: bigint;
+  wouldDrop: bigint;
+  wouldAllow: bigint;
+  /** would_drop as a share of classified, in percent. */
+  wouldDropPercent: number;
+  /** When the controller first heard the node shadow the candidate. */
+  since:
+    | Date
+    | undefined;
+  /** Per rule of the change: what it would have counted (rules that counted nothing left out). */
+  rules: RuleCounters[];
 }
 
 /** GateReading is one node's health signal during a wave. */
@@ -199,6 +286,16 @@ export interface RolloutStatus {
   rollout: Rollout | undefined;
   waves: WaveStatus[];
   gateReadings: GateReading[];
+  /**
+   * Shadow phases: each node's newest shadow counters of this rollout's candidate (kept after
+   * the rollout ends).
+   */
+  shadowReadings: ShadowReading[];
+  /**
+   * Sampled packets whose verdict the change would have changed (newest last, at most
+   * MAX_SHADOW_SAMPLES per node), with the node that saw them.
+   */
+  shadowSamples: ShadowFlow[];
 }
 
 function createBaseRollout(): Rollout {
@@ -219,6 +316,8 @@ function createBaseRollout(): Rollout {
     updateTime: undefined,
     kind: 0,
     previousService: undefined,
+    wavePhase: 0,
+    shadowNodes: [],
   };
 }
 
@@ -277,6 +376,12 @@ export const Rollout: MessageFns<Rollout> = {
     }
     if (message.previousService !== undefined) {
       Service.encode(message.previousService, writer.uint32(130).fork()).join();
+    }
+    if (message.wavePhase !== 0) {
+      writer.uint32(136).int32(message.wavePhase);
+    }
+    for (const v of message.shadowNodes) {
+      writer.uint32(146).string(v!);
     }
     return writer;
   },
@@ -422,6 +527,22 @@ export const Rollout: MessageFns<Rollout> = {
             message.previousService = Service.decode(reader, reader.uint32());
             continue;
           }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.wavePhase = reader.int32() as any;
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.shadowNodes.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -492,6 +613,16 @@ export const Rollout: MessageFns<Rollout> = {
         : isSet(object.previous_service)
         ? Service.fromJSON(object.previous_service)
         : undefined,
+      wavePhase: isSet(object.wavePhase)
+        ? wavePhaseFromJSON(object.wavePhase)
+        : isSet(object.wave_phase)
+        ? wavePhaseFromJSON(object.wave_phase)
+        : 0,
+      shadowNodes: globalThis.Array.isArray(object?.shadowNodes)
+        ? object.shadowNodes.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.shadow_nodes)
+        ? object.shadow_nodes.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -545,6 +676,12 @@ export const Rollout: MessageFns<Rollout> = {
     if (message.previousService !== undefined) {
       obj.previousService = Service.toJSON(message.previousService);
     }
+    if (message.wavePhase !== 0) {
+      obj.wavePhase = wavePhaseToJSON(message.wavePhase);
+    }
+    if (message.shadowNodes?.length) {
+      obj.shadowNodes = message.shadowNodes;
+    }
     return obj;
   },
 
@@ -581,6 +718,8 @@ export const Rollout: MessageFns<Rollout> = {
     message.previousService = (object.previousService !== undefined && object.previousService !== null)
       ? Service.fromPartial(object.previousService)
       : undefined;
+    message.wavePhase = object.wavePhase ?? 0;
+    message.shadowNodes = object.shadowNodes?.map((e) => e) || [];
     return message;
   },
 };
@@ -595,6 +734,8 @@ function createBaseWaveStatus(): WaveStatus {
     nodesPending: 0,
     startTime: undefined,
     bakeUntilTime: undefined,
+    phase: 0,
+    shadowUntilTime: undefined,
   };
 }
 
@@ -623,6 +764,12 @@ export const WaveStatus: MessageFns<WaveStatus> = {
     }
     if (message.bakeUntilTime !== undefined) {
       Timestamp.encode(toTimestamp(message.bakeUntilTime), writer.uint32(66).fork()).join();
+    }
+    if (message.phase !== 0) {
+      writer.uint32(72).int32(message.phase);
+    }
+    if (message.shadowUntilTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.shadowUntilTime), writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -704,6 +851,22 @@ export const WaveStatus: MessageFns<WaveStatus> = {
             message.bakeUntilTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.phase = reader.int32() as any;
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.shadowUntilTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -746,6 +909,12 @@ export const WaveStatus: MessageFns<WaveStatus> = {
         : isSet(object.bake_until_time)
         ? fromJsonTimestamp(object.bake_until_time)
         : undefined,
+      phase: isSet(object.phase) ? wavePhaseFromJSON(object.phase) : 0,
+      shadowUntilTime: isSet(object.shadowUntilTime)
+        ? fromJsonTimestamp(object.shadowUntilTime)
+        : isSet(object.shadow_until_time)
+        ? fromJsonTimestamp(object.shadow_until_time)
+        : undefined,
     };
   },
 
@@ -775,6 +944,12 @@ export const WaveStatus: MessageFns<WaveStatus> = {
     if (message.bakeUntilTime !== undefined) {
       obj.bakeUntilTime = message.bakeUntilTime.toISOString();
     }
+    if (message.phase !== 0) {
+      obj.phase = wavePhaseToJSON(message.phase);
+    }
+    if (message.shadowUntilTime !== undefined) {
+      obj.shadowUntilTime = message.shadowUntilTime.toISOString();
+    }
     return obj;
   },
 
@@ -791,6 +966,225 @@ export const WaveStatus: MessageFns<WaveStatus> = {
     message.nodesPending = object.nodesPending ?? 0;
     message.startTime = object.startTime ?? undefined;
     message.bakeUntilTime = object.bakeUntilTime ?? undefined;
+    message.phase = object.phase ?? 0;
+    message.shadowUntilTime = object.shadowUntilTime ?? undefined;
+    return message;
+  },
+};
+
+function createBaseShadowReading(): ShadowReading {
+  return {
+    node: "",
+    wave: 0,
+    classified: 0n,
+    wouldDrop: 0n,
+    wouldAllow: 0n,
+    wouldDropPercent: 0,
+    since: undefined,
+    rules: [],
+  };
+}
+
+export const ShadowReading: MessageFns<ShadowReading> = {
+  encode(message: ShadowReading, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.node !== "") {
+      writer.uint32(10).string(message.node);
+    }
+    if (message.wave !== 0) {
+      writer.uint32(16).int32(message.wave);
+    }
+    if (message.classified !== 0n) {
+      if (BigInt.asUintN(64, message.classified) !== message.classified) {
+        throw new globalThis.Error("value provided for field message.classified of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.classified);
+    }
+    if (message.wouldDrop !== 0n) {
+      if (BigInt.asUintN(64, message.wouldDrop) !== message.wouldDrop) {
+        throw new globalThis.Error("value provided for field message.wouldDrop of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.wouldDrop);
+    }
+    if (message.wouldAllow !== 0n) {
+      if (BigInt.asUintN(64, message.wouldAllow) !== message.wouldAllow) {
+        throw new globalThis.Error("value provided for field message.wouldAllow of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.wouldAllow);
+    }
+    if (message.wouldDropPercent !== 0) {
+      writer.uint32(49).double(message.wouldDropPercent);
+    }
+    if (message.since !== undefined) {
+      Timestamp.encode(toTimestamp(message.since), writer.uint32(58).fork()).join();
+    }
+    for (const v of message.rules) {
+      RuleCounters.encode(v!, writer.uint32(66).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShadowReading {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShadowReading();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.wave = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.classified = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.wouldDrop = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.wouldAllow = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.wouldDropPercent = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.since = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.rules.push(RuleCounters.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ShadowReading {
+    return {
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      wave: isSet(object.wave) ? globalThis.Number(object.wave) : 0,
+      classified: isSet(object.classified) ? BigInt(object.classified) : 0n,
+      wouldDrop: isSet(object.wouldDrop)
+        ? BigInt(object.wouldDrop)
+        : isSet(object.would_drop)
+        ? BigInt(object.would_drop)
+        : 0n,
+      wouldAllow: isSet(object.wouldAllow)
+        ? BigInt(object.wouldAllow)
+        : isSet(object.would_allow)
+        ? BigInt(object.would_allow)
+        : 0n,
+      wouldDropPercent: isSet(object.wouldDropPercent)
+        ? globalThis.Number(object.wouldDropPercent)
+        : isSet(object.would_drop_percent)
+        ? globalThis.Number(object.would_drop_percent)
+        : 0,
+      since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+      rules: globalThis.Array.isArray(object?.rules)
+        ? object.rules.map((e: any) => RuleCounters.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ShadowReading): unknown {
+    const obj: any = {};
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.wave !== 0) {
+      obj.wave = Math.round(message.wave);
+    }
+    if (message.classified !== 0n) {
+      obj.classified = message.classified.toString();
+    }
+    if (message.wouldDrop !== 0n) {
+      obj.wouldDrop = message.wouldDrop.toString();
+    }
+    if (message.wouldAllow !== 0n) {
+      obj.wouldAllow = message.wouldAllow.toString();
+    }
+    if (message.wouldDropPercent !== 0) {
+      obj.wouldDropPercent = floatToJson(message.wouldDropPercent);
+    }
+    if (message.since !== undefined) {
+      obj.since = message.since.toISOString();
+    }
+    if (message.rules?.length) {
+      obj.rules = message.rules.map((e) => RuleCounters.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ShadowReading>, I>>(base?: I): ShadowReading {
+    return ShadowReading.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ShadowReading>, I>>(object: I): ShadowReading {
+    const message = createBaseShadowReading();
+    message.node = object.node ?? "";
+    message.wave = object.wave ?? 0;
+    message.classified = (object.classified !== undefined && object.classified !== null)
+      ? BigInt(object.classified)
+      : 0n;
+    message.wouldDrop = (object.wouldDrop !== undefined && object.wouldDrop !== null) ? BigInt(object.wouldDrop) : 0n;
+    message.wouldAllow = (object.wouldAllow !== undefined && object.wouldAllow !== null)
+      ? BigInt(object.wouldAllow)
+      : 0n;
+    message.wouldDropPercent = object.wouldDropPercent ?? 0;
+    message.since = object.since ?? undefined;
+    message.rules = object.rules?.map((e) => RuleCounters.fromPartial(e)) || [];
     return message;
   },
 };
@@ -924,7 +1318,7 @@ export const GateReading: MessageFns<GateReading> = {
 };
 
 function createBaseRolloutStatus(): RolloutStatus {
-  return { rollout: undefined, waves: [], gateReadings: [] };
+  return { rollout: undefined, waves: [], gateReadings: [], shadowReadings: [], shadowSamples: [] };
 }
 
 export const RolloutStatus: MessageFns<RolloutStatus> = {
@@ -937,6 +1331,12 @@ export const RolloutStatus: MessageFns<RolloutStatus> = {
     }
     for (const v of message.gateReadings) {
       GateReading.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.shadowReadings) {
+      ShadowReading.encode(v!, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.shadowSamples) {
+      ShadowFlow.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -978,6 +1378,22 @@ export const RolloutStatus: MessageFns<RolloutStatus> = {
             message.gateReadings.push(GateReading.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.shadowReadings.push(ShadowReading.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.shadowSamples.push(ShadowFlow.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -999,6 +1415,16 @@ export const RolloutStatus: MessageFns<RolloutStatus> = {
         : globalThis.Array.isArray(object?.gate_readings)
         ? object.gate_readings.map((e: any) => GateReading.fromJSON(e))
         : [],
+      shadowReadings: globalThis.Array.isArray(object?.shadowReadings)
+        ? object.shadowReadings.map((e: any) => ShadowReading.fromJSON(e))
+        : globalThis.Array.isArray(object?.shadow_readings)
+        ? object.shadow_readings.map((e: any) => ShadowReading.fromJSON(e))
+        : [],
+      shadowSamples: globalThis.Array.isArray(object?.shadowSamples)
+        ? object.shadowSamples.map((e: any) => ShadowFlow.fromJSON(e))
+        : globalThis.Array.isArray(object?.shadow_samples)
+        ? object.shadow_samples.map((e: any) => ShadowFlow.fromJSON(e))
+        : [],
     };
   },
 
@@ -1013,6 +1439,12 @@ export const RolloutStatus: MessageFns<RolloutStatus> = {
     if (message.gateReadings?.length) {
       obj.gateReadings = message.gateReadings.map((e) => GateReading.toJSON(e));
     }
+    if (message.shadowReadings?.length) {
+      obj.shadowReadings = message.shadowReadings.map((e) => ShadowReading.toJSON(e));
+    }
+    if (message.shadowSamples?.length) {
+      obj.shadowSamples = message.shadowSamples.map((e) => ShadowFlow.toJSON(e));
+    }
     return obj;
   },
 
@@ -1026,6 +1458,8 @@ export const RolloutStatus: MessageFns<RolloutStatus> = {
       : undefined;
     message.waves = object.waves?.map((e) => WaveStatus.fromPartial(e)) || [];
     message.gateReadings = object.gateReadings?.map((e) => GateReading.fromPartial(e)) || [];
+    message.shadowReadings = object.shadowReadings?.map((e) => ShadowReading.fromPartial(e)) || [];
+    message.shadowSamples = object.shadowSamples?.map((e) => ShadowFlow.fromPartial(e)) || [];
     return message;
   },
 };

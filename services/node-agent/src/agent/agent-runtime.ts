@@ -14,7 +14,6 @@ import {
   type TrustedKeys,
 } from '@edgeplane/proto';
 import { ChainFollower, IntentLog, type ChainFollowerStats } from '@edgeplane/intent-log';
-import type { Datapath } from '../datapath/datapath.js';
 import { BlocklistSync, type BlocklistWriter } from './blocklist-sync.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import type { LbSpec } from '../datapath/service-compile.js';
@@ -27,6 +26,7 @@ import {
   CONDITION_LOG_MESSAGE_REJECTED,
   CONDITION_ROLLBACK_REFUSED,
   NodeAgent,
+  type AgentDatapath,
   type AgentLogger,
   type AgentStatus,
 } from './node-agent.js';
@@ -68,8 +68,8 @@ export interface AgentRuntimeHooks {
 export interface AgentRuntimeOptions {
   nodeName: string;
   labels: Record<string, string>;
-  /** The datapath of each role (may be one object for both). Owned by the caller. */
-  datapaths: Record<InterfaceRole, Datapath>;
+  /** The datapath of each role (may be one object for both; shadow support optional: AgentDatapath). Owned by the caller. */
+  datapaths: Record<InterfaceRole, AgentDatapath>;
   /**
    * The source blocklists to keep equal to the intent's prefix lists and blocks (each role's
    * EbpfDatapath.blocklist); absent or empty: not enforced (the in-memory datapath).

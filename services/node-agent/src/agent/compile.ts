@@ -6,8 +6,10 @@ import {
   RolloutKind,
   RolloutState,
   matchesLabelSelector,
+  WavePhase,
   rolloutKey,
   rolloutKeyOf,
+  shadowCandidateOf,
   validatePolicy,
   type FieldViolation,
   type Policy,
@@ -348,4 +350,42 @@ export function compileNode(intent: NodeIntent, labels: Readonly<Record<string, 
   const compiled = compileIntent(intent.policies, labels, intent.rollouts, options.nodeName);
   compiled.uplink.lb = compileNodeServices(intent, labels, options);
   return compiled;
+}
+
+/** A node's shadow candidate (issue 18): what it classifies by beside what it enforces. */
+export interface ShadowCandidate {
+  /** Its name: shadowCandidateOf() of each rollout the node shadows, sorted, joined by ",". */
+  readonly candidate: string;
+  /** The rule sets per interface role, as compileIntent builds them with those rollouts' targets in. */
+  readonly compiled: CompiledIntent;
+}
+
+/**
+ * The policy rollouts whose shadow phase includes `nodeName` (active, phase SHADOW, the node in
+ * shadow_nodes), in key order. Pure.
+ */
+export function shadowingRollouts(rollouts: Iterable<Rollout>, nodeName: string): Rollout[] {
+  const out: Rollout[] = [];
+  for (const r of rollouts) {
+    if (r.kind === RolloutKind.ROLLOUT_KIND_SERVICE || r.wavePhase !== WavePhase.WAVE_PHASE_SHADOW) continue;
+    if (r.state !== RolloutState.ROLLOUT_STATE_PROGRESSING && r.state !== RolloutState.ROLLOUT_STATE_PAUSED) continue;
+    if (r.shadowNodes.includes(nodeName)) out.push(r);
+  }
+  return out.sort((a, b) => (rolloutKeyOf(a) < rolloutKeyOf(b) ? -1 : 1));
+}
+
+/**
+ * The shadow candidate of one node: the policies it would enforce if every rollout shadowing on
+ * it ({@link shadowingRollouts}) had made it enforce its target, compiled like
+ * {@link compileIntent}; undefined when it shadows nothing. The one place the agent builds a
+ * candidate, at an apply and at boot alike. Pure.
+ * @throws CompileError as compileIntent (the candidate is invalid or does not fit).
+ */
+export function compileShadow(intent: Pick<NodeIntent, 'policies' | 'rollouts'>, labels: Readonly<Record<string, string>>, nodeName: string): ShadowCandidate | undefined {
+  const shadowing = shadowingRollouts(intent.rollouts, nodeName);
+  if (shadowing.length === 0) return undefined;
+  const keys = new Set(shadowing.map(rolloutKeyOf));
+  // Without the shadowing rollouts, their policies are taken as stored: the targets.
+  const others = intent.rollouts.filter((r) => !keys.has(rolloutKeyOf(r)));
+  return { candidate: shadowing.map(shadowCandidateOf).join(','), compiled: compileIntent(intent.policies, labels, others, nodeName) };
 }

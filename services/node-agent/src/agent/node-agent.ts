@@ -1,7 +1,10 @@
 import { SpanStatusCode, context, metrics, trace, type Context, type Counter as MetricCounter, type Link, type Span } from '@opentelemetry/api';
 import {
   MAX_CONDITION_MESSAGE_LENGTH,
+  MAX_COUNTER_RULES,
+  MAX_SHADOW_SAMPLES,
   RevisionOutcome,
+  ShadowVerdict,
   sameLabels,
   type ConditionReport,
   type ConntrackStatus,
@@ -12,17 +15,19 @@ import {
   type LogEntry,
   type RevisionReport,
   type RuleCounters,
+  type ShadowFlow,
+  type ShadowReport,
   type Snapshot,
 } from '@edgeplane/proto';
 import type { IntentChain } from '@edgeplane/intent-log';
 import { extractTraceContext, injectTraceContext } from '@edgeplane/telemetry';
 import type { ConntrackOccupancy } from '../datapath/conntrack.js';
-import { LB_STAT_NAMES, type Counter, type Datapath, type DatapathCounters, type LbCounters } from '../datapath/datapath.js';
+import { LB_STAT_NAMES, type Counter, type Datapath, type DatapathCounters, type LbCounters, type ShadowCounters, type ShadowDatapath } from '../datapath/datapath.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { RollbackError } from '../datapath/errors.js';
 import type { RuleAction, RuleSetSpec } from '../datapath/rule-set.js';
 import { MaglevTableCache, type BackendHealthView, type BackendRouteView, type LbSpec } from '../datapath/service-compile.js';
-import { compileNode, compileNodeServices, type CompiledIntent, type RuleOrigin } from './compile.js';
+import { compileNode, compileNodeServices, compileShadow, type CompiledIntent, type RuleOrigin, type ShadowCandidate } from './compile.js';
 import { conntrackStatus } from './connection-query.js';
 import type { AppliedState, StateStore } from './state-file.js';
 
@@ -65,6 +70,14 @@ export const CONDITION_LOG_MESSAGE_REJECTED = 'log-message-rejected';
  */
 export const CONDITION_HEALTH_APPLY_FAILED = 'backend-health-apply-failed';
 
+/**
+ * The datapath a role's agent drives: enforcement, and shadow classification (issue 18). Shadow
+ * is optional until every datapath implements ShadowDatapath (the eBPF one does on its own
+ * branch): a node whose datapath cannot shadow never reports shadow counters, so a shadow wave
+ * that includes it fails at its report timeout rather than pass unseen.
+ */
+export type AgentDatapath = Datapath & Partial<ShadowDatapath>;
+
 /** A structured log line sink. */
 export type AgentLogger = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 
@@ -72,8 +85,8 @@ export type AgentLogger = (level: 'info' | 'warn' | 'error', msg: string, fields
 export interface NodeAgentOptions {
   nodeName: string;
   labels: Record<string, string>;
-  /** The datapath enforcing each interface role (may be the same object for both). */
-  datapaths: Record<InterfaceRole, Datapath>;
+  /** The datapath enforcing (and shadowing) each interface role (may be the same object for both). */
+  datapaths: Record<InterfaceRole, AgentDatapath>;
   stateFile: StateStore;
   /** Where ACK/NACK reports go (the controller link). */
   report: (report: RevisionReport) => void;
@@ -267,6 +280,16 @@ export class NodeAgent {
   #healthApplies = 0;
   #healthApplyFailures: MetricCounter;
   #reclaimDue: NodeJS.Immediate | undefined;
+  /**
+   * Each role's shadow candidate as this process installed (or adopted) it: its name, what was
+   * installed (the candidate name and the rule set, as JSON: an unchanged candidate is not
+   * installed again, which would zero its counters), and the origins of its rule ids.
+   */
+  #shadow: Partial<Record<InterfaceRole, { candidate: string; key: string; origins: Map<number, RuleOrigin> }>> = {};
+  /** The shadow counters last reported ('' none), so unchanged ones are not sent again. */
+  #lastShadow = '';
+  /** Whether the missing shadow support was logged (once). */
+  #noShadowLogged = false;
 
   constructor(options: NodeAgentOptions) {
     this.#o = options;
@@ -342,6 +365,13 @@ export class NodeAgent {
     // Blocks that expired while the agent was down are left out (and stop matching anyway).
     this.#o.blocklist?.sync(state.snapshot, labels);
     await this.#applyCompiled(compiled);
+    // The shadow candidate of the state file's revision (a pinned one of the same name is
+    // adopted as it is, counters and all). Failing it costs only the shadow counters: logged.
+    try {
+      await this.#setShadow(compileShadow(state.snapshot, labels, this.#o.nodeName));
+    } catch (err) {
+      this.#o.log('warn', 'shadow candidate of the state file not installed', { revision: String(state.snapshot.revision), error: (err as Error).message });
+    }
     this.#current = state.snapshot;
     this.#currentLabels = labels;
     this.#healthApplied = healthSeq;
@@ -640,7 +670,16 @@ export class NodeAgent {
       const healthSeq = this.#healthSeq;
       const compiled = await run('edgeplane.agent.compile', () => this.#compile(snapshot, labels));
       handledRules = Math.max(handledRules, compiled.uplink.ruleSet.rules.length, compiled.workload.ruleSet.rules.length);
+      // A shadow candidate that does not compile, or that the datapath refuses, NACKs the
+      // revision like its enforced rule sets would: nothing enforced changes.
+      const shadow = compileShadow(snapshot, labels, this.#o.nodeName);
       if (this.#o.blocklist) await run('edgeplane.agent.blocklist', () => this.#o.blocklist!.sync(snapshot, labels));
+      if (shadow) {
+        await run('edgeplane.agent.shadow', (span) => {
+          span.setAttribute('edgeplane.shadow.candidate', shadow.candidate);
+          return this.#setShadow(shadow);
+        });
+      } else await this.#setShadow(undefined);
       await run('edgeplane.agent.apply', () => this.#applyCompiled(compiled));
       enforcedAt = process.hrtime.bigint();
       this.#applied = revision;
@@ -684,6 +723,101 @@ export class NodeAgent {
       this.#o.report(report);
     });
     this.#reclaimAfter(handledRules);
+  }
+
+  /**
+   * Makes each role's shadow candidate `shadow`'s (none: removes any). A candidate installed
+   * already (same name and rule set) is left alone, so its counters keep counting; one of the
+   * same name found in the datapath at the first call (pinned across an agent restart) is
+   * adopted. A datapath without shadow support is skipped (logged once).
+   * @throws what the datapath's setShadow throws (RuleSetError, CapacityError: nothing touched).
+   */
+  async #setShadow(shadow: ShadowCandidate | undefined): Promise<void> {
+    for (const role of this.#roles()) {
+      const dp = this.#o.datapaths[role];
+      if (!dp.setShadow || !dp.readShadow) {
+        if (shadow && !this.#noShadowLogged) this.#o.log('warn', 'this datapath cannot shadow a change; the shadow wave will not hear from this node', { role, candidate: shadow.candidate });
+        this.#noShadowLogged = true;
+        continue;
+      }
+      const have = this.#shadow[role];
+      if (!shadow) {
+        if (have || dp.readShadow() !== null) await dp.setShadow(null);
+        delete this.#shadow[role];
+        continue;
+      }
+      const c = shadow.compiled[role];
+      const key = `${shadow.candidate}\u0000${JSON.stringify(c.ruleSet)}`;
+      if (have?.key === key) continue;
+      if (have || dp.readShadow()?.candidate !== shadow.candidate) await dp.setShadow(c.ruleSet, shadow.candidate);
+      this.#shadow[role] = { candidate: shadow.candidate, key, origins: c.origins };
+    }
+  }
+
+  /**
+   * The shadow counters of every role's candidate, summed (one report per node), with rule ids
+   * attributed to policy rules and at most MAX_SHADOW_SAMPLES samples (newest last); undefined
+   * when no role shadows or they did not change since the last call.
+   */
+  #shadowReport(): ShadowReport | undefined {
+    let report: ShadowReport | undefined;
+    const rules = new Map<string, RuleCounters>();
+    const seen = new Set<AgentDatapath>();
+    for (const role of ROLES) {
+      const dp = this.#o.datapaths[role];
+      const mine = this.#shadow[role];
+      if (seen.has(dp) || !mine || !dp.readShadow) continue;
+      seen.add(dp);
+      let c: ShadowCounters | null;
+      try {
+        c = dp.readShadow();
+      } catch (err) {
+        this.#o.log('warn', 'read shadow counters', { role, error: (err as Error).message });
+        continue;
+      }
+      if (!c || c.candidate !== mine.candidate) continue;
+      report ??= { node: this.#o.nodeName, candidate: c.candidate, classified: 0n, wouldDrop: 0n, wouldAllow: 0n, defaultActionPackets: 0n, rules: [], samples: [] };
+      report.classified += BigInt(c.classified.packets);
+      report.wouldDrop += BigInt(c.wouldDrop.packets);
+      report.wouldAllow += BigInt(c.wouldAllow.packets);
+      report.defaultActionPackets += BigInt(c.defaultAction.packets);
+      for (const [id, counter] of c.rules) {
+        const origin = mine.origins.get(id);
+        if (!origin || counter.packets === 0) continue;
+        const k = `${origin.policy}\u0000${origin.priority}`;
+        const have = rules.get(k) ?? { rule: { policy: origin.policy, priority: origin.priority }, ruleName: origin.ruleName, packets: 0n, bytes: 0n, rateLimitedPackets: 0n };
+        have.packets += BigInt(counter.packets);
+        have.bytes += BigInt(counter.bytes);
+        rules.set(k, have);
+      }
+      for (const x of c.samples) {
+        const enforced = this.#origins[role].get(x.enforcedRuleId);
+        const candidate = mine.origins.get(x.candidateRuleId);
+        const flow: ShadowFlow = {
+          node: '',
+          family: x.family,
+          protocol: x.proto,
+          source: x.src,
+          destination: x.dst,
+          port: x.port,
+          verdict: x.verdict === 'wouldDrop' ? ShadowVerdict.SHADOW_VERDICT_WOULD_DROP : ShadowVerdict.SHADOW_VERDICT_WOULD_ALLOW,
+          enforcedRule: enforced ? { policy: enforced.policy, priority: enforced.priority } : undefined,
+          candidateRule: candidate ? { policy: candidate.policy, priority: candidate.priority } : undefined,
+          candidateRuleName: candidate?.ruleName ?? '',
+        };
+        report.samples.push(flow);
+      }
+    }
+    if (!report) {
+      this.#lastShadow = '';
+      return undefined;
+    }
+    report.rules = [...rules.values()].slice(0, MAX_COUNTER_RULES);
+    report.samples = report.samples.slice(-MAX_SHADOW_SAMPLES);
+    const key = `${report.candidate} ${report.classified} ${report.wouldDrop} ${report.wouldAllow}`;
+    if (key === this.#lastShadow) return undefined;
+    this.#lastShadow = key;
+    return report;
   }
 
   /** The roles with a datapath of their own (one datapath serving both roles is applied once, as uplink). */
@@ -764,7 +898,7 @@ export class NodeAgent {
     const interfaces: InterfaceCounters[] = [];
     const conntrack: ConntrackStatus[] = [];
     let moved = false;
-    const seen = new Set<Datapath>();
+    const seen = new Set<AgentDatapath>();
     for (const role of ROLES) {
       const dp = this.#o.datapaths[role];
       if (seen.has(dp)) continue;
@@ -838,10 +972,12 @@ export class NodeAgent {
     const lb = loadBalancerStatus(this.#lastCounters.uplink?.lb);
     const lbKey = lb === undefined ? '' : LB_STAT_NAMES.map((n) => String(lb[n])).join(',');
     const lbChanged = lbKey !== this.#lastLb;
-    if (!moved && !ctChanged && !lbChanged) return undefined;
+    // The shadow candidate's counters: totals, sent whenever they changed (and once for a new candidate).
+    const shadow = this.#shadowReport();
+    if (!moved && !ctChanged && !lbChanged && !shadow) return undefined;
     this.#lastConntrack = ctKey;
     this.#lastLb = lbKey;
-    return { startTime: start, endTime: now, rules: [...rules.values()], interfaces: moved ? interfaces : [], appliedRevision: this.#applied, conntrack, loadBalancer: lbChanged ? lb : undefined };
+    return { startTime: start, endTime: now, rules: [...rules.values()], interfaces: moved ? interfaces : [], appliedRevision: this.#applied, conntrack, loadBalancer: lbChanged ? lb : undefined, shadow };
   }
 }
 

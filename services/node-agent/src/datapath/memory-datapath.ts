@@ -1,9 +1,10 @@
+import { formatAddress, MAX_SHADOW_SAMPLES } from '@edgeplane/proto';
 import { connectionMatcher, encodeControlEndpoints, ZERO_CONNTRACK_COUNTERS, type ConnectionEntry, type ConnectionFilter, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
-import type { ApplyResult, Counter, Datapath, DatapathCounters } from './datapath.js';
+import type { ApplyResult, Counter, Datapath, DatapathCounters, ShadowCounters, ShadowDatapath, ShadowSample } from './datapath.js';
 import type { FlowTuple } from './flow-hash.js';
 import { LbReference, type LbSelection } from './lb-reference.js';
 import { DEFAULT_LB_CAPACITY, layoutLbTables, type LbCapacity } from './lb-tables.js';
-import { ReferenceClassifier } from './reference-classifier.js';
+import { parseFrame, ReferenceClassifier } from './reference-classifier.js';
 import type { LbSpec } from './service-compile.js';
 import { DEFAULT_RULE_ID, validateRuleSet, type Classification, type RuleSetSpec } from './rule-set.js';
 
@@ -28,10 +29,14 @@ export interface MemoryDatapathOptions {
  * validated and kept, for inspection). Services (the LbSpec beside the rule set) are laid out
  * as one generation of bpf/LB.md's maps with layoutLbTables, as the eBPF datapath writes them,
  * and {@link MemoryDatapath.selectBackend} answers from those bytes with LbReference, the
- * datapath's own selection. Holds no resources; close() only marks it closed.
+ * datapath's own selection. A shadow candidate (ShadowDatapath, issue 18) is a second reference
+ * classifier that classify() consults after the live one, counting where their verdicts differ.
+ * Holds no resources; close() only marks it closed.
  */
-export class MemoryDatapath implements Datapath {
+export class MemoryDatapath implements Datapath, ShadowDatapath {
   #classifier: ReferenceClassifier | undefined;
+  /** The shadow candidate (setShadow): its classifier, rule ids and what it counted. */
+  #shadow: { classifier: ReferenceClassifier; candidate: string; ruleIds: number[]; wouldDrop: Counter; wouldAllow: Counter; classified: Counter; samples: ShadowSample[] } | undefined;
   /** The live rule set (JSON) and the live LB tables' fingerprint (hex): what 'unchanged' compares. */
   #live: string | undefined;
   #liveLb = '';
@@ -113,9 +118,69 @@ export class MemoryDatapath implements Datapath {
     return this.#lbReference?.select(tuple) ?? { kind: 'pass' };
   }
 
-  /** Classifies a frame as the live rule set says (passes everything before the first apply). */
+  /**
+   * Classifies a frame as the live rule set says (passes everything before the first apply).
+   * With a shadow candidate (setShadow), an IP packet the live rule set classifies is classified
+   * by the candidate too: its verdict is only counted (readShadow), the live one is returned.
+   */
   classify(frame: Uint8Array): Classification | { kind: 'unconfigured'; verdict: 'pass' } {
-    return this.#classifier ? this.#classifier.classify(frame) : { kind: 'unconfigured', verdict: 'pass' };
+    if (!this.#classifier) return { kind: 'unconfigured', verdict: 'pass' };
+    const shadow = this.#shadow;
+    if (!shadow) return this.#classifier.classify(frame);
+    const parsed = parseFrame(frame);
+    if (parsed.kind !== 'ip') return this.#classifier.classify(frame);
+    const enforced = this.#classifier.classifyHeaders(parsed.headers, frame.length);
+    const candidate = shadow.classifier.classifyHeaders(parsed.headers, frame.length);
+    count(shadow.classified, frame.length);
+    if (enforced.verdict !== candidate.verdict) {
+      const verdict = enforced.verdict === 'pass' ? 'wouldDrop' : 'wouldAllow';
+      count(verdict === 'wouldDrop' ? shadow.wouldDrop : shadow.wouldAllow, frame.length);
+      const h = parsed.headers;
+      shadow.samples.push({
+        family: h.family,
+        proto: h.protocol,
+        src: formatAddress(h.family, h.src),
+        dst: formatAddress(h.family, h.dst),
+        port: h.dstPort ?? 0,
+        verdict,
+        enforcedRuleId: enforced.kind === 'rule' ? enforced.ruleId : DEFAULT_RULE_ID,
+        candidateRuleId: candidate.kind === 'rule' ? candidate.ruleId : DEFAULT_RULE_ID,
+      });
+      // Newest last, at most MAX_SHADOW_SAMPLES (the eBPF datapath's ring keeps as many).
+      if (shadow.samples.length > MAX_SHADOW_SAMPLES) shadow.samples.shift();
+    }
+    return enforced;
+  }
+
+  /**
+   * Makes `ruleSet` the shadow candidate under the name `candidate` (its counters start at zero),
+   * or removes it (null). Nothing changes when `ruleSet` is invalid.
+   * @throws RuleSetError, CapacityError (nothing touched).
+   */
+  async setShadow(ruleSet: RuleSetSpec | null, candidate = ''): Promise<void> {
+    if (this.#closed) throw new Error('set shadow: the memory datapath is closed');
+    if (ruleSet === null) {
+      this.#shadow = undefined;
+      return;
+    }
+    const normalized = validateRuleSet(ruleSet);
+    this.#shadow = { classifier: new ReferenceClassifier(ruleSet), candidate, ruleIds: normalized.rules.map((r) => r.id), wouldDrop: { ...ZERO }, wouldAllow: { ...ZERO }, classified: { ...ZERO }, samples: [] };
+  }
+
+  /** What the shadow candidate counted since setShadow (copies), or null without one. */
+  readShadow(): ShadowCounters | null {
+    const shadow = this.#shadow;
+    if (!shadow) return null;
+    const counters = shadow.classifier.counters();
+    return {
+      candidate: shadow.candidate,
+      rules: new Map(shadow.ruleIds.map((id) => [id, { ...(counters.get(id) ?? ZERO) }])),
+      defaultAction: { ...(counters.get(DEFAULT_RULE_ID) ?? ZERO) },
+      wouldDrop: { ...shadow.wouldDrop },
+      wouldAllow: { ...shadow.wouldAllow },
+      classified: { ...shadow.classified },
+      samples: shadow.samples.map((x) => ({ ...x })),
+    };
   }
 
   readCounters(): DatapathCounters {
@@ -158,4 +223,11 @@ export class MemoryDatapath implements Datapath {
   close(): void {
     this.#closed = true;
   }
+}
+
+/** Counts one packet of `length` bytes into a mutable counter. */
+function count(counter: Counter, length: number): void {
+  const c = counter as { packets: number; bytes: number };
+  c.packets += 1;
+  c.bytes += length;
 }
