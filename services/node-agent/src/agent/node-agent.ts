@@ -70,13 +70,8 @@ export const CONDITION_LOG_MESSAGE_REJECTED = 'log-message-rejected';
  */
 export const CONDITION_HEALTH_APPLY_FAILED = 'backend-health-apply-failed';
 
-/**
- * The datapath a role's agent drives: enforcement, and shadow classification (issue 18). Shadow
- * is optional until every datapath implements ShadowDatapath (the eBPF one does on its own
- * branch): a node whose datapath cannot shadow never reports shadow counters, so a shadow wave
- * that includes it fails at its report timeout rather than pass unseen.
- */
-export type AgentDatapath = Datapath & Partial<ShadowDatapath>;
+/** The datapath a role's agent drives: enforcement, and shadow classification (issue 18). */
+export type AgentDatapath = Datapath & ShadowDatapath;
 
 /** A structured log line sink. */
 export type AgentLogger = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
@@ -289,7 +284,6 @@ export class NodeAgent {
   /** The shadow counters last reported ('' none), so unchanged ones are not sent again. */
   #lastShadow = '';
   /** Whether the missing shadow support was logged (once). */
-  #noShadowLogged = false;
 
   constructor(options: NodeAgentOptions) {
     this.#o = options;
@@ -729,17 +723,12 @@ export class NodeAgent {
    * Makes each role's shadow candidate `shadow`'s (none: removes any). A candidate installed
    * already (same name and rule set) is left alone, so its counters keep counting; one of the
    * same name found in the datapath at the first call (pinned across an agent restart) is
-   * adopted. A datapath without shadow support is skipped (logged once).
+   * adopted.
    * @throws what the datapath's setShadow throws (RuleSetError, CapacityError: nothing touched).
    */
   async #setShadow(shadow: ShadowCandidate | undefined): Promise<void> {
     for (const role of this.#roles()) {
       const dp = this.#o.datapaths[role];
-      if (!dp.setShadow || !dp.readShadow) {
-        if (shadow && !this.#noShadowLogged) this.#o.log('warn', 'this datapath cannot shadow a change; the shadow wave will not hear from this node', { role, candidate: shadow.candidate });
-        this.#noShadowLogged = true;
-        continue;
-      }
       const have = this.#shadow[role];
       if (!shadow) {
         if (have || dp.readShadow() !== null) await dp.setShadow(null);
@@ -766,7 +755,7 @@ export class NodeAgent {
     for (const role of ROLES) {
       const dp = this.#o.datapaths[role];
       const mine = this.#shadow[role];
-      if (seen.has(dp) || !mine || !dp.readShadow) continue;
+      if (seen.has(dp) || !mine) continue;
       seen.add(dp);
       let c: ShadowCounters | null;
       try {

@@ -104,8 +104,8 @@ export interface ConnectionReader {
   listConnections(filter: ConnectionFilter, limit: number): ConnectionEntry[];
 }
 
-/** Enforces rule sets. */
-export interface Datapath extends CounterReader, ConnectionReader {
+/** Enforces rule sets, and shadows a candidate beside them. */
+export interface Datapath extends CounterReader, ConnectionReader, ShadowDatapath {
   /**
    * Replaces the control endpoints: packets from them pass whatever the rule set and however
    * full the connection table (bpf/CONNTRACK.md step 2).

@@ -4,7 +4,7 @@
 // per-CPU rings of samples (ep_shadow_samples). The candidate's classification tables
 // (ep_shadow_lpm, ep_shadow_cwords, ep_shadow_wild, ep_shadow_rules) are written by
 // EbpfDatapath with the same code that writes a generation whole.
-import { formatAddress } from '@edgeplane/proto';
+import { formatAddress, MAX_SHADOW_SAMPLES } from '@edgeplane/proto';
 import { encode, TypedMap, u32, type BpfMap, type CodecValue } from 'libbpf-ts';
 import { RULE_SLOTS } from './compile-tables.js';
 import { CounterTables, type CounterTotals } from './counters.js';
@@ -161,7 +161,7 @@ export class ShadowTables {
     return ids;
   }
 
-  // Every CPU's ring, merged by the time each sample was taken; the newest SHADOW_RING_SAMPLES.
+  // Every CPU's ring, merged by the time each sample was taken; the newest MAX_SHADOW_SAMPLES.
   #samples(): ShadowSample[] {
     const read = this.#maps.ep_shadow_samples.getPerCpuBatch(SHADOW_RING_SAMPLES);
     const taken: { ns: bigint; sample: ShadowSample }[] = [];
@@ -188,6 +188,6 @@ export class ShadowTables {
       }
     }
     taken.sort((a, b) => (a.ns < b.ns ? -1 : a.ns > b.ns ? 1 : 0));
-    return taken.slice(-SHADOW_RING_SAMPLES).map(({ sample }) => sample);
+    return taken.slice(-MAX_SHADOW_SAMPLES).map(({ sample }) => sample);
   }
 }
