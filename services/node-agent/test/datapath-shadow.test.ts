@@ -13,6 +13,7 @@ import { RuleSetError } from '../src/datapath/errors.js';
 import type { Counter, DatapathCounters, ShadowCounters } from '../src/datapath/datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec, type RuleSpec } from '../src/datapath/rule-set.js';
+import { MAX_SHADOW_SAMPLES } from '@edgeplane/proto';
 import { MAX_SHADOW_NAME_BYTES, SHADOW_RING_SAMPLES } from '../src/datapath/shadow-tables.js';
 import { mountBpffs, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
 
@@ -278,10 +279,11 @@ test('shadow - IPv6 at TC and XDP, the ring keeps the newest samples of every CP
   t.is(packets(shadow.wouldDrop), total);
   t.is(packets(shadow.rules.get(5)), 1);
   t.is(packets(shadow.defaultAction), total);
-  t.is(shadow.samples.length, SHADOW_RING_SAMPLES);
+  // The ring wrapped (more packets than its slots); the datapath returns the proto's bound.
+  t.is(shadow.samples.length, MAX_SHADOW_SAMPLES);
   t.deepEqual(
     shadow.samples.map((s) => s.port),
-    Array.from({ length: SHADOW_RING_SAMPLES }, (_, i) => 1000 + total - SHADOW_RING_SAMPLES + i),
+    Array.from({ length: MAX_SHADOW_SAMPLES }, (_, i) => 1000 + total - MAX_SHADOW_SAMPLES + i),
     'the newest, oldest first',
   );
   t.like(shadow.samples[0], { family: 6, proto: 6, src: '2001:db8::1', dst: '2001:db8::2', verdict: 'wouldDrop', enforcedRuleId: 1, candidateRuleId: DEFAULT_RULE_ID });
