@@ -7,6 +7,7 @@ import {
   Policy,
   Protocol,
   RolloutState,
+  ShadowVerdict,
   type DeepPartial,
   type RolloutStatus,
   type RolloutStrategy_Staged,
@@ -140,6 +141,63 @@ test.serial('rollout - the health gate trips on real traffic and the canary is r
   await until('the canary at the revert', async () => (await call(c.fleet, c.fleet.getNode, { name: canary.name })).node!.status!.appliedRevision >= status.rollout!.resourceVersion);
   t.is(await canary.ping(1), 3, 'rolled back: the traffic passes again');
   for (const n of [nodes[0]!, ...nodes.slice(2)]) t.false(appliedPolicies(n).some((p) => p.includes('bad-rule')), `${n.name} never took it`);
+});
+
+test.serial('shadow - the bad change of the gate test, with a shadow wave: no real packet is lost on any node, the rollout fails at the shadow gate with the sampled flows, nothing was enforced', async (t) => {
+  const canary = nodes[1]!;
+  t.is(await canary.ping(1), 3, 'the test traffic passes before the change');
+  await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
+    policy: staged('bad-shadow', [{ priority: 1, sourceCidrs: [`${canary.sources[1]}/32`], protocol: Protocol.PROTOCOL_ICMP, action: Action.ACTION_DENY }], {
+      waves: [{ name: 'canary', target: { $case: 'selector', selector: { matchLabels: { node: canary.name } } }, shadowBakeTime: sec(3), bakeTime: sec(20) }, { target: { $case: 'percent', percent: 100 } }],
+      gates: { maxWouldDropPercent: 5, maxDropRatioIncreasePoints: 20 },
+    }),
+  }));
+  // The traffic the change would drop, through the shadow phase and after the rollout ended.
+  const traffic = canary.ping(1, 60);
+  await until('the shadow gate to fail the rollout', async () => (await rollout('bad-shadow'))?.rollout?.state === RolloutState.ROLLOUT_STATE_FAILED, 30_000);
+  t.is(await traffic, 60, 'every real packet was answered: the change was only shadowed');
+  const status = (await rollout('bad-shadow'))!;
+  t.regex(status.rollout!.reason, /wave 1 \(shadow\): node node-2 would drop \d+\.\d% of the packets it classified .*nothing was enforced/);
+  const reading = status.shadowReadings.find((r) => r.node === canary.name);
+  t.true((reading?.wouldDrop ?? 0n) > 0n && reading!.wouldDrop === reading!.classified, JSON.stringify(reading, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v)));
+  const sampled = status.shadowSamples.filter((f) => f.node === canary.name);
+  t.true(sampled.length > 0, 'the flows the change would have broken are kept');
+  for (const f of sampled) t.like(f, { family: 4, protocol: 1, source: canary.sources[1], destination: canary.uplinkIp, verdict: ShadowVerdict.SHADOW_VERDICT_WOULD_DROP, candidateRule: { policy: 'bad-shadow', priority: 1 } });
+  const described = await edgeplane(['describe', 'rollout', 'bad-shadow']);
+  t.is(described.code, 0, described.stderr);
+  t.true(described.stdout.includes(canary.sources[1]!), `describe rollout lists the sampled flows\n${described.stdout}`);
+  for (const n of nodes) t.false(appliedPolicies(n).some((p) => p.includes('bad-shadow')), `${n.name} never enforced it`);
+  t.is(await canary.ping(1), 3, 'and the traffic still passes');
+});
+
+test.serial('shadow - a good change passes its shadow wave and is enforced by the same node, then everywhere; what the candidate counted equals what the enforced rule counts for the same traffic', async (t) => {
+  const canary = nodes[2]!;
+  const PINGS = 20;
+  await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
+    policy: staged('good-shadow', [{ priority: 1, sourceCidrs: [`${canary.sources[1]}/32`], protocol: Protocol.PROTOCOL_ICMP, action: Action.ACTION_ALLOW }], {
+      waves: [{ name: 'canary', target: { $case: 'selector', selector: { matchLabels: { node: canary.name } } }, shadowBakeTime: sec(12), bakeTime: sec(1) }, { target: { $case: 'percent', percent: 100 } }],
+      gates: { maxWouldDropPercent: 5 },
+    }),
+  }));
+  await until('the canary to shadow the change', async () => (await rollout('good-shadow'))?.shadowReadings.some((r) => r.node === canary.name) === true, 30_000);
+  t.is(await canary.ping(1, PINGS), PINGS);
+  const shadowed = async (): Promise<bigint> => (await rollout('good-shadow'))?.shadowReadings.find((r) => r.node === canary.name)?.rules.find((r) => r.rule?.policy === 'good-shadow' && r.rule.priority === 1)?.packets ?? 0n;
+  await until(`the candidate's rule to count the ${PINGS} echo requests`, async () => (await shadowed()) >= BigInt(PINGS), 30_000);
+  t.is(await shadowed(), BigInt(PINGS), 'the candidate counted exactly the traffic');
+  const wave0 = (await rollout('good-shadow'))!.rollout!;
+  t.deepEqual(wave0.waveNodes, [], 'nothing enforced while it shadows');
+  await until('success', async () => (await rollout('good-shadow'))?.rollout?.state === RolloutState.ROLLOUT_STATE_SUCCEEDED, 60_000);
+  const done = (await rollout('good-shadow'))!;
+  await until('every node at the final revision', async () => (await call(c.fleet, c.fleet.getRevisionStatus, { revision: done.rollout!.resourceVersion, nodeLabelSelector: '' })).nodesApplied === 5);
+  t.true(appliedPolicies(canary).some((p) => p.includes('good-shadow')), 'the canary enforces it');
+  const enforced = async (): Promise<bigint> => {
+    const r = await call(c.fleet, c.fleet.getPolicyCounters, { policy: 'good-shadow', nodeLabelSelector: `node=${canary.name}`, perNode: true });
+    return r.nodes.find((n) => n.node === canary.name)?.counters.find((x) => x.rule?.priority === 1)?.packets ?? 0n;
+  };
+  const before = await enforced();
+  t.is(await canary.ping(1, PINGS), PINGS);
+  await until('the enforced rule to count the same traffic', async () => (await enforced()) - before >= BigInt(PINGS), 30_000);
+  t.is((await enforced()) - before, await shadowed(), 'the enforced rule counts what the candidate counted for the same traffic');
 });
 
 test.serial('rollout - a controller killed mid-rollout resumes at the same wave', async (t) => {
