@@ -302,6 +302,7 @@ export {
   type CidrProblem,
   MAX_ADDRESS_LENGTH,
   cidrContains,
+  cidrFamily,
   formatAddress,
   formatCidr,
   formatIPv6,
@@ -311,8 +312,11 @@ export {
   parseAddress,
   parseCanonicalAddress,
   parseCanonicalCidr,
+  parseCanonicalCidrInto,
   parseCidr,
+  parseCidrInto,
   parseIPv4,
+  parseIPv4Into,
   parseIPv6,
 } from './../src/cidr.js';
 export {
@@ -397,9 +401,11 @@ export {
   MAX_NODE_INTERFACES,
   MAX_POLICIES,
   MAX_POLICY_BYTES,
+  MAX_PREFIXES_FILE_BYTES,
   MAX_PREFIX_LISTS,
   MAX_PREFIX_LIST_CHANGE,
   MAX_PREFIX_LIST_ENTRIES,
+  MAX_PREFIX_LIST_RESPONSE_BYTES,
   MAX_QUOTED_LENGTH,
   MAX_RELAYED_CONNECTIONS_PER_MESSAGE,
   MAX_RELAYED_QUERIES_IN_FLIGHT,
@@ -468,6 +474,9 @@ export {
   validatePolicy,
   validateRolloutStrategy,
 } from './../src/policy-validation.js';
+export {
+  PackedKeyIndex,
+} from './../src/prefix-index.js';
 export {
   isServiceRollout,
   rolloutKey,
