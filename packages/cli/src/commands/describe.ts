@@ -5,12 +5,13 @@ import { describeNode, describePolicy, describeService } from '../render.js';
 import { reportError } from '../report.js';
 import { KIND_WORDS, parseTargets } from '../resource-kind.js';
 import { SELECTOR_OPTION, selectorFlag } from './get.js';
+import { describePrefixLists, PREFIX_LIST_WORDS } from './prefix-lists.js';
 
 /** `edgeplane describe`. */
 export const describeCommand: Command = {
   name: 'describe',
   summary: 'Show a policy, service or node in detail: revisions, ACK/NACK, last error, counters',
-  usage: ['describe policy|service|node NAME...', 'describe policies|services|nodes [-l SELECTOR]'],
+  usage: ['describe policy|service|node NAME...', 'describe policies|services|nodes [-l SELECTOR]', 'describe prefixlist [NAME...]'],
   details: `A policy shows its rules with fleet-wide counters and the nodes it selects, each with its
 applied revision and NACK reason. A service shows its VIP, port and protocol, scheduler and
 lookup-table size, health check, affinity, the nodes it selects and its backends with their
@@ -18,9 +19,10 @@ weights, shares of new flows and health: how many selected nodes find each healt
 have not said, and why the unhealthy ones fail. A node shows its agent, interfaces, applied revision (or that
 it is unknown, when a failed rollback left the datapath at no known revision), last outcome and
 error, its conditions, the policies selecting it, and its rule and interface counters.`,
-  arguments: KIND_WORDS,
+  arguments: [...KIND_WORDS, 'prefixlists'],
   options: { selector: SELECTOR_OPTION },
   async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
+    if (PREFIX_LIST_WORDS.has(positionals[0] ?? '')) return describePrefixLists(ctx, positionals.slice(1));
     const { kind, names } = parseTargets(positionals);
     const selector = selectorFlag(flags);
     if (names.length > 0 && selector) throw new UsageError('give names or -l, not both');
