@@ -448,6 +448,7 @@ export {
   privateKeyFromPem,
   publicKeyFromRaw,
   rawPublicKey,
+  readSnapshotKeyRotations,
   sha256,
   signHistoryReset,
   signLogEntry,
