@@ -575,16 +575,18 @@ test('prefix lists - apply -f of a PrefixList (inline and prefixesFile) creates 
   const feed = (from: number, to: number): string => ['# threat feed', ...Array.from({ length: to - from }, (_, k) => `10.${((from + k) >> 8) & 255}.${(from + k) & 255}.${(from + k) >> 16}/32`)].join('\n') + '\n';
   file('feed.txt', feed(0, 60_000));
   const manifest = file('feed.yaml', 'apiVersion: edgeplane.io/v1\nkind: PrefixList\nmetadata:\n  name: feed\nspec:\n  use: deny_source\n  nodeSelector:\n    matchLabels: {role: edge}\n  prefixes: [203.0.113.0/24]\n  prefixesFile: feed.txt\n');
-  const created = await edgeplane(['apply', '-f', manifest]);
+  // A 50,000-prefix update is validated, logged and applied to the chain by the controller: give
+  // it more than the default 10 s deadline on a loaded test machine.
+  const created = await edgeplane(['apply', '-f', manifest, '--request-timeout', '2m']);
   t.is(created.code, ExitCode.OK, created.stderr);
   t.regex(created.stdout, /^prefixlist\/feed created \(\+60001 -0, 60001 prefixes, revision \d+\)\n$/);
   // Two prefixes leave the feed and one comes: the server refuses an add of a prefix the list holds,
   // so this succeeds only because the difference is sent, not the whole list.
   file('feed.txt', feed(2, 60_001));
-  const changed = await edgeplane(['apply', '-f', manifest]);
+  const changed = await edgeplane(['apply', '-f', manifest, '--request-timeout', '2m']);
   t.is(changed.code, ExitCode.OK, changed.stderr);
   t.regex(changed.stdout, /^prefixlist\/feed configured \(\+1 -2, 60000 prefixes, revision \d+\)\n$/);
-  t.is((await edgeplane(['apply', '-f', manifest])).stdout, 'prefixlist/feed unchanged\n');
+  t.is((await edgeplane(['apply', '-f', manifest, '--request-timeout', '2m'])).stdout, 'prefixlist/feed unchanged\n');
 
   const table = await edgeplane(['get', 'prefixlists']);
   t.regex(table.stdout, /NAME\s+USE\s+PREFIXES\s+SELECTOR\s+VERSION\nfeed\s+deny_source\s+60000\s+role=edge\s+\d+\n/);
