@@ -3,12 +3,19 @@
 // swapped in with `ipset swap`) and an nftables interval set (one `nft -f` transaction).
 //
 //   1. load: 1,000,000 prefixes (3/4 /32s, 1/4 /24s) enforced atomically; edgeplane's figure is
-//      packing (the agent's work) + the kernel writes + the switch, each also given alone.
+//      packing (the agent's work: text straight into packed keys) + the kernel writes + the
+//      switch, each also given alone, in wall time and in CPU time of the process (user and
+//      system: on a shared machine the CPU times say what the work costs, the wall times what
+//      the contention added). The prefixes are strings as a decoded snapshot holds them (flat),
+//      in the list's order, and once more shuffled (the kernel's trie inserts an ordered list
+//      fastest; the agent orders a shuffled one first).
 //   2. one entry added to the loaded list: the log entry's size (a signed format 3 entry with one
 //      PrefixListChange) and the time until the datapath enforces it (edgeplane: an LPM update in
 //      place; ipset add; nft add element).
-//   3. per-packet cost of edge_xdp with BPF_PROG_TEST_RUN at 0 and at 1,000,000 entries, for a
-//      packet in no list (it goes on to classification) and one from a listed source (dropped).
+//   3. per-packet cost of edge_xdp with BPF_PROG_TEST_RUN with no list, an empty list, and
+//      1,000,000 entries, for a packet in no list whose source is far from every entry (the trie
+//      walk stops at the root), one in no list whose source sits among the entries (16.0.0.3: the
+//      walk goes to the bottom of the trie, the worst case), and one from a listed source (dropped).
 //
 // ipset and nft run in a network namespace the bench creates and always removes. Asserts nothing;
 // prints a table and one JSON line.
@@ -18,7 +25,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BlocklistChange, LOG_FORMAT_BLOCKLIST, LogEntry, parseCidr, PrefixListUse, signLogEntry, SignedLogEntry, type Cidr } from '@edgeplane/proto';
+import { BlocklistChange, LOG_FORMAT_BLOCKLIST, LogEntry, parseCidr, PrefixList, PrefixListUse, signLogEntry, SignedLogEntry, type Cidr } from '@edgeplane/proto';
 import { BlocklistPacker, buildFrame, EbpfDatapath } from '@edgeplane/node-agent';
 
 const quick = process.argv.includes('--quick');
@@ -45,6 +52,18 @@ const inNs = (cmd: string, args: string[], input?: string): void => {
 };
 
 const prefixes = Array.from({ length: N }, (_, i) => prefix(i));
+// As the agent holds them: decoded from the wire (flat strings, not the concatenations above).
+const decoded = (list: string[]): string[] => PrefixList.decode(PrefixList.encode({ metadata: undefined, spec: { nodeSelector: undefined, use: PrefixListUse.PREFIX_LIST_USE_DENY_SOURCE, prefixes: list, description: '' } }).finish()).spec!.prefixes;
+const shuffled = [...prefixes];
+for (let i = shuffled.length - 1; i > 0; i--) {
+  const j = (i * 2_654_435_761) % (i + 1); // a fixed permutation: runs compare
+  [shuffled[i], shuffled[j]] = [shuffled[j]!, shuffled[i]!];
+}
+const orders = { listed: decoded(prefixes), shuffled: decoded(shuffled) };
+const cpuMs = (from: NodeJS.CpuUsage): { user: number; sys: number } => {
+  const u = process.cpuUsage(from);
+  return { user: u.user / 1000, sys: u.system / 1000 };
+};
 // nft builds its interval tree in userspace first and is the slowest by far: --quick gives it a
 // tenth of the list (said in the output) so a quick run ends in minutes.
 const nftN = quick ? N / 10 : N;
@@ -60,27 +79,53 @@ try {
   try {
     await dp.apply({ rules: [{ id: 1, srcCidrs: ['10.0.0.0/8'], dstCidrs: [], protocol: 'tcp', dstPorts: [{ from: 22, to: 22 }], action: 'deny' }], defaultAction: 'allow' });
     const miss = buildFrame({ src: '192.0.2.1', dst: '198.51.100.1', protocol: 'udp', dstPort: 53 });
+    const near = buildFrame({ src: '16.0.0.3', dst: '198.51.100.1', protocol: 'udp', dstPort: 53 }); // between prefix(2) and prefix(4), in no list
     const hit = buildFrame({ src: '16.7.161.32', dst: '198.51.100.1', protocol: 'udp', dstPort: 53 }); // prefix(500_000)
     const perPacket = (frame: Uint8Array): number => median(Array.from({ length: 3 }, () => dp.xdpProgram.testRun({ data: frame, repeat }).durationNs));
     results.edgeplane!.nsPerPacket0 = perPacket(miss);
-    const pack: number[] = [];
-    const write: number[] = [];
-    const total: number[] = [];
-    for (let r = 0; r < reps; r++) {
-      const t0 = process.hrtime.bigint();
-      const packer = new BlocklistPacker();
-      for (const p of prefixes) packer.add({ cidr: parseCidr(p)!, expiresTaiNs: 0n, flags: 0 });
-      const spec = packer.finish();
-      pack.push(ms(t0));
-      const t1 = process.hrtime.bigint();
-      dp.blocklist.load(spec);
-      write.push(ms(t1));
-      total.push(ms(t0));
+    results.edgeplane!.nsPerPacket0Near = perPacket(near);
+    dp.blocklist.load(new BlocklistPacker().finish());
+    results.edgeplane!.nsPerPacketEmpty = perPacket(miss);
+    results.edgeplane!.nsPerPacketEmptyNear = perPacket(near);
+    for (const [order, list] of Object.entries(orders)) {
+      const pack: number[] = [];
+      const write: number[] = [];
+      const total: number[] = [];
+      const packCpu: number[] = [];
+      const writeUser: number[] = [];
+      const writeSys: number[] = [];
+      for (let r = 0; r < reps; r++) {
+        const t0 = process.hrtime.bigint();
+        const c0 = process.cpuUsage();
+        const packer = new BlocklistPacker({ v4: list.length });
+        for (const p of list) packer.addText(p);
+        const spec = packer.finish();
+        pack.push(ms(t0));
+        packCpu.push(cpuMs(c0).user);
+        const t1 = process.hrtime.bigint();
+        const c1 = process.cpuUsage();
+        dp.blocklist.load(spec);
+        write.push(ms(t1));
+        const w = cpuMs(c1);
+        writeUser.push(w.user);
+        writeSys.push(w.sys);
+        total.push(ms(t0));
+      }
+      const key = order === 'listed' ? '' : 'Shuffled';
+      results.edgeplane![`loadMs${key}`] = median(total);
+      results.edgeplane![`packMs${key}`] = median(pack);
+      results.edgeplane![`packCpuMs${key}`] = median(packCpu);
+      results.edgeplane![`writeAndSwitchMs${key}`] = median(write);
+      results.edgeplane![`writeUserCpuMs${key}`] = median(writeUser);
+      results.edgeplane![`writeSysCpuMs${key}`] = median(writeSys);
     }
-    results.edgeplane!.loadMs = median(total);
-    results.edgeplane!.packMs = median(pack);
-    results.edgeplane!.writeAndSwitchMs = median(write);
+    dp.blocklist.load(((): ReturnType<BlocklistPacker['finish']> => {
+      const packer = new BlocklistPacker({ v4: N });
+      for (const p of orders.listed) packer.addText(p);
+      return packer.finish();
+    })());
     results.edgeplane!.nsPerPacketMillionMiss = perPacket(miss);
+    results.edgeplane!.nsPerPacketMillionNear = perPacket(near);
     results.edgeplane!.nsPerPacketMillionHit = perPacket(hit);
     if (dp.xdpProgram.testRun({ data: hit }).retval !== 1) throw new Error('a listed source was not dropped');
     // One entry added: the log entry a node receives, and the time to enforce it.
@@ -156,6 +201,8 @@ const f = (x: number | undefined, d = 1): string => (x === undefined ? '-' : x.t
 console.log(`blocklist bench${quick ? ' (--quick)' : ''}: ${N} prefixes, reps ${reps}, BPF_PROG_TEST_RUN repeat ${repeat}`);
 console.log(`contender   load (ms)     add one (ms)   (nft loads ${nftN} prefixes${nftN < N ? ' in --quick' : ''})`);
 for (const name of ['edgeplane', 'ipset', 'nft'] as const) console.log(`${name.padEnd(10)}  ${f(results[name]!.loadMs).padStart(12)}  ${f(results[name]!.addOneMs, 3).padStart(12)}`);
-console.log(`edgeplane load = pack ${f(e.packMs)} ms (agent) + write and switch ${f(e.writeAndSwitchMs)} ms (kernel); one-prefix log entry ${e.entryBytes} bytes signed`);
-console.log(`edge_xdp per packet: 0 entries ${f(e.nsPerPacket0)} ns; 1M entries, source not listed ${f(e.nsPerPacketMillionMiss)} ns (${f(((e.nsPerPacketMillionMiss! - e.nsPerPacket0!) / e.nsPerPacket0!) * 100)} %), listed (dropped first) ${f(e.nsPerPacketMillionHit)} ns`);
+console.log(`edgeplane load = pack ${f(e.packMs)} ms (agent; CPU ${f(e.packCpuMs)} ms) + write and switch ${f(e.writeAndSwitchMs)} ms (CPU: user ${f(e.writeUserCpuMs)} + kernel ${f(e.writeSysCpuMs)} ms); one-prefix log entry ${e.entryBytes} bytes signed`);
+console.log(`edgeplane load, shuffled list = ${f(e.loadMsShuffled)} ms = pack ${f(e.packMsShuffled)} ms (CPU ${f(e.packCpuMsShuffled)} ms) + write and switch ${f(e.writeAndSwitchMsShuffled)} ms (CPU: user ${f(e.writeUserCpuMsShuffled)} + kernel ${f(e.writeSysCpuMsShuffled)} ms)`);
+const pct = (x: number | undefined, base: number | undefined): string => f(((x! - base!) / base!) * 100);
+console.log(`edge_xdp per packet (ns), source far from the list / among its entries: no list ${f(e.nsPerPacket0)} / ${f(e.nsPerPacket0Near)}; empty list ${f(e.nsPerPacketEmpty)} / ${f(e.nsPerPacketEmptyNear)}; 1M entries ${f(e.nsPerPacketMillionMiss)} (${pct(e.nsPerPacketMillionMiss, e.nsPerPacket0)} %) / ${f(e.nsPerPacketMillionNear)} (${pct(e.nsPerPacketMillionNear, e.nsPerPacket0Near)} %); listed (dropped first) ${f(e.nsPerPacketMillionHit)}`);
 console.log(JSON.stringify({ bench: 'blocklist', quick, prefixes: N, reps, repeat, results }));

@@ -311,6 +311,7 @@ export {
   type CidrProblem,
   MAX_ADDRESS_LENGTH,
   cidrContains,
+  cidrFamily,
   formatAddress,
   formatCidr,
   formatIPv6,
@@ -320,8 +321,11 @@ export {
   parseAddress,
   parseCanonicalAddress,
   parseCanonicalCidr,
+  parseCanonicalCidrInto,
   parseCidr,
+  parseCidrInto,
   parseIPv4,
+  parseIPv4Into,
   parseIPv6,
 } from './../src/cidr.js';
 export {
@@ -406,9 +410,11 @@ export {
   MAX_NODE_INTERFACES,
   MAX_POLICIES,
   MAX_POLICY_BYTES,
+  MAX_PREFIXES_FILE_BYTES,
   MAX_PREFIX_LISTS,
   MAX_PREFIX_LIST_CHANGE,
   MAX_PREFIX_LIST_ENTRIES,
+  MAX_PREFIX_LIST_RESPONSE_BYTES,
   MAX_QUOTED_LENGTH,
   MAX_RELAYED_CONNECTIONS_PER_MESSAGE,
   MAX_RELAYED_QUERIES_IN_FLIGHT,
@@ -453,6 +459,7 @@ export {
   privateKeyFromPem,
   publicKeyFromRaw,
   rawPublicKey,
+  readSnapshotKeyRotations,
   sha256,
   signHistoryReset,
   signLogEntry,
@@ -479,6 +486,9 @@ export {
   validatePolicy,
   validateRolloutStrategy,
 } from './../src/policy-validation.js';
+export {
+  PackedKeyIndex,
+} from './../src/prefix-index.js';
 export {
   isServiceRollout,
   rolloutKey,

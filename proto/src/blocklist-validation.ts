@@ -4,7 +4,8 @@
 // Linear in the number of prefixes; bounds in limits.ts.
 import type { Block, PrefixList, PrefixListChange, PrefixListSpec } from '../gen/edgeplane/v1/blocklist.js';
 import { PrefixListUse } from '../gen/edgeplane/v1/blocklist.js';
-import { isCidrProblem, parseCanonicalCidr } from './cidr.js';
+import { cidrFamily, isCidrProblem, parseCanonicalCidr, parseCanonicalCidrInto } from './cidr.js';
+import { PackedKeyIndex } from './prefix-index.js';
 import { PatchError } from './errors.js';
 import { validateLabelSelector } from './label-selector.js';
 import {
@@ -24,22 +25,63 @@ const MAX_ANNOTATION_BYTES = 256 * 1024;
 /** Characters of a prefix list's description. */
 const MAX_DESCRIPTION = 1024;
 
+/** Bytes of a prefix in SeenPrefixes: family, prefix length, 16 address bytes. */
+const SEEN_KEY = 18;
+
+/**
+ * The prefixes a request or list holds so far, packed (no string or object per prefix), to find
+ * duplicates among a million in one pass.
+ */
+class SeenPrefixes {
+  #keys: Uint8Array;
+  readonly #index: PackedKeyIndex;
+
+  constructor(expected: number) {
+    this.#keys = new Uint8Array(SEEN_KEY * Math.max(16, expected));
+    this.#index = new PackedKeyIndex(SEEN_KEY, expected);
+  }
+
+  /**
+   * Parses `text` as a canonical prefix and remembers it.
+   * @returns 'ok', 'duplicate' (seen before), or 'invalid' (parseCanonicalCidr says why).
+   */
+  add(text: string): 'ok' | 'duplicate' | 'invalid' {
+    const at = this.#index.size * SEEN_KEY;
+    if (at + SEEN_KEY > this.#keys.length) {
+      const keys = new Uint8Array(this.#keys.length * 2);
+      keys.set(this.#keys);
+      this.#keys = keys;
+    }
+    const keys = this.#keys;
+    keys.fill(0, at, at + SEEN_KEY);
+    const length = parseCanonicalCidrInto(text, keys, at + 2);
+    if (length < 0) return 'invalid';
+    keys[at] = cidrFamily(text);
+    keys[at + 1] = length;
+    return this.#index.add(keys) < 0 ? 'ok' : 'duplicate';
+  }
+}
+
 /**
  * Checks canonical CIDRs at `path`: each parses (parseCanonicalCidr: host bits zero, one spelling),
- * each appears once. Stops checking one by one after `max` (a count violation instead).
- * @returns the number of prefixes (valid or not).
+ * each appears once. Stops checking one by one after `max` (a count violation instead). Linear,
+ * with no string or object per valid prefix.
  */
-function checkPrefixes(prefixes: readonly string[], path: string, max: number, add: AddViolation, seen = new Set<string>()): void {
+function checkPrefixes(prefixes: readonly string[], path: string, max: number, add: AddViolation, seen = new SeenPrefixes(prefixes.length)): void {
   if (prefixes.length > max) {
     add(path, `${prefixes.length} prefixes; at most ${max}`, 'TOO_MANY_PREFIXES');
     return;
   }
   for (let i = 0; i < prefixes.length; i++) {
     const text = prefixes[i]!;
+    const outcome = seen.add(text);
+    if (outcome === 'ok') continue;
+    if (outcome === 'duplicate') {
+      add(`${path}[${i}]`, `${quote(text)} appears twice`, 'DUPLICATE_PREFIX');
+      continue;
+    }
     const parsed = parseCanonicalCidr(text);
     if (isCidrProblem(parsed)) add(`${path}[${i}]`, parsed.description, parsed.reason);
-    else if (seen.has(text)) add(`${path}[${i}]`, `${quote(text)} appears twice`, 'DUPLICATE_PREFIX');
-    else seen.add(text);
   }
 }
 
@@ -69,7 +111,7 @@ export function validatePrefixListUpdate(list: PrefixList | undefined, addPrefix
     add('add', `${addPrefixes.length} added and ${removePrefixes.length} removed; at most ${MAX_PREFIX_LIST_CHANGE} together in one update (send the rest in further updates)`, 'TOO_MANY_PREFIXES');
     return result();
   }
-  const seen = new Set<string>();
+  const seen = new SeenPrefixes(addPrefixes.length + removePrefixes.length);
   checkPrefixes(addPrefixes, 'add', MAX_PREFIX_LIST_CHANGE, add, seen);
   checkPrefixes(removePrefixes, 'remove', MAX_PREFIX_LIST_CHANGE, add, seen);
   return result();

@@ -50,26 +50,35 @@ const COLON = 58;
  * @returns 4 bytes, or undefined if `text` is not one.
  */
 export function parseIPv4(text: string): Uint8Array | undefined {
-  if (text.length > MAX_IPV4_TEXT) return undefined;
   const out = new Uint8Array(4);
+  return parseIPv4Into(text, 0, text.length, out, 0) ? out : undefined;
+}
+
+/**
+ * parseIPv4() of `text` from `start` to `end` (exclusive), writing the 4 bytes at `out[at]`
+ * instead of allocating them: how large lists are parsed straight into packed buffers.
+ * @returns whether it is an IPv4 address (out[at..at+4] is unspecified when not).
+ */
+export function parseIPv4Into(text: string, start: number, end: number, out: Uint8Array, at: number): boolean {
+  if (end - start > MAX_IPV4_TEXT) return false;
   let part = 0;
   let value = 0;
   let digits = 0;
-  for (let i = 0; i <= text.length; i++) {
-    const code = i < text.length ? text.charCodeAt(i) : DOT; // the end closes the last part like a '.'
+  for (let i = start; i <= end; i++) {
+    const code = i < end ? text.charCodeAt(i) : DOT; // the end closes the last part like a '.'
     if (code === DOT) {
-      if (digits === 0 || part > 3 || value > 255) return undefined;
-      out[part++] = value;
+      if (digits === 0 || part > 3 || value > 255) return false;
+      out[at + part++] = value;
       value = 0;
       digits = 0;
       continue;
     }
-    if (code < 48 || code > 57) return undefined;
-    if (digits > 0 && value === 0) return undefined; // leading zero
-    if (++digits > 3) return undefined;
+    if (code < 48 || code > 57) return false;
+    if (digits > 0 && value === 0) return false; // leading zero
+    if (++digits > 3) return false;
     value = value * 10 + (code - 48);
   }
-  return part === 4 ? out : undefined;
+  return part === 4;
 }
 
 function hexValue(code: number): number {
@@ -154,24 +163,79 @@ export function parseAddress(text: string): Uint8Array | undefined {
  * @returns the prefix, or undefined if `text` is not one.
  */
 export function parseCidr(text: string): Cidr | undefined {
-  if (text.length > MAX_CIDR_TEXT) return undefined;
+  const family = cidrFamily(text);
+  const address = new Uint8Array(family === 4 ? 4 : 16);
+  const prefixLength = parseCidrInto(text, address, 0);
+  return prefixLength < 0 ? undefined : { family, address, prefixLength };
+}
+
+/** @returns the family parseCidr and parseCidrInto read `text` as (6 when it has a ':'). */
+export function cidrFamily(text: string): 4 | 6 {
+  return text.includes(':') ? 6 : 4;
+}
+
+/**
+ * parseCidr() without allocating: writes the network address (host bits cleared; 4 bytes for
+ * IPv4, 16 for IPv6, by cidrFamily(text)) at `out[at]`, so a million prefixes are parsed
+ * straight into the buffer that holds them. Linear in `text`, bounded by the longest CIDR text.
+ * @param hostBits 'refuse': a prefix with host bits set is refused (-1) rather than cleared.
+ * @returns the prefix length, or -1 if `text` is not a prefix (out[at..] is then unspecified).
+ */
+export function parseCidrInto(text: string, out: Uint8Array, at: number, hostBits: 'clear' | 'refuse' = 'clear'): number {
+  if (text.length > MAX_CIDR_TEXT) return -1;
   const slash = text.indexOf('/');
-  const address = parseAddress(slash < 0 ? text : text.slice(0, slash));
-  if (address === undefined) return undefined;
-  const max = address.length * 8;
+  const end = slash < 0 ? text.length : slash;
+  let max = 32;
+  if (cidrFamily(text) === 4) {
+    if (!parseIPv4Into(text, 0, end, out, at)) return -1;
+  } else {
+    const address = parseIPv6(slash < 0 ? text : text.slice(0, slash));
+    if (address === undefined) return -1;
+    out.set(address, at);
+    max = 128;
+  }
   let prefixLength = max;
   if (slash >= 0) {
     const digits = text.length - slash - 1;
-    if (digits < 1 || digits > 3) return undefined;
+    if (digits < 1 || digits > 3) return -1;
     prefixLength = 0;
     for (let i = slash + 1; i < text.length; i++) {
       const code = text.charCodeAt(i);
-      if (code < 48 || code > 57) return undefined;
+      if (code < 48 || code > 57) return -1;
       prefixLength = prefixLength * 10 + (code - 48);
     }
-    if (prefixLength > max) return undefined;
+    if (prefixLength > max) return -1;
   }
-  return { family: address.length === 4 ? 4 : 6, address: maskHostBits(address, prefixLength), prefixLength };
+  // Clear the host bits in place (maskHostBits without the copy).
+  const full = prefixLength >> 3;
+  const bytes = max >> 3;
+  if (full < bytes) {
+    const kept = (out[at + full] as number) & (0xff00 >> (prefixLength & 7));
+    if (hostBits === 'refuse') {
+      if (kept !== out[at + full]) return -1;
+      for (let i = at + full + 1; i < at + bytes; i++) if (out[i] !== 0) return -1;
+    }
+    out[at + full] = kept;
+    out.fill(0, at + full + 1, at + bytes);
+  }
+  return prefixLength;
+}
+
+/**
+ * parseCanonicalCidr() without allocating when the text is canonical (IPv4: one parse into
+ * `out[at]`, no text formatted), for validating large lists: the caller asks parseCanonicalCidr
+ * why only when this refuses.
+ * @returns the prefix length (the address written at `out[at]`, 4 or 16 bytes by cidrFamily), or
+ * -1 when parseCanonicalCidr would return a problem.
+ */
+export function parseCanonicalCidrInto(text: string, out: Uint8Array, at: number): number {
+  const slash = text.indexOf('/');
+  if (slash < 0 || (text.length - slash > 2 && text.charCodeAt(slash + 1) === 48)) return -1;
+  if (cidrFamily(text) === 4) return parseCidrInto(text, out, at, 'refuse'); // one spelling per IPv4 address
+  const cidr = parseCanonicalCidr(text);
+  if (isCidrProblem(cidr)) return -1;
+  out.set(cidr.address, at);
+  return cidr.prefixLength;
 }
 
 /** @returns true if `address` (4 or 16 bytes) has the family of `cidr` and lies inside it. */

@@ -231,6 +231,20 @@ export const MAX_PREFIX_LIST_ENTRIES = 1_000_000;
  */
 export const MAX_PREFIX_LIST_CHANGE = 50_000;
 
+/**
+ * Bytes of a PrefixList manifest's prefixesFile (one prefix per line): MAX_PREFIX_LIST_ENTRIES
+ * of the longest canonical prefixes (43 characters and a newline) with room for comments. It is
+ * read as a stream, a line at a time; the bound keeps the reader's memory and time bounded.
+ */
+export const MAX_PREFIXES_FILE_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Bytes a client accepts in one BlocklistService answer: GetPrefixList of a full list
+ * (MAX_PREFIX_LIST_ENTRIES prefixes of up to 43 characters, 2 bytes of framing each) is ~45 MB,
+ * above grpc-js's default 4 MiB.
+ */
+export const MAX_PREFIX_LIST_RESPONSE_BYTES = 64 * 1024 * 1024;
+
 /** Prefix lists in the fleet: each is a name nodes index; lists are few and large. */
 export const MAX_PREFIX_LISTS = 256;
 

@@ -3,7 +3,7 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import test from 'ava';
 import fc from 'fast-check';
-import { cidrContains, formatIPv6, isCidrProblem, parseAddress, parseCanonicalCidr, parseCidr, parseIPv4, parseIPv6 } from '@edgeplane/proto';
+import { cidrContains, cidrFamily, formatIPv6, isCidrProblem, parseAddress, parseCanonicalCidr, parseCanonicalCidrInto, parseCidr, parseCidrInto, parseIPv4, parseIPv6 } from '@edgeplane/proto';
 
 const addressText = (alphabet: string, maxLength: number): fc.Arbitrary<string> => fc.array(fc.constantFrom(...alphabet.split('')), { maxLength }).map((chars) => chars.join(''));
 
@@ -87,4 +87,32 @@ test('parseCidr and parseCanonicalCidr - one grammar: canonical text parses to t
     { numRuns: 5_000 },
   );
   t.pass();
+});
+
+// Near-CIDR text: addresses with host bits or leading zeros, lengths with leading zeros or out of range.
+const cidrText = fc.oneof(
+  fc.tuple(fc.array(fc.constantFrom('0', '1', '00', '01', '10', '128', '192', '255', '256'), { minLength: 3, maxLength: 5 }), fc.constantFrom('', '/', '/0', '/00', '/8', '/08', '/24', '/25', '/32', '/33', '/128')).map(([parts, length]) => parts.join('.') + length),
+  fc.tuple(addressText('0123456789abcdef:.::', 40), fc.constantFrom('', '/0', '/01', '/48', '/64', '/128', '/129')).map(([address, length]) => address + length),
+);
+
+test('parseCidrInto and parseCanonicalCidrInto - write what parseCidr and parseCanonicalCidr return, and refuse what they refuse', (t) => {
+  const out = new Uint8Array(20).fill(0xee);
+  fc.assert(
+    fc.property(cidrText, (text) => {
+      const loose = parseCidr(text);
+      const looseLength = parseCidrInto(text, out, 2);
+      if (loose === undefined ? looseLength !== -1 : looseLength !== loose.prefixLength || cidrFamily(text) !== loose.family || !loose.address.every((b, i) => out[2 + i] === b)) return false;
+      const strict = parseCanonicalCidr(text);
+      const strictLength = parseCanonicalCidrInto(text, out, 2);
+      if (isCidrProblem(strict)) return strictLength === -1;
+      return strictLength === strict.prefixLength && strict.address.every((b, i) => out[2 + i] === b);
+    }),
+    { numRuns: 50_000 },
+  );
+  t.is(parseCanonicalCidrInto('10.0.0.1/24', out, 0), -1, 'host bits set');
+  t.is(parseCidrInto('10.0.0.1/24', out, 0), 24, 'the packet side clears them');
+  t.deepEqual([...out.subarray(0, 4)], [10, 0, 0, 0]);
+  t.is(parseCanonicalCidrInto('10.0.0.0/024', out, 0), -1, 'a leading zero in the length');
+  t.is(parseCanonicalCidrInto('2001:db8::/32', out, 0), 32);
+  t.is(parseCanonicalCidrInto('2001:DB8::/32', out, 0), -1, 'not RFC 5952');
 });

@@ -12,6 +12,10 @@ import {
   type LiftBlockResponse,
   type UpdatePrefixListRequest,
   type UpdatePrefixListResponse,
+  type DeletePrefixListResponse,
+  type GetPrefixListResponse,
+  type ListPrefixListsResponse,
+  MAX_PREFIX_LIST_RESPONSE_BYTES,
   TrustServiceClient,
   STATUS_DETAILS_KEY,
   decodeStatusDetails,
@@ -124,6 +128,11 @@ export interface BlocklistApi {
   liftBlock(id: string): Promise<LiftBlockResponse>;
   listBlocks(includeEnded: boolean): Promise<Block[]>;
   updatePrefixList(req: UpdatePrefixListRequest): Promise<UpdatePrefixListResponse>;
+  /** The list (with its prefixes unless `omitPrefixes`), or undefined when the server says NOT_FOUND. */
+  getPrefixList(name: string, omitPrefixes: boolean): Promise<GetPrefixListResponse | undefined>;
+  /** Every prefix list, without prefixes, with their counts. */
+  listPrefixLists(): Promise<ListPrefixListsResponse>;
+  deletePrefixList(name: string): Promise<DeletePrefixListResponse>;
 }
 
 export interface EdgeplaneApi extends PolicyApi, ServiceApi, FleetApi, RolloutApi, TrustApi, AdminApi, BlocklistApi {}
@@ -191,7 +200,8 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
     // Same target and credentials: grpc-js shares one subchannel between the two clients.
     this.#fleet = new FleetServiceClient(options.server, creds);
     this.#trust = new TrustServiceClient(options.server, creds);
-    this.#blocklist = new BlocklistServiceClient(options.server, creds);
+    // A whole list of a million prefixes is one GetPrefixList answer, above grpc-js's 4 MiB default.
+    this.#blocklist = new BlocklistServiceClient(options.server, creds, { 'grpc.max_receive_message_length': MAX_PREFIX_LIST_RESPONSE_BYTES });
     this.#timeoutMs = options.requestTimeoutMs;
   }
 
@@ -337,6 +347,18 @@ export class GrpcEdgeplaneApi implements EdgeplaneApi {
 
   updatePrefixList(req: UpdatePrefixListRequest): Promise<UpdatePrefixListResponse> {
     return this.#call(`update prefix list ${req.prefixList?.metadata?.name ?? ''}`, this.#blocklist, this.#blocklist.updatePrefixList, req);
+  }
+
+  getPrefixList(name: string, omitPrefixes: boolean): Promise<GetPrefixListResponse | undefined> {
+    return this.#find(`get prefix list ${name}`, this.#blocklist, this.#blocklist.getPrefixList, { name, omitPrefixes });
+  }
+
+  listPrefixLists(): Promise<ListPrefixListsResponse> {
+    return this.#call('list prefix lists', this.#blocklist, this.#blocklist.listPrefixLists, {});
+  }
+
+  deletePrefixList(name: string): Promise<DeletePrefixListResponse> {
+    return this.#call(`delete prefix list ${name}`, this.#blocklist, this.#blocklist.deletePrefixList, { name, expectedResourceVersion: 0n });
   }
 
   createJoinToken(ttlMs: number, labels: Record<string, string>): Promise<CreateJoinTokenResponse> {

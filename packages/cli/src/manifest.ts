@@ -33,6 +33,8 @@ import {
   MAX_MANIFEST_BYTES,
   quote,
   type ParseStats,
+  type PrefixList,
+  PrefixListUse,
 } from '@edgeplane/proto';
 import { msToDuration, parseDurationMs } from './duration.js';
 import { parsePortRange } from './port-range.js';
@@ -70,8 +72,23 @@ export interface ServiceManifest {
   locate(field: string): SourcePosition;
 }
 
+/**
+ * A prefix list read from a manifest (kind: PrefixList). Its prefixes are the inline ones; those
+ * of `prefixesFile` are read by the caller (loadManifests) and appended.
+ */
+export interface PrefixListManifest {
+  kind: 'prefixlist';
+  prefixList: PrefixList;
+  /** spec.prefixesFile as written (relative to the manifest's folder), and where. */
+  prefixesFile?: { path: string; position: SourcePosition };
+  /** Where the document starts. */
+  position: SourcePosition;
+  /** The position of a proto field path (`prefix_list.spec.prefixes[3]`), as {@link PolicyManifest.locate}. */
+  locate(field: string): SourcePosition;
+}
+
 /** One resource read from a manifest. */
-export type ResourceManifest = PolicyManifest | ServiceManifest;
+export type ResourceManifest = PolicyManifest | ServiceManifest | PrefixListManifest;
 
 /** Result of {@link parseManifests}: the resources, or every problem found. */
 export interface ParsedManifests {
@@ -89,6 +106,9 @@ export const POLICY_PATH = 'policy';
 
 /** Proto field path prefix of a service in ApplyServiceRequest (and for validateService). */
 export const SERVICE_PATH = 'service';
+
+/** Proto field path prefix of a prefix list in UpdatePrefixListRequest (and for validatePrefixList). */
+export const PREFIX_LIST_PATH = 'prefix_list';
 
 /**
  * Parses every document of every source. Empty documents are skipped. Returns the problems
@@ -136,7 +156,9 @@ export function parseManifests(sources: readonly ManifestSource[], stats?: Parse
         const fields = reader.fields;
         const position = at(root.range?.[0] ?? 0);
         const locate = (field: string): SourcePosition => locateField(fields, field) ?? position;
-        resources.push(resource.kind === 'policy' ? { kind: 'policy', policy: resource.policy, position, locate } : { kind: 'service', service: resource.service, position, locate });
+        if (resource.kind === 'policy') resources.push({ kind: 'policy', policy: resource.policy, position, locate });
+        else if (resource.kind === 'service') resources.push({ kind: 'service', service: resource.service, position, locate });
+        else resources.push({ kind: 'prefixlist', prefixList: resource.prefixList, ...(resource.prefixesFile ? { prefixesFile: resource.prefixesFile } : {}), position, locate });
       }
     }
   }
@@ -177,6 +199,7 @@ const ON_DENY: Record<string, ConnectionTracking_EstablishedOnDeny> = { keep: Co
 const SCHEDULERS: Record<string, Scheduler> = { maglev: Scheduler.SCHEDULER_MAGLEV };
 const AFFINITIES: Record<string, SessionAffinity> = { none: SessionAffinity.SESSION_AFFINITY_NONE, clientip: SessionAffinity.SESSION_AFFINITY_CLIENT_IP };
 const FORWARDING: Record<string, ForwardingMode> = { nat: ForwardingMode.FORWARDING_MODE_NAT, dsr: ForwardingMode.FORWARDING_MODE_DSR, fullnat: ForwardingMode.FORWARDING_MODE_FULLNAT };
+const USES: Record<string, PrefixListUse> = { none: PrefixListUse.PREFIX_LIST_USE_UNSPECIFIED, unspecified: PrefixListUse.PREFIX_LIST_USE_UNSPECIFIED, denysource: PrefixListUse.PREFIX_LIST_USE_DENY_SOURCE };
 const HEALTH_TYPES: Record<string, HealthCheck_Type> = { tcp: HealthCheck_Type.TYPE_TCP, http: HealthCheck_Type.TYPE_HTTP };
 const OPERATORS: Record<string, LabelSelectorRequirement_Operator> = {
   in: LabelSelectorRequirement_Operator.OPERATOR_IN,
@@ -197,16 +220,16 @@ class DocumentReader {
     this.#stats = stats;
   }
 
-  /** Reads a document of kind Policy or Service. */
-  resource(root: Node): { kind: 'policy'; policy: Policy } | { kind: 'service'; service: Service } | undefined {
+  /** Reads a document of kind Policy, Service or PrefixList. */
+  resource(root: Node): { kind: 'policy'; policy: Policy } | { kind: 'service'; service: Service } | { kind: 'prefixlist'; prefixList: PrefixList; prefixesFile?: { path: string; position: SourcePosition } } | undefined {
     const top = this.#map(root, 'the document', ['apiVersion', 'kind', 'metadata', 'spec']);
     if (!top) return undefined;
     const apiVersion = this.#string(top.get('apiVersion'), root, 'apiVersion');
     const kind = this.#string(top.get('kind'), root, 'kind');
     if (apiVersion !== undefined && apiVersion !== API_VERSION) this.#fail(top.get('apiVersion')!.value, `apiVersion: ${quote(apiVersion)} is not supported; use ${API_VERSION}`);
-    if (kind !== undefined && kind !== 'Policy' && kind !== 'Service') this.#fail(top.get('kind')!.value, `kind: ${quote(kind)} is not supported; edgeplane manifests are of kind Policy or Service`);
+    if (kind !== undefined && kind !== 'Policy' && kind !== 'Service' && kind !== 'PrefixList') this.#fail(top.get('kind')!.value, `kind: ${quote(kind)} is not supported; edgeplane manifests are of kind Policy, Service or PrefixList`);
     if (apiVersion === undefined || kind === undefined) return undefined;
-    const path = kind === 'Service' ? SERVICE_PATH : POLICY_PATH;
+    const path = kind === 'Service' ? SERVICE_PATH : kind === 'PrefixList' ? PREFIX_LIST_PATH : POLICY_PATH;
     this.#record(path, root);
     const meta = top.get('metadata');
     let metadata: ObjectMeta | undefined;
@@ -215,6 +238,10 @@ class DocumentReader {
     const spec = top.get('spec');
     if (!spec) this.#fail(root, 'spec: required');
     if (kind === 'Service') return { kind: 'service', service: { metadata, spec: spec ? this.#serviceSpec(spec.value, spec.key) : undefined } };
+    if (kind === 'PrefixList') {
+      const read = spec ? this.#prefixListSpec(spec.value, spec.key) : undefined;
+      return { kind: 'prefixlist', prefixList: { metadata, spec: read?.spec }, ...(read?.file ? { prefixesFile: read.file } : {}) };
+    }
     return { kind: 'policy', policy: { metadata, spec: spec ? this.#spec(spec.value, spec.key) : undefined } };
   }
 
@@ -276,6 +303,37 @@ class DocumentReader {
       spec.description = this.#string(desc, desc.key, 'description') ?? '';
     }
     return spec;
+  }
+
+  #prefixListSpec(node: Node | null, keyNode: Node): { spec: NonNullable<PrefixList['spec']>; file?: { path: string; position: SourcePosition } } {
+    const sp = `${PREFIX_LIST_PATH}.spec`;
+    this.#record(sp, keyNode);
+    const spec: NonNullable<PrefixList['spec']> = { nodeSelector: undefined, use: PrefixListUse.PREFIX_LIST_USE_UNSPECIFIED, prefixes: [], description: '' };
+    const m = this.#map(node ?? keyNode, 'spec', ['nodeSelector', 'use', 'prefixes', 'prefixesFile', 'description']);
+    if (!m) return { spec };
+    const sel = m.get('nodeSelector');
+    if (sel) spec.nodeSelector = this.#selector(sel.value, sel.key, `${sp}.node_selector`);
+    const use = m.get('use');
+    if (use) spec.use = this.#enum(use, `${sp}.use`, USES, 'deny_source or none') ?? spec.use;
+    const desc = m.get('description');
+    if (desc) {
+      this.#record(`${sp}.description`, desc.value ?? desc.key);
+      spec.description = this.#string(desc, desc.key, 'description') ?? '';
+    }
+    const prefixes = m.get('prefixes');
+    if (prefixes) {
+      this.#record(`${sp}.prefixes`, prefixes.key);
+      spec.prefixes = this.#seq(prefixes.value, prefixes.key, 'prefixes').map((item, i) => {
+        this.#record(`${sp}.prefixes[${i}]`, item);
+        return this.#scalarText(item, `prefixes[${i}]`) ?? '';
+      });
+    }
+    const file = m.get('prefixesFile');
+    if (!file) return { spec };
+    const path = this.#string(file, file.key, 'prefixesFile');
+    if (path === undefined) return { spec };
+    if (path === '') this.#fail(file.value ?? file.key, 'prefixesFile: give a file of one prefix per line');
+    return { spec, file: { path, position: this.#pos(file.value ?? file.key) } };
   }
 
   #backend(node: Node, bp: string): Backend | undefined {
@@ -690,7 +748,7 @@ class DocumentReader {
     this.#record(path, entry.value ?? entry.key);
     const v = entry.value && isScalar(entry.value) ? entry.value.value : undefined;
     // Accept kubectl-style spellings and the proto names: "rate_limit", "rate-limit", "RATE_LIMIT", "ACTION_RATE_LIMIT".
-    const norm = typeof v === 'string' && v.length <= 64 ? v.toLowerCase().replace(/^(protocol|action|interface_role|operator|established_on_deny|scheduler|session_affinity|forwarding_mode|type)_/, '').replace(/[-_]/g, '') : undefined;
+    const norm = typeof v === 'string' && v.length <= 64 ? v.toLowerCase().replace(/^(protocol|action|interface_role|operator|established_on_deny|scheduler|session_affinity|forwarding_mode|prefix_list_use|type)_/, '').replace(/[-_]/g, '') : undefined;
     const hit = norm === undefined ? undefined : table[norm];
     if (hit === undefined) {
       this.#fail(entry.value ?? entry.key, `${typeof v === 'string' ? quote(v) : JSON.stringify(v ?? null)?.slice(0, 64)} is not one of ${expected}`, path);

@@ -569,3 +569,48 @@ test('GrpcEdgeplaneApi - closing twice is safe', (t) => {
   api.close();
   t.notThrows(() => api.close());
 });
+
+test('prefix lists - apply -f of a PrefixList (inline and prefixesFile) creates it, a changed file sends only the difference, get and describe show it', async (t) => {
+  // 60,000 prefixes: more than one UpdatePrefixList carries (MAX_PREFIX_LIST_CHANGE), so it is built by successive updates.
+  const feed = (from: number, to: number): string => ['# threat feed', ...Array.from({ length: to - from }, (_, k) => `10.${((from + k) >> 8) & 255}.${(from + k) & 255}.${(from + k) >> 16}/32`)].join('\n') + '\n';
+  file('feed.txt', feed(0, 60_000));
+  const manifest = file('feed.yaml', 'apiVersion: edgeplane.io/v1\nkind: PrefixList\nmetadata:\n  name: feed\nspec:\n  use: deny_source\n  nodeSelector:\n    matchLabels: {role: edge}\n  prefixes: [203.0.113.0/24]\n  prefixesFile: feed.txt\n');
+  // A 50,000-prefix update is validated, logged and applied to the chain by the controller: give
+  // it more than the default 10 s deadline on a loaded test machine.
+  const created = await edgeplane(['apply', '-f', manifest, '--request-timeout', '2m']);
+  t.is(created.code, ExitCode.OK, created.stderr);
+  t.regex(created.stdout, /^prefixlist\/feed created \(\+60001 -0, 60001 prefixes, revision \d+\)\n$/);
+  // Two prefixes leave the feed and one comes: the server refuses an add of a prefix the list holds,
+  // so this succeeds only because the difference is sent, not the whole list.
+  file('feed.txt', feed(2, 60_001));
+  const changed = await edgeplane(['apply', '-f', manifest, '--request-timeout', '2m']);
+  t.is(changed.code, ExitCode.OK, changed.stderr);
+  t.regex(changed.stdout, /^prefixlist\/feed configured \(\+1 -2, 60000 prefixes, revision \d+\)\n$/);
+  t.is((await edgeplane(['apply', '-f', manifest, '--request-timeout', '2m'])).stdout, 'prefixlist/feed unchanged\n');
+
+  const table = await edgeplane(['get', 'prefixlists']);
+  t.regex(table.stdout, /NAME\s+USE\s+PREFIXES\s+SELECTOR\s+VERSION\nfeed\s+deny_source\s+60000\s+role=edge\s+\d+\n/);
+  const yaml = parseYaml((await edgeplane(['get', 'prefixlist', 'feed', '-o', 'yaml'])).stdout) as { kind: string; spec: { prefixes: string[] } };
+  t.is(yaml.kind, 'PrefixList');
+  t.is(yaml.spec.prefixes.length, 60_000);
+  t.false(yaml.spec.prefixes.includes(feed(0, 1).split('\n')[1]!), 'the removed prefix is gone');
+  const described = await edgeplane(['describe', 'prefixlist', 'feed']);
+  t.regex(described.stdout, /Prefixes:\s+60000\n/);
+  t.regex(described.stdout, /Use:\s+deny_source\n/);
+});
+
+test('prefix lists - a bad prefix in a prefixesFile is reported at its file:line, nothing is sent; delete -f removes a list', async (t) => {
+  const feed = file('bad-feed.txt', '192.0.2.0/24\n\n10.0.0.1/8  # host bits\n198.51.100.0/24\n');
+  const manifest = file('bad-feed.yaml', `apiVersion: edgeplane.io/v1\nkind: PrefixList\nmetadata:\n  name: bad-feed\nspec:\n  use: deny_source\n  prefixes:\n    - 203.0.113.0/24\n    - 203.0.113.0/24\n  prefixesFile: ${feed}\n`);
+  const r = await edgeplane(['apply', '-f', manifest]);
+  t.is(r.code, ExitCode.ERROR);
+  t.true(r.stderr.includes(`${feed}:3:1: prefix_list.spec.prefixes[3]: "10.0.0.1/8" has host bits set; write 10.0.0.0/8`), r.stderr);
+  t.true(r.stderr.includes(`${manifest}:9:7: prefix_list.spec.prefixes[1]: "203.0.113.0/24" appears twice`), r.stderr);
+  t.is((await edgeplane(['get', 'prefixlist', 'bad-feed'])).code, ExitCode.ERROR, 'nothing was written');
+
+  const good = file('small.yaml', 'apiVersion: edgeplane.io/v1\nkind: PrefixList\nmetadata:\n  name: small\nspec:\n  prefixes: [192.0.2.0/24]\n');
+  t.is((await edgeplane(['apply', '-f', good])).code, ExitCode.OK);
+  const deleted = await edgeplane(['delete', '-f', good]);
+  t.regex(deleted.stdout, /^prefixlist\/small deleted \(revision \d+\)\n$/);
+  t.is((await edgeplane(['get', 'prefixlist', 'small'])).code, ExitCode.ERROR);
+});

@@ -12,6 +12,7 @@ import {
   openLogEntry,
   keyIdOf,
   openSnapshot,
+  readSnapshotKeyRotations,
   publicKeyFromRaw,
   type LogEntry,
   type Policy,
@@ -22,7 +23,7 @@ import {
   type Service,
   type SignedLogEntry,
   type SignedSnapshot,
-  Snapshot,
+  type Snapshot,
   type TrustedKeys,
 } from '@edgeplane/proto';
 import { ChainError, FleetMismatchError, GapError } from './errors.js';
@@ -273,12 +274,8 @@ export class IntentChain {
   openSnapshot(signed: SignedSnapshot): Snapshot {
     // The rotations it carries are self-authenticating (each signed by a key trusted before
     // it), so the bytes are decoded first to find them, then the signature is checked.
-    let unverified: Snapshot;
-    try {
-      unverified = Snapshot.decode(signed.snapshot);
-    } catch {
-      unverified = Snapshot.fromPartial({});
-    }
+    // Only the revision and the rotations: the whole is decoded once, by openSnapshot.
+    const unverified = readSnapshotKeyRotations(signed.snapshot);
     const snapshot = openSnapshot(signed, this.#rotationsOf(unverified).trusted);
     this.#checkFleet(`snapshot ${snapshot.revision}`, snapshot.fleetId);
     return snapshot;

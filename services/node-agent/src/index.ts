@@ -143,7 +143,7 @@ export { StateFile, StateFileError, type AppliedState, type StateStore } from '.
 export { AGENT_HELP, AgentConfigError, LB_CAPACITY_BOUNDS, parseAgentConfig, type AgentConfig } from './agent/config.js';
 export { EnrollmentError, NodeIdentity, enrollNode, fetchPinnedCa, loadNodeCredentials, saveNodeCredentials, checkControllerIdentity, checkNatsServerIdentity } from './agent/node-identity.js';
 export type { EnrollOptions, NodeCredentials, NodeIdentityOptions } from './agent/node-identity.js';
-export { BLOCKLIST_F_BLOCK, BLOCKLIST_SIZES, BlocklistPacker, decodeBlocklistValue, encodeBlocklistKey, encodeBlocklistValue } from './datapath/blocklist.js';
+export { BLOCKLIST_F_BLOCK, BLOCKLIST_SIZES, BlocklistPacker, decodeBlocklistValue, encodeBlocklistKey, encodeBlocklistValue, inInsertOrder } from './datapath/blocklist.js';
 export type { BlocklistEntry, BlocklistSpec, PackedBlocklist } from './datapath/blocklist.js';
 export { BlocklistTables } from './datapath/blocklist-tables.js';
 export type { BlocklistCounters, BlocklistLoad, BlocklistMaps } from './datapath/blocklist-tables.js';

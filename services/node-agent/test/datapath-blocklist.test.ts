@@ -48,10 +48,14 @@ test('blocklist - 1,000,000 prefixes load by one switch; first, middle and last 
   t.teardown(() => datapath.close());
   await datapath.apply(allowAll);
   const N = 1_000_000;
-  const packer = new BlocklistPacker();
-  for (let i = 0; i < N; i++) packer.add(entry(bigListPrefix(i)));
+  // As the agent packs a list: from the text, sized once.
+  const packer = new BlocklistPacker({ v4: N });
+  const refused = Array.from({ length: N }, (_, i) => i).filter((i) => !packer.addText(bigListPrefix(i)));
+  t.deepEqual(refused, []);
+  t.false(packer.addText('16.0.0.0/33'), 'not a prefix: nothing added');
+  t.true(packer.addText(bigListPrefix(7)), 'a prefix again');
   const spec = packer.finish();
-  t.is(spec.v4.count, N);
+  t.is(spec.v4.count, N, 'each prefix once');
   const before = datapath.blocklist.generation;
   const load = datapath.blocklist.load(spec);
   t.is(load.generation, 1 - before, 'built in the idle generation and switched to it');

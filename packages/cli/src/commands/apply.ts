@@ -6,6 +6,7 @@ import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { FILE_OPTIONS, explainRpcError, loadManifests, resourceId } from '../manifest-input.js';
 import { followRollouts, renderProgress, waitForRevision, type FollowedRollout } from '../wait.js';
 import { reportError } from '../report.js';
+import { applyPrefixList, diffPrefixes } from '../prefix-list-apply.js';
 
 /** Parses `--timeout`. @throws UsageError */
 export function timeoutFlag(flags: Flags, fallbackMs: number): number {
@@ -24,7 +25,7 @@ export function validateFlag(flags: Flags): boolean {
 /** `edgeplane apply -f FILE`. */
 export const applyCommand: Command = {
   name: 'apply',
-  summary: 'Create or update policies and services from YAML/JSON manifests',
+  summary: 'Create or update policies, services and prefix lists from YAML/JSON manifests',
   usage: ['apply -f FILE|FOLDER|- [-f ...] [-R] [--wait [--timeout 60s]] [--dry-run=client|server]'],
   details: `Every document is parsed and validated before anything is sent; a problem is reported as
 FILE:LINE:COL: FIELD: message. Documents are then applied in order; a server rejection maps the
@@ -37,6 +38,11 @@ succeeds (then every selected node runs it). It exits 3 when a node NACKs the re
 the node and its reason; a staged rollout is reverted then), 6 when a rollout fails on a gate or
 is aborted (printing the reason), and 4 on --timeout (default 60s, 10m when a rollout is
 followed; the timeout covers the whole wait).
+
+A PrefixList manifest gives its prefixes inline (spec.prefixes) and/or in spec.prefixesFile, a
+file of one prefix per line (relative to the manifest's folder; '#' starts a comment), read as a
+stream; a bad prefix is reported at its line. A list that exists is changed by difference: the
+prefixes added and removed go through UpdatePrefixList, at most 50,000 a request.
 
 Examples:
   edgeplane apply -f examples/
@@ -66,7 +72,7 @@ Examples:
     const before: (LabelSelector | undefined)[] = [];
     if (wait) {
       for (const m of manifests) {
-        const existing = m.kind === 'policy' ? (await api.getPolicy(m.policy.metadata!.name))?.policy : (await api.getService(m.service.metadata!.name))?.service;
+        const existing = m.kind === 'policy' ? (await api.getPolicy(m.policy.metadata!.name))?.policy : m.kind === 'service' ? (await api.getService(m.service.metadata!.name))?.service : (await api.getPrefixList(m.prefixList.metadata!.name, true))?.prefixList;
         if (existing) before.push(existing.spec?.nodeSelector);
       }
     }
@@ -83,6 +89,22 @@ Examples:
     for (const m of manifests) {
       try {
         let res: { created: boolean; unchanged: boolean; revision: bigint };
+        if (m.kind === 'prefixlist') {
+          // By difference from the list the controller holds: adds and removes, never the whole list.
+          const name = m.prefixList.metadata!.name;
+          const held = await api.getPrefixList(name, false);
+          if (dryRun === 'server') {
+            const r = diffPrefixes(held?.prefixList?.spec?.prefixes ?? [], m.prefixList.spec?.prefixes ?? []);
+            io.stdout.write(`${resourceId(m)} would add ${r.add.length} and remove ${r.remove.length} prefixes (server dry run: checked on the client and against the list held; nothing written)\n`);
+            continue;
+          }
+          const r = await applyPrefixList(api, m.prefixList, held);
+          if (r.prefixList) applied.push(r.prefixList.spec?.nodeSelector);
+          if (r.revision > revision) revision = r.revision;
+          const verb = r.unchanged ? 'unchanged' : r.created ? 'created' : 'configured';
+          io.stdout.write(`${resourceId(m)} ${verb}${r.unchanged ? '' : ` (+${r.added} -${r.removed}, ${r.count} prefixes, revision ${r.revision})`}\n`);
+          continue;
+        }
         if (m.kind === 'policy') {
           const r = await api.applyPolicy(ApplyPolicyRequest.fromPartial({ policy: m.policy, validateOnly: dryRun === 'server', allowLargeGrowth: flags.boolean('allow-large-growth') }));
           if (r.policy) applied.push(r.policy.spec?.nodeSelector);

@@ -22,7 +22,7 @@ Examples:
     'ignore-not-found': { type: 'boolean', description: 'succeed for policies and services that do not exist' },
   },
   async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
-    let targets: { kind: 'policy' | 'service'; name: string }[];
+    let targets: { kind: 'policy' | 'service' | 'prefixlist'; name: string }[];
     if (flags.strings('filename').length > 0) {
       if (positionals.length > 0) throw new UsageError('give names or -f, not both');
       targets = (await loadManifests(ctx.io, flags, { validate: false })).map((m) => ({ kind: m.kind, name: resourceName(m) }));
@@ -37,10 +37,11 @@ Examples:
     let code: ExitCodeValue = ExitCode.OK;
     for (const { kind, name } of targets) {
       try {
-        const exists = kind === 'policy' ? api.getPolicy(name) : api.getService(name);
-        if (!allowMissing && !(await exists)) throw new CliError(`${kind} ${JSON.stringify(name)} not found`);
+        const exists = kind === 'policy' ? api.getPolicy(name) : kind === 'service' ? api.getService(name) : api.getPrefixList(name, true);
+        const found = await exists;
+        if (!allowMissing && !found) throw new CliError(`${kind} ${JSON.stringify(name)} not found`);
         const req = { name, allowMissing, validateOnly: false };
-        const res = kind === 'policy' ? await api.deletePolicy(req) : await api.deleteService(req);
+        const res = kind === 'policy' ? await api.deletePolicy(req) : kind === 'service' ? await api.deleteService(req) : found ? await api.deletePrefixList(name) : { revision: 0n };
         if (res.revision) ctx.io.stdout.write(`${kind}/${name} deleted (revision ${res.revision})\n`);
       } catch (err) {
         if (!(err instanceof CliError)) throw err;

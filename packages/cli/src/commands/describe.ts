@@ -5,13 +5,14 @@ import { describeNode, describePolicy, describeService } from '../render.js';
 import { reportError } from '../report.js';
 import { KIND_WORDS, parseTargets } from '../resource-kind.js';
 import { SELECTOR_OPTION, selectorFlag } from './get.js';
+import { describePrefixLists, PREFIX_LIST_WORDS } from './prefix-lists.js';
 import { describeRollout, rolloutTarget } from './rollout.js';
 
 /** `edgeplane describe`. */
 export const describeCommand: Command = {
   name: 'describe',
-  summary: 'Show a policy, service, node or rollout in detail: revisions, ACK/NACK, last error, counters',
-  usage: ['describe policy|service|node NAME...', 'describe policies|services|nodes [-l SELECTOR]', 'describe rollout [policy/|service/]NAME...'],
+  summary: 'Show a policy, service, node, rollout or prefix list in detail: revisions, ACK/NACK, last error, counters',
+  usage: ['describe policy|service|node NAME...', 'describe policies|services|nodes [-l SELECTOR]', 'describe rollout [policy/|service/]NAME...', 'describe prefixlist [NAME...]'],
   details: `A policy shows its rules with fleet-wide counters and the nodes it selects, each with its
 applied revision and NACK reason. A service shows its VIP, port and protocol, scheduler and
 lookup-table size, health check, affinity, the nodes it selects and its backends with their
@@ -20,11 +21,12 @@ have not said, and why the unhealthy ones fail. A node shows its agent, interfac
 it is unknown, when a failed rollback left the datapath at no known revision), last outcome and
 error, its conditions, the policies selecting it, and its rule and interface counters. A rollout
 shows what rollout status shows, and the sampled flows a shadow phase found the change would have
-broken (or let through).`,
-  arguments: [...KIND_WORDS, 'rollouts'],
+broken (or let through). A prefix list shows its use, selector, size and first prefixes.`,
+  arguments: [...KIND_WORDS, 'rollouts', 'prefixlists'],
   options: { selector: SELECTOR_OPTION },
   async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
     if (positionals[0] === 'rollout' || positionals[0] === 'rollouts') return describeRollouts(ctx, positionals.slice(1));
+    if (PREFIX_LIST_WORDS.has(positionals[0] ?? '')) return describePrefixLists(ctx, positionals.slice(1));
     const { kind, names } = parseTargets(positionals);
     const selector = selectorFlag(flags);
     if (names.length > 0 && selector) throw new UsageError('give names or -l, not both');

@@ -4,6 +4,7 @@ import { diffPolicy, diffService, renderPolicyDiff } from '../diff.js';
 import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { FILE_OPTIONS, explainRpcError, loadManifests, resourceName } from '../manifest-input.js';
+import { diffPrefixes } from '../prefix-list-apply.js';
 import { reportError } from '../report.js';
 import { validateFlag } from './apply.js';
 
@@ -31,6 +32,13 @@ that stay selected and get the change). The server validates each manifest (noth
       const name = resourceName(m);
       try {
         let d;
+        if (m.kind === 'prefixlist') {
+          const held = await api.getPrefixList(name, false);
+          const r = diffPrefixes(held?.prefixList?.spec?.prefixes ?? [], m.prefixList.spec?.prefixes ?? []);
+          if (!held || r.add.length + r.remove.length > 0) changed = true;
+          ctx.io.stdout.write(`prefixlist/${name}: ${held ? (r.add.length + r.remove.length > 0 ? 'modified' : 'unchanged') : 'added'}: +${r.add.length} -${r.remove.length} prefixes\n${r.add.slice(0, 20).map((p) => `+ ${p}\n`).join('')}${r.remove.slice(0, 20).map((p) => `- ${p}\n`).join('')}`);
+          continue;
+        }
         if (m.kind === 'policy') {
           await api.applyPolicy(ApplyPolicyRequest.fromPartial({ policy: m.policy, validateOnly: true }));
           d = diffPolicy(name, (await api.getPolicy(name))?.policy, m.policy, nodes);

@@ -7,6 +7,7 @@ import { reportError } from '../report.js';
 import { listOf, nodeToManifest, policyToManifest, serviceToManifest, toJson, toYaml, type Plain } from '../resource-format.js';
 import { KIND_WORDS, parseTargets } from '../resource-kind.js';
 import { getBlocks } from './block.js';
+import { getPrefixLists, PREFIX_LIST_WORDS } from './prefix-lists.js';
 import { renderRolloutTable } from './rollout.js';
 
 const OUTPUTS = ['table', 'wide', 'json', 'yaml', 'name'] as const;
@@ -30,7 +31,7 @@ export const SELECTOR_OPTION = { type: 'string', short: 'l', value: 'SELECTOR', 
 export const getCommand: Command = {
   name: 'get',
   summary: 'List policies, services, nodes or rollouts',
-  usage: ['get policies|services|nodes [NAME...] [-l SELECTOR] [-o wide|json|yaml|name]', 'get rollouts [-o json|yaml]', 'get blocks [--active-only] [-o json]'],
+  usage: ['get policies|services|nodes [NAME...] [-l SELECTOR] [-o wide|json|yaml|name]', 'get rollouts [-o json|yaml]', 'get blocks [--active-only] [-o json]', 'get prefixlists [NAME...] [-o wide|json|yaml|name]'],
   details: `Examples:
   edgeplane get policies
   edgeplane get services -o wide
@@ -39,11 +40,13 @@ export const getCommand: Command = {
   edgeplane get service web -o json
   edgeplane get rollouts
   edgeplane get blocks              (emergency blocks, active and ended: who, why, until when)
+  edgeplane get prefixlists         (name, use, prefix count, selector, version)
+  edgeplane get prefixlist feed -o yaml > feed.yaml   (a manifest apply -f reads back)
 
 A service's HEALTHY column counts the backends that no node fronting it finds unhealthy
 (by the nodes' own health checks): 8/10 means two backends take no new flows on some node
 (describe service says where and why); <none> means it has no health check.`,
-  arguments: [...KIND_WORDS, 'rollouts', 'blocks'],
+  arguments: [...KIND_WORDS, 'rollouts', 'blocks', 'prefixlists'],
   options: {
     output: { type: 'string', short: 'o', value: 'FORMAT', description: 'table (default), wide, json, yaml or name', choices: OUTPUTS.filter((o) => o !== 'table') },
     selector: SELECTOR_OPTION,
@@ -52,6 +55,7 @@ A service's HEALTHY column counts the backends that no node fronting it finds un
   async run(ctx: CommandContext, positionals: string[], flags: Flags): Promise<ExitCodeValue> {
     if (positionals[0] === 'rollouts' || positionals[0] === 'rollout') return getRollouts(ctx, positionals.slice(1), flags);
     if (positionals[0] === 'blocks' || positionals[0] === 'block') return getBlocks(ctx, flags);
+    if (PREFIX_LIST_WORDS.has(positionals[0] ?? '')) return getPrefixLists(ctx, positionals.slice(1), flags);
     const { kind, names } = parseTargets(positionals);
     const output = flags.choice('output', OUTPUTS, 'table');
     const selector = selectorFlag(flags);

@@ -108,8 +108,9 @@ export class BlocklistSync {
         }
       }
     }
-    const packer = new BlocklistPacker();
-    for (const [p, expires] of desired) packer.add(entry(p, expires));
+    // Straight from the text into the packed keys: no object per prefix (a million-prefix list).
+    const packer = new BlocklistPacker({ v4: desired.size });
+    for (const [p, expires] of desired) packer.addText(p, expires === 0 ? 0n : BigInt(expires) * 1_000_000n + offset, expires === 0 ? 0 : BLOCKLIST_F_BLOCK);
     this.#held = undefined;
     this.#writer.load(packer.finish());
     this.#held = desired;

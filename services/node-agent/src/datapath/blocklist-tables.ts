@@ -4,7 +4,7 @@
 // live tries in place. The clock the programs compare expiries with is CLOCK_TAI, read through the
 // ep_blk_clock program.
 import { BpfMap, type Program } from 'libbpf-ts';
-import { BLOCKLIST_SIZES, encodeBlocklistKey, encodeBlocklistValue, type BlocklistEntry, type BlocklistSpec } from './blocklist.js';
+import { BLOCKLIST_SIZES, encodeBlocklistKey, encodeBlocklistValue, inInsertOrder, type BlocklistEntry, type BlocklistSpec } from './blocklist.js';
 import { sumPerCpu } from './counters.js';
 import type { Counter } from './datapath.js';
 import { DatapathError } from './errors.js';
@@ -119,7 +119,8 @@ export class BlocklistTables {
         const capacity = withRoom(packed.count);
         const map = BpfMap.create({ type: 'lpm_trie', name: `ep_blk${family}_in`, keySize: family === 4 ? BLOCKLIST_SIZES.key4 : BLOCKLIST_SIZES.key6, valueSize: BLOCKLIST_SIZES.value, maxEntries: capacity, flags: 1 /* BPF_F_NO_PREALLOC */ });
         made.push({ map, count: packed.count, capacity });
-        batched = map.setBatchPacked(packed.keys, packed.values).batched && batched;
+        const ordered = inInsertOrder(packed, family === 4 ? BLOCKLIST_SIZES.key4 : BLOCKLIST_SIZES.key6);
+        batched = map.setBatchPacked(ordered.keys, ordered.values).batched && batched;
       }
       const [v4, v6] = made as [LiveTrie, LiveTrie];
       // Installing an inner map returns after synchronize_rcu() (maybe_wait_bpf_programs in

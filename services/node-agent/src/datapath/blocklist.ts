@@ -2,7 +2,7 @@
 // LPM keys { u32 prefixlen; address } and values { u64 expiry in CLOCK_TAI ns (0 = never); u32
 // prefixlen; u32 flags }, packed back to back so a list of a million prefixes is two buffers, not
 // a million objects. Pure: no map, no clock.
-import type { Cidr } from '@edgeplane/proto';
+import { cidrFamily, PackedKeyIndex, parseCidrInto, type Cidr } from '@edgeplane/proto';
 
 /** Bytes of struct ep_blk4_key, ep_blk6_key and ep_blk_value. */
 export const BLOCKLIST_SIZES = { key4: 8, key6: 20, value: 16 } as const;
@@ -35,17 +35,41 @@ export interface BlocklistEntry {
 }
 
 /**
- * Packs entries into the tries' layout, growing its buffers as it goes (amortized linear). A prefix
- * added twice keeps the entry that matches longest: never expiring beats expiring, a later expiry
- * beats an earlier one (the datapath holds one value per prefix).
+ * Packs entries into the tries' layout, growing its buffers as it goes (amortized linear; give
+ * the expected counts to allocate once). Prefix text is parsed straight into the packed key
+ * (parseCidrInto): no object or string per prefix, so a million prefixes cost two buffers and a
+ * table of int32s (PackedKeyIndex). A prefix added twice keeps the entry that matches longest: never expiring
+ * beats expiring, a later expiry beats an earlier one (the datapath holds one value per prefix).
  */
 export class BlocklistPacker {
-  readonly #v4 = new Packer(BLOCKLIST_SIZES.key4);
-  readonly #v6 = new Packer(BLOCKLIST_SIZES.key6);
+  readonly #v4: Packer;
+  readonly #v6: Packer;
+
+  /** @param expected how many entries of each family to allocate room for at once (a hint). */
+  constructor(expected: { v4?: number; v6?: number } = {}) {
+    this.#v4 = new Packer(BLOCKLIST_SIZES.key4, expected.v4 ?? 0);
+    this.#v6 = new Packer(BLOCKLIST_SIZES.key6, expected.v6 ?? 0);
+  }
 
   /** Adds one entry (the cidr's address must have its host bits zero, as parseCidr returns it). */
   add(entry: BlocklistEntry): void {
-    (entry.cidr.family === 4 ? this.#v4 : this.#v6).add(entry);
+    const packer = entry.cidr.family === 4 ? this.#v4 : this.#v6;
+    const at = packer.slot();
+    packer.keys.set(entry.cidr.address, at + 4);
+    packer.commit(entry.cidr.prefixLength, entry.expiresTaiNs, entry.flags);
+  }
+
+  /**
+   * Adds the prefix `text` (parseCidr's grammar; host bits cleared), parsed into its packed key.
+   * @returns false (nothing added) when `text` is not a prefix.
+   */
+  addText(text: string, expiresTaiNs = 0n, flags = 0): boolean {
+    const packer = cidrFamily(text) === 4 ? this.#v4 : this.#v6;
+    const at = packer.slot();
+    const prefixLength = parseCidrInto(text, packer.keys, at + 4);
+    if (prefixLength < 0) return false;
+    packer.commit(prefixLength, expiresTaiNs, flags);
+    return true;
   }
 
   /** @returns the packed entries; the packer must not be used afterwards. */
@@ -54,47 +78,117 @@ export class BlocklistPacker {
   }
 }
 
+// One family's packed entries, and the index that finds a prefix already packed by its key bytes.
 class Packer {
   readonly #keySize: number;
-  #keys: Uint8Array;
+  keys: Uint8Array;
   #values: Uint8Array;
+  #view: DataView;
+  readonly #index: PackedKeyIndex;
   #count = 0;
-  // Index of each prefix already packed, by its key bytes as text: only consulted when the same
-  // prefix comes again (lists overlapping each other or a block).
-  // IPv4 prefixes are indexed by a number (length * 2^32 + address), cheaper than text.
-  readonly #index = new Map<string | number, number>();
 
-  constructor(keySize: number) {
+  constructor(keySize: number, expected: number) {
     this.#keySize = keySize;
-    this.#keys = new Uint8Array(keySize * 64);
-    this.#values = new Uint8Array(BLOCKLIST_SIZES.value * 64);
+    const room = Math.max(64, expected);
+    this.keys = new Uint8Array(keySize * room);
+    this.#values = new Uint8Array(BLOCKLIST_SIZES.value * room);
+    this.#view = new DataView(this.#values.buffer);
+    this.#index = new PackedKeyIndex(keySize, expected);
   }
 
-  add(entry: BlocklistEntry): void {
-    const key = encodeBlocklistKey(entry.cidr);
-    const a = entry.cidr.address;
-    const id = entry.cidr.family === 4 ? entry.cidr.prefixLength * 2 ** 32 + (((a[0]! << 24) | (a[1]! << 16) | (a[2]! << 8) | a[3]!) >>> 0) : String.fromCharCode(...key);
-    const at = this.#index.get(id);
-    if (at !== undefined) {
-      const view = new DataView(this.#values.buffer, at * BLOCKLIST_SIZES.value, BLOCKLIST_SIZES.value);
-      const held = view.getBigUint64(0, true);
-      if (held === 0n || (entry.expiresTaiNs !== 0n && entry.expiresTaiNs <= held)) return;
-      this.#values.set(encodeBlocklistValue(entry), at * BLOCKLIST_SIZES.value);
-      return;
-    }
-    if ((this.#count + 1) * this.#keySize > this.#keys.length) {
-      this.#keys = grow(this.#keys);
+  /** @returns the byte offset of the next entry's key, with room made for it. */
+  slot(): number {
+    if ((this.#count + 1) * this.#keySize > this.keys.length) {
+      this.keys = grow(this.keys);
       this.#values = grow(this.#values);
+      this.#view = new DataView(this.#values.buffer);
     }
-    this.#keys.set(key, this.#count * this.#keySize);
-    this.#values.set(encodeBlocklistValue(entry), this.#count * BLOCKLIST_SIZES.value);
-    this.#index.set(id, this.#count);
+    return this.#count * this.#keySize;
+  }
+
+  /** Takes the key written at slot() (its address; the prefix length is written here) as an entry. */
+  commit(prefixLength: number, expiresTaiNs: bigint, flags: number): void {
+    const keys = this.keys;
+    const size = this.#keySize;
+    const at = this.#count * size;
+    // struct ep_blk*_key.prefixlen: host order (little-endian here, as everywhere we load BPF).
+    keys[at] = prefixLength;
+    keys[at + 1] = keys[at + 2] = keys[at + 3] = 0;
+    const held = this.#index.add(keys);
+    if (held >= 0) return this.#merge(held, expiresTaiNs, flags);
+    this.#write(this.#count, prefixLength, expiresTaiNs, flags);
     this.#count++;
   }
 
   finish(): PackedBlocklist {
-    return { count: this.#count, keys: this.#keys.subarray(0, this.#count * this.#keySize), values: this.#values.subarray(0, this.#count * BLOCKLIST_SIZES.value) };
+    return { count: this.#count, keys: this.keys.subarray(0, this.#count * this.#keySize), values: this.#values.subarray(0, this.#count * BLOCKLIST_SIZES.value) };
   }
+
+  #merge(entry: number, expiresTaiNs: bigint, flags: number): void {
+    const held = this.#view.getBigUint64(entry * BLOCKLIST_SIZES.value, true);
+    if (held === 0n || (expiresTaiNs !== 0n && expiresTaiNs <= held)) return;
+    this.#write(entry, this.#view.getUint32(entry * BLOCKLIST_SIZES.value + 8, true), expiresTaiNs, flags);
+  }
+
+  // struct ep_blk_value; the buffers start zeroed, so a permanent entry writes its length only.
+  #write(entry: number, prefixLength: number, expiresTaiNs: bigint, flags: number): void {
+    const at = entry * BLOCKLIST_SIZES.value;
+    const view = this.#view;
+    if (expiresTaiNs !== 0n || view.getBigUint64(at, true) !== 0n) view.setBigUint64(at, expiresTaiNs, true);
+    view.setUint32(at + 8, prefixLength, true);
+    view.setUint32(at + 12, flags, true);
+  }
+}
+
+/**
+ * Entries in the order the kernel's LPM trie takes them fastest: by the first 32 bits of their
+ * address (IPv6 keys alike), so consecutive inserts walk the same, cache-hot path of the trie
+ * (trie_update_elem in kernel/bpf/lpm_trie.c walks from the root for every insert). Measured on
+ * a million prefixes: a shuffled list costs about three times the kernel time of a sorted one.
+ * A radix sort (two stable passes of 16 bits: linear) then one copy, when more than a third of
+ * consecutive entries descend (about half do in a random order; an ordered feed, or a few ordered
+ * ranges interleaved, have few): the sort's own cost (~1 s of JavaScript for a shuffled million
+ * on the loaded bench machine, most of it cache misses) is paid only where it saves more (~2.5 s
+ * of kernel time there; BENCHMARKS.md).
+ * @returns `packed`, or a copy in that order.
+ */
+export function inInsertOrder(packed: PackedBlocklist, keySize: number): PackedBlocklist {
+  const { count, keys, values } = packed;
+  const address = new Uint32Array(count);
+  let descents = 0;
+  for (let i = 0, at = 4; i < count; i++, at += keySize) {
+    address[i] = (((keys[at] as number) << 24) | ((keys[at + 1] as number) << 16) | ((keys[at + 2] as number) << 8) | (keys[at + 3] as number)) >>> 0;
+    if (i > 0 && (address[i] as number) < (address[i - 1] as number)) descents++;
+  }
+  if (descents * 3 <= count) return packed;
+  let order = new Uint32Array(count);
+  for (let i = 0; i < count; i++) order[i] = i;
+  let next = new Uint32Array(count);
+  const starts = new Uint32Array(65_537);
+  for (const shift of [0, 16]) {
+    starts.fill(0);
+    for (let i = 0; i < count; i++) starts[((address[i] as number) >>> shift) & 0xffff]! += 1;
+    let sum = 0;
+    for (let d = 0; d < 65_536; d++) {
+      const n = starts[d] as number;
+      starts[d] = sum;
+      sum += n;
+    }
+    for (let k = 0; k < count; k++) {
+      const i = order[k] as number;
+      next[starts[((address[i] as number) >>> shift) & 0xffff]!++] = i;
+    }
+    [order, next] = [next, order];
+  }
+  const valueSize = BLOCKLIST_SIZES.value;
+  const outKeys = new Uint8Array(keys.length);
+  const outValues = new Uint8Array(values.length);
+  for (let j = 0; j < count; j++) {
+    const i = order[j] as number;
+    for (let b = 0; b < keySize; b++) outKeys[j * keySize + b] = keys[i * keySize + b] as number;
+    for (let b = 0; b < valueSize; b++) outValues[j * valueSize + b] = values[i * valueSize + b] as number;
+  }
+  return { count, keys: outKeys, values: outValues };
 }
 
 function grow(bytes: Uint8Array): Uint8Array {
