@@ -221,6 +221,7 @@ export class ReplicaFleetSync {
       interfaces: this.#counters.nodeInterfaces(name),
       conntrack: this.#counters.nodeConntrack(name),
       loadBalancer: this.#counters.nodeLoadBalancer(name),
+      counterMarks: this.#counters.nodeMarks(name),
       backendHealth: this.#health?.nodeVerdicts(name) ?? [],
       statusChanged,
     };

@@ -167,7 +167,21 @@ export interface Rollout {
   /** The kind of resource it changes (UNSPECIFIED: a policy). */
   kind: RolloutKind;
   /** The service before the change (kind service); unset if the change created it. */
-  previousService: Service | undefined;
+  previousService:
+    | Service
+    | undefined;
+  /**
+   * Set when the rollout ends (FAILED, ABORTED, SUCCEEDED): the nodes that enforced the change
+   * by then (every node of the waves before the last one, and the nodes of the last one that
+   * had applied its record), so `rollout status` tells them from nodes that applied only the
+   * revert and nodes that received neither.
+   */
+  enforcedNodes: string[];
+  /**
+   * Set when the rollout ends: the health-gate readings of its last wave at the decision, the
+   * reading over the limit first, at most MAX_RECORDED_GATE_READINGS.
+   */
+  finalGateReadings: GateReading[];
 }
 
 /** WaveStatus is live progress of one wave, computed by the controller. */
@@ -176,22 +190,52 @@ export interface WaveStatus {
   name: string;
   /** Nodes in this wave (not counting earlier waves). */
   nodes: string[];
+  /**
+   * While the rollout runs: nodes that enforce the change now. Once it ended: nodes that
+   * enforced it (nodes_enforced).
+   */
   nodesDone: number;
+  /** Nodes that NACKed the change. */
   nodesFailed: number;
+  /** While the rollout runs: nodes yet to enforce the change. Once it ended: 0 (see the counts below). */
   nodesPending: number;
   startTime: Date | undefined;
-  bakeUntilTime: Date | undefined;
+  bakeUntilTime:
+    | Date
+    | undefined;
+  /**
+   * Once a rollout failed or was aborted, every node of the wave is in exactly one of these:
+   * it enforced the change (whether or not it has applied the revert since), it applied only
+   * the revert (it never enforced the change), or it enforced neither (it received neither, or
+   * NACKed the change and has not applied the revert yet). All 0 while the rollout runs.
+   */
+  nodesEnforced: number;
+  nodesRevertOnly: number;
+  nodesNeither: number;
 }
 
-/** GateReading is one node's health signal during a wave. */
+/**
+ * GateReading is one node's health signal during a wave: what its datapath counted since it
+ * enforced the wave's change (reports the agent sent after it switched to the change; the
+ * agent flushes the outgoing rule set's counters at the switch, so none of them is mixed in).
+ */
 export interface GateReading {
   node: string;
   /** Share of dropped packets before the change, in percent. */
   baselineDropPercent: number;
-  /** Share of dropped packets since its wave started, in percent. */
+  /** Share of dropped packets since the node enforced the change, in percent. */
   currentDropPercent: number;
-  /** Packets seen since its wave started. */
+  /** Packets seen since the node enforced the change (0: none yet, or it does not enforce it yet). */
   packets: bigint;
+  /** Dropped packets among them. */
+  droppedPackets: bigint;
+  /**
+   * Whether the reading is over the gate's limit with at least the minimum of packets the
+   * gate judges (the controller's --gate-min-packets): a reading of fewer packets never fails a wave.
+   */
+  overLimit: boolean;
+  /** When the reading was last updated (the newest counter report it covers). */
+  time: Date | undefined;
 }
 
 /** RolloutStatus is a rollout's log record and its live progress. */
@@ -219,6 +263,8 @@ function createBaseRollout(): Rollout {
     updateTime: undefined,
     kind: 0,
     previousService: undefined,
+    enforcedNodes: [],
+    finalGateReadings: [],
   };
 }
 
@@ -277,6 +323,12 @@ export const Rollout: MessageFns<Rollout> = {
     }
     if (message.previousService !== undefined) {
       Service.encode(message.previousService, writer.uint32(130).fork()).join();
+    }
+    for (const v of message.enforcedNodes) {
+      writer.uint32(194).string(v!);
+    }
+    for (const v of message.finalGateReadings) {
+      GateReading.encode(v!, writer.uint32(202).fork()).join();
     }
     return writer;
   },
@@ -422,6 +474,22 @@ export const Rollout: MessageFns<Rollout> = {
             message.previousService = Service.decode(reader, reader.uint32());
             continue;
           }
+          case 24: {
+            if (tag !== 194) {
+              break;
+            }
+
+            message.enforcedNodes.push(reader.string());
+            continue;
+          }
+          case 25: {
+            if (tag !== 202) {
+              break;
+            }
+
+            message.finalGateReadings.push(GateReading.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -492,6 +560,16 @@ export const Rollout: MessageFns<Rollout> = {
         : isSet(object.previous_service)
         ? Service.fromJSON(object.previous_service)
         : undefined,
+      enforcedNodes: globalThis.Array.isArray(object?.enforcedNodes)
+        ? object.enforcedNodes.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.enforced_nodes)
+        ? object.enforced_nodes.map((e: any) => globalThis.String(e))
+        : [],
+      finalGateReadings: globalThis.Array.isArray(object?.finalGateReadings)
+        ? object.finalGateReadings.map((e: any) => GateReading.fromJSON(e))
+        : globalThis.Array.isArray(object?.final_gate_readings)
+        ? object.final_gate_readings.map((e: any) => GateReading.fromJSON(e))
+        : [],
     };
   },
 
@@ -545,6 +623,12 @@ export const Rollout: MessageFns<Rollout> = {
     if (message.previousService !== undefined) {
       obj.previousService = Service.toJSON(message.previousService);
     }
+    if (message.enforcedNodes?.length) {
+      obj.enforcedNodes = message.enforcedNodes;
+    }
+    if (message.finalGateReadings?.length) {
+      obj.finalGateReadings = message.finalGateReadings.map((e) => GateReading.toJSON(e));
+    }
     return obj;
   },
 
@@ -581,6 +665,8 @@ export const Rollout: MessageFns<Rollout> = {
     message.previousService = (object.previousService !== undefined && object.previousService !== null)
       ? Service.fromPartial(object.previousService)
       : undefined;
+    message.enforcedNodes = object.enforcedNodes?.map((e) => e) || [];
+    message.finalGateReadings = object.finalGateReadings?.map((e) => GateReading.fromPartial(e)) || [];
     return message;
   },
 };
@@ -595,6 +681,9 @@ function createBaseWaveStatus(): WaveStatus {
     nodesPending: 0,
     startTime: undefined,
     bakeUntilTime: undefined,
+    nodesEnforced: 0,
+    nodesRevertOnly: 0,
+    nodesNeither: 0,
   };
 }
 
@@ -623,6 +712,15 @@ export const WaveStatus: MessageFns<WaveStatus> = {
     }
     if (message.bakeUntilTime !== undefined) {
       Timestamp.encode(toTimestamp(message.bakeUntilTime), writer.uint32(66).fork()).join();
+    }
+    if (message.nodesEnforced !== 0) {
+      writer.uint32(80).uint32(message.nodesEnforced);
+    }
+    if (message.nodesRevertOnly !== 0) {
+      writer.uint32(88).uint32(message.nodesRevertOnly);
+    }
+    if (message.nodesNeither !== 0) {
+      writer.uint32(96).uint32(message.nodesNeither);
     }
     return writer;
   },
@@ -704,6 +802,30 @@ export const WaveStatus: MessageFns<WaveStatus> = {
             message.bakeUntilTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.nodesEnforced = reader.uint32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.nodesRevertOnly = reader.uint32();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.nodesNeither = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -746,6 +868,21 @@ export const WaveStatus: MessageFns<WaveStatus> = {
         : isSet(object.bake_until_time)
         ? fromJsonTimestamp(object.bake_until_time)
         : undefined,
+      nodesEnforced: isSet(object.nodesEnforced)
+        ? globalThis.Number(object.nodesEnforced)
+        : isSet(object.nodes_enforced)
+        ? globalThis.Number(object.nodes_enforced)
+        : 0,
+      nodesRevertOnly: isSet(object.nodesRevertOnly)
+        ? globalThis.Number(object.nodesRevertOnly)
+        : isSet(object.nodes_revert_only)
+        ? globalThis.Number(object.nodes_revert_only)
+        : 0,
+      nodesNeither: isSet(object.nodesNeither)
+        ? globalThis.Number(object.nodesNeither)
+        : isSet(object.nodes_neither)
+        ? globalThis.Number(object.nodes_neither)
+        : 0,
     };
   },
 
@@ -775,6 +912,15 @@ export const WaveStatus: MessageFns<WaveStatus> = {
     if (message.bakeUntilTime !== undefined) {
       obj.bakeUntilTime = message.bakeUntilTime.toISOString();
     }
+    if (message.nodesEnforced !== 0) {
+      obj.nodesEnforced = Math.round(message.nodesEnforced);
+    }
+    if (message.nodesRevertOnly !== 0) {
+      obj.nodesRevertOnly = Math.round(message.nodesRevertOnly);
+    }
+    if (message.nodesNeither !== 0) {
+      obj.nodesNeither = Math.round(message.nodesNeither);
+    }
     return obj;
   },
 
@@ -791,12 +937,23 @@ export const WaveStatus: MessageFns<WaveStatus> = {
     message.nodesPending = object.nodesPending ?? 0;
     message.startTime = object.startTime ?? undefined;
     message.bakeUntilTime = object.bakeUntilTime ?? undefined;
+    message.nodesEnforced = object.nodesEnforced ?? 0;
+    message.nodesRevertOnly = object.nodesRevertOnly ?? 0;
+    message.nodesNeither = object.nodesNeither ?? 0;
     return message;
   },
 };
 
 function createBaseGateReading(): GateReading {
-  return { node: "", baselineDropPercent: 0, currentDropPercent: 0, packets: 0n };
+  return {
+    node: "",
+    baselineDropPercent: 0,
+    currentDropPercent: 0,
+    packets: 0n,
+    droppedPackets: 0n,
+    overLimit: false,
+    time: undefined,
+  };
 }
 
 export const GateReading: MessageFns<GateReading> = {
@@ -815,6 +972,18 @@ export const GateReading: MessageFns<GateReading> = {
         throw new globalThis.Error("value provided for field message.packets of type uint64 too large");
       }
       writer.uint32(32).uint64(message.packets);
+    }
+    if (message.droppedPackets !== 0n) {
+      if (BigInt.asUintN(64, message.droppedPackets) !== message.droppedPackets) {
+        throw new globalThis.Error("value provided for field message.droppedPackets of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.droppedPackets);
+    }
+    if (message.overLimit !== false) {
+      writer.uint32(88).bool(message.overLimit);
+    }
+    if (message.time !== undefined) {
+      Timestamp.encode(toTimestamp(message.time), writer.uint32(98).fork()).join();
     }
     return writer;
   },
@@ -864,6 +1033,30 @@ export const GateReading: MessageFns<GateReading> = {
             message.packets = reader.uint64() as bigint;
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.droppedPackets = reader.uint64() as bigint;
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.overLimit = reader.bool();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.time = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -890,6 +1083,17 @@ export const GateReading: MessageFns<GateReading> = {
         ? globalThis.Number(object.current_drop_percent)
         : 0,
       packets: isSet(object.packets) ? BigInt(object.packets) : 0n,
+      droppedPackets: isSet(object.droppedPackets)
+        ? BigInt(object.droppedPackets)
+        : isSet(object.dropped_packets)
+        ? BigInt(object.dropped_packets)
+        : 0n,
+      overLimit: isSet(object.overLimit)
+        ? globalThis.Boolean(object.overLimit)
+        : isSet(object.over_limit)
+        ? globalThis.Boolean(object.over_limit)
+        : false,
+      time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
     };
   },
 
@@ -907,6 +1111,15 @@ export const GateReading: MessageFns<GateReading> = {
     if (message.packets !== 0n) {
       obj.packets = message.packets.toString();
     }
+    if (message.droppedPackets !== 0n) {
+      obj.droppedPackets = message.droppedPackets.toString();
+    }
+    if (message.overLimit !== false) {
+      obj.overLimit = message.overLimit;
+    }
+    if (message.time !== undefined) {
+      obj.time = message.time.toISOString();
+    }
     return obj;
   },
 
@@ -919,6 +1132,11 @@ export const GateReading: MessageFns<GateReading> = {
     message.baselineDropPercent = object.baselineDropPercent ?? 0;
     message.currentDropPercent = object.currentDropPercent ?? 0;
     message.packets = (object.packets !== undefined && object.packets !== null) ? BigInt(object.packets) : 0n;
+    message.droppedPackets = (object.droppedPackets !== undefined && object.droppedPackets !== null)
+      ? BigInt(object.droppedPackets)
+      : 0n;
+    message.overLimit = object.overLimit ?? false;
+    message.time = object.time ?? undefined;
     return message;
   },
 };
