@@ -221,6 +221,11 @@ export class AgentRuntime {
         ref.link?.report(r);
       },
       conditions: (c) => ref.link?.conditions(c),
+      flushCounters: (c) => {
+        const sent = ref.link?.counters(c) ?? false;
+        if (sent) hooks.counters?.(c);
+        return sent;
+      },
       log: options.log,
       ...(options.retryMinMs !== undefined ? { retryMinMs: options.retryMinMs } : {}),
       ...(options.retryMaxMs !== undefined ? { retryMaxMs: options.retryMaxMs } : {}),

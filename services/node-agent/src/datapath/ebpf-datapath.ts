@@ -628,7 +628,8 @@ export class EbpfDatapath implements Datapath {
 
   /**
    * Counters of the live rule set by rule id, including what earlier generations counted for the
-   * same ids. @throws DatapathError.
+   * same ids, and (retired) of the rules the idle generation and the carry still count that the
+   * live rule set does not have. @throws DatapathError.
    */
   readCounters(): DatapathCounters {
     try {
@@ -639,7 +640,10 @@ export class EbpfDatapath implements Datapath {
       this.#counters.addCarry(totals);
       const live = this.#readMeta(this.#readActive()).valid ? this.#generationRuleIds(this.#readActive()) : [];
       const rules = new Map<number, Counter>(live.map((id) => [id, totals.get(id) ?? { packets: 0, bytes: 0 }]));
-      return { rules, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats(), conntrack: this.#conntrack.readStats(), lb: this.#readLbStats() };
+      // The idle generation and the carry hold what rules an apply removed counted up to the switch.
+      const retired = new Map<number, Counter>();
+      for (const [id, c] of totals) if (id !== DEFAULT_RULE_ID && !rules.has(id)) retired.set(id, c);
+      return { rules, retired, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats(), conntrack: this.#conntrack.readStats(), lb: this.#readLbStats() };
     } catch (cause) {
       throw new DatapathError('read counters', { cause });
     }
