@@ -556,6 +556,25 @@ export class EbpfDatapath implements Datapath {
   }
 
   /**
+   * How `role`'s program of this datapath is attached to `iface` now, as the kernel says: on an
+   * uplink `xdp-native`, `xdp-generic` or `xdp-offload` (the mode bpf_xdp_query reports for our
+   * XDP program, whatever mode was asked: 'auto' falls back to generic) or `tc` (our program at
+   * clsact ingress); on a workload interface `tc`. '' when it is not attached there.
+   * @throws DatapathError with the libbpf-ts error as cause (an interface that is not there).
+   */
+  attachMode(iface: string | number, role: InterfaceRole): string {
+    const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
+    try {
+      if (role === 'workload') return tcFilters.every((filter) => queryTc(index, filter) === this.#programs.edge_tc.id) ? 'tc' : '';
+      const xdp = queryXdp(index);
+      if (xdp?.progId === this.#programs.edge_xdp.id) return xdp.mode === 'multi' ? 'xdp-native' : `xdp-${xdp.mode}`;
+      return queryTc(index, ingressFilter) === this.#programs.edge_tc.id ? 'tc' : '';
+    } catch (cause) {
+      throw new DatapathError(`query ${role} iface=${iface}`, { cause });
+    }
+  }
+
+  /**
    * Whether our programs for `role` are attached to `iface` as `options` asks (uplink: XDP, or
    * with xdpMode 'tc' TC ingress and no XDP program of ours, and TC egress; workload: TC ingress
    * and egress).
