@@ -122,6 +122,8 @@ test.serial('rollout - a healthy staged rollout completes wave by wave, each wav
 test.serial('rollout - the health gate trips on real traffic and the canary is rolled back', async (t) => {
   const canary = nodes[1]!;
   t.is(await canary.ping(1), 3, 'the test traffic passes before the change');
+  const dropped = async (): Promise<bigint> => (await call(c.fleet, c.fleet.getNode, { name: canary.name })).interfaceCounters.find((i) => i.interface === 'uplink')?.droppedPackets ?? 0n;
+  const droppedBefore = await dropped();
   await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
     policy: staged('bad-rule', [{ priority: 1, sourceCidrs: [`${canary.sources[1]}/32`], protocol: Protocol.PROTOCOL_ICMP, action: Action.ACTION_DENY }], {
       waves: [{ name: 'canary', target: { $case: 'selector', selector: { matchLabels: { node: canary.name } } }, bakeTime: sec(20) }, { target: { $case: 'percent', percent: 100 } }],
@@ -132,12 +134,18 @@ test.serial('rollout - the health gate trips on real traffic and the canary is r
   const traffic = canary.ping(1, 60);
   const watching = edgeplane(['rollout', 'status', 'bad-rule', '--watch', '--timeout', '50s']);
   await until('the gate to trip', async () => (await rollout('bad-rule'))?.rollout?.state === RolloutState.ROLLOUT_STATE_FAILED, 30_000);
-  await traffic;
+  const lost = BigInt(60 - (await traffic));
+  t.true(lost > 0n);
+  // Every echo request the bad rule dropped is counted, also those of the last partial counter
+  // interval before the revert removed the rule (the agent flushes the outgoing rule set's counts).
+  await until('the controller to count every drop', async () => (await dropped()) - droppedBefore >= lost, 10_000);
+  t.is((await dropped()) - droppedBefore, lost, "the canary's drop counter equals what the traffic saw");
   const watched = await watching;
   t.is(watched.code, 6, `rollout status --watch exits 6 on a failed rollout\n${watched.stdout}${watched.stderr}`);
   t.regex(watched.stderr, /rollout of bad-rule failed: wave 1: node node-2 drops/);
   const status = (await rollout('bad-rule'))!;
-  t.regex(status.rollout!.reason, /node node-2 drops \d+\.\d% of packets, up from \d+\.\d% before the change/);
+  t.regex(status.rollout!.reason, /node node-2 drops \d+\.\d% of \d+ packets since it enforced the change, up from \d+\.\d% before the change/);
+  t.true(status.gateReadings.some((g) => g.node === canary.name && g.overLimit), 'GetRollout after FAILED shows the reading that failed it');
   await until('the canary at the revert', async () => (await call(c.fleet, c.fleet.getNode, { name: canary.name })).node!.status!.appliedRevision >= status.rollout!.resourceVersion);
   t.is(await canary.ping(1), 3, 'rolled back: the traffic passes again');
   for (const n of [nodes[0]!, ...nodes.slice(2)]) t.false(appliedPolicies(n).some((p) => p.includes('bad-rule')), `${n.name} never took it`);

@@ -78,6 +78,21 @@ export const MAX_SHADOW_SAMPLES = 32;
 export const MAX_SHADOW_CANDIDATE_LENGTH = 1024;
 
 /**
+ * Gate readings a finished rollout keeps in its record (Rollout.final_gate_readings), the
+ * reading over the limit first: the record is rewritten in the log and every snapshot, so it
+ * carries the readings that explain the decision, not one per node of a 10,000-node wave.
+ */
+export const MAX_RECORDED_GATE_READINGS = 64;
+
+/**
+ * Counter marks kept per node (ReplicaNodeState.counter_marks): one per applied revision the
+ * node reported counters under, the oldest dropped. A wave's gate reads the mark of the first
+ * revision at or after the wave's record; 16 covers that many unrelated changes applied during
+ * one wave, and keeps a node's share of the replica state small.
+ */
+export const MAX_COUNTER_MARKS = 16;
+
+/**
  * Backends of one service: the largest Maglev table (MAGLEV_TABLE_SIZES' last, 131,071 slots)
  * divided by the 100 slots each backend needs for an imbalance near 1 % (the Maglev paper's
  * section 3.4). More backends could not be given a table that balances them.

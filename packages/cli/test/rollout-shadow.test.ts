@@ -56,8 +56,8 @@ function failedAtShadow(): RolloutStatus {
   return {
     rollout,
     waves: [
-      { index: 0, name: 'canary', nodes: ['edge-1'], nodesDone: 1, nodesFailed: 0, nodesPending: 0, startTime: undefined, bakeUntilTime: undefined, phase: WavePhase.WAVE_PHASE_SHADOW, shadowUntilTime: undefined },
-      { index: 1, name: 'rest', nodes: [], nodesDone: 0, nodesFailed: 0, nodesPending: 0, startTime: undefined, bakeUntilTime: undefined, phase: WavePhase.WAVE_PHASE_UNSPECIFIED, shadowUntilTime: undefined },
+      { index: 0, name: 'canary', nodes: ['edge-1'], nodesDone: 1, nodesFailed: 0, nodesPending: 0, startTime: undefined, bakeUntilTime: undefined, phase: WavePhase.WAVE_PHASE_SHADOW, shadowUntilTime: undefined, nodesEnforced: 0, nodesRevertOnly: 0, nodesNeither: 0 },
+      { index: 1, name: 'rest', nodes: [], nodesDone: 0, nodesFailed: 0, nodesPending: 0, startTime: undefined, bakeUntilTime: undefined, phase: WavePhase.WAVE_PHASE_UNSPECIFIED, shadowUntilTime: undefined, nodesEnforced: 0, nodesRevertOnly: 0, nodesNeither: 0 },
     ],
     gateReadings: [],
     shadowReadings: [{ node: 'edge-1', wave: 0, classified: 500n, wouldDrop: 400n, wouldAllow: 3n, wouldDropPercent: 80, since: new Date(0), rules: [] }],

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MAX_INTENT_BYTES, MAX_POLICIES, MAX_RULES_PER_POLICY, MAX_SERVICES } from '@edgeplane/proto';
 import { ConfigError } from './errors.js';
+import { DEFAULT_GATE_MIN_PACKETS } from './rollout-manager.js';
 
 /** A fleet id: it is also the <fleet> of identity URIs, so a lower-case DNS-like name (pki/identity.ts). */
 export const FLEET_ID = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
@@ -71,6 +72,8 @@ export interface ControllerConfig {
   /** How long ListConnections waits for the node's agent. */
   connectionsTimeoutMs: number;
   heartbeatIntervalMs: number;
+  /** Fewest packets a node must count since it enforced a rollout's change before the drop-share gate judges it. */
+  gateMinPackets: number;
   shutdownGraceMs: number;
 }
 
@@ -156,6 +159,8 @@ Every flag can also be set by the environment variable shown.
   --counter-interval SEC    how often agents report counters (default 5)
   --connections-timeout SEC how long ListConnections (edgeplane conntrack) waits for the node's agent (default 10)
   --heartbeat-interval SEC  application heartbeat of agent streams (default 5)
+  --gate-min-packets N      packets a node must count since it enforced a staged change before the
+                            drop-share gate judges it (default 20): fewer never fail a wave on their own
   --shutdown-grace SEC      on SIGTERM, time given to running calls (default 10)
   -h, --help                this text
 
@@ -232,6 +237,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'counter-interval': { type: 'string' },
         'connections-timeout': { type: 'string' },
         'heartbeat-interval': { type: 'string' },
+        'gate-min-packets': { type: 'string' },
         'shutdown-grace': { type: 'string' },
         'dashboard-listen': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
@@ -317,6 +323,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     counterIntervalMs: int('counter-interval', values['counter-interval'], 5, 1) * 1000,
     connectionsTimeoutMs: int('connections-timeout', values['connections-timeout'], 10, 1) * 1000,
     heartbeatIntervalMs: int('heartbeat-interval', values['heartbeat-interval'], 5, 1) * 1000,
+    gateMinPackets: int('gate-min-packets', values['gate-min-packets'], DEFAULT_GATE_MIN_PACKETS, 1),
     shutdownGraceMs: int('shutdown-grace', values['shutdown-grace'], 10) * 1000,
   };
 }

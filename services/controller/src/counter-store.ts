@@ -1,4 +1,4 @@
-import { MAX_COUNTED_RULES_PER_NODE, MAX_COUNTER_INTERFACES, type ConntrackStatus, type CounterReport, type InterfaceCounters, type LoadBalancerStatus, type RuleCounters, type ShadowReport } from '@edgeplane/proto';
+import { MAX_COUNTED_RULES_PER_NODE, MAX_COUNTER_INTERFACES, MAX_COUNTER_MARKS, type ConntrackStatus, type CounterMark, type CounterReport, type InterfaceCounters, type LoadBalancerStatus, type RuleCounters, type ShadowReport } from '@edgeplane/proto';
 
 /** A node's newest shadow counters (ShadowReport), and when this controller first heard it shadow that candidate. */
 export interface NodeShadow {
@@ -26,6 +26,14 @@ function addRule(into: Map<string, RuleCounters>, c: RuleCounters, cap = Infinit
   return true;
 }
 
+/** What a node counted since it enforced a revision, and before. */
+export interface CountedSince {
+  /** The node's totals before its first counter report under the revision (or a later one). */
+  before: { packets: bigint; dropped: bigint };
+  /** What it counted since (reports under that revision or later). */
+  since: { packets: bigint; dropped: bigint };
+}
+
 function sortRules(list: Iterable<RuleCounters>): RuleCounters[] {
   return [...list].sort((a, b) => (a.rule!.policy === b.rule!.policy ? a.rule!.priority - b.rule!.priority : a.rule!.policy < b.rule!.policy ? -1 : 1));
 }
@@ -48,7 +56,63 @@ export class CounterStore {
   #lb = new Map<string, LoadBalancerStatus>();
   /** The newest shadow counters per node (totals since its candidate was installed: replaced, not summed). */
   #shadow = new Map<string, NodeShadow>();
+  /** Per node: its interface totals before its first report under each of its latest applied revisions, oldest first. */
+  #marks = new Map<string, CounterMark[]>();
+  #listeners = new Set<(node: string) => void>();
   #dropped = 0;
+
+  /**
+   * Calls `listener(node)` after every report added for a node (and every replace from another
+   * replica), so a rollout gate judges the reading as it arrives; returns the remover.
+   */
+  watch(listener: (node: string) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #told(node: string): void {
+    for (const l of this.#listeners) l(node);
+  }
+
+  /** The node's interface totals now: packets (passed and dropped) and dropped. */
+  totals(node: string): { packets: bigint; dropped: bigint } {
+    let packets = 0n;
+    let dropped = 0n;
+    for (const i of this.#interfaces.get(node)?.values() ?? []) {
+      packets += i.passedPackets + i.droppedPackets;
+      dropped += i.droppedPackets;
+    }
+    return { packets, dropped };
+  }
+
+  /**
+   * What `node` counted since it enforced `revision`: from the first of its counter reports
+   * whose applied revision is `revision` or later (the agent flushes the outgoing rule set's
+   * counts with the revision before, at the switch, so that report holds nothing from before),
+   * and its totals before that report. Undefined while no such report arrived (or when the
+   * node has reported under more than MAX_COUNTER_MARKS revisions since).
+   */
+  since(node: string, revision: bigint): CountedSince | undefined {
+    const mark = this.#marks.get(node)?.find((m) => m.revision >= revision);
+    if (!mark) return undefined;
+    const now = this.totals(node);
+    return { before: { packets: mark.packets, dropped: mark.droppedPackets }, since: { packets: now.packets - mark.packets, dropped: now.dropped - mark.droppedPackets } };
+  }
+
+  /** The node's counter marks (copies), oldest first: what replicas share. */
+  nodeMarks(node: string): CounterMark[] {
+    return (this.#marks.get(node) ?? []).map((m) => ({ ...m }));
+  }
+
+  /** Marks the node's totals before a report under a revision newer than its newest mark. */
+  #mark(node: string, appliedRevision: bigint): void {
+    let marks = this.#marks.get(node);
+    if (marks && (marks.at(-1)?.revision ?? 0n) >= appliedRevision) return;
+    if (!marks) this.#marks.set(node, (marks = []));
+    const t = this.totals(node);
+    marks.push({ revision: appliedRevision, packets: t.packets, droppedPackets: t.dropped });
+    if (marks.length > MAX_COUNTER_MARKS) marks.shift();
+  }
 
   /** Entries dropped because a node already had counters for MAX_COUNTED_RULES_PER_NODE rules (or MAX_COUNTER_INTERFACES interfaces). */
   get dropped(): number {
@@ -63,6 +127,12 @@ export class CounterStore {
    * node that sent it (AgentSessions, by the stream's authenticated node).
    */
   add(node: string, report: CounterReport, now = new Date()): void {
+    this.#add(node, report, now);
+    this.#told(node);
+  }
+
+  #add(node: string, report: CounterReport, now: Date): void {
+    if (report.interfaces.length > 0 && report.appliedRevision > 0n) this.#mark(node, report.appliedRevision);
     if (report.loadBalancer) this.#lb.set(node, { ...report.loadBalancer });
     if (report.shadow) {
       const have = this.#shadow.get(node);
@@ -119,12 +189,14 @@ export class CounterStore {
    * Replaces one node's totals with another replica's (its agent is connected there): what
    * `add` would hold after summing the same reports, kept within the same per-node bounds.
    */
-  replace(node: string, totals: { rules: RuleCounters[]; interfaces: InterfaceCounters[]; conntrack: ConntrackStatus[]; loadBalancer?: LoadBalancerStatus | undefined; shadow?: ShadowReport | undefined }): void {
+  replace(node: string, totals: { rules: RuleCounters[]; interfaces: InterfaceCounters[]; conntrack: ConntrackStatus[]; loadBalancer?: LoadBalancerStatus | undefined; shadow?: ShadowReport | undefined; counterMarks?: CounterMark[] }): void {
     const shadow = this.#shadow.get(node);
     this.forget(node);
     // The shadow's `since` is when this replica first heard the candidate: kept across replaces.
     if (shadow) this.#shadow.set(node, shadow);
-    this.add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, ...totals, loadBalancer: totals.loadBalancer, shadow: totals.shadow });
+    this.#add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, rules: totals.rules, interfaces: totals.interfaces, conntrack: totals.conntrack, loadBalancer: totals.loadBalancer, shadow: totals.shadow }, new Date());
+    if (totals.counterMarks?.length) this.#marks.set(node, totals.counterMarks.slice(-MAX_COUNTER_MARKS).map((m) => ({ ...m })));
+    this.#told(node);
   }
 
   /** Forgets one node's counters (and takes them out of the fleet's totals). */
@@ -141,6 +213,7 @@ export class CounterStore {
       f.sum.rateLimitedPackets -= c.rateLimitedPackets;
     }
     this.#rules.delete(node);
+    this.#marks.delete(node);
     this.#interfaces.delete(node);
     this.#conntrack.delete(node);
     this.#lb.delete(node);

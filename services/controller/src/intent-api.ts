@@ -64,6 +64,8 @@ export interface IntentApiOptions {
   now?: () => Date;
   /** The registered nodes, for the first wave of a staged rollout. */
   nodes?: () => readonly PlanNode[];
+  /** What the record of an aborted rollout keeps (RolloutManager.ending): the nodes that enforced the change, the last gate readings. */
+  rolloutEnding?: (r: Rollout) => Pick<Rollout, 'enforcedNodes' | 'finalGateReadings'>;
   /** Policies the intent may hold; a create beyond it is refused (default MAX_POLICIES). */
   maxPolicies?: number;
   /** Services the intent may hold; a create beyond it is refused (default MAX_SERVICES). */
@@ -170,6 +172,7 @@ export class IntentApi {
   #guard: number;
   #now: () => Date;
   #nodes: () => readonly PlanNode[];
+  #rolloutEnding: ((r: Rollout) => Pick<Rollout, 'enforcedNodes' | 'finalGateReadings'>) | undefined;
   #maxPolicies: number;
   #maxServices: number;
   #maxIntentBytes: number;
@@ -179,6 +182,7 @@ export class IntentApi {
     this.#maxServices = options.maxServices ?? MAX_SERVICES;
     this.#maxIntentBytes = options.maxIntentBytes ?? MAX_INTENT_BYTES;
     this.#nodes = options.nodes ?? (() => []);
+    this.#rolloutEnding = options.rolloutEnding;
     this.#store = store;
     this.#limits = options.limits ?? DEFAULT_POLICY_LIMITS;
     this.#guard = options.ruleGrowthGuard ?? 10_000;
@@ -396,7 +400,7 @@ export class IntentApi {
       };
       if (action === 'abort') {
         if (!isActive(r)) not('abort');
-        const change = revertChange(r, RolloutState.ROLLOUT_STATE_ABORTED, reason || 'aborted by an operator', now);
+        const change = revertChange(Rollout.fromPartial({ ...r, ...this.#rolloutEnding?.(r) }), RolloutState.ROLLOUT_STATE_ABORTED, reason || 'aborted by an operator', now);
         result = change.rollouts[0];
         return change;
       }

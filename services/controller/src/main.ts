@@ -391,11 +391,12 @@ export async function startController(config: ControllerConfig, extras: StartExt
       serviceHealth: { ...serviceHealth, refused: (node, reason) => log('warn', 'backend health report refused', { node, reason }) },
       onNodeChanged: (node, status) => fleetSync.changed(node, status),
     });
-    const rollouts = new RolloutManager(store, registry, counters, { isLeader: () => lease.held, onError, log: (msg, fields) => log('info', msg, fields) });
+    const rollouts = new RolloutManager(store, registry, counters, { isLeader: () => lease.held, minGatePackets: config.gateMinPackets, onError, log: (msg, fields) => log('info', msg, fields) });
     rollouts.start();
     cleanups.push(async () => rollouts.close());
     const intentApi = new IntentApi(store, {
       nodes: () => registry.list().map((n) => ({ name: n.name, labels: n.labels })),
+      rolloutEnding: (r) => rollouts.ending(r),
       ruleGrowthGuard: config.ruleGrowthGuard,
       limits: { ...DEFAULT_POLICY_LIMITS, maxRules: config.maxRulesPerPolicy },
       maxPolicies: config.maxPolicies,

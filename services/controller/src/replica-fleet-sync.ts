@@ -222,6 +222,7 @@ export class ReplicaFleetSync {
       conntrack: this.#counters.nodeConntrack(name),
       loadBalancer: this.#counters.nodeLoadBalancer(name),
       shadow: this.#counters.nodeShadow(name)?.report,
+      counterMarks: this.#counters.nodeMarks(name),
       backendHealth: this.#health?.nodeVerdicts(name) ?? [],
       statusChanged,
     };

@@ -1,5 +1,6 @@
 import { SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import {
+  MAX_RECORDED_GATE_READINGS,
   RevisionOutcome,
   Rollout,
   RolloutState,
@@ -26,7 +27,12 @@ const tracer = trace.getTracer('@edgeplane/controller');
 export interface RolloutManagerOptions {
   /** How often active rollouts are evaluated. Default 500 ms. */
   tickMs?: number;
-  /** Fewest packets a node must see in its wave before the health gate judges it. Default 10. */
+  /**
+   * Fewest packets a node must have counted since it enforced the change before the drop-share
+   * gate judges its reading (the controller's --gate-min-packets). Readings are cumulative since
+   * the switch, so every packet weighs the same; a reading of fewer packets (3 packets of which 1
+   * dropped is 33 %) never fails a wave on its own. Default {@link DEFAULT_GATE_MIN_PACKETS}.
+   */
   minGatePackets?: number;
   /** When staged.report_timeout is unset. Default 60 s. */
   defaultReportTimeoutMs?: number;
@@ -40,10 +46,8 @@ export interface RolloutManagerOptions {
   log?: (msg: string, fields: Record<string, unknown>) => void;
 }
 
-interface DropTotals {
-  packets: bigint;
-  dropped: bigint;
-}
+/** The default of {@link RolloutManagerOptions.minGatePackets}. */
+export const DEFAULT_GATE_MIN_PACKETS = 20;
 
 function ms(d: { seconds: bigint; nanos: number } | undefined): number {
   return d ? Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6) : 0;
@@ -55,7 +59,11 @@ const pct = (dropped: bigint, packets: bigint): number => (packets === 0n ? 0 : 
  * Drives staged rollouts of policies and services alike: evaluates each active rollout's gates (NACKs, nodes that do not
  * report in time, the drop-share health signal against each node's pre-change baseline) from
  * the node registry and the counters, and records every decision (next wave, success, revert)
- * as a log entry. All decisions are re-checked against the newest log state when written, so
+ * as a log entry. The drop-share gate reads what each node counted since it enforced the
+ * wave's record (CounterStore.since) and is judged for that node as each of its counter reports
+ * arrives, so the first reading over the limit (of at least minGatePackets packets) decides.
+ * The record that ends a rollout keeps the nodes that enforced the change and the last gate
+ * readings. All decisions are re-checked against the newest log state when written, so
  * two managers that briefly both act never fork a rollout; with replicas only the holder of the
  * rollout lease ({@link RolloutManagerOptions.isLeader}) acts. State lives in the log: a
  * restarted controller, or the replica that takes the lease over, resumes each rollout at the
@@ -69,8 +77,8 @@ export class RolloutManager {
   #o: RolloutManagerOptions;
   #timer: NodeJS.Timeout | undefined;
   #busy = false;
-  /** Per rollout key + wave: each node's drop totals when it joined the wave. */
-  #baselines = new Map<string, Map<string, DropTotals>>();
+  /** Rollouts (key@resourceVersion) a gate failed and whose revert is being written. */
+  #failing = new Set<string>();
   #spans = new Map<string, Span>();
   /** Shadow phase spans, by rollout key + change revision + wave. */
   #shadowSpans = new Map<string, Span>();
@@ -91,6 +99,8 @@ export class RolloutManager {
   /** Starts evaluating. */
   start(): void {
     this.#timer = setInterval(() => void this.tick(), this.#o.tickMs ?? 500);
+    // The drop gate is judged for a node as each of its counter reports arrives, not at the next tick.
+    this.#counters.watch((node) => this.#countersArrived(node));
     this.#store.onChange(() => {
       for (const key of this.#store.chain.rollouts.keys()) this.#notify(key);
     });
@@ -131,22 +141,52 @@ export class RolloutManager {
     for (const l of this.#listeners) l(key);
   }
 
-  #totals(node: string): DropTotals {
-    let packets = 0n;
-    let dropped = 0n;
-    for (const i of this.#counters.nodeInterfaces(node)) {
-      packets += i.passedPackets + i.droppedPackets;
-      dropped += i.droppedPackets;
-    }
-    return { packets, dropped };
+  /**
+   * One node's drop-share reading in rollout `r`'s wave: what it counted since it enforced the
+   * wave's record (r.resourceVersion) against its share before. `overLimit`: over the gate's
+   * limit with at least minGatePackets packets.
+   */
+  #reading(r: Rollout, node: string): GateReading {
+    const counted = this.#counters.since(node, r.resourceVersion);
+    const limit = r.strategy?.gates?.maxDropRatioIncreasePoints ?? 0;
+    if (!counted) return { node, baselineDropPercent: 0, currentDropPercent: 0, packets: 0n, droppedPackets: 0n, overLimit: false, time: undefined };
+    const before = pct(counted.before.dropped, counted.before.packets);
+    const during = pct(counted.since.dropped, counted.since.packets);
+    const enough = counted.since.packets >= BigInt(this.#o.minGatePackets ?? DEFAULT_GATE_MIN_PACKETS);
+    return { node, baselineDropPercent: before, currentDropPercent: during, packets: counted.since.packets, droppedPackets: counted.since.dropped, overLimit: limit > 0 && enough && during - before > limit, time: this.#now() };
   }
 
-  #baseline(r: Rollout): Map<string, DropTotals> {
-    const key = `${rolloutKeyOf(r)}@${r.changeRevision}#${r.currentWave}`;
-    let b = this.#baselines.get(key);
-    if (!b) this.#baselines.set(key, (b = new Map()));
-    for (const n of r.waveNodes) if (!b.has(n)) b.set(n, this.#totals(n));
-    return b;
+  /** Why a reading over the limit fails the wave. */
+  #overLimit(r: Rollout, g: GateReading): string {
+    return `wave ${r.currentWave + 1}: node ${g.node} drops ${g.currentDropPercent.toFixed(1)}% of ${g.packets} packets since it enforced the change, up from ${g.baselineDropPercent.toFixed(1)}% before the change (more than ${r.strategy?.gates?.maxDropRatioIncreasePoints ?? 0} points)`;
+  }
+
+  /** A counter report of `node` arrived: judges its drop gate in every progressing rollout whose wave holds it. */
+  #countersArrived(node: string): void {
+    if (this.#o.isLeader && !this.#o.isLeader()) return;
+    for (const [key, r] of this.#store.chain.rollouts) {
+      if (r.state !== RolloutState.ROLLOUT_STATE_PROGRESSING || !((r.strategy?.gates?.maxDropRatioIncreasePoints ?? 0) > 0)) continue;
+      if (!this.#waveSet(key, r).has(node)) continue;
+      const g = this.#reading(r, node);
+      if (!g.overLimit) continue;
+      void this.#fail(r, this.#overLimit(r, g)).catch((err: unknown) => this.#o.onError?.(`fail rollout of ${rolloutKindName(r.kind)} ${r.name}`, err));
+    }
+  }
+
+  /**
+   * What the record that ends rollout `r` keeps: the nodes that enforced the change (every
+   * node of the earlier waves, which advanced only once all of theirs had applied, and the
+   * current wave's nodes that applied its record) and the current wave's gate readings, those
+   * over the limit first, then by rise, at most MAX_RECORDED_GATE_READINGS. A node that applies
+   * the change between this decision and the revert entry (milliseconds) is not in the list.
+   */
+  ending(r: Rollout): Pick<Rollout, 'enforcedNodes' | 'finalGateReadings'> {
+    const earlier = r.currentWave > 0 && r.strategy ? new Set(waveMembers(r.strategy, r.changeRevision, this.#selectedNodes(r), r.currentWave - 1)) : new Set<string>();
+    const enforcedNodes = r.waveNodes.filter((n) => earlier.has(n) || (this.#registry.get(n)?.status?.appliedRevision ?? 0n) >= r.resourceVersion);
+    const readings = r.waveNodes.map((n) => this.#reading(r, n));
+    const rise = (g: GateReading): number => g.currentDropPercent - g.baselineDropPercent;
+    readings.sort((a, b) => Number(b.overLimit) - Number(a.overLimit) || rise(b) - rise(a) || (a.node < b.node ? -1 : 1));
+    return { enforcedNodes, finalGateReadings: readings.slice(0, MAX_RECORDED_GATE_READINGS) };
   }
 
   /** Keys (rolloutKey: kind and name) of every rollout the log holds. */
@@ -164,6 +204,11 @@ export class RolloutManager {
     let before = new Set<string>();
     /** The wave each node joined (for shadow readings). */
     const waveOf = new Map<string, number>();
+    // Once reverted, the record says which nodes enforced the change: the others applied only
+    // the revert, or neither (yet).
+    const reverted = r.state === RolloutState.ROLLOUT_STATE_FAILED || r.state === RolloutState.ROLLOUT_STATE_ABORTED;
+    const enforced = new Set(r.enforcedNodes);
+    const succeeded = r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED;
     for (let i = 0; i < (strategy?.waves.length ?? 0); i++) {
       // The log's record is the authority for the current wave; earlier ones are recomputed.
       const members = i === r.currentWave ? [...r.waveNodes, ...r.shadowNodes] : i < r.currentWave ? waveMembers(strategy!, r.changeRevision, selected, i) : [];
@@ -171,10 +216,15 @@ export class RolloutManager {
       before = new Set(members);
       let done = 0;
       let failed = 0;
+      const ends = { nodesEnforced: 0, nodesRevertOnly: 0, nodesNeither: 0 };
       for (const n of mine) {
         const s = this.#registry.get(n)?.status;
-        if (s && s.appliedRevision >= r.resourceVersion) done++;
-        else if (s && s.lastOutcome === RevisionOutcome.REVISION_OUTCOME_NACK && s.lastOutcomeRevision >= r.changeRevision) failed++;
+        if (s?.lastOutcome === RevisionOutcome.REVISION_OUTCOME_NACK && s.lastOutcomeRevision >= r.changeRevision && !enforced.has(n) && (reverted || s.appliedRevision < r.resourceVersion)) failed++;
+        else if (s && s.appliedRevision >= r.resourceVersion) done++;
+        if (!reverted) continue;
+        if (enforced.has(n)) ends.nodesEnforced++;
+        else if (s && s.appliedRevision >= r.resourceVersion) ends.nodesRevertOnly++;
+        else ends.nodesNeither++;
       }
       const current = i === r.currentWave;
       const start = current ? r.waveStartTime : undefined;
@@ -182,28 +232,22 @@ export class RolloutManager {
       for (const n of mine) waveOf.set(n, i);
       const shadowing = current && r.wavePhase === WavePhase.WAVE_PHASE_SHADOW;
       const shadowUntil = shadowing && isActive(r) ? this.#shadowBakeStart(r) : undefined;
+      const settled = (i < r.currentWave && !reverted) || succeeded;
       waves.push({
         phase: current ? (r.wavePhase === WavePhase.WAVE_PHASE_SHADOW ? WavePhase.WAVE_PHASE_SHADOW : WavePhase.WAVE_PHASE_ENFORCING) : WavePhase.WAVE_PHASE_UNSPECIFIED,
         shadowUntilTime: shadowUntil === undefined ? undefined : new Date(shadowUntil + ms(strategy!.waves[i]!.shadowBakeTime)),
         index: i,
         name: strategy!.waves[i]!.name,
         nodes: mine,
-        nodesDone: i < r.currentWave || r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED ? mine.length : done,
+        nodesDone: reverted ? ends.nodesEnforced : settled ? mine.length : done,
         nodesFailed: failed,
-        nodesPending: i < r.currentWave || r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED ? 0 : Math.max(0, mine.length - done - failed),
+        nodesPending: reverted || settled ? 0 : Math.max(0, mine.length - done - failed),
         startTime: start,
         bakeUntilTime: start ? new Date(start.getTime() + bake) : undefined,
+        ...ends,
       });
     }
-    const gate: GateReading[] = [];
-    if (isActive(r)) {
-      const base = this.#baseline(r);
-      for (const n of r.waveNodes) {
-        const b = base.get(n)!;
-        const now = this.#totals(n);
-        gate.push({ node: n, baselineDropPercent: pct(b.dropped, b.packets), currentDropPercent: pct(now.dropped - b.dropped, now.packets - b.packets), packets: now.packets - b.packets });
-      }
-    }
+    const gate = r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED ? r.waveNodes.map((n) => this.#reading(r, n)) : r.finalGateReadings;
     const { readings, samples } = this.#shadowReadings(r, waveOf);
     return { rollout: r, waves, gateReadings: gate, shadowReadings: readings, shadowSamples: samples };
   }
@@ -327,20 +371,12 @@ export class RolloutManager {
         return this.#fail(r, `wave ${r.currentWave + 1}: ${pending.length} of ${nodes.length} nodes did not report within ${timeout} ms (${pending.map((n) => n.name).join(', ')})`);
       }
     }
-    // Gate 3: the share of dropped packets against each node's pre-change baseline.
-    const limit = gates?.maxDropRatioIncreasePoints ?? 0;
-    if (limit > 0) {
-      const base = this.#baseline(r);
+    // Gate 3: the share of dropped packets since each node enforced the change against its
+    // share before (also judged as each counter report arrives: #countersArrived).
+    if ((gates?.maxDropRatioIncreasePoints ?? 0) > 0) {
       for (const n of applied) {
-        const b = base.get(n.name)!;
-        const t = this.#totals(n.name);
-        const packets = t.packets - b.packets;
-        if (packets < BigInt(this.#o.minGatePackets ?? 10)) continue;
-        const before = pct(b.dropped, b.packets);
-        const during = pct(t.dropped - b.dropped, packets);
-        if (during - before > limit) {
-          return this.#fail(r, `wave ${r.currentWave + 1}: node ${n.name} drops ${during.toFixed(1)}% of packets, up from ${before.toFixed(1)}% before the change (more than ${limit} points)`);
-        }
+        const g = this.#reading(r, n.name);
+        if (g.overLimit) return this.#fail(r, this.#overLimit(r, g));
       }
     }
     if (pending.length > 0) return;
@@ -357,7 +393,7 @@ export class RolloutManager {
       const now = this.#now();
       const last = current.currentWave + 1 >= (current.strategy?.waves.length ?? 0);
       const next = last
-        ? Rollout.fromPartial({ ...current, state: RolloutState.ROLLOUT_STATE_SUCCEEDED, updateTime: now })
+        ? Rollout.fromPartial({ ...current, ...this.ending(current), state: RolloutState.ROLLOUT_STATE_SUCCEEDED, updateTime: now })
         : Rollout.fromPartial({
             ...current,
             currentWave: current.currentWave + 1,
@@ -371,12 +407,20 @@ export class RolloutManager {
   }
 
   async #fail(r: Rollout, reason: string): Promise<void> {
-    await this.#store.write((chain) => {
-      const current = chain.rollouts.get(rolloutKeyOf(r));
-      if (!current || current.resourceVersion !== r.resourceVersion || current.state !== RolloutState.ROLLOUT_STATE_PROGRESSING) return undefined;
-      this.#o.log?.('rollout failed', { [rolloutKindName(r.kind)]: r.name, reason });
-      return revertChange(current, RolloutState.ROLLOUT_STATE_FAILED, reason, this.#now());
-    }, r.traceContext);
+    // One revert per decision: a gate judged on every counter report may fire again while it is written.
+    const key = `${rolloutKeyOf(r)}@${r.resourceVersion}`;
+    if (this.#failing.has(key)) return;
+    this.#failing.add(key);
+    try {
+      await this.#store.write((chain) => {
+        const current = chain.rollouts.get(rolloutKeyOf(r));
+        if (!current || current.resourceVersion !== r.resourceVersion || current.state !== RolloutState.ROLLOUT_STATE_PROGRESSING) return undefined;
+        this.#o.log?.('rollout failed', { [rolloutKindName(r.kind)]: r.name, reason });
+        return revertChange(Rollout.fromPartial({ ...current, ...this.ending(current) }), RolloutState.ROLLOUT_STATE_FAILED, reason, this.#now());
+      }, r.traceContext);
+    } finally {
+      this.#failing.delete(key);
+    }
   }
 
   /** Starts the span of `r`'s current shadow phase (once): its figures are set when it is decided. */

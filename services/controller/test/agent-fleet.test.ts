@@ -7,11 +7,9 @@ import {
   ApplyPolicyRequest,
   RevisionOutcome,
   type AgentHello,
-  type ConnectRequest,
-  type ConnectResponse,
 } from '@edgeplane/proto';
 import { call, clients, standardServices } from '../../../test/support/grpc.js';
-import { samplePolicy, startTestController } from './helpers.js';
+import { samplePolicy, simulatedAgent, startTestController } from './helpers.js';
 
 let env: Awaited<ReturnType<typeof startTestController>>;
 let c: ReturnType<typeof clients>;
@@ -24,51 +22,7 @@ test.after.always(async () => {
   await env?.stop();
 });
 
-/** An agent's side of the Connect stream, with a queue of what the controller sent. */
-function agentStream(name: string, labels: Record<string, string>, hello: Partial<Pick<AgentHello, 'conditions' | 'appliedUnknown' | 'appliedRevision'>> = {}) {
-  const client = new AgentServiceClient(env.controller.address, grpc.credentials.createInsecure());
-  const stream = client.connect();
-  const received: ConnectResponse[] = [];
-  const waiters: (() => void)[] = [];
-  let ended: grpc.ServiceError | null | undefined;
-  stream.on('data', (m: ConnectResponse) => {
-    received.push(m);
-    waiters.splice(0).forEach((w) => w());
-  });
-  stream.on('error', (e: grpc.ServiceError) => {
-    ended = e;
-    waiters.splice(0).forEach((w) => w());
-  });
-  stream.on('end', () => {
-    ended ??= null;
-    waiters.splice(0).forEach((w) => w());
-  });
-  const send = (m: ConnectRequest): void => void stream.write(m);
-  send({ message: { $case: 'hello', hello: { nodeName: name, labels, info: { agentVersion: 't', kernelRelease: '6.18', hostname: name, datapath: 'memory', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65536, ipv6: true } }, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 's', conditions: [], appliedUnknown: false, lastReport: undefined, ...hello } } });
-  return {
-    send,
-    received,
-    get ended() {
-      return ended;
-    },
-    async next(pred: (m: ConnectResponse) => boolean, ms = 5000): Promise<ConnectResponse> {
-      const deadline = Date.now() + ms;
-      for (;;) {
-        const hit = received.find(pred);
-        if (hit) return hit;
-        if (ended !== undefined || Date.now() > deadline) throw new Error(`no matching message (ended: ${ended?.message ?? ended})`);
-        await new Promise<void>((r) => {
-          waiters.push(r);
-          setTimeout(r, 100);
-        });
-      }
-    },
-    close() {
-      stream.end();
-      client.close();
-    },
-  };
-}
+const agentStream = (name: string, labels: Record<string, string>, hello: Partial<Pick<AgentHello, 'conditions' | 'appliedUnknown' | 'appliedRevision'>> = {}) => simulatedAgent(env.controller.address, name, labels, hello);
 
 async function until(pred: () => Promise<boolean>, ms = 5000): Promise<void> {
   const deadline = Date.now() + ms;

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { keyIdOf, quietIpServernameWarning } from '@edgeplane/proto';
+import { ifindex as interfaceIndex } from 'libbpf-ts';
 import { startTelemetry } from '@edgeplane/telemetry';
 import { AgentRuntime, type InterfaceAttacher } from './agent/agent-runtime.js';
 import { AGENT_HELP, AgentConfigError, enrolledSettings, parseAgentConfig, type AgentConfig } from './agent/config.js';
@@ -95,7 +96,8 @@ function ebpfAttacher(ebpf: Record<InterfaceRole, EbpfDatapath>, xdpMode: AgentC
     },
     isAttached: (iface, role) => ebpf[role].isAttached(iface, role, { xdpMode }),
     programId: (role) => (role === 'uplink' && xdpMode !== 'tc' ? ebpf.uplink.xdpProgram.id : ebpf[role].tcProgram.id),
-    attachMode: (role) => (role === 'uplink' && xdpMode !== 'tc' ? `xdp-${xdpMode}` : 'tc'),
+    attachMode: (iface, role) => ebpf[role].attachMode(iface, role),
+    ifindex: (iface) => interfaceIndex(iface),
   };
 }
 

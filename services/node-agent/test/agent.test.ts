@@ -82,6 +82,15 @@ test.serial('agent - a policy that selects the node is enforced on real packets 
   });
   const status = await call(c.fleet, c.fleet.getRevisionStatus, { revision, nodeLabelSelector: 'role=edge' });
   t.like(status, { nodesTotal: 1, nodesApplied: 1, nodesFailed: 0 });
+  // describe node: each interface with its real index and the mode its program runs in, as the kernel says.
+  const ifindex = (dev: string): number => (JSON.parse(sh('ip', ['-n', node.ns, '-j', 'link', 'show', 'dev', dev])) as { ifindex: number }[])[0]!.ifindex;
+  const described = (await call(c.fleet, c.fleet.getNode, { name: 'edge-1' })).node!.interfaces;
+  const up0 = described.find((i) => i.name === 'up0');
+  const wl0 = described.find((i) => i.name === 'wl0');
+  t.is(up0?.ifindex, ifindex('up0'));
+  t.regex(up0?.attachMode ?? '', /^xdp-(native|generic)$/, 'the mode the XDP program runs in, never the asked-for "auto"');
+  t.is(wl0?.ifindex, ifindex('wl0'));
+  t.is(wl0?.attachMode, 'tc');
 });
 
 test.serial('agent - a policy whose selector does not match changes nothing on the node', async (t) => {

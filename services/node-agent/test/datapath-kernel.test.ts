@@ -57,6 +57,29 @@ test('rate limit - a burst of N passes exactly N per source, each source has its
   t.is(datapath.readCounters().rules.get(7)?.packets, 17, 'counters continue across applies');
 });
 
+test('counters - a rule an apply removes keeps what it counted up to the switch, as retired, after a whole install, the bring-up after it, and an update', async (t) => {
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
+  t.teardown(() => datapath.close());
+  const deny23: RuleSpec = { id: 23, srcCidrs: [], dstCidrs: [], protocol: 'tcp', dstPorts: [{ from: 23, to: 23 }], action: 'deny' };
+  const deny24: RuleSpec = { ...deny23, id: 24, dstPorts: [{ from: 24, to: 24 }] };
+  await datapath.apply({ rules: [deny23], defaultAction: 'allow' });
+  const telnet = buildFrame({ src: '10.0.0.1', dst: '192.0.2.1', protocol: 'tcp', dstPort: 23 });
+  for (let i = 0; i < 3; i++) t.is(datapath.xdpProgram.testRun({ data: telnet }).retval, XDP_DROP);
+  await datapath.apply({ rules: [deny24], defaultAction: 'allow' });
+  const after = datapath.readCounters();
+  t.deepEqual([...after.rules.keys()], [24]);
+  t.is(after.retired?.get(23)?.packets, 3, 'the removed rule still says what it counted');
+  t.is(datapath.xdpProgram.testRun({ data: telnet }).retval, XDP_PASS);
+  // The generation just left is brought up to date in the background (its counts carried), then another change.
+  await datapath.settled();
+  t.is(datapath.readCounters().retired?.get(23)?.packets, 3);
+  // The next change writes the generation by difference: the rule it removes is retired the same way.
+  t.is(datapath.xdpProgram.testRun({ data: buildFrame({ src: '10.0.0.1', dst: '192.0.2.1', protocol: 'tcp', dstPort: 24 }) }).retval, XDP_DROP);
+  const write = await datapath.apply({ rules: [{ ...deny23, id: 25, dstPorts: [{ from: 25, to: 25 }] }], defaultAction: 'allow' });
+  t.is(write.write, 'updated');
+  t.is(datapath.readCounters().retired?.get(24)?.packets, 1);
+});
+
 test('capacity - 65,536 rules load and classify first, last and no match', async (t) => {
   const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
   t.teardown(() => datapath.close());

@@ -5,13 +5,13 @@ import test from 'ava';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Action, Policy, Protocol, RevisionOutcome, type ConditionReport, type LogEntry, type RevisionReport } from '@edgeplane/proto';
+import { Action, Policy, Protocol, RevisionOutcome, type ConditionReport, type CounterReport, type LogEntry, type RevisionReport } from '@edgeplane/proto';
 import { IntentChain } from '@edgeplane/intent-log';
 import { DatapathError } from '../src/datapath/errors.js';
 import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
-import { CONDITION_APPLY_ROLLBACK_FAILED, CONDITION_STATE_FILE_FAILED, NodeAgent, type AgentLogger } from '../src/agent/node-agent.js';
+import { CONDITION_APPLY_ROLLBACK_FAILED, CONDITION_STATE_FILE_FAILED, NodeAgent, type AgentLogger, type NodeAgentOptions } from '../src/agent/node-agent.js';
 import { StateFile, type AppliedState, type StateStore } from '../src/agent/state-file.js';
 import { advance as signedAdvance, denyPort, installTestMeter, pushChange, trustedKeys } from './node-agent-helpers.js';
 
@@ -49,7 +49,7 @@ interface Harness {
   push(policy: Policy): Promise<RevisionReport>;
 }
 
-function harness(stateFile: StateStore = new StateFile(join(mkdtempSync(join(dir, 's-')), 'applied.json')), retryMinMs = 5): Harness {
+function harness(stateFile: StateStore = new StateFile(join(mkdtempSync(join(dir, 's-')), 'applied.json')), retryMinMs = 5, extra: Partial<NodeAgentOptions> = {}): Harness {
   const uplink = new MemoryDatapath();
   const workload = new MemoryDatapath();
   const reports: RevisionReport[] = [];
@@ -70,6 +70,7 @@ function harness(stateFile: StateStore = new StateFile(join(mkdtempSync(join(dir
     coalesceMs: 0,
     retryMinMs,
     retryMaxMs: Math.max(20, retryMinMs),
+    ...extra,
   });
   const chain = new IntentChain(trustedKeys);
   return {
@@ -411,4 +412,94 @@ test('NodeAgent - counters go out only when they moved: a delta after traffic, t
   t.is(h.agent.counterDeltas(), undefined);
   verdict(h.workload, 23);
   t.deepEqual(h.agent.counterDeltas()?.rules.map((r) => r.packets), [1n], 'a delta since the last report, not a total');
+});
+
+/** Policy `name` with one TCP rule of `action` to `port` at `priority`, on both interface roles. */
+const onePortRule = (name: string, priority: number, port: number, action: Action): Policy => {
+  const p = denyPort(name, port);
+  return Policy.fromPartial({ ...p, spec: { ...p.spec!, rules: [{ ...p.spec!.rules[0]!, priority, action }] } });
+};
+
+/** A harness whose flushes are recorded in order with its ACKs/NACKs (`sent` false: the link is down). */
+function flushHarness(sent = true): Harness & { events: string[]; flushed: CounterReport[] } {
+  const events: string[] = [];
+  const flushed: CounterReport[] = [];
+  const h = harness(undefined, 5, {
+    flushCounters: (c) => {
+      flushed.push(c);
+      events.push(`flush ${c.appliedRevision}`);
+      return sent;
+    },
+  });
+  const push = h.push;
+  return {
+    ...h,
+    events,
+    flushed,
+    push: async (policy) => {
+      const r = await push(policy);
+      events.push(`report ${r.revision}`);
+      return r;
+    },
+  };
+}
+
+const drops = (c: CounterReport | undefined, role = 'uplink'): bigint | undefined => c?.interfaces.find((i) => i.interface === role)?.droppedPackets;
+
+test('NodeAgent - counters are flushed when a rule set is replaced: what a removed rule counted since the last report goes out at the switch, before the ACK, under the revision before', async (t) => {
+  const h = flushHarness();
+  t.teardown(() => h.agent.close());
+  await h.push(denyPort('p', 23));
+  t.is(h.agent.counterDeltas(), undefined, 'the baseline reading');
+  verdict(h.uplink, 23);
+  verdict(h.uplink, 23);
+  verdict(h.uplink, 80);
+  // The deny rule (priority 10) is replaced by one at priority 20: its id leaves the live rule set.
+  await h.push(onePortRule('p', 20, 24, Action.ACTION_DENY));
+  t.deepEqual(h.events, ['report 1', 'flush 1', 'report 2'], 'the flush goes before the ACK of the apply that replaced the rule set');
+  const flush = h.flushed[0]!;
+  t.deepEqual(flush.rules.map((r) => [r.rule?.policy, r.rule?.priority, r.packets]), [['p', 10, 2n]], 'the removed rule counted 2 packets up to the switch');
+  t.is(drops(flush), 2n);
+  t.is(flush.interfaces.find((i) => i.interface === 'uplink')?.passedPackets, 1n);
+  t.is(flush.appliedRevision, 1n);
+  t.is(h.agent.counterDeltas(), undefined, 'nothing counted since the switch: nothing is reported twice');
+  verdict(h.uplink, 24);
+  const after = h.agent.counterDeltas();
+  t.deepEqual(after?.rules.map((r) => [r.rule?.priority, r.packets]), [[20, 1n]]);
+  t.is(after?.appliedRevision, 2n);
+});
+
+test('NodeAgent - a flush attributes packets to the verdicts of the rule set that decided them: a rule whose action changes reports its drops before the switch as drops', async (t) => {
+  const h = flushHarness();
+  t.teardown(() => h.agent.close());
+  await h.push(denyPort('p', 23));
+  h.agent.counterDeltas();
+  verdict(h.uplink, 23);
+  verdict(h.uplink, 23);
+  verdict(h.uplink, 23);
+  // The same rule (policy p, priority 10: the same id) now allows.
+  await h.push(onePortRule('p', 10, 23, Action.ACTION_ALLOW));
+  t.is(drops(h.flushed[0]), 3n, 'dropped under the deny rule');
+  verdict(h.uplink, 23);
+  const after = h.agent.counterDeltas();
+  t.is(drops(after), 0n);
+  t.is(after?.interfaces.find((i) => i.interface === 'uplink')?.passedPackets, 1n, 'passed under the allow rule');
+});
+
+test('NodeAgent - a flush that cannot be sent goes alone with the next counter report, never mixed with what the new rule set counted', async (t) => {
+  const h = flushHarness(false);
+  t.teardown(() => h.agent.close());
+  await h.push(denyPort('p', 23));
+  h.agent.counterDeltas();
+  verdict(h.uplink, 23);
+  await h.push(onePortRule('p', 20, 24, Action.ACTION_DENY));
+  verdict(h.uplink, 24);
+  verdict(h.uplink, 24);
+  const first = h.agent.counterDeltas();
+  t.is(first?.appliedRevision, 1n);
+  t.is(drops(first), 1n);
+  const second = h.agent.counterDeltas();
+  t.is(second?.appliedRevision, 2n);
+  t.is(drops(second), 2n);
+  t.is(h.agent.counterDeltas(), undefined);
 });

@@ -8,14 +8,28 @@ import { secondsLeft, stateName } from '../rollout-text.js';
 const ACTIONS = ['status', 'list', 'pause', 'resume', 'promote', 'abort'] as const;
 type Action = (typeof ACTIONS)[number];
 
+const reverted = (state: RolloutState): boolean => state === RolloutState.ROLLOUT_STATE_FAILED || state === RolloutState.ROLLOUT_STATE_ABORTED;
+
+/**
+ * Which nodes run what: while the rollout runs, the nodes its record gives the change; once it
+ * succeeded, all of them; once it was reverted, the nodes that enforced the change, applied only
+ * the revert, or neither, as the controller counted them (WaveStatus).
+ */
+function nodesLine(status: RolloutStatus): string {
+  const r = status.rollout!;
+  if (!reverted(r.state)) return `${r.waveNodes.length} node(s) run the change`;
+  const sum = (k: 'nodesEnforced' | 'nodesRevertOnly' | 'nodesNeither'): number => status.waves.reduce((n, w) => n + w[k], 0);
+  return `${sum('nodesEnforced')} node(s) enforced the change before the revert, ${sum('nodesRevertOnly')} applied only the revert, ${sum('nodesNeither')} neither`;
+}
+
 /** Renders a rollout's status as text (pure). */
 export function renderRollout(status: RolloutStatus, now: Date): string {
   const r = status.rollout!;
   const waves = r.strategy?.waves ?? [];
   const lines = [
     `Rollout of ${rolloutKindName(r.kind)} ${r.name} (change at revision ${r.changeRevision}): ${stateName(r.state)}${r.reason ? ` - ${r.reason}` : ''}`,
-    `Wave ${Math.min(r.currentWave + 1, waves.length)} of ${waves.length}; ${r.waveNodes.length} node(s) run the change${(isServiceRollout(r) ? r.previousService : r.previous) ? '' : ` (a new ${rolloutKindName(r.kind)})`}${r.wavePhase === WavePhase.WAVE_PHASE_SHADOW ? `; ${r.shadowNodes.length} node(s) ${r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED ? 'shadow' : 'shadowed'} it` : ''}`,
-    'WAVE  TARGET                 NODES  DONE  FAILED  PENDING  STATE',
+    `Wave ${Math.min(r.currentWave + 1, waves.length)} of ${waves.length}; ${nodesLine(status)}${(isServiceRollout(r) ? r.previousService : r.previous) ? '' : ` (a new ${rolloutKindName(r.kind)})`}${r.wavePhase === WavePhase.WAVE_PHASE_SHADOW ? `; ${r.shadowNodes.length} node(s) ${r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED ? 'shadow' : 'shadowed'} it` : ''}`,
+    reverted(r.state) ? 'WAVE  TARGET                 NODES  ENFORCED  REVERT-ONLY  NEITHER  NACK  STATE' : 'WAVE  TARGET                 NODES  DONE  FAILED  PENDING  STATE',
   ];
   for (const w of status.waves) {
     const spec = waves[w.index];
@@ -23,11 +37,14 @@ export function renderRollout(status: RolloutStatus, now: Date): string {
     const shadow = w.phase === WavePhase.WAVE_PHASE_SHADOW;
     const phase = shadow ? `shadow ${r.state === RolloutState.ROLLOUT_STATE_PROGRESSING ? (w.shadowUntilTime ? shadowLeft(w.shadowUntilTime, now) : '(waiting for every node to shadow)') : ''}`.trimEnd() : '';
     const state = w.index < r.currentWave || r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED ? 'done' : w.index === r.currentWave ? (shadow ? `${stateName(r.state)}, ${phase}` : `${stateName(r.state)}${r.state === RolloutState.ROLLOUT_STATE_PROGRESSING ? secondsLeft(w.bakeUntilTime, now) : ''}`) : 'waiting';
-    lines.push(`${String(w.index + 1).padEnd(4)}  ${`${w.name ? `${w.name}: ` : ''}${target}`.padEnd(21)}  ${String(w.nodes.length).padEnd(5)}  ${String(w.nodesDone).padEnd(4)}  ${String(w.nodesFailed).padEnd(6)}  ${String(w.nodesPending).padEnd(7)}  ${state}`);
+    const head = `${String(w.index + 1).padEnd(4)}  ${`${w.name ? `${w.name}: ` : ''}${target}`.padEnd(21)}  ${String(w.nodes.length).padEnd(5)}  `;
+    if (reverted(r.state)) lines.push(`${head}${String(w.nodesEnforced).padEnd(8)}  ${String(w.nodesRevertOnly).padEnd(11)}  ${String(w.nodesNeither).padEnd(7)}  ${String(w.nodesFailed).padEnd(4)}  ${w.index < r.currentWave ? 'done' : w.index === r.currentWave ? (shadow ? `${stateName(r.state)} in shadow` : stateName(r.state)) : 'never started'}`);
+    else lines.push(`${head}${String(w.nodesDone).padEnd(4)}  ${String(w.nodesFailed).padEnd(6)}  ${String(w.nodesPending).padEnd(7)}  ${state}`);
   }
   if (status.gateReadings.length > 0) {
-    lines.push('Health gate (share of dropped packets, before -> since the wave started):');
-    for (const g of status.gateReadings) lines.push(`  ${g.node}: ${g.baselineDropPercent.toFixed(1)}% -> ${g.currentDropPercent.toFixed(1)}% over ${g.packets} packets`);
+    const active = r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED;
+    lines.push(`Health gate${active ? '' : ' at the end'} (share of dropped packets, before -> since the node enforced the change):`);
+    for (const g of status.gateReadings) lines.push(`  ${g.node}: ${g.baselineDropPercent.toFixed(1)}% -> ${g.currentDropPercent.toFixed(1)}% (${g.droppedPackets} of ${g.packets} packets)${g.overLimit ? ' OVER THE LIMIT' : ''}`);
   }
   if (status.shadowReadings.length > 0) {
     lines.push('Shadow gate (what the change would have done while the previous version was enforced):');

@@ -101,7 +101,11 @@ export interface NodeInterface {
   name: string;
   ifindex: number;
   role: InterfaceRole;
-  /** "xdp-native", "xdp-generic" or "tc". */
+  /**
+   * How the agent's program is attached now, as the kernel reports it: "xdp-native",
+   * "xdp-generic" or "xdp-offload" (an uplink at XDP: the mode it runs in, whatever mode was
+   * asked), or "tc" (clsact); "" when it is not attached.
+   */
   attachMode: string;
   attached: boolean;
   /** The id of the attached program (0 when not attached). */

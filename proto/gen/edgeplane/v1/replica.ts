@@ -64,7 +64,25 @@ export interface ReplicaNodeState {
     | LoadBalancerStatus
     | undefined;
   /** The node's newest shadow counters (absent: none reported). */
-  shadow: ShadowReport | undefined;
+  shadow:
+    | ShadowReport
+    | undefined;
+  /**
+   * Where the node's counter totals stood when it first reported counters under each of its
+   * latest applied revisions (oldest first): what rollout gates read "since the node enforced
+   * the change" from.
+   */
+  counterMarks: CounterMark[];
+}
+
+/**
+ * CounterMark is a node's interface counter totals (summed over its interfaces) just before its
+ * first counter report with applied_revision = revision: everything it counted before then.
+ */
+export interface CounterMark {
+  revision: bigint;
+  packets: bigint;
+  droppedPackets: bigint;
 }
 
 function createBaseReplicaFleetState(): ReplicaFleetState {
@@ -245,6 +263,7 @@ function createBaseReplicaNodeState(): ReplicaNodeState {
     statusChanged: false,
     loadBalancer: undefined,
     shadow: undefined,
+    counterMarks: [],
   };
 }
 
@@ -273,6 +292,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     }
     if (message.shadow !== undefined) {
       ShadowReport.encode(message.shadow, writer.uint32(66).fork()).join();
+    }
+    for (const v of message.counterMarks) {
+      CounterMark.encode(v!, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -354,6 +376,14 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
             message.shadow = ShadowReport.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.counterMarks.push(CounterMark.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -392,6 +422,11 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
         ? LoadBalancerStatus.fromJSON(object.load_balancer)
         : undefined,
       shadow: isSet(object.shadow) ? ShadowReport.fromJSON(object.shadow) : undefined,
+      counterMarks: globalThis.Array.isArray(object?.counterMarks)
+        ? object.counterMarks.map((e: any) => CounterMark.fromJSON(e))
+        : globalThis.Array.isArray(object?.counter_marks)
+        ? object.counter_marks.map((e: any) => CounterMark.fromJSON(e))
+        : [],
     };
   },
 
@@ -421,6 +456,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     if (message.shadow !== undefined) {
       obj.shadow = ShadowReport.toJSON(message.shadow);
     }
+    if (message.counterMarks?.length) {
+      obj.counterMarks = message.counterMarks.map((e) => CounterMark.toJSON(e));
+    }
     return obj;
   },
 
@@ -441,6 +479,123 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     message.shadow = (object.shadow !== undefined && object.shadow !== null)
       ? ShadowReport.fromPartial(object.shadow)
       : undefined;
+    message.counterMarks = object.counterMarks?.map((e) => CounterMark.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseCounterMark(): CounterMark {
+  return { revision: 0n, packets: 0n, droppedPackets: 0n };
+}
+
+export const CounterMark: MessageFns<CounterMark> = {
+  encode(message: CounterMark, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.revision !== 0n) {
+      if (BigInt.asUintN(64, message.revision) !== message.revision) {
+        throw new globalThis.Error("value provided for field message.revision of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.revision);
+    }
+    if (message.packets !== 0n) {
+      if (BigInt.asUintN(64, message.packets) !== message.packets) {
+        throw new globalThis.Error("value provided for field message.packets of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.packets);
+    }
+    if (message.droppedPackets !== 0n) {
+      if (BigInt.asUintN(64, message.droppedPackets) !== message.droppedPackets) {
+        throw new globalThis.Error("value provided for field message.droppedPackets of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.droppedPackets);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CounterMark {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCounterMark();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.revision = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.packets = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.droppedPackets = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CounterMark {
+    return {
+      revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+      packets: isSet(object.packets) ? BigInt(object.packets) : 0n,
+      droppedPackets: isSet(object.droppedPackets)
+        ? BigInt(object.droppedPackets)
+        : isSet(object.dropped_packets)
+        ? BigInt(object.dropped_packets)
+        : 0n,
+    };
+  },
+
+  toJSON(message: CounterMark): unknown {
+    const obj: any = {};
+    if (message.revision !== 0n) {
+      obj.revision = message.revision.toString();
+    }
+    if (message.packets !== 0n) {
+      obj.packets = message.packets.toString();
+    }
+    if (message.droppedPackets !== 0n) {
+      obj.droppedPackets = message.droppedPackets.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CounterMark>, I>>(base?: I): CounterMark {
+    return CounterMark.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CounterMark>, I>>(object: I): CounterMark {
+    const message = createBaseCounterMark();
+    message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    message.packets = (object.packets !== undefined && object.packets !== null) ? BigInt(object.packets) : 0n;
+    message.droppedPackets = (object.droppedPackets !== undefined && object.droppedPackets !== null)
+      ? BigInt(object.droppedPackets)
+      : 0n;
     return message;
   },
 };

@@ -224,6 +224,18 @@ export interface Rollout {
    * Kept in a finished record: the nodes that shadowed when it ended.
    */
   shadowNodes: string[];
+  /**
+   * Set when the rollout ends (FAILED, ABORTED, SUCCEEDED): the nodes that enforced the change
+   * by then (every node of the waves before the last one, and the nodes of the last one that
+   * had applied its record), so `rollout status` tells them from nodes that applied only the
+   * revert and nodes that received neither.
+   */
+  enforcedNodes: string[];
+  /**
+   * Set when the rollout ends: the health-gate readings of its last wave at the decision, the
+   * reading over the limit first, at most MAX_RECORDED_GATE_READINGS.
+   */
+  finalGateReadings: GateReading[];
 }
 
 /** WaveStatus is live progress of one wave, computed by the controller. */
@@ -232,8 +244,14 @@ export interface WaveStatus {
   name: string;
   /** Nodes in this wave (not counting earlier waves). */
   nodes: string[];
+  /**
+   * While the rollout runs: nodes that enforce the change now. Once it ended: nodes that
+   * enforced it (nodes_enforced).
+   */
   nodesDone: number;
+  /** Nodes that NACKed the change. */
   nodesFailed: number;
+  /** While the rollout runs: nodes yet to enforce the change. Once it ended: 0 (see the counts below). */
   nodesPending: number;
   startTime: Date | undefined;
   bakeUntilTime:
@@ -242,7 +260,18 @@ export interface WaveStatus {
   /** The wave's phase (UNSPECIFIED for a wave not started or done). */
   phase: WavePhase;
   /** In the shadow phase: when its shadow bake ends (unset until every node shadows the change). */
-  shadowUntilTime: Date | undefined;
+  shadowUntilTime:
+    | Date
+    | undefined;
+  /**
+   * Once a rollout failed or was aborted, every node of the wave is in exactly one of these:
+   * it enforced the change (whether or not it has applied the revert since), it applied only
+   * the revert (it never enforced the change), or it enforced neither (it received neither, or
+   * NACKed the change and has not applied the revert yet). All 0 while the rollout runs.
+   */
+  nodesEnforced: number;
+  nodesRevertOnly: number;
+  nodesNeither: number;
 }
 
 /**
@@ -270,15 +299,28 @@ export interface ShadowReading {
   rules: RuleCounters[];
 }
 
-/** GateReading is one node's health signal during a wave. */
+/**
+ * GateReading is one node's health signal during a wave: what its datapath counted since it
+ * enforced the wave's change (reports the agent sent after it switched to the change; the
+ * agent flushes the outgoing rule set's counters at the switch, so none of them is mixed in).
+ */
 export interface GateReading {
   node: string;
   /** Share of dropped packets before the change, in percent. */
   baselineDropPercent: number;
-  /** Share of dropped packets since its wave started, in percent. */
+  /** Share of dropped packets since the node enforced the change, in percent. */
   currentDropPercent: number;
-  /** Packets seen since its wave started. */
+  /** Packets seen since the node enforced the change (0: none yet, or it does not enforce it yet). */
   packets: bigint;
+  /** Dropped packets among them. */
+  droppedPackets: bigint;
+  /**
+   * Whether the reading is over the gate's limit with at least the minimum of packets the
+   * gate judges (the controller's --gate-min-packets): a reading of fewer packets never fails a wave.
+   */
+  overLimit: boolean;
+  /** When the reading was last updated (the newest counter report it covers). */
+  time: Date | undefined;
 }
 
 /** RolloutStatus is a rollout's log record and its live progress. */
@@ -318,6 +360,8 @@ function createBaseRollout(): Rollout {
     previousService: undefined,
     wavePhase: 0,
     shadowNodes: [],
+    enforcedNodes: [],
+    finalGateReadings: [],
   };
 }
 
@@ -382,6 +426,12 @@ export const Rollout: MessageFns<Rollout> = {
     }
     for (const v of message.shadowNodes) {
       writer.uint32(146).string(v!);
+    }
+    for (const v of message.enforcedNodes) {
+      writer.uint32(194).string(v!);
+    }
+    for (const v of message.finalGateReadings) {
+      GateReading.encode(v!, writer.uint32(202).fork()).join();
     }
     return writer;
   },
@@ -543,6 +593,22 @@ export const Rollout: MessageFns<Rollout> = {
             message.shadowNodes.push(reader.string());
             continue;
           }
+          case 24: {
+            if (tag !== 194) {
+              break;
+            }
+
+            message.enforcedNodes.push(reader.string());
+            continue;
+          }
+          case 25: {
+            if (tag !== 202) {
+              break;
+            }
+
+            message.finalGateReadings.push(GateReading.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -623,6 +689,16 @@ export const Rollout: MessageFns<Rollout> = {
         : globalThis.Array.isArray(object?.shadow_nodes)
         ? object.shadow_nodes.map((e: any) => globalThis.String(e))
         : [],
+      enforcedNodes: globalThis.Array.isArray(object?.enforcedNodes)
+        ? object.enforcedNodes.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.enforced_nodes)
+        ? object.enforced_nodes.map((e: any) => globalThis.String(e))
+        : [],
+      finalGateReadings: globalThis.Array.isArray(object?.finalGateReadings)
+        ? object.finalGateReadings.map((e: any) => GateReading.fromJSON(e))
+        : globalThis.Array.isArray(object?.final_gate_readings)
+        ? object.final_gate_readings.map((e: any) => GateReading.fromJSON(e))
+        : [],
     };
   },
 
@@ -682,6 +758,12 @@ export const Rollout: MessageFns<Rollout> = {
     if (message.shadowNodes?.length) {
       obj.shadowNodes = message.shadowNodes;
     }
+    if (message.enforcedNodes?.length) {
+      obj.enforcedNodes = message.enforcedNodes;
+    }
+    if (message.finalGateReadings?.length) {
+      obj.finalGateReadings = message.finalGateReadings.map((e) => GateReading.toJSON(e));
+    }
     return obj;
   },
 
@@ -720,6 +802,8 @@ export const Rollout: MessageFns<Rollout> = {
       : undefined;
     message.wavePhase = object.wavePhase ?? 0;
     message.shadowNodes = object.shadowNodes?.map((e) => e) || [];
+    message.enforcedNodes = object.enforcedNodes?.map((e) => e) || [];
+    message.finalGateReadings = object.finalGateReadings?.map((e) => GateReading.fromPartial(e)) || [];
     return message;
   },
 };
@@ -736,6 +820,9 @@ function createBaseWaveStatus(): WaveStatus {
     bakeUntilTime: undefined,
     phase: 0,
     shadowUntilTime: undefined,
+    nodesEnforced: 0,
+    nodesRevertOnly: 0,
+    nodesNeither: 0,
   };
 }
 
@@ -770,6 +857,15 @@ export const WaveStatus: MessageFns<WaveStatus> = {
     }
     if (message.shadowUntilTime !== undefined) {
       Timestamp.encode(toTimestamp(message.shadowUntilTime), writer.uint32(82).fork()).join();
+    }
+    if (message.nodesEnforced !== 0) {
+      writer.uint32(88).uint32(message.nodesEnforced);
+    }
+    if (message.nodesRevertOnly !== 0) {
+      writer.uint32(96).uint32(message.nodesRevertOnly);
+    }
+    if (message.nodesNeither !== 0) {
+      writer.uint32(104).uint32(message.nodesNeither);
     }
     return writer;
   },
@@ -867,6 +963,30 @@ export const WaveStatus: MessageFns<WaveStatus> = {
             message.shadowUntilTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.nodesEnforced = reader.uint32();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.nodesRevertOnly = reader.uint32();
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.nodesNeither = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -915,6 +1035,21 @@ export const WaveStatus: MessageFns<WaveStatus> = {
         : isSet(object.shadow_until_time)
         ? fromJsonTimestamp(object.shadow_until_time)
         : undefined,
+      nodesEnforced: isSet(object.nodesEnforced)
+        ? globalThis.Number(object.nodesEnforced)
+        : isSet(object.nodes_enforced)
+        ? globalThis.Number(object.nodes_enforced)
+        : 0,
+      nodesRevertOnly: isSet(object.nodesRevertOnly)
+        ? globalThis.Number(object.nodesRevertOnly)
+        : isSet(object.nodes_revert_only)
+        ? globalThis.Number(object.nodes_revert_only)
+        : 0,
+      nodesNeither: isSet(object.nodesNeither)
+        ? globalThis.Number(object.nodesNeither)
+        : isSet(object.nodes_neither)
+        ? globalThis.Number(object.nodes_neither)
+        : 0,
     };
   },
 
@@ -950,6 +1085,15 @@ export const WaveStatus: MessageFns<WaveStatus> = {
     if (message.shadowUntilTime !== undefined) {
       obj.shadowUntilTime = message.shadowUntilTime.toISOString();
     }
+    if (message.nodesEnforced !== 0) {
+      obj.nodesEnforced = Math.round(message.nodesEnforced);
+    }
+    if (message.nodesRevertOnly !== 0) {
+      obj.nodesRevertOnly = Math.round(message.nodesRevertOnly);
+    }
+    if (message.nodesNeither !== 0) {
+      obj.nodesNeither = Math.round(message.nodesNeither);
+    }
     return obj;
   },
 
@@ -968,6 +1112,9 @@ export const WaveStatus: MessageFns<WaveStatus> = {
     message.bakeUntilTime = object.bakeUntilTime ?? undefined;
     message.phase = object.phase ?? 0;
     message.shadowUntilTime = object.shadowUntilTime ?? undefined;
+    message.nodesEnforced = object.nodesEnforced ?? 0;
+    message.nodesRevertOnly = object.nodesRevertOnly ?? 0;
+    message.nodesNeither = object.nodesNeither ?? 0;
     return message;
   },
 };
@@ -1190,7 +1337,15 @@ export const ShadowReading: MessageFns<ShadowReading> = {
 };
 
 function createBaseGateReading(): GateReading {
-  return { node: "", baselineDropPercent: 0, currentDropPercent: 0, packets: 0n };
+  return {
+    node: "",
+    baselineDropPercent: 0,
+    currentDropPercent: 0,
+    packets: 0n,
+    droppedPackets: 0n,
+    overLimit: false,
+    time: undefined,
+  };
 }
 
 export const GateReading: MessageFns<GateReading> = {
@@ -1209,6 +1364,18 @@ export const GateReading: MessageFns<GateReading> = {
         throw new globalThis.Error("value provided for field message.packets of type uint64 too large");
       }
       writer.uint32(32).uint64(message.packets);
+    }
+    if (message.droppedPackets !== 0n) {
+      if (BigInt.asUintN(64, message.droppedPackets) !== message.droppedPackets) {
+        throw new globalThis.Error("value provided for field message.droppedPackets of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.droppedPackets);
+    }
+    if (message.overLimit !== false) {
+      writer.uint32(88).bool(message.overLimit);
+    }
+    if (message.time !== undefined) {
+      Timestamp.encode(toTimestamp(message.time), writer.uint32(98).fork()).join();
     }
     return writer;
   },
@@ -1258,6 +1425,30 @@ export const GateReading: MessageFns<GateReading> = {
             message.packets = reader.uint64() as bigint;
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.droppedPackets = reader.uint64() as bigint;
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.overLimit = reader.bool();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.time = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1284,6 +1475,17 @@ export const GateReading: MessageFns<GateReading> = {
         ? globalThis.Number(object.current_drop_percent)
         : 0,
       packets: isSet(object.packets) ? BigInt(object.packets) : 0n,
+      droppedPackets: isSet(object.droppedPackets)
+        ? BigInt(object.droppedPackets)
+        : isSet(object.dropped_packets)
+        ? BigInt(object.dropped_packets)
+        : 0n,
+      overLimit: isSet(object.overLimit)
+        ? globalThis.Boolean(object.overLimit)
+        : isSet(object.over_limit)
+        ? globalThis.Boolean(object.over_limit)
+        : false,
+      time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
     };
   },
 
@@ -1301,6 +1503,15 @@ export const GateReading: MessageFns<GateReading> = {
     if (message.packets !== 0n) {
       obj.packets = message.packets.toString();
     }
+    if (message.droppedPackets !== 0n) {
+      obj.droppedPackets = message.droppedPackets.toString();
+    }
+    if (message.overLimit !== false) {
+      obj.overLimit = message.overLimit;
+    }
+    if (message.time !== undefined) {
+      obj.time = message.time.toISOString();
+    }
     return obj;
   },
 
@@ -1313,6 +1524,11 @@ export const GateReading: MessageFns<GateReading> = {
     message.baselineDropPercent = object.baselineDropPercent ?? 0;
     message.currentDropPercent = object.currentDropPercent ?? 0;
     message.packets = (object.packets !== undefined && object.packets !== null) ? BigInt(object.packets) : 0n;
+    message.droppedPackets = (object.droppedPackets !== undefined && object.droppedPackets !== null)
+      ? BigInt(object.droppedPackets)
+      : 0n;
+    message.overLimit = object.overLimit ?? false;
+    message.time = object.time ?? undefined;
     return message;
   },
 };

@@ -52,8 +52,14 @@ export interface InterfaceAttacher {
   isAttached(iface: string, role: InterfaceRole): boolean;
   /** The kernel's id of `role`'s program. */
   programId(role: InterfaceRole): number;
-  /** How `role` attaches, for the hello (`xdp-native`, `tc`...). */
-  attachMode(role: InterfaceRole): string;
+  /**
+   * How `role`'s program is attached to `iface` now, for the hello (NodeInterface.attach_mode:
+   * `xdp-native`, `xdp-generic`, `xdp-offload` or `tc`; '' when it is not attached).
+   * @throws if the interface is not there.
+   */
+  attachMode(iface: string, role: InterfaceRole): string;
+  /** The kernel's index of `iface`. @throws if the interface is not there. */
+  ifindex(iface: string): number;
 }
 
 /** Measurement hooks (the fleet benchmark); none changes what the agent does. */
@@ -130,13 +136,23 @@ export interface AgentRuntimeOptions {
 function describeInterfaces(o: AgentRuntimeOptions): NodeInterface[] {
   const attacher = o.attacher;
   return (o.interfaces ?? []).map(({ name, role }) => {
-    let attached = false;
-    try {
-      attached = attacher?.isAttached(name, role) ?? false;
-    } catch {
-      attached = false;
-    }
-    return { name, ifindex: 0, role: role === 'uplink' ? ProtoRole.INTERFACE_ROLE_UPLINK : ProtoRole.INTERFACE_ROLE_WORKLOAD, attachMode: attacher?.attachMode(role) ?? '', attached, programId: attacher?.programId(role) ?? 0 };
+    // An interface that is not there (yet) is described with index 0 and no attachment.
+    const ask = <T>(fn: () => T, otherwise: T): T => {
+      try {
+        return fn();
+      } catch {
+        return otherwise;
+      }
+    };
+    const attached = ask(() => attacher?.isAttached(name, role) ?? false, false);
+    return {
+      name,
+      ifindex: ask(() => attacher?.ifindex(name) ?? 0, 0),
+      role: role === 'uplink' ? ProtoRole.INTERFACE_ROLE_UPLINK : ProtoRole.INTERFACE_ROLE_WORKLOAD,
+      attachMode: ask(() => attacher?.attachMode(name, role) ?? '', ''),
+      attached,
+      programId: attacher?.programId(role) ?? 0,
+    };
   });
 }
 
@@ -221,6 +237,11 @@ export class AgentRuntime {
         ref.link?.report(r);
       },
       conditions: (c) => ref.link?.conditions(c),
+      flushCounters: (c) => {
+        const sent = ref.link?.counters(c) ?? false;
+        if (sent) hooks.counters?.(c);
+        return sent;
+      },
       log: options.log,
       ...(options.retryMinMs !== undefined ? { retryMinMs: options.retryMinMs } : {}),
       ...(options.retryMaxMs !== undefined ? { retryMaxMs: options.retryMaxMs } : {}),

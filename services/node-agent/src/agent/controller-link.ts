@@ -124,6 +124,24 @@ export class ControllerLink {
     this.#connect();
   }
 
+  /**
+   * Sends a counter report now (the counts an apply flushed at its switch, ahead of its ACK).
+   * @returns false, sending nothing, when not connected.
+   */
+  counters(report: CounterReport): boolean {
+    if (!this.#connected) return false;
+    this.#sendCounters(report);
+    return true;
+  }
+
+  #sendCounters(c: CounterReport): void {
+    // The controller takes at most MAX_COUNTER_RULES rules per report; it sums deltas, so
+    // one reading sent as several reports counts the same.
+    for (let i = 0; i === 0 || i < c.rules.length; i += MAX_COUNTER_RULES) {
+      this.#send({ message: { $case: 'counters', counters: { ...c, rules: c.rules.slice(i, i + MAX_COUNTER_RULES), interfaces: i === 0 ? c.interfaces : [] } } });
+    }
+  }
+
   /** Queues an ACK/NACK; sent now if connected, else after the next hello. */
   report(report: RevisionReport): void {
     this.#queue.set(report.revision, report);
@@ -271,13 +289,7 @@ export class ControllerLink {
     const count = (): void => {
       if (!this.#connected) return;
       const c = this.#options.counters();
-      // The controller takes at most MAX_COUNTER_RULES rules per report; it sums deltas, so
-      // one reading sent as several reports counts the same.
-      if (c) {
-        for (let i = 0; i === 0 || i < c.rules.length; i += MAX_COUNTER_RULES) {
-          this.#send({ message: { $case: 'counters', counters: { ...c, rules: c.rules.slice(i, i + MAX_COUNTER_RULES), interfaces: i === 0 ? c.interfaces : [] } } });
-        }
-      }
+      if (c) this.#sendCounters(c);
       this.#after(this.#counterMs, count);
     };
     this.#after(this.#heartbeatMs, beat);

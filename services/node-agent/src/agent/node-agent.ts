@@ -85,6 +85,13 @@ export interface NodeAgentOptions {
   stateFile: StateStore;
   /** Where ACK/NACK reports go (the controller link). */
   report: (report: RevisionReport) => void;
+  /**
+   * Sends, at once, the counts an apply flushed at its switch (what the outgoing rule set counted
+   * since the previous report, under the revision it enforced): called before the apply's report.
+   * Returns false when it cannot send now (not connected): the flush then goes, alone, with the
+   * next counterDeltas(). Absent: every flush waits for counterDeltas().
+   */
+  flushCounters?: (report: CounterReport) => boolean;
   /** Called with the whole set of conditions whenever it changes (the controller link's ConditionReport). */
   conditions?: (report: ConditionReport) => void;
   log: AgentLogger;
@@ -256,6 +263,12 @@ export class NodeAgent {
   /** The chain to apply next; `force`: apply it even if its revision is not above #applied (another history: a reset or resync). */
   #wanted: { chain: IntentChain; context: Context | undefined; receivedAt: bigint; links: Link[]; force: boolean } | undefined;
   #lastCounters: Partial<Record<InterfaceRole, DatapathCounters>> = {};
+  /** Each role's rule set before the latest apply and its origins: what a rule the apply removed is attributed to. */
+  #replaced: Partial<Record<InterfaceRole, { ruleSet: RuleSetSpec; origins: ReadonlyMap<number, RuleOrigin> }>> = {};
+  /** What the current apply's switches flushed, until it is sent before the apply's report. */
+  #flush: CounterAccumulator | undefined;
+  /** A flush that could not be sent: counterDeltas() returns it first. */
+  #unsentFlush: CounterReport | undefined;
   #lastCountersAt = new Date();
   /** The labels policies select on now: the options' until {@link setLabels} changes them. */
   #labels: Record<string, string>;
@@ -358,7 +371,8 @@ export class NodeAgent {
     const compiled = this.#compile(state.snapshot, labels);
     // Blocks that expired while the agent was down are left out (and stop matching anyway).
     this.#o.blocklist?.sync(state.snapshot, labels);
-    await this.#applyCompiled(compiled);
+    // No flush: the first counter report after a start reads the datapath's totals, as it always did.
+    await this.#applyCompiled(compiled, false);
     // The shadow candidate of the state file's revision (a pinned one of the same name is
     // adopted as it is, counters and all). Failing it costs only the shadow counters: logged.
     try {
@@ -655,6 +669,7 @@ export class NodeAgent {
         }
       });
     let enforcedAt = process.hrtime.bigint();
+    const previousRevision = this.#applied;
     let report: RevisionReport;
     /** The most rules this apply handled: the live set before it, and what it compiled. */
     let handledRules = this.#liveRules();
@@ -707,6 +722,8 @@ export class NodeAgent {
       this.#unknownChanged(revision);
       report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: this.#lastError, appliedRevision: this.#applied, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: unknown };
     }
+    // The outgoing rule sets' counts go before the ACK or NACK, under the revision enforced until the switch.
+    this.#sendFlush(previousRevision);
     const nanos = enforcedAt - receivedAt;
     report.applyDuration = { seconds: nanos / 1_000_000_000n, nanos: Number(nanos % 1_000_000_000n) };
     await run('edgeplane.agent.ack', (span) => {
@@ -821,20 +838,24 @@ export class NodeAgent {
    * @throws the apply's error when every switched role is back; RollbackError (cause: the
    * apply's error) when some role could not be switched back: it is then in #unknownRoles.
    */
-  async #applyCompiled(compiled: CompiledIntent): Promise<void> {
+  async #applyCompiled(compiled: CompiledIntent, flush = true): Promise<void> {
     const known = this.#live ?? { uplink: UNCONFIGURED, workload: UNCONFIGURED };
+    const outgoing = this.#origins;
     const switched: InterfaceRole[] = [];
     this.#o.prepareUplink?.(compiled.uplink.lb);
     try {
       for (const role of this.#roles()) {
-        await this.#o.datapaths[role].apply(compiled[role].ruleSet, compiled[role].lb);
+        const result = await this.#o.datapaths[role].apply(compiled[role].ruleSet, compiled[role].lb);
         switched.push(role);
+        // What the outgoing rule set counted up to the switch is read now, before a rule it had is forgotten.
+        if (flush && result.mode !== 'unchanged') this.#flushRole(role, { ruleSet: known[role].ruleSet, origins: outgoing[role] });
       }
     } catch (err) {
       const failed = new Map<InterfaceRole, string>();
       for (const role of switched) {
         try {
-          await this.#o.datapaths[role].apply(known[role].ruleSet, known[role].lb);
+          const result = await this.#o.datapaths[role].apply(known[role].ruleSet, known[role].lb);
+          if (flush && result.mode !== 'unchanged') this.#flushRole(role, { ruleSet: compiled[role].ruleSet, origins: compiled[role].origins });
           this.#unknownRoles.delete(role);
         } catch (rollbackErr) {
           failed.set(role, (rollbackErr as Error).message);
@@ -847,6 +868,7 @@ export class NodeAgent {
       throw err;
     }
     this.#unknownRoles.clear();
+    this.#replaced = { uplink: { ruleSet: known.uplink.ruleSet, origins: outgoing.uplink }, workload: { ruleSet: known.workload.ruleSet, origins: outgoing.workload } };
     this.#live = { uplink: pairOf(compiled.uplink), workload: pairOf(compiled.workload) };
     this.#origins = { uplink: compiled.uplink.origins, workload: compiled.workload.origins };
   }
@@ -877,80 +899,32 @@ export class NodeAgent {
   }
 
   /**
-   * Counter deltas since the previous call, attributed to policy rules, with the connection
-   * tables' status (as it is now) when it changed since the last report; undefined when nothing
-   * moved.
+   * Counter deltas since the previous call (or the latest flush at a switch), attributed to
+   * policy rules, with the connection tables' status (as it is now) when it changed since the
+   * last report; undefined when nothing moved. While a flush could not be sent
+   * ({@link NodeAgentOptions.flushCounters} false), that flush is returned alone first.
    */
   counterDeltas(): CounterReport | undefined {
+    const held = this.#unsentFlush;
+    if (held) {
+      this.#unsentFlush = undefined;
+      return held;
+    }
     const now = new Date();
-    const rules = new Map<string, RuleCounters>();
-    const interfaces: InterfaceCounters[] = [];
+    const acc: CounterAccumulator = { rules: new Map(), interfaces: [], moved: false };
     const conntrack: ConntrackStatus[] = [];
-    let moved = false;
-    const seen = new Set<AgentDatapath>();
+    const seen = new Set<Datapath>();
     for (const role of ROLES) {
       const dp = this.#o.datapaths[role];
       if (seen.has(dp)) continue;
       seen.add(dp);
-      let current: DatapathCounters;
-      try {
-        current = dp.readCounters();
-      } catch (err) {
-        this.#o.log('warn', 'read counters', { role, error: (err as Error).message });
-        continue;
-      }
-      const before = this.#lastCounters[role];
-      this.#lastCounters[role] = current;
+      const current = this.#collect(role, acc, { ruleSet: this.#live?.[role].ruleSet, origins: this.#origins[role] });
+      if (!current) continue;
       // Only a datapath with connection tables (it says their capacity) reports them: a memory
       // datapath's zeros would be a dozen metric series per simulated node for nothing.
       const capacity = 'conntrackCapacity' in dp ? (dp.conntrackCapacity as ConntrackOccupancy) : undefined;
       const occupancy = capacity ? this.#occupancy(role, dp, now.getTime()) : undefined;
       if (occupancy) conntrack.push(conntrackStatus(role, current.conntrack, occupancy, capacity));
-      const live = this.#live?.[role].ruleSet;
-      const actions = live ? actionsOf(live) : NO_ACTIONS;
-      const iface: InterfaceCounters = { interface: role, passedPackets: 0n, droppedPackets: 0n, passedBytes: 0n, droppedBytes: 0n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n };
-      for (const [id, c] of current.rules) {
-        const d = sub(c, before?.rules.get(id));
-        if (d.packets <= 0) continue;
-        moved = true;
-        const origin = this.#origins[role].get(id);
-        if (!origin) continue;
-        const k = `${origin.policy}\u0000${origin.priority}`;
-        const have = rules.get(k) ?? { rule: { policy: origin.policy, priority: origin.priority }, ruleName: origin.ruleName, packets: 0n, bytes: 0n, rateLimitedPackets: 0n };
-        have.packets += BigInt(d.packets);
-        have.bytes += BigInt(d.bytes);
-        rules.set(k, have);
-        const dropped = actions.get(id) === 'deny';
-        if (dropped) {
-          iface.droppedPackets += BigInt(d.packets);
-          iface.droppedBytes += BigInt(d.bytes);
-        } else {
-          iface.passedPackets += BigInt(d.packets);
-          iface.passedBytes += BigInt(d.bytes);
-        }
-      }
-      const def = sub(current.defaultAction, before?.defaultAction);
-      const limited = sub(current.rateLimited, before?.rateLimited);
-      const nonIp = sub(current.nonIp, before?.nonIp);
-      const malformed = sub(current.malformed, before?.malformed);
-      if (def.packets || limited.packets || nonIp.packets || malformed.packets) moved = true;
-      iface.defaultActionPackets = BigInt(def.packets);
-      if (live?.defaultAction === 'deny') {
-        iface.droppedPackets += BigInt(def.packets);
-        iface.droppedBytes += BigInt(def.bytes);
-      } else {
-        iface.passedPackets += BigInt(def.packets);
-        iface.passedBytes += BigInt(def.bytes);
-      }
-      // Rate-limited packets were counted as passed under their rule: move them to dropped.
-      iface.passedPackets -= BigInt(limited.packets);
-      iface.droppedPackets += BigInt(limited.packets);
-      iface.passedBytes -= BigInt(limited.bytes);
-      iface.droppedBytes += BigInt(limited.bytes);
-      iface.nonIpPackets = BigInt(nonIp.packets);
-      iface.malformedPackets = BigInt(malformed.packets);
-      iface.droppedPackets += BigInt(malformed.packets);
-      interfaces.push(iface);
     }
     const start = this.#lastCountersAt;
     this.#lastCountersAt = now;
@@ -963,11 +937,145 @@ export class NodeAgent {
     const lbChanged = lbKey !== this.#lastLb;
     // The shadow candidate's counters: totals, sent whenever they changed (and once for a new candidate).
     const shadow = this.#shadowReport();
-    if (!moved && !ctChanged && !lbChanged && !shadow) return undefined;
+    if (!acc.moved && !ctChanged && !lbChanged && !shadow) return undefined;
     this.#lastConntrack = ctKey;
     this.#lastLb = lbKey;
-    return { startTime: start, endTime: now, rules: [...rules.values()], interfaces: moved ? interfaces : [], appliedRevision: this.#applied, conntrack, loadBalancer: lbChanged ? lb : undefined, shadow };
+    return { startTime: start, endTime: now, rules: [...acc.rules.values()], interfaces: acc.moved ? acc.interfaces : [], appliedRevision: this.#applied, conntrack, loadBalancer: lbChanged ? lb : undefined, shadow };
   }
+
+  /**
+   * Reads `role`'s datapath and adds what it counted since the previous read into `acc`,
+   * attributed to `enforced` (the rule set that counted it and its rule origins; a rule it does
+   * not have, to the rule set before it). @returns the counters read, undefined when unreadable.
+   */
+  #collect(role: InterfaceRole, acc: CounterAccumulator, enforced: Attribution): DatapathCounters | undefined {
+    let current: DatapathCounters;
+    try {
+      current = this.#o.datapaths[role].readCounters();
+    } catch (err) {
+      this.#o.log('warn', 'read counters', { role, error: (err as Error).message });
+      return undefined;
+    }
+    const before = this.#lastCounters[role];
+    this.#lastCounters[role] = current;
+    const earlier = this.#replaced[role];
+    const actions = enforced.ruleSet ? actionsOf(enforced.ruleSet) : NO_ACTIONS;
+    const earlierActions = earlier ? actionsOf(earlier.ruleSet) : NO_ACTIONS;
+    const iface: InterfaceCounters = { interface: role, passedPackets: 0n, droppedPackets: 0n, passedBytes: 0n, droppedBytes: 0n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n };
+    const count = (id: number, c: Counter): void => {
+      const d = sub(c, before?.rules.get(id) ?? before?.retired?.get(id));
+      if (d.packets <= 0) return;
+      acc.moved = true;
+      const own = enforced.origins.get(id);
+      const origin = own ?? earlier?.origins.get(id);
+      if (!origin) return;
+      const k = `${origin.policy}\u0000${origin.priority}`;
+      const have = acc.rules.get(k) ?? { rule: { policy: origin.policy, priority: origin.priority }, ruleName: origin.ruleName, packets: 0n, bytes: 0n, rateLimitedPackets: 0n };
+      have.packets += BigInt(d.packets);
+      have.bytes += BigInt(d.bytes);
+      acc.rules.set(k, have);
+      const dropped = (own ? actions : earlierActions).get(id) === 'deny';
+      if (dropped) {
+        iface.droppedPackets += BigInt(d.packets);
+        iface.droppedBytes += BigInt(d.bytes);
+      } else {
+        iface.passedPackets += BigInt(d.packets);
+        iface.passedBytes += BigInt(d.bytes);
+      }
+    };
+    for (const [id, c] of current.rules) count(id, c);
+    // Rules an apply removed: what they counted up to the switch (and packets still in flight then).
+    for (const [id, c] of current.retired ?? []) count(id, c);
+    const def = sub(current.defaultAction, before?.defaultAction);
+    const limited = sub(current.rateLimited, before?.rateLimited);
+    const nonIp = sub(current.nonIp, before?.nonIp);
+    const malformed = sub(current.malformed, before?.malformed);
+    if (def.packets || limited.packets || nonIp.packets || malformed.packets) acc.moved = true;
+    iface.defaultActionPackets = BigInt(def.packets);
+    if (enforced.ruleSet?.defaultAction === 'deny') {
+      iface.droppedPackets += BigInt(def.packets);
+      iface.droppedBytes += BigInt(def.bytes);
+    } else {
+      iface.passedPackets += BigInt(def.packets);
+      iface.passedBytes += BigInt(def.bytes);
+    }
+    // Rate-limited packets were counted as passed under their rule: move them to dropped.
+    iface.passedPackets -= BigInt(limited.packets);
+    iface.droppedPackets += BigInt(limited.packets);
+    iface.passedBytes -= BigInt(limited.bytes);
+    iface.droppedBytes += BigInt(limited.bytes);
+    iface.nonIpPackets = BigInt(nonIp.packets);
+    iface.malformedPackets = BigInt(malformed.packets);
+    iface.droppedPackets += BigInt(malformed.packets);
+    acc.interfaces.push(iface);
+    return current;
+  }
+
+  /**
+   * Right after `role`'s datapath switched from `outgoing`: reads what it counted since the
+   * previous read, attributed to the outgoing rule set (its verdicts decided those packets), into
+   * the flush of this apply.
+   */
+  #flushRole(role: InterfaceRole, outgoing: Attribution): void {
+    this.#flush ??= { rules: new Map(), interfaces: [], moved: false };
+    this.#collect(role, this.#flush, outgoing);
+  }
+
+  /**
+   * Sends the counts flushed at this apply's switches (NodeAgentOptions.flushCounters) under the
+   * revision enforced until then, before the apply's ACK or NACK: every later report counts only
+   * packets the new rule sets decided. Kept for the next counterDeltas() when it cannot be sent.
+   */
+  #sendFlush(appliedRevision: bigint): void {
+    const acc = this.#flush;
+    this.#flush = undefined;
+    if (!acc?.moved) return;
+    const now = new Date();
+    const report: CounterReport = { startTime: this.#lastCountersAt, endTime: now, rules: [...acc.rules.values()], interfaces: acc.interfaces, appliedRevision, conntrack: [], loadBalancer: undefined, shadow: undefined };
+    this.#lastCountersAt = now;
+    let sent = false;
+    try {
+      sent = this.#o.flushCounters?.(report) ?? false;
+    } catch (err) {
+      this.#o.log('error', 'flush counters', { error: (err as Error).message });
+    }
+    if (!sent) this.#unsentFlush = this.#unsentFlush ? mergeReports(this.#unsentFlush, report) : report;
+  }
+}
+
+/** A counter report being built: rule deltas by policy and priority, one interface entry per role read. */
+interface CounterAccumulator {
+  rules: Map<string, RuleCounters>;
+  interfaces: InterfaceCounters[];
+  moved: boolean;
+}
+
+/** The rule set that counted packets, and the policy rules its ids came from. */
+interface Attribution {
+  ruleSet: RuleSetSpec | undefined;
+  origins: ReadonlyMap<number, RuleOrigin>;
+}
+
+/** Two counter reports of one node as one (sums; `later`'s revision and end). */
+function mergeReports(earlier: CounterReport, later: CounterReport): CounterReport {
+  const rules = new Map<string, RuleCounters>();
+  for (const c of [...earlier.rules, ...later.rules]) {
+    const k = `${c.rule?.policy ?? ''}\u0000${c.rule?.priority ?? 0}`;
+    const have = rules.get(k);
+    if (!have) rules.set(k, { ...c });
+    else {
+      have.packets += c.packets;
+      have.bytes += c.bytes;
+      have.rateLimitedPackets += c.rateLimitedPackets;
+    }
+  }
+  const interfaces = new Map<string, InterfaceCounters>();
+  for (const c of [...earlier.interfaces, ...later.interfaces]) {
+    const have = interfaces.get(c.interface);
+    if (!have) interfaces.set(c.interface, { ...c });
+    else for (const f of ['passedPackets', 'droppedPackets', 'passedBytes', 'droppedBytes', 'defaultActionPackets', 'nonIpPackets', 'malformedPackets'] as const) have[f] += c[f];
+  }
+  return { ...later, startTime: earlier.startTime, rules: [...rules.values()], interfaces: [...interfaces.values()] };
 }
 
 /** The report's form of a datapath's load-balancer counters (packets); undefined when it keeps none or counted nothing. */

@@ -14,6 +14,12 @@ export interface Counter {
 export interface DatapathCounters {
   /** By rule id, for every rule of the live rule set (zero if never hit). */
   readonly rules: ReadonlyMap<number, Counter>;
+  /**
+   * By rule id, rules not in the live rule set whose counts the datapath still holds (at least
+   * those of the rule set the latest apply replaced): what a rule removed by an apply counted up
+   * to the switch, so a reader that last read before the switch misses none of it.
+   */
+  readonly retired?: ReadonlyMap<number, Counter>;
   /** Packets no rule matched. */
   readonly defaultAction: Counter;
   /** Frames passed without classification (not IPv4/IPv6). */

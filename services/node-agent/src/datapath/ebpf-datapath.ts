@@ -567,6 +567,25 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   }
 
   /**
+   * How `role`'s program of this datapath is attached to `iface` now, as the kernel says: on an
+   * uplink `xdp-native`, `xdp-generic` or `xdp-offload` (the mode bpf_xdp_query reports for our
+   * XDP program, whatever mode was asked: 'auto' falls back to generic) or `tc` (our program at
+   * clsact ingress); on a workload interface `tc`. '' when it is not attached there.
+   * @throws DatapathError with the libbpf-ts error as cause (an interface that is not there).
+   */
+  attachMode(iface: string | number, role: InterfaceRole): string {
+    const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
+    try {
+      if (role === 'workload') return tcFilters.every((filter) => queryTc(index, filter) === this.#programs.edge_tc.id) ? 'tc' : '';
+      const xdp = queryXdp(index);
+      if (xdp?.progId === this.#programs.edge_xdp.id) return xdp.mode === 'multi' ? 'xdp-native' : `xdp-${xdp.mode}`;
+      return queryTc(index, ingressFilter) === this.#programs.edge_tc.id ? 'tc' : '';
+    } catch (cause) {
+      throw new DatapathError(`query ${role} iface=${iface}`, { cause });
+    }
+  }
+
+  /**
    * Whether our programs for `role` are attached to `iface` as `options` asks (uplink: XDP, or
    * with xdpMode 'tc' TC ingress and no XDP program of ours, and TC egress; workload: TC ingress
    * and egress).
@@ -639,7 +658,8 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
 
   /**
    * Counters of the live rule set by rule id, including what earlier generations counted for the
-   * same ids. @throws DatapathError.
+   * same ids, and (retired) of the rules the idle generation and the carry still count that the
+   * live rule set does not have. @throws DatapathError.
    */
   readCounters(): DatapathCounters {
     try {
@@ -650,7 +670,10 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       this.#counters.addCarry(totals);
       const live = this.#readMeta(this.#readActive()).valid ? this.#generationRuleIds(this.#readActive()) : [];
       const rules = new Map<number, Counter>(live.map((id) => [id, totals.get(id) ?? { packets: 0, bytes: 0 }]));
-      return { rules, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats(), conntrack: this.#conntrack.readStats(), lb: this.#readLbStats() };
+      // The idle generation and the carry hold what rules an apply removed counted up to the switch.
+      const retired = new Map<number, Counter>();
+      for (const [id, c] of totals) if (id !== DEFAULT_RULE_ID && !rules.has(id)) retired.set(id, c);
+      return { rules, retired, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats(), conntrack: this.#conntrack.readStats(), lb: this.#readLbStats() };
     } catch (cause) {
       throw new DatapathError('read counters', { cause });
     }

@@ -187,8 +187,12 @@ export class MemoryDatapath implements Datapath, ShadowDatapath {
     const counters = this.#classifier?.counters();
     const stats = this.#classifier?.stats();
     const rules = new Map<number, Counter>(this.#ruleIds.map((id) => [id, { ...(counters?.get(id) ?? ZERO) }]));
+    // The classifier keeps every id's count across replaces, as the datapath's carry does.
+    const retired = new Map<number, Counter>();
+    for (const [id, c] of counters ?? []) if (id !== DEFAULT_RULE_ID && !rules.has(id)) retired.set(id, { ...c });
     return {
       rules,
+      retired,
       defaultAction: { ...(counters?.get(DEFAULT_RULE_ID) ?? ZERO) },
       nonIp: { ...(stats?.nonIp ?? ZERO) },
       malformed: { ...(stats?.malformed ?? ZERO) },
