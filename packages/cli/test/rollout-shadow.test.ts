@@ -56,7 +56,7 @@ function failedAtShadow(): RolloutStatus {
   return {
     rollout,
     waves: [
-      { index: 0, name: 'canary', nodes: ['edge-1'], nodesDone: 1, nodesFailed: 0, nodesPending: 0, startTime: undefined, bakeUntilTime: undefined, phase: WavePhase.WAVE_PHASE_SHADOW, shadowUntilTime: undefined, nodesEnforced: 0, nodesRevertOnly: 0, nodesNeither: 0 },
+      { index: 0, name: 'canary', nodes: ['edge-1'], nodesDone: 1, nodesFailed: 0, nodesPending: 0, startTime: undefined, bakeUntilTime: undefined, phase: WavePhase.WAVE_PHASE_SHADOW, shadowUntilTime: undefined, nodesEnforced: 0, nodesRevertOnly: 1, nodesNeither: 0 },
       { index: 1, name: 'rest', nodes: [], nodesDone: 0, nodesFailed: 0, nodesPending: 0, startTime: undefined, bakeUntilTime: undefined, phase: WavePhase.WAVE_PHASE_UNSPECIFIED, shadowUntilTime: undefined, nodesEnforced: 0, nodesRevertOnly: 0, nodesNeither: 0 },
     ],
     gateReadings: [],
@@ -71,8 +71,8 @@ function failedAtShadow(): RolloutStatus {
 test('renderRollout - a wave that failed in shadow: the phase, who shadowed, and each node\'s shadow figures', (t) => {
   const text = renderRollout(failedAtShadow(), new Date(0));
   t.regex(text, /failed - wave 1 \(shadow\): node edge-1 would drop 80\.0%/);
-  t.regex(text, /0 node\(s\) run the change; 1 node\(s\) shadowed it/);
-  t.regex(text, /1\s+canary: selector canary=true\s+1\s+1\s+0\s+0\s+failed, shadow\n/);
+  t.regex(text, /0 node\(s\) enforced the change before the revert, 1 applied only the revert, 0 neither; 1 node\(s\) shadowed it/);
+  t.regex(text, /1\s+canary: selector canary=true\s+1\s+0\s+1\s+0\s+0\s+failed in shadow\n/);
   t.regex(text, /wave 1 edge-1: would drop 80\.0% \(400 of 500 packets classified\), would allow 3/);
 });
 
