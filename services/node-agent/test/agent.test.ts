@@ -113,6 +113,13 @@ function dumpMaps(pinDir: string): string {
     .join('\n');
 }
 
+/** Whether both policy generations of the ep_meta map pinned at `path` are valid and hold the same tables. */
+function bothGenerationsHold(path: string): boolean {
+  const meta = JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', path])) as { key: number; value: { valid: number; fingerprint: number[] } }[];
+  const [a, b] = [meta.find((m) => m.key === 0)?.value, meta.find((m) => m.key === 1)?.value];
+  return a?.valid === 1 && b?.valid === 1 && a.fingerprint.join() === b.fingerprint.join();
+}
+
 test.serial('agent - an entry that cannot be applied is NACKed with the reason; the maps stay byte for byte', async (t) => {
   await until('connected', async () => (await nodeStatus('edge-1'))?.connected === true, 15_000, node);
   const big = (name: string, base: number): Policy =>
@@ -129,6 +136,10 @@ test.serial('agent - an entry that cannot be applied is NACKed with the reason; 
   const fits = await apply(big('big-a', 100_000));
   await until('the first large policy', async () => (await nodeStatus('edge-1'))?.appliedRevision === fits, 60_000, node);
   const dumps = () => dumpMaps(join(node.pinRoot, 'uplink')) + dumpMaps(join(node.pinRoot, 'workload'));
+  // After a whole write the agent brings the idle generation up to date in the background (fresh
+  // inner maps, bpf/README.md): the "before" is the datapath once that is done, both generations
+  // holding the policy.
+  await until('the idle generation brought up to date', () => bothGenerationsHold(join(node.pinRoot, 'uplink', 'ep_meta')), 30_000, node);
   const mapsBefore = dumps();
   // Another 33,000 on top do not.
   const revision = await apply(big('big-b', 200_000));
