@@ -115,7 +115,9 @@ function dumpMaps(pinDir: string): string {
 
 /** Whether both policy generations of the ep_meta map pinned at `path` are valid and hold the same tables. */
 function bothGenerationsHold(path: string): boolean {
-  const meta = JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', path])) as { key: number; value: { valid: number; fingerprint: number[] } }[];
+  // bpftool -j gives each element's raw bytes, and its BTF view under `formatted`.
+  type Meta = { key: number; value: { valid: number; fingerprint: number[] } };
+  const meta = (JSON.parse(sh('bpftool', ['-j', 'map', 'dump', 'pinned', path])) as { formatted: Meta }[]).map((m) => m.formatted);
   const [a, b] = [meta.find((m) => m.key === 0)?.value, meta.find((m) => m.key === 1)?.value];
   return a?.valid === 1 && b?.valid === 1 && a.fingerprint.join() === b.fingerprint.join();
 }
