@@ -259,3 +259,59 @@ export function addVethPair(a: { ns: string; dev: string }, b: { ns: string; dev
   }
   return (ns, dev) => execFileSync('ip', ['netns', 'exec', ns, 'cat', `/sys/class/net/${dev}/address`], { encoding: 'utf8' }).trim();
 }
+
+/**
+ * Two network namespaces joined by a veth pair (IPv4 `${subnet}.1` in A, `${subnet}.2` in B, /24),
+ * kept quiet: no IPv6 (router solicitations, MLD) and static neighbours (no ARP), so the kernel's
+ * packet counters move only with a test's own traffic. Names start with `tag`; create() makes
+ * them, remove() deletes what is there (twice is harmless).
+ */
+export class QuietVethPair {
+  readonly nsA: string;
+  readonly nsB: string;
+  readonly vethA: string;
+  readonly vethB: string;
+  readonly addrA: string;
+  readonly addrB: string;
+
+  constructor(tag: string, subnet: string) {
+    const id = `${process.pid % 10000}${Math.floor(Math.random() * 100)}`;
+    this.nsA = `${tag}A${id}`;
+    this.nsB = `${tag}B${id}`;
+    this.vethA = `${tag.toLowerCase()}a${id}`;
+    this.vethB = `${tag.toLowerCase()}b${id}`;
+    this.addrA = `${subnet}.1`;
+    this.addrB = `${subnet}.2`;
+  }
+
+  /** Runs a command in namespace `ns`; its standard output. */
+  inNs(ns: string, ...args: string[]): string {
+    return execFileSync('ip', ['netns', 'exec', ns, ...args], { encoding: 'utf8' });
+  }
+
+  create(): void {
+    const { nsA, nsB, vethA, vethB, addrA, addrB } = this;
+    execFileSync('ip', ['netns', 'add', nsA]);
+    execFileSync('ip', ['netns', 'add', nsB]);
+    execFileSync('ip', ['link', 'add', vethA, 'netns', nsA, 'type', 'veth', 'peer', 'name', vethB, 'netns', nsB]);
+    this.inNs(nsA, 'ip', 'addr', 'add', `${addrA}/24`, 'dev', vethA);
+    this.inNs(nsB, 'ip', 'addr', 'add', `${addrB}/24`, 'dev', vethB);
+    for (const [ns, dev] of [[nsA, vethA], [nsB, vethB]] as const) {
+      this.inNs(ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', `net.ipv6.conf.${dev}.disable_ipv6=1`);
+      this.inNs(ns, 'ip', 'link', 'set', dev, 'up');
+    }
+    const mac = (ns: string, dev: string): string => this.inNs(ns, 'cat', `/sys/class/net/${dev}/address`).trim();
+    this.inNs(nsA, 'ip', 'neigh', 'replace', addrB, 'lladdr', mac(nsB, vethB), 'dev', vethA, 'nud', 'permanent');
+    this.inNs(nsB, 'ip', 'neigh', 'replace', addrA, 'lladdr', mac(nsA, vethA), 'dev', vethB, 'nud', 'permanent');
+  }
+
+  remove(): void {
+    for (const ns of [this.nsA, this.nsB]) {
+      try {
+        execFileSync('ip', ['netns', 'del', ns], { stdio: 'pipe' });
+      } catch {
+        // Already gone (or never made): nothing to remove.
+      }
+    }
+  }
+}

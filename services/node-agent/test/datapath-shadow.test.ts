@@ -3,7 +3,6 @@
 // joined by a veth pair, the node's side (B) holding the XDP program. The enforced verdict
 // decides (B's IP layer counts what got past XDP); the candidate's verdicts are only counted:
 // per rule, the packets both classified, would-be drops and allows, and samples of the flows.
-import { execFileSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
@@ -15,49 +14,20 @@ import { buildFrame } from '../src/datapath/packet.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec, type RuleSpec } from '../src/datapath/rule-set.js';
 import { MAX_SHADOW_SAMPLES } from '@edgeplane/proto';
 import { MAX_SHADOW_NAME_BYTES, SHADOW_RING_SAMPLES } from '../src/datapath/shadow-tables.js';
-import { mountBpffs, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
+import { mountBpffs, XDP_DROP, XDP_PASS, QuietVethPair } from './datapath-helpers.js';
 
-const id = `${process.pid % 10000}${Math.floor(Math.random() * 100)}`;
-const nsA = `epsA${id}`;
-const nsB = `epsB${id}`;
-const vethA = `esa${id}`;
-const vethB = `esb${id}`;
-const addrA = '10.203.0.1';
-const addrB = '10.203.0.2';
+const pair = new QuietVethPair('eps', '10.203.0');
+const { nsA, nsB, vethB, addrA, addrB } = pair;
 const bpffs = mountBpffs();
 /** Frame length of the test's UDP datagrams: Ethernet 14 + IPv4 20 + UDP 8 + 32 bytes. */
 const FRAME = 74;
 
-const run = (command: string, ...args: string[]): string => execFileSync(command, args, { encoding: 'utf8' });
-const inNs = (ns: string, ...args: string[]): string => run('ip', 'netns', 'exec', ns, ...args);
+const inNs = (ns: string, ...args: string[]): string => pair.inNs(ns, ...args);
 
-test.before(() => {
-  run('ip', 'netns', 'add', nsA);
-  run('ip', 'netns', 'add', nsB);
-  run('ip', 'link', 'add', vethA, 'netns', nsA, 'type', 'veth', 'peer', 'name', vethB, 'netns', nsB);
-  inNs(nsA, 'ip', 'addr', 'add', `${addrA}/24`, 'dev', vethA);
-  inNs(nsB, 'ip', 'addr', 'add', `${addrB}/24`, 'dev', vethB);
-  // Quiet links (no IPv6 chatter, static neighbours): B's IP counters move only with the test's traffic.
-  for (const [ns, dev] of [
-    [nsA, vethA],
-    [nsB, vethB],
-  ] as const) {
-    inNs(ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', `net.ipv6.conf.${dev}.disable_ipv6=1`);
-    inNs(ns, 'ip', 'link', 'set', dev, 'up');
-  }
-  const mac = (ns: string, dev: string): string => inNs(ns, 'cat', `/sys/class/net/${dev}/address`).trim();
-  inNs(nsA, 'ip', 'neigh', 'replace', addrB, 'lladdr', mac(nsB, vethB), 'dev', vethA, 'nud', 'permanent');
-  inNs(nsB, 'ip', 'neigh', 'replace', addrA, 'lladdr', mac(nsA, vethA), 'dev', vethB, 'nud', 'permanent');
-});
+test.before(() => pair.create());
 
 test.after.always(() => {
-  for (const ns of [nsA, nsB]) {
-    try {
-      run('ip', 'netns', 'del', ns);
-    } catch {
-      // Already gone (or never made): nothing to remove.
-    }
-  }
+  pair.remove();
   bpffs.unmount();
 });
 

@@ -1,50 +1,22 @@
 // Real traffic: two network namespaces joined by a veth pair. XDP on the uplink side, TC on the
 // workload side; denied flows must really drop, allowed ones pass, and the datapath's counters
 // must match what was sent and what the kernel's own counters saw.
-import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import test from 'ava';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
-import { mountBpffs } from './datapath-helpers.js';
+import { mountBpffs, QuietVethPair } from './datapath-helpers.js';
 
-const id = `${process.pid % 10000}${Math.floor(Math.random() * 100)}`;
-const nsA = `epA${id}`;
-const nsB = `epB${id}`;
-const vethA = `epa${id}`;
-const vethB = `epb${id}`;
-const addrA = '10.201.0.1';
-const addrB = '10.201.0.2';
+const pair = new QuietVethPair('ep', '10.201.0');
+const { nsA, nsB, vethA, vethB, addrA, addrB } = pair;
 const bpffs = mountBpffs();
 
-const run = (command: string, ...args: string[]): string => execFileSync(command, args, { encoding: 'utf8' });
-const inNs = (ns: string, ...args: string[]): string => run('ip', 'netns', 'exec', ns, ...args);
+const inNs = (ns: string, ...args: string[]): string => pair.inNs(ns, ...args);
 
-test.before(() => {
-  run('ip', 'netns', 'add', nsA);
-  run('ip', 'netns', 'add', nsB);
-  run('ip', 'link', 'add', vethA, 'netns', nsA, 'type', 'veth', 'peer', 'name', vethB, 'netns', nsB);
-  inNs(nsA, 'ip', 'addr', 'add', `${addrA}/24`, 'dev', vethA);
-  inNs(nsB, 'ip', 'addr', 'add', `${addrB}/24`, 'dev', vethB);
-  // Quiet links: no IPv6 (router solicitations, MLD) and static neighbours (no ARP), so the
-  // kernel's packet counters move only with the test's own traffic.
-  for (const [ns, dev] of [[nsA, vethA], [nsB, vethB]] as const) {
-    inNs(ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', `net.ipv6.conf.${dev}.disable_ipv6=1`);
-    inNs(ns, 'ip', 'link', 'set', dev, 'up');
-  }
-  const mac = (ns: string, dev: string): string => inNs(ns, 'cat', `/sys/class/net/${dev}/address`).trim();
-  inNs(nsA, 'ip', 'neigh', 'replace', addrB, 'lladdr', mac(nsB, vethB), 'dev', vethA, 'nud', 'permanent');
-  inNs(nsB, 'ip', 'neigh', 'replace', addrA, 'lladdr', mac(nsA, vethA), 'dev', vethB, 'nud', 'permanent');
-});
+test.before(() => pair.create());
 
 test.after.always(() => {
-  for (const ns of [nsA, nsB]) {
-    try {
-      run('ip', 'netns', 'del', ns);
-    } catch {
-      // Already gone (or never made): nothing to remove.
-    }
-  }
+  pair.remove();
   bpffs.unmount();
 });
 
