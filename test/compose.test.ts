@@ -95,6 +95,7 @@ function intruderConfig(o: { port: number; cluster: number; routes: string[]; tl
   const names = ['nats-1', 'nats-2', 'nats-3'];
   const dir = mkdtempSync(join(tmpdir(), 'compose-cluster-'));
   const servers: Supervised[] = [];
+  const serverStarts: (() => Promise<unknown>)[] = [];
   const live: { controller?: Supervised; agent?: Supervised; api?: ReturnType<typeof clients> } = {};
   t.teardown(async () => {
     live.api?.close();
@@ -156,8 +157,10 @@ function intruderConfig(o: { port: number; cluster: number; routes: string[]; tl
     // --cluster on the command line would drop the route authorization of the config file.
     t.false(args.some((a) => a.startsWith('--cluster') || a.startsWith('--routes') || a.startsWith('--tls')), `${n} takes its cluster and TLS only from the config: ${args.join(' ')}`);
     t.false(args.some((a) => /=\/data$|[=:](6222|4222|8222)$/.test(a)), `every fixed port and path was mapped: ${args.join(' ')}`);
-    servers.push(await Supervised.start(n, { command: 'nats-server', args: ['-a', '127.0.0.1', ...args] }));
+    serverStarts.push(async () => servers.push(await Supervised.start(n, { command: 'nats-server', args: ['-a', '127.0.0.1', ...args] })));
   }
+  // Two of the three servers first: a log of 3 replicas cannot be placed yet.
+  for (const start of serverStarts.slice(0, 2)) await start();
   const urls = names.map((n) => `nats://127.0.0.1:${ports.get(n)!.client}`);
 
   // The controller with the file's flags, the addresses, key and data directory made local.
@@ -178,7 +181,14 @@ function intruderConfig(o: { port: number; cluster: number; routes: string[]; tl
   t.true(ctlArgs.some((a) => a.startsWith('--nats-auth-dir=')), 'the controllers use the NATS authority');
   t.true(ctlArgs.includes(`--nats-tls-ca=${join(secrets, 'ca.pem')}`), 'the controllers verify the servers with the fleet CA');
   t.false(ctlArgs.some((a) => a.includes('/run/secrets/')), `every secret was mapped: ${ctlArgs.join(' ')}`);
-  const controller = (live.controller = await Supervised.start('controller', { command: process.execPath, args: [CONTROLLER_MAIN, '--shutdown-grace=1', ...ctlArgs], readyEvent: 'ready', readyTimeoutMs: 60_000 }));
+  // Compose starts the controllers beside a cluster still forming: the controller waits for the
+  // third server to join rather than failing on "no suitable peers for placement".
+  const controllerStart = Supervised.start('controller', { command: process.execPath, args: [CONTROLLER_MAIN, '--shutdown-grace=1', ...ctlArgs], readyEvent: 'ready', readyTimeoutMs: 60_000 });
+  controllerStart.catch(() => undefined);
+  await new Promise((r) => setTimeout(r, 3000));
+  for (const start of serverStarts.slice(2)) await start();
+  const controller = (live.controller = await controllerStart);
+  t.regex(controller.output, /waiting for the JetStream cluster to form; retrying.*no suitable peers/, 'the controller waited for the cluster to place its log');
   t.is(controller.ready.fleetId, fleet, 'the log takes the fleet of the CA init made');
   // The file serves mutual TLS: the test calls with the admin identity the controller wrote.
   const adminTls = adminTlsOf(join(dir, 'ctl'));

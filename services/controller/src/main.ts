@@ -32,6 +32,7 @@ import { RolloutLease } from './rollout-lease.js';
 import { ReplicaFleetSync } from './replica-fleet-sync.js';
 import { ConnectionRelay } from './connection-relay.js';
 import { watchStalls } from './stall-watch.js';
+import { whenJetStreamReady } from './jetstream-ready.js';
 import { NodeRegistry } from './node-registry.js';
 import type { NatsCredentialIssuer } from './nats-credential-issuer.js';
 import { generateKeyPair, loadOrCreateCertificateAuthority, writeFileAtomic, type CertificateAuthority, type IssuedCertificate } from './pki/certificate-authority.js';
@@ -42,6 +43,13 @@ import { commitSigningKeyFile, loadOrCreateSigningKey, prepareNextSigningKey, re
 import { TrustApi } from './trust-api.js';
 import { TrustStore, normalizeSerial } from './trust-store.js';
 import { startDashboard } from './dashboard/dashboard-server.js';
+
+/**
+ * How long a starting controller waits for a forming JetStream cluster to place its streams and
+ * buckets (jetstream-ready.ts). Servers started together form a cluster in seconds; one that has
+ * not formed in two minutes needs the operator, who then sees JetStream's own error.
+ */
+const JETSTREAM_READY_TIMEOUT_MS = 120_000;
 
 /** A running controller. */
 export interface RunningController {
@@ -303,7 +311,10 @@ export async function startController(config: ControllerConfig, extras: StartExt
     }
 
     let key = loadOrCreateSigningKey(config.signingKey);
-    const intentLog = await IntentLog.open(nc, { create: true, replicas: config.streamReplicas });
+    // Streams and buckets are placed once the cluster has formed (deploy/compose starts it with us).
+    const ready = <T>(what: string, open: () => Promise<T>): Promise<T> =>
+      whenJetStreamReady(what, open, { timeoutMs: JETSTREAM_READY_TIMEOUT_MS, onRetry: (w, err, attempt) => log('warn', 'waiting for the JetStream cluster to form; retrying', { what: w, attempt, error: err.message }) });
+    const intentLog = await ready('intent log', () => IntentLog.open(nc, { create: true, replicas: config.streamReplicas }));
     // A new log takes the fleet of the CA when it names one (deploy/compose makes the CA first).
     const fleetId = await intentLog.fleetId(ca?.fleet ?? config.fleetId ?? fleetOfCaFile(config.caCert) ?? randomUUID().toLowerCase());
     if (config.fleetId && fleetId !== config.fleetId) throw new ConfigError(`--fleet-id ${config.fleetId}: the log belongs to fleet ${fleetId}`);
@@ -346,11 +357,11 @@ export async function startController(config: ControllerConfig, extras: StartExt
       for await (const s of nc.status()) if (s.type === 'reconnect') await store.catchUp().catch((err: unknown) => onError('catch up after reconnect', err));
     })();
 
-    const kv = await new Kvm(nc).create(NODE_REGISTRY_BUCKET, { history: 1, replicas: config.streamReplicas });
+    const kv = await ready(NODE_REGISTRY_BUCKET, () => new Kvm(nc).create(NODE_REGISTRY_BUCKET, { history: 1, replicas: config.streamReplicas }));
     const registry = new NodeRegistry(new KvNodeStore(kv), { onError });
     await registry.load();
     cleanups.push(() => registry.close());
-    const trustKv = await new Kvm(nc).create(TRUST_BUCKET, { history: 1, replicas: config.streamReplicas });
+    const trustKv = await ready(TRUST_BUCKET, () => new Kvm(nc).create(TRUST_BUCKET, { history: 1, replicas: config.streamReplicas }));
     const trustStore = new TrustStore(trustKv);
     await trustStore.start(onError);
     cleanups.push(async () => trustStore.close());
@@ -366,7 +377,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
     // Replicas share what their agents say (node status, counters, backend health) and take
     // turns running the rollout manager, through one controller-only bucket (README, Replicas).
     // A single controller runs the same code: it simply never hears another replica.
-    const replicasKv = await new Kvm(nc).create(REPLICAS_BUCKET, { history: 1, replicas: config.streamReplicas, ttl: 60_000 });
+    const replicasKv = await ready(REPLICAS_BUCKET, () => new Kvm(nc).create(REPLICAS_BUCKET, { history: 1, replicas: config.streamReplicas, ttl: 60_000 }));
     const fleetSync = new ReplicaFleetSync(nc, replicasKv, { registry, counters, health: serviceHealth.store }, { controllerId: config.controllerId, onError, log: (msg, fields) => log('warn', msg, fields) });
     await fleetSync.start();
     // Closed after the gRPC server (cleanups run in reverse): the streams' ends go out in its last delta.
