@@ -14,13 +14,13 @@ import test from 'ava';
 import { ApplyServiceRequest, ForwardingMode, Protocol, Service } from '@edgeplane/proto';
 import type { TestControlPlane } from './support/control-plane.js';
 import { LbRig } from './support/lb-rig.js';
+import { TRAFFIC } from './support/netns-process.js';
 import { applyServiceOn, closeLbAgents, lbOutput, startLbAgents } from './support/lb-service.js';
 import { until } from './support/control-plane.js';
 import { call } from './support/grpc.js';
 import { sh } from './support/topology.js';
 
 const NODE = 'lb-modes-1';
-const TRAFFIC = join(import.meta.dirname, 'support', 'lb-traffic.py');
 const DECAP = join(import.meta.dirname, '..', 'bpf', 'build', 'fixtures', 'ipip_decap.bpf.o');
 const XDP_PASS = join(import.meta.dirname, '..', 'bpf', 'build', 'fixtures', 'xdp_pass.bpf.o');
 /** DSR: the VIP's port, which the backends serve on their VIP (a DSR backend takes the VIP's port). */

@@ -151,31 +151,55 @@ test.serial('rollout - the health gate trips on real traffic and the canary is r
   for (const n of [nodes[0]!, ...nodes.slice(2)]) t.false(appliedPolicies(n).some((p) => p.includes('bad-rule')), `${n.name} never took it`);
 });
 
-test.serial('shadow - the bad change of the gate test, with a shadow wave: no real packet is lost on any node, the rollout fails at the shadow gate with the sampled flows, nothing was enforced', async (t) => {
+test.serial('shadow - a bad change (it denies the port the node serves, and ICMP) with a shadow wave: no real connection or packet is lost on any node, the rollout fails at the shadow gate with the sampled flows, nothing was enforced', async (t) => {
   const canary = nodes[1]!;
+  const PORT = 8080;
+  await canary.serveTcp(PORT);
   t.is(await canary.ping(1), 3, 'the test traffic passes before the change');
+  t.like(await canary.connectTcp(PORT, 10), { failed: 0, reached: { [canary.name]: 10 } }, 'the served port answers before the change');
   await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({
-    policy: staged('bad-shadow', [{ priority: 1, sourceCidrs: [`${canary.sources[1]}/32`], protocol: Protocol.PROTOCOL_ICMP, action: Action.ACTION_DENY }], {
+    policy: staged('bad-shadow', [
+      { priority: 1, sourceCidrs: [`${canary.sources[1]}/32`], protocol: Protocol.PROTOCOL_ICMP, action: Action.ACTION_DENY },
+      { priority: 2, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: PORT, last: PORT }], action: Action.ACTION_DENY },
+    ], {
       waves: [{ name: 'canary', target: { $case: 'selector', selector: { matchLabels: { node: canary.name } } }, shadowBakeTime: sec(3), bakeTime: sec(20) }, { target: { $case: 'percent', percent: 100 } }],
       gates: { maxWouldDropPercent: 5, maxDropRatioIncreasePoints: 20 },
     }),
   }));
-  // The traffic the change would drop, through the shadow phase and after the rollout ended.
+  // The traffic the change would drop, through the shadow phase and after the rollout ended:
+  // echo requests, and new connections to the served port, batch after batch.
   const traffic = canary.ping(1, 60);
-  await until('the shadow gate to fail the rollout', async () => (await rollout('bad-shadow'))?.rollout?.state === RolloutState.ROLLOUT_STATE_FAILED, 30_000);
+  let failed = false;
+  const connections = { reached: 0, failed: 0 };
+  const connecting = (async () => {
+    while (!failed) {
+      const r = await canary.connectTcp(PORT, 20);
+      connections.reached += r.reached[canary.name] ?? 0;
+      connections.failed += r.failed;
+    }
+  })();
+  await until('the shadow gate to fail the rollout', async () => (failed = (await rollout('bad-shadow'))?.rollout?.state === RolloutState.ROLLOUT_STATE_FAILED), 30_000).finally(() => (failed = true));
+  await connecting;
   t.is(await traffic, 60, 'every real packet was answered: the change was only shadowed');
+  t.is(connections.failed, 0, `no real connection failed (${connections.reached} answered)`);
+  t.true(connections.reached >= 20, `connections ran through the shadow phase (${connections.reached})`);
   const status = (await rollout('bad-shadow'))!;
   t.regex(status.rollout!.reason, /wave 1 \(shadow\): node node-2 would drop \d+\.\d% of the packets it classified .*nothing was enforced/);
   const reading = status.shadowReadings.find((r) => r.node === canary.name);
   t.true((reading?.wouldDrop ?? 0n) > 0n && reading!.wouldDrop === reading!.classified, JSON.stringify(reading, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v)));
   const sampled = status.shadowSamples.filter((f) => f.node === canary.name);
   t.true(sampled.length > 0, 'the flows the change would have broken are kept');
-  for (const f of sampled) t.like(f, { family: 4, protocol: 1, source: canary.sources[1], destination: canary.uplinkIp, verdict: ShadowVerdict.SHADOW_VERDICT_WOULD_DROP, candidateRule: { policy: 'bad-shadow', priority: 1 } });
+  for (const f of sampled) {
+    const like = f.protocol === 6 ? { port: PORT, candidateRule: { policy: 'bad-shadow', priority: 2 } } : { protocol: 1, source: canary.sources[1], candidateRule: { policy: 'bad-shadow', priority: 1 } };
+    t.like(f, { family: 4, destination: canary.uplinkIp, verdict: ShadowVerdict.SHADOW_VERDICT_WOULD_DROP, ...like });
+  }
+  t.true(sampled.some((f) => f.protocol === 6), 'connections to the served port are among the sampled flows');
   const described = await edgeplane(['describe', 'rollout', 'bad-shadow']);
   t.is(described.code, 0, described.stderr);
   t.true(described.stdout.includes(canary.sources[1]!), `describe rollout lists the sampled flows\n${described.stdout}`);
   for (const n of nodes) t.false(appliedPolicies(n).some((p) => p.includes('bad-shadow')), `${n.name} never enforced it`);
   t.is(await canary.ping(1), 3, 'and the traffic still passes');
+  t.like(await canary.connectTcp(PORT, 10), { failed: 0 }, 'and the served port still answers');
 });
 
 test.serial('shadow - a good change passes its shadow wave and is enforced by the same node, then everywhere; what the candidate counted equals what the enforced rule counts for the same traffic', async (t) => {

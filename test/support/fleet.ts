@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Supervised } from './supervisor.js';
+import { NetnsProcesses, TRAFFIC, type ReachReport, type RigProcess } from './netns-process.js';
 import { Topology, sh } from './topology.js';
 
 export const AGENT_MAIN = fileURLToPath(new URL('../../services/node-agent/dist/main.js', import.meta.url));
@@ -26,6 +27,8 @@ export class FleetNetwork {
   readonly nodes: FleetNode[] = [];
   readonly pinBase: string;
   readonly stateBase: string;
+  /** Servers and clients the tests run in the namespaces (killed by remove()). */
+  readonly processes = new NetnsProcesses();
   #mgmtPrefix: string;
 
   constructor() {
@@ -52,6 +55,7 @@ export class FleetNetwork {
   /** Stops agents, removes namespaces and links, unmounts pin roots. Never throws. */
   async remove(): Promise<void> {
     for (const n of this.nodes) await n.agent?.stop(3000).catch(() => undefined);
+    this.processes.killAll();
     this.topo.remove();
     for (const n of this.nodes) n.unmountPins();
     rmSync(this.pinBase, { recursive: true, force: true });
@@ -114,6 +118,16 @@ export class FleetNode {
   async startAgent(cp: ControlPlane, labels: Record<string, string>, extra: string[] = []): Promise<Supervised> {
     this.agent = await startNodeAgent({ name: this.name, ns: this.ns, hostIp: this.hostIp, pinRoot: this.pinRoot, stateDir: this.stateDir, interfaces: ['up0=uplink', 'wl0=workload'] }, cp, labels, extra);
     return this.agent;
+  }
+
+  /** Starts a TCP server on the node (every address, `port`) that greets each connection with the node's name. */
+  async serveTcp(port: number): Promise<RigProcess> {
+    return this.#net.processes.spawn(this.ns, 'python3', [TRAFFIC, 'serve', this.name, String(port)], { ready: true });
+  }
+
+  /** `count` new TCP connections from the internet namespace to the node's uplink address, `port`: how many were answered, how many failed. */
+  connectTcp(port: number, count: number): Promise<ReachReport> {
+    return this.#net.processes.report<ReachReport>(this.#net.inet, ['connect', this.uplinkIp, String(port), String(count)]);
   }
 
   /** Cuts (or restores) the node's management link: NATS and controller unreachable. */

@@ -23,10 +23,13 @@
 // Traffic runs through test/support/lb-traffic.py (servers that answer with their name, clients
 // that say which backend each connection reached, holders of long-lived connections). Every
 // process the rig starts and every namespace it makes is removed by remove(), which never throws.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { NetnsProcesses, TRAFFIC, type ReachReport, type RigProcess } from './netns-process.js';
+
+export type { ReachReport } from './netns-process.js';
 import { managementLink, managementPrefix, startNodeAgent, unmountPins, type ControlPlane } from './fleet.js';
 import type { Supervised } from './supervisor.js';
 import { sh, Topology } from './topology.js';
@@ -61,13 +64,6 @@ export interface FlowReport {
 }
 
 /** Where the connections of a connect() went. */
-export interface ReachReport {
-  /** Connections (datagrams) answered, by backend name. */
-  reached: Record<string, number>;
-  failed: number;
-  /** Failures by kind: refused, reset, timeout, eof, ... */
-  failures: Record<string, number>;
-}
 
 /** One long-lived connection that broke. */
 export interface BrokenConnection {
@@ -105,19 +101,7 @@ export interface Holder {
 }
 
 /** A process the rig started in a namespace; killed by the rig's remove() if still running. */
-export interface RigProcess {
-  readonly child: ChildProcess;
-  /** Everything it printed so far. */
-  output(): string;
-  /** SIGTERM, wait for the exit; its output. Idempotent. */
-  stop(): Promise<string>;
-  /** SIGKILL, wait for the exit. Idempotent. */
-  kill(): Promise<void>;
-}
 
-const TRAFFIC = join(import.meta.dirname, 'lb-traffic.py');
-/** A bound for a process to say "ready" (not a measurement: only how long a failure takes to surface). */
-const READY_MS = 20_000;
 
 const v4 = (n: number): string => `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
 const VIP4_BASE = (10 << 24) + (96 << 16);
@@ -149,7 +133,7 @@ export class LbRig {
   /** The uplink veth: its client end and its node end (where edgeplane's XDP goes). */
   readonly uplink: { readonly client: string; readonly node: string };
   readonly backends: readonly RigBackend[];
-  #processes = new Set<RigProcess>();
+  #processes = new NetnsProcesses();
   #servers = new Map<number, RigProcess>();
   #serverPorts: number[] = [];
   #agents = new Map<number, Supervised>();
@@ -321,54 +305,10 @@ export class LbRig {
    * Starts `command args` in `ns`, owned by the rig. With `ready`, resolves once it printed a line
    * starting with "ready". @throws Error if it exits or stays silent (READY_MS) first.
    */
-  async spawn(ns: string, command: string, args: string[], options: { ready?: boolean; cpu?: number } = {}): Promise<RigProcess> {
-    const argv = options.cpu === undefined ? [command, ...args] : ['taskset', '-c', String(options.cpu), command, ...args];
-    const child = spawn('ip', ['netns', 'exec', ns, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
-    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-    let done = false;
-    void exited.then(() => (done = true));
-    const end = async (signal: NodeJS.Signals): Promise<void> => {
-      if (!done) child.kill(signal);
-      await exited;
-      this.#processes.delete(proc);
-    };
-    const proc: RigProcess = {
-      child,
-      output: () => out,
-      stop: async () => {
-        await end('SIGTERM');
-        return out;
-      },
-      kill: () => end('SIGKILL'),
-    };
-    this.#processes.add(proc);
-    if (options.ready) {
-      const ready = await new Promise<boolean>((resolve) => {
-        const timer = setTimeout(() => resolve(false), READY_MS);
-        const check = (): void => {
-          if (/^ready/m.test(out)) {
-            clearTimeout(timer);
-            resolve(true);
-          }
-        };
-        child.stdout.on('data', check);
-        void exited.then(() => {
-          clearTimeout(timer);
-          resolve(/^ready/m.test(out));
-        });
-        check();
-      });
-      if (!ready) {
-        await proc.kill();
-        throw new Error(`${command} ${args.join(' ')} in ${ns} did not get ready: ${err.trim() || out.trim() || 'no output'}`);
-      }
-    }
-    return proc;
+  spawn(ns: string, command: string, args: string[], options: { ready?: boolean; cpu?: number } = {}): Promise<RigProcess> {
+    return this.#processes.spawn(ns, command, args, options);
   }
+
 
   /** Starts every backend's identity server (TCP and UDP on each of `ports`, IPv4 and IPv6). */
   async startBackends(ports: number[]): Promise<void> {
@@ -394,14 +334,7 @@ export class LbRig {
 
   /** `count` new connections (TCP) or datagrams from new sockets (UDP) from the client to host:port. */
   async connect(host: string, port: number, count: number, protocol: 'tcp' | 'udp' = 'tcp'): Promise<ReachReport> {
-    const p = await this.spawn(this.client, 'python3', [TRAFFIC, protocol === 'tcp' ? 'connect' : 'udp', host, String(port), String(count)]);
-    await new Promise<void>((resolve) => p.child.once('exit', () => resolve()).once('error', () => resolve()));
-    const line = p.output().trim().split('\n').pop() ?? '';
-    try {
-      return JSON.parse(line) as ReachReport;
-    } catch {
-      throw new Error(`lb rig: connect ${host}:${port} printed ${JSON.stringify(line)}`);
-    }
+    return this.#processes.report<ReachReport>(this.client, [protocol === 'tcp' ? 'connect' : 'udp', host, String(port), String(count)]);
   }
 
   /**
@@ -410,14 +343,7 @@ export class LbRig {
    * source port reached. @throws Error if the client printed no report.
    */
   async flows(host: string, port: number, count: number, firstSport = 0): Promise<FlowReport[]> {
-    const p = await this.spawn(this.client, 'python3', [TRAFFIC, 'flows', host, String(port), String(count), String(firstSport)]);
-    await new Promise<void>((resolve) => p.child.once('exit', () => resolve()).once('error', () => resolve()));
-    const line = p.output().trim().split('\n').pop() ?? '';
-    try {
-      return (JSON.parse(line) as { flows: FlowReport[] }).flows;
-    } catch {
-      throw new Error(`lb rig: flows ${host}:${port} printed ${JSON.stringify(line)}`);
-    }
+    return (await this.#processes.report<{ flows: FlowReport[] }>(this.client, ['flows', host, String(port), String(count), String(firstSport)])).flows;
   }
 
   /**
@@ -426,14 +352,7 @@ export class LbRig {
    * measurement). @throws Error if the client printed no report.
    */
   async bulk(host: string, port: number, bytes: number, boundMs: number): Promise<BulkReport> {
-    const p = await this.spawn(this.client, 'python3', [TRAFFIC, 'bulk', host, String(port), String(bytes), String(boundMs)]);
-    await new Promise<void>((resolve) => p.child.once('exit', () => resolve()).once('error', () => resolve()));
-    const line = p.output().trim().split('\n').pop() ?? '';
-    try {
-      return JSON.parse(line) as BulkReport;
-    } catch {
-      throw new Error(`lb rig: bulk ${host}:${port} printed ${JSON.stringify(line)}`);
-    }
+    return this.#processes.report<BulkReport>(this.client, ['bulk', host, String(port), String(bytes), String(boundMs)]);
   }
 
   /** Kills the agents startAgent() started and waits for them to exit (remove() does it too, without waiting). */
@@ -475,14 +394,7 @@ export class LbRig {
 
   /** Kills every process the rig started and deletes every namespace. Idempotent; never throws. */
   remove(): void {
-    for (const p of this.#processes) {
-      try {
-        p.child.kill('SIGKILL');
-      } catch {
-        // Already gone.
-      }
-    }
-    this.#processes.clear();
+    this.#processes.killAll();
     this.#servers.clear();
     // The agents (SIGKILL: their pins stay mounted until the unmount below, which takes them).
     for (const agent of this.#agents.values()) void agent.kill().catch(() => undefined);
