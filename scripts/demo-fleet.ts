@@ -7,10 +7,10 @@
 //
 // Names are fixed so a second run (or a run after a crash) first removes what a previous one
 // left behind.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseArgs, promisify } from 'node:util';
 import { OtlpReceiver, type ReceivedSpan } from '../test/support/otlp-receiver.js';
 
 const root = new URL('..', import.meta.url).pathname;
@@ -34,6 +34,7 @@ const GRPC = Number(values['grpc-port']);
 const NATS = Number(values['nats-port']);
 const DATA = values['data-dir']!;
 const PINS = '/run/edgeplane-demo';
+const execFileAsync = promisify(execFile);
 const SITES = ['ams1', 'fra1', 'lon1', 'par1'];
 const labelsOf = (i: number): Record<string, string> => ({ role: i % 3 === 0 ? 'core' : 'edge', site: SITES[(i - 1) % SITES.length]!, node: `node-${i}` });
 
@@ -115,8 +116,21 @@ function start(name: string, cmd: string, args: string[], logFile: string): Prom
 
 // The CLI speaks mutual TLS with the admin certificate the controller wrote on its first start.
 const adminDir = (): string => join(DATA, 'controller', 'admin');
-const cli = (args: string[], quiet = false): string =>
-  sh(process.execPath, [join(root, 'packages/cli/dist/main.js'), '--server', `127.0.0.1:${GRPC}`, '--tls-ca', join(adminDir(), 'ca.pem'), '--tls-cert', join(adminDir(), 'admin.pem'), '--tls-key', join(adminDir(), 'admin-key.pem'), ...args], quiet);
+/**
+ * Runs the CLI as the admin; its output. Asynchronous: the demo's own OTLP receiver must go on
+ * answering the controller and agents while the CLI runs (apply --wait follows a rollout for
+ * half a minute; a blocked receiver made every export of that time out, and the trace was lost).
+ * @throws unless `quiet`, when the CLI fails.
+ */
+async function cli(args: string[], quiet = false): Promise<string> {
+  const argv = [join(root, 'packages/cli/dist/main.js'), '--server', `127.0.0.1:${GRPC}`, '--tls-ca', join(adminDir(), 'ca.pem'), '--tls-cert', join(adminDir(), 'admin.pem'), '--tls-key', join(adminDir(), 'admin-key.pem'), ...args];
+  try {
+    return (await execFileAsync(process.execPath, argv, { encoding: 'utf8' })).stdout;
+  } catch (err) {
+    if (quiet) return `${(err as { stdout?: string }).stdout ?? ''}${(err as { stderr?: string }).stderr ?? ''}`;
+    throw new Error(`edgeplane ${args.join(' ')}: ${(err as { stderr?: string }).stderr?.trim() ?? String(err)}`);
+  }
+}
 
 async function main(): Promise<void> {
   say('edgeplane demo: cleaning up anything a previous run left behind');
@@ -153,7 +167,7 @@ async function main(): Promise<void> {
     const labels = labelsOf(i);
     const pin = join(PINS, `node-${i}`);
     // Each node enrolls with its own single-use join token; its labels travel in the token.
-    const created = cli(['token', 'create', '--ttl', '10m', '--labels', Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(',')]);
+    const created = await cli(['token', 'create', '--ttl', '10m', '--labels', Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(',')]);
     const token = /^token:\s+(\S+)/m.exec(created)?.[1];
     const fingerprint = /^ca-fingerprint:\s+(\S+)/m.exec(created)?.[1];
     if (!token || !fingerprint) throw new Error(`edgeplane token create printed no token: ${created}`);
@@ -172,7 +186,7 @@ async function main(): Promise<void> {
   await new Promise((r) => setTimeout(r, 1500));
 
   say('\napplying the example policies: edgeplane apply -f examples/ --wait');
-  say(cli(['apply', '-f', join(root, 'examples'), '--wait', '--timeout', '2m']).trimEnd().replace(/^/gm, '  '));
+  say((await cli(['apply', '-f', join(root, 'examples'), '--wait', '--timeout', '2m'])).trimEnd().replace(/^/gm, '  '));
 
   say('\na little traffic from the internet namespace (ping, and telnet attempts the edge nodes deny):');
   for (let i = 1; i <= N; i++) {
@@ -184,11 +198,11 @@ async function main(): Promise<void> {
   }
   await new Promise((r) => setTimeout(r, 2500));
   say('\nedgeplane get nodes:');
-  say(cli(['get', 'nodes']).trimEnd().replace(/^/gm, '  '));
+  say((await cli(['get', 'nodes'])).trimEnd().replace(/^/gm, '  '));
 
   // apply --wait above followed it wave by wave to its end.
   say('\nssh-mgmt-only was a staged rollout (a 10% canary wave that bakes 15 s, then the rest): edgeplane rollout status ssh-mgmt-only');
-  say(cli(['rollout', 'status', 'ssh-mgmt-only'], true).trimEnd().replace(/^/gm, '  '));
+  say((await cli(['rollout', 'status', 'ssh-mgmt-only'], true)).trimEnd().replace(/^/gm, '  '));
   if (receiver) {
     await new Promise((r) => setTimeout(r, 2000));
     say(`\nthe rollout's trace, collected over OTLP from the controller and every agent:\n${traceTree(receiver.spans, 'ssh-mgmt-only')}`);
