@@ -18,6 +18,13 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
+// A reader that stops early (`edgeplane get nodes | head -1`) closes the pipe: the command ends
+// quietly there, as other command-line tools do, not with an unhandled EPIPE and a stack trace.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code !== 'EPIPE') throw err;
+  process.exit();
+});
+
 // Set exitCode rather than calling process.exit(): stdout may still be draining into a pipe.
 process.exitCode = await run(process.argv.slice(2), {
   io: { stdout: process.stdout, stderr: process.stderr, readStdin, isTTY: Boolean(process.stdout.isTTY) },

@@ -1,7 +1,7 @@
 // The README's `npx edgeplane ...` (and `npx edgeplane-controller`, `npx edgeplane-agent`) from
 // the repository root: npm must have linked each command, which it does at `npm ci` only for a
 // bin file that exists before the build (scripts/setup runs npm ci, then builds).
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { readlinkSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -26,3 +26,14 @@ for (const [command, target, banner] of [
     t.regex(stdout, banner);
   });
 }
+
+test('edgeplane - a reader that closes the pipe early ends the command quietly (no EPIPE stack trace)', async (t) => {
+  const child = spawn(process.execPath, [`${root}packages/cli/dist/main.js`, '--help'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // The read end is closed before the command writes a byte: its first write meets EPIPE.
+  child.stdout.destroy();
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  t.is(stderr, '', 'nothing on stderr');
+  t.is(code, 0);
+});
