@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /* The edgeplane datapath: one stateful classifier (include/ep_conntrack.h in front of
  * include/classifier.h, which pull in the maps, structs and parsing headers) at three hooks, and
- * the connection table's sweeper. bpf/CONNTRACK.md is the contract of the connection table. */
+ * the connection table's sweeper. bpf/CONNTRACK.md is the contract of the connection table. Each
+ * hook parses its frame (ep_parse_xdp, ep_parse_skb), then runs ep_datapath() on the result. */
 #include "ep_conntrack.h"
 #include "ep_nat.h"
 
@@ -9,6 +10,11 @@
 #define EP_TC_ACT_SHOT 2
 #define EP_TC_PULL_LEN 256 /* enough for VLANs + IPv6 + a few extension headers + ports */
 
+/* The hook's frame parsed into `p` (include/ep_parsing.h); returns enum ep_parse_result. Global
+ * functions, one per context type (a global function reads packet data only through the context
+ * it is given): verified once, and the hook then knows nothing of `p` but what it reads back, so
+ * the many ways a parse can end (VLAN tags, IPv6 extension headers, ICMP kinds) do not each walk
+ * the rest of the program apart (bpf/README.md, "Verifier cost"). */
 __noinline int ep_parse_xdp(struct xdp_md *ctx, struct ep_pkt *p)
 {
 	if (!p)

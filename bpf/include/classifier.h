@@ -234,9 +234,9 @@ static __always_inline int ep_rule_slot_in(const struct ep_pkt *p, __u32 gen, vo
 }
 
 /* Classification against enforced generation `gen` (0 or 1): ep_rule_slot_in over ep_lpm,
- * ep_wild and ep_cwords. A subprogram of its own (not inlined) so that the programs can call it
- * twice per packet (conntrack's cut re-check classifies an entry's tuple) without the verifier
- * walking the whole classifier at each call site.
+ * ep_wild and ep_cwords. A global function: the programs call it twice per packet (conntrack's
+ * cut re-check classifies an entry's tuple), and the verifier checks it once rather than at each
+ * call site with each caller's state (bpf/README.md, "Verifier cost").
  * Returns the ep_rules index of the first matching rule (or of the default action), or -1 if
  * the generation holds no tables (unconfigured). Counts nothing. */
 __noinline int ep_rule_slot(const struct ep_pkt *p, __u32 gen)

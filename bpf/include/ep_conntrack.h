@@ -437,8 +437,9 @@ static __always_inline __u32 ep_lb_service_key(struct ep_ct_key *ks, const struc
 /* Uplink egress, a reply (backend -> client) that found its reverse entry `b` under `kb`
  * (`m->in_new`: in ep_ct_new): the packet is applied to the service entry S as a reply (state,
  * counters, promotion of S and of B at the first reply) and its source becomes the VIP. Without
- * a live S, B is deleted and false returned: the packet is then untracked. A subprogram, like
- * ep_ct_create, to keep S's key off the main frame. */
+ * a live S, B is deleted and false returned: the packet is then untracked. A global function:
+ * S's key stays off the main frame, and it is verified once, not for each state of the lookup
+ * before it (bpf/README.md, "Verifier cost"). */
 __noinline int ep_lb_reply(const struct ep_pkt *p, struct ep_ct_key *kb, struct ep_ct_entry *b,
 			   const struct ep_ct_new_meta *m, struct ep_nat *nat)
 {
@@ -524,16 +525,40 @@ __noinline int ep_lb_new_flow(const struct ep_pkt *p, struct ep_ct_key *k, const
 	return 1;
 }
 
+/* Looks the tuple `q` an ICMP error `p` quotes (ep_ct_related: ct EP_CTK_FLOW for TCP/UDP, or an
+ * echo's EP_CTK_ECHO_REQ / EP_CTK_ECHO_REP) up once in each table, changing no state
+ * (CONNTRACK.md step 4). Returns 1 when it names a tracked flow; for a load-balanced flow's, its
+ * translation is planned into `nat` (ep_nat_icmp.h). A global function: the key, the lookups and
+ * the plan are verified once, not for each state that reaches step 4 (bpf/README.md, "Verifier
+ * cost"). */
+__noinline int ep_ct_related_lookup(const struct ep_pkt *p, const struct ep_pkt *q, __u64 now, struct ep_nat *nat)
+{
+	if (!p || !q || !nat)
+		return false;
+	struct ep_ct_key k;
+	bool ports = q->ct == EP_CTK_FLOW;
+	__u32 src_b = ep_ct_key_make(&k, q->family, q->proto, q->src, q->sport, q->dst, q->dport, !ports,
+				     q->ct == EP_CTK_ECHO_REP);
+	struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
+	if (!e)
+		e = ep_ct_get(&ep_ct_new, &k, now);
+	if (!e)
+		return false;
+	if (ports) {
+		ep_icmp_nat_plan(p, e, src_b, q->proto, nat);
+		/* Full NAT changed both sides of the flow: the quote's other side too (ep_lb_modes.h). */
+		if ((e->nat.flags & EP_CT_NAT_SNAT) && ep_nat_is_icmp(nat))
+			ep_lb_icmp_plan(e, nat);
+	}
+	return true;
+}
+
 /* Is the ICMP error in `p` about a tracked flow? Reads the embedded IP header and the 8 bytes
- * after it (ports, or an echo's identifier) and looks the inner tuple's key up once in each
- * table, changing no state (CONNTRACK.md step 4). An IPv6 inner header followed by extension
- * headers is not looked into. An error about a load-balanced flow gets its translation planned
- * into `nat` (ep_nat_icmp.h). */
+ * after it (ports, or an echo's identifier) into a tuple of its own and looks it up
+ * (ep_ct_related_lookup). An IPv6 inner header followed by extension headers is not looked into. */
 static __noinline bool ep_ct_related(void *data, void *data_end, const struct ep_pkt *p, __u64 now, struct ep_nat *nat)
 {
-	struct ep_ct_key k;
-	__u8 src[16] = {}, dst[16] = {};
-	__u8 family, proto;
+	struct ep_pkt q = {};
 	__u32 off = p->l4_off;
 	if (off > EP_MAX_L3_OFF)
 		return false;
@@ -543,52 +568,42 @@ static __noinline bool ep_ct_related(void *data, void *data_end, const struct ep
 		struct iphdr *ip = data + off;
 		if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
 			return false;
-		family = 4;
-		proto = ip->protocol;
-		__builtin_memcpy(src, &ip->saddr, 4);
-		__builtin_memcpy(dst, &ip->daddr, 4);
+		q.family = 4;
+		q.proto = ip->protocol;
+		__builtin_memcpy(q.src, &ip->saddr, 4);
+		__builtin_memcpy(q.dst, &ip->daddr, 4);
 		l4 = (__u8 *)ip + ip->ihl * 4;
 	} else {
 		struct ipv6hdr *ip6 = data + off;
 		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 			return false;
-		family = 6;
-		proto = ip6->nexthdr;
-		__builtin_memcpy(src, &ip6->saddr, 16);
-		__builtin_memcpy(dst, &ip6->daddr, 16);
+		q.family = 6;
+		q.proto = ip6->nexthdr;
+		__builtin_memcpy(q.src, &ip6->saddr, 16);
+		__builtin_memcpy(q.dst, &ip6->daddr, 16);
 		l4 = (__u8 *)(ip6 + 1);
 	}
 	if ((void *)(l4 + 8) > data_end)
 		return false;
-	bool ports = proto == EP_IPPROTO_TCP || proto == EP_IPPROTO_UDP;
-	__u32 src_b = 0;
-	if (ports) {
-		src_b = ep_ct_key_make(&k, family, proto, src, ((__u16)l4[0] << 8) | l4[1], dst, ((__u16)l4[2] << 8) | l4[3], false, false);
+	if (q.proto == EP_IPPROTO_TCP || q.proto == EP_IPPROTO_UDP) {
+		q.ct = EP_CTK_FLOW;
+		q.sport = ((__u16)l4[0] << 8) | l4[1];
+		q.dport = ((__u16)l4[2] << 8) | l4[3];
 	} else {
-		__u8 kind = ep_icmp_kind(family, proto, l4[0]);
-		if (kind != EP_CTK_ECHO_REQ && kind != EP_CTK_ECHO_REP)
+		q.ct = ep_icmp_kind(q.family, q.proto, l4[0]);
+		if (q.ct != EP_CTK_ECHO_REQ && q.ct != EP_CTK_ECHO_REP)
 			return false;
-		__u16 id = ((__u16)l4[4] << 8) | l4[5];
-		ep_ct_key_make(&k, family, proto, src, id, dst, id, true, kind == EP_CTK_ECHO_REP);
+		q.sport = ((__u16)l4[4] << 8) | l4[5];
+		q.dport = q.sport;
 	}
-	struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
-	if (!e)
-		e = ep_ct_get(&ep_ct_new, &k, now);
-	if (!e)
-		return false;
-	if (ports) {
-		ep_icmp_nat_plan(p, e, src_b, proto, nat);
-		/* Full NAT changed both sides of the flow: the quote's other side too (ep_lb_modes.h). */
-		if ((e->nat.flags & EP_CT_NAT_SNAT) && ep_nat_is_icmp(nat))
-			ep_lb_icmp_plan(e, nat);
-	}
-	return true;
+	return ep_ct_related_lookup(p, &q, now, nat);
 }
 
-/* One packet, CONNTRACK.md "A packet, in order": parse, control bypass, lookup, ICMP errors,
- * entry found, no entry; for a load-balanced flow (LB.md, "A packet") the NAT its hook must
- * write goes into `nat` (op EP_NAT_NONE: none). At EP_HOOK_EGRESS (uplink egress) every packet
- * passes and no rule is consulted. Returns EP_PASS or EP_DROP. */
+/* One packet, CONNTRACK.md "A packet, in order", after its hook parsed it into `p` (`parsed`:
+ * enum ep_parse_result; the hook's global parse function, edgeplane.bpf.c): control bypass,
+ * lookup, ICMP errors, entry found, no entry; for a load-balanced flow (LB.md, "A packet") the NAT
+ * its hook must write goes into `nat` (op EP_NAT_NONE: none). At EP_HOOK_EGRESS (uplink egress)
+ * every packet passes and no rule is consulted. Returns EP_PASS or EP_DROP. */
 static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, int hook, int parsed, struct ep_pkt *p,
 				       struct ep_nat *nat)
 {
