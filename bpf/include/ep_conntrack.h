@@ -108,12 +108,11 @@ static __always_inline struct ep_ct_entry *ep_ct_get(void *map, struct ep_ct_key
 }
 
 /* The TCP state machine of CONNTRACK.md for a packet of direction `dir` on entry `e`. The rows
- * are tried in the table's order; the first that fits applies. Returns 0. A global function: its
- * rows are verified once, not for each state of its callers (bpf/README.md, "Verifier cost"). */
-__noinline int ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp, __u64 now)
+ * are tried in the table's order; the first that fits applies. Inline, though the verifier walks
+ * it at each caller state: every packet of a TCP flow with an entry comes here, and a call would
+ * cost it more than it costs the verifier (bpf/README.md, "Verifier cost", per packet). */
+static __always_inline void ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp, __u64 now)
 {
-	if (!e)
-		return 0;
 	__u8 st = e->state;
 	__u8 f = e->flags;
 	bool syn = tcp & EP_TCP_SYN, ack = tcp & EP_TCP_ACK, fin = tcp & EP_TCP_FIN;
@@ -158,7 +157,6 @@ __noinline int ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp, __u64 now)
 	e->flags = f;
 	if (refresh)
 		e->expires_ns = now + ep_ct_timeout(to);
-	return 0;
 }
 
 /* What a new entry is made with: the packet's time and length, the rule that admitted it, the
