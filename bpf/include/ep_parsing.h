@@ -136,8 +136,9 @@ static __always_inline int ep_parse_ipv6(void *data, void *data_end, __u32 off, 
 		 * back as a value the verifier knows only as a u16: each chain of header types would
 		 * otherwise reach the next header with a range of its own (a constant after fragment
 		 * headers, multiples of 4 after AH, of 8 after the others), and the verifier would
-		 * walk every chain up to EP_MAX_EXT deep apart: about 3^8 (150,000 instructions per
-		 * program), against a few thousand with one state per depth. */
+		 * walk every chain of up to EP_MAX_EXT headers apart (115,000 of the 276,000
+		 * instructions edge_xdp took with the parse a global function), against a few thousand
+		 * with one state per depth. */
 		p->l4_off = off + len;
 		off = *(volatile __u16 *)&p->l4_off;
 	}
