@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /* The edgeplane datapath: one stateful classifier (include/ep_conntrack.h in front of
  * include/classifier.h, which pull in the maps, structs and parsing headers) at three hooks, and
- * the connection table's sweeper. bpf/CONNTRACK.md is the contract of the connection table. */
+ * the connection table's sweeper. bpf/CONNTRACK.md is the contract of the connection table. Each
+ * hook parses its frame (ep_parse_xdp, ep_parse_skb), then runs ep_datapath() on the result. */
 #include "ep_conntrack.h"
 #include "ep_nat.h"
 
@@ -9,14 +10,35 @@
 #define EP_TC_ACT_SHOT 2
 #define EP_TC_PULL_LEN 256 /* enough for VLANs + IPv6 + a few extension headers + ports */
 
+/* The hook's frame parsed into `p` (include/ep_parsing.h); returns enum ep_parse_result. Global
+ * functions, one per context type (a global function reads packet data only through the context
+ * it is given): verified once, and the hook then knows nothing of `p` but what it reads back, so
+ * the many ways a parse can end (VLAN tags, IPv6 extension headers, ICMP kinds) do not each walk
+ * the rest of the program apart (bpf/README.md, "Verifier cost"). */
+__noinline int ep_parse_xdp(struct xdp_md *ctx, struct ep_pkt *p)
+{
+	if (!p)
+		return EP_PARSE_MALFORMED;
+	return ep_parse((void *)(long)ctx->data, (void *)(long)ctx->data_end, p);
+}
+
+__noinline int ep_parse_skb(struct __sk_buff *skb, struct ep_pkt *p)
+{
+	if (!p)
+		return EP_PARSE_MALFORMED;
+	return ep_parse((void *)(long)skb->data, (void *)(long)skb->data_end, p);
+}
+
 /* Uplink ingress. */
 SEC("xdp")
 int edge_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	struct ep_pkt p = {};
+	int parsed = ep_parse_xdp(ctx, &p);
 	struct ep_nat nat;
-	if (ep_datapath(data, data_end, data_end - data, EP_HOOK_POLICY, &nat) == EP_DROP)
+	if (ep_datapath(data, data_end, data_end - data, EP_HOOK_POLICY, parsed, &p, &nat) == EP_DROP)
 		return XDP_DROP;
 	/* A DSR or full-NAT flow, or an ICMP error about a full-NAT one (include/ep_lb_modes.h). */
 	if (nat.op == EP_NAT_LB) {
@@ -56,8 +78,10 @@ int edge_tc(struct __sk_buff *skb)
 	__u32 len = skb->len;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	struct ep_pkt p = {};
+	int parsed = ep_parse_skb(skb, &p);
 	struct ep_nat nat;
-	if (ep_datapath(data, data_end, len, EP_HOOK_POLICY, &nat) == EP_DROP)
+	if (ep_datapath(data, data_end, len, EP_HOOK_POLICY, parsed, &p, &nat) == EP_DROP)
 		return EP_TC_ACT_SHOT;
 	/* A DSR or full-NAT flow, or an ICMP error about a full-NAT one (include/ep_lb_modes.h). */
 	if (nat.op == EP_NAT_LB) {
@@ -85,8 +109,10 @@ int edge_tc_egress(struct __sk_buff *skb)
 	__u32 len = skb->len;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	struct ep_pkt p = {};
+	int parsed = ep_parse_skb(skb, &p);
 	struct ep_nat nat;
-	ep_datapath(data, data_end, len, EP_HOOK_EGRESS, &nat);
+	ep_datapath(data, data_end, len, EP_HOOK_EGRESS, parsed, &p, &nat);
 	/* A reply of a load-balanced flow: its source becomes the VIP (full NAT: both sides,
 	 * include/ep_lb_modes.h); an ICMP error about one (towards its client) quotes the VIP. */
 	struct ep_nat *icmp = nat.op == EP_NAT_LB ? ep_lb_icmp_pair() : NULL;

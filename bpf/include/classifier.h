@@ -121,11 +121,14 @@ static __always_inline void ep_count(void *map, __u32 idx, __u64 len)
 	}
 }
 
-/* Token bucket per (rule id, source address); true = within the limit. The read-modify-write
+/* Token bucket per (rule id, source address); 1 = within the limit. The read-modify-write
  * is not atomic across CPUs: two CPUs refilling the same bucket at once may admit one extra
- * packet each, which a rate limiter tolerates. */
-static __always_inline bool ep_rate_ok(const struct ep_rule *r, const struct ep_pkt *p)
+ * packet each, which a rate limiter tolerates. A global function: its key and new bucket stay off
+ * the programs' main frame, and it is verified once (bpf/README.md, "Verifier cost"). */
+__noinline int ep_rate_ok(const struct ep_rule *r, const struct ep_pkt *p)
 {
+	if (!r || !p)
+		return false;
 	struct ep_bucket_key k = { .rule_id = r->rule_id, .family = p->family };
 	__builtin_memcpy(k.addr, p->src, 16);
 	__u64 now = bpf_ktime_get_ns();
@@ -231,13 +234,15 @@ static __always_inline int ep_rule_slot_in(const struct ep_pkt *p, __u32 gen, vo
 }
 
 /* Classification against enforced generation `gen` (0 or 1): ep_rule_slot_in over ep_lpm,
- * ep_wild and ep_cwords. A subprogram of its own (not inlined) so that the programs can call it
- * twice per packet (conntrack's cut re-check classifies an entry's tuple) without the verifier
- * walking the whole classifier at each call site.
+ * ep_wild and ep_cwords. A global function: the programs call it twice per packet (conntrack's
+ * cut re-check classifies an entry's tuple), and the verifier checks it once rather than at each
+ * call site with each caller's state (bpf/README.md, "Verifier cost").
  * Returns the ep_rules index of the first matching rule (or of the default action), or -1 if
  * the generation holds no tables (unconfigured). Counts nothing. */
-static __noinline int ep_rule_slot(struct ep_pkt *p, __u32 gen)
+__noinline int ep_rule_slot(const struct ep_pkt *p, __u32 gen)
 {
+	if (!p)
+		return -1;
 	return ep_rule_slot_in(p, gen & 1, &ep_lpm, &ep_wild, ep_match_word);
 }
 

@@ -108,7 +108,9 @@ static __always_inline struct ep_ct_entry *ep_ct_get(void *map, struct ep_ct_key
 }
 
 /* The TCP state machine of CONNTRACK.md for a packet of direction `dir` on entry `e`. The rows
- * are tried in the table's order; the first that fits applies. */
+ * are tried in the table's order; the first that fits applies. Inline, though the verifier walks
+ * it at each caller state: every packet of a TCP flow with an entry comes here, and a call would
+ * cost it more than it costs the verifier (bpf/README.md, "Verifier cost", per packet). */
 static __always_inline void ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp, __u64 now)
 {
 	__u8 st = e->state;
@@ -433,11 +435,14 @@ static __always_inline __u32 ep_lb_service_key(struct ep_ct_key *ks, const struc
 /* Uplink egress, a reply (backend -> client) that found its reverse entry `b` under `kb`
  * (`m->in_new`: in ep_ct_new): the packet is applied to the service entry S as a reply (state,
  * counters, promotion of S and of B at the first reply) and its source becomes the VIP. Without
- * a live S, B is deleted and false returned: the packet is then untracked. A subprogram, like
- * ep_ct_create, to keep S's key off the main frame. */
-static __noinline bool ep_lb_reply(const struct ep_pkt *p, struct ep_ct_key *kb, struct ep_ct_entry *b,
-				   const struct ep_ct_new_meta *m, struct ep_nat *nat)
+ * a live S, B is deleted and false returned: the packet is then untracked. A global function:
+ * S's key stays off the main frame, and it is verified once, not for each state of the lookup
+ * before it (bpf/README.md, "Verifier cost"). */
+__noinline int ep_lb_reply(const struct ep_pkt *p, struct ep_ct_key *kb, struct ep_ct_entry *b,
+			   const struct ep_ct_new_meta *m, struct ep_nat *nat)
 {
+	if (!p || !kb || !b || !m || !nat)
+		return false;
 	__u64 now = m->now, len = m->len;
 	bool b_new = m->in_new;
 	struct ep_ct_key ks;
@@ -483,16 +488,75 @@ static __noinline bool ep_lb_reply(const struct ep_pkt *p, struct ep_ct_key *kb,
 	return true;
 }
 
+/* LB.md "A packet" 3-7: a new TCP/UDP flow `p` that a rule passed, under key `k`, in generation
+ * `gen`, its entry to be made with `m`. Returns 0 when its destination is not a VIP; -1 to drop it
+ * (a VIP without a backend, or no source port left for full NAT), counted; 1 when it is
+ * scheduled: its service entry created (with NAT, its reverse entry too) and the rewrite its hook
+ * writes planned into `nat`. A global function: verified once, not with each state of the
+ * classification that precedes it (bpf/README.md, "Verifier cost"). */
+__noinline int ep_lb_new_flow(const struct ep_pkt *p, struct ep_ct_key *k, const struct ep_ct_new_meta *m, __u32 gen,
+			      struct ep_nat *nat)
+{
+	if (!p || !k || !m || !nat)
+		return 0;
+	struct ep_ct_nat be = {};
+	int selected = ep_lb_select(p, gen, &be);
+	if (selected < 0) {
+		ep_lb_stat(EP_LB_STAT_NO_BACKEND, m->len);
+		return -1;
+	}
+	if (selected == 0)
+		return 0;
+	bool mode = be.flags & (EP_CT_NAT_DSR | EP_CT_NAT_SNAT);
+	/* Full NAT: the source port first (its reverse entry), then S, which carries it. */
+	if ((be.flags & EP_CT_NAT_SNAT) && !ep_lb_snat_alloc(p, &be, m)) {
+		ep_lb_stat(EP_LB_STAT_SNAT_FAILED, m->len);
+		return -1;
+	}
+	ep_lb_stat(EP_LB_STAT_SELECTED, m->len);
+	if (ep_ct_create(p, k, m, &be) && !mode)
+		ep_lb_create_rev(p, &be, m->rule_id, m->epoch, m->now);
+	if (mode)
+		ep_lb_mode_nat(p, &be, nat);
+	else
+		ep_nat_set(nat, EP_NAT_DST, p, be.addr, be.port);
+	return 1;
+}
+
+/* Looks the tuple `q` an ICMP error `p` quotes (ep_ct_related: ct EP_CTK_FLOW for TCP/UDP, or an
+ * echo's EP_CTK_ECHO_REQ / EP_CTK_ECHO_REP) up once in each table, changing no state
+ * (CONNTRACK.md step 4). Returns 1 when it names a tracked flow; for a load-balanced flow's, its
+ * translation is planned into `nat` (ep_nat_icmp.h). A global function: the key, the lookups and
+ * the plan are verified once, not for each state that reaches step 4 (bpf/README.md, "Verifier
+ * cost"). */
+__noinline int ep_ct_related_lookup(const struct ep_pkt *p, const struct ep_pkt *q, __u64 now, struct ep_nat *nat)
+{
+	if (!p || !q || !nat)
+		return false;
+	struct ep_ct_key k;
+	bool ports = q->ct == EP_CTK_FLOW;
+	__u32 src_b = ep_ct_key_make(&k, q->family, q->proto, q->src, q->sport, q->dst, q->dport, !ports,
+				     q->ct == EP_CTK_ECHO_REP);
+	struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
+	if (!e)
+		e = ep_ct_get(&ep_ct_new, &k, now);
+	if (!e)
+		return false;
+	if (ports) {
+		ep_icmp_nat_plan(p, e, src_b, q->proto, nat);
+		/* Full NAT changed both sides of the flow: the quote's other side too (ep_lb_modes.h). */
+		if ((e->nat.flags & EP_CT_NAT_SNAT) && ep_nat_is_icmp(nat))
+			ep_lb_icmp_plan(e, nat);
+	}
+	return true;
+}
+
 /* Is the ICMP error in `p` about a tracked flow? Reads the embedded IP header and the 8 bytes
- * after it (ports, or an echo's identifier) and looks the inner tuple's key up once in each
- * table, changing no state (CONNTRACK.md step 4). An IPv6 inner header followed by extension
- * headers is not looked into. An error about a load-balanced flow gets its translation planned
- * into `nat` (ep_nat_icmp.h). */
+ * after it (ports, or an echo's identifier) into a tuple of its own and looks it up
+ * (ep_ct_related_lookup). An IPv6 inner header followed by extension headers is not looked into. */
 static __noinline bool ep_ct_related(void *data, void *data_end, const struct ep_pkt *p, __u64 now, struct ep_nat *nat)
 {
-	struct ep_ct_key k;
-	__u8 src[16] = {}, dst[16] = {};
-	__u8 family, proto;
+	struct ep_pkt q = {};
 	__u32 off = p->l4_off;
 	if (off > EP_MAX_L3_OFF)
 		return false;
@@ -502,57 +566,46 @@ static __noinline bool ep_ct_related(void *data, void *data_end, const struct ep
 		struct iphdr *ip = data + off;
 		if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
 			return false;
-		family = 4;
-		proto = ip->protocol;
-		__builtin_memcpy(src, &ip->saddr, 4);
-		__builtin_memcpy(dst, &ip->daddr, 4);
+		q.family = 4;
+		q.proto = ip->protocol;
+		__builtin_memcpy(q.src, &ip->saddr, 4);
+		__builtin_memcpy(q.dst, &ip->daddr, 4);
 		l4 = (__u8 *)ip + ip->ihl * 4;
 	} else {
 		struct ipv6hdr *ip6 = data + off;
 		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 			return false;
-		family = 6;
-		proto = ip6->nexthdr;
-		__builtin_memcpy(src, &ip6->saddr, 16);
-		__builtin_memcpy(dst, &ip6->daddr, 16);
+		q.family = 6;
+		q.proto = ip6->nexthdr;
+		__builtin_memcpy(q.src, &ip6->saddr, 16);
+		__builtin_memcpy(q.dst, &ip6->daddr, 16);
 		l4 = (__u8 *)(ip6 + 1);
 	}
 	if ((void *)(l4 + 8) > data_end)
 		return false;
-	bool ports = proto == EP_IPPROTO_TCP || proto == EP_IPPROTO_UDP;
-	__u32 src_b = 0;
-	if (ports) {
-		src_b = ep_ct_key_make(&k, family, proto, src, ((__u16)l4[0] << 8) | l4[1], dst, ((__u16)l4[2] << 8) | l4[3], false, false);
+	if (q.proto == EP_IPPROTO_TCP || q.proto == EP_IPPROTO_UDP) {
+		q.ct = EP_CTK_FLOW;
+		q.sport = ((__u16)l4[0] << 8) | l4[1];
+		q.dport = ((__u16)l4[2] << 8) | l4[3];
 	} else {
-		__u8 kind = ep_icmp_kind(family, proto, l4[0]);
-		if (kind != EP_CTK_ECHO_REQ && kind != EP_CTK_ECHO_REP)
+		q.ct = ep_icmp_kind(q.family, q.proto, l4[0]);
+		if (q.ct != EP_CTK_ECHO_REQ && q.ct != EP_CTK_ECHO_REP)
 			return false;
-		__u16 id = ((__u16)l4[4] << 8) | l4[5];
-		ep_ct_key_make(&k, family, proto, src, id, dst, id, true, kind == EP_CTK_ECHO_REP);
+		q.sport = ((__u16)l4[4] << 8) | l4[5];
+		q.dport = q.sport;
 	}
-	struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
-	if (!e)
-		e = ep_ct_get(&ep_ct_new, &k, now);
-	if (!e)
-		return false;
-	if (ports) {
-		ep_icmp_nat_plan(p, e, src_b, proto, nat);
-		/* Full NAT changed both sides of the flow: the quote's other side too (ep_lb_modes.h). */
-		if ((e->nat.flags & EP_CT_NAT_SNAT) && ep_nat_is_icmp(nat))
-			ep_lb_icmp_plan(e, nat);
-	}
-	return true;
+	return ep_ct_related_lookup(p, &q, now, nat);
 }
 
-/* One packet, CONNTRACK.md "A packet, in order": parse, control bypass, lookup, ICMP errors,
- * entry found, no entry; for a load-balanced flow (LB.md, "A packet") the NAT its hook must
- * write goes into `nat` (op EP_NAT_NONE: none). At EP_HOOK_EGRESS (uplink egress) every packet
- * passes and no rule is consulted. Returns EP_PASS or EP_DROP. */
-static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, int hook, struct ep_nat *nat)
+/* One packet, CONNTRACK.md "A packet, in order", after its hook parsed it into `p` (`parsed`:
+ * enum ep_parse_result; the hook's global parse function, edgeplane.bpf.c): control bypass,
+ * lookup, ICMP errors, entry found, no entry; for a load-balanced flow (LB.md, "A packet") the NAT
+ * its hook must write goes into `nat` (op EP_NAT_NONE: none). At EP_HOOK_EGRESS (uplink egress)
+ * every packet passes and no rule is consulted. Returns EP_PASS or EP_DROP. */
+static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, int hook, int parsed, struct ep_pkt *p,
+				       struct ep_nat *nat)
 {
-	struct ep_pkt p = {};
 	nat->op = EP_NAT_NONE;
-	int parsed = ep_parse(data, data_end, &p);
 	if (hook == EP_HOOK_EGRESS && parsed != EP_PARSE_OK)
 		return EP_PASS;
 	if (parsed == EP_PARSE_NON_IP) {
@@ -564,7 +617,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		return EP_DROP;
 	}
 	/* 1. The source blocklist (ep_blocklist.h): before anything else, tracked flows included. */
-	if (hook == EP_HOOK_POLICY && ep_blocklisted(&p, len))
+	if (hook == EP_HOOK_POLICY && ep_blocklisted(p, len))
 		return EP_DROP;
 
 	/* Read the live generation exactly once: every lookup below uses this value, so one
@@ -584,15 +637,15 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 
 	/* 2. Control bypass: TCP/UDP from a control endpoint (at uplink egress: to one, so the
 	 * control plane's flows take no room in the connection tables). */
-	if ((p.proto == EP_IPPROTO_TCP || p.proto == EP_IPPROTO_UDP) && p.port != EP_PORT_NONE) {
+	if ((p->proto == EP_IPPROTO_TCP || p->proto == EP_IPPROTO_UDP) && p->port != EP_PORT_NONE) {
 		/* The port bitmap first (ep_ct_control_ports): most packets are not from a control
 		 * port, and an array lookup costs a fraction of the hash lookup. */
-		__u16 cport = hook == EP_HOOK_EGRESS ? p.dport : p.sport;
+		__u16 cport = hook == EP_HOOK_EGRESS ? p->dport : p->sport;
 		__u32 word = cport >> 6;
 		__u64 *bits = bpf_map_lookup_elem(&ep_ct_control_ports, &word);
 		if (bits && ((*bits >> (cport & 63)) & 1)) {
-			struct ep_ct_control_key c = { .family = p.family, .proto = p.proto, .port = cport };
-			__builtin_memcpy(c.addr, hook == EP_HOOK_EGRESS ? p.dst : p.src, 16);
+			struct ep_ct_control_key c = { .family = p->family, .proto = p->proto, .port = cport };
+			__builtin_memcpy(c.addr, hook == EP_HOOK_EGRESS ? p->dst : p->src, 16);
 			if (bpf_map_lookup_elem(&ep_ct_control, &c)) {
 				ep_ct_stat(EP_CT_STAT_CONTROL, len);
 				return EP_PASS;
@@ -604,13 +657,13 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	 * is not there once in ep_ct_new. The direction comes from the entry: the packet is
 	 * original when it comes from the side that opened the flow. An echo request is always
 	 * original, an echo reply always a reply (the key's side a is the requester). */
-	bool trackable = p.ct == EP_CTK_FLOW || p.ct == EP_CTK_ECHO_REQ || p.ct == EP_CTK_ECHO_REP;
+	bool trackable = p->ct == EP_CTK_FLOW || p->ct == EP_CTK_ECHO_REQ || p->ct == EP_CTK_ECHO_REP;
 	struct ep_ct_new_meta meta = { .now = now, .len = len, .epoch = epoch };
 	struct ep_ct_key k;
 	__u32 src_b = 0;
 	if (trackable) {
-		src_b = ep_ct_key_make(&k, p.family, p.proto, p.src, p.sport, p.dst, p.dport, p.ct != EP_CTK_FLOW,
-				       p.ct == EP_CTK_ECHO_REP);
+		src_b = ep_ct_key_make(&k, p->family, p->proto, p->src, p->sport, p->dst, p->dport, p->ct != EP_CTK_FLOW,
+				       p->ct == EP_CTK_ECHO_REP);
 		bool in_new = false;
 		struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
 		if (!e && !ep_ct_new_empty()) {
@@ -624,7 +677,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			int reply_hook = (e->nat.flags & EP_CT_NAT_SNAT) ? EP_HOOK_POLICY : EP_HOOK_EGRESS;
 			if (bdir == EP_CT_DIR_REPLY && hook == reply_hook) {
 				meta.in_new = in_new;
-				if (ep_lb_reply(&p, &k, e, &meta, nat))
+				if (ep_lb_reply(p, &k, e, &meta, nat))
 					return EP_PASS;
 			} else if (hook == EP_HOOK_POLICY) {
 				/* A reverse entry (LB.md) is no entry for the packet at the policy
@@ -637,10 +690,10 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			}
 			e = NULL;
 		}
-		if (e && hook == EP_HOOK_POLICY && (e->nat.flags & (EP_CT_NAT_DNAT | EP_CT_NAT_DSR)) && p.proto == EP_IPPROTO_TCP &&
+		if (e && hook == EP_HOOK_POLICY && (e->nat.flags & (EP_CT_NAT_DNAT | EP_CT_NAT_DSR)) && p->proto == EP_IPPROTO_TCP &&
 		    (e->state == EP_CT_CLOSED || e->state == EP_CT_CLOSING) &&
 		    src_b == !!(e->flags & EP_CT_F_ORIG_B) &&
-		    (p.tcp_flags & (EP_TCP_SYN | EP_TCP_ACK | EP_TCP_RST)) == EP_TCP_SYN) {
+		    (p->tcp_flags & (EP_TCP_SYN | EP_TCP_ACK | EP_TCP_RST)) == EP_TCP_SYN) {
 			/* Port reuse on a closed load-balanced flow (LB.md, "Connection entries"): a new
 			 * connection, scheduled anew like any new flow, as Linux conntrack deletes a
 			 * closed entry a SYN reuses and NATs afresh (nf_conntrack_proto_tcp.c,
@@ -668,12 +721,12 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 				}
 				e->epoch = epoch;
 			}
-			if (p.proto == EP_IPPROTO_TCP) {
-				ep_ct_tcp(e, dir, p.tcp_flags, now);
+			if (p->proto == EP_IPPROTO_TCP) {
+				ep_ct_tcp(e, dir, p->tcp_flags, now);
 			} else {
 				if (dir == EP_CT_DIR_REPLY)
 					e->flags |= EP_CT_F_SEEN_REPLY;
-				e->expires_ns = now + ep_ct_timeout(p.proto == EP_IPPROTO_UDP ? EP_CT_TO_UDP : EP_CT_TO_ICMP);
+				e->expires_ns = now + ep_ct_timeout(p->proto == EP_IPPROTO_UDP ? EP_CT_TO_UDP : EP_CT_TO_ICMP);
 			}
 			__sync_fetch_and_add(&e->packets[dir & 1], 1);
 			__sync_fetch_and_add(&e->bytes[dir & 1], len);
@@ -681,9 +734,9 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			/* A load-balanced flow's service entry: its original direction goes to its
 			 * backend, whatever the tables say now. */
 			if (hook == EP_HOOK_POLICY && dir == EP_CT_DIR_ORIG && (e->nat.flags & (EP_CT_NAT_DSR | EP_CT_NAT_SNAT)))
-				ep_lb_mode_nat(&p, &e->nat, nat);
+				ep_lb_mode_nat(p, &e->nat, nat);
 			else if (hook == EP_HOOK_POLICY && dir == EP_CT_DIR_ORIG && (e->nat.flags & EP_CT_NAT_DNAT))
-				ep_nat_set(nat, EP_NAT_DST, &p, e->nat.addr, e->nat.port);
+				ep_nat_set(nat, EP_NAT_DST, p, e->nat.addr, e->nat.port);
 			if (in_new && dir == EP_CT_DIR_REPLY)
 				ep_ct_promote(&k, e);
 			return EP_PASS;
@@ -693,7 +746,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	/* 4. ICMP errors about a tracked flow pass (path MTU discovery needs them); one about a
 	 * load-balanced flow is translated by the hook (ep_nat_icmp.h, LB.md "ICMP errors"). At
 	 * uplink egress, which passes everything anyway, only the translation (no RELATED count). */
-	if (p.ct == EP_CTK_ICMP_ERR && ep_ct_related(data, data_end, &p, now, nat)) {
+	if (p->ct == EP_CTK_ICMP_ERR && ep_ct_related(data, data_end, p, now, nat)) {
 		if (hook != EP_HOOK_EGRESS)
 			ep_ct_stat(EP_CT_STAT_RELATED, len);
 		return EP_PASS;
@@ -704,52 +757,33 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		if (trackable && (gflags & EP_GEN_F_TRACK_EGRESS)) {
 			meta.rule_id = EP_CT_RULE_EGRESS;
 			meta.flags |= EP_CT_F_EGRESS;
-			ep_ct_create(&p, &k, &meta, NULL);
+			ep_ct_create(p, &k, &meta, NULL);
 		}
 		return EP_PASS;
 	}
 
 	/* 6. No entry: classify; a pass by a tracking rule creates an entry. */
-	int slot = ep_rule_slot(&p, gen);
+	int slot = ep_rule_slot(p, gen);
 	if (slot < 0) {
 		ep_count(&ep_stats, EP_STAT_UNCONFIGURED, len);
 		return EP_PASS;
 	}
 	bool track = false;
 	__u32 rule_id = 0;
-	int verdict = ep_act(slot, &p, len, &track, &rule_id);
+	int verdict = ep_act(slot, p, len, &track, &rule_id);
 	/* The shadow candidate, if one is set (ep_shadow.h): counted, never deciding. */
-	ep_shadow_step(&p, slot, len);
+	ep_shadow_step(p, slot, len);
 	if (verdict != EP_PASS || !trackable)
 		return verdict;
 	meta.rule_id = rule_id;
 	/* A new flow to a VIP (LB.md "A packet" 3-7): always tracked, whatever the rule says. */
-	if (p.ct == EP_CTK_FLOW && (gflags & EP_GEN_F_SERVICES)) {
-		struct ep_ct_nat be = {};
-		int selected = ep_lb_select(&p, gen, &be);
-		if (selected < 0) {
-			ep_lb_stat(EP_LB_STAT_NO_BACKEND, len);
-			return EP_DROP;
-		}
-		if (selected > 0) {
-			bool mode = be.flags & (EP_CT_NAT_DSR | EP_CT_NAT_SNAT);
-			/* Full NAT: the source port first (its reverse entry), then S, which carries it. */
-			if ((be.flags & EP_CT_NAT_SNAT) && !ep_lb_snat_alloc(&p, &be, &meta)) {
-				ep_lb_stat(EP_LB_STAT_SNAT_FAILED, len);
-				return EP_DROP;
-			}
-			ep_lb_stat(EP_LB_STAT_SELECTED, len);
-			if (ep_ct_create(&p, &k, &meta, &be) && !mode)
-				ep_lb_create_rev(&p, &be, rule_id, epoch, now);
-			if (mode)
-				ep_lb_mode_nat(&p, &be, nat);
-			else
-				ep_nat_set(nat, EP_NAT_DST, &p, be.addr, be.port);
-			return EP_PASS;
-		}
+	if (p->ct == EP_CTK_FLOW && (gflags & EP_GEN_F_SERVICES)) {
+		int scheduled = ep_lb_new_flow(p, &k, &meta, gen, nat);
+		if (scheduled != 0)
+			return scheduled > 0 ? EP_PASS : EP_DROP;
 	}
 	if (track)
-		ep_ct_create(&p, &k, &meta, NULL);
+		ep_ct_create(p, &k, &meta, NULL);
 	return verdict;
 }
 

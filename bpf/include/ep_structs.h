@@ -60,7 +60,7 @@ struct ep_pkt {
 	__u16 dport;     /* TCP/UDP destination port, ICMP echo identifier (host order) */
 	__u8 tcp_flags;  /* EP_TCP_* */
 	__u8 ct;         /* enum ep_ct_kind */
-	__u16 l4_off;    /* offset of the L4 header in the frame */
+	__u16 l4_off;    /* offset of the L4 header in the frame (the IPv6 walk keeps its offset here meanwhile) */
 	__u16 l3_off;    /* offset of the IP header in the frame */
 	__u16 pad;
 };

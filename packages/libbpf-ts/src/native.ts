@@ -117,7 +117,9 @@ const ProgInfo = koffi.struct('bpf_prog_info', {
   nr_map_ids: 'uint32_t',
   map_ids: 'uint64_t',
   name: koffi.array('char', 16, 'String'),
-  rest: koffi.array('uint8_t', 232 - 80, 'Array'),
+  skipped: koffi.array('uint8_t', 216 - 80, 'Array'),
+  verified_insns: 'uint32_t',
+  rest: koffi.array('uint8_t', 232 - 220, 'Array'),
 });
 
 /** struct bpf_map_info (linux/bpf.h). */
@@ -449,6 +451,7 @@ export interface ProgInfoFields {
   id: number;
   tag: number[];
   name: string;
+  verified_insns: number;
 }
 
 /** bpf_obj_get_info_by_fd() for a program: the info, or a negative errno. */
@@ -457,7 +460,7 @@ export function progInfo(fd: number): ProgInfoFields | number {
   const ret = objGetInfoByFd(fd, buf, [buf.length]) as number;
   if (ret < 0) return ret;
   const info = koffi.decode(buf, ProgInfo) as ProgInfoFields;
-  return { type: info.type, id: info.id, tag: info.tag, name: info.name };
+  return { type: info.type, id: info.id, tag: info.tag, name: info.name, verified_insns: info.verified_insns };
 }
 
 /** The fields of struct bpf_map_info this package uses. */

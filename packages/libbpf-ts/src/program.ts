@@ -124,6 +124,15 @@ export class Program {
   }
 
   /**
+   * Instructions the verifier processed to load this program, its subprograms included
+   * (bpf_prog_info.verified_insns, kernel 5.16+): what loading it cost, against the verifier's
+   * limit of 1,000,000.
+   */
+  get verifiedInsns(): number {
+    return this.#readInfo().verified_insns;
+  }
+
+  /**
    * Runs the program once or `repeat` times on `data` in the kernel (BPF_PROG_TEST_RUN),
    * without any interface.
    * @throws NotSupportedError for program types without test runs; LibbpfError (ENOSPC if

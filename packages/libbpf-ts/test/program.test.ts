@@ -47,6 +47,11 @@ test.serial('Program.testRun - returns the verdict and the packet; the map decid
   obj.map('drop_port').set(encode(u32, 0), encode(u16, 0));
 });
 
+test('Program.verifiedInsns - what the verifier processed: 2 for a program of 2 instructions, more for one that branches', (t) => {
+  t.is(obj.program('xdp_pass').verifiedInsns, 2); // r0 = XDP_PASS; exit
+  t.true(obj.program('xdp_drop_udp').verifiedInsns > 20);
+});
+
 test.serial('Program.testRun - repeat runs it n times and reports the per-run duration', (t) => {
   const counters = obj.map('counters');
   const sum = (): bigint => (counters.getPerCpu(encode(u32, 1)) ?? []).reduce((total, v) => total + new DataView(v.buffer).getBigUint64(0, true), 0n);

@@ -1,9 +1,12 @@
 // Differential test: the XDP and TC programs, run through BPF_PROG_TEST_RUN on real kernel
-// maps, against the reference classifier, on random rule sets and frames aimed at them.
+// maps, against the reference classifier, on random rule sets and frames aimed at them, and on
+// frames at the parser's limits.
 // Reproduce a failure with EDGEPLANE_SEED=<seed printed in the failure>.
+import { mkdirSync } from 'node:fs';
 import test from 'ava';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
-import { DEFAULT_RULE_ID } from '../src/datapath/rule-set.js';
+import { buildFrame, type ExtensionHeader, type FrameSpec } from '../src/datapath/packet.js';
+import { DEFAULT_RULE_ID, type RuleSetSpec } from '../src/datapath/rule-set.js';
 import { ReferenceClassifier } from '../src/datapath/reference-classifier.js';
 import { mountBpffs, prng, randomFrame, randomRuleSet, seedFromEnv, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
 
@@ -73,5 +76,64 @@ test('differential - XDP and TC verdicts and counters equal the reference classi
     );
     t.is(after.nonIp.packets - before.nonIp.packets, oracle.stats().nonIp.packets + tcOracle.stats().nonIp.packets, `seed ${seed} non-ip`);
     t.is(after.malformed.packets - before.malformed.packets, oracle.stats().malformed.packets + tcOracle.stats().malformed.packets, `seed ${seed} malformed`);
+  }
+});
+
+test('differential - IPv6 extension-header chains at the parser limits (8 headers, 1,024 bytes, fragments) classify as the reference classifier', async (t) => {
+  const pinRoot = `${bpffs.path}/limits`;
+  mkdirSync(pinRoot);
+  const datapath = await EbpfDatapath.open({ pinRoot });
+  t.teardown(() => datapath.close());
+  const ruleSet: RuleSetSpec = {
+    rules: [
+      { id: 1, srcCidrs: [], dstCidrs: [], protocol: 'tcp', dstPorts: [{ from: 443, to: 443 }], action: 'deny' },
+      { id: 2, srcCidrs: [], dstCidrs: [], protocol: 'icmpv6', dstPorts: [], action: 'deny' },
+      { id: 3, srcCidrs: [], dstCidrs: [], protocol: 'udp', dstPorts: [{ from: 53, to: 53 }], action: 'allow' },
+      { id: 4, srcCidrs: [], dstCidrs: [], protocol: 'tcp', dstPorts: [], action: 'allow' },
+    ],
+    defaultAction: 'deny',
+  };
+  await datapath.apply(ruleSet);
+  const eight: ExtensionHeader[] = [
+    { type: 'hop-by-hop' },
+    { type: 'destination', length: 1 },
+    { type: 'routing' },
+    { type: 'ah', length: 1 },
+    { type: 'fragment', offset: 0, more: true },
+    { type: 'destination' },
+    { type: 'routing', length: 2 },
+    { type: 'ah' },
+  ];
+  // hop-by-hop of length n is (n + 1) * 8 bytes: after Ethernet (14) and IPv6 (40), n = 120
+  // puts the L4 header at 1,022, n = 121 at 1,030 (past EP_MAX_L3_OFF).
+  const within: ExtensionHeader[] = [{ type: 'hop-by-hop', length: 120 }];
+  const past: ExtensionHeader[] = [{ type: 'hop-by-hop', length: 121 }];
+  const cases: { name: string; spec: Omit<FrameSpec, 'src' | 'dst'>; expect: number | 'malformed' }[] = [
+    { name: '8 headers, TCP', spec: { protocol: 'tcp', dstPort: 443, extensionHeaders: eight }, expect: 1 },
+    { name: '8 headers behind 2 VLAN tags, UDP', spec: { protocol: 'udp', dstPort: 53, vlans: [10, 20], extensionHeaders: eight }, expect: 3 },
+    { name: '9 headers', spec: { protocol: 'tcp', dstPort: 443, extensionHeaders: [...eight, { type: 'destination' }] }, expect: 'malformed' },
+    { name: '7 headers and a non-first fragment, TCP (no port)', spec: { protocol: 'tcp', dstPort: 443, extensionHeaders: [...eight.slice(0, 7), { type: 'fragment', offset: 3 }] }, expect: 4 },
+    { name: 'AH and a non-first fragment, ICMPv6', spec: { protocol: 'icmp', extensionHeaders: [{ type: 'ah', length: 3 }, { type: 'fragment', offset: 9 }] }, expect: 2 },
+    { name: 'L4 header at 1,022, TCP', spec: { protocol: 'tcp', dstPort: 443, extensionHeaders: within }, expect: 1 },
+    { name: 'L4 header at 1,030 behind a VLAN tag, TCP', spec: { protocol: 'tcp', dstPort: 443, vlans: [10], extensionHeaders: within }, expect: 'malformed' },
+    { name: 'L4 header at 1,030, TCP', spec: { protocol: 'tcp', dstPort: 443, extensionHeaders: past }, expect: 'malformed' },
+    { name: 'L4 header at 1,030, UDP', spec: { protocol: 'udp', dstPort: 53, extensionHeaders: past }, expect: 'malformed' },
+    { name: 'L4 header at 1,030, ICMPv6 (no port needed)', spec: { protocol: 'icmp', extensionHeaders: past }, expect: 2 },
+    { name: 'an extension header at 1,030', spec: { protocol: 'icmp', extensionHeaders: [...past, { type: 'destination' }] }, expect: 'malformed' },
+  ];
+  for (const [program, pass] of [[datapath.xdpProgram, XDP_PASS], [datapath.tcProgram, TC_ACT_OK]] as const) {
+    const oracle = new ReferenceClassifier(ruleSet);
+    const before = datapath.readCounters();
+    for (const { name, spec, expect } of cases) {
+      const frame = buildFrame({ ...spec, src: '2001:db8::1', dst: '2001:db8::2' });
+      const expected = oracle.classify(frame);
+      t.is(expected.kind === 'rule' ? expected.ruleId : expected.kind, expect, `${name}: the case is what it says`);
+      t.is(program.testRun({ data: frame }).retval === pass, expected.verdict === 'pass', `${program.name} ${name}`);
+    }
+    const after = datapath.readCounters();
+    for (const rule of ruleSet.rules) {
+      t.is((after.rules.get(rule.id)?.packets ?? 0) - (before.rules.get(rule.id)?.packets ?? 0), oracle.counters().get(rule.id)?.packets ?? 0, `${program.name} rule ${rule.id}`);
+    }
+    t.is(after.malformed.packets - before.malformed.packets, oracle.stats().malformed.packets, `${program.name} malformed`);
   }
 });

@@ -1,5 +1,5 @@
 // The eBPF datapath on the real kernel without interfaces: rate limiting, capacity, the
-// verifier error path, re-adoption of pinned state, close semantics.
+// verifier error path and the verifier's cost, re-adoption of pinned state, close semantics.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -122,6 +122,17 @@ test('load - a program the verifier rejects raises DatapathError carrying the ve
   const error = await t.throwsAsync(EbpfDatapath.open({ pinRoot: freshRoot(), objectPath }), { instanceOf: DatapathError });
   t.true(error?.cause instanceof VerifierError);
   t.regex((error?.cause as VerifierError).log, /invalid access to packet/);
+});
+
+test('load - each datapath program verifies in under 200,000 instructions (bpf/README.md, "Verifier cost")', async (t) => {
+  // Every datapath test and every agent start or upgrade waits for the verifier: at 700,000
+  // instructions a program took seconds of kernel CPU to load.
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
+  t.teardown(() => datapath.close());
+  for (const program of [datapath.xdpProgram, datapath.tcProgram, datapath.tcEgressProgram]) {
+    t.true(program.verifiedInsns > 0, program.name);
+    t.true(program.verifiedInsns < 200_000, `${program.name}: ${program.verifiedInsns} instructions`);
+  }
 });
 
 test('adopt - a reopened datapath keeps program ids, tables and counters; close twice is safe', async (t) => {
