@@ -15,7 +15,7 @@ const FORMING_CLUSTER_CODES = new Set([
 ]);
 
 /** True for an error (or a cause in its chain) that a forming JetStream cluster answers with. */
-export function isFormingClusterError(err: unknown): boolean {
+function isFormingClusterError(err: unknown): boolean {
   for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
     if (e instanceof JetStreamApiError) return FORMING_CLUSTER_CODES.has(e.code);
     if (e instanceof TimeoutError) return true;
@@ -28,8 +28,6 @@ export interface JetStreamReadyOptions {
   timeoutMs: number;
   /** Told of each refusal that will be retried (once per attempt). */
   onRetry: (what: string, err: Error, attempt: number) => void;
-  /** First pause between attempts (ms), doubled up to 2 s. Default 250. */
-  pauseMs?: number;
 }
 
 /**
@@ -40,7 +38,8 @@ export interface JetStreamReadyOptions {
  */
 export async function whenJetStreamReady<T>(what: string, open: () => Promise<T>, o: JetStreamReadyOptions): Promise<T> {
   const deadline = Date.now() + o.timeoutMs;
-  let pause = o.pauseMs ?? 250;
+  // 250 ms first, doubled up to 2 s.
+  let pause = 250;
   for (let attempt = 1; ; attempt++) {
     try {
       return await open();
