@@ -58,11 +58,35 @@ static __always_inline __u64 ep_field_word(struct ep_match *m, int f, void *wild
 	return v;
 }
 
+/* A union walk's step (ep_shadow.h) at word w whose matching rules are `acc`: the first rule of
+ * each rule set it still wants, by the membership masks in `member`. 1 when it wants no more. */
+static __always_inline long ep_union_found(struct ep_match *m, void *member, __u32 w, __u64 acc)
+{
+	__u32 zero = 0;
+	struct ep_shadow_member *mb = bpf_map_lookup_elem(member, &zero);
+	if (!mb)
+		return 1;
+	__u32 i = w & (EP_WORDS - 1);
+	__u64 e = acc & mb->enforced[i];
+	__u64 c = acc & mb->candidate[i];
+	if ((m->want & EP_WANT_ENFORCED) && e) {
+		m->rule = (w << 6) | ep_bit_index(e & (~e + 1));
+		m->want &= ~EP_WANT_ENFORCED;
+	}
+	if ((m->want & EP_WANT_CANDIDATE) && c) {
+		m->crule = (w << 6) | ep_bit_index(c & (~c + 1));
+		m->want &= ~EP_WANT_CANDIDATE;
+	}
+	return m->want == 0;
+}
+
 /* The body of a bpf_loop callback: try the lowest remaining candidate word; stop at the first
  * rule. `wild` and `cwords_outer` are the tables classified against (ep_wild and ep_cwords, or
- * the shadow candidate's, ep_shadow.h): always-inline with constant maps, so each callback below
- * looks up fixed maps (a callback cannot take map pointers from its caller's stack). */
-static __always_inline long ep_match_word_in(void *wild, void *cwords_outer)
+ * the shadow union's, ep_shadow.h): always-inline with constant maps, so each callback below
+ * looks up fixed maps (a callback cannot take map pointers from its caller's stack). `member`:
+ * NULL for a rule set's own tables (the first matching rule ends the walk), the union's
+ * membership masks for a union walk (ep_union_found: it ends when each wanted set has its rule). */
+static __always_inline long ep_match_word_in(void *wild, void *cwords_outer, void *member)
 {
 	__u32 zero = 0;
 	struct ep_match *m = bpf_map_lookup_elem(&ep_scratch, &zero);
@@ -102,6 +126,8 @@ static __always_inline long ep_match_word_in(void *wild, void *cwords_outer)
 	acc &= ep_field_word(m, 2, wild, cwords, b, bit, w);
 	if (!acc)
 		return 0;
+	if (member)
+		return ep_union_found(m, member, w, acc);
 	m->rule = (w << 6) | ep_bit_index(acc & (~acc + 1));
 	return 1;
 }
@@ -109,7 +135,7 @@ static __always_inline long ep_match_word_in(void *wild, void *cwords_outer)
 /* bpf_loop callback of the enforced rule sets (ep_rule_slot). */
 static long ep_match_word(__u32 index, void *arg)
 {
-	return ep_match_word_in(&ep_wild, &ep_cwords);
+	return ep_match_word_in(&ep_wild, &ep_cwords, NULL);
 }
 
 static __always_inline void ep_count(void *map, __u32 idx, __u64 len)
@@ -164,12 +190,13 @@ __noinline int ep_rate_ok(const struct ep_rule *r, const struct ep_pkt *p)
  * ARRAY_OF_MAPS of LPM tries), `wild` (wildcard vectors at gen * EP_WILD_COUNT) and the class
  * words that `match_word` (a bpf_loop callback built on ep_match_word_in) reads: three LPM
  * lookups, then the bit-vector AND in a bpf_loop. Always inlined into a subprogram that names
- * its maps as constants: ep_rule_slot (the enforced generations) and ep_shadow_slot (the shadow
- * candidate, ep_shadow.h); one source, one copy of the code per table set.
+ * its maps as constants: ep_rule_slot (the enforced generations) and the shadow union's walks
+ * (ep_shadow.h); one source, one copy of the code per table set. `want`: 0 for a rule set's own
+ * tables, EP_WANT_* for a union walk (its results in ep_scratch: rule and crule).
  * Returns gen * EP_RULE_SLOTS + the slot of the first matching rule (rule i: i + 1, the default
  * action: 0), or -1 if the tables are missing. Counts nothing. */
 static __always_inline int ep_rule_slot_in(const struct ep_pkt *p, __u32 gen, void *lpm_outer, void *wild,
-					   long (*match_word)(__u32, void *))
+					   long (*match_word)(__u32, void *), __u32 want)
 {
 	__u32 zero = 0;
 	void *lpm = bpf_map_lookup_elem(lpm_outer, &gen);
@@ -214,6 +241,8 @@ static __always_inline int ep_rule_slot_in(const struct ep_pkt *p, __u32 gen, vo
 	m->gen = gen;
 	m->block = 0;
 	m->rule = -1;
+	m->crule = -1;
+	m->want = want;
 	m->cls[0] = ref[0]->class_id;
 	m->cls[1] = ref[1]->class_id;
 	m->cls[2] = ref[2]->class_id;
@@ -243,7 +272,7 @@ __noinline int ep_rule_slot(const struct ep_pkt *p, __u32 gen)
 {
 	if (!p)
 		return -1;
-	return ep_rule_slot_in(p, gen & 1, &ep_lpm, &ep_wild, ep_match_word);
+	return ep_rule_slot_in(p, gen & 1, &ep_lpm, &ep_wild, ep_match_word, 0);
 }
 
 /* The action of rule slot `idx` (from ep_rule_slot) on a packet with no connection entry: count

@@ -762,8 +762,15 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		return EP_PASS;
 	}
 
-	/* 6. No entry: classify; a pass by a tracking rule creates an entry. */
-	int slot = ep_rule_slot(p, gen);
+	/* 6. No entry: classify; a pass by a tracking rule creates an entry. With a shadow candidate
+	 * whose union holds this generation's rule set, both in one walk (ep_shadow.h). */
+	int shadow = ep_shadow_mode(epoch);
+	int slot = shadow == EP_SHADOW_ONE ? ep_shadow_both(p, gen) : -1;
+	if (slot < 0) {
+		if (shadow == EP_SHADOW_ONE)
+			shadow = EP_SHADOW_TWO;
+		slot = ep_rule_slot(p, gen);
+	}
 	if (slot < 0) {
 		ep_count(&ep_stats, EP_STAT_UNCONFIGURED, len);
 		return EP_PASS;
@@ -772,7 +779,8 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	__u32 rule_id = 0;
 	int verdict = ep_act(slot, p, len, &track, &rule_id);
 	/* The shadow candidate, if one is set (ep_shadow.h): counted, never deciding. */
-	ep_shadow_step(p, slot, len);
+	if (shadow != EP_SHADOW_OFF)
+		ep_shadow_classify(p, slot, len, shadow == EP_SHADOW_ONE);
 	if (verdict != EP_PASS || !trackable)
 		return verdict;
 	meta.rule_id = rule_id;

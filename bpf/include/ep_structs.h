@@ -98,8 +98,15 @@ struct ep_match {
 	__u32 wid[3];                       /* wildcard vector index per field (with generation) */
 	__u32 gen;
 	__u32 block;                        /* lowest summary word that may hold candidates */
-	__s32 rule;                         /* first matching rule, -1 while none */
-	__u32 pad;
+	__s32 rule;                         /* first matching rule, -1 while none; in a union walk the first enforced member */
+	__s32 crule;                        /* union walk (ep_shadow.h): the first candidate member, -1 while none */
+	__u32 want;                         /* union walk: EP_WANT_* still looked for */
+	__u32 cslot;                        /* union walk: the candidate's slot of crule (ep_shadow_both) */
 };
+
+/* What a walk over the shadow union's tables (ep_shadow.h) looks for: the first rule of the
+ * enforced rule set, of the candidate, or both. */
+#define EP_WANT_ENFORCED  0x1
+#define EP_WANT_CANDIDATE 0x2
 
 #endif

@@ -114,7 +114,7 @@ struct ep_shadow_cfg {
 	__u32 flags;          /* EP_SHADOW_F_ON */
 	__u32 rule_count;     /* rules of the candidate (slots 1..rule_count of ep_shadow_rules) */
 	__u32 name_len;       /* bytes of name used */
-	__u32 pad;
+	__u32 epoch;          /* ep_gen_cfg.epoch of the enforced rule set the union holds; 0: the union holds the candidate only */
 	__u8 fingerprint[32]; /* sha-256 of the candidate as compiled (TablesSpec.fingerprint) */
 	__u8 name[EP_SHADOW_NAME_MAX];
 };                            /* 48 + EP_SHADOW_NAME_MAX bytes */
@@ -129,6 +129,18 @@ enum ep_shadow_stat {
 };
 
 enum ep_shadow_verdict { EP_SHADOW_WOULD_DROP = 1, EP_SHADOW_WOULD_ALLOW = 2 };
+
+/* ep_shadow_slots[u]: union rule u's slot in each rule set (rule i: i + 1; 0: not one of its rules). */
+struct ep_shadow_slot {
+	__u32 enforced;  /* slot of the live generation's ep_rules (with the generation added by the program) */
+	__u32 candidate; /* slot of ep_shadow_rules and ep_shadow_counters */
+};
+
+/* ep_shadow_member[0]: which union rules belong to which rule set, one bit per union rule. */
+struct ep_shadow_member {
+	__u64 enforced[EP_WORDS];
+	__u64 candidate[EP_WORDS];
+};
 
 /* One packet whose verdicts differed (ep_shadow_samples, per CPU). */
 struct ep_shadow_sample {

@@ -40,7 +40,7 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_meta: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_meta.size, maxEntries: 2, flags: 0, inner: undefined },
     ep_carry: { type: 'hash', keySize: 4, valueSize: sizes.counter, maxEntries: 131_074, flags: 0, inner: undefined },
     ep_barrier: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 1, flags: 0, inner: 'array' },
-    ep_scratch: { type: 'percpu_array', keySize: 4, valueSize: 552, maxEntries: 1, flags: 0, inner: undefined },
+    ep_scratch: { type: 'percpu_array', keySize: 4, valueSize: 560, maxEntries: 1, flags: 0, inner: undefined },
     ep_ct_new: { type: 'lru_hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 65_536, flags: 0, inner: undefined },
     ep_ct: { type: 'hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 262_144, flags: 0, inner: undefined },
     ep_ct_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_ct_cfg.size, maxEntries: 1, flags: 0, inner: undefined },
@@ -72,6 +72,8 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_shadow_rules: { type: 'array', keySize: 4, valueSize: sizes.rule, maxEntries: 65_537, flags: 0, inner: undefined },
     ep_shadow_counters: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: 65_537, flags: 0, inner: undefined },
     ep_shadow_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: 4, flags: 0, inner: undefined },
+    ep_shadow_slots: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_shadow_slot.size, maxEntries: 65_536, flags: 0, inner: undefined },
+    ep_shadow_member: { type: 'array', keySize: 4, valueSize: 2 * 8 * 1024, maxEntries: 1, flags: 0, inner: undefined },
     ep_shadow_samples: { type: 'percpu_array', keySize: 4, valueSize: tableCodecs.ep_shadow_sample.size, maxEntries: SHADOW_RING_SAMPLES, flags: 0, inner: undefined },
   });
   t.deepEqual(spec.maps.get('ep_blk4')?.innerMap, { type: 'lpm_trie', keySize: BLOCKLIST_SIZES.key4, valueSize: BLOCKLIST_SIZES.value, maxEntries: 1, flags: 1 });

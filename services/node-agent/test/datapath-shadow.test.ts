@@ -3,7 +3,7 @@
 // joined by a veth pair, the node's side (B) holding the XDP program. The enforced verdict
 // decides (B's IP layer counts what got past XDP); the candidate's verdicts are only counted:
 // per rule, the packets both classified, would-be drops and allows, and samples of the flows.
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 import { BpfMap, u32, encode } from 'libbpf-ts';
@@ -232,6 +232,32 @@ test.serial('shadow - a candidate survives closing and reopening the datapath on
 });
 
 // ---- Without interfaces (BPF_PROG_TEST_RUN): both hooks, both families, rate limits, bounds. ----
+
+test('shadow - a candidate pinned before the union maps existed counts right after the upgrade that creates them', async (t) => {
+  const pinRoot = freshRoot();
+  const frame = (port: number): Uint8Array => buildFrame({ src: '10.203.0.1', dst: addrB, protocol: 'udp', dstPort: port });
+  const first = await EbpfDatapath.open({ pinRoot });
+  await first.apply(enforced);
+  first.close();
+  // An agent restarted since its last apply knows no enforced rule set: the union is the
+  // candidate alone, as the tables an older object pinned for a candidate were.
+  const second = await EbpfDatapath.open({ pinRoot });
+  await second.setShadow(candidate, 'rev:older');
+  t.is(second.shadowWalk(), 'two');
+  second.close();
+  // The older object had neither map: the next open installs them, empty.
+  for (const name of ['ep_shadow_slots', 'ep_shadow_member']) unlinkSync(join(pinRoot, name));
+  const third = await EbpfDatapath.open({ pinRoot });
+  t.teardown(() => third.close());
+  t.false(third.adopted);
+  for (const port of [5001, 5001, 5002, 5003]) third.xdpProgram.testRun({ data: frame(port) });
+  const shadow = shadowOf(third);
+  t.is(shadow.candidate, 'rev:older');
+  t.deepEqual([...shadow.rules].map(([id, counter]) => [id, packets(counter)]), [[11, 2], [12, 1], [13, 1]]);
+  t.is(packets(shadow.wouldDrop), 2);
+  t.is(packets(shadow.wouldAllow), 1);
+  t.is(third.shadowWalk(), 'two');
+});
 
 test('shadow - IPv6 at TC and XDP, the ring keeps the newest samples of every CPU, oldest first', async (t) => {
   const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });

@@ -68,6 +68,8 @@ const addedMaps = [
   'ep_shadow_counters',
   'ep_shadow_stats',
   'ep_shadow_samples',
+  'ep_shadow_slots',
+  'ep_shadow_member',
 ];
 const PREVIOUS_LAYOUT = 4;
 

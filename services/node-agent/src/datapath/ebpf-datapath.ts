@@ -35,12 +35,13 @@ import { dropPreviousPins, installObject, type InstallReport, type InstallStep }
 import { LB_STAT_NAMES, type ApplyResult, type Counter, type DatapathCounters, type Datapath, type LbCounters, type ShadowCounters, type ShadowDatapath } from './datapath.js';
 import type { LbSpec } from './service-compile.js';
 import { DEFAULT_LB_CAPACITY, LB_BLOCK_SLOTS, layoutLbTables, lbSizes, type LbCapacity, type LbTablesSpec } from './lb-tables.js';
-import { ConntrackInputError, DatapathError, RuleSetError } from './errors.js';
+import { CapacityError, ConntrackInputError, DatapathError, RuleSetError } from './errors.js';
 import type { InterfaceRole } from './interface-role.js';
 import { LAYOUT_MARKER, LAYOUT_VERSION, NEXT_SUFFIX, PREVIOUS_SUFFIX, PROGRAMS_MARKER, readLayoutVersion, readProgramsIdentity, writeLayoutMarker } from './pin-layout.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from './rule-set.js';
 import { MAX_SHADOW_NAME_BYTES, ShadowTables } from './shadow-tables.js';
-import { epLbCfg, epMeta, epRule } from './table-codecs.js';
+import { candidateOnly, mergeRuleSets, unionTables, type ShadowUnion } from './shadow-union.js';
+import { epLbCfg, epMeta, epRule, epShadowSlot } from './table-codecs.js';
 
 /** Where the build puts the object: <repo>/bpf/build/edgeplane.bpf.o. */
 export const DEFAULT_OBJECT_PATH = fileURLToPath(new URL('../../../../bpf/build/edgeplane.bpf.o', import.meta.url));
@@ -84,6 +85,8 @@ const mapNames = [
   'ep_shadow_counters',
   'ep_shadow_stats',
   'ep_shadow_samples',
+  'ep_shadow_slots',
+  'ep_shadow_member',
 ] as const;
 type MapName = (typeof mapNames)[number];
 type ProgramName = (typeof programNames)[number];
@@ -194,6 +197,11 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   readonly #shadow: ShadowTables;
   /** The epoch of the latest apply (ep_gen_cfg), never 0 once applied. */
   #epoch: number;
+  /**
+   * The rule set this process last saw enforced, its generation and that generation's epoch: what
+   * setShadow() merges a candidate with (checked against ep_active and ep_gen_cfg before use).
+   */
+  #enforced: { readonly spec: RuleSetSpec; readonly generation: number; readonly epoch: number } | undefined;
   readonly #ruleIds: [number[] | undefined, number[] | undefined] = [undefined, undefined];
   /**
    * What each generation holds, as this process wrote it (undefined: not known, e.g. after a
@@ -305,6 +313,10 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       datapath.#conntrack.syncControlPorts();
       // Layout 4: the programs index a generation's slots and backends by these (the maps' halves).
       datapath.#writeLbCfg();
+      // The union's slots and membership are newer than the first shadow maps: a candidate that
+      // an older object pinned holds its own tables, the union of the candidate alone. Say so
+      // before a hook runs the new programs.
+      if (installed?.createdMaps.includes('ep_shadow_member')) datapath.#writeCandidateAlone();
     } catch (cause) {
       for (const value of opened) value.close();
       throw new DatapathError(`${adopt ? 'adopt' : 'open'} pinned datapath pinRoot=${pinRoot}`, { cause });
@@ -433,11 +445,15 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     const fingerprint = lbTables.vip.count === 0 ? tables.fingerprint : new Uint8Array(createHash('sha256').update(tables.fingerprint).update(lbTables.fingerprint).digest());
     const summary = { ruleCount: tables.ruleCount, classCount: tables.classCount, lpmEntries: tables.lpmCount, classWords: tables.wordCount, services: lbTables.vip.count };
     const activeMeta = this.#readMeta(active);
-    if (activeMeta.valid && equalBytes(activeMeta.fingerprint, fingerprint)) return { generation: active, mode: 'unchanged', ...summary };
+    if (activeMeta.valid && equalBytes(activeMeta.fingerprint, fingerprint)) {
+      this.#enforced = { spec: ruleSet, generation: active, epoch: this.#conntrack.readGeneration(active).epoch };
+      return { generation: active, mode: 'unchanged', ...summary };
+    }
     const targetMeta = this.#readMeta(target);
     if (targetMeta.valid && equalBytes(targetMeta.fingerprint, fingerprint)) {
       this.#writeGenCfg(target, flags);
       this.#switchTo(target);
+      this.#enforced = { spec: ruleSet, generation: target, epoch: this.#epoch };
       return { generation: target, mode: 'switched', ...summary };
     }
     // The idle generation holds tables this process wrote with the same compiler a few compiles
@@ -478,6 +494,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     }
     this.#writeGenCfg(target, flags);
     this.#switchTo(target);
+    this.#enforced = { spec: ruleSet, generation: target, epoch: this.#epoch };
     // After a whole rebuild the generation just left holds an older rule set, so the next change
     // would rebuild again: bring it up to date now, after this apply returns (the next apply
     // waits for it), and the next change is an update.
@@ -874,17 +891,27 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   /**
    * Installs `ruleSet` as the shadow candidate, or removes it (null): bpf/README.md, "Shadow
    * classification". The candidate is compiled afresh by the compiler apply() uses
-   * (compileTables), so the enforced generations' compilers and their deltas are left alone.
+   * (compileTables), so the enforced generations' compilers and their deltas are left alone; and
+   * merged with the rule set this process applied last, when it is still the live generation's,
+   * into the union the programs walk once for both ("One walk for both rule sets": its tables, the
+   * slot of each union rule in each set, which set each union rule belongs to, and the live
+   * generation's epoch). Without that rule set (an agent restarted and not yet applying, the union
+   * over MAX_RULES or over the class capacity) the union is the candidate alone, and packets are
+   * classified twice.
    * Then: the flag is cleared, packets still classifying by the previous candidate are waited
    * for (one RCU grace period), its counters, stats and samples are zeroed, its tables written
    * whole into fresh inner maps as a generation's are, and the flag set with the record of the
-   * candidate (its name, rule count and fingerprint), all pinned: a restarted agent finds it
-   * classifying and counting. null clears the flag and frees the candidate's inner maps.
+   * candidate (its name, rule count, fingerprint and the union's epoch), all pinned: a restarted
+   * agent finds it classifying and counting. null clears the flag and frees the candidate's inner
+   * maps.
    *
    * Shadow state is apart from apply(): an apply never reads, writes or clears it, so a candidate
-   * stays installed and counting across applies until it is replaced or removed here. Applying
-   * the candidate itself (a promotion) works as any apply; from then on both classifications
-   * agree, so wouldDrop and wouldAllow stop growing while its rule counters keep counting what the
+   * stays installed and counting across applies until it is replaced or removed here. An apply
+   * gives the live generation a new epoch: from then on the union no longer holds the enforced
+   * rule set, and packets are classified twice (the enforced verdict from the generation's own
+   * tables, the candidate's from the union) until the candidate is set again. Applying the
+   * candidate itself (a promotion) works as any apply; from then on both classifications agree,
+   * so wouldDrop and wouldAllow stop growing while its rule counters keep counting what the
    * enforced ones count. The caller removes the candidate after a promotion (setShadow(null)).
    * @param candidate the caller's name for it (ShadowCounters.candidate), at most
    * MAX_SHADOW_NAME_BYTES of UTF-8; default the hex of its compiled fingerprint.
@@ -892,7 +919,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
    * DatapathError: the kernel refused a write; no candidate is installed then (the flag stays clear).
    */
   async setShadow(ruleSet: RuleSetSpec | null, candidate?: string): Promise<void> {
-    const { ep_shadow_rules: rules, ep_shadow_wild: wild, ep_shadow_lpm: lpm, ep_shadow_cwords: cwords } = this.#maps;
+    const { ep_shadow_rules: rules, ep_shadow_wild: wild, ep_shadow_lpm: lpm, ep_shadow_cwords: cwords, ep_shadow_slots: slots, ep_shadow_member: member } = this.#maps;
     if (ruleSet === null) {
       try {
         this.#shadow.disable();
@@ -907,15 +934,65 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     const name = candidate ?? Buffer.from(tables.fingerprint).toString('hex');
     const nameBytes = Buffer.byteLength(name, 'utf8');
     if (nameBytes > MAX_SHADOW_NAME_BYTES) throw new RuleSetError('candidate', `the candidate's name is ${nameBytes} bytes of UTF-8, at most ${MAX_SHADOW_NAME_BYTES}`);
+    const { union, unionSpec, epoch } = this.#shadowUnion(ruleSet, tables);
+    const written = unionTables(union);
     try {
       this.#shadow.disable();
       this.#waitForPackets();
       this.#shadow.zero(tables.ruleCount);
-      // No update in place ever writes the candidate: its inner maps are sized to it exactly.
-      writeTablesWhole({ slot: 0, rules, wild, lpm, cwords }, tables, (count) => Math.max(1, count));
-      this.#shadow.enable({ name, ruleCount: tables.ruleCount, fingerprint: tables.fingerprint }, tables.ruleIds);
+      // No update in place ever writes the union: its inner maps are sized to it exactly. The
+      // union's match tables, the candidate's actions.
+      writeTablesWhole({ slot: 0, rules, wild, lpm, cwords }, { ...unionSpec, rules: tables.rules }, (count) => Math.max(1, count));
+      if (written.slots.length > 0) writeArray(slots, 0, written.slots, epShadowSlot.size);
+      member.set(u32Bytes(0), written.member);
+      this.#shadow.enable({ name, ruleCount: tables.ruleCount, fingerprint: tables.fingerprint, epoch }, tables.ruleIds);
     } catch (cause) {
       throw new DatapathError(`set shadow candidate=${name} rules=${tables.ruleCount}`, { cause });
+    }
+  }
+
+  // The slots and membership of the installed candidate's union as the candidate alone (its
+  // rules, each its own slot; none the enforced set's), with the record's epoch cleared.
+  #writeCandidateAlone(): void {
+    const record = this.#shadow.candidate();
+    if (record === undefined) return;
+    const written = unionTables(candidateOnly(record.ruleCount));
+    if (record.ruleCount > 0) writeArray(this.#maps.ep_shadow_slots, 0, written.slots, epShadowSlot.size);
+    this.#maps.ep_shadow_member.set(u32Bytes(0), written.member);
+    this.#shadow.setEpoch(0);
+  }
+
+  // The union of the live rule set (when this process applied it and it is still live, as ep_active
+  // and the generation's epoch say) and the candidate, compiled; else the candidate alone, epoch 0.
+  #shadowUnion(ruleSet: RuleSetSpec, candidateTables: TablesSpec): { union: ShadowUnion; unionSpec: TablesSpec; epoch: number } {
+    const alone = { union: candidateOnly(ruleSet.rules.length, ruleSet.rules), unionSpec: candidateTables, epoch: 0 };
+    const enforced = this.#enforced;
+    const active = this.#readActive();
+    if (enforced === undefined || enforced.generation !== active || this.#conntrack.readGeneration(active).epoch !== enforced.epoch) return alone;
+    const union = mergeRuleSets(enforced.spec, ruleSet);
+    if (union === undefined) return alone;
+    try {
+      return { union, unionSpec: compileTables({ rules: union.rules, defaultAction: 'allow' }), epoch: enforced.epoch };
+    } catch (error) {
+      if (error instanceof CapacityError) return alone;
+      throw error;
+    }
+  }
+
+  /**
+   * How packets are classified while a candidate is set: 'one' walk of the union for both rule
+   * sets (the union holds the live generation's rule set), or 'two' classifications (it does not:
+   * an apply since, or no enforced rule set known when the candidate was set).
+   * @returns undefined when no candidate is set.
+   * @throws DatapathError.
+   */
+  shadowWalk(): 'one' | 'two' | undefined {
+    try {
+      const record = this.#shadow.candidate();
+      if (record === undefined) return undefined;
+      return record.epoch !== 0 && record.epoch === this.#conntrack.readGeneration(this.#readActive()).epoch ? 'one' : 'two';
+    } catch (cause) {
+      throw new DatapathError('read shadow candidate', { cause });
     }
   }
 

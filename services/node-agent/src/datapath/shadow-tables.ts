@@ -1,9 +1,10 @@
 // The shadow candidate's maps of one datapath, seen from the agent (bpf/include/ep_shadow.h;
 // bpf/README.md, "Shadow classification"): the flag and the agent's record of the candidate
 // (ep_shadow[0]), its counters (ep_shadow_counters by rule slot, ep_shadow_stats) and the
-// per-CPU rings of samples (ep_shadow_samples). The candidate's classification tables
-// (ep_shadow_lpm, ep_shadow_cwords, ep_shadow_wild, ep_shadow_rules) are written by
-// EbpfDatapath with the same code that writes a generation whole.
+// per-CPU rings of samples (ep_shadow_samples). The union's classification tables
+// (ep_shadow_lpm, ep_shadow_cwords, ep_shadow_wild; shadow-union.ts), the candidate's actions
+// (ep_shadow_rules) and the union's slots and membership (ep_shadow_slots, ep_shadow_member) are
+// written by EbpfDatapath, the tables with the same code that writes a generation whole.
 import { formatAddress, MAX_SHADOW_SAMPLES } from '@edgeplane/proto';
 import { encode, TypedMap, u32, type BpfMap, type CodecValue } from 'libbpf-ts';
 import { RULE_SLOTS } from './compile-tables.js';
@@ -49,6 +50,8 @@ export interface ShadowRecord {
   readonly ruleCount: number;
   /** sha-256 of the candidate as compiled (TablesSpec.fingerprint). */
   readonly fingerprint: Uint8Array;
+  /** ep_gen_cfg.epoch of the enforced rule set the union holds; 0: the candidate alone. */
+  readonly epoch: number;
 }
 
 /**
@@ -84,7 +87,7 @@ export class ShadowTables {
     const cfg = this.#cfg.get(0);
     if (cfg === undefined || (cfg.flags & SHADOW_ON) === 0) return undefined;
     const nameLen = Math.min(cfg.nameLen, MAX_SHADOW_NAME_BYTES);
-    return { name: Buffer.from(cfg.name.subarray(0, nameLen)).toString('utf8'), ruleCount: cfg.ruleCount, fingerprint: cfg.fingerprint };
+    return { name: Buffer.from(cfg.name.subarray(0, nameLen)).toString('utf8'), ruleCount: cfg.ruleCount, fingerprint: cfg.fingerprint, epoch: cfg.epoch };
   }
 
   /**
@@ -93,7 +96,7 @@ export class ShadowTables {
    * for them (an RCU barrier) before it rewrites the candidate's tables or counters.
    */
   disable(): void {
-    this.#cfg.set(0, { flags: 0, ruleCount: 0, nameLen: 0, pad: 0, fingerprint: new Uint8Array(32), name: new Uint8Array(MAX_SHADOW_NAME_BYTES) });
+    this.#cfg.set(0, { flags: 0, ruleCount: 0, nameLen: 0, epoch: 0, fingerprint: new Uint8Array(32), name: new Uint8Array(MAX_SHADOW_NAME_BYTES) });
     this.#ruleIds = undefined;
   }
 
@@ -122,7 +125,14 @@ export class ShadowTables {
     const padded = new Uint8Array(MAX_SHADOW_NAME_BYTES);
     padded.set(name);
     this.#ruleIds = [...ruleIds];
-    this.#cfg.set(0, { flags: SHADOW_ON, ruleCount: record.ruleCount, nameLen: name.length, pad: 0, fingerprint: record.fingerprint, name: padded });
+    this.#cfg.set(0, { flags: SHADOW_ON, ruleCount: record.ruleCount, nameLen: name.length, epoch: record.epoch, fingerprint: record.fingerprint, name: padded });
+  }
+
+  /** Rewrites the installed candidate's record with `epoch` (nothing when none is installed). */
+  setEpoch(epoch: number): void {
+    const cfg = this.#cfg.get(0);
+    if (cfg === undefined || (cfg.flags & SHADOW_ON) === 0) return;
+    this.#cfg.set(0, { ...cfg, epoch });
   }
 
   /**

@@ -117,7 +117,8 @@ export const epShadowCfg = struct({
   ruleCount: u32,
   /** Bytes of `name` used. */
   nameLen: u32,
-  pad: u32,
+  /** ep_gen_cfg.epoch of the enforced rule set the union holds; 0: the union holds the candidate only. */
+  epoch: u32,
   /** sha-256 of the candidate as compiled (TablesSpec.fingerprint). */
   fingerprint: bytes(32),
   /** The caller's name for the candidate (ShadowCounters.candidate), UTF-8 (EP_SHADOW_NAME_MAX bytes). */
@@ -141,6 +142,9 @@ export const epShadowSample = struct({
   dst: bytes(16),
 });
 
+/** `struct ep_shadow_slot`: ep_shadow_slots[u], union rule u's slot in each rule set (rule i: i + 1; 0: not its rule). */
+export const epShadowSlot = struct({ enforced: u32, candidate: u32 });
+
 /** Every codec of this file by its C struct name: what the layout test compares with the object's BTF. */
 export const tableCodecs = {
   ep_meta: epMeta,
@@ -160,4 +164,5 @@ export const tableCodecs = {
   ep_lb_block: epLbBlock,
   ep_shadow_cfg: epShadowCfg,
   ep_shadow_sample: epShadowSample,
+  ep_shadow_slot: epShadowSlot,
 } as const;
