@@ -166,7 +166,9 @@ test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES go
   // does not check): b has heard a since its start, so the nodes reach it by the delta alone.
   const a = await replica(t, 'big-a', { snapshotMs: 600_000 });
   const b = await replica(t, 'big-b');
-  const names = Array.from({ length: 12_000 }, (_, i) => `bulk-${i}`);
+  // Names long enough that the 12,000 records exceed MAX_REPLICA_STATE_BYTES however the ticks
+  // group them (~80 bytes a record with 10-character names made 0.98 MB: one message, no split).
+  const names = Array.from({ length: 12_000 }, (_, i) => `bulk-node-of-a-rather-long-name-${i}`);
   for (const name of names) {
     a.registry.hello(hello(name), 's');
     a.counters.add(name, counters(1n));
@@ -177,6 +179,10 @@ test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES go
     // The spy's connection may read the delta after b's did.
     await until('the delta at the spy, in parts', () => sizes.filter((n) => n > 1000).length >= 2);
     t.true(Math.max(...sizes) <= MAX_REPLICA_STATE_BYTES, `largest message ${Math.max(...sizes)} bytes`);
+    t.true(
+      sizes.reduce((sum, n) => sum + n, 0) > MAX_REPLICA_STATE_BYTES,
+      'the delta was larger than one message may be',
+    );
   } catch (error) {
     t.log(`messages at the spy: ${sizes.length}, sizes ${JSON.stringify(sizes.slice(0, 20))}`);
     throw error;
