@@ -136,8 +136,8 @@ static __always_inline __u32 ep_shadow_slot_of(__s32 u, bool candidate)
 
 /* Both classifications in one union walk, for a packet of enforced generation `gen` when the
  * union was built against it (ep_shadow_mode). Returns the enforced rule set's ep_rules index, as
- * ep_rule_slot would, and leaves the candidate's slot in ep_scratch's cslot; -1 if the union's
- * tables are missing. A global function (verified once). */
+ * ep_rule_slot would, and leaves the candidate's union rule in ep_scratch's crule; -1 if the
+ * union's tables are missing. A global function (verified once). */
 __noinline int ep_shadow_both(const struct ep_pkt *p, __u32 gen)
 {
 	__u32 zero = 0;
@@ -148,7 +148,6 @@ __noinline int ep_shadow_both(const struct ep_pkt *p, __u32 gen)
 	struct ep_match *m = bpf_map_lookup_elem(&ep_scratch, &zero);
 	if (!m)
 		return -1;
-	m->cslot = ep_shadow_slot_of(m->crule, true);
 	return (gen & 1) * EP_RULE_SLOTS + ep_shadow_slot_of(m->rule, false);
 }
 
@@ -201,7 +200,7 @@ static __always_inline void ep_shadow_sample(const struct ep_pkt *p, __u8 verdic
 }
 
 /* Counts the candidate's verdict on `p`, after the enforced rule set gave it ep_rules slot
- * `enforced_slot`: with `one`, the candidate's slot the union walk already found (ep_shadow_both
+ * `enforced_slot`: with `one`, the candidate's union rule the walk already found (ep_shadow_both
  * left it in ep_scratch), else it walks the union for the candidate's rule alone. Counts the
  * candidate's slot and CLASSIFIED, and when the two verdicts differ WOULD_DROP or WOULD_ALLOW and a
  * sample. Returns 1 when they differ, else 0. Changes nothing the enforced verdict depends on (it
@@ -221,7 +220,7 @@ __noinline int ep_shadow_classify(const struct ep_pkt *p, __u32 enforced_slot, _
 	struct ep_match *m = bpf_map_lookup_elem(&ep_scratch, &zero);
 	if (!m)
 		return 0;
-	__u32 idx = one ? m->cslot : ep_shadow_slot_of(m->crule, true);
+	__u32 idx = ep_shadow_slot_of(m->crule, true);
 	struct ep_rule *cr = bpf_map_lookup_elem(&ep_shadow_rules, &idx);
 	if (!cr)
 		return 0;

@@ -101,7 +101,6 @@ struct ep_match {
 	__s32 rule;                         /* first matching rule, -1 while none; in a union walk the first enforced member */
 	__s32 crule;                        /* union walk (ep_shadow.h): the first candidate member, -1 while none */
 	__u32 want;                         /* union walk: EP_WANT_* still looked for */
-	__u32 cslot;                        /* union walk: the candidate's slot of crule (ep_shadow_both) */
 };
 
 /* What a walk over the shadow union's tables (ep_shadow.h) looks for: the first rule of the

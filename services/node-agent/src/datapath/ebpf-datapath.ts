@@ -919,7 +919,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
    * DatapathError: the kernel refused a write; no candidate is installed then (the flag stays clear).
    */
   async setShadow(ruleSet: RuleSetSpec | null, candidate?: string): Promise<void> {
-    const { ep_shadow_rules: rules, ep_shadow_wild: wild, ep_shadow_lpm: lpm, ep_shadow_cwords: cwords, ep_shadow_slots: slots, ep_shadow_member: member } = this.#maps;
+    const { ep_shadow_rules: rules, ep_shadow_wild: wild, ep_shadow_lpm: lpm, ep_shadow_cwords: cwords } = this.#maps;
     if (ruleSet === null) {
       try {
         this.#shadow.disable();
@@ -935,7 +935,6 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     const nameBytes = Buffer.byteLength(name, 'utf8');
     if (nameBytes > MAX_SHADOW_NAME_BYTES) throw new RuleSetError('candidate', `the candidate's name is ${nameBytes} bytes of UTF-8, at most ${MAX_SHADOW_NAME_BYTES}`);
     const { union, unionSpec, epoch } = this.#shadowUnion(ruleSet, tables);
-    const written = unionTables(union);
     try {
       this.#shadow.disable();
       this.#waitForPackets();
@@ -943,8 +942,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       // No update in place ever writes the union: its inner maps are sized to it exactly. The
       // union's match tables, the candidate's actions.
       writeTablesWhole({ slot: 0, rules, wild, lpm, cwords }, { ...unionSpec, rules: tables.rules }, (count) => Math.max(1, count));
-      if (written.slots.length > 0) writeArray(slots, 0, written.slots, epShadowSlot.size);
-      member.set(u32Bytes(0), written.member);
+      this.#writeUnionMaps(union);
       this.#shadow.enable({ name, ruleCount: tables.ruleCount, fingerprint: tables.fingerprint, epoch }, tables.ruleIds);
     } catch (cause) {
       throw new DatapathError(`set shadow candidate=${name} rules=${tables.ruleCount}`, { cause });
@@ -956,10 +954,15 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   #writeCandidateAlone(): void {
     const record = this.#shadow.candidate();
     if (record === undefined) return;
-    const written = unionTables(candidateOnly(record.ruleCount));
-    if (record.ruleCount > 0) writeArray(this.#maps.ep_shadow_slots, 0, written.slots, epShadowSlot.size);
-    this.#maps.ep_shadow_member.set(u32Bytes(0), written.member);
+    this.#writeUnionMaps(candidateOnly(record.ruleCount));
     this.#shadow.setEpoch(0);
+  }
+
+  // The union's slot of each rule in each set (ep_shadow_slots) and which set each belongs to (ep_shadow_member).
+  #writeUnionMaps(union: ShadowUnion): void {
+    const { slots, member } = unionTables(union);
+    if (slots.length > 0) writeArray(this.#maps.ep_shadow_slots, 0, slots, epShadowSlot.size);
+    this.#maps.ep_shadow_member.set(u32Bytes(0), member);
   }
 
   // The union of the live rule set (when this process applied it and it is still live, as ep_active
