@@ -27,6 +27,9 @@ static __always_inline __u32 ep_bit_index(__u64 x)
 	return (x * 0x0101010101010101ULL) >> 56;
 }
 
+/* After ep_bit_index, which it uses. */
+#include "ep_lists.h"
+
 static __always_inline __u32 ep_slot(__u32 proto)
 {
 	switch (proto) {
@@ -40,9 +43,10 @@ static __always_inline __u32 ep_slot(__u32 proto)
 
 /* One field's word w: the wildcard vector's word (from `wild`: ep_wild, or the shadow
  * candidate's), OR the class's word when the class summary says it is nonzero (only then is the
- * sparse hash consulted). */
-static __always_inline __u64 ep_field_word(struct ep_match *m, int f, void *wild, void *cwords, __u32 block,
-					   __u64 bit, __u32 w)
+ * sparse hash consulted), OR for an address field the words of the prefix lists holding the
+ * address (from `lvec`: ep_lvec or the union's; only where their summaries say so). */
+static __always_inline __u64 ep_field_word(struct ep_match *m, int f, void *wild, void *cwords, void *lvec,
+					   __u32 block, __u64 bit, __u32 w)
 {
 	__u64 v = 0;
 	__u32 wid = m->wid[f];
@@ -54,6 +58,17 @@ static __always_inline __u64 ep_field_word(struct ep_match *m, int f, void *wild
 		__u64 *x = bpf_map_lookup_elem(cwords, &k);
 		if (x)
 			v |= *x;
+	}
+	if (f < 2 && m->lhit[f] && (m->lsum[f][block & (EP_SUMMARY_WORDS - 1)] & bit)) {
+		__u32 hits = m->lhit[f];
+		for (int n = 0; n < EP_LIST_REFS && hits; n++) {
+			__u32 low = hits & (~hits + 1);
+			hits ^= low;
+			__u32 k = m->lbase + f * EP_LIST_REFS + ep_bit_index(low);
+			struct ep_bitvec *lv = bpf_map_lookup_elem(lvec, &k);
+			if (lv)
+				v |= lv->words[w & (EP_WORDS - 1)];
+		}
 	}
 	return v;
 }
@@ -86,7 +101,7 @@ static __always_inline long ep_union_found(struct ep_match *m, void *member, __u
  * looks up fixed maps (a callback cannot take map pointers from its caller's stack). `member`:
  * NULL for a rule set's own tables (the first matching rule ends the walk), the union's
  * membership masks for a union walk (ep_union_found: it ends when each wanted set has its rule). */
-static __always_inline long ep_match_word_in(void *wild, void *cwords_outer, void *member)
+static __always_inline long ep_match_word_in(void *wild, void *cwords_outer, void *lvec, void *member)
 {
 	__u32 zero = 0;
 	struct ep_match *m = bpf_map_lookup_elem(&ep_scratch, &zero);
@@ -117,13 +132,13 @@ static __always_inline long ep_match_word_in(void *wild, void *cwords_outer, voi
 	void *cwords = bpf_map_lookup_elem(cwords_outer, &gen);
 	if (!cwords)
 		return 1;
-	__u64 acc = ep_field_word(m, 0, wild, cwords, b, bit, w);
+	__u64 acc = ep_field_word(m, 0, wild, cwords, lvec, b, bit, w);
 	if (!acc)
 		return 0;
-	acc &= ep_field_word(m, 1, wild, cwords, b, bit, w);
+	acc &= ep_field_word(m, 1, wild, cwords, lvec, b, bit, w);
 	if (!acc)
 		return 0;
-	acc &= ep_field_word(m, 2, wild, cwords, b, bit, w);
+	acc &= ep_field_word(m, 2, wild, cwords, lvec, b, bit, w);
 	if (!acc)
 		return 0;
 	if (member)
@@ -135,7 +150,7 @@ static __always_inline long ep_match_word_in(void *wild, void *cwords_outer, voi
 /* bpf_loop callback of the enforced rule sets (ep_rule_slot). */
 static long ep_match_word(__u32 index, void *arg)
 {
-	return ep_match_word_in(&ep_wild, &ep_cwords, NULL);
+	return ep_match_word_in(&ep_wild, &ep_cwords, &ep_lvec, NULL);
 }
 
 static __always_inline void ep_count(void *map, __u32 idx, __u64 len)
@@ -196,7 +211,7 @@ __noinline int ep_rate_ok(const struct ep_rule *r, const struct ep_pkt *p)
  * Returns gen * EP_RULE_SLOTS + the slot of the first matching rule (rule i: i + 1, the default
  * action: 0), or -1 if the tables are missing. Counts nothing. */
 static __always_inline int ep_rule_slot_in(const struct ep_pkt *p, __u32 gen, void *lpm_outer, void *wild,
-					   long (*match_word)(__u32, void *), __u32 want)
+					   void *lvec, __u32 shadow, long (*match_word)(__u32, void *), __u32 want)
 {
 	__u32 zero = 0;
 	void *lpm = bpf_map_lookup_elem(lpm_outer, &gen);
@@ -246,13 +261,20 @@ static __always_inline int ep_rule_slot_in(const struct ep_pkt *p, __u32 gen, vo
 	m->cls[0] = ref[0]->class_id;
 	m->cls[1] = ref[1]->class_id;
 	m->cls[2] = ref[2]->class_id;
+	/* Prefix lists (ep_lists.h): which of the generation's lists hold the addresses. */
+	__u32 lists = ep_lists_match(p, gen, shadow);
 	__u64 any = 0;
 	for (int i = 0; i < EP_SUMMARY_WORDS; i++) {
 		__u64 s0 = ref[0]->summary[i], s1 = ref[1]->summary[i], s2 = ref[2]->summary[i];
 		m->csum[0][i] = s0;
 		m->csum[1][i] = s1;
 		m->csum[2][i] = s2;
-		m->cand[i] = (w0->summary[i] | s0) & (w1->summary[i] | s1) & (w2->summary[i] | s2);
+		__u64 a0 = w0->summary[i] | s0, a1 = w1->summary[i] | s1;
+		if (lists) {
+			a0 |= m->lsum[0][i];
+			a1 |= m->lsum[1][i];
+		}
+		m->cand[i] = a0 & a1 & (w2->summary[i] | s2);
 		any |= m->cand[i];
 	}
 	if (any)
@@ -272,7 +294,7 @@ __noinline int ep_rule_slot(const struct ep_pkt *p, __u32 gen)
 {
 	if (!p)
 		return -1;
-	return ep_rule_slot_in(p, gen & 1, &ep_lpm, &ep_wild, ep_match_word, 0);
+	return ep_rule_slot_in(p, gen & 1, &ep_lpm, &ep_wild, &ep_lvec, 0, ep_match_word, 0);
 }
 
 /* The action of rule slot `idx` (from ep_rule_slot) on a packet with no connection entry: count

@@ -83,6 +83,7 @@ struct {
 	__type(value, struct ep_shadow_member);
 } ep_shadow_member SEC(".maps");
 
+
 /* The candidate's actions, index 0 (default) or rule + 1. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -119,7 +120,7 @@ struct {
 /* bpf_loop callback of the union walk. */
 static long ep_shadow_match_word(__u32 index, void *arg)
 {
-	return ep_match_word_in(&ep_shadow_wild, &ep_shadow_cwords, &ep_shadow_member);
+	return ep_match_word_in(&ep_shadow_wild, &ep_shadow_cwords, &ep_shadow_lvec, &ep_shadow_member);
 }
 
 /* Union rule u's slot in the enforced rule set or the candidate; no rule (u < 0): the default, 0. */
@@ -143,7 +144,7 @@ __noinline int ep_shadow_both(const struct ep_pkt *p, __u32 gen)
 	__u32 zero = 0;
 	if (!p)
 		return -1;
-	if (ep_rule_slot_in(p, 0, &ep_shadow_lpm, &ep_shadow_wild, ep_shadow_match_word, EP_WANT_ENFORCED | EP_WANT_CANDIDATE) < 0)
+	if (ep_rule_slot_in(p, 0, &ep_shadow_lpm, &ep_shadow_wild, &ep_shadow_lvec, 1, ep_shadow_match_word, EP_WANT_ENFORCED | EP_WANT_CANDIDATE) < 0)
 		return -1;
 	struct ep_match *m = bpf_map_lookup_elem(&ep_scratch, &zero);
 	if (!m)
@@ -215,7 +216,7 @@ __noinline int ep_shadow_classify(const struct ep_pkt *p, __u32 enforced_slot, _
 	struct ep_rule *er = bpf_map_lookup_elem(&ep_rules, &enforced_slot);
 	if (!er)
 		return 0;
-	if (!one && ep_rule_slot_in(p, 0, &ep_shadow_lpm, &ep_shadow_wild, ep_shadow_match_word, EP_WANT_CANDIDATE) < 0)
+	if (!one && ep_rule_slot_in(p, 0, &ep_shadow_lpm, &ep_shadow_wild, &ep_shadow_lvec, 1, ep_shadow_match_word, EP_WANT_CANDIDATE) < 0)
 		return 0;
 	struct ep_match *m = bpf_map_lookup_elem(&ep_scratch, &zero);
 	if (!m)

@@ -101,6 +101,14 @@ struct ep_match {
 	__s32 rule;                         /* first matching rule, -1 while none; in a union walk the first enforced member */
 	__s32 crule;                        /* union walk (ep_shadow.h): the first candidate member, -1 while none */
 	__u32 want;                         /* union walk: EP_WANT_* still looked for */
+	__u32 lhit[2];                      /* prefix lists (ep_lists.h) holding the source / destination: bits of the rule set's lists */
+	__u32 lbase;                        /* ep_lvec index of the generation's source vector of list 0 */
+	__u32 lgen;                         /* ep_lists_match: the generation looked at (or EP_LIST_SHADOW), the field << 8 */
+	__u64 lsum[2][EP_SUMMARY_WORDS];    /* per address field, the OR of the summaries of the lists in lhit */
+	struct {                            /* ep_lists_match's LPM key (off the stack: struct ep_blk6_key's layout) */
+		__u32 prefixlen;
+		__u8 addr[16];
+	} lkey;
 };
 
 /* What a walk over the shadow union's tables (ep_shadow.h) looks for: the first rule of the

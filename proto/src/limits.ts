@@ -155,6 +155,13 @@ export const MAX_UNHEALTHY_VERDICTS_LISTED = 1000;
 /** Policies in the whole intent. */
 export const MAX_POLICIES = 10_000;
 
+/**
+ * Distinct prefix lists the rules of one node's rule set (one interface role) may name as source
+ * or destination, and the most one rule may name in either field: the datapath looks the packet's
+ * addresses up in each list its generation names (bpf/include/ep_lists.h, EP_LIST_REFS).
+ */
+export const MAX_RULE_SET_PREFIX_LISTS = 16;
+
 /** Bytes of all policies in the intent together (encoded): what a snapshot and an agent's catch-up carry. */
 export const MAX_INTENT_BYTES = 64 * 1024 * 1024;
 

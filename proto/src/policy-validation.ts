@@ -3,7 +3,7 @@ import type { ObjectMeta } from '../gen/edgeplane/v1/resources.js';
 import { isCidrProblem, parseCanonicalCidr } from './cidr.js';
 import { validateLabelSelector } from './label-selector.js';
 import { checkDnsLabel, checkLabelKey, validateLabels } from './labels.js';
-import { MAX_COLLECTED_VIOLATIONS, MAX_LABELS, MAX_POLICY_BYTES, MAX_ROLLOUT_WAVES, quote } from './limits.js';
+import { MAX_COLLECTED_VIOLATIONS, MAX_LABELS, MAX_POLICY_BYTES, MAX_ROLLOUT_WAVES, MAX_RULE_SET_PREFIX_LISTS, quote } from './limits.js';
 import { moreViolations, type FieldViolation } from './status-details.js';
 
 /** Limits policy validation enforces. The defaults are what the datapath holds on one node. */
@@ -14,6 +14,8 @@ export interface PolicyLimits {
   maxCidrsPerRule: number;
   /** Port ranges in one rule (default 64). */
   maxPortRangesPerRule: number;
+  /** Prefix lists one rule names as its source, and as its destination (default 16: MAX_RULE_SET_PREFIX_LISTS). */
+  maxPrefixListsPerRule: number;
   /** Characters of description (default 1,024). */
   maxDescription: number;
   /** Annotations, keys and values together, in bytes (default 256 KiB). */
@@ -27,6 +29,7 @@ export const DEFAULT_POLICY_LIMITS: Readonly<PolicyLimits> = Object.freeze({
   maxRules: 65_536,
   maxCidrsPerRule: 256,
   maxPortRangesPerRule: 64,
+  maxPrefixListsPerRule: MAX_RULE_SET_PREFIX_LISTS,
   maxDescription: 1024,
   maxAnnotationBytes: 256 * 1024,
   maxRate: 1_000_000_000n,
@@ -157,10 +160,23 @@ function validateRule(rule: Rule, rp: string, limits: Readonly<PolicyLimits>, ad
   };
   const src = families(rule.sourceCidrs, 'source_cidrs');
   const dst = families(rule.destinationCidrs, 'destination_cidrs');
-  // The families a packet matching this rule could have.
+  const lists = (names: string[], field: string): void => {
+    if (names.length > limits.maxPrefixListsPerRule) add(`${rp}.${field}`, `${names.length} prefix lists; at most ${limits.maxPrefixListsPerRule}`, 'TOO_MANY_PREFIX_LISTS');
+    const seen = new Map<string, number>();
+    names.forEach((name, j) => {
+      const p = checkDnsLabel(name);
+      if (p) return add(`${rp}.${field}[${j}]`, `${quote(name)} ${p}`, 'INVALID_NAME');
+      const dup = seen.get(name);
+      if (dup !== undefined) add(`${rp}.${field}[${j}]`, `${quote(name)} repeats ${field}[${dup}]`, 'DUPLICATE_PREFIX_LIST');
+      seen.set(name, j);
+    });
+  };
+  lists(rule.sourcePrefixLists, 'source_prefix_lists');
+  lists(rule.destinationPrefixLists, 'destination_prefix_lists');
+  // The families a packet matching this rule could have (a prefix list may hold either family).
   let possible = new Set<4 | 6>([4, 6]);
-  if (rule.sourceCidrs.length && src.size) possible = new Set([...possible].filter((f) => src.has(f)));
-  if (rule.destinationCidrs.length && dst.size) possible = new Set([...possible].filter((f) => dst.has(f)));
+  if (rule.sourceCidrs.length && src.size && rule.sourcePrefixLists.length === 0) possible = new Set([...possible].filter((f) => src.has(f)));
+  if (rule.destinationCidrs.length && dst.size && rule.destinationPrefixLists.length === 0) possible = new Set([...possible].filter((f) => dst.has(f)));
   if (possible.size === 0) add(`${rp}.destination_cidrs`, 'source and destination CIDRs share no address family, so the rule can never match', 'RULE_CANNOT_MATCH');
 
   const knownProtocol = Object.values(Protocol).includes(rule.protocol) && rule.protocol !== Protocol.UNRECOGNIZED;

@@ -145,9 +145,24 @@ test('policy validation - names, labels, empty and oversized rule lists', (t) =>
   t.is(validatePolicy(Policy.fromPartial({ spec: { rules: [{ priority: 1, action: Action.ACTION_DENY }] } }))[0]?.reason, 'REQUIRED');
   t.is(validatePolicy(policy([]))[0]?.field, 'policy.spec.rules');
   const many = Array.from({ length: 11 }, (_, i) => ({ priority: i, action: Action.ACTION_DENY }));
-  t.is(validatePolicy(policy(many), 'policy', { maxRules: 10, maxCidrsPerRule: 256, maxPortRangesPerRule: 64, maxDescription: 1024, maxAnnotationBytes: 1024, maxRate: 10n })[0]?.reason, 'TOO_MANY_RULES');
+  t.is(validatePolicy(policy(many), 'policy', { maxRules: 10, maxCidrsPerRule: 256, maxPortRangesPerRule: 64, maxPrefixListsPerRule: 16, maxDescription: 1024, maxAnnotationBytes: 1024, maxRate: 10n })[0]?.reason, 'TOO_MANY_RULES');
   const labels = validatePolicy(Policy.fromPartial({ metadata: { name: 'x', labels: { 'bad key': 'v', ok: 'bad value!' } }, spec: { rules: [{ priority: 1, action: Action.ACTION_DENY }] } }));
   t.deepEqual(labels.map((x) => x.reason).sort(), ['INVALID_LABEL_KEY', 'INVALID_LABEL_VALUE']);
   t.is(validatePolicy(undefined)[0]?.field, 'policy');
   t.is(validatePolicy(policy([{ priority: 1, action: Action.ACTION_DENY }], { defaultAction: Action.ACTION_RATE_LIMIT }))[0]?.field, 'policy.spec.default_action');
+});
+
+test('policy validation - prefix list names: DNS labels, each once, at most 16 per field; a list lifts the family check', (t) => {
+  const rule = (extra: DeepPartial<Rule>): DeepPartial<Rule> => ({ priority: 1, action: Action.ACTION_DENY, ...extra });
+  const fields = (v: { field: string; reason?: string }[]): string[] => v.map((x) => `${x.field} ${x.reason}`);
+  t.deepEqual(validatePolicy(policy([rule({ sourcePrefixLists: ['feed'], destinationPrefixLists: ['vips'] })])), []);
+  t.deepEqual(fields(validatePolicy(policy([rule({ sourcePrefixLists: ['Bad_Name', 'feed', 'feed'] })]))), [
+    'policy.spec.rules[0].source_prefix_lists[0] INVALID_NAME',
+    'policy.spec.rules[0].source_prefix_lists[2] DUPLICATE_PREFIX_LIST',
+  ]);
+  const many = Array.from({ length: 17 }, (_, i) => `l${i}`);
+  t.deepEqual(fields(validatePolicy(policy([rule({ destinationPrefixLists: many })]))), ['policy.spec.rules[0].destination_prefix_lists TOO_MANY_PREFIX_LISTS']);
+  // IPv4 sources and IPv6 destinations share no family, unless a list (of either family) is named too.
+  t.is(validatePolicy(policy([rule({ sourceCidrs: ['10.0.0.0/8'], destinationCidrs: ['2001:db8::/32'] })]))[0]?.reason, 'RULE_CANNOT_MATCH');
+  t.deepEqual(validatePolicy(policy([rule({ sourceCidrs: ['10.0.0.0/8'], destinationCidrs: ['2001:db8::/32'], destinationPrefixLists: ['vips'] })])), []);
 });

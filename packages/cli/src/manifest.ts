@@ -426,9 +426,9 @@ class DocumentReader {
 
   #rule(node: Node, rp: string): Rule | undefined {
     this.#record(rp, node);
-    const m = this.#map(node, 'a rule', ['priority', 'name', 'sourceCIDRs', 'sourceCidrs', 'destinationCIDRs', 'destinationCidrs', 'protocol', 'destinationPorts', 'action', 'rateLimit']);
+    const m = this.#map(node, 'a rule', ['priority', 'name', 'sourceCIDRs', 'sourceCidrs', 'destinationCIDRs', 'destinationCidrs', 'sourcePrefixLists', 'destinationPrefixLists', 'protocol', 'destinationPorts', 'action', 'rateLimit']);
     if (!m) return undefined;
-    const rule: Rule = { priority: 0, name: '', sourceCidrs: [], destinationCidrs: [], protocol: Protocol.PROTOCOL_UNSPECIFIED, destinationPorts: [], action: Action.ACTION_UNSPECIFIED, rateLimit: undefined };
+    const rule: Rule = { priority: 0, name: '', sourceCidrs: [], destinationCidrs: [], protocol: Protocol.PROTOCOL_UNSPECIFIED, destinationPorts: [], action: Action.ACTION_UNSPECIFIED, rateLimit: undefined, sourcePrefixLists: [], destinationPrefixLists: [] };
     const priority = m.get('priority');
     if (!priority) this.#fail(node, 'priority: required', `${rp}.priority`);
     else rule.priority = this.#uint(priority, `${rp}.priority`, 0xffff_ffff) ?? 0;
@@ -440,6 +440,8 @@ class DocumentReader {
     for (const [field, keys] of [
       ['source_cidrs', ['sourceCIDRs', 'sourceCidrs']],
       ['destination_cidrs', ['destinationCIDRs', 'destinationCidrs']],
+      ['source_prefix_lists', ['sourcePrefixLists']],
+      ['destination_prefix_lists', ['destinationPrefixLists']],
     ] as const) {
       const present = keys.filter((k) => m.has(k));
       if (present.length > 1) this.#fail(m.get(present[1]!)!.key, `${present.join(' and ')} are the same field; give one`);
@@ -451,7 +453,9 @@ class DocumentReader {
         return this.#scalarText(item, `${present[0]}[${j}]`) ?? '';
       });
       if (field === 'source_cidrs') rule.sourceCidrs = list;
-      else rule.destinationCidrs = list;
+      else if (field === 'destination_cidrs') rule.destinationCidrs = list;
+      else if (field === 'source_prefix_lists') rule.sourcePrefixLists = list;
+      else rule.destinationPrefixLists = list;
     }
     const protocol = m.get('protocol');
     if (protocol) rule.protocol = this.#enum(protocol, `${rp}.protocol`, PROTOCOLS, 'tcp, udp, icmp, icmpv6 or any') ?? rule.protocol;

@@ -152,7 +152,7 @@ export function describePolicy(d: PolicyDescription, now: Date): string {
       rules.map((r) => {
         const c = counters.get(r.priority);
         const action = actionName(r.action) + (r.rateLimit ? `(${r.rateLimit.packetsPerSecond}/s burst ${r.rateLimit.burst})` : '');
-        return [String(r.priority), r.name || '-', action, protocolName(r.protocol), r.sourceCidrs.join(',') || '*', r.destinationCidrs.join(',') || '*', r.destinationPorts.map(formatPortRange).join(',') || '*', String(c?.packets ?? 0n), String(c?.bytes ?? 0n), String(c?.rateLimitedPackets ?? 0n)];
+        return [String(r.priority), r.name || '-', action, protocolName(r.protocol), addresses(r.sourceCidrs, r.sourcePrefixLists), addresses(r.destinationCidrs, r.destinationPrefixLists), r.destinationPorts.map(formatPortRange).join(',') || '*', String(c?.packets ?? 0n), String(c?.bytes ?? 0n), String(c?.rateLimitedPackets ?? 0n)];
       }),
     ),
   );
@@ -387,4 +387,9 @@ export function describeService(d: ServiceDescription, now: Date): string {
     );
   }
   return out;
+}
+
+/** A rule's address field for a table: its CIDRs and its prefix lists (list:NAME), or * for any. */
+function addresses(cidrs: readonly string[], lists: readonly string[]): string {
+  return [...cidrs, ...lists.map((name) => `list:${name}`)].join(',') || '*';
 }

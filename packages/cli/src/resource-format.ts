@@ -126,6 +126,8 @@ function ruleToPlain(r: Rule): Plain {
     name: r.name || undefined,
     sourceCIDRs: r.sourceCidrs.length ? r.sourceCidrs : undefined,
     destinationCIDRs: r.destinationCidrs.length ? r.destinationCidrs : undefined,
+    sourcePrefixLists: r.sourcePrefixLists.length ? r.sourcePrefixLists : undefined,
+    destinationPrefixLists: r.destinationPrefixLists.length ? r.destinationPrefixLists : undefined,
     protocol: r.protocol === Protocol.PROTOCOL_UNSPECIFIED ? undefined : protocolName(r.protocol),
     destinationPorts: r.destinationPorts.length ? r.destinationPorts.map(formatPortRange) : undefined,
     action: actionName(r.action) || undefined,

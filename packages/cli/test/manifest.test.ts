@@ -26,6 +26,10 @@ spec:
       protocol: udp
       action: rate-limit
       rateLimit: {packetsPerSecond: 100, burst: 200}
+    - priority: 30
+      sourcePrefixLists: [threat-feed, scanners]
+      destinationPrefixLists: [edge-vips]
+      action: deny
 `;
 
 test('parseManifests - reads camelCase fields, enum spellings, port forms and label values as written', (t) => {
@@ -43,6 +47,8 @@ test('parseManifests - reads camelCase fields, enum spellings, port forms and la
   t.deepEqual(web?.destinationPorts, [{ first: 443, last: 0 }, { first: 8000, last: 8100 }, { first: 9000, last: 9001 }]);
   t.is(rl?.action, Action.ACTION_RATE_LIMIT);
   t.deepEqual(rl?.rateLimit, { packetsPerSecond: 100n, burst: 200n });
+  const lists = p.spec!.rules[2];
+  t.deepEqual([lists?.sourcePrefixLists, lists?.destinationPrefixLists, lists?.sourceCidrs], [['threat-feed', 'scanners'], ['edge-vips'], []]);
   t.deepEqual(validatePolicy(p), []);
 });
 
@@ -62,7 +68,7 @@ test('parseManifests - several documents, empty ones skipped, JSON too, a List u
     { file: 'c.yaml', text: list },
   ]);
   t.deepEqual(problems, []);
-  t.deepEqual(policies.map((p) => `${p.position.file}:${p.position.line}:${p.policy.metadata?.name}`), ['a.yaml:2:web', 'a.yaml:28:web2', 'b.json:1:j', 'c.yaml:4:j']);
+  t.deepEqual(policies.map((p) => `${p.position.file}:${p.position.line}:${p.policy.metadata?.name}`), ['a.yaml:2:web', 'a.yaml:32:web2', 'b.json:1:j', 'c.yaml:4:j']);
 });
 
 test('parseManifests - syntax errors and unknown fields point at file:line:col', (t) => {

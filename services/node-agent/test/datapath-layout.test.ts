@@ -10,6 +10,7 @@ import { CONNTRACK_STAT_NAMES } from '../src/datapath/conntrack.js';
 import { LB_STAT_NAMES } from '../src/datapath/datapath.js';
 import { DEFAULT_OBJECT_PATH } from '../src/datapath/ebpf-datapath.js';
 import { MAX_SHADOW_NAME_BYTES, SHADOW_RING_SAMPLES } from '../src/datapath/shadow-tables.js';
+import { LIST_REFS, LIST_SLOTS, LREF_SIZE } from '../src/datapath/list-tables.js';
 import { tableCodecs } from '../src/datapath/table-codecs.js';
 import { readObjectBtf } from './btf-helpers.js';
 
@@ -40,7 +41,7 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_meta: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_meta.size, maxEntries: 2, flags: 0, inner: undefined },
     ep_carry: { type: 'hash', keySize: 4, valueSize: sizes.counter, maxEntries: 131_074, flags: 0, inner: undefined },
     ep_barrier: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 1, flags: 0, inner: 'array' },
-    ep_scratch: { type: 'percpu_array', keySize: 4, valueSize: 560, maxEntries: 1, flags: 0, inner: undefined },
+    ep_scratch: { type: 'percpu_array', keySize: 4, valueSize: 856, maxEntries: 1, flags: 0, inner: undefined },
     ep_ct_new: { type: 'lru_hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 65_536, flags: 0, inner: undefined },
     ep_ct: { type: 'hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 262_144, flags: 0, inner: undefined },
     ep_ct_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_ct_cfg.size, maxEntries: 1, flags: 0, inner: undefined },
@@ -75,9 +76,19 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_shadow_slots: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_shadow_slot.size, maxEntries: 65_536, flags: 0, inner: undefined },
     ep_shadow_member: { type: 'array', keySize: 4, valueSize: 2 * 8 * 1024, maxEntries: 1, flags: 0, inner: undefined },
     ep_shadow_samples: { type: 'percpu_array', keySize: 4, valueSize: tableCodecs.ep_shadow_sample.size, maxEntries: SHADOW_RING_SAMPLES, flags: 0, inner: undefined },
+    // Prefix lists in rules (bpf/README.md, "Prefix lists in rules"): a trie pair per list slot, per generation and for the union which lists it names and their vectors.
+    ep_lst4: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: LIST_SLOTS, flags: 0, inner: 'lpm_trie' },
+    ep_lst6: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: LIST_SLOTS, flags: 0, inner: 'lpm_trie' },
+    ep_lref: { type: 'array', keySize: 4, valueSize: LREF_SIZE, maxEntries: 2, flags: 0, inner: undefined },
+    ep_lvec: { type: 'array', keySize: 4, valueSize: sizes.bitvec, maxEntries: 2 * 2 * LIST_REFS, flags: 0, inner: undefined },
+    ep_shadow_lref: { type: 'array', keySize: 4, valueSize: LREF_SIZE, maxEntries: 1, flags: 0, inner: undefined },
+    ep_shadow_lvec: { type: 'array', keySize: 4, valueSize: sizes.bitvec, maxEntries: 2 * LIST_REFS, flags: 0, inner: undefined },
   });
   t.deepEqual(spec.maps.get('ep_blk4')?.innerMap, { type: 'lpm_trie', keySize: BLOCKLIST_SIZES.key4, valueSize: BLOCKLIST_SIZES.value, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_blk6')?.innerMap, { type: 'lpm_trie', keySize: BLOCKLIST_SIZES.key6, valueSize: BLOCKLIST_SIZES.value, maxEntries: 1, flags: 1 });
+  // A list's tries are written by the blocklist's code: the same templates.
+  t.deepEqual(spec.maps.get('ep_lst4')?.innerMap, spec.maps.get('ep_blk4')?.innerMap);
+  t.deepEqual(spec.maps.get('ep_lst6')?.innerMap, spec.maps.get('ep_blk6')?.innerMap);
   t.deepEqual(spec.maps.get('ep_lpm')?.innerMap, { type: 'lpm_trie', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_cwords')?.innerMap, { type: 'hash', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: 1, flags: 0 });
   // The candidate's inner maps are written by the same code as a generation's: same templates.

@@ -53,7 +53,8 @@ const keptMaps = ['ep_active', 'ep_barrier', 'ep_buckets', 'ep_carry', 'ep_count
 const convertedMaps = ['ep_ct', 'ep_ct_new', 'ep_lb_backends'];
 const resizedMaps = ['ep_lb_stats'];
 // Maps the previous layout's object did not have: created empty by the upgrade (the blocklist's,
-// then shadow classification's: no shadow candidate until the agent sets one).
+// shadow classification's: no shadow candidate until the agent sets one; prefix lists in rules':
+// no generation names a list until the agent applies a rule set that does).
 const addedMaps = [
   'ep_blk4',
   'ep_blk6',
@@ -70,6 +71,12 @@ const addedMaps = [
   'ep_shadow_samples',
   'ep_shadow_slots',
   'ep_shadow_member',
+  'ep_lst4',
+  'ep_lst6',
+  'ep_lref',
+  'ep_lvec',
+  'ep_shadow_lref',
+  'ep_shadow_lvec',
 ];
 const PREVIOUS_LAYOUT = 4;
 

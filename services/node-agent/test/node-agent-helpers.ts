@@ -4,7 +4,7 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { metrics } from '@opentelemetry/api';
 import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
-import { Action, InterfaceRole, LogEntry, Policy, Protocol, keyIdOf, signLogEntry, type RevisionReport, type Rollout, type Service } from '@edgeplane/proto';
+import { Action, InterfaceRole, LOG_FORMAT_BLOCKLIST, LogEntry, Policy, Protocol, keyIdOf, signLogEntry, type PrefixListChange, type RevisionReport, type Rollout, type Service } from '@edgeplane/proto';
 import type { IntentChain } from '@edgeplane/intent-log';
 import type { NodeAgent } from '../src/agent/node-agent.js';
 
@@ -20,6 +20,7 @@ export interface Change {
   services?: Service[];
   serviceDeletes?: string[];
   rollouts?: Rollout[];
+  prefixLists?: PrefixListChange[];
 }
 
 /**
@@ -33,8 +34,9 @@ export function advance(chain: IntentChain, change: Change): LogEntry {
     revision,
     previousHash: Buffer.from(chain.lastHash),
     change: { upserts: change.policies ?? [], deletes: [], rollouts: change.rollouts ?? [], serviceUpserts: (change.services ?? []).map((s) => ({ ...s, metadata: { ...s.metadata!, resourceVersion: revision } })), serviceDeletes: change.serviceDeletes ?? [] },
+    ...(change.prefixLists ? { blocklistChange: { prefixLists: change.prefixLists.map((c) => ({ ...c, metadata: { ...c.metadata!, resourceVersion: revision } })), blocks: [] } } : {}),
   });
-  return chain.append(signLogEntry(entry, privateKey), revision).entry;
+  return chain.append(signLogEntry(entry, privateKey, change.prefixLists ? LOG_FORMAT_BLOCKLIST : undefined), revision).entry;
 }
 
 /**

@@ -5,7 +5,7 @@ import test from 'ava';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Action, Policy, Protocol, RevisionOutcome, type ConditionReport, type CounterReport, type LogEntry, type RevisionReport } from '@edgeplane/proto';
+import { Action, Policy, PrefixListChange, Protocol, RevisionOutcome, type ConditionReport, type CounterReport, type LogEntry, type RevisionReport } from '@edgeplane/proto';
 import { IntentChain } from '@edgeplane/intent-log';
 import { DatapathError } from '../src/datapath/errors.js';
 import { MemoryDatapath } from '../src/datapath/memory-datapath.js';
@@ -502,4 +502,32 @@ test('NodeAgent - a flush that cannot be sent goes alone with the next counter r
   t.is(second?.appliedRevision, 2n);
   t.is(drops(second), 2n);
   t.is(h.agent.counterDeltas(), undefined);
+});
+
+test('NodeAgent - a rule naming a prefix list enforces the list as the log changes it; a list that does not select the node NACKs, the previous revision in force', async (t) => {
+  const h = harness();
+  t.teardown(() => h.agent.close());
+  const from = (src: string): string => h.uplink.classify(buildFrame({ src, dst: '10.0.0.1', protocol: 'tcp', srcPort: 40_000, dstPort: 443 })).verdict;
+  const feed = (base: bigint, add: string[], remove: string[] = [], site = 'edge'): PrefixListChange =>
+    PrefixListChange.fromPartial({ metadata: { name: 'feed' }, spec: { nodeSelector: { matchLabels: { role: site } } }, baseResourceVersion: base, add, remove });
+  const policy = (list: string): Policy =>
+    Policy.fromPartial({ metadata: { name: 'threats' }, spec: { defaultAction: Action.ACTION_ALLOW, rules: [{ priority: 1, protocol: Protocol.PROTOCOL_TCP, sourcePrefixLists: [list], action: Action.ACTION_DENY }] } });
+  const first = await pushChange(h.agent, h.chain, h.reports, { prefixLists: [feed(0n, ['198.51.100.0/24'])], policies: [policy('feed')] });
+  t.is(first.outcome, RevisionOutcome.REVISION_OUTCOME_ACK);
+  t.is(from('198.51.100.9'), 'drop');
+  t.is(from('203.0.113.9'), 'pass');
+  // The list alone changes: the next revision enforces the new prefixes.
+  const grown = await pushChange(h.agent, h.chain, h.reports, { prefixLists: [feed(1n, ['203.0.113.0/24'], ['198.51.100.0/24'])] });
+  t.is(grown.outcome, RevisionOutcome.REVISION_OUTCOME_ACK);
+  t.is(from('203.0.113.9'), 'drop');
+  t.is(from('198.51.100.9'), 'pass');
+  // A policy naming a list no list of that name selects this node with: NACKed, nothing changes.
+  const missing = await pushChange(h.agent, h.chain, h.reports, { policies: [policy('other')] });
+  t.is(missing.outcome, RevisionOutcome.REVISION_OUTCOME_NACK);
+  t.regex(missing.reason, /prefix list "other" is not held/);
+  t.is(from('203.0.113.9'), 'drop', 'the previous revision is in force');
+  // The list stops selecting the node: the policy naming it cannot be enforced there.
+  const moved = await pushChange(h.agent, h.chain, h.reports, { prefixLists: [feed(2n, [], [], 'core')], policies: [policy('feed')] });
+  t.is(moved.outcome, RevisionOutcome.REVISION_OUTCOME_NACK);
+  t.regex(moved.reason, /prefix list "feed" is not held/);
 });

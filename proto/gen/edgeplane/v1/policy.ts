@@ -277,16 +277,31 @@ export interface Rule {
   priority: number;
   /** Optional name, shown in counters and describe output. */
   name: string;
-  /** Canonical CIDRs (host bits zero), IPv4 or IPv6. Empty matches any source address. */
+  /**
+   * Canonical CIDRs (host bits zero), IPv4 or IPv6. Empty (and no source_prefix_lists) matches
+   * any source address.
+   */
   sourceCidrs: string[];
-  /** Canonical CIDRs. Empty matches any destination address. */
+  /** Canonical CIDRs. Empty (and no destination_prefix_lists) matches any destination address. */
   destinationCidrs: string[];
   protocol: Protocol;
   /** Destination port ranges; only with PROTOCOL_TCP or PROTOCOL_UDP. Empty matches any port. */
   destinationPorts: PortRange[];
   action: Action;
   /** Required when action is ACTION_RATE_LIMIT; must be unset otherwise. */
-  rateLimit: RateLimit | undefined;
+  rateLimit:
+    | RateLimit
+    | undefined;
+  /**
+   * Names of prefix lists (BlocklistService) the source address may be in: the rule matches a
+   * source in source_cidrs or in any of these lists. A node applies the rule only when it holds
+   * every list named (the list's node_selector selects it); otherwise it rejects the revision.
+   * At most 16 names per rule, and 16 distinct lists across the rules of one node's interface
+   * role.
+   */
+  sourcePrefixLists: string[];
+  /** As source_prefix_lists, for the destination address. */
+  destinationPrefixLists: string[];
 }
 
 /** PortRange is an inclusive range of ports. last = 0 means the single port first. */
@@ -773,6 +788,8 @@ function createBaseRule(): Rule {
     destinationPorts: [],
     action: 0,
     rateLimit: undefined,
+    sourcePrefixLists: [],
+    destinationPrefixLists: [],
   };
 }
 
@@ -801,6 +818,12 @@ export const Rule: MessageFns<Rule> = {
     }
     if (message.rateLimit !== undefined) {
       RateLimit.encode(message.rateLimit, writer.uint32(66).fork()).join();
+    }
+    for (const v of message.sourcePrefixLists) {
+      writer.uint32(74).string(v!);
+    }
+    for (const v of message.destinationPrefixLists) {
+      writer.uint32(82).string(v!);
     }
     return writer;
   },
@@ -882,6 +905,22 @@ export const Rule: MessageFns<Rule> = {
             message.rateLimit = RateLimit.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.sourcePrefixLists.push(reader.string());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.destinationPrefixLists.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -920,6 +959,16 @@ export const Rule: MessageFns<Rule> = {
         : isSet(object.rate_limit)
         ? RateLimit.fromJSON(object.rate_limit)
         : undefined,
+      sourcePrefixLists: globalThis.Array.isArray(object?.sourcePrefixLists)
+        ? object.sourcePrefixLists.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.source_prefix_lists)
+        ? object.source_prefix_lists.map((e: any) => globalThis.String(e))
+        : [],
+      destinationPrefixLists: globalThis.Array.isArray(object?.destinationPrefixLists)
+        ? object.destinationPrefixLists.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.destination_prefix_lists)
+        ? object.destination_prefix_lists.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -949,6 +998,12 @@ export const Rule: MessageFns<Rule> = {
     if (message.rateLimit !== undefined) {
       obj.rateLimit = RateLimit.toJSON(message.rateLimit);
     }
+    if (message.sourcePrefixLists?.length) {
+      obj.sourcePrefixLists = message.sourcePrefixLists;
+    }
+    if (message.destinationPrefixLists?.length) {
+      obj.destinationPrefixLists = message.destinationPrefixLists;
+    }
     return obj;
   },
 
@@ -967,6 +1022,8 @@ export const Rule: MessageFns<Rule> = {
     message.rateLimit = (object.rateLimit !== undefined && object.rateLimit !== null)
       ? RateLimit.fromPartial(object.rateLimit)
       : undefined;
+    message.sourcePrefixLists = object.sourcePrefixLists?.map((e) => e) || [];
+    message.destinationPrefixLists = object.destinationPrefixLists?.map((e) => e) || [];
     return message;
   },
 };

@@ -13,6 +13,7 @@ import {
   validatePolicy,
   type FieldViolation,
   type Policy,
+  type PrefixList,
   type Rollout,
   type Rule,
   type Service,
@@ -104,6 +105,8 @@ function toRuleSpec(rule: Rule, id: number, stateful: boolean): RuleSpec {
     dstPorts: rule.destinationPorts.map((p) => ({ from: p.first, to: p.last === 0 ? p.first : p.last })),
     action: rule.action === Action.ACTION_ALLOW ? 'allow' : rule.action === Action.ACTION_DENY ? 'deny' : 'rate_limit',
   };
+  if (rule.sourcePrefixLists.length > 0) spec.srcLists = [...rule.sourcePrefixLists];
+  if (rule.destinationPrefixLists.length > 0) spec.dstLists = [...rule.destinationPrefixLists];
   if (rule.action === Action.ACTION_RATE_LIMIT && rule.rateLimit) {
     spec.rateLimit = { pps: Number(rule.rateLimit.packetsPerSecond), burst: Number(rule.rateLimit.burst) };
   }
@@ -288,7 +291,7 @@ export function effectivePolicies(policies: Iterable<Policy>, rollouts: Readonly
  * {@link effectivePolicies}). Pure.
  * @throws CompileError naming the invalid policy and its violations, or a capacity problem.
  */
-export function compileIntent(policies: Iterable<Policy>, labels: Readonly<Record<string, string>>, rollouts?: Iterable<Rollout>, nodeName?: string): CompiledIntent {
+export function compileIntent(policies: Iterable<Policy>, labels: Readonly<Record<string, string>>, rollouts?: Iterable<Rollout>, nodeName?: string, prefixLists: readonly PrefixList[] = []): CompiledIntent {
   const selected: Policy[] = [];
   const versions = rollouts && nodeName !== undefined ? effectivePolicies(policies, rollouts, nodeName) : policies;
   for (const p of versions) {
@@ -305,12 +308,34 @@ export function compileIntent(policies: Iterable<Policy>, labels: Readonly<Recor
   // origin map are shared, read-only, by both roles (half the compile time and the memory the
   // agent keeps for its live rule sets).
   const same = selected.every((p) => appliesTo(p, 'uplink') && appliesTo(p, 'workload'));
-  const workload = same ? { ruleSet: uplink.ruleSet, origins: uplink.origins } : compileRole(selected, 'workload');
-  return { uplink, workload, selected: selected.map((p) => p.metadata!.name) };
+  const up = withLists(uplink, prefixLists, labels);
+  const workload = same ? { ruleSet: up.ruleSet, origins: up.origins } : withLists(compileRole(selected, 'workload'), prefixLists, labels);
+  return { uplink: up, workload, selected: selected.map((p) => p.metadata!.name) };
+}
+
+/**
+ * `role` with the prefixes of the lists its rules name (bpf/README.md, "Prefix lists in rules"),
+ * from the lists that select the node (any use): a name no such list has is left out, and the
+ * datapath refuses the rule set naming it (the revision is NACKed, nothing changes).
+ * @returns `role` itself when no rule names a list.
+ */
+function withLists(role: CompiledRole, prefixLists: readonly PrefixList[], labels: Readonly<Record<string, string>>): CompiledRole {
+  const names = new Set<string>();
+  for (const rule of role.ruleSet.rules) {
+    for (const name of rule.srcLists ?? []) names.add(name);
+    for (const name of rule.dstLists ?? []) names.add(name);
+  }
+  if (names.size === 0) return role;
+  const lists: Record<string, readonly string[]> = {};
+  for (const list of prefixLists) {
+    const name = list.metadata?.name ?? '';
+    if (names.has(name) && list.spec !== undefined && matchesLabelSelector(list.spec.nodeSelector, labels)) lists[name] = list.spec.prefixes;
+  }
+  return { ...role, ruleSet: { ...role.ruleSet, lists } };
 }
 
 /** What a node's whole intent is compiled from: a snapshot's policies, rollouts and services. */
-export type NodeIntent = Pick<Snapshot, 'policies' | 'rollouts' | 'services'>;
+export type NodeIntent = Pick<Snapshot, 'policies' | 'rollouts' | 'services'> & Partial<Pick<Snapshot, 'prefixLists'>>;
 
 /** What {@link compileNode} needs besides the intent and the labels. */
 export interface NodeCompileOptions {
@@ -347,7 +372,7 @@ export function compileNodeServices(intent: Pick<NodeIntent, 'services' | 'rollo
  * @throws CompileError (a policy, a rule capacity); ServiceCompileError (a service).
  */
 export function compileNode(intent: NodeIntent, labels: Readonly<Record<string, string>>, options: NodeCompileOptions): CompiledIntent {
-  const compiled = compileIntent(intent.policies, labels, intent.rollouts, options.nodeName);
+  const compiled = compileIntent(intent.policies, labels, intent.rollouts, options.nodeName, intent.prefixLists);
   compiled.uplink.lb = compileNodeServices(intent, labels, options);
   return compiled;
 }
@@ -381,11 +406,11 @@ export function shadowingRollouts(rollouts: Iterable<Rollout>, nodeName: string)
  * candidate, at an apply and at boot alike. Pure.
  * @throws CompileError as compileIntent (the candidate is invalid or does not fit).
  */
-export function compileShadow(intent: Pick<NodeIntent, 'policies' | 'rollouts'>, labels: Readonly<Record<string, string>>, nodeName: string): ShadowCandidate | undefined {
+export function compileShadow(intent: Pick<NodeIntent, 'policies' | 'rollouts' | 'prefixLists'>, labels: Readonly<Record<string, string>>, nodeName: string): ShadowCandidate | undefined {
   const shadowing = shadowingRollouts(intent.rollouts, nodeName);
   if (shadowing.length === 0) return undefined;
   const keys = new Set(shadowing.map(rolloutKeyOf));
   // Without the shadowing rollouts, their policies are taken as stored: the targets.
   const others = intent.rollouts.filter((r) => !keys.has(rolloutKeyOf(r)));
-  return { candidate: shadowing.map(shadowCandidateOf).join(','), compiled: compileIntent(intent.policies, labels, others, nodeName) };
+  return { candidate: shadowing.map(shadowCandidateOf).join(','), compiled: compileIntent(intent.policies, labels, others, nodeName, intent.prefixLists) };
 }

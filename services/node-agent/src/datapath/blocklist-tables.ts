@@ -44,10 +44,87 @@ function withRoom(count: number): number {
 
 const u32Bytes = (n: number): Uint8Array => new Uint8Array(new Uint32Array([n]).buffer);
 
-interface LiveTrie {
+/** One LPM trie of a blocklist or a prefix list (ep_blk4/6's and ep_lst4/6's inner maps share a layout). */
+export interface LiveTrie {
   map: BpfMap;
   count: number;
   capacity: number;
+}
+
+/** A pair of tries, one per address family. */
+export interface TriePair {
+  v4: LiveTrie;
+  v6: LiveTrie;
+}
+
+/**
+ * Fresh tries holding `spec` (with room for adds in place), each written with one batch update
+ * in address order. The caller owns them (installs them into an outer map, then closes them).
+ * @throws Error from the kernel (nothing made is left open).
+ */
+export function buildTries(spec: BlocklistSpec, name: string): TriePair & { batched: boolean } {
+  const made: LiveTrie[] = [];
+  try {
+    let batched = true;
+    for (const [family, packed] of [[4, spec.v4], [6, spec.v6]] as const) {
+      const capacity = withRoom(packed.count);
+      const map = BpfMap.create({ type: 'lpm_trie', name: `${name}${family}_in`, keySize: family === 4 ? BLOCKLIST_SIZES.key4 : BLOCKLIST_SIZES.key6, valueSize: BLOCKLIST_SIZES.value, maxEntries: capacity, flags: 1 /* BPF_F_NO_PREALLOC */ });
+      made.push({ map, count: packed.count, capacity });
+      const ordered = inInsertOrder(packed, family === 4 ? BLOCKLIST_SIZES.key4 : BLOCKLIST_SIZES.key6);
+      batched = map.setBatchPacked(ordered.keys, ordered.values).batched && batched;
+    }
+    const [v4, v6] = made as [LiveTrie, LiveTrie];
+    return { v4, v6, batched };
+  } catch (error) {
+    for (const trie of made) trie.map.close();
+    throw error;
+  }
+}
+
+/**
+ * Adds or replaces entries in `live` in place (each LPM update is atomic for a concurrent lookup).
+ * @returns false (nothing written) when the tries lack room.
+ * @throws Error from the kernel.
+ */
+export function addToTries(live: TriePair, entries: readonly BlocklistEntry[]): boolean {
+  const need4 = entries.filter((e) => e.cidr.family === 4).length;
+  if (live.v4.count + need4 > live.v4.capacity || live.v6.count + entries.length - need4 > live.v6.capacity) return false;
+  for (const entry of entries) {
+    const trie = entry.cidr.family === 4 ? live.v4 : live.v6;
+    const key = encodeBlocklistKey(entry.cidr);
+    const isNew = trie.map.get(key) === undefined;
+    trie.map.set(key, encodeBlocklistValue(entry));
+    if (isNew) trie.count++;
+  }
+  return true;
+}
+
+/**
+ * Deletes prefixes from `live` in place.
+ * @returns how many were there.
+ * @throws Error from the kernel.
+ */
+export function removeFromTries(live: TriePair, prefixes: readonly Cidr[]): number {
+  let removed = 0;
+  for (const cidr of prefixes) {
+    const trie = cidr.family === 4 ? live.v4 : live.v6;
+    if (trie.map.delete(encodeBlocklistKey(cidr))) {
+      trie.count--;
+      removed++;
+    }
+  }
+  return removed;
+}
+
+/** The tries installed at `slot` of two outer maps, adopted with their count unknown (taken as full). */
+export function adoptTries(outer4: BpfMap, outer6: BpfMap, slot: number): TriePair | undefined {
+  const ids = [outer4.get(u32Bytes(slot)), outer6.get(u32Bytes(slot))];
+  if (ids[0] === undefined || ids[1] === undefined) return undefined;
+  const adopt = (id: Uint8Array): LiveTrie => {
+    const map = BpfMap.fromId(new DataView(id.buffer, id.byteOffset).getUint32(0, true));
+    return { map, count: map.maxEntries, capacity: map.maxEntries };
+  };
+  return { v4: adopt(ids[0]), v6: adopt(ids[1]) };
 }
 
 /**
@@ -57,7 +134,7 @@ interface LiveTrie {
 export class BlocklistTables {
   readonly #maps: BlocklistMaps;
   readonly #clock: Program;
-  #live: { v4: LiveTrie; v6: LiveTrie } | undefined;
+  #live: TriePair | undefined;
   #closed = false;
 
   /**
@@ -112,17 +189,10 @@ export class BlocklistTables {
   load(spec: BlocklistSpec): BlocklistLoad {
     this.#open();
     const idle = 1 - this.generation;
-    const made: LiveTrie[] = [];
+    let made: (TriePair & { batched: boolean }) | undefined;
     try {
-      let batched = true;
-      for (const [family, packed] of [[4, spec.v4], [6, spec.v6]] as const) {
-        const capacity = withRoom(packed.count);
-        const map = BpfMap.create({ type: 'lpm_trie', name: `ep_blk${family}_in`, keySize: family === 4 ? BLOCKLIST_SIZES.key4 : BLOCKLIST_SIZES.key6, valueSize: BLOCKLIST_SIZES.value, maxEntries: capacity, flags: 1 /* BPF_F_NO_PREALLOC */ });
-        made.push({ map, count: packed.count, capacity });
-        const ordered = inInsertOrder(packed, family === 4 ? BLOCKLIST_SIZES.key4 : BLOCKLIST_SIZES.key6);
-        batched = map.setBatchPacked(ordered.keys, ordered.values).batched && batched;
-      }
-      const [v4, v6] = made as [LiveTrie, LiveTrie];
+      made = buildTries(spec, 'ep_blk');
+      const { v4, v6, batched } = made;
       // Installing an inner map returns after synchronize_rcu() (maybe_wait_bpf_programs in
       // kernel/bpf/syscall.c), so no packet still reads the idle slot's previous tries once the
       // switch below names it live again.
@@ -133,7 +203,10 @@ export class BlocklistTables {
       this.#live = { v4, v6 };
       return { generation: idle, v4: spec.v4.count, v6: spec.v6.count, batched };
     } catch (cause) {
-      for (const trie of made) if (this.#live?.v4 !== trie && this.#live?.v6 !== trie) trie.map.close();
+      if (made !== undefined && this.#live?.v4 !== made.v4) {
+        made.v4.map.close();
+        made.v6.map.close();
+      }
       throw new DatapathError(`load blocklist v4=${spec.v4.count} v6=${spec.v6.count}`, { cause });
     }
   }
@@ -148,20 +221,11 @@ export class BlocklistTables {
   add(entries: readonly BlocklistEntry[]): boolean {
     const live = this.#liveTries();
     if (live === undefined) return false;
-    const need4 = entries.filter((e) => e.cidr.family === 4).length;
-    if (live.v4.count + need4 > live.v4.capacity || live.v6.count + entries.length - need4 > live.v6.capacity) return false;
     try {
-      for (const entry of entries) {
-        const trie = entry.cidr.family === 4 ? live.v4 : live.v6;
-        const key = encodeBlocklistKey(entry.cidr);
-        const isNew = trie.map.get(key) === undefined;
-        trie.map.set(key, encodeBlocklistValue(entry));
-        if (isNew) trie.count++;
-      }
+      return addToTries(live, entries);
     } catch (cause) {
       throw new DatapathError(`add blocklist entries count=${entries.length}`, { cause });
     }
-    return true;
   }
 
   /**
@@ -172,19 +236,11 @@ export class BlocklistTables {
   remove(prefixes: readonly Cidr[]): number {
     const live = this.#liveTries();
     if (live === undefined) return 0;
-    let removed = 0;
     try {
-      for (const cidr of prefixes) {
-        const trie = cidr.family === 4 ? live.v4 : live.v6;
-        if (trie.map.delete(encodeBlocklistKey(cidr))) {
-          trie.count--;
-          removed++;
-        }
-      }
+      return removeFromTries(live, prefixes);
     } catch (cause) {
       throw new DatapathError(`remove blocklist entries count=${prefixes.length}`, { cause });
     }
-    return removed;
   }
 
   /** @returns the live tries' entry counts (as this process wrote them, or their capacity after an adoption). */
@@ -223,17 +279,9 @@ export class BlocklistTables {
   // The live tries: those this process loaded, or those the outer maps hold (a restarted agent
   // adopting a pinned datapath), whose count is unknown and so taken as full: an add after an
   // adoption loads the whole list once.
-  #liveTries(): { v4: LiveTrie; v6: LiveTrie } | undefined {
+  #liveTries(): TriePair | undefined {
     this.#open();
-    if (this.#live !== undefined) return this.#live;
-    const slot = u32Bytes(this.generation);
-    const ids = [this.#maps.ep_blk4.get(slot), this.#maps.ep_blk6.get(slot)];
-    if (ids[0] === undefined || ids[1] === undefined) return undefined;
-    const adopt = (id: Uint8Array): LiveTrie => {
-      const map = BpfMap.fromId(new DataView(id.buffer, id.byteOffset).getUint32(0, true));
-      return { map, count: map.maxEntries, capacity: map.maxEntries };
-    };
-    this.#live = { v4: adopt(ids[0]), v6: adopt(ids[1]) };
+    this.#live ??= adoptTries(this.#maps.ep_blk4, this.#maps.ep_blk6, this.generation);
     return this.#live;
   }
 }

@@ -69,12 +69,24 @@ export interface TablesSpec {
   readonly classWords: MapEntriesSpec;
   /** WILD_COUNT struct ep_bitvec, written at ep_wild[gen * WILD_COUNT + i]. */
   readonly wild: Uint8Array;
+  /** The rule vectors of the prefix lists the rules name (bpf/include/ep_lists.h), in name order. */
+  readonly lists: readonly ListVectors[];
   /** ruleCount + 1 struct ep_rule (slot 0 = default action), written at ep_rules[gen * RULE_SLOTS + i]. */
   readonly rules: Uint8Array;
   /** ep_gen_cfg.flags of the generation (genFlags: egress tracking, cut on deny). */
   readonly genFlags: number;
   /** sha-256 of the rule set as compiled (every rule's fields in order, the default, the flags): equal fingerprints mean tables that classify alike. */
   readonly fingerprint: Uint8Array;
+}
+
+/**
+ * The rules that name one prefix list: as a source, as a destination (struct ep_bitvec each; a
+ * field no rule names the list in: undefined).
+ */
+export interface ListVectors {
+  readonly name: string;
+  readonly src: Uint8Array | undefined;
+  readonly dst: Uint8Array | undefined;
 }
 
 /** What changed in the tables from one compile of a {@link TableCompiler} to its next. */
@@ -91,6 +103,8 @@ export interface TablesDelta {
   readonly ruleSlots: readonly number[];
   /** Whether a wildcard vector may have changed. */
   readonly wild: boolean;
+  /** Whether a prefix list's vector may have changed. */
+  readonly lists: boolean;
   /** LPM entries and class words the tables hold after it. */
   readonly lpmCount: number;
   readonly wordCount: number;
@@ -112,6 +126,7 @@ export interface CompiledTables {
   readonly wordCount: number;
   readonly rules: Uint8Array;
   readonly wild: Uint8Array;
+  readonly lists: readonly ListVectors[];
   readonly genFlags: number;
   readonly fingerprint: Uint8Array;
   /** The difference from the previous version; undefined when this compile started afresh. */
@@ -195,6 +210,7 @@ export class TableCompiler {
       wordCount: now.classWords,
       rules: now.ruleBytes,
       wild: new Uint8Array(now.wild.buffer),
+      lists: listVectorsOf(now),
       genFlags: now.flags,
       fingerprint: fingerprintOf(now),
       delta,
@@ -246,6 +262,7 @@ export class TableCompiler {
       lpm: { keySize: sizes.lpmKey, valueSize: sizes.classRef, count: state.prefixes.size, keys: lpmKeys, values: lpmValues },
       classWords: { keySize: sizes.wordKey, valueSize: sizes.word, count: state.classWords, keys: wordKeys, values: wordValues },
       wild: new Uint8Array(state.wild.buffer.slice(0)),
+      lists: listVectorsOf(state).map((list) => ({ name: list.name, src: list.src?.slice(), dst: list.dst?.slice() })),
       rules: state.ruleBytes.slice(),
       genFlags: state.flags,
       fingerprint: this.#result.fingerprint,
@@ -298,6 +315,8 @@ interface CompilerState {
   members: number;
   classWords: number;
   wild: Uint32Array;
+  /** Per prefix list name, the vector of the rules naming it as source [0] and as destination [1]. */
+  lists: Map<string, [Uint32Array | undefined, Uint32Array | undefined]>;
   ruleBytes: Uint8Array;
   ruleIds: number[];
   /** 16 bytes per rule: a digest of its normalized fields, for the fingerprint. */
@@ -366,6 +385,7 @@ function emptyState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerStat
     members: 0,
     classWords: 0,
     wild: new Uint32Array((WILD_COUNT * sizes.bitvec) / 4),
+    lists: new Map(),
     ruleBytes: new Uint8Array((n + 1) * sizes.rule),
     ruleIds: ruleSet.rules.map((rule) => rule.id),
     digests: new Uint8Array(n * DIGEST_BYTES),
@@ -388,6 +408,7 @@ function freshState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerStat
         if (node.rules[node.rules.length - 1] !== rule.index) node.rules.push(rule.index);
       },
       (vector) => setVectorBit(state.wild, vector, rule.index),
+      (field, name) => setVectorBit(listVector(state, field, name), 0, rule.index),
     );
   }
   // Each prefix's class = the rules of every stored prefix containing it (its ancestors and
@@ -410,6 +431,7 @@ function freshState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerStat
 function updateState(state: CompilerState, ruleSet: NormalizedRuleSet, spec: RuleSetSpec, changed: readonly number[]): TablesDelta {
   const log: UpdateLog = { nodes: new Set(), lpmDeletes: [], released: [], created: new Set() };
   const dirty = new Set<PrefixNode>();
+  let listsChanged = false;
   for (const index of changed) {
     visitRule(
       state.rules[index] as NormalizedRule,
@@ -422,6 +444,10 @@ function updateState(state: CompilerState, ruleSet: NormalizedRuleSet, spec: Rul
         dirty.add(node);
       },
       (vector) => clearVectorBit(state.wild, vector, index),
+      (field, name) => {
+        listsChanged = true;
+        clearVectorBit(listVector(state, field, name), 0, index);
+      },
     );
   }
   for (const index of changed) {
@@ -438,6 +464,10 @@ function updateState(state: CompilerState, ruleSet: NormalizedRuleSet, spec: Rul
         dirty.add(node);
       },
       (vector) => setVectorBit(state.wild, vector, index),
+      (field, name) => {
+        listsChanged = true;
+        setVectorBit(listVector(state, field, name), 0, index);
+      },
     );
     writeRuleSlot(state.ruleBytes, rule);
     writeRuleDigest(rule, state.digests, index * DIGEST_BYTES);
@@ -506,6 +536,7 @@ function updateState(state: CompilerState, ruleSet: NormalizedRuleSet, spec: Rul
     classWords: { keySize: sizes.wordKey, valueSize: sizes.word, count: wordCount, keys: wordKeys, values: wordValues },
     ruleSlots,
     wild: changed.length > 0,
+    lists: listsChanged,
     lpmCount: state.prefixes.size,
     wordCount: state.classWords,
   };
@@ -670,6 +701,11 @@ function writeRuleDigest(rule: NormalizedRule, out: Uint8Array, offset: number):
   mixDigest(rule.rateLimit?.burst ?? 0);
   mixCidrs(rule.src);
   mixCidrs(rule.dst);
+  // Only a rule that names lists mixes them in: a rule set without lists keeps its fingerprint.
+  if (rule.srcLists.length + rule.dstLists.length > 0) {
+    mixNames(rule.srcLists);
+    mixNames(rule.dstLists);
+  }
   mixDigest(rule.protocol ?? 0xffff_ffff);
   if (rule.ports === null) mixDigest(0xffff_ffff);
   else {
@@ -699,6 +735,14 @@ function mixDigest(value: number): void {
     digestLanes[lane] = Math.imul(h, 5) + 0xe6546b64 + lane;
   }
   digestCount++;
+}
+
+function mixNames(names: readonly string[]): void {
+  mixDigest(0x4c495354 ^ names.length);
+  for (const name of names) {
+    mixDigest(name.length);
+    for (let i = 0; i < name.length; i++) mixDigest(name.charCodeAt(i));
+  }
 }
 
 function mixCidrs(list: readonly Cidr[] | null): void {
@@ -840,9 +884,11 @@ function ancestorsOf(state: CompilerState, node: PrefixNode): PrefixNode[] {
 }
 
 // Every prefix and wildcard vector a rule constrains, in the order a fresh compile adds them.
-function visitRule(rule: NormalizedRule, prefix: VisitPrefix, wild: (vector: number) => void): void {
+function visitRule(rule: NormalizedRule, prefix: VisitPrefix, wild: (vector: number) => void, list: (field: 0 | 1, name: string) => void): void {
   visitAddressField(rule.src, tags.src, wildIndex.src4, prefix, wild);
   visitAddressField(rule.dst, tags.dst, wildIndex.dst4, prefix, wild);
+  for (const name of rule.srcLists) list(0, name);
+  for (const name of rule.dstLists) list(1, name);
   visitL4Field(rule, prefix, wild);
 }
 
@@ -971,6 +1017,30 @@ function clearVectorBit(wild: Uint32Array, vector: number, rule: number): void {
     const summary = base + (w >> 5);
     wild[summary] = ((wild[summary] as number) & ~(1 << (w & 31))) >>> 0;
   }
+}
+
+// The vector of the rules naming list `name` in `field` (0: source, 1: destination), created empty.
+function listVector(state: CompilerState, field: 0 | 1, name: string): Uint32Array {
+  let pair = state.lists.get(name);
+  if (pair === undefined) state.lists.set(name, (pair = [undefined, undefined]));
+  return (pair[field] ??= new Uint32Array(sizes.bitvec / 4));
+}
+
+// The state's list vectors that hold a rule, in name order (views of the state's arrays).
+function listVectorsOf(state: CompilerState): ListVectors[] {
+  const nonEmpty = (vector: Uint32Array | undefined): Uint8Array | undefined => {
+    if (vector === undefined) return undefined;
+    for (let i = 0; i < 2 * SUMMARY_WORDS; i++) if (vector[i] !== 0) return new Uint8Array(vector.buffer, vector.byteOffset, vector.byteLength);
+    return undefined;
+  };
+  const out: ListVectors[] = [];
+  for (const name of [...state.lists.keys()].sort()) {
+    const [src, dst] = state.lists.get(name) as [Uint32Array | undefined, Uint32Array | undefined];
+    const list = { name, src: nonEmpty(src), dst: nonEmpty(dst) };
+    if (list.src !== undefined || list.dst !== undefined) out.push(list);
+    else state.lists.delete(name);
+  }
+  return out;
 }
 
 function setVectorBit(wild: Uint32Array, vector: number, rule: number): void {

@@ -28,6 +28,7 @@ import { createHash } from 'node:crypto';
 import { compileTables, genFlags, RULE_SLOTS, sizes, TableCompiler, TableCompilers, WILD_COUNT, type CompiledTables, type TablesDelta, type TablesSpec } from './compile-tables.js';
 import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type ConnectionFilter, type ConntrackConfig, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import { BlocklistTables } from './blocklist-tables.js';
+import { ListTables, type ListPlacement } from './list-tables.js';
 import { ConntrackTables } from './conntrack-tables.js';
 import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement, relayoutLbBackend } from './conntrack-upgrade.js';
 import { CounterTables, sumPerCpu, type CounterTotals } from './counters.js';
@@ -38,7 +39,7 @@ import { DEFAULT_LB_CAPACITY, LB_BLOCK_SLOTS, layoutLbTables, lbSizes, type LbCa
 import { CapacityError, ConntrackInputError, DatapathError, RuleSetError } from './errors.js';
 import type { InterfaceRole } from './interface-role.js';
 import { LAYOUT_MARKER, LAYOUT_VERSION, NEXT_SUFFIX, PREVIOUS_SUFFIX, PROGRAMS_MARKER, readLayoutVersion, readProgramsIdentity, writeLayoutMarker } from './pin-layout.js';
-import { DEFAULT_RULE_ID, type RuleSetSpec } from './rule-set.js';
+import { DEFAULT_RULE_ID, type RuleSetList, type RuleSetSpec } from './rule-set.js';
 import { MAX_SHADOW_NAME_BYTES, ShadowTables } from './shadow-tables.js';
 import { candidateOnly, mergeRuleSets, unionTables, type ShadowUnion } from './shadow-union.js';
 import { epLbCfg, epMeta, epRule, epShadowSlot } from './table-codecs.js';
@@ -87,6 +88,12 @@ const mapNames = [
   'ep_shadow_samples',
   'ep_shadow_slots',
   'ep_shadow_member',
+  'ep_lst4',
+  'ep_lst6',
+  'ep_lref',
+  'ep_lvec',
+  'ep_shadow_lref',
+  'ep_shadow_lvec',
 ] as const;
 type MapName = (typeof mapNames)[number];
 type ProgramName = (typeof programNames)[number];
@@ -195,6 +202,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   readonly #conntrack: ConntrackTables;
   readonly #blocklist: BlocklistTables;
   readonly #shadow: ShadowTables;
+  readonly #lists: ListTables;
   /** The epoch of the latest apply (ep_gen_cfg), never 0 once applied. */
   #epoch: number;
   /**
@@ -228,6 +236,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     this.#conntrack = new ConntrackTables(maps, programs.ep_ct_sweep);
     this.#blocklist = new BlocklistTables(maps, programs.ep_blk_clock);
     this.#shadow = new ShadowTables(maps);
+    this.#lists = new ListTables(maps);
     // The epoch survives restarts: it is the larger of the two pinned generations' epochs.
     this.#epoch = Math.max(this.#conntrack.readGeneration(0).epoch, this.#conntrack.readGeneration(1).epoch);
     this.#barrierInner = BpfMap.create({ type: 'array', name: 'ep_barrier_in', keySize: 4, valueSize: 4, maxEntries: 1 });
@@ -440,9 +449,18 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     const target = active ^ 1;
     const lbTables = layoutLbTables(lb ?? NO_SERVICES, this.lbCapacity, target === 0 ? 0 : 1);
     const flags = tables.genFlags | (lbTables.vip.count > 0 ? genFlags.services : 0);
-    // Policy and services are one generation: one fingerprint over both (the LB layout's is the
-    // same in both generations: its generation byte is taken as 0).
-    const fingerprint = lbTables.vip.count === 0 ? tables.fingerprint : new Uint8Array(createHash('sha256').update(tables.fingerprint).update(lbTables.fingerprint).digest());
+    // The prefix lists the rules name, held (and brought up to date) before anything else: where
+    // they are is part of the generation (bpf/README.md, "Prefix lists in rules").
+    const lists = this.#placeLists(tables.lists, ruleSet.lists, new Set([...this.#lists.namedBy(active), ...this.#lists.namedBy('shadow')]));
+    // Policy, services and list slots are one generation: one fingerprint over them (the LB
+    // layout's is the same in both generations: its generation byte is taken as 0).
+    let fingerprint = tables.fingerprint;
+    if (lbTables.vip.count > 0 || lists.key !== '') {
+      const hash = createHash('sha256').update(tables.fingerprint);
+      if (lbTables.vip.count > 0) hash.update(lbTables.fingerprint);
+      if (lists.key !== '') hash.update(`lists ${lists.key}`);
+      fingerprint = new Uint8Array(hash.digest());
+    }
     const summary = { ruleCount: tables.ruleCount, classCount: tables.classCount, lpmEntries: tables.lpmCount, classWords: tables.wordCount, services: lbTables.vip.count };
     const activeMeta = this.#readMeta(active);
     if (activeMeta.valid && equalBytes(activeMeta.fingerprint, fingerprint)) {
@@ -485,6 +503,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
         written = whole.lpm.count + whole.classWords.count + whole.ruleCount + 1 + WILD_COUNT;
       }
       if (!known || !equalBytes(known.lbFingerprint, lbTables.fingerprint)) this.#installLb(target, lbTables);
+      this.#lists.writeTables(target, tables.lists, lists);
       this.#writeMeta(target, tables.ruleCount, true, fingerprint);
       this.#ruleIds[target] = [...tables.ruleIds];
       this.#held[target] = { compiler: tables.compiler, version: tables.version, lbFingerprint: lbTables.fingerprint, fingerprint, ...room };
@@ -500,13 +519,13 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     // waits for it), and the next change is an update.
     // Not with services: flows established under the generation just left still read its backend
     // table (LB.md, "Apply and the switch"), so it stays as it is until the next apply there.
-    if (whole !== undefined && lbTables.vip.count === 0) this.#bringUp(active, whole, { compiler: tables.compiler, version: tables.version }, lbTables, fingerprint);
+    if (whole !== undefined && lbTables.vip.count === 0) this.#bringUp(active, whole, { compiler: tables.compiler, version: tables.version }, lbTables, lists, fingerprint);
     return { generation: target, mode: 'installed', write, written, ...summary };
   }
 
   // Writes `tables` (and `lbTables`) whole into the idle `generation` in the background, without
   // a switch: the next apply finds there the rule set now live, and updates it by difference.
-  #bringUp(generation: number, tables: TablesSpec, from: { compiler: TableCompiler; version: number }, lbTables: LbTablesSpec, fingerprint: Uint8Array): void {
+  #bringUp(generation: number, tables: TablesSpec, from: { compiler: TableCompiler; version: number }, lbTables: LbTablesSpec, lists: ListPlacement, fingerprint: Uint8Array): void {
     this.#bringingUp = new Promise<void>((resolve) => {
       setImmediate(() => {
         try {
@@ -519,6 +538,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
           if (meta.valid) this.#counters.fold(generation, ids);
           const room = this.#install(generation, tables);
           this.#installLb(generation, lbTables);
+          this.#lists.writeTables(generation, tables.lists, lists);
           this.#writeMeta(generation, tables.ruleCount, true, fingerprint);
           this.#ruleIds[generation] = [...tables.ruleIds];
           this.#held[generation] = { ...from, lbFingerprint: lbTables.fingerprint, fingerprint, ...room };
@@ -787,6 +807,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     if (this.#closed) return;
     this.#closed = true;
     this.#blocklist.close();
+    this.#lists.close();
     for (const program of Object.values(this.#programs)) program.close();
     for (const map of Object.values(this.#maps)) map.close();
     this.#barrierInner.close();
@@ -938,15 +959,24 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     try {
       this.#shadow.disable();
       this.#waitForPackets();
+      // After the previous union is out of use: a slot it named may be taken now.
+      const lists = this.#placeLists(unionSpec.lists, { ...this.#enforced?.spec.lists, ...ruleSet.lists }, new Set([...this.#lists.namedBy(0), ...this.#lists.namedBy(1)]));
       this.#shadow.zero(tables.ruleCount);
       // No update in place ever writes the union: its inner maps are sized to it exactly. The
       // union's match tables, the candidate's actions.
       writeTablesWhole({ slot: 0, rules, wild, lpm, cwords }, { ...unionSpec, rules: tables.rules }, (count) => Math.max(1, count));
+      this.#lists.writeTables('shadow', unionSpec.lists, lists);
       this.#writeUnionMaps(union);
       this.#shadow.enable({ name, ruleCount: tables.ruleCount, fingerprint: tables.fingerprint, epoch }, tables.ruleIds);
     } catch (cause) {
       throw new DatapathError(`set shadow candidate=${name} rules=${tables.ruleCount}`, { cause });
     }
+  }
+
+  // The lists of `vectors` (a compile's, in name order) held with their prefixes from `prefixes`, and where.
+  #placeLists(vectors: readonly { name: string }[], prefixes: RuleSetSpec['lists'], busy: ReadonlySet<number>): ListPlacement {
+    const lists = vectors.map((v): RuleSetList => ({ name: v.name, prefixes: prefixes?.[v.name] ?? [] }));
+    return this.#lists.place(lists, busy);
   }
 
   // The slots and membership of the installed candidate's union as the candidate alone (its
@@ -975,7 +1005,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     const union = mergeRuleSets(enforced.spec, ruleSet);
     if (union === undefined) return alone;
     try {
-      return { union, unionSpec: compileTables({ rules: union.rules, defaultAction: 'allow' }), epoch: enforced.epoch };
+      return { union, unionSpec: compileTables({ rules: union.rules, defaultAction: 'allow', ...(union.lists ? { lists: union.lists } : {}) }), epoch: enforced.epoch };
     } catch (error) {
       if (error instanceof CapacityError) return alone;
       throw error;

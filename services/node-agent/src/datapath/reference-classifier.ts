@@ -11,6 +11,7 @@ import {
   type PacketHeaders,
   type RuleSetSpec,
 } from './rule-set.js';
+import { listMembership } from './prefix-set.js';
 
 /** VLAN tags skipped before the IP header. */
 export const MAX_VLAN_TAGS = 2;
@@ -110,13 +111,25 @@ function withPort(frame: Uint8Array, view: DataView, off: number, family: 4 | 6,
  * @returns the rule, or undefined when the default action applies.
  */
 export function firstMatch(ruleSet: NormalizedRuleSet, headers: PacketHeaders): NormalizedRule | undefined {
-  return ruleSet.rules.find((rule) => ruleMatches(rule, headers));
+  let inList: (name: string, address: Uint8Array) => boolean = NO_LIST;
+  if (ruleSet.lists.length > 0) {
+    inList = memberships.get(ruleSet) ?? listMembership(ruleSet.lists);
+    memberships.set(ruleSet, inList);
+  }
+  return ruleSet.rules.find((rule) => ruleMatches(rule, headers, inList));
 }
 
-/** True if `rule` matches `headers` (source, destination, protocol and port all match). */
-export function ruleMatches(rule: NormalizedRule, headers: PacketHeaders): boolean {
-  const inAny = (cidrs: readonly Cidr[] | null, address: Uint8Array): boolean => cidrs === null || cidrs.some((cidr) => cidrContains(cidr, address));
-  if (!inAny(rule.src, headers.src) || !inAny(rule.dst, headers.dst)) return false;
+const NO_LIST = (): boolean => false;
+const memberships = new WeakMap<NormalizedRuleSet, (name: string, address: Uint8Array) => boolean>();
+
+/**
+ * True if `rule` matches `headers` (source, destination, protocol and port all match); an address
+ * matches a field with a prefix of it or, through `inList`, one of its prefix lists.
+ */
+export function ruleMatches(rule: NormalizedRule, headers: PacketHeaders, inList: (name: string, address: Uint8Array) => boolean = NO_LIST): boolean {
+  const inAny = (cidrs: readonly Cidr[] | null, lists: readonly string[], address: Uint8Array): boolean =>
+    cidrs === null || cidrs.some((cidr) => cidrContains(cidr, address)) || lists.some((name) => inList(name, address));
+  if (!inAny(rule.src, rule.srcLists, headers.src) || !inAny(rule.dst, rule.dstLists, headers.dst)) return false;
   if (rule.protocol !== null && rule.protocol !== headers.protocol) return false;
   if (rule.ports === null) return true;
   const port = headers.dstPort;

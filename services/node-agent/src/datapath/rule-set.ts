@@ -1,7 +1,7 @@
 // The datapath's input (an ordered rule set) and what classifying one frame yields. Both the
 // table compiler and the reference classifier start from validateRuleSet(), so they agree on
 // what a rule means; they share nothing after that.
-import { parseCidr, type Cidr } from '@edgeplane/proto';
+import { MAX_RULE_SET_PREFIX_LISTS, parseCidr, type Cidr } from '@edgeplane/proto';
 import { CapacityError, RuleSetError } from './errors.js';
 
 /** Most rules one rule set may hold: one bit each in a 65,536-bit rule vector. */
@@ -34,6 +34,13 @@ export interface RuleSpec {
   srcCidrs: string[];
   /** Destination prefixes; empty = any address of either family. */
   dstCidrs: string[];
+  /**
+   * Names of prefix lists of the rule set ({@link RuleSetSpec.lists}) the source may be in: the
+   * rule matches a source in srcCidrs or in one of these lists (either family). Default none.
+   */
+  srcLists?: string[];
+  /** As srcLists, for the destination. */
+  dstLists?: string[];
   protocol: RuleProtocol;
   /** Destination port ranges; only with tcp/udp; empty = any (including no port). */
   dstPorts: PortRange[];
@@ -58,14 +65,26 @@ export interface RuleSetSpec {
   trackEgress?: boolean;
   /** Established flows are re-checked against this rule set and cut if it denies them (EP_GEN_F_CUT). Default false (keep). */
   cutOnDeny?: boolean;
+  /**
+   * The prefix lists the rules name, by name: canonical CIDR texts, each once (as a PrefixList
+   * holds them: the datapath updates a list by the difference of its texts).
+   * Every name a rule names must be here; at most MAX_RULE_SET_PREFIX_LISTS distinct names are
+   * named. A list's array is an input like the rules: never changed after it was applied (the
+   * datapath writes a list again only when its array is another object with other prefixes).
+   */
+  lists?: Readonly<Record<string, readonly string[]>>;
 }
 
 /** A rule after validation: prefixes parsed, "any" spelled as null. */
 export interface NormalizedRule {
   readonly index: number;
   readonly id: number;
+  /** null = any (no prefix and no list); [] = only the addresses of srcLists. */
   readonly src: readonly Cidr[] | null;
   readonly dst: readonly Cidr[] | null;
+  /** Prefix lists the source may be in, as well as src (names of NormalizedRuleSet.lists); [] = none. */
+  readonly srcLists: readonly string[];
+  readonly dstLists: readonly string[];
   /** null = any protocol, else the IP protocol number (6, 17, 1, 58). */
   readonly protocol: number | null;
   readonly ports: readonly PortRange[] | null;
@@ -81,6 +100,14 @@ export interface NormalizedRuleSet {
   readonly trackDefault: boolean;
   readonly trackEgress: boolean;
   readonly cutOnDeny: boolean;
+  /** The prefix lists the rules name, in name order (the datapath's list index), with their prefixes. */
+  readonly lists: readonly RuleSetList[];
+}
+
+/** One prefix list a rule set's rules name. */
+export interface RuleSetList {
+  readonly name: string;
+  readonly prefixes: readonly string[];
 }
 
 /** The L3/L4 fields the classifier looks at, as parsed from a frame. */
@@ -115,6 +142,8 @@ export const protocolNumbers: Readonly<Record<Exclude<RuleProtocol, 'any'>, numb
  * does not change, so a one-rule change parses one rule. Weak: nothing is kept alive for it.
  */
 const normalized = new WeakMap<RuleSpec, NormalizedRule>();
+
+const NO_LISTS: readonly string[] = Object.freeze([]);
 
 /**
  * Checks a rule set and parses its prefixes.
@@ -157,7 +186,28 @@ export function normalizedSet(spec: RuleSetSpec, rules: readonly NormalizedRule[
     trackDefault: flag(spec.trackDefault, 'trackDefault'),
     trackEgress: flag(spec.trackEgress, 'trackEgress'),
     cutOnDeny: flag(spec.cutOnDeny, 'cutOnDeny'),
+    lists: namedLists(spec, rules),
   };
+}
+
+/**
+ * The lists `rules` name, in name order, from `spec.lists`.
+ * @throws RuleSetError for a name spec.lists does not hold; CapacityError past MAX_RULE_SET_PREFIX_LISTS names.
+ */
+function namedLists(spec: RuleSetSpec, rules: readonly NormalizedRule[]): RuleSetList[] {
+  const held = spec.lists ?? {};
+  const names = new Set<string>();
+  for (const rule of rules) {
+    if (rule.srcLists.length === 0 && rule.dstLists.length === 0) continue;
+    for (const [field, list] of [['srcLists', rule.srcLists], ['dstLists', rule.dstLists]] as const) {
+      list.forEach((name, i) => {
+        if (!Object.hasOwn(held, name) || !Array.isArray(held[name])) throw new RuleSetError(`rules[${rule.index}].${field}[${i}]`, `prefix list ${JSON.stringify(name)} is not held (no list of that name selects this node)`);
+        names.add(name);
+      });
+    }
+  }
+  if (names.size > MAX_RULE_SET_PREFIX_LISTS) throw new CapacityError('prefix-lists', MAX_RULE_SET_PREFIX_LISTS, names.size, 'name fewer distinct prefix lists, or merge lists');
+  return [...names].sort().map((name) => ({ name, prefixes: held[name] as readonly string[] }));
 }
 
 /**
@@ -207,7 +257,21 @@ export function normalizeRule(rule: RuleSpec, index: number): NormalizedRule {
     rateLimit = { pps: rate.pps, burst: rate.burst };
   }
   const track = flag(rule.track, `${at}.track`);
-  const result: NormalizedRule = { index, id: rule.id, src: cidrs(rule.srcCidrs, 'srcCidrs'), dst: cidrs(rule.dstCidrs, 'dstCidrs'), protocol, ports, action: rule.action, rateLimit, track };
+  const names = (list: readonly string[] | undefined, field: string): readonly string[] => {
+    if (list === undefined || list.length === 0) return NO_LISTS;
+    if (!Array.isArray(list) || list.length > MAX_RULE_SET_PREFIX_LISTS) throw new RuleSetError(`${at}.${field}`, `at most ${MAX_RULE_SET_PREFIX_LISTS} prefix list names`);
+    list.forEach((name, i) => {
+      if (typeof name !== 'string' || name === '') throw new RuleSetError(`${at}.${field}[${i}]`, 'must be a prefix list name');
+      if (list.indexOf(name) !== i) throw new RuleSetError(`${at}.${field}[${i}]`, `repeats ${JSON.stringify(name)}`);
+    });
+    return [...list];
+  };
+  const srcLists = names(rule.srcLists, 'srcLists');
+  const dstLists = names(rule.dstLists, 'dstLists');
+  // A rule with lists and no prefix constrains the field to its lists: [] (no prefix), not null (any).
+  const src = cidrs(rule.srcCidrs, 'srcCidrs') ?? (srcLists.length > 0 ? [] : null);
+  const dst = cidrs(rule.dstCidrs, 'dstCidrs') ?? (dstLists.length > 0 ? [] : null);
+  const result: NormalizedRule = { index, id: rule.id, src, dst, srcLists, dstLists, protocol, ports, action: rule.action, rateLimit, track };
   normalized.set(rule, result);
   return result;
 }

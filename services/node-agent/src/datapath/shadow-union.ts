@@ -15,6 +15,8 @@ export const SHADOW_MEMBER_BYTES = 2 * (MAX_RULES / 8);
 export interface ShadowUnion {
   /** The union's rules in order, for the table compiler: matches only (ids are union indexes, actions placeholders). */
   readonly rules: RuleSpec[];
+  /** The prefix lists the union's rules name (both sets'). */
+  readonly lists?: RuleSetSpec['lists'];
   /** Per union rule, its slot in the enforced rule set (rule i: i + 1; 0: not one of its rules). */
   readonly enforcedSlots: Uint32Array;
   /** Per union rule, its slot in the candidate. */
@@ -64,8 +66,15 @@ export function mergeRuleSets(enforced: RuleSetSpec, candidate: RuleSetSpec): Sh
       else takeE();
     }
   }
-  const rules = source.map(({ spec }, index): RuleSpec => ({ id: index, srcCidrs: spec.srcCidrs, dstCidrs: spec.dstCidrs, protocol: spec.protocol, dstPorts: spec.dstPorts, action: 'allow' }));
-  return { rules, enforcedSlots: Uint32Array.from(source, (s) => s.e), candidateSlots: Uint32Array.from(source, (s) => s.c) };
+  const rules = source.map(({ spec }, index): RuleSpec => {
+    const rule: RuleSpec = { id: index, srcCidrs: spec.srcCidrs, dstCidrs: spec.dstCidrs, protocol: spec.protocol, dstPorts: spec.dstPorts, action: 'allow' };
+    if (spec.srcLists !== undefined) rule.srcLists = spec.srcLists;
+    if (spec.dstLists !== undefined) rule.dstLists = spec.dstLists;
+    return rule;
+  });
+  // One node holds one list of a name: the candidate's (both come from the same intent).
+  const lists = enforced.lists === undefined && candidate.lists === undefined ? undefined : { ...enforced.lists, ...candidate.lists };
+  return { rules, ...(lists ? { lists } : {}), enforcedSlots: Uint32Array.from(source, (s) => s.e), candidateSlots: Uint32Array.from(source, (s) => s.c) };
 }
 
 /**
@@ -98,12 +107,14 @@ export function candidateOnly(ruleCount: number, rules: RuleSpec[] = []): Shadow
   return { rules, enforcedSlots: new Uint32Array(ruleCount), candidateSlots: Uint32Array.from({ length: ruleCount }, (_, i) => i + 1) };
 }
 
-// A rule's match as a string: equal strings, equal matches (the same prefixes in the same order,
-// protocol and port ranges).
+// A rule's match as a string: equal strings, equal matches (the same prefixes and prefix lists in
+// the same order, protocol and port ranges; a list's name stands for its prefixes, which one node
+// holds once by name).
 function matchKey(rule: NormalizedRule): string {
   const cidrs = (list: readonly Cidr[] | null): string => (list === null ? '*' : list.map((cidr) => `${Buffer.from(cidr.address).toString('hex')}/${cidr.prefixLength}`).join(','));
   const ports = rule.ports === null ? '*' : rule.ports.map((range) => `${range.from}-${range.to}`).join(',');
-  return `${cidrs(rule.src)} ${cidrs(rule.dst)} ${rule.protocol ?? '*'} ${ports}`;
+  const lists = rule.srcLists.length + rule.dstLists.length === 0 ? '' : ` ${JSON.stringify([rule.srcLists, rule.dstLists])}`;
+  return `${cidrs(rule.src)} ${cidrs(rule.dst)} ${rule.protocol ?? '*'} ${ports}${lists}`;
 }
 
 /** Where a key next occurs in a list at or after a position that only grows: amortized O(1). */
