@@ -180,3 +180,28 @@ test('a million-prefix list named as a source: its first, middle and last prefix
   t.is(verdict('203.0.113.9'), XDP_DROP, 'the added prefix matches');
   t.is(verdict(hostOf(prefixes[0] as string)), XDP_PASS, 'the removed prefix no longer matches');
 });
+
+test('a restarted agent: the pinned generation keeps matching its lists; the first apply places them afresh beside, then changes go in place', async (t) => {
+  const root = `${bpffs.path}/restart`;
+  mkdirSync(root, { recursive: true });
+  const rules: RuleSpec[] = [{ id: 3, srcCidrs: [], dstCidrs: [], dstLists: ['vips'], protocol: 'udp', dstPorts: [], action: 'deny' }];
+  const probe = (dp: EbpfDatapath, dst: string): number => dp.xdpProgram.testRun({ data: buildFrame({ src: '192.0.2.1', dst, protocol: 'udp', dstPort: 53, payloadLength: 8 }) }).retval;
+  const probe6 = (dp: EbpfDatapath, dst: string): number => dp.xdpProgram.testRun({ data: buildFrame({ src: '2001:db8:ff::1', dst, protocol: 'udp', dstPort: 53, payloadLength: 8 }) }).retval;
+  const first = await EbpfDatapath.open({ pinRoot: root });
+  await first.apply({ rules, defaultAction: 'allow', lists: { vips: ['198.51.100.0/24', '2001:db8::/64'] } });
+  t.is(probe(first, '198.51.100.4'), XDP_DROP);
+  t.is(probe6(first, '2001:db8::4'), XDP_DROP);
+  first.close();
+  const again = await EbpfDatapath.open({ pinRoot: root });
+  t.teardown(() => again.close());
+  t.true(again.adopted);
+  t.is(probe(again, '198.51.100.4'), XDP_DROP, 'the pinned generation still matches its list');
+  // The restarted process does not know what the pinned slots hold: it places the list afresh.
+  const result = await again.apply({ rules, defaultAction: 'allow', lists: { vips: ['198.51.100.0/24', '203.0.113.0/24'] } });
+  t.is(result.mode, 'installed');
+  t.is(probe(again, '203.0.113.4'), XDP_DROP);
+  t.is(probe6(again, '2001:db8::4'), XDP_PASS, 'the prefix the new list no longer holds');
+  t.is((await again.apply({ rules, defaultAction: 'allow', lists: { vips: ['203.0.113.0/24'] } })).mode, 'unchanged', 'then a list change is written in place');
+  t.is(probe(again, '198.51.100.4'), XDP_PASS);
+  t.is(probe(again, '203.0.113.4'), XDP_DROP);
+});
