@@ -93,55 +93,36 @@ struct {
 /* ep_match.lgen of the shadow union's lists. */
 #define EP_LIST_SHADOW 2
 
-static __always_inline struct ep_lref *ep_lref_of(__u32 lgen)
-{
-	__u32 zero = 0;
-	return lgen == EP_LIST_SHADOW ? bpf_map_lookup_elem(&ep_shadow_lref, &zero) : bpf_map_lookup_elem(&ep_lref, &lgen);
-}
-
 /* bpf_loop callback, step i = list: when the rule set names the list in field lgen >> 8 and its
- * trie holds the address in lkey, sets the list's bit in lhit[field]. Verified once, whatever the
- * lists (a loop in the caller would be walked by the verifier path by path). */
-static long ep_list_hit_step(__u32 i, void *arg)
+ * trie holds the address in lkey, sets the list's bit in lhit[field] and ORs its vector's summary
+ * into lsum[field]. Stops after the field's last list. Verified once, whatever the lists (a loop
+ * in the caller would be walked by the verifier path by path). */
+static long ep_list_step(__u32 i, void *arg)
 {
 	__u32 zero = 0;
 	struct ep_match *m = bpf_map_lookup_elem(&ep_scratch, &zero);
 	if (!m)
 		return 1;
-	struct ep_lref *lr = ep_lref_of(m->lgen & 0xff);
+	__u32 lgen = m->lgen & 0xff, f = (m->lgen >> 8) & 1, n = i & (EP_LIST_REFS - 1);
+	struct ep_lref *lr = lgen == EP_LIST_SHADOW ? bpf_map_lookup_elem(&ep_shadow_lref, &zero) : bpf_map_lookup_elem(&ep_lref, &lgen);
 	if (!lr)
 		return 1;
-	__u32 f = (m->lgen >> 8) & 1, n = i % EP_LIST_REFS;
-	if (!((f ? lr->dst : lr->src) & (1u << n)))
-		return 0;
+	__u32 mask = f ? lr->dst : lr->src;
+	long last = !(mask >> n >> 1);
+	if (!(mask & (1u << n)))
+		return last;
 	__u32 slot = lr->slot[n] & (EP_LIST_SLOTS - 1);
 	void *trie = m->lkey.prefixlen == 32 ? bpf_map_lookup_elem(&ep_lst4, &slot) : bpf_map_lookup_elem(&ep_lst6, &slot);
-	if (!trie)
-		return 0;
 	/* The IPv4 key is the IPv6 key's first 8 bytes (prefixlen, then 4 address bytes). */
-	if (bpf_map_lookup_elem(trie, &m->lkey))
-		m->lhit[f] |= 1u << n;
-	return 0;
-}
-
-/* bpf_loop callback, step i = field * EP_LIST_REFS + list: ORs the vector summary of a list in
- * lhit[field] into lsum[field]. */
-static long ep_list_sum_step(__u32 i, void *arg)
-{
-	__u32 zero = 0;
-	struct ep_match *m = bpf_map_lookup_elem(&ep_scratch, &zero);
-	if (!m)
-		return 1;
-	__u32 f = (i / EP_LIST_REFS) & 1, n = i % EP_LIST_REFS;
-	if (!(m->lhit[f] & (1u << n)))
-		return 0;
+	if (!trie || !bpf_map_lookup_elem(trie, &m->lkey))
+		return last;
+	m->lhit[f] |= 1u << n;
 	__u32 k = m->lbase + f * EP_LIST_REFS + n;
-	struct ep_bitvec *lv = (m->lgen & 0xff) == EP_LIST_SHADOW ? bpf_map_lookup_elem(&ep_shadow_lvec, &k) : bpf_map_lookup_elem(&ep_lvec, &k);
-	if (!lv)
-		return 0;
-	for (int w = 0; w < EP_SUMMARY_WORDS; w++)
-		m->lsum[f][w] |= lv->summary[w];
-	return 0;
+	struct ep_bitvec *lv = lgen == EP_LIST_SHADOW ? bpf_map_lookup_elem(&ep_shadow_lvec, &k) : bpf_map_lookup_elem(&ep_lvec, &k);
+	if (lv)
+		for (int w = 0; w < EP_SUMMARY_WORDS; w++)
+			m->lsum[f][w] |= lv->summary[w];
+	return last;
 }
 
 /* For classification of `p` against generation `gen` (or the shadow union's tables: `shadow`):
@@ -159,29 +140,26 @@ __noinline __u32 ep_lists_match(const struct ep_pkt *p, __u32 gen, __u32 shadow)
 		return 0;
 	m->lhit[0] = 0;
 	m->lhit[1] = 0;
-	m->lgen = shadow ? EP_LIST_SHADOW : gen & 1;
-	struct ep_lref *lr = ep_lref_of(m->lgen);
+	__u32 lgen = shadow ? EP_LIST_SHADOW : gen & 1;
+	struct ep_lref *lr = shadow ? bpf_map_lookup_elem(&ep_shadow_lref, &zero) : bpf_map_lookup_elem(&ep_lref, &lgen);
 	if (!lr || !(lr->src | lr->dst))
-		return 0;
-	m->lkey.prefixlen = p->family == 4 ? 32 : 128;
-	__builtin_memcpy(m->lkey.addr, p->src, 16);
-	__u32 lgen = m->lgen;
-	if (lr->src)
-		bpf_loop(EP_LIST_REFS, ep_list_hit_step, NULL, 0);
-	if (lr->dst) {
-		__builtin_memcpy(m->lkey.addr, p->dst, 16);
-		m->lgen = lgen | 1 << 8; /* the destination's field */
-		bpf_loop(EP_LIST_REFS, ep_list_hit_step, NULL, 0);
-		m->lgen = lgen;
-	}
-	if (!(m->lhit[0] | m->lhit[1]))
 		return 0;
 	m->lbase = shadow ? 0 : (gen & 1) * 2 * EP_LIST_REFS;
 	for (int w = 0; w < EP_SUMMARY_WORDS; w++) {
 		m->lsum[0][w] = 0;
 		m->lsum[1][w] = 0;
 	}
-	bpf_loop(2 * EP_LIST_REFS, ep_list_sum_step, NULL, 0);
+	m->lkey.prefixlen = p->family == 4 ? 32 : 128;
+	if (lr->src) {
+		__builtin_memcpy(m->lkey.addr, p->src, 16);
+		m->lgen = lgen;
+		bpf_loop(EP_LIST_REFS, ep_list_step, NULL, 0);
+	}
+	if (lr->dst) {
+		__builtin_memcpy(m->lkey.addr, p->dst, 16);
+		m->lgen = lgen | 1 << 8; /* the destination's field */
+		bpf_loop(EP_LIST_REFS, ep_list_step, NULL, 0);
+	}
 	return m->lhit[0] | m->lhit[1];
 }
 
