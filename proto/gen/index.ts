@@ -301,6 +301,7 @@ export {
 export {
   applyPrefixListChange,
   blockActive,
+  prefixChangesBetween,
   validateBlock,
   validatePrefixList,
   validatePrefixListUpdate,

@@ -1,7 +1,7 @@
 // Prefix list validation (proto/src/blocklist-validation.ts): canonical prefixes, each once
 // across a request's add and remove, found without a string per prefix.
 import test from 'ava';
-import { PrefixListUse, validatePrefixList, validatePrefixListUpdate, type PrefixList } from '@edgeplane/proto';
+import { applyPrefixListChange, prefixChangesBetween, PrefixListUse, validatePrefixList, validatePrefixListUpdate, type PrefixList } from '@edgeplane/proto';
 
 const list = (prefixes: string[]): PrefixList => ({ metadata: { name: 'feed', labels: {}, annotations: {}, resourceVersion: 0n, createRevision: 0n, createTime: undefined, updateTime: undefined }, spec: { nodeSelector: undefined, use: PrefixListUse.PREFIX_LIST_USE_DENY_SOURCE, prefixes, description: '' } });
 
@@ -25,4 +25,38 @@ test('validatePrefixList - a list of 200,000 distinct prefixes is valid; one rep
   t.deepEqual(validatePrefixList(list(prefixes)), []);
   const violations = validatePrefixList(list([...prefixes, prefixes[123_456]!]));
   t.deepEqual(violations.map((v) => [v.field, v.reason]), [['prefix_list.spec.prefixes[200000]', 'DUPLICATE_PREFIX']]);
+});
+
+test('prefixChangesBetween - the changes from a list array to one applyPrefixListChange made from it, composed over steps; undefined otherwise', (t) => {
+  const meta = (v: bigint): PrefixList['metadata'] => ({ name: 'feed', labels: {}, annotations: {}, resourceVersion: v, createRevision: 1n, createTime: undefined, updateTime: undefined });
+  const step = (base: PrefixList, add: string[], remove: string[]): PrefixList =>
+    applyPrefixListChange(base, { metadata: meta(base.metadata!.resourceVersion + 1n), spec: undefined, baseResourceVersion: base.metadata!.resourceVersion, add, remove, delete: false });
+  const v1 = step({ metadata: meta(0n), spec: undefined } as unknown as PrefixList, ['10.0.0.0/8', '192.0.2.0/24'], []);
+  const v2 = step(v1, ['198.51.100.0/24'], ['10.0.0.0/8']);
+  const v3 = step(v2, ['10.0.0.0/8', '203.0.113.0/24'], ['198.51.100.0/24']);
+  const from1 = prefixChangesBetween(v1.spec!.prefixes, v3.spec!.prefixes, 100);
+  // 10/8 removed then added back, 198.51.100/24 added then removed: only 203.0.113/24 is new.
+  t.deepEqual(from1, { add: ['203.0.113.0/24'], remove: [] });
+  t.deepEqual(prefixChangesBetween(v2.spec!.prefixes, v3.spec!.prefixes, 100), { add: ['10.0.0.0/8', '203.0.113.0/24'], remove: ['198.51.100.0/24'] });
+  t.deepEqual(prefixChangesBetween(v3.spec!.prefixes, v3.spec!.prefixes, 100), { add: [], remove: [] });
+  t.is(prefixChangesBetween(v3.spec!.prefixes, v1.spec!.prefixes, 100), undefined, 'not a descendant');
+  t.is(prefixChangesBetween([...v1.spec!.prefixes], v3.spec!.prefixes, 100), undefined, 'an equal array is not the base');
+  t.is(prefixChangesBetween(v1.spec!.prefixes, v3.spec!.prefixes, 4), undefined, 'more changes than the limit');
+});
+
+test('applyPrefixListChange - a few changes and many give the same list (base order less the removed, then the added) and refuse the same mistakes', (t) => {
+  const meta = { name: 'feed', labels: {}, annotations: {}, resourceVersion: 1n, createRevision: 1n, createTime: undefined, updateTime: undefined };
+  const base = list(Array.from({ length: 40 }, (_, i) => `10.0.${i}.0/24`));
+  base.metadata = meta;
+  const apply = (add: string[], remove: string[]): string[] => applyPrefixListChange(base, { metadata: { ...meta, resourceVersion: 2n }, spec: undefined, baseResourceVersion: 1n, add, remove, delete: false }).spec!.prefixes;
+  const expected = (add: string[], remove: string[]): string[] => [...base.spec!.prefixes.filter((p) => !remove.includes(p)), ...add];
+  for (const [add, remove] of [
+    [['192.0.2.0/24'], ['10.0.3.0/24', '10.0.7.0/24']],
+    [Array.from({ length: 10 }, (_, i) => `192.0.${i}.0/24`), Array.from({ length: 10 }, (_, i) => `10.0.${i * 3}.0/24`)],
+  ] as const) {
+    t.deepEqual(apply([...add], [...remove]), expected([...add], [...remove]), `${add.length + remove.length} changes`);
+    t.throws(() => apply([...add, '10.0.1.0/24'], [...remove]), { message: /adds "10\.0\.1\.0\/24", which the list holds/ });
+    t.throws(() => apply([...add], [...remove, '172.16.0.0/12']), { message: /removes "172\.16\.0\.0\/12", which the list does not hold/ });
+  }
+  t.deepEqual(base.spec!.prefixes.length, 40, 'the base is not modified');
 });

@@ -5,8 +5,9 @@
 // the probes' timing.
 import { mkdirSync } from 'node:fs';
 import test from 'ava';
-import { PrefixListUse, Snapshot, type Block, type PrefixList } from '@edgeplane/proto';
+import { applyPrefixListChange, formatAddress, formatCidr, PrefixListUse, Snapshot, type Block, type Cidr, type PrefixList } from '@edgeplane/proto';
 import { BlocklistSync } from '../src/agent/blocklist-sync.js';
+import type { BlocklistPacker } from '../src/datapath/blocklist.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
@@ -119,4 +120,82 @@ test.serial('blocklist sync - a small change is written in place; selection by l
   sync.sync(snapshot([changed], [block('blk-11', ['203.0.113.0/24'], later)]), ams1);
   sync.sync(snapshot([changed], []), ams1);
   t.is(xdp(datapath, '203.0.113.1'), XDP_DROP);
+});
+
+// A writer that records what it is asked to write, and holds the result as a set of prefix -> expiry.
+class RecordingWriter {
+  held = new Map<string, bigint>();
+  loads = 0;
+  writes: { add: string[]; remove: string[] }[] = [];
+  load(spec: ReturnType<BlocklistPacker['finish']>): void {
+    this.loads++;
+    this.held = new Map();
+    for (const [family, packed] of [[4, spec.v4], [6, spec.v6]] as const) {
+      const keySize = family === 4 ? 8 : 20;
+      for (let i = 0; i < packed.count; i++) {
+        const key = packed.keys.subarray(i * keySize, (i + 1) * keySize);
+        const length = new DataView(key.buffer, key.byteOffset).getUint32(0, true);
+        const text = `${formatAddress(family, key.subarray(4))}/${length}`;
+        this.held.set(text, new DataView(packed.values.buffer, packed.values.byteOffset).getBigUint64(i * 16, true));
+      }
+    }
+  }
+  add(entries: readonly { cidr: Cidr; expiresTaiNs: bigint }[]): boolean {
+    this.writes.push({ add: entries.map((e) => formatCidr(e.cidr)), remove: [] });
+    for (const e of entries) this.held.set(formatCidr(e.cidr), e.expiresTaiNs);
+    return true;
+  }
+  remove(prefixes: readonly Cidr[]): number {
+    this.writes.push({ add: [], remove: prefixes.map(formatCidr) });
+    for (const c of prefixes) this.held.delete(formatCidr(c));
+    return prefixes.length;
+  }
+  readClock(): { taiNs: bigint; utcNs: bigint } {
+    return { taiNs: 0n, utcNs: 0n };
+  }
+}
+
+test('blocklist sync - a list the log changes by a few prefixes costs those prefixes: shared prefixes, lists joining and leaving, blocks under lists', (t) => {
+  const writer = new RecordingWriter();
+  const sync = new BlocklistSync(writer, { now: () => 1_000_000 });
+  t.teardown(() => sync.close());
+  const big = Array.from({ length: 50_000 }, (_, i) => `10.${i >> 8}.${i & 0xff}.0/24`);
+  let feed = list('feed', big);
+  const other = list('other', ['10.0.0.0/24', '192.0.2.0/24']);
+  // The snapshot an agent gets holds the chain's list objects as they are (fromPartial copies them).
+  const held = (prefixLists: PrefixList[], blocks: Block[]): Snapshot => ({ ...snapshot([], blocks), prefixLists });
+  const change = (base: PrefixList, add: string[], remove: string[]): PrefixList => applyPrefixListChange(base, { metadata: { ...base.metadata!, resourceVersion: base.metadata!.resourceVersion + 1n }, spec: { ...base.spec!, prefixes: [] }, baseResourceVersion: base.metadata!.resourceVersion, add, remove, delete: false });
+  const blk = block('blk-1', ['10.0.1.0/24', '198.51.100.0/24'], 5_000_000);
+  t.is(sync.sync(held([feed, other], [blk]), ams1).mode, 'loaded');
+  t.is(writer.held.size, 50_002);
+  t.is(writer.held.get('10.0.1.0/24'), 0n, 'a list beats a block of the same prefix');
+  writer.writes = [];
+  // One added, one removed from the big list: written as exactly that.
+  feed = change(feed, ['203.0.113.0/24'], ['10.0.5.0/24']);
+  t.like(sync.sync(held([feed, other], [blk]), ams1), { mode: 'updated', added: 1, removed: 1 });
+  t.deepEqual(writer.writes, [{ add: [], remove: ['10.0.5.0/24'] }, { add: ['203.0.113.0/24'], remove: [] }]);
+  // A prefix in both lists leaves one of them: still held. A prefix under a block leaves the list: the block's expiry takes over.
+  writer.writes = [];
+  feed = change(feed, [], ['10.0.0.0/24', '10.0.1.0/24']);
+  t.like(sync.sync(held([feed, other], [blk]), ams1), { mode: 'updated' });
+  t.is(writer.held.get('10.0.0.0/24'), 0n, 'still in the other list');
+  t.is(writer.held.get('10.0.1.0/24'), 5_000_000n * 1_000_000n, 'now the block');
+  // Two revisions at once (the agent coalesced them): both changes, composed.
+  const skipped = change(feed, ['203.0.114.0/24'], []);
+  feed = change(skipped, ['203.0.115.0/24'], ['203.0.114.0/24']);
+  writer.writes = [];
+  t.like(sync.sync(held([feed, other], [blk]), ams1), { mode: 'updated', added: 1, removed: 0 });
+  t.deepEqual(writer.writes.flatMap((w) => w.add), ['203.0.115.0/24']);
+  // The other list stops selecting the node: its prefixes go, the shared one stays only if feed has it.
+  writer.writes = [];
+  t.like(sync.sync(held([feed], [blk]), ams1), { mode: 'updated' });
+  t.false(writer.held.has('192.0.2.0/24'));
+  t.false(writer.held.has('10.0.0.0/24'), 'in neither list now');
+  // Whatever path it took, the tries equal a fresh load of the same intent.
+  const fresh = new RecordingWriter();
+  const again = new BlocklistSync(fresh, { now: () => 1_000_000 });
+  t.teardown(() => again.close());
+  again.sync(held([feed], [blk]), ams1);
+  t.deepEqual([...writer.held].sort(), [...fresh.held].sort());
+  t.is(writer.loads, 1, 'no whole load after the first');
 });

@@ -3,9 +3,11 @@
 // of prefixes with an expiry each (never, for lists; the block's, moved onto CLOCK_TAI), and
 // written into the datapath's tries by difference when it is small (in place, no switch) or whole
 // (built beside, one switch). Expired blocks stop matching in the datapath by its own clock; they
-// are dropped from the tries lazily, at the next sync or by a timer at the next expiry.
+// are dropped from the tries lazily, at the next sync or by a timer at the next expiry. A list the
+// log changed by a few prefixes since the last sync costs those prefixes, not the list
+// (prefixChangesBetween: the change is found from how the list was made).
 import type { Cidr, Snapshot } from '@edgeplane/proto';
-import { blockActive, matchesLabelSelector, parseCidr, PrefixListUse, type PrefixList } from '@edgeplane/proto';
+import { blockActive, matchesLabelSelector, parseCidr, prefixChangesBetween, PrefixListUse, type PrefixList } from '@edgeplane/proto';
 import { BLOCKLIST_F_BLOCK, BlocklistPacker, type BlocklistEntry, type BlocklistSpec } from '../datapath/blocklist.js';
 
 /** What BlocklistSync needs of the datapath (EbpfDatapath.blocklist). */
@@ -49,6 +51,12 @@ export class BlocklistSync {
   readonly #onError: (err: unknown) => void;
   /** What the tries hold, as this object wrote it (undefined: unknown, the next sync loads whole). */
   #held: Desired | undefined;
+  /** With #held: the prefixes array of each deny list it holds, by name. */
+  #lists = new Map<string, readonly string[]>();
+  /** With #held: prefixes in more than one of those lists, and in how many more than one. */
+  #shared = new Map<string, number>();
+  /** With #held: the active blocks' prefixes and the latest expiry of each (ms). */
+  #blocks: Desired = new Map();
   /** Per list, the object its prefixes came from and their parsed form, so an unchanged list costs nothing. */
   #last: { snapshot: Snapshot; labels: Readonly<Record<string, string>> } | undefined;
   #timer: NodeJS.Timeout | undefined;
@@ -70,22 +78,38 @@ export class BlocklistSync {
   sync(snapshot: Snapshot, labels: Readonly<Record<string, string>>): BlocklistSyncResult {
     this.#last = { snapshot, labels };
     const now = this.#now();
-    const desired: Desired = new Map();
+    const lists = new Map<string, readonly string[]>();
+    for (const list of snapshot.prefixLists) if (selects(list, labels)) lists.set(list.metadata?.name ?? '', list.spec!.prefixes);
+    const blocks: Desired = new Map();
     let nextExpiry = Infinity;
-    for (const list of snapshot.prefixLists) if (selects(list, labels)) for (const p of list.spec!.prefixes) desired.set(p, 0);
     for (const block of snapshot.blocks) {
       if (!blockActive(block, now) || !matchesLabelSelector(block.nodeSelector, labels)) continue;
       const expires = block.expireTime!.getTime();
       nextExpiry = Math.min(nextExpiry, expires);
-      for (const p of block.prefixes) {
-        const held = desired.get(p);
-        if (held === undefined || (held !== 0 && held < expires)) desired.set(p, expires);
-      }
+      for (const p of block.prefixes) blocks.set(p, Math.max(blocks.get(p) ?? 0, expires));
     }
     this.#schedule(nextExpiry, now);
     const clock = this.#writer.readClock();
     const offset = clock.taiNs - clock.utcNs;
     const entry = (p: string, expires: number): BlocklistEntry => ({ cidr: parseCidr(p)!, expiresTaiNs: expires === 0 ? 0n : BigInt(expires) * 1_000_000n + offset, flags: expires === 0 ? 0 : BLOCKLIST_F_BLOCK });
+    const changed = this.#byChanges(lists, blocks, entry);
+    if (changed !== undefined) return changed;
+
+    const desired: Desired = new Map();
+    const shared = new Map<string, number>();
+    for (const prefixes of lists.values()) {
+      for (const p of prefixes) {
+        if (desired.has(p)) shared.set(p, (shared.get(p) ?? 0) + 1);
+        else desired.set(p, 0);
+      }
+    }
+    for (const [p, expires] of blocks) if (!desired.has(p)) desired.set(p, expires);
+    const hold = (): void => {
+      this.#held = desired;
+      this.#lists = lists;
+      this.#shared = shared;
+      this.#blocks = blocks;
+    };
 
     const held = this.#held;
     if (held !== undefined) {
@@ -97,12 +121,15 @@ export class BlocklistSync {
       }
       if (adds.length <= this.#maxInPlace) {
         for (const p of held.keys()) if (!desired.has(p)) removes.push(parseCidr(p)!);
-        if (adds.length + removes.length === 0) return { mode: 'unchanged', entries: desired.size, added: 0, removed: 0 };
+        if (adds.length + removes.length === 0) {
+          hold();
+          return { mode: 'unchanged', entries: desired.size, added: 0, removed: 0 };
+        }
         if (adds.length + removes.length <= this.#maxInPlace) {
           this.#held = undefined; // unknown until both writes are done
           if (this.#writer.add(adds)) {
             this.#writer.remove(removes);
-            this.#held = desired;
+            hold();
             return { mode: 'updated', entries: desired.size, added: adds.length, removed: removes.length };
           }
         }
@@ -113,8 +140,63 @@ export class BlocklistSync {
     for (const [p, expires] of desired) packer.addText(p, expires === 0 ? 0n : BigInt(expires) * 1_000_000n + offset, expires === 0 ? 0 : BLOCKLIST_F_BLOCK);
     this.#held = undefined;
     this.#writer.load(packer.finish());
-    this.#held = desired;
+    hold();
     return { mode: 'loaded', entries: desired.size, added: desired.size, removed: 0 };
+  }
+
+  // The sync by the changes of the lists since the last one (prefixChangesBetween, or a list
+  // selecting or no longer selecting the node whole) and of the blocks: in the size of those
+  // changes. @returns undefined (nothing done) when it cannot: nothing held, a list changed
+  // otherwise, more than maxInPlace prefixes, or no room in place.
+  #byChanges(lists: ReadonlyMap<string, readonly string[]>, blocks: Desired, entry: (p: string, expires: number) => BlocklistEntry): BlocklistSyncResult | undefined {
+    const held = this.#held;
+    if (held === undefined) return undefined;
+    // Per prefix, how many more (or fewer) lists hold it.
+    const delta = new Map<string, number>();
+    let size = 0;
+    for (const name of new Set([...this.#lists.keys(), ...lists.keys()])) {
+      const before = this.#lists.get(name);
+      const after = lists.get(name);
+      if (before === after) continue;
+      const change = before === undefined ? { add: after!, remove: [] } : after === undefined ? { add: [], remove: before } : prefixChangesBetween(before, after, this.#maxInPlace);
+      if (change === undefined) return undefined;
+      size += change.add.length + change.remove.length;
+      if (size > this.#maxInPlace) return undefined;
+      for (const p of change.remove) delta.set(p, (delta.get(p) ?? 0) - 1);
+      for (const p of change.add) delta.set(p, (delta.get(p) ?? 0) + 1);
+    }
+    const touched = new Set([...delta.keys(), ...this.#blocks.keys(), ...blocks.keys()]);
+    if (touched.size > this.#maxInPlace) return undefined;
+    const adds: BlocklistEntry[] = [];
+    const removes: Cidr[] = [];
+    const next: { p: string; count: number; expires: number | undefined }[] = [];
+    for (const p of touched) {
+      const was = held.get(p);
+      const count = (was === 0 ? 1 + (this.#shared.get(p) ?? 0) : 0) + (delta.get(p) ?? 0);
+      // A list never expires: it wins over a block of the same prefix.
+      const expires = count > 0 ? 0 : blocks.get(p);
+      next.push({ p, count, expires });
+      if (expires === was) continue;
+      if (expires === undefined) removes.push(parseCidr(p)!);
+      else adds.push(entry(p, expires));
+    }
+    if (adds.length + removes.length === 0 && delta.size === 0) {
+      this.#blocks = blocks;
+      return { mode: 'unchanged', entries: held.size, added: 0, removed: 0 };
+    }
+    this.#held = undefined; // unknown until both writes are done
+    if (removes.length > 0) this.#writer.remove(removes);
+    if (!this.#writer.add(adds)) return undefined;
+    for (const { p, count, expires } of next) {
+      if (expires === undefined) held.delete(p);
+      else held.set(p, expires);
+      if (count > 1) this.#shared.set(p, count - 1);
+      else this.#shared.delete(p);
+    }
+    this.#held = held;
+    this.#lists = new Map(lists);
+    this.#blocks = blocks;
+    return { mode: adds.length + removes.length === 0 ? 'unchanged' : 'updated', entries: held.size, added: adds.length, removed: removes.length };
   }
 
   /** Stops the expiry timer; idempotent. The tries keep enforcing. */

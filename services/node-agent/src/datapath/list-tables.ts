@@ -2,7 +2,7 @@
 // "Prefix lists in rules"): one pair of membership tries per list, in a slot of ep_lst4/ep_lst6
 // held by the list's name whatever generation names it; per generation (and for the shadow
 // union) the lists its rules name (struct ep_lref) and their rule vectors (ep_lvec).
-import { parseCidr, type Cidr } from '@edgeplane/proto';
+import { parseCidr, prefixChangesBetween, type Cidr } from '@edgeplane/proto';
 import type { BpfMap } from 'libbpf-ts';
 import { BlocklistPacker, type BlocklistEntry } from './blocklist.js';
 import { addToTries, buildTries, removeFromTries, type TriePair } from './blocklist-tables.js';
@@ -18,6 +18,22 @@ export const LIST_SLOTS = 64;
 export const LREF_SIZE = 8 + LIST_REFS;
 /** Changes up to this many prefixes are written into a list's tries in place; more build new tries. */
 const MAX_IN_PLACE = 4096;
+
+/**
+ * The texts added and removed from `before` to `after`, compared whole (a pass over both), or
+ * undefined past MAX_IN_PLACE of them.
+ */
+function differenceOf(before: readonly string[], after: readonly string[]): { add: string[]; remove: string[] } | undefined {
+  const gone = new Set(before);
+  const add: string[] = [];
+  for (const text of after) {
+    if (gone.delete(text)) continue;
+    add.push(text);
+    if (add.length > MAX_IN_PLACE) return undefined;
+  }
+  if (add.length + gone.size > MAX_IN_PLACE) return undefined;
+  return { add, remove: [...gone] };
+}
 
 /** The maps ListTables borrows, by their names in the object. */
 export interface ListMaps {
@@ -154,18 +170,15 @@ export class ListTables {
 
   // Writes `prefixes` into `held`'s tries by difference. @returns false (nothing written) when the change is large or does not fit.
   #updateInPlace(held: HeldList, prefixes: readonly string[]): boolean {
-    const before = new Set(held.prefixes);
-    const adds: BlocklistEntry[] = [];
-    for (const text of prefixes) {
-      if (before.delete(text)) continue;
+    const changes = prefixChangesBetween(held.prefixes, prefixes, MAX_IN_PLACE) ?? differenceOf(held.prefixes, prefixes);
+    if (changes === undefined) return false;
+    const parse = (text: string): Cidr => {
       const cidr = parseCidr(text);
       if (cidr === undefined) throw new Error(`prefix list entry ${JSON.stringify(text)} is not a CIDR`);
-      adds.push({ cidr, expiresTaiNs: 0n, flags: 0 });
-      if (adds.length > MAX_IN_PLACE) return false;
-    }
-    if (adds.length + before.size > MAX_IN_PLACE) return false;
-    const removes: Cidr[] = [];
-    for (const text of before) removes.push(parseCidr(text) as Cidr);
+      return cidr;
+    };
+    const adds: BlocklistEntry[] = changes.add.map((text) => ({ cidr: parse(text), expiresTaiNs: 0n, flags: 0 }));
+    const removes = changes.remove.map(parse);
     const fits = (family: 4 | 6): boolean => {
       const trie = family === 4 ? held.tries.v4 : held.tries.v6;
       const added = adds.filter((entry) => entry.cidr.family === family).length;
