@@ -671,6 +671,7 @@ export class NodeAgent {
     let enforcedAt = process.hrtime.bigint();
     const previousRevision = this.#applied;
     let report: RevisionReport;
+    let saving: AppliedState | undefined;
     /** The most rules this apply handled: the live set before it, and what it compiled. */
     let handledRules = this.#liveRules();
     try {
@@ -705,8 +706,9 @@ export class NodeAgent {
       this.#unknownChanged(revision);
       this.#tellApplied(snapshot, labels);
       this.#checkHealthView();
-      // The datapath enforces R whatever happens to the file: R is ACKed either way.
-      this.#save({ snapshot, labels });
+      // The datapath enforces R whatever happens to the file: R is ACKed either way, and the file
+      // is written after the ACK (a million-prefix list makes it tens of MB).
+      saving = { snapshot, labels };
       report = { revision, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, reason: '', appliedRevision: revision, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false };
     } catch (err) {
       const unknown = this.#unknownRoles.size > 0;
@@ -733,6 +735,7 @@ export class NodeAgent {
       this.#lastReport = report;
       this.#o.report(report);
     });
+    if (saving) this.#save(saving);
     this.#reclaimAfter(handledRules);
   }
 
@@ -753,7 +756,8 @@ export class NodeAgent {
         continue;
       }
       const c = shadow.compiled[role];
-      const key = `${shadow.candidate}\u0000${JSON.stringify(c.ruleSet)}`;
+      // A list stands in the key by its array's identity (arrays are never changed once applied).
+      const key = `${shadow.candidate}\u0000${JSON.stringify(c.ruleSet, (field, value: unknown) => (field === 'lists' ? listsKey(value as NonNullable<RuleSetSpec['lists']>) : value))}`;
       if (have?.key === key) continue;
       if (have || dp.readShadow()?.candidate !== shadow.candidate) await dp.setShadow(c.ruleSet, shadow.candidate);
       this.#shadow[role] = { candidate: shadow.candidate, key, origins: c.origins };
@@ -1082,4 +1086,18 @@ function mergeReports(earlier: CounterReport, later: CounterReport): CounterRepo
 function loadBalancerStatus(lb: LbCounters | undefined): LoadBalancerStatus | undefined {
   if (lb === undefined || LB_STAT_NAMES.every((n) => lb[n].packets === 0)) return undefined;
   return Object.fromEntries(LB_STAT_NAMES.map((n) => [n, BigInt(lb[n].packets)])) as unknown as LoadBalancerStatus;
+}
+
+const listIds = new WeakMap<readonly string[], number>();
+let nextListId = 0;
+
+/** A rule set's lists as names and array identities: equal keys, the same prefixes. */
+function listsKey(lists: NonNullable<RuleSetSpec['lists']>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, prefixes] of Object.entries(lists)) {
+    let id = listIds.get(prefixes);
+    if (id === undefined) listIds.set(prefixes, (id = nextListId++));
+    out[name] = id;
+  }
+  return out;
 }
