@@ -315,3 +315,16 @@ export class QuietVethPair {
     }
   }
 }
+
+/**
+ * The program's verdict on `frame` through BPF_PROG_TEST_RUN, or undefined when the kernel refuses
+ * the frame before the program runs (EINVAL: some truncated frames, for skb test runs).
+ */
+export function verdictOf(program: { testRun(options: { data: Uint8Array }): { retval: number } }, frame: Uint8Array): number | undefined {
+  try {
+    return program.testRun({ data: frame }).retval;
+  } catch (error) {
+    if ((error as { code?: string }).code !== 'EINVAL') throw error;
+    return undefined;
+  }
+}
