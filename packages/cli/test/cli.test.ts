@@ -599,6 +599,26 @@ test('prefix lists - apply -f of a PrefixList (inline and prefixesFile) creates 
   t.regex(described.stdout, /Use:\s+deny_source\n/);
 });
 
+test('prefix lists - apply -f writes a PrefixList before the policy naming it, whatever their order; get shows the rule\'s lists', async (t) => {
+  const both = file(
+    'named.yaml',
+    [
+      'apiVersion: edgeplane.io/v1\nkind: Policy\nmetadata:\n  name: named-lists\nspec:\n  rules:\n    - {priority: 1, sourcePrefixLists: [scanners], protocol: tcp, destinationPorts: [22], action: deny}\n',
+      'apiVersion: edgeplane.io/v1\nkind: PrefixList\nmetadata:\n  name: scanners\nspec:\n  prefixes: [198.51.100.0/24]\n',
+    ].join('---\n'),
+  );
+  const r = await edgeplane(['apply', '-f', both]);
+  t.is(r.code, ExitCode.OK, r.stderr);
+  const [first, second] = r.stdout.trim().split('\n');
+  t.regex(first ?? '', /^prefixlist\/scanners created/);
+  t.regex(second ?? '', /^policy\/named-lists created/);
+  const yaml = parseYaml((await edgeplane(['get', 'policy', 'named-lists', '-o', 'yaml'])).stdout) as { spec: { rules: { sourcePrefixLists?: string[] }[] } };
+  t.deepEqual(yaml.spec.rules[0]?.sourcePrefixLists, ['scanners']);
+  t.regex((await edgeplane(['describe', 'policy', 'named-lists'])).stdout, /list:scanners/);
+  t.is((await edgeplane(['delete', 'policy', 'named-lists'])).code, ExitCode.OK);
+  t.is((await edgeplane(['delete', 'prefixlist', 'scanners'])).code, ExitCode.OK);
+});
+
 test('prefix lists - a bad prefix in a prefixesFile is reported at its file:line, nothing is sent; delete -f removes a list', async (t) => {
   const feed = file('bad-feed.txt', '192.0.2.0/24\n\n10.0.0.1/8  # host bits\n198.51.100.0/24\n');
   const manifest = file('bad-feed.yaml', `apiVersion: edgeplane.io/v1\nkind: PrefixList\nmetadata:\n  name: bad-feed\nspec:\n  use: deny_source\n  prefixes:\n    - 203.0.113.0/24\n    - 203.0.113.0/24\n  prefixesFile: ${feed}\n`);

@@ -42,7 +42,9 @@ followed; the timeout covers the whole wait).
 A PrefixList manifest gives its prefixes inline (spec.prefixes) and/or in spec.prefixesFile, a
 file of one prefix per line (relative to the manifest's folder; '#' starts a comment), read as a
 stream; a bad prefix is reported at its line. A list that exists is changed by difference: the
-prefixes added and removed go through UpdatePrefixList, at most 50,000 a request.
+prefixes added and removed go through UpdatePrefixList, at most 50,000 a request. Prefix lists
+are written before the policies and services of the same apply, so a policy rule may name a list
+(sourcePrefixLists, destinationPrefixLists) given beside it.
 
 Examples:
   edgeplane apply -f examples/
@@ -61,7 +63,9 @@ Examples:
     const dryRun = flags.choice('dry-run', ['none', 'client', 'server'], 'none');
     const wait = flags.boolean('wait');
     if (wait && dryRun !== 'none') throw new UsageError('--wait and --dry-run do not go together');
-    const manifests = await loadManifests(ctx.io, flags, { validate: validateFlag(flags) });
+    // Prefix lists first, in document order, then the rest: a policy may name a list of the same apply.
+    const loaded = await loadManifests(ctx.io, flags, { validate: validateFlag(flags) });
+    const manifests = [...loaded.filter((m) => m.kind === 'prefixlist'), ...loaded.filter((m) => m.kind !== 'prefixlist')];
     const { io } = ctx;
     if (dryRun === 'client') {
       for (const m of manifests) io.stdout.write(`${resourceId(m)} valid (dry run)\n`);

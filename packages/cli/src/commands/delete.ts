@@ -1,5 +1,6 @@
 import type { Command, CommandContext, Flags } from '../command.js';
 import { CliError, UsageError } from '../errors.js';
+import { PREFIX_LIST_WORDS } from './prefix-lists.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { FILE_OPTIONS, loadManifests, resourceName } from '../manifest-input.js';
 import { reportError } from '../report.js';
@@ -9,7 +10,7 @@ import { parseTargets } from '../resource-kind.js';
 export const deleteCommand: Command = {
   name: 'delete',
   summary: 'Delete policies and services by name or by manifest',
-  usage: ['delete policy|service NAME...', 'delete -f FILE|FOLDER|- [-R]'],
+  usage: ['delete policy|service|prefixlist NAME...', 'delete -f FILE|FOLDER|- [-R]'],
   details: `Nodes are registered by their agents and cannot be deleted.
 
 Examples:
@@ -26,6 +27,9 @@ Examples:
     if (flags.strings('filename').length > 0) {
       if (positionals.length > 0) throw new UsageError('give names or -f, not both');
       targets = (await loadManifests(ctx.io, flags, { validate: false })).map((m) => ({ kind: m.kind, name: resourceName(m) }));
+    } else if (PREFIX_LIST_WORDS.has(positionals[0] ?? '')) {
+      if (positionals.length < 2) throw new UsageError('name the prefix lists to delete, or use -f');
+      targets = positionals.slice(1).map((name) => ({ kind: 'prefixlist' as const, name }));
     } else {
       const t = parseTargets(positionals);
       if (t.kind === 'node') throw new UsageError('nodes are registered by their agents and cannot be deleted');
