@@ -30,6 +30,7 @@ import {
 } from '@edgeplane/proto';
 import { NotFoundError, PreconditionError, ValidationError, VersionConflictError } from './errors.js';
 import type { IntentStore } from './intent-store.js';
+import { firstNamedList } from './intent-api.js';
 
 /** Options of {@link BlocklistApi}. */
 export interface BlocklistApiOptions {
@@ -102,6 +103,13 @@ export class BlocklistApi {
       if (!base) throw new NotFoundError(`prefix list ${req.name} not found`);
       const version = base.metadata?.resourceVersion ?? 0n;
       if (req.expectedResourceVersion !== 0n && req.expectedResourceVersion !== version) throw new VersionConflictError(`prefix list ${req.name} is at version ${version}, not ${req.expectedResourceVersion}`);
+      // A policy naming it (or the version a rollout keeps on the nodes it has not reached) would
+      // be NACKed by every node from the next revision on.
+      const named = (list: string): boolean => list === req.name;
+      for (const policy of [...chain.policies.values(), ...[...chain.rollouts.values()].map((r) => r.previous)]) {
+        const found = firstNamedList(policy, named);
+        if (found) throw new PreconditionError(`prefix list ${req.name} is named by policy ${policy!.metadata?.name ?? '?'} (${found.field}); remove the reference first`, 'PREFIX_LIST_IN_USE');
+      }
       return { prefixLists: [{ metadata: { ...base.metadata!, name: req.name }, spec: undefined, baseResourceVersion: version, add: [], remove: [], delete: true }], blocks: [] };
     }, trace);
     return { revision: written!.revision };

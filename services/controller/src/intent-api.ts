@@ -205,6 +205,7 @@ export class IntentApi {
       const existing = chain.policies.get(name);
 
       checkExpectedVersion('policy', name, existing, req.expectedResourceVersion);
+      checkPrefixListsExist(incoming, chain);
       const before = existing?.spec?.rules.length ?? 0;
       const after = incoming.spec!.rules.length;
       if (after > this.#guard && after > before && !req.allowLargeGrowth) {
@@ -536,4 +537,29 @@ function labelledPage<T extends { metadata?: { name: string; labels: Record<stri
   const selector = selectorParam(req.labelSelector, 'label_selector');
   const matching = [...items.values()].filter((r) => matchesLabelSelector(selector, r.metadata?.labels ?? {}));
   return paginate(matching, (r) => r.metadata?.name ?? '', req.pageSize, req.pageToken);
+}
+
+/**
+ * Every prefix list the rules of `policy` name exists in the intent.
+ * @throws PreconditionError (PREFIX_LIST_NOT_FOUND) naming the first rule field that names a missing one.
+ */
+function checkPrefixListsExist(policy: Policy, chain: IntentChain): void {
+  const found = firstNamedList(policy, (list) => !chain.prefixLists.has(list));
+  if (found) throw new PreconditionError(`policy ${policy.metadata!.name}: ${found.field} names prefix list ${found.list}, which does not exist; create the list first`, 'PREFIX_LIST_NOT_FOUND');
+}
+
+/**
+ * The first rule field of `policy` naming a list for which `which` holds, as a proto field path
+ * under `policy.spec` (e.g. `rules[2].source_prefix_lists[0]`), with the list's name.
+ */
+export function firstNamedList(policy: Policy | undefined, which: (list: string) => boolean): { field: string; list: string } | undefined {
+  const rules = policy?.spec?.rules ?? [];
+  for (let i = 0; i < rules.length; i++) {
+    const rule = rules[i]!;
+    for (const [field, names] of [['source_prefix_lists', rule.sourcePrefixLists], ['destination_prefix_lists', rule.destinationPrefixLists]] as const) {
+      const j = names.findIndex(which);
+      if (j >= 0) return { field: `rules[${i}].${field}[${j}]`, list: names[j]! };
+    }
+  }
+  return undefined;
 }

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
-import { Block, MAX_PREFIX_LIST_CHANGE, PrefixList, PrefixListUse } from '@edgeplane/proto';
+import { Action, ApplyPolicyRequest, Block, DeletePolicyRequest, MAX_PREFIX_LIST_CHANGE, Policy, PrefixList, PrefixListUse, Protocol } from '@edgeplane/proto';
 import { call, detailsOf } from '../../../test/support/grpc.js';
 import { parseConfig, startController, type ControllerConfig, type RunningController } from '../src/index.js';
 import { clientsFor, newKey, type ClientCert, type Clients } from './trust-helpers.js';
@@ -130,4 +130,21 @@ test.serial('BlocklistService blocks - created with who, why and expiry, lifted 
   t.deepEqual(feed.prefixList!.spec!.prefixes, ['203.0.113.0/24', '2001:db8::/32', '192.0.2.0/24']);
   // And it keeps changing by difference on top of what it restored.
   t.is((await update('feed', ['100.64.0.0/10'])).prefixCount, 4);
+});
+
+test.serial('prefix lists named by policies - a policy naming a missing list is refused; a list a policy (or a rollout\'s previous version) names cannot be deleted', async (t) => {
+  const naming = (list: string): Policy => Policy.fromPartial({ metadata: { name: 'names-scanners' }, spec: { rules: [{ priority: 1, protocol: Protocol.PROTOCOL_TCP, sourcePrefixLists: [list], action: Action.ACTION_DENY }] } });
+  const missing = await refusal(call(operator.intent, operator.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: naming('scanners') })));
+  t.is(missing.code, grpc.status.FAILED_PRECONDITION);
+  t.regex(missing.details, /rules\[0\]\.source_prefix_lists\[0\] names prefix list scanners, which does not exist/);
+  await update('scanners', ['198.51.100.0/24']);
+  const applied = await call(operator.intent, operator.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: naming('scanners') }));
+  t.true(applied.created);
+  const inUse = await refusal(call(operator.blocklist, operator.blocklist.deletePrefixList, { name: 'scanners', expectedResourceVersion: 0n }));
+  t.is(inUse.code, grpc.status.FAILED_PRECONDITION);
+  t.regex(inUse.details, /prefix list scanners is named by policy names-scanners \(rules\[0\]\.source_prefix_lists\[0\]\)/);
+  t.is((await call(viewer.blocklist, viewer.blocklist.getPrefixList, { name: 'scanners', omitPrefixes: true })).prefixCount, 1, 'still there');
+  await call(operator.intent, operator.intent.deletePolicy, DeletePolicyRequest.fromPartial({ name: 'names-scanners', expectedResourceVersion: applied.policy!.metadata!.resourceVersion }));
+  await call(operator.blocklist, operator.blocklist.deletePrefixList, { name: 'scanners', expectedResourceVersion: 0n });
+  t.is((await refusal(call(viewer.blocklist, viewer.blocklist.getPrefixList, { name: 'scanners', omitPrefixes: true }))).code, grpc.status.NOT_FOUND);
 });
