@@ -93,6 +93,10 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
       if (!bad) valid.add(rule);
     });
   }
+  // A node's rule set names at most MAX_RULE_SET_PREFIX_LISTS lists: a policy naming more can never apply.
+  const named = new Set<string>();
+  for (const rule of spec.rules) for (const list of [rule.sourcePrefixLists, rule.destinationPrefixLists]) for (const name of list) named.add(name);
+  if (named.size > MAX_RULE_SET_PREFIX_LISTS) add(`${sp}.rules`, `the rules name ${named.size} distinct prefix lists; a node holds at most ${MAX_RULE_SET_PREFIX_LISTS} per interface role`, 'TOO_MANY_PREFIX_LISTS');
   validateConnectionTracking(spec, sp, add);
   validateRolloutStrategy(spec.rolloutStrategy, `${sp}.rollout_strategy`, add);
   // Encoding costs as much as decoding did: only a policy valid so far pays for it.

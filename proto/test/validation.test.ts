@@ -162,6 +162,9 @@ test('policy validation - prefix list names: DNS labels, each once, at most 16 p
   ]);
   const many = Array.from({ length: 17 }, (_, i) => `l${i}`);
   t.deepEqual(fields(validatePolicy(policy([rule({ destinationPrefixLists: many })]))), ['policy.spec.rules[0].destination_prefix_lists TOO_MANY_PREFIX_LISTS']);
+  const spread = Array.from({ length: 17 }, (_, i) => rule({ priority: i + 1, sourcePrefixLists: [`l${i}`] }));
+  t.deepEqual(fields(validatePolicy(policy(spread))), ['policy.spec.rules TOO_MANY_PREFIX_LISTS'], '17 distinct lists across the rules');
+  t.deepEqual(validatePolicy(policy(spread.slice(1))), [], '16 is the limit');
   // IPv4 sources and IPv6 destinations share no family, unless a list (of either family) is named too.
   t.is(validatePolicy(policy([rule({ sourceCidrs: ['10.0.0.0/8'], destinationCidrs: ['2001:db8::/32'] })]))[0]?.reason, 'RULE_CANNOT_MATCH');
   t.deepEqual(validatePolicy(policy([rule({ sourceCidrs: ['10.0.0.0/8'], destinationCidrs: ['2001:db8::/32'], destinationPrefixLists: ['vips'] })])), []);
