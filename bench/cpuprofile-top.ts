@@ -1,7 +1,9 @@
 // Summarizes a V8 .cpuprofile (node --cpu-prof): self time by function and by package, and
 // inclusive time of functions whose name matches a filter. Used to say where bench/fleet.ts's
 // time goes.
-//   node --import=tsx bench/cpuprofile-top.ts FILE.cpuprofile [--top 25] [--match REGEX]
+//   node --import=tsx bench/cpuprofile-top.ts FILE.cpuprofile [--top 25] [--match REGEX] [--from S] [--to S]
+// --from/--to keep the samples taken between S seconds after the profile started and S seconds
+// after (e.g. a fleet run's changes: the worker profile's file name holds its start time).
 import { readFileSync } from 'node:fs';
 
 interface ProfileNode {
@@ -32,8 +34,18 @@ const p = JSON.parse(readFileSync(file, 'utf8')) as Profile;
 const byId = new Map(p.nodes.map((n) => [n.id, n]));
 const parent = new Map<number, number>();
 for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+// A sample's time is the sum of the deltas up to it (µs after startTime).
+const fromUs = Number(opt('--from') ?? 0) * 1e6;
+const toUs = Number(opt('--to') ?? Infinity) * 1e6;
+let at = 0;
+const kept = p.samples.map((_, i) => {
+  at += p.timeDeltas[i] ?? 0;
+  return at >= fromUs && at < toUs;
+});
 const selfUs = new Map<number, number>();
-p.samples.forEach((id, i) => selfUs.set(id, (selfUs.get(id) ?? 0) + (p.timeDeltas[i] ?? 0)));
+p.samples.forEach((id, i) => {
+  if (kept[i]) selfUs.set(id, (selfUs.get(id) ?? 0) + (p.timeDeltas[i] ?? 0));
+});
 const total = [...selfUs.values()].reduce((s, x) => s + x, 0);
 
 const pkg = (url: string): string => {
@@ -57,7 +69,8 @@ const show = (title: string, m: Map<string, number>, k: number): void => {
   process.stdout.write(`\n${title}\n`);
   for (const [name, us] of [...m].sort((a, b) => b[1] - a[1]).slice(0, k)) process.stdout.write(`${(us / 1000).toFixed(0).padStart(8)} ms ${((us / total) * 100).toFixed(1).padStart(5)} %  ${name}\n`);
 };
-process.stdout.write(`${file}: ${(total / 1000).toFixed(0)} ms sampled over ${((p.endTime - p.startTime) / 1e6).toFixed(1)} s\n`);
+const slice = fromUs > 0 || toUs < Infinity ? ` (samples ${fromUs / 1e6}..${toUs / 1e6} s after the start)` : '';
+process.stdout.write(`${file}: ${(total / 1000).toFixed(0)} ms sampled over ${((p.endTime - p.startTime) / 1e6).toFixed(1)} s${slice}\n`);
 show('self time by package', pkgSelf, 15);
 show('self time by function', fnSelf, top);
 if (match) {
@@ -65,6 +78,7 @@ if (match) {
   const re = new RegExp(match);
   const incl = new Map<string, number>();
   p.samples.forEach((id, i) => {
+    if (!kept[i]) return;
     const seen = new Set<string>();
     for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
       const l = label(byId.get(cur)!);

@@ -511,6 +511,9 @@ export {
   validateService,
 } from './../src/service-validation.js';
 export {
+  SizeWriter,
+} from './../src/size-writer.js';
+export {
   type FieldViolation,
   MORE_VIOLATIONS_REASON,
   STATUS_DETAILS_KEY,

@@ -85,9 +85,40 @@ export function logEntryHash(signed: SignedLogEntry): Uint8Array {
   return sha256(signed.entry);
 }
 
+/** Envelopes remembered as verified, per key (see {@link verifiedBefore}). */
+const VERIFIED_KEPT = 8;
+/** Larger signed messages are verified every time (a copy of each is what is remembered). */
+const VERIFIED_MAX_BYTES = 64 * 1024;
+
+/**
+ * The newest signed messages that verified, with their signatures, by the key object that
+ * verified them (copies: a caller changing its buffer afterwards changes nothing here).
+ * Ed25519 verification is a pure function of key, message and signature, so the same three
+ * verify again: a process that follows one log many times over (the fleet benchmark runs
+ * hundreds of agents per process) verifies each entry and each log head once, not once per
+ * follower. Anything else (another key object, one byte of message or signature different) is
+ * verified. Weak by key: nothing is kept alive for it.
+ */
+const verified = new WeakMap<KeyObject, { message: Buffer; signature: Buffer }[]>();
+
+/** Whether `key` verified exactly this message and signature before. */
+function verifiedBefore(key: KeyObject, message: Uint8Array, signature: Uint8Array): boolean {
+  const kept = verified.get(key);
+  return kept !== undefined && kept.some((v) => v.signature.equals(signature) && v.message.equals(message));
+}
+
+function rememberVerified(key: KeyObject, message: Uint8Array, signature: Uint8Array): void {
+  if (message.byteLength > VERIFIED_MAX_BYTES) return;
+  let kept = verified.get(key);
+  if (kept === undefined) verified.set(key, (kept = []));
+  if (kept.length >= VERIFIED_KEPT) kept.shift();
+  kept.push({ message: Buffer.from(message), signature: Buffer.from(signature) });
+}
+
 function verifyEnvelope(what: string, keyId: string, bytes: Uint8Array, signature: Uint8Array, trusted: TrustedKeys): void {
   const key = trusted.get(keyId);
   if (!key) throw new SignatureError(`verify ${what}: key ${JSON.stringify(keyId)} is not trusted`);
+  if (verifiedBefore(key, bytes, signature)) return;
   let ok = false;
   try {
     ok = verify(null, bytes, key, signature);
@@ -95,6 +126,7 @@ function verifyEnvelope(what: string, keyId: string, bytes: Uint8Array, signatur
     throw new SignatureError(`verify ${what}: malformed signature`, { cause });
   }
   if (!ok) throw new SignatureError(`verify ${what}: signature does not match key ${keyId}`);
+  rememberVerified(key, bytes, signature);
 }
 
 /** Verifies `bytes` as {@link verifyEnvelope} does, then decodes them with `codec`. @throws SignatureError */

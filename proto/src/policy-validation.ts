@@ -4,6 +4,7 @@ import { isCidrProblem, parseCanonicalCidr } from './cidr.js';
 import { validateLabelSelector } from './label-selector.js';
 import { checkDnsLabel, checkLabelKey, validateLabels } from './labels.js';
 import { MAX_COLLECTED_VIOLATIONS, MAX_LABELS, MAX_POLICY_BYTES, MAX_ROLLOUT_WAVES, MAX_RULE_SET_PREFIX_LISTS, quote } from './limits.js';
+import { SizeWriter } from './size-writer.js';
 import { moreViolations, type FieldViolation } from './status-details.js';
 
 /** Limits policy validation enforces. The defaults are what the datapath holds on one node. */
@@ -99,7 +100,7 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
   if (named.size > MAX_RULE_SET_PREFIX_LISTS) add(`${sp}.rules`, `the rules name ${named.size} distinct prefix lists; a node holds at most ${MAX_RULE_SET_PREFIX_LISTS} per interface role`, 'TOO_MANY_PREFIX_LISTS');
   validateConnectionTracking(spec, sp, add);
   validateRolloutStrategy(spec.rolloutStrategy, `${sp}.rollout_strategy`, add);
-  // Encoding costs as much as decoding did: only a policy valid so far pays for it.
+  // Sizing walks the whole policy (though it builds no buffer): only a policy valid so far pays for it.
   if (out.length === 0) {
     const bytes = encodedPolicySize(policy);
     if (bytes > MAX_POLICY_BYTES) add(path, `${bytes} bytes encoded; at most ${MAX_POLICY_BYTES}`, 'POLICY_TOO_LARGE');
@@ -125,22 +126,24 @@ function varintSize(n: number): number {
 }
 
 /**
- * Policy.encode(policy).finish().length, with each rule's encoded size remembered by the Rule
- * object (rules are never modified once in a policy): a policy whose rules were sized before
- * costs its metadata and spec without the rules.
+ * Policy.encode(policy).finish().length, counted by the generated codec without building the
+ * buffer (SizeWriter), with each rule's encoded size remembered by the Rule object (rules are
+ * never modified once in a policy): a policy whose rules were sized before costs its metadata
+ * and spec without the rules.
+ * @throws Error as Policy.encode does, for a value it cannot encode (a uint32 that is not one).
  */
 export function encodedPolicySize(policy: Policy): number {
   const spec = policy.spec;
-  if (spec === undefined) return Policy.encode(policy).finish().length;
-  let specBytes = PolicySpec.encode({ ...spec, rules: [] }).finish().length;
+  if (spec === undefined) return SizeWriter.measure(Policy, policy);
+  let specBytes = SizeWriter.measure(PolicySpec, { ...spec, rules: [] });
   for (const rule of spec.rules) {
     let n = ruleBytes.get(rule);
-    if (n === undefined) ruleBytes.set(rule, (n = Rule.encode(rule).finish().length));
+    if (n === undefined) ruleBytes.set(rule, (n = SizeWriter.measure(Rule, rule)));
     // PolicySpec.rules is field 3, length-delimited: a one-byte tag, the length, the rule.
     specBytes += 1 + varintSize(n) + n;
   }
   // Policy.spec is field 2: a one-byte tag, the length, the spec.
-  return Policy.encode({ metadata: policy.metadata, spec: undefined }).finish().length + 1 + varintSize(specBytes) + specBytes;
+  return SizeWriter.measure(Policy, { metadata: policy.metadata, spec: undefined }) + 1 + varintSize(specBytes) + specBytes;
 }
 
 function validateRule(rule: Rule, rp: string, limits: Readonly<PolicyLimits>, add: (f: string, d: string, r: string) => void): void {

@@ -4,18 +4,23 @@ import {
   Action,
   GENESIS_HASH,
   LogEntry,
+  LogHead,
   Policy,
   Protocol,
   SignatureError,
   SignedLogEntry,
+  type SignedLogHead,
+  type TrustedKeys,
   decodeSignedLogEntry,
   encodeSignedLogEntry,
   keyIdOf,
   logEntryHash,
   openLogEntry,
+  openLogHead,
   publicKeyFromRaw,
   rawPublicKey,
   signLogEntry,
+  signLogHead,
 } from '@edgeplane/proto';
 
 const { privateKey, publicKey } = generateKeyPairSync('ed25519');
@@ -85,4 +90,41 @@ test('log envelope - raw public keys round-trip and keep their id', (t) => {
   t.is(raw.length, 32);
   t.is(keyIdOf(publicKeyFromRaw(raw)), keyIdOf(publicKey));
   t.throws(() => publicKeyFromRaw(new Uint8Array(31)), { instanceOf: TypeError });
+});
+
+test('log envelope - a head verified before is accepted again only with the same key, bytes and signature: a forged head at the same revision is refused', (t) => {
+  const hash = Buffer.alloc(32, 7);
+  const head = signLogHead({ fleetId: 'f', revision: 5n, hash, time: new Date('2026-12-02T07:00:00Z'), controllerId: 'c' }, privateKey);
+  t.is(openLogHead(head, trusted).revision, 5n);
+  t.is(openLogHead(head, trusted).revision, 5n, 'the same head again');
+  const later = LogHead.encode({ fleetId: 'f', revision: 5n, hash, time: new Date('2026-12-02T07:00:05Z'), controllerId: 'c' }).finish();
+  const other = LogHead.encode({ fleetId: 'f', revision: 5n, hash: Buffer.alloc(32, 8), time: new Date('2026-12-02T07:00:00Z'), controllerId: 'c' }).finish();
+  const rogue = generateKeyPairSync('ed25519');
+  const forgeries: [string, SignedLogHead, TrustedKeys?][] = [
+    // What a skip by (revision, hash) would let through: a fresher time nobody signed.
+    ['same revision and hash, a later time, the old signature', { ...head, head: Buffer.from(later) }],
+    ['same revision and hash, a later time, signed by another key under the trusted id', { ...signLogHead(LogHead.decode(later), rogue.privateKey), keyId: head.keyId }],
+    ['same revision, another hash, the old signature', { ...head, head: Buffer.from(other) }],
+    ['same bytes, another head\'s valid signature', { ...head, signature: signLogHead(LogHead.decode(other), privateKey).signature }],
+    ['same bytes, a flipped signature bit', { ...head, signature: Buffer.from(Buffer.from(head.signature).map((b, i) => (i === 0 ? b ^ 1 : b))) }],
+    ['same bytes and signature, another key trusted under the id', head, new Map([[head.keyId, rogue.publicKey]])],
+  ];
+  for (const [what, forged, keys] of forgeries) t.throws(() => openLogHead(forged, keys ?? trusted), { instanceOf: SignatureError }, what);
+  // What was remembered is a copy: the caller's buffer changed afterwards is verified as it is now.
+  const next = signLogHead({ fleetId: 'f', revision: 6n, hash, time: new Date('2026-12-02T07:00:10Z'), controllerId: 'c' }, privateKey);
+  const mine = { ...next, head: Buffer.from(next.head) };
+  t.is(openLogHead(mine, trusted).revision, 6n);
+  mine.head[mine.head.length - 1]! ^= 0x01;
+  t.throws(() => openLogHead(mine, trusted), { instanceOf: SignatureError });
+  t.is(openLogHead(head, trusted).revision, 5n, 'the genuine head still opens');
+});
+
+test('log envelope - an entry verified before is verified again when one byte differs', (t) => {
+  const signed = signLogEntry(entry(11n, GENESIS_HASH), privateKey);
+  t.is(openLogEntry(signed, trusted).revision, 11n);
+  const tampered = SignedLogEntry.fromPartial({ ...signed, entry: Buffer.from(signed.entry) });
+  tampered.entry[tampered.entry.length - 1]! ^= 0x01;
+  t.throws(() => openLogEntry(tampered, trusted), { instanceOf: SignatureError, message: /signature does not match/ });
+  t.throws(() => openLogEntry({ ...signed, format: 2 }, trusted), { instanceOf: SignatureError }, 'the same bytes under another format are other signed bytes');
+  t.is(openLogEntry(signed, trusted).revision, 11n);
 });

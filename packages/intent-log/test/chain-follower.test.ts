@@ -2,7 +2,7 @@ import test, { type ExecutionContext } from 'ava';
 import { generateKeyPairSync } from 'node:crypto';
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { headers } from '@nats-io/transport-node';
-import { Action, LogEntry, Policy, Protocol, Rollout, RolloutKind, RolloutState, Service, encodeSignedLogEntry, keyIdOf, rolloutKey, signLogEntry, signSnapshot, type LogEntry as Entry, type SignedLogEntry } from '@edgeplane/proto';
+import { Action, LogEntry, LogHead, Policy, Protocol, Rollout, RolloutKind, RolloutState, Service, encodeSignedLogEntry, keyIdOf, rolloutKey, signLogEntry, signLogHead, signSnapshot, type LogEntry as Entry, type SignedLogEntry } from '@edgeplane/proto';
 import { ChainFollower, IntentChain, IntentLog, type ChainFollowerOptions, type StoredMessage } from '../src/index.js';
 import { natsServerFixture } from '../../../test/support/nats.js';
 
@@ -482,4 +482,31 @@ test('intent chain - rollout records are keyed by kind: a policy and a service o
   // Deleting the policy takes its record only.
   append({ deletes: ['twin'] });
   t.deepEqual([...chain.rollouts.keys()], ['service/twin']);
+});
+
+test('chain follower - log heads: followers in one process take a genuine head; a forged head at the same revision (a later time unsigned, another key under the id, another hash) is refused by each and freshens none', async (t) => {
+  const f = await fixture(t);
+  await f.writer.write(1);
+  // Two followers of one log in one process, as the fleet benchmark runs its agents.
+  const seen = [0, 1].map(() => ({ stale: 0, fresh: 0, rejected: [] as string[] }));
+  const followers = seen.map((s) => new ChainFollower(f.log, { trusted, staleAfterMs: 400, events: { stale: () => s.stale++, fresh: () => s.fresh++, rejected: (reason) => s.rejected.push(reason) } }));
+  t.teardown(() => followers.forEach((x) => x.close()));
+  await Promise.all(followers.map((x) => x.start()));
+  await until('both stale', () => seen.every((s) => s.stale === 1));
+  const hash = Buffer.from(f.writer.chain.lastHash);
+  const genuine = signLogHead({ fleetId: '', revision: 1n, hash, time: new Date(), controllerId: 'c' }, privateKey);
+  f.log.publishHead(genuine);
+  await until('both fresh', () => seen.every((s) => s.fresh === 1));
+  await until('both stale again', () => seen.every((s) => s.stale === 2));
+  const later = { fleetId: '', revision: 1n, hash, time: new Date(Date.now() + 60_000), controllerId: 'c' };
+  f.log.publishHead({ ...genuine, head: Buffer.from(LogHead.encode(later).finish()) });
+  f.log.publishHead({ ...signLogHead(later, rogue.privateKey), keyId: genuine.keyId });
+  f.log.publishHead({ ...genuine, head: Buffer.from(LogHead.encode({ ...later, hash: Buffer.alloc(32, 9) }).finish()) });
+  await until('three rejections each', () => seen.every((s) => s.rejected.length === 3));
+  t.true(seen.every((s) => s.fresh === 1 && s.stale === 2), 'no forged head freshened a follower');
+  t.true(seen.every((s) => s.rejected.every((r) => /signature does not match/.test(r))), JSON.stringify(seen.map((s) => s.rejected)));
+  // The genuine head of that time is taken.
+  f.log.publishHead(signLogHead(later, privateKey));
+  await until('both fresh again', () => seen.every((s) => s.fresh === 2));
+  t.true(seen.every((s) => s.rejected.length === 3));
 });

@@ -3,12 +3,14 @@ import * as grpc from '@grpc/grpc-js';
 import {
   Action,
   ApplyPolicyRequest,
+  MAX_POLICY_BYTES,
   Policy,
   PolicyEventType,
   Protocol,
   type WatchPoliciesResponse,
 } from '@edgeplane/proto';
 import { call, clients, detailsOf } from '../../../test/support/grpc.js';
+import { policyOfSize } from '../../../test/support/sized-policy.js';
 import { samplePolicy, startTestController } from './helpers.js';
 
 let env: Awaited<ReturnType<typeof startTestController>>;
@@ -72,6 +74,16 @@ test.serial('IntentService - validate_only validates and writes nothing', async 
   const after = (await call(c.intent, c.intent.listPolicies, { pageSize: 1, pageToken: '', labelSelector: '' })).revision;
   t.is(after, before);
   await t.throwsAsync(call(c.intent, c.intent.getPolicy, { name: 'dry' }));
+});
+
+test.serial('IntentService - a policy of MAX_POLICY_BYTES is accepted; one byte more is INVALID_ARGUMENT with POLICY_TOO_LARGE at `policy`, and nothing is written', async (t) => {
+  const before = (await call(c.intent, c.intent.listPolicies, { pageSize: 1, pageToken: '', labelSelector: '' })).revision;
+  const ok = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policyOfSize('at-limit', MAX_POLICY_BYTES), validateOnly: true, allowLargeGrowth: true }));
+  t.true(ok.created);
+  const err = await t.throwsAsync<grpc.ServiceError>(call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policyOfSize('over-limit', MAX_POLICY_BYTES + 1), allowLargeGrowth: true })));
+  t.is(err?.code, grpc.status.INVALID_ARGUMENT);
+  t.deepEqual(detailsOf(err)?.fieldViolations, [{ field: 'policy', description: `${MAX_POLICY_BYTES + 1} bytes encoded; at most ${MAX_POLICY_BYTES}`, reason: 'POLICY_TOO_LARGE' }]);
+  t.is((await call(c.intent, c.intent.listPolicies, { pageSize: 1, pageToken: '', labelSelector: '' })).revision, before);
 });
 
 test.serial('IntentService - growing past the rule guard needs allow_large_growth', async (t) => {
