@@ -161,7 +161,7 @@ test('policy validation - prefix list names: DNS labels, each once, at most 16 p
     'policy.spec.rules[0].source_prefix_lists[2] DUPLICATE_PREFIX_LIST',
   ]);
   const many = Array.from({ length: 17 }, (_, i) => `l${i}`);
-  t.deepEqual(fields(validatePolicy(policy([rule({ destinationPrefixLists: many })]))), ['policy.spec.rules[0].destination_prefix_lists TOO_MANY_PREFIX_LISTS']);
+  t.deepEqual(fields(validatePolicy(policy([rule({ destinationPrefixLists: many })]))), ['policy.spec.rules[0].destination_prefix_lists TOO_MANY_PREFIX_LISTS', 'policy.spec.rules TOO_MANY_PREFIX_LISTS']);
   const spread = Array.from({ length: 17 }, (_, i) => rule({ priority: i + 1, sourcePrefixLists: [`l${i}`] }));
   t.deepEqual(fields(validatePolicy(policy(spread))), ['policy.spec.rules TOO_MANY_PREFIX_LISTS'], '17 distinct lists across the rules');
   t.deepEqual(validatePolicy(policy(spread.slice(1))), [], '16 is the limit');
