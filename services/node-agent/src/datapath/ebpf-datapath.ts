@@ -450,8 +450,10 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     const lbTables = layoutLbTables(lb ?? NO_SERVICES, this.lbCapacity, target === 0 ? 0 : 1);
     const flags = tables.genFlags | (lbTables.vip.count > 0 ? genFlags.services : 0);
     // The prefix lists the rules name, held (and brought up to date) before anything else: where
-    // they are is part of the generation (bpf/README.md, "Prefix lists in rules").
-    const lists = this.#placeLists(tables.lists, ruleSet.lists, new Set([...this.#lists.namedBy(active), ...this.#lists.namedBy('shadow')]));
+    // they are is part of the generation (bpf/README.md, "Prefix lists in rules"). A new name
+    // takes a slot no table names, the idle generation's included (packets of the last switch may
+    // still read it until the barrier below).
+    const lists = this.#placeLists(tables.lists, ruleSet.lists, new Set([...this.#lists.namedBy(0), ...this.#lists.namedBy(1), ...this.#lists.namedBy('shadow')]));
     // Policy, services and list slots are one generation: one fingerprint over them (the LB
     // layout's is the same in both generations: its generation byte is taken as 0).
     let fingerprint = tables.fingerprint;
@@ -946,6 +948,8 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
         this.#shadow.disable();
         // Packets that read the flag before still hold the inner maps they took (freed after them).
         for (const outer of [lpm, cwords]) outer.delete(u32Bytes(0));
+        // The union names no list now: its list slots are free for others.
+        this.#lists.writeTables('shadow', [], { slots: [], key: '' });
       } catch (cause) {
         throw new DatapathError('remove shadow candidate', { cause });
       }
