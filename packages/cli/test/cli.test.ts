@@ -4,7 +4,7 @@
 import test from 'ava';
 import { createServer, type AddressInfo } from 'node:net';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -615,8 +615,14 @@ test('prefix lists - apply -f writes a PrefixList before the policy naming it, w
   const yaml = parseYaml((await edgeplane(['get', 'policy', 'named-lists', '-o', 'yaml'])).stdout) as { spec: { rules: { sourcePrefixLists?: string[] }[] } };
   t.deepEqual(yaml.spec.rules[0]?.sourcePrefixLists, ['scanners']);
   t.regex((await edgeplane(['describe', 'policy', 'named-lists'])).stdout, /list:scanners/);
-  t.is((await edgeplane(['delete', 'policy', 'named-lists'])).code, ExitCode.OK);
-  t.is((await edgeplane(['delete', 'prefixlist', 'scanners'])).code, ExitCode.OK);
+  const inUse = await edgeplane(['delete', 'prefixlist', 'scanners']);
+  t.is(inUse.code, ExitCode.ERROR);
+  t.regex(inUse.stderr, /prefix list scanners is named by policy named-lists \(rules\[0\]\.source_prefix_lists\[0\]\)/);
+  // delete -f takes the policy first, whatever the order in the file (here the list comes first).
+  const reversed = file('named-reversed.yaml', readFileSync(both, 'utf8').split('---\n').reverse().join('---\n'));
+  const deleted = await edgeplane(['delete', '-f', reversed]);
+  t.is(deleted.code, ExitCode.OK, deleted.stderr);
+  t.deepEqual(deleted.stdout.trim().split('\n').map((line) => line.split(' ')[0]), ['policy/named-lists', 'prefixlist/scanners']);
 });
 
 test('prefix lists - a bad prefix in a prefixesFile is reported at its file:line, nothing is sent; delete -f removes a list', async (t) => {

@@ -26,7 +26,9 @@ Examples:
     let targets: { kind: 'policy' | 'service' | 'prefixlist'; name: string }[];
     if (flags.strings('filename').length > 0) {
       if (positionals.length > 0) throw new UsageError('give names or -f, not both');
-      targets = (await loadManifests(ctx.io, flags, { validate: false })).map((m) => ({ kind: m.kind, name: resourceName(m) }));
+      // Prefix lists last: a policy of the same files may name one (a named list cannot be deleted).
+      const loaded = (await loadManifests(ctx.io, flags, { validate: false })).map((m) => ({ kind: m.kind, name: resourceName(m) }));
+      targets = [...loaded.filter((m) => m.kind !== 'prefixlist'), ...loaded.filter((m) => m.kind === 'prefixlist')];
     } else if (PREFIX_LIST_WORDS.has(positionals[0] ?? '')) {
       if (positionals.length < 2) throw new UsageError('name the prefix lists to delete, or use -f');
       targets = positionals.slice(1).map((name) => ({ kind: 'prefixlist' as const, name }));
