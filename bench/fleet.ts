@@ -43,7 +43,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import type * as grpc from '@grpc/grpc-js';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { Action, ApplyPolicyRequest, Policy, Protocol, type WatchNodesResponse } from '@edgeplane/proto';
+import { Action, ApplyPolicyRequest, MAX_PREFIX_LIST_CHANGE, Policy, PrefixList, PrefixListUse, Protocol, UpdatePrefixListRequest, type WatchNodesResponse } from '@edgeplane/proto';
 import { NatsServer, freePort } from '@edgeplane/intent-log';
 import { TrustServiceClient } from '@edgeplane/proto';
 import * as grpcJs from '@grpc/grpc-js';
@@ -86,6 +86,13 @@ const COUNTER_S = opt('--counter-interval') ?? '5';
 // agent's apply at 1,000 agents), unlike a real fleet where each node fsyncs its own disk: off by default.
 const STATE_FILE = (opt('--state-file') ?? 'none') as 'disk' | 'none';
 const FANOUT = (opt('--fanout') ?? 'auto') as 'auto' | 'conns' | 'agents';
+// --list-prefixes L: each measured change adds one prefix to a prefix list of L prefixes (use
+// DENY_SOURCE, every node) instead of changing the policy: issue 16's fan-out of one list entry.
+// The simulated agents' memory datapath holds no blocklist, so what is measured is the entry's way
+// to every agent and back (log, follower, the change applied to the agent's copy of the list,
+// compile, ACK); bench/list-change.ts measures what one eBPF node adds to it.
+const LIST_PREFIXES = Number(opt('--list-prefixes') ?? 0);
+const LIST = 'fleet-feed';
 const PROFILE_DIR = opt('--profile');
 const IDLE_S = quick ? 5 : 10;
 const TELEMETRY_S = quick ? 10 : 20;
@@ -577,6 +584,15 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     push('watcher', () => watcher.close());
     // A first revision, so agents start with something to catch up to.
     await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policy(0), allowLargeGrowth: true }));
+    // The list the changes add to, built by successive updates (MAX_PREFIX_LIST_CHANGE each).
+    const addToList = async (add: string[]): Promise<bigint> => {
+      const r = await call(c.blocklist, c.blocklist.updatePrefixList, UpdatePrefixListRequest.fromPartial({ prefixList: PrefixList.fromPartial({ metadata: { name: LIST }, spec: { use: PrefixListUse.PREFIX_LIST_USE_DENY_SOURCE } }), add }), 120_000);
+      return r.prefixList!.metadata!.resourceVersion;
+    };
+    for (let from = 0; from < LIST_PREFIXES; from += MAX_PREFIX_LIST_CHANGE) {
+      const to = Math.min(LIST_PREFIXES, from + MAX_PREFIX_LIST_CHANGE);
+      await addToList(Array.from({ length: to - from }, (_, k) => `${11 + ((from + k) >> 16)}.${((from + k) >> 8) & 255}.${(from + k) & 255}.0/24`));
+    }
 
     // -- start the fleet --
     const stateDir = STATE_FILE === 'disk' ? join(dir, 'state') : undefined;
@@ -666,7 +682,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
         const c0 = sampleControllers();
         const w0 = workers.map((w) => sampleProc(w.pid));
         const a0 = now();
-        const { revision } = await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policy(i), allowLargeGrowth: true }));
+        const revision = LIST_PREFIXES > 0 ? await addToList([`203.0.${113 + (i >> 8)}.${i & 255}/32`]) : (await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policy(i), allowLargeGrowth: true }))).revision;
         const a1 = now();
         // Bounded: nodes whose ACK has not arrived by then count as +Infinity in the distribution.
         await until(`${n} ACKs of revision ${revision} at the watcher`, () => watcher.count(revision) >= n, CONVERGE_BOUND_MS).catch(() => undefined);
@@ -1079,11 +1095,11 @@ async function main(): Promise<void> {
         process.stderr.write(`${table(results.slice(-1))}\n${toJson({ partial: true, result: results[results.length - 1] })}\n`);
       }
     }
-    if (results.length) process.stdout.write(`${table(results)}\n\n${goals(results)}\n`);
+    if (results.length) process.stdout.write(`${LIST_PREFIXES > 0 ? `changes: one prefix added to a ${LIST_PREFIXES}-prefix list\n` : ''}${table(results)}\n\n${goals(results)}\n`);
     const model = costModel(results);
     if (model) process.stdout.write(`\n${model.text}\n`);
     for (const f of failed) process.stdout.write(`run failed: ${f}\n`);
-    process.stdout.write(toJson({ bench: 'fleet', quick, k: K, mtls: DEFAULT_OPTIONS.mtls, replicas: REPLICAS, heartbeatS: Number(HEARTBEAT_S), counterS: Number(COUNTER_S), ...machine(), results, ...(model ? { model: model.json } : {}), failed }) + '\n');
+    process.stdout.write(toJson({ bench: 'fleet', quick, k: K, mtls: DEFAULT_OPTIONS.mtls, replicas: REPLICAS, heartbeatS: Number(HEARTBEAT_S), counterS: Number(COUNTER_S), changes: LIST_PREFIXES > 0 ? `one prefix added to a ${LIST_PREFIXES}-prefix list` : 'policy', ...machine(), results, ...(model ? { model: model.json } : {}), failed }) + '\n');
     if (failed.length) process.exitCode = 1;
   });
 }

@@ -3,7 +3,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { service as healthService } from 'grpc-health-check';
-import { FleetServiceClient, IntentServiceClient, TrustServiceClient, STATUS_DETAILS_KEY, decodeStatusDetails, type StatusDetails } from '@edgeplane/proto';
+import { BlocklistServiceClient, FleetServiceClient, IntentServiceClient, TrustServiceClient, STATUS_DETAILS_KEY, decodeStatusDetails, type StatusDetails } from '@edgeplane/proto';
 
 type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
 
@@ -26,19 +26,22 @@ export interface ClientTls {
 }
 
 /** Clients for a controller address: mutual TLS with `tls`, else plaintext. Close them with `close()`. */
-export function clients(address: string, tls?: ClientTls): { intent: IntentServiceClient; fleet: FleetServiceClient; trust: TrustServiceClient; close(): void } {
+export function clients(address: string, tls?: ClientTls): { intent: IntentServiceClient; fleet: FleetServiceClient; trust: TrustServiceClient; blocklist: BlocklistServiceClient; close(): void } {
   const creds = tls ? grpc.credentials.createSsl(tls.ca, tls.key, tls.cert) : grpc.credentials.createInsecure();
   const intent = new IntentServiceClient(address, creds);
   const fleet = new FleetServiceClient(address, creds);
   const trust = new TrustServiceClient(address, creds);
+  const blocklist = new BlocklistServiceClient(address, creds);
   return {
     intent,
     fleet,
     trust,
+    blocklist,
     close() {
       intent.close();
       fleet.close();
       trust.close();
+      blocklist.close();
     },
   };
 }
