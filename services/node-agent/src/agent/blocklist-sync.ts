@@ -52,7 +52,7 @@ export class BlocklistSync {
   /** What the tries hold, as this object wrote it (undefined: unknown, the next sync loads whole). */
   #held: Desired | undefined;
   /** With #held: the prefixes array of each deny list it holds, by name. */
-  #lists = new Map<string, readonly string[]>();
+  #lists: ReadonlyMap<string, readonly string[]> = new Map();
   /** With #held: prefixes in more than one of those lists, and in how many more than one. */
   #shared = new Map<string, number>();
   /** With #held: the active blocks' prefixes and the latest expiry of each (ms). */
@@ -194,7 +194,7 @@ export class BlocklistSync {
       else this.#shared.delete(p);
     }
     this.#held = held;
-    this.#lists = new Map(lists);
+    this.#lists = lists;
     this.#blocks = blocks;
     return { mode: adds.length + removes.length === 0 ? 'unchanged' : 'updated', entries: held.size, added: adds.length, removed: removes.length };
   }
