@@ -68,6 +68,9 @@ export class Topology {
       const ip = end.ns ? ['-n', end.ns] : [];
       // No IPv6 autoconfiguration chatter: tests count packets.
       if (end.ns && end.ipv6 !== true) sh('ip', ['netns', 'exec', end.ns, 'sysctl', '-qw', `net.ipv6.conf.${end.name}.disable_ipv6=1`]);
+      // No duplicate detection for the link-local address either: while it is tentative the
+      // first datagrams through a router can be lost (neighbour discovery has no source yet).
+      if (end.ns && end.ipv6 === true) sh('ip', ['netns', 'exec', end.ns, 'sysctl', '-qw', `net.ipv6.conf.${end.name}.accept_dad=0`]);
       for (const address of [...(end.address ? [end.address] : []), ...(end.addresses ?? [])]) {
         // nodad: an IPv6 address is usable at once, not after a second of duplicate detection.
         sh('ip', [...ip, 'addr', 'add', address, 'dev', end.name, ...(address.includes(':') ? ['nodad'] : [])]);
