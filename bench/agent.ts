@@ -44,7 +44,7 @@ const GOALS = { idleFewRulesMiB: 64, idle65536RulesMiB: 150 };
 const LABELS = { role: 'edge', site: 'bench' };
 const POLICY = 'bench-rules';
 /** Production intervals for the footprint (the harness defaults to 1 s for tests). */
-const PRODUCTION_INTERVALS = ['--heartbeat-interval', '5', '--counter-interval', '5', '--interface-check', '2'];
+const PRODUCTION_INTERVALS = ['--heartbeat-interval', '60', '--counter-interval', '5', '--interface-check', '2'];
 
 // Both the services and this process read span times against the same wall clock.
 const now = (): number => performance.timeOrigin + performance.now();
@@ -284,7 +284,7 @@ async function main(): Promise<void> {
     // default refuses the 65,536-rule entry, ~1.5 MiB). The controller's heartbeat and counter
     // intervals are the production ones (the harness's test intervals would change the agent's
     // footprint: the controller tells agents its intervals).
-    const cp = await TestControlPlane.start({ extra: ['--rule-growth-guard', '1000000', '--max-rules-per-policy', '65536', '--otlp-endpoint', `http://127.0.0.1:${sink.port}`, '--heartbeat-interval', '5', '--counter-interval', '5'] });
+    const cp = await TestControlPlane.start({ extra: ['--rule-growth-guard', '1000000', '--max-rules-per-policy', '65536', '--otlp-endpoint', `http://127.0.0.1:${sink.port}`, '--heartbeat-interval', '60', '--counter-interval', '5'] });
     cleanups.push(['control plane', () => cp.close()]);
     const controller = cp.controller;
     const c = clients(cp.address, cp.adminTls);

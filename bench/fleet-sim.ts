@@ -211,7 +211,7 @@ async function startAgent(cmd: Extract<SimCommand, { type: 'start' }>, index: nu
     controller: { address: replicasOf(cmd.controller, index), credentials: identities.get(name) ? pooled(identities.get(name)!.channelCredentials()) : distinctInsecureCredentials() },
     info: { agentVersion: 'sim', kernelRelease: 'sim', hostname: name, datapath: 'memory', capabilities: { xdpNative: false, xdpGeneric: false, tc: false, maxRules: 65_536, ipv6: true } },
     sessionId: `${name}-${process.pid}`,
-    heartbeatIntervalMs: 5000,
+    heartbeatIntervalMs: 60_000,
     counterIntervalMs: 5000,
     log: quiet,
     hooks: {

@@ -73,10 +73,11 @@ const K = quick ? 5 : 20;
 const WORKERS = Number(opt('--workers') ?? 2);
 const REPLICAS = (opt('--replicas') ?? (TABLE ? '1,3' : '1')).split(',').map((r) => Math.max(1, Number(r)));
 // --heartbeat-interval S / --log-heartbeat S: the controller's agent heartbeat (echoed, every agent
-// every S seconds) and signed log head (verified by every agent) intervals, default 5 and 5 as the
-// controller's. Each costs the controller and the simulator per agent per interval, so at 10,000
-// agents on two shared cores the bench may set them longer; both modes of a pair use the same.
-const HEARTBEAT_S = opt('--heartbeat-interval') ?? '5';
+// every S seconds) and signed log head (verified by every agent) intervals, default 60 and 5 as the
+// controller's (a dead peer is noticed by HTTP/2 keepalive PINGs, which the controller's HTTP/2
+// layer answers without JavaScript). Each costs the controller and the simulator per agent per
+// interval; both modes of a pair use the same.
+const HEARTBEAT_S = opt('--heartbeat-interval') ?? '60';
 const LOG_HEARTBEAT_S = opt('--log-heartbeat') ?? '5';
 // --counter-interval S: how often agents whose datapath counted something report counters (the
 // controller's setting, default 5 as the controller's; issue 15's telemetry goal is every 5 s).
@@ -94,7 +95,10 @@ const FANOUT = (opt('--fanout') ?? 'auto') as 'auto' | 'conns' | 'agents';
 const LIST_PREFIXES = Number(opt('--list-prefixes') ?? 0);
 const LIST = 'fleet-feed';
 const PROFILE_DIR = opt('--profile');
-const IDLE_S = quick ? 5 : 10;
+// The idle window spans a whole heartbeat interval (and so the controller's 30 s keepalive PINGs
+// and the agents' 10 s ones): agents connected within a start of some seconds beat in a band of
+// the interval, which a shorter window would catch all or none of.
+const IDLE_S = Math.max(quick ? 5 : 10, Number(HEARTBEAT_S));
 const TELEMETRY_S = quick ? 10 : 20;
 /** Hard bound for the whole run (per fleet size and replica count): past it everything is torn down. */
 const BOUND_MS = (quick ? 30 : 60) * 60_000 * SIZES.length * REPLICAS.length;

@@ -3,6 +3,7 @@
 // heartbeats were waiting in the socket is kept, and one that really went silent is still closed.
 // Real controller process, real mutual TLS, a real enrolled identity.
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -10,6 +11,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { AgentServiceClient, type ConnectRequest, type ConnectResponse } from '@edgeplane/proto';
 import { ControllerLink, NodeIdentity, enrollNode } from '@edgeplane/node-agent';
 import { TestControlPlane, until } from './support/control-plane.js';
+import { call } from './support/grpc.js';
 
 let cp: TestControlPlane;
 let dir: string;
@@ -25,11 +27,11 @@ test.after.always(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function enrolled(name: string): Promise<NodeIdentity> {
-  const args = await cp.agentTrustArgs(name);
+async function enrolled(name: string, plane: TestControlPlane = cp): Promise<NodeIdentity> {
+  const args = await plane.agentTrustArgs(name);
   const stateDir = join(dir, name);
-  const creds = await enrollNode({ address: cp.address, token: args[1]!, caFingerprint: args[3]!, nodeName: name, stateDir });
-  const identity = new NodeIdentity(creds, { address: cp.address, stateDir });
+  const creds = await enrollNode({ address: plane.address, token: args[1]!, caFingerprint: args[3]!, nodeName: name, stateDir });
+  const identity = new NodeIdentity(creds, { address: plane.address, stateDir });
   cleanups.push(() => identity.close());
   return identity;
 }
@@ -118,4 +120,100 @@ test.serial('controller stall - an agent whose heartbeats go unanswered three ti
   t.like(changes.at(-1), { up: false, reason: 'heartbeats stopped coming back' });
   await until('link back', () => link.connected, 20_000);
   t.true(changes.at(-1)?.up);
+});
+
+/**
+ * A TCP relay that can go black: frozen, it forwards nothing in either direction and answers
+ * nothing, as a path through a dead host or a partition does (TCP stays up, nothing comes back).
+ * Connections made while it is thawed pass again.
+ */
+async function blackHole(target: string): Promise<{ address: string; freeze(): void; thaw(): void; close(): Promise<void> }> {
+  const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const pairs = new Set<[Socket, Socket]>();
+  const server = createServer((down) => {
+    const up = connect(port, host);
+    const pair: [Socket, Socket] = [down, up];
+    pairs.add(pair);
+    down.pipe(up);
+    up.pipe(down);
+    const end = (): void => {
+      pairs.delete(pair);
+      down.destroy();
+      up.destroy();
+    };
+    down.on('error', end).on('close', end);
+    up.on('error', end).on('close', end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const addr = server.address() as { port: number };
+  return {
+    address: `127.0.0.1:${addr.port}`,
+    // Unpiped and paused: bytes stay in the kernel's buffers, unread and unanswered.
+    freeze(): void {
+      for (const [down, up] of pairs) {
+        down.unpipe(up);
+        up.unpipe(down);
+        down.pause();
+        up.pause();
+      }
+    },
+    thaw(): void {
+      for (const [down, up] of [...pairs]) {
+        down.destroy();
+        up.destroy();
+      }
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const [down, up] of pairs) {
+          down.destroy();
+          up.destroy();
+        }
+        server.close(() => resolve());
+      }),
+  };
+}
+
+test.serial('keepalive - with rare heartbeats, a peer behind a dead path is noticed by HTTP/2 PINGs on both ends', async (t) => {
+  // Heartbeats every 60 s (the default): a silent stream would only be closed after 180 s. The
+  // controller PINGs every connection every 1 s here and the link PINGs every 1 s.
+  const plane = await TestControlPlane.start(['--heartbeat-interval', '60', '--keepalive', '1']);
+  cleanups.push(() => plane.close());
+  const hole = await blackHole(plane.address);
+  cleanups.push(() => hole.close());
+  const identity = await enrolled('ka-link', plane);
+  const changes: { up: boolean; reason: string }[] = [];
+  const link = new ControllerLink({
+    address: hole.address,
+    credentials: identity.channelCredentials(),
+    hello: () => ({ nodeName: 'ka-link', labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 'ka-link', conditions: [], appliedUnknown: false, lastReport: undefined }),
+    counters: () => undefined,
+    onStateChange: (up, reason) => changes.push({ up, reason }),
+    keepaliveMs: 1000,
+    keepaliveTimeoutMs: 1000,
+    maxBackoffMs: 500,
+  });
+  cleanups.push(() => link.close());
+  link.start();
+  await until('link connected', () => link.connected, 20_000);
+  const connected = async (): Promise<boolean | undefined> => (await call(plane.api.fleet, plane.api.fleet.getNode, { name: 'ka-link' })).node?.status?.connected;
+  await until('the controller has the node connected', async () => (await connected()) === true, 10_000);
+
+  // Quiet for 3 s with the path open: PINGs answered, no heartbeat due, nothing is closed.
+  await sleep(3000);
+  t.true(link.connected, `the link stayed up while quiet: ${JSON.stringify(changes)}`);
+  t.true(await connected(), 'the controller kept the quiet stream');
+
+  hole.freeze();
+  const frozenAt = Date.now();
+  await until('the link notices', () => !link.connected, 10_000);
+  await until('the controller notices', async () => (await connected()) === false, 10_000, () => plane.controller.output);
+  // Well before a heartbeat could have said anything (60 s), and before the 180 s silence bound.
+  t.true(Date.now() - frozenAt < 15_000);
+  t.false(changes.at(-1)!.up);
+  t.notRegex(changes.at(-1)!.reason, /heartbeats/, 'the transport, not the heartbeat count, noticed');
+
+  hole.thaw();
+  await until('link back', () => link.connected, 20_000);
+  await until('the controller has it again', async () => (await connected()) === true, 10_000);
 });

@@ -71,7 +71,10 @@ export interface ControllerConfig {
   counterIntervalMs: number;
   /** How long ListConnections waits for the node's agent. */
   connectionsTimeoutMs: number;
+  /** Agents' application heartbeat; a stream silent for 3 of them is closed. */
   heartbeatIntervalMs: number;
+  /** HTTP/2 keepalive PING to every connection (a dead agent host is noticed by it). */
+  keepaliveMs: number;
   /** Fewest packets a node must count since it enforced a rollout's change before the drop-share gate judges it. */
   gateMinPackets: number;
   shutdownGraceMs: number;
@@ -158,7 +161,11 @@ Every flag can also be set by the environment variable shown.
   --otlp-endpoint URL       export traces by OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT; unset = no export)
   --counter-interval SEC    how often agents report counters (default 5)
   --connections-timeout SEC how long ListConnections (edgeplane conntrack) waits for the node's agent (default 10)
-  --heartbeat-interval SEC  application heartbeat of agent streams (default 5)
+  --heartbeat-interval SEC  agents send an application heartbeat every SEC seconds, echoed, and a
+                            stream silent for 3 of them is closed (default 60); a dead peer is
+                            noticed sooner by HTTP/2 keepalive: the agent PINGs every 10 s
+  --keepalive SEC           HTTP/2 PING to every connection every SEC seconds; one unanswered for
+                            SEC (at most 10 s) is closed (default 30): how a dead agent host is noticed
   --gate-min-packets N      packets a node must count since it enforced a staged change before the
                             drop-share gate judges it (default 20): fewer never fail a wave on their own
   --shutdown-grace SEC      on SIGTERM, time given to running calls (default 10)
@@ -237,6 +244,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'counter-interval': { type: 'string' },
         'connections-timeout': { type: 'string' },
         'heartbeat-interval': { type: 'string' },
+        keepalive: { type: 'string' },
         'gate-min-packets': { type: 'string' },
         'shutdown-grace': { type: 'string' },
         'dashboard-listen': { type: 'string' },
@@ -322,7 +330,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     ...(otlp ? { otlpEndpoint: otlp } : {}),
     counterIntervalMs: int('counter-interval', values['counter-interval'], 5, 1) * 1000,
     connectionsTimeoutMs: int('connections-timeout', values['connections-timeout'], 10, 1) * 1000,
-    heartbeatIntervalMs: int('heartbeat-interval', values['heartbeat-interval'], 5, 1) * 1000,
+    heartbeatIntervalMs: int('heartbeat-interval', values['heartbeat-interval'], 60, 1) * 1000,
+    keepaliveMs: int('keepalive', values['keepalive'], 30, 1) * 1000,
     gateMinPackets: int('gate-min-packets', values['gate-min-packets'], DEFAULT_GATE_MIN_PACKETS, 1),
     shutdownGraceMs: int('shutdown-grace', values['shutdown-grace'], 10) * 1000,
   };

@@ -457,6 +457,8 @@ export async function startController(config: ControllerConfig, extras: StartExt
       fleet: fleetServiceHandlers(fleetApi, onError, auth),
       agent: agentServiceHandlers(sessions, onError, auth),
       trust: trustServiceHandlers(trustApi, onError, auth),
+      keepaliveMs: config.keepaliveMs,
+      keepaliveTimeoutMs: Math.min(10_000, config.keepaliveMs),
     });
     onNatsUp = (up) => grpcServer.setServing(up);
     if (!natsUp) grpcServer.setServing(false);

@@ -59,6 +59,13 @@ export interface GrpcServerOptions {
   trust: TrustServiceServer;
   /** Largest request accepted, bytes (default MAX_REQUEST_BYTES: the largest valid ApplyPolicy); larger ones fail RESOURCE_EXHAUSTED. */
   maxRequestBytes?: number;
+  /**
+   * HTTP/2 keepalive: a PING to every client connection after this long (default 30 s); a
+   * connection whose PING is not answered within `keepaliveTimeoutMs` (default 10 s) is closed.
+   * This is how a dead agent host is noticed: agents send application heartbeats rarely.
+   */
+  keepaliveMs?: number;
+  keepaliveTimeoutMs?: number;
 }
 
 const SERVICE_NAMES = ['edgeplane.v1.IntentService', 'edgeplane.v1.BlocklistService', 'edgeplane.v1.FleetService', 'edgeplane.v1.AgentService', 'edgeplane.v1.TrustService'];
@@ -180,8 +187,8 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   // stamps the time on every message of every agent stream (10,000 streams and their heartbeats).
   const server = new grpc.Server({
     'grpc.max_receive_message_length': max,
-    'grpc.keepalive_time_ms': 30_000,
-    'grpc.keepalive_timeout_ms': 10_000,
+    'grpc.keepalive_time_ms': options.keepaliveMs ?? 30_000,
+    'grpc.keepalive_timeout_ms': options.keepaliveTimeoutMs ?? 10_000,
     'grpc.keepalive_permit_without_calls': 1,
     'grpc.enable_channelz': 0,
   });

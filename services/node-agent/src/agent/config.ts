@@ -145,7 +145,7 @@ Usage: edgeplane-agent [flags]
   --lb-slots N              Maglev table slots over all services, a multiple of ${LB_BLOCK_SLOTS} (EDGEPLANE_LB_SLOTS,
                             default ${DEFAULT_LB_CAPACITY.slots}, 2 bytes each; ${LB_CAPACITY_BOUNDS.slots.min} .. ${LB_CAPACITY_BOUNDS.slots.max})
   --lb-backends N           backends over all services (EDGEPLANE_LB_BACKENDS, default ${DEFAULT_LB_CAPACITY.backends}, at most ${LB_CAPACITY_BOUNDS.backends.max})
-  --heartbeat-interval SEC  until the controller sends its settings (default 5)
+  --heartbeat-interval SEC  until the controller sends its settings (default 60)
   --counter-interval SEC    until the controller sends its settings (default 5)
   --interface-check SEC     how often attachments are checked and restored (default 2)
   --otlp-endpoint URL       export traces by OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT)
@@ -335,7 +335,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
       backends: lbCapacity('backends', values['lb-backends'] ?? env.EDGEPLANE_LB_BACKENDS),
     },
     xdpMode: xdpMode as AgentConfig['xdpMode'],
-    heartbeatIntervalMs: num('heartbeat-interval', values['heartbeat-interval'], 5) * 1000,
+    heartbeatIntervalMs: num('heartbeat-interval', values['heartbeat-interval'], 60) * 1000,
     counterIntervalMs: num('counter-interval', values['counter-interval'], 5) * 1000,
     interfaceCheckMs: num('interface-check', values['interface-check'], 2) * 1000,
     ...(otlp ? { otlpEndpoint: otlp } : {}),

@@ -42,6 +42,15 @@ export interface ControllerLinkOptions {
   /** Defaults until the controller's settings arrive. */
   heartbeatIntervalMs?: number;
   counterIntervalMs?: number;
+  /**
+   * HTTP/2 keepalive: a PING after this long (default 10 s); a connection whose PING is not
+   * answered within `keepaliveTimeoutMs` (default 10 s) is closed and the link reconnects. This,
+   * not the application heartbeat (rare: the controller's setting, 60 s by default), is how a
+   * controller that went away without closing the connection is noticed; it costs the controller
+   * no JavaScript (its HTTP/2 layer answers PINGs itself).
+   */
+  keepaliveMs?: number;
+  keepaliveTimeoutMs?: number;
   /** How long to wait for the connection and the welcome. Default 10 s. */
   connectTimeoutMs?: number;
   /** Reconnect backoff bounds, ms. Default 250 .. 15000, with full jitter. */
@@ -55,8 +64,8 @@ function ms(d: { seconds: bigint; nanos: number } | undefined): number | undefin
 
 /**
  * The agent's side of AgentService.Connect: connects (with a deadline), says hello, sends
- * reports, counter deltas and heartbeats, notices a half-open connection when heartbeats stop
- * coming back, and reconnects with exponential backoff and full jitter, forever. Reports made
+ * reports, counter deltas and heartbeats, notices a half-open connection when its HTTP/2
+ * keepalive PINGs or its heartbeats stop coming back, and reconnects with exponential backoff and full jitter, forever. Reports made
  * while disconnected are kept (the newest per revision) and sent after the next hello.
  * Owns its client; close() ends the stream and stops reconnecting.
  */
@@ -88,7 +97,7 @@ export class ControllerLink {
 
   constructor(options: ControllerLinkOptions) {
     this.#options = options;
-    this.#heartbeatMs = options.heartbeatIntervalMs ?? 5000;
+    this.#heartbeatMs = options.heartbeatIntervalMs ?? 60_000;
     this.#counterMs = options.counterIntervalMs ?? 5000;
     this.#addresses = typeof options.address === 'string' ? [options.address] : [...options.address];
     if (this.#addresses.length === 0) throw new TypeError('ControllerLink: no controller address');
@@ -104,8 +113,8 @@ export class ControllerLink {
     let client = this.#clients.get(address);
     if (!client) {
       client = new AgentServiceClient(address, this.#options.credentials, {
-        'grpc.keepalive_time_ms': 20_000,
-        'grpc.keepalive_timeout_ms': 10_000,
+        'grpc.keepalive_time_ms': this.#options.keepaliveMs ?? 10_000,
+        'grpc.keepalive_timeout_ms': this.#options.keepaliveTimeoutMs ?? 10_000,
         'grpc.initial_reconnect_backoff_ms': 250,
         'grpc.max_reconnect_backoff_ms': 5000,
       });
