@@ -96,7 +96,7 @@ const LIST_PREFIXES = Number(opt('--list-prefixes') ?? 0);
 const LIST = 'fleet-feed';
 const PROFILE_DIR = opt('--profile');
 // The idle window spans a whole heartbeat interval (and so the controller's 30 s keepalive PINGs
-// and the agents' 10 s ones): agents connected within a start of some seconds beat in a band of
+// and the agents' 20 s ones): agents connected within a start of some seconds beat in a band of
 // the interval, which a shorter window would catch all or none of.
 const IDLE_S = Math.max(quick ? 5 : 10, Number(HEARTBEAT_S));
 const TELEMETRY_S = quick ? 10 : 20;

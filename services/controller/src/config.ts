@@ -163,7 +163,7 @@ Every flag can also be set by the environment variable shown.
   --connections-timeout SEC how long ListConnections (edgeplane conntrack) waits for the node's agent (default 10)
   --heartbeat-interval SEC  agents send an application heartbeat every SEC seconds, echoed, and a
                             stream silent for 3 of them is closed (default 60); a dead peer is
-                            noticed sooner by HTTP/2 keepalive: the agent PINGs every 10 s
+                            noticed sooner by HTTP/2 keepalive: the agent PINGs every 20 s
   --keepalive SEC           HTTP/2 PING to every connection every SEC seconds; one unanswered for
                             SEC (at most 10 s) is closed (default 30): how a dead agent host is noticed
   --gate-min-packets N      packets a node must count since it enforced a staged change before the
