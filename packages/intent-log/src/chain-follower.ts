@@ -546,10 +546,10 @@ export class ChainFollower {
     let { first, last } = await this.#log.bounds();
     const held = this.#floor && this.#floor.revision > this.#position ? this.#floor.revision : this.#position;
     if (last < held) {
-      // Stream info can lag a just-stored entry for a moment; only a shortfall that persists
-      // means the log was rewound.
+      // Stream info can lag a just-stored entry for a moment, a direct get from a replica too;
+      // only a shortfall the leader confirms after a pause means the log was rewound.
       await new Promise((r) => setTimeout(r, this.#options.lagRetryMs ?? 250));
-      ({ first, last } = await this.#log.bounds());
+      ({ first, last } = await this.#log.bounds({ exact: true }));
       if (last < held) {
         this.#diverge(`the log ends at ${last} but this node has verified up to ${held}`);
         return;

@@ -66,6 +66,20 @@ export type StoredMessage = { revision: bigint; signed: SignedLogEntry; error?: 
 /** Per-request timeout of the log's retried idempotent reads (bounds), ms. */
 const QUICK_TIMEOUT_MS = 500;
 
+/** Ranges of fewer entries than this are read by direct gets, longer ones by an ordered consumer. */
+const DIRECT_READ_MAX = 64n;
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A stored message as a log entry, or as the error it does not decode with. */
+function decodeStored(revision: bigint, data: Uint8Array): StoredMessage {
+  try {
+    return { revision, signed: decodeSignedLogEntry(data) };
+  } catch (error) {
+    return { revision, error: error as Error };
+  }
+}
+
 /** The stream's bounds: entries first..last are readable (none when last < first). */
 export interface LogBounds {
   first: bigint;
@@ -88,9 +102,16 @@ export class IntentLog {
   /** The same with a short request timeout, for idempotent reads retried within #timeoutMs. */
   #quickJsm: JetStreamManager;
   #timeoutMs: number;
+  /**
+   * Whether reads may use direct gets (the stream allows them, and none was refused yet): the
+   * stream answers those itself, while stream info and consumers go through the JetStream API,
+   * which 10,000 followers catching up at once after a nats-server restart kept saturated (each
+   * request timed out and was sent again; the fleet never caught up).
+   */
+  #direct: boolean;
   #kv: KV;
 
-  private constructor(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, quickJsm: JetStreamManager, timeoutMs: number, kv: KV, stream: string, subject: string, liveSubject: string, headSubject: string) {
+  private constructor(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, quickJsm: JetStreamManager, timeoutMs: number, kv: KV, stream: string, subject: string, liveSubject: string, headSubject: string, direct: boolean) {
     this.headSubject = headSubject;
     this.#nc = nc;
     this.#js = js;
@@ -98,6 +119,7 @@ export class IntentLog {
     this.#quickJsm = quickJsm;
     this.#timeoutMs = timeoutMs;
     this.#kv = kv;
+    this.#direct = direct;
     this.stream = stream;
     this.subject = subject;
     this.liveSubject = liveSubject;
@@ -148,7 +170,7 @@ export class IntentLog {
       const kv = options.create ? await kvm.create(bucket, { history: 1, replicas: options.replicas ?? 1 }) : await kvm.open(bucket);
       // The API was checked by the manager above: no second account-info round trip.
       const quickJsm = await jetstreamManager(nc, { timeout: Math.min(QUICK_TIMEOUT_MS, timeout), checkAPI: false });
-      return new IntentLog(nc, js, jsm, quickJsm, timeout, kv, stream, subject, live, options.headSubject ?? INTENT_HEAD_SUBJECT);
+      return new IntentLog(nc, js, jsm, quickJsm, timeout, kv, stream, subject, live, options.headSubject ?? INTENT_HEAD_SUBJECT, info.config.allow_direct === true);
     } catch (cause) {
       if (cause instanceof LogUnavailableError) throw cause;
       throw new LogUnavailableError(`open intent log stream=${stream}: ${(cause as Error).message}`, { cause });
@@ -156,23 +178,50 @@ export class IntentLog {
   }
 
   /**
-   * Returns the readable bounds of the log.
+   * Returns the readable bounds of the log: by direct gets when the stream allows them (a
+   * replica of a replicated stream may answer those a moment behind its leader), by stream info
+   * (the leader's) when `exact` is set or they cannot tell.
    * @throws LogUnavailableError if the stream cannot be read.
    */
-  async bounds(): Promise<LogBounds> {
+  async bounds(options: { exact?: boolean } = {}): Promise<LogBounds> {
     // Right after a (re)connect to a restarted server, JetStream answers only once it has
     // recovered its streams (~0.3 s here); a request sent before that is lost, and one request
     // with the full timeout held every write for 5 s. Short requests, retried within the
-    // timeout, find the log as soon as it is back.
+    // timeout, find the log as soon as it is back; a pause between them (jittered) keeps a fleet
+    // of followers from sending a saturated server twice what it cannot answer.
     const deadline = Date.now() + this.#timeoutMs;
     for (;;) {
       try {
+        const direct = options.exact ? undefined : await this.#directBounds();
+        if (direct) return direct;
         const info = await this.#quickJsm.streams.info(this.stream);
         return { first: BigInt(info.state.first_seq), last: BigInt(info.state.last_seq) };
       } catch (cause) {
         if (!(cause instanceof TimeoutError) || Date.now() >= deadline) throw new LogUnavailableError(`read intent log bounds stream=${this.stream}`, { cause });
+        await sleep(Math.min(Math.max(0, deadline - Date.now()), 100 + Math.random() * 400));
       }
     }
+  }
+
+  /**
+   * The bounds by two direct gets (the last message, the first one), or undefined when they
+   * cannot tell: direct gets not allowed, or no message stored (an empty log, or one compacted
+   * whole, whose last sequence only stream info knows).
+   */
+  async #directBounds(): Promise<LogBounds | undefined> {
+    if (!this.#direct) return undefined;
+    let last, first;
+    try {
+      last = await this.#quickJsm.direct.getMessage(this.stream, { last_by_subj: this.subject });
+      if (!last) return undefined;
+      first = await this.#quickJsm.direct.getMessage(this.stream, { seq: 1, next_by_subj: this.subject });
+    } catch (err) {
+      if (err instanceof TimeoutError) throw err;
+      // Refused (no responders, permissions): stream info and consumers from now on.
+      this.#direct = false;
+      return undefined;
+    }
+    return { first: BigInt((first ?? last).seq), last: BigInt(last.seq) };
   }
 
   /**
@@ -243,6 +292,10 @@ export class IntentLog {
    */
   async *messages(from: bigint, to: bigint): AsyncGenerator<StoredMessage> {
     if (to < from) return;
+    if (this.#direct && to - from < DIRECT_READ_MAX) {
+      const read = yield* this.#directMessages(from, to);
+      if (read) return;
+    }
     let consumer;
     try {
       consumer = await this.#js.consumers.get(this.stream, {
@@ -258,19 +311,38 @@ export class IntentLog {
     try {
       for await (const m of messages) {
         const revision = BigInt(m.seq);
-        let decoded: StoredMessage;
-        try {
-          decoded = { revision, signed: decodeSignedLogEntry(m.data) };
-        } catch (error) {
-          decoded = { revision, error: error as Error };
-        }
-        yield decoded;
+        yield decodeStored(revision, m.data);
         if (revision >= to) break;
       }
     } finally {
       await messages.close();
       await consumer.delete().catch(() => false);
     }
+  }
+
+  /**
+   * Reads a short range by direct gets, each the next message at or after a sequence (so
+   * compacted sequences are skipped as a consumer skips them): no consumer to create and
+   * delete. @returns false, having yielded nothing, when direct gets are refused.
+   */
+  async *#directMessages(from: bigint, to: bigint): AsyncGenerator<StoredMessage, boolean> {
+    for (let seq = from; seq <= to; ) {
+      let m;
+      try {
+        m = await this.#jsm.direct.getMessage(this.stream, { seq: Number(seq), next_by_subj: this.subject });
+      } catch (cause) {
+        if (!(cause instanceof TimeoutError) && seq === from) {
+          this.#direct = false;
+          return false;
+        }
+        throw new LogUnavailableError(`read intent log at ${seq}: ${(cause as Error).message}`, { cause });
+      }
+      if (!m || BigInt(m.seq) > to) return true;
+      const revision = BigInt(m.seq);
+      yield decodeStored(revision, m.data);
+      seq = revision + 1n;
+    }
+    return true;
   }
 
   /**

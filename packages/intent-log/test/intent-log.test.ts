@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { Action, LogEntry, Policy, Protocol, Service, keyIdOf, signLogEntry, signSnapshot, type SignedLogEntry } from '@edgeplane/proto';
 import { ChainError, ConflictError, GapError, IntentChain, IntentLog, NatsServer } from '../src/index.js';
 import { natsServerFixture } from '../../../test/support/nats.js';
@@ -225,4 +226,85 @@ test('nats server - close twice is safe', async (t) => {
   await s.close();
   t.is(s.pid, undefined);
   rmSync(d, { recursive: true, force: true });
+});
+
+/** Records the JetStream API subjects requested while `fn` runs (a plain subscriber sees requests too). */
+async function apiCalls(fn: () => Promise<unknown>): Promise<string[]> {
+  const spy = await connect({ servers: nats.server.url });
+  const seen: string[] = [];
+  const sub = spy.subscribe('$JS.API.>', { callback: (_err, m) => seen.push(m.subject) });
+  await spy.flush();
+  try {
+    await fn();
+    await nats.nc.flush();
+    await spy.flush();
+  } finally {
+    sub.unsubscribe();
+    await spy.close();
+  }
+  return seen;
+}
+
+test('intent log - bounds and short reads use direct gets only (no JetStream API queue, no consumer); long reads a consumer', async (t) => {
+  const log = await freshLog();
+  const writer = new IntentChain(trusted);
+  for (let i = 1; i <= 80; i++) {
+    const e = next(writer, { upserts: [policy(`p${i % 7}`, BigInt(i))] });
+    await log.append(e, writer.revision);
+    writer.append(e);
+  }
+  let bounds;
+  const boundsCalls = await apiCalls(async () => (bounds = await log.bounds()));
+  t.deepEqual(bounds, { first: 1n, last: 80n });
+  t.true(boundsCalls.length > 0 && boundsCalls.every((s) => s.startsWith('$JS.API.DIRECT.GET.')), boundsCalls.join(' '));
+
+  const short: bigint[] = [];
+  const shortCalls = await apiCalls(async () => {
+    for await (const m of log.read(70n, 80n)) short.push(m.revision);
+  });
+  t.deepEqual(short, Array.from({ length: 11 }, (_, i) => BigInt(70 + i)));
+  t.true(shortCalls.every((s) => s.startsWith('$JS.API.DIRECT.GET.')), shortCalls.join(' '));
+  t.is(shortCalls.length, 11, 'one direct get per entry');
+
+  const long: bigint[] = [];
+  const longCalls = await apiCalls(async () => {
+    for await (const m of log.read(1n, 80n)) long.push(m.revision);
+  });
+  t.is(long.length, 80);
+  t.true(longCalls.some((s) => s.startsWith('$JS.API.CONSUMER.CREATE.')), longCalls.join(' '));
+
+  // Compacted sequences are skipped by a direct read as by a consumer: the reader sees the gap.
+  await log.writeSnapshot(signSnapshot(writer.snapshot(), privateKey));
+  await log.compact(76n);
+  t.deepEqual(await log.bounds(), { first: 76n, last: 80n });
+  const afterCompaction: bigint[] = [];
+  for await (const m of log.read(72n, 80n)) afterCompaction.push(m.revision);
+  t.deepEqual(afterCompaction, [76n, 77n, 78n, 79n, 80n]);
+  // A read past the end stops at the last entry.
+  const pastEnd: bigint[] = [];
+  for await (const m of log.read(79n, 90n)) pastEnd.push(m.revision);
+  t.deepEqual(pastEnd, [79n, 80n]);
+});
+
+test('intent log - a stream that does not allow direct gets is read through stream info and a consumer', async (t) => {
+  streamNo++;
+  const names = { stream: `T${streamNo}`, subject: `t${streamNo}.log`, liveSubject: `t${streamNo}.live`, snapshotBucket: `TS${streamNo}` };
+  const jsm = await jetstreamManager(nats.nc);
+  await jsm.streams.add({ name: names.stream, subjects: [names.subject], allow_direct: false, deny_delete: true, republish: { src: names.subject, dest: names.liveSubject } });
+  const log = await IntentLog.open(nats.nc, { create: true, ...names });
+  t.deepEqual(await log.bounds(), { first: 0n, last: 0n });
+  const writer = new IntentChain(trusted);
+  for (let i = 1; i <= 3; i++) {
+    const e = next(writer, { upserts: [policy(`p${i}`, BigInt(i))] });
+    await log.append(e, writer.revision);
+    writer.append(e);
+  }
+  let bounds;
+  const calls = await apiCalls(async () => (bounds = await log.bounds()));
+  t.deepEqual(bounds, { first: 1n, last: 3n });
+  t.true(calls.some((s) => s.startsWith('$JS.API.STREAM.INFO.')), calls.join(' '));
+  t.false(calls.some((s) => s.startsWith('$JS.API.DIRECT.GET.')), calls.join(' '));
+  const seen: bigint[] = [];
+  for await (const m of log.read(2n, 3n)) seen.push(m.revision);
+  t.deepEqual(seen, [2n, 3n]);
 });
