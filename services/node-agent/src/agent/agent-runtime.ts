@@ -158,6 +158,10 @@ function describeInterfaces(o: AgentRuntimeOptions): NodeInterface[] {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** The catch-up after a NATS reconnect waits up to this long at first, doubling per failure up to the max. */
+const RECONNECT_CATCH_UP_FIRST_MS = 1000;
+const RECONNECT_CATCH_UP_MAX_MS = 15_000;
+
 /**
  * One node agent, wired: the state file is enforced first (tables filled before any program is
  * attached, so a node that booted without pins is fail-static from the first packet), then the
@@ -184,6 +188,8 @@ export class AgentRuntime {
   #watcher: NodeJS.Timeout | undefined;
   #attached = new Map<string, boolean>();
   #closed = false;
+  /** NATS reconnects seen: a catch-up retried after one stops when another began. */
+  #reconnects = 0;
   #started = false;
   #synced: Promise<void> | undefined;
   #blocklists: BlocklistSync[] = [];
@@ -450,8 +456,27 @@ export class AgentRuntime {
     for await (const s of nc.status()) {
       if (s.type === 'reconnect') {
         this.#o.log('info', 'nats reconnected');
-        await source.catchUp().catch((err: unknown) => this.#o.log('warn', 'catch up after reconnect', { error: (err as Error).message }));
+        void this.#catchUpAfterReconnect(source, ++this.#reconnects);
       } else if (s.type === 'disconnect') this.#o.log('warn', 'nats disconnected');
+    }
+  }
+
+  /**
+   * Catches up after a NATS reconnect, after a random pause and retried with exponential
+   * backoff and full jitter until it succeeds, the next reconnect takes over, or the runtime
+   * closes. A restarted nats-server sees the whole fleet reconnect within a second: asked at
+   * once, and again at once after each timeout, it never caught up with 10,000 agents.
+   */
+  async #catchUpAfterReconnect(source: ChainFollower, generation: number): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      await sleep(Math.random() * Math.min(RECONNECT_CATCH_UP_MAX_MS, RECONNECT_CATCH_UP_FIRST_MS * 2 ** attempt));
+      if (this.#closed || generation !== this.#reconnects) return;
+      try {
+        await source.catchUp();
+        return;
+      } catch (err) {
+        this.#o.log('warn', 'catch up after reconnect; retrying', { error: (err as Error).message, attempt });
+      }
     }
   }
 
