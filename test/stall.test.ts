@@ -61,6 +61,25 @@ async function nodeStream(name: string) {
   return { state, heartbeat };
 }
 
+/** An enrolled node's ControllerLink to `address` (the plane's, or a relay's), connected, with the up/down changes it reported. */
+async function connectedLink(name: string, plane: TestControlPlane, address: string, options: { keepaliveMs?: number; keepaliveTimeoutMs?: number } = {}) {
+  const identity = await enrolled(name, plane);
+  const changes: { up: boolean; reason: string }[] = [];
+  const link = new ControllerLink({
+    address,
+    credentials: identity.channelCredentials(),
+    hello: () => ({ nodeName: name, labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: name, conditions: [], appliedUnknown: false, lastReport: undefined }),
+    counters: () => undefined,
+    onStateChange: (up, reason) => changes.push({ up, reason }),
+    maxBackoffMs: 500,
+    ...options,
+  });
+  cleanups.push(() => link.close());
+  link.start();
+  await until(`${name} link connected`, () => link.connected, 20_000);
+  return { link, changes };
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 test.serial('controller stall - streams whose heartbeats waited in the socket are kept; a silent one is still closed', async (t) => {
@@ -96,19 +115,7 @@ test.serial('controller stall - streams whose heartbeats waited in the socket ar
 });
 
 test.serial('controller stall - an agent whose heartbeats go unanswered three times calls the stream half-open, and reconnects', async (t) => {
-  const identity = await enrolled('stall-link');
-  const changes: { up: boolean; reason: string }[] = [];
-  const link = new ControllerLink({
-    address: cp.address,
-    credentials: identity.channelCredentials(),
-    hello: () => ({ nodeName: 'stall-link', labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 'stall-link', conditions: [], appliedUnknown: false, lastReport: undefined }),
-    counters: () => undefined,
-    onStateChange: (up, reason) => changes.push({ up, reason }),
-    maxBackoffMs: 500,
-  });
-  cleanups.push(() => link.close());
-  link.start();
-  await until('link connected', () => link.connected, 20_000);
+  const { link, changes } = await connectedLink('stall-link', cp, cp.address);
   const pid = cp.controller.pid!;
   process.kill(pid, 'SIGSTOP');
   try {
@@ -181,21 +188,7 @@ test.serial('keepalive - with rare heartbeats, a peer behind a dead path is noti
   cleanups.push(() => plane.close());
   const hole = await blackHole(plane.address);
   cleanups.push(() => hole.close());
-  const identity = await enrolled('ka-link', plane);
-  const changes: { up: boolean; reason: string }[] = [];
-  const link = new ControllerLink({
-    address: hole.address,
-    credentials: identity.channelCredentials(),
-    hello: () => ({ nodeName: 'ka-link', labels: {}, info: undefined, interfaces: [], receivedRevision: 0n, appliedRevision: 0n, sessionId: 'ka-link', conditions: [], appliedUnknown: false, lastReport: undefined }),
-    counters: () => undefined,
-    onStateChange: (up, reason) => changes.push({ up, reason }),
-    keepaliveMs: 1000,
-    keepaliveTimeoutMs: 1000,
-    maxBackoffMs: 500,
-  });
-  cleanups.push(() => link.close());
-  link.start();
-  await until('link connected', () => link.connected, 20_000);
+  const { link, changes } = await connectedLink('ka-link', plane, hole.address, { keepaliveMs: 1000, keepaliveTimeoutMs: 1000 });
   const connected = async (): Promise<boolean | undefined> => (await call(plane.api.fleet, plane.api.fleet.getNode, { name: 'ka-link' })).node?.status?.connected;
   await until('the controller has the node connected', async () => (await connected()) === true, 10_000);
 

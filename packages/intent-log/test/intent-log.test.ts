@@ -232,7 +232,11 @@ test('nats server - close twice is safe', async (t) => {
 async function apiCalls(fn: () => Promise<unknown>): Promise<string[]> {
   const spy = await connect({ servers: nats.server.url });
   const seen: string[] = [];
-  const sub = spy.subscribe('$JS.API.>', { callback: (_err, m) => seen.push(m.subject) });
+  const sub = spy.subscribe('$JS.API.>', {
+    callback: (_err, m) => {
+      seen.push(m.subject);
+    },
+  });
   await spy.flush();
   try {
     await fn();
