@@ -11,7 +11,7 @@ import {
   type JetStreamManager,
 } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
-import { headers as natsHeaders, TimeoutError, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { headers as natsHeaders, PermissionViolationError, RequestError, TimeoutError, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import {
   INTENT_LIVE_SUBJECT,
   INTENT_STREAM,
@@ -70,6 +70,16 @@ const QUICK_TIMEOUT_MS = 500;
 const DIRECT_READ_MAX = 64n;
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A request that may be answered if sent again: timed out, or nobody listening yet (JetStream still recovering its streams after a restart). */
+function notReady(err: unknown): boolean {
+  return err instanceof TimeoutError || (err instanceof RequestError && err.isNoResponders());
+}
+
+/** A request this connection may not make (its user's permissions). */
+function refused(err: unknown): boolean {
+  return err instanceof PermissionViolationError || (err instanceof Error && err.cause instanceof PermissionViolationError);
+}
 
 /** A stored message as a log entry, or as the error it does not decode with. */
 function decodeStored(revision: bigint, data: Uint8Array): StoredMessage {
@@ -197,7 +207,7 @@ export class IntentLog {
         const info = await this.#quickJsm.streams.info(this.stream);
         return { first: BigInt(info.state.first_seq), last: BigInt(info.state.last_seq) };
       } catch (cause) {
-        if (!(cause instanceof TimeoutError) || Date.now() >= deadline) throw new LogUnavailableError(`read intent log bounds stream=${this.stream}`, { cause });
+        if (!notReady(cause) || Date.now() >= deadline) throw new LogUnavailableError(`read intent log bounds stream=${this.stream}`, { cause });
         await sleep(Math.min(Math.max(0, deadline - Date.now()), 100 + Math.random() * 400));
       }
     }
@@ -206,7 +216,8 @@ export class IntentLog {
   /**
    * The bounds by two direct gets (the last message, the first one), or undefined when they
    * cannot tell: direct gets not allowed, or no message stored (an empty log, or one compacted
-   * whole, whose last sequence only stream info knows).
+   * whole, whose last sequence only stream info knows). Nobody answering is not a refusal: right
+   * after a nats-server restart the stream is not listening yet.
    */
   async #directBounds(): Promise<LogBounds | undefined> {
     if (!this.#direct) return undefined;
@@ -216,8 +227,8 @@ export class IntentLog {
       if (!last) return undefined;
       first = await this.#quickJsm.direct.getMessage(this.stream, { seq: 1, next_by_subj: this.subject });
     } catch (err) {
-      if (err instanceof TimeoutError) throw err;
-      // Refused (no responders, permissions): stream info and consumers from now on.
+      if (!refused(err)) throw err;
+      // Not allowed for this user: stream info and consumers from now on.
       this.#direct = false;
       return undefined;
     }
@@ -331,7 +342,7 @@ export class IntentLog {
       try {
         m = await this.#jsm.direct.getMessage(this.stream, { seq: Number(seq), next_by_subj: this.subject });
       } catch (cause) {
-        if (!(cause instanceof TimeoutError) && seq === from) {
+        if (refused(cause) && seq === from) {
           this.#direct = false;
           return false;
         }
