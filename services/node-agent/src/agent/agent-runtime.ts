@@ -440,15 +440,7 @@ export class AgentRuntime {
       },
     });
     this.#follower = follower;
-    for (let attempt = 0; !this.#closed; attempt++) {
-      try {
-        await follower.start();
-        break;
-      } catch (err) {
-        o.log('warn', 'catch up failed; retrying', { error: (err as Error).message });
-        await sleep(Math.min(5000, 1000 * 2 ** Math.min(attempt, 3)));
-      }
-    }
+    await this.#retry('catch up failed; retrying', () => follower.start(), () => !this.#closed, (attempt) => (attempt === 0 ? 0 : Math.min(5000, 1000 * 2 ** Math.min(attempt - 1, 3))));
     void this.#watchNats(nc, follower);
   }
 
@@ -467,15 +459,29 @@ export class AgentRuntime {
    * closes. A restarted nats-server sees the whole fleet reconnect within a second: asked at
    * once, and again at once after each timeout, it never caught up with 10,000 agents.
    */
-  async #catchUpAfterReconnect(source: ChainFollower, generation: number): Promise<void> {
+  #catchUpAfterReconnect(source: ChainFollower, generation: number): Promise<void> {
+    return this.#retry(
+      'catch up after reconnect; retrying',
+      () => source.catchUp(),
+      () => !this.#closed && generation === this.#reconnects,
+      (attempt) => Math.random() * Math.min(RECONNECT_CATCH_UP_MAX_MS, RECONNECT_CATCH_UP_FIRST_MS * 2 ** attempt),
+    );
+  }
+
+  /**
+   * Runs `step` until it succeeds or is no longer `wanted`: before attempt N it pauses
+   * `pauseMs(N)`, and each failure is logged as `warning`.
+   */
+  async #retry(warning: string, step: () => Promise<void>, wanted: () => boolean, pauseMs: (attempt: number) => number): Promise<void> {
     for (let attempt = 0; ; attempt++) {
-      await sleep(Math.random() * Math.min(RECONNECT_CATCH_UP_MAX_MS, RECONNECT_CATCH_UP_FIRST_MS * 2 ** attempt));
-      if (this.#closed || generation !== this.#reconnects) return;
+      const pause = pauseMs(attempt);
+      if (pause > 0) await sleep(pause);
+      if (!wanted()) return;
       try {
-        await source.catchUp();
+        await step();
         return;
       } catch (err) {
-        this.#o.log('warn', 'catch up after reconnect; retrying', { error: (err as Error).message, attempt });
+        this.#o.log('warn', warning, { error: (err as Error).message, attempt });
       }
     }
   }
