@@ -1,13 +1,18 @@
 // The shadow union (shadow-union.ts): the enforced rule set and a candidate merged into one list
 // that keeps each list's order and shares rules whose match is the same in both.
 import test, { type ExecutionContext } from 'ava';
-import { MAX_RULES, type RuleSetSpec, type RuleSpec } from '../src/datapath/rule-set.js';
+import { MAX_RULES, validateRuleSet, type NormalizedRule, type RuleSetSpec, type RuleSpec } from '../src/datapath/rule-set.js';
 import { candidateOnly, mergeRuleSets, SHADOW_MEMBER_BYTES, unionTables, type ShadowUnion } from '../src/datapath/shadow-union.js';
 import { prng, randomRuleSet, seedFromEnv } from './datapath-helpers.js';
 
 const tcp = (id: number, port: number, action: RuleSpec['action'] = 'allow'): RuleSpec => ({ id, srcCidrs: ['10.0.0.0/8'], dstCidrs: [], protocol: 'tcp', dstPorts: [{ from: port, to: port }], action });
 const set = (...rules: RuleSpec[]): RuleSetSpec => ({ rules, defaultAction: 'allow' });
-const matchOf = (rule: RuleSpec): string => JSON.stringify([rule.srcCidrs, rule.dstCidrs, rule.protocol, rule.dstPorts]);
+// A rule's match as the validator normalizes it: 2001:db8::e/0 and 2001:db8:1::b/0 are one match.
+const matchOf = (rule: RuleSpec): string => {
+  const n = validateRuleSet({ rules: [{ ...rule, id: 0 }], defaultAction: 'allow' }).rules[0] as NormalizedRule;
+  const cidrs = (list: NormalizedRule['src']): string[] | null => list?.map((cidr) => `${Buffer.from(cidr.address).toString('hex')}/${cidr.prefixLength}`) ?? null;
+  return JSON.stringify([cidrs(n.src), cidrs(n.dst), n.srcLists, n.dstLists, n.protocol, n.ports]);
+};
 
 // Each list's rules appear in the union once, in their order, under their own match.
 function checkUnion(t: ExecutionContext, union: ShadowUnion, enforced: RuleSetSpec, candidate: RuleSetSpec, where: string): void {
