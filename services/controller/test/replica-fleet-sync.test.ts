@@ -26,7 +26,7 @@ async function bucket(): Promise<{ nc: NatsConnection; kv: KV }> {
  * replica new to it), which multiplied that test's work and made it miss its deadline on a
  * loaded machine.
  */
-async function replica(t: ExecutionContext, id: string, timing: { idleMs?: number; expireMs?: number; snapshotMs?: number } = {}): Promise<{ nc: NatsConnection; registry: NodeRegistry; counters: CounterStore; health: ServiceHealthStore; sync: ReplicaFleetSync }> {
+async function replica(t: ExecutionContext, id: string, timing: { idleMs?: number; expireMs?: number; snapshotMs?: number; refreshMs?: number } = {}): Promise<{ nc: NatsConnection; registry: NodeRegistry; counters: CounterStore; health: ServiceHealthStore; sync: ReplicaFleetSync }> {
   const { nc, kv } = await bucket();
   const registry = new NodeRegistry({ load: async () => [], save: async () => undefined });
   const counters = new CounterStore();
@@ -155,6 +155,38 @@ test.serial('replica fleet sync - a snapshot stored after a node changed carries
   t.is(c.registry.get('edge-6')!.status!.lastOutcomeRevision, 4n);
   t.is(c.registry.get('edge-6')!.status!.lastError, 'bad map');
   t.is(c.registry.get('edge-7')!.status!.connected, true);
+});
+
+test.serial('replica fleet sync - an unchanged snapshot is not stored again until refreshMs; a replica that starts with only an old snapshot of a live replica keeps its nodes connected', async (t) => {
+  const a = await replica(t, 'a8', { snapshotMs: 100, refreshMs: 600_000 });
+  const { kv } = await bucket();
+  const key = `snapshot.${a.sync.replica}.0`;
+  const storedWith = async (what: (s: ReplicaFleetState) => boolean): Promise<number> => {
+    for (;;) {
+      const e = await kv.get(key);
+      if (e?.operation === 'PUT' && what(ReplicaFleetState.decode(e.value))) return e.revision;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  };
+  a.registry.hello(hello('edge-8'), 's1');
+  a.sync.changed('edge-8');
+  const first = await storedWith((s) => s.nodes.some((n) => n.node?.name === 'edge-8'));
+  // Twenty snapshot ticks with nothing changed: the stored snapshot is the same entry.
+  await new Promise((r) => setTimeout(r, 2000));
+  t.is((await kv.get(key))?.revision, first, 'no put while nothing changed');
+  // A change is stored at the next tick.
+  a.registry.report('edge-8', RevisionReport.fromPartial({ revision: 5n, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, appliedRevision: 5n }));
+  a.sync.changed('edge-8');
+  const second = await storedWith((s) => s.nodes.some((n) => n.node?.status?.lastOutcomeRevision === 5n));
+  t.true(second > first);
+  // The snapshot is now older than c's expireMs (1.5 s): c must not call a, which speaks every
+  // idleMs (1 s), silent for that alone.
+  await new Promise((r) => setTimeout(r, 2000));
+  const c = await replica(t, 'c8');
+  t.true(c.registry.get('edge-8')?.status?.connected, 'connected from the old snapshot, right after the start');
+  await new Promise((r) => setTimeout(r, 2500));
+  t.true(c.registry.get('edge-8')?.status?.connected, 'still connected: a was heard');
+  t.is(c.registry.get('edge-8')?.status?.lastOutcomeRevision, 5n);
 });
 
 test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES goes out in messages within it, and every node arrives', async (t) => {
