@@ -36,10 +36,10 @@ export interface ReplicaFleetSyncOptions {
 }
 
 /**
- * How long a node's encoded state is reused by the snapshots while the node does not change. Its
- * heartbeats do not change it (they only move its last-seen time, which deltas do not carry
- * either), so a snapshot shows a last-seen time at most this old; encoding every node again every
- * snapshot was most of an idle controller's CPU at 10,000 nodes.
+ * How long a node's encoded state is reused by the snapshots while its status does not change.
+ * Its heartbeats do not change it (they only move its last-seen time, which deltas do not carry
+ * either), so a snapshot shows a last-seen time at most this old (plus refreshMs); encoding every
+ * node again every snapshot was most of an idle controller's CPU at 10,000 nodes.
  */
 const SNAPSHOT_REUSE_MS = 60_000;
 
@@ -78,6 +78,12 @@ export class ReplicaFleetSync {
   #sequence = 0n;
   /** Nodes to send with the next delta, and whether their status (not only telemetry) changed. */
   #dirty = new Map<string, boolean>();
+  /**
+   * Owned nodes whose counters or backend health changed after the snapshot encoded them: encoded
+   * again at the next refresh (refreshMs), not at every snapshot tick, and sent again to a replica
+   * this one starts hearing (it read them from the snapshot, older).
+   */
+  #telemetryStale = new Set<string>();
   #owners = new Map<string, Owner>();
   /** The owned nodes' encoded states as the last snapshot stored them, and when each was encoded (performance.now()). */
   #encoded = new Map<string, { bytes: Uint8Array; at: number }>();
@@ -119,11 +125,13 @@ export class ReplicaFleetSync {
 
   /**
    * Marks a node whose status (`status` true) or only its counters or backend health changed
-   * here: it goes out with the next delta.
+   * here: it goes out with the next delta (telemetry only while another replica is heard), and
+   * with the next snapshot (telemetry only with the next refresh).
    */
   changed(node: string, status = true): void {
     this.#dirty.set(node, status || (this.#dirty.get(node) ?? false));
-    this.#encoded.delete(node);
+    if (status) this.#encoded.delete(node);
+    else this.#telemetryStale.add(node);
   }
 
   /**
@@ -177,6 +185,9 @@ export class ReplicaFleetSync {
       // not hear it (a node that disconnected) is in that one.
       const read = (): void => void this.#readSnapshots(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${state.replica}.>`).catch((err: unknown) => this.#o.onError?.(`read the snapshot of replica ${state.replica}`, err));
       read();
+      // What changed here since the snapshot it reads was stored, and was not sent since (no
+      // replica was heard) or was sent before it subscribed: sent with the next delta.
+      for (const node of this.#telemetryStale) if (!this.#dirty.has(node)) this.#dirty.set(node, false);
       const again = setTimeout(() => {
         this.#rereads.delete(again);
         if (!this.#closed) read();
@@ -278,12 +289,19 @@ export class ReplicaFleetSync {
     });
   }
 
-  /** Publishes the nodes changed since the last delta, or an empty delta when idleMs passed (liveness). */
+  /**
+   * Publishes the nodes changed since the last delta, or an empty delta when idleMs passed
+   * (liveness). While no other replica is heard, nodes whose telemetry alone changed are not
+   * encoded or sent: nobody listens, and a replica that starts reads them from the snapshot and
+   * is sent what changed since when this one hears it.
+   */
   async #publishDelta(force = false): Promise<void> {
     const now = performance.now();
     if (this.#dirty.size === 0 && now - this.#lastPublish < (this.#o.idleMs ?? 1000) && !force) return;
+    const alone = this.#heard.size === 0 && !force;
     const nodes: Uint8Array[] = [];
     for (const [name, statusChanged] of this.#dirty) {
+      if (alone && !statusChanged) continue;
       const bytes = this.#encode(name, statusChanged);
       if (bytes) nodes.push(bytes);
     }
@@ -303,24 +321,28 @@ export class ReplicaFleetSync {
     if (this.#storing || this.#closed) return;
     this.#storing = true;
     try {
-      // Status "changed" for a reader that starts: everything is news to it. A node that did not
-      // change since the last snapshot (within SNAPSHOT_REUSE_MS) is not encoded again.
+      // Status "changed" for a reader that starts: everything is news to it. A node whose status
+      // did not change since the last snapshot is not encoded again before the refresh, and then
+      // only if its telemetry changed or its encoding is SNAPSHOT_REUSE_MS old.
       const now = performance.now();
+      const refresh = now - this.#storedAt >= (this.#o.refreshMs ?? 25_000);
       const encoded = new Map<string, { bytes: Uint8Array; at: number }>();
       for (const n of this.#registry.list()) {
         if (!this.#registry.isLocal(n.name)) continue;
         const held = this.#encoded.get(n.name);
-        if (held && now - held.at < SNAPSHOT_REUSE_MS) encoded.set(n.name, held);
+        if (held && !(refresh && (this.#telemetryStale.has(n.name) || now - held.at >= SNAPSHOT_REUSE_MS))) encoded.set(n.name, held);
         else {
           const bytes = this.#encode(n.name, true);
           if (bytes) encoded.set(n.name, { bytes, at: now });
+          this.#telemetryStale.delete(n.name);
         }
       }
+      for (const name of this.#telemetryStale) if (!encoded.has(name)) this.#telemetryStale.delete(name);
       const same = encoded.size === this.#encoded.size && [...encoded].every(([name, e]) => this.#encoded.get(name) === e);
       this.#encoded = encoded;
-      // Nothing changed since the snapshot stored last: it stays as it is until refreshMs (an
+      // No status changed since the snapshot stored last: it stays as it is until the refresh (an
       // idle controller at 10,000 nodes spent a ~3 MB put every 5 s on this).
-      if (same && now - this.#storedAt < (this.#o.refreshMs ?? 25_000)) return;
+      if (same && !refresh) return;
       const parts = this.#messages([...encoded.values()].map((e) => e.bytes), true);
       for (let i = 0; i < parts.length; i++) await this.#kv.put(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${this.replica}.${i}`, parts[i]!);
       // Parts of a larger earlier snapshot are stale: remove them (the bucket's max age would too).
