@@ -80,8 +80,7 @@ export class ReplicaFleetSync {
   #dirty = new Map<string, boolean>();
   /**
    * Owned nodes whose counters or backend health changed after the snapshot encoded them: encoded
-   * again at the next refresh (refreshMs), not at every snapshot tick, and sent again to a replica
-   * this one starts hearing (it read them from the snapshot, older).
+   * again at the next refresh (refreshMs), not at every snapshot tick.
    */
   #telemetryStale = new Set<string>();
   #owners = new Map<string, Owner>();
@@ -185,9 +184,12 @@ export class ReplicaFleetSync {
       // not hear it (a node that disconnected) is in that one.
       const read = (): void => void this.#readSnapshots(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${state.replica}.>`).catch((err: unknown) => this.#o.onError?.(`read the snapshot of replica ${state.replica}`, err));
       read();
-      // What changed here since the snapshot it reads was stored, and was not sent since (no
-      // replica was heard) or was sent before it subscribed: sent with the next delta.
-      for (const node of this.#telemetryStale) if (!this.#dirty.has(node)) this.#dirty.set(node, false);
+      // It may have read this replica's snapshot before counters changed here that no delta
+      // carried (none goes out while no replica is heard) or that went out before it
+      // subscribed: every node owned here goes to it with the next delta, a snapshot's worth of
+      // encoding once per replica heard. Sending only the nodes changed since the last snapshot
+      // would miss those of a snapshot stored after it read the previous one.
+      for (const n of this.#registry.list()) if (this.#registry.isLocal(n.name) && !this.#dirty.has(n.name)) this.#dirty.set(n.name, false);
       const again = setTimeout(() => {
         this.#rereads.delete(again);
         if (!this.#closed) read();
