@@ -8,7 +8,12 @@
 //       the client namespace to a server in the node namespace, each from a tuple never used
 //       before; client and server are pinned to one CPU, so everything the connections cost (both
 //       TCP stacks, veth, softirq, the filter) is that CPU's work: connections per CPU-second.
-//       The filter's own share is the difference to the same load with no filter.
+//       The filter's own share is the difference to the same load with no filter, and, from perf's
+//       samples of that CPU (perf-share.ts, filterShareMs), what the filter's hooks spent:
+//       netfilter's hooks (for nftables less the empty iptables table the iptables contender leaves
+//       registered in the namespace), edgeplane's programs plus veth's XDP copy plus the tc hook's
+//       own work. kernel.bpf_stats_enabled stays off unless EP_BENCH_BPF_STATS=1 (for the "BPF ns"
+//       columns): its clock reads around every program run would be counted as the tc hook's.
 //   (b) established-flow packets per softirq core with 1,000 / 100,000 / 1,000,000 tracked flows:
 //       the tables are filled directly (edgeplane: ep_ct through the codecs; netfilter:
 //       `conntrack -R`), then trafgen floods one flow that is in the table; the packets pass the
@@ -28,7 +33,7 @@ import { join } from 'node:path';
 import { EbpfDatapath, nextSweepDelay, type RuleSetSpec } from '@edgeplane/node-agent';
 import { ConntrackAccess, conntrackSupported, type PolicyHook } from './conntrack-access.js';
 import { HZ, median, threadTicksByPid, ticksBetween } from './cpu-ticks.js';
-import { type FilterCpu } from './perf-share.js';
+import { filterShareMs, type FilterCpu } from './perf-share.js';
 import { BenchRun, benchArgs, CHURN_SOURCES as SOURCES, type ChurnFigures, FLOOD_CPU, fmt, LOAD_CPU, measureBroken, measureChurn, measureFlood, run } from './rig-measure.js';
 
 const { quick, parts, reps, churnSeconds, floodSeconds } = benchArgs('abcd');
@@ -105,13 +110,16 @@ function tearDown(): void {
 // netfilter's table size is global (init namespace): raised for the bench, restored after.
 const sysctls = { max: '/proc/sys/net/netfilter/nf_conntrack_max', hashsize: '/sys/module/nf_conntrack/parameters/hashsize' };
 const bpfStats = '/proc/sys/kernel/bpf_stats_enabled';
+/** EP_BENCH_BPF_STATS=1: kernel.bpf_stats_enabled on, for the "BPF ns" columns (it adds two clock reads to every program run). */
+const withBpfStats = process.env.EP_BENCH_BPF_STATS === '1';
 const saved = { max: readFileSync(sysctls.max, 'utf8').trim(), hashsize: readFileSync(sysctls.hashsize, 'utf8').trim(), bpfStats: readFileSync(bpfStats, 'utf8').trim() };
 function sizeNetfilter(): void {
   // Same bucket count as edgeplane's ep_ct hash (the kernel rounds max_entries up to a power of 2).
   writeFileSync(sysctls.hashsize, String(CAPACITY));
   writeFileSync(sysctls.max, String(CAPACITY));
-  // edgeplane's own run time per packet (bpf_prog_info run_time_ns), beside the CPU figures.
-  writeFileSync(bpfStats, '1');
+  // edgeplane's own run time per run (bpf_prog_info run_time_ns), only when asked: the kernel's
+  // clock reads around every run would land in the tc hook's share of the perf split.
+  writeFileSync(bpfStats, withBpfStats ? '1' : '0');
 }
 function restoreNetfilter(): void {
   writeFileSync(sysctls.max, saved.max);
@@ -268,14 +276,14 @@ interface ChurnSample extends Omit<ChurnFigures, 'cpu'> {
   contender: Contender;
   policyNs: number;
   egressNs: number;
-  /** perf: the filter's own CPU per connection (netfilter hooks, or edgeplane's programs + veth's XDP copy). */
+  /** perf: the filter's own CPU per connection (netfilter hooks, or edgeplane's programs + veth's XDP copy + the tc hook). */
   filterUs: number;
   vethXdpUs: number;
   programUs: number;
+  tcHookUs: number;
 }
-/** The filter's share of a perf profile: netfilter's hooks, or edgeplane's programs and the copy veth makes for XDP. */
-const filterMs = (contender: Contender, cpu: FilterCpu): number =>
-  isEdgeplane(contender) ? cpu.bpfMs + cpu.vethXdpMs : contender === 'none' ? cpu.netfilterMs + cpu.bpfMs + cpu.vethXdpMs : cpu.netfilterMs;
+/** The filter's share of a perf profile (perf-share.ts, filterShareMs): netfilter's hooks, or edgeplane's programs, the copy veth makes for XDP and the tc hook's own work. */
+const filterMs = (contender: Contender, cpu: FilterCpu): number => filterShareMs(contender === 'nft' ? 'nftables' : contender === 'iptables' || contender === 'none' ? contender : 'edgeplane', cpu);
 
 async function churnOnce(contender: Contender, load: string, ct: ConntrackAccess | undefined): Promise<ChurnSample> {
   const installed = install(contender, ct);
@@ -299,6 +307,7 @@ async function churnOnce(contender: Contender, load: string, ct: ConntrackAccess
       filterUs: (filterMs(contender, cpu) * 1000) / connections,
       vethXdpUs: (cpu.vethXdpMs * 1000) / connections,
       programUs: (cpu.bpfMs * 1000) / connections,
+      tcHookUs: (cpu.tcHookMs * 1000) / connections,
     };
   } finally {
     installed.remove();
@@ -486,12 +495,13 @@ await bench.main(report, async () => {
           filterPerCoreSecond: filterUs > 0 ? 1e6 / filterUs : NaN,
           vethXdpUsPerConnection: median(of.map((s) => s.vethXdpUs)),
           programUsPerConnection: median(of.map((s) => s.programUs)),
+          tcHookUsPerConnection: median(of.map((s) => s.tcHookUs)),
           policyNsPerRun: median(of.map((s) => s.policyNs)),
           egressNsPerRun: median(of.map((s) => s.egressNs)),
         };
       });
       console.log(`\n(a) new TCP connections (connect, server FIN, close; a fresh tuple each), client + server on CPU ${LOAD_CPU}, ${churnSeconds} s, medians of ${reps}`);
-      console.log(['contender', 'conn/s', 'failed', 'CPU us/conn', 'conn/core-s', 'over none us', 'filter us/conn', 'filter conn/core-s', 'prog+veth-xdp us', 'BPF ns pol/egr'].map((h) => h.padStart(19)).join(''));
+      console.log(['contender', 'conn/s', 'failed', 'CPU us/conn', 'conn/core-s', 'over none us', 'filter us/conn', 'filter conn/core-s', 'prog+veth+tc us', 'BPF ns pol/egr'].map((h) => h.padStart(19)).join(''));
       for (const r of rows) {
         console.log(
           [
@@ -503,7 +513,7 @@ await bench.main(report, async () => {
             r.contender === 'none' ? '-' : r.cpuUsOverNone.toFixed(1),
             r.contender === 'none' ? '-' : r.filterUsPerConnection.toFixed(2),
             r.contender === 'none' ? '-' : fmt(r.filterPerCoreSecond),
-            isEdgeplane(r.contender) ? `${r.programUsPerConnection.toFixed(2)}+${r.vethXdpUsPerConnection.toFixed(2)}` : '-',
+            isEdgeplane(r.contender) ? `${r.programUsPerConnection.toFixed(2)}+${r.vethXdpUsPerConnection.toFixed(2)}+${r.tcHookUsPerConnection.toFixed(2)}` : '-',
             isEdgeplane(r.contender) ? `${fmt(r.policyNsPerRun)}/${fmt(r.egressNsPerRun)}` : '-',
           ]
             .map((c) => c.padStart(19))
@@ -524,7 +534,7 @@ await bench.main(report, async () => {
           const programs = nf.filterUsPerConnection / ep.programUsPerConnection;
           goals.push({
             goal: `(a) ${c} new connections per filtering core >= 2x ${other}`,
-            figure: `filter ${fmt(ep.filterPerCoreSecond)} vs ${fmt(nf.filterPerCoreSecond)} conn/core-s: ${ratio.toFixed(2)}x (filter CPU ${ep.filterUsPerConnection.toFixed(2)} vs ${nf.filterUsPerConnection.toFixed(2)} us/conn, of which veth XDP copy ${ep.vethXdpUsPerConnection.toFixed(2)}); programs only ${fmt(1e6 / ep.programUsPerConnection)} conn/core-s: ${programs.toFixed(2)}x (${ep.programUsPerConnection.toFixed(2)} us/conn); whole path ${(ep.perCoreSecond / nf.perCoreSecond).toFixed(2)}x`,
+            figure: `filter ${fmt(ep.filterPerCoreSecond)} vs ${fmt(nf.filterPerCoreSecond)} conn/core-s: ${ratio.toFixed(2)}x (filter CPU ${ep.filterUsPerConnection.toFixed(2)} vs ${nf.filterUsPerConnection.toFixed(2)} us/conn, of which veth XDP copy ${ep.vethXdpUsPerConnection.toFixed(2)}, tc hook ${ep.tcHookUsPerConnection.toFixed(2)}); programs only ${fmt(1e6 / ep.programUsPerConnection)} conn/core-s: ${programs.toFixed(2)}x (${ep.programUsPerConnection.toFixed(2)} us/conn); whole path ${(ep.perCoreSecond / nf.perCoreSecond).toFixed(2)}x`,
             met: Number.isFinite(ratio) ? ratio >= 2 : null,
           });
         }

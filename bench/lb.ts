@@ -43,7 +43,7 @@ import { LbRig } from '../test/support/lb-rig.js';
 import { IptablesPeer, IpvsPeer, type LbPeer, type RigService } from '../test/support/lb-peers.js';
 import { ConntrackAccess, conntrackSupported } from './conntrack-access.js';
 import { median } from './cpu-ticks.js';
-import { type FilterCpu } from './perf-share.js';
+import { filterShareMs, type FilterCpu } from './perf-share.js';
 import { BenchRun, benchArgs, type BrokenFigures, CHURN_SOURCES as SOURCES, type ChurnFigures, firstLine, FLOOD_CPU, fmt, LOAD_CPU, measureBroken, measureChurn, measureFlood, sleep } from './rig-measure.js';
 
 const { quick, parts, reps, churnSeconds, floodSeconds } = benchArgs('abc');
@@ -177,12 +177,12 @@ function flushTables(stand: Stand): void {
 interface ChurnSample extends Omit<ChurnFigures, 'cpu'> {
   contender: Contender;
   services: number;
-  /** perf: the load balancer's own CPU per connection (netfilter's hooks for iptables and IPVS; edgeplane's programs and veth's XDP copy). */
+  /** perf: the load balancer's own CPU per connection (netfilter's hooks for iptables and IPVS; edgeplane's programs, veth's XDP copy and the tc hook). */
   lbUs: number;
 }
 
-/** The load balancer's share of a perf profile: netfilter's hooks (conntrack, NAT, IPVS), or edgeplane's programs and the copy veth makes for XDP. */
-const lbMs = (contender: Contender, cpu: FilterCpu): number => (isEdgeplane(contender) ? cpu.bpfMs + cpu.vethXdpMs : contender === 'none' ? cpu.netfilterMs + cpu.bpfMs + cpu.vethXdpMs : cpu.netfilterMs);
+/** The load balancer's share of a perf profile (perf-share.ts, filterShareMs): netfilter's hooks (conntrack, NAT, IPVS), or edgeplane's programs, the copy veth makes for XDP and the tc hook's own work. */
+const lbMs = (contender: Contender, cpu: FilterCpu): number => filterShareMs(isEdgeplane(contender) ? 'edgeplane' : contender === 'none' ? 'none' : 'iptables', cpu);
 
 async function churnOnce(stand: Stand, services: number, load: string): Promise<ChurnSample> {
   const { rig } = stand;

@@ -15,6 +15,36 @@ export interface FilterCpu {
   bpfMs: number;
   /** Samples in veth_xdp_rcv_skb outside the program: veth turning an skb into an xdp_buff (it copies; a NIC driver runs XDP before any skb). */
   vethXdpMs: number;
+  /**
+   * Samples under tcf_classify outside edgeplane's programs: the tc hook's own work (its walk of
+   * the classifiers, cls_bpf), which a program at TC pays as a netfilter rule pays nf_hook_slow's
+   * own. With kernel.bpf_stats_enabled its clock reads around every run land here too.
+   */
+  tcHookMs: number;
+  /** Samples under ipt_do_table (part of netfilterMs): iptables' tables, also an empty one left registered in the namespace. */
+  iptablesMs: number;
+}
+
+/** What a contender is, for its share of a profile (filterShareMs). */
+export type FilterKind = 'edgeplane' | 'nftables' | 'iptables' | 'none';
+
+/**
+ * A filter's own CPU in a profile, each kind with the hook it runs at: edgeplane's programs, veth's
+ * XDP copy and the tc hook's own work; nftables' netfilter hooks less iptables' tables (an
+ * iptables table once made in a namespace stays registered there, empty, and is no part of an
+ * nftables filter); iptables' netfilter hooks; for `none`, whatever of all those still ran.
+ */
+export function filterShareMs(kind: FilterKind, cpu: FilterCpu): number {
+  switch (kind) {
+    case 'edgeplane':
+      return cpu.bpfMs + cpu.vethXdpMs + cpu.tcHookMs;
+    case 'nftables':
+      return cpu.netfilterMs - cpu.iptablesMs;
+    case 'iptables':
+      return cpu.netfilterMs;
+    case 'none':
+      return cpu.netfilterMs + cpu.bpfMs + cpu.vethXdpMs + cpu.tcHookMs;
+  }
 }
 const PERF_HZ = 4000;
 
@@ -55,14 +85,17 @@ export async function sampleCpu<T>(cpu: number, work: () => Promise<T> | T, opti
   }
   const script = execFileSync('perf', ['script', '-i', data, '-F', 'period,ip,sym'], { encoding: 'utf8', maxBuffer: 1 << 30, stdio: ['ignore', 'pipe', 'ignore'] });
   if (process.env.EP_BENCH_PERF_DIR !== undefined) writeFileSync(join(process.env.EP_BENCH_PERF_DIR, `perf-${cpu}-${Date.now()}.txt`), script);
-  const out: FilterCpu = { totalMs: 0, netfilterMs: 0, bpfMs: 0, vethXdpMs: 0 };
+  const out: FilterCpu = { totalMs: 0, netfilterMs: 0, bpfMs: 0, vethXdpMs: 0, tcHookMs: 0, iptablesMs: 0 };
   for (const block of script.split(/\n\s*\n/)) {
     const period = Number(/^\s*(\d+)/.exec(block)?.[1] ?? 0) / 1e6;
     if (period === 0) continue;
     out.totalMs += period;
-    if (/ nf_hook_slow$/m.test(block)) out.netfilterMs += period;
-    else if (/ bpf_prog_[0-9a-f]+_(edge_|ep_)\w*$/m.test(block)) out.bpfMs += period;
+    if (/ nf_hook_slow$/m.test(block)) {
+      out.netfilterMs += period;
+      if (/ ipt_do_table$/m.test(block)) out.iptablesMs += period;
+    } else if (/ bpf_prog_[0-9a-f]+_(edge_|ep_)\w*$/m.test(block)) out.bpfMs += period;
     else if (/ veth_xdp_rcv_skb$/m.test(block)) out.vethXdpMs += period;
+    else if (/ tcf_classify$/m.test(block)) out.tcHookMs += period;
   }
   return { result, cpu: out };
 }

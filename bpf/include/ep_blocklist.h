@@ -85,7 +85,14 @@ struct {
 	__array(values, struct ep_blk6_inner);
 } ep_blk6 SEC(".maps");
 
-/* [0] = the live blocklist generation (0 or 1). */
+/* Bits of ep_blk_active[0] beside the live generation (bit 0): the live trie of the family holds
+ * no entry, so a packet of that family is not looked up. The agent sets them with the switch that
+ * installs an empty trie (and on a datapath that has none), and clears one before an add in place
+ * takes effect; a word without them (older agents) means "look". */
+#define EP_BLK_EMPTY4 0x2
+#define EP_BLK_EMPTY6 0x4
+
+/* [0] = the live blocklist generation (bit 0) and EP_BLK_EMPTY4/6. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -118,15 +125,11 @@ static __always_inline void ep_blk_count(__u32 which, __u64 len)
 	}
 }
 
-/* The source's entry in the live trie of its family that has not expired, or NULL. Its own
- * subprogram (one copy for every hook, verified once). */
-static __noinline struct ep_blk_value *ep_blk_match(struct ep_pkt *p)
+/* The source's entry in the live trie of its family (blocklist generation `slot`) that has not
+ * expired, or NULL. Its own subprogram (one copy for every hook, verified once). */
+static __noinline struct ep_blk_value *ep_blk_match(struct ep_pkt *p, __u32 slot)
 {
-	__u32 zero = 0;
-	__u32 *active = bpf_map_lookup_elem(&ep_blk_active, &zero);
-	if (!active)
-		return NULL;
-	__u32 slot = *(volatile __u32 *)active & 1;
+	slot &= 1;
 	void *trie = bpf_map_lookup_elem(p->family == 4 ? (void *)&ep_blk4 : (void *)&ep_blk6, &slot);
 	if (!trie)
 		return NULL;
@@ -153,12 +156,22 @@ static __noinline struct ep_blk_value *ep_blk_match(struct ep_pkt *p)
 	return NULL;
 }
 
-/* 1 when the packet's source is blocked (the caller drops it), counted; else 0. Inline: every
- * packet at a policy hook pays one call here (ep_blk_match), not two (bpf/README.md, "Verifier
- * cost", per packet). */
+/* 1 when the packet's source is blocked (the caller drops it), counted; else 0. A family whose
+ * live trie is empty (EP_BLK_EMPTY4/6) costs one array read and no call: the blocklist was a
+ * tenth of a tracked connection's programs in bench/conntrack-lookup.ts's cold runs with none
+ * loaded. Inline: every packet at a policy hook pays one call here (ep_blk_match) at most, not
+ * two (bpf/README.md, "Verifier cost", per packet). */
 static __always_inline int ep_blocklisted(struct ep_pkt *p, __u64 len)
 {
-	if (!ep_blk_match(p))
+	__u32 zero = 0;
+	__u32 *active = bpf_map_lookup_elem(&ep_blk_active, &zero);
+	if (!active)
+		return 0;
+	/* Read once: the family's empty bit and the slot looked up come from one write. */
+	__u32 word = *(volatile __u32 *)active;
+	if (word & (p->family == 4 ? EP_BLK_EMPTY4 : EP_BLK_EMPTY6))
+		return 0;
+	if (!ep_blk_match(p, word))
 		return 0;
 	ep_blk_count(p->family == 4 ? EP_BLK_STAT_DROP4 : EP_BLK_STAT_DROP6, len);
 	return 1;

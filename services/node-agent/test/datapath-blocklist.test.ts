@@ -1,9 +1,12 @@
 // The source blocklist on the real kernel (BPF_PROG_TEST_RUN, no interfaces): a 1,000,000-prefix
 // list loaded by one generation switch and enforced at its first, a middle and its last prefix at
 // XDP and TC, entries added and removed in place, expiry by the kernel's CLOCK_TAI, nesting of an
-// expired block inside a live prefix, and the tries kept by a restarted agent.
+// expired block inside a live prefix, the tries kept by a restarted agent, and the empty-family
+// marks that let a packet skip the lookup.
 import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import test from 'ava';
+import { BpfMap } from 'libbpf-ts';
 import { parseCidr, type Cidr } from '@edgeplane/proto';
 import { BLOCKLIST_F_BLOCK, BlocklistPacker, type BlocklistEntry } from '../src/datapath/blocklist.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
@@ -158,4 +161,46 @@ test('blocklist - a restarted agent adopts the live tries: they keep enforcing, 
   t.is(second.blocklist.remove([cidr('203.0.113.0/24')]), 1);
   t.is(xdp(second, '203.0.113.1'), XDP_PASS);
   t.is(xdp(second, '198.51.100.7'), XDP_DROP);
+});
+
+test('blocklist - a family whose live trie is empty is not looked up; an entry added in place to it is enforced, and removing the last marks it empty again', async (t) => {
+  const root = freshRoot();
+  const datapath = await EbpfDatapath.open({ pinRoot: root });
+  t.teardown(() => datapath.close());
+  await datapath.apply(allowAll);
+  const active = BpfMap.openPinned(join(root, 'ep_blk_active'));
+  t.teardown(() => active.close());
+  const zero = new Uint8Array(4);
+  const word = (): number => new DataView((active.get(zero) as Uint8Array).buffer).getUint32(0, true);
+  const setWord = (w: number): void => active.set(zero, new Uint8Array(new Uint32Array([w]).buffer));
+  const EMPTY4 = 2;
+  const EMPTY6 = 4;
+  t.is(word() & (EMPTY4 | EMPTY6), EMPTY4 | EMPTY6, 'no list ever loaded: both families marked empty');
+
+  const packer = new BlocklistPacker();
+  packer.add(entry('198.51.100.0/24'));
+  datapath.blocklist.load(packer.finish());
+  t.is(word() & (EMPTY4 | EMPTY6), EMPTY6, 'the switch marks the family without entries');
+  t.is(xdp(datapath, '198.51.100.1'), XDP_DROP);
+  t.is(xdp(datapath, '2001:db8:bad::5'), XDP_PASS);
+
+  // An IPv6 prefix added in place to the empty family: enforced at once (its mark cleared).
+  t.true(datapath.blocklist.add([entry('2001:db8:bad::/48')]));
+  t.is(word() & (EMPTY4 | EMPTY6), 0);
+  t.is(xdp(datapath, '2001:db8:bad::5'), XDP_DROP);
+  t.is(datapath.blocklist.generation, word() & 1, 'no switch');
+
+  // The programs do skip a family marked empty (here, wrongly, by hand): the mark is the switch.
+  setWord(word() | EMPTY4);
+  t.is(xdp(datapath, '198.51.100.1'), XDP_PASS, 'marked empty: not looked up');
+  // A word an older agent wrote (the generation alone) means "look".
+  setWord(word() & 1);
+  t.is(xdp(datapath, '198.51.100.1'), XDP_DROP);
+  t.is(xdp(datapath, '2001:db8:bad::5'), XDP_DROP);
+
+  // The last IPv6 entry removed in place: marked empty again; IPv4 still looked up.
+  t.is(datapath.blocklist.remove([cidr('2001:db8:bad::/48')]), 1);
+  t.is(word() & (EMPTY4 | EMPTY6), EMPTY6);
+  t.is(xdp(datapath, '2001:db8:bad::5'), XDP_PASS);
+  t.is(xdp(datapath, '198.51.100.1'), XDP_DROP);
 });

@@ -44,6 +44,15 @@ function withRoom(count: number): number {
 
 const u32Bytes = (n: number): Uint8Array => new Uint8Array(new Uint32Array([n]).buffer);
 
+/**
+ * Bits of ep_blk_active[0] beside the live generation (bit 0): the live trie of that family holds
+ * no entry, so the programs skip its lookup (EP_BLK_EMPTY4/6 in ep_blocklist.h). Set only where
+ * emptiness is known; a word without them means "look", which is always right.
+ */
+const EMPTY4 = 0x2;
+const EMPTY6 = 0x4;
+const emptyBit = (family: 4 | 6): number => (family === 4 ? EMPTY4 : EMPTY6);
+
 /** One LPM trie of a blocklist or a prefix list (ep_blk4/6's and ep_lst4/6's inner maps share a layout). */
 export interface LiveTrie {
   map: BpfMap;
@@ -148,8 +157,26 @@ export class BlocklistTables {
 
   /** The live blocklist generation (0 or 1). */
   get generation(): number {
-    const bytes = this.#maps.ep_blk_active.get(u32Bytes(0));
-    return bytes === undefined ? 0 : new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true) & 1;
+    return this.#activeWord() & 1;
+  }
+
+  /**
+   * Marks each family whose live slot holds no trie at all (a datapath no list was ever loaded
+   * into) as empty, so its packets skip the lookup; a trie present is left to be looked up until
+   * the next load says what it holds. Idempotent; the datapath calls it when it opens.
+   * @throws DatapathError if the kernel refuses the read or the write.
+   */
+  markUnloadedEmpty(): void {
+    try {
+      const word = this.#activeWord();
+      const slot = u32Bytes(word & 1);
+      let bits = 0;
+      if (this.#maps.ep_blk4.get(slot) === undefined) bits |= EMPTY4;
+      if (this.#maps.ep_blk6.get(slot) === undefined) bits |= EMPTY6;
+      if ((word | bits) !== word) this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(word | bits));
+    } catch (cause) {
+      throw new DatapathError('mark unloaded blocklist empty', { cause });
+    }
   }
 
   /**
@@ -198,7 +225,8 @@ export class BlocklistTables {
       // switch below names it live again.
       this.#maps.ep_blk4.setInnerMap(u32Bytes(idle), v4.map);
       this.#maps.ep_blk6.setInnerMap(u32Bytes(idle), v6.map);
-      this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(idle));
+      const empty = (spec.v4.count === 0 ? EMPTY4 : 0) | (spec.v6.count === 0 ? EMPTY6 : 0);
+      this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(idle | empty));
       this.#closeLive();
       this.#live = { v4, v6 };
       return { generation: idle, v4: spec.v4.count, v6: spec.v6.count, batched };
@@ -222,7 +250,13 @@ export class BlocklistTables {
     const live = this.#liveTries();
     if (live === undefined) return false;
     try {
-      return addToTries(live, entries);
+      if (!addToTries(live, entries)) return false;
+      // The entries are in their tries; a family marked empty is looked up from this write on.
+      let clear = 0;
+      for (const entry of entries) clear |= emptyBit(entry.cidr.family);
+      const word = this.#activeWord();
+      if ((word & clear) !== 0) this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(word & ~clear));
+      return true;
     } catch (cause) {
       throw new DatapathError(`add blocklist entries count=${entries.length}`, { cause });
     }
@@ -237,7 +271,12 @@ export class BlocklistTables {
     const live = this.#liveTries();
     if (live === undefined) return 0;
     try {
-      return removeFromTries(live, prefixes);
+      const removed = removeFromTries(live, prefixes);
+      // A trie this process knows to be empty now (an adopted one's count is its capacity).
+      const set = (live.v4.count === 0 ? EMPTY4 : 0) | (live.v6.count === 0 ? EMPTY6 : 0);
+      const word = this.#activeWord();
+      if (removed > 0 && (word | set) !== word) this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(word | set));
+      return removed;
     } catch (cause) {
       throw new DatapathError(`remove blocklist entries count=${prefixes.length}`, { cause });
     }
@@ -268,6 +307,12 @@ export class BlocklistTables {
 
   #open(): void {
     if (this.#closed) throw new DatapathError('blocklist tables: closed');
+  }
+
+  /** ep_blk_active[0]: the live generation (bit 0) and the EMPTY4/EMPTY6 bits. */
+  #activeWord(): number {
+    const bytes = this.#maps.ep_blk_active.get(u32Bytes(0));
+    return bytes === undefined ? 0 : new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
   }
 
   #closeLive(): void {

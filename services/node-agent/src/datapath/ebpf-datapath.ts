@@ -235,6 +235,8 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     this.#counters = new CounterTables(maps.ep_counters, maps.ep_stats, maps.ep_carry);
     this.#conntrack = new ConntrackTables(maps, programs.ep_ct_sweep);
     this.#blocklist = new BlocklistTables(maps, programs.ep_blk_clock);
+    // A datapath that never had a list loaded skips the blocklist lookup from the start.
+    this.#blocklist.markUnloadedEmpty();
     this.#shadow = new ShadowTables(maps);
     this.#lists = new ListTables(maps);
     // The epoch survives restarts: it is the larger of the two pinned generations' epochs.
