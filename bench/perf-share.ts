@@ -16,9 +16,11 @@ export interface FilterCpu {
   /** Samples in veth_xdp_rcv_skb outside the program: veth turning an skb into an xdp_buff (it copies; a NIC driver runs XDP before any skb). */
   vethXdpMs: number;
   /**
-   * Samples under tcf_classify outside edgeplane's programs: the tc hook's own work (its walk of
-   * the classifiers, cls_bpf), which a program at TC pays as a netfilter rule pays nf_hook_slow's
-   * own. With kernel.bpf_stats_enabled its clock reads around every run land here too.
+   * Samples under tc_run or tcf_classify (or tcx_run) outside edgeplane's programs: the tc hook's
+   * own work (its walk of the classifiers, cls_bpf), which a program at TC pays as a netfilter
+   * rule pays nf_hook_slow's own. Where the kernel inlined the hook into its caller
+   * (__netif_receive_skb_core, __dev_queue_xmit) those samples are not told apart and not counted.
+   * With kernel.bpf_stats_enabled its clock reads around every run land here too.
    */
   tcHookMs: number;
   /** Samples under ipt_do_table (part of netfilterMs): iptables' tables, also an empty one left registered in the namespace. */
@@ -95,7 +97,7 @@ export async function sampleCpu<T>(cpu: number, work: () => Promise<T> | T, opti
       if (/ ipt_do_table$/m.test(block)) out.iptablesMs += period;
     } else if (/ bpf_prog_[0-9a-f]+_(edge_|ep_)\w*$/m.test(block)) out.bpfMs += period;
     else if (/ veth_xdp_rcv_skb$/m.test(block)) out.vethXdpMs += period;
-    else if (/ tcf_classify$/m.test(block)) out.tcHookMs += period;
+    else if (/ (tcf_classify|tc_run|tcx_run)$/m.test(block)) out.tcHookMs += period;
   }
   return { result, cpu: out };
 }
