@@ -131,13 +131,25 @@ test.serial('controller stall - an agent whose heartbeats go unanswered three ti
 
 /**
  * A TCP relay that can go black: frozen, it forwards nothing in either direction and answers
- * nothing, as a path through a dead host or a partition does (TCP stays up, nothing comes back).
- * Connections made while it is thawed pass again.
+ * nothing, as a path through a dead host or a partition does (TCP stays up, nothing comes back);
+ * connections made while it is frozen are accepted and go nowhere either, so a peer that
+ * reconnects does not find a way around it. Thawing drops every connection it holds (the peers
+ * reconnect), and new ones pass again.
  */
 async function blackHole(target: string): Promise<{ address: string; freeze(): void; thaw(): void; close(): Promise<void> }> {
   const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
   const pairs = new Set<[Socket, Socket]>();
+  // While frozen, new connections go nowhere too (accepted, never read, never forwarded): a dead
+  // path stays dead for a peer that reconnects, until thaw.
+  let frozen = false;
+  const stranded = new Set<Socket>();
   const server = createServer((down) => {
+    if (frozen) {
+      down.pause();
+      stranded.add(down);
+      down.on('error', () => down.destroy()).on('close', () => stranded.delete(down));
+      return;
+    }
     const up = connect(port, host);
     const pair: [Socket, Socket] = [down, up];
     pairs.add(pair);
@@ -157,6 +169,7 @@ async function blackHole(target: string): Promise<{ address: string; freeze(): v
     address: `127.0.0.1:${addr.port}`,
     // Unpiped and paused: bytes stay in the kernel's buffers, unread and unanswered.
     freeze(): void {
+      frozen = true;
       for (const [down, up] of pairs) {
         down.unpipe(up);
         up.unpipe(down);
@@ -165,6 +178,8 @@ async function blackHole(target: string): Promise<{ address: string; freeze(): v
       }
     },
     thaw(): void {
+      frozen = false;
+      for (const socket of [...stranded]) socket.destroy();
       for (const [down, up] of [...pairs]) {
         down.destroy();
         up.destroy();
@@ -172,6 +187,7 @@ async function blackHole(target: string): Promise<{ address: string; freeze(): v
     },
     close: () =>
       new Promise<void>((resolve) => {
+        for (const socket of stranded) socket.destroy();
         for (const [down, up] of pairs) {
           down.destroy();
           up.destroy();
