@@ -52,6 +52,8 @@ const u32Bytes = (n: number): Uint8Array => new Uint8Array(new Uint32Array([n]).
 const EMPTY4 = 0x2;
 const EMPTY6 = 0x4;
 const emptyBit = (family: 4 | 6): number => (family === 4 ? EMPTY4 : EMPTY6);
+/** The marks of the families with no entry, by their entry counts. */
+const emptyBits = (v4: number, v6: number): number => (v4 === 0 ? EMPTY4 : 0) | (v6 === 0 ? EMPTY6 : 0);
 
 /** One LPM trie of a blocklist or a prefix list (ep_blk4/6's and ep_lst4/6's inner maps share a layout). */
 export interface LiveTrie {
@@ -225,8 +227,7 @@ export class BlocklistTables {
       // switch below names it live again.
       this.#maps.ep_blk4.setInnerMap(u32Bytes(idle), v4.map);
       this.#maps.ep_blk6.setInnerMap(u32Bytes(idle), v6.map);
-      const empty = (spec.v4.count === 0 ? EMPTY4 : 0) | (spec.v6.count === 0 ? EMPTY6 : 0);
-      this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(idle | empty));
+      this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(idle | emptyBits(spec.v4.count, spec.v6.count)));
       this.#closeLive();
       this.#live = { v4, v6 };
       return { generation: idle, v4: spec.v4.count, v6: spec.v6.count, batched };
@@ -272,10 +273,11 @@ export class BlocklistTables {
     if (live === undefined) return 0;
     try {
       const removed = removeFromTries(live, prefixes);
+      if (removed === 0) return 0;
       // A trie this process knows to be empty now (an adopted one's count is its capacity).
-      const set = (live.v4.count === 0 ? EMPTY4 : 0) | (live.v6.count === 0 ? EMPTY6 : 0);
+      const set = emptyBits(live.v4.count, live.v6.count);
       const word = this.#activeWord();
-      if (removed > 0 && (word | set) !== word) this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(word | set));
+      if ((word | set) !== word) this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(word | set));
       return removed;
     } catch (cause) {
       throw new DatapathError(`remove blocklist entries count=${prefixes.length}`, { cause });
