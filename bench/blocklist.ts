@@ -1,10 +1,13 @@
-// Blocklists of a million prefixes, side by side in one run: edgeplane's LPM tries (built beside
-// the live ones and switched in by one write), ipset hash:net (loaded with `ipset restore`, then
-// swapped in with `ipset swap`) and an nftables interval set (one `nft -f` transaction).
+// Blocklists of a million prefixes, side by side in one run: edgeplane's hashed set and LPM tries
+// (built beside the live ones and switched in by one write; the agent's way: the permanent IPv4
+// entries of the most common prefix lengths in the hashed set, written through mmap, the rest in
+// the tries), the same with every entry in the tries (edgeplane-trie, the way before the hashed
+// set), ipset hash:net (loaded with `ipset restore`, then swapped in with `ipset swap`) and an
+// nftables interval set (one `nft -f` transaction).
 //
 //   1. load: 1,000,000 prefixes (3/4 /32s, 1/4 /24s) enforced atomically; edgeplane's figure is
-//      packing (the agent's work: text straight into packed keys) + the kernel writes + the
-//      switch, each also given alone, in wall time and in CPU time of the process (user and
+//      packing (the agent's work: text straight into packed keys or buckets) + the kernel writes
+//      + the switch, each also given alone, in wall time and in CPU time of the process (user and
 //      system: on a shared machine the CPU times say what the work costs, the wall times what
 //      the contention added). The prefixes are strings as a decoded snapshot holds them (flat),
 //      in the list's order, and once more shuffled (the kernel's trie inserts an ordered list
@@ -14,9 +17,10 @@
 //      place; ipset add; nft add element).
 //   3. per-packet cost of edge_xdp with BPF_PROG_TEST_RUN with no list, an empty list (neither
 //      is looked up: bpf/README.md, "An empty family costs one read"), 10 entries and
-//      1,000,000 entries, for a packet in no list whose source is far from every entry (the trie
-//      walk stops at the root), one in no list whose source sits among the entries (16.0.0.3: the
-//      walk goes to the bottom of the trie, the worst case), and one from a listed source (dropped).
+//      1,000,000 entries (hashed, and all in the tries), for a packet in no list whose source is
+//      far from every entry (the trie walk stops at the root), one in no list whose source sits
+//      among the entries (16.0.0.3: the walk goes to the bottom of the trie, the worst case), and
+//      one from a listed source (dropped).
 //
 // ipset and nft run in a network namespace the bench creates and always removes. Asserts nothing;
 // prints a table and one JSON line.
@@ -90,12 +94,18 @@ try {
     results.edgeplane!.nsPerPacketEmptyNear = perPacket(near);
     // The issue's "the same at 1,000,000 entries as at 10": the list's first ten prefixes (the near
     // source sits among them), looked up as any non-empty list is.
-    const ten = new BlocklistPacker();
-    for (const p of orders.listed.slice(0, 10)) ten.addText(p);
-    dp.blocklist.load(ten.finish());
+    const packed = (list: readonly string[], hashed: boolean): ReturnType<BlocklistPacker['finish']> => {
+      const packer = new BlocklistPacker({ v4: list.length, hashed });
+      for (const p of list) packer.addText(p);
+      return packer.finish();
+    };
+    dp.blocklist.load(packed(orders.listed.slice(0, 10), true));
     results.edgeplane!.nsPerPacketTen = perPacket(miss);
     results.edgeplane!.nsPerPacketTenNear = perPacket(near);
-    for (const [order, list] of Object.entries(orders)) {
+    dp.blocklist.load(packed(orders.listed.slice(0, 10), false));
+    results.edgeplane!.nsPerPacketTrieTen = perPacket(miss);
+    results.edgeplane!.nsPerPacketTrieTenNear = perPacket(near);
+    for (const [order, list] of Object.entries({ ...orders, trie: orders.listed })) {
       const pack: number[] = [];
       const write: number[] = [];
       const total: number[] = [];
@@ -105,9 +115,7 @@ try {
       for (let r = 0; r < reps; r++) {
         const t0 = process.hrtime.bigint();
         const c0 = process.cpuUsage();
-        const packer = new BlocklistPacker({ v4: list.length });
-        for (const p of list) packer.addText(p);
-        const spec = packer.finish();
+        const spec = packed(list, order !== 'trie');
         pack.push(ms(t0));
         packCpu.push(cpuMs(c0).user);
         const t1 = process.hrtime.bigint();
@@ -119,7 +127,7 @@ try {
         writeSys.push(w.sys);
         total.push(ms(t0));
       }
-      const key = order === 'listed' ? '' : 'Shuffled';
+      const key = order === 'listed' ? '' : order === 'trie' ? 'Trie' : 'Shuffled';
       results.edgeplane![`loadMs${key}`] = median(total);
       results.edgeplane![`packMs${key}`] = median(pack);
       results.edgeplane![`packCpuMs${key}`] = median(packCpu);
@@ -127,11 +135,10 @@ try {
       results.edgeplane![`writeUserCpuMs${key}`] = median(writeUser);
       results.edgeplane![`writeSysCpuMs${key}`] = median(writeSys);
     }
-    dp.blocklist.load(((): ReturnType<BlocklistPacker['finish']> => {
-      const packer = new BlocklistPacker({ v4: N });
-      for (const p of orders.listed) packer.addText(p);
-      return packer.finish();
-    })());
+    dp.blocklist.load(packed(orders.listed, false));
+    results.edgeplane!.nsPerPacketTrieMillionMiss = perPacket(miss);
+    results.edgeplane!.nsPerPacketTrieMillionNear = perPacket(near);
+    dp.blocklist.load(packed(orders.listed, true));
     results.edgeplane!.nsPerPacketMillionMiss = perPacket(miss);
     results.edgeplane!.nsPerPacketMillionNear = perPacket(near);
     results.edgeplane!.nsPerPacketMillionHit = perPacket(hit);
@@ -225,10 +232,13 @@ const e = results.edgeplane!;
 const f = (x: number | undefined, d = 1): string => (x === undefined ? '-' : x.toFixed(d));
 console.log(`blocklist bench${quick ? ' (--quick)' : ''}: ${N} prefixes, reps ${reps}, BPF_PROG_TEST_RUN repeat ${repeat}`);
 console.log(`contender   load (ms)     add one (ms)   (nft loads ${nftN} prefixes${nftN < N ? ' in --quick' : ''})`);
-for (const name of ['edgeplane', 'ipset', 'nft'] as const) console.log(`${name.padEnd(10)}  ${f(results[name]!.loadMs).padStart(12)}  ${f(results[name]!.addOneMs, 3).padStart(12)}`);
+for (const name of ['edgeplane', 'ipset', 'nft'] as const) console.log(`${name.padEnd(14)}  ${f(results[name]!.loadMs).padStart(12)}  ${f(results[name]!.addOneMs, 3).padStart(12)}`);
+console.log(`${'edgeplane-trie'.padEnd(14)}  ${f(e.loadMsTrie).padStart(12)}  ${'-'.padStart(12)}`);
 console.log(`edgeplane load = pack ${f(e.packMs)} ms (agent; CPU ${f(e.packCpuMs)} ms) + write and switch ${f(e.writeAndSwitchMs)} ms (CPU: user ${f(e.writeUserCpuMs)} + kernel ${f(e.writeSysCpuMs)} ms); one-prefix log entry ${e.entryBytes} bytes signed`);
+console.log(`edgeplane-trie load (every entry in the tries) = ${f(e.loadMsTrie)} ms = pack ${f(e.packMsTrie)} ms (CPU ${f(e.packCpuMsTrie)} ms) + write and switch ${f(e.writeAndSwitchMsTrie)} ms (CPU: user ${f(e.writeUserCpuMsTrie)} + kernel ${f(e.writeSysCpuMsTrie)} ms)`);
 console.log(`edgeplane load, shuffled list = ${f(e.loadMsShuffled)} ms = pack ${f(e.packMsShuffled)} ms (CPU ${f(e.packCpuMsShuffled)} ms) + write and switch ${f(e.writeAndSwitchMsShuffled)} ms (CPU: user ${f(e.writeUserCpuMsShuffled)} + kernel ${f(e.writeSysCpuMsShuffled)} ms)`);
 const pct = (x: number | undefined, base: number | undefined): string => f(((x! - base!) / base!) * 100);
 console.log(`edge_xdp per packet (ns), source far from the list / among its entries: no list ${f(e.nsPerPacket0)} / ${f(e.nsPerPacket0Near)}; empty list ${f(e.nsPerPacketEmpty)} / ${f(e.nsPerPacketEmptyNear)} (neither is looked up); 10 entries ${f(e.nsPerPacketTen)} / ${f(e.nsPerPacketTenNear)}; 1M entries ${f(e.nsPerPacketMillionMiss)} (${pct(e.nsPerPacketMillionMiss, e.nsPerPacket0)} % over no list, ${pct(e.nsPerPacketMillionMiss, e.nsPerPacketTen)} % over 10) / ${f(e.nsPerPacketMillionNear)} (${pct(e.nsPerPacketMillionNear, e.nsPerPacket0Near)} %, ${pct(e.nsPerPacketMillionNear, e.nsPerPacketTenNear)} %); listed (dropped first) ${f(e.nsPerPacketMillionHit)}`);
+console.log(`edge_xdp per packet (ns), every entry in the tries (edgeplane-trie): 10 entries ${f(e.nsPerPacketTrieTen)} / ${f(e.nsPerPacketTrieTenNear)}; 1M entries ${f(e.nsPerPacketTrieMillionMiss)} (${pct(e.nsPerPacketTrieMillionMiss, e.nsPerPacketTrieTen)} % over 10) / ${f(e.nsPerPacketTrieMillionNear)} (${pct(e.nsPerPacketTrieMillionNear, e.nsPerPacketTrieTenNear)} %)`);
 console.log(`edge_xdp per packet (ns), a rule naming the list (source far / among its entries / in it): empty list ${f(e.nsPerPacketRuleListEmpty)} / ${f(e.nsPerPacketRuleListEmptyNear)}; 1M entries ${f(e.nsPerPacketRuleListMillionMiss)} (${pct(e.nsPerPacketRuleListMillionMiss, e.nsPerPacketRuleListEmpty)} %) / ${f(e.nsPerPacketRuleListMillionNear)} (${pct(e.nsPerPacketRuleListMillionNear, e.nsPerPacketRuleListEmptyNear)} %) / ${f(e.nsPerPacketRuleListMillionHit)}; no list named ${f(e.nsPerPacket0)}; apply with the million ${f(e.ruleListLoadMs)} ms`);
 console.log(JSON.stringify({ bench: 'blocklist', quick, prefixes: N, reps, repeat, results }));

@@ -8,9 +8,15 @@
  * in place (an LPM update or delete is atomic for a concurrent lookup: kernel/bpf/lpm_trie.c
  * replaces nodes under RCU).
  *
+ * Permanent IPv4 entries of up to EP_BLK_HASH_LENS prefix lengths (the lengths with the most
+ * entries) are held instead in a hashed set, ep_blk4h: an ARRAY of 64-byte buckets the agent
+ * writes through mmap (BPF_F_MMAPABLE), so a whole list costs a copy instead of one kernel insert
+ * per prefix (~0.8-1.2 us each for a trie or a hash map: bpf/README.md, "The blocklist"). Per
+ * hashed length a packet reads at most two buckets, whatever the number of entries.
+ *
  * The check runs first, right after parsing, at the policy hooks (uplink XDP or TC ingress,
- * workload TC): an LPM lookup walks at most prefixlen nodes (32 or 128), whatever the number of
- * entries, so it costs the same at 1,000,000 entries as at 10.
+ * workload TC): the hashed set's probes, then an LPM lookup that walks at most prefixlen nodes
+ * (32 or 128), whatever the number of entries.
  *
  * Layouts (written by services/node-agent/src/datapath/blocklist-tables.ts, held to this header
  * by datapath-layout.test.ts through the object's map definitions):
@@ -77,6 +83,33 @@ struct {
 	__array(values, struct ep_blk4_inner);
 } ep_blk4 SEC(".maps");
 
+/* The hashed set (ep_blk4h): a bucket holds EP_BLK_HASH_SLOTS entries, each a u64 (masked IPv4
+ * address in host order << 32 | prefix length + 1), 0 = free. An entry lives in one of its two
+ * buckets (ep_blk_hash4_buckets); the agent puts one that fits in neither into the trie. Slots
+ * are written by single 8-byte stores; a removed entry leaves a hole (every slot is compared, so
+ * no entry ever moves). */
+#define EP_BLK_HASH_SLOTS 8
+#define EP_BLK_HASH_LENS 4
+struct ep_blk_bucket {
+	__u64 slot[EP_BLK_HASH_SLOTS];
+};
+struct ep_blk4h_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE | BPF_F_INNER_MAP);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct ep_blk_bucket));
+	__uint(max_entries, 1);
+};
+
+/* Per blocklist generation: the hashed set of permanent IPv4 entries (its bucket count and
+ * lengths are in ep_blk_active[0]). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, EP_BLK_SLOTS);
+	__type(key, __u32);
+	__array(values, struct ep_blk4h_inner);
+} ep_blk4h SEC(".maps");
+
 /* Per blocklist generation: the IPv6 source trie. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -91,8 +124,14 @@ struct {
  * takes effect; a word without them (older agents) means "look". */
 #define EP_BLK_EMPTY4 0x2
 #define EP_BLK_EMPTY6 0x4
+/* Bits 3-7: log2 of the live hashed set's bucket count; bits 8-31: its prefix lengths, 6 bits
+ * each (length + 1; 0 ends the list). A word without lengths (an older agent's, or no permanent
+ * IPv4 entry) probes no bucket. Written with the generation, so one read names a set and its
+ * shape together. */
+#define EP_BLK_HASH_LOG2(word) (((word) >> 3) & 31)
+#define EP_BLK_HASH_LEN1(word, i) (((word) >> (8 + 6 * (i))) & 63)
 
-/* [0] = the live blocklist generation (bit 0) and EP_BLK_EMPTY4/6. */
+/* [0] = the live blocklist generation (bit 0), EP_BLK_EMPTY4/6 and the hashed set's shape. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -156,6 +195,50 @@ static __noinline struct ep_blk_value *ep_blk_match(struct ep_pkt *p, __u32 slot
 	return NULL;
 }
 
+/* murmur3's 32-bit finalizer: the agent's hashed set uses the same (blocklist-hash.ts). */
+static __always_inline __u32 ep_blk_mix(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6bU;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35U;
+	h ^= h >> 16;
+	return h;
+}
+
+/* 1 when the IPv4 source is in the live hashed set (`word`: ep_blk_active[0], with at least one
+ * length). At most two bucket reads per length. Its own subprogram, like ep_blk_match. */
+static __noinline int ep_blk_hashed4(struct ep_pkt *p, __u32 word)
+{
+	__u32 slot = word & 1;
+	void *set = bpf_map_lookup_elem(&ep_blk4h, &slot);
+	if (!set)
+		return 0;
+	__u32 raw;
+	__builtin_memcpy(&raw, p->src, 4);
+	__u32 addr = bpf_ntohl(raw);
+	__u32 mask = (1U << EP_BLK_HASH_LOG2(word)) - 1;
+	for (int i = 0; i < EP_BLK_HASH_LENS; i++) {
+		__u32 len1 = EP_BLK_HASH_LEN1(word, i);
+		if (!len1)
+			return 0;
+		__u32 a = len1 == 1 ? 0 : addr & (0xffffffffU << (33 - len1));
+		__u64 want = ((__u64)a << 32) | len1;
+		__u32 h = ep_blk_mix(a ^ (len1 * 0x9e3779b9U));
+		__u32 b = h & mask;
+		for (int j = 0; j < 2; j++) {
+			struct ep_blk_bucket *bucket = bpf_map_lookup_elem(set, &b);
+			if (bucket) {
+				for (int k = 0; k < EP_BLK_HASH_SLOTS; k++)
+					if (bucket->slot[k] == want)
+						return 1;
+			}
+			b = ep_blk_mix(h + 0x7f4a7c15U) & mask;
+		}
+	}
+	return 0;
+}
+
 /* 1 when the packet's source is blocked (the caller drops it), counted; else 0. A family whose
  * live trie is empty (EP_BLK_EMPTY4/6) costs one array read and no call: the blocklist was a
  * tenth of a tracked connection's programs in bench/conntrack-lookup.ts's cold runs with none
@@ -169,6 +252,10 @@ static __always_inline int ep_blocklisted(struct ep_pkt *p, __u64 len)
 		return 0;
 	/* Read once: the family's empty bit and the slot looked up come from one write. */
 	__u32 word = *(volatile __u32 *)active;
+	if (p->family == 4 && EP_BLK_HASH_LEN1(word, 0) && ep_blk_hashed4(p, word)) {
+		ep_blk_count(EP_BLK_STAT_DROP4, len);
+		return 1;
+	}
 	if (word & (p->family == 4 ? EP_BLK_EMPTY4 : EP_BLK_EMPTY6))
 		return 0;
 	if (!ep_blk_match(p, word))

@@ -9,6 +9,8 @@ import * as native from './native.js';
 import { unpinPath } from './pin.js';
 import { TypedMap } from './typed-map.js';
 
+const PAGE_SIZE = native.pageSize();
+
 const ENOENT = 2;
 const EBADF = 9;
 const EINVAL = 22;
@@ -406,6 +408,26 @@ export class BpfMap implements ByteMap {
     const value = new Uint8Array(4);
     new DataView(value.buffer).setUint32(0, inner.fd, true);
     check(`map set inner name=${this.name} inner=${inner.name}`, () => native.mapUpdate(this.fd, key, value, updateFlags[flags]));
+  }
+
+  /**
+   * Runs `use` with this array's values mapped into the process (mmap of a map created with
+   * BPF_F_MMAPABLE): element i's value at byte i * valueSize (rounded up to 8), shared with the
+   * programs that read it, so a write is seen at once, without a syscall. The mapping is removed
+   * when `use` returns or throws: the bytes must not be kept past it (reading them then would
+   * fault). An 8-byte aligned `Atomics.store` into a BigUint64Array over them is one store.
+   * @returns what `use` returns.
+   * @throws LibbpfError from mmap (EINVAL for a map that is not a mmapable array).
+   */
+  withMapped<T>(use: (values: Uint8Array) => T): T {
+    const length = Math.ceil((Math.ceil(this.valueSize / 8) * 8 * this.maxEntries) / PAGE_SIZE) * PAGE_SIZE;
+    const address = native.mapShared(this.fd, length);
+    if (typeof address === 'number') throw errnoError(`map mmap name=${this.name} length=${length}`, address);
+    try {
+      return use(new Uint8Array(native.viewNative(address, length)));
+    } finally {
+      native.unmap(address, length);
+    }
   }
 
   /**

@@ -623,6 +623,34 @@ export function close(fd: number): void {
   closeFd(fd);
 }
 
+const mmapFn = libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)');
+const munmapFn = libc.func('int munmap(void *addr, size_t length)');
+const PROT_READ_WRITE = 0x3;
+const MAP_SHARED = 0x1;
+const MAP_FAILED = 2n ** 64n - 1n;
+const sysconf = libc.func('long sysconf(int name)');
+
+/** The page size (sysconf(_SC_PAGESIZE)): an mmap's length is a multiple of it. */
+export function pageSize(): number {
+  return Number(sysconf(30 /* _SC_PAGESIZE */));
+}
+
+/** mmap(2) of `length` bytes of `fd` from offset 0, shared, read and write: the address, or a negative errno. */
+export function mapShared(fd: number, length: number): bigint | number {
+  const address = mmapFn(null, length, PROT_READ_WRITE, MAP_SHARED, fd, 0) as bigint;
+  return address === MAP_FAILED ? -(koffi.errno() || 22) : address;
+}
+
+/** munmap(2); errors are ignored (only an address mapShared() returned, with its length, is passed). */
+export function unmap(address: bigint, length: number): void {
+  munmapFn(address, length);
+}
+
+/** `length` bytes at a native address (valid until it is unmapped or freed). */
+export function viewNative(address: bigint, length: number): ArrayBuffer {
+  return koffi.view(address, length) as ArrayBuffer;
+}
+
 /** if_nametoindex(3): the index, or 0 with errno set. */
 export function nameToIndex(name: string): number {
   return ifNameToIndex(name) as number;

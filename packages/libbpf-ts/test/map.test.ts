@@ -243,3 +243,24 @@ test('BpfMap - asyncDispose closes an owned map', async (t) => {
   }
   t.true(fd >= 0);
 });
+
+test('BpfMap.withMapped - a mmapable array shares its values with the syscall path both ways; another map is refused', (t) => {
+  const map = BpfMap.create({ type: 'array', name: 'mapped', keySize: 4, valueSize: 12, maxEntries: 1000, flags: 0x400 /* BPF_F_MMAPABLE */ });
+  t.teardown(() => map.close());
+  map.set(key(999), new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]));
+  const seen = map.withMapped((values) => {
+    // A 12-byte value takes 16 bytes: element i at i * 16; the mapping is whole pages.
+    t.is(values.byteLength, 16_384);
+    const last = Array.from(values.subarray(999 * 16, 999 * 16 + 12));
+    values.set([42, 0, 0, 0], 7 * 16);
+    Atomics.store(new BigUint64Array(values.buffer, values.byteOffset, values.byteLength / 8), 2 * 2, 0x0102030405060708n);
+    return last;
+  });
+  t.deepEqual(seen, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+  t.deepEqual(map.get(key(7)), new Uint8Array([42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+  t.deepEqual(map.get(key(2)), new Uint8Array([8, 7, 6, 5, 4, 3, 2, 1, 0, 0, 0, 0]));
+  const plain = BpfMap.create({ type: 'array', name: 'plain', keySize: 4, valueSize: 8, maxEntries: 4 });
+  t.teardown(() => plain.close());
+  const refused = t.throws(() => plain.withMapped(() => t.fail('not called')), { instanceOf: LibbpfError });
+  t.is(refused?.operation, 'map mmap name=plain length=4096');
+});

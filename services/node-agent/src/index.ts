@@ -144,7 +144,7 @@ export { AGENT_HELP, AgentConfigError, LB_CAPACITY_BOUNDS, parseAgentConfig, typ
 export { EnrollmentError, NodeIdentity, enrollNode, fetchPinnedCa, loadNodeCredentials, saveNodeCredentials, checkControllerIdentity, checkNatsServerIdentity } from './agent/node-identity.js';
 export type { EnrollOptions, NodeCredentials, NodeIdentityOptions } from './agent/node-identity.js';
 export { BLOCKLIST_F_BLOCK, BLOCKLIST_SIZES, BlocklistPacker, decodeBlocklistValue, encodeBlocklistKey, encodeBlocklistValue, inInsertOrder } from './datapath/blocklist.js';
-export type { BlocklistEntry, BlocklistSpec, PackedBlocklist } from './datapath/blocklist.js';
+export type { BlocklistEntry, BlocklistSpec, HashedBlocklist, PackedBlocklist } from './datapath/blocklist.js';
 export { BlocklistTables } from './datapath/blocklist-tables.js';
 export type { BlocklistCounters, BlocklistLoad, BlocklistMaps } from './datapath/blocklist-tables.js';
 export { BlocklistSync } from './agent/blocklist-sync.js';

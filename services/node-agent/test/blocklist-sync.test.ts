@@ -7,6 +7,7 @@ import { mkdirSync } from 'node:fs';
 import test from 'ava';
 import { applyPrefixListChange, formatAddress, formatCidr, PrefixListUse, Snapshot, type Block, type Cidr, type PrefixList } from '@edgeplane/proto';
 import { BlocklistSync } from '../src/agent/blocklist-sync.js';
+import { HashedSet4 } from '../src/datapath/blocklist-hash.js';
 import type { BlocklistPacker } from '../src/datapath/blocklist.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
@@ -138,6 +139,11 @@ class RecordingWriter {
         const text = `${formatAddress(family, key.subarray(4))}/${length}`;
         this.held.set(text, new DataView(packed.values.buffer, packed.values.byteOffset).getBigUint64(i * 16, true));
       }
+    }
+    const hashed = spec.v4Hashed;
+    if (hashed === undefined) return;
+    for (const [address, length] of new HashedSet4(hashed.buckets, hashed.shape.log2, false).entries()) {
+      this.held.set(`${formatAddress(4, new Uint8Array([address >>> 24, (address >>> 16) & 255, (address >>> 8) & 255, address & 255]))}/${length}`, 0n);
     }
   }
   add(entries: readonly { cidr: Cidr; expiresTaiNs: bigint }[]): boolean {

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { BpfMap } from 'libbpf-ts';
 import { parseCidr, type Cidr } from '@edgeplane/proto';
+import { HashedSet4 } from '../src/datapath/blocklist-hash.js';
 import { BLOCKLIST_F_BLOCK, BlocklistPacker, type BlocklistEntry } from '../src/datapath/blocklist.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
@@ -51,14 +52,16 @@ test('blocklist - 1,000,000 prefixes load by one switch; first, middle and last 
   t.teardown(() => datapath.close());
   await datapath.apply(allowAll);
   const N = 1_000_000;
-  // As the agent packs a list: from the text, sized once.
-  const packer = new BlocklistPacker({ v4: N });
+  // As the agent packs a list: from the text, sized once, its two prefix lengths hashed.
+  const packer = new BlocklistPacker({ v4: N, hashed: true });
   const refused = Array.from({ length: N }, (_, i) => i).filter((i) => !packer.addText(bigListPrefix(i)));
   t.deepEqual(refused, []);
   t.false(packer.addText('16.0.0.0/33'), 'not a prefix: nothing added');
   t.true(packer.addText(bigListPrefix(7)), 'a prefix again');
   const spec = packer.finish();
-  t.is(spec.v4.count, N, 'each prefix once');
+  t.is((spec.v4Hashed?.count ?? 0) + spec.v4.count, N, 'each prefix once');
+  t.deepEqual(spec.v4Hashed?.shape.lengths, [32, 24]);
+  t.is(spec.v4.count, 0, 'every one in the hashed set, none left for the trie');
   const before = datapath.blocklist.generation;
   const load = datapath.blocklist.load(spec);
   t.is(load.generation, 1 - before, 'built in the idle generation and switched to it');
@@ -203,4 +206,159 @@ test('blocklist - a family whose live trie is empty is not looked up; an entry a
   t.is(word() & (EMPTY4 | EMPTY6), EMPTY6);
   t.is(xdp(datapath, '2001:db8:bad::5'), XDP_PASS);
   t.is(xdp(datapath, '198.51.100.1'), XDP_DROP);
+});
+
+/** A seeded generator (runs repeat). */
+function lcg(seed: number): () => number {
+  let x = seed >>> 0;
+  return () => {
+    x = (Math.imul(x, 1_664_525) + 1_013_904_223) >>> 0;
+    return x;
+  };
+}
+const dotted = (a: number): string => `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
+/** The host-order address of an IPv4 prefix's text. */
+const cidrAddress = (text: string): number => (text.split('/')[0] as string).split('.').reduce((x, o) => x * 256 + Number(o), 0) >>> 0;
+
+test('blocklist - the hashed set and the trie decide as a reference does: six prefix lengths (four hashed), permanent and expiring, changes in place moving entries between them, an adoption', async (t) => {
+  const root = freshRoot();
+  let datapath = await EbpfDatapath.open({ pinRoot: root });
+  t.teardown(() => datapath.close());
+  await datapath.apply(allowAll);
+  const { taiNs } = datapath.blocklist.readClock();
+  const hour = 3_600_000_000_000n;
+  const next = lcg(13);
+  // Prefixes inside 10.0.0.0/8, lengths by weight (per mille): 32, 24, 28, 20 are hashed; a few
+  // /16s and /12s (in the trie) cover about a third of the range, with entries inside them.
+  const weights: [number, number][] = [[32, 450], [24, 250], [28, 150], [20, 136], [16, 12], [12, 2]];
+  const randomPrefix = (): { address: number; length: number } => {
+    let pick = next() % 1000;
+    let length = 32;
+    for (const [l, w] of weights) {
+      if (pick < w) {
+        length = l;
+        break;
+      }
+      pick -= w;
+    }
+    const address = (0x0a000000 | (next() & 0xffffff)) >>> 0;
+    return { address: (address & (0xffffffff << (32 - length))) >>> 0, length };
+  };
+  /** The reference: prefix text -> expiry (0n never). */
+  const held = new Map<string, bigint>();
+  const expiryOf = (): bigint => {
+    const r = next() % 20;
+    return r === 0 ? taiNs - 1n : r === 1 ? taiNs + hour : 0n; // 5 % expired already, 5 % in an hour
+  };
+  for (let i = 0; i < 3000; i++) {
+    const p = randomPrefix();
+    const text = `${dotted(p.address)}/${p.length}`;
+    if (!held.has(text)) held.set(text, expiryOf());
+  }
+  const live = (e: bigint): boolean => e === 0n || e > taiNs;
+  const blocked = (address: number): boolean => {
+    // LPM with expiry: the longest live entry covering it, looking below expired ones (a nest of
+    // four at most, which these lists never reach) - i.e. any live entry covering it.
+    for (let length = 32; length >= 0; length--) {
+      const masked = length === 0 ? 0 : (address & (0xffffffff << (32 - length))) >>> 0;
+      const e = held.get(`${dotted(masked)}/${length}`);
+      if (e !== undefined && live(e)) return true;
+    }
+    return false;
+  };
+  const probe = (what: string): void => {
+    const probes: number[] = [];
+    for (const text of [...held.keys()].slice(0, 300)) {
+      const length = Number(text.split('/')[1]);
+      probes.push((cidrAddress(text) | (next() & (length === 32 ? 0 : 0xffffffff >>> length))) >>> 0);
+    }
+    for (let i = 0; i < 300; i++) probes.push((0x0a000000 | (next() & 0xffffff)) >>> 0);
+    const wrong = probes.filter((a) => (xdp(datapath, dotted(a)) === XDP_DROP) !== blocked(a)).map(dotted);
+    t.deepEqual(wrong, [], `${what}: verdicts that differ from the reference`);
+    t.true(probes.some(blocked) && probes.some((a) => !blocked(a)), `${what}: both verdicts probed`);
+  };
+
+  const packer = new BlocklistPacker({ hashed: true });
+  for (const [text, expires] of held) packer.addText(text, expires, expires === 0n ? 0 : BLOCKLIST_F_BLOCK);
+  const spec = packer.finish();
+  t.deepEqual(spec.v4Hashed?.shape.lengths, [32, 28, 24, 20]);
+  t.true(spec.v4.count > 100, 'the trie holds the other lengths and the expiring entries');
+  datapath.blocklist.load(spec);
+  probe('loaded');
+
+  // In place: new entries of every length, entries made permanent, made expiring, removed.
+  const keys = [...held.keys()];
+  const adds: BlocklistEntry[] = [];
+  const removes: Cidr[] = [];
+  for (let i = 0; i < 60; i++) {
+    const p = randomPrefix();
+    const text = `${dotted(p.address)}/${p.length}`;
+    const expires = i % 3 === 0 ? taiNs + hour : 0n;
+    held.set(text, expires);
+    adds.push(entry(text, expires, expires === 0n ? 0 : BLOCKLIST_F_BLOCK));
+  }
+  for (const [i, text] of keys.slice(0, 40).entries()) {
+    // permanent -> expiring (in an hour, or past: it must stop matching), expiring -> permanent
+    const expires = held.get(text) === 0n ? (i % 2 === 0 ? taiNs - 1n : taiNs + hour) : 0n;
+    held.set(text, expires);
+    adds.push(entry(text, expires, expires === 0n ? 0 : BLOCKLIST_F_BLOCK));
+  }
+  for (const text of keys.slice(40, 100)) {
+    held.delete(text);
+    removes.push(cidr(text));
+  }
+  t.true(datapath.blocklist.add(adds));
+  t.is(datapath.blocklist.remove(removes), 60);
+  probe('changed in place');
+  // Expiring entries made permanent left the trie; permanent made expiring left the set.
+  const set = datapath.blocklist;
+  t.true(set.size.v4 >= held.size - 100 && set.size.v4 <= held.size, `size ${set.size.v4} for ${held.size}`);
+
+  // A restarted agent adopts the set: it enforces, and removes work in place.
+  datapath.close();
+  datapath = await EbpfDatapath.open({ pinRoot: root });
+  t.true(datapath.adopted);
+  probe('adopted');
+  // Five permanent /32s (in the set) that no other entry covers.
+  const permanent32: string[] = [];
+  for (const [text, e] of [...held]) {
+    if (e !== 0n || !text.endsWith('/32') || permanent32.length === 5) continue;
+    held.delete(text);
+    if (blocked(cidrAddress(text))) held.set(text, e);
+    else permanent32.push(text);
+  }
+  t.is(datapath.blocklist.remove(permanent32.map(cidr)), 5);
+  for (const text of permanent32) t.is(xdp(datapath, text.replace('/32', '')), XDP_PASS, `${text} removed from the adopted set`);
+  probe('removed after the adoption');
+  t.false(datapath.blocklist.add([entry('192.0.2.0/24')]), 'an add after an adoption asks for a whole load');
+});
+
+test('blocklist - an entry whose two buckets are full goes into the trie and is enforced there', async (t) => {
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
+  t.teardown(() => datapath.close());
+  await datapath.apply(allowAll);
+  // A set of one bucket, filled: eight /32s.
+  const buckets = HashedSet4.buffer(0);
+  const set = new HashedSet4(buckets, 0, false, true);
+  for (let i = 1; i <= 8; i++) t.is(set.insert((0xc6336400 + i) >>> 0, 32), 'added'); // 198.51.100.i
+  datapath.blocklist.load({ v4: new BlocklistPacker().finish().v4, v6: new BlocklistPacker().finish().v6, v4Hashed: { shape: { log2: 0, lengths: [32] }, buckets, count: 8 } });
+  t.is(xdp(datapath, '198.51.100.8'), XDP_DROP);
+  t.is(xdp(datapath, '198.51.100.9'), XDP_PASS);
+  t.true(datapath.blocklist.add([entry('198.51.100.9/32')]));
+  t.is(xdp(datapath, '198.51.100.9'), XDP_DROP, 'in the trie');
+  t.is(datapath.blocklist.size.v4, 9);
+  t.is(datapath.blocklist.remove([cidr('198.51.100.9/32'), cidr('198.51.100.1/32')]), 2);
+  t.is(xdp(datapath, '198.51.100.9'), XDP_PASS);
+  t.is(xdp(datapath, '198.51.100.1'), XDP_PASS);
+  t.is(xdp(datapath, '198.51.100.2'), XDP_DROP);
+  // A word without the set's lengths (an older agent's) reads no bucket.
+  const active = BpfMap.openPinned(join(datapath.pinRoot, 'ep_blk_active'));
+  t.teardown(() => active.close());
+  const zero = new Uint8Array(4);
+  const word = new DataView((active.get(zero) as Uint8Array).buffer).getUint32(0, true);
+  t.not(word >>> 8, 0, 'the live word names the set');
+  active.set(zero, new Uint8Array(new Uint32Array([word & 0x7]).buffer));
+  t.is(xdp(datapath, '198.51.100.2'), XDP_PASS, 'not read without its lengths');
+  active.set(zero, new Uint8Array(new Uint32Array([word]).buffer));
+  t.is(xdp(datapath, '198.51.100.2'), XDP_DROP);
 });

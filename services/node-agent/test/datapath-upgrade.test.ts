@@ -58,6 +58,7 @@ const resizedMaps = ['ep_lb_stats'];
 const addedMaps = [
   'ep_blk4',
   'ep_blk6',
+  'ep_blk4h',
   'ep_blk_active',
   'ep_blk_stats',
   'ep_blk_clock_out',

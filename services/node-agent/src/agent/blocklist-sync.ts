@@ -136,7 +136,7 @@ export class BlocklistSync {
       }
     }
     // Straight from the text into the packed keys: no object per prefix (a million-prefix list).
-    const packer = new BlocklistPacker({ v4: desired.size });
+    const packer = new BlocklistPacker({ v4: desired.size, hashed: true });
     for (const [p, expires] of desired) packer.addText(p, expires === 0 ? 0n : BigInt(expires) * 1_000_000n + offset, expires === 0 ? 0 : BLOCKLIST_F_BLOCK);
     this.#held = undefined;
     this.#writer.load(packer.finish());

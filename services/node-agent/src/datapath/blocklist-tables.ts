@@ -1,10 +1,11 @@
 // The blocklist maps of one datapath, seen from the agent (bpf/include/ep_blocklist.h; bpf/README.md,
-// "The blocklist"): a whole list is written into fresh tries in the idle blocklist generation and
-// switched in by one write of ep_blk_active[0]; single entries are added to and removed from the
-// live tries in place. The clock the programs compare expiries with is CLOCK_TAI, read through the
+// "The blocklist"): a whole list is written into fresh tries (and a fresh hashed set for its
+// permanent IPv4 entries) in the idle blocklist generation and switched in by one write of
+// ep_blk_active[0]; single entries are added to and removed from the live ones in place. The clock the programs compare expiries with is CLOCK_TAI, read through the
 // ep_blk_clock program.
 import { BpfMap, type Program } from 'libbpf-ts';
-import { BLOCKLIST_SIZES, encodeBlocklistKey, encodeBlocklistValue, inInsertOrder, type BlocklistEntry, type BlocklistSpec } from './blocklist.js';
+import { BLOCKLIST_SIZES, encodeBlocklistKey, encodeBlocklistValue, inInsertOrder, type BlocklistEntry, type BlocklistSpec, type HashedBlocklist } from './blocklist.js';
+import { HASH_BUCKET_BYTES, HASHED_MAP_FLAGS, HashedSet4, shapeBits, shapeOfWord, type HashedShape } from './blocklist-hash.js';
 import { sumPerCpu } from './counters.js';
 import type { Counter } from './datapath.js';
 import { DatapathError } from './errors.js';
@@ -14,6 +15,7 @@ import type { Cidr } from '@edgeplane/proto';
 export interface BlocklistMaps {
   readonly ep_blk4: BpfMap;
   readonly ep_blk6: BpfMap;
+  readonly ep_blk4h: BpfMap;
   readonly ep_blk_active: BpfMap;
   readonly ep_blk_stats: BpfMap;
   readonly ep_blk_clock_out: BpfMap;
@@ -67,6 +69,30 @@ export interface TriePair {
   v4: LiveTrie;
   v6: LiveTrie;
 }
+
+/** The live hashed set of permanent IPv4 entries (ep_blk4h's inner map). */
+interface LiveHashed {
+  map: BpfMap;
+  shape: HashedShape;
+  /** Entries as this process wrote them (after an adoption: unknown, and never used). */
+  count: number;
+}
+
+
+/** @returns a fresh ep_blk4h inner map holding `hashed`'s buckets (written through mmap: one copy). */
+function buildHashed(hashed: HashedBlocklist): BpfMap {
+  const map = BpfMap.create({ type: 'array', name: 'ep_blk4h_in', keySize: 4, valueSize: HASH_BUCKET_BYTES, maxEntries: 1 << hashed.shape.log2, flags: HASHED_MAP_FLAGS });
+  try {
+    map.withMapped((bytes) => bytes.set(hashed.buckets));
+    return map;
+  } catch (error) {
+    map.close();
+    throw error;
+  }
+}
+
+/** The host-order IPv4 address of a cidr (its address bytes, network order). */
+const hostAddress = (cidr: Cidr): number => new DataView(cidr.address.buffer, cidr.address.byteOffset, 4).getUint32(0, false);
 
 /**
  * Fresh tries holding `spec` (with room for adds in place), each written with one batch update
@@ -146,6 +172,10 @@ export class BlocklistTables {
   readonly #maps: BlocklistMaps;
   readonly #clock: Program;
   #live: TriePair | undefined;
+  /** With #live: its hashed set, if the live generation has one. */
+  #hashed: LiveHashed | undefined;
+  /** #live was adopted from the outer maps (entry counts unknown): adds load the whole list. */
+  #adopted = false;
   #closed = false;
 
   /**
@@ -218,43 +248,79 @@ export class BlocklistTables {
   load(spec: BlocklistSpec): BlocklistLoad {
     this.#open();
     const idle = 1 - this.generation;
+    const hashed = spec.v4Hashed;
     let made: (TriePair & { batched: boolean }) | undefined;
+    let hashedMap: BpfMap | undefined;
     try {
       made = buildTries(spec, 'ep_blk');
+      if (hashed !== undefined) hashedMap = buildHashed(hashed);
       const { v4, v6, batched } = made;
       // Installing an inner map returns after synchronize_rcu() (maybe_wait_bpf_programs in
       // kernel/bpf/syscall.c), so no packet still reads the idle slot's previous tries once the
       // switch below names it live again.
       this.#maps.ep_blk4.setInnerMap(u32Bytes(idle), v4.map);
       this.#maps.ep_blk6.setInnerMap(u32Bytes(idle), v6.map);
-      this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(idle | emptyBits(spec.v4.count, spec.v6.count)));
+      // A generation without a set: the word names no length, so no bucket is read; the
+      // previous set is dropped rather than kept idle.
+      if (hashedMap !== undefined) this.#maps.ep_blk4h.setInnerMap(u32Bytes(idle), hashedMap);
+      else this.#maps.ep_blk4h.delete(u32Bytes(idle));
+      this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(idle | emptyBits(spec.v4.count, spec.v6.count) | shapeBits(hashed?.shape)));
       this.#closeLive();
       this.#live = { v4, v6 };
-      return { generation: idle, v4: spec.v4.count, v6: spec.v6.count, batched };
+      this.#hashed = hashedMap === undefined ? undefined : { map: hashedMap, shape: hashed!.shape, count: hashed!.count };
+      return { generation: idle, v4: spec.v4.count + (hashed?.count ?? 0), v6: spec.v6.count, batched };
     } catch (cause) {
       if (made !== undefined && this.#live?.v4 !== made.v4) {
         made.v4.map.close();
         made.v6.map.close();
+        hashedMap?.close();
       }
-      throw new DatapathError(`load blocklist v4=${spec.v4.count} v6=${spec.v6.count}`, { cause });
+      throw new DatapathError(`load blocklist v4=${spec.v4.count} v4-hashed=${hashed?.count ?? 0} v6=${spec.v6.count}`, { cause });
     }
   }
 
   /**
-   * Adds or replaces entries in the live tries, in place (each LPM update is atomic for a
-   * concurrent lookup).
-   * @returns false (nothing written) when the live tries lack room or there are none yet: load
-   * the whole list instead.
+   * Adds or replaces entries in the live tries and hashed set, in place (each LPM update is
+   * atomic for a concurrent lookup; each slot of the set is one 8-byte store). A permanent IPv4
+   * entry of a length the set holds goes into the set (into the trie if both its buckets are
+   * full); any other into the trie. An entry that moves between them (a block made permanent by
+   * a list, or the reverse) is written where it goes before it leaves where it was, so it never
+   * stops matching meanwhile.
+   * @returns false (nothing written) when the live tries may lack room, or there are none yet,
+   * or they were adopted: load the whole list instead.
    * @throws DatapathError if the kernel refuses an update.
    */
   add(entries: readonly BlocklistEntry[]): boolean {
     const live = this.#liveTries();
-    if (live === undefined) return false;
+    if (live === undefined || this.#adopted) return false;
+    const hashed = this.#hashed;
+    const inSet = (entry: BlocklistEntry): boolean => hashed !== undefined && entry.cidr.family === 4 && hashed.shape.lengths.includes(entry.cidr.prefixLength);
+    const toSet = new Set(entries.filter((entry) => entry.expiresTaiNs === 0n && inSet(entry)));
+    // Room for the worst case (every entry for the set overflowing into the trie), checked first.
+    const need4 = entries.filter((entry) => entry.cidr.family === 4).length;
+    if (live.v4.count + need4 > live.v4.capacity || live.v6.count + entries.length - need4 > live.v6.capacity) return false;
     try {
-      if (!addToTries(live, entries)) return false;
+      const toTries = entries.filter((entry) => !toSet.has(entry));
+      if (hashed !== undefined && toSet.size > 0) {
+        hashed.map.withMapped((bytes) => {
+          const set = new HashedSet4(bytes, hashed.shape.log2, true);
+          for (const entry of toSet) {
+            const done = set.insert(hostAddress(entry.cidr), entry.cidr.prefixLength);
+            if (done === 'added') hashed.count++;
+            if (done === 'full') toTries.push(entry);
+          }
+        });
+        // Permanent now: an expiring entry of the same prefix leaves the trie.
+        const overflowed = new Set(toTries);
+        removeFromTries(live, [...toSet].filter((entry) => !overflowed.has(entry)).map((entry) => entry.cidr));
+      }
+      if (!addToTries(live, toTries)) throw new Error('the tries have no room after the check');
+      // Expiring now: out of the set, after the trie has it.
+      const leaving = toTries.filter((entry) => entry.expiresTaiNs !== 0n && inSet(entry));
+      if (hashed !== undefined && leaving.length > 0) this.#removeFromSet(hashed, leaving.map((entry) => entry.cidr));
       // The entries are in their tries; a family marked empty is looked up from this write on.
       let clear = 0;
-      for (const entry of entries) clear |= emptyBit(entry.cidr.family);
+      for (const entry of toTries) clear |= emptyBit(entry.cidr.family);
       const word = this.#activeWord();
       if ((word & clear) !== 0) this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(word & ~clear));
       return true;
@@ -272,7 +338,15 @@ export class BlocklistTables {
     const live = this.#liveTries();
     if (live === undefined) return 0;
     try {
-      const removed = removeFromTries(live, prefixes);
+      const hashed = this.#hashed;
+      const fromSet = hashed === undefined ? new Set<Cidr>() : this.#removeFromSet(hashed, prefixes.filter((cidr) => cidr.family === 4 && hashed.shape.lengths.includes(cidr.prefixLength)));
+      let removed = 0;
+      for (const cidr of prefixes) {
+        const trie = cidr.family === 4 ? live.v4 : live.v6;
+        const inTrie = trie.map.delete(encodeBlocklistKey(cidr));
+        if (inTrie) trie.count--;
+        if (inTrie || fromSet.has(cidr)) removed++;
+      }
       if (removed === 0) return 0;
       // A trie this process knows to be empty now (an adopted one's count is its capacity).
       const set = emptyBits(live.v4.count, live.v6.count);
@@ -284,10 +358,10 @@ export class BlocklistTables {
     }
   }
 
-  /** @returns the live tries' entry counts (as this process wrote them, or their capacity after an adoption). */
+  /** @returns the live entry counts (as this process wrote them, or the tries' capacity after an adoption). */
   get size(): { v4: number; v6: number } {
     const live = this.#liveTries();
-    return { v4: live?.v4.count ?? 0, v6: live?.v6.count ?? 0 };
+    return { v4: (live?.v4.count ?? 0) + (this.#hashed?.count ?? 0), v6: live?.v6.count ?? 0 };
   }
 
   /** @throws DatapathError if the kernel refuses the read. */
@@ -320,15 +394,37 @@ export class BlocklistTables {
   #closeLive(): void {
     this.#live?.v4.map.close();
     this.#live?.v6.map.close();
+    this.#hashed?.map.close();
     this.#live = undefined;
+    this.#hashed = undefined;
+    this.#adopted = false;
   }
 
-  // The live tries: those this process loaded, or those the outer maps hold (a restarted agent
-  // adopting a pinned datapath), whose count is unknown and so taken as full: an add after an
-  // adoption loads the whole list once.
+  /** Removes `prefixes` from the set in place. @returns those that were there. */
+  #removeFromSet(hashed: LiveHashed, prefixes: readonly Cidr[]): Set<Cidr> {
+    const removed = new Set<Cidr>();
+    if (prefixes.length === 0) return removed;
+    hashed.map.withMapped((bytes) => {
+      const set = new HashedSet4(bytes, hashed.shape.log2, true);
+      for (const cidr of prefixes) if (set.remove(hostAddress(cidr), cidr.prefixLength)) removed.add(cidr);
+    });
+    hashed.count -= removed.size;
+    return removed;
+  }
+
+  // The live tries and set: those this process loaded, or those the outer maps hold (a restarted
+  // agent adopting a pinned datapath), whose counts are unknown: an add after an adoption loads
+  // the whole list once; removes work in place.
   #liveTries(): TriePair | undefined {
     this.#open();
-    this.#live ??= adoptTries(this.#maps.ep_blk4, this.#maps.ep_blk6, this.generation);
+    if (this.#live !== undefined) return this.#live;
+    const word = this.#activeWord();
+    this.#live = adoptTries(this.#maps.ep_blk4, this.#maps.ep_blk6, word & 1);
+    if (this.#live === undefined) return undefined;
+    this.#adopted = true;
+    const shape = shapeOfWord(word);
+    const id = shape === undefined ? undefined : this.#maps.ep_blk4h.get(u32Bytes(word & 1));
+    if (shape !== undefined && id !== undefined) this.#hashed = { map: BpfMap.fromId(new DataView(id.buffer, id.byteOffset).getUint32(0, true)), shape, count: 0 };
     return this.#live;
   }
 }

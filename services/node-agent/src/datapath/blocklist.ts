@@ -3,6 +3,7 @@
 // prefixlen; u32 flags }, packed back to back so a list of a million prefixes is two buffers, not
 // a million objects. Pure: no map, no clock.
 import { cidrFamily, PackedKeyIndex, parseCidrInto, type Cidr } from '@edgeplane/proto';
+import { bucketsLog2, chooseLengths, HashedSet4, hashOf, type HashedShape } from './blocklist-hash.js';
 
 /** Bytes of struct ep_blk4_key, ep_blk6_key and ep_blk_value. */
 export const BLOCKLIST_SIZES = { key4: 8, key6: 20, value: 16 } as const;
@@ -19,10 +20,20 @@ export interface PackedBlocklist {
   readonly values: Uint8Array;
 }
 
-/** Both families' entries, ready to be written into a pair of tries. */
+/** Permanent IPv4 entries of a few prefix lengths, in the hashed set's buckets (blocklist-hash.ts). */
+export interface HashedBlocklist {
+  readonly shape: HashedShape;
+  /** 2^shape.log2 buckets of HASH_BUCKET_BYTES. */
+  readonly buckets: Uint8Array;
+  readonly count: number;
+}
+
+/** Both families' entries, ready to be written into a pair of tries (and the IPv4 hashed set). */
 export interface BlocklistSpec {
   readonly v4: PackedBlocklist;
   readonly v6: PackedBlocklist;
+  /** Permanent IPv4 entries held apart from v4 (BlocklistPacker's `hashed` option). */
+  readonly v4Hashed?: HashedBlocklist;
 }
 
 /** One entry of the blocklist: a prefix, until when it matches, and where it comes from. */
@@ -40,15 +51,26 @@ export interface BlocklistEntry {
  * (parseCidrInto): no object or string per prefix, so a million prefixes cost two buffers and a
  * table of int32s (PackedKeyIndex). A prefix added twice keeps the entry that matches longest: never expiring
  * beats expiring, a later expiry beats an earlier one (the datapath holds one value per prefix).
+ *
+ * With `hashed` (the source blocklist's datapath; not the rules' lists, whose trie values carry
+ * more), the permanent IPv4 entries of the HASH_LENGTHS most common prefix lengths go into the
+ * hashed set's buckets instead (spec.v4Hashed), which finds duplicates as it inserts: those
+ * entries are not indexed at all, and the trie keeps the rest.
  */
 export class BlocklistPacker {
   readonly #v4: Packer;
   readonly #v6: Packer;
+  /** With `hashed`: permanent IPv4 entries per prefix length, as added (duplicates included). */
+  readonly #perLength: Uint32Array | undefined;
 
-  /** @param expected how many entries of each family to allocate room for at once (a hint). */
-  constructor(expected: { v4?: number; v6?: number } = {}) {
-    this.#v4 = new Packer(BLOCKLIST_SIZES.key4, expected.v4 ?? 0);
-    this.#v6 = new Packer(BLOCKLIST_SIZES.key6, expected.v6 ?? 0);
+  /**
+   * @param options.v4/v6 how many entries of each family to allocate room for at once (a hint).
+   * @param options.hashed hold the most common lengths' permanent IPv4 entries in spec.v4Hashed.
+   */
+  constructor(options: { v4?: number; v6?: number; hashed?: boolean } = {}) {
+    this.#perLength = options.hashed === true ? new Uint32Array(33) : undefined;
+    this.#v4 = new Packer(BLOCKLIST_SIZES.key4, options.v4 ?? 0, this.#perLength === undefined);
+    this.#v6 = new Packer(BLOCKLIST_SIZES.key6, options.v6 ?? 0, true);
   }
 
   /** Adds one entry (the cidr's address must have its host bits zero, as parseCidr returns it). */
@@ -57,6 +79,7 @@ export class BlocklistPacker {
     const at = packer.slot();
     packer.keys.set(entry.cidr.address, at + 4);
     packer.commit(entry.cidr.prefixLength, entry.expiresTaiNs, entry.flags);
+    if (entry.expiresTaiNs === 0n && packer === this.#v4 && this.#perLength !== undefined) this.#perLength[entry.cidr.prefixLength]! += 1;
   }
 
   /**
@@ -69,12 +92,73 @@ export class BlocklistPacker {
     const prefixLength = parseCidrInto(text, packer.keys, at + 4);
     if (prefixLength < 0) return false;
     packer.commit(prefixLength, expiresTaiNs, flags);
+    if (expiresTaiNs === 0n && packer === this.#v4 && this.#perLength !== undefined) this.#perLength[prefixLength]! += 1;
     return true;
   }
 
   /** @returns the packed entries; the packer must not be used afterwards. */
   finish(): BlocklistSpec {
-    return { v4: this.#v4.finish(), v6: this.#v6.finish() };
+    const v6 = this.#v6.finish();
+    if (this.#perLength === undefined) return { v4: this.#v4.finish(), v6 };
+    const v4 = this.#v4.finish();
+    const lengths = chooseLengths(this.#perLength);
+    const hashedLength = new Uint8Array(33);
+    let room = 0;
+    for (const length of lengths) {
+      hashedLength[length] = 1;
+      room += this.#perLength[length] as number;
+    }
+    const log2 = bucketsLog2(room);
+    const buckets = HashedSet4.buffer(log2);
+    const set = new HashedSet4(buckets, log2, false, true);
+    // The rest (other lengths, expiring entries, and any that fit in neither bucket) into the
+    // trie's entries, indexed: duplicates merge there as without `hashed`.
+    const rest = new Packer(BLOCKLIST_SIZES.key4, 0, true);
+    const { keys, values } = v4;
+    const valueView = new DataView(values.buffer, values.byteOffset, values.byteLength);
+    // The set's entries are inserted in the order of their first bucket: the buckets are then
+    // written front to back instead of at random (a random write into 16 MiB of buckets cost
+    // ~500 ns here, mostly TLB and cache misses). A counting sort by bucket that moves the
+    // entries' address, length and hash themselves (the reads after it are sequential).
+    const found = new Uint32Array(room * 3);
+    // Expiring entries of the set's lengths: to the trie, unless the set holds the same prefix
+    // (permanent beats expiring, as when both are indexed).
+    const expiring: number[] = [];
+    const perBucket = new Uint32Array((1 << log2) + 1);
+    let eligible = 0;
+    for (let i = 0, at = 0; i < v4.count; i++, at += BLOCKLIST_SIZES.key4) {
+      const length = keys[at] as number;
+      const valueAt = i * BLOCKLIST_SIZES.value;
+      if (hashedLength[length] === 1 && valueView.getUint32(valueAt, true) === 0 && valueView.getUint32(valueAt + 4, true) === 0) {
+        const address = keyAddress(keys, at);
+        const h = hashOf(address, length);
+        found[eligible * 3] = address;
+        found[eligible * 3 + 1] = length;
+        found[eligible * 3 + 2] = h;
+        eligible++;
+        perBucket[set.firstBucket(h) + 1]! += 1;
+      } else if (hashedLength[length] === 1) expiring.push(i);
+      else rest.copy(keys, at, valueView, valueAt);
+    }
+    for (let b = 1; b < perBucket.length; b++) perBucket[b]! += perBucket[b - 1] as number;
+    const sorted = new Uint32Array(eligible * 3);
+    for (let j = 0; j < eligible * 3; j += 3) {
+      const to = perBucket[set.firstBucket(found[j + 2] as number)]!++ * 3;
+      sorted[to] = found[j] as number;
+      sorted[to + 1] = found[j + 1] as number;
+      sorted[to + 2] = found[j + 2] as number;
+    }
+    let count = 0;
+    for (let k = 0; k < eligible * 3; k += 3) {
+      const inserted = set.insert(sorted[k] as number, sorted[k + 1] as number, sorted[k + 2] as number);
+      if (inserted === 'added') count++;
+      else if (inserted === 'full') rest.add(sorted[k] as number, sorted[k + 1] as number);
+    }
+    for (const i of expiring) {
+      const at = i * BLOCKLIST_SIZES.key4;
+      if (!set.has(keyAddress(keys, at), keys[at] as number)) rest.copy(keys, at, valueView, i * BLOCKLIST_SIZES.value);
+    }
+    return { v4: rest.finish(), v6, v4Hashed: count === 0 ? undefined : { shape: { log2, lengths }, buckets, count } };
   }
 }
 
@@ -84,16 +168,17 @@ class Packer {
   keys: Uint8Array;
   #values: Uint8Array;
   #view: DataView;
-  readonly #index: PackedKeyIndex;
+  /** Undefined: entries are appended as they come (BlocklistPacker's `hashed` IPv4 entries, merged later). */
+  readonly #index: PackedKeyIndex | undefined;
   #count = 0;
 
-  constructor(keySize: number, expected: number) {
+  constructor(keySize: number, expected: number, indexed: boolean) {
     this.#keySize = keySize;
     const room = Math.max(64, expected);
     this.keys = new Uint8Array(keySize * room);
     this.#values = new Uint8Array(BLOCKLIST_SIZES.value * room);
     this.#view = new DataView(this.#values.buffer);
-    this.#index = new PackedKeyIndex(keySize, expected);
+    this.#index = indexed ? new PackedKeyIndex(keySize, expected) : undefined;
   }
 
   /** @returns the byte offset of the next entry's key, with room made for it. */
@@ -114,10 +199,28 @@ class Packer {
     // struct ep_blk*_key.prefixlen: host order (little-endian here, as everywhere we load BPF).
     keys[at] = prefixLength;
     keys[at + 1] = keys[at + 2] = keys[at + 3] = 0;
-    const held = this.#index.add(keys);
+    const held = this.#index?.add(keys) ?? -1;
     if (held >= 0) return this.#merge(held, expiresTaiNs, flags);
     this.#write(this.#count, prefixLength, expiresTaiNs, flags);
     this.#count++;
+  }
+
+  /** Takes a permanent IPv4 entry (this packer's key size is 8): `address` in host order. */
+  add(address: number, prefixLength: number): void {
+    const at = this.slot() + 4;
+    const keys = this.keys;
+    keys[at] = address >>> 24;
+    keys[at + 1] = (address >>> 16) & 255;
+    keys[at + 2] = (address >>> 8) & 255;
+    keys[at + 3] = address & 255;
+    this.commit(prefixLength, 0n, 0);
+  }
+
+  /** Takes the entry packed at `keyAt` of `keys` and `valueAt` of `values` (another Packer's, of this key size). */
+  copy(keys: Uint8Array, keyAt: number, values: DataView, valueAt: number): void {
+    const at = this.slot();
+    this.keys.set(keys.subarray(keyAt + 4, keyAt + this.#keySize), at + 4);
+    this.commit(keys[keyAt] as number, values.getBigUint64(valueAt, true), values.getUint32(valueAt + 12, true));
   }
 
   finish(): PackedBlocklist {
@@ -134,7 +237,7 @@ class Packer {
   #write(entry: number, prefixLength: number, expiresTaiNs: bigint, flags: number): void {
     const at = entry * BLOCKLIST_SIZES.value;
     const view = this.#view;
-    if (expiresTaiNs !== 0n || view.getBigUint64(at, true) !== 0n) view.setBigUint64(at, expiresTaiNs, true);
+    if (expiresTaiNs !== 0n || view.getUint32(at, true) !== 0 || view.getUint32(at + 4, true) !== 0) view.setBigUint64(at, expiresTaiNs, true);
     view.setUint32(at + 8, prefixLength, true);
     view.setUint32(at + 12, flags, true);
   }
@@ -189,6 +292,11 @@ export function inInsertOrder(packed: PackedBlocklist, keySize: number): PackedB
     for (let b = 0; b < valueSize; b++) outValues[j * valueSize + b] = values[i * valueSize + b] as number;
   }
   return { count, keys: outKeys, values: outValues };
+}
+
+/** The host-order IPv4 address of the packed struct ep_blk4_key at `at`. */
+function keyAddress(keys: Uint8Array, at: number): number {
+  return (((keys[at + 4] as number) << 24) | ((keys[at + 5] as number) << 16) | ((keys[at + 6] as number) << 8) | (keys[at + 7] as number)) >>> 0;
 }
 
 function grow(bytes: Uint8Array): Uint8Array {

@@ -75,6 +75,7 @@ const mapNames = [
   'ep_lb_stats',
   'ep_blk4',
   'ep_blk6',
+  'ep_blk4h',
   'ep_blk_active',
   'ep_blk_stats',
   'ep_blk_clock_out',
