@@ -12,7 +12,7 @@
  * entries) are held instead in a hashed set, ep_blk4h: an ARRAY of 64-byte buckets the agent
  * writes through mmap (BPF_F_MMAPABLE), so a whole list costs a copy instead of one kernel insert
  * per prefix (~0.8-1.2 us each for a trie or a hash map: bpf/README.md, "The blocklist"). Per
- * hashed length a packet reads at most two buckets, whatever the number of entries.
+ * hashed length a packet reads one bucket (two behind a marked one), whatever the number of entries.
  *
  * The check runs first, right after parsing, at the policy hooks (uplink XDP or TC ingress,
  * workload TC): the hashed set's probes, then an LPM lookup that walks at most prefixlen nodes
@@ -83,12 +83,17 @@ struct {
 	__array(values, struct ep_blk4_inner);
 } ep_blk4 SEC(".maps");
 
-/* The hashed set (ep_blk4h): a bucket holds EP_BLK_HASH_SLOTS entries, each a u64 (masked IPv4
- * address in host order << 32 | prefix length + 1), 0 = free. An entry lives in one of its two
- * buckets (ep_blk_hash4_buckets); the agent puts one that fits in neither into the trie. Slots
- * are written by single 8-byte stores; a removed entry leaves a hole (every slot is compared, so
- * no entry ever moves). */
+/* The hashed set (ep_blk4h): a bucket (one cache line) holds EP_BLK_HASH_ENTRIES entries, each a
+ * u64 (masked IPv4 address in host order << 32 | prefix length + 1), 0 = free, and in its last
+ * slot EP_BLK_HASH_MOVED when an entry whose first bucket it is lives in its second (the first
+ * was full). An entry lives in one of its two buckets (ep_blk_hashed4); the agent puts one that
+ * fits in neither into the trie. So a packet reads one bucket per length, and the second only
+ * behind a marked first (about 4 % of buckets after a whole load). Slots are written by single
+ * 8-byte stores; a removed entry leaves a hole (every slot is compared, no entry moves on a
+ * remove), and a bucket stays marked until the next whole load. */
 #define EP_BLK_HASH_SLOTS 8
+#define EP_BLK_HASH_ENTRIES (EP_BLK_HASH_SLOTS - 1)
+#define EP_BLK_HASH_MOVED 0xffULL
 #define EP_BLK_HASH_LENS 4
 struct ep_blk_bucket {
 	__u64 slot[EP_BLK_HASH_SLOTS];
@@ -207,7 +212,7 @@ static __always_inline __u32 ep_blk_mix(__u32 h)
 }
 
 /* 1 when the IPv4 source is in the live hashed set (`word`: ep_blk_active[0], with at least one
- * length). At most two bucket reads per length. Its own subprogram, like ep_blk_match. */
+ * length). One bucket read per length, two behind a marked bucket. Its own subprogram, like ep_blk_match. */
 static __noinline int ep_blk_hashed4(struct ep_pkt *p, __u32 word)
 {
 	__u32 slot = word & 1;
@@ -228,11 +233,13 @@ static __noinline int ep_blk_hashed4(struct ep_pkt *p, __u32 word)
 		__u32 b = h & mask;
 		for (int j = 0; j < 2; j++) {
 			struct ep_blk_bucket *bucket = bpf_map_lookup_elem(set, &b);
-			if (bucket) {
-				for (int k = 0; k < EP_BLK_HASH_SLOTS; k++)
-					if (bucket->slot[k] == want)
-						return 1;
-			}
+			if (!bucket)
+				break;
+			for (int k = 0; k < EP_BLK_HASH_ENTRIES; k++)
+				if (bucket->slot[k] == want)
+					return 1;
+			if (bucket->slot[EP_BLK_HASH_ENTRIES] != EP_BLK_HASH_MOVED)
+				break;
 			b = ep_blk_mix(h + 0x7f4a7c15U) & mask;
 		}
 	}

@@ -5,7 +5,7 @@
 import test from 'ava';
 import fc from 'fast-check';
 import { parseCidr, type Cidr } from '@edgeplane/proto';
-import { bucketsLog2, chooseLengths, HASH_LENGTHS, HASH_SLOTS, HashedSet4, hashOf, maskAddress, mix32, shapeBits, shapeOfWord } from '../src/datapath/blocklist-hash.js';
+import { bucketsLog2, chooseLengths, HASH_ENTRIES, HASH_LENGTHS, HASH_MOVED, HashedSet4, hashOf, maskAddress, mix32, shapeBits, shapeOfWord } from '../src/datapath/blocklist-hash.js';
 import { BLOCKLIST_F_BLOCK, BLOCKLIST_SIZES, BlocklistPacker, decodeBlocklistValue } from '../src/datapath/blocklist.js';
 
 // Few distinct lengths and values, so prefixes repeat and more lengths than the set holds compete.
@@ -62,20 +62,22 @@ test('hashed packer - the set and the trie together hold what a trie-only packer
   );
 });
 
-test('hashed set - a bucket holds 8 entries, the 9th of two full buckets is refused; present, remove and the atomic writer agree', (t) => {
+test('hashed set - a bucket holds 7 entries and its mark, the 8th of a full bucket is refused; present, remove and the atomic writer agree', (t) => {
   for (const atomic of [false, true]) {
     const bytes = HashedSet4.buffer(0); // one bucket: both choices are the same
     const set = new HashedSet4(bytes, 0, atomic);
-    const addresses = Array.from({ length: HASH_SLOTS + 1 }, (_, i) => (0x0a000000 + i) >>> 0);
-    for (const a of addresses.slice(0, HASH_SLOTS)) t.is(set.insert(a, 32), 'added');
-    t.is(set.insert(addresses[HASH_SLOTS]!, 32), 'full');
-    t.false(set.has(addresses[HASH_SLOTS]!, 32));
+    const addresses = Array.from({ length: HASH_ENTRIES + 1 }, (_, i) => (0x0a000000 + i) >>> 0);
+    for (const a of addresses.slice(0, HASH_ENTRIES)) t.is(set.insert(a, 32), 'added');
+    t.is(set.insert(addresses[HASH_ENTRIES]!, 32), 'full');
+    t.false(set.has(addresses[HASH_ENTRIES]!, 32));
+    t.is(new BigUint64Array(bytes.buffer)[HASH_ENTRIES], BigInt(HASH_MOVED), 'the full bucket is marked');
     t.is(set.insert(addresses[3]!, 32), 'present');
     t.false(set.has(addresses[3]!, 31), 'another length is another entry');
     t.true(set.remove(addresses[3]!, 32));
     t.false(set.remove(addresses[3]!, 32));
-    t.is(set.insert(addresses[HASH_SLOTS]!, 32), 'added', 'the hole is reused');
-    t.true(set.has(addresses[HASH_SLOTS]!, 32));
+    t.is(set.insert(addresses[HASH_ENTRIES]!, 32), 'added', 'the hole is reused');
+    t.true(set.has(addresses[HASH_ENTRIES]!, 32));
+    t.is([...set.entries()].length, HASH_ENTRIES, 'the mark is not an entry');
     // The slot as the programs read it: address << 32 | length + 1, little-endian.
     const slots = new BigUint64Array(bytes.buffer);
     t.true(slots.includes((BigInt(addresses[0]!) << 32n) | 33n));
@@ -94,21 +96,21 @@ test('hashed set - with both buckets full, an entry of one moves to its other bu
   const movable = kinds.get('01') ?? kinds.get('10')!.map((a) => a); // one choice in each bucket
   const zeroOnly = kinds.get('00')!;
   const oneOnly = kinds.get('11')!;
-  for (const fresh of [true, false]) {
-    const set = new HashedSet4(HashedSet4.buffer(1), 1, !fresh, fresh);
+  for (const atomic of [false, true]) {
+    const set = new HashedSet4(HashedSet4.buffer(1), 1, atomic);
     const firstOf = (a: number): number => hashOf(a, 32) & 1;
     // Bucket 1 one short of full; bucket 0 full of entries that could live in bucket 1.
-    for (const a of oneOnly.slice(0, HASH_SLOTS - 1)) t.is(set.insert(a, 32), 'added');
-    const intoZero = movable.filter((a) => firstOf(a) === 0).slice(0, HASH_SLOTS);
+    for (const a of oneOnly.slice(0, HASH_ENTRIES - 1)) t.is(set.insert(a, 32), 'added');
+    const intoZero = movable.filter((a) => firstOf(a) === 0).slice(0, HASH_ENTRIES);
     for (const a of intoZero) t.is(set.insert(a, 32), 'added');
     t.is(set.insert(zeroOnly[0]!, 32), 'added', 'room made in bucket 0');
-    for (const a of [...oneOnly.slice(0, HASH_SLOTS - 1), ...intoZero, zeroOnly[0]!]) t.true(set.has(a, 32), `${a} still found`);
+    for (const a of [...oneOnly.slice(0, HASH_ENTRIES - 1), ...intoZero, zeroOnly[0]!]) t.true(set.has(a, 32), `${a} still found`);
     t.is(set.insert(zeroOnly[1]!, 32), 'full', 'no room left anywhere');
-    t.is([...set.entries()].length, 2 * HASH_SLOTS);
+    t.is([...set.entries()].length, 2 * HASH_ENTRIES);
   }
 });
 
-test('hashed set - lengths by count, longest first; the shape round-trips through the active word; buckets for half their slots', (t) => {
+test('hashed set - lengths by count, longest first; the shape round-trips through the active word; buckets for four entries each', (t) => {
   const counts = new Uint32Array(33);
   Object.assign(counts, { 32: 700, 24: 250, 16: 20, 8: 20, 12: 3, 0: 1 });
   t.deepEqual(chooseLengths(counts), [32, 24, 16, 8]);
@@ -126,6 +128,7 @@ test('hashed set - lengths by count, longest first; the shape round-trips throug
   t.is(bucketsLog2(4), 0);
   t.is(bucketsLog2(5), 1);
   t.is(bucketsLog2(1_000_000), 18);
+  t.is(bucketsLog2(1_048_577), 19);
   t.is(maskAddress(0x0a0b0c0d, 24), 0x0a0b0c00);
   t.is(maskAddress(0x8a0b0c0d, 0), 0);
   t.is(maskAddress(0x8a0b0c0d, 1), 0x80000000);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { BpfMap } from 'libbpf-ts';
 import { parseCidr, type Cidr } from '@edgeplane/proto';
-import { HashedSet4 } from '../src/datapath/blocklist-hash.js';
+import { HASH_ENTRIES, HashedSet4, hashOf, mix32 } from '../src/datapath/blocklist-hash.js';
 import { BLOCKLIST_F_BLOCK, BlocklistPacker, type BlocklistEntry } from '../src/datapath/blocklist.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
@@ -333,22 +333,51 @@ test('blocklist - the hashed set and the trie decide as a reference does: six pr
   t.false(datapath.blocklist.add([entry('192.0.2.0/24')]), 'an add after an adoption asks for a whole load');
 });
 
-test('blocklist - an entry whose two buckets are full goes into the trie and is enforced there', async (t) => {
+test('blocklist - an entry in its second bucket is found behind its marked first one; one that fits in neither goes into the trie', async (t) => {
   const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
   t.teardown(() => datapath.close());
   await datapath.apply(allowAll);
-  // A set of one bucket, filled: eight /32s.
-  const buckets = HashedSet4.buffer(0);
-  const set = new HashedSet4(buckets, 0, false, true);
-  for (let i = 1; i <= 8; i++) t.is(set.insert((0xc6336400 + i) >>> 0, 32), 'added'); // 198.51.100.i
-  datapath.blocklist.load({ v4: new BlocklistPacker().finish().v4, v6: new BlocklistPacker().finish().v6, v4Hashed: { shape: { log2: 0, lengths: [32] }, buckets, count: 8 } });
-  t.is(xdp(datapath, '198.51.100.8'), XDP_DROP);
-  t.is(xdp(datapath, '198.51.100.9'), XDP_PASS);
-  t.true(datapath.blocklist.add([entry('198.51.100.9/32')]));
-  t.is(xdp(datapath, '198.51.100.9'), XDP_DROP, 'in the trie');
-  t.is(datapath.blocklist.size.v4, 9);
-  t.is(datapath.blocklist.remove([cidr('198.51.100.9/32'), cidr('198.51.100.1/32')]), 2);
-  t.is(xdp(datapath, '198.51.100.9'), XDP_PASS);
+  // Two buckets. /32s of 198.51.100.0/24 sorted by their two choices.
+  const firstZero: number[] = [];
+  const zeroThenOne: number[] = [];
+  for (let i = 1; i < 255; i++) {
+    const a = (0xc6336400 + i) >>> 0;
+    const h = hashOf(a, 32);
+    if ((h & 1) === 0) firstZero.push(a);
+    if ((h & 1) === 0 && (mix32((h + 0x7f4a7c15) >>> 0) & 1) === 1) zeroThenOne.push(a);
+  }
+  const crowd = firstZero.filter((a) => !zeroThenOne.includes(a)).slice(0, HASH_ENTRIES);
+  t.is(crowd.length, HASH_ENTRIES);
+  const spilled = zeroThenOne[0]!;
+  const buckets = HashedSet4.buffer(1);
+  const set = new HashedSet4(buckets, 1, false);
+  for (const a of crowd) t.is(set.insert(a, 32), 'added');
+  t.is(set.insert(spilled, 32), 'added', 'into its second bucket, the first marked');
+  const load = (bytes: Uint8Array): void => {
+    datapath.blocklist.load({ v4: new BlocklistPacker().finish().v4, v6: new BlocklistPacker().finish().v6, v4Hashed: { shape: { log2: 1, lengths: [32] }, buckets: bytes, count: HASH_ENTRIES + 1 } });
+  };
+  load(buckets);
+  for (const a of [...crowd, spilled]) t.is(xdp(datapath, dotted(a)), XDP_DROP, dotted(a));
+  t.is(xdp(datapath, '198.51.100.255'), XDP_PASS);
+  // The programs read the second bucket only behind the mark: without it the entry is not found.
+  const unmarked = new Uint8Array(buckets);
+  new BigUint64Array(unmarked.buffer)[HASH_ENTRIES] = 0n;
+  load(unmarked);
+  t.is(xdp(datapath, dotted(spilled)), XDP_PASS, 'not looked for behind an unmarked bucket');
+  t.is(xdp(datapath, dotted(crowd[0]!)), XDP_DROP);
+
+  // A set of one bucket, full: one more permanent /32 goes into the trie, in place.
+  const one = HashedSet4.buffer(0);
+  const full = new HashedSet4(one, 0, false);
+  for (let i = 1; i <= HASH_ENTRIES; i++) t.is(full.insert((0xc6336400 + i) >>> 0, 32), 'added'); // 198.51.100.i
+  datapath.blocklist.load({ v4: new BlocklistPacker().finish().v4, v6: new BlocklistPacker().finish().v6, v4Hashed: { shape: { log2: 0, lengths: [32] }, buckets: one, count: HASH_ENTRIES } });
+  t.is(xdp(datapath, '198.51.100.7'), XDP_DROP);
+  t.is(xdp(datapath, '198.51.100.8'), XDP_PASS);
+  t.true(datapath.blocklist.add([entry('198.51.100.8/32')]));
+  t.is(xdp(datapath, '198.51.100.8'), XDP_DROP, 'in the trie');
+  t.is(datapath.blocklist.size.v4, 8);
+  t.is(datapath.blocklist.remove([cidr('198.51.100.8/32'), cidr('198.51.100.1/32')]), 2);
+  t.is(xdp(datapath, '198.51.100.8'), XDP_PASS);
   t.is(xdp(datapath, '198.51.100.1'), XDP_PASS);
   t.is(xdp(datapath, '198.51.100.2'), XDP_DROP);
   // A word without the set's lengths (an older agent's) reads no bucket.

@@ -1,19 +1,24 @@
 // The blocklist's hashed set of permanent IPv4 prefixes (bpf/include/ep_blocklist.h, ep_blk4h;
-// bpf/README.md, "The blocklist"): buckets of 8 u64 slots (64 bytes), each slot the masked address
-// (host order) << 32 | prefix length + 1, 0 = free; an entry lives in the emptier of its two
-// buckets, and one that fits in neither is left to the trie. Built here in a plain buffer and
-// copied into the map whole, or written in place through the map's mmap one 8-byte store at a
-// time. Pure: no map.
+// bpf/README.md, "The blocklist"): buckets of 8 u64 slots (64 bytes, one cache line): 7 entries,
+// each the masked address (host order) << 32 | prefix length + 1, 0 = free, and a mark that some
+// entry whose first bucket this is lives in its second (so a packet reads the second bucket only
+// behind a marked first: one bucket per length for nearly every packet). An entry that fits in
+// neither is left to the trie. Built here in a plain buffer and copied into the map whole, or
+// written in place through the map's mmap one 8-byte store at a time. Pure: no map.
 
-/** Slots per bucket (EP_BLK_HASH_SLOTS) and bytes per bucket. */
+/** Slots per bucket (EP_BLK_HASH_SLOTS), entries per bucket (the last slot is the mark), bytes per bucket. */
 export const HASH_SLOTS = 8;
+export const HASH_ENTRIES = HASH_SLOTS - 1;
 export const HASH_BUCKET_BYTES = HASH_SLOTS * 8;
+/** The mark's value (EP_BLK_HASH_MOVED): length + 1 = 255, never an entry's. */
+export const HASH_MOVED = 0xff;
 /** The set's map flags: BPF_F_MMAPABLE | BPF_F_INNER_MAP (written through mmap; its size varies by list). */
 export const HASHED_MAP_FLAGS = 0x400 | 0x1000;
 /** Prefix lengths a set holds at most (EP_BLK_HASH_LENS): each costs a packet up to two bucket reads. */
 export const HASH_LENGTHS = 4;
-/** Entries per bucket a whole load aims at, at most (half the slots): room to add in place. */
-const LOAD_PER_BUCKET = HASH_SLOTS / 2;
+/** Entries per bucket a whole load aims at, at most (4 of 7: about 4 % of buckets then overflow
+ * into their entries' second buckets, and room is left to add in place). */
+const LOAD_PER_BUCKET = 4;
 
 /** murmur3's 32-bit finalizer (ep_blk_mix). */
 export function mix32(h: number): number {
@@ -85,19 +90,17 @@ export function chooseLengths(perLength: ArrayLike<number>): number[] {
  * A set over buckets held in `bytes` (a plain buffer being built, or the map's mmap). With
  * `atomic`, every slot is written by one 8-byte Atomics.store, so a program reading the bucket
  * meanwhile sees the slot's old value or its new one; without it (a buffer no program reads yet)
- * by two 4-byte stores.
+ * by two 4-byte stores. Every write is ordered so that a concurrent reader never misses an entry
+ * that is in the set before and after it: a first bucket is marked before an entry goes into its
+ * second one, and an entry that moves is written where it goes before its old slot is reused.
  */
 export class HashedSet4 {
   readonly log2: number;
   readonly #words: Uint32Array;
   readonly #slots: BigUint64Array | undefined;
   readonly #mask: number;
-  /** Whether an entry may be in its second bucket while its first has a free slot. */
-  #removed: boolean;
 
-  /** @param fresh nothing was ever removed from these buckets (see insert). */
-  constructor(bytes: Uint8Array, log2: number, atomic: boolean, fresh = false) {
-    this.#removed = !fresh;
+  constructor(bytes: Uint8Array, log2: number, atomic: boolean) {
     if (bytes.byteLength < (HASH_BUCKET_BYTES << log2) || bytes.byteOffset % 8 !== 0) throw new RangeError(`hashed set: ${bytes.byteLength} bytes at ${bytes.byteOffset} cannot hold 2^${log2} buckets`);
     this.log2 = log2;
     this.#mask = (1 << log2) - 1;
@@ -110,14 +113,17 @@ export class HashedSet4 {
     return new Uint8Array(HASH_BUCKET_BYTES << log2);
   }
 
+  /** The first bucket of an entry whose hashOf() is `h`. */
+  firstBucket(h: number): number {
+    return h & this.#mask;
+  }
+
   /**
    * Adds `address`/`prefixLength` (host order, host bits cleared) to its first bucket if that has
-   * a free slot, else to its second; when both are full, one entry of either moves to its own
-   * other bucket if that has room, and the new one takes its slot (it is written there before it
-   * leaves, so a concurrent reader finds it throughout). In a set nothing was ever removed from
-   * (a whole load being built), an entry is in its second bucket only if its first is full, so a
-   * first bucket with a free slot settles it without reading the second (one cache line per
-   * entry, not two).
+   * a free slot, else (the first bucket marked) to its second; when both are full, an entry of
+   * either moves to its own other bucket if that has room, and the new one takes its slot.
+   * Inserting a whole list in the order of the entries' first buckets writes the buckets front
+   * to back (one cache line per entry).
    * @param h hashOf(address, prefixLength), if the caller has it.
    * @returns 'added', 'present' (it was there already), or 'full' (no room: nothing written).
    */
@@ -126,11 +132,12 @@ export class HashedSet4 {
     const firstBucket = h & this.#mask;
     const first = this.#scan(firstBucket, address, length1);
     if (first === PRESENT) return 'present';
-    if (first >= 0 && !this.#removed) return this.#write(first, address, length1);
-    const secondBucket = mix32((h + 0x7f4a7c15) >>> 0) & this.#mask;
-    const second = this.#scan(secondBucket, address, length1);
+    const secondBucket = secondOf(h, this.#mask);
+    const marked = this.#marked(firstBucket);
+    const second = marked || first < 0 ? this.#scan(secondBucket, address, length1) : -1;
     if (second === PRESENT) return 'present';
     if (first >= 0) return this.#write(first, address, length1);
+    this.#mark(firstBucket); // full: the entry goes to its second bucket (or the trie; the mark is only a hint to look)
     if (second >= 0) return this.#write(second, address, length1);
     for (const bucket of [firstBucket, secondBucket]) {
       const freed = this.#moveOne(bucket);
@@ -139,19 +146,15 @@ export class HashedSet4 {
     return 'full';
   }
 
-  /** Every entry: [address (host order), prefix length]. */
-  *entries(): Generator<[number, number]> {
-    const words = this.#words;
-    for (let at = 0; at < words.length; at += 2) if (words[at] !== 0) yield [words[at + 1] as number, (words[at] as number) - 1];
-  }
-
   /** Removes `address`/`prefixLength`. @returns whether it was there. */
   remove(address: number, prefixLength: number): boolean {
     const at = this.#find(address, prefixLength + 1);
     if (at < 0) return false;
-    this.#removed = true;
     if (this.#slots !== undefined) Atomics.store(this.#slots, at / 2, 0n);
-    else words0(this.#words, at);
+    else {
+      this.#words[at] = 0;
+      this.#words[at + 1] = 0;
+    }
     return true;
   }
 
@@ -160,11 +163,20 @@ export class HashedSet4 {
     return this.#find(address, prefixLength + 1) >= 0;
   }
 
+  /** Every entry: [address (host order), prefix length]. */
+  *entries(): Generator<[number, number]> {
+    const words = this.#words;
+    for (let at = 0; at < words.length; at += 2) {
+      const low = words[at] as number;
+      if (low !== 0 && low !== HASH_MOVED) yield [words[at + 1] as number, low - 1];
+    }
+  }
+
   /** @returns the word index of the bucket's first free slot, PRESENT if it holds the entry, or -1 (full). */
   #scan(bucket: number, address: number, length1: number): number {
     const words = this.#words;
     let free = -1;
-    for (let k = 0, at = bucket * (HASH_SLOTS * 2); k < HASH_SLOTS; k++, at += 2) {
+    for (let k = 0, at = bucket * (HASH_SLOTS * 2); k < HASH_ENTRIES; k++, at += 2) {
       const low = words[at] as number;
       if (low === length1 && words[at + 1] === address) return PRESENT;
       if (low === 0 && free < 0) free = at;
@@ -172,21 +184,35 @@ export class HashedSet4 {
     return free;
   }
 
-  /** Moves one entry of `bucket` to its other bucket, if one has room there. @returns the freed slot's word index, or -1. */
+  #marked(bucket: number): boolean {
+    return this.#words[bucket * (HASH_SLOTS * 2) + HASH_ENTRIES * 2] === HASH_MOVED;
+  }
+
+  #mark(bucket: number): void {
+    const at = bucket * (HASH_SLOTS * 2) + HASH_ENTRIES * 2;
+    if (this.#words[at] === HASH_MOVED) return;
+    if (this.#slots !== undefined) Atomics.store(this.#slots, at / 2, BigInt(HASH_MOVED));
+    else this.#words[at] = HASH_MOVED;
+  }
+
+  /**
+   * Moves one entry of full `bucket` to its other bucket, if one has room there (marking its
+   * first bucket first when it goes to its second). The old slot keeps it until the caller
+   * writes over it. @returns the slot's word index, or -1.
+   */
   #moveOne(bucket: number): number {
     const words = this.#words;
-    for (let k = 0, at = bucket * (HASH_SLOTS * 2); k < HASH_SLOTS; k++, at += 2) {
+    for (let k = 0, at = bucket * (HASH_SLOTS * 2); k < HASH_ENTRIES; k++, at += 2) {
       const length1 = words[at] as number;
       const address = words[at + 1] as number;
       const h = hashOf(address, length1 - 1);
-      const other = (h & this.#mask) === bucket ? mix32((h + 0x7f4a7c15) >>> 0) & this.#mask : h & this.#mask;
+      const firstBucket = h & this.#mask;
+      const other = firstBucket === bucket ? secondOf(h, this.#mask) : firstBucket;
       if (other === bucket) continue;
       const free = this.#scan(other, address, length1);
       if (free < 0) continue;
+      if (other !== firstBucket) this.#mark(firstBucket);
       this.#write(free, address, length1);
-      // Its first bucket is full now (the caller fills this slot at once): the fresh-set rule holds.
-      if (this.#slots !== undefined) Atomics.store(this.#slots, at / 2, 0n);
-      else words0(words, at);
       return at;
     }
     return -1;
@@ -201,27 +227,26 @@ export class HashedSet4 {
     return 'added';
   }
 
-  /** The first bucket of an entry whose hashOf() is `h`. */
-  firstBucket(h: number): number {
-    return h & this.#mask;
-  }
-
   /** @returns the word index of the slot holding the entry, or -1. */
   #find(address: number, length1: number): number {
     const h = hashOf(address, length1 - 1);
+    const first = h & this.#mask;
+    if (this.#scan(first, address, length1) === PRESENT) return this.#slotOf(first, address, length1);
+    if (!this.#marked(first)) return -1;
+    const second = secondOf(h, this.#mask);
+    return this.#scan(second, address, length1) === PRESENT ? this.#slotOf(second, address, length1) : -1;
+  }
+
+  #slotOf(bucket: number, address: number, length1: number): number {
     const words = this.#words;
-    for (const bucket of [h & this.#mask, mix32((h + 0x7f4a7c15) >>> 0) & this.#mask]) {
-      for (let k = 0, at = bucket * (HASH_SLOTS * 2); k < HASH_SLOTS; k++, at += 2) {
-        if (words[at] === length1 && words[at + 1] === address) return at;
-      }
-    }
+    for (let k = 0, at = bucket * (HASH_SLOTS * 2); k < HASH_ENTRIES; k++, at += 2) if (words[at] === length1 && words[at + 1] === address) return at;
     return -1;
   }
 }
 
 const PRESENT = -2;
 
-function words0(words: Uint32Array, at: number): void {
-  words[at] = 0;
-  words[at + 1] = 0;
+/** An entry's second bucket, from its hash (ep_blk_hashed4 alike). */
+function secondOf(h: number, mask: number): number {
+  return mix32((h + 0x7f4a7c15) >>> 0) & mask;
 }

@@ -110,7 +110,7 @@ export class BlocklistPacker {
     }
     const log2 = bucketsLog2(room);
     const buckets = HashedSet4.buffer(log2);
-    const set = new HashedSet4(buckets, log2, false, true);
+    const set = new HashedSet4(buckets, log2, false);
     // The rest (other lengths, expiring entries, and any that fit in neither bucket) into the
     // trie's entries, indexed: duplicates merge there as without `hashed`.
     const rest = new Packer(BLOCKLIST_SIZES.key4, 0, true);
