@@ -7,7 +7,6 @@ import { mkdirSync } from 'node:fs';
 import test from 'ava';
 import { applyPrefixListChange, formatAddress, formatCidr, PrefixListUse, Snapshot, type Block, type Cidr, type PrefixList } from '@edgeplane/proto';
 import { BlocklistSync } from '../src/agent/blocklist-sync.js';
-import { HashedSet4 } from '../src/datapath/blocklist-hash.js';
 import type { BlocklistPacker } from '../src/datapath/blocklist.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
@@ -142,8 +141,9 @@ class RecordingWriter {
     }
     const hashed = spec.v4Hashed;
     if (hashed === undefined) return;
-    for (const [address, length] of new HashedSet4(hashed.buckets, hashed.shape.log2, false).entries()) {
-      this.held.set(`${formatAddress(4, new Uint8Array([address >>> 24, (address >>> 16) & 255, (address >>> 8) & 255, address & 255]))}/${length}`, 0n);
+    for (let k = 0; k < hashed.entries.length; k += 2) {
+      const address = hashed.entries[k] as number;
+      this.held.set(`${formatAddress(4, new Uint8Array([address >>> 24, (address >>> 16) & 255, (address >>> 8) & 255, address & 255]))}/${hashed.entries[k + 1]}`, 0n);
     }
   }
   add(entries: readonly { cidr: Cidr; expiresTaiNs: bigint }[]): boolean {

@@ -250,3 +250,24 @@ const PRESENT = -2;
 function secondOf(h: number, mask: number): number {
   return mix32((h + 0x7f4a7c15) >>> 0) & mask;
 }
+
+/**
+ * Fills an empty set of 2^log2 buckets held in `bytes` (no program reads them yet: plain stores)
+ * with `entries`, pairs [address (host order), prefix length], best in the order of their first
+ * buckets (BlocklistPacker's).
+ * @returns how many entries were added (a repeated one counts once) and those that fit in
+ * neither of their buckets, for the trie.
+ */
+export function fillHashed(bytes: Uint8Array, log2: number, entries: Uint32Array): { added: number; overflow: [number, number][] } {
+  const set = new HashedSet4(bytes, log2, false);
+  let added = 0;
+  const overflow: [number, number][] = [];
+  for (let k = 0; k < entries.length; k += 2) {
+    const address = entries[k] as number;
+    const length = entries[k + 1] as number;
+    const inserted = set.insert(address, length);
+    if (inserted === 'added') added++;
+    else if (inserted === 'full') overflow.push([address, length]);
+  }
+  return { added, overflow };
+}

@@ -5,7 +5,7 @@
 // ep_blk_clock program.
 import { BpfMap, type Program } from 'libbpf-ts';
 import { BLOCKLIST_SIZES, encodeBlocklistKey, encodeBlocklistValue, inInsertOrder, type BlocklistEntry, type BlocklistSpec, type HashedBlocklist } from './blocklist.js';
-import { HASH_BUCKET_BYTES, HASHED_MAP_FLAGS, HashedSet4, shapeBits, shapeOfWord, type HashedShape } from './blocklist-hash.js';
+import { fillHashed, HASH_BUCKET_BYTES, HASHED_MAP_FLAGS, HashedSet4, shapeBits, shapeOfWord, type HashedShape } from './blocklist-hash.js';
 import { sumPerCpu } from './counters.js';
 import type { Counter } from './datapath.js';
 import { DatapathError } from './errors.js';
@@ -79,12 +79,17 @@ interface LiveHashed {
 }
 
 
-/** @returns a fresh ep_blk4h inner map holding `hashed`'s buckets (written through mmap: one copy). */
-function buildHashed(hashed: HashedBlocklist): BpfMap {
+/**
+ * A fresh ep_blk4h inner map holding `hashed`'s entries, filled through its mmap (the kernel's
+ * pages, not a buffer in the agent's heap).
+ * @returns the map, how many entries it holds, and those that fit in neither of their buckets.
+ */
+function buildHashed(hashed: HashedBlocklist): { map: BpfMap; added: number; overflow: BlocklistEntry[] } {
   const map = BpfMap.create({ type: 'array', name: 'ep_blk4h_in', keySize: 4, valueSize: HASH_BUCKET_BYTES, maxEntries: 1 << hashed.shape.log2, flags: HASHED_MAP_FLAGS });
   try {
-    map.withMapped((bytes) => bytes.set(hashed.buckets));
-    return map;
+    const { added, overflow } = map.withMapped((bytes) => fillHashed(bytes, hashed.shape.log2, hashed.entries));
+    const entry = ([address, prefixLength]: [number, number]): BlocklistEntry => ({ cidr: { family: 4, address: new Uint8Array([address >>> 24, (address >>> 16) & 255, (address >>> 8) & 255, address & 255]), prefixLength }, expiresTaiNs: 0n, flags: 0 });
+    return { map, added, overflow: overflow.map(entry) };
   } catch (error) {
     map.close();
     throw error;
@@ -251,9 +256,16 @@ export class BlocklistTables {
     const hashed = spec.v4Hashed;
     let made: (TriePair & { batched: boolean }) | undefined;
     let hashedMap: BpfMap | undefined;
+    let inSet = 0;
     try {
       made = buildTries(spec, 'ep_blk');
-      if (hashed !== undefined) hashedMap = buildHashed(hashed);
+      if (hashed !== undefined) {
+        const built = buildHashed(hashed);
+        hashedMap = built.map;
+        inSet = built.added;
+        // Entries that fit in neither bucket (rare: an entry of a full bucket moves aside first).
+        if (built.overflow.length > 0 && !addToTries(made, built.overflow)) throw new Error(`${built.overflow.length} entries fit in neither of their buckets nor in the trie's room`);
+      }
       const { v4, v6, batched } = made;
       // Installing an inner map returns after synchronize_rcu() (maybe_wait_bpf_programs in
       // kernel/bpf/syscall.c), so no packet still reads the idle slot's previous tries once the
@@ -264,11 +276,11 @@ export class BlocklistTables {
       // previous set is dropped rather than kept idle.
       if (hashedMap !== undefined) this.#maps.ep_blk4h.setInnerMap(u32Bytes(idle), hashedMap);
       else this.#maps.ep_blk4h.delete(u32Bytes(idle));
-      this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(idle | emptyBits(spec.v4.count, spec.v6.count) | shapeBits(hashed?.shape)));
+      this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(idle | emptyBits(v4.count, v6.count) | shapeBits(hashed?.shape)));
       this.#closeLive();
       this.#live = { v4, v6 };
-      this.#hashed = hashedMap === undefined ? undefined : { map: hashedMap, shape: hashed!.shape, count: hashed!.count };
-      return { generation: idle, v4: spec.v4.count + (hashed?.count ?? 0), v6: spec.v6.count, batched };
+      this.#hashed = hashedMap === undefined ? undefined : { map: hashedMap, shape: hashed!.shape, count: inSet };
+      return { generation: idle, v4: v4.count + inSet, v6: v6.count, batched };
     } catch (cause) {
       if (made !== undefined && this.#live?.v4 !== made.v4) {
         made.v4.map.close();

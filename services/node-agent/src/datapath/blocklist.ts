@@ -3,7 +3,7 @@
 // prefixlen; u32 flags }, packed back to back so a list of a million prefixes is two buffers, not
 // a million objects. Pure: no map, no clock.
 import { cidrFamily, PackedKeyIndex, parseCidrInto, type Cidr } from '@edgeplane/proto';
-import { bucketsLog2, chooseLengths, HashedSet4, hashOf, type HashedShape } from './blocklist-hash.js';
+import { bucketsLog2, chooseLengths, hashOf, type HashedShape } from './blocklist-hash.js';
 
 /** Bytes of struct ep_blk4_key, ep_blk6_key and ep_blk_value. */
 export const BLOCKLIST_SIZES = { key4: 8, key6: 20, value: 16 } as const;
@@ -20,11 +20,16 @@ export interface PackedBlocklist {
   readonly values: Uint8Array;
 }
 
-/** Permanent IPv4 entries of a few prefix lengths, in the hashed set's buckets (blocklist-hash.ts). */
+/**
+ * Permanent IPv4 entries of a few prefix lengths, for the hashed set (blocklist-hash.ts): the set
+ * is filled where it will live (the map's mmap, fillHashed), in the order of the entries' first
+ * buckets, so no buffer of buckets is made in the agent's heap.
+ */
 export interface HashedBlocklist {
   readonly shape: HashedShape;
-  /** 2^shape.log2 buckets of HASH_BUCKET_BYTES. */
-  readonly buckets: Uint8Array;
+  /** Pairs [address (host order), prefix length], by first bucket; a prefix may repeat. */
+  readonly entries: Uint32Array;
+  /** entries.length / 2. */
   readonly count: number;
 }
 
@@ -53,12 +58,12 @@ export interface BlocklistEntry {
  * beats expiring, a later expiry beats an earlier one (the datapath holds one value per prefix).
  *
  * With `hashed` (the source blocklist's datapath; not the rules' lists, whose trie values carry
- * more), the permanent IPv4 entries of the HASH_LENGTHS most common prefix lengths go into the
- * hashed set's buckets instead (spec.v4Hashed), which finds duplicates as it inserts: those
- * entries are not indexed at all, and the trie keeps the rest.
+ * more), the permanent IPv4 entries of the HASH_LENGTHS most common prefix lengths go to the
+ * hashed set instead (spec.v4Hashed), which finds duplicates as it is filled: those entries are
+ * neither indexed nor given a value, and the trie keeps the rest.
  */
 export class BlocklistPacker {
-  readonly #v4: Packer;
+  readonly #v4: Packer | Appended4;
   readonly #v6: Packer;
   /** With `hashed`: permanent IPv4 entries per prefix length, as added (duplicates included). */
   readonly #perLength: Uint32Array | undefined;
@@ -69,8 +74,8 @@ export class BlocklistPacker {
    */
   constructor(options: { v4?: number; v6?: number; hashed?: boolean } = {}) {
     this.#perLength = options.hashed === true ? new Uint32Array(33) : undefined;
-    this.#v4 = new Packer(BLOCKLIST_SIZES.key4, options.v4 ?? 0, this.#perLength === undefined);
-    this.#v6 = new Packer(BLOCKLIST_SIZES.key6, options.v6 ?? 0, true);
+    this.#v4 = this.#perLength === undefined ? new Packer(BLOCKLIST_SIZES.key4, options.v4 ?? 0) : new Appended4(options.v4 ?? 0);
+    this.#v6 = new Packer(BLOCKLIST_SIZES.key6, options.v6 ?? 0);
   }
 
   /** Adds one entry (the cidr's address must have its host bits zero, as parseCidr returns it). */
@@ -99,66 +104,88 @@ export class BlocklistPacker {
   /** @returns the packed entries; the packer must not be used afterwards. */
   finish(): BlocklistSpec {
     const v6 = this.#v6.finish();
-    if (this.#perLength === undefined) return { v4: this.#v4.finish(), v6 };
-    const v4 = this.#v4.finish();
-    const lengths = chooseLengths(this.#perLength);
+    const raw = this.#v4;
+    if (raw instanceof Packer) return { v4: raw.finish(), v6 };
+    const perLength = this.#perLength!;
+    const lengths = chooseLengths(perLength);
     const hashedLength = new Uint8Array(33);
     let room = 0;
     for (const length of lengths) {
       hashedLength[length] = 1;
-      room += this.#perLength[length] as number;
+      room += perLength[length] as number;
     }
     const log2 = bucketsLog2(room);
-    const buckets = HashedSet4.buffer(log2);
-    const set = new HashedSet4(buckets, log2, false);
-    // The rest (other lengths, expiring entries, and any that fit in neither bucket) into the
-    // trie's entries, indexed: duplicates merge there as without `hashed`.
-    const rest = new Packer(BLOCKLIST_SIZES.key4, 0, true);
-    const { keys, values } = v4;
-    const valueView = new DataView(values.buffer, values.byteOffset, values.byteLength);
-    // The set's entries are inserted in the order of their first bucket: the buckets are then
-    // written front to back instead of at random (a random write into 16 MiB of buckets cost
-    // ~500 ns here, mostly TLB and cache misses). A counting sort by bucket that moves the
-    // entries' address, length and hash themselves (the reads after it are sequential).
-    const found = new Uint32Array(room * 3);
-    // Expiring entries of the set's lengths: to the trie, unless the set holds the same prefix
-    // (permanent beats expiring, as when both are indexed).
-    const expiring: number[] = [];
-    const perBucket = new Uint32Array((1 << log2) + 1);
-    let eligible = 0;
-    for (let i = 0, at = 0; i < v4.count; i++, at += BLOCKLIST_SIZES.key4) {
+    const mask = (1 << log2) - 1;
+    const { keys, count: total, extra } = raw;
+    // Expiring IPv4 entries of the set's lengths: to the trie, unless the same prefix is also
+    // permanent (permanent beats expiring, as when both are indexed).
+    const expiring = new Set<number>();
+    for (const i of extra.keys()) {
+      const at = i * BLOCKLIST_SIZES.key4;
+      if (hashedLength[keys[at] as number] === 1) expiring.add(keyAddress(keys, at) * 64 + (keys[at] as number));
+    }
+    const superseded = new Set<number>();
+    // The rest (other lengths, expiring entries) into the trie's entries, indexed: duplicates
+    // merge there as without `hashed`.
+    const rest = new Packer(BLOCKLIST_SIZES.key4, 0);
+    // The set's entries in the order of their first bucket, so the set is filled front to back
+    // (a random write into 16 MiB of buckets cost ~500 ns here, mostly TLB and cache misses):
+    // a counting sort in two passes over the keys (the hash computed in each rather than kept:
+    // fewer buffers in the heap), moving each entry's address and length into place.
+    const perBucket = new Uint32Array(mask + 2);
+    let inSet = 0;
+    for (let i = 0, at = 0; i < total; i++, at += BLOCKLIST_SIZES.key4) {
       const length = keys[at] as number;
-      const valueAt = i * BLOCKLIST_SIZES.value;
-      if (hashedLength[length] === 1 && valueView.getUint32(valueAt, true) === 0 && valueView.getUint32(valueAt + 4, true) === 0) {
+      if (hashedLength[length] !== 1) {
+        const value = extra.get(i);
+        rest.copy(keys, at, value?.expiresTaiNs ?? 0n, value?.flags ?? 0);
+      } else if (extra.size === 0 || !extra.has(i)) {
         const address = keyAddress(keys, at);
-        const h = hashOf(address, length);
-        found[eligible * 3] = address;
-        found[eligible * 3 + 1] = length;
-        found[eligible * 3 + 2] = h;
-        eligible++;
-        perBucket[set.firstBucket(h) + 1]! += 1;
-      } else if (hashedLength[length] === 1) expiring.push(i);
-      else rest.copy(keys, at, valueView, valueAt);
+        perBucket[(hashOf(address, length) & mask) + 1]! += 1;
+        inSet++;
+        if (expiring.size > 0 && expiring.has(address * 64 + length)) superseded.add(address * 64 + length);
+      }
+    }
+    for (const [i, value] of extra) {
+      const at = i * BLOCKLIST_SIZES.key4;
+      if (hashedLength[keys[at] as number] === 1 && !superseded.has(keyAddress(keys, at) * 64 + (keys[at] as number))) rest.copy(keys, at, value.expiresTaiNs, value.flags);
     }
     for (let b = 1; b < perBucket.length; b++) perBucket[b]! += perBucket[b - 1] as number;
-    const sorted = new Uint32Array(eligible * 3);
-    for (let j = 0; j < eligible * 3; j += 3) {
-      const to = perBucket[set.firstBucket(found[j + 2] as number)]!++ * 3;
-      sorted[to] = found[j] as number;
-      sorted[to + 1] = found[j + 1] as number;
-      sorted[to + 2] = found[j + 2] as number;
+    const entries = new Uint32Array(inSet * 2);
+    for (let i = 0, at = 0; i < total; i++, at += BLOCKLIST_SIZES.key4) {
+      const length = keys[at] as number;
+      if (hashedLength[length] !== 1 || (extra.size > 0 && extra.has(i))) continue;
+      const address = keyAddress(keys, at);
+      const to = perBucket[hashOf(address, length) & mask]!++ * 2;
+      entries[to] = address;
+      entries[to + 1] = length;
     }
-    let count = 0;
-    for (let k = 0; k < eligible * 3; k += 3) {
-      const inserted = set.insert(sorted[k] as number, sorted[k + 1] as number, sorted[k + 2] as number);
-      if (inserted === 'added') count++;
-      else if (inserted === 'full') rest.add(sorted[k] as number, sorted[k + 1] as number);
-    }
-    for (const i of expiring) {
-      const at = i * BLOCKLIST_SIZES.key4;
-      if (!set.has(keyAddress(keys, at), keys[at] as number)) rest.copy(keys, at, valueView, i * BLOCKLIST_SIZES.value);
-    }
-    return { v4: rest.finish(), v6, v4Hashed: count === 0 ? undefined : { shape: { log2, lengths }, buckets, count } };
+    return { v4: rest.finish(), v6, v4Hashed: inSet === 0 ? undefined : { shape: { log2, lengths }, entries, count: inSet } };
+  }
+}
+
+// The IPv4 entries of a hashed packer as they come: keys only (most entries are permanent and
+// have no value to keep), the values of the others by entry number.
+class Appended4 {
+  keys: Uint8Array;
+  count = 0;
+  readonly extra = new Map<number, { expiresTaiNs: bigint; flags: number }>();
+
+  constructor(expected: number) {
+    this.keys = new Uint8Array(BLOCKLIST_SIZES.key4 * Math.max(64, expected));
+  }
+
+  slot(): number {
+    if ((this.count + 1) * BLOCKLIST_SIZES.key4 > this.keys.length) this.keys = grow(this.keys);
+    return this.count * BLOCKLIST_SIZES.key4;
+  }
+
+  commit(prefixLength: number, expiresTaiNs: bigint, flags: number): void {
+    const at = this.count * BLOCKLIST_SIZES.key4;
+    this.keys[at] = prefixLength;
+    this.keys[at + 1] = this.keys[at + 2] = this.keys[at + 3] = 0;
+    if (expiresTaiNs !== 0n || flags !== 0) this.extra.set(this.count, { expiresTaiNs, flags });
+    this.count++;
   }
 }
 
@@ -168,17 +195,16 @@ class Packer {
   keys: Uint8Array;
   #values: Uint8Array;
   #view: DataView;
-  /** Undefined: entries are appended as they come (BlocklistPacker's `hashed` IPv4 entries, merged later). */
-  readonly #index: PackedKeyIndex | undefined;
+  readonly #index: PackedKeyIndex;
   #count = 0;
 
-  constructor(keySize: number, expected: number, indexed: boolean) {
+  constructor(keySize: number, expected: number) {
     this.#keySize = keySize;
     const room = Math.max(64, expected);
     this.keys = new Uint8Array(keySize * room);
     this.#values = new Uint8Array(BLOCKLIST_SIZES.value * room);
     this.#view = new DataView(this.#values.buffer);
-    this.#index = indexed ? new PackedKeyIndex(keySize, expected) : undefined;
+    this.#index = new PackedKeyIndex(keySize, expected);
   }
 
   /** @returns the byte offset of the next entry's key, with room made for it. */
@@ -199,28 +225,17 @@ class Packer {
     // struct ep_blk*_key.prefixlen: host order (little-endian here, as everywhere we load BPF).
     keys[at] = prefixLength;
     keys[at + 1] = keys[at + 2] = keys[at + 3] = 0;
-    const held = this.#index?.add(keys) ?? -1;
+    const held = this.#index.add(keys);
     if (held >= 0) return this.#merge(held, expiresTaiNs, flags);
     this.#write(this.#count, prefixLength, expiresTaiNs, flags);
     this.#count++;
   }
 
-  /** Takes a permanent IPv4 entry (this packer's key size is 8): `address` in host order. */
-  add(address: number, prefixLength: number): void {
-    const at = this.slot() + 4;
-    const keys = this.keys;
-    keys[at] = address >>> 24;
-    keys[at + 1] = (address >>> 16) & 255;
-    keys[at + 2] = (address >>> 8) & 255;
-    keys[at + 3] = address & 255;
-    this.commit(prefixLength, 0n, 0);
-  }
-
-  /** Takes the entry packed at `keyAt` of `keys` and `valueAt` of `values` (another Packer's, of this key size). */
-  copy(keys: Uint8Array, keyAt: number, values: DataView, valueAt: number): void {
+  /** Takes the key packed at `keyAt` of `keys` (of this key size) with its expiry and flags. */
+  copy(keys: Uint8Array, keyAt: number, expiresTaiNs: bigint, flags: number): void {
     const at = this.slot();
     this.keys.set(keys.subarray(keyAt + 4, keyAt + this.#keySize), at + 4);
-    this.commit(keys[keyAt] as number, values.getBigUint64(valueAt, true), values.getUint32(valueAt + 12, true));
+    this.commit(keys[keyAt] as number, expiresTaiNs, flags);
   }
 
   finish(): PackedBlocklist {
