@@ -127,7 +127,7 @@ class RecordingWriter {
   held = new Map<string, bigint>();
   loads = 0;
   writes: { add: string[]; remove: string[] }[] = [];
-  load(spec: ReturnType<BlocklistPacker['finish']>): void {
+  load(spec: ReturnType<BlocklistPacker['finish']>): { v4: number; v6: number } {
     this.loads++;
     this.held = new Map();
     for (const [family, packed] of [[4, spec.v4], [6, spec.v6]] as const) {
@@ -140,11 +140,12 @@ class RecordingWriter {
       }
     }
     const hashed = spec.v4Hashed;
-    if (hashed === undefined) return;
-    for (let k = 0; k < hashed.entries.length; k += 2) {
-      const address = hashed.entries[k] as number;
-      this.held.set(`${formatAddress(4, new Uint8Array([address >>> 24, (address >>> 16) & 255, (address >>> 8) & 255, address & 255]))}/${hashed.entries[k + 1]}`, 0n);
+    for (let k = 0; k < (hashed?.entries.length ?? 0); k += 2) {
+      const address = hashed!.entries[k] as number;
+      this.held.set(`${formatAddress(4, new Uint8Array([address >>> 24, (address >>> 16) & 255, (address >>> 8) & 255, address & 255]))}/${hashed!.entries[k + 1]}`, 0n);
     }
+    const v6 = [...this.held.keys()].filter((p) => p.includes(':')).length;
+    return { v4: this.held.size - v6, v6 };
   }
   add(entries: readonly { cidr: Cidr; expiresTaiNs: bigint }[]): boolean {
     this.writes.push({ add: entries.map((e) => formatCidr(e.cidr)), remove: [] });
@@ -204,4 +205,32 @@ test('blocklist sync - a list the log changes by a few prefixes costs those pref
   again.sync(held([feed], [blk]), ams1);
   t.deepEqual([...writer.held].sort(), [...fresh.held].sort());
   t.is(writer.loads, 1, 'no whole load after the first');
+});
+
+test('blocklist sync - a change larger than is written in place loads the whole set without a difference; the changes after it are in place again, shared prefixes and blocks kept', (t) => {
+  const writer = new RecordingWriter();
+  const sync = new BlocklistSync(writer, { now: () => 1_000_000, maxInPlace: 8 });
+  t.teardown(() => sync.close());
+  let feed = list('feed', Array.from({ length: 100 }, (_, i) => `10.0.${i}.0/24`));
+  const other = list('other', ['10.0.0.0/24', '192.0.2.0/24']);
+  const held = (prefixLists: PrefixList[], blocks: Block[]): Snapshot => ({ ...snapshot([], blocks), prefixLists });
+  const change = (base: PrefixList, add: string[], remove: string[]): PrefixList => applyPrefixListChange(base, { metadata: { ...base.metadata!, resourceVersion: base.metadata!.resourceVersion + 1n }, spec: { ...base.spec!, prefixes: [] }, baseResourceVersion: base.metadata!.resourceVersion, add, remove, delete: false });
+  const blk = block('blk-1', ['10.0.1.0/24', '198.51.100.0/24'], 5_000_000);
+  t.like(sync.sync(held([feed, other], [blk]), ams1), { mode: 'loaded', entries: 102 });
+  // Twenty added: more than 8, known from the change alone: loaded whole.
+  feed = change(feed, Array.from({ length: 20 }, (_, i) => `10.1.${i}.0/24`), []);
+  t.like(sync.sync(held([feed, other], [blk]), ams1), { mode: 'loaded', entries: 122 });
+  t.is(writer.loads, 2);
+  t.is(writer.held.get('10.1.19.0/24'), 0n);
+  t.is(writer.held.get('198.51.100.0/24'), 5_000_000n * 1_000_000n, 'the block, with its expiry');
+  t.is(writer.held.get('10.0.1.0/24'), 0n, 'a list beats a block of the same prefix');
+  // In place again, on what the whole load held: a prefix in both lists leaves one, and stays.
+  writer.writes = [];
+  feed = change(feed, ['203.0.113.0/24'], ['10.0.0.0/24', '10.0.1.0/24']);
+  t.like(sync.sync(held([feed, other], [blk]), ams1), { mode: 'updated', added: 2, removed: 0 });
+  t.is(writer.loads, 2);
+  t.is(writer.held.get('10.0.0.0/24'), 0n, 'still in the other list');
+  t.is(writer.held.get('10.0.1.0/24'), 5_000_000n * 1_000_000n, 'now the block');
+  t.is(writer.held.get('203.0.113.0/24'), 0n);
+  t.is(writer.held.size, 123);
 });

@@ -12,7 +12,8 @@ import { BLOCKLIST_F_BLOCK, BlocklistPacker, type BlocklistEntry, type Blocklist
 
 /** What BlocklistSync needs of the datapath (EbpfDatapath.blocklist). */
 export interface BlocklistWriter {
-  load(spec: BlocklistSpec): unknown;
+  /** @returns the entries it holds now, by family (each prefix once). */
+  load(spec: BlocklistSpec): { v4: number; v6: number };
   add(entries: readonly BlocklistEntry[]): boolean;
   remove(prefixes: readonly Cidr[]): number;
   readClock(): { taiNs: bigint; utcNs: bigint };
@@ -51,6 +52,12 @@ export class BlocklistSync {
   readonly #onError: (err: unknown) => void;
   /** What the tries hold, as this object wrote it (undefined: unknown, the next sync loads whole). */
   #held: Desired | undefined;
+  /**
+   * After a whole load: makes #held, #shared (and clears itself). A whole load does not build
+   * its map of every prefix before the ACK (0.9 s for a million); this runs right after (on the
+   * next turn of the event loop), or when a sync needs it first.
+   */
+  #materialize: (() => void) | undefined;
   /** With #held: the prefixes array of each deny list it holds, by name. */
   #lists: ReadonlyMap<string, readonly string[]> = new Map();
   /** With #held: prefixes in more than one of those lists, and in how many more than one. */
@@ -76,6 +83,7 @@ export class BlocklistSync {
    * update that fails part-way is loaded whole by the next sync).
    */
   sync(snapshot: Snapshot, labels: Readonly<Record<string, string>>): BlocklistSyncResult {
+    this.#materialize?.();
     this.#last = { snapshot, labels };
     const now = this.#now();
     const lists = new Map<string, readonly string[]>();
@@ -93,6 +101,7 @@ export class BlocklistSync {
     const offset = clock.taiNs - clock.utcNs;
     const entry = (p: string, expires: number): BlocklistEntry => ({ cidr: parseCidr(p)!, expiresTaiNs: expires === 0 ? 0n : BigInt(expires) * 1_000_000n + offset, flags: expires === 0 ? 0 : BLOCKLIST_F_BLOCK });
     const changed = this.#byChanges(lists, blocks, entry);
+    if (changed === 'too-big' || this.#held === undefined) return this.#loadWhole(lists, blocks, offset);
     if (changed !== undefined) return changed;
 
     const desired: Desired = new Map();
@@ -135,20 +144,51 @@ export class BlocklistSync {
         }
       }
     }
+    return this.#loadWhole(lists, blocks, offset);
+  }
+
+  // The whole set, loaded from the lists and blocks straight into the packer (which keeps each
+  // prefix once: permanent beats expiring): no map of every prefix before the load. That map
+  // (#held, for the next syncs' differences) is made by #materialize after this returns.
+  #loadWhole(lists: ReadonlyMap<string, readonly string[]>, blocks: Desired, offset: bigint): BlocklistSyncResult {
+    let size = 0;
+    for (const prefixes of lists.values()) size += prefixes.length;
     // Straight from the text into the packed keys: no object per prefix (a million-prefix list).
-    const packer = new BlocklistPacker({ v4: desired.size, hashed: true });
-    for (const [p, expires] of desired) packer.addText(p, expires === 0 ? 0n : BigInt(expires) * 1_000_000n + offset, expires === 0 ? 0 : BLOCKLIST_F_BLOCK);
+    const packer = new BlocklistPacker({ v4: size, hashed: true });
+    for (const prefixes of lists.values()) for (const p of prefixes) packer.addText(p);
+    for (const [p, expires] of blocks) packer.addText(p, BigInt(expires) * 1_000_000n + offset, BLOCKLIST_F_BLOCK);
     this.#held = undefined;
-    this.#writer.load(packer.finish());
-    hold();
-    return { mode: 'loaded', entries: desired.size, added: desired.size, removed: 0 };
+    this.#materialize = undefined;
+    const loaded = this.#writer.load(packer.finish());
+    const materialize = (): void => {
+      if (this.#materialize !== materialize) return;
+      this.#materialize = undefined;
+      const desired: Desired = new Map();
+      const shared = new Map<string, number>();
+      for (const prefixes of lists.values()) {
+        for (const p of prefixes) {
+          if (desired.has(p)) shared.set(p, (shared.get(p) ?? 0) + 1);
+          else desired.set(p, 0);
+        }
+      }
+      for (const [p, expires] of blocks) if (!desired.has(p)) desired.set(p, expires);
+      this.#held = desired;
+      this.#lists = lists;
+      this.#shared = shared;
+      this.#blocks = blocks;
+    };
+    this.#materialize = materialize;
+    setImmediate(materialize).unref();
+    const entries = loaded.v4 + loaded.v6;
+    return { mode: 'loaded', entries, added: entries, removed: 0 };
   }
 
   // The sync by the changes of the lists since the last one (prefixChangesBetween, or a list
   // selecting or no longer selecting the node whole) and of the blocks: in the size of those
   // changes. @returns undefined (nothing done) when it cannot: nothing held, a list changed
-  // otherwise, more than maxInPlace prefixes, or no room in place.
-  #byChanges(lists: ReadonlyMap<string, readonly string[]>, blocks: Desired, entry: (p: string, expires: number) => BlocklistEntry): BlocklistSyncResult | undefined {
+  // otherwise, or no room in place; 'too-big' (nothing done) when the changes are known to be
+  // more than maxInPlace prefixes (a whole load, with no difference computed).
+  #byChanges(lists: ReadonlyMap<string, readonly string[]>, blocks: Desired, entry: (p: string, expires: number) => BlocklistEntry): BlocklistSyncResult | 'too-big' | undefined {
     const held = this.#held;
     if (held === undefined) return undefined;
     // Per prefix, how many more (or fewer) lists hold it.
@@ -161,12 +201,12 @@ export class BlocklistSync {
       const change = before === undefined ? { add: after!, remove: [] } : after === undefined ? { add: [], remove: before } : prefixChangesBetween(before, after, this.#maxInPlace);
       if (change === undefined) return undefined;
       size += change.add.length + change.remove.length;
-      if (size > this.#maxInPlace) return undefined;
+      if (size > this.#maxInPlace) return 'too-big';
       for (const p of change.remove) delta.set(p, (delta.get(p) ?? 0) - 1);
       for (const p of change.add) delta.set(p, (delta.get(p) ?? 0) + 1);
     }
     const touched = new Set([...delta.keys(), ...this.#blocks.keys(), ...blocks.keys()]);
-    if (touched.size > this.#maxInPlace) return undefined;
+    if (touched.size > this.#maxInPlace) return 'too-big';
     const adds: BlocklistEntry[] = [];
     const removes: Cidr[] = [];
     const next: { p: string; count: number; expires: number | undefined }[] = [];
@@ -202,6 +242,7 @@ export class BlocklistSync {
   /** Stops the expiry timer; idempotent. The tries keep enforcing. */
   close(): void {
     this.#closed = true;
+    this.#materialize = undefined;
     clearTimeout(this.#timer);
     this.#timer = undefined;
   }
