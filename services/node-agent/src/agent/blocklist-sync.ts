@@ -104,15 +104,7 @@ export class BlocklistSync {
     if (changed === 'too-big' || this.#held === undefined) return this.#loadWhole(lists, blocks, offset);
     if (changed !== undefined) return changed;
 
-    const desired: Desired = new Map();
-    const shared = new Map<string, number>();
-    for (const prefixes of lists.values()) {
-      for (const p of prefixes) {
-        if (desired.has(p)) shared.set(p, (shared.get(p) ?? 0) + 1);
-        else desired.set(p, 0);
-      }
-    }
-    for (const [p, expires] of blocks) if (!desired.has(p)) desired.set(p, expires);
+    const { desired, shared } = desiredOf(lists, blocks);
     const hold = (): void => {
       this.#held = desired;
       this.#lists = lists;
@@ -163,15 +155,7 @@ export class BlocklistSync {
     const materialize = (): void => {
       if (this.#materialize !== materialize) return;
       this.#materialize = undefined;
-      const desired: Desired = new Map();
-      const shared = new Map<string, number>();
-      for (const prefixes of lists.values()) {
-        for (const p of prefixes) {
-          if (desired.has(p)) shared.set(p, (shared.get(p) ?? 0) + 1);
-          else desired.set(p, 0);
-        }
-      }
-      for (const [p, expires] of blocks) if (!desired.has(p)) desired.set(p, expires);
+      const { desired, shared } = desiredOf(lists, blocks);
       this.#held = desired;
       this.#lists = lists;
       this.#shared = shared;
@@ -268,6 +252,20 @@ export class BlocklistSync {
     }, delay);
     this.#timer.unref();
   }
+}
+
+/** Every prefix of the lists (never expiring) and of the blocks not in a list; and the prefixes in more than one list, with how many more. */
+function desiredOf(lists: ReadonlyMap<string, readonly string[]>, blocks: Desired): { desired: Desired; shared: Map<string, number> } {
+  const desired: Desired = new Map();
+  const shared = new Map<string, number>();
+  for (const prefixes of lists.values()) {
+    for (const p of prefixes) {
+      if (desired.has(p)) shared.set(p, (shared.get(p) ?? 0) + 1);
+      else desired.set(p, 0);
+    }
+  }
+  for (const [p, expires] of blocks) if (!desired.has(p)) desired.set(p, expires);
+  return { desired, shared };
 }
 
 function selects(list: PrefixList, labels: Readonly<Record<string, string>>): boolean {
