@@ -234,3 +234,28 @@ test('blocklist sync - a change larger than is written in place loads the whole 
   t.is(writer.held.get('203.0.113.0/24'), 0n);
   t.is(writer.held.size, 123);
 });
+
+test('blocklist sync - a lone list with no block is changed from its change alone after a whole load; a block then joins on what the list holds by then', (t) => {
+  const writer = new RecordingWriter();
+  const sync = new BlocklistSync(writer, { now: () => 1_000_000 });
+  t.teardown(() => sync.close());
+  let feed = list('feed', Array.from({ length: 1000 }, (_, i) => `10.${i >> 8}.${i & 0xff}.0/24`));
+  const held = (prefixLists: PrefixList[], blocks: Block[]): Snapshot => ({ ...snapshot([], blocks), prefixLists });
+  const change = (base: PrefixList, add: string[], remove: string[]): PrefixList => applyPrefixListChange(base, { metadata: { ...base.metadata!, resourceVersion: base.metadata!.resourceVersion + 1n }, spec: { ...base.spec!, prefixes: [] }, baseResourceVersion: base.metadata!.resourceVersion, add, remove, delete: false });
+  t.like(sync.sync(held([feed], []), ams1), { mode: 'loaded', entries: 1000 });
+  for (let i = 0; i < 3; i++) {
+    writer.writes = [];
+    feed = change(feed, [`203.0.${113 + i}.0/24`], [`10.0.${i}.0/24`]);
+    t.like(sync.sync(held([feed], []), ams1), { mode: 'updated', entries: 1000, added: 1, removed: 1 });
+    t.deepEqual(writer.writes, [{ add: [], remove: [`10.0.${i}.0/24`] }, { add: [`203.0.${113 + i}.0/24`], remove: [] }]);
+  }
+  t.like(sync.sync(held([feed], []), ams1), { mode: 'unchanged', entries: 1000 });
+  // A block over a prefix the list dropped and one it added: the difference is taken against
+  // what the list holds now (the map made from it at this sync).
+  writer.writes = [];
+  const blk = block('blk-1', ['10.0.1.0/24', '203.0.114.0/24'], 5_000_000);
+  t.like(sync.sync(held([feed], [blk]), ams1), { mode: 'updated', entries: 1001, added: 1, removed: 0 });
+  t.deepEqual(writer.writes.flatMap((w) => w.add), ['10.0.1.0/24'], 'the list already holds 203.0.114.0/24');
+  t.is(writer.loads, 1);
+  t.is(writer.held.size, 1001);
+});

@@ -53,11 +53,14 @@ export class BlocklistSync {
   /** What the tries hold, as this object wrote it (undefined: unknown, the next sync loads whole). */
   #held: Desired | undefined;
   /**
-   * After a whole load: makes #held, #shared (and clears itself). A whole load does not build
-   * its map of every prefix before the ACK (0.9 s for a million); this runs right after (on the
-   * next turn of the event loop), or when a sync needs it first.
+   * The tries hold what #lists and #blocks ask, but #held and #shared are not made yet: a whole
+   * load does not build its map of every prefix (0.9 s for a million) before the ACK, and a
+   * change to a lone list with no blocks is written from the change alone (#byOneList), so that
+   * map is made only when a sync needs it (#heldMap).
    */
-  #materialize: (() => void) | undefined;
+  #derived = false;
+  /** With #held or #derived: how many prefixes the tries hold. */
+  #entries = 0;
   /** With #held: the prefixes array of each deny list it holds, by name. */
   #lists: ReadonlyMap<string, readonly string[]> = new Map();
   /** With #held: prefixes in more than one of those lists, and in how many more than one. */
@@ -83,7 +86,6 @@ export class BlocklistSync {
    * update that fails part-way is loaded whole by the next sync).
    */
   sync(snapshot: Snapshot, labels: Readonly<Record<string, string>>): BlocklistSyncResult {
-    this.#materialize?.();
     this.#last = { snapshot, labels };
     const now = this.#now();
     const lists = new Map<string, readonly string[]>();
@@ -101,18 +103,20 @@ export class BlocklistSync {
     const offset = clock.taiNs - clock.utcNs;
     const entry = (p: string, expires: number): BlocklistEntry => ({ cidr: parseCidr(p)!, expiresTaiNs: expires === 0 ? 0n : BigInt(expires) * 1_000_000n + offset, flags: expires === 0 ? 0 : BLOCKLIST_F_BLOCK });
     const changed = this.#byChanges(lists, blocks, entry);
-    if (changed === 'too-big' || this.#held === undefined) return this.#loadWhole(lists, blocks, offset);
+    if (changed === 'too-big' || !this.#known) return this.#loadWhole(lists, blocks, offset);
     if (changed !== undefined) return changed;
 
     const { desired, shared } = desiredOf(lists, blocks);
     const hold = (): void => {
       this.#held = desired;
+      this.#derived = false;
+      this.#entries = desired.size;
       this.#lists = lists;
       this.#shared = shared;
       this.#blocks = blocks;
     };
 
-    const held = this.#held;
+    const held = this.#heldMap();
     if (held !== undefined) {
       const adds: BlocklistEntry[] = [];
       const removes: Cidr[] = [];
@@ -127,7 +131,7 @@ export class BlocklistSync {
           return { mode: 'unchanged', entries: desired.size, added: 0, removed: 0 };
         }
         if (adds.length + removes.length <= this.#maxInPlace) {
-          this.#held = undefined; // unknown until both writes are done
+          this.#forget(); // unknown until both writes are done
           if (this.#writer.add(adds)) {
             this.#writer.remove(removes);
             hold();
@@ -140,8 +144,8 @@ export class BlocklistSync {
   }
 
   // The whole set, loaded from the lists and blocks straight into the packer (which keeps each
-  // prefix once: permanent beats expiring): no map of every prefix before the load. That map
-  // (#held, for the next syncs' differences) is made by #materialize after this returns.
+  // prefix once: permanent beats expiring): no map of every prefix (#held, for the next syncs'
+  // differences: made when one needs it).
   #loadWhole(lists: ReadonlyMap<string, readonly string[]>, blocks: Desired, offset: bigint): BlocklistSyncResult {
     let size = 0;
     for (const prefixes of lists.values()) size += prefixes.length;
@@ -149,22 +153,58 @@ export class BlocklistSync {
     const packer = new BlocklistPacker({ v4: size, hashed: true });
     for (const prefixes of lists.values()) for (const p of prefixes) packer.addText(p);
     for (const [p, expires] of blocks) packer.addText(p, BigInt(expires) * 1_000_000n + offset, BLOCKLIST_F_BLOCK);
-    this.#held = undefined;
-    this.#materialize = undefined;
+    this.#forget();
     const loaded = this.#writer.load(packer.finish());
-    const materialize = (): void => {
-      if (this.#materialize !== materialize) return;
-      this.#materialize = undefined;
-      const { desired, shared } = desiredOf(lists, blocks);
-      this.#held = desired;
-      this.#lists = lists;
-      this.#shared = shared;
-      this.#blocks = blocks;
-    };
-    this.#materialize = materialize;
-    setImmediate(materialize).unref();
+    this.#derived = true;
+    this.#lists = lists;
+    this.#blocks = blocks;
     const entries = loaded.v4 + loaded.v6;
+    this.#entries = entries;
     return { mode: 'loaded', entries, added: entries, removed: 0 };
+  }
+
+  /** Whether the tries hold what #lists and #blocks ask (a map of it made or not). */
+  get #known(): boolean {
+    return this.#held !== undefined || this.#derived;
+  }
+
+  /** Nothing is known of what the tries hold: the next sync loads whole. */
+  #forget(): void {
+    this.#held = undefined;
+    this.#derived = false;
+  }
+
+  /** #held (and #shared), made from #lists and #blocks if they were not yet. */
+  #heldMap(): Desired | undefined {
+    if (this.#derived) {
+      const { desired, shared } = desiredOf(this.#lists, this.#blocks);
+      this.#held = desired;
+      this.#shared = shared;
+      this.#derived = false;
+    }
+    return this.#held;
+  }
+
+  // A change to the one list the node holds, no block before or after, while #held is not made:
+  // what the change added and removed is what the tries must (the list held every prefix it
+  // removed and none it added, as applyPrefixListChange checked), so no map is made.
+  // @returns undefined when it does not apply (nothing done).
+  #byOneList(lists: ReadonlyMap<string, readonly string[]>, blocks: Desired, entry: (p: string, expires: number) => BlocklistEntry): BlocklistSyncResult | 'too-big' | undefined {
+    if (!this.#derived || lists.size !== 1 || this.#lists.size !== 1 || blocks.size !== 0 || this.#blocks.size !== 0) return undefined;
+    const [name, after] = [...lists][0]!;
+    const before = this.#lists.get(name);
+    if (before === undefined) return undefined;
+    if (before === after) return { mode: 'unchanged', entries: this.#entries, added: 0, removed: 0 };
+    const change = prefixChangesBetween(before, after, this.#maxInPlace);
+    if (change === undefined) return undefined;
+    if (change.add.length + change.remove.length > this.#maxInPlace) return 'too-big';
+    this.#forget(); // unknown until both writes are done
+    if (change.remove.length > 0) this.#writer.remove(change.remove.map((p) => parseCidr(p)!));
+    if (!this.#writer.add(change.add.map((p) => entry(p, 0)))) return undefined;
+    this.#derived = true;
+    this.#lists = lists;
+    this.#entries += change.add.length - change.remove.length;
+    return { mode: 'updated', entries: this.#entries, added: change.add.length, removed: change.remove.length };
   }
 
   // The sync by the changes of the lists since the last one (prefixChangesBetween, or a list
@@ -173,8 +213,9 @@ export class BlocklistSync {
   // otherwise, or no room in place; 'too-big' (nothing done) when the changes are known to be
   // more than maxInPlace prefixes (a whole load, with no difference computed).
   #byChanges(lists: ReadonlyMap<string, readonly string[]>, blocks: Desired, entry: (p: string, expires: number) => BlocklistEntry): BlocklistSyncResult | 'too-big' | undefined {
-    const held = this.#held;
-    if (held === undefined) return undefined;
+    const lone = this.#byOneList(lists, blocks, entry);
+    if (lone !== undefined || !this.#known) return lone;
+    const held = this.#heldMap()!;
     // Per prefix, how many more (or fewer) lists hold it.
     const delta = new Map<string, number>();
     let size = 0;
@@ -208,7 +249,7 @@ export class BlocklistSync {
       this.#blocks = blocks;
       return { mode: 'unchanged', entries: held.size, added: 0, removed: 0 };
     }
-    this.#held = undefined; // unknown until both writes are done
+    this.#forget(); // unknown until both writes are done
     if (removes.length > 0) this.#writer.remove(removes);
     if (!this.#writer.add(adds)) return undefined;
     for (const { p, count, expires } of next) {
@@ -218,6 +259,7 @@ export class BlocklistSync {
       else this.#shared.delete(p);
     }
     this.#held = held;
+    this.#entries = held.size;
     this.#lists = lists;
     this.#blocks = blocks;
     return { mode: adds.length + removes.length === 0 ? 'unchanged' : 'updated', entries: held.size, added: adds.length, removed: removes.length };
@@ -226,7 +268,6 @@ export class BlocklistSync {
   /** Stops the expiry timer; idempotent. The tries keep enforcing. */
   close(): void {
     this.#closed = true;
-    this.#materialize = undefined;
     clearTimeout(this.#timer);
     this.#timer = undefined;
   }
@@ -246,7 +287,7 @@ export class BlocklistSync {
       try {
         this.sync(last.snapshot, last.labels);
       } catch (err) {
-        this.#held = undefined;
+        this.#forget();
         this.#onError(err);
       }
     }, delay);
