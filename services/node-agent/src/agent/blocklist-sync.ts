@@ -195,7 +195,7 @@ export class BlocklistSync {
     const before = this.#lists.get(name);
     if (before === undefined) return undefined;
     if (before === after) return { mode: 'unchanged', entries: this.#entries, added: 0, removed: 0 };
-    const change = prefixChangesBetween(before, after, this.#maxInPlace);
+    const change = prefixChangesBetween(before, after, LINEAGE_LIMIT);
     if (change === undefined) return undefined;
     if (change.add.length + change.remove.length > this.#maxInPlace) return 'too-big';
     this.#forget(); // unknown until both writes are done
@@ -223,7 +223,7 @@ export class BlocklistSync {
       const before = this.#lists.get(name);
       const after = lists.get(name);
       if (before === after) continue;
-      const change = before === undefined ? { add: after!, remove: [] } : after === undefined ? { add: [], remove: before } : prefixChangesBetween(before, after, this.#maxInPlace);
+      const change = before === undefined ? { add: after!, remove: [] } : after === undefined ? { add: [], remove: before } : prefixChangesBetween(before, after, LINEAGE_LIMIT);
       if (change === undefined) return undefined;
       size += change.add.length + change.remove.length;
       if (size > this.#maxInPlace) return 'too-big';
@@ -294,6 +294,13 @@ export class BlocklistSync {
     this.#timer.unref();
   }
 }
+
+/**
+ * Prefixes of a list's lineage composed at most (prefixChangesBetween), so that a change larger
+ * than is written in place is known as such (a whole load, no difference: one API change holds
+ * up to 50,000) rather than as a list of unknown origin (a map of every prefix, then a difference).
+ */
+const LINEAGE_LIMIT = 1 << 20;
 
 /** Every prefix of the lists (never expiring) and of the blocks not in a list; and the prefixes in more than one list, with how many more. */
 function desiredOf(lists: ReadonlyMap<string, readonly string[]>, blocks: Desired): { desired: Desired; shared: Map<string, number> } {
