@@ -247,10 +247,11 @@ static __noinline int ep_blk_hashed4(struct ep_pkt *p, __u32 word)
 }
 
 /* 1 when the packet's source is blocked (the caller drops it), counted; else 0. A family whose
- * live trie is empty (EP_BLK_EMPTY4/6) costs one array read and no call: the blocklist was a
- * tenth of a tracked connection's programs in bench/conntrack-lookup.ts's cold runs with none
- * loaded. Inline: every packet at a policy hook pays one call here (ep_blk_match) at most, not
- * two (bpf/README.md, "Verifier cost", per packet). */
+ * live trie is empty (EP_BLK_EMPTY4/6) and no hashed set costs one array read and no call: the
+ * blocklist was a tenth of a tracked connection's programs in bench/conntrack-lookup.ts's cold
+ * runs with none loaded. Inline, so a packet pays only the calls it needs here: ep_blk_hashed4
+ * for an IPv4 source while a set is live, ep_blk_match while its family's trie is not empty
+ * (bpf/README.md, "Verifier cost", per packet). */
 static __always_inline int ep_blocklisted(struct ep_pkt *p, __u64 len)
 {
 	__u32 zero = 0;
