@@ -160,9 +160,10 @@ test('apply - a folder of examples, then again unchanged', async (t) => {
   t.is(first.code, 0, first.stderr);
   for (const name of ['deny-telnet', 'ratelimit-dns', 'allow-web-v6', 'block-smb', 'ssh-mgmt-only']) t.regex(first.stdout, new RegExp(`policy/${name} created \\(revision \\d+\\)`));
   t.regex(first.stdout, /service\/web created \(revision \d+\)/);
+  t.regex(first.stdout, /prefixlist\/threat-feed created \(\+3 -0, 3 prefixes, revision \d+\)/);
   const again = await edgeplane(['apply', '-f', EXAMPLES]);
   t.is(again.code, 0);
-  t.is(again.stdout.match(/unchanged/g)?.length, 6);
+  t.is(again.stdout.match(/unchanged/g)?.length, 7);
 });
 
 test('apply - a multi-document file and standard input; get -o yaml reads back unchanged', async (t) => {
