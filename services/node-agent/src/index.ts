@@ -148,4 +148,6 @@ export type { BlocklistEntry, BlocklistSpec, HashedBlocklist, PackedBlocklist } 
 export { BlocklistTables } from './datapath/blocklist-tables.js';
 export type { BlocklistCounters, BlocklistLoad, BlocklistMaps } from './datapath/blocklist-tables.js';
 export { BlocklistSync } from './agent/blocklist-sync.js';
+export { observeBlocklists } from './agent/blocklist-metrics.js';
+export type { ObservedBlocklist } from './agent/blocklist-metrics.js';
 export type { BlocklistSyncOptions, BlocklistSyncResult, BlocklistWriter } from './agent/blocklist-sync.js';

@@ -11,6 +11,7 @@ import { keyIdOf, quietIpServernameWarning } from '@edgeplane/proto';
 import { ifindex as interfaceIndex } from 'libbpf-ts';
 import { startTelemetry } from '@edgeplane/telemetry';
 import { AgentRuntime, type InterfaceAttacher } from './agent/agent-runtime.js';
+import { observeBlocklists } from './agent/blocklist-metrics.js';
 import { AGENT_HELP, AgentConfigError, enrolledSettings, parseAgentConfig, type AgentConfig } from './agent/config.js';
 import { ensureBpffs } from './agent/bpffs.js';
 import { controlTargets, resolveControlEndpoints } from './agent/control-endpoints.js';
@@ -239,6 +240,10 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       log,
     });
     closers.push(() => runtime.close());
+    if (ebpf) {
+      const roles = ebpf.uplink === ebpf.workload ? [{ role: 'uplink', tables: ebpf.uplink.blocklist }] : [{ role: 'uplink', tables: ebpf.uplink.blocklist }, { role: 'workload', tables: ebpf.workload.blocklist }];
+      closers.push(observeBlocklists(config.nodeName, roles));
+    }
 
     process.stdout.write(
       JSON.stringify({

@@ -14,6 +14,8 @@ import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { buildFrame } from '../src/datapath/packet.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { mountBpffs, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
+import { installTestMeter } from './node-agent-helpers.js';
+import { observeBlocklists } from '../src/agent/blocklist-metrics.js';
 
 const bpffs = mountBpffs();
 test.after.always(() => bpffs.unmount());
@@ -392,4 +394,26 @@ test('blocklist - an entry in its second bucket is found behind its marked first
   t.is(xdp(datapath, '198.51.100.2'), XDP_PASS, 'not read without its lengths');
   active.set(zero, new Uint8Array(new Uint32Array([word]).buffer));
   t.is(xdp(datapath, '198.51.100.2'), XDP_DROP);
+});
+
+test('blocklist - what it dropped and how many prefixes it holds are observed as the agent metrics, per role and family, until observing stops', async (t) => {
+  const read = installTestMeter();
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
+  t.teardown(() => datapath.close());
+  await datapath.apply(allowAll);
+  const packer = new BlocklistPacker({ hashed: true });
+  for (const p of ['198.51.100.0/24', '203.0.113.7/32', '2001:db8:bad::/48']) packer.addText(p);
+  datapath.blocklist.load(packer.finish());
+  const stop = observeBlocklists('n1', [{ role: 'uplink', tables: datapath.blocklist }]);
+  t.teardown(stop);
+  t.is(await read('edgeplane.agent.blocklist.dropped'), 0);
+  t.is(await read('edgeplane.agent.blocklist.entries'), 3);
+  for (const src of ['198.51.100.1', '198.51.100.2', '203.0.113.7', '2001:db8:bad::1', '192.0.2.1']) xdp(datapath, src);
+  t.is(await read('edgeplane.agent.blocklist.dropped'), 4, 'three IPv4 drops and one IPv6; the unlisted source passed');
+  t.true(datapath.blocklist.add([entry('192.0.2.0/24')]));
+  t.is(await read('edgeplane.agent.blocklist.entries'), 4);
+  stop();
+  xdp(datapath, '192.0.2.9');
+  t.is(datapath.blocklist.readCounters().dropped4.packets, 4);
+  t.is(await read('edgeplane.agent.blocklist.dropped'), 4, 'no longer read: the reader keeps the last value it was given');
 });
