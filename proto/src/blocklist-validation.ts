@@ -170,7 +170,12 @@ export function applyPrefixListChange(base: PrefixList | undefined, change: Pref
   if (baseVersion !== change.baseResourceVersion) throw new PatchError(`apply prefix list change name=${name}: based on version ${change.baseResourceVersion}, the list is at ${baseVersion}`);
   const held = base?.spec?.prefixes ?? [];
   let prefixes: string[];
-  if (change.add.length + change.remove.length <= FEW_CHANGES) {
+  if (held.length === 0) {
+    // A new (or empty) list: nothing to find the change's prefixes in, so no set of them either
+    // (a list created from a large change costs a copy of it).
+    if (change.remove.length > 0) throw new PatchError(`apply prefix list change name=${name}: removes ${quote(change.remove[0]!)}, which the list does not hold`);
+    prefixes = [];
+  } else if (change.add.length + change.remove.length <= FEW_CHANGES) {
     // A few: a copy of the list and a native scan per change (a one-prefix change to a million
     // prefixes costs ~25 ms here, the loop below ~150 ms).
     prefixes = held.slice();

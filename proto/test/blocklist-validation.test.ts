@@ -59,4 +59,14 @@ test('applyPrefixListChange - a few changes and many give the same list (base or
     t.throws(() => apply([...add], [...remove, '172.16.0.0/12']), { message: /removes "172\.16\.0\.0\/12", which the list does not hold/ });
   }
   t.deepEqual(base.spec!.prefixes.length, 40, 'the base is not modified');
+  // A list created by its first change, and an empty one changed.
+  const many = Array.from({ length: 20 }, (_, i) => `192.0.${i}.0/24`);
+  for (const from of [undefined, list([])]) {
+    if (from) from.metadata = meta;
+    const at = from ? 1n : 0n;
+    const made = applyPrefixListChange(from, { metadata: { ...meta, resourceVersion: at + 1n }, spec: undefined, baseResourceVersion: at, add: many, remove: [], delete: false });
+    t.deepEqual(made.spec!.prefixes, many);
+    t.not(made.spec!.prefixes, many, 'a copy of the change');
+    t.throws(() => applyPrefixListChange(from, { metadata: { ...meta, resourceVersion: at + 1n }, spec: undefined, baseResourceVersion: at, add: many, remove: ['10.0.0.0/8'], delete: false }), { message: /removes "10\.0\.0\.0\/8", which the list does not hold/ });
+  }
 });
