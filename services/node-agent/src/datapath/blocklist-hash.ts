@@ -231,10 +231,8 @@ export class HashedSet4 {
   #find(address: number, length1: number): number {
     const h = hashOf(address, length1 - 1);
     const first = h & this.#mask;
-    if (this.#scan(first, address, length1) === PRESENT) return this.#slotOf(first, address, length1);
-    if (!this.#marked(first)) return -1;
-    const second = secondOf(h, this.#mask);
-    return this.#scan(second, address, length1) === PRESENT ? this.#slotOf(second, address, length1) : -1;
+    const at = this.#slotOf(first, address, length1);
+    return at >= 0 || !this.#marked(first) ? at : this.#slotOf(secondOf(h, this.#mask), address, length1);
   }
 
   #slotOf(bucket: number, address: number, length1: number): number {

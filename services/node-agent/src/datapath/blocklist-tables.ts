@@ -143,16 +143,16 @@ export function addToTries(live: TriePair, entries: readonly BlocklistEntry[]): 
 
 /**
  * Deletes prefixes from `live` in place.
- * @returns how many were there.
+ * @returns those that were there.
  * @throws Error from the kernel.
  */
-export function removeFromTries(live: TriePair, prefixes: readonly Cidr[]): number {
-  let removed = 0;
+export function removeFromTries(live: TriePair, prefixes: readonly Cidr[]): Set<Cidr> {
+  const removed = new Set<Cidr>();
   for (const cidr of prefixes) {
     const trie = cidr.family === 4 ? live.v4 : live.v6;
     if (trie.map.delete(encodeBlocklistKey(cidr))) {
       trie.count--;
-      removed++;
+      removed.add(cidr);
     }
   }
   return removed;
@@ -352,13 +352,8 @@ export class BlocklistTables {
     try {
       const hashed = this.#hashed;
       const fromSet = hashed === undefined ? new Set<Cidr>() : this.#removeFromSet(hashed, prefixes.filter((cidr) => cidr.family === 4 && hashed.shape.lengths.includes(cidr.prefixLength)));
-      let removed = 0;
-      for (const cidr of prefixes) {
-        const trie = cidr.family === 4 ? live.v4 : live.v6;
-        const inTrie = trie.map.delete(encodeBlocklistKey(cidr));
-        if (inTrie) trie.count--;
-        if (inTrie || fromSet.has(cidr)) removed++;
-      }
+      const fromTries = removeFromTries(live, prefixes);
+      const removed = prefixes.filter((cidr) => fromTries.has(cidr) || fromSet.has(cidr)).length;
       if (removed === 0) return 0;
       // A trie this process knows to be empty now (an adopted one's count is its capacity).
       const set = emptyBits(live.v4.count, live.v6.count);
