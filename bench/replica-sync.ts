@@ -49,7 +49,7 @@ try {
     appliedRevision: 5n,
     rules: [1, 2].map((priority) => ({ rule: { policy: 'web', priority }, ruleName: `r${priority}`, packets, bytes: packets * 100n, rateLimitedPackets: 0n })),
     interfaces: [{ interface: 'eth0', passedPackets: packets, droppedPackets: 1n, passedBytes: packets * 100n, droppedBytes: 100n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n }],
-    conntrack: [],
+    conntrack: [], blocklists: [],
   });
   const names = Array.from({ length: N }, (_, i) => `sim-${i}`);
   for (const name of names) {

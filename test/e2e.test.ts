@@ -109,3 +109,34 @@ test.serial('e2e - delete restores traffic on every node', async (t) => {
   t.deepEqual(await replies(), [[3, 3], [3, 3], [3, 3]]);
   for (const n of nodes) t.true(n.xdpProgramId() > 0, `${n.name}: the program stays attached with an empty rule set`);
 });
+
+test.serial('e2e - an emergency block drops a source on the selected node only; its drops reach GetNode and edgeplane describe node; unblock lifts it', async (t) => {
+  const cli = (...args: string[]) => run(process.execPath, [CLI_MAIN, ...args, '--server', cp.address, ...cp.cliTlsArgs], { timeout: 20_000 });
+  const source = nodes[1]!.sources[0]!;
+  const made = await cli('block', `${source}/32`, '--for', '10m', '--selector', 'site=fra1', '--reason', 'e2e scanner');
+  const id = /^block (\S+) until/.exec(made.stdout)?.[1];
+  t.truthy(id, made.stdout);
+  await until('the block enforced on e2e-2', async () => (await nodes[1]!.ping(0)) === 0, 20_000, output);
+  t.deepEqual(await replies(), [[3, 3], [0, 3], [3, 3]], 'only the fra1 node drops source 0');
+
+  const blocklist = async (name: string) => (await call(cp.api.fleet, cp.api.fleet.getNode, { name })).blocklists.find((b) => b.role === 'uplink');
+  await until('e2e-2 reports its blocklist drops', async () => ((await blocklist('e2e-2'))?.ipv4DroppedPackets ?? 0n) >= 3n, 15_000, output);
+  const reported = (await blocklist('e2e-2'))!;
+  t.is(reported.ipv4Entries, 1n);
+  t.true(reported.ipv4DroppedBytes >= reported.ipv4DroppedPackets * 28n, `bytes ${reported.ipv4DroppedBytes}`);
+  t.is((await blocklist('e2e-1'))?.ipv4DroppedPackets ?? 0n, 0n, 'an unselected node dropped nothing');
+  t.is((await blocklist('e2e-1'))?.ipv4Entries ?? 0n, 0n, 'an unselected node holds no prefix');
+
+  const { stdout } = await cli('describe', 'node', 'e2e-2');
+  const lines = stdout.split('\n');
+  const header = lines.findIndex((l) => /\bROLE\b.*\bIPV4-PREFIXES\b.*\bDROPPED-IPV4\b/.test(l));
+  t.true(header >= 0 && lines[header - 1] === 'Source blocklist:', stdout);
+  const row = lines[header + 1]!.trim().split(/\s+/);
+  t.is(row[0], 'uplink', stdout);
+  t.is(row[1], '1', stdout);
+  t.true(BigInt(row[3]!) >= 3n, stdout);
+
+  await cli('unblock', id!);
+  await until('the block lifted on e2e-2', async () => (await nodes[1]!.ping(0)) === 3, 20_000, output);
+  await until('e2e-2 reports an empty blocklist', async () => (await blocklist('e2e-2'))?.ipv4Entries === 0n, 15_000, output);
+});

@@ -59,6 +59,7 @@ export {
   connectionStateToJSON,
 } from './edgeplane/v1/connections.js';
 export {
+  BlocklistStatus,
   ConntrackStatus,
   InterfaceCounters,
   LoadBalancerStatus,

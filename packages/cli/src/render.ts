@@ -236,6 +236,16 @@ export function describeNode(d: NodeDescription, now: Date): string {
         ),
       )
     : '  <none reported>\n';
+  out += 'Source blocklist:\n';
+  const blk = d.node.blocklists ?? [];
+  out += blk.length
+    ? indent(
+        renderTable(
+          ['ROLE', 'IPV4-PREFIXES', 'IPV6-PREFIXES', 'DROPPED-IPV4', 'DROPPED-IPV6'],
+          blk.map((b) => [b.role, String(b.ipv4Entries), String(b.ipv6Entries), `${b.ipv4DroppedPackets} pkts/${b.ipv4DroppedBytes} B`, `${b.ipv6DroppedPackets} pkts/${b.ipv6DroppedBytes} B`]),
+        ),
+      )
+    : '  <none reported>\n';
   out += 'Interface counters:\n';
   out += d.node.interfaceCounters.length
     ? indent(renderTable(['INTERFACE', 'PASSED', 'DROPPED', 'DEFAULT-ACTION', 'NON-IP', 'MALFORMED'], d.node.interfaceCounters.map((c) => [c.interface, `${c.passedPackets} pkts/${c.passedBytes} B`, `${c.droppedPackets} pkts/${c.droppedBytes} B`, String(c.defaultActionPackets), String(c.nonIpPackets), String(c.malformedPackets)])))

@@ -125,7 +125,7 @@ async function fakeAgent(name: string, labels: Record<string, string>) {
       send({ message: { $case: 'report', report: { revision, outcome, reason, appliedRevision: applied, time: new Date(), traceContext: undefined, applyDuration: undefined, appliedUnknown: false } } });
     },
     counters(policy: string, priority: number, packets: bigint): void {
-      send({ message: { $case: 'counters', counters: { startTime: undefined, endTime: undefined, appliedRevision: 0n, conntrack: [], loadBalancer: undefined, shadow: undefined, interfaces: [{ interface: 'eth0', passedPackets: 10n, droppedPackets: packets, passedBytes: 1000n, droppedBytes: packets * 60n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n }], rules: [{ rule: { policy, priority }, ruleName: 'block', packets, bytes: packets * 60n, rateLimitedPackets: 0n }] } } });
+      send({ message: { $case: 'counters', counters: { startTime: undefined, endTime: undefined, appliedRevision: 0n, conntrack: [], blocklists: [], loadBalancer: undefined, shadow: undefined, interfaces: [{ interface: 'eth0', passedPackets: 10n, droppedPackets: packets, passedBytes: 1000n, droppedBytes: packets * 60n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n }], rules: [{ rule: { policy, priority }, ruleName: 'block', packets, bytes: packets * 60n, rateLimitedPackets: 0n }] } } });
     },
     close(): void {
       clearInterval(beat);

@@ -90,18 +90,24 @@ export function validateCounterReport(report: CounterReport): FieldViolation[] {
   } else {
     report.interfaces.forEach((c, i) => tooLong(out, `counters.interfaces[${i}].interface`, c.interface, MAX_COUNTER_NAME_LENGTH));
   }
-  // One status per interface role, each once.
-  const roles = new Set<string>();
-  if (report.conntrack.length > 2) out.push({ field: 'counters.conntrack', description: `${report.conntrack.length} entries; at most 2 (one per interface role)`, reason: 'TOO_MANY_ENTRIES' });
-  else {
-    report.conntrack.forEach((c, i) => {
-      if (c.role !== 'uplink' && c.role !== 'workload') out.push({ field: `counters.conntrack[${i}].role`, description: `${quote(c.role)}: uplink or workload`, reason: 'INVALID_ROLE' });
-      else if (roles.has(c.role)) out.push({ field: `counters.conntrack[${i}].role`, description: `${c.role} reported twice`, reason: 'DUPLICATE' });
-      roles.add(c.role);
-    });
-  }
+  perRole(out, 'counters.conntrack', report.conntrack);
+  perRole(out, 'counters.blocklists', report.blocklists);
   if (report.shadow) shadowReport(out, report.shadow);
   return out;
+}
+
+/** The problems of a list of per-role statuses (conntrack, blocklists): one per interface role, each once. */
+function perRole(out: FieldViolation[], field: string, statuses: readonly { role: string }[]): void {
+  if (statuses.length > 2) {
+    out.push({ field, description: `${statuses.length} entries; at most 2 (one per interface role)`, reason: 'TOO_MANY_ENTRIES' });
+    return;
+  }
+  const roles = new Set<string>();
+  statuses.forEach((c, i) => {
+    if (c.role !== 'uplink' && c.role !== 'workload') out.push({ field: `${field}[${i}].role`, description: `${quote(c.role)}: uplink or workload`, reason: 'INVALID_ROLE' });
+    else if (roles.has(c.role)) out.push({ field: `${field}[${i}].role`, description: `${c.role} reported twice`, reason: 'DUPLICATE' });
+    roles.add(c.role);
+  });
 }
 
 /** Characters of an address as text (an IPv6 address with an embedded IPv4 one). */

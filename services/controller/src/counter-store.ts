@@ -1,4 +1,4 @@
-import { MAX_COUNTED_RULES_PER_NODE, MAX_COUNTER_INTERFACES, MAX_COUNTER_MARKS, type ConntrackStatus, type CounterMark, type CounterReport, type InterfaceCounters, type LoadBalancerStatus, type RuleCounters, type ShadowReport } from '@edgeplane/proto';
+import { MAX_COUNTED_RULES_PER_NODE, MAX_COUNTER_INTERFACES, MAX_COUNTER_MARKS, type BlocklistStatus, type ConntrackStatus, type CounterMark, type CounterReport, type InterfaceCounters, type LoadBalancerStatus, type RuleCounters, type ShadowReport } from '@edgeplane/proto';
 
 /** A node's newest shadow counters (ShadowReport), and when this controller first heard it shadow that candidate. */
 export interface NodeShadow {
@@ -52,6 +52,8 @@ export class CounterStore {
   #interfaces = new Map<string, Map<string, InterfaceCounters>>();
   /** The newest conntrack status per node and role (levels and totals: replaced, not summed). */
   #conntrack = new Map<string, Map<string, ConntrackStatus>>();
+  /** The newest source-blocklist status per node and role (levels and totals: replaced, not summed). */
+  #blocklists = new Map<string, Map<string, BlocklistStatus>>();
   /** The newest load-balancer counters per node (totals: replaced, not summed). */
   #lb = new Map<string, LoadBalancerStatus>();
   /** The newest shadow counters per node (totals since its candidate was installed: replaced, not summed). */
@@ -144,6 +146,12 @@ export class CounterStore {
       // Validated upstream: at most one entry per role, so at most two per node.
       for (const c of report.conntrack) ct.set(c.role, { ...c });
     }
+    if (report.blocklists.length > 0) {
+      let blk = this.#blocklists.get(node);
+      if (!blk) this.#blocklists.set(node, (blk = new Map()));
+      // Validated upstream as conntrack is: at most one entry per role.
+      for (const b of report.blocklists) blk.set(b.role, { ...b });
+    }
     let rules = this.#rules.get(node);
     if (!rules) this.#rules.set(node, (rules = new Map()));
     for (const c of report.rules) {
@@ -189,12 +197,12 @@ export class CounterStore {
    * Replaces one node's totals with another replica's (its agent is connected there): what
    * `add` would hold after summing the same reports, kept within the same per-node bounds.
    */
-  replace(node: string, totals: { rules: RuleCounters[]; interfaces: InterfaceCounters[]; conntrack: ConntrackStatus[]; loadBalancer?: LoadBalancerStatus | undefined; shadow?: ShadowReport | undefined; counterMarks?: CounterMark[] }): void {
+  replace(node: string, totals: { rules: RuleCounters[]; interfaces: InterfaceCounters[]; conntrack: ConntrackStatus[]; blocklists?: BlocklistStatus[]; loadBalancer?: LoadBalancerStatus | undefined; shadow?: ShadowReport | undefined; counterMarks?: CounterMark[] }): void {
     const shadow = this.#shadow.get(node);
     this.forget(node);
     // The shadow's `since` is when this replica first heard the candidate: kept across replaces.
     if (shadow) this.#shadow.set(node, shadow);
-    this.#add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, rules: totals.rules, interfaces: totals.interfaces, conntrack: totals.conntrack, loadBalancer: totals.loadBalancer, shadow: totals.shadow }, new Date());
+    this.#add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, rules: totals.rules, interfaces: totals.interfaces, conntrack: totals.conntrack, blocklists: totals.blocklists ?? [], loadBalancer: totals.loadBalancer, shadow: totals.shadow }, new Date());
     if (totals.counterMarks?.length) this.#marks.set(node, totals.counterMarks.slice(-MAX_COUNTER_MARKS).map((m) => ({ ...m })));
     this.#told(node);
   }
@@ -216,6 +224,7 @@ export class CounterStore {
     this.#marks.delete(node);
     this.#interfaces.delete(node);
     this.#conntrack.delete(node);
+    this.#blocklists.delete(node);
     this.#lb.delete(node);
     this.#shadow.delete(node);
   }
@@ -257,6 +266,11 @@ export class CounterStore {
     return [...(this.#conntrack.get(node)?.values() ?? [])].sort((a, b) => (a.role < b.role ? -1 : 1));
   }
 
+  /** One node's newest source-blocklist status per interface role, sorted by role. */
+  nodeBlocklists(node: string): BlocklistStatus[] {
+    return [...(this.#blocklists.get(node)?.values() ?? [])].sort((a, b) => (a.role < b.role ? -1 : 1));
+  }
+
   /** One node's newest load-balancer counters (a copy), or undefined when it reported none. */
   nodeLoadBalancer(node: string): LoadBalancerStatus | undefined {
     const lb = this.#lb.get(node);
@@ -277,6 +291,6 @@ export class CounterStore {
 
   /** Nodes that reported anything. */
   nodes(): string[] {
-    return [...new Set([...this.#rules.keys(), ...this.#interfaces.keys(), ...this.#conntrack.keys(), ...this.#lb.keys()])];
+    return [...new Set([...this.#rules.keys(), ...this.#interfaces.keys(), ...this.#conntrack.keys(), ...this.#blocklists.keys(), ...this.#lb.keys()])];
   }
 }

@@ -117,7 +117,7 @@ export class FleetApi {
   getNode(req: GetNodeRequest): GetNodeResponse {
     const node = this.#registry.get(req.name);
     if (!node) throw new NotFoundError(`node ${req.name} not found`);
-    return { node, counters: this.#counters.nodeRules(node.name), interfaceCounters: this.#counters.nodeInterfaces(node.name), conntrack: this.#counters.nodeConntrack(node.name), loadBalancer: this.#counters.nodeLoadBalancer(node.name) };
+    return { node, counters: this.#counters.nodeRules(node.name), interfaceCounters: this.#counters.nodeInterfaces(node.name), conntrack: this.#counters.nodeConntrack(node.name), loadBalancer: this.#counters.nodeLoadBalancer(node.name), blocklists: this.#counters.nodeBlocklists(node.name) };
   }
 
   /**

@@ -16,6 +16,8 @@ export const FLEET_METRICS = {
   ctEntries: { name: 'edgeplane_conntrack_entries', kind: 'gauge', description: "Live entries of each node's connection tables, per interface role and table (new, established)" },
   ctCapacity: { name: 'edgeplane_conntrack_capacity', kind: 'gauge', description: "Capacity of each node's connection tables, per interface role and table" },
   ctEvents: { name: 'edgeplane_conntrack_events', kind: 'counter', description: 'Connection-table events per node and role: entries created, promoted, insert_failed (established table full), expired, cut; packets passed by established, related, control' },
+  blkEntries: { name: 'edgeplane_blocklist_entries', kind: 'gauge', description: "Prefixes each node's source blocklist holds (deny-source lists and blocks), per interface role and address family" },
+  blkDropped: { name: 'edgeplane_blocklist_dropped_packets', kind: 'counter', description: "Packets each node's source blocklist dropped, per interface role and address family" },
   lbPackets: {
     name: 'edgeplane_lb_packets',
     kind: 'counter',
@@ -33,7 +35,8 @@ export function prometheusMetricNames(): string[] {
  * rule packets and bytes summed over the fleet, per-node interface packets, node counts, the
  * intent revision, and per node and role the connection tables' occupancy and capacity
  * (`table` new|established) and events (`event` created, promoted, insert_failed, expired, cut,
- * established, related, control), and per node the load balancer's packets (`event` selected,
+ * established, related, control), per node, role and `family` (ipv4, ipv6) the source
+ * blocklist's prefixes and drops, and per node the load balancer's packets (`event` selected,
  * no_backend, reverse_nat, orphaned, encapsulated, snat_failed, too_big).
  */
 export function registerFleetMetrics(meter: Meter, sources: { counters: CounterStore; registry: NodeRegistry; revision: () => bigint }): void {
@@ -48,6 +51,8 @@ export function registerFleetMetrics(meter: Meter, sources: { counters: CounterS
   const ctEntries = gauge(FLEET_METRICS.ctEntries);
   const ctCapacity = gauge(FLEET_METRICS.ctCapacity);
   const ctEvents = counter(FLEET_METRICS.ctEvents);
+  const blkEntries = gauge(FLEET_METRICS.blkEntries);
+  const blkDropped = counter(FLEET_METRICS.blkDropped);
   const lbPackets = counter(FLEET_METRICS.lbPackets);
   meter.addBatchObservableCallback(
     (r) => {
@@ -83,6 +88,14 @@ export function registerFleetMetrics(meter: Meter, sources: { counters: CounterS
         }
       }
       for (const node of sources.counters.nodes()) {
+        for (const b of sources.counters.nodeBlocklists(node)) {
+          r.observe(blkEntries, Number(b.ipv4Entries), { node, role: b.role, family: 'ipv4' });
+          r.observe(blkEntries, Number(b.ipv6Entries), { node, role: b.role, family: 'ipv6' });
+          r.observe(blkDropped, Number(b.ipv4DroppedPackets), { node, role: b.role, family: 'ipv4' });
+          r.observe(blkDropped, Number(b.ipv6DroppedPackets), { node, role: b.role, family: 'ipv6' });
+        }
+      }
+      for (const node of sources.counters.nodes()) {
         const lb = sources.counters.nodeLoadBalancer(node);
         if (!lb) continue;
         const events: [string, bigint][] = [
@@ -103,6 +116,6 @@ export function registerFleetMetrics(meter: Meter, sources: { counters: CounterS
       for (const n of all) r.observe(applied, Number(n.status?.appliedRevision ?? 0n), { node: n.name });
       r.observe(revision, Number(sources.revision()));
     },
-    [rulePackets, ruleBytes, ifacePackets, nodes, revision, applied, ctEntries, ctCapacity, ctEvents, lbPackets],
+    [rulePackets, ruleBytes, ifacePackets, nodes, revision, applied, ctEntries, ctCapacity, ctEvents, blkEntries, blkDropped, lbPackets],
   );
 }

@@ -250,6 +250,7 @@ export class ReplicaFleetSync {
       rules: this.#counters.nodeRules(name),
       interfaces: this.#counters.nodeInterfaces(name),
       conntrack: this.#counters.nodeConntrack(name),
+      blocklists: this.#counters.nodeBlocklists(name),
       loadBalancer: this.#counters.nodeLoadBalancer(name),
       shadow: this.#counters.nodeShadow(name)?.report,
       counterMarks: this.#counters.nodeMarks(name),

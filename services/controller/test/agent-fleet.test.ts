@@ -55,7 +55,7 @@ test.serial('AgentService - hello gets a welcome with the signing key; ACK, NACK
   t.is(node.status?.appliedRevision, applied.revision, 'a NACK keeps the previous revision');
 
   for (let i = 0; i < 3; i++) {
-    agent.send({ message: { $case: 'counters', counters: { startTime: undefined, endTime: undefined, appliedRevision: applied.revision, conntrack: [], loadBalancer: undefined, shadow: undefined, interfaces: [{ interface: 'eth0', passedPackets: 10n, droppedPackets: 5n, passedBytes: 1000n, droppedBytes: 500n, defaultActionPackets: 1n, nonIpPackets: 0n, malformedPackets: 0n }], rules: [{ rule: { policy: 'fleet-p', priority: 1 }, ruleName: '', packets: 5n, bytes: 500n, rateLimitedPackets: 0n }] } } });
+    agent.send({ message: { $case: 'counters', counters: { startTime: undefined, endTime: undefined, appliedRevision: applied.revision, conntrack: [], blocklists: [], loadBalancer: undefined, shadow: undefined, interfaces: [{ interface: 'eth0', passedPackets: 10n, droppedPackets: 5n, passedBytes: 1000n, droppedBytes: 500n, defaultActionPackets: 1n, nonIpPackets: 0n, malformedPackets: 0n }], rules: [{ rule: { policy: 'fleet-p', priority: 1 }, ruleName: '', packets: 5n, bytes: 500n, rateLimitedPackets: 0n }] } } });
   }
   await until(async () => (await call(c.fleet, c.fleet.getPolicyCounters, { policy: 'fleet-p', nodeLabelSelector: '', perNode: true })).fleet[0]?.packets === 15n);
   const counters = await call(c.fleet, c.fleet.getPolicyCounters, { policy: 'fleet-p', nodeLabelSelector: '', perNode: true });

@@ -170,7 +170,7 @@ test.serial('AgentService - counter reports with too many entries or overlong na
   for (const [i, rules] of reports.entries()) {
     const s = connect();
     s.send(hello(`counting-${i}`));
-    s.send({ message: { $case: 'counters', counters: { startTime: undefined, endTime: undefined, rules, interfaces: [], appliedRevision: 0n, conntrack: [], loadBalancer: undefined, shadow: undefined } } });
+    s.send({ message: { $case: 'counters', counters: { startTime: undefined, endTime: undefined, rules, interfaces: [], appliedRevision: 0n, conntrack: [], blocklists: [], loadBalancer: undefined, shadow: undefined } } });
     const err = await s.ended;
     s.close();
     t.is(err?.code, grpc.status.INVALID_ARGUMENT, err?.details);
@@ -192,10 +192,10 @@ test('CounterStore - a node inventing rule keys report after report is held to M
   const store = new CounterStore();
   const rules = (from: number) => Array.from({ length: 8192 }, (_, i) => ({ rule: { policy: 'p', priority: from + i }, ruleName: '', packets: 1n, bytes: 1n, rateLimitedPackets: 0n }));
   const reports = Math.ceil(MAX_COUNTED_RULES_PER_NODE / 8192) + 2;
-  for (let r = 0; r < reports; r++) store.add('n', { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: rules(r * 8192), interfaces: [], appliedRevision: 0n, conntrack: [] });
+  for (let r = 0; r < reports; r++) store.add('n', { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: rules(r * 8192), interfaces: [], appliedRevision: 0n, conntrack: [], blocklists: [] });
   t.is(store.nodeRules('n').length, MAX_COUNTED_RULES_PER_NODE);
   t.is(store.dropped, reports * 8192 - MAX_COUNTED_RULES_PER_NODE);
   // Known keys still count.
-  store.add('n', { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: rules(0).slice(0, 1), interfaces: [], appliedRevision: 0n, conntrack: [] });
+  store.add('n', { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: rules(0).slice(0, 1), interfaces: [], appliedRevision: 0n, conntrack: [], blocklists: [] });
   t.is(store.nodeRules('n')[0]!.packets, 2n);
 });

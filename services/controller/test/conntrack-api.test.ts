@@ -202,7 +202,7 @@ test('conntrack status - a counter report reaches GetNode and Prometheus; a repo
   const { s } = await connectedNode(name, () => undefined);
   t.teardown(() => s.close());
   const status = { role: 'uplink', entries: 12n, capacity: 262144n, newEntries: 3n, newCapacity: 65536n, establishedPackets: 900n, relatedPackets: 1n, created: 15n, promoted: 12n, insertFailed: 4n, expired: 2n, cut: 1n, controlPackets: 77n };
-  s.send({ message: { $case: 'counters', counters: { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [status] } } });
+  s.send({ message: { $case: 'counters', counters: { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [status], blocklists: [] } } });
   let got;
   for (let i = 0; i < 50 && !got?.conntrack.length; i++) {
     got = await call(viewer.fleet, viewer.fleet.getNode, { name });
@@ -214,14 +214,45 @@ test('conntrack status - a counter report reaches GetNode and Prometheus; a repo
   t.regex(body, /edgeplane_conntrack_capacity\{[^}]*node="ct-7"[^}]*table="new"[^}]*\} 65536/);
   t.regex(body, /edgeplane_conntrack_events_total\{node="ct-7",role="uplink",event="insert_failed"[^}]*\} 4/);
   // A later report replaces the levels (they are not summed).
-  s.send({ message: { $case: 'counters', counters: { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [{ ...status, entries: 5n }] } } });
+  s.send({ message: { $case: 'counters', counters: { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [{ ...status, entries: 5n }], blocklists: [] } } });
   for (let i = 0; i < 50 && got?.conntrack[0]?.entries !== 5n; i++) {
     await new Promise((r) => setTimeout(r, 100));
     got = await call(viewer.fleet, viewer.fleet.getNode, { name });
   }
   t.is(got?.conntrack[0]?.entries, 5n);
-  s.send({ message: { $case: 'counters', counters: { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [{ ...status, role: 'sideways' }] } } });
+  s.send({ message: { $case: 'counters', counters: { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [{ ...status, role: 'sideways' }], blocklists: [] } } });
   t.is((await s.end())?.code, grpc.status.INVALID_ARGUMENT);
   got = await call(viewer.fleet, viewer.fleet.getNode, { name });
   t.is(got.conntrack[0]?.role, 'uplink', 'nothing of the bad report was kept');
+});
+
+test('blocklist status - a counter report reaches GetNode and Prometheus; later reports replace it; a duplicate role is refused', async (t) => {
+  const name = 'blk-1';
+  certs.set(name, await enroll(anon, await createToken(admin), name));
+  const { s } = await connectedNode(name, () => undefined);
+  t.teardown(() => s.close());
+  const status = { role: 'uplink', ipv4Entries: 1000000n, ipv6Entries: 2n, ipv4DroppedPackets: 41n, ipv4DroppedBytes: 4100n, ipv6DroppedPackets: 3n, ipv6DroppedBytes: 360n };
+  const report = (blocklists: (typeof status)[]) => ({ message: { $case: 'counters' as const, counters: { startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [], blocklists } } });
+  s.send(report([status]));
+  let got;
+  for (let i = 0; i < 50 && !got?.blocklists.length; i++) {
+    got = await call(viewer.fleet, viewer.fleet.getNode, { name });
+    if (!got.blocklists.length) await new Promise((r) => setTimeout(r, 100));
+  }
+  t.deepEqual(got?.blocklists, [status]);
+  const body = await (await fetch(env.controller.prometheusUrl!)).text();
+  t.regex(body, /edgeplane_blocklist_entries\{[^}]*node="blk-1"[^}]*role="uplink"[^}]*family="ipv4"[^}]*\} 1000000/);
+  t.regex(body, /edgeplane_blocklist_dropped_packets_total\{[^}]*node="blk-1"[^}]*role="uplink"[^}]*family="ipv6"[^}]*\} 3/);
+  // A later report replaces the totals (they are not summed); a role it does not name stays.
+  s.send(report([{ ...status, role: 'workload', ipv4Entries: 0n, ipv4DroppedPackets: 0n }]));
+  s.send(report([{ ...status, ipv4DroppedPackets: 50n }]));
+  for (let i = 0; i < 50 && got?.blocklists.find((b) => b.role === 'uplink')?.ipv4DroppedPackets !== 50n; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    got = await call(viewer.fleet, viewer.fleet.getNode, { name });
+  }
+  t.deepEqual(got?.blocklists.map((b) => [b.role, b.ipv4DroppedPackets]), [['uplink', 50n], ['workload', 0n]]);
+  s.send(report([status, status]));
+  t.is((await s.end())?.code, grpc.status.INVALID_ARGUMENT);
+  got = await call(viewer.fleet, viewer.fleet.getNode, { name });
+  t.is(got.blocklists.find((b) => b.role === 'uplink')?.ipv4DroppedPackets, 50n, 'nothing of the bad report was kept');
 });

@@ -8,7 +8,7 @@ const report = (appliedRevision: bigint, packets: bigint, dropped: bigint): Coun
   startTime: undefined,
   endTime: undefined,
   appliedRevision,
-  conntrack: [],
+  conntrack: [], blocklists: [],
   loadBalancer: undefined,
   shadow: undefined,
   rules: [],
@@ -35,7 +35,7 @@ test('counter store - another replica\'s totals bring their marks; marks are bou
   t.is(a.nodeMarks('n').length, MAX_COUNTER_MARKS);
   t.is(a.nodeMarks('n')[0]?.revision, 5n, 'the oldest marks go first');
   const b = new CounterStore();
-  b.replace('n', { rules: a.nodeRules('n'), interfaces: a.nodeInterfaces('n'), conntrack: [], counterMarks: a.nodeMarks('n') });
+  b.replace('n', { rules: a.nodeRules('n'), interfaces: a.nodeInterfaces('n'), conntrack: [], blocklists: [], counterMarks: a.nodeMarks('n') });
   t.deepEqual(b.since('n', 10n), a.since('n', 10n));
   b.forget('n');
   t.is(b.since('n', 10n), undefined);

@@ -96,7 +96,7 @@ test('NodeRegistry - closing twice is safe; after close changes are told at once
 
 test('CounterStore - fleet totals follow deltas, a replaced node\'s totals and a forgotten node, without walking the nodes', (t) => {
   const store = new CounterStore();
-  const report = (policy: string, packets: bigint) => ({ startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, appliedRevision: 1n, interfaces: [], conntrack: [], rules: [{ rule: { policy, priority: 1 }, ruleName: 'r', packets, bytes: packets * 10n, rateLimitedPackets: 0n }] });
+  const report = (policy: string, packets: bigint) => ({ startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, appliedRevision: 1n, interfaces: [], conntrack: [], blocklists: [], rules: [{ rule: { policy, priority: 1 }, ruleName: 'r', packets, bytes: packets * 10n, rateLimitedPackets: 0n }] });
   store.add('a', report('p', 5n));
   store.add('b', report('p', 7n));
   store.add('b', report('q', 1n));

@@ -46,7 +46,7 @@ async function until(what: string, pred: () => boolean, ms = 20_000): Promise<vo
 }
 
 const hello = (name: string): AgentHello => AgentHello.fromPartial({ nodeName: name, labels: { role: 'edge' }, receivedRevision: 3n, appliedRevision: 3n });
-const counters = (packets: bigint): CounterReport => ({ startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, appliedRevision: 3n, rules: [{ rule: { policy: 'p', priority: 1 }, ruleName: 'r', packets, bytes: packets * 100n, rateLimitedPackets: 0n }], interfaces: [], conntrack: [] });
+const counters = (packets: bigint): CounterReport => ({ startTime: undefined, loadBalancer: undefined, shadow: undefined, endTime: undefined, appliedRevision: 3n, rules: [{ rule: { policy: 'p', priority: 1 }, ruleName: 'r', packets, bytes: packets * 100n, rateLimitedPackets: 0n }], interfaces: [], conntrack: [], blocklists: [] });
 
 test.serial('replica fleet sync - another replica sees a node\'s status, last outcome, counters and backend health, and keeps its status when the replica falls silent', async (t) => {
   const a = await replica(t, 'a');
@@ -64,10 +64,12 @@ test.serial('replica fleet sync - another replica sees a node\'s status, last ou
   const events: string[] = [];
   await b.registry.flush(); // the hello's event, told on b's tick, is not what this checks
   b.registry.watch((e) => void events.push(e.node?.name ?? ''));
-  a.counters.add('edge-1', counters(1n));
+  const blocklist = { role: 'uplink', ipv4Entries: 10n, ipv6Entries: 0n, ipv4DroppedPackets: 9n, ipv4DroppedBytes: 900n, ipv6DroppedPackets: 0n, ipv6DroppedBytes: 0n };
+  a.counters.add('edge-1', { ...counters(1n), blocklists: [blocklist] });
   a.sync.changed('edge-1', false);
   await until('the counters at b', () => b.counters.nodeRules('edge-1')[0]?.packets === 6n);
   t.deepEqual(events, []);
+  t.deepEqual(b.counters.nodeBlocklists('edge-1'), [blocklist], 'the blocklist status travels with the counters');
 
   a.registry.report('edge-1', RevisionReport.fromPartial({ revision: 4n, outcome: RevisionOutcome.REVISION_OUTCOME_NACK, reason: 'bad map', appliedRevision: 3n }));
   a.counters.add('edge-1', counters(1n));

@@ -47,7 +47,7 @@ const counters = (a: Agent, appliedRevision: bigint, packets: bigint, dropped: b
   a.send({
     message: {
       $case: 'counters',
-      counters: { startTime: undefined, endTime: undefined, appliedRevision, conntrack: [], loadBalancer: undefined, shadow: undefined, rules: [], interfaces: [{ interface: 'uplink', passedPackets: packets - dropped, droppedPackets: dropped, passedBytes: 0n, droppedBytes: 0n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n }] },
+      counters: { startTime: undefined, endTime: undefined, appliedRevision, conntrack: [], blocklists: [], loadBalancer: undefined, shadow: undefined, rules: [], interfaces: [{ interface: 'uplink', passedPackets: packets - dropped, droppedPackets: dropped, passedBytes: 0n, droppedBytes: 0n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n }] },
     },
   });
 

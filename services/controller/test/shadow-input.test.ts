@@ -6,7 +6,7 @@ import { CounterStore } from '../src/counter-store.js';
 
 const flow = (port: number): ShadowFlow => ({ node: '', family: 4, protocol: 6, source: '198.18.0.1', destination: '10.0.0.1', port, verdict: ShadowVerdict.SHADOW_VERDICT_WOULD_DROP, enforcedRule: undefined, candidateRule: { policy: 'web', priority: 1 }, candidateRuleName: 'deny' });
 const shadow = (s: Partial<ShadowReport> = {}): ShadowReport => ({ node: 'n1', candidate: 'web@7', classified: 10n, wouldDrop: 4n, wouldAllow: 1n, defaultActionPackets: 6n, rules: [], samples: [flow(80)], ...s });
-const report = (s: ShadowReport | undefined): CounterReport => ({ startTime: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [], loadBalancer: undefined, shadow: s });
+const report = (s: ShadowReport | undefined): CounterReport => ({ startTime: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [], blocklists: [], loadBalancer: undefined, shadow: s });
 const fields = (s: ShadowReport): string[] => validateCounterReport(report(s)).map((v) => `${v.field} ${v.reason}`);
 
 test('validateCounterReport - a shadow report: a node name, a bounded candidate, differing packets within those classified, bounded samples', (t) => {
@@ -28,7 +28,7 @@ test('CounterStore - keeps each node\'s newest shadow report, since when it firs
   t.is(store.nodeShadow('n1')?.report.classified, 20n, 'a report without shadow counters keeps the last ones');
   store.add('n1', report(shadow({ candidate: 'web@9' })), new Date(4000));
   t.is(store.nodeShadow('n1')?.since.getTime(), 4000, 'a new candidate: since now');
-  store.replace('n1', { rules: [], interfaces: [], conntrack: [], shadow: shadow({ candidate: 'web@9', classified: 30n }) });
+  store.replace('n1', { rules: [], interfaces: [], conntrack: [], blocklists: [], shadow: shadow({ candidate: 'web@9', classified: 30n }) });
   t.deepEqual([store.nodeShadow('n1')?.report.classified, store.nodeShadow('n1')?.since.getTime()], [30n, 4000], 'another replica\'s totals keep when this one first heard the candidate');
   store.forget('n1');
   t.is(store.nodeShadow('n1'), undefined);

@@ -56,5 +56,5 @@ test('grafana - the dashboard under deploy/ reads only metrics the controller ex
       used.add(name);
     }
   }
-  for (const name of ['edgeplane_nodes', 'edgeplane_node_applied_revision', 'edgeplane_interface_packets_total', 'edgeplane_rule_packets_total', 'edgeplane_conntrack_entries', 'edgeplane_lb_packets_total']) t.true(used.has(name), `the dashboard shows ${name}`);
+  for (const name of ['edgeplane_nodes', 'edgeplane_node_applied_revision', 'edgeplane_interface_packets_total', 'edgeplane_rule_packets_total', 'edgeplane_conntrack_entries', 'edgeplane_lb_packets_total', 'edgeplane_blocklist_dropped_packets_total']) t.true(used.has(name), `the dashboard shows ${name}`);
 });

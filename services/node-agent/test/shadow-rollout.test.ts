@@ -214,7 +214,7 @@ test.serial('shadow wave - shadow counters a node sends for another node are ref
         const forged: ConnectRequest = {
           message: {
             $case: 'counters',
-            counters: { startTime: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [], loadBalancer: undefined, shadow: { node, candidate, classified: 1000n, wouldDrop: 900n, wouldAllow: 0n, defaultActionPackets: 0n, rules: [], samples: [] } },
+            counters: { startTime: undefined, endTime: undefined, rules: [], interfaces: [], appliedRevision: 0n, conntrack: [], blocklists: [], loadBalancer: undefined, shadow: { node, candidate, classified: 1000n, wouldDrop: 900n, wouldAllow: 0n, defaultActionPackets: 0n, rules: [], samples: [] } },
           },
         };
         stream.write(forged);

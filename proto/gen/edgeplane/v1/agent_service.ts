@@ -20,7 +20,14 @@ import {
 import { Duration } from "../../google/protobuf/duration.js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Connection, ConnectionFilter } from "./connections.js";
-import { ConntrackStatus, InterfaceCounters, LoadBalancerStatus, RuleCounters, ShadowReport } from "./counters.js";
+import {
+  BlocklistStatus,
+  ConntrackStatus,
+  InterfaceCounters,
+  LoadBalancerStatus,
+  RuleCounters,
+  ShadowReport,
+} from "./counters.js";
 import {
   NodeCondition,
   NodeInfo,
@@ -165,7 +172,14 @@ export interface CounterReport {
    * The node's shadow candidate's counters (totals since it was installed), when it holds one
    * and they changed since the last report (issue 18: shadow waves).
    */
-  shadow: ShadowReport | undefined;
+  shadow:
+    | ShadowReport
+    | undefined;
+  /**
+   * The source blocklist of each role, as it is now (sent when it changed; absent on a
+   * datapath without one).
+   */
+  blocklists: BlocklistStatus[];
 }
 
 /**
@@ -1562,6 +1576,7 @@ function createBaseCounterReport(): CounterReport {
     conntrack: [],
     loadBalancer: undefined,
     shadow: undefined,
+    blocklists: [],
   };
 }
 
@@ -1593,6 +1608,9 @@ export const CounterReport: MessageFns<CounterReport> = {
     }
     if (message.shadow !== undefined) {
       ShadowReport.encode(message.shadow, writer.uint32(66).fork()).join();
+    }
+    for (const v of message.blocklists) {
+      BlocklistStatus.encode(v!, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -1674,6 +1692,14 @@ export const CounterReport: MessageFns<CounterReport> = {
             message.shadow = ShadowReport.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.blocklists.push(BlocklistStatus.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1716,6 +1742,9 @@ export const CounterReport: MessageFns<CounterReport> = {
         ? LoadBalancerStatus.fromJSON(object.load_balancer)
         : undefined,
       shadow: isSet(object.shadow) ? ShadowReport.fromJSON(object.shadow) : undefined,
+      blocklists: globalThis.Array.isArray(object?.blocklists)
+        ? object.blocklists.map((e: any) => BlocklistStatus.fromJSON(e))
+        : [],
     };
   },
 
@@ -1745,6 +1774,9 @@ export const CounterReport: MessageFns<CounterReport> = {
     if (message.shadow !== undefined) {
       obj.shadow = ShadowReport.toJSON(message.shadow);
     }
+    if (message.blocklists?.length) {
+      obj.blocklists = message.blocklists.map((e) => BlocklistStatus.toJSON(e));
+    }
     return obj;
   },
 
@@ -1767,6 +1799,7 @@ export const CounterReport: MessageFns<CounterReport> = {
     message.shadow = (object.shadow !== undefined && object.shadow !== null)
       ? ShadowReport.fromPartial(object.shadow)
       : undefined;
+    message.blocklists = object.blocklists?.map((e) => BlocklistStatus.fromPartial(e)) || [];
     return message;
   },
 };

@@ -126,6 +126,25 @@ export interface ConntrackStatus {
 }
 
 /**
+ * BlocklistStatus is one interface role's source blocklist on a node (deny-source prefix lists
+ * and emergency blocks), as read when the report was made: the prefixes it holds now and what it
+ * dropped since its tables were created (totals, not deltas: the controller keeps the newest
+ * report).
+ */
+export interface BlocklistStatus {
+  /** "uplink" or "workload": each role's datapath has its own blocklist. */
+  role: string;
+  /** Prefixes held, per address family (unexpired blocks included until the agent drops them). */
+  ipv4Entries: bigint;
+  ipv6Entries: bigint;
+  /** Packets and bytes dropped because their source was in the blocklist, per address family. */
+  ipv4DroppedPackets: bigint;
+  ipv4DroppedBytes: bigint;
+  ipv6DroppedPackets: bigint;
+  ipv6DroppedBytes: bigint;
+}
+
+/**
  * LoadBalancerStatus is what a node's load balancer (its uplink datapath's services) counted, in
  * packets, since its tables were created (totals, not deltas: the controller keeps the newest
  * report). The datapath counts per node, not per service (bpf/LB.md).
@@ -1036,6 +1055,233 @@ export const ConntrackStatus: MessageFns<ConntrackStatus> = {
     message.cut = (object.cut !== undefined && object.cut !== null) ? BigInt(object.cut) : 0n;
     message.controlPackets = (object.controlPackets !== undefined && object.controlPackets !== null)
       ? BigInt(object.controlPackets)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseBlocklistStatus(): BlocklistStatus {
+  return {
+    role: "",
+    ipv4Entries: 0n,
+    ipv6Entries: 0n,
+    ipv4DroppedPackets: 0n,
+    ipv4DroppedBytes: 0n,
+    ipv6DroppedPackets: 0n,
+    ipv6DroppedBytes: 0n,
+  };
+}
+
+export const BlocklistStatus: MessageFns<BlocklistStatus> = {
+  encode(message: BlocklistStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.role !== "") {
+      writer.uint32(10).string(message.role);
+    }
+    if (message.ipv4Entries !== 0n) {
+      if (BigInt.asUintN(64, message.ipv4Entries) !== message.ipv4Entries) {
+        throw new globalThis.Error("value provided for field message.ipv4Entries of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.ipv4Entries);
+    }
+    if (message.ipv6Entries !== 0n) {
+      if (BigInt.asUintN(64, message.ipv6Entries) !== message.ipv6Entries) {
+        throw new globalThis.Error("value provided for field message.ipv6Entries of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.ipv6Entries);
+    }
+    if (message.ipv4DroppedPackets !== 0n) {
+      if (BigInt.asUintN(64, message.ipv4DroppedPackets) !== message.ipv4DroppedPackets) {
+        throw new globalThis.Error("value provided for field message.ipv4DroppedPackets of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.ipv4DroppedPackets);
+    }
+    if (message.ipv4DroppedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.ipv4DroppedBytes) !== message.ipv4DroppedBytes) {
+        throw new globalThis.Error("value provided for field message.ipv4DroppedBytes of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.ipv4DroppedBytes);
+    }
+    if (message.ipv6DroppedPackets !== 0n) {
+      if (BigInt.asUintN(64, message.ipv6DroppedPackets) !== message.ipv6DroppedPackets) {
+        throw new globalThis.Error("value provided for field message.ipv6DroppedPackets of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.ipv6DroppedPackets);
+    }
+    if (message.ipv6DroppedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.ipv6DroppedBytes) !== message.ipv6DroppedBytes) {
+        throw new globalThis.Error("value provided for field message.ipv6DroppedBytes of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.ipv6DroppedBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BlocklistStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBlocklistStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.ipv4Entries = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ipv6Entries = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.ipv4DroppedPackets = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.ipv4DroppedBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.ipv6DroppedPackets = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.ipv6DroppedBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BlocklistStatus {
+    return {
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+      ipv4Entries: isSet(object.ipv4Entries)
+        ? BigInt(object.ipv4Entries)
+        : isSet(object.ipv4_entries)
+        ? BigInt(object.ipv4_entries)
+        : 0n,
+      ipv6Entries: isSet(object.ipv6Entries)
+        ? BigInt(object.ipv6Entries)
+        : isSet(object.ipv6_entries)
+        ? BigInt(object.ipv6_entries)
+        : 0n,
+      ipv4DroppedPackets: isSet(object.ipv4DroppedPackets)
+        ? BigInt(object.ipv4DroppedPackets)
+        : isSet(object.ipv4_dropped_packets)
+        ? BigInt(object.ipv4_dropped_packets)
+        : 0n,
+      ipv4DroppedBytes: isSet(object.ipv4DroppedBytes)
+        ? BigInt(object.ipv4DroppedBytes)
+        : isSet(object.ipv4_dropped_bytes)
+        ? BigInt(object.ipv4_dropped_bytes)
+        : 0n,
+      ipv6DroppedPackets: isSet(object.ipv6DroppedPackets)
+        ? BigInt(object.ipv6DroppedPackets)
+        : isSet(object.ipv6_dropped_packets)
+        ? BigInt(object.ipv6_dropped_packets)
+        : 0n,
+      ipv6DroppedBytes: isSet(object.ipv6DroppedBytes)
+        ? BigInt(object.ipv6DroppedBytes)
+        : isSet(object.ipv6_dropped_bytes)
+        ? BigInt(object.ipv6_dropped_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: BlocklistStatus): unknown {
+    const obj: any = {};
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    if (message.ipv4Entries !== 0n) {
+      obj.ipv4Entries = message.ipv4Entries.toString();
+    }
+    if (message.ipv6Entries !== 0n) {
+      obj.ipv6Entries = message.ipv6Entries.toString();
+    }
+    if (message.ipv4DroppedPackets !== 0n) {
+      obj.ipv4DroppedPackets = message.ipv4DroppedPackets.toString();
+    }
+    if (message.ipv4DroppedBytes !== 0n) {
+      obj.ipv4DroppedBytes = message.ipv4DroppedBytes.toString();
+    }
+    if (message.ipv6DroppedPackets !== 0n) {
+      obj.ipv6DroppedPackets = message.ipv6DroppedPackets.toString();
+    }
+    if (message.ipv6DroppedBytes !== 0n) {
+      obj.ipv6DroppedBytes = message.ipv6DroppedBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BlocklistStatus>, I>>(base?: I): BlocklistStatus {
+    return BlocklistStatus.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BlocklistStatus>, I>>(object: I): BlocklistStatus {
+    const message = createBaseBlocklistStatus();
+    message.role = object.role ?? "";
+    message.ipv4Entries = (object.ipv4Entries !== undefined && object.ipv4Entries !== null)
+      ? BigInt(object.ipv4Entries)
+      : 0n;
+    message.ipv6Entries = (object.ipv6Entries !== undefined && object.ipv6Entries !== null)
+      ? BigInt(object.ipv6Entries)
+      : 0n;
+    message.ipv4DroppedPackets = (object.ipv4DroppedPackets !== undefined && object.ipv4DroppedPackets !== null)
+      ? BigInt(object.ipv4DroppedPackets)
+      : 0n;
+    message.ipv4DroppedBytes = (object.ipv4DroppedBytes !== undefined && object.ipv4DroppedBytes !== null)
+      ? BigInt(object.ipv4DroppedBytes)
+      : 0n;
+    message.ipv6DroppedPackets = (object.ipv6DroppedPackets !== undefined && object.ipv6DroppedPackets !== null)
+      ? BigInt(object.ipv6DroppedPackets)
+      : 0n;
+    message.ipv6DroppedBytes = (object.ipv6DroppedBytes !== undefined && object.ipv6DroppedBytes !== null)
+      ? BigInt(object.ipv6DroppedBytes)
       : 0n;
     return message;
   },

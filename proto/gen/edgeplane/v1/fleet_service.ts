@@ -22,7 +22,7 @@ import {
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Connection, ConnectionFilter } from "./connections.js";
-import { ConntrackStatus, InterfaceCounters, LoadBalancerStatus, RuleCounters } from "./counters.js";
+import { BlocklistStatus, ConntrackStatus, InterfaceCounters, LoadBalancerStatus, RuleCounters } from "./counters.js";
 import { Node, RevisionOutcome, revisionOutcomeFromJSON, revisionOutcomeToJSON } from "./node.js";
 import { RolloutKind, rolloutKindFromJSON, rolloutKindToJSON, RolloutStatus } from "./rollout.js";
 
@@ -206,7 +206,11 @@ export interface GetNodeResponse {
   /** The node's connection tables per interface role, from its newest report. */
   conntrack: ConntrackStatus[];
   /** The node's load-balancer counters, from its newest report (absent: none reported). */
-  loadBalancer: LoadBalancerStatus | undefined;
+  loadBalancer:
+    | LoadBalancerStatus
+    | undefined;
+  /** The node's source blocklist per interface role, from its newest report. */
+  blocklists: BlocklistStatus[];
 }
 
 export interface WatchNodesRequest {
@@ -1830,7 +1834,14 @@ export const GetNodeRequest: MessageFns<GetNodeRequest> = {
 };
 
 function createBaseGetNodeResponse(): GetNodeResponse {
-  return { node: undefined, counters: [], interfaceCounters: [], conntrack: [], loadBalancer: undefined };
+  return {
+    node: undefined,
+    counters: [],
+    interfaceCounters: [],
+    conntrack: [],
+    loadBalancer: undefined,
+    blocklists: [],
+  };
 }
 
 export const GetNodeResponse: MessageFns<GetNodeResponse> = {
@@ -1849,6 +1860,9 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
     }
     if (message.loadBalancer !== undefined) {
       LoadBalancerStatus.encode(message.loadBalancer, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.blocklists) {
+      BlocklistStatus.encode(v!, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -1906,6 +1920,14 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
             message.loadBalancer = LoadBalancerStatus.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.blocklists.push(BlocklistStatus.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1937,6 +1959,9 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
         : isSet(object.load_balancer)
         ? LoadBalancerStatus.fromJSON(object.load_balancer)
         : undefined,
+      blocklists: globalThis.Array.isArray(object?.blocklists)
+        ? object.blocklists.map((e: any) => BlocklistStatus.fromJSON(e))
+        : [],
     };
   },
 
@@ -1957,6 +1982,9 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
     if (message.loadBalancer !== undefined) {
       obj.loadBalancer = LoadBalancerStatus.toJSON(message.loadBalancer);
     }
+    if (message.blocklists?.length) {
+      obj.blocklists = message.blocklists.map((e) => BlocklistStatus.toJSON(e));
+    }
     return obj;
   },
 
@@ -1972,6 +2000,7 @@ export const GetNodeResponse: MessageFns<GetNodeResponse> = {
     message.loadBalancer = (object.loadBalancer !== undefined && object.loadBalancer !== null)
       ? LoadBalancerStatus.fromPartial(object.loadBalancer)
       : undefined;
+    message.blocklists = object.blocklists?.map((e) => BlocklistStatus.fromPartial(e)) || [];
     return message;
   },
 };

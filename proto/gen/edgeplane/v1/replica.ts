@@ -8,7 +8,14 @@
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { BackendVerdict } from "./agent_service.js";
-import { ConntrackStatus, InterfaceCounters, LoadBalancerStatus, RuleCounters, ShadowReport } from "./counters.js";
+import {
+  BlocklistStatus,
+  ConntrackStatus,
+  InterfaceCounters,
+  LoadBalancerStatus,
+  RuleCounters,
+  ShadowReport,
+} from "./counters.js";
 import { Node } from "./node.js";
 
 export const protobufPackage = "edgeplane.v1";
@@ -73,6 +80,8 @@ export interface ReplicaNodeState {
    * the change" from.
    */
   counterMarks: CounterMark[];
+  /** The node's newest source-blocklist status per interface role. */
+  blocklists: BlocklistStatus[];
 }
 
 /**
@@ -264,6 +273,7 @@ function createBaseReplicaNodeState(): ReplicaNodeState {
     loadBalancer: undefined,
     shadow: undefined,
     counterMarks: [],
+    blocklists: [],
   };
 }
 
@@ -295,6 +305,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     }
     for (const v of message.counterMarks) {
       CounterMark.encode(v!, writer.uint32(74).fork()).join();
+    }
+    for (const v of message.blocklists) {
+      BlocklistStatus.encode(v!, writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -384,6 +397,14 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
             message.counterMarks.push(CounterMark.decode(reader, reader.uint32()));
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.blocklists.push(BlocklistStatus.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -427,6 +448,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
         : globalThis.Array.isArray(object?.counter_marks)
         ? object.counter_marks.map((e: any) => CounterMark.fromJSON(e))
         : [],
+      blocklists: globalThis.Array.isArray(object?.blocklists)
+        ? object.blocklists.map((e: any) => BlocklistStatus.fromJSON(e))
+        : [],
     };
   },
 
@@ -459,6 +483,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     if (message.counterMarks?.length) {
       obj.counterMarks = message.counterMarks.map((e) => CounterMark.toJSON(e));
     }
+    if (message.blocklists?.length) {
+      obj.blocklists = message.blocklists.map((e) => BlocklistStatus.toJSON(e));
+    }
     return obj;
   },
 
@@ -480,6 +507,7 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
       ? ShadowReport.fromPartial(object.shadow)
       : undefined;
     message.counterMarks = object.counterMarks?.map((e) => CounterMark.fromPartial(e)) || [];
+    message.blocklists = object.blocklists?.map((e) => BlocklistStatus.fromPartial(e)) || [];
     return message;
   },
 };

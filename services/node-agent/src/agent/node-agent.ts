@@ -7,6 +7,7 @@ import {
   ShadowVerdict,
   sameLabels,
   type ConditionReport,
+  type BlocklistStatus,
   type ConntrackStatus,
   type LoadBalancerStatus,
   type CounterReport,
@@ -28,6 +29,7 @@ import { RollbackError } from '../datapath/errors.js';
 import type { RuleAction, RuleSetSpec } from '../datapath/rule-set.js';
 import { MaglevTableCache, type BackendHealthView, type BackendRouteView, type LbSpec } from '../datapath/service-compile.js';
 import { compileNode, compileNodeServices, compileShadow, type CompiledIntent, type RuleOrigin, type ShadowCandidate } from './compile.js';
+import { blocklistOf, readBlocklistStatus } from './blocklist-metrics.js';
 import { conntrackStatus } from './connection-query.js';
 import type { AppliedState, StateStore } from './state-file.js';
 
@@ -258,6 +260,8 @@ export class NodeAgent {
   #lastConntrack = '';
   /** The load-balancer counters last reported ('' none). */
   #lastLb = '';
+  /** The blocklist status last reported (its fields joined), so an unchanged one is not sent again. */
+  #lastBlocklists = '';
   #occupancyRead: Partial<Record<InterfaceRole, { at: number; value: ConntrackOccupancy; waitMs: number }>> = {};
   #running: Promise<void> | undefined;
   /** The chain to apply next; `force`: apply it even if its revision is not above #applied (another history: a reset or resync). */
@@ -917,6 +921,7 @@ export class NodeAgent {
     const now = new Date();
     const acc: CounterAccumulator = { rules: new Map(), interfaces: [], moved: false };
     const conntrack: ConntrackStatus[] = [];
+    const blocklists: BlocklistStatus[] = [];
     const seen = new Set<Datapath>();
     for (const role of ROLES) {
       const dp = this.#o.datapaths[role];
@@ -929,6 +934,14 @@ export class NodeAgent {
       const capacity = 'conntrackCapacity' in dp ? (dp.conntrackCapacity as ConntrackOccupancy) : undefined;
       const occupancy = capacity ? this.#occupancy(role, dp, now.getTime()) : undefined;
       if (occupancy) conntrack.push(conntrackStatus(role, current.conntrack, occupancy, capacity));
+      const blocklist = blocklistOf(dp);
+      if (blocklist) {
+        try {
+          blocklists.push(readBlocklistStatus(role, blocklist));
+        } catch (err) {
+          this.#o.log('warn', 'read blocklist counters', { role, error: (err as Error).message });
+        }
+      }
     }
     const start = this.#lastCountersAt;
     this.#lastCountersAt = now;
@@ -939,12 +952,16 @@ export class NodeAgent {
     const lb = loadBalancerStatus(this.#lastCounters.uplink?.lb);
     const lbKey = lb === undefined ? '' : LB_STAT_NAMES.map((n) => String(lb[n])).join(',');
     const lbChanged = lbKey !== this.#lastLb;
+    // The blocklists' sizes and drops: levels and totals, sent whenever they changed.
+    const blkKey = blocklists.map((b) => [b.role, b.ipv4Entries, b.ipv6Entries, b.ipv4DroppedPackets, b.ipv4DroppedBytes, b.ipv6DroppedPackets, b.ipv6DroppedBytes].join(',')).join(';');
+    const blkChanged = blkKey !== this.#lastBlocklists;
     // The shadow candidate's counters: totals, sent whenever they changed (and once for a new candidate).
     const shadow = this.#shadowReport();
-    if (!acc.moved && !ctChanged && !lbChanged && !shadow) return undefined;
+    if (!acc.moved && !ctChanged && !lbChanged && !blkChanged && !shadow) return undefined;
     this.#lastConntrack = ctKey;
     this.#lastLb = lbKey;
-    return { startTime: start, endTime: now, rules: [...acc.rules.values()], interfaces: acc.moved ? acc.interfaces : [], appliedRevision: this.#applied, conntrack, loadBalancer: lbChanged ? lb : undefined, shadow };
+    this.#lastBlocklists = blkKey;
+    return { startTime: start, endTime: now, rules: [...acc.rules.values()], interfaces: acc.moved ? acc.interfaces : [], appliedRevision: this.#applied, conntrack, loadBalancer: lbChanged ? lb : undefined, shadow, blocklists: blkChanged ? blocklists : [] };
   }
 
   /**
@@ -1035,7 +1052,7 @@ export class NodeAgent {
     this.#flush = undefined;
     if (!acc?.moved) return;
     const now = new Date();
-    const report: CounterReport = { startTime: this.#lastCountersAt, endTime: now, rules: [...acc.rules.values()], interfaces: acc.interfaces, appliedRevision, conntrack: [], loadBalancer: undefined, shadow: undefined };
+    const report: CounterReport = { startTime: this.#lastCountersAt, endTime: now, rules: [...acc.rules.values()], interfaces: acc.interfaces, appliedRevision, conntrack: [], loadBalancer: undefined, shadow: undefined, blocklists: [] };
     this.#lastCountersAt = now;
     let sent = false;
     try {
