@@ -142,6 +142,23 @@ const MapInfo = koffi.struct('bpf_map_info', {
   map_extra: 'uint64_t',
 });
 
+/** struct bpf_prog_attach_opts (bpf.h). libbpf 1.1 has no relative_fd or expected_revision: zero. */
+const ProgAttachOpts = koffi.struct('bpf_prog_attach_opts', {
+  sz: 'size_t',
+  flags: 'uint32_t',
+  replace_prog_fd: 'int',
+});
+
+/** struct bpf_prog_query_opts (bpf.h). */
+const ProgQueryOpts = koffi.struct('bpf_prog_query_opts', {
+  sz: 'size_t',
+  query_flags: 'uint32_t',
+  attach_flags: 'uint32_t',
+  prog_ids: 'void *',
+  prog_cnt: 'uint32_t',
+  prog_attach_flags: 'void *',
+});
+
 /** Struct types by C name, for the layout test. */
 export const structTypes = {
   bpf_object_open_opts: ObjectOpenOpts,
@@ -152,6 +169,8 @@ export const structTypes = {
   bpf_xdp_query_opts: XdpQueryOpts,
   bpf_tc_hook: TcHook,
   bpf_tc_opts: TcOpts,
+  bpf_prog_attach_opts: ProgAttachOpts,
+  bpf_prog_query_opts: ProgQueryOpts,
   bpf_prog_info: ProgInfo,
   bpf_map_info: MapInfo,
 } as const;
@@ -611,6 +630,39 @@ export function queryTc(ifindex: number, attachPoint: number, handle: number, pr
   const opts = { sz: TcOpts.size, prog_fd: 0, flags: 0, prog_id: 0, handle, priority };
   const ret = tcQuery(tcHook(ifindex, attachPoint), opts) as number;
   return ret < 0 ? ret : opts;
+}
+
+// --- Multi-program attach points (tcx, kernel 6.6+), through BPF_PROG_ATTACH -------------------
+
+const progAttachOpts = libbpf.func('int bpf_prog_attach_opts(int prog_fd, int target, int type, const bpf_prog_attach_opts *opts)');
+const progDetach2 = libbpf.func('int bpf_prog_detach2(int prog_fd, int target, int type)');
+const progQueryOpts = libbpf.func('int bpf_prog_query_opts(int target, int type, _Inout_ bpf_prog_query_opts *opts)');
+
+/**
+ * bpf_prog_attach_opts() with `target` an ifindex (tcx): 0 or a negative errno. `replaceFd` is
+ * used with BPF_F_REPLACE (libbpf 1.1 passes no relative program: BPF_F_BEFORE alone means first).
+ */
+export function progAttach(progFd: number, target: number, type: number, flags: number, replaceFd: number): number {
+  return progAttachOpts(progFd, target, type, { sz: ProgAttachOpts.size, flags, replace_prog_fd: replaceFd }) as number;
+}
+
+/** bpf_prog_detach2(): 0 or a negative errno. */
+export function progDetach(progFd: number, target: number, type: number): number {
+  return progDetach2(progFd, target, type) as number;
+}
+
+/** bpf_prog_query_opts(): the ids attached at (target, type) in order, or a negative errno; at most `max`. */
+export function progQuery(target: number, type: number, max: number): number[] | number {
+  const memory = allocNative(4 * max);
+  try {
+    const opts = { sz: ProgQueryOpts.size, query_flags: 0, attach_flags: 0, prog_ids: memory.pointer, prog_cnt: max, prog_attach_flags: null };
+    const ret = progQueryOpts(target, type, opts) as number;
+    if (ret < 0) return ret;
+    const ids = new Uint32Array(memory.bytes.buffer, memory.bytes.byteOffset, max);
+    return [...ids.subarray(0, Math.min(opts.prog_cnt, max))];
+  } finally {
+    memory.free();
+  }
 }
 
 // --- libc ---------------------------------------------------------------------------------------

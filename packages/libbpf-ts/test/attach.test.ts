@@ -5,9 +5,11 @@ import { createSocket, type Socket } from 'node:dgram';
 import { once } from 'node:events';
 import {
   attachTc,
+  attachTcx,
   attachXdp,
   destroyTcHook,
   detachTc,
+  detachTcx,
   detachXdp,
   encode,
   ifindex,
@@ -18,7 +20,9 @@ import {
   NotFoundError,
   Program,
   queryTc,
+  queryTcx,
   queryXdp,
+  tcxSupported,
   u16,
   u32,
   u64,
@@ -204,6 +208,51 @@ test.serial('attachTc - a program of the wrong type is refused with EINVAL', (t)
   const error = t.throws(() => attachTc(xdp.program('xdp_pass'), veth.hostIfindex, { direction: 'ingress' }), { instanceOf: LibbpfError });
   t.is(error?.code, 'EINVAL');
   destroyTcHook(veth.hostIfindex);
+});
+
+test.serial('attachTcx - first in the chain, its verdict ends the hook before clsact; replace in place; query and detach', async (t) => {
+  t.true(tcxSupported(), 'this kernel (6.6+) has tcx');
+  const count = tc.program('tc_count_ingress');
+  const drop = tc.program('tc_drop');
+  const counts = tc.map('tc_counts').typed(u32, u64);
+  const index = veth.hostIfindex;
+  t.deepEqual(queryTcx(index, 'ingress'), []);
+  const sink = await receiver(veth.hostAddress);
+  t.teardown(() => sink.socket.close());
+
+  // A cls_bpf filter that drops everything, behind the tcx program that passes everything.
+  attachTc(drop, index, { direction: 'ingress', replace: true });
+  attachTcx(count, index, 'ingress');
+  t.deepEqual(queryTcx(index, 'ingress'), [count.id]);
+  t.is(t.throws(() => attachTcx(count, index, 'ingress'), { instanceOf: LibbpfError })?.code, 'EEXIST');
+  const before = counts.get(0) ?? 0n;
+  await veth.sendUdp(sink.port, 5);
+  await settle();
+  t.is(sink.received(), 5, "the tcx program's TC_ACT_OK ends the hook: the clsact filter behind it never runs");
+  t.true((counts.get(0) ?? 0n) - before >= 5n);
+  destroyTcHook(index);
+
+  // A second program goes first; replace swaps one in its place.
+  attachTcx(tc.program('tc_count_egress'), index, 'ingress');
+  t.deepEqual(queryTcx(index, 'ingress'), [tc.program('tc_count_egress').id, count.id]);
+  attachTcx(drop, index, 'ingress', { replace: count });
+  t.deepEqual(queryTcx(index, 'ingress'), [tc.program('tc_count_egress').id, drop.id]);
+  t.is(t.throws(() => attachTcx(tc.program('tc_count_ingress'), index, 'ingress', { replace: count }), { instanceOf: LibbpfError })?.code, 'ENOENT');
+  await veth.sendUdp(sink.port, 5);
+  await settle();
+  t.is(sink.received(), 10, "the first program's TC_ACT_OK ends the chain: tc_drop behind it does not run");
+  t.true(detachTcx(tc.program('tc_count_egress'), index, 'ingress'));
+  await veth.sendUdp(sink.port, 5);
+  await settle();
+  t.is(sink.received(), 10, 'tc_drop, first now, dropped the batch');
+
+  t.true(detachTcx(drop, index, 'ingress'));
+  t.false(detachTcx(drop, index, 'ingress'));
+  t.deepEqual(queryTcx(index, 'ingress'), []);
+  await veth.sendUdp(sink.port, 3);
+  await settle();
+  t.is(sink.received(), 13);
+  t.is(t.throws(() => attachTcx(xdp.program('xdp_pass'), index, 'egress'), { instanceOf: LibbpfError })?.code, 'EINVAL', 'a program of the wrong type');
 });
 
 test('interfaces - lists the namespace of this process, with the indexes ifindex() gives', (t) => {
