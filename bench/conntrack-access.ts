@@ -5,6 +5,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { BpfMap, encode, type Program } from 'libbpf-ts';
 import { CONNECTION_FLAGS, CONNECTION_STATES, ctKeyOfFlow, epCtEntry, epCtKey, NO_CT_NAT, type EbpfDatapath, type EbpfDatapathOptions } from '@edgeplane/node-agent';
 
@@ -12,15 +13,24 @@ const PROTO_UDP = 17;
 /** Entries written or read per batch syscall. */
 const BATCH = 65_536;
 
-/** Where the uplink's policy program runs: edge_xdp (native XDP) or edge_tc at clsact ingress. */
-export type PolicyHook = 'xdp' | 'tc';
+/**
+ * Where the uplink's policy program runs: edge_xdp (native XDP), or edge_tc at clsact ingress
+ * (a cls_bpf filter), or edge_tc first in the tcx ingress chain (kernel 6.6+, as the agent
+ * attaches where it can). edge_tc_egress is at the same kind of TC hook (clsact egress for xdp
+ * and tc, tcx for tcx).
+ */
+export type PolicyHook = 'xdp' | 'tc' | 'tcx';
 
-/** The programs bpftool reports on one device: the XDP program's id, the clsact ingress and egress programs' ids. */
+/** The programs on one device: the XDP program's id, the clsact ingress and egress programs' ids (bpftool), the tcx chains' (netns-tcx.ts). */
 export interface AttachedPrograms {
   xdp: number[];
   tcIngress: number[];
   tcEgress: number[];
+  tcxIngress: number[];
+  tcxEgress: number[];
 }
+
+const TCX_HELPER = fileURLToPath(new URL('./netns-tcx.ts', import.meta.url));
 
 /** One flow's original-direction tuple (IPv4). */
 export interface FlowTuple {
@@ -84,41 +94,50 @@ export class ConntrackAccess {
 
   /**
    * Attaches the uplink's programs to `dev` in namespace `ns`, as the agent's uplink role does:
-   * the policy program at `hook` (edge_xdp native, or edge_tc at clsact ingress, direct action)
-   * and edge_tc_egress at clsact egress. @throws if ip or tc fails (call detach() to undo a part).
+   * the policy program at `hook` (edge_xdp native, or edge_tc at clsact ingress, direct action, or
+   * at tcx ingress) and edge_tc_egress at clsact egress (tcx egress for 'tcx'). @throws if ip or
+   * tc fails (call detach() to undo a part).
    */
   attach(ns: string, dev: string, hook: PolicyHook = 'xdp'): void {
+    if (hook === 'tcx') {
+      execFileSync('ip', ['netns', 'exec', ns, process.execPath, '--import=tsx', TCX_HELPER, 'attach', this.#pinRoot, dev]);
+      return;
+    }
     if (hook === 'xdp') execFileSync('ip', ['-n', ns, 'link', 'set', 'dev', dev, 'xdpdrv', 'pinned', join(this.#pinRoot, 'edge_xdp')]);
     spawnSync('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'add', 'dev', dev, 'clsact'], { stdio: 'ignore' });
     if (hook === 'tc') execFileSync('ip', ['netns', 'exec', ns, 'tc', 'filter', 'replace', 'dev', dev, 'ingress', 'pref', '1', 'handle', '1', 'bpf', 'da', 'pinned', join(this.#pinRoot, 'edge_tc')]);
     execFileSync('ip', ['netns', 'exec', ns, 'tc', 'filter', 'replace', 'dev', dev, 'egress', 'pref', '1', 'handle', '1', 'bpf', 'da', 'pinned', join(this.#pinRoot, 'edge_tc_egress')]);
   }
 
-  /** Removes what attach() added, whichever hook: the XDP program and the clsact qdisc (with its filters). */
+  /** Removes what attach() added, whichever hook: the XDP program, the clsact qdisc (with its filters), the tcx chains. */
   detach(ns: string, dev: string): void {
     execFileSync('ip', ['-n', ns, 'link', 'set', 'dev', dev, 'xdpdrv', 'off']);
     spawnSync('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'del', 'dev', dev, 'clsact'], { stdio: 'ignore' });
+    execFileSync('ip', ['netns', 'exec', ns, process.execPath, '--import=tsx', TCX_HELPER, 'detach', this.#pinRoot, dev]);
   }
 
-  /** The program ids bpftool (`bpftool net show dev`) sees attached to `dev` in namespace `ns`. */
+  /** The program ids attached to `dev` in namespace `ns`: bpftool (`bpftool net show dev`) for XDP and clsact, netns-tcx.ts for tcx. */
   attached(ns: string, dev: string): AttachedPrograms {
     type Net = { xdp?: { id: number }[]; tc?: { kind: string; prog_id?: number; id?: number }[] };
     const [net] = JSON.parse(execFileSync('ip', ['netns', 'exec', ns, 'bpftool', '-j', 'net', 'show', 'dev', dev], { encoding: 'utf8' })) as Net[];
     const tcOf = (kind: string): number[] => (net?.tc ?? []).filter((t) => t.kind === kind).map((t) => t.prog_id ?? t.id ?? 0);
-    return { xdp: (net?.xdp ?? []).map((x) => x.id), tcIngress: tcOf('clsact/ingress'), tcEgress: tcOf('clsact/egress') };
+    const tcx = JSON.parse(execFileSync('ip', ['netns', 'exec', ns, process.execPath, '--import=tsx', TCX_HELPER, 'query', this.#pinRoot, dev], { encoding: 'utf8' }).trim().split('\n').at(-1)!) as { ingress: number[]; egress: number[] };
+    return { xdp: (net?.xdp ?? []).map((x) => x.id), tcIngress: tcOf('clsact/ingress'), tcEgress: tcOf('clsact/egress'), tcxIngress: tcx.ingress, tcxEgress: tcx.egress };
   }
 
   /**
-   * Checks with bpftool that exactly the uplink's programs for `hook` are on `dev`: the policy
-   * program (XDP, or clsact ingress with no XDP program at all) and edge_tc_egress.
+   * Checks that exactly the uplink's programs for `hook` are on `dev`: the policy program (XDP,
+   * or clsact or tcx ingress with no XDP program at all) and edge_tc_egress (clsact, or tcx).
    * @returns what bpftool showed. @throws Error naming what differs.
    */
   verifyAttached(ns: string, dev: string, hook: PolicyHook): AttachedPrograms {
     const seen = this.attached(ns, dev);
     const policy = this.policyProgram(hook).id;
     const egress = this.#datapath.tcEgressProgram.id;
-    const want: AttachedPrograms = hook === 'xdp' ? { xdp: [policy], tcIngress: [], tcEgress: [egress] } : { xdp: [], tcIngress: [policy], tcEgress: [egress] };
-    if (JSON.stringify(seen) !== JSON.stringify(want)) throw new Error(`verify ${hook} attach dev=${dev}: bpftool shows ${JSON.stringify(seen)}, expected ${JSON.stringify(want)}`);
+    const none = { tcxIngress: [], tcxEgress: [] };
+    const want: AttachedPrograms =
+      hook === 'xdp' ? { xdp: [policy], tcIngress: [], tcEgress: [egress], ...none } : hook === 'tc' ? { xdp: [], tcIngress: [policy], tcEgress: [egress], ...none } : { xdp: [], tcIngress: [], tcEgress: [], tcxIngress: [policy], tcxEgress: [egress] };
+    if (JSON.stringify(seen) !== JSON.stringify(want)) throw new Error(`verify ${hook} attach dev=${dev}: the device holds ${JSON.stringify(seen)}, expected ${JSON.stringify(want)}`);
     return seen;
   }
 

@@ -70,12 +70,17 @@ const { workDir } = bench;
  * `edgeplane` runs its policy program as XDP (edge_xdp, native on the veth); `edgeplane-tc` runs
  * the same ep_datapath at the same hook (EP_HOOK_POLICY) as edge_tc at clsact ingress: on veth,
  * XDP copies every skb into an xdp_buff (veth_xdp_rcv_skb), which a NIC's native XDP does not, so
- * the tc contender shows the datapath's cost without the rig's copy. Same object, same maps.
+ * the tc contender shows the datapath's cost without the rig's copy. `edgeplane-tcx` runs the
+ * same two TC programs first in the tcx chains instead of as clsact filters, as the agent attaches
+ * them on a kernel with tcx: no qdisc walk and no cls_bpf. Its hook (tcx_run) is inlined into
+ * __netif_receive_skb_core and __dev_queue_xmit, so the perf split cannot tell it apart and its
+ * filter figure leaves it out, while the clsact hook (tcf_classify, cls_bpf) is counted for
+ * edgeplane-tc: compare them on the whole path too. Same object, same maps.
  */
-type Contender = 'none' | 'edgeplane' | 'edgeplane-tc' | 'nft' | 'iptables';
-const EDGEPLANE: readonly Contender[] = ['edgeplane', 'edgeplane-tc'];
+type Contender = 'none' | 'edgeplane' | 'edgeplane-tc' | 'edgeplane-tcx' | 'nft' | 'iptables';
+const EDGEPLANE: readonly Contender[] = ['edgeplane', 'edgeplane-tc', 'edgeplane-tcx'];
 const isEdgeplane = (c: Contender): boolean => EDGEPLANE.includes(c);
-const hookOf = (c: Contender): PolicyHook => (c === 'edgeplane-tc' ? 'tc' : 'xdp');
+const hookOf = (c: Contender): PolicyHook => (c === 'edgeplane-tc' ? 'tc' : c === 'edgeplane-tcx' ? 'tcx' : 'xdp');
 
 const inNode = (...args: string[]): string => run('ip', 'netns', 'exec', nsNode, ...args);
 const ip = (n: number): string => `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
@@ -194,7 +199,8 @@ function install(contender: Contender, ct: ConntrackAccess | undefined): Install
     case 'none':
       return { established: () => NaN, bpfNs: noBpf, remove: () => undefined };
     case 'edgeplane':
-    case 'edgeplane-tc': {
+    case 'edgeplane-tc':
+    case 'edgeplane-tcx': {
       if (ct === undefined) throw new Error('edgeplane conntrack is not in this build');
       const hook = hookOf(contender);
       try {
@@ -450,7 +456,7 @@ await bench.main(report, async () => {
   if (ct === undefined) failures.push('edgeplane: this build has no connection table (ep_ct); edgeplane rows are missing');
   try {
     if (ct !== undefined) await datapath.apply(edgeplaneRules());
-    const contenders: Contender[] = ct === undefined ? ['none', 'nft', 'iptables'] : ['none', 'edgeplane', 'edgeplane-tc', 'nft', 'iptables'];
+    const contenders: Contender[] = ct === undefined ? ['none', 'nft', 'iptables'] : ['none', 'edgeplane', 'edgeplane-tc', 'edgeplane-tcx', 'nft', 'iptables'];
     const rotate = (rep: number): Contender[] => contenders.map((_, i, all) => all[(i + rep) % all.length] as Contender);
 
     // Every contender must filter: a contender that passes what its policy denies is worthless.

@@ -155,18 +155,9 @@ export class FleetNode {
     return this.#net.topo.ping(this.#net.inet, this.uplinkIp, { count, source: this.sources[source], intervalS: 0.1, waitS: 1 });
   }
 
-  /** What a reboot does to the datapath: programs detached, pins gone. */
+  /** What a reboot does to the datapath: programs detached (XDP, tcx, clsact), pins gone. */
   wipeDatapath(): void {
-    try {
-      sh('ip', ['-n', this.ns, 'link', 'set', 'dev', 'up0', 'xdp', 'off']);
-    } catch {
-      // nothing attached
-    }
-    try {
-      sh('ip', ['netns', 'exec', this.ns, 'tc', 'qdisc', 'del', 'dev', 'wl0', 'clsact']);
-    } catch {
-      // nothing attached
-    }
+    sh('ip', ['netns', 'exec', this.ns, process.execPath, '--import=tsx', fileURLToPath(new URL('./wipe-hooks.ts', import.meta.url)), 'up0', 'wl0']);
     this.unmountPins();
     rmSync(this.pinRoot, { recursive: true, force: true });
   }

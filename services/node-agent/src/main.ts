@@ -140,6 +140,7 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
           // Services are DNATed at the uplink's XDP hook: only its maps are sized by --lb-*; a
           // workload datapath never fronts a service and takes the smallest maps.
           lbCapacity: role === 'uplink' ? config.lbCapacity : NO_LB_CAPACITY,
+          ...(config.tcAttach === 'auto' ? {} : { tcAttach: config.tcAttach }),
           onInstallStep: (step) => log('info', `${role} datapath install: ${step}`),
           compilers,
         });

@@ -38,3 +38,12 @@ test('agent config - --help lists the --lb-* flags with their defaults and envir
   for (const env of ['EDGEPLANE_LB_SERVICES', 'EDGEPLANE_LB_SLOTS', 'EDGEPLANE_LB_BACKENDS']) t.true(AGENT_HELP.includes(env), env);
   t.true(AGENT_HELP.includes(`default ${DEFAULT_LB_CAPACITY.slots}`));
 });
+
+test('agent config - --tc-attach: auto by default, tcx or cls_bpf by flag or environment, anything else a clear error', (t) => {
+  t.is(parse([]).tcAttach, 'auto');
+  t.is(parse(['--tc-attach', 'cls_bpf']).tcAttach, 'cls_bpf');
+  t.is(parse([], { EDGEPLANE_TC_ATTACH: 'tcx' }).tcAttach, 'tcx');
+  t.is(parse(['--tc-attach', 'cls_bpf'], { EDGEPLANE_TC_ATTACH: 'tcx' }).tcAttach, 'cls_bpf', 'the flag wins');
+  t.throws(() => parse(['--tc-attach', 'clsact']), { instanceOf: AgentConfigError, message: '--tc-attach "clsact": expected auto, tcx or cls_bpf' });
+  t.true(AGENT_HELP.includes('--tc-attach auto|tcx|cls_bpf') && AGENT_HELP.includes('EDGEPLANE_TC_ATTACH'));
+});

@@ -1,13 +1,14 @@
 // The uplink in tc mode (--xdp-mode tc): the uplink object's edge_tc at clsact ingress instead of
 // edge_xdp, on a real veth pair between a "node" and a "far" namespace. The rule set is stateful
 // with a default deny inbound, so only connection tracking lets the node's own flows get replies.
-// Hooks are read with bpftool; traffic is real sockets (conntrack-traffic.py) and ping.
+// Hooks are read with libbpf-ts (netns-hooks.ts); traffic is real sockets (conntrack-traffic.py) and ping.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import test from 'ava';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { addVethPair, mountBpffs, removeNetnsRig } from './datapath-helpers.js';
+import type { InterfaceHooks } from './netns-hooks.js';
 
 const id = `${process.pid % 10000}${Math.floor(Math.random() * 100)}`;
 const nsN = `tmN${id}`;
@@ -24,19 +25,15 @@ const run = (command: string, ...args: string[]): string => execFileSync(command
 const inNs = (ns: string, ...args: string[]): string => run('ip', 'netns', 'exec', ns, ...args);
 const lastJson = <T>(text: string): T => JSON.parse(text.trim().split('\n').at(-1) as string) as T;
 const py = (ns: string, ...args: (string | number)[]): { ok: boolean; error?: string } => lastJson(inNs(ns, 'python3', script, ...args.map(String)));
-const netnsAttach = (command: 'attach' | 'detach' | 'query' | 'foreign', mode = 'auto'): string => inNs(nsN, process.execPath, '--import=tsx', helper, command, bpffs.path, vethN, 'uplink', mode);
+const netnsAttach = (command: 'attach' | 'detach' | 'query' | 'foreign', mode = 'auto', tcAttach?: 'tcx' | 'cls_bpf'): string => inNs(nsN, process.execPath, '--import=tsx', helper, command, bpffs.path, vethN, 'uplink', mode, ...(tcAttach ? [tcAttach] : []));
 const isAttached = (): { tc: boolean; xdp: boolean } => lastJson(netnsAttach('query'));
 
 interface Hooks { xdp: number[]; ingress: number[]; egress: number[] }
-/** The programs on the node's uplink, from bpftool. */
+/** The programs on the node's uplink (netns-hooks.ts: the TC hooks' tcx chain, then our clsact filter). */
 const hooks = (): Hooks => {
-  const [net] = JSON.parse(inNs(nsN, 'bpftool', '-j', 'net', 'show', 'dev', vethN)) as { xdp?: { id?: number; prog_id?: number }[]; tc?: { kind: string; id?: number; prog_id?: number }[] }[];
-  const idOf = (entry: { id?: number; prog_id?: number }): number => entry.id ?? entry.prog_id ?? 0;
-  return {
-    xdp: (net?.xdp ?? []).map(idOf),
-    ingress: (net?.tc ?? []).filter((entry) => entry.kind === 'clsact/ingress').map(idOf),
-    egress: (net?.tc ?? []).filter((entry) => entry.kind === 'clsact/egress').map(idOf),
-  };
+  const all = lastJson<Record<string, InterfaceHooks>>(inNs(nsN, process.execPath, '--import=tsx', join(import.meta.dirname, 'netns-hooks.ts')));
+  const h = all[vethN];
+  return { xdp: h?.xdp === undefined ? [] : [h.xdp], ingress: h?.['tc-ingress'] ?? [], egress: h?.['tc-egress'] ?? [] };
 };
 const start = async (ns: string, args: string[]): Promise<void> => {
   const child = spawn('ip', ['netns', 'exec', ns, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -134,10 +131,35 @@ test.serial('tc mode - switching the uplink between XDP and tc under traffic los
   t.deepEqual(isAttached(), { tc: true, xdp: false });
 });
 
-test.serial('tc mode - detach removes only our programs: a foreign filter at our ingress handle stays', (t) => {
+test.serial('tc mode - moving the TC programs between clsact filters and tcx under traffic loses nothing allowed and passes nothing denied', async (t) => {
+  const count = 1500;
+  const allowed = ping(nsN, v4.far, count);
+  const denied = ping(nsF, v4.node, count);
+  const tcpOk: boolean[] = [];
+  const tcpDenied: boolean[] = [];
+  for (let round = 0; round < 6; round++) {
+    const kind = round % 2 === 0 ? 'cls_bpf' : 'tcx';
+    netnsAttach('attach', 'tc', kind);
+    const h = lastJson<Record<string, InterfaceHooks>>(inNs(nsN, process.execPath, '--import=tsx', join(import.meta.dirname, 'netns-hooks.ts')))[vethN]!;
+    const tcx = kind === 'tcx' ? [datapath.tcProgram.id] : [];
+    t.deepEqual([h['tc-ingress'], h['tcx-ingress'], h['tc-egress'], h['tcx-egress']], [[datapath.tcProgram.id], tcx, [datapath.tcEgressProgram.id], kind === 'tcx' ? [datapath.tcEgressProgram.id] : []], `round ${round} (${kind}): each program once, in the asked place`);
+    tcpOk.push(py(nsN, 'tcp-client', v4.far, 8000, 3).ok);
+    tcpDenied.push(py(nsF, 'tcp-client', v4.node, 9000, 0.3).ok);
+  }
+  t.true(allowed.running() && denied.running(), 'both pings were still running after the last move');
+  const [out, inbound] = await Promise.all([allowed, denied]);
+  t.is(out.received, count, "every echo of the node's outbound ping got its reply");
+  t.is(inbound.received, 0, 'no unsolicited inbound echo got through');
+  t.deepEqual(tcpOk, Array(6).fill(true));
+  t.deepEqual(tcpDenied, Array(6).fill(false));
+});
+
+test.serial('tc mode - detach removes only our programs: a foreign program in the tcx chain and a foreign filter at our clsact handle stay', (t) => {
+  t.is(datapath.tcAttach, 'tcx', 'this kernel has tcx');
   netnsAttach('foreign');
-  t.deepEqual(isAttached(), { tc: false, xdp: false }, 'a foreign program at our handle is not ours');
+  t.deepEqual(hooks().ingress, [datapath.tcEgressProgram.id, datapath.tcProgram.id, datapath.tcEgressProgram.id], 'the foreign program first, ours, the foreign filter');
+  t.deepEqual(isAttached(), { tc: true, xdp: false }, 'ours is still in the chain');
   t.true((lastJson<{ removed: boolean }>(netnsAttach('detach'))).removed);
-  t.deepEqual(hooks(), { xdp: [], ingress: [datapath.tcEgressProgram.id], egress: [] }, 'the foreign ingress filter stays; our egress filter is gone');
+  t.deepEqual(hooks(), { xdp: [], ingress: [datapath.tcEgressProgram.id, datapath.tcEgressProgram.id], egress: [] }, 'the foreign program and filter stay; ours are gone');
   t.false((lastJson<{ removed: boolean }>(netnsAttach('detach'))).removed, 'a second detach finds nothing of ours');
 });

@@ -38,6 +38,7 @@ import { epCtEntry, epCtKey, NO_CT_NAT } from '../src/datapath/table-codecs.js';
 import type { ApplyResult } from '../src/datapath/datapath.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { mountBpffs, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
+import type { InterfaceHooks } from './netns-hooks.js';
 
 const repo = fileURLToPath(new URL('../../../', import.meta.url));
 const workerPath = 'services/node-agent/test/datapath-upgrade-worker.ts';
@@ -191,12 +192,20 @@ async function worker(tree: 'previous' | 'current', ns: string, command: object)
   }
 }
 
-/** The programs attached in namespace `ns` (bpftool net), by interface and hook. */
-function hooks(ns: string): Record<string, { xdp?: number; 'tc-ingress'?: number; 'tc-egress'?: number }> {
-  const [net] = JSON.parse(execFileSync('ip', ['netns', 'exec', ns, 'bpftool', '-j', 'net', 'show'], { encoding: 'utf8' })) as { xdp: { devname: string; id: number }[]; tc: { devname: string; kind: string; id: number }[] }[];
-  const out: Record<string, { xdp?: number; 'tc-ingress'?: number; 'tc-egress'?: number }> = {};
-  for (const x of net?.xdp ?? []) out[x.devname] = { ...out[x.devname], xdp: x.id };
-  for (const f of net?.tc ?? []) out[f.devname] = { ...out[f.devname], [f.kind === 'clsact/ingress' ? 'tc-ingress' : 'tc-egress']: f.id };
+/**
+ * The programs attached in namespace `ns` (netns-hooks.ts: XDP, and the TC hooks' tcx chain then
+ * our clsact filter), by interface and hook: a hook's one program, or all of them in the order
+ * they run when there are several (so that a leftover shows).
+ */
+function hooks(ns: string): Record<string, { xdp?: number; 'tc-ingress'?: number | number[]; 'tc-egress'?: number | number[] }> {
+  const read = JSON.parse(execFileSync('ip', ['netns', 'exec', ns, process.execPath, '--import=tsx', join(import.meta.dirname, 'netns-hooks.ts')], { encoding: 'utf8' }).trim().split('\n').at(-1)!) as Record<string, InterfaceHooks>;
+  const out: Record<string, { xdp?: number; 'tc-ingress'?: number | number[]; 'tc-egress'?: number | number[] }> = {};
+  for (const [dev, h] of Object.entries(read)) {
+    const hook: (typeof out)[string] = {};
+    if (h.xdp !== undefined) hook.xdp = h.xdp;
+    for (const name of ['tc-ingress', 'tc-egress'] as const) if (h[name].length > 0) hook[name] = h[name].length === 1 ? h[name][0]! : h[name];
+    out[dev] = hook;
+  }
   return out;
 }
 

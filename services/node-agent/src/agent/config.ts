@@ -73,6 +73,8 @@ export interface AgentConfig {
   lbCapacity: LbCapacity;
   /** Where the uplink policy runs: XDP (native, generic, auto) or 'tc' (clsact ingress, no XDP). */
   xdpMode: 'native' | 'generic' | 'auto' | 'tc';
+  /** How TC programs are attached (--tc-attach): tcx, clsact filters, or auto (tcx where the kernel has it). */
+  tcAttach: 'auto' | 'tcx' | 'cls_bpf';
   heartbeatIntervalMs: number;
   counterIntervalMs: number;
   interfaceCheckMs: number;
@@ -129,6 +131,9 @@ Usage: edgeplane-agent [flags]
   --xdp-mode native|generic|auto|tc   where the uplink policy runs (default auto: native XDP, else generic XDP);
                             tc runs the same program at TC (clsact) ingress instead of XDP: use it on veth and
                             on NICs without native XDP, where generic XDP copies every packet first
+  --tc-attach auto|tcx|cls_bpf   how programs sit at TC hooks (EDGEPLANE_TC_ATTACH, default auto: tcx on
+                            kernels with it, 6.6+, else clsact filters); the agent moves its programs between
+                            the two without a gap; set cls_bpf before downgrading to an agent without tcx
   Connection tracking (bpf/CONNTRACK.md; used by stateful policies):
   --ct-entries N            capacity of the established-connection table per role (EDGEPLANE_CT_ENTRIES, default
                             262144, ~40 MiB preallocated per role; set when the datapath is first loaded: a
@@ -238,6 +243,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         'ca-fingerprint': { type: 'string' },
         datapath: { type: 'string' },
         'xdp-mode': { type: 'string' },
+        'tc-attach': { type: 'string' },
         'heartbeat-interval': { type: 'string' },
         'counter-interval': { type: 'string' },
         'interface-check': { type: 'string' },
@@ -273,6 +279,8 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
   if (datapath !== 'ebpf' && datapath !== 'memory') throw new AgentConfigError(`--datapath ${JSON.stringify(datapath)}: expected ebpf or memory`);
   const xdpMode = values['xdp-mode'] ?? 'auto';
   if (!['native', 'generic', 'auto', 'tc'].includes(xdpMode)) throw new AgentConfigError(`--xdp-mode ${JSON.stringify(xdpMode)}: expected native, generic, auto or tc`);
+  const tcAttach = values['tc-attach'] ?? env.EDGEPLANE_TC_ATTACH ?? 'auto';
+  if (!['auto', 'tcx', 'cls_bpf'].includes(tcAttach)) throw new AgentConfigError(`--tc-attach ${JSON.stringify(tcAttach)}: expected auto, tcx or cls_bpf`);
   const insecure = values.insecure ?? ['1', 'true'].includes(env.EDGEPLANE_INSECURE ?? '');
   const tlsCa = values['tls-ca'] ?? env.EDGEPLANE_TLS_CA;
   const tlsCert = values['tls-cert'] ?? env.EDGEPLANE_TLS_CERT;
@@ -335,6 +343,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
       backends: lbCapacity('backends', values['lb-backends'] ?? env.EDGEPLANE_LB_BACKENDS),
     },
     xdpMode: xdpMode as AgentConfig['xdpMode'],
+    tcAttach: tcAttach as AgentConfig['tcAttach'],
     heartbeatIntervalMs: num('heartbeat-interval', values['heartbeat-interval'], 60) * 1000,
     counterIntervalMs: num('counter-interval', values['counter-interval'], 5) * 1000,
     interfaceCheckMs: num('interface-check', values['interface-check'], 2) * 1000,

@@ -6,23 +6,19 @@ import { endianness } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  attachTc,
   attachXdp,
   BpfMap,
-  detachTc,
   detachXdp,
   encode,
   ifindex as interfaceIndex,
   interfaces,
   loadObjectSpec,
-  NotFoundError,
   Program,
-  queryTc,
   queryXdp,
   TypedMap,
   u32 as u32Codec,
   type CodecValue,
-  type TcFilterId,
+  type TcDirection,
 } from 'libbpf-ts';
 import { createHash } from 'node:crypto';
 import { compileTables, genFlags, RULE_SLOTS, sizes, TableCompiler, TableCompilers, WILD_COUNT, type CompiledTables, type TablesDelta, type TablesSpec } from './compile-tables.js';
@@ -43,6 +39,7 @@ import { DEFAULT_RULE_ID, type RuleSetList, type RuleSetSpec } from './rule-set.
 import { MAX_SHADOW_NAME_BYTES, ShadowTables } from './shadow-tables.js';
 import { candidateOnly, mergeRuleSets, unionTables, type ShadowUnion } from './shadow-union.js';
 import { epLbCfg, epMeta, epRule, epShadowSlot } from './table-codecs.js';
+import { attachTcHook, defaultTcAttachKind, detachTcHook, tcHookHolds, tcHookPrograms, type TcAttachKind } from './tc-hooks.js';
 
 /** Where the build puts the object: <repo>/bpf/build/edgeplane.bpf.o. */
 export const DEFAULT_OBJECT_PATH = fileURLToPath(new URL('../../../../bpf/build/edgeplane.bpf.o', import.meta.url));
@@ -102,8 +99,6 @@ type Programs = Readonly<Record<ProgramName, Program>>;
 type Maps = Readonly<Record<MapName, BpfMap>>;
 
 /** Fixed TC filter handle and priority, so a restarted agent replaces its own filters. */
-const TC_HANDLE = 0xe9;
-const TC_PRIORITY = 1;
 
 /** Options of EbpfDatapath.open(). */
 export interface EbpfDatapathOptions {
@@ -136,6 +131,12 @@ export interface EbpfDatapathOptions {
    * rule set object applied to both roles is compiled, and held in memory, once). Default: its own.
    */
   compilers?: TableCompilers;
+  /**
+   * How attach() puts programs at TC hooks: 'tcx' (kernel 6.6+) or 'cls_bpf' filters on clsact.
+   * Default: tcx where the kernel has it. Either way attach() takes the same program from the
+   * other kind's place, so a node moves between them without a gap (tc-hooks.ts).
+   */
+  tcAttach?: TcAttachKind;
 }
 
 /**
@@ -195,6 +196,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   readonly adopted: boolean;
   #installed: DatapathInstall | undefined;
   readonly #pinRoot: string;
+  readonly #tcAttach: TcAttachKind;
   readonly #programs: Programs;
   readonly #maps: Maps;
   readonly #barrierInner: BpfMap;
@@ -226,8 +228,9 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   #barrierPending = true;
   #closed = false;
 
-  private constructor(pinRoot: string, programs: Programs, maps: Maps, adopted: boolean, compilers: TableCompilers | undefined) {
+  private constructor(pinRoot: string, programs: Programs, maps: Maps, adopted: boolean, compilers: TableCompilers | undefined, tcAttach: TcAttachKind) {
     this.#pinRoot = pinRoot;
+    this.#tcAttach = tcAttach;
     this.#compilers = compilers ?? new TableCompilers();
     this.#programs = programs;
     this.#maps = maps;
@@ -315,7 +318,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       };
       const programs = Object.fromEntries(programNames.map((name) => [name, open(Program.openPinned(pin(name)))])) as Record<ProgramName, Program>;
       const maps = Object.fromEntries(mapNames.map((name) => [name, open(BpfMap.openPinned(pin(name)))])) as Record<MapName, BpfMap>;
-      datapath = new EbpfDatapath(pinRoot, programs, maps, adopt, options.compilers);
+      datapath = new EbpfDatapath(pinRoot, programs, maps, adopt, options.compilers, options.tcAttach ?? defaultTcAttachKind());
       // Before any hook is switched to the new programs: they read their timeouts from here
       // (pinned ones of this layout are kept, as an adoption keeps them).
       const config = options.conntrack ?? (adopt || found === LAYOUT_VERSION ? undefined : DEFAULT_CONNTRACK_CONFIG);
@@ -382,10 +385,9 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       const detached: { interface: string; ifindex: number; hook: 'tc-egress' }[] = [];
       if (egressIds.size > 0) {
         for (const { name, index } of interfaces()) {
-          const id = queryTc(index, egressFilter);
-          if (id === undefined || !egressIds.has(id)) continue;
-          detachTc(index, egressFilter);
-          detached.push({ interface: name, ifindex: index, hook: 'tc-egress' });
+          let removed = false;
+          for (const id of tcHookPrograms(index, 'egress')) if (egressIds.has(id)) removed = detachTcHook(index, 'egress', id) || removed;
+          if (removed) detached.push({ interface: name, ifindex: index, hook: 'tc-egress' });
         }
       }
       for (const name of entries) unlinkSync(join(pinRoot, name));
@@ -411,6 +413,11 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   }
 
   /** The TC program (workload ingress and egress). Owned by this datapath; valid until close(). */
+  /** How attach() puts programs at TC hooks (EbpfDatapathOptions.tcAttach). */
+  get tcAttach(): TcAttachKind {
+    return this.#tcAttach;
+  }
+
   get tcProgram(): Program {
     return this.#programs.edge_tc;
   }
@@ -578,12 +585,14 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
 
   /**
    * Attaches to interface `iface` (a name or an index, in this thread's network namespace): on an
-   * uplink the connection-tracking program at clsact egress and the policy program, at XDP or
-   * (xdpMode 'tc') this object's edge_tc at clsact ingress; on a workload interface the TC program
-   * at clsact ingress and egress. Replaces whatever program holds those hooks (for TC: our fixed
-   * handle and priority). Switching an uplink's mode puts the new hook in place first and then
-   * removes our program from the old one, so no packet passes unchecked in between (for a moment
-   * both run: a packet XDP passed meets the same policy again at TC ingress).
+   * uplink the connection-tracking program at TC egress and the policy program, at XDP or
+   * (xdpMode 'tc') this object's edge_tc at TC ingress; on a workload interface the TC program
+   * at TC ingress and egress. At TC, programs go into the tcx chain (first) or onto clsact as the
+   * filter at our handle, as {@link EbpfDatapathOptions.tcAttach} says (tc-hooks.ts), in place of
+   * an earlier program of ours; XDP replaces whatever program holds the hook. Switching an
+   * uplink's mode puts the new hook in place first and then removes our program from the old one,
+   * so no packet passes unchecked in between (for a moment both run: a packet XDP passed meets the
+   * same policy again at TC ingress).
    * @throws DatapathError with the libbpf-ts error as cause.
    */
   attach(iface: string | number, role: InterfaceRole, options: AttachOptions = {}): void {
@@ -592,17 +601,17 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     try {
       if (role === 'uplink') {
         // Egress first: by the time inbound policy runs, the node's outbound flows are tracked.
-        attachTc(this.#programs.edge_tc_egress, index, { ...egressFilter, replace: true });
+        attachTcHook(this.#programs.edge_tc_egress, index, 'egress', this.#tcAttach);
         if (mode === 'tc') {
-          attachTc(this.#programs.edge_tc, index, { ...ingressFilter, replace: true });
+          attachTcHook(this.#programs.edge_tc, index, 'ingress', this.#tcAttach);
           if (queryXdp(index)?.progId === this.#programs.edge_xdp.id) detachXdp(index);
           return;
         }
         this.#attachXdp(index, mode);
-        if (queryTc(index, ingressFilter) === this.#programs.edge_tc.id) detachTc(index, ingressFilter);
+        detachTcHook(index, 'ingress', this.#programs.edge_tc.id);
         return;
       }
-      for (const filter of tcFilters) attachTc(this.#programs.edge_tc, index, { ...filter, replace: true });
+      for (const direction of TC_DIRECTIONS) attachTcHook(this.#programs.edge_tc, index, direction, this.#tcAttach);
     } catch (cause) {
       throw new DatapathError(`attach ${role} iface=${iface}`, { cause });
     }
@@ -612,16 +621,18 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
    * How `role`'s program of this datapath is attached to `iface` now, as the kernel says: on an
    * uplink `xdp-native`, `xdp-generic` or `xdp-offload` (the mode bpf_xdp_query reports for our
    * XDP program, whatever mode was asked: 'auto' falls back to generic) or `tc` (our program at
-   * clsact ingress); on a workload interface `tc`. '' when it is not attached there.
+   * TC ingress, in the tcx chain or as our clsact filter); on a workload interface `tc`. '' when
+   * it is not attached there.
    * @throws DatapathError with the libbpf-ts error as cause (an interface that is not there).
    */
   attachMode(iface: string | number, role: InterfaceRole): string {
     const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
     try {
-      if (role === 'workload') return tcFilters.every((filter) => queryTc(index, filter) === this.#programs.edge_tc.id) ? 'tc' : '';
+      const atTc = (direction: TcDirection): boolean => tcHookPrograms(index, direction).includes(this.#programs.edge_tc.id);
+      if (role === 'workload') return TC_DIRECTIONS.every(atTc) ? 'tc' : '';
       const xdp = queryXdp(index);
       if (xdp?.progId === this.#programs.edge_xdp.id) return xdp.mode === 'multi' ? 'xdp-native' : `xdp-${xdp.mode}`;
-      return queryTc(index, ingressFilter) === this.#programs.edge_tc.id ? 'tc' : '';
+      return atTc('ingress') ? 'tc' : '';
     } catch (cause) {
       throw new DatapathError(`query ${role} iface=${iface}`, { cause });
     }
@@ -630,19 +641,21 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   /**
    * Whether our programs for `role` are attached to `iface` as `options` asks (uplink: XDP, or
    * with xdpMode 'tc' TC ingress and no XDP program of ours, and TC egress; workload: TC ingress
-   * and egress).
+   * and egress), at TC the way this datapath attaches them (tcAttach): a program still on clsact
+   * where tcx is asked for is not attached as asked, so the agent's next check moves it.
    * @throws DatapathError if the interface does not exist.
    */
   isAttached(iface: string | number, role: InterfaceRole, options: AttachOptions = {}): boolean {
     const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
     try {
+      const holds = (direction: TcDirection, program: Program): boolean => tcHookHolds(index, direction, program.id, this.#tcAttach);
       if (role === 'uplink') {
-        if (queryTc(index, egressFilter) !== this.#programs.edge_tc_egress.id) return false;
+        if (!holds('egress', this.#programs.edge_tc_egress)) return false;
         const xdp = queryXdp(index)?.progId === this.#programs.edge_xdp.id;
-        const ingress = queryTc(index, ingressFilter) === this.#programs.edge_tc.id;
-        return options.xdpMode === 'tc' ? ingress && !xdp : xdp && !ingress;
+        if (options.xdpMode === 'tc') return holds('ingress', this.#programs.edge_tc) && !xdp;
+        return xdp && !tcHookPrograms(index, 'ingress').includes(this.#programs.edge_tc.id);
       }
-      return tcFilters.every((filter) => queryTc(index, filter) === this.#programs.edge_tc.id);
+      return TC_DIRECTIONS.every((direction) => holds(direction, this.#programs.edge_tc));
     } catch (cause) {
       throw new DatapathError(`query ${role} iface=${iface}`, { cause });
     }
@@ -650,31 +663,23 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
 
   /**
    * Removes our programs from `iface`, whichever uplink mode put them there (an uplink: our XDP
-   * program, our clsact ingress and egress filters); another program at our hooks stays.
+   * program, our TC ingress and egress programs, tcx or clsact); another program at our hooks
+   * stays.
    * @returns false if nothing of ours was attached there.
    * @throws DatapathError.
    */
   detach(iface: string | number, role: InterfaceRole): boolean {
     const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
-    const detachFilter = (filter: TcFilterId): boolean => {
-      try {
-        detachTc(index, filter);
-        return true;
-      } catch (error) {
-        if (!(error instanceof NotFoundError)) throw error;
-        return false;
-      }
-    };
     try {
+      // Only our own programs: another program at our hooks (or at our clsact handle) is not ours to remove.
       if (role === 'uplink') {
-        // Only our own filters and program: another program at our handle is not ours to remove.
-        const ingress = queryTc(index, ingressFilter) === this.#programs.edge_tc.id && detachFilter(ingressFilter);
-        const egress = queryTc(index, egressFilter) === this.#programs.edge_tc_egress.id && detachFilter(egressFilter);
+        const ingress = detachTcHook(index, 'ingress', this.#programs.edge_tc.id);
+        const egress = detachTcHook(index, 'egress', this.#programs.edge_tc_egress.id);
         if (queryXdp(index)?.progId !== this.#programs.edge_xdp.id) return ingress || egress;
         return detachXdp(index) || ingress || egress;
       }
       let removed = false;
-      for (const filter of tcFilters) removed = detachFilter(filter) || removed;
+      for (const direction of TC_DIRECTIONS) removed = detachTcHook(index, direction, this.#programs.edge_tc.id) || removed;
       return removed;
     } catch (cause) {
       throw new DatapathError(`detach ${role} iface=${iface}`, { cause });
@@ -853,13 +858,19 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
 
   // The upgrade's switch: every hook of this network namespace that holds a superseded program
   // (`previous`: id -> program name) gets ours, through attach(), whose replaces are atomic (XDP:
-  // XDP_FLAGS_REPLACE with the program found there; TC: cls_bpf replace at our handle), so the
-  // hook never runs without a program and no packet meets half a datapath.
+  // XDP_FLAGS_REPLACE with the program found there; TC: in place in the tcx chain, or first there
+  // and then off our clsact handle, or cls_bpf replace at that handle), so the hook never runs
+  // without a program and no packet meets half a datapath. A TC hook's program is the superseded
+  // one found there (tcx chain or our filter), else whatever runs first.
   #switchHooks(previous: ReadonlyMap<number, string>): SwitchedHook[] {
     if (previous.size === 0) return [];
     const switched: SwitchedHook[] = [];
+    const tcAt = (index: number, direction: TcDirection): number => {
+      const ids = tcHookPrograms(index, direction);
+      return ids.find((id) => previous.has(id)) ?? ids[0] ?? 0;
+    };
     for (const { name, index } of interfaces()) {
-      const before = { xdp: queryXdp(index)?.progId ?? 0, 'tc-ingress': queryTc(index, ingressFilter) ?? 0, 'tc-egress': queryTc(index, egressFilter) ?? 0 };
+      const before = { xdp: queryXdp(index)?.progId ?? 0, 'tc-ingress': tcAt(index, 'ingress'), 'tc-egress': tcAt(index, 'egress') };
       const roles = new Set<InterfaceRole>();
       if (previous.has(before.xdp)) roles.add('uplink');
       for (const id of [before['tc-ingress'], before['tc-egress']]) {
@@ -871,7 +882,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       if (uplinkTc) roles.delete('workload');
       if (roles.size === 0) continue;
       for (const role of roles) this.attach(index, role, uplinkTc ? { xdpMode: 'tc' } : {});
-      const after = { xdp: queryXdp(index)?.progId ?? 0, 'tc-ingress': queryTc(index, ingressFilter) ?? 0, 'tc-egress': queryTc(index, egressFilter) ?? 0 };
+      const after = { xdp: queryXdp(index)?.progId ?? 0, 'tc-ingress': tcAt(index, 'ingress'), 'tc-egress': tcAt(index, 'egress') };
       for (const hook of ['xdp', 'tc-ingress', 'tc-egress'] as const) {
         if (after[hook] !== before[hook] && (before[hook] === 0 || previous.has(before[hook]))) switched.push({ interface: name, ifindex: index, hook, fromProgramId: before[hook], toProgramId: after[hook] });
       }
@@ -1235,9 +1246,7 @@ function withRoom(count: number): number {
 /** Counter slots an update in place moves one by one; more: the generation is written whole (batches). */
 const MAX_MOVED_SLOTS = 4096;
 
-const ingressFilter: TcFilterId = { direction: 'ingress', handle: TC_HANDLE, priority: TC_PRIORITY };
-const egressFilter: TcFilterId = { direction: 'egress', handle: TC_HANDLE, priority: TC_PRIORITY };
-const tcFilters: readonly TcFilterId[] = [ingressFilter, egressFilter];
+const TC_DIRECTIONS: readonly TcDirection[] = ['ingress', 'egress'];
 
 /** A load-balancing spec without services. */
 const NO_SERVICES: LbSpec = { services: [] };
