@@ -7,13 +7,13 @@ import { dirname } from 'node:path';
  * fsynced, so a crash or power loss leaves the old file or the new one, never half of one.
  * @throws Error from the file system (the old file stays).
  */
-export function writeFileDurably(path: string, body: string): void {
+export function writeFileDurably(path: string, body: string | Uint8Array): void {
   const dir = dirname(path);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const tmp = `${path}.tmp-${process.pid}`;
   const fd = openSync(tmp, 'w', 0o600);
   try {
-    writeSync(fd, body);
+    writeAll(fd, typeof body === 'string' ? Buffer.from(body) : body);
     fsyncSync(fd);
   } finally {
     closeSync(fd);
@@ -25,4 +25,9 @@ export function writeFileDurably(path: string, body: string): void {
   } finally {
     closeSync(dfd);
   }
+}
+
+/** write(2) until every byte of `bytes` is written (a regular file may take fewer in one call). */
+export function writeAll(fd: number, bytes: Uint8Array): void {
+  for (let at = 0; at < bytes.length; ) at += writeSync(fd, bytes, at, bytes.length - at);
 }
