@@ -3,7 +3,7 @@
 // agent's tcx attach puts them), takes every program off those hooks, or prints the chains as one
 // JSON line. ip and tc (iproute2 6.1) cannot attach at tcx, and bpftool 7.1 does not show it.
 import { join } from 'node:path';
-import { attachTcx, detachTcx, ifindex, Program, queryTcx } from 'libbpf-ts';
+import { attachTcx, clearTcx, ifindex, Program, queryTcx } from 'libbpf-ts';
 
 const [command, pinRoot, dev] = process.argv.slice(2) as ['attach' | 'detach' | 'query', string, string];
 const index = ifindex(dev);
@@ -17,14 +17,5 @@ if (command === 'attach') {
     }
   }
 } else if (command === 'detach') {
-  for (const direction of ['ingress', 'egress'] as const) {
-    for (const id of queryTcx(index, direction)) {
-      const program = Program.fromId(id);
-      try {
-        detachTcx(program, index, direction);
-      } finally {
-        program.close();
-      }
-    }
-  }
+  for (const direction of ['ingress', 'egress'] as const) clearTcx(index, direction);
 } else process.stdout.write(`${JSON.stringify({ ingress: queryTcx(index, 'ingress'), egress: queryTcx(index, 'egress') })}\n`);

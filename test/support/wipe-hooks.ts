@@ -1,19 +1,10 @@
 // Run under `ip netns exec NS`: removes every program from the named interfaces' hooks, as a
 // reboot would: XDP, the tcx chains and the clsact qdisc (with its filters).
-import { destroyTcHook, detachTcx, detachXdp, ifindex, Program, queryTcx, queryXdp } from 'libbpf-ts';
+import { clearTcx, destroyTcHook, detachXdp, ifindex, queryXdp } from 'libbpf-ts';
 
 for (const name of process.argv.slice(2)) {
   const index = ifindex(name);
   if (queryXdp(index) !== undefined) detachXdp(index);
-  for (const direction of ['ingress', 'egress'] as const) {
-    for (const id of queryTcx(index, direction)) {
-      const program = Program.fromId(id);
-      try {
-        detachTcx(program, index, direction);
-      } finally {
-        program.close();
-      }
-    }
-  }
+  for (const direction of ['ingress', 'egress'] as const) clearTcx(index, direction);
   destroyTcHook(index);
 }

@@ -17,7 +17,7 @@ export { Program } from './program.js';
 export type { ProgramDescription, TestRunOptions, TestRunResult } from './program.js';
 export { attachTc, destroyTcHook, detachTc, queryTc } from './tc.js';
 export type { TcAttachment, TcAttachOptions, TcDirection, TcFilterId } from './tc.js';
-export { attachTcx, detachTcx, queryTcx, tcxSupported } from './tcx.js';
+export { attachTcx, clearTcx, detachTcx, detachTcxId, queryTcx, tcxSupported } from './tcx.js';
 export type { TcxAttachOptions } from './tcx.js';
 export { TypedMap } from './typed-map.js';
 export { attachXdp, detachXdp, queryXdp } from './xdp.js';

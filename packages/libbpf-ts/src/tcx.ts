@@ -6,7 +6,7 @@
 // attach types and flags are the kernel's numbers (include/uapi/linux/bpf.h, 6.6).
 import { errnoError } from './errors.js';
 import * as native from './native.js';
-import type { Program } from './program.js';
+import { Program } from './program.js';
 import type { TcDirection } from './tc.js';
 
 // enum bpf_attach_type.
@@ -52,6 +52,34 @@ export function detachTcx(program: Program, ifindex: number, direction: TcDirect
   if (ret === -ENOENT) return false;
   if (ret < 0) throw errnoError(`detach tcx ifindex=${ifindex} direction=${direction} program=${program.name}`, ret);
   return true;
+}
+
+/**
+ * Removes the program with id `programId` from the tcx `direction` hook of `ifindex`.
+ * @returns false if it was not attached there (or is gone).
+ */
+export function detachTcxId(programId: number, ifindex: number, direction: TcDirection): boolean {
+  let program: Program;
+  try {
+    program = Program.fromId(programId);
+  } catch {
+    return false;
+  }
+  try {
+    return detachTcx(program, ifindex, direction);
+  } finally {
+    program.close();
+  }
+}
+
+/**
+ * Removes every program from the tcx `direction` hook of `ifindex` (what a reboot does).
+ * @returns how many were removed.
+ */
+export function clearTcx(ifindex: number, direction: TcDirection): number {
+  let removed = 0;
+  for (const id of queryTcx(ifindex, direction)) if (detachTcxId(id, ifindex, direction)) removed++;
+  return removed;
 }
 
 /**

@@ -7,9 +7,11 @@ import {
   attachTc,
   attachTcx,
   attachXdp,
+  clearTcx,
   destroyTcHook,
   detachTc,
   detachTcx,
+  detachTcxId,
   detachXdp,
   encode,
   ifindex,
@@ -253,6 +255,12 @@ test.serial('attachTcx - first in the chain, its verdict ends the hook before cl
   await settle();
   t.is(sink.received(), 13);
   t.is(t.throws(() => attachTcx(xdp.program('xdp_pass'), index, 'egress'), { instanceOf: LibbpfError })?.code, 'EINVAL', 'a program of the wrong type');
+
+  attachTcx(count, index, 'egress');
+  attachTcx(drop, index, 'egress');
+  t.false(detachTcxId(tc.program('tc_count_egress').id, index, 'egress'), 'not attached there');
+  t.is(clearTcx(index, 'egress'), 2);
+  t.deepEqual(queryTcx(index, 'egress'), []);
 });
 
 test('interfaces - lists the namespace of this process, with the indexes ifindex() gives', (t) => {

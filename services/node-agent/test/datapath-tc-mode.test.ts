@@ -91,8 +91,10 @@ test.before(async () => {
 
 test.after.always(() => removeNetnsRig({ children, datapath, namespaces: [nsN, nsF], bpffs }));
 
-test.serial('tc mode - the uplink holds edge_tc at clsact ingress and edge_tc_egress at egress, and no XDP program', (t) => {
+test.serial('tc mode - the uplink holds edge_tc at TC ingress and edge_tc_egress at TC egress (in the tcx chains), and no XDP program', (t) => {
   t.deepEqual(hooks(), { xdp: [], ingress: [datapath.tcProgram.id], egress: [datapath.tcEgressProgram.id] });
+  const h = lastJson<Record<string, InterfaceHooks>>(inNs(nsN, process.execPath, '--import=tsx', join(import.meta.dirname, 'netns-hooks.ts')))[vethN]!;
+  t.deepEqual([h['tcx-ingress'], h['tcx-egress']], [[datapath.tcProgram.id], [datapath.tcEgressProgram.id]], 'in the tcx chains, not as clsact filters');
   t.deepEqual(isAttached(), { tc: true, xdp: false });
 });
 

@@ -12,7 +12,7 @@ import {
   attachTc,
   attachTcx,
   detachTc,
-  detachTcx,
+  detachTcxId,
   NotFoundError,
   Program,
   queryTc,
@@ -109,15 +109,6 @@ function detachFilter(ifindex: number, direction: TcDirection): boolean {
   } catch (error) {
     if (error instanceof NotFoundError) return false;
     throw error;
-  }
-}
-
-function detachTcxId(id: number, ifindex: number, direction: TcDirection): boolean {
-  const program = Program.fromId(id);
-  try {
-    return detachTcx(program, ifindex, direction);
-  } finally {
-    program.close();
   }
 }
 
