@@ -90,7 +90,7 @@ test.serial('agent - a policy that selects the node is enforced on real packets 
   t.is(up0?.ifindex, ifindex('up0'));
   t.regex(up0?.attachMode ?? '', /^xdp-(native|generic)$/, 'the mode the XDP program runs in, never the asked-for "auto"');
   t.is(wl0?.ifindex, ifindex('wl0'));
-  t.is(wl0?.attachMode, 'tc');
+  t.is(wl0?.attachMode, 'tcx', 'in the tcx chains (this kernel has tcx)');
 });
 
 test.serial('agent - a policy whose selector does not match changes nothing on the node', async (t) => {

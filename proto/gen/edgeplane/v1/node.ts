@@ -104,7 +104,8 @@ export interface NodeInterface {
   /**
    * How the agent's program is attached now, as the kernel reports it: "xdp-native",
    * "xdp-generic" or "xdp-offload" (an uplink at XDP: the mode it runs in, whatever mode was
-   * asked), or "tc" (clsact); "" when it is not attached.
+   * asked), or at TC "tcx" (in the interface's tcx chain, kernel 6.6+) or "tc" (a clsact
+   * filter); "" when it is not attached.
    */
   attachMode: string;
   attached: boolean;

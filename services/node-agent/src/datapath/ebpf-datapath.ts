@@ -620,19 +620,23 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   /**
    * How `role`'s program of this datapath is attached to `iface` now, as the kernel says: on an
    * uplink `xdp-native`, `xdp-generic` or `xdp-offload` (the mode bpf_xdp_query reports for our
-   * XDP program, whatever mode was asked: 'auto' falls back to generic) or `tc` (our program at
-   * TC ingress, in the tcx chain or as our clsact filter); on a workload interface `tc`. '' when
-   * it is not attached there.
+   * XDP program, whatever mode was asked: 'auto' falls back to generic) or, at TC ingress, `tcx`
+   * (our program in the tcx chain) or `tc` (as our clsact filter); on a workload interface `tcx`
+   * or `tc` the same way (at both hooks). '' when it is not attached there.
    * @throws DatapathError with the libbpf-ts error as cause (an interface that is not there).
    */
   attachMode(iface: string | number, role: InterfaceRole): string {
     const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
     try {
-      const atTc = (direction: TcDirection): boolean => tcHookPrograms(index, direction).includes(this.#programs.edge_tc.id);
-      if (role === 'workload') return TC_DIRECTIONS.every(atTc) ? 'tc' : '';
+      const id = this.#programs.edge_tc.id;
+      const tcMode = (directions: readonly TcDirection[]): string => {
+        if (directions.every((d) => tcHookHolds(index, d, id, 'tcx'))) return 'tcx';
+        return directions.every((d) => tcHookPrograms(index, d).includes(id)) ? 'tc' : '';
+      };
+      if (role === 'workload') return tcMode(TC_DIRECTIONS);
       const xdp = queryXdp(index);
       if (xdp?.progId === this.#programs.edge_xdp.id) return xdp.mode === 'multi' ? 'xdp-native' : `xdp-${xdp.mode}`;
-      return atTc('ingress') ? 'tc' : '';
+      return tcMode(['ingress']);
     } catch (cause) {
       throw new DatapathError(`query ${role} iface=${iface}`, { cause });
     }

@@ -54,7 +54,7 @@ export function tcHookPrograms(ifindex: number, direction: TcDirection): number[
  * the filter at our handle).
  */
 export function tcHookHolds(ifindex: number, direction: TcDirection, programId: number, kind: TcAttachKind): boolean {
-  if (kind === 'tcx') return queryTcx(ifindex, direction).includes(programId);
+  if (kind === 'tcx') return tcxSupported() && queryTcx(ifindex, direction).includes(programId);
   return queryTc(ifindex, tcFilter(direction)) === programId;
 }
 
