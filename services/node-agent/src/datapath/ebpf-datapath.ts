@@ -98,8 +98,6 @@ type ProgramName = (typeof programNames)[number];
 type Programs = Readonly<Record<ProgramName, Program>>;
 type Maps = Readonly<Record<MapName, BpfMap>>;
 
-/** Fixed TC filter handle and priority, so a restarted agent replaces its own filters. */
-
 /** Options of EbpfDatapath.open(). */
 export interface EbpfDatapathOptions {
   /** A directory on a bpffs the caller mounted (under /run: `ip netns exec` hides /sys/fs/bpf). */
@@ -412,12 +410,12 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     return this.#programs.edge_xdp;
   }
 
-  /** The TC program (workload ingress and egress). Owned by this datapath; valid until close(). */
   /** How attach() puts programs at TC hooks (EbpfDatapathOptions.tcAttach). */
   get tcAttach(): TcAttachKind {
     return this.#tcAttach;
   }
 
+  /** The TC program (workload ingress and egress). Owned by this datapath; valid until close(). */
   get tcProgram(): Program {
     return this.#programs.edge_tc;
   }
@@ -608,7 +606,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
           return;
         }
         this.#attachXdp(index, mode);
-        detachTcHook(index, 'ingress', this.#programs.edge_tc.id);
+        detachTcHook(index, 'ingress', this.#programs.edge_tc);
         return;
       }
       for (const direction of TC_DIRECTIONS) attachTcHook(this.#programs.edge_tc, index, direction, this.#tcAttach);
@@ -675,15 +673,16 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   detach(iface: string | number, role: InterfaceRole): boolean {
     const index = typeof iface === 'number' ? iface : interfaceIndex(iface);
     try {
-      // Only our own programs: another program at our hooks (or at our clsact handle) is not ours to remove.
+      // Only our own programs (or an earlier object's of the same name): another program at our
+      // hooks, or at our clsact handle, is not ours to remove.
       if (role === 'uplink') {
-        const ingress = detachTcHook(index, 'ingress', this.#programs.edge_tc.id);
-        const egress = detachTcHook(index, 'egress', this.#programs.edge_tc_egress.id);
+        const ingress = detachTcHook(index, 'ingress', this.#programs.edge_tc);
+        const egress = detachTcHook(index, 'egress', this.#programs.edge_tc_egress);
         if (queryXdp(index)?.progId !== this.#programs.edge_xdp.id) return ingress || egress;
         return detachXdp(index) || ingress || egress;
       }
       let removed = false;
-      for (const direction of TC_DIRECTIONS) removed = detachTcHook(index, direction, this.#programs.edge_tc.id) || removed;
+      for (const direction of TC_DIRECTIONS) removed = detachTcHook(index, direction, this.#programs.edge_tc) || removed;
       return removed;
     } catch (cause) {
       throw new DatapathError(`detach ${role} iface=${iface}`, { cause });

@@ -90,15 +90,18 @@ export function attachTcHook(program: Program, ifindex: number, direction: TcDir
 }
 
 /**
- * Takes `programId` from `direction` of `ifindex`, from the tcx chain or from the filter at our
- * handle, wherever it is. Another program stays.
- * @returns false if it was in neither place.
+ * Takes a program of ours from `direction` of `ifindex`, from the tcx chain and from the filter at
+ * our handle, wherever it is: `which` by id, or a Program (it, or a program of its name: an
+ * earlier object's). Other programs stay.
+ * @returns false if there was none.
  * @throws LibbpfError.
  */
-export function detachTcHook(ifindex: number, direction: TcDirection, programId: number): boolean {
+export function detachTcHook(ifindex: number, direction: TcDirection, which: Program | number): boolean {
+  const matches = (id: number): boolean => (typeof which === 'number' ? id === which : id === which.id || sameName(id, which));
   let removed = false;
-  if (tcxSupported() && queryTcx(ifindex, direction).includes(programId)) removed = detachTcxId(programId, ifindex, direction);
-  if (queryTc(ifindex, tcFilter(direction)) === programId) removed = detachFilter(ifindex, direction) || removed;
+  if (tcxSupported()) for (const id of queryTcx(ifindex, direction)) if (matches(id)) removed = detachTcxId(id, ifindex, direction) || removed;
+  const filter = queryTc(ifindex, tcFilter(direction));
+  if (filter !== undefined && matches(filter)) removed = detachFilter(ifindex, direction) || removed;
   return removed;
 }
 
