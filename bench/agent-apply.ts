@@ -3,17 +3,19 @@
 // workload datapath (one TableCompilers pool, as main.ts wires them), on real eBPF maps pinned on
 // a bpffs this script mounts under /run and removes. No NATS, no controller: bench/agent.ts
 // measures the whole agent; this splits what it calls "compile" and "datapath". Asserts nothing.
-//   npx tsc --build && node --import=tsx bench/agent-apply.ts [--rules 65536] [--changes 8]
+//   npx tsc --build && node --import=tsx bench/agent-apply.ts [--rules 65536] [--changes 8] [--heap-snapshot FILE]
 //
 // Steps: the first apply (whole), then `--changes` one-rule changes (the last rule's port, as
 // bench/agent.ts changes it), then one inserted rule and the change after it. Prints a table (ms)
-// and one JSON line; RSS (VmRSS, VmHWM) and the heap after a forced collection when node runs
-// with --expose-gc.
+// and one JSON line; RSS (VmRSS, VmHWM), the heap (used, committed) and memory outside it (typed
+// arrays' buffers, other external memory) after a forced collection when node runs with
+// --expose-gc; --heap-snapshot writes a V8 heap snapshot there after it.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmdirSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { writeHeapSnapshot } from 'node:v8';
 import { Action, Policy, Protocol, type Rule } from '@edgeplane/proto';
 import { compileIntent, EbpfDatapath, TableCompiler, TableCompilers } from '@edgeplane/node-agent';
 
@@ -110,14 +112,18 @@ async function main(): Promise<void> {
     list[list.length - 1] = Policy.fromPartial({ spec: { rules: [{ priority: 2 * RULES, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 60_000, last: 0 }], action: Action.ACTION_DENY }] } }).spec!.rules[0]!;
     await step('one-rule change after the insert', withRules(list));
     gc?.();
-    const memory = { ...status(), heapUsedMiB: Math.round(process.memoryUsage().heapUsed / 1024 / 102.4) / 10, gc: gc !== undefined };
+    const usage = process.memoryUsage();
+    const mib = (n: number): number => Math.round(n / 1024 / 102.4) / 10;
+    const memory = { ...status(), heapUsedMiB: mib(usage.heapUsed), heapTotalMiB: mib(usage.heapTotal), arrayBuffersMiB: mib(usage.arrayBuffers), externalMiB: mib(usage.external), gc: gc !== undefined };
+    const snapshotAt = process.argv.indexOf('--heap-snapshot');
+    if (snapshotAt > 0) writeHeapSnapshot(process.argv[snapshotAt + 1]);
     const round = (n: number): number => Math.round(n);
     const cols = ['step', 'compileIntent', 'compileTables', 'uplink apply', 'workload apply', 'write', 'entries written', 'background'];
     console.log(`${RULES} rules, load ${loadavg().map((l) => l.toFixed(1)).join(' ')} (ms)`);
     console.log(`| ${cols.join(' | ')} |`);
     console.log(`| ${cols.map(() => '---').join(' | ')} |`);
     for (const r of rows) console.log(`| ${r.step} | ${round(r.compileIntentMs)} | ${round(r.compileTablesMs)} | ${round(r.uplinkMs)} | ${round(r.workloadMs)} | ${r.write} | ${r.written} | ${round(r.backgroundMs)} |`);
-    console.log(`memory: VmRSS ${memory.rss} MiB, VmHWM ${memory.hwm} MiB, heap used ${memory.heapUsedMiB} MiB${memory.gc ? ' (after a forced collection)' : ''}`);
+    console.log(`memory: VmRSS ${memory.rss} MiB, VmHWM ${memory.hwm} MiB, heap used ${memory.heapUsedMiB} of ${memory.heapTotalMiB} MiB committed, array buffers ${memory.arrayBuffersMiB} MiB, external ${memory.externalMiB} MiB${memory.gc ? ' (after a forced collection)' : ''}`);
     console.log(JSON.stringify({ rules: RULES, rows, memory }));
   } finally {
     for (const datapath of opened) datapath.close();

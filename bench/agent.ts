@@ -125,6 +125,28 @@ interface Footprint {
 }
 
 /** Samples once a second for `seconds`; `tick` runs at the start of each second. */
+/** The `count` mappings of `pid` with the most resident memory (/proc/PID/smaps): Rss, anonymous part, and what they map. */
+function largestMappings(pid: number, count: number): string {
+  const rows: { rss: number; anon: number; name: string }[] = [];
+  let row: { rss: number; anon: number; name: string } | undefined;
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (head) rows.push((row = { rss: 0, anon: 0, name: head[1] || '[anonymous]' }));
+    else if (row && line.startsWith('Rss:')) row.rss = Number(line.split(/\s+/)[1]);
+    else if (row && line.startsWith('Anonymous:')) row.anon = Number(line.split(/\s+/)[1]);
+  }
+  const byName = new Map<string, { rss: number; anon: number; mappings: number }>();
+  for (const r of rows) {
+    const have = byName.get(r.name) ?? { rss: 0, anon: 0, mappings: 0 };
+    byName.set(r.name, { rss: have.rss + r.rss, anon: have.anon + r.anon, mappings: have.mappings + 1 });
+  }
+  return [...byName]
+    .sort(([, a], [, b]) => b.rss - a.rss)
+    .slice(0, count)
+    .map(([name, m]) => `  ${(m.rss / 1024).toFixed(1).padStart(8)} MiB (anon ${(m.anon / 1024).toFixed(1)}) in ${m.mappings} mappings: ${name}`)
+    .join('\n');
+}
+
 async function footprint(pid: number, seconds: number, tick?: (i: number) => Promise<void>): Promise<Footprint> {
   const samples: ProcSample[] = [sampleProc(pid)];
   const start = samples[0]!.at;
@@ -377,6 +399,7 @@ async function main(): Promise<void> {
     // The agent idle again, now holding 65,536 rules (counter reads walk every rule).
     log(`idle with 65,536 rules for ${LOADED_S} s`);
     const loaded = await footprint(agentPid(agent).pid, LOADED_S);
+    if (process.env.EP_BENCH_SMAPS) log(`agent mappings, idle with 65,536 rules (largest Rss):\n${largestMappings(agentPid(agent).pid, 12)}`);
     const peak = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${agentPid(agent).pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
     const peakLoad1 = round(loadavg()[0] ?? NaN, 2);
 

@@ -668,6 +668,15 @@ export function progQuery(target: number, type: number, max: number): number[] |
 // --- libc ---------------------------------------------------------------------------------------
 
 const closeFd = libc.func('int close(int fd)');
+const mallocTrim = libc.func('int malloc_trim(size_t pad)');
+
+/**
+ * malloc_trim(3) with no padding: glibc returns every free page of its arenas to the system, not
+ * only the top of the heap (which MALLOC_TRIM_THRESHOLD_ covers). @returns whether it released any.
+ */
+export function trimNativeHeap(): boolean {
+  return (mallocTrim(0) as number) === 1;
+}
 const ifNameToIndex = libc.func('uint32_t if_nametoindex(const char *ifname)');
 
 /** close(2); errors are ignored (the fd is gone either way on Linux). */

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { keyIdOf, quietIpServernameWarning } from '@edgeplane/proto';
-import { ifindex as interfaceIndex } from 'libbpf-ts';
+import { ifindex as interfaceIndex, trimNativeHeap } from 'libbpf-ts';
 import { startTelemetry } from '@edgeplane/telemetry';
 import { AgentRuntime, type InterfaceAttacher } from './agent/agent-runtime.js';
 import { observeBlocklists } from './agent/blocklist-metrics.js';
@@ -233,8 +233,17 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       heartbeatIntervalMs: config.heartbeatIntervalMs,
       counterIntervalMs: config.counterIntervalMs,
       // A full collection after a large apply (node --expose-gc, as bin/edgeplane-agent runs it):
-      // an idle agent would otherwise hold the apply's garbage indefinitely.
-      ...(typeof gc === 'function' ? { reclaim: gc } : {}),
+      // an idle agent would otherwise hold the apply's garbage indefinitely. Then glibc's free
+      // pages go back too: what the collection freed outside V8's heap (buffers, the native side
+      // of map writes) stays resident in malloc's arenas otherwise (bench/README.md, "agent").
+      ...(typeof gc === 'function'
+        ? {
+            reclaim: () => {
+              gc!();
+              trimNativeHeap();
+            },
+          }
+        : {}),
       // IPv4 DSR and full NAT need accept_local (and no strict rp_filter) on the uplinks: set
       // before such a service is applied, restored when the last one goes (bpf/LB.md).
       ...(ebpf ? { prepareUplink: uplinkSysctls(config, log) } : {}),
