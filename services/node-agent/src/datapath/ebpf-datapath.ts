@@ -2,7 +2,7 @@
 // compiled tables into the idle generation and switches to it with one map write, attaches the
 // programs, and reads counters. bpf/README.md describes the maps and the switch protocol.
 import { existsSync, readdirSync, readFileSync, unlinkSync } from 'node:fs';
-import { endianness } from 'node:os';
+import { endianness, release } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
@@ -15,6 +15,7 @@ import {
   loadObjectSpec,
   Program,
   queryXdp,
+  tcxSupported,
   TypedMap,
   u32 as u32Codec,
   type CodecValue,
@@ -263,6 +264,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
    */
   static async open(options: EbpfDatapathOptions): Promise<EbpfDatapath> {
     if (endianness() !== 'LE') throw new DatapathError(`open datapath: tables are compiled little-endian, this host is ${endianness()}`);
+    if (options.tcAttach === 'tcx' && !tcxSupported()) throw new DatapathError(`open datapath: tcx attach asked for (--tc-attach tcx), but this kernel (${release()}) has no tcx (6.6+); use auto or cls_bpf`);
     const pinRoot = options.pinRoot;
     const pin = (name: string): string => join(pinRoot, name);
     const found = readLayoutVersion(pinRoot);
