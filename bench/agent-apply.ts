@@ -9,7 +9,8 @@
 // bench/agent.ts changes it), then one inserted rule and the change after it. Prints a table (ms)
 // and one JSON line; RSS (VmRSS, VmHWM), the heap (used, committed) and memory outside it (typed
 // arrays' buffers, other external memory) after a forced collection when node runs with
-// --expose-gc; --heap-snapshot writes a V8 heap snapshot there after it.
+// --expose-gc; --heap-snapshot writes a V8 heap snapshot there after it. Then the uplink's
+// counter read, right after the last apply and a second later.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmdirSync } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -111,6 +112,18 @@ async function main(): Promise<void> {
     list = [...list];
     list[list.length - 1] = Policy.fromPartial({ spec: { rules: [{ priority: 2 * RULES, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 60_000, last: 0 }], action: Action.ACTION_DENY }] } }).spec!.rules[0]!;
     await step('one-rule change after the insert', withRules(list));
+    // Counter reads (what the agent does at every counter report and at each apply's flush):
+    // right after a switch the idle generation is read again; a second after it its counts are
+    // final and kept, so a read is the live generation's batch lookup and sums.
+    const timeRead = (): number => {
+      const t = performance.now();
+      uplink.readCounters();
+      return performance.now() - t;
+    };
+    const afterSwitch = [timeRead(), timeRead(), timeRead()];
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    const settledReads = Array.from({ length: 5 }, timeRead);
+    const counterReads = { afterSwitchMs: afterSwitch.map((x) => Math.round(x * 10) / 10), settledMs: settledReads.map((x) => Math.round(x * 10) / 10) };
     gc?.();
     const usage = process.memoryUsage();
     const mib = (n: number): number => Math.round(n / 1024 / 102.4) / 10;
@@ -123,8 +136,9 @@ async function main(): Promise<void> {
     console.log(`| ${cols.join(' | ')} |`);
     console.log(`| ${cols.map(() => '---').join(' | ')} |`);
     for (const r of rows) console.log(`| ${r.step} | ${round(r.compileIntentMs)} | ${round(r.compileTablesMs)} | ${round(r.uplinkMs)} | ${round(r.workloadMs)} | ${r.write} | ${r.written} | ${round(r.backgroundMs)} |`);
+    console.log(`uplink readCounters (ms): right after the last apply ${counterReads.afterSwitchMs.join(', ')}; a second later ${counterReads.settledMs.join(', ')}`);
     console.log(`memory: VmRSS ${memory.rss} MiB, VmHWM ${memory.hwm} MiB, heap used ${memory.heapUsedMiB} of ${memory.heapTotalMiB} MiB committed, array buffers ${memory.arrayBuffersMiB} MiB, external ${memory.externalMiB} MiB${memory.gc ? ' (after a forced collection)' : ''}`);
-    console.log(JSON.stringify({ rules: RULES, rows, memory }));
+    console.log(JSON.stringify({ rules: RULES, rows, counterReads, memory }));
   } finally {
     for (const datapath of opened) datapath.close();
     execFileSync('umount', [root]);

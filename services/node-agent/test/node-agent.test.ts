@@ -469,6 +469,33 @@ test('NodeAgent - counters are flushed when a rule set is replaced: what a remov
   t.is(after?.appliedRevision, 2n);
 });
 
+test('NodeAgent - the flush reads after every role switched: a packet a rule only the new rule set has decided in between is reported, under the revision before', async (t) => {
+  const h = flushHarness();
+  t.teardown(() => h.agent.close());
+  await h.push(denyPort('p', 23));
+  h.agent.counterDeltas();
+  verdict(h.uplink, 23);
+  // While the workload role applies, the uplink already enforces the new rule set: a packet to
+  // port 24 meets its new rule (priority 20) before the flush reads the uplink.
+  const apply = h.workload.apply.bind(h.workload);
+  h.workload.apply = async (...args) => {
+    t.is(verdict(h.uplink, 24), 'drop', 'the uplink switched before the workload applies');
+    return apply(...args);
+  };
+  await h.push(onePortRule('p', 20, 24, Action.ACTION_DENY));
+  const flush = h.flushed[0]!;
+  t.deepEqual(
+    flush.rules.map((r) => [r.rule?.priority, r.packets]).sort(),
+    [
+      [10, 1n],
+      [20, 1n],
+    ],
+    'the removed rule and the new one, each once',
+  );
+  t.is(drops(flush), 2n);
+  t.is(h.agent.counterDeltas(), undefined, 'nothing is reported twice');
+});
+
 test('NodeAgent - a flush attributes packets to the verdicts of the rule set that decided them: a rule whose action changes reports its drops before the switch as drops', async (t) => {
   const h = flushHarness();
   t.teardown(() => h.agent.close());

@@ -26,6 +26,7 @@ import type { ConntrackOccupancy } from '../datapath/conntrack.js';
 import { LB_STAT_NAMES, type Counter, type Datapath, type DatapathCounters, type LbCounters, type ShadowCounters, type ShadowDatapath } from '../datapath/datapath.js';
 import type { InterfaceRole } from '../datapath/interface-role.js';
 import { RollbackError } from '../datapath/errors.js';
+import { eachMoved } from '../datapath/rule-counts.js';
 import type { RuleAction, RuleSetSpec } from '../datapath/rule-set.js';
 import { MaglevTableCache, type BackendHealthView, type BackendRouteView, type LbSpec } from '../datapath/service-compile.js';
 import { compileNode, compileNodeServices, compileShadow, type CompiledIntent, type RuleOrigin, type ShadowCandidate } from './compile.js';
@@ -197,7 +198,6 @@ function pairOf(role: { ruleSet: RuleSetSpec; lb?: LbSpec }): Enforced {
   return role.lb ? { ruleSet: role.ruleSet, lb: role.lb } : { ruleSet: role.ruleSet };
 }
 
-const NO_ACTIONS: ReadonlyMap<number, RuleAction> = new Map();
 /** Each live rule set's actions by rule id, built at its first counter report and reused by every later one (and by both roles when they share the rule set). */
 const ruleActions = new WeakMap<RuleSetSpec, ReadonlyMap<number, RuleAction>>();
 function actionsOf(ruleSet: RuleSetSpec): ReadonlyMap<number, RuleAction> {
@@ -694,8 +694,9 @@ export class NodeAgent {
           return this.#setShadow(shadow);
         });
       } else await this.#setShadow(undefined);
-      await run('edgeplane.agent.apply', () => this.#applyCompiled(compiled));
+      const flushSwitched = await run('edgeplane.agent.apply', () => this.#applyCompiled(compiled));
       enforcedAt = process.hrtime.bigint();
+      await run('edgeplane.agent.flush', flushSwitched);
       this.#applied = revision;
       this.#current = snapshot;
       this.#currentLabels = labels;
@@ -846,24 +847,33 @@ export class NodeAgent {
    * @throws the apply's error when every switched role is back; RollbackError (cause: the
    * apply's error) when some role could not be switched back: it is then in #unknownRoles.
    */
-  async #applyCompiled(compiled: CompiledIntent, flush = true): Promise<void> {
+  /**
+   * Applies `compiled` to every role, all or nothing (a failed role rolls back the roles already
+   * switched). With `flush`, returns the flush of this apply's switches for the caller to run
+   * once the apply is enforced: it reads what the outgoing rule sets counted up to their switch
+   * (the datapath keeps those counts by rule id) before a rule they had is forgotten, off the path
+   * to enforcement (two counter reads per role: ~100 ms at 65,536 rules).
+   */
+  async #applyCompiled(compiled: CompiledIntent, flush = true): Promise<() => void> {
     const known = this.#live ?? { uplink: UNCONFIGURED, workload: UNCONFIGURED };
     const outgoing = this.#origins;
     const switched: InterfaceRole[] = [];
     this.#o.prepareUplink?.(compiled.uplink.lb);
+    const moved: InterfaceRole[] = [];
     try {
       for (const role of this.#roles()) {
         const result = await this.#o.datapaths[role].apply(compiled[role].ruleSet, compiled[role].lb);
         switched.push(role);
-        // What the outgoing rule set counted up to the switch is read now, before a rule it had is forgotten.
-        if (flush && result.mode !== 'unchanged') this.#flushRole(role, { ruleSet: known[role].ruleSet, origins: outgoing[role] });
+        if (result.mode !== 'unchanged') moved.push(role);
       }
     } catch (err) {
       const failed = new Map<InterfaceRole, string>();
       for (const role of switched) {
         try {
           const result = await this.#o.datapaths[role].apply(known[role].ruleSet, known[role].lb);
-          if (flush && result.mode !== 'unchanged') this.#flushRole(role, { ruleSet: compiled[role].ruleSet, origins: compiled[role].origins });
+          // Since the last read the role counted under `known` (up to the first switch), then
+          // under `compiled`, and now `known` again.
+          if (flush && result.mode !== 'unchanged') this.#flushRole(role, { ruleSet: compiled[role].ruleSet, origins: compiled[role].origins, incoming: { ruleSet: known[role].ruleSet, origins: outgoing[role] } });
           this.#unknownRoles.delete(role);
         } catch (rollbackErr) {
           failed.set(role, (rollbackErr as Error).message);
@@ -879,6 +889,9 @@ export class NodeAgent {
     this.#replaced = { uplink: { ruleSet: known.uplink.ruleSet, origins: outgoing.uplink }, workload: { ruleSet: known.workload.ruleSet, origins: outgoing.workload } };
     this.#live = { uplink: pairOf(compiled.uplink), workload: pairOf(compiled.workload) };
     this.#origins = { uplink: compiled.uplink.origins, workload: compiled.workload.origins };
+    return () => {
+      if (flush) for (const role of moved) this.#flushRole(role, { ruleSet: known[role].ruleSet, origins: outgoing[role], incoming: compiled[role] });
+    };
   }
 
   /**
@@ -980,33 +993,28 @@ export class NodeAgent {
     const before = this.#lastCounters[role];
     this.#lastCounters[role] = current;
     const earlier = this.#replaced[role];
-    const actions = enforced.ruleSet ? actionsOf(enforced.ruleSet) : NO_ACTIONS;
-    const earlierActions = earlier ? actionsOf(earlier.ruleSet) : NO_ACTIONS;
     const iface: InterfaceCounters = { interface: role, passedPackets: 0n, droppedPackets: 0n, passedBytes: 0n, droppedBytes: 0n, defaultActionPackets: 0n, nonIpPackets: 0n, malformedPackets: 0n };
-    const count = (id: number, c: Counter): void => {
-      const d = sub(c, before?.rules.get(id) ?? before?.retired?.get(id));
-      if (d.packets <= 0) return;
+    // Removed rules' counts (retired) up to the switch come after the live ones.
+    eachMoved(current, before, (id, packets, bytes) => {
       acc.moved = true;
       const own = enforced.origins.get(id);
-      const origin = own ?? earlier?.origins.get(id);
+      const origin = own ?? earlier?.origins.get(id) ?? enforced.incoming?.origins.get(id);
       if (!origin) return;
       const k = `${origin.policy}\u0000${origin.priority}`;
       const have = acc.rules.get(k) ?? { rule: { policy: origin.policy, priority: origin.priority }, ruleName: origin.ruleName, packets: 0n, bytes: 0n, rateLimitedPackets: 0n };
-      have.packets += BigInt(d.packets);
-      have.bytes += BigInt(d.bytes);
+      have.packets += BigInt(packets);
+      have.bytes += BigInt(bytes);
       acc.rules.set(k, have);
-      const dropped = (own ? actions : earlierActions).get(id) === 'deny';
+      const from = own ? enforced.ruleSet : earlier?.origins.has(id) ? earlier.ruleSet : enforced.incoming?.ruleSet;
+      const dropped = from !== undefined && actionsOf(from).get(id) === 'deny';
       if (dropped) {
-        iface.droppedPackets += BigInt(d.packets);
-        iface.droppedBytes += BigInt(d.bytes);
+        iface.droppedPackets += BigInt(packets);
+        iface.droppedBytes += BigInt(bytes);
       } else {
-        iface.passedPackets += BigInt(d.packets);
-        iface.passedBytes += BigInt(d.bytes);
+        iface.passedPackets += BigInt(packets);
+        iface.passedBytes += BigInt(bytes);
       }
-    };
-    for (const [id, c] of current.rules) count(id, c);
-    // Rules an apply removed: what they counted up to the switch (and packets still in flight then).
-    for (const [id, c] of current.retired ?? []) count(id, c);
+    });
     const def = sub(current.defaultAction, before?.defaultAction);
     const limited = sub(current.rateLimited, before?.rateLimited);
     const nonIp = sub(current.nonIp, before?.nonIp);
@@ -1075,6 +1083,11 @@ interface CounterAccumulator {
 interface Attribution {
   ruleSet: RuleSetSpec | undefined;
   origins: ReadonlyMap<number, RuleOrigin>;
+  /**
+   * A flush's rule set switched to: rules only it has counted between the switch and the read
+   * (read after every role switched), attributed to it rather than lost.
+   */
+  incoming?: { ruleSet: RuleSetSpec | undefined; origins: ReadonlyMap<number, RuleOrigin> };
 }
 
 /** Two counter reports of one node as one (sums; `later`'s revision and end). */

@@ -4,7 +4,7 @@
 // applies and agent restarts. bpf/README.md, "Counters", describes the maps.
 import { TypedMap, u32, type BpfMap, type CodecValue } from 'libbpf-ts';
 import { RULE_SLOTS } from './compile-tables.js';
-import type { Counter, DatapathCounters } from './datapath.js';
+import type { Counter, DatapathCounters, PackedRuleCounts } from './datapath.js';
 import { DEFAULT_RULE_ID } from './rule-set.js';
 import { epCounter } from './table-codecs.js';
 
@@ -17,6 +17,31 @@ export type StatCounters = Pick<DatapathCounters, keyof typeof STAT_SLOTS>;
 /** Packets and bytes by rule id. */
 export type CounterTotals = Map<number, { packets: number; bytes: number }>;
 
+/** A valid generation in a read: slot i + 1 counts for rule ids[i] (slot 0: the default action). */
+export interface GenerationIds {
+  readonly generation: number;
+  readonly ids: readonly number[];
+}
+
+/** What {@link CounterTables.readTotals} returns. */
+export interface RuleTotals {
+  /** Every live rule, in slot order (zero if never hit). */
+  readonly packed: PackedRuleCounts;
+  /** Rules not live that the idle generation or the carry still count (non-zero ones only). */
+  readonly retired: ReadonlyMap<number, Counter>;
+  readonly defaultAction: Counter;
+}
+
+/** The part of a read that only a write of this process changes: the idle generation's and the carry's counts, by live slot. */
+interface FrozenPart {
+  readonly version: number;
+  readonly live: GenerationIds | undefined;
+  readonly idle: GenerationIds | undefined;
+  /** Indexed as a generation's sums: slot 0 the default action, slot i + 1 live rule ids[i]. */
+  readonly base: Float64Array;
+  readonly retired: ReadonlyMap<number, Counter>;
+}
+
 /**
  * The counter maps of one pinned datapath. It borrows the maps (holds no fd of its own) and is
  * usable as long as they are open. The shadow candidate's counters (ep_shadow_counters, one
@@ -26,6 +51,11 @@ export class CounterTables {
   readonly #counters: BpfMap;
   readonly #stats: BpfMap;
   readonly #carryMap: TypedMap<number, CodecValue<typeof epCounter>> | undefined;
+  readonly #carryRaw: BpfMap | undefined;
+  /** Bumped by every write of this object to the counter slots or the carry. */
+  #version = 0;
+  /** The idle generation's and the carry's counts of the last read, while nothing wrote them. */
+  #frozen: FrozenPart | undefined;
 
   /**
    * @param counters ep_counters (per-CPU array, EP_GENERATIONS * EP_RULE_SLOTS slots), or
@@ -42,6 +72,7 @@ export class CounterTables {
     this.#counters = counters;
     this.#stats = stats;
     this.#carryMap = carry === undefined ? undefined : new TypedMap(carry, u32, epCounter);
+    this.#carryRaw = carry;
   }
 
   get #carry(): TypedMap<number, CodecValue<typeof epCounter>> {
@@ -51,6 +82,7 @@ export class CounterTables {
 
   /** Zeroes the slots of `generation` that a rule set of `ruleCount` rules uses (one batch write). */
   zero(generation: number, ruleCount: number): void {
+    this.#version++;
     const zero = [new Uint8Array(epCounter.size)];
     const slots = Array.from({ length: ruleCount + 1 }, (_, index) => u32Bytes(generation * RULE_SLOTS + index));
     this.#counters.setPerCpuBatch(slots, slots.map(() => zero));
@@ -63,6 +95,7 @@ export class CounterTables {
    * slot; for many slots, fold() and zero() read and write the generation in batches.
    */
   moveSlots(generation: number, ruleIds: readonly number[], slots: readonly number[]): void {
+    this.#version++;
     const entries: [number, CodecValue<typeof epCounter>][] = [];
     const zero = new Uint8Array(epCounter.size);
     for (const slot of slots) {
@@ -139,6 +172,7 @@ export class CounterTables {
    * skipped; the carry is written with one batch.
    */
   fold(generation: number, ruleIds: readonly number[]): void {
+    this.#version++;
     const entries: [number, CodecValue<typeof epCounter>][] = [];
     const sums = this.#sums(generation, ruleIds.length + 1);
     for (let slot = 0; 2 * slot < sums.length; slot++) {
@@ -150,6 +184,66 @@ export class CounterTables {
       entries.push([id, { packets: previous.packets + BigInt(packets), bytes: previous.bytes + BigInt(bytes) }]);
     }
     this.#carry.setBatch(entries);
+  }
+
+  /**
+   * Totals by rule id over the live generation, the idle one and the carry (what readCounters
+   * reports), packed by the live generation's slots: one batch lookup of the live generation
+   * and typed-array sums, no object per rule. With `idleFrozen` (no packet can count in the idle
+   * generation any more: the barrier ran after the switch away from it), the idle generation's
+   * and the carry's part is kept and reused by later reads until this object writes either, or
+   * either generation's ids change (a new array). At 65,536 rules a read is then one 20 ms
+   * syscall and a 131,072-number add instead of two lookups, a carry walk and ~200,000 objects.
+   * @param live the active generation, if valid; @param idle the other one, if valid.
+   */
+  readTotals(live: GenerationIds | undefined, idle: GenerationIds | undefined, idleFrozen: boolean): RuleTotals {
+    const ids = live?.ids ?? [];
+    const frozen = this.#frozenPart(live, idle, idleFrozen);
+    const total = frozen.base.slice();
+    if (live !== undefined) {
+      const sums = this.#sums(live.generation, ids.length + 1);
+      for (let i = 0; i < sums.length; i++) total[i]! += sums[i]!;
+    }
+    return { packed: { ids, sums: total.subarray(2) }, retired: frozen.retired, defaultAction: { packets: total[0]!, bytes: total[1]! } };
+  }
+
+  #frozenPart(live: GenerationIds | undefined, idle: GenerationIds | undefined, idleFrozen: boolean): FrozenPart {
+    const kept = this.#frozen;
+    const same = (a: GenerationIds | undefined, b: GenerationIds | undefined): boolean => a?.generation === b?.generation && a?.ids === b?.ids;
+    if (idleFrozen && kept !== undefined && kept.version === this.#version && same(kept.live, live) && same(kept.idle, idle)) return kept;
+    const ids = live?.ids ?? [];
+    const base = new Float64Array(2 * (ids.length + 1));
+    const retired: CounterTotals = new Map();
+    const index = slotIndex(ids);
+    const add = (id: number, packets: number, bytes: number): void => {
+      if (packets === 0 && bytes === 0) return;
+      const slot = id === DEFAULT_RULE_ID ? 0 : index.get(id);
+      if (slot === undefined) addTo(retired, id, { packets, bytes });
+      else {
+        base[2 * slot]! += packets;
+        base[2 * slot + 1]! += bytes;
+      }
+    };
+    if (idle !== undefined) {
+      const sums = this.#sums(idle.generation, idle.ids.length + 1);
+      for (let slot = 0; 2 * slot < sums.length; slot++) add(slotRuleId(idle.ids, slot), sums[2 * slot]!, sums[2 * slot + 1]!);
+    }
+    this.#eachCarried(add);
+    const part: FrozenPart = { version: this.#version, live, idle, base, retired };
+    this.#frozen = idleFrozen ? part : undefined;
+    return part;
+  }
+
+  /** Calls `fn` for every carry entry, read in batches (packed, no object per entry). */
+  #eachCarried(fn: (id: number, packets: number, bytes: number) => void): void {
+    if (this.#carryRaw === undefined) throw new Error(`counter tables of ${this.#counters.name}: no carry`);
+    const valueSize = this.#carryRaw.valueSize;
+    for (const chunk of this.#carryRaw.getBatches()) {
+      const keys = new DataView(chunk.keys.buffer, chunk.keys.byteOffset, chunk.keys.byteLength);
+      const values = new DataView(chunk.values.buffer, chunk.values.byteOffset, chunk.values.byteLength);
+      const u64At = (offset: number): number => values.getUint32(offset, true) + values.getUint32(offset + 4, true) * 2 ** 32;
+      for (let i = 0; i < chunk.count; i++) fn(keys.getUint32(4 * i, true), u64At(i * valueSize), u64At(i * valueSize + 8));
+    }
   }
 
   /** Adds every carried count into `totals`. */
@@ -175,11 +269,13 @@ export class CounterTables {
 
   /** Deletes carried counts of rule ids not in `keep`. */
   pruneCarry(keep: ReadonlySet<number>): void {
+    this.#version++;
     for (const id of [...this.#carry.keys()]) if (!keep.has(id)) this.#carry.delete(id);
   }
 
   /** Deletes the carry entries of `ids` (those it has). */
   dropCarry(ids: readonly number[]): void {
+    this.#version++;
     for (const id of ids) if (this.#carry.get(id) !== undefined) this.#carry.delete(id);
   }
 }
@@ -202,6 +298,18 @@ export function addTo(totals: CounterTotals, id: number, counter: Counter): void
   total.packets += counter.packets;
   total.bytes += counter.bytes;
   totals.set(id, total);
+}
+
+/** Rule id -> slot (ids[i] is slot i + 1), built once per ids array. */
+const slotIndexes = new WeakMap<readonly number[], ReadonlyMap<number, number>>();
+function slotIndex(ids: readonly number[]): ReadonlyMap<number, number> {
+  let index = slotIndexes.get(ids);
+  if (index === undefined) {
+    const built = new Map<number, number>();
+    for (let i = 0; i < ids.length; i++) built.set(ids[i]!, i + 1);
+    slotIndexes.set(ids, (index = built));
+  }
+  return index;
 }
 
 function slotRuleId(ruleIds: readonly number[], index: number): number {

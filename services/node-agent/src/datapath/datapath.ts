@@ -10,6 +10,12 @@ export interface Counter {
   readonly bytes: number;
 }
 
+/** Counts of a rule set's rules in slot order: ids[i]'s packets at sums[2i], its bytes at sums[2i + 1]. */
+export interface PackedRuleCounts {
+  readonly ids: readonly number[];
+  readonly sums: Float64Array;
+}
+
 /** What the datapath counted, summed over CPUs and over every generation a rule lived in. */
 export interface DatapathCounters {
   /** By rule id, for every rule of the live rule set (zero if never hit). */
@@ -20,6 +26,11 @@ export interface DatapathCounters {
    * to the switch, so a reader that last read before the switch misses none of it.
    */
   readonly retired?: ReadonlyMap<number, Counter>;
+  /**
+   * The same counts as `rules`, packed (the eBPF datapath: `rules` is then built only when
+   * asked for): what a reader of every rule uses (counters.ts eachMoved).
+   */
+  readonly packed?: PackedRuleCounts;
   /** Packets no rule matched. */
   readonly defaultAction: Counter;
   /** Frames passed without classification (not IPv4/IPv6). */

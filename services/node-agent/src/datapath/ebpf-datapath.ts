@@ -4,6 +4,7 @@
 import { existsSync, readdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { endianness, release } from 'node:os';
 import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import {
   attachXdp,
@@ -28,9 +29,10 @@ import { BlocklistTables } from './blocklist-tables.js';
 import { ListTables, type ListPlacement } from './list-tables.js';
 import { ConntrackTables } from './conntrack-tables.js';
 import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement, relayoutLbBackend } from './conntrack-upgrade.js';
-import { CounterTables, sumPerCpu, type CounterTotals } from './counters.js';
+import { CounterTables, sumPerCpu, type GenerationIds } from './counters.js';
+import { lazyRules } from './rule-counts.js';
 import { dropPreviousPins, installObject, type InstallReport, type InstallStep } from './datapath-install.js';
-import { LB_STAT_NAMES, type ApplyResult, type Counter, type DatapathCounters, type Datapath, type LbCounters, type ShadowCounters, type ShadowDatapath } from './datapath.js';
+import { LB_STAT_NAMES, type ApplyResult, type DatapathCounters, type Datapath, type LbCounters, type ShadowCounters, type ShadowDatapath } from './datapath.js';
 import type { LbSpec } from './service-compile.js';
 import { DEFAULT_LB_CAPACITY, LB_BLOCK_SLOTS, layoutLbTables, lbSizes, type LbCapacity, type LbTablesSpec } from './lb-tables.js';
 import { CapacityError, ConntrackInputError, DatapathError, RuleSetError } from './errors.js';
@@ -136,6 +138,12 @@ export interface EbpfDatapathOptions {
    * other kind's place, so a node moves between them without a gap (tc-hooks.ts).
    */
   tcAttach?: TcAttachKind;
+  /**
+   * A counter read this long (ms) after a switch first runs the barrier, after which the idle
+   * generation's counts are final and kept between reads (readCounters). Default
+   * COUNTER_FREEZE_MS; 0 freezes at every read after a switch (tests).
+   */
+  counterFreezeMs?: number;
 }
 
 /**
@@ -225,6 +233,9 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
   /** The background write that brings the idle generation up to date after a whole rebuild; never rejects. */
   #bringingUp: Promise<void> = Promise.resolve();
   #barrierPending = true;
+  /** When this process last switched generations (performance.now()), or opened. */
+  #switchedAt = performance.now();
+  #counterFreezeMs = COUNTER_FREEZE_MS;
   #closed = false;
 
   private constructor(pinRoot: string, programs: Programs, maps: Maps, adopted: boolean, compilers: TableCompilers | undefined, tcAttach: TcAttachKind) {
@@ -319,6 +330,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       const programs = Object.fromEntries(programNames.map((name) => [name, open(Program.openPinned(pin(name)))])) as Record<ProgramName, Program>;
       const maps = Object.fromEntries(mapNames.map((name) => [name, open(BpfMap.openPinned(pin(name)))])) as Record<MapName, BpfMap>;
       datapath = new EbpfDatapath(pinRoot, programs, maps, adopt, options.compilers, options.tcAttach ?? defaultTcAttachKind());
+      if (options.counterFreezeMs !== undefined) datapath.#counterFreezeMs = options.counterFreezeMs;
       // Before any hook is switched to the new programs: they read their timeouts from here
       // (pinned ones of this layout are kept, as an adoption keeps them).
       const config = options.conntrack ?? (adopt || found === LAYOUT_VERSION ? undefined : DEFAULT_CONNTRACK_CONFIG);
@@ -715,17 +727,25 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
    */
   readCounters(): DatapathCounters {
     try {
-      const totals: CounterTotals = new Map();
-      for (const generation of [0, 1]) {
-        if (this.#readMeta(generation).valid) this.#counters.addGeneration(totals, generation, this.#generationRuleIds(generation));
-      }
-      this.#counters.addCarry(totals);
-      const live = this.#readMeta(this.#readActive()).valid ? this.#generationRuleIds(this.#readActive()) : [];
-      const rules = new Map<number, Counter>(live.map((id) => [id, totals.get(id) ?? { packets: 0, bytes: 0 }]));
-      // The idle generation and the carry hold what rules an apply removed counted up to the switch.
-      const retired = new Map<number, Counter>();
-      for (const [id, c] of totals) if (id !== DEFAULT_RULE_ID && !rules.has(id)) retired.set(id, c);
-      return { rules, retired, defaultAction: totals.get(DEFAULT_RULE_ID) ?? { packets: 0, bytes: 0 }, ...this.#counters.readStats(), conntrack: this.#conntrack.readStats(), lb: this.#readLbStats() };
+      const active = this.#readActive();
+      const valid = (generation: number): GenerationIds | undefined => (this.#readMeta(generation).valid ? { generation, ids: this.#generationRuleIds(generation) } : undefined);
+      // Packets that read ep_active before the last switch may still count in the idle
+      // generation until the barrier; a read a while after the switch runs it (one
+      // synchronize_rcu per switch), and the idle generation's counts are then kept between reads.
+      if (this.#barrierPending && performance.now() - this.#switchedAt >= this.#counterFreezeMs) this.#barrier();
+      const { packed, retired, defaultAction } = this.#counters.readTotals(valid(active), valid(active ^ 1), !this.#barrierPending);
+      const rules = lazyRules(packed);
+      return {
+        get rules() {
+          return rules();
+        },
+        packed,
+        retired,
+        defaultAction,
+        ...this.#counters.readStats(),
+        conntrack: this.#conntrack.readStats(),
+        lb: this.#readLbStats(),
+      };
     } catch (cause) {
       throw new DatapathError('read counters', { cause });
     }
@@ -904,6 +924,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       throw new DatapathError(`switch generation=${generation}`, { cause });
     }
     this.#barrierPending = true;
+    this.#switchedAt = performance.now();
   }
 
   // Writing a map-in-map element returns only after synchronize_rcu() (maybe_wait_bpf_programs
@@ -1250,6 +1271,14 @@ function withRoom(count: number): number {
 
 /** Counter slots an update in place moves one by one; more: the generation is written whole (batches). */
 const MAX_MOVED_SLOTS = 4096;
+
+/**
+ * A counter read this long (ms) after a switch runs the barrier first, so the idle generation's
+ * counts are final and kept between reads (CounterTables.readTotals). Sooner (the flush right
+ * after an apply) it reads the idle generation again instead: the barrier's synchronize_rcu
+ * stays off the apply's path.
+ */
+export const COUNTER_FREEZE_MS = 1000;
 
 const TC_DIRECTIONS: readonly TcDirection[] = ['ingress', 'egress'];
 
