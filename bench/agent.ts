@@ -433,7 +433,7 @@ async function main(): Promise<void> {
     out.push('');
     out.push(`entry received -> datapath enforcing, ms (median of ${RUNS}${RUNS > 1 ? '' : ' run'})`);
     const cols = ['rules', 'change', 'entry KiB', 'api', 'entry->enforce', 'apply_duration', 'api->ack seen', 'decode+verify', 'coalesce', 'compile', 'datapath', 'flush', 'apply->ack'];
-    const widths = [7, 10, 10, 8, 15, 15, 14, 14, 9, 9, 9, 11];
+    const widths = [7, 10, 10, 8, 15, 15, 14, 14, 9, 9, 9, 9, 11];
     const row = (cells: (string | number)[]): string => cells.map((v, i) => String(v).padStart(widths[i]!)).join('');
     out.push(row(cols));
     for (const l of latency) {

@@ -72,15 +72,17 @@ export function applyPolicyPatch(base: Policy | undefined, patch: PolicyPatch): 
   if (version !== patch.baseResourceVersion) throw new PatchError(`patch policy ${name}: the base held is version ${version}, the patch applies to ${patch.baseResourceVersion}`);
   if (patch.splices.length > MAX_SPLICES_PER_PATCH) throw new PatchError(`patch policy ${name}: ${patch.splices.length} splices; at most ${MAX_SPLICES_PER_PATCH}`);
   const from = base.spec?.rules ?? [];
-  const rules: Rule[] = [];
+  // The runs of the base between splices are copied whole (slice and concat copy element
+  // blocks; a push per rule of a 65,536-rule policy took several times as long).
+  const parts: Rule[][] = [];
   let at = 0;
   for (const [i, s] of patch.splices.entries()) {
     if (s.start < at || s.start + s.deleteCount > from.length) throw new PatchError(`patch policy ${name}: splices[${i}] (start ${s.start}, delete ${s.deleteCount}) is out of order or beyond the base's ${from.length} rules`);
-    for (let r = at; r < s.start; r++) rules.push(from[r]!);
-    for (const rule of s.rules) rules.push(rule);
+    parts.push(from.slice(at, s.start), s.rules);
     at = s.start + s.deleteCount;
   }
-  for (let r = at; r < from.length; r++) rules.push(from[r]!);
+  parts.push(from.slice(at));
+  const rules = ([] as Rule[]).concat(...parts);
   const result: Policy = { metadata: patch.metadata, spec: patch.spec ? { ...patch.spec, rules } : undefined };
   const digest = policyDigest(result, base);
   if (!equalBytes(digest, patch.resultDigest)) throw new PatchError(`patch policy ${name}: the result's digest does not match the patch's (the base held differs from the writer's)`);

@@ -259,7 +259,27 @@ test('NodeAgent - a restarted agent enforces the state file before anything else
   t.is(verdict(uplink, 23), 'pass');
 });
 
-test('NodeAgent - entries that trickle in closer together than the coalescing wait are applied once; a stream that never pauses is applied within the cap', async (t) => {
+test('NodeAgent - an entry after a quiet spell is applied without the coalescing wait; one right behind it waits for it', async (t) => {
+  const uplink = new MemoryDatapath();
+  const workload = new MemoryDatapath();
+  const reports: RevisionReport[] = [];
+  const path = join(mkdtempSync(join(dir, 's-')), 'applied.json');
+  // A wait longer than the test may run: an entry applied within the test was not held by it.
+  const agent = new NodeAgent({ nodeName: 'n1', labels: { role: 'edge' }, datapaths: { uplink, workload }, stateFile: new StateFile(path), report: (r) => void reports.push(r), log: () => undefined, coalesceMs: 600_000, coalesceMaxMs: 600_000 });
+  t.teardown(() => agent.close());
+  const chain = new IntentChain(trustedKeys);
+  // Two entries delivered in one turn (as a catch-up hands them over): one apply, of the second.
+  agent.intentAdvanced(chain, [advance(chain, denyPort('p', 23))]);
+  agent.intentAdvanced(chain, [advance(chain, denyPort('p', 24))]);
+  await agent.settled();
+  t.deepEqual(reports.map((r) => r.revision), [2n]);
+  t.is(verdict(uplink, 24), 'drop');
+  agent.intentAdvanced(chain, [advance(chain, denyPort('p', 25))]);
+  await new Promise((r) => setTimeout(r, 100));
+  t.deepEqual(reports.map((r) => r.revision), [2n], 'right behind an apply: held for the wait');
+});
+
+test('NodeAgent - entries that trickle in after the first closer together than the coalescing wait are applied once; a stream that never pauses is applied within the cap', async (t) => {
   const uplink = new MemoryDatapath();
   const workload = new MemoryDatapath();
   const reports: RevisionReport[] = [];
@@ -268,15 +288,19 @@ test('NodeAgent - entries that trickle in closer together than the coalescing wa
   t.teardown(() => agent.close());
   const chain = new IntentChain(trustedKeys);
   const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-  // What a verified live burst looks like after an outage: one entry every few ms, for longer
-  // than the wait (60 x 10 ms against 300 ms). Each gap is far shorter than the wait, even on a
-  // loaded machine; the whole burst is not.
+  // A live burst of writes: one entry every few ms, for longer than the wait (60 x 10 ms against
+  // 300 ms). Each gap is far shorter than the wait, even on a loaded machine; the whole burst is
+  // not. The first finds the agent idle and is applied at once.
   for (let i = 0; i < 60; i++) {
     agent.intentAdvanced(chain, [advance(chain, denyPort('p', 1000 + i))]);
     await sleep(10);
   }
   await agent.settled();
-  t.deepEqual(reports.map((r) => r.revision), [60n], 'one apply, of the last entry');
+  t.deepEqual(
+    reports.map((r) => r.revision),
+    [1n, 60n],
+    'the entry after the quiet spell, then one apply of the rest, of the last entry',
+  );
   t.is(verdict(uplink, 1059), 'drop');
   // A stream that never pauses for the wait is applied by the cap, not held back forever.
   let streaming = true;
@@ -287,8 +311,8 @@ test('NodeAgent - entries that trickle in closer together than the coalescing wa
     }
   })();
   const started = Date.now();
-  while (reports.length === 1 && Date.now() - started < 5_000) await sleep(10);
-  const appliedWhileStreaming = reports.length > 1;
+  while (reports.length === 2 && Date.now() - started < 5_000) await sleep(10);
+  const appliedWhileStreaming = reports.length > 2;
   streaming = false;
   await stream;
   await agent.settled();

@@ -132,9 +132,11 @@ export interface NodeAgentOptions {
   retryMinMs?: number;
   retryMaxMs?: number;
   /**
-   * How long the log must stay quiet after new entries before they are applied, so a burst (a
-   * catch-up, or what TCP delivers after an outage, entry by entry as each is verified) is
-   * applied once, as its final state. Default 25 ms.
+   * Coalescing of entries into applies. An entry that comes after a quiet spell (no entry and
+   * no apply for this long) is applied at once, with whatever was delivered in the same turn of
+   * the event loop (a catch-up is handed over whole). Entries that follow it within this wait
+   * are held until the log stays quiet for it, so a burst of writes costs the node two applies
+   * at most (its first entry, then its final state). Default 25 ms.
    */
   coalesceMs?: number;
   /** The longest a steady stream of entries holds an apply back. Default 10 x coalesceMs. */
@@ -239,6 +241,11 @@ export class NodeAgent {
   #lastReport: RevisionReport | undefined;
   /** Counts intentAdvanced calls: the coalescing wait restarts while it moves. */
   #advances = 0;
+  /** performance.now() of the last intentAdvanced() and of the end of the last apply run: what "quiet" is measured from. */
+  #lastAdvanceAt = -Infinity;
+  #lastRunEndAt = -Infinity;
+  /** Ends the coalescing wait in progress (close() does not wait for it). */
+  #endWait: (() => void) | undefined;
   #applied = 0n;
   #applies = 0;
   #lastError = '';
@@ -478,6 +485,10 @@ export class NodeAgent {
     }
     this.#received = chain.revision;
     this.#advances++;
+    const at = performance.now();
+    const wait = this.#o.coalesceMs ?? 25;
+    const quiet = at - this.#lastAdvanceAt >= wait && at - this.#lastRunEndAt >= wait;
+    this.#lastAdvanceAt = at;
     // apply_duration runs from receipt of the newest entry to enforcement. A coalesced apply
     // is a child of the newest entry's trace and links to every entry it covers.
     // The follower only moves forward on one history; a chain that is not above what the node
@@ -485,20 +496,33 @@ export class NodeAgent {
     // must be applied even at the same or a lower revision.
     const force = (this.#wanted?.force ?? false) || chain.revision <= this.#applied;
     this.#wanted = { chain, context: context ?? this.#wanted?.context, receivedAt: process.hrtime.bigint(), links, force };
-    this.#kick();
+    this.#kick(quiet);
   }
 
-  #kick(): void {
+  /** Starts the apply loop unless it runs; `leading`: after a quiet spell, without the coalescing wait. */
+  #kick(leading = false): void {
     if (this.#running) return;
     const delay = this.#o.coalesceMs ?? 25;
     const cap = this.#o.coalesceMaxMs ?? 10 * delay;
     this.#running = (async () => {
-      // Trailing: wait until no entry arrived for `delay`, at most `cap` after the first.
-      const first = Date.now();
-      for (;;) {
-        const seen = this.#advances;
-        await new Promise((r) => setTimeout(r, delay));
-        if (this.#advances === seen || Date.now() - first >= cap) break;
+      if (leading) await new Promise((r) => setImmediate(r));
+      else {
+        // Trailing: wait until no entry arrived for `delay`, at most `cap` after the first.
+        const first = Date.now();
+        for (;;) {
+          const seen = this.#advances;
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(() => {
+              this.#endWait = undefined;
+              resolve();
+            }, delay);
+            this.#endWait = () => {
+              clearTimeout(timer);
+              resolve();
+            };
+          });
+          if (this.#closed || this.#advances === seen || Date.now() - first >= cap) break;
+        }
       }
       for (;;) {
         if (this.#closed) return;
@@ -521,6 +545,7 @@ export class NodeAgent {
       }
     })().finally(() => {
       this.#running = undefined;
+      this.#lastRunEndAt = performance.now();
       if (this.#closed) return;
       if ((this.#wanted && (this.#wanted.force || this.#wanted.chain.revision > this.#applied)) || this.#relabelDue || this.#repairDue || this.#healthDue()) this.#kick();
     });
@@ -632,6 +657,8 @@ export class NodeAgent {
     this.#healthRetry.reset();
     clearImmediate(this.#reclaimDue);
     this.#reclaimDue = undefined;
+    this.#endWait?.();
+    this.#endWait = undefined;
   }
 
   /** Schedules reclaim (once) when an apply handled a rule set of `rules` rules (the larger of before and after). */
