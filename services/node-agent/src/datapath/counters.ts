@@ -214,10 +214,11 @@ export class CounterTables {
     const ids = live?.ids ?? [];
     const base = new Float64Array(2 * (ids.length + 1));
     const retired: CounterTotals = new Map();
-    const index = slotIndex(ids);
+    // Built only if a count belongs to a rule at another slot than in the live generation.
+    let index: ReadonlyMap<number, number> | undefined;
     const add = (id: number, packets: number, bytes: number): void => {
       if (packets === 0 && bytes === 0) return;
-      const slot = id === DEFAULT_RULE_ID ? 0 : index.get(id);
+      const slot = id === DEFAULT_RULE_ID ? 0 : (index ??= slotIndex(ids)).get(id);
       if (slot === undefined) addTo(retired, id, { packets, bytes });
       else {
         base[2 * slot]! += packets;
@@ -226,7 +227,13 @@ export class CounterTables {
     };
     if (idle !== undefined) {
       const sums = this.#sums(idle.generation, idle.ids.length + 1);
-      for (let slot = 0; 2 * slot < sums.length; slot++) add(slotRuleId(idle.ids, slot), sums[2 * slot]!, sums[2 * slot + 1]!);
+      for (let slot = 0; 2 * slot < sums.length; slot++) {
+        // An update keeps most rules at their slots in both generations.
+        if (slot > 0 && idle.ids[slot - 1] === ids[slot - 1]) {
+          base[2 * slot]! += sums[2 * slot]!;
+          base[2 * slot + 1]! += sums[2 * slot + 1]!;
+        } else add(slotRuleId(idle.ids, slot), sums[2 * slot]!, sums[2 * slot + 1]!);
+      }
     }
     this.#eachCarried(add);
     const part: FrozenPart = { version: this.#version, live, idle, base, retired };
