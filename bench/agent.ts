@@ -9,7 +9,7 @@
 // - footprint: /proc/PID/status VmRSS (and its RssAnon part), VmHWM and /proc/PID/stat utime+stime
 //   of the agent's node process, run through its launcher (bin/edgeplane-agent) as deployed,
 //   printed beside issue 15's goals with the load average of each window;
-// - latency: the agent's own spans (receive, compile, apply, ack), exported by OTLP/JSON to a sink
+// - latency: the agent's own spans (receive, compile, apply, flush, ack), exported by OTLP/JSON to a sink
 //   in this process, against the moment this process got the same live entry from NATS. The
 //   RevisionReport's apply_duration is not used directly: the controller drops it (it is not in
 //   NodeStatus or any API), so it is reconstructed from the spans it brackets (compile start to

@@ -255,7 +255,8 @@ function traceTree(spans: ReceivedSpan[], policy: string): string {
   for (const [node, list] of [...byNode].sort()) {
     const revisions = [...new Set(list.map((s) => String(s.attributes['edgeplane.revision'])))].sort();
     const acks = list.filter((s) => s.name === 'edgeplane.agent.ack').map((s) => `${String(s.attributes['edgeplane.outcome'])}@${String(s.attributes['edgeplane.revision'])}`);
-    lines.push(`    ${node}: ${list.length} spans (receive, compile, apply, ack) for revisions ${revisions.join(', ')}; ${acks.join(', ')}`);
+    const kinds = [...new Set(list.map((s) => s.name.replace(/^edgeplane\.agent\./, '')))];
+    lines.push(`    ${node}: ${list.length} spans (${kinds.join(', ')}) for revisions ${revisions.join(', ')}; ${acks.join(', ')}`);
   }
   return lines.join('\n');
 }
