@@ -4,6 +4,7 @@ import { createHash } from 'node:crypto';
 import { Policy, Rule } from '../gen/edgeplane/v1/policy.js';
 import type { PolicyPatch, RuleSplice } from '../gen/edgeplane/v1/log.js';
 import { PatchError } from './errors.js';
+import { patchLineage } from './patch-lineage.js';
 import { MAX_SPLICES_PER_PATCH, POLICY_DIGEST_CHUNK_RULES } from './limits.js';
 
 /** Chunk hashes of a policy's rules, by the policy object (policies in a chain are never modified). */
@@ -86,6 +87,8 @@ export function applyPolicyPatch(base: Policy | undefined, patch: PolicyPatch): 
   const result: Policy = { metadata: patch.metadata, spec: patch.spec ? { ...patch.spec, rules } : undefined };
   const digest = policyDigest(result, base);
   if (!equalBytes(digest, patch.resultDigest)) throw new PatchError(`patch policy ${name}: the result's digest does not match the patch's (the base held differs from the writer's)`);
+  // validatePolicy of the result then checks what the splices changed, if the base was valid.
+  patchLineage.set(result, { base: new WeakRef(base), splices: patch.splices });
   return result;
 }
 

@@ -4,6 +4,7 @@ import { isCidrProblem, parseCanonicalCidr } from './cidr.js';
 import { validateLabelSelector } from './label-selector.js';
 import { checkDnsLabel, checkLabelKey, validateLabels } from './labels.js';
 import { MAX_COLLECTED_VIOLATIONS, MAX_LABELS, MAX_POLICY_BYTES, MAX_ROLLOUT_WAVES, MAX_RULE_SET_PREFIX_LISTS, quote } from './limits.js';
+import { patchLineage } from './patch-lineage.js';
 import { SizeWriter } from './size-writer.js';
 import { moreViolations, type FieldViolation } from './status-details.js';
 
@@ -47,35 +48,24 @@ const MAX_BAKE_SECONDS = 7n * 24n * 3600n;
  * the controller runs it before writing and every agent runs it again before applying.
  */
 export function validatePolicy(policy: Policy | undefined, path = 'policy', limits: Readonly<PolicyLimits> = DEFAULT_POLICY_LIMITS): FieldViolation[] {
+  if (policy !== undefined && validByPatch(policy, path, limits)) return [];
   const { out, add, result } = collectViolations(path);
   if (!policy) {
     add(path, 'required', 'REQUIRED');
     return out;
   }
-  validateObjectMeta(policy.metadata, `${path}.metadata`, limits.maxAnnotationBytes, add);
-
   const spec = policy.spec;
-  if (!spec) {
-    add(`${path}.spec`, 'required', 'REQUIRED');
-    return out;
-  }
+  validateHead(policy, path, limits, add);
+  if (!spec) return out;
   const sp = `${path}.spec`;
-  for (const v of validateLabelSelector(spec.nodeSelector, `${sp}.node_selector`)) add(v.field, v.description, v.reason ?? 'INVALID');
-  if (!Object.values(InterfaceRole).includes(spec.interfaceRole) || spec.interfaceRole === InterfaceRole.UNRECOGNIZED) {
-    add(`${sp}.interface_role`, `unknown interface role ${spec.interfaceRole}`, 'INVALID_ENUM');
-  }
-  if (![Action.ACTION_UNSPECIFIED, Action.ACTION_ALLOW, Action.ACTION_DENY].includes(spec.defaultAction)) {
-    add(`${sp}.default_action`, 'must be ALLOW or DENY (or unset)', 'INVALID_DEFAULT_ACTION');
-  }
-  if (spec.description.length > limits.maxDescription) add(`${sp}.description`, `at most ${limits.maxDescription} characters`, 'TOO_LONG');
-
+  let ascending = false;
   if (spec.rules.length === 0) add(`${sp}.rules`, 'a policy needs at least one rule', 'REQUIRED');
   if (spec.rules.length > limits.maxRules) {
     add(`${sp}.rules`, `${spec.rules.length} rules; at most ${limits.maxRules}`, 'TOO_MANY_RULES');
     // The rules are not checked one by one: that work would be the caller's to choose.
   } else {
     // Rules in strictly ascending priority (the usual order) cannot share one: no map needed.
-    const ascending = spec.rules.every((rule, i) => i === 0 || rule.priority > spec.rules[i - 1]!.priority);
+    ascending = spec.rules.every((rule, i) => i === 0 || rule.priority > spec.rules[i - 1]!.priority);
     const priorities = ascending ? undefined : new Map<number, number>();
     let valid = validRules.get(limits);
     if (valid === undefined) validRules.set(limits, (valid = new WeakSet()));
@@ -98,14 +88,115 @@ export function validatePolicy(policy: Policy | undefined, path = 'policy', limi
   const named = new Set<string>();
   for (const rule of spec.rules) for (const list of [rule.sourcePrefixLists, rule.destinationPrefixLists]) for (const name of list) named.add(name);
   if (named.size > MAX_RULE_SET_PREFIX_LISTS) add(`${sp}.rules`, `the rules name ${named.size} distinct prefix lists; a node holds at most ${MAX_RULE_SET_PREFIX_LISTS} per interface role`, 'TOO_MANY_PREFIX_LISTS');
-  validateConnectionTracking(spec, sp, add);
-  validateRolloutStrategy(spec.rolloutStrategy, `${sp}.rollout_strategy`, add);
+  validateTail(spec, sp, add);
   // Sizing walks the whole policy (though it builds no buffer): only a policy valid so far pays for it.
   if (out.length === 0) {
-    const bytes = encodedPolicySize(policy);
+    const rulesBytes = framedRulesBytes(spec.rules);
+    const bytes = policyBytes(policy, rulesBytes);
     if (bytes > MAX_POLICY_BYTES) add(path, `${bytes} bytes encoded; at most ${MAX_POLICY_BYTES}`, 'POLICY_TOO_LARGE');
+    else rememberValid(policy, limits, { ascending, rulesBytes, named });
   }
   return result();
+}
+
+/**
+ * What validatePolicy checks before the rules: the metadata, and the spec's selector, role,
+ * default action and description.
+ */
+function validateHead(policy: Policy, path: string, limits: Readonly<PolicyLimits>, add: AddViolation): void {
+  validateObjectMeta(policy.metadata, `${path}.metadata`, limits.maxAnnotationBytes, add);
+  const spec = policy.spec;
+  if (!spec) {
+    add(`${path}.spec`, 'required', 'REQUIRED');
+    return;
+  }
+  const sp = `${path}.spec`;
+  for (const v of validateLabelSelector(spec.nodeSelector, `${sp}.node_selector`)) add(v.field, v.description, v.reason ?? 'INVALID');
+  if (!Object.values(InterfaceRole).includes(spec.interfaceRole) || spec.interfaceRole === InterfaceRole.UNRECOGNIZED) {
+    add(`${sp}.interface_role`, `unknown interface role ${spec.interfaceRole}`, 'INVALID_ENUM');
+  }
+  if (![Action.ACTION_UNSPECIFIED, Action.ACTION_ALLOW, Action.ACTION_DENY].includes(spec.defaultAction)) {
+    add(`${sp}.default_action`, 'must be ALLOW or DENY (or unset)', 'INVALID_DEFAULT_ACTION');
+  }
+  if (spec.description.length > limits.maxDescription) add(`${sp}.description`, `at most ${limits.maxDescription} characters`, 'TOO_LONG');
+}
+
+/** The spec's fields validatePolicy checks after the rules: connection tracking and the rollout strategy. */
+function validateTail(spec: PolicySpec, sp: string, add: AddViolation): void {
+  validateConnectionTracking(spec, sp, add);
+  validateRolloutStrategy(spec.rolloutStrategy, `${sp}.rollout_strategy`, add);
+}
+
+/** What validatePolicy found of a valid policy, kept for the policies patched from it. */
+interface ValidFacts {
+  /** Its rules are in strictly ascending priority. */
+  readonly ascending: boolean;
+  /** Its rules' encoded bytes within the spec (each with its tag and length). */
+  readonly rulesBytes: number;
+  /** The prefix lists its rules name, or more (a patch that removed a name may keep it here). */
+  readonly named: ReadonlySet<string>;
+}
+
+/** Valid policies, per limits object, by the Policy object (never modified once made). */
+const validPolicies = new WeakMap<Readonly<PolicyLimits>, WeakMap<Policy, ValidFacts>>();
+
+function rememberValid(policy: Policy, limits: Readonly<PolicyLimits>, facts: ValidFacts): void {
+  let valid = validPolicies.get(limits);
+  if (valid === undefined) validPolicies.set(limits, (valid = new WeakMap()));
+  valid.set(policy, facts);
+}
+
+/**
+ * True if `policy` is valid by what its patch changed (applyPolicyPatch): its base was valid
+ * under `limits` with rules in ascending priority, its own head (metadata and the spec's own
+ * fields) is valid, the rules the splices put in are valid and keep the priorities ascending
+ * where they join the rest, the prefix lists named stay within bounds and the size is within
+ * MAX_POLICY_BYTES (the base's size, less the rules taken out, plus those put in). Proportional
+ * to the patch: a one-rule change to 65,536 rules checks one rule, not 65,536. False whenever
+ * that cannot be shown, and then validatePolicy checks the whole policy as always (so the
+ * violations reported never depend on this path).
+ */
+function validByPatch(policy: Policy, path: string, limits: Readonly<PolicyLimits>): boolean {
+  const lineage = patchLineage.get(policy);
+  const base = lineage?.base.deref();
+  const facts = base === undefined ? undefined : validPolicies.get(limits)?.get(base);
+  const spec = policy.spec;
+  if (lineage === undefined || base === undefined || facts === undefined || !facts.ascending || spec === undefined) return false;
+  const rules = spec.rules;
+  const from = base.spec?.rules ?? [];
+  if (rules.length === 0 || rules.length > limits.maxRules) return false;
+  const { out, add } = collectViolations(path);
+  validateHead(policy, path, limits, add);
+  validateTail(spec, `${path}.spec`, add);
+  if (out.length > 0) return false;
+  let valid = validRules.get(limits);
+  if (valid === undefined) validRules.set(limits, (valid = new WeakSet()));
+  let rulesBytes = facts.rulesBytes;
+  const named = new Set(facts.named);
+  // Index in `rules` = index in the base + shift, past each splice.
+  let shift = 0;
+  for (const s of lineage.splices) {
+    for (let r = s.start; r < s.start + s.deleteCount; r++) rulesBytes -= framedRuleBytes(from[r]!);
+    for (const rule of s.rules) {
+      if (!valid.has(rule)) {
+        let bad = false;
+        validateRule(rule, path, limits, () => void (bad = true));
+        if (bad) return false;
+        valid.add(rule);
+      }
+      rulesBytes += framedRuleBytes(rule);
+      for (const list of [rule.sourcePrefixLists, rule.destinationPrefixLists]) for (const name of list) named.add(name);
+    }
+    // The pairs that are new: around and inside what the splice put in (or across what it took out).
+    const first = s.start + shift;
+    const end = first + s.rules.length;
+    for (let i = Math.max(1, first); i <= Math.min(rules.length - 1, end); i++) if (rules[i]!.priority <= rules[i - 1]!.priority) return false;
+    shift += s.rules.length - s.deleteCount;
+  }
+  if (named.size > MAX_RULE_SET_PREFIX_LISTS) return false;
+  if (policyBytes(policy, rulesBytes) > MAX_POLICY_BYTES) return false;
+  rememberValid(policy, limits, { ascending: true, rulesBytes, named });
+  return true;
 }
 
 /**
@@ -133,15 +224,27 @@ function varintSize(n: number): number {
  * @throws Error as Policy.encode does, for a value it cannot encode (a uint32 that is not one).
  */
 export function encodedPolicySize(policy: Policy): number {
+  return policyBytes(policy, framedRulesBytes(policy.spec?.rules ?? []));
+}
+
+/** A rule's bytes within an encoded PolicySpec: rules is field 3, length-delimited (a one-byte tag, the length, the rule). */
+function framedRuleBytes(rule: Rule): number {
+  let n = ruleBytes.get(rule);
+  if (n === undefined) ruleBytes.set(rule, (n = SizeWriter.measure(Rule, rule)));
+  return 1 + varintSize(n) + n;
+}
+
+function framedRulesBytes(rules: readonly Rule[]): number {
+  let bytes = 0;
+  for (const rule of rules) bytes += framedRuleBytes(rule);
+  return bytes;
+}
+
+/** encodedPolicySize with its rules' framed bytes already counted. */
+function policyBytes(policy: Policy, rulesBytes: number): number {
   const spec = policy.spec;
   if (spec === undefined) return SizeWriter.measure(Policy, policy);
-  let specBytes = SizeWriter.measure(PolicySpec, { ...spec, rules: [] });
-  for (const rule of spec.rules) {
-    let n = ruleBytes.get(rule);
-    if (n === undefined) ruleBytes.set(rule, (n = SizeWriter.measure(Rule, rule)));
-    // PolicySpec.rules is field 3, length-delimited: a one-byte tag, the length, the rule.
-    specBytes += 1 + varintSize(n) + n;
-  }
+  const specBytes = SizeWriter.measure(PolicySpec, { ...spec, rules: [] }) + rulesBytes;
   // Policy.spec is field 2: a one-byte tag, the length, the spec.
   return SizeWriter.measure(Policy, { metadata: policy.metadata, spec: undefined }) + 1 + varintSize(specBytes) + specBytes;
 }
