@@ -2,19 +2,8 @@
 // base was valid (policy-validation.ts, validByPatch): it must agree with a whole check of the
 // same policy, valid or not.
 import test from 'ava';
+import { prng, seedFromEnv } from '../../test/support/prng.js';
 import { Action, Policy, PolicyPatch, Protocol, applyPolicyPatch, policyDigest, validatePolicy, type Rule, type RuleSplice } from '@edgeplane/proto';
-
-/** A small seeded generator (mulberry32): the same seed, the same cases. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const ruleAt = (priority: number, k: number, extra: Partial<Rule> = {}): Rule =>
   Policy.fromPartial({ spec: { rules: [{ priority, protocol: Protocol.PROTOCOL_TCP, sourceCidrs: [`10.${(k >> 8) & 255}.${k & 255}.0/24`], destinationPorts: [{ first: 1 + (k % 60000), last: 0 }], action: Action.ACTION_DENY, ...extra }] } }).spec!.rules[0]!;
@@ -42,7 +31,7 @@ function patchOf(base: Policy, splices: RuleSplice[], head: Partial<Policy['spec
 const copy = (p: Policy): Policy => Policy.decode(Policy.encode(p).finish());
 
 test('patch validation - a patched policy validates as the same policy checked whole, valid or not (random patches)', (t) => {
-  const seed = Number(process.env.EDGEPLANE_SEED ?? Math.floor(Math.random() * 2 ** 31));
+  const seed = seedFromEnv();
   t.log(`seed ${seed} (EDGEPLANE_SEED=${seed} to reproduce)`);
   const rng = prng(seed);
   const pick = (n: number): number => Math.floor(rng() * n);

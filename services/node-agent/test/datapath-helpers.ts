@@ -6,6 +6,9 @@ import { compileTables, type TablesSpec } from '../src/datapath/compile-tables.j
 import { parseCidr } from '@edgeplane/proto';
 import { buildFrame, buildNonIpFrame, type FrameSpec } from '../src/datapath/packet.js';
 import type { PacketHeaders, RuleSetSpec, RuleSpec } from '../src/datapath/rule-set.js';
+import { prng, seedFromEnv } from '../../../test/support/prng.js';
+
+export { prng, seedFromEnv };
 
 export const XDP_DROP = 1;
 export const XDP_PASS = 2;
@@ -23,24 +26,6 @@ export function mountBpffs(): { path: string; unmount: () => void } {
       rmdirSync(path);
     },
   };
-}
-
-/** mulberry32: a small seeded PRNG returning floats in [0, 1). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** The seed from EDGEPLANE_SEED, or a fresh one. */
-export function seedFromEnv(): number {
-  const text = process.env.EDGEPLANE_SEED;
-  return text === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(text);
 }
 
 const pick = <T>(rng: () => number, list: readonly T[]): T => list[Math.floor(rng() * list.length)] as T;
