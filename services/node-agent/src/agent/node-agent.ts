@@ -873,13 +873,10 @@ export class NodeAgent {
    * everything with no services, before the first apply).
    * @throws the apply's error when every switched role is back; RollbackError (cause: the
    * apply's error) when some role could not be switched back: it is then in #unknownRoles.
-   */
-  /**
-   * Applies `compiled` to every role, all or nothing (a failed role rolls back the roles already
-   * switched). With `flush`, returns the flush of this apply's switches for the caller to run
+   * @returns the flush of this apply's switches (a no-op without `flush`), for the caller to run
    * once the apply is enforced: it reads what the outgoing rule sets counted up to their switch
-   * (the datapath keeps those counts by rule id) before a rule they had is forgotten, off the path
-   * to enforcement (two counter reads per role: ~100 ms at 65,536 rules).
+   * (the datapath keeps those counts by rule id) before a rule they had is forgotten, off the
+   * path to enforcement (two counter reads per role: ~100 ms at 65,536 rules).
    */
   async #applyCompiled(compiled: CompiledIntent, flush = true): Promise<() => void> {
     const known = this.#live ?? { uplink: UNCONFIGURED, workload: UNCONFIGURED };
