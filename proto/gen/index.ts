@@ -478,7 +478,9 @@ export {
   defaultMaglevTableSize,
 } from './../src/maglev-sizes.js';
 export {
+  type PatchLineage,
   applyPolicyPatch,
+  patchLineageOf,
   policyDigest,
   policyPatchOf,
 } from './../src/policy-patch.js';

@@ -4,8 +4,25 @@ import { createHash } from 'node:crypto';
 import { Policy, Rule } from '../gen/edgeplane/v1/policy.js';
 import type { PolicyPatch, RuleSplice } from '../gen/edgeplane/v1/log.js';
 import { PatchError } from './errors.js';
-import { patchLineage } from './patch-lineage.js';
 import { MAX_SPLICES_PER_PATCH, POLICY_DIGEST_CHUNK_RULES } from './limits.js';
+
+/** A patched policy's base (weakly: a chain does not keep every version alive) and the splices that made it. */
+export interface PatchLineage {
+  readonly base: WeakRef<Policy>;
+  readonly splices: readonly RuleSplice[];
+}
+
+/** By the policy applyPolicyPatch made (policies are never modified once made). */
+const lineages = new WeakMap<Policy, PatchLineage>();
+
+/**
+ * The policy `policy` was patched from and the splices that made it, if applyPolicyPatch made it
+ * (validatePolicy then checks what the splices changed); undefined otherwise, or once the base
+ * was collected.
+ */
+export function patchLineageOf(policy: Policy): PatchLineage | undefined {
+  return lineages.get(policy);
+}
 
 /** Chunk hashes of a policy's rules, by the policy object (policies in a chain are never modified). */
 const digests = new WeakMap<Policy, { rules: readonly Rule[]; chunks: Uint8Array[]; digest: Uint8Array }>();
@@ -88,7 +105,7 @@ export function applyPolicyPatch(base: Policy | undefined, patch: PolicyPatch): 
   const digest = policyDigest(result, base);
   if (!equalBytes(digest, patch.resultDigest)) throw new PatchError(`patch policy ${name}: the result's digest does not match the patch's (the base held differs from the writer's)`);
   // validatePolicy of the result then checks what the splices changed, if the base was valid.
-  patchLineage.set(result, { base: new WeakRef(base), splices: patch.splices });
+  lineages.set(result, { base: new WeakRef(base), splices: patch.splices });
   return result;
 }
 

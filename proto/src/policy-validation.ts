@@ -4,7 +4,7 @@ import { isCidrProblem, parseCanonicalCidr } from './cidr.js';
 import { validateLabelSelector } from './label-selector.js';
 import { checkDnsLabel, checkLabelKey, validateLabels } from './labels.js';
 import { MAX_COLLECTED_VIOLATIONS, MAX_LABELS, MAX_POLICY_BYTES, MAX_ROLLOUT_WAVES, MAX_RULE_SET_PREFIX_LISTS, quote } from './limits.js';
-import { patchLineage } from './patch-lineage.js';
+import { patchLineageOf } from './policy-patch.js';
 import { SizeWriter } from './size-writer.js';
 import { moreViolations, type FieldViolation } from './status-details.js';
 
@@ -157,7 +157,7 @@ function rememberValid(policy: Policy, limits: Readonly<PolicyLimits>, facts: Va
  * violations reported never depend on this path).
  */
 function validByPatch(policy: Policy, path: string, limits: Readonly<PolicyLimits>): boolean {
-  const lineage = patchLineage.get(policy);
+  const lineage = patchLineageOf(policy);
   const base = lineage?.base.deref();
   const facts = base === undefined ? undefined : validPolicies.get(limits)?.get(base);
   const spec = policy.spec;
