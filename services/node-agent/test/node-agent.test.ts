@@ -260,14 +260,9 @@ test('NodeAgent - a restarted agent enforces the state file before anything else
 });
 
 test('NodeAgent - an entry after a quiet spell is applied without the coalescing wait; one right behind it waits for it', async (t) => {
-  const uplink = new MemoryDatapath();
-  const workload = new MemoryDatapath();
-  const reports: RevisionReport[] = [];
-  const path = join(mkdtempSync(join(dir, 's-')), 'applied.json');
   // A wait longer than the test may run: an entry applied within the test was not held by it.
-  const agent = new NodeAgent({ nodeName: 'n1', labels: { role: 'edge' }, datapaths: { uplink, workload }, stateFile: new StateFile(path), report: (r) => void reports.push(r), log: () => undefined, coalesceMs: 600_000, coalesceMaxMs: 600_000 });
+  const { agent, chain, uplink, reports } = harness(undefined, 5, { coalesceMs: 600_000, coalesceMaxMs: 600_000 });
   t.teardown(() => agent.close());
-  const chain = new IntentChain(trustedKeys);
   // Two entries delivered in one turn (as a catch-up hands them over): one apply, of the second.
   agent.intentAdvanced(chain, [advance(chain, denyPort('p', 23))]);
   agent.intentAdvanced(chain, [advance(chain, denyPort('p', 24))]);

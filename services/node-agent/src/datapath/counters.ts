@@ -76,8 +76,11 @@ export class CounterTables {
   }
 
   get #carry(): TypedMap<number, CodecValue<typeof epCounter>> {
-    if (this.#carryMap === undefined) throw new Error(`counter tables of ${this.#counters.name}: no carry`);
-    return this.#carryMap;
+    return this.#carryMap ?? this.#noCarry();
+  }
+
+  #noCarry(): never {
+    throw new Error(`counter tables of ${this.#counters.name}: no carry`);
   }
 
   /** Zeroes the slots of `generation` that a rule set of `ruleCount` rules uses (one batch write). */
@@ -134,13 +137,12 @@ export class CounterTables {
     const read = this.#counters.getPerCpuBatchPacked(count, first === 0 ? undefined : u32Bytes(first - 1));
     const view = new DataView(read.values.buffer, read.values.byteOffset, read.values.byteLength);
     const sums = new Float64Array(2 * read.count);
-    const u64At = (offset: number): number => view.getUint32(offset, true) + view.getUint32(offset + 4, true) * 2 ** 32;
     for (let slot = 0; slot < read.count; slot++) {
       let packets = 0;
       let bytes = 0;
       for (let cpu = 0, at = slot * read.cpus * read.stride; cpu < read.cpus; cpu++, at += read.stride) {
-        packets += u64At(at);
-        bytes += u64At(at + 8);
+        packets += u64At(view, at);
+        bytes += u64At(view, at + 8);
       }
       sums[2 * slot] = packets;
       sums[2 * slot + 1] = bytes;
@@ -243,19 +245,17 @@ export class CounterTables {
 
   /** Calls `fn` for every carry entry, read in batches (packed, no object per entry). */
   #eachCarried(fn: (id: number, packets: number, bytes: number) => void): void {
-    if (this.#carryRaw === undefined) throw new Error(`counter tables of ${this.#counters.name}: no carry`);
-    const valueSize = this.#carryRaw.valueSize;
-    for (const chunk of this.#carryRaw.getBatches()) {
+    const carry = this.#carryRaw ?? this.#noCarry();
+    for (const chunk of carry.getBatches()) {
       const keys = new DataView(chunk.keys.buffer, chunk.keys.byteOffset, chunk.keys.byteLength);
       const values = new DataView(chunk.values.buffer, chunk.values.byteOffset, chunk.values.byteLength);
-      const u64At = (offset: number): number => values.getUint32(offset, true) + values.getUint32(offset + 4, true) * 2 ** 32;
-      for (let i = 0; i < chunk.count; i++) fn(keys.getUint32(4 * i, true), u64At(i * valueSize), u64At(i * valueSize + 8));
+      for (let i = 0; i < chunk.count; i++) fn(keys.getUint32(4 * i, true), u64At(values, i * carry.valueSize), u64At(values, i * carry.valueSize + 8));
     }
   }
 
   /** Adds every carried count into `totals`. */
   addCarry(totals: CounterTotals): void {
-    for (const [id, value] of this.#carry.entries()) addTo(totals, id, { packets: Number(value.packets), bytes: Number(value.bytes) });
+    this.#eachCarried((id, packets, bytes) => addTo(totals, id, { packets, bytes }));
   }
 
   /** Adds what `generation` counts now into `totals`, by rule id. */
@@ -305,6 +305,11 @@ export function addTo(totals: CounterTotals, id: number, counter: Counter): void
   total.packets += counter.packets;
   total.bytes += counter.bytes;
   totals.set(id, total);
+}
+
+/** The little-endian u64 at `offset` of `view`, as a number (exact below 2^53). */
+function u64At(view: DataView, offset: number): number {
+  return view.getUint32(offset, true) + view.getUint32(offset + 4, true) * 2 ** 32;
 }
 
 /** Rule id -> slot (ids[i] is slot i + 1), built once per ids array. */

@@ -28,7 +28,7 @@ export interface DatapathCounters {
   readonly retired?: ReadonlyMap<number, Counter>;
   /**
    * The same counts as `rules`, packed (the eBPF datapath: `rules` is then built only when
-   * asked for): what a reader of every rule uses (counters.ts eachMoved).
+   * asked for): what a reader of every rule uses (rule-counts.ts eachMoved).
    */
   readonly packed?: PackedRuleCounts;
   /** Packets no rule matched. */

@@ -722,8 +722,9 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
 
   /**
    * Counters of the live rule set by rule id, including what earlier generations counted for the
-   * same ids, and (retired) of the rules the idle generation and the carry still count that the
-   * live rule set does not have. @throws DatapathError.
+   * same ids (packed by slot too), and (retired) of the rules the idle generation and the carry
+   * still count that the live rule set does not have, those that counted anything.
+   * @throws DatapathError.
    */
   readCounters(): DatapathCounters {
     try {
