@@ -368,6 +368,9 @@ test('NodeAgent - another history at or below the applied revision (a reset, a r
   t.like(h.reports.at(-1), { revision: 2n, outcome: RevisionOutcome.REVISION_OUTCOME_ACK });
 });
 
+/** A policy `p` of `n` rules denying TCP ports 1000.. (a large rule set for reclaimMinRules 2). */
+const manyRules = (n: number): Policy => Policy.fromPartial({ metadata: { name: 'p' }, spec: { rules: Array.from({ length: n }, (_, i) => ({ priority: i + 1, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 1000 + i }], action: Action.ACTION_DENY })) } });
+
 test('NodeAgent - reclaim runs once after the report of an apply whose rule set before or after is large, and after a boot that enforced a large one; never for small ones', async (t) => {
   const events: string[] = [];
   const chain = new IntentChain(trustedKeys);
@@ -383,31 +386,65 @@ test('NodeAgent - reclaim runs once after the report of an apply whose rule set 
       coalesceMs: 0,
       reclaim: () => void events.push('reclaim'),
       reclaimMinRules: 2,
+      reclaimQuietMs: 0,
     });
   const agent = make();
   t.teardown(() => agent.close());
-  const rules = (n: number): Policy => Policy.fromPartial({ metadata: { name: 'p' }, spec: { rules: Array.from({ length: n }, (_, i) => ({ priority: i + 1, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 1000 + i }], action: Action.ACTION_DENY })) } });
+  const quietTurn = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 20));
   const push = async (policy: Policy): Promise<void> => {
     agent.intentAdvanced(chain, [advance(chain, policy)]);
     await agent.settled();
-    await new Promise((resolve) => setImmediate(resolve));
+    await quietTurn();
   };
-  await push(rules(1));
+  await push(manyRules(1));
   t.deepEqual(events, ['report 1'], 'one rule: nothing to reclaim');
-  await push(rules(3));
+  await push(manyRules(3));
   t.deepEqual(events, ['report 1', 'report 2', 'reclaim'], 'after the report of the large apply');
-  await push(rules(1));
+  await push(manyRules(1));
   t.deepEqual(events.slice(3), ['report 3', 'reclaim'], 'back to one rule: the large rule set it replaced is garbage now');
-  await push(rules(1));
+  await push(manyRules(1));
   t.deepEqual(events.slice(5), ['report 4']);
-  await push(rules(3));
+  await push(manyRules(3));
   t.deepEqual(events.slice(6), ['report 5', 'reclaim']);
   // A restart that enforces the large state file reclaims what its boot compile left.
   const restarted = make();
   t.teardown(() => restarted.close());
   await restarted.boot();
-  await new Promise((resolve) => setImmediate(resolve));
+  await quietTurn();
   t.deepEqual(events.slice(8), ['reclaim']);
+});
+
+test('NodeAgent - reclaim waits until the agent is quiet: a burst of large applies is reclaimed once, after its last entry', async (t) => {
+  const events: string[] = [];
+  const chain = new IntentChain(trustedKeys);
+  const quietMs = 400;
+  const agent = new NodeAgent({
+    nodeName: 'n1',
+    labels: { role: 'edge' },
+    datapaths: { uplink: new MemoryDatapath(), workload: new MemoryDatapath() },
+    stateFile: new StateFile(join(mkdtempSync(join(dir, 's-')), 'applied.json')),
+    report: (r) => void events.push(`report ${r.revision}`),
+    log: () => undefined,
+    coalesceMs: 0,
+    reclaim: () => void events.push(`reclaim ${Math.round(performance.now() - lastEntryAt)}`),
+    reclaimMinRules: 2,
+    reclaimQuietMs: quietMs,
+  });
+  t.teardown(() => agent.close());
+  let lastEntryAt = 0;
+  // Five large applies 150 ms apart: each lands inside the quiet time the one before it asks for.
+  for (let i = 0; i < 5; i++) {
+    lastEntryAt = performance.now();
+    agent.intentAdvanced(chain, [advance(chain, manyRules(3 + i))]);
+    await agent.settled();
+    await new Promise((resolve) => setTimeout(resolve, 150));
+  }
+  t.deepEqual(events, ['report 1', 'report 2', 'report 3', 'report 4', 'report 5'], 'no reclaim inside the burst');
+  await new Promise((resolve) => setTimeout(resolve, quietMs));
+  t.is(events.length, 6, 'one reclaim after the burst');
+  const after = Number(/^reclaim (\d+)$/.exec(events[5] ?? '')?.[1]);
+  t.true(after >= quietMs, `the reclaim ran ${after} ms after the last entry, not before the quiet time`);
+  t.true(after < quietMs + 300, `and not much later (${after} ms)`);
 });
 
 test('NodeAgent - counters go out only when they moved: a delta after traffic, then nothing (no report at all) while no packet comes', async (t) => {

@@ -50,6 +50,13 @@ const OCCUPANCY_COST_FACTOR = 200;
  * below a few thousand rules it is a few MiB and not worth a full collection.
  */
 export const RECLAIM_MIN_RULES = 4096;
+/**
+ * How long the agent must have been quiet (no entry received, no apply running) before the
+ * reclaim runs: its full collection pauses the agent 130-160 ms at 65,536 rules (BENCHMARKS.md),
+ * which an entry arriving right behind an apply would wait out. A burst of changes is reclaimed
+ * once, after it.
+ */
+export const RECLAIM_QUIET_MS = 1000;
 /** What one role's datapath is given: the rule set and, on the uplink, the load-balancing spec (absent: no services). */
 interface Enforced {
   readonly ruleSet: RuleSetSpec;
@@ -146,11 +153,14 @@ export interface NodeAgentOptions {
    * when node runs with --expose-gc, as the launcher starts it). Called once the apply's report
    * is sent, on a later turn of the event loop, after an apply (ACK or NACK) whose rule set
    * before or after has at least `reclaimMinRules` rules, and after boot() enforced a state file
-   * of that many. Its errors are logged.
+   * of that many, once the agent has been quiet for `reclaimQuietMs` (no entry received, no
+   * apply running): a burst of applies is reclaimed once, after it. Its errors are logged.
    */
   reclaim?: () => void;
   /** Default RECLAIM_MIN_RULES. */
   reclaimMinRules?: number;
+  /** Default RECLAIM_QUIET_MS. */
+  reclaimQuietMs?: number;
 }
 
 /** How the agent stands: what it has received and what it enforces. */
@@ -298,7 +308,8 @@ export class NodeAgent {
   #healthRetry: Retry;
   #healthApplies = 0;
   #healthApplyFailures: MetricCounter;
-  #reclaimDue: NodeJS.Immediate | undefined;
+  /** The reclaim's timer, armed while one is due (see #reclaimAfter). */
+  #reclaimDue: NodeJS.Timeout | undefined;
   /**
    * Each role's shadow candidate as this process installed (or adopted) it: its name, what was
    * installed (the candidate name and the rule set, as JSON: an unchanged candidate is not
@@ -655,24 +666,37 @@ export class NodeAgent {
     this.#repair.reset();
     this.#stateRetry.reset();
     this.#healthRetry.reset();
-    clearImmediate(this.#reclaimDue);
+    clearTimeout(this.#reclaimDue);
     this.#reclaimDue = undefined;
     this.#endWait?.();
     this.#endWait = undefined;
   }
 
-  /** Schedules reclaim (once) when an apply handled a rule set of `rules` rules (the larger of before and after). */
+  /**
+   * Makes a reclaim due when an apply handled a rule set of `rules` rules (the larger of before
+   * and after): it runs once the agent has been quiet for `reclaimQuietMs`, checked when the
+   * timer fires (an entry received or an apply running since puts it off by what is left).
+   */
   #reclaimAfter(rules: number): void {
-    const reclaim = this.#o.reclaim;
-    if (!reclaim || this.#closed || this.#reclaimDue || rules < (this.#o.reclaimMinRules ?? RECLAIM_MIN_RULES)) return;
-    this.#reclaimDue = setImmediate(() => {
+    if (!this.#o.reclaim || this.#closed || this.#reclaimDue || rules < (this.#o.reclaimMinRules ?? RECLAIM_MIN_RULES)) return;
+    this.#armReclaim(this.#o.reclaimQuietMs ?? RECLAIM_QUIET_MS);
+  }
+
+  #armReclaim(ms: number): void {
+    const timer = setTimeout(() => {
       this.#reclaimDue = undefined;
+      if (this.#closed) return;
+      const quiet = this.#o.reclaimQuietMs ?? RECLAIM_QUIET_MS;
+      const since = performance.now() - Math.max(this.#lastAdvanceAt, this.#lastRunEndAt);
+      if (this.#running || since < quiet) return this.#armReclaim(this.#running ? quiet : quiet - since);
       try {
-        reclaim();
+        this.#o.reclaim?.();
       } catch (err) {
         this.#o.log('error', 'reclaim', { error: (err as Error).message });
       }
-    });
+    }, ms);
+    timer.unref();
+    this.#reclaimDue = timer;
   }
 
   /** Rules of the larger live rule set (0 before the first apply). */
