@@ -483,6 +483,9 @@ export {
   patchLineageOf,
   policyDigest,
   policyPatchOf,
+  samePolicySpec,
+  sameRule,
+  withBaseRules,
 } from './../src/policy-patch.js';
 export {
   type AddViolation,

@@ -1,7 +1,7 @@
 // Policies as patches against the version the log holds (Change.policy_patches, log format 2):
 // the one implementation the controller (to write them) and every follower (to apply them) use.
 import { createHash } from 'node:crypto';
-import { Policy, Rule } from '../gen/edgeplane/v1/policy.js';
+import { Policy, PolicySpec, Rule } from '../gen/edgeplane/v1/policy.js';
 import type { PolicyPatch, RuleSplice } from '../gen/edgeplane/v1/log.js';
 import { PatchError } from './errors.js';
 import { MAX_SPLICES_PER_PATCH, POLICY_DIGEST_CHUNK_RULES } from './limits.js';
@@ -110,22 +110,98 @@ export function applyPolicyPatch(base: Policy | undefined, patch: PolicyPatch): 
 }
 
 /**
+ * Whether two rules encode to the same bytes: the same object; equal field by field (decoded
+ * messages equal in every field encode alike); or, when the fields differ in shape only (a key
+ * one holds as undefined and the other lacks), their encoded bytes are equal. The fields are
+ * compared first because a whole-policy write compares up to 65,536 pairs, almost all equal,
+ * and encoding both of each pair was most of that write's cost.
+ */
+export function sameRule(a: Rule, b: Rule): boolean {
+  return a === b || sameValue(a, b) || equalBytes(Rule.encode(a).finish(), Rule.encode(b).finish());
+}
+
+/**
+ * Deep equality of two decoded message values (plain objects, arrays, bytes, dates, primitives,
+ * bigints): true only when they hold the same values under the same keys, so their encodings are
+ * equal. Linear in the values; allocates nothing.
+ */
+function sameValue(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (Array.isArray(a)) {
+    if (!Array.isArray(b) || a.length !== b.length) return false;
+    for (let i = 0; i < a.length; i++) if (!sameValue(a[i], b[i])) return false;
+    return true;
+  }
+  if (a instanceof Uint8Array) return b instanceof Uint8Array && equalBytes(a, b);
+  if (a instanceof Date) return b instanceof Date && a.getTime() === b.getTime();
+  if (Array.isArray(b) || b instanceof Uint8Array || b instanceof Date) return false;
+  const x = a as Record<string, unknown>;
+  const y = b as Record<string, unknown>;
+  let keys = 0;
+  for (const k in x) {
+    if (!Object.hasOwn(x, k)) continue;
+    if (!Object.hasOwn(y, k) || !sameValue(x[k], y[k])) return false;
+    keys++;
+  }
+  for (const k in y) if (Object.hasOwn(y, k)) keys--;
+  return keys === 0;
+}
+
+/** The rules `a` and `b` share at their start (`head`) and, after those, at their end (`tail`), compared by {@link sameRule}. */
+function commonEnds(a: readonly Rule[], b: readonly Rule[]): { head: number; tail: number } {
+  let head = 0;
+  while (head < a.length && head < b.length && sameRule(a[head]!, b[head]!)) head++;
+  let tail = 0;
+  while (tail < a.length - head && tail < b.length - head && sameRule(a[a.length - 1 - tail]!, b[b.length - 1 - tail]!)) tail++;
+  return { head, tail };
+}
+
+/**
+ * `next` with the rules it shares with `base` at its start and end (by {@link sameRule}) taken as
+ * `base`'s rule objects, and its other rules copied; its other fields are `next`'s (not copied).
+ * A write of a whole policy that changes a few of its rules so holds its stored version's rule
+ * objects: validatePolicy and the sizes remember them by object, and policyPatchOf and
+ * policyDigest find them in place, so the write costs one comparison per rule and the rest in
+ * proportion to what changed. `base` must not be modified afterwards (a chain's never is).
+ */
+export function withBaseRules(base: Policy | undefined, next: Policy): Policy {
+  if (!next.spec) return next;
+  const a = base?.spec?.rules ?? [];
+  const b = next.spec.rules;
+  const { head, tail } = commonEnds(a, b);
+  const changed = b.slice(head, b.length - tail).map((rule) => Rule.fromPartial(rule));
+  return { metadata: next.metadata, spec: { ...next.spec, rules: a.slice(0, head).concat(changed, a.slice(a.length - tail)) } };
+}
+
+/**
+ * Whether two specs encode to the same bytes: the same rules by {@link sameRule}, in order, and
+ * the same encoded fields but for the rules. What a write of an unchanged policy is told by.
+ */
+export function samePolicySpec(a: PolicySpec, b: PolicySpec): boolean {
+  if (a.rules.length !== b.rules.length) return false;
+  for (let i = 0; i < a.rules.length; i++) if (!sameRule(a.rules[i]!, b.rules[i]!)) return false;
+  return equalBytes(PolicySpec.encode({ ...a, rules: [] }).finish(), PolicySpec.encode({ ...b, rules: [] }).finish());
+}
+
+/**
  * The patch that turns `base` into `next` (one splice: from the first to the last rule that
- * differs, compared by their encoded bytes), or undefined when `next` has no spec or no base.
- * `next` must carry its final metadata (resource_version included): the digest covers it.
+ * differs, compared by {@link sameRule}), or undefined when `next` has no spec or no base.
+ * `next` must carry its final metadata (resource_version included): the digest covers it. The
+ * digest is taken of the policy a follower builds from the patch (the base's rule objects outside
+ * the splice), so the chunks the splice leaves in place keep the base's hashes: a one-rule change
+ * hashes one chunk.
  * @returns a new PolicyPatch the caller owns; its rules are `next`'s rule objects.
  */
 export function policyPatchOf(base: Policy, next: Policy): PolicyPatch | undefined {
   if (!next.spec || !base.spec || base.metadata === undefined) return undefined;
   const a = base.spec.rules;
   const b = next.spec.rules;
-  const same = (i: number, j: number): boolean => equalBytes(Rule.encode(a[i]!).finish(), Rule.encode(b[j]!).finish());
-  let head = 0;
-  while (head < a.length && head < b.length && same(head, head)) head++;
-  let tail = 0;
-  while (tail < a.length - head && tail < b.length - head && same(a.length - 1 - tail, b.length - 1 - tail)) tail++;
-  const splices: RuleSplice[] = head === a.length && head === b.length ? [] : [{ start: head, deleteCount: a.length - head - tail, rules: b.slice(head, b.length - tail) }];
-  return { metadata: next.metadata, spec: { ...next.spec, rules: [] }, baseResourceVersion: base.metadata.resourceVersion, splices, resultDigest: Buffer.from(policyDigest(next)) };
+  const { head, tail } = commonEnds(a, b);
+  const changed = b.slice(head, b.length - tail);
+  const splices: RuleSplice[] = head === a.length && head === b.length ? [] : [{ start: head, deleteCount: a.length - head - tail, rules: changed }];
+  const result: Policy = { metadata: next.metadata, spec: { ...next.spec, rules: a.slice(0, head).concat(changed, a.slice(a.length - tail)) } };
+  return { metadata: next.metadata, spec: { ...next.spec, rules: [] }, baseResourceVersion: base.metadata.resourceVersion, splices, resultDigest: Buffer.from(policyDigest(result, base)) };
 }
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {

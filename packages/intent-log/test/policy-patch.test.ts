@@ -13,13 +13,18 @@ import {
   openLogEntry,
   policyDigest,
   policyPatchOf,
+  Rule,
+  samePolicySpec,
+  sameRule,
   signLogEntry,
+  withBaseRules,
   signSnapshot,
   type PolicyPatch,
   type SignedLogEntry,
 } from '@edgeplane/proto';
 import { ChainFollower, IntentChain, IntentLog } from '../src/index.js';
 import { natsServerFixture } from '../../../test/support/nats.js';
+import { prng, seedFromEnv } from '../../../test/support/prng.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('ed25519');
 const trusted = new Map([[keyIdOf(publicKey), publicKey]]);
@@ -76,6 +81,87 @@ test('policy digest - reusing the previous policy\'s chunks gives the digest a f
   const fresh = Policy.decode(Policy.encode(patched).finish());
   t.deepEqual(policyDigest(patched, base), policyDigest(fresh));
   t.notDeepEqual(policyDigest(patched), policyDigest(base));
+});
+
+/** A random rule from a small domain (so equal pairs occur), in one of the shapes a rule arrives in. */
+function randomRule(next: () => number): Rule {
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)]!;
+  const rule = Rule.fromPartial({
+    priority: pick([1, 2]),
+    name: 'r',
+    sourceCidrs: pick([['10.0.0.0/8'], ['10.0.0.0/8', '2001:db8::/32']]),
+    protocol: Protocol.PROTOCOL_TCP,
+    destinationPorts: pick([[], [{ first: 80, last: 0 }], [{ first: 80, last: 90 }]]),
+    action: pick([Action.ACTION_DENY, Action.ACTION_RATE_LIMIT]),
+    rateLimit: pick([undefined, { packetsPerSecond: 5n, burst: 1 }]),
+    sourcePrefixLists: pick([[], ['feed']]),
+  });
+  switch (pick(['built', 'decoded', 'reordered', 'sparse'] as const)) {
+    case 'built':
+      return rule;
+    case 'decoded':
+      return Rule.decode(Rule.encode(rule).finish());
+    case 'reordered':
+      // The same fields inserted in reverse order.
+      return Object.fromEntries(Object.entries(rule).reverse()) as unknown as Rule;
+    case 'sparse': {
+      // A key holding undefined left out: another shape, the same bytes.
+      const copy: Partial<Rule> = { ...rule };
+      if (copy.rateLimit === undefined) delete copy.rateLimit;
+      return copy as Rule;
+    }
+  }
+}
+
+test('sameRule - tells two rules apart exactly as their encoded bytes do, whatever shape each arrives in', (t) => {
+  const seed = seedFromEnv();
+  const next = prng(seed);
+  let equal = 0;
+  let sparseEqual = 0;
+  for (let i = 0; i < 4000; i++) {
+    const a = randomRule(next);
+    const b = randomRule(next);
+    const sameBytes = Buffer.from(Rule.encode(a).finish()).equals(Buffer.from(Rule.encode(b).finish()));
+    if (sameRule(a, b) !== sameBytes) return t.fail(`seed ${seed}: sameRule ${!sameBytes} for ${JSON.stringify(a, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v))} and ${JSON.stringify(b, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v))}`);
+    if (sameBytes) equal++;
+    if (sameBytes && Object.keys(a).length !== Object.keys(b).length) sparseEqual++;
+  }
+  t.true(equal > 20 && sparseEqual > 0, `seed ${seed}: ${equal} equal pairs, ${sparseEqual} of different shape`);
+});
+
+test('samePolicySpec - the same rules in other objects are the same spec; one rule or one other field different is not', (t) => {
+  const base = rules(500, 1n);
+  const copy = Policy.decode(Policy.encode(base).finish());
+  t.true(samePolicySpec(base.spec!, copy.spec!));
+  t.false(samePolicySpec(base.spec!, rules(500, 1n, { at: 499, port: 1 }).spec!));
+  t.false(samePolicySpec(base.spec!, rules(499, 1n).spec!));
+  t.false(samePolicySpec(base.spec!, { ...copy.spec!, description: 'other' }));
+});
+
+test('withBaseRules - the next policy, holding the base\'s rule objects where its rules equal them and copies of the others', (t) => {
+  const base = rules(3000, 1n);
+  for (const next of [rules(3000, 2n, { at: 1700, port: 9 }), rules(3001, 2n), rules(2000, 2n), rules(3000, 2n)]) {
+    const decoded = Policy.decode(Policy.encode(next).finish());
+    const shared = withBaseRules(base, decoded);
+    t.deepEqual(bytes(shared), bytes(next), 'encodes as the next policy');
+    const held = new Set(base.spec!.rules);
+    const fromBase = shared.spec!.rules.filter((r) => held.has(r)).length;
+    const patch = policyPatchOf(base, next)!;
+    const changed = patch.splices.reduce((n, s) => n + s.rules.length, 0);
+    t.is(fromBase, shared.spec!.rules.length - changed, 'every rule outside the change is the base\'s object');
+    t.false(shared.spec!.rules.some((r) => decoded.spec!.rules.includes(r)), 'and the changed ones are copies, not the caller\'s');
+  }
+  t.is(withBaseRules(undefined, base).spec!.rules.filter((r, i) => r === base.spec!.rules[i]).length, 0, 'no base: every rule copied');
+});
+
+test('policyPatchOf - rules equal to the base\'s but decoded anew: the smallest splice, and the digest a follower computes', (t) => {
+  const base = rules(3000, 1n);
+  policyDigest(base);
+  const next = Policy.decode(Policy.encode(rules(3000, 2n, { at: 2999, port: 4 })).finish());
+  const patch = policyPatchOf(base, next)!;
+  t.deepEqual(patch.splices.map((s) => [s.start, s.deleteCount, s.rules.length]), [[2999, 1, 1]]);
+  t.deepEqual(Buffer.from(patch.resultDigest), Buffer.from(policyDigest(Policy.decode(Policy.encode(next).finish()))));
+  t.deepEqual(bytes(applyPolicyPatch(base, patch)), bytes(next));
 });
 
 test('log envelope - a format 2 entry verifies for this follower, never for one that verifies the bare bytes (an older agent), and a newer format is refused', (t) => {

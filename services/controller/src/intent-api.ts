@@ -12,7 +12,6 @@ import {
   Rollout,
   RolloutKind,
   RolloutState,
-  PolicySpec,
   rolloutKey,
   rolloutKindName,
   Protocol,
@@ -20,6 +19,9 @@ import {
   countViolations,
   quote,
   applyPolicyPatch,
+  encodedPolicySize,
+  samePolicySpec,
+  withBaseRules,
   matchesLabelSelector,
   validatePolicy,
   validateService,
@@ -76,11 +78,12 @@ export interface IntentApiOptions {
 
 /** Encoded sizes of stored resources: they are never mutated once in the chain, so their size is computed once. */
 const encodedSizes = new WeakMap<object, number>();
-function encodedSize<T extends object>(r: T, codec: { encode(message: T): { finish(): Uint8Array } }): number {
+function encodedSize<T extends object>(r: T, size: (r: T) => number): number {
   let n = encodedSizes.get(r);
-  if (n === undefined) encodedSizes.set(r, (n = codec.encode(r).finish().length));
+  if (n === undefined) encodedSizes.set(r, (n = size(r)));
   return n;
 }
+const serviceSize = (s: Service): number => Service.encode(s).finish().length;
 
 /**
  * Refuses a write that would bring the encoded bytes of every policy and service past `max`:
@@ -90,8 +93,8 @@ function encodedSize<T extends object>(r: T, codec: { encode(message: T): { fini
  */
 function checkIntentBytes(chain: IntentChain, kind: string, name: string, replaced: number, bytes: number, max: number): void {
   let total = 0;
-  for (const p of chain.policies.values()) total += encodedSize(p, Policy);
-  for (const s of chain.services.values()) total += encodedSize(s, Service);
+  for (const p of chain.policies.values()) total += encodedSize(p, encodedPolicySize);
+  for (const s of chain.services.values()) total += encodedSize(s, serviceSize);
   // The stored resource adds versions and times to what came in: 64 bytes cover them.
   const grown = total - replaced + bytes + 64;
   if (grown > max) {
@@ -127,6 +130,16 @@ function storedMetadata(name: string, incoming: ObjectMeta, existing: ObjectMeta
 /** Whether a write's labels and annotations equal the stored ones (with equal specs, the write changes nothing). */
 function sameMetadata(stored: ObjectMeta, incoming: ObjectMeta): boolean {
   return sameMap(stored.labels, incoming.labels) && sameMap(stored.annotations, incoming.annotations);
+}
+
+/**
+ * The response to an ApplyPolicy: the policy itself, not a copy (fromPartial would copy every
+ * rule of a stored policy that is never modified, only to be encoded once).
+ */
+function policyResponse(policy: Policy, revision: bigint, outcome: { created: boolean; unchanged: boolean }): ApplyPolicyResponse {
+  const response = ApplyPolicyResponse.fromPartial({ revision, created: outcome.created, unchanged: outcome.unchanged });
+  response.policy = policy;
+  return response;
 }
 
 /** What an operator can do to a rollout. */
@@ -195,9 +208,13 @@ export class IntentApi {
    * @throws ValidationError, VersionConflictError, PreconditionError, UnavailableError
    */
   async apply(req: ApplyPolicyRequest, trace?: TraceContext): Promise<ApplyPolicyResponse> {
-    const violations = validatePolicy(req.policy, 'policy', this.#limits);
+    // The rules equal to the stored version's (of the chain as this replica holds it now) are
+    // taken as its rule objects, checked and sized before: a one-rule change to a large policy
+    // costs a comparison per rule, and the rest only for what changed.
+    const request = req.policy && withBaseRules(this.#store.chain.policies.get(req.policy.metadata?.name ?? ''), req.policy);
+    const violations = validatePolicy(request, 'policy', this.#limits);
     if (violations.length > 0) throw new ValidationError(`invalid policy: ${countViolations(violations)} problem(s), first: ${violations[0]!.field}: ${violations[0]!.description}`, violations);
-    const incoming = req.policy!;
+    const incoming = request!;
     const name = incoming.metadata!.name;
     let outcome: { policy: Policy; created: boolean; unchanged: boolean } | undefined;
     let rollout: Rollout | undefined;
@@ -216,7 +233,7 @@ export class IntentApi {
       }
       if (
         existing &&
-        sameBytes(PolicySpec.encode(existing.spec!).finish(), PolicySpec.encode(incoming.spec!).finish()) &&
+        samePolicySpec(existing.spec!, incoming.spec!) &&
         sameMetadata(existing.metadata!, incoming.metadata!)
       ) {
         outcome = { policy: existing, created: false, unchanged: true };
@@ -227,9 +244,11 @@ export class IntentApi {
       if (!existing && chain.policies.size >= this.#maxPolicies) {
         throw new PreconditionError(`the intent holds ${chain.policies.size} policies, the most it may; delete one to create ${name}`, 'TOO_MANY_POLICIES');
       }
-      checkIntentBytes(chain, 'policy', name, existing ? encodedSize(existing, Policy) : 0, Policy.encode(incoming).finish().length, this.#maxIntentBytes);
+      checkIntentBytes(chain, 'policy', name, existing ? encodedSize(existing, encodedPolicySize) : 0, encodedPolicySize(incoming), this.#maxIntentBytes);
       const now = this.#now();
-      const policy = Policy.fromPartial({ metadata: storedMetadata(name, incoming.metadata!, existing?.metadata, chain.revision, now), spec: incoming.spec! });
+      // A copy but for the rules: those are the stored version's or copies already (withBaseRules).
+      const policy = Policy.fromPartial({ metadata: storedMetadata(name, incoming.metadata!, existing?.metadata, chain.revision, now), spec: { ...incoming.spec!, rules: [] } });
+      policy.spec!.rules = incoming.spec!.rules;
       outcome = { policy, created: !existing, unchanged: false };
       const staged = incoming.spec!.rolloutStrategy?.strategy;
       rollout = undefined;
@@ -242,14 +261,14 @@ export class IntentApi {
     if (req.validateOnly) {
       await this.#store.catchUp();
       const policy = build(this.#store.chain);
-      return ApplyPolicyResponse.fromPartial({ policy: policy ?? outcome!.policy, revision: 0n, created: outcome!.created, unchanged: outcome!.unchanged });
+      return policyResponse(policy ?? outcome!.policy, 0n, outcome!);
     }
     const written = await this.#store.write((chain) => {
       const policy = build(chain);
       return policy ? { upserts: [policy], deletes: [], rollouts: rollout ? [rollout] : [], serviceUpserts: [], serviceDeletes: [], policyPatches: [] } : undefined;
     }, trace);
     const stored = written ? (written.policies[0] ?? outcome!.policy) : outcome!.policy;
-    return ApplyPolicyResponse.fromPartial({ policy: stored, revision: written?.revision ?? 0n, created: outcome!.created, unchanged: outcome!.unchanged });
+    return policyResponse(stored, written?.revision ?? 0n, outcome!);
   }
 
   /**
@@ -326,7 +345,7 @@ export class IntentApi {
       if (!existing && chain.services.size >= this.#maxServices) {
         throw new PreconditionError(`the intent holds ${chain.services.size} services, the most it may; delete one to create ${name}`, 'TOO_MANY_SERVICES');
       }
-      checkIntentBytes(chain, 'service', name, existing ? encodedSize(existing, Service) : 0, Service.encode(incoming).finish().length, this.#maxIntentBytes);
+      checkIntentBytes(chain, 'service', name, existing ? encodedSize(existing, serviceSize) : 0, serviceSize(incoming), this.#maxIntentBytes);
       const now = this.#now();
       const service = Service.fromPartial({ metadata: storedMetadata(name, incoming.metadata!, existing?.metadata, chain.revision, now), spec });
       outcome = { service, created: !existing, unchanged: false };

@@ -7,10 +7,11 @@ import {
   LOG_FORMAT_BLOCKLIST,
   type BlocklistChange,
   LogEntry,
-  Policy,
+  type Policy,
   PolicyPatch,
   applyPolicyPatch,
   policyPatchOf,
+  encodedPolicySize,
   openHistoryReset,
   signLogHead,
   rawPublicKey,
@@ -259,11 +260,14 @@ export class IntentStore {
       // not verify (it occupies a sequence); the entry links to the newest valid one.
       const expectedLast = this.#follower.position;
       const revision = expectedLast + 1n;
+      // The entry is a copy of what build() made (the versions below are set on it), but for
+      // the policies' rules: those are never modified, and a large policy's are most of a write.
+      const rules = change.upserts.map((p) => p.spec?.rules);
       const entry = LogEntry.fromPartial({
         revision,
         previousHash: Buffer.from(chain.lastHash),
         createTime: now(),
-        change,
+        change: { ...change, upserts: change.upserts.map((p) => (p.spec ? { ...p, spec: { ...p.spec, rules: [] } } : p)) },
         traceContext: trace,
         controllerId: this.#options.controllerId,
         fleetId: this.#options.fleetId ?? '',
@@ -278,7 +282,10 @@ export class IntentStore {
         if (b.id === '') b.id = `blk-${revision}`;
         b.resourceVersion = revision;
       }
-      for (const p of entry.change!.upserts) p.metadata!.resourceVersion = revision;
+      entry.change!.upserts.forEach((p, i) => {
+        if (p.spec) p.spec.rules = [...rules[i]!];
+        p.metadata!.resourceVersion = revision;
+      });
       for (const s of entry.change!.serviceUpserts) s.metadata!.resourceVersion = revision;
       for (const r of entry.change!.rollouts) r.resourceVersion = revision;
       const policies = [...entry.change!.upserts];
@@ -325,7 +332,7 @@ export class IntentStore {
     for (const policy of change.upserts) {
       const base = chain.policies.get(policy.metadata?.name ?? '');
       const patch = base ? policyPatchOf(base, policy) : undefined;
-      if (patch && PolicyPatch.encode(patch).finish().length <= ratio * Policy.encode(policy).finish().length && this.#applies(base!, patch)) change.policyPatches.push(patch);
+      if (patch && PolicyPatch.encode(patch).finish().length <= ratio * encodedPolicySize(policy) && this.#applies(base!, patch)) change.policyPatches.push(patch);
       else whole.push(policy);
     }
     change.upserts = whole;
