@@ -1,4 +1,4 @@
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -20,13 +20,14 @@ function controllerProcess(name: string, args: string[]): Promise<Supervised> {
   return Supervised.start(name, { command: process.execPath, args: [MAIN, '--insecure', '--listen', '127.0.0.1:0', '--shutdown-grace', '1', ...args], readyEvent: 'ready' });
 }
 
-async function withTemp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+/**
+ * Runs `fn` with a fresh directory, removed after the test's other teardowns (they run last
+ * registered first): a controller a teardown stops may still write into it until it is stopped.
+ */
+async function withTemp<T>(t: ExecutionContext, fn: (dir: string) => Promise<T>): Promise<T> {
   const dir = mkdtempSync(join(tmpdir(), 'ctl-fault-'));
-  try {
-    return await fn(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return fn(dir);
 }
 
 /** Reads the whole log and checks it: gapless, hash-chained, signed; returns the chain and each policy's upsert revisions. */
@@ -78,7 +79,7 @@ const okResults = (m: Map<string, ApplyPolicyResponse | grpc.ServiceError>): [st
   [...m].filter((e): e is [string, ApplyPolicyResponse] => 'revision' in e[1]);
 
 test('two controllers writing to one stream - revisions stay gapless and unique, each names its change', (t) =>
-  withTemp(async (dir) => {
+  withTemp(t, async (dir) => {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
     const key = join(dir, 'key.pem');
     const a = await controllerProcess('ctl-a', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'a'), '--signing-key', key, '--controller-id', 'a']);
@@ -105,7 +106,7 @@ test('two controllers writing to one stream - revisions stay gapless and unique,
   }));
 
 test('controller kill -9 mid-burst - every acknowledged apply survives once, and the chain verifies', (t) =>
-  withTemp(async (dir) => {
+  withTemp(t, async (dir) => {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
     const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'c')]);
     t.teardown(async () => {
@@ -132,7 +133,7 @@ test('controller kill -9 mid-burst - every acknowledged apply survives once, and
   }));
 
 test('nats-server kill -9 and restart - acknowledged applies survive, the controller carries on', (t) =>
-  withTemp(async (dir) => {
+  withTemp(t, async (dir) => {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats') });
     const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'c')]);
     t.teardown(async () => {
@@ -155,7 +156,7 @@ test('nats-server kill -9 and restart - acknowledged applies survive, the contro
   }));
 
 test('node registry - survives a controller restart', (t) =>
-  withTemp(async (dir) => {
+  withTemp(t, async (dir) => {
     const ctl = await controllerProcess('ctl', ['--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'c')]);
     t.teardown(() => ctl.stop());
     const { AgentServiceClient } = await import('@edgeplane/proto');
@@ -178,7 +179,7 @@ test('node registry - survives a controller restart', (t) =>
   }));
 
 test('node registry - a hello carries the agent\'s last outcome: a restarted controller shows it at once, and an older one does not replace a newer', (t) =>
-  withTemp(async (dir) => {
+  withTemp(t, async (dir) => {
     const ctl = await controllerProcess('ctl', ['--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'c')]);
     t.teardown(() => ctl.stop());
     const { AgentServiceClient, RevisionOutcome } = await import('@edgeplane/proto');
@@ -209,7 +210,7 @@ test('node registry - a hello carries the agent\'s last outcome: a restarted con
   }));
 
 test('embedded nats-server - started without --nats, stopped with the controller on SIGTERM', (t) =>
-  withTemp(async (dir) => {
+  withTemp(t, async (dir) => {
     const ctl = await controllerProcess('ctl', ['--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'c')]);
     const url = new URL(ctl.ready.nats as string);
     const listening = (): Promise<boolean> =>
@@ -239,7 +240,7 @@ async function until(what: string, pred: () => boolean | Promise<boolean>, ms = 
 }
 
 test('embedded nats-server - killed, it is started again; health says NOT_SERVING until the log is back, and writes succeed after', (t) =>
-  withTemp(async (dir) => {
+  withTemp(t, async (dir) => {
     const ctl = await controllerProcess('ctl', ['--embedded-nats', '127.0.0.1:0', '--data-dir', join(dir, 'c')]);
     t.teardown(() => ctl.stop());
     const std = standardServices(ctl.ready.grpc as string);
@@ -267,7 +268,7 @@ test('embedded nats-server - killed, it is started again; health says NOT_SERVIN
   }));
 
 test('embedded nats-server - dies with a controller killed with -9; one an earlier controller left running is stopped by the next start', (t) =>
-  withTemp(async (dir) => {
+  withTemp(t, async (dir) => {
     const { freePort } = await import('@edgeplane/intent-log');
     const port = await freePort();
     const args = ['--embedded-nats', `127.0.0.1:${port}`, '--data-dir', join(dir, 'c')];
@@ -322,7 +323,7 @@ test('command line - --help documents flags and exit codes; bad flags exit 2; --
 });
 
 test('TLS - by default the controller serves mutual TLS from its own CA; a certificate of another CA gets nothing', (t) =>
-  withTemp(async (dir) => {
+  withTemp(t, async (dir) => {
     const ssl = (args: string[]): void => void execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
     ssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', 'other.key', '-out', 'other.pem', '-days', '1', '-subj', '/CN=other-ca']);
     writeFileSync(join(dir, 'ext.cnf'), 'subjectAltName=URI:spiffe://edgeplane/default/admin/mallory\n');
@@ -355,7 +356,7 @@ test('TLS - by default the controller serves mutual TLS from its own CA; a certi
   }));
 
 test('an entry larger than NATS accepts is refused as INVALID_ARGUMENT and writes nothing', (t) =>
-  withTemp(async (dir) => {
+  withTemp(t, async (dir) => {
     const nats = await NatsServer.start({ dataDir: join(dir, 'nats'), maxPayload: 64 * 1024 });
     const ctl = await controllerProcess('ctl', ['--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'c'), '--rule-growth-guard', '100000']);
     t.teardown(async () => {
