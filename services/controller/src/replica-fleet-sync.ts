@@ -294,21 +294,25 @@ export class ReplicaFleetSync {
 
   /**
    * Publishes the nodes changed since the last delta, or an empty delta when idleMs passed
-   * (liveness). While no other replica is heard, nodes whose telemetry alone changed are not
-   * encoded or sent: nobody listens, and a replica that starts reads them from the snapshot and
-   * is sent what changed since when this one hears it.
+   * (liveness). While no other replica is heard, only liveness goes out: nobody listens, so no
+   * node is encoded (a lone replica spent most of its fleet-sync CPU on ACKs nobody read). What
+   * changed stays marked, a status change as one, and goes to the first replica heard with every
+   * other node (#receive); a replica that starts also reads the snapshot.
    */
   async #publishDelta(force = false): Promise<void> {
     const now = performance.now();
-    if (this.#dirty.size === 0 && now - this.#lastPublish < (this.#o.idleMs ?? 1000) && !force) return;
+    const idle = now - this.#lastPublish >= (this.#o.idleMs ?? 1000);
+    if (this.#dirty.size === 0 && !idle && !force) return;
     const alone = this.#heard.size === 0 && !force;
+    if (alone && !idle) return;
     const nodes: Uint8Array[] = [];
-    for (const [name, statusChanged] of this.#dirty) {
-      if (alone && !statusChanged) continue;
-      const bytes = this.#encode(name, statusChanged);
-      if (bytes) nodes.push(bytes);
+    if (!alone) {
+      for (const [name, statusChanged] of this.#dirty) {
+        const bytes = this.#encode(name, statusChanged);
+        if (bytes) nodes.push(bytes);
+      }
+      this.#dirty.clear();
     }
-    this.#dirty.clear();
     this.#lastPublish = now;
     try {
       for (const m of this.#messages(nodes, false)) this.#nc.publish(`${FLEET_STATUS_SUBJECT_PREFIX}.${this.replica}`, m);

@@ -191,29 +191,42 @@ test.serial('replica fleet sync - an unchanged snapshot is not stored again unti
   t.is(c.registry.get('edge-8')?.status?.lastOutcomeRevision, 5n);
 });
 
-test.serial('replica fleet sync - alone, a replica sends no counters (nobody listens); a replica that starts later is sent the counters its snapshot does not have yet', async (t) => {
+test.serial('replica fleet sync - alone, a replica sends no node (nobody listens); a replica that starts later is sent what its snapshot does not have yet, status and counters', async (t) => {
   const spy = await nats.connect();
   t.teardown(() => spy.close());
   const heard: string[] = [];
-  spy.subscribe(`${FLEET_STATUS_SUBJECT_PREFIX}.*`, { callback: (_e, m) => void heard.push(...ReplicaFleetState.decode(m.data).nodes.map((n) => `${n.node?.name}:${n.rules[0]?.packets ?? '-'}`)) });
+  let deltas = 0;
+  let from = '';
+  spy.subscribe(`${FLEET_STATUS_SUBJECT_PREFIX}.*`, {
+    callback: (_e, m) => {
+      const state = ReplicaFleetState.decode(m.data);
+      if (state.replica !== from) return;
+      deltas++;
+      heard.push(...state.nodes.map((n) => `${n.node?.name}:${n.node?.status?.appliedRevision}:${n.rules[0]?.packets ?? '-'}`));
+    },
+  });
   await spy.flush();
   const a = await replica(t, 'a9', { snapshotMs: 200 });
-  a.registry.hello(hello('edge-9'), 's1');
-  a.sync.changed('edge-9');
-  await until('the hello at the spy', () => heard.includes('edge-9:-'));
   // Replicas of earlier tests that were cut from NATS left snapshots: heard until they expire.
   await until('a alone', () => a.sync.replicas().length === 1);
-  // The snapshot holds edge-9 without counters; counters alone change the snapshot only at its
-  // refresh (25 s), and go out in no delta while a hears no other replica.
+  from = a.sync.replica;
+  a.registry.hello(hello('edge-9'), 's1');
+  a.sync.changed('edge-9');
+  // The snapshot (every 200 ms here) holds edge-9 at revision 3, without counters.
   await new Promise((r) => setTimeout(r, 500));
   a.counters.add('edge-9', counters(7n));
   a.sync.changed('edge-9', false);
-  await new Promise((r) => setTimeout(r, 1000));
-  t.deepEqual(heard, ['edge-9:-'], `no delta carried the counters (replicas heard: ${a.sync.replicas().join(', ')})`);
+  a.registry.report('edge-9', RevisionReport.fromPartial({ revision: 4n, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, appliedRevision: 4n }));
+  a.sync.changed('edge-9', true);
+  await new Promise((r) => setTimeout(r, 1200));
+  t.true(deltas > 0, 'liveness went out');
+  t.deepEqual(heard, [], `no delta carried a node (replicas heard: ${a.sync.replicas().join(', ')})`);
+  // b reads a's snapshot as it starts, and a sends b every node it owns once it hears b.
   const b = await replica(t, 'b9');
   await until('edge-9 at b', () => b.registry.get('edge-9') !== undefined);
   await until('the counters at b, sent when a heard b', () => b.counters.nodeRules('edge-9')[0]?.packets === 7n, 5000);
-  t.true(heard.includes('edge-9:7'));
+  t.is(b.registry.get('edge-9')?.status?.appliedRevision, 4n);
+  await until('edge-9 in a delta, once a heard b', () => heard.includes('edge-9:4:7'), 5000);
 });
 
 test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES goes out in messages within it, and every node arrives', async (t) => {
