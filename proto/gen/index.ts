@@ -485,6 +485,7 @@ export {
   policyPatchOf,
   samePolicySpec,
   sameRule,
+  shareEmptyLists,
   withBaseRules,
 } from './../src/policy-patch.js';
 export {

@@ -8,6 +8,7 @@ import {
   type PrefixList,
   GENESIS_HASH,
   policyDigest,
+  shareEmptyLists,
   logEntryHash,
   openLogEntry,
   keyIdOf,
@@ -223,7 +224,10 @@ export class IntentChain {
     }
     // Patches apply to the policies as held before the entry, and all of them before anything
     // changes: one that does not apply leaves the chain as it was. Prefix list changes alike.
-    const patched = (entry.change?.policyPatches ?? []).map((patch) => applyPolicyPatch(this.#policies.get(patch.metadata?.name ?? ''), patch));
+    const patched = (entry.change?.policyPatches ?? []).map((patch) => {
+      for (const splice of patch.splices) shareEmptyLists(splice.rules);
+      return applyPolicyPatch(this.#policies.get(patch.metadata?.name ?? ''), patch);
+    });
     const lists = (entry.blocklistChange?.prefixLists ?? []).map((c) => (c.delete ? { name: c.metadata?.name ?? '', list: undefined } : { name: c.metadata?.name ?? '', list: applyPrefixListChange(this.#prefixLists.get(c.metadata?.name ?? ''), c) }));
     const changes: PolicyChange[] = [];
     for (const name of entry.change?.deletes ?? []) {
@@ -238,6 +242,7 @@ export class IntentChain {
       const name = policy.metadata?.name ?? '';
       // A whole policy costs its size here anyway (it was decoded): its digest now means a patch
       // of it later rehashes only the chunks the patch touches.
+      shareEmptyLists(policy.spec?.rules ?? []);
       policyDigest(policy);
       const existed = this.#policies.has(name);
       this.#policies.set(name, policy);
@@ -301,6 +306,7 @@ export class IntentChain {
     const { trusted, rotations } = this.#rotationsOf(snapshot);
     this.#trusted = trusted;
     this.#rotations = rotations;
+    for (const p of snapshot.policies) shareEmptyLists(p.spec?.rules ?? []);
     this.#policies = new Map(snapshot.policies.map((p) => [p.metadata?.name ?? '', p]));
     this.#rollouts = new Map(snapshot.rollouts.map((r) => [rolloutKeyOf(r), r]));
     this.#services = new Map(snapshot.services.map((s) => [s.metadata?.name ?? '', s]));

@@ -196,6 +196,22 @@ test('intent chain - a patch entry is applied as the whole policy; one that does
   t.deepEqual(bytes(other.policies.get('p')!), bytes(rules(50, 1n, { at: 3, port: 8 })));
 });
 
+test('intent chain - the rules it holds (whole, patched, from a snapshot) share one frozen empty list, and encode as they did', (t) => {
+  const chain = new IntentChain(trusted);
+  chain.append(entry(chain, 1n, { upserts: [rules(40, 1n)] }));
+  const next = rules(40, 2n, { at: 39, port: 4 });
+  chain.append(entry(chain, 2n, { policyPatches: [policyPatchOf(chain.policies.get('p')!, next)!] }));
+  const loaded = new IntentChain(trusted);
+  loaded.load({ ...chain.snapshot(), policies: [Policy.decode(Policy.encode(next).finish())] });
+  for (const held of [chain.policies.get('p')!, loaded.policies.get('p')!]) {
+    t.deepEqual(bytes(held), bytes(next));
+    const lists = held.spec!.rules.flatMap((r) => [r.sourceCidrs, r.destinationCidrs, r.sourcePrefixLists, r.destinationPrefixLists]);
+    t.is(new Set(lists).size, 1, 'every empty list is one array');
+    t.true(Object.isFrozen(lists[0]));
+    t.is(held.spec!.rules[39]!.sourceCidrs, lists[0], 'the patched rule\'s too');
+  }
+});
+
 const nats = natsServerFixture(test, 'policy-patch-test');
 
 async function until(what: string, pred: () => boolean, ms = 10_000): Promise<void> {
