@@ -208,7 +208,7 @@ test('intent chain - the rules it holds (whole, patched, from a snapshot) share 
     const lists = held.spec!.rules.flatMap((r) => [r.sourceCidrs, r.destinationCidrs, r.sourcePrefixLists, r.destinationPrefixLists]);
     t.is(new Set(lists).size, 1, 'every empty list is one array');
     t.true(Object.isFrozen(lists[0]));
-    t.is(held.spec!.rules[39]!.sourceCidrs, lists[0], 'the patched rule\'s too');
+    t.is(held.spec!.rules[39]!.sourceCidrs, lists[0]!, 'the patched rule\'s too');
   }
 });
 
