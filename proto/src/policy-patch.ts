@@ -176,6 +176,11 @@ function commonEnds(a: readonly Rule[], b: readonly Rule[]): { head: number; tai
   return { head, tail };
 }
 
+/** `a` with the rules between its first `head` and last `tail` replaced by `changed`: what a follower builds from a patch. */
+function spliced(a: readonly Rule[], head: number, tail: number, changed: Rule[]): Rule[] {
+  return a.slice(0, head).concat(changed, a.slice(a.length - tail));
+}
+
 /**
  * `next` with the rules it shares with `base` at its start and end (by {@link sameRule}) taken as
  * `base`'s rule objects, and its other rules copied; its other fields are `next`'s (not copied).
@@ -190,7 +195,7 @@ export function withBaseRules(base: Policy | undefined, next: Policy): Policy {
   const b = next.spec.rules;
   const { head, tail } = commonEnds(a, b);
   const changed = b.slice(head, b.length - tail).map((rule) => Rule.fromPartial(rule));
-  return { metadata: next.metadata, spec: { ...next.spec, rules: a.slice(0, head).concat(changed, a.slice(a.length - tail)) } };
+  return { metadata: next.metadata, spec: { ...next.spec, rules: spliced(a, head, tail, changed) } };
 }
 
 /**
@@ -198,8 +203,7 @@ export function withBaseRules(base: Policy | undefined, next: Policy): Policy {
  * the same encoded fields but for the rules. What a write of an unchanged policy is told by.
  */
 export function samePolicySpec(a: PolicySpec, b: PolicySpec): boolean {
-  if (a.rules.length !== b.rules.length) return false;
-  for (let i = 0; i < a.rules.length; i++) if (!sameRule(a.rules[i]!, b.rules[i]!)) return false;
+  if (a.rules.length !== b.rules.length || commonEnds(a.rules, b.rules).head !== a.rules.length) return false;
   return equalBytes(PolicySpec.encode({ ...a, rules: [] }).finish(), PolicySpec.encode({ ...b, rules: [] }).finish());
 }
 
@@ -219,7 +223,7 @@ export function policyPatchOf(base: Policy, next: Policy): PolicyPatch | undefin
   const { head, tail } = commonEnds(a, b);
   const changed = b.slice(head, b.length - tail);
   const splices: RuleSplice[] = head === a.length && head === b.length ? [] : [{ start: head, deleteCount: a.length - head - tail, rules: changed }];
-  const result: Policy = { metadata: next.metadata, spec: { ...next.spec, rules: a.slice(0, head).concat(changed, a.slice(a.length - tail)) } };
+  const result: Policy = { metadata: next.metadata, spec: { ...next.spec, rules: spliced(a, head, tail, changed) } };
   return { metadata: next.metadata, spec: { ...next.spec, rules: [] }, baseResourceVersion: base.metadata.resourceVersion, splices, resultDigest: Buffer.from(policyDigest(result, base)) };
 }
 
