@@ -24,28 +24,20 @@ const WRITES_DUE = argv.includes('--writes-due');
 
 /** One agent stream in memory: messages pushed by the bench. */
 function memoryStream(): { stream: AgentStream; push(m: ConnectRequest): void; end(): void } {
-  const queue: ConnectRequest[] = [];
-  let wake: (() => void) | undefined;
-  let ended = false;
-  const push = (m: ConnectRequest): void => {
-    queue.push(m);
-    const w = wake;
-    wake = undefined;
-    w?.();
+  // Messages pushed before serve listens wait in `early`.
+  const early: ConnectRequest[] = [];
+  let deliver = (m: ConnectRequest): void => void early.push(m);
+  let ended: () => void = () => undefined;
+  const stream: AgentStream = {
+    listen: (message, end) => {
+      deliver = message;
+      ended = end;
+      for (const m of early.splice(0)) message(m);
+    },
+    send: (_m: ConnectResponse) => undefined,
+    end: () => undefined,
   };
-  async function* messages(): AsyncIterable<ConnectRequest> {
-    for (;;) {
-      const m = queue.shift();
-      if (m) yield m;
-      else if (ended) return;
-      else await new Promise<void>((r) => (wake = r));
-    }
-  }
-  const end = (): void => {
-    ended = true;
-    wake?.();
-  };
-  return { stream: { messages: messages(), send: (_m: ConnectResponse) => undefined, end }, push, end };
+  return { stream, push: (m) => deliver(m), end: () => ended() };
 }
 
 const cpuMs = (): number => {

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import {
   quote,
+  type AgentHello,
   type AgentSettings,
   type ConnectionsAnswer,
   type ConnectionsQuery,
@@ -20,8 +21,12 @@ import { hasBackend, type ServiceHealthStore } from './service-health-store.js';
 
 /** The controller's half of one agent stream, independent of gRPC. */
 export interface AgentStream {
-  /** Messages from the agent; ends when the agent closes its side. */
-  messages: AsyncIterable<ConnectRequest>;
+  /**
+   * Called once, by serve: from then on every message from the agent goes to `message`, in
+   * order, and `end` is called when the agent closed its side or the transport ended the stream
+   * (more than once is fine).
+   */
+  listen(message: (m: ConnectRequest) => void, end: () => void): void;
   send(message: ConnectResponse): void;
   /** Ends the stream; with an error, the agent sees it as the status. */
   end(err?: Error): void;
@@ -96,7 +101,8 @@ export class AgentSessions {
   #registry: NodeRegistry;
   #counters: CounterStore;
   #options: AgentSessionsOptions;
-  #open = new Set<AgentStream>();
+  /** Each open stream, and what ends it. */
+  #open = new Map<AgentStream, (err?: Error) => void>();
   #byNode = new Map<string, Set<AgentStream>>();
   /** The newest welcomed stream of each node: the one queries go to. */
   #current = new Map<string, AgentStream>();
@@ -118,7 +124,7 @@ export class AgentSessions {
    * Serves one stream until it ends. Resolves when it has ended (never rejects): protocol errors
    * end the stream with a status instead.
    */
-  async serve(stream: AgentStream): Promise<void> {
+  serve(stream: AgentStream): Promise<void> {
     const sessionId = randomUUID();
     let node: string | undefined;
     const idleMs = this.#options.idleTimeoutMs ?? 3 * durationMs(this.#options.settings.heartbeatInterval, 5000);
@@ -129,6 +135,39 @@ export class AgentSessions {
     let lastAt = 0;
     let spanMs = 0;
     let why = '';
+    /** Set once the stream ended (by either side): later messages are dropped. */
+    let done = false;
+    /** The agent closed its side while its hello was being checked: end once the held messages are handled. */
+    let agentEnded = false;
+    /** Messages that came while the hello was being checked (checkHello is asynchronous), in order. */
+    let held: ConnectRequest[] | undefined;
+    let resolve!: () => void;
+    const ended = new Promise<void>((r) => (resolve = r));
+
+    /** Ends the stream (with `err` as the agent's status) and forgets it; only the first call counts. */
+    const finish = (err?: Error): void => {
+      if (done) return;
+      done = true;
+      held = undefined;
+      clearTimeout(timer);
+      this.#open.delete(stream);
+      stream.end(err);
+      for (const q of this.#pending.get(stream)?.values() ?? []) q.reject(new UnavailableError(`node ${node} disconnected before it answered; retry`));
+      this.#pending.delete(stream);
+      if (node && this.#current.get(node) === stream) {
+        this.#current.delete(node);
+        // Its verdicts are unknown from now on; the next stream's welcome brings the whole state again.
+        this.#options.serviceHealth?.store.forget(node);
+      }
+      if (node) {
+        const set = this.#byNode.get(node);
+        set?.delete(stream);
+        if (set?.size === 0) this.#byNode.delete(node);
+        this.#registry.disconnect(node, sessionId);
+        this.#options.onNodeChanged?.(node, true);
+      }
+      resolve();
+    };
     // One timer per span of silence, not one per message: a message only notes its time, and the
     // timer, when it fires, waits again for the rest of a span from the newest message (at 10,000
     // agents a timer replaced per heartbeat and counter report was a cost of its own).
@@ -144,7 +183,7 @@ export class AgentSessions {
         if (!graced && now - due > Math.min(1000, spanMs / 3)) return wait(spanMs, true);
         if (heard !== seen) return wait(Math.max(1, lastAt + spanMs - now), false);
         setImmediate(() => {
-          if (heard === seen) stream.end(new IdleStreamError(why));
+          if (heard === seen) finish(new IdleStreamError(why));
           else wait(Math.max(1, lastAt + spanMs - performance.now()), false);
         });
       }, ms);
@@ -161,31 +200,53 @@ export class AgentSessions {
       why = reason;
       wait(ms, false);
     };
-    this.#open.add(stream);
-    arm(this.#options.helloTimeoutMs ?? 10_000, 'no hello in time');
-    try {
-      for await (const req of stream.messages) {
-        const m = req.message;
-        if (!m) continue;
+    const welcome = (hello: AgentHello, labels: Record<string, string>): void => {
+      node = hello.nodeName;
+      let set = this.#byNode.get(node);
+      if (!set) this.#byNode.set(node, (set = new Set()));
+      set.add(stream);
+      this.#current.set(node, stream);
+      this.#registry.hello({ ...hello, labels }, sessionId);
+      stream.send({
+        message: {
+          $case: 'welcome',
+          welcome: { controllerId: this.#options.controllerId, keys: this.#options.keys, settings: this.#options.settings, currentRevision: this.#options.currentRevision(), enrolledLabels: labels },
+        },
+      });
+      arm(idleMs, `node ${node} silent for ${idleMs} ms`);
+      this.#options.onNodeChanged?.(node, true);
+    };
+    // Each message is handled as it arrives, in the transport's callback: at 10,000 agents one
+    // counter report every 5 s each, a promise or two per message (an async iteration) was a
+    // measured share of the controller's telemetry cost (see BENCHMARKS.md).
+    const receive = (req: ConnectRequest): void => {
+      if (done) return;
+      if (held) return void held.push(req);
+      const m = req.message;
+      if (!m) return;
+      try {
         if (!node) {
           if (m.$case !== 'hello') throw new ValidationError('the first message must be a hello', [{ field: 'hello', description: 'required first', reason: 'REQUIRED' }]);
           reject('invalid hello', validateHello(m.hello));
-          const labels = stream.checkHello ? await stream.checkHello(m.hello.nodeName, m.hello.labels) : m.hello.labels;
-          node = m.hello.nodeName;
-          let set = this.#byNode.get(node);
-          if (!set) this.#byNode.set(node, (set = new Set()));
-          set.add(stream);
-          this.#current.set(node, stream);
-          this.#registry.hello({ ...m.hello, labels }, sessionId);
-          stream.send({
-            message: {
-              $case: 'welcome',
-              welcome: { controllerId: this.#options.controllerId, keys: this.#options.keys, settings: this.#options.settings, currentRevision: this.#options.currentRevision(), enrolledLabels: labels },
+          if (!stream.checkHello) return welcome(m.hello, m.hello.labels);
+          const hello = m.hello;
+          held = [];
+          stream.checkHello(hello.nodeName, hello.labels).then(
+            (labels) => {
+              if (done) return;
+              try {
+                welcome(hello, labels);
+              } catch (err) {
+                return finish(err as Error);
+              }
+              const later = held ?? [];
+              held = undefined;
+              for (const r of later) receive(r);
+              if (agentEnded) finish();
             },
-          });
-          arm(idleMs, `node ${node} silent for ${idleMs} ms`);
-          this.#options.onNodeChanged?.(node, true);
-          continue;
+            (err: Error) => finish(err),
+          );
+          return;
         }
         hear();
         if (m.$case !== 'heartbeat' && m.$case !== 'connections') this.#options.onNodeChanged?.(node, m.$case === 'report' || m.$case === 'conditions');
@@ -235,28 +296,17 @@ export class AgentSessions {
           case 'hello':
             throw new ValidationError('hello sent twice', [{ field: 'hello', description: 'only the first message may be a hello', reason: 'NOT_ALLOWED' }]);
         }
+      } catch (err) {
+        finish(err as Error);
       }
-      stream.end();
-    } catch (err) {
-      stream.end(err as Error);
-    } finally {
-      clearTimeout(timer);
-      this.#open.delete(stream);
-      for (const q of this.#pending.get(stream)?.values() ?? []) q.reject(new UnavailableError(`node ${node} disconnected before it answered; retry`));
-      this.#pending.delete(stream);
-      if (node && this.#current.get(node) === stream) {
-        this.#current.delete(node);
-        // Its verdicts are unknown from now on; the next stream's welcome brings the whole state again.
-        this.#options.serviceHealth?.store.forget(node);
-      }
-      if (node) {
-        const set = this.#byNode.get(node);
-        set?.delete(stream);
-        if (set?.size === 0) this.#byNode.delete(node);
-        this.#registry.disconnect(node, sessionId);
-        this.#options.onNodeChanged?.(node, true);
-      }
-    }
+    };
+    this.#open.set(stream, finish);
+    arm(this.#options.helloTimeoutMs ?? 10_000, 'no hello in time');
+    stream.listen(receive, () => {
+      if (held) agentEnded = true;
+      else finish();
+    });
+    return ended;
   }
 
   /**
@@ -319,12 +369,12 @@ export class AgentSessions {
   /** Ends the open streams of one node (revocation); returns how many. */
   closeNode(node: string, err: Error): number {
     const set = [...(this.#byNode.get(node) ?? [])];
-    for (const s of set) s.end(err);
+    for (const s of set) this.#open.get(s)?.(err);
     return set.length;
   }
 
   /** Ends every open stream (on shutdown); agents reconnect elsewhere or later. */
   closeAll(err?: Error): void {
-    for (const s of this.#open) s.end(err);
+    for (const finish of [...this.#open.values()]) finish(err);
   }
 }

@@ -70,39 +70,26 @@ async function replica(id: string): Promise<Replica> {
  * connection queries with `answer` (no answer: undefined).
  */
 function agentStream(node: string, answer: (q: ConnectionsQuery) => ConnectRequest | undefined): { stream: Parameters<AgentSessions['serve']>[0]; queries: ConnectionsQuery[]; end(): void } {
-  const queue: ConnectRequest[] = [{ message: { $case: 'hello', hello: { nodeName: node, labels: {}, info: undefined, interfaces: [], receivedRevision: 1n, appliedRevision: 1n, sessionId: 's', conditions: [], appliedUnknown: false, lastReport: undefined } } }];
-  let wake: (() => void) | undefined;
-  let ended = false;
+  const hello: ConnectRequest = { message: { $case: 'hello', hello: { nodeName: node, labels: {}, info: undefined, interfaces: [], receivedRevision: 1n, appliedRevision: 1n, sessionId: 's', conditions: [], appliedUnknown: false, lastReport: undefined } } };
+  let deliver: ((m: ConnectRequest) => void) | undefined;
+  let ended: (() => void) | undefined;
   const queries: ConnectionsQuery[] = [];
-  const push = (m: ConnectRequest): void => {
-    queue.push(m);
-    wake?.();
-  };
-  const messages = (async function* () {
-    while (!ended) {
-      const m = queue.shift();
-      if (m) yield m;
-      else await new Promise<void>((r) => (wake = r));
-    }
-  })();
   return {
     queries,
-    end: () => {
-      ended = true;
-      wake?.();
-    },
+    end: () => ended?.(),
     stream: {
-      messages,
+      listen: (message, end) => {
+        deliver = message;
+        ended = end;
+        setImmediate(() => message(hello));
+      },
       send: (m: ConnectResponse) => {
         if (m.message?.$case !== 'listConnections') return;
         queries.push(m.message.listConnections);
         const a = answer(m.message.listConnections);
-        if (a) setImmediate(() => push(a));
+        if (a) setImmediate(() => deliver?.(a));
       },
-      end: () => {
-        ended = true;
-        wake?.();
-      },
+      end: () => undefined,
     },
   };
 }

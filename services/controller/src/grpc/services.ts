@@ -181,39 +181,6 @@ export function fleetServiceHandlers(api: FleetApi, log: ErrorLogger, auth: Auth
 }
 
 /**
- * The messages of a client stream as an async iterable. Unlike iterating the stream itself,
- * leaving the loop early does not destroy the call, so the status can still be sent.
- */
-function messagesOf<T>(call: grpc.ServerDuplexStream<T, unknown>): AsyncIterable<T> {
-  const queue: T[] = [];
-  let done = false;
-  let wake: (() => void) | undefined;
-  const notify = (): void => {
-    wake?.();
-    wake = undefined;
-  };
-  call.on('data', (m: T) => {
-    queue.push(m);
-    notify();
-  });
-  for (const ev of ['end', 'error', 'close', 'cancelled']) {
-    call.on(ev, () => {
-      done = true;
-      notify();
-    });
-  }
-  return {
-    async *[Symbol.asyncIterator]() {
-      for (;;) {
-        if (queue.length > 0) yield queue.shift()!;
-        else if (done) return;
-        else await new Promise<void>((r) => (wake = r));
-      }
-    },
-  };
-}
-
-/**
  * Returns the AgentService handler: each Connect stream is authorized (node role), then served
  * by the sessions, which bind it to the caller (a node certificate speaks only for its name).
  */
@@ -236,7 +203,11 @@ export function agentServiceHandlers(sessions: AgentSessions, log: ErrorLogger, 
         return;
       }
       void sessions.serve({
-        messages: messagesOf(call),
+        // Ending early does not destroy the call (as iterating it would), so the status is still sent.
+        listen: (message, ended) => {
+          call.on('data', message);
+          for (const ev of ['end', 'error', 'close', 'cancelled']) call.on(ev, ended);
+        },
         send: (m) => {
           if (!ended) call.write(m);
         },
