@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { KV } from '@nats-io/kv';
-import { FLEET_STATUS_SUBJECT_PREFIX, MAX_REPLICA_STATE_BYTES, REPLICA_SNAPSHOT_KEY_PREFIX, ReplicaFleetState, ReplicaNodeState, type Node } from '@edgeplane/proto';
+import { FLEET_STATUS_SUBJECT_PREFIX, MAX_REPLICA_STATE_BYTES, REPLICA_SNAPSHOT_KEY_PREFIX, ReplicaFleetState, ReplicaNodeState, Node } from '@edgeplane/proto';
 import type { CounterStore } from './counter-store.js';
 import type { NodeRegistry } from './node-registry.js';
 import type { ServiceHealthStore } from './service-health-store.js';
@@ -51,6 +51,15 @@ function token(id: string): string {
   return id.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 64) || 'controller';
 }
 
+/**
+ * What a delta sends of a node, in increasing order (a later mark never sends less): its counters
+ * and backend health with only the node's name and connect time (counters_only), the whole node,
+ * or the whole node with its status changed (receivers tell their node watchers).
+ */
+const Send = { Counters: 0, Whole: 1, Status: 2 } as const;
+type Send = (typeof Send)[keyof typeof Send];
+const most = (a: Send, b: Send | undefined): Send => (b !== undefined && b > a ? b : a);
+
 /** What this replica knows of the replica a node's newest state came from. */
 interface Owner {
   replica: string;
@@ -76,8 +85,8 @@ export class ReplicaFleetSync {
   #health: ServiceHealthStore | undefined;
   #o: ReplicaFleetSyncOptions;
   #sequence = 0n;
-  /** Nodes to send with the next delta, and whether their status (not only telemetry) changed. */
-  #dirty = new Map<string, boolean>();
+  /** Nodes to send with the next delta, and what of them (the largest of the changes marked). */
+  #dirty = new Map<string, Send>();
   /**
    * Owned nodes whose counters or backend health changed after the snapshot encoded them: encoded
    * again at the next refresh (refreshMs), not at every snapshot tick.
@@ -128,7 +137,7 @@ export class ReplicaFleetSync {
    * with the next snapshot (telemetry only with the next refresh).
    */
   changed(node: string, status = true): void {
-    this.#dirty.set(node, status || (this.#dirty.get(node) ?? false));
+    this.#dirty.set(node, most(status ? Send.Status : Send.Counters, this.#dirty.get(node)));
     if (status) this.#encoded.delete(node);
     else this.#telemetryStale.add(node);
   }
@@ -189,7 +198,7 @@ export class ReplicaFleetSync {
       // subscribed: every node owned here goes to it with the next delta, a snapshot's worth of
       // encoding once per replica heard. Sending only the nodes changed since the last snapshot
       // would miss those of a snapshot stored after it read the previous one.
-      for (const n of this.#registry.list()) if (this.#registry.isLocal(n.name) && !this.#dirty.has(n.name)) this.#dirty.set(n.name, false);
+      for (const n of this.#registry.list()) if (this.#registry.isLocal(n.name)) this.#dirty.set(n.name, most(Send.Whole, this.#dirty.get(n.name)));
       const again = setTimeout(() => {
         this.#rereads.delete(again);
         if (!this.#closed) read();
@@ -207,10 +216,19 @@ export class ReplicaFleetSync {
     const owner = this.#owners.get(node.name);
     const heldAt = held?.status?.connectTime?.getTime() ?? 0;
     const at = node.status?.connectTime?.getTime() ?? 0;
-    if (held && at < heldAt) return;
-    if (held && at === heldAt && owner && (owner.replica === replica ? sequence < owner.sequence : replica < owner.replica)) return;
-    this.#owners.set(node.name, { replica, sequence });
-    this.#registry.applyRemote(node, n.statusChanged);
+    if (n.countersOnly) {
+      // Only for the node as held from that replica's same connection; anything else waits for
+      // the whole node (its next status change, or the snapshot read when a replica is heard anew).
+      if (!held?.status || at !== heldAt || owner?.replica !== replica || sequence < owner.sequence) return;
+      owner.sequence = sequence;
+      // As a whole node without a status change would: no news for node watchers.
+      if (node.status?.lastSeenTime) held.status.lastSeenTime = node.status.lastSeenTime;
+    } else {
+      if (held && at < heldAt) return;
+      if (held && at === heldAt && owner && (owner.replica === replica ? sequence < owner.sequence : replica < owner.replica)) return;
+      this.#owners.set(node.name, { replica, sequence });
+      this.#registry.applyRemote(node, n.statusChanged);
+    }
     this.#counters.replace(node.name, n);
     if (n.backendHealth.length === 0) this.#health?.forget(node.name);
     else this.#health?.add(node.name, { replace: true, backends: n.backendHealth, revision: 0n });
@@ -242,11 +260,14 @@ export class ReplicaFleetSync {
     }
   }
 
-  #state(name: string, statusChanged: boolean): ReplicaNodeState | undefined {
+  #state(name: string, send: Send): ReplicaNodeState | undefined {
     const node: Node | undefined = this.#registry.get(name);
     if (!node) return undefined;
+    const countersOnly = send === Send.Counters;
     return {
-      node,
+      // Counters alone: what a receiver needs to know it holds this node from this connection,
+      // and when the node was last heard (what a whole node would have moved).
+      node: countersOnly ? Node.fromPartial({ name, status: { connectTime: node.status?.connectTime, lastSeenTime: node.status?.lastSeenTime } }) : node,
       rules: this.#counters.nodeRules(name),
       interfaces: this.#counters.nodeInterfaces(name),
       conntrack: this.#counters.nodeConntrack(name),
@@ -255,13 +276,14 @@ export class ReplicaFleetSync {
       shadow: this.#counters.nodeShadow(name)?.report,
       counterMarks: this.#counters.nodeMarks(name),
       backendHealth: this.#health?.nodeVerdicts(name) ?? [],
-      statusChanged,
+      statusChanged: send === Send.Status,
+      countersOnly,
     };
   }
 
   /** One node's state, encoded (a ReplicaNodeState), or undefined for a node the registry does not hold. */
-  #encode(name: string, statusChanged: boolean): Uint8Array | undefined {
-    const s = this.#state(name, statusChanged);
+  #encode(name: string, send: Send): Uint8Array | undefined {
+    const s = this.#state(name, send);
     return s && ReplicaNodeState.encode(s).finish();
   }
 
@@ -307,8 +329,8 @@ export class ReplicaFleetSync {
     if (alone && !idle) return;
     const nodes: Uint8Array[] = [];
     if (!alone) {
-      for (const [name, statusChanged] of this.#dirty) {
-        const bytes = this.#encode(name, statusChanged);
+      for (const [name, send] of this.#dirty) {
+        const bytes = this.#encode(name, send);
         if (bytes) nodes.push(bytes);
       }
       this.#dirty.clear();
@@ -340,7 +362,7 @@ export class ReplicaFleetSync {
         const held = this.#encoded.get(n.name);
         if (held && !(refresh && (this.#telemetryStale.has(n.name) || now - held.at >= SNAPSHOT_REUSE_MS))) encoded.set(n.name, held);
         else {
-          const bytes = this.#encode(n.name, true);
+          const bytes = this.#encode(n.name, Send.Status);
           if (bytes) encoded.set(n.name, { bytes, at: now });
           this.#telemetryStale.delete(n.name);
           fresh = true;

@@ -229,6 +229,74 @@ test.serial('replica fleet sync - alone, a replica sends no node (nobody listens
   await until('edge-9 in a delta, once a heard b', () => heard.includes('edge-9:4:7'), 5000);
 });
 
+test.serial('replica fleet sync - counters alone travel without the node (counters_only), and are taken only for the node as held from that replica\'s same connection', async (t) => {
+  const spy = await nats.connect();
+  t.teardown(() => spy.close());
+  const a = await replica(t, 'a10');
+  const b = await replica(t, 'b10');
+  const sent: ReplicaFleetState[] = [];
+  spy.subscribe(`${FLEET_STATUS_SUBJECT_PREFIX}.${a.sync.replica}`, { callback: (_e, m) => void sent.push(ReplicaFleetState.decode(m.data)) });
+  await spy.flush();
+  await until('a and b hear each other', () => a.sync.replicas().includes(b.sync.replica) && b.sync.replicas().includes(a.sync.replica));
+  a.registry.hello(hello('edge-10'), 's1');
+  a.counters.add('edge-10', counters(5n));
+  a.sync.changed('edge-10');
+  await until('edge-10 at b', () => b.counters.nodeRules('edge-10')[0]?.packets === 5n);
+  const connectTime = a.registry.get('edge-10')!.status!.connectTime!;
+
+  // A counter report at a: the delta carries the counters, the node's name, connect and last-seen
+  // time, and nothing else of the node; b keeps the node it holds (labels, revisions).
+  a.registry.seen('edge-10');
+  a.counters.add('edge-10', counters(2n));
+  a.sync.changed('edge-10', false);
+  await until('the counters at b', () => b.counters.nodeRules('edge-10')[0]?.packets === 7n);
+  const slim = sent.flatMap((m) => m.nodes).filter((n) => n.node?.name === 'edge-10').at(-1)!;
+  t.true(slim.countersOnly);
+  t.false(slim.statusChanged);
+  t.deepEqual(slim.node!.labels, {});
+  t.is(slim.node!.status!.appliedRevision, 0n, 'no status but the times');
+  t.is(slim.node!.status!.connectTime!.getTime(), connectTime.getTime());
+  const held = b.registry.get('edge-10')!;
+  t.deepEqual(held.labels, { role: 'edge' });
+  t.is(held.status!.appliedRevision, 3n);
+  t.true(held.status!.connected);
+  t.is(held.status!.lastSeenTime!.getTime(), a.registry.get('edge-10')!.status!.lastSeenTime!.getTime(), 'the last-seen time moves');
+
+  // Counters alone that b cannot place are dropped: another replica's word on a node b holds
+  // from a, one on a connection b does not hold, and one on a node b never saw. A whole node
+  // published after them (same subject, so in order) tells when b has read them.
+  // Sequences above any a sent: the owner check decides, not the order.
+  const rogue = (sequence: bigint, nodes: { name: string; connectTime: Date; packets: bigint }[], marker?: string): void => {
+    const state = ReplicaFleetState.fromPartial({
+      replica: 'rogue10',
+      sequence,
+      nodes: [
+        ...nodes.map((n) => ({ node: { name: n.name, status: { connectTime: n.connectTime } }, countersOnly: true, rules: counters(n.packets).rules })),
+        ...(marker ? [{ node: { name: marker, status: { connected: true, connectTime: new Date() } }, statusChanged: true }] : []),
+      ],
+    });
+    spy.publish(`${FLEET_STATUS_SUBJECT_PREFIX}.rogue10`, ReplicaFleetState.encode(state).finish());
+  };
+  rogue(1_000_001n, [
+    { name: 'edge-10', connectTime, packets: 1000n },
+    { name: 'edge-10', connectTime: new Date(connectTime.getTime() + 1), packets: 1000n },
+    { name: 'never-seen-10', connectTime, packets: 1000n },
+  ], 'marker-10');
+  await until('the marker at b', () => b.registry.get('marker-10') !== undefined);
+  t.deepEqual(b.counters.nodeRules('edge-10').map((c) => c.packets), [7n]);
+  t.is(b.registry.get('never-seen-10'), undefined);
+  t.deepEqual(b.counters.nodeRules('never-seen-10'), []);
+  // From the node's owner, only for the connection b holds.
+  rogue(1_000_002n, [], 'rogue-node-10');
+  await until('the rogue\'s own node at b', () => b.registry.get('rogue-node-10') !== undefined);
+  const rogueTime = b.registry.get('rogue-node-10')!.status!.connectTime!;
+  rogue(1_000_003n, [{ name: 'rogue-node-10', connectTime: new Date(rogueTime.getTime() + 1), packets: 50n }], 'marker-10b');
+  await until('the second marker at b', () => b.registry.get('marker-10b') !== undefined);
+  t.deepEqual(b.counters.nodeRules('rogue-node-10'), [], 'another connection of the node');
+  rogue(1_000_004n, [{ name: 'rogue-node-10', connectTime: rogueTime, packets: 50n }]);
+  await until('counters of the connection held', () => b.counters.nodeRules('rogue-node-10')[0]?.packets === 50n);
+});
+
 test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES goes out in messages within it, and every node arrives', async (t) => {
   const spy = await nats.connect();
   const sizes: number[] = [];

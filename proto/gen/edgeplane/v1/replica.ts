@@ -82,6 +82,15 @@ export interface ReplicaNodeState {
   counterMarks: CounterMark[];
   /** The node's newest source-blocklist status per interface role. */
   blocklists: BlocklistStatus[];
+  /**
+   * True when only the node's counters or backend health changed since the replica last sent the
+   * whole node: `node` then carries only its name, status.connect_time and status.last_seen_time.
+   * A receiver takes the counters, backend health and last-seen time only if it holds the node
+   * from the same replica and connection, and keeps the rest of the node it holds; otherwise it
+   * waits for the whole node (the sender's next status change, its catch-up of a replica it hears
+   * anew, or its snapshot).
+   */
+  countersOnly: boolean;
 }
 
 /**
@@ -274,6 +283,7 @@ function createBaseReplicaNodeState(): ReplicaNodeState {
     shadow: undefined,
     counterMarks: [],
     blocklists: [],
+    countersOnly: false,
   };
 }
 
@@ -308,6 +318,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     }
     for (const v of message.blocklists) {
       BlocklistStatus.encode(v!, writer.uint32(82).fork()).join();
+    }
+    if (message.countersOnly !== false) {
+      writer.uint32(88).bool(message.countersOnly);
     }
     return writer;
   },
@@ -405,6 +418,14 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
             message.blocklists.push(BlocklistStatus.decode(reader, reader.uint32()));
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.countersOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -451,6 +472,11 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
       blocklists: globalThis.Array.isArray(object?.blocklists)
         ? object.blocklists.map((e: any) => BlocklistStatus.fromJSON(e))
         : [],
+      countersOnly: isSet(object.countersOnly)
+        ? globalThis.Boolean(object.countersOnly)
+        : isSet(object.counters_only)
+        ? globalThis.Boolean(object.counters_only)
+        : false,
     };
   },
 
@@ -486,6 +512,9 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
     if (message.blocklists?.length) {
       obj.blocklists = message.blocklists.map((e) => BlocklistStatus.toJSON(e));
     }
+    if (message.countersOnly !== false) {
+      obj.countersOnly = message.countersOnly;
+    }
     return obj;
   },
 
@@ -508,6 +537,7 @@ export const ReplicaNodeState: MessageFns<ReplicaNodeState> = {
       : undefined;
     message.counterMarks = object.counterMarks?.map((e) => CounterMark.fromPartial(e)) || [];
     message.blocklists = object.blocklists?.map((e) => BlocklistStatus.fromPartial(e)) || [];
+    message.countersOnly = object.countersOnly ?? false;
     return message;
   },
 };
