@@ -199,12 +199,60 @@ export class CounterStore {
    */
   replace(node: string, totals: { rules: RuleCounters[]; interfaces: InterfaceCounters[]; conntrack: ConntrackStatus[]; blocklists?: BlocklistStatus[]; loadBalancer?: LoadBalancerStatus | undefined; shadow?: ShadowReport | undefined; counterMarks?: CounterMark[] }): void {
     const shadow = this.#shadow.get(node);
-    this.forget(node);
-    // The shadow's `since` is when this replica first heard the candidate: kept across replaces.
-    if (shadow) this.#shadow.set(node, shadow);
-    this.#add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, rules: totals.rules, interfaces: totals.interfaces, conntrack: totals.conntrack, blocklists: totals.blocklists ?? [], loadBalancer: totals.loadBalancer, shadow: totals.shadow }, new Date());
+    const now = new Date();
+    if (this.#sameKeys(node, totals.rules, totals.interfaces)) {
+      // The usual case (the node's next totals, for the rules and interfaces it had): updated in
+      // place, the fleet's sums by the difference, with no map or entry made anew.
+      this.#overwrite(node, totals.rules, totals.interfaces);
+      this.#conntrack.delete(node);
+      this.#blocklists.delete(node);
+      this.#lb.delete(node);
+      this.#shadow.delete(node);
+      this.#marks.delete(node);
+      if (shadow) this.#shadow.set(node, shadow);
+      this.#add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, rules: [], interfaces: [], conntrack: totals.conntrack, blocklists: totals.blocklists ?? [], loadBalancer: totals.loadBalancer, shadow: totals.shadow }, now);
+    } else {
+      this.forget(node);
+      // The shadow's `since` is when this replica first heard the candidate: kept across replaces.
+      if (shadow) this.#shadow.set(node, shadow);
+      this.#add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, rules: totals.rules, interfaces: totals.interfaces, conntrack: totals.conntrack, blocklists: totals.blocklists ?? [], loadBalancer: totals.loadBalancer, shadow: totals.shadow }, now);
+    }
     if (totals.counterMarks?.length) this.#marks.set(node, totals.counterMarks.slice(-MAX_COUNTER_MARKS).map((m) => ({ ...m })));
     this.#told(node);
+  }
+
+  /**
+   * Whether `rules` and `interfaces` name exactly the node's held rules and interfaces: as many,
+   * each found. That is the same set because a replica's totals come from its own maps, one entry
+   * per key.
+   */
+  #sameKeys(node: string, rules: RuleCounters[], interfaces: InterfaceCounters[]): boolean {
+    const held = this.#rules.get(node);
+    const ifaces = this.#interfaces.get(node);
+    if (!held || !ifaces || held.size !== rules.length || ifaces.size !== interfaces.length) return false;
+    for (const c of rules) if (!held.has(key(c.rule?.policy ?? '', c.rule?.priority ?? 0))) return false;
+    for (const c of interfaces) if (!ifaces.has(c.interface)) return false;
+    return true;
+  }
+
+  /** Sets the node's held rule and interface totals to these (the same keys: {@link #sameKeys}). */
+  #overwrite(node: string, rules: RuleCounters[], interfaces: InterfaceCounters[]): void {
+    const held = this.#rules.get(node)!;
+    for (const c of rules) {
+      const k = key(c.rule?.policy ?? '', c.rule?.priority ?? 0);
+      const h = held.get(k)!;
+      const f = this.#fleet.get(k)!;
+      f.sum.packets += c.packets - h.packets;
+      f.sum.bytes += c.bytes - h.bytes;
+      f.sum.rateLimitedPackets += c.rateLimitedPackets - h.rateLimitedPackets;
+      if (c.ruleName) f.sum.ruleName = c.ruleName;
+      h.packets = c.packets;
+      h.bytes = c.bytes;
+      h.rateLimitedPackets = c.rateLimitedPackets;
+      h.ruleName = c.ruleName;
+    }
+    const ifaces = this.#interfaces.get(node)!;
+    for (const c of interfaces) Object.assign(ifaces.get(c.interface)!, c);
   }
 
   /** Forgets one node's counters (and takes them out of the fleet's totals). */
