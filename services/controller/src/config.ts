@@ -69,6 +69,11 @@ export interface ControllerConfig {
   prometheusHost: string;
   otlpEndpoint?: string;
   counterIntervalMs: number;
+  /**
+   * How often counters that alone changed go to the other replicas, for nodes no rollout judges
+   * now (those go at once); 0 = at once for every node.
+   */
+  replicaCountersIntervalMs: number;
   /** How long ListConnections waits for the node's agent. */
   connectionsTimeoutMs: number;
   /** Agents' application heartbeat; a stream silent for 3 of them is closed. */
@@ -160,6 +165,12 @@ Every flag can also be set by the environment variable shown.
   --prometheus-host HOST    (EDGEPLANE_PROMETHEUS_HOST, default 0.0.0.0)
   --otlp-endpoint URL       export traces by OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT; unset = no export)
   --counter-interval SEC    how often agents report counters (default 5)
+  --replica-counters-interval SEC
+                            how often a replica sends the other replicas the counters of its nodes
+                            that no rollout in progress judges (default 15; 0 = with every change):
+                            their counter totals on other replicas lag by up to SEC, and a replica
+                            killed with -9 takes up to SEC of its nodes' counts with it; nodes a
+                            rollout judges go at once
   --connections-timeout SEC how long ListConnections (edgeplane conntrack) waits for the node's agent (default 10)
   --heartbeat-interval SEC  agents send an application heartbeat every SEC seconds, echoed, and a
                             stream silent for 3 of them is closed (default 60); a dead peer is
@@ -242,6 +253,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'prometheus-host': { type: 'string' },
         'otlp-endpoint': { type: 'string' },
         'counter-interval': { type: 'string' },
+        'replica-counters-interval': { type: 'string' },
         'connections-timeout': { type: 'string' },
         'heartbeat-interval': { type: 'string' },
         keepalive: { type: 'string' },
@@ -329,6 +341,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     prometheusHost: values['prometheus-host'] ?? env.EDGEPLANE_PROMETHEUS_HOST ?? '0.0.0.0',
     ...(otlp ? { otlpEndpoint: otlp } : {}),
     counterIntervalMs: int('counter-interval', values['counter-interval'], 5, 1) * 1000,
+    replicaCountersIntervalMs: int('replica-counters-interval', values['replica-counters-interval'], 15, 0) * 1000,
     connectionsTimeoutMs: int('connections-timeout', values['connections-timeout'], 10, 1) * 1000,
     heartbeatIntervalMs: int('heartbeat-interval', values['heartbeat-interval'], 60, 1) * 1000,
     keepaliveMs: int('keepalive', values['keepalive'], 30, 1) * 1000,

@@ -378,7 +378,16 @@ export async function startController(config: ControllerConfig, extras: StartExt
     // turns running the rollout manager, through one controller-only bucket (README, Replicas).
     // A single controller runs the same code: it simply never hears another replica.
     const replicasKv = await ready(REPLICAS_BUCKET, () => new Kvm(nc).create(REPLICAS_BUCKET, { history: 1, replicas: config.streamReplicas, ttl: 60_000 }));
-    const fleetSync = new ReplicaFleetSync(nc, replicasKv, { registry, counters, health: serviceHealth.store }, { controllerId: config.controllerId, onError, log: (msg, fields) => log('warn', msg, fields) });
+    // Counters that alone changed go to the other replicas in batches (--replica-counters-interval),
+    // those of nodes a rollout judges at once: set below, once the rollout manager exists.
+    let judged = (_node: string): boolean => true;
+    const fleetSync = new ReplicaFleetSync(nc, replicasKv, { registry, counters, health: serviceHealth.store }, {
+      controllerId: config.controllerId,
+      countersMs: config.replicaCountersIntervalMs,
+      urgent: (node) => judged(node),
+      onError,
+      log: (msg, fields) => log('warn', msg, fields),
+    });
     await fleetSync.start();
     // Closed after the gRPC server (cleanups run in reverse): the streams' ends go out in its last delta.
     cleanups.push(() => fleetSync.close());
@@ -403,6 +412,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       onNodeChanged: (node, status) => fleetSync.changed(node, status),
     });
     const rollouts = new RolloutManager(store, registry, counters, { isLeader: () => lease.held, minGatePackets: config.gateMinPackets, onError, log: (msg, fields) => log('info', msg, fields) });
+    judged = (node) => rollouts.judges(node);
     rollouts.start();
     cleanups.push(async () => rollouts.close());
     const intentApi = new IntentApi(store, {

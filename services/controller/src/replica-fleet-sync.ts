@@ -31,6 +31,17 @@ export interface ReplicaFleetSyncOptions {
    * snapshotMs tick.
    */
   refreshMs?: number;
+  /**
+   * How often counters (and backend health) that alone changed go out for nodes no rollout
+   * judges now (`urgent` false): batched, every countersMs, instead of with the next delta.
+   * Default 0: with the next delta, like every other change.
+   */
+  countersMs?: number;
+  /**
+   * Whether other replicas need the node's counters at once (a rollout in progress judges them):
+   * those go out with the next delta whatever countersMs says. Unset: every node.
+   */
+  urgent?: (node: string) => boolean;
   onError?: (message: string, err: unknown) => void;
   log?: (msg: string, fields: Record<string, unknown>) => void;
 }
@@ -92,6 +103,8 @@ export class ReplicaFleetSync {
    * again at the next refresh (refreshMs), not at every snapshot tick.
    */
   #telemetryStale = new Set<string>();
+  /** Owned nodes whose counters alone changed and no rollout judges: sent with the next countersMs batch. */
+  #countersLater = new Set<string>();
   #owners = new Map<string, Owner>();
   /** The owned nodes' encoded states as the last snapshot stored them, and when each was encoded (performance.now()). */
   #encoded = new Map<string, { bytes: Uint8Array; at: number }>();
@@ -137,6 +150,12 @@ export class ReplicaFleetSync {
    * with the next snapshot (telemetry only with the next refresh).
    */
   changed(node: string, status = true): void {
+    if (!status && (this.#o.countersMs ?? 0) > 0 && !this.#dirty.has(node) && !(this.#o.urgent?.(node) ?? true)) {
+      this.#countersLater.add(node);
+      this.#telemetryStale.add(node);
+      return;
+    }
+    this.#countersLater.delete(node);
     this.#dirty.set(node, most(status ? Send.Status : Send.Counters, this.#dirty.get(node)));
     if (status) this.#encoded.delete(node);
     else this.#telemetryStale.add(node);
@@ -157,9 +176,16 @@ export class ReplicaFleetSync {
     const every = (ms: number, fn: () => void): void => void this.#timers.push(setInterval(fn, ms));
     every(this.#o.deltaMs ?? 250, () => void this.#publishDelta());
     every(this.#o.snapshotMs ?? 5000, () => void this.#storeSnapshot());
+    if ((this.#o.countersMs ?? 0) > 0) every(this.#o.countersMs!, () => this.#counterBatch());
     every(Math.min(1000, this.#expireMs), () => this.#expire());
     this.#expire();
     await this.#storeSnapshot();
+  }
+
+  /** Puts the counters held back since the last batch into the next delta. */
+  #counterBatch(): void {
+    for (const node of this.#countersLater) if (!this.#dirty.has(node)) this.#dirty.set(node, Send.Counters);
+    this.#countersLater.clear();
   }
 
   /** Merges the stored snapshots under `filter` (KV keys). */
@@ -199,6 +225,7 @@ export class ReplicaFleetSync {
       // encoding once per replica heard. Sending only the nodes changed since the last snapshot
       // would miss those of a snapshot stored after it read the previous one.
       for (const n of this.#registry.list()) if (this.#registry.isLocal(n.name)) this.#dirty.set(n.name, most(Send.Whole, this.#dirty.get(n.name)));
+      this.#countersLater.clear();
       const again = setTimeout(() => {
         this.#rereads.delete(again);
         if (!this.#closed) read();
@@ -401,6 +428,8 @@ export class ReplicaFleetSync {
     this.#timers = [];
     this.#rereads.clear();
     this.#sub?.unsubscribe();
+    // Counters held back for the next batch go out now: the agents' next replica starts from them.
+    this.#counterBatch();
     await this.#publishDelta(true);
     for (let i = 0; i < this.#snapshotParts; i++) await this.#kv.purge(`${REPLICA_SNAPSHOT_KEY_PREFIX}.${this.replica}.${i}`).catch((err: unknown) => this.#o.onError?.('remove fleet status snapshot', err));
   }

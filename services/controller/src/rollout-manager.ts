@@ -84,6 +84,9 @@ export class RolloutManager {
   #shadowSpans = new Map<string, Span>();
   #listeners = new Set<(name: string) => void>();
   #waveSets = new Map<string, { of: string[]; set: Set<string> }>();
+  /** The rollouts in progress as of the log's revision #activeAt (judges()). */
+  #active: [string, Rollout][] = [];
+  #activeAt = -1n;
 
   constructor(store: IntentStore, registry: NodeRegistry, counters: CounterStore, options: RolloutManagerOptions = {}) {
     this.#store = store;
@@ -120,6 +123,22 @@ export class RolloutManager {
         }
       }
     });
+  }
+
+  /**
+   * Whether a rollout in progress judges this node's counters now: the node is in its current
+   * wave or shadows its candidate. Replicas share such a node's counters at once, others in
+   * batches (ReplicaFleetSync's countersMs).
+   */
+  judges(node: string): boolean {
+    const chain = this.#store.chain;
+    // The rollouts in progress, found again only when the log moved (asked once per counter report).
+    if (this.#activeAt !== chain.revision) {
+      this.#active = [...chain.rollouts].filter(([, r]) => isActive(r));
+      this.#activeAt = chain.revision;
+    }
+    for (const [key, r] of this.#active) if (this.#waveSet(key, r).has(node) || r.shadowNodes.includes(node)) return true;
+    return false;
   }
 
   /** The current wave's nodes of a rollout as a set, made once per wave (the log's record is replaced on every change). */

@@ -26,7 +26,7 @@ async function bucket(): Promise<{ nc: NatsConnection; kv: KV }> {
  * replica new to it), which multiplied that test's work and made it miss its deadline on a
  * loaded machine.
  */
-async function replica(t: ExecutionContext, id: string, timing: { idleMs?: number; expireMs?: number; snapshotMs?: number; refreshMs?: number } = {}): Promise<{ nc: NatsConnection; registry: NodeRegistry; counters: CounterStore; health: ServiceHealthStore; sync: ReplicaFleetSync }> {
+async function replica(t: ExecutionContext, id: string, timing: { idleMs?: number; expireMs?: number; snapshotMs?: number; refreshMs?: number; countersMs?: number; urgent?: (node: string) => boolean } = {}): Promise<{ nc: NatsConnection; registry: NodeRegistry; counters: CounterStore; health: ServiceHealthStore; sync: ReplicaFleetSync }> {
   const { nc, kv } = await bucket();
   const registry = new NodeRegistry({ load: async () => [], save: async () => undefined });
   const counters = new CounterStore();
@@ -295,6 +295,61 @@ test.serial('replica fleet sync - counters alone travel without the node (counte
   t.deepEqual(b.counters.nodeRules('rogue-node-10'), [], 'another connection of the node');
   rogue(1_000_004n, [{ name: 'rogue-node-10', connectTime: rogueTime, packets: 50n }]);
   await until('counters of the connection held', () => b.counters.nodeRules('rogue-node-10')[0]?.packets === 50n);
+});
+
+test.serial('replica fleet sync - with countersMs, counters alone wait for the batch unless a rollout judges the node; a status change and close() send them at once', async (t) => {
+  const a = await replica(t, 'a11', { countersMs: 600_000, urgent: (node) => node === 'hot-11' });
+  const b = await replica(t, 'b11');
+  await until('a and b hear each other', () => a.sync.replicas().includes(b.sync.replica) && b.sync.replicas().includes(a.sync.replica));
+  for (const n of ['hot-11', 'cold-11']) {
+    a.registry.hello(hello(n), `s-${n}`);
+    a.sync.changed(n);
+  }
+  await until('both nodes at b', () => b.registry.get('hot-11') !== undefined && b.registry.get('cold-11') !== undefined);
+  let markers = 0;
+  /** A node changed at a after what came before: once b has it, b has read a's earlier deltas. */
+  const behind = async (): Promise<void> => {
+    const name = `marker-11-${++markers}`;
+    a.registry.hello(hello(name), 'm');
+    a.sync.changed(name);
+    await until(name, () => b.registry.get(name) !== undefined);
+  };
+
+  a.counters.add('cold-11', counters(5n));
+  a.sync.changed('cold-11', false);
+  a.counters.add('hot-11', counters(5n));
+  a.sync.changed('hot-11', false);
+  await until('the judged node\'s counters at b', () => b.counters.nodeRules('hot-11')[0]?.packets === 5n);
+  await behind();
+  t.deepEqual(b.counters.nodeRules('cold-11'), [], 'the other node\'s wait for the batch');
+
+  // A status change sends the whole node, its counters with it.
+  a.registry.report('cold-11', RevisionReport.fromPartial({ revision: 4n, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, appliedRevision: 4n }));
+  a.sync.changed('cold-11');
+  await until('the ACK at b', () => b.registry.get('cold-11')?.status?.lastOutcomeRevision === 4n);
+  t.deepEqual(b.counters.nodeRules('cold-11').map((c) => c.packets), [5n]);
+
+  a.counters.add('cold-11', counters(2n));
+  a.sync.changed('cold-11', false);
+  await behind();
+  t.deepEqual(b.counters.nodeRules('cold-11').map((c) => c.packets), [5n], 'held again');
+  // Closing (a replica's shutdown) sends what was held: the agents' next replica starts from it.
+  await a.sync.close();
+  await until('the held counters at b', () => b.counters.nodeRules('cold-11')[0]?.packets === 7n);
+  t.pass();
+});
+
+test.serial('replica fleet sync - counters held back go out with the next batch', async (t) => {
+  const a = await replica(t, 'a12', { countersMs: 300, urgent: () => false });
+  const b = await replica(t, 'b12');
+  await until('a and b hear each other', () => a.sync.replicas().includes(b.sync.replica) && b.sync.replicas().includes(a.sync.replica));
+  a.registry.hello(hello('cold-12'), 's');
+  a.sync.changed('cold-12');
+  await until('cold-12 at b', () => b.registry.get('cold-12') !== undefined);
+  a.counters.add('cold-12', counters(3n));
+  a.sync.changed('cold-12', false);
+  await until('the batch at b', () => b.counters.nodeRules('cold-12')[0]?.packets === 3n, 5000);
+  t.pass();
 });
 
 test.serial('replica fleet sync - a delta larger than MAX_REPLICA_STATE_BYTES goes out in messages within it, and every node arrives', async (t) => {
