@@ -63,9 +63,10 @@ export interface AgentSessionsOptions {
   /**
    * Told after the node's status, counters or backend health changed here (a hello, a report,
    * counters, conditions, backend health, the stream's end; not heartbeats): what replicas share.
-   * `status` is false when only counters or backend health changed.
+   * `status` is false when only counters or backend health changed; `counters` is true when only
+   * counters changed (a counter report: routine, what replicas may share in batches).
    */
-  onNodeChanged?(node: string, status: boolean): void;
+  onNodeChanged?(node: string, status: boolean, counters?: boolean): void;
 }
 
 /** Queries one node may have in flight on its stream (a query walks the node's whole table). */
@@ -249,7 +250,7 @@ export class AgentSessions {
           return;
         }
         hear();
-        if (m.$case !== 'heartbeat' && m.$case !== 'connections') this.#options.onNodeChanged?.(node, m.$case === 'report' || m.$case === 'conditions');
+        if (m.$case !== 'heartbeat' && m.$case !== 'connections') this.#options.onNodeChanged?.(node, m.$case === 'report' || m.$case === 'conditions', m.$case === 'counters');
         switch (m.$case) {
           case 'report':
             reject('invalid revision report', validateRevisionReport(m.report));

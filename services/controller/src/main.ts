@@ -409,7 +409,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
       },
       currentRevision: () => store.chain.revision,
       serviceHealth: { ...serviceHealth, refused: (node, reason) => log('warn', 'backend health report refused', { node, reason }) },
-      onNodeChanged: (node, status) => fleetSync.changed(node, status),
+      onNodeChanged: (node, status, counters) => fleetSync.changed(node, status, counters),
     });
     const rollouts = new RolloutManager(store, registry, counters, { isLeader: () => lease.held, minGatePackets: config.gateMinPackets, onError, log: (msg, fields) => log('info', msg, fields) });
     judged = (node) => rollouts.judges(node);

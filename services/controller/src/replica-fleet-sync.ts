@@ -32,9 +32,10 @@ export interface ReplicaFleetSyncOptions {
    */
   refreshMs?: number;
   /**
-   * How often counters (and backend health) that alone changed go out for nodes no rollout
-   * judges now (`urgent` false): batched, every countersMs, instead of with the next delta.
-   * Default 0: with the next delta, like every other change.
+   * How often counters that alone changed (a counter report) go out for nodes no rollout judges
+   * now (`urgent` false): batched, every countersMs, instead of with the next delta. Backend
+   * health is not batched (a verdict that flips is news). Default 0: with the next delta, like
+   * every other change.
    */
   countersMs?: number;
   /**
@@ -147,10 +148,11 @@ export class ReplicaFleetSync {
   /**
    * Marks a node whose status (`status` true) or only its counters or backend health changed
    * here: it goes out with the next delta (telemetry only while another replica is heard), and
-   * with the next snapshot (telemetry only with the next refresh).
+   * with the next snapshot (telemetry only with the next refresh). Counters alone (`counters`
+   * true: a counter report) of a node no rollout judges go with the next countersMs batch.
    */
-  changed(node: string, status = true): void {
-    if (!status && (this.#o.countersMs ?? 0) > 0 && !this.#dirty.has(node) && !(this.#o.urgent?.(node) ?? true)) {
+  changed(node: string, status = true, counters = false): void {
+    if (counters && !status && (this.#o.countersMs ?? 0) > 0 && !this.#dirty.has(node) && !(this.#o.urgent?.(node) ?? true)) {
       this.#countersLater.add(node);
       this.#telemetryStale.add(node);
       return;

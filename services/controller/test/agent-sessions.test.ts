@@ -46,7 +46,8 @@ function playedStream(): {
   return { stream, deliver: (m) => deliver(m), agentEnds: () => agentEnds(), allow: () => allow(), refuse: (e) => refuse(e), sent, endedWith };
 }
 
-function sessions(): { sessions: AgentSessions; registry: NodeRegistry; counters: CounterStore } {
+function sessions(): { sessions: AgentSessions; registry: NodeRegistry; counters: CounterStore; changes: string[] } {
+  const changes: string[] = [];
   const registry = new NodeRegistry({ load: async () => [], save: async () => undefined }, { batchMs: 10 });
   const counters = new CounterStore();
   const s = new AgentSessions(registry, counters, {
@@ -54,12 +55,13 @@ function sessions(): { sessions: AgentSessions; registry: NodeRegistry; counters
     keys: [],
     settings: { counterInterval: undefined, heartbeatInterval: { seconds: 60n, nanos: 0 }, logStream: '', logSubject: '' },
     currentRevision: () => 2n,
+    onNodeChanged: (node, status, counters) => void changes.push(`${node}:${status ? 'status' : counters ? 'counters' : 'other'}`),
   });
-  return { sessions: s, registry, counters };
+  return { sessions: s, registry, counters, changes };
 }
 
 test('messages that come while the hello is checked are handled after the welcome, in order', async (t) => {
-  const { sessions: s, registry, counters } = sessions();
+  const { sessions: s, registry, counters, changes } = sessions();
   const p = playedStream();
   const served = s.serve(p.stream);
   p.deliver(hello('edge-1'));
@@ -76,6 +78,8 @@ test('messages that come while the hello is checked are handled after the welcom
   t.is(node?.labels.enrolled, 'yes', 'the labels the check returned are recorded');
   t.is(node?.status?.lastOutcomeRevision, 2n, 'the ACK held back during the check was kept');
   t.is(counters.nodeInterfaces('edge-1')[0]?.passedPackets, 12n, 'both counter reports were added');
+  // What replicas are told: the hello and the ACK are status; counter reports alone may be batched.
+  t.deepEqual(changes, ['edge-1:status', 'edge-1:status', 'edge-1:counters', 'edge-1:counters']);
   t.is(s.size, 1);
   p.agentEnds();
   await served;

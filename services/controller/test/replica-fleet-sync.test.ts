@@ -301,11 +301,11 @@ test.serial('replica fleet sync - with countersMs, counters alone wait for the b
   const a = await replica(t, 'a11', { countersMs: 600_000, urgent: (node) => node === 'hot-11' });
   const b = await replica(t, 'b11');
   await until('a and b hear each other', () => a.sync.replicas().includes(b.sync.replica) && b.sync.replicas().includes(a.sync.replica));
-  for (const n of ['hot-11', 'cold-11']) {
+  for (const n of ['hot-11', 'cold-11', 'warm-11']) {
     a.registry.hello(hello(n), `s-${n}`);
     a.sync.changed(n);
   }
-  await until('both nodes at b', () => b.registry.get('hot-11') !== undefined && b.registry.get('cold-11') !== undefined);
+  await until('the nodes at b', () => ['hot-11', 'cold-11', 'warm-11'].every((n) => b.registry.get(n) !== undefined));
   let markers = 0;
   /** A node changed at a after what came before: once b has it, b has read a's earlier deltas. */
   const behind = async (): Promise<void> => {
@@ -316,12 +316,19 @@ test.serial('replica fleet sync - with countersMs, counters alone wait for the b
   };
 
   a.counters.add('cold-11', counters(5n));
-  a.sync.changed('cold-11', false);
+  a.sync.changed('cold-11', false, true);
   a.counters.add('hot-11', counters(5n));
-  a.sync.changed('hot-11', false);
+  a.sync.changed('hot-11', false, true);
   await until('the judged node\'s counters at b', () => b.counters.nodeRules('hot-11')[0]?.packets === 5n);
   await behind();
   t.deepEqual(b.counters.nodeRules('cold-11'), [], 'the other node\'s wait for the batch');
+  // Backend health alone (of a node no rollout judges) is not batched: a verdict that flips is news.
+  a.health.add('warm-11', { replace: true, revision: 3n, backends: [{ service: 'web', address: '10.0.0.1', port: 80, healthy: false, reason: 'connect refused', since: new Date(1_000_000) }] });
+  a.sync.changed('warm-11', false);
+  await until('the verdict at b', () => b.health.verdict('warm-11', 'web', '10.0.0.1', 80) !== undefined);
+  a.health.forget('warm-11');
+  a.sync.changed('warm-11', false);
+  await until('the verdict gone at b', () => b.health.verdict('warm-11', 'web', '10.0.0.1', 80) === undefined);
 
   // A status change sends the whole node, its counters with it.
   a.registry.report('cold-11', RevisionReport.fromPartial({ revision: 4n, outcome: RevisionOutcome.REVISION_OUTCOME_ACK, appliedRevision: 4n }));
@@ -330,7 +337,7 @@ test.serial('replica fleet sync - with countersMs, counters alone wait for the b
   t.deepEqual(b.counters.nodeRules('cold-11').map((c) => c.packets), [5n]);
 
   a.counters.add('cold-11', counters(2n));
-  a.sync.changed('cold-11', false);
+  a.sync.changed('cold-11', false, true);
   await behind();
   t.deepEqual(b.counters.nodeRules('cold-11').map((c) => c.packets), [5n], 'held again');
   // Closing (a replica's shutdown) sends what was held: the agents' next replica starts from it.
@@ -347,7 +354,7 @@ test.serial('replica fleet sync - counters held back go out with the next batch'
   a.sync.changed('cold-12');
   await until('cold-12 at b', () => b.registry.get('cold-12') !== undefined);
   a.counters.add('cold-12', counters(3n));
-  a.sync.changed('cold-12', false);
+  a.sync.changed('cold-12', false, true);
   await until('the batch at b', () => b.counters.nodeRules('cold-12')[0]?.packets === 3n, 5000);
   t.pass();
 });
