@@ -4,7 +4,7 @@
 // the real controller (dist/ build). Prints a table and one JSON line; asserts nothing.
 //   npx tsc --build && node --import=tsx bench/fleet.ts [--quick] [--nodes 1000,10000]
 //     [--state-file none|disk] [--fanout auto|conns|agents] [--converge-bound SECONDS] [--profile DIR] [--mtls] [--workers N]
-//     [--heartbeat-interval S] [--log-heartbeat S] [--counter-interval S] [--replicas N[,N...]] [--table]
+//     [--heartbeat-interval S] [--log-heartbeat S] [--counter-interval S] [--replica-counters-interval S] [--replicas N[,N...]] [--table]
 //   --replicas N: N controller processes on the one nats-server (issue 15), sharing the signing key
 //   (and with --mtls the CA); agent k starts on replica k mod N, with the others as its
 //   fallbacks. ACKs are watched on replica 0, so with N > 1 most arrive through the replicas'
@@ -83,6 +83,11 @@ const LOG_HEARTBEAT_S = opt('--log-heartbeat') ?? '5';
 // controller's setting, default 5 as the controller's; issue 15's telemetry goal is every 5 s).
 // The telemetry phase has every agent see traffic, so every agent reports every S seconds.
 const COUNTER_S = opt('--counter-interval') ?? '5';
+// --replica-counters-interval S: how often replicas share counters that alone changed (the
+// controller's setting, default 15 as the controller's). With more than one replica the telemetry
+// window spans two of these, so it holds two batches whatever their phase (a 10 s window held one
+// batch or none).
+const REPLICA_COUNTERS_S = opt('--replica-counters-interval') ?? '15';
 // The state file's fsync serializes on one disk and one event loop per worker (measured: 93 % of an
 // agent's apply at 1,000 agents), unlike a real fleet where each node fsyncs its own disk: off by default.
 const STATE_FILE = (opt('--state-file') ?? 'none') as 'disk' | 'none';
@@ -100,6 +105,7 @@ const PROFILE_DIR = opt('--profile');
 // the interval, which a shorter window would catch all or none of.
 const IDLE_S = Math.max(quick ? 5 : 10, Number(HEARTBEAT_S));
 const TELEMETRY_S = quick ? 10 : 20;
+const telemetrySeconds = (replicas: number): number => (replicas > 1 ? Math.max(TELEMETRY_S, 2 * Number(REPLICA_COUNTERS_S)) : TELEMETRY_S);
 /** Hard bound for the whole run (per fleet size and replica count): past it everything is torn down. */
 const BOUND_MS = (quick ? 30 : 60) * 60_000 * SIZES.length * REPLICAS.length;
 /** How long one change may take to reach every node before the run moves on (missing ACKs count as infinite). */
@@ -525,7 +531,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
     push('nats-server', () => nats.close());
     // A fixed port, so a restarted controller comes back where the agents look for it.
     const port = await freePort('127.0.0.1');
-    const controllerArgs = [CONTROLLER_MAIN, ...(mtls ? [] : ['--insecure']), '--listen', `127.0.0.1:${port}`, '--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'controller'), '--heartbeat-interval', HEARTBEAT_S, '--log-heartbeat', LOG_HEARTBEAT_S, '--counter-interval', COUNTER_S];
+    const controllerArgs = [CONTROLLER_MAIN, ...(mtls ? [] : ['--insecure']), '--listen', `127.0.0.1:${port}`, '--nats', nats.url, '--nats-anonymous', '--data-dir', join(dir, 'controller'), '--heartbeat-interval', HEARTBEAT_S, '--log-heartbeat', LOG_HEARTBEAT_S, '--counter-interval', COUNTER_S, '--replica-counters-interval', REPLICA_COUNTERS_S];
     // PERF_MAP=1: the controller writes /tmp/perf-PID.map, so `perf record -g -p PID` names its JS frames.
     const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=controller-n${n}-${Date.now()}.cpuprofile`] : process.env.PERF_MAP ? ['--perf-basic-prof'] : [];
     // Stopped also when it never gets ready (a loaded machine): registered before the wait.
@@ -777,14 +783,14 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       const t0c = sampleControllers();
       const t0w = workers.map((w) => sampleProc(w.pid));
       const mid = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
-      await sleep(TELEMETRY_S * 1000);
+      await sleep(telemetrySeconds(R) * 1000);
       const t1c = sampleControllers();
       const t1w = workers.map((w) => sampleProc(w.pid));
       const after = await Promise.all(workers.map((w) => w.request({ type: 'status' }, 'status')));
       workers.forEach((w) => w.send({ type: 'traffic', on: false }));
       const reports = after.reduce((s, x) => s + x.counterReports, 0) - mid.reduce((s, x) => s + x.counterReports, 0);
       const telemetry = {
-        seconds: TELEMETRY_S,
+        seconds: telemetrySeconds(R),
         counterReportsPerS: round(reports / ((t1c.at - t0c.at) / 1000)),
         controllerCpuPct: round(cpuShare(t0c, t1c)),
         workersCpuPct: round(t0w.reduce((s, a, i) => s + cpuShare(a, t1w[i]!), 0)),
@@ -1083,7 +1089,7 @@ async function main(): Promise<void> {
   await benchMain('fleet', BOUND_MS, async (root) => {
     const results: FullResult[] = [];
     const failed: string[] = [];
-    log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; controller replicas ${REPLICAS.join(', ')}; heartbeat ${HEARTBEAT_S} s, log head ${LOG_HEARTBEAT_S} s, counters ${COUNTER_S} s; state file ${STATE_FILE}; mtls ${DEFAULT_OPTIONS.mtls}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
+    log(`sizes ${SIZES.join(', ')}; K=${K}; workers ${WORKERS}; controller replicas ${REPLICAS.join(', ')}; heartbeat ${HEARTBEAT_S} s, log head ${LOG_HEARTBEAT_S} s, counters ${COUNTER_S} s (replicas share them every ${REPLICA_COUNTERS_S} s); state file ${STATE_FILE}; mtls ${DEFAULT_OPTIONS.mtls}; RLIMIT_NOFILE ${NOFILE}; tmp ${root}`);
     for (const n of SIZES) {
       for (const replicas of REPLICAS) {
         try {
