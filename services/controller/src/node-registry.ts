@@ -309,6 +309,11 @@ export class NodeRegistry {
     return this.#sessions.has(name);
   }
 
+  /** The names of the nodes {@link isLocal} says this replica owns (a live view: copy it to change the registry while iterating). */
+  localNames(): IterableIterator<string> {
+    return this.#sessions.keys();
+  }
+
   /**
    * Takes a node's state from the replica its agent is connected to (ReplicaFleetSync decides
    * which replica's word is newest): replaces what was held and, unless only its counters or
