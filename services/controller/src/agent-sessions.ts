@@ -69,6 +69,12 @@ export interface AgentSessionsOptions {
   onNodeChanged?(node: string, status: boolean, counters?: boolean): void;
 }
 
+/**
+ * Messages an agent may send after its hello while the hello is being checked (an agent waits for
+ * the welcome before it sends more than a few): past it the stream ends, and nothing piles up.
+ */
+export const MAX_MESSAGES_BEFORE_WELCOME = 64;
+
 /** Queries one node may have in flight on its stream (a query walks the node's whole table). */
 export const MAX_QUERIES_PER_NODE = 4;
 
@@ -222,7 +228,10 @@ export class AgentSessions {
     // measured share of the controller's telemetry cost (see BENCHMARKS.md).
     const receive = (req: ConnectRequest): void => {
       if (done) return;
-      if (held) return void held.push(req);
+      if (held) {
+        if (held.length < MAX_MESSAGES_BEFORE_WELCOME) return void held.push(req);
+        return finish(new ValidationError(`more than ${MAX_MESSAGES_BEFORE_WELCOME} messages before the welcome`, [{ field: 'message', description: `at most ${MAX_MESSAGES_BEFORE_WELCOME} messages may follow the hello before the welcome`, reason: 'TOO_MANY_MESSAGES' }]));
+      }
       const m = req.message;
       if (!m) return;
       try {

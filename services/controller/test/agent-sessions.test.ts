@@ -2,7 +2,7 @@
 // while the hello was still being checked waits, in order, and the stream's end waits for it.
 import test from 'ava';
 import { ConnectRequest, RevisionOutcome, type ConnectResponse } from '@edgeplane/proto';
-import { AgentSessions, type AgentStream } from '../src/agent-sessions.js';
+import { AgentSessions, MAX_MESSAGES_BEFORE_WELCOME, type AgentStream } from '../src/agent-sessions.js';
 import { CounterStore } from '../src/counter-store.js';
 import { PermissionDeniedError } from '../src/errors.js';
 import { NodeRegistry } from '../src/node-registry.js';
@@ -153,4 +153,21 @@ test('closeNode ends and forgets the node\'s streams without waiting for the tra
   t.false(registry.get('edge-5')?.status?.connected);
   t.true(p.endedWith[0] instanceof PermissionDeniedError);
   t.is(s.closeNode('edge-5', new Error('again')), 0);
+});
+
+test('a stream that floods messages while its hello is checked is ended, and nothing of it is kept', async (t) => {
+  const { sessions: s, registry, counters } = sessions();
+  const p = playedStream();
+  const served = s.serve(p.stream);
+  p.deliver(hello('edge-6'));
+  for (let i = 0; i < MAX_MESSAGES_BEFORE_WELCOME; i++) p.deliver(counterReport(1n));
+  t.deepEqual(p.endedWith, [], 'up to the bound, messages wait');
+  p.deliver(counterReport(1n));
+  await served;
+  t.regex(String(p.endedWith[0]?.message), /more than 64 messages before the welcome/);
+  p.allow();
+  await new Promise((r) => setImmediate(r));
+  t.is(registry.get('edge-6'), undefined, 'no welcome after the end');
+  t.deepEqual(counters.nodeInterfaces('edge-6'), []);
+  t.deepEqual(p.sent, []);
 });
