@@ -199,24 +199,17 @@ export class CounterStore {
    */
   replace(node: string, totals: { rules: RuleCounters[]; interfaces: InterfaceCounters[]; conntrack: ConntrackStatus[]; blocklists?: BlocklistStatus[]; loadBalancer?: LoadBalancerStatus | undefined; shadow?: ShadowReport | undefined; counterMarks?: CounterMark[] }): void {
     const shadow = this.#shadow.get(node);
-    const now = new Date();
-    if (this.#sameKeys(node, totals.rules, totals.interfaces)) {
-      // The usual case (the node's next totals, for the rules and interfaces it had): updated in
-      // place, the fleet's sums by the difference, with no map or entry made anew.
+    // The usual case (the node's next totals, for the rules and interfaces it had): updated in
+    // place, the fleet's sums by the difference, with no map or entry made anew.
+    const inPlace = this.#sameKeys(node, totals.rules, totals.interfaces);
+    if (inPlace) {
       this.#overwrite(node, totals.rules, totals.interfaces);
-      this.#conntrack.delete(node);
-      this.#blocklists.delete(node);
-      this.#lb.delete(node);
-      this.#shadow.delete(node);
-      this.#marks.delete(node);
-      if (shadow) this.#shadow.set(node, shadow);
-      this.#add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, rules: [], interfaces: [], conntrack: totals.conntrack, blocklists: totals.blocklists ?? [], loadBalancer: totals.loadBalancer, shadow: totals.shadow }, now);
-    } else {
-      this.forget(node);
-      // The shadow's `since` is when this replica first heard the candidate: kept across replaces.
-      if (shadow) this.#shadow.set(node, shadow);
-      this.#add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, rules: totals.rules, interfaces: totals.interfaces, conntrack: totals.conntrack, blocklists: totals.blocklists ?? [], loadBalancer: totals.loadBalancer, shadow: totals.shadow }, now);
-    }
+      this.#forgetLevels(node);
+    } else this.forget(node);
+    // The shadow's `since` is when this replica first heard the candidate: kept across replaces.
+    if (shadow) this.#shadow.set(node, shadow);
+    const summed = inPlace ? { rules: [], interfaces: [] } : { rules: totals.rules, interfaces: totals.interfaces };
+    this.#add(node, { startTime: undefined, endTime: undefined, appliedRevision: 0n, ...summed, conntrack: totals.conntrack, blocklists: totals.blocklists ?? [], loadBalancer: totals.loadBalancer, shadow: totals.shadow }, new Date());
     if (totals.counterMarks?.length) this.#marks.set(node, totals.counterMarks.slice(-MAX_COUNTER_MARKS).map((m) => ({ ...m })));
     this.#told(node);
   }
@@ -269,8 +262,13 @@ export class CounterStore {
       f.sum.rateLimitedPackets -= c.rateLimitedPackets;
     }
     this.#rules.delete(node);
-    this.#marks.delete(node);
     this.#interfaces.delete(node);
+    this.#forgetLevels(node);
+  }
+
+  /** Forgets what a node's reports replace rather than sum (levels, newest totals, marks, shadow). */
+  #forgetLevels(node: string): void {
+    this.#marks.delete(node);
     this.#conntrack.delete(node);
     this.#blocklists.delete(node);
     this.#lb.delete(node);
