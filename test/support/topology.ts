@@ -1,8 +1,12 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
+
+/** The ICMP echo sender ping() runs. */
+const ECHO_STREAM = join(import.meta.dirname, '../../services/node-agent/test/conntrack-traffic.py');
 
 /** Runs a command and returns stdout; throws with stderr on failure. */
 export function sh(cmd: string, args: string[]): string {
@@ -100,12 +104,16 @@ export class Topology {
     sh('ip', [...(ns ? ['-n', ns] : []), 'link', 'set', name, state]);
   }
 
-  /** Pings from a namespace; returns how many of `count` replies arrived. */
+  /**
+   * Pings from a namespace: `count` ICMP echoes, `intervalS` apart (conntrack-traffic.py
+   * echo-stream). Returns how many got their reply, within `waitS` of the last echo. Not ping(8):
+   * once it has had a reply, ping waits only two round trips after its last echo, whatever -W
+   * says, so on a loaded machine a late last reply counted as lost.
+   */
   async ping(ns: string, target: string, options: { count?: number; source?: string; intervalS?: number; waitS?: number } = {}): Promise<number> {
-    const args = ['-n', '-q', '-c', String(options.count ?? 3), '-i', String(options.intervalS ?? 0.2), '-W', String(options.waitS ?? 1)];
-    if (options.source) args.push('-I', options.source);
-    const r = await this.execAsync(ns, 'ping', [...args, target]);
-    const m = /(\d+) received/.exec(r.stdout);
+    const args = [ECHO_STREAM, 'echo-stream', target, String(options.count ?? 3), String(options.intervalS ?? 0.2), String(options.waitS ?? 1), options.source ?? ''];
+    const r = await this.execAsync(ns, 'python3', args);
+    const m = /"received": (\d+)/.exec(r.stdout);
     return m ? Number(m[1]) : 0;
   }
 

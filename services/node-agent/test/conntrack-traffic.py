@@ -3,6 +3,7 @@
 # Each command prints one line (JSON) and exits; servers print "ready" once listening and run
 # until killed. Standard library only.
 import json
+import os
 import select
 import socket
 import struct
@@ -182,6 +183,51 @@ def icmp_listen(family, timeout):
     out({'error': None})
 
 
+def echo_stream(to, count, interval, wait, source=''):
+    """Sends `count` ICMP echo requests to `to` (from address `source` if given), `interval` seconds apart, and takes their replies
+    until every one is in or `wait` seconds after the last request. Unlike ping, which waits only
+    two round trips after its last request once it has had a reply, a reply that comes late still
+    counts. Prints the requests sent, the replies received (one per request) and the first
+    requests without one."""
+    count, interval, wait = int(count), float(interval), float(wait)
+    v6 = ':' in to
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) if v6 else socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    if source:
+        s.bind((source, 0))
+    ident = os.getpid() & 0xffff
+    request, reply = (128, 129) if v6 else (8, 0)
+    answered = set()
+    sent = 0
+    start = time.monotonic()
+    end = None
+    while len(answered) < count:
+        now = time.monotonic()
+        if sent < count and now >= start + sent * interval:
+            body = struct.pack('!BBHHH', request, 0, 0, ident, sent) + b'edgeplane-echo'
+            # The kernel fills in the ICMPv6 checksum on raw ICMPv6 sockets (RFC 3542 3.1).
+            if not v6:
+                body = body[:2] + struct.pack('!H', checksum(body)) + body[4:]
+            s.sendto(body, (to, 0))
+            sent += 1
+            if sent == count:
+                end = time.monotonic() + wait
+            continue
+        deadline = end if sent == count else start + sent * interval
+        if now >= deadline:
+            break
+        ready, _, _ = select.select([s], [], [], deadline - now)
+        if not ready:
+            continue
+        data = s.recv(2048)
+        # IPv4 raw sockets deliver the IP header too; IPv6 ones only the ICMPv6 message.
+        icmp = data if v6 else data[(data[0] & 0x0f) * 4:]
+        if len(icmp) >= 8 and icmp[0] == reply:
+            got_ident, seq = struct.unpack('!HH', icmp[4:8])
+            if got_ident == ident and seq < sent:
+                answered.add(seq)
+    out({'sent': sent, 'received': len(answered), 'missing': [seq for seq in range(sent) if seq not in answered][:10]})
+
+
 commands = {
     'tcp-server': tcp_server,
     'udp-server': udp_server,
@@ -191,6 +237,7 @@ commands = {
     'udp-flows': udp_flows,
     'icmp-error': icmp_error,
     'icmp-listen': icmp_listen,
+    'echo-stream': echo_stream,
 }
 
 if __name__ == '__main__':

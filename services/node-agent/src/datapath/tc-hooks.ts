@@ -7,7 +7,8 @@
 // Moving between the two is make-before-break: the program is put in its new place first and then
 // taken from the old one. A program in the tcx chain runs before the filter, and its verdict is
 // final, so from the moment it is there the filter no longer sees a packet (bpf/README.md,
-// "tcx").
+// "tcx"). The first cls_bpf attach on an interface creates the clsact qdisc, which drops what the
+// device sends for a moment (bpf/README.md); nothing here deletes the qdisc.
 import {
   attachTc,
   attachTcx,
