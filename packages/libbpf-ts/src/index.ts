@@ -7,7 +7,7 @@ export { ifindex, interfaces } from './interface.js';
 export type { BatchResult, ByteMap, UpdateFlag } from './map-access.js';
 export { BpfMap } from './map.js';
 export type { MapCreateOptions, MapDescription } from './map.js';
-export { setPrintListener as setLibbpfPrintListener, trimNativeHeap } from './native.js';
+export { monotonicCoarseNs, setPrintListener as setLibbpfPrintListener, trimNativeHeap } from './native.js';
 export type { PrintLevel as LibbpfPrintLevel, PrintListener as LibbpfPrintListener } from './native.js';
 export { loadObjectSpec } from './object-spec.js';
 export type { MapPinning, MapShape, MapSpec, ObjectSpec, ProgramSpec } from './object-spec.js';

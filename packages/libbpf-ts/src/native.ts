@@ -678,6 +678,20 @@ export function trimNativeHeap(): boolean {
   return (mallocTrim(0) as number) === 1;
 }
 const ifNameToIndex = libc.func('uint32_t if_nametoindex(const char *ifname)');
+const Timespec = koffi.struct('timespec', { tv_sec: 'int64_t', tv_nsec: 'long' });
+const clockGettime = libc.func('clock_gettime', 'int', ['int', koffi.out(koffi.pointer(Timespec))]);
+const CLOCK_MONOTONIC_COARSE = 6;
+
+/**
+ * CLOCK_MONOTONIC_COARSE now, in ns: the clock of bpf_ktime_get_coarse_ns(), the time of the last
+ * timer tick. It lags CLOCK_MONOTONIC by up to a tick, and by more when ticks come late (a loaded
+ * or virtualized machine): a program's reading lies between two of these taken around it.
+ */
+export function monotonicCoarseNs(): bigint {
+  const tp = { tv_sec: 0n, tv_nsec: 0 };
+  if ((clockGettime(CLOCK_MONOTONIC_COARSE, tp) as number) !== 0) throw new Error('clock_gettime(CLOCK_MONOTONIC_COARSE) failed');
+  return BigInt(tp.tv_sec) * 1_000_000_000n + BigInt(tp.tv_nsec);
+}
 
 /** close(2); errors are ignored (the fd is gone either way on Linux). */
 export function close(fd: number): void {
