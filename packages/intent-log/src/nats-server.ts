@@ -182,9 +182,17 @@ export class NatsServer {
     // then execs it in the same process): an owner killed with -9 leaves no orphan holding the
     // port and the store. Without setpriv the pid file lets the next start stop the orphan.
     const child = SETPRIV ? spawn(SETPRIV, ['--pdeathsig', 'TERM', '--', binary, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Readiness is this child's own "Server is ready": the log also holds an earlier child's
+    // output, which said it too (a restart would otherwise count as ready at once).
+    const said = { tail: '', ready: false };
     const keep = (chunk: Buffer): void => {
-      this.#log.push(chunk.toString());
+      const text = chunk.toString();
+      this.#log.push(text);
       if (this.#log.length > 200) this.#log.splice(0, this.#log.length - 200);
+      if (!said.ready) {
+        said.tail = (said.tail + text).slice(-4096);
+        said.ready = said.tail.includes('Server is ready');
+      }
     };
     child.stdout?.on('data', keep);
     child.stderr?.on('data', keep);
@@ -197,7 +205,7 @@ export class NatsServer {
       await spawned;
       // Its own "Server is ready" (printed once it listens), not a probe of the port: another
       // server may hold the port, and this one is then about to exit "address already in use".
-      await this.#ready(child, Date.now() + (this.#options.startTimeoutMs ?? 10_000));
+      await this.#ready(child, said, Date.now() + (this.#options.startTimeoutMs ?? 10_000));
     } catch (cause) {
       child.kill('SIGKILL');
       this.#child = undefined;
@@ -207,8 +215,8 @@ export class NatsServer {
     child.once('exit', (code, signal) => this.#exited(child, code, signal));
   }
 
-  async #ready(child: ChildProcess, deadline: number): Promise<void> {
-    while (!this.#log.join('').includes('Server is ready')) {
+  async #ready(child: ChildProcess, said: { ready: boolean }, deadline: number): Promise<void> {
+    while (!said.ready) {
       if (child.exitCode !== null || child.signalCode !== null) throw new Error(`nats-server exited (${child.exitCode ?? child.signalCode}) before it was ready`);
       if (Date.now() > deadline) throw new Error('nats-server did not say it was ready in time');
       await new Promise((r) => setTimeout(r, 20));

@@ -1,13 +1,26 @@
 // NatsServer's supervision on a real nats-server: a crash is followed by a restart on the same
-// port and store; a restart that cannot bind is retried until it can; close() stops it for good.
+// port and store; a restart that cannot bind is retried until it can; close() stops it for good;
+// a start or restart counts as done only once that server listens.
 import test from 'ava';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
+import { connect, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NatsServer } from '../src/index.js';
 
 const alive = (pid: number): boolean => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
+
+/** The server's first line to a new client: its INFO, once it listens; a refused connection throws. */
+function info(server: NatsServer): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(server.port, server.host);
+    socket.once('error', reject);
+    socket.once('data', (chunk) => {
+      socket.destroy();
+      resolve(chunk.toString().split(' ')[0]!);
+    });
+  });
+}
 
 async function until(what: string, pred: () => boolean, ms = 20_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -35,6 +48,7 @@ test('NatsServer - supervised: a killed server comes back on its port; one that 
   const first = server.pid!;
   process.kill(first, 'SIGKILL');
   await until('a restart', () => events.some((e) => e.startsWith('restart')));
+  t.is(await info(server), 'INFO', 'listening when onRestart is called');
   const second = server.pid!;
   t.not(second, first);
   t.true(alive(second));
@@ -78,6 +92,10 @@ test('NatsServer - unsupervised: a killed server stays down (tests crash it on p
   t.false(alive(pid));
   await new Promise((r) => setTimeout(r, 500));
   t.is(server.pid, undefined);
-  await server.restart();
-  t.true(alive(server.pid!));
+  // restart() resolves once this server listens, not because the one before said it was ready.
+  for (let i = 0; i < 3; i++) {
+    await server.restart();
+    t.true(alive(server.pid!));
+    t.is(await info(server), 'INFO', `restart ${i + 1}: listening when restart() resolves`);
+  }
 });

@@ -1,7 +1,7 @@
 // Least-privilege NATS (DESIGN.md, Trust): a real nats-server in JWT mode with the controller's
 // NatsAuthority; a red team with one node's real credentials, and with none, tries everything
 // a compromised node could want on the bus.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -64,6 +64,12 @@ async function open(options: Partial<NodeConnectionOptions>): Promise<NatsConnec
   const nc = await connect({ servers: server.url, reconnect: false, timeout: 5000, ...options });
   opened.push(nc);
   return nc;
+}
+
+/** The server refuses the connection for who it is (not, say, because nothing listens). */
+async function refused(t: ExecutionContext, connecting: Promise<NatsConnection>, what: string, reason = /authorization violation/i): Promise<void> {
+  const error = await t.throwsAsync(connecting, undefined, what);
+  t.regex(String(error?.message), reason, `${what}: ${error?.message}`);
 }
 
 /** A node's NATS identity as enrollment makes it: its own key pair, a JWT from the authority. */
@@ -225,18 +231,20 @@ test.serial('nats authority - a node cannot subscribe to the log subject, the re
 });
 
 test.serial('nats authority - anonymous, wrong-key and expired clients are refused', async (t) => {
-  await t.throwsAsync(open({}), undefined, 'anonymous');
+  await refused(t, open({}), 'anonymous');
   const n = await node('edge-4');
   const other = createUser();
-  await t.throwsAsync(open(natsClientOptions({ jwt: n.jwt, seed: new TextDecoder().decode(other.getSeed()) })), undefined, 'a JWT with a seed that is not its key');
+  await refused(t, open(natsClientOptions({ jwt: n.jwt, seed: new TextDecoder().decode(other.getSeed()) })), 'a JWT with a seed that is not its key');
   // An expired JWT, signed by the real account key (issueNode refuses a past expiry).
   const account = fromSeed(new TextEncoder().encode(readFileSync(join(dir, 'auth', 'account.nk'), 'utf8').trim()));
   const u = createUser();
   const expired = await encodeUser('edge-5', u, account, {}, { exp: Math.floor(Date.now() / 1000) - 60 });
-  await t.throwsAsync(open(natsClientOptions({ jwt: expired, seed: new TextDecoder().decode(u.getSeed()) })), undefined, 'expired');
+  await refused(t, open(natsClientOptions({ jwt: expired, seed: new TextDecoder().decode(u.getSeed()) })), 'expired');
   // A JWT signed by some other account key.
   const forged = await encodeUser('edge-6', u, (await import('@nats-io/nkeys')).createAccount(), {});
-  await t.throwsAsync(open(natsClientOptions({ jwt: forged, seed: new TextDecoder().decode(u.getSeed()) })), undefined, 'forged');
+  // Signed by an account the server does not know: its resolver looks the account up and the
+  // server never answers the CONNECT, so the client's connect timeout ends it.
+  await refused(t, open(natsClientOptions({ jwt: forged, seed: new TextDecoder().decode(u.getSeed()) })), 'forged', /timeout/i);
 });
 
 test.serial('nats authority - a revoked node is disconnected and cannot reconnect', async (t) => {
@@ -250,7 +258,7 @@ test.serial('nats authority - a revoked node is disconnected and cannot reconnec
   const cutOff = Date.now() - start;
   t.log(`revoked connection closed ${cutOff} ms after revokeNode (closed with: ${closed?.message ?? 'no error'})`);
   t.true(nc.isClosed());
-  await t.throwsAsync(open(natsClientOptions({ jwt: n.jwt, seed: n.seed })), undefined, 'reconnecting with the revoked JWT');
+  await refused(t, open(natsClientOptions({ jwt: n.jwt, seed: n.seed })), 'reconnecting with the revoked JWT');
   // Re-issuing the revoked key is refused; the other node stays connected.
   await t.throwsAsync(authority.issueNode('edge-7', n.kp.getPublicKey(), hour()), { instanceOf: NatsAuthorityError });
   t.false(ok.isClosed());
@@ -266,7 +274,7 @@ test.serial('nats authority - revocations survive a restart of the authority and
   // The server restarts with its config file's preloaded account JWT, which predates the
   // revocation: the resolver's stored (newer) JWT must win.
   await server.restart();
-  await t.throwsAsync(open(natsClientOptions({ jwt: n.jwt, seed: n.seed })));
+  await refused(t, open(natsClientOptions({ jwt: n.jwt, seed: n.seed })), 'the revoked JWT after the restart');
   const fresh = await node('edge-11');
   const nc = await open(natsClientOptions({ jwt: fresh.jwt, seed: fresh.seed }));
   t.is((await IntentLog.open(nc, { create: false }).then((l) => l.bounds())).last, writer.revision);
