@@ -21,7 +21,7 @@ import { performance } from 'node:perf_hooks';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Action, ApplyPolicyRequest, INTENT_LIVE_SUBJECT, Policy, Protocol, type Rule } from '@edgeplane/proto';
 import { compileIntent, compileTables } from '@edgeplane/node-agent';
-import { AGENT_MAIN, FleetNetwork, type FleetNode } from '../test/support/fleet.js';
+import { AGENT_BUNDLE, FleetNetwork, type FleetNode } from '../test/support/fleet.js';
 import { call, clients } from '../test/support/grpc.js';
 import { TestControlPlane } from '../test/support/control-plane.js';
 import type { Supervised } from '../test/support/supervisor.js';
@@ -98,17 +98,18 @@ const round = (x: number, digits = 1): number => (Number.isFinite(x) ? Number(x.
 
 
 /**
- * The pid of the agent's node process. The harness starts `nsenter --net=... -- node main.js`;
- * nsenter without --fork execs, so the Supervised pid should already be node: verified here.
+ * The pid of the agent's node process. The harness starts `nsenter --net=... -- edgeplane-agent`
+ * and the launcher execs node on the bundle; nsenter without --fork execs too, so the Supervised
+ * pid should already be node: verified here.
  */
 function agentPid(supervised: Supervised): { pid: number; how: string } {
   const pid = supervised.pid;
   if (pid === undefined) throw new Error('the agent is not running');
   const cmdline = (p: number): string[] => readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
-  if (cmdline(pid).includes(AGENT_MAIN)) return { pid, how: 'nsenter and the launcher exec(): the supervised pid is the node process' };
+  if (cmdline(pid).includes(AGENT_BUNDLE)) return { pid, how: 'nsenter and the launcher exec(): the supervised pid is the node process' };
   const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  const child = children.find((c) => cmdline(c).includes(AGENT_MAIN));
-  if (child === undefined) throw new Error(`no node process running ${AGENT_MAIN} at or under pid ${pid}`);
+  const child = children.find((c) => cmdline(c).includes(AGENT_BUNDLE));
+  if (child === undefined) throw new Error(`no node process running ${AGENT_BUNDLE} at or under pid ${pid}`);
   return { pid: child, how: `nsenter forked: node is child ${child} of ${pid}` };
 }
 

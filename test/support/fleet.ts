@@ -7,7 +7,9 @@ import { NetnsProcesses, TRAFFIC, type ReachReport, type RigProcess } from './ne
 import { Topology, sh } from './topology.js';
 
 export const AGENT_MAIN = fileURLToPath(new URL('../../services/node-agent/dist/main.js', import.meta.url));
-/** The agent's launcher (node with its memory settings, then AGENT_MAIN): how nodes run the agent. */
+/** AGENT_MAIN and all it imports in one file (scripts/bundle-agent.mjs): what the launcher runs. */
+export const AGENT_BUNDLE = fileURLToPath(new URL('../../services/node-agent/dist/bundle/agent.mjs', import.meta.url));
+/** The agent's launcher (node with its memory settings, then AGENT_BUNDLE): how nodes run the agent. */
 export const AGENT_LAUNCHER = fileURLToPath(new URL('../../services/node-agent/bin/edgeplane-agent', import.meta.url));
 export const CONTROLLER_MAIN = fileURLToPath(new URL('../../services/controller/dist/main.js', import.meta.url));
 
