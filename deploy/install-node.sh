@@ -54,7 +54,7 @@ for k in "${!env[@]}"; do
 done
 
 if [ "$root" = / ] && [ "$(id -u)" -ne 0 ]; then fail "run as root (it installs a system service)"; fi
-[ -f "$here/services/node-agent/dist/main.js" ] && [ -f "$here/bpf/build/edgeplane.bpf.o" ] || fail "$here is not built: run scripts/setup there first"
+[ -f "$here/services/node-agent/dist/bundle/agent.mjs" ] && [ -f "$here/bpf/build/edgeplane.bpf.o" ] || fail "$here is not built: run scripts/setup there first"
 command -v node >/dev/null && [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] || fail "Node.js 20 or newer is required on the node"
 if [ "$root" = / ]; then
   # The datapath's needs (bpf/README.md): BTF and kernel 6.6 or newer (bpf_map_sum_elem_count).
