@@ -342,6 +342,7 @@ async function main(): Promise<void> {
     await sleep(quick ? 1000 : 3000);
     log(`idle for ${WINDOW_S} s`);
     const idle = await footprint(pid, WINDOW_S);
+    if (process.env.EP_BENCH_SMAPS) log(`agent mappings, idle with 1 rule (largest Rss):\n${largestMappings(pid, 12)}`);
     log(`one change per second for ${WINDOW_S} s`);
     let churnLast = 0n;
     const churn = await footprint(pid, WINDOW_S, async (i) => {
