@@ -3,7 +3,7 @@
 // it, for 1, 10,000 and 65,536 rules. Runs NATS, the controller and one real agent (eBPF
 // datapath, in a network namespace) from their dist/ builds with the test harness; prints a
 // table and one JSON line; asserts nothing. Cleans up on failure, Ctrl-C and its time bound.
-//   npx tsc --build && node --import=tsx bench/agent.ts [--quick] [--bound-s N]
+//   npm run build && node --import=tsx bench/agent.ts [--quick] [--bound-s N] [--loaded-s N]
 //
 // Where the numbers come from:
 // - footprint: /proc/PID/status VmRSS (and its RssAnon part), VmHWM and /proc/PID/stat utime+stime
@@ -31,7 +31,9 @@ import { CLK_TCK, sampleProc, type ProcSample } from './proc-sample.js';
 const quick = process.argv.includes('--quick');
 const WINDOW_S = quick ? 10 : 30;
 const RUNS = quick ? 1 : 3;
-const LOADED_S = quick ? 6 : 20;
+const loadedArg = process.argv.indexOf('--loaded-s');
+/** The idle window at 65,536 rules; `--loaded-s N` sets it (the RSS of every second is then printed too). */
+const LOADED_S = loadedArg > 0 ? Number(process.argv[loadedArg + 1]) : quick ? 6 : 20;
 const SIZES = [1, 10_000, 65_536];
 /**
  * Hard bound: past it the run is aborted and cleaned up (a shared machine at load 8 needs ~120 s
@@ -162,6 +164,7 @@ async function footprint(pid: number, seconds: number, tick?: (i: number) => Pro
   const perSecond = samples.slice(1).map((s, i) => pct(samples[i]!, s));
   const rss = samples.map((s) => s.rssKb / 1024);
   const anon = samples.map((s) => s.anonKb / 1024);
+  if (loadedArg > 0 && seconds === LOADED_S) process.stderr.write(`RSS each second (MiB): ${rss.map((x) => round(x)).join(' ')}\n`);
   return { seconds, rssMedianMiB: round(median(rss)), rssMaxMiB: round(Math.max(...rss)), anonMedianMiB: round(median(anon)), cpuMeanPct: round(pct(first, last), 2), cpuMaxPct: round(Math.max(...perSecond)), load1: round(loadavg()[0] ?? NaN, 2) };
 }
 
