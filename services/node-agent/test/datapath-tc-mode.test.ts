@@ -55,17 +55,20 @@ const start = async (ns: string, args: string[]): Promise<void> => {
  * comes still counts as lost). ping itself will not do: once it has had a reply it waits only two
  * round trips after its last echo, whatever -W says, so a late last reply counted as lost.
  */
-const ping = (ns: string, to: string, count: number): Promise<{ sent: number; received: number; missing: number[] }> & { running: () => boolean } => {
+const ping = (ns: string, to: string, count: number): Promise<{ sent: number; received: number; missing: number[]; error?: string }> & { running: () => boolean } => {
   let running = true;
-  const result = new Promise<{ sent: number; received: number; missing: number[] }>((resolve) => {
-    const child = spawn('ip', ['netns', 'exec', ns, 'python3', script, 'echo-stream', to, String(count), '0.01', '3'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const result = new Promise<{ sent: number; received: number; missing: number[]; error?: string }>((resolve) => {
+    const child = spawn('ip', ['netns', 'exec', ns, 'python3', script, 'echo-stream', to, String(count), '0.01', '3'], { stdio: ['ignore', 'pipe', 'pipe'] });
     children.add(child);
     let output = '';
+    let errors = '';
     child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.once('exit', () => {
+    child.stderr?.on('data', (chunk: Buffer) => (errors = (errors + chunk.toString()).slice(-2000)));
+    child.once('exit', (code, signal) => {
       running = false;
       children.delete(child);
-      resolve(output.trim() === '' ? { sent: 0, received: -1, missing: [] } : lastJson(output));
+      // No result line: say how it ended, so a failure names the cause and not only -1.
+      resolve(output.trim() === '' ? { sent: 0, received: -1, missing: [], error: `echo-stream exited ${signal ?? code}: ${errors.trim()}` } : lastJson(output));
     });
   });
   return Object.assign(result, { running: () => running });
@@ -131,7 +134,7 @@ test.serial('tc mode - switching the uplink between XDP and tc under traffic los
   t.true(allowed.running() && denied.running(), 'both pings were still running after the last switch');
   const [out, inbound] = await Promise.all([allowed, denied]);
   t.is(out.sent, count);
-  t.is(out.received, count, `every echo of the node's outbound ping got its reply (missing: ${out.missing.join(', ')})`);
+  t.is(out.received, count, `every echo of the node's outbound ping got its reply (missing: ${out.missing.join(', ')}${out.error ? `; ${out.error}` : ''})`);
   t.is(inbound.received, 0, 'no unsolicited inbound echo got through');
   t.deepEqual(tcpOk, Array(6).fill(true));
   t.deepEqual(tcpDenied, Array(6).fill(false));
@@ -160,7 +163,7 @@ test.serial('tc mode - moving the TC programs between clsact filters and tcx und
   }
   t.true(allowed.running() && denied.running(), 'both pings were still running after the last move');
   const [out, inbound] = await Promise.all([allowed, denied]);
-  t.is(out.received, count, `every echo of the node's outbound ping got its reply (missing: ${out.missing.join(', ')})`);
+  t.is(out.received, count, `every echo of the node's outbound ping got its reply (missing: ${out.missing.join(', ')}${out.error ? `; ${out.error}` : ''})`);
   t.is(inbound.received, 0, 'no unsolicited inbound echo got through');
   t.deepEqual(tcpOk, Array(6).fill(true));
   t.deepEqual(tcpDenied, Array(6).fill(false));
