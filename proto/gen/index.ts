@@ -332,6 +332,11 @@ export {
   parseIPv6,
 } from './../src/cidr.js';
 export {
+  compactEntryRules,
+  compactRules,
+  compactSnapshotRules,
+} from './../src/compact.js';
+export {
   type ConnectionMatcher,
   type ConnectionTuple,
   connectionMatches,

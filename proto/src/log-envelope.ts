@@ -2,6 +2,7 @@ import { createHash, createPrivateKey, createPublicKey, sign, verify, type KeyOb
 import { HistoryReset, LogEntry, LogHead, SignedLogEntry, type SignedLogHead, type SignedHistoryReset, type SignedSnapshot, Snapshot } from '../gen/edgeplane/v1/log.js';
 import { BinaryReader } from '@bufbuild/protobuf/wire';
 import { SignatureError } from './errors.js';
+import { compactEntryRules, compactSnapshotRules } from './compact.js';
 
 /** The previous-hash of revision 1: 32 zero bytes. */
 export const GENESIS_HASH: Uint8Array = new Uint8Array(32);
@@ -158,6 +159,7 @@ export function openLogEntry(signed: SignedLogEntry, trusted: TrustedKeys): LogE
   }
   if (format < LOG_FORMAT_PATCHES && (entry.change?.policyPatches.length ?? 0) > 0) throw new SignatureError(`decode log entry: a format ${format} entry carries policy patches`);
   if (format < LOG_FORMAT_BLOCKLIST && entry.blocklistChange !== undefined) throw new SignatureError(`decode log entry: a format ${format} entry carries a blocklist change`);
+  compactEntryRules(entry);
   return entry;
 }
 
@@ -191,7 +193,9 @@ export function signSnapshot(snapshot: Snapshot, privateKey: KeyObject): SignedS
  * @throws SignatureError as {@link openLogEntry}.
  */
 export function openSnapshot(signed: SignedSnapshot, trusted: TrustedKeys): Snapshot {
-  return openEnvelope('snapshot', 'Snapshot', Snapshot, signed.keyId, signed.snapshot, signed.signature, trusted);
+  const snapshot = openEnvelope('snapshot', 'Snapshot', Snapshot, signed.keyId, signed.snapshot, signed.signature, trusted);
+  compactSnapshotRules(snapshot);
+  return snapshot;
 }
 
 /** Encodes and signs a history reset with an operator's reset key (the CLI does this). */

@@ -1,7 +1,7 @@
 import { closeSync, fsyncSync, openSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
-import { prefixChangesBetween, Snapshot, type PrefixList } from '@edgeplane/proto';
+import { compactSnapshotRules, prefixChangesBetween, Snapshot, type PrefixList } from '@edgeplane/proto';
 import { writeAll, writeFileDurably } from './durable-file.js';
 
 /** What the node last enforced: the whole verified intent at that revision. */
@@ -102,6 +102,7 @@ export class StateFile implements StateStore {
       throw new StateFileError(`parse state file ${this.path}: ${(cause as Error).message}`, { cause });
     }
     if (id !== undefined) state = this.#replay(state, Buffer.from(id, 'hex'));
+    compactSnapshotRules(state.snapshot);
     // The next write is a whole base: the lists read here are not the ones later changes descend from.
     this.#held = undefined;
     return state;
