@@ -174,7 +174,8 @@ async function main(): Promise<void> {
     const ready = await start(
       `agent node-${i}`,
       'nsenter',
-      [`--net=/run/netns/epd-n${i}`, '--', process.execPath, join(root, 'services/node-agent/dist/main.js'),
+      // Through its launcher, as a node runs it (deploy/): node with the agent's memory settings, then its bundle.
+      [`--net=/run/netns/epd-n${i}`, '--', join(root, 'services/node-agent/bin/edgeplane-agent'),
         '--node-name', `node-${i}`, '--join-token', token, '--ca-fingerprint', fingerprint,
         '--controller', `10.99.0.${4 * i + 1}:${GRPC}`, '--nats', `nats://10.99.0.${4 * i + 1}:${NATS}`,
         '--interface', 'up0=uplink', '--interface', 'wl0=workload', '--pin-root', pin, '--state-dir', join(DATA, `node-${i}`),
