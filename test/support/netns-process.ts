@@ -42,7 +42,8 @@ export class NetnsProcesses {
     let err = '';
     child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
     child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
-    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    // 'close': exited, and its output read to the end (what is still in the pipe at exit too).
+    const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
     let done = false;
     void exited.then(() => (done = true));
     const end = async (signal: NodeJS.Signals): Promise<void> => {
@@ -89,7 +90,7 @@ export class NetnsProcesses {
    */
   async report<T>(ns: string, args: string[]): Promise<T> {
     const p = await this.spawn(ns, 'python3', [TRAFFIC, ...args]);
-    await new Promise<void>((resolve) => p.child.once('exit', () => resolve()).once('error', () => resolve()));
+    await new Promise<void>((resolve) => p.child.once('close', () => resolve()).once('error', () => resolve()));
     const line = p.output().trim().split('\n').pop() ?? '';
     try {
       return JSON.parse(line) as T;

@@ -55,7 +55,8 @@ const start = async (ns: string, args: string[], ready: boolean | string = true)
   let output = '';
   child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
   child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => {
+  // 'close', not 'exit': the output read to its end.
+  const exit = new Promise<number | null>((resolve) => child.once('close', (code) => {
     children.delete(child);
     resolve(code);
   }));

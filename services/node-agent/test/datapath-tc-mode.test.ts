@@ -64,10 +64,11 @@ const ping = (ns: string, to: string, count: number): Promise<{ sent: number; re
     let errors = '';
     child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
     child.stderr?.on('data', (chunk: Buffer) => (errors = (errors + chunk.toString()).slice(-2000)));
-    child.once('exit', (code, signal) => {
+    // 'close', not 'exit': the last of its output may still be in the pipe when it exits.
+    child.once('close', (code, signal) => {
       running = false;
       children.delete(child);
-      // No result line: say how it ended, so a failure names the cause and not only -1.
+      // No result line: say how it ended.
       resolve(output.trim() === '' ? { sent: 0, received: -1, missing: [], error: `echo-stream exited ${signal ?? code}: ${errors.trim()}` } : lastJson(output));
     });
   });
