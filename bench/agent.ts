@@ -150,7 +150,8 @@ function largestMappings(pid: number, count: number): string {
     .join('\n');
 }
 
-async function footprint(pid: number, seconds: number, tick?: (i: number) => Promise<void>): Promise<Footprint> {
+/** `printRss`: also prints the RSS of every second (--loaded-s). */
+async function footprint(pid: number, seconds: number, tick?: (i: number) => Promise<void>, printRss = false): Promise<Footprint> {
   const samples: ProcSample[] = [sampleProc(pid)];
   const start = samples[0]!.at;
   for (let i = 0; i < seconds; i++) {
@@ -164,7 +165,7 @@ async function footprint(pid: number, seconds: number, tick?: (i: number) => Pro
   const perSecond = samples.slice(1).map((s, i) => pct(samples[i]!, s));
   const rss = samples.map((s) => s.rssKb / 1024);
   const anon = samples.map((s) => s.anonKb / 1024);
-  if (loadedArg > 0 && seconds === LOADED_S) process.stderr.write(`RSS each second (MiB): ${rss.map((x) => round(x)).join(' ')}\n`);
+  if (printRss) process.stderr.write(`RSS each second (MiB): ${rss.map((x) => round(x)).join(' ')}\n`);
   return { seconds, rssMedianMiB: round(median(rss)), rssMaxMiB: round(Math.max(...rss)), anonMedianMiB: round(median(anon)), cpuMeanPct: round(pct(first, last), 2), cpuMaxPct: round(Math.max(...perSecond)), load1: round(loadavg()[0] ?? NaN, 2) };
 }
 
@@ -419,7 +420,7 @@ async function main(): Promise<void> {
     const snapshot = async (i: number): Promise<void> => {
       if (process.env.EP_BENCH_HEAP_DIR && i === 2) process.kill(loadedPid, 'SIGUSR2');
     };
-    const loaded = await footprint(loadedPid, LOADED_S, snapshot);
+    const loaded = await footprint(loadedPid, LOADED_S, snapshot, loadedArg > 0);
     if (process.env.EP_BENCH_SMAPS) log(`agent mappings, idle with 65,536 rules (largest Rss):\n${largestMappings(loadedPid, 12)}`);
     const peak = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${agentPid(agent).pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
     const peakLoad1 = round(loadavg()[0] ?? NaN, 2);
