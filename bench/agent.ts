@@ -347,6 +347,11 @@ async function main(): Promise<void> {
     log(`idle for ${WINDOW_S} s`);
     const idle = await footprint(pid, WINDOW_S);
     if (process.env.EP_BENCH_SMAPS) log(`agent mappings, idle with 1 rule (largest Rss):\n${largestMappings(pid, 12)}`);
+    // EP_BENCH_HOLD=N: the idle agent is left alone N s more, for a look from outside (smaps, a heap snapshot).
+    if (process.env.EP_BENCH_HOLD) {
+      log(`holding: pid ${pid} for ${process.env.EP_BENCH_HOLD} s`);
+      await sleep(Number(process.env.EP_BENCH_HOLD) * 1000);
+    }
     log(`one change per second for ${WINDOW_S} s`);
     let churnLast = 0n;
     const churn = await footprint(pid, WINDOW_S, async (i) => {

@@ -28,7 +28,13 @@ await build({
   minifyWhitespace: true,
   minifySyntax: true,
   sourcemap: 'linked',
-  external: ['koffi', '@opentelemetry/exporter-*'],
+  // A package's ES module build where it has one ("module" before "main"): esbuild drops what
+  // nothing imports from it (OpenTelemetry's semantic conventions are 171 KiB as CommonJS, of
+  // which the agent uses two names).
+  mainFields: ['module', 'main'],
+  // @grpc/proto-loader (and the whole of protobufjs under it) is required only by grpc-js's
+  // channelz and ORCA services, which a client never starts: left to node_modules.
+  external: ['koffi', '@opentelemetry/exporter-*', '@grpc/proto-loader'],
   // CommonJS packages inside an ES module bundle call require() for node's built-ins.
   banner: { js: "import { createRequire as __edgeplaneRequire } from 'node:module'; const require = __edgeplaneRequire(import.meta.url);" },
   logLevel: 'warning',

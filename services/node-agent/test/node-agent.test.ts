@@ -371,7 +371,7 @@ test('NodeAgent - another history at or below the applied revision (a reset, a r
 /** A policy `p` of `n` rules denying TCP ports 1000.. (a large rule set for reclaimMinRules 2). */
 const manyRules = (n: number): Policy => Policy.fromPartial({ metadata: { name: 'p' }, spec: { rules: Array.from({ length: n }, (_, i) => ({ priority: i + 1, protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 1000 + i }], action: Action.ACTION_DENY })) } });
 
-test('NodeAgent - reclaim runs once after the report of an apply whose rule set before or after is large, and after a boot that enforced a large one; never for small ones', async (t) => {
+test('NodeAgent - reclaim runs after the process\'s first apply, then once after the report of an apply whose rule set before or after is large, and after a boot; never for later small ones', async (t) => {
   const events: string[] = [];
   const chain = new IntentChain(trustedKeys);
   const stateFile = new StateFile(join(mkdtempSync(join(dir, 's-')), 'applied.json'));
@@ -397,21 +397,23 @@ test('NodeAgent - reclaim runs once after the report of an apply whose rule set 
     await quietTurn();
   };
   await push(manyRules(1));
-  t.deepEqual(events, ['report 1'], 'one rule: nothing to reclaim');
-  await push(manyRules(3));
-  t.deepEqual(events, ['report 1', 'report 2', 'reclaim'], 'after the report of the large apply');
+  t.deepEqual(events, ['report 1', 'reclaim'], 'the first apply of the process: what the start left is garbage');
   await push(manyRules(1));
-  t.deepEqual(events.slice(3), ['report 3', 'reclaim'], 'back to one rule: the large rule set it replaced is garbage now');
-  await push(manyRules(1));
-  t.deepEqual(events.slice(5), ['report 4']);
+  t.deepEqual(events.slice(2), ['report 2'], 'one rule after the first: nothing to reclaim');
   await push(manyRules(3));
-  t.deepEqual(events.slice(6), ['report 5', 'reclaim']);
+  t.deepEqual(events.slice(3), ['report 3', 'reclaim'], 'after the report of the large apply');
+  await push(manyRules(1));
+  t.deepEqual(events.slice(5), ['report 4', 'reclaim'], 'back to one rule: the large rule set it replaced is garbage now');
+  await push(manyRules(1));
+  t.deepEqual(events.slice(7), ['report 5']);
+  await push(manyRules(3));
+  t.deepEqual(events.slice(8), ['report 6', 'reclaim']);
   // A restart that enforces the large state file reclaims what its boot compile left.
   const restarted = make();
   t.teardown(() => restarted.close());
   await restarted.boot();
   await quietTurn();
-  t.deepEqual(events.slice(8), ['reclaim']);
+  t.deepEqual(events.slice(10), ['reclaim']);
 });
 
 test('NodeAgent - reclaim waits until the agent is quiet: a burst of large applies is reclaimed once, after its last entry', async (t) => {

@@ -154,7 +154,10 @@ export interface NodeAgentOptions {
    * is sent, on a later turn of the event loop, after an apply (ACK or NACK) whose rule set
    * before or after has at least `reclaimMinRules` rules, and after boot() enforced a state file
    * of that many, once the agent has been quiet for `reclaimQuietMs` (no entry received, no
-   * apply running): a burst of applies is reclaimed once, after it. Its errors are logged.
+   * apply running): a burst of applies is reclaimed once, after it. The process's first apply
+   * (or boot) is followed by one whatever its size: what the start left (connections, TLS,
+   * the first compile of the code) is garbage then, and an idle agent would keep it. Its errors
+   * are logged.
    */
   reclaim?: () => void;
   /** Default RECLAIM_MIN_RULES. */
@@ -310,6 +313,8 @@ export class NodeAgent {
   #healthApplyFailures: MetricCounter;
   /** The reclaim's timer, armed while one is due (see #reclaimAfter). */
   #reclaimDue: NodeJS.Timeout | undefined;
+  /** Whether a reclaim was made due since the start (the first one is, whatever the rule set's size). */
+  #reclaimedOnce = false;
   /**
    * Each role's shadow candidate as this process installed (or adopted) it: its name, what was
    * installed (the candidate name and the rule set, as JSON: an unchanged candidate is not
@@ -678,7 +683,9 @@ export class NodeAgent {
    * timer fires (an entry received or an apply running since puts it off by what is left).
    */
   #reclaimAfter(rules: number): void {
-    if (!this.#o.reclaim || this.#closed || this.#reclaimDue || rules < (this.#o.reclaimMinRules ?? RECLAIM_MIN_RULES)) return;
+    if (!this.#o.reclaim || this.#closed || this.#reclaimDue) return;
+    if (this.#reclaimedOnce && rules < (this.#o.reclaimMinRules ?? RECLAIM_MIN_RULES)) return;
+    this.#reclaimedOnce = true;
     this.#armReclaim(this.#o.reclaimQuietMs ?? RECLAIM_QUIET_MS);
   }
 
