@@ -107,9 +107,14 @@ for (const family of [4, 6] as const) {
     const result = await held.stop();
     t.deepEqual(result.broken, []);
     t.true(result.roundTrips >= 20, JSON.stringify(result));
-    // The node's load-balancer counters reach the controller: its node view and the service's (describe service).
+    // The node's load-balancer counters reach the controller: its node view and the service's
+    // (describe service). A counter report read while the 60 connections above were still being
+    // made already counts encapsulated packets (one CI run saw selected 58): the wait is for the
+    // report after them.
     await until('encapsulated packets reported', async () => ((await call(cp!.api.fleet, cp!.api.fleet.getNode, { name: NODE })).loadBalancer?.encapsulated ?? 0n) > 0n, 30_000, output);
-    const [health] = (await call(cp!.api.fleet, cp!.api.fleet.getServiceHealth, { names: [`dsr${family}`] })).services;
+    const serviceHealth = async () => (await call(cp!.api.fleet, cp!.api.fleet.getServiceHealth, { names: [`dsr${family}`] })).services[0];
+    await until('every connection counted in the service view', async () => ((await serviceHealth())?.loadBalancer?.selected ?? 0n) >= 60n, 30_000, output);
+    const health = await serviceHealth();
     t.true((health?.loadBalancer?.selected ?? 0n) >= 60n, JSON.stringify(health?.loadBalancer, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v)));
     t.true((health?.loadBalancer?.encapsulated ?? 0n) > 0n);
   });
