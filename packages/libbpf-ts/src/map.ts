@@ -295,12 +295,17 @@ export class BpfMap implements ByteMap {
    * i's key is keys[i * keySize ..]; its value on CPU c is values[i * cpus * stride + c * stride ..]
    * (valueSize bytes; the kernel pads each CPU's value to `stride`, a multiple of 8). For large
    * reads (a counter per rule, every few seconds) this is the copy and nothing else.
-   * @returns `count` elements read and the layout, in buffers the caller owns.
-   * @throws LibbpfError for a map that is not per-CPU; NotSupportedError without batch lookup.
+   * @param into buffers to read into instead of new ones (at least count * keySize and
+   *   count * cpus * stride bytes, from perCpuLayout()): a caller that reads often
+   *   reuses them, and leaves no garbage for the collector to find (a large buffer dropped by an
+   *   idle process stays resident until a collection happens to come).
+   * @returns `count` elements read and the layout, in buffers the caller owns (views into `into`).
+   * @throws LibbpfError for a map that is not per-CPU; NotSupportedError without batch lookup;
+   *   RangeError for `into` buffers too small.
    */
-  getPerCpuBatchPacked(count: number, after?: Uint8Array): { count: number; cpus: number; stride: number; keys: Uint8Array; values: Uint8Array } {
+  getPerCpuBatchPacked(count: number, after?: Uint8Array, into?: { keys: Uint8Array; values: Uint8Array }): { count: number; cpus: number; stride: number; keys: Uint8Array; values: Uint8Array } {
     const { cpus, stride } = this.#perCpuLayout('getPerCpuBatchPacked');
-    const { keys, values, read } = this.#lookupBatch('getPerCpuBatchPacked', count, after, cpus * stride);
+    const { keys, values, read } = this.#lookupBatch('getPerCpuBatchPacked', count, after, cpus * stride, into);
     return { count: read, cpus, stride, keys: keys.subarray(0, read * this.keySize), values: values.subarray(0, read * cpus * stride) };
   }
 
@@ -490,11 +495,14 @@ export class BpfMap implements ByteMap {
     return { count, batched: false, fallbackReason: `bpf_map_update_batch on a ${this.type} map: ${error.code}; wrote the elements one by one` };
   }
 
-  #lookupBatch(what: string, count: number, after: Uint8Array | undefined, elementBytes: number): { keys: Uint8Array; values: Uint8Array; read: number } {
+  #lookupBatch(what: string, count: number, after: Uint8Array | undefined, elementBytes: number, into?: { keys: Uint8Array; values: Uint8Array }): { keys: Uint8Array; values: Uint8Array; read: number } {
     if (!Number.isInteger(count) || count < 0) throw new RangeError(`map ${this.name} ${what}: count must be a non-negative integer, got ${count}`);
     if (after !== undefined) this.#checkSize('key', after, this.keySize);
-    const keys = new Uint8Array(count * this.keySize);
-    const values = new Uint8Array(count * elementBytes);
+    if (into !== undefined && (into.keys.byteLength < count * this.keySize || into.values.byteLength < count * elementBytes)) {
+      throw new RangeError(`map ${this.name} ${what}: buffers of ${into.keys.byteLength} and ${into.values.byteLength} bytes cannot hold ${count} elements (${count * this.keySize} and ${count * elementBytes} bytes)`);
+    }
+    const keys = into?.keys ?? new Uint8Array(count * this.keySize);
+    const values = into?.values ?? new Uint8Array(count * elementBytes);
     // The batch cursor is the previous key for array-like maps and a u32 bucket for hashes
     // (kernel/bpf/syscall.c generic_map_lookup_batch, kernel/bpf/hashtab.c).
     const cursorSize = Math.max(this.keySize, 8);
@@ -527,6 +535,15 @@ export class BpfMap implements ByteMap {
     if (ret === -ENOENT) return undefined;
     if (ret < 0) throw errnoError(`map lookup name=${this.name}`, ret);
     return value;
+  }
+
+  /**
+   * How a per-CPU map's values are laid out in a batch read: `cpus` values per element (the
+   * possible CPUs), each padded to `stride` bytes.
+   * @throws LibbpfError for a map that is not per-CPU.
+   */
+  perCpuLayout(): { cpus: number; stride: number } {
+    return this.#perCpuLayout('perCpuLayout');
   }
 
   #perCpuLayout(what: string): { cpus: number; stride: number } {

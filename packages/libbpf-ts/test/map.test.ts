@@ -147,6 +147,22 @@ test('BpfMap.getPerCpuBatchPacked - the same elements as getPerCpuBatch, in the 
   }
   t.is(map.getPerCpuBatchPacked(100, key(89)).count, 10, 'past the end: what there is');
   t.is(map.getPerCpuBatchPacked(0).values.length, 0);
+  // Into the caller's buffers: the same bytes, as views into them, read after read.
+  const layout = map.perCpuLayout();
+  t.deepEqual(layout, { cpus: packed.cpus, stride: 16 });
+  const into = { keys: new Uint8Array(40 * 4), values: new Uint8Array(40 * layout.cpus * layout.stride) };
+  const again = map.getPerCpuBatchPacked(40, key(59), into);
+  t.is(again.values.buffer, into.values.buffer, 'no buffer of its own');
+  t.is(again.keys.buffer, into.keys.buffer);
+  t.deepEqual(again.values, packed.values);
+  t.deepEqual(again.keys, packed.keys);
+  const first = map.getPerCpuBatchPacked(20, undefined, into);
+  t.is(first.values.buffer, into.values.buffer);
+  t.deepEqual([...first.keys.subarray(0, 4)], [...key(0)], 'the next read overwrote the buffers from index 0');
+  t.throws(() => map.getPerCpuBatchPacked(41, key(0), into), { instanceOf: RangeError, message: /cannot hold 41 elements/ });
+  const plain = BpfMap.create({ type: 'array', name: 'plain', keySize: 4, valueSize: 8, maxEntries: 1 });
+  t.throws(() => plain.perCpuLayout(), { instanceOf: LibbpfError, message: /not a per-CPU map/ });
+  plain.close();
   t.truthy(cleanup);
 });
 

@@ -93,3 +93,25 @@ test('counters - per-CPU values differ and exceed 32 bits: each slot is their ex
   tables.addCarry(carried);
   t.deepEqual(Object.fromEntries(carried), { 7: { packets: triangle + cpus, bytes: big * triangle } });
 });
+
+test('counters - a generation of many slots is read in pieces: every slot summed at its place, across the pieces and in both generations, read after read', (t) => {
+  const m = maps();
+  t.teardown(() => m.close());
+  const tables = new CounterTables(m.counters, m.stats, m.carry);
+  const { cpus } = m.counters.perCpuLayout();
+  // Slot i of generation g counted i + g packets of 3 bytes on every CPU (65,537 slots: more
+  // than one piece of 128 KiB, whatever the CPU count up to 64).
+  const count = Math.min(RULE_SLOTS, 65_537);
+  for (const generation of [0, 1]) {
+    const keys = Array.from({ length: count }, (_, i) => encode(u32, generation * RULE_SLOTS + i));
+    m.counters.setPerCpuBatch(keys, keys.map((_, i) => [counter(i + generation, 3 * (i + generation))]));
+  }
+  for (const generation of [1, 0, 1]) {
+    const read = tables.readGeneration(generation, count);
+    t.is(read.length, count);
+    const wrong = read.findIndex((c, i) => c.packets !== cpus * (i + generation) || c.bytes !== 3 * cpus * (i + generation));
+    t.is(wrong, -1, `generation ${generation}: slot ${wrong} is ${JSON.stringify(read[wrong])}`);
+  }
+  // Reading past the map's end: what there is.
+  t.is(tables.readGeneration(1, RULE_SLOTS + 10).length, RULE_SLOTS);
+});

@@ -10,6 +10,8 @@ import { epCounter } from './table-codecs.js';
 
 /** Slots of ep_stats: enum ep_stat in bpf/include/ep_tables.h. */
 export const STAT_SLOTS = { nonIp: 0, malformed: 1, unconfigured: 2, rateLimited: 3 } as const;
+/** Values read per batch lookup of a generation, at most (4,096 slots on two CPUs). */
+const READ_CHUNK_BYTES = 128 * 1024;
 
 /** What ep_stats counts: frames that never reached a rule, and rate-limit drops. */
 export type StatCounters = Pick<DatapathCounters, keyof typeof STAT_SLOTS>;
@@ -56,6 +58,10 @@ export class CounterTables {
   #version = 0;
   /** The idle generation's and the carry's counts of the last read, while nothing wrote them. */
   #frozen: FrozenPart | undefined;
+  /** What #sums returns, reused (each caller is done with it before the next read). */
+  #sumScratch = new Float64Array(0);
+  /** The buffers of a generation read (#readScratch). */
+  #scratch: { keys: Uint8Array; values: Uint8Array; slots: number } | undefined;
 
   /**
    * @param counters ep_counters (per-CPU array, EP_GENERATIONS * EP_RULE_SLOTS slots), or
@@ -117,7 +123,7 @@ export class CounterTables {
   }
 
   /**
-   * Counters of slots 0..count-1 of `generation`, summed over CPUs, read with one batch lookup.
+   * Counters of slots 0..count-1 of `generation`, summed over CPUs, read with batch lookups.
    * @returns one Counter per slot (slot 0: the default action).
    */
   readGeneration(generation: number, count: number): Counter[] {
@@ -127,27 +133,47 @@ export class CounterTables {
 
   /**
    * Slots 0..count-1 of `generation` summed over CPUs, packed: slot i's packets at [2i], its
-   * bytes at [2i + 1]. One batch lookup and one typed array, no object per slot or CPU: at
-   * 65,536 rules a read per generation every counter interval would otherwise allocate
-   * ~50 MiB of short-lived objects (an array and a view per slot, a decoded struct and bigints
-   * per CPU). Sums are exact while a counter stays below 2^53, as Counter's numbers are.
+   * bytes at [2i + 1]. Batch lookups of up to READ_CHUNK_BYTES into the same buffers and one
+   * reused typed array, no object per slot or CPU: at 65,536 rules a read per generation every
+   * counter interval would otherwise allocate ~50 MiB of short-lived objects (an array and a view
+   * per slot, a decoded struct and bigints per CPU). Sums are exact while a counter stays below
+   * 2^53, as Counter's numbers are.
+   * @returns the sums, in an array the next read overwrites (shorter than 2 * count only if the
+   *   map ends first).
    */
   #sums(generation: number, count: number): Float64Array {
+    const sums = this.#sumScratch.length >= 2 * count ? this.#sumScratch.subarray(0, 2 * count) : (this.#sumScratch = new Float64Array(2 * count));
     const first = generation * RULE_SLOTS;
-    const read = this.#counters.getPerCpuBatchPacked(count, first === 0 ? undefined : u32Bytes(first - 1));
-    const view = new DataView(read.values.buffer, read.values.byteOffset, read.values.byteLength);
-    const sums = new Float64Array(2 * read.count);
-    for (let slot = 0; slot < read.count; slot++) {
-      let packets = 0;
-      let bytes = 0;
-      for (let cpu = 0, at = slot * read.cpus * read.stride; cpu < read.cpus; cpu++, at += read.stride) {
-        packets += u64At(view, at);
-        bytes += u64At(view, at + 8);
+    const scratch = this.#readScratch();
+    let slot = 0;
+    while (slot < count) {
+      const read = this.#counters.getPerCpuBatchPacked(Math.min(scratch.slots, count - slot), u32BytesOrNone(first + slot - 1), scratch);
+      if (read.count === 0) break;
+      const view = new DataView(read.values.buffer, read.values.byteOffset, read.values.byteLength);
+      for (let i = 0; i < read.count; i++, slot++) {
+        let packets = 0;
+        let bytes = 0;
+        for (let cpu = 0, at = i * read.cpus * read.stride; cpu < read.cpus; cpu++, at += read.stride) {
+          packets += u64At(view, at);
+          bytes += u64At(view, at + 8);
+        }
+        sums[2 * slot] = packets;
+        sums[2 * slot + 1] = bytes;
       }
-      sums[2 * slot] = packets;
-      sums[2 * slot + 1] = bytes;
     }
-    return sums;
+    return slot === count ? sums : sums.subarray(0, 2 * slot);
+  }
+
+  /**
+   * The buffers every generation read goes through, READ_CHUNK_BYTES of values at most: at 65,536
+   * rules a read in one piece took 2.3 MiB of buffers (and the sums 1 MiB) per read, garbage that
+   * an idle agent's V8 left resident until its external memory had grown by ~64 MiB.
+   */
+  #readScratch(): { keys: Uint8Array; values: Uint8Array; slots: number } {
+    if (this.#scratch !== undefined) return this.#scratch;
+    const { cpus, stride } = this.#counters.perCpuLayout();
+    const slots = Math.max(1, Math.floor(READ_CHUNK_BYTES / (cpus * stride)));
+    return (this.#scratch = { keys: new Uint8Array(slots * 4), values: new Uint8Array(slots * cpus * stride), slots });
   }
 
   /** @returns every ep_stats slot, each summed over CPUs. */
@@ -326,6 +352,11 @@ function slotIndex(ids: readonly number[]): ReadonlyMap<number, number> {
 
 function slotRuleId(ruleIds: readonly number[], index: number): number {
   return index === 0 ? DEFAULT_RULE_ID : (ruleIds[index - 1] as number);
+}
+
+/** The batch cursor before index `value`: none before index 0. */
+function u32BytesOrNone(value: number): Uint8Array | undefined {
+  return value < 0 ? undefined : u32Bytes(value);
 }
 
 function u32Bytes(value: number): Uint8Array {
