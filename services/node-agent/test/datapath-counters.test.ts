@@ -115,3 +115,25 @@ test('counters - a generation of many slots is read in pieces: every slot summed
   // Reading past the map's end: what there is.
   t.is(tables.readGeneration(1, RULE_SLOTS + 10).length, RULE_SLOTS);
 });
+
+test('counters - readTotals hands out the same sums while nothing counts, and a new array (the old one untouched) once something does', (t) => {
+  const m = maps();
+  t.teardown(() => m.close());
+  const tables = new CounterTables(m.counters, m.stats, m.carry);
+  const { cpus } = m.counters.perCpuLayout();
+  const live = { generation: 1, ids: [7, 9] };
+  const idle = { generation: 0, ids: [7, 9] };
+  m.counters.setPerCpu(encode(u32, RULE_SLOTS + 2), [counter(2, 200)]); // rule 9, live generation
+  const first = tables.readTotals(live, idle, true);
+  t.deepEqual([...first.packed.sums], [0, 0, 2 * cpus, 200 * cpus]);
+  const second = tables.readTotals(live, idle, true);
+  t.is(second.packed.sums, first.packed.sums, 'nothing counted: the same array');
+  m.counters.setPerCpu(encode(u32, RULE_SLOTS + 1), [counter(1, 50)]); // rule 7 counts
+  const third = tables.readTotals(live, idle, true);
+  t.not(third.packed.sums, first.packed.sums);
+  t.deepEqual([...third.packed.sums], [cpus, 50 * cpus, 2 * cpus, 200 * cpus]);
+  t.deepEqual([...first.packed.sums], [0, 0, 2 * cpus, 200 * cpus], 'what was handed out before is as it was');
+  const other = tables.readTotals({ generation: 1, ids: [7, 9] }, idle, true);
+  t.not(other.packed.sums, third.packed.sums, 'other ids (a new array): a new array of sums');
+  t.deepEqual([...other.packed.sums], [...third.packed.sums]);
+});

@@ -60,6 +60,10 @@ export class CounterTables {
   #frozen: FrozenPart | undefined;
   /** What #sums returns, reused (each caller is done with it before the next read). */
   #sumScratch = new Float64Array(0);
+  /** readTotals' sums before they are known to differ from the last ones. */
+  #totalScratch = new Float64Array(0);
+  /** What readTotals handed out last (the default action's two sums, then the packed ones). */
+  #lastTotal: { ids: readonly number[]; total: Float64Array; sums: Float64Array } | undefined;
   /** The buffers of a generation read (#readScratch). */
   #scratch: { keys: Uint8Array; values: Uint8Array; slots: number } | undefined;
 
@@ -227,12 +231,22 @@ export class CounterTables {
   readTotals(live: GenerationIds | undefined, idle: GenerationIds | undefined, idleFrozen: boolean): RuleTotals {
     const ids = live?.ids ?? [];
     const frozen = this.#frozenPart(live, idle, idleFrozen);
-    const total = frozen.base.slice();
+    const n = frozen.base.length;
+    const scratch = this.#totalScratch.length >= n ? this.#totalScratch.subarray(0, n) : (this.#totalScratch = new Float64Array(n));
+    scratch.set(frozen.base);
     if (live !== undefined) {
       const sums = this.#sums(live.generation, ids.length + 1);
-      for (let i = 0; i < sums.length; i++) total[i]! += sums[i]!;
+      for (let i = 0; i < sums.length; i++) scratch[i]! += sums[i]!;
     }
-    return { packed: { ids, sums: total.subarray(2) }, retired: frozen.retired, defaultAction: { packets: total[0]!, bytes: total[1]! } };
+    // Nothing counted since the last read (an idle node): its totals again, not a copy. The
+    // arrays handed out are never written after, so a reader may keep one as long as it likes.
+    const last = this.#lastTotal;
+    if (last === undefined || last.ids !== ids || !sameNumbers(last.total, scratch)) {
+      const total = scratch.slice();
+      this.#lastTotal = { ids, total, sums: total.subarray(2) };
+    }
+    const { total, sums } = this.#lastTotal!;
+    return { packed: { ids, sums }, retired: frozen.retired, defaultAction: { packets: total[0]!, bytes: total[1]! } };
   }
 
   #frozenPart(live: GenerationIds | undefined, idle: GenerationIds | undefined, idleFrozen: boolean): FrozenPart {
@@ -352,6 +366,12 @@ function slotIndex(ids: readonly number[]): ReadonlyMap<number, number> {
 
 function slotRuleId(ruleIds: readonly number[], index: number): number {
   return index === 0 ? DEFAULT_RULE_ID : (ruleIds[index - 1] as number);
+}
+
+function sameNumbers(a: Float64Array, b: Float64Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** The batch cursor before index `value`: none before index 0. */
