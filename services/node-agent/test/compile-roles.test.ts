@@ -2,7 +2,7 @@
 // one compiled rule set (compiled once); a policy for one role only gives each role its own.
 import test from 'ava';
 import { Action, InterfaceRole, Policy, Protocol } from '@edgeplane/proto';
-import { compileIntent } from '../src/agent/compile.js';
+import { compileIntent, ruleId } from '../src/agent/compile.js';
 
 function policy(name: string, interfaceRole: InterfaceRole, port: number): Policy {
   return Policy.fromPartial({
@@ -26,4 +26,23 @@ test('compile roles - a policy for one role gives each role its own rule set, wi
   t.deepEqual(c.workload.ruleSet.rules.map((r) => r.dstPorts[0]?.from), [22, 24]);
   t.deepEqual([...c.uplink.origins.values()].map((o) => o.policy), ['all', 'up']);
   t.deepEqual([...c.workload.origins.values()].map((o) => o.policy), ['all', 'wl']);
+});
+
+test('ruleId - FNV-1a of the UTF-8 bytes of "policy NUL priority", as every earlier agent computed it: ids (counters, rate-limit buckets, connection entries) follow a rule across an upgrade', (t) => {
+  const fnv = (text: string): number => {
+    let h = 0x811c9dc5;
+    for (const byte of Buffer.from(text)) h = Math.imul(h ^ byte, 0x01000193) >>> 0;
+    return h;
+  };
+  // Values the agent has always given these rules (FNV-1a over the bytes, computed once with a
+  // Buffer, as ruleId did before it skipped the buffer for ASCII names).
+  t.is(ruleId('deny-telnet', 10), 2_409_883_863);
+  t.is(ruleId('bench-rules', 1), 2_917_673_720);
+  t.is(ruleId('pölicy', 7), 955_798_844);
+  for (const policy of ['a', 'bench-rules', 'x'.repeat(63), 'pölicy', '日本', '\u{1f600}x']) {
+    for (const priority of [0, 1, 10, 65_535, 4_294_967_295]) {
+      const h = fnv(`${policy}\u0000${priority}`);
+      t.is(ruleId(policy, priority), h >= 0xfffffffe ? 0 : h, `${policy} ${priority}`);
+    }
+  }
 });
