@@ -34,6 +34,15 @@ export interface RuleTotals {
   readonly defaultAction: Counter;
 }
 
+/** The buffers a generation read goes through, and a view of the values (read from offset 0). */
+interface ReadScratch {
+  readonly keys: Uint8Array;
+  readonly values: Uint8Array;
+  readonly view: DataView;
+  /** Slots that fit in one read. */
+  readonly slots: number;
+}
+
 /** The part of a read that only a write of this process changes: the idle generation's and the carry's counts, by live slot. */
 interface FrozenPart {
   readonly version: number;
@@ -65,7 +74,7 @@ export class CounterTables {
   /** What readTotals handed out last (the default action's two sums, then the packed ones). */
   #lastTotal: { ids: readonly number[]; total: Float64Array; sums: Float64Array } | undefined;
   /** The buffers of a generation read (#readScratch). */
-  #scratch: { keys: Uint8Array; values: Uint8Array; slots: number } | undefined;
+  #scratch: ReadScratch | undefined;
 
   /**
    * @param counters ep_counters (per-CPU array, EP_GENERATIONS * EP_RULE_SLOTS slots), or
@@ -153,7 +162,7 @@ export class CounterTables {
     while (slot < count) {
       const read = this.#counters.getPerCpuBatchPacked(Math.min(scratch.slots, count - slot), u32BytesOrNone(first + slot - 1), scratch);
       if (read.count === 0) break;
-      const view = new DataView(read.values.buffer, read.values.byteOffset, read.values.byteLength);
+      const view = scratch.view;
       for (let i = 0; i < read.count; i++, slot++) {
         let packets = 0;
         let bytes = 0;
@@ -173,11 +182,12 @@ export class CounterTables {
    * rules a read in one piece took 2.3 MiB of buffers (and the sums 1 MiB) per read, garbage that
    * an idle agent's V8 left resident until its external memory had grown by ~64 MiB.
    */
-  #readScratch(): { keys: Uint8Array; values: Uint8Array; slots: number } {
+  #readScratch(): ReadScratch {
     if (this.#scratch !== undefined) return this.#scratch;
     const { cpus, stride } = this.#counters.perCpuLayout();
     const slots = Math.max(1, Math.floor(READ_CHUNK_BYTES / (cpus * stride)));
-    return (this.#scratch = { keys: new Uint8Array(slots * 4), values: new Uint8Array(slots * cpus * stride), slots });
+    const values = new Uint8Array(slots * cpus * stride);
+    return (this.#scratch = { keys: new Uint8Array(slots * 4), values, view: new DataView(values.buffer), slots });
   }
 
   /** @returns every ep_stats slot, each summed over CPUs. */
