@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import type { Cidr } from '@edgeplane/proto';
 import { CapacityError } from './errors.js';
-import { checkRuleSetFields, DEFAULT_RULE_ID, MAX_RULES, normalizedSet, normalizeRule, validateRuleSet, type NormalizedRule, type NormalizedRuleSet, type RuleSetSpec } from './rule-set.js';
+import { checkRuleSetFields, DEFAULT_RULE_ID, MAX_RULES, normalizeRule, ruleSetHeader, validateRuleSet, type NormalizedRule, type NormalizedRuleSet, type RuleSetHeader, type RuleSetSpec } from './rule-set.js';
 
 /** u64 words in a rule vector (65,536 bits). */
 export const VECTOR_WORDS = MAX_RULES / 64;
@@ -179,12 +179,22 @@ export class TableCompiler {
     if (spec === this.#spec && this.#result !== undefined) return this.#result;
     const state = this.#state;
     const changed = state === undefined ? undefined : changedRules(state, spec.rules);
-    // Only the changed rules are checked and parsed again (the others were, and are the same objects).
-    const ruleSet = state !== undefined && changed !== undefined ? validateChanged(state, spec, changed) : validateRuleSet(spec);
+    // Only the changed rules are checked and parsed (the others were, and are the same objects).
+    // A rule set that fails the checks changes nothing.
+    let build: () => TablesDelta | undefined;
+    if (state === undefined || changed === undefined) {
+      const ruleSet = validateRuleSet(spec);
+      build = () => {
+        this.#state = freshState(ruleSet, spec);
+        return undefined;
+      };
+    } else {
+      const ruleSet = validateChanged(state, spec, changed);
+      build = () => updateState(state, ruleSet, spec, changed);
+    }
     let delta: TablesDelta | undefined;
     try {
-      if (state === undefined || changed === undefined) this.#state = freshState(ruleSet, spec);
-      else delta = updateState(state, ruleSet, spec, changed);
+      delta = build();
     } catch (error) {
       this.#state = undefined;
       this.#spec = undefined;
@@ -203,7 +213,7 @@ export class TableCompiler {
     this.#result = {
       compiler: this,
       version: this.#version,
-      ruleCount: now.rules.length,
+      ruleCount: now.specs.length,
       ruleIds: now.ruleIds,
       classCount: now.liveClasses + 1,
       lpmCount: now.prefixes.size,
@@ -256,7 +266,7 @@ export class TableCompiler {
     let word = 0;
     for (const [id, cls] of state.classes) if (cls.refs > 0) word = writeClassWords(id, cls.rules, wordKeys, wordValues, word);
     return {
-      ruleCount: state.rules.length,
+      ruleCount: state.specs.length,
       ruleIds: [...state.ruleIds],
       classCount: state.liveClasses + 1,
       lpm: { keySize: sizes.lpmKey, valueSize: sizes.classRef, count: state.prefixes.size, keys: lpmKeys, values: lpmValues },
@@ -304,9 +314,12 @@ interface ClassEntry {
 }
 
 interface CompilerState {
-  /** The spec objects compiled, by index: an unchanged rule is the same object. */
+  /**
+   * The spec objects compiled, by index: an unchanged rule is the same object. A rule's parsed
+   * form is not kept (at 65,536 rules ~20 MiB of objects beside the specs): an update parses the
+   * rules it replaces again, to take them out.
+   */
   specs: RuleSetSpec['rules'];
-  rules: NormalizedRule[];
   prefixes: Map<number | string, PrefixNode>;
   /** Per tag, the prefixes in (value, length) order: a prefix's nested prefixes follow it. */
   byTag: Map<number, PrefixNode[]>;
@@ -346,12 +359,19 @@ function changedRules(state: CompilerState, rules: RuleSetSpec['rules']): number
   return changed;
 }
 
-// validateRuleSet's result for `spec`, checking only the rules at `changed` (the others are the
-// state's, checked when compiled); any problem is left to validateRuleSet, which names the first.
-function validateChanged(state: CompilerState, spec: RuleSetSpec, changed: readonly number[]): NormalizedRuleSet {
+/** What an update takes in: the rule set's header, and the new rules at the changed indexes (in their order). */
+interface ChangedRuleSet {
+  readonly header: RuleSetHeader;
+  readonly changed: readonly NormalizedRule[];
+}
+
+// validateRuleSet for `spec`, checking only the rules at `changed` (the others are the state's,
+// checked when compiled); any problem is left to validateRuleSet, which names the first.
+function validateChanged(state: CompilerState, spec: RuleSetSpec, changed: readonly number[]): ChangedRuleSet {
+  let rules: NormalizedRule[] = [];
+  let header: RuleSetHeader;
   try {
     checkRuleSetFields(spec);
-    const rules = state.rules.slice();
     const leaving = new Set<number>();
     for (const index of changed) leaving.add(state.ruleIds[index] as number);
     const added = new Set<number>();
@@ -362,12 +382,15 @@ function validateChanged(state: CompilerState, spec: RuleSetSpec, changed: reado
       if (added.has(rule.id)) throw new Error('duplicate id');
       if (!leaving.has(rule.id) && (changed.length > MAX_SCANNED_CHANGES || state.ruleIds.includes(rule.id))) throw new Error('id to check');
       added.add(rule.id);
-      rules[index] = rule;
+      rules.push(rule);
     }
-    return normalizedSet(spec, rules);
+    header = ruleSetHeader(spec);
   } catch {
-    return validateRuleSet(spec);
+    const all = validateRuleSet(spec);
+    rules = changed.map((index) => all.rules[index] as NormalizedRule);
+    header = all;
   }
+  return { header, changed: rules };
 }
 
 /** Changed rules whose ids are checked against the others by a scan; more: the whole rule set is validated. */
@@ -377,7 +400,6 @@ function emptyState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerStat
   const n = ruleSet.rules.length;
   const state: CompilerState = {
     specs: [...spec.rules],
-    rules: [...ruleSet.rules],
     prefixes: new Map(),
     byTag: new Map(),
     classes: new Map(),
@@ -431,13 +453,14 @@ function freshState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerStat
 }
 
 // Moves `state` to `ruleSet` (same length; the rules at `changed` differ) and returns the tables' difference.
-function updateState(state: CompilerState, ruleSet: NormalizedRuleSet, spec: RuleSetSpec, changed: readonly number[]): TablesDelta {
+function updateState(state: CompilerState, ruleSet: ChangedRuleSet, spec: RuleSetSpec, changed: readonly number[]): TablesDelta {
   const log: UpdateLog = { nodes: new Set(), lpmDeletes: [], released: [], created: new Set() };
   const dirty = new Set<PrefixNode>();
   let listsChanged = false;
   for (const index of changed) {
+    // The rule leaving, parsed again from its spec (it was valid when it came in).
     visitRule(
-      state.rules[index] as NormalizedRule,
+      normalizeRule(state.specs[index] as RuleSetSpec['rules'][number], index),
       (tag, _width, value, length) => {
         const node = state.prefixes.get(keyOf(tag, value, length));
         if (node === undefined) return;
@@ -453,9 +476,8 @@ function updateState(state: CompilerState, ruleSet: NormalizedRuleSet, spec: Rul
       },
     );
   }
-  for (const index of changed) {
-    const rule = ruleSet.rules[index] as NormalizedRule;
-    state.rules[index] = rule;
+  changed.forEach((index, i) => {
+    const rule = ruleSet.changed[i] as NormalizedRule;
     state.specs[index] = spec.rules[index] as RuleSetSpec['rules'][number];
     state.ruleIds[index] = rule.id;
     visitRule(
@@ -474,7 +496,7 @@ function updateState(state: CompilerState, ruleSet: NormalizedRuleSet, spec: Rul
     );
     writeRuleSlot(state.ruleBytes, rule);
     writeRuleDigest(rule, state.digests, index * DIGEST_BYTES);
-  }
+  });
   // Recompute the classes of every changed prefix and the prefixes nested in it: in each tag's
   // order they follow it, so each is one run of the list, started with its ancestors' chain.
   const byTag = new Map<number, PrefixNode[]>();
@@ -507,7 +529,7 @@ function updateState(state: CompilerState, ruleSet: NormalizedRuleSet, spec: Rul
     log.lpmDeletes.push(key);
   }
   const defaultBefore = state.defaultSlot;
-  writeHeader(state, ruleSet);
+  writeHeader(state, ruleSet.header);
   // Classes no prefix holds any more: deleted (their words too, unless they were born in this update).
   const wordDeletes: Uint8Array[] = [];
   for (const id of log.released) {
@@ -624,7 +646,7 @@ function nextId(id: number): number {
   return id === 0xffff_ffff ? 1 : id + 1;
 }
 
-function writeHeader(state: CompilerState, ruleSet: NormalizedRuleSet): void {
+function writeHeader(state: CompilerState, ruleSet: RuleSetHeader): void {
   const trackBit = ruleSet.trackDefault ? RULE_FLAG_TRACK : 0;
   state.defaultSlot = actionCodes[ruleSet.defaultAction] | trackBit;
   const view = new DataView(state.ruleBytes.buffer, state.ruleBytes.byteOffset);
@@ -762,8 +784,8 @@ function mixCidrs(list: readonly Cidr[] | null): void {
 // compiles of one rule set may lay classes out otherwise only where class hashes collide).
 function fingerprintOf(state: CompilerState): Uint8Array {
   const hash = createHash('sha256');
-  hash.update(new Uint32Array([FINGERPRINT_FORMAT, state.rules.length, state.defaultSlot, state.flags]));
-  hash.update(state.digests.subarray(0, state.rules.length * DIGEST_BYTES));
+  hash.update(new Uint32Array([FINGERPRINT_FORMAT, state.specs.length, state.defaultSlot, state.flags]));
+  hash.update(state.digests.subarray(0, state.specs.length * DIGEST_BYTES));
   return new Uint8Array(hash.digest());
 }
 

@@ -94,8 +94,12 @@ export interface NormalizedRule {
 }
 
 /** A validated rule set. */
-export interface NormalizedRuleSet {
+export interface NormalizedRuleSet extends RuleSetHeader {
   readonly rules: readonly NormalizedRule[];
+}
+
+/** A validated rule set's fields but its rules. */
+export interface RuleSetHeader {
   readonly defaultAction: DefaultAction;
   readonly trackDefault: boolean;
   readonly trackEgress: boolean;
@@ -136,13 +140,6 @@ export type Classification =
 
 export const protocolNumbers: Readonly<Record<Exclude<RuleProtocol, 'any'>, number>> = { tcp: 6, udp: 17, icmp: 1, icmpv6: 58 };
 
-/**
- * Rules already checked and parsed, by the RuleSpec object (specs are inputs, never changed after
- * they were compiled): the agent carries a rule's spec from revision to revision while the rule
- * does not change, so a one-rule change parses one rule. Weak: nothing is kept alive for it.
- */
-const normalized = new WeakMap<RuleSpec, NormalizedRule>();
-
 const NO_LISTS: readonly string[] = Object.freeze([]);
 
 /**
@@ -159,11 +156,11 @@ export function validateRuleSet(spec: RuleSetSpec): NormalizedRuleSet {
     ids.add(rule.id);
     return normalizeRule(rule, index);
   });
-  return normalizedSet(spec, rules);
+  return { rules, ...ruleSetHeader(spec) };
 }
 
 /**
- * The rule set's default action and rule count checked (not its rules; the flags are checked by normalizedSet).
+ * The rule set's default action and rule count checked (not its rules; the flags are checked by ruleSetHeader).
  * @throws RuleSetError; CapacityError for more than MAX_RULES rules.
  */
 export function checkRuleSetFields(spec: RuleSetSpec): void {
@@ -176,51 +173,52 @@ export function checkRuleSetFields(spec: RuleSetSpec): void {
 }
 
 /**
- * The normalized rule set of `spec` with `rules` already normalized (checkRuleSetFields passed).
+ * The header of `spec` (checkRuleSetFields passed, and every rule checked: normalizeRule).
  * @throws RuleSetError for a flag that is not a boolean.
  */
-export function normalizedSet(spec: RuleSetSpec, rules: readonly NormalizedRule[]): NormalizedRuleSet {
+export function ruleSetHeader(spec: RuleSetSpec): RuleSetHeader {
   return {
-    rules,
     defaultAction: spec.defaultAction,
     trackDefault: flag(spec.trackDefault, 'trackDefault'),
     trackEgress: flag(spec.trackEgress, 'trackEgress'),
     cutOnDeny: flag(spec.cutOnDeny, 'cutOnDeny'),
-    lists: namedLists(spec, rules),
+    lists: namedLists(spec),
   };
 }
 
 /**
- * The lists `rules` name, in name order, from `spec.lists`.
+ * The lists the rules of `spec` name (each rule checked: its list fields are arrays of names),
+ * in name order, from `spec.lists`.
  * @throws RuleSetError for a name spec.lists does not hold; CapacityError past MAX_RULE_SET_PREFIX_LISTS names.
  */
-function namedLists(spec: RuleSetSpec, rules: readonly NormalizedRule[]): RuleSetList[] {
+function namedLists(spec: RuleSetSpec): RuleSetList[] {
   const held = spec.lists ?? {};
   const names = new Set<string>();
-  for (const rule of rules) {
-    if (rule.srcLists.length === 0 && rule.dstLists.length === 0) continue;
-    for (const [field, list] of [['srcLists', rule.srcLists], ['dstLists', rule.dstLists]] as const) {
+  spec.rules.forEach((rule, index) => {
+    const src = rule.srcLists ?? NO_LISTS;
+    const dst = rule.dstLists ?? NO_LISTS;
+    if (src.length === 0 && dst.length === 0) return;
+    for (const [field, list] of [['srcLists', src], ['dstLists', dst]] as const) {
       list.forEach((name, i) => {
-        if (!Object.hasOwn(held, name) || !Array.isArray(held[name])) throw new RuleSetError(`rules[${rule.index}].${field}[${i}]`, `prefix list ${JSON.stringify(name)} is not held (no list of that name selects this node)`);
+        if (!Object.hasOwn(held, name) || !Array.isArray(held[name])) throw new RuleSetError(`rules[${index}].${field}[${i}]`, `prefix list ${JSON.stringify(name)} is not held (no list of that name selects this node)`);
         names.add(name);
       });
     }
-  }
+  });
   if (names.size > MAX_RULE_SET_PREFIX_LISTS) throw new CapacityError('prefix-lists', MAX_RULE_SET_PREFIX_LISTS, names.size, 'name fewer distinct prefix lists, or merge lists');
   return [...names].sort().map((name) => ({ name, prefixes: held[name] as readonly string[] }));
 }
 
 /**
- * Checks one rule (all but the uniqueness of its id) and parses its prefixes; remembered by the
- * rule object, so a rule carried from one rule set to the next is parsed once.
- * @returns the normalized rule at `index` (shared: read only).
+ * Checks one rule (all but the uniqueness of its id) and parses its prefixes. Not remembered: a
+ * normalized rule is ~5 times its spec's memory (parsed addresses, port ranges), and the table
+ * compiler keeps specs, parsing a rule again only when it changes (compile-tables.ts).
+ * @returns a new normalized rule.
  * @throws RuleSetError naming the bad field as `rules[index].field`.
  */
 export function normalizeRule(rule: RuleSpec, index: number): NormalizedRule {
   checkRuleId(rule, index);
   const at = `rules[${index}]`;
-  const known = normalized.get(rule);
-  if (known !== undefined && known.id === rule.id) return known.index === index ? known : { ...known, index };
   const cidrs = (list: readonly string[], field: string): Cidr[] | null => {
     if (list.length === 0) return null;
     return list.map((text, i) => {
@@ -271,9 +269,7 @@ export function normalizeRule(rule: RuleSpec, index: number): NormalizedRule {
   // A rule with lists and no prefix constrains the field to its lists: [] (no prefix), not null (any).
   const src = cidrs(rule.srcCidrs, 'srcCidrs') ?? (srcLists.length > 0 ? [] : null);
   const dst = cidrs(rule.dstCidrs, 'dstCidrs') ?? (dstLists.length > 0 ? [] : null);
-  const result: NormalizedRule = { index, id: rule.id, src, dst, srcLists, dstLists, protocol, ports, action: rule.action, rateLimit, track };
-  normalized.set(rule, result);
-  return result;
+  return { index, id: rule.id, src, dst, srcLists, dstLists, protocol, ports, action: rule.action, rateLimit, track };
 }
 
 function checkRuleId(rule: RuleSpec, index: number): void {
