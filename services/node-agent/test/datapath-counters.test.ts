@@ -133,7 +133,19 @@ test('counters - readTotals hands out the same sums while nothing counts, and a 
   t.not(third.packed.sums, first.packed.sums);
   t.deepEqual([...third.packed.sums], [cpus, 50 * cpus, 2 * cpus, 200 * cpus]);
   t.deepEqual([...first.packed.sums], [0, 0, 2 * cpus, 200 * cpus], 'what was handed out before is as it was');
+  // Only the last slot differs: the new array keeps the slots before it (copied) and takes the new count.
+  m.counters.setPerCpu(encode(u32, RULE_SLOTS + 2), [counter(3, 300)]);
+  const fourth = tables.readTotals(live, idle, true);
+  t.not(fourth.packed.sums, third.packed.sums);
+  t.deepEqual([...fourth.packed.sums], [cpus, 50 * cpus, 3 * cpus, 300 * cpus]);
+  t.deepEqual([...third.packed.sums], [cpus, 50 * cpus, 2 * cpus, 200 * cpus], 'the array before is untouched');
+  // Only the default action's slot differs.
+  m.counters.setPerCpu(encode(u32, RULE_SLOTS), [counter(4, 400)]);
+  const fifth = tables.readTotals(live, idle, true);
+  t.deepEqual(fifth.defaultAction, { packets: 4 * cpus, bytes: 400 * cpus });
+  t.deepEqual([...fifth.packed.sums], [...fourth.packed.sums]);
+  t.deepEqual(fourth.defaultAction, { packets: 0, bytes: 0 });
   const other = tables.readTotals({ generation: 1, ids: [7, 9] }, idle, true);
-  t.not(other.packed.sums, third.packed.sums, 'other ids (a new array): a new array of sums');
-  t.deepEqual([...other.packed.sums], [...third.packed.sums]);
+  t.not(other.packed.sums, fifth.packed.sums, 'other ids (a new array): a new array of sums');
+  t.deepEqual([...other.packed.sums], [...fifth.packed.sums]);
 });

@@ -67,10 +67,6 @@ export class CounterTables {
   #version = 0;
   /** The idle generation's and the carry's counts of the last read, while nothing wrote them. */
   #frozen: FrozenPart | undefined;
-  /** What #sums returns, reused (each caller is done with it before the next read). */
-  #sumScratch = new Float64Array(0);
-  /** readTotals' sums before they are known to differ from the last ones. */
-  #totalScratch = new Float64Array(0);
   /** What readTotals handed out last (the default action's two sums, then the packed ones). */
   #lastTotal: { ids: readonly number[]; total: Float64Array; sums: Float64Array } | undefined;
   /** The buffers of a generation read (#readScratch). */
@@ -140,22 +136,21 @@ export class CounterTables {
    * @returns one Counter per slot (slot 0: the default action).
    */
   readGeneration(generation: number, count: number): Counter[] {
-    const sums = this.#sums(generation, count);
-    return Array.from({ length: sums.length / 2 }, (_, slot) => ({ packets: sums[2 * slot] as number, bytes: sums[2 * slot + 1] as number }));
+    const out: Counter[] = [];
+    this.#eachSum(generation, count, (_slot, packets, bytes) => void out.push({ packets, bytes }));
+    return out;
   }
 
   /**
-   * Slots 0..count-1 of `generation` summed over CPUs, packed: slot i's packets at [2i], its
-   * bytes at [2i + 1]. Batch lookups of up to READ_CHUNK_BYTES into the same buffers and one
-   * reused typed array, no object per slot or CPU: at 65,536 rules a read per generation every
-   * counter interval would otherwise allocate ~50 MiB of short-lived objects (an array and a view
-   * per slot, a decoded struct and bigints per CPU). Sums are exact while a counter stays below
-   * 2^53, as Counter's numbers are.
-   * @returns the sums, in an array the next read overwrites (shorter than 2 * count only if the
-   *   map ends first).
+   * Calls `fn` with each of slots 0..count-1 of `generation`, in order, summed over CPUs. Batch
+   * lookups of up to READ_CHUNK_BYTES into the same buffers, no object per slot or CPU and no
+   * array of sums: at 65,536 rules a read per generation every counter interval would otherwise
+   * allocate ~50 MiB of short-lived objects (an array and a view per slot, a decoded struct and
+   * bigints per CPU), and an array of sums kept for the next read was 1 MiB per datapath. Sums
+   * are exact while a counter stays below 2^53, as Counter's numbers are.
+   * @returns the slots read (fewer than `count` only if the map ends first).
    */
-  #sums(generation: number, count: number): Float64Array {
-    const sums = this.#sumScratch.length >= 2 * count ? this.#sumScratch.subarray(0, 2 * count) : (this.#sumScratch = new Float64Array(2 * count));
+  #eachSum(generation: number, count: number, fn: (slot: number, packets: number, bytes: number) => void): number {
     const first = generation * RULE_SLOTS;
     const scratch = this.#readScratch();
     let slot = 0;
@@ -170,11 +165,10 @@ export class CounterTables {
           packets += u64At(view, at);
           bytes += u64At(view, at + 8);
         }
-        sums[2 * slot] = packets;
-        sums[2 * slot + 1] = bytes;
+        fn(slot, packets, bytes);
       }
     }
-    return slot === count ? sums : sums.subarray(0, 2 * slot);
+    return slot;
   }
 
   /**
@@ -216,15 +210,12 @@ export class CounterTables {
   fold(generation: number, ruleIds: readonly number[]): void {
     this.#version++;
     const entries: [number, CodecValue<typeof epCounter>][] = [];
-    const sums = this.#sums(generation, ruleIds.length + 1);
-    for (let slot = 0; 2 * slot < sums.length; slot++) {
-      const packets = sums[2 * slot] as number;
-      const bytes = sums[2 * slot + 1] as number;
-      if (packets === 0 && bytes === 0) continue;
+    this.#eachSum(generation, ruleIds.length + 1, (slot, packets, bytes) => {
+      if (packets === 0 && bytes === 0) return;
       const id = slotRuleId(ruleIds, slot);
       const previous = this.#carry.get(id) ?? { packets: 0n, bytes: 0n };
       entries.push([id, { packets: previous.packets + BigInt(packets), bytes: previous.bytes + BigInt(bytes) }]);
-    }
+    });
     this.#carry.setBatch(entries);
   }
 
@@ -241,20 +232,28 @@ export class CounterTables {
   readTotals(live: GenerationIds | undefined, idle: GenerationIds | undefined, idleFrozen: boolean): RuleTotals {
     const ids = live?.ids ?? [];
     const frozen = this.#frozenPart(live, idle, idleFrozen);
-    const n = frozen.base.length;
-    const scratch = this.#totalScratch.length >= n ? this.#totalScratch.subarray(0, n) : (this.#totalScratch = new Float64Array(n));
-    scratch.set(frozen.base);
-    if (live !== undefined) {
-      const sums = this.#sums(live.generation, ids.length + 1);
-      for (let i = 0; i < sums.length; i++) scratch[i]! += sums[i]!;
-    }
+    const base = frozen.base;
     // Nothing counted since the last read (an idle node): its totals again, not a copy. The
     // arrays handed out are never written after, so a reader may keep one as long as it likes.
+    // Compared slot by slot as the live generation is read: a new array only from the first
+    // slot that differs (the slots before it are the last read's), none while all are the same.
     const last = this.#lastTotal;
-    if (last === undefined || last.ids !== ids || !sameNumbers(last.total, scratch)) {
-      const total = scratch.slice();
-      this.#lastTotal = { ids, total, sums: total.subarray(2) };
-    }
+    const previous = last !== undefined && last.ids === ids && last.total.length === base.length ? last.total : undefined;
+    let out = previous === undefined ? new Float64Array(base.length) : undefined;
+    const put = (slot: number, packets: number, bytes: number): void => {
+      const packetsTotal = (base[2 * slot] as number) + packets;
+      const bytesTotal = (base[2 * slot + 1] as number) + bytes;
+      if (out === undefined) {
+        if (packetsTotal === previous![2 * slot] && bytesTotal === previous![2 * slot + 1]) return;
+        out = previous!.slice();
+      }
+      out[2 * slot] = packetsTotal;
+      out[2 * slot + 1] = bytesTotal;
+    };
+    let slot = live === undefined ? 0 : this.#eachSum(live.generation, ids.length + 1, put);
+    // Slots the live generation did not give (none, or a map that ended first): the base alone.
+    for (; 2 * slot < base.length; slot++) put(slot, 0, 0);
+    if (out !== undefined) this.#lastTotal = { ids, total: out, sums: out.subarray(2) };
     const { total, sums } = this.#lastTotal!;
     return { packed: { ids, sums }, retired: frozen.retired, defaultAction: { packets: total[0]!, bytes: total[1]! } };
   }
@@ -278,14 +277,13 @@ export class CounterTables {
       }
     };
     if (idle !== undefined) {
-      const sums = this.#sums(idle.generation, idle.ids.length + 1);
-      for (let slot = 0; 2 * slot < sums.length; slot++) {
+      this.#eachSum(idle.generation, idle.ids.length + 1, (slot, packets, bytes) => {
         // An update keeps most rules at their slots in both generations.
         if (slot > 0 && idle.ids[slot - 1] === ids[slot - 1]) {
-          base[2 * slot]! += sums[2 * slot]!;
-          base[2 * slot + 1]! += sums[2 * slot + 1]!;
-        } else add(slotRuleId(idle.ids, slot), sums[2 * slot]!, sums[2 * slot + 1]!);
-      }
+          base[2 * slot]! += packets;
+          base[2 * slot + 1]! += bytes;
+        } else add(slotRuleId(idle.ids, slot), packets, bytes);
+      });
     }
     this.#eachCarried(add);
     const part: FrozenPart = { version: this.#version, live, idle, base, retired };
@@ -310,10 +308,7 @@ export class CounterTables {
 
   /** Adds what `generation` counts now into `totals`, by rule id. */
   addGeneration(totals: CounterTotals, generation: number, ruleIds: readonly number[]): void {
-    const sums = this.#sums(generation, ruleIds.length + 1);
-    for (let slot = 0; 2 * slot < sums.length; slot++) {
-      const packets = sums[2 * slot] as number;
-      const bytes = sums[2 * slot + 1] as number;
+    this.#eachSum(generation, ruleIds.length + 1, (slot, packets, bytes) => {
       const id = slotRuleId(ruleIds, slot);
       const total = totals.get(id);
       if (total === undefined) totals.set(id, { packets, bytes });
@@ -321,7 +316,7 @@ export class CounterTables {
         total.packets += packets;
         total.bytes += bytes;
       }
-    }
+    });
   }
 
   /** Deletes carried counts of rule ids not in `keep`. */
@@ -376,12 +371,6 @@ function slotIndex(ids: readonly number[]): ReadonlyMap<number, number> {
 
 function slotRuleId(ruleIds: readonly number[], index: number): number {
   return index === 0 ? DEFAULT_RULE_ID : (ruleIds[index - 1] as number);
-}
-
-function sameNumbers(a: Float64Array, b: Float64Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /** The batch cursor before index `value`: none before index 0. */
