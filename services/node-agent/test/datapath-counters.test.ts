@@ -149,3 +149,29 @@ test('counters - readTotals hands out the same sums while nothing counts, and a 
   t.not(other.packed.sums, fifth.packed.sums, 'other ids (a new array): a new array of sums');
   t.deepEqual([...other.packed.sums], [...fifth.packed.sums]);
 });
+
+test('counters - readTotals puts the idle generation and the carry at the live slot of each rule id (ids in any order, above 2^31 too), the rest as retired', (t) => {
+  const m = maps();
+  t.teardown(() => m.close());
+  const tables = new CounterTables(m.counters, m.stats, m.carry);
+  const { cpus } = m.counters.perCpuLayout();
+  // 300 distinct ids, half of them above 2^31, in no order; the idle generation holds them rotated
+  // by one slot, and one id the live generation does not have.
+  const live = Array.from({ length: 300 }, (_, i) => ((i * 2_654_435_761) % 0xffff_ff00) + 1);
+  t.is(new Set(live).size, 300);
+  const idleIds = [...live.slice(1), 0xffff_fe00];
+  for (let slot = 1; slot <= 300; slot++) m.counters.setPerCpu(encode(u32, slot), [counter(slot, 10 * slot)]); // generation 0 (idle)
+  // The carry: one live id, one id no generation holds.
+  m.carry.set(encode(u32, live[150]!), counter(1000, 1000));
+  m.carry.set(encode(u32, 77), counter(5, 50));
+  const totals = tables.readTotals({ generation: 1, ids: live }, { generation: 0, ids: idleIds }, true);
+  const sums = totals.packed.sums;
+  // live[i] is at live slot i + 1; the idle generation counted it at slot i (idleIds[i - 1]), live[0] nowhere.
+  for (let i = 0; i < 300; i++) {
+    const fromIdle = i === 0 ? 0 : i * cpus;
+    const carried = i === 150 ? 1000 : 0;
+    t.is(sums[2 * i], fromIdle + carried, `packets of live[${i}]`);
+    t.is(sums[2 * i + 1], 10 * fromIdle + carried, `bytes of live[${i}]`);
+  }
+  t.deepEqual(Object.fromEntries(totals.retired), { [0xffff_fe00]: { packets: 300 * cpus, bytes: 3000 * cpus }, 77: { packets: 5, bytes: 50 } });
+});

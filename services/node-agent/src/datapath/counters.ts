@@ -266,10 +266,10 @@ export class CounterTables {
     const base = new Float64Array(2 * (ids.length + 1));
     const retired: CounterTotals = new Map();
     // Built only if a count belongs to a rule at another slot than in the live generation.
-    let index: ReadonlyMap<number, number> | undefined;
+    let index: SlotIndex | undefined;
     const add = (id: number, packets: number, bytes: number): void => {
       if (packets === 0 && bytes === 0) return;
-      const slot = id === DEFAULT_RULE_ID ? 0 : (index ??= slotIndex(ids)).get(id);
+      const slot = id === DEFAULT_RULE_ID ? 0 : slotOf((index ??= slotIndex(ids)), id);
       if (slot === undefined) addTo(retired, id, { packets, bytes });
       else {
         base[2 * slot]! += packets;
@@ -357,16 +357,39 @@ function u64At(view: DataView, offset: number): number {
   return view.getUint32(offset, true) + view.getUint32(offset + 4, true) * 2 ** 32;
 }
 
-/** Rule id -> slot (ids[i] is slot i + 1), built once per ids array. */
-const slotIndexes = new WeakMap<readonly number[], ReadonlyMap<number, number>>();
-function slotIndex(ids: readonly number[]): ReadonlyMap<number, number> {
+/**
+ * Rule id -> slot (ids[i] is slot i + 1), built once per ids array: the ids in ascending order
+ * beside their slots, searched by halves. 8 bytes per rule where a Map took ~28 (at 65,536
+ * rules one index per generation's ids was 1.75 MiB of heap).
+ */
+interface SlotIndex {
+  readonly ids: Uint32Array;
+  readonly slots: Uint32Array;
+}
+const slotIndexes = new WeakMap<readonly number[], SlotIndex>();
+function slotIndex(ids: readonly number[]): SlotIndex {
   let index = slotIndexes.get(ids);
   if (index === undefined) {
-    const built = new Map<number, number>();
-    for (let i = 0; i < ids.length; i++) built.set(ids[i]!, i + 1);
-    slotIndexes.set(ids, (index = built));
+    const slots = new Uint32Array(ids.length);
+    for (let i = 0; i < ids.length; i++) slots[i] = i + 1;
+    slots.sort((a, b) => (ids[a - 1] as number) - (ids[b - 1] as number));
+    const sorted = new Uint32Array(ids.length);
+    for (let i = 0; i < slots.length; i++) sorted[i] = ids[(slots[i] as number) - 1] as number;
+    slotIndexes.set(ids, (index = { ids: sorted, slots }));
   }
   return index;
+}
+
+/** @returns the slot of rule `id` in `index`, or undefined when no slot holds it. */
+function slotOf(index: SlotIndex, id: number): number | undefined {
+  let lo = 0;
+  let hi = index.ids.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if ((index.ids[mid] as number) < id) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < index.ids.length && index.ids[lo] === id ? index.slots[lo] : undefined;
 }
 
 function slotRuleId(ruleIds: readonly number[], index: number): number {
