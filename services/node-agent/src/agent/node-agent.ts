@@ -24,8 +24,9 @@ import type { IntentChain } from '@edgeplane/intent-log';
 import { extractTraceContext, injectTraceContext } from '@edgeplane/telemetry';
 import type { ConntrackOccupancy } from '../datapath/conntrack.js';
 import { LB_STAT_NAMES, type Counter, type Datapath, type DatapathCounters, type LbCounters, type ShadowCounters, type ShadowDatapath } from '../datapath/datapath.js';
-import type { InterfaceRole } from '../datapath/interface-role.js';
 import { RollbackError } from '../datapath/errors.js';
+import { IdIndex } from '../datapath/id-index.js';
+import type { InterfaceRole } from '../datapath/interface-role.js';
 import { eachMoved } from '../datapath/rule-counts.js';
 import type { RuleAction, RuleSetSpec } from '../datapath/rule-set.js';
 import { MaglevTableCache, type BackendHealthView, type BackendRouteView, type LbSpec } from '../datapath/service-compile.js';
@@ -213,12 +214,14 @@ function pairOf(role: { ruleSet: RuleSetSpec; lb?: LbSpec }): Enforced {
   return role.lb ? { ruleSet: role.ruleSet, lb: role.lb } : { ruleSet: role.ruleSet };
 }
 
-/** Each live rule set's actions by rule id, built at its first counter report and reused by every later one (and by both roles when they share the rule set). */
-const ruleActions = new WeakMap<RuleSetSpec, ReadonlyMap<number, RuleAction>>();
-function actionsOf(ruleSet: RuleSetSpec): ReadonlyMap<number, RuleAction> {
-  let actions = ruleActions.get(ruleSet);
-  if (!actions) ruleActions.set(ruleSet, (actions = new Map(ruleSet.rules.map((r) => [r.id, r.action]))));
-  return actions;
+/** Each live rule set's rule ids indexed, built at its first counter report that needs it and reused by every later one (and by both roles when they share the rule set). */
+const ruleIndexes = new WeakMap<RuleSetSpec, IdIndex>();
+/** @returns the action of rule `id` in `ruleSet`, undefined when it has no such rule. */
+function actionOf(ruleSet: RuleSetSpec, id: number): RuleAction | undefined {
+  let index = ruleIndexes.get(ruleSet);
+  if (!index) ruleIndexes.set(ruleSet, (index = new IdIndex(ruleSet.rules.map((r) => r.id))));
+  const at = index.positionOf(id);
+  return at === undefined ? undefined : ruleSet.rules[at]?.action;
 }
 
 function sub(a: Counter, b: Counter | undefined): Counter {
@@ -275,7 +278,7 @@ export class NodeAgent {
   #rollbackFailures: MetricCounter;
   #stateFileFailures: MetricCounter;
   #closed = false;
-  #origins: Record<InterfaceRole, Map<number, RuleOrigin>> = { uplink: new Map(), workload: new Map() };
+  #origins: Record<InterfaceRole, ReadonlyMap<number, RuleOrigin>> = { uplink: new Map(), workload: new Map() };
   /** The conntrack status last reported (JSON), so an unchanged one is not sent again. */
   #lastConntrack = '';
   /** The load-balancer counters last reported ('' none). */
@@ -320,7 +323,7 @@ export class NodeAgent {
    * installed (the candidate name and the rule set, as JSON: an unchanged candidate is not
    * installed again, which would zero its counters), and the origins of its rule ids.
    */
-  #shadow: Partial<Record<InterfaceRole, { candidate: string; key: string; origins: Map<number, RuleOrigin> }>> = {};
+  #shadow: Partial<Record<InterfaceRole, { candidate: string; key: string; origins: ReadonlyMap<number, RuleOrigin> }>> = {};
   /** The shadow counters last reported ('' none), so unchanged ones are not sent again. */
   #lastShadow = '';
   /** Whether the missing shadow support was logged (once). */
@@ -1061,7 +1064,7 @@ export class NodeAgent {
       have.bytes += BigInt(bytes);
       acc.rules.set(k, have);
       const from = own ? enforced.ruleSet : earlier?.origins.has(id) ? earlier.ruleSet : enforced.incoming?.ruleSet;
-      const dropped = from !== undefined && actionsOf(from).get(id) === 'deny';
+      const dropped = from !== undefined && actionOf(from, id) === 'deny';
       if (dropped) {
         iface.droppedPackets += BigInt(packets);
         iface.droppedBytes += BigInt(bytes);

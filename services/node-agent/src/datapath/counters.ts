@@ -6,6 +6,7 @@ import { TypedMap, u32, type BpfMap, type CodecValue } from 'libbpf-ts';
 import { RULE_SLOTS } from './compile-tables.js';
 import type { Counter, DatapathCounters, PackedRuleCounts } from './datapath.js';
 import { DEFAULT_RULE_ID } from './rule-set.js';
+import { IdIndex } from './id-index.js';
 import { epCounter } from './table-codecs.js';
 
 /** Slots of ep_stats: enum ep_stat in bpf/include/ep_tables.h. */
@@ -265,11 +266,10 @@ export class CounterTables {
     const ids = live?.ids ?? [];
     const base = new Float64Array(2 * (ids.length + 1));
     const retired: CounterTotals = new Map();
-    // Built only if a count belongs to a rule at another slot than in the live generation.
-    let index: SlotIndex | undefined;
     const add = (id: number, packets: number, bytes: number): void => {
       if (packets === 0 && bytes === 0) return;
-      const slot = id === DEFAULT_RULE_ID ? 0 : slotOf((index ??= slotIndex(ids)), id);
+      // The index is built only if a count belongs to a rule at another slot than in the live generation.
+      const slot = id === DEFAULT_RULE_ID ? 0 : slotOf(ids, id);
       if (slot === undefined) addTo(retired, id, { packets, bytes });
       else {
         base[2 * slot]! += packets;
@@ -357,39 +357,13 @@ function u64At(view: DataView, offset: number): number {
   return view.getUint32(offset, true) + view.getUint32(offset + 4, true) * 2 ** 32;
 }
 
-/**
- * Rule id -> slot (ids[i] is slot i + 1), built once per ids array: the ids in ascending order
- * beside their slots, searched by halves. 8 bytes per rule where a Map took ~28 (at 65,536
- * rules one index per generation's ids was 1.75 MiB of heap).
- */
-interface SlotIndex {
-  readonly ids: Uint32Array;
-  readonly slots: Uint32Array;
-}
-const slotIndexes = new WeakMap<readonly number[], SlotIndex>();
-function slotIndex(ids: readonly number[]): SlotIndex {
+/** Rule id -> slot (ids[i] is slot i + 1), built once per ids array. */
+const slotIndexes = new WeakMap<readonly number[], IdIndex>();
+function slotOf(ids: readonly number[], id: number): number | undefined {
   let index = slotIndexes.get(ids);
-  if (index === undefined) {
-    const slots = new Uint32Array(ids.length);
-    for (let i = 0; i < ids.length; i++) slots[i] = i + 1;
-    slots.sort((a, b) => (ids[a - 1] as number) - (ids[b - 1] as number));
-    const sorted = new Uint32Array(ids.length);
-    for (let i = 0; i < slots.length; i++) sorted[i] = ids[(slots[i] as number) - 1] as number;
-    slotIndexes.set(ids, (index = { ids: sorted, slots }));
-  }
-  return index;
-}
-
-/** @returns the slot of rule `id` in `index`, or undefined when no slot holds it. */
-function slotOf(index: SlotIndex, id: number): number | undefined {
-  let lo = 0;
-  let hi = index.ids.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if ((index.ids[mid] as number) < id) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo < index.ids.length && index.ids[lo] === id ? index.slots[lo] : undefined;
+  if (index === undefined) slotIndexes.set(ids, (index = new IdIndex(ids)));
+  const at = index.positionOf(id);
+  return at === undefined ? undefined : at + 1;
 }
 
 function slotRuleId(ruleIds: readonly number[], index: number): number {
