@@ -17,6 +17,7 @@ import { ensureBpffs } from './agent/bpffs.js';
 import { controlTargets, resolveControlEndpoints } from './agent/control-endpoints.js';
 import type { AgentLogger } from './agent/node-agent.js';
 import { agentNatsOptions } from './agent/nats-connect-options.js';
+import { trimAfterMajorCollections } from './agent/native-heap.js';
 import { enrollNode, loadNodeCredentials, NodeIdentity, type NodeCredentials } from './agent/node-identity.js';
 import { StateFile } from './agent/state-file.js';
 import { UplinkSysctls } from './agent/uplink-sysctls.js';
@@ -115,7 +116,8 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
     ...(config.otlpEndpoint ? { otlpEndpoint: config.otlpEndpoint } : {}),
     ...(config.prometheusPort !== undefined ? { prometheusPort: config.prometheusPort } : {}),
   });
-  const closers: (() => unknown)[] = [() => telemetry.shutdown()];
+  // glibc's free pages back after each of V8's major collections (agent/native-heap.ts).
+  const closers: (() => unknown)[] = [() => telemetry.shutdown(), trimAfterMajorCollections({ trim: trimNativeHeap, delayMs: 2_000 })];
   const shutdown = async (): Promise<void> => {
     for (const c of closers.reverse()) await Promise.resolve(c()).catch((err: unknown) => log('error', 'shutdown step', { error: String(err) }));
   };
