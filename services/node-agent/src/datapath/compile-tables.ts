@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import type { Cidr } from '@edgeplane/proto';
 import { CapacityError } from './errors.js';
+import { lowerBound } from './id-index.js';
 import { checkRuleSetFields, DEFAULT_RULE_ID, MAX_RULES, normalizeRule, ruleSetHeader, validateRuleSet, type NormalizedRule, type NormalizedRuleSet, type RuleSetHeader, type RuleSetSpec } from './rule-set.js';
 
 /** u64 words in a rule vector (65,536 bits). */
@@ -464,7 +465,7 @@ function updateState(state: CompilerState, ruleSet: ChangedRuleSet, spec: RuleSe
       (tag, _width, value, length) => {
         const node = state.prefixes.get(keyOf(tag, value, length));
         if (node === undefined) return;
-        const at = sortedIndex(node.rules, index);
+        const at = lowerBound(node.rules, index);
         // A new array, never a change in place: a class may be this very array.
         if (node.rules[at] === index) node.rules = [...node.rules.slice(0, at), ...node.rules.slice(at + 1)];
         dirty.add(node);
@@ -484,7 +485,7 @@ function updateState(state: CompilerState, ruleSet: ChangedRuleSet, spec: RuleSe
       rule,
       (tag, width, value, length) => {
         const node = nodeAt(state, tag, width, value, length, true);
-        const at = sortedIndex(node.rules, index);
+        const at = lowerBound(node.rules, index);
         if (node.rules[at] !== index) node.rules = [...node.rules.slice(0, at), index, ...node.rules.slice(at)];
         dirty.add(node);
       },
@@ -882,17 +883,6 @@ function nodeIndex(list: readonly PrefixNode[], node: PrefixNode): number {
   return at;
 }
 
-// The first index of the ascending `values` not below `value`.
-function sortedIndex(values: readonly number[], value: number): number {
-  let lo = 0;
-  let hi = values.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if ((values[mid] as number) < value) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
 
 // The stored prefixes that contain `node` (shorter ones of the same tag), shortest first.
 function ancestorsOf(state: CompilerState, node: PrefixNode): PrefixNode[] {

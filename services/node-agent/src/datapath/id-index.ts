@@ -22,14 +22,19 @@ export class IdIndex {
 
   /** @returns where `id` is, or undefined when the array does not hold it. */
   positionOf(id: number): number | undefined {
-    const ids = this.#ids;
-    let lo = 0;
-    let hi = ids.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if ((ids[mid] as number) < id) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo < ids.length && ids[lo] === id ? this.#positions[lo] : undefined;
+    const at = lowerBound(this.#ids, id);
+    return this.#ids[at] === id ? this.#positions[at] : undefined;
   }
+}
+
+/** @returns the first index of the ascending `values` not below `value` (values.length when none is). */
+export function lowerBound(values: ArrayLike<number>, value: number): number {
+  let lo = 0;
+  let hi = values.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if ((values[mid] as number) < value) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
