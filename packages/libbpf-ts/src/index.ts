@@ -6,7 +6,7 @@ export type { LibbpfErrorOptions } from './errors.js';
 export { ifindex, interfaces } from './interface.js';
 export type { BatchResult, ByteMap, UpdateFlag } from './map-access.js';
 export { BpfMap } from './map.js';
-export type { MapCreateOptions, MapDescription } from './map.js';
+export type { BatchBuffers, MapCreateOptions, MapDescription } from './map.js';
 export { monotonicCoarseNs, setPrintListener as setLibbpfPrintListener, trimNativeHeap } from './native.js';
 export type { PrintLevel as LibbpfPrintLevel, PrintListener as LibbpfPrintListener } from './native.js';
 export { loadObjectSpec } from './object-spec.js';

@@ -200,6 +200,35 @@ test('BpfMap.getBatches - reads every element of a hash a chunk per call, and an
   t.truthy(cleanup);
 });
 
+test('BpfMap.getBatches - into: every chunk read into buffers the caller keeps, walk after walk; a bucket larger than the chunk grows them there', (t) => {
+  using cleanup = { [Symbol.dispose]: () => map.close() };
+  const map = BpfMap.create({ type: 'hash', name: 'hbatchinto', keySize: 4, valueSize: 8, maxEntries: 4096 });
+  const keys = Array.from({ length: 3000 }, (_, i) => key(i * 3));
+  map.setBatch(keys, keys.map((_, i) => value(BigInt(i))));
+  const into = { keys: new Uint8Array(0), values: new Uint8Array(0) };
+  const walk = (chunk: number): [number, bigint][] => {
+    const pairs: [number, bigint][] = [];
+    for (const c of map.getBatches(chunk, into)) {
+      t.is(c.keys.buffer, into.keys.buffer, 'keys read into the caller buffer');
+      t.is(c.values.buffer, into.values.buffer, 'values read into the caller buffer');
+      for (let i = 0; i < c.count; i++) pairs.push([u32.decode(c.keys.subarray(i * 4)), u64.decode(c.values.subarray(i * 8))]);
+    }
+    return pairs.sort((a, b) => a[0] - b[0]);
+  };
+  const expected = keys.map((_, i): [number, bigint] => [i * 3, BigInt(i)]);
+  t.deepEqual(walk(256), expected);
+  t.true(into.keys.length >= 256 * 4 && into.values.length >= 256 * 8, 'sized by the walk');
+  const [k, v] = [into.keys, into.values];
+  t.deepEqual(walk(256), expected, 'a second walk: the same elements');
+  t.is(into.keys, k, 'a second walk of the same chunk: the same buffers');
+  t.is(into.values, v);
+  // A chunk of 1: a bucket holding more elements is read with larger buffers, kept in `into`.
+  const small = { keys: new Uint8Array(0), values: new Uint8Array(0) };
+  t.is([...map.getBatches(1, small)].reduce((n, c) => n + c.count, 0), 3000);
+  t.true(small.keys.length >= 4 && small.values.length >= 8);
+  t.truthy(cleanup);
+});
+
 test('BpfMap.typed - typed get/set/delete/entries/setBatch', (t) => {
   using cleanup = { [Symbol.dispose]: () => raw.close() };
   const raw = BpfMap.create({ type: 'hash', name: 'typed', keySize: 4, valueSize: 8, maxEntries: 8 });
