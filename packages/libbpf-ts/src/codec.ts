@@ -147,3 +147,17 @@ export function encode<T>(codec: Codec<T>, value: T): Uint8Array {
   codec.encode(value, out);
   return out;
 }
+
+/**
+ * The keys first, first + 1, ..., first + count - 1 of an array map, packed as u32s (the `u32`
+ * codec's byte order) for setBatchPacked() and setPerCpuBatchPacked(): one buffer for a range
+ * of slots instead of a buffer per key. `into` (at least count * 4 bytes) is written instead of
+ * a new buffer; the result is a view of exactly count * 4 bytes.
+ */
+export function u32KeyRange(first: number, count: number, into?: Uint8Array): Uint8Array {
+  const out = into === undefined ? new Uint8Array(count * 4) : into.subarray(0, count * 4);
+  if (out.length !== count * 4) throw new RangeError(`u32KeyRange: ${count} keys do not fit in ${into?.length} bytes`);
+  const v = view(out);
+  for (let i = 0; i < count; i++) v.setUint32(i * 4, first + i, true);
+  return out;
+}

@@ -1,5 +1,5 @@
 // libbpf-ts: a typed binding to the system libbpf.so.1 (libbpf 1.1.2).
-export { array, bytes, encode, struct, u16, u16be, u32, u32be, u64, u8 } from './codec.js';
+export { array, bytes, encode, struct, u16, u16be, u32, u32be, u32KeyRange, u64, u8 } from './codec.js';
 export type { Codec, CodecValue, StructCodec, StructField } from './codec.js';
 export { errnoError, LibbpfError, NotFoundError, NotSupportedError, VerifierError } from './errors.js';
 export type { LibbpfErrorOptions } from './errors.js';

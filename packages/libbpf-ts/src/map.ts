@@ -258,7 +258,32 @@ export class BpfMap implements ByteMap {
         allValues.set(value, i * elementBytes + cpu * stride);
       }
     });
-    return this.#updateBatch(this.#packKeys(keys), allValues, keys.length, flags, (i) => this.setPerCpu(keys[i] as Uint8Array, values[i] as Uint8Array[], flags));
+    return this.setPerCpuBatchPacked(this.#packKeys(keys), allValues, flags);
+  }
+
+  /**
+   * setPerCpuBatch() for keys and values already packed back to back: keySize bytes per key, and
+   * per element one value per possible CPU, each padded to `stride` bytes (perCpuLayout()), as
+   * getPerCpuBatchPacked() reads them. One bpf_map_update_batch call, no array per element (a
+   * whole rule set's counter slots are zeroed this way); without batch support, one update per
+   * element, and the result says why. The buffers stay the caller's.
+   * @throws RangeError when the buffers are not whole elements of the same count; LibbpfError
+   * for a map that is not per-CPU or if an update fails.
+   */
+  setPerCpuBatchPacked(keys: Uint8Array, values: Uint8Array, flags: UpdateFlag = 'any'): BatchResult {
+    const { cpus, stride } = this.#perCpuLayout('setPerCpuBatchPacked');
+    const elementBytes = cpus * stride;
+    const count = keys.length / this.keySize;
+    if (!Number.isInteger(count) || values.length !== count * elementBytes) {
+      throw new RangeError(`map ${this.name} setPerCpuBatchPacked: ${keys.length} key bytes and ${values.length} value bytes are not whole elements of ${this.keySize} and ${cpus} x ${stride} bytes`);
+    }
+    if (count === 0) return { count: 0, batched: true };
+    const one = (i: number): void => {
+      const key = keys.subarray(i * this.keySize, (i + 1) * this.keySize);
+      const perCpu = Array.from({ length: cpus }, (_, cpu) => values.subarray(i * elementBytes + cpu * stride, i * elementBytes + cpu * stride + this.valueSize));
+      this.setPerCpu(key, perCpu, flags);
+    };
+    return this.#updateBatch(keys, values, count, flags, one);
   }
 
   /**

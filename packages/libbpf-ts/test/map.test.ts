@@ -1,5 +1,5 @@
 import test from 'ava';
-import { BpfMap, encode, LibbpfError, loadObject, loadObjectSpec, NotFoundError, u16, u32, u64, type BpfObject } from '../src/index.js';
+import { BpfMap, encode, LibbpfError, loadObject, loadObjectSpec, NotFoundError, u16, u32, u32KeyRange, u64, type BpfObject } from '../src/index.js';
 import { buildFixtures, type Fixtures } from './helpers/fixtures.js';
 
 let fixtures: Fixtures;
@@ -163,6 +163,34 @@ test('BpfMap.getPerCpuBatchPacked - the same elements as getPerCpuBatch, in the 
   const plain = BpfMap.create({ type: 'array', name: 'plain', keySize: 4, valueSize: 8, maxEntries: 1 });
   t.throws(() => plain.perCpuLayout(), { instanceOf: LibbpfError, message: /not a per-CPU map/ });
   plain.close();
+  t.truthy(cleanup);
+});
+
+test('BpfMap.setPerCpuBatchPacked - packed keys (u32KeyRange) and per-CPU values in the kernel layout, read back as written', (t) => {
+  using cleanup = { [Symbol.dispose]: () => map.close() };
+  const map = BpfMap.create({ type: 'percpu_array', name: 'pcsetpk', keySize: 4, valueSize: 12, maxEntries: 100 });
+  const { cpus, stride } = map.perCpuLayout();
+  // Elements 30..69, each CPU its own value (element i, CPU c: i * 100 + c, then 4 marker bytes).
+  const values = new Uint8Array(40 * cpus * stride);
+  for (let i = 0; i < 40; i++) {
+    for (let cpu = 0; cpu < cpus; cpu++) values.set([...encode(u64, BigInt((30 + i) * 100 + cpu)), 9, 8, 7, 6], (i * cpus + cpu) * stride);
+  }
+  const keys = u32KeyRange(30, 40);
+  t.deepEqual([...keys.subarray(0, 8)], [...key(30), ...key(31)], "u32KeyRange: the u32 codec's bytes, back to back");
+  t.deepEqual(map.setPerCpuBatchPacked(keys, values), { count: 40, batched: true });
+  t.deepEqual(map.getPerCpuBatchPacked(40, key(29)).values, values);
+  t.deepEqual(map.getPerCpu(key(69))?.map((v) => u64.decode(v.subarray(0, 8))), Array.from({ length: cpus }, (_, cpu) => BigInt(6900 + cpu)));
+  t.deepEqual(map.getPerCpu(key(29)), Array.from({ length: cpus }, () => new Uint8Array(12)), 'elements outside the range untouched');
+  // Into a buffer the caller keeps: a view of exactly the keys asked for.
+  const into = new Uint8Array(16);
+  const two = u32KeyRange(7, 2, into);
+  t.is(two.buffer, into.buffer);
+  t.deepEqual([...two], [...key(7), ...key(8)]);
+  t.throws(() => u32KeyRange(0, 5, into), { instanceOf: RangeError, message: /5 keys do not fit in 16 bytes/ });
+  t.throws(() => map.setPerCpuBatchPacked(u32KeyRange(0, 2), new Uint8Array(cpus * stride)), { instanceOf: RangeError, message: /not whole elements/ });
+  t.throws(() => map.setPerCpuBatchPacked(new Uint8Array(6), new Uint8Array(0)), { instanceOf: RangeError, message: /not whole elements/ });
+  t.throws(() => obj.map('scratch').setPerCpuBatchPacked(u32KeyRange(0, 1), new Uint8Array(8)), { instanceOf: LibbpfError, message: /not a per-CPU map/ });
+  t.deepEqual(map.setPerCpuBatchPacked(new Uint8Array(0), new Uint8Array(0)), { count: 0, batched: true });
   t.truthy(cleanup);
 });
 

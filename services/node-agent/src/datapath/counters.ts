@@ -2,7 +2,7 @@
 // per rule (slot 0: the default action) in ep_counters; before a generation is overwritten its
 // non-zero counts are folded into ep_carry by rule id, so a rule's counters continue across
 // applies and agent restarts. bpf/README.md, "Counters", describes the maps.
-import { TypedMap, u32, type BpfMap, type CodecValue } from 'libbpf-ts';
+import { TypedMap, u32, u32KeyRange, type BpfMap, type CodecValue } from 'libbpf-ts';
 import { RULE_SLOTS } from './compile-tables.js';
 import type { Counter, DatapathCounters, PackedRuleCounts } from './datapath.js';
 import { DEFAULT_RULE_ID } from './rule-set.js';
@@ -102,9 +102,7 @@ export class CounterTables {
   /** Zeroes the slots of `generation` that a rule set of `ruleCount` rules uses (one batch write). */
   zero(generation: number, ruleCount: number): void {
     this.#version++;
-    const zero = [new Uint8Array(epCounter.size)];
-    const slots = Array.from({ length: ruleCount + 1 }, (_, index) => u32Bytes(generation * RULE_SLOTS + index));
-    this.#counters.setPerCpuBatch(slots, slots.map(() => zero));
+    zeroSlots(this.#counters, generation * RULE_SLOTS, ruleCount + 1);
   }
 
   /**
@@ -198,9 +196,7 @@ export class CounterTables {
 
   /** Zeroes the stats map's slots 0..count-1 on every CPU (one batch write). */
   zeroStats(count: number): void {
-    const zero = [new Uint8Array(epCounter.size)];
-    const slots = Array.from({ length: count }, (_, index) => u32Bytes(index));
-    this.#stats.setPerCpuBatch(slots, slots.map(() => zero));
+    zeroSlots(this.#stats, 0, count);
   }
 
   /**
@@ -371,6 +367,22 @@ function slotRuleId(ruleIds: readonly number[], index: number): number {
 }
 
 /** The batch cursor before index `value`: none before index 0. */
+/**
+ * Zeroes slots first..first+count-1 of a per-CPU array on every CPU: batch writes of packed keys
+ * and one buffer of zeros, READ_CHUNK_BYTES of values each (a buffer and a view per slot made
+ * ~400,000 objects of garbage for a 65,536-rule write).
+ */
+function zeroSlots(map: BpfMap, first: number, count: number): void {
+  const { cpus, stride } = map.perCpuLayout();
+  const chunk = Math.max(1, Math.floor(READ_CHUNK_BYTES / (cpus * stride)));
+  const zeros = new Uint8Array(Math.min(chunk, count) * cpus * stride);
+  const keys = new Uint8Array(Math.min(chunk, count) * 4);
+  for (let done = 0; done < count; done += chunk) {
+    const n = Math.min(chunk, count - done);
+    map.setPerCpuBatchPacked(u32KeyRange(first + done, n, keys), zeros.subarray(0, n * cpus * stride));
+  }
+}
+
 function u32BytesOrNone(value: number): Uint8Array | undefined {
   return value < 0 ? undefined : u32Bytes(value);
 }

@@ -19,6 +19,7 @@ import {
   tcxSupported,
   TypedMap,
   u32 as u32Codec,
+  u32KeyRange,
   type CodecValue,
   type TcDirection,
 } from 'libbpf-ts';
@@ -1299,24 +1300,17 @@ function lbMapEntries(capacity: LbCapacity): Record<string, number> {
   return { ep_lb_vip: 2 * capacity.services, ep_lb_slots: 2 * blocks, ep_lb_backends: 2 * capacity.backends };
 }
 
+// Tables are built packed (keys and values back to back), and written so: one batch update with
+// no array per element. A 65,536-rule whole write made ~2 million small views and key buffers
+// (subarray and u32Bytes per element), a third of the first apply's garbage (BENCHMARKS.md).
 function writeArray(map: BpfMap, first: number, bytes: Uint8Array, size: number): void {
-  const keys: Uint8Array[] = [];
-  const values: Uint8Array[] = [];
-  for (let i = 0; i * size < bytes.length; i++) {
-    keys.push(u32Bytes(first + i));
-    values.push(bytes.subarray(i * size, (i + 1) * size));
-  }
-  map.setBatch(keys, values);
+  if (size !== map.valueSize) throw new RangeError(`map ${map.name}: ${size}-byte elements, the map holds ${map.valueSize}`);
+  map.setBatchPacked(u32KeyRange(first, Math.ceil(bytes.length / size)), bytes);
 }
 
 function writeEntries(map: BpfMap, entries: { keySize: number; valueSize: number; count: number; keys: Uint8Array; values: Uint8Array }): void {
-  const keys: Uint8Array[] = [];
-  const values: Uint8Array[] = [];
-  for (let i = 0; i < entries.count; i++) {
-    keys.push(entries.keys.subarray(i * entries.keySize, (i + 1) * entries.keySize));
-    values.push(entries.values.subarray(i * entries.valueSize, (i + 1) * entries.valueSize));
-  }
-  map.setBatch(keys, values);
+  if (entries.keySize !== map.keySize || entries.valueSize !== map.valueSize) throw new RangeError(`map ${map.name}: ${entries.keySize}/${entries.valueSize}-byte entries, the map holds ${map.keySize}/${map.valueSize}`);
+  map.setBatchPacked(entries.keys.subarray(0, entries.count * entries.keySize), entries.values.subarray(0, entries.count * entries.valueSize));
 }
 
 function u32Bytes(value: number): Uint8Array {
