@@ -1,6 +1,7 @@
 import test from 'ava';
 import {
   Action,
+  DEFAULT_POLICY_LIMITS,
   InterfaceRole,
   LabelSelectorRequirement_Operator as Op,
   LabelSelectorSyntaxError,
@@ -138,6 +139,37 @@ test('policy validation - each problem is reported at its field path', (t) => {
     'policy.spec.rules[3].destination_cidrs': 'RULE_CANNOT_MATCH',
     'policy.spec.rules[3].rate_limit': 'NOT_ALLOWED',
   });
+});
+
+test('policy validation - a rule\'s CIDR lists, families, protocol and action; a rule found bad is found bad again', (t) => {
+  const rules: DeepPartial<Rule>[] = [
+    { priority: 1, sourceCidrs: ['10.0.0.0/8', '192.0.2.0/24', '10.0.0.0/8'], action: Action.ACTION_DENY },
+    { priority: 2, protocol: Protocol.PROTOCOL_ICMP, destinationCidrs: ['2001:db8::/32'], action: Action.ACTION_DENY },
+    { priority: 3, protocol: Protocol.PROTOCOL_ICMPV6, sourceCidrs: ['10.0.0.0/8'], action: Action.ACTION_DENY },
+    { priority: 4, protocol: 99 as Protocol, action: 42 as Action },
+    // Both families on one side, one on the other: the rule matches IPv6 packets; ICMPV6 fits.
+    { priority: 5, protocol: Protocol.PROTOCOL_ICMPV6, sourceCidrs: ['10.0.0.0/8', '2001:db8::/32'], destinationCidrs: ['2001:db8:1::/48'], action: Action.ACTION_ALLOW },
+    { priority: 6, sourceCidrs: ['10.0.0.0/8', '10.0.0.1/8'], destinationCidrs: ['2001:db8::/32'], action: Action.ACTION_DENY },
+    { priority: 7, destinationCidrs: ['192.0.2.0/24', '192.0.2.0/24'], action: Action.ACTION_DENY },
+  ];
+  const p = policy(rules);
+  const found = (v: { field: string; reason?: string }[]): string[] => v.map((x) => `${x.field} ${x.reason}`);
+  const expected = [
+    'policy.spec.rules[0].source_cidrs[2] DUPLICATE_CIDR',
+    'policy.spec.rules[1].protocol RULE_CANNOT_MATCH',
+    'policy.spec.rules[2].protocol RULE_CANNOT_MATCH',
+    'policy.spec.rules[3].protocol INVALID_ENUM',
+    'policy.spec.rules[3].action INVALID_ENUM',
+    // A CIDR that does not parse adds no family: the IPv4 one left and the IPv6 destination share none.
+    'policy.spec.rules[5].source_cidrs[1] NON_CANONICAL_CIDR',
+    'policy.spec.rules[5].destination_cidrs RULE_CANNOT_MATCH',
+    'policy.spec.rules[6].destination_cidrs[1] DUPLICATE_CIDR',
+  ];
+  t.deepEqual(found(validatePolicy(p)), expected);
+  t.deepEqual(found(validatePolicy(p)), expected, 'the same rule objects again: nothing remembered as valid');
+  const limits = { ...DEFAULT_POLICY_LIMITS, maxCidrsPerRule: 2 };
+  t.deepEqual(found(validatePolicy(policy([rules[0]!]), 'policy', limits)).slice(0, 1), ['policy.spec.rules[0].source_cidrs TOO_MANY_CIDRS']);
+  t.deepEqual(validatePolicy(policy([rules[4]!])), []);
 });
 
 test('policy validation - names, labels, empty and oversized rule lists', (t) => {
