@@ -14,7 +14,24 @@
 // loads their code. The bundle sits two directories under services/node-agent, like dist/datapath/,
 // so paths taken relative to a module (the BPF object, ebpf-datapath.ts) resolve the same.
 import { mkdirSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { build } from 'esbuild';
+
+// ts-proto makes each service's client class at module scope (`export const XClient =
+// makeGenericClientConstructor(...)`): a call, which a bundler must keep in case it has effects,
+// and with it every request and response message of the service. The agent is a client of two
+// services (AgentService, TrustService); marking the call pure lets esbuild drop the clients of the
+// others (IntentService, FleetService, BlocklistService) and the messages only they use: 172 KB
+// of the bundle's 1.76 MB, source that V8 would hold for the agent's lifetime.
+const pureServiceClients = {
+  name: 'pure-service-clients',
+  setup(b) {
+    b.onLoad({ filter: /proto\/dist\/gen\/.*_service\.js$/ }, async (args) => ({
+      contents: (await readFile(args.path, 'utf8')).replace(/= makeGenericClientConstructor\(/g, '= /* @__PURE__ */ makeGenericClientConstructor('),
+      loader: 'js',
+    }));
+  },
+};
 
 const agent = new URL('../services/node-agent/', import.meta.url).pathname;
 mkdirSync(`${agent}dist/bundle`, { recursive: true });
@@ -37,5 +54,6 @@ await build({
   external: ['koffi', '@opentelemetry/exporter-*', '@grpc/proto-loader'],
   // CommonJS packages inside an ES module bundle call require() for node's built-ins.
   banner: { js: "import { createRequire as __edgeplaneRequire } from 'node:module'; const require = __edgeplaneRequire(import.meta.url);" },
+  plugins: [pureServiceClients],
   logLevel: 'warning',
 });
