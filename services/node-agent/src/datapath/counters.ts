@@ -99,7 +99,7 @@ export class CounterTables {
     throw new Error(`counter tables of ${this.#counters.name}: no carry`);
   }
 
-  /** Zeroes the slots of `generation` that a rule set of `ruleCount` rules uses (one batch write). */
+  /** Zeroes the slots of `generation` that a rule set of `ruleCount` rules uses (batch writes, zeroSlots). */
   zero(generation: number, ruleCount: number): void {
     this.#version++;
     zeroSlots(this.#counters, generation * RULE_SLOTS, ruleCount + 1);
@@ -194,7 +194,7 @@ export class CounterTables {
     return sumPerCpu(this.#stats.getPerCpu(u32Bytes(index)) ?? []);
   }
 
-  /** Zeroes the stats map's slots 0..count-1 on every CPU (one batch write). */
+  /** Zeroes the stats map's slots 0..count-1 on every CPU (batch writes, zeroSlots). */
   zeroStats(count: number): void {
     zeroSlots(this.#stats, 0, count);
   }
@@ -366,7 +366,6 @@ function slotRuleId(ruleIds: readonly number[], index: number): number {
   return index === 0 ? DEFAULT_RULE_ID : (ruleIds[index - 1] as number);
 }
 
-/** The batch cursor before index `value`: none before index 0. */
 /**
  * Zeroes slots first..first+count-1 of a per-CPU array on every CPU: batch writes of packed keys
  * and one buffer of zeros, READ_CHUNK_BYTES of values each (a buffer and a view per slot made
@@ -383,6 +382,7 @@ function zeroSlots(map: BpfMap, first: number, count: number): void {
   }
 }
 
+/** The batch cursor before index `value`: none before index 0. */
 function u32BytesOrNone(value: number): Uint8Array | undefined {
   return value < 0 ? undefined : u32Bytes(value);
 }
