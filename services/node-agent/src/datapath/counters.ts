@@ -371,7 +371,7 @@ function slotRuleId(ruleIds: readonly number[], index: number): number {
  * and one buffer of zeros, READ_CHUNK_BYTES of values each (a buffer and a view per slot made
  * ~400,000 objects of garbage for a 65,536-rule write).
  */
-function zeroSlots(map: BpfMap, first: number, count: number): void {
+export function zeroSlots(map: BpfMap, first: number, count: number): void {
   const { cpus, stride } = map.perCpuLayout();
   const chunk = Math.max(1, Math.floor(READ_CHUNK_BYTES / (cpus * stride)));
   const zeros = new Uint8Array(Math.min(chunk, count) * cpus * stride);

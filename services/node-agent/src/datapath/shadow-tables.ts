@@ -8,7 +8,7 @@
 import { formatAddress, MAX_SHADOW_SAMPLES } from '@edgeplane/proto';
 import { encode, TypedMap, u32, type BpfMap, type CodecValue } from 'libbpf-ts';
 import { RULE_SLOTS } from './compile-tables.js';
-import { CounterTables, type CounterTotals } from './counters.js';
+import { CounterTables, zeroSlots, type CounterTotals } from './counters.js';
 import type { Counter, ShadowCounters, ShadowSample } from './datapath.js';
 import { DEFAULT_RULE_ID } from './rule-set.js';
 import { epRule, epShadowCfg, epShadowSample } from './table-codecs.js';
@@ -108,9 +108,7 @@ export class ShadowTables {
   zero(ruleCount: number): void {
     this.#counters.zero(0, ruleCount);
     this.#counters.zeroStats(STAT_COUNT);
-    const zero = [new Uint8Array(epShadowSample.size)];
-    const slots = Array.from({ length: SHADOW_RING_SAMPLES }, (_, index) => encode(u32, index));
-    this.#maps.ep_shadow_samples.setPerCpuBatch(slots, slots.map(() => zero));
+    zeroSlots(this.#maps.ep_shadow_samples, 0, SHADOW_RING_SAMPLES);
   }
 
   /**
