@@ -91,6 +91,14 @@ const VERIFIED_KEPT = 8;
 /** Larger signed messages are verified every time (a copy of each is what is remembered). */
 const VERIFIED_MAX_BYTES = 64 * 1024;
 
+/** A signed message that verified, and (for the newest log entry only) what it opened to. */
+interface Verified {
+  message: Buffer;
+  signature: Buffer;
+  /** The entry {@link openLogEntry} decoded from the message: kept on the newest record only. */
+  opened?: LogEntry;
+}
+
 /**
  * The newest signed messages that verified, with their signatures, by the key object that
  * verified them (copies: a caller changing its buffer afterwards changes nothing here).
@@ -100,26 +108,33 @@ const VERIFIED_MAX_BYTES = 64 * 1024;
  * follower. Anything else (another key object, one byte of message or signature different) is
  * verified. Weak by key: nothing is kept alive for it.
  */
-const verified = new WeakMap<KeyObject, { message: Buffer; signature: Buffer }[]>();
+const verified = new WeakMap<KeyObject, Verified[]>();
 
-/** Whether `key` verified exactly this message and signature before. */
-function verifiedBefore(key: KeyObject, message: Uint8Array, signature: Uint8Array): boolean {
-  const kept = verified.get(key);
-  return kept !== undefined && kept.some((v) => v.signature.equals(signature) && v.message.equals(message));
+/** The record of `key` having verified exactly this message and signature, if it is kept. */
+function verifiedBefore(key: KeyObject, message: Uint8Array, signature: Uint8Array): Verified | undefined {
+  return verified.get(key)?.find((v) => v.signature.equals(signature) && v.message.equals(message));
 }
 
-function rememberVerified(key: KeyObject, message: Uint8Array, signature: Uint8Array): void {
-  if (message.byteLength > VERIFIED_MAX_BYTES) return;
+/** Keeps a record of `key` having verified the message (not a larger one than VERIFIED_MAX_BYTES). */
+function rememberVerified(key: KeyObject, message: Uint8Array, signature: Uint8Array): Verified | undefined {
+  if (message.byteLength > VERIFIED_MAX_BYTES) return undefined;
   let kept = verified.get(key);
   if (kept === undefined) verified.set(key, (kept = []));
   if (kept.length >= VERIFIED_KEPT) kept.shift();
-  kept.push({ message: Buffer.from(message), signature: Buffer.from(signature) });
+  const record: Verified = { message: Buffer.from(message), signature: Buffer.from(signature) };
+  kept.push(record);
+  return record;
 }
 
-function verifyEnvelope(what: string, keyId: string, bytes: Uint8Array, signature: Uint8Array, trusted: TrustedKeys): void {
+/**
+ * Checks the signature (once per key, message and signature while the record is kept).
+ * @returns the record kept for it (undefined when the message is too large to keep).
+ */
+function verifyEnvelope(what: string, keyId: string, bytes: Uint8Array, signature: Uint8Array, trusted: TrustedKeys): Verified | undefined {
   const key = trusted.get(keyId);
   if (!key) throw new SignatureError(`verify ${what}: key ${JSON.stringify(keyId)} is not trusted`);
-  if (verifiedBefore(key, bytes, signature)) return;
+  const before = verifiedBefore(key, bytes, signature);
+  if (before !== undefined) return before;
   let ok = false;
   try {
     ok = verify(null, bytes, key, signature);
@@ -127,8 +142,15 @@ function verifyEnvelope(what: string, keyId: string, bytes: Uint8Array, signatur
     throw new SignatureError(`verify ${what}: malformed signature`, { cause });
   }
   if (!ok) throw new SignatureError(`verify ${what}: signature does not match key ${keyId}`);
-  rememberVerified(key, bytes, signature);
+  return rememberVerified(key, bytes, signature);
 }
+
+/**
+ * The newest entry {@link openLogEntry} decoded and kept on its record: an entry is kept on one
+ * record at a time, so a process holds at most one decoded entry for this (a real agent's chain
+ * holds its policies anyway).
+ */
+let keptOpened: Verified | undefined;
 
 /** Verifies `bytes` as {@link verifyEnvelope} does, then decodes them with `codec`. @throws SignatureError */
 function openEnvelope<T>(what: string, type: string, codec: { decode(bytes: Uint8Array): T }, keyId: string, bytes: Uint8Array, signature: Uint8Array, trusted: TrustedKeys): T {
@@ -142,7 +164,11 @@ function openEnvelope<T>(what: string, type: string, codec: { decode(bytes: Uint
 
 /**
  * Verifies a signed entry against the trusted keys (its signature covers its format) and
- * decodes it.
+ * decodes it. The newest entry opened (up to VERIFIED_MAX_BYTES signed) is kept: opening the
+ * same signed bytes again with the same key object returns the same object, so the followers
+ * of one process (the fleet benchmark's hundreds of agents) decode it once and the memos keyed
+ * by its objects (validation, digests) hit. Callers never modify what this returns, as a
+ * chain's policies are never modified.
  * @throws SignatureError if the format is newer than LOG_FORMAT_NEWEST, the key is unknown, the
  * signature is wrong, the bytes do not decode, a format 1 entry carries policy patches or an
  * entry before format 3 a blocklist change.
@@ -150,7 +176,9 @@ function openEnvelope<T>(what: string, type: string, codec: { decode(bytes: Uint
 export function openLogEntry(signed: SignedLogEntry, trusted: TrustedKeys): LogEntry {
   const format = signed.format ?? 0;
   if (format > LOG_FORMAT_NEWEST) throw new SignatureError(`verify log entry: log format ${format} is newer than this follower's (${LOG_FORMAT_NEWEST})`);
-  verifyEnvelope('log entry', signed.keyId, signedBytes(signed.entry, format), signed.signature, trusted);
+  const record = verifyEnvelope('log entry', signed.keyId, signedBytes(signed.entry, format), signed.signature, trusted);
+  // The same signed bytes opened before (another follower in this process): the same entry.
+  if (record?.opened !== undefined) return record.opened;
   let entry: LogEntry;
   try {
     entry = LogEntry.decode(signed.entry);
@@ -160,6 +188,11 @@ export function openLogEntry(signed: SignedLogEntry, trusted: TrustedKeys): LogE
   if (format < LOG_FORMAT_PATCHES && (entry.change?.policyPatches.length ?? 0) > 0) throw new SignatureError(`decode log entry: a format ${format} entry carries policy patches`);
   if (format < LOG_FORMAT_BLOCKLIST && entry.blocklistChange !== undefined) throw new SignatureError(`decode log entry: a format ${format} entry carries a blocklist change`);
   compactEntryRules(entry);
+  if (record !== undefined) {
+    if (keptOpened !== undefined) keptOpened.opened = undefined;
+    record.opened = entry;
+    keptOpened = record;
+  }
   return entry;
 }
 

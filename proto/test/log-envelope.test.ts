@@ -128,3 +128,28 @@ test('log envelope - an entry verified before is verified again when one byte di
   t.throws(() => openLogEntry({ ...signed, format: 2 }, trusted), { instanceOf: SignatureError }, 'the same bytes under another format are other signed bytes');
   t.is(openLogEntry(signed, trusted).revision, 11n);
 });
+
+test('log envelope - the newest entry opened is shared: the same signed bytes open to the same object, any other bytes decode afresh', (t) => {
+  const signed = signLogEntry(entry(21n, GENESIS_HASH), privateKey);
+  // Two followers' copies of the message (each NATS delivery is its own buffer).
+  const a = openLogEntry(decodeSignedLogEntry(encodeSignedLogEntry(signed)), trusted);
+  const b = openLogEntry(decodeSignedLogEntry(encodeSignedLogEntry(signed)), trusted);
+  t.is(a, b, 'one decode for both');
+  t.is(a.change!.upserts[0], b.change!.upserts[0]);
+  // Only with the same key object: another process's (or another follower's own) key decodes afresh.
+  const sameKeyAgain = new Map([[keyIdOf(publicKey), publicKeyFromRaw(rawPublicKey(publicKey))]]);
+  const c = openLogEntry(signed, sameKeyAgain);
+  t.not(c, a);
+  t.deepEqual(c, a);
+  // A newer entry takes the place: the older one decodes afresh (one kept at a time), equal to what it was.
+  const next = signLogEntry(entry(22n, logEntryHash(signed)), privateKey);
+  const n1 = openLogEntry(next, trusted);
+  t.is(openLogEntry(next, trusted), n1);
+  const again = openLogEntry(signed, trusted);
+  t.not(again, a);
+  t.deepEqual(again, a);
+  // A tampered copy is never answered from the kept entry.
+  const tampered = SignedLogEntry.fromPartial({ ...signed, entry: Buffer.from(signed.entry) });
+  tampered.entry[tampered.entry.length - 1]! ^= 0x01;
+  t.throws(() => openLogEntry(tampered, trusted), { instanceOf: SignatureError });
+});

@@ -3,13 +3,39 @@ import { connectionMatcher, encodeControlEndpoints, ZERO_CONNTRACK_COUNTERS, typ
 import type { ApplyResult, Counter, Datapath, DatapathCounters, ShadowCounters, ShadowDatapath, ShadowSample } from './datapath.js';
 import type { FlowTuple } from './flow-hash.js';
 import { LbReference, type LbSelection } from './lb-reference.js';
-import { DEFAULT_LB_CAPACITY, layoutLbTables, type LbCapacity } from './lb-tables.js';
+import { DEFAULT_LB_CAPACITY, layoutLbTables, type LbCapacity, type LbTablesSpec } from './lb-tables.js';
 import { parseFrame, ReferenceClassifier } from './reference-classifier.js';
 import type { LbSpec } from './service-compile.js';
 import { DEFAULT_RULE_ID, validateRuleSet, type Classification, type RuleSetSpec } from './rule-set.js';
 
 const ZERO: Counter = { packets: 0, bytes: 0 };
 const NO_SERVICES: LbSpec = { services: [] };
+
+/** One generation of LB tables with no services, ready to compare and select from (read only). */
+interface EmptyLb {
+  readonly tables: LbTablesSpec;
+  readonly fingerprint: string;
+  readonly reference: LbReference;
+}
+
+/**
+ * The tables of no services, per capacity and generation, laid out once per process: most
+ * applies carry no services, and a simulated fleet's hundreds of datapaths per process would
+ * otherwise lay out, hash and index the same empty generation on every apply. Read only (the
+ * datapath never writes its tables; LbReference only reads them).
+ */
+const emptyLbs = new WeakMap<LbCapacity, [EmptyLb | undefined, EmptyLb | undefined]>();
+
+function emptyLb(capacity: LbCapacity, gen: 0 | 1): EmptyLb {
+  let both = emptyLbs.get(capacity);
+  if (both === undefined) emptyLbs.set(capacity, (both = [undefined, undefined]));
+  let made = both[gen];
+  if (made === undefined) {
+    const tables = layoutLbTables(NO_SERVICES, capacity, gen);
+    both[gen] = made = { tables, fingerprint: Buffer.from(tables.fingerprint).toString('hex'), reference: new LbReference(tables) };
+  }
+  return made;
+}
 
 /** Options of {@link MemoryDatapath}. */
 export interface MemoryDatapathOptions {
@@ -87,23 +113,35 @@ export class MemoryDatapath implements Datapath, ShadowDatapath {
     if (fault) throw fault;
     const normalized = validateRuleSet(ruleSet);
     const next = (this.#generation ^ 1) as 0 | 1;
-    const tables = layoutLbTables(lb ?? NO_SERVICES, this.#lbCapacity, next);
+    let services: number;
+    let lbKey: string;
+    let reference: () => LbReference;
+    if ((lb ?? NO_SERVICES).services.length === 0) {
+      const empty = emptyLb(this.#lbCapacity, next);
+      services = 0;
+      lbKey = empty.fingerprint;
+      reference = () => empty.reference;
+    } else {
+      const tables = layoutLbTables(lb!, this.#lbCapacity, next);
+      services = tables.vip.count;
+      lbKey = Buffer.from(tables.fingerprint).toString('hex');
+      reference = () => new LbReference(tables);
+    }
     const key = JSON.stringify(ruleSet);
-    const lbKey = Buffer.from(tables.fingerprint).toString('hex');
-    const result = (mode: ApplyResult['mode']): ApplyResult => ({ generation: this.#generation, mode, ruleCount: normalized.rules.length, classCount: 0, lpmEntries: 0, classWords: 0, services: tables.vip.count });
+    const result = (mode: ApplyResult['mode']): ApplyResult => ({ generation: this.#generation, mode, ruleCount: normalized.rules.length, classCount: 0, lpmEntries: 0, classWords: 0, services });
     if (key === this.#live && lbKey === this.#liveLb) {
       this.#lb = lb;
       return result('unchanged');
     }
     if (key !== this.#live) {
-      if (this.#classifier) this.#classifier.replace(ruleSet);
+      if (this.#classifier) this.#classifier.replace(ruleSet, normalized);
       else this.#classifier = new ReferenceClassifier(ruleSet);
     }
     this.#live = key;
     this.#ruleIds = normalized.rules.map((r) => r.id);
     this.#liveLb = lbKey;
     this.#lb = lb;
-    this.#lbReference = new LbReference(tables);
+    this.#lbReference = reference();
     this.#generation = next;
     return result('installed');
   }

@@ -165,9 +165,13 @@ export class ReferenceClassifier {
     this.#now = options.now ?? process.hrtime.bigint;
   }
 
-  /** Switches to another rule set; counters and buckets (keyed by rule id) carry over, like the datapath's. */
-  replace(ruleSet: RuleSetSpec): void {
-    this.#ruleSet = validateRuleSet(ruleSet);
+  /**
+   * Switches to another rule set; counters and buckets (keyed by rule id) carry over, like the
+   * datapath's. `normalized`: what validateRuleSet(ruleSet) returned, when the caller has it.
+   * @throws RuleSetError, CapacityError as validateRuleSet() (nothing changed).
+   */
+  replace(ruleSet: RuleSetSpec, normalized: NormalizedRuleSet = validateRuleSet(ruleSet)): void {
+    this.#ruleSet = normalized;
   }
 
   /** Classifies one frame, counting it and consuming a token when a rate-limit rule matches. */
