@@ -199,7 +199,7 @@ export function applyPrefixListChange(base: PrefixList | undefined, change: Pref
   }
   for (const p of change.add) prefixes.push(p);
   if (prefixes.length > MAX_PREFIX_LIST_ENTRIES) throw new PatchError(`apply prefix list change name=${name}: ${prefixes.length} prefixes; at most ${MAX_PREFIX_LIST_ENTRIES}`);
-  lineage.set(prefixes, { base: held, add: change.add, remove: change.remove });
+  remember(prefixes, held, change);
   return { metadata: change.metadata, spec: { ...(change.spec ?? { nodeSelector: undefined, use: PrefixListUse.PREFIX_LIST_USE_UNSPECIFIED, description: '' }), prefixes } };
 }
 
@@ -207,14 +207,32 @@ export function applyPrefixListChange(base: PrefixList | undefined, change: Pref
 const FEW_CHANGES = 8;
 
 /**
- * Where a list's prefixes array came from, by the array applyPrefixListChange made: its base's
- * array and the change. Weak: nothing is kept alive for it (a base no one holds is collected,
- * and the walk below then stops there).
+ * One step of a list's lineage: the change that made an array from its base. The base array is
+ * held weakly (a million-prefix list is 8 MB of array: holding every version a one-prefix change
+ * replaced kept them all, ~8 MB more per change for as long as the newest lived); the step before
+ * (the base's own step) strongly, so a walk passes versions nobody holds any more. Steps are the
+ * size of their changes, and a new one cuts the chain MAX_LINEAGE_STEPS behind it.
  */
-const lineage = new WeakMap<readonly string[], { base: readonly string[]; add: readonly string[]; remove: readonly string[] }>();
+interface LineageStep {
+  readonly base: WeakRef<readonly string[]>;
+  readonly add: readonly string[];
+  readonly remove: readonly string[];
+  prev: LineageStep | undefined;
+}
 
-/** Steps of lineage prefixChangesBetween walks back. */
+/** Where a list's prefixes array came from, by the array applyPrefixListChange made. Weak by array. */
+const lineage = new WeakMap<readonly string[], LineageStep>();
+
+/** Steps of lineage prefixChangesBetween walks back (and a lineage keeps). */
 const MAX_LINEAGE_STEPS = 64;
+
+function remember(made: readonly string[], base: readonly string[], change: PrefixListChange): void {
+  const step: LineageStep = { base: new WeakRef(base), add: change.add, remove: change.remove, prev: lineage.get(base) };
+  lineage.set(made, step);
+  let at = step;
+  for (let n = 1; n < MAX_LINEAGE_STEPS && at.prev !== undefined; n++) at = at.prev;
+  at.prev = undefined;
+}
 
 /**
  * The prefixes added and removed from the list array `from` to the array `to`, when `to` was made
@@ -224,15 +242,16 @@ const MAX_LINEAGE_STEPS = 64;
  * @returns undefined when `to` does not descend from `from` that way (compare the lists whole).
  */
 export function prefixChangesBetween(from: readonly string[], to: readonly string[], limit: number): { add: string[]; remove: string[] } | undefined {
-  const steps: { add: readonly string[]; remove: readonly string[] }[] = [];
+  if (to === from) return { add: [], remove: [] };
+  const steps: LineageStep[] = [];
   let size = 0;
-  for (let at = to; at !== from; ) {
-    const step = lineage.get(at);
+  for (let step = lineage.get(to); ; step = step.prev) {
     if (step === undefined || steps.length === MAX_LINEAGE_STEPS) return undefined;
     size += step.add.length + step.remove.length;
     if (size > limit) return undefined;
     steps.push(step);
-    at = step.base;
+    // `from` is held by the caller, so its weak reference still answers it.
+    if (step.base.deref() === from) break;
   }
   // Oldest first: a prefix added then removed (or removed then added) cancels out.
   const added = new Set<string>();

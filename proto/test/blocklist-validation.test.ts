@@ -1,6 +1,8 @@
 // Prefix list validation (proto/src/blocklist-validation.ts): canonical prefixes, each once
 // across a request's add and remove, found without a string per prefix.
 import test from 'ava';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { applyPrefixListChange, prefixChangesBetween, PrefixListUse, validatePrefixList, validatePrefixListUpdate, type PrefixList } from '@edgeplane/proto';
 
 const list = (prefixes: string[]): PrefixList => ({ metadata: { name: 'feed', labels: {}, annotations: {}, resourceVersion: 0n, createRevision: 0n, createTime: undefined, updateTime: undefined }, spec: { nodeSelector: undefined, use: PrefixListUse.PREFIX_LIST_USE_DENY_SOURCE, prefixes, description: '' } });
@@ -42,6 +44,40 @@ test('prefixChangesBetween - the changes from a list array to one applyPrefixLis
   t.is(prefixChangesBetween(v3.spec!.prefixes, v1.spec!.prefixes, 100), undefined, 'not a descendant');
   t.is(prefixChangesBetween([...v1.spec!.prefixes], v3.spec!.prefixes, 100), undefined, 'an equal array is not the base');
   t.is(prefixChangesBetween(v1.spec!.prefixes, v3.spec!.prefixes, 4), undefined, 'more changes than the limit');
+});
+
+test('prefixChangesBetween - a lineage keeps no version nobody holds: versions in between are collected and the walk still passes them; 64 steps at most', async (t) => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const meta = (v: bigint): PrefixList['metadata'] => ({ name: 'feed', labels: {}, annotations: {}, resourceVersion: v, createRevision: 1n, createTime: undefined, updateTime: undefined });
+  const step = (base: PrefixList, add: string[], remove: string[]): PrefixList =>
+    applyPrefixListChange(base, { metadata: meta(base.metadata!.resourceVersion + 1n), spec: undefined, baseResourceVersion: base.metadata!.resourceVersion, add, remove, delete: false });
+  const v1 = step({ metadata: meta(0n), spec: undefined } as unknown as PrefixList, Array.from({ length: 1000 }, (_, i) => `10.0.${i >> 8}.${i & 255}/32`), []);
+  let at = v1;
+  const between: WeakRef<readonly string[]>[] = [];
+  for (let i = 0; i < 10; i++) {
+    at = step(at, [`192.0.2.${i}/32`], i > 0 ? [`192.0.2.${i - 1}/32`] : []);
+    if (i < 9) between.push(new WeakRef(at.spec!.prefixes));
+  }
+  const v11 = at;
+  // WeakRef targets live until the end of the job that made them.
+  await new Promise((r) => setTimeout(r, 10));
+  gc();
+  t.true(
+    between.every((w) => w.deref() === undefined),
+    'the versions between v1 and v11, held by nobody, are collected (each used to be kept by the next)',
+  );
+  t.deepEqual(prefixChangesBetween(v1.spec!.prefixes, v11.spec!.prefixes, 100), { add: ['192.0.2.9/32'], remove: [] });
+  // Past 64 steps the lineage is cut: a holder that far behind compares the lists whole.
+  for (let i = 10; i < 80; i++) at = step(at, [`192.0.2.${i}/32`], [`192.0.2.${i - 1}/32`]);
+  t.is(prefixChangesBetween(v1.spec!.prefixes, at.spec!.prefixes, 1000), undefined);
+  t.is(prefixChangesBetween(v11.spec!.prefixes, at.spec!.prefixes, 1000), undefined, '70 steps back: cut');
+  let recent = v11;
+  for (let i = 80; i < 90; i++) {
+    at = step(at, [`198.51.100.${i}/32`], []);
+    if (i === 80) recent = at;
+  }
+  t.deepEqual(prefixChangesBetween(recent.spec!.prefixes, at.spec!.prefixes, 1000)?.add.length, 9, 'within 64 steps: found');
 });
 
 test('applyPrefixListChange - a few changes and many give the same list (base order less the removed, then the added) and refuse the same mistakes', (t) => {
