@@ -152,6 +152,18 @@ function verifyEnvelope(what: string, keyId: string, bytes: Uint8Array, signatur
  */
 let keptOpened: Verified | undefined;
 
+/** Entries up to this many bytes signed, too large for the verified records, are kept one at a time (largeOpened). */
+const LARGE_OPENED_MAX_BYTES = 8 * 1024 * 1024;
+
+/**
+ * The newest entry opened from a message larger than VERIFIED_MAX_BYTES (at most
+ * LARGE_OPENED_MAX_BYTES), with the key object, message (a copy) and signature that verified it:
+ * the followers of one process share a large entry too (a 10,000-prefix list's creation, which
+ * they would otherwise each decode and hold a copy of). One at a time: a real agent keeps at most
+ * one such copy (a 65,536-rule policy's entry: 1.4 MiB), its policies its chain's anyway.
+ */
+let largeOpened: { key: KeyObject; message: Buffer; signature: Buffer; entry: LogEntry } | undefined;
+
 /** Verifies `bytes` as {@link verifyEnvelope} does, then decodes them with `codec`. @throws SignatureError */
 function openEnvelope<T>(what: string, type: string, codec: { decode(bytes: Uint8Array): T }, keyId: string, bytes: Uint8Array, signature: Uint8Array, trusted: TrustedKeys): T {
   verifyEnvelope(what, keyId, bytes, signature, trusted);
@@ -164,8 +176,9 @@ function openEnvelope<T>(what: string, type: string, codec: { decode(bytes: Uint
 
 /**
  * Verifies a signed entry against the trusted keys (its signature covers its format) and
- * decodes it. The newest entry opened (up to VERIFIED_MAX_BYTES signed) is kept: opening the
- * same signed bytes again with the same key object returns the same object, so the followers
+ * decodes it. The newest entry opened is kept (and the newest larger than VERIFIED_MAX_BYTES,
+ * up to LARGE_OPENED_MAX_BYTES): opening the same signed bytes again with the same key object
+ * returns the same object, without verifying them again, so the followers
  * of one process (the fleet benchmark's hundreds of agents) decode it once and the memos keyed
  * by its objects (validation, digests) hit. Callers never modify what this returns, as a
  * chain's policies are never modified.
@@ -176,7 +189,11 @@ function openEnvelope<T>(what: string, type: string, codec: { decode(bytes: Uint
 export function openLogEntry(signed: SignedLogEntry, trusted: TrustedKeys): LogEntry {
   const format = signed.format ?? 0;
   if (format > LOG_FORMAT_NEWEST) throw new SignatureError(`verify log entry: log format ${format} is newer than this follower's (${LOG_FORMAT_NEWEST})`);
-  const record = verifyEnvelope('log entry', signed.keyId, signedBytes(signed.entry, format), signed.signature, trusted);
+  const bytes = signedBytes(signed.entry, format);
+  const key = trusted.get(signed.keyId);
+  const large = bytes.byteLength > VERIFIED_MAX_BYTES;
+  if (large && largeOpened !== undefined && largeOpened.key === key && largeOpened.signature.equals(signed.signature) && largeOpened.message.equals(bytes)) return largeOpened.entry;
+  const record = verifyEnvelope('log entry', signed.keyId, bytes, signed.signature, trusted);
   // The same signed bytes opened before (another follower in this process): the same entry.
   if (record?.opened !== undefined) return record.opened;
   let entry: LogEntry;
@@ -192,6 +209,8 @@ export function openLogEntry(signed: SignedLogEntry, trusted: TrustedKeys): LogE
     if (keptOpened !== undefined) keptOpened.opened = undefined;
     record.opened = entry;
     keptOpened = record;
+  } else if (large && key !== undefined && bytes.byteLength <= LARGE_OPENED_MAX_BYTES) {
+    largeOpened = { key, message: Buffer.from(bytes), signature: Buffer.from(signed.signature), entry };
   }
   return entry;
 }

@@ -153,3 +153,25 @@ test('log envelope - the newest entry opened is shared: the same signed bytes op
   tampered.entry[tampered.entry.length - 1]! ^= 0x01;
   t.throws(() => openLogEntry(tampered, trusted), { instanceOf: SignatureError });
 });
+
+test('log envelope - an entry larger than the verified records is shared too, one at a time; a tampered copy is still refused', (t) => {
+  const big = (revision: bigint): LogEntry => {
+    const e = entry(revision, GENESIS_HASH);
+    e.change!.upserts[0]!.spec!.rules = Array.from({ length: 3000 }, (_, i) => ({ ...e.change!.upserts[0]!.spec!.rules[0]!, priority: i + 1, name: `rule-${i}` }));
+    return e;
+  };
+  const signed = signLogEntry(big(31n), privateKey);
+  t.true(signed.entry.length > 64 * 1024);
+  const a = openLogEntry(decodeSignedLogEntry(encodeSignedLogEntry(signed)), trusted);
+  const b = openLogEntry(decodeSignedLogEntry(encodeSignedLogEntry(signed)), trusted);
+  t.is(a, b);
+  const tampered = SignedLogEntry.fromPartial({ ...signed, entry: Buffer.from(signed.entry) });
+  tampered.entry[tampered.entry.length - 1]! ^= 0x01;
+  t.throws(() => openLogEntry(tampered, trusted), { instanceOf: SignatureError, message: /signature does not match/ });
+  t.not(openLogEntry(signed, new Map([[keyIdOf(publicKey), publicKeyFromRaw(rawPublicKey(publicKey))]])), a, 'another key object verifies and decodes afresh');
+  const next = signLogEntry(big(32n), privateKey);
+  t.is(openLogEntry(next, trusted), openLogEntry(next, trusted));
+  const again = openLogEntry(signed, trusted);
+  t.not(again, a, 'one large entry kept at a time');
+  t.deepEqual(again, a);
+});
