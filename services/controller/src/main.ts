@@ -4,6 +4,7 @@
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { randomUUID, X509Certificate } from 'node:crypto';
 import { hostname } from 'node:os';
+import { setFlagsFromString } from 'node:v8';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -527,6 +528,8 @@ export async function main(): Promise<void> {
     process.stdout.write(HELP + '\n');
     return;
   }
+  // Read by V8 at every full collection, so setting it now holds for the whole run.
+  setFlagsFromString(`--heap-growing-percent=${config.heapGrowingPercent}`);
   if (config.issueNatsCert) {
     try {
       process.stdout.write(await issueNatsCertificate(config, config.issueNatsCert));
