@@ -441,14 +441,17 @@ test('services - a staged Service manifest rolls out: apply --wait follows it, r
   t.is(bad.code, ExitCode.USAGE);
 });
 
-/** Fake agents that ACK every record of a policy's rollout, as real agents apply every revision. */
-function ackRollouts(name: string, agents: { report(revision: bigint, outcome: RevisionOutcome, reason?: string): void }[], nack?: { agent: number; reason: string }): () => void {
+/**
+ * Fake agents that ACK every record of a policy's rollout, as real agents apply every revision;
+ * `ready(wave)` holds the ACKs of a wave's records back until it returns true.
+ */
+function ackRollouts(name: string, agents: { report(revision: bigint, outcome: RevisionOutcome, reason?: string): void }[], nack?: { agent: number; reason: string }, ready: (wave: number) => boolean = () => true): () => void {
   const api = new GrpcEdgeplaneApi({ server: controller.address, insecure: true, requestTimeoutMs: 2000 });
   let acked = 0n;
   const timer = setInterval(() => {
     void api.getRollout(name).then((s) => {
       const rv = s?.rollout?.resourceVersion ?? 0n;
-      if (rv <= acked) return;
+      if (rv <= acked || !ready(s?.rollout?.currentWave ?? 0)) return;
       acked = rv;
       agents.forEach((a, i) => (nack?.agent === i ? a.report(rv, RevisionOutcome.REVISION_OUTCOME_NACK, nack.reason) : a.report(rv, RevisionOutcome.REVISION_OUTCOME_ACK)));
     }, () => undefined);
@@ -465,8 +468,12 @@ const stagedPolicyYaml = (name: string, role: string, bake: string): string =>
 test('apply --wait - follows a staged rollout wave by wave, the implicit last wave included, until every node runs the change', async (t) => {
   const agents = await Promise.all([fakeAgent('wait-staged-1', { role: 'wait-staged', canary: 'true' }), fakeAgent('wait-staged-2', { role: 'wait-staged' })]);
   t.teardown(() => agents.forEach((a) => a.close()));
-  t.teardown(ackRollouts('wait-staged', agents));
-  const r = await edgeplane(['apply', '-f', file('wait-staged.yaml', stagedPolicyYaml('wait-staged', 'wait-staged', '1s')), '--wait', '--timeout', '30s']);
+  // --wait polls: the last wave's ACKs wait until it has printed that wave, or a fast wave could end between two polls.
+  let sawLastWave = false;
+  t.teardown(ackRollouts('wait-staged', agents, undefined, (wave) => wave === 0 || sawLastWave));
+  const r = await edgeplane(['apply', '-f', file('wait-staged.yaml', stagedPolicyYaml('wait-staged', 'wait-staged', '1s')), '--wait', '--timeout', '30s'], '', (out) => {
+    sawLastWave ||= /wave 2 of 2/.test(out);
+  });
   t.is(r.code, 0, r.stderr);
   const change = BigInt(/policy\/wait-staged created \(revision (\d+)\)/.exec(r.stdout)![1]!);
   t.regex(r.stdout, /policy\/wait-staged: wave 1 of 2 \(canary: selector\), 1 node\(s\) run the change/);
