@@ -91,7 +91,7 @@ const VERIFIED_KEPT = 8;
 /** Larger signed messages are verified every time (a copy of each is what is remembered). */
 const VERIFIED_MAX_BYTES = 64 * 1024;
 
-/** A signed message that verified, and (for the newest log entry only) what it opened to. */
+/** A signed message that verified, and (for the newest log entry and the newest large one only) what it opened to. */
 interface Verified {
   message: Buffer;
   signature: Buffer;
@@ -110,9 +110,13 @@ interface Verified {
  */
 const verified = new WeakMap<KeyObject, Verified[]>();
 
-/** The record of `key` having verified exactly this message and signature, if it is kept. */
+/** Whether a record is of exactly this message and signature. */
+const isRecordOf = (v: Verified, message: Uint8Array, signature: Uint8Array): boolean => v.signature.equals(signature) && v.message.equals(message);
+
+/** The record of `key` having verified exactly this message and signature, if it is kept (the large entry's included). */
 function verifiedBefore(key: KeyObject, message: Uint8Array, signature: Uint8Array): Verified | undefined {
-  return verified.get(key)?.find((v) => v.signature.equals(signature) && v.message.equals(message));
+  if (message.byteLength > VERIFIED_MAX_BYTES) return largeOpened?.key === key && isRecordOf(largeOpened.record, message, signature) ? largeOpened.record : undefined;
+  return verified.get(key)?.find((v) => isRecordOf(v, message, signature));
 }
 
 /** Keeps a record of `key` having verified the message (not a larger one than VERIFIED_MAX_BYTES). */
@@ -162,7 +166,7 @@ const LARGE_OPENED_MAX_BYTES = 8 * 1024 * 1024;
  * they would otherwise each decode and hold a copy of). One at a time: a real agent keeps at most
  * one such copy (a 65,536-rule policy's entry: 1.4 MiB), its policies its chain's anyway.
  */
-let largeOpened: { key: KeyObject; message: Buffer; signature: Buffer; entry: LogEntry } | undefined;
+let largeOpened: { key: KeyObject; record: Verified } | undefined;
 
 /** Verifies `bytes` as {@link verifyEnvelope} does, then decodes them with `codec`. @throws SignatureError */
 function openEnvelope<T>(what: string, type: string, codec: { decode(bytes: Uint8Array): T }, keyId: string, bytes: Uint8Array, signature: Uint8Array, trusted: TrustedKeys): T {
@@ -190,9 +194,6 @@ export function openLogEntry(signed: SignedLogEntry, trusted: TrustedKeys): LogE
   const format = signed.format ?? 0;
   if (format > LOG_FORMAT_NEWEST) throw new SignatureError(`verify log entry: log format ${format} is newer than this follower's (${LOG_FORMAT_NEWEST})`);
   const bytes = signedBytes(signed.entry, format);
-  const key = trusted.get(signed.keyId);
-  const large = bytes.byteLength > VERIFIED_MAX_BYTES;
-  if (large && largeOpened !== undefined && largeOpened.key === key && largeOpened.signature.equals(signed.signature) && largeOpened.message.equals(bytes)) return largeOpened.entry;
   const record = verifyEnvelope('log entry', signed.keyId, bytes, signed.signature, trusted);
   // The same signed bytes opened before (another follower in this process): the same entry.
   if (record?.opened !== undefined) return record.opened;
@@ -209,8 +210,8 @@ export function openLogEntry(signed: SignedLogEntry, trusted: TrustedKeys): LogE
     if (keptOpened !== undefined) keptOpened.opened = undefined;
     record.opened = entry;
     keptOpened = record;
-  } else if (large && key !== undefined && bytes.byteLength <= LARGE_OPENED_MAX_BYTES) {
-    largeOpened = { key, message: Buffer.from(bytes), signature: Buffer.from(signed.signature), entry };
+  } else if (bytes.byteLength <= LARGE_OPENED_MAX_BYTES) {
+    largeOpened = { key: trusted.get(signed.keyId)!, record: { message: Buffer.from(bytes), signature: Buffer.from(signed.signature), opened: entry } };
   }
   return entry;
 }
