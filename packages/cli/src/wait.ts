@@ -103,17 +103,42 @@ export function renderRolloutProgress(id: string, status: RolloutStatus, now: Da
   const waves = r.strategy?.waves.length ?? 0;
   const wave = status.waves.find((w) => w.index === r.currentWave);
   const ended = r.state !== RolloutState.ROLLOUT_STATE_PROGRESSING && r.state !== RolloutState.ROLLOUT_STATE_PAUSED;
-  const spec = r.strategy?.waves[r.currentWave];
-  const target = spec?.target?.$case === 'percent' ? `${spec.target.percent}%` : spec?.target?.$case === 'selector' ? 'selector' : '';
-  const name = spec?.name ? `${spec.name}: ` : '';
-  const inWave = wave ? `, ${wave.nodesDone}/${wave.nodes.length} of the wave done${wave.nodesFailed ? `, ${wave.nodesFailed} NACK` : ''}` : '';
   const text = ended
     ? `${id}: ${stateName(r.state)}${r.reason ? ` - ${r.reason}` : ''}`
-    : `${id}: wave ${Math.min(r.currentWave + 1, waves)} of ${waves} (${name}${target}), ${r.waveNodes.length} node(s) run the change${inWave}${r.state === RolloutState.ROLLOUT_STATE_PAUSED ? ', paused' : secondsLeft(wave?.bakeUntilTime, now)}`;
+    : waveLine(id, status, r.currentWave, r.waveNodes.length) + (r.state === RolloutState.ROLLOUT_STATE_PAUSED ? ', paused' : secondsLeft(wave?.bakeUntilTime, now));
   if (!tty) return text;
   const share = r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED ? 1 : waves === 0 ? 0 : (r.currentWave + (wave && wave.nodes.length > 0 ? wave.nodesDone / wave.nodes.length : 0)) / waves;
   const filled = Math.round(Math.min(1, share) * width);
   return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${text}`;
+}
+
+/** `ID: wave I of N (NAME: TARGET), K node(s) run the change, D/T of the wave done[, F NACK]`: wave `index` of the rollout. */
+function waveLine(id: string, status: RolloutStatus, index: number, running: number): string {
+  const r = status.rollout!;
+  const waves = r.strategy?.waves.length ?? 0;
+  const wave = status.waves.find((w) => w.index === index);
+  const spec = r.strategy?.waves[index];
+  const target = spec?.target?.$case === 'percent' ? `${spec.target.percent}%` : spec?.target?.$case === 'selector' ? 'selector' : '';
+  const name = spec?.name ? `${spec.name}: ` : '';
+  const inWave = wave ? `, ${wave.nodesDone}/${wave.nodes.length} of the wave done${wave.nodesFailed ? `, ${wave.nodesFailed} NACK` : ''}` : '';
+  return `${id}: wave ${Math.min(index + 1, waves)} of ${waves} (${name}${target}), ${running} node(s) run the change${inWave}`;
+}
+
+/**
+ * The lines of the waves a rollout went through since wave `shown` was printed and that no poll
+ * saw it in (a wave done within one poll, or before the first): each wave is printed once, in
+ * order, with what its status says now. None for a rollout that failed or was aborted (its later
+ * waves never ran). Pure.
+ */
+export function skippedWaveLines(id: string, status: RolloutStatus, shown: number): string[] {
+  const r = status.rollout!;
+  const last = r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED ? (r.strategy?.waves.length ?? 0) - 1 : r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED ? r.currentWave - 1 : -1;
+  const lines: string[] = [];
+  for (let i = shown + 1; i <= last; i++) {
+    const running = status.waves.filter((w) => w.index <= i).reduce((n, w) => n + w.nodes.length, 0);
+    lines.push(waveLine(id, status, i, running));
+  }
+  return lines;
 }
 
 /** Options of {@link followRollouts}. */
@@ -122,8 +147,11 @@ export interface FollowOptions {
   deadline: number;
   timeoutMs: number;
   pollMs?: number;
-  /** Called with one line per rollout when any of them changed (and once at the start). */
-  onProgress(lines: string[]): void;
+  /**
+   * Called with one line per rollout when any of them changed (and once at the start), after
+   * the lines of the waves no poll saw running (`passed`: printed once, they do not change).
+   */
+  onProgress(lines: string[], passed: string[]): void;
   now?: () => Date;
 }
 
@@ -138,10 +166,13 @@ export async function followRollouts(api: Pick<RolloutApi, 'getRollout'>, rollou
   const now = options.now ?? (() => new Date());
   let last = '';
   let newest = 0n;
+  // The newest wave printed of each rollout (-1: none yet).
+  const shown = rollouts.map(() => -1);
   for (;;) {
     const lines: string[] = [];
+    const skipped: string[] = [];
     let running = 0;
-    for (const f of rollouts) {
+    for (const [i, f] of rollouts.entries()) {
       const status = await api.getRollout(f.name, f.kind);
       const r = status?.rollout;
       if (!status || !r) {
@@ -155,9 +186,12 @@ export async function followRollouts(api: Pick<RolloutApi, 'getRollout'>, rollou
         continue;
       }
       if (r.resourceVersion > newest) newest = r.resourceVersion;
+      skipped.push(...skippedWaveLines(rolloutId(f), status, shown[i]!));
+      if (r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED) shown[i] = r.currentWave;
+      else if (r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED) shown[i] = Number.MAX_SAFE_INTEGER;
       lines.push(renderRolloutProgress(rolloutId(f), status, now(), false));
       if (r.state === RolloutState.ROLLOUT_STATE_FAILED || r.state === RolloutState.ROLLOUT_STATE_ABORTED) {
-        options.onProgress(lines);
+        options.onProgress(lines, skipped);
         const what = `rollout of ${rolloutKindName(r.kind)} ${r.name} ${stateName(r.state)}: ${r.reason}`;
         if (status.waves.some((w) => w.nodesFailed > 0)) throw new NackError(what);
         throw new RolloutFailedError(what);
@@ -166,7 +200,7 @@ export async function followRollouts(api: Pick<RolloutApi, 'getRollout'>, rollou
     }
     // The countdown alone does not make a new line.
     const key = lines.map((l) => l.replace(/, baking \d+s more/, '')).join('\n');
-    if (key !== last) options.onProgress(lines);
+    if (key !== last || skipped.length > 0) options.onProgress(lines, skipped);
     last = key;
     if (running === 0) return newest;
     if (Date.now() >= options.deadline) {

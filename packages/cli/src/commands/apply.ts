@@ -143,11 +143,12 @@ Examples:
       const newest = await followRollouts(api, rollouts, {
         deadline,
         timeoutMs,
-        onProgress(lines) {
+        onProgress(lines, passed) {
           if (io.isTTY) {
-            io.stdout.write(`${shown > 0 ? `\x1b[${shown}F` : ''}${lines.map((l) => `\x1b[K${l}\n`).join('')}`);
+            // The passed waves' lines stay above the block of current lines, which is redrawn in place.
+            io.stdout.write(`${shown > 0 ? `\x1b[${shown}F` : ''}${[...passed, ...lines].map((l) => `\x1b[K${l}\n`).join('')}`);
             shown = lines.length;
-          } else io.stdout.write(lines.join('\n') + '\n');
+          } else io.stdout.write([...passed, ...lines].join('\n') + '\n');
         },
       });
       if (newest > revision) revision = newest;
