@@ -432,6 +432,12 @@ test('services - a staged Service manifest rolls out: apply --wait follows it, r
   const asPolicy = await edgeplane(['rollout', 'status', 'svc-roll']);
   t.is(asPolicy.code, ExitCode.ERROR, 'a bare name is a policy, which has no rollout');
   t.regex(asPolicy.stderr, /policy svc-roll has no rollout/);
+  const watched = await edgeplane(['rollout', 'status', 'service/svc-roll', '--watch', '--timeout', '1s']);
+  t.is(watched.code, ExitCode.TIMEOUT, watched.stderr);
+  t.regex(watched.stderr, /rollout of service svc-roll did not finish within 1s/);
+  const badTimeout = await edgeplane(['rollout', 'status', 'service/svc-roll', '--watch', '--timeout', 'soon']);
+  t.is(badTimeout.code, ExitCode.USAGE, 'the timeout reads as apply --wait\'s does');
+  t.regex(badTimeout.stderr, /--timeout: "soon" is not a duration like 60s or 2m/);
 
   const aborted = await edgeplane(['rollout', 'abort', 'service/svc-roll', '--reason', 'not today']);
   t.is(aborted.code, 0, aborted.stderr);

@@ -1,7 +1,7 @@
 // `edgeplane rollout status` and `apply --wait`'s wave lines as text (pure): what a reverted rollout says about its nodes, and
 // the gate readings it kept; the lines of the waves apply --wait's polls did not see running.
 import test from 'ava';
-import { Rollout, RolloutState, WavePhase, type RolloutStatus } from '@edgeplane/proto';
+import { Rollout, RolloutState, Wave, WavePhase, type RolloutStatus } from '@edgeplane/proto';
 import { renderRollout } from '../src/commands/rollout.js';
 import { skippedWaveLines } from '../src/wait.js';
 
@@ -37,12 +37,12 @@ test('rollout status - a reverted rollout says which nodes enforced the change, 
 /** A three-wave rollout's status: `state`, at wave `current`, every wave of 2 nodes done. */
 const threeWaves = (state: RolloutState, current: number): RolloutStatus => ({
   rollout: Rollout.fromPartial({
+    strategy: { waves: [Wave.fromPartial({ name: 'canary', target: { $case: 'selector', selector: { matchLabels: { canary: 'true' } } } }), Wave.fromPartial({ name: 'half', target: { $case: 'percent', percent: 50 } }), Wave.fromPartial({ name: 'rest', target: { $case: 'percent', percent: 100 } })] },
     name: 'web',
     changeRevision: 9n,
     state,
     currentWave: current,
     waveNodes: ['n1', 'n2', 'n3', 'n4', 'n5', 'n6'].slice(0, 2 * (current + 1)),
-    strategy: { waves: [{ name: 'canary', target: { $case: 'selector', selector: { matchLabels: { canary: 'true' } } } }, { name: 'half', target: { $case: 'percent', percent: 50 } }, { name: 'rest', target: { $case: 'percent', percent: 100 } }] },
   }),
   waves: [0, 1, 2].map((index) => ({ index, name: '', nodes: [`n${2 * index + 1}`, `n${2 * index + 2}`], nodesDone: index <= current ? 2 : 0, nodesFailed: 0, nodesPending: 0, startTime: undefined, bakeUntilTime: undefined, nodesEnforced: 0, nodesRevertOnly: 0, nodesNeither: 0, phase: WavePhase.WAVE_PHASE_UNSPECIFIED, shadowUntilTime: undefined })),
   gateReadings: [],

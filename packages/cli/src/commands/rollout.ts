@@ -4,6 +4,8 @@ import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { parseKind } from '../resource-kind.js';
 import { secondsLeft, stateName } from '../rollout-text.js';
+import { formatMs } from '../duration.js';
+import { timeoutFlag } from './apply.js';
 
 const ACTIONS = ['status', 'list', 'pause', 'resume', 'promote', 'abort'] as const;
 type Action = (typeof ACTIONS)[number];
@@ -161,10 +163,8 @@ Examples:
       ctx.io.stdout.write(renderRollout(first, ctx.now()));
       return ExitCode.OK;
     }
-    const timeoutText = flags.string('timeout') ?? '10m';
-    const m = /^(\d+)(ms|s|m|h)$/.exec(timeoutText);
-    if (!m) throw new UsageError(`--timeout ${JSON.stringify(timeoutText)}: expected e.g. 90s, 10m`);
-    const deadline = Date.now() + Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+    const timeoutMs = timeoutFlag(flags, 600_000);
+    const deadline = Date.now() + timeoutMs;
     let status: RolloutStatus | undefined = first;
     let shown = '';
     for (;;) {
@@ -176,7 +176,7 @@ Examples:
       shown = text;
       if (finished(status)) break;
       if (Date.now() > deadline) {
-        ctx.io.stderr.write(`rollout of ${what} did not finish within ${timeoutText}\n`);
+        ctx.io.stderr.write(`rollout of ${what} did not finish within ${formatMs(timeoutMs)}\n`);
         return ExitCode.TIMEOUT;
       }
       await new Promise((r) => setTimeout(r, 500));
