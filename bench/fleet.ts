@@ -5,7 +5,7 @@
 //   npx tsc --build && node --import=tsx bench/fleet.ts [--quick] [--nodes 1000,10000]
 //     [--state-file none|disk] [--fanout auto|conns|agents] [--converge-bound SECONDS] [--profile DIR] [--mtls] [--workers N]
 //     [--heartbeat-interval S] [--log-heartbeat S] [--counter-interval S] [--replica-counters-interval S] [--replicas N[,N...]] [--table]
-//     [--sim-nice N]
+//     [--sim-nice N] [--warmup W]
 //   --replicas N: N controller processes on the one nats-server (issue 15), sharing the signing key
 //   (and with --mtls the CA); agent k starts on replica k mod N, with the others as its
 //   fallbacks. ACKs are watched on replica 0, so with N > 1 most arrive through the replicas'
@@ -23,7 +23,8 @@
 //
 // Per fleet size, with a fresh nats-server and controller:
 // - start: all agents connected (gRPC welcome) and following the log (caught up);
-// - convergence, K changes one after another, alternated with the raw fan-out baseline:
+// - convergence, --warmup changes first (reported apart), then K changes one after another,
+//   alternated with the raw fan-out baseline:
 //   ApplyPolicy response -> each node's ACK arriving at the controller, seen on a
 //   FleetService.WatchNodes stream opened by this process (timestamped on arrival), and, as a
 //   cross-check, the agent's own send time of the ACK (wall clock, same machine);
@@ -67,6 +68,13 @@ const quick = argv.includes('--quick');
 const TABLE = argv.includes('--table');
 const SIZES = (opt('--nodes') ?? '1000,10000').split(',').map((s) => Number(s.replace(/_/g, '')));
 const K = quick ? 5 : 20;
+// --warmup W: changes made and ACKed before the K measured ones (default 3), reported apart (their
+// ACK p99 each, in the table and the JSON). The simulator's processes start with every agent's
+// change path unoptimized and their heaps at start size: over 20 changes on 1,000 agents the
+// first three took 325-402 ms to the last ACK and the rest 123-264 (BENCHMARKS.md, "Warm-up"),
+// which a real agent, one long-running process per node, pays once in its life. 0 measures from
+// the first change.
+const WARMUP = Number(opt('--warmup') ?? 3);
 // --workers N: simulator processes (default 2). Each hosts N/WORKERS real agent runtimes on one
 // event loop, so every burst they all answer at once (the signed log head every 5 s that each agent
 // verifies, a reconnect after the controller went away) stalls that loop in proportion; more
@@ -483,6 +491,8 @@ export interface FailoverResult {
 export interface PhaseResult {
   fanoutMode: 'conns' | 'agents';
   runs: ConvergenceRun[];
+  /** The --warmup changes before the measured ones (not in any other figure). */
+  warmups: ConvergenceRun[];
   fanoutMs: number[];
   convergence: { ackP50: number; ackP99: number; ackMax: number; sentP99: number; sentMax: number; watchLagP99: number; apiMs: number };
   fanout: { medianMs: number; ratioP99: number; ratioMax: number };
@@ -735,6 +745,14 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       const runs: ConvergenceRun[] = [];
       const fanoutMs: number[] = [];
       await fanoutOnce('warmup');
+      // -- warm-up changes (ports and prefixes of their own: 101, 102, ...) --
+      const warmups: ConvergenceRun[] = [];
+      for (let w = 1; w <= WARMUP; w++) {
+        const r = await convergeOnce(100 + w);
+        warmups.push(r);
+        log(`n=${n} warm-up change ${w}/${WARMUP} rev ${r.revision}: ack p50/p99/max ${r.ack.p50}/${r.ack.p99}/${r.ack.max} ms (sent max ${r.sent.max}); controller CPU ${r.controllerCpuMs} ms; workers CPU ${r.workerCpuMs} ms`);
+        await sleep(500);
+      }
       for (let i = 1; i <= K; i++) {
         if (i % 2) {
           fanoutMs.push(await fanoutOnce(`f${i}`));
@@ -847,6 +865,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
       return {
         fanoutMode,
         runs,
+        warmups,
         fanoutMs: fanoutMs.map((x) => round(x)),
         convergence: {
           ackP50: round(median(runs.map((r) => r.ack.p50))),
@@ -1047,6 +1066,7 @@ function table(results: FullResult[]): string {
     ['requests to replica 0 during the start: p99 / max (failed)', (r) => `${r.startProbe.latency.p99} / ${r.startProbe.latency.max} ms (${r.startProbe.failed})`],
     ['TCP: agent->controller / ->nats (+fan-out)', (r) => `${r.tcp.grpc} / ${r.tcp.nats} (${r.tcp.natsWithFanout})`],
     ['ApplyPolicy round trip, median', (r) => `${r.convergence.apiMs} ms`],
+    ['warm-up changes before the K measured (--warmup): ACK p99 each', (r) => (r.warmups.length ? r.warmups.map((x) => x.ack.p99).join(' / ') + ' ms' : '-')],
     ['response -> ACK at controller p50 / p99 / max (medians of K)', (r) => `${r.convergence.ackP50} / ${r.convergence.ackP99} / ${r.convergence.ackMax} ms`],
     ['changes fully ACKed within the bound', (r) => `${r.runs.filter((x) => x.acked >= r.nodes).length} of ${r.runs.length} (fewest ACKs ${Math.min(...r.runs.map((x) => x.acked))})`],
     ['agent catch-ups from the stream per change, median', (r) => `${median(r.runs.map((x) => x.catchUps))}`],
