@@ -160,13 +160,11 @@ export function validateBlock(block: Block | undefined, durationMs: number | und
  * Applies `change` to `base` (the list the log holds at change.baseResourceVersion; undefined when
  * the change creates the list): the base's prefixes in their order less the removed ones, then
  * the added ones. Pure and linear; `base` is not modified.
- * @returns the resulting list, whole: the same object for the same change and base objects (read only).
+ * @returns the resulting list, whole (a new object; the chain shares it among its followers).
  * @throws PatchError when the change does not fit the base: another base version, a removed
  * prefix not in it, an added prefix already in it, or the result over MAX_PREFIX_LIST_ENTRIES.
  */
 export function applyPrefixListChange(base: PrefixList | undefined, change: PrefixListChange): PrefixList {
-  const known = applied.get(change);
-  if (known !== undefined && (known.base === undefined ? base === undefined : known.base.deref() === base)) return known.result;
   const name = change.metadata?.name ?? '';
   const baseVersion = base?.metadata?.resourceVersion ?? 0n;
   if (baseVersion !== change.baseResourceVersion) throw new PatchError(`apply prefix list change name=${name}: based on version ${change.baseResourceVersion}, the list is at ${baseVersion}`);
@@ -202,19 +200,8 @@ export function applyPrefixListChange(base: PrefixList | undefined, change: Pref
   for (const p of change.add) prefixes.push(p);
   if (prefixes.length > MAX_PREFIX_LIST_ENTRIES) throw new PatchError(`apply prefix list change name=${name}: ${prefixes.length} prefixes; at most ${MAX_PREFIX_LIST_ENTRIES}`);
   remember(prefixes, held, change);
-  const result: PrefixList = { metadata: change.metadata, spec: { ...(change.spec ?? { nodeSelector: undefined, use: PrefixListUse.PREFIX_LIST_USE_UNSPECIFIED, description: '' }), prefixes } };
-  applied.set(change, { base: base === undefined ? undefined : new WeakRef(base), result });
-  return result;
+  return { metadata: change.metadata, spec: { ...(change.spec ?? { nodeSelector: undefined, use: PrefixListUse.PREFIX_LIST_USE_UNSPECIFIED, description: '' }), prefixes } };
 }
-
-/**
- * The list a change object made last, and from which base (weakly): the same change applied again
- * to the same base object returns the same list. The followers of one process (the fleet
- * benchmark's hundreds of agents) open an entry to the same objects (openLogEntry), so a worker's
- * agents holding one list apply a one-prefix change to it once, not once each, and go on holding
- * one list. Lists are never modified. Weak by change: kept as long as the decoded entry.
- */
-const applied = new WeakMap<PrefixListChange, { base: WeakRef<PrefixList> | undefined; result: PrefixList }>();
 
 /** Changes up to this many prefixes are applied by a copy of the list and a scan per change. */
 const FEW_CHANGES = 8;

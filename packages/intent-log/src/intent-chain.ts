@@ -6,6 +6,7 @@ import {
   MAX_ENDED_BLOCKS_KEPT,
   type Block,
   type PrefixList,
+  type PrefixListChange,
   GENESIS_HASH,
   policyDigest,
   shareEmptyLists,
@@ -54,6 +55,38 @@ export interface AppendResult {
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/**
+ * The prefix lists entries made, by the entry's hash and the list's name, for every chain of the
+ * process; weak (a list nobody holds any more leaves, and its key with it). An entry's hash pins
+ * the whole log before it (each entry holds the hash of the one before), so the list an entry
+ * made from the list the log held there is the same for every chain that appended that entry:
+ * the followers of one process (the fleet benchmark's hundreds of agents per worker, however
+ * each caught up) hold one copy of a million-prefix list, not one each. A real agent holds one
+ * chain; it pays one lookup per list change.
+ */
+const listsMade = new Map<string, WeakRef<PrefixList>>();
+const listGone = new FinalizationRegistry<string>((key) => {
+  if (listsMade.get(key)?.deref() === undefined) listsMade.delete(key);
+});
+
+/**
+ * applyPrefixListChange(base, change) for the entry whose hash is `hash`, shared through
+ * listsMade. A kept list serves only a base at the version the change names, with as many
+ * prefixes as the list less the change's additions plus its removals (a chain started from a
+ * snapshot that disagreed with the log is applied to afresh, and refused as that refuses).
+ * @throws PatchError as applyPrefixListChange.
+ */
+function listAfter(hash: Uint8Array, base: PrefixList | undefined, change: PrefixListChange): PrefixList {
+  const key = `${Buffer.from(hash).toString('hex')}/${change.metadata?.name ?? ''}`;
+  const kept = listsMade.get(key)?.deref();
+  const held = base?.spec?.prefixes.length ?? 0;
+  if (kept !== undefined && (base?.metadata?.resourceVersion ?? 0n) === change.baseResourceVersion && (kept.spec?.prefixes.length ?? 0) === held - change.remove.length + change.add.length) return kept;
+  const list = applyPrefixListChange(base, change);
+  listsMade.set(key, new WeakRef(list));
+  listGone.register(list, key);
+  return list;
 }
 
 /**
@@ -228,7 +261,7 @@ export class IntentChain {
       for (const splice of patch.splices) shareEmptyLists(splice.rules);
       return applyPolicyPatch(this.#policies.get(patch.metadata?.name ?? ''), patch);
     });
-    const lists = (entry.blocklistChange?.prefixLists ?? []).map((c) => (c.delete ? { name: c.metadata?.name ?? '', list: undefined } : { name: c.metadata?.name ?? '', list: applyPrefixListChange(this.#prefixLists.get(c.metadata?.name ?? ''), c) }));
+    const lists = (entry.blocklistChange?.prefixLists ?? []).map((c) => (c.delete ? { name: c.metadata?.name ?? '', list: undefined } : { name: c.metadata?.name ?? '', list: listAfter(hash, this.#prefixLists.get(c.metadata?.name ?? ''), c) }));
     const changes: PolicyChange[] = [];
     for (const name of entry.change?.deletes ?? []) {
       const old = this.#policies.get(name);
