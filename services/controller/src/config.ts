@@ -74,6 +74,8 @@ export interface ControllerConfig {
    * now (those go at once); 0 = at once for every node.
    */
   replicaCountersIntervalMs: number;
+  /** How often a replica sends the other replicas the nodes whose status changed (ACKs, NACKs, connects). */
+  replicaDeltaMs: number;
   /** How long ListConnections waits for the node's agent. */
   connectionsTimeoutMs: number;
   /** Agents' application heartbeat; a stream silent for 3 of them is closed. */
@@ -177,6 +179,9 @@ Every flag can also be set by the environment variable shown.
                             their counter totals on other replicas lag by up to SEC, and a replica
                             killed with -9 takes up to SEC of its nodes' counts with it; nodes a
                             rollout judges go at once
+  --replica-delta-ms MS     how often a replica sends the other replicas the nodes whose status changed
+                            (ACKs, NACKs, connects), batched (default 100, at least 10): what another
+                            replica shows, and its rollout gates see, lags by up to MS
   --connections-timeout SEC how long ListConnections (edgeplane conntrack) waits for the node's agent (default 10)
   --heartbeat-interval SEC  agents send an application heartbeat every SEC seconds, echoed, and a
                             stream silent for 3 of them is closed (default 60); a dead peer is
@@ -264,6 +269,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         'otlp-endpoint': { type: 'string' },
         'counter-interval': { type: 'string' },
         'replica-counters-interval': { type: 'string' },
+        'replica-delta-ms': { type: 'string' },
         'connections-timeout': { type: 'string' },
         'heartbeat-interval': { type: 'string' },
         keepalive: { type: 'string' },
@@ -353,6 +359,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     ...(otlp ? { otlpEndpoint: otlp } : {}),
     counterIntervalMs: int('counter-interval', values['counter-interval'], 5, 1) * 1000,
     replicaCountersIntervalMs: int('replica-counters-interval', values['replica-counters-interval'], 15, 0) * 1000,
+    replicaDeltaMs: int('replica-delta-ms', values['replica-delta-ms'], 100, 10),
     connectionsTimeoutMs: int('connections-timeout', values['connections-timeout'], 10, 1) * 1000,
     heartbeatIntervalMs: int('heartbeat-interval', values['heartbeat-interval'], 60, 1) * 1000,
     keepaliveMs: int('keepalive', values['keepalive'], 30, 1) * 1000,

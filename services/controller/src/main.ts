@@ -385,6 +385,7 @@ export async function startController(config: ControllerConfig, extras: StartExt
     const fleetSync = new ReplicaFleetSync(nc, replicasKv, { registry, counters, health: serviceHealth.store }, {
       controllerId: config.controllerId,
       countersMs: config.replicaCountersIntervalMs,
+      deltaMs: config.replicaDeltaMs,
       urgent: (node) => judged(node),
       onError,
       log: (msg, fields) => log('warn', msg, fields),

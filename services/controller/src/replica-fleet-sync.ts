@@ -17,7 +17,7 @@ import type { ServiceHealthStore } from './service-health-store.js';
 export interface ReplicaFleetSyncOptions {
   /** The controller id; the replica's instance id is made from it and a per-start suffix. */
   controllerId: string;
-  /** How often changed nodes are published (batched). Default 250 ms. */
+  /** How often changed nodes are published (batched). Default 100 ms. */
   deltaMs?: number;
   /** How often a replica publishes even when nothing changed (its liveness). Default 1 s. */
   idleMs?: number;
@@ -176,7 +176,7 @@ export class ReplicaFleetSync {
     });
     await this.#readSnapshots(`${REPLICA_SNAPSHOT_KEY_PREFIX}.>`);
     const every = (ms: number, fn: () => void): void => void this.#timers.push(setInterval(fn, ms));
-    every(this.#o.deltaMs ?? 250, () => void this.#publishDelta());
+    every(this.#o.deltaMs ?? 100, () => void this.#publishDelta());
     every(this.#o.snapshotMs ?? 5000, () => void this.#storeSnapshot());
     if ((this.#o.countersMs ?? 0) > 0) every(this.#o.countersMs!, () => this.#counterBatch());
     every(Math.min(1000, this.#expireMs), () => this.#expire());
