@@ -5,7 +5,7 @@ import { RevisionOutcome, RolloutKind, RolloutState, rolloutKindName, type GetRe
 import { formatMs } from './duration.js';
 import { NackError, RolloutFailedError, WaitTimeoutError } from './errors.js';
 import type { FleetApi, RolloutApi } from './grpc-api.js';
-import { secondsLeft, stateName } from './rollout-text.js';
+import { isRunning, secondsLeft, stateName } from './rollout-text.js';
 
 /** How far a revision has reached among the nodes of interest. */
 export interface Convergence {
@@ -102,7 +102,7 @@ export function renderRolloutProgress(id: string, status: RolloutStatus, now: Da
   const r = status.rollout!;
   const waves = r.strategy?.waves.length ?? 0;
   const wave = status.waves.find((w) => w.index === r.currentWave);
-  const ended = r.state !== RolloutState.ROLLOUT_STATE_PROGRESSING && r.state !== RolloutState.ROLLOUT_STATE_PAUSED;
+  const ended = !isRunning(r.state);
   const text = ended
     ? `${id}: ${stateName(r.state)}${r.reason ? ` - ${r.reason}` : ''}`
     : waveLine(id, status, r.currentWave, r.waveNodes.length) + (r.state === RolloutState.ROLLOUT_STATE_PAUSED ? ', paused' : secondsLeft(wave?.bakeUntilTime, now));
@@ -132,7 +132,7 @@ function waveLine(id: string, status: RolloutStatus, index: number, running: num
  */
 export function skippedWaveLines(id: string, status: RolloutStatus, shown: number): string[] {
   const r = status.rollout!;
-  const last = r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED ? (r.strategy?.waves.length ?? 0) - 1 : r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED ? r.currentWave - 1 : -1;
+  const last = r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED ? (r.strategy?.waves.length ?? 0) - 1 : isRunning(r.state) ? r.currentWave - 1 : -1;
   const lines: string[] = [];
   for (let i = shown + 1; i <= last; i++) {
     const running = status.waves.filter((w) => w.index <= i).reduce((n, w) => n + w.nodes.length, 0);
@@ -187,7 +187,7 @@ export async function followRollouts(api: Pick<RolloutApi, 'getRollout'>, rollou
       }
       if (r.resourceVersion > newest) newest = r.resourceVersion;
       skipped.push(...skippedWaveLines(rolloutId(f), status, shown[i]!));
-      if (r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED) shown[i] = r.currentWave;
+      if (isRunning(r.state)) shown[i] = r.currentWave;
       else if (r.state === RolloutState.ROLLOUT_STATE_SUCCEEDED) shown[i] = Number.MAX_SAFE_INTEGER;
       lines.push(renderRolloutProgress(rolloutId(f), status, now(), false));
       if (r.state === RolloutState.ROLLOUT_STATE_FAILED || r.state === RolloutState.ROLLOUT_STATE_ABORTED) {

@@ -3,7 +3,7 @@ import type { Command, CommandContext, Flags } from '../command.js';
 import { CliError, UsageError } from '../errors.js';
 import { ExitCode, type ExitCodeValue } from '../exit-codes.js';
 import { parseKind } from '../resource-kind.js';
-import { secondsLeft, stateName } from '../rollout-text.js';
+import { isRunning, secondsLeft, stateName } from '../rollout-text.js';
 import { formatMs } from '../duration.js';
 import { timeoutFlag } from './apply.js';
 
@@ -30,7 +30,7 @@ export function renderRollout(status: RolloutStatus, now: Date): string {
   const waves = r.strategy?.waves ?? [];
   const lines = [
     `Rollout of ${rolloutKindName(r.kind)} ${r.name} (change at revision ${r.changeRevision}): ${stateName(r.state)}${r.reason ? ` - ${r.reason}` : ''}`,
-    `Wave ${Math.min(r.currentWave + 1, waves.length)} of ${waves.length}; ${nodesLine(status)}${(isServiceRollout(r) ? r.previousService : r.previous) ? '' : ` (a new ${rolloutKindName(r.kind)})`}${r.wavePhase === WavePhase.WAVE_PHASE_SHADOW ? `; ${r.shadowNodes.length} node(s) ${r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED ? 'shadow' : 'shadowed'} it` : ''}`,
+    `Wave ${Math.min(r.currentWave + 1, waves.length)} of ${waves.length}; ${nodesLine(status)}${(isServiceRollout(r) ? r.previousService : r.previous) ? '' : ` (a new ${rolloutKindName(r.kind)})`}${r.wavePhase === WavePhase.WAVE_PHASE_SHADOW ? `; ${r.shadowNodes.length} node(s) ${isRunning(r.state) ? 'shadow' : 'shadowed'} it` : ''}`,
     reverted(r.state) ? 'WAVE  TARGET                 NODES  ENFORCED  REVERT-ONLY  NEITHER  NACK  STATE' : 'WAVE  TARGET                 NODES  DONE  FAILED  PENDING  STATE',
   ];
   for (const w of status.waves) {
@@ -44,7 +44,7 @@ export function renderRollout(status: RolloutStatus, now: Date): string {
     else lines.push(`${head}${String(w.nodesDone).padEnd(4)}  ${String(w.nodesFailed).padEnd(6)}  ${String(w.nodesPending).padEnd(7)}  ${state}`);
   }
   if (status.gateReadings.length > 0) {
-    const active = r.state === RolloutState.ROLLOUT_STATE_PROGRESSING || r.state === RolloutState.ROLLOUT_STATE_PAUSED;
+    const active = isRunning(r.state);
     lines.push(`Health gate${active ? '' : ' at the end'} (share of dropped packets, before -> since the node enforced the change):`);
     for (const g of status.gateReadings) lines.push(`  ${g.node}: ${g.baselineDropPercent.toFixed(1)}% -> ${g.currentDropPercent.toFixed(1)}% (${g.droppedPackets} of ${g.packets} packets)${g.overLimit ? ' OVER THE LIMIT' : ''}`);
   }
@@ -111,7 +111,7 @@ export function rolloutTarget(word: string): { kind: RolloutKind; name: string }
   return { kind: kind === 'service' ? RolloutKind.ROLLOUT_KIND_SERVICE : RolloutKind.ROLLOUT_KIND_POLICY, name };
 }
 
-const finished = (s: RolloutStatus | undefined): boolean => !!s && s.rollout?.state !== RolloutState.ROLLOUT_STATE_PROGRESSING && s.rollout?.state !== RolloutState.ROLLOUT_STATE_PAUSED;
+const finished = (s: RolloutStatus | undefined): boolean => !!s && !isRunning(s.rollout?.state);
 
 /** `edgeplane rollout`. */
 export const rolloutCommand: Command = {
