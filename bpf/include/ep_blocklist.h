@@ -8,11 +8,14 @@
  * in place (an LPM update or delete is atomic for a concurrent lookup: kernel/bpf/lpm_trie.c
  * replaces nodes under RCU).
  *
- * Permanent IPv4 entries of up to EP_BLK_HASH_LENS prefix lengths (the lengths with the most
- * entries) are held instead in a hashed set, ep_blk4h: an ARRAY of 64-byte buckets the agent
- * writes through mmap (BPF_F_MMAPABLE), so a whole list costs a copy instead of one kernel insert
- * per prefix (~0.8-1.2 us each for a trie or a hash map: bpf/README.md, "The blocklist"). Per
- * hashed length a packet reads one bucket (two behind a marked one), whatever the number of entries.
+ * Permanent IPv4 entries of up to three prefix lengths (the lengths with the most entries; an
+ * older agent's sets hold up to EP_BLK_HASH_LENS) are held instead in a hashed set, ep_blk4h: an
+ * ARRAY of 64-byte buckets the agent writes through mmap (BPF_F_MMAPABLE), so a whole list costs
+ * a copy instead of one kernel insert per prefix (~0.8-1.2 us each for a trie or a hash map:
+ * bpf/README.md, "The blocklist"). Beside each set, its prefilter (ep_blk4p) says per /24 block
+ * whether an entry covers it or lies in it: a packet reads one word, and one bucket (two behind a
+ * marked one) per hashed length > 24 only where an entry lies in its block, whatever the number
+ * of entries.
  *
  * The check runs first, right after parsing, at the policy hooks (uplink XDP or TC ingress,
  * workload TC): the hashed set's probes, then an LPM lookup that walks at most prefixlen nodes
@@ -115,6 +118,39 @@ struct {
 	__array(values, struct ep_blk4h_inner);
 } ep_blk4h SEC(".maps");
 
+/* The prefilter of a hashed set (ep_blk4p): two bits per /24 block of the IPv4 space (2^24
+ * blocks, 4 MiB), written by the agent through mmap with the set. EP_BLK_PRE_COVERED: an entry of
+ * the set of length <= 24 contains the block (exact: the agent recomputes it when such an entry
+ * leaves), so a source there is listed without a bucket read. EP_BLK_PRE_LONGER: an entry of
+ * length > 24 lies in the block (a hint: it stays set after that entry leaves, until the next
+ * whole load), so only then are the buckets of the lengths > 24 read. A source in neither reads
+ * one word and no bucket. Its inner maps are plain arrays of one fixed size (not
+ * BPF_F_INNER_MAP), so the verifier inlines the word's lookup: a bucket lookup in ep_blk4h's
+ * inner maps, whose size varies, is a call (~10 ns a packet here: BENCHMARKS.md, "The
+ * prefilter"). A set has one when the word's fourth length slot holds EP_BLK_PRE_MARK (such a
+ * set holds at most three lengths); a word without it (an older agent's set) reads every
+ * length's buckets, as before. */
+#define EP_BLK_PRE_LEN 24
+#define EP_BLK_PRE_WORDS (1U << (EP_BLK_PRE_LEN - 5))
+#define EP_BLK_PRE_COVERED 1ULL
+#define EP_BLK_PRE_LONGER 2ULL
+#define EP_BLK_PRE_MARK 63
+struct ep_blk4p_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u64));
+	__uint(max_entries, EP_BLK_PRE_WORDS);
+};
+
+/* Per blocklist generation: the prefilter of the hashed set in ep_blk4h's same slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, EP_BLK_SLOTS);
+	__type(key, __u32);
+	__array(values, struct ep_blk4p_inner);
+} ep_blk4p SEC(".maps");
+
 /* Per blocklist generation: the IPv6 source trie. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -212,20 +248,41 @@ static __always_inline __u32 ep_blk_mix(__u32 h)
 }
 
 /* 1 when the IPv4 source is in the live hashed set (`word`: ep_blk_active[0], with at least one
- * length). One bucket read per length, two behind a marked bucket. Its own subprogram, like ep_blk_match. */
-static __noinline int ep_blk_hashed4(struct ep_pkt *p, __u32 word)
+ * length). With a prefilter: one inlined word read, and the buckets of the lengths > 24 only
+ * behind EP_BLK_PRE_LONGER; without: one bucket read per length. Two buckets behind a marked
+ * first. Inline: a call to a subprogram cost ~10 ns a packet here (BENCHMARKS.md, "The
+ * prefilter"), against a few hundred more instructions verified per hook. */
+static __always_inline int ep_blk_hashed4(struct ep_pkt *p, __u32 word)
 {
 	__u32 slot = word & 1;
-	void *set = bpf_map_lookup_elem(&ep_blk4h, &slot);
-	if (!set)
-		return 0;
 	__u32 raw;
 	__builtin_memcpy(&raw, p->src, 4);
 	__u32 addr = bpf_ntohl(raw);
+	/* Lengths (+ 1) up to this one are answered by the prefilter: not probed. */
+	__u32 answered = 0;
+	if (EP_BLK_HASH_LEN1(word, EP_BLK_HASH_LENS - 1) == EP_BLK_PRE_MARK) {
+		void *pre = bpf_map_lookup_elem(&ep_blk4p, &slot);
+		__u32 block = addr >> (32 - EP_BLK_PRE_LEN);
+		__u32 at = block >> 5;
+		__u64 *bits = pre ? bpf_map_lookup_elem(pre, &at) : NULL;
+		if (bits) {
+			__u64 mine = *bits >> ((block & 31) * 2);
+			if (mine & EP_BLK_PRE_COVERED)
+				return 1;
+			if (!(mine & EP_BLK_PRE_LONGER))
+				return 0;
+			answered = EP_BLK_PRE_LEN + 1;
+		}
+		/* No prefilter installed (never with the agent's writes): every length is probed. */
+	}
+	void *set = bpf_map_lookup_elem(&ep_blk4h, &slot);
+	if (!set)
+		return 0;
 	__u32 mask = (1U << EP_BLK_HASH_LOG2(word)) - 1;
 	for (int i = 0; i < EP_BLK_HASH_LENS; i++) {
 		__u32 len1 = EP_BLK_HASH_LEN1(word, i);
-		if (!len1)
+		/* Lengths come longest first; the mark ends them too. */
+		if (!len1 || len1 <= answered || len1 == EP_BLK_PRE_MARK)
 			return 0;
 		__u32 a = len1 == 1 ? 0 : addr & (0xffffffffU << (33 - len1));
 		__u64 want = ((__u64)a << 32) | len1;
@@ -249,9 +306,9 @@ static __noinline int ep_blk_hashed4(struct ep_pkt *p, __u32 word)
 /* 1 when the packet's source is blocked (the caller drops it), counted; else 0. A family whose
  * live trie is empty (EP_BLK_EMPTY4/6) and no hashed set costs one array read and no call: the
  * blocklist was a tenth of a tracked connection's programs in bench/conntrack-lookup.ts's cold
- * runs with none loaded. Inline, so a packet pays only the calls it needs here: ep_blk_hashed4
- * for an IPv4 source while a set is live, ep_blk_match while its family's trie is not empty
- * (bpf/README.md, "Verifier cost", per packet). */
+ * runs with none loaded. Inline, so a packet pays only what it needs here: ep_blk_hashed4 for an
+ * IPv4 source while a set is live (inline too), the call to ep_blk_match while its family's trie
+ * is not empty (bpf/README.md, "Verifier cost", per packet). */
 static __always_inline int ep_blocklisted(struct ep_pkt *p, __u64 len)
 {
 	__u32 zero = 0;

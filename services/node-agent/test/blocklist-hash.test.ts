@@ -1,11 +1,12 @@
 // The blocklist's hashed set (pure, no kernel): a hashed packer holds the same prefixes with the
 // same expiries as a trie-only one, split between the set (permanent IPv4 entries of the most
 // common lengths, each once) and the trie (the rest, none of them in the set); the set's buckets
-// take 8 entries each and say 'full' after; ep_blk_active's shape bits round-trip.
+// take 8 entries each and say 'full' after; ep_blk_active's shape bits round-trip; the prefilter's
+// bits say what a reference over the set's entries says, after a fill and after removes in place.
 import test from 'ava';
 import fc from 'fast-check';
 import { parseCidr, type Cidr } from '@edgeplane/proto';
-import { bucketsLog2, chooseLengths, fillHashed, HASH_ENTRIES, HASH_LENGTHS, HASH_MOVED, HashedSet4, hashOf, maskAddress, mix32, shapeBits, shapeOfWord } from '../src/datapath/blocklist-hash.js';
+import { bucketsLog2, chooseLengths, fillHashed, fillPrefilter, HASH_ENTRIES, HASH_LENGTH_SLOTS, HASH_LENGTHS, HASH_MOVED, HashedSet4, hashOf, maskAddress, mix32, Prefilter, PREFILTER_COVERED, PREFILTER_LONGER, shapeBits, shapeOfWord } from '../src/datapath/blocklist-hash.js';
 import { BLOCKLIST_F_BLOCK, BLOCKLIST_SIZES, BlocklistPacker, decodeBlocklistValue } from '../src/datapath/blocklist.js';
 
 // Few distinct lengths and values, so prefixes repeat and more lengths than the set holds compete.
@@ -116,15 +117,18 @@ test('hashed set - with both buckets full, an entry of one moves to its other bu
 test('hashed set - lengths by count, longest first; the shape round-trips through the active word; buckets for four entries each', (t) => {
   const counts = new Uint32Array(33);
   Object.assign(counts, { 32: 700, 24: 250, 16: 20, 8: 20, 12: 3, 0: 1 });
-  t.deepEqual(chooseLengths(counts), [32, 24, 16, 8]);
+  t.deepEqual(chooseLengths(counts), [32, 24, 16]);
   t.deepEqual(chooseLengths(new Uint32Array(33)), []);
   fc.assert(
-    fc.property(fc.integer({ min: 0, max: 28 }), fc.uniqueArray(fc.integer({ min: 0, max: 32 }), { minLength: 1, maxLength: HASH_LENGTHS }), fc.nat(1), (log2, lengths, generation) => {
-      const word = generation | 0x2 | shapeBits({ log2, lengths });
-      t.deepEqual(shapeOfWord(word), { log2, lengths });
+    fc.property(fc.integer({ min: 0, max: 28 }), fc.boolean(), fc.uniqueArray(fc.integer({ min: 0, max: 32 }), { minLength: 1, maxLength: HASH_LENGTH_SLOTS }), fc.nat(1), (log2, prefilter, all, generation) => {
+      // With a prefilter, three lengths and the mark; without (an older agent's word), four.
+      const lengths = prefilter ? all.slice(0, HASH_LENGTHS) : all;
+      const word = generation | 0x2 | shapeBits({ log2, lengths, prefilter });
+      t.deepEqual(shapeOfWord(word), { log2, lengths, prefilter });
       t.is(word & 0x7, generation | 0x2, 'the generation and empty marks are left alone');
     }),
   );
+  t.throws(() => shapeBits({ log2: 4, lengths: [32, 24, 16, 8], prefilter: true }), { instanceOf: RangeError });
   t.is(shapeBits(undefined), 0);
   t.is(shapeOfWord(0x7), undefined);
   t.is(bucketsLog2(0), 0);
@@ -135,4 +139,76 @@ test('hashed set - lengths by count, longest first; the shape round-trips throug
   t.is(maskAddress(0x0a0b0c0d, 24), 0x0a0b0c00);
   t.is(maskAddress(0x8a0b0c0d, 0), 0);
   t.is(maskAddress(0x8a0b0c0d, 1), 0x80000000);
+});
+
+test('prefilter - covered exactly where an entry of length <= 24 contains the block, "longer" wherever an entry of length > 24 lies in it; removes in place keep both true', (t) => {
+  // Entries in 10.0.0.0/14 (1,024 blocks, so entries nest), three lengths out of seven (a /8
+  // contains the whole region), sets of 4 to 64 buckets: a remove of a short prefix probes the
+  // longer lengths' prefixes inside it, or scans the set when they outnumber its slots. Checked
+  // over 10.0.0.0/12 and its edges.
+  const lengthsOf = fc.shuffledSubarray([8, 12, 16, 20, 24, 28, 32], { minLength: 1, maxLength: HASH_LENGTHS });
+  fc.assert(
+    fc.property(lengthsOf, fc.integer({ min: 2, max: 6 }), fc.array(fc.tuple(fc.nat(2), fc.nat(0x3fff)), { minLength: 1, maxLength: 120 }), fc.array(fc.nat(), { maxLength: 40 }), (lengths, log2, picks, removes) => {
+      const region = 0x0a000000;
+      const entries = picks.map(([l, offset]) => {
+        const length = lengths[l % lengths.length]!;
+        return [maskAddress((region + offset * 16) >>> 0, length), length] as const;
+      });
+      const bytes = HashedSet4.buffer(log2);
+      const packed = new Uint32Array(entries.flat());
+      const { overflow } = fillHashed(bytes, log2, packed);
+      const set = new HashedSet4(bytes, log2, true);
+      const preBytes = Prefilter.buffer();
+      fillPrefilter(preBytes, packed, overflow);
+      const pre = new Prefilter(preBytes, true);
+      const check = (what: string): void => {
+        const inSet = [...set.entries()];
+        for (let block = (region >>> 8) - 2; block < (region >>> 8) + 4096 + 2; block++) {
+          const address = (block << 8) >>> 0;
+          const covered = inSet.some(([a, l]) => l <= 24 && maskAddress(address, l) === a);
+          const longer = inSet.some(([a, l]) => l > 24 && maskAddress(a, 24) === address);
+          const bits = pre.bits(address);
+          if (((bits & PREFILTER_COVERED) !== 0) !== covered) t.fail(`${what}: block ${address.toString(16)} covered ${covered}, bits ${bits}`);
+          if (longer && (bits & PREFILTER_LONGER) === 0) t.fail(`${what}: block ${address.toString(16)} holds a longer entry, bits ${bits}`);
+        }
+      };
+      check('filled');
+      for (const r of removes) {
+        const [address, length] = entries[r % entries.length]!;
+        if (set.remove(address, length)) pre.uncover(address, length, set, lengths);
+      }
+      check('after removes');
+    }),
+    { numRuns: 60 },
+  );
+  t.pass();
+});
+
+test('prefilter - a remove clears "covered" only where no entry left contains the block, and keeps every "longer" hint', (t) => {
+  const bytes = HashedSet4.buffer(2);
+  const set = new HashedSet4(bytes, 2, false);
+  const preBytes = Prefilter.buffer();
+  const pre = new Prefilter(preBytes, false);
+  const add = (text: string): void => {
+    const cidr = parseCidr(text) as Cidr;
+    t.is(set.insert(hostAddress(cidr), cidr.prefixLength), 'added');
+    pre.add(hostAddress(cidr), cidr.prefixLength);
+  };
+  for (const text of ['192.0.2.0/24', '192.0.3.0/24', '192.0.2.7/32', '192.0.0.0/22']) add(text);
+  const at = (text: string): number => pre.bits(hostAddress(parseCidr(text) as Cidr));
+  t.is(at('192.0.2.0/24'), PREFILTER_COVERED | PREFILTER_LONGER);
+  t.is(at('192.0.1.0/24'), PREFILTER_COVERED, 'inside the /22');
+  t.is(at('192.0.4.0/24'), 0);
+  const remove = (text: string): void => {
+    const cidr = parseCidr(text) as Cidr;
+    t.true(set.remove(hostAddress(cidr), cidr.prefixLength));
+    pre.uncover(hostAddress(cidr), cidr.prefixLength, set, [32, 24, 22]);
+  };
+  remove('192.0.2.0/24');
+  t.is(at('192.0.2.0/24'), PREFILTER_COVERED | PREFILTER_LONGER, 'still inside the /22');
+  remove('192.0.0.0/22');
+  t.is(at('192.0.0.0/24'), 0);
+  t.is(at('192.0.1.0/24'), 0);
+  t.is(at('192.0.2.0/24'), PREFILTER_LONGER, 'the /32 keeps its hint; nothing covers the block now');
+  t.is(at('192.0.3.0/24'), PREFILTER_COVERED, 'its own /24 still covers it');
 });

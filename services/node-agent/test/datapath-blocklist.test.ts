@@ -222,7 +222,7 @@ const dotted = (a: number): string => `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 
 /** The host-order address of an IPv4 prefix's text. */
 const cidrAddress = (text: string): number => (text.split('/')[0] as string).split('.').reduce((x, o) => x * 256 + Number(o), 0) >>> 0;
 
-test('blocklist - the hashed set and the trie decide as a reference does: six prefix lengths (four hashed), permanent and expiring, changes in place moving entries between them, an adoption', async (t) => {
+test('blocklist - the hashed set, its prefilter and the trie decide as a reference does: six prefix lengths (three hashed), permanent and expiring, changes in place moving entries between them, an adoption', async (t) => {
   const root = freshRoot();
   let datapath = await EbpfDatapath.open({ pinRoot: root });
   t.teardown(() => datapath.close());
@@ -230,9 +230,11 @@ test('blocklist - the hashed set and the trie decide as a reference does: six pr
   const { taiNs } = datapath.blocklist.readClock();
   const hour = 3_600_000_000_000n;
   const next = lcg(13);
-  // Prefixes inside 10.0.0.0/8, lengths by weight (per mille): 32, 24, 28, 20 are hashed; a few
-  // /16s and /12s (in the trie) cover about a third of the range, with entries inside them.
-  const weights: [number, number][] = [[32, 450], [24, 250], [28, 150], [20, 136], [16, 12], [12, 2]];
+  // Prefixes inside 10.0.0.0/8, lengths by weight (per mille): 32, 24, 20 are hashed (the /24s
+  // and /20s as the prefilter's covered blocks, the /32s behind its "longer" bits), /28s and a
+  // few /16s and /12s are in the trie (the /16s and /12s cover about a third of the range, with
+  // entries inside them).
+  const weights: [number, number][] = [[32, 450], [24, 250], [20, 150], [28, 136], [16, 12], [12, 2]];
   const randomPrefix = (): { address: number; length: number } => {
     let pick = next() % 1000;
     let length = 32;
@@ -283,7 +285,7 @@ test('blocklist - the hashed set and the trie decide as a reference does: six pr
   const packer = new BlocklistPacker({ hashed: true });
   for (const [text, expires] of held) packer.addText(text, expires, expires === 0n ? 0 : BLOCKLIST_F_BLOCK);
   const spec = packer.finish();
-  t.deepEqual(spec.v4Hashed?.shape.lengths, [32, 28, 24, 20]);
+  t.deepEqual(spec.v4Hashed?.shape, { log2: spec.v4Hashed!.shape.log2, lengths: [32, 24, 20], prefilter: true });
   t.true(spec.v4.count > 100, 'the trie holds the other lengths and the expiring entries');
   datapath.blocklist.load(spec);
   probe('loaded');
@@ -335,7 +337,7 @@ test('blocklist - the hashed set and the trie decide as a reference does: six pr
   t.false(datapath.blocklist.add([entry('192.0.2.0/24')]), 'an add after an adoption asks for a whole load');
 });
 
-test('blocklist - an entry in its second bucket is found behind its marked first one; one that fits in neither goes into the trie', async (t) => {
+test('blocklist - an entry in its second bucket is found behind its marked first one; one that fits in neither goes into the trie (a set without a prefilter, as an older agent wrote it)', async (t) => {
   const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
   t.teardown(() => datapath.close());
   await datapath.apply(allowAll);
@@ -354,7 +356,7 @@ test('blocklist - an entry in its second bucket is found behind its marked first
   const pairs = (addresses: number[]): Uint32Array => new Uint32Array(addresses.flatMap((a) => [a, 32]));
   const empty = new BlocklistPacker().finish();
   // Bucket 0 filled by the crowd, then the spilled entry: into its second bucket, the first marked.
-  const load = datapath.blocklist.load({ ...empty, v4Hashed: { shape: { log2: 1, lengths: [32] }, entries: pairs([...crowd, spilled]), count: HASH_ENTRIES + 1 } });
+  const load = datapath.blocklist.load({ ...empty, v4Hashed: { shape: { log2: 1, lengths: [32], prefilter: false }, entries: pairs([...crowd, spilled]), count: HASH_ENTRIES + 1 } });
   t.is(load.v4, HASH_ENTRIES + 1);
   for (const a of [...crowd, spilled]) t.is(xdp(datapath, dotted(a)), XDP_DROP, dotted(a));
   t.is(xdp(datapath, '198.51.100.255'), XDP_PASS);
@@ -374,7 +376,7 @@ test('blocklist - an entry in its second bucket is found behind its marked first
   // A set of one bucket: the eighth entry of a whole load goes into the trie, and so does one more
   // added in place.
   const eight = Array.from({ length: HASH_ENTRIES + 1 }, (_, i) => (0xc6336401 + i) >>> 0); // 198.51.100.1..8
-  t.is(datapath.blocklist.load({ ...empty, v4Hashed: { shape: { log2: 0, lengths: [32] }, entries: pairs(eight), count: eight.length } }).v4, 8);
+  t.is(datapath.blocklist.load({ ...empty, v4Hashed: { shape: { log2: 0, lengths: [32], prefilter: false }, entries: pairs(eight), count: eight.length } }).v4, 8);
   t.is(xdp(datapath, '198.51.100.8'), XDP_DROP, 'in the trie');
   t.is(xdp(datapath, '198.51.100.9'), XDP_PASS);
   t.true(datapath.blocklist.add([entry('198.51.100.9/32')]));
@@ -394,6 +396,55 @@ test('blocklist - an entry in its second bucket is found behind its marked first
   t.is(xdp(datapath, '198.51.100.2'), XDP_PASS, 'not read without its lengths');
   active.set(zero, new Uint8Array(new Uint32Array([word]).buffer));
   t.is(xdp(datapath, '198.51.100.2'), XDP_DROP);
+});
+
+test('blocklist - the programs answer from the prefilter: a covered block drops with no bucket read, a block without "longer" reads none; removes in place clear what no entry still covers', async (t) => {
+  const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
+  t.teardown(() => datapath.close());
+  await datapath.apply(allowAll);
+  const packer = new BlocklistPacker({ hashed: true });
+  for (const p of ['203.0.113.0/24', '198.51.96.0/20', '198.51.100.0/24', '192.0.2.7/32', '192.0.2.9/32']) packer.addText(p);
+  const spec = packer.finish();
+  t.deepEqual(spec.v4Hashed?.shape.lengths, [32, 24, 20]);
+  t.true(spec.v4Hashed?.shape.prefilter);
+  datapath.blocklist.load(spec);
+  const listed = ['203.0.113.1', '198.51.97.3', '198.51.100.200', '192.0.2.7', '192.0.2.9'];
+  for (const src of listed) t.is(xdp(datapath, src), XDP_DROP, src);
+  for (const src of ['203.0.112.1', '198.51.112.1', '192.0.2.8']) t.is(xdp(datapath, src), XDP_PASS, src);
+
+  // The live prefilter, zeroed by hand and restored: with no bits, no listed source is looked for.
+  const outer = BpfMap.openPinned(join(datapath.pinRoot, 'ep_blk4p'));
+  t.teardown(() => outer.close());
+  const id = outer.get(new Uint8Array(new Uint32Array([datapath.blocklist.generation]).buffer)) as Uint8Array;
+  const live = BpfMap.fromId(new DataView(id.buffer, id.byteOffset).getUint32(0, true));
+  t.teardown(() => live.close());
+  const saved = live.withMapped((bytes) => bytes.slice());
+  live.withMapped((bytes) => bytes.fill(0));
+  for (const src of listed) t.is(xdp(datapath, src), XDP_PASS, `${src} passes without its bits`);
+  live.withMapped((bytes) => bytes.set(saved));
+  for (const src of listed) t.is(xdp(datapath, src), XDP_DROP, `${src} with its bits again`);
+  // The set's buckets zeroed instead: covered blocks still drop (no bucket read), the /32s do not.
+  const sets = BpfMap.openPinned(join(datapath.pinRoot, 'ep_blk4h'));
+  t.teardown(() => sets.close());
+  const setId = sets.get(new Uint8Array(new Uint32Array([datapath.blocklist.generation]).buffer)) as Uint8Array;
+  const set = BpfMap.fromId(new DataView(setId.buffer, setId.byteOffset).getUint32(0, true));
+  t.teardown(() => set.close());
+  const buckets = set.withMapped((bytes) => bytes.slice());
+  set.withMapped((bytes) => bytes.fill(0));
+  for (const src of ['203.0.113.1', '198.51.97.3', '198.51.100.200']) t.is(xdp(datapath, src), XDP_DROP, `${src}: covered, answered by its bits`);
+  for (const src of ['192.0.2.7', '192.0.2.9']) t.is(xdp(datapath, src), XDP_PASS, `${src}: "longer", looked for in the buckets`);
+  set.withMapped((bytes) => bytes.set(buckets));
+  for (const src of listed) t.is(xdp(datapath, src), XDP_DROP, `${src} with its buckets again`);
+
+  // In place: the /24 inside the /20 leaves, the /20 still covers its block; then the /20 leaves.
+  t.is(datapath.blocklist.remove([cidr('198.51.100.0/24')]), 1);
+  t.is(xdp(datapath, '198.51.100.200'), XDP_DROP, 'still inside the /20');
+  t.is(datapath.blocklist.remove([cidr('198.51.96.0/20')]), 1);
+  t.is(xdp(datapath, '198.51.100.200'), XDP_PASS);
+  t.is(xdp(datapath, '198.51.97.3'), XDP_PASS);
+  t.true(datapath.blocklist.add([entry('198.51.100.0/24'), entry('192.0.2.8/32')]));
+  for (const src of ['198.51.100.200', '192.0.2.8', '192.0.2.7']) t.is(xdp(datapath, src), XDP_DROP, `${src} added in place`);
+  t.is(xdp(datapath, '198.51.101.1'), XDP_PASS);
 });
 
 test('blocklist - what it dropped and how many prefixes it holds are observed as the agent metrics, per role and family, until observing stops', async (t) => {

@@ -3,7 +3,7 @@
 // encodes (table-codecs.ts, compile-tables.ts sizes) against the BTF clang wrote from the C
 // headers. Needs bpftool, as the build does.
 import { BLOCKLIST_SIZES } from '../src/datapath/blocklist.js';
-import { HASH_BUCKET_BYTES, HASHED_MAP_FLAGS } from '../src/datapath/blocklist-hash.js';
+import { HASH_BUCKET_BYTES, HASHED_MAP_FLAGS, PREFILTER_MAP_FLAGS, PREFILTER_VALUE_BYTES, PREFILTER_WORDS } from '../src/datapath/blocklist-hash.js';
 import test from 'ava';
 import { loadObjectSpec } from 'libbpf-ts';
 import { sizes } from '../src/datapath/compile-tables.js';
@@ -65,6 +65,7 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_blk6: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 2, flags: 0, inner: 'lpm_trie' },
     // Its permanent IPv4 entries of the commonest lengths: a hashed set per slot, written through mmap.
     ep_blk4h: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 2, flags: 0, inner: 'array' },
+    ep_blk4p: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 2, flags: 0, inner: 'array' },
     ep_blk_active: { type: 'array', keySize: 4, valueSize: 4, maxEntries: 1, flags: 0, inner: undefined },
     ep_blk_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: 3, flags: 0, inner: undefined },
     ep_blk_clock_out: { type: 'array', keySize: 4, valueSize: 8, maxEntries: 1, flags: 0, inner: undefined },
@@ -90,6 +91,8 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
   t.deepEqual(spec.maps.get('ep_blk4')?.innerMap, { type: 'lpm_trie', keySize: BLOCKLIST_SIZES.key4, valueSize: BLOCKLIST_SIZES.value, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_blk6')?.innerMap, { type: 'lpm_trie', keySize: BLOCKLIST_SIZES.key6, valueSize: BLOCKLIST_SIZES.value, maxEntries: 1, flags: 1 });
   t.deepEqual(spec.maps.get('ep_blk4h')?.innerMap, { type: 'array', keySize: 4, valueSize: HASH_BUCKET_BYTES, maxEntries: 1, flags: HASHED_MAP_FLAGS });
+  // The prefilter's inner maps have the one size the agent creates them with (not BPF_F_INNER_MAP).
+  t.deepEqual(spec.maps.get('ep_blk4p')?.innerMap, { type: 'array', keySize: 4, valueSize: PREFILTER_VALUE_BYTES, maxEntries: PREFILTER_WORDS, flags: PREFILTER_MAP_FLAGS });
   // A list's tries are written by the blocklist's code: the same templates.
   t.deepEqual(spec.maps.get('ep_lst4')?.innerMap, spec.maps.get('ep_blk4')?.innerMap);
   t.deepEqual(spec.maps.get('ep_lst6')?.innerMap, spec.maps.get('ep_blk6')?.innerMap);

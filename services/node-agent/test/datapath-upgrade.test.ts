@@ -60,6 +60,7 @@ const addedMaps = [
   'ep_blk4',
   'ep_blk6',
   'ep_blk4h',
+  'ep_blk4p',
   'ep_blk_active',
   'ep_blk_stats',
   'ep_blk_clock_out',

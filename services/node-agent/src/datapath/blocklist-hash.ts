@@ -14,8 +14,12 @@ export const HASH_BUCKET_BYTES = HASH_SLOTS * 8;
 export const HASH_MOVED = 0xff;
 /** The set's map flags: BPF_F_MMAPABLE | BPF_F_INNER_MAP (written through mmap; its size varies by list). */
 export const HASHED_MAP_FLAGS = 0x400 | 0x1000;
-/** Prefix lengths a set holds at most (EP_BLK_HASH_LENS): each costs a packet up to two bucket reads. */
-export const HASH_LENGTHS = 4;
+/** Length slots in ep_blk_active[0] (EP_BLK_HASH_LENS): an older agent's set holds up to four lengths. */
+export const HASH_LENGTH_SLOTS = 4;
+/** Prefix lengths a set holds at most: the fourth slot carries the prefilter's mark. */
+export const HASH_LENGTHS = HASH_LENGTH_SLOTS - 1;
+/** The fourth length slot's value when the set has a prefilter (EP_BLK_PRE_MARK): never a length + 1. */
+const PREFILTER_MARK = 63;
 /** Entries per bucket a whole load aims at, at most (4 of 7: about 4 % of buckets then overflow
  * into their entries' second buckets, and room is left to add in place). */
 const LOAD_PER_BUCKET = 4;
@@ -40,32 +44,40 @@ export function maskAddress(address: number, prefixLength: number): number {
   return prefixLength === 0 ? 0 : (address & (0xffffffff << (32 - prefixLength))) >>> 0;
 }
 
-/** The shape of a set: 2^log2 buckets and the prefix lengths it holds (longest first). */
+/**
+ * The shape of a set: 2^log2 buckets, the prefix lengths it holds (longest first), and whether
+ * it has a prefilter (every set this agent builds; an older agent's, adopted, has none).
+ */
 export interface HashedShape {
   readonly log2: number;
   readonly lengths: readonly number[];
+  readonly prefilter: boolean;
 }
 
 /**
  * ep_blk_active[0]'s bits for a shape (EP_BLK_HASH_LOG2, EP_BLK_HASH_LEN1): log2 in bits 3-7,
- * each length + 1 in 6 bits from bit 8. No lengths: 0 (no bucket is read).
+ * each length + 1 in 6 bits from bit 8, and with a prefilter its mark in the fourth slot. No
+ * lengths: 0 (no bucket is read).
  */
 export function shapeBits(shape: HashedShape | undefined): number {
   if (shape === undefined || shape.lengths.length === 0) return 0;
+  if (shape.lengths.length > (shape.prefilter ? HASH_LENGTHS : HASH_LENGTH_SLOTS)) throw new RangeError(`hashed set: ${shape.lengths.length} lengths do not fit the word`);
   let bits = shape.log2 << 3;
   shape.lengths.forEach((length, i) => (bits |= (length + 1) << (8 + 6 * i)));
+  if (shape.prefilter) bits |= PREFILTER_MARK << (8 + 6 * HASH_LENGTHS);
   return bits >>> 0;
 }
 
 /** @returns the shape ep_blk_active[0] names (undefined: no lengths). */
 export function shapeOfWord(word: number): HashedShape | undefined {
   const lengths: number[] = [];
-  for (let i = 0; i < HASH_LENGTHS; i++) {
+  const prefilter = ((word >>> (8 + 6 * HASH_LENGTHS)) & 63) === PREFILTER_MARK;
+  for (let i = 0; i < (prefilter ? HASH_LENGTHS : HASH_LENGTH_SLOTS); i++) {
     const length1 = (word >>> (8 + 6 * i)) & 63;
     if (length1 === 0) break;
     lengths.push(length1 - 1);
   }
-  return lengths.length === 0 ? undefined : { log2: (word >>> 3) & 31, lengths };
+  return lengths.length === 0 ? undefined : { log2: (word >>> 3) & 31, lengths, prefilter };
 }
 
 /** The log2 of the bucket count for `entries` entries (at most LOAD_PER_BUCKET per bucket). */
@@ -161,6 +173,11 @@ export class HashedSet4 {
   /** Whether `address`/`prefixLength` is in the set. */
   has(address: number, prefixLength: number): boolean {
     return this.#find(address, prefixLength + 1) >= 0;
+  }
+
+  /** How many entries the set has slots for (a scan of every slot costs about this much). */
+  get slots(): number {
+    return HASH_ENTRIES << this.log2;
   }
 
   /** Every entry: [address (host order), prefix length]. */
@@ -268,4 +285,121 @@ export function fillHashed(bytes: Uint8Array, log2: number, entries: Uint32Array
     else if (inserted === 'full') overflow.push([address, length]);
   }
   return { added, overflow };
+}
+
+/**
+ * The prefilter of a set (bpf/include/ep_blocklist.h, ep_blk4p): two bits per /24 block of the
+ * IPv4 space in 2^19 u64 words, the block's bits at (block & 31) * 2 of word block >> 5.
+ * PREFILTER_COVERED: an entry of the set of length <= 24 contains the block (kept exact: see
+ * uncover()); PREFILTER_LONGER: an entry of length > 24 lies in it (a hint, never cleared in
+ * place). Handled as 32-bit halves (little endian: word w is halves 2w and 2w + 1, block b's bits
+ * in half b >> 4 at (b & 15) * 2); with `atomic` each half is written by one 4-byte
+ * Atomics.store, so a program reading the word meanwhile sees each half old or new, and a bit
+ * that stays set is never cleared on the way.
+ */
+export const PREFILTER_LENGTH = 24;
+export const PREFILTER_WORDS = 1 << (PREFILTER_LENGTH - 5);
+export const PREFILTER_VALUE_BYTES = 8;
+/** The prefilter map's flags: BPF_F_MMAPABLE (one fixed size, so not BPF_F_INNER_MAP: the verifier inlines its lookup). */
+export const PREFILTER_MAP_FLAGS = 0x400;
+export const PREFILTER_COVERED = 1;
+export const PREFILTER_LONGER = 2;
+/** COVERED in each of a half's 16 blocks. */
+const COVERED_HALF = 0x55555555;
+
+export class Prefilter {
+  readonly #halves: Uint32Array;
+  readonly #atomic: boolean;
+
+  constructor(bytes: Uint8Array, atomic: boolean) {
+    if (bytes.byteLength < PREFILTER_WORDS * PREFILTER_VALUE_BYTES || bytes.byteOffset % 8 !== 0) throw new RangeError(`prefilter: ${bytes.byteLength} bytes at ${bytes.byteOffset} cannot hold ${PREFILTER_WORDS} words`);
+    this.#halves = new Uint32Array(bytes.buffer, bytes.byteOffset, PREFILTER_WORDS * 2);
+    this.#atomic = atomic;
+  }
+
+  /** A fresh, empty prefilter's buffer. */
+  static buffer(): Uint8Array {
+    return new Uint8Array(PREFILTER_WORDS * PREFILTER_VALUE_BYTES);
+  }
+
+  /** The bits of the block holding `address` (host order): PREFILTER_COVERED | PREFILTER_LONGER. */
+  bits(address: number): number {
+    const block = address >>> (32 - PREFILTER_LENGTH);
+    return ((this.#halves[block >>> 4] as number) >>> ((block & 15) * 2)) & 3;
+  }
+
+  /** Sets the bits an entry of the set (host order, host bits cleared) calls for. */
+  add(address: number, prefixLength: number): void {
+    const block = address >>> (32 - PREFILTER_LENGTH);
+    if (prefixLength > PREFILTER_LENGTH) this.#or(block >>> 4, PREFILTER_LONGER << ((block & 15) * 2));
+    else this.#cover(block, 2 ** (PREFILTER_LENGTH - prefixLength), (i, v) => this.#or(i, v));
+  }
+
+  /**
+   * After `address`/`prefixLength` (length <= 24) left `set`: clears COVERED in its blocks
+   * but where another entry of the set of a length in `lengths` still contains them. An entry
+   * containing the whole range (a shorter one) leaves everything as it is; entries inside it are
+   * found by probing each of their prefixes in the range, or by a scan of the set when those
+   * outnumber its slots. The new value of each half is computed first and stored once.
+   */
+  uncover(address: number, prefixLength: number, set: HashedSet4, lengths: readonly number[]): void {
+    if (prefixLength > PREFILTER_LENGTH) return;
+    const covering = lengths.filter((length) => length <= PREFILTER_LENGTH);
+    if (covering.some((length) => length <= prefixLength && set.has(maskAddress(address, length), length))) return;
+    const first = address >>> (32 - PREFILTER_LENGTH);
+    const count = 2 ** (PREFILTER_LENGTH - prefixLength);
+    // The range's halves as they will be: COVERED cleared, LONGER kept, then what still covers.
+    const from = first >>> 4;
+    const next = this.#halves.slice(from, from + Math.max(1, count / 16));
+    this.#cover(first, count, (i, v) => (next[i - from] = (next[i - from] as number) & ~v));
+    const cover = (sub: number, length: number): void => this.#cover(sub >>> (32 - PREFILTER_LENGTH), 2 ** (PREFILTER_LENGTH - length), (i, v) => (next[i - from] = (next[i - from] as number) | v));
+    for (const length of covering) {
+      if (length <= prefixLength) continue;
+      const subs = 2 ** (length - prefixLength);
+      if (subs > set.slots) {
+        for (const [a, l] of set.entries()) if (l === length && maskAddress(a, prefixLength) === address) cover(a, l);
+      } else {
+        const step = 2 ** (32 - length);
+        for (let k = 0; k < subs; k++) {
+          const sub = (address + k * step) >>> 0;
+          if (set.has(sub, length)) cover(sub, length);
+        }
+      }
+    }
+    for (let k = 0; k < next.length; k++) if (next[k] !== this.#halves[from + k]) this.#store(from + k, next[k] as number);
+  }
+
+  /** Calls `apply(half, bits)` with the COVERED bits of `count` blocks from `first` (aligned), per half. */
+  #cover(first: number, count: number, apply: (half: number, bits: number) => void): void {
+    if (count >= 16) for (let i = first >>> 4, end = (first + count) >>> 4; i < end; i++) apply(i, COVERED_HALF);
+    else {
+      const shift = (first & 15) * 2;
+      apply(first >>> 4, ((2 ** (count * 2) - 1) & COVERED_HALF) << shift);
+    }
+  }
+
+  #or(half: number, bits: number): void {
+    const old = this.#halves[half] as number;
+    const next = (old | bits) >>> 0;
+    if (next !== old) this.#store(half, next);
+  }
+
+  #store(half: number, value: number): void {
+    if (this.#atomic) Atomics.store(this.#halves, half, value);
+    else this.#halves[half] = value;
+  }
+}
+
+/**
+ * Fills an empty prefilter held in `bytes` (no program reads it yet) for the entries a fill put
+ * in the set: `entries` as fillHashed was given them, less its `overflow`.
+ */
+export function fillPrefilter(bytes: Uint8Array, entries: Uint32Array, overflow: readonly [number, number][]): void {
+  const pre = new Prefilter(bytes, false);
+  const left = new Set(overflow.map(([address, length]) => address * 64 + length));
+  for (let k = 0; k < entries.length; k += 2) {
+    const address = entries[k] as number;
+    const length = entries[k + 1] as number;
+    if (left.size === 0 || !left.has(address * 64 + length)) pre.add(address, length);
+  }
 }

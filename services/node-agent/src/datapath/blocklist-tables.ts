@@ -5,7 +5,7 @@
 // ep_blk_clock program.
 import { BpfMap, type Program } from 'libbpf-ts';
 import { BLOCKLIST_SIZES, encodeBlocklistKey, encodeBlocklistValue, inInsertOrder, type BlocklistEntry, type BlocklistSpec, type HashedBlocklist } from './blocklist.js';
-import { fillHashed, HASH_BUCKET_BYTES, HASHED_MAP_FLAGS, HashedSet4, shapeBits, shapeOfWord, type HashedShape } from './blocklist-hash.js';
+import { fillHashed, fillPrefilter, HASH_BUCKET_BYTES, HASHED_MAP_FLAGS, HashedSet4, Prefilter, PREFILTER_MAP_FLAGS, PREFILTER_VALUE_BYTES, PREFILTER_WORDS, shapeBits, shapeOfWord, type HashedShape } from './blocklist-hash.js';
 import { sumPerCpu } from './counters.js';
 import type { Counter } from './datapath.js';
 import { DatapathError } from './errors.js';
@@ -16,6 +16,7 @@ export interface BlocklistMaps {
   readonly ep_blk4: BpfMap;
   readonly ep_blk6: BpfMap;
   readonly ep_blk4h: BpfMap;
+  readonly ep_blk4p: BpfMap;
   readonly ep_blk_active: BpfMap;
   readonly ep_blk_stats: BpfMap;
   readonly ep_blk_clock_out: BpfMap;
@@ -73,6 +74,8 @@ export interface TriePair {
 /** The live hashed set of permanent IPv4 entries (ep_blk4h's inner map). */
 interface LiveHashed {
   map: BpfMap;
+  /** Its prefilter (ep_blk4p's inner map), when the shape says it has one. */
+  prefilter: BpfMap | undefined;
   shape: HashedShape;
   /** Entries as this process wrote them (after an adoption: unknown, and never used). */
   count: number;
@@ -80,18 +83,25 @@ interface LiveHashed {
 
 
 /**
- * A fresh ep_blk4h inner map holding `hashed`'s entries, filled through its mmap (the kernel's
- * pages, not a buffer in the agent's heap).
- * @returns the map, how many entries it holds, and those that fit in neither of their buckets.
+ * A fresh ep_blk4h inner map holding `hashed`'s entries and, if its shape has one, a fresh
+ * ep_blk4p inner map with their prefilter, each filled through its mmap (the kernel's pages, not
+ * a buffer in the agent's heap).
+ * @returns the maps, how many entries the set holds, and those that fit in neither of their buckets.
  */
-function buildHashed(hashed: HashedBlocklist): { map: BpfMap; added: number; overflow: BlocklistEntry[] } {
+function buildHashed(hashed: HashedBlocklist): { map: BpfMap; prefilter: BpfMap | undefined; added: number; overflow: BlocklistEntry[] } {
   const map = BpfMap.create({ type: 'array', name: 'ep_blk4h_in', keySize: 4, valueSize: HASH_BUCKET_BYTES, maxEntries: 1 << hashed.shape.log2, flags: HASHED_MAP_FLAGS });
+  let prefilter: BpfMap | undefined;
   try {
     const { added, overflow } = map.withMapped((bytes) => fillHashed(bytes, hashed.shape.log2, hashed.entries));
+    if (hashed.shape.prefilter) {
+      prefilter = BpfMap.create({ type: 'array', name: 'ep_blk4p_in', keySize: 4, valueSize: PREFILTER_VALUE_BYTES, maxEntries: PREFILTER_WORDS, flags: PREFILTER_MAP_FLAGS });
+      prefilter.withMapped((bytes) => fillPrefilter(bytes, hashed.entries, overflow));
+    }
     const entry = ([address, prefixLength]: [number, number]): BlocklistEntry => ({ cidr: { family: 4, address: new Uint8Array([address >>> 24, (address >>> 16) & 255, (address >>> 8) & 255, address & 255]), prefixLength }, expiresTaiNs: 0n, flags: 0 });
-    return { map, added, overflow: overflow.map(entry) };
+    return { map, prefilter, added, overflow: overflow.map(entry) };
   } catch (error) {
     map.close();
+    prefilter?.close();
     throw error;
   }
 }
@@ -256,12 +266,14 @@ export class BlocklistTables {
     const hashed = spec.v4Hashed;
     let made: (TriePair & { batched: boolean }) | undefined;
     let hashedMap: BpfMap | undefined;
+    let prefilterMap: BpfMap | undefined;
     let inSet = 0;
     try {
       made = buildTries(spec, 'ep_blk');
       if (hashed !== undefined) {
         const built = buildHashed(hashed);
         hashedMap = built.map;
+        prefilterMap = built.prefilter;
         inSet = built.added;
         // Entries that fit in neither bucket (rare: an entry of a full bucket moves aside first).
         if (built.overflow.length > 0 && !addToTries(made, built.overflow)) throw new Error(`${built.overflow.length} entries fit in neither of their buckets nor in the trie's room`);
@@ -273,19 +285,23 @@ export class BlocklistTables {
       this.#maps.ep_blk4.setInnerMap(u32Bytes(idle), v4.map);
       this.#maps.ep_blk6.setInnerMap(u32Bytes(idle), v6.map);
       // A generation without a set: the word names no length, so no bucket is read; the
-      // previous set is dropped rather than kept idle.
+      // previous set is dropped rather than kept idle. The same for the prefilter, which the
+      // word's mark names.
       if (hashedMap !== undefined) this.#maps.ep_blk4h.setInnerMap(u32Bytes(idle), hashedMap);
       else this.#maps.ep_blk4h.delete(u32Bytes(idle));
+      if (prefilterMap !== undefined) this.#maps.ep_blk4p.setInnerMap(u32Bytes(idle), prefilterMap);
+      else this.#maps.ep_blk4p.delete(u32Bytes(idle));
       this.#maps.ep_blk_active.set(u32Bytes(0), u32Bytes(idle | emptyBits(v4.count, v6.count) | shapeBits(hashed?.shape)));
       this.#closeLive();
       this.#live = { v4, v6 };
-      this.#hashed = hashedMap === undefined ? undefined : { map: hashedMap, shape: hashed!.shape, count: inSet };
+      this.#hashed = hashedMap === undefined ? undefined : { map: hashedMap, prefilter: prefilterMap, shape: hashed!.shape, count: inSet };
       return { generation: idle, v4: v4.count + inSet, v6: v6.count, batched };
     } catch (cause) {
       if (made !== undefined && this.#live?.v4 !== made.v4) {
         made.v4.map.close();
         made.v6.map.close();
         hashedMap?.close();
+        prefilterMap?.close();
       }
       throw new DatapathError(`load blocklist v4=${spec.v4.count} v4-hashed=${hashed?.count ?? 0} v6=${spec.v6.count}`, { cause });
     }
@@ -314,13 +330,20 @@ export class BlocklistTables {
     try {
       const toTries = entries.filter((entry) => !toSet.has(entry));
       if (hashed !== undefined && toSet.size > 0) {
+        const inBuckets: BlocklistEntry[] = [];
         hashed.map.withMapped((bytes) => {
           const set = new HashedSet4(bytes, hashed.shape.log2, true);
           for (const entry of toSet) {
             const done = set.insert(hostAddress(entry.cidr), entry.cidr.prefixLength);
             if (done === 'added') hashed.count++;
             if (done === 'full') toTries.push(entry);
+            else inBuckets.push(entry);
           }
+        });
+        // Its prefilter's bits after the entry is in its bucket: a source the bits send there finds it.
+        hashed.prefilter?.withMapped((bytes) => {
+          const pre = new Prefilter(bytes, true);
+          for (const entry of inBuckets) pre.add(hostAddress(entry.cidr), entry.cidr.prefixLength);
         });
         // Permanent now: an expiring entry of the same prefix leaves the trie.
         const overflowed = new Set(toTries);
@@ -402,18 +425,27 @@ export class BlocklistTables {
     this.#live?.v4.map.close();
     this.#live?.v6.map.close();
     this.#hashed?.map.close();
+    this.#hashed?.prefilter?.close();
     this.#live = undefined;
     this.#hashed = undefined;
     this.#adopted = false;
   }
 
-  /** Removes `prefixes` from the set in place. @returns those that were there. */
+  /**
+   * Removes `prefixes` from the set in place, then from its prefilter the COVERED bits no entry
+   * left holds (a packet in between is still dropped, as before the remove). @returns those that were there.
+   */
   #removeFromSet(hashed: LiveHashed, prefixes: readonly Cidr[]): Set<Cidr> {
     const removed = new Set<Cidr>();
     if (prefixes.length === 0) return removed;
     hashed.map.withMapped((bytes) => {
       const set = new HashedSet4(bytes, hashed.shape.log2, true);
       for (const cidr of prefixes) if (set.remove(hostAddress(cidr), cidr.prefixLength)) removed.add(cidr);
+      if (removed.size > 0)
+        hashed.prefilter?.withMapped((preBytes) => {
+          const pre = new Prefilter(preBytes, true);
+          for (const cidr of removed) pre.uncover(hostAddress(cidr), cidr.prefixLength, set, hashed.shape.lengths);
+        });
     });
     hashed.count -= removed.size;
     return removed;
@@ -431,7 +463,9 @@ export class BlocklistTables {
     this.#adopted = true;
     const shape = shapeOfWord(word);
     const id = shape === undefined ? undefined : this.#maps.ep_blk4h.get(u32Bytes(word & 1));
-    if (shape !== undefined && id !== undefined) this.#hashed = { map: BpfMap.fromId(new DataView(id.buffer, id.byteOffset).getUint32(0, true)), shape, count: 0 };
+    const preId = shape?.prefilter === true ? this.#maps.ep_blk4p.get(u32Bytes(word & 1)) : undefined;
+    const fromId = (bytes: Uint8Array): BpfMap => BpfMap.fromId(new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true));
+    if (shape !== undefined && id !== undefined) this.#hashed = { map: fromId(id), prefilter: preId === undefined ? undefined : fromId(preId), shape, count: 0 };
     return this.#live;
   }
 }

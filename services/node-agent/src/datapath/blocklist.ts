@@ -160,7 +160,7 @@ export class BlocklistPacker {
       entries[to] = address;
       entries[to + 1] = length;
     }
-    return { v4: rest.finish(), v6, v4Hashed: inSet === 0 ? undefined : { shape: { log2, lengths }, entries, count: inSet } };
+    return { v4: rest.finish(), v6, v4Hashed: inSet === 0 ? undefined : { shape: { log2, lengths, prefilter: true }, entries, count: inSet } };
   }
 }
 
