@@ -4,7 +4,9 @@
 // entry whose first bucket this is lives in its second (so a packet reads the second bucket only
 // behind a marked first: one bucket per length for nearly every packet). An entry that fits in
 // neither is left to the trie. Built here in a plain buffer and copied into the map whole, or
-// written in place through the map's mmap one 8-byte store at a time. Pure: no map.
+// written in place through the map's mmap one 8-byte store at a time. Beside it, its prefilter
+// (Prefilter, below: two bits per /24 block), which spares a packet the buckets unless an entry
+// longer than /24 lies in its block. Pure: no map.
 
 /** Slots per bucket (EP_BLK_HASH_SLOTS), entries per bucket (the last slot is the mark), bytes per bucket. */
 export const HASH_SLOTS = 8;
