@@ -5,7 +5,7 @@
 // marks that let a packet skip the lookup.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { BpfMap } from 'libbpf-ts';
 import { parseCidr, type Cidr } from '@edgeplane/proto';
 import { HASH_ENTRIES, HASH_MOVED, hashOf, mix32 } from '../src/datapath/blocklist-hash.js';
@@ -44,6 +44,16 @@ function bigListPrefix(i: number): string {
 function inside(i: number): string {
   const p = bigListPrefix(i);
   return p.endsWith('/24') ? p.replace('.0/24', '.77') : p.replace('/32', '');
+}
+
+/** The inner map the live blocklist generation's slot of the pinned outer map `name` holds (closed at teardown). */
+function liveInner(t: ExecutionContext, dp: EbpfDatapath, name: string): BpfMap {
+  const outer = BpfMap.openPinned(join(dp.pinRoot, name));
+  t.teardown(() => outer.close());
+  const id = outer.get(new Uint8Array(new Uint32Array([dp.blocklist.generation]).buffer)) as Uint8Array;
+  const inner = BpfMap.fromId(new DataView(id.buffer, id.byteOffset).getUint32(0, true));
+  t.teardown(() => inner.close());
+  return inner;
 }
 
 const xdp = (dp: EbpfDatapath, src: string): number => dp.xdpProgram.testRun({ data: buildFrame(src.includes(':') ? { src, dst: '2001:db8::1', protocol: 'udp', dstPort: 53 } : { src, dst: '192.0.2.1', protocol: 'udp', dstPort: 53 }) }).retval;
@@ -362,11 +372,7 @@ test('blocklist - an entry in its second bucket is found behind its marked first
   t.is(xdp(datapath, '198.51.100.255'), XDP_PASS);
   // The programs read the second bucket only behind the mark: without it (cleared by hand, in
   // the live set) the entry is not found.
-  const outer = BpfMap.openPinned(join(datapath.pinRoot, 'ep_blk4h'));
-  t.teardown(() => outer.close());
-  const id = outer.get(new Uint8Array(new Uint32Array([datapath.blocklist.generation]).buffer)) as Uint8Array;
-  const live = BpfMap.fromId(new DataView(id.buffer, id.byteOffset).getUint32(0, true));
-  t.teardown(() => live.close());
+  const live = liveInner(t, datapath, 'ep_blk4h');
   const markOf = (): bigint => live.withMapped((bytes) => new BigUint64Array(bytes.buffer, bytes.byteOffset, 16)[HASH_ENTRIES]!);
   t.is(markOf(), BigInt(HASH_MOVED), 'bucket 0 is marked');
   live.withMapped((bytes) => void (new BigUint64Array(bytes.buffer, bytes.byteOffset, 16)[HASH_ENTRIES] = 0n));
@@ -413,28 +419,22 @@ test('blocklist - the programs answer from the prefilter: a covered block drops 
   for (const src of ['203.0.112.1', '198.51.112.1', '192.0.2.8']) t.is(xdp(datapath, src), XDP_PASS, src);
 
   // The live prefilter, zeroed by hand and restored: with no bits, no listed source is looked for.
-  const outer = BpfMap.openPinned(join(datapath.pinRoot, 'ep_blk4p'));
-  t.teardown(() => outer.close());
-  const id = outer.get(new Uint8Array(new Uint32Array([datapath.blocklist.generation]).buffer)) as Uint8Array;
-  const live = BpfMap.fromId(new DataView(id.buffer, id.byteOffset).getUint32(0, true));
-  t.teardown(() => live.close());
-  const saved = live.withMapped((bytes) => bytes.slice());
-  live.withMapped((bytes) => bytes.fill(0));
-  for (const src of listed) t.is(xdp(datapath, src), XDP_PASS, `${src} passes without its bits`);
-  live.withMapped((bytes) => bytes.set(saved));
-  for (const src of listed) t.is(xdp(datapath, src), XDP_DROP, `${src} with its bits again`);
+  const zeroedWhile = (name: 'ep_blk4p' | 'ep_blk4h', probe: () => void): void => {
+    const live = liveInner(t, datapath, name);
+    const saved = live.withMapped((bytes) => bytes.slice());
+    live.withMapped((bytes) => bytes.fill(0));
+    probe();
+    live.withMapped((bytes) => bytes.set(saved));
+    for (const src of listed) t.is(xdp(datapath, src), XDP_DROP, `${src} with ${name} restored`);
+  };
+  zeroedWhile('ep_blk4p', () => {
+    for (const src of listed) t.is(xdp(datapath, src), XDP_PASS, `${src} passes without its bits`);
+  });
   // The set's buckets zeroed instead: covered blocks still drop (no bucket read), the /32s do not.
-  const sets = BpfMap.openPinned(join(datapath.pinRoot, 'ep_blk4h'));
-  t.teardown(() => sets.close());
-  const setId = sets.get(new Uint8Array(new Uint32Array([datapath.blocklist.generation]).buffer)) as Uint8Array;
-  const set = BpfMap.fromId(new DataView(setId.buffer, setId.byteOffset).getUint32(0, true));
-  t.teardown(() => set.close());
-  const buckets = set.withMapped((bytes) => bytes.slice());
-  set.withMapped((bytes) => bytes.fill(0));
-  for (const src of ['203.0.113.1', '198.51.97.3', '198.51.100.200']) t.is(xdp(datapath, src), XDP_DROP, `${src}: covered, answered by its bits`);
-  for (const src of ['192.0.2.7', '192.0.2.9']) t.is(xdp(datapath, src), XDP_PASS, `${src}: "longer", looked for in the buckets`);
-  set.withMapped((bytes) => bytes.set(buckets));
-  for (const src of listed) t.is(xdp(datapath, src), XDP_DROP, `${src} with its buckets again`);
+  zeroedWhile('ep_blk4h', () => {
+    for (const src of ['203.0.113.1', '198.51.97.3', '198.51.100.200']) t.is(xdp(datapath, src), XDP_DROP, `${src}: covered, answered by its bits`);
+    for (const src of ['192.0.2.7', '192.0.2.9']) t.is(xdp(datapath, src), XDP_PASS, `${src}: "longer", looked for in the buckets`);
+  });
 
   // In place: the /24 inside the /20 leaves, the /20 still covers its block; then the /20 leaves.
   t.is(datapath.blocklist.remove([cidr('198.51.100.0/24')]), 1);
