@@ -18,9 +18,10 @@
 //   3. per-packet cost of edge_xdp with BPF_PROG_TEST_RUN with no list (not looked up:
 //      bpf/README.md, "An empty family costs one read"), 10 entries and 1,000,000 entries
 //      (hashed, and all in the tries; one datapath each, interleaved), for a packet in no list whose source is
-//      far from every entry (the trie walk stops at the root), one in no list whose source sits
-//      among the entries (16.0.0.3: the walk goes to the bottom of the trie, the worst case), and
-//      one from a listed source (dropped).
+//      far from every entry (the trie walk stops at the root; the hashed set's prefilter word
+//      says "nothing here"), one in no list whose source sits among the entries (16.0.0.3: the
+//      walk goes to the bottom of the trie, the worst case; the prefilter sends it to the /32s'
+//      bucket), and one from a listed source (dropped).
 //
 // ipset and nft run in a network namespace the bench creates and always removes. Asserts nothing;
 // prints a table and one JSON line.
