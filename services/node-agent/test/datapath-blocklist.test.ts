@@ -102,23 +102,38 @@ test('blocklist - 1,000,000 prefixes load by one switch; first, middle and last 
   t.true(counters.dropped4.packets >= 10);
 });
 
-test('blocklist - IPv6 prefixes drop at XDP; a new whole list replaces the old one', async (t) => {
+test('blocklist - IPv6 prefixes drop at XDP; a new whole list replaces the old one, whose tries, set and prefilter are freed', async (t) => {
   const datapath = await EbpfDatapath.open({ pinRoot: freshRoot() });
   t.teardown(() => datapath.close());
   await datapath.apply(allowAll);
-  const first = new BlocklistPacker();
+  const slots = (name: string): [boolean, boolean] => {
+    const outer = BpfMap.openPinned(join(datapath.pinRoot, name));
+    try {
+      return [0, 1].map((slot) => outer.get(new Uint8Array(new Uint32Array([slot]).buffer)) !== undefined) as [boolean, boolean];
+    } finally {
+      outer.close();
+    }
+  };
+  const outers = ['ep_blk4', 'ep_blk6', 'ep_blk4h', 'ep_blk4p'];
+  const first = new BlocklistPacker({ hashed: true });
   first.add(entry('2001:db8:bad::/48'));
   first.add(entry('198.51.100.0/24'));
   datapath.blocklist.load(first.finish());
   t.is(xdp(datapath, '2001:db8:bad:1::5'), XDP_DROP);
   t.is(xdp(datapath, '2001:db8:bad0::5'), XDP_PASS);
   t.is(xdp(datapath, '198.51.100.1'), XDP_DROP);
-  const second = new BlocklistPacker();
+  const live = datapath.blocklist.generation;
+  for (const name of outers) t.deepEqual(slots(name), live === 0 ? [true, false] : [false, true], `${name}: the live slot only`);
+  const second = new BlocklistPacker({ hashed: true });
   second.add(entry('2001:db8:bad0::/48'));
+  second.add(entry('203.0.113.0/24'));
   datapath.blocklist.load(second.finish());
+  t.not(datapath.blocklist.generation, live);
+  for (const name of outers) t.deepEqual(slots(name), live === 0 ? [false, true] : [true, false], `${name}: the previous generation's slot is emptied`);
   t.is(xdp(datapath, '2001:db8:bad:1::5'), XDP_PASS);
   t.is(xdp(datapath, '2001:db8:bad0::5'), XDP_DROP);
   t.is(xdp(datapath, '198.51.100.1'), XDP_PASS);
+  t.is(xdp(datapath, '203.0.113.9'), XDP_DROP);
   t.true(datapath.blocklist.readCounters().dropped6.packets >= 2);
 });
 
