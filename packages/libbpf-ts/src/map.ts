@@ -461,6 +461,15 @@ export class BpfMap implements ByteMap {
   }
 
   /**
+   * In a map-in-map, the inner map `key` points at, opened by its id (the value the kernel
+   * returns for such a key): the caller owns it and closes it. undefined when `key` holds none.
+   */
+  getInnerMap(key: Uint8Array): BpfMap | undefined {
+    const id = this.get(key);
+    return id === undefined ? undefined : BpfMap.fromId(new DataView(id.buffer, id.byteOffset, 4).getUint32(0, true));
+  }
+
+  /**
    * Runs `use` with this array's values mapped into the process (mmap of a map created with
    * BPF_F_MMAPABLE): element i's value at byte i * valueSize (rounded up to 8), shared with the
    * programs that read it, so a write is seen at once, without a syscall. The mapping is removed

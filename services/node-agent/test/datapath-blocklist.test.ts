@@ -50,8 +50,7 @@ function inside(i: number): string {
 function liveInner(t: ExecutionContext, dp: EbpfDatapath, name: string): BpfMap {
   const outer = BpfMap.openPinned(join(dp.pinRoot, name));
   t.teardown(() => outer.close());
-  const id = outer.get(new Uint8Array(new Uint32Array([dp.blocklist.generation]).buffer)) as Uint8Array;
-  const inner = BpfMap.fromId(new DataView(id.buffer, id.byteOffset).getUint32(0, true));
+  const inner = outer.getInnerMap(new Uint8Array(new Uint32Array([dp.blocklist.generation]).buffer))!;
   t.teardown(() => inner.close());
   return inner;
 }

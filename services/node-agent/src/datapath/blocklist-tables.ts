@@ -170,13 +170,12 @@ export function removeFromTries(live: TriePair, prefixes: readonly Cidr[]): Set<
 
 /** The tries installed at `slot` of two outer maps, adopted with their count unknown (taken as full). */
 export function adoptTries(outer4: BpfMap, outer6: BpfMap, slot: number): TriePair | undefined {
-  const ids = [outer4.get(u32Bytes(slot)), outer6.get(u32Bytes(slot))];
-  if (ids[0] === undefined || ids[1] === undefined) return undefined;
-  const adopt = (id: Uint8Array): LiveTrie => {
-    const map = BpfMap.fromId(new DataView(id.buffer, id.byteOffset).getUint32(0, true));
+  if (outer4.get(u32Bytes(slot)) === undefined || outer6.get(u32Bytes(slot)) === undefined) return undefined;
+  const adopt = (outer: BpfMap): LiveTrie => {
+    const map = outer.getInnerMap(u32Bytes(slot))!;
     return { map, count: map.maxEntries, capacity: map.maxEntries };
   };
-  return { v4: adopt(ids[0]), v6: adopt(ids[1]) };
+  return { v4: adopt(outer4), v6: adopt(outer6) };
 }
 
 /**
@@ -483,10 +482,8 @@ export class BlocklistTables {
     if (this.#live === undefined) return undefined;
     this.#adopted = true;
     const shape = shapeOfWord(word);
-    const id = shape === undefined ? undefined : this.#maps.ep_blk4h.get(u32Bytes(word & 1));
-    const preId = shape?.prefilter === true ? this.#maps.ep_blk4p.get(u32Bytes(word & 1)) : undefined;
-    const fromId = (bytes: Uint8Array): BpfMap => BpfMap.fromId(new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true));
-    if (shape !== undefined && id !== undefined) this.#hashed = { map: fromId(id), prefilter: preId === undefined ? undefined : fromId(preId), shape, count: 0 };
+    const set = shape === undefined ? undefined : this.#maps.ep_blk4h.getInnerMap(u32Bytes(word & 1));
+    if (set !== undefined) this.#hashed = { map: set, prefilter: shape!.prefilter ? this.#maps.ep_blk4p.getInnerMap(u32Bytes(word & 1)) : undefined, shape: shape!, count: 0 };
     return this.#live;
   }
 }

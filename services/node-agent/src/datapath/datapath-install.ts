@@ -177,9 +177,8 @@ function innerMapsFit(outer: BpfMap, declared: MapSpec): boolean {
   if (declared.innerMap === undefined) return true;
   const inner = declared.innerMap;
   for (const key of outer.keys()) {
-    const value = outer.get(key);
-    if (value === undefined) continue;
-    const map = BpfMap.fromId(new DataView(value.buffer, value.byteOffset, 4).getUint32(0, true));
+    const map = outer.getInnerMap(key);
+    if (map === undefined) continue;
     try {
       if (!sameShape({ ...map, maxEntries: 0 }, { ...inner, maxEntries: 0 })) return false;
     } finally {
@@ -221,9 +220,8 @@ function copyMap(from: BpfMap, to: BpfMap, declared: MapSpec, convert: ElementCo
       }
     } else if (declared.innerMap !== undefined) {
       for (const key of from.keys()) {
-        const value = from.get(key);
-        if (value === undefined) continue;
-        const inner = BpfMap.fromId(new DataView(value.buffer, value.byteOffset, 4).getUint32(0, true));
+        const inner = from.getInnerMap(key);
+        if (inner === undefined) continue;
         try {
           to.setInnerMap(key, inner);
         } finally {
