@@ -203,9 +203,10 @@ static __always_inline void ep_shadow_sample(const struct ep_pkt *p, __u8 verdic
 /* Counts the candidate's verdict on `p`, after the enforced rule set gave it ep_rules slot
  * `enforced_slot`: with `one`, the candidate's union rule the walk already found (ep_shadow_both
  * left it in ep_scratch), else it walks the union for the candidate's rule alone. Counts the
- * candidate's slot and CLASSIFIED, and when the two verdicts differ WOULD_DROP or WOULD_ALLOW and a
- * sample. Returns 1 when they differ, else 0. Changes nothing the enforced verdict depends on (it
- * reuses ep_scratch, which the enforced classification is done with). A global function: the
+ * candidate's slot, and AGREED when the two verdicts are the same, else WOULD_DROP or WOULD_ALLOW
+ * and a sample (one stat per packet: enum ep_shadow_stat). Returns 1 when they differ, else 0.
+ * Changes nothing the enforced verdict depends on (it reuses ep_scratch, which the enforced
+ * classification is done with). A global function: the
  * verifier checks it once per program, not with each caller's state (bpf/README.md, "Shadow
  * classification", verifier). */
 __noinline int ep_shadow_classify(const struct ep_pkt *p, __u32 enforced_slot, __u64 len, int one)
@@ -226,10 +227,11 @@ __noinline int ep_shadow_classify(const struct ep_pkt *p, __u32 enforced_slot, _
 	if (!cr)
 		return 0;
 	ep_count(&ep_shadow_counters, idx, len);
-	ep_count(&ep_shadow_stats, EP_SHADOW_STAT_CLASSIFIED, len);
 	bool enforced_pass = ep_shadow_passes(er->action);
-	if (enforced_pass == ep_shadow_passes(cr->action))
+	if (enforced_pass == ep_shadow_passes(cr->action)) {
+		ep_count(&ep_shadow_stats, EP_SHADOW_STAT_AGREED, len);
 		return 0;
+	}
 	ep_count(&ep_shadow_stats, enforced_pass ? EP_SHADOW_STAT_WOULD_DROP : EP_SHADOW_STAT_WOULD_ALLOW, len);
 	ep_shadow_sample(p, enforced_pass ? EP_SHADOW_WOULD_DROP : EP_SHADOW_WOULD_ALLOW, er->rule_id, cr->rule_id, len);
 	return 1;

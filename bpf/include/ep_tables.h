@@ -99,6 +99,11 @@ struct ep_bucket {
 /* ep_shadow[0].flags: a candidate is installed; packets the enforced rule set classifies are
  * classified by it too. */
 #define EP_SHADOW_F_ON 0x1
+/* ep_shadow_cfg.flags, the agent's alone (the programs never read it): the candidate's stats were
+ * counted once per packet, AGREED or a verdict (enum ep_shadow_stat), since the candidate was set
+ * or since these programs replaced ones that counted every packet CLASSIFIED and its verdict too
+ * (shadow-tables.ts, ShadowTables.recount). */
+#define EP_SHADOW_F_ONCE 0x2
 /* Bytes of the candidate's name (the caller's name for it) kept in ep_shadow[0]: a name of
  * MAX_SHADOW_CANDIDATE_LENGTH (1,024) UTF-16 code units (proto/src/limits.ts) needs at most 3 bytes
  * of UTF-8 for each, whatever its characters. The programs never read it: its size costs a packet
@@ -111,7 +116,7 @@ struct ep_bucket {
 /* ep_shadow[0]. The programs read only `flags`; the rest is the agent's, kept beside the flag so
  * that the candidate and what it is called survive an agent restart with it. */
 struct ep_shadow_cfg {
-	__u32 flags;          /* EP_SHADOW_F_ON */
+	__u32 flags;          /* EP_SHADOW_F_ON, EP_SHADOW_F_ONCE */
 	__u32 rule_count;     /* rules of the candidate (slots 1..rule_count of ep_shadow_rules) */
 	__u32 name_len;       /* bytes of name used */
 	__u32 epoch;          /* ep_gen_cfg.epoch of the enforced rule set the union holds; 0: the union holds the candidate only */
@@ -119,9 +124,13 @@ struct ep_shadow_cfg {
 	__u8 name[EP_SHADOW_NAME_MAX];
 };                            /* 48 + EP_SHADOW_NAME_MAX bytes */
 
-/* Per-CPU shadow counters (ep_shadow_stats), packets and bytes. */
+/* Per-CPU shadow counters (ep_shadow_stats), packets and bytes. A packet classified by both rule
+ * sets is counted in exactly one of the first three, so that a reading of them, one syscall each
+ * while packets are counted, is never torn: the packets classified are their sum. (Before
+ * EP_SHADOW_F_ONCE, slot 0 counted every packet classified, and a reading could show a packet
+ * classified whose verdict it had not read yet.) */
 enum ep_shadow_stat {
-	EP_SHADOW_STAT_CLASSIFIED /* classified by both the enforced rule set and the candidate */,
+	EP_SHADOW_STAT_AGREED /* classified by both the enforced rule set and the candidate, the same verdict */,
 	EP_SHADOW_STAT_WOULD_DROP /* the enforced rule set passed it, the candidate would drop it */,
 	EP_SHADOW_STAT_WOULD_ALLOW /* the enforced rule set dropped it, the candidate would pass it */,
 	EP_SHADOW_STAT_SAMPLED /* samples written on this CPU: packets mod EP_SHADOW_SAMPLES is its ring's next slot */,

@@ -3,8 +3,10 @@
 // joined by a veth pair, the node's side (B) holding the XDP program. The enforced verdict
 // decides (B's IP layer counts what got past XDP); the candidate's verdicts are only counted:
 // per rule, the packets both classified, would-be drops and allows, and samples of the flows.
+import { spawn } from 'node:child_process';
 import { mkdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { BpfMap, u32, encode } from 'libbpf-ts';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
@@ -21,6 +23,8 @@ const { nsA, nsB, vethB, addrA, addrB } = pair;
 const bpffs = mountBpffs();
 /** Frame length of the test's UDP datagrams: Ethernet 14 + IPv4 20 + UDP 8 + 32 bytes. */
 const FRAME = 74;
+/** The datapath object with other programs and the same maps (bpf/fixtures/edgeplane_variant.bpf.c). */
+const variantObject = fileURLToPath(new URL('../../../bpf/build/fixtures/edgeplane_variant.bpf.o', import.meta.url));
 
 const inNs = (ns: string, ...args: string[]): string => pair.inNs(ns, ...args);
 
@@ -108,6 +112,33 @@ test.serial('shadow - a candidate denying a port the enforced set allows: real p
   }
 });
 
+test.serial('shadow - every reading taken while packets are counted is of one moment: with all traffic differing, classified equals wouldDrop', async (t) => {
+  const { datapath } = await openAttached();
+  t.teardown(() => datapath.close());
+  await datapath.setShadow(candidate, 'rev:8');
+  // A flood to the port the candidate would deny, from another process (the other core), for 3 s.
+  const flood = spawn('ip', ['netns', 'exec', nsA, 'python3', '-c', `import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nend=time.time()+3\nwhile time.time()<end:\n  for i in range(100): s.sendto(b'x'*32,('${addrB}',5001))`], { stdio: 'ignore' });
+  t.teardown(() => flood.kill());
+  const done = new Promise<void>((resolve) => flood.once('exit', () => resolve()));
+  let running = true;
+  void done.then(() => (running = false));
+  let readings = 0;
+  let moving = 0;
+  let last = 0;
+  const torn: string[] = [];
+  while (running) {
+    const shadow = shadowOf(datapath);
+    readings++;
+    if (shadow.classified.packets !== last) moving++;
+    last = shadow.classified.packets;
+    if (shadow.wouldDrop.packets !== shadow.classified.packets || shadow.wouldAllow.packets !== 0) torn.push(`${shadow.classified.packets} classified, ${shadow.wouldDrop.packets} wouldDrop, ${shadow.wouldAllow.packets} wouldAllow`);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  t.true(moving > 100, `the counts moved between readings (${moving} of ${readings})`);
+  t.deepEqual(torn.slice(0, 5), [], `${torn.length} of ${readings} readings were torn`);
+  t.true(last > 0);
+});
+
 test.serial('shadow - a candidate allowing a port the enforced set denies: real packets drop, wouldAllow counts them', async (t) => {
   const { datapath } = await openAttached();
   t.teardown(() => datapath.close());
@@ -175,7 +206,7 @@ test.serial('shadow - without a candidate the shadow counters stay untouched; se
     stats.close();
     counters.close();
   });
-  // Summed over CPUs: CLASSIFIED, WOULD_DROP, WOULD_ALLOW, SAMPLED; then the candidate's slots 0..3.
+  // Summed over CPUs: AGREED, WOULD_DROP, WOULD_ALLOW, SAMPLED; then the candidate's slots 0..3.
   const raw = (map: BpfMap, slots: number): string =>
     Array.from({ length: slots }, (_, slot) => (map.getPerCpu(encode(u32, slot)) ?? []).reduce((sum, value) => sum + Buffer.from(value).readBigUInt64LE(0), 0n)).join(',');
   t.is(datapath.readShadow(), null);
@@ -187,16 +218,19 @@ test.serial('shadow - without a candidate the shadow counters stay untouched; se
   t.is(raw(counters, 4), '0,0,0,0');
 
   await datapath.setShadow(candidate, 'rev:10');
-  sendUdp([[5001, 5]]);
-  t.is(raw(stats, 4), '5,5,0,5');
+  sendUdp([
+    [5001, 5],
+    [5003, 2],
+  ]);
+  t.is(raw(stats, 4), '2,5,0,5', 'each packet in one stat: 2 agreed on, 5 would drop (and sampled)');
   await datapath.setShadow(null);
   t.is(datapath.readShadow(), null);
   sendUdp([
     [5001, 5],
     [5002, 5],
   ]);
-  t.is(raw(stats, 4), '5,5,0,5', 'removed: nothing more counted');
-  t.is(raw(counters, 4), '0,5,0,0');
+  t.is(raw(stats, 4), '2,5,0,5', 'removed: nothing more counted');
+  t.is(raw(counters, 4), '0,5,0,2');
   // A new candidate starts from zero.
   await datapath.setShadow(candidate, 'rev:11');
   const fresh = shadowOf(datapath);
@@ -257,6 +291,62 @@ test('shadow - a candidate pinned before the union maps existed counts right aft
   t.is(packets(shadow.wouldDrop), 2);
   t.is(packets(shadow.wouldAllow), 1);
   t.is(third.shadowWalk(), 'two');
+});
+
+test('shadow - a candidate whose packets older programs counted as CLASSIFIED and a verdict is counted afresh, once per packet, by the programs that replace them', async (t) => {
+  const pinRoot = freshRoot();
+  const frame = (port: number): Uint8Array => buildFrame({ src: '10.203.0.1', dst: addrB, protocol: 'udp', dstPort: port });
+  const FRAME_LEN = frame(5001).length;
+  const send = (datapath: EbpfDatapath, ports: readonly number[]): void => {
+    for (const port of ports) datapath.xdpProgram.testRun({ data: frame(port) });
+  };
+  const first = await EbpfDatapath.open({ pinRoot });
+  await first.apply(enforced);
+  await first.setShadow(candidate, 'rev:mixed');
+  send(first, [5001, 5001, 5002, 5003]);
+  t.like(shadowOf(first), { classified: { packets: 4 }, wouldDrop: { packets: 2 }, wouldAllow: { packets: 1 } });
+  first.close();
+  // What an agent of the older programs left: its record without EP_SHADOW_F_ONCE, and slot 0
+  // counting every packet classified (4), not only the one both sets agreed on.
+  const cfg = BpfMap.openPinned(join(pinRoot, 'ep_shadow'));
+  const stats = BpfMap.openPinned(join(pinRoot, 'ep_shadow_stats'));
+  t.teardown(() => {
+    cfg.close();
+    stats.close();
+  });
+  const record = cfg.get(encode(u32, 0))!;
+  const flags = new DataView(record.buffer, record.byteOffset).getUint32(0, true);
+  t.is(flags, 0x3, 'this agent records EP_SHADOW_F_ON and EP_SHADOW_F_ONCE');
+  new DataView(record.buffer, record.byteOffset).setUint32(0, 0x1, true);
+  cfg.set(encode(u32, 0), record);
+  const perCpu = stats.getPerCpu(encode(u32, 0))!;
+  const counted = (packets: number): Uint8Array => {
+    const value = new Uint8Array(perCpu[0]!.length);
+    new DataView(value.buffer).setBigUint64(0, BigInt(packets), true);
+    new DataView(value.buffer).setBigUint64(8, BigInt(packets * FRAME_LEN), true);
+    return value;
+  };
+  stats.setPerCpu(encode(u32, 0), perCpu.map((_, cpu) => counted(cpu === 0 ? 4 : 0)));
+  const older = await EbpfDatapath.open({ pinRoot });
+  t.true(older.adopted, 'the same programs: adopted');
+  t.like(shadowOf(older), { classified: { packets: 4 }, wouldDrop: { packets: 2 } }, 'read as the older programs counted');
+  older.close();
+  // Other programs (a fix in BPF code): the candidate stays, its share is counted from the switch on.
+  const replaced = await EbpfDatapath.open({ pinRoot, objectPath: variantObject });
+  t.teardown(() => replaced.close());
+  t.false(replaced.adopted);
+  const restarted = shadowOf(replaced);
+  t.is(restarted.candidate, 'rev:mixed');
+  t.like(restarted, { classified: { packets: 0 }, wouldDrop: { packets: 0 }, wouldAllow: { packets: 0 } });
+  t.is(packets(restarted.rules.get(11)), 2, "the candidate's rule counters are kept");
+  send(replaced, [5001, 5003, 5003]);
+  t.like(shadowOf(replaced), { classified: { packets: 3, bytes: 3 * FRAME_LEN }, wouldDrop: { packets: 1 }, wouldAllow: { packets: 0 } });
+  replaced.close();
+  // Recounted once: the programs after these keep the counts.
+  const again = await EbpfDatapath.open({ pinRoot });
+  t.teardown(() => again.close());
+  t.false(again.adopted);
+  t.like(shadowOf(again), { classified: { packets: 3 }, wouldDrop: { packets: 1 } });
 });
 
 test('shadow - IPv6 at TC and XDP, the ring keeps the newest samples of every CPU, oldest first', async (t) => {

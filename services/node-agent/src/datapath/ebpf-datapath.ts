@@ -354,6 +354,9 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       if (installed !== undefined) {
         const switched = datapath.#switchHooks(installed.previousPrograms);
         options.onInstallStep?.('switched');
+        // No hook runs the superseded programs now: if they counted a pinned candidate's packets
+        // the older way (CLASSIFIED and a verdict), its share is counted afresh (ShadowTables.recount).
+        datapath.#shadow.recount();
         // The superseded programs wrote the old tables until now (they stay alive, pinned as
         // -prev, until dropPreviousPins below): copy the flows they opened since the copy began.
         let caughtUpEntries = 0;

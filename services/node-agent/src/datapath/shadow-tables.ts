@@ -35,8 +35,10 @@ export const MAX_SHADOW_NAME_BYTES = 3072;
 
 /** EP_SHADOW_F_ON. */
 const SHADOW_ON = 0x1;
+/** EP_SHADOW_F_ONCE: the stats count each packet once (#readStats). */
+const SHADOW_ONCE = 0x2;
 /** enum ep_shadow_stat. */
-const STAT = { classified: 0, wouldDrop: 1, wouldAllow: 2, sampled: 3 } as const;
+const STAT = { agreed: 0, wouldDrop: 1, wouldAllow: 2, sampled: 3 } as const;
 const STAT_COUNT = 4;
 /** enum ep_shadow_verdict. */
 const VERDICTS: Readonly<Record<number, ShadowSample['verdict']>> = { 1: 'wouldDrop', 2: 'wouldAllow' };
@@ -52,6 +54,8 @@ export interface ShadowRecord {
   readonly fingerprint: Uint8Array;
   /** ep_gen_cfg.epoch of the enforced rule set the union holds; 0: the candidate alone. */
   readonly epoch: number;
+  /** ep_shadow_cfg.flags as read (SHADOW_ON; SHADOW_ONCE unless an older agent set it, not recounted). */
+  readonly flags?: number;
 }
 
 /**
@@ -87,7 +91,7 @@ export class ShadowTables {
     const cfg = this.#cfg.get(0);
     if (cfg === undefined || (cfg.flags & SHADOW_ON) === 0) return undefined;
     const nameLen = Math.min(cfg.nameLen, MAX_SHADOW_NAME_BYTES);
-    return { name: Buffer.from(cfg.name.subarray(0, nameLen)).toString('utf8'), ruleCount: cfg.ruleCount, fingerprint: cfg.fingerprint, epoch: cfg.epoch };
+    return { name: Buffer.from(cfg.name.subarray(0, nameLen)).toString('utf8'), ruleCount: cfg.ruleCount, fingerprint: cfg.fingerprint, epoch: cfg.epoch, flags: cfg.flags };
   }
 
   /**
@@ -123,7 +127,7 @@ export class ShadowTables {
     const padded = new Uint8Array(MAX_SHADOW_NAME_BYTES);
     padded.set(name);
     this.#ruleIds = [...ruleIds];
-    this.#cfg.set(0, { flags: SHADOW_ON, ruleCount: record.ruleCount, nameLen: name.length, epoch: record.epoch, fingerprint: record.fingerprint, name: padded });
+    this.#cfg.set(0, { flags: SHADOW_ON | SHADOW_ONCE, ruleCount: record.ruleCount, nameLen: name.length, epoch: record.epoch, fingerprint: record.fingerprint, name: padded });
   }
 
   /** Rewrites the installed candidate's record with `epoch` (nothing when none is installed). */
@@ -131,6 +135,23 @@ export class ShadowTables {
     const cfg = this.#cfg.get(0);
     if (cfg === undefined || (cfg.flags & SHADOW_ON) === 0) return;
     this.#cfg.set(0, { ...cfg, epoch });
+  }
+
+  /**
+   * After programs that count each packet once replaced ones that did not (an agent upgrade while
+   * a candidate was installed: the record has no EP_SHADOW_F_ONCE): zeroes the shadow stats and
+   * sets the flag, so the candidate's share is counted afresh by these programs. Its rule
+   * counters and samples are kept. Only once the new programs are attached: a packet the old ones
+   * were classifying at that instant may still count the old way (one at most per CPU).
+   * @returns whether the stats were restarted.
+   */
+  recount(): boolean {
+    const cfg = this.#cfg.get(0);
+    if (cfg === undefined || (cfg.flags & SHADOW_ON) === 0 || (cfg.flags & SHADOW_ONCE) !== 0) return false;
+    // AGREED, WOULD_DROP, WOULD_ALLOW; not SAMPLED, each CPU's next ring slot.
+    this.#counters.zeroStats(STAT.sampled);
+    this.#cfg.set(0, { ...cfg, flags: cfg.flags | SHADOW_ONCE });
+    return true;
   }
 
   /**
@@ -150,11 +171,26 @@ export class ShadowTables {
       candidate: record.name,
       rules: new Map(ruleIds.map((id) => [id, totals.get(id) ?? zero()])),
       defaultAction: totals.get(DEFAULT_RULE_ID) ?? zero(),
-      wouldDrop: this.#counters.readStat(STAT.wouldDrop),
-      wouldAllow: this.#counters.readStat(STAT.wouldAllow),
-      classified: this.#counters.readStat(STAT.classified),
+      ...this.#readStats(record.flags ?? 0),
       samples: this.#samples(),
     };
+  }
+
+  /**
+   * The shadow stats. Each packet classified by both rule sets is in exactly one of AGREED,
+   * WOULD_DROP and WOULD_ALLOW (enum ep_shadow_stat), so the three read one after the other while
+   * packets are counted are still one consistent reading: the packets classified are their sum.
+   * (Programs that counted every packet CLASSIFIED and its verdict too left readings torn by the
+   * packets counted between two reads: a rollout's reading showed 2,781 classified and 2,780
+   * wouldDrop for a change that drops everything.) A candidate set by an agent of such programs,
+   * not yet recounted (recount), is read as they counted, its verdicts read first.
+   */
+  #readStats(flags: number): Pick<ShadowCounters, 'classified' | 'wouldDrop' | 'wouldAllow'> {
+    const wouldDrop = this.#counters.readStat(STAT.wouldDrop);
+    const wouldAllow = this.#counters.readStat(STAT.wouldAllow);
+    const first = this.#counters.readStat(STAT.agreed);
+    if ((flags & SHADOW_ONCE) === 0) return { classified: first, wouldDrop, wouldAllow };
+    return { classified: { packets: first.packets + wouldDrop.packets + wouldAllow.packets, bytes: first.bytes + wouldDrop.bytes + wouldAllow.bytes }, wouldDrop, wouldAllow };
   }
 
   #candidateRuleIds(ruleCount: number): readonly number[] {
