@@ -206,9 +206,8 @@ static __always_inline void ep_shadow_sample(const struct ep_pkt *p, __u8 verdic
  * candidate's slot, and AGREED when the two verdicts are the same, else WOULD_DROP or WOULD_ALLOW
  * and a sample (one stat per packet: enum ep_shadow_stat). Returns 1 when they differ, else 0.
  * Changes nothing the enforced verdict depends on (it reuses ep_scratch, which the enforced
- * classification is done with). A global function: the
- * verifier checks it once per program, not with each caller's state (bpf/README.md, "Shadow
- * classification", verifier). */
+ * classification is done with). A global function: the verifier checks it once per program, not
+ * with each caller's state (bpf/README.md, "Shadow classification", verifier). */
 __noinline int ep_shadow_classify(const struct ep_pkt *p, __u32 enforced_slot, __u64 len, int one)
 {
 	__u32 zero = 0;
