@@ -188,9 +188,10 @@ export class ShadowTables {
   #readStats(flags: number): Pick<ShadowCounters, 'classified' | 'wouldDrop' | 'wouldAllow'> {
     const wouldDrop = this.#counters.readStat(STAT.wouldDrop);
     const wouldAllow = this.#counters.readStat(STAT.wouldAllow);
-    const first = this.#counters.readStat(STAT.agreed);
-    if ((flags & SHADOW_ONCE) === 0) return { classified: first, wouldDrop, wouldAllow };
-    return { classified: { packets: first.packets + wouldDrop.packets + wouldAllow.packets, bytes: first.bytes + wouldDrop.bytes + wouldAllow.bytes }, wouldDrop, wouldAllow };
+    // Slot 0: AGREED, or (older programs' count, not recounted) every packet classified.
+    const slot0 = this.#counters.readStat(STAT.agreed);
+    if ((flags & SHADOW_ONCE) === 0) return { classified: slot0, wouldDrop, wouldAllow };
+    return { classified: { packets: slot0.packets + wouldDrop.packets + wouldAllow.packets, bytes: slot0.bytes + wouldDrop.bytes + wouldAllow.bytes }, wouldDrop, wouldAllow };
   }
 
   #candidateRuleIds(ruleCount: number): readonly number[] {
