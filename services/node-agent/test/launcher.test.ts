@@ -31,15 +31,15 @@ async function launched(env: Record<string, string>): Promise<string[]> {
 
 test('launcher - node gets the memory flags, then the bundle and every argument; glibc its settings', async (t) => {
   const lines = await launched({});
-  t.deepEqual(lines.slice(0, 3), ['arg --max-semi-space-size=1', 'arg --heap-growing-percent=25', 'arg --expose-gc']);
-  t.regex(lines[3] ?? '', /^arg \/.+\/services\/node-agent\/dist\/bundle\/agent\.mjs$/);
-  t.deepEqual(lines.slice(4), ['arg --node-name', 'arg edge-7', 'env MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072']);
+  t.deepEqual(lines.slice(0, 4), ['arg --max-semi-space-size=1', 'arg --heap-growing-percent=25', 'arg --no-sparkplug', 'arg --expose-gc']);
+  t.regex(lines[4] ?? '', /^arg \/.+\/services\/node-agent\/dist\/bundle\/agent\.mjs$/);
+  t.deepEqual(lines.slice(5), ['arg --node-name', 'arg edge-7', 'env MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072']);
 });
 
 test('launcher - the environment wins: glibc settings as given, EDGEPLANE_AGENT_NODE_FLAGS after the launcher\'s flags', async (t) => {
   const lines = await launched({ MALLOC_ARENA_MAX: '4', EDGEPLANE_AGENT_NODE_FLAGS: '--heap-growing-percent=0 --max-semi-space-size=2' });
-  t.deepEqual(lines.slice(0, 5), ['arg --max-semi-space-size=1', 'arg --heap-growing-percent=25', 'arg --expose-gc', 'arg --heap-growing-percent=0', 'arg --max-semi-space-size=2']);
-  t.regex(lines[5] ?? '', /dist\/bundle\/agent\.mjs$/);
+  t.deepEqual(lines.slice(0, 6), ['arg --max-semi-space-size=1', 'arg --heap-growing-percent=25', 'arg --no-sparkplug', 'arg --expose-gc', 'arg --heap-growing-percent=0', 'arg --max-semi-space-size=2']);
+  t.regex(lines[6] ?? '', /dist\/bundle\/agent\.mjs$/);
   t.is(lines.at(-1), 'env MALLOC_ARENA_MAX=4 MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072');
 });
 
@@ -51,4 +51,15 @@ test('launcher - node takes the later of two heap flags (what EDGEPLANE_AGENT_NO
   };
   t.is(await semi('--max-semi-space-size=1'), 2);
   t.is(await semi('--max-semi-space-size=1', '--max-semi-space-size=8'), 16);
+});
+
+test('launcher - with its flags node compiles no function to baseline (Sparkplug) code', async (t) => {
+  const flags = (await launched({})).filter((l) => l.startsWith('arg --') && !l.startsWith('arg --node-name')).map((l) => l.slice(4));
+  // A function called often enough to be compiled to baseline code by node's defaults; the loop
+  // stops when it is (V8's own test of the tier it runs in).
+  const script = 'function f(x) { return x + 1; } let n = 0; while (!%ActiveTierIsSparkplug(f) && n < 50) { for (let i = 0; i < 2000; i++) f(i); n++; } process.stdout.write(String(%ActiveTierIsSparkplug(f)))';
+  const tier = async (nodeFlags: string[]): Promise<string> => (await run(process.execPath, [...nodeFlags, '--allow-natives-syntax', '-e', script])).stdout;
+  t.is(await tier([]), 'true', "node's defaults compile it");
+  t.true(flags.includes('--no-sparkplug'));
+  t.is(await tier(flags), 'false', `with ${flags.join(' ')}`);
 });
