@@ -34,9 +34,14 @@ function next(chain: IntentChain, change: TestChange): SignedLogEntry {
 }
 
 let streamNo = 0;
-async function freshLog(): Promise<IntentLog> {
+/** Names of a stream of its own (the tests of this file run concurrently on one server). */
+function nextNames(): { stream: string; subject: string; liveSubject: string; snapshotBucket: string } {
   streamNo++;
-  return IntentLog.open(nats.nc, { create: true, stream: `T${streamNo}`, subject: `t${streamNo}.log`, liveSubject: `t${streamNo}.live`, snapshotBucket: `TS${streamNo}` });
+  return { stream: `T${streamNo}`, subject: `t${streamNo}.log`, liveSubject: `t${streamNo}.live`, snapshotBucket: `TS${streamNo}` };
+}
+
+async function freshLog(names = nextNames()): Promise<IntentLog> {
+  return IntentLog.open(nats.nc, { create: true, ...names });
 }
 
 test('intent log - revisions are stream sequences and a stale writer gets a conflict', async (t) => {
@@ -228,11 +233,21 @@ test('nats server - close twice is safe', async (t) => {
   rmSync(d, { recursive: true, force: true });
 });
 
-/** Records the JetStream API subjects requested while `fn` runs (a plain subscriber sees requests too). */
-async function apiCalls(fn: () => Promise<unknown>): Promise<string[]> {
+/**
+ * Records the JetStream API subjects about `stream` requested while `fn` runs (a plain subscriber
+ * sees requests too). Only that stream's: the other tests of this file run at the same time on the
+ * same server (a CI run saw another test's purge and direct get here).
+ */
+async function apiCalls(stream: string, fn: () => Promise<unknown>): Promise<string[]> {
   const spy = await connect({ servers: nats.server.url });
   const seen: string[] = [];
-  const sub = spy.subscribe('$JS.API.>', {
+  // $JS.API.<DIRECT|STREAM|CONSUMER>.<verb>.<stream>[...]
+  const sub = spy.subscribe('$JS.API.*.*.' + stream + '.>', {
+    callback: (_err, m) => {
+      seen.push(m.subject);
+    },
+  });
+  const exact = spy.subscribe('$JS.API.*.*.' + stream, {
     callback: (_err, m) => {
       seen.push(m.subject);
     },
@@ -244,13 +259,15 @@ async function apiCalls(fn: () => Promise<unknown>): Promise<string[]> {
     await spy.flush();
   } finally {
     sub.unsubscribe();
+    exact.unsubscribe();
     await spy.close();
   }
   return seen;
 }
 
 test('intent log - bounds and short reads use direct gets only (no JetStream API queue, no consumer); long reads a consumer', async (t) => {
-  const log = await freshLog();
+  const names = nextNames();
+  const log = await freshLog(names);
   const writer = new IntentChain(trusted);
   for (let i = 1; i <= 80; i++) {
     const e = next(writer, { upserts: [policy(`p${i % 7}`, BigInt(i))] });
@@ -258,12 +275,12 @@ test('intent log - bounds and short reads use direct gets only (no JetStream API
     writer.append(e);
   }
   let bounds;
-  const boundsCalls = await apiCalls(async () => (bounds = await log.bounds()));
+  const boundsCalls = await apiCalls(names.stream, async () => (bounds = await log.bounds()));
   t.deepEqual(bounds, { first: 1n, last: 80n });
   t.true(boundsCalls.length > 0 && boundsCalls.every((s) => s.startsWith('$JS.API.DIRECT.GET.')), boundsCalls.join(' '));
 
   const short: bigint[] = [];
-  const shortCalls = await apiCalls(async () => {
+  const shortCalls = await apiCalls(names.stream, async () => {
     for await (const m of log.read(70n, 80n)) short.push(m.revision);
   });
   t.deepEqual(short, Array.from({ length: 11 }, (_, i) => BigInt(70 + i)));
@@ -271,7 +288,7 @@ test('intent log - bounds and short reads use direct gets only (no JetStream API
   t.is(shortCalls.length, 11, 'one direct get per entry');
 
   const long: bigint[] = [];
-  const longCalls = await apiCalls(async () => {
+  const longCalls = await apiCalls(names.stream, async () => {
     for await (const m of log.read(1n, 80n)) long.push(m.revision);
   });
   t.is(long.length, 80);
@@ -291,8 +308,7 @@ test('intent log - bounds and short reads use direct gets only (no JetStream API
 });
 
 test('intent log - a stream that does not allow direct gets is read through stream info and a consumer', async (t) => {
-  streamNo++;
-  const names = { stream: `T${streamNo}`, subject: `t${streamNo}.log`, liveSubject: `t${streamNo}.live`, snapshotBucket: `TS${streamNo}` };
+  const names = nextNames();
   const jsm = await jetstreamManager(nats.nc);
   await jsm.streams.add({ name: names.stream, subjects: [names.subject], allow_direct: false, deny_delete: true, republish: { src: names.subject, dest: names.liveSubject } });
   const log = await IntentLog.open(nats.nc, { create: true, ...names });
@@ -304,7 +320,7 @@ test('intent log - a stream that does not allow direct gets is read through stre
     writer.append(e);
   }
   let bounds;
-  const calls = await apiCalls(async () => (bounds = await log.bounds()));
+  const calls = await apiCalls(names.stream, async () => (bounds = await log.bounds()));
   t.deepEqual(bounds, { first: 1n, last: 3n });
   t.true(calls.some((s) => s.startsWith('$JS.API.STREAM.INFO.')), calls.join(' '));
   t.false(calls.some((s) => s.startsWith('$JS.API.DIRECT.GET.')), calls.join(' '));
