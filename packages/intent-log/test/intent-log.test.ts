@@ -241,25 +241,15 @@ test('nats server - close twice is safe', async (t) => {
 async function apiCalls(stream: string, fn: () => Promise<unknown>): Promise<string[]> {
   const spy = await connect({ servers: nats.server.url });
   const seen: string[] = [];
-  // $JS.API.<DIRECT|STREAM|CONSUMER>.<verb>.<stream>[...]
-  const sub = spy.subscribe('$JS.API.*.*.' + stream + '.>', {
-    callback: (_err, m) => {
-      seen.push(m.subject);
-    },
-  });
-  const exact = spy.subscribe('$JS.API.*.*.' + stream, {
-    callback: (_err, m) => {
-      seen.push(m.subject);
-    },
-  });
+  // $JS.API.<DIRECT|STREAM|CONSUMER>.<verb>.<stream>, with or without more tokens after it.
+  const subs = [`$JS.API.*.*.${stream}`, `$JS.API.*.*.${stream}.>`].map((subject) => spy.subscribe(subject, { callback: (_err, m) => seen.push(m.subject) }));
   await spy.flush();
   try {
     await fn();
     await nats.nc.flush();
     await spy.flush();
   } finally {
-    sub.unsubscribe();
-    exact.unsubscribe();
+    for (const sub of subs) sub.unsubscribe();
     await spy.close();
   }
   return seen;
