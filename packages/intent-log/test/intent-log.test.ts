@@ -242,7 +242,7 @@ async function apiCalls(stream: string, fn: () => Promise<unknown>): Promise<str
   const spy = await connect({ servers: nats.server.url });
   const seen: string[] = [];
   // $JS.API.<DIRECT|STREAM|CONSUMER>.<verb>.<stream>, with or without more tokens after it.
-  const subs = [`$JS.API.*.*.${stream}`, `$JS.API.*.*.${stream}.>`].map((subject) => spy.subscribe(subject, { callback: (_err, m) => seen.push(m.subject) }));
+  const subs = [`$JS.API.*.*.${stream}`, `$JS.API.*.*.${stream}.>`].map((subject) => spy.subscribe(subject, { callback: (_err, m) => void seen.push(m.subject) }));
   await spy.flush();
   try {
     await fn();
