@@ -62,9 +62,13 @@ export class ConntrackAccess {
   readonly #ctNew: BpfMap;
   #closed = false;
 
-  /** Options for EbpfDatapath.open() that size ep_ct to `capacity` entries. */
+  /**
+   * Options for EbpfDatapath.open() that size ep_ct to `capacity` entries; EP_BENCH_OBJECT=PATH
+   * loads that build of the datapath object instead of bpf/build/edgeplane.bpf.o (a variant to
+   * compare on the same rig: it must declare the maps this agent pins).
+   */
   static openOptions(capacity: number): Partial<EbpfDatapathOptions> {
-    return { ctEntries: capacity };
+    return { ctEntries: capacity, ...(process.env.EP_BENCH_OBJECT ? { objectPath: process.env.EP_BENCH_OBJECT } : {}) };
   }
 
   /** Borrows `datapath` (which must outlive this). @throws if it has no connection table (see conntrackSupported). */

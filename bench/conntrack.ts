@@ -27,6 +27,10 @@
 // Contenders alternate within each rep; medians are reported. Prints tables, the goals with
 // met/missed, and one JSON line. Asserts nothing. Needs root, trafgen, conntrack, perf, cc.
 //   node --import=tsx bench/conntrack.ts [--quick] [--parts abcd]
+// Environment: EP_BENCH_PERF_DIR=DIR keeps perf's texts and the programs' line tables there (then
+// bench/perf-lines.ts DIR places the programs' samples on source lines); EP_BENCH_OBJECT=PATH runs
+// another build of bpf/edgeplane.bpf.o (a variant to compare on the whole rig); EP_BENCH_CT_CAPACITY,
+// EP_BENCH_FLOWS, EP_BENCH_SWITCHES, EP_BENCH_BPF_STATS below.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -34,6 +38,7 @@ import { EbpfDatapath, nextSweepDelay, type RuleSetSpec } from '@edgeplane/node-
 import { ConntrackAccess, conntrackSupported, type PolicyHook } from './conntrack-access.js';
 import { HZ, median, threadTicksByPid, ticksBetween } from './cpu-ticks.js';
 import { filterShareMs, type FilterCpu } from './perf-share.js';
+import { writeLineTables } from './perf-lines.js';
 import { BenchRun, benchArgs, CHURN_SOURCES as SOURCES, type ChurnFigures, FLOOD_CPU, fmt, LOAD_CPU, measureBroken, measureChurn, measureFlood, run } from './rig-measure.js';
 
 const { quick, parts, reps, churnSeconds, floodSeconds } = benchArgs('abcd');
@@ -42,8 +47,13 @@ const switches = Number(process.env.EP_BENCH_SWITCHES ?? (quick ? 100 : 1_000));
 const gcWindowSeconds = quick ? 20 : 70;
 /** ConntrackSweeper's defaults (conntrack-sweeper.ts): a pass at least every 10 s, at most 0.5 % of a core. */
 const SWEEP_PACE = { intervalMs: 10_000, busyIntervalMs: 100, maxCpuShare: 0.005, busyCpuShare: 0.05 };
-/** ep_ct entries and netfilter's nf_conntrack_max: room for the largest size plus (a)'s churn. */
-const CAPACITY = 2_097_152;
+/**
+ * ep_ct entries and netfilter's nf_conntrack_max (and its buckets): room for the largest size plus
+ * (a)'s churn. EP_BENCH_CT_CAPACITY sets another (both tables alike; (b)'s sizes must fit).
+ */
+const CAPACITY = Number(process.env.EP_BENCH_CT_CAPACITY ?? 2_097_152);
+if (!Number.isInteger(CAPACITY) || CAPACITY < 1024 || CAPACITY > 1 << 26) throw new Error(`EP_BENCH_CT_CAPACITY=${process.env.EP_BENCH_CT_CAPACITY}: an integer from 1024 to ${1 << 26}`);
+if (parts.has('b') && Math.max(...flowSizes) > CAPACITY) throw new Error(`EP_BENCH_CT_CAPACITY=${CAPACITY} cannot hold (b)'s ${Math.max(...flowSizes)} flows (EP_BENCH_FLOWS)`);
 
 const tag = process.pid.toString(36);
 const nsClient = `epct-c-${tag}`;
@@ -456,6 +466,9 @@ await bench.main(report, async () => {
   if (ct === undefined) failures.push('edgeplane: this build has no connection table (ep_ct); edgeplane rows are missing');
   try {
     if (ct !== undefined) await datapath.apply(edgeplaneRules());
+    // EP_BENCH_PERF_DIR: the programs' line tables beside perf's texts (bench/perf-lines.ts).
+    const perfDir = process.env.EP_BENCH_PERF_DIR;
+    if (perfDir !== undefined && ct !== undefined) writeLineTables(perfDir, workDir, [ct.policyProgram('xdp').id, ct.policyProgram('tc').id, datapath.tcEgressProgram.id]);
     const contenders: Contender[] = ct === undefined ? ['none', 'nft', 'iptables'] : ['none', 'edgeplane', 'edgeplane-tc', 'edgeplane-tcx', 'nft', 'iptables'];
     const rotate = (rep: number): Contender[] => contenders.map((_, i, all) => all[(i + rep) % all.length] as Contender);
 
