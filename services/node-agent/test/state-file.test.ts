@@ -1,12 +1,12 @@
 // The state file's base and journal (state-file.ts) on a real file system: a change to a large
-// prefix list appends a record of the change's size, a restart reads back exactly what was
+// prefix list or a one-rule patch of a large policy appends a record of the change's size, a restart reads back exactly what was
 // written last, a torn or corrupt tail loses only its own record, a journal of another base is
 // ignored, and the base is rewritten when the journal has grown.
 import test from 'ava';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, rmdirSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { applyPrefixListChange, Policy, PrefixList, PrefixListUse, type Snapshot } from '@edgeplane/proto';
+import { Action, applyPolicyPatch, applyPrefixListChange, Policy, policyPatchOf, PrefixList, PrefixListUse, Protocol, type Snapshot } from '@edgeplane/proto';
 import { StateFile, type AppliedState } from '../src/agent/state-file.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ep-state-file-'));
@@ -54,6 +54,47 @@ test('state file - a one-prefix change to a 200,000-prefix list appends a small 
   t.deepEqual(essence(read), essence(written));
   t.is(read!.snapshot.prefixLists[0]!.spec!.prefixes.at(-1), '192.0.2.0/24');
   t.false(read!.snapshot.prefixLists[0]!.spec!.prefixes.includes(prefix(7)));
+});
+
+/** A policy of `n` rules, rule i allowing TCP port 1024 + i from its own /32. */
+function bigPolicy(n: number): Policy {
+  const rules = Array.from({ length: n }, (_, i) => ({ name: `r${i}`, sourceCidrs: [`10.${(i >>> 8) & 255}.${i & 255}.1/32`], protocol: Protocol.PROTOCOL_TCP, destinationPorts: [{ first: 1024 + (i % 60_000), last: 0 }], action: Action.ACTION_ALLOW }));
+  return Policy.fromPartial({ metadata: { name: 'big', resourceVersion: 1n }, spec: { defaultAction: Action.ACTION_DENY, rules } });
+}
+
+/** `base` with rule `at` replaced, as a follower's chain makes it from the log's patch (so its lineage is known). */
+function patched(base: Policy, at: number, version: bigint): Policy {
+  const rules = base.spec!.rules.slice();
+  rules[at] = { ...rules[at]!, destinationPorts: [{ first: 7, last: 0 }] };
+  const next = { metadata: { ...base.metadata!, resourceVersion: version }, spec: { ...base.spec!, rules } };
+  return applyPolicyPatch(base, policyPatchOf(base, next)!);
+}
+
+const policyBytes = (p: Policy | undefined): Buffer => Buffer.from(Policy.encode(p ?? Policy.fromPartial({})).finish());
+
+test('state file - one-rule patches of a 20,000-rule policy append small records; a restart reads the patched policy', (t) => {
+  const path = fresh();
+  const file = new StateFile(path);
+  const other = Policy.fromPartial({ metadata: { name: 'other', resourceVersion: 1n } });
+  let big = bigPolicy(20_000);
+  file.write({ snapshot: snapshot(1n, [], [other, big]), labels: {} });
+  const base = readFileSync(path, 'utf8');
+  let journal = statSync(`${path}.journal`).size;
+  for (const [revision, at] of [[2n, 17], [3n, 19_999], [4n, 0]] as const) {
+    big = patched(big, at, revision);
+    file.write({ snapshot: snapshot(revision, [], [other, big]), labels: {} });
+    const record = statSync(`${path}.journal`).size - journal;
+    journal += record;
+    t.true(record > 0 && record < 2048, `revision ${revision}: the record is ${record} bytes`);
+    const read = new StateFile(path).read();
+    t.deepEqual(read?.snapshot.policies.map((p) => p.metadata?.name), ['other', 'big']);
+    t.deepEqual(policyBytes(read?.snapshot.policies[1]), policyBytes(big), `revision ${revision}: the policy read back is the one written`);
+  }
+  t.is(readFileSync(path, 'utf8'), base, 'the base is not rewritten');
+  // A policy made afresh (no patch known) goes whole into its record.
+  const fresh2 = bigPolicy(2000);
+  file.write({ snapshot: snapshot(5n, [], [fresh2]), labels: {} });
+  t.deepEqual(policyBytes(new StateFile(path).read()?.snapshot.policies[0]), policyBytes(fresh2));
 });
 
 test('state file - 300 random changes (lists changed, created, deleted, policies): every restart reads the last state written', (t) => {

@@ -1,7 +1,7 @@
 import { closeSync, fsyncSync, openSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
-import { compactSnapshotRules, prefixChangesBetween, Snapshot, type PrefixList } from '@edgeplane/proto';
+import { applyPolicyPatch, compactSnapshotRules, patchLineageOf, policyDigest, PolicyPatch, prefixChangesBetween, shareEmptyLists, Snapshot, type Policy, type PrefixList } from '@edgeplane/proto';
 import { writeAll, writeFileDurably } from './durable-file.js';
 
 /** What the node last enforced: the whole verified intent at that revision. */
@@ -46,11 +46,17 @@ const MAX_JOURNALED_LIST_CHANGE = 65_536;
 /** Records a journal holds at most before a whole base is due (bounds the replay at a start). */
 const MAX_JOURNAL_RECORDS = 1024;
 
-/** A journal record's header: the labels, and how each prefix list of its snapshot is given. */
+/** A journal record's header: the labels, and how each prefix list and policy of its snapshot is given. */
 interface RecordHeader {
   labels: Record<string, string>;
   /** Lists whose prefixes the record leaves out: the previous state's list of the same name, changed by these. */
   lists: { name: string; add: string[]; remove: string[] }[];
+  /**
+   * The state's policies in order, each given as the previous state's policy of that name
+   * (`same`), as that policy with a patch applied (`patch`: a PolicyPatch, base64), or whole in the
+   * record's snapshot (neither). Absent in records written before: every policy is there whole.
+   */
+  policies?: { name: string; same?: true; patch?: string }[];
 }
 
 /**
@@ -59,8 +65,10 @@ interface RecordHeader {
  * a crash leaves the old file or the new one, never half of one) and its journal (`path.journal`),
  * to which each later state is appended as one record, fsynced: the snapshot with each prefix
  * list that changed by a known difference (applyPrefixListChange's lineage) given as that
- * difference. A one-prefix change to a million-prefix list appends a record of the size of the
- * policies, not of the list. Reading replays the journal's records on the base, up to the first
+ * difference, each policy the previous state held unchanged given by its name, and each one
+ * patched from it (applyPolicyPatch's lineage) given as the patch. A one-prefix change to a
+ * million-prefix list, or a one-rule change to a 65,536-rule policy, appends a record of the size
+ * of the change. Reading replays the journal's records on the base, up to the first
  * record that is not whole (a crash during an append: that state is lost, the one before it
  * read). The journal names the base it belongs to (a random id in both), so a journal left
  * behind by a crash while a new base was written is ignored. A whole base is written again when
@@ -166,8 +174,10 @@ export class StateFile implements StateStore {
       header.lists.push({ name, add: change.add, remove: change.remove });
       lists.push({ ...list, spec: { ...list.spec!, prefixes: [] } });
     }
+    const { policies, whole } = policiesOf(prev.snapshot.policies, next.snapshot.policies);
+    header.policies = policies;
     const json = Buffer.from(JSON.stringify(header));
-    const snapshot = Snapshot.encode({ ...next.snapshot, prefixLists: lists }).finish();
+    const snapshot = Snapshot.encode({ ...next.snapshot, policies: whole, prefixLists: lists }).finish();
     const payload = Buffer.alloc(4 + json.length + snapshot.length);
     payload.writeUInt32LE(json.length, 0);
     json.copy(payload, 4);
@@ -204,6 +214,7 @@ export class StateFile implements StateStore {
         const jsonLength = payload.readUInt32LE(0);
         const header = JSON.parse(payload.subarray(4, 4 + jsonLength).toString('utf8')) as RecordHeader;
         const snapshot = Snapshot.decode(payload.subarray(4 + jsonLength));
+        if (header.policies !== undefined) snapshot.policies = policiesFrom(state.snapshot.policies, header.policies, snapshot.policies);
         const changes = new Map(header.lists.map((l) => [l.name, l]));
         const next = new Map<string, FoldedList>();
         for (const list of snapshot.prefixLists) {
@@ -228,6 +239,60 @@ export class StateFile implements StateStore {
     for (const list of state.snapshot.prefixLists) list.spec = { ...list.spec!, prefixes: lists.get(list.metadata?.name ?? '')!.prefixes() };
     return state;
   }
+}
+
+/**
+ * How a journal record gives `next`'s policies after `prev`'s: by name where the policy is the
+ * previous one (the same object: policies are never modified once made), as a patch where
+ * applyPolicyPatch made it from the previous one (so its splices are known), whole otherwise.
+ */
+function policiesOf(prev: readonly Policy[], next: readonly Policy[]): { policies: NonNullable<RecordHeader['policies']>; whole: Policy[] } {
+  const held = new Map(prev.map((p) => [p.metadata?.name ?? '', p]));
+  const policies: NonNullable<RecordHeader['policies']> = [];
+  const whole: Policy[] = [];
+  for (const policy of next) {
+    const name = policy.metadata?.name ?? '';
+    const had = held.get(name);
+    if (had !== undefined && had === policy) {
+      policies.push({ name, same: true });
+      continue;
+    }
+    const lineage = had === undefined ? undefined : patchLineageOf(policy);
+    if (had?.metadata !== undefined && policy.spec !== undefined && lineage?.base.deref() === had) {
+      // The digest the chain checked when it applied the patch (kept by the policy object).
+      const patch = PolicyPatch.encode({ metadata: policy.metadata, spec: { ...policy.spec, rules: [] }, baseResourceVersion: had.metadata.resourceVersion, splices: [...lineage.splices], resultDigest: Buffer.from(policyDigest(policy, had)) }).finish();
+      policies.push({ name, patch: Buffer.from(patch).toString('base64') });
+      continue;
+    }
+    policies.push({ name });
+    whole.push(policy);
+  }
+  return { policies, whole };
+}
+
+/**
+ * A record's policies from the previous state's (`prev`), its header's `given` and the whole ones
+ * its snapshot carries. @throws Error when a policy is named from a state that does not hold it;
+ * PatchError when a patch does not apply to it (its base version or its result's digest differ).
+ */
+function policiesFrom(prev: readonly Policy[], given: NonNullable<RecordHeader['policies']>, whole: readonly Policy[]): Policy[] {
+  const held = new Map(prev.map((p) => [p.metadata?.name ?? '', p]));
+  const carried = new Map(whole.map((p) => [p.metadata?.name ?? '', p]));
+  return given.map(({ name, same, patch }) => {
+    if (same) {
+      const policy = held.get(name);
+      if (policy === undefined) throw new Error(`policy ${JSON.stringify(name)} kept from a state that does not hold it`);
+      return policy;
+    }
+    if (patch !== undefined) {
+      const decoded = PolicyPatch.decode(Buffer.from(patch, 'base64'));
+      for (const splice of decoded.splices) shareEmptyLists(splice.rules);
+      return applyPolicyPatch(held.get(name), decoded);
+    }
+    const policy = carried.get(name);
+    if (policy === undefined) throw new Error(`policy ${JSON.stringify(name)} is missing from its record`);
+    return policy;
+  });
 }
 
 /**
