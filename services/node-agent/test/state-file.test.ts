@@ -6,7 +6,8 @@ import test from 'ava';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, rmdirSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Action, applyPolicyPatch, applyPrefixListChange, Policy, policyPatchOf, PrefixList, PrefixListUse, Protocol, type Snapshot } from '@edgeplane/proto';
+import { crc32 } from 'node:zlib';
+import { Action, applyPolicyPatch, applyPrefixListChange, Policy, policyPatchOf, PrefixList, PrefixListUse, Protocol, Snapshot } from '@edgeplane/proto';
 import { StateFile, type AppliedState } from '../src/agent/state-file.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ep-state-file-'));
@@ -95,6 +96,29 @@ test('state file - one-rule patches of a 20,000-rule policy append small records
   const fresh2 = bigPolicy(2000);
   file.write({ snapshot: snapshot(5n, [], [fresh2]), labels: {} });
   t.deepEqual(policyBytes(new StateFile(path).read()?.snapshot.policies[0]), policyBytes(fresh2));
+  // Such journals say so in their magic: an agent that reads only EPJ1 ignores them (the base alone).
+  t.is(readFileSync(`${path}.journal`).subarray(0, 4).toString(), 'EPJ2');
+});
+
+test('state file - a journal an earlier agent wrote (EPJ1, every policy whole in each record) is read', (t) => {
+  const path = fresh();
+  const first = Policy.fromPartial({ metadata: { name: 'p', resourceVersion: 1n } });
+  new StateFile(path).write({ snapshot: snapshot(1n, [], [first]), labels: {} });
+  const id = readFileSync(`${path}.journal`).subarray(4, 20);
+  // One record as the earlier agent wrote it: a header with labels and lists only, then the snapshot.
+  const second = Policy.fromPartial({ metadata: { name: 'p', resourceVersion: 2n }, spec: { defaultAction: Action.ACTION_DENY } });
+  const json = Buffer.from(JSON.stringify({ labels: { site: 'x' }, lists: [] }));
+  const snap = Buffer.from(Snapshot.encode(snapshot(2n, [], [second])).finish());
+  const payload = Buffer.concat([Buffer.alloc(4), json, snap]);
+  payload.writeUInt32LE(json.length, 0);
+  const header = Buffer.alloc(8);
+  header.writeUInt32LE(payload.length, 0);
+  header.writeUInt32LE(crc32(payload), 4);
+  writeFileSync(`${path}.journal`, Buffer.concat([Buffer.from('EPJ1'), id, header, payload]));
+  const read = new StateFile(path).read();
+  t.is(read?.snapshot.revision, 2n);
+  t.deepEqual(read?.labels, { site: 'x' });
+  t.deepEqual(policyBytes(read?.snapshot.policies[0]), policyBytes(second));
 });
 
 test('state file - 300 random changes (lists changed, created, deleted, policies): every restart reads the last state written', (t) => {

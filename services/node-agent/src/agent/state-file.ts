@@ -36,8 +36,14 @@ export interface StateFileOptions {
   journalMinBytes?: number;
 }
 
-/** The journal's first bytes: its magic and the id of the base it belongs to. */
-const JOURNAL_MAGIC = Buffer.from('EPJ1');
+/**
+ * The journal's first bytes: its magic and the id of the base it belongs to. EPJ2's records may
+ * give policies by name or patch (RecordHeader.policies), which an agent of EPJ1 would not see: it
+ * ignores an EPJ2 journal (reads the base alone, a state older but whole) instead of reading
+ * records with policies missing. This agent writes EPJ2 and reads both.
+ */
+const JOURNAL_MAGIC = Buffer.from('EPJ2');
+const JOURNAL_MAGIC_V1 = Buffer.from('EPJ1');
 const JOURNAL_ID_BYTES = 16;
 /** Each record: u32 length of the payload, u32 CRC-32 of the payload, the payload. */
 const RECORD_HEADER_BYTES = 8;
@@ -199,7 +205,8 @@ export class StateFile implements StateStore {
       throw new StateFileError(`read state journal ${this.#journalPath}`, { cause: err });
     }
     const start = JOURNAL_MAGIC.length + JOURNAL_ID_BYTES;
-    if (journal.length < start || !journal.subarray(0, JOURNAL_MAGIC.length).equals(JOURNAL_MAGIC) || !journal.subarray(JOURNAL_MAGIC.length, start).equals(id)) return base;
+    const magic = journal.subarray(0, JOURNAL_MAGIC.length);
+    if (journal.length < start || !(magic.equals(JOURNAL_MAGIC) || magic.equals(JOURNAL_MAGIC_V1)) || !journal.subarray(JOURNAL_MAGIC.length, start).equals(id)) return base;
     // Each list's changes are folded into one difference from the last whole copy of it, and
     // applied once at the end: linear in the list and the records, however many records change it.
     let state = base;
