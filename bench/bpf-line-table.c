@@ -3,7 +3,7 @@
 // no disassembler (no libbfd), so `bpftool prog dump jited ... linum` cannot tell it.
 //   cc -O2 -Wall -o bpf-line-table bench/bpf-line-table.c -lbpf && ./bpf-line-table PROG_ID...
 // Output, one record per line:
-//   PROG <id> <name>
+//   PROG <id> <name> <the program's kernel address, hex>
 //   LINE <address, hex> <line number> <file> <source text>
 // The addresses are kernel addresses (the JITed image, as perf reports them); a program's
 // subprograms are in the same records. Needs root (CAP_SYS_ADMIN for the programs' info).
@@ -31,17 +31,19 @@ static int dump(__u32 id)
 		return -1;
 	}
 	__u32 lines = info.nr_line_info, jited = info.nr_jited_line_info, rec = info.line_info_rec_size, btf_id = info.btf_id;
+	__u32 ksyms = info.nr_jited_ksyms;
 	char name[sizeof(info.name) + 1];
 	memcpy(name, info.name, sizeof(info.name));
 	name[sizeof(info.name)] = 0;
-	if (lines == 0 || jited != lines || rec < sizeof(struct bpf_line_info)) {
+	if (lines == 0 || jited != lines || rec < sizeof(struct bpf_line_info) || ksyms == 0) {
 		fprintf(stderr, "bpf-line-table: program %u (%s) has no JITed line info\n", id, name);
 		close(fd);
 		return -1;
 	}
 	void *line_info = calloc(lines, rec);
 	__u64 *addresses = calloc(jited, sizeof(__u64));
-	if (!line_info || !addresses) {
+	__u64 *symbols = calloc(ksyms, sizeof(__u64));
+	if (!line_info || !addresses || !symbols) {
 		fprintf(stderr, "bpf-line-table: out of memory\n");
 		exit(1);
 	}
@@ -52,6 +54,8 @@ static int dump(__u32 id)
 	info.nr_jited_line_info = jited;
 	info.jited_line_info_rec_size = sizeof(__u64);
 	info.jited_line_info = (__u64)(unsigned long)addresses;
+	info.nr_jited_ksyms = ksyms;
+	info.jited_ksyms = (__u64)(unsigned long)symbols;
 	len = sizeof(info);
 	int err = bpf_obj_get_info_by_fd(fd, &info, &len);
 	close(fd);
@@ -60,9 +64,11 @@ static int dump(__u32 id)
 		fprintf(stderr, "bpf-line-table: program %u (%s): its line info or BTF: %s\n", id, name, strerror(errno));
 		free(line_info);
 		free(addresses);
+		free(symbols);
 		return -1;
 	}
-	printf("PROG %u %s\n", id, name);
+	/* The main program's symbol is the first (its subprograms' follow). */
+	printf("PROG %u %s %llx\n", id, name, (unsigned long long)symbols[0]);
 	for (__u32 i = 0; i < lines; i++) {
 		const struct bpf_line_info *l = (const void *)((const char *)line_info + (size_t)i * rec);
 		const char *file = btf__name_by_offset(btf, l->file_name_off);
@@ -78,6 +84,7 @@ static int dump(__u32 id)
 	btf__free(btf);
 	free(line_info);
 	free(addresses);
+	free(symbols);
 	return 0;
 }
 
