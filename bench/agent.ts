@@ -49,8 +49,8 @@ const loadedArg = process.argv.indexOf('--loaded-s');
  * with 1 rule: in the first seconds after that change the agent still held its garbage (143.9-146.9
  * MiB, then 134.1-135.2 MiB from ~9 s on, flat for the 110 s after; in one run of four it still
  * held it 60 s after: BENCHMARKS.md, "The idle agent at 65,536 rules, settled"); the WINDOW_S s
- * right after it are printed beside it. `--loaded-s N`
- * sets it (the RSS of every second is then printed too).
+ * right after it are printed beside it. `--loaded-s N` sets it (the RSS of every second is then
+ * printed too).
  */
 const LOADED_S = loadedArg > 0 ? Number(process.argv[loadedArg + 1]) : quick ? 10 : IDLE_S;
 const SIZES = [1, 10_000, 65_536];

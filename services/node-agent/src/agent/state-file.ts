@@ -1,7 +1,7 @@
 import { closeSync, fsyncSync, openSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
-import { applyPolicyPatch, compactSnapshotRules, patchLineageOf, policyDigest, PolicyPatch, prefixChangesBetween, shareEmptyLists, Snapshot, type Policy, type PrefixList } from '@edgeplane/proto';
+import { applyPolicyPatch, compactSnapshotRules, patchLineageOf, PolicyPatch, policyPatchOf, prefixChangesBetween, Snapshot, type Policy, type PrefixList } from '@edgeplane/proto';
 import { writeAll, writeFileDurably } from './durable-file.js';
 
 /** What the node last enforced: the whole verified intent at that revision. */
@@ -264,11 +264,11 @@ function policiesOf(prev: readonly Policy[], next: readonly Policy[]): { policie
       policies.push({ name, same: true });
       continue;
     }
-    const lineage = had === undefined ? undefined : patchLineageOf(policy);
-    if (had?.metadata !== undefined && policy.spec !== undefined && lineage?.base.deref() === had) {
-      // The digest the chain checked when it applied the patch (kept by the policy object).
-      const patch = PolicyPatch.encode({ metadata: policy.metadata, spec: { ...policy.spec, rules: [] }, baseResourceVersion: had.metadata.resourceVersion, splices: [...lineage.splices], resultDigest: Buffer.from(policyDigest(policy, had)) }).finish();
-      policies.push({ name, patch: Buffer.from(patch).toString('base64') });
+    // Only where the chain patched it from `had`: its rules outside the splices are `had`'s
+    // objects, so policyPatchOf compares them by identity and hashes the changed chunks only.
+    const patch = had !== undefined && patchLineageOf(policy)?.base.deref() === had ? policyPatchOf(had, policy) : undefined;
+    if (patch !== undefined) {
+      policies.push({ name, patch: Buffer.from(PolicyPatch.encode(patch).finish()).toString('base64') });
       continue;
     }
     policies.push({ name });
@@ -292,9 +292,7 @@ function policiesFrom(prev: readonly Policy[], given: NonNullable<RecordHeader['
       return policy;
     }
     if (patch !== undefined) {
-      const decoded = PolicyPatch.decode(Buffer.from(patch, 'base64'));
-      for (const splice of decoded.splices) shareEmptyLists(splice.rules);
-      return applyPolicyPatch(held.get(name), decoded);
+      return applyPolicyPatch(held.get(name), PolicyPatch.decode(Buffer.from(patch, 'base64')));
     }
     const policy = carried.get(name);
     if (policy === undefined) throw new Error(`policy ${JSON.stringify(name)} is missing from its record`);
