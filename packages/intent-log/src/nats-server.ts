@@ -102,12 +102,45 @@ async function stopOrphan(pidFile: string, config: string): Promise<void> {
 /** The largest message the embedded server accepts unless told otherwise. */
 export const DEFAULT_MAX_PAYLOAD = 8 * 1024 * 1024;
 
-/** Returns a TCP port that was free a moment ago on host. */
+/**
+ * Returns a TCP port that was free a moment ago on host. It is taken below the kernel's
+ * ephemeral range (net.ipv4.ip_local_port_range) where there is room: a port from that range
+ * can be given to any process's outgoing connection between this call and the caller's
+ * listen (a CI run lost a controller's gRPC port so). Random within that room, so concurrent
+ * callers rarely meet; the kernel's own choice when there is no room or nothing there is free.
+ */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
+  const below = ephemeralLow();
+  if (below - FIXED_PORTS_FROM >= 1024) {
+    for (let attempt = 0; attempt < 32; attempt++) {
+      const port = FIXED_PORTS_FROM + Math.floor(Math.random() * (below - FIXED_PORTS_FROM));
+      if ((await listenOnce(host, port)) !== undefined) return port;
+    }
+  }
+  const port = await listenOnce(host, 0);
+  if (port === undefined) throw new Error(`no free TCP port on ${host}`);
+  return port;
+}
+
+/** Ports below this are left to services with well-known numbers. */
+const FIXED_PORTS_FROM = 10_000;
+
+/** The first port of the kernel's ephemeral range (Linux default when it cannot be read). */
+function ephemeralLow(): number {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    return Number.isInteger(low) && low > 0 ? low : 32_768;
+  } catch {
+    return 32_768;
+  }
+}
+
+/** Listens on host:port and closes again: the port bound, or undefined if it was in use. */
+function listenOnce(host: string, port: number): Promise<number | undefined> {
   return new Promise((resolve, reject) => {
     const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
+    srv.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' ? resolve(undefined) : reject(err)));
+    srv.listen({ port, host, exclusive: true }, () => {
       const addr = srv.address();
       srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
     });

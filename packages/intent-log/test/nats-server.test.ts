@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NatsServer } from '../src/index.js';
+import { NatsServer, freePort } from '../src/index.js';
 
 const alive = (pid: number): boolean => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
 
@@ -97,5 +97,24 @@ test('NatsServer - unsupervised: a killed server stays down (tests crash it on p
     await server.restart();
     t.true(alive(server.pid!));
     t.is(await info(server), 'INFO', `restart ${i + 1}: listening when restart() resolves`);
+  }
+});
+
+test('freePort - a port below the kernel\'s ephemeral range that can be listened on; distinct picks; a taken one is not given', async (t) => {
+  const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+  const ports = await Promise.all(Array.from({ length: 8 }, () => freePort()));
+  for (const port of ports) t.true(port >= 10_000 && port < low, `${port} outside [10000, ${low})`);
+  t.true(new Set(ports).size > 1, 'random picks');
+  const servers: Server[] = [];
+  try {
+    for (const port of ports) {
+      const srv = createServer();
+      await new Promise<void>((resolve, reject) => srv.once('error', reject).listen(port, '127.0.0.1', resolve));
+      servers.push(srv);
+    }
+    const held = new Set(ports);
+    for (let i = 0; i < 32; i++) t.false(held.has(await freePort()), 'a listened port is never returned');
+  } finally {
+    await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
   }
 });
