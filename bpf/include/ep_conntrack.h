@@ -3,7 +3,8 @@
  * Connection tracking: bpf/CONNTRACK.md is the contract this file follows step by step (control
  * bypass, lookup, ICMP errors, entry found, no entry) and its TCP state machine. Tables and
  * constants are in ep_tables.h, the maps in ep_maps.h; classification (classifier.h) runs only
- * for packets with no entry, and again for the cut re-check.
+ * for packets with no entry (for a SYN that opens a flow, before the lookup: step 3a), and again
+ * for the cut re-check.
  *
  * Entries are updated in place without locks (as Cilium's): two CPUs updating one flow at once
  * may lose a state transition or a deadline refresh, never a packet; packet and byte counts are
@@ -168,8 +169,11 @@ struct ep_ct_new_meta {
 	__u64 len;
 	__u32 rule_id;
 	__u32 epoch;
-	__u32 flags;
-	__u32 in_new;
+	__u16 flags;
+	__u16 in_new;
+	/* ep_datapath's: the packet's rule slot once classified (step 3a or 6), -2 before. Here
+	 * rather than in a local, which the programs' 512 bytes of stack had no room left for. */
+	__s32 slot;
 };
 
 /* The kernel's sum of a map's per-CPU element counts (kernel/bpf/map_iter.c, 6.6+): every hash
@@ -216,7 +220,7 @@ static __always_inline bool ep_ct_below_mark(void)
  * its own: the entry it builds stays off the programs' main frame, whose 512 bytes of stack the
  * classifier's call chain shares. */
 static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k, const struct ep_ct_new_meta *m,
-				    const struct ep_ct_nat *nat)
+				    const struct ep_ct_nat *nat, bool first)
 {
 	struct ep_ct_entry e = {};
 	__u64 now = m->now, len = m->len;
@@ -262,11 +266,17 @@ static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k,
 			ep_ct_stat(EP_CT_STAT_CREATED, len);
 			return true;
 		}
+		/* `first` (step 3a): the flow may have an entry, live or expired; the lookup decides,
+		 * and creates afterwards (ep_ct_new) if it must. */
+		if (first)
+			return false;
 		/* EEXIST: another CPU created the flow's entry first (a second one in ep_ct_new
 		 * would hide behind it). E2BIG (other CPUs filled ep_ct past the mark meanwhile):
 		 * ep_ct_new, as above the mark. */
 		if (err == -EP_EEXIST)
 			return true;
+	} else if (first) {
+		return false;
 	}
 	if (bpf_map_update_elem(&ep_ct_new, k, &e, BPF_ANY) == 0) {
 		ep_ct_stat(EP_CT_STAT_CREATED, len);
@@ -274,6 +284,20 @@ static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k,
 	}
 	ep_ct_stat(EP_CT_STAT_INSERT_FAILED, len);
 	return false;
+}
+
+/* Step 3a (CONNTRACK.md): the entry of a SYN that rule slot `slot` classified, inserted before any
+ * lookup when the rule is a tracking allow and ep_ct is below its mark (`m`'s rule_id is set to the
+ * rule's). Returns true when it was created; false when the rule is not a tracking allow, ep_ct is
+ * at its mark, or the insert failed (the flow has an entry, or no room): the caller goes on as if
+ * step 3a had not been, the class kept. */
+static __always_inline bool ep_ct_syn_first(const struct ep_pkt *p, struct ep_ct_key *k, struct ep_ct_new_meta *m, __u32 slot)
+{
+	struct ep_rule *r = bpf_map_lookup_elem(&ep_rules, &slot);
+	if (!r || (r->action & (EP_ACT_MASK | EP_RULE_F_TRACK)) != (EP_ACT_ALLOW | EP_RULE_F_TRACK))
+		return false;
+	m->rule_id = r->rule_id;
+	return ep_ct_create(p, k, m, NULL, true);
 }
 
 /* The cut re-check (CONNTRACK.md step 5): classifies the entry's tuple against generation `gen`.
@@ -514,7 +538,7 @@ __noinline int ep_lb_new_flow(const struct ep_pkt *p, struct ep_ct_key *k, const
 		return -1;
 	}
 	ep_lb_stat(EP_LB_STAT_SELECTED, m->len);
-	if (ep_ct_create(p, k, m, &be) && !mode)
+	if (ep_ct_create(p, k, m, &be, false) && !mode)
 		ep_lb_create_rev(p, &be, m->rule_id, m->epoch, m->now);
 	if (mode)
 		ep_lb_mode_nat(p, &be, nat);
@@ -658,12 +682,30 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	 * original when it comes from the side that opened the flow. An echo request is always
 	 * original, an echo reply always a reply (the key's side a is the requester). */
 	bool trackable = p->ct == EP_CTK_FLOW || p->ct == EP_CTK_ECHO_REQ || p->ct == EP_CTK_ECHO_REP;
-	struct ep_ct_new_meta meta = { .now = now, .len = len, .epoch = epoch };
+	struct ep_ct_new_meta meta = { .now = now, .len = len, .epoch = epoch, .slot = -2 };
 	struct ep_ct_key k;
 	__u32 src_b = 0;
+	bool track = false;
 	if (trackable) {
 		src_b = ep_ct_key_make(&k, p->family, p->proto, p->src, p->sport, p->dst, p->dport, p->ct != EP_CTK_FLOW,
 				       p->ct == EP_CTK_ECHO_REP);
+		/* 3a. SYN first: a TCP SYN that opens a flow is classified before the lookup, and when
+		 * a tracking allow rule admits it its entry is inserted straight away (BPF_NOEXIST),
+		 * which finds out whether the flow has an entry in the same bucket walk. Only where
+		 * the lookup could have found nothing else: ep_ct_new empty, ep_ct below its mark, no
+		 * services, no shadow candidate. Any other outcome goes on to the lookup below with
+		 * the class kept for step 6: an entry (live or expired), a rule that is not a tracking
+		 * allow, no room. */
+		if (hook == EP_HOOK_POLICY && p->ct == EP_CTK_FLOW && p->proto == EP_IPPROTO_TCP &&
+		    (p->tcp_flags & (EP_TCP_SYN | EP_TCP_ACK | EP_TCP_RST)) == EP_TCP_SYN && !(gflags & EP_GEN_F_SERVICES) &&
+		    ep_shadow_mode(epoch) == EP_SHADOW_OFF && ep_ct_new_empty()) {
+			meta.slot = ep_rule_slot(p, gen);
+			if (meta.slot >= 0) {
+				meta.flags = src_b ? EP_CT_F_ORIG_B : 0;
+				if (ep_ct_syn_first(p, &k, &meta, meta.slot))
+					return ep_act(meta.slot, p, len, &track, &meta.rule_id);
+			}
+		}
 		bool in_new = false;
 		struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
 		if (!e && !ep_ct_new_empty()) {
@@ -757,25 +799,28 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		if (trackable && (gflags & EP_GEN_F_TRACK_EGRESS)) {
 			meta.rule_id = EP_CT_RULE_EGRESS;
 			meta.flags |= EP_CT_F_EGRESS;
-			ep_ct_create(p, &k, &meta, NULL);
+			ep_ct_create(p, &k, &meta, NULL, false);
 		}
 		return EP_PASS;
 	}
 
 	/* 6. No entry: classify; a pass by a tracking rule creates an entry. With a shadow candidate
 	 * whose union holds this generation's rule set, both in one walk (ep_shadow.h). */
-	int shadow = ep_shadow_mode(epoch);
-	int slot = shadow == EP_SHADOW_ONE ? ep_shadow_both(p, gen) : -1;
-	if (slot < 0) {
-		if (shadow == EP_SHADOW_ONE)
-			shadow = EP_SHADOW_TWO;
-		slot = ep_rule_slot(p, gen);
+	int shadow = EP_SHADOW_OFF;
+	int slot = meta.slot;
+	if (slot == -2) {
+		shadow = ep_shadow_mode(epoch);
+		slot = shadow == EP_SHADOW_ONE ? ep_shadow_both(p, gen) : -1;
+		if (slot < 0) {
+			if (shadow == EP_SHADOW_ONE)
+				shadow = EP_SHADOW_TWO;
+			slot = ep_rule_slot(p, gen);
+		}
 	}
 	if (slot < 0) {
 		ep_count(&ep_stats, EP_STAT_UNCONFIGURED, len);
 		return EP_PASS;
 	}
-	bool track = false;
 	__u32 rule_id = 0;
 	int verdict = ep_act(slot, p, len, &track, &rule_id);
 	/* The shadow candidate, if one is set (ep_shadow.h): counted, never deciding. */
@@ -791,7 +836,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			return scheduled > 0 ? EP_PASS : EP_DROP;
 	}
 	if (track)
-		ep_ct_create(p, &k, &meta, NULL);
+		ep_ct_create(p, &k, &meta, NULL, false);
 	return verdict;
 }
 

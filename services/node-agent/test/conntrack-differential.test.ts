@@ -10,7 +10,7 @@
 // in the past, never by waiting. Reproduce a failure with EDGEPLANE_SEED=<seed it prints>.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { BpfMap, monotonicCoarseNs, TypedMap, type CodecValue } from 'libbpf-ts';
 import { parseAddress } from '@edgeplane/proto';
 import {
@@ -63,6 +63,12 @@ const SHAPE = { maxEvents: 40, maxGenerations: 2 } as const;
  * ep_ct_new (both ways of creating are compared).
  */
 const CT_ENTRIES = 3;
+/**
+ * An ep_ct no sequence fills to its mark (2,048): ep_ct_new stays empty, so a SYN that opens a flow
+ * takes step 3a (its entry inserted before any lookup), also where the flow has an entry, live or
+ * expired (retransmissions, port reuse, expiry).
+ */
+const CT_ENTRIES_ROOMY = 4096;
 /** ep_ct_new large enough that the kernel's approximate LRU never evicts within a scenario. */
 const CT_NEW_ENTRIES = 4096;
 /** Distinct timeouts, so a deadline tells which one was applied. */
@@ -111,12 +117,20 @@ function comparable(entry: CtEntry | KernelEntry): Record<string, unknown> {
   };
 }
 
-test('conntrack differential - the kernel state machine equals the reference model, packet by packet', async (t) => {
+test('conntrack differential - the kernel state machine equals the reference model, packet by packet', (t) => differential(t, CT_ENTRIES));
+
+test('conntrack differential - the same with ep_ct below its direct mark throughout: every new flow in ep_ct, each SYN that opens one inserted before any lookup (step 3a)', (t) => differential(t, CT_ENTRIES_ROOMY));
+
+/**
+ * Runs SCENARIOS random scenarios of SEQUENCES sequences each through the kernel and the model,
+ * with an ep_ct of `ctEntries` entries, and fails at the first difference.
+ */
+async function differential(t: ExecutionContext, ctEntries: number): Promise<void> {
   const seed = seedFromEnv();
   t.log(`seed ${seed} (EDGEPLANE_SEED=${seed} to reproduce)`);
   const rng = prng(seed);
   const pinRoot = freshRoot();
-  const datapath = await EbpfDatapath.open({ pinRoot, ctEntries: CT_ENTRIES, ctNewEntries: CT_NEW_ENTRIES, conntrack: CONFIG });
+  const datapath = await EbpfDatapath.open({ pinRoot, ctEntries, ctNewEntries: CT_NEW_ENTRIES, conntrack: CONFIG });
   t.teardown(() => datapath.close());
   datapath.setControlEndpoints(CONTROL);
   const maps = { established: BpfMap.openPinned(join(pinRoot, 'ep_ct')), new: BpfMap.openPinned(join(pinRoot, 'ep_ct_new')) };
@@ -144,7 +158,7 @@ test('conntrack differential - the kernel state machine equals the reference mod
     ]),
   ) as Record<CtTable, { get(key: CtKey): KernelEntry | undefined; set(key: CtKey, entry: KernelEntry): void; delete(key: CtKey): void }>;
   const programs = { edge_xdp: datapath.xdpProgram, edge_tc: datapath.tcProgram, edge_tc_egress: datapath.tcEgressProgram };
-  const model = new ConntrackModel({ entries: CT_ENTRIES, newEntries: CT_NEW_ENTRIES });
+  const model = new ConntrackModel({ entries: ctEntries, newEntries: CT_NEW_ENTRIES });
   const reasons = new Map<string, number>();
   let packets = 0;
 
@@ -283,7 +297,7 @@ test('conntrack differential - the kernel state machine equals the reference mod
   }
   t.log(`${SCENARIOS} scenarios x ${SEQUENCES} sequences, ${packets} packets; outcomes ${[...reasons].map(([r, n]) => `${r}: ${n}`).join(', ')}; model stats ${JSON.stringify(model.stats())}`);
   t.pass();
-});
+}
 
 // Hand-made cases: the same comparison on one short sequence each, for what the generator does
 // not draw (fragments, cut-short headers) and for each known deviation.
