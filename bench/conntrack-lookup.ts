@@ -20,7 +20,7 @@
 // ep_maps.h before `make` (bench/README.md, "conntrack-lookup"). Flows go from 10.x clients to 192.0.2.1, which sorts after them: layout 2's key (the
 // original direction) and layout 3's flow key are the same bytes, so one fill serves both.
 //
-//   node --import=tsx bench/conntrack-lookup.ts [--program xdp|tc] [--baseline OBJECT] [--rounds 5] [--runs 20000] [--repeat 1000] [--sizes 1000,1000000] [--cases syn,conn,reply]
+//   node --import=tsx bench/conntrack-lookup.ts [--program xdp|tc] [--baseline OBJECT] [--rounds 5] [--runs 20000] [--repeat 1000] [--sizes 1000,1000000] [--cases syn,conn,reply] [--sources N]
 //
 // Prints one JSON line per (case, round) and a summary: the median over rounds of each round's
 // median per-packet ns. Needs root (bpffs mount); touches no interface.
@@ -57,7 +57,16 @@ const ruleSet: RuleSetSpec = {
 };
 
 /** Client i: 10.a.b.c, port 1024 + i % 60,000 (distinct for i < 2^24 * 60,000). */
-const client = (i: number): { src: string; sport: number } => ({ src: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, sport: 1024 + (i % 60_000) });
+/**
+ * Client `i`'s address and port: every client its own address, or with --sources N the address
+ * i % N and a port of its own (a fresh tuple each, as bench/conntrack.ts (a)'s tcp-churn makes them
+ * from 200 sources): what the classification memo sees of repeated sources.
+ */
+const sourceCount = arg('--sources') === undefined ? undefined : Number(arg('--sources'));
+if (sourceCount !== undefined && (!Number.isInteger(sourceCount) || sourceCount < 1 || sourceCount > 1 << 24)) throw new Error(`--sources ${arg('--sources')}: an integer from 1 to ${1 << 24}`);
+const address = (n: number): string => `10.${(n >> 16) & 255}.${(n >> 8) & 255}.${n & 255}`;
+const client = (i: number): { src: string; sport: number } =>
+  sourceCount === undefined ? { src: address(i), sport: 1024 + (i % 60_000) } : { src: address(i % sourceCount), sport: 1024 + (Math.floor(i / sourceCount) % 60_000) };
 
 const median = (values: number[]): number => {
   const sorted = [...values].sort((a, b) => a - b);
