@@ -60,7 +60,7 @@ const ruleSet: RuleSetSpec = {
 /**
  * Client `i`'s address and port: every client its own address, or with --sources N the address
  * i % N and a port of its own (a fresh tuple each, as bench/conntrack.ts (a)'s tcp-churn makes them
- * from 200 sources): what the classification memo sees of repeated sources.
+ * from 200 sources): whatever a change keeps per source address is then met again.
  */
 const sourceCount = arg('--sources') === undefined ? undefined : Number(arg('--sources'));
 if (sourceCount !== undefined && (!Number.isInteger(sourceCount) || sourceCount < 1 || sourceCount > 1 << 24)) throw new Error(`--sources ${arg('--sources')}: an integer from 1 to ${1 << 24}`);

@@ -284,99 +284,8 @@ static __always_inline int ep_rule_slot_in(const struct ep_pkt *p, __u32 gen, vo
 	return gen * EP_RULE_SLOTS + (rule >= 0 ? (__u32)rule + 1 : 0);
 }
 
-/* One word into the memo's hash (ep_cls_memo_index). */
-static __always_inline __u32 ep_cls_memo_mix(__u32 h, __u32 w)
-{
-	h ^= w;
-	return ((h << 13) | (h >> 19)) * 0x9e3779b1U;
-}
-
-/* The memo slot of what classification reads of `p` (family, protocol, port, addresses `src` and
- * `dst` as words): a rotate-multiply hash in registers (jhash's word array would take the stack a
- * classification's call chain has no room for). A slot is only a place: the memo compares the
- * whole tuple, so a collision costs a classification, never a wrong class. */
-static __always_inline __u32 ep_cls_memo_index(const struct ep_pkt *p, const __u32 *src, const __u32 *dst)
-{
-	__u32 h = p->family | p->proto << 8;
-	h = ep_cls_memo_mix(h, p->port);
-	h = ep_cls_memo_mix(h, src[0]);
-	h = ep_cls_memo_mix(h, src[1]);
-	h = ep_cls_memo_mix(h, src[2]);
-	h = ep_cls_memo_mix(h, src[3]);
-	h = ep_cls_memo_mix(h, dst[0]);
-	h = ep_cls_memo_mix(h, dst[1]);
-	h = ep_cls_memo_mix(h, dst[2]);
-	h = ep_cls_memo_mix(h, dst[3]);
-	/* murmur3's finalizer: every input bit reaches the slot's bits. */
-	h ^= h >> 16;
-	h *= 0x85ebca6bU;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35U;
-	h ^= h >> 16;
-	return h & (EP_CLS_MEMO_SLOTS - 1);
-}
-
-/* The memo entry of `p` in enforced generation `gen` (bpf/README.md, "The classification memo"),
- * and that generation's epoch in `epoch`; NULL when the generation may not use the memo: no
- * epoch yet, or it names prefix lists (they change in place, under the same epoch). */
-static __always_inline struct ep_cls_memo *ep_cls_memo_slot(const struct ep_pkt *p, __u32 gen, __u32 *epoch)
-{
-	struct ep_gen_cfg *gc = bpf_map_lookup_elem(&ep_gen_cfg, &gen);
-	struct ep_lref *lr = bpf_map_lookup_elem(&ep_lref, &gen);
-	if (!gc || !gc->epoch || !lr || (lr->src | lr->dst))
-		return NULL;
-	*epoch = gc->epoch;
-	__u32 i = ep_cls_memo_index(p, (const __u32 *)p->src, (const __u32 *)p->dst);
-	return bpf_map_lookup_elem(&ep_cls_memo, &i);
-}
-
-/* The class the memo holds for `p` in enforced generation `gen`, or -1. A global function, as
- * ep_cls_memo_put: their frames are not on the stack while the walk's callbacks are. */
-__noinline int ep_cls_memo_get(const struct ep_pkt *p, __u32 gen)
-{
-	__u32 epoch = 0;
-	if (!p)
-		return -1;
-	struct ep_cls_memo *c = ep_cls_memo_slot(p, gen, &epoch);
-	const __u32 *src = (const __u32 *)p->src, *dst = (const __u32 *)p->dst;
-	if (c && c->epoch == epoch && c->gen == gen && c->family == p->family && c->proto == p->proto && c->port == p->port &&
-	    c->src[0] == src[0] && c->src[1] == src[1] && c->src[2] == src[2] && c->src[3] == src[3] &&
-	    c->dst[0] == dst[0] && c->dst[1] == dst[1] && c->dst[2] == dst[2] && c->dst[3] == dst[3])
-		return c->slot;
-	return -1;
-}
-
-/* Remembers that `p` classified to `slot` in the enforced generation the walk just classified it
- * in (ep_scratch's gen: not an argument, which the caller would have to keep across the walk, on a
- * stack the walk's call chain fills), when the memo applies. Written whole before the next packet
- * of this CPU reads it: the programs of one CPU do not nest (XDP and TC ingress run in its
- * softirq, TC egress with softirqs disabled). */
-__noinline int ep_cls_memo_put(const struct ep_pkt *p, __s32 slot)
-{
-	__u32 epoch = 0, zero = 0;
-	if (!p)
-		return 0;
-	struct ep_match *m = bpf_map_lookup_elem(&ep_scratch, &zero);
-	if (!m)
-		return 0;
-	__u32 gen = m->gen & 1;
-	struct ep_cls_memo *c = ep_cls_memo_slot(p, gen, &epoch);
-	if (!c)
-		return 0;
-	c->epoch = epoch;
-	c->gen = gen;
-	c->family = p->family;
-	c->proto = p->proto;
-	c->port = p->port;
-	c->slot = slot;
-	__builtin_memcpy(c->src, p->src, 16);
-	__builtin_memcpy(c->dst, p->dst, 16);
-	return 0;
-}
-
-/* Classification against enforced generation `gen` (0 or 1): the memo's slot when it holds the
- * tuple (bpf/README.md, "The classification memo"), else ep_rule_slot_in over ep_lpm, ep_wild and
- * ep_cwords, remembered. A global function: the programs call it twice per packet (conntrack's
+/* Classification against enforced generation `gen` (0 or 1): ep_rule_slot_in over ep_lpm,
+ * ep_wild and ep_cwords. A global function: the programs call it twice per packet (conntrack's
  * cut re-check classifies an entry's tuple), and the verifier checks it once rather than at each
  * call site with each caller's state (bpf/README.md, "Verifier cost").
  * Returns the ep_rules index of the first matching rule (or of the default action), or -1 if
@@ -385,14 +294,7 @@ __noinline int ep_rule_slot(const struct ep_pkt *p, __u32 gen)
 {
 	if (!p)
 		return -1;
-	gen &= 1;
-	int slot = ep_cls_memo_get(p, gen);
-	if (slot >= 0)
-		return slot;
-	slot = ep_rule_slot_in(p, gen, &ep_lpm, &ep_wild, &ep_lvec, 0, ep_match_word, 0);
-	if (slot >= 0)
-		ep_cls_memo_put(p, slot);
-	return slot;
+	return ep_rule_slot_in(p, gen & 1, &ep_lpm, &ep_wild, &ep_lvec, 0, ep_match_word, 0);
 }
 
 /* The action of rule slot `idx` (from ep_rule_slot) on a packet with no connection entry: count

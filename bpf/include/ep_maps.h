@@ -132,28 +132,6 @@ struct {
 	__array(values, struct ep_barrier_inner);
 } ep_barrier SEC(".maps");
 
-/* The classification memo (classifier.h, ep_rule_slot): what a tuple classified to under one
- * generation and epoch. Per CPU, direct-mapped. Private to the programs, as ep_scratch: it is
- * never pinned, so programs loaded anew start with an empty one. */
-#define EP_CLS_MEMO_SLOTS 2048
-struct ep_cls_memo {
-	__u32 epoch; /* the generation's epoch (ep_gen_cfg) it was classified under; 0: empty */
-	__u8 gen;
-	__u8 family;
-	__u8 proto;
-	__u8 pad;
-	__u32 port; /* ep_pkt.port: the destination port or EP_PORT_NONE */
-	__s32 slot; /* what ep_rule_slot_in returned (>= 0) */
-	__u32 src[4];
-	__u32 dst[4];
-};
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EP_CLS_MEMO_SLOTS);
-	__type(key, __u32);
-	__type(value, struct ep_cls_memo);
-} ep_cls_memo SEC(".maps");
-
 /* Per-CPU struct ep_match of the packet being classified (the bpf_loop callback's state). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

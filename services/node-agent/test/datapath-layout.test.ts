@@ -43,7 +43,6 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_carry: { type: 'hash', keySize: 4, valueSize: sizes.counter, maxEntries: 131_074, flags: 0, inner: undefined },
     ep_barrier: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 1, flags: 0, inner: 'array' },
     ep_scratch: { type: 'percpu_array', keySize: 4, valueSize: 856, maxEntries: 1, flags: 0, inner: undefined },
-    ep_cls_memo: { type: 'percpu_array', keySize: 4, valueSize: 48, maxEntries: 2048, flags: 0, inner: undefined },
     ep_ct_new: { type: 'lru_hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 65_536, flags: 0, inner: undefined },
     ep_ct: { type: 'hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 262_144, flags: 0, inner: undefined },
     ep_ct_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_ct_cfg.size, maxEntries: 1, flags: 0, inner: undefined },
