@@ -56,11 +56,11 @@ const ruleSet: RuleSetSpec = {
   defaultAction: 'deny',
 };
 
-/** Client i: 10.a.b.c, port 1024 + i % 60,000 (distinct for i < 2^24 * 60,000). */
 /**
- * Client `i`'s address and port: every client its own address, or with --sources N the address
- * i % N and a port of its own (a fresh tuple each, as bench/conntrack.ts (a)'s tcp-churn makes them
- * from 200 sources): whatever a change keeps per source address is then met again.
+ * Client `i`'s address and port: 10.a.b.c of i itself, port 1024 + i % 60,000 (distinct for i <
+ * 2^24 * 60,000); or with --sources N the address of i % N and port 1024 + (i / N) % 60,000 (a fresh
+ * tuple each, from N sources, as bench/conntrack.ts (a)'s tcp-churn makes them from 200): whatever a
+ * change keeps per source address is then met again.
  */
 const sourceCount = arg('--sources') === undefined ? undefined : Number(arg('--sources'));
 if (sourceCount !== undefined && (!Number.isInteger(sourceCount) || sourceCount < 1 || sourceCount > 1 << 24)) throw new Error(`--sources ${arg('--sources')}: an integer from 1 to ${1 << 24}`);
