@@ -169,10 +169,13 @@ struct ep_ct_new_meta {
 	__u64 len;
 	__u32 rule_id;
 	__u32 epoch;
-	__u16 flags;
-	__u16 in_new;
-	/* ep_datapath's: the packet's rule slot once classified (step 3a or 6), -2 before. Here
-	 * rather than in a local, which the programs' 512 bytes of stack had no room left for. */
+	__u8 flags;
+	__u8 in_new;
+	/* ep_datapath's, here rather than in locals, which the programs' 512 bytes of stack have no
+	 * room left for: whether ep_ct_new is empty (ep_ct_new_empty(), -1 until asked), and the
+	 * packet's rule slot once classified (step 3a or 6), -2 before. */
+	__s8 new_empty;
+	__u8 pad;
 	__s32 slot;
 };
 
@@ -216,52 +219,56 @@ static __always_inline bool ep_ct_below_mark(void)
  * direction (CONNTRACK.md step 6 and the creation rules of the state machine): in ep_ct below
  * the direct mark, else (or when that insert fails) in ep_ct_new. A TCP RST and anything but
  * TCP, UDP and an ICMP echo request create nothing. `nat` (may be NULL) is the entry's NAT (a
- * load-balanced flow's service entry). Returns true when the entry was created. A subprogram of
- * its own: the entry it builds stays off the programs' main frame, whose 512 bytes of stack the
- * classifier's call chain shares. */
+ * load-balanced flow's service entry). Returns true when the entry was created. The entry is built
+ * in the per-CPU ep_ct_scratch, not on the stack: this subprogram ends the programs' deepest call
+ * chain (edge_xdp -> ep_lb_new_flow -> ep_ct_create), whose frames share 512 bytes. */
 static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k, const struct ep_ct_new_meta *m,
 				    const struct ep_ct_nat *nat, bool first)
 {
-	struct ep_ct_entry e = {};
+	__u32 zero = 0;
+	struct ep_ct_entry *e = bpf_map_lookup_elem(&ep_ct_scratch, &zero);
+	if (!e)
+		return false;
+	__builtin_memset(e, 0, sizeof(*e));
 	__u64 now = m->now, len = m->len;
 	__u8 flags = m->flags;
 	__u32 to;
 	if (p->ct == EP_CTK_ECHO_REQ) {
-		e.state = EP_CT_ICMP;
+		e->state = EP_CT_ICMP;
 		to = EP_CT_TO_ICMP;
 	} else if (p->ct != EP_CTK_FLOW) {
 		return false;
 	} else if (p->proto == EP_IPPROTO_UDP) {
-		e.state = EP_CT_UDP;
+		e->state = EP_CT_UDP;
 		to = EP_CT_TO_UDP;
 	} else {
 		__u8 tcp = p->tcp_flags;
 		if (tcp & EP_TCP_RST)
 			return false;
 		if ((tcp & (EP_TCP_SYN | EP_TCP_ACK)) == EP_TCP_SYN) {
-			e.state = EP_CT_SYN_SENT;
+			e->state = EP_CT_SYN_SENT;
 			to = EP_CT_TO_TCP_SYN;
 		} else if (tcp & EP_TCP_FIN) {
 			/* Loose pickup, then the FIN rule applies to this packet too. */
-			e.state = EP_CT_FIN_WAIT;
+			e->state = EP_CT_FIN_WAIT;
 			flags |= EP_CT_F_FIN_ORIG;
 			to = EP_CT_TO_TCP_ESTABLISHED;
 		} else {
-			e.state = EP_CT_ESTABLISHED;
+			e->state = EP_CT_ESTABLISHED;
 			to = EP_CT_TO_TCP_ESTABLISHED;
 		}
 	}
-	e.created_ns = now;
-	e.expires_ns = now + ep_ct_timeout(to);
-	e.packets[0] = 1;
-	e.bytes[0] = len;
-	e.rule_id = m->rule_id;
-	e.epoch = m->epoch;
-	e.flags = flags;
+	e->created_ns = now;
+	e->expires_ns = now + ep_ct_timeout(to);
+	e->packets[0] = 1;
+	e->bytes[0] = len;
+	e->rule_id = m->rule_id;
+	e->epoch = m->epoch;
+	e->flags = flags;
 	if (nat)
-		e.nat = *nat;
+		e->nat = *nat;
 	if (ep_ct_below_mark()) {
-		long err = bpf_map_update_elem(&ep_ct, k, &e, BPF_NOEXIST);
+		long err = bpf_map_update_elem(&ep_ct, k, e, BPF_NOEXIST);
 		if (err == 0) {
 			ep_ct_stat(EP_CT_STAT_CREATED, len);
 			return true;
@@ -278,7 +285,7 @@ static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k,
 	} else if (first) {
 		return false;
 	}
-	if (bpf_map_update_elem(&ep_ct_new, k, &e, BPF_ANY) == 0) {
+	if (bpf_map_update_elem(&ep_ct_new, k, e, BPF_ANY) == 0) {
 		ep_ct_stat(EP_CT_STAT_CREATED, len);
 		return true;
 	}
@@ -682,7 +689,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	 * original when it comes from the side that opened the flow. An echo request is always
 	 * original, an echo reply always a reply (the key's side a is the requester). */
 	bool trackable = p->ct == EP_CTK_FLOW || p->ct == EP_CTK_ECHO_REQ || p->ct == EP_CTK_ECHO_REP;
-	struct ep_ct_new_meta meta = { .now = now, .len = len, .epoch = epoch, .slot = -2 };
+	struct ep_ct_new_meta meta = { .now = now, .len = len, .epoch = epoch, .new_empty = -1, .slot = -2 };
 	struct ep_ct_key k;
 	__u32 src_b = 0;
 	bool track = false;
@@ -698,7 +705,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		 * allow, no room. */
 		if (hook == EP_HOOK_POLICY && p->ct == EP_CTK_FLOW && p->proto == EP_IPPROTO_TCP &&
 		    (p->tcp_flags & (EP_TCP_SYN | EP_TCP_ACK | EP_TCP_RST)) == EP_TCP_SYN && !(gflags & EP_GEN_F_SERVICES) &&
-		    ep_shadow_mode(epoch) == EP_SHADOW_OFF && ep_ct_new_empty()) {
+		    ep_shadow_mode(epoch) == EP_SHADOW_OFF && (meta.new_empty = ep_ct_new_empty())) {
 			meta.slot = ep_rule_slot(p, gen);
 			if (meta.slot >= 0) {
 				meta.flags = src_b ? EP_CT_F_ORIG_B : 0;
@@ -708,7 +715,9 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		}
 		bool in_new = false;
 		struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
-		if (!e && !ep_ct_new_empty()) {
+		if (!e && meta.new_empty < 0)
+			meta.new_empty = ep_ct_new_empty();
+		if (!e && !meta.new_empty) {
 			in_new = true;
 			e = ep_ct_get(&ep_ct_new, &k, now);
 		}

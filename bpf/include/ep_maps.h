@@ -162,6 +162,15 @@ struct {
 	__type(value, struct ep_ct_entry);
 } ep_ct SEC(".maps");
 
+/* ep_ct_create's entry while it is built (private to the programs, not pinned; per CPU, as XDP and
+ * TC programs do not nest on a CPU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ep_ct_entry);
+} ep_ct_scratch SEC(".maps");
+
 /* [0]: timeouts (struct ep_ct_cfg), written by the agent at start. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -45,6 +45,7 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_scratch: { type: 'percpu_array', keySize: 4, valueSize: 856, maxEntries: 1, flags: 0, inner: undefined },
     ep_ct_new: { type: 'lru_hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 65_536, flags: 0, inner: undefined },
     ep_ct: { type: 'hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 262_144, flags: 0, inner: undefined },
+    ep_ct_scratch: { type: 'percpu_array', keySize: 4, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 1, flags: 0, inner: undefined }, // ep_ct_create's entry, private
     ep_ct_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_ct_cfg.size, maxEntries: 1, flags: 0, inner: undefined },
     ep_gen_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_gen_cfg.size, maxEntries: 2, flags: 0, inner: undefined },
     ep_ct_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: CONNTRACK_STAT_NAMES.length, flags: 0, inner: undefined },
