@@ -220,8 +220,8 @@ static __always_inline bool ep_ct_below_mark(void)
  * the direct mark, else (or when that insert fails) in ep_ct_new. A TCP RST and anything but
  * TCP, UDP and an ICMP echo request create nothing. `nat` (may be NULL) is the entry's NAT (a
  * load-balanced flow's service entry). Returns true when the entry was created. The entry is built
- * in the per-CPU ep_ct_scratch, not on the stack: this subprogram ends the programs' deepest call
- * chain (edge_xdp -> ep_lb_new_flow -> ep_ct_create), whose frames share 512 bytes. */
+ * in the per-CPU ep_ct_scratch, not on the stack: this subprogram ends one of the programs'
+ * longest call chains (edge_xdp -> ep_lb_new_flow -> ep_ct_create), whose frames share 512 bytes. */
 static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k, const struct ep_ct_new_meta *m,
 				    const struct ep_ct_nat *nat, bool first)
 {
