@@ -555,8 +555,8 @@ await bench.main(report, async () => {
           // the shared machine is slower (connections per rep here fall by a third at times,
           // every contender's alike) moves both sides of its ratio.
           const paired = samples
-            .filter((s) => s.contender === c)
-            .flatMap((s) => samples.filter((o) => o.contender === other && o.rep === s.rep && s.filterUs > 0).map((o) => o.filterUs / s.filterUs));
+            .filter((s) => s.contender === c && s.filterUs > 0)
+            .flatMap((s) => samples.filter((o) => o.contender === other && o.rep === s.rep).map((o) => o.filterUs / s.filterUs));
           const pairedText = paired.length === 0 ? '' : `; rep by rep ${median(paired).toFixed(2)}x (${Math.min(...paired).toFixed(2)}-${Math.max(...paired).toFixed(2)})`;
           goals.push({
             goal: `(a) ${c} new connections per filtering core >= 2x ${other}`,
