@@ -355,6 +355,12 @@ export {
   parseDurationMs,
 } from './../src/duration.js';
 export {
+  type MessageEncoder,
+  REUSED_WRITER_MAX_BYTES,
+  encodeBuffer,
+  encodeBytes,
+} from './../src/encode-bytes.js';
+export {
   PatchError,
   SignatureError,
 } from './../src/errors.js';

@@ -1,5 +1,5 @@
 import type { KV } from '@nats-io/kv';
-import { Node } from '@edgeplane/proto';
+import { Node, encodeBytes } from '@edgeplane/proto';
 import type { NodeStoreBackend } from './node-registry.js';
 
 /** Keeps the node registry in a NATS JetStream key-value bucket, one key per node. */
@@ -20,6 +20,6 @@ export class KvNodeStore implements NodeStoreBackend {
   }
 
   async save(node: Node): Promise<void> {
-    await this.#kv.put(node.name, Node.encode(node).finish());
+    await this.#kv.put(node.name, encodeBytes(Node, node));
   }
 }

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { KV } from '@nats-io/kv';
-import { FLEET_STATUS_SUBJECT_PREFIX, MAX_REPLICA_STATE_BYTES, REPLICA_SNAPSHOT_KEY_PREFIX, ReplicaFleetState, ReplicaNodeState, Node } from '@edgeplane/proto';
+import { FLEET_STATUS_SUBJECT_PREFIX, encodeBytes, MAX_REPLICA_STATE_BYTES, REPLICA_SNAPSHOT_KEY_PREFIX, ReplicaFleetState, ReplicaNodeState, Node } from '@edgeplane/proto';
 import type { CounterStore } from './counter-store.js';
 import type { NodeRegistry } from './node-registry.js';
 import type { ServiceHealthStore } from './service-health-store.js';
@@ -313,7 +313,7 @@ export class ReplicaFleetSync {
   /** One node's state, encoded (a ReplicaNodeState), or undefined for a node the registry does not hold. */
   #encode(name: string, send: Send): Uint8Array | undefined {
     const s = this.#state(name, send);
-    return s && ReplicaNodeState.encode(s).finish();
+    return s && encodeBytes(ReplicaNodeState, s);
   }
 
   /**

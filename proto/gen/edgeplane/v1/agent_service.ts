@@ -6,6 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { encodeBuffer } from "../../../src/encode-bytes.js";
 import {
   type CallOptions,
   type ChannelCredentials,
@@ -2671,9 +2672,9 @@ export const AgentServiceService = {
     path: "/edgeplane.v1.AgentService/Connect" as const,
     requestStream: true as const,
     responseStream: true as const,
-    requestSerialize: (value: ConnectRequest): Buffer => Buffer.from(ConnectRequest.encode(value).finish()),
+    requestSerialize: (value: ConnectRequest): Buffer => encodeBuffer(ConnectRequest, value),
     requestDeserialize: (value: Buffer): ConnectRequest => ConnectRequest.decode(value),
-    responseSerialize: (value: ConnectResponse): Buffer => Buffer.from(ConnectResponse.encode(value).finish()),
+    responseSerialize: (value: ConnectResponse): Buffer => encodeBuffer(ConnectResponse, value),
     responseDeserialize: (value: Buffer): ConnectResponse => ConnectResponse.decode(value),
   },
 } as const;

@@ -6,6 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { encodeBuffer } from "../../../src/encode-bytes.js";
 import {
   type CallOptions,
   type ChannelCredentials,
@@ -1281,10 +1282,10 @@ export const BlocklistServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: UpdatePrefixListRequest): Buffer =>
-      Buffer.from(UpdatePrefixListRequest.encode(value).finish()),
+      encodeBuffer(UpdatePrefixListRequest, value),
     requestDeserialize: (value: Buffer): UpdatePrefixListRequest => UpdatePrefixListRequest.decode(value),
     responseSerialize: (value: UpdatePrefixListResponse): Buffer =>
-      Buffer.from(UpdatePrefixListResponse.encode(value).finish()),
+      encodeBuffer(UpdatePrefixListResponse, value),
     responseDeserialize: (value: Buffer): UpdatePrefixListResponse => UpdatePrefixListResponse.decode(value),
   },
   deletePrefixList: {
@@ -1292,20 +1293,20 @@ export const BlocklistServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: DeletePrefixListRequest): Buffer =>
-      Buffer.from(DeletePrefixListRequest.encode(value).finish()),
+      encodeBuffer(DeletePrefixListRequest, value),
     requestDeserialize: (value: Buffer): DeletePrefixListRequest => DeletePrefixListRequest.decode(value),
     responseSerialize: (value: DeletePrefixListResponse): Buffer =>
-      Buffer.from(DeletePrefixListResponse.encode(value).finish()),
+      encodeBuffer(DeletePrefixListResponse, value),
     responseDeserialize: (value: Buffer): DeletePrefixListResponse => DeletePrefixListResponse.decode(value),
   },
   getPrefixList: {
     path: "/edgeplane.v1.BlocklistService/GetPrefixList" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: GetPrefixListRequest): Buffer => Buffer.from(GetPrefixListRequest.encode(value).finish()),
+    requestSerialize: (value: GetPrefixListRequest): Buffer => encodeBuffer(GetPrefixListRequest, value),
     requestDeserialize: (value: Buffer): GetPrefixListRequest => GetPrefixListRequest.decode(value),
     responseSerialize: (value: GetPrefixListResponse): Buffer =>
-      Buffer.from(GetPrefixListResponse.encode(value).finish()),
+      encodeBuffer(GetPrefixListResponse, value),
     responseDeserialize: (value: Buffer): GetPrefixListResponse => GetPrefixListResponse.decode(value),
   },
   listPrefixLists: {
@@ -1313,10 +1314,10 @@ export const BlocklistServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: ListPrefixListsRequest): Buffer =>
-      Buffer.from(ListPrefixListsRequest.encode(value).finish()),
+      encodeBuffer(ListPrefixListsRequest, value),
     requestDeserialize: (value: Buffer): ListPrefixListsRequest => ListPrefixListsRequest.decode(value),
     responseSerialize: (value: ListPrefixListsResponse): Buffer =>
-      Buffer.from(ListPrefixListsResponse.encode(value).finish()),
+      encodeBuffer(ListPrefixListsResponse, value),
     responseDeserialize: (value: Buffer): ListPrefixListsResponse => ListPrefixListsResponse.decode(value),
   },
   /** Blocks prefixes on the selected nodes for a while. */
@@ -1324,9 +1325,9 @@ export const BlocklistServiceService = {
     path: "/edgeplane.v1.BlocklistService/CreateBlock" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: CreateBlockRequest): Buffer => Buffer.from(CreateBlockRequest.encode(value).finish()),
+    requestSerialize: (value: CreateBlockRequest): Buffer => encodeBuffer(CreateBlockRequest, value),
     requestDeserialize: (value: Buffer): CreateBlockRequest => CreateBlockRequest.decode(value),
-    responseSerialize: (value: CreateBlockResponse): Buffer => Buffer.from(CreateBlockResponse.encode(value).finish()),
+    responseSerialize: (value: CreateBlockResponse): Buffer => encodeBuffer(CreateBlockResponse, value),
     responseDeserialize: (value: Buffer): CreateBlockResponse => CreateBlockResponse.decode(value),
   },
   /** Lifts a block before it expires. */
@@ -1334,9 +1335,9 @@ export const BlocklistServiceService = {
     path: "/edgeplane.v1.BlocklistService/LiftBlock" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: LiftBlockRequest): Buffer => Buffer.from(LiftBlockRequest.encode(value).finish()),
+    requestSerialize: (value: LiftBlockRequest): Buffer => encodeBuffer(LiftBlockRequest, value),
     requestDeserialize: (value: Buffer): LiftBlockRequest => LiftBlockRequest.decode(value),
-    responseSerialize: (value: LiftBlockResponse): Buffer => Buffer.from(LiftBlockResponse.encode(value).finish()),
+    responseSerialize: (value: LiftBlockResponse): Buffer => encodeBuffer(LiftBlockResponse, value),
     responseDeserialize: (value: Buffer): LiftBlockResponse => LiftBlockResponse.decode(value),
   },
   /** Blocks, active and ended (expired or lifted), newest first. */
@@ -1344,9 +1345,9 @@ export const BlocklistServiceService = {
     path: "/edgeplane.v1.BlocklistService/ListBlocks" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListBlocksRequest): Buffer => Buffer.from(ListBlocksRequest.encode(value).finish()),
+    requestSerialize: (value: ListBlocksRequest): Buffer => encodeBuffer(ListBlocksRequest, value),
     requestDeserialize: (value: Buffer): ListBlocksRequest => ListBlocksRequest.decode(value),
-    responseSerialize: (value: ListBlocksResponse): Buffer => Buffer.from(ListBlocksResponse.encode(value).finish()),
+    responseSerialize: (value: ListBlocksResponse): Buffer => encodeBuffer(ListBlocksResponse, value),
     responseDeserialize: (value: Buffer): ListBlocksResponse => ListBlocksResponse.decode(value),
   },
 } as const;

@@ -6,6 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { encodeBuffer } from "../../../src/encode-bytes.js";
 import {
   type CallOptions,
   type ChannelCredentials,
@@ -2876,9 +2877,9 @@ export const FleetServiceService = {
     path: "/edgeplane.v1.FleetService/ListNodes" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListNodesRequest): Buffer => Buffer.from(ListNodesRequest.encode(value).finish()),
+    requestSerialize: (value: ListNodesRequest): Buffer => encodeBuffer(ListNodesRequest, value),
     requestDeserialize: (value: Buffer): ListNodesRequest => ListNodesRequest.decode(value),
-    responseSerialize: (value: ListNodesResponse): Buffer => Buffer.from(ListNodesResponse.encode(value).finish()),
+    responseSerialize: (value: ListNodesResponse): Buffer => encodeBuffer(ListNodesResponse, value),
     responseDeserialize: (value: Buffer): ListNodesResponse => ListNodesResponse.decode(value),
   },
   /** Returns one node. */
@@ -2886,9 +2887,9 @@ export const FleetServiceService = {
     path: "/edgeplane.v1.FleetService/GetNode" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: GetNodeRequest): Buffer => Buffer.from(GetNodeRequest.encode(value).finish()),
+    requestSerialize: (value: GetNodeRequest): Buffer => encodeBuffer(GetNodeRequest, value),
     requestDeserialize: (value: Buffer): GetNodeRequest => GetNodeRequest.decode(value),
-    responseSerialize: (value: GetNodeResponse): Buffer => Buffer.from(GetNodeResponse.encode(value).finish()),
+    responseSerialize: (value: GetNodeResponse): Buffer => encodeBuffer(GetNodeResponse, value),
     responseDeserialize: (value: Buffer): GetNodeResponse => GetNodeResponse.decode(value),
   },
   /** Streams node changes (connect, disconnect, ACK, NACK, labels). */
@@ -2896,9 +2897,9 @@ export const FleetServiceService = {
     path: "/edgeplane.v1.FleetService/WatchNodes" as const,
     requestStream: false as const,
     responseStream: true as const,
-    requestSerialize: (value: WatchNodesRequest): Buffer => Buffer.from(WatchNodesRequest.encode(value).finish()),
+    requestSerialize: (value: WatchNodesRequest): Buffer => encodeBuffer(WatchNodesRequest, value),
     requestDeserialize: (value: Buffer): WatchNodesRequest => WatchNodesRequest.decode(value),
-    responseSerialize: (value: WatchNodesResponse): Buffer => Buffer.from(WatchNodesResponse.encode(value).finish()),
+    responseSerialize: (value: WatchNodesResponse): Buffer => encodeBuffer(WatchNodesResponse, value),
     responseDeserialize: (value: Buffer): WatchNodesResponse => WatchNodesResponse.decode(value),
   },
   /** Returns rule counters, fleet-wide and per node. */
@@ -2907,10 +2908,10 @@ export const FleetServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: GetPolicyCountersRequest): Buffer =>
-      Buffer.from(GetPolicyCountersRequest.encode(value).finish()),
+      encodeBuffer(GetPolicyCountersRequest, value),
     requestDeserialize: (value: Buffer): GetPolicyCountersRequest => GetPolicyCountersRequest.decode(value),
     responseSerialize: (value: GetPolicyCountersResponse): Buffer =>
-      Buffer.from(GetPolicyCountersResponse.encode(value).finish()),
+      encodeBuffer(GetPolicyCountersResponse, value),
     responseDeserialize: (value: Buffer): GetPolicyCountersResponse => GetPolicyCountersResponse.decode(value),
   },
   /** Returns how far one revision has reached: nodes at it or later, NACKs, pending nodes. */
@@ -2919,10 +2920,10 @@ export const FleetServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: GetRevisionStatusRequest): Buffer =>
-      Buffer.from(GetRevisionStatusRequest.encode(value).finish()),
+      encodeBuffer(GetRevisionStatusRequest, value),
     requestDeserialize: (value: Buffer): GetRevisionStatusRequest => GetRevisionStatusRequest.decode(value),
     responseSerialize: (value: GetRevisionStatusResponse): Buffer =>
-      Buffer.from(GetRevisionStatusResponse.encode(value).finish()),
+      encodeBuffer(GetRevisionStatusResponse, value),
     responseDeserialize: (value: Buffer): GetRevisionStatusResponse => GetRevisionStatusResponse.decode(value),
   },
   /** Returns a rollout (by resource kind and name) with its live progress and gate readings. */
@@ -2930,9 +2931,9 @@ export const FleetServiceService = {
     path: "/edgeplane.v1.FleetService/GetRollout" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: GetRolloutRequest): Buffer => Buffer.from(GetRolloutRequest.encode(value).finish()),
+    requestSerialize: (value: GetRolloutRequest): Buffer => encodeBuffer(GetRolloutRequest, value),
     requestDeserialize: (value: Buffer): GetRolloutRequest => GetRolloutRequest.decode(value),
-    responseSerialize: (value: GetRolloutResponse): Buffer => Buffer.from(GetRolloutResponse.encode(value).finish()),
+    responseSerialize: (value: GetRolloutResponse): Buffer => encodeBuffer(GetRolloutResponse, value),
     responseDeserialize: (value: Buffer): GetRolloutResponse => GetRolloutResponse.decode(value),
   },
   /** Lists rollouts, newest change first. */
@@ -2940,10 +2941,10 @@ export const FleetServiceService = {
     path: "/edgeplane.v1.FleetService/ListRollouts" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListRolloutsRequest): Buffer => Buffer.from(ListRolloutsRequest.encode(value).finish()),
+    requestSerialize: (value: ListRolloutsRequest): Buffer => encodeBuffer(ListRolloutsRequest, value),
     requestDeserialize: (value: Buffer): ListRolloutsRequest => ListRolloutsRequest.decode(value),
     responseSerialize: (value: ListRolloutsResponse): Buffer =>
-      Buffer.from(ListRolloutsResponse.encode(value).finish()),
+      encodeBuffer(ListRolloutsResponse, value),
     responseDeserialize: (value: Buffer): ListRolloutsResponse => ListRolloutsResponse.decode(value),
   },
   /** Streams a rollout's status whenever it changes (log entries, node reports), until it ends. */
@@ -2951,10 +2952,10 @@ export const FleetServiceService = {
     path: "/edgeplane.v1.FleetService/WatchRollout" as const,
     requestStream: false as const,
     responseStream: true as const,
-    requestSerialize: (value: WatchRolloutRequest): Buffer => Buffer.from(WatchRolloutRequest.encode(value).finish()),
+    requestSerialize: (value: WatchRolloutRequest): Buffer => encodeBuffer(WatchRolloutRequest, value),
     requestDeserialize: (value: Buffer): WatchRolloutRequest => WatchRolloutRequest.decode(value),
     responseSerialize: (value: WatchRolloutResponse): Buffer =>
-      Buffer.from(WatchRolloutResponse.encode(value).finish()),
+      encodeBuffer(WatchRolloutResponse, value),
     responseDeserialize: (value: Buffer): WatchRolloutResponse => WatchRolloutResponse.decode(value),
   },
   /**
@@ -2967,10 +2968,10 @@ export const FleetServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: ListConnectionsRequest): Buffer =>
-      Buffer.from(ListConnectionsRequest.encode(value).finish()),
+      encodeBuffer(ListConnectionsRequest, value),
     requestDeserialize: (value: Buffer): ListConnectionsRequest => ListConnectionsRequest.decode(value),
     responseSerialize: (value: ListConnectionsResponse): Buffer =>
-      Buffer.from(ListConnectionsResponse.encode(value).finish()),
+      encodeBuffer(ListConnectionsResponse, value),
     responseDeserialize: (value: Buffer): ListConnectionsResponse => ListConnectionsResponse.decode(value),
   },
   /**
@@ -2984,10 +2985,10 @@ export const FleetServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: GetServiceHealthRequest): Buffer =>
-      Buffer.from(GetServiceHealthRequest.encode(value).finish()),
+      encodeBuffer(GetServiceHealthRequest, value),
     requestDeserialize: (value: Buffer): GetServiceHealthRequest => GetServiceHealthRequest.decode(value),
     responseSerialize: (value: GetServiceHealthResponse): Buffer =>
-      Buffer.from(GetServiceHealthResponse.encode(value).finish()),
+      encodeBuffer(GetServiceHealthResponse, value),
     responseDeserialize: (value: Buffer): GetServiceHealthResponse => GetServiceHealthResponse.decode(value),
   },
 } as const;

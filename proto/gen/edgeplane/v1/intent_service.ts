@@ -6,6 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { encodeBuffer } from "../../../src/encode-bytes.js";
 import {
   type CallOptions,
   type ChannelCredentials,
@@ -3046,9 +3047,9 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/ApplyPolicy" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ApplyPolicyRequest): Buffer => Buffer.from(ApplyPolicyRequest.encode(value).finish()),
+    requestSerialize: (value: ApplyPolicyRequest): Buffer => encodeBuffer(ApplyPolicyRequest, value),
     requestDeserialize: (value: Buffer): ApplyPolicyRequest => ApplyPolicyRequest.decode(value),
-    responseSerialize: (value: ApplyPolicyResponse): Buffer => Buffer.from(ApplyPolicyResponse.encode(value).finish()),
+    responseSerialize: (value: ApplyPolicyResponse): Buffer => encodeBuffer(ApplyPolicyResponse, value),
     responseDeserialize: (value: Buffer): ApplyPolicyResponse => ApplyPolicyResponse.decode(value),
   },
   /** Deletes a policy. */
@@ -3056,10 +3057,10 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/DeletePolicy" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: DeletePolicyRequest): Buffer => Buffer.from(DeletePolicyRequest.encode(value).finish()),
+    requestSerialize: (value: DeletePolicyRequest): Buffer => encodeBuffer(DeletePolicyRequest, value),
     requestDeserialize: (value: Buffer): DeletePolicyRequest => DeletePolicyRequest.decode(value),
     responseSerialize: (value: DeletePolicyResponse): Buffer =>
-      Buffer.from(DeletePolicyResponse.encode(value).finish()),
+      encodeBuffer(DeletePolicyResponse, value),
     responseDeserialize: (value: Buffer): DeletePolicyResponse => DeletePolicyResponse.decode(value),
   },
   /** Returns one policy. */
@@ -3067,9 +3068,9 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/GetPolicy" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: GetPolicyRequest): Buffer => Buffer.from(GetPolicyRequest.encode(value).finish()),
+    requestSerialize: (value: GetPolicyRequest): Buffer => encodeBuffer(GetPolicyRequest, value),
     requestDeserialize: (value: Buffer): GetPolicyRequest => GetPolicyRequest.decode(value),
-    responseSerialize: (value: GetPolicyResponse): Buffer => Buffer.from(GetPolicyResponse.encode(value).finish()),
+    responseSerialize: (value: GetPolicyResponse): Buffer => encodeBuffer(GetPolicyResponse, value),
     responseDeserialize: (value: Buffer): GetPolicyResponse => GetPolicyResponse.decode(value),
   },
   /** Lists policies in name order. */
@@ -3077,10 +3078,10 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/ListPolicies" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListPoliciesRequest): Buffer => Buffer.from(ListPoliciesRequest.encode(value).finish()),
+    requestSerialize: (value: ListPoliciesRequest): Buffer => encodeBuffer(ListPoliciesRequest, value),
     requestDeserialize: (value: Buffer): ListPoliciesRequest => ListPoliciesRequest.decode(value),
     responseSerialize: (value: ListPoliciesResponse): Buffer =>
-      Buffer.from(ListPoliciesResponse.encode(value).finish()),
+      encodeBuffer(ListPoliciesResponse, value),
     responseDeserialize: (value: Buffer): ListPoliciesResponse => ListPoliciesResponse.decode(value),
   },
   /** Streams policy changes after a revision. */
@@ -3088,10 +3089,10 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/WatchPolicies" as const,
     requestStream: false as const,
     responseStream: true as const,
-    requestSerialize: (value: WatchPoliciesRequest): Buffer => Buffer.from(WatchPoliciesRequest.encode(value).finish()),
+    requestSerialize: (value: WatchPoliciesRequest): Buffer => encodeBuffer(WatchPoliciesRequest, value),
     requestDeserialize: (value: Buffer): WatchPoliciesRequest => WatchPoliciesRequest.decode(value),
     responseSerialize: (value: WatchPoliciesResponse): Buffer =>
-      Buffer.from(WatchPoliciesResponse.encode(value).finish()),
+      encodeBuffer(WatchPoliciesResponse, value),
     responseDeserialize: (value: Buffer): WatchPoliciesResponse => WatchPoliciesResponse.decode(value),
   },
   /** Pauses a progressing rollout: the current wave keeps the change, no new wave starts. */
@@ -3099,10 +3100,10 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/PauseRollout" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: PauseRolloutRequest): Buffer => Buffer.from(PauseRolloutRequest.encode(value).finish()),
+    requestSerialize: (value: PauseRolloutRequest): Buffer => encodeBuffer(PauseRolloutRequest, value),
     requestDeserialize: (value: Buffer): PauseRolloutRequest => PauseRolloutRequest.decode(value),
     responseSerialize: (value: PauseRolloutResponse): Buffer =>
-      Buffer.from(PauseRolloutResponse.encode(value).finish()),
+      encodeBuffer(PauseRolloutResponse, value),
     responseDeserialize: (value: Buffer): PauseRolloutResponse => PauseRolloutResponse.decode(value),
   },
   /** Resumes a paused rollout. */
@@ -3110,10 +3111,10 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/ResumeRollout" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ResumeRolloutRequest): Buffer => Buffer.from(ResumeRolloutRequest.encode(value).finish()),
+    requestSerialize: (value: ResumeRolloutRequest): Buffer => encodeBuffer(ResumeRolloutRequest, value),
     requestDeserialize: (value: Buffer): ResumeRolloutRequest => ResumeRolloutRequest.decode(value),
     responseSerialize: (value: ResumeRolloutResponse): Buffer =>
-      Buffer.from(ResumeRolloutResponse.encode(value).finish()),
+      encodeBuffer(ResumeRolloutResponse, value),
     responseDeserialize: (value: Buffer): ResumeRolloutResponse => ResumeRolloutResponse.decode(value),
   },
   /** Skips the current wave's bake time: the next wave starts once the current one has applied. */
@@ -3122,10 +3123,10 @@ export const IntentServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: PromoteRolloutRequest): Buffer =>
-      Buffer.from(PromoteRolloutRequest.encode(value).finish()),
+      encodeBuffer(PromoteRolloutRequest, value),
     requestDeserialize: (value: Buffer): PromoteRolloutRequest => PromoteRolloutRequest.decode(value),
     responseSerialize: (value: PromoteRolloutResponse): Buffer =>
-      Buffer.from(PromoteRolloutResponse.encode(value).finish()),
+      encodeBuffer(PromoteRolloutResponse, value),
     responseDeserialize: (value: Buffer): PromoteRolloutResponse => PromoteRolloutResponse.decode(value),
   },
   /** Stops a rollout and reverts the nodes that took the change. */
@@ -3133,10 +3134,10 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/AbortRollout" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: AbortRolloutRequest): Buffer => Buffer.from(AbortRolloutRequest.encode(value).finish()),
+    requestSerialize: (value: AbortRolloutRequest): Buffer => encodeBuffer(AbortRolloutRequest, value),
     requestDeserialize: (value: Buffer): AbortRolloutRequest => AbortRolloutRequest.decode(value),
     responseSerialize: (value: AbortRolloutResponse): Buffer =>
-      Buffer.from(AbortRolloutResponse.encode(value).finish()),
+      encodeBuffer(AbortRolloutResponse, value),
     responseDeserialize: (value: Buffer): AbortRolloutResponse => AbortRolloutResponse.decode(value),
   },
   /**
@@ -3149,10 +3150,10 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/ResetHistory" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ResetHistoryRequest): Buffer => Buffer.from(ResetHistoryRequest.encode(value).finish()),
+    requestSerialize: (value: ResetHistoryRequest): Buffer => encodeBuffer(ResetHistoryRequest, value),
     requestDeserialize: (value: Buffer): ResetHistoryRequest => ResetHistoryRequest.decode(value),
     responseSerialize: (value: ResetHistoryResponse): Buffer =>
-      Buffer.from(ResetHistoryResponse.encode(value).finish()),
+      encodeBuffer(ResetHistoryResponse, value),
     responseDeserialize: (value: Buffer): ResetHistoryResponse => ResetHistoryResponse.decode(value),
   },
   /** Creates or replaces a service (L4 load balancing: a VIP and its backends). */
@@ -3160,10 +3161,10 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/ApplyService" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ApplyServiceRequest): Buffer => Buffer.from(ApplyServiceRequest.encode(value).finish()),
+    requestSerialize: (value: ApplyServiceRequest): Buffer => encodeBuffer(ApplyServiceRequest, value),
     requestDeserialize: (value: Buffer): ApplyServiceRequest => ApplyServiceRequest.decode(value),
     responseSerialize: (value: ApplyServiceResponse): Buffer =>
-      Buffer.from(ApplyServiceResponse.encode(value).finish()),
+      encodeBuffer(ApplyServiceResponse, value),
     responseDeserialize: (value: Buffer): ApplyServiceResponse => ApplyServiceResponse.decode(value),
   },
   /** Deletes a service. */
@@ -3171,10 +3172,10 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/DeleteService" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: DeleteServiceRequest): Buffer => Buffer.from(DeleteServiceRequest.encode(value).finish()),
+    requestSerialize: (value: DeleteServiceRequest): Buffer => encodeBuffer(DeleteServiceRequest, value),
     requestDeserialize: (value: Buffer): DeleteServiceRequest => DeleteServiceRequest.decode(value),
     responseSerialize: (value: DeleteServiceResponse): Buffer =>
-      Buffer.from(DeleteServiceResponse.encode(value).finish()),
+      encodeBuffer(DeleteServiceResponse, value),
     responseDeserialize: (value: Buffer): DeleteServiceResponse => DeleteServiceResponse.decode(value),
   },
   /** Reads one service. */
@@ -3182,9 +3183,9 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/GetService" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: GetServiceRequest): Buffer => Buffer.from(GetServiceRequest.encode(value).finish()),
+    requestSerialize: (value: GetServiceRequest): Buffer => encodeBuffer(GetServiceRequest, value),
     requestDeserialize: (value: Buffer): GetServiceRequest => GetServiceRequest.decode(value),
-    responseSerialize: (value: GetServiceResponse): Buffer => Buffer.from(GetServiceResponse.encode(value).finish()),
+    responseSerialize: (value: GetServiceResponse): Buffer => encodeBuffer(GetServiceResponse, value),
     responseDeserialize: (value: Buffer): GetServiceResponse => GetServiceResponse.decode(value),
   },
   /** Lists services, by name, in pages. */
@@ -3192,10 +3193,10 @@ export const IntentServiceService = {
     path: "/edgeplane.v1.IntentService/ListServices" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListServicesRequest): Buffer => Buffer.from(ListServicesRequest.encode(value).finish()),
+    requestSerialize: (value: ListServicesRequest): Buffer => encodeBuffer(ListServicesRequest, value),
     requestDeserialize: (value: Buffer): ListServicesRequest => ListServicesRequest.decode(value),
     responseSerialize: (value: ListServicesResponse): Buffer =>
-      Buffer.from(ListServicesResponse.encode(value).finish()),
+      encodeBuffer(ListServicesResponse, value),
     responseDeserialize: (value: Buffer): ListServicesResponse => ListServicesResponse.decode(value),
   },
 } as const;

@@ -6,6 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { encodeBuffer } from "../../../src/encode-bytes.js";
 import {
   type CallOptions,
   type ChannelCredentials,
@@ -2577,9 +2578,9 @@ export const TrustServiceService = {
     path: "/edgeplane.v1.TrustService/Enroll" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: EnrollRequest): Buffer => Buffer.from(EnrollRequest.encode(value).finish()),
+    requestSerialize: (value: EnrollRequest): Buffer => encodeBuffer(EnrollRequest, value),
     requestDeserialize: (value: Buffer): EnrollRequest => EnrollRequest.decode(value),
-    responseSerialize: (value: EnrollResponse): Buffer => Buffer.from(EnrollResponse.encode(value).finish()),
+    responseSerialize: (value: EnrollResponse): Buffer => encodeBuffer(EnrollResponse, value),
     responseDeserialize: (value: Buffer): EnrollResponse => EnrollResponse.decode(value),
   },
   /** A node renews its certificate, authenticated by its current one; the name cannot change. */
@@ -2588,10 +2589,10 @@ export const TrustServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: RenewCertificateRequest): Buffer =>
-      Buffer.from(RenewCertificateRequest.encode(value).finish()),
+      encodeBuffer(RenewCertificateRequest, value),
     requestDeserialize: (value: Buffer): RenewCertificateRequest => RenewCertificateRequest.decode(value),
     responseSerialize: (value: RenewCertificateResponse): Buffer =>
-      Buffer.from(RenewCertificateResponse.encode(value).finish()),
+      encodeBuffer(RenewCertificateResponse, value),
     responseDeserialize: (value: Buffer): RenewCertificateResponse => RenewCertificateResponse.decode(value),
   },
   /** Admin: a single-use join token for one new node. */
@@ -2600,10 +2601,10 @@ export const TrustServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: CreateJoinTokenRequest): Buffer =>
-      Buffer.from(CreateJoinTokenRequest.encode(value).finish()),
+      encodeBuffer(CreateJoinTokenRequest, value),
     requestDeserialize: (value: Buffer): CreateJoinTokenRequest => CreateJoinTokenRequest.decode(value),
     responseSerialize: (value: CreateJoinTokenResponse): Buffer =>
-      Buffer.from(CreateJoinTokenResponse.encode(value).finish()),
+      encodeBuffer(CreateJoinTokenResponse, value),
     responseDeserialize: (value: Buffer): CreateJoinTokenResponse => CreateJoinTokenResponse.decode(value),
   },
   /** Admin: cut a node off (gRPC within 60 s on every replica, and its NATS credentials). */
@@ -2611,9 +2612,9 @@ export const TrustServiceService = {
     path: "/edgeplane.v1.TrustService/RevokeNode" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: RevokeNodeRequest): Buffer => Buffer.from(RevokeNodeRequest.encode(value).finish()),
+    requestSerialize: (value: RevokeNodeRequest): Buffer => encodeBuffer(RevokeNodeRequest, value),
     requestDeserialize: (value: Buffer): RevokeNodeRequest => RevokeNodeRequest.decode(value),
-    responseSerialize: (value: RevokeNodeResponse): Buffer => Buffer.from(RevokeNodeResponse.encode(value).finish()),
+    responseSerialize: (value: RevokeNodeResponse): Buffer => encodeBuffer(RevokeNodeResponse, value),
     responseDeserialize: (value: Buffer): RevokeNodeResponse => RevokeNodeResponse.decode(value),
   },
   /**
@@ -2625,10 +2626,10 @@ export const TrustServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: IssueCertificateRequest): Buffer =>
-      Buffer.from(IssueCertificateRequest.encode(value).finish()),
+      encodeBuffer(IssueCertificateRequest, value),
     requestDeserialize: (value: Buffer): IssueCertificateRequest => IssueCertificateRequest.decode(value),
     responseSerialize: (value: IssueCertificateResponse): Buffer =>
-      Buffer.from(IssueCertificateResponse.encode(value).finish()),
+      encodeBuffer(IssueCertificateResponse, value),
     responseDeserialize: (value: Buffer): IssueCertificateResponse => IssueCertificateResponse.decode(value),
   },
   /**
@@ -2640,10 +2641,10 @@ export const TrustServiceService = {
     path: "/edgeplane.v1.TrustService/SetNodeLabels" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: SetNodeLabelsRequest): Buffer => Buffer.from(SetNodeLabelsRequest.encode(value).finish()),
+    requestSerialize: (value: SetNodeLabelsRequest): Buffer => encodeBuffer(SetNodeLabelsRequest, value),
     requestDeserialize: (value: Buffer): SetNodeLabelsRequest => SetNodeLabelsRequest.decode(value),
     responseSerialize: (value: SetNodeLabelsResponse): Buffer =>
-      Buffer.from(SetNodeLabelsResponse.encode(value).finish()),
+      encodeBuffer(SetNodeLabelsResponse, value),
     responseDeserialize: (value: Buffer): SetNodeLabelsResponse => SetNodeLabelsResponse.decode(value),
   },
   /** Admin: the person and pipeline certificates the controllers issued (viewer, operator, admin). */
@@ -2652,10 +2653,10 @@ export const TrustServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: ListCertificatesRequest): Buffer =>
-      Buffer.from(ListCertificatesRequest.encode(value).finish()),
+      encodeBuffer(ListCertificatesRequest, value),
     requestDeserialize: (value: Buffer): ListCertificatesRequest => ListCertificatesRequest.decode(value),
     responseSerialize: (value: ListCertificatesResponse): Buffer =>
-      Buffer.from(ListCertificatesResponse.encode(value).finish()),
+      encodeBuffer(ListCertificatesResponse, value),
     responseDeserialize: (value: Buffer): ListCertificatesResponse => ListCertificatesResponse.decode(value),
   },
   /**
@@ -2668,10 +2669,10 @@ export const TrustServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: RevokeCertificateRequest): Buffer =>
-      Buffer.from(RevokeCertificateRequest.encode(value).finish()),
+      encodeBuffer(RevokeCertificateRequest, value),
     requestDeserialize: (value: Buffer): RevokeCertificateRequest => RevokeCertificateRequest.decode(value),
     responseSerialize: (value: RevokeCertificateResponse): Buffer =>
-      Buffer.from(RevokeCertificateResponse.encode(value).finish()),
+      encodeBuffer(RevokeCertificateResponse, value),
     responseDeserialize: (value: Buffer): RevokeCertificateResponse => RevokeCertificateResponse.decode(value),
   },
 } as const;
