@@ -1,5 +1,5 @@
 import test from 'ava';
-import { FleetServiceService, Node, NodeEventType, Policy, REUSED_WRITER_MAX_BYTES, RevisionOutcome, WatchNodesResponse, encodeBuffer, encodeBytes } from '@edgeplane/proto';
+import { Action, FleetServiceService, Node, NodeEventType, Policy, Protocol, REUSED_WRITER_MAX_BYTES, RevisionOutcome, WatchNodesResponse, encodeBuffer, encodeBytes } from '@edgeplane/proto';
 
 const node = (name: string, outcome: number = RevisionOutcome.REVISION_OUTCOME_ACK): Node =>
   Node.fromPartial({
@@ -12,7 +12,7 @@ const event = (n: Node): WatchNodesResponse => ({ type: NodeEventType.NODE_EVENT
 
 /** A policy whose encoding is larger than the writer is kept for. */
 function largePolicy(): Policy {
-  const rules = Array.from({ length: 10_000 }, (_, i) => ({ name: `rule-${i}`, action: 1, protocol: 6, sourceCidrs: [`10.${i >> 8}.${i & 255}.0/24`], destinationPorts: [{ from: 1000 + i, to: 1000 + i }] }));
+  const rules = Array.from({ length: 10_000 }, (_, i) => ({ name: `rule-${i}`, action: Action.ACTION_ALLOW, protocol: Protocol.PROTOCOL_TCP, sourceCidrs: [`10.${i >> 8}.${i & 255}.0/24`], destinationPorts: [{ first: 1000 + i, last: 1000 + i }] }));
   return Policy.fromPartial({ metadata: { name: 'large' }, spec: { rules } });
 }
 
