@@ -12,7 +12,7 @@
 //
 //   npx tsc --build && node --import=tsx bench/registry-acks.ts [--nodes 1000,10000] [--changes 5] [--rollout] [--writes-due]
 import { performance } from 'node:perf_hooks';
-import { Rollout, RolloutState, RevisionOutcome, WatchNodesResponse, type ConnectRequest, type ConnectResponse } from '@edgeplane/proto';
+import { FleetServiceService, Rollout, RolloutState, RevisionOutcome, type ConnectRequest, type ConnectResponse } from '@edgeplane/proto';
 import { AgentSessions, CounterStore, NodeRegistry, RolloutManager, type AgentStream, type IntentStore } from '@edgeplane/controller';
 
 const argv = process.argv.slice(2);
@@ -21,6 +21,7 @@ const SIZES = (opt('--nodes') ?? '1000,10000').split(',').map(Number);
 const CHANGES = Number(opt('--changes') ?? 5);
 const ROLLOUT = argv.includes('--rollout');
 const WRITES_DUE = argv.includes('--writes-due');
+const serializeEvent = FleetServiceService.watchNodes.responseSerialize;
 
 /** One agent stream in memory: messages pushed by the bench. */
 function memoryStream(): { stream: AgentStream; push(m: ConnectRequest): void; end(): void } {
@@ -67,7 +68,8 @@ async function run(n: number): Promise<Record<string, number>> {
   registry.watch((e) => {
     calls++;
     events++;
-    bytes += WatchNodesResponse.encode(e).finish().length;
+    // What the WatchNodes stream's serializer does with it (grpc-js calls it on write).
+    bytes += serializeEvent(e).length;
     heard.set(e.node!.name, e.node!.status!.lastOutcomeRevision);
   });
   const streams = Array.from({ length: n }, (_, i) => {
