@@ -17,7 +17,7 @@ export interface MessageEncoder<T> {
  * After a message larger than this (a large log entry or snapshot) the writer is dropped, so the
  * process does not hold the largest message it ever encoded: what it keeps is at most twice this.
  */
-export const REUSED_WRITER_MAX_BYTES = 256 * 1024;
+export const REUSED_WRITER_MAX_BYTES = 64 * 1024;
 
 let writer = new BinaryWriter();
 /** Set while the reused writer holds a message being encoded (encode is synchronous: a nested call would be a codec calling back into this module). */
