@@ -24,12 +24,18 @@ function walk(dir) {
 const SERIALIZER = /Buffer\.from\(([A-Za-z_$][\w$]*)\.encode\(value\)\.finish\(\)\)/g;
 for (const file of walk(join(root, 'gen'))) {
   const text = readFileSync(file, 'utf8');
-  if (text.search(SERIALIZER) < 0) continue;
+  // A serializer in another shape (a new ts-proto) would silently keep the slow path: stop.
+  // (Serializers rewritten already, when this script runs again without buf, are fine.)
+  const serializers = text.match(/Serialize: \(value/g)?.length ?? 0;
+  const fresh = text.match(SERIALIZER)?.length ?? 0;
+  const rewrittenAlready = text.match(/encodeBuffer\([A-Za-z_$][\w$]*, value\)/g)?.length ?? 0;
+  if (serializers !== fresh + rewrittenAlready) throw new Error(`${file}: ${serializers} gRPC serializers, ${fresh + rewrittenAlready} of the shape this script rewrites`);
+  if (fresh === 0) continue;
   const helper = relative(dirname(file), join(root, 'src', 'encode-bytes.js'));
-  const rewritten = text
-    .replace(SERIALIZER, 'encodeBuffer($1, value)')
-    // Beside the codec's own import of the wire format, which every file that encodes has.
-    .replace(/^(import [^\n]* from "@bufbuild\/protobuf\/wire";\n)/m, `$1import { encodeBuffer } from "${helper}";\n`);
+  let rewritten = text.replace(SERIALIZER, 'encodeBuffer($1, value)');
+  // Beside the codec's own import of the wire format, which every file that encodes has.
+  if (!rewritten.includes('import { encodeBuffer }'))
+    rewritten = rewritten.replace(/^(import [^\n]* from "@bufbuild\/protobuf\/wire";\n)/m, `$1import { encodeBuffer } from "${helper}";\n`);
   if (!rewritten.includes('import { encodeBuffer }')) throw new Error(`${file}: no import of @bufbuild/protobuf/wire to put encodeBuffer's beside`);
   writeFileSync(file, rewritten);
 }
