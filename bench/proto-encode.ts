@@ -12,6 +12,8 @@ import { performance } from 'node:perf_hooks';
 import {
   Action,
   ConnectRequest,
+  InterfaceRole,
+  Node,
   NodeEventType,
   Policy,
   Protocol,
@@ -21,7 +23,6 @@ import {
   encodeBuffer,
   encodeBytes,
   type MessageEncoder,
-  type Node,
 } from '@edgeplane/proto';
 import { median } from './cpu-ticks.js';
 
@@ -31,29 +32,16 @@ const ROUNDS = QUICK ? 5 : 11;
 const PER_ROUND = QUICK ? 5_000 : 20_000;
 
 const at = new Date(1_800_000_000_000);
-const node: Node = {
+const node = Node.fromPartial({
   name: 'sim-node-01234',
   labels: { role: 'edge', site: 'site-3', zone: 'eu-west-3a' },
   info: { agentVersion: '0.1.0', kernelRelease: '6.18.44-fc-v1272', hostname: 'edge-node-01234', capabilities: { xdpNative: true, xdpGeneric: true, tc: true, maxRules: 65_536, ipv6: true }, datapath: 'ebpf' },
   interfaces: [
-    { name: 'eth0', ifindex: 2, role: 1, attachMode: 'xdp-native', attached: true, programId: 412 },
-    { name: 'veth-workload', ifindex: 7, role: 2, attachMode: 'tcx', attached: true, programId: 413 },
+    { name: 'eth0', ifindex: 2, role: InterfaceRole.INTERFACE_ROLE_UPLINK, attachMode: 'xdp-native', attached: true, programId: 412 },
+    { name: 'veth-workload', ifindex: 7, role: InterfaceRole.INTERFACE_ROLE_WORKLOAD, attachMode: 'tcx', attached: true, programId: 413 },
   ],
-  status: {
-    connected: true,
-    connectTime: at,
-    lastSeenTime: at,
-    receivedRevision: 1234n,
-    appliedRevision: 1234n,
-    lastOutcomeRevision: 1234n,
-    lastOutcome: RevisionOutcome.REVISION_OUTCOME_ACK,
-    lastError: '',
-    lastErrorRevision: 0n,
-    lastErrorTime: undefined,
-    conditions: [],
-    appliedUnknown: false,
-  },
-} as unknown as Node;
+  status: { connected: true, connectTime: at, lastSeenTime: at, receivedRevision: 1234n, appliedRevision: 1234n, lastOutcomeRevision: 1234n, lastOutcome: RevisionOutcome.REVISION_OUTCOME_ACK },
+});
 
 interface Case<T> {
   name: string;

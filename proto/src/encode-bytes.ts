@@ -19,9 +19,9 @@ export interface MessageEncoder<T> {
  */
 export const REUSED_WRITER_MAX_BYTES = 64 * 1024;
 
+// Generated codecs encode synchronously and nest only through the writer they are given, so one
+// module-level writer is never in use twice at once.
 let writer = new BinaryWriter();
-/** Set while the reused writer holds a message being encoded (encode is synchronous: a nested call would be a codec calling back into this module). */
-let busy = false;
 
 /**
  * `codec.encode(message).finish()`, with one writer reused across calls: the same bytes, in a
@@ -29,18 +29,13 @@ let busy = false;
  * (a value out of its type's range) throws as encode does and leaves the writer as new.
  */
 export function encodeBytes<T>(codec: MessageEncoder<T>, message: T): Uint8Array {
-  if (busy) return codec.encode(message).finish();
-  busy = true;
-  const w = writer;
   let bytes: Uint8Array;
   try {
-    bytes = codec.encode(message, w).finish();
+    bytes = codec.encode(message, writer).finish();
   } catch (err) {
     // A refused value leaves forks open and the position part-way: start over.
     writer = new BinaryWriter();
     throw err;
-  } finally {
-    busy = false;
   }
   if (bytes.length > REUSED_WRITER_MAX_BYTES) writer = new BinaryWriter();
   return bytes;
