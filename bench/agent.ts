@@ -247,6 +247,8 @@ interface Ctx {
   node: FleetNode;
   sink: OtlpSink;
   live: Map<bigint, { at: number; bytes: number }>;
+  /** EP_BENCH_RSS_TRACE=1: the agent's pid (set once it runs) and a line printer: each timed apply samples its VmRSS every 10 ms and prints the largest per phase. */
+  rssTrace?: { pid: number | undefined; log: (line: string) => void };
 }
 
 async function nodeStatus(ctx: Ctx) {
@@ -274,6 +276,9 @@ async function applyPolicy(ctx: Ctx, policy: Policy): Promise<bigint> {
 }
 
 async function timedApply(ctx: Ctx, policy: Policy): Promise<Timing> {
+  const tracedPid = ctx.rssTrace?.pid;
+  const rss: ProcSample[] = [];
+  const sampler = tracedPid === undefined ? undefined : setInterval(() => rss.push(sampleProc(tracedPid)), 10);
   const t0 = now();
   const revision = await applyPolicy(ctx, policy);
   const t1 = now();
@@ -283,6 +288,24 @@ async function timedApply(ctx: Ctx, policy: Policy): Promise<Timing> {
   await until(`the agent's spans of revision ${revision}`, () => AGENT_SPANS.every((n) => spanOf(n)) && ctx.live.has(revision), 10_000, 50).catch(() => undefined);
   const [receive, compile, apply, ack] = AGENT_SPANS.map(spanOf);
   const flush = spanOf('edgeplane.agent.flush');
+  if (sampler) {
+    // Until the agent's reclaim after the apply (1 s after it) is over.
+    await sleep(2000);
+    clearInterval(sampler);
+    const phases: [string, number | undefined, number | undefined][] = [
+      ['before receipt', t0, receive?.startMs],
+      ['receipt to compile', receive?.startMs, compile?.startMs],
+      ['compile', compile?.startMs, compile?.endMs],
+      ['compile to datapath', compile?.endMs, apply?.startMs],
+      ['datapath', apply?.startMs, apply?.endMs],
+      ['datapath to ack', apply?.endMs, ack?.startMs],
+      ['2 s after the ack', ack?.startMs, Infinity],
+    ];
+    const most = (a = NaN, b = NaN): string => round(Math.max(...rss.filter((x) => x.at >= a && x.at < b).map((x) => x.rssKb / 1024))).toString();
+    ctx.rssTrace!.log(`RSS of revision ${revision}, most per phase (MiB): ${phases.map(([name, a, b]) => `${name} ${most(a, b)}`).join(', ')}; ${rss.length} samples`);
+    const from = apply?.startMs ?? NaN;
+    ctx.rssTrace!.log(`  from the datapath span's start, most per 100 ms: ${Array.from({ length: Math.ceil((Math.max(...rss.map((x) => x.at)) - from) / 100) || 0 }, (_, i) => most(from + 100 * i, from + 100 * (i + 1))).join(' ')}`);
+  }
   const live = ctx.live.get(revision);
   const controller: Record<string, number> = {};
   const publish = ctx.sink.spans.find((s) => s.name === 'edgeplane.intent.publish' && s.attributes['edgeplane.revision'] === r);
@@ -352,7 +375,7 @@ async function main(): Promise<void> {
     });
 
     const node = net.addNode(1, 'bench-1');
-    const ctx: Ctx = { c, node, sink, live };
+    const ctx: Ctx = { c, node, sink, live, ...(process.env.EP_BENCH_RSS_TRACE === '1' ? { rssTrace: { pid: undefined, log } } : {}) };
 
     // -- footprint, without span export and with production intervals --------------------------
     let agent = await node.startAgent(cp, LABELS, PRODUCTION_INTERVALS);
@@ -390,6 +413,7 @@ async function main(): Promise<void> {
     // after the controller and this process started.
     if (process.env.EP_BENCH_HEAP_DIR) process.env.NODE_OPTIONS = `--heapsnapshot-signal=SIGUSR2 --diagnostic-dir=${process.env.EP_BENCH_HEAP_DIR}`;
     agent = await node.startAgent(cp, LABELS, ['--otlp-endpoint', `http://${node.hostIp}:${sink.port}`]);
+    if (ctx.rssTrace) ctx.rssTrace.pid = agentPid(agent).pid;
     await until('the agent to reconnect', async () => (await nodeStatus(ctx))?.connected === true, 20_000, 100);
     const latency: LatencyRow[] = [];
     /** When the last change's ACK was seen: the 65,536-rule idle window is timed from it. */

@@ -142,6 +142,27 @@ test('table compiler - an invalid rule set changes nothing: the next change is s
   t.deepEqual(sorted(entries(compiler.tables().lpm)), sorted(entries(compileTables({ rules: good, defaultAction: 'allow' }).lpm)));
 });
 
+test('table compiler - an invalid rule set that would compile afresh changes nothing either, and names the problem validateRuleSet names first', (t) => {
+  const rules: RuleSpec[] = Array.from({ length: 64 }, (_, i) => ({ id: i + 1, srcCidrs: [`10.${i}.0.0/16`], dstCidrs: [], protocol: 'any', dstPorts: [], action: 'deny' }));
+  const compiler = new TableCompiler();
+  compiler.compile({ rules, defaultAction: 'allow' });
+  // One rule more (a fresh compile, checked while it is built): rule 70 has a bad prefix, and rule
+  // 40 both a duplicate id and a bad prefix. validateRuleSet checks a rule's id before its fields.
+  const longer: RuleSpec[] = [...rules, ...Array.from({ length: 16 }, (_, i) => ({ ...rules[0]!, id: 1000 + i, srcCidrs: [`10.1${i}.0.0/16`] }))];
+  longer[70] = { ...longer[70]!, srcCidrs: ['10.0.0.0/40'] };
+  t.throws(() => compiler.compile({ rules: longer, defaultAction: 'allow' }), { name: 'RuleSetError', message: /rules\[70\]\.srcCidrs\[0\]/ });
+  longer[40] = { ...longer[40]!, id: 2, srcCidrs: ['10.0.0.0/99'] };
+  t.throws(() => compiler.compile({ rules: longer, defaultAction: 'allow' }), { name: 'RuleSetError', message: /rules\[40\]\.id.*duplicate rule id 2/ });
+  t.throws(() => compiler.compile({ rules: longer, defaultAction: 'allow', trackEgress: 'yes' as unknown as boolean }), { name: 'RuleSetError', message: /rules\[40\]\.id/ });
+  // The state of the first compile is still held: a one-rule change is a delta, with the tables of a fresh compile.
+  const good = [...rules];
+  good[3] = { ...rules[3]!, srcCidrs: ['10.200.0.0/16'] };
+  const compiled = compiler.compile({ rules: good, defaultAction: 'allow' });
+  t.not(compiled.delta, undefined);
+  t.deepEqual(sorted(entries(compiler.tables().lpm)), sorted(entries(compileTables({ rules: good, defaultAction: 'allow' }).lpm)));
+  t.deepEqual(compiler.tables().rules, compileTables({ rules: good, defaultAction: 'allow' }).rules);
+});
+
 test('table compilers - a rule set object one datapath compiled is not compiled again by the other', (t) => {
   const pool = new TableCompilers();
   const [uplink, workload] = [new TableCompiler(), new TableCompiler()];

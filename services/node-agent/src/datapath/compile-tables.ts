@@ -5,9 +5,9 @@
 // constrain it); the first set bit of the AND over the three fields is the matching rule.
 import { createHash } from 'node:crypto';
 import type { Cidr } from '@edgeplane/proto';
-import { CapacityError } from './errors.js';
+import { CapacityError, RuleSetError } from './errors.js';
 import { lowerBound } from './id-index.js';
-import { checkRuleSetFields, DEFAULT_RULE_ID, MAX_RULES, normalizeRule, ruleSetHeader, validateRuleSet, type NormalizedRule, type NormalizedRuleSet, type RuleSetHeader, type RuleSetSpec } from './rule-set.js';
+import { checkRuleSetFields, DEFAULT_RULE_ID, MAX_RULES, normalizeRule, ruleSetHeader, validateRuleSet, type NormalizedRule, type RuleSetHeader, type RuleSetSpec } from './rule-set.js';
 
 /** u64 words in a rule vector (65,536 bits). */
 export const VECTOR_WORDS = MAX_RULES / 64;
@@ -183,10 +183,11 @@ export class TableCompiler {
     // Only the changed rules are checked and parsed (the others were, and are the same objects).
     // A rule set that fails the checks changes nothing.
     let build: () => TablesDelta | undefined;
-    if (state === undefined || changed === undefined) {
-      const ruleSet = validateRuleSet(spec);
+    const fresh = state === undefined || changed === undefined;
+    if (fresh) {
+      // Checked while it is built (freshState): the held state is not touched until then.
       build = () => {
-        this.#state = freshState(ruleSet, spec);
+        this.#state = freshState(spec);
         return undefined;
       };
     } else {
@@ -197,6 +198,7 @@ export class TableCompiler {
     try {
       delta = build();
     } catch (error) {
+      if (fresh && error instanceof RuleSetError) throw error;
       this.#state = undefined;
       this.#spec = undefined;
       this.#result = undefined;
@@ -397,8 +399,8 @@ function validateChanged(state: CompilerState, spec: RuleSetSpec, changed: reado
 /** Changed rules whose ids are checked against the others by a scan; more: the whole rule set is validated. */
 const MAX_SCANNED_CHANGES = 64;
 
-function emptyState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerState {
-  const n = ruleSet.rules.length;
+function emptyState(spec: RuleSetSpec): CompilerState {
+  const n = spec.rules.length;
   const state: CompilerState = {
     specs: [...spec.rules],
     prefixes: new Map(),
@@ -410,7 +412,7 @@ function emptyState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerStat
     wild: new Uint32Array((WILD_COUNT * sizes.bitvec) / 4),
     lists: new Map(),
     ruleBytes: new Uint8Array((n + 1) * sizes.rule),
-    ruleIds: ruleSet.rules.map((rule) => rule.id),
+    ruleIds: spec.rules.map((rule) => rule.id),
     digests: new Uint8Array(n * DIGEST_BYTES),
     defaultSlot: 0,
     flags: 0,
@@ -421,21 +423,32 @@ function emptyState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerStat
   return state;
 }
 
-function freshState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerState {
-  const state = emptyState(ruleSet, spec);
-  for (const rule of ruleSet.rules) {
-    visitRule(
-      rule,
-      (tag, width, value, length) => {
-        const node = nodeAt(state, tag, width, value, length, false);
-        // Most prefixes belong to one rule: a one-element array holds 8 bytes of elements, where a
-        // first push would give it 16 slots (~9 MiB at 65,536 rules, for as long as the state lives).
-        if (node.rules.length === 0) node.rules = [rule.index];
-        else if (node.rules[node.rules.length - 1] !== rule.index) node.rules.push(rule.index);
-      },
-      (vector) => setVectorBit(state.wild, vector, rule.index),
-      (field, name) => setVectorBit(listVector(state, field, name), 0, rule.index),
-    );
+/**
+ * The state of `spec` compiled whole. Each rule is checked and parsed when it is visited and
+ * dropped after: a normalized rule is ~5 times its spec's memory (21 MiB at 65,536 rules), which a
+ * whole NormalizedRuleSet would keep live through the sweep, at the agent's peak.
+ * @throws what validateRuleSet throws for `spec` (the first problem it names); CapacityError.
+ */
+function freshState(spec: RuleSetSpec): CompilerState {
+  let header: RuleSetHeader;
+  let state: CompilerState;
+  try {
+    checkRuleSetFields(spec);
+    state = emptyState(spec);
+    const ids = new Set<number>();
+    spec.rules.forEach((ruleSpec, index) => {
+      const rule = normalizeRule(ruleSpec, index);
+      if (ids.has(rule.id)) throw new RuleSetError(`rules[${index}].id`, `duplicate rule id ${rule.id}`);
+      ids.add(rule.id);
+      visitFresh(state, rule);
+      writeRuleSlot(state.ruleBytes, rule);
+      writeRuleDigest(rule, state.digests, rule.index * DIGEST_BYTES);
+    });
+    header = ruleSetHeader(spec);
+  } catch (error) {
+    // The problem validateRuleSet names first (it checks in another order), or this one.
+    if (error instanceof RuleSetError) validateRuleSet(spec);
+    throw error;
   }
   // Each prefix's class = the rules of every stored prefix containing it (its ancestors and
   // itself): the longest match then stands for all of them. A sweep over the prefixes in
@@ -445,12 +458,24 @@ function freshState(ruleSet: NormalizedRuleSet, spec: RuleSetSpec): CompilerStat
     list.sort(compareNodes);
     sweep(state, list, 0, [], undefined, log);
   }
-  writeHeader(state, ruleSet);
-  for (const rule of ruleSet.rules) {
-    writeRuleSlot(state.ruleBytes, rule);
-    writeRuleDigest(rule, state.digests, rule.index * DIGEST_BYTES);
-  }
+  writeHeader(state, header);
   return state;
+}
+
+/** Adds the prefixes, wildcard bits and list bits of `rule` (a fresh compile: in index order). */
+function visitFresh(state: CompilerState, rule: NormalizedRule): void {
+  visitRule(
+    rule,
+    (tag, width, value, length) => {
+      const node = nodeAt(state, tag, width, value, length, false);
+      // Most prefixes belong to one rule: a one-element array holds 8 bytes of elements, where a
+      // first push would give it 16 slots (~9 MiB at 65,536 rules, for as long as the state lives).
+      if (node.rules.length === 0) node.rules = [rule.index];
+      else if (node.rules[node.rules.length - 1] !== rule.index) node.rules.push(rule.index);
+    },
+    (vector) => setVectorBit(state.wild, vector, rule.index),
+    (field, name) => setVectorBit(listVector(state, field, name), 0, rule.index),
+  );
 }
 
 // Moves `state` to `ruleSet` (same length; the rules at `changed` differ) and returns the tables' difference.
