@@ -3,7 +3,7 @@
 // exactly. Pure: no kernel. Reproduce a failure with EDGEPLANE_SEED=<seed printed in the failure>.
 import test from 'ava';
 import { compileTables, sizes, TableCompiler, TableCompilers, type MapEntriesSpec, type TablesDelta, type TablesSpec } from '../src/datapath/compile-tables.js';
-import type { RuleSetSpec, RuleSpec } from '../src/datapath/rule-set.js';
+import { MAX_RULES, type RuleSetSpec, type RuleSpec } from '../src/datapath/rule-set.js';
 import { prng, randomRuleSet, seedFromEnv } from './datapath-helpers.js';
 
 const hex = (bytes: Uint8Array): string => Buffer.from(bytes).toString('hex');
@@ -142,7 +142,7 @@ test('table compiler - an invalid rule set changes nothing: the next change is s
   t.deepEqual(sorted(entries(compiler.tables().lpm)), sorted(entries(compileTables({ rules: good, defaultAction: 'allow' }).lpm)));
 });
 
-test('table compiler - an invalid rule set that would compile afresh changes nothing either, and names the problem validateRuleSet names first', (t) => {
+test('table compiler - an invalid or too large rule set that would compile afresh changes nothing either, and names the problem validateRuleSet names first', (t) => {
   const rules: RuleSpec[] = Array.from({ length: 64 }, (_, i) => ({ id: i + 1, srcCidrs: [`10.${i}.0.0/16`], dstCidrs: [], protocol: 'any', dstPorts: [], action: 'deny' }));
   const compiler = new TableCompiler();
   compiler.compile({ rules, defaultAction: 'allow' });
@@ -154,6 +154,7 @@ test('table compiler - an invalid rule set that would compile afresh changes not
   longer[40] = { ...longer[40]!, id: 2, srcCidrs: ['10.0.0.0/99'] };
   t.throws(() => compiler.compile({ rules: longer, defaultAction: 'allow' }), { name: 'RuleSetError', message: /rules\[40\]\.id.*duplicate rule id 2/ });
   t.throws(() => compiler.compile({ rules: longer, defaultAction: 'allow', trackEgress: 'yes' as unknown as boolean }), { name: 'RuleSetError', message: /rules\[40\]\.id/ });
+  t.throws(() => compiler.compile({ rules: Array.from({ length: MAX_RULES + 1 }, (_, i) => ({ ...rules[0]!, id: i + 1 })), defaultAction: 'allow' }), { name: 'CapacityError' });
   // The state of the first compile is still held: a one-rule change is a delta, with the tables of a fresh compile.
   const good = [...rules];
   good[3] = { ...rules[3]!, srcCidrs: ['10.200.0.0/16'] };

@@ -174,7 +174,8 @@ export class TableCompiler {
   /**
    * Compiles `spec`, by difference from the previous spec when it can.
    * @returns the compile; the same object again for the same spec object.
-   * @throws RuleSetError (nothing changed); CapacityError (the compiler starts afresh next time).
+   * @throws RuleSetError (nothing changed); CapacityError (nothing changed, or, when it went by
+   * difference, the compiler starts afresh next time).
    */
   compile(spec: RuleSetSpec): CompiledTables {
     if (spec === this.#spec && this.#result !== undefined) return this.#result;
@@ -198,7 +199,8 @@ export class TableCompiler {
     try {
       delta = build();
     } catch (error) {
-      if (fresh && error instanceof RuleSetError) throw error;
+      // A fresh compile builds a state of its own: the held one is as it was.
+      if (fresh) throw error;
       this.#state = undefined;
       this.#spec = undefined;
       this.#result = undefined;
