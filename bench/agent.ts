@@ -278,11 +278,28 @@ async function applyPolicy(ctx: Ctx, policy: Policy): Promise<bigint> {
 async function timedApply(ctx: Ctx, policy: Policy): Promise<Timing> {
   const tracedPid = ctx.rssTrace?.pid;
   const rss: ProcSample[] = [];
-  const sampler = tracedPid === undefined ? undefined : setInterval(() => rss.push(sampleProc(tracedPid)), 10);
+  const sampler =
+    tracedPid === undefined
+      ? undefined
+      : setInterval(() => {
+          try {
+            rss.push(sampleProc(tracedPid));
+          } catch {
+            // the agent is gone: the apply below fails and says so
+          }
+        }, 10);
   const t0 = now();
-  const revision = await applyPolicy(ctx, policy);
-  const t1 = now();
-  const acked = await waitApplied(ctx, revision, 120_000);
+  let revision: bigint;
+  let t1: number;
+  let acked: number;
+  try {
+    revision = await applyPolicy(ctx, policy);
+    t1 = now();
+    acked = await waitApplied(ctx, revision, 120_000);
+  } catch (err) {
+    clearInterval(sampler);
+    throw err;
+  }
   const r = Number(revision);
   const spanOf = (name: string): SinkSpan | undefined => ctx.sink.spans.find((s) => s.name === name && s.attributes['edgeplane.revision'] === r && s.service.includes('agent'));
   await until(`the agent's spans of revision ${revision}`, () => AGENT_SPANS.every((n) => spanOf(n)) && ctx.live.has(revision), 10_000, 50).catch(() => undefined);
@@ -301,7 +318,10 @@ async function timedApply(ctx: Ctx, policy: Policy): Promise<Timing> {
       ['datapath to ack', apply?.endMs, ack?.startMs],
       ['2 s after the ack', ack?.startMs, Infinity],
     ];
-    const most = (a = NaN, b = NaN): string => round(Math.max(...rss.filter((x) => x.at >= a && x.at < b).map((x) => x.rssKb / 1024))).toString();
+    const most = (a = NaN, b = NaN): string => {
+      const inside = rss.filter((x) => x.at >= a && x.at < b);
+      return inside.length === 0 ? '-' : String(round(Math.max(...inside.map((x) => x.rssKb / 1024))));
+    };
     ctx.rssTrace!.log(`RSS of revision ${revision}, most per phase (MiB): ${phases.map(([name, a, b]) => `${name} ${most(a, b)}`).join(', ')}; ${rss.length} samples`);
     const from = apply?.startMs ?? NaN;
     ctx.rssTrace!.log(`  from the datapath span's start, most per 100 ms: ${Array.from({ length: Math.ceil((Math.max(...rss.map((x) => x.at)) - from) / 100) || 0 }, (_, i) => most(from + 100 * i, from + 100 * (i + 1))).join(' ')}`);
