@@ -276,7 +276,8 @@ async function applyPolicy(ctx: Ctx, policy: Policy): Promise<bigint> {
 }
 
 async function timedApply(ctx: Ctx, policy: Policy): Promise<Timing> {
-  const tracedPid = ctx.rssTrace?.pid;
+  const trace = ctx.rssTrace;
+  const tracedPid = trace?.pid;
   const rss: ProcSample[] = [];
   const sampler =
     tracedPid === undefined
@@ -305,7 +306,7 @@ async function timedApply(ctx: Ctx, policy: Policy): Promise<Timing> {
   await until(`the agent's spans of revision ${revision}`, () => AGENT_SPANS.every((n) => spanOf(n)) && ctx.live.has(revision), 10_000, 50).catch(() => undefined);
   const [receive, compile, apply, ack] = AGENT_SPANS.map(spanOf);
   const flush = spanOf('edgeplane.agent.flush');
-  if (sampler) {
+  if (sampler && trace) {
     // Until the agent's reclaim after the apply (1 s after it) is over.
     await sleep(2000);
     clearInterval(sampler);
@@ -322,9 +323,9 @@ async function timedApply(ctx: Ctx, policy: Policy): Promise<Timing> {
       const inside = rss.filter((x) => x.at >= a && x.at < b);
       return inside.length === 0 ? '-' : String(round(Math.max(...inside.map((x) => x.rssKb / 1024))));
     };
-    ctx.rssTrace!.log(`RSS of revision ${revision}, most per phase (MiB): ${phases.map(([name, a, b]) => `${name} ${most(a, b)}`).join(', ')}; ${rss.length} samples`);
+    trace.log(`RSS of revision ${revision}, most per phase (MiB): ${phases.map(([name, a, b]) => `${name} ${most(a, b)}`).join(', ')}; ${rss.length} samples`);
     const from = apply?.startMs ?? NaN;
-    ctx.rssTrace!.log(`  from the datapath span's start, most per 100 ms: ${Array.from({ length: Math.ceil((Math.max(...rss.map((x) => x.at)) - from) / 100) || 0 }, (_, i) => most(from + 100 * i, from + 100 * (i + 1))).join(' ')}`);
+    trace.log(`  from the datapath span's start, most per 100 ms: ${Array.from({ length: Math.ceil((Math.max(...rss.map((x) => x.at)) - from) / 100) || 0 }, (_, i) => most(from + 100 * i, from + 100 * (i + 1))).join(' ')}`);
   }
   const live = ctx.live.get(revision);
   const controller: Record<string, number> = {};

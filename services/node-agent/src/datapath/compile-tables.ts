@@ -5,7 +5,7 @@
 // constrain it); the first set bit of the AND over the three fields is the matching rule.
 import { createHash } from 'node:crypto';
 import type { Cidr } from '@edgeplane/proto';
-import { CapacityError, RuleSetError } from './errors.js';
+import { CapacityError } from './errors.js';
 import { lowerBound } from './id-index.js';
 import { checkRuleSetFields, DEFAULT_RULE_ID, MAX_RULES, normalizeRule, ruleSetHeader, validateRuleSet, type NormalizedRule, type RuleSetHeader, type RuleSetSpec } from './rule-set.js';
 
@@ -440,7 +440,8 @@ function freshState(spec: RuleSetSpec): CompilerState {
     const ids = new Set<number>();
     spec.rules.forEach((ruleSpec, index) => {
       const rule = normalizeRule(ruleSpec, index);
-      if (ids.has(rule.id)) throw new RuleSetError(`rules[${index}].id`, `duplicate rule id ${rule.id}`);
+      // Named by validateRuleSet below.
+      if (ids.has(rule.id)) throw new Error('duplicate id');
       ids.add(rule.id);
       visitFresh(state, rule);
       writeRuleSlot(state.ruleBytes, rule);
@@ -448,8 +449,9 @@ function freshState(spec: RuleSetSpec): CompilerState {
     });
     header = ruleSetHeader(spec);
   } catch (error) {
-    // The problem validateRuleSet names first (it checks in another order), or this one.
-    if (error instanceof RuleSetError) validateRuleSet(spec);
+    // Any problem is left to validateRuleSet, which names the first (as validateChanged does);
+    // what it passes (a capacity) is thrown as it came.
+    validateRuleSet(spec);
     throw error;
   }
   // Each prefix's class = the rules of every stored prefix containing it (its ancestors and
