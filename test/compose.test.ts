@@ -189,7 +189,10 @@ function intruderConfig(o: { port: number; cluster: number; routes: string[]; tl
   controllerStart.catch(() => undefined);
   await new Promise((r) => setTimeout(r, 3000));
   for (const start of serverStarts.slice(2)) await start();
-  const controller = (live.controller = await controllerStart);
+  // A start that fails shows the servers' side too (a refusal's reason is in their log).
+  const controller = (live.controller = await controllerStart.catch((err: Error) => {
+    throw new Error(`${err.message}\n${servers.map((s) => s.output).join('\n')}`, { cause: err });
+  }));
   t.regex(controller.output, /waiting for the JetStream cluster to form; retrying.*(no suitable peers|timeout)/, 'the controller waited for the cluster to place its log');
   t.is(controller.ready.fleetId, fleet, 'the log takes the fleet of the CA init made');
   // The file serves mutual TLS: the test calls with the admin identity the controller wrote.
