@@ -2,7 +2,7 @@
 // tables equal a fresh compile's, and its delta turns the previous tables into the new ones
 // exactly. Pure: no kernel. Reproduce a failure with EDGEPLANE_SEED=<seed printed in the failure>.
 import test from 'ava';
-import { compileTables, sizes, TableCompiler, TableCompilers, type MapEntriesSpec, type TablesDelta, type TablesSpec } from '../src/datapath/compile-tables.js';
+import { compileTables, sizes, TableCompiler, VECTOR_WORDS, TableCompilers, type MapEntriesSpec, type TablesDelta, type TablesSpec } from '../src/datapath/compile-tables.js';
 import { MAX_RULES, type RuleSetSpec, type RuleSpec } from '../src/datapath/rule-set.js';
 import { prng, randomRuleSet, seedFromEnv } from './datapath-helpers.js';
 
@@ -126,6 +126,55 @@ test('table compiler - one rule replaced in 4,096 disjoint ones yields a delta o
   t.is(compiler.compile(spec), compiled, 'the same spec object again: the same compile');
   t.deepEqual(compiler.deltasSince(first.version), [delta]);
   t.is(compiler.deltasSince(first.version - 1), undefined, 'before a fresh compile: no deltas');
+});
+
+test('table compiler - a compile\'s tables in chunks are its whole tables, a class\'s words never split, and gone once it compiles again', (t) => {
+  // Nested port ranges (each rule's range holds the next one's): ~31,000 class words, classes of up to 32 words.
+  const rules: RuleSpec[] = Array.from({ length: 2000 }, (_, i) => ({ id: i + 1, srcCidrs: [`198.18.${i >> 8}.${i & 255}/32`], dstCidrs: [], protocol: 'tcp', dstPorts: [{ from: i, to: 65535 }], action: 'deny' }));
+  const compiler = new TableCompiler();
+  const compiled = compiler.compile({ rules, defaultAction: 'allow' });
+  const whole = compiler.tables();
+  t.true(compiled.wordCount > 10 * VECTOR_WORDS, `${compiled.wordCount} class words`);
+  // Each chunk read before the next is taken, as the datapath writes them (the buffers are reused).
+  const gather = (chunks: Iterable<MapEntriesSpec>, most: number): { all: Map<string, string>; counts: number[]; classes: Set<string>[] } => {
+    const all = new Map<string, string>();
+    const counts: number[] = [];
+    const classes: Set<string>[] = [];
+    for (const chunk of chunks) {
+      t.true(chunk.count > 0 && chunk.count <= most, `a chunk of ${chunk.count} entries, at most ${most}`);
+      counts.push(chunk.count);
+      const held = new Set<string>();
+      for (const [key, value] of entries(chunk)) {
+        t.false(all.has(key), `key ${key} in two chunks`);
+        all.set(key, value);
+        held.add(key.slice(0, 8));
+      }
+      classes.push(held);
+    }
+    return { all, counts, classes };
+  };
+  const lpm = gather(compiled.lpmChunks(300), 300);
+  t.true(lpm.counts.length > 5, `${lpm.counts.length} LPM chunks`);
+  t.deepEqual(sorted(lpm.all), sorted(entries(whole.lpm)));
+  t.is(lpm.all.size, compiled.lpmCount);
+  const words = gather(compiled.wordChunks(100), VECTOR_WORDS);
+  t.true(words.counts.length > 10, `${words.counts.length} class-word chunks`);
+  t.deepEqual(sorted(words.all), sorted(entries(whole.classWords)));
+  t.is(words.all.size, compiled.wordCount);
+  // A class id (the key's first 4 bytes) is in one chunk only.
+  const seen = new Set<string>();
+  for (const held of words.classes) {
+    for (const id of held) t.false(seen.has(id), `class ${id} split between chunks`);
+    for (const id of held) seen.add(id);
+  }
+  // Another compile replaces these tables: taking them, or going on taking them, throws.
+  const going = compiled.lpmChunks(300)[Symbol.iterator]();
+  t.false(going.next().done);
+  const next = [...rules];
+  next[5] = { ...rules[5]!, dstPorts: [{ from: 9, to: 9 }] };
+  compiler.compile({ rules: next, defaultAction: 'allow' });
+  t.throws(() => going.next(), { message: /tables of compile 1 are gone/ });
+  t.throws(() => [...compiled.wordChunks()], { message: /tables of compile 1 are gone/ });
 });
 
 test('table compiler - an invalid rule set changes nothing: the next change is still a delta', (t) => {

@@ -132,7 +132,20 @@ export interface CompiledTables {
   readonly fingerprint: Uint8Array;
   /** The difference from the previous version; undefined when this compile started afresh. */
   readonly delta: TablesDelta | undefined;
+  /**
+   * The LPM entries (lpmCount of them) of this compile, in chunks of at most `chunk` entries
+   * written into one pair of buffers that every chunk reuses: write each chunk before taking the
+   * next. A generation written afresh takes its tables this way, never holding them whole (at
+   * 65,536 rules the whole LPM table is 10.5 MiB of arrays).
+   * @throws Error when the compiler has compiled again since (these tables are gone).
+   */
+  lpmChunks(chunk?: number): Iterable<MapEntriesSpec>;
+  /** The class words (wordCount of them) of this compile, as lpmChunks gives the LPM entries (`chunk` at least VECTOR_WORDS: one class's words are never split). */
+  wordChunks(chunk?: number): Iterable<MapEntriesSpec>;
 }
+
+/** Entries per chunk of a compile's whole tables (CompiledTables.lpmChunks): 640 KiB of LPM entries. */
+export const WHOLE_CHUNK = 4096;
 
 /**
  * Compiles `spec` into tables, afresh. A spec is an input, never changed after it was compiled.
@@ -208,7 +221,7 @@ export class TableCompiler {
       throw error;
     }
     const now = this.#state as CompilerState;
-    this.#version++;
+    const version = ++this.#version;
     this.#spec = spec;
     if (delta === undefined) this.#deltas.length = 0;
     else {
@@ -217,7 +230,7 @@ export class TableCompiler {
     }
     this.#result = {
       compiler: this,
-      version: this.#version,
+      version,
       ruleCount: now.specs.length,
       ruleIds: now.ruleIds,
       classCount: now.liveClasses + 1,
@@ -229,8 +242,58 @@ export class TableCompiler {
       genFlags: now.flags,
       fingerprint: fingerprintOf(now),
       delta,
+      lpmChunks: (chunk = WHOLE_CHUNK) => this.#lpmChunks(version, chunk),
+      wordChunks: (chunk = WHOLE_CHUNK) => this.#wordChunks(version, chunk),
     };
     return this.#result;
+  }
+
+  // The state of compile `version`. @throws Error when the compiler has compiled again since, or forgot it.
+  #stateOf(version: number): CompilerState {
+    if (this.#version !== version || this.#state === undefined) throw new Error(`tables of compile ${version} are gone: the compiler is at ${this.#version}`);
+    return this.#state;
+  }
+
+  *#lpmChunks(version: number, chunk: number): Generator<MapEntriesSpec> {
+    const size = Math.min(Math.max(1, chunk), this.#stateOf(version).prefixes.size);
+    const keys = new Uint8Array(size * sizes.lpmKey);
+    const values = new Uint8Array(size * sizes.classRef);
+    let entry = 0;
+    for (const node of this.#stateOf(version).prefixes.values()) {
+      if (entry === size) {
+        yield { keySize: sizes.lpmKey, valueSize: sizes.classRef, count: entry, keys, values };
+        this.#stateOf(version);
+        // Entries are written over zeros (a key's bytes past its prefix, a class vector's bits).
+        keys.fill(0);
+        values.fill(0);
+        entry = 0;
+      }
+      writeLpmEntry(node, keys, values, entry++);
+    }
+    if (entry > 0) yield { keySize: sizes.lpmKey, valueSize: sizes.classRef, count: entry, keys, values };
+  }
+
+  *#wordChunks(version: number, chunk: number): Generator<MapEntriesSpec> {
+    const size = Math.min(Math.max(VECTOR_WORDS, chunk), this.#stateOf(version).classWords);
+    const keys = new Uint8Array(size * sizes.wordKey);
+    const values = new Uint8Array(size * sizes.word);
+    let word = 0;
+    for (const [id, cls] of this.#stateOf(version).classes) {
+      if (cls.refs <= 0) continue;
+      if (word + countWords(cls.rules) > size) {
+        yield { keySize: sizes.wordKey, valueSize: sizes.word, count: word, keys, values };
+        this.#stateOf(version);
+        values.fill(0);
+        word = 0;
+      }
+      word = writeClassWords(id, cls.rules, keys, values, word);
+    }
+    if (word > 0) yield { keySize: sizes.wordKey, valueSize: sizes.word, count: word, keys, values };
+  }
+
+  /** Counts its compiles: a CompiledTables of another version is not the current one. */
+  get version(): number {
+    return this.#version;
   }
 
   /** Forgets what it built (its memory): the next compile starts afresh. */
@@ -258,31 +321,28 @@ export class TableCompiler {
    */
   tables(): TablesSpec {
     const state = this.#state;
-    if (state === undefined || this.#result === undefined) throw new Error('tables: nothing compiled');
-    const lpmKeys = new Uint8Array(state.prefixes.size * sizes.lpmKey);
-    const lpmValues = new Uint8Array(state.prefixes.size * sizes.classRef);
-    let entry = 0;
-    for (const node of state.prefixes.values()) {
-      writeLpmEntry(node, lpmKeys, lpmValues, entry);
-      entry++;
-    }
-    const wordKeys = new Uint8Array(state.classWords * sizes.wordKey);
-    const wordValues = new Uint8Array(state.classWords * sizes.word);
-    let word = 0;
-    for (const [id, cls] of state.classes) if (cls.refs > 0) word = writeClassWords(id, cls.rules, wordKeys, wordValues, word);
+    const result = this.#result;
+    if (state === undefined || result === undefined) throw new Error('tables: nothing compiled');
+    // Each table as one chunk: its buffers are new, the caller's.
+    const [lpm = emptyEntries(sizes.lpmKey, sizes.classRef)] = result.lpmChunks(state.prefixes.size);
+    const [classWords = emptyEntries(sizes.wordKey, sizes.word)] = result.wordChunks(state.classWords);
     return {
       ruleCount: state.specs.length,
       ruleIds: [...state.ruleIds],
       classCount: state.liveClasses + 1,
-      lpm: { keySize: sizes.lpmKey, valueSize: sizes.classRef, count: state.prefixes.size, keys: lpmKeys, values: lpmValues },
-      classWords: { keySize: sizes.wordKey, valueSize: sizes.word, count: state.classWords, keys: wordKeys, values: wordValues },
+      lpm,
+      classWords,
       wild: new Uint8Array(state.wild.buffer.slice(0)),
       lists: listVectorsOf(state).map((list) => ({ name: list.name, src: list.src?.slice(), dst: list.dst?.slice() })),
       rules: state.ruleBytes.slice(),
       genFlags: state.flags,
-      fingerprint: this.#result.fingerprint,
+      fingerprint: result.fingerprint,
     };
   }
+}
+
+function emptyEntries(keySize: number, valueSize: number): MapEntriesSpec {
+  return { keySize, valueSize, count: 0, keys: new Uint8Array(0), values: new Uint8Array(0) };
 }
 
 /**

@@ -24,7 +24,7 @@ import {
   type TcDirection,
 } from 'libbpf-ts';
 import { createHash } from 'node:crypto';
-import { compileTables, genFlags, RULE_SLOTS, sizes, TableCompiler, TableCompilers, WILD_COUNT, type CompiledTables, type TablesDelta, type TablesSpec } from './compile-tables.js';
+import { genFlags, RULE_SLOTS, sizes, TableCompiler, TableCompilers, WILD_COUNT, type CompiledTables, type TablesDelta } from './compile-tables.js';
 import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type ConnectionFilter, type ConntrackConfig, type ConntrackOccupancy, type ControlEndpoint } from './conntrack.js';
 import { BlocklistTables } from './blocklist-tables.js';
 import { ListTables, type ListPlacement } from './list-tables.js';
@@ -512,7 +512,6 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     const deltas = known?.compiler === tables.compiler ? tables.compiler.deltasSince(known.version) : undefined;
     let write: 'updated' | 'rebuilt' = 'rebuilt';
     let written = 0;
-    let whole: TablesSpec | undefined;
     try {
       this.#barrier();
       // Its rule ids, read before the generation is marked invalid (which forgets them).
@@ -527,9 +526,8 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
         room = update;
       } else {
         if (targetMeta.valid) this.#counters.fold(target, targetIds);
-        whole = tables.compiler.tables();
-        room = this.#install(target, whole);
-        written = whole.lpm.count + whole.classWords.count + whole.ruleCount + 1 + WILD_COUNT;
+        room = this.#install(target, tables);
+        written = tables.lpmCount + tables.wordCount + tables.ruleCount + 1 + WILD_COUNT;
       }
       if (!known || !equalBytes(known.lbFingerprint, lbTables.fingerprint)) this.#installLb(target, lbTables);
       this.#lists.writeTables(target, tables.lists, lists);
@@ -548,17 +546,21 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     // waits for it), and the next change is an update.
     // Not with services: flows established under the generation just left still read its backend
     // table (LB.md, "Apply and the switch"), so it stays as it is until the next apply there.
-    if (whole !== undefined && lbTables.vip.count === 0) this.#bringUp(active, whole, { compiler: tables.compiler, version: tables.version }, lbTables, lists, fingerprint);
+    if (write === 'rebuilt' && lbTables.vip.count === 0) this.#bringUp(active, tables, lbTables, lists, fingerprint);
     return { generation: target, mode: 'installed', write, written, ...summary };
   }
 
   // Writes `tables` (and `lbTables`) whole into the idle `generation` in the background, without
   // a switch: the next apply finds there the rule set now live, and updates it by difference.
-  #bringUp(generation: number, tables: TablesSpec, from: { compiler: TableCompiler; version: number }, lbTables: LbTablesSpec, lists: ListPlacement, fingerprint: Uint8Array): void {
+  // The tables are read from their compiler then (in chunks, as the apply wrote them): nothing
+  // compiles with it meanwhile (apply waits for this first; another role's datapath takes its
+  // result only for the very rule set it compiled last, which compiles nothing), and if it had,
+  // the generation is left for the next apply to write whole.
+  #bringUp(generation: number, tables: CompiledTables, lbTables: LbTablesSpec, lists: ListPlacement, fingerprint: Uint8Array): void {
     this.#bringingUp = new Promise<void>((resolve) => {
       setImmediate(() => {
         try {
-          if (this.#closed || this.#readActive() === generation) return;
+          if (this.#closed || this.#readActive() === generation || tables.compiler.version !== tables.version) return;
           this.#barrier();
           const meta = this.#readMeta(generation);
           const ids = meta.valid ? this.#generationRuleIds(generation, meta.ruleCount) : [];
@@ -570,7 +572,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
           this.#lists.writeTables(generation, tables.lists, lists);
           this.#writeMeta(generation, tables.ruleCount, true, fingerprint);
           this.#ruleIds[generation] = [...tables.ruleIds];
-          this.#held[generation] = { ...from, lbFingerprint: lbTables.fingerprint, fingerprint, ...room };
+          this.#held[generation] = { compiler: tables.compiler, version: tables.version, lbFingerprint: lbTables.fingerprint, fingerprint, ...room };
           // The counts of the rule set overwritten here stay carried (not pruned): until this
           // bring-up that set was the idle generation's, so a rollback to it kept counting where
           // it stopped, and it still does (now by an update). The next whole install prunes them.
@@ -950,7 +952,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
 
   // Writes `tables` whole into `generation`: its counters zeroed, its rules and wildcard vectors,
   // and fresh inner maps (with room for later updates in place) swapped into the outer maps.
-  #install(generation: number, tables: TablesSpec): InnerRoom {
+  #install(generation: number, tables: WholeTables & { readonly ruleCount: number }): InnerRoom {
     // One bpf_map_update_batch zeroes every slot the new rule set uses (one syscall, not one per slot).
     this.#counters.zero(generation, tables.ruleCount);
     const { ep_rules: rules, ep_wild: wild, ep_lpm: lpm, ep_cwords: cwords } = this.#maps;
@@ -959,8 +961,8 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
 
   /**
    * Installs `ruleSet` as the shadow candidate, or removes it (null): bpf/README.md, "Shadow
-   * classification". The candidate is compiled afresh by the compiler apply() uses
-   * (compileTables), so the enforced generations' compilers and their deltas are left alone; and
+   * classification". The candidate is compiled afresh by a TableCompiler of its own (apply()'s
+   * code), so the enforced generations' compilers and their deltas are left alone; and
    * merged with the rule set this process applied last, when it is still the live generation's,
    * into the union the programs walk once for both ("One walk for both rule sets": its tables, the
    * slot of each union rule in each set, which set each union rule belongs to, and the live
@@ -1001,7 +1003,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       }
       return;
     }
-    const tables = compileTables(ruleSet);
+    const tables = new TableCompiler().compile(ruleSet);
     const name = candidate ?? Buffer.from(tables.fingerprint).toString('hex');
     const nameBytes = Buffer.byteLength(name, 'utf8');
     if (nameBytes > MAX_SHADOW_NAME_BYTES) throw new RuleSetError('candidate', `the candidate's name is ${nameBytes} bytes of UTF-8, at most ${MAX_SHADOW_NAME_BYTES}`);
@@ -1047,7 +1049,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
 
   // The union of the live rule set (when this process applied it and it is still live, as ep_active
   // and the generation's epoch say) and the candidate, compiled; else the candidate alone, epoch 0.
-  #shadowUnion(ruleSet: RuleSetSpec, candidateTables: TablesSpec): { union: ShadowUnion; unionSpec: TablesSpec; epoch: number } {
+  #shadowUnion(ruleSet: RuleSetSpec, candidateTables: CompiledTables): { union: ShadowUnion; unionSpec: CompiledTables; epoch: number } {
     const alone = { union: candidateOnly(ruleSet.rules.length, ruleSet.rules), unionSpec: candidateTables, epoch: 0 };
     const enforced = this.#enforced;
     const active = this.#readActive();
@@ -1055,7 +1057,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     const union = mergeRuleSets(enforced.spec, ruleSet);
     if (union === undefined) return alone;
     try {
-      return { union, unionSpec: compileTables({ rules: union.rules, defaultAction: 'allow', ...(union.lists ? { lists: union.lists } : {}) }), epoch: enforced.epoch };
+      return { union, unionSpec: new TableCompiler().compile({ rules: union.rules, defaultAction: 'allow', ...(union.lists ? { lists: union.lists } : {}) }), epoch: enforced.epoch };
     } catch (error) {
       if (error instanceof CapacityError) return alone;
       throw error;
@@ -1230,15 +1232,18 @@ interface TablesSlot {
  * period). Counters are the caller's.
  * @returns the inner maps' capacities.
  */
-function writeTablesWhole(at: TablesSlot, tables: TablesSpec, capacity: (count: number) => number): InnerRoom {
+/** What a generation written whole takes from a compile: the arrays, and the variable tables in chunks. */
+type WholeTables = Pick<CompiledTables, 'rules' | 'wild' | 'lpmCount' | 'wordCount' | 'lpmChunks' | 'wordChunks'>;
+
+function writeTablesWhole(at: TablesSlot, tables: WholeTables, capacity: (count: number) => number): InnerRoom {
   writeArray(at.rules, at.slot * RULE_SLOTS, tables.rules, sizes.rule);
   writeArray(at.wild, at.slot * WILD_COUNT, tables.wild, sizes.bitvec);
-  const room = { lpmCapacity: capacity(tables.lpm.count), wordsCapacity: capacity(tables.classWords.count) };
+  const room = { lpmCapacity: capacity(tables.lpmCount), wordsCapacity: capacity(tables.wordCount) };
   const lpm = BpfMap.create({ type: 'lpm_trie', name: 'ep_lpm_in', keySize: sizes.lpmKey, valueSize: sizes.classRef, maxEntries: room.lpmCapacity, flags: 1 /* BPF_F_NO_PREALLOC */ });
   const words = BpfMap.create({ type: 'hash', name: 'ep_cwords_in', keySize: sizes.wordKey, valueSize: sizes.word, maxEntries: room.wordsCapacity });
   try {
-    writeEntries(lpm, tables.lpm);
-    writeEntries(words, tables.classWords);
+    for (const chunk of tables.lpmChunks()) writeEntries(lpm, chunk);
+    for (const chunk of tables.wordChunks()) writeEntries(words, chunk);
     at.lpm.setInnerMap(u32Bytes(at.slot), lpm);
     at.cwords.setInnerMap(u32Bytes(at.slot), words);
   } finally {
