@@ -3,11 +3,12 @@
 // written last, a torn or corrupt tail loses only its own record, a journal of another base is
 // ignored, and the base is rewritten when the journal has grown.
 import test from 'ava';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, rmdirSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, rmdirSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { Action, applyPolicyPatch, applyPrefixListChange, Policy, policyPatchOf, PrefixList, PrefixListUse, Protocol, Snapshot } from '@edgeplane/proto';
+import { writeFileDurably } from '../src/agent/durable-file.js';
 import { StateFile, type AppliedState } from '../src/agent/state-file.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ep-state-file-'));
@@ -185,6 +186,38 @@ test('state file - a torn or corrupt last record loses only that state; a journa
   t.is(statSync(`${path}.journal`).size, 20, 'the first write after a read is a whole base with an empty journal');
   writeFileSync(`${path}.journal`, journal);
   t.deepEqual(essence(new StateFile(path).read()), essence(newer));
+});
+
+test('state file - a base written in pieces is byte for byte the JSON an earlier agent wrote whole, and reads back', (t) => {
+  // A policy whose snapshot encodes to several of the base64 pieces, and not to a multiple of 3 bytes.
+  const rules = Array.from({ length: 6000 }, (_, i) => ({ priority: i + 1, protocol: Protocol.PROTOCOL_TCP, sourceCidrs: [prefix(i)], destinationPorts: [{ first: 22, last: 22 }], action: Action.ACTION_DENY }));
+  for (const extra of [0, 1, 2]) {
+    const path = fresh();
+    const policy = Policy.fromPartial({ metadata: { name: 'x'.repeat(1 + extra) }, spec: { rules } });
+    const state: AppliedState = { snapshot: snapshot(7n, [], [policy]), labels: { site: 'a "quoted" label' } };
+    const encoded = Snapshot.encode(state.snapshot).finish();
+    t.true(encoded.length > 3 * 3 * 16_384, `${encoded.length} bytes encoded`);
+    new StateFile(path).write(state);
+    const text = readFileSync(path, 'utf8');
+    const journal = (JSON.parse(text) as { journal: string }).journal;
+    t.is(text, JSON.stringify({ version: 1, revision: '7', labels: state.labels, journal, snapshot: Buffer.from(encoded).toString('base64') }), `${encoded.length % 3} bytes past a multiple of 3`);
+    const back = new StateFile(path).read();
+    t.is(back?.snapshot.policies[0]?.spec?.rules.length, 6000);
+    t.deepEqual(essence(back), essence(state));
+  }
+});
+
+test('durable file - a body in pieces that fails part-way leaves the old file and no temporary one', (t) => {
+  const path = fresh();
+  writeFileDurably(path, 'old');
+  t.throws(() => writeFileDurably(path, (function* () {
+    yield Buffer.from('new, part one');
+    throw new Error('no second part');
+  })()), { message: 'no second part' });
+  t.is(readFileSync(path, 'utf8'), 'old');
+  t.deepEqual(readdirSync(dirname(path)), ['applied.json']);
+  writeFileDurably(path, [Buffer.from('new, '), Buffer.from('whole')]);
+  t.is(readFileSync(path, 'utf8'), 'new, whole');
 });
 
 test('state file - a base written by an agent before the journal is read; an append that fails makes the next write a base', (t) => {

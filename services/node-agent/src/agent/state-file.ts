@@ -49,6 +49,8 @@ const JOURNAL_ID_BYTES = 16;
 const RECORD_HEADER_BYTES = 8;
 /** A list change of more prefixes than this is recorded by a whole base. */
 const MAX_JOURNALED_LIST_CHANGE = 65_536;
+/** Snapshot bytes per piece of a base's base64 (a multiple of 3: the pieces' base64 joins into the whole's). */
+const BASE64_PIECE = 3 * 16_384;
 /** Records a journal holds at most before a whole base is due (bounds the replay at a start). */
 const MAX_JOURNAL_RECORDS = 1024;
 
@@ -145,16 +147,23 @@ export class StateFile implements StateStore {
   #writeBase(state: AppliedState): void {
     this.#held = undefined;
     const id = randomBytes(JOURNAL_ID_BYTES);
-    const body = JSON.stringify({
-      version: 1,
-      revision: state.snapshot.revision.toString(),
-      labels: state.labels,
-      journal: id.toString('hex'),
-      snapshot: Buffer.from(Snapshot.encode(state.snapshot).finish()).toString('base64'),
-    });
-    writeFileDurably(this.path, body);
+    const snapshot = Snapshot.encode(state.snapshot).finish();
+    // The JSON with the snapshot's base64 last, written in pieces: the base64 (and the JSON around
+    // it, and their bytes) is never whole in memory. At 65,536 rules those were ~8 MB beside the
+    // encoded snapshot, at the agent's peak (right after the first apply of a large policy).
+    const head = Buffer.from(JSON.stringify({ version: 1, revision: state.snapshot.revision.toString(), labels: state.labels, journal: id.toString('hex'), snapshot: '' }).slice(0, -'"}'.length));
+    const tail = Buffer.from('"}');
+    writeFileDurably(this.path, (function* () {
+      yield head;
+      for (let at = 0; at < snapshot.length; at += BASE64_PIECE) {
+        const piece = Buffer.from(snapshot.buffer, snapshot.byteOffset + at, Math.min(BASE64_PIECE, snapshot.length - at));
+        yield Buffer.from(piece.toString('base64'), 'latin1');
+      }
+      yield tail;
+    })());
     writeFileDurably(this.#journalPath, Buffer.concat([JOURNAL_MAGIC, id]));
-    this.#held = { state, id, baseBytes: body.length, journalBytes: JOURNAL_MAGIC.length + JOURNAL_ID_BYTES, records: 0 };
+    const baseBytes = head.length + 4 * Math.ceil(snapshot.length / 3) + tail.length;
+    this.#held = { state, id, baseBytes, journalBytes: JOURNAL_MAGIC.length + JOURNAL_ID_BYTES, records: 0 };
   }
 
   /**
