@@ -1,7 +1,8 @@
 // A controller that starts beside a JetStream cluster still forming (deploy/compose starts the
 // three servers and the controllers together) is refused stream placement until enough servers
 // have joined: "no suitable peers for placement" for a log of 3 replicas while 2 servers know each
-// other, "temporarily unavailable" while the meta group elects its leader, a timeout before that.
+// other, "temporarily unavailable" while the meta group elects its leader, a timeout before that,
+// and (seen once in CI, as the third server joined) "error creating store for stream".
 // Those pass by themselves; every other error (JetStream not enabled, permissions, a conflicting
 // stream) is the operator's to see at once.
 import { TimeoutError } from '@nats-io/transport-node';
@@ -14,10 +15,21 @@ const FORMING_CLUSTER_CODES = new Set([
   10009, // JSClusterNotLeaderErr: JetStream cluster can not handle request (no meta leader yet)
 ]);
 
+/**
+ * JSStreamCreateErrF, which carries the reason in its description. One reason passed by itself
+ * once in CI as the third server joined: a peer could not create its store for the placed stream
+ * (the server's log has why). The meta leader then deletes the new assignment (nats-server
+ * processStreamAssignmentResults, within 5 s of its creation), so a create again starts afresh. A
+ * store that can never be created (permissions, a full disk) is retried until the timeout, each
+ * refusal logged with its reason.
+ */
+const STREAM_CREATE_ERR = 10049;
+const STORE_FAILED = 'error creating store for stream';
+
 /** True for an error (or a cause in its chain) that a forming JetStream cluster answers with. */
-function isFormingClusterError(err: unknown): boolean {
+export function isFormingClusterError(err: unknown): boolean {
   for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
-    if (e instanceof JetStreamApiError) return FORMING_CLUSTER_CODES.has(e.code);
+    if (e instanceof JetStreamApiError) return FORMING_CLUSTER_CODES.has(e.code) || (e.code === STREAM_CREATE_ERR && e.message === STORE_FAILED);
     if (e instanceof TimeoutError) return true;
   }
   return false;
