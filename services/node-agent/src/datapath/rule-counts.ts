@@ -2,20 +2,15 @@
 // by-id map built only for readers that ask for one. No eBPF here: the agent's logic uses it
 // with any datapath.
 import type { Counter, DatapathCounters, PackedRuleCounts } from './datapath.js';
-import { IdIndex } from './id-index.js';
 
 /**
  * Calls `fn` with each rule whose count moved between two reads (`before` absent: since zero),
  * with the difference. A packed read against a packed read of the same live ids is compared slot
  * by slot; otherwise by id, a rule `before` did not have live looked up in its retired counts.
- * Live rules come first, then retired ones. Against a packed `before` of other ids (the first
- * read after an apply) a moved rule is found at its own slot when it kept it (a rule replaced in
- * place: every other rule), else through an IdIndex of `before`'s ids (8 bytes per rule), never
- * through `before.rules`, a Map with an object per rule (~10 MiB at 65,536 rules, built for the
- * first rule that moved and dropped right after: two of them at every apply's counter flush).
+ * Live rules come first, then retired ones.
  */
 export function eachMoved(current: DatapathCounters, before: DatapathCounters | undefined, fn: (id: number, packets: number, bytes: number) => void): void {
-  const was = countsOf(before);
+  const was = (id: number): Counter | undefined => before?.rules.get(id) ?? before?.retired?.get(id);
   const packed = current.packed;
   if (packed !== undefined) {
     const { ids, sums } = packed;
@@ -27,7 +22,7 @@ export function eachMoved(current: DatapathCounters, before: DatapathCounters | 
         packets -= aligned[2 * i]!;
         bytes -= aligned[2 * i + 1]!;
       } else if (packets > 0 && before !== undefined) {
-        const b = was(ids[i]!, i);
+        const b = was(ids[i]!);
         packets -= b?.packets ?? 0;
         bytes -= b?.bytes ?? 0;
       }
@@ -43,19 +38,6 @@ export function eachMoved(current: DatapathCounters, before: DatapathCounters | 
     const b = was(id);
     if (c.packets - (b?.packets ?? 0) > 0) fn(id, c.packets - (b?.packets ?? 0), c.bytes - (b?.bytes ?? 0));
   }
-}
-
-// What `read` had counted for a rule id, live or retired (undefined: nothing). A packed read is
-// looked up at the slot given when its id is there (a rule replaced in place keeps every other
-// rule's slot), else through an IdIndex of its ids, built once: never through its `rules` map.
-function countsOf(read: DatapathCounters | undefined): (id: number, slot?: number) => Counter | undefined {
-  const packed = read?.packed;
-  if (packed === undefined) return (id) => read?.rules.get(id) ?? read?.retired?.get(id);
-  let index: IdIndex | undefined;
-  return (id, slot) => {
-    const at = slot !== undefined && packed.ids[slot] === id ? slot : (index ??= new IdIndex(packed.ids)).positionOf(id);
-    return at === undefined ? read?.retired?.get(id) : { packets: packed.sums[2 * at]!, bytes: packed.sums[2 * at + 1]! };
-  };
 }
 
 /** A `rules` map over packed counts, built when first asked for (readers of every rule use `packed`). */
