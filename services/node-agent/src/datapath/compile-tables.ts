@@ -225,7 +225,7 @@ export class TableCompiler {
     this.#spec = spec;
     if (delta === undefined) this.#deltas.length = 0;
     else {
-      this.#deltas.push({ version: this.#version, delta });
+      this.#deltas.push({ version, delta });
       if (this.#deltas.length > MAX_DELTAS) this.#deltas.shift();
     }
     this.#result = {

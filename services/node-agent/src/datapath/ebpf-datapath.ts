@@ -952,7 +952,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
 
   // Writes `tables` whole into `generation`: its counters zeroed, its rules and wildcard vectors,
   // and fresh inner maps (with room for later updates in place) swapped into the outer maps.
-  #install(generation: number, tables: WholeTables & { readonly ruleCount: number }): InnerRoom {
+  #install(generation: number, tables: WholeTables): InnerRoom {
     // One bpf_map_update_batch zeroes every slot the new rule set uses (one syscall, not one per slot).
     this.#counters.zero(generation, tables.ruleCount);
     const { ep_rules: rules, ep_wild: wild, ep_lpm: lpm, ep_cwords: cwords } = this.#maps;
@@ -1226,15 +1226,15 @@ interface TablesSlot {
   readonly cwords: BpfMap;
 }
 
+/** What a generation written whole takes from a compile: the arrays, and the variable tables in chunks. */
+type WholeTables = Pick<CompiledTables, 'ruleCount' | 'rules' | 'wild' | 'lpmCount' | 'wordCount' | 'lpmChunks' | 'wordChunks'>;
+
 /**
  * Writes `tables` whole into `at`: its rules and wildcard vectors, and fresh inner maps of
  * `capacity(entries)` entries swapped into the outer maps (each swap returns after an RCU grace
  * period). Counters are the caller's.
  * @returns the inner maps' capacities.
  */
-/** What a generation written whole takes from a compile: the arrays, and the variable tables in chunks. */
-type WholeTables = Pick<CompiledTables, 'rules' | 'wild' | 'lpmCount' | 'wordCount' | 'lpmChunks' | 'wordChunks'>;
-
 function writeTablesWhole(at: TablesSlot, tables: WholeTables, capacity: (count: number) => number): InnerRoom {
   writeArray(at.rules, at.slot * RULE_SLOTS, tables.rules, sizes.rule);
   writeArray(at.wild, at.slot * WILD_COUNT, tables.wild, sizes.bitvec);
