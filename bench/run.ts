@@ -4,7 +4,7 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-const BENCHES = ['datapath', 'netfilter', 'conntrack', 'lb', 'programming', 'blocklist', 'list-change', 'agent', 'fleet', 'proto-encode', 'bad-input', 'trust', 'nats-restart'] as const;
+const BENCHES = ['datapath', 'netfilter', 'conntrack', 'lb', 'programming', 'blocklist', 'list-change', 'agent', 'fleet', 'fleet-floor', 'proto-encode', 'bad-input', 'trust', 'nats-restart'] as const;
 const args = process.argv.slice(2);
 const only = args.filter((a) => !a.startsWith('-'));
 const flags = args.filter((a) => a.startsWith('-'));
