@@ -13,9 +13,9 @@
 //                    subject per server, each server subscribed on a connection of its own (the
 //                    way back if ACKs went over the bus).
 // Figures: p99 and max from the publish, each round trip's ratio to the fan-out, and the CPU of
-// the workers, the servers and nats-server per round (net of their idle rate). Nothing is decoded, verified,
-// applied, recorded or shared: what a change costs beyond this is the fleet's own work. Prints a
-// table and one JSON line; asserts nothing.
+// the workers, the servers and nats-server per round (net of their idle rate). Nothing is
+// decoded, verified, applied, recorded or shared: what a change costs beyond this is the fleet's
+// own work. Prints a table and one JSON line; asserts nothing.
 //   node --import=tsx bench/fleet-floor.ts [--nodes 1000,10000] [--servers 1,3] [--workers 4] [--rounds 5] [--sim-nice 10] [--quick]
 import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
@@ -295,6 +295,8 @@ async function main(): Promise<void> {
 }
 
 const role = process.argv[2];
+// A child whose bench died (even by kill -9) does not linger with its connections.
+if (role !== undefined) process.on('disconnect', () => process.exit(0));
 if (role === 'server') {
   server(process.argv[3]!, Number(process.argv[4])).catch((err: Error) => {
     send({ type: 'error', message: err.stack ?? err.message });
