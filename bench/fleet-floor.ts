@@ -111,7 +111,7 @@ async function worker(nats: string, ports: string[], first: number, count: numbe
   // 50 at a time: the start is not what is measured.
   for (let i = first; i < first + count; i += 50) await Promise.all(Array.from({ length: Math.min(50, first + count - i) }, (_x, k) => start(i + k)));
   await Promise.all(conns.map((c) => c.flush()));
-  // Every stream's hello through: each channel connected before the first round.
+  // Every channel connected (its stream opened) before the first round.
   await Promise.all(clients.map((c) => new Promise<void>((resolve, reject) => c.waitForReady(Date.now() + 60_000, (err) => (err ? reject(err) : resolve())))));
   send({ type: 'ready', count });
 }
