@@ -1,7 +1,7 @@
 import test, { type ExecutionContext } from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -229,8 +229,26 @@ test('embedded nats-server - started without --nats, stopped with the controller
   }));
 
 /** The pid in a nats-server pid file, or undefined. */
-const pidIn = (file: string): number | undefined => (existsSync(file) ? Number(readFileSync(file, 'utf8').trim()) : undefined);
-const alive = (pid: number): boolean => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
+/**
+ * The pid a pid file names, or undefined while there is none: the supervisor removes a dead
+ * server's file before it starts the next (NatsServer's stopOrphan), so the file may go between
+ * any two reads, and a new one may be read before nats-server wrote its pid.
+ */
+const pidIn = (file: string): number | undefined => {
+  try {
+    return Number(readFileSync(file, 'utf8').trim()) || undefined;
+  } catch {
+    return undefined;
+  }
+};
+/** Whether `pid` runs and is not a zombie (a process may be reaped between any two reads). */
+const alive = (pid: number): boolean => {
+  try {
+    return !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
+  } catch {
+    return false;
+  }
+};
 async function until(what: string, pred: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!(await pred())) {
