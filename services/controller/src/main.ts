@@ -557,9 +557,6 @@ export async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  process.stdout.write(
-    JSON.stringify({ event: 'ready', grpc: controller.address, nats: controller.natsUrl, keyId: controller.keyId, fleetId: controller.fleetId, publicKey: Buffer.from(controller.publicKey).toString('base64'), prometheus: controller.prometheusUrl, dashboard: controller.dashboardUrl, caFingerprint: controller.caFingerprint }) + '\n',
-  );
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
@@ -569,6 +566,11 @@ export async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // Ready only once a SIGTERM stops it gracefully: a supervisor may signal it as soon as it
+  // reads this line, and until a listener exists the signal's default action ends the process.
+  process.stdout.write(
+    JSON.stringify({ event: 'ready', grpc: controller.address, nats: controller.natsUrl, keyId: controller.keyId, fleetId: controller.fleetId, publicKey: Buffer.from(controller.publicKey).toString('base64'), prometheus: controller.prometheusUrl, dashboard: controller.dashboardUrl, caFingerprint: controller.caFingerprint }) + '\n',
+  );
 }
 
 const invoked = process.argv[1] ? realpathSync(process.argv[1]) : '';

@@ -109,7 +109,13 @@ function uplinkSysctls(config: AgentConfig, log: AgentLogger): (lb: LbSpec | und
   return (lb) => sysctls.follow(lb);
 }
 
-async function run(config: AgentConfig): Promise<() => Promise<void>> {
+/** A started agent: how to stop it, and the line that says it is ready (for main to write once it can be stopped gracefully). */
+interface Started {
+  shutdown: () => Promise<void>;
+  ready: string;
+}
+
+async function run(config: AgentConfig): Promise<Started> {
   const telemetry = await startTelemetry({
     serviceName: 'edgeplane-agent',
     serviceInstanceId: config.nodeName,
@@ -257,17 +263,15 @@ async function run(config: AgentConfig): Promise<() => Promise<void>> {
       closers.push(observeBlocklists(config.nodeName, roles));
     }
 
-    process.stdout.write(
-      JSON.stringify({
-        event: 'ready',
-        node: config.nodeName,
-        applied: String(runtime.status.applied),
-        xdpProgramId: ebpf?.uplink.xdpProgram.id ?? 0,
-        tcProgramId: ebpf?.workload.tcProgram.id ?? 0,
-        adopted: ebpf?.uplink.adopted ?? false,
-      }) + '\n',
-    );
-    return shutdown;
+    const ready = JSON.stringify({
+      event: 'ready',
+      node: config.nodeName,
+      applied: String(runtime.status.applied),
+      xdpProgramId: ebpf?.uplink.xdpProgram.id ?? 0,
+      tcProgramId: ebpf?.workload.tcProgram.id ?? 0,
+      adopted: ebpf?.uplink.adopted ?? false,
+    });
+    return { shutdown, ready };
   } catch (err) {
     await shutdown();
     throw err;
@@ -288,9 +292,9 @@ async function main(): Promise<void> {
     process.stdout.write(AGENT_HELP + '\n');
     return;
   }
-  let shutdown: () => Promise<void>;
+  let started: Started;
   try {
-    shutdown = await run(config);
+    started = await run(config);
   } catch (err) {
     process.stderr.write(`edgeplane-agent: start failed: ${(err as Error).message}${(err as Error).cause ? ` (${String((err as Error).cause)})` : ''}\n`);
     process.exitCode = err instanceof AgentConfigError ? 2 : 1;
@@ -301,10 +305,13 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log('info', `${signal}: stopping (programs stay attached)`);
-    void shutdown().then(() => process.stdout.write(JSON.stringify({ event: 'stopped' }) + '\n'));
+    void started.shutdown().then(() => process.stdout.write(JSON.stringify({ event: 'stopped' }) + '\n'));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // Ready only once a SIGTERM stops it gracefully: a supervisor may signal it as soon as it
+  // reads this line, and until a listener exists the signal's default action ends the process.
+  process.stdout.write(started.ready + '\n');
 }
 
 const invoked = process.argv[1] ? realpathSync(process.argv[1]) : '';
