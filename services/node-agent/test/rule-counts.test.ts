@@ -35,7 +35,7 @@ test('rule counts - the moves between reads of the same, replaced, shifted and r
   // The same ids array: slot by slot.
   const same = packedRead([[10, 6], [11, 0], [12, 7], [13, 4]], [], first.packed!.ids);
   t.deepEqual(moved(same, first), [[10, 1, 100], [13, 3, 300]]);
-  // An apply replaced rule 12 by 20 at its slot (a new ids array): the others found at their own slots.
+  // An apply replaced rule 12 by 20 at its slot (a new ids array): the others compared by id.
   const replaced = packedRead([[10, 8], [11, 2], [20, 3], [13, 1]], [[12, 9]]);
   t.deepEqual(moved(replaced, first), [[10, 3, 300], [11, 2, 200], [20, 3, 300], [12, 2, 200]], "the retired rule 12 moved from what it counted live");
   // An apply inserted rule 30 first: every rule's slot shifted.
