@@ -55,7 +55,7 @@ import { call, clients, type ClientTls } from '../test/support/grpc.js';
 import { Supervised } from '../test/support/supervisor.js';
 import type { SimCommand, SimEvent } from './fleet-sim.js';
 import { simLabels } from './sim-labels.js';
-import { CLK_TCK, sampleProc, type ProcSample } from './proc-sample.js';
+import { CLK_TCK, machineBusy, sampleMachine, sampleProc, type ProcSample } from './proc-sample.js';
 
 // ---- options ---------------------------------------------------------------------------------
 
@@ -407,6 +407,12 @@ export interface ConvergenceRun {
   watchLag: Dist;
   controllerCpuMs: number;
   workerCpuMs: number;
+  /**
+   * The whole machine over the window (/proc/stat): the CPU time every process and the kernel
+   * spent (the replicas, the workers, nats-server, this process's watcher, the loopback's
+   * softirqs), and the share of all its CPUs' time that was busy.
+   */
+  machine: { cpuMs: number; busyPct: number };
   windowMs: number;
   /** Bytes over the window net of the idle rate: on the bus, on the agent streams (see PhaseResult.bytesPerChange). */
   bytes: { bus: number; streams: number };
@@ -499,6 +505,8 @@ export interface PhaseResult {
   controllerCpuPerChangeMs: number;
   controllerCpuPerChangeNetMs: number;
   workerCpuPerChangeMs: number;
+  /** Medians over the K changes of ConvergenceRun.machine. */
+  machinePerChange: { cpuMs: number; busyPct: number };
   restart: { natsDownMs: number; upToApplyMs: number; upToAllAppliedMs: number; applyToAllAckedMs: number };
   idle: { controllerCpuPct: number; agentCpuPctEach: number; workersCpuPct: number };
   telemetry: { seconds: number; counterReportsPerS: number; controllerCpuPct: number; workersCpuPct: number };
@@ -711,12 +719,14 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
         const b0 = bytes();
         const c0 = sampleControllers();
         const w0 = workers.map((w) => sampleProc(w.pid));
+        const m0 = sampleMachine();
         const a0 = now();
         const revision = LIST_PREFIXES > 0 ? await addToList([`203.0.${113 + (i >> 8)}.${i & 255}/32`]) : (await call(c.intent, c.intent.applyPolicy, ApplyPolicyRequest.fromPartial({ policy: policy(i), allowLargeGrowth: true }))).revision;
         const a1 = now();
         // Bounded: nodes whose ACK has not arrived by then count as +Infinity in the distribution.
         await until(`${n} ACKs of revision ${revision} at the watcher`, () => watcher.count(revision) >= n, CONVERGE_BOUND_MS).catch(() => undefined);
         const c1 = sampleControllers();
+        const m1 = sampleMachine();
         const b1 = bytes();
         const w1 = workers.map((w) => sampleProc(w.pid));
         const arrivals = watcher.arrivals.get(revision) ?? new Map<string, number>();
@@ -736,6 +746,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
           catchUps: catchUpsDuring,
           controllerCpuMs: round(cpuMs(c0, c1)),
           workerCpuMs: round(w0.reduce((s, a, k) => s + cpuMs(a, w1[k]!), 0)),
+          machine: (({ cpuMs: ms, busyPct }) => ({ cpuMs: round(ms), busyPct: round(busyPct) }))(machineBusy(m0, m1)),
           windowMs: round(c1.at - c0.at),
           bytes: { bus: Math.round(b1.bus - b0.bus - idleBytesPerMs.bus * (c1.at - c0.at)), streams: Math.round(b1.streams - b0.streams - idleBytesPerMs.streams * (c1.at - c0.at)) },
         };
@@ -764,7 +775,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
           fanoutMs.push(await fanoutOnce(`f${i}`));
         }
         const r = runs[runs.length - 1]!;
-        log(`n=${n} change ${i}/${K} rev ${r.revision}: ack p50/p99/max ${r.ack.p50}/${r.ack.p99}/${r.ack.max} ms (sent max ${r.sent.max}); fan-out ${round(fanoutMs[fanoutMs.length - 1]!)} ms; controller CPU ${r.controllerCpuMs} ms; catch-ups ${r.catchUps}`);
+        log(`n=${n} change ${i}/${K} rev ${r.revision}: ack p50/p99/max ${r.ack.p50}/${r.ack.p99}/${r.ack.max} ms (sent max ${r.sent.max}); fan-out ${round(fanoutMs[fanoutMs.length - 1]!)} ms; controller CPU ${r.controllerCpuMs} ms; machine CPU ${r.machine.cpuMs} ms (${r.machine.busyPct} % busy); catch-ups ${r.catchUps}`);
         await sleep(500);
       }
 
@@ -880,6 +891,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
         controllerCpuPerChangeMs: round(ctlPer),
         controllerCpuPerChangeNetMs: round(ctlNet),
         workerCpuPerChangeMs: round(median(runs.map((r) => r.workerCpuMs))),
+        machinePerChange: { cpuMs: round(median(runs.map((r) => r.machine.cpuMs))), busyPct: round(median(runs.map((r) => r.machine.busyPct))) },
         bytesPerChange: { bus: median(runs.map((r) => r.bytes.bus)), streams: median(runs.map((r) => r.bytes.streams)) },
         restart,
         idle: { controllerCpuPct: round(idleControllerPct, 2), agentCpuPctEach: round(idleWorkersPct / n, 4), workersCpuPct: round(idleWorkersPct, 1) },
@@ -1076,6 +1088,9 @@ function table(results: FullResult[]): string {
     ['ratio ACK p99 / fan-out, ACK max / fan-out', (r) => `${r.fanout.ratioP99} / ${r.fanout.ratioMax}`],
     ['controller CPU per change (gross / net of idle)', (r) => `${r.controllerCpuPerChangeMs} / ${r.controllerCpuPerChangeNetMs} ms`],
     ['workers CPU per change', (r) => `${r.workerCpuPerChangeMs} ms`],
+    // What bounds the ACK p99 on a machine the simulated fleet shares with what is measured: all of
+    // a change's CPU time (every process and the kernel) spread over every CPU, against the p99.
+    [`machine CPU per change (every process, the kernel), busy share of the ${availableParallelism()} CPUs; that CPU / ${availableParallelism()} vs ACK p99`, (r) => `${r.machinePerChange.cpuMs} ms, ${r.machinePerChange.busyPct} %; ${round(r.machinePerChange.cpuMs / availableParallelism())} vs ${r.convergence.ackP99} ms`],
     ['nats kill -9: restart -> all agents applied new rev', (r) => `${r.restart.upToAllAppliedMs} ms (first apply accepted ${r.restart.upToApplyMs} ms after up)`],
     ['idle CPU: controller / per agent', (r) => `${r.idle.controllerCpuPct} % / ${r.idle.agentCpuPctEach} %`],
     ['telemetry (every agent every --counter-interval): reports/s, controller CPU (per replica)', (r) => `${r.telemetry.counterReportsPerS} /s, ${r.telemetry.controllerCpuPct} % (${round(r.telemetry.controllerCpuPct / r.replicas)} %)`],

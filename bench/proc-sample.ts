@@ -24,3 +24,29 @@ export function sampleProc(pid: number): ProcSample {
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return { at: performance.timeOrigin + performance.now(), rssKb: Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN), anonKb: Number(/RssAnon:\s+(\d+)/.exec(status)?.[1] ?? NaN), ticks: Number(f[11]) + Number(f[12]) };
 }
+
+/** One reading of the whole machine's CPU time (the first line of /proc/stat), in ticks. */
+export interface MachineSample {
+  /** Wall time, ms since the epoch (high resolution). */
+  at: number;
+  /** user + nice + system + irq + softirq + steal: every process, the kernel's own work and interrupts. */
+  busyTicks: number;
+  /** busyTicks + idle + iowait. */
+  totalTicks: number;
+}
+
+/** Reads the machine's CPU time from /proc/stat. */
+export function sampleMachine(): MachineSample {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
+  // cpu user nice system idle iowait irq softirq steal (guest time is inside user and nice).
+  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = line.trim().split(/\s+/).slice(1).map(Number);
+  const busyTicks = user + nice + system + irq + softirq + steal;
+  return { at: performance.timeOrigin + performance.now(), busyTicks, totalTicks: busyTicks + idle + iowait };
+}
+
+/** Between two readings: the machine's busy CPU time (ms) and the share of all its CPUs' time that was busy (%). */
+export function machineBusy(a: MachineSample, b: MachineSample): { cpuMs: number; busyPct: number } {
+  const busy = b.busyTicks - a.busyTicks;
+  const total = b.totalTicks - a.totalTicks;
+  return { cpuMs: (busy * 1000) / CLK_TCK, busyPct: total > 0 ? (100 * busy) / total : 0 };
+}
