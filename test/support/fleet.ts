@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,7 +36,7 @@ export class FleetNetwork {
   constructor() {
     this.inet = this.topo.namespace('inet');
     this.#mgmtPrefix = managementPrefix(this.topo);
-    this.pinBase = `/run/edgeplane-test/${this.topo.id}`;
+    this.pinBase = join(PIN_PARENT, this.topo.id);
     this.stateBase = mkdtempSync(join(tmpdir(), `ep-fleet-${this.topo.id}-`));
   }
 
@@ -60,7 +60,7 @@ export class FleetNetwork {
     this.processes.killAll();
     this.topo.remove();
     for (const n of this.nodes) n.unmountPins();
-    rmSync(this.pinBase, { recursive: true, force: true });
+    removePinBase(this.pinBase);
     rmSync(this.stateBase, { recursive: true, force: true });
   }
 }
@@ -224,6 +224,24 @@ export function unmountPins(pinRoot: string): void {
     sh('umount', [pinRoot]);
   } catch {
     // not mounted
+  }
+}
+
+/** Where the rigs put their agents' pin roots: a directory per rig under it. */
+export const PIN_PARENT = '/run/edgeplane-test';
+
+/**
+ * Removes a rig's pin directory (its pin roots unmounted first), and the parent too once no other
+ * rig has one there. Never throws. rmdir fails on a directory that is not empty, and the rigs and
+ * the agent create their directories recursively (a parent removed between two of their steps is
+ * created again), so a rig starting beside this one keeps its own.
+ */
+export function removePinBase(pinBase: string): void {
+  rmSync(pinBase, { recursive: true, force: true });
+  try {
+    rmdirSync(PIN_PARENT);
+  } catch {
+    // another rig's pins are there, or it is gone already
   }
 }
 

@@ -30,7 +30,7 @@ import { join } from 'node:path';
 import { NetnsProcesses, TRAFFIC, type ReachReport, type RigProcess } from './netns-process.js';
 
 export type { ReachReport } from './netns-process.js';
-import { managementLink, managementPrefix, startNodeAgent, unmountPins, type ControlPlane } from './fleet.js';
+import { managementLink, managementPrefix, PIN_PARENT, removePinBase, startNodeAgent, unmountPins, type ControlPlane } from './fleet.js';
 import type { Supervised } from './supervisor.js';
 import { sh, Topology } from './topology.js';
 
@@ -146,7 +146,7 @@ export class LbRig {
     this.client = client;
     this.node = nodes[0]!;
     this.nodes = nodes;
-    this.#pinBase = `/run/edgeplane-test/lb-${topology.id}`;
+    this.#pinBase = join(PIN_PARENT, `lb-${topology.id}`);
     this.uplink = { client: 'c-up', node: 'n-up' };
     this.backends = backends;
   }
@@ -401,7 +401,7 @@ export class LbRig {
     this.topology.remove();
     for (const k of this.#agents.keys()) unmountPins(this.#pinRoot(k));
     this.#agents.clear();
-    rmSync(this.#pinBase, { recursive: true, force: true });
+    removePinBase(this.#pinBase);
     if (this.#stateBase !== undefined) rmSync(this.#stateBase, { recursive: true, force: true });
   }
 }
