@@ -1,16 +1,15 @@
 // CPU accounting the connection benchmarks share (bench/conntrack.ts, bench/lb.ts): softirq time
 // of one CPU, the run time of kernel threads (ksoftirqd, kworkers) from /proc, and the median
 // the tables print.
-import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import { CLK_TCK, procStatCpu } from './proc-sample.js';
 
 /** USER_HZ: the unit of /proc/stat and /proc/PID/stat times. */
-export const HZ = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+export const HZ = CLK_TCK;
 
 /** Softirq jiffies of one CPU from /proc/stat (veth receives in softirq on the sending CPU). */
 export function softirqJiffies(cpu: number): number {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith(`cpu${cpu} `)) ?? '';
-  return Number(line.trim().split(/\s+/)[7] ?? 0);
+  return procStatCpu(`cpu${cpu}`)[6] ?? 0;
 }
 
 /** utime+stime (ticks) by pid of the threads whose comm matches. */

@@ -735,6 +735,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
         const sent = new Map<string, number>();
         for (const s of sentAll) s.nodes.forEach((node, k) => sent.set(node, s.sentAt[k]!));
         const lag = [...arrivals].map(([node, t]) => t - (sent.get(node) ?? NaN));
+        const machine = machineBusy(m0, m1);
         const missing = (xs: number[]): number[] => [...xs, ...Array<number>(Math.max(0, n - xs.length)).fill(Infinity)];
         return {
           revision: String(revision),
@@ -746,7 +747,7 @@ export async function runSize(n: number, root: string, options: SizeOptions = DE
           catchUps: catchUpsDuring,
           controllerCpuMs: round(cpuMs(c0, c1)),
           workerCpuMs: round(w0.reduce((s, a, k) => s + cpuMs(a, w1[k]!), 0)),
-          machine: (({ cpuMs: ms, busyPct }) => ({ cpuMs: round(ms), busyPct: round(busyPct) }))(machineBusy(m0, m1)),
+          machine: { cpuMs: round(machine.cpuMs), busyPct: round(machine.busyPct) },
           windowMs: round(c1.at - c0.at),
           bytes: { bus: Math.round(b1.bus - b0.bus - idleBytesPerMs.bus * (c1.at - c0.at)), streams: Math.round(b1.streams - b0.streams - idleBytesPerMs.streams * (c1.at - c0.at)) },
         };

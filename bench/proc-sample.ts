@@ -35,11 +35,19 @@ export interface MachineSample {
   totalTicks: number;
 }
 
+/**
+ * The times (ticks) of one line of /proc/stat: `cpu` for the whole machine, `cpuN` for CPU N; in
+ * proc(5)'s order: user nice system idle iowait irq softirq steal (guest time is inside user and
+ * nice). Empty when there is no such line.
+ */
+export function procStatCpu(name: string): number[] {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith(`${name} `)) ?? '';
+  return line.trim().split(/\s+/).slice(1).map(Number);
+}
+
 /** Reads the machine's CPU time from /proc/stat. */
 export function sampleMachine(): MachineSample {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
-  // cpu user nice system idle iowait irq softirq steal (guest time is inside user and nice).
-  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = line.trim().split(/\s+/).slice(1).map(Number);
+  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = procStatCpu('cpu');
   const busyTicks = user + nice + system + irq + softirq + steal;
   return { at: performance.timeOrigin + performance.now(), busyTicks, totalTicks: busyTicks + idle + iowait };
 }
