@@ -108,17 +108,23 @@ static __always_inline struct ep_ct_entry *ep_ct_get(void *map, struct ep_ct_key
 	return e;
 }
 
-/* The TCP state machine of CONNTRACK.md for a packet of direction `dir` on entry `e`. The rows
- * are tried in the table's order; the first that fits applies. Inline, though the verifier walks
- * it at each caller state: every packet of a TCP flow with an entry comes here, and a call would
- * cost it more than it costs the verifier (bpf/README.md, "Verifier cost", per packet). */
-static __always_inline void ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp, __u64 now)
+/* What the TCP state machine does to an entry: its next state and flags, and the timeout its
+ * deadline is refreshed with (enum ep_ct_timeout), or -1 for no refresh. */
+struct ep_ct_step {
+	__u8 state;
+	__u8 flags;
+	__s8 timeout;
+};
+
+/* The TCP state machine of CONNTRACK.md for a packet of direction `dir` (TCP flags `tcp`) on an
+ * entry in state `st` with flags `f`. The rows are tried in the table's order; the first that
+ * fits applies. Inline, though the verifier walks it at each caller state: every packet of a TCP
+ * flow with an entry comes here, and a call would cost it more than it costs the verifier
+ * (bpf/README.md, "Verifier cost", per packet). */
+static __always_inline struct ep_ct_step ep_ct_tcp_step(__u8 st, __u8 f, __u32 dir, __u8 tcp)
 {
-	__u8 st = e->state;
-	__u8 f = e->flags;
 	bool syn = tcp & EP_TCP_SYN, ack = tcp & EP_TCP_ACK, fin = tcp & EP_TCP_FIN;
-	__u32 to = EP_CT_TO_TCP_CLOSING;
-	bool refresh = true;
+	__s8 to = EP_CT_TO_TCP_CLOSING;
 
 	if (tcp & EP_TCP_RST) {
 		st = EP_CT_CLOSED;
@@ -150,14 +156,22 @@ static __always_inline void ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp
 		to = EP_CT_TO_TCP_ESTABLISHED;
 	} else {
 		/* CLOSING, CLOSED: never extend a closing deadline. */
-		refresh = false;
+		to = -1;
 	}
 	if (dir == EP_CT_DIR_REPLY)
 		f |= EP_CT_F_SEEN_REPLY;
-	e->state = st;
-	e->flags = f;
-	if (refresh)
-		e->expires_ns = now + ep_ct_timeout(to);
+	struct ep_ct_step next = { .state = st, .flags = f, .timeout = to };
+	return next;
+}
+
+/* The TCP state machine (ep_ct_tcp_step) applied to entry `e`. */
+static __always_inline void ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp, __u64 now)
+{
+	struct ep_ct_step next = ep_ct_tcp_step(e->state, e->flags, dir, tcp);
+	e->state = next.state;
+	e->flags = next.flags;
+	if (next.timeout >= 0)
+		e->expires_ns = now + ep_ct_timeout(next.timeout);
 }
 
 /* What a new entry is made with: the packet's time and length, the rule that admitted it, the
