@@ -201,6 +201,36 @@ __noinline int ep_rate_ok(const struct ep_rule *r, const struct ep_pkt *p)
 	return false;
 }
 
+/* The LPM key of field `f` of a packet (0 SRC, 1 DST, 2 L4: bpf/README.md, "Classification"),
+ * and (returned) the index of that field's wildcard vector in generation `gen`. The compiler
+ * stores a tag-only entry for every field, so a lookup of the key never misses in tables it
+ * wrote. */
+static __always_inline __u32 ep_field_key(const struct ep_pkt *p, __u32 gen, int f, struct ep_lpm_key *key)
+{
+	__u32 family = p->family;
+	__u32 base = gen * EP_WILD_COUNT;
+	__builtin_memset(key, 0, sizeof(*key));
+	if (f < 2) {
+		key->prefixlen = 8 + (family == 4 ? 32 : 128);
+		key->data[0] = (f == 0 ? EP_TAG_SRC : EP_TAG_DST) | family;
+		__builtin_memcpy(&key->data[1], f == 0 ? p->src : p->dst, 16);
+		if (f == 0)
+			return base + (family == 4 ? EP_WILD_SRC4 : EP_WILD_SRC6);
+		return base + (family == 4 ? EP_WILD_DST4 : EP_WILD_DST6);
+	}
+	__u32 slot = ep_slot(p->proto);
+	__u32 port = p->port;
+	key->prefixlen = 8 + 24;
+	key->data[0] = EP_TAG_L4 | slot;
+	if (port == EP_PORT_NONE) {
+		key->data[1] = 1;
+	} else {
+		key->data[2] = port >> 8;
+		key->data[3] = port & 0xff;
+	}
+	return base + EP_WILD_L4 + slot;
+}
+
 /* Classification of one parsed packet against slot `gen` of the tables `lpm_outer` (an
  * ARRAY_OF_MAPS of LPM tries), `wild` (wildcard vectors at gen * EP_WILD_COUNT) and the class
  * words that `match_word` (a bpf_loop callback built on ep_match_word_in) reads: three LPM
@@ -220,36 +250,14 @@ static __always_inline int ep_rule_slot_in(const struct ep_pkt *p, __u32 gen, vo
 		return -1;
 
 	struct ep_class_ref *ref[3];
-	struct ep_lpm_key key = {};
-	__u32 family = p->family;
-	key.prefixlen = 8 + (family == 4 ? 32 : 128);
-	key.data[0] = EP_TAG_SRC | family;
-	__builtin_memcpy(&key.data[1], p->src, 16);
-	ref[0] = bpf_map_lookup_elem(lpm, &key);
-	key.data[0] = EP_TAG_DST | family;
-	__builtin_memcpy(&key.data[1], p->dst, 16);
-	ref[1] = bpf_map_lookup_elem(lpm, &key);
-	__u32 slot = ep_slot(p->proto);
-	__u32 port = p->port;
-	__builtin_memset(&key, 0, sizeof(key));
-	key.prefixlen = 8 + 24;
-	key.data[0] = EP_TAG_L4 | slot;
-	if (port == EP_PORT_NONE) {
-		key.data[1] = 1;
-	} else {
-		key.data[2] = port >> 8;
-		key.data[3] = port & 0xff;
+	struct ep_lpm_key key;
+	for (int f = 0; f < 3; f++) {
+		m->wid[f] = ep_field_key(p, gen, f, &key);
+		ref[f] = bpf_map_lookup_elem(lpm, &key);
 	}
-	ref[2] = bpf_map_lookup_elem(lpm, &key);
-
-	__u32 base = gen * EP_WILD_COUNT;
-	m->wid[0] = base + (family == 4 ? EP_WILD_SRC4 : EP_WILD_SRC6);
-	m->wid[1] = base + (family == 4 ? EP_WILD_DST4 : EP_WILD_DST6);
-	m->wid[2] = base + EP_WILD_L4 + slot;
 	struct ep_bitvec *w0 = bpf_map_lookup_elem(wild, &m->wid[0]);
 	struct ep_bitvec *w1 = bpf_map_lookup_elem(wild, &m->wid[1]);
 	struct ep_bitvec *w2 = bpf_map_lookup_elem(wild, &m->wid[2]);
-	/* The compiler stores a tag-only entry for every field, so a lookup never misses. */
 	if (!ref[0] || !ref[1] || !ref[2] || !w0 || !w1 || !w2)
 		return -1;
 
@@ -284,8 +292,33 @@ static __always_inline int ep_rule_slot_in(const struct ep_pkt *p, __u32 gen, vo
 	return gen * EP_RULE_SLOTS + (rule >= 0 ? (__u32)rule + 1 : 0);
 }
 
-/* Classification against enforced generation `gen` (0 or 1): ep_rule_slot_in over ep_lpm,
- * ep_wild and ep_cwords. A global function: the programs call it twice per packet (conntrack's
+/* Classification of a small generation (EP_GEN_F_SMALL: at most EP_SMALL_RULES rules, none naming
+ * a prefix list): every rule is a bit of the first vector word, so per field the class's `low`
+ * bits OR the wildcard vector's first word, ANDed over the three fields, hold every matching rule;
+ * the lowest is the first. The same answer as ep_rule_slot_in over the same tables (the class's
+ * words and the wildcard's other words hold no rule), without the summaries, the scratch and the
+ * word walk, which for a new flow's packet are a dozen cold cache lines (BENCHMARKS.md, "A floor
+ * for goal (a)"). Returns what ep_rule_slot_in returns. */
+static __always_inline int ep_rule_slot_small(const struct ep_pkt *p, __u32 gen)
+{
+	void *lpm = bpf_map_lookup_elem(&ep_lpm, &gen);
+	if (!lpm)
+		return -1;
+	__u64 acc = 0xffffffffULL;
+	for (int f = 0; f < 3; f++) {
+		struct ep_lpm_key key;
+		__u32 wid = ep_field_key(p, gen, f, &key);
+		struct ep_class_ref *ref = bpf_map_lookup_elem(lpm, &key);
+		struct ep_bitvec *wild = bpf_map_lookup_elem(&ep_wild, &wid);
+		if (!ref || !wild)
+			return -1;
+		acc &= ref->low | wild->words[0];
+	}
+	return gen * EP_RULE_SLOTS + (acc ? ep_bit_index(acc & (~acc + 1)) + 1 : 0);
+}
+
+/* Classification against enforced generation `gen` (0 or 1): ep_rule_slot_small when the
+ * generation is small, else ep_rule_slot_in over ep_lpm, ep_wild and ep_cwords. A global function: the programs call it twice per packet (conntrack's
  * cut re-check classifies an entry's tuple), and the verifier checks it once rather than at each
  * call site with each caller's state (bpf/README.md, "Verifier cost").
  * Returns the ep_rules index of the first matching rule (or of the default action), or -1 if
@@ -294,7 +327,11 @@ __noinline int ep_rule_slot(const struct ep_pkt *p, __u32 gen)
 {
 	if (!p)
 		return -1;
-	return ep_rule_slot_in(p, gen & 1, &ep_lpm, &ep_wild, &ep_lvec, 0, ep_match_word, 0);
+	gen &= 1;
+	struct ep_gen_cfg *gc = bpf_map_lookup_elem(&ep_gen_cfg, &gen);
+	if (gc && (gc->flags & EP_GEN_F_SMALL))
+		return ep_rule_slot_small(p, gen);
+	return ep_rule_slot_in(p, gen, &ep_lpm, &ep_wild, &ep_lvec, 0, ep_match_word, 0);
 }
 
 /* The action of rule slot `idx` (from ep_rule_slot) on a packet with no connection entry: count

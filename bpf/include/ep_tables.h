@@ -50,10 +50,11 @@ struct ep_bitvec {
 };
 
 /* LPM value: the class of the longest matching prefix, with its summary inline so the fast
- * path needs no separate summary lookup. */
+ * path needs no separate summary lookup, and (fingerprint format 3) the class's rules 0..31 as
+ * bits (`low`: bit i = rule i), which a small generation (EP_GEN_F_SMALL) classifies with alone. */
 struct ep_class_ref {
 	__u32 class_id;
-	__u32 pad;
+	__u32 low;
 	__u64 summary[EP_SUMMARY_WORDS];
 };
 
@@ -257,6 +258,9 @@ struct ep_ct_cfg {
 #define EP_GEN_F_TRACK_EGRESS 0x1 /* uplink egress creates entries for new outbound flows */
 #define EP_GEN_F_CUT          0x2 /* established flows are re-checked when the epoch changes */
 #define EP_GEN_F_SERVICES     0x4 /* layout 4: the generation has services (ep_lb_vip is looked up) */
+#define EP_GEN_F_SMALL        0x8 /* at most EP_SMALL_RULES rules and no prefix list: classified
+				   * from the class refs' `low` bits and the wildcards' first word */
+#define EP_SMALL_RULES        32
 struct ep_gen_cfg {
 	__u32 flags;
 	__u32 epoch; /* increases with every apply, never 0 */

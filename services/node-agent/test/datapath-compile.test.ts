@@ -2,7 +2,7 @@
 // model of the BPF lookup) and the reference classifier's parsing and matching.
 import test from 'ava';
 import { cidrContains, parseAddress, parseCidr } from '@edgeplane/proto';
-import { compileTables, MAX_CLASS_WORDS, rangeToPrefixes } from '../src/datapath/compile-tables.js';
+import { compileTables, genFlags, MAX_CLASS_WORDS, rangeToPrefixes } from '../src/datapath/compile-tables.js';
 import { CapacityError, RuleSetError } from '../src/datapath/errors.js';
 import { buildFrame, buildNonIpFrame } from '../src/datapath/packet.js';
 import { firstMatch, parseFrame, ReferenceClassifier } from '../src/datapath/reference-classifier.js';
@@ -100,6 +100,27 @@ test('compile - the table model agrees with the oracle on random rule sets', (t)
     }
   }
   t.pass();
+});
+
+test('compile - a rule set is small (classified by the low bits) with at most 32 rules and no prefix list', (t) => {
+  const rules = (n: number): RuleSpec[] => Array.from({ length: n }, (_, i) => rule({ id: i + 1, protocol: 'tcp', dstPorts: [{ from: 1000 + i, to: 1000 + i }], srcCidrs: i % 2 === 0 ? ['10.0.0.0/8'] : [] }));
+  const small = (spec: RuleSetSpec): boolean => (compileTables(spec).genFlags & genFlags.small) !== 0;
+  t.true(small({ rules: [], defaultAction: 'deny' }));
+  t.true(small({ rules: rules(32), defaultAction: 'deny' }));
+  t.false(small({ rules: rules(33), defaultAction: 'deny' }));
+  t.false(small({ rules: [...rules(3), rule({ id: 99, srcLists: ['blocked'] })], defaultAction: 'deny', lists: { blocked: ['192.0.2.0/24'] } }), 'a rule names a list');
+  // The low bits: rule i of the class at bit i, for rules 0..31 only.
+  const lowOf10 = (spec: RuleSetSpec): number[] => {
+    const tables = compileTables(spec);
+    const values = new DataView(tables.lpm.values.buffer, tables.lpm.values.byteOffset);
+    const keys = new DataView(tables.lpm.keys.buffer, tables.lpm.keys.byteOffset);
+    const lows: number[] = [];
+    for (let i = 0; i < tables.lpm.count; i++) if (keys.getUint8(i * 24 + 4) === 0x04 && keys.getUint32(i * 24, true) === 16) lows.push(values.getUint32(i * 136 + 4, true));
+    return lows;
+  };
+  t.deepEqual(lowOf10({ rules: rules(33), defaultAction: 'deny' }), [0x5555_5555], 'src 10.0.0.0/8: rules 0, 2, .., 30 (32 is past the low bits)');
+  const every = Array.from({ length: 33 }, (_, i) => rule({ id: i + 1, srcCidrs: ['10.0.0.0/8'] }));
+  t.deepEqual(lowOf10({ rules: every, defaultAction: 'deny' }), [0xffff_ffff], 'every rule names 10.0.0.0/8: bits 0..31');
 });
 
 test('compile - class words beyond the limit raise CapacityError', (t) => {

@@ -2,7 +2,7 @@
 // aimed at them, verdict decoding, and a TypeScript model of the BPF table lookup.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmdirSync } from 'node:fs';
-import { compileTables, type TablesSpec } from '../src/datapath/compile-tables.js';
+import { compileTables, genFlags, type TablesSpec } from '../src/datapath/compile-tables.js';
 import { parseCidr } from '@edgeplane/proto';
 import { buildFrame, buildNonIpFrame, type FrameSpec } from '../src/datapath/packet.js';
 import type { PacketHeaders, RuleSetSpec, RuleSpec } from '../src/datapath/rule-set.js';
@@ -150,7 +150,7 @@ export function tableLookup(tables: TablesSpec, headers: PacketHeaders): number 
   const view = (bytes: Uint8Array): DataView => new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const lpmView = view(tables.lpm.keys);
   const valueView = view(tables.lpm.values);
-  const longest = (tag: number, data: Uint8Array, bits: number): { cls: number; summary: bigint[] } => {
+  const longest = (tag: number, data: Uint8Array, bits: number): { cls: number; low: bigint; summary: bigint[] } => {
     let best = -1;
     let bestLength = -1;
     for (let i = 0; i < tables.lpm.count; i++) {
@@ -170,7 +170,7 @@ export function tableLookup(tables: TablesSpec, headers: PacketHeaders): number 
     }
     if (best < 0) throw new Error(`no LPM entry for tag ${tag}`);
     const off = best * 136;
-    return { cls: valueView.getUint32(off, true), summary: Array.from({ length: 16 }, (_, k) => valueView.getBigUint64(off + 8 + 8 * k, true)) };
+    return { cls: valueView.getUint32(off, true), low: BigInt(valueView.getUint32(off + 4, true)), summary: Array.from({ length: 16 }, (_, k) => valueView.getBigUint64(off + 8 + 8 * k, true)) };
   };
   const words = new Map<string, bigint>();
   const wordKeys = view(tables.classWords.keys);
@@ -190,6 +190,11 @@ export function tableLookup(tables: TablesSpec, headers: PacketHeaders): number 
     { ...longest(0x10 | f, headers.dst, f === 4 ? 32 : 128), wid: f === 4 ? 2 : 3 },
     { ...longest(0x20 | slot, port, 24), wid: 4 + slot },
   ];
+  // A small generation (genFlags.small): the classes' low bits OR the wildcards' first word.
+  if ((tables.genFlags & genFlags.small) !== 0) {
+    const acc = fields.reduce((a, field) => a & (field.low | wildWord(field.wid, 0)), 0xffff_ffffn);
+    return acc === 0n ? -1 : (acc & -acc).toString(2).length - 1;
+  }
   for (let k = 0; k < 16; k++) {
     let cand = fields.reduce((acc, field) => acc & (wildSummary(field.wid, k) | (field.summary[k] as bigint)), (1n << 64n) - 1n);
     while (cand !== 0n) {

@@ -44,7 +44,13 @@ export const actionCodes = { allow: 0, deny: 1, rate_limit: 2 } as const;
 /** EP_RULE_F_TRACK: high bit of ep_rule.action; an allowed packet creates a connection entry. */
 export const RULE_FLAG_TRACK = 0x100;
 /** struct ep_gen_cfg.flags bits (EP_GEN_F_*). */
-export const genFlags = { trackEgress: 0x1, cut: 0x2, services: 0x4 } as const;
+export const genFlags = { trackEgress: 0x1, cut: 0x2, services: 0x4, small: 0x8 } as const;
+/**
+ * A rule set of at most this many rules, none naming a prefix list, is small (genFlags.small):
+ * the programs classify it from the LPM values' `low` bits (its rules 0..31) and the wildcard
+ * vectors' first word alone (bpf/README.md, "Small rule sets").
+ */
+export const SMALL_RULES = 32;
 
 const NANO = 1_000_000_000n;
 
@@ -221,6 +227,7 @@ export class TableCompiler {
       throw error;
     }
     const now = this.#state as CompilerState;
+    const lists = listVectorsOf(now);
     const version = ++this.#version;
     this.#spec = spec;
     if (delta === undefined) this.#deltas.length = 0;
@@ -238,8 +245,8 @@ export class TableCompiler {
       wordCount: now.classWords,
       rules: now.ruleBytes,
       wild: new Uint8Array(now.wild.buffer),
-      lists: listVectorsOf(now),
-      genFlags: now.flags,
+      lists,
+      genFlags: generationFlags(now, lists),
       fingerprint: fingerprintOf(now),
       delta,
       lpmChunks: (chunk = WHOLE_CHUNK) => this.#lpmChunks(version, chunk),
@@ -326,6 +333,7 @@ export class TableCompiler {
     // Each table as one chunk: its buffers are new, the caller's.
     const [lpm = emptyEntries(sizes.lpmKey, sizes.classRef)] = result.lpmChunks(state.prefixes.size);
     const [classWords = emptyEntries(sizes.wordKey, sizes.word)] = result.wordChunks(state.classWords);
+    const lists = listVectorsOf(state);
     return {
       ruleCount: state.specs.length,
       ruleIds: [...state.ruleIds],
@@ -333,9 +341,9 @@ export class TableCompiler {
       lpm,
       classWords,
       wild: new Uint8Array(state.wild.buffer.slice(0)),
-      lists: listVectorsOf(state).map((list) => ({ name: list.name, src: list.src?.slice(), dst: list.dst?.slice() })),
+      lists: lists.map((list) => ({ name: list.name, src: list.src?.slice(), dst: list.dst?.slice() })),
       rules: state.ruleBytes.slice(),
-      genFlags: state.flags,
+      genFlags: generationFlags(state, lists),
       fingerprint: result.fingerprint,
     };
   }
@@ -771,12 +779,19 @@ function writeLpmKey(node: PrefixNode, keys: Uint8Array, keyOffset: number): voi
   }
 }
 
+// struct ep_class_ref: the class id, its rules 0..31 as bits (`low`, what a small generation is
+// classified by), its summary.
 function writeLpmEntry(node: PrefixNode, keys: Uint8Array, values: Uint8Array, entry: number): void {
   writeLpmKey(node, keys, entry * sizes.lpmKey);
   const view = new DataView(values.buffer, values.byteOffset);
   const valueOffset = entry * sizes.classRef;
   view.setUint32(valueOffset, node.id, true);
-  for (const rule of node.cls) setBit(view, valueOffset + 8, rule >> 6);
+  let low = 0;
+  for (const rule of node.cls) {
+    if (rule < 32) low |= 1 << rule;
+    setBit(view, valueOffset + 8, rule >> 6);
+  }
+  view.setUint32(valueOffset + 4, low >>> 0, true);
 }
 
 // Writes the nonzero words of class `id` from entry `word` on (values undefined: keys only). @returns the entry after them.
@@ -799,8 +814,12 @@ function writeClassWords(id: number, cls: readonly number[], keys: Uint8Array, v
 
 /** Bytes of a rule's digest in the fingerprint. */
 const DIGEST_BYTES = 16;
-/** The fingerprint's format: a new layout of the tables for the same rule set gets a new number. */
-const FINGERPRINT_FORMAT = 2;
+/**
+ * The fingerprint's format: a new layout of the tables for the same rule set gets a new number.
+ * 3: the LPM values carry their class's rules 0..31 (`low`), which small generations are
+ * classified by, so tables an older agent wrote (zeros there) are never adopted as they are.
+ */
+const FINGERPRINT_FORMAT = 3;
 
 // A rule's digest: everything of it the tables encode but its index (id, action, track, rate,
 // prefixes, protocol, ports), as a sequence of u32s, hashed in four murmur3 lanes of different
@@ -1131,6 +1150,11 @@ function listVector(state: CompilerState, field: 0 | 1, name: string): Uint32Arr
 }
 
 // The state's list vectors that hold a rule, in name order (views of the state's arrays).
+// ep_gen_cfg.flags of the compiled rule set: the header's, and small when it is (SMALL_RULES).
+function generationFlags(state: CompilerState, lists: readonly ListVectors[]): number {
+  return state.flags | (state.specs.length <= SMALL_RULES && lists.length === 0 ? genFlags.small : 0);
+}
+
 function listVectorsOf(state: CompilerState): ListVectors[] {
   const nonEmpty = (vector: Uint32Array | undefined): Uint8Array | undefined => {
     if (vector === undefined) return undefined;
