@@ -85,7 +85,8 @@ try {
     sides.map(async (side) => {
       const pinRoot = join(mount, side.name);
       mkdirSync(pinRoot);
-      const datapath = await EbpfDatapath.open({ pinRoot, ...(side.objectPath === undefined ? {} : { objectPath: side.objectPath }), ...ConntrackAccess.openOptions(capacity) });
+      // The baseline's object wins over EP_BENCH_OBJECT, which names the current side's (so the sides can swap).
+      const datapath = await EbpfDatapath.open({ pinRoot, ...ConntrackAccess.openOptions(capacity), ...(side.objectPath === undefined ? {} : { objectPath: side.objectPath }) });
       const access = new ConntrackAccess(datapath);
       opened.push({ datapath, access });
       await datapath.apply(ruleSet);
