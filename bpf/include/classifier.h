@@ -304,7 +304,7 @@ static __always_inline int ep_rule_slot_small(const struct ep_pkt *p, __u32 gen)
 	void *lpm = bpf_map_lookup_elem(&ep_lpm, &gen);
 	if (!lpm)
 		return -1;
-	__u64 acc = 0xffffffffULL;
+	__u64 acc = (1ULL << EP_SMALL_RULES) - 1; /* the bits `low` holds */
 	for (int f = 0; f < 3; f++) {
 		struct ep_lpm_key key;
 		__u32 wid = ep_field_key(p, gen, f, &key);

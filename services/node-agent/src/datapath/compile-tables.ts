@@ -788,7 +788,7 @@ function writeLpmEntry(node: PrefixNode, keys: Uint8Array, values: Uint8Array, e
   view.setUint32(valueOffset, node.id, true);
   let low = 0;
   for (const rule of node.cls) {
-    if (rule < 32) low |= 1 << rule;
+    if (rule < SMALL_RULES) low |= 1 << rule;
     setBit(view, valueOffset + 8, rule >> 6);
   }
   view.setUint32(valueOffset + 4, low >>> 0, true);
