@@ -317,8 +317,50 @@ static __always_inline int ep_rule_slot_small(const struct ep_pkt *p, __u32 gen)
 	return gen * EP_RULE_SLOTS + (acc ? ep_bit_index(acc & (~acc + 1)) + 1 : 0);
 }
 
-/* Classification against enforced generation `gen` (0 or 1): ep_rule_slot_small when the
- * generation is small, else ep_rule_slot_in over ep_lpm, ep_wild and ep_cwords. A global
+/* Field `f` of a scan (struct ep_scan): the `low` bits of the first entry matching `key`, 0 when
+ * none does (tables the compiler wrote always match). */
+static __always_inline __u32 ep_scan_field(const struct ep_scan *s, int f, __u32 key)
+{
+	__u32 n = s->count[f];
+	for (__u32 i = 0; i < EP_SCAN_ENTRIES; i++) {
+		if (i >= n)
+			break;
+		const struct ep_scan_entry *e = &s->entries[f][i];
+		if ((key & e->mask) == e->value)
+			return e->low;
+	}
+	return 0;
+}
+
+/* Classification of an IPv4 packet in a generation with EP_GEN_F_SCAN: each field's prefixes
+ * scanned (struct ep_scan) instead of looked up in the LPM trie, whose lookups were most of a
+ * small generation's classification (BENCHMARKS.md, "Small rule sets scanned"). The same answer
+ * as ep_rule_slot_small: each scan finds the entry the trie would, with the wildcard word
+ * already in its bits. A global function of its own: inlined, it grew ep_rule_slot's frame past
+ * what the programs' deepest call chain leaves (512 bytes in all). Returns what ep_rule_slot_in
+ * returns. */
+__noinline int ep_rule_slot_scan(const struct ep_pkt *p, __u32 gen)
+{
+	if (!p)
+		return -1;
+	gen &= 1;
+	const struct ep_scan *s = bpf_map_lookup_elem(&ep_scan, &gen);
+	if (!s)
+		return -1;
+	/* Loaded in place (src and dst are 4-byte aligned in struct ep_pkt): the programs' call
+	 * chains through here have no stack to spare. */
+	__u32 port = p->port;
+	__u32 l4 = (ep_slot(p->proto) << 24) | (port == EP_PORT_NONE ? 1 << 16 : port);
+	__u32 acc = ep_scan_field(s, 0, bpf_ntohl(*(const __u32 *)p->src));
+	if (acc)
+		acc &= ep_scan_field(s, 1, bpf_ntohl(*(const __u32 *)p->dst));
+	if (acc)
+		acc &= ep_scan_field(s, 2, l4);
+	return gen * EP_RULE_SLOTS + (acc ? ep_bit_index(acc & (~acc + 1)) + 1 : 0);
+}
+
+/* Classification against enforced generation `gen` (0 or 1): ep_rule_slot_scan for an IPv4
+ * packet when the generation has EP_GEN_F_SCAN, ep_rule_slot_small when it is small, else ep_rule_slot_in over ep_lpm, ep_wild and ep_cwords. A global
  * function: the programs call it twice per packet (conntrack's cut re-check classifies an entry's
  * tuple), and the verifier checks it once rather than at each call site with each caller's state
  * (bpf/README.md, "Verifier cost").
@@ -330,7 +372,10 @@ __noinline int ep_rule_slot(const struct ep_pkt *p, __u32 gen)
 		return -1;
 	gen &= 1;
 	struct ep_gen_cfg *gc = bpf_map_lookup_elem(&ep_gen_cfg, &gen);
-	if (gc && (gc->flags & EP_GEN_F_SMALL))
+	__u32 flags = gc ? gc->flags : 0;
+	if ((flags & EP_GEN_F_SCAN) && p->family == 4)
+		return ep_rule_slot_scan(p, gen);
+	if (flags & EP_GEN_F_SMALL)
 		return ep_rule_slot_small(p, gen);
 	return ep_rule_slot_in(p, gen, &ep_lpm, &ep_wild, &ep_lvec, 0, ep_match_word, 0);
 }

@@ -65,6 +65,15 @@ struct {
 	__type(value, struct ep_bitvec);
 } ep_wild SEC(".maps");
 
+/* A small generation's prefixes to scan (struct ep_scan), index generation; read only when its
+ * ep_gen_cfg has EP_GEN_F_SCAN. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EP_GENERATIONS);
+	__type(key, __u32);
+	__type(value, struct ep_scan);
+} ep_scan SEC(".maps");
+
 /* Actions and rate limits, index generation * EP_RULE_SLOTS + 0 (default) or rule + 1. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -58,6 +58,26 @@ struct ep_class_ref {
 	__u64 summary[EP_SUMMARY_WORDS];
 };
 
+/* A small generation's prefixes as lists to scan (EP_GEN_F_SCAN; bpf/README.md, "Small rule
+ * sets"): per field (0 source IPv4, 1 destination IPv4, 2 protocol slot + port) the LPM entries of
+ * that field, longest prefix first, so the first entry whose masked value equals the packet's key
+ * is the one the LPM lookup would find. Keys: an IPv4 address as a number; for the L4 field the
+ * slot << 24 | the LPM key's 24 bits (a port, or 1 << 16 for none). `low`: the entry's class's
+ * rules 0..31 OR the field's wildcard rules 0..31 (for the L4 field, its slot's), so the three
+ * answers ANDed hold every matching rule. The compiler always stores each field's tag-only entry
+ * (mask 0, or the slot's byte), so the scan of tables it wrote always ends at a match. */
+#define EP_SCAN_ENTRIES 64
+struct ep_scan_entry {
+	__u32 value;
+	__u32 mask;
+	__u32 low;
+};
+struct ep_scan {
+	__u32 count[3];
+	__u32 pad;
+	struct ep_scan_entry entries[3][EP_SCAN_ENTRIES];
+};
+
 /* Agent-only bookkeeping per generation (never read by the programs). */
 struct ep_meta {
 	__u32 rule_count;
@@ -261,6 +281,8 @@ struct ep_ct_cfg {
 #define EP_GEN_F_SMALL        0x8 /* at most EP_SMALL_RULES rules and no prefix list: classified
 				   * from the class refs' `low` bits and the wildcards' first word */
 #define EP_SMALL_RULES        32
+#define EP_GEN_F_SCAN         0x10 /* small, and its IPv4 and port prefixes fit ep_scan: IPv4
+				   * packets are classified by scanning them (ep_rule_slot_scan) */
 struct ep_gen_cfg {
 	__u32 flags;
 	__u32 epoch; /* increases with every apply, never 0 */

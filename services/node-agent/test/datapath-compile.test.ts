@@ -123,6 +123,36 @@ test('compile - a rule set is small (classified by the low bits) with at most 32
   t.deepEqual(lowOf10({ rules: every, defaultAction: 'deny' }), [0xffff_ffff], 'every rule names 10.0.0.0/8: bits 0..31');
 });
 
+test('compile - a small rule set is scanned when each IPv4 and port field has at most 64 entries, longest prefix first', (t) => {
+  const scanned = (spec: RuleSetSpec): boolean => {
+    const tables = compileTables(spec);
+    t.is(tables.scan !== undefined, (tables.genFlags & genFlags.scan) !== 0, 'the flag goes with the table');
+    return tables.scan !== undefined;
+  };
+  const ports = (n: number): RuleSpec[] => Array.from({ length: n }, (_, i) => rule({ id: i + 1, protocol: 'tcp', dstPorts: [{ from: 1000 + 2 * i, to: 1000 + 2 * i }, { from: 3000 + 2 * i, to: 3000 + 2 * i }] }));
+  // Port entries: each slot's tag-only one (5) and one per port.
+  t.true(scanned({ rules: [...ports(29), rule({ id: 99, protocol: 'udp', dstPorts: [{ from: 53, to: 53 }] })], defaultAction: 'deny' }), '5 + 59 port entries');
+  t.false(scanned({ rules: ports(30), defaultAction: 'deny' }), '5 + 60 port entries');
+  const sources = (n: number, family: 4 | 6): RuleSpec[] => Array.from({ length: n }, (_, i) => rule({ id: i + 1, srcCidrs: [0, 1].map((k) => (family === 4 ? `10.0.${i}.${k}/32` : `2001:db8::${i}:${k}/128`)) }));
+  t.true(scanned({ rules: sources(31, 4), defaultAction: 'deny' }), '1 + 62 source entries');
+  t.false(scanned({ rules: [...sources(31, 4), rule({ id: 99, srcCidrs: ['10.1.0.0/16', '10.2.0.0/16'] })], defaultAction: 'deny' }), '1 + 64 source entries');
+  t.true(scanned({ rules: sources(32, 6), defaultAction: 'deny' }), 'IPv6 prefixes are not scanned: they take no room');
+  t.false(scanned({ rules: ports(33).map((r) => ({ ...r, dstPorts: r.dstPorts.slice(0, 1) })), defaultAction: 'deny' }), 'not small');
+
+  // The entries: the destination field of two nested prefixes and a wildcard rule.
+  const tables = compileTables({ rules: [rule({ id: 1, dstCidrs: ['10.0.0.0/8'] }), rule({ id: 2, dstCidrs: ['10.1.0.0/16'] }), rule({ id: 3 })], defaultAction: 'deny' });
+  const view = new DataView((tables.scan as Uint8Array).buffer);
+  const field = (f: number): [number, number, number][] =>
+    Array.from({ length: view.getUint32(4 * f, true) }, (_, i) => [0, 4, 8].map((o) => view.getUint32(16 + (f * 64 + i) * 12 + o, true)) as [number, number, number]);
+  t.deepEqual(field(1), [
+    [0x0a01_0000, 0xffff_0000, 0b111],
+    [0x0a00_0000, 0xff00_0000, 0b101],
+    [0, 0, 0b100],
+  ], 'longest first; the class bits with the wildcard rule 2');
+  t.deepEqual(field(0), [[0, 0, 0b111]], 'no source prefix: every rule is a wildcard there');
+  t.deepEqual(field(2).map(([value, mask]) => [value >>> 24, mask]), [0, 1, 2, 3, 4].map((slot) => [slot, 0xff00_0000]), 'one tag-only entry per protocol slot');
+});
+
 test('compile - class words beyond the limit raise CapacityError', (t) => {
   // Every rule's port range contains the next one's: each elementary interval's class holds
   // all rules before it, so class words grow quadratically.

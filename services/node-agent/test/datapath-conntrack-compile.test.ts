@@ -18,10 +18,10 @@ test('compile - track sets EP_RULE_F_TRACK above the action code, for rules and 
   t.is(actionWord(plain.rules, 0), 0, 'default allow, not tracked');
   t.is(actionWord(plain.rules, 1), RULE_FLAG_TRACK | 0);
   t.is(actionWord(plain.rules, 2), 0);
-  t.is(plain.genFlags, genFlags.small);
+  t.is(plain.genFlags, genFlags.small | genFlags.scan);
   const tracked = compileTables({ ...base, trackDefault: true, trackEgress: true, cutOnDeny: true });
   t.is(actionWord(tracked.rules, 0), RULE_FLAG_TRACK);
-  t.is(tracked.genFlags, genFlags.trackEgress | genFlags.cut | genFlags.small);
+  t.is(tracked.genFlags, genFlags.trackEgress | genFlags.cut | genFlags.small | genFlags.scan);
 });
 
 test('compile - the fingerprint covers every conntrack setting', (t) => {

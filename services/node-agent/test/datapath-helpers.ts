@@ -2,7 +2,7 @@
 // aimed at them, verdict decoding, and a TypeScript model of the BPF table lookup.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmdirSync } from 'node:fs';
-import { compileTables, genFlags, type TablesSpec } from '../src/datapath/compile-tables.js';
+import { compileTables, genFlags, SCAN_ENTRIES, type TablesSpec } from '../src/datapath/compile-tables.js';
 import { parseCidr } from '@edgeplane/proto';
 import { buildFrame, buildNonIpFrame, type FrameSpec } from '../src/datapath/packet.js';
 import type { PacketHeaders, RuleSetSpec, RuleSpec } from '../src/datapath/rule-set.js';
@@ -190,6 +190,27 @@ export function tableLookup(tables: TablesSpec, headers: PacketHeaders): number 
     { ...longest(0x10 | f, headers.dst, f === 4 ? 32 : 128), wid: f === 4 ? 2 : 3 },
     { ...longest(0x20 | slot, port, 24), wid: 4 + slot },
   ];
+  // A scan generation (genFlags.scan), for IPv4: per field the first scan entry whose masked
+  // value is the packet's key; its bits ANDed over the fields (ep_rule_slot_scan).
+  if ((tables.genFlags & genFlags.scan) !== 0 && f === 4) {
+    if (tables.scan === undefined) throw new Error('genFlags.scan without a scan table');
+    const scan = view(tables.scan);
+    const u32 = (bytes: Uint8Array): number => view(bytes).getUint32(0, false);
+    const keys = [u32(headers.src), u32(headers.dst), ((slot << 24) | (headers.dstPort === null ? 1 << 16 : headers.dstPort)) >>> 0];
+    let acc = 0xffff_ffff;
+    keys.forEach((key, field) => {
+      let low = 0;
+      for (let i = 0; i < scan.getUint32(field * 4, true); i++) {
+        const at = 16 + (field * SCAN_ENTRIES + i) * 12;
+        if ((key & scan.getUint32(at + 4, true)) >>> 0 === scan.getUint32(at, true)) {
+          low = scan.getUint32(at + 8, true);
+          break;
+        }
+      }
+      acc = (acc & low) >>> 0;
+    });
+    return acc === 0 ? -1 : 31 - Math.clz32(acc & -acc);
+  }
   // A small generation (genFlags.small): the classes' low bits OR the wildcards' first word.
   if ((tables.genFlags & genFlags.small) !== 0) {
     const acc = fields.reduce((a, field) => a & (field.low | wildWord(field.wid, 0)), 0xffff_ffffn);

@@ -8,7 +8,7 @@ import test from 'ava';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { BpfMap, encode, u32 } from 'libbpf-ts';
-import { RULE_SLOTS, TableCompiler, WILD_COUNT, type TablesDelta } from '../src/datapath/compile-tables.js';
+import { genFlags, RULE_SLOTS, TableCompiler, WILD_COUNT, type TablesDelta } from '../src/datapath/compile-tables.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { ReferenceClassifier } from '../src/datapath/reference-classifier.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from '../src/datapath/rule-set.js';
@@ -23,7 +23,7 @@ const hex = (bytes: Uint8Array): string => Buffer.from(bytes).toString('hex');
 /** The live generation (or the idle one) of the datapath pinned at `root`, as sorted hex lines per map. */
 function liveTables(root: string, ruleCount: number, which: 'live' | 'idle' = 'live'): Record<string, string[]> {
   const open = (name: string): BpfMap => BpfMap.openPinned(join(root, name));
-  const maps = { active: open('ep_active'), lpm: open('ep_lpm'), cwords: open('ep_cwords'), rules: open('ep_rules'), wild: open('ep_wild'), meta: open('ep_meta') };
+  const maps = { active: open('ep_active'), lpm: open('ep_lpm'), cwords: open('ep_cwords'), rules: open('ep_rules'), wild: open('ep_wild'), meta: open('ep_meta'), genCfg: open('ep_gen_cfg'), scan: open('ep_scan') };
   try {
     const generation = (u32.decode(maps.active.get(key(0))!) & 1) ^ (which === 'idle' ? 1 : 0);
     const inner = (outer: BpfMap): string[] => {
@@ -35,7 +35,11 @@ function liveTables(root: string, ruleCount: number, which: 'live' | 'idle' = 'l
       }
     };
     const slots = (map: BpfMap, first: number, count: number): string[] => Array.from({ length: count }, (_, i) => hex(map.get(key(first + i))!));
+    // The flags, not the epoch (each datapath counts its own applies); the scan table only where the flags say it is read.
+    const flags = maps.genCfg.get(key(generation))!.subarray(0, 4);
     return {
+      flags: [hex(flags)],
+      scan: (u32.decode(flags) & genFlags.scan) !== 0 ? [hex(maps.scan.get(key(generation))!)] : [],
       lpm: inner(maps.lpm),
       cwords: inner(maps.cwords),
       rules: slots(maps.rules, generation * RULE_SLOTS, ruleCount + 1),
@@ -115,7 +119,7 @@ test('incremental apply - a random sequence of small changes written by differen
       await incremental.settled();
       const idle = liveTables(roots.incremental, ruleSet.rules.length, 'idle');
       const live = liveTables(roots.incremental, ruleSet.rules.length);
-      for (const name of ['lpm', 'cwords', 'rules', 'wild', 'meta']) t.deepEqual(idle[name], live[name], `seed ${seed} step ${step}: the idle generation's ${name} after the bring-up`);
+      for (const name of ['lpm', 'cwords', 'rules', 'wild', 'meta', 'scan']) t.deepEqual(idle[name], live[name], `seed ${seed} step ${step}: the idle generation's ${name} after the bring-up`);
     }
     // The reference: a datapath that holds nothing in memory (a new process) rebuilds its idle generation whole.
     const rebuilt = await EbpfDatapath.open({ pinRoot: roots.rebuilt });
@@ -168,6 +172,54 @@ test('incremental apply - a random sequence of small changes written by differen
   t.log(`applies by write: ${[...writes].map(([k, n]) => `${k} ${n}`).join(', ')}`);
   // Written whole: the first apply, inserts, removals and changes of wide prefixes; the rest in place.
   t.true((writes.get('updated') ?? 0) >= 18, `updated ${writes.get('updated') ?? 0} of 40`);
+});
+
+test('incremental apply - a small rule set changed in place keeps its scan table equal to a whole rebuild and classifies as the reference', async (t) => {
+  const seed = seedFromEnv();
+  t.log(`seed ${seed} (EDGEPLANE_SEED=${seed} to reproduce)`);
+  const rng = prng(seed);
+  const roots = { incremental: join(bpffs.path, 'small-incremental'), rebuilt: join(bpffs.path, 'small-rebuilt') };
+  for (const root of Object.values(roots)) mkdirSync(root);
+  const incremental = await EbpfDatapath.open({ pinRoot: roots.incremental });
+  t.teardown(() => incremental.close());
+  // IPv4 rules (narrow: few wildcards), so most sets fit ep_scan and their IPv4 frames are scanned.
+  const pool = randomRuleSet(rng, 400, { narrow: true }).rules.filter((rule) => ![...rule.srcCidrs, ...rule.dstCidrs].some((cidr) => cidr.includes(':')));
+  let nextId = 1;
+  const fresh = (): RuleSetSpec['rules'][number] => ({ ...pool[Math.floor(rng() * pool.length)]!, id: nextId++ });
+  let ruleSet: RuleSetSpec = { rules: Array.from({ length: 8 }, fresh), defaultAction: 'deny' };
+  const seen = { updated: 0, scanned: 0 };
+  for (let step = 0; step < 16; step++) {
+    // Replaced rules only (an update in place), now and then the default flipped.
+    if (step > 0) {
+      const rules = [...ruleSet.rules];
+      if (rng() < 0.85) rules[Math.floor(rng() * rules.length)] = fresh();
+      ruleSet = rules.length === ruleSet.rules.length && rules.every((rule, i) => rule === ruleSet.rules[i]) ? { ...ruleSet, defaultAction: ruleSet.defaultAction === 'allow' ? 'deny' : 'allow' } : { ...ruleSet, rules };
+    }
+    const result = await incremental.apply(ruleSet);
+    if (result.write === 'updated') seen.updated++;
+    const rebuilt = await EbpfDatapath.open({ pinRoot: roots.rebuilt });
+    try {
+      t.not((await rebuilt.apply(ruleSet)).write, 'updated');
+    } finally {
+      rebuilt.close();
+    }
+    const got = liveTables(roots.incremental, ruleSet.rules.length);
+    const want = liveTables(roots.rebuilt, ruleSet.rules.length);
+    if (want.scan!.length > 0) seen.scanned++;
+    for (const name of Object.keys(want)) t.deepEqual(got[name], want[name], `seed ${seed} step ${step} (${result.write}): ${name}`);
+    const oracle = new ReferenceClassifier(ruleSet);
+    for (let i = 0; i < 200; i++) {
+      const frame = randomFrame(rng, ruleSet);
+      const expected = oracle.classify(frame);
+      const xdp = incremental.xdpProgram.testRun({ data: frame }).retval;
+      if (xdp !== (expected.verdict === 'pass' ? XDP_PASS : XDP_DROP)) {
+        t.fail(`seed ${seed} step ${step} frame ${hex(frame)}: expected ${JSON.stringify(expected)}, xdp=${xdp}`);
+        return;
+      }
+    }
+  }
+  t.log(`${seen.updated} of 15 changes written in place, ${seen.scanned} of 16 rule sets scanned`);
+  t.true(seen.updated >= 8 && seen.scanned >= 8, `updated ${seen.updated}, scanned ${seen.scanned}`);
 });
 
 test('incremental apply - one rule replaced in 16,384 writes a few entries, not the rule set', async (t) => {

@@ -41,6 +41,8 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_stats: { type: 'percpu_array', keySize: 4, valueSize: sizes.counter, maxEntries: 4, flags: 0, inner: undefined },
     ep_meta: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_meta.size, maxEntries: 2, flags: 0, inner: undefined },
     ep_carry: { type: 'hash', keySize: 4, valueSize: sizes.counter, maxEntries: 131_074, flags: 0, inner: undefined },
+    // Small generations' prefixes to scan (bpf/README.md, "Small rule sets"): struct ep_scan per generation.
+    ep_scan: { type: 'array', keySize: 4, valueSize: sizes.scan, maxEntries: 2, flags: 0, inner: undefined },
     ep_barrier: { type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 1, flags: 0, inner: 'array' },
     ep_scratch: { type: 'percpu_array', keySize: 4, valueSize: 856, maxEntries: 1, flags: 0, inner: undefined },
     ep_ct_new: { type: 'lru_hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 65_536, flags: 0, inner: undefined },

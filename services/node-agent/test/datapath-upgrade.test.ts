@@ -55,8 +55,10 @@ const convertedMaps = ['ep_ct', 'ep_ct_new', 'ep_lb_backends'];
 const resizedMaps = ['ep_lb_stats'];
 // Maps the previous layout's object did not have: created empty by the upgrade (the blocklist's,
 // shadow classification's: no shadow candidate until the agent sets one; prefix lists in rules':
-// no generation names a list until the agent applies a rule set that does).
+// no generation names a list until the agent applies a rule set that does; small rule sets' scan
+// tables: no generation has genFlags.scan until the agent writes one).
 const addedMaps = [
+  'ep_scan',
   'ep_blk4',
   'ep_blk6',
   'ep_blk4h',

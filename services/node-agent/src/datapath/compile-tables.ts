@@ -22,6 +22,13 @@ export const MAX_CLASS_WORDS = 1 << 20;
 /** Most class memberships (rule x prefix pairs, before identical classes merge) the compiler builds. */
 export const MAX_CLASS_MEMBERS = 1 << 24;
 
+/**
+ * EP_SCAN_ENTRIES: a small rule set whose IPv4 source, IPv4 destination and port fields each have
+ * at most this many LPM entries also gets its scan table (genFlags.scan, struct ep_scan): the
+ * programs classify IPv4 packets by scanning those entries instead of looking them up in the tries.
+ */
+export const SCAN_ENTRIES = 64;
+
 /** Byte sizes of the table entries, as in ep_tables.h. */
 export const sizes = {
   lpmKey: 24,
@@ -29,6 +36,8 @@ export const sizes = {
   wordKey: 8,
   word: 8,
   bitvec: 8 * (SUMMARY_WORDS + VECTOR_WORDS),
+  /** struct ep_scan: three counts and a pad, then three fields of SCAN_ENTRIES { value, mask, low }. */
+  scan: 16 + 3 * SCAN_ENTRIES * 12,
   rule: 32,
   counter: 16,
 } as const;
@@ -44,7 +53,7 @@ export const actionCodes = { allow: 0, deny: 1, rate_limit: 2 } as const;
 /** EP_RULE_F_TRACK: high bit of ep_rule.action; an allowed packet creates a connection entry. */
 export const RULE_FLAG_TRACK = 0x100;
 /** struct ep_gen_cfg.flags bits (EP_GEN_F_*). */
-export const genFlags = { trackEgress: 0x1, cut: 0x2, services: 0x4, small: 0x8 } as const;
+export const genFlags = { trackEgress: 0x1, cut: 0x2, services: 0x4, small: 0x8, scan: 0x10 } as const;
 /**
  * A rule set of at most this many rules, none naming a prefix list, is small (genFlags.small):
  * the programs classify it from the LPM values' `low` bits (its rules 0..31) and the wildcard
@@ -82,6 +91,8 @@ export interface TablesSpec {
   readonly rules: Uint8Array;
   /** ep_gen_cfg.flags of the generation (genFlags: egress tracking, cut on deny). */
   readonly genFlags: number;
+  /** ep_scan[gen] (struct ep_scan) when genFlags has scan, else undefined. */
+  readonly scan: Uint8Array | undefined;
   /** sha-256 of the rule set as compiled (every rule's fields in order, the default, the flags): equal fingerprints mean tables that classify alike. */
   readonly fingerprint: Uint8Array;
 }
@@ -135,6 +146,8 @@ export interface CompiledTables {
   readonly wild: Uint8Array;
   readonly lists: readonly ListVectors[];
   readonly genFlags: number;
+  /** ep_scan[gen] when genFlags has scan (a new array each compile), else undefined. */
+  readonly scan: Uint8Array | undefined;
   readonly fingerprint: Uint8Array;
   /** The difference from the previous version; undefined when this compile started afresh. */
   readonly delta: TablesDelta | undefined;
@@ -228,6 +241,7 @@ export class TableCompiler {
     }
     const now = this.#state as CompilerState;
     const lists = listVectorsOf(now);
+    const scan = scanTable(now, lists);
     const version = ++this.#version;
     this.#spec = spec;
     if (delta === undefined) this.#deltas.length = 0;
@@ -246,7 +260,8 @@ export class TableCompiler {
       rules: now.ruleBytes,
       wild: new Uint8Array(now.wild.buffer),
       lists,
-      genFlags: generationFlags(now, lists),
+      genFlags: generationFlags(now, lists, scan),
+      scan,
       fingerprint: fingerprintOf(now),
       delta,
       lpmChunks: (chunk = WHOLE_CHUNK) => this.#lpmChunks(version, chunk),
@@ -334,6 +349,7 @@ export class TableCompiler {
     const [lpm = emptyEntries(sizes.lpmKey, sizes.classRef)] = result.lpmChunks(state.prefixes.size);
     const [classWords = emptyEntries(sizes.wordKey, sizes.word)] = result.wordChunks(state.classWords);
     const lists = listVectorsOf(state);
+    const scan = scanTable(state, lists);
     return {
       ruleCount: state.specs.length,
       ruleIds: [...state.ruleIds],
@@ -343,7 +359,8 @@ export class TableCompiler {
       wild: new Uint8Array(state.wild.buffer.slice(0)),
       lists: lists.map((list) => ({ name: list.name, src: list.src?.slice(), dst: list.dst?.slice() })),
       rules: state.ruleBytes.slice(),
-      genFlags: generationFlags(state, lists),
+      genFlags: generationFlags(state, lists, scan),
+      scan,
       fingerprint: result.fingerprint,
     };
   }
@@ -818,8 +835,10 @@ const DIGEST_BYTES = 16;
  * The fingerprint's format: a new layout of the tables for the same rule set gets a new number.
  * 3: the LPM values carry their class's rules 0..31 (`low`), which small generations are
  * classified by, so tables an older agent wrote (zeros there) are never adopted as they are.
+ * 4: small generations have their scan table (ep_scan, genFlags.scan), which an older agent
+ * neither writes nor flags.
  */
-const FINGERPRINT_FORMAT = 3;
+const FINGERPRINT_FORMAT = 4;
 
 // A rule's digest: everything of it the tables encode but its index (id, action, track, rate,
 // prefixes, protocol, ports), as a sequence of u32s, hashed in four murmur3 lanes of different
@@ -1150,9 +1169,57 @@ function listVector(state: CompilerState, field: 0 | 1, name: string): Uint32Arr
 }
 
 // The state's list vectors that hold a rule, in name order (views of the state's arrays).
-// ep_gen_cfg.flags of the compiled rule set: the header's, and small when it is (SMALL_RULES).
-function generationFlags(state: CompilerState, lists: readonly ListVectors[]): number {
-  return state.flags | (state.specs.length <= SMALL_RULES && lists.length === 0 ? genFlags.small : 0);
+function isSmall(state: CompilerState, lists: readonly ListVectors[]): boolean {
+  return state.specs.length <= SMALL_RULES && lists.length === 0;
+}
+
+// ep_gen_cfg.flags of the compiled rule set: the header's, small when it is (SMALL_RULES), scan
+// when it has its scan table.
+function generationFlags(state: CompilerState, lists: readonly ListVectors[], scan: Uint8Array | undefined): number {
+  return state.flags | (isSmall(state, lists) ? genFlags.small : 0) | (scan === undefined ? 0 : genFlags.scan);
+}
+
+// struct ep_scan of a small rule set (bpf/include/ep_tables.h): per field, its IPv4 (or port)
+// LPM entries longest first as { value, mask, low }, `low` being the class's rules 0..31 OR the
+// field's wildcard rules 0..31. Undefined when the rule set is not small or a field has more than
+// SCAN_ENTRIES entries.
+function scanTable(state: CompilerState, lists: readonly ListVectors[]): Uint8Array | undefined {
+  if (!isSmall(state, lists)) return undefined;
+  const l4 = Object.values(protocolSlots).flatMap((slot) => state.byTag.get(tags.l4 | slot) ?? []);
+  const fields = [state.byTag.get(tags.src | 4) ?? [], state.byTag.get(tags.dst | 4) ?? [], l4];
+  if (fields.some((nodes) => nodes.length > SCAN_ENTRIES)) return undefined;
+  const out = new Uint8Array(sizes.scan);
+  const view = new DataView(out.buffer);
+  // Rules 0..31 of wildcard vector `vector`: the low half of its first word.
+  const wildLow = (vector: number): number => state.wild[(vector * sizes.bitvec) / 4 + 2 * SUMMARY_WORDS] as number;
+  fields.forEach((nodes, field) => {
+    view.setUint32(field * 4, nodes.length, true);
+    // Longest first: the first match is the longest, the LPM lookup's answer. Nodes of one length
+    // never overlap (nor do two slots' port entries, whose masks hold the slot).
+    const sorted = [...nodes].sort((a, b) => b.length - a.length);
+    sorted.forEach((node, i) => {
+      let value: number;
+      let mask: number;
+      let vector: number;
+      if (field < 2) {
+        mask = node.length === 0 ? 0 : (0xffff_ffff << (32 - node.length)) >>> 0;
+        value = (node.raw as number) & mask;
+        vector = field === 0 ? wildIndex.src4 : wildIndex.dst4;
+      } else {
+        const slot = node.tag & 0xf;
+        mask = (0xff00_0000 | (node.length === 0 ? 0 : (0xff_ffff << (24 - node.length)) & 0xff_ffff)) >>> 0;
+        value = ((slot << 24) | (node.raw as number)) & mask;
+        vector = wildIndex.l4 + slot;
+      }
+      let low = wildLow(vector);
+      for (const rule of node.cls) if (rule < SMALL_RULES) low |= 1 << rule;
+      const at = 16 + (field * SCAN_ENTRIES + i) * 12;
+      view.setUint32(at, value >>> 0, true);
+      view.setUint32(at + 4, mask, true);
+      view.setUint32(at + 8, low >>> 0, true);
+    });
+  });
+  return out;
 }
 
 function listVectorsOf(state: CompilerState): ListVectors[] {

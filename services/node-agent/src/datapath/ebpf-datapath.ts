@@ -54,6 +54,7 @@ const mapNames = [
   'ep_lpm',
   'ep_cwords',
   'ep_wild',
+  'ep_scan',
   'ep_rules',
   'ep_counters',
   'ep_active',
@@ -527,7 +528,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       } else {
         if (targetMeta.valid) this.#counters.fold(target, targetIds);
         room = this.#install(target, tables);
-        written = tables.lpmCount + tables.wordCount + tables.ruleCount + 1 + WILD_COUNT;
+        written = tables.lpmCount + tables.wordCount + tables.ruleCount + 1 + WILD_COUNT + (tables.scan === undefined ? 0 : 1);
       }
       if (!known || !equalBytes(known.lbFingerprint, lbTables.fingerprint)) this.#installLb(target, lbTables);
       this.#lists.writeTables(target, tables.lists, lists);
@@ -956,7 +957,15 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     // One bpf_map_update_batch zeroes every slot the new rule set uses (one syscall, not one per slot).
     this.#counters.zero(generation, tables.ruleCount);
     const { ep_rules: rules, ep_wild: wild, ep_lpm: lpm, ep_cwords: cwords } = this.#maps;
-    return writeTablesWhole({ slot: generation, rules, wild, lpm, cwords }, tables, withRoom);
+    const room = writeTablesWhole({ slot: generation, rules, wild, lpm, cwords }, tables, withRoom);
+    this.#writeScan(generation, tables.scan);
+    return room;
+  }
+
+  // A small generation's scan table (ep_scan), read by the programs only when its flags
+  // (written after it, before the switch) say genFlags.scan; left as it is otherwise.
+  #writeScan(generation: number, scan: Uint8Array | undefined): void {
+    if (scan !== undefined) this.#maps.ep_scan.set(u32Bytes(generation), scan);
   }
 
   /**
@@ -1124,6 +1133,9 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     }
     const wild = deltas.some((d) => d.wild);
     if (wild) writeArray(this.#maps.ep_wild, generation * WILD_COUNT, tables.wild, sizes.bitvec);
+    // Whole, like the wildcard vectors: one element of a few KiB, and any prefix or wildcard
+    // change may move every entry's bits.
+    this.#writeScan(generation, tables.scan);
     for (const [outer, pick] of [
       [this.#maps.ep_lpm, (d: TablesDelta) => ({ deletes: d.lpmDeletes, entries: d.lpm })],
       [this.#maps.ep_cwords, (d: TablesDelta) => ({ deletes: d.wordDeletes, entries: d.classWords })],
@@ -1146,7 +1158,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     const activeIds = this.#generationRuleIds(active);
     const gone = moved.map((slot) => heldIds[slot - 1] as number).filter((id) => id !== DEFAULT_RULE_ID && !tables.ruleIds.includes(id) && !activeIds.includes(id));
     if (gone.length > 0) this.#counters.dropCarry(gone);
-    return { lpmCapacity: held.lpmCapacity, wordsCapacity: held.wordsCapacity, written: lpmWrites + wordWrites + slots.length + (wild ? WILD_COUNT : 0) + moved.length };
+    return { lpmCapacity: held.lpmCapacity, wordsCapacity: held.wordsCapacity, written: lpmWrites + wordWrites + slots.length + (wild ? WILD_COUNT : 0) + moved.length + (tables.scan === undefined ? 0 : 1) };
   }
 
   // Generation `generation`'s load-balancing tables (LB.md, "Apply and the switch"): its stale VIP
@@ -1227,7 +1239,7 @@ interface TablesSlot {
 }
 
 /** What a generation written whole takes from a compile: the arrays, and the variable tables in chunks. */
-type WholeTables = Pick<CompiledTables, 'ruleCount' | 'rules' | 'wild' | 'lpmCount' | 'wordCount' | 'lpmChunks' | 'wordChunks'>;
+type WholeTables = Pick<CompiledTables, 'ruleCount' | 'rules' | 'wild' | 'scan' | 'lpmCount' | 'wordCount' | 'lpmChunks' | 'wordChunks'>;
 
 /**
  * Writes `tables` whole into `at`: its rules and wildcard vectors, and fresh inner maps of
