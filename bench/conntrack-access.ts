@@ -1,14 +1,13 @@
 // What bench/conntrack.ts does to edgeplane's connection table (bpf/CONNTRACK.md) beyond the
 // agent's API: attach the uplink programs inside another network namespace (ip/tc, as
-// bench/netfilter.ts does), fill the table of its IPv4 flows (layout 6's ep_ct4; ep_ct in an object
-// before it) directly to a given size, empty it, count it, and time the sweeper. Bench code: the
-// agent never fills or empties the table.
+// bench/netfilter.ts does), fill ep_ct directly to a given size, empty it, count it, and time the
+// sweeper. Bench code: the agent never fills or empties the table.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BpfMap, encode, type Program } from 'libbpf-ts';
-import { CONNECTION_FLAGS, CONNECTION_STATES, ctKeyOfFlow, epCt4Entry, epCt4Key, epCtEntry, epCtKey, NO_CT_NAT, type EbpfDatapath, type EbpfDatapathOptions } from '@edgeplane/node-agent';
+import { CONNECTION_FLAGS, CONNECTION_STATES, ctKeyOfFlow, epCtEntry, epCtKey, NO_CT_NAT, type EbpfDatapath, type EbpfDatapathOptions } from '@edgeplane/node-agent';
 
 const PROTO_UDP = 17;
 /** Entries written or read per batch syscall. */
@@ -76,10 +75,8 @@ export class ConntrackAccess {
   constructor(datapath: EbpfDatapath) {
     this.#datapath = datapath;
     this.#pinRoot = datapath.pinRoot;
-    // The bench's flows are IPv4 without NAT: layout 6 keeps them in ep_ct4 and ep_ct4_new.
-    const ipv4 = existsSync(join(this.#pinRoot, 'ep_ct4'));
-    this.#ct = BpfMap.openPinned(join(this.#pinRoot, ipv4 ? 'ep_ct4' : 'ep_ct'));
-    this.#ctNew = BpfMap.openPinned(join(this.#pinRoot, ipv4 ? 'ep_ct4_new' : 'ep_ct_new'));
+    this.#ct = BpfMap.openPinned(join(this.#pinRoot, 'ep_ct'));
+    this.#ctNew = BpfMap.openPinned(join(this.#pinRoot, 'ep_ct_new'));
   }
 
   /**
@@ -154,7 +151,7 @@ export class ConntrackAccess {
   }
 
   /**
-   * Writes flows [from, to) into that table as established UDP flows (reply seen, an hour to live):
+   * Writes flows [from, to) into ep_ct as established UDP flows (reply seen, an hour to live):
    * index 0 is `flow`, index i > 0 comes from `filler(i)` to `flow.dst:flow.dport`. Each under
    * its flow's key (layout 3: ctKeyOfFlow), EP_CT_F_ORIG_B set where the originator is side b.
    */
@@ -175,10 +172,9 @@ export class ConntrackAccess {
     };
     // One encoded value per originator side.
     const values = new Map<number, Uint8Array>();
-    const compact = this.#ct.keySize === epCt4Key.size;
     const valueFor = (origFlag: number): Uint8Array => {
       let value = values.get(origFlag);
-      if (value === undefined) values.set(origFlag, (value = encode(epCtEntry, { ...entry, flags: entry.flags | origFlag }).subarray(0, compact ? epCt4Entry.size : epCtEntry.size)));
+      if (value === undefined) values.set(origFlag, (value = encode(epCtEntry, { ...entry, flags: entry.flags | origFlag })));
       return value;
     };
     const dst = v4(flow.dst);
@@ -188,21 +184,21 @@ export class ConntrackAccess {
       for (let i = start; i < Math.min(to, start + BATCH); i++) {
         const tuple = i === 0 ? flow : filler(i);
         const { key, origFlag } = ctKeyOfFlow({ family: 4, proto: PROTO_UDP, sport: tuple.sport, dport: flow.dport, src: v4(tuple.src), dst });
-        keys.push(compact ? encode(epCt4Key, { ...key, family: 4, pad: 0, src: key.src.subarray(0, 4), dst: key.dst.subarray(0, 4) }) : encode(epCtKey, { ...key, pad: 0 }));
+        keys.push(encode(epCtKey, { ...key, pad: 0 }));
         batchValues.push(valueFor(origFlag));
       }
       this.#ct.setBatch(keys, batchValues);
     }
   }
 
-  /** Entries in the table of established IPv4 flows (ep_ct4, or ep_ct before layout 6). */
+  /** Entries in ep_ct. */
   count(): number {
     let total = 0;
     for (const { count } of this.#ct.getBatches(BATCH)) total += count;
     return total;
   }
 
-  /** Deletes every entry of that table and of its table of new flows. */
+  /** Deletes every entry of ep_ct and ep_ct_new. */
   clear(): void {
     for (const map of [this.#ct, this.#ctNew]) {
       // Read every key first: the batch cursor is a bucket position, deleting under it skips.

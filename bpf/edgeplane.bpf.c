@@ -162,21 +162,8 @@ static long ep_ct_sweep_one(struct bpf_map *map, struct ep_ct_key *key, struct e
 	return 0;
 }
 
-/* An entry of ep_ct4 or ep_ct4_new: deleted when expired (no NAT, no reverse entry). */
-static long ep_ct4_sweep_one(struct bpf_map *map, struct ep_ct4_key *key, struct ep_ct4_entry *e,
-			     struct ep_ct_sweep_state *s)
-{
-	if (s->deleted >= s->budget)
-		return 1;
-	if (e->expires_ns <= s->now && bpf_map_delete_elem(map, key) == 0) {
-		s->deleted++;
-		ep_ct_stat(EP_CT_STAT_EXPIRED, 0);
-	}
-	return 0;
-}
-
 /* Run by the agent with BPF_PROG_TEST_RUN, ctx = struct ep_ct_sweep_args: deletes up to
- * args->budget expired entries of ep_ct4, ep_ct4_new, ep_ct, then of ep_ct_new, and the reverse entries of
+ * args->budget expired entries of ep_ct, then of ep_ct_new, and the reverse entries of
  * load-balanced flows whose service entry is gone or expired. Returns how many it deleted (the
  * budget: there may be more). */
 SEC("syscall")
@@ -185,8 +172,6 @@ int ep_ct_sweep(struct ep_ct_sweep_args *args)
 	/* CLOCK_MONOTONIC: syscall programs may not read the coarse clock the datapath stamps
 	 * entries with, which is up to a tick behind; an entry may go a tick before its deadline. */
 	struct ep_ct_sweep_state s = { .now = bpf_ktime_get_ns(), .budget = args->budget };
-	bpf_for_each_map_elem(&ep_ct4, ep_ct4_sweep_one, &s, 0);
-	bpf_for_each_map_elem(&ep_ct4_new, ep_ct4_sweep_one, &s, 0);
 	bpf_for_each_map_elem(&ep_ct, ep_ct_sweep_one, &s, 0);
 	bpf_for_each_map_elem(&ep_ct_new, ep_ct_sweep_one, &s, 0);
 	return s.deleted;

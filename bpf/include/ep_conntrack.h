@@ -108,64 +108,6 @@ static __always_inline struct ep_ct_entry *ep_ct_get(void *map, struct ep_ct_key
 	return e;
 }
 
-/* Which table an entry was found in (ep_datapath's `table`): bit 0 set for the tables of flows
- * without a reply yet, bit 1 for the wide tables (ep_ct, ep_ct_new: IPv6 flows and load-balanced
- * ones, whose entries have `nat`); layout 6's ep_ct4 and ep_ct4_new hold IPv4 flows without NAT
- * (CONNTRACK.md, "Tables"). Code that reads an entry's `nat` tests EP_CT_T_WIDE first: an
- * entry of ep_ct4 has none (its value ends where `nat` would begin). */
-#define EP_CT_T_NEW     1
-#define EP_CT_T_WIDE    2
-#define EP_CT_T_CT4     0
-#define EP_CT_T_CT4_NEW EP_CT_T_NEW
-#define EP_CT_T_CT      EP_CT_T_WIDE
-#define EP_CT_T_CT_NEW  (EP_CT_T_WIDE | EP_CT_T_NEW)
-
-/* The IPv4 key (struct ep_ct4_key) of flow key `k` (family 4), written over k's bytes 12..28:
- * its first 8 bytes, then side a's address, then side b's, which dst[0..4] at byte 24 already
- * is. No stack of its own (the programs have none to spare); `k` is no wide key until
- * ep_ct_key_wide() has zeroed src[4..16] again. */
-static __always_inline struct ep_ct4_key *ep_ct_key4(struct ep_ct_key *k)
-{
-	struct ep_ct4_key *k4 = (struct ep_ct4_key *)((__u8 *)k + 12);
-	__builtin_memcpy(k4, k, 8);
-	__builtin_memcpy(k4->src, k->src, 4);
-	return k4;
-}
-
-/* Restores `k` after ep_ct_key4. */
-static __always_inline void ep_ct_key_wide(struct ep_ct_key *k)
-{
-	__builtin_memset(k->src + 4, 0, 12);
-}
-
-/* ep_ct_get in ep_ct4 or ep_ct4_new (`map`) for the IPv4 flow key `k`, left a wide key. */
-static __always_inline struct ep_ct_entry *ep_ct4_get(void *map, struct ep_ct_key *k, __u64 now)
-{
-	struct ep_ct_entry *e = ep_ct_get(map, (struct ep_ct_key *)ep_ct_key4(k), now);
-	ep_ct_key_wide(k);
-	return e;
-}
-
-/* Deletes the entry of `k` from table `table` (EP_CT_T_*). */
-static __always_inline void ep_ct_delete(__u32 table, struct ep_ct_key *k)
-{
-	switch (table) {
-	case EP_CT_T_CT4:
-		bpf_map_delete_elem(&ep_ct4, ep_ct_key4(k));
-		ep_ct_key_wide(k);
-		break;
-	case EP_CT_T_CT4_NEW:
-		bpf_map_delete_elem(&ep_ct4_new, ep_ct_key4(k));
-		ep_ct_key_wide(k);
-		break;
-	case EP_CT_T_CT_NEW:
-		bpf_map_delete_elem(&ep_ct_new, k);
-		break;
-	default:
-		bpf_map_delete_elem(&ep_ct, k);
-	}
-}
-
 /* What the TCP state machine does to an entry: its next state and flags, and the timeout its
  * deadline is refreshed with (enum ep_ct_timeout), or -1 for no refresh. */
 struct ep_ct_step {
@@ -244,10 +186,10 @@ struct ep_ct_new_meta {
 	__u8 flags;
 	__u8 in_new;
 	/* ep_datapath's, here rather than in locals, which the programs' 512 bytes of stack have no
-	 * room left for: whether ep_ct_new and ep_ct4_new are empty (ep_ct_empty(), -1 until asked),
-	 * and the packet's rule slot once classified (step 3a or 6), -2 before. */
+	 * room left for: whether ep_ct_new is empty (ep_ct_new_empty(), -1 until asked), and the
+	 * packet's rule slot once classified (step 3a or 6), -2 before. */
 	__s8 new_empty;
-	__s8 new4_empty;
+	__u8 pad;
 	__s32 slot;
 };
 
@@ -260,26 +202,20 @@ extern __s64 bpf_map_sum_elem_count(const struct bpf_map *map) __ksym;
  * (ep_ct_new_empty). */
 #define EP_CT_NEW_COUNT_MAX_CPUS 16
 
-/* True when connection table `map` holds no element at all, so a lookup there cannot find one
- * (CONNTRACK.md step 3). Below the direct mark new flows go to ep_ct (ep_ct4) and ep_ct_new
- * (ep_ct4_new) is usually empty, and its lookup (a hash of the key and a cold bucket) was a sixth
- * of a new flow's SYN (bench/conntrack-lookup.ts; BENCHMARKS.md); on a node without IPv6 and
- * load balancing the wide tables are empty too. The kernel's element count is exact but costs one
- * load per possible CPU: cheap while nothing writes the table (the counters stay in every CPU's
+/* True when ep_ct_new holds no element at all, so a lookup there cannot find one (CONNTRACK.md
+ * step 3). Below the direct mark new flows go to ep_ct and ep_ct_new is usually empty, and its
+ * lookup (a hash of the key and a cold bucket) was a sixth of a new flow's SYN
+ * (bench/conntrack-lookup.ts; BENCHMARKS.md). The kernel's element count is exact but costs one
+ * load per possible CPU: cheap while nothing writes ep_ct_new (the counters stay in every CPU's
  * cache), cache misses while a flood churns it on every CPU. So only nodes with at most
  * EP_CT_NEW_COUNT_MAX_CPUS possible CPUs count (the per-CPU lookup of slot `max` answers NULL when
  * `max` >= nr_cpu_ids: one helper call); larger ones always look. */
-static __always_inline bool ep_ct_empty(void *map)
+static __always_inline bool ep_ct_new_empty(void)
 {
 	__u32 zero = 0;
 	if (bpf_map_lookup_percpu_elem(&ep_ct_stats, &zero, EP_CT_NEW_COUNT_MAX_CPUS))
 		return false;
-	return bpf_map_sum_elem_count((const struct bpf_map *)map) == 0;
-}
-
-static __always_inline bool ep_ct_new_empty(void)
-{
-	return ep_ct_empty(&ep_ct_new);
+	return bpf_map_sum_elem_count((const struct bpf_map *)&ep_ct_new) == 0;
 }
 
 /* The direct mark (CONNTRACK.md, "The direct mark"): a new flow's entry goes straight into
@@ -287,46 +223,15 @@ static __always_inline bool ep_ct_new_empty(void)
  * needs no move; above it, into ep_ct_new as before, so a flood of flows that never get a reply
  * takes at most half of ep_ct and the rest stays for flows that have seen one. Costs one load per
  * possible CPU, on the creation path only. */
-static __always_inline bool ep_ct_below_mark(void *table)
+static __always_inline bool ep_ct_below_mark(void)
 {
-	const struct bpf_map *map = (const struct bpf_map *)table;
+	const struct bpf_map *map = (const struct bpf_map *)&ep_ct;
 	return bpf_map_sum_elem_count(map) < (__s64)(map->max_entries >> 1);
 }
 
-/* ep_ct_create's insert of entry `e` under `key` into `ct` (below its direct mark) or `ct_new`:
- * ep_ct and ep_ct_new under the flow key, or ep_ct4 and ep_ct4_new under its IPv4 key. */
-static __always_inline bool ep_ct_insert(void *ct, void *ct_new, void *key, struct ep_ct_entry *e, bool first, __u64 len)
-{
-	if (ep_ct_below_mark(ct)) {
-		long err = bpf_map_update_elem(ct, key, e, BPF_NOEXIST);
-		if (err == 0) {
-			ep_ct_stat(EP_CT_STAT_CREATED, len);
-			return true;
-		}
-		/* `first` (step 3a): the flow may have an entry, live or expired; the lookup decides,
-		 * and creates afterwards (in the table of new flows) if it must. */
-		if (first)
-			return false;
-		/* EEXIST: another CPU created the flow's entry first (a second one in the table of new
-		 * flows would hide behind it). E2BIG (other CPUs filled the table past the mark
-		 * meanwhile): the table of new flows, as above the mark. */
-		if (err == -EP_EEXIST)
-			return true;
-	} else if (first) {
-		return false;
-	}
-	if (bpf_map_update_elem(ct_new, key, e, BPF_ANY) == 0) {
-		ep_ct_stat(EP_CT_STAT_CREATED, len);
-		return true;
-	}
-	ep_ct_stat(EP_CT_STAT_INSERT_FAILED, len);
-	return false;
-}
-
 /* Creates the entry of a packet with no entry under key `k`, this packet as the original
- * direction (CONNTRACK.md step 6 and the creation rules of the state machine): an IPv4 flow
- * without NAT in ep_ct4, else in ep_ct, below the table's direct mark, else (or when that insert
- * fails) in ep_ct4_new or ep_ct_new. A TCP RST and anything but
+ * direction (CONNTRACK.md step 6 and the creation rules of the state machine): in ep_ct below
+ * the direct mark, else (or when that insert fails) in ep_ct_new. A TCP RST and anything but
  * TCP, UDP and an ICMP echo request create nothing. `nat` (may be NULL) is the entry's NAT (a
  * load-balanced flow's service entry). Returns true when the entry was created. The entry is built
  * in the per-CPU ep_ct_scratch, not on the stack: this subprogram ends one of the programs'
@@ -374,15 +279,32 @@ static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k,
 	e->rule_id = m->rule_id;
 	e->epoch = m->epoch;
 	e->flags = flags;
-	if (nat) {
+	if (nat)
 		e->nat = *nat;
-	} else if (p->family == 4) {
-		/* The insert copies the entry's first 64 bytes (struct ep_ct4_entry). */
-		bool created = ep_ct_insert(&ep_ct4, &ep_ct4_new, ep_ct_key4(k), e, first, len);
-		ep_ct_key_wide(k);
-		return created;
+	if (ep_ct_below_mark()) {
+		long err = bpf_map_update_elem(&ep_ct, k, e, BPF_NOEXIST);
+		if (err == 0) {
+			ep_ct_stat(EP_CT_STAT_CREATED, len);
+			return true;
+		}
+		/* `first` (step 3a): the flow may have an entry, live or expired; the lookup decides,
+		 * and creates afterwards (ep_ct_new) if it must. */
+		if (first)
+			return false;
+		/* EEXIST: another CPU created the flow's entry first (a second one in ep_ct_new
+		 * would hide behind it). E2BIG (other CPUs filled ep_ct past the mark meanwhile):
+		 * ep_ct_new, as above the mark. */
+		if (err == -EP_EEXIST)
+			return true;
+	} else if (first) {
+		return false;
 	}
-	return ep_ct_insert(&ep_ct, &ep_ct_new, k, e, first, len);
+	if (bpf_map_update_elem(&ep_ct_new, k, e, BPF_ANY) == 0) {
+		ep_ct_stat(EP_CT_STAT_CREATED, len);
+		return true;
+	}
+	ep_ct_stat(EP_CT_STAT_INSERT_FAILED, len);
+	return false;
 }
 
 /* Step 3a (CONNTRACK.md): the entry of a SYN that rule slot `slot` classified, inserted before any
@@ -436,26 +358,19 @@ static __noinline int ep_ct_recheck(struct ep_ct_key *k, __u32 flags, __u32 gen)
 	return 1;
 }
 
-/* The first reply packet of an entry in ep_ct_new (ep_ct4_new) moves it to ep_ct (ep_ct4) under
- * `key`. A full table fails the move (INSERT_FAILED) and the entry stays where it is; it tries
- * again at its next reply. */
-static __always_inline void ep_ct_promote_in(void *ct, void *ct_new, void *key, struct ep_ct_entry *e)
+/* The first reply packet of an entry in ep_ct_new moves it to ep_ct. A full ep_ct fails the
+ * move (INSERT_FAILED) and the entry stays where it is; it tries again at its next reply. */
+static __always_inline void ep_ct_promote(struct ep_ct_key *k, struct ep_ct_entry *e)
 {
-	long err = bpf_map_update_elem(ct, key, e, BPF_NOEXIST);
+	long err = bpf_map_update_elem(&ep_ct, k, e, BPF_NOEXIST);
 	if (err == 0 || err == -EP_EEXIST) {
 		/* EEXIST: another CPU moved it first. */
-		bpf_map_delete_elem(ct_new, key);
+		bpf_map_delete_elem(&ep_ct_new, k);
 		if (err == 0)
 			ep_ct_stat(EP_CT_STAT_PROMOTED, 0);
 		return;
 	}
 	ep_ct_stat(EP_CT_STAT_INSERT_FAILED, 0);
-}
-
-/* ep_ct_promote_in of a wide entry (ep_ct_new to ep_ct). */
-static __always_inline void ep_ct_promote(struct ep_ct_key *k, struct ep_ct_entry *e)
-{
-	ep_ct_promote_in(&ep_ct, &ep_ct_new, k, e);
 }
 
 /* ---- L4 load balancing (bpf/LB.md, "A packet" and "Connection entries of a load-balanced flow") */
@@ -667,16 +582,7 @@ __noinline int ep_ct_related_lookup(const struct ep_pkt *p, const struct ep_pkt 
 	bool ports = q->ct == EP_CTK_FLOW;
 	__u32 src_b = ep_ct_key_make(&k, q->family, q->proto, q->src, q->sport, q->dst, q->dport, !ports,
 				     q->ct == EP_CTK_ECHO_REP);
-	struct ep_ct_entry *e = NULL;
-	if (q->family == 4) {
-		e = ep_ct4_get(&ep_ct4, &k, now);
-		if (!e)
-			e = ep_ct4_get(&ep_ct4_new, &k, now);
-		/* An IPv4 flow without NAT: nothing to translate. */
-		if (e)
-			return true;
-	}
-	e = ep_ct_get(&ep_ct, &k, now);
+	struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
 	if (!e)
 		e = ep_ct_get(&ep_ct_new, &k, now);
 	if (!e)
@@ -797,7 +703,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 	 * original when it comes from the side that opened the flow. An echo request is always
 	 * original, an echo reply always a reply (the key's side a is the requester). */
 	bool trackable = p->ct == EP_CTK_FLOW || p->ct == EP_CTK_ECHO_REQ || p->ct == EP_CTK_ECHO_REP;
-	struct ep_ct_new_meta meta = { .now = now, .len = len, .epoch = epoch, .new_empty = -1, .new4_empty = -1, .slot = -2 };
+	struct ep_ct_new_meta meta = { .now = now, .len = len, .epoch = epoch, .new_empty = -1, .slot = -2 };
 	struct ep_ct_key k;
 	__u32 src_b = 0;
 	bool track = false;
@@ -813,8 +719,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		 * allow, no room. */
 		if (hook == EP_HOOK_POLICY && p->ct == EP_CTK_FLOW && p->proto == EP_IPPROTO_TCP &&
 		    (p->tcp_flags & (EP_TCP_SYN | EP_TCP_ACK | EP_TCP_RST)) == EP_TCP_SYN && !(gflags & EP_GEN_F_SERVICES) &&
-		    ep_shadow_mode(epoch) == EP_SHADOW_OFF && (meta.new_empty = ep_ct_new_empty()) &&
-		    (p->family != 4 || ((meta.new4_empty = ep_ct_empty(&ep_ct4_new)) && ep_ct_empty(&ep_ct)))) {
+		    ep_shadow_mode(epoch) == EP_SHADOW_OFF && (meta.new_empty = ep_ct_new_empty())) {
 			meta.slot = ep_rule_slot(p, gen);
 			if (meta.slot >= 0) {
 				meta.flags = src_b ? EP_CT_F_ORIG_B : 0;
@@ -822,37 +727,21 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 					return ep_act(meta.slot, p, len, &track, &meta.rule_id);
 			}
 		}
-		/* An IPv4 flow's entry is in ep_ct4 or ep_ct4_new unless the flow is load-balanced (or
-		 * an older layout made it): the wide tables are looked in when they hold anything. */
-		__u32 table = EP_CT_T_CT;
-		struct ep_ct_entry *e = NULL;
-		if (p->family == 4) {
-			table = EP_CT_T_CT4;
-			e = ep_ct4_get(&ep_ct4, &k, now);
-			if (!e && meta.new4_empty < 0)
-				meta.new4_empty = ep_ct_empty(&ep_ct4_new);
-			if (!e && !meta.new4_empty) {
-				table = EP_CT_T_CT4_NEW;
-				e = ep_ct4_get(&ep_ct4_new, &k, now);
-			}
-		}
-		if (!e && (p->family != 4 || !ep_ct_empty(&ep_ct))) {
-			table = EP_CT_T_CT;
-			e = ep_ct_get(&ep_ct, &k, now);
-		}
+		bool in_new = false;
+		struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
 		if (!e && meta.new_empty < 0)
 			meta.new_empty = ep_ct_new_empty();
 		if (!e && !meta.new_empty) {
-			table = EP_CT_T_CT_NEW;
+			in_new = true;
 			e = ep_ct_get(&ep_ct_new, &k, now);
 		}
-		if (e && (table & EP_CT_T_WIDE) && (e->nat.flags & EP_CT_NAT_REVNAT)) {
+		if (e && (e->nat.flags & EP_CT_NAT_REVNAT)) {
 			__u32 bdir = src_b == !!(e->flags & EP_CT_F_ORIG_B) ? EP_CT_DIR_ORIG : EP_CT_DIR_REPLY;
 			/* Full NAT's replies come to the node's own address: translated at the policy
 			 * hook, before the stack would deliver them (ep_lb_modes.h). */
 			int reply_hook = (e->nat.flags & EP_CT_NAT_SNAT) ? EP_HOOK_POLICY : EP_HOOK_EGRESS;
 			if (bdir == EP_CT_DIR_REPLY && hook == reply_hook) {
-				meta.in_new = table & EP_CT_T_NEW;
+				meta.in_new = in_new;
 				if (ep_lb_reply(p, &k, e, &meta, nat))
 					return EP_PASS;
 			} else if (hook == EP_HOOK_POLICY) {
@@ -866,8 +755,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			}
 			e = NULL;
 		}
-		if (e && hook == EP_HOOK_POLICY && (table & EP_CT_T_WIDE) && (e->nat.flags & (EP_CT_NAT_DNAT | EP_CT_NAT_DSR)) &&
-		    p->proto == EP_IPPROTO_TCP &&
+		if (e && hook == EP_HOOK_POLICY && (e->nat.flags & (EP_CT_NAT_DNAT | EP_CT_NAT_DSR)) && p->proto == EP_IPPROTO_TCP &&
 		    (e->state == EP_CT_CLOSED || e->state == EP_CT_CLOSING) &&
 		    src_b == !!(e->flags & EP_CT_F_ORIG_B) &&
 		    (p->tcp_flags & (EP_TCP_SYN | EP_TCP_ACK | EP_TCP_RST)) == EP_TCP_SYN) {
@@ -878,7 +766,10 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			 * client to the backend it had, even one the service no longer has or that
 			 * failed its health check. Its reverse entry is then an orphan (deleted at
 			 * egress or by the sweeper), or overwritten when the same backend is chosen. */
-			ep_ct_delete(table, &k);
+			if (in_new)
+				bpf_map_delete_elem(&ep_ct_new, &k);
+			else
+				bpf_map_delete_elem(&ep_ct, &k);
 			e = NULL;
 		}
 		if (e) {
@@ -886,7 +777,10 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			__u32 dir = src_b == !!(e->flags & EP_CT_F_ORIG_B) ? EP_CT_DIR_ORIG : EP_CT_DIR_REPLY;
 			if (hook == EP_HOOK_POLICY && e->epoch != epoch) {
 				if ((gflags & EP_GEN_F_CUT) && ep_ct_recheck(&k, e->flags, gen)) {
-					ep_ct_delete(table, &k);
+					if (in_new)
+						bpf_map_delete_elem(&ep_ct_new, &k);
+					else
+						bpf_map_delete_elem(&ep_ct, &k);
 					ep_ct_stat(EP_CT_STAT_CUT, len);
 					return EP_DROP;
 				}
@@ -904,18 +798,12 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 			ep_ct_stat(EP_CT_STAT_ESTABLISHED, len);
 			/* A load-balanced flow's service entry: its original direction goes to its
 			 * backend, whatever the tables say now. */
-			if (hook == EP_HOOK_POLICY && dir == EP_CT_DIR_ORIG && (table & EP_CT_T_WIDE)) {
-				if (e->nat.flags & (EP_CT_NAT_DSR | EP_CT_NAT_SNAT))
-					ep_lb_mode_nat(p, &e->nat, nat);
-				else if (e->nat.flags & EP_CT_NAT_DNAT)
-					ep_nat_set(nat, EP_NAT_DST, p, e->nat.addr, e->nat.port);
-			}
-			if (table == EP_CT_T_CT_NEW && dir == EP_CT_DIR_REPLY) {
+			if (hook == EP_HOOK_POLICY && dir == EP_CT_DIR_ORIG && (e->nat.flags & (EP_CT_NAT_DSR | EP_CT_NAT_SNAT)))
+				ep_lb_mode_nat(p, &e->nat, nat);
+			else if (hook == EP_HOOK_POLICY && dir == EP_CT_DIR_ORIG && (e->nat.flags & EP_CT_NAT_DNAT))
+				ep_nat_set(nat, EP_NAT_DST, p, e->nat.addr, e->nat.port);
+			if (in_new && dir == EP_CT_DIR_REPLY)
 				ep_ct_promote(&k, e);
-			} else if (table == EP_CT_T_CT4_NEW && dir == EP_CT_DIR_REPLY) {
-				ep_ct_promote_in(&ep_ct4, &ep_ct4_new, ep_ct_key4(&k), e);
-				ep_ct_key_wide(&k);
-			}
 			return EP_PASS;
 		}
 	}

@@ -112,7 +112,7 @@ static __always_inline int ep_lb_select_mode(const struct ep_pkt *p, __u16 svc_f
  * source port and creates the flow's reverse entry B under node:nport <-> backend:bport with
  * BPF_NOEXIST, so an allocated tuple is never taken twice. The ports probed are h, h + stride,
  * ... (mod 31,744, from 1024) for h the flow's hash: a flow retried after a drop probes the same
- * ports. A port whose tuple is in ep_ct or ep_ct_new (an IPv4 one: or ep_ct4, ep_ct4_new) is taken. Returns true with be->port2 set,
+ * ports. A port whose tuple is in ep_ct or ep_ct_new is taken. Returns true with be->port2 set,
  * false after EP_LB_SNAT_TRIES taken ports (the caller drops and counts SNAT_FAILED). */
 /* Probe i of ep_lb_snat_alloc (a bpf_loop callback: its state in ep_lb_alloc). Returns 1 (stop)
  * once a port is taken for this flow. */
@@ -127,13 +127,6 @@ static long ep_lb_snat_probe(__u32 i, void *unused)
 	a->e.flags = node_b ? EP_CT_F_ORIG_B : 0;
 	if (bpf_map_lookup_elem(&ep_ct, &a->k))
 		return 0;
-	/* Layout 6: an IPv4 flow without NAT on the tuple (the node's own) is in ep_ct4. */
-	if (a->family == 4) {
-		bool taken = bpf_map_lookup_elem(&ep_ct4, ep_ct_key4(&a->k)) || bpf_map_lookup_elem(&ep_ct4_new, ep_ct_key4(&a->k));
-		ep_ct_key_wide(&a->k);
-		if (taken)
-			return 0;
-	}
 	if (bpf_map_update_elem(&ep_ct_new, &a->k, &a->e, BPF_NOEXIST) != 0)
 		return 0;
 	a->port = port;

@@ -171,23 +171,6 @@ struct {
 	__type(value, struct ep_ct_entry);
 } ep_ct SEC(".maps");
 
-/* Layout 6: the same two tables for IPv4 flows without NAT, under their 16-byte key (struct
- * ep_ct4_key, struct ep_ct4_entry), each of its wide twin's capacity. Load-balanced flows and IPv6
- * stay in ep_ct and ep_ct_new. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct ep_ct4_key);
-	__type(value, struct ep_ct4_entry);
-} ep_ct4_new SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 262144);
-	__type(key, struct ep_ct4_key);
-	__type(value, struct ep_ct4_entry);
-} ep_ct4 SEC(".maps");
-
 /* ep_ct_create's entry while it is built (private to the programs, not pinned; per CPU, as XDP and
  * TC programs do not nest on a CPU). */
 struct {

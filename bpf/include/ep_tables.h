@@ -191,9 +191,8 @@ struct ep_shadow_sample {
 /* 1: the object before conntrack (it has no marker); 2: conntrack keyed by the original
  * direction; 3: the direction-independent key below (bpf/CONNTRACK.md, "Upgrades"); 4: the
  * connection entry carries its NAT (struct ep_ct_nat) and the load-balancing maps exist
- * (bpf/LB.md); 5: the NAT's second address (DSR, full NAT); 6: IPv4 flows without NAT in tables
- * of their own with a 16-byte key and a 64-byte entry (ep_ct4, ep_ct4_new). */
-#define EP_LAYOUT_VERSION 6
+ * (bpf/LB.md). */
+#define EP_LAYOUT_VERSION 5
 
 /* Rule flags live in the high bits of ep_rule.action (the layout of ep_rule is unchanged). */
 #define EP_ACT_MASK     0xff
@@ -242,44 +241,19 @@ struct ep_ct_nat {
 	__u32 pad2;
 };                         /* 48 bytes */
 
-/* An entry's fields but its NAT: the whole entry of ep_ct4 (struct ep_ct4_entry) and the first 64
- * bytes of struct ep_ct_entry, so one pointer type reads both (code that reads `nat` runs only for
- * entries of the wide tables, ep_ct and ep_ct_new). */
-#define EP_CT_ENTRY_FIELDS                                                                              \
-	__u64 expires_ns;  /* deadline, bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC at tick resolution) */ \
-	__u64 created_ns;                                                                               \
-	__u64 packets[2];  /* [0] original direction, [1] reply (atomic adds) */                        \
-	__u64 bytes[2];                                                                                 \
-	__u32 rule_id;     /* rule id that admitted it; EP_CT_RULE_EGRESS, EP_CT_RULE_DEFAULT */         \
-	__u32 epoch;       /* rule-set epoch it was last checked against */                             \
-	__u8 state;        /* enum ep_ct_state */                                                       \
-	__u8 flags;        /* EP_CT_F_* */                                                              \
-	__u16 pad0;                                                                                     \
-	__u32 pad1;
-
 struct ep_ct_entry {
-	EP_CT_ENTRY_FIELDS
+	__u64 expires_ns;  /* deadline, bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC at tick resolution) */
+	__u64 created_ns;
+	__u64 packets[2];  /* [0] original direction, [1] reply (atomic adds) */
+	__u64 bytes[2];
+	__u32 rule_id;     /* rule id that admitted it; EP_CT_RULE_EGRESS, EP_CT_RULE_DEFAULT */
+	__u32 epoch;       /* rule-set epoch it was last checked against */
+	__u8 state;        /* enum ep_ct_state */
+	__u8 flags;        /* EP_CT_F_* */
+	__u16 pad0;
+	__u32 pad1;
 	struct ep_ct_nat nat; /* layout 4: zeros when the flow is not NATed (layout 5: 48 bytes) */
 };                         /* 112 bytes */
-
-/* Layout 6: the tables of IPv4 flows without NAT (ep_ct4, ep_ct4_new; bpf/CONNTRACK.md,
- * "Tables"). The key is struct ep_ct_key's first 8 bytes and the two IPv4 addresses; the
- * programs write it over bytes 12..28 of the flow's struct ep_ct_key, where dst[0..4] (side b's
- * address) already is (ep_ct_key4 in ep_conntrack.h). The entry is struct ep_ct_entry without
- * its NAT: a hash-table element of 128 bytes, two cache lines, against 200. */
-struct ep_ct4_key {
-	__u8 family;   /* 4 */
-	__u8 proto;
-	__u16 pad;
-	__u16 sport;
-	__u16 dport;
-	__u8 src[4];   /* side a's address */
-	__u8 dst[4];   /* side b's address */
-};                     /* 16 bytes */
-
-struct ep_ct4_entry {
-	EP_CT_ENTRY_FIELDS
-};                         /* 64 bytes */
 
 enum ep_ct_state {
 	EP_CT_NONE, EP_CT_SYN_SENT, EP_CT_SYN_RECV, EP_CT_ESTABLISHED, EP_CT_FIN_WAIT,

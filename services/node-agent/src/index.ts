@@ -30,7 +30,7 @@ export type {
 export { ConntrackSweeper, nextSweepDelay } from './datapath/conntrack-sweeper.js';
 export { CT_FLAG_ORIG_B, ctKeyOfFlow, ctKeyOfTuple, originalTuple } from './datapath/conntrack-key.js';
 export type { ConntrackSweeperOptions, ConntrackSweepTarget, SweepRun } from './datapath/conntrack-sweeper.js';
-export { epCt4Entry, epCt4Key, epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg, epLbBackend, epLbBlock, epLbSvc, epCtNat, epLbCfg, epLbVipKey, NO_CT_NAT, tableCodecs } from './datapath/table-codecs.js';
+export { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg, epLbBackend, epLbBlock, epLbSvc, epCtNat, epLbCfg, epLbVipKey, NO_CT_NAT, tableCodecs } from './datapath/table-codecs.js';
 export { genFlags, RULE_FLAG_TRACK } from './datapath/compile-tables.js';
 export type { AttachOptions, EbpfDatapathOptions, UplinkMode } from './datapath/ebpf-datapath.js';
 export { INTERFACE_ROLES, isInterfaceRole } from './datapath/interface-role.js';

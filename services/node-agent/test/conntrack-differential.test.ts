@@ -33,8 +33,7 @@ import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { buildFrame, type FrameSpec } from '../src/datapath/packet.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from '../src/datapath/rule-set.js';
 import { ctKeyOfFlow, CT_FLAG_ORIG_B, originalTuple } from '../src/datapath/conntrack-key.js';
-import { widenCt4Element } from '../src/datapath/conntrack-tables.js';
-import { epCt4Entry, epCt4Key, epCtEntry, epCtKey } from '../src/datapath/table-codecs.js';
+import { epCtEntry, epCtKey } from '../src/datapath/table-codecs.js';
 import { describeEvent, eventFrame, flowKey, nextSequence, randomScenario, type CtScenario } from './conntrack-sequences.js';
 import { mountBpffs, prng, seedFromEnv, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
 
@@ -93,55 +92,18 @@ interface PacketWindow {
 /** The table key of the flow whose original direction is `key` (layout 3: one key for both directions). */
 const toKernelKey = (key: CtKey): CodecValue<typeof epCtKey> => ({ ...ctKeyOfFlow(key).key, pad: 0 });
 
-/** Every entry of ep_ct or ep_ct_new (ep_ct4, ep_ct4_new: read as the flow key and entry they stand for), decoded with the agent's codecs, keyed by the flow's original direction. */
+/** Every entry of ep_ct or ep_ct_new, decoded with the agent's codecs, keyed by the flow's original direction. */
 function readTable(map: BpfMap): { key: CtKey; entry: KernelEntry }[] {
   const out: { key: CtKey; entry: KernelEntry }[] = [];
   for (const chunk of map.getBatches(256)) {
     for (let i = 0; i < chunk.count; i++) {
-      let element = { key: chunk.keys.subarray(i * map.keySize, (i + 1) * map.keySize), value: chunk.values.subarray(i * map.valueSize, (i + 1) * map.valueSize) };
-      if (map.keySize === epCt4Key.size) element = widenCt4Element(element.key, element.value);
-      const k = epCtKey.decode(element.key);
+      const k = epCtKey.decode(chunk.keys.subarray(i * map.keySize, (i + 1) * map.keySize));
       const stored: CtKey = { family: k.family === 6 ? 6 : 4, proto: k.proto, sport: k.sport, dport: k.dport, src: new Uint8Array(k.src), dst: new Uint8Array(k.dst) };
-      const entry = epCtEntry.decode(element.value);
+      const entry = epCtEntry.decode(chunk.values.subarray(i * map.valueSize, (i + 1) * map.valueSize));
       out.push({ key: originalTuple(stored, entry.flags), entry });
     }
   }
   return out;
-}
-
-/** A flow's kernel table by what it holds (`established`: ep_ct, `new`: ep_ct_new), the IPv4 ones (ep_ct4, ep_ct4_new) for an IPv4 flow. */
-interface KernelTables {
-  /** The entry of the flow whose original direction is exactly `key` (the flow's one key holds either direction; its EP_CT_F_ORIG_B tells which), as the model's get() answers. */
-  get(table: CtTable, key: CtKey): KernelEntry | undefined;
-  set(table: CtTable, key: CtKey, entry: KernelEntry): void;
-  delete(table: CtTable, key: CtKey): void;
-  /** Every entry of `table` in both of its maps, by the flow's id. */
-  dump(table: CtTable): Map<string, { key: CtKey; entry: KernelEntry }>;
-  close(): void;
-}
-
-function openKernelTables(pinRoot: string): KernelTables {
-  const open = (name: string): BpfMap => BpfMap.openPinned(join(pinRoot, name));
-  const maps = { established: open('ep_ct'), new: open('ep_ct_new'), established4: open('ep_ct4'), new4: open('ep_ct4_new') };
-  const wide = { established: new TypedMap(maps.established, epCtKey, epCtEntry), new: new TypedMap(maps.new, epCtKey, epCtEntry) };
-  const ipv4 = { established: new TypedMap(maps.established4, epCt4Key, epCt4Entry), new: new TypedMap(maps.new4, epCt4Key, epCt4Entry) };
-  const key4 = (key: CtKey): CodecValue<typeof epCt4Key> => {
-    const k = toKernelKey(key);
-    return { family: 4, proto: k.proto, pad: 0, sport: k.sport, dport: k.dport, src: k.src.subarray(0, 4), dst: k.dst.subarray(0, 4) };
-  };
-  const noNat = (entry: CodecValue<typeof epCt4Entry>): KernelEntry => ({ ...entry, nat: epCtEntry.decode(new Uint8Array(epCtEntry.size)).nat });
-  return {
-    get: (table, key) => {
-      const entry = key.family === 4 ? (ipv4[table].get(key4(key)) as CodecValue<typeof epCt4Entry> | undefined) : wide[table].get(toKernelKey(key));
-      return entry !== undefined && (entry.flags & CT_FLAG_ORIG_B) === ctKeyOfFlow(key).origFlag ? (key.family === 4 ? noNat(entry) : (entry as KernelEntry)) : undefined;
-    },
-    set: (table, key, entry) => (key.family === 4 ? ipv4[table].set(key4(key), entry) : wide[table].set(toKernelKey(key), entry)),
-    delete: (table, key) => void (key.family === 4 ? ipv4[table].delete(key4(key)) : wide[table].delete(toKernelKey(key))),
-    dump: (table) => new Map([...readTable(table === 'established' ? maps.established4 : maps.new4), ...readTable(maps[table])].map((e) => [keyId(e.key), e])),
-    close: () => {
-      for (const map of Object.values(maps)) map.close();
-    },
-  };
 }
 
 function comparable(entry: CtEntry | KernelEntry): Record<string, unknown> {
@@ -171,14 +133,36 @@ async function differential(t: ExecutionContext, ctEntries: number): Promise<voi
   const datapath = await EbpfDatapath.open({ pinRoot, ctEntries, ctNewEntries: CT_NEW_ENTRIES, conntrack: CONFIG });
   t.teardown(() => datapath.close());
   datapath.setControlEndpoints(CONTROL);
-  const kernelTables = openKernelTables(pinRoot);
-  t.teardown(() => kernelTables.close());
+  const maps = { established: BpfMap.openPinned(join(pinRoot, 'ep_ct')), new: BpfMap.openPinned(join(pinRoot, 'ep_ct_new')) };
+  t.teardown(() => {
+    maps.established.close();
+    maps.new.close();
+  });
+  const typed: Record<CtTable, TypedMap<CodecValue<typeof epCtKey>, KernelEntry>> = {
+    established: new TypedMap(maps.established, epCtKey, epCtEntry),
+    new: new TypedMap(maps.new, epCtKey, epCtEntry),
+  };
+  // The kernel's entry of the flow whose original direction is exactly `key` (the flow's one
+  // key holds either direction; its EP_CT_F_ORIG_B tells which), as the model's get() answers.
+  const tables: Record<CtTable, { get(key: CtKey): KernelEntry | undefined; set(key: CtKey, entry: KernelEntry): void; delete(key: CtKey): void }> = Object.fromEntries(
+    (['established', 'new'] as const).map((table) => [
+      table,
+      {
+        get: (key: CtKey): KernelEntry | undefined => {
+          const entry = typed[table].get(toKernelKey(key));
+          return entry !== undefined && (entry.flags & CT_FLAG_ORIG_B) === ctKeyOfFlow(key).origFlag ? entry : undefined;
+        },
+        set: (key: CtKey, entry: KernelEntry): void => typed[table].set(toKernelKey(key), entry),
+        delete: (key: CtKey): void => void typed[table].delete(toKernelKey(key)),
+      },
+    ]),
+  ) as Record<CtTable, { get(key: CtKey): KernelEntry | undefined; set(key: CtKey, entry: KernelEntry): void; delete(key: CtKey): void }>;
   const programs = { edge_xdp: datapath.xdpProgram, edge_tc: datapath.tcProgram, edge_tc_egress: datapath.tcEgressProgram };
   const model = new ConntrackModel({ entries: ctEntries, newEntries: CT_NEW_ENTRIES });
   const reasons = new Map<string, number>();
   let packets = 0;
 
-  const dump = (table: CtTable): Map<string, { key: CtKey; entry: KernelEntry }> => kernelTables.dump(table);
+  const dump = (table: CtTable): Map<string, { key: CtKey; entry: KernelEntry }> => new Map(readTable(maps[table]).map((e) => [keyId(e.key), e]));
   // ep_ct_stats, and the rule counters by rule id (the default action's as DEFAULT_RULE_ID).
   const kernelCounts = (): { stats: Record<CtStatName, number>; rules: Map<number, number> } => {
     const counters = datapath.readCounters();
@@ -199,7 +183,7 @@ async function differential(t: ExecutionContext, ctEntries: number): Promise<voi
     const fail = (message: string): void => {
       t.fail(`seed ${seed} sequence ${n}: ${message}\nflows ${JSON.stringify(scenario.flows)}\nevents so far:\n  ${history.join('\n  ')}`);
     };
-    for (const table of ['established', 'new'] as const) for (const { key } of dump(table).values()) kernelTables.delete(table, key);
+    for (const table of ['established', 'new'] as const) for (const { key } of dump(table).values()) tables[table].delete(key);
     model.clear();
     const kernelBefore = kernelCounts();
     const modelBefore = { stats: model.stats(), rules: modelRules() };
@@ -209,7 +193,7 @@ async function differential(t: ExecutionContext, ctEntries: number): Promise<voi
     // exact deadline and creation time.
     const compareKey = (key: CtKey, window: PacketWindow): boolean => {
       for (const table of ['established', 'new'] as const) {
-        const kernel = kernelTables.get(table, key);
+        const kernel = tables[table].get(key);
         const expected = model.get(key, table)?.entry;
         if ((kernel === undefined) !== (expected === undefined)) {
           fail(`${table} ${keyId(key)}: kernel ${kernel === undefined ? 'has none' : JSON.stringify(comparable(kernel))}, model ${expected === undefined ? 'has none' : JSON.stringify(comparable(expected))}`);
@@ -253,8 +237,8 @@ async function differential(t: ExecutionContext, ctEntries: number): Promise<voi
         const flow = scenario.flows[event.flow] as CtScenario['flows'][number];
         for (const key of [flowKey(flow, 'a'), flowKey(flow, 'b')]) {
           for (const table of ['established', 'new'] as const) {
-            const kernel = kernelTables.get(table, key);
-            if (kernel !== undefined) kernelTables.set(table, key, { ...kernel, expiresNs: 1n });
+            const kernel = tables[table].get(key);
+            if (kernel !== undefined) tables[table].set(key, { ...kernel, expiresNs: 1n });
             const expected = model.get(key, table);
             if (expected !== undefined) model.put(table, key, { ...expected.entry, expiresNs: 1n });
           }
@@ -327,14 +311,14 @@ interface CaseOutcome {
 async function runCase(ruleSet: RuleSetSpec, steps: readonly (readonly [CtHook, Uint8Array])[]): Promise<CaseOutcome> {
   const pinRoot = freshRoot();
   const datapath = await EbpfDatapath.open({ pinRoot, conntrack: CONFIG });
-  const tables = openKernelTables(pinRoot);
+  const maps = { established: BpfMap.openPinned(join(pinRoot, 'ep_ct')), new: BpfMap.openPinned(join(pinRoot, 'ep_ct_new')) };
   try {
     await datapath.apply(ruleSet);
     const config: CtConfig = { generation: ctGeneration(ruleSet, datapath.epoch), timeouts: TIMEOUTS, control: [] };
     const programs = { edge_xdp: datapath.xdpProgram, edge_tc: datapath.tcProgram, edge_tc_egress: datapath.tcEgressProgram };
     const model = new ConntrackModel();
     const kernelTables = (): string[] =>
-      (['established', 'new'] as const).flatMap((table) => [...tables.dump(table).values()].map(({ key, entry }) => `${table} ${keyId(key)} ${JSON.stringify(comparable(entry))}`)).sort();
+      (['established', 'new'] as const).flatMap((table) => readTable(maps[table]).map(({ key, entry }) => `${table} ${keyId(key)} ${JSON.stringify(comparable(entry))}`)).sort();
     const modelTables = (): string[] =>
       (['established', 'new'] as const).flatMap((table) => model.entries(table).map(({ key, entry }) => `${table} ${keyId(key)} ${JSON.stringify(comparable(entry))}`)).sort();
     const kernel: CaseOutcome['kernel'][number][] = [];
@@ -348,7 +332,8 @@ async function runCase(ruleSet: RuleSetSpec, steps: readonly (readonly [CtHook, 
     const kernelStats = Object.fromEntries(Object.entries(c).map(([name, counter]) => [name, counter.packets])) as Record<CtStatName, number>;
     return { kernel, model: modelOut, kernelStats, modelStats: { ...model.stats() } };
   } finally {
-    tables.close();
+    maps.established.close();
+    maps.new.close();
     datapath.close();
   }
 }

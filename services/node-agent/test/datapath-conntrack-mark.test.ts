@@ -3,9 +3,7 @@
 // Below half of ep_ct's capacity a new flow's entry is created in ep_ct (no move at its first
 // reply); at the mark, in ep_ct_new; a flood of flows that never get a reply fills ep_ct only up
 // to the mark, and the room above it stays for flows that get one. The count is the kernel's
-// (bpf_map_sum_elem_count), so entries the agent writes and deletes count too. The flows here are
-// IPv4 without NAT, so the tables are layout 6's ep_ct4 and ep_ct4_new (named ep_ct and ep_ct_new
-// below, as CONNTRACK.md does for both pairs: each pair has its own mark, from the same code).
+// (bpf_map_sum_elem_count), so entries the agent writes and deletes count too.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
@@ -13,7 +11,7 @@ import { BpfMap, TypedMap, type CodecValue } from 'libbpf-ts';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import { buildFrame, tcpFlags } from '../src/datapath/packet.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
-import { epCt4Entry, epCt4Key } from '../src/datapath/table-codecs.js';
+import { epCtEntry, epCtKey } from '../src/datapath/table-codecs.js';
 import { ctDirectMark } from '../src/datapath/conntrack-model.js';
 import { mountBpffs, TC_ACT_OK, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
 
@@ -38,22 +36,21 @@ const client = (i: number): string => `10.1.${(i >> 8) & 255}.${i & 255}`;
 const toServer = (i: number, flags: number): Uint8Array => buildFrame({ src: client(i), dst: SERVER, protocol: 'tcp', srcPort: 20_000 + (i % 40_000), dstPort: 80, tcpFlags: flags, payloadLength: 0 });
 const fromServer = (i: number, flags: number): Uint8Array => buildFrame({ src: SERVER, dst: client(i), protocol: 'tcp', srcPort: 80, dstPort: 20_000 + (i % 40_000), tcpFlags: flags, payloadLength: 0 });
 
-type Entry = CodecValue<typeof epCt4Entry>;
+type Entry = CodecValue<typeof epCtEntry>;
 
-async function open(t: { teardown(fn: () => void): void }): Promise<{ datapath: EbpfDatapath; ct: TypedMap<CodecValue<typeof epCt4Key>, Entry>; count: () => { ct: number; ctNew: number } }> {
+async function open(t: { teardown(fn: () => void): void }): Promise<{ datapath: EbpfDatapath; ct: TypedMap<CodecValue<typeof epCtKey>, Entry>; count: () => { ct: number; ctNew: number } }> {
   const pinRoot = join(bpffs.path, `dp${roots++}`);
   mkdirSync(pinRoot);
   const datapath = await EbpfDatapath.open({ pinRoot, ctEntries: CT_ENTRIES, ctNewEntries: 4096 });
   t.teardown(() => datapath.close());
   await datapath.apply(stateful);
-  // IPv4 flows without NAT: layout 6's ep_ct4 and ep_ct4_new (the wide tables' mark is the same code).
-  const maps = { ct: BpfMap.openPinned(join(pinRoot, 'ep_ct4')), ctNew: BpfMap.openPinned(join(pinRoot, 'ep_ct4_new')) };
+  const maps = { ct: BpfMap.openPinned(join(pinRoot, 'ep_ct')), ctNew: BpfMap.openPinned(join(pinRoot, 'ep_ct_new')) };
   t.teardown(() => {
     maps.ct.close();
     maps.ctNew.close();
   });
   const size = (map: BpfMap): number => [...map.getBatches(256)].reduce((n, chunk) => n + chunk.count, 0);
-  return { datapath, ct: new TypedMap(maps.ct, epCt4Key, epCt4Entry), count: () => ({ ct: size(maps.ct), ctNew: size(maps.ctNew) }) };
+  return { datapath, ct: new TypedMap(maps.ct, epCtKey, epCtEntry), count: () => ({ ct: size(maps.ct), ctNew: size(maps.ctNew) }) };
 }
 
 test('conntrack mark - below half of ep_ct new flows are created there, at the mark in ep_ct_new; deleted entries make room again', async (t) => {

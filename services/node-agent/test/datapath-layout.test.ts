@@ -47,9 +47,6 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_scratch: { type: 'percpu_array', keySize: 4, valueSize: 856, maxEntries: 1, flags: 0, inner: undefined },
     ep_ct_new: { type: 'lru_hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 65_536, flags: 0, inner: undefined },
     ep_ct: { type: 'hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 262_144, flags: 0, inner: undefined },
-    // Layout 6: IPv4 flows without NAT, under the 16-byte key, in the 64-byte entry; each of its wide twin's size.
-    ep_ct4_new: { type: 'lru_hash', keySize: tableCodecs.ep_ct4_key.size, valueSize: tableCodecs.ep_ct4_entry.size, maxEntries: 65_536, flags: 0, inner: undefined },
-    ep_ct4: { type: 'hash', keySize: tableCodecs.ep_ct4_key.size, valueSize: tableCodecs.ep_ct4_entry.size, maxEntries: 262_144, flags: 0, inner: undefined },
     ep_ct_scratch: { type: 'percpu_array', keySize: 4, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 1, flags: 0, inner: undefined }, // ep_ct_create's entry, private
     ep_ct_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_ct_cfg.size, maxEntries: 1, flags: 0, inner: undefined },
     ep_gen_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_gen_cfg.size, maxEntries: 2, flags: 0, inner: undefined },
@@ -121,11 +118,6 @@ test('layout - conntrack structs have the sizes CONNTRACK.md gives', (t) => {
   t.is(tableCodecs.ep_ct_key.size, 40);
   t.is(tableCodecs.ep_ct_entry.size, 112); // layout 5: 64 + struct ep_ct_nat (48; layout 4's was 24)
   t.is(tableCodecs.ep_ct_nat.size, 48);
-  // Layout 6: the IPv4 key and entry; the entry is the wide one's first 64 bytes, field for field.
-  t.is(tableCodecs.ep_ct4_key.size, 16);
-  t.is(tableCodecs.ep_ct4_entry.size, 64);
-  t.deepEqual(tableCodecs.ep_ct4_entry.fields, tableCodecs.ep_ct_entry.fields.filter((field) => field.name !== 'nat'));
-  t.is(tableCodecs.ep_ct_entry.fields.find((field) => field.name === 'nat')?.offset, 64);
   t.is(tableCodecs.ep_ct_control_key.size, 20);
   t.is(tableCodecs.ep_gen_cfg.size, 8);
   t.is(tableCodecs.ep_ct_cfg.size, 40);

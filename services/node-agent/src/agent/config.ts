@@ -135,12 +135,11 @@ Usage: edgeplane-agent [flags]
                             kernels with it, 6.6+, else clsact filters); the agent moves its programs between
                             the two without a gap; set cls_bpf before downgrading to an agent without tcx
   Connection tracking (bpf/CONNTRACK.md; used by stateful policies):
-  --ct-entries N            capacity of each established-connection table per role, the IPv4 one and the wide
-                            one (IPv6, load-balanced flows) (EDGEPLANE_CT_ENTRIES, default 262144: 36 + 54 MiB
-                            preallocated per role; set when the datapath is first loaded: a change needs
-                            --reset-datapath); when one is full its new flows are not tracked (counted as
-                            insert failures) and no established flow is evicted
-  --ct-new-entries N        capacity of each LRU table of flows without a reply yet (default 65536, 9 + 13.5 MiB)
+  --ct-entries N            capacity of the established-connection table per role (EDGEPLANE_CT_ENTRIES, default
+                            262144, 54 MiB preallocated per role; set when the datapath is first loaded: a
+                            change needs --reset-datapath); when it is full new flows are not tracked (counted
+                            as insert failures) and no established flow is evicted
+  --ct-new-entries N        capacity of the LRU table of flows without a reply yet (default 65536, 13.5 MiB)
   --ct-timeout-tcp-syn D, --ct-timeout-tcp-established D, --ct-timeout-tcp-closing D,
   --ct-timeout-udp D, --ct-timeout-icmp D
                             idle timeouts (defaults 60s, 6h, 10s, 60s, 60s; D like 90s, 10m, 1h30m, 7d, at least 1s, at most 30d)

@@ -22,7 +22,7 @@ export const ctFlags = { seenReply: 0x01, finOrig: 0x02, finReply: 0x04, egress:
 export const ctStatNames = CONNTRACK_STAT_NAMES;
 /** One of ctStatNames. */
 export type CtStatName = (typeof CONNTRACK_STAT_NAMES)[number];
-/** Default capacities of `ep_ct_new` (LRU) and `ep_ct` (never evicts), and of their IPv4 twins `ep_ct4_new` and `ep_ct4` each. */
+/** Default capacities of `ep_ct_new` (LRU) and `ep_ct` (never evicts). */
 export const CT_NEW_ENTRIES = 65_536;
 export const CT_ENTRIES = 262_144;
 
@@ -363,9 +363,9 @@ function deadline(kind: CtTimeoutKind, now: bigint, old: bigint, timeouts: CtTim
 
 /** Options of ConntrackModel. */
 export interface ConntrackModelOptions {
-  /** Capacity of `ep_ct_new` (LRU), and of `ep_ct4_new`. Default CT_NEW_ENTRIES. */
+  /** Capacity of `ep_ct_new` (LRU). Default CT_NEW_ENTRIES. */
   newEntries?: number;
-  /** Capacity of `ep_ct`, and of `ep_ct4`. Default CT_ENTRIES. */
+  /** Capacity of `ep_ct`. Default CT_ENTRIES. */
   entries?: number;
   /** Clock of the classifier's token buckets (rate-limit rules). Default process.hrtime.bigint. */
   classifierNow?: () => bigint;
@@ -383,28 +383,15 @@ function flowId(original: CtKey): string {
 }
 
 /**
- * Which pair of tables holds a flow (CONNTRACK.md, "Tables"): layout 6 keeps IPv4 flows without
- * NAT (every flow this model makes) in `ep_ct4` and `ep_ct4_new`, the others in `ep_ct` and
- * `ep_ct_new`. Each pair has its own capacities and direct mark.
- */
-type CtPair = 'ipv4' | 'wide';
-const pairOf = (key: CtKey): CtPair => (key.family === 4 ? 'ipv4' : 'wide');
-
-/**
- * One role's connection tables (`ep_ct_new` + `ep_ct`, `ep_ct4_new` + `ep_ct4`), its
- * `ep_ct_stats` and its classifier counters, stepped packet by packet. Holds no resources;
- * deterministic given its inputs. Its tables are named by what they hold (`established`,
- * `new`) with the pair taken from the flow's family.
+ * One role's connection table (`ep_ct_new` + `ep_ct`), its `ep_ct_stats` and its classifier
+ * counters, stepped packet by packet. Holds no resources; deterministic given its inputs.
  */
 export class ConntrackModel {
   readonly #newEntries: number;
   readonly #entries: number;
   readonly #classifierNow: (() => bigint) | undefined;
-  // Map order is the LRU order of ep_ct_new (ep_ct4_new): least recently used first.
-  readonly #pairs: Record<CtPair, Record<CtTable, Map<string, Stored>>> = {
-    ipv4: { new: new Map(), established: new Map() },
-    wide: { new: new Map(), established: new Map() },
-  };
+  // Map order is the LRU order of ep_ct_new: least recently used first.
+  readonly #tables: Record<CtTable, Map<string, Stored>> = { new: new Map(), established: new Map() };
   readonly #stats: Record<CtStatName, number> = Object.fromEntries(CONNTRACK_STAT_NAMES.map((name) => [name, 0])) as Record<CtStatName, number>;
   #classifier: ReferenceClassifier | undefined;
   #generation: CtGeneration | undefined;
@@ -475,15 +462,15 @@ export class ConntrackModel {
    */
   get(key: CtKey, only?: CtTable): { table: CtTable; entry: CtEntry } | undefined {
     for (const table of only === undefined ? (['established', 'new'] as const) : [only]) {
-      const stored = this.#pairs[pairOf(key)][table].get(flowId(key));
+      const stored = this.#tables[table].get(flowId(key));
       if (stored !== undefined && keyId(stored.key) === keyId(key)) return { table, entry: copy(stored.entry) };
     }
     return undefined;
   }
 
-  /** Every entry of `table` of both pairs (IPv4 first), copies (each table of new flows from least to most recently used). */
+  /** Every entry of `table`, copies (ep_ct_new from least to most recently used). */
   entries(table: CtTable): { key: CtKey; entry: CtEntry }[] {
-    return [...this.#pairs.ipv4[table].values(), ...this.#pairs.wide[table].values()].map((stored) => ({ key: stored.key, entry: copy(stored.entry) }));
+    return [...this.#tables[table].values()].map((stored) => ({ key: stored.key, entry: copy(stored.entry) }));
   }
 
   /**
@@ -499,10 +486,8 @@ export class ConntrackModel {
 
   /** Removes every entry (the stats stay). */
   clear(): void {
-    for (const pair of Object.values(this.#pairs)) {
-      pair.new.clear();
-      pair.established.clear();
-    }
+    this.#tables.new.clear();
+    this.#tables.established.clear();
   }
 
   /** `ep_ct_stats` summed over CPUs, by name. */
@@ -535,22 +520,21 @@ export class ConntrackModel {
     return control.some((c) => c.family === h.family && c.proto === h.protocol && c.port === port && c.addr.length === addr.length && c.addr.every((b, i) => b === addr[i]));
   }
 
-  // Step 3: the packet's key once in ep_ct (ep_ct4 for IPv4), then (absent there) once in
-  // ep_ct_new (ep_ct4_new); an expired entry met on the way is deleted and counted. Assumed: step
-  // 4's lookup of a quoted tuple is the same lookup, expiry included.
+  // Step 3: the packet's key once in ep_ct, then (absent there) once in ep_ct_new; an expired
+  // entry met on the way is deleted and counted. Assumed: step 4's lookup of a quoted tuple is
+  // the same lookup, expiry included.
   #lookup(tuple: CtKey, echoReply: boolean, now: bigint): { table: CtTable; stored: Stored; direction: CtDirection } | undefined {
     const { key, srcIsB } = ctKeyOfTuple(tuple, echoReply);
     const id = keyId(key);
-    const tables = this.#pairs[pairOf(key)];
     for (const table of ['established', 'new'] as const) {
-      const stored = tables[table].get(id);
+      const stored = this.#tables[table].get(id);
       if (stored === undefined) continue;
-      tables[table].delete(id);
+      this.#tables[table].delete(id);
       if (stored.entry.expiresNs < now) {
         this.#stats.expired++;
         continue;
       }
-      tables[table].set(id, stored); // most recently used
+      this.#tables[table].set(id, stored); // most recently used
       const origB = (stored.entry.flags & CT_FLAG_ORIG_B) !== 0;
       return { table, stored, direction: srcIsB === origB ? 'orig' : 'reply' };
     }
@@ -576,7 +560,7 @@ export class ConntrackModel {
     // setting it would let an outbound packet excuse the flow from the next inbound re-check).
     if (!egress) {
       if (generation.ruleSet.cutOnDeny && entry.epoch !== generation.epoch && this.#recheckDrops(stored.key, entry, generation)) {
-        this.#pairs[pairOf(stored.key)][table].delete(flowId(stored.key));
+        this.#tables[table].delete(flowId(stored.key));
         this.#stats.cut++;
         return { verdict: 'drop', reason: 'cut', key: stored.key, table, direction };
       }
@@ -601,7 +585,7 @@ export class ConntrackModel {
     // into ep_ct once there is room), counting INSERT_FAILED each time it fails.
     if (table === 'new' && direction === 'reply') {
       if (this.#insert('established', stored.key, entry)) {
-        this.#pairs[pairOf(stored.key)].new.delete(flowId(stored.key));
+        this.#tables.new.delete(flowId(stored.key));
         this.#stats.promoted++;
         table = 'established';
       } else {
@@ -643,9 +627,9 @@ export class ConntrackModel {
       state: start.state,
       flags: start.flags | flags | ctKeyOfFlow(key).origFlag,
     };
-    // The direct mark: below it the entry goes straight into ep_ct (ep_ct4; which then has room:
-    // the mark is below its capacity), above it into ep_ct_new (ep_ct4_new).
-    const table: CtTable = this.#pairs[pairOf(key)].established.size < ctDirectMark(this.#entries) ? 'established' : 'new';
+    // The direct mark: below it the entry goes straight into ep_ct (which then has room: the
+    // mark is below its capacity), above it into ep_ct_new.
+    const table: CtTable = this.#tables.established.size < ctDirectMark(this.#entries) ? 'established' : 'new';
     this.#insert(table, key, entry);
     this.#stats.created++;
     return {
@@ -659,10 +643,10 @@ export class ConntrackModel {
     };
   }
 
-  // ep_ct_new evicts its least recently used entry when full; ep_ct refuses (false); so do their
-  // IPv4 twins. `key` is the flow's original direction; the table holds it under the flow's key.
+  // ep_ct_new evicts its least recently used entry when full; ep_ct refuses (false). `key` is
+  // the flow's original direction; the table holds it under the flow's key.
   #insert(table: CtTable, key: CtKey, entry: CtEntry): boolean {
-    const map = this.#pairs[pairOf(key)][table];
+    const map = this.#tables[table];
     const id = flowId(key);
     if (!map.has(id) && map.size >= (table === 'new' ? this.#newEntries : this.#entries)) {
       if (table === 'established') return false;

@@ -1,8 +1,7 @@
 // The connection-table maps of one pinned datapath, seen from the agent: timeouts (ep_ct_cfg),
 // per-generation flags and epochs (ep_gen_cfg), control endpoints (ep_ct_control and the bitmap
 // of their ports, ep_ct_control_ports), counters
-// (ep_ct_stats), reading the connection tables (ep_ct / ep_ct_new, layout 6's ep_ct4 / ep_ct4_new),
-// and the sweeper program (ep_ct_sweep).
+// (ep_ct_stats), reading ep_ct / ep_ct_new, and the sweeper program (ep_ct_sweep).
 // bpf/CONNTRACK.md is the contract.
 import { encode, TypedMap, u32, u64, type BatchBuffers, type BpfMap, type CodecValue, type Program } from 'libbpf-ts';
 import {
@@ -20,14 +19,12 @@ import {
   type ControlEndpoint,
 } from './conntrack.js';
 import { sumPerCpu } from './counters.js';
-import { epCt4Entry, epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtNat, epCtSweepArgs, epGenCfg } from './table-codecs.js';
+import { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtNat, epCtSweepArgs, epGenCfg } from './table-codecs.js';
 
 /** The maps ConntrackTables borrows, by their names in the object. */
 export interface ConntrackMaps {
   readonly ep_ct: BpfMap;
   readonly ep_ct_new: BpfMap;
-  readonly ep_ct4: BpfMap;
-  readonly ep_ct4_new: BpfMap;
   readonly ep_ct_cfg: BpfMap;
   readonly ep_gen_cfg: BpfMap;
   readonly ep_ct_stats: BpfMap;
@@ -71,8 +68,6 @@ export class ConntrackTables {
     for (const [map, size] of [
       [maps.ep_ct, epCtEntry.size],
       [maps.ep_ct_new, epCtEntry.size],
-      [maps.ep_ct4, epCt4Entry.size],
-      [maps.ep_ct4_new, epCt4Entry.size],
       [maps.ep_ct_cfg, epCtCfg.size],
       [maps.ep_gen_cfg, epGenCfg.size],
     ] as const) {
@@ -169,44 +164,34 @@ export class ConntrackTables {
   }
 
   /**
-   * Counts the unexpired entries of the tables, reading each with batch lookups: `established`
-   * those of ep_ct and ep_ct4, `new` those of ep_ct_new and ep_ct4_new.
+   * Counts the unexpired entries of both tables, reading each with batch lookups.
    * @param nowNs CLOCK_MONOTONIC now; default process.hrtime.bigint() (the clock of the entries: bpf_ktime_get_coarse_ns, CLOCK_MONOTONIC at tick resolution, at most a tick behind).
    */
   occupancy(nowNs: bigint = process.hrtime.bigint()): ConntrackOccupancy {
     const established = countLive(this.#maps.ep_ct, nowNs, this.#walk);
     const fresh = countLive(this.#maps.ep_ct_new, nowNs, this.#walk);
-    const established4 = countLive(this.#maps.ep_ct4, nowNs, this.#walk);
-    const fresh4 = countLive(this.#maps.ep_ct4_new, nowNs, this.#walk);
-    return { established: established.flows + established4.flows, new: fresh.flows + fresh4.flows, reverseNat: established.reverse + fresh.reverse };
+    return { established: established.flows, new: fresh.flows, reverseNat: established.reverse + fresh.reverse };
   }
 
   /**
-   * Up to `limit` unexpired entries that `match` accepts: ep_ct4 and ep_ct first, then ep_ct4_new
-   * and ep_ct_new (an IPv4 entry without NAT reads as the flow key and entry it stands for).
+   * Up to `limit` unexpired entries that `match` accepts: ep_ct first, then ep_ct_new.
    * @returns decoded entries; new objects.
    */
   list(match: (entry: ConnectionEntry) => boolean, limit: number, nowNs: bigint = process.hrtime.bigint()): ConnectionEntry[] {
     const out: ConnectionEntry[] = [];
     const tables: [BpfMap, ConnectionTable][] = [
-      [this.#maps.ep_ct4, 'established'],
       [this.#maps.ep_ct, 'established'],
-      [this.#maps.ep_ct4_new, 'new'],
       [this.#maps.ep_ct_new, 'new'],
     ];
     for (const [map, table] of tables) {
-      const wide = map.keySize === epCtKey.size;
-      const valueSize = map.valueSize;
       for (const { count, keys, values } of map.getBatches(CHUNK, this.#walk)) {
         const view = new DataView(values.buffer, values.byteOffset, values.byteLength);
         for (let i = 0; i < count; i++) {
-          if (view.getBigUint64(i * valueSize + EXPIRES_OFFSET, true) <= nowNs) continue;
+          if (view.getBigUint64(i * epCtEntry.size + EXPIRES_OFFSET, true) <= nowNs) continue;
           // A load-balanced flow's reverse entry: its flow is listed by its service entry.
-          if (wide && ((values[i * valueSize + NAT_FLAGS_OFFSET] ?? 0) & CT_NAT_FLAGS.revnat) !== 0) continue;
-          const key = keys.subarray(i * map.keySize, (i + 1) * map.keySize);
-          const value = values.subarray(i * valueSize, (i + 1) * valueSize);
-          const element = wide ? { key, value } : widenCt4Element(key, value);
-          const entry = decodeConnection(element.key, element.value, table, nowNs);
+          if (((values[i * epCtEntry.size + NAT_FLAGS_OFFSET] ?? 0) & CT_NAT_FLAGS.revnat) !== 0) continue;
+          const key = keys.subarray(i * epCtKey.size, (i + 1) * epCtKey.size);
+          const entry = decodeConnection(key, values.subarray(i * epCtEntry.size, (i + 1) * epCtEntry.size), table, nowNs);
           if (!match(entry)) continue;
           out.push(entry);
           if (out.length >= limit) return out;
@@ -229,33 +214,15 @@ export class ConntrackTables {
   }
 }
 
-/**
- * An element of ep_ct4 or ep_ct4_new (struct ep_ct4_key, struct ep_ct4_entry) as the element of
- * ep_ct it stands for: the flow key (family 4, the addresses in the first 4 bytes of src and dst)
- * and the entry with a zero NAT.
- * @returns a new key and value.
- */
-export function widenCt4Element(key: Uint8Array, value: Uint8Array): { key: Uint8Array; value: Uint8Array } {
-  const wideKey = new Uint8Array(epCtKey.size);
-  wideKey.set(key.subarray(0, 12), 0);
-  wideKey.set(key.subarray(12, 16), 24);
-  const wideValue = new Uint8Array(epCtEntry.size);
-  wideValue.set(value.subarray(0, epCt4Entry.size));
-  return { key: wideKey, value: wideValue };
-}
-
-// Live entries of `map`: flows, and load-balanced flows' reverse entries apart (they never expire
-// by themselves; only the wide tables, whose entries have a NAT, hold them).
+// Live entries of `map`: flows, and load-balanced flows' reverse entries apart (they never expire by themselves).
 function countLive(map: BpfMap, nowNs: bigint, walk: BatchBuffers): { flows: number; reverse: number } {
   let flows = 0;
   let reverse = 0;
-  const wide = map.keySize === epCtKey.size;
-  const size = map.valueSize;
   for (const { count, values } of map.getBatches(CHUNK, walk)) {
     const view = new DataView(values.buffer, values.byteOffset, values.byteLength);
     for (let i = 0; i < count; i++) {
-      if (wide && ((values[i * size + NAT_FLAGS_OFFSET] ?? 0) & CT_NAT_FLAGS.revnat) !== 0) reverse++;
-      else if (view.getBigUint64(i * size + EXPIRES_OFFSET, true) > nowNs) flows++;
+      if (((values[i * epCtEntry.size + NAT_FLAGS_OFFSET] ?? 0) & CT_NAT_FLAGS.revnat) !== 0) reverse++;
+      else if (view.getBigUint64(i * epCtEntry.size + EXPIRES_OFFSET, true) > nowNs) flows++;
     }
   }
   return { flows, reverse };

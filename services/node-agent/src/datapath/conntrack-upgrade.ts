@@ -23,11 +23,6 @@ const E2BIG = 7;
 const CHUNK = 8192;
 /** The oldest layout whose connection tables relayoutCtElement() converts (layout 1 had none). */
 export const CT_KEY_LAYOUT_FROM = 2;
-/**
- * The first layout whose ep_ct and ep_ct_new the current one keeps as they are (layout 6 only
- * adds ep_ct4 and ep_ct4_new beside them): older ones are converted.
- */
-export const CT_ENTRY_LAYOUT = 5;
 
 /**
  * One element of ep_lb_backends in layout 5: a layout-4 backend (20 bytes) keeps its fields and

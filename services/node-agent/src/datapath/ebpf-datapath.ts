@@ -29,7 +29,7 @@ import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type
 import { BlocklistTables } from './blocklist-tables.js';
 import { ListTables, type ListPlacement } from './list-tables.js';
 import { ConntrackTables } from './conntrack-tables.js';
-import { catchUpConntrack, CT_ENTRY_LAYOUT, CT_KEY_LAYOUT_FROM, relayoutCtElement, relayoutLbBackend } from './conntrack-upgrade.js';
+import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement, relayoutLbBackend } from './conntrack-upgrade.js';
 import { CounterTables, sumPerCpu, type GenerationIds } from './counters.js';
 import { lazyRules } from './rule-counts.js';
 import { dropPreviousPins, installObject, type InstallReport, type InstallStep } from './datapath-install.js';
@@ -65,8 +65,6 @@ const mapNames = [
   'ep_barrier',
   'ep_ct',
   'ep_ct_new',
-  'ep_ct4',
-  'ep_ct4_new',
   'ep_ct_cfg',
   'ep_gen_cfg',
   'ep_ct_stats',
@@ -116,13 +114,9 @@ export interface EbpfDatapathOptions {
   rateLimitEntries?: number;
   /** Called after each step of a load or an upgrade (not of an adoption): for logs. */
   onInstallStep?: (step: InstallStep) => void;
-  /**
-   * Entries of ep_ct and of ep_ct4 each (flows that have seen a reply, and new flows below the
-   * table's direct mark of half this; preallocated): IPv4 flows without NAT in ep_ct4, the others
-   * in ep_ct. Only used when loaded. Default 262,144.
-   */
+  /** Entries of ep_ct (flows that have seen a reply, and new flows below its direct mark of half this; preallocated); only used when loaded. Default 262,144. */
   ctEntries?: number;
-  /** Entries of ep_ct_new and of ep_ct4_new each (flows without a reply yet; LRU); only used when loaded. Default 65,536. */
+  /** Entries of ep_ct_new (flows without a reply yet; LRU); only used when loaded. Default 65,536. */
   ctNewEntries?: number;
   /**
    * Connection timeouts written to ep_ct_cfg. Omitted: a fresh load writes
@@ -314,16 +308,14 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       }
       const mapMaxEntries: Record<string, number> = {};
       if (spec.maps.has('ep_buckets')) mapMaxEntries.ep_buckets = options.rateLimitEntries ?? 262_144;
-      for (const name of ['ep_ct', 'ep_ct4']) if (spec.maps.has(name)) mapMaxEntries[name] = options.ctEntries ?? 262_144;
-      for (const name of ['ep_ct_new', 'ep_ct4_new']) if (spec.maps.has(name)) mapMaxEntries[name] = options.ctNewEntries ?? 65_536;
+      if (spec.maps.has('ep_ct')) mapMaxEntries.ep_ct = options.ctEntries ?? 262_144;
+      if (spec.maps.has('ep_ct_new')) mapMaxEntries.ep_ct_new = options.ctNewEntries ?? 65_536;
       for (const [name, entries] of Object.entries(lbMapEntries(options.lbCapacity ?? DEFAULT_LB_CAPACITY))) if (spec.maps.has(name)) mapMaxEntries[name] = entries;
       // Layout 2 keyed the connection tables by the original direction, layouts 3 and 4 by the
       // flow's direction-independent key; layout 4's entry is longer (its NAT): both older
       // layouts' tables are converted, not reused. Layout 5 grows the entry again (the NAT's
       // second address) and the backend (the node's source address towards it, its MTU).
-      // Layout 6 adds ep_ct4 and ep_ct4_new beside them and keeps layout 5's tables as they are:
-      // the IPv4 flows already there stay until they end, found there (CONNTRACK.md, "Upgrades").
-      const older = found !== undefined && found >= CT_KEY_LAYOUT_FROM && found < CT_ENTRY_LAYOUT;
+      const older = found !== undefined && found >= CT_KEY_LAYOUT_FROM && found < LAYOUT_VERSION;
       const convertMaps = older ? { ep_ct: relayoutCtElement, ep_ct_new: relayoutCtElement, ...(found >= 4 ? { ep_lb_backends: relayoutLbBackend } : {}) } : undefined;
       // Entries carry the datapath's clock (layout 3 on: CLOCK_MONOTONIC_COARSE, up to a tick
       // behind this one): start the catch-up window a tick early (HZ >= 100: 10 ms); what it
@@ -768,7 +760,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     }
   }
 
-  /** Live entries of the connection tables (batch reads of each). @throws DatapathError. */
+  /** Live entries of ep_ct and ep_ct_new (batch reads of both tables). @throws DatapathError. */
   readConntrackOccupancy(): ConntrackOccupancy {
     try {
       return this.#conntrack.occupancy();
@@ -777,9 +769,9 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     }
   }
 
-  /** Capacity (max_entries) of ep_ct with ep_ct4 and of ep_ct_new with ep_ct4_new, for occupancy reports. */
+  /** Capacity (max_entries) of ep_ct and ep_ct_new, for occupancy reports. */
   get conntrackCapacity(): ConntrackOccupancy {
-    return { established: this.#maps.ep_ct.maxEntries + this.#maps.ep_ct4.maxEntries, new: this.#maps.ep_ct_new.maxEntries + this.#maps.ep_ct4_new.maxEntries };
+    return { established: this.#maps.ep_ct.maxEntries, new: this.#maps.ep_ct_new.maxEntries };
   }
 
   /**

@@ -41,8 +41,8 @@ export const epCtNat = struct({ addr: bytes(16), port: u16be, flags: u8, pad: u8
 /** The struct ep_ct_nat of an entry that is not NATed. */
 export const NO_CT_NAT: Readonly<ReturnType<typeof epCtNat.decode>> = Object.freeze({ addr: new Uint8Array(16), port: 0, flags: 0, pad: 0, svcId: 0, addr2: new Uint8Array(16), port2: 0, mtu: 0, pad2: 0 });
 
-// An entry's fields but its NAT (EP_CT_ENTRY_FIELDS): the whole of struct ep_ct4_entry, the first 64 bytes of struct ep_ct_entry.
-const ctEntryFields = {
+/** `struct ep_ct_entry`: one connection (bpf/CONNTRACK.md); index 0 of packets/bytes is the original direction. */
+export const epCtEntry = struct({
   expiresNs: u64,
   createdNs: u64,
   packets: array(u64, 2),
@@ -53,20 +53,9 @@ const ctEntryFields = {
   flags: u8,
   pad0: u16,
   pad1: u32,
-};
-
-/** `struct ep_ct_entry`: one connection (bpf/CONNTRACK.md); index 0 of packets/bytes is the original direction. */
-export const epCtEntry = struct({
-  ...ctEntryFields,
   /** Layout 4: zeros when the flow is not NATed. */
   nat: epCtNat,
 });
-
-/** Layout 6: `struct ep_ct4_key`, the key of ep_ct4 and ep_ct4_new (IPv4 flows without NAT): ep_ct_key's first 8 bytes and the two IPv4 addresses. */
-export const epCt4Key = struct({ family: u8, proto: u8, pad: u16, sport: u16, dport: u16, src: bytes(4), dst: bytes(4) });
-
-/** Layout 6: `struct ep_ct4_entry`, the entry of ep_ct4 and ep_ct4_new: struct ep_ct_entry without its NAT. */
-export const epCt4Entry = struct(ctEntryFields);
 
 /** `struct ep_ct_cfg`: the timeouts in nanoseconds, indexed by enum ep_ct_timeout (0 = the default). */
 export const epCtCfg = struct({ timeoutNs: array(u64, 5) });
@@ -163,8 +152,6 @@ export const tableCodecs = {
   ep_rule: epRule,
   ep_ct_key: epCtKey,
   ep_ct_entry: epCtEntry,
-  ep_ct4_key: epCt4Key,
-  ep_ct4_entry: epCt4Entry,
   ep_ct_cfg: epCtCfg,
   ep_gen_cfg: epGenCfg,
   ep_ct_control_key: epCtControlKey,
