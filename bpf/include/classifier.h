@@ -360,10 +360,11 @@ __noinline int ep_rule_slot_scan(const struct ep_pkt *p, __u32 gen)
 }
 
 /* Classification against enforced generation `gen` (0 or 1): ep_rule_slot_scan for an IPv4
- * packet when the generation has EP_GEN_F_SCAN, ep_rule_slot_small when it is small, else ep_rule_slot_in over ep_lpm, ep_wild and ep_cwords. A global
- * function: the programs call it twice per packet (conntrack's cut re-check classifies an entry's
- * tuple), and the verifier checks it once rather than at each call site with each caller's state
- * (bpf/README.md, "Verifier cost").
+ * packet when the generation has EP_GEN_F_SCAN, ep_rule_slot_small when it is small, else
+ * ep_rule_slot_in over ep_lpm, ep_wild and ep_cwords. A global function: the programs call it
+ * twice per packet (conntrack's cut re-check classifies an entry's tuple), and the verifier
+ * checks it once rather than at each call site with each caller's state (bpf/README.md,
+ * "Verifier cost").
  * Returns the ep_rules index of the first matching rule (or of the default action), or -1 if
  * the generation holds no tables (unconfigured). Counts nothing. */
 __noinline int ep_rule_slot(const struct ep_pkt *p, __u32 gen)
