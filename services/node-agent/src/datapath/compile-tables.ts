@@ -349,7 +349,6 @@ export class TableCompiler {
     const [lpm = emptyEntries(sizes.lpmKey, sizes.classRef)] = result.lpmChunks(state.prefixes.size);
     const [classWords = emptyEntries(sizes.wordKey, sizes.word)] = result.wordChunks(state.classWords);
     const lists = listVectorsOf(state);
-    const scan = scanTable(state, lists);
     return {
       ruleCount: state.specs.length,
       ruleIds: [...state.ruleIds],
@@ -359,8 +358,8 @@ export class TableCompiler {
       wild: new Uint8Array(state.wild.buffer.slice(0)),
       lists: lists.map((list) => ({ name: list.name, src: list.src?.slice(), dst: list.dst?.slice() })),
       rules: state.ruleBytes.slice(),
-      genFlags: generationFlags(state, lists, scan),
-      scan,
+      genFlags: result.genFlags,
+      scan: result.scan?.slice(),
       fingerprint: result.fingerprint,
     };
   }
@@ -803,12 +802,16 @@ function writeLpmEntry(node: PrefixNode, keys: Uint8Array, values: Uint8Array, e
   const view = new DataView(values.buffer, values.byteOffset);
   const valueOffset = entry * sizes.classRef;
   view.setUint32(valueOffset, node.id, true);
+  for (const rule of node.cls) setBit(view, valueOffset + 8, rule >> 6);
+  view.setUint32(valueOffset + 4, lowBits(node.cls), true);
+}
+
+// A class's rules 0..31 as the bits of a u32 (bit i = rule i): ep_class_ref.low, and a scan
+// entry's `low` before its wildcard rules.
+function lowBits(cls: readonly number[]): number {
   let low = 0;
-  for (const rule of node.cls) {
-    if (rule < SMALL_RULES) low |= 1 << rule;
-    setBit(view, valueOffset + 8, rule >> 6);
-  }
-  view.setUint32(valueOffset + 4, low >>> 0, true);
+  for (const rule of cls) if (rule < SMALL_RULES) low |= 1 << rule;
+  return low >>> 0;
 }
 
 // Writes the nonzero words of class `id` from entry `word` on (values undefined: keys only). @returns the entry after them.
@@ -1168,7 +1171,6 @@ function listVector(state: CompilerState, field: 0 | 1, name: string): Uint32Arr
   return (pair[field] ??= new Uint32Array(sizes.bitvec / 4));
 }
 
-// The state's list vectors that hold a rule, in name order (views of the state's arrays).
 function isSmall(state: CompilerState, lists: readonly ListVectors[]): boolean {
   return state.specs.length <= SMALL_RULES && lists.length === 0;
 }
@@ -1211,8 +1213,7 @@ function scanTable(state: CompilerState, lists: readonly ListVectors[]): Uint8Ar
         value = ((slot << 24) | (node.raw as number)) & mask;
         vector = wildIndex.l4 + slot;
       }
-      let low = wildLow(vector);
-      for (const rule of node.cls) if (rule < SMALL_RULES) low |= 1 << rule;
+      const low = wildLow(vector) | lowBits(node.cls);
       const at = 16 + (field * SCAN_ENTRIES + i) * 12;
       view.setUint32(at, value >>> 0, true);
       view.setUint32(at + 4, mask, true);
@@ -1222,6 +1223,7 @@ function scanTable(state: CompilerState, lists: readonly ListVectors[]): Uint8Ar
   return out;
 }
 
+// The state's list vectors that hold a rule, in name order (views of the state's arrays).
 function listVectorsOf(state: CompilerState): ListVectors[] {
   const nonEmpty = (vector: Uint32Array | undefined): Uint8Array | undefined => {
     if (vector === undefined) return undefined;
