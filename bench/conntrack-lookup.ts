@@ -15,7 +15,7 @@
 //               cost per connection, each run starting cold as above). Cases: --cases.
 // With --baseline OBJECT, the same runs go through a second object (e.g. the previous layout's,
 // built from git) in the same process, interleaved run by run, so both sides share the machine's
-// load. This agent opens it, so it must declare every map this agent pins: a layout-2 object
+// load; half the rounds with the sides opened in one order, half in the other (measure()). This agent opens it, so it must declare every map this agent pins: a layout-2 object
 // needs `ep_ct_control_ports` (an ARRAY[1024] of u64, unused by its programs) added to its
 // ep_maps.h before `make` (bench/README.md, "conntrack-lookup"). Flows go from 10.x clients to 192.0.2.1, which sorts after them: layout 2's key (the
 // original direction) and layout 3's flow key are the same bytes, so one fill serves both.
@@ -25,7 +25,7 @@
 // Prints one JSON line per (case, round) and a summary: the median over rounds of each round's
 // median per-packet ns. Needs root (bpffs mount); touches no interface.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildFrame, EbpfDatapath, type RuleSetSpec } from '@edgeplane/node-agent';
 import { ConntrackAccess } from './conntrack-access.js';
@@ -77,31 +77,54 @@ const median = (values: number[]): number => {
 const mount = mkdtempSync('/run/edgeplane-bench-lookup-');
 execFileSync('mount', ['-t', 'bpf', 'bpf', mount]);
 const opened: { datapath: EbpfDatapath; access: ConntrackAccess }[] = [];
-try {
-  // Room for every flow of a syn or conn round (closed ones stay, closing) below the direct mark (half of ep_ct).
-  const capacity = Math.max(...sizes, 1000, 4 * Math.min(runs, 20_000)) + 1000;
-  const sides: { name: string; objectPath?: string }[] = [{ name: 'current' }, ...(baseline === undefined ? [] : [{ name: 'baseline', objectPath: baseline }])];
-  const open = await Promise.all(
-    sides.map(async (side) => {
+const perRound: Record<string, Record<string, number[]>> = {};
+// Room for every flow of a syn or conn round (closed ones stay, closing) below the direct mark (half of ep_ct).
+const capacity = Math.max(...sizes, 1000, 4 * Math.min(runs, 20_000)) + 1000;
+const sides: { name: string; objectPath?: string }[] = [{ name: 'current' }, ...(baseline === undefined ? [] : [{ name: 'baseline', objectPath: baseline }])];
+let next = 5_000_000;
+
+/**
+ * Opens the sides one after another in `order`, runs rounds `from`..`to` - 1 of every case on
+ * them and closes them (their pins removed). The side opened first read up to 9 % cheaper on a
+ * whole connection with the same object on both sides (where the kernel put its maps), so with a
+ * baseline the bench runs half its rounds in each opening order; within a half the sides also
+ * take turns going first, run by run.
+ */
+async function measure(order: typeof sides, from: number, to: number): Promise<void> {
+  const open: { name: string; datapath: EbpfDatapath; access: ConntrackAccess }[] = [];
+  try {
+    for (const side of order) {
       const pinRoot = join(mount, side.name);
       mkdirSync(pinRoot);
       // The baseline's object wins over EP_BENCH_OBJECT, which names the current side's (so the sides can swap).
       const datapath = await EbpfDatapath.open({ pinRoot, ...ConntrackAccess.openOptions(capacity), ...(side.objectPath === undefined ? {} : { objectPath: side.objectPath }) });
       const access = new ConntrackAccess(datapath);
       opened.push({ datapath, access });
+      open.push({ name: side.name, datapath, access });
       await datapath.apply(ruleSet);
-      return { name: side.name, datapath, access };
-    }),
-  );
-  const perRound: Record<string, Record<string, number[]>> = {};
+    }
+    measureOn(open, from, to);
+  } finally {
+    for (const { datapath, access } of opened.splice(0)) {
+      access.close();
+      datapath.close();
+    }
+    for (const side of order) rmSync(join(mount, side.name), { recursive: true, force: true });
+  }
+}
+
+/** Rounds `from`..`to` - 1 of every case on the open sides. */
+function measureOn(open: { name: string; datapath: EbpfDatapath; access: ConntrackAccess }[], from: number, to: number): void {
+  // The sides take turns going first, run by run.
+  const inTurn = (i: number): typeof open => (i % 2 === 0 ? open : [...open].reverse());
   // `rounds` rounds of `framesFor(round)`, each frame run once on every side in turn.
   const run = (what: string, framesFor: (round: number) => Uint8Array[], times = 1): void => {
-    for (let round = 0; round < rounds; round++) {
+    for (let round = from; round < to; round++) {
       const frames = framesFor(round);
       const durations: Record<string, number[]> = Object.fromEntries(open.map((side) => [side.name, []]));
-      for (const frame of frames) {
-        for (const side of open) (durations[side.name] as number[]).push((hook === 'xdp' ? side.datapath.xdpProgram : side.datapath.tcProgram).testRun({ data: frame, repeat: times }).durationNs);
-      }
+      frames.forEach((frame, i) => {
+        for (const side of inTurn(i)) (durations[side.name] as number[]).push((hook === 'xdp' ? side.datapath.xdpProgram : side.datapath.tcProgram).testRun({ data: frame, repeat: times }).durationNs);
+      });
       const line: Record<string, unknown> = { case: what, round, runs: frames.length };
       for (const side of open) {
         const m = median(durations[side.name] as number[]);
@@ -113,7 +136,6 @@ try {
   };
 
   // A SYN of a new flow: fresh clients every round (an entry, once created, would be found).
-  let next = 5_000_000;
   if (cases.has('syn')) run('syn', () => {
     for (const side of open) side.access.clear();
     return Array.from({ length: Math.min(runs, 20_000) }, () => {
@@ -125,7 +147,7 @@ try {
   // A whole connection, SYN..FIN, a fresh tuple each; on each side in turn, connection by connection.
   if (cases.has('conn')) {
     const { syn, ack, fin } = { syn: 0x02, ack: 0x10, fin: 0x01 };
-    for (let round = 0; round < rounds; round++) {
+    for (let round = from; round < to; round++) {
       for (const side of open) side.access.clear();
       const durations: Record<string, number[]> = Object.fromEntries(open.map((side) => [side.name, []]));
       // Each packet's own runs too (which of the 7 costs what).
@@ -143,7 +165,7 @@ try {
           [true, toServer(fin | ack)],
           [false, toClient(ack)],
         ];
-        for (const side of open) {
+        for (const side of inTurn(n)) {
           const policy = hook === 'xdp' ? side.datapath.xdpProgram : side.datapath.tcProgram;
           let ns = 0;
           packets.forEach(([inbound, frame], i) => {
@@ -180,6 +202,16 @@ try {
     run(`warm@${size}`, () => replies(Math.max(1, Math.floor(runs / repeat) * 10)), repeat);
   }
 
+}
+
+try {
+  if (baseline === undefined) {
+    await measure(sides, 0, rounds);
+  } else {
+    const half = Math.ceil(rounds / 2);
+    await measure(sides, 0, half);
+    await measure([...sides].reverse(), half, rounds);
+  }
   const out: Record<string, Record<string, number>> = {};
   for (const [what, bySide] of Object.entries(perRound)) out[what] = Object.fromEntries(Object.entries(bySide).map(([side, values]) => [side, median(values)]));
   console.log(JSON.stringify({ bench: 'conntrack-lookup', rounds, runs, sizes, baseline: baseline ?? null, medianNs: out }));
