@@ -15,10 +15,12 @@
 //               cost per connection, each run starting cold as above). Cases: --cases.
 // With --baseline OBJECT, the same runs go through a second object (e.g. the previous layout's,
 // built from git) in the same process, interleaved run by run, so both sides share the machine's
-// load; half the rounds with the sides opened in one order, half in the other (measure()). This agent opens it, so it must declare every map this agent pins: a layout-2 object
-// needs `ep_ct_control_ports` (an ARRAY[1024] of u64, unused by its programs) added to its
-// ep_maps.h before `make` (bench/README.md, "conntrack-lookup"). Flows go from 10.x clients to 192.0.2.1, which sorts after them: layout 2's key (the
-// original direction) and layout 3's flow key are the same bytes, so one fill serves both.
+// load; half the rounds with the sides opened in one order, half in the other (measure()). This
+// agent opens it, so it must declare every map this agent pins: a layout-2 object needs
+// `ep_ct_control_ports` (an ARRAY[1024] of u64, unused by its programs) added to its ep_maps.h
+// before `make` (bench/README.md, "conntrack-lookup"). Flows go from 10.x clients to 192.0.2.1,
+// which sorts after them: layout 2's key (the original direction) and layout 3's flow key are the
+// same bytes, so one fill serves both.
 //
 //   node --import=tsx bench/conntrack-lookup.ts [--program xdp|tc] [--baseline OBJECT] [--rounds 5] [--runs 20000] [--repeat 1000] [--sizes 1000,1000000] [--cases syn,conn,reply] [--sources N]
 //
@@ -117,7 +119,7 @@ async function measure(order: typeof sides, from: number, to: number): Promise<v
 function measureOn(open: { name: string; datapath: EbpfDatapath; access: ConntrackAccess }[], from: number, to: number): void {
   // The sides take turns going first, run by run.
   const inTurn = (i: number): typeof open => (i % 2 === 0 ? open : [...open].reverse());
-  // `rounds` rounds of `framesFor(round)`, each frame run once on every side in turn.
+  // Rounds `from`..`to` - 1 of `framesFor(round)`, each frame run once on every side in turn.
   const run = (what: string, framesFor: (round: number) => Uint8Array[], times = 1): void => {
     for (let round = from; round < to; round++) {
       const frames = framesFor(round);
@@ -201,7 +203,6 @@ function measureOn(open: { name: string; datapath: EbpfDatapath; access: Conntra
     run(`reply@${size}`, () => replies(runs));
     run(`warm@${size}`, () => replies(Math.max(1, Math.floor(runs / repeat) * 10)), repeat);
   }
-
 }
 
 try {
