@@ -78,7 +78,6 @@ const median = (values: number[]): number => {
 
 const mount = mkdtempSync('/run/edgeplane-bench-lookup-');
 execFileSync('mount', ['-t', 'bpf', 'bpf', mount]);
-const opened: { datapath: EbpfDatapath; access: ConntrackAccess }[] = [];
 const perRound: Record<string, Record<string, number[]>> = {};
 // Room for every flow of a syn or conn round (closed ones stay, closing) below the direct mark (half of ep_ct).
 const capacity = Math.max(...sizes, 1000, 4 * Math.min(runs, 20_000)) + 1000;
@@ -101,13 +100,12 @@ async function measure(order: typeof sides, from: number, to: number): Promise<v
       // The baseline's object wins over EP_BENCH_OBJECT, which names the current side's (so the sides can swap).
       const datapath = await EbpfDatapath.open({ pinRoot, ...ConntrackAccess.openOptions(capacity), ...(side.objectPath === undefined ? {} : { objectPath: side.objectPath }) });
       const access = new ConntrackAccess(datapath);
-      opened.push({ datapath, access });
       open.push({ name: side.name, datapath, access });
       await datapath.apply(ruleSet);
     }
     measureOn(open, from, to);
   } finally {
-    for (const { datapath, access } of opened.splice(0)) {
+    for (const { datapath, access } of open) {
       access.close();
       datapath.close();
     }
@@ -217,10 +215,6 @@ try {
   for (const [what, bySide] of Object.entries(perRound)) out[what] = Object.fromEntries(Object.entries(bySide).map(([side, values]) => [side, median(values)]));
   console.log(JSON.stringify({ bench: 'conntrack-lookup', rounds, runs, sizes, baseline: baseline ?? null, medianNs: out }));
 } finally {
-  for (const { datapath, access } of opened) {
-    access.close();
-    datapath.close();
-  }
   spawnSync('umount', [mount]);
   if (existsSync(mount)) rmdirSync(mount);
 }
