@@ -164,14 +164,57 @@ static __always_inline struct ep_ct_step ep_ct_tcp_step(__u8 st, __u8 f, __u32 d
 	return next;
 }
 
-/* The TCP state machine (ep_ct_tcp_step) applied to entry `e`. */
-static __always_inline void ep_ct_tcp(struct ep_ct_entry *e, __u32 dir, __u8 tcp, __u64 now)
+/* Step 5's update of entry `e` (a struct ep_ct_entry or ep_ct4_slot: the fields have the same
+ * names) by packet `p` of direction `dir` and length `len` at `now`: TCP's state machine
+ * (ep_ct_tcp_step), or for UDP and ICMP the reply flag and a fresh deadline; then the counters. */
+#define ep_ct_apply(e, dir, p, now, len)                                                                      \
+	do {                                                                                                  \
+		if ((p)->proto == EP_IPPROTO_TCP) {                                                           \
+			struct ep_ct_step next_ = ep_ct_tcp_step((e)->state, (e)->flags, (dir), (p)->tcp_flags); \
+			(e)->state = next_.state;                                                             \
+			(e)->flags = next_.flags;                                                             \
+			if (next_.timeout >= 0)                                                               \
+				(e)->expires_ns = (now) + ep_ct_timeout(next_.timeout);                       \
+		} else {                                                                                      \
+			if ((dir) == EP_CT_DIR_REPLY)                                                         \
+				(e)->flags |= EP_CT_F_SEEN_REPLY;                                             \
+			(e)->expires_ns = (now) + ep_ct_timeout((p)->proto == EP_IPPROTO_UDP ? EP_CT_TO_UDP : EP_CT_TO_ICMP); \
+		}                                                                                             \
+		__sync_fetch_and_add(&(e)->packets[(dir) & 1], 1);                                            \
+		__sync_fetch_and_add(&(e)->bytes[(dir) & 1], (len));                                          \
+	} while (0)
+
+/* The state a packet with no entry creates its flow's entry in (CONNTRACK.md, the state machine's
+ * creation rules), its EP_CT_F_* flags added to `*flags`. Returns the timeout of the entry's
+ * deadline (enum ep_ct_timeout), or -1 when the packet creates nothing: a TCP RST, anything but
+ * TCP, UDP and an ICMP echo request. */
+static __always_inline int ep_ct_start(const struct ep_pkt *p, __u8 *state, __u8 *flags)
 {
-	struct ep_ct_step next = ep_ct_tcp_step(e->state, e->flags, dir, tcp);
-	e->state = next.state;
-	e->flags = next.flags;
-	if (next.timeout >= 0)
-		e->expires_ns = now + ep_ct_timeout(next.timeout);
+	if (p->ct == EP_CTK_ECHO_REQ) {
+		*state = EP_CT_ICMP;
+		return EP_CT_TO_ICMP;
+	}
+	if (p->ct != EP_CTK_FLOW)
+		return -1;
+	if (p->proto == EP_IPPROTO_UDP) {
+		*state = EP_CT_UDP;
+		return EP_CT_TO_UDP;
+	}
+	__u8 tcp = p->tcp_flags;
+	if (tcp & EP_TCP_RST)
+		return -1;
+	if ((tcp & (EP_TCP_SYN | EP_TCP_ACK)) == EP_TCP_SYN) {
+		*state = EP_CT_SYN_SENT;
+		return EP_CT_TO_TCP_SYN;
+	}
+	if (tcp & EP_TCP_FIN) {
+		/* Loose pickup, then the FIN rule applies to this packet too. */
+		*state = EP_CT_FIN_WAIT;
+		*flags |= EP_CT_F_FIN_ORIG;
+		return EP_CT_TO_TCP_ESTABLISHED;
+	}
+	*state = EP_CT_ESTABLISHED;
+	return EP_CT_TO_TCP_ESTABLISHED;
 }
 
 /* What a new entry is made with: the packet's time and length, the rule that admitted it, the
@@ -246,32 +289,9 @@ static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k,
 	__builtin_memset(e, 0, sizeof(*e));
 	__u64 now = m->now, len = m->len;
 	__u8 flags = m->flags;
-	__u32 to;
-	if (p->ct == EP_CTK_ECHO_REQ) {
-		e->state = EP_CT_ICMP;
-		to = EP_CT_TO_ICMP;
-	} else if (p->ct != EP_CTK_FLOW) {
+	int to = ep_ct_start(p, &e->state, &flags);
+	if (to < 0)
 		return false;
-	} else if (p->proto == EP_IPPROTO_UDP) {
-		e->state = EP_CT_UDP;
-		to = EP_CT_TO_UDP;
-	} else {
-		__u8 tcp = p->tcp_flags;
-		if (tcp & EP_TCP_RST)
-			return false;
-		if ((tcp & (EP_TCP_SYN | EP_TCP_ACK)) == EP_TCP_SYN) {
-			e->state = EP_CT_SYN_SENT;
-			to = EP_CT_TO_TCP_SYN;
-		} else if (tcp & EP_TCP_FIN) {
-			/* Loose pickup, then the FIN rule applies to this packet too. */
-			e->state = EP_CT_FIN_WAIT;
-			flags |= EP_CT_F_FIN_ORIG;
-			to = EP_CT_TO_TCP_ESTABLISHED;
-		} else {
-			e->state = EP_CT_ESTABLISHED;
-			to = EP_CT_TO_TCP_ESTABLISHED;
-		}
-	}
 	e->created_ns = now;
 	e->expires_ns = now + ep_ct_timeout(to);
 	e->packets[0] = 1;
@@ -305,20 +325,6 @@ static __noinline bool ep_ct_create(const struct ep_pkt *p, struct ep_ct_key *k,
 	}
 	ep_ct_stat(EP_CT_STAT_INSERT_FAILED, len);
 	return false;
-}
-
-/* Step 3a (CONNTRACK.md): the entry of a SYN that rule slot `slot` classified, inserted before any
- * lookup when the rule is a tracking allow and ep_ct is below its mark (`m`'s rule_id is set to the
- * rule's). Returns true when it was created; false when the rule is not a tracking allow, ep_ct is
- * at its mark, or the insert failed (the flow has an entry, or no room): the caller goes on as if
- * step 3a had not been, the class kept. */
-static __always_inline bool ep_ct_syn_first(const struct ep_pkt *p, struct ep_ct_key *k, struct ep_ct_new_meta *m, __u32 slot)
-{
-	struct ep_rule *r = bpf_map_lookup_elem(&ep_rules, &slot);
-	if (!r || (r->action & (EP_ACT_MASK | EP_RULE_F_TRACK)) != (EP_ACT_ALLOW | EP_RULE_F_TRACK))
-		return false;
-	m->rule_id = r->rule_id;
-	return ep_ct_create(p, k, m, NULL, true);
 }
 
 /* The cut re-check (CONNTRACK.md step 5): classifies the entry's tuple against generation `gen`.
@@ -371,6 +377,25 @@ static __always_inline void ep_ct_promote(struct ep_ct_key *k, struct ep_ct_entr
 		return;
 	}
 	ep_ct_stat(EP_CT_STAT_INSERT_FAILED, 0);
+}
+
+#include "ep_ct4.h"
+
+/* Step 3a (CONNTRACK.md): the entry of a SYN that rule slot `slot` classified, inserted before any
+ * lookup when the rule is a tracking allow (`m`'s rule_id is set to the rule's): an IPv4 flow's
+ * into ep_ct4 while ep_ct is empty (else ep_ct could hold the flow: the lookup decides), any
+ * other into ep_ct while it is below its mark. Returns true when it was created; false when the
+ * rule is not a tracking allow, the table is not as said, or the insert found the flow's entry or
+ * no room: the caller goes on as if step 3a had not been, the class kept. */
+static __always_inline bool ep_ct_syn_first(const struct ep_pkt *p, struct ep_ct_key *k, struct ep_ct_new_meta *m, __u32 slot)
+{
+	struct ep_rule *r = bpf_map_lookup_elem(&ep_rules, &slot);
+	if (!r || (r->action & (EP_ACT_MASK | EP_RULE_F_TRACK)) != (EP_ACT_ALLOW | EP_RULE_F_TRACK))
+		return false;
+	m->rule_id = r->rule_id;
+	if (p->family == 4)
+		return bpf_map_sum_elem_count((const struct bpf_map *)&ep_ct) == 0 && ep_ct4_create(p, k, m) == EP_CT4_CREATED;
+	return ep_ct_create(p, k, m, NULL, true);
 }
 
 /* ---- L4 load balancing (bpf/LB.md, "A packet" and "Connection entries of a load-balanced flow") */
@@ -458,6 +483,8 @@ static __noinline void ep_lb_create_rev(const struct ep_pkt *p, const struct ep_
 	 * or before a port reuse) would be found first and reverse-NAT this flow's replies from that
 	 * flow's VIP until its S expired. */
 	bpf_map_delete_elem(&ep_ct, kb);
+	if (kb->family == 4)
+		ep_ct4_delete(kb);
 	if (bpf_map_update_elem(&ep_ct_new, kb, e, BPF_ANY) != 0)
 		ep_ct_stat(EP_CT_STAT_INSERT_FAILED, 0);
 }
@@ -507,15 +534,7 @@ __noinline int ep_lb_reply(const struct ep_pkt *p, struct ep_ct_key *kb, struct 
 		return false;
 	}
 	__u32 dir = src_b == !!(s->flags & EP_CT_F_ORIG_B) ? EP_CT_DIR_ORIG : EP_CT_DIR_REPLY;
-	if (p->proto == EP_IPPROTO_TCP) {
-		ep_ct_tcp(s, dir, p->tcp_flags, now);
-	} else {
-		if (dir == EP_CT_DIR_REPLY)
-			s->flags |= EP_CT_F_SEEN_REPLY;
-		s->expires_ns = now + ep_ct_timeout(EP_CT_TO_UDP);
-	}
-	__sync_fetch_and_add(&s->packets[dir & 1], 1);
-	__sync_fetch_and_add(&s->bytes[dir & 1], len);
+	ep_ct_apply(s, dir, p, now, len);
 	b->state = s->state;
 	if (b->nat.flags & EP_CT_NAT_SNAT)
 		ep_lb_mode_rev(p, &b->nat, nat);
@@ -582,6 +601,9 @@ __noinline int ep_ct_related_lookup(const struct ep_pkt *p, const struct ep_pkt 
 	bool ports = q->ct == EP_CTK_FLOW;
 	__u32 src_b = ep_ct_key_make(&k, q->family, q->proto, q->src, q->sport, q->dst, q->dport, !ports,
 				     q->ct == EP_CTK_ECHO_REP);
+	/* ep_ct4 first, as at step 3; its flows have no NAT to plan. */
+	if (ep_ct4_flow(q) && ep_ct4_get(&k, now))
+		return true;
 	struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
 	if (!e)
 		e = ep_ct_get(&ep_ct_new, &k, now);
@@ -727,6 +749,23 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 					return ep_act(meta.slot, p, len, &track, &meta.rule_id);
 			}
 		}
+		/* ep_ct4 first: an IPv4 TCP/UDP flow without NAT is there (unless its window was full
+		 * when it was created, or it predates layout 6: then in ep_ct or ep_ct_new, below). */
+		if (ep_ct4_flow(p)) {
+			meta.flags = src_b ? EP_CT_F_ORIG_B : 0;
+			__u32 how = ((gflags & EP_GEN_F_CUT) ? EP_CT4_HOW_CUT : 0) | (hook == EP_HOOK_POLICY ? EP_CT4_HOW_POLICY : 0);
+			int found = ep_ct4_packet(p, &k, &meta, how);
+			if (found >= EP_CT4_RECHECK) {
+				if (ep_ct_recheck(&k, found & 0xff, gen)) {
+					ep_ct4_delete(&k);
+					ep_ct_stat(EP_CT_STAT_CUT, len);
+					return EP_DROP;
+				}
+				found = ep_ct4_packet(p, &k, &meta, how | EP_CT4_HOW_CHECKED);
+			}
+			if (found)
+				return EP_PASS;
+		}
 		bool in_new = false;
 		struct ep_ct_entry *e = ep_ct_get(&ep_ct, &k, now);
 		if (!e && meta.new_empty < 0)
@@ -786,15 +825,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 				}
 				e->epoch = epoch;
 			}
-			if (p->proto == EP_IPPROTO_TCP) {
-				ep_ct_tcp(e, dir, p->tcp_flags, now);
-			} else {
-				if (dir == EP_CT_DIR_REPLY)
-					e->flags |= EP_CT_F_SEEN_REPLY;
-				e->expires_ns = now + ep_ct_timeout(p->proto == EP_IPPROTO_UDP ? EP_CT_TO_UDP : EP_CT_TO_ICMP);
-			}
-			__sync_fetch_and_add(&e->packets[dir & 1], 1);
-			__sync_fetch_and_add(&e->bytes[dir & 1], len);
+			ep_ct_apply(e, dir, p, now, len);
 			ep_ct_stat(EP_CT_STAT_ESTABLISHED, len);
 			/* A load-balanced flow's service entry: its original direction goes to its
 			 * backend, whatever the tables say now. */
@@ -822,7 +853,8 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		if (trackable && (gflags & EP_GEN_F_TRACK_EGRESS)) {
 			meta.rule_id = EP_CT_RULE_EGRESS;
 			meta.flags |= EP_CT_F_EGRESS;
-			ep_ct_create(p, &k, &meta, NULL, false);
+			if (!ep_ct4_flow(p) || ep_ct4_create(p, &k, &meta) == EP_CT4_FULL)
+				ep_ct_create(p, &k, &meta, NULL, false);
 		}
 		return EP_PASS;
 	}
@@ -858,7 +890,7 @@ static __always_inline int ep_datapath(void *data, void *data_end, __u64 len, in
 		if (scheduled != 0)
 			return scheduled > 0 ? EP_PASS : EP_DROP;
 	}
-	if (track)
+	if (track && (!ep_ct4_flow(p) || ep_ct4_create(p, &k, &meta) == EP_CT4_FULL))
 		ep_ct_create(p, &k, &meta, NULL, false);
 	return verdict;
 }

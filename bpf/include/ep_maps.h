@@ -171,6 +171,24 @@ struct {
 	__type(value, struct ep_ct_entry);
 } ep_ct SEC(".maps");
 
+/* The IPv4 flow table (layout 6, struct ep_ct4_slot): IPv4 TCP/UDP flows without NAT, looked up
+ * before ep_ct. Its size is a power of two (the agent's); 0 slots is not allowed by the kernel,
+ * so the smallest is EP_CT4_PROBES. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, struct ep_ct4_slot);
+} ep_ct4 SEC(".maps");
+
+/* Beside ep_ct4, slot by slot: what the packets never read (creation time, rule). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, struct ep_ct4_cold);
+} ep_ct4_cold SEC(".maps");
+
 /* ep_ct_create's entry while it is built (private to the programs, not pinned; per CPU, as XDP and
  * TC programs do not nest on a CPU). */
 struct {

@@ -191,8 +191,9 @@ struct ep_shadow_sample {
 /* 1: the object before conntrack (it has no marker); 2: conntrack keyed by the original
  * direction; 3: the direction-independent key below (bpf/CONNTRACK.md, "Upgrades"); 4: the
  * connection entry carries its NAT (struct ep_ct_nat) and the load-balancing maps exist
- * (bpf/LB.md). */
-#define EP_LAYOUT_VERSION 5
+ * (bpf/LB.md); 5: forwarding modes (struct ep_ct_nat's second half); 6: the IPv4 flow table
+ * (ep_ct4, ep_ct4_cold) in front of ep_ct. */
+#define EP_LAYOUT_VERSION 6
 
 /* Rule flags live in the high bits of ep_rule.action (the layout of ep_rule is unchanged). */
 #define EP_ACT_MASK     0xff
@@ -304,6 +305,38 @@ enum ep_ct_stat {
 	EP_CT_STAT_PROMOTED, EP_CT_STAT_INSERT_FAILED, EP_CT_STAT_EXPIRED, EP_CT_STAT_CUT,
 	EP_CT_STAT_CONTROL, EP_CT_STAT_COUNT,
 };
+
+/* The IPv4 flow table (layout 6; CONNTRACK.md, "The IPv4 table"): an IPv4 TCP or UDP flow
+ * without NAT in one 64-byte line of ep_ct4 (an ARRAY of a power of two slots, open addressing,
+ * EP_CT4_PROBES slots from the flow's home), what only listings read in ep_ct4_cold at the same
+ * index. The key is ep_ct_key's (side a, side b, ports in host byte order) without family and
+ * padding; the other fields are ep_ct_entry's. */
+struct ep_ct4_slot {
+	__u32 tag;         /* EP_CT4_EMPTY, EP_CT4_DEAD, a flow's busy tag while written, its live tag */
+	__u32 epoch;
+	__u32 a;           /* side a's address, network byte order */
+	__u32 b;           /* side b's address */
+	__u16 ap;          /* side a's port, host byte order */
+	__u16 bp;
+	__u8 proto;
+	__u8 state;        /* enum ep_ct_state */
+	__u8 flags;        /* EP_CT_F_* */
+	__u8 pad;
+	__u64 expires_ns;
+	__u64 packets[2];  /* atomic adds */
+	__u64 bytes[2];
+} __attribute__((aligned(64)));  /* 64 bytes: one cache line */
+
+struct ep_ct4_cold {
+	__u64 created_ns;
+	__u32 rule_id;
+	__u32 pad;
+};                                /* 16 bytes */
+
+#define EP_CT4_EMPTY  0          /* never held a flow: every probe sequence ends here */
+#define EP_CT4_DEAD   2          /* held one (deleted): free, probe sequences go on past it */
+#define EP_CT4_LIVE   0x80000000 /* a live tag is the flow's busy tag with this bit */
+#define EP_CT4_PROBES 8          /* slots from a flow's home that may hold it */
 
 /* ctx of the ep_ct_sweep program (BPF_PROG_TEST_RUN of a BPF_PROG_TYPE_SYSCALL program). */
 struct ep_ct_sweep_args {

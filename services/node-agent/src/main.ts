@@ -144,6 +144,7 @@ async function run(config: AgentConfig): Promise<Started> {
           pinRoot,
           ctEntries: config.ctEntries,
           ctNewEntries: config.ctNewEntries,
+          ct4Slots: config.ct4Slots,
           conntrack: config.conntrack,
           // Services are DNATed at the uplink's XDP hook: only its maps are sized by --lb-*; a
           // workload datapath never fronts a service and takes the smallest maps.

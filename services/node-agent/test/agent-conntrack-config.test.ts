@@ -12,6 +12,7 @@ test('agent config - connection tracking defaults are CONNTRACK.md\'s', (t) => {
   t.deepEqual(c.conntrack, DEFAULT_CONNTRACK_CONFIG);
   t.is(c.ctEntries, 262_144);
   t.is(c.ctNewEntries, 65_536);
+  t.is(c.ct4Slots, 262_144);
 });
 
 test('agent config - timeouts take the shared duration syntax (N, Ns, Nm, Nh, Nd, 1h30m, 1.5h) from 1s to 30d; table sizes are bounded', (t) => {
@@ -28,6 +29,9 @@ test('agent config - timeouts take the shared duration syntax (N, Ns, Nm, Nh, Nd
   }
   t.throws(() => parse('--ct-entries', '15'), { instanceOf: AgentConfigError, message: /--ct-entries: 15 is outside/ });
   t.throws(() => parse('--ct-entries', '99999999'), { instanceOf: AgentConfigError });
+  t.is(parse('--ct4-slots', '1048576').ct4Slots, 1_048_576);
+  t.is((parseAgentConfig([...base], { EDGEPLANE_CT4_SLOTS: '8' }) as AgentConfig).ct4Slots, 8);
+  for (const bad of ['4', '1000', '33554432']) t.throws(() => parse('--ct4-slots', bad), { instanceOf: AgentConfigError, message: new RegExp(`--ct4-slots: ${bad} is not a power of two in 8 .. 16777216`) });
   t.is(parseTimeout('x', undefined, 5000), 5000);
 });
 

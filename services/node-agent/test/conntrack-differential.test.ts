@@ -27,6 +27,7 @@ import {
   type CtKey,
   type CtStatName,
   type CtTable,
+  CT_TABLES,
 } from '../src/datapath/conntrack-model.js';
 import type { ConntrackConfig, ControlEndpoint } from '../src/datapath/conntrack.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
@@ -34,6 +35,8 @@ import { buildFrame, type FrameSpec } from '../src/datapath/packet.js';
 import { DEFAULT_RULE_ID, type RuleSetSpec } from '../src/datapath/rule-set.js';
 import { ctKeyOfFlow, CT_FLAG_ORIG_B, originalTuple } from '../src/datapath/conntrack-key.js';
 import { epCtEntry, epCtKey } from '../src/datapath/table-codecs.js';
+import { CT4_PROBES } from '../src/datapath/ct4-table.js';
+import { KernelCt4 } from './ct4-helpers.js';
 import { describeEvent, eventFrame, flowKey, nextSequence, randomScenario, type CtScenario } from './conntrack-sequences.js';
 import { mountBpffs, prng, seedFromEnv, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
 
@@ -69,6 +72,14 @@ const CT_ENTRIES = 3;
  * expired (retransmissions, port reuse, expiry).
  */
 const CT_ENTRIES_ROOMY = 4096;
+/**
+ * ep_ct4 of one window: a sequence's first IPv4 TCP/UDP flows fill it and the later ones go to
+ * ep_ct as before it existed (its full-window path), expired lines are reused, and the slots the
+ * model picks are checked against the kernel's.
+ */
+const CT4_TINY = CT4_PROBES;
+/** An ep_ct4 no sequence fills a window of (windows overlap, so placement is still compared). */
+const CT4_ROOMY = 4096;
 /** ep_ct_new large enough that the kernel's approximate LRU never evicts within a scenario. */
 const CT_NEW_ENTRIES = 4096;
 /** Distinct timeouts, so a deadline tells which one was applied. */
@@ -117,34 +128,50 @@ function comparable(entry: CtEntry | KernelEntry): Record<string, unknown> {
   };
 }
 
-test('conntrack differential - the kernel state machine equals the reference model, packet by packet', (t) => differential(t, CT_ENTRIES));
+test('conntrack differential - the kernel state machine equals the reference model, packet by packet (ep_ct4 of one window: IPv4 flows past it in ep_ct)', (t) => differential(t, CT_ENTRIES, CT4_TINY));
 
-test('conntrack differential - the same with ep_ct below its direct mark throughout: every new flow in ep_ct, each SYN that opens one inserted before any lookup (step 3a)', (t) => differential(t, CT_ENTRIES_ROOMY));
+test('conntrack differential - the same with ep_ct below its direct mark throughout and a roomy ep_ct4: every new flow in ep_ct4 or ep_ct, each SYN that opens one inserted before any lookup (step 3a)', (t) => differential(t, CT_ENTRIES_ROOMY, CT4_ROOMY));
 
 /**
  * Runs SCENARIOS random scenarios of SEQUENCES sequences each through the kernel and the model,
- * with an ep_ct of `ctEntries` entries, and fails at the first difference.
+ * with an ep_ct of `ctEntries` entries and an ep_ct4 of `ct4Slots`, and fails at the first
+ * difference (for ep_ct4, a flow in another slot than the model's is one).
  */
-async function differential(t: ExecutionContext, ctEntries: number): Promise<void> {
+async function differential(t: ExecutionContext, ctEntries: number, ct4Slots: number): Promise<void> {
   const seed = seedFromEnv();
   t.log(`seed ${seed} (EDGEPLANE_SEED=${seed} to reproduce)`);
   const rng = prng(seed);
   const pinRoot = freshRoot();
-  const datapath = await EbpfDatapath.open({ pinRoot, ctEntries, ctNewEntries: CT_NEW_ENTRIES, conntrack: CONFIG });
+  const datapath = await EbpfDatapath.open({ pinRoot, ctEntries, ctNewEntries: CT_NEW_ENTRIES, ct4Slots, conntrack: CONFIG });
   t.teardown(() => datapath.close());
   datapath.setControlEndpoints(CONTROL);
   const maps = { established: BpfMap.openPinned(join(pinRoot, 'ep_ct')), new: BpfMap.openPinned(join(pinRoot, 'ep_ct_new')) };
+  const v4 = KernelCt4.open(pinRoot);
   t.teardown(() => {
     maps.established.close();
     maps.new.close();
+    v4.close();
   });
-  const typed: Record<CtTable, TypedMap<CodecValue<typeof epCtKey>, KernelEntry>> = {
+  const typed: Record<'established' | 'new', TypedMap<CodecValue<typeof epCtKey>, KernelEntry>> = {
     established: new TypedMap(maps.established, epCtKey, epCtEntry),
     new: new TypedMap(maps.new, epCtKey, epCtEntry),
   };
   // The kernel's entry of the flow whose original direction is exactly `key` (the flow's one
   // key holds either direction; its EP_CT_F_ORIG_B tells which), as the model's get() answers.
-  const tables: Record<CtTable, { get(key: CtKey): KernelEntry | undefined; set(key: CtKey, entry: KernelEntry): void; delete(key: CtKey): void }> = Object.fromEntries(
+  type KernelTable = { get(key: CtKey): KernelEntry | undefined; set(key: CtKey, entry: KernelEntry): void };
+  const tables: Record<CtTable, KernelTable> = {
+    v4: {
+      get: (key: CtKey): KernelEntry | undefined => {
+        const found = v4.find(ctKeyOfFlow(key).key);
+        return found !== undefined && keyId(found.key) === keyId(key) ? found.entry : undefined;
+      },
+      set: (key: CtKey, entry: KernelEntry): void => {
+        const found = v4.find(ctKeyOfFlow(key).key);
+        if (found === undefined) throw new Error(`no ep_ct4 line for ${keyId(key)}`);
+        v4.write(found.index, key, entry);
+      },
+    },
+    ...(Object.fromEntries(
     (['established', 'new'] as const).map((table) => [
       table,
       {
@@ -153,16 +180,16 @@ async function differential(t: ExecutionContext, ctEntries: number): Promise<voi
           return entry !== undefined && (entry.flags & CT_FLAG_ORIG_B) === ctKeyOfFlow(key).origFlag ? entry : undefined;
         },
         set: (key: CtKey, entry: KernelEntry): void => typed[table].set(toKernelKey(key), entry),
-        delete: (key: CtKey): void => void typed[table].delete(toKernelKey(key)),
       },
     ]),
-  ) as Record<CtTable, { get(key: CtKey): KernelEntry | undefined; set(key: CtKey, entry: KernelEntry): void; delete(key: CtKey): void }>;
+  ) as Record<'established' | 'new', KernelTable>),
+  };
   const programs = { edge_xdp: datapath.xdpProgram, edge_tc: datapath.tcProgram, edge_tc_egress: datapath.tcEgressProgram };
-  const model = new ConntrackModel({ entries: ctEntries, newEntries: CT_NEW_ENTRIES });
+  const model = new ConntrackModel({ entries: ctEntries, newEntries: CT_NEW_ENTRIES, v4Slots: ct4Slots });
   const reasons = new Map<string, number>();
   let packets = 0;
 
-  const dump = (table: CtTable): Map<string, { key: CtKey; entry: KernelEntry }> => new Map(readTable(maps[table]).map((e) => [keyId(e.key), e]));
+  const dump = (table: CtTable): Map<string, { key: CtKey; entry: KernelEntry; index?: number }> => new Map((table === 'v4' ? v4.read() : readTable(maps[table])).map((e) => [keyId(e.key), e]));
   // ep_ct_stats, and the rule counters by rule id (the default action's as DEFAULT_RULE_ID).
   const kernelCounts = (): { stats: Record<CtStatName, number>; rules: Map<number, number> } => {
     const counters = datapath.readCounters();
@@ -183,7 +210,8 @@ async function differential(t: ExecutionContext, ctEntries: number): Promise<voi
     const fail = (message: string): void => {
       t.fail(`seed ${seed} sequence ${n}: ${message}\nflows ${JSON.stringify(scenario.flows)}\nevents so far:\n  ${history.join('\n  ')}`);
     };
-    for (const table of ['established', 'new'] as const) for (const { key } of dump(table).values()) tables[table].delete(key);
+    for (const table of ['established', 'new'] as const) for (const { key } of dump(table).values()) typed[table].delete(toKernelKey(key));
+    v4.clear();
     model.clear();
     const kernelBefore = kernelCounts();
     const modelBefore = { stats: model.stats(), rules: modelRules() };
@@ -192,7 +220,7 @@ async function differential(t: ExecutionContext, ctEntries: number): Promise<voi
     // Compares the entries under `key` (both tables); on agreement the model adopts the kernel's
     // exact deadline and creation time.
     const compareKey = (key: CtKey, window: PacketWindow): boolean => {
-      for (const table of ['established', 'new'] as const) {
+      for (const table of CT_TABLES) {
         const kernel = tables[table].get(key);
         const expected = model.get(key, table)?.entry;
         if ((kernel === undefined) !== (expected === undefined)) {
@@ -236,7 +264,7 @@ async function differential(t: ExecutionContext, ctEntries: number): Promise<voi
       if (event.kind === 'expire') {
         const flow = scenario.flows[event.flow] as CtScenario['flows'][number];
         for (const key of [flowKey(flow, 'a'), flowKey(flow, 'b')]) {
-          for (const table of ['established', 'new'] as const) {
+          for (const table of CT_TABLES) {
             const kernel = tables[table].get(key);
             if (kernel !== undefined) tables[table].set(key, { ...kernel, expiresNs: 1n });
             const expected = model.get(key, table);
@@ -262,10 +290,10 @@ async function differential(t: ExecutionContext, ctEntries: number): Promise<voi
       const keys = packet.kind !== 'ip' ? [] : [packet.tuple, packet.quoted].filter((k): k is CtKey => k !== null);
       for (const key of keys) if (!compareKey(key, { from, coarseFrom, coarseTo }) || !compareKey(reverseKey(key), { from, coarseFrom, coarseTo })) return;
     }
-    // The whole tables, and what this scenario counted.
-    for (const table of ['established', 'new'] as const) {
-      const kernel = [...dump(table)].map(([id, { entry }]) => `${id} ${JSON.stringify(comparable(entry))}`).sort();
-      const expected = model.entries(table).map(({ key, entry }) => `${keyId(key)} ${JSON.stringify(comparable(entry))}`).sort();
+    // The whole tables (ep_ct4's expired lines too, slot for slot), and what this scenario counted.
+    for (const table of CT_TABLES) {
+      const kernel = [...dump(table)].map(([id, { entry, index }]) => `${index ?? ''} ${id} ${JSON.stringify(comparable(entry))}`).sort();
+      const expected = model.entries(table).map(({ key, entry, slot }) => `${slot ?? ''} ${keyId(key)} ${JSON.stringify(comparable(entry))}`).sort();
       if (JSON.stringify(kernel) !== JSON.stringify(expected)) {
         fail(`table ${table} at the end: kernel\n    ${kernel.join('\n    ')}\n  model\n    ${expected.join('\n    ')}`);
         return;
@@ -312,15 +340,16 @@ async function runCase(ruleSet: RuleSetSpec, steps: readonly (readonly [CtHook, 
   const pinRoot = freshRoot();
   const datapath = await EbpfDatapath.open({ pinRoot, conntrack: CONFIG });
   const maps = { established: BpfMap.openPinned(join(pinRoot, 'ep_ct')), new: BpfMap.openPinned(join(pinRoot, 'ep_ct_new')) };
+  const v4 = KernelCt4.open(pinRoot);
   try {
     await datapath.apply(ruleSet);
     const config: CtConfig = { generation: ctGeneration(ruleSet, datapath.epoch), timeouts: TIMEOUTS, control: [] };
     const programs = { edge_xdp: datapath.xdpProgram, edge_tc: datapath.tcProgram, edge_tc_egress: datapath.tcEgressProgram };
     const model = new ConntrackModel();
     const kernelTables = (): string[] =>
-      (['established', 'new'] as const).flatMap((table) => readTable(maps[table]).map(({ key, entry }) => `${table} ${keyId(key)} ${JSON.stringify(comparable(entry))}`)).sort();
+      CT_TABLES.flatMap((table) => (table === 'v4' ? v4.read() : readTable(maps[table])).map(({ key, entry }) => `${table} ${keyId(key)} ${JSON.stringify(comparable(entry))}`)).sort();
     const modelTables = (): string[] =>
-      (['established', 'new'] as const).flatMap((table) => model.entries(table).map(({ key, entry }) => `${table} ${keyId(key)} ${JSON.stringify(comparable(entry))}`)).sort();
+      CT_TABLES.flatMap((table) => model.entries(table).map(({ key, entry }) => `${table} ${keyId(key)} ${JSON.stringify(comparable(entry))}`)).sort();
     const kernel: CaseOutcome['kernel'][number][] = [];
     const modelOut: CaseOutcome['model'][number][] = [];
     for (const [hook, frame] of steps) {
@@ -334,6 +363,7 @@ async function runCase(ruleSet: RuleSetSpec, steps: readonly (readonly [CtHook, 
   } finally {
     maps.established.close();
     maps.new.close();
+    v4.close();
     datapath.close();
   }
 }

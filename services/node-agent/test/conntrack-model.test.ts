@@ -30,6 +30,13 @@ const S = 1_000_000_000n;
 const T0 = 1_000n * S;
 const timeouts = { tcpSyn: 60n * S, tcpEstablished: 21_600n * S, tcpClosing: 10n * S, udp: 61n * S, icmp: 62n * S };
 
+/**
+ * A model without ep_ct4: these tests of ep_ct's and ep_ct_new's rules use IPv4 flows, which
+ * ep_ct4 would take (the rules hold for every flow it does not: IPv6, ICMP, a full window); the
+ * tests named "ep_ct4" below give it one.
+ */
+const newModel = (options: ConstructorParameters<typeof ConntrackModel>[0] = {}): ConntrackModel => new ConntrackModel({ v4Slots: 0, ...options });
+
 const A = '10.0.0.1';
 const B = '10.0.0.2';
 const A6 = '2001:db8::1';
@@ -135,7 +142,7 @@ const rows: [CtState, number, 'orig' | 'reply', number, CtState, number, bigint]
 for (const [state, flags, direction, packet, next, nextFlags, timeout] of rows) {
   const title = `${names[state]} flags=${flags} ${direction} tcp=0x${packet.toString(16)} -> ${names[next]} flags=${nextFlags}`;
   test(`tcp table - ${title}`, (t) => {
-    const model = new ConntrackModel();
+    const model = newModel();
     model.put('established', tcpKey, entry(state, flags));
     const now = T0 + S;
     const frame = direction === 'orig' ? tcp(A, B, 40000, 80, packet) : tcp(B, A, 80, 40000, packet);
@@ -153,7 +160,7 @@ for (const [state, flags, direction, packet, next, nextFlags, timeout] of rows) 
 }
 
 test('tcp table - a closing deadline already later than now + closing is brought in, never extended', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   model.put('established', tcpKey, entry(ctStates.closed, 0, { expiresNs: T0 + 100n * S }));
   t.is(model.step(tcp(A, B, 40000, 80, ack), 'edge_xdp', T0, config()).entry?.expiresNs, T0 + timeouts.tcpClosing);
 });
@@ -172,7 +179,7 @@ const creations: [string, number, CtState | undefined, number, bigint][] = [
 ];
 for (const [name, flags, state, entryFlags, timeout] of creations) {
   test(`create - tcp ${name} by a tracking rule -> ${state === undefined ? 'no entry' : names[state]}`, (t) => {
-    const model = new ConntrackModel();
+    const model = newModel();
     const result = model.step(tcp(A, B, 40000, 80, flags), 'edge_xdp', T0, config());
     t.is(result.verdict, 'pass');
     if (state === undefined) {
@@ -188,7 +195,7 @@ for (const [name, flags, state, entryFlags, timeout] of creations) {
 }
 
 test('create - udp and icmp echo request start UDP and ICMP with their timeouts; an echo reply creates nothing', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   t.is(model.step(udp(A, B, 5000, 53), 'edge_tc', T0, config()).entry?.state, ctStates.udp);
   t.is(model.get(key(A, B, 17, 5000, 53))?.entry.expiresNs, T0 + timeouts.udp);
   const echo = model.step(icmp(A6, B6, 128, 77), 'edge_tc', T0, config());
@@ -202,7 +209,7 @@ test('create - udp and icmp echo request start UDP and ICMP with their timeouts;
 });
 
 test('create - only tracking rules create; a non-tracking allow passes; drops create nothing; the default tracks with trackDefault', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   t.is(model.step(tcp(A, '10.0.0.3', 1, 2, syn), 'edge_xdp', T0, config()).reason, 'rule');
   t.is(model.step(tcp('10.0.0.9', B, 1, 2, syn), 'edge_xdp', T0, config()).verdict, 'pass'); // rule 1 matches first
   const denied = model.step(tcp(A, '10.0.0.4', 1, 2, syn), 'edge_xdp', T0, config());
@@ -215,7 +222,7 @@ test('create - only tracking rules create; a non-tracking allow passes; drops cr
 });
 
 test('counters - rules count only packets without an entry', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   model.step(tcp(A, B, 40000, 80, syn), 'edge_xdp', T0, config());
   model.step(tcp(B, A, 80, 40000, syn | ack), 'edge_xdp', T0, config());
   model.step(tcp(A, B, 40000, 80, ack), 'edge_xdp', T0, config());
@@ -227,7 +234,7 @@ for (const belowMark of [true, false]) {
   const where = belowMark ? 'created in ep_ct below the direct mark, never moved' : 'created in ep_ct_new at the direct mark, moved to ep_ct on the first reply';
   test(`handshake - SYN, SYN-ACK, ACK, FIN, FIN: ${where}`, (t) => {
     // ep_ct of 4: its mark is 2, so two entries there put a new flow in ep_ct_new.
-    const model = new ConntrackModel({ entries: 4 });
+    const model = newModel({ entries: 4 });
     if (!belowMark) for (const port of [1, 2]) model.put('established', key(A, B, 17, port, port), entry(ctStates.udp));
     const c = config();
     const first = belowMark ? 'established' : 'new';
@@ -252,7 +259,7 @@ for (const belowMark of [true, false]) {
 
 test('tables - the direct mark is half of ep_ct rounded down, expired entries counted; below it new flows go to ep_ct, at it to ep_ct_new', (t) => {
   t.deepEqual([0, 1, 2, 3, 16, 262_144].map(ctDirectMark), [0, 0, 1, 1, 8, 131_072]);
-  const model = new ConntrackModel({ entries: 5 });
+  const model = newModel({ entries: 5 });
   const c = config();
   model.put('established', key(A, B, 17, 1, 1), entry(ctStates.udp, 0, { expiresNs: T0 - 1n }));
   t.like(model.step(udp(A, B, 2, 2), 'edge_tc', T0, c), { reason: 'created', table: 'established' });
@@ -269,7 +276,7 @@ test('tables - the direct mark is half of ep_ct rounded down, expired entries co
 });
 
 test('lookup - ep_ct before ep_ct_new, orig before reply; a tuple that collides with a reversed entry is its reply', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   // Two entries whose keys are each other's reverse: the packet's own tuple (orig) in ep_ct wins.
   model.put('new', tcpKey, entry(ctStates.synSent));
   model.put('established', reverseKey(tcpKey), entry(ctStates.established, ctFlags.seenReply, { ruleId: 9 }));
@@ -293,7 +300,7 @@ test('lookup - ep_ct before ep_ct_new, orig before reply; a tuple that collides 
 });
 
 test('expiry - a passed deadline deletes the entry, counts EXPIRED, and the packet is classified afresh', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   model.put('established', tcpKey, entry(ctStates.established, ctFlags.seenReply, { expiresNs: T0 - 1n }));
   model.put('new', tcpKey, entry(ctStates.synSent, 0, { expiresNs: T0 - 1n }));
   const result = model.step(tcp(A, B, 40000, 80, ack), 'edge_xdp', T0, config());
@@ -302,13 +309,13 @@ test('expiry - a passed deadline deletes the entry, counts EXPIRED, and the pack
   t.is(model.stats().expired, 2);
   t.is(model.get(tcpKey)?.table, 'established');
   // A deadline equal to now has not passed.
-  const fresh = new ConntrackModel();
+  const fresh = newModel();
   fresh.put('new', tcpKey, entry(ctStates.synSent, 0, { expiresNs: T0 }));
   t.is(fresh.step(tcp(A, B, 40000, 80, syn), 'edge_xdp', T0, config()).reason, 'established');
 });
 
 test('icmp errors - an error quoting a tracked flow (either way) passes as related, changes nothing', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   model.put('new', tcpKey, entry(ctStates.synSent));
   const before = model.get(tcpKey);
   const router = '10.9.9.9';
@@ -351,7 +358,7 @@ test('parse - tuples, flags, echo ids and quotes; untracked fragments and short 
 });
 
 test('egress - creates EGRESS entries with trackEgress, always passes, never classifies', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   const c = config();
   const out = model.step(tcp(A, '10.0.0.4', 40000, 443, syn), 'edge_tc_egress', T0, c);
   t.deepEqual([out.verdict, out.reason, out.entry?.ruleId, out.entry?.flags], ['pass', 'created', EGRESS_RULE_ID, ctFlags.egress]);
@@ -369,7 +376,7 @@ test('egress - creates EGRESS entries with trackEgress, always passes, never cla
 });
 
 test('control - packets from a control endpoint pass first, even when denied; at uplink egress packets to it, creating no entry', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   const c = config({}, [{ family: 4, proto: 6, addr: parseAddress('10.0.0.9') as Uint8Array, port: 4222 }]);
   for (const hook of ['edge_xdp', 'edge_tc'] as CtHook[]) t.is(model.step(tcp('10.0.0.9', A, 4222, 5555, ack), hook, T0, c).reason, 'control');
   t.is(model.step(tcp(A, '10.0.0.9', 5555, 4222, syn), 'edge_tc_egress', T0, c).reason, 'control');
@@ -381,7 +388,7 @@ test('control - packets from a control endpoint pass first, even when denied; at
 });
 
 test('cut - a change that denies a tracked flow ends it at its next packet; KEEP keeps it', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   const before = config({ cut: true, epoch: 1 });
   model.step(tcp(A, B, 40000, 80, syn), 'edge_xdp', T0, before);
   model.step(tcp(B, A, 80, 40000, syn | ack), 'edge_xdp', T0, before);
@@ -400,7 +407,7 @@ test('cut - a change that denies a tracked flow ends it at its next packet; KEEP
 });
 
 test('cut - a rule entry survives when its original tuple is still allowed, and its epoch is set', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   model.step(tcp(A, B, 40000, 80, syn), 'edge_xdp', T0, config({ cut: true, epoch: 1 }));
   const narrowed: RuleSetSpec = { rules: [{ id: 5, srcCidrs: ['10.0.0.1/32'], dstCidrs: [], protocol: 'tcp', dstPorts: [{ from: 80, to: 80 }], action: 'rate_limit', rateLimit: { pps: 1, burst: 1 } }], defaultAction: 'deny' };
   // The reply packet itself (B -> A) would be denied; the original tuple (A -> B:80) is not.
@@ -409,7 +416,7 @@ test('cut - a rule entry survives when its original tuple is still allowed, and 
 });
 
 test('cut - an egress entry is cut only by an explicit deny rule of its reply tuple', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   const base = config({ cut: true, epoch: 1 });
   model.step(udp(A, '10.0.0.4', 5000, 53), 'edge_tc_egress', T0, base);
   // Default deny: kept.
@@ -427,7 +434,7 @@ test('cut - an egress entry is cut only by an explicit deny rule of its reply tu
 
 test('tables - ep_ct full: the move fails, counts INSERT_FAILED, the entry stays in ep_ct_new and moves later', (t) => {
   // ep_ct of 1: its direct mark is 0, so every new flow goes to ep_ct_new.
-  const model = new ConntrackModel({ entries: 1 });
+  const model = newModel({ entries: 1 });
   const c = config();
   model.put('established', key(A, B, 17, 1, 1), entry(ctStates.udp));
   model.step(udp(A, B, 2, 2), 'edge_tc', T0, c);
@@ -446,7 +453,7 @@ test('tables - ep_ct full: the move fails, counts INSERT_FAILED, the entry stays
 
 test('tables - ep_ct_new evicts its least recently used entry when full', (t) => {
   // ep_ct of 1: its direct mark is 0, so every new flow goes to ep_ct_new.
-  const model = new ConntrackModel({ newEntries: 2, entries: 1 });
+  const model = newModel({ newEntries: 2, entries: 1 });
   const c = config();
   model.step(udp(A, B, 1, 1), 'edge_tc', T0, c);
   model.step(udp(A, B, 2, 2), 'edge_tc', T0, c);
@@ -467,7 +474,7 @@ test('ctGeneration - refuses an epoch of 0 or above u32, and a rule set validate
 });
 
 test('hooks - non-IP passes, malformed drops on ingress and passes on egress', (t) => {
-  const model = new ConntrackModel();
+  const model = newModel();
   const runt = buildFrame({ src: A, dst: B, protocol: 'tcp' }).slice(0, 20);
   t.like(model.step(runt, 'edge_xdp', T0, config()), { verdict: 'drop', reason: 'malformed' });
   t.like(model.step(runt, 'edge_tc_egress', T0, config()), { verdict: 'pass', reason: 'malformed' });
@@ -478,7 +485,7 @@ test('generator - scenarios reach every row of the TCP table and every outcome o
   const rng = prng(20261201);
   const rows = new Set<string>();
   const reasons = new Set<string>();
-  const model = new ConntrackModel({ entries: 4 });
+  const model = newModel({ entries: 4 });
   for (let n = 0; n < 1500; n++) {
     const scenario = randomScenario(rng);
     model.clear();
@@ -535,3 +542,49 @@ test('generator - scenarios reach every row of the TCP table and every outcome o
   t.log(`rows ${[...rows].sort().join(' ')}; stats ${JSON.stringify(stats)}`);
   for (const name of ['expired', 'insertFailed', 'promoted', 'related', 'cut'] as const) t.true(stats[name] > 0, name);
 });
+
+// ep_ct4 (layout 6): IPv4 TCP/UDP flows in a table of their own, placed as the kernel places them
+// (ct4-table.ts; the differential test checks the placement against the kernel, slot by slot).
+
+test('ep_ct4 - an IPv4 TCP or UDP flow lives in ep_ct4; an echo and an IPv6 flow in ep_ct; replies find it there', (t) => {
+  const model = new ConntrackModel({ v4Slots: 64 });
+  t.is(model.step(tcp(A, B, 40000, 80, syn), 'edge_xdp', T0, config()).table, 'v4');
+  t.is(model.step(udp(A, B, 5000, 53), 'edge_xdp', T0, config()).table, 'v4');
+  t.is(model.step(icmp(A, B, 8, 7), 'edge_xdp', T0, config()).table, 'established');
+  t.is(model.step(udp(A6, B6, 5000, 53), 'edge_xdp', T0, config()).table, 'established');
+  const reply = model.step(tcp(B, A, 80, 40000, syn | ack), 'edge_xdp', T0 + S, config());
+  t.deepEqual([reply.reason, reply.table, reply.direction, reply.entry?.state], ['established', 'v4', 'reply', ctStates.synRecv]);
+  t.deepEqual(model.entries('v4').map((e) => e.key.proto).sort((x, y) => x - y), [6, 17]);
+  t.is(model.entries('established').length, 2);
+});
+
+test('ep_ct4 - a flow whose eight slots are taken goes to ep_ct; an expired line is taken again and counted EXPIRED', (t) => {
+  // One window: the table's eight slots are every flow's window.
+  const model = new ConntrackModel({ v4Slots: 8 });
+  const tables = Array.from({ length: 10 }, (_, i) => model.step(udp(A, B, 5000 + i, 53), 'edge_tc', T0, config()).table);
+  t.deepEqual(tables, [...Array<string>(8).fill('v4'), 'established', 'established']);
+  // Flow 0 expires: the next new flow takes its slot (EXPIRED), flows 8 and 9 stay where they are.
+  const first = model.entries('v4').find((e) => e.key.sport === 5000);
+  model.put('v4', key(A, B, 17, 5000, 53), { ...(first?.entry as CtEntry), expiresNs: T0 });
+  const next = model.step(udp(A, B, 6000, 53), 'edge_tc', T0 + S, config());
+  t.is(next.table, 'v4');
+  t.is(model.entries('v4').find((e) => e.key.sport === 6000)?.slot, first?.slot);
+  t.is(model.stats().expired, 1);
+  t.is(model.get(key(A, B, 17, 5000, 53)), undefined);
+  t.is(model.get(key(A, B, 17, 5008, 53))?.table, 'established');
+});
+
+test('ep_ct4 - a cut deletes the line (DEAD): lookups of the flows placed past it still find them', (t) => {
+  const model = new ConntrackModel({ v4Slots: 8 });
+  for (const port of [53, 54, 55]) t.is(model.step(udp(A, B, 5000, port), 'edge_tc', T0, config({ cut: true })).table, 'v4');
+  const deny: RuleSetSpec = { ...ruleSet, rules: [{ id: 9, srcCidrs: [], dstCidrs: ['10.0.0.2/32'], protocol: 'udp', dstPorts: [{ from: 54, to: 54 }], action: 'deny' }, ...ruleSet.rules] };
+  const later = config({ ruleSet: deny, cut: true, epoch: 2 });
+  const cut = model.step(udp(A, B, 5000, 54), 'edge_tc', T0 + S, later);
+  t.deepEqual([cut.verdict, cut.reason, cut.table], ['drop', 'cut', 'v4']);
+  t.is(model.get(key(A, B, 17, 5000, 54)), undefined);
+  t.deepEqual(model.entries('v4').map((e) => e.key.dport).sort((x, y) => x - y), [53, 55]);
+  for (const port of [53, 55]) t.deepEqual(pick(model.step(udp(B, A, port, 5000), 'edge_tc', T0 + S, later)), ['pass', 'established', 'v4']);
+  t.is(model.stats().cut, 1);
+});
+
+const pick = (result: { verdict: string; reason: string; table?: string }): string[] => [result.verdict, result.reason, result.table ?? ''];

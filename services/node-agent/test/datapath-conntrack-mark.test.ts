@@ -3,7 +3,9 @@
 // Below half of ep_ct's capacity a new flow's entry is created in ep_ct (no move at its first
 // reply); at the mark, in ep_ct_new; a flood of flows that never get a reply fills ep_ct only up
 // to the mark, and the room above it stays for flows that get one. The count is the kernel's
-// (bpf_map_sum_elem_count), so entries the agent writes and deletes count too.
+// (bpf_map_sum_elem_count), so entries the agent writes and deletes count too. The flows are
+// IPv6: an IPv4 TCP/UDP flow goes to ep_ct4 first (layout 6), and reaches ep_ct only when its
+// window there is full (conntrack-differential.test.ts runs that path).
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
@@ -22,17 +24,17 @@ let roots = 0;
 /** ep_ct of 16 entries: its mark is 8. */
 const CT_ENTRIES = 16;
 const MARK = ctDirectMark(CT_ENTRIES);
-const SERVER = '192.0.2.1';
+const SERVER = '2001:db8::1';
 const { syn, ack } = tcpFlags;
 
 /** New TCP to the server's port 80 is admitted and tracked; the rest (replies without an entry too) is denied. */
 const stateful: RuleSetSpec = {
-  rules: [{ id: 1, srcCidrs: [], dstCidrs: [`${SERVER}/32`], protocol: 'tcp', dstPorts: [{ from: 80, to: 80 }], action: 'allow', track: true }],
+  rules: [{ id: 1, srcCidrs: [], dstCidrs: [`${SERVER}/128`], protocol: 'tcp', dstPorts: [{ from: 80, to: 80 }], action: 'allow', track: true }],
   defaultAction: 'deny',
   trackEgress: true,
 };
 
-const client = (i: number): string => `10.1.${(i >> 8) & 255}.${i & 255}`;
+const client = (i: number): string => `2001:db8:1::${i.toString(16)}`;
 const toServer = (i: number, flags: number): Uint8Array => buildFrame({ src: client(i), dst: SERVER, protocol: 'tcp', srcPort: 20_000 + (i % 40_000), dstPort: 80, tcpFlags: flags, payloadLength: 0 });
 const fromServer = (i: number, flags: number): Uint8Array => buildFrame({ src: SERVER, dst: client(i), protocol: 'tcp', srcPort: 80, dstPort: 20_000 + (i % 40_000), tcpFlags: flags, payloadLength: 0 });
 
@@ -60,7 +62,7 @@ test('conntrack mark - below half of ep_ct new flows are created there, at the m
   t.deepEqual(count(), { ct: MARK, ctNew: 0 }, 'below the mark: straight into ep_ct');
   // At the mark: ep_ct_new, from the policy hook and from uplink egress alike.
   for (let i = MARK; i < MARK + 3; i++) t.is(datapath.xdpProgram.testRun({ data: toServer(i, syn) }).retval, XDP_PASS);
-  t.is(datapath.tcEgressProgram.testRun({ data: buildFrame({ src: SERVER, dst: '198.51.100.9', protocol: 'udp', srcPort: 5353, dstPort: 53 }) }).retval, TC_ACT_OK);
+  t.is(datapath.tcEgressProgram.testRun({ data: buildFrame({ src: SERVER, dst: '2001:db8:2::9', protocol: 'udp', srcPort: 5353, dstPort: 53 }) }).retval, TC_ACT_OK);
   t.deepEqual(count(), { ct: MARK, ctNew: 4 }, 'at the mark: ep_ct_new');
   // A flow created in ep_ct needs no move at its first reply; one in ep_ct_new moves.
   t.is(datapath.tcEgressProgram.testRun({ data: fromServer(0, syn | ack) }).retval, TC_ACT_OK);

@@ -12,8 +12,8 @@ import { BpfMap, encode, u32, u64 } from 'libbpf-ts';
 import { DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry } from '../src/datapath/conntrack.js';
 import { EbpfDatapath } from '../src/datapath/ebpf-datapath.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
-import { ctKeyOfFlow } from '../src/datapath/conntrack-key.js';
-import { epCtKey } from '../src/datapath/table-codecs.js';
+import { ctKeyOfFlow, type CtKey } from '../src/datapath/conntrack-key.js';
+import { KernelCt4 } from './ct4-helpers.js';
 import { addVethPair, mountBpffs, removeNetnsRig } from './datapath-helpers.js';
 
 const id = `${process.pid % 10000}${Math.floor(Math.random() * 100)}`;
@@ -207,28 +207,29 @@ test.serial('conntrack - a closed TCP flow and an idle UDP flow leave the table 
   t.true((tcpEntry?.expiresInMs ?? Infinity) <= 5000);
   t.is(udpEntry?.state, 'udp');
   t.true((udpEntry?.expiresInMs ?? Infinity) <= 5000);
-  const table = BpfMap.openPinned(join(bpffs.path, 'ep_ct'));
+  // IPv4 TCP and UDP: in ep_ct4 (layout 6), one line each.
+  const table = KernelCt4.open(bpffs.path);
   t.teardown(() => table.close());
-  const keyOf = (e: ConnectionEntry): Uint8Array => {
+  const keyOf = (e: ConnectionEntry): CtKey => {
     const pad = (a: string): Uint8Array => {
       const out = new Uint8Array(16);
       out.set(parseAddress(a) as Uint8Array);
       return out;
     };
     // The listing shows the original direction; the table's key is the flow's canonical one.
-    const { key } = ctKeyOfFlow({ family: e.family, proto: e.proto, sport: e.sport, dport: e.dport, src: pad(e.src), dst: pad(e.dst) });
-    return encode(epCtKey, { ...key, pad: 0 });
+    return ctKeyOfFlow({ family: e.family, proto: e.proto, sport: e.sport, dport: e.dport, src: pad(e.src), dst: pad(e.dst) }).key;
   };
-  t.truthy(table.get(keyOf(tcpEntry!)));
-  t.truthy(table.get(keyOf(udpEntry!)));
+  t.truthy(table.find(keyOf(tcpEntry!)));
+  t.truthy(table.find(keyOf(udpEntry!)));
   await sleep(5100 - (udpEntry?.expiresInMs === undefined ? 0 : 5000 - udpEntry.expiresInMs));
   // Past their deadlines: no longer listed, still stored until someone deletes them.
   t.is(find({ addr: v4.far, port: 8000 }).find((e) => e.sport === tcp.sport), undefined);
   t.is(find({ addr: v4.far, port: 8001 }).find((e) => e.sport === 40200), undefined);
+  t.truthy(table.find(keyOf(tcpEntry!)));
   const expiredBefore = datapath.readCounters().conntrack.expired.packets;
   t.true(datapath.sweepConntrack(100_000) >= 2);
-  t.is(table.get(keyOf(tcpEntry!)), undefined);
-  t.is(table.get(keyOf(udpEntry!)), undefined);
+  t.is(table.find(keyOf(tcpEntry!)), undefined);
+  t.is(table.find(keyOf(udpEntry!)), undefined);
   t.true(datapath.readCounters().conntrack.expired.packets - expiredBefore >= 2);
 });
 
@@ -299,10 +300,12 @@ test.serial('conntrack - an agent killed with SIGKILL and restarted does not bre
   t.true(report.intervals.every((interval) => interval.sum.bytes > 0), 'data flowed in every interval');
 });
 
-test.serial('conntrack - with ep_ct full, established flows and a control endpoint still pass and insert failures count', async (t) => {
+test.serial('conntrack - with ep_ct4 and ep_ct full, established flows and a control endpoint still pass and insert failures count', async (t) => {
   const pinRoot = join(bpffs.path, 'tiny');
   mkdirSync(pinRoot);
-  const tiny = await EbpfDatapath.open({ pinRoot, ctEntries: 16 });
+  // ep_ct4 of one window (its eight slots are every flow's): the first eight flows take it, the
+  // rest go to ep_ct (sixteen) and ep_ct_new as before it existed.
+  const tiny = await EbpfDatapath.open({ pinRoot, ctEntries: 16, ct4Slots: 8 });
   t.teardown(() => tiny.close());
   await tiny.apply(stateful);
   attach(pinRoot);
@@ -310,8 +313,9 @@ test.serial('conntrack - with ep_ct full, established flows and a control endpoi
   // An established connection first, held open while the table fills.
   const hold = await start(nsN, ['python3', script, 'tcp-hold', v4.far, '8000', '2', '4'], 'connected');
   t.true(py(nsN, 'udp-flows', v4.far, 8001, 2, 41000, 24).ok, 'every UDP flow got its reply');
-  t.is(tiny.readConntrackOccupancy().established, 16);
-  t.true(tiny.readCounters().conntrack.insertFailed.packets >= 8);
+  // 25 flows: 8 in ep_ct4, 8 created in ep_ct below its mark, 9 in ep_ct_new of which 8 moved.
+  t.deepEqual(tiny.readConntrackOccupancy(), { established: 8 + 16, new: 1, reverseNat: 0 });
+  t.true(tiny.readCounters().conntrack.insertFailed.packets >= 1);
   // A flow that could not move keeps working from ep_ct_new.
   t.true(py(nsN, 'udp-client', v4.far, 8001, 2, 41023, 3).ok);
   await hold.exit;

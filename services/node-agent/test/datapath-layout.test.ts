@@ -26,6 +26,7 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
       { name: 'edge_tc', section: 'tc', type: 'sched_cls' },
       { name: 'edge_tc_egress', section: 'tc', type: 'sched_cls' },
       { name: 'ep_ct_sweep', section: 'syscall', type: 'syscall' },
+      { name: 'ep_ct4_count', section: 'syscall', type: 'syscall' },
       { name: 'ep_blk_clock', section: 'syscall', type: 'syscall' },
     ],
   );
@@ -47,6 +48,9 @@ test('object - has the programs and maps the agent pins, with their shapes', asy
     ep_scratch: { type: 'percpu_array', keySize: 4, valueSize: 856, maxEntries: 1, flags: 0, inner: undefined },
     ep_ct_new: { type: 'lru_hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 65_536, flags: 0, inner: undefined },
     ep_ct: { type: 'hash', keySize: tableCodecs.ep_ct_key.size, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 262_144, flags: 0, inner: undefined },
+    // Layout 6: the IPv4 flow table, one cache line a slot, and its cold half (sized at load: ct4Slots).
+    ep_ct4: { type: 'array', keySize: 4, valueSize: 64, maxEntries: 262_144, flags: 0, inner: undefined },
+    ep_ct4_cold: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_ct4_cold.size, maxEntries: 262_144, flags: 0, inner: undefined },
     ep_ct_scratch: { type: 'percpu_array', keySize: 4, valueSize: tableCodecs.ep_ct_entry.size, maxEntries: 1, flags: 0, inner: undefined }, // ep_ct_create's entry, private
     ep_ct_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_ct_cfg.size, maxEntries: 1, flags: 0, inner: undefined },
     ep_gen_cfg: { type: 'array', keySize: 4, valueSize: tableCodecs.ep_gen_cfg.size, maxEntries: 2, flags: 0, inner: undefined },

@@ -1,14 +1,14 @@
 // Upgrade in place (issues 13 and 14), on the real kernel: a node whose pinned datapath was loaded
-// by the previous version (layout 4: 88-byte connection entries, 20-byte backends, four
-// load-balancing counters) takes this version's agent and object (layout 5: the entries' NAT and
-// the backends grow for DSR and full NAT, bpf/LB.md "Forwarding modes"; three counters more)
-// without dropping an allowed packet, passing a denied one or losing an established connection.
-// (Layouts 2 -> 3 and 3 -> 4 were this test's previous subjects; relayoutCtElement still converts
-// layouts 2 to 4.)
+// by the previous version (layout 5: every connection in ep_ct or ep_ct_new) takes this version's
+// agent and object (layout 6: IPv4 TCP/UDP flows in ep_ct4 in front of them, bpf/CONNTRACK.md
+// "The IPv4 table") without dropping an allowed packet, passing a denied one or losing an
+// established connection: the flows layout 5 tracked stay in ep_ct, found after an ep_ct4 miss,
+// and new ones go to ep_ct4. (Layouts 2 -> 3, 3 -> 4 and 4 -> 5 were this test's previous
+// subjects; relayoutCtElement still converts layouts 2 to 5.)
 //
 // The previous version is built from git: the first commit whose bpf/include/ep_tables.h says
-// `#define EP_LAYOUT_VERSION 5` (this version's) is the first of layout 5, so its first parent is
-// the newest of layout 4 (EDGEPLANE_UPGRADE_FROM=<commit> overrides). `git archive` writes that tree into a temporary
+// `#define EP_LAYOUT_VERSION 6` (this version's) is the first of layout 6, so its first parent is
+// the newest of layout 5 (EDGEPLANE_UPGRADE_FROM=<commit> overrides). `git archive` writes that tree into a temporary
 // directory (no worktree entry in the shared repository to clean up if the test dies), its BPF
 // object is built there with this tree's vmlinux.h, and its own TypeScript runs under tsx with
 // its workspace packages mapped to its own sources (tsconfig paths) and this tree's
@@ -38,6 +38,7 @@ import { epCtEntry, epCtKey, NO_CT_NAT } from '../src/datapath/table-codecs.js';
 import type { ApplyResult } from '../src/datapath/datapath.js';
 import type { RuleSetSpec } from '../src/datapath/rule-set.js';
 import { mountBpffs, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS } from './datapath-helpers.js';
+import { KernelCt4 } from './ct4-helpers.js';
 import type { InterfaceHooks } from './netns-hooks.js';
 
 const repo = fileURLToPath(new URL('../../../', import.meta.url));
@@ -46,44 +47,20 @@ const trafficScript = fileURLToPath(new URL('./datapath-upgrade-traffic.py', imp
 const execFileAsync = promisify(execFile);
 
 /**
- * The maps of layout 4 that layout 5 keeps as they are, the three whose entries it widens, the one
- * it resizes (ep_lb_stats: three counters more, copied as they are) and the ones it adds (none it
- * pins; bpf/CONNTRACK.md, "Upgrades"; bpf/LB.md, "Upgrade").
+ * The maps of layout 5 that layout 6 keeps as they are (all of them: bpf/CONNTRACK.md,
+ * "Upgrades"), the ones it converts or resizes (none) and the ones it adds.
  */
-const keptMaps = ['ep_active', 'ep_barrier', 'ep_buckets', 'ep_carry', 'ep_counters', 'ep_ct_cfg', 'ep_ct_control', 'ep_ct_control_ports', 'ep_ct_stats', 'ep_cwords', 'ep_gen_cfg', 'ep_lb_cfg', 'ep_lb_slots', 'ep_lb_vip', 'ep_lpm', 'ep_meta', 'ep_rules', 'ep_stats', 'ep_wild'];
-const convertedMaps = ['ep_ct', 'ep_ct_new', 'ep_lb_backends'];
-const resizedMaps = ['ep_lb_stats'];
-// Maps the previous layout's object did not have: created empty by the upgrade (the blocklist's,
-// shadow classification's: no shadow candidate until the agent sets one; prefix lists in rules':
-// no generation names a list until the agent applies a rule set that does; small rule sets' scan
-// tables: no generation has genFlags.scan until the agent writes one).
-const addedMaps = [
-  'ep_scan',
-  'ep_blk4',
-  'ep_blk6',
-  'ep_blk4h',
-  'ep_blk4p',
-  'ep_blk_active',
-  'ep_blk_stats',
-  'ep_blk_clock_out',
-  'ep_shadow',
-  'ep_shadow_lpm',
-  'ep_shadow_cwords',
-  'ep_shadow_wild',
-  'ep_shadow_rules',
-  'ep_shadow_counters',
-  'ep_shadow_stats',
-  'ep_shadow_samples',
-  'ep_shadow_slots',
-  'ep_shadow_member',
-  'ep_lst4',
-  'ep_lst6',
-  'ep_lref',
-  'ep_lvec',
-  'ep_shadow_lref',
-  'ep_shadow_lvec',
+const keptMaps = [
+  'ep_active', 'ep_barrier', 'ep_blk4', 'ep_blk4h', 'ep_blk4p', 'ep_blk6', 'ep_blk_active', 'ep_blk_clock_out', 'ep_blk_stats', 'ep_buckets', 'ep_carry', 'ep_counters',
+  'ep_ct', 'ep_ct_cfg', 'ep_ct_control', 'ep_ct_control_ports', 'ep_ct_new', 'ep_ct_stats', 'ep_cwords', 'ep_gen_cfg', 'ep_lb_backends', 'ep_lb_cfg', 'ep_lb_slots',
+  'ep_lb_stats', 'ep_lb_vip', 'ep_lpm', 'ep_lref', 'ep_lst4', 'ep_lst6', 'ep_lvec', 'ep_meta', 'ep_rules', 'ep_scan', 'ep_shadow', 'ep_shadow_counters', 'ep_shadow_cwords',
+  'ep_shadow_lpm', 'ep_shadow_lref', 'ep_shadow_lvec', 'ep_shadow_member', 'ep_shadow_rules', 'ep_shadow_samples', 'ep_shadow_slots', 'ep_shadow_stats', 'ep_shadow_wild', 'ep_stats', 'ep_wild',
 ];
-const PREVIOUS_LAYOUT = 4;
+const convertedMaps: string[] = [];
+const resizedMaps: string[] = [];
+// Maps the previous layout's object did not have: created empty by the upgrade.
+const addedMaps = ['ep_ct4', 'ep_ct4_cold'];
+const PREVIOUS_LAYOUT = 5;
 
 const X = '10.210.0.1';
 const W = '10.211.0.1';
@@ -269,7 +246,7 @@ async function programGone(id: number): Promise<boolean> {
   );
 }
 
-upgradeTest('upgrade - a node on layout 4 takes the new agent and object under traffic: 0 leaks, 0 failed connections, established connections kept in their original direction', async (t) => {
+upgradeTest('upgrade - a node on layout 5 takes the new agent and object under traffic: 0 leaks, 0 failed connections, established connections kept in their original direction', async (t) => {
   t.timeout(120_000);
   t.log(`previous version: ${previous?.commit}`);
   const nsX = topology.namespace('ux');
@@ -299,7 +276,7 @@ upgradeTest('upgrade - a node on layout 4 takes the new agent and object under t
   const [oldUplink, oldWorkload] = before.roles as [RoleOutput, RoleOutput];
   t.is(readLayoutVersion(uplinkRoot), PREVIOUS_LAYOUT);
   t.is(readLayoutVersion(workloadRoot), PREVIOUS_LAYOUT);
-  t.deepEqual(Object.keys(oldUplink.pinned).sort(), [...keptMaps, ...convertedMaps, ...resizedMaps, LAYOUT_MARKER, 'edge_tc', 'edge_tc_egress', 'edge_xdp', 'ep_ct_sweep'].sort(), 'layout 4: its maps, programs and marker');
+  t.deepEqual(Object.keys(oldUplink.pinned).sort(), [...keptMaps, ...convertedMaps, ...resizedMaps, LAYOUT_MARKER, PROGRAMS_MARKER, 'edge_tc', 'edge_tc_egress', 'edge_xdp', 'ep_ct_sweep', 'ep_blk_clock'].sort(), 'layout 5: its maps, programs and markers');
   t.deepEqual(hooks(nsN), {
     [nu]: { xdp: oldUplink.xdpProgramId, 'tc-egress': oldUplink.pinned.edge_tc_egress },
     [nw]: { 'tc-ingress': oldWorkload.tcProgramId, 'tc-egress': oldWorkload.tcProgramId },
@@ -377,8 +354,8 @@ upgradeTest('upgrade - a node on layout 4 takes the new agent and object under t
     'an established connection from before the upgrade exchanged packets after it',
   );
 
-  // What the upgrade did: every map but the connection tables handed over as it was, those two
-  // converted beside the old ones, each hook switched from the old program to the new one in place.
+  // What the upgrade did: every map handed over as it was, ep_ct4 created beside them, each hook
+  // switched from the old program to the new one in place.
   for (const [role, old] of [
     [uplink, oldUplink],
     [workload, oldWorkload],
@@ -465,9 +442,9 @@ upgradeTest('upgrade - a crash after any step leaves every hook enforcing, old o
     }
   };
   expectEnforcing('before');
-  // A connection the previous version tracks, written as layout 4 keys it (the flow's key, side a
-  // the lower address, EP_CT_F_ORIG_B: opened from the higher one) in its 88-byte entry: every
-  // attempt converts the table again, and converting twice must be converting once.
+  // A connection the previous version tracks, written as layout 5 keys it (the flow's key, side a
+  // the lower address, EP_CT_F_ORIG_B: opened from the higher one) in its 112-byte entry: every
+  // attempt reuses ep_ct as it is, and the entry stays there (layout 6 looks it up after ep_ct4).
   const planted = { src: '10.212.0.9', sport: 80, dst: '10.212.0.1', dport: 40000 };
   const v4 = (a: string): Uint8Array => {
     const out = new Uint8Array(16);
@@ -506,7 +483,7 @@ upgradeTest('upgrade - a crash after any step leaves every hook enforcing, old o
   t.false(readdirSync(pinRoot).some((name) => name.endsWith('-prev') || name.endsWith('-next')), 'no superseded pins left');
   t.deepEqual(hooks(ns), { [up]: { xdp: done.xdpProgramId, 'tc-egress': done.pinned.edge_tc_egress }, [wl]: { 'tc-ingress': done.tcProgramId, 'tc-egress': done.tcProgramId } });
   t.is(done.pinned.ep_rules, old.pinned.ep_rules, 'the rule table is the one the previous version filled');
-  // The planted connection, converted once: under its flow's key (side a = the lower address),
+  // The planted connection, kept: under its flow's key (side a = the lower address),
   // EP_CT_F_ORIG_B set, listed from its originator with its state and counters.
   const ct = BpfMap.openPinned(join(pinRoot, 'ep_ct'));
   const elements = [...ct.entries()];
@@ -518,7 +495,7 @@ upgradeTest('upgrade - a crash after any step leaves every hook enforcing, old o
   const entry = decodeConnection(key, value, 'established', process.hrtime.bigint());
   t.like(entry, { src: planted.src, sport: planted.sport, dst: planted.dst, dport: planted.dport, state: 'established', flags: ['seen_reply'], packets: { original: 5, reply: 4 }, ruleId: 1 });
   t.is(epCtEntry.decode(value).flags, 0x01 | CT_FLAG_ORIG_B);
-  t.is(value.length, epCtEntry.size, 'widened to the layout-5 entry');
+  t.is(value.length, epCtEntry.size, 'the layout-5 entry');
   t.is(epCtEntry.decode(value).nat.flags, 0, 'not NATed');
   for (const id of [...seen.xdp, ...seen.tc]) {
     if (id === done.xdpProgramId || id === done.tcProgramId) continue;
@@ -580,7 +557,7 @@ test.serial('upgrade - same layout, other programs: the new programs are attache
   topology.veth({ ns, name: up, address: '10.214.0.1/24' }, { ns, name: wl, address: '10.214.0.2/24' });
   const pinRoot = join(bpffs.path, 'programs');
   mkdirSync(pinRoot);
-  const mapIds = (role: RoleOutput): Record<string, number> => Object.fromEntries(Object.entries(role.pinned).filter(([name]) => name.startsWith('ep_') && name !== PROGRAMS_MARKER && name !== 'ep_ct_sweep' && name !== 'ep_blk_clock'));
+  const mapIds = (role: RoleOutput): Record<string, number> => Object.fromEntries(Object.entries(role.pinned).filter(([name]) => name.startsWith('ep_') && name !== PROGRAMS_MARKER && name !== 'ep_ct_sweep' && name !== 'ep_blk_clock' && name !== 'ep_ct4_count'));
   const xdpVerdict = (id: number, frame: Uint8Array): number => {
     const program = Program.fromId(id);
     try {
@@ -602,9 +579,15 @@ test.serial('upgrade - same layout, other programs: the new programs are attache
     const datapath = await EbpfDatapath.open({ pinRoot, objectPath });
     try {
       const rules = datapath.readCounters().rules;
+      // The IPv4 TCP connection is in ep_ct4 (layout 6); ep_ct is read too.
       const ct = BpfMap.openPinned(join(pinRoot, 'ep_ct'));
-      const entries = [...ct.entries()].map(([key, value]) => `${Buffer.from(key).toString('hex')}=${Buffer.from(value).toString('hex')}`).sort();
+      const ct4 = KernelCt4.open(pinRoot);
+      const entries = [
+        ...[...ct.entries()].map(([key, value]) => `ep_ct ${Buffer.from(key).toString('hex')}=${Buffer.from(value).toString('hex')}`),
+        ...ct4.read().map(({ index, key, entry }) => `ep_ct4 ${index} ${JSON.stringify(key, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v instanceof Uint8Array ? [...v].join('.') : v))} ${JSON.stringify(entry, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v instanceof Uint8Array ? [...v].join('.') : v))}`),
+      ].sort();
       ct.close();
+      ct4.close();
       return { adopted: datapath.adopted, counters: [rules.get(1)?.packets ?? 0, rules.get(2)?.packets ?? 0], ct: entries };
     } finally {
       datapath.close();

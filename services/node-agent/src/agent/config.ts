@@ -7,6 +7,7 @@ import { createPublicKey } from 'node:crypto';
 import { isInterfaceRole, type InterfaceRole } from '../datapath/interface-role.js';
 import { DEFAULT_CONNTRACK_CONFIG, MAX_CONNTRACK_TIMEOUT_MS, type ConntrackConfig } from '../datapath/conntrack.js';
 import { DEFAULT_LB_CAPACITY, LB_BLOCK_SLOTS, lbBlocks, type LbCapacity } from '../datapath/lb-tables.js';
+import { CT4_MAX_SLOTS, CT4_MIN_SLOTS } from '../datapath/ct4-table.js';
 import type { NodeCredentials } from './node-identity.js';
 
 /**
@@ -67,6 +68,8 @@ export interface AgentConfig {
   /** Capacity of the established connection table (ep_ct) and of the new-flow table (ep_ct_new), set at first load. */
   ctEntries: number;
   ctNewEntries: number;
+  /** Slots of the IPv4 flow table in front of ep_ct (ep_ct4), set at first load. */
+  ct4Slots: number;
   /** Connection timeouts, written at every start. */
   conntrack: ConntrackConfig;
   /** What each generation of the uplink's load-balancing maps holds (--lb-services, --lb-slots, --lb-backends), set at first load. */
@@ -140,6 +143,10 @@ Usage: edgeplane-agent [flags]
                             change needs --reset-datapath); when it is full new flows are not tracked (counted
                             as insert failures) and no established flow is evicted
   --ct-new-entries N        capacity of the LRU table of flows without a reply yet (default 65536, 13.5 MiB)
+  --ct4-slots N             slots of the IPv4 flow table in front of the established table (EDGEPLANE_CT4_SLOTS,
+                            a power of two, default 262144, 20 MiB per role; set at first load): IPv4 TCP/UDP
+                            flows without NAT live there, one cache line each; a flow that finds its 8
+                            slots taken goes to the established table instead
   --ct-timeout-tcp-syn D, --ct-timeout-tcp-established D, --ct-timeout-tcp-closing D,
   --ct-timeout-udp D, --ct-timeout-icmp D
                             idle timeouts (defaults 60s, 6h, 10s, 60s, 60s; D like 90s, 10m, 1h30m, 7d, at least 1s, at most 30d)
@@ -192,6 +199,13 @@ function tableSize(name: string, text: string | undefined, fallback: number): nu
   return n;
 }
 
+/** --ct4-slots: a power of two within ep_ct4's bounds. @throws AgentConfigError. */
+function ct4Slots(text: string | undefined): number {
+  const n = num('ct4-slots', text, 262_144);
+  if (n < CT4_MIN_SLOTS || n > CT4_MAX_SLOTS || (n & (n - 1)) !== 0) throw new AgentConfigError(`--ct4-slots: ${n} is not a power of two in ${CT4_MIN_SLOTS} .. ${CT4_MAX_SLOTS}`);
+  return n;
+}
+
 /** One --lb-* capacity: a whole number within its bounds (and whole blocks, for slots). @throws AgentConfigError naming the flag. */
 function lbCapacity(name: 'services' | 'slots' | 'backends', text: string | undefined): number {
   const n = num(`lb-${name}`, text, DEFAULT_LB_CAPACITY[name]);
@@ -220,6 +234,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
         interface: { type: 'string', multiple: true },
         'pin-root': { type: 'string' },
         'ct-entries': { type: 'string' },
+        'ct4-slots': { type: 'string' },
         'ct-new-entries': { type: 'string' },
         'ct-timeout-tcp-syn': { type: 'string' },
         'ct-timeout-tcp-established': { type: 'string' },
@@ -330,6 +345,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv = proces
     datapath,
     ctEntries: tableSize('ct-entries', values['ct-entries'] ?? env.EDGEPLANE_CT_ENTRIES, 262_144),
     ctNewEntries: tableSize('ct-new-entries', values['ct-new-entries'] ?? env.EDGEPLANE_CT_NEW_ENTRIES, 65_536),
+    ct4Slots: ct4Slots(values['ct4-slots'] ?? env.EDGEPLANE_CT4_SLOTS),
     conntrack: {
       tcpSynMs: parseTimeout('ct-timeout-tcp-syn', values['ct-timeout-tcp-syn'], DEFAULT_CONNTRACK_CONFIG.tcpSynMs),
       tcpEstablishedMs: parseTimeout('ct-timeout-tcp-established', values['ct-timeout-tcp-established'], DEFAULT_CONNTRACK_CONFIG.tcpEstablishedMs),

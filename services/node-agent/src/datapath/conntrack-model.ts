@@ -10,6 +10,7 @@ import { firstMatch, parseFrame, parseIpPacket, ReferenceClassifier } from './re
 import { CONNTRACK_STAT_NAMES, conntrackTimeoutsNs, DEFAULT_CONNTRACK_CONFIG, type ConntrackConfig } from './conntrack.js';
 import { ctKeyOfFlow, ctKeyOfTuple, CT_FLAG_ORIG_B, reverseKey, type CtKey } from './conntrack-key.js';
 import { RuleSetError } from './errors.js';
+import { ct4Holds, Ct4Slots } from './ct4-table.js';
 import { DEFAULT_RULE_ID, EGRESS_RULE_ID, validateRuleSet, type Classification, type NormalizedRuleSet, type PacketHeaders, type RuleSetSpec } from './rule-set.js';
 
 /** `enum ep_ct_state`: the numbers are the kernel's. */
@@ -25,6 +26,8 @@ export type CtStatName = (typeof CONNTRACK_STAT_NAMES)[number];
 /** Default capacities of `ep_ct_new` (LRU) and `ep_ct` (never evicts). */
 export const CT_NEW_ENTRIES = 65_536;
 export const CT_ENTRIES = 262_144;
+/** The agent's default ep_ct4 (EbpfDatapathOptions.ct4Slots). */
+export const CT4_SLOTS = 262_144;
 
 /**
  * CONNTRACK.md, "The direct mark": a new entry goes into `ep_ct` while it holds fewer entries
@@ -74,10 +77,14 @@ export interface CtEntry {
 }
 
 /**
- * `ep_ct_new` (flows without a reply yet, LRU) or `ep_ct` (flows that have seen one, and new
- * flows created while it was below its direct mark: ctDirectMark()).
+ * `ep_ct4` (IPv4 TCP/UDP flows without NAT, layout 6: ct4-table.ts), `ep_ct_new` (other flows
+ * without a reply yet, LRU) or `ep_ct` (other flows that have seen one, and new flows created
+ * while it was below its direct mark: ctDirectMark()). A flow goes to ep_ct4 when its window
+ * there has a free slot, else where ep_ct4 did not exist.
  */
-export type CtTable = 'new' | 'established';
+export type CtTable = 'v4' | 'new' | 'established';
+/** The tables in the order a lookup tries them. */
+export const CT_TABLES: readonly CtTable[] = ['v4', 'established', 'new'];
 /** The programs: `edge_xdp` (uplink ingress), `edge_tc_egress` (uplink egress), `edge_tc` (workloads, both directions). */
 export type CtHook = 'edge_xdp' | 'edge_tc_egress' | 'edge_tc';
 /** The packet's direction relative to the entry's key. */
@@ -367,6 +374,11 @@ export interface ConntrackModelOptions {
   newEntries?: number;
   /** Capacity of `ep_ct`. Default CT_ENTRIES. */
   entries?: number;
+  /**
+   * Slots of `ep_ct4` (a power of two). Default CT4_SLOTS. 0: none, every flow as before layout 6
+   * (the kernel always has one; the model's tests of ep_ct's rules use IPv4 flows without it).
+   */
+  v4Slots?: number;
   /** Clock of the classifier's token buckets (rate-limit rules). Default process.hrtime.bigint. */
   classifierNow?: () => bigint;
 }
@@ -391,7 +403,8 @@ export class ConntrackModel {
   readonly #entries: number;
   readonly #classifierNow: (() => bigint) | undefined;
   // Map order is the LRU order of ep_ct_new: least recently used first.
-  readonly #tables: Record<CtTable, Map<string, Stored>> = { new: new Map(), established: new Map() };
+  readonly #tables: Record<Exclude<CtTable, 'v4'>, Map<string, Stored>> = { new: new Map(), established: new Map() };
+  readonly #v4: Ct4Slots<Stored> | undefined;
   readonly #stats: Record<CtStatName, number> = Object.fromEntries(CONNTRACK_STAT_NAMES.map((name) => [name, 0])) as Record<CtStatName, number>;
   #classifier: ReferenceClassifier | undefined;
   #generation: CtGeneration | undefined;
@@ -399,6 +412,8 @@ export class ConntrackModel {
   constructor(options: ConntrackModelOptions = {}) {
     this.#newEntries = options.newEntries ?? CT_NEW_ENTRIES;
     this.#entries = options.entries ?? CT_ENTRIES;
+    const v4Slots = options.v4Slots ?? CT4_SLOTS;
+    this.#v4 = v4Slots === 0 ? undefined : new Ct4Slots<Stored>(v4Slots, (stored) => stored.entry.expiresNs);
     this.#classifierNow = options.classifierNow;
   }
 
@@ -457,20 +472,27 @@ export class ConntrackModel {
 
   /**
    * The entry of the flow whose original direction is exactly `key` (not its reverse) in `only`
-   * (default: ep_ct, then ep_ct_new), expired or not; no side effects.
+   * (default: ep_ct4, ep_ct, then ep_ct_new), expired or not; no side effects.
    * @returns a copy with its table, or undefined.
    */
   get(key: CtKey, only?: CtTable): { table: CtTable; entry: CtEntry } | undefined {
-    for (const table of only === undefined ? (['established', 'new'] as const) : [only]) {
-      const stored = this.#tables[table].get(flowId(key));
+    for (const table of only === undefined ? CT_TABLES : [only]) {
+      const stored = this.#stored(table, key);
       if (stored !== undefined && keyId(stored.key) === keyId(key)) return { table, entry: copy(stored.entry) };
     }
     return undefined;
   }
 
-  /** Every entry of `table`, copies (ep_ct_new from least to most recently used). */
-  entries(table: CtTable): { key: CtKey; entry: CtEntry }[] {
-    return [...this.#tables[table].values()].map((stored) => ({ key: stored.key, entry: copy(stored.entry) }));
+  /** Every entry of `table`, copies (ep_ct_new from least to most recently used; ep_ct4's expired ones too, with their slot). */
+  entries(table: CtTable): { key: CtKey; entry: CtEntry; slot?: number }[] {
+    if (table === 'v4') return [...(this.#v4?.flows() ?? [])].map((line) => ({ key: line.value.key, entry: copy(line.value.entry), slot: line.index }));
+    return [...this.#tables[table].values()].map((one) => ({ key: one.key, entry: copy(one.entry) }));
+  }
+
+  // The flow of `original`'s entry in `table` (under its table key), either direction.
+  #stored(table: CtTable, original: CtKey): Stored | undefined {
+    if (table !== 'v4') return this.#tables[table].get(flowId(original));
+    return this.#v4?.find(ctKeyOfFlow(original).key)?.value;
   }
 
   /**
@@ -488,6 +510,7 @@ export class ConntrackModel {
   clear(): void {
     this.#tables.new.clear();
     this.#tables.established.clear();
+    this.#v4?.clear();
   }
 
   /** `ep_ct_stats` summed over CPUs, by name. */
@@ -526,6 +549,16 @@ export class ConntrackModel {
   #lookup(tuple: CtKey, echoReply: boolean, now: bigint): { table: CtTable; stored: Stored; direction: CtDirection } | undefined {
     const { key, srcIsB } = ctKeyOfTuple(tuple, echoReply);
     const id = keyId(key);
+    // ep_ct4 first (its flows only): an expired line is deleted (DEAD) and counted, as below.
+    const line = ct4Holds(key) ? this.#v4?.find(key) : undefined;
+    if (line !== undefined) {
+      if (line.value.entry.expiresNs >= now) {
+        const origB = (line.value.entry.flags & CT_FLAG_ORIG_B) !== 0;
+        return { table: 'v4', stored: line.value, direction: srcIsB === origB ? 'orig' : 'reply' };
+      }
+      this.#v4?.kill(line.index);
+      this.#stats.expired++;
+    }
     for (const table of ['established', 'new'] as const) {
       const stored = this.#tables[table].get(id);
       if (stored === undefined) continue;
@@ -560,7 +593,12 @@ export class ConntrackModel {
     // setting it would let an outbound packet excuse the flow from the next inbound re-check).
     if (!egress) {
       if (generation.ruleSet.cutOnDeny && entry.epoch !== generation.epoch && this.#recheckDrops(stored.key, entry, generation)) {
-        this.#tables[table].delete(flowId(stored.key));
+        if (table === 'v4') {
+          const line = this.#v4?.find(ctKeyOfFlow(stored.key).key);
+          if (line !== undefined) this.#v4?.kill(line.index);
+        } else {
+          this.#tables[table].delete(flowId(stored.key));
+        }
         this.#stats.cut++;
         return { verdict: 'drop', reason: 'cut', key: stored.key, table, direction };
       }
@@ -627,10 +665,19 @@ export class ConntrackModel {
       state: start.state,
       flags: start.flags | flags | ctKeyOfFlow(key).origFlag,
     };
-    // The direct mark: below it the entry goes straight into ep_ct (which then has room: the
-    // mark is below its capacity), above it into ep_ct_new.
-    const table: CtTable = this.#tables.established.size < ctDirectMark(this.#entries) ? 'established' : 'new';
-    this.#insert(table, key, entry);
+    // ep_ct4 for its flows while their window has a free slot. Otherwise the direct mark: below
+    // it the entry goes straight into ep_ct (which then has room: the mark is below its
+    // capacity), above it into ep_ct_new.
+    const tableKey = ctKeyOfFlow(key).key;
+    const made = ct4Holds(tableKey) ? this.#v4?.create(tableKey, { key, entry }, now) : undefined;
+    if (made !== undefined) this.#stats.expired += made.expired;
+    let table: CtTable;
+    if (made?.made === 'created') {
+      table = 'v4';
+    } else {
+      table = this.#tables.established.size < ctDirectMark(this.#entries) ? 'established' : 'new';
+      this.#insert(table, key, entry);
+    }
     this.#stats.created++;
     return {
       verdict: 'pass',
@@ -646,6 +693,16 @@ export class ConntrackModel {
   // ep_ct_new evicts its least recently used entry when full; ep_ct refuses (false). `key` is
   // the flow's original direction; the table holds it under the flow's key.
   #insert(table: CtTable, key: CtKey, entry: CtEntry): boolean {
+    if (table === 'v4') {
+      const tableKey = ctKeyOfFlow(key).key;
+      if (this.#v4 === undefined || !ct4Holds(tableKey)) return false;
+      const line = this.#v4.find(tableKey);
+      if (line !== undefined) {
+        this.#v4.replace(line.index, { key, entry });
+        return true;
+      }
+      return this.#v4.create(tableKey, { key, entry }, -1n).made === 'created';
+    }
     const map = this.#tables[table];
     const id = flowId(key);
     if (!map.has(id) && map.size >= (table === 'new' ? this.#newEntries : this.#entries)) {

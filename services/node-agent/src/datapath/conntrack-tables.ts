@@ -1,7 +1,8 @@
 // The connection-table maps of one pinned datapath, seen from the agent: timeouts (ep_ct_cfg),
 // per-generation flags and epochs (ep_gen_cfg), control endpoints (ep_ct_control and the bitmap
 // of their ports, ep_ct_control_ports), counters
-// (ep_ct_stats), reading ep_ct / ep_ct_new, and the sweeper program (ep_ct_sweep).
+// (ep_ct_stats), reading ep_ct4 / ep_ct / ep_ct_new, the sweeper program (ep_ct_sweep) and
+// ep_ct4's counter (ep_ct4_count).
 // bpf/CONNTRACK.md is the contract.
 import { encode, TypedMap, u32, u64, type BatchBuffers, type BpfMap, type CodecValue, type Program } from 'libbpf-ts';
 import {
@@ -10,6 +11,7 @@ import {
   conntrackTimeoutsNs,
   DEFAULT_CONNTRACK_CONFIG,
   decodeConnection,
+  describeConnection,
   encodeControlEndpoints,
   type ConnectionEntry,
   type ConnectionTable,
@@ -19,10 +21,13 @@ import {
   type ControlEndpoint,
 } from './conntrack.js';
 import { sumPerCpu } from './counters.js';
-import { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtNat, epCtSweepArgs, epGenCfg } from './table-codecs.js';
+import { ct4Entry } from './ct4-table.js';
+import { epCt4Cold, epCt4Slot, epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtNat, epCtSweepArgs, epGenCfg } from './table-codecs.js';
 
 /** The maps ConntrackTables borrows, by their names in the object. */
 export interface ConntrackMaps {
+  readonly ep_ct4: BpfMap;
+  readonly ep_ct4_cold: BpfMap;
   readonly ep_ct: BpfMap;
   readonly ep_ct_new: BpfMap;
   readonly ep_ct_cfg: BpfMap;
@@ -44,6 +49,10 @@ const CONTROL_PORT_WORDS = 65536 / 64;
 const CHUNK = 1024;
 /** Offset of expires_ns in struct ep_ct_entry (its first field). */
 const EXPIRES_OFFSET = epCtEntry.fields.find((field) => field.name === 'expiresNs')?.offset ?? 0;
+/** The ep_ct4_cold of a line whose cold half cannot be read. */
+const NO_COLD = { createdNs: 0n, ruleId: 0, pad: 0 };
+/** Offset of expires_ns in struct ep_ct4_slot. */
+const CT4_EXPIRES_OFFSET = epCt4Slot.fields.find((field) => field.name === 'expiresNs')?.offset ?? 0;
 /** Offset of nat.flags in struct ep_ct_entry (layout 4). */
 const NAT_FLAGS_OFFSET = (epCtEntry.fields.find((field) => field.name === 'nat')?.offset ?? 0) + (epCtNat.fields.find((field) => field.name === 'flags')?.offset ?? 0);
 
@@ -56,16 +65,20 @@ export class ConntrackTables {
   /** What the table walks read into (CHUNK). */
   readonly #walk: BatchBuffers = { keys: new Uint8Array(0), values: new Uint8Array(0) };
   readonly #sweep: Program;
+  readonly #count4: Program;
   readonly #cfg: TypedMap<number, CodecValue<typeof epCtCfg>>;
   readonly #genCfg: TypedMap<number, CodecValue<typeof epGenCfg>>;
 
   /**
    * @param maps the conntrack maps of the object.
    * @param sweep the ep_ct_sweep program (BPF_PROG_TYPE_SYSCALL).
+   * @param count4 the ep_ct4_count program (BPF_PROG_TYPE_SYSCALL).
    * @throws RangeError if a map's value size differs from its codec.
    */
-  constructor(maps: ConntrackMaps, sweep: Program) {
+  constructor(maps: ConntrackMaps, sweep: Program, count4: Program) {
     for (const [map, size] of [
+      [maps.ep_ct4, epCt4Slot.size],
+      [maps.ep_ct4_cold, epCt4Cold.size],
       [maps.ep_ct, epCtEntry.size],
       [maps.ep_ct_new, epCtEntry.size],
       [maps.ep_ct_cfg, epCtCfg.size],
@@ -75,6 +88,7 @@ export class ConntrackTables {
     }
     this.#maps = maps;
     this.#sweep = sweep;
+    this.#count4 = count4;
     this.#cfg = new TypedMap(maps.ep_ct_cfg, u32, epCtCfg);
     this.#genCfg = new TypedMap(maps.ep_gen_cfg, u32, epGenCfg);
   }
@@ -164,21 +178,46 @@ export class ConntrackTables {
   }
 
   /**
-   * Counts the unexpired entries of both tables, reading each with batch lookups.
+   * Counts the unexpired entries of the tables: ep_ct4's in the kernel (ep_ct4_count), ep_ct's
+   * and ep_ct_new's with batch lookups.
    * @param nowNs CLOCK_MONOTONIC now; default process.hrtime.bigint() (the clock of the entries: bpf_ktime_get_coarse_ns, CLOCK_MONOTONIC at tick resolution, at most a tick behind).
    */
   occupancy(nowNs: bigint = process.hrtime.bigint()): ConntrackOccupancy {
+    const v4 = this.count4();
     const established = countLive(this.#maps.ep_ct, nowNs, this.#walk);
     const fresh = countLive(this.#maps.ep_ct_new, nowNs, this.#walk);
-    return { established: established.flows, new: fresh.flows, reverseNat: established.reverse + fresh.reverse };
+    return { established: v4 + established.flows, new: fresh.flows, reverseNat: established.reverse + fresh.reverse };
+  }
+
+  /** @returns the flows ep_ct4 holds (live, not expired), counted by one run of ep_ct4_count. @throws LibbpfError. */
+  count4(): number {
+    return this.#count4.testRun({ data: new Uint8Array(0), dataSizeOut: 0, repeat: 0 }).retval >>> 0;
   }
 
   /**
-   * Up to `limit` unexpired entries that `match` accepts: ep_ct first, then ep_ct_new.
+   * Up to `limit` unexpired entries that `match` accepts: ep_ct4 first (its lines read in
+   * batches, a matching line's ep_ct4_cold by its index), then ep_ct and ep_ct_new.
    * @returns decoded entries; new objects.
    */
   list(match: (entry: ConnectionEntry) => boolean, limit: number, nowNs: bigint = process.hrtime.bigint()): ConnectionEntry[] {
     const out: ConnectionEntry[] = [];
+    const index = new Uint8Array(4);
+    for (const { count, keys, values } of this.#maps.ep_ct4.getBatches(CHUNK, this.#walk)) {
+      const view = new DataView(values.buffer, values.byteOffset, values.byteLength);
+      for (let i = 0; i < count; i++) {
+        // A live tag (its top bit) and a deadline to come; most lines of a sparse table are neither.
+        if ((view.getUint32(i * epCt4Slot.size, true) & 0x8000_0000) === 0) continue;
+        if (view.getBigUint64(i * epCt4Slot.size + CT4_EXPIRES_OFFSET, true) <= nowNs) continue;
+        index.set(keys.subarray(i * 4, i * 4 + 4));
+        const cold = this.#maps.ep_ct4_cold.get(index);
+        const line = ct4Entry(epCt4Slot.decode(values.subarray(i * epCt4Slot.size, (i + 1) * epCt4Slot.size)), cold === undefined ? NO_COLD : epCt4Cold.decode(cold));
+        if (line === undefined) continue;
+        const entry = describeConnection(line.key, line.entry, 'established', nowNs);
+        if (!match(entry)) continue;
+        out.push(entry);
+        if (out.length >= limit) return out;
+      }
+    }
     const tables: [BpfMap, ConnectionTable][] = [
       [this.#maps.ep_ct, 'established'],
       [this.#maps.ep_ct_new, 'new'],

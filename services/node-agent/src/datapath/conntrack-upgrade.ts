@@ -23,6 +23,8 @@ const E2BIG = 7;
 const CHUNK = 8192;
 /** The oldest layout whose connection tables relayoutCtElement() converts (layout 1 had none). */
 export const CT_KEY_LAYOUT_FROM = 2;
+/** The layout the connection entry and the backend last changed in: older pinned tables are converted, this one's reused (layout 6 added ep_ct4 beside them). */
+export const CT_ENTRY_LAYOUT = 5;
 
 /**
  * One element of ep_lb_backends in layout 5: a layout-4 backend (20 bytes) keeps its fields and

@@ -2,10 +2,10 @@
 // says, and filters over them. Pure (no kernel): the eBPF datapath (conntrack-tables.ts) encodes
 // and decodes these with the codecs of table-codecs.ts; bpf/CONNTRACK.md is the contract.
 import { formatAddress, parseAddress } from '@edgeplane/proto';
-import { encode } from 'libbpf-ts';
+import { encode, type CodecValue } from 'libbpf-ts';
 import type { Counter } from './datapath.js';
 import { ConntrackInputError } from './errors.js';
-import { originalTuple } from './conntrack-key.js';
+import { originalTuple, type CtKey } from './conntrack-key.js';
 import { epCtControlKey, epCtEntry, epCtKey } from './table-codecs.js';
 
 /** Connection states: enum ep_ct_state, by value. */
@@ -19,8 +19,9 @@ export const CONNECTION_FLAGS = { seen_reply: 0x01, fin_orig: 0x02, fin_reply: 0
 export type ConnectionFlag = keyof typeof CONNECTION_FLAGS;
 
 /**
- * Which table holds an entry: ep_ct (has seen a reply, or was created below ep_ct's direct mark:
- * bpf/CONNTRACK.md) or ep_ct_new (no reply seen yet, created at or above the mark).
+ * Which table holds an entry: 'established' for ep_ct4 (an IPv4 TCP/UDP flow without NAT, layout
+ * 6) and ep_ct (has seen a reply, or was created below ep_ct's direct mark: bpf/CONNTRACK.md),
+ * 'new' for ep_ct_new (no reply seen yet, created at or above the mark).
  */
 export type ConnectionTable = 'new' | 'established';
 
@@ -74,7 +75,7 @@ export const CONNTRACK_STAT_NAMES = ['established', 'related', 'created', 'promo
 
 /** Live (unexpired) entries per table. */
 export interface ConntrackOccupancy {
-  /** In ep_ct: flows that have seen a reply, and new flows created while it was below its direct mark (bpf/CONNTRACK.md). */
+  /** In ep_ct4 (IPv4 TCP/UDP flows without NAT) and ep_ct: flows that have seen a reply, and new flows created below ep_ct's direct mark (bpf/CONNTRACK.md). */
   readonly established: number;
   /** In ep_ct_new: flows without a reply yet, created while ep_ct was at its direct mark. */
   readonly new: number;
@@ -201,9 +202,17 @@ export function encodeControlEndpoints(endpoints: readonly ControlEndpoint[]): U
  */
 export function decodeConnection(key: Uint8Array, value: Uint8Array, table: ConnectionTable, nowNs: bigint): ConnectionEntry {
   const stored = epCtKey.decode(key);
-  const e = epCtEntry.decode(value);
+  return describeConnection({ ...stored, family: stored.family === 6 ? 6 : 4 }, epCtEntry.decode(value), table, nowNs);
+}
+
+/**
+ * One connection as listings show it, from its table key and entry (decoded: ep_ct's, or an
+ * ep_ct4 line's as ct4Entry() gives it).
+ * @returns a new object.
+ */
+export function describeConnection(stored: CtKey, e: CodecValue<typeof epCtEntry>, table: ConnectionTable, nowNs: bigint): ConnectionEntry {
   // The table's key is direction-independent: the listing shows the flow as it was opened.
-  const k = originalTuple({ ...stored, family: stored.family === 6 ? 6 : 4 }, e.flags);
+  const k = originalTuple(stored, e.flags);
   const family = k.family === 6 ? 6 : 4;
   const address = (bytes: Uint8Array): string => formatAddress(family, family === 4 ? bytes.subarray(0, 4) : bytes);
   const ms = (ns: bigint): number => Number(ns / 1_000_000n);

@@ -29,7 +29,7 @@ import { connectionMatcher, DEFAULT_CONNTRACK_CONFIG, type ConnectionEntry, type
 import { BlocklistTables } from './blocklist-tables.js';
 import { ListTables, type ListPlacement } from './list-tables.js';
 import { ConntrackTables } from './conntrack-tables.js';
-import { catchUpConntrack, CT_KEY_LAYOUT_FROM, relayoutCtElement, relayoutLbBackend } from './conntrack-upgrade.js';
+import { catchUpConntrack, CT_ENTRY_LAYOUT, CT_KEY_LAYOUT_FROM, relayoutCtElement, relayoutLbBackend } from './conntrack-upgrade.js';
 import { CounterTables, sumPerCpu, type GenerationIds } from './counters.js';
 import { lazyRules } from './rule-counts.js';
 import { dropPreviousPins, installObject, type InstallReport, type InstallStep } from './datapath-install.js';
@@ -37,6 +37,7 @@ import { LB_STAT_NAMES, type ApplyResult, type DatapathCounters, type Datapath, 
 import type { LbSpec } from './service-compile.js';
 import { DEFAULT_LB_CAPACITY, LB_BLOCK_SLOTS, layoutLbTables, lbSizes, type LbCapacity, type LbTablesSpec } from './lb-tables.js';
 import { CapacityError, ConntrackInputError, DatapathError, RuleSetError } from './errors.js';
+import { CT4_MAX_SLOTS, CT4_MIN_SLOTS } from './ct4-table.js';
 import type { InterfaceRole } from './interface-role.js';
 import { LAYOUT_MARKER, LAYOUT_VERSION, NEXT_SUFFIX, PREVIOUS_SUFFIX, PROGRAMS_MARKER, readLayoutVersion, readProgramsIdentity, writeLayoutMarker } from './pin-layout.js';
 import { DEFAULT_RULE_ID, type RuleSetList, type RuleSetSpec } from './rule-set.js';
@@ -49,7 +50,7 @@ import { attachTcHook, defaultTcAttachKind, detachTcHook, tcHookHolds, tcHookPro
 export const DEFAULT_OBJECT_PATH = fileURLToPath(new URL('../../../../bpf/build/edgeplane.bpf.o', import.meta.url));
 
 /** The programs and the maps the agent pins and re-adopts (ep_scratch stays private to the programs). */
-const programNames = ['edge_xdp', 'edge_tc', 'edge_tc_egress', 'ep_ct_sweep', 'ep_blk_clock'] as const;
+const programNames = ['edge_xdp', 'edge_tc', 'edge_tc_egress', 'ep_ct_sweep', 'ep_blk_clock', 'ep_ct4_count'] as const;
 const mapNames = [
   'ep_lpm',
   'ep_cwords',
@@ -63,6 +64,8 @@ const mapNames = [
   'ep_meta',
   'ep_carry',
   'ep_barrier',
+  'ep_ct4',
+  'ep_ct4_cold',
   'ep_ct',
   'ep_ct_new',
   'ep_ct_cfg',
@@ -118,6 +121,12 @@ export interface EbpfDatapathOptions {
   ctEntries?: number;
   /** Entries of ep_ct_new (flows without a reply yet; LRU); only used when loaded. Default 65,536. */
   ctNewEntries?: number;
+  /**
+   * Slots of ep_ct4, the IPv4 flow table in front of ep_ct (IPv4 TCP/UDP flows without NAT; 80
+   * bytes a slot with its cold half; a power of two, CT4_MIN_SLOTS..CT4_MAX_SLOTS); only used
+   * when loaded. Default 262,144 (20 MiB).
+   */
+  ct4Slots?: number;
   /**
    * Connection timeouts written to ep_ct_cfg. Omitted: a fresh load writes
    * DEFAULT_CONNTRACK_CONFIG, an adopted datapath keeps what is pinned.
@@ -250,7 +259,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     this.adopted = adopted;
     this.#meta = new TypedMap(maps.ep_meta, u32Codec, epMeta);
     this.#counters = new CounterTables(maps.ep_counters, maps.ep_stats, maps.ep_carry);
-    this.#conntrack = new ConntrackTables(maps, programs.ep_ct_sweep);
+    this.#conntrack = new ConntrackTables(maps, programs.ep_ct_sweep, programs.ep_ct4_count);
     this.#blocklist = new BlocklistTables(maps, programs.ep_blk_clock);
     // A datapath that never had a list loaded skips the blocklist lookup from the start.
     this.#blocklist.markUnloadedEmpty();
@@ -310,12 +319,19 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       if (spec.maps.has('ep_buckets')) mapMaxEntries.ep_buckets = options.rateLimitEntries ?? 262_144;
       if (spec.maps.has('ep_ct')) mapMaxEntries.ep_ct = options.ctEntries ?? 262_144;
       if (spec.maps.has('ep_ct_new')) mapMaxEntries.ep_ct_new = options.ctNewEntries ?? 65_536;
+      const ct4Slots = options.ct4Slots ?? 262_144;
+      if (!Number.isInteger(ct4Slots) || ct4Slots < CT4_MIN_SLOTS || ct4Slots > CT4_MAX_SLOTS || (ct4Slots & (ct4Slots - 1)) !== 0) {
+        throw new DatapathError(`open datapath pinRoot=${pinRoot}: ct4Slots must be a power of two in ${CT4_MIN_SLOTS}..${CT4_MAX_SLOTS}, got ${ct4Slots}`);
+      }
+      for (const name of ['ep_ct4', 'ep_ct4_cold']) if (spec.maps.has(name)) mapMaxEntries[name] = ct4Slots;
       for (const [name, entries] of Object.entries(lbMapEntries(options.lbCapacity ?? DEFAULT_LB_CAPACITY))) if (spec.maps.has(name)) mapMaxEntries[name] = entries;
       // Layout 2 keyed the connection tables by the original direction, layouts 3 and 4 by the
       // flow's direction-independent key; layout 4's entry is longer (its NAT): both older
       // layouts' tables are converted, not reused. Layout 5 grows the entry again (the NAT's
       // second address) and the backend (the node's source address towards it, its MTU).
-      const older = found !== undefined && found >= CT_KEY_LAYOUT_FROM && found < LAYOUT_VERSION;
+      // Layout 6 changes neither: it adds ep_ct4 in front of ep_ct, created empty, and the
+      // flows layout 5 left in ep_ct stay there, found after an ep_ct4 miss.
+      const older = found !== undefined && found >= CT_KEY_LAYOUT_FROM && found < CT_ENTRY_LAYOUT;
       const convertMaps = older ? { ep_ct: relayoutCtElement, ep_ct_new: relayoutCtElement, ...(found >= 4 ? { ep_lb_backends: relayoutLbBackend } : {}) } : undefined;
       // Entries carry the datapath's clock (layout 3 on: CLOCK_MONOTONIC_COARSE, up to a tick
       // behind this one): start the catch-up window a tick early (HZ >= 100: 10 ms); what it
@@ -347,6 +363,9 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
       // an older object pinned holds its own tables, the union of the candidate alone. Say so
       // before a hook runs the new programs.
       if (installed?.createdMaps.includes('ep_shadow_member')) datapath.#writeCandidateAlone();
+      // A new ep_ct4 has every page written once before a hook runs the programs: on some
+      // hosts a page's first write costs microseconds (BENCHMARKS.md, "A flow in one line").
+      for (const name of ['ep_ct4', 'ep_ct4_cold'] as const) if (installed?.createdMaps.includes(name)) writeEveryPage(datapath.#maps[name]);
     } catch (cause) {
       for (const value of opened) value.close();
       throw new DatapathError(`${adopt ? 'adopt' : 'open'} pinned datapath pinRoot=${pinRoot}`, { cause });
@@ -760,7 +779,7 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     }
   }
 
-  /** Live entries of ep_ct and ep_ct_new (batch reads of both tables). @throws DatapathError. */
+  /** Live entries of ep_ct4 (counted in the kernel), ep_ct and ep_ct_new (batch reads). @throws DatapathError. */
   readConntrackOccupancy(): ConntrackOccupancy {
     try {
       return this.#conntrack.occupancy();
@@ -769,13 +788,17 @@ export class EbpfDatapath implements Datapath, ShadowDatapath {
     }
   }
 
-  /** Capacity (max_entries) of ep_ct and ep_ct_new, for occupancy reports. */
+  /**
+   * Capacity of the tables, for occupancy reports: 'established' is ep_ct4's slots and ep_ct's
+   * max_entries (an open-addressing ep_ct4 sends a flow to ep_ct once its window is full, well
+   * before every slot is), 'new' ep_ct_new's.
+   */
   get conntrackCapacity(): ConntrackOccupancy {
-    return { established: this.#maps.ep_ct.maxEntries, new: this.#maps.ep_ct_new.maxEntries };
+    return { established: this.#maps.ep_ct4.maxEntries + this.#maps.ep_ct.maxEntries, new: this.#maps.ep_ct_new.maxEntries };
   }
 
   /**
-   * Up to `limit` unexpired connection entries matching `filter`, ep_ct first.
+   * Up to `limit` unexpired connection entries matching `filter`: ep_ct4, ep_ct, ep_ct_new.
    * @returns decoded entries; new objects the caller owns.
    * @throws ConntrackInputError for a bad filter or limit; DatapathError.
    */
@@ -1351,4 +1374,20 @@ function objectIdentity(objectPath: string): Uint8Array {
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((byte, i) => byte === b[i]);
+}
+
+/**
+ * Writes zeros over one element in every 4 KiB page of `map` (an ARRAY just created, so all
+ * zeros already): the page's first write is taken here, not by a packet.
+ */
+function writeEveryPage(map: BpfMap): void {
+  const step = Math.max(1, Math.floor(4096 / map.valueSize));
+  const count = Math.ceil(map.maxEntries / step);
+  for (let first = 0; first < count; first += 8192) {
+    const n = Math.min(8192, count - first);
+    const keys = new Uint8Array(n * 4);
+    const view = new DataView(keys.buffer);
+    for (let i = 0; i < n; i++) view.setUint32(i * 4, (first + i) * step, true);
+    map.setBatchPacked(keys, new Uint8Array(n * map.valueSize));
+  }
 }

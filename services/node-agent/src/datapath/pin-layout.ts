@@ -12,7 +12,7 @@ import { DatapathError } from './errors.js';
  * checks that they agree). Version 1 is the object before connection tracking: it wrote no
  * marker, so a pin directory with pinned programs and no marker is version 1.
  */
-export const LAYOUT_VERSION = 5;
+export const LAYOUT_VERSION = 6;
 
 /**
  * The marker: a pinned ARRAY map of one u32, the layout version. A map rather than a file,

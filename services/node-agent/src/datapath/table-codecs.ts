@@ -69,6 +69,30 @@ export const epCtControlKey = struct({ family: u8, proto: u8, port: u16, addr: b
 /** `struct ep_lb_cfg`: what one generation of ep_lb_slots and ep_lb_backends holds (written at open). */
 export const epLbCfg = struct({ blocks: u32, backends: u32 });
 
+/**
+ * `struct ep_ct4_slot` (layout 6): one line of ep_ct4, the IPv4 flow table (bpf/CONNTRACK.md,
+ * "The IPv4 table"): its tag, then ep_ct_key's IPv4 key (addresses in network byte order, ports in
+ * host byte order) and ep_ct_entry's fields but the two in ep_ct4_cold. ct4-table.ts reads it.
+ */
+export const epCt4Slot = struct({
+  tag: u32,
+  epoch: u32,
+  a: bytes(4),
+  b: bytes(4),
+  ap: u16,
+  bp: u16,
+  proto: u8,
+  state: u8,
+  flags: u8,
+  pad: u8,
+  expiresNs: u64,
+  packets: array(u64, 2),
+  bytes: array(u64, 2),
+});
+
+/** `struct ep_ct4_cold`: beside each ep_ct4 slot, what packets never read. */
+export const epCt4Cold = struct({ createdNs: u64, ruleId: u32, pad: u32 });
+
 /** `struct ep_ct_sweep_args`: the ctx of the ep_ct_sweep program. */
 export const epCtSweepArgs = struct({ budget: u32, pad: u32 });
 
@@ -156,6 +180,8 @@ export const tableCodecs = {
   ep_gen_cfg: epGenCfg,
   ep_ct_control_key: epCtControlKey,
   ep_ct_sweep_args: epCtSweepArgs,
+  ep_ct4_slot: epCt4Slot,
+  ep_ct4_cold: epCt4Cold,
   ep_ct_nat: epCtNat,
   ep_lb_cfg: epLbCfg,
   ep_lb_vip_key: epLbVipKey,
