@@ -1,13 +1,29 @@
 // What bench/conntrack.ts does to edgeplane's connection table (bpf/CONNTRACK.md) beyond the
 // agent's API: attach the uplink programs inside another network namespace (ip/tc, as
-// bench/netfilter.ts does), fill ep_ct directly to a given size, empty it, count it, and time the
-// sweeper. Bench code: the agent never fills or empties the table.
+// bench/netfilter.ts does), fill the tables directly to a given size (IPv4 flows into ep_ct4 as
+// the datapath places them, layout 6), empty them, count them, and time the sweeper. Bench code:
+// the agent never fills or empties the tables.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BpfMap, encode, type Program } from 'libbpf-ts';
-import { CONNECTION_FLAGS, CONNECTION_STATES, ctKeyOfFlow, epCtEntry, epCtKey, NO_CT_NAT, type EbpfDatapath, type EbpfDatapathOptions } from '@edgeplane/node-agent';
+import {
+  CONNECTION_FLAGS,
+  CONNECTION_STATES,
+  CT4_LIVE,
+  CT4_MAX_SLOTS,
+  CT4_PROBES,
+  ct4Line,
+  ct4Place,
+  ctKeyOfFlow,
+  epCt4Slot,
+  epCtEntry,
+  epCtKey,
+  NO_CT_NAT,
+  type EbpfDatapath,
+  type EbpfDatapathOptions,
+} from '@edgeplane/node-agent';
 
 const PROTO_UDP = 17;
 /** Entries written or read per batch syscall. */
@@ -60,15 +76,18 @@ export class ConntrackAccess {
   readonly #pinRoot: string;
   readonly #ct: BpfMap;
   readonly #ctNew: BpfMap;
+  readonly #ct4: BpfMap;
+  readonly #ct4Cold: BpfMap;
   #closed = false;
 
   /**
-   * Options for EbpfDatapath.open() that size ep_ct to `capacity` entries; EP_BENCH_OBJECT=PATH
-   * loads that build of the datapath object instead of bpf/build/edgeplane.bpf.o (a variant to
-   * compare on the same rig: it must declare the maps this agent pins).
+   * Options for EbpfDatapath.open() that size ep_ct to `capacity` entries and ep_ct4 to
+   * `ct4Slots` (default: the power of two at or above `capacity`); EP_BENCH_OBJECT=PATH loads that
+   * build of the datapath object instead of bpf/build/edgeplane.bpf.o (a variant to compare on
+   * the same rig: it must declare the maps this agent pins).
    */
-  static openOptions(capacity: number): Partial<EbpfDatapathOptions> {
-    return { ctEntries: capacity, ...(process.env.EP_BENCH_OBJECT ? { objectPath: process.env.EP_BENCH_OBJECT } : {}) };
+  static openOptions(capacity: number, ct4Slots = Math.min(CT4_MAX_SLOTS, 2 ** Math.ceil(Math.log2(capacity)))): Partial<EbpfDatapathOptions> {
+    return { ctEntries: capacity, ct4Slots, ...(process.env.EP_BENCH_OBJECT ? { objectPath: process.env.EP_BENCH_OBJECT } : {}) };
   }
 
   /** Borrows `datapath` (which must outlive this). @throws if it has no connection table (see conntrackSupported). */
@@ -77,6 +96,8 @@ export class ConntrackAccess {
     this.#pinRoot = datapath.pinRoot;
     this.#ct = BpfMap.openPinned(join(this.#pinRoot, 'ep_ct'));
     this.#ctNew = BpfMap.openPinned(join(this.#pinRoot, 'ep_ct_new'));
+    this.#ct4 = BpfMap.openPinned(join(this.#pinRoot, 'ep_ct4'));
+    this.#ct4Cold = BpfMap.openPinned(join(this.#pinRoot, 'ep_ct4_cold'));
   }
 
   /**
@@ -151,9 +172,11 @@ export class ConntrackAccess {
   }
 
   /**
-   * Writes flows [from, to) into ep_ct as established UDP flows (reply seen, an hour to live):
-   * index 0 is `flow`, index i > 0 comes from `filler(i)` to `flow.dst:flow.dport`. Each under
-   * its flow's key (layout 3: ctKeyOfFlow), EP_CT_F_ORIG_B set where the originator is side b.
+   * Writes flows [from, to) as established UDP flows (reply seen, an hour to live): index 0 is
+   * `flow`, index i > 0 comes from `filler(i)` to `flow.dst:flow.dport`. Each under its flow's key
+   * (layout 3: ctKeyOfFlow), EP_CT_F_ORIG_B set where the originator is side b, where the
+   * datapath would create it: in ep_ct4's first free slot of its window (the slots taken read
+   * from the kernel first), else in ep_ct.
    */
   fill(from: number, to: number, flow: FlowTuple, filler: (i: number) => { src: string; sport: number }): void {
     const now = process.hrtime.bigint(); // CLOCK_MONOTONIC: the entries' clock (bpf_ktime_get_coarse_ns) is at most a tick behind
@@ -178,28 +201,74 @@ export class ConntrackAccess {
       return value;
     };
     const dst = v4(flow.dst);
+    const slots = this.#ct4.maxEntries;
+    const taken = this.#ct4Taken();
     for (let start = from; start < to; start += BATCH) {
       const keys: Uint8Array[] = [];
       const batchValues: Uint8Array[] = [];
+      const lines = { index: new Uint8Array(BATCH * 4), line: new Uint8Array(BATCH * epCt4Slot.size), cold: new Uint8Array(BATCH * this.#ct4Cold.valueSize), count: 0 };
       for (let i = start; i < Math.min(to, start + BATCH); i++) {
         const tuple = i === 0 ? flow : filler(i);
         const { key, origFlag } = ctKeyOfFlow({ family: 4, proto: PROTO_UDP, sport: tuple.sport, dport: flow.dport, src: v4(tuple.src), dst });
-        keys.push(encode(epCtKey, { ...key, pad: 0 }));
-        batchValues.push(valueFor(origFlag));
+        const { home } = ct4Place(key, slots);
+        let slot = -1;
+        for (let probe = 0; probe < CT4_PROBES && slot < 0; probe++) if (taken[(home + probe) & (slots - 1)] === 0) slot = (home + probe) & (slots - 1);
+        if (slot < 0) {
+          keys.push(encode(epCtKey, { ...key, pad: 0 }));
+          batchValues.push(valueFor(origFlag));
+          continue;
+        }
+        taken[slot] = 1;
+        const { line, cold } = ct4Line(key, { ...entry, flags: entry.flags | origFlag }, slots);
+        new DataView(lines.index.buffer).setUint32(lines.count * 4, slot, true);
+        lines.line.set(line, lines.count * epCt4Slot.size);
+        lines.cold.set(cold, lines.count * cold.length);
+        lines.count++;
       }
-      this.#ct.setBatch(keys, batchValues);
+      if (keys.length > 0) this.#ct.setBatch(keys, batchValues);
+      if (lines.count > 0) {
+        const n = lines.count;
+        this.#ct4Cold.setBatchPacked(lines.index.subarray(0, n * 4), lines.cold.subarray(0, n * this.#ct4Cold.valueSize));
+        this.#ct4.setBatchPacked(lines.index.subarray(0, n * 4), lines.line.subarray(0, n * epCt4Slot.size));
+      }
     }
   }
 
-  /** Entries in ep_ct. */
+  // One byte per ep_ct4 slot: 1 where the line holds a flow (a live tag, expired or not) or is being written.
+  #ct4Taken(): Uint8Array {
+    const taken = new Uint8Array(this.#ct4.maxEntries);
+    for (const { count, keys, values } of this.#ct4.getBatches(BATCH)) {
+      const kv = new DataView(keys.buffer, keys.byteOffset, keys.byteLength);
+      const vv = new DataView(values.buffer, values.byteOffset, values.byteLength);
+      for (let i = 0; i < count; i++) {
+        const tag = vv.getUint32(i * epCt4Slot.size, true);
+        if (tag !== 0 && tag !== 2) taken[kv.getUint32(i * 4, true)] = 1;
+      }
+    }
+    return taken;
+  }
+
+  /** Entries in ep_ct, and flows in ep_ct4 (expired or not). */
   count(): number {
     let total = 0;
     for (const { count } of this.#ct.getBatches(BATCH)) total += count;
+    for (const { count, values } of this.#ct4.getBatches(BATCH)) {
+      const view = new DataView(values.buffer, values.byteOffset, values.byteLength);
+      for (let i = 0; i < count; i++) if ((view.getUint32(i * epCt4Slot.size, true) & CT4_LIVE) !== 0) total++;
+    }
     return total;
   }
 
-  /** Deletes every entry of ep_ct and ep_ct_new. */
+  /** Deletes every entry of ep_ct and ep_ct_new, and makes every ep_ct4 slot EMPTY (as new). */
   clear(): void {
+    const slots = this.#ct4.maxEntries;
+    for (let first = 0; first < slots; first += BATCH) {
+      const n = Math.min(BATCH, slots - first);
+      const index = new Uint8Array(n * 4);
+      const view = new DataView(index.buffer);
+      for (let i = 0; i < n; i++) view.setUint32(i * 4, first + i, true);
+      this.#ct4.setBatchPacked(index, new Uint8Array(n * epCt4Slot.size));
+    }
     for (const map of [this.#ct, this.#ctNew]) {
       // Read every key first: the batch cursor is a bucket position, deleting under it skips.
       const chunks = [...map.getBatches(BATCH)].map(({ count, keys }) => ({ count, keys: keys.slice() }));
@@ -227,6 +296,6 @@ export class ConntrackAccess {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const held of [this.#ct, this.#ctNew]) held.close();
+    for (const held of [this.#ct, this.#ctNew, this.#ct4, this.#ct4Cold]) held.close();
   }
 }

@@ -79,7 +79,8 @@ const median = (values: number[]): number => {
 const mount = mkdtempSync('/run/edgeplane-bench-lookup-');
 execFileSync('mount', ['-t', 'bpf', 'bpf', mount]);
 const perRound: Record<string, Record<string, number[]>> = {};
-// Room for every flow of a syn or conn round (closed ones stay, closing) below the direct mark (half of ep_ct).
+// Room for every flow of a syn or conn round (closed ones stay, closing) below the direct mark (half of ep_ct), and an
+// ep_ct4 of twice that (its windows then hardly ever fill).
 const capacity = Math.max(...sizes, 1000, 4 * Math.min(runs, 20_000)) + 1000;
 const sides: { name: string; objectPath?: string }[] = [{ name: 'current' }, ...(baseline === undefined ? [] : [{ name: 'baseline', objectPath: baseline }])];
 let next = 5_000_000;
@@ -98,7 +99,7 @@ async function measure(order: typeof sides, from: number, to: number): Promise<v
       const pinRoot = join(mount, side.name);
       mkdirSync(pinRoot);
       // The baseline's object wins over EP_BENCH_OBJECT, which names the current side's (so the sides can swap).
-      const datapath = await EbpfDatapath.open({ pinRoot, ...ConntrackAccess.openOptions(capacity), ...(side.objectPath === undefined ? {} : { objectPath: side.objectPath }) });
+      const datapath = await EbpfDatapath.open({ pinRoot, ...ConntrackAccess.openOptions(capacity, 2 ** Math.ceil(Math.log2(2 * capacity))), ...(side.objectPath === undefined ? {} : { objectPath: side.objectPath }) });
       const access = new ConntrackAccess(datapath);
       open.push({ name: side.name, datapath, access });
       await datapath.apply(ruleSet);

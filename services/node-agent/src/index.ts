@@ -30,7 +30,8 @@ export type {
 export { ConntrackSweeper, nextSweepDelay } from './datapath/conntrack-sweeper.js';
 export { CT_FLAG_ORIG_B, ctKeyOfFlow, ctKeyOfTuple, originalTuple } from './datapath/conntrack-key.js';
 export type { ConntrackSweeperOptions, ConntrackSweepTarget, SweepRun } from './datapath/conntrack-sweeper.js';
-export { epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg, epLbBackend, epLbBlock, epLbSvc, epCtNat, epLbCfg, epLbVipKey, NO_CT_NAT, tableCodecs } from './datapath/table-codecs.js';
+export { epCt4Cold, epCt4Slot, epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtSweepArgs, epGenCfg, epLbBackend, epLbBlock, epLbSvc, epCtNat, epLbCfg, epLbVipKey, NO_CT_NAT, tableCodecs } from './datapath/table-codecs.js';
+export { ct4Entry, ct4Holds, ct4Line, ct4Place, Ct4Slots, CT4_DEAD, CT4_EMPTY, CT4_LIVE, CT4_MAX_SLOTS, CT4_MIN_SLOTS, CT4_PROBES } from './datapath/ct4-table.js';
 export { genFlags, RULE_FLAG_TRACK } from './datapath/compile-tables.js';
 export type { AttachOptions, EbpfDatapathOptions, UplinkMode } from './datapath/ebpf-datapath.js';
 export { INTERFACE_ROLES, isInterfaceRole } from './datapath/interface-role.js';
