@@ -2,9 +2,9 @@
 /*
  * Connection tracking: bpf/CONNTRACK.md is the contract this file follows step by step (control
  * bypass, lookup, ICMP errors, entry found, no entry) and its TCP state machine. Tables and
- * constants are in ep_tables.h, the maps in ep_maps.h; classification (classifier.h) runs only
- * for packets with no entry (for a SYN that opens a flow, before the lookup: step 3a), and again
- * for the cut re-check.
+ * constants are in ep_tables.h, the maps in ep_maps.h; the IPv4 table ep_ct4 in front of ep_ct
+ * (layout 6) in ep_ct4.h. Classification (classifier.h) runs only for packets with no entry (for
+ * a SYN that opens a flow, before the lookup: step 3a), and again for the cut re-check.
  *
  * Entries are updated in place without locks (as Cilium's): two CPUs updating one flow at once
  * may lose a state transition or a deadline refresh, never a packet; packet and byte counts are
