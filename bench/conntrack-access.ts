@@ -176,9 +176,10 @@ export class ConntrackAccess {
    * `flow`, index i > 0 comes from `filler(i)` to `flow.dst:flow.dport`. Each under its flow's key
    * (layout 3: ctKeyOfFlow), EP_CT_F_ORIG_B set where the originator is side b, where the
    * datapath would create it: in ep_ct4's first free slot of its window (the slots taken read
-   * from the kernel first), else in ep_ct.
+   * from the kernel first), else in ep_ct. `expired` (default 0): the first that many of the
+   * range are written already past their deadline.
    */
-  fill(from: number, to: number, flow: FlowTuple, filler: (i: number) => { src: string; sport: number }): void {
+  fill(from: number, to: number, flow: FlowTuple, filler: (i: number) => { src: string; sport: number }, expired = 0): void {
     const now = process.hrtime.bigint(); // CLOCK_MONOTONIC: the entries' clock (bpf_ktime_get_coarse_ns) is at most a tick behind
     const entry = {
       expiresNs: now + 3_600_000_000_000n,
@@ -193,11 +194,12 @@ export class ConntrackAccess {
       pad1: 0,
       nat: NO_CT_NAT,
     };
-    // One encoded value per originator side.
-    const values = new Map<number, Uint8Array>();
-    const valueFor = (origFlag: number): Uint8Array => {
-      let value = values.get(origFlag);
-      if (value === undefined) values.set(origFlag, (value = encode(epCtEntry, { ...entry, flags: entry.flags | origFlag })));
+    const past = now - 1n;
+    // One encoded value per originator side and deadline.
+    const values = new Map<string, Uint8Array>();
+    const valueFor = (origFlag: number, gone: boolean): Uint8Array => {
+      let value = values.get(`${origFlag} ${gone}`);
+      if (value === undefined) values.set(`${origFlag} ${gone}`, (value = encode(epCtEntry, { ...entry, flags: entry.flags | origFlag, ...(gone ? { expiresNs: past } : {}) })));
       return value;
     };
     const dst = v4(flow.dst);
@@ -215,11 +217,11 @@ export class ConntrackAccess {
         for (let probe = 0; probe < CT4_PROBES && slot < 0; probe++) if (taken[(home + probe) & (slots - 1)] === 0) slot = (home + probe) & (slots - 1);
         if (slot < 0) {
           keys.push(encode(epCtKey, { ...key, pad: 0 }));
-          batchValues.push(valueFor(origFlag));
+          batchValues.push(valueFor(origFlag, i - from < expired));
           continue;
         }
         taken[slot] = 1;
-        const { line, cold } = ct4Line(key, { ...entry, flags: entry.flags | origFlag }, slots);
+        const { line, cold } = ct4Line(key, { ...entry, flags: entry.flags | origFlag, ...(i - from < expired ? { expiresNs: past } : {}) }, slots);
         new DataView(lines.index.buffer).setUint32(lines.count * 4, slot, true);
         lines.line.set(line, lines.count * epCt4Slot.size);
         lines.cold.set(cold, lines.count * cold.length);

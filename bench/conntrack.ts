@@ -581,7 +581,7 @@ await bench.main(report, async () => {
         ct?.fill(filled, flows, { src: clientAddress, sport: FLOW_SPORT, dst: nodeAddress, dport: UDP_PORT }, (i) => ({ src: fillerSource(i), sport: fillerPort(i) }));
         fillMs.edgeplane?.push(performance.now() - t);
         filled = flows;
-        process.stderr.write(`(b) ${flows} flows: netfilter holds ${netfilterCount()}, edgeplane ep_ct holds ${ct?.count() ?? 'n/a'}\n`);
+        process.stderr.write(`(b) ${flows} flows: netfilter holds ${netfilterCount()}, edgeplane ep_ct4 + ep_ct hold ${ct?.count() ?? 'n/a'}\n`);
         for (let rep = 0; rep < reps; rep++) {
           for (const contender of rotate(rep)) {
             try {
