@@ -178,8 +178,13 @@ __noinline int ep_ct4_create(const struct ep_pkt *p, const struct ep_ct_key *k, 
 		if (tag == EP_CT4_EMPTY)
 			break;
 	}
-	if (!free || ep_cas32(&free->tag, ftag, r.busy) != ftag)
+	if (!free)
 		return EP_CT4_FULL;
+	/* Another CPU changed the slot since it was read: if to this flow's tag, it is creating this
+	 * flow (nothing more to do); if to another's, this flow goes to ep_ct. */
+	__u32 seen = ep_cas32(&free->tag, ftag, r.busy);
+	if (seen != ftag)
+		return (seen | EP_CT4_LIVE) == live ? EP_CT4_EXISTS : EP_CT4_FULL;
 	if (ftag & EP_CT4_LIVE)
 		ep_ct_stat(EP_CT_STAT_EXPIRED, 0);
 	free->epoch = m->epoch;
