@@ -21,7 +21,7 @@ import {
   type ControlEndpoint,
 } from './conntrack.js';
 import { sumPerCpu } from './counters.js';
-import { ct4Entry } from './ct4-table.js';
+import { ct4Entry, CT4_LIVE } from './ct4-table.js';
 import { epCt4Cold, epCt4Slot, epCtCfg, epCtControlKey, epCtEntry, epCtKey, epCtNat, epCtSweepArgs, epGenCfg } from './table-codecs.js';
 
 /** The maps ConntrackTables borrows, by their names in the object. */
@@ -206,7 +206,7 @@ export class ConntrackTables {
       const view = new DataView(values.buffer, values.byteOffset, values.byteLength);
       for (let i = 0; i < count; i++) {
         // A live tag (its top bit) and a deadline to come; most lines of a sparse table are neither.
-        if ((view.getUint32(i * epCt4Slot.size, true) & 0x8000_0000) === 0) continue;
+        if ((view.getUint32(i * epCt4Slot.size, true) & CT4_LIVE) === 0) continue;
         if (view.getBigUint64(i * epCt4Slot.size + CT4_EXPIRES_OFFSET, true) <= nowNs) continue;
         index.set(keys.subarray(i * 4, i * 4 + 4));
         const cold = this.#maps.ep_ct4_cold.get(index);
