@@ -11,6 +11,8 @@ import { BpfMap, encode, type Program } from 'libbpf-ts';
 import {
   CONNECTION_FLAGS,
   CONNECTION_STATES,
+  CT4_DEAD,
+  CT4_EMPTY,
   CT4_LIVE,
   CT4_MAX_SLOTS,
   CT4_PROBES,
@@ -212,7 +214,7 @@ export class ConntrackAccess {
       for (let i = start; i < Math.min(to, start + BATCH); i++) {
         const tuple = i === 0 ? flow : filler(i);
         const { key, origFlag } = ctKeyOfFlow({ family: 4, proto: PROTO_UDP, sport: tuple.sport, dport: flow.dport, src: v4(tuple.src), dst });
-        const { home } = ct4Place(key, slots);
+        const { home, busy } = ct4Place(key, slots);
         let slot = -1;
         for (let probe = 0; probe < CT4_PROBES && slot < 0; probe++) if (taken[(home + probe) & (slots - 1)] === 0) slot = (home + probe) & (slots - 1);
         if (slot < 0) {
@@ -221,7 +223,7 @@ export class ConntrackAccess {
           continue;
         }
         taken[slot] = 1;
-        const { line, cold } = ct4Line(key, { ...entry, flags: entry.flags | origFlag, ...(i - from < expired ? { expiresNs: past } : {}) }, slots);
+        const { line, cold } = ct4Line(key, { ...entry, flags: entry.flags | origFlag, ...(i - from < expired ? { expiresNs: past } : {}) }, busy);
         new DataView(lines.index.buffer).setUint32(lines.count * 4, slot, true);
         lines.line.set(line, lines.count * epCt4Slot.size);
         lines.cold.set(cold, lines.count * cold.length);
@@ -244,7 +246,7 @@ export class ConntrackAccess {
       const vv = new DataView(values.buffer, values.byteOffset, values.byteLength);
       for (let i = 0; i < count; i++) {
         const tag = vv.getUint32(i * epCt4Slot.size, true);
-        if (tag !== 0 && tag !== 2) taken[kv.getUint32(i * 4, true)] = 1;
+        if (tag !== CT4_EMPTY && tag !== CT4_DEAD) taken[kv.getUint32(i * 4, true)] = 1;
       }
     }
     return taken;

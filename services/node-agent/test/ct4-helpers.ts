@@ -52,7 +52,8 @@ export class KernelCt4 {
   }
 
   write(index: number, original: CtKey, entry: KernelEntry): void {
-    const { line, cold } = ct4Line(ctKeyOfFlow(original).key, entry, this.lines.maxEntries);
+    const key = ctKeyOfFlow(original).key;
+    const { line, cold } = ct4Line(key, entry, ct4Place(key, this.lines.maxEntries).busy);
     this.lines.set(u32Key(index), line);
     this.cold.set(u32Key(index), cold);
   }

@@ -701,6 +701,7 @@ export class ConntrackModel {
         this.#v4.replace(line.index, { key, entry });
         return true;
       }
+      // At a time before every deadline: only an EMPTY or DEAD slot is free, no flow is deleted.
       return this.#v4.create(tableKey, { key, entry }, -1n).made === 'created';
     }
     const map = this.#tables[table];

@@ -83,9 +83,11 @@ export function ct4Entry(line: CodecValue<typeof epCt4Slot>, cold: CodecValue<ty
   };
 }
 
-/** `struct ep_ct4_slot` bytes of a live line for flow `key` (table key) holding `entry`, and its ep_ct4_cold. */
-export function ct4Line(key: CtKey, entry: CodecValue<typeof epCtEntry>, slots: number): { line: Uint8Array; cold: Uint8Array } {
-  const { busy } = ct4Place(key, slots);
+/**
+ * `struct ep_ct4_slot` bytes of a live line for flow `key` (table key) holding `entry`, and its
+ * ep_ct4_cold; `busy` is the flow's busy tag (ct4Place).
+ */
+export function ct4Line(key: CtKey, entry: CodecValue<typeof epCtEntry>, busy: number): { line: Uint8Array; cold: Uint8Array } {
   const line = encode(epCt4Slot, {
     tag: (busy | CT4_LIVE) >>> 0,
     epoch: entry.epoch,
